@@ -1,0 +1,18 @@
+//! Trellis's model of the Istio API: the resources users write, the mesh config, the pod
+//! annotations and labels, how to load them from YAML or JSON, and how to validate them with
+//! messages that name the resource, the field and the value.
+//!
+//! Nothing in this crate does I/O beyond reading the text it is handed.
+
+#![forbid(unsafe_code)]
+
+//TMP pub mod annotations;
+pub mod crds;
+pub mod load;
+//TMP pub mod mesh;
+pub mod networking;
+pub mod primitives;
+mod proto;
+pub mod resource;
+pub mod security;
+pub mod validate;

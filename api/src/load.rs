@@ -1,0 +1,484 @@
+//! Reads Istio resources from multi-document YAML or JSON text.
+//!
+//! The text is cut into documents on `---` lines the way kubectl does, so one broken document
+//! does not hide the others and every error can say which document and line it is about. Each
+//! document is read twice: once loosely, to learn its `apiVersion`, `kind` and name, and once
+//! into its typed resource, recording fields that no type knows (errors in strict mode,
+//! warnings otherwise).
+
+use std::fmt;
+
+use serde::de::DeserializeOwned;
+use serde_json::Value;
+
+use crate::resource::{Document, Kind, Resource, ResourceId, resolve_kind};
+
+/// Larger inputs are refused outright: a config file of this size is a mistake or an attack.
+pub const MAX_INPUT_BYTES: usize = 16 * 1024 * 1024;
+
+/// One document's text and where it sits in its file.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct DocumentText<'a> {
+    /// 1-based position among the non-empty documents of the file.
+    pub index: usize,
+    /// 1-based line of the file where the document's text starts.
+    pub first_line: usize,
+    pub text: &'a str,
+}
+
+/// Splits a YAML stream on separator lines: a line starting with `---` followed by nothing but
+/// blanks or a comment. Documents holding only blanks and comments are skipped, as kubectl
+/// skips them.
+pub fn split_documents(text: &str) -> Vec<DocumentText<'_>> {
+    let mut docs = Vec::new();
+    let mut start = 0usize;
+    let mut start_line = 1usize;
+    let mut offset = 0usize;
+    let mut line_no = 1usize;
+    for line in text.split_inclusive('\n') {
+        if is_separator(line) {
+            push_document(&mut docs, &text[start..offset], start_line);
+            start = offset + line.len();
+            start_line = line_no + 1;
+        }
+        offset += line.len();
+        line_no += 1;
+    }
+    push_document(&mut docs, &text[start..], start_line);
+    docs
+}
+
+fn push_document<'a>(docs: &mut Vec<DocumentText<'a>>, chunk: &'a str, first_line: usize) {
+    if has_content(chunk) {
+        docs.push(DocumentText {
+            index: docs.len() + 1,
+            first_line,
+            text: chunk,
+        });
+    }
+}
+
+fn is_separator(line: &str) -> bool {
+    line.strip_prefix("---").is_some_and(|rest| {
+        let rest = rest.trim();
+        rest.is_empty() || rest.starts_with('#')
+    })
+}
+
+fn has_content(chunk: &str) -> bool {
+    chunk.lines().any(|l| {
+        let t = l.trim();
+        !t.is_empty() && !t.starts_with('#') && t != "..." && !t.starts_with('%')
+    })
+}
+
+/// Why a document could not be turned into a resource.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LoadError {
+    /// The field the problem is in, as `spec.http[0].timeout`, when known.
+    pub field: Option<String>,
+    /// 1-based line in the file, when the parser knows it.
+    pub line: Option<u64>,
+    pub message: String,
+}
+
+impl fmt::Display for LoadError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if let Some(field) = &self.field {
+            write!(f, "{field}: ")?;
+        }
+        f.write_str(&self.message)?;
+        if let Some(line) = self.line {
+            write!(f, " (line {line})")?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for LoadError {}
+
+/// The result of reading one document (or one item of a `kind: List`).
+#[derive(Clone, Debug)]
+pub struct LoadedDocument {
+    pub index: usize,
+    /// Position inside a `kind: List` document, 1-based.
+    pub item: Option<usize>,
+    pub first_line: usize,
+    /// What the document says it is, as far as that could be read.
+    pub id: Option<ResourceId>,
+    pub outcome: Result<Document, LoadError>,
+    /// Paths of fields no Trellis type knows, e.g. `spec.http[0].rout`.
+    pub unknown_fields: Vec<String>,
+}
+
+/// Reads every document of a YAML or JSON text.
+pub fn load_str(text: &str) -> Vec<LoadedDocument> {
+    if text.len() > MAX_INPUT_BYTES {
+        return vec![LoadedDocument {
+            index: 1,
+            item: None,
+            first_line: 1,
+            id: None,
+            outcome: Err(LoadError {
+                field: None,
+                line: None,
+                message: format!(
+                    "input is {} bytes, at most {MAX_INPUT_BYTES} are read",
+                    text.len()
+                ),
+            }),
+            unknown_fields: Vec::new(),
+        }];
+    }
+    let mut out = Vec::new();
+    for doc in split_documents(text) {
+        load_document(doc, &mut out);
+    }
+    out
+}
+
+fn yaml_options() -> serde_saphyr::Options {
+    serde_saphyr::options! { with_snippet: false }
+}
+
+fn load_document(doc: DocumentText<'_>, out: &mut Vec<LoadedDocument>) {
+    let base = LoadedDocument {
+        index: doc.index,
+        item: None,
+        first_line: doc.first_line,
+        id: None,
+        outcome: Err(LoadError {
+            field: None,
+            line: None,
+            message: String::new(),
+        }),
+        unknown_fields: Vec::new(),
+    };
+    let loose: Value = match serde_saphyr::from_str_with_options(doc.text, yaml_options()) {
+        Ok(v) => v,
+        Err(e) => {
+            out.push(LoadedDocument {
+                outcome: Err(yaml_error(&e, None, doc.first_line)),
+                ..base
+            });
+            return;
+        }
+    };
+    let Value::Object(map) = &loose else {
+        let message = format!(
+            "a document must be a mapping with apiVersion and kind, found {}",
+            json_type(&loose)
+        );
+        out.push(LoadedDocument {
+            outcome: Err(LoadError {
+                field: None,
+                line: None,
+                message,
+            }),
+            ..base
+        });
+        return;
+    };
+    let api_version = map.get("apiVersion").and_then(Value::as_str).unwrap_or_default();
+    let kind_name = map.get("kind").and_then(Value::as_str).unwrap_or_default();
+    if kind_name == "List" && api_version == "v1" {
+        load_list(&base, map.get("items"), out);
+        return;
+    }
+    let id = Some(loose_id(&loose));
+    let kind = match resolve_kind(api_version, kind_name) {
+        Ok(k) => k,
+        Err(e) => {
+            let field = Some(
+                if api_version.is_empty() {
+                    "apiVersion"
+                } else {
+                    "kind"
+                }
+                .to_owned(),
+            );
+            let err = LoadError {
+                field,
+                line: None,
+                message: e.to_string(),
+            };
+            out.push(LoadedDocument {
+                id,
+                outcome: Err(err),
+                ..base
+            });
+            return;
+        }
+    };
+    let mut unknown = Vec::new();
+    let outcome = decode_yaml(kind, doc, &mut unknown).map(|resource| Document {
+        api_version: api_version.to_owned(),
+        resource,
+    });
+    out.push(LoadedDocument {
+        id,
+        outcome,
+        unknown_fields: unknown,
+        ..base
+    });
+}
+
+/// `kind: List` (what `kubectl get -o yaml` prints): each item is a document of its own.
+fn load_list(base: &LoadedDocument, items: Option<&Value>, out: &mut Vec<LoadedDocument>) {
+    let Some(Value::Array(items)) = items else {
+        let err = LoadError {
+            field: Some("items".into()),
+            line: None,
+            message: "a List needs an items array".into(),
+        };
+        out.push(LoadedDocument {
+            outcome: Err(err),
+            ..base.clone()
+        });
+        return;
+    };
+    for (i, item) in items.iter().enumerate() {
+        let api_version = item.get("apiVersion").and_then(Value::as_str).unwrap_or_default();
+        let kind_name = item.get("kind").and_then(Value::as_str).unwrap_or_default();
+        let mut unknown = Vec::new();
+        let outcome = resolve_kind(api_version, kind_name)
+            .map_err(|e| LoadError {
+                field: Some("kind".into()),
+                line: None,
+                message: e.to_string(),
+            })
+            .and_then(|kind| decode_value(kind, item, &mut unknown))
+            .map(|resource| Document {
+                api_version: api_version.to_owned(),
+                resource,
+            });
+        out.push(LoadedDocument {
+            item: Some(i + 1),
+            id: Some(loose_id(item)),
+            outcome,
+            unknown_fields: unknown,
+            ..base.clone()
+        });
+    }
+}
+
+fn loose_id(value: &Value) -> ResourceId {
+    let text = |v: Option<&Value>| v.and_then(Value::as_str).map(str::to_owned);
+    let meta = value.get("metadata");
+    ResourceId {
+        kind: text(value.get("kind")).unwrap_or_default(),
+        namespace: text(meta.and_then(|m| m.get("namespace"))),
+        name: text(meta.and_then(|m| m.get("name"))).unwrap_or_default(),
+    }
+}
+
+fn json_type(v: &Value) -> &'static str {
+    match v {
+        Value::Null => "an empty document",
+        Value::Bool(_) => "a boolean",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a string",
+        Value::Array(_) => "a sequence",
+        Value::Object(_) => "a mapping",
+    }
+}
+
+/// Calls `$typed!(Variant)` for the variant of `$kind`.
+macro_rules! dispatch {
+    ($kind:expr, $typed:ident) => {
+        match $kind {
+            Kind::VirtualService => $typed!(VirtualService),
+            Kind::DestinationRule => $typed!(DestinationRule),
+            Kind::ServiceEntry => $typed!(ServiceEntry),
+            Kind::WorkloadEntry => $typed!(WorkloadEntry),
+            Kind::Sidecar => $typed!(Sidecar),
+            Kind::Gateway => $typed!(Gateway),
+            Kind::PeerAuthentication => $typed!(PeerAuthentication),
+            Kind::AuthorizationPolicy => $typed!(AuthorizationPolicy),
+            Kind::Namespace => $typed!(Namespace),
+        }
+    };
+}
+
+/// Decodes straight from the YAML text, so that type errors carry line numbers.
+fn decode_yaml(kind: Kind, doc: DocumentText<'_>, unknown: &mut Vec<String>) -> Result<Resource, LoadError> {
+    macro_rules! typed {
+        ($variant:ident) => {
+            decode_yaml_as(doc, unknown).map(Resource::$variant)
+        };
+    }
+    dispatch!(kind, typed)
+}
+
+fn decode_value(kind: Kind, value: &Value, unknown: &mut Vec<String>) -> Result<Resource, LoadError> {
+    macro_rules! typed {
+        ($variant:ident) => {
+            decode_value_as(value, unknown).map(Resource::$variant)
+        };
+    }
+    dispatch!(kind, typed)
+}
+
+fn decode_yaml_as<T: DeserializeOwned>(
+    doc: DocumentText<'_>,
+    unknown: &mut Vec<String>,
+) -> Result<T, LoadError> {
+    let mut failed_at: Option<String> = None;
+    let result = serde_saphyr::with_deserializer_from_str_with_options(doc.text, yaml_options(), |de| {
+        let mut note = |path: serde_ignored::Path<'_>| note_unknown(path, unknown);
+        serde_path_to_error::deserialize(serde_ignored::Deserializer::new(de, &mut note)).map_err(|e| {
+            failed_at = Some(e.path().to_string());
+            e.into_inner()
+        })
+    });
+    result.map_err(|e| yaml_error(&e, failed_at, doc.first_line))
+}
+
+fn decode_value_as<T: DeserializeOwned>(value: &Value, unknown: &mut Vec<String>) -> Result<T, LoadError> {
+    let mut note = |path: serde_ignored::Path<'_>| note_unknown(path, unknown);
+    serde_path_to_error::deserialize(serde_ignored::Deserializer::new(value, &mut note)).map_err(|e| {
+        LoadError {
+            field: Some(e.path().to_string()),
+            line: None,
+            message: e.into_inner().to_string(),
+        }
+    })
+}
+
+/// Records an ignored field, except the envelope fields that the typed structs leave to the
+/// loader (`apiVersion`, `kind`) and `status`, which the API server owns.
+fn note_unknown(path: serde_ignored::Path<'_>, unknown: &mut Vec<String>) {
+    let text = field_path(&path);
+    if !matches!(text.as_str(), "apiVersion" | "kind") && text != "status" && !text.starts_with("status.") {
+        unknown.push(text);
+    }
+}
+
+/// Writes a path as `spec.http[0].rout`, the way messages name fields.
+pub(crate) fn field_path(path: &serde_ignored::Path<'_>) -> String {
+    use serde_ignored::Path;
+    match path {
+        Path::Root => String::new(),
+        Path::Seq { parent, index } => format!("{}[{index}]", field_path(parent)),
+        Path::Map { parent, key } => {
+            let p = field_path(parent);
+            if p.is_empty() {
+                key.clone()
+            } else {
+                format!("{p}.{key}")
+            }
+        }
+        Path::Some { parent } | Path::NewtypeStruct { parent } | Path::NewtypeVariant { parent } => {
+            field_path(parent)
+        }
+    }
+}
+
+/// Turns a YAML error into one line: the message, the field, and the line in the whole file.
+fn yaml_error(e: &serde_saphyr::Error, field: Option<String>, first_line: usize) -> LoadError {
+    let line = e
+        .location()
+        .filter(|l| l.line() > 0)
+        .map(|l| l.line() + first_line as u64 - 1);
+    let mut message = e.without_snippet().to_string();
+    // The parser prefixes its own position; we print the file line instead.
+    if let Some(rest) = message.strip_prefix("error: ") {
+        message = rest.to_owned();
+    }
+    if let Some(pos) = message.find(": ").filter(|_| message.starts_with("line ")) {
+        message = message[pos + 2..].to_owned();
+    }
+    let field = field.filter(|f| !f.is_empty() && f != ".");
+    LoadError { field, line, message }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn splits_like_kubectl() {
+        let text = "# header\n---\na: 1\n--- # second\nb: 2\n---\n# only a comment\n---\nc: 3\n";
+        let docs = split_documents(text);
+        assert_eq!(docs.len(), 3);
+        assert_eq!(
+            (docs[0].index, docs[0].first_line, docs[0].text),
+            (1, 3, "a: 1\n")
+        );
+        assert_eq!(
+            (docs[1].index, docs[1].first_line, docs[1].text),
+            (2, 5, "b: 2\n")
+        );
+        assert_eq!(
+            (docs[2].index, docs[2].first_line, docs[2].text),
+            (3, 9, "c: 3\n")
+        );
+        assert_eq!(
+            split_documents("a: '---x'\n---x: 1\n").len(),
+            1,
+            "--- followed by text is not a separator"
+        );
+        assert!(split_documents("").is_empty());
+        assert!(split_documents("---\n---\n").is_empty());
+    }
+
+    #[test]
+    fn syntax_errors_carry_the_file_line() {
+        let text = "apiVersion: v1\nkind: Namespace\nmetadata: {name: a}\n---\napiVersion: v1\nkind: [1, 2\n";
+        let docs = load_str(text);
+        assert_eq!(docs.len(), 2);
+        assert!(docs[0].outcome.is_ok());
+        let err = docs[1].outcome.as_ref().unwrap_err();
+        assert_eq!(err.line, Some(6), "{err}");
+    }
+
+    #[test]
+    fn type_errors_name_the_field_and_line() {
+        let text = "apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata:\n  name: r\nspec:\n  hosts: [r]\n  http:\n  - route:\n    - destination: {host: r}\n      weight: ten\n";
+        let docs = load_str(text);
+        let err = docs[0].outcome.as_ref().unwrap_err();
+        assert_eq!(
+            err.field.as_deref(),
+            Some("spec.http[0].route[0].weight"),
+            "{err}"
+        );
+        assert_eq!(err.line, Some(10), "{err}");
+        assert_eq!(
+            docs[0].id.as_ref().map(ToString::to_string).as_deref(),
+            Some("VirtualService r")
+        );
+    }
+
+    #[test]
+    fn unknown_fields_are_listed_with_paths() {
+        let text = "apiVersion: networking.istio.io/v1beta1\nkind: DestinationRule\nmetadata: {name: r, namespace: p}\nspec:\n  host: r\n  subsets:\n  - name: v1\n    lables: {a: b}\nstatus: {}\n";
+        let docs = load_str(text);
+        assert!(docs[0].outcome.is_ok());
+        assert_eq!(docs[0].unknown_fields, vec!["spec.subsets[0].lables".to_owned()]);
+    }
+
+    #[test]
+    fn lists_are_expanded() {
+        let text = r#"{"apiVersion": "v1", "kind": "List", "items": [
+            {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "a"}},
+            {"apiVersion": "networking.istio.io/v1", "kind": "Gateway", "metadata": {"name": "g"}, "spec": {"servers": 3}}
+        ]}"#;
+        let docs = load_str(text);
+        assert_eq!(docs.len(), 2);
+        assert!(docs[0].outcome.is_ok());
+        assert_eq!(docs[1].item, Some(2));
+        assert_eq!(
+            docs[1].outcome.as_ref().unwrap_err().field.as_deref(),
+            Some("spec.servers")
+        );
+    }
+
+    #[test]
+    fn non_mapping_documents_are_rejected() {
+        let docs = load_str("- a\n- b\n");
+        assert_eq!(
+            docs[0].outcome.as_ref().unwrap_err().message,
+            "a document must be a mapping with apiVersion and kind, found a sequence"
+        );
+    }
+}

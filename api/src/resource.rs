@@ -1,0 +1,302 @@
+//! One enum over every kind Trellis reads, and the `apiVersion`/`kind` table that decides which
+//! one a document is.
+
+use std::fmt;
+
+use k8s_openapi::api::core::v1::Namespace;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use serde::Serialize;
+
+use crate::networking::{DestinationRule, Gateway, ServiceEntry, Sidecar, VirtualService, WorkloadEntry};
+use crate::security::{AuthorizationPolicy, PeerAuthentication};
+
+pub const NETWORKING_GROUP: &str = "networking.istio.io";
+pub const SECURITY_GROUP: &str = "security.istio.io";
+
+/// The kinds Trellis understands.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Kind {
+    VirtualService,
+    DestinationRule,
+    ServiceEntry,
+    WorkloadEntry,
+    Sidecar,
+    Gateway,
+    PeerAuthentication,
+    AuthorizationPolicy,
+    /// Core `v1` Namespace: carries the `istio-injection` label.
+    Namespace,
+}
+
+impl Kind {
+    pub const ALL: [Kind; 9] = [
+        Kind::VirtualService,
+        Kind::DestinationRule,
+        Kind::ServiceEntry,
+        Kind::WorkloadEntry,
+        Kind::Sidecar,
+        Kind::Gateway,
+        Kind::PeerAuthentication,
+        Kind::AuthorizationPolicy,
+        Kind::Namespace,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Kind::VirtualService => "VirtualService",
+            Kind::DestinationRule => "DestinationRule",
+            Kind::ServiceEntry => "ServiceEntry",
+            Kind::WorkloadEntry => "WorkloadEntry",
+            Kind::Sidecar => "Sidecar",
+            Kind::Gateway => "Gateway",
+            Kind::PeerAuthentication => "PeerAuthentication",
+            Kind::AuthorizationPolicy => "AuthorizationPolicy",
+            Kind::Namespace => "Namespace",
+        }
+    }
+
+    /// The API group; empty for the core group.
+    pub fn group(self) -> &'static str {
+        match self {
+            Kind::PeerAuthentication | Kind::AuthorizationPolicy => SECURITY_GROUP,
+            Kind::Namespace => "",
+            _ => NETWORKING_GROUP,
+        }
+    }
+
+    /// The versions Istio serves for this kind, oldest first. All share one schema.
+    pub fn versions(self) -> &'static [&'static str] {
+        match self.group() {
+            NETWORKING_GROUP => &["v1alpha3", "v1beta1", "v1"],
+            SECURITY_GROUP => &["v1beta1", "v1"],
+            _ => &["v1"],
+        }
+    }
+
+    fn from_name(kind: &str) -> Option<Kind> {
+        Kind::ALL.into_iter().find(|k| k.name() == kind)
+    }
+}
+
+impl fmt::Display for Kind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// Why an `apiVersion`/`kind` pair was not recognised.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum KindError {
+    #[error("missing apiVersion")]
+    MissingApiVersion,
+    #[error("missing kind")]
+    MissingKind,
+    #[error("unknown kind {kind:?} in apiVersion {api_version:?}; Trellis reads {known}")]
+    UnknownKind {
+        api_version: String,
+        kind: String,
+        known: String,
+    },
+    #[error("{kind} does not exist in version {version:?} of {group}; served versions are {served}")]
+    UnknownVersion {
+        kind: Kind,
+        group: String,
+        version: String,
+        served: String,
+    },
+}
+
+/// Resolves a document's `apiVersion` and `kind`.
+pub fn resolve_kind(api_version: &str, kind: &str) -> Result<Kind, KindError> {
+    if api_version.is_empty() {
+        return Err(KindError::MissingApiVersion);
+    }
+    if kind.is_empty() {
+        return Err(KindError::MissingKind);
+    }
+    let (group, version) = api_version.rsplit_once('/').unwrap_or(("", api_version));
+    let unknown = || KindError::UnknownKind {
+        api_version: api_version.to_owned(),
+        kind: kind.to_owned(),
+        known: known_kinds(),
+    };
+    let resolved = Kind::from_name(kind)
+        .filter(|k| k.group() == group)
+        .ok_or_else(unknown)?;
+    if resolved.versions().contains(&version) {
+        Ok(resolved)
+    } else {
+        Err(KindError::UnknownVersion {
+            kind: resolved,
+            group: if group.is_empty() {
+                "the core API".into()
+            } else {
+                group.to_owned()
+            },
+            version: version.to_owned(),
+            served: resolved.versions().join(", "),
+        })
+    }
+}
+
+fn known_kinds() -> String {
+    let mut by_group: Vec<String> = Vec::new();
+    for group in [NETWORKING_GROUP, SECURITY_GROUP, ""] {
+        let kinds: Vec<&str> = Kind::ALL
+            .iter()
+            .filter(|k| k.group() == group)
+            .map(|k| k.name())
+            .collect();
+        let label = if group.is_empty() { "v1" } else { group };
+        by_group.push(format!("{label} {}", kinds.join("/")));
+    }
+    by_group.join("; ")
+}
+
+/// A decoded resource of any kind Trellis reads.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+#[serde(untagged)]
+pub enum Resource {
+    VirtualService(VirtualService),
+    DestinationRule(DestinationRule),
+    ServiceEntry(ServiceEntry),
+    WorkloadEntry(WorkloadEntry),
+    Sidecar(Sidecar),
+    Gateway(Gateway),
+    PeerAuthentication(PeerAuthentication),
+    AuthorizationPolicy(AuthorizationPolicy),
+    Namespace(Namespace),
+}
+
+impl Resource {
+    pub fn kind(&self) -> Kind {
+        match self {
+            Resource::VirtualService(_) => Kind::VirtualService,
+            Resource::DestinationRule(_) => Kind::DestinationRule,
+            Resource::ServiceEntry(_) => Kind::ServiceEntry,
+            Resource::WorkloadEntry(_) => Kind::WorkloadEntry,
+            Resource::Sidecar(_) => Kind::Sidecar,
+            Resource::Gateway(_) => Kind::Gateway,
+            Resource::PeerAuthentication(_) => Kind::PeerAuthentication,
+            Resource::AuthorizationPolicy(_) => Kind::AuthorizationPolicy,
+            Resource::Namespace(_) => Kind::Namespace,
+        }
+    }
+
+    pub fn metadata(&self) -> &ObjectMeta {
+        match self {
+            Resource::VirtualService(r) => &r.metadata,
+            Resource::DestinationRule(r) => &r.metadata,
+            Resource::ServiceEntry(r) => &r.metadata,
+            Resource::WorkloadEntry(r) => &r.metadata,
+            Resource::Sidecar(r) => &r.metadata,
+            Resource::Gateway(r) => &r.metadata,
+            Resource::PeerAuthentication(r) => &r.metadata,
+            Resource::AuthorizationPolicy(r) => &r.metadata,
+            Resource::Namespace(r) => &r.metadata,
+        }
+    }
+
+    pub fn id(&self) -> ResourceId {
+        let meta = self.metadata();
+        ResourceId {
+            kind: self.kind().name().to_owned(),
+            namespace: meta.namespace.clone(),
+            name: meta.name.clone().unwrap_or_default(),
+        }
+    }
+}
+
+/// What a message says a resource is: `VirtualService production/orders`, or without a
+/// namespace when the document has none (it then lands in whatever namespace it is applied to).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+pub struct ResourceId {
+    pub kind: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub namespace: Option<String>,
+    pub name: String,
+}
+
+impl fmt::Display for ResourceId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let name = if self.name.is_empty() {
+            "<unnamed>"
+        } else {
+            &self.name
+        };
+        match &self.namespace {
+            Some(ns) if !ns.is_empty() => write!(f, "{} {ns}/{name}", self.kind),
+            _ => write!(f, "{} {name}", self.kind),
+        }
+    }
+}
+
+/// A resource together with the `apiVersion` it was written in, so that it is written back the
+/// same way.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Document {
+    pub api_version: String,
+    pub resource: Resource,
+}
+
+impl Document {
+    /// The document as JSON, in its original `apiVersion`.
+    pub fn to_json(&self) -> serde_json::Value {
+        let mut value = serde_json::to_value(&self.resource).unwrap_or(serde_json::Value::Null);
+        if let Some(obj) = value.as_object_mut() {
+            obj.insert("apiVersion".into(), self.api_version.clone().into());
+            obj.insert("kind".into(), self.resource.kind().name().into());
+        }
+        value
+    }
+
+    /// The document as YAML, in its original `apiVersion`.
+    pub fn to_yaml(&self) -> String {
+        serde_saphyr::to_string(&self.to_json()).unwrap_or_default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn kinds_resolve_in_every_served_version() {
+        for kind in Kind::ALL {
+            for version in kind.versions() {
+                let api_version = if kind.group().is_empty() {
+                    version.to_string()
+                } else {
+                    format!("{}/{version}", kind.group())
+                };
+                assert_eq!(resolve_kind(&api_version, kind.name()), Ok(kind));
+            }
+        }
+    }
+
+    #[test]
+    fn unknown_kinds_and_versions_are_explained() {
+        assert_eq!(
+            resolve_kind("networking.istio.io/v2", "VirtualService")
+                .unwrap_err()
+                .to_string(),
+            "VirtualService does not exist in version \"v2\" of networking.istio.io; served versions are v1alpha3, v1beta1, v1"
+        );
+        assert_eq!(
+            resolve_kind("security.istio.io/v1alpha3", "PeerAuthentication")
+                .unwrap_err()
+                .to_string(),
+            "PeerAuthentication does not exist in version \"v1alpha3\" of security.istio.io; served versions are v1beta1, v1"
+        );
+        let err = resolve_kind("networking.istio.io/v1", "EnvoyFilter")
+            .unwrap_err()
+            .to_string();
+        assert!(err.starts_with("unknown kind \"EnvoyFilter\" in apiVersion \"networking.istio.io/v1\"; Trellis reads networking.istio.io VirtualService/"), "{err}");
+        assert!(matches!(
+            resolve_kind("apps/v1", "Deployment"),
+            Err(KindError::UnknownKind { .. })
+        ));
+        assert_eq!(resolve_kind("", "X"), Err(KindError::MissingApiVersion));
+        assert_eq!(resolve_kind("v1", ""), Err(KindError::MissingKind));
+    }
+}
