@@ -1043,33 +1043,32 @@ impl ReadinessAnnotations {
 /// the annotation names. Unknown annotations are not errors (anything may annotate a pod).
 pub fn validate_pod_annotations(annotations: &BTreeMap<String, String>) -> Vec<AnnotationError> {
     let mut errors = Vec::new();
-    let mut check = |name: &str, result: Result<(), AnnotationError>| {
-        if annotations.contains_key(name)
-            && let Err(e) = result
+    let mut check = |name: &str, parse: &dyn Fn(&str) -> Result<(), AnnotationError>| {
+        if let Some(value) = annotations.get(name)
+            && let Err(e) = parse(value)
         {
             errors.push(e);
         }
     };
-    let get = |name: &str| annotations.get(name).map(String::as_str).unwrap_or_default();
     for name in [ann::PROXY_CPU, ann::PROXY_MEMORY, ann::PROXY_CPU_LIMIT, ann::PROXY_MEMORY_LIMIT] {
-        check(name, parse_resource_quantity(name, get(name)).map(drop));
+        check(name, &|v| parse_resource_quantity(name, v).map(drop));
     }
     for name in [ann::REWRITE_APP_HTTP_PROBERS, ann::NATIVE_SIDECAR, ann::PROMETHEUS_SCRAPE] {
-        check(name, parse_bool(name, get(name)).map(drop));
+        check(name, &|v| parse_bool(name, v).map(drop));
     }
     for name in [ann::DEFAULT_CONTAINER, ann::DEFAULT_LOGS_CONTAINER] {
-        check(name, parse_container_name(name, get(name)).map(drop));
+        check(name, &|v| parse_container_name(name, v).map(drop));
     }
-    check(ann::SIDECAR_STATUS, SidecarStatus::parse(get(ann::SIDECAR_STATUS)).map(drop));
-    check(ann::PROXY_IMAGE, parse_image(get(ann::PROXY_IMAGE)).map(drop));
-    check(ann::LOG_LEVEL, parse_log_level(get(ann::LOG_LEVEL)).map(drop));
-    check(ann::COMPONENT_LOG_LEVEL, parse_component_log_levels(get(ann::COMPONENT_LOG_LEVEL)).map(drop));
-    check(ann::USER_VOLUME, parse_user_volumes(get(ann::USER_VOLUME)).map(drop));
-    check(ann::USER_VOLUME_MOUNT, parse_user_volume_mounts(get(ann::USER_VOLUME_MOUNT)).map(drop));
-    check(ann::STATUS_PORT, parse_status_port(get(ann::STATUS_PORT)).map(drop));
-    check(ann::PROXY_CONFIG, parse_proxy_config(get(ann::PROXY_CONFIG)).map(drop));
-    check(ann::PROMETHEUS_PORT, parse_single_port(ann::PROMETHEUS_PORT, get(ann::PROMETHEUS_PORT)).map(drop));
-    check(ann::PROMETHEUS_PATH, parse_http_path(ann::PROMETHEUS_PATH, get(ann::PROMETHEUS_PATH)).map(drop));
+    check(ann::SIDECAR_STATUS, &|v| SidecarStatus::parse(v).map(drop));
+    check(ann::PROXY_IMAGE, &|v| parse_image(v).map(drop));
+    check(ann::LOG_LEVEL, &|v| parse_log_level(v).map(drop));
+    check(ann::COMPONENT_LOG_LEVEL, &|v| parse_component_log_levels(v).map(drop));
+    check(ann::USER_VOLUME, &|v| parse_user_volumes(v).map(drop));
+    check(ann::USER_VOLUME_MOUNT, &|v| parse_user_volume_mounts(v).map(drop));
+    check(ann::STATUS_PORT, &|v| parse_status_port(v).map(drop));
+    check(ann::PROXY_CONFIG, &|v| parse_proxy_config(v).map(drop));
+    check(ann::PROMETHEUS_PORT, &|v| parse_single_port(ann::PROMETHEUS_PORT, v).map(drop));
+    check(ann::PROMETHEUS_PATH, &|v| parse_http_path(ann::PROMETHEUS_PATH, v).map(drop));
     if let Err(found) = TrafficAnnotations::from_annotations(annotations) {
         errors.extend(found);
     }
@@ -1213,7 +1212,7 @@ mod tests {
 
     #[test]
     fn port_lists() {
-        let p = |v| parse_port_list(ann::EXCLUDE_OUTBOUND_PORTS, v);
+        let p = |v: &str| parse_port_list(ann::EXCLUDE_OUTBOUND_PORTS, v);
         assert_eq!(p("80"), Ok(vec![80]));
         assert_eq!(p(" 80 , 443,8080 "), Ok(vec![80, 443, 8080]));
         assert_eq!(p("443,80,443,80"), Ok(vec![443, 80]), "duplicates removed, order kept");
@@ -1239,7 +1238,7 @@ mod tests {
 
     #[test]
     fn port_selections() {
-        let p = |v| parse_port_selection(ann::INCLUDE_INBOUND_PORTS, v);
+        let p = |v: &str| parse_port_selection(ann::INCLUDE_INBOUND_PORTS, v);
         assert_eq!(p("*"), Ok(PortSelection::All));
         assert_eq!(p(" * "), Ok(PortSelection::All));
         assert_eq!(p(""), Ok(PortSelection::Ports(vec![])));
@@ -1257,7 +1256,7 @@ mod tests {
 
     #[test]
     fn ip_ranges() {
-        let sel = |v| parse_ip_range_selection(ann::INCLUDE_OUTBOUND_IP_RANGES, v);
+        let sel = |v: &str| parse_ip_range_selection(ann::INCLUDE_OUTBOUND_IP_RANGES, v);
         assert_eq!(sel("*"), Ok(IpRangeSelection::All));
         assert_eq!(sel(""), Ok(IpRangeSelection::Ranges(vec![])));
         assert_eq!(
@@ -1276,7 +1275,7 @@ mod tests {
         assert_eq!(sel("10.0.0.0/8,,").unwrap_err().reason, "empty entry in the list (check for a stray comma)");
         assert!(sel("localhost/8").is_err());
         assert!(sel("10.0.0.0/8\u{0}").is_err());
-        let list = |v| parse_cidr_list(ann::EXCLUDE_OUTBOUND_IP_RANGES, v);
+        let list = |v: &str| parse_cidr_list(ann::EXCLUDE_OUTBOUND_IP_RANGES, v);
         assert_eq!(list("169.254.169.254/32"), Ok(vec![net("169.254.169.254/32")]));
         assert_eq!(list("*").unwrap_err().reason, "\"*\" (all addresses) cannot be used in this list");
         let long_entry = format!("10.0.0.0/{}", "8".repeat(100));
@@ -1290,7 +1289,7 @@ mod tests {
 
     #[test]
     fn interface_lists() {
-        let p = |v| parse_interface_list(ann::EXCLUDE_INTERFACES, v);
+        let p = |v: &str| parse_interface_list(ann::EXCLUDE_INTERFACES, v);
         assert_eq!(p("eth1, net1,eth1"), Ok(vec!["eth1".to_owned(), "net1".to_owned()]));
         assert_eq!(p(""), Ok(vec![]));
         assert_eq!(p("abcdefghijklmno"), Ok(vec!["abcdefghijklmno".to_owned()]));

@@ -7,6 +7,7 @@
 #![forbid(unsafe_code)]
 
 //TMP pub mod annotations;
+pub mod check;
 pub mod crds;
 pub mod load;
 //TMP pub mod mesh;

@@ -79,6 +79,7 @@ pub struct LoadError {
     pub field: Option<String>,
     /// 1-based line in the file, when the parser knows it.
     pub line: Option<u64>,
+    pub column: Option<u64>,
     pub message: String,
 }
 
@@ -88,14 +89,24 @@ impl fmt::Display for LoadError {
             write!(f, "{field}: ")?;
         }
         f.write_str(&self.message)?;
-        if let Some(line) = self.line {
-            write!(f, " (line {line})")?;
-        }
-        Ok(())
+        write_position(f, self.line, self.column)
     }
 }
 
 impl std::error::Error for LoadError {}
+
+/// Appends ` (line L, column C)` when the position is known.
+pub(crate) fn write_position(
+    f: &mut fmt::Formatter<'_>,
+    line: Option<u64>,
+    column: Option<u64>,
+) -> fmt::Result {
+    match (line, column) {
+        (Some(line), Some(column)) => write!(f, " (line {line}, column {column})"),
+        (Some(line), None) => write!(f, " (line {line})"),
+        _ => Ok(()),
+    }
+}
 
 /// The result of reading one document (or one item of a `kind: List`).
 #[derive(Clone, Debug)]
@@ -122,6 +133,7 @@ pub fn load_str(text: &str) -> Vec<LoadedDocument> {
             outcome: Err(LoadError {
                 field: None,
                 line: None,
+                column: None,
                 message: format!(
                     "input is {} bytes, at most {MAX_INPUT_BYTES} are read",
                     text.len()
@@ -150,6 +162,7 @@ fn load_document(doc: DocumentText<'_>, out: &mut Vec<LoadedDocument>) {
         outcome: Err(LoadError {
             field: None,
             line: None,
+            column: None,
             message: String::new(),
         }),
         unknown_fields: Vec::new(),
@@ -173,6 +186,7 @@ fn load_document(doc: DocumentText<'_>, out: &mut Vec<LoadedDocument>) {
             outcome: Err(LoadError {
                 field: None,
                 line: None,
+                column: None,
                 message,
             }),
             ..base
@@ -200,6 +214,7 @@ fn load_document(doc: DocumentText<'_>, out: &mut Vec<LoadedDocument>) {
             let err = LoadError {
                 field,
                 line: None,
+                column: None,
                 message: e.to_string(),
             };
             out.push(LoadedDocument {
@@ -229,6 +244,7 @@ fn load_list(base: &LoadedDocument, items: Option<&Value>, out: &mut Vec<LoadedD
         let err = LoadError {
             field: Some("items".into()),
             line: None,
+            column: None,
             message: "a List needs an items array".into(),
         };
         out.push(LoadedDocument {
@@ -245,6 +261,7 @@ fn load_list(base: &LoadedDocument, items: Option<&Value>, out: &mut Vec<LoadedD
             .map_err(|e| LoadError {
                 field: Some("kind".into()),
                 line: None,
+                column: None,
                 message: e.to_string(),
             })
             .and_then(|kind| decode_value(kind, item, &mut unknown))
@@ -340,6 +357,7 @@ fn decode_value_as<T: DeserializeOwned>(value: &Value, unknown: &mut Vec<String>
         LoadError {
             field: Some(e.path().to_string()),
             line: None,
+            column: None,
             message: e.into_inner().to_string(),
         }
     })
@@ -374,22 +392,29 @@ pub(crate) fn field_path(path: &serde_ignored::Path<'_>) -> String {
     }
 }
 
-/// Turns a YAML error into one line: the message, the field, and the line in the whole file.
+/// Turns a YAML error into one line: the message, the field, and the position in the whole
+/// file (the parser counts from the start of the document).
 fn yaml_error(e: &serde_saphyr::Error, field: Option<String>, first_line: usize) -> LoadError {
-    let line = e
-        .location()
-        .filter(|l| l.line() > 0)
-        .map(|l| l.line() + first_line as u64 - 1);
+    let location = e.location().filter(|l| l.line() > 0);
     let mut message = e.without_snippet().to_string();
-    // The parser prefixes its own position; we print the file line instead.
     if let Some(rest) = message.strip_prefix("error: ") {
         message = rest.to_owned();
     }
-    if let Some(pos) = message.find(": ").filter(|_| message.starts_with("line ")) {
+    // The parser writes its position at the start or at the end; we report our own.
+    if message.starts_with("line ")
+        && let Some(pos) = message.find(": ")
+    {
         message = message[pos + 2..].to_owned();
     }
-    let field = field.filter(|f| !f.is_empty() && f != ".");
-    LoadError { field, line, message }
+    if let Some(pos) = message.rfind(" at line ") {
+        message.truncate(pos);
+    }
+    LoadError {
+        field: field.filter(|f| !f.is_empty() && f != "."),
+        line: location.map(|l| l.line() + first_line as u64 - 1),
+        column: location.map(|l| l.column()),
+        message,
+    }
 }
 
 #[cfg(test)]

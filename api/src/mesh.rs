@@ -1,0 +1,1121 @@
+//! Istio's mesh-wide configuration (`MeshConfig`, istio.mesh.v1alpha1) and the proxy settings
+//! inside it (`ProxyConfig`): the subset a platform team sets, with Istio's field names and
+//! Istio's defaults.
+//!
+//! Fields are `Option` (or empty collections) so that "not set" stays distinguishable from "set
+//! to the default value"; accessors such as [`MeshConfig::trust_domain`] give the effective
+//! value. Like Istio's protobuf JSON, both `camelCase` and the proto's `snake_case` names are
+//! read; `camelCase` is written.
+
+use std::collections::{BTreeMap, HashSet};
+use std::fmt;
+use std::net::Ipv6Addr;
+use std::time::Duration;
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
+use schemars::JsonSchema;
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Deserializer, Serialize};
+
+use crate::annotations::InterceptionMode;
+use crate::primitives::{
+    GoDuration, check_dns1123_label, check_dns1123_subdomain, check_duration_ms, check_host_or_ip, check_label_key,
+    check_label_value, check_port, parse_go_duration, parse_port,
+};
+
+pub const DEFAULT_TRUST_DOMAIN: &str = "cluster.local";
+pub const DEFAULT_ROOT_NAMESPACE: &str = "istio-system";
+pub const DEFAULT_DISCOVERY_ADDRESS: &str = "istiod.istio-system.svc:15012";
+pub const DEFAULT_STATUS_PORT: u16 = 15020;
+pub const DEFAULT_PROXY_ADMIN_PORT: u16 = 15000;
+pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+pub const DEFAULT_DRAIN_DURATION: Duration = Duration::from_secs(45);
+pub const DEFAULT_TERMINATION_DRAIN_DURATION: Duration = Duration::from_secs(5);
+/// Percent of requests traced when `tracing.sampling` is not set.
+pub const DEFAULT_TRACE_SAMPLING: f64 = 1.0;
+pub const DEFAULT_IMAGE_TYPE: &str = "default";
+
+/// A mesh config comes from a ConfigMap, which Kubernetes caps at 1 MiB.
+pub const MAX_MESH_CONFIG_LEN: usize = 1 << 20;
+
+/// Reads a missing or `null` collection as empty: Helm-rendered mesh configs often contain
+/// `trustDomainAliases:` with nothing after it, and Istio accepts that.
+fn null_as_default<'de, D, T>(de: D) -> Result<T, D::Error>
+where
+    D: Deserializer<'de>,
+    T: Deserialize<'de> + Default,
+{
+    Ok(Option::<T>::deserialize(de)?.unwrap_or_default())
+}
+
+// ---------------------------------------------------------------------------------------------
+// MeshConfig
+
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Default, JsonSchema)]
+#[serde(rename_all = "camelCase", default)]
+pub struct MeshConfig {
+    /// The SPIFFE trust domain of workload identities. Default `cluster.local`.
+    #[serde(skip_serializing_if = "Option::is_none", alias = "trust_domain")]
+    pub trust_domain: Option<String>,
+    /// Other trust domains whose identities are treated as this mesh's (migrations).
+    #[serde(
+        skip_serializing_if = "Vec::is_empty",
+        deserialize_with = "null_as_default",
+        alias = "trust_domain_aliases"
+    )]
+    pub trust_domain_aliases: Vec<String>,
+    /// Namespace whose config applies mesh-wide. Default `istio-system`.
+    #[serde(skip_serializing_if = "Option::is_none", alias = "root_namespace")]
+    pub root_namespace: Option<String>,
+    /// Proxy settings for every workload; a pod's `proxy.istio.io/config` is merged over them.
+    #[serde(skip_serializing_if = "Option::is_none", alias = "default_config")]
+    pub default_config: Option<ProxyConfig>,
+    #[serde(skip_serializing_if = "Option::is_none", alias = "outbound_traffic_policy")]
+    pub outbound_traffic_policy: Option<OutboundTrafficPolicy>,
+    /// Use mutual TLS towards workloads that have a proxy, without a DestinationRule. Default
+    /// true.
+    #[serde(skip_serializing_if = "Option::is_none", alias = "enable_auto_mtls")]
+    pub enable_auto_mtls: Option<bool>,
+    /// Where proxies write access logs (`/dev/stdout`); empty or unset turns them off.
+    #[serde(skip_serializing_if = "Option::is_none", alias = "access_log_file")]
+    pub access_log_file: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none", alias = "access_log_format")]
+    pub access_log_format: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none", alias = "access_log_encoding")]
+    pub access_log_encoding: Option<AccessLogEncoding>,
+    /// Default `exportTo` of Services and ServiceEntries; empty means every namespace (`*`).
+    #[serde(
+        skip_serializing_if = "Vec::is_empty",
+        deserialize_with = "null_as_default",
+        alias = "default_service_export_to"
+    )]
+    pub default_service_export_to: Vec<String>,
+    #[serde(
+        skip_serializing_if = "Vec::is_empty",
+        deserialize_with = "null_as_default",
+        alias = "default_virtual_service_export_to"
+    )]
+    pub default_virtual_service_export_to: Vec<String>,
+    #[serde(
+        skip_serializing_if = "Vec::is_empty",
+        deserialize_with = "null_as_default",
+        alias = "default_destination_rule_export_to"
+    )]
+    pub default_destination_rule_export_to: Vec<String>,
+    /// The `kubernetes.io/ingress.class` (or IngressClass) this mesh serves.
+    #[serde(skip_serializing_if = "Option::is_none", alias = "ingress_class")]
+    pub ingress_class: Option<String>,
+    /// Default true.
+    #[serde(skip_serializing_if = "Option::is_none", alias = "enable_tracing")]
+    pub enable_tracing: Option<bool>,
+    /// Retry policy for HTTP routes that do not set one.
+    #[serde(skip_serializing_if = "Option::is_none", alias = "default_http_retry_policy")]
+    pub default_http_retry_policy: Option<HttpRetry>,
+    /// TCP connect timeout towards upstreams. Default 10s.
+    #[serde(skip_serializing_if = "Option::is_none", alias = "connect_timeout")]
+    pub connect_timeout: Option<GoDuration>,
+    /// How long to wait for a client to speak first when sniffing the protocol; 0 (the
+    /// default) waits as long as it takes.
+    #[serde(skip_serializing_if = "Option::is_none", alias = "protocol_detection_timeout")]
+    pub protocol_detection_timeout: Option<GoDuration>,
+    /// Namespaces the control plane watches, by namespace labels; empty means all.
+    #[serde(
+        skip_serializing_if = "Vec::is_empty",
+        deserialize_with = "null_as_default",
+        alias = "discovery_selectors"
+    )]
+    #[schemars(with = "Vec<LabelSelectorSchema>")]
+    pub discovery_selectors: Vec<LabelSelector>,
+}
+
+/// What happens to outbound traffic for destinations the mesh does not know.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Hash, Default, JsonSchema)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum OutboundTrafficMode {
+    /// Only destinations in the service registry (Services, ServiceEntries) are reachable.
+    RegistryOnly,
+    /// Unknown destinations are passed through.
+    #[default]
+    AllowAny,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Default, JsonSchema)]
+#[serde(rename_all = "camelCase", default)]
+pub struct OutboundTrafficPolicy {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub mode: Option<OutboundTrafficMode>,
+}
+
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Hash, Default, JsonSchema)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum AccessLogEncoding {
+    #[default]
+    Text,
+    Json,
+}
+
+/// Istio's `HTTPRetry`, as used for `defaultHttpRetryPolicy`.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Default, JsonSchema)]
+#[serde(rename_all = "camelCase", default)]
+pub struct HttpRetry {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub attempts: Option<i32>,
+    #[serde(skip_serializing_if = "Option::is_none", alias = "per_try_timeout")]
+    pub per_try_timeout: Option<GoDuration>,
+    /// Comma-separated Envoy retry conditions (`5xx,connect-failure`) and HTTP status codes.
+    #[serde(skip_serializing_if = "Option::is_none", alias = "retry_on")]
+    pub retry_on: Option<String>,
+}
+
+/// Schema stand-in for `LabelSelector`: k8s-openapi implements `JsonSchema` only behind a
+/// feature this crate does not enable. Never constructed; it only describes the shape.
+#[allow(dead_code)]
+#[derive(JsonSchema)]
+#[schemars(rename = "LabelSelector", rename_all = "camelCase")]
+struct LabelSelectorSchema {
+    match_labels: Option<BTreeMap<String, String>>,
+    match_expressions: Option<Vec<LabelSelectorRequirementSchema>>,
+}
+
+#[allow(dead_code)]
+#[derive(JsonSchema)]
+#[schemars(rename = "LabelSelectorRequirement")]
+struct LabelSelectorRequirementSchema {
+    key: String,
+    /// `In`, `NotIn`, `Exists` or `DoesNotExist`.
+    operator: String,
+    values: Option<Vec<String>>,
+}
+
+/// The proxy settings every workload gets when the mesh config sets none.
+static EMPTY_PROXY_CONFIG: ProxyConfig = ProxyConfig {
+    discovery_address: None,
+    proxy_metadata: BTreeMap::new(),
+    hold_application_until_proxy_starts: None,
+    concurrency: None,
+    drain_duration: None,
+    termination_drain_duration: None,
+    status_port: None,
+    proxy_admin_port: None,
+    interception_mode: None,
+    tracing: None,
+    image: None,
+};
+
+impl MeshConfig {
+    /// Parses the mesh config YAML (the `mesh` key of Istio's ConfigMap). Fields Trellis does
+    /// not know are not errors — Istio has many more — but their paths are returned so that
+    /// typos can be shown as warnings.
+    pub fn from_yaml(text: &str) -> Result<(MeshConfig, Vec<String>), MeshConfigError> {
+        from_yaml_tracked(text)
+    }
+
+    pub fn to_yaml(&self) -> Result<String, String> {
+        serde_saphyr::to_string(self).map_err(|e| e.to_string())
+    }
+
+    pub fn trust_domain(&self) -> &str {
+        self.trust_domain.as_deref().unwrap_or(DEFAULT_TRUST_DOMAIN)
+    }
+
+    pub fn root_namespace(&self) -> &str {
+        self.root_namespace.as_deref().unwrap_or(DEFAULT_ROOT_NAMESPACE)
+    }
+
+    /// The mesh-wide proxy settings (all unset when the mesh config has none).
+    pub fn proxy_config(&self) -> &ProxyConfig {
+        self.default_config.as_ref().unwrap_or(&EMPTY_PROXY_CONFIG)
+    }
+
+    pub fn outbound_mode(&self) -> OutboundTrafficMode {
+        self.outbound_traffic_policy.as_ref().and_then(|p| p.mode).unwrap_or_default()
+    }
+
+    pub fn enable_auto_mtls(&self) -> bool {
+        self.enable_auto_mtls.unwrap_or(true)
+    }
+
+    pub fn enable_tracing(&self) -> bool {
+        self.enable_tracing.unwrap_or(true)
+    }
+
+    pub fn access_log_encoding(&self) -> AccessLogEncoding {
+        self.access_log_encoding.unwrap_or_default()
+    }
+
+    /// The access log path, or `None` when access logs are off.
+    pub fn access_log_file(&self) -> Option<&str> {
+        self.access_log_file.as_deref().filter(|f| !f.is_empty())
+    }
+
+    /// Errors only if the value does not parse, which [`MeshConfig::validate`] reports too.
+    pub fn connect_timeout(&self) -> Result<Duration, String> {
+        effective_duration(&self.connect_timeout, DEFAULT_CONNECT_TIMEOUT)
+    }
+
+    pub fn protocol_detection_timeout(&self) -> Result<Duration, String> {
+        effective_duration(&self.protocol_detection_timeout, Duration::ZERO)
+    }
+
+    pub fn default_service_export_to(&self) -> Vec<&str> {
+        export_to_or_public(&self.default_service_export_to)
+    }
+
+    pub fn default_virtual_service_export_to(&self) -> Vec<&str> {
+        export_to_or_public(&self.default_virtual_service_export_to)
+    }
+
+    pub fn default_destination_rule_export_to(&self) -> Vec<&str> {
+        export_to_or_public(&self.default_destination_rule_export_to)
+    }
+
+    /// Every problem in the config, each naming its field (`defaultConfig.statusPort: ...`).
+    /// An empty list means the config can be used.
+    pub fn validate(&self) -> Vec<String> {
+        let mut errors = Vec::new();
+        if let Some(domain) = &self.trust_domain {
+            push_err(&mut errors, "trustDomain", check_dns1123_subdomain(domain));
+        }
+        for (i, alias) in self.trust_domain_aliases.iter().enumerate() {
+            push_err(&mut errors, &format!("trustDomainAliases[{i}]"), check_dns1123_subdomain(alias));
+        }
+        if let Some(ns) = &self.root_namespace {
+            push_err(&mut errors, "rootNamespace", check_dns1123_label(ns));
+        }
+        if let Some(proxy) = &self.default_config {
+            proxy.validate_into("defaultConfig.", &mut errors);
+        }
+        check_export_to("defaultServiceExportTo", &self.default_service_export_to, &mut errors);
+        check_export_to("defaultVirtualServiceExportTo", &self.default_virtual_service_export_to, &mut errors);
+        check_export_to("defaultDestinationRuleExportTo", &self.default_destination_rule_export_to, &mut errors);
+        if let Some(retry) = &self.default_http_retry_policy {
+            retry.validate_into("defaultHttpRetryPolicy.", &mut errors);
+        }
+        if let Some(timeout) = &self.connect_timeout {
+            push_err(&mut errors, "connectTimeout", check_duration_ms(timeout).map(drop));
+        }
+        if let Some(timeout) = &self.protocol_detection_timeout {
+            push_err(&mut errors, "protocolDetectionTimeout", check_optional_timeout(timeout));
+        }
+        for (i, selector) in self.discovery_selectors.iter().enumerate() {
+            check_label_selector(&format!("discoverySelectors[{i}]"), selector, &mut errors);
+        }
+        errors
+    }
+}
+
+fn effective_duration(value: &Option<GoDuration>, default: Duration) -> Result<Duration, String> {
+    value.as_ref().map_or(Ok(default), GoDuration::to_std)
+}
+
+fn export_to_or_public(values: &[String]) -> Vec<&str> {
+    if values.is_empty() { vec!["*"] } else { values.iter().map(String::as_str).collect() }
+}
+
+fn push_err(errors: &mut Vec<String>, field: &str, result: Result<(), String>) {
+    if let Err(message) = result {
+        errors.push(format!("{field}: {message}"));
+    }
+}
+
+/// A zero duration means "disabled"; anything else must be a real timeout.
+fn check_optional_timeout(value: &GoDuration) -> Result<(), String> {
+    if value.to_std()? == Duration::ZERO { Ok(()) } else { check_duration_ms(value).map(drop) }
+}
+
+/// `exportTo` entries: `.` (own namespace), `*` (every namespace) or namespace names; `*`
+/// alone, each entry once.
+fn check_export_to(field: &str, values: &[String], errors: &mut Vec<String>) {
+    let mut seen = HashSet::new();
+    for (i, value) in values.iter().enumerate() {
+        if value != "." && value != "*" && check_dns1123_label(value).is_err() {
+            errors.push(format!("{field}[{i}]: {value:?} is not \".\", \"*\" or a namespace name"));
+        }
+        if !seen.insert(value) {
+            errors.push(format!("{field}[{i}]: {value:?} is listed more than once"));
+        }
+    }
+    if values.len() > 1 && values.iter().any(|v| v == "*") {
+        errors.push(format!("{field}: \"*\" (every namespace) cannot be combined with other entries"));
+    }
+}
+
+fn check_label_selector(field: &str, selector: &LabelSelector, errors: &mut Vec<String>) {
+    for (key, value) in selector.match_labels.iter().flatten() {
+        push_err(errors, &format!("{field}.matchLabels"), check_label_key(key));
+        push_err(errors, &format!("{field}.matchLabels.{key}"), check_label_value(value));
+    }
+    for (i, req) in selector.match_expressions.iter().flatten().enumerate() {
+        let at = format!("{field}.matchExpressions[{i}]");
+        push_err(errors, &format!("{at}.key"), check_label_key(&req.key));
+        let values = req.values.as_deref().unwrap_or_default();
+        match req.operator.as_str() {
+            "In" | "NotIn" if values.is_empty() => {
+                errors.push(format!("{at}.values: operator {} needs at least one value", req.operator));
+            }
+            "In" | "NotIn" => {
+                for (j, value) in values.iter().enumerate() {
+                    push_err(errors, &format!("{at}.values[{j}]"), check_label_value(value));
+                }
+            }
+            "Exists" | "DoesNotExist" if !values.is_empty() => {
+                errors.push(format!("{at}.values: operator {} takes no values", req.operator));
+            }
+            "Exists" | "DoesNotExist" => {}
+            other => errors.push(format!(
+                "{at}.operator: {other:?} is not one of In, NotIn, Exists, DoesNotExist"
+            )),
+        }
+    }
+}
+
+/// Envoy's retry conditions that Istio accepts in `retryOn`, besides HTTP status codes.
+const RETRY_ON_POLICIES: [&str; 16] = [
+    "5xx",
+    "gateway-error",
+    "reset",
+    "reset-before-request",
+    "connect-failure",
+    "envoy-ratelimited",
+    "retriable-4xx",
+    "refused-stream",
+    "retriable-status-codes",
+    "retriable-headers",
+    "http3-post-connect-failure",
+    "cancelled",
+    "deadline-exceeded",
+    "internal",
+    "resource-exhausted",
+    "unavailable",
+];
+
+fn check_retry_on(retry_on: &str) -> Result<(), String> {
+    for policy in retry_on.split(',').map(str::trim) {
+        let is_status = policy.len() == 3
+            && policy.bytes().all(|b| b.is_ascii_digit())
+            && policy.parse::<u16>().is_ok_and(|code| (100..=599).contains(&code));
+        if !is_status && !RETRY_ON_POLICIES.contains(&policy) {
+            return Err(format!(
+                "{policy:?} is not a retry condition (e.g. 5xx, connect-failure, reset, or an HTTP status code)"
+            ));
+        }
+    }
+    Ok(())
+}
+
+impl HttpRetry {
+    fn validate_into(&self, prefix: &str, errors: &mut Vec<String>) {
+        if let Some(attempts) = self.attempts
+            && attempts < 0
+        {
+            errors.push(format!("{prefix}attempts: must not be negative (got {attempts})"));
+        }
+        if let Some(timeout) = &self.per_try_timeout {
+            push_err(errors, &format!("{prefix}perTryTimeout"), check_duration_ms(timeout).map(drop));
+        }
+        if let Some(retry_on) = self.retry_on.as_deref().filter(|r| !r.is_empty()) {
+            push_err(errors, &format!("{prefix}retryOn"), check_retry_on(retry_on));
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// ProxyConfig
+
+/// Settings of one workload's proxy: `meshConfig.defaultConfig`, overridden per pod by the
+/// `proxy.istio.io/config` annotation.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Default, JsonSchema)]
+#[serde(rename_all = "camelCase", default)]
+pub struct ProxyConfig {
+    /// Control plane address (`host:port`). Default `istiod.istio-system.svc:15012`.
+    #[serde(skip_serializing_if = "Option::is_none", alias = "discovery_address")]
+    pub discovery_address: Option<String>,
+    /// Extra environment for the proxy (`ISTIO_META_*` and feature switches).
+    #[serde(
+        skip_serializing_if = "BTreeMap::is_empty",
+        deserialize_with = "null_as_default",
+        alias = "proxy_metadata"
+    )]
+    pub proxy_metadata: BTreeMap<String, String>,
+    /// Start application containers only once the proxy is ready. Default false.
+    #[serde(skip_serializing_if = "Option::is_none", alias = "hold_application_until_proxy_starts")]
+    pub hold_application_until_proxy_starts: Option<bool>,
+    /// Worker threads; 0 means one per CPU, unset means derived from the CPU limit.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub concurrency: Option<i32>,
+    /// How long the proxy drains connections on hot restart. Default 45s.
+    #[serde(skip_serializing_if = "Option::is_none", alias = "drain_duration")]
+    pub drain_duration: Option<GoDuration>,
+    /// How long the proxy drains on pod termination. Default 5s.
+    #[serde(skip_serializing_if = "Option::is_none", alias = "termination_drain_duration")]
+    pub termination_drain_duration: Option<GoDuration>,
+    /// Status and merged-metrics port. Default 15020. Kept as the proto's int32 so that an out
+    /// of range value is reported by `validate` with the field name rather than as a parse
+    /// error.
+    #[serde(skip_serializing_if = "Option::is_none", alias = "status_port")]
+    pub status_port: Option<i32>,
+    /// Admin port (localhost only). Default 15000.
+    #[serde(skip_serializing_if = "Option::is_none", alias = "proxy_admin_port")]
+    pub proxy_admin_port: Option<i32>,
+    /// Default `REDIRECT`.
+    #[serde(skip_serializing_if = "Option::is_none", alias = "interception_mode")]
+    pub interception_mode: Option<InterceptionMode>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tracing: Option<Tracing>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub image: Option<ProxyImage>,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Default, JsonSchema)]
+#[serde(rename_all = "camelCase", default)]
+pub struct Tracing {
+    /// Percent of requests traced, 0-100, in steps of 0.01. Default 1.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub sampling: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub zipkin: Option<ZipkinTracing>,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Default, JsonSchema)]
+#[serde(rename_all = "camelCase", default)]
+pub struct ZipkinTracing {
+    /// Collector address, `host:port`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub address: Option<String>,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Default, JsonSchema)]
+#[serde(rename_all = "camelCase", default)]
+pub struct ProxyImage {
+    /// Image variant: `default`, `debug`, `distroless`, or any tag suffix the registry has.
+    #[serde(skip_serializing_if = "Option::is_none", alias = "image_type")]
+    pub image_type: Option<String>,
+}
+
+impl ProxyConfig {
+    /// Parses ProxyConfig YAML or JSON (JSON is read as YAML), returning the paths of fields
+    /// Trellis does not know.
+    pub fn from_yaml(text: &str) -> Result<(ProxyConfig, Vec<String>), MeshConfigError> {
+        from_yaml_tracked(text)
+    }
+
+    pub fn discovery_address(&self) -> &str {
+        self.discovery_address.as_deref().unwrap_or(DEFAULT_DISCOVERY_ADDRESS)
+    }
+
+    pub fn hold_application_until_proxy_starts(&self) -> bool {
+        self.hold_application_until_proxy_starts.unwrap_or(false)
+    }
+
+    pub fn drain_duration(&self) -> Result<Duration, String> {
+        effective_duration(&self.drain_duration, DEFAULT_DRAIN_DURATION)
+    }
+
+    pub fn termination_drain_duration(&self) -> Result<Duration, String> {
+        effective_duration(&self.termination_drain_duration, DEFAULT_TERMINATION_DRAIN_DURATION)
+    }
+
+    /// Errors only if the value is out of range, which [`ProxyConfig::validate`] reports too.
+    pub fn status_port(&self) -> Result<u16, String> {
+        self.status_port.map_or(Ok(DEFAULT_STATUS_PORT), check_port_i32)
+    }
+
+    pub fn proxy_admin_port(&self) -> Result<u16, String> {
+        self.proxy_admin_port.map_or(Ok(DEFAULT_PROXY_ADMIN_PORT), check_port_i32)
+    }
+
+    pub fn interception_mode(&self) -> InterceptionMode {
+        self.interception_mode.unwrap_or_default()
+    }
+
+    pub fn tracing_sampling(&self) -> f64 {
+        self.tracing.as_ref().and_then(|t| t.sampling).unwrap_or(DEFAULT_TRACE_SAMPLING)
+    }
+
+    pub fn image_type(&self) -> &str {
+        self.image.as_ref().and_then(|i| i.image_type.as_deref()).unwrap_or(DEFAULT_IMAGE_TYPE)
+    }
+
+    /// Applies `overlay` on top of `self`, the way a pod's `proxy.istio.io/config` overrides
+    /// the mesh default: fields the overlay sets win, `proxyMetadata` is merged key by key and
+    /// `tracing` field by field.
+    pub fn merge_from(&mut self, overlay: &ProxyConfig) {
+        override_with(&mut self.discovery_address, &overlay.discovery_address);
+        for (key, value) in &overlay.proxy_metadata {
+            self.proxy_metadata.insert(key.clone(), value.clone());
+        }
+        override_with(&mut self.hold_application_until_proxy_starts, &overlay.hold_application_until_proxy_starts);
+        override_with(&mut self.concurrency, &overlay.concurrency);
+        override_with(&mut self.drain_duration, &overlay.drain_duration);
+        override_with(&mut self.termination_drain_duration, &overlay.termination_drain_duration);
+        override_with(&mut self.status_port, &overlay.status_port);
+        override_with(&mut self.proxy_admin_port, &overlay.proxy_admin_port);
+        override_with(&mut self.interception_mode, &overlay.interception_mode);
+        if let Some(over) = &overlay.tracing {
+            let tracing = self.tracing.get_or_insert_with(Tracing::default);
+            override_with(&mut tracing.sampling, &over.sampling);
+            override_with(&mut tracing.zipkin, &over.zipkin);
+        }
+        override_with(&mut self.image, &overlay.image);
+    }
+
+    /// Every problem, each naming its field relative to the ProxyConfig (`statusPort: ...`).
+    pub fn validate(&self) -> Vec<String> {
+        let mut errors = Vec::new();
+        self.validate_into("", &mut errors);
+        errors
+    }
+
+    fn validate_into(&self, prefix: &str, errors: &mut Vec<String>) {
+        let field = |name: &str| format!("{prefix}{name}");
+        if let Some(address) = &self.discovery_address {
+            push_err(errors, &field("discoveryAddress"), check_host_port(address));
+        }
+        for key in self.proxy_metadata.keys() {
+            push_err(errors, &field("proxyMetadata"), check_env_name(key));
+        }
+        if let Some(concurrency) = self.concurrency
+            && concurrency < 0
+        {
+            errors.push(format!("{}: must not be negative (got {concurrency})", field("concurrency")));
+        }
+        for (name, value) in [
+            ("drainDuration", &self.drain_duration),
+            ("terminationDrainDuration", &self.termination_drain_duration),
+        ] {
+            if let Some(duration) = value {
+                push_err(errors, &field(name), parse_go_duration(&duration.0).map(drop));
+            }
+        }
+        let status = self.status_port.map(check_port_i32);
+        let admin = self.proxy_admin_port.map(check_port_i32);
+        if let Some(result) = &status {
+            push_err(errors, &field("statusPort"), result.clone().map(drop));
+        }
+        if let Some(result) = &admin {
+            push_err(errors, &field("proxyAdminPort"), result.clone().map(drop));
+        }
+        if let (Ok(status), Ok(admin)) = (self.status_port(), self.proxy_admin_port())
+            && status == admin
+        {
+            errors.push(format!("{}: {status} is also the proxyAdminPort", field("statusPort")));
+        }
+        if let Some(tracing) = &self.tracing {
+            tracing.validate_into(&field("tracing."), errors);
+        }
+        if let Some(image_type) = self.image.as_ref().and_then(|i| i.image_type.as_deref()) {
+            push_err(errors, &field("image.imageType"), check_image_type(image_type));
+        }
+    }
+}
+
+fn override_with<T: Clone>(base: &mut Option<T>, overlay: &Option<T>) {
+    if overlay.is_some() {
+        base.clone_from(overlay);
+    }
+}
+
+impl Tracing {
+    fn validate_into(&self, prefix: &str, errors: &mut Vec<String>) {
+        if let Some(sampling) = self.sampling
+            && !(sampling.is_finite() && (0.0..=100.0).contains(&sampling))
+        {
+            errors.push(format!("{prefix}sampling: {sampling} is out of range 0-100 (a percentage)"));
+        }
+        if let Some(address) = self.zipkin.as_ref().and_then(|z| z.address.as_deref()) {
+            push_err(errors, &format!("{prefix}zipkin.address"), check_host_port(address));
+        }
+    }
+}
+
+/// Ports are int32 in Istio's API; refuse what is not a port without wrapping negatives.
+fn check_port_i32(port: i32) -> Result<u16, String> {
+    u32::try_from(port)
+        .map_err(|_| format!("port {port} is out of range 1-65535"))
+        .and_then(check_port)
+}
+
+/// `host:port` or `[ipv6]:port`, as the proxy dials it.
+fn check_host_port(text: &str) -> Result<(), String> {
+    let bad = || format!("{text:?} is not host:port");
+    let (host, port) = match text.strip_prefix('[') {
+        Some(rest) => {
+            let (ip, after) = rest.split_once(']').ok_or_else(bad)?;
+            ip.parse::<Ipv6Addr>().map_err(|_| format!("{ip:?} is not an IPv6 address"))?;
+            (None, after.strip_prefix(':').ok_or_else(bad)?)
+        }
+        None => {
+            let (host, port) = text.rsplit_once(':').ok_or_else(bad)?;
+            if host.contains(':') {
+                return Err(format!("{text:?}: write an IPv6 address in brackets, e.g. [::1]:15012"));
+            }
+            (Some(host), port)
+        }
+    };
+    if let Some(host) = host
+        && (host.is_empty() || host.contains('*') || check_host_or_ip(host).is_err())
+    {
+        return Err(format!("{text:?}: {host:?} is not a host name or IP address"));
+    }
+    if port.is_empty() || !port.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(format!("{text:?}: {port:?} is not a port number"));
+    }
+    parse_port(port).map(drop)
+}
+
+/// `proxyMetadata` keys become environment variables of the proxy container, so they must be
+/// names Kubernetes accepts there.
+fn check_env_name(name: &str) -> Result<(), String> {
+    let valid = |c: char| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.');
+    if !name.is_empty() && !name.starts_with(|c: char| c.is_ascii_digit()) && name.chars().all(valid) {
+        Ok(())
+    } else {
+        Err(format!(
+            "{name:?} is not a valid environment variable name (letters, digits, '_', '-', '.', not starting with a digit)"
+        ))
+    }
+}
+
+/// The image type becomes a tag suffix (`1.22.0-distroless`), so it must be tag characters.
+fn check_image_type(image_type: &str) -> Result<(), String> {
+    let valid = |c: char| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.');
+    if !image_type.is_empty() && image_type.len() <= 64 && image_type.chars().all(valid) {
+        Ok(())
+    } else {
+        Err(format!(
+            "{image_type:?} is not a valid image type (e.g. default, debug, distroless; letters, digits, '_', '-', '.')"
+        ))
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Parsing with unknown-field tracking and located errors
+
+/// A mesh config (or proxy config) document that cannot be read: where, which field, and why.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MeshConfigError {
+    /// Field path such as `defaultConfig.statusPort`, when the error is about a field.
+    pub path: Option<String>,
+    /// 1-based position in the document, when known.
+    pub line: Option<u64>,
+    pub column: Option<u64>,
+    /// One line, without the position.
+    pub message: String,
+}
+
+impl fmt::Display for MeshConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if let (Some(line), Some(column)) = (self.line, self.column) {
+            write!(f, "line {line}, column {column}: ")?;
+        }
+        if let Some(path) = &self.path {
+            write!(f, "{path}: ")?;
+        }
+        f.write_str(&self.message)
+    }
+}
+
+impl std::error::Error for MeshConfigError {}
+
+/// Longest message kept from the YAML library: its messages can quote input.
+const MAX_MESSAGE_CHARS: usize = 200;
+
+impl MeshConfigError {
+    fn from_yaml_error(err: &serde_saphyr::Error, path: Option<String>) -> Self {
+        let location = err.location();
+        let mut message = err.without_snippet().to_string();
+        // The library appends the position; it is kept in its own fields instead.
+        if let Some(loc) = location {
+            let suffix = format!(" at line {}, column {}", loc.line(), loc.column());
+            if let Some(stripped) = message.strip_suffix(&suffix) {
+                message = stripped.to_owned();
+            }
+        }
+        let mut message: String = message.replace(['\n', '\r'], " ");
+        if let Some((cut, _)) = message.char_indices().nth(MAX_MESSAGE_CHARS) {
+            message.truncate(cut);
+            message.push_str("...");
+        }
+        MeshConfigError {
+            // The root (".") or an unnamed map key ("?") says nothing useful.
+            path: path.filter(|p| p != "." && !p.starts_with('?')),
+            line: location.map(|l| l.line()),
+            column: location.map(|l| l.column()),
+            message,
+        }
+    }
+}
+
+/// Deserializes one YAML document, recording ignored fields and the path of a failing field.
+fn from_yaml_tracked<T: DeserializeOwned>(text: &str) -> Result<(T, Vec<String>), MeshConfigError> {
+    if text.len() > MAX_MESH_CONFIG_LEN {
+        return Err(MeshConfigError {
+            path: None,
+            line: None,
+            column: None,
+            message: format!("document is {} bytes, at most {MAX_MESH_CONFIG_LEN} are allowed", text.len()),
+        });
+    }
+    let mut unknown = Vec::new();
+    let mut failed_at = None;
+    let result = serde_saphyr::with_deserializer_from_str(text, |de| {
+        let mut record = |path: serde_ignored::Path<'_>| unknown.push(field_path(&path));
+        let de = serde_ignored::Deserializer::new(de, &mut record);
+        serde_path_to_error::deserialize(de).map_err(|e| {
+            failed_at = Some(e.path().to_string());
+            e.into_inner()
+        })
+    });
+    match result {
+        Ok(value) => Ok((value, unknown)),
+        Err(e) => Err(MeshConfigError::from_yaml_error(&e, failed_at)),
+    }
+}
+
+/// Formats an ignored field's path the way errors name fields: `defaultConfig.foo`,
+/// `discoverySelectors[0].bar` (serde_ignored's own format adds `?` for every `Option`).
+fn field_path(path: &serde_ignored::Path<'_>) -> String {
+    use serde_ignored::Path;
+    match path {
+        Path::Root => String::new(),
+        Path::Seq { parent, index } => format!("{}[{index}]", field_path(parent)),
+        Path::Map { parent, key } => {
+            let parent = field_path(parent);
+            if parent.is_empty() { key.clone() } else { format!("{parent}.{key}") }
+        }
+        Path::Some { parent } | Path::NewtypeStruct { parent } | Path::NewtypeVariant { parent } => {
+            field_path(parent)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const ISTIO_STYLE: &str = r#"
+# as found in the istio ConfigMap's "mesh" key
+trustDomain: example.org
+trustDomainAliases: [old.example.org]
+rootNamespace: istio-system
+enableAutoMtls: false
+accessLogFile: /dev/stdout
+accessLogEncoding: JSON
+outboundTrafficPolicy:
+  mode: REGISTRY_ONLY
+defaultServiceExportTo: ["."]
+enableTracing: false
+connectTimeout: 5s
+protocolDetectionTimeout: 100ms
+defaultHttpRetryPolicy:
+  attempts: 3
+  perTryTimeout: 2s
+  retryOn: 5xx,connect-failure,503
+discoverySelectors:
+- matchLabels:
+    env: prod
+- matchExpressions:
+  - key: team
+    operator: In
+    values: [payments, orders]
+defaultConfig:
+  discoveryAddress: istiod.istio-system.svc:15012
+  holdApplicationUntilProxyStarts: true
+  concurrency: 2
+  drainDuration: 30s
+  terminationDrainDuration: 10s
+  proxyMetadata:
+    ISTIO_META_DNS_CAPTURE: "true"
+  interceptionMode: TPROXY
+  tracing:
+    sampling: 10.5
+    zipkin:
+      address: zipkin.istio-system:9411
+  image:
+    imageType: distroless
+"#;
+
+    #[test]
+    fn reads_istio_mesh_config() {
+        let (mesh, unknown) = MeshConfig::from_yaml(ISTIO_STYLE).unwrap();
+        assert!(unknown.is_empty(), "{unknown:?}");
+        assert!(mesh.validate().is_empty(), "{:?}", mesh.validate());
+        assert_eq!(mesh.trust_domain(), "example.org");
+        assert_eq!(mesh.trust_domain_aliases, vec!["old.example.org"]);
+        assert!(!mesh.enable_auto_mtls());
+        assert_eq!(mesh.access_log_file(), Some("/dev/stdout"));
+        assert_eq!(mesh.access_log_encoding(), AccessLogEncoding::Json);
+        assert_eq!(mesh.outbound_mode(), OutboundTrafficMode::RegistryOnly);
+        assert_eq!(mesh.default_service_export_to(), vec!["."]);
+        assert_eq!(mesh.default_virtual_service_export_to(), vec!["*"]);
+        assert!(!mesh.enable_tracing());
+        assert_eq!(mesh.connect_timeout(), Ok(Duration::from_secs(5)));
+        assert_eq!(mesh.protocol_detection_timeout(), Ok(Duration::from_millis(100)));
+        let retry = mesh.default_http_retry_policy.as_ref().unwrap();
+        assert_eq!(retry.attempts, Some(3));
+        assert_eq!(mesh.discovery_selectors.len(), 2);
+        assert_eq!(
+            mesh.discovery_selectors[0].match_labels.as_ref().unwrap().get("env").map(String::as_str),
+            Some("prod")
+        );
+        let proxy = mesh.proxy_config();
+        assert!(proxy.hold_application_until_proxy_starts());
+        assert_eq!(proxy.concurrency, Some(2));
+        assert_eq!(proxy.drain_duration(), Ok(Duration::from_secs(30)));
+        assert_eq!(proxy.termination_drain_duration(), Ok(Duration::from_secs(10)));
+        assert_eq!(proxy.interception_mode(), InterceptionMode::Tproxy);
+        assert_eq!(proxy.tracing_sampling(), 10.5);
+        assert_eq!(proxy.image_type(), "distroless");
+        assert_eq!(proxy.status_port(), Ok(15020));
+    }
+
+    #[test]
+    fn defaults_apply_when_unset() {
+        for text in ["", "{}", "# only a comment\n", "null"] {
+            let (mesh, unknown) = MeshConfig::from_yaml(text).unwrap();
+            assert_eq!(mesh, MeshConfig::default(), "{text:?}");
+            assert!(unknown.is_empty());
+        }
+        let mesh = MeshConfig::default();
+        assert_eq!(mesh.trust_domain(), "cluster.local");
+        assert_eq!(mesh.root_namespace(), "istio-system");
+        assert_eq!(mesh.outbound_mode(), OutboundTrafficMode::AllowAny);
+        assert!(mesh.enable_auto_mtls());
+        assert!(mesh.enable_tracing());
+        assert_eq!(mesh.access_log_file(), None);
+        assert_eq!(mesh.access_log_encoding(), AccessLogEncoding::Text);
+        assert_eq!(mesh.connect_timeout(), Ok(Duration::from_secs(10)));
+        assert_eq!(mesh.protocol_detection_timeout(), Ok(Duration::ZERO));
+        assert_eq!(mesh.default_service_export_to(), vec!["*"]);
+        let proxy = mesh.proxy_config();
+        assert_eq!(proxy.discovery_address(), "istiod.istio-system.svc:15012");
+        assert_eq!(proxy.status_port(), Ok(15020));
+        assert_eq!(proxy.proxy_admin_port(), Ok(15000));
+        assert_eq!(proxy.interception_mode(), InterceptionMode::Redirect);
+        assert_eq!(proxy.drain_duration(), Ok(Duration::from_secs(45)));
+        assert_eq!(proxy.termination_drain_duration(), Ok(Duration::from_secs(5)));
+        assert!(!proxy.hold_application_until_proxy_starts());
+        assert_eq!(proxy.tracing_sampling(), 1.0);
+        assert_eq!(proxy.image_type(), "default");
+        assert!(mesh.validate().is_empty());
+        // An empty outboundTrafficPolicy keeps ALLOW_ANY, as Istio's merge over its defaults does.
+        let (mesh, _) = MeshConfig::from_yaml("outboundTrafficPolicy: {}").unwrap();
+        assert_eq!(mesh.outbound_mode(), OutboundTrafficMode::AllowAny);
+    }
+
+    #[test]
+    fn null_collections_read_as_empty() {
+        let (mesh, _) =
+            MeshConfig::from_yaml("trustDomainAliases:\ndiscoverySelectors: null\ndefaultConfig:\n  proxyMetadata:\n")
+                .unwrap();
+        assert!(mesh.trust_domain_aliases.is_empty());
+        assert!(mesh.discovery_selectors.is_empty());
+        assert!(mesh.proxy_config().proxy_metadata.is_empty());
+    }
+
+    #[test]
+    fn snake_case_names_are_accepted_like_protobuf_json() {
+        let (mesh, unknown) =
+            MeshConfig::from_yaml("trust_domain: a.b\ndefault_config:\n  status_port: 15021\n").unwrap();
+        assert!(unknown.is_empty());
+        assert_eq!(mesh.trust_domain(), "a.b");
+        assert_eq!(mesh.proxy_config().status_port(), Ok(15021));
+    }
+
+    #[test]
+    fn unknown_fields_are_reported_with_their_path() {
+        let text = "trustDomain: a.b\nenableAutoMTLS: true\ndefaultConfig:\n  statusport: 1\n  tracing:\n    zipkin:\n      adress: x:1\ndiscoverySelectors:\n- matchLabels: {a: b}\n  matchLabel: {c: d}\n";
+        let (mesh, unknown) = MeshConfig::from_yaml(text).unwrap();
+        assert_eq!(
+            unknown,
+            vec![
+                "enableAutoMTLS",
+                "defaultConfig.statusport",
+                "defaultConfig.tracing.zipkin.adress",
+                "discoverySelectors[0].matchLabel",
+            ]
+        );
+        assert_eq!(mesh.trust_domain(), "a.b");
+    }
+
+    #[test]
+    fn malformed_yaml_reports_line_and_column() {
+        let err = MeshConfig::from_yaml("trustDomain: a.b\ndefaultConfig:\n  statusPort: abc\n").unwrap_err();
+        assert_eq!(err.line, Some(3));
+        assert_eq!(err.column, Some(15));
+        assert_eq!(err.path.as_deref(), Some("defaultConfig.statusPort"));
+        assert_eq!(err.to_string(), "line 3, column 15: defaultConfig.statusPort: invalid i32");
+
+        let err = MeshConfig::from_yaml("trustDomain: a.b\n\tconnectTimeout: 1s\n").unwrap_err();
+        assert_eq!(err.line, Some(1));
+        assert!(!err.to_string().contains('\n'));
+
+        let err = MeshConfig::from_yaml("defaultConfig: [1, 2").unwrap_err();
+        assert!(err.line.is_some(), "{err}");
+
+        let err = MeshConfig::from_yaml("outboundTrafficPolicy:\n  mode: allow_any\n").unwrap_err();
+        assert_eq!(err.line, Some(2));
+        assert_eq!(err.path.as_deref(), Some("outboundTrafficPolicy.mode"));
+
+        let err = MeshConfig::from_yaml("trustDomain: a\ntrustDomain: b\n").unwrap_err();
+        assert_eq!(err.line, Some(2));
+        assert!(err.message.contains("duplicate"), "{err}");
+
+        let err = MeshConfig::from_yaml("a: 1\n---\nb: 2\n").unwrap_err();
+        assert!(err.message.contains("multiple"), "{err}");
+
+        let err = MeshConfig::from_yaml("- just a list").unwrap_err();
+        assert_eq!(err.line, Some(1));
+    }
+
+    #[test]
+    fn hostile_documents_fail_cleanly() {
+        let huge = "a".repeat(MAX_MESH_CONFIG_LEN + 1);
+        assert_eq!(
+            MeshConfig::from_yaml(&huge).unwrap_err().to_string(),
+            format!("document is {} bytes, at most 1048576 are allowed", MAX_MESH_CONFIG_LEN + 1)
+        );
+        let deep = format!("{}{}", "[".repeat(10_000), "]".repeat(10_000));
+        assert!(MeshConfig::from_yaml(&deep).is_err());
+        let bomb = "a: &a [x, x, x, x, x, x, x, x, x]\nb: &b [*a, *a, *a, *a, *a, *a, *a, *a, *a]\nc: &c [*b, *b, *b, *b, *b, *b, *b, *b, *b]\nd: &d [*c, *c, *c, *c, *c, *c, *c, *c, *c]\ne: &e [*d, *d, *d, *d, *d, *d, *d, *d, *d]\nf: &f [*e, *e, *e, *e, *e, *e, *e, *e, *e]\ng: [*f, *f, *f, *f, *f, *f, *f, *f, *f]\n";
+        let _ = MeshConfig::from_yaml(bomb);
+        assert!(MeshConfig::from_yaml("trustDomain: \"\0\"").map(|(m, _)| m.validate()).is_ok_and(|e| !e.is_empty()));
+        let long_value = format!("defaultConfig:\n  concurrency: {}\n", "9".repeat(5000));
+        let err = MeshConfig::from_yaml(&long_value).unwrap_err();
+        assert!(err.message.chars().count() <= MAX_MESSAGE_CHARS + 3);
+        assert!(MeshConfig::from_yaml("trustDomain: ☃.example").unwrap().0.validate()[0].starts_with("trustDomain: "));
+    }
+
+    #[test]
+    fn validation_names_each_field() {
+        let text = r#"
+trustDomain: Cluster.Local
+trustDomainAliases: ["ok.example", "bad_domain"]
+rootNamespace: Istio-System
+defaultServiceExportTo: ["*", "."]
+defaultDestinationRuleExportTo: [".", "."]
+defaultVirtualServiceExportTo: ["Not_A_Namespace"]
+connectTimeout: 0s
+protocolDetectionTimeout: 10
+defaultHttpRetryPolicy:
+  attempts: -1
+  perTryTimeout: 100us
+  retryOn: 5xx,sometimes
+discoverySelectors:
+- matchLabels: {"bad key": v}
+  matchExpressions:
+  - {key: team, operator: In}
+  - {key: team, operator: Exists, values: [a]}
+  - {key: team, operator: Equals, values: [a]}
+defaultConfig:
+  discoveryAddress: istiod
+  statusPort: 70000
+  proxyAdminPort: -1
+  concurrency: -2
+  drainDuration: forever
+  terminationDrainDuration: 5d
+  proxyMetadata: {"1BAD": x}
+  tracing:
+    sampling: 101
+    zipkin: {address: "zipkin:http"}
+  image: {imageType: "debug build"}
+"#;
+        let (mesh, unknown) = MeshConfig::from_yaml(text).unwrap();
+        assert!(unknown.is_empty());
+        let errors = mesh.validate();
+        let expected = [
+            "trustDomain: \"Cluster.Local\" is not a valid DNS-1123 subdomain (lower-case labels separated by '.', at most 253 characters)",
+            "trustDomainAliases[1]: \"bad_domain\" is not a valid DNS-1123 subdomain (lower-case labels separated by '.', at most 253 characters)",
+            "rootNamespace: \"Istio-System\" is not a valid DNS-1123 label (lower-case letters, digits and '-', at most 63 characters, starting and ending with a letter or digit)",
+            "defaultConfig.discoveryAddress: \"istiod\" is not host:port",
+            "defaultConfig.proxyMetadata: \"1BAD\" is not a valid environment variable name (letters, digits, '_', '-', '.', not starting with a digit)",
+            "defaultConfig.concurrency: must not be negative (got -2)",
+            "defaultConfig.drainDuration: invalid duration \"forever\": use a number and a unit, e.g. 100ms, 1.5s, 2m",
+            "defaultConfig.terminationDrainDuration: invalid duration \"5d\": unknown unit \"d\"",
+            "defaultConfig.statusPort: port 70000 is out of range 1-65535",
+            "defaultConfig.proxyAdminPort: port -1 is out of range 1-65535",
+            "defaultConfig.tracing.sampling: 101 is out of range 0-100 (a percentage)",
+            "defaultConfig.tracing.zipkin.address: \"zipkin:http\": \"http\" is not a port number",
+            "defaultConfig.image.imageType: \"debug build\" is not a valid image type (e.g. default, debug, distroless; letters, digits, '_', '-', '.')",
+            "defaultServiceExportTo: \"*\" (every namespace) cannot be combined with other entries",
+            "defaultVirtualServiceExportTo[0]: \"Not_A_Namespace\" is not \".\", \"*\" or a namespace name",
+            "defaultDestinationRuleExportTo[1]: \".\" is listed more than once",
+            "defaultHttpRetryPolicy.attempts: must not be negative (got -1)",
+            "defaultHttpRetryPolicy.perTryTimeout: duration \"100us\" must be at least 1ms",
+            "defaultHttpRetryPolicy.retryOn: \"sometimes\" is not a retry condition (e.g. 5xx, connect-failure, reset, or an HTTP status code)",
+            "connectTimeout: duration \"0s\" must be at least 1ms",
+            "protocolDetectionTimeout: invalid duration \"10\": missing unit (ns, us, ms, s, m, h)",
+            "discoverySelectors[0].matchLabels: label key \"bad key\" is invalid (at most 63 of letters, digits, '-', '_', '.', starting and ending with a letter or digit)",
+            "discoverySelectors[0].matchExpressions[0].values: operator In needs at least one value",
+            "discoverySelectors[0].matchExpressions[1].values: operator Exists takes no values",
+            "discoverySelectors[0].matchExpressions[2].operator: \"Equals\" is not one of In, NotIn, Exists, DoesNotExist",
+        ];
+        assert_eq!(errors, expected);
+    }
+
+    #[test]
+    fn ports_and_addresses() {
+        let with = |yaml: &str| ProxyConfig::from_yaml(yaml).unwrap().0.validate();
+        assert!(with("discoveryAddress: \"[fd00::1]:15012\"").is_empty());
+        assert!(with("discoveryAddress: 10.0.0.1:15012").is_empty());
+        assert_eq!(
+            with("discoveryAddress: \"fd00::1:15012\""),
+            vec!["discoveryAddress: \"fd00::1:15012\": write an IPv6 address in brackets, e.g. [::1]:15012"]
+        );
+        assert!(!with("discoveryAddress: \"*.svc:15012\"").is_empty());
+        assert!(!with("discoveryAddress: \"istiod:+15012\"").is_empty());
+        assert!(!with("discoveryAddress: \"[zz]:1\"").is_empty());
+        assert_eq!(with("statusPort: 0"), vec!["statusPort: port 0 is out of range 1-65535"]);
+        assert_eq!(with("statusPort: 15000"), vec!["statusPort: 15000 is also the proxyAdminPort"]);
+        assert!(with("statusPort: 15020\nproxyAdminPort: 15000\nconcurrency: 0").is_empty());
+        assert!(!with("tracing: {sampling: .nan}").is_empty());
+        assert!(with("terminationDrainDuration: 0s").is_empty());
+        let err = ProxyConfig::from_yaml("statusPort: 99999999999").unwrap_err();
+        assert_eq!(err.path.as_deref(), Some("statusPort"));
+        assert_eq!(ProxyConfig { status_port: Some(-5), ..Default::default() }.status_port(), Err("port -5 is out of range 1-65535".to_owned()));
+    }
+
+    #[test]
+    fn proxy_config_merges_like_istio() {
+        let (mut base, _) = ProxyConfig::from_yaml(
+            "concurrency: 2\nproxyMetadata: {A: '1', B: '2'}\ntracing: {sampling: 5, zipkin: {address: 'z:9411'}}\n",
+        )
+        .unwrap();
+        let (overlay, _) =
+            ProxyConfig::from_yaml(r#"{"proxyMetadata": {"B": "3"}, "tracing": {"sampling": 50}, "statusPort": 15999}"#)
+                .unwrap();
+        base.merge_from(&overlay);
+        assert_eq!(base.concurrency, Some(2));
+        assert_eq!(base.status_port(), Ok(15999));
+        assert_eq!(base.proxy_metadata.get("A").map(String::as_str), Some("1"));
+        assert_eq!(base.proxy_metadata.get("B").map(String::as_str), Some("3"));
+        assert_eq!(base.tracing_sampling(), 50.0);
+        assert_eq!(base.tracing.as_ref().unwrap().zipkin.as_ref().unwrap().address.as_deref(), Some("z:9411"));
+    }
+
+    #[test]
+    fn round_trips_through_yaml_and_json() {
+        let (mesh, _) = MeshConfig::from_yaml(ISTIO_STYLE).unwrap();
+        let yaml = mesh.to_yaml().unwrap();
+        let (again, unknown) = MeshConfig::from_yaml(&yaml).unwrap();
+        assert!(unknown.is_empty());
+        assert_eq!(again, mesh);
+        let json = serde_json::to_string(&mesh).unwrap();
+        assert!(json.contains("\"trustDomain\":\"example.org\""));
+        assert!(json.contains("\"mode\":\"REGISTRY_ONLY\""));
+        assert!(json.contains("\"interceptionMode\":\"TPROXY\""));
+        assert!(json.contains("\"accessLogEncoding\":\"JSON\""));
+        assert_eq!(serde_json::from_str::<MeshConfig>(&json).unwrap(), mesh);
+        // Nothing unset is written.
+        assert_eq!(serde_json::to_string(&MeshConfig::default()).unwrap(), "{}");
+        assert_eq!(MeshConfig::default().to_yaml().unwrap().trim(), "{}");
+    }
+
+    #[test]
+    fn schema_describes_the_istio_names() {
+        let schema = serde_json::to_string(&schemars::schema_for!(MeshConfig)).unwrap();
+        for name in ["trustDomain", "defaultConfig", "discoverySelectors", "matchLabels", "REGISTRY_ONLY", "TPROXY"] {
+            assert!(schema.contains(name), "{name} missing from the schema");
+        }
+    }
+}
