@@ -6,11 +6,11 @@
 
 #![forbid(unsafe_code)]
 
-//TMP pub mod annotations;
+pub mod annotations;
 pub mod check;
 pub mod crds;
 pub mod load;
-//TMP pub mod mesh;
+pub mod mesh;
 pub mod networking;
 pub mod primitives;
 mod proto;

@@ -34,15 +34,13 @@ pub fn split_documents(text: &str) -> Vec<DocumentText<'_>> {
     let mut start = 0usize;
     let mut start_line = 1usize;
     let mut offset = 0usize;
-    let mut line_no = 1usize;
-    for line in text.split_inclusive('\n') {
+    for (line_no, line) in (1usize..).zip(text.split_inclusive('\n')) {
         if is_separator(line) {
             push_document(&mut docs, &text[start..offset], start_line);
             start = offset + line.len();
             start_line = line_no + 1;
         }
         offset += line.len();
-        line_no += 1;
     }
     push_document(&mut docs, &text[start..], start_line);
     docs
@@ -321,7 +319,7 @@ macro_rules! dispatch {
 fn decode_yaml(kind: Kind, doc: DocumentText<'_>, unknown: &mut Vec<String>) -> Result<Resource, LoadError> {
     macro_rules! typed {
         ($variant:ident) => {
-            decode_yaml_as(doc, unknown).map(Resource::$variant)
+            decode_yaml_as(doc, unknown).map(|r| Resource::$variant(Box::new(r)))
         };
     }
     dispatch!(kind, typed)
@@ -330,7 +328,7 @@ fn decode_yaml(kind: Kind, doc: DocumentText<'_>, unknown: &mut Vec<String>) -> 
 fn decode_value(kind: Kind, value: &Value, unknown: &mut Vec<String>) -> Result<Resource, LoadError> {
     macro_rules! typed {
         ($variant:ident) => {
-            decode_value_as(value, unknown).map(Resource::$variant)
+            decode_value_as(value, unknown).map(|r| Resource::$variant(Box::new(r)))
         };
     }
     dispatch!(kind, typed)

@@ -19,8 +19,8 @@ use serde::{Deserialize, Deserializer, Serialize};
 
 use crate::annotations::InterceptionMode;
 use crate::primitives::{
-    GoDuration, check_dns1123_label, check_dns1123_subdomain, check_duration_ms, check_host_or_ip, check_label_key,
-    check_label_value, check_port, parse_go_duration, parse_port,
+    GoDuration, check_dns1123_label, check_dns1123_subdomain, check_duration_ms, check_host_or_ip,
+    check_label_key, check_label_value, check_port, parse_go_duration, parse_port,
 };
 
 pub const DEFAULT_TRUST_DOMAIN: &str = "cluster.local";
@@ -228,7 +228,10 @@ impl MeshConfig {
     }
 
     pub fn outbound_mode(&self) -> OutboundTrafficMode {
-        self.outbound_traffic_policy.as_ref().and_then(|p| p.mode).unwrap_or_default()
+        self.outbound_traffic_policy
+            .as_ref()
+            .and_then(|p| p.mode)
+            .unwrap_or_default()
     }
 
     pub fn enable_auto_mtls(&self) -> bool {
@@ -277,7 +280,11 @@ impl MeshConfig {
             push_err(&mut errors, "trustDomain", check_dns1123_subdomain(domain));
         }
         for (i, alias) in self.trust_domain_aliases.iter().enumerate() {
-            push_err(&mut errors, &format!("trustDomainAliases[{i}]"), check_dns1123_subdomain(alias));
+            push_err(
+                &mut errors,
+                &format!("trustDomainAliases[{i}]"),
+                check_dns1123_subdomain(alias),
+            );
         }
         if let Some(ns) = &self.root_namespace {
             push_err(&mut errors, "rootNamespace", check_dns1123_label(ns));
@@ -285,17 +292,37 @@ impl MeshConfig {
         if let Some(proxy) = &self.default_config {
             proxy.validate_into("defaultConfig.", &mut errors);
         }
-        check_export_to("defaultServiceExportTo", &self.default_service_export_to, &mut errors);
-        check_export_to("defaultVirtualServiceExportTo", &self.default_virtual_service_export_to, &mut errors);
-        check_export_to("defaultDestinationRuleExportTo", &self.default_destination_rule_export_to, &mut errors);
+        check_export_to(
+            "defaultServiceExportTo",
+            &self.default_service_export_to,
+            &mut errors,
+        );
+        check_export_to(
+            "defaultVirtualServiceExportTo",
+            &self.default_virtual_service_export_to,
+            &mut errors,
+        );
+        check_export_to(
+            "defaultDestinationRuleExportTo",
+            &self.default_destination_rule_export_to,
+            &mut errors,
+        );
         if let Some(retry) = &self.default_http_retry_policy {
             retry.validate_into("defaultHttpRetryPolicy.", &mut errors);
         }
         if let Some(timeout) = &self.connect_timeout {
-            push_err(&mut errors, "connectTimeout", check_duration_ms(timeout).map(drop));
+            push_err(
+                &mut errors,
+                "connectTimeout",
+                check_duration_ms(timeout).map(drop),
+            );
         }
         if let Some(timeout) = &self.protocol_detection_timeout {
-            push_err(&mut errors, "protocolDetectionTimeout", check_optional_timeout(timeout));
+            push_err(
+                &mut errors,
+                "protocolDetectionTimeout",
+                check_optional_timeout(timeout),
+            );
         }
         for (i, selector) in self.discovery_selectors.iter().enumerate() {
             check_label_selector(&format!("discoverySelectors[{i}]"), selector, &mut errors);
@@ -309,7 +336,11 @@ fn effective_duration(value: &Option<GoDuration>, default: Duration) -> Result<D
 }
 
 fn export_to_or_public(values: &[String]) -> Vec<&str> {
-    if values.is_empty() { vec!["*"] } else { values.iter().map(String::as_str).collect() }
+    if values.is_empty() {
+        vec!["*"]
+    } else {
+        values.iter().map(String::as_str).collect()
+    }
 }
 
 fn push_err(errors: &mut Vec<String>, field: &str, result: Result<(), String>) {
@@ -320,7 +351,11 @@ fn push_err(errors: &mut Vec<String>, field: &str, result: Result<(), String>) {
 
 /// A zero duration means "disabled"; anything else must be a real timeout.
 fn check_optional_timeout(value: &GoDuration) -> Result<(), String> {
-    if value.to_std()? == Duration::ZERO { Ok(()) } else { check_duration_ms(value).map(drop) }
+    if value.to_std()? == Duration::ZERO {
+        Ok(())
+    } else {
+        check_duration_ms(value).map(drop)
+    }
 }
 
 /// `exportTo` entries: `.` (own namespace), `*` (every namespace) or namespace names; `*`
@@ -329,21 +364,29 @@ fn check_export_to(field: &str, values: &[String], errors: &mut Vec<String>) {
     let mut seen = HashSet::new();
     for (i, value) in values.iter().enumerate() {
         if value != "." && value != "*" && check_dns1123_label(value).is_err() {
-            errors.push(format!("{field}[{i}]: {value:?} is not \".\", \"*\" or a namespace name"));
+            errors.push(format!(
+                "{field}[{i}]: {value:?} is not \".\", \"*\" or a namespace name"
+            ));
         }
         if !seen.insert(value) {
             errors.push(format!("{field}[{i}]: {value:?} is listed more than once"));
         }
     }
     if values.len() > 1 && values.iter().any(|v| v == "*") {
-        errors.push(format!("{field}: \"*\" (every namespace) cannot be combined with other entries"));
+        errors.push(format!(
+            "{field}: \"*\" (every namespace) cannot be combined with other entries"
+        ));
     }
 }
 
 fn check_label_selector(field: &str, selector: &LabelSelector, errors: &mut Vec<String>) {
     for (key, value) in selector.match_labels.iter().flatten() {
         push_err(errors, &format!("{field}.matchLabels"), check_label_key(key));
-        push_err(errors, &format!("{field}.matchLabels.{key}"), check_label_value(value));
+        push_err(
+            errors,
+            &format!("{field}.matchLabels.{key}"),
+            check_label_value(value),
+        );
     }
     for (i, req) in selector.match_expressions.iter().flatten().enumerate() {
         let at = format!("{field}.matchExpressions[{i}]");
@@ -351,7 +394,10 @@ fn check_label_selector(field: &str, selector: &LabelSelector, errors: &mut Vec<
         let values = req.values.as_deref().unwrap_or_default();
         match req.operator.as_str() {
             "In" | "NotIn" if values.is_empty() => {
-                errors.push(format!("{at}.values: operator {} needs at least one value", req.operator));
+                errors.push(format!(
+                    "{at}.values: operator {} needs at least one value",
+                    req.operator
+                ));
             }
             "In" | "NotIn" => {
                 for (j, value) in values.iter().enumerate() {
@@ -393,7 +439,9 @@ fn check_retry_on(retry_on: &str) -> Result<(), String> {
     for policy in retry_on.split(',').map(str::trim) {
         let is_status = policy.len() == 3
             && policy.bytes().all(|b| b.is_ascii_digit())
-            && policy.parse::<u16>().is_ok_and(|code| (100..=599).contains(&code));
+            && policy
+                .parse::<u16>()
+                .is_ok_and(|code| (100..=599).contains(&code));
         if !is_status && !RETRY_ON_POLICIES.contains(&policy) {
             return Err(format!(
                 "{policy:?} is not a retry condition (e.g. 5xx, connect-failure, reset, or an HTTP status code)"
@@ -411,7 +459,11 @@ impl HttpRetry {
             errors.push(format!("{prefix}attempts: must not be negative (got {attempts})"));
         }
         if let Some(timeout) = &self.per_try_timeout {
-            push_err(errors, &format!("{prefix}perTryTimeout"), check_duration_ms(timeout).map(drop));
+            push_err(
+                errors,
+                &format!("{prefix}perTryTimeout"),
+                check_duration_ms(timeout).map(drop),
+            );
         }
         if let Some(retry_on) = self.retry_on.as_deref().filter(|r| !r.is_empty()) {
             push_err(errors, &format!("{prefix}retryOn"), check_retry_on(retry_on));
@@ -438,7 +490,10 @@ pub struct ProxyConfig {
     )]
     pub proxy_metadata: BTreeMap<String, String>,
     /// Start application containers only once the proxy is ready. Default false.
-    #[serde(skip_serializing_if = "Option::is_none", alias = "hold_application_until_proxy_starts")]
+    #[serde(
+        skip_serializing_if = "Option::is_none",
+        alias = "hold_application_until_proxy_starts"
+    )]
     pub hold_application_until_proxy_starts: Option<bool>,
     /// Worker threads; 0 means one per CPU, unset means derived from the CPU limit.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -500,7 +555,9 @@ impl ProxyConfig {
     }
 
     pub fn discovery_address(&self) -> &str {
-        self.discovery_address.as_deref().unwrap_or(DEFAULT_DISCOVERY_ADDRESS)
+        self.discovery_address
+            .as_deref()
+            .unwrap_or(DEFAULT_DISCOVERY_ADDRESS)
     }
 
     pub fn hold_application_until_proxy_starts(&self) -> bool {
@@ -512,7 +569,10 @@ impl ProxyConfig {
     }
 
     pub fn termination_drain_duration(&self) -> Result<Duration, String> {
-        effective_duration(&self.termination_drain_duration, DEFAULT_TERMINATION_DRAIN_DURATION)
+        effective_duration(
+            &self.termination_drain_duration,
+            DEFAULT_TERMINATION_DRAIN_DURATION,
+        )
     }
 
     /// Errors only if the value is out of range, which [`ProxyConfig::validate`] reports too.
@@ -521,7 +581,8 @@ impl ProxyConfig {
     }
 
     pub fn proxy_admin_port(&self) -> Result<u16, String> {
-        self.proxy_admin_port.map_or(Ok(DEFAULT_PROXY_ADMIN_PORT), check_port_i32)
+        self.proxy_admin_port
+            .map_or(Ok(DEFAULT_PROXY_ADMIN_PORT), check_port_i32)
     }
 
     pub fn interception_mode(&self) -> InterceptionMode {
@@ -529,11 +590,17 @@ impl ProxyConfig {
     }
 
     pub fn tracing_sampling(&self) -> f64 {
-        self.tracing.as_ref().and_then(|t| t.sampling).unwrap_or(DEFAULT_TRACE_SAMPLING)
+        self.tracing
+            .as_ref()
+            .and_then(|t| t.sampling)
+            .unwrap_or(DEFAULT_TRACE_SAMPLING)
     }
 
     pub fn image_type(&self) -> &str {
-        self.image.as_ref().and_then(|i| i.image_type.as_deref()).unwrap_or(DEFAULT_IMAGE_TYPE)
+        self.image
+            .as_ref()
+            .and_then(|i| i.image_type.as_deref())
+            .unwrap_or(DEFAULT_IMAGE_TYPE)
     }
 
     /// Applies `overlay` on top of `self`, the way a pod's `proxy.istio.io/config` overrides
@@ -544,10 +611,16 @@ impl ProxyConfig {
         for (key, value) in &overlay.proxy_metadata {
             self.proxy_metadata.insert(key.clone(), value.clone());
         }
-        override_with(&mut self.hold_application_until_proxy_starts, &overlay.hold_application_until_proxy_starts);
+        override_with(
+            &mut self.hold_application_until_proxy_starts,
+            &overlay.hold_application_until_proxy_starts,
+        );
         override_with(&mut self.concurrency, &overlay.concurrency);
         override_with(&mut self.drain_duration, &overlay.drain_duration);
-        override_with(&mut self.termination_drain_duration, &overlay.termination_drain_duration);
+        override_with(
+            &mut self.termination_drain_duration,
+            &overlay.termination_drain_duration,
+        );
         override_with(&mut self.status_port, &overlay.status_port);
         override_with(&mut self.proxy_admin_port, &overlay.proxy_admin_port);
         override_with(&mut self.interception_mode, &overlay.interception_mode);
@@ -577,7 +650,10 @@ impl ProxyConfig {
         if let Some(concurrency) = self.concurrency
             && concurrency < 0
         {
-            errors.push(format!("{}: must not be negative (got {concurrency})", field("concurrency")));
+            errors.push(format!(
+                "{}: must not be negative (got {concurrency})",
+                field("concurrency")
+            ));
         }
         for (name, value) in [
             ("drainDuration", &self.drain_duration),
@@ -598,7 +674,10 @@ impl ProxyConfig {
         if let (Ok(status), Ok(admin)) = (self.status_port(), self.proxy_admin_port())
             && status == admin
         {
-            errors.push(format!("{}: {status} is also the proxyAdminPort", field("statusPort")));
+            errors.push(format!(
+                "{}: {status} is also the proxyAdminPort",
+                field("statusPort")
+            ));
         }
         if let Some(tracing) = &self.tracing {
             tracing.validate_into(&field("tracing."), errors);
@@ -620,10 +699,16 @@ impl Tracing {
         if let Some(sampling) = self.sampling
             && !(sampling.is_finite() && (0.0..=100.0).contains(&sampling))
         {
-            errors.push(format!("{prefix}sampling: {sampling} is out of range 0-100 (a percentage)"));
+            errors.push(format!(
+                "{prefix}sampling: {sampling} is out of range 0-100 (a percentage)"
+            ));
         }
         if let Some(address) = self.zipkin.as_ref().and_then(|z| z.address.as_deref()) {
-            push_err(errors, &format!("{prefix}zipkin.address"), check_host_port(address));
+            push_err(
+                errors,
+                &format!("{prefix}zipkin.address"),
+                check_host_port(address),
+            );
         }
     }
 }
@@ -641,13 +726,16 @@ fn check_host_port(text: &str) -> Result<(), String> {
     let (host, port) = match text.strip_prefix('[') {
         Some(rest) => {
             let (ip, after) = rest.split_once(']').ok_or_else(bad)?;
-            ip.parse::<Ipv6Addr>().map_err(|_| format!("{ip:?} is not an IPv6 address"))?;
+            ip.parse::<Ipv6Addr>()
+                .map_err(|_| format!("{ip:?} is not an IPv6 address"))?;
             (None, after.strip_prefix(':').ok_or_else(bad)?)
         }
         None => {
             let (host, port) = text.rsplit_once(':').ok_or_else(bad)?;
             if host.contains(':') {
-                return Err(format!("{text:?}: write an IPv6 address in brackets, e.g. [::1]:15012"));
+                return Err(format!(
+                    "{text:?}: write an IPv6 address in brackets, e.g. [::1]:15012"
+                ));
             }
             (Some(host), port)
         }
@@ -753,7 +841,10 @@ fn from_yaml_tracked<T: DeserializeOwned>(text: &str) -> Result<(T, Vec<String>)
             path: None,
             line: None,
             column: None,
-            message: format!("document is {} bytes, at most {MAX_MESH_CONFIG_LEN} are allowed", text.len()),
+            message: format!(
+                "document is {} bytes, at most {MAX_MESH_CONFIG_LEN} are allowed",
+                text.len()
+            ),
         });
     }
     let mut unknown = Vec::new();
@@ -781,7 +872,11 @@ fn field_path(path: &serde_ignored::Path<'_>) -> String {
         Path::Seq { parent, index } => format!("{}[{index}]", field_path(parent)),
         Path::Map { parent, key } => {
             let parent = field_path(parent);
-            if parent.is_empty() { key.clone() } else { format!("{parent}.{key}") }
+            if parent.is_empty() {
+                key.clone()
+            } else {
+                format!("{parent}.{key}")
+            }
         }
         Path::Some { parent } | Path::NewtypeStruct { parent } | Path::NewtypeVariant { parent } => {
             field_path(parent)
@@ -855,7 +950,12 @@ defaultConfig:
         assert_eq!(retry.attempts, Some(3));
         assert_eq!(mesh.discovery_selectors.len(), 2);
         assert_eq!(
-            mesh.discovery_selectors[0].match_labels.as_ref().unwrap().get("env").map(String::as_str),
+            mesh.discovery_selectors[0]
+                .match_labels
+                .as_ref()
+                .unwrap()
+                .get("env")
+                .map(String::as_str),
             Some("prod")
         );
         let proxy = mesh.proxy_config();
@@ -905,9 +1005,10 @@ defaultConfig:
 
     #[test]
     fn null_collections_read_as_empty() {
-        let (mesh, _) =
-            MeshConfig::from_yaml("trustDomainAliases:\ndiscoverySelectors: null\ndefaultConfig:\n  proxyMetadata:\n")
-                .unwrap();
+        let (mesh, _) = MeshConfig::from_yaml(
+            "trustDomainAliases:\ndiscoverySelectors: null\ndefaultConfig:\n  proxyMetadata:\n",
+        )
+        .unwrap();
         assert!(mesh.trust_domain_aliases.is_empty());
         assert!(mesh.discovery_selectors.is_empty());
         assert!(mesh.proxy_config().proxy_metadata.is_empty());
@@ -944,7 +1045,10 @@ defaultConfig:
         assert_eq!(err.line, Some(3));
         assert_eq!(err.column, Some(15));
         assert_eq!(err.path.as_deref(), Some("defaultConfig.statusPort"));
-        assert_eq!(err.to_string(), "line 3, column 15: defaultConfig.statusPort: invalid i32");
+        assert_eq!(
+            err.to_string(),
+            "line 3, column 15: defaultConfig.statusPort: invalid i32"
+        );
 
         let err = MeshConfig::from_yaml("trustDomain: a.b\n\tconnectTimeout: 1s\n").unwrap_err();
         assert_eq!(err.line, Some(1));
@@ -973,17 +1077,30 @@ defaultConfig:
         let huge = "a".repeat(MAX_MESH_CONFIG_LEN + 1);
         assert_eq!(
             MeshConfig::from_yaml(&huge).unwrap_err().to_string(),
-            format!("document is {} bytes, at most 1048576 are allowed", MAX_MESH_CONFIG_LEN + 1)
+            format!(
+                "document is {} bytes, at most 1048576 are allowed",
+                MAX_MESH_CONFIG_LEN + 1
+            )
         );
         let deep = format!("{}{}", "[".repeat(10_000), "]".repeat(10_000));
         assert!(MeshConfig::from_yaml(&deep).is_err());
         let bomb = "a: &a [x, x, x, x, x, x, x, x, x]\nb: &b [*a, *a, *a, *a, *a, *a, *a, *a, *a]\nc: &c [*b, *b, *b, *b, *b, *b, *b, *b, *b]\nd: &d [*c, *c, *c, *c, *c, *c, *c, *c, *c]\ne: &e [*d, *d, *d, *d, *d, *d, *d, *d, *d]\nf: &f [*e, *e, *e, *e, *e, *e, *e, *e, *e]\ng: [*f, *f, *f, *f, *f, *f, *f, *f, *f]\n";
         let _ = MeshConfig::from_yaml(bomb);
-        assert!(MeshConfig::from_yaml("trustDomain: \"\0\"").map(|(m, _)| m.validate()).is_ok_and(|e| !e.is_empty()));
+        // A raw NUL is not allowed in YAML; an escaped one parses and then fails validation.
+        assert!(MeshConfig::from_yaml("trustDomain: a\0b").is_err());
+        let (mesh, _) = MeshConfig::from_yaml("trustDomain: \"a\\0b\"").unwrap();
+        assert_eq!(mesh.trust_domain(), "a\0b");
+        assert_eq!(mesh.validate().len(), 1);
         let long_value = format!("defaultConfig:\n  concurrency: {}\n", "9".repeat(5000));
         let err = MeshConfig::from_yaml(&long_value).unwrap_err();
         assert!(err.message.chars().count() <= MAX_MESSAGE_CHARS + 3);
-        assert!(MeshConfig::from_yaml("trustDomain: ☃.example").unwrap().0.validate()[0].starts_with("trustDomain: "));
+        assert!(
+            MeshConfig::from_yaml("trustDomain: ☃.example")
+                .unwrap()
+                .0
+                .validate()[0]
+                .starts_with("trustDomain: ")
+        );
     }
 
     #[test]
@@ -1065,14 +1182,27 @@ defaultConfig:
         assert!(!with("discoveryAddress: \"*.svc:15012\"").is_empty());
         assert!(!with("discoveryAddress: \"istiod:+15012\"").is_empty());
         assert!(!with("discoveryAddress: \"[zz]:1\"").is_empty());
-        assert_eq!(with("statusPort: 0"), vec!["statusPort: port 0 is out of range 1-65535"]);
-        assert_eq!(with("statusPort: 15000"), vec!["statusPort: 15000 is also the proxyAdminPort"]);
+        assert_eq!(
+            with("statusPort: 0"),
+            vec!["statusPort: port 0 is out of range 1-65535"]
+        );
+        assert_eq!(
+            with("statusPort: 15000"),
+            vec!["statusPort: 15000 is also the proxyAdminPort"]
+        );
         assert!(with("statusPort: 15020\nproxyAdminPort: 15000\nconcurrency: 0").is_empty());
         assert!(!with("tracing: {sampling: .nan}").is_empty());
         assert!(with("terminationDrainDuration: 0s").is_empty());
         let err = ProxyConfig::from_yaml("statusPort: 99999999999").unwrap_err();
         assert_eq!(err.path.as_deref(), Some("statusPort"));
-        assert_eq!(ProxyConfig { status_port: Some(-5), ..Default::default() }.status_port(), Err("port -5 is out of range 1-65535".to_owned()));
+        assert_eq!(
+            ProxyConfig {
+                status_port: Some(-5),
+                ..Default::default()
+            }
+            .status_port(),
+            Err("port -5 is out of range 1-65535".to_owned())
+        );
     }
 
     #[test]
@@ -1081,16 +1211,27 @@ defaultConfig:
             "concurrency: 2\nproxyMetadata: {A: '1', B: '2'}\ntracing: {sampling: 5, zipkin: {address: 'z:9411'}}\n",
         )
         .unwrap();
-        let (overlay, _) =
-            ProxyConfig::from_yaml(r#"{"proxyMetadata": {"B": "3"}, "tracing": {"sampling": 50}, "statusPort": 15999}"#)
-                .unwrap();
+        let (overlay, _) = ProxyConfig::from_yaml(
+            r#"{"proxyMetadata": {"B": "3"}, "tracing": {"sampling": 50}, "statusPort": 15999}"#,
+        )
+        .unwrap();
         base.merge_from(&overlay);
         assert_eq!(base.concurrency, Some(2));
         assert_eq!(base.status_port(), Ok(15999));
         assert_eq!(base.proxy_metadata.get("A").map(String::as_str), Some("1"));
         assert_eq!(base.proxy_metadata.get("B").map(String::as_str), Some("3"));
         assert_eq!(base.tracing_sampling(), 50.0);
-        assert_eq!(base.tracing.as_ref().unwrap().zipkin.as_ref().unwrap().address.as_deref(), Some("z:9411"));
+        assert_eq!(
+            base.tracing
+                .as_ref()
+                .unwrap()
+                .zipkin
+                .as_ref()
+                .unwrap()
+                .address
+                .as_deref(),
+            Some("z:9411")
+        );
     }
 
     #[test]
@@ -1111,10 +1252,31 @@ defaultConfig:
         assert_eq!(MeshConfig::default().to_yaml().unwrap().trim(), "{}");
     }
 
+    proptest::proptest! {
+        #[test]
+        fn parsing_and_validating_never_panic(text in "\\PC{0,80}|[a-zA-Z:\\[\\]{}, \\n0-9.-]{0,80}") {
+            if let Ok((mesh, _)) = MeshConfig::from_yaml(&text) {
+                let _ = mesh.validate();
+                let yaml = mesh.to_yaml().unwrap_or_default();
+                proptest::prop_assert_eq!(MeshConfig::from_yaml(&yaml).map(|(m, _)| m), Ok(mesh));
+            }
+            if let Ok((proxy, _)) = ProxyConfig::from_yaml(&text) {
+                let _ = proxy.validate();
+            }
+        }
+    }
+
     #[test]
     fn schema_describes_the_istio_names() {
         let schema = serde_json::to_string(&schemars::schema_for!(MeshConfig)).unwrap();
-        for name in ["trustDomain", "defaultConfig", "discoverySelectors", "matchLabels", "REGISTRY_ONLY", "TPROXY"] {
+        for name in [
+            "trustDomain",
+            "defaultConfig",
+            "discoverySelectors",
+            "matchLabels",
+            "REGISTRY_ONLY",
+            "TPROXY",
+        ] {
             assert!(schema.contains(name), "{name} missing from the schema");
         }
     }

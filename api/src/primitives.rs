@@ -51,6 +51,11 @@ pub fn parse_go_duration(text: &str) -> Result<Duration, String> {
         return Err(format!("duration {text:?} is negative"));
     }
     let body = text.strip_prefix('+').unwrap_or(text);
+    if body.is_empty() {
+        return Err(format!(
+            "invalid duration {text:?}: use a number and a unit, e.g. 100ms, 1.5s, 2m"
+        ));
+    }
     if body == "0" {
         return Ok(Duration::ZERO);
     }
@@ -84,6 +89,7 @@ pub fn parse_go_duration(text: &str) -> Result<Duration, String> {
             other => return Err(format!("invalid duration {text:?}: unknown unit {other:?}")),
         };
         let (whole, frac) = number.split_once('.').unwrap_or((number, ""));
+        let whole = whole.trim_start_matches('0');
         // Cap digit counts so the arithmetic below cannot overflow u128.
         if whole.len() > 20 || frac.len() > 20 {
             return Err(format!("duration {text:?} is too long"));
@@ -135,9 +141,13 @@ pub fn check_port(port: u32) -> Result<u16, String> {
 /// A port written as text (annotations, AuthorizationPolicy ports).
 pub fn parse_port(text: &str) -> Result<u16, String> {
     let trimmed = text.trim();
+    // Digits only: Rust's integer parser accepts a leading '+', Go's (and so Istio's) does not.
     match trimmed.parse::<u32>() {
-        Ok(n) => check_port(n),
-        Err(_) => Err(format!("{trimmed:?} is not a port number")),
+        Ok(n) if trimmed.bytes().all(|b| b.is_ascii_digit()) => check_port(n),
+        _ if !trimmed.is_empty() && trimmed.bytes().all(|b| b.is_ascii_digit()) => {
+            Err(format!("port {trimmed} is out of range 1-65535"))
+        }
+        _ => Err(format!("{trimmed:?} is not a port number")),
     }
 }
 
@@ -165,8 +175,10 @@ pub fn parse_ip_or_cidr(text: &str) -> Result<IpNet, String> {
 }
 
 pub fn parse_ip(text: &str) -> Result<IpAddr, String> {
-    text.parse::<IpAddr>()
-        .map_err(|_| format!("{text:?} is not an IP address"))
+    let trimmed = text.trim();
+    trimmed
+        .parse::<IpAddr>()
+        .map_err(|_| format!("{trimmed:?} is not an IP address"))
 }
 
 /// RFC 1123 label: 1-63 of `[a-z0-9-]`, starting and ending alphanumeric. Istio accepts upper
@@ -362,7 +374,19 @@ fn non_re2_construct(pattern: &str) -> Option<&'static str> {
                     return Some("\\b{...} boundary assertions are not RE2 syntax");
                 }
             }
-            '[' => class_depth += 1,
+            '[' => {
+                class_depth += 1;
+                // `[]...]` and `[^]...]`: a `]` right after the opening is a literal.
+                let rest = &pattern[i + 1..];
+                let skip = if rest.starts_with("^]") {
+                    2
+                } else {
+                    usize::from(rest.starts_with(']'))
+                };
+                for _ in 0..skip {
+                    chars.next();
+                }
+            }
             ']' if class_depth > 0 => class_depth -= 1,
             _ if class_depth > 0 => {
                 if let Some(&(_, what)) = CLASS_OPS.iter().find(|(op, _)| pattern[i..].starts_with(op)) {
@@ -407,6 +431,11 @@ mod tests {
         assert!(parse_go_duration("1..2s").is_err());
         assert!(parse_go_duration("s").is_err());
         assert!(parse_go_duration("").is_err());
+        assert!(parse_go_duration("+").is_err());
+        assert_eq!(
+            parse_go_duration("0000000000000000000001s"),
+            Ok(Duration::from_secs(1))
+        );
         assert!(parse_go_duration("99999999999999999999999h").is_err());
         assert!(parse_go_duration("9999999999999h").is_err());
         assert!(parse_go_duration(&"9".repeat(10_000)).is_err());
@@ -435,6 +464,15 @@ mod tests {
             "port 65536 is out of range 1-65535"
         );
         assert_eq!(parse_port("http").unwrap_err(), "\"http\" is not a port number");
+        assert_eq!(parse_port("+80").unwrap_err(), "\"+80\" is not a port number");
+        assert_eq!(
+            parse_port("99999999999").unwrap_err(),
+            "port 99999999999 is out of range 1-65535"
+        );
+        assert_eq!(
+            parse_ip(" 10.0.0.1 ").map(|ip| ip.to_string()),
+            Ok("10.0.0.1".to_owned())
+        );
         assert!(parse_cidr("10.0.0.0/8").is_ok());
         assert!(parse_cidr("fd00::/8").is_ok());
         assert_eq!(
@@ -508,6 +546,11 @@ mod tests {
                 .contains("intersection")
         );
         assert!(check_re2_regex("a--b").is_ok(), "-- outside a class is a literal");
+        assert!(
+            check_re2_regex("[]a--b]").unwrap_err().contains("difference"),
+            "] first in a class is literal"
+        );
+        assert!(check_re2_regex("[^]a]x").is_ok());
         assert!(check_re2_regex("(?=x)").unwrap_err().contains("look-around"));
         assert!(check_re2_regex(r"(a)\1").is_err());
         assert!(

@@ -153,19 +153,20 @@ fn known_kinds() -> String {
     by_group.join("; ")
 }
 
-/// A decoded resource of any kind Trellis reads.
+/// A decoded resource of any kind Trellis reads. Boxed: the kinds differ a lot in size, and a
+/// config source holds many of them.
 #[derive(Clone, Debug, PartialEq, Serialize)]
 #[serde(untagged)]
 pub enum Resource {
-    VirtualService(VirtualService),
-    DestinationRule(DestinationRule),
-    ServiceEntry(ServiceEntry),
-    WorkloadEntry(WorkloadEntry),
-    Sidecar(Sidecar),
-    Gateway(Gateway),
-    PeerAuthentication(PeerAuthentication),
-    AuthorizationPolicy(AuthorizationPolicy),
-    Namespace(Namespace),
+    VirtualService(Box<VirtualService>),
+    DestinationRule(Box<DestinationRule>),
+    ServiceEntry(Box<ServiceEntry>),
+    WorkloadEntry(Box<WorkloadEntry>),
+    Sidecar(Box<Sidecar>),
+    Gateway(Box<Gateway>),
+    PeerAuthentication(Box<PeerAuthentication>),
+    AuthorizationPolicy(Box<AuthorizationPolicy>),
+    Namespace(Box<Namespace>),
 }
 
 impl Resource {

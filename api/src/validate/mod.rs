@@ -133,14 +133,14 @@ pub(crate) fn labels(r: &mut Report, path: &str, labels: &BTreeMap<String, Strin
 
 fn namespace_labels(r: &mut Report, labels: Option<&BTreeMap<String, String>>) {
     let Some(labels) = labels else { return };
-    if let Some(value) = labels.get("istio-injection") {
+    if let Some(value) = labels.get(crate::annotations::names::label::ISTIO_INJECTION) {
         if value != "enabled" && value != "disabled" {
             r.warn(
                 "metadata.labels.istio-injection",
                 format!("{value:?} has no effect; sidecars are injected only when the value is \"enabled\""),
             );
         }
-        if labels.contains_key("istio.io/rev") {
+        if labels.contains_key(crate::annotations::names::label::ISTIO_REV) {
             r.warn(
                 "metadata.labels",
                 "both istio-injection and istio.io/rev are set; istio-injection takes precedence",

@@ -1171,13 +1171,16 @@ pub(super) fn sidecar(r: &mut Report, spec: &SidecarSpec) {
         match &listener.port {
             Some(port) => server_port(r, &format!("{path}.port"), port, false),
             // A listener without a port catches everything else; two would be ambiguous.
-            None => match catch_all.replace(i) {
-                Some(first) => r.error(
-                    path.clone(),
-                    format!("only one egress listener may omit a port, spec.egress[{first}] already does"),
-                ),
-                None => {}
-            },
+            None => {
+                if let Some(first) = catch_all.replace(i) {
+                    r.error(
+                        path.clone(),
+                        format!(
+                            "only one egress listener may omit a port, spec.egress[{first}] already does"
+                        ),
+                    );
+                }
+            }
         }
         bind(r, &format!("{path}.bind"), &listener.bind);
         if listener.hosts.is_empty() {

@@ -1,0 +1,177 @@
+//! `trellis validate -f PATH...`: like `istioctl validate`, one line per problem, a summary, and
+//! an exit code scripts can use (0 valid, 1 invalid, 2 usage or I/O error).
+
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use serde::Serialize;
+use trellis_api::check::{Problem, UnknownFields, check_text};
+use trellis_api::load::MAX_INPUT_BYTES;
+
+#[derive(clap::Args)]
+pub struct Args {
+    /// Files or directories to check (directories are searched for .yaml, .yml and .json
+    /// files); `-` reads standard input.
+    #[arg(short = 'f', long = "filename", required = true, num_args = 1..)]
+    paths: Vec<PathBuf>,
+    /// Treat fields that Istio's API does not define as errors instead of warnings.
+    #[arg(long)]
+    strict: bool,
+    /// Output format.
+    #[arg(short = 'o', long = "output", value_enum, default_value_t = Format::Text)]
+    output: Format,
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum Format {
+    Text,
+    Json,
+}
+
+/// A problem and the file it is in.
+#[derive(Serialize)]
+struct Finding {
+    file: String,
+    #[serde(flatten)]
+    problem: Problem,
+}
+
+#[derive(Serialize)]
+struct Report {
+    files: usize,
+    documents: usize,
+    errors: usize,
+    warnings: usize,
+    findings: Vec<Finding>,
+}
+
+pub fn run(args: &Args) -> ExitCode {
+    let unknown = if args.strict {
+        UnknownFields::Reject
+    } else {
+        UnknownFields::Warn
+    };
+    let mut report = Report {
+        files: 0,
+        documents: 0,
+        errors: 0,
+        warnings: 0,
+        findings: Vec::new(),
+    };
+    let mut io_failed = false;
+    for input in expand(&args.paths, &mut io_failed) {
+        let text = match read_input(&input) {
+            Ok(text) => text,
+            Err(message) => {
+                eprintln!("trellis validate: {}: {message}", input.display());
+                io_failed = true;
+                continue;
+            }
+        };
+        let checked = check_text(&text, unknown);
+        report.files += 1;
+        report.documents += checked.documents;
+        report.errors += checked.errors();
+        report.warnings += checked.warnings();
+        let file = input.display().to_string();
+        report
+            .findings
+            .extend(checked.problems.into_iter().map(|problem| Finding {
+                file: file.clone(),
+                problem,
+            }));
+    }
+    print_report(&report, args.output);
+    if io_failed {
+        ExitCode::from(2)
+    } else if report.errors > 0 {
+        ExitCode::from(1)
+    } else {
+        ExitCode::SUCCESS
+    }
+}
+
+/// Expands directories into the config files they contain, in a stable order.
+fn expand(paths: &[PathBuf], io_failed: &mut bool) -> Vec<PathBuf> {
+    let mut files = Vec::new();
+    for path in paths {
+        if path.as_os_str() == "-" || !path.is_dir() {
+            files.push(path.clone());
+            continue;
+        }
+        let mut found = Vec::new();
+        if let Err(e) = walk(path, &mut found) {
+            eprintln!("trellis validate: {}: {e}", path.display());
+            *io_failed = true;
+        }
+        if found.is_empty() {
+            eprintln!(
+                "trellis validate: {}: no .yaml, .yml or .json files found",
+                path.display()
+            );
+            *io_failed = true;
+        }
+        found.sort();
+        files.extend(found);
+    }
+    files
+}
+
+fn walk(dir: &Path, found: &mut Vec<PathBuf>) -> std::io::Result<()> {
+    for entry in std::fs::read_dir(dir)? {
+        let path = entry?.path();
+        if path.is_dir() {
+            walk(&path, found)?;
+        } else if path
+            .extension()
+            .is_some_and(|e| e == "yaml" || e == "yml" || e == "json")
+        {
+            found.push(path);
+        }
+    }
+    Ok(())
+}
+
+fn read_input(path: &Path) -> Result<String, String> {
+    let mut bytes = Vec::new();
+    let limit = MAX_INPUT_BYTES as u64 + 1;
+    let result = if path.as_os_str() == "-" {
+        std::io::stdin().take(limit).read_to_end(&mut bytes)
+    } else {
+        std::fs::File::open(path).and_then(|f| f.take(limit).read_to_end(&mut bytes))
+    };
+    result.map_err(|e| e.to_string())?;
+    if bytes.len() > MAX_INPUT_BYTES {
+        return Err(format!("larger than {MAX_INPUT_BYTES} bytes"));
+    }
+    String::from_utf8(bytes).map_err(|e| {
+        format!(
+            "not UTF-8 text (invalid byte at offset {})",
+            e.utf8_error().valid_up_to()
+        )
+    })
+}
+
+fn print_report(report: &Report, format: Format) {
+    let mut out = std::io::stdout().lock();
+    // A closed pipe (`trellis validate ... | head`) is not worth a panic or an error message.
+    let _ = match format {
+        Format::Json => serde_json::to_writer_pretty(&mut out, report)
+            .map_err(std::io::Error::other)
+            .and_then(|()| writeln!(out)),
+        Format::Text => write_text(&mut out, report),
+    };
+}
+
+fn write_text(out: &mut impl Write, report: &Report) -> std::io::Result<()> {
+    for finding in &report.findings {
+        writeln!(out, "{}:{}", finding.file, finding.problem)?;
+    }
+    let verdict = if report.errors == 0 { "valid" } else { "INVALID" };
+    writeln!(
+        out,
+        "{verdict}: {} file(s), {} document(s), {} error(s), {} warning(s)",
+        report.files, report.documents, report.errors, report.warnings
+    )
+}

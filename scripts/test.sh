@@ -1,0 +1,33 @@
+#!/usr/bin/env bash
+# The single test command: installs what the suite needs when it is missing, then runs every
+# test of the workspace. Works on a fresh Debian machine; as root it installs system packages.
+#
+#   TRELLIS_PRIVILEGED_TESTS=require   tests that need root fail instead of skipping (CI sets it)
+#   TRELLIS_SHARED_DIR=DIR             where the steering repo's shared/ is (default: ../shared)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+# Debian packages the network tests use, keyed by a file each one installs.
+declare -A packages=(
+  [iptables]=/usr/sbin/iptables-restore
+  [nftables]=/usr/sbin/nft
+  [containernetworking-plugins]=/usr/lib/cni/bridge
+  [conntrack]=/usr/sbin/conntrack
+  [iproute2]=/usr/sbin/ip
+)
+missing=()
+for pkg in "${!packages[@]}"; do
+  [ -e "${packages[$pkg]}" ] || missing+=("$pkg")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+    echo "scripts/test.sh: installing ${missing[*]}"
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+  else
+    echo "scripts/test.sh: missing ${missing[*]} (not root, not installing); tests that need them will say so" >&2
+  fi
+fi
+
+export TRELLIS_SHARED_DIR="${TRELLIS_SHARED_DIR:-$(cd .. && pwd)/shared}"
+exec cargo test --workspace --locked "$@"
