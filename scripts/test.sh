@@ -30,4 +30,13 @@ if [ ${#missing[@]} -gt 0 ]; then
 fi
 
 export TRELLIS_SHARED_DIR="${TRELLIS_SHARED_DIR:-$(cd .. && pwd)/shared}"
-exec cargo test --workspace --locked "$@"
+
+# cargo prints one "test result" line per test binary, the last often a doc-test run of zero;
+# finish with the totals so a reader (or CI) sees at a glance what ran.
+log=$(mktemp)
+trap 'rm -f "$log"' EXIT
+status=0
+cargo test --workspace --locked "$@" 2>&1 | tee "$log" || status=$?
+awk '/^test result:/ { p += $4; f += $6; i += $8 }
+     END { printf "Tests: %d passed, %d failed, %d skipped\n", p, f, i }' "$log"
+exit "$status"
