@@ -145,11 +145,7 @@ pub struct AnnotationError {
 
 impl AnnotationError {
     pub fn new(annotation: &str, value: &str, reason: impl Into<String>) -> Self {
-        AnnotationError {
-            annotation: annotation.to_owned(),
-            value: shorten(value),
-            reason: reason.into(),
-        }
+        AnnotationError { annotation: annotation.to_owned(), value: shorten(value), reason: reason.into() }
     }
 }
 
@@ -167,10 +163,7 @@ fn check_size(annotation: &str, value: &str) -> Result<(), AnnotationError> {
         return Err(AnnotationError::new(
             annotation,
             value,
-            format!(
-                "value is {} bytes, at most {MAX_VALUE_LEN} are allowed",
-                value.len()
-            ),
+            format!("value is {} bytes, at most {MAX_VALUE_LEN} are allowed", value.len()),
         ));
     }
     Ok(())
@@ -197,9 +190,7 @@ pub fn parse_sidecar_inject(value: &str) -> Option<bool> {
     if value.is_empty() {
         return None;
     }
-    let yes = ["y", "yes", "true", "on"]
-        .iter()
-        .any(|v| value.eq_ignore_ascii_case(v));
+    let yes = ["y", "yes", "true", "on"].iter().any(|v| value.eq_ignore_ascii_case(v));
     Some(yes)
 }
 
@@ -208,9 +199,7 @@ pub fn pod_inject_override(
     labels: &BTreeMap<String, String>,
     annotations: &BTreeMap<String, String>,
 ) -> Option<bool> {
-    let value = labels
-        .get(names::label::SIDECAR_INJECT)
-        .or_else(|| annotations.get(ann::SIDECAR_INJECT))?;
+    let value = labels.get(names::label::SIDECAR_INJECT).or_else(|| annotations.get(ann::SIDECAR_INJECT))?;
     parse_sidecar_inject(value)
 }
 
@@ -262,19 +251,12 @@ impl FromStr for InterceptionMode {
 
     /// Case-sensitive, as in Istio: `redirect` is rejected, with a hint.
     fn from_str(text: &str) -> Result<Self, String> {
-        let all = [
-            InterceptionMode::Redirect,
-            InterceptionMode::Tproxy,
-            InterceptionMode::None,
-        ];
+        let all = [InterceptionMode::Redirect, InterceptionMode::Tproxy, InterceptionMode::None];
         if let Some(mode) = all.iter().find(|m| m.as_str() == text) {
             return Ok(*mode);
         }
         match all.iter().find(|m| m.as_str().eq_ignore_ascii_case(text)) {
-            Some(mode) => Err(format!(
-                "expected {:?}; the value is case-sensitive",
-                mode.as_str()
-            )),
+            Some(mode) => Err(format!("expected {:?}; the value is case-sensitive", mode.as_str())),
             None => Err("expected one of REDIRECT, TPROXY, NONE".to_owned()),
         }
     }
@@ -282,9 +264,7 @@ impl FromStr for InterceptionMode {
 
 pub fn parse_interception_mode(value: &str) -> Result<InterceptionMode, AnnotationError> {
     check_size(ann::INTERCEPTION_MODE, value)?;
-    value
-        .parse()
-        .map_err(|reason| AnnotationError::new(ann::INTERCEPTION_MODE, value, reason))
+    value.parse().map_err(|reason| AnnotationError::new(ann::INTERCEPTION_MODE, value, reason))
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -306,10 +286,7 @@ fn split_list(value: &str) -> Result<Vec<&str>, String> {
 /// Keeps the first occurrence of each item, in order.
 fn dedup_in_order<T: Clone + Eq + std::hash::Hash>(items: Vec<T>) -> Vec<T> {
     let mut seen = HashSet::new();
-    items
-        .into_iter()
-        .filter(|item| seen.insert(item.clone()))
-        .collect()
+    items.into_iter().filter(|item| seen.insert(item.clone())).collect()
 }
 
 /// The longest text that could still be a valid port, CIDR or interface name. Longer entries
@@ -429,22 +406,15 @@ const MAX_INTERFACE_NAME_LEN: usize = 15;
 pub fn check_interface_name(name: &str) -> Result<(), String> {
     let shown = shorten(name);
     if name.is_empty() || name.len() > MAX_INTERFACE_NAME_LEN {
-        return Err(format!(
-            "interface name {shown:?} must be 1 to {MAX_INTERFACE_NAME_LEN} bytes long"
-        ));
+        return Err(format!("interface name {shown:?} must be 1 to {MAX_INTERFACE_NAME_LEN} bytes long"));
     }
     if name == "." || name == ".." {
         return Err(format!("{shown:?} is not a valid interface name"));
     }
     // The kernel refuses '/', ':' and white space; control characters would also corrupt the
     // rule text handed to iptables or nft.
-    if let Some(bad) = name
-        .chars()
-        .find(|c| matches!(c, '/' | ':') || c.is_whitespace() || c.is_control())
-    {
-        return Err(format!(
-            "interface name {shown:?} contains {bad:?}, which is not allowed"
-        ));
+    if let Some(bad) = name.chars().find(|c| matches!(c, '/' | ':') || c.is_whitespace() || c.is_control()) {
+        return Err(format!("interface name {shown:?} contains {bad:?}, which is not allowed"));
     }
     Ok(())
 }
@@ -458,9 +428,7 @@ pub fn parse_interface_list(annotation: &str, value: &str) -> Result<Vec<String>
             .map(|e| check_interface_name(e).map(|()| e.to_owned()))
             .collect::<Result<Vec<_>, _>>()
     });
-    names
-        .map(dedup_in_order)
-        .map_err(|reason| AnnotationError::new(annotation, value, reason))
+    names.map(dedup_in_order).map_err(|reason| AnnotationError::new(annotation, value, reason))
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -553,20 +521,13 @@ struct QuantityParts<'a> {
 const MAX_QUANTITY_EXPONENT: i64 = 1_000;
 
 fn split_quantity(text: &str) -> Result<QuantityParts<'_>, String> {
-    let bad = || {
-        format!(
-            "{:?} is not a valid quantity (e.g. 100m, 1.5Gi, 128Mi, 1e3)",
-            shorten(text)
-        )
-    };
+    let bad = || format!("{:?} is not a valid quantity (e.g. 100m, 1.5Gi, 128Mi, 1e3)", shorten(text));
     let (negative, unsigned) = match text.as_bytes().first() {
         Some(b'-') => (true, &text[1..]),
         Some(b'+') => (false, &text[1..]),
         _ => (false, text),
     };
-    let number_len = unsigned
-        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-        .unwrap_or(unsigned.len());
+    let number_len = unsigned.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(unsigned.len());
     let (number, suffix) = unsigned.split_at(number_len);
     let digits = number.bytes().filter(u8::is_ascii_digit).count();
     if digits == 0 || number.matches('.').count() > 1 {
@@ -591,12 +552,7 @@ fn split_quantity(text: &str) -> Result<QuantityParts<'_>, String> {
         "Ei" => (0, 60),
         _ => (parse_exponent(suffix).ok_or_else(bad)?, 0),
     };
-    Ok(QuantityParts {
-        negative,
-        number,
-        pow10,
-        pow2,
-    })
+    Ok(QuantityParts { negative, number, pow10, pow2 })
 }
 
 /// `e3`, `E-2`, `e+6`: a decimal exponent suffix.
@@ -663,11 +619,7 @@ impl Quantity {
         let (whole, fraction) = parts.number.split_once('.').unwrap_or((parts.number, ""));
         let digits = format!("{whole}{fraction}");
         let digits = digits.trim_start_matches('0');
-        let mantissa: u128 = if digits.is_empty() {
-            0
-        } else {
-            digits.parse().ok()?
-        };
+        let mantissa: u128 = if digits.is_empty() { 0 } else { digits.parse().ok()? };
         let mantissa = mantissa.checked_mul(1u128.checked_shl(parts.pow2)?)?;
         let fraction_len = i64::try_from(fraction.len()).ok()?;
         let exponent = parts.pow10 + extra_pow10 - fraction_len;
@@ -719,11 +671,7 @@ pub fn parse_resource_quantity(annotation: &str, value: &str) -> Result<Quantity
     let quantity =
         Quantity::parse(value).map_err(|reason| AnnotationError::new(annotation, value, reason))?;
     if quantity.is_negative() {
-        return Err(AnnotationError::new(
-            annotation,
-            value,
-            "a resource quantity must not be negative",
-        ));
+        return Err(AnnotationError::new(annotation, value, "a resource quantity must not be negative"));
     }
     Ok(quantity)
 }
@@ -789,10 +737,7 @@ impl fmt::Display for LogLevel {
 /// `sidecar.istio.io/logLevel`.
 pub fn parse_log_level(value: &str) -> Result<LogLevel, AnnotationError> {
     check_size(ann::LOG_LEVEL, value)?;
-    value
-        .trim()
-        .parse()
-        .map_err(|reason| AnnotationError::new(ann::LOG_LEVEL, value, reason))
+    value.trim().parse().map_err(|reason| AnnotationError::new(ann::LOG_LEVEL, value, reason))
 }
 
 /// `sidecar.istio.io/componentLogLevel`: `component:level` pairs, e.g. `misc:error,rbac:debug`.
@@ -945,11 +890,7 @@ fn null_as_empty<'de, D: Deserializer<'de>>(de: D) -> Result<Vec<String>, D::Err
 }
 
 fn empty_as_null<S: Serializer>(items: &[String], ser: S) -> Result<S::Ok, S::Error> {
-    if items.is_empty() {
-        ser.serialize_none()
-    } else {
-        items.serialize(ser)
-    }
+    if items.is_empty() { ser.serialize_none() } else { items.serialize(ser) }
 }
 
 impl SidecarStatus {
@@ -1075,11 +1016,7 @@ impl TrafficAnnotations {
             ),
             interception_mode: read(annotations, ann::INTERCEPTION_MODE, parse_interception_mode, e),
         };
-        if errors.is_empty() {
-            Ok(parsed)
-        } else {
-            Err(errors)
-        }
+        if errors.is_empty() { Ok(parsed) } else { Err(errors) }
     }
 }
 
@@ -1122,11 +1059,7 @@ impl ReadinessAnnotations {
                 e,
             ),
         };
-        if errors.is_empty() {
-            Ok(parsed)
-        } else {
-            Err(errors)
-        }
+        if errors.is_empty() { Ok(parsed) } else { Err(errors) }
     }
 }
 
@@ -1141,19 +1074,10 @@ pub fn validate_pod_annotations(annotations: &BTreeMap<String, String>) -> Vec<A
             errors.push(e);
         }
     };
-    for name in [
-        ann::PROXY_CPU,
-        ann::PROXY_MEMORY,
-        ann::PROXY_CPU_LIMIT,
-        ann::PROXY_MEMORY_LIMIT,
-    ] {
+    for name in [ann::PROXY_CPU, ann::PROXY_MEMORY, ann::PROXY_CPU_LIMIT, ann::PROXY_MEMORY_LIMIT] {
         check(name, &|v| parse_resource_quantity(name, v).map(drop));
     }
-    for name in [
-        ann::REWRITE_APP_HTTP_PROBERS,
-        ann::NATIVE_SIDECAR,
-        ann::PROMETHEUS_SCRAPE,
-    ] {
+    for name in [ann::REWRITE_APP_HTTP_PROBERS, ann::NATIVE_SIDECAR, ann::PROMETHEUS_SCRAPE] {
         check(name, &|v| parse_bool(name, v).map(drop));
     }
     for name in [ann::DEFAULT_CONTAINER, ann::DEFAULT_LOGS_CONTAINER] {
@@ -1162,19 +1086,13 @@ pub fn validate_pod_annotations(annotations: &BTreeMap<String, String>) -> Vec<A
     check(ann::SIDECAR_STATUS, &|v| SidecarStatus::parse(v).map(drop));
     check(ann::PROXY_IMAGE, &|v| parse_image(v).map(drop));
     check(ann::LOG_LEVEL, &|v| parse_log_level(v).map(drop));
-    check(ann::COMPONENT_LOG_LEVEL, &|v| {
-        parse_component_log_levels(v).map(drop)
-    });
+    check(ann::COMPONENT_LOG_LEVEL, &|v| parse_component_log_levels(v).map(drop));
     check(ann::USER_VOLUME, &|v| parse_user_volumes(v).map(drop));
     check(ann::USER_VOLUME_MOUNT, &|v| parse_user_volume_mounts(v).map(drop));
     check(ann::STATUS_PORT, &|v| parse_status_port(v).map(drop));
     check(ann::PROXY_CONFIG, &|v| parse_proxy_config(v).map(drop));
-    check(ann::PROMETHEUS_PORT, &|v| {
-        parse_single_port(ann::PROMETHEUS_PORT, v).map(drop)
-    });
-    check(ann::PROMETHEUS_PATH, &|v| {
-        parse_http_path(ann::PROMETHEUS_PATH, v).map(drop)
-    });
+    check(ann::PROMETHEUS_PORT, &|v| parse_single_port(ann::PROMETHEUS_PORT, v).map(drop));
+    check(ann::PROMETHEUS_PATH, &|v| parse_http_path(ann::PROMETHEUS_PATH, v).map(drop));
     if let Err(found) = TrafficAnnotations::from_annotations(annotations) {
         errors.extend(found);
     }
@@ -1208,10 +1126,7 @@ mod tests {
     use super::*;
 
     fn map(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
-        pairs
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect()
+        pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
     }
 
     fn net(s: &str) -> IpNet {
@@ -1246,43 +1161,15 @@ mod tests {
         // Exactly at the limit is looked at (and here fails for its content, not its size).
         let at_limit = "8".repeat(MAX_VALUE_LEN);
         assert!(
-            !parse_port_list(ann::EXCLUDE_INBOUND_PORTS, &at_limit)
-                .unwrap_err()
-                .reason
-                .contains("bytes")
+            !parse_port_list(ann::EXCLUDE_INBOUND_PORTS, &at_limit).unwrap_err().reason.contains("bytes")
         );
         // Every parser applies the limit.
         let big = "x".repeat(10_000);
-        assert!(
-            parse_bool("b", &big)
-                .unwrap_err()
-                .reason
-                .starts_with("value is 10000 bytes")
-        );
-        assert!(
-            parse_interception_mode(&big)
-                .unwrap_err()
-                .reason
-                .starts_with("value is 10000 bytes")
-        );
-        assert!(
-            parse_proxy_config(&big)
-                .unwrap_err()
-                .reason
-                .starts_with("value is 10000 bytes")
-        );
-        assert!(
-            SidecarStatus::parse(&big)
-                .unwrap_err()
-                .reason
-                .starts_with("value is 10000 bytes")
-        );
-        assert!(
-            parse_resource_quantity("q", &big)
-                .unwrap_err()
-                .reason
-                .starts_with("value is 10000 bytes")
-        );
+        assert!(parse_bool("b", &big).unwrap_err().reason.starts_with("value is 10000 bytes"));
+        assert!(parse_interception_mode(&big).unwrap_err().reason.starts_with("value is 10000 bytes"));
+        assert!(parse_proxy_config(&big).unwrap_err().reason.starts_with("value is 10000 bytes"));
+        assert!(SidecarStatus::parse(&big).unwrap_err().reason.starts_with("value is 10000 bytes"));
+        assert!(parse_resource_quantity("q", &big).unwrap_err().reason.starts_with("value is 10000 bytes"));
     }
 
     #[test]
@@ -1320,11 +1207,7 @@ mod tests {
         assert_eq!(parse_sidecar_inject(""), None);
         let labels = map(&[(names::label::SIDECAR_INJECT, "false")]);
         let annotations = map(&[(ann::SIDECAR_INJECT, "true")]);
-        assert_eq!(
-            pod_inject_override(&labels, &annotations),
-            Some(false),
-            "the label wins"
-        );
+        assert_eq!(pod_inject_override(&labels, &annotations), Some(false), "the label wins");
         assert_eq!(pod_inject_override(&BTreeMap::new(), &annotations), Some(true));
         assert_eq!(pod_inject_override(&BTreeMap::new(), &BTreeMap::new()), None);
         assert_eq!(parse_namespace_injection("enabled"), Some(true));
@@ -1334,10 +1217,7 @@ mod tests {
 
     #[test]
     fn interception_modes() {
-        assert_eq!(
-            parse_interception_mode("REDIRECT"),
-            Ok(InterceptionMode::Redirect)
-        );
+        assert_eq!(parse_interception_mode("REDIRECT"), Ok(InterceptionMode::Redirect));
         assert_eq!(parse_interception_mode("TPROXY"), Ok(InterceptionMode::Tproxy));
         assert_eq!(parse_interception_mode("NONE"), Ok(InterceptionMode::None));
         assert_eq!(InterceptionMode::default(), InterceptionMode::Redirect);
@@ -1352,10 +1232,7 @@ mod tests {
         assert!(parse_interception_mode("").is_err());
         assert!(parse_interception_mode(" REDIRECT").is_err());
         assert!(parse_interception_mode("REDIRECT\0").is_err());
-        assert_eq!(
-            serde_json::to_string(&InterceptionMode::Tproxy).unwrap(),
-            "\"TPROXY\""
-        );
+        assert_eq!(serde_json::to_string(&InterceptionMode::Tproxy).unwrap(), "\"TPROXY\"");
         assert_eq!(InterceptionMode::None.to_string(), "NONE");
     }
 
@@ -1364,11 +1241,7 @@ mod tests {
         let p = |v: &str| parse_port_list(ann::EXCLUDE_OUTBOUND_PORTS, v);
         assert_eq!(p("80"), Ok(vec![80]));
         assert_eq!(p(" 80 , 443,8080 "), Ok(vec![80, 443, 8080]));
-        assert_eq!(
-            p("443,80,443,80"),
-            Ok(vec![443, 80]),
-            "duplicates removed, order kept"
-        );
+        assert_eq!(p("443,80,443,80"), Ok(vec![443, 80]), "duplicates removed, order kept");
         assert_eq!(p(""), Ok(vec![]));
         assert_eq!(p("   "), Ok(vec![]));
         assert_eq!(p("1,65535"), Ok(vec![1, 65535]));
@@ -1376,24 +1249,12 @@ mod tests {
             err_text(p("80,,90")),
             "annotation traffic.sidecar.istio.io/excludeOutboundPorts: invalid value \"80,,90\": empty entry in the list (check for a stray comma)"
         );
-        assert_eq!(
-            p("80,").unwrap_err().reason,
-            "empty entry in the list (check for a stray comma)"
-        );
-        assert_eq!(
-            p(",").unwrap_err().reason,
-            "empty entry in the list (check for a stray comma)"
-        );
+        assert_eq!(p("80,").unwrap_err().reason, "empty entry in the list (check for a stray comma)");
+        assert_eq!(p(",").unwrap_err().reason, "empty entry in the list (check for a stray comma)");
         assert_eq!(p("0").unwrap_err().reason, "port 0 is out of range 1-65535");
-        assert_eq!(
-            p("65536").unwrap_err().reason,
-            "port 65536 is out of range 1-65535"
-        );
+        assert_eq!(p("65536").unwrap_err().reason, "port 65536 is out of range 1-65535");
         assert_eq!(p("-1").unwrap_err().reason, "\"-1\" is not a port number");
-        assert_eq!(
-            p("*").unwrap_err().reason,
-            "\"*\" (all ports) cannot be used in this list"
-        );
+        assert_eq!(p("*").unwrap_err().reason, "\"*\" (all ports) cannot be used in this list");
         assert_eq!(p("80;90").unwrap_err().reason, "\"80;90\" is not a port number");
         assert_eq!(p("８０").unwrap_err().reason, "\"８０\" is not a port number");
         assert_eq!(p("80\u{0}").unwrap_err().reason, "\"80\\0\" is not a port number");
@@ -1439,10 +1300,7 @@ mod tests {
             err_text(sel("10.0.0.1")),
             "annotation traffic.sidecar.istio.io/includeOutboundIPRanges: invalid value \"10.0.0.1\": \"10.0.0.1\" is not a CIDR (missing /prefix-length)"
         );
-        assert_eq!(
-            sel("10.0.0.0/33").unwrap_err().reason,
-            "\"10.0.0.0/33\" is not a valid CIDR"
-        );
+        assert_eq!(sel("10.0.0.0/33").unwrap_err().reason, "\"10.0.0.0/33\" is not a valid CIDR");
         assert_eq!(
             sel("10.0.0.0/8,,").unwrap_err().reason,
             "empty entry in the list (check for a stray comma)"
@@ -1451,17 +1309,9 @@ mod tests {
         assert!(sel("10.0.0.0/8\u{0}").is_err());
         let list = |v: &str| parse_cidr_list(ann::EXCLUDE_OUTBOUND_IP_RANGES, v);
         assert_eq!(list("169.254.169.254/32"), Ok(vec![net("169.254.169.254/32")]));
-        assert_eq!(
-            list("*").unwrap_err().reason,
-            "\"*\" (all addresses) cannot be used in this list"
-        );
+        assert_eq!(list("*").unwrap_err().reason, "\"*\" (all addresses) cannot be used in this list");
         let long_entry = format!("10.0.0.0/{}", "8".repeat(100));
-        assert!(
-            list(&long_entry)
-                .unwrap_err()
-                .reason
-                .ends_with("...\" is not a valid CIDR")
-        );
+        assert!(list(&long_entry).unwrap_err().reason.ends_with("...\" is not a valid CIDR"));
         let all = IpRangeSelection::All;
         assert!(all.contains("1.2.3.4".parse().unwrap()));
         let some = IpRangeSelection::Ranges(vec![net("10.0.0.0/8")]);
@@ -1472,10 +1322,7 @@ mod tests {
     #[test]
     fn interface_lists() {
         let p = |v: &str| parse_interface_list(ann::EXCLUDE_INTERFACES, v);
-        assert_eq!(
-            p("eth1, net1,eth1"),
-            Ok(vec!["eth1".to_owned(), "net1".to_owned()])
-        );
+        assert_eq!(p("eth1, net1,eth1"), Ok(vec!["eth1".to_owned(), "net1".to_owned()]));
         assert_eq!(p(""), Ok(vec![]));
         assert_eq!(p("abcdefghijklmno"), Ok(vec!["abcdefghijklmno".to_owned()]));
         assert_eq!(
@@ -1510,10 +1357,7 @@ mod tests {
             parse_status_port("99999999999999999999999").unwrap_err().reason,
             "port is out of range 0-65535 (0 disables the status port)"
         );
-        assert_eq!(
-            parse_status_port("-1").unwrap_err().reason,
-            "\"-1\" is not a port number"
-        );
+        assert_eq!(parse_status_port("-1").unwrap_err().reason, "\"-1\" is not a port number");
         assert!(parse_status_port("+80").is_err());
         assert!(parse_status_port("").is_err());
         assert_eq!(parse_non_negative_int("a", "0"), Ok(0));
@@ -1561,10 +1405,7 @@ mod tests {
             err_text(parse_resource_quantity(ann::PROXY_MEMORY, "1.2.3")),
             "annotation sidecar.istio.io/proxyMemory: invalid value \"1.2.3\": \"1.2.3\" is not a valid quantity (e.g. 100m, 1.5Gi, 128Mi, 1e3)"
         );
-        assert!(
-            parse_resource_quantity(ann::PROXY_CPU, "-0").is_ok(),
-            "-0 is zero, not negative"
-        );
+        assert!(parse_resource_quantity(ann::PROXY_CPU, "-0").is_ok(), "-0 is zero, not negative");
         assert!(parse_resource_quantity(ann::PROXY_CPU, "").is_err());
     }
 
@@ -1604,10 +1445,7 @@ mod tests {
         assert!(parse_log_level("DEBUG").is_err());
         assert_eq!(
             parse_component_log_levels("misc:error, rbac:debug"),
-            Ok(vec![
-                ("misc".to_owned(), LogLevel::Error),
-                ("rbac".to_owned(), LogLevel::Debug)
-            ])
+            Ok(vec![("misc".to_owned(), LogLevel::Error), ("rbac".to_owned(), LogLevel::Debug)])
         );
         assert_eq!(parse_component_log_levels(""), Ok(vec![]));
         assert_eq!(
@@ -1636,10 +1474,7 @@ mod tests {
             err_text(parse_http_path(ann::PROMETHEUS_PATH, "metrics")),
             "annotation prometheus.io/path: invalid value \"metrics\": the path must start with '/'"
         );
-        assert_eq!(
-            parse_container_name(ann::DEFAULT_CONTAINER, "app"),
-            Ok("app".to_owned())
-        );
+        assert_eq!(parse_container_name(ann::DEFAULT_CONTAINER, "app"), Ok("app".to_owned()));
         assert!(parse_container_name(ann::DEFAULT_CONTAINER, "App_1").is_err());
     }
 
@@ -1648,10 +1483,7 @@ mod tests {
         let from_map = parse_user_volumes(r#"{"certs":{"secret":{"secretName":"my-certs"}}}"#).unwrap();
         assert_eq!(from_map.len(), 1);
         assert_eq!(from_map[0].name, "certs");
-        assert_eq!(
-            from_map[0].secret.as_ref().unwrap().secret_name.as_deref(),
-            Some("my-certs")
-        );
+        assert_eq!(from_map[0].secret.as_ref().unwrap().secret_name.as_deref(), Some("my-certs"));
         let from_list = parse_user_volumes(r#"[{"name":"cfg","configMap":{"name":"cm"}}]"#).unwrap();
         assert_eq!(from_list[0].name, "cfg");
         let mounts =
@@ -1668,12 +1500,7 @@ mod tests {
                 .reason
                 .starts_with("volume name: ")
         );
-        assert!(
-            parse_user_volumes(r#"[{"emptyDir":{}}]"#)
-                .unwrap_err()
-                .reason
-                .starts_with("volume name: ")
-        );
+        assert!(parse_user_volumes(r#"[{"emptyDir":{}}]"#).unwrap_err().reason.starts_with("volume name: "));
         assert!(parse_user_volumes(r#"{"Bad_Name":{"emptyDir":{}}}"#).is_err());
         assert!(
             parse_user_volumes(r#"[{"name":"x","emptyDir":5}]"#)
@@ -1683,20 +1510,12 @@ mod tests {
         );
         assert_eq!(parse_user_volumes("[]"), Ok(vec![]));
         assert_eq!(parse_user_volumes("{}"), Ok(vec![]));
-        assert!(
-            parse_user_volumes("{")
-                .unwrap_err()
-                .reason
-                .starts_with("invalid JSON:")
-        );
+        assert!(parse_user_volumes("{").unwrap_err().reason.starts_with("invalid JSON:"));
         assert_eq!(
             err_text(parse_user_volumes("42")),
             "annotation sidecar.istio.io/userVolume: invalid value \"42\": expected a JSON object or list"
         );
-        assert_eq!(
-            parse_user_volumes(r#"{"a":1}"#).unwrap_err().reason,
-            "entry \"a\" must be a JSON object"
-        );
+        assert_eq!(parse_user_volumes(r#"{"a":1}"#).unwrap_err().reason, "entry \"a\" must be a JSON object");
     }
 
     #[test]
@@ -1718,11 +1537,7 @@ mod tests {
         );
         let err = SidecarStatus::parse("{\"containers\": 5}").unwrap_err();
         assert_eq!(err.annotation, "sidecar.istio.io/status");
-        assert!(
-            err.reason.starts_with("invalid JSON: invalid type: integer `5`"),
-            "{}",
-            err.reason
-        );
+        assert!(err.reason.starts_with("invalid JSON: invalid type: integer `5`"), "{}", err.reason);
         assert!(SidecarStatus::parse("").is_err());
         assert!(SidecarStatus::parse("\0").is_err());
     }
@@ -1733,13 +1548,7 @@ mod tests {
             "holdApplicationUntilProxyStarts: true\nproxyMetadata:\n  ISTIO_META_DNS_CAPTURE: \"true\"\n";
         let config = parse_proxy_config(yaml).unwrap();
         assert_eq!(config.hold_application_until_proxy_starts, Some(true));
-        assert_eq!(
-            config
-                .proxy_metadata
-                .get("ISTIO_META_DNS_CAPTURE")
-                .map(String::as_str),
-            Some("true")
-        );
+        assert_eq!(config.proxy_metadata.get("ISTIO_META_DNS_CAPTURE").map(String::as_str), Some("true"));
         let json = parse_proxy_config(r#"{"concurrency": 2, "interceptionMode": "TPROXY"}"#).unwrap();
         assert_eq!(json.concurrency, Some(2));
         assert_eq!(json.interception_mode, Some(InterceptionMode::Tproxy));
@@ -1752,7 +1561,7 @@ mod tests {
             "annotation proxy.istio.io/config: invalid value \"statusPort: 70000\": statusPort: port 70000 is out of range 1-65535"
         );
         let err = parse_proxy_config("concurrency: [1").unwrap_err();
-        assert!(err.reason.starts_with("line 1, column "), "{}", err.reason);
+        assert!(err.reason.contains("(line 1, column "), "{}", err.reason);
         assert!(parse_proxy_config("interceptionMode: redirect").is_err());
         assert!(parse_proxy_config("\0").is_err());
     }
@@ -1771,10 +1580,7 @@ mod tests {
         ]);
         let t = TrafficAnnotations::from_annotations(&pod).unwrap();
         assert_eq!(t.include_outbound_ip_ranges, Some(IpRangeSelection::All));
-        assert_eq!(
-            t.exclude_outbound_ip_ranges,
-            Some(vec![net("169.254.169.254/32")])
-        );
+        assert_eq!(t.exclude_outbound_ip_ranges, Some(vec![net("169.254.169.254/32")]));
         assert_eq!(t.include_inbound_ports, Some(PortSelection::Ports(vec![9080])));
         assert_eq!(t.exclude_inbound_ports, Some(vec![15020]));
         assert_eq!(t.include_outbound_ports, None);
@@ -1782,10 +1588,7 @@ mod tests {
         assert_eq!(t.exclude_interfaces, Some(vec!["net1".to_owned()]));
         assert_eq!(t.kubevirt_interfaces, None);
         assert_eq!(t.interception_mode, Some(InterceptionMode::Tproxy));
-        assert_eq!(
-            TrafficAnnotations::from_annotations(&BTreeMap::new()),
-            Ok(TrafficAnnotations::default())
-        );
+        assert_eq!(TrafficAnnotations::from_annotations(&BTreeMap::new()), Ok(TrafficAnnotations::default()));
 
         let bad = map(&[
             (ann::INCLUDE_INBOUND_PORTS, "*,80"),
@@ -1797,11 +1600,7 @@ mod tests {
         let names: Vec<&str> = errors.iter().map(|e| e.annotation.as_str()).collect();
         assert_eq!(
             names,
-            vec![
-                ann::EXCLUDE_OUTBOUND_IP_RANGES,
-                ann::INCLUDE_INBOUND_PORTS,
-                ann::INTERCEPTION_MODE
-            ]
+            vec![ann::EXCLUDE_OUTBOUND_IP_RANGES, ann::INCLUDE_INBOUND_PORTS, ann::INTERCEPTION_MODE]
         );
     }
 
@@ -1817,10 +1616,7 @@ mod tests {
         assert_eq!(r.period_seconds, Some(5));
         assert_eq!(r.failure_threshold, None);
         assert_eq!(r.application_ports, Some(vec![8080, 9090]));
-        let bad = map(&[
-            (ann::READINESS_FAILURE_THRESHOLD, "0"),
-            (ann::READINESS_PERIOD_SECONDS, "x"),
-        ]);
+        let bad = map(&[(ann::READINESS_FAILURE_THRESHOLD, "0"), (ann::READINESS_PERIOD_SECONDS, "x")]);
         assert_eq!(ReadinessAnnotations::from_annotations(&bad).unwrap_err().len(), 2);
     }
 
@@ -1840,12 +1636,7 @@ mod tests {
         let names: Vec<&str> = errors.iter().map(|e| e.annotation.as_str()).collect();
         assert_eq!(
             names,
-            vec![
-                ann::PROXY_CONFIG,
-                ann::NATIVE_SIDECAR,
-                ann::PROXY_MEMORY,
-                ann::EXCLUDE_INBOUND_PORTS
-            ]
+            vec![ann::PROXY_CONFIG, ann::NATIVE_SIDECAR, ann::PROXY_MEMORY, ann::EXCLUDE_INBOUND_PORTS]
         );
         assert_eq!(unknown_istio_annotations(&pod), vec!["sidecar.istio.io/proxyCpu"]);
         assert!(validate_pod_annotations(&BTreeMap::new()).is_empty());
@@ -1877,10 +1668,7 @@ mod tests {
         assert_eq!(ann::ALL.len(), 33);
         let unique: BTreeSet<&str> = ann::ALL.iter().copied().collect();
         assert_eq!(unique.len(), ann::ALL.len());
-        assert_eq!(
-            ann::INCLUDE_OUTBOUND_IP_RANGES,
-            "traffic.sidecar.istio.io/includeOutboundIPRanges"
-        );
+        assert_eq!(ann::INCLUDE_OUTBOUND_IP_RANGES, "traffic.sidecar.istio.io/includeOutboundIPRanges");
         assert_eq!(names::label::ISTIO_INJECTION, "istio-injection");
         assert_eq!(names::label::SIDECAR_INJECT, ann::SIDECAR_INJECT);
     }

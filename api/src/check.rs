@@ -74,10 +74,7 @@ pub struct Checked {
 
 impl Checked {
     pub fn errors(&self) -> usize {
-        self.problems
-            .iter()
-            .filter(|p| p.severity == Severity::Error)
-            .count()
+        self.problems.iter().filter(|p| p.severity == Severity::Error).count()
     }
 
     pub fn warnings(&self) -> usize {
@@ -111,13 +108,7 @@ fn check_document(loaded: LoadedDocument, unknown: UnknownFields, out: &mut Chec
         Ok(document) => document,
         Err(ref e) => {
             let field = e.field.clone().unwrap_or_default();
-            out.problems.push(problem(
-                Severity::Error,
-                field,
-                e.message.clone(),
-                e.line,
-                e.column,
-            ));
+            out.problems.push(problem(Severity::Error, field, e.message.clone(), e.line, e.column));
             return;
         }
     };
@@ -128,23 +119,11 @@ fn check_document(loaded: LoadedDocument, unknown: UnknownFields, out: &mut Chec
     };
     for field in &loaded.unknown_fields {
         has_error |= unknown_severity == Severity::Error;
-        out.problems.push(problem(
-            unknown_severity,
-            field.clone(),
-            "unknown field".into(),
-            None,
-            None,
-        ));
+        out.problems.push(problem(unknown_severity, field.clone(), "unknown field".into(), None, None));
     }
     for finding in validate(&document.resource) {
         has_error |= finding.severity == Severity::Error;
-        out.problems.push(problem(
-            finding.severity,
-            finding.field,
-            finding.message,
-            None,
-            None,
-        ));
+        out.problems.push(problem(finding.severity, finding.field, finding.message, None, None));
     }
     if !has_error {
         out.accepted.push(document);

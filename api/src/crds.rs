@@ -43,11 +43,7 @@ fn served_in_all_versions(mut crd: CustomResourceDefinition, kind: Kind) -> Cust
 
 /// All CRDs as one multi-document YAML stream, for the Helm chart.
 pub fn to_yaml() -> String {
-    all()
-        .iter()
-        .filter_map(|crd| serde_saphyr::to_string(crd).ok())
-        .collect::<Vec<_>>()
-        .join("---\n")
+    all().iter().filter_map(|crd| serde_saphyr::to_string(crd).ok()).collect::<Vec<_>>().join("---\n")
 }
 
 #[cfg(test)]
@@ -59,24 +55,14 @@ mod tests {
         let crds = all();
         assert_eq!(crds.len(), 8);
         for crd in &crds {
-            let versions: Vec<(&str, bool)> = crd
-                .spec
-                .versions
-                .iter()
-                .map(|v| (v.name.as_str(), v.storage))
-                .collect();
+            let versions: Vec<(&str, bool)> =
+                crd.spec.versions.iter().map(|v| (v.name.as_str(), v.storage)).collect();
             let stored: Vec<&str> = versions.iter().filter(|(_, s)| *s).map(|(n, _)| *n).collect();
             assert_eq!(stored, vec!["v1"], "{}", crd.spec.names.kind);
             assert!(versions.len() >= 2, "{}", crd.spec.names.kind);
         }
-        let vs = crds
-            .iter()
-            .find(|c| c.spec.names.kind == "VirtualService")
-            .unwrap();
-        assert_eq!(
-            vs.metadata.name.as_deref(),
-            Some("virtualservices.networking.istio.io")
-        );
+        let vs = crds.iter().find(|c| c.spec.names.kind == "VirtualService").unwrap();
+        assert_eq!(vs.metadata.name.as_deref(), Some("virtualservices.networking.istio.io"));
         let names: Vec<&str> = vs.spec.versions.iter().map(|v| v.name.as_str()).collect();
         assert_eq!(names, ["v1alpha3", "v1beta1", "v1"]);
     }
@@ -84,14 +70,9 @@ mod tests {
     #[test]
     fn schemas_describe_the_spec_fields() {
         let yaml = to_yaml();
-        for field in [
-            "http",
-            "trafficPolicy",
-            "consecutive5xxErrors",
-            "portLevelMtls",
-            "notPrincipals",
-            "match",
-        ] {
+        for field in
+            ["http", "trafficPolicy", "consecutive5xxErrors", "portLevelMtls", "notPrincipals", "match"]
+        {
             assert!(yaml.contains(field), "CRD YAML lacks {field}");
         }
     }

@@ -48,11 +48,7 @@ pub fn split_documents(text: &str) -> Vec<DocumentText<'_>> {
 
 fn push_document<'a>(docs: &mut Vec<DocumentText<'a>>, chunk: &'a str, first_line: usize) {
     if has_content(chunk) {
-        docs.push(DocumentText {
-            index: docs.len() + 1,
-            first_line,
-            text: chunk,
-        });
+        docs.push(DocumentText { index: docs.len() + 1, first_line, text: chunk });
     }
 }
 
@@ -93,6 +89,13 @@ impl fmt::Display for LoadError {
 
 impl std::error::Error for LoadError {}
 
+impl LoadError {
+    /// An error about the input as a whole.
+    pub fn whole(message: impl Into<String>) -> Self {
+        LoadError { field: None, line: None, column: None, message: message.into() }
+    }
+}
+
 /// Appends ` (line L, column C)` when the position is known.
 pub(crate) fn write_position(
     f: &mut fmt::Formatter<'_>,
@@ -132,10 +135,7 @@ pub fn load_str(text: &str) -> Vec<LoadedDocument> {
                 field: None,
                 line: None,
                 column: None,
-                message: format!(
-                    "input is {} bytes, at most {MAX_INPUT_BYTES} are read",
-                    text.len()
-                ),
+                message: format!("input is {} bytes, at most {MAX_INPUT_BYTES} are read", text.len()),
             }),
             unknown_fields: Vec::new(),
         }];
@@ -157,36 +157,21 @@ fn load_document(doc: DocumentText<'_>, out: &mut Vec<LoadedDocument>) {
         item: None,
         first_line: doc.first_line,
         id: None,
-        outcome: Err(LoadError {
-            field: None,
-            line: None,
-            column: None,
-            message: String::new(),
-        }),
+        outcome: Err(LoadError { field: None, line: None, column: None, message: String::new() }),
         unknown_fields: Vec::new(),
     };
     let loose: Value = match serde_saphyr::from_str_with_options(doc.text, yaml_options()) {
         Ok(v) => v,
         Err(e) => {
-            out.push(LoadedDocument {
-                outcome: Err(yaml_error(&e, None, doc.first_line)),
-                ..base
-            });
+            out.push(LoadedDocument { outcome: Err(yaml_error(&e, None, doc.first_line)), ..base });
             return;
         }
     };
     let Value::Object(map) = &loose else {
-        let message = format!(
-            "a document must be a mapping with apiVersion and kind, found {}",
-            json_type(&loose)
-        );
+        let message =
+            format!("a document must be a mapping with apiVersion and kind, found {}", json_type(&loose));
         out.push(LoadedDocument {
-            outcome: Err(LoadError {
-                field: None,
-                line: None,
-                column: None,
-                message,
-            }),
+            outcome: Err(LoadError { field: None, line: None, column: None, message }),
             ..base
         });
         return;
@@ -201,39 +186,16 @@ fn load_document(doc: DocumentText<'_>, out: &mut Vec<LoadedDocument>) {
     let kind = match resolve_kind(api_version, kind_name) {
         Ok(k) => k,
         Err(e) => {
-            let field = Some(
-                if api_version.is_empty() {
-                    "apiVersion"
-                } else {
-                    "kind"
-                }
-                .to_owned(),
-            );
-            let err = LoadError {
-                field,
-                line: None,
-                column: None,
-                message: e.to_string(),
-            };
-            out.push(LoadedDocument {
-                id,
-                outcome: Err(err),
-                ..base
-            });
+            let field = Some(if api_version.is_empty() { "apiVersion" } else { "kind" }.to_owned());
+            let err = LoadError { field, line: None, column: None, message: e.to_string() };
+            out.push(LoadedDocument { id, outcome: Err(err), ..base });
             return;
         }
     };
     let mut unknown = Vec::new();
-    let outcome = decode_yaml(kind, doc, &mut unknown).map(|resource| Document {
-        api_version: api_version.to_owned(),
-        resource,
-    });
-    out.push(LoadedDocument {
-        id,
-        outcome,
-        unknown_fields: unknown,
-        ..base
-    });
+    let outcome = decode_yaml(kind, doc, &mut unknown)
+        .map(|resource| Document { api_version: api_version.to_owned(), resource });
+    out.push(LoadedDocument { id, outcome, unknown_fields: unknown, ..base });
 }
 
 /// `kind: List` (what `kubectl get -o yaml` prints): each item is a document of its own.
@@ -245,10 +207,7 @@ fn load_list(base: &LoadedDocument, items: Option<&Value>, out: &mut Vec<LoadedD
             column: None,
             message: "a List needs an items array".into(),
         };
-        out.push(LoadedDocument {
-            outcome: Err(err),
-            ..base.clone()
-        });
+        out.push(LoadedDocument { outcome: Err(err), ..base.clone() });
         return;
     };
     for (i, item) in items.iter().enumerate() {
@@ -263,10 +222,7 @@ fn load_list(base: &LoadedDocument, items: Option<&Value>, out: &mut Vec<LoadedD
                 message: e.to_string(),
             })
             .and_then(|kind| decode_value(kind, item, &mut unknown))
-            .map(|resource| Document {
-                api_version: api_version.to_owned(),
-                resource,
-            });
+            .map(|resource| Document { api_version: api_version.to_owned(), resource });
         out.push(LoadedDocument {
             item: Some(i + 1),
             id: Some(loose_id(item)),
@@ -338,19 +294,43 @@ fn decode_yaml_as<T: DeserializeOwned>(
     doc: DocumentText<'_>,
     unknown: &mut Vec<String>,
 ) -> Result<T, LoadError> {
+    let mut all = Vec::new();
+    let result = decode_yaml_text(doc.text, doc.first_line, &mut all);
+    unknown.extend(all.into_iter().filter(|f| is_unknown_resource_field(f)));
+    result
+}
+
+/// Decodes one YAML (or JSON) document into `T`, returning it with the paths of the fields `T`
+/// does not know. For config files that are not Kubernetes resources (mesh config, the
+/// `proxy.istio.io/config` annotation).
+pub fn decode_single<T: DeserializeOwned>(text: &str) -> Result<(T, Vec<String>), LoadError> {
+    let mut unknown = Vec::new();
+    decode_yaml_text(text, 1, &mut unknown).map(|value| (value, unknown))
+}
+
+fn decode_yaml_text<T: DeserializeOwned>(
+    text: &str,
+    first_line: usize,
+    unknown: &mut Vec<String>,
+) -> Result<T, LoadError> {
     let mut failed_at: Option<String> = None;
-    let result = serde_saphyr::with_deserializer_from_str_with_options(doc.text, yaml_options(), |de| {
-        let mut note = |path: serde_ignored::Path<'_>| note_unknown(path, unknown);
+    let result = serde_saphyr::with_deserializer_from_str_with_options(text, yaml_options(), |de| {
+        let mut note = |path: serde_ignored::Path<'_>| unknown.push(field_path(&path));
         serde_path_to_error::deserialize(serde_ignored::Deserializer::new(de, &mut note)).map_err(|e| {
             failed_at = Some(e.path().to_string());
             e.into_inner()
         })
     });
-    result.map_err(|e| yaml_error(&e, failed_at, doc.first_line))
+    result.map_err(|e| yaml_error(&e, failed_at, first_line))
 }
 
 fn decode_value_as<T: DeserializeOwned>(value: &Value, unknown: &mut Vec<String>) -> Result<T, LoadError> {
-    let mut note = |path: serde_ignored::Path<'_>| note_unknown(path, unknown);
+    let mut note = |path: serde_ignored::Path<'_>| {
+        let field = field_path(&path);
+        if is_unknown_resource_field(&field) {
+            unknown.push(field);
+        }
+    };
     serde_path_to_error::deserialize(serde_ignored::Deserializer::new(value, &mut note)).map_err(|e| {
         LoadError {
             field: Some(e.path().to_string()),
@@ -361,34 +341,30 @@ fn decode_value_as<T: DeserializeOwned>(value: &Value, unknown: &mut Vec<String>
     })
 }
 
-/// Records an ignored field, except the envelope fields that the typed structs leave to the
-/// loader (`apiVersion`, `kind`) and `status`, which the API server owns.
-fn note_unknown(path: serde_ignored::Path<'_>, unknown: &mut Vec<String>) {
-    let text = field_path(&path);
-    if !matches!(text.as_str(), "apiVersion" | "kind") && text != "status" && !text.starts_with("status.") {
-        unknown.push(text);
-    }
+/// Whether an ignored field is really unknown: the typed structs leave the envelope fields
+/// (`apiVersion`, `kind`) to the loader, and `status` belongs to the API server.
+fn is_unknown_resource_field(field: &str) -> bool {
+    !matches!(field, "apiVersion" | "kind" | "status") && !field.starts_with("status.")
 }
 
 /// Writes a path as `spec.http[0].rout`, the way messages name fields.
-pub(crate) fn field_path(path: &serde_ignored::Path<'_>) -> String {
+fn field_path(path: &serde_ignored::Path<'_>) -> String {
     use serde_ignored::Path;
     match path {
         Path::Root => String::new(),
         Path::Seq { parent, index } => format!("{}[{index}]", field_path(parent)),
         Path::Map { parent, key } => {
             let p = field_path(parent);
-            if p.is_empty() {
-                key.clone()
-            } else {
-                format!("{p}.{key}")
-            }
+            if p.is_empty() { key.clone() } else { format!("{p}.{key}") }
         }
         Path::Some { parent } | Path::NewtypeStruct { parent } | Path::NewtypeVariant { parent } => {
             field_path(parent)
         }
     }
 }
+
+/// Longest message kept from the YAML library.
+const MAX_MESSAGE_CHARS: usize = 200;
 
 /// Turns a YAML error into one line: the message, the field, and the position in the whole
 /// file (the parser counts from the start of the document).
@@ -407,8 +383,15 @@ fn yaml_error(e: &serde_saphyr::Error, field: Option<String>, first_line: usize)
     if let Some(pos) = message.rfind(" at line ") {
         message.truncate(pos);
     }
+    // Parser messages can quote the input; keep them to one short line.
+    message = message.replace(['\n', '\r'], " ");
+    if let Some((cut, _)) = message.char_indices().nth(MAX_MESSAGE_CHARS) {
+        message.truncate(cut);
+        message.push_str("...");
+    }
     LoadError {
-        field: field.filter(|f| !f.is_empty() && f != "."),
+        // The root (".") or an unnamed map key ("?") names no field.
+        field: field.filter(|f| !f.is_empty() && f != "." && !f.starts_with('?')),
         line: location.map(|l| l.line() + first_line as u64 - 1),
         column: location.map(|l| l.column()),
         message,
@@ -424,18 +407,9 @@ mod tests {
         let text = "# header\n---\na: 1\n--- # second\nb: 2\n---\n# only a comment\n---\nc: 3\n";
         let docs = split_documents(text);
         assert_eq!(docs.len(), 3);
-        assert_eq!(
-            (docs[0].index, docs[0].first_line, docs[0].text),
-            (1, 3, "a: 1\n")
-        );
-        assert_eq!(
-            (docs[1].index, docs[1].first_line, docs[1].text),
-            (2, 5, "b: 2\n")
-        );
-        assert_eq!(
-            (docs[2].index, docs[2].first_line, docs[2].text),
-            (3, 9, "c: 3\n")
-        );
+        assert_eq!((docs[0].index, docs[0].first_line, docs[0].text), (1, 3, "a: 1\n"));
+        assert_eq!((docs[1].index, docs[1].first_line, docs[1].text), (2, 5, "b: 2\n"));
+        assert_eq!((docs[2].index, docs[2].first_line, docs[2].text), (3, 9, "c: 3\n"));
         assert_eq!(
             split_documents("a: '---x'\n---x: 1\n").len(),
             1,
@@ -460,16 +434,9 @@ mod tests {
         let text = "apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata:\n  name: r\nspec:\n  hosts: [r]\n  http:\n  - route:\n    - destination: {host: r}\n      weight: ten\n";
         let docs = load_str(text);
         let err = docs[0].outcome.as_ref().unwrap_err();
-        assert_eq!(
-            err.field.as_deref(),
-            Some("spec.http[0].route[0].weight"),
-            "{err}"
-        );
+        assert_eq!(err.field.as_deref(), Some("spec.http[0].route[0].weight"), "{err}");
         assert_eq!(err.line, Some(10), "{err}");
-        assert_eq!(
-            docs[0].id.as_ref().map(ToString::to_string).as_deref(),
-            Some("VirtualService r")
-        );
+        assert_eq!(docs[0].id.as_ref().map(ToString::to_string).as_deref(), Some("VirtualService r"));
     }
 
     #[test]
@@ -490,10 +457,7 @@ mod tests {
         assert_eq!(docs.len(), 2);
         assert!(docs[0].outcome.is_ok());
         assert_eq!(docs[1].item, Some(2));
-        assert_eq!(
-            docs[1].outcome.as_ref().unwrap_err().field.as_deref(),
-            Some("spec.servers")
-        );
+        assert_eq!(docs[1].outcome.as_ref().unwrap_err().field.as_deref(), Some("spec.servers"));
     }
 
     #[test]

@@ -52,9 +52,7 @@ pub fn parse_go_duration(text: &str) -> Result<Duration, String> {
     }
     let body = text.strip_prefix('+').unwrap_or(text);
     if body.is_empty() {
-        return Err(format!(
-            "invalid duration {text:?}: use a number and a unit, e.g. 100ms, 1.5s, 2m"
-        ));
+        return Err(format!("invalid duration {text:?}: use a number and a unit, e.g. 100ms, 1.5s, 2m"));
     }
     if body == "0" {
         return Ok(Duration::ZERO);
@@ -63,16 +61,12 @@ pub fn parse_go_duration(text: &str) -> Result<Duration, String> {
     let mut total_nanos: u128 = 0;
     let mut rest = body;
     while !rest.is_empty() {
-        let number_len = rest
-            .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-            .unwrap_or(rest.len());
+        let number_len = rest.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(rest.len());
         let (number, after) = rest.split_at(number_len);
         if number.is_empty() || number == "." || number.matches('.').count() > 1 {
             return Err(bad());
         }
-        let unit_len = after
-            .find(|c: char| c.is_ascii_digit() || c == '.')
-            .unwrap_or(after.len());
+        let unit_len = after.find(|c: char| c.is_ascii_digit() || c == '.').unwrap_or(after.len());
         let (unit, next) = after.split_at(unit_len);
         let unit_nanos: u128 = match unit {
             "ns" => 1,
@@ -82,9 +76,7 @@ pub fn parse_go_duration(text: &str) -> Result<Duration, String> {
             "m" => 60_000_000_000,
             "h" => 3_600_000_000_000,
             "" => {
-                return Err(format!(
-                    "invalid duration {text:?}: missing unit (ns, us, ms, s, m, h)"
-                ));
+                return Err(format!("invalid duration {text:?}: missing unit (ns, us, ms, s, m, h)"));
             }
             other => return Err(format!("invalid duration {text:?}: unknown unit {other:?}")),
         };
@@ -94,11 +86,7 @@ pub fn parse_go_duration(text: &str) -> Result<Duration, String> {
         if whole.len() > 20 || frac.len() > 20 {
             return Err(format!("duration {text:?} is too long"));
         }
-        let whole: u128 = if whole.is_empty() {
-            0
-        } else {
-            whole.parse().map_err(|_| bad())?
-        };
+        let whole: u128 = if whole.is_empty() { 0 } else { whole.parse().map_err(|_| bad())? };
         let mut nanos = whole * unit_nanos;
         if !frac.is_empty() {
             let digits: u128 = frac.parse().map_err(|_| bad())?;
@@ -157,9 +145,7 @@ pub fn parse_cidr(text: &str) -> Result<IpNet, String> {
     if !trimmed.contains('/') {
         return Err(format!("{trimmed:?} is not a CIDR (missing /prefix-length)"));
     }
-    trimmed
-        .parse::<IpNet>()
-        .map_err(|_| format!("{trimmed:?} is not a valid CIDR"))
+    trimmed.parse::<IpNet>().map_err(|_| format!("{trimmed:?} is not a valid CIDR"))
 }
 
 /// An IP address or a CIDR; a bare address means the single host.
@@ -176,9 +162,7 @@ pub fn parse_ip_or_cidr(text: &str) -> Result<IpNet, String> {
 
 pub fn parse_ip(text: &str) -> Result<IpAddr, String> {
     let trimmed = text.trim();
-    trimmed
-        .parse::<IpAddr>()
-        .map_err(|_| format!("{trimmed:?} is not an IP address"))
+    trimmed.parse::<IpAddr>().map_err(|_| format!("{trimmed:?} is not an IP address"))
 }
 
 /// RFC 1123 label: 1-63 of `[a-z0-9-]`, starting and ending alphanumeric. Istio accepts upper
@@ -295,17 +279,49 @@ fn is_qualified_name_part(s: &str) -> bool {
 /// An HTTP header field name (RFC 9110 token). Pseudo-headers such as `:authority` are accepted
 /// only when `allow_pseudo` is set.
 pub fn check_header_name(name: &str, allow_pseudo: bool) -> Result<(), String> {
-    let token = if allow_pseudo {
-        name.strip_prefix(':').unwrap_or(name)
-    } else {
-        name
-    };
+    let token = if allow_pseudo { name.strip_prefix(':').unwrap_or(name) } else { name };
     let is_tchar = |c: char| c.is_ascii_alphanumeric() || "!#$%&'*+-.^_`|~".contains(c);
     if !token.is_empty() && token.chars().all(is_tchar) {
         Ok(())
     } else {
         Err(format!("{name:?} is not a valid HTTP header name"))
     }
+}
+
+/// Conditions Envoy understands in `retryOn`, besides plain HTTP status codes.
+pub const RETRY_ON_CONDITIONS: &[&str] = &[
+    "5xx",
+    "gateway-error",
+    "reset",
+    "reset-before-request",
+    "connect-failure",
+    "envoy-ratelimited",
+    "retriable-4xx",
+    "refused-stream",
+    "retriable-status-codes",
+    "retriable-headers",
+    "http3-post-connect-failure",
+    "cancelled",
+    "deadline-exceeded",
+    "internal",
+    "resource-exhausted",
+    "unavailable",
+];
+
+/// A comma-separated `retryOn` value: each entry a condition above or an HTTP status code.
+pub fn check_retry_on(retry_on: &str) -> Result<(), String> {
+    for condition in retry_on.split(',').map(str::trim).filter(|c| !c.is_empty()) {
+        let is_status = condition.len() == 3
+            && condition.bytes().all(|b| b.is_ascii_digit())
+            && condition.parse::<u16>().is_ok_and(|code| (100..=599).contains(&code));
+        if !is_status && !RETRY_ON_CONDITIONS.contains(&condition) {
+            return Err(format!(
+                "{condition:?} is not a retry condition; use an HTTP status code or one of {}",
+                RETRY_ON_CONDITIONS.join(", ")
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// Istio (through Envoy) evaluates regular expressions with Google RE2. We compile with the
@@ -316,33 +332,21 @@ pub const MAX_REGEX_LEN: usize = 1024;
 
 pub fn check_re2_regex(pattern: &str) -> Result<regex::Regex, String> {
     if pattern.len() > MAX_REGEX_LEN {
-        return Err(format!(
-            "regex is {} bytes long, at most {MAX_REGEX_LEN} are allowed",
-            pattern.len()
-        ));
+        return Err(format!("regex is {} bytes long, at most {MAX_REGEX_LEN} are allowed", pattern.len()));
     }
     if let Some(what) = non_re2_construct(pattern) {
         return Err(format!("regex {pattern:?}: {what}"));
     }
-    regex::RegexBuilder::new(pattern)
-        .size_limit(1 << 20)
-        .build()
-        .map_err(|e| match e {
-            regex::Error::Syntax(msg) => {
-                let first = msg
-                    .lines()
-                    .find(|l| l.starts_with("error:"))
-                    .unwrap_or("invalid syntax");
-                format!(
-                    "regex {pattern:?} is invalid: {}",
-                    first.trim_start_matches("error: ")
-                )
-            }
-            regex::Error::CompiledTooBig(_) => {
-                format!("regex {pattern:?} compiles to a program that is too large")
-            }
-            _ => format!("regex {pattern:?} is invalid"),
-        })
+    regex::RegexBuilder::new(pattern).size_limit(1 << 20).build().map_err(|e| match e {
+        regex::Error::Syntax(msg) => {
+            let first = msg.lines().find(|l| l.starts_with("error:")).unwrap_or("invalid syntax");
+            format!("regex {pattern:?} is invalid: {}", first.trim_start_matches("error: "))
+        }
+        regex::Error::CompiledTooBig(_) => {
+            format!("regex {pattern:?} compiles to a program that is too large")
+        }
+        _ => format!("regex {pattern:?} is invalid"),
+    })
 }
 
 /// Finds syntax the `regex` crate accepts (or rejects less clearly) but RE2 does not have.
@@ -355,10 +359,7 @@ fn non_re2_construct(pattern: &str) -> Option<&'static str> {
     ];
     const CLASS_OPS: [(&str, &str); 3] = [
         ("&&", "character-class intersection (&&) is not RE2 syntax"),
-        (
-            "~~",
-            "character-class symmetric difference (~~) is not RE2 syntax",
-        ),
+        ("~~", "character-class symmetric difference (~~) is not RE2 syntax"),
         ("--", "character-class difference (--) is not RE2 syntax"),
     ];
     let mut class_depth = 0usize;
@@ -378,11 +379,7 @@ fn non_re2_construct(pattern: &str) -> Option<&'static str> {
                 class_depth += 1;
                 // `[]...]` and `[^]...]`: a `]` right after the opening is a literal.
                 let rest = &pattern[i + 1..];
-                let skip = if rest.starts_with("^]") {
-                    2
-                } else {
-                    usize::from(rest.starts_with(']'))
-                };
+                let skip = if rest.starts_with("^]") { 2 } else { usize::from(rest.starts_with(']')) };
                 for _ in 0..skip {
                     chars.next();
                 }
@@ -420,22 +417,13 @@ mod tests {
             parse_go_duration("10").unwrap_err(),
             "invalid duration \"10\": missing unit (ns, us, ms, s, m, h)"
         );
-        assert_eq!(
-            parse_go_duration("10d").unwrap_err(),
-            "invalid duration \"10d\": unknown unit \"d\""
-        );
-        assert_eq!(
-            parse_go_duration("-1s").unwrap_err(),
-            "duration \"-1s\" is negative"
-        );
+        assert_eq!(parse_go_duration("10d").unwrap_err(), "invalid duration \"10d\": unknown unit \"d\"");
+        assert_eq!(parse_go_duration("-1s").unwrap_err(), "duration \"-1s\" is negative");
         assert!(parse_go_duration("1..2s").is_err());
         assert!(parse_go_duration("s").is_err());
         assert!(parse_go_duration("").is_err());
         assert!(parse_go_duration("+").is_err());
-        assert_eq!(
-            parse_go_duration("0000000000000000000001s"),
-            Ok(Duration::from_secs(1))
-        );
+        assert_eq!(parse_go_duration("0000000000000000000001s"), Ok(Duration::from_secs(1)));
         assert!(parse_go_duration("99999999999999999999999h").is_err());
         assert!(parse_go_duration("9999999999999h").is_err());
         assert!(parse_go_duration(&"9".repeat(10_000)).is_err());
@@ -444,70 +432,36 @@ mod tests {
     #[test]
     fn millisecond_rule() {
         assert!(check_duration_ms(&"1ms".into()).is_ok());
-        assert_eq!(
-            check_duration_ms(&"0s".into()).unwrap_err(),
-            "duration \"0s\" must be at least 1ms"
-        );
-        assert!(
-            check_duration_ms(&"1500us".into())
-                .unwrap_err()
-                .contains("finer than a millisecond")
-        );
+        assert_eq!(check_duration_ms(&"0s".into()).unwrap_err(), "duration \"0s\" must be at least 1ms");
+        assert!(check_duration_ms(&"1500us".into()).unwrap_err().contains("finer than a millisecond"));
     }
 
     #[test]
     fn ports_and_cidrs() {
         assert_eq!(parse_port("8080"), Ok(8080));
         assert_eq!(parse_port("0").unwrap_err(), "port 0 is out of range 1-65535");
-        assert_eq!(
-            parse_port("65536").unwrap_err(),
-            "port 65536 is out of range 1-65535"
-        );
+        assert_eq!(parse_port("65536").unwrap_err(), "port 65536 is out of range 1-65535");
         assert_eq!(parse_port("http").unwrap_err(), "\"http\" is not a port number");
         assert_eq!(parse_port("+80").unwrap_err(), "\"+80\" is not a port number");
-        assert_eq!(
-            parse_port("99999999999").unwrap_err(),
-            "port 99999999999 is out of range 1-65535"
-        );
-        assert_eq!(
-            parse_ip(" 10.0.0.1 ").map(|ip| ip.to_string()),
-            Ok("10.0.0.1".to_owned())
-        );
+        assert_eq!(parse_port("99999999999").unwrap_err(), "port 99999999999 is out of range 1-65535");
+        assert_eq!(parse_ip(" 10.0.0.1 ").map(|ip| ip.to_string()), Ok("10.0.0.1".to_owned()));
         assert!(parse_cidr("10.0.0.0/8").is_ok());
         assert!(parse_cidr("fd00::/8").is_ok());
         assert_eq!(
             parse_cidr("10.0.0.1").unwrap_err(),
             "\"10.0.0.1\" is not a CIDR (missing /prefix-length)"
         );
-        assert_eq!(
-            parse_cidr("10.0.0.0/33").unwrap_err(),
-            "\"10.0.0.0/33\" is not a valid CIDR"
-        );
+        assert_eq!(parse_cidr("10.0.0.0/33").unwrap_err(), "\"10.0.0.0/33\" is not a valid CIDR");
         assert!(parse_ip_or_cidr("10.0.0.1").is_ok());
         assert!(parse_ip_or_cidr("nope").is_err());
     }
 
     #[test]
     fn hosts() {
-        for ok in [
-            "reviews",
-            "reviews.prod.svc.cluster.local",
-            "*.example.com",
-            "*",
-            "Foo.com",
-            "a.b.",
-        ] {
+        for ok in ["reviews", "reviews.prod.svc.cluster.local", "*.example.com", "*", "Foo.com", "a.b."] {
             assert!(check_wildcard_host(ok).is_ok(), "{ok}");
         }
-        for bad in [
-            "",
-            "*.*.com",
-            "foo.*.com",
-            "-a.com",
-            "a..b",
-            "a_b.com",
-            &"a".repeat(64),
-        ] {
+        for bad in ["", "*.*.com", "foo.*.com", "-a.com", "a..b", "a_b.com", &"a".repeat(64)] {
             assert!(check_wildcard_host(bad).is_err(), "{bad}");
         }
         assert!(check_host_or_ip("10.1.2.3").is_ok());
@@ -532,19 +486,12 @@ mod tests {
     #[test]
     fn regexes_are_held_to_re2() {
         assert!(check_re2_regex("^/api/v[0-9]+/.*$").is_ok());
-        assert!(
-            check_re2_regex(r"foo\\Q").is_ok(),
-            "an escaped backslash followed by Q is fine"
-        );
+        assert!(check_re2_regex(r"foo\\Q").is_ok(), "an escaped backslash followed by Q is fine");
         assert_eq!(
             check_re2_regex(r"\Qa.b\E").unwrap_err(),
             "regex \"\\\\Qa.b\\\\E\": \\Q...\\E literal quoting is not supported"
         );
-        assert!(
-            check_re2_regex("[a-z&&[^aeiou]]")
-                .unwrap_err()
-                .contains("intersection")
-        );
+        assert!(check_re2_regex("[a-z&&[^aeiou]]").unwrap_err().contains("intersection"));
         assert!(check_re2_regex("a--b").is_ok(), "-- outside a class is a literal");
         assert!(
             check_re2_regex("[]a--b]").unwrap_err().contains("difference"),
@@ -553,15 +500,7 @@ mod tests {
         assert!(check_re2_regex("[^]a]x").is_ok());
         assert!(check_re2_regex("(?=x)").unwrap_err().contains("look-around"));
         assert!(check_re2_regex(r"(a)\1").is_err());
-        assert!(
-            check_re2_regex("(")
-                .unwrap_err()
-                .starts_with("regex \"(\" is invalid")
-        );
-        assert!(
-            check_re2_regex(&"a".repeat(2000))
-                .unwrap_err()
-                .contains("at most 1024")
-        );
+        assert!(check_re2_regex("(").unwrap_err().starts_with("regex \"(\" is invalid"));
+        assert!(check_re2_regex(&"a".repeat(2000)).unwrap_err().contains("at most 1024"));
     }
 }

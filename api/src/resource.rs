@@ -92,18 +92,9 @@ pub enum KindError {
     #[error("missing kind")]
     MissingKind,
     #[error("unknown kind {kind:?} in apiVersion {api_version:?}; Trellis reads {known}")]
-    UnknownKind {
-        api_version: String,
-        kind: String,
-        known: String,
-    },
+    UnknownKind { api_version: String, kind: String, known: String },
     #[error("{kind} does not exist in version {version:?} of {group}; served versions are {served}")]
-    UnknownVersion {
-        kind: Kind,
-        group: String,
-        version: String,
-        served: String,
-    },
+    UnknownVersion { kind: Kind, group: String, version: String, served: String },
 }
 
 /// Resolves a document's `apiVersion` and `kind`.
@@ -120,19 +111,13 @@ pub fn resolve_kind(api_version: &str, kind: &str) -> Result<Kind, KindError> {
         kind: kind.to_owned(),
         known: known_kinds(),
     };
-    let resolved = Kind::from_name(kind)
-        .filter(|k| k.group() == group)
-        .ok_or_else(unknown)?;
+    let resolved = Kind::from_name(kind).filter(|k| k.group() == group).ok_or_else(unknown)?;
     if resolved.versions().contains(&version) {
         Ok(resolved)
     } else {
         Err(KindError::UnknownVersion {
             kind: resolved,
-            group: if group.is_empty() {
-                "the core API".into()
-            } else {
-                group.to_owned()
-            },
+            group: if group.is_empty() { "the core API".into() } else { group.to_owned() },
             version: version.to_owned(),
             served: resolved.versions().join(", "),
         })
@@ -142,11 +127,7 @@ pub fn resolve_kind(api_version: &str, kind: &str) -> Result<Kind, KindError> {
 fn known_kinds() -> String {
     let mut by_group: Vec<String> = Vec::new();
     for group in [NETWORKING_GROUP, SECURITY_GROUP, ""] {
-        let kinds: Vec<&str> = Kind::ALL
-            .iter()
-            .filter(|k| k.group() == group)
-            .map(|k| k.name())
-            .collect();
+        let kinds: Vec<&str> = Kind::ALL.iter().filter(|k| k.group() == group).map(|k| k.name()).collect();
         let label = if group.is_empty() { "v1" } else { group };
         by_group.push(format!("{label} {}", kinds.join("/")));
     }
@@ -220,11 +201,7 @@ pub struct ResourceId {
 
 impl fmt::Display for ResourceId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let name = if self.name.is_empty() {
-            "<unnamed>"
-        } else {
-            &self.name
-        };
+        let name = if self.name.is_empty() { "<unnamed>" } else { &self.name };
         match &self.namespace {
             Some(ns) if !ns.is_empty() => write!(f, "{} {ns}/{name}", self.kind),
             _ => write!(f, "{} {name}", self.kind),
@@ -278,25 +255,16 @@ mod tests {
     #[test]
     fn unknown_kinds_and_versions_are_explained() {
         assert_eq!(
-            resolve_kind("networking.istio.io/v2", "VirtualService")
-                .unwrap_err()
-                .to_string(),
+            resolve_kind("networking.istio.io/v2", "VirtualService").unwrap_err().to_string(),
             "VirtualService does not exist in version \"v2\" of networking.istio.io; served versions are v1alpha3, v1beta1, v1"
         );
         assert_eq!(
-            resolve_kind("security.istio.io/v1alpha3", "PeerAuthentication")
-                .unwrap_err()
-                .to_string(),
+            resolve_kind("security.istio.io/v1alpha3", "PeerAuthentication").unwrap_err().to_string(),
             "PeerAuthentication does not exist in version \"v1alpha3\" of security.istio.io; served versions are v1beta1, v1"
         );
-        let err = resolve_kind("networking.istio.io/v1", "EnvoyFilter")
-            .unwrap_err()
-            .to_string();
+        let err = resolve_kind("networking.istio.io/v1", "EnvoyFilter").unwrap_err().to_string();
         assert!(err.starts_with("unknown kind \"EnvoyFilter\" in apiVersion \"networking.istio.io/v1\"; Trellis reads networking.istio.io VirtualService/"), "{err}");
-        assert!(matches!(
-            resolve_kind("apps/v1", "Deployment"),
-            Err(KindError::UnknownKind { .. })
-        ));
+        assert!(matches!(resolve_kind("apps/v1", "Deployment"), Err(KindError::UnknownKind { .. })));
         assert_eq!(resolve_kind("", "X"), Err(KindError::MissingApiVersion));
         assert_eq!(resolve_kind("v1", ""), Err(KindError::MissingKind));
     }

@@ -13,11 +13,7 @@ fn seed_dir() -> PathBuf {
         .map(PathBuf::from)
         .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared"))
         .join("examples/seed-resources");
-    assert!(
-        dir.is_dir(),
-        "seed resources not found at {} (set TRELLIS_SHARED_DIR)",
-        dir.display()
-    );
+    assert!(dir.is_dir(), "seed resources not found at {} (set TRELLIS_SHARED_DIR)", dir.display());
     dir
 }
 
@@ -60,12 +56,7 @@ fn check_clean(files: &[PathBuf]) -> usize {
                 }
             }
             let again = load_str(&document.to_yaml());
-            assert_eq!(
-                again.len(),
-                1,
-                "{at}: round trip produced {} documents",
-                again.len()
-            );
+            assert_eq!(again.len(), 1, "{at}: round trip produced {} documents", again.len());
             match &again[0].outcome {
                 Ok(back) => assert_eq!(back, document, "{at}: round trip changed the document"),
                 Err(e) => problems.push(format!("{at}: round trip failed: {e}\n{}", document.to_yaml())),

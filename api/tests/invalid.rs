@@ -301,14 +301,9 @@ fn each_invalid_document_gives_its_exact_error() {
             .map(|p| p.to_string().trim_start_matches("doc 1: ").to_owned())
             .collect();
         if errors != [expected.to_string()] {
-            failures.push(format!(
-                "document:\n{text}expected: {expected}\n     got: {errors:#?}\n"
-            ));
+            failures.push(format!("document:\n{text}expected: {expected}\n     got: {errors:#?}\n"));
         }
-        assert!(
-            checked.accepted.is_empty(),
-            "an invalid document was accepted:\n{text}"
-        );
+        assert!(checked.accepted.is_empty(), "an invalid document was accepted:\n{text}");
     }
     assert!(
         failures.is_empty(),
@@ -321,10 +316,7 @@ fn each_invalid_document_gives_its_exact_error() {
 
 #[test]
 fn unknown_fields_warn_by_default_and_fail_when_strict() {
-    let text = doc(
-        VS,
-        &format!("{{hosts: [orders], http: [{{{R}, retires: {{attempts: 3}}}}]}}"),
-    );
+    let text = doc(VS, &format!("{{hosts: [orders], http: [{{{R}, retires: {{attempts: 3}}}}]}}"));
     let lenient = check_text(&text, UnknownFields::Warn);
     assert_eq!(lenient.errors(), 0);
     assert_eq!(lenient.accepted.len(), 1);
@@ -357,10 +349,7 @@ fn a_bad_document_does_not_hide_the_good_ones() {
 
 #[test]
 fn warnings_do_not_reject() {
-    let text = doc(
-        DR,
-        "{host: orders, trafficPolicy: {loadBalancer: {simple: LEAST_CONN}}}",
-    );
+    let text = doc(DR, "{host: orders, trafficPolicy: {loadBalancer: {simple: LEAST_CONN}}}");
     let checked = check_text(&text, UnknownFields::Reject);
     assert_eq!(checked.errors(), 0);
     assert_eq!(checked.accepted.len(), 1);

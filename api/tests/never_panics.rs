@@ -123,9 +123,7 @@ fn scalar() -> impl Strategy<Value = Value> {
         any::<bool>().prop_map(Value::Bool),
         any::<i64>().prop_map(Value::from),
         (-200i64..70_000).prop_map(Value::from),
-        any::<f64>()
-            .prop_filter("finite", |f| f.is_finite())
-            .prop_map(Value::from),
+        any::<f64>().prop_filter("finite", |f| f.is_finite()).prop_map(Value::from),
         prop::sample::select(vec![
             "",
             "*",
@@ -165,13 +163,7 @@ fn tree() -> impl Strategy<Value = Value> {
         prop_oneof![
             prop::collection::vec(inner.clone(), 0..4).prop_map(Value::Array),
             prop::collection::vec((prop::sample::select(KEYS.to_vec()), inner.clone()), 0..6).prop_map(
-                |kv| {
-                    Value::Object(
-                        kv.into_iter()
-                            .map(|(k, v)| (k.to_owned(), v))
-                            .collect::<Map<_, _>>(),
-                    )
-                }
+                |kv| { Value::Object(kv.into_iter().map(|(k, v)| (k.to_owned(), v)).collect::<Map<_, _>>()) }
             ),
             prop::collection::vec((".{0,8}", inner), 0..3)
                 .prop_map(|kv| Value::Object(kv.into_iter().collect::<Map<_, _>>())),
@@ -250,11 +242,8 @@ proptest! {
 #[test]
 fn hostile_inputs_are_refused_cleanly() {
     // Deep nesting, alias bombs and oversized input each end in a problem, not a crash or hang.
-    let deep = format!(
-        "apiVersion: v1\nkind: Namespace\nmetadata: {}{}\n",
-        "[".repeat(10_000),
-        "]".repeat(10_000)
-    );
+    let deep =
+        format!("apiVersion: v1\nkind: Namespace\nmetadata: {}{}\n", "[".repeat(10_000), "]".repeat(10_000));
     assert_eq!(check_text(&deep, UnknownFields::Warn).errors(), 1);
 
     let mut bomb = String::from("a: &a [x, x, x, x, x, x, x, x, x, x]\n");
@@ -281,11 +270,7 @@ fn hostile_inputs_are_refused_cleanly() {
     let checked = check_text(&huge, UnknownFields::Warn);
     assert_eq!(
         checked.problems[0].message,
-        format!(
-            "input is {} bytes, at most {} are read",
-            huge.len(),
-            trellis_api::load::MAX_INPUT_BYTES
-        )
+        format!("input is {} bytes, at most {} are read", huge.len(), trellis_api::load::MAX_INPUT_BYTES)
     );
 
     let long_host = format!(

@@ -9,11 +9,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
-#[command(
-    name = "trellis",
-    version,
-    about = "Trellis: a small, fast service mesh that speaks Istio's API"
-)]
+#[command(name = "trellis", version, about = "Trellis: a small, fast service mesh that speaks Istio's API")]
 struct Cli {
     #[command(subcommand)]
     command: Command,

@@ -47,18 +47,8 @@ struct Report {
 }
 
 pub fn run(args: &Args) -> ExitCode {
-    let unknown = if args.strict {
-        UnknownFields::Reject
-    } else {
-        UnknownFields::Warn
-    };
-    let mut report = Report {
-        files: 0,
-        documents: 0,
-        errors: 0,
-        warnings: 0,
-        findings: Vec::new(),
-    };
+    let unknown = if args.strict { UnknownFields::Reject } else { UnknownFields::Warn };
+    let mut report = Report { files: 0, documents: 0, errors: 0, warnings: 0, findings: Vec::new() };
     let mut io_failed = false;
     for input in expand(&args.paths, &mut io_failed) {
         let text = match read_input(&input) {
@@ -77,10 +67,7 @@ pub fn run(args: &Args) -> ExitCode {
         let file = input.display().to_string();
         report
             .findings
-            .extend(checked.problems.into_iter().map(|problem| Finding {
-                file: file.clone(),
-                problem,
-            }));
+            .extend(checked.problems.into_iter().map(|problem| Finding { file: file.clone(), problem }));
     }
     print_report(&report, args.output);
     if io_failed {
@@ -106,10 +93,7 @@ fn expand(paths: &[PathBuf], io_failed: &mut bool) -> Vec<PathBuf> {
             *io_failed = true;
         }
         if found.is_empty() {
-            eprintln!(
-                "trellis validate: {}: no .yaml, .yml or .json files found",
-                path.display()
-            );
+            eprintln!("trellis validate: {}: no .yaml, .yml or .json files found", path.display());
             *io_failed = true;
         }
         found.sort();
@@ -123,10 +107,7 @@ fn walk(dir: &Path, found: &mut Vec<PathBuf>) -> std::io::Result<()> {
         let path = entry?.path();
         if path.is_dir() {
             walk(&path, found)?;
-        } else if path
-            .extension()
-            .is_some_and(|e| e == "yaml" || e == "yml" || e == "json")
-        {
+        } else if path.extension().is_some_and(|e| e == "yaml" || e == "yml" || e == "json") {
             found.push(path);
         }
     }
@@ -145,12 +126,8 @@ fn read_input(path: &Path) -> Result<String, String> {
     if bytes.len() > MAX_INPUT_BYTES {
         return Err(format!("larger than {MAX_INPUT_BYTES} bytes"));
     }
-    String::from_utf8(bytes).map_err(|e| {
-        format!(
-            "not UTF-8 text (invalid byte at offset {})",
-            e.utf8_error().valid_up_to()
-        )
-    })
+    String::from_utf8(bytes)
+        .map_err(|e| format!("not UTF-8 text (invalid byte at offset {})", e.utf8_error().valid_up_to()))
 }
 
 fn print_report(report: &Report, format: Format) {

@@ -39,10 +39,7 @@ fn valid_files_exit_zero_with_a_summary() {
     let file = write(dir.path(), "vs.yaml", VALID);
     let out = trellis(&["validate", "-f", &file], None);
     assert_eq!(out.status.code(), Some(0), "{}", stdout(&out));
-    assert_eq!(
-        stdout(&out),
-        "valid: 1 file(s), 1 document(s), 0 error(s), 0 warning(s)\n"
-    );
+    assert_eq!(stdout(&out), "valid: 1 file(s), 1 document(s), 0 error(s), 0 warning(s)\n");
 }
 
 #[test]
@@ -70,11 +67,7 @@ fn directories_are_searched_for_config_files() {
     write(dir.path(), "notes.txt", "not yaml at all: [");
     let out = trellis(&["validate", "-f", &dir.path().display().to_string()], None);
     assert_eq!(out.status.code(), Some(0), "{}", stdout(&out));
-    assert!(
-        stdout(&out).contains("2 file(s), 2 document(s)"),
-        "{}",
-        stdout(&out)
-    );
+    assert!(stdout(&out).contains("2 file(s), 2 document(s)"), "{}", stdout(&out));
 }
 
 #[test]
@@ -133,10 +126,6 @@ fn an_unreadable_file_does_not_hide_findings_in_the_others() {
     let dir = tempfile::tempdir().unwrap();
     let bad = write(dir.path(), "bad.yaml", BAD_WEIGHTS);
     let out = trellis(&["validate", "-f", "/nonexistent.yaml", &bad], None);
-    assert_eq!(
-        out.status.code(),
-        Some(2),
-        "I/O errors win over invalid documents"
-    );
+    assert_eq!(out.status.code(), Some(2), "I/O errors win over invalid documents");
     assert!(stdout(&out).contains("weights sum to 110"));
 }

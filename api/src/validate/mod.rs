@@ -71,11 +71,7 @@ impl Report {
     }
 
     fn push(&mut self, severity: Severity, field: String, message: String) {
-        self.findings.push(Finding {
-            severity,
-            field,
-            message,
-        });
+        self.findings.push(Finding { severity, field, message });
     }
 
     /// Records the error of a check that returns `Result<_, String>`.
@@ -164,15 +160,9 @@ pub(crate) fn export_to(r: &mut Report, path: &str, values: &[String]) {
         }
     }
     if values.len() > 1 && seen.contains("~") {
-        r.error(
-            path,
-            "\"~\" (visible nowhere) cannot be combined with other values",
-        );
+        r.error(path, "\"~\" (visible nowhere) cannot be combined with other values");
     } else if values.len() > 1 && seen.contains("*") {
-        r.error(
-            path,
-            "\"*\" (visible everywhere) cannot be combined with other values",
-        );
+        r.error(path, "\"*\" (visible everywhere) cannot be combined with other values");
     }
 }
 

@@ -11,26 +11,6 @@ use crate::primitives::{
 
 use super::{Report, export_to, labels};
 
-/// Conditions Envoy understands in `retryOn`, besides plain HTTP status codes.
-const RETRY_ON: &[&str] = &[
-    "5xx",
-    "gateway-error",
-    "reset",
-    "reset-before-request",
-    "connect-failure",
-    "envoy-ratelimited",
-    "retriable-4xx",
-    "refused-stream",
-    "retriable-status-codes",
-    "retriable-headers",
-    "http3-post-connect-failure",
-    "cancelled",
-    "deadline-exceeded",
-    "internal",
-    "resource-exhausted",
-    "unavailable",
-];
-
 const GRPC_STATUS: &[&str] = &[
     "OK",
     "CANCELLED",
@@ -51,9 +31,8 @@ const GRPC_STATUS: &[&str] = &[
     "UNAUTHENTICATED",
 ];
 
-const HTTP_METHODS: &[&str] = &[
-    "GET", "HEAD", "POST", "PUT", "DELETE", "CONNECT", "OPTIONS", "TRACE", "PATCH",
-];
+const HTTP_METHODS: &[&str] =
+    &["GET", "HEAD", "POST", "PUT", "DELETE", "CONNECT", "OPTIONS", "TRACE", "PATCH"];
 
 /// Port protocols Istio recognises (case-insensitive); empty means "detect".
 const PROTOCOLS: &[&str] = &[
@@ -81,16 +60,10 @@ pub(super) fn virtual_service(r: &mut Report, spec: &VirtualServiceSpec) {
     if delegate {
         // Without hosts a VirtualService can only be a delegate, reached from another one's route.
         if !spec.gateways.is_empty() {
-            r.error(
-                "spec.gateways",
-                "a delegate VirtualService (one without hosts) must not list gateways",
-            );
+            r.error("spec.gateways", "a delegate VirtualService (one without hosts) must not list gateways");
         }
         if !spec.tcp.is_empty() || !spec.tls.is_empty() {
-            r.error(
-                "spec",
-                "a delegate VirtualService (one without hosts) supports only http routes",
-            );
+            r.error("spec", "a delegate VirtualService (one without hosts) supports only http routes");
         }
     }
     let bound_to_mesh = spec.gateways.is_empty() || spec.gateways.iter().any(|g| g == "mesh");
@@ -130,10 +103,7 @@ fn gateway_reference(r: &mut Report, field: &str, gw: &str) {
     if !ns.is_empty() && check_dns1123_label(ns).is_err() {
         r.error(field, format!("gateway {gw:?}: {ns:?} is not a valid namespace"));
     } else if check_dns1123_subdomain(name).is_err() {
-        r.error(
-            field,
-            format!("gateway {gw:?} is not \"mesh\", a gateway name, or namespace/name"),
-        );
+        r.error(field, format!("gateway {gw:?} is not \"mesh\", a gateway name, or namespace/name"));
     }
 }
 
@@ -158,19 +128,12 @@ fn http_route(r: &mut Report, path: &str, route: &HttpRoute, in_delegate: bool) 
         r.error(path, "rewrite cannot be combined with redirect");
     }
     if route.delegate.is_some() && in_delegate {
-        r.error(
-            format!("{path}.delegate"),
-            "a delegate VirtualService cannot delegate further",
-        );
+        r.error(format!("{path}.delegate"), "a delegate VirtualService cannot delegate further");
     }
     for (i, m) in route.matches.iter().enumerate() {
         http_match(r, &format!("{path}.match[{i}]"), m);
     }
-    weighted(
-        r,
-        &format!("{path}.route"),
-        route.route.iter().map(|d| (&d.destination, d.weight)),
-    );
+    weighted(r, &format!("{path}.route"), route.route.iter().map(|d| (&d.destination, d.weight)));
     for (i, dest) in route.route.iter().enumerate() {
         if let Some(h) = &dest.headers {
             headers(r, &format!("{path}.route[{i}].headers"), h);
@@ -194,22 +157,14 @@ fn http_route(r: &mut Report, path: &str, route: &HttpRoute, in_delegate: bool) 
     }
     if let Some(rw) = &route.rewrite {
         if !rw.uri.is_empty() && rw.uri_regex_rewrite.is_some() {
-            r.error(
-                format!("{path}.rewrite"),
-                "uri and uriRegexRewrite cannot both be set",
-            );
+            r.error(format!("{path}.rewrite"), "uri and uriRegexRewrite cannot both be set");
         }
         if let Some(rx) = &rw.uri_regex_rewrite {
-            r.check(
-                format!("{path}.rewrite.uriRegexRewrite.match"),
-                check_re2_regex(&rx.pattern),
-            );
+            r.check(format!("{path}.rewrite.uriRegexRewrite.match"), check_re2_regex(&rx.pattern));
         }
     }
-    let timeout = route
-        .timeout
-        .as_ref()
-        .and_then(|t| r.check(format!("{path}.timeout"), check_duration_ms(t)));
+    let timeout =
+        route.timeout.as_ref().and_then(|t| r.check(format!("{path}.timeout"), check_duration_ms(t)));
     if let Some(retries) = &route.retries {
         http_retry(r, &format!("{path}.retries"), retries, timeout);
     }
@@ -226,12 +181,9 @@ fn http_route(r: &mut Report, path: &str, route: &HttpRoute, in_delegate: bool) 
 }
 
 fn http_match(r: &mut Report, path: &str, m: &HttpMatchRequest) {
-    for (name, sm) in [
-        ("uri", &m.uri),
-        ("scheme", &m.scheme),
-        ("method", &m.method),
-        ("authority", &m.authority),
-    ] {
+    for (name, sm) in
+        [("uri", &m.uri), ("scheme", &m.scheme), ("method", &m.method), ("authority", &m.authority)]
+    {
         if let Some(sm) = sm {
             string_match(r, &format!("{path}.{name}"), sm, false);
         }
@@ -261,10 +213,7 @@ fn http_match(r: &mut Report, path: &str, m: &HttpMatchRequest) {
         gateway_reference(r, &format!("{path}.gateways[{i}]"), gw);
     }
     if !m.source_namespace.is_empty() {
-        r.check(
-            format!("{path}.sourceNamespace"),
-            check_dns1123_label(&m.source_namespace),
-        );
+        r.check(format!("{path}.sourceNamespace"), check_dns1123_label(&m.source_namespace));
     }
 }
 
@@ -276,10 +225,9 @@ fn string_match(r: &mut Report, path: &str, sm: &StringMatch, empty_ok: bool) {
     match set.as_slice() {
         [] if !empty_ok => r.error(path, "one of exact, prefix or regex is required"),
         [] | [_] => {}
-        [a, b, ..] => r.error(
-            path,
-            format!("only one of exact, prefix or regex may be set, found {a} and {b}"),
-        ),
+        [a, b, ..] => {
+            r.error(path, format!("only one of exact, prefix or regex may be set, found {a} and {b}"))
+        }
     }
     if let Some(rx) = &sm.regex {
         r.check(format!("{path}.regex"), check_re2_regex(rx));
@@ -292,10 +240,7 @@ fn weighted<'a>(r: &mut Report, path: &str, destinations: impl Iterator<Item = (
     for (i, (dest, weight)) in list.iter().enumerate() {
         destination(r, &format!("{path}[{i}].destination"), dest);
         if *weight < 0 {
-            r.error(
-                format!("{path}[{i}].weight"),
-                format!("weight {weight} must not be negative"),
-            );
+            r.error(format!("{path}[{i}].weight"), format!("weight {weight} must not be negative"));
         }
     }
     match list.as_slice() {
@@ -321,10 +266,7 @@ fn destination(r: &mut Report, path: &str, d: &Destination) {
     if d.host.is_empty() {
         r.error(format!("{path}.host"), "required");
     } else if d.host.contains('*') {
-        r.error(
-            format!("{path}.host"),
-            format!("destination host {:?} must not be a wildcard", d.host),
-        );
+        r.error(format!("{path}.host"), format!("destination host {:?} must not be a wildcard", d.host));
     } else {
         r.check(format!("{path}.host"), check_host_or_ip(&d.host));
     }
@@ -339,22 +281,13 @@ fn destination(r: &mut Report, path: &str, d: &Destination) {
 fn headers(r: &mut Report, path: &str, h: &Headers) {
     for (side, ops) in [("request", &h.request), ("response", &h.response)] {
         let Some(ops) = ops else { continue };
-        for (op, names) in [
-            ("set", ops.set.keys().collect::<Vec<_>>()),
-            ("add", ops.add.keys().collect()),
-        ] {
+        for (op, names) in [("set", ops.set.keys().collect::<Vec<_>>()), ("add", ops.add.keys().collect())] {
             for name in names {
-                r.check(
-                    format!("{path}.{side}.{op}.{name}"),
-                    check_header_name(name, false),
-                );
+                r.check(format!("{path}.{side}.{op}.{name}"), check_header_name(name, false));
             }
         }
         for (i, name) in ops.remove.iter().enumerate() {
-            r.check(
-                format!("{path}.{side}.remove[{i}]"),
-                check_header_name(name, false),
-            );
+            r.check(format!("{path}.{side}.remove[{i}]"), check_header_name(name, false));
         }
     }
 }
@@ -363,10 +296,7 @@ fn http_redirect(r: &mut Report, path: &str, redirect: &HttpRedirect) {
     if redirect.redirect_code != 0 && ![301, 302, 303, 307, 308].contains(&redirect.redirect_code) {
         r.error(
             format!("{path}.redirectCode"),
-            format!(
-                "{} is not a redirect status; use 301, 302, 303, 307 or 308",
-                redirect.redirect_code
-            ),
+            format!("{} is not a redirect status; use 301, 302, 303, 307 or 308", redirect.redirect_code),
         );
     }
     if redirect.port != 0 {
@@ -381,29 +311,20 @@ fn http_redirect(r: &mut Report, path: &str, redirect: &HttpRedirect) {
         && redirect.derive_port.is_none()
         && redirect.scheme.is_empty()
     {
-        r.error(
-            path,
-            "a redirect must set at least one of uri, authority, port, derivePort or scheme",
-        );
+        r.error(path, "a redirect must set at least one of uri, authority, port, derivePort or scheme");
     }
 }
 
 fn direct_response(r: &mut Report, path: &str, direct: &HttpDirectResponse) {
     if !(200..=599).contains(&direct.status) {
-        r.error(
-            format!("{path}.status"),
-            format!("{} is not a valid HTTP status (200-599)", direct.status),
-        );
+        r.error(format!("{path}.status"), format!("{} is not a valid HTTP status (200-599)", direct.status));
     }
     if let Some(body) = &direct.body {
         match (&body.string, &body.bytes) {
             (Some(_), Some(_)) => r.error(format!("{path}.body"), "only one of string or bytes may be set"),
             (Some(text), None) | (None, Some(text)) if text.len() > MAX_DIRECT_RESPONSE_BODY => r.error(
                 format!("{path}.body"),
-                format!(
-                    "body is {} bytes, at most {MAX_DIRECT_RESPONSE_BODY} are allowed",
-                    text.len()
-                ),
+                format!("body is {} bytes, at most {MAX_DIRECT_RESPONSE_BODY} are allowed", text.len()),
             ),
             _ => {}
         }
@@ -412,10 +333,7 @@ fn direct_response(r: &mut Report, path: &str, direct: &HttpDirectResponse) {
 
 fn http_retry(r: &mut Report, path: &str, retry: &HttpRetry, route_timeout: Option<std::time::Duration>) {
     if retry.attempts < 0 {
-        r.error(
-            format!("{path}.attempts"),
-            format!("attempts {} must not be negative", retry.attempts),
-        );
+        r.error(format!("{path}.attempts"), format!("attempts {} must not be negative", retry.attempts));
     }
     let per_try = retry
         .per_try_timeout
@@ -429,18 +347,7 @@ fn http_retry(r: &mut Report, path: &str, retry: &HttpRetry, route_timeout: Opti
             format!("{per_try:?} is longer than the route timeout {total:?}, so no retry can happen"),
         );
     }
-    for condition in retry.retry_on.split(',').map(str::trim).filter(|c| !c.is_empty()) {
-        let is_status = condition.parse::<u16>().is_ok_and(|c| (100..=599).contains(&c));
-        if !is_status && !RETRY_ON.contains(&condition) {
-            r.error(
-                format!("{path}.retryOn"),
-                format!(
-                    "{condition:?} is not a retry condition; use an HTTP status code or one of {}",
-                    RETRY_ON.join(", ")
-                ),
-            );
-        }
-    }
+    r.check(format!("{path}.retryOn"), crate::primitives::check_retry_on(&retry.retry_on));
 }
 
 fn fault_injection(r: &mut Report, path: &str, fault: &HttpFaultInjection) {
@@ -461,21 +368,11 @@ fn fault_injection(r: &mut Report, path: &str, fault: &HttpFaultInjection) {
     }
     if let Some(abort) = &fault.abort {
         let p = format!("{path}.abort");
-        let kinds = [
-            abort.http_status != 0,
-            !abort.grpc_status.is_empty(),
-            !abort.http2_error.is_empty(),
-        ];
+        let kinds = [abort.http_status != 0, !abort.grpc_status.is_empty(), !abort.http2_error.is_empty()];
         match kinds.iter().filter(|k| **k).count() {
-            0 => r.error(
-                p.clone(),
-                "one of httpStatus, grpcStatus or http2Error is required",
-            ),
+            0 => r.error(p.clone(), "one of httpStatus, grpcStatus or http2Error is required"),
             1 => {}
-            _ => r.error(
-                p.clone(),
-                "only one of httpStatus, grpcStatus or http2Error may be set",
-            ),
+            _ => r.error(p.clone(), "only one of httpStatus, grpcStatus or http2Error may be set"),
         }
         if abort.http_status != 0 && !(200..=599).contains(&abort.http_status) {
             r.error(
@@ -493,10 +390,7 @@ fn fault_injection(r: &mut Report, path: &str, fault: &HttpFaultInjection) {
             );
         }
         if !abort.http2_error.is_empty() {
-            r.error(
-                format!("{p}.http2Error"),
-                "not supported; use httpStatus or grpcStatus",
-            );
+            r.error(format!("{p}.http2Error"), "not supported; use httpStatus or grpcStatus");
         }
         percent(r, &format!("{p}.percentage.value"), abort.percentage.as_ref());
     }
@@ -523,25 +417,13 @@ fn mirrors(r: &mut Report, path: &str, route: &HttpRoute) {
     if let Some(m) = &route.mirror {
         destination(r, &format!("{path}.mirror"), m);
     }
-    percent(
-        r,
-        &format!("{path}.mirrorPercentage.value"),
-        route.mirror_percentage.as_ref(),
-    );
+    percent(r, &format!("{path}.mirrorPercentage.value"), route.mirror_percentage.as_ref());
     if let Some(p) = route.mirror_percent {
-        legacy_percent(
-            r,
-            &format!("{path}.mirrorPercent"),
-            i32::try_from(p).unwrap_or(i32::MAX),
-        );
+        legacy_percent(r, &format!("{path}.mirrorPercent"), i32::try_from(p).unwrap_or(i32::MAX));
     }
     for (i, m) in route.mirrors.iter().enumerate() {
         destination(r, &format!("{path}.mirrors[{i}].destination"), &m.destination);
-        percent(
-            r,
-            &format!("{path}.mirrors[{i}].percentage.value"),
-            m.percentage.as_ref(),
-        );
+        percent(r, &format!("{path}.mirrors[{i}].percentage.value"), m.percentage.as_ref());
     }
 }
 
@@ -551,16 +433,10 @@ fn cors_policy(r: &mut Report, path: &str, cors: &CorsPolicy) {
     }
     for (i, method) in cors.allow_methods.iter().enumerate() {
         if !HTTP_METHODS.contains(&method.as_str()) && method != "*" {
-            r.error(
-                format!("{path}.allowMethods[{i}]"),
-                format!("{method:?} is not an HTTP method"),
-            );
+            r.error(format!("{path}.allowMethods[{i}]"), format!("{method:?} is not an HTTP method"));
         }
     }
-    for (section, names) in [
-        ("allowHeaders", &cors.allow_headers),
-        ("exposeHeaders", &cors.expose_headers),
-    ] {
+    for (section, names) in [("allowHeaders", &cors.allow_headers), ("exposeHeaders", &cors.expose_headers)] {
         for (i, name) in names.iter().enumerate() {
             if name != "*" {
                 r.check(format!("{path}.{section}[{i}]"), check_header_name(name, false));
@@ -571,10 +447,7 @@ fn cors_policy(r: &mut Report, path: &str, cors: &CorsPolicy) {
         && let Some(d) = r.check(format!("{path}.maxAge"), parse_go_duration(&max_age.0))
         && d.subsec_nanos() != 0
     {
-        r.error(
-            format!("{path}.maxAge"),
-            format!("{:?} must be whole seconds", max_age.0),
-        );
+        r.error(format!("{path}.maxAge"), format!("{:?} must be whole seconds", max_age.0));
     }
 }
 
@@ -591,14 +464,9 @@ fn tls_route(r: &mut Report, path: &str, route: &TlsRoute, vs_hosts: &[String]) 
             let field = format!("{mp}.sniHosts[{j}]");
             if r.check(field.clone(), check_wildcard_host(sni)).is_some()
                 && !vs_hosts.is_empty()
-                && !vs_hosts
-                    .iter()
-                    .any(|h| host_covers(h, sni) || host_covers(sni, h))
+                && !vs_hosts.iter().any(|h| host_covers(h, sni) || host_covers(sni, h))
             {
-                r.error(
-                    field,
-                    format!("SNI host {sni:?} is not covered by any of the VirtualService hosts"),
-                );
+                r.error(field, format!("SNI host {sni:?} is not covered by any of the VirtualService hosts"));
             }
         }
         subnets(r, &format!("{mp}.destinationSubnets"), &m.destination_subnets);
@@ -607,17 +475,7 @@ fn tls_route(r: &mut Report, path: &str, route: &TlsRoute, vs_hosts: &[String]) 
         }
         labels(r, &format!("{mp}.sourceLabels"), &m.source_labels);
     }
-    if route.route.is_empty() {
-        r.error(
-            format!("{path}.route"),
-            "at least one route destination is required",
-        );
-    }
-    weighted(
-        r,
-        &format!("{path}.route"),
-        route.route.iter().map(|d| (&d.destination, d.weight)),
-    );
+    l4_destinations(r, path, &route.route);
 }
 
 fn tcp_route(r: &mut Report, path: &str, route: &TcpRoute) {
@@ -632,17 +490,15 @@ fn tcp_route(r: &mut Report, path: &str, route: &TcpRoute) {
         }
         labels(r, &format!("{mp}.sourceLabels"), &m.source_labels);
     }
-    if route.route.is_empty() {
-        r.error(
-            format!("{path}.route"),
-            "at least one route destination is required",
-        );
+    l4_destinations(r, path, &route.route);
+}
+
+/// The destinations of a TLS or TCP route: at least one, weighted like HTTP routes.
+fn l4_destinations(r: &mut Report, path: &str, route: &[RouteDestination]) {
+    if route.is_empty() {
+        r.error(format!("{path}.route"), "at least one route destination is required");
     }
-    weighted(
-        r,
-        &format!("{path}.route"),
-        route.route.iter().map(|d| (&d.destination, d.weight)),
-    );
+    weighted(r, &format!("{path}.route"), route.iter().map(|d| (&d.destination, d.weight)));
 }
 
 fn subnets(r: &mut Report, path: &str, values: &[String]) {
@@ -687,10 +543,7 @@ pub(super) fn destination_rule(r: &mut Report, spec: &DestinationRuleSpec) {
         if subset.name.is_empty() {
             r.error(format!("{path}.name"), "required");
         } else if !names.insert(subset.name.as_str()) {
-            r.error(
-                format!("{path}.name"),
-                format!("duplicate subset name {:?}", subset.name),
-            );
+            r.error(format!("{path}.name"), format!("duplicate subset name {:?}", subset.name));
         } else {
             r.check(format!("{path}.name"), check_dns1123_label(&subset.name));
         }
@@ -724,14 +577,10 @@ fn traffic_policy(r: &mut Report, path: &str, tp: &TrafficPolicy) {
         match &pl.port {
             None => r.error(format!("{p}.port"), "required"),
             Some(port) => {
-                if r.check(format!("{p}.port.number"), check_port(port.number))
-                    .is_some()
+                if r.check(format!("{p}.port.number"), check_port(port.number)).is_some()
                     && !ports.insert(port.number)
                 {
-                    r.error(
-                        format!("{p}.port.number"),
-                        format!("port {} has settings twice", port.number),
-                    );
+                    r.error(format!("{p}.port.number"), format!("port {} has settings twice", port.number));
                 }
             }
         }
@@ -786,10 +635,7 @@ fn load_balancer(r: &mut Report, path: &str, lb: &LoadBalancerSettings) {
         r.error(path, "simple and consistentHash cannot both be set");
     }
     if lb.simple == Some(SimpleLb::LeastConn) {
-        r.warn(
-            format!("{path}.simple"),
-            "LEAST_CONN is deprecated; use LEAST_REQUEST",
-        );
+        r.warn(format!("{path}.simple"), "LEAST_CONN is deprecated; use LEAST_REQUEST");
     }
     if let Some(ch) = &lb.consistent_hash {
         let p = format!("{path}.consistentHash");
@@ -808,10 +654,7 @@ fn load_balancer(r: &mut Report, path: &str, lb: &LoadBalancerSettings) {
                 "one of httpHeaderName, httpCookie, useSourceIp or httpQueryParameterName is required",
             ),
             [_] => {}
-            [a, b, ..] => r.error(
-                p.clone(),
-                format!("only one hash key may be set, found {a} and {b}"),
-            ),
+            [a, b, ..] => r.error(p.clone(), format!("only one hash key may be set, found {a} and {b}")),
         }
         if let Some(h) = &ch.http_header_name {
             r.check(format!("{p}.httpHeaderName"), check_header_name(h, false));
@@ -885,11 +728,7 @@ fn connection_pool(r: &mut Report, path: &str, pool: &ConnectionPoolSettings) {
         let p = format!("{path}.tcp");
         non_negative(r, &p, &[("maxConnections", tcp.max_connections)]);
         optional_duration(r, format!("{p}.connectTimeout"), tcp.connect_timeout.as_ref());
-        optional_duration(
-            r,
-            format!("{p}.maxConnectionDuration"),
-            tcp.max_connection_duration.as_ref(),
-        );
+        optional_duration(r, format!("{p}.maxConnectionDuration"), tcp.max_connection_duration.as_ref());
         optional_duration(r, format!("{p}.idleTimeout"), tcp.idle_timeout.as_ref());
         if let Some(ka) = &tcp.tcp_keepalive {
             optional_duration(r, format!("{p}.tcpKeepalive.time"), ka.time.as_ref());
@@ -915,27 +754,16 @@ fn connection_pool(r: &mut Report, path: &str, pool: &ConnectionPoolSettings) {
 
 fn outlier_detection(r: &mut Report, path: &str, od: &OutlierDetection) {
     if od.consecutive_errors != 0 {
-        r.warn(
-            format!("{path}.consecutiveErrors"),
-            "deprecated; use consecutive5xxErrors",
-        );
+        r.warn(format!("{path}.consecutiveErrors"), "deprecated; use consecutive5xxErrors");
     }
     non_negative(r, path, &[("consecutiveErrors", od.consecutive_errors)]);
     optional_duration(r, format!("{path}.interval"), od.interval.as_ref());
-    optional_duration(
-        r,
-        format!("{path}.baseEjectionTime"),
-        od.base_ejection_time.as_ref(),
-    );
-    for (name, value) in [
-        ("maxEjectionPercent", od.max_ejection_percent),
-        ("minHealthPercent", od.min_health_percent),
-    ] {
+    optional_duration(r, format!("{path}.baseEjectionTime"), od.base_ejection_time.as_ref());
+    for (name, value) in
+        [("maxEjectionPercent", od.max_ejection_percent), ("minHealthPercent", od.min_health_percent)]
+    {
         if !(0..=100).contains(&value) {
-            r.error(
-                format!("{path}.{name}"),
-                format!("{value} must be between 0 and 100"),
-            );
+            r.error(format!("{path}.{name}"), format!("{value} must be between 0 and 100"));
         }
     }
 }
@@ -983,10 +811,7 @@ pub(super) fn service_entry(r: &mut Report, spec: &ServiceEntrySpec) {
             r.error(field, "\"*\" is not allowed; name the hosts this entry describes");
         } else if r.check(field.clone(), check_wildcard_host(host)).is_some()
             && host.starts_with('*')
-            && matches!(
-                spec.resolution,
-                ServiceEntryResolution::Dns | ServiceEntryResolution::DnsRoundRobin
-            )
+            && matches!(spec.resolution, ServiceEntryResolution::Dns | ServiceEntryResolution::DnsRoundRobin)
             && spec.endpoints.is_empty()
         {
             r.error(field, format!("wildcard host {host:?} cannot be resolved with DNS; list endpoints or use resolution NONE"));
@@ -1000,16 +825,10 @@ pub(super) fn service_entry(r: &mut Report, spec: &ServiceEntrySpec) {
     }
     match spec.resolution {
         ServiceEntryResolution::Static if spec.endpoints.is_empty() && spec.workload_selector.is_none() => {
-            r.error(
-                "spec.endpoints",
-                "STATIC resolution needs endpoints or a workloadSelector",
-            );
+            r.error("spec.endpoints", "STATIC resolution needs endpoints or a workloadSelector");
         }
         ServiceEntryResolution::DnsRoundRobin if spec.endpoints.len() > 1 => {
-            r.error(
-                "spec.endpoints",
-                "DNS_ROUND_ROBIN resolution allows at most one endpoint",
-            );
+            r.error("spec.endpoints", "DNS_ROUND_ROBIN resolution allows at most one endpoint");
         }
         _ => {}
     }
@@ -1023,10 +842,7 @@ pub(super) fn service_entry(r: &mut Report, spec: &ServiceEntrySpec) {
         {
             r.error(
                 format!("{path}.address"),
-                format!(
-                    "{:?} is not an IP address; STATIC resolution needs IP endpoints",
-                    ep.address
-                ),
+                format!("{:?} is not an IP address; STATIC resolution needs IP endpoints", ep.address),
             );
         }
     }
@@ -1043,16 +859,10 @@ fn ports(r: &mut Report, path: &str, list: &[Port], name_required: bool) -> BTre
     for (i, port) in list.iter().enumerate() {
         server_port(r, &format!("{path}[{i}]"), port, name_required);
         if !numbers.insert(port.number) {
-            r.error(
-                format!("{path}[{i}].number"),
-                format!("port {} is declared twice", port.number),
-            );
+            r.error(format!("{path}[{i}].number"), format!("port {} is declared twice", port.number));
         }
         if !port.name.is_empty() && !names.insert(port.name.clone()) {
-            r.error(
-                format!("{path}[{i}].name"),
-                format!("port name {:?} is declared twice", port.name),
-            );
+            r.error(format!("{path}[{i}].name"), format!("port name {:?} is declared twice", port.name));
         }
     }
     names
@@ -1094,10 +904,7 @@ pub(super) fn workload_entry(
             );
         }
     } else if we.address.contains('*') {
-        r.error(
-            format!("{path}.address"),
-            format!("{:?} must not be a wildcard", we.address),
-        );
+        r.error(format!("{path}.address"), format!("{:?} must not be a wildcard", we.address));
     } else {
         r.check(format!("{path}.address"), check_host_or_ip(&we.address));
     }
@@ -1112,10 +919,7 @@ pub(super) fn workload_entry(
     }
     labels(r, &format!("{path}.labels"), &we.labels);
     if !we.service_account.is_empty() {
-        r.check(
-            format!("{path}.serviceAccount"),
-            check_dns1123_subdomain(&we.service_account),
-        );
+        r.check(format!("{path}.serviceAccount"), check_dns1123_subdomain(&we.service_account));
     }
 }
 
@@ -1197,10 +1001,7 @@ pub(super) fn sidecar(r: &mut Report, spec: &SidecarSpec) {
         && let Some(proxy) = &otp.egress_proxy
     {
         if otp.mode != OutboundTrafficPolicyMode::AllowAny {
-            r.error(
-                "spec.outboundTrafficPolicy.egressProxy",
-                "only applies when mode is ALLOW_ANY",
-            );
+            r.error("spec.outboundTrafficPolicy.egressProxy", "only applies when mode is ALLOW_ANY");
         }
         destination(r, "spec.outboundTrafficPolicy.egressProxy", proxy);
         if proxy.port.is_none() {
@@ -1227,10 +1028,7 @@ fn namespaced_host(r: &mut Report, field: &str, host: &str, namespace_required: 
         && !matches!(ns, "*" | "." | "~")
         && check_dns1123_label(ns).is_err()
     {
-        r.error(
-            field,
-            format!("{host:?}: {ns:?} is not a namespace, \"*\", \".\" or \"~\""),
-        );
+        r.error(field, format!("{host:?}: {ns:?} is not a namespace, \"*\", \".\" or \"~\""));
         return;
     }
     if let Err(message) = check_wildcard_host(name) {
@@ -1290,10 +1088,7 @@ pub(super) fn gateway(r: &mut Report, spec: &GatewaySpec) {
                 {
                     r.error(
                         format!("{path}.port.name"),
-                        format!(
-                            "port name {:?} is already used by spec.servers[{first}]",
-                            port.name
-                        ),
+                        format!("port name {:?} is already used by spec.servers[{first}]", port.name),
                     );
                 }
                 port.protocol.to_ascii_uppercase()

@@ -72,10 +72,7 @@ pub(super) fn authorization_policy(r: &mut Report, spec: &AuthorizationPolicySpe
         (_, None) => {}
     }
     if spec.action == AuthorizationAction::Deny && spec.rules.is_empty() {
-        r.warn(
-            "spec.rules",
-            "a DENY policy without rules matches no request and denies nothing",
-        );
+        r.warn("spec.rules", "a DENY policy without rules matches no request and denies nothing");
     }
     for (i, rule) in spec.rules.iter().enumerate() {
         authorization_rule(r, &format!("spec.rules[{i}]"), rule);
@@ -115,10 +112,7 @@ fn authorization_source(r: &mut Report, path: &str, s: &Source) {
     ] {
         wildcard_values(r, &format!("{path}.{name}"), values);
     }
-    for (name, values) in [
-        ("namespaces", &s.namespaces),
-        ("notNamespaces", &s.not_namespaces),
-    ] {
+    for (name, values) in [("namespaces", &s.namespaces), ("notNamespaces", &s.not_namespaces)] {
         wildcard_values(r, &format!("{path}.{name}"), values);
         for (i, ns) in values.iter().enumerate() {
             if !ns.contains('*') {
@@ -157,9 +151,7 @@ fn authorization_operation(r: &mut Report, path: &str, op: &Operation) {
             let field = format!("{path}.{name}[{i}]");
             if p.contains("{*}") || p.contains("{**}") {
                 // Path templates: `/foo/{*}/bar`; each `{*}` or `{**}` must be a whole segment.
-                if p.split('/')
-                    .any(|seg| seg.contains('{') && seg != "{*}" && seg != "{**}")
-                {
+                if p.split('/').any(|seg| seg.contains('{') && seg != "{*}" && seg != "{**}") {
                     r.error(
                         field,
                         format!("{p:?}: path template operators must fill a whole segment, like /a/{{*}}/b"),
@@ -193,10 +185,7 @@ fn wildcard_value(r: &mut Report, field: &str, v: &str) {
     let inner = v.strip_prefix('*').unwrap_or(v);
     let inner = inner.strip_suffix('*').unwrap_or(inner);
     if inner.contains('*') || (v.len() > 1 && v.starts_with('*') && v.ends_with('*')) {
-        r.error(
-            field,
-            format!("{v:?}: '*' is only supported alone, as a prefix or as a suffix"),
-        );
+        r.error(field, format!("{v:?}: '*' is only supported alone, as a prefix or as a suffix"));
     }
 }
 
