@@ -166,5 +166,3 @@ pub(crate) fn export_to(r: &mut Report, path: &str, values: &[String]) {
     }
 }
 
-#[cfg(test)]
-mod tests;
