@@ -165,4 +165,3 @@ pub(crate) fn export_to(r: &mut Report, path: &str, values: &[String]) {
         r.error(path, "\"*\" (visible everywhere) cannot be combined with other values");
     }
 }
-

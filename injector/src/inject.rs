@@ -1,0 +1,583 @@
+//! Pod in, meshed pod out: the pure heart of the injector, shared by the webhook and by
+//! `trellis inject`.
+//!
+//! Steps: undo an earlier injection (so injecting twice gives the same pod), read the pod's
+//! annotations into effective settings (every invalid one is reported), rewrite app probes,
+//! render the template, place what it rendered, and label and annotate the pod.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::core::v1::{Container, Pod, PodSpec};
+use serde::Serialize;
+use serde_json::Value;
+use trellis_api::annotations::{
+    self, AnnotationError, InterceptionMode, IpRangeSelection, PortSelection, ReadinessAnnotations,
+    SidecarStatus, TrafficAnnotations, names,
+};
+use trellis_api::mesh::ProxyConfig;
+
+use crate::config::{InjectorConfig, PROXY_CONTAINER, PROXY_UID};
+use crate::probes;
+use crate::template::{SidecarParts, TemplateError, Templates};
+
+/// Ports the proxy serves itself; inbound traffic to them is never redirected.
+const PROXY_INBOUND_EXCLUDES: [u16; 2] = [15090, 15021];
+const DEFAULT_STATUS_PORT: u16 = 15020;
+
+#[derive(Debug, thiserror::Error)]
+pub enum InjectError {
+    #[error("{}", join(.0))]
+    InvalidAnnotations(Vec<AnnotationError>),
+    #[error("{0}")]
+    Template(#[from] TemplateError),
+    #[error("{0}")]
+    Conflict(String),
+}
+
+fn join(errors: &[AnnotationError]) -> String {
+    errors.iter().map(ToString::to_string).collect::<Vec<_>>().join("; ")
+}
+
+/// The pod's annotations, read into what the injector acts on.
+struct PodSettings {
+    traffic: TrafficAnnotations,
+    readiness: ReadinessAnnotations,
+    interception: InterceptionMode,
+    proxy_config: ProxyConfig,
+    status_port: u16,
+    rewrite_probes: bool,
+    native: bool,
+    proxy_image: Option<String>,
+    log_level: Option<String>,
+    component_log_level: Option<String>,
+    resources: Value,
+}
+
+/// Injects the sidecar into `pod`. `workload` names the owning workload when known (manual
+/// injection of a Deployment); otherwise it is derived from the pod as Istio does.
+pub fn inject(
+    pod: &Pod,
+    namespace: &str,
+    workload: Option<&str>,
+    config: &InjectorConfig,
+    templates: &Templates,
+) -> Result<Pod, InjectError> {
+    let mut pod = pod.clone();
+    strip_previous_injection(&mut pod);
+    let annotations = pod.metadata.annotations.clone().unwrap_or_default();
+    let settings = read_settings(&annotations, config)?;
+    let spec = pod.spec.get_or_insert_with(PodSpec::default);
+
+    let probers = if settings.rewrite_probes && settings.status_port != 0 {
+        probes::rewrite(&mut spec.containers, settings.status_port)
+    } else {
+        BTreeMap::new()
+    };
+    let workload_name = workload.map(str::to_owned).unwrap_or_else(|| workload_name(&pod));
+    let values = TemplateValues::new(&pod, namespace, &workload_name, &settings, &probers, config);
+    let hold = values.hold_application;
+    let parts = templates.render(&values)?;
+    let status = place(&mut pod, parts, settings.native, hold)?;
+    label_and_annotate(&mut pod, &settings, status, config);
+    Ok(pod)
+}
+
+/// Injects a small sample pod, so a broken template or config stops the injector at start-up
+/// instead of denying users' pods.
+pub fn self_test(config: &InjectorConfig, templates: &Templates) -> Result<(), InjectError> {
+    let sample: Pod = serde_json::from_value(serde_json::json!({
+        "metadata": {"name": "self-test", "labels": {"app": "self-test"}},
+        "spec": {"containers": [{
+            "name": "app",
+            "image": "app",
+            "ports": [{"name": "http", "containerPort": 8080}],
+            "readinessProbe": {"httpGet": {"path": "/ready", "port": "http"}}
+        }]}
+    }))
+    .map_err(|e| InjectError::Conflict(e.to_string()))?;
+    inject(&sample, "default", None, config, templates).map(drop)
+}
+
+// ---------------------------------------------------------------------------------------------
+// Reading the pod
+
+fn read_settings(
+    annotations: &BTreeMap<String, String>,
+    config: &InjectorConfig,
+) -> Result<PodSettings, InjectError> {
+    use names::annotation as ann;
+    let mut errors = Vec::new();
+    let traffic = TrafficAnnotations::from_annotations(annotations).unwrap_or_else(|e| {
+        errors.extend(e);
+        TrafficAnnotations::default()
+    });
+    let readiness = ReadinessAnnotations::from_annotations(annotations).unwrap_or_else(|e| {
+        errors.extend(e);
+        ReadinessAnnotations::default()
+    });
+    let mut get = |name: &str, parse: &dyn Fn(&str) -> Result<(), AnnotationError>| {
+        if let Some(value) = annotations.get(name)
+            && let Err(e) = parse(value)
+        {
+            errors.push(e);
+        }
+    };
+    // Validate the free-form annotations; their values are read below.
+    for name in [ann::PROXY_CPU, ann::PROXY_MEMORY, ann::PROXY_CPU_LIMIT, ann::PROXY_MEMORY_LIMIT] {
+        get(name, &|v| annotations::parse_resource_quantity(name, v).map(drop));
+    }
+    get(ann::PROXY_IMAGE, &|v| annotations::parse_image(v).map(drop));
+    get(ann::LOG_LEVEL, &|v| annotations::parse_log_level(v).map(drop));
+    get(ann::COMPONENT_LOG_LEVEL, &|v| annotations::parse_component_log_levels(v).map(drop));
+    let flag = |name: &str, default: bool, errors: &mut Vec<AnnotationError>| match annotations.get(name) {
+        None => default,
+        Some(v) => annotations::parse_bool(name, v).unwrap_or_else(|e| {
+            errors.push(e);
+            default
+        }),
+    };
+    let rewrite_probes = flag(ann::REWRITE_APP_HTTP_PROBERS, true, &mut errors);
+    let native = flag(ann::NATIVE_SIDECAR, config.native_sidecars, &mut errors);
+    let status_port = match annotations.get(ann::STATUS_PORT) {
+        None => DEFAULT_STATUS_PORT,
+        Some(v) => annotations::parse_status_port(v).unwrap_or_else(|e| {
+            errors.push(e);
+            DEFAULT_STATUS_PORT
+        }),
+    };
+    let mut proxy_config = config.mesh.proxy_config().clone();
+    if let Some(v) = annotations.get(ann::PROXY_CONFIG) {
+        match annotations::parse_proxy_config(v) {
+            Ok(pod_config) => proxy_config.merge_from(&pod_config),
+            Err(e) => errors.push(e),
+        }
+    }
+    let interception = traffic.interception_mode.unwrap_or_else(|| proxy_config.interception_mode());
+    if interception == InterceptionMode::Tproxy {
+        errors.push(AnnotationError::new(
+            ann::INTERCEPTION_MODE,
+            "TPROXY",
+            "TPROXY interception is not supported yet; use REDIRECT (the default) or NONE",
+        ));
+    }
+    if !errors.is_empty() {
+        return Err(InjectError::InvalidAnnotations(errors));
+    }
+    Ok(PodSettings {
+        resources: proxy_resources(annotations),
+        traffic,
+        readiness,
+        interception,
+        proxy_config,
+        status_port,
+        rewrite_probes,
+        native,
+        proxy_image: annotations.get(ann::PROXY_IMAGE).cloned(),
+        log_level: annotations.get(ann::LOG_LEVEL).cloned(),
+        component_log_level: annotations.get(ann::COMPONENT_LOG_LEVEL).cloned(),
+    })
+}
+
+/// Requests and limits from the `sidecar.istio.io/proxy*` annotations; the defaults suit a
+/// small proxy (Istio's are sized for Envoy).
+fn proxy_resources(annotations: &BTreeMap<String, String>) -> Value {
+    use names::annotation as ann;
+    let pick =
+        |name: &str, default: &str| annotations.get(name).cloned().unwrap_or_else(|| default.to_owned());
+    serde_json::json!({
+        "requests": {"cpu": pick(ann::PROXY_CPU, "50m"), "memory": pick(ann::PROXY_MEMORY, "64Mi")},
+        "limits": {"cpu": pick(ann::PROXY_CPU_LIMIT, "2"), "memory": pick(ann::PROXY_MEMORY_LIMIT, "512Mi")},
+    })
+}
+
+/// The workload a pod belongs to, the way Istio names it: a ReplicaSet's pods belong to its
+/// Deployment (the pod-template-hash suffix removed), a CronJob's Job to the CronJob.
+fn workload_name(pod: &Pod) -> String {
+    let meta = &pod.metadata;
+    let controller = meta.owner_references.iter().flatten().find(|o| o.controller == Some(true));
+    if let Some(owner) = controller {
+        let hash = meta.labels.as_ref().and_then(|l| l.get("pod-template-hash"));
+        return match (owner.kind.as_str(), hash) {
+            ("ReplicaSet", Some(hash)) => {
+                owner.name.strip_suffix(&format!("-{hash}")).unwrap_or(&owner.name).to_owned()
+            }
+            ("Job", _) => strip_numeric_suffix(&owner.name).to_owned(),
+            _ => owner.name.clone(),
+        };
+    }
+    if let Some(name) = meta.name.as_deref().filter(|n| !n.is_empty()) {
+        return name.to_owned();
+    }
+    meta.generate_name.as_deref().unwrap_or_default().trim_end_matches('-').to_owned()
+}
+
+/// `nightly-28911520` → `nightly` (Jobs created by a CronJob carry a timestamp suffix).
+fn strip_numeric_suffix(name: &str) -> &str {
+    match name.rsplit_once('-') {
+        Some((base, suffix)) if !suffix.is_empty() && suffix.bytes().all(|b| b.is_ascii_digit()) => base,
+        _ => name,
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Idempotence
+
+/// Removes what an earlier injection added (as listed in its status annotation) and restores
+/// the app probes it rewrote, so the rest of `inject` sees the pod as the user wrote it.
+fn strip_previous_injection(pod: &mut Pod) {
+    let Some(status) = pod
+        .metadata
+        .annotations
+        .as_ref()
+        .and_then(|a| a.get(names::annotation::SIDECAR_STATUS))
+        .and_then(|v| SidecarStatus::parse(v).ok())
+    else {
+        return;
+    };
+    let Some(spec) = pod.spec.as_mut() else { return };
+    let added = |name: &String, list: &[String]| list.contains(name);
+    let old_proxy = spec
+        .init_containers
+        .iter()
+        .flatten()
+        .chain(&spec.containers)
+        .find(|c| c.name == PROXY_CONTAINER)
+        .cloned();
+    if let Some(probers) = old_proxy.as_ref().and_then(app_probers_of) {
+        probes::restore(&mut spec.containers, &probers);
+    }
+    if let Some(inits) = spec.init_containers.as_mut() {
+        inits.retain(|c| !added(&c.name, &status.init_containers));
+    }
+    spec.containers.retain(|c| !added(&c.name, &status.containers));
+    if let Some(volumes) = spec.volumes.as_mut() {
+        volumes.retain(|v| !added(&v.name, &status.volumes));
+    }
+    if let Some(a) = pod.metadata.annotations.as_mut() {
+        a.remove(names::annotation::SIDECAR_STATUS);
+    }
+}
+
+fn app_probers_of(proxy: &Container) -> Option<BTreeMap<String, Value>> {
+    let env = proxy.env.as_ref()?.iter().find(|e| e.name == probes::APP_PROBERS_ENV)?;
+    serde_json::from_str(env.value.as_deref()?).ok()
+}
+
+// ---------------------------------------------------------------------------------------------
+// Rendering
+
+/// Everything the template sees.
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct TemplateValues<'a> {
+    pod: &'a Pod,
+    namespace: &'a str,
+    service_account: &'a str,
+    workload_name: &'a str,
+    native_sidecar: bool,
+    cni_mode: bool,
+    hold_application: bool,
+    proxy: ProxyValues,
+    redirect: Option<RedirectValues>,
+    mesh: MeshValues,
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct ProxyValues {
+    image: String,
+    init_image: String,
+    uid: i64,
+    status_port: u16,
+    discovery_address: String,
+    config_json: String,
+    interception_mode: &'static str,
+    app_containers: String,
+    pod_ports: String,
+    app_probers: Option<String>,
+    log_level: Option<String>,
+    component_log_level: Option<String>,
+    resources: Value,
+    readiness: ReadinessValues,
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct ReadinessValues {
+    initial_delay_seconds: i32,
+    period_seconds: i32,
+    failure_threshold: i32,
+}
+
+#[derive(Serialize)]
+struct RedirectValues {
+    args: Vec<String>,
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct MeshValues {
+    trust_domain: String,
+}
+
+impl<'a> TemplateValues<'a> {
+    fn new(
+        pod: &'a Pod,
+        namespace: &'a str,
+        workload_name: &'a str,
+        settings: &PodSettings,
+        probers: &BTreeMap<String, Value>,
+        config: &InjectorConfig,
+    ) -> Self {
+        let spec = pod.spec.as_ref();
+        let containers = spec.map(|s| s.containers.as_slice()).unwrap_or_default();
+        let ports: Vec<&k8s_openapi::api::core::v1::ContainerPort> =
+            containers.iter().flat_map(|c| c.ports.iter().flatten()).collect();
+        let names: Vec<&str> = containers.iter().map(|c| c.name.as_str()).collect();
+        let redirect = (settings.interception != InterceptionMode::None)
+            .then(|| RedirectValues { args: redirect_args(&settings.traffic, settings.status_port) });
+        TemplateValues {
+            pod,
+            namespace,
+            service_account: spec.and_then(|s| s.service_account_name.as_deref()).unwrap_or("default"),
+            workload_name,
+            native_sidecar: settings.native,
+            cni_mode: config.cni_mode,
+            hold_application: settings.proxy_config.hold_application_until_proxy_starts(),
+            proxy: ProxyValues {
+                image: settings.proxy_image.clone().unwrap_or_else(|| config.proxy_image.clone()),
+                init_image: config.proxy_init_image.clone(),
+                uid: PROXY_UID,
+                status_port: settings.status_port,
+                discovery_address: settings.proxy_config.discovery_address().to_owned(),
+                config_json: serde_json::to_string(&settings.proxy_config).unwrap_or_default(),
+                interception_mode: settings.interception.as_str(),
+                app_containers: names.join(","),
+                pod_ports: serde_json::to_string(&ports).unwrap_or_default(),
+                app_probers: (!probers.is_empty())
+                    .then(|| serde_json::to_string(probers).unwrap_or_default()),
+                log_level: settings.log_level.clone(),
+                component_log_level: settings.component_log_level.clone(),
+                resources: settings.resources.clone(),
+                readiness: ReadinessValues {
+                    initial_delay_seconds: settings.readiness.initial_delay_seconds.unwrap_or(1),
+                    period_seconds: settings.readiness.period_seconds.unwrap_or(2),
+                    failure_threshold: settings.readiness.failure_threshold.unwrap_or(30),
+                },
+            },
+            redirect,
+            mesh: MeshValues { trust_domain: config.mesh.trust_domain().to_owned() },
+        }
+    }
+}
+
+/// The effective redirect settings, with Istio's defaults filled in.
+struct EffectiveTraffic {
+    include_outbound: String,
+    exclude_outbound: String,
+    include_inbound: String,
+    exclude_inbound: String,
+    include_outbound_ports: String,
+    exclude_outbound_ports: String,
+    exclude_interfaces: String,
+}
+
+fn effective_traffic(t: &TrafficAnnotations, status_port: u16) -> EffectiveTraffic {
+    let ports = |p: &[u16]| p.iter().map(u16::to_string).collect::<Vec<_>>().join(",");
+    let ranges = |r: &[ipnet::IpNet]| r.iter().map(ToString::to_string).collect::<Vec<_>>().join(",");
+    // The proxy's own ports are never captured inbound; the user's exclusions come first.
+    let mut exclude_inbound = t.exclude_inbound_ports.clone().unwrap_or_default();
+    for port in PROXY_INBOUND_EXCLUDES.into_iter().chain((status_port != 0).then_some(status_port)) {
+        if !exclude_inbound.contains(&port) {
+            exclude_inbound.push(port);
+        }
+    }
+    EffectiveTraffic {
+        include_outbound: match &t.include_outbound_ip_ranges {
+            None | Some(IpRangeSelection::All) => "*".to_owned(),
+            Some(IpRangeSelection::Ranges(r)) => ranges(r),
+        },
+        exclude_outbound: ranges(t.exclude_outbound_ip_ranges.as_deref().unwrap_or_default()),
+        include_inbound: match &t.include_inbound_ports {
+            None | Some(PortSelection::All) => "*".to_owned(),
+            Some(PortSelection::Ports(p)) => ports(p),
+        },
+        exclude_inbound: ports(&exclude_inbound),
+        include_outbound_ports: ports(t.include_outbound_ports.as_deref().unwrap_or_default()),
+        exclude_outbound_ports: ports(t.exclude_outbound_ports.as_deref().unwrap_or_default()),
+        exclude_interfaces: t.exclude_interfaces.as_deref().unwrap_or_default().join(","),
+    }
+}
+
+/// `trellis-proxy-init` arguments, named after istio-iptables' flags.
+fn redirect_args(t: &TrafficAnnotations, status_port: u16) -> Vec<String> {
+    let e = effective_traffic(t, status_port);
+    let mut args: Vec<String> = ["-p", "15001", "-z", "15006", "-u", "1337", "-g", "1337", "-m", "REDIRECT"]
+        .map(String::from)
+        .to_vec();
+    for (flag, value) in [
+        ("-i", &e.include_outbound),
+        ("-x", &e.exclude_outbound),
+        ("-b", &e.include_inbound),
+        ("-d", &e.exclude_inbound),
+        ("-q", &e.include_outbound_ports),
+        ("-o", &e.exclude_outbound_ports),
+        ("-c", &e.exclude_interfaces),
+    ] {
+        if !value.is_empty() {
+            args.push(flag.to_owned());
+            args.push(value.clone());
+        }
+    }
+    args
+}
+
+// ---------------------------------------------------------------------------------------------
+// Placing and recording
+
+/// Puts the rendered pieces into the pod and returns the status annotation that lists them.
+fn place(pod: &mut Pod, parts: SidecarParts, native: bool, hold: bool) -> Result<SidecarStatus, InjectError> {
+    let spec = pod.spec.get_or_insert_with(PodSpec::default);
+    let SidecarParts { init_container, mut proxy, volumes } = parts;
+    let mut status = SidecarStatus::default();
+
+    let taken = |name: &str, spec: &PodSpec| {
+        spec.containers.iter().chain(spec.init_containers.iter().flatten()).any(|c| c.name == name)
+    };
+    for c in init_container.iter().chain(std::iter::once(&proxy)) {
+        if taken(&c.name, spec) {
+            return Err(InjectError::Conflict(format!(
+                "the pod already has a container named {:?}, which the sidecar needs",
+                c.name
+            )));
+        }
+    }
+    let existing_volumes = spec.volumes.get_or_insert_with(Vec::new);
+    for v in &volumes {
+        if existing_volumes.iter().any(|e| e.name == v.name) {
+            return Err(InjectError::Conflict(format!(
+                "the pod already has a volume named {:?}, which the sidecar needs",
+                v.name
+            )));
+        }
+    }
+    status.volumes = volumes.iter().map(|v| v.name.clone()).collect();
+    existing_volumes.extend(volumes);
+
+    let mut front: Vec<Container> = Vec::new();
+    if let Some(init) = init_container {
+        status.init_containers.push(init.name.clone());
+        front.push(init);
+    }
+    if native {
+        // A native sidecar must restart with the pod; without this it would block every
+        // container after it, whatever a custom template says.
+        proxy.restart_policy = Some("Always".to_owned());
+        status.init_containers.push(proxy.name.clone());
+        front.push(proxy);
+    } else {
+        proxy.restart_policy = None;
+        status.containers.push(proxy.name.clone());
+        if hold {
+            spec.containers.insert(0, proxy);
+        } else {
+            spec.containers.push(proxy);
+        }
+    }
+    let inits = spec.init_containers.get_or_insert_with(Vec::new);
+    inits.splice(0..0, front);
+    if inits.is_empty() {
+        spec.init_containers = None;
+    }
+    Ok(status)
+}
+
+fn label_and_annotate(
+    pod: &mut Pod,
+    settings: &PodSettings,
+    mut status: SidecarStatus,
+    config: &InjectorConfig,
+) {
+    use names::{annotation as ann, label};
+    let workload = workload_name(pod);
+    let meta = &mut pod.metadata;
+    let labels = meta.labels.get_or_insert_with(BTreeMap::new);
+    let first_of =
+        |keys: &[&str], labels: &BTreeMap<String, String>| keys.iter().find_map(|k| labels.get(*k).cloned());
+    let canonical_name = first_of(&[label::CANONICAL_NAME, label::APP_KUBERNETES_NAME, label::APP], labels)
+        .unwrap_or(workload);
+    let canonical_revision =
+        first_of(&[label::CANONICAL_REVISION, label::APP_KUBERNETES_VERSION, label::VERSION], labels)
+            .unwrap_or_else(|| "latest".to_owned());
+    labels.insert(label::TLS_MODE.to_owned(), label::TLS_MODE_ISTIO.to_owned());
+    labels.entry(label::CANONICAL_NAME.to_owned()).or_insert(canonical_name);
+    labels.entry(label::CANONICAL_REVISION.to_owned()).or_insert(canonical_revision);
+
+    let app_container =
+        pod.spec.as_ref().and_then(|s| s.containers.iter().find(|c| c.name != PROXY_CONTAINER));
+    let app_container = app_container.map(|c| c.name.clone());
+    let annotations = pod.metadata.annotations.get_or_insert_with(BTreeMap::new);
+    if let Some(app) = app_container {
+        annotations.entry(ann::DEFAULT_CONTAINER.to_owned()).or_insert(app);
+    }
+    if config.cni_mode && settings.interception != InterceptionMode::None {
+        // The CNI plugin programs the redirect from these, exactly as proxy-init would.
+        let e = effective_traffic(&settings.traffic, settings.status_port);
+        for (name, value) in [
+            (ann::INCLUDE_OUTBOUND_IP_RANGES, e.include_outbound),
+            (ann::EXCLUDE_OUTBOUND_IP_RANGES, e.exclude_outbound),
+            (ann::INCLUDE_INBOUND_PORTS, e.include_inbound),
+            (ann::EXCLUDE_INBOUND_PORTS, e.exclude_inbound),
+            (ann::INCLUDE_OUTBOUND_PORTS, e.include_outbound_ports),
+            (ann::EXCLUDE_OUTBOUND_PORTS, e.exclude_outbound_ports),
+            (ann::EXCLUDE_INTERFACES, e.exclude_interfaces),
+        ] {
+            if value.is_empty() {
+                annotations.remove(name);
+            } else {
+                annotations.insert(name.to_owned(), value);
+            }
+        }
+        annotations.insert(ann::INTERCEPTION_MODE.to_owned(), settings.interception.as_str().to_owned());
+    }
+    status.revision = config.revision.clone();
+    annotations.insert(ann::SIDECAR_STATUS.to_owned(), status.to_json());
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn workload_names_follow_owners() {
+        let pod = |v: Value| -> Pod { serde_json::from_value(v).unwrap() };
+        let rs = pod(serde_json::json!({"metadata": {
+            "generateName": "reviews-v1-7d9f8c6b5-",
+            "labels": {"pod-template-hash": "7d9f8c6b5"},
+            "ownerReferences": [{"apiVersion": "apps/v1", "kind": "ReplicaSet", "name": "reviews-v1-7d9f8c6b5", "uid": "x", "controller": true}]
+        }}));
+        assert_eq!(workload_name(&rs), "reviews-v1");
+        let job = pod(serde_json::json!({"metadata": {
+            "ownerReferences": [{"apiVersion": "batch/v1", "kind": "Job", "name": "nightly-28911520", "uid": "x", "controller": true}]
+        }}));
+        assert_eq!(workload_name(&job), "nightly");
+        let bare = pod(serde_json::json!({"metadata": {"generateName": "worker-"}}));
+        assert_eq!(workload_name(&bare), "worker");
+    }
+
+    #[test]
+    fn redirect_arguments_carry_istio_defaults() {
+        let args = redirect_args(&TrafficAnnotations::default(), 15020);
+        assert_eq!(
+            args.join(" "),
+            "-p 15001 -z 15006 -u 1337 -g 1337 -m REDIRECT -i * -b * -d 15090,15021,15020"
+        );
+        let t = TrafficAnnotations {
+            exclude_inbound_ports: Some(vec![9901, 15021]),
+            exclude_outbound_ports: Some(vec![5432]),
+            ..TrafficAnnotations::default()
+        };
+        let args = redirect_args(&t, 15020);
+        assert!(args.join(" ").ends_with("-d 9901,15021,15090,15020 -o 5432"), "{args:?}");
+    }
+}

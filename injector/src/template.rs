@@ -1,0 +1,96 @@
+//! The injection template: embedded at build time from `templates/`, or read from a directory
+//! given with `--templates`. Rendering gives the typed pieces the injector places into the pod.
+//!
+//! Why a template and not Rust builders: platform teams change what is injected (images,
+//! mounts, environment, security context) without rebuilding the injector, as they do with
+//! Istio's templates. The pieces are parsed into Kubernetes types right after rendering, so a
+//! broken template is caught at start-up by a test render, not on a user's pod.
+
+use std::path::Path;
+
+use k8s_openapi::api::core::v1::{Container, Volume};
+use minijinja::Environment;
+use serde::{Deserialize, Serialize};
+
+/// Name of the template file, embedded or in the `--templates` directory.
+pub const SIDECAR_TEMPLATE: &str = "sidecar.yaml";
+
+const EMBEDDED_SIDECAR: &str = include_str!("../../templates/sidecar.yaml");
+
+#[derive(Debug, thiserror::Error)]
+pub enum TemplateError {
+    #[error("cannot read template {path}: {source}")]
+    Read { path: String, source: std::io::Error },
+    #[error("template {name} does not compile: {message}")]
+    Compile { name: String, message: String },
+    #[error("template {name} failed to render: {message}")]
+    Render { name: String, message: String },
+    #[error("template {name} rendered invalid sidecar pieces: {message}")]
+    Output { name: String, message: String },
+}
+
+/// What a render produces.
+#[derive(Clone, Debug, Default, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct SidecarParts {
+    /// The redirect (or, in CNI mode, validation) init container.
+    pub init_container: Option<Container>,
+    pub proxy: Container,
+    #[serde(default)]
+    pub volumes: Vec<Volume>,
+}
+
+pub struct Templates {
+    env: Environment<'static>,
+    source: String,
+}
+
+impl Templates {
+    /// The templates built into the binary.
+    pub fn embedded() -> Result<Self, TemplateError> {
+        Self::from_source(EMBEDDED_SIDECAR.to_owned(), "embedded".to_owned())
+    }
+
+    /// Templates from a directory holding `sidecar.yaml`.
+    pub fn from_dir(dir: &Path) -> Result<Self, TemplateError> {
+        let path = dir.join(SIDECAR_TEMPLATE);
+        let text = std::fs::read_to_string(&path)
+            .map_err(|source| TemplateError::Read { path: path.display().to_string(), source })?;
+        Self::from_source(text, path.display().to_string())
+    }
+
+    fn from_source(text: String, source: String) -> Result<Self, TemplateError> {
+        let mut env = Environment::new();
+        env.set_undefined_behavior(minijinja::UndefinedBehavior::Strict);
+        env.add_template_owned(SIDECAR_TEMPLATE, text)
+            .map_err(|e| TemplateError::Compile { name: source.clone(), message: e.to_string() })?;
+        Ok(Templates { env, source })
+    }
+
+    /// Where the templates came from (`embedded` or a file path), for logs.
+    pub fn source(&self) -> &str {
+        &self.source
+    }
+
+    pub fn render(&self, values: &impl Serialize) -> Result<SidecarParts, TemplateError> {
+        let name = || self.source.clone();
+        let template = self
+            .env
+            .get_template(SIDECAR_TEMPLATE)
+            .map_err(|e| TemplateError::Render { name: name(), message: e.to_string() })?;
+        let text = template
+            .render(minijinja::value::Serde(values))
+            .map_err(|e| TemplateError::Render { name: name(), message: render_error(&e) })?;
+        let parts: SidecarParts = serde_saphyr::from_str(&text)
+            .map_err(|e| TemplateError::Output { name: name(), message: e.without_snippet().to_string() })?;
+        Ok(parts)
+    }
+}
+
+/// minijinja's error with the template line, which is what a template author needs.
+fn render_error(e: &minijinja::Error) -> String {
+    match e.line() {
+        Some(line) => format!("line {line}: {e}"),
+        None => e.to_string(),
+    }
+}
