@@ -2,6 +2,7 @@
 
 #![forbid(unsafe_code)]
 
+mod inject;
 mod validate;
 
 use std::process::ExitCode;
@@ -19,11 +20,14 @@ struct Cli {
 enum Command {
     /// Check Istio resource files the way the mesh will read them.
     Validate(validate::Args),
+    /// Add the sidecar to the workloads in a manifest, as the webhook would.
+    Inject(inject::Args),
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Command::Validate(args) => validate::run(&args),
+        Command::Inject(args) => inject::run(&args),
     }
 }

@@ -50,3 +50,71 @@ impl Default for InjectorConfig {
         }
     }
 }
+
+/// The flags that shape injection, shared by `trellis-injector` and `trellis inject`.
+#[derive(Clone, Debug, clap::Args)]
+pub struct InjectionFlags {
+    /// Directory with a sidecar.yaml template replacing the embedded one.
+    #[arg(long)]
+    pub templates: Option<std::path::PathBuf>,
+    /// Mesh config (YAML): trust domain, proxy defaults.
+    #[arg(long)]
+    pub mesh_config: Option<std::path::PathBuf>,
+    /// Leave the redirect to the CNI plugin: no privileged init container.
+    #[arg(long)]
+    pub cni_mode: bool,
+    /// Run the proxy as a native sidecar (Kubernetes 1.29+).
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+    pub native_sidecars: bool,
+    #[arg(long, default_value = DEFAULT_PROXY_IMAGE)]
+    pub proxy_image: String,
+    #[arg(long, default_value = DEFAULT_PROXY_INIT_IMAGE)]
+    pub proxy_init_image: String,
+    /// Never inject pods matching this label selector (repeatable).
+    #[arg(long = "never-inject-selector")]
+    pub never_inject: Vec<LabelSelector>,
+    /// Inject pods matching this label selector even without the pod label (repeatable).
+    #[arg(long = "always-inject-selector")]
+    pub always_inject: Vec<LabelSelector>,
+}
+
+impl InjectionFlags {
+    /// Reads the mesh config and templates the flags name, and checks that injecting a sample
+    /// pod works, so a broken setup fails here rather than on a user's pod.
+    pub fn load(&self) -> Result<(InjectorConfig, crate::template::Templates), String> {
+        let mesh = match &self.mesh_config {
+            Some(path) => {
+                let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
+                let (mesh, unknown) =
+                    MeshConfig::from_yaml(&text).map_err(|e| format!("{}: {e}", path.display()))?;
+                for field in unknown {
+                    tracing::warn!(%field, "unknown mesh config field ignored");
+                }
+                let problems = mesh.validate();
+                if !problems.is_empty() {
+                    return Err(format!("{}: {}", path.display(), problems.join("; ")));
+                }
+                mesh
+            }
+            None => MeshConfig::default(),
+        };
+        let templates = match &self.templates {
+            Some(dir) => crate::template::Templates::from_dir(dir),
+            None => crate::template::Templates::embedded(),
+        }
+        .map_err(|e| e.to_string())?;
+        let config = InjectorConfig {
+            mesh,
+            proxy_image: self.proxy_image.clone(),
+            proxy_init_image: self.proxy_init_image.clone(),
+            cni_mode: self.cni_mode,
+            native_sidecars: self.native_sidecars,
+            never_inject: self.never_inject.clone(),
+            always_inject: self.always_inject.clone(),
+            ..InjectorConfig::default()
+        };
+        crate::inject::self_test(&config, &templates)
+            .map_err(|e| format!("the injection template does not work: {e}"))?;
+        Ok((config, templates))
+    }
+}

@@ -136,6 +136,12 @@ pub async fn serve(
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
     let (cert, key) = read_pair(&files).await.map_err(anyhow::Error::msg)?;
+    // Tests and scripts read the bound address (useful with port 0) from this line; a closed
+    // stdout is no reason to stop serving.
+    {
+        use std::io::Write;
+        let _ = writeln!(std::io::stdout(), "listening on {}", listener.local_addr()?);
+    }
     let tls = RustlsConfig::from_config(Arc::new(load_tls(&cert, &key).map_err(anyhow::Error::msg)?));
     tokio::spawn(watch_certificate(tls.clone(), files, (cert, key)));
     let handle = axum_server::Handle::<SocketAddr>::new();
