@@ -18,3 +18,4 @@ pub mod probes;
 pub mod selector;
 pub mod server;
 pub mod template;
+pub mod webhook_cert;

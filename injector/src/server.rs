@@ -4,6 +4,7 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use axum::Router;
@@ -29,6 +30,8 @@ pub struct Injector {
     pub config: InjectorConfig,
     pub templates: Templates,
     pub metrics: Metrics,
+    /// False until the API server can verify our certificate (Kubernetes mode).
+    pub ready: Arc<AtomicBool>,
 }
 
 pub struct TlsFiles {
@@ -42,9 +45,18 @@ pub fn router(injector: Arc<Injector>) -> Router {
     Router::new()
         .route("/inject", post(inject_handler))
         .route("/healthz", get(|| async { "ok\n" }))
-        .route("/readyz", get(|| async { "ok\n" }))
+        .route("/readyz", get(ready_handler))
         .route("/metrics", get(metrics_handler))
         .with_state(injector)
+}
+
+async fn ready_handler(State(injector): State<Arc<Injector>>) -> Response {
+    if injector.ready.load(Ordering::Acquire) {
+        "ok\n".into_response()
+    } else {
+        (StatusCode::SERVICE_UNAVAILABLE, "waiting for the webhook caBundle to trust this replica\n")
+            .into_response()
+    }
 }
 
 async fn metrics_handler(State(injector): State<Arc<Injector>>) -> Response {
