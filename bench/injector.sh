@@ -75,6 +75,24 @@ review = {"apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview", "reque
     "userInfo": {"username": "system:serviceaccount:kube-system:replicaset-controller"},
     "object": pod, "dryRun": False}}
 json.dump(review, open(sys.argv[1], "w"))
+# One review per line for oha -Z. 5,000 different workloads with the same sidecar settings (they
+# share one template render), and 5,000 pods each with different settings (every render is
+# new, so the injector parses the template's output every time: the worst case).
+import copy
+def variants(path, change):
+    with open(path, "w") as out:
+        for i in range(5000):
+            r = copy.deepcopy(review)
+            change(r["request"]["object"], i)
+            out.write(json.dumps(r) + "\n")
+def new_workload(p, i):
+    p["metadata"]["generateName"] = f"checkout-{i}-7c9d5b8f6-"
+    p["metadata"]["labels"]["app"] = f"checkout-{i}"
+    p["metadata"]["ownerReferences"][0]["name"] = f"checkout-{i}-7c9d5b8f6"
+def new_settings(p, i):
+    p["metadata"]["annotations"] = {"sidecar.istio.io/proxyCPU": f"{100 + i}m"}
+variants(sys.argv[1].replace(".json", "-workloads.jsonl"), new_workload)
+variants(sys.argv[1].replace(".json", "-settings.jsonl"), new_settings)
 PY
 
 TOKIO_WORKER_THREADS=1 RUST_LOG=warn taskset -c 0 "$BIN" --listen 127.0.0.1:0 \
@@ -90,7 +108,11 @@ cpu_seconds() { awk '{print ($14 + $15) / 100}' "/proc/$pid/stat"; }
 run() {
   local name=$1 method=$2 path=$3; shift 3
   local body=()
-  [ "$method" = POST ] && body=(-D "$work/review.json" -H "content-type: application/json")
+  case "$method" in
+    POST) body=(-D "$work/review.json" -H "content-type: application/json") ;;
+    POST-WORKLOADS) method=POST; body=(-Z "$work/review-workloads.jsonl" -H "content-type: application/json") ;;
+    POST-SETTINGS) method=POST; body=(-Z "$work/review-settings.jsonl" -H "content-type: application/json") ;;
+  esac
   local before; before=$(cpu_seconds)
   taskset -c 1 "$OHA" --no-tui --output-format json --cacert "$work/ca.crt" -m "$method" "${body[@]}" \
     -z "${DURATION}s" "$@" "https://$addr$path" > "$work/$name.json"
@@ -103,15 +125,25 @@ curl -sf --cacert "$work/ca.crt" -H 'content-type: application/json' --data-bina
 
 run health-max GET /healthz -c "$CONNECTIONS"
 run inject-max POST /inject -c "$CONNECTIONS"
+run workloads-max POST-WORKLOADS /inject -c "$CONNECTIONS"
+run settings-max POST-SETTINGS /inject -c "$CONNECTIONS"
 run health-rate GET /healthz -c 8 -q "$RATE" --latency-correction
 run inject-rate POST /inject -c 8 -q "$RATE" --latency-correction
+run workloads-rate POST-WORKLOADS /inject -c 8 -q "$RATE" --latency-correction
+run settings-rate POST-SETTINGS /inject -c 8 -q "$RATE" --latency-correction
 rss_kb=$(awk '/VmHWM/ {print $2}' "/proc/$pid/status")
 
 python3 - "$work" "$RATE" "$rss_kb" <<'PY'
 import json, os, sys
 work, rate, rss = sys.argv[1], sys.argv[2], int(sys.argv[3])
-rows = [("health-max", "GET /healthz, max rate (baseline)"), ("inject-max", "POST /inject, max rate"),
-        ("health-rate", f"GET /healthz at {rate}/s (baseline)"), ("inject-rate", f"POST /inject at {rate}/s")]
+rows = [("health-max", "GET /healthz, max rate (baseline)"),
+        ("inject-max", "POST /inject, max rate (pods of one workload)"),
+        ("workloads-max", "POST /inject, max rate (every pod a new workload)"),
+        ("settings-max", "POST /inject, max rate (every pod new sidecar settings: worst case)"),
+        ("health-rate", f"GET /healthz at {rate}/s (baseline)"),
+        ("inject-rate", f"POST /inject at {rate}/s (pods of one workload)"),
+        ("workloads-rate", f"POST /inject at {rate}/s (every pod a new workload)"),
+        ("settings-rate", f"POST /inject at {rate}/s (every pod new sidecar settings: worst case)")]
 print(f"| scenario | req/s | p50 ms | p90 ms | p99 ms | p99.9 ms | non-2xx | injector CPU µs/req |")
 print(f"|---|---:|---:|---:|---:|---:|---:|---:|")
 for key, label in rows:

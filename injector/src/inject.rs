@@ -7,7 +7,7 @@
 
 use std::collections::BTreeMap;
 
-use k8s_openapi::api::core::v1::{Container, Pod, PodSpec};
+use k8s_openapi::api::core::v1::{Container, EnvVar, Pod, PodSpec};
 use serde::Serialize;
 use serde_json::Value;
 use trellis_api::annotations::{
@@ -76,7 +76,8 @@ pub fn inject(
     let workload_name = workload.map(str::to_owned).unwrap_or_else(|| workload_name(&pod));
     let values = TemplateValues::new(&pod, namespace, &workload_name, &settings, &probers, config);
     let hold = values.hold_application;
-    let parts = templates.render(&values)?;
+    let mut parts = templates.render(&values)?;
+    add_pod_facts(&mut parts.proxy, &values.proxy.pod_facts);
     let status = place(&mut pod, parts, settings.native, hold)?;
     label_and_annotate(&mut pod, &settings, status, config);
     Ok(pod)
@@ -292,13 +293,40 @@ struct ProxyValues {
     discovery_address: String,
     config_json: String,
     interception_mode: &'static str,
-    app_containers: String,
-    pod_ports: String,
-    app_probers: Option<String>,
+    /// Set on the proxy by the injector, not by the template (see `add_pod_facts`); visible to
+    /// templates that want them all the same.
+    #[serde(flatten)]
+    pod_facts: PodFacts,
     log_level: Option<String>,
     component_log_level: Option<String>,
     resources: Value,
     readiness: ReadinessValues,
+}
+
+/// What the proxy must know about this pod: who it is, which containers and ports it fronts,
+/// and the app probes it runs.
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct PodFacts {
+    workload_name: String,
+    app_containers: String,
+    pod_ports: String,
+    app_probers: Option<String>,
+}
+
+/// Adds the pod facts to the proxy's environment, replacing any the template set itself.
+fn add_pod_facts(proxy: &mut Container, facts: &PodFacts) {
+    let env = proxy.env.get_or_insert_with(Vec::new);
+    let mut set = |name: &str, value: &str| {
+        env.retain(|e| e.name != name);
+        env.push(EnvVar { name: name.to_owned(), value: Some(value.to_owned()), value_from: None });
+    };
+    set("ISTIO_META_WORKLOAD_NAME", &facts.workload_name);
+    set("ISTIO_META_APP_CONTAINERS", &facts.app_containers);
+    set("ISTIO_META_POD_PORTS", &facts.pod_ports);
+    if let Some(probers) = &facts.app_probers {
+        set(probes::APP_PROBERS_ENV, probers);
+    }
 }
 
 #[derive(Serialize)]
@@ -352,10 +380,13 @@ impl<'a> TemplateValues<'a> {
                 discovery_address: settings.proxy_config.discovery_address().to_owned(),
                 config_json: serde_json::to_string(&settings.proxy_config).unwrap_or_default(),
                 interception_mode: settings.interception.as_str(),
-                app_containers: names.join(","),
-                pod_ports: serde_json::to_string(&ports).unwrap_or_default(),
-                app_probers: (!probers.is_empty())
-                    .then(|| serde_json::to_string(probers).unwrap_or_default()),
+                pod_facts: PodFacts {
+                    workload_name: workload_name.to_owned(),
+                    app_containers: names.join(","),
+                    pod_ports: serde_json::to_string(&ports).unwrap_or_default(),
+                    app_probers: (!probers.is_empty())
+                        .then(|| serde_json::to_string(probers).unwrap_or_default()),
+                },
                 log_level: settings.log_level.clone(),
                 component_log_level: settings.component_log_level.clone(),
                 resources: settings.resources.clone(),

@@ -6,7 +6,9 @@
 //! Istio's templates. The pieces are parsed into Kubernetes types right after rendering, so a
 //! broken template is caught at start-up by a test render, not on a user's pod.
 
+use std::collections::HashMap;
 use std::path::Path;
+use std::sync::{Arc, Mutex};
 
 use k8s_openapi::api::core::v1::{Container, Volume};
 use minijinja::Environment;
@@ -43,7 +45,13 @@ pub struct SidecarParts {
 pub struct Templates {
     env: Environment<'static>,
     source: String,
+    parsed: Mutex<HashMap<String, Arc<SidecarParts>>>,
 }
+
+/// Rendered texts whose parse is kept. Pods of one workload revision render the same text, and
+/// parsing YAML costs far more than rendering it; a few hundred distinct workloads starting at
+/// once still fit.
+const PARSED_CACHE_ENTRIES: usize = 256;
 
 impl Templates {
     /// The templates built into the binary.
@@ -64,7 +72,7 @@ impl Templates {
         env.set_undefined_behavior(minijinja::UndefinedBehavior::Strict);
         env.add_template_owned(SIDECAR_TEMPLATE, text)
             .map_err(|e| TemplateError::Compile { name: source.clone(), message: e.to_string() })?;
-        Ok(Templates { env, source })
+        Ok(Templates { env, source, parsed: Mutex::new(HashMap::new()) })
     }
 
     /// Where the templates came from (`embedded` or a file path), for logs.
@@ -81,9 +89,27 @@ impl Templates {
         let text = template
             .render(minijinja::value::Serde(values))
             .map_err(|e| TemplateError::Render { name: name(), message: render_error(&e) })?;
+        if let Some(parts) = self.cached(&text) {
+            return Ok(SidecarParts::clone(&parts));
+        }
         let parts: SidecarParts = serde_saphyr::from_str(&text)
             .map_err(|e| TemplateError::Output { name: name(), message: e.without_snippet().to_string() })?;
+        self.remember(text, &parts);
         Ok(parts)
+    }
+
+    fn cached(&self, text: &str) -> Option<Arc<SidecarParts>> {
+        // A poisoned lock only means another thread panicked mid-insert; the map is still usable.
+        let map = self.parsed.lock().unwrap_or_else(|e| e.into_inner());
+        map.get(text).cloned()
+    }
+
+    fn remember(&self, text: String, parts: &SidecarParts) {
+        let mut map = self.parsed.lock().unwrap_or_else(|e| e.into_inner());
+        if map.len() >= PARSED_CACHE_ENTRIES {
+            map.clear();
+        }
+        map.insert(text, Arc::new(parts.clone()));
     }
 }
 

@@ -190,7 +190,9 @@ fn check_pod_case(case: &Case, templates: &Templates, failures: &mut Vec<String>
                 ));
             }
             // The webhook's patch, applied to what the API server sent, gives the injected pod.
-            let bytes: Vec<u8> = serde_json::from_value(response["patch"].clone()).unwrap();
+            // base64, as Kubernetes documents the field.
+            let bytes: k8s_openapi::ByteString = serde_json::from_value(response["patch"].clone()).unwrap();
+            let bytes = bytes.0;
             let patch: json_patch::Patch = serde_json::from_slice(&bytes).unwrap();
             assert_eq!(response["patchType"], "JSONPatch");
             let mut patched = input.clone();
