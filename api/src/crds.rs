@@ -68,6 +68,18 @@ mod tests {
     }
 
     #[test]
+    fn the_charts_crds_are_current() {
+        let path =
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../charts/trellis/crds/istio-crds.yaml");
+        let committed = std::fs::read_to_string(&path).unwrap_or_default();
+        assert!(
+            committed == to_yaml(),
+            "{} is stale: run `cargo run --bin trellis -- crds > charts/trellis/crds/istio-crds.yaml`",
+            path.display()
+        );
+    }
+
+    #[test]
     fn schemas_describe_the_spec_fields() {
         let yaml = to_yaml();
         for field in

@@ -22,6 +22,8 @@ enum Command {
     Validate(validate::Args),
     /// Add the sidecar to the workloads in a manifest, as the webhook would.
     Inject(inject::Args),
+    /// Print the CustomResourceDefinitions of the Istio kinds Trellis reads (for the chart).
+    Crds,
 }
 
 fn main() -> ExitCode {
@@ -29,5 +31,9 @@ fn main() -> ExitCode {
     match cli.command {
         Command::Validate(args) => validate::run(&args),
         Command::Inject(args) => inject::run(&args),
+        Command::Crds => {
+            print!("{}", trellis_api::crds::to_yaml());
+            ExitCode::SUCCESS
+        }
     }
 }
