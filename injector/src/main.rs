@@ -10,7 +10,6 @@ use anyhow::Context;
 use clap::Parser;
 use k8s_openapi::api::admissionregistration::v1::MutatingWebhookConfiguration;
 use trellis_injector::config::InjectionFlags;
-use trellis_injector::metrics::Metrics;
 use trellis_injector::server::{Injector, TlsFiles, serve};
 use trellis_injector::webhook_cert::{
     Authority, Serving, WebhookIdentity, keep_ca_bundle, renew_serving_certificate,
@@ -36,6 +35,9 @@ struct Args {
     /// How often to check the certificate files for changes, in milliseconds.
     #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u64).range(10..))]
     cert_reload_interval_ms: u64,
+    /// How long a client may take to send a request's headers, and then its body.
+    #[arg(long, default_value_t = 10_000, value_parser = clap::value_parser!(u64).range(50..))]
+    client_timeout_ms: u64,
     #[command(flatten)]
     injection: InjectionFlags,
     /// Own the serving certificate: generate a CA and certificate at start, write them to
@@ -77,7 +79,9 @@ async fn main() -> anyhow::Result<()> {
     if args.kubernetes {
         start_kubernetes_mode(&args, ready.clone()).await?;
     }
-    let injector = Arc::new(Injector { config, templates, metrics: Metrics::default(), ready });
+    let mut injector = Injector::new(config, templates, ready);
+    injector.client_timeout = Duration::from_millis(args.client_timeout_ms);
+    let injector = Arc::new(injector);
     let files = TlsFiles {
         cert: args.tls_cert,
         key: args.tls_key,

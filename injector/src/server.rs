@@ -5,7 +5,9 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+
 use std::time::{Duration, Instant};
+use tokio::sync::Semaphore;
 
 use axum::Router;
 use axum::body::{Body, to_bytes};
@@ -25,6 +27,9 @@ use crate::template::Templates;
 
 /// AdmissionReviews for pods are a few KiB; anything this large is not one.
 pub const MAX_BODY_BYTES: usize = 10 * 1024 * 1024;
+/// Admissions handled at once; more wait. Bounds the memory that bodies in flight can take
+/// (this many times MAX_BODY_BYTES at worst) and keeps a flood from starving real requests.
+const MAX_CONCURRENT_ADMISSIONS: usize = 64;
 
 pub struct Injector {
     pub config: InjectorConfig,
@@ -32,6 +37,23 @@ pub struct Injector {
     pub metrics: Metrics,
     /// False until the API server can verify our certificate (Kubernetes mode).
     pub ready: Arc<AtomicBool>,
+    admissions: Semaphore,
+    /// A client has this long to send its headers, and then its body. The API server sends
+    /// both at once; a slow trickle is a broken or hostile client holding a connection.
+    pub client_timeout: Duration,
+}
+
+impl Injector {
+    pub fn new(config: InjectorConfig, templates: Templates, ready: Arc<AtomicBool>) -> Self {
+        Injector {
+            config,
+            templates,
+            metrics: Metrics::default(),
+            ready,
+            admissions: Semaphore::new(MAX_CONCURRENT_ADMISSIONS),
+            client_timeout: Duration::from_secs(10),
+        }
+    }
 }
 
 pub struct TlsFiles {
@@ -78,6 +100,27 @@ async fn handle(injector: &Injector, headers: &HeaderMap, body: Body) -> Respons
         tracing::warn!(%status, %message, "rejected admission request");
         (status, message + "\n").into_response()
     };
+    // The semaphore is never closed, so acquiring only waits.
+    let Ok(_permit) = injector.admissions.acquire().await else {
+        return (StatusCode::SERVICE_UNAVAILABLE, "shutting down\n").into_response();
+    };
+    // Read the body before judging the request, so that a rejected request leaves the
+    // connection usable for the next one.
+    let bytes = match tokio::time::timeout(injector.client_timeout, to_bytes(body, MAX_BODY_BYTES)).await {
+        Ok(Ok(b)) => b,
+        Ok(Err(e)) => {
+            return reject(
+                StatusCode::BAD_REQUEST,
+                format!("cannot read the body (limit {MAX_BODY_BYTES} bytes): {e}"),
+            );
+        }
+        Err(_) => {
+            return reject(
+                StatusCode::REQUEST_TIMEOUT,
+                format!("the body took longer than {:?}", injector.client_timeout),
+            );
+        }
+    };
     if !is_json(headers) {
         let got = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("none");
         return reject(
@@ -85,15 +128,6 @@ async fn handle(injector: &Injector, headers: &HeaderMap, body: Body) -> Respons
             format!("content type must be application/json, got {got}"),
         );
     }
-    let bytes = match to_bytes(body, MAX_BODY_BYTES).await {
-        Ok(b) => b,
-        Err(e) => {
-            return reject(
-                StatusCode::BAD_REQUEST,
-                format!("cannot read the body (limit {MAX_BODY_BYTES} bytes): {e}"),
-            );
-        }
-    };
     match review(&bytes, &injector.config, &injector.templates) {
         Ok((json, outcome)) => {
             match outcome {
@@ -162,10 +196,13 @@ pub async fn serve(
         shutdown.await;
         on_shutdown.graceful_shutdown(Some(Duration::from_secs(10)));
     });
-    axum_server::from_tcp_rustls(listener, tls)?
-        .handle(handle)
-        .serve(router(injector).into_make_service())
-        .await?;
+    let mut server = axum_server::from_tcp_rustls(listener, tls)?.handle(handle);
+    server
+        .http_builder()
+        .http1()
+        .timer(hyper_util::rt::TokioTimer::new())
+        .header_read_timeout(injector.client_timeout);
+    server.serve(router(injector).into_make_service()).await?;
     Ok(())
 }
 

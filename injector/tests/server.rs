@@ -66,7 +66,7 @@ impl Drop for Injector {
 
 fn start_injector(dir: &Path) -> Injector {
     let mut child = Command::new(env!("CARGO_BIN_EXE_trellis-injector"))
-        .args(["--listen", "127.0.0.1:0", "--cert-reload-interval-ms", "50"])
+        .args(["--listen", "127.0.0.1:0", "--cert-reload-interval-ms", "50", "--client-timeout-ms", "1500"])
         .arg("--tls-cert")
         .arg(dir.join("tls.crt"))
         .arg("--tls-key")
@@ -128,6 +128,8 @@ async fn call(
         .header("content-type", content_type)
         .body(Full::new(Bytes::from(body)))
         .unwrap();
+    // HTTP/1.1 carries one exchange at a time: wait until the previous one is finished.
+    sender.ready().await.unwrap();
     let response = sender.send_request(request).await.unwrap();
     let status = response.status();
     (status, response.into_body().collect().await.unwrap().to_bytes().to_vec())
@@ -285,6 +287,25 @@ async fn serves_admissions_over_verified_tls_and_reloads_its_certificate() {
     }
     let (status, _) = call(&mut conn, "GET", "/healthz", "text/plain", Vec::new()).await;
     assert_eq!(status, StatusCode::OK, "a connection opened before the swap keeps working");
+
+    // A client that trickles its headers (slowloris) is disconnected; others are unaffected.
+    {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let tcp = TcpStream::connect(&injector.addr).await.unwrap();
+        let mut slow = TlsConnector::from(tls.clone())
+            .connect(ServerName::try_from("localhost").unwrap(), tcp)
+            .await
+            .unwrap();
+        slow.write_all(b"POST /inject HTTP/1.1\r\nhost: localhost\r\n").await.unwrap();
+        let started = Instant::now();
+        let mut rest = Vec::new();
+        let closed = tokio::time::timeout(Duration::from_secs(10), slow.read_to_end(&mut rest)).await;
+        assert!(closed.is_ok(), "a client that never finishes its headers is still connected after 10s");
+        assert!(started.elapsed() >= Duration::from_millis(1400), "closed before the client timeout");
+        let (mut fresh, _) = connect(&injector.addr, tls.clone()).await;
+        let (status, _) = call(&mut fresh, "GET", "/healthz", "text/plain", Vec::new()).await;
+        assert_eq!(status, StatusCode::OK);
+    }
 
     // A broken pair is not loaded: the last good certificate keeps being served.
     write_atomically(&dir.path().join("tls.crt"), "not a certificate");
