@@ -411,6 +411,10 @@ pub fn check_interface_name(name: &str) -> Result<(), String> {
     if name == "." || name == ".." {
         return Err(format!("{shown:?} is not a valid interface name"));
     }
+    // Names reach proxy-init's command line; one that looks like a flag would be read as one.
+    if name.starts_with('-') {
+        return Err(format!("interface name {shown:?} must not start with '-'"));
+    }
     // The kernel refuses '/', ':' and white space; control characters would also corrupt the
     // rule text handed to iptables or nft.
     if let Some(bad) = name.chars().find(|c| matches!(c, '/' | ':') || c.is_whitespace() || c.is_control()) {
@@ -1587,6 +1591,10 @@ mod tests {
         assert_eq!(t.exclude_outbound_ports, Some(vec![5432]));
         assert_eq!(t.exclude_interfaces, Some(vec!["net1".to_owned()]));
         assert_eq!(t.kubevirt_interfaces, None);
+        assert_eq!(
+            check_interface_name("--dry-run").unwrap_err(),
+            "interface name \"--dry-run\" must not start with '-'"
+        );
         assert_eq!(t.interception_mode, Some(InterceptionMode::Tproxy));
         assert_eq!(TrafficAnnotations::from_annotations(&BTreeMap::new()), Ok(TrafficAnnotations::default()));
 

@@ -63,7 +63,7 @@ pub fn inject(
     templates: &Templates,
 ) -> Result<Pod, InjectError> {
     let mut pod = pod.clone();
-    strip_previous_injection(&mut pod);
+    strip_previous_injection(&mut pod, templates);
     let annotations = pod.metadata.annotations.clone().unwrap_or_default();
     let settings = read_settings(&annotations, config)?;
     let spec = pod.spec.get_or_insert_with(PodSpec::default);
@@ -79,7 +79,7 @@ pub fn inject(
     let mut parts = templates.render(&values)?;
     add_pod_facts(&mut parts.proxy, &values.proxy.pod_facts);
     let status = place(&mut pod, parts, settings.native, hold)?;
-    label_and_annotate(&mut pod, &settings, status, config);
+    label_and_annotate(&mut pod, &settings, status, config, &workload_name);
     Ok(pod)
 }
 
@@ -139,13 +139,6 @@ fn read_settings(
     };
     let rewrite_probes = flag(ann::REWRITE_APP_HTTP_PROBERS, true, &mut errors);
     let native = flag(ann::NATIVE_SIDECAR, config.native_sidecars, &mut errors);
-    let status_port = match annotations.get(ann::STATUS_PORT) {
-        None => DEFAULT_STATUS_PORT,
-        Some(v) => annotations::parse_status_port(v).unwrap_or_else(|e| {
-            errors.push(e);
-            DEFAULT_STATUS_PORT
-        }),
-    };
     let mut proxy_config = config.mesh.proxy_config().clone();
     if let Some(v) = annotations.get(ann::PROXY_CONFIG) {
         match annotations::parse_proxy_config(v) {
@@ -153,6 +146,16 @@ fn read_settings(
             Err(e) => errors.push(e),
         }
     }
+    // One status port for the probes we rewrite, the redirect exclusions and the proxy itself:
+    // the annotation wins over the proxy config, and the proxy learns it from PROXY_CONFIG.
+    let status_port = match annotations.get(ann::STATUS_PORT) {
+        Some(v) => annotations::parse_status_port(v).unwrap_or_else(|e| {
+            errors.push(e);
+            DEFAULT_STATUS_PORT
+        }),
+        None => proxy_config.status_port().unwrap_or(DEFAULT_STATUS_PORT),
+    };
+    proxy_config.status_port = Some(i32::from(status_port));
     let interception = traffic.interception_mode.unwrap_or_else(|| proxy_config.interception_mode());
     if interception == InterceptionMode::Tproxy {
         errors.push(AnnotationError::new(
@@ -212,10 +215,15 @@ fn workload_name(pod: &Pod) -> String {
     meta.generate_name.as_deref().unwrap_or_default().trim_end_matches('-').to_owned()
 }
 
-/// `nightly-28911520` → `nightly` (Jobs created by a CronJob carry a timestamp suffix).
+/// `nightly-28911520` → `nightly`: Jobs created by a CronJob carry the scheduled time in
+/// minutes since the epoch (8 digits today). A Job named by hand, like `migrate-2`, keeps its name.
 fn strip_numeric_suffix(name: &str) -> &str {
     match name.rsplit_once('-') {
-        Some((base, suffix)) if !suffix.is_empty() && suffix.bytes().all(|b| b.is_ascii_digit()) => base,
+        Some((base, suffix))
+            if (8..=10).contains(&suffix.len()) && suffix.bytes().all(|b| b.is_ascii_digit()) =>
+        {
+            base
+        }
         _ => name,
     }
 }
@@ -225,7 +233,7 @@ fn strip_numeric_suffix(name: &str) -> &str {
 
 /// Removes what an earlier injection added (as listed in its status annotation) and restores
 /// the app probes it rewrote, so the rest of `inject` sees the pod as the user wrote it.
-fn strip_previous_injection(pod: &mut Pod) {
+fn strip_previous_injection(pod: &mut Pod, templates: &Templates) {
     let Some(status) = pod
         .metadata
         .annotations
@@ -236,7 +244,7 @@ fn strip_previous_injection(pod: &mut Pod) {
         return;
     };
     let Some(spec) = pod.spec.as_mut() else { return };
-    let added = |name: &String, list: &[String]| list.contains(name);
+    let added = |name: &String, list: &[String]| list.contains(name) && templates.is_ours(name);
     let old_proxy = spec
         .init_containers
         .iter()
@@ -411,6 +419,7 @@ struct EffectiveTraffic {
     include_outbound_ports: String,
     exclude_outbound_ports: String,
     exclude_interfaces: String,
+    kubevirt_interfaces: String,
 }
 
 fn effective_traffic(t: &TrafficAnnotations, status_port: u16) -> EffectiveTraffic {
@@ -437,27 +446,58 @@ fn effective_traffic(t: &TrafficAnnotations, status_port: u16) -> EffectiveTraff
         include_outbound_ports: ports(t.include_outbound_ports.as_deref().unwrap_or_default()),
         exclude_outbound_ports: ports(t.exclude_outbound_ports.as_deref().unwrap_or_default()),
         exclude_interfaces: t.exclude_interfaces.as_deref().unwrap_or_default().join(","),
+        kubevirt_interfaces: t.kubevirt_interfaces.as_deref().unwrap_or_default().join(","),
+    }
+}
+
+/// A redirect setting as both a proxy-init flag and the annotation the CNI plugin reads.
+struct RedirectFlag {
+    flag: &'static str,
+    annotation: &'static str,
+    /// Passed even when empty: for the include lists, empty means "nothing".
+    always: bool,
+}
+
+const REDIRECT_FLAGS: [RedirectFlag; 8] = {
+    use names::annotation as ann;
+    [
+        RedirectFlag { flag: "-i", annotation: ann::INCLUDE_OUTBOUND_IP_RANGES, always: true },
+        RedirectFlag { flag: "-x", annotation: ann::EXCLUDE_OUTBOUND_IP_RANGES, always: false },
+        RedirectFlag { flag: "-b", annotation: ann::INCLUDE_INBOUND_PORTS, always: true },
+        RedirectFlag { flag: "-d", annotation: ann::EXCLUDE_INBOUND_PORTS, always: false },
+        RedirectFlag { flag: "-q", annotation: ann::INCLUDE_OUTBOUND_PORTS, always: false },
+        RedirectFlag { flag: "-o", annotation: ann::EXCLUDE_OUTBOUND_PORTS, always: false },
+        RedirectFlag { flag: "-c", annotation: ann::EXCLUDE_INTERFACES, always: false },
+        RedirectFlag { flag: "-k", annotation: ann::KUBEVIRT_INTERFACES, always: false },
+    ]
+};
+
+impl EffectiveTraffic {
+    /// Each setting with its flag, in `REDIRECT_FLAGS` order.
+    fn flags(self) -> impl Iterator<Item = (&'static RedirectFlag, String)> {
+        let values = [
+            self.include_outbound,
+            self.exclude_outbound,
+            self.include_inbound,
+            self.exclude_inbound,
+            self.include_outbound_ports,
+            self.exclude_outbound_ports,
+            self.exclude_interfaces,
+            self.kubevirt_interfaces,
+        ];
+        REDIRECT_FLAGS.iter().zip(values)
     }
 }
 
 /// `trellis-proxy-init` arguments, named after istio-iptables' flags.
 fn redirect_args(t: &TrafficAnnotations, status_port: u16) -> Vec<String> {
-    let e = effective_traffic(t, status_port);
     let mut args: Vec<String> = ["-p", "15001", "-z", "15006", "-u", "1337", "-g", "1337", "-m", "REDIRECT"]
         .map(String::from)
         .to_vec();
-    for (flag, value) in [
-        ("-i", &e.include_outbound),
-        ("-x", &e.exclude_outbound),
-        ("-b", &e.include_inbound),
-        ("-d", &e.exclude_inbound),
-        ("-q", &e.include_outbound_ports),
-        ("-o", &e.exclude_outbound_ports),
-        ("-c", &e.exclude_interfaces),
-    ] {
-        if !value.is_empty() {
-            args.push(flag.to_owned());
-            args.push(value.clone());
+    for (flag, value) in effective_traffic(t, status_port).flags() {
+        if flag.always || !value.is_empty() {
+            args.push(flag.flag.to_owned());
+            args.push(value);
         }
     }
     args
@@ -528,9 +568,10 @@ fn label_and_annotate(
     settings: &PodSettings,
     mut status: SidecarStatus,
     config: &InjectorConfig,
+    workload: &str,
 ) {
     use names::{annotation as ann, label};
-    let workload = workload_name(pod);
+    let workload = workload.to_owned();
     let meta = &mut pod.metadata;
     let labels = meta.labels.get_or_insert_with(BTreeMap::new);
     let first_of =
@@ -551,25 +592,16 @@ fn label_and_annotate(
     if let Some(app) = app_container {
         annotations.entry(ann::DEFAULT_CONTAINER.to_owned()).or_insert(app);
     }
-    if config.cni_mode && settings.interception != InterceptionMode::None {
-        // The CNI plugin programs the redirect from these, exactly as proxy-init would.
-        let e = effective_traffic(&settings.traffic, settings.status_port);
-        for (name, value) in [
-            (ann::INCLUDE_OUTBOUND_IP_RANGES, e.include_outbound),
-            (ann::EXCLUDE_OUTBOUND_IP_RANGES, e.exclude_outbound),
-            (ann::INCLUDE_INBOUND_PORTS, e.include_inbound),
-            (ann::EXCLUDE_INBOUND_PORTS, e.exclude_inbound),
-            (ann::INCLUDE_OUTBOUND_PORTS, e.include_outbound_ports),
-            (ann::EXCLUDE_OUTBOUND_PORTS, e.exclude_outbound_ports),
-            (ann::EXCLUDE_INTERFACES, e.exclude_interfaces),
-        ] {
-            if value.is_empty() {
-                annotations.remove(name);
-            } else {
-                annotations.insert(name.to_owned(), value);
+    if config.cni_mode {
+        // The CNI plugin programs the redirect from these, exactly as proxy-init would. All are
+        // written, empty ones too: an empty include list means "capture nothing", which an
+        // absent annotation would not say.
+        annotations.insert(ann::INTERCEPTION_MODE.to_owned(), settings.interception.as_str().to_owned());
+        if settings.interception != InterceptionMode::None {
+            for (flag, value) in effective_traffic(&settings.traffic, settings.status_port).flags() {
+                annotations.insert(flag.annotation.to_owned(), value);
             }
         }
-        annotations.insert(ann::INTERCEPTION_MODE.to_owned(), settings.interception.as_str().to_owned());
     }
     status.revision = config.revision.clone();
     annotations.insert(ann::SIDECAR_STATUS.to_owned(), status.to_json());
@@ -577,6 +609,8 @@ fn label_and_annotate(
 
 #[cfg(test)]
 mod tests {
+    use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+
     use super::*;
 
     #[test]
@@ -594,6 +628,86 @@ mod tests {
         assert_eq!(workload_name(&job), "nightly");
         let bare = pod(serde_json::json!({"metadata": {"generateName": "worker-"}}));
         assert_eq!(workload_name(&bare), "worker");
+        let hand_made = pod(serde_json::json!({"metadata": {
+            "ownerReferences": [{"apiVersion": "batch/v1", "kind": "Job", "name": "migrate-2", "uid": "x", "controller": true}]
+        }}));
+        assert_eq!(workload_name(&hand_made), "migrate-2", "only CronJob timestamps are stripped");
+    }
+
+    fn pod_with(annotations: Value) -> Pod {
+        serde_json::from_value(serde_json::json!({
+            "metadata": {"name": "p", "annotations": annotations},
+            "spec": {"containers": [{"name": "app", "image": "app",
+                "livenessProbe": {"httpGet": {"path": "/healthz", "port": 8080}}}]}
+        }))
+        .unwrap()
+    }
+
+    fn env_of(pod: &Pod, name: &str) -> Option<String> {
+        let spec = pod.spec.as_ref()?;
+        let proxy = spec
+            .init_containers
+            .iter()
+            .flatten()
+            .chain(&spec.containers)
+            .find(|c| c.name == PROXY_CONTAINER)?;
+        proxy.env.iter().flatten().find(|e| e.name == name)?.value.clone()
+    }
+
+    #[test]
+    fn one_status_port_for_probes_redirect_and_proxy() {
+        let templates = Templates::embedded().unwrap();
+        let config = InjectorConfig::default();
+        for annotations in [
+            serde_json::json!({"status.sidecar.istio.io/port": "15030"}),
+            serde_json::json!({"proxy.istio.io/config": "statusPort: 15030"}),
+        ] {
+            let pod = inject(&pod_with(annotations.clone()), "default", None, &config, &templates).unwrap();
+            let spec = pod.spec.as_ref().unwrap();
+            let probe = spec.containers[0].liveness_probe.as_ref().unwrap().http_get.as_ref().unwrap();
+            assert_eq!(probe.port, IntOrString::Int(15030), "{annotations}");
+            let proxy_config: Value = serde_json::from_str(&env_of(&pod, "PROXY_CONFIG").unwrap()).unwrap();
+            assert_eq!(proxy_config["statusPort"], 15030, "{annotations}");
+            let init = &spec.init_containers.as_ref().unwrap()[0];
+            assert!(init.args.as_ref().unwrap().join(" ").contains("-d 15090,15021,15030"), "{annotations}");
+        }
+    }
+
+    #[test]
+    fn cni_mode_states_capture_nothing_and_interception_explicitly() {
+        let templates = Templates::embedded().unwrap();
+        let config = InjectorConfig { cni_mode: true, ..InjectorConfig::default() };
+        let pod = pod_with(serde_json::json!({"traffic.sidecar.istio.io/includeInboundPorts": ""}));
+        let injected = inject(&pod, "default", None, &config, &templates).unwrap();
+        let a = injected.metadata.annotations.as_ref().unwrap();
+        assert_eq!(a.get("traffic.sidecar.istio.io/includeInboundPorts").map(String::as_str), Some(""));
+        assert_eq!(a.get("sidecar.istio.io/interceptionMode").map(String::as_str), Some("REDIRECT"));
+        let none = pod_with(serde_json::json!({"proxy.istio.io/config": "interceptionMode: NONE"}));
+        let injected = inject(&none, "default", None, &config, &templates).unwrap();
+        let a = injected.metadata.annotations.as_ref().unwrap();
+        assert_eq!(a.get("sidecar.istio.io/interceptionMode").map(String::as_str), Some("NONE"));
+    }
+
+    #[test]
+    fn the_status_annotation_cannot_remove_other_containers_or_volumes() {
+        let templates = Templates::embedded().unwrap();
+        let pod: Pod = serde_json::from_value(serde_json::json!({
+            "metadata": {"name": "p", "annotations": {
+                "sidecar.istio.io/status": r#"{"initContainers":["vault-agent-init"],"containers":["app"],"volumes":["audit-log"]}"#
+            }},
+            "spec": {
+                "initContainers": [{"name": "vault-agent-init", "image": "vault"}],
+                "containers": [{"name": "app", "image": "app"}],
+                "volumes": [{"name": "audit-log", "emptyDir": {}}]
+            }
+        }))
+        .unwrap();
+        let injected = inject(&pod, "default", None, &InjectorConfig::default(), &templates).unwrap();
+        let spec = injected.spec.as_ref().unwrap();
+        let inits: Vec<&str> = spec.init_containers.iter().flatten().map(|c| c.name.as_str()).collect();
+        assert_eq!(inits, ["trellis-init", "istio-proxy", "vault-agent-init"]);
+        assert_eq!(spec.containers[0].name, "app");
+        assert!(spec.volumes.iter().flatten().any(|v| v.name == "audit-log"));
     }
 
     #[test]

@@ -53,6 +53,11 @@ pub fn rewrite(containers: &mut [Container], status_port: u16) -> BTreeMap<Strin
         let name = container.name.clone();
         for kind in ProbeKind::ALL {
             let Some(probe) = kind.slot(container).as_mut() else { continue };
+            if points_at_status_port(probe, status_port) {
+                // Already rewritten (an earlier injection whose proxy is gone): wrapping it
+                // again would make the proxy probe itself.
+                continue;
+            }
             let Some(original) = prober(probe, &ports) else { continue };
             let path = health_path(&name, kind);
             probe.http_get = Some(HTTPGetAction {
@@ -67,6 +72,13 @@ pub fn rewrite(containers: &mut [Container], status_port: u16) -> BTreeMap<Strin
         }
     }
     probers
+}
+
+fn points_at_status_port(probe: &Probe, status_port: u16) -> bool {
+    probe.http_get.as_ref().is_some_and(|h| {
+        h.port == IntOrString::Int(i32::from(status_port))
+            && h.path.as_deref().is_some_and(|p| p.starts_with("/app-health/"))
+    })
 }
 
 /// The proxy-side description of a probe: its action with named ports resolved to numbers,
@@ -158,6 +170,16 @@ mod tests {
         let mut cs = vec![container(json!({
             "livenessProbe": {"exec": {"command": ["true"]}},
             "readinessProbe": {"httpGet": {"path": "/", "port": "admin"}}
+        }))];
+        let before = cs.clone();
+        assert!(rewrite(&mut cs, 15020).is_empty());
+        assert_eq!(cs, before);
+    }
+
+    #[test]
+    fn probes_already_on_the_status_port_are_not_wrapped_again() {
+        let mut cs = vec![container(json!({
+            "livenessProbe": {"httpGet": {"path": "/app-health/app/livez", "port": 15020}}
         }))];
         let before = cs.clone();
         assert!(rewrite(&mut cs, 15020).is_empty());

@@ -6,7 +6,7 @@
 //! Istio's templates. The pieces are parsed into Kubernetes types right after rendering, so a
 //! broken template is caught at start-up by a test render, not on a user's pod.
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 
@@ -46,7 +46,32 @@ pub struct Templates {
     env: Environment<'static>,
     source: String,
     parsed: Mutex<HashMap<String, Arc<SidecarParts>>>,
+    /// Names of containers and volumes these templates have produced: what re-injection may
+    /// remove from a pod (see `is_ours`).
+    produced: Mutex<BTreeSet<String>>,
 }
+
+/// Names the injector owns whatever the template says: its own, and those of Istio's injector
+/// (a pod injected by Istio can be re-injected by Trellis).
+const WELL_KNOWN_NAMES: [&str; 13] = [
+    "istio-proxy",
+    "trellis-init",
+    "trellis-validation",
+    "istio-init",
+    "istio-validation",
+    "workload-socket",
+    "credential-socket",
+    "workload-certs",
+    "istio-envoy",
+    "istio-data",
+    "istio-podinfo",
+    "istio-token",
+    "istiod-ca-cert",
+];
+
+/// More distinct names than any template produces; a bound against a template that derives
+/// names from pods.
+const MAX_PRODUCED_NAMES: usize = 1024;
 
 /// Rendered texts whose parse is kept. Pods of one workload revision render the same text, and
 /// parsing YAML costs far more than rendering it; a few hundred distinct workloads starting at
@@ -72,7 +97,12 @@ impl Templates {
         env.set_undefined_behavior(minijinja::UndefinedBehavior::Strict);
         env.add_template_owned(SIDECAR_TEMPLATE, text)
             .map_err(|e| TemplateError::Compile { name: source.clone(), message: e.to_string() })?;
-        Ok(Templates { env, source, parsed: Mutex::new(HashMap::new()) })
+        Ok(Templates {
+            env,
+            source,
+            parsed: Mutex::new(HashMap::new()),
+            produced: Mutex::new(WELL_KNOWN_NAMES.iter().map(|n| n.to_string()).collect()),
+        })
     }
 
     /// Where the templates came from (`embedded` or a file path), for logs.
@@ -94,8 +124,31 @@ impl Templates {
         }
         let parts: SidecarParts = serde_saphyr::from_str(&text)
             .map_err(|e| TemplateError::Output { name: name(), message: e.without_snippet().to_string() })?;
+        self.record_names(&parts);
         self.remember(text, &parts);
         Ok(parts)
+    }
+
+    /// Whether a container or volume of this name is one the injector adds, and so may be
+    /// removed when a pod is injected again. The pod's status annotation is written by whoever
+    /// creates the pod; it is not trusted to name anything else.
+    pub fn is_ours(&self, name: &str) -> bool {
+        self.produced.lock().unwrap_or_else(|e| e.into_inner()).contains(name)
+    }
+
+    fn record_names(&self, parts: &SidecarParts) {
+        let mut produced = self.produced.lock().unwrap_or_else(|e| e.into_inner());
+        let names = parts
+            .init_container
+            .iter()
+            .chain([&parts.proxy])
+            .map(|c| &c.name)
+            .chain(parts.volumes.iter().map(|v| &v.name));
+        for name in names {
+            if produced.len() < MAX_PRODUCED_NAMES && !produced.contains(name) {
+                produced.insert(name.clone());
+            }
+        }
     }
 
     fn cached(&self, text: &str) -> Option<Arc<SidecarParts>> {

@@ -28,6 +28,10 @@ const SERVING_LIFETIME: time::Duration = time::Duration::days(365);
 const CA_LIFETIME: time::Duration = time::Duration::days(3650);
 /// Tolerates clocks that are a little behind.
 const BACKDATE: time::Duration = time::Duration::hours(1);
+/// CAs kept besides our own, newest first. Every start of a replica adds a CA, so a replica
+/// that crash-loops would grow the bundle without end; with a cap, old CAs fall out, and a live
+/// replica whose CA fell out sees it and adds it back.
+const MAX_OTHER_CAS: usize = 15;
 
 pub struct WebhookIdentity {
     pub webhook_config: String,
@@ -93,15 +97,27 @@ impl Authority {
 pub fn merge_bundle(existing: &[u8], ours: &str, now: OffsetDateTime) -> Vec<u8> {
     let ours_der: Vec<Vec<u8>> =
         Pem::iter_from_buffer(ours.as_bytes()).flatten().map(|p| p.contents).collect();
-    let mut out = String::new();
+    let mut others: Vec<(OffsetDateTime, Vec<u8>)> = Vec::new();
     for pem in Pem::iter_from_buffer(existing).flatten() {
-        let keep = pem.label == "CERTIFICATE"
-            && !ours_der.contains(&pem.contents)
-            && pem.parse_x509().is_ok_and(|cert| cert.validity().not_after.to_datetime() > now);
-        if keep {
-            out.push_str(&to_pem(&pem.contents));
+        if pem.label != "CERTIFICATE"
+            || ours_der.contains(&pem.contents)
+            || others.iter().any(|(_, d)| *d == pem.contents)
+        {
+            continue;
+        }
+        let validity = pem.parse_x509().ok().map(|cert| {
+            let v = cert.validity();
+            (v.not_before.to_datetime(), v.not_after.to_datetime())
+        });
+        if let Some((not_before, not_after)) = validity
+            && not_after > now
+        {
+            others.push((not_before, pem.contents));
         }
     }
+    others.sort_by_key(|(not_before, _)| std::cmp::Reverse(*not_before));
+    others.truncate(MAX_OTHER_CAS);
+    let mut out: String = others.iter().map(|(_, der)| to_pem(der)).collect();
     out.push_str(ours);
     out.into_bytes()
 }
@@ -198,15 +214,30 @@ pub async fn keep_ca_bundle(
             ready.store(true, Ordering::Release);
             continue;
         }
-        match ensure_ca_bundle(&api, &identity, &ca_pem).await {
-            Ok(changed) => {
-                if changed {
-                    tracing::info!(webhook = %identity.webhook_config, "added our CA to the webhook's caBundle");
+        if our_webhooks(&config, &identity).next().is_none() {
+            tracing::warn!(
+                webhook = %identity.webhook_config,
+                service = %identity.service,
+                "no webhook in this configuration calls our Service; nothing to trust us"
+            );
+            continue;
+        }
+        // Retry on a timer: the next watch event may be a long time coming.
+        let mut backoff = Duration::from_millis(500);
+        loop {
+            match ensure_ca_bundle(&api, &identity, &ca_pem).await {
+                Ok(changed) => {
+                    if changed {
+                        tracing::info!(webhook = %identity.webhook_config, "added our CA to the webhook's caBundle");
+                    }
+                    ready.store(true, Ordering::Release);
+                    break;
                 }
-                ready.store(true, Ordering::Release);
-            }
-            Err(e) => {
-                tracing::warn!(webhook = %identity.webhook_config, error = %e, "cannot update the caBundle; will retry on the next change")
+                Err(e) => {
+                    tracing::warn!(webhook = %identity.webhook_config, error = %e, retry_in = ?backoff, "cannot update the caBundle");
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(Duration::from_secs(30));
+                }
             }
         }
     }
@@ -274,6 +305,17 @@ mod tests {
         assert!(text.ends_with(&ours));
         assert_eq!(merge_bundle(&merged, &ours, now), merged, "adding our CA twice changes nothing");
         assert_eq!(count(&merge_bundle(b"", &ours, now)), 1);
+    }
+
+    #[test]
+    fn a_crash_looping_replica_cannot_grow_the_bundle_without_end() {
+        let now = OffsetDateTime::now_utc();
+        let mut bundle = Vec::new();
+        for _ in 0..40 {
+            let ca = Authority::generate(&identity()).unwrap().ca_pem;
+            bundle = merge_bundle(&bundle, &ca, now);
+        }
+        assert_eq!(count(&bundle), MAX_OTHER_CAS + 1);
     }
 
     #[test]
