@@ -7,106 +7,127 @@
 //! `add` at their index and the user's containers are patched where they end up, so a field
 //! the API server knows and our Kubernetes model does not is never moved onto another container.
 
+use json_patch::jsonptr::PointerBuf;
+use json_patch::{AddOperation, Patch, PatchOperation, RemoveOperation, ReplaceOperation};
 use k8s_openapi::api::core::v1::{Container, Pod, Volume};
 use serde::Serialize;
 use serde_json::{Map, Value, json};
 
-pub fn pod_patch(original: &Pod, injected: &Pod) -> json_patch::Patch {
-    let mut ops: Vec<Value> = Vec::new();
-    let meta = |pod: &Pod| json!({"metadata": {"labels": pod.metadata.labels, "annotations": pod.metadata.annotations}});
-    ops.extend(operations(json_patch::diff(&without_nulls(meta(original)), &without_nulls(meta(injected)))));
+pub fn pod_patch(original: &Pod, injected: &Pod) -> Patch {
+    let mut ops = Vec::new();
+    let meta = |pod: &Pod| {
+        without_nulls(json!({"metadata": {"labels": pod.metadata.labels, "annotations": pod.metadata.annotations}}))
+    };
+    ops.extend(json_patch::diff(&meta(original), &meta(injected)).0);
     match (&original.spec, &injected.spec) {
         (Some(before), Some(after)) => {
-            let name = |c: &Container| c.name.clone();
-            list_ops(
-                "/spec/initContainers",
-                before.init_containers.as_deref(),
-                after.init_containers.as_deref(),
-                name,
-                &mut ops,
-            );
-            list_ops("/spec/containers", Some(&before.containers), Some(&after.containers), name, &mut ops);
-            let name = |v: &Volume| v.name.clone();
-            list_ops("/spec/volumes", before.volumes.as_deref(), after.volumes.as_deref(), name, &mut ops);
+            let spec = PointerBuf::from_tokens(["spec"]);
+            let (b, a) = (before.init_containers.as_deref(), after.init_containers.as_deref());
+            list_ops(&spec, "initContainers", b, a, container_name, &mut ops);
+            let (b, a) = (Some(before.containers.as_slice()), Some(after.containers.as_slice()));
+            list_ops(&spec, "containers", b, a, container_name, &mut ops);
+            list_ops(&spec, "volumes", before.volumes.as_deref(), after.volumes.as_deref(), volume_name, &mut ops);
         }
-        (None, Some(after)) => ops.push(json!({"op": "add", "path": "/spec", "value": after})),
+        (None, Some(after)) => ops.push(add(PointerBuf::from_tokens(["spec"]), after)),
         _ => {}
     }
-    serde_json::from_value(Value::Array(ops)).unwrap_or_else(|_| json_patch::Patch(Vec::new()))
+    Patch(ops)
 }
 
-/// Operations turning list `before` into `after`, matching elements by name.
-fn list_ops<T: Serialize + PartialEq>(
-    path: &str,
-    before: Option<&[T]>,
-    after: Option<&[T]>,
-    name: impl Fn(&T) -> String,
-    ops: &mut Vec<Value>,
+fn container_name(c: &Container) -> &str {
+    &c.name
+}
+
+fn volume_name(v: &Volume) -> &str {
+    &v.name
+}
+
+/// Operations turning list `before` into `after` (at `parent/field`), matching elements by name.
+fn list_ops<'a, T: Serialize + PartialEq + 'a>(
+    parent: &PointerBuf,
+    field: &str,
+    before: Option<&'a [T]>,
+    after: Option<&'a [T]>,
+    name: impl Fn(&'a T) -> &'a str,
+    ops: &mut Vec<PatchOperation>,
 ) {
+    let mut path = parent.clone();
+    path.push_back(field);
+    let at = |i: usize| {
+        let mut p = path.clone();
+        p.push_back(i);
+        p
+    };
     let (before, after) = match (before, after) {
         (None, None) => return,
-        (None, Some(after)) => return ops.push(json!({"op": "add", "path": path, "value": after})),
-        (Some(_), None) => return ops.push(json!({"op": "remove", "path": path})),
+        (None, Some(after)) => return ops.push(add(path, after)),
+        (Some(_), None) => return ops.push(PatchOperation::Remove(RemoveOperation { path })),
         (Some(b), Some(a)) => (b, a),
     };
-    let after_names: Vec<String> = after.iter().map(&name).collect();
-    let before_names: Vec<String> = before.iter().map(&name).collect();
+    let after_names: Vec<&str> = after.iter().map(&name).collect();
+    let before_names: Vec<&str> = before.iter().map(&name).collect();
     let mut current = before_names.clone();
     for i in (0..before.len()).rev() {
         if !after_names.contains(&before_names[i]) {
-            ops.push(json!({"op": "remove", "path": format!("{path}/{i}")}));
+            ops.push(PatchOperation::Remove(RemoveOperation { path: at(i) }));
             current.remove(i);
         }
     }
     for (j, item) in after.iter().enumerate() {
         if !before_names.contains(&after_names[j]) {
-            ops.push(json!({"op": "add", "path": format!("{path}/{j}"), "value": item}));
-            current.insert(j.min(current.len()), after_names[j].clone());
+            ops.push(add(at(j), item));
+            current.insert(j.min(current.len()), after_names[j]);
         }
     }
     if current != after_names {
         // Kept elements changed their order, which injection never does; say it plainly.
-        ops.push(json!({"op": "replace", "path": path, "value": after}));
+        ops.push(PatchOperation::Replace(ReplaceOperation { path, value: to_value(after) }));
         return;
     }
     for (j, item) in after.iter().enumerate() {
         let Some(i) = before_names.iter().position(|n| *n == after_names[j]) else { continue };
         if before[i] != *item {
-            let diff = json_patch::diff(&to_value(&before[i]), &to_value(item));
-            ops.extend(operations(diff).map(|op| prefixed(op, &format!("{path}/{j}"))));
+            let element = at(j);
+            for mut op in json_patch::diff(&to_value(&before[i]), &to_value(item)).0 {
+                prefix(&mut op, &element);
+                ops.push(op);
+            }
         }
     }
 }
 
-fn to_value<T: Serialize>(v: &T) -> Value {
+fn add<T: Serialize + ?Sized>(path: PointerBuf, value: &T) -> PatchOperation {
+    PatchOperation::Add(AddOperation { path, value: to_value(value) })
+}
+
+fn to_value<T: Serialize + ?Sized>(v: &T) -> Value {
     serde_json::to_value(v).unwrap_or(Value::Null)
 }
 
-fn operations(patch: json_patch::Patch) -> impl Iterator<Item = Value> {
-    match serde_json::to_value(patch) {
-        Ok(Value::Array(ops)) => ops.into_iter(),
-        _ => Vec::new().into_iter(),
-    }
-}
-
-/// Moves an operation on an element to its place in the pod.
-fn prefixed(mut op: Value, prefix: &str) -> Value {
-    for key in ["path", "from"] {
-        if let Some(Value::String(p)) = op.get_mut(key) {
-            *p = format!("{prefix}{p}");
+/// Moves an operation on an element to the element's place in the pod.
+fn prefix(op: &mut PatchOperation, element: &PointerBuf) {
+    let rebase = |p: &mut PointerBuf| *p = element.concat(p);
+    match op {
+        PatchOperation::Add(o) => rebase(&mut o.path),
+        PatchOperation::Remove(o) => rebase(&mut o.path),
+        PatchOperation::Replace(o) => rebase(&mut o.path),
+        PatchOperation::Test(o) => rebase(&mut o.path),
+        PatchOperation::Move(o) => {
+            rebase(&mut o.path);
+            rebase(&mut o.from);
+        }
+        PatchOperation::Copy(o) => {
+            rebase(&mut o.path);
+            rebase(&mut o.from);
         }
     }
-    op
 }
 
 /// Drops null members, so that an absent map compares as absent, not as `null`.
 fn without_nulls(v: Value) -> Value {
     match v {
         Value::Object(m) => Value::Object(
-            m.into_iter()
-                .filter(|(_, v)| !v.is_null())
-                .map(|(k, v)| (k, without_nulls(v)))
-                .collect::<Map<_, _>>(),
+            m.into_iter().filter(|(_, v)| !v.is_null()).map(|(k, v)| (k, without_nulls(v))).collect::<Map<_, _>>(),
         ),
         other => other,
     }
