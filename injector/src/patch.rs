@@ -16,7 +16,9 @@ use serde_json::{Map, Value, json};
 pub fn pod_patch(original: &Pod, injected: &Pod) -> Patch {
     let mut ops = Vec::new();
     let meta = |pod: &Pod| {
-        without_nulls(json!({"metadata": {"labels": pod.metadata.labels, "annotations": pod.metadata.annotations}}))
+        without_nulls(
+            json!({"metadata": {"labels": pod.metadata.labels, "annotations": pod.metadata.annotations}}),
+        )
     };
     ops.extend(json_patch::diff(&meta(original), &meta(injected)).0);
     match (&original.spec, &injected.spec) {
@@ -26,7 +28,14 @@ pub fn pod_patch(original: &Pod, injected: &Pod) -> Patch {
             list_ops(&spec, "initContainers", b, a, container_name, &mut ops);
             let (b, a) = (Some(before.containers.as_slice()), Some(after.containers.as_slice()));
             list_ops(&spec, "containers", b, a, container_name, &mut ops);
-            list_ops(&spec, "volumes", before.volumes.as_deref(), after.volumes.as_deref(), volume_name, &mut ops);
+            list_ops(
+                &spec,
+                "volumes",
+                before.volumes.as_deref(),
+                after.volumes.as_deref(),
+                volume_name,
+                &mut ops,
+            );
         }
         (None, Some(after)) => ops.push(add(PointerBuf::from_tokens(["spec"]), after)),
         _ => {}
@@ -127,7 +136,10 @@ fn prefix(op: &mut PatchOperation, element: &PointerBuf) {
 fn without_nulls(v: Value) -> Value {
     match v {
         Value::Object(m) => Value::Object(
-            m.into_iter().filter(|(_, v)| !v.is_null()).map(|(k, v)| (k, without_nulls(v))).collect::<Map<_, _>>(),
+            m.into_iter()
+                .filter(|(_, v)| !v.is_null())
+                .map(|(k, v)| (k, without_nulls(v)))
+                .collect::<Map<_, _>>(),
         ),
         other => other,
     }

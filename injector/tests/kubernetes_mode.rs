@@ -191,15 +191,15 @@ fn start_replica(dir: &Path, kubeconfig: &Path) -> Replica {
     Replica { child, addr, _stdout: stdout }
 }
 
-/// Whether a client trusting only `bundle` accepts the replica's certificate for the Service's
-/// DNS name, as the API server would.
-async fn trusted_by(bundle: &[u8], replica: &Replica) -> bool {
+/// A TLS connection to the replica from a client that trusts only `bundle` and checks the
+/// Service's DNS name, as the API server does.
+async fn connect_verified(
+    bundle: &[u8],
+    replica: &Replica,
+) -> std::io::Result<tokio_rustls::client::TlsStream<TcpStream>> {
     let mut roots = RootCertStore::empty();
     for cert in CertificateDer::pem_slice_iter(bundle).flatten() {
         let _ = roots.add(cert);
-    }
-    if roots.is_empty() {
-        return false;
     }
     let config =
         rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
@@ -207,9 +207,13 @@ async fn trusted_by(bundle: &[u8], replica: &Replica) -> bool {
             .unwrap()
             .with_root_certificates(roots)
             .with_no_client_auth();
-    let tcp = TcpStream::connect(&replica.addr).await.unwrap();
+    let tcp = TcpStream::connect(&replica.addr).await?;
     let name = ServerName::try_from("trellis-injector.trellis-system.svc").unwrap();
-    TlsConnector::from(Arc::new(config)).connect(name, tcp).await.is_ok()
+    TlsConnector::from(Arc::new(config)).connect(name, tcp).await
+}
+
+async fn trusted_by(bundle: &[u8], replica: &Replica) -> bool {
+    connect_verified(bundle, replica).await.is_ok()
 }
 
 async fn wait_until<F, Fut>(what: &str, mut check: F)
@@ -227,19 +231,7 @@ where
 /// The status line of `GET /readyz`, over TLS verified with `bundle`.
 async fn readyz(bundle: &[u8], replica: &Replica) -> String {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut roots = RootCertStore::empty();
-    for cert in CertificateDer::pem_slice_iter(bundle).flatten() {
-        let _ = roots.add(cert);
-    }
-    let config =
-        rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
-            .with_safe_default_protocol_versions()
-            .unwrap()
-            .with_root_certificates(roots)
-            .with_no_client_auth();
-    let tcp = TcpStream::connect(&replica.addr).await.unwrap();
-    let name = ServerName::try_from("trellis-injector.trellis-system.svc").unwrap();
-    let mut tls = TlsConnector::from(Arc::new(config)).connect(name, tcp).await.unwrap();
+    let Ok(mut tls) = connect_verified(bundle, replica).await else { return String::new() };
     tls.write_all(b"GET /readyz HTTP/1.1\r\nhost: injector\r\nconnection: close\r\n\r\n").await.unwrap();
     let mut response = Vec::new();
     let _ = tls.read_to_end(&mut response).await;
