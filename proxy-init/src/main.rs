@@ -1,0 +1,139 @@
+//! `trellis-proxy-init`: programs the pod's redirect. Today it validates the settings and, with
+//! `--dry-run`, prints exactly what it would apply; applying arrives with the backends.
+
+use std::process::ExitCode;
+
+use clap::{Parser, ValueEnum};
+use trellis_api::annotations::{self, AnnotationError, InterceptionMode};
+use trellis_proxy_init::rules::build;
+use trellis_proxy_init::settings::Settings;
+use trellis_proxy_init::{iptables, nft};
+
+#[derive(Clone, Copy, ValueEnum)]
+enum Backend {
+    Iptables,
+    Nft,
+}
+
+/// Flags named after istio-iptables' so users recognise them.
+#[derive(Parser)]
+#[command(name = "trellis-proxy-init", version, about = "Trellis traffic redirect")]
+struct Args {
+    /// Outbound capture port.
+    #[arg(short = 'p', long = "proxy-port", default_value_t = 15001)]
+    proxy_port: u16,
+    /// Inbound capture port.
+    #[arg(short = 'z', long = "inbound-capture-port", default_value_t = 15006)]
+    inbound_capture_port: u16,
+    /// The proxy's user, whose traffic is never captured.
+    #[arg(short = 'u', long = "proxy-uid", default_value_t = 1337)]
+    proxy_uid: u32,
+    /// The proxy's group, whose traffic is never captured.
+    #[arg(short = 'g', long = "proxy-gid", default_value_t = 1337)]
+    proxy_gid: u32,
+    /// Inbound interception mode; only REDIRECT for now.
+    #[arg(short = 'm', long = "inbound-interception-mode", default_value = "REDIRECT")]
+    interception_mode: String,
+    /// Outbound CIDRs to capture (comma-separated), `*` for all, empty for none.
+    #[arg(short = 'i', long = "include-outbound-cidrs", default_value = "*")]
+    include_outbound_cidrs: String,
+    /// Outbound CIDRs never captured.
+    #[arg(short = 'x', long = "exclude-outbound-cidrs", default_value = "")]
+    exclude_outbound_cidrs: String,
+    /// Inbound ports to capture, `*` for all, empty for none.
+    #[arg(short = 'b', long = "include-inbound-ports", default_value = "*")]
+    include_inbound_ports: String,
+    /// Inbound ports never captured (15008, 15090, 15021 and 15020 never are).
+    #[arg(short = 'd', long = "exclude-inbound-ports", default_value = "")]
+    exclude_inbound_ports: String,
+    /// Outbound ports never captured.
+    #[arg(short = 'o', long = "exclude-outbound-ports", default_value = "")]
+    exclude_outbound_ports: String,
+    /// Outbound ports always captured, whatever their address.
+    #[arg(short = 'q', long = "include-outbound-ports", default_value = "")]
+    include_outbound_ports: String,
+    /// Interfaces whose traffic is never captured.
+    #[arg(short = 'c', long = "exclude-interfaces", default_value = "")]
+    exclude_interfaces: String,
+    /// KubeVirt interfaces (accepted for compatibility; not used yet).
+    #[arg(short = 'k', long = "kubevirt-interfaces", default_value = "")]
+    kubevirt_interfaces: String,
+    /// Send DNS (TCP and UDP port 53) to the proxy on 15053; the proxy's own DNS is untouched.
+    #[arg(long)]
+    capture_dns: bool,
+    /// Also write the IPv6 rule set.
+    #[arg(long)]
+    ipv6: bool,
+    #[arg(long, value_enum, default_value_t = Backend::Nft)]
+    backend: Backend,
+    /// Print exactly what would be applied, and change nothing.
+    #[arg(long)]
+    dry_run: bool,
+}
+
+fn settings(args: &Args) -> Result<Settings, String> {
+    // The annotation parsers say "annotation X"; here the same checks are about flags.
+    fn flag(name: &'static str) -> impl Fn(AnnotationError) -> String {
+        move |e| format!("{name}: invalid value {:?}: {}", e.value, e.reason)
+    }
+    let mode = annotations::parse_interception_mode(&args.interception_mode).map_err(flag("-m"))?;
+    if mode != InterceptionMode::Redirect {
+        return Err(format!("-m: {} interception is not supported yet; use REDIRECT", mode.as_str()));
+    }
+    let _ = annotations::parse_interface_list("-k", &args.kubevirt_interfaces).map_err(flag("-k"))?;
+    Ok(Settings {
+        proxy_port: args.proxy_port,
+        inbound_capture_port: args.inbound_capture_port,
+        proxy_uid: args.proxy_uid,
+        proxy_gid: args.proxy_gid,
+        include_outbound_cidrs: annotations::parse_ip_range_selection("-i", &args.include_outbound_cidrs)
+            .map_err(flag("-i"))?,
+        exclude_outbound_cidrs: annotations::parse_cidr_list("-x", &args.exclude_outbound_cidrs)
+            .map_err(flag("-x"))?,
+        include_inbound_ports: annotations::parse_port_selection("-b", &args.include_inbound_ports)
+            .map_err(flag("-b"))?,
+        exclude_inbound_ports: annotations::parse_port_list("-d", &args.exclude_inbound_ports)
+            .map_err(flag("-d"))?,
+        include_outbound_ports: annotations::parse_port_list("-q", &args.include_outbound_ports)
+            .map_err(flag("-q"))?,
+        exclude_outbound_ports: annotations::parse_port_list("-o", &args.exclude_outbound_ports)
+            .map_err(flag("-o"))?,
+        exclude_interfaces: annotations::parse_interface_list("-c", &args.exclude_interfaces)
+            .map_err(flag("-c"))?,
+        capture_dns: args.capture_dns,
+        ipv6: args.ipv6,
+    })
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    let settings = match settings(&args) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("trellis-proxy-init: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    match settings.check() {
+        Ok(warnings) => warnings.iter().for_each(|w| eprintln!("trellis-proxy-init: warning: {w}")),
+        Err(e) => {
+            eprintln!("trellis-proxy-init: {e}");
+            return ExitCode::from(2);
+        }
+    }
+    let set = build(&settings);
+    if !args.dry_run {
+        eprintln!("trellis-proxy-init: applying rules is not implemented yet; use --dry-run to see them");
+        return ExitCode::from(1);
+    }
+    match args.backend {
+        Backend::Nft => print!("{}", nft::script(&set)),
+        Backend::Iptables => {
+            for family in &set.families {
+                println!("# {:?}", family.family);
+                print!("{}", iptables::restore_payload(family));
+            }
+        }
+    }
+    ExitCode::SUCCESS
+}
