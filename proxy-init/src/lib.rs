@@ -2,11 +2,12 @@
 //! `iptables-restore` and `nft`. Used by the `trellis-proxy-init` binary and, later, by the CNI
 //! plugin.
 //!
-//! Work in progress (issue 4): applying the rules, `--cleanup`, `--netns` and `validate` arrive
-//! with the privileged backends and their tests; today the binary prints what it would apply.
+//! Work in progress (issue 4): `validate` and the end-to-end tests on real packets are still to
+//! come.
 
 #![forbid(unsafe_code)]
 
+pub mod apply;
 pub mod iptables;
 pub mod nft;
 pub mod rules;

@@ -1,18 +1,28 @@
-//! `trellis-proxy-init`: programs the pod's redirect. Today it validates the settings and, with
-//! `--dry-run`, prints exactly what it would apply; applying arrives with the backends.
+//! `trellis-proxy-init`: programs the pod's redirect (or, with `--dry-run`, prints it), and
+//! removes it with `--cleanup`.
 
 use std::process::ExitCode;
 
 use clap::{Parser, ValueEnum};
 use trellis_api::annotations::{self, AnnotationError, InterceptionMode};
+use trellis_proxy_init::apply::{self, Backend};
 use trellis_proxy_init::rules::build;
 use trellis_proxy_init::settings::Settings;
 use trellis_proxy_init::{iptables, nft};
 
 #[derive(Clone, Copy, ValueEnum)]
-enum Backend {
+enum BackendFlag {
     Iptables,
     Nft,
+}
+
+impl From<BackendFlag> for Backend {
+    fn from(flag: BackendFlag) -> Backend {
+        match flag {
+            BackendFlag::Iptables => Backend::Iptables,
+            BackendFlag::Nft => Backend::Nft,
+        }
+    }
 }
 
 /// Flags named after istio-iptables' so users recognise them.
@@ -64,11 +74,18 @@ struct Args {
     /// Also write the IPv6 rule set.
     #[arg(long)]
     ipv6: bool,
-    #[arg(long, value_enum, default_value_t = Backend::Nft)]
-    backend: Backend,
+    /// Default: nft when the binary and kernel support are there, else iptables.
+    #[arg(long, value_enum)]
+    backend: Option<BackendFlag>,
     /// Print exactly what would be applied, and change nothing.
     #[arg(long)]
     dry_run: bool,
+    /// Remove every rule, chain and table of ours, with either backend.
+    #[arg(long)]
+    cleanup: bool,
+    /// Work in this network namespace (e.g. /var/run/netns/NAME) instead of the current one.
+    #[arg(long)]
+    netns: Option<std::path::PathBuf>,
 }
 
 fn settings(args: &Args) -> Result<Settings, String> {
@@ -107,6 +124,16 @@ fn settings(args: &Args) -> Result<Settings, String> {
 
 fn main() -> ExitCode {
     let args = Args::parse();
+    let netns = args.netns.as_deref();
+    if args.cleanup {
+        return match apply::cleanup(netns) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("trellis-proxy-init: cleanup: {e}");
+                ExitCode::from(1)
+            }
+        };
+    }
     let settings = match settings(&args) {
         Ok(s) => s,
         Err(e) => {
@@ -122,18 +149,24 @@ fn main() -> ExitCode {
         }
     }
     let set = build(&settings);
-    if !args.dry_run {
-        eprintln!("trellis-proxy-init: applying rules is not implemented yet; use --dry-run to see them");
-        return ExitCode::from(1);
-    }
-    match args.backend {
-        Backend::Nft => print!("{}", nft::script(&set)),
-        Backend::Iptables => {
-            for family in &set.families {
-                println!("# {:?}", family.family);
-                print!("{}", iptables::restore_payload(family));
+    let backend = args.backend.map(Backend::from).unwrap_or_else(|| apply::detect_backend(netns));
+    if args.dry_run {
+        match backend {
+            Backend::Nft => print!("{}", nft::script(&set)),
+            Backend::Iptables => {
+                for family in &set.families {
+                    println!("# {:?}", family.family);
+                    print!("{}", iptables::restore_payload(family));
+                }
             }
         }
+        return ExitCode::SUCCESS;
     }
-    ExitCode::SUCCESS
+    match apply::apply(&set, backend, netns) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("trellis-proxy-init: {e}");
+            ExitCode::from(1)
+        }
+    }
 }

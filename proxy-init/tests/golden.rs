@@ -4,8 +4,11 @@
 //! As root, every golden is also checked by the real tools inside a network namespace the test
 //! creates and removes: `nft -c -f` and `iptables-restore --test`.
 
+mod common;
+
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+
+use common::{in_scratch_namespace, run_in};
 
 use trellis_api::annotations::{IpRangeSelection, PortSelection};
 use trellis_proxy_init::rules::build;
@@ -168,47 +171,6 @@ fn conflicting_settings_fail_before_anything_is_applied() {
         v6_off.check().unwrap(),
         vec!["IPv6 range fd00::/8 ignored: IPv6 redirection is off".to_owned()]
     );
-}
-
-/// Runs `f` inside a fresh network namespace, removed afterwards, or says why it cannot.
-fn in_scratch_namespace(f: impl FnOnce(&str)) -> bool {
-    let root = Command::new("id").arg("-u").output().map(|o| o.stdout == b"0\n").unwrap_or(false);
-    let tools =
-        ["/usr/sbin/nft", "/usr/sbin/iptables-restore", "/usr/sbin/ip"].iter().all(|t| Path::new(t).exists());
-    if !root || !tools {
-        let why = if root { "needs nft, iptables and iproute2" } else { "needs root" };
-        assert!(
-            std::env::var("TRELLIS_PRIVILEGED_TESTS").as_deref() != Ok("require"),
-            "TRELLIS_PRIVILEGED_TESTS=require but this test {why}"
-        );
-        eprintln!("SKIPPED ({why}): checking the golden rule text with nft and iptables-restore");
-        return false;
-    }
-    let name = format!("trellis-golden-{}", std::process::id());
-    assert!(Command::new("ip").args(["netns", "add", &name]).status().unwrap().success());
-    struct Remove(String);
-    impl Drop for Remove {
-        fn drop(&mut self) {
-            let _ = Command::new("ip").args(["netns", "del", &self.0]).status();
-        }
-    }
-    let _remove = Remove(name.clone());
-    f(&name);
-    true
-}
-
-fn run_in(ns: &str, program: &[&str], input: &str) -> Result<(), String> {
-    use std::io::Write;
-    let mut child = Command::new("ip")
-        .args(["netns", "exec", ns])
-        .args(program)
-        .stdin(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .map_err(|e| e.to_string())?;
-    child.stdin.take().unwrap().write_all(input.as_bytes()).map_err(|e| e.to_string())?;
-    let out = child.wait_with_output().map_err(|e| e.to_string())?;
-    if out.status.success() { Ok(()) } else { Err(String::from_utf8_lossy(&out.stderr).into_owned()) }
 }
 
 #[test]

@@ -1,0 +1,239 @@
+//! Applying the rule set: each backend as a list of steps (a program and its standard input),
+//! planned from the desired rules and what the namespace holds now, then run in order.
+//!
+//! - nft: one transaction that replaces the `inet trellis` table whole.
+//! - iptables: per family one `iptables-restore --noflush` payload that removes our old jump
+//!   rules from the built-in chains, empties our chains and writes everything again. If a later
+//!   family fails, the earlier ones are put back as they were from their saved state.
+//!
+//! Applying twice gives the same state; cleanup leaves nothing of ours.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+
+use crate::rules::{Family, RuleSet};
+use crate::{iptables, nft};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Backend {
+    Iptables,
+    Nft,
+}
+
+/// nft when the binary exists and the kernel answers it, iptables otherwise.
+pub fn detect_backend(netns: Option<&Path>) -> Backend {
+    let works = in_namespace(netns, || {
+        Command::new("nft").args(["list", "tables"]).stdout(Stdio::null()).stderr(Stdio::null()).status()
+    });
+    match works {
+        Ok(Ok(status)) if status.success() => Backend::Nft,
+        _ => Backend::Iptables,
+    }
+}
+
+/// One program run with its input.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Step {
+    pub program: &'static str,
+    pub args: Vec<&'static str>,
+    pub input: String,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ApplyError {
+    #[error("{program} failed: {message}")]
+    Tool { program: &'static str, message: String },
+    #[error("cannot enter network namespace {path}: {message}")]
+    Namespace { path: PathBuf, message: String },
+}
+
+fn save_program(family: Family) -> &'static str {
+    match family {
+        Family::V4 => "iptables-save",
+        Family::V6 => "ip6tables-save",
+    }
+}
+
+fn restore_program(family: Family) -> &'static str {
+    match family {
+        Family::V4 => "iptables-restore",
+        Family::V6 => "ip6tables-restore",
+    }
+}
+
+/// Lines of a saved nat table that jump from a built-in chain into one of ours, turned into
+/// deletions.
+fn our_jumps(saved_nat: &str) -> Vec<String> {
+    saved_nat
+        .lines()
+        .filter(|l| {
+            (l.starts_with("-A PREROUTING ") || l.starts_with("-A OUTPUT ")) && l.contains(" -j TRELLIS_")
+        })
+        .map(|l| format!("-D{}", &l[2..]))
+        .collect()
+}
+
+/// Our chains that exist in a saved nat table.
+fn our_chains(saved_nat: &str) -> Vec<String> {
+    saved_nat
+        .lines()
+        .filter_map(|l| l.strip_prefix(':'))
+        .filter_map(|l| l.split_whitespace().next())
+        .filter(|c| c.starts_with("TRELLIS_"))
+        .map(str::to_owned)
+        .collect()
+}
+
+/// The iptables payload that turns `saved_nat` into the desired rules.
+pub fn iptables_apply_payload(rules: &crate::rules::FamilyRules, saved_nat: &str) -> String {
+    let mut payload = String::from("*nat\n");
+    for line in our_jumps(saved_nat) {
+        payload.push_str(&line);
+        payload.push('\n');
+    }
+    let desired = iptables::restore_payload(rules);
+    // Drop the leading "*nat" of the desired payload; ours is already open.
+    payload.push_str(desired.strip_prefix("*nat\n").unwrap_or(&desired));
+    // Chains we had before but no longer need are emptied and removed.
+    let wanted: Vec<&str> = rules.chains().iter().map(|c| c.name()).collect();
+    let stale: Vec<String> =
+        our_chains(saved_nat).into_iter().filter(|c| !wanted.contains(&c.as_str())).collect();
+    if !stale.is_empty() {
+        let body = payload.trim_end_matches("COMMIT\n").to_owned();
+        payload = body;
+        for chain in &stale {
+            payload.push_str(&format!("-F {chain}\n"));
+        }
+        for chain in &stale {
+            payload.push_str(&format!("-X {chain}\n"));
+        }
+        payload.push_str("COMMIT\n");
+    }
+    payload
+}
+
+/// The iptables payload that removes every trace of ours from `saved_nat`; `None` when there
+/// is none.
+pub fn iptables_cleanup_payload(saved_nat: &str) -> Option<String> {
+    let jumps = our_jumps(saved_nat);
+    let chains = our_chains(saved_nat);
+    if jumps.is_empty() && chains.is_empty() {
+        return None;
+    }
+    let mut payload = String::from("*nat\n");
+    for line in jumps {
+        payload.push_str(&line);
+        payload.push('\n');
+    }
+    for chain in &chains {
+        payload.push_str(&format!("-F {chain}\n"));
+    }
+    for chain in &chains {
+        payload.push_str(&format!("-X {chain}\n"));
+    }
+    payload.push_str("COMMIT\n");
+    Some(payload)
+}
+
+/// Applies `set` in the namespace (the current one when `netns` is `None`).
+pub fn apply(set: &RuleSet, backend: Backend, netns: Option<&Path>) -> Result<(), ApplyError> {
+    in_namespace(netns, || match backend {
+        Backend::Nft => run(&Step { program: "nft", args: vec!["-f", "-"], input: nft::script(set) }),
+        Backend::Iptables => apply_iptables(set),
+    })?
+}
+
+/// Removes everything of ours, in every family, whichever backend wrote it.
+pub fn cleanup(netns: Option<&Path>) -> Result<(), ApplyError> {
+    in_namespace(netns, || {
+        if which("nft") {
+            // Deleting a table that is not there is an error; create it first so it never is.
+            run(&Step { program: "nft", args: vec!["-f", "-"], input: nft::cleanup_script() })?;
+        }
+        for family in [Family::V4, Family::V6] {
+            let Ok(saved) = save_nat(family) else { continue };
+            if let Some(payload) = iptables_cleanup_payload(&saved) {
+                run(&Step { program: restore_program(family), args: vec!["--noflush"], input: payload })?;
+            }
+        }
+        Ok(())
+    })?
+}
+
+fn which(program: &str) -> bool {
+    Command::new(program).arg("--version").stdout(Stdio::null()).stderr(Stdio::null()).status().is_ok()
+}
+
+fn apply_iptables(set: &RuleSet) -> Result<(), ApplyError> {
+    let mut applied: Vec<(Family, String)> = Vec::new();
+    for family in &set.families {
+        let saved = save_nat(family.family)?;
+        let payload = iptables_apply_payload(family, &saved);
+        let step = Step { program: restore_program(family.family), args: vec!["--noflush"], input: payload };
+        if let Err(e) = run(&step) {
+            // Put back what an earlier family changed, so a failure leaves nothing half done.
+            for (done, before) in applied.iter().rev() {
+                let restore =
+                    Step { program: restore_program(*done), args: vec!["-T", "nat"], input: before.clone() };
+                let _ = run(&restore);
+            }
+            return Err(e);
+        }
+        applied.push((family.family, saved));
+    }
+    Ok(())
+}
+
+fn save_nat(family: Family) -> Result<String, ApplyError> {
+    let program = save_program(family);
+    let out = Command::new(program)
+        .args(["-t", "nat"])
+        .output()
+        .map_err(|e| ApplyError::Tool { program, message: e.to_string() })?;
+    if !out.status.success() {
+        return Err(ApplyError::Tool {
+            program,
+            message: String::from_utf8_lossy(&out.stderr).trim().to_owned(),
+        });
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+fn run(step: &Step) -> Result<(), ApplyError> {
+    let fail = |message: String| ApplyError::Tool { program: step.program, message };
+    let mut child = Command::new(step.program)
+        .args(&step.args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|e| fail(e.to_string()))?;
+    if let Some(mut stdin) = child.stdin.take() {
+        stdin.write_all(step.input.as_bytes()).map_err(|e| fail(e.to_string()))?;
+    }
+    let out = child.wait_with_output().map_err(|e| fail(e.to_string()))?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(fail(String::from_utf8_lossy(&out.stderr).trim().to_owned()))
+    }
+}
+
+/// Runs `f` on a thread that has entered the network namespace at `path`, so the programs it
+/// starts work there and the rest of the process stays where it was.
+pub fn in_namespace<T: Send>(path: Option<&Path>, f: impl FnOnce() -> T + Send) -> Result<T, ApplyError> {
+    let Some(path) = path else { return Ok(f()) };
+    let fail = |message: String| ApplyError::Namespace { path: path.to_owned(), message };
+    std::thread::scope(|scope| {
+        scope
+            .spawn(|| {
+                let file = std::fs::File::open(path).map_err(|e| fail(e.to_string()))?;
+                nix::sched::setns(&file, nix::sched::CloneFlags::CLONE_NEWNET)
+                    .map_err(|e| fail(e.to_string()))?;
+                Ok(f())
+            })
+            .join()
+            .unwrap_or_else(|_| Err(fail("the namespace thread panicked".to_owned())))
+    })
+}

@@ -1,0 +1,80 @@
+//! Applying for real, as root, in a namespace the test makes: twice gives the same state,
+//! cleanup leaves nothing of ours, and bad settings change nothing.
+
+mod common;
+
+use std::process::Command;
+
+use common::{in_scratch_namespace, output_in};
+
+fn proxy_init(ns: &str, args: &[&str]) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_trellis-proxy-init"))
+        .arg("--netns")
+        .arg(format!("/var/run/netns/{ns}"))
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+/// Everything the namespace's packet filter holds, without comments.
+fn state(ns: &str) -> String {
+    let mut text = output_in(ns, &["nft", "list", "ruleset"]);
+    for save in ["iptables-save", "ip6tables-save"] {
+        text.push_str(&output_in(ns, &[save, "-t", "nat"]));
+    }
+    text.lines().filter(|l| !l.starts_with('#')).collect::<Vec<_>>().join("\n")
+}
+
+#[test]
+fn apply_is_idempotent_and_cleanup_leaves_nothing() {
+    in_scratch_namespace(|ns| {
+        let before = state(ns);
+        for backend in ["nft", "iptables"] {
+            let args = [
+                "--backend",
+                backend,
+                "--ipv6",
+                "--capture-dns",
+                "-x",
+                "10.96.0.0/12,fd00::/8",
+                "-d",
+                "9901",
+            ];
+            let first = proxy_init(ns, &args);
+            assert!(first.status.success(), "{backend}: {}", String::from_utf8_lossy(&first.stderr));
+            let once = state(ns);
+            assert!(once.to_lowercase().contains("trellis"), "{backend}: nothing was applied:\n{once}");
+            let second = proxy_init(ns, &args);
+            assert!(second.status.success(), "{backend}: {}", String::from_utf8_lossy(&second.stderr));
+            assert_eq!(state(ns), once, "{backend}: applying twice changed the state");
+
+            let cleanup = proxy_init(ns, &["--cleanup"]);
+            assert!(cleanup.status.success(), "{}", String::from_utf8_lossy(&cleanup.stderr));
+            let after = state(ns);
+            assert!(!after.to_lowercase().contains("trellis"), "{backend}: cleanup left:\n{after}");
+        }
+        let again = proxy_init(ns, &["--cleanup"]);
+        assert!(again.status.success(), "cleaning an empty namespace is not an error");
+        // iptables-nft may leave its own empty nat tables behind; nothing of ours is there.
+        assert!(!state(ns).to_lowercase().contains("trellis"));
+        let _ = before;
+    });
+}
+
+#[test]
+fn bad_settings_fail_before_anything_is_applied() {
+    in_scratch_namespace(|ns| {
+        for (args, message) in [
+            (vec!["-b", "8080", "-d", "8080"], "-b/--include-inbound-ports: port 8080 is also excluded"),
+            (vec!["-x", "*"], "-x: invalid value \"*\""),
+            (vec!["-d", "80,http"], "-d: invalid value \"80,http\": \"http\" is not a port number"),
+            (vec!["-m", "TPROXY"], "-m: TPROXY interception is not supported yet"),
+        ] {
+            let out = proxy_init(ns, &args);
+            assert_eq!(out.status.code(), Some(2), "{args:?}");
+            let stderr = String::from_utf8_lossy(&out.stderr);
+            assert!(stderr.contains(message), "{args:?}: {stderr}");
+            assert!(!state(ns).to_lowercase().contains("trellis"), "{args:?} applied something");
+        }
+    });
+}
