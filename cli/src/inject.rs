@@ -1,7 +1,7 @@
 //! `trellis inject -f FILE`: manual injection, like `istioctl kube-inject`, with the same code
 //! the webhook runs.
 
-use std::io::{Read, Write};
+use std::io::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -22,7 +22,7 @@ pub struct Args {
 }
 
 pub fn run(args: &Args) -> ExitCode {
-    let text = match read(&args.file) {
+    let text = match crate::input::read_input(&args.file) {
         Ok(t) => t,
         Err(e) => {
             eprintln!("trellis inject: {}: {e}", args.file.display());
@@ -53,15 +53,5 @@ pub fn run(args: &Args) -> ExitCode {
             eprintln!("trellis inject: {e}");
             ExitCode::from(2)
         }
-    }
-}
-
-fn read(path: &PathBuf) -> std::io::Result<String> {
-    if path.as_os_str() == "-" {
-        let mut text = String::new();
-        std::io::stdin().take(trellis_api::load::MAX_INPUT_BYTES as u64).read_to_string(&mut text)?;
-        Ok(text)
-    } else {
-        std::fs::read_to_string(path)
     }
 }

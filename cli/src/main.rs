@@ -3,6 +3,7 @@
 #![forbid(unsafe_code)]
 
 mod inject;
+mod input;
 mod validate;
 
 use std::process::ExitCode;

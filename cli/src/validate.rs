@@ -1,13 +1,12 @@
 //! `trellis validate -f PATH...`: like `istioctl validate`, one line per problem, a summary, and
 //! an exit code scripts can use (0 valid, 1 invalid, 2 usage or I/O error).
 
-use std::io::{Read, Write};
+use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use serde::Serialize;
 use trellis_api::check::{Problem, UnknownFields, check_text};
-use trellis_api::load::MAX_INPUT_BYTES;
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -51,7 +50,7 @@ pub fn run(args: &Args) -> ExitCode {
     let mut report = Report { files: 0, documents: 0, errors: 0, warnings: 0, findings: Vec::new() };
     let mut io_failed = false;
     for input in expand(&args.paths, &mut io_failed) {
-        let text = match read_input(&input) {
+        let text = match crate::input::read_input(&input) {
             Ok(text) => text,
             Err(message) => {
                 eprintln!("trellis validate: {}: {message}", input.display());
@@ -112,22 +111,6 @@ fn walk(dir: &Path, found: &mut Vec<PathBuf>) -> std::io::Result<()> {
         }
     }
     Ok(())
-}
-
-fn read_input(path: &Path) -> Result<String, String> {
-    let mut bytes = Vec::new();
-    let limit = MAX_INPUT_BYTES as u64 + 1;
-    let result = if path.as_os_str() == "-" {
-        std::io::stdin().take(limit).read_to_end(&mut bytes)
-    } else {
-        std::fs::File::open(path).and_then(|f| f.take(limit).read_to_end(&mut bytes))
-    };
-    result.map_err(|e| e.to_string())?;
-    if bytes.len() > MAX_INPUT_BYTES {
-        return Err(format!("larger than {MAX_INPUT_BYTES} bytes"));
-    }
-    String::from_utf8(bytes)
-        .map_err(|e| format!("not UTF-8 text (invalid byte at offset {})", e.utf8_error().valid_up_to()))
 }
 
 fn print_report(report: &Report, format: Format) {

@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 use std::fmt;
 
 use k8s_openapi::api::core::v1::Pod;
-use trellis_api::annotations::{names, pod_inject_override};
+use trellis_api::annotations::pod_inject_override;
 
 use crate::config::InjectorConfig;
 
@@ -89,14 +89,6 @@ pub fn decide(pod: &Pod, namespace: &str, ns: NamespaceInjection, config: &Injec
         InjectDecision::Inject
     } else {
         InjectDecision::Skip(SkipReason::NotEnabled)
-    }
-}
-
-/// Whether an injection label value turns a namespace on.
-pub fn namespace_enabled(labels: &BTreeMap<String, String>) -> NamespaceInjection {
-    match labels.get(names::label::ISTIO_INJECTION).map(String::as_str) {
-        Some(names::label::INJECTION_ENABLED) => NamespaceInjection::Enabled,
-        _ => NamespaceInjection::NotEnabled,
     }
 }
 

@@ -12,6 +12,8 @@ use std::sync::{Arc, Mutex};
 
 use k8s_openapi::api::core::v1::{Container, Volume};
 use minijinja::Environment;
+
+use crate::config::{PROXY_CONTAINER, REDIRECT_INIT_CONTAINER, VALIDATION_INIT_CONTAINER};
 use serde::{Deserialize, Serialize};
 
 /// Name of the template file, embedded or in the `--templates` directory.
@@ -54,9 +56,9 @@ pub struct Templates {
 /// Names the injector owns whatever the template says: its own, and those of Istio's injector
 /// (a pod injected by Istio can be re-injected by Trellis).
 const WELL_KNOWN_NAMES: [&str; 13] = [
-    "istio-proxy",
-    "trellis-init",
-    "trellis-validation",
+    PROXY_CONTAINER,
+    REDIRECT_INIT_CONTAINER,
+    VALIDATION_INIT_CONTAINER,
     "istio-init",
     "istio-validation",
     "workload-socket",

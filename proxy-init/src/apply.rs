@@ -85,55 +85,39 @@ fn our_chains(saved_nat: &str) -> Vec<String> {
         .collect()
 }
 
-/// The iptables payload that turns `saved_nat` into the desired rules.
+/// The iptables payload that turns `saved_nat` into the desired rules: our old jumps removed,
+/// our chains rewritten, chains we no longer use removed.
 pub fn iptables_apply_payload(rules: &crate::rules::FamilyRules, saved_nat: &str) -> String {
-    let mut payload = String::from("*nat\n");
-    for line in our_jumps(saved_nat) {
-        payload.push_str(&line);
-        payload.push('\n');
-    }
-    let desired = iptables::restore_payload(rules);
-    // Drop the leading "*nat" of the desired payload; ours is already open.
-    payload.push_str(desired.strip_prefix("*nat\n").unwrap_or(&desired));
-    // Chains we had before but no longer need are emptied and removed.
     let wanted: Vec<&str> = rules.chains().iter().map(|c| c.name()).collect();
     let stale: Vec<String> =
         our_chains(saved_nat).into_iter().filter(|c| !wanted.contains(&c.as_str())).collect();
-    if !stale.is_empty() {
-        let body = payload.trim_end_matches("COMMIT\n").to_owned();
-        payload = body;
-        for chain in &stale {
-            payload.push_str(&format!("-F {chain}\n"));
-        }
-        for chain in &stale {
-            payload.push_str(&format!("-X {chain}\n"));
-        }
-        payload.push_str("COMMIT\n");
-    }
-    payload
+    format!(
+        "*nat\n{}{}{}COMMIT\n",
+        jump_deletions(saved_nat),
+        iptables::declarations_and_rules(rules),
+        chain_removals(&stale)
+    )
 }
 
 /// The iptables payload that removes every trace of ours from `saved_nat`; `None` when there
 /// is none.
 pub fn iptables_cleanup_payload(saved_nat: &str) -> Option<String> {
-    let jumps = our_jumps(saved_nat);
-    let chains = our_chains(saved_nat);
+    let (jumps, chains) = (jump_deletions(saved_nat), our_chains(saved_nat));
     if jumps.is_empty() && chains.is_empty() {
         return None;
     }
-    let mut payload = String::from("*nat\n");
-    for line in jumps {
-        payload.push_str(&line);
-        payload.push('\n');
-    }
-    for chain in &chains {
-        payload.push_str(&format!("-F {chain}\n"));
-    }
-    for chain in &chains {
-        payload.push_str(&format!("-X {chain}\n"));
-    }
-    payload.push_str("COMMIT\n");
-    Some(payload)
+    Some(format!("*nat\n{jumps}{}COMMIT\n", chain_removals(&chains)))
+}
+
+fn jump_deletions(saved_nat: &str) -> String {
+    our_jumps(saved_nat).into_iter().map(|line| line + "\n").collect()
+}
+
+/// Empties the chains, then deletes them (a chain still referenced cannot be deleted).
+fn chain_removals(chains: &[String]) -> String {
+    let flush = chains.iter().map(|c| format!("-F {c}\n"));
+    let delete = chains.iter().map(|c| format!("-X {c}\n"));
+    flush.chain(delete).collect()
 }
 
 /// Applies `set` in the namespace (the current one when `netns` is `None`).

@@ -8,14 +8,18 @@ use crate::rules::{FamilyRules, Match, Protocol, Rule, Target};
 /// The payload for `iptables-restore --noflush` (or `ip6tables-restore`): our chains declared
 /// (which empties them), then every rule.
 pub fn restore_payload(rules: &FamilyRules) -> String {
-    let mut out = String::from("*nat\n");
+    format!("*nat\n{}COMMIT\n", declarations_and_rules(rules))
+}
+
+/// The inside of a nat payload: our chains declared (which empties them), then every rule.
+pub fn declarations_and_rules(rules: &FamilyRules) -> String {
+    let mut out = String::new();
     for chain in rules.chains() {
         let _ = writeln!(out, ":{chain} - [0:0]");
     }
     for rule in &rules.rules {
         let _ = writeln!(out, "{}", rule_text(rule));
     }
-    out.push_str("COMMIT\n");
     out
 }
 

@@ -70,10 +70,6 @@ impl Chain {
         }
     }
 
-    pub fn is_builtin(self) -> bool {
-        matches!(self, Chain::Prerouting | Chain::Output)
-    }
-
     /// Our chains, in the order they are declared.
     pub const OURS: [Chain; 5] =
         [Chain::Inbound, Chain::InRedirect, Chain::OutboundCheck, Chain::Redirect, Chain::Dns];
