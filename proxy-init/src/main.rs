@@ -1,13 +1,15 @@
-//! `trellis-proxy-init`: programs the pod's redirect (or, with `--dry-run`, prints it), and
-//! removes it with `--cleanup`.
+//! `trellis-proxy-init`: programs the pod's redirect (or, with `--dry-run`, prints it), removes
+//! it with `--cleanup`, and with `validate` checks that someone else (the CNI plugin) did.
 
 use std::process::ExitCode;
+use std::time::Duration;
 
-use clap::{Parser, ValueEnum};
+use clap::{Parser, Subcommand, ValueEnum};
 use trellis_api::annotations::{self, AnnotationError, InterceptionMode};
 use trellis_proxy_init::apply::{self, Backend};
 use trellis_proxy_init::rules::build;
 use trellis_proxy_init::settings::Settings;
+use trellis_proxy_init::validate::{self, EXIT_NOT_REDIRECTED, PROBE_PORT};
 use trellis_proxy_init::{iptables, nft};
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -25,10 +27,50 @@ impl From<BackendFlag> for Backend {
     }
 }
 
-/// Flags named after istio-iptables' so users recognise them.
 #[derive(Parser)]
 #[command(name = "trellis-proxy-init", version, about = "Trellis traffic redirect")]
 struct Args {
+    #[command(subcommand)]
+    command: Option<Command>,
+    #[command(flatten)]
+    redirect: RedirectFlags,
+    /// Default: nft when the binary and kernel support are there, else iptables.
+    #[arg(long, value_enum)]
+    backend: Option<BackendFlag>,
+    /// Print exactly what would be applied, and change nothing.
+    #[arg(long)]
+    dry_run: bool,
+    /// Remove every rule, chain and table of ours, with either backend.
+    #[arg(long)]
+    cleanup: bool,
+    /// Work in this network namespace (e.g. /var/run/netns/NAME) instead of the current one.
+    #[arg(long)]
+    netns: Option<std::path::PathBuf>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Check that the redirect is in place (the CNI flow); run as the proxy's user with the
+    /// same flags the redirect was written with. Exits 126 when it is not.
+    Validate {
+        #[command(flatten)]
+        redirect: RedirectFlags,
+        /// A port nothing listens on, dialled to see the redirect at work.
+        #[arg(long, default_value_t = PROBE_PORT)]
+        probe_port: u16,
+        /// How long to keep trying (Go duration, e.g. 5s).
+        #[arg(long, default_value = "5s", value_parser = parse_duration)]
+        timeout: Duration,
+    },
+}
+
+fn parse_duration(text: &str) -> Result<Duration, String> {
+    trellis_api::primitives::parse_go_duration(text)
+}
+
+/// Flags named after istio-iptables' so users recognise them.
+#[derive(clap::Args)]
+struct RedirectFlags {
     /// Outbound capture port.
     #[arg(short = 'p', long = "proxy-port", default_value_t = 15001)]
     proxy_port: u16,
@@ -74,21 +116,17 @@ struct Args {
     /// Also write the IPv6 rule set.
     #[arg(long)]
     ipv6: bool,
-    /// Default: nft when the binary and kernel support are there, else iptables.
-    #[arg(long, value_enum)]
-    backend: Option<BackendFlag>,
-    /// Print exactly what would be applied, and change nothing.
-    #[arg(long)]
-    dry_run: bool,
-    /// Remove every rule, chain and table of ours, with either backend.
-    #[arg(long)]
-    cleanup: bool,
-    /// Work in this network namespace (e.g. /var/run/netns/NAME) instead of the current one.
-    #[arg(long)]
-    netns: Option<std::path::PathBuf>,
 }
 
-fn settings(args: &Args) -> Result<Settings, String> {
+/// The settings the flags describe, checked; warnings are printed.
+fn checked_settings(args: &RedirectFlags) -> Result<Settings, String> {
+    let settings = settings(args)?;
+    let warnings = settings.check().map_err(|e| e.to_string())?;
+    warnings.iter().for_each(|w| eprintln!("trellis-proxy-init: warning: {w}"));
+    Ok(settings)
+}
+
+fn settings(args: &RedirectFlags) -> Result<Settings, String> {
     // The annotation parsers say "annotation X"; here the same checks are about flags.
     fn flag(name: &'static str) -> impl Fn(AnnotationError) -> String {
         move |e| format!("{name}: invalid value {:?}: {}", e.value, e.reason)
@@ -124,6 +162,9 @@ fn settings(args: &Args) -> Result<Settings, String> {
 
 fn main() -> ExitCode {
     let args = Args::parse();
+    if let Some(Command::Validate { redirect, probe_port, timeout }) = &args.command {
+        return run_validate(redirect, *probe_port, *timeout);
+    }
     let netns = args.netns.as_deref();
     if args.cleanup {
         return match apply::cleanup(netns) {
@@ -134,20 +175,13 @@ fn main() -> ExitCode {
             }
         };
     }
-    let settings = match settings(&args) {
+    let settings = match checked_settings(&args.redirect) {
         Ok(s) => s,
         Err(e) => {
             eprintln!("trellis-proxy-init: {e}");
             return ExitCode::from(2);
         }
     };
-    match settings.check() {
-        Ok(warnings) => warnings.iter().for_each(|w| eprintln!("trellis-proxy-init: warning: {w}")),
-        Err(e) => {
-            eprintln!("trellis-proxy-init: {e}");
-            return ExitCode::from(2);
-        }
-    }
     let set = build(&settings);
     let backend = args.backend.map(Backend::from).unwrap_or_else(|| apply::detect_backend(netns));
     if args.dry_run {
@@ -167,6 +201,35 @@ fn main() -> ExitCode {
         Err(e) => {
             eprintln!("trellis-proxy-init: {e}");
             ExitCode::from(1)
+        }
+    }
+}
+
+fn run_validate(flags: &RedirectFlags, probe_port: u16, timeout: Duration) -> ExitCode {
+    let settings = match checked_settings(flags) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("trellis-proxy-init: validate: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    match validate::validate(&settings, probe_port, timeout) {
+        Ok(passed) => {
+            for p in passed {
+                println!(
+                    "validate: a connection to {} arrived on {}: the redirect is in place",
+                    p.target, p.arrived_on
+                );
+            }
+            ExitCode::SUCCESS
+        }
+        Err(e @ validate::ValidateError::ProbePortInUse(_)) => {
+            eprintln!("trellis-proxy-init: validate: {e}");
+            ExitCode::from(2)
+        }
+        Err(e) => {
+            eprintln!("trellis-proxy-init: validate: {e}");
+            ExitCode::from(EXIT_NOT_REDIRECTED)
         }
     }
 }

@@ -18,10 +18,13 @@ fn proxy_init(ns: &str, args: &[&str]) -> std::process::Output {
 
 /// Everything the namespace's packet filter holds, without comments.
 fn state(ns: &str) -> String {
-    let mut text = output_in(ns, &["nft", "list", "ruleset"]);
-    for save in ["iptables-save", "ip6tables-save"] {
-        text.push_str(&output_in(ns, &[save, "-t", "nat"]));
-    }
+    output_in(ns, &["nft", "list", "ruleset"]) + &iptables_state(ns)
+}
+
+/// Both nat tables as iptables sees them. (A restored table is listed in another order by
+/// `nft`, with the same content.)
+fn iptables_state(ns: &str) -> String {
+    let text = ["iptables-save", "ip6tables-save"].map(|save| output_in(ns, &[save, "-t", "nat"])).concat();
     text.lines().filter(|l| !l.starts_with('#')).collect::<Vec<_>>().join("\n")
 }
 
@@ -76,5 +79,29 @@ fn bad_settings_fail_before_anything_is_applied() {
             assert!(stderr.contains(message), "{args:?}: {stderr}");
             assert!(!state(ns).to_lowercase().contains("trellis"), "{args:?} applied something");
         }
+    });
+}
+
+/// A backend failure part-way (the IPv6 payload, after IPv4 went in) puts IPv4 back as it was
+/// and reports the tool's message.
+#[test]
+fn a_failed_apply_leaves_the_namespace_as_it_was() {
+    in_scratch_namespace(|ns| {
+        let first = proxy_init(ns, &["--backend", "iptables", "--ipv6", "--capture-dns"]);
+        assert!(first.status.success(), "{}", String::from_utf8_lossy(&first.stderr));
+        // Someone else's IPv6 chain now jumps into our DNS chain, so it cannot be removed.
+        for rule in [&["-N", "OTHER"][..], &["-A", "OTHER", "-j", "TRELLIS_DNS"][..]] {
+            let out = output_in(ns, &[&["ip6tables", "-t", "nat"][..], rule].concat());
+            assert!(out.is_empty(), "{out}");
+        }
+        let before = iptables_state(ns);
+        assert!(before.contains("-A OTHER -j TRELLIS_DNS"), "{before}");
+
+        // Without DNS capture, TRELLIS_DNS has to go: IPv4 succeeds, IPv6 cannot.
+        let out = proxy_init(ns, &["--backend", "iptables", "--ipv6", "-o", "5432"]);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{stderr}");
+        assert!(stderr.contains("ip6tables-restore failed"), "{stderr}");
+        assert_eq!(iptables_state(ns), before, "a failed apply changed the namespace");
     });
 }

@@ -1,18 +1,21 @@
 //! The redirect on real packets, as root: a "pod" and a "peer" network namespace joined by a
 //! veth pair (10.77.x / fd00:77:: addresses, only inside them), the rules applied in the pod,
-//! and listeners on 15001 and 15006 that read where each connection was headed.
+//! and listeners on 15001, 15006 and 15053 that read where each connection was headed.
 
 mod common;
 
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::{SocketAddr, TcpListener, UdpSocket};
 use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
 use common::in_scratch_namespace;
-use nix::sys::socket::{getsockopt, sockopt};
 use trellis_proxy_init::apply::in_namespace;
+use trellis_proxy_init::original_dst::original_destination;
+use trellis_proxy_init::validate::EXIT_NOT_REDIRECTED;
+
+const BIN: &str = env!("CARGO_BIN_EXE_trellis-proxy-init");
 
 fn ip(args: &[&str]) {
     let status = Command::new("ip").args(args).status().unwrap();
@@ -27,11 +30,15 @@ fn netns_path(ns: &str) -> PathBuf {
 fn wire(pod: &str, peer: &str, tag: &str) {
     let (a, b) = (format!("tp{tag}"), format!("tq{tag}"));
     ip(&["link", "add", &a, "netns", pod, "type", "veth", "peer", "name", &b, "netns", peer]);
-    for (ns, dev, v4, v6) in
-        [(pod, &a, "10.77.0.2/24", "fd00:77::2/64"), (peer, &b, "10.77.0.1/24", "fd00:77::1/64")]
-    {
-        ip(&["-n", ns, "addr", "add", v4, "dev", dev]);
-        ip(&["-n", ns, "addr", "add", v6, "dev", dev, "nodad"]);
+    // The peer's second addresses (.3, ::3) stand for an excluded range.
+    for (ns, dev, addrs) in [
+        (pod, &a, &["10.77.0.2/24", "fd00:77::2/64"][..]),
+        (peer, &b, &["10.77.0.1/24", "fd00:77::1/64", "10.77.0.3/24", "fd00:77::3/64"][..]),
+    ] {
+        for addr in addrs {
+            let v6_options: &[&str] = if addr.contains(':') { &["nodad"] } else { &[] };
+            ip(&[&["-n", ns, "addr", "add", addr, "dev", dev], v6_options].concat());
+        }
         ip(&["-n", ns, "link", "set", dev, "up"]);
         ip(&["-n", ns, "link", "set", "lo", "up"]);
     }
@@ -44,17 +51,45 @@ fn listen(ns: &str, addr: &str) -> TcpListener {
     listener
 }
 
-/// Connects from inside `ns` as `uid`, in a child process that drops to that user.
-fn connect_as(ns: &str, uid: u32, target: &str) {
+fn udp_socket(ns: &str, addr: &str) -> UdpSocket {
+    let addr: SocketAddr = addr.parse().unwrap();
+    let socket = in_namespace(Some(&netns_path(ns)), || UdpSocket::bind(addr)).unwrap().unwrap();
+    socket.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    socket
+}
+
+/// Connects (tcp) or sends a datagram (udp) from inside `ns` as `uid`, in a child process that
+/// drops to that user.
+fn send_as(ns: &str, uid: u32, proto: &str, target: &str) {
     let (host, port) = target.rsplit_once(':').unwrap();
     let host = host.trim_start_matches('[').trim_end_matches(']').to_owned();
-    let script = format!("exec 3<>/dev/tcp/{host}/{port} && echo hello >&3");
+    let script = format!("exec 3<>/dev/{proto}/{host}/{port} && echo hello >&3");
     let status = in_namespace(Some(&netns_path(ns)), || {
         Command::new("bash").args(["-c", &script]).uid(uid).gid(uid).status()
     })
     .unwrap()
     .unwrap();
-    assert!(status.success(), "uid {uid} could not connect to {target}");
+    assert!(status.success(), "uid {uid} could not reach {target} over {proto}");
+}
+
+fn connect_as(ns: &str, uid: u32, target: &str) {
+    send_as(ns, uid, "tcp", target);
+}
+
+/// Whether the test's datagram arrives on `socket` (bounded wait).
+fn received(socket: &UdpSocket) -> bool {
+    let mut buf = [0u8; 16];
+    matches!(socket.recv_from(&mut buf), Ok((n, _)) if &buf[..n] == b"hello\n")
+}
+
+/// `trellis-proxy-init validate` inside the pod as the proxy's user: its exit code and stderr.
+fn validate_in(ns: &str, extra: &[&str]) -> (Option<i32>, String) {
+    let out = in_namespace(Some(&netns_path(ns)), || {
+        Command::new(BIN).arg("validate").args(extra).args(["--timeout", "1s"]).uid(1337).gid(1337).output()
+    })
+    .unwrap()
+    .unwrap();
+    (out.status.code(), String::from_utf8_lossy(&out.stderr).into_owned())
 }
 
 /// Waits (bounded) for a connection on one of `listeners`; returns its index and where it was
@@ -64,7 +99,9 @@ fn accepted(listeners: &[&TcpListener]) -> (usize, SocketAddr) {
     loop {
         for (i, l) in listeners.iter().enumerate() {
             if let Ok((stream, _)) = l.accept() {
-                return (i, original_destination(&stream));
+                let local = stream.local_addr().unwrap();
+                // A connection that was not redirected has no NAT entry.
+                return (i, original_destination(&stream).unwrap_or(local));
             }
         }
         assert!(Instant::now() < deadline, "no listener got the connection");
@@ -72,31 +109,11 @@ fn accepted(listeners: &[&TcpListener]) -> (usize, SocketAddr) {
     }
 }
 
-fn original_destination(stream: &TcpStream) -> SocketAddr {
-    let local = stream.local_addr().unwrap();
-    if local.is_ipv4() {
-        match getsockopt(stream, sockopt::OriginalDst) {
-            Ok(sa) => SocketAddr::from((
-                std::net::Ipv4Addr::from(u32::from_be(sa.sin_addr.s_addr)),
-                u16::from_be(sa.sin_port),
-            )),
-            Err(_) => local,
-        }
-    } else {
-        match getsockopt(stream, sockopt::Ip6tOriginalDst) {
-            Ok(sa) => {
-                SocketAddr::from((std::net::Ipv6Addr::from(sa.sin6_addr.s6_addr), u16::from_be(sa.sin6_port)))
-            }
-            Err(_) => local,
-        }
-    }
-}
-
 fn check_family(pod: &str, peer: &str, backend: &str, v6: bool) {
-    let (pod_ip, peer_ip, any, lo) = if v6 {
-        ("[fd00:77::2]", "[fd00:77::1]", "[::]", "[::1]")
+    let (pod_ip, peer_ip, excluded_ip, any, lo) = if v6 {
+        ("[fd00:77::2]", "[fd00:77::1]", "[fd00:77::3]", "[::]", "[::1]")
     } else {
-        ("10.77.0.2", "10.77.0.1", "0.0.0.0", "127.0.0.1")
+        ("10.77.0.2", "10.77.0.1", "10.77.0.3", "0.0.0.0", "127.0.0.1")
     };
     let outbound = listen(pod, &format!("{any}:15001"));
     let inbound = listen(pod, &format!("{any}:15006"));
@@ -104,8 +121,10 @@ fn check_family(pod: &str, peer: &str, backend: &str, v6: bool) {
     let pod_app = listen(pod, &format!("{any}:8080"));
     let server = listen(peer, &format!("{any}:8080"));
     let excluded = listen(peer, &format!("{any}:5432"));
+    let dns = listen(pod, &format!("{any}:15053"));
+    let peer_dns = listen(peer, &format!("{any}:53"));
     let what = format!("{backend} {}", if v6 { "IPv6" } else { "IPv4" });
-    let all = [&outbound, &inbound, &readiness, &pod_app, &server, &excluded];
+    let all = [&outbound, &inbound, &readiness, &pod_app, &server, &excluded, &dns, &peer_dns];
     let names = [
         "outbound 15001",
         "inbound 15006",
@@ -113,6 +132,8 @@ fn check_family(pod: &str, peer: &str, backend: &str, v6: bool) {
         "pod app 8080",
         "peer server 8080",
         "peer 5432",
+        "pod dns 15053",
+        "peer dns 53",
     ];
     let expect = |label: &str, listener: usize, dst: &str| {
         let (got, original) = accepted(&all);
@@ -126,8 +147,21 @@ fn check_family(pod: &str, peer: &str, backend: &str, v6: bool) {
     expect("the proxy's own call goes out", 4, &format!("{peer_ip}:8080"));
     connect_as(pod, 1000, &format!("{peer_ip}:5432"));
     expect("an excluded outbound port is not captured", 5, &format!("{peer_ip}:5432"));
+    connect_as(pod, 1000, &format!("{excluded_ip}:8080"));
+    expect("an excluded outbound range is not captured", 4, &format!("{excluded_ip}:8080"));
     connect_as(pod, 1000, &format!("{lo}:8080"));
     expect("loopback is not captured", 3, &format!("{lo}:8080"));
+    connect_as(pod, 1000, &format!("{peer_ip}:53"));
+    expect("the app's DNS over TCP goes to the proxy", 6, &format!("{peer_ip}:53"));
+    connect_as(pod, 1337, &format!("{peer_ip}:53"));
+    expect("the proxy's own DNS over TCP goes out", 7, &format!("{peer_ip}:53"));
+
+    let udp_dns = udp_socket(pod, &format!("{any}:15053"));
+    let udp_peer_dns = udp_socket(peer, &format!("{any}:53"));
+    send_as(pod, 1000, "udp", &format!("{peer_ip}:53"));
+    assert!(received(&udp_dns), "{what}: the app's DNS over UDP goes to the proxy");
+    send_as(pod, 1337, "udp", &format!("{peer_ip}:53"));
+    assert!(received(&udp_peer_dns), "{what}: the proxy's own DNS over UDP goes out");
     connect_as(peer, 1000, &format!("{pod_ip}:8080"));
     expect("an inbound call is captured", 1, &format!("{pod_ip}:8080"));
     connect_as(peer, 1000, &format!("{pod_ip}:15021"));
@@ -139,21 +173,32 @@ fn captures_outbound_and_inbound_and_leaves_the_rest() {
     in_scratch_namespace(|pod| {
         in_scratch_namespace(|peer| {
             wire(pod, peer, &format!("{}", std::process::id() % 100_000));
+            let flags = ["--ipv6", "-o", "5432", "-x", "10.77.0.3/32,fd00:77::3/128", "--capture-dns"];
             for backend in ["nft", "iptables"] {
-                let out = Command::new(env!("CARGO_BIN_EXE_trellis-proxy-init"))
-                    .args(["--backend", backend, "--ipv6", "-o", "5432", "--netns"])
+                let out = Command::new(BIN)
+                    .args(["--backend", backend])
+                    .args(flags)
+                    .arg("--netns")
                     .arg(netns_path(pod))
                     .output()
                     .unwrap();
                 assert!(out.status.success(), "{backend}: {}", String::from_utf8_lossy(&out.stderr));
                 check_family(pod, peer, backend, false);
                 check_family(pod, peer, backend, true);
-                let cleanup = Command::new(env!("CARGO_BIN_EXE_trellis-proxy-init"))
-                    .args(["--cleanup", "--netns"])
-                    .arg(netns_path(pod))
-                    .output()
-                    .unwrap();
+
+                let (code, stderr) = validate_in(pod, &flags);
+                assert_eq!(code, Some(0), "{backend}: validate with the redirect in place: {stderr}");
+
+                let cleanup =
+                    Command::new(BIN).args(["--cleanup", "--netns"]).arg(netns_path(pod)).output().unwrap();
                 assert!(cleanup.status.success());
+                let (code, stderr) = validate_in(pod, &flags);
+                assert_eq!(
+                    code,
+                    Some(i32::from(EXIT_NOT_REDIRECTED)),
+                    "{backend}: validate without it: {stderr}"
+                );
+                assert!(stderr.contains("CNI plugin did not run"), "{stderr}");
             }
         });
     });
