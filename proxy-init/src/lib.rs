@@ -10,4 +10,5 @@ pub mod nft;
 pub mod original_dst;
 pub mod rules;
 pub mod settings;
+pub mod testing;
 pub mod validate;

@@ -1,11 +1,9 @@
 //! Applying for real, as root, in a namespace the test makes: twice gives the same state,
 //! cleanup leaves nothing of ours, and bad settings change nothing.
 
-mod common;
-
 use std::process::Command;
 
-use common::{in_scratch_namespace, output_in};
+use trellis_proxy_init::testing::{in_scratch_namespace, output_in};
 
 fn proxy_init(ns: &str, args: &[&str]) -> std::process::Output {
     Command::new(env!("CARGO_BIN_EXE_trellis-proxy-init"))

@@ -4,11 +4,9 @@
 //! As root, every golden is also checked by the real tools inside a network namespace the test
 //! creates and removes: `nft -c -f` and `iptables-restore --test`.
 
-mod common;
-
 use std::path::{Path, PathBuf};
 
-use common::{in_scratch_namespace, run_in};
+use trellis_proxy_init::testing::{in_scratch_namespace, run_in};
 
 use trellis_api::annotations::{IpRangeSelection, PortSelection};
 use trellis_proxy_init::rules::build;

@@ -2,29 +2,16 @@
 //! veth pair (10.77.x / fd00:77:: addresses, only inside them), the rules applied in the pod,
 //! and listeners on 15001, 15006 and 15053 that read where each connection was headed.
 
-mod common;
-
-use std::net::{SocketAddr, TcpListener, UdpSocket};
 use std::os::unix::process::CommandExt;
-use std::path::PathBuf;
 use std::process::Command;
-use std::time::{Duration, Instant};
 
-use common::in_scratch_namespace;
 use trellis_proxy_init::apply::in_namespace;
-use trellis_proxy_init::original_dst::original_destination;
+use trellis_proxy_init::testing::{
+    accepted, connect_as, in_scratch_namespace, ip, listen, netns_path, received, send_as, udp_socket,
+};
 use trellis_proxy_init::validate::EXIT_NOT_REDIRECTED;
 
 const BIN: &str = env!("CARGO_BIN_EXE_trellis-proxy-init");
-
-fn ip(args: &[&str]) {
-    let status = Command::new("ip").args(args).status().unwrap();
-    assert!(status.success(), "ip {args:?}");
-}
-
-fn netns_path(ns: &str) -> PathBuf {
-    PathBuf::from(format!("/var/run/netns/{ns}"))
-}
 
 /// Joins `pod` and `peer` with a veth pair and addresses on both ends.
 fn wire(pod: &str, peer: &str, tag: &str) {
@@ -40,46 +27,7 @@ fn wire(pod: &str, peer: &str, tag: &str) {
             ip(&[&["-n", ns, "addr", "add", addr, "dev", dev], v6_options].concat());
         }
         ip(&["-n", ns, "link", "set", dev, "up"]);
-        ip(&["-n", ns, "link", "set", "lo", "up"]);
     }
-}
-
-fn listen(ns: &str, addr: &str) -> TcpListener {
-    let addr: SocketAddr = addr.parse().unwrap();
-    let listener = in_namespace(Some(&netns_path(ns)), || TcpListener::bind(addr)).unwrap().unwrap();
-    listener.set_nonblocking(true).unwrap();
-    listener
-}
-
-fn udp_socket(ns: &str, addr: &str) -> UdpSocket {
-    let addr: SocketAddr = addr.parse().unwrap();
-    let socket = in_namespace(Some(&netns_path(ns)), || UdpSocket::bind(addr)).unwrap().unwrap();
-    socket.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-    socket
-}
-
-/// Connects (tcp) or sends a datagram (udp) from inside `ns` as `uid`, in a child process that
-/// drops to that user.
-fn send_as(ns: &str, uid: u32, proto: &str, target: &str) {
-    let (host, port) = target.rsplit_once(':').unwrap();
-    let host = host.trim_start_matches('[').trim_end_matches(']').to_owned();
-    let script = format!("exec 3<>/dev/{proto}/{host}/{port} && echo hello >&3");
-    let status = in_namespace(Some(&netns_path(ns)), || {
-        Command::new("bash").args(["-c", &script]).uid(uid).gid(uid).status()
-    })
-    .unwrap()
-    .unwrap();
-    assert!(status.success(), "uid {uid} could not reach {target} over {proto}");
-}
-
-fn connect_as(ns: &str, uid: u32, target: &str) {
-    send_as(ns, uid, "tcp", target);
-}
-
-/// Whether the test's datagram arrives on `socket` (bounded wait).
-fn received(socket: &UdpSocket) -> bool {
-    let mut buf = [0u8; 16];
-    matches!(socket.recv_from(&mut buf), Ok((n, _)) if &buf[..n] == b"hello\n")
 }
 
 /// `trellis-proxy-init validate` inside the pod as the proxy's user: its exit code and stderr.
@@ -90,23 +38,6 @@ fn validate_in(ns: &str, extra: &[&str]) -> (Option<i32>, String) {
     .unwrap()
     .unwrap();
     (out.status.code(), String::from_utf8_lossy(&out.stderr).into_owned())
-}
-
-/// Waits (bounded) for a connection on one of `listeners`; returns its index and where it was
-/// headed before the redirect.
-fn accepted(listeners: &[&TcpListener]) -> (usize, SocketAddr) {
-    let deadline = Instant::now() + Duration::from_secs(5);
-    loop {
-        for (i, l) in listeners.iter().enumerate() {
-            if let Ok((stream, _)) = l.accept() {
-                let local = stream.local_addr().unwrap();
-                // A connection that was not redirected has no NAT entry.
-                return (i, original_destination(&stream).unwrap_or(local));
-            }
-        }
-        assert!(Instant::now() < deadline, "no listener got the connection");
-        std::thread::sleep(Duration::from_millis(10));
-    }
 }
 
 fn check_family(pod: &str, peer: &str, backend: &str, v6: bool) {
