@@ -21,6 +21,10 @@ use crate::primitives::{check_dns1123_label, parse_cidr, parse_port};
 /// packages). `sidecar.istio.io/inject` exists in both groups: the label is the current form,
 /// the annotation the legacy one, and the label wins when both are set.
 pub mod names {
+    /// The proxy's container name, kept from Istio so that its tooling (and the CNI plugin)
+    /// finds the proxy.
+    pub const PROXY_CONTAINER: &str = "istio-proxy";
+
     /// Labels (on namespaces or pods).
     pub mod label {
         /// Namespace label: `enabled` turns injection on for the namespace, `disabled` off.

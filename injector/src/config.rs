@@ -10,8 +10,8 @@ pub const DEFAULT_PROXY_IMAGE: &str = concat!("ghcr.io/trellis-mesh/proxy:", env
 pub const DEFAULT_PROXY_INIT_IMAGE: &str =
     concat!("ghcr.io/trellis-mesh/proxy-init:", env!("CARGO_PKG_VERSION"));
 
-/// Names of what the injector adds; `istio-proxy` is kept so Istio tooling finds the proxy.
-pub const PROXY_CONTAINER: &str = "istio-proxy";
+/// Names of what the injector adds.
+pub use trellis_api::annotations::names::PROXY_CONTAINER;
 pub const REDIRECT_INIT_CONTAINER: &str = "trellis-init";
 pub const VALIDATION_INIT_CONTAINER: &str = "trellis-validation";
 

@@ -1,8 +1,11 @@
 //! The redirect's knobs, named after `istio-iptables` so users recognise them, and their checks.
 //! Conflicting or invalid settings fail here, before anything touches the network.
 
+use std::collections::BTreeMap;
+
 use ipnet::IpNet;
-use trellis_api::annotations::{IpRangeSelection, PortSelection};
+use trellis_api::annotations::names::annotation as ann;
+use trellis_api::annotations::{InterceptionMode, IpRangeSelection, PortSelection, TrafficAnnotations};
 
 /// Ports the proxy serves and that are never captured inbound: the tunnel (15008), Prometheus
 /// (15090), readiness (15021) and status (15020).
@@ -97,5 +100,105 @@ impl Settings {
             }
         }
         Ok(warnings)
+    }
+
+    /// The redirect a pod's annotations ask for (what the injector writes in CNI mode): `None`
+    /// when interception is off. Absent annotations take the flags' defaults, so a pod reads
+    /// exactly as proxy-init run with the matching flags. Every bad annotation is reported.
+    pub fn from_pod_annotations(
+        annotations: &BTreeMap<String, String>,
+        ipv6: bool,
+    ) -> Result<Option<Settings>, String> {
+        let t = TrafficAnnotations::from_annotations(annotations)
+            .map_err(|errors| errors.iter().map(ToString::to_string).collect::<Vec<_>>().join("; "))?;
+        match t.interception_mode.unwrap_or(InterceptionMode::Redirect) {
+            InterceptionMode::None => return Ok(None),
+            InterceptionMode::Redirect => {}
+            other => {
+                return Err(format!(
+                    "annotation {}: {} interception is not supported yet; use REDIRECT",
+                    ann::INTERCEPTION_MODE,
+                    other.as_str()
+                ));
+            }
+        }
+        let defaults = Settings::default();
+        let settings = Settings {
+            include_outbound_cidrs: t.include_outbound_ip_ranges.unwrap_or(defaults.include_outbound_cidrs),
+            exclude_outbound_cidrs: t.exclude_outbound_ip_ranges.unwrap_or_default(),
+            include_inbound_ports: t.include_inbound_ports.unwrap_or(defaults.include_inbound_ports),
+            exclude_inbound_ports: t.exclude_inbound_ports.unwrap_or_default(),
+            include_outbound_ports: t.include_outbound_ports.unwrap_or_default(),
+            exclude_outbound_ports: t.exclude_outbound_ports.unwrap_or_default(),
+            exclude_interfaces: t.exclude_interfaces.unwrap_or_default(),
+            ipv6,
+            ..defaults
+        };
+        settings.check().map_err(|e| format!("pod annotations conflict: {e}"))?;
+        Ok(Some(settings))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn annotations(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
+        pairs.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect()
+    }
+
+    #[test]
+    fn a_pod_without_annotations_gets_the_defaults() {
+        let got = Settings::from_pod_annotations(&BTreeMap::new(), false).unwrap();
+        assert_eq!(got, Some(Settings::default()));
+    }
+
+    #[test]
+    fn annotations_map_onto_the_flags_settings() {
+        let got = Settings::from_pod_annotations(
+            &annotations(&[
+                ("traffic.sidecar.istio.io/includeOutboundIPRanges", "10.0.0.0/8"),
+                ("traffic.sidecar.istio.io/excludeOutboundIPRanges", "10.96.0.0/12"),
+                ("traffic.sidecar.istio.io/includeInboundPorts", ""),
+                ("traffic.sidecar.istio.io/excludeOutboundPorts", "5432"),
+                ("traffic.sidecar.istio.io/excludeInterfaces", "net1"),
+                ("sidecar.istio.io/interceptionMode", "REDIRECT"),
+            ]),
+            true,
+        )
+        .unwrap()
+        .unwrap();
+        assert_eq!(got.include_outbound_cidrs, IpRangeSelection::Ranges(vec!["10.0.0.0/8".parse().unwrap()]));
+        assert_eq!(got.exclude_outbound_cidrs, vec!["10.96.0.0/12".parse::<IpNet>().unwrap()]);
+        assert_eq!(got.include_inbound_ports, PortSelection::Ports(vec![]));
+        assert_eq!(got.exclude_outbound_ports, vec![5432]);
+        assert_eq!(got.exclude_interfaces, vec!["net1".to_owned()]);
+        assert!(got.ipv6);
+    }
+
+    #[test]
+    fn interception_none_means_no_redirect_and_tproxy_is_refused() {
+        let none = annotations(&[("sidecar.istio.io/interceptionMode", "NONE")]);
+        assert_eq!(Settings::from_pod_annotations(&none, false), Ok(None));
+        let tproxy = annotations(&[("sidecar.istio.io/interceptionMode", "TPROXY")]);
+        let err = Settings::from_pod_annotations(&tproxy, false).unwrap_err();
+        assert!(err.contains("TPROXY interception is not supported yet"), "{err}");
+    }
+
+    #[test]
+    fn bad_annotations_are_all_named() {
+        let bad = annotations(&[
+            ("traffic.sidecar.istio.io/excludeOutboundPorts", "99999"),
+            ("traffic.sidecar.istio.io/includeOutboundIPRanges", "10.0.0.0/33"),
+        ]);
+        let err = Settings::from_pod_annotations(&bad, false).unwrap_err();
+        assert!(err.contains("traffic.sidecar.istio.io/excludeOutboundPorts"), "{err}");
+        assert!(err.contains("traffic.sidecar.istio.io/includeOutboundIPRanges"), "{err}");
+        let conflict = annotations(&[
+            ("traffic.sidecar.istio.io/includeInboundPorts", "8080"),
+            ("traffic.sidecar.istio.io/excludeInboundPorts", "8080"),
+        ]);
+        let err = Settings::from_pod_annotations(&conflict, false).unwrap_err();
+        assert!(err.contains("port 8080 is also excluded"), "{err}");
     }
 }

@@ -40,7 +40,7 @@ pub fn in_scratch_namespace(f: impl FnOnce(&str)) -> bool {
     struct Remove(String);
     impl Drop for Remove {
         fn drop(&mut self) {
-            let _ = Command::new("ip").args(["netns", "del", &self.0]).status();
+            let _ = Command::new("ip").args(["netns", "del", &self.0]).stderr(Stdio::null()).status();
         }
     }
     let _remove = Remove(name.clone());

@@ -1,0 +1,106 @@
+//! Whether a pod gets the redirect, and with which settings. Pure: the pod as the API server
+//! returned it in, the decision out.
+
+use k8s_openapi::api::core::v1::Pod;
+use trellis_api::annotations::names::{PROXY_CONTAINER, annotation};
+use trellis_proxy_init::settings::Settings;
+
+use crate::protocol::{CniError, code};
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Decision {
+    /// Leave the pod's network alone, for this reason (logged).
+    Skip(String),
+    Redirect(Settings),
+}
+
+/// Programs only pods the injector meshed (its status annotation, or a proxy container), that
+/// have their own network and whose namespace is not excluded; the settings come from the
+/// pod's annotations exactly as proxy-init reads them.
+pub fn decide(pod: &Pod, excluded_namespaces: &[String], ipv6: bool) -> Result<Decision, CniError> {
+    let namespace = pod.metadata.namespace.as_deref().unwrap_or_default();
+    if excluded_namespaces.iter().any(|n| n == namespace) {
+        return Ok(Decision::Skip(format!("namespace {namespace} is excluded")));
+    }
+    let spec = pod.spec.as_ref();
+    if spec.and_then(|s| s.host_network).unwrap_or(false) {
+        return Ok(Decision::Skip("the pod uses the host's network".to_owned()));
+    }
+    let annotations = pod.metadata.annotations.clone().unwrap_or_default();
+    let has_proxy = spec.is_some_and(|s| {
+        s.containers.iter().chain(s.init_containers.iter().flatten()).any(|c| c.name == PROXY_CONTAINER)
+    });
+    if !annotations.contains_key(annotation::SIDECAR_STATUS) && !has_proxy {
+        return Ok(Decision::Skip("the pod has no sidecar".to_owned()));
+    }
+    match Settings::from_pod_annotations(&annotations, ipv6) {
+        Ok(Some(settings)) => Ok(Decision::Redirect(settings)),
+        Ok(None) => Ok(Decision::Skip("interception mode is NONE".to_owned())),
+        Err(details) => {
+            Err(CniError::new(code::INVALID_POD_SETTINGS, "the pod's redirect settings are invalid", details))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    fn pod(v: serde_json::Value) -> Pod {
+        serde_json::from_value(v).unwrap()
+    }
+
+    fn meshed(extra_annotations: serde_json::Value) -> Pod {
+        let mut annotations = json!({"sidecar.istio.io/status": "{\"containers\":[\"istio-proxy\"]}"});
+        annotations.as_object_mut().unwrap().extend(extra_annotations.as_object().unwrap().clone());
+        pod(json!({
+            "metadata": {"name": "web-0", "namespace": "shop", "annotations": annotations},
+            "spec": {"containers": [{"name": "app"}]}
+        }))
+    }
+
+    #[test]
+    fn meshed_pods_get_the_redirect_from_their_annotations() {
+        let got =
+            decide(&meshed(json!({"traffic.sidecar.istio.io/excludeOutboundPorts": "5432"})), &[], false);
+        let Ok(Decision::Redirect(settings)) = got else { panic!("{got:?}") };
+        assert_eq!(settings.exclude_outbound_ports, [5432]);
+        assert_eq!(settings.proxy_port, 15001);
+    }
+
+    #[test]
+    fn a_proxy_container_alone_also_means_meshed() {
+        let p = pod(
+            json!({"metadata": {"namespace": "shop"}, "spec": {"initContainers": [{"name": "istio-proxy"}], "containers": [{"name": "app"}]}}),
+        );
+        assert!(matches!(decide(&p, &[], false), Ok(Decision::Redirect(_))));
+    }
+
+    #[test]
+    fn other_pods_are_left_alone() {
+        let plain =
+            pod(json!({"metadata": {"namespace": "shop"}, "spec": {"containers": [{"name": "app"}]}}));
+        assert_eq!(decide(&plain, &[], false), Ok(Decision::Skip("the pod has no sidecar".into())));
+        let mut host = meshed(json!({}));
+        host.spec.as_mut().unwrap().host_network = Some(true);
+        assert_eq!(decide(&host, &[], false), Ok(Decision::Skip("the pod uses the host's network".into())));
+        let excluded = decide(&meshed(json!({})), &["kube-system".into(), "shop".into()], false);
+        assert_eq!(excluded, Ok(Decision::Skip("namespace shop is excluded".into())));
+        let none = decide(&meshed(json!({"sidecar.istio.io/interceptionMode": "NONE"})), &[], false);
+        assert_eq!(none, Ok(Decision::Skip("interception mode is NONE".into())));
+    }
+
+    #[test]
+    fn bad_annotations_fail_the_pod_with_their_names() {
+        let err =
+            decide(&meshed(json!({"traffic.sidecar.istio.io/includeInboundPorts": "http"})), &[], false)
+                .unwrap_err();
+        assert_eq!(err.code, code::INVALID_POD_SETTINGS);
+        assert!(err.details.contains("traffic.sidecar.istio.io/includeInboundPorts"), "{err}");
+        let err =
+            decide(&meshed(json!({"sidecar.istio.io/interceptionMode": "TPROXY"})), &[], false).unwrap_err();
+        assert!(err.details.contains("TPROXY"), "{err}");
+    }
+}
