@@ -55,6 +55,12 @@ fn add(invocation: &Invocation, conf: &NetConf) -> Result<String, CniError> {
         tracing::info!("not a Kubernetes pod (no K8S_POD_NAMESPACE/K8S_POD_NAME in CNI_ARGS); nothing to do");
         return Ok(result);
     };
+    // Checked before the API call, so that system pods start even when the API server is
+    // unreachable (or the plugin's token has expired).
+    if conf.kubernetes.exclude_namespaces.iter().any(|n| n == namespace) {
+        tracing::info!(pod = %format!("{namespace}/{name}"), "no redirect: namespace {namespace} is excluded");
+        return Ok(result);
+    }
     let kubeconfig = conf.kubernetes.kubeconfig.as_deref().ok_or_else(|| {
         CniError::new(code::INVALID_CONFIG, "invalid network configuration", "kubernetes.kubeconfig: missing")
     })?;

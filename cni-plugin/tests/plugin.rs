@@ -101,7 +101,8 @@ fn unmeshed_and_non_kubernetes_containers_get_the_previous_result_unchanged() {
             assert_eq!(run.json(), input["prevResult"], "{version} {args}");
         }
     }
-    assert_eq!(api.requests(), 6);
+    // The excluded namespace is decided without asking.
+    assert_eq!(api.requests(), 3);
 }
 
 #[test]
@@ -205,6 +206,18 @@ fn bad_input_gets_the_right_code_and_message() {
         assert!(!run.stderr.contains("panicked"), "{what}: {}", run.stderr);
         assert_error(&run, code, words);
     }
+}
+
+#[test]
+fn excluded_namespaces_start_without_the_api_server() {
+    let dir = tempfile::tempdir().unwrap();
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
+    let input = conf("1.0.0", &kubeconfig_for(&format!("http://{closed}"), dir.path()));
+    let args = "K8S_POD_NAMESPACE=kube-system;K8S_POD_NAME=coredns-0";
+    let run =
+        run_plugin(PLUGIN.as_ref(), &add_env(args, "/var/run/netns/none"), input.to_string().as_bytes());
+    assert_eq!(run.code, Some(0), "{run:?}");
+    assert_eq!(run.json(), input["prevResult"]);
 }
 
 #[test]

@@ -19,6 +19,25 @@ trellis-mesh
 trellis-injector-templates
 {{- end -}}
 
+{{/* The CNI node agent's ServiceAccount, ClusterRole and ClusterRoleBinding. */}}
+{{- define "trellis.cni.name" -}}
+trellis-cni
+{{- end -}}
+
+{{/* The CNI node agent's DaemonSet (Istio's is istio-cni-node). */}}
+{{- define "trellis.cni.nodeName" -}}
+trellis-cni-node
+{{- end -}}
+
+{{/* Where the node's CNI directories are mounted in the agent's container. */}}
+{{- define "trellis.cni.mountedBinDir" -}}
+/host/opt/cni/bin
+{{- end -}}
+
+{{- define "trellis.cni.mountedConfDir" -}}
+/host/etc/cni/net.d
+{{- end -}}
+
 {{/* Where the serving certificate lives in the injector container (Secret or emptyDir). */}}
 {{- define "trellis.injector.certDir" -}}
 /etc/trellis/injector-certs
@@ -51,6 +70,34 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 app: trellis-injector
 app.kubernetes.io/name: trellis-injector
 app.kubernetes.io/component: sidecar-injector
+{{- end -}}
+
+{{/* Selector of the CNI agent pods. DaemonSet selectors are immutable: keep this stable. */}}
+{{- define "trellis.cni.selectorLabels" -}}
+app: trellis-cni-node
+app.kubernetes.io/name: trellis-cni-node
+app.kubernetes.io/instance: {{ .Release.Name }}
+{{- end -}}
+
+{{/* Labels on the CNI agent's objects. */}}
+{{- define "trellis.cni.labels" -}}
+{{ include "trellis.labels" . }}
+app: trellis-cni-node
+app.kubernetes.io/name: trellis-cni-node
+app.kubernetes.io/component: cni
+{{- end -}}
+
+{{/*
+Namespaces the CNI plugin never programs: cni.excludeNamespaces plus the release namespace,
+without duplicates or empty entries, comma-separated (EXCLUDE_NAMESPACES).
+*/}}
+{{- define "trellis.cni.excludeNamespaces" -}}
+{{- $namespaces := list -}}
+{{- range (.Values.cni.excludeNamespaces | default list) -}}
+{{- $namespaces = append $namespaces (toString . | trim) -}}
+{{- end -}}
+{{- $namespaces = append $namespaces .Release.Namespace -}}
+{{- $namespaces | compact | uniq | join "," -}}
 {{- end -}}
 
 {{/*
@@ -98,8 +145,8 @@ Rendered by mesh-configmap.yaml with toYaml.
 {{- end -}}
 
 {{/*
-Checks the values that a typo would otherwise turn into a broken webhook. Renders nothing;
-fails the install with a message naming the value.
+Checks the values that a typo would otherwise turn into a broken webhook or CNI agent. Renders
+nothing; fails the install with a message naming the value.
 */}}
 {{- define "trellis.validate" -}}
 {{- $injector := .Values.injector -}}
@@ -125,6 +172,21 @@ fails the install with a message naming the value.
 {{- range $name, $text := $injector.templates -}}
 {{- if not (kindIs "string" $text) -}}
 {{- fail (printf "injector.templates.%s must be the template's text (a string), got a %s" $name (kindOf $text)) -}}
+{{- end -}}
+{{- end -}}
+{{- $cni := .Values.cni -}}
+{{- if $cni.enabled -}}
+{{- /* hostPath mounts and the paths the plugin opens on the node must be absolute. */ -}}
+{{- range $key := list "binDir" "confDir" -}}
+{{- if not (hasPrefix "/" (toString (index $cni $key | default ""))) -}}
+{{- fail (printf "cni.%s must be an absolute path on the node, got %q" $key (toString (index $cni $key | default ""))) -}}
+{{- end -}}
+{{- end -}}
+{{- if and $cni.logFile (not (hasPrefix "/" (toString $cni.logFile))) -}}
+{{- fail (printf "cni.logFile must be empty or an absolute path on the node, got %q" (toString $cni.logFile)) -}}
+{{- end -}}
+{{- if not (kindIs "slice" ($cni.excludeNamespaces | default list)) -}}
+{{- fail (printf "cni.excludeNamespaces must be a list of namespace names, got a %s" (kindOf $cni.excludeNamespaces)) -}}
 {{- end -}}
 {{- end -}}
 {{- end -}}

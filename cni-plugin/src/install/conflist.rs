@@ -19,7 +19,7 @@ pub struct MergeError {
 pub struct Merged {
     pub file_name: String,
     pub content: String,
-    /// A single-plugin `.conf` becomes a `.conflist`; the old file goes.
+    /// A single plugin (`.conf`, `.json`) becomes a `.conflist`; the old file goes.
     pub replaces: Option<String>,
 }
 
@@ -54,8 +54,9 @@ pub fn insert(file_name: &str, content: &str, entry: &Value) -> Result<Option<Me
                 }
             }
             list.insert("plugins".to_owned(), json!([Value::Object(config.clone())]));
-            let renamed = file_name.strip_suffix(".conf").map(|stem| format!("{stem}.conflist"));
-            (list, renamed.map(|_| file_name.to_owned()))
+            // Runtimes read `.conf` and `.json` files as single plugins: the list needs a
+            // `.conflist` of its own.
+            (list, Some(file_name.to_owned()))
         }
     };
     let plugins = plugins_mut(&mut list, file_name)?;
@@ -66,7 +67,7 @@ pub fn insert(file_name: &str, content: &str, entry: &Value) -> Result<Option<Me
         return Ok(None);
     }
     let new_name = match &replaces {
-        Some(_) => format!("{}.conflist", file_name.trim_end_matches(".conf")),
+        Some(_) => format!("{}.conflist", single_plugin_stem(file_name)),
         None => file_name.to_owned(),
     };
     Ok(Some(Merged { file_name: new_name, content: render(&list), replaces }))
@@ -87,6 +88,10 @@ pub fn contains_ours(file_name: &str, content: &str) -> bool {
         .ok()
         .and_then(|c| c.get("plugins")?.as_array().map(|p| p.iter().any(is_ours)))
         .unwrap_or(false)
+}
+
+fn single_plugin_stem(file_name: &str) -> &str {
+    file_name.strip_suffix(".conf").or_else(|| file_name.strip_suffix(".json")).unwrap_or(file_name)
 }
 
 fn is_ours(plugin: &Value) -> bool {
@@ -165,6 +170,9 @@ mod tests {
         let v: Value = serde_json::from_str(&merged.content).unwrap();
         assert_eq!((v["cniVersion"].as_str(), v["name"].as_str()), (Some("1.0.0"), Some("bridge-net")));
         assert_eq!(v["plugins"][0]["ipam"]["subnet"], "10.22.0.0/16");
+        let from_json = insert("10-bridge.json", bridge, &ours()).unwrap().unwrap();
+        assert_eq!(from_json.file_name, "10-bridge.conflist");
+        assert_eq!(from_json.replaces.as_deref(), Some("10-bridge.json"));
     }
 
     #[test]
