@@ -1,0 +1,118 @@
+//! The proxy's own endpoints: admin on localhost (15000), readiness (15021), Prometheus (15090).
+
+use std::convert::Infallible;
+use std::fmt::Write as _;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use bytes::Bytes;
+use http::{Method, Request, Response, StatusCode, header};
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::server::conn::auto;
+use tokio::net::TcpListener;
+
+use crate::Proxy;
+use crate::forward::{full, text};
+use crate::upstream::Body;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Endpoints {
+    Admin,
+    Readiness,
+    Stats,
+}
+
+pub async fn serve(listener: TcpListener, which: Endpoints, proxy: Arc<Proxy>) {
+    loop {
+        let Ok((stream, _)) = listener.accept().await else { continue };
+        let proxy = proxy.clone();
+        tokio::spawn(async move {
+            let service = service_fn(move |request| {
+                let proxy = proxy.clone();
+                async move { Ok::<_, Infallible>(answer(request, which, &proxy)) }
+            });
+            let _ = auto::Builder::new(TokioExecutor::new())
+                .serve_connection(TokioIo::new(stream), service)
+                .await;
+        });
+    }
+}
+
+fn answer(request: Request<Incoming>, which: Endpoints, proxy: &Proxy) -> Response<Body> {
+    let path = request.uri().path();
+    match (which, request.method(), path) {
+        (Endpoints::Readiness, &Method::GET, "/healthz/ready") => {
+            if proxy.ready.load(Ordering::Acquire) && !proxy.is_draining() {
+                text(StatusCode::OK, "ready\n")
+            } else {
+                text(StatusCode::SERVICE_UNAVAILABLE, "not ready\n")
+            }
+        }
+        (Endpoints::Stats, &Method::GET, "/stats/prometheus")
+        | (Endpoints::Admin, &Method::GET, "/stats/prometheus") => {
+            let mut response = Response::new(full(Bytes::from(proxy.metrics.render())));
+            response.headers_mut().insert(
+                header::CONTENT_TYPE,
+                http::HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+            );
+            response
+        }
+        (Endpoints::Admin, &Method::GET, "/config_dump") => config_dump(proxy),
+        (Endpoints::Admin, &Method::GET, "/clusters") => text(StatusCode::OK, &clusters(proxy)),
+        (Endpoints::Admin, &Method::POST, "/logging") => {
+            let level =
+                request.uri().query().and_then(|q| q.split('&').find_map(|kv| kv.strip_prefix("level=")));
+            match (level, &proxy.log_control) {
+                (Some(level), Some(control)) => match control(level) {
+                    Ok(()) => text(StatusCode::OK, &format!("log level: {level}\n")),
+                    Err(e) => text(StatusCode::BAD_REQUEST, &format!("level {level:?}: {e}\n")),
+                },
+                (None, _) => text(
+                    StatusCode::BAD_REQUEST,
+                    "POST /logging?level=debug (or info, warn, error, a tracing filter)\n",
+                ),
+                (_, None) => text(StatusCode::NOT_IMPLEMENTED, "log level control is off\n"),
+            }
+        }
+        (Endpoints::Admin, &Method::POST, "/quitquitquit") => {
+            proxy.start_drain();
+            text(StatusCode::OK, "draining\n")
+        }
+        _ => text(StatusCode::NOT_FOUND, "not found\n"),
+    }
+}
+
+fn config_dump(proxy: &Proxy) -> Response<Body> {
+    let snapshot = proxy.config.load();
+    let body = serde_json::json!({
+        "version": snapshot.version,
+        "config": serde_json::to_value(&snapshot.source).unwrap_or_default(),
+    });
+    let mut response = Response::new(full(Bytes::from(serde_json::to_vec_pretty(&body).unwrap_or_default())));
+    response.headers_mut().insert(header::CONTENT_TYPE, http::HeaderValue::from_static("application/json"));
+    response
+}
+
+/// Envoy's `/clusters` text format: `cluster::endpoint::stat::value`.
+fn clusters(proxy: &Proxy) -> String {
+    let snapshot = proxy.config.load();
+    let mut out = String::new();
+    for (name, cluster) in &snapshot.clusters {
+        let _ = writeln!(out, "{name}::rq_total::{}", cluster.requests.load(Ordering::Relaxed));
+        let _ = writeln!(out, "{name}::rq_error::{}", cluster.errors.load(Ordering::Relaxed));
+        let _ = writeln!(out, "{name}::rq_active::{}", cluster.active());
+        let _ = writeln!(
+            out,
+            "{name}::upstream_rq_pending_overflow::{}",
+            cluster.overflows.load(Ordering::Relaxed)
+        );
+        for (i, target) in cluster.balancer.targets().iter().enumerate() {
+            let _ = writeln!(out, "{name}::{}::weight::{}", target.addr, target.weight);
+            let _ = writeln!(out, "{name}::{}::rq_active::{}", target.addr, cluster.balancer.active(i));
+            let _ = writeln!(out, "{name}::{}::health_flags::healthy", target.addr);
+        }
+    }
+    out
+}

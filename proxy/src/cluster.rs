@@ -1,0 +1,133 @@
+//! A cluster at run time: its endpoints' balancer, how requests pick a hash key, and the
+//! connection-pool limits that turn overload into an immediate 503 instead of a queue.
+
+use std::net::IpAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use http::HeaderMap;
+use trellis_xds::config as pb;
+
+use crate::balance::{Balancer, hash_key};
+
+pub enum HashSource {
+    Header(String),
+    Cookie(String),
+    Query(String),
+    SourceIp,
+}
+
+pub struct PoolLimits {
+    pub max_connections: u32,
+    pub max_pending: u32,
+    pub max_http2_requests: u32,
+}
+
+pub struct Cluster {
+    pub definition: pb::Cluster,
+    pub endpoints: Vec<pb::Endpoint>,
+    pub balancer: Balancer,
+    pub hash: Option<HashSource>,
+    pub limits: PoolLimits,
+    pub protocol: pb::UpstreamProtocol,
+    pub connect_timeout: std::time::Duration,
+    pub idle_timeout: Option<std::time::Duration>,
+    active: AtomicU64,
+    pub requests: AtomicU64,
+    pub errors: AtomicU64,
+    pub overflows: AtomicU64,
+}
+
+/// Holds a place in the cluster's limits until dropped.
+pub struct Admitted<'a>(&'a Cluster);
+
+impl Drop for Admitted<'_> {
+    fn drop(&mut self) {
+        self.0.active.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+impl Cluster {
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        definition: pb::Cluster,
+        endpoints: Vec<pb::Endpoint>,
+        balancer: Balancer,
+        hash: Option<HashSource>,
+        limits: PoolLimits,
+        protocol: pb::UpstreamProtocol,
+        connect_timeout: std::time::Duration,
+        idle_timeout: Option<std::time::Duration>,
+    ) -> Cluster {
+        Cluster {
+            definition,
+            endpoints,
+            balancer,
+            hash,
+            limits,
+            protocol,
+            connect_timeout,
+            idle_timeout,
+            active: AtomicU64::new(0),
+            requests: AtomicU64::new(0),
+            errors: AtomicU64::new(0),
+            overflows: AtomicU64::new(0),
+        }
+    }
+
+    pub fn name(&self) -> &str {
+        &self.definition.name
+    }
+
+    /// Admits one more request (or TCP connection) within the pool limits, or says it overflows.
+    /// HTTP/1 requests each hold a connection, and may wait for one up to the pending limit;
+    /// HTTP/2 requests share connections, up to the concurrent-request limit.
+    pub fn admit(&self, http2: bool) -> Option<Admitted<'_>> {
+        let capacity = if http2 {
+            u64::from(self.limits.max_http2_requests)
+        } else {
+            u64::from(self.limits.max_connections) + u64::from(self.limits.max_pending)
+        };
+        let admitted = self
+            .active
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| (n < capacity).then_some(n + 1))
+            .is_ok();
+        if admitted {
+            Some(Admitted(self))
+        } else {
+            self.overflows.fetch_add(1, Ordering::Relaxed);
+            None
+        }
+    }
+
+    /// Requests and connections in flight.
+    pub fn active(&self) -> u64 {
+        self.active.load(Ordering::Acquire)
+    }
+
+    /// The request's hash key, for hash-based balancing; `None` when the request lacks it.
+    pub fn hash_of(&self, headers: &HeaderMap, query: Option<&str>, source: IpAddr) -> Option<u64> {
+        match self.hash.as_ref()? {
+            HashSource::Header(name) => headers.get(name.as_str()).map(|v| hash_key(v.as_bytes())),
+            HashSource::Cookie(name) => headers
+                .get_all(http::header::COOKIE)
+                .iter()
+                .filter_map(|v| v.to_str().ok())
+                .flat_map(|v| v.split(';'))
+                .filter_map(|c| c.trim().split_once('='))
+                .find(|(k, _)| k == name)
+                .map(|(_, v)| hash_key(v.as_bytes())),
+            HashSource::Query(name) => query?
+                .split('&')
+                .filter_map(|p| p.split_once('='))
+                .find(|(k, _)| k == name)
+                .map(|(_, v)| hash_key(v.as_bytes())),
+            HashSource::SourceIp => Some(hash_key(source.to_string().as_bytes())),
+        }
+    }
+}
+
+impl std::fmt::Debug for Cluster {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Cluster").field("name", &self.definition.name).finish()
+    }
+}

@@ -1,0 +1,560 @@
+//! Reading the configuration (the `trellis.config.v1` messages, from a YAML or JSON file) and
+//! compiling it into the lookup tables the data path uses: addresses and names to service
+//! ports, virtual hosts with compiled matchers, clusters with their balancers and limits.
+//! A configuration either compiles whole or is rejected with the field that is wrong.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use trellis_xds::config as pb;
+
+use crate::balance::{Balancer, Policy, Target};
+use crate::cluster::{Cluster, HashSource, PoolLimits};
+use crate::route::{Action, CompiledRoute, HeaderOps, Matcher, Retry, StringMatcher, VirtualHost};
+
+/// Files bigger than this are not proxy configurations.
+pub const MAX_CONFIG_BYTES: usize = 16 << 20;
+const DEFAULT_DETECTION_TIMEOUT: Duration = Duration::from_millis(100);
+const DEFAULT_MAX_HEADER_BYTES: usize = 60 << 10;
+const DEFAULT_MAX_BODY_BYTES: u64 = 10 << 20;
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[error("{field}: {message}")]
+pub struct ConfigError {
+    pub field: String,
+    pub message: String,
+}
+
+fn err(field: impl Into<String>, message: impl Into<String>) -> ConfigError {
+    ConfigError { field: field.into(), message: message.into() }
+}
+
+/// Parses a configuration file's text (YAML; JSON is YAML too).
+pub fn parse(text: &str) -> Result<pb::ProxyConfig, ConfigError> {
+    if text.len() > MAX_CONFIG_BYTES {
+        return Err(err("(file)", format!("{} bytes; the limit is {MAX_CONFIG_BYTES}", text.len())));
+    }
+    if text.trim().is_empty() {
+        return Ok(pb::ProxyConfig::default());
+    }
+    serde_saphyr::from_str(text).map_err(|e| err("(file)", e.to_string()))
+}
+
+/// How a service port is reached.
+#[derive(Debug)]
+pub struct ServicePort {
+    pub service: String,
+    pub port: u16,
+    pub protocol: pb::Protocol,
+    pub virtual_host: Option<Arc<VirtualHost>>,
+    pub tcp_cluster: Option<Arc<Cluster>>,
+}
+
+pub struct Limits {
+    pub max_header_bytes: usize,
+    pub max_body_bytes: u64,
+}
+
+/// One compiled configuration version. Immutable: a change builds a new one.
+pub struct Snapshot {
+    pub version: u64,
+    pub source: pb::ProxyConfig,
+    pub outbound_policy: pb::OutboundPolicy,
+    pub opaque_ports: HashSet<u16>,
+    pub detection_timeout: Duration,
+    pub limits: Limits,
+    by_address: HashMap<SocketAddr, Arc<ServicePort>>,
+    by_name: HashMap<(String, u16), Arc<ServicePort>>,
+    service_ports: HashSet<u16>,
+    pub clusters: BTreeMap<String, Arc<Cluster>>,
+}
+
+impl Snapshot {
+    /// The empty configuration a proxy starts with: everything passes through.
+    pub fn empty() -> Snapshot {
+        Snapshot::compile(pb::ProxyConfig::default(), 0, None).expect("the empty configuration compiles")
+    }
+
+    /// The service port behind a virtual IP and port.
+    pub fn by_address(&self, addr: SocketAddr) -> Option<&Arc<ServicePort>> {
+        self.by_address.get(&addr)
+    }
+
+    /// The service port an HTTP authority names: `host`, `host:port`, `vip:port`; `default_port`
+    /// when it has none.
+    pub fn by_authority(&self, authority: &str, default_port: u16) -> Option<&Arc<ServicePort>> {
+        let (host, port) = split_authority(authority, default_port)?;
+        if let Ok(ip) = host.parse::<IpAddr>() {
+            return self.by_address.get(&SocketAddr::new(ip, port));
+        }
+        self.by_name.get(&(host.to_ascii_lowercase(), port))
+    }
+
+    /// Whether any service listens on this port (so outbound traffic to it is worth inspecting).
+    pub fn has_services_on(&self, port: u16) -> bool {
+        self.service_ports.contains(&port)
+    }
+
+    /// Compiles `config`. Clusters whose definition and endpoints did not change keep their
+    /// state from `previous` (active requests, pool limits, counters).
+    pub fn compile(
+        config: pb::ProxyConfig,
+        version: u64,
+        previous: Option<&Snapshot>,
+    ) -> Result<Snapshot, ConfigError> {
+        let endpoints = endpoints_by_service(&config)?;
+        let mut clusters = BTreeMap::new();
+        for (i, c) in config.clusters.iter().enumerate() {
+            let field = format!("clusters[{i}]");
+            if c.name.is_empty() {
+                return Err(err(format!("{field}.name"), "required"));
+            }
+            let mine = endpoints.get(c.service.as_str()).copied().unwrap_or_default();
+            let reused = previous
+                .and_then(|p| p.clusters.get(&c.name))
+                .filter(|old| old.definition == *c && old.endpoints.as_slice() == mine);
+            let cluster = match reused {
+                Some(old) => old.clone(),
+                None => Arc::new(compile_cluster(c, mine, &field)?),
+            };
+            if clusters.insert(c.name.clone(), cluster).is_some() {
+                return Err(err(format!("{field}.name"), format!("cluster {:?} is defined twice", c.name)));
+            }
+        }
+
+        let mut virtual_hosts = HashMap::new();
+        for (i, vh) in config.virtual_hosts.iter().enumerate() {
+            let compiled = compile_virtual_host(vh, &clusters, &format!("virtual_hosts[{i}]"))?;
+            if virtual_hosts.insert(vh.name.clone(), Arc::new(compiled)).is_some() {
+                return Err(err(
+                    format!("virtual_hosts[{i}].name"),
+                    format!("{:?} is defined twice", vh.name),
+                ));
+            }
+        }
+
+        let mut by_address = HashMap::new();
+        let mut by_name = HashMap::new();
+        let mut service_ports = HashSet::new();
+        for (i, s) in config.services.iter().enumerate() {
+            let field = format!("services[{i}]");
+            if s.name.is_empty() {
+                return Err(err(format!("{field}.name"), "required"));
+            }
+            let addresses = s
+                .addresses
+                .iter()
+                .enumerate()
+                .map(|(j, a)| {
+                    a.parse::<IpAddr>().map_err(|_| {
+                        err(format!("{field}.addresses[{j}]"), format!("{a:?} is not an IP address"))
+                    })
+                })
+                .collect::<Result<Vec<_>, _>>()?;
+            for (j, p) in s.ports.iter().enumerate() {
+                let pfield = format!("{field}.ports[{j}]");
+                let port = port(p.port, &format!("{pfield}.port"))?;
+                let vh_name = if p.virtual_host.is_empty() {
+                    format!("{}:{port}", s.name)
+                } else {
+                    p.virtual_host.clone()
+                };
+                let virtual_host = virtual_hosts.get(&vh_name).cloned();
+                if virtual_host.is_none() && !p.virtual_host.is_empty() {
+                    return Err(err(
+                        format!("{pfield}.virtual_host"),
+                        format!("no virtual host {vh_name:?}"),
+                    ));
+                }
+                let tcp_cluster = match p.tcp_cluster.as_str() {
+                    "" => virtual_host.as_ref().and_then(|vh| vh.first_cluster()),
+                    name => Some(clusters.get(name).cloned().ok_or_else(|| {
+                        err(format!("{pfield}.tcp_cluster"), format!("no cluster {name:?}"))
+                    })?),
+                };
+                let protocol = pb::Protocol::try_from(p.protocol).unwrap_or(pb::Protocol::Auto);
+                let entry = Arc::new(ServicePort {
+                    service: s.name.clone(),
+                    port,
+                    protocol,
+                    virtual_host,
+                    tcp_cluster,
+                });
+                service_ports.insert(port);
+                for ip in &addresses {
+                    by_address.insert(SocketAddr::new(*ip, port), entry.clone());
+                }
+                for name in std::iter::once(&s.name).chain(&s.aliases) {
+                    by_name.insert((name.to_ascii_lowercase(), port), entry.clone());
+                }
+            }
+        }
+
+        let limits = config.limits.unwrap_or_default();
+        Ok(Snapshot {
+            version,
+            outbound_policy: pb::OutboundPolicy::try_from(config.outbound_policy)
+                .unwrap_or(pb::OutboundPolicy::AllowAny),
+            opaque_ports: config.opaque_ports.iter().filter_map(|p| u16::try_from(*p).ok()).collect(),
+            detection_timeout: duration(
+                config.protocol_detection_timeout.as_ref(),
+                "protocol_detection_timeout",
+            )?
+            .unwrap_or(DEFAULT_DETECTION_TIMEOUT),
+            limits: Limits {
+                max_header_bytes: match limits.max_request_headers_bytes {
+                    0 => DEFAULT_MAX_HEADER_BYTES,
+                    n => n as usize,
+                },
+                max_body_bytes: match limits.max_request_body_bytes {
+                    0 => DEFAULT_MAX_BODY_BYTES,
+                    n => n,
+                },
+            },
+            by_address,
+            by_name,
+            service_ports,
+            clusters,
+            source: config,
+        })
+    }
+}
+
+/// `host[:port]` (IPv6 hosts in brackets) split, with the default port when there is none.
+pub fn split_authority(authority: &str, default_port: u16) -> Option<(&str, u16)> {
+    if let Some(rest) = authority.strip_prefix('[') {
+        let (host, after) = rest.split_once(']')?;
+        let port = match after.strip_prefix(':') {
+            Some(p) => p.parse().ok()?,
+            None if after.is_empty() => default_port,
+            None => return None,
+        };
+        return Some((host, port));
+    }
+    match authority.rsplit_once(':') {
+        Some((host, port)) if !host.contains(':') => Some((host, port.parse().ok()?)),
+        Some(_) => Some((authority, default_port)), // a bare IPv6 address
+        None => Some((authority, default_port)),
+    }
+}
+
+fn endpoints_by_service(config: &pb::ProxyConfig) -> Result<HashMap<&str, &[pb::Endpoint]>, ConfigError> {
+    let mut map = HashMap::new();
+    for (i, e) in config.endpoints.iter().enumerate() {
+        for (j, ep) in e.endpoints.iter().enumerate() {
+            let field = format!("endpoints[{i}].endpoints[{j}]");
+            ep.address.parse::<IpAddr>().map_err(|_| {
+                err(format!("{field}.address"), format!("{:?} is not an IP address", ep.address))
+            })?;
+            if ep.port != 0 {
+                port(ep.port, &format!("{field}.port"))?;
+            }
+        }
+        if map.insert(e.service.as_str(), e.endpoints.as_slice()).is_some() {
+            return Err(err(format!("endpoints[{i}].service"), format!("{:?} is listed twice", e.service)));
+        }
+    }
+    Ok(map)
+}
+
+fn compile_cluster(c: &pb::Cluster, endpoints: &[pb::Endpoint], field: &str) -> Result<Cluster, ConfigError> {
+    let lb = c.load_balancer.clone().unwrap_or_default();
+    let policy = match pb::load_balancer::Policy::try_from(lb.policy).unwrap_or_default() {
+        pb::load_balancer::Policy::RoundRobin => Policy::RoundRobin,
+        pb::load_balancer::Policy::LeastRequest => Policy::LeastRequest,
+        pb::load_balancer::Policy::Random => Policy::Random,
+        pb::load_balancer::Policy::RingHash => Policy::RingHash,
+        pb::load_balancer::Policy::Maglev => Policy::Maglev,
+    };
+    let hash = lb.hash_key.and_then(|h| h.kind).map(|k| match k {
+        pb::hash_key::Kind::Header(h) => HashSource::Header(h.to_ascii_lowercase()),
+        pb::hash_key::Kind::Cookie(c) => HashSource::Cookie(c),
+        pb::hash_key::Kind::QueryParameter(q) => HashSource::Query(q),
+        pb::hash_key::Kind::SourceIp(_) => HashSource::SourceIp,
+    });
+    let selected: Vec<pb::Endpoint> = endpoints
+        .iter()
+        .filter(|e| c.subset.iter().all(|(k, v)| e.labels.get(k) == Some(v)))
+        .cloned()
+        .collect();
+    let mut targets = Vec::with_capacity(selected.len());
+    for e in &selected {
+        let ip: IpAddr =
+            e.address.parse().map_err(|_| err(format!("{field}.service"), "bad endpoint address"))?;
+        let port_number = if c.port != 0 { c.port } else { e.port };
+        let port = port(port_number, &format!("{field}.port"))?;
+        targets.push(Target { addr: SocketAddr::new(ip, port), weight: e.weight.max(1) });
+    }
+    let pool = c.connection_pool.unwrap_or_default();
+    let or = |v: u32, default: u32| if v == 0 { default } else { v };
+    Ok(Cluster::new(
+        c.clone(),
+        endpoints.to_vec(),
+        Balancer::new(policy, targets),
+        hash,
+        PoolLimits {
+            max_connections: or(pool.max_connections, 1024),
+            max_pending: or(pool.http1_max_pending_requests, 1024),
+            max_http2_requests: or(pool.http2_max_requests, 1024),
+        },
+        pb::UpstreamProtocol::try_from(c.upstream_protocol).unwrap_or_default(),
+        duration(pool.connect_timeout.as_ref(), &format!("{field}.connection_pool.connect_timeout"))?
+            .unwrap_or(Duration::from_secs(10)),
+        duration(pool.idle_timeout.as_ref(), &format!("{field}.connection_pool.idle_timeout"))?,
+    ))
+}
+
+fn compile_virtual_host(
+    vh: &pb::VirtualHost,
+    clusters: &BTreeMap<String, Arc<Cluster>>,
+    field: &str,
+) -> Result<VirtualHost, ConfigError> {
+    let mut routes = Vec::new();
+    for (i, r) in vh.routes.iter().enumerate() {
+        let rfield = format!("{field}.routes[{i}]");
+        let matches = r
+            .matches
+            .iter()
+            .enumerate()
+            .map(|(j, m)| compile_match(m, &format!("{rfield}.matches[{j}]")))
+            .collect::<Result<Vec<_>, _>>()?;
+        let action = match &r.action {
+            None => {
+                return Err(err(
+                    format!("{rfield}.action"),
+                    "one of forward, redirect, direct_response is required",
+                ));
+            }
+            Some(pb::route::Action::Forward(f)) => {
+                if f.clusters.is_empty() {
+                    return Err(err(
+                        format!("{rfield}.forward.clusters"),
+                        "at least one cluster is required",
+                    ));
+                }
+                let mut targets = Vec::new();
+                for (j, wc) in f.clusters.iter().enumerate() {
+                    let cluster = clusters.get(&wc.cluster).cloned().ok_or_else(|| {
+                        err(
+                            format!("{rfield}.forward.clusters[{j}].cluster"),
+                            format!("no cluster {:?}", wc.cluster),
+                        )
+                    })?;
+                    let weight = if f.clusters.len() == 1 { 1 } else { wc.weight };
+                    targets.push((cluster, weight));
+                }
+                if targets.iter().all(|(_, w)| *w == 0) {
+                    return Err(err(format!("{rfield}.forward.clusters"), "the weights add up to 0"));
+                }
+                Action::Forward(targets)
+            }
+            Some(pb::route::Action::Redirect(rd)) => {
+                let code = if rd.response_code == 0 { 301 } else { rd.response_code };
+                if ![301, 302, 303, 307, 308].contains(&code) {
+                    return Err(err(
+                        format!("{rfield}.redirect.response_code"),
+                        format!("{code} is not a redirect status"),
+                    ));
+                }
+                Action::Redirect {
+                    uri: rd.uri.clone(),
+                    authority: rd.authority.clone(),
+                    scheme: rd.scheme.clone(),
+                    code: code as u16,
+                }
+            }
+            Some(pb::route::Action::DirectResponse(d)) => {
+                let status =
+                    http::StatusCode::from_u16(u16::try_from(d.status).unwrap_or(0)).map_err(|_| {
+                        err(
+                            format!("{rfield}.direct_response.status"),
+                            format!("{} is not an HTTP status", d.status),
+                        )
+                    })?;
+                Action::Direct { status, body: Bytes::from(d.body.clone()) }
+            }
+        };
+        let retries = match &r.retries {
+            Some(policy) if policy.attempts > 0 => {
+                Some(Retry::compile(policy, &format!("{rfield}.retries"))?)
+            }
+            _ => None,
+        };
+        routes.push(CompiledRoute {
+            name: r.name.clone(),
+            matches,
+            action,
+            request_headers: HeaderOps::compile(
+                r.request_headers.as_ref(),
+                &format!("{rfield}.request_headers"),
+            )?,
+            response_headers: HeaderOps::compile(
+                r.response_headers.as_ref(),
+                &format!("{rfield}.response_headers"),
+            )?,
+            rewrite_uri: r.rewrite.as_ref().map(|rw| rw.uri.clone()).filter(|u| !u.is_empty()),
+            rewrite_authority: r.rewrite.as_ref().map(|rw| rw.authority.clone()).filter(|a| !a.is_empty()),
+            timeout: duration(r.timeout.as_ref(), &format!("{rfield}.timeout"))?,
+            retries,
+        });
+    }
+    Ok(VirtualHost { name: vh.name.clone(), routes })
+}
+
+fn compile_match(m: &pb::RouteMatch, field: &str) -> Result<Matcher, ConfigError> {
+    let string = |s: &Option<pb::StringMatch>, f: &str| -> Result<Option<StringMatcher>, ConfigError> {
+        s.as_ref().map(|s| StringMatcher::compile(s, f)).transpose()
+    };
+    let headers = |list: &[pb::HeaderMatch],
+                   f: &str|
+     -> Result<Vec<(http::HeaderName, Option<StringMatcher>)>, ConfigError> {
+        list.iter()
+            .enumerate()
+            .map(|(i, h)| {
+                let name =
+                    http::HeaderName::from_bytes(h.name.to_ascii_lowercase().as_bytes()).map_err(|_| {
+                        err(format!("{f}[{i}].name"), format!("{:?} is not a header name", h.name))
+                    })?;
+                Ok((name, string(&h.value, &format!("{f}[{i}].value"))?))
+            })
+            .collect()
+    };
+    Ok(Matcher {
+        path: string(&m.path, &format!("{field}.path"))?,
+        method: string(&m.method, &format!("{field}.method"))?,
+        headers: headers(&m.headers, &format!("{field}.headers"))?,
+        without_headers: headers(&m.without_headers, &format!("{field}.without_headers"))?,
+        query: m
+            .query_params
+            .iter()
+            .enumerate()
+            .map(|(i, q)| {
+                Ok((q.name.clone(), string(&q.value, &format!("{field}.query_params[{i}].value"))?))
+            })
+            .collect::<Result<_, ConfigError>>()?,
+        port: if m.port == 0 { None } else { Some(port(m.port, &format!("{field}.port"))?) },
+    })
+}
+
+pub(crate) fn port(value: u32, field: &str) -> Result<u16, ConfigError> {
+    u16::try_from(value)
+        .ok()
+        .filter(|p| *p != 0)
+        .ok_or_else(|| err(field, format!("{value} is not a port (1-65535)")))
+}
+
+pub(crate) fn duration(
+    d: Option<&pbjson_types::Duration>,
+    field: &str,
+) -> Result<Option<Duration>, ConfigError> {
+    let Some(d) = d else { return Ok(None) };
+    if d.seconds < 0 || d.nanos < 0 {
+        return Err(err(field, "negative duration"));
+    }
+    Ok(Some(Duration::new(d.seconds as u64, d.nanos as u32)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn example() -> String {
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../examples/proxy/config.yaml");
+        std::fs::read_to_string(path).expect("the example exists")
+    }
+
+    #[test]
+    fn the_documented_example_compiles() {
+        let parsed = parse(&example()).unwrap();
+        let snapshot = Snapshot::compile(parsed, 1, None).unwrap();
+        assert_eq!(snapshot.clusters.len(), 3);
+        assert_eq!(snapshot.opaque_ports, HashSet::from([3306]));
+        let reviews = snapshot.by_authority("reviews:9080", 80).unwrap();
+        assert_eq!(reviews.service, "reviews.shop.svc.cluster.local");
+        assert!(snapshot.by_authority("REVIEWS.shop:9080", 80).is_some(), "host names are case-insensitive");
+        assert!(snapshot.by_address("10.96.0.20:9080".parse().unwrap()).is_some());
+        assert!(snapshot.by_authority("10.96.0.20:9080", 80).is_some());
+        assert!(snapshot.by_authority("reviews", 80).is_none(), "port 80 is not a reviews port");
+        let v1 = &snapshot.clusters["outbound|9080|v1|reviews.shop.svc.cluster.local"];
+        assert_eq!(v1.balancer.targets().len(), 2, "the subset selects v1 endpoints");
+        assert_eq!(snapshot.detection_timeout, Duration::from_millis(100));
+    }
+
+    #[test]
+    fn unchanged_clusters_keep_their_state_across_reloads() {
+        let first = Snapshot::compile(parse(&example()).unwrap(), 1, None).unwrap();
+        let second = Snapshot::compile(parse(&example()).unwrap(), 2, Some(&first)).unwrap();
+        let name = "outbound|9080|v1|reviews.shop.svc.cluster.local";
+        assert!(Arc::ptr_eq(&first.clusters[name], &second.clusters[name]));
+        let changed = example().replace("maxConnections: 100", "maxConnections: 5");
+        let third = Snapshot::compile(parse(&changed).unwrap(), 3, Some(&second)).unwrap();
+        assert!(!Arc::ptr_eq(&second.clusters[name], &third.clusters[name]));
+    }
+
+    #[test]
+    fn mistakes_name_their_field() {
+        for (edit, field, words) in [
+            (
+                ("cluster: outbound|9080|v2|reviews", "cluster: outbound|9080|v3|reviews"),
+                "virtual_hosts[0].routes[0].forward.clusters[0].cluster",
+                "no cluster",
+            ),
+            (
+                ("address: 10.244.1.5", "address: ten"),
+                "endpoints[0].endpoints[0].address",
+                "not an IP address",
+            ),
+            (
+                ("port: 9080\n        protocol", "port: 90800\n        protocol"),
+                "services[0].ports[0].port",
+                "not a port",
+            ),
+            (
+                ("value: { exact: jason }", "value: { regex: \"(\" }"),
+                "virtual_hosts[0].routes[0].matches[0].headers[0].value",
+                "invalid regex",
+            ),
+            (
+                ("retryOn: [connect-failure", "retryOn: [sometimes"),
+                "virtual_hosts[0].routes[2].retries.retry_on",
+                "unknown condition",
+            ),
+            (
+                ("responseCode: 301", "responseCode: 200"),
+                "virtual_hosts[0].routes[1].redirect.response_code",
+                "not a redirect",
+            ),
+        ] {
+            let text = example().replacen(edit.0, edit.1, 1);
+            assert_ne!(text, example(), "{field}: the edit did not apply");
+            let result = parse(&text).and_then(|c| Snapshot::compile(c, 1, None));
+            let e = result.err().unwrap_or_else(|| panic!("{field}: accepted"));
+            assert_eq!(e.field, field, "{e}");
+            assert!(e.message.contains(words), "{e}");
+        }
+    }
+
+    #[test]
+    fn malformed_files_are_refused_with_a_reason() {
+        for text in ["services: {", "clusters: 3", "unknownField: 1", "outboundPolicy: SOMETIMES"] {
+            let e = parse(text).expect_err(text);
+            assert_eq!(e.field, "(file)");
+            assert!(!e.message.is_empty());
+        }
+        assert!(parse(&"#".repeat(MAX_CONFIG_BYTES + 1)).is_err());
+        assert_eq!(parse("").unwrap(), pb::ProxyConfig::default());
+    }
+
+    #[test]
+    fn authorities_split_like_urls() {
+        assert_eq!(split_authority("a:80", 1), Some(("a", 80)));
+        assert_eq!(split_authority("a", 8080), Some(("a", 8080)));
+        assert_eq!(split_authority("[fd00::1]:443", 1), Some(("fd00::1", 443)));
+        assert_eq!(split_authority("[fd00::1]", 9), Some(("fd00::1", 9)));
+        assert_eq!(split_authority("a:port", 1), None);
+        assert_eq!(split_authority("[fd00::1", 1), None);
+    }
+}

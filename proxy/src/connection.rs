@@ -1,0 +1,132 @@
+//! A new downstream connection: where it was headed, what it speaks, and who handles it.
+
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use tokio::net::TcpStream;
+use trellis_xds::config as pb;
+
+use crate::cluster::Cluster;
+use crate::detect::{Detected, detect};
+use crate::metrics::Reporter;
+use crate::serve::{Conn, serve};
+use crate::upstream::{Key, Protocol};
+use crate::{Proxy, Side, tcp, upstream};
+
+const INBOUND_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The address the client dialled before the redirect; `None` when it dialled the proxy itself
+/// (explicit mode: no redirect in place, as on a laptop).
+pub fn original_destination(stream: &TcpStream) -> Option<SocketAddr> {
+    use nix::sys::socket::{getsockopt, sockopt};
+    let local = stream.local_addr().ok()?;
+    let original = if local.is_ipv4() {
+        let sa = getsockopt(stream, sockopt::OriginalDst).ok()?;
+        SocketAddr::from((Ipv4Addr::from(u32::from_be(sa.sin_addr.s_addr)), u16::from_be(sa.sin_port)))
+    } else {
+        let sa = getsockopt(stream, sockopt::Ip6tOriginalDst).ok()?;
+        SocketAddr::from((Ipv6Addr::from(sa.sin6_addr.s6_addr), u16::from_be(sa.sin6_port)))
+    };
+    (original != local).then_some(original)
+}
+
+pub async fn handle(stream: TcpStream, peer: SocketAddr, side: Side, proxy: Arc<Proxy>) {
+    proxy.connections.fetch_add(1, Ordering::AcqRel);
+    let _ = stream.set_nodelay(true);
+    let original = original_destination(&stream);
+    let snapshot = proxy.config.load_full();
+    let conn = Conn { side, peer, original };
+    let port = original.map(|o| o.port());
+    let service_port = original.and_then(|o| snapshot.by_address(o)).cloned();
+    let declared = service_port.as_ref().map(|sp| sp.protocol);
+    let opaque = port.is_some_and(|p| snapshot.opaque_ports.contains(&p))
+        || matches!(declared, Some(pb::Protocol::Tcp | pb::Protocol::Tls));
+    // Outbound traffic to a port no service uses cannot be routed: pass it through as bytes.
+    let worth_inspecting = match side {
+        Side::Outbound => {
+            original.is_none() || service_port.is_some() || port.is_some_and(|p| snapshot.has_services_on(p))
+        }
+        Side::Inbound => true,
+    };
+    let detected = if opaque || !worth_inspecting {
+        Detected::Opaque
+    } else if matches!(declared, Some(pb::Protocol::Http | pb::Protocol::Grpc | pb::Protocol::Http2)) {
+        // Declared HTTP: hyper's auto-detection tells HTTP/1 from HTTP/2.
+        Detected::Http1
+    } else {
+        detect(&stream, snapshot.detection_timeout).await
+    };
+    drop(snapshot);
+    match detected {
+        Detected::Http1 | Detected::Http2 => serve(stream, conn, proxy.clone()).await,
+        Detected::Tls | Detected::Opaque => relay(stream, &conn, service_port.as_deref(), &proxy).await,
+    }
+    proxy.connections.fetch_sub(1, Ordering::AcqRel);
+}
+
+/// Opaque TCP: outbound to the service's TCP cluster or the original destination; inbound to
+/// the app on localhost from 127.0.0.6.
+async fn relay(
+    stream: TcpStream,
+    conn: &Conn,
+    service_port: Option<&crate::config::ServicePort>,
+    proxy: &Proxy,
+) {
+    let snapshot = proxy.config.load_full();
+    let (target, service) = match (conn.side, conn.original) {
+        (_, None) => return, // explicit mode has no destination for bytes
+        (Side::Inbound, Some(original)) => {
+            let local = match original.ip() {
+                IpAddr::V4(_) => SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), original.port()),
+                IpAddr::V6(_) => SocketAddr::new(IpAddr::V6(Ipv6Addr::LOCALHOST), original.port()),
+            };
+            let source = local.is_ipv4().then_some(IpAddr::V4(Ipv4Addr::new(127, 0, 0, 6)));
+            (Key { addr: local, protocol: Protocol::Http1, source }, original.to_string())
+        }
+        (Side::Outbound, Some(original)) => match service_port.and_then(|sp| sp.tcp_cluster.clone()) {
+            Some(cluster) => {
+                let service = service_port.map(|sp| sp.service.clone()).unwrap_or_default();
+                return relay_to_cluster(stream, &cluster, service, proxy).await;
+            }
+            None if snapshot.outbound_policy == pb::OutboundPolicy::RegistryOnly => return,
+            None => (Key { addr: original, protocol: Protocol::Http1, source: None }, original.to_string()),
+        },
+    };
+    let reporter = if conn.side == Side::Outbound { Reporter::Source } else { Reporter::Destination };
+    pipe(stream, target, INBOUND_CONNECT_TIMEOUT, tcp::DEFAULT_IDLE_TIMEOUT, reporter, &service, proxy).await;
+}
+
+/// Outbound TCP to a service's cluster: an endpoint and a place in the pool limits, held for
+/// the connection's life (a full pool refuses the connection).
+async fn relay_to_cluster(stream: TcpStream, cluster: &Cluster, service: String, proxy: &Proxy) {
+    let Some(_admitted) = cluster.admit(false) else { return };
+    let Some(picked) = cluster.balancer.pick(None, None) else { return };
+    let Some(addr) = cluster.balancer.targets().get(picked.index()).map(|t| t.addr) else { return };
+    let key = Key { addr, protocol: Protocol::Http1, source: None };
+    let idle = cluster.idle_timeout.unwrap_or(tcp::DEFAULT_IDLE_TIMEOUT);
+    pipe(stream, key, cluster.connect_timeout, idle, Reporter::Source, &service, proxy).await;
+}
+
+/// Connects and relays, counting the connection and its bytes.
+async fn pipe(
+    mut stream: TcpStream,
+    target: Key,
+    connect_timeout: Duration,
+    idle: Duration,
+    reporter: Reporter,
+    service: &str,
+    proxy: &Proxy,
+) {
+    let Ok(mut upstream_stream) = upstream::connect(target, connect_timeout).await else {
+        let labels = proxy.metrics.tcp_labels(reporter, service, "UF");
+        proxy.metrics.tcp_opened(&labels);
+        proxy.metrics.tcp_closed(&labels, 0, 0);
+        return;
+    };
+    let labels = proxy.metrics.tcp_labels(reporter, service, "-");
+    proxy.metrics.tcp_opened(&labels);
+    let (sent, received) = tcp::relay(&mut stream, &mut upstream_stream, idle).await.unwrap_or((0, 0));
+    proxy.metrics.tcp_closed(&labels, sent, received);
+}

@@ -1,0 +1,661 @@
+//! One HTTP request, from the downstream connection to an upstream and back. Outbound: find the
+//! service and virtual host (by authority, then by the address dialled), match a route, and
+//! answer it (redirect, direct response) or forward it to a cluster's endpoint with the route's
+//! timeout and retries. Inbound: deliver it to the app on localhost from 127.0.0.6.
+
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http::{HeaderValue, Request, Response, StatusCode, Uri, Version, header};
+use http_body_util::{BodyExt, Empty, Full, Limited};
+use hyper::body::Incoming;
+use trellis_xds::config as pb;
+
+use crate::cluster::Cluster;
+use crate::config::{Snapshot, split_authority};
+use crate::headers;
+use crate::metrics::{Reporter, RequestRecord};
+use crate::route::{Action, CompiledRoute, RequestView, Retry, StringMatcher};
+use crate::serve::Conn;
+use crate::upstream::{self, Body, BoxError, Key, Protocol, UpstreamError};
+use crate::{Proxy, Side};
+
+/// Bodies up to this size are kept so that a retry can send them again.
+const MAX_REPLAY_BODY: u64 = 64 << 10;
+/// Inbound delivery and passthrough connect timeout.
+const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// The source of inbound deliveries to the app, so that the redirect lets them through.
+const INBOUND_SOURCE: IpAddr = IpAddr::V4(Ipv4Addr::new(127, 0, 0, 6));
+
+/// What the metrics record of a request besides its status.
+struct Outcome {
+    response: Response<Body>,
+    service: String,
+    flags: &'static str,
+    request_bytes: u64,
+}
+
+impl Outcome {
+    fn new(response: Response<Body>, service: impl Into<String>, flags: &'static str) -> Outcome {
+        Outcome { response, service: service.into(), flags, request_bytes: 0 }
+    }
+}
+
+pub async fn handle(request: Request<Incoming>, conn: &Conn, proxy: &Proxy) -> Response<Body> {
+    let started = Instant::now();
+    let grpc = is_grpc(&request);
+    let declared_length = content_length(&request);
+    let mut outcome = match conn.side {
+        Side::Outbound => outbound(request, conn, proxy).await,
+        Side::Inbound => inbound(request, conn, proxy).await,
+    };
+    if outcome.request_bytes == 0 {
+        outcome.request_bytes = declared_length.unwrap_or(0);
+    }
+    let response_bytes = outcome
+        .response
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
+    proxy.metrics.request(RequestRecord {
+        reporter: match conn.side {
+            Side::Outbound => Reporter::Source,
+            Side::Inbound => Reporter::Destination,
+        },
+        service: &outcome.service,
+        grpc,
+        status: outcome.response.status().as_u16(),
+        flags: outcome.flags,
+        millis: started.elapsed().as_secs_f64() * 1000.0,
+        request_bytes: outcome.request_bytes,
+        response_bytes,
+    });
+    outcome.response
+}
+
+async fn outbound(mut request: Request<Incoming>, conn: &Conn, proxy: &Proxy) -> Outcome {
+    let snapshot = proxy.config.load_full();
+    if let Some(refusal) = too_large(&request, &snapshot) {
+        return Outcome::new(refusal, "unknown", "-");
+    }
+    let authority = authority_of(&request);
+    let port = conn
+        .original
+        .map(|o| o.port())
+        .or_else(|| authority.as_deref().and_then(|a| split_authority(a, 80)).map(|(_, p)| p))
+        .unwrap_or(80);
+    // The authority names the service, as Envoy routes by Host within a port; the address
+    // dialled decides when the authority is unknown.
+    let service_port = authority
+        .as_deref()
+        .and_then(|a| snapshot.by_authority(a, port))
+        .or_else(|| conn.original.and_then(|o| snapshot.by_address(o)))
+        .cloned();
+    let Some((service_port, virtual_host)) =
+        service_port.and_then(|sp| sp.virtual_host.clone().map(|vh| (sp, vh)))
+    else {
+        return passthrough(request, conn, proxy, &snapshot, authority.as_deref(), port).await;
+    };
+    let service = service_port.service.clone();
+    let (path, query) = (request.uri().path().to_owned(), request.uri().query().map(str::to_owned));
+    let view = RequestView {
+        method: request.method().as_str(),
+        path: &path,
+        query: query.as_deref(),
+        headers: request.headers(),
+        port,
+    };
+    let Some(route) = virtual_host.select(&view) else {
+        return Outcome::new(text(StatusCode::NOT_FOUND, "no route matched\n"), service, "NR");
+    };
+    let matched_prefix = route.matches.iter().find(|m| m.matches(&view)).and_then(|m| match &m.path {
+        Some(StringMatcher::Prefix(p)) => Some(p.clone()),
+        _ => None,
+    });
+    match &route.action {
+        Action::Direct { status, body } => {
+            let mut response = Response::new(full(body.clone()));
+            *response.status_mut() = *status;
+            route.response_headers.apply(response.headers_mut());
+            Outcome::new(response, service, "-")
+        }
+        Action::Redirect { uri, authority: to_authority, scheme, code } => {
+            let scheme = if scheme.is_empty() { "http" } else { scheme.as_str() };
+            let host = if to_authority.is_empty() {
+                authority.clone().unwrap_or_default()
+            } else {
+                to_authority.clone()
+            };
+            let target = if uri.is_empty() {
+                request
+                    .uri()
+                    .path_and_query()
+                    .map(|p| p.as_str().to_owned())
+                    .unwrap_or_else(|| "/".to_owned())
+            } else {
+                uri.clone()
+            };
+            let mut response = text(StatusCode::from_u16(*code).unwrap_or(StatusCode::MOVED_PERMANENTLY), "");
+            if let Ok(location) = HeaderValue::from_str(&format!("{scheme}://{host}{target}")) {
+                response.headers_mut().insert(header::LOCATION, location);
+            }
+            Outcome::new(response, service, "-")
+        }
+        Action::Forward(targets) => {
+            let total = Action::total_weight(targets);
+            let roll = if total > 1 { rand::random_range(0..total) } else { 0 };
+            let Some(cluster) = Action::pick_cluster(targets, roll).cloned() else {
+                return Outcome::new(text(StatusCode::SERVICE_UNAVAILABLE, "no cluster\n"), service, "NR");
+            };
+            // Routing edits, then hop-by-hop hygiene.
+            route.request_headers.apply(request.headers_mut());
+            rewrite(&mut request, route, matched_prefix.as_deref());
+            let upgrade = headers::is_upgrade(request.headers());
+            headers::strip_hop_by_hop(request.headers_mut(), upgrade);
+            headers::ensure_request_id(request.headers_mut());
+            let mut outcome = to_cluster(request, route, &cluster, conn, proxy, &snapshot).await;
+            route.response_headers.apply(outcome.response.headers_mut());
+            outcome.service = service;
+            outcome
+        }
+    }
+}
+
+fn rewrite(request: &mut Request<Incoming>, route: &CompiledRoute, matched_prefix: Option<&str>) {
+    if let Some(authority) = &route.rewrite_authority
+        && let Ok(value) = HeaderValue::from_str(authority)
+    {
+        request.headers_mut().insert(header::HOST, value);
+    }
+    let Some(replacement) = &route.rewrite_uri else { return };
+    let path = request.uri().path();
+    let new_path = match matched_prefix {
+        Some(prefix) if path.starts_with(prefix) => format!("{replacement}{}", &path[prefix.len()..]),
+        _ => replacement.clone(),
+    };
+    let with_query = match request.uri().query() {
+        Some(q) => format!("{new_path}?{q}"),
+        None => new_path,
+    };
+    if let Ok(uri) = with_query.parse::<Uri>() {
+        *request.uri_mut() = uri;
+    }
+}
+
+/// Forwards to one of the cluster's endpoints, within the route's timeout, retrying as its
+/// policy says when the body can be sent again.
+async fn to_cluster(
+    request: Request<Incoming>,
+    route: &CompiledRoute,
+    cluster: &Arc<Cluster>,
+    conn: &Conn,
+    proxy: &Proxy,
+    snapshot: &Snapshot,
+) -> Outcome {
+    cluster.requests.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let attempts = async {
+        if headers::is_upgrade(request.headers()) {
+            return upgrade(request, cluster, conn).await;
+        }
+        let (parts, body) = request.into_parts();
+        let replayable = route.retries.is_some()
+            && (content_length_of(&parts.headers).is_some_and(|n| n <= MAX_REPLAY_BODY)
+                || (!parts.headers.contains_key(header::TRANSFER_ENCODING)
+                    && content_length_of(&parts.headers).is_none()));
+        let limit = snapshot.limits.max_body_bytes;
+        if replayable {
+            let bytes = match Limited::new(body, MAX_REPLAY_BODY.min(limit) as usize).collect().await {
+                Ok(collected) => collected.to_bytes(),
+                Err(e) => return body_error(e, cluster),
+            };
+            let length = bytes.len() as u64;
+            let mut outcome = with_retries(&parts, bytes, route.retries.as_ref(), cluster, conn, proxy).await;
+            outcome.request_bytes = length;
+            outcome
+        } else {
+            let body: Body = Limited::new(body, limit as usize).map_err(BoxError::from).boxed();
+            attempt(
+                Request::from_parts(parts, body),
+                cluster,
+                conn,
+                proxy,
+                None,
+                route.retries.as_ref().and_then(|r| r.per_try_timeout),
+            )
+            .await
+            .map_or_else(|failure| failure.into_outcome(cluster), |(outcome, _)| outcome)
+        }
+    };
+    let outcome = match route.timeout {
+        Some(timeout) => tokio::time::timeout(timeout, attempts).await.unwrap_or_else(|_| {
+            Outcome::new(
+                text(StatusCode::GATEWAY_TIMEOUT, "upstream request timeout\n"),
+                cluster.name(),
+                "UT",
+            )
+        }),
+        None => attempts.await,
+    };
+    if outcome.response.status().is_server_error() {
+        cluster.errors.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    }
+    outcome
+}
+
+async fn with_retries(
+    parts: &http::request::Parts,
+    body: Bytes,
+    retry: Option<&Retry>,
+    cluster: &Arc<Cluster>,
+    conn: &Conn,
+    proxy: &Proxy,
+) -> Outcome {
+    let Some(retry) = retry else {
+        let request = Request::from_parts(parts.clone(), full(body));
+        return attempt(request, cluster, conn, proxy, None, None)
+            .await
+            .map_or_else(|f| f.into_outcome(cluster), |(outcome, _)| outcome);
+    };
+    let mut previous = None;
+    let mut backoff = retry.base_interval;
+    for left in (0..=retry.attempts).rev() {
+        let request = Request::from_parts(parts.clone(), full(body.clone()));
+        let result = attempt(request, cluster, conn, proxy, previous, retry.per_try_timeout).await;
+        let retry_it = match &result {
+            Ok((outcome, _)) => {
+                let grpc = outcome
+                    .response
+                    .headers()
+                    .get("grpc-status")
+                    .and_then(|v| v.to_str().ok())
+                    .and_then(|v| v.parse().ok());
+                retry.retries_response(outcome.response.status(), grpc)
+            }
+            Err(failure) => failure.retriable(retry),
+        };
+        if !retry_it || left == 0 {
+            return match result {
+                Ok((outcome, _)) => outcome,
+                Err(failure) => failure.into_outcome(cluster),
+            };
+        }
+        previous = match &result {
+            Ok((_, index)) => Some(*index),
+            Err(failure) => failure.endpoint,
+        };
+        drop(result);
+        // Exponential backoff with full jitter, capped at ten times the base.
+        let jittered = rand::random_range(0..=backoff.as_micros().max(1) as u64);
+        tokio::time::sleep(Duration::from_micros(jittered)).await;
+        backoff = (backoff * 2).min(retry.base_interval * 10);
+    }
+    Outcome::new(text(StatusCode::SERVICE_UNAVAILABLE, "retries exhausted\n"), cluster.name(), "URX")
+}
+
+/// Why an attempt produced no response.
+struct Failure {
+    kind: FailureKind,
+    endpoint: Option<usize>,
+}
+
+enum FailureKind {
+    NoEndpoint,
+    Overflow,
+    Upstream(UpstreamError),
+    PerTryTimeout,
+    Body(StatusCode),
+}
+
+impl Failure {
+    fn retriable(&self, retry: &Retry) -> bool {
+        match &self.kind {
+            FailureKind::Upstream(e) if e.is_connect_failure() => {
+                retry.on.connect_failure || retry.on.five_xx || retry.on.gateway_error
+            }
+            FailureKind::Upstream(UpstreamError::RefusedStream(_)) => {
+                retry.on.refused_stream || retry.on.reset || retry.on.five_xx
+            }
+            FailureKind::Upstream(_) => retry.on.reset || retry.on.five_xx || retry.on.gateway_error,
+            FailureKind::PerTryTimeout => retry.on.five_xx || retry.on.gateway_error || retry.on.reset,
+            FailureKind::NoEndpoint | FailureKind::Overflow | FailureKind::Body(_) => false,
+        }
+    }
+
+    fn into_outcome(self, cluster: &Cluster) -> Outcome {
+        let (status, message, flags) = match &self.kind {
+            FailureKind::NoEndpoint => {
+                (StatusCode::SERVICE_UNAVAILABLE, "no healthy upstream".to_owned(), "UH")
+            }
+            FailureKind::Overflow => {
+                (StatusCode::SERVICE_UNAVAILABLE, "upstream connection pool overflow".to_owned(), "UO")
+            }
+            FailureKind::Upstream(e) if e.is_connect_failure() => {
+                (StatusCode::SERVICE_UNAVAILABLE, format!("upstream connect error: {e}"), "UF")
+            }
+            FailureKind::Upstream(e) => {
+                (StatusCode::SERVICE_UNAVAILABLE, format!("upstream reset: {e}"), "UR")
+            }
+            FailureKind::PerTryTimeout => {
+                (StatusCode::GATEWAY_TIMEOUT, "upstream request timeout".to_owned(), "UT")
+            }
+            FailureKind::Body(status) => (*status, "request body too large".to_owned(), "-"),
+        };
+        Outcome::new(text(status, &format!("{message}\n")), cluster.name(), flags)
+    }
+}
+
+fn body_error(e: BoxError, cluster: &Cluster) -> Outcome {
+    let status = if e.is::<http_body_util::LengthLimitError>() {
+        StatusCode::PAYLOAD_TOO_LARGE
+    } else {
+        StatusCode::BAD_REQUEST
+    };
+    Failure { kind: FailureKind::Body(status), endpoint: None }.into_outcome(cluster)
+}
+
+/// One try: an endpoint, a place in the pool limits, and the exchange.
+async fn attempt(
+    mut request: Request<Body>,
+    cluster: &Arc<Cluster>,
+    conn: &Conn,
+    proxy: &Proxy,
+    avoid: Option<usize>,
+    per_try_timeout: Option<Duration>,
+) -> Result<(Outcome, usize), Failure> {
+    let hash = cluster.hash_of(request.headers(), request.uri().query(), conn.peer.ip());
+    let Some(picked) = cluster.balancer.pick(hash, avoid) else {
+        return Err(Failure { kind: FailureKind::NoEndpoint, endpoint: None });
+    };
+    let index = picked.index();
+    let Some(target) = cluster.balancer.targets().get(index).map(|t| t.addr) else {
+        return Err(Failure { kind: FailureKind::NoEndpoint, endpoint: None });
+    };
+    let protocol = upstream_protocol(cluster.protocol, request.version());
+    let Some(_admitted) = cluster.admit(protocol == Protocol::Http2) else {
+        return Err(Failure { kind: FailureKind::Overflow, endpoint: Some(index) });
+    };
+    prepare_uri(&mut request, protocol, target);
+    let key = Key { addr: target, protocol, source: None };
+    let idle = cluster.idle_timeout.unwrap_or(upstream::DEFAULT_IDLE_TIMEOUT);
+    let exchange = proxy.pools.send(key, cluster.connect_timeout, idle, request);
+    let result = match per_try_timeout {
+        Some(t) => tokio::time::timeout(t, exchange)
+            .await
+            .map_err(|_| Failure { kind: FailureKind::PerTryTimeout, endpoint: Some(index) })?,
+        None => exchange.await,
+    };
+    let response = result.map_err(|e| match body_limit(&e) {
+        Some(status) => Failure { kind: FailureKind::Body(status), endpoint: Some(index) },
+        None => Failure { kind: FailureKind::Upstream(e), endpoint: Some(index) },
+    })?;
+    Ok((Outcome::new(clean_response(response), cluster.name(), "-"), index))
+}
+
+/// A request that failed because our own body limit cut it off is the client's fault (413).
+fn body_limit(e: &UpstreamError) -> Option<StatusCode> {
+    let UpstreamError::Reset { source, .. } = e else { return None };
+    let mut cause: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(source);
+    while let Some(c) = cause {
+        if c.is::<http_body_util::LengthLimitError>() {
+            return Some(StatusCode::PAYLOAD_TOO_LARGE);
+        }
+        cause = c.source();
+    }
+    None
+}
+
+fn upstream_protocol(configured: pb::UpstreamProtocol, downstream: Version) -> Protocol {
+    match configured {
+        pb::UpstreamProtocol::Http1 => Protocol::Http1,
+        pb::UpstreamProtocol::Http2PriorKnowledge => Protocol::Http2,
+        pb::UpstreamProtocol::SameAsDownstream if downstream == Version::HTTP_2 => Protocol::Http2,
+        pb::UpstreamProtocol::SameAsDownstream => Protocol::Http1,
+    }
+}
+
+/// HTTP/1.1 goes out in origin form with its Host header; HTTP/2 carries the authority in the
+/// URI (the `:authority` pseudo-header).
+fn prepare_uri(request: &mut Request<Body>, protocol: Protocol, target: SocketAddr) {
+    let path =
+        request.uri().path_and_query().map(|p| p.as_str().to_owned()).unwrap_or_else(|| "/".to_owned());
+    let authority = request
+        .uri()
+        .authority()
+        .map(|a| a.as_str().to_owned())
+        .or_else(|| request.headers().get(header::HOST).and_then(|h| h.to_str().ok()).map(str::to_owned))
+        .unwrap_or_else(|| target.to_string());
+    match protocol {
+        Protocol::Http1 => {
+            if !request.headers().contains_key(header::HOST)
+                && let Ok(host) = HeaderValue::from_str(&authority)
+            {
+                request.headers_mut().insert(header::HOST, host);
+            }
+            if let Ok(uri) = path.parse() {
+                *request.uri_mut() = uri;
+            }
+            *request.version_mut() = Version::HTTP_11;
+        }
+        Protocol::Http2 => {
+            request.headers_mut().remove(header::HOST);
+            if let Ok(uri) = format!("http://{authority}{path}").parse() {
+                *request.uri_mut() = uri;
+            }
+            *request.version_mut() = Version::HTTP_2;
+        }
+    }
+}
+
+fn clean_response(response: Response<Incoming>) -> Response<Body> {
+    let (mut parts, body) = response.into_parts();
+    let upgrade = parts.status == StatusCode::SWITCHING_PROTOCOLS;
+    headers::strip_hop_by_hop(&mut parts.headers, upgrade);
+    Response::from_parts(parts, body.map_err(BoxError::from).boxed())
+}
+
+/// WebSocket and other upgrades: forward the handshake over a connection of its own, then
+/// splice the two upgraded connections.
+async fn upgrade(mut request: Request<Incoming>, cluster: &Arc<Cluster>, conn: &Conn) -> Outcome {
+    let downstream = hyper::upgrade::on(&mut request);
+    let (parts, _) = request.into_parts();
+    let mut outgoing = Request::from_parts(parts, empty());
+    let hash = cluster.hash_of(outgoing.headers(), outgoing.uri().query(), conn.peer.ip());
+    let picked = cluster.balancer.pick(hash, None);
+    let Some(target) =
+        picked.as_ref().and_then(|p| cluster.balancer.targets().get(p.index())).map(|t| t.addr)
+    else {
+        return Failure { kind: FailureKind::NoEndpoint, endpoint: None }.into_outcome(cluster);
+    };
+    prepare_uri(&mut outgoing, Protocol::Http1, target);
+    let stream = match upstream::connect(
+        Key { addr: target, protocol: Protocol::Http1, source: None },
+        cluster.connect_timeout,
+    )
+    .await
+    {
+        Ok(s) => s,
+        Err(e) => return Failure { kind: FailureKind::Upstream(e), endpoint: None }.into_outcome(cluster),
+    };
+    let handshake = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream)).await;
+    let (mut sender, connection) = match handshake {
+        Ok(pair) => pair,
+        Err(source) => {
+            return Failure {
+                kind: FailureKind::Upstream(UpstreamError::Reset { addr: target, source }),
+                endpoint: None,
+            }
+            .into_outcome(cluster);
+        }
+    };
+    tokio::spawn(async move {
+        let _ = connection.with_upgrades().await;
+    });
+    let mut response = match sender.send_request(outgoing).await {
+        Ok(r) => r,
+        Err(source) => {
+            return Failure {
+                kind: FailureKind::Upstream(UpstreamError::Reset { addr: target, source }),
+                endpoint: None,
+            }
+            .into_outcome(cluster);
+        }
+    };
+    if response.status() == StatusCode::SWITCHING_PROTOCOLS {
+        let upstream_side = hyper::upgrade::on(&mut response);
+        tokio::spawn(async move {
+            if let (Ok(down), Ok(up)) = (downstream.await, upstream_side.await) {
+                let mut down = hyper_util::rt::TokioIo::new(down);
+                let mut up = hyper_util::rt::TokioIo::new(up);
+                let _ = tokio::io::copy_bidirectional(&mut down, &mut up).await;
+            }
+        });
+    }
+    Outcome::new(clean_response(response), cluster.name(), "-")
+}
+
+/// No service or route of ours: reach the original destination (ALLOW_ANY) or refuse
+/// (REGISTRY_ONLY).
+async fn passthrough(
+    mut request: Request<Incoming>,
+    conn: &Conn,
+    proxy: &Proxy,
+    snapshot: &Snapshot,
+    authority: Option<&str>,
+    port: u16,
+) -> Outcome {
+    let service = authority
+        .and_then(|a| split_authority(a, port))
+        .map(|(h, _)| h.to_owned())
+        .unwrap_or_else(|| "unknown".to_owned());
+    if snapshot.outbound_policy == pb::OutboundPolicy::RegistryOnly {
+        return Outcome::new(
+            text(StatusCode::BAD_GATEWAY, "destination not in the service registry\n"),
+            service,
+            "NR",
+        );
+    }
+    let target = match conn.original {
+        Some(original) => Some(original),
+        // Explicit mode: only the authority says where the request goes.
+        None => match authority.and_then(|a| split_authority(a, 80)) {
+            Some((host, port)) => {
+                tokio::net::lookup_host((host, port)).await.ok().and_then(|mut addrs| addrs.next())
+            }
+            None => None,
+        },
+    };
+    let Some(target) = target else {
+        return Outcome::new(text(StatusCode::NOT_FOUND, "no route for this authority\n"), service, "NR");
+    };
+    let upgrade = headers::is_upgrade(request.headers());
+    headers::strip_hop_by_hop(request.headers_mut(), upgrade);
+    headers::ensure_request_id(request.headers_mut());
+    send_direct(request, Key { addr: target, protocol: Protocol::Http1, source: None }, proxy, service).await
+}
+
+fn protocol_of(version: Version) -> Protocol {
+    if version == Version::HTTP_2 { Protocol::Http2 } else { Protocol::Http1 }
+}
+
+/// Sends to one address without routing (passthrough and inbound delivery), in the protocol
+/// the request came in.
+async fn send_direct(request: Request<Incoming>, key: Key, proxy: &Proxy, service: String) -> Outcome {
+    let key = Key { protocol: protocol_of(request.version()), ..key };
+    let (parts, body) = request.into_parts();
+    let limit = proxy.config.load().limits.max_body_bytes as usize;
+    let mut outgoing = Request::from_parts(parts, Limited::new(body, limit).map_err(BoxError::from).boxed());
+    prepare_uri(&mut outgoing, key.protocol, key.addr);
+    match proxy.pools.send(key, DEFAULT_CONNECT_TIMEOUT, upstream::DEFAULT_IDLE_TIMEOUT, outgoing).await {
+        Ok(response) => Outcome::new(clean_response(response), service, "-"),
+        Err(e) => match body_limit(&e) {
+            Some(status) => Outcome::new(text(status, "request body too large\n"), service, "-"),
+            None if e.is_connect_failure() => Outcome::new(
+                text(StatusCode::SERVICE_UNAVAILABLE, &format!("upstream connect error: {e}\n")),
+                service,
+                "UF",
+            ),
+            None => Outcome::new(
+                text(StatusCode::SERVICE_UNAVAILABLE, &format!("upstream reset: {e}\n")),
+                service,
+                "UR",
+            ),
+        },
+    }
+}
+
+async fn inbound(mut request: Request<Incoming>, conn: &Conn, proxy: &Proxy) -> Outcome {
+    let snapshot = proxy.config.load_full();
+    let authority = authority_of(&request);
+    let service = authority
+        .as_deref()
+        .and_then(|a| split_authority(a, 80))
+        .map(|(h, _)| h.to_owned())
+        .unwrap_or_else(|| "unknown".to_owned());
+    if let Some(refusal) = too_large(&request, &snapshot) {
+        return Outcome::new(refusal, service, "-");
+    }
+    let port = match conn.original {
+        Some(o) => o.port(),
+        None => match authority.as_deref().and_then(|a| split_authority(a, 80)) {
+            Some((_, p)) => p,
+            None => {
+                return Outcome::new(text(StatusCode::BAD_REQUEST, "no destination port\n"), service, "NR");
+            }
+        },
+    };
+    let (addr, source) = match conn.original {
+        Some(SocketAddr::V6(_)) => (SocketAddr::new(IpAddr::V6(Ipv6Addr::LOCALHOST), port), None),
+        _ => (SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), port), Some(INBOUND_SOURCE)),
+    };
+    let upgrade = headers::is_upgrade(request.headers());
+    headers::strip_hop_by_hop(request.headers_mut(), upgrade);
+    headers::ensure_request_id(request.headers_mut());
+    headers::add_forwarded(request.headers_mut(), conn.peer.ip());
+    send_direct(request, Key { addr, protocol: Protocol::Http1, source }, proxy, service).await
+}
+
+/// 413 before reading a body that says it is too large.
+fn too_large(request: &Request<Incoming>, snapshot: &Snapshot) -> Option<Response<Body>> {
+    let length = content_length(request)?;
+    (length > snapshot.limits.max_body_bytes)
+        .then(|| text(StatusCode::PAYLOAD_TOO_LARGE, "request body too large\n"))
+}
+
+fn content_length<B>(request: &Request<B>) -> Option<u64> {
+    content_length_of(request.headers())
+}
+
+fn content_length_of(headers: &http::HeaderMap) -> Option<u64> {
+    headers.get(header::CONTENT_LENGTH)?.to_str().ok()?.parse().ok()
+}
+
+fn authority_of<B>(request: &Request<B>) -> Option<String> {
+    request
+        .uri()
+        .authority()
+        .map(|a| a.as_str().to_owned())
+        .or_else(|| request.headers().get(header::HOST).and_then(|h| h.to_str().ok()).map(str::to_owned))
+}
+
+fn is_grpc<B>(request: &Request<B>) -> bool {
+    request.headers().get(header::CONTENT_TYPE).is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"))
+}
+
+pub fn full(bytes: Bytes) -> Body {
+    Full::new(bytes).map_err(|never| match never {}).boxed()
+}
+
+fn empty() -> Body {
+    Empty::new().map_err(|never| match never {}).boxed()
+}
+
+pub fn text(status: StatusCode, body: &str) -> Response<Body> {
+    let mut response = Response::new(full(Bytes::copy_from_slice(body.as_bytes())));
+    *response.status_mut() = status;
+    response.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain"));
+    response
+}

@@ -1,0 +1,176 @@
+//! `trellis-proxy`: the sidecar data plane. A connection's path: `listen` accepts it on the
+//! outbound (15001) or inbound (15006) port and reads where it was headed; `connection` decides
+//! between HTTP and opaque TCP (`detect`); HTTP is served by `serve` and each request routed
+//! and forwarded by `forward` (routes from `route`, clusters from `cluster`, endpoints picked by
+//! `balance`, connections from `upstream`); TCP is relayed by `tcp`. `config` compiles the
+//! configuration that all of this reads, `watch` reloads it, `admin` and `metrics` show it.
+
+pub mod admin;
+pub mod balance;
+pub mod cluster;
+pub mod config;
+pub mod connection;
+pub mod detect;
+pub mod forward;
+pub mod headers;
+pub mod listen;
+pub mod metrics;
+pub mod route;
+pub mod serve;
+pub mod tcp;
+pub mod upstream;
+pub mod watch;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+
+use arc_swap::ArcSwap;
+
+use crate::config::Snapshot;
+use crate::metrics::Metrics;
+use crate::upstream::Pools;
+
+/// Changes the log filter at run time (the admin `/logging` endpoint).
+pub type LogControl = Box<dyn Fn(&str) -> Result<(), String> + Send + Sync>;
+
+/// What every connection shares: the current configuration, upstream pools, metrics and the
+/// lifecycle switches.
+pub struct Proxy {
+    pub config: ArcSwap<Snapshot>,
+    pub pools: Pools,
+    pub metrics: Metrics,
+    /// Set once a configuration is loaded.
+    pub ready: AtomicBool,
+    /// Flips to true when the proxy starts draining.
+    pub drain: tokio::sync::watch::Sender<bool>,
+    pub connections: AtomicUsize,
+    pub log_control: Option<LogControl>,
+}
+
+impl Proxy {
+    pub fn new(snapshot: Snapshot, metrics: Metrics, log_control: Option<LogControl>) -> Arc<Proxy> {
+        Arc::new(Proxy {
+            config: ArcSwap::from_pointee(snapshot),
+            pools: Pools::default(),
+            metrics,
+            ready: AtomicBool::new(false),
+            drain: tokio::sync::watch::channel(false).0,
+            connections: AtomicUsize::new(0),
+            log_control,
+        })
+    }
+
+    pub fn is_draining(&self) -> bool {
+        *self.drain.borrow()
+    }
+
+    pub fn start_drain(&self) {
+        self.drain.send_replace(true);
+        self.ready.store(false, Ordering::Release);
+    }
+}
+
+/// Resolves once the proxy drains. (The receiver's guard never lives across an await, so the
+/// future stays `Send`.)
+pub async fn drained(receiver: &mut tokio::sync::watch::Receiver<bool>) {
+    let _ = receiver.wait_for(|draining| *draining).await;
+}
+
+/// Which capture port a connection came in on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Side {
+    Outbound,
+    Inbound,
+}
+
+/// Where the proxy listens. Port 0 picks a free port (tests).
+#[derive(Clone, Debug)]
+pub struct Options {
+    pub outbound: Vec<std::net::SocketAddr>,
+    pub inbound: Vec<std::net::SocketAddr>,
+    pub admin: Vec<std::net::SocketAddr>,
+    pub readiness: Vec<std::net::SocketAddr>,
+    pub stats: Vec<std::net::SocketAddr>,
+    pub config_file: Option<std::path::PathBuf>,
+}
+
+/// A started proxy and the addresses it actually bound.
+pub struct Running {
+    pub proxy: Arc<Proxy>,
+    pub outbound: Vec<std::net::SocketAddr>,
+    pub inbound: Vec<std::net::SocketAddr>,
+    pub admin: Vec<std::net::SocketAddr>,
+    pub readiness: Vec<std::net::SocketAddr>,
+    pub stats: Vec<std::net::SocketAddr>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("cannot listen on {addr}: {source}")]
+    Bind { addr: std::net::SocketAddr, source: std::io::Error },
+    #[error(transparent)]
+    Config(#[from] watch::LoadError),
+}
+
+/// Loads the configuration, binds every listener and starts serving (on the current tokio
+/// runtime).
+pub fn start(
+    options: Options,
+    metrics: Metrics,
+    log_control: Option<LogControl>,
+) -> Result<Running, StartError> {
+    let snapshot = match &options.config_file {
+        Some(path) => watch::load(path, 1, None)?,
+        None => Snapshot::empty(),
+    };
+    let proxy = Proxy::new(snapshot, metrics, log_control);
+    let bind_all = |addrs: &[std::net::SocketAddr]| -> Result<Vec<tokio::net::TcpListener>, StartError> {
+        addrs.iter().map(|a| bind(*a).map_err(|source| StartError::Bind { addr: *a, source })).collect()
+    };
+    let (outbound, inbound) = (bind_all(&options.outbound)?, bind_all(&options.inbound)?);
+    let (admin, readiness, stats) =
+        (bind_all(&options.admin)?, bind_all(&options.readiness)?, bind_all(&options.stats)?);
+    let local =
+        |ls: &[tokio::net::TcpListener]| ls.iter().filter_map(|l| l.local_addr().ok()).collect::<Vec<_>>();
+    let running = Running {
+        proxy: proxy.clone(),
+        outbound: local(&outbound),
+        inbound: local(&inbound),
+        admin: local(&admin),
+        readiness: local(&readiness),
+        stats: local(&stats),
+    };
+    for l in outbound {
+        tokio::spawn(listen::accept_loop(l, Side::Outbound, proxy.clone()));
+    }
+    for l in inbound {
+        tokio::spawn(listen::accept_loop(l, Side::Inbound, proxy.clone()));
+    }
+    for (ls, which) in [
+        (admin, admin::Endpoints::Admin),
+        (readiness, admin::Endpoints::Readiness),
+        (stats, admin::Endpoints::Stats),
+    ] {
+        for l in ls {
+            tokio::spawn(admin::serve(l, which, proxy.clone()));
+        }
+    }
+    if let Some(path) = options.config_file {
+        tokio::spawn(watch::watch(path, proxy.clone()));
+    }
+    proxy.ready.store(true, Ordering::Release);
+    Ok(running)
+}
+
+/// A listener; IPv6 ones are IPv6-only so that `0.0.0.0` and `[::]` can both be bound.
+fn bind(addr: std::net::SocketAddr) -> std::io::Result<tokio::net::TcpListener> {
+    let socket =
+        if addr.is_ipv4() { tokio::net::TcpSocket::new_v4()? } else { tokio::net::TcpSocket::new_v6()? };
+    socket.set_reuseaddr(true)?;
+    if addr.is_ipv6() {
+        nix::sys::socket::setsockopt(&socket, nix::sys::socket::sockopt::Ipv6V6Only, &true)
+            .map_err(std::io::Error::from)?;
+    }
+    socket.bind(addr)?;
+    socket.listen(4096)
+}

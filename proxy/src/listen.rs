@@ -1,0 +1,26 @@
+//! The capture listeners: accept, hand each connection to its own task, stop on drain.
+
+use std::sync::Arc;
+
+use tokio::net::TcpListener;
+
+use crate::{Proxy, Side, connection};
+
+pub async fn accept_loop(listener: TcpListener, side: Side, proxy: Arc<Proxy>) {
+    let mut drain = proxy.drain.subscribe();
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok((stream, peer)) => {
+                    tokio::spawn(connection::handle(stream, peer, side, proxy.clone()));
+                }
+                // Out of file descriptors and the like: keep serving the connections we have.
+                Err(e) => {
+                    tracing::warn!(error = %e, ?side, "accept failed");
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                }
+            },
+            _ = crate::drained(&mut drain) => return,
+        }
+    }
+}

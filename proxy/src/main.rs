@@ -1,0 +1,166 @@
+//! `trellis-proxy`: the sidecar. `trellis-proxy --config FILE` runs it; `trellis-proxy wait`
+//! blocks until it is ready (the injected postStart hook that holds the app back).
+
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use clap::{Parser, Subcommand};
+use tracing_subscriber::EnvFilter;
+use tracing_subscriber::prelude::*;
+use trellis_proxy::metrics::{Metrics, Workload};
+use trellis_proxy::{LogControl, Options};
+
+// Measured against the system allocator in bench/proxy.sh: see bench/RESULTS.md.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+#[derive(Parser)]
+#[command(name = "trellis-proxy", version, about = "Trellis sidecar proxy")]
+struct Args {
+    #[command(subcommand)]
+    command: Option<Command>,
+    /// Configuration file (YAML or JSON, trellis.config.v1.ProxyConfig); watched for changes.
+    #[arg(long, env = "TRELLIS_PROXY_CONFIG")]
+    config: Option<PathBuf>,
+    /// Worker threads.
+    #[arg(long, default_value_t = 2)]
+    concurrency: usize,
+    #[arg(long, default_value_t = 15001)]
+    outbound_port: u16,
+    #[arg(long, default_value_t = 15006)]
+    inbound_port: u16,
+    #[arg(long, default_value_t = 15000)]
+    admin_port: u16,
+    #[arg(long, default_value_t = 15021)]
+    readiness_port: u16,
+    #[arg(long, default_value_t = 15090)]
+    stats_port: u16,
+    /// Also listen on IPv6.
+    #[arg(long)]
+    ipv6: bool,
+    /// On SIGTERM, how long in-flight requests may take before the proxy exits.
+    #[arg(long, default_value = "5s", value_parser = parse_duration)]
+    drain_timeout: Duration,
+    #[arg(long, env = "RUST_LOG", default_value = "info")]
+    log_level: String,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Wait until the proxy on this host is ready (GET 127.0.0.1:<readiness-port>/healthz/ready).
+    Wait {
+        #[arg(long, default_value = "60s", value_parser = parse_duration)]
+        timeout: Duration,
+        #[arg(long, default_value_t = 15021)]
+        readiness_port: u16,
+    },
+}
+
+fn parse_duration(text: &str) -> Result<Duration, String> {
+    trellis_api::primitives::parse_go_duration(text)
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    if let Some(Command::Wait { timeout, readiness_port }) = args.command {
+        return wait(timeout, readiness_port);
+    }
+    let filter = EnvFilter::try_new(&args.log_level).unwrap_or_else(|_| EnvFilter::new("info"));
+    let (filter, handle) = tracing_subscriber::reload::Layer::new(filter);
+    tracing_subscriber::registry()
+        .with(filter)
+        .with(tracing_subscriber::fmt::layer().with_writer(std::io::stderr))
+        .init();
+    let log_control: LogControl = Box::new(move |level: &str| {
+        let filter = EnvFilter::try_new(level).map_err(|e| e.to_string())?;
+        handle.reload(filter).map_err(|e| e.to_string())
+    });
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(args.concurrency.max(1))
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("trellis-proxy: cannot start: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    runtime.block_on(run(args, log_control))
+}
+
+async fn run(args: Args, log_control: LogControl) -> ExitCode {
+    let any = |port| {
+        let mut addrs = vec![SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), port)];
+        if args.ipv6 {
+            addrs.push(SocketAddr::new(IpAddr::V6(Ipv6Addr::UNSPECIFIED), port));
+        }
+        addrs
+    };
+    let options = Options {
+        outbound: any(args.outbound_port),
+        inbound: any(args.inbound_port),
+        admin: vec![SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), args.admin_port)],
+        readiness: any(args.readiness_port),
+        stats: any(args.stats_port),
+        config_file: args.config.clone(),
+    };
+    let running = match trellis_proxy::start(options, Metrics::new(Workload::from_env()), Some(log_control)) {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("trellis-proxy: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    tracing::info!(outbound = ?running.outbound, inbound = ?running.inbound, "trellis-proxy started");
+    println!("trellis-proxy ready: outbound {:?} inbound {:?}", running.outbound, running.inbound);
+    let proxy = running.proxy;
+    let mut drain = proxy.drain.subscribe();
+    let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("trellis-proxy: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    tokio::select! {
+        _ = term.recv() => proxy.start_drain(),
+        _ = tokio::signal::ctrl_c() => proxy.start_drain(),
+        _ = trellis_proxy::drained(&mut drain) => {}
+    }
+    // Draining: listeners are closed, connections finish what they have in flight.
+    let deadline = Instant::now() + args.drain_timeout;
+    while proxy.connections.load(Ordering::Acquire) > 0 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    tracing::info!(left = proxy.connections.load(Ordering::Acquire), "trellis-proxy stopped");
+    ExitCode::SUCCESS
+}
+
+fn wait(timeout: Duration, port: u16) -> ExitCode {
+    use std::io::{Read, Write};
+    let deadline = Instant::now() + timeout;
+    let addr = SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), port);
+    loop {
+        let ready =
+            std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(1)).ok().and_then(|mut s| {
+                s.set_read_timeout(Some(Duration::from_secs(1))).ok()?;
+                s.write_all(b"GET /healthz/ready HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+                    .ok()?;
+                let mut head = [0u8; 12];
+                s.read_exact(&mut head).ok()?;
+                Some(&head[9..12] == b"200")
+            });
+        if ready == Some(true) {
+            return ExitCode::SUCCESS;
+        }
+        if Instant::now() >= deadline {
+            eprintln!("trellis-proxy wait: not ready after {timeout:?}");
+            return ExitCode::FAILURE;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}

@@ -1,0 +1,228 @@
+//! Istio's standard metrics, same names and labels, so existing dashboards and alerts work.
+//! Served on 15090 at /stats/prometheus.
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::Registry;
+
+/// Who this proxy is, from the environment the injector sets.
+#[derive(Clone, Debug)]
+pub struct Workload {
+    pub name: String,
+    pub namespace: String,
+}
+
+impl Workload {
+    pub fn from_env() -> Workload {
+        let var = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());
+        Workload {
+            name: var("ISTIO_META_WORKLOAD_NAME").unwrap_or_else(|| "unknown".to_owned()),
+            namespace: var("POD_NAMESPACE").unwrap_or_else(|| "unknown".to_owned()),
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Reporter {
+    /// The client's proxy (outbound).
+    Source,
+    /// The server's proxy (inbound).
+    Destination,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RequestLabels {
+    pub reporter: &'static str,
+    pub source_workload: String,
+    pub source_workload_namespace: String,
+    pub destination_workload: String,
+    pub destination_workload_namespace: String,
+    pub destination_service: String,
+    pub destination_service_name: String,
+    pub request_protocol: &'static str,
+    pub response_code: u16,
+    pub response_flags: &'static str,
+    pub connection_security_policy: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct TcpLabels {
+    pub reporter: &'static str,
+    pub source_workload: String,
+    pub source_workload_namespace: String,
+    pub destination_workload: String,
+    pub destination_workload_namespace: String,
+    pub destination_service: String,
+    pub destination_service_name: String,
+    pub response_flags: &'static str,
+    pub connection_security_policy: &'static str,
+}
+
+fn byte_histogram() -> Histogram {
+    Histogram::new([1.0, 10.0, 100.0, 1_000.0, 10_000.0, 100_000.0, 1_000_000.0, 10_000_000.0])
+}
+
+fn duration_histogram() -> Histogram {
+    // Istio's buckets, in milliseconds.
+    Histogram::new([
+        0.5,
+        1.0,
+        5.0,
+        10.0,
+        25.0,
+        50.0,
+        100.0,
+        250.0,
+        500.0,
+        1_000.0,
+        2_500.0,
+        5_000.0,
+        10_000.0,
+        30_000.0,
+        60_000.0,
+        300_000.0,
+        600_000.0,
+        1_800_000.0,
+        3_600_000.0,
+    ])
+}
+
+pub struct Metrics {
+    registry: Registry,
+    pub workload: Workload,
+    requests: Family<RequestLabels, Counter>,
+    duration: Family<RequestLabels, Histogram>,
+    request_bytes: Family<RequestLabels, Histogram>,
+    response_bytes: Family<RequestLabels, Histogram>,
+    tcp_sent: Family<TcpLabels, Counter>,
+    tcp_received: Family<TcpLabels, Counter>,
+    tcp_opened: Family<TcpLabels, Counter>,
+    tcp_closed: Family<TcpLabels, Counter>,
+}
+
+/// One finished HTTP request, as the metrics see it.
+pub struct RequestRecord<'a> {
+    pub reporter: Reporter,
+    pub service: &'a str,
+    pub grpc: bool,
+    pub status: u16,
+    pub flags: &'static str,
+    pub millis: f64,
+    pub request_bytes: u64,
+    pub response_bytes: u64,
+}
+
+impl Metrics {
+    pub fn new(workload: Workload) -> Metrics {
+        let mut registry = Registry::default();
+        let requests = Family::<RequestLabels, Counter>::default();
+        let duration =
+            Family::<RequestLabels, Histogram>::new_with_constructor(duration_histogram as fn() -> Histogram);
+        let request_bytes =
+            Family::<RequestLabels, Histogram>::new_with_constructor(byte_histogram as fn() -> Histogram);
+        let response_bytes =
+            Family::<RequestLabels, Histogram>::new_with_constructor(byte_histogram as fn() -> Histogram);
+        let (tcp_sent, tcp_received, tcp_opened, tcp_closed) =
+            (Family::default(), Family::default(), Family::default(), Family::default());
+        registry.register("istio_requests", "Requests", requests.clone());
+        registry.register("istio_request_duration_milliseconds", "Request duration", duration.clone());
+        registry.register("istio_request_bytes", "Request body sizes", request_bytes.clone());
+        registry.register("istio_response_bytes", "Response body sizes", response_bytes.clone());
+        registry.register("istio_tcp_sent_bytes", "Bytes sent to the destination", tcp_sent.clone());
+        registry.register(
+            "istio_tcp_received_bytes",
+            "Bytes received from the destination",
+            tcp_received.clone(),
+        );
+        registry.register("istio_tcp_connections_opened", "TCP connections opened", tcp_opened.clone());
+        registry.register("istio_tcp_connections_closed", "TCP connections closed", tcp_closed.clone());
+        Metrics {
+            registry,
+            workload,
+            requests,
+            duration,
+            request_bytes,
+            response_bytes,
+            tcp_sent,
+            tcp_received,
+            tcp_opened,
+            tcp_closed,
+        }
+    }
+
+    fn sides(&self, reporter: Reporter) -> (&'static str, String, String, String, String) {
+        let (me, ns) = (self.workload.name.clone(), self.workload.namespace.clone());
+        let unknown = || "unknown".to_owned();
+        match reporter {
+            Reporter::Source => ("source", me, ns, unknown(), unknown()),
+            Reporter::Destination => ("destination", unknown(), unknown(), me, ns),
+        }
+    }
+
+    pub fn request(&self, r: RequestRecord<'_>) {
+        let (
+            reporter,
+            source_workload,
+            source_workload_namespace,
+            destination_workload,
+            destination_workload_namespace,
+        ) = self.sides(r.reporter);
+        let labels = RequestLabels {
+            reporter,
+            source_workload,
+            source_workload_namespace,
+            destination_workload,
+            destination_workload_namespace,
+            destination_service: r.service.to_owned(),
+            destination_service_name: r.service.split('.').next().unwrap_or_default().to_owned(),
+            request_protocol: if r.grpc { "grpc" } else { "http" },
+            response_code: r.status,
+            response_flags: r.flags,
+            connection_security_policy: "none",
+        };
+        self.requests.get_or_create(&labels).inc();
+        self.duration.get_or_create(&labels).observe(r.millis);
+        self.request_bytes.get_or_create(&labels).observe(r.request_bytes as f64);
+        self.response_bytes.get_or_create(&labels).observe(r.response_bytes as f64);
+    }
+
+    pub fn tcp_labels(&self, reporter: Reporter, service: &str, flags: &'static str) -> TcpLabels {
+        let (
+            reporter,
+            source_workload,
+            source_workload_namespace,
+            destination_workload,
+            destination_workload_namespace,
+        ) = self.sides(reporter);
+        TcpLabels {
+            reporter,
+            source_workload,
+            source_workload_namespace,
+            destination_workload,
+            destination_workload_namespace,
+            destination_service: service.to_owned(),
+            destination_service_name: service.split('.').next().unwrap_or_default().to_owned(),
+            response_flags: flags,
+            connection_security_policy: "none",
+        }
+    }
+
+    pub fn tcp_opened(&self, labels: &TcpLabels) {
+        self.tcp_opened.get_or_create(labels).inc();
+    }
+
+    pub fn tcp_closed(&self, labels: &TcpLabels, sent: u64, received: u64) {
+        self.tcp_sent.get_or_create(labels).inc_by(sent);
+        self.tcp_received.get_or_create(labels).inc_by(received);
+        self.tcp_closed.get_or_create(labels).inc();
+    }
+
+    /// The text exposition format.
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
+        out
+    }
+}

@@ -1,0 +1,66 @@
+//! Serving one downstream connection as HTTP/1.1 or HTTP/2 (hyper), with the size limits and
+//! header timeout that keep hostile clients from holding memory or connections, and a graceful
+//! close when the proxy drains.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use tokio::net::TcpStream;
+
+use crate::{Proxy, Side, forward};
+
+/// How long a client may take to send its request headers (slowloris).
+pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Where a connection came from and was headed.
+#[derive(Debug)]
+pub struct Conn {
+    pub side: Side,
+    pub peer: SocketAddr,
+    /// Before the redirect; `None` in explicit mode (the client dialled the proxy itself).
+    pub original: Option<SocketAddr>,
+}
+
+pub async fn serve(stream: TcpStream, conn: Conn, proxy: Arc<Proxy>) {
+    let limits = {
+        let snapshot = proxy.config.load();
+        (snapshot.limits.max_header_bytes, snapshot.limits.max_body_bytes)
+    };
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(HEADER_READ_TIMEOUT)
+        // hyper's floor is 8 KiB.
+        .max_buf_size(limits.0.max(8192));
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .max_header_list_size(u32::try_from(limits.0).unwrap_or(u32::MAX))
+        .max_concurrent_streams(1024)
+        .keep_alive_interval(Some(Duration::from_secs(60)));
+    let conn = Arc::new(conn);
+    let service = {
+        let proxy = proxy.clone();
+        service_fn(move |request| {
+            let (conn, proxy) = (conn.clone(), proxy.clone());
+            async move { Ok::<_, Infallible>(forward::handle(request, &conn, &proxy).await) }
+        })
+    };
+    let mut drain = proxy.drain.subscribe();
+    let connection = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
+    tokio::pin!(connection);
+    tokio::select! {
+        _ = connection.as_mut() => {}
+        _ = crate::drained(&mut drain) => {
+            // Finish what is in flight, take nothing new.
+            connection.as_mut().graceful_shutdown();
+            let _ = connection.await;
+        }
+    }
+}

@@ -1,0 +1,221 @@
+//! Connections to endpoints: a pool per endpoint (and source address) of HTTP/1.1 keep-alive
+//! connections, or one multiplexed HTTP/2 connection, reused across requests and clusters.
+
+use std::collections::HashMap;
+use std::io;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http::{Request, Response};
+use http_body_util::combinators::BoxBody;
+use hyper::body::Incoming;
+use hyper::client::conn::{http1, http2};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use tokio::net::{TcpSocket, TcpStream};
+
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+pub type Body = BoxBody<Bytes, BoxError>;
+
+/// Idle HTTP/1.1 connections kept per endpoint; more are closed once their response is done.
+const MAX_IDLE_PER_ENDPOINT: usize = 128;
+/// Pooled HTTP connections unused for this long are closed.
+pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(90);
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Protocol {
+    Http1,
+    Http2,
+}
+
+/// Where a connection goes and where it comes from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct Key {
+    pub addr: SocketAddr,
+    pub protocol: Protocol,
+    /// Bound before connecting (inbound delivery comes from 127.0.0.6).
+    pub source: Option<IpAddr>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum UpstreamError {
+    /// The endpoint could not be reached: nothing was sent.
+    #[error("connect to {addr}: {source}")]
+    Connect { addr: SocketAddr, source: io::Error },
+    #[error("connect to {0}: timed out")]
+    ConnectTimeout(SocketAddr),
+    /// The HTTP/2 peer refused the stream before processing it: safe to retry.
+    #[error("stream refused by {0}")]
+    RefusedStream(SocketAddr),
+    /// The connection broke during the exchange.
+    #[error("{addr}: {source}")]
+    Reset { addr: SocketAddr, source: hyper::Error },
+}
+
+impl UpstreamError {
+    pub fn is_connect_failure(&self) -> bool {
+        matches!(self, UpstreamError::Connect { .. } | UpstreamError::ConnectTimeout(_))
+    }
+}
+
+struct Idle {
+    sender: http1::SendRequest<Body>,
+    since: Instant,
+}
+
+#[derive(Default)]
+struct Entry {
+    http1: Vec<Idle>,
+    http2: Option<http2::SendRequest<Body>>,
+}
+
+#[derive(Default)]
+pub struct Pools {
+    entries: Mutex<HashMap<Key, Entry>>,
+}
+
+impl Pools {
+    /// Sends `request` (origin-form URI for HTTP/1.1; absolute for HTTP/2) over a pooled
+    /// connection, or a new one.
+    pub async fn send(
+        &self,
+        key: Key,
+        connect_timeout: Duration,
+        idle_timeout: Duration,
+        request: Request<Body>,
+    ) -> Result<Response<Incoming>, UpstreamError> {
+        match key.protocol {
+            Protocol::Http1 => self.send_http1(key, connect_timeout, idle_timeout, request).await,
+            Protocol::Http2 => self.send_http2(key, connect_timeout, request).await,
+        }
+    }
+
+    async fn send_http1(
+        &self,
+        key: Key,
+        connect_timeout: Duration,
+        idle_timeout: Duration,
+        mut request: Request<Body>,
+    ) -> Result<Response<Incoming>, UpstreamError> {
+        // A pooled connection may have been closed by the peer just now; then the request comes
+        // back unsent and goes over a new connection.
+        if let Some(mut sender) = self.take_idle(key, idle_timeout) {
+            match sender.try_send_request(request).await {
+                Ok(response) => {
+                    self.put_idle(key, sender);
+                    return Ok(response);
+                }
+                Err(mut e) => match e.take_message() {
+                    Some(unsent) => request = unsent,
+                    None => return Err(UpstreamError::Reset { addr: key.addr, source: e.into_error() }),
+                },
+            }
+        }
+        let stream = connect(key, connect_timeout).await?;
+        let (mut sender, connection) = http1::Builder::new()
+            .handshake(TokioIo::new(stream))
+            .await
+            .map_err(|source| UpstreamError::Reset { addr: key.addr, source })?;
+        tokio::spawn(async move {
+            let _ = connection.with_upgrades().await;
+        });
+        let response = sender
+            .send_request(request)
+            .await
+            .map_err(|source| UpstreamError::Reset { addr: key.addr, source })?;
+        self.put_idle(key, sender);
+        Ok(response)
+    }
+
+    async fn send_http2(
+        &self,
+        key: Key,
+        connect_timeout: Duration,
+        request: Request<Body>,
+    ) -> Result<Response<Incoming>, UpstreamError> {
+        let existing = {
+            let entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
+            entries.get(&key).and_then(|e| e.http2.clone()).filter(|s| !s.is_closed())
+        };
+        let mut sender = match existing {
+            Some(s) => s,
+            None => {
+                let stream = connect(key, connect_timeout).await?;
+                let (sender, connection) = http2::Builder::new(TokioExecutor::new())
+                    .timer(TokioTimer::new())
+                    .keep_alive_interval(Duration::from_secs(30))
+                    .handshake(TokioIo::new(stream))
+                    .await
+                    .map_err(|source| UpstreamError::Reset { addr: key.addr, source })?;
+                tokio::spawn(async move {
+                    let _ = connection.await;
+                });
+                let mut entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
+                entries.entry(key).or_default().http2 = Some(sender.clone());
+                sender
+            }
+        };
+        sender.send_request(request).await.map_err(|source| {
+            let refused = std::error::Error::source(&source)
+                .and_then(|s| s.downcast_ref::<h2::Error>())
+                .and_then(h2::Error::reason)
+                == Some(h2::Reason::REFUSED_STREAM);
+            if refused {
+                UpstreamError::RefusedStream(key.addr)
+            } else {
+                UpstreamError::Reset { addr: key.addr, source }
+            }
+        })
+    }
+
+    /// A ready idle connection; closed and expired ones are dropped on the way, busy ones kept.
+    fn take_idle(&self, key: Key, idle_timeout: Duration) -> Option<http1::SendRequest<Body>> {
+        let mut entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
+        let list = &mut entries.get_mut(&key)?.http1;
+        let now = Instant::now();
+        let mut found = None;
+        let mut busy = Vec::new();
+        while let Some(idle) = list.pop() {
+            if idle.sender.is_closed() || now.duration_since(idle.since) > idle_timeout {
+                continue;
+            }
+            if idle.sender.is_ready() {
+                found = Some(idle.sender);
+                break;
+            }
+            busy.push(idle);
+        }
+        list.extend(busy);
+        found
+    }
+
+    fn put_idle(&self, key: Key, sender: http1::SendRequest<Body>) {
+        let mut entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
+        let list = &mut entries.entry(key).or_default().http1;
+        if list.len() < MAX_IDLE_PER_ENDPOINT {
+            list.push(Idle { sender, since: Instant::now() });
+        }
+    }
+
+    /// Connections currently pooled per endpoint (for the admin page).
+    pub fn idle_counts(&self) -> Vec<(Key, usize)> {
+        let entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
+        entries.iter().map(|(k, e)| (*k, e.http1.len() + usize::from(e.http2.is_some()))).collect()
+    }
+}
+
+/// A TCP connection to `key.addr`, from `key.source` when set.
+pub async fn connect(key: Key, timeout: Duration) -> Result<TcpStream, UpstreamError> {
+    let fail = |source| UpstreamError::Connect { addr: key.addr, source };
+    let socket = if key.addr.is_ipv4() { TcpSocket::new_v4() } else { TcpSocket::new_v6() }.map_err(fail)?;
+    if let Some(source) = key.source {
+        socket.bind(SocketAddr::new(source, 0)).map_err(fail)?;
+    }
+    let stream = tokio::time::timeout(timeout, socket.connect(key.addr))
+        .await
+        .map_err(|_| UpstreamError::ConnectTimeout(key.addr))?
+        .map_err(fail)?;
+    let _ = stream.set_nodelay(true);
+    Ok(stream)
+}
