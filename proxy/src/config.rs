@@ -20,6 +20,7 @@ pub const MAX_CONFIG_BYTES: usize = 16 << 20;
 const DEFAULT_DETECTION_TIMEOUT: Duration = Duration::from_millis(100);
 const DEFAULT_MAX_HEADER_BYTES: usize = 60 << 10;
 const DEFAULT_MAX_BODY_BYTES: u64 = 10 << 20;
+const DEFAULT_HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 #[error("{field}: {message}")]
@@ -56,6 +57,8 @@ pub struct ServicePort {
 pub struct Limits {
     pub max_header_bytes: usize,
     pub max_body_bytes: u64,
+    /// How long a client may take to send its request headers (slowloris).
+    pub header_read_timeout: Duration,
 }
 
 /// One compiled configuration version. Immutable: a change builds a new one.
@@ -213,6 +216,11 @@ impl Snapshot {
                     0 => DEFAULT_MAX_BODY_BYTES,
                     n => n,
                 },
+                header_read_timeout: duration(
+                    limits.request_headers_timeout.as_ref(),
+                    "limits.request_headers_timeout",
+                )?
+                .unwrap_or(DEFAULT_HEADER_READ_TIMEOUT),
             },
             by_address,
             by_name,

@@ -37,7 +37,8 @@ pub async fn handle(stream: TcpStream, peer: SocketAddr, side: Side, proxy: Arc<
     let _ = stream.set_nodelay(true);
     let original = original_destination(&stream);
     let snapshot = proxy.config.load_full();
-    let conn = Conn { side, peer, original };
+    let local = stream.local_addr().unwrap_or(SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), 0));
+    let conn = Conn { side, peer, original, local };
     let port = original.map(|o| o.port());
     let service_port = original.and_then(|o| snapshot.by_address(o)).cloned();
     let declared = service_port.as_ref().map(|sp| sp.protocol);

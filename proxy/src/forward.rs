@@ -551,6 +551,13 @@ async fn passthrough(
     let Some(target) = target else {
         return Outcome::new(text(StatusCode::NOT_FOUND, "no route for this authority\n"), service, "NR");
     };
+    if target == conn.local || (target.port() == conn.local.port() && target.ip().is_loopback()) {
+        return Outcome::new(
+            text(StatusCode::LOOP_DETECTED, "the request is addressed to the proxy itself\n"),
+            service,
+            "NR",
+        );
+    }
     let upgrade = headers::is_upgrade(request.headers());
     headers::strip_hop_by_hop(request.headers_mut(), upgrade);
     headers::ensure_request_id(request.headers_mut());

@@ -14,9 +14,6 @@ use tokio::net::TcpStream;
 
 use crate::{Proxy, Side, forward};
 
-/// How long a client may take to send its request headers (slowloris).
-pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
-
 /// Where a connection came from and was headed.
 #[derive(Debug)]
 pub struct Conn {
@@ -24,18 +21,20 @@ pub struct Conn {
     pub peer: SocketAddr,
     /// Before the redirect; `None` in explicit mode (the client dialled the proxy itself).
     pub original: Option<SocketAddr>,
+    /// The listener's own address: never a destination (that would loop).
+    pub local: SocketAddr,
 }
 
 pub async fn serve(stream: TcpStream, conn: Conn, proxy: Arc<Proxy>) {
     let limits = {
         let snapshot = proxy.config.load();
-        (snapshot.limits.max_header_bytes, snapshot.limits.max_body_bytes)
+        (snapshot.limits.max_header_bytes, snapshot.limits.header_read_timeout)
     };
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder
         .http1()
         .timer(TokioTimer::new())
-        .header_read_timeout(HEADER_READ_TIMEOUT)
+        .header_read_timeout(limits.1)
         // hyper's floor is 8 KiB.
         .max_buf_size(limits.0.max(8192));
     builder
