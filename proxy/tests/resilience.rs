@@ -1,0 +1,225 @@
+//! Timeouts, retries, pool limits, consistent hashing and configuration reloads, over real
+//! sockets.
+
+mod common;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use common::{Client, TestProxy, Upstream, get};
+use http::{StatusCode, Version};
+
+/// One service, `api`, with one route whose extras are given, to a cluster over `endpoints`.
+fn config(endpoints: &[&Upstream], route_extra: &str, cluster_extra: &str) -> String {
+    let list: String = endpoints
+        .iter()
+        .map(|u| format!("      - {{ address: 127.0.0.1, port: {} }}\n", u.addr.port()))
+        .collect();
+    format!(
+        r#"
+services:
+  - name: api.test.svc.cluster.local
+    aliases: [api]
+    ports: [{{ port: 80, protocol: HTTP }}]
+virtualHosts:
+  - name: api.test.svc.cluster.local:80
+    routes:
+      - name: all
+        forward: {{ clusters: [{{ cluster: api }}] }}
+{route_extra}
+clusters:
+  - name: api
+    service: api.test.svc.cluster.local
+{cluster_extra}
+endpoints:
+  - service: api.test.svc.cluster.local
+    endpoints:
+{list}"#
+    )
+}
+
+#[tokio::test]
+async fn retries_recover_from_failures_and_stop_at_the_limit() {
+    let upstream = Upstream::start("api").await;
+    let retries = "        retries: { attempts: 2, retryOn: [5xx], baseInterval: 0.001s }";
+    let proxy = TestProxy::start(&config(&[&upstream], retries, "")).await;
+    let mut client = Client::connect(proxy.outbound(), Version::HTTP_11).await;
+
+    upstream.fail_next(2);
+    let answer = client.get("api", "/").await;
+    assert_eq!(answer.status, StatusCode::OK, "two failures, two retries");
+    assert_eq!(upstream.count(), 3);
+
+    upstream.fail_next(5);
+    let answer = client.get("api", "/").await;
+    assert_eq!(answer.status, StatusCode::SERVICE_UNAVAILABLE, "the third failure is the answer");
+    assert_eq!(upstream.count(), 6, "one try and two retries, no more");
+
+    // A POST with a body is sent again whole.
+    upstream.fail_next(1);
+    let post = http::Request::post("/echo").header("host", "api").body("payload".into()).unwrap();
+    let answer = client.send(post).await.unwrap();
+    assert_eq!((answer.status, answer.text().as_str()), (StatusCode::OK, "payload"));
+}
+
+#[tokio::test]
+async fn a_retry_goes_to_another_endpoint_when_one_is_down() {
+    let up = Upstream::start("up").await;
+    // A port nothing listens on: bind, note, close.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
+    let yaml = config(
+        &[&up],
+        "        retries: { attempts: 1, retryOn: [connect-failure], baseInterval: 0.001s }",
+        "",
+    )
+    .replace(
+        "    endpoints:\n",
+        &format!("    endpoints:\n      - {{ address: 127.0.0.1, port: {} }}\n", closed.port()),
+    );
+    let proxy = TestProxy::start(&yaml).await;
+    let mut client = Client::connect(proxy.outbound(), Version::HTTP_11).await;
+    for _ in 0..20 {
+        assert_eq!(client.get("api", "/").await.status, StatusCode::OK);
+    }
+    // Without retries, the dead endpoint shows: 503 with Envoy's words.
+    proxy
+        .reload(&config(&[&up], "", "").replace(
+            "    endpoints:\n",
+            &format!("    endpoints:\n      - {{ address: 127.0.0.1, port: {} }}\n", closed.port()),
+        ))
+        .await;
+    let statuses: Vec<StatusCode> = {
+        let mut s = Vec::new();
+        for _ in 0..4 {
+            s.push(client.get("api", "/").await.status);
+        }
+        s
+    };
+    assert!(statuses.contains(&StatusCode::SERVICE_UNAVAILABLE), "{statuses:?}");
+}
+
+#[tokio::test]
+async fn timeouts_fire() {
+    let upstream = Upstream::start("slow").await;
+    let proxy = TestProxy::start(&config(&[&upstream], "        timeout: 0.2s", "")).await;
+    let mut client = Client::connect(proxy.outbound(), Version::HTTP_11).await;
+    let started = Instant::now();
+    let answer = client.send(get("api", "/", &[("x-delay-ms", "5000")])).await.unwrap();
+    assert_eq!(answer.status, StatusCode::GATEWAY_TIMEOUT);
+    assert!(started.elapsed() < Duration::from_secs(4), "the route timeout cut it short");
+    assert_eq!(client.get("api", "/").await.status, StatusCode::OK, "the connection is still usable");
+
+    // A per-try timeout with a retry: each try is cut, then the whole gives 504.
+    let per_try = "        retries: { attempts: 1, perTryTimeout: 0.1s, retryOn: [gateway-error], baseInterval: 0.001s }";
+    proxy.reload(&config(&[&upstream], per_try, "")).await;
+    let before = upstream.count();
+    let answer = client.send(get("api", "/", &[("x-delay-ms", "5000")])).await.unwrap();
+    assert_eq!(answer.status, StatusCode::GATEWAY_TIMEOUT);
+    assert_eq!(upstream.count() - before, 2, "the try and its retry");
+}
+
+#[tokio::test]
+async fn pool_limits_answer_503_at_once() {
+    let upstream = Upstream::start("api").await;
+    let pool = "    connectionPool: { maxConnections: 1, http1MaxPendingRequests: 1 }";
+    let proxy = Arc::new(TestProxy::start(&config(&[&upstream], "", pool)).await);
+    // Two slow requests fill the connection and the queue...
+    let mut slow = Vec::new();
+    for _ in 0..2 {
+        let addr = proxy.outbound();
+        slow.push(tokio::spawn(async move {
+            let mut client = Client::connect(addr, Version::HTTP_11).await;
+            client.send(get("api", "/", &[("x-delay-ms", "1500")])).await.unwrap().status
+        }));
+    }
+    common::wait_until("two requests are in flight", || upstream.count() == 2).await;
+    // ...so a third is refused at once.
+    let started = Instant::now();
+    let mut client = Client::connect(proxy.outbound(), Version::HTTP_11).await;
+    let answer = client.get("api", "/").await;
+    assert_eq!(answer.status, StatusCode::SERVICE_UNAVAILABLE);
+    assert!(answer.text().contains("overflow"), "{}", answer.text());
+    assert!(started.elapsed() < Duration::from_millis(1000));
+    for s in slow {
+        assert_eq!(s.await.unwrap(), StatusCode::OK);
+    }
+    assert_eq!(client.get("api", "/").await.status, StatusCode::OK, "capacity is back");
+    let (_, clusters) = proxy.admin_get("/clusters").await;
+    assert!(clusters.contains("api::upstream_rq_pending_overflow::1"), "{clusters}");
+}
+
+#[tokio::test]
+async fn consistent_hashing_keeps_keys_and_moves_few_when_an_endpoint_leaves() {
+    let upstreams = [
+        Upstream::start("a").await,
+        Upstream::start("b").await,
+        Upstream::start("c").await,
+        Upstream::start("d").await,
+    ];
+    let refs: Vec<&Upstream> = upstreams.iter().collect();
+    let lb = "    loadBalancer: { policy: RING_HASH, hashKey: { header: x-user } }";
+    let proxy = TestProxy::start(&config(&refs, "", lb)).await;
+    let mut client = Client::connect(proxy.outbound(), Version::HTTP_11).await;
+    let mut placement = Vec::new();
+    for user in 0..200 {
+        let key = format!("user-{user}");
+        let first = client.send(get("api", "/", &[("x-user", &key)])).await.unwrap().text();
+        for _ in 0..2 {
+            let again = client.send(get("api", "/", &[("x-user", &key)])).await.unwrap().text();
+            assert_eq!(again, first, "{key} moved without a change");
+        }
+        placement.push(first);
+    }
+    let used: std::collections::BTreeSet<&String> = placement.iter().collect();
+    assert_eq!(used.len(), 4, "keys spread over every endpoint");
+
+    // "d" leaves: only its keys move.
+    proxy.reload(&config(&refs[..3], "", lb)).await;
+    let mut moved = 0;
+    for (user, before) in placement.iter().enumerate() {
+        let now = client.send(get("api", "/", &[("x-user", &format!("user-{user}"))])).await.unwrap().text();
+        if &now != before {
+            moved += 1;
+            assert_eq!(before, "d", "user-{user} moved from a remaining endpoint");
+        }
+    }
+    assert!(moved <= 200 * 35 / 100, "{moved} of 200 keys moved");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reloading_under_load_fails_no_request() {
+    let (a, b) = (Upstream::start("a").await, Upstream::start("b").await);
+    let proxy = Arc::new(TestProxy::start(&config(&[&a], "", "")).await);
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut clients = Vec::new();
+    for _ in 0..4 {
+        let (addr, stop) = (proxy.outbound(), stop.clone());
+        clients.push(tokio::spawn(async move {
+            let mut client = Client::connect(addr, Version::HTTP_11).await;
+            let (mut ok, mut failed) = (0u32, Vec::new());
+            // Bounded: stops when told, or after 20,000 requests.
+            for _ in 0..20_000 {
+                if stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    break;
+                }
+                let answer = client.get("api", "/").await;
+                if answer.status == StatusCode::OK { ok += 1 } else { failed.push(answer.status) }
+            }
+            (ok, failed)
+        }));
+    }
+    for round in 0..6 {
+        let endpoints: Vec<&Upstream> = if round % 2 == 0 { vec![&b] } else { vec![&a, &b] };
+        proxy.reload(&config(&endpoints, "", "")).await;
+        // An invalid file in between is rejected and changes nothing.
+        std::fs::write(&proxy.config_path, "clusters: [{ name: broken").unwrap();
+        tokio::time::sleep(trellis_proxy::watch::POLL_INTERVAL * 2).await;
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    for c in clients {
+        let (ok, failed) = c.await.unwrap();
+        assert!(failed.is_empty(), "{} failed: {failed:?}", failed.len());
+        assert!(ok > 0);
+    }
+    assert!(a.count() > 0 && b.count() > 0, "both configurations served");
+}
