@@ -29,6 +29,16 @@ if [ ${#missing[@]} -gt 0 ]; then
   fi
 fi
 
+# The proxy's gRPC interop test talks to a real gRPC client and server: Python's grpcio.
+if ! python3 -c 'import grpc' 2>/dev/null; then
+  if command -v python3 >/dev/null && python3 -m pip --version >/dev/null 2>&1; then
+    echo "scripts/test.sh: installing Python grpcio"
+    python3 -m pip install -q grpcio >/dev/null 2>&1 || echo "scripts/test.sh: could not install grpcio; the gRPC test will say so" >&2
+  else
+    echo "scripts/test.sh: no pip to install grpcio; the gRPC test will say so" >&2
+  fi
+fi
+
 export TRELLIS_SHARED_DIR="${TRELLIS_SHARED_DIR:-$(cd .. && pwd)/shared}"
 
 # cargo prints one "test result" line per test binary, the last often a doc-test run of zero;
