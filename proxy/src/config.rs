@@ -566,3 +566,20 @@ mod tests {
         assert_eq!(split_authority("[fd00::1", 1), None);
     }
 }
+
+#[cfg(test)]
+mod truncation {
+    use super::*;
+
+    /// A file read while it is being written is cut anywhere: every prefix must be an error or a
+    /// configuration, never a panic.
+    #[test]
+    fn every_prefix_of_a_file_parses_or_fails_cleanly() {
+        let text =
+            std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../examples/proxy/config.yaml"))
+                .unwrap();
+        for end in (0..text.len()).filter(|i| text.is_char_boundary(*i)) {
+            let _ = parse(&text[..end]).and_then(|c| Snapshot::compile(c, 1, None));
+        }
+    }
+}

@@ -119,9 +119,12 @@ pub fn start(
     metrics: Metrics,
     log_control: Option<LogControl>,
 ) -> Result<Running, StartError> {
-    let snapshot = match &options.config_file {
-        Some(path) => watch::load(path, 1, None)?,
-        None => Snapshot::empty(),
+    let (snapshot, loaded) = match &options.config_file {
+        Some(path) => {
+            let (snapshot, bytes) = watch::load(path, 1, None)?;
+            (snapshot, Some(bytes))
+        }
+        None => (Snapshot::empty(), None),
     };
     let proxy = Proxy::new(snapshot, metrics, log_control);
     let bind_all = |addrs: &[std::net::SocketAddr]| -> Result<Vec<tokio::net::TcpListener>, StartError> {
@@ -155,8 +158,8 @@ pub fn start(
             tokio::spawn(admin::serve(l, which, proxy.clone()));
         }
     }
-    if let Some(path) = options.config_file {
-        tokio::spawn(watch::watch(path, proxy.clone()));
+    if let (Some(path), Some(bytes)) = (options.config_file, loaded) {
+        tokio::spawn(watch::watch(path, bytes, proxy.clone()));
     }
     proxy.ready.store(true, Ordering::Release);
     Ok(running)

@@ -23,17 +23,37 @@ pub enum LoadError {
 }
 
 /// Reads and compiles the file.
-pub fn load(path: &Path, version: u64, previous: Option<&Snapshot>) -> Result<Snapshot, LoadError> {
-    let text =
-        std::fs::read_to_string(path).map_err(|source| LoadError::Read { path: path.to_owned(), source })?;
+/// Returns the bytes it compiled too: the watcher compares later reads with them.
+pub fn load(
+    path: &Path,
+    version: u64,
+    previous: Option<&Snapshot>,
+) -> Result<(Snapshot, Vec<u8>), LoadError> {
+    let bytes = std::fs::read(path).map_err(|source| LoadError::Read { path: path.to_owned(), source })?;
+    Ok((compile(path, &bytes, version, previous)?, bytes))
+}
+
+fn compile(
+    path: &Path,
+    bytes: &[u8],
+    version: u64,
+    previous: Option<&Snapshot>,
+) -> Result<Snapshot, LoadError> {
     let invalid = |source| LoadError::Invalid { path: path.to_owned(), source };
-    let parsed = config::parse(&text).map_err(invalid)?;
+    let text = std::str::from_utf8(bytes).map_err(|e| {
+        invalid(ConfigError { field: "(file)".to_owned(), message: format!("not UTF-8: {e}") })
+    })?;
+    let parsed = config::parse(text).map_err(invalid)?;
     Snapshot::compile(parsed, version, previous).map_err(invalid)
 }
 
-/// Watches `path` until the proxy drains, swapping in each valid change.
-pub async fn watch(path: PathBuf, proxy: Arc<Proxy>) {
-    let mut last = std::fs::read(&path).ok();
+/// Watches `path` until the proxy drains, swapping in each valid change. A change is applied
+/// once two looks in a row see the same bytes, so that a file caught half-written (by a writer
+/// that does not rename into place) is never taken for a configuration that happens to parse.
+pub async fn watch(path: PathBuf, loaded: Vec<u8>, proxy: Arc<Proxy>) {
+    // What is in force: a change made before this task first ran is still a change.
+    let mut applied = Some(loaded);
+    let mut pending: Option<Vec<u8>> = None;
     let mut drain = proxy.drain.subscribe();
     loop {
         tokio::select! {
@@ -41,12 +61,19 @@ pub async fn watch(path: PathBuf, proxy: Arc<Proxy>) {
             _ = crate::drained(&mut drain) => return,
         }
         let Ok(bytes) = std::fs::read(&path) else { continue };
-        if last.as_ref() == Some(&bytes) {
+        if applied.as_ref() == Some(&bytes) {
+            pending = None;
             continue;
         }
-        last = Some(bytes);
+        if pending.as_ref() != Some(&bytes) {
+            pending = Some(bytes);
+            continue;
+        }
+        pending = None;
         let current = proxy.config.load_full();
-        match load(&path, current.version + 1, Some(&current)) {
+        let result = compile(&path, &bytes, current.version + 1, Some(&current));
+        applied = Some(bytes);
+        match result {
             Ok(snapshot) => {
                 tracing::info!(version = snapshot.version, "configuration reloaded");
                 proxy.config.store(Arc::new(snapshot));

@@ -167,6 +167,7 @@ pub struct TestProxy {
 
 impl TestProxy {
     pub async fn start(config: &str) -> TestProxy {
+        let _ = tracing_subscriber::fmt().with_test_writer().try_init();
         let dir = tempfile::tempdir().unwrap();
         let config_path = dir.path().join("config.yaml");
         std::fs::write(&config_path, config).unwrap();
