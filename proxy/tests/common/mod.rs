@@ -50,7 +50,11 @@ impl Upstream {
     }
 
     pub async fn start_on(name: &str, addr: &str) -> Upstream {
-        let listener = TcpListener::bind(addr).await.unwrap();
+        Upstream::serve(name, TcpListener::bind(addr).await.unwrap())
+    }
+
+    /// Serves on a listener bound elsewhere (in a test's network namespace).
+    pub fn serve(name: &str, listener: TcpListener) -> Upstream {
         let addr = listener.local_addr().unwrap();
         let upstream = Upstream {
             name: name.to_owned(),
