@@ -23,6 +23,7 @@ pub struct PoolLimits {
 }
 
 pub struct Cluster {
+    pub name: std::sync::Arc<str>,
     pub definition: pb::Cluster,
     pub endpoints: Vec<pb::Endpoint>,
     pub balancer: Balancer,
@@ -59,6 +60,7 @@ impl Cluster {
         idle_timeout: Option<std::time::Duration>,
     ) -> Cluster {
         Cluster {
+            name: definition.name.as_str().into(),
             definition,
             endpoints,
             balancer,

@@ -47,7 +47,7 @@ pub fn parse(text: &str) -> Result<pb::ProxyConfig, ConfigError> {
 /// How a service port is reached.
 #[derive(Debug)]
 pub struct ServicePort {
-    pub service: String,
+    pub service: Arc<str>,
     pub port: u16,
     pub protocol: pb::Protocol,
     pub virtual_host: Option<Arc<VirtualHost>>,
@@ -180,7 +180,7 @@ impl Snapshot {
                 };
                 let protocol = pb::Protocol::try_from(p.protocol).unwrap_or(pb::Protocol::Auto);
                 let entry = Arc::new(ServicePort {
-                    service: s.name.clone(),
+                    service: s.name.as_str().into(),
                     port,
                     protocol,
                     virtual_host,
@@ -481,7 +481,7 @@ mod tests {
         assert_eq!(snapshot.clusters.len(), 3);
         assert_eq!(snapshot.opaque_ports, HashSet::from([3306]));
         let reviews = snapshot.by_authority("reviews:9080", 80).unwrap();
-        assert_eq!(reviews.service, "reviews.shop.svc.cluster.local");
+        assert_eq!(&*reviews.service, "reviews.shop.svc.cluster.local");
         assert!(snapshot.by_authority("REVIEWS.shop:9080", 80).is_some(), "host names are case-insensitive");
         assert!(snapshot.by_address("10.96.0.20:9080".parse().unwrap()).is_some());
         assert!(snapshot.by_authority("10.96.0.20:9080", 80).is_some());

@@ -88,7 +88,7 @@ async fn relay(
         }
         (Side::Outbound, Some(original)) => match service_port.and_then(|sp| sp.tcp_cluster.clone()) {
             Some(cluster) => {
-                let service = service_port.map(|sp| sp.service.clone()).unwrap_or_default();
+                let service = service_port.map(|sp| sp.service.to_string()).unwrap_or_default();
                 return relay_to_cluster(stream, &cluster, service, proxy).await;
             }
             None if snapshot.outbound_policy == pb::OutboundPolicy::RegistryOnly => return,

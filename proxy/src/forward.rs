@@ -32,13 +32,13 @@ const INBOUND_SOURCE: IpAddr = IpAddr::V4(Ipv4Addr::new(127, 0, 0, 6));
 /// What the metrics record of a request besides its status.
 struct Outcome {
     response: Response<Body>,
-    service: String,
+    service: Arc<str>,
     flags: &'static str,
     request_bytes: u64,
 }
 
 impl Outcome {
-    fn new(response: Response<Body>, service: impl Into<String>, flags: &'static str) -> Outcome {
+    fn new(response: Response<Body>, service: impl Into<Arc<str>>, flags: &'static str) -> Outcome {
         Outcome { response, service: service.into(), flags, request_bytes: 0 }
     }
 }
@@ -392,7 +392,7 @@ async fn attempt(
         Some(status) => Failure { kind: FailureKind::Body(status), endpoint: Some(index) },
         None => Failure { kind: FailureKind::Upstream(e), endpoint: Some(index) },
     })?;
-    Ok((Outcome::new(clean_response(response), cluster.name(), "-"), index))
+    Ok((Outcome::new(clean_response(response), cluster.name.clone(), "-"), index))
 }
 
 /// A request that failed because our own body limit cut it off is the client's fault (413).
@@ -561,7 +561,8 @@ async fn passthrough(
     let upgrade = headers::is_upgrade(request.headers());
     headers::strip_hop_by_hop(request.headers_mut(), upgrade);
     headers::ensure_request_id(request.headers_mut());
-    send_direct(request, Key { addr: target, protocol: Protocol::Http1, source: None }, proxy, service).await
+    send_direct(request, Key { addr: target, protocol: Protocol::Http1, source: None }, proxy, service.into())
+        .await
 }
 
 fn protocol_of(version: Version) -> Protocol {
@@ -570,7 +571,7 @@ fn protocol_of(version: Version) -> Protocol {
 
 /// Sends to one address without routing (passthrough and inbound delivery), in the protocol
 /// the request came in.
-async fn send_direct(request: Request<Incoming>, key: Key, proxy: &Proxy, service: String) -> Outcome {
+async fn send_direct(request: Request<Incoming>, key: Key, proxy: &Proxy, service: Arc<str>) -> Outcome {
     let key = Key { protocol: protocol_of(request.version()), ..key };
     let (parts, body) = request.into_parts();
     let limit = proxy.config.load().limits.max_body_bytes as usize;
@@ -622,7 +623,7 @@ async fn inbound(mut request: Request<Incoming>, conn: &Conn, proxy: &Proxy) -> 
     headers::strip_hop_by_hop(request.headers_mut(), upgrade);
     headers::ensure_request_id(request.headers_mut());
     headers::add_forwarded(request.headers_mut(), conn.peer.ip());
-    send_direct(request, Key { addr, protocol: Protocol::Http1, source }, proxy, service).await
+    send_direct(request, Key { addr, protocol: Protocol::Http1, source }, proxy, service.into()).await
 }
 
 /// 413 before reading a body that says it is too large.

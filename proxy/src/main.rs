@@ -14,8 +14,8 @@ use trellis_proxy::metrics::{Metrics, Workload};
 use trellis_proxy::{LogControl, Options};
 
 // Measured against the system allocator in bench/proxy.sh: see bench/RESULTS.md.
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+// #[global_allocator]
+// static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 #[derive(Parser)]
 #[command(name = "trellis-proxy", version, about = "Trellis sidecar proxy")]
@@ -78,11 +78,15 @@ fn main() -> ExitCode {
         let filter = EnvFilter::try_new(level).map_err(|e| e.to_string())?;
         handle.reload(filter).map_err(|e| e.to_string())
     });
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(args.concurrency.max(1))
-        .enable_all()
-        .build()
-    {
+    // One worker needs no work stealing: a current-thread runtime is cheaper.
+    let mut builder = if args.concurrency <= 1 {
+        tokio::runtime::Builder::new_current_thread()
+    } else {
+        let mut b = tokio::runtime::Builder::new_multi_thread();
+        b.worker_threads(args.concurrency);
+        b
+    };
+    let runtime = match builder.enable_all().build() {
         Ok(r) => r,
         Err(e) => {
             eprintln!("trellis-proxy: cannot start: {e}");

@@ -1,6 +1,9 @@
 //! Istio's standard metrics, same names and labels, so existing dashboards and alerts work.
 //! Served on 15090 at /stats/prometheus.
 
+use std::collections::HashMap;
+use std::sync::{Arc, RwLock};
+
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -89,9 +92,28 @@ fn duration_histogram() -> Histogram {
     ])
 }
 
+/// The four request series of one label set, looked up once per request.
+struct RequestSeries {
+    requests: Counter,
+    duration: Histogram,
+    request_bytes: Histogram,
+    response_bytes: Histogram,
+}
+
+/// What, besides the service, tells request series apart.
+#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq)]
+struct SeriesKey {
+    source_side: bool,
+    grpc: bool,
+    status: u16,
+    flags: &'static str,
+}
+
 pub struct Metrics {
     registry: Registry,
     pub workload: Workload,
+    /// By service, then the rest: the hot path finds its series without building label strings.
+    series: RwLock<HashMap<Arc<str>, HashMap<SeriesKey, Arc<RequestSeries>>>>,
     requests: Family<RequestLabels, Counter>,
     duration: Family<RequestLabels, Histogram>,
     request_bytes: Family<RequestLabels, Histogram>,
@@ -105,7 +127,7 @@ pub struct Metrics {
 /// One finished HTTP request, as the metrics see it.
 pub struct RequestRecord<'a> {
     pub reporter: Reporter,
-    pub service: &'a str,
+    pub service: &'a Arc<str>,
     pub grpc: bool,
     pub status: u16,
     pub flags: &'static str,
@@ -141,6 +163,7 @@ impl Metrics {
         Metrics {
             registry,
             workload,
+            series: RwLock::default(),
             requests,
             duration,
             request_bytes,
@@ -162,6 +185,25 @@ impl Metrics {
     }
 
     pub fn request(&self, r: RequestRecord<'_>) {
+        let key = SeriesKey {
+            source_side: r.reporter == Reporter::Source,
+            grpc: r.grpc,
+            status: r.status,
+            flags: r.flags,
+        };
+        let found =
+            self.series.read().ok().and_then(|m| m.get(&**r.service).and_then(|by| by.get(&key)).cloned());
+        let series = match found {
+            Some(s) => s,
+            None => self.create_series(&r, key),
+        };
+        series.requests.inc();
+        series.duration.observe(r.millis);
+        series.request_bytes.observe(r.request_bytes as f64);
+        series.response_bytes.observe(r.response_bytes as f64);
+    }
+
+    fn create_series(&self, r: &RequestRecord<'_>, key: SeriesKey) -> Arc<RequestSeries> {
         let (
             reporter,
             source_workload,
@@ -175,17 +217,23 @@ impl Metrics {
             source_workload_namespace,
             destination_workload,
             destination_workload_namespace,
-            destination_service: r.service.to_owned(),
+            destination_service: r.service.to_string(),
             destination_service_name: r.service.split('.').next().unwrap_or_default().to_owned(),
             request_protocol: if r.grpc { "grpc" } else { "http" },
             response_code: r.status,
             response_flags: r.flags,
             connection_security_policy: "none",
         };
-        self.requests.get_or_create(&labels).inc();
-        self.duration.get_or_create(&labels).observe(r.millis);
-        self.request_bytes.get_or_create(&labels).observe(r.request_bytes as f64);
-        self.response_bytes.get_or_create(&labels).observe(r.response_bytes as f64);
+        let series = Arc::new(RequestSeries {
+            requests: self.requests.get_or_create(&labels).clone(),
+            duration: self.duration.get_or_create(&labels).clone(),
+            request_bytes: self.request_bytes.get_or_create(&labels).clone(),
+            response_bytes: self.response_bytes.get_or_create(&labels).clone(),
+        });
+        if let Ok(mut map) = self.series.write() {
+            map.entry(r.service.clone()).or_default().entry(key).or_insert_with(|| series.clone());
+        }
+        series
     }
 
     pub fn tcp_labels(&self, reporter: Reporter, service: &str, flags: &'static str) -> TcpLabels {

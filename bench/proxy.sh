@@ -1,0 +1,219 @@
+#!/usr/bin/env bash
+# Proxy benchmark: the same HTTP/1.1 load sent direct, through one Trellis proxy, through a
+# client-side plus server-side Trellis pair (the mesh path), and through nginx and HAProxy
+# (single and pair) configured as equivalent keep-alive reverse proxies.
+#
+#   bench/proxy.sh                          # 10 s per run, 1,000 req/s with 100 connections
+#   DURATION=20 RATE=2000 bench/proxy.sh
+#
+# Every proxy runs on CPU 0 with one worker (Trellis --concurrency 1, nginx worker_processes 1,
+# HAProxy nbthread 1): "one core". The upstream (a small hyper server, proxy/examples/
+# bench-upstream.rs) and the load generator (oha, installed with cargo when missing) share CPU 1.
+# nginx and HAProxy rows appear when they are installed (apt-get install nginx-light haproxy).
+#
+# Two runs per scenario:
+#   fixed rate: RATE req/s over CONNECTIONS keep-alive connections, latency-corrected
+#               percentiles; "added" = the scenario's percentile minus the direct one;
+#               RSS is the proxies' peak resident memory (per proxy) during this run.
+#   max rate:   MAX_CONNECTIONS connections as fast as possible: req/s on one core, and the
+#               proxies' CPU seconds (user + system, all processes) per 1,000 requests.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+DURATION="${DURATION:-10}"
+RATE="${RATE:-1000}"
+CONNECTIONS="${CONNECTIONS:-100}"
+MAX_CONNECTIONS="${MAX_CONNECTIONS:-50}"
+
+OHA="${OHA:-$(command -v oha || true)}"
+if [ -z "$OHA" ] && [ -x "${HOME}/.local/oha/bin/oha" ]; then OHA="${HOME}/.local/oha/bin/oha"; fi
+if [ -z "$OHA" ]; then
+  echo "installing oha (the load generator) with cargo..." >&2
+  cargo install --locked --quiet oha --root "${HOME}/.local/oha"
+  OHA="${HOME}/.local/oha/bin/oha"
+fi
+
+cargo build --release --quiet -p trellis-proxy --bin trellis-proxy --example bench-upstream
+TARGET="${CARGO_TARGET_DIR:-target}/release"
+PROXY="$(realpath "$TARGET/trellis-proxy")"
+UPSTREAM="$(realpath "$TARGET/examples/bench-upstream")"
+
+work=$(mktemp -d)
+pids=()
+cleanup() {
+  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
+  for p in "${pids[@]}"; do wait "$p" 2>/dev/null || true; done
+  rm -rf "$work"
+}
+trap cleanup EXIT
+
+UP=18080
+wait_port() {
+  for _ in $(seq 100); do (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0; sleep 0.05; done
+  echo "nothing listens on $1" >&2; exit 1
+}
+
+taskset -c 1 "$UPSTREAM" "127.0.0.1:$UP" > /dev/null &
+pids+=($!)
+wait_port $UP
+
+# A Trellis proxy in explicit mode: `bench:18080` goes to `$2` (the upstream, or the server-side
+# proxy's inbound port); its inbound port delivers to 127.0.0.1:<authority port>.
+trellis() {
+  local name=$1 endpoint_port=$2 base=$3
+  cat > "$work/$name.yaml" <<YAML
+services:
+  - { name: bench, ports: [{ port: $UP, protocol: HTTP }] }
+virtualHosts:
+  - name: bench:$UP
+    routes: [{ name: all, forward: { clusters: [{ cluster: bench }] } }]
+clusters: [{ name: bench, service: bench }]
+endpoints:
+  - service: bench
+    endpoints: [{ address: 127.0.0.1, port: $endpoint_port }]
+YAML
+  RUST_LOG=warn taskset -c 0 "$PROXY" --config "$work/$name.yaml" --concurrency 1 \
+    --outbound-port "$base" --inbound-port $((base + 1)) --admin-port $((base + 2)) \
+    --readiness-port $((base + 3)) --stats-port $((base + 4)) > /dev/null 2>&1 &
+  pids+=($!)
+  echo $! > "$work/$name.pids"
+  wait_port "$base"
+}
+
+nginx_proxy() {
+  local name=$1 listen=$2 to=$3
+  mkdir -p "$work/$name"
+  cat > "$work/$name/nginx.conf" <<CONF
+worker_processes 1;
+worker_cpu_affinity 1;
+daemon off;
+pid $work/$name/nginx.pid;
+error_log $work/$name/error.log warn;
+events { worker_connections 4096; }
+http {
+  access_log off;
+  client_body_temp_path $work/$name; proxy_temp_path $work/$name; fastcgi_temp_path $work/$name;
+  uwsgi_temp_path $work/$name; scgi_temp_path $work/$name;
+  upstream up { server 127.0.0.1:$to; keepalive 256; }
+  server {
+    listen 127.0.0.1:$listen;
+    location / { proxy_pass http://up; proxy_http_version 1.1; proxy_set_header Connection ""; }
+  }
+}
+CONF
+  taskset -c 0 nginx -c "$work/$name/nginx.conf" -p "$work/$name" &
+  pids+=($!)
+  local master=$!
+  wait_port "$listen"
+  echo "$master $(pgrep -P "$master" | tr '\n' ' ')" > "$work/$name.pids"
+}
+
+haproxy_proxy() {
+  local name=$1 listen=$2 to=$3
+  cat > "$work/$name.cfg" <<CONF
+global
+  nbthread 1
+  maxconn 8000
+defaults
+  mode http
+  timeout connect 5s
+  timeout client 30s
+  timeout server 30s
+  http-reuse always
+frontend f
+  bind 127.0.0.1:$listen
+  default_backend b
+backend b
+  server s1 127.0.0.1:$to
+CONF
+  taskset -c 0 haproxy -f "$work/$name.cfg" -db > /dev/null 2>&1 &
+  pids+=($!)
+  echo $! > "$work/$name.pids"
+  wait_port "$listen"
+}
+
+cpu_of() { # total CPU seconds of the pids in the files given
+  local total=0
+  for f in "$@"; do for p in $(cat "$f"); do
+    total=$(awk -v t="$total" '{print t + ($14 + $15) / 100}' "/proc/$p/stat")
+  done; done
+  echo "$total"
+}
+rss_of() { # the largest peak RSS (KiB) of one proxy instance among the files given
+  local best=0
+  for f in "$@"; do
+    local sum=0
+    for p in $(cat "$f"); do sum=$((sum + $(awk '/VmHWM/ {print $2}' "/proc/$p/status"))); done
+    [ "$sum" -gt "$best" ] && best=$sum
+  done
+  echo "$best"
+}
+
+# scenario NAME URL HOST pidfiles...
+scenario() {
+  local name=$1 url=$2 host=$3; shift 3
+  local files=("$@") hdr=()
+  [ -n "$host" ] && hdr=(-H "host: $host")
+  # Warm the connection pools, then measure.
+  taskset -c 1 "$OHA" --no-tui -n 2000 -c 20 "${hdr[@]}" "$url" > /dev/null
+  taskset -c 1 "$OHA" --no-tui --output-format json -z "${DURATION}s" -c "$CONNECTIONS" -q "$RATE" \
+    --latency-correction "${hdr[@]}" "$url" > "$work/$name-rate.json"
+  local rss=0; [ ${#files[@]} -gt 0 ] && rss=$(rss_of "${files[@]}")
+  local before=0 after=0
+  [ ${#files[@]} -gt 0 ] && before=$(cpu_of "${files[@]}")
+  taskset -c 1 "$OHA" --no-tui --output-format json -z "${DURATION}s" -c "$MAX_CONNECTIONS" \
+    "${hdr[@]}" "$url" > "$work/$name-max.json"
+  [ ${#files[@]} -gt 0 ] && after=$(cpu_of "${files[@]}")
+  echo "$before $after $rss" > "$work/$name.res"
+  echo "$name" >> "$work/order"
+}
+
+scenario direct "http://127.0.0.1:$UP/" ""
+trellis trellis 18080 18100
+scenario trellis "http://127.0.0.1:18100/" "bench:$UP" "$work/trellis.pids"
+trellis trellis-server 18080 18200
+trellis trellis-client 18201 18300   # its endpoint: the server-side proxy's inbound port
+scenario trellis-pair "http://127.0.0.1:18300/" "bench:$UP" "$work/trellis-client.pids" "$work/trellis-server.pids"
+if command -v nginx > /dev/null; then
+  nginx_proxy nginx 18401 $UP
+  scenario nginx "http://127.0.0.1:18401/" "" "$work/nginx.pids"
+  nginx_proxy nginx-server 18502 $UP
+  nginx_proxy nginx-client 18501 18502
+  scenario nginx-pair "http://127.0.0.1:18501/" "" "$work/nginx-client.pids" "$work/nginx-server.pids"
+fi
+if command -v haproxy > /dev/null; then
+  haproxy_proxy haproxy 18601 $UP
+  scenario haproxy "http://127.0.0.1:18601/" "" "$work/haproxy.pids"
+  haproxy_proxy haproxy-server 18702 $UP
+  haproxy_proxy haproxy-client 18701 18702
+  scenario haproxy-pair "http://127.0.0.1:18701/" "" "$work/haproxy-client.pids" "$work/haproxy-server.pids"
+fi
+
+python3 - "$work" "$RATE" "$CONNECTIONS" "$MAX_CONNECTIONS" "$DURATION" <<'PY'
+import json, sys
+work, rate, conns, max_conns, duration = sys.argv[1:]
+order = open(f"{work}/order").read().split()
+def load(name, kind):
+    return json.load(open(f"{work}/{name}-{kind}.json"))
+def pct(d, p):
+    return d["latencyPercentiles"][p] * 1000
+def non2xx(d):
+    # Requests still in flight when a timed run ends are cut off by oha itself: not errors.
+    errors = {k: n for k, n in d.get("errorDistribution", {}).items() if "aborted due to deadline" not in k}
+    return sum(n for code, n in d.get("statusCodeDistribution", {}).items() if not code.startswith("2")) + sum(errors.values())
+direct = load("direct", "rate")
+print(f"Fixed rate: {rate} req/s over {conns} connections for {duration}s (latency-corrected); max rate: {max_conns} connections.")
+print("Added latency = scenario percentile minus the direct run's. Proxies on CPU 0, one worker each.\n")
+print("| path | p50 ms | p90 ms | p99 ms | p99.9 ms | added p50 | added p99 | errors | max req/s (one core) | proxy CPU s / 1k req | peak RSS per proxy MiB |")
+print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+for name in order:
+    r, m = load(name, "rate"), load(name, "max")
+    before, after, rss = open(f"{work}/{name}.res").read().split()
+    done = m["summary"]["requestsPerSec"] * float(duration)
+    cpu = (float(after) - float(before)) / done * 1000 if name != "direct" and done else 0
+    errors = non2xx(r) + non2xx(m)
+    cols = [f"{pct(r, p):.3f}" for p in ("p50", "p90", "p99", "p99.9")]
+    added = [f"{pct(r, p) - pct(direct, p):+.3f}" if name != "direct" else "–" for p in ("p50", "p99")]
+    print(f"| {name} | {' | '.join(cols)} | {' | '.join(added)} | {errors} | {m['summary']['requestsPerSec']:.0f} | "
+          + (f"{cpu:.3f}" if name != "direct" else "–") + " | " + (f"{int(rss) / 1024:.1f}" if name != "direct" else "–") + " |")
+PY
