@@ -11,6 +11,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use trellis_xds::config as pb;
 
+use crate::FastMap;
 use crate::balance::{Balancer, Policy, Target};
 use crate::cluster::{Cluster, HashSource, PoolLimits};
 use crate::route::{Action, CompiledRoute, HeaderOps, Matcher, Retry, StringMatcher, VirtualHost};
@@ -69,8 +70,9 @@ pub struct Snapshot {
     pub opaque_ports: HashSet<u16>,
     pub detection_timeout: Duration,
     pub limits: Limits,
-    by_address: HashMap<SocketAddr, Arc<ServicePort>>,
-    by_name: HashMap<(String, u16), Arc<ServicePort>>,
+    by_address: FastMap<SocketAddr, Arc<ServicePort>>,
+    /// Lower-case host name, then port.
+    by_name: FastMap<String, Vec<(u16, Arc<ServicePort>)>>,
     service_ports: HashSet<u16>,
     pub clusters: BTreeMap<String, Arc<Cluster>>,
 }
@@ -93,7 +95,12 @@ impl Snapshot {
         if let Ok(ip) = host.parse::<IpAddr>() {
             return self.by_address.get(&SocketAddr::new(ip, port));
         }
-        self.by_name.get(&(host.to_ascii_lowercase(), port))
+        let ports = if host.bytes().any(|b| b.is_ascii_uppercase()) {
+            self.by_name.get(&host.to_ascii_lowercase())
+        } else {
+            self.by_name.get(host)
+        }?;
+        ports.iter().find(|(p, _)| *p == port).map(|(_, sp)| sp)
     }
 
     /// Whether any service listens on this port (so outbound traffic to it is worth inspecting).
@@ -139,8 +146,8 @@ impl Snapshot {
             }
         }
 
-        let mut by_address = HashMap::new();
-        let mut by_name = HashMap::new();
+        let mut by_address = FastMap::default();
+        let mut by_name: FastMap<String, Vec<(u16, Arc<ServicePort>)>> = FastMap::default();
         let mut service_ports = HashSet::new();
         for (i, s) in config.services.iter().enumerate() {
             let field = format!("services[{i}]");
@@ -191,7 +198,9 @@ impl Snapshot {
                     by_address.insert(SocketAddr::new(*ip, port), entry.clone());
                 }
                 for name in std::iter::once(&s.name).chain(&s.aliases) {
-                    by_name.insert((name.to_ascii_lowercase(), port), entry.clone());
+                    let ports = by_name.entry(name.to_ascii_lowercase()).or_default();
+                    ports.retain(|(p, _)| *p != port);
+                    ports.push((port, entry.clone()));
                 }
             }
         }

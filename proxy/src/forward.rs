@@ -101,21 +101,27 @@ async fn outbound(mut request: Request<Incoming>, conn: &Conn, proxy: &Proxy) ->
         return passthrough(request, conn, proxy, &snapshot, authority.as_deref(), port).await;
     };
     let service = service_port.service.clone();
-    let (path, query) = (request.uri().path().to_owned(), request.uri().query().map(str::to_owned));
-    let view = RequestView {
-        method: request.method().as_str(),
-        path: &path,
-        query: query.as_deref(),
-        headers: request.headers(),
-        port,
+    let selected = {
+        let view = RequestView {
+            method: request.method().as_str(),
+            path: request.uri().path(),
+            query: request.uri().query(),
+            headers: request.headers(),
+            port,
+        };
+        virtual_host.select(&view).map(|route| {
+            // A prefix rewrite replaces the prefix that matched.
+            let matched_prefix =
+                route.matches.iter().find(|m| m.matches(&view)).and_then(|m| match &m.path {
+                    Some(StringMatcher::Prefix(p)) => Some(p.as_str()),
+                    _ => None,
+                });
+            (route, matched_prefix)
+        })
     };
-    let Some(route) = virtual_host.select(&view) else {
+    let Some((route, matched_prefix)) = selected else {
         return Outcome::new(text(StatusCode::NOT_FOUND, "no route matched\n"), service, "NR");
     };
-    let matched_prefix = route.matches.iter().find(|m| m.matches(&view)).and_then(|m| match &m.path {
-        Some(StringMatcher::Prefix(p)) => Some(p.clone()),
-        _ => None,
-    });
     match &route.action {
         Action::Direct { status, body } => {
             let mut response = Response::new(full(body.clone()));
@@ -153,7 +159,7 @@ async fn outbound(mut request: Request<Incoming>, conn: &Conn, proxy: &Proxy) ->
             };
             // Routing edits, then hop-by-hop hygiene.
             route.request_headers.apply(request.headers_mut());
-            rewrite(&mut request, route, matched_prefix.as_deref());
+            rewrite(&mut request, route, matched_prefix);
             let upgrade = headers::is_upgrade(request.headers());
             headers::strip_hop_by_hop(request.headers_mut(), upgrade);
             headers::ensure_request_id(request.headers_mut());
@@ -420,29 +426,35 @@ fn upstream_protocol(configured: pb::UpstreamProtocol, downstream: Version) -> P
 /// HTTP/1.1 goes out in origin form with its Host header; HTTP/2 carries the authority in the
 /// URI (the `:authority` pseudo-header).
 fn prepare_uri(request: &mut Request<Body>, protocol: Protocol, target: SocketAddr) {
+    let authority = |request: &Request<Body>| {
+        request
+            .uri()
+            .authority()
+            .map(|a| a.as_str().to_owned())
+            .or_else(|| request.headers().get(header::HOST).and_then(|h| h.to_str().ok()).map(str::to_owned))
+            .unwrap_or_else(|| target.to_string())
+    };
     let path =
-        request.uri().path_and_query().map(|p| p.as_str().to_owned()).unwrap_or_else(|| "/".to_owned());
-    let authority = request
-        .uri()
-        .authority()
-        .map(|a| a.as_str().to_owned())
-        .or_else(|| request.headers().get(header::HOST).and_then(|h| h.to_str().ok()).map(str::to_owned))
-        .unwrap_or_else(|| target.to_string());
+        |request: &Request<Body>| request.uri().path_and_query().map_or("/", |p| p.as_str()).to_owned();
     match protocol {
         Protocol::Http1 => {
             if !request.headers().contains_key(header::HOST)
-                && let Ok(host) = HeaderValue::from_str(&authority)
+                && let Ok(host) = HeaderValue::from_str(&authority(request))
             {
                 request.headers_mut().insert(header::HOST, host);
             }
-            if let Ok(uri) = path.parse() {
+            // Already origin form (HTTP/1.1 clients send that): nothing to rebuild.
+            if request.uri().authority().is_some()
+                && let Ok(uri) = path(request).parse()
+            {
                 *request.uri_mut() = uri;
             }
             *request.version_mut() = Version::HTTP_11;
         }
         Protocol::Http2 => {
+            let uri = format!("http://{}{}", authority(request), path(request));
             request.headers_mut().remove(header::HOST);
-            if let Ok(uri) = format!("http://{authority}{path}").parse() {
+            if let Ok(uri) = uri.parse() {
                 *request.uri_mut() = uri;
             }
             *request.version_mut() = Version::HTTP_2;

@@ -59,8 +59,13 @@ pub fn is_upgrade(headers: &HeaderMap) -> bool {
 /// Gives the request an `x-request-id` when it has none.
 pub fn ensure_request_id(headers: &mut HeaderMap) {
     if !headers.contains_key(&X_REQUEST_ID) {
-        let id = format!("{:032x}", rand::random::<u128>());
-        if let Ok(value) = HeaderValue::from_str(&id) {
+        const HEX: &[u8; 16] = b"0123456789abcdef";
+        let random = rand::random::<u128>();
+        let mut id = [0u8; 32];
+        for (i, digit) in id.iter_mut().enumerate() {
+            *digit = HEX[((random >> (4 * (31 - i))) & 0xf) as usize];
+        }
+        if let Ok(value) = HeaderValue::from_bytes(&id) {
             headers.insert(X_REQUEST_ID.clone(), value);
         }
     }

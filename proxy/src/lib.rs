@@ -30,6 +30,10 @@ use crate::config::Snapshot;
 use crate::metrics::Metrics;
 use crate::upstream::Pools;
 
+/// Maps on the request path: foldhash instead of SipHash (keys are ours, not an attacker's
+/// choosing alone, and the seed is random per process).
+pub type FastMap<K, V> = std::collections::HashMap<K, V, foldhash::fast::RandomState>;
+
 /// Changes the log filter at run time (the admin `/logging` endpoint).
 pub type LogControl = Box<dyn Fn(&str) -> Result<(), String> + Send + Sync>;
 

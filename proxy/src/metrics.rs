@@ -1,7 +1,6 @@
 //! Istio's standard metrics, same names and labels, so existing dashboards and alerts work.
 //! Served on 15090 at /stats/prometheus.
 
-use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
 
 use prometheus_client::encoding::EncodeLabelSet;
@@ -9,6 +8,8 @@ use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
+
+use crate::FastMap;
 
 /// Who this proxy is, from the environment the injector sets.
 #[derive(Clone, Debug)]
@@ -109,11 +110,13 @@ struct SeriesKey {
     flags: &'static str,
 }
 
+type SeriesByService = FastMap<Arc<str>, FastMap<SeriesKey, Arc<RequestSeries>>>;
+
 pub struct Metrics {
     registry: Registry,
     pub workload: Workload,
     /// By service, then the rest: the hot path finds its series without building label strings.
-    series: RwLock<HashMap<Arc<str>, HashMap<SeriesKey, Arc<RequestSeries>>>>,
+    series: RwLock<SeriesByService>,
     requests: Family<RequestLabels, Counter>,
     duration: Family<RequestLabels, Histogram>,
     request_bytes: Family<RequestLabels, Histogram>,

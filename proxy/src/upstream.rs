@@ -1,10 +1,9 @@
 //! Connections to endpoints: a pool per endpoint (and source address) of HTTP/1.1 keep-alive
 //! connections, or one multiplexed HTTP/2 connection, reused across requests and clusters.
 
-use std::collections::HashMap;
 use std::io;
 use std::net::{IpAddr, SocketAddr};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -68,11 +67,13 @@ struct Idle {
 struct Entry {
     http1: Vec<Idle>,
     http2: Option<http2::SendRequest<Body>>,
+    /// Held while an HTTP/2 connection is being made.
+    connecting: Arc<tokio::sync::Mutex<()>>,
 }
 
 #[derive(Default)]
 pub struct Pools {
-    entries: Mutex<HashMap<Key, Entry>>,
+    entries: Mutex<crate::FastMap<Key, Entry>>,
 }
 
 impl Pools {
@@ -134,39 +135,38 @@ impl Pools {
         connect_timeout: Duration,
         request: Request<Body>,
     ) -> Result<Response<Incoming>, UpstreamError> {
-        let existing = {
-            let entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
-            entries.get(&key).and_then(|e| e.http2.clone()).filter(|s| !s.is_closed())
+        if let Some(sender) = self.http2_sender(key) {
+            return send_on(sender, key, request).await;
+        }
+        // One connection per endpoint: concurrent first requests wait for the one being made.
+        let connecting = {
+            let mut entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
+            entries.entry(key).or_default().connecting.clone()
         };
-        let mut sender = match existing {
-            Some(s) => s,
-            None => {
-                let stream = connect(key, connect_timeout).await?;
-                let (sender, connection) = http2::Builder::new(TokioExecutor::new())
-                    .timer(TokioTimer::new())
-                    .keep_alive_interval(Duration::from_secs(30))
-                    .handshake(TokioIo::new(stream))
-                    .await
-                    .map_err(|source| UpstreamError::Reset { addr: key.addr, source })?;
-                tokio::spawn(async move {
-                    let _ = connection.await;
-                });
-                let mut entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
-                entries.entry(key).or_default().http2 = Some(sender.clone());
-                sender
-            }
-        };
-        sender.send_request(request).await.map_err(|source| {
-            let refused = std::error::Error::source(&source)
-                .and_then(|s| s.downcast_ref::<h2::Error>())
-                .and_then(h2::Error::reason)
-                == Some(h2::Reason::REFUSED_STREAM);
-            if refused {
-                UpstreamError::RefusedStream(key.addr)
-            } else {
-                UpstreamError::Reset { addr: key.addr, source }
-            }
-        })
+        let _turn = connecting.lock().await;
+        if let Some(sender) = self.http2_sender(key) {
+            return send_on(sender, key, request).await;
+        }
+        let stream = connect(key, connect_timeout).await?;
+        let (sender, connection) = http2::Builder::new(TokioExecutor::new())
+            .timer(TokioTimer::new())
+            .keep_alive_interval(Duration::from_secs(30))
+            .handshake(TokioIo::new(stream))
+            .await
+            .map_err(|source| UpstreamError::Reset { addr: key.addr, source })?;
+        tokio::spawn(async move {
+            let _ = connection.await;
+        });
+        {
+            let mut entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
+            entries.entry(key).or_default().http2 = Some(sender.clone());
+        }
+        send_on(sender, key, request).await
+    }
+
+    fn http2_sender(&self, key: Key) -> Option<http2::SendRequest<Body>> {
+        let entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
+        entries.get(&key).and_then(|e| e.http2.clone()).filter(|s| !s.is_closed())
     }
 
     /// A ready idle connection; closed and expired ones are dropped on the way, busy ones kept.
@@ -203,6 +203,24 @@ impl Pools {
         let entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
         entries.iter().map(|(k, e)| (*k, e.http1.len() + usize::from(e.http2.is_some()))).collect()
     }
+}
+
+async fn send_on(
+    mut sender: http2::SendRequest<Body>,
+    key: Key,
+    request: Request<Body>,
+) -> Result<Response<Incoming>, UpstreamError> {
+    sender.send_request(request).await.map_err(|source| {
+        let refused = std::error::Error::source(&source)
+            .and_then(|s| s.downcast_ref::<h2::Error>())
+            .and_then(h2::Error::reason)
+            == Some(h2::Reason::REFUSED_STREAM);
+        if refused {
+            UpstreamError::RefusedStream(key.addr)
+        } else {
+            UpstreamError::Reset { addr: key.addr, source }
+        }
+    })
 }
 
 /// A TCP connection to `key.addr`, from `key.source` when set.
