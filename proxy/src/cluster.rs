@@ -32,6 +32,8 @@ pub struct Cluster {
     pub protocol: pb::UpstreamProtocol,
     pub connect_timeout: std::time::Duration,
     pub idle_timeout: Option<std::time::Duration>,
+    /// For pooled HTTP connections.
+    pub connections: crate::upstream::ConnectionPolicy,
     active: AtomicU64,
     pub requests: AtomicU64,
     pub errors: AtomicU64,
@@ -58,8 +60,14 @@ impl Cluster {
         protocol: pb::UpstreamProtocol,
         connect_timeout: std::time::Duration,
         idle_timeout: Option<std::time::Duration>,
+        max_requests_per_connection: u32,
     ) -> Cluster {
         Cluster {
+            connections: crate::upstream::ConnectionPolicy {
+                connect_timeout,
+                idle_timeout: idle_timeout.unwrap_or(crate::upstream::DEFAULT_IDLE_TIMEOUT),
+                max_requests: max_requests_per_connection,
+            },
             name: definition.name.as_str().into(),
             definition,
             endpoints,

@@ -321,6 +321,7 @@ fn compile_cluster(c: &pb::Cluster, endpoints: &[pb::Endpoint], field: &str) -> 
         duration(pool.connect_timeout.as_ref(), &format!("{field}.connection_pool.connect_timeout"))?
             .unwrap_or(Duration::from_secs(10)),
         duration(pool.idle_timeout.as_ref(), &format!("{field}.connection_pool.idle_timeout"))?,
+        pool.max_requests_per_connection,
     ))
 }
 

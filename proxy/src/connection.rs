@@ -9,13 +9,15 @@ use tokio::net::TcpStream;
 use trellis_xds::config as pb;
 
 use crate::cluster::Cluster;
-use crate::detect::{Detected, detect};
+use crate::detect::{self, Detected, detect};
 use crate::metrics::Reporter;
 use crate::serve::{Conn, serve};
 use crate::upstream::{Key, Protocol};
 use crate::{Proxy, Side, tcp, upstream};
 
 const INBOUND_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a TLS client may take to finish its ClientHello.
+const DETECTION_TLS_DEADLINE: Duration = Duration::from_secs(1);
 
 /// The address the client dialled before the redirect; `None` when it dialled the proxy itself
 /// (explicit mode: no redirect in place, as on a laptop).
@@ -62,6 +64,18 @@ pub async fn handle(stream: TcpStream, peer: SocketAddr, side: Side, proxy: Arc<
     drop(snapshot);
     match detected {
         Detected::Http1 | Detected::Http2 => serve(stream, conn, proxy.clone()).await,
+        Detected::Tls if side == Side::Outbound => {
+            // TLS that is not ours passes through; its server name picks the service when the
+            // address dialled does not.
+            let by_name = match (&service_port, detect::server_name(&stream, DETECTION_TLS_DEADLINE).await) {
+                (None, Some(name)) => {
+                    let snapshot = proxy.config.load();
+                    snapshot.by_authority(&name, port.unwrap_or(443)).cloned()
+                }
+                _ => None,
+            };
+            relay(stream, &conn, service_port.as_deref().or(by_name.as_deref()), &proxy).await
+        }
         Detected::Tls | Detected::Opaque => relay(stream, &conn, service_port.as_deref(), &proxy).await,
     }
     proxy.connections.fetch_sub(1, Ordering::AcqRel);
@@ -77,7 +91,15 @@ async fn relay(
 ) {
     let snapshot = proxy.config.load_full();
     let (target, service) = match (conn.side, conn.original) {
-        (_, None) => return, // explicit mode has no destination for bytes
+        // Explicit mode: only a service found by TLS server name gives bytes a destination.
+        (Side::Outbound, None) => match service_port.and_then(|sp| sp.tcp_cluster.clone()) {
+            Some(cluster) => {
+                let service = service_port.map(|sp| sp.service.to_string()).unwrap_or_default();
+                return relay_to_cluster(stream, &cluster, service, proxy).await;
+            }
+            None => return,
+        },
+        (Side::Inbound, None) => return,
         (Side::Inbound, Some(original)) => {
             let local = match original.ip() {
                 IpAddr::V4(_) => SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), original.port()),

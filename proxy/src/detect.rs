@@ -40,6 +40,27 @@ pub fn classify(bytes: &[u8]) -> Option<Detected> {
     if undecided { None } else { Some(Detected::Opaque) }
 }
 
+/// The server name a TLS client asks for (SNI), read from its ClientHello without consuming
+/// it, so the bytes can be passed on untouched. `None` when there is none or it is not TLS.
+pub async fn server_name(stream: &TcpStream, deadline: Duration) -> Option<String> {
+    // A ClientHello fits in one TLS record (16 KiB), post-quantum key shares included.
+    let mut buf = vec![0u8; 16 * 1024 + 5];
+    let attempt = async {
+        loop {
+            let n = stream.peek(&mut buf).await.ok().filter(|n| *n > 0)?;
+            let mut acceptor = rustls::server::Acceptor::default();
+            let mut bytes = &buf[..n];
+            acceptor.read_tls(&mut bytes).ok()?;
+            match acceptor.accept() {
+                Ok(Some(accepted)) => return accepted.client_hello().server_name().map(str::to_owned),
+                Ok(None) if n < buf.len() => tokio::time::sleep(Duration::from_millis(1)).await,
+                _ => return None,
+            }
+        }
+    };
+    tokio::time::timeout(deadline, attempt).await.ok().flatten()
+}
+
 /// Peeks at the connection until its protocol is known, or the deadline passes.
 pub async fn detect(stream: &TcpStream, deadline: Duration) -> Detected {
     let mut buf = [0u8; PEEK];
@@ -55,12 +76,9 @@ pub async fn detect(stream: &TcpStream, deadline: Duration) -> Detected {
                     if n == buf.len() {
                         return Detected::Opaque;
                     }
-                    // More bytes are on their way; wait for them to be readable again.
-                    if stream.readable().await.is_err() {
-                        return Detected::Opaque;
-                    }
-                    // peek returns what is buffered; give the sender a moment's worth of bytes.
-                    tokio::task::yield_now().await;
+                    // More bytes are on their way. The socket stays readable while these
+                    // unread bytes sit in it, so wait a little rather than spin.
+                    tokio::time::sleep(Duration::from_millis(1)).await;
                 }
             }
         }

@@ -19,13 +19,11 @@ use crate::headers;
 use crate::metrics::{Reporter, RequestRecord};
 use crate::route::{Action, CompiledRoute, RequestView, Retry, StringMatcher};
 use crate::serve::Conn;
-use crate::upstream::{self, Body, BoxError, Key, Protocol, UpstreamError};
+use crate::upstream::{self, Body, BoxError, ConnectionPolicy, Key, Protocol, UpstreamError};
 use crate::{Proxy, Side};
 
 /// Bodies up to this size are kept so that a retry can send them again.
 const MAX_REPLAY_BODY: u64 = 64 << 10;
-/// Inbound delivery and passthrough connect timeout.
-const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// The source of inbound deliveries to the app, so that the redirect lets them through.
 const INBOUND_SOURCE: IpAddr = IpAddr::V4(Ipv4Addr::new(127, 0, 0, 6));
 
@@ -386,8 +384,7 @@ async fn attempt(
     };
     prepare_uri(&mut request, protocol, target);
     let key = Key { addr: target, protocol, source: None };
-    let idle = cluster.idle_timeout.unwrap_or(upstream::DEFAULT_IDLE_TIMEOUT);
-    let exchange = proxy.pools.send(key, cluster.connect_timeout, idle, request);
+    let exchange = proxy.pools.send(key, &cluster.connections, request);
     let result = match per_try_timeout {
         Some(t) => tokio::time::timeout(t, exchange)
             .await
@@ -589,7 +586,7 @@ async fn send_direct(request: Request<Incoming>, key: Key, proxy: &Proxy, servic
     let limit = proxy.config.load().limits.max_body_bytes as usize;
     let mut outgoing = Request::from_parts(parts, Limited::new(body, limit).map_err(BoxError::from).boxed());
     prepare_uri(&mut outgoing, key.protocol, key.addr);
-    match proxy.pools.send(key, DEFAULT_CONNECT_TIMEOUT, upstream::DEFAULT_IDLE_TIMEOUT, outgoing).await {
+    match proxy.pools.send(key, &ConnectionPolicy::default(), outgoing).await {
         Ok(response) => Outcome::new(clean_response(response), service, "-"),
         Err(e) => match body_limit(&e) {
             Some(status) => Outcome::new(text(status, "request body too large\n"), service, "-"),

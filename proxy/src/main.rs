@@ -119,7 +119,16 @@ async fn run(args: Args, log_control: LogControl) -> ExitCode {
         }
     };
     tracing::info!(outbound = ?running.outbound, inbound = ?running.inbound, "trellis-proxy started");
-    println!("trellis-proxy ready: outbound {:?} inbound {:?}", running.outbound, running.inbound);
+    // One line a supervisor (or a test) can read: where each listener ended up.
+    let first = |addrs: &[SocketAddr]| addrs.first().map(ToString::to_string).unwrap_or_default();
+    println!(
+        "trellis-proxy listening: outbound {} inbound {} admin {} readiness {} stats {}",
+        first(&running.outbound),
+        first(&running.inbound),
+        first(&running.admin),
+        first(&running.readiness),
+        first(&running.stats)
+    );
     let proxy = running.proxy;
     let mut drain = proxy.drain.subscribe();
     let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {

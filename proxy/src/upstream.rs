@@ -61,12 +61,14 @@ impl UpstreamError {
 struct Idle {
     sender: http1::SendRequest<Body>,
     since: Instant,
+    uses: u32,
 }
 
 #[derive(Default)]
 struct Entry {
     http1: Vec<Idle>,
     http2: Option<http2::SendRequest<Body>>,
+    http2_uses: u32,
     /// Held while an HTTP/2 connection is being made.
     connecting: Arc<tokio::sync::Mutex<()>>,
 }
@@ -76,35 +78,58 @@ pub struct Pools {
     entries: Mutex<crate::FastMap<Key, Entry>>,
 }
 
+/// How connections to a cluster's endpoints are made and reused.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ConnectionPolicy {
+    pub connect_timeout: Duration,
+    pub idle_timeout: Duration,
+    /// Requests per connection before it is retired (0: no limit).
+    pub max_requests: u32,
+}
+
+impl Default for ConnectionPolicy {
+    fn default() -> Self {
+        ConnectionPolicy {
+            connect_timeout: Duration::from_secs(10),
+            idle_timeout: DEFAULT_IDLE_TIMEOUT,
+            max_requests: 0,
+        }
+    }
+}
+
+impl ConnectionPolicy {
+    fn exhausted(&self, uses: u32) -> bool {
+        self.max_requests != 0 && uses >= self.max_requests
+    }
+}
+
 impl Pools {
     /// Sends `request` (origin-form URI for HTTP/1.1; absolute for HTTP/2) over a pooled
     /// connection, or a new one.
     pub async fn send(
         &self,
         key: Key,
-        connect_timeout: Duration,
-        idle_timeout: Duration,
+        policy: &ConnectionPolicy,
         request: Request<Body>,
     ) -> Result<Response<Incoming>, UpstreamError> {
         match key.protocol {
-            Protocol::Http1 => self.send_http1(key, connect_timeout, idle_timeout, request).await,
-            Protocol::Http2 => self.send_http2(key, connect_timeout, request).await,
+            Protocol::Http1 => self.send_http1(key, policy, request).await,
+            Protocol::Http2 => self.send_http2(key, policy, request).await,
         }
     }
 
     async fn send_http1(
         &self,
         key: Key,
-        connect_timeout: Duration,
-        idle_timeout: Duration,
+        policy: &ConnectionPolicy,
         mut request: Request<Body>,
     ) -> Result<Response<Incoming>, UpstreamError> {
         // A pooled connection may have been closed by the peer just now; then the request comes
         // back unsent and goes over a new connection.
-        if let Some(mut sender) = self.take_idle(key, idle_timeout) {
+        if let Some((mut sender, uses)) = self.take_idle(key, policy.idle_timeout) {
             match sender.try_send_request(request).await {
                 Ok(response) => {
-                    self.put_idle(key, sender);
+                    self.put_idle(key, sender, uses + 1, policy);
                     return Ok(response);
                 }
                 Err(mut e) => match e.take_message() {
@@ -113,7 +138,7 @@ impl Pools {
                 },
             }
         }
-        let stream = connect(key, connect_timeout).await?;
+        let stream = connect(key, policy.connect_timeout).await?;
         let (mut sender, connection) = http1::Builder::new()
             .handshake(TokioIo::new(stream))
             .await
@@ -125,17 +150,17 @@ impl Pools {
             .send_request(request)
             .await
             .map_err(|source| UpstreamError::Reset { addr: key.addr, source })?;
-        self.put_idle(key, sender);
+        self.put_idle(key, sender, 1, policy);
         Ok(response)
     }
 
     async fn send_http2(
         &self,
         key: Key,
-        connect_timeout: Duration,
+        policy: &ConnectionPolicy,
         request: Request<Body>,
     ) -> Result<Response<Incoming>, UpstreamError> {
-        if let Some(sender) = self.http2_sender(key) {
+        if let Some(sender) = self.http2_sender(key, policy) {
             return send_on(sender, key, request).await;
         }
         // One connection per endpoint: concurrent first requests wait for the one being made.
@@ -144,10 +169,10 @@ impl Pools {
             entries.entry(key).or_default().connecting.clone()
         };
         let _turn = connecting.lock().await;
-        if let Some(sender) = self.http2_sender(key) {
+        if let Some(sender) = self.http2_sender(key, policy) {
             return send_on(sender, key, request).await;
         }
-        let stream = connect(key, connect_timeout).await?;
+        let stream = connect(key, policy.connect_timeout).await?;
         let (sender, connection) = http2::Builder::new(TokioExecutor::new())
             .timer(TokioTimer::new())
             .keep_alive_interval(Duration::from_secs(30))
@@ -159,18 +184,30 @@ impl Pools {
         });
         {
             let mut entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
-            entries.entry(key).or_default().http2 = Some(sender.clone());
+            let entry = entries.entry(key).or_default();
+            entry.http2 = Some(sender.clone());
+            entry.http2_uses = 1;
         }
         send_on(sender, key, request).await
     }
 
-    fn http2_sender(&self, key: Key) -> Option<http2::SendRequest<Body>> {
-        let entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
-        entries.get(&key).and_then(|e| e.http2.clone()).filter(|s| !s.is_closed())
+    /// The endpoint's HTTP/2 connection, unless closed or used up (then it is retired: its
+    /// streams finish, new ones go to a new connection).
+    fn http2_sender(&self, key: Key, policy: &ConnectionPolicy) -> Option<http2::SendRequest<Body>> {
+        let mut entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
+        let entry = entries.get_mut(&key)?;
+        let sender = entry.http2.clone().filter(|s| !s.is_closed());
+        if sender.is_none() || policy.exhausted(entry.http2_uses) {
+            entry.http2 = None;
+            return None;
+        }
+        entry.http2_uses += 1;
+        sender
     }
 
-    /// A ready idle connection; closed and expired ones are dropped on the way, busy ones kept.
-    fn take_idle(&self, key: Key, idle_timeout: Duration) -> Option<http1::SendRequest<Body>> {
+    /// A ready idle connection and how often it was used; closed and expired ones are dropped
+    /// on the way, busy ones kept.
+    fn take_idle(&self, key: Key, idle_timeout: Duration) -> Option<(http1::SendRequest<Body>, u32)> {
         let mut entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
         let list = &mut entries.get_mut(&key)?.http1;
         let now = Instant::now();
@@ -181,7 +218,7 @@ impl Pools {
                 continue;
             }
             if idle.sender.is_ready() {
-                found = Some(idle.sender);
+                found = Some((idle.sender, idle.uses));
                 break;
             }
             busy.push(idle);
@@ -190,11 +227,16 @@ impl Pools {
         found
     }
 
-    fn put_idle(&self, key: Key, sender: http1::SendRequest<Body>) {
+    /// Back into the pool, unless used up (dropping the sender closes the connection once its
+    /// response is done).
+    fn put_idle(&self, key: Key, sender: http1::SendRequest<Body>, uses: u32, policy: &ConnectionPolicy) {
+        if policy.exhausted(uses) {
+            return;
+        }
         let mut entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
         let list = &mut entries.entry(key).or_default().http1;
         if list.len() < MAX_IDLE_PER_ENDPOINT {
-            list.push(Idle { sender, since: Instant::now() });
+            list.push(Idle { sender, since: Instant::now(), uses });
         }
     }
 

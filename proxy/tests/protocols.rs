@@ -153,3 +153,63 @@ async fn inbound_requests_reach_the_app_from_127_0_0_6() {
     let metrics = proxy.metrics().await;
     assert!(metrics.contains("reporter=\"destination\""), "{metrics}");
 }
+
+/// TLS that is not the mesh's passes through untouched; its server name (SNI) picks the service.
+#[tokio::test]
+async fn tls_passes_through_by_server_name() {
+    use std::sync::Arc;
+
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer, ServerName};
+
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let certified = rcgen::generate_simple_self_signed(vec!["secure.test".to_owned()]).unwrap();
+    let cert = CertificateDer::from(certified.cert.der().to_vec());
+    let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(certified.signing_key.serialize_der()));
+    let server_config = rustls::ServerConfig::builder_with_provider(provider.clone())
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(vec![cert.clone()], key)
+        .unwrap();
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(server_config));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let upstream_port = listener.local_addr().unwrap().port();
+    tokio::spawn(async move {
+        let (stream, _) = listener.accept().await.unwrap();
+        let mut tls = acceptor.accept(stream).await.unwrap();
+        let mut buf = [0u8; 5];
+        tls.read_exact(&mut buf).await.unwrap();
+        tls.write_all(b"secret reply").await.unwrap();
+        tls.shutdown().await.unwrap();
+    });
+
+    let config = format!(
+        r#"
+services:
+  - name: secure.test
+    ports: [{{ port: 443, protocol: TLS, tcpCluster: secure }}]
+clusters: [{{ name: secure, service: secure.test }}]
+endpoints:
+  - service: secure.test
+    endpoints: [{{ address: 127.0.0.1, port: {upstream_port} }}]
+"#
+    );
+    let proxy = TestProxy::start(&config).await;
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(cert).unwrap();
+    let client_config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    let connector = tokio_rustls::TlsConnector::from(Arc::new(client_config));
+    let stream = tokio::net::TcpStream::connect(proxy.outbound()).await.unwrap();
+    // The certificate is verified end to end: the proxy never terminated the TLS.
+    let mut tls = connector.connect(ServerName::try_from("secure.test").unwrap(), stream).await.unwrap();
+    tls.write_all(b"hello").await.unwrap();
+    let mut reply = Vec::new();
+    tls.read_to_end(&mut reply).await.unwrap();
+    assert_eq!(reply, b"secret reply");
+    let metrics = proxy.metrics().await;
+    assert!(metrics.contains("istio_tcp_connections_opened_total{reporter=\"source\""), "{metrics}");
+}

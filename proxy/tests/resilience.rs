@@ -223,3 +223,19 @@ async fn reloading_under_load_fails_no_request() {
     }
     assert!(a.count() > 0 && b.count() > 0, "both configurations served");
 }
+
+#[tokio::test]
+async fn connections_are_retired_after_max_requests() {
+    let upstream = Upstream::start("api").await;
+    let pool = "    connectionPool: { maxRequestsPerConnection: 2 }";
+    let proxy = TestProxy::start(&config(&[&upstream], "", pool)).await;
+    let mut client = Client::connect(proxy.outbound(), Version::HTTP_11).await;
+    for _ in 0..6 {
+        assert_eq!(client.get("api", "/").await.status, StatusCode::OK);
+    }
+    let peers: Vec<_> = upstream.seen.lock().unwrap().iter().map(|s| s.peer).collect();
+    let distinct: std::collections::BTreeSet<_> = peers.iter().collect();
+    assert_eq!(distinct.len(), 3, "two requests per connection: {peers:?}");
+    assert_eq!(peers[0], peers[1]);
+    assert_ne!(peers[1], peers[2]);
+}

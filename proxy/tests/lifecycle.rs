@@ -1,0 +1,90 @@
+//! The binary's lifecycle: on SIGTERM it stops accepting, lets in-flight requests finish, and
+//! exits; the readiness endpoint says not ready meanwhile.
+
+mod common;
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::{Client, Upstream, get};
+use http::{StatusCode, Version};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_drains_in_flight_requests_then_exits() {
+    let upstream = Upstream::start("api").await;
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("config.yaml");
+    std::fs::write(
+        &config,
+        format!(
+            "services: [{{ name: api, ports: [{{ port: 80, protocol: HTTP }}] }}]\n\
+             virtualHosts: [{{ name: 'api:80', routes: [{{ name: all, forward: {{ clusters: [{{ cluster: api }}] }} }}] }}]\n\
+             clusters: [{{ name: api, service: api }}]\n\
+             endpoints: [{{ service: api, endpoints: [{{ address: 127.0.0.1, port: {} }}] }}]\n",
+            upstream.addr.port()
+        ),
+    )
+    .unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_trellis-proxy"))
+        .arg("--config")
+        .arg(&config)
+        .args([
+            "--outbound-port",
+            "0",
+            "--inbound-port",
+            "0",
+            "--admin-port",
+            "0",
+            "--readiness-port",
+            "0",
+            "--stats-port",
+            "0",
+        ])
+        .args(["--drain-timeout", "5s"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    struct Kill(std::process::Child);
+    impl Drop for Kill {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
+    let mut child = Kill(child);
+    let port_of = |name: &str| -> SocketAddr {
+        let words: Vec<&str> = line.split_whitespace().collect();
+        let at = words.iter().position(|w| *w == name).unwrap_or_else(|| panic!("{name} in {line:?}"));
+        let addr: SocketAddr = words[at + 1].parse().unwrap();
+        SocketAddr::from(([127, 0, 0, 1], addr.port()))
+    };
+    let (outbound, readiness) = (port_of("outbound"), port_of("readiness"));
+    assert_eq!(common::get_text(readiness, "/healthz/ready").await.0, StatusCode::OK);
+
+    // A slow request in flight...
+    let slow = tokio::spawn(async move {
+        let mut client = Client::connect(outbound, Version::HTTP_11).await;
+        client.send(get("api", "/", &[("x-delay-ms", "1000")])).await.map(|a| a.status)
+    });
+    common::wait_until("the slow request reached the upstream", || upstream.count() == 1).await;
+    // ...then SIGTERM.
+    let pid = nix::unistd::Pid::from_raw(child.0.id() as i32);
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).unwrap();
+    let started = Instant::now();
+    common::wait_until("new connections are refused", || std::net::TcpStream::connect(outbound).is_err())
+        .await;
+    assert_eq!(slow.await.unwrap().unwrap(), StatusCode::OK, "the in-flight request finished");
+    let status = loop {
+        if let Some(status) = child.0.try_wait().unwrap() {
+            break status;
+        }
+        assert!(started.elapsed() < Duration::from_secs(10), "the proxy did not exit");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert!(status.success());
+}
