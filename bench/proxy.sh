@@ -74,7 +74,7 @@ endpoints:
 YAML
   RUST_LOG=warn taskset -c 0 "$PROXY" --config "$work/$name.yaml" --concurrency 1 \
     --outbound-port "$base" --inbound-port $((base + 1)) --admin-port $((base + 2)) \
-    --readiness-port $((base + 3)) --stats-port $((base + 4)) > /dev/null 2>&1 &
+    --readiness-port $((base + 3)) --stats-port $((base + 4)) --explicit-inbound > /dev/null 2>&1 &
   pids+=($!)
   echo $! > "$work/$name.pids"
   wait_port "$base"

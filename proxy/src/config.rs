@@ -472,8 +472,16 @@ pub(crate) fn duration(
     if d.seconds < 0 || d.nanos < 0 {
         return Err(err(field, "negative duration"));
     }
-    Ok(Some(Duration::new(d.seconds as u64, d.nanos as u32)))
+    if d.seconds > MAX_DURATION_SECONDS {
+        return Err(err(field, format!("{}s is more than a year", d.seconds)));
+    }
+    // Zero means unset, as in Istio: no timeout, or the default.
+    let value = Duration::new(d.seconds as u64, d.nanos as u32);
+    Ok((!value.is_zero()).then_some(value))
 }
+
+/// Longer durations are mistakes, and would overflow the backoff arithmetic.
+const MAX_DURATION_SECONDS: i64 = 365 * 24 * 3600;
 
 #[cfg(test)]
 mod tests {
@@ -591,5 +599,22 @@ mod truncation {
         for end in (0..text.len()).filter(|i| text.is_char_boundary(*i)) {
             let _ = parse(&text[..end]).and_then(|c| Snapshot::compile(c, 1, None));
         }
+    }
+}
+
+#[cfg(test)]
+mod durations {
+    use super::*;
+
+    #[test]
+    fn zero_means_unset_and_absurd_lengths_are_refused() {
+        let zero = pbjson_types::Duration { seconds: 0, nanos: 0 };
+        assert_eq!(duration(Some(&zero), "timeout"), Ok(None));
+        let half = pbjson_types::Duration { seconds: 0, nanos: 500_000_000 };
+        assert_eq!(duration(Some(&half), "timeout"), Ok(Some(Duration::from_millis(500))));
+        let century = pbjson_types::Duration { seconds: 100 * 365 * 24 * 3600, nanos: 0 };
+        assert!(duration(Some(&century), "timeout").unwrap_err().message.contains("more than a year"));
+        let negative = pbjson_types::Duration { seconds: -1, nanos: 0 };
+        assert!(duration(Some(&negative), "timeout").is_err());
     }
 }

@@ -40,6 +40,12 @@ pub async fn handle(stream: TcpStream, peer: SocketAddr, side: Side, proxy: Arc<
     let original = original_destination(&stream);
     let snapshot = proxy.config.load_full();
     let local = stream.local_addr().unwrap_or(SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), 0));
+    // Explicit mode is for the local app dialling its own proxy; anyone else reaching the
+    // outbound port directly would have an open proxy.
+    if side == Side::Outbound && original.is_none() && !(peer.ip().is_loopback() || peer.ip() == local.ip()) {
+        proxy.connections.fetch_sub(1, Ordering::AcqRel);
+        return;
+    }
     let conn = Conn { side, peer, original, local };
     let port = original.map(|o| o.port());
     let service_port = original.and_then(|o| snapshot.by_address(o)).cloned();
@@ -101,12 +107,11 @@ async fn relay(
         },
         (Side::Inbound, None) => return,
         (Side::Inbound, Some(original)) => {
-            let local = match original.ip() {
-                IpAddr::V4(_) => SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), original.port()),
-                IpAddr::V6(_) => SocketAddr::new(IpAddr::V6(Ipv6Addr::LOCALHOST), original.port()),
-            };
-            let source = local.is_ipv4().then_some(IpAddr::V4(Ipv4Addr::new(127, 0, 0, 6)));
-            (Key { addr: local, protocol: Protocol::Http1, source }, original.to_string())
+            if proxy.is_own(original, conn.local.ip()) {
+                return;
+            }
+            let (addr, source) = crate::forward::inbound_delivery(original);
+            (Key { addr, protocol: Protocol::Http1, source }, format!("inbound|{}", original.port()))
         }
         (Side::Outbound, Some(original)) => match service_port.and_then(|sp| sp.tcp_cluster.clone()) {
             Some(cluster) => {
@@ -114,7 +119,15 @@ async fn relay(
                 return relay_to_cluster(stream, &cluster, service, proxy).await;
             }
             None if snapshot.outbound_policy == pb::OutboundPolicy::RegistryOnly => return,
-            None => (Key { addr: original, protocol: Protocol::Http1, source: None }, original.to_string()),
+            None => {
+                if proxy.is_own(original, conn.local.ip()) {
+                    return;
+                }
+                (
+                    Key { addr: original, protocol: Protocol::Http1, source: None },
+                    "PassthroughCluster".to_owned(),
+                )
+            }
         },
     };
     let reporter = if conn.side == Side::Outbound { Reporter::Source } else { Reporter::Destination };
@@ -150,6 +163,6 @@ async fn pipe(
     };
     let labels = proxy.metrics.tcp_labels(reporter, service, "-");
     proxy.metrics.tcp_opened(&labels);
-    let (sent, received) = tcp::relay(&mut stream, &mut upstream_stream, idle).await.unwrap_or((0, 0));
+    let (sent, received, _ended) = tcp::relay(&mut stream, &mut upstream_stream, idle).await;
     proxy.metrics.tcp_closed(&labels, sent, received);
 }

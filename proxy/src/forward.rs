@@ -17,7 +17,7 @@ use crate::cluster::Cluster;
 use crate::config::{Snapshot, split_authority};
 use crate::headers;
 use crate::metrics::{Reporter, RequestRecord};
-use crate::route::{Action, CompiledRoute, RequestView, Retry, StringMatcher};
+use crate::route::{Action, CompiledRoute, RequestView, Retry, StringMatcher, normalize_path};
 use crate::serve::Conn;
 use crate::upstream::{self, Body, BoxError, ConnectionPolicy, Key, Protocol, UpstreamError};
 use crate::{Proxy, Side};
@@ -99,6 +99,17 @@ async fn outbound(mut request: Request<Incoming>, conn: &Conn, proxy: &Proxy) ->
         return passthrough(request, conn, proxy, &snapshot, authority.as_deref(), port).await;
     };
     let service = service_port.service.clone();
+    if let Some(normalized) = normalize_path(request.uri().path()) {
+        let with_query = match request.uri().query() {
+            Some(q) => format!("{normalized}?{q}"),
+            None => normalized,
+        };
+        let mut parts = request.uri().clone().into_parts();
+        parts.path_and_query = with_query.parse().ok();
+        if let Ok(uri) = Uri::from_parts(parts) {
+            *request.uri_mut() = uri;
+        }
+    }
     let selected = {
         let view = RequestView {
             method: request.method().as_str(),
@@ -174,6 +185,14 @@ fn rewrite(request: &mut Request<Incoming>, route: &CompiledRoute, matched_prefi
         && let Ok(value) = HeaderValue::from_str(authority)
     {
         request.headers_mut().insert(header::HOST, value);
+        // HTTP/2 carries the authority in the URI: rewrite it there too.
+        if request.uri().authority().is_some() {
+            let mut parts = request.uri().clone().into_parts();
+            parts.authority = authority.parse().ok();
+            if let Ok(uri) = Uri::from_parts(parts) {
+                *request.uri_mut() = uri;
+            }
+        }
     }
     let Some(replacement) = &route.rewrite_uri else { return };
     let path = request.uri().path();
@@ -185,7 +204,10 @@ fn rewrite(request: &mut Request<Incoming>, route: &CompiledRoute, matched_prefi
         Some(q) => format!("{new_path}?{q}"),
         None => new_path,
     };
-    if let Ok(uri) = with_query.parse::<Uri>() {
+    // Keep the scheme and authority an HTTP/2 request carries in its URI.
+    let mut parts = request.uri().clone().into_parts();
+    parts.path_and_query = with_query.parse().ok();
+    if let Ok(uri) = Uri::from_parts(parts) {
         *request.uri_mut() = uri;
     }
 }
@@ -206,10 +228,11 @@ async fn to_cluster(
             return upgrade(request, cluster, conn).await;
         }
         let (parts, body) = request.into_parts();
+        // Only bodies known to be small (or absent) are kept for a retry; a stream (gRPC,
+        // chunked uploads) goes through as it comes, without retries.
         let replayable = route.retries.is_some()
             && (content_length_of(&parts.headers).is_some_and(|n| n <= MAX_REPLAY_BODY)
-                || (!parts.headers.contains_key(header::TRANSFER_ENCODING)
-                    && content_length_of(&parts.headers).is_none()));
+                || hyper::body::Body::is_end_stream(&body));
         let limit = snapshot.limits.max_body_bytes;
         if replayable {
             let bytes = match Limited::new(body, MAX_REPLAY_BODY.min(limit) as usize).collect().await {
@@ -282,10 +305,15 @@ async fn with_retries(
             Err(failure) => failure.retriable(retry),
         };
         if !retry_it || left == 0 {
-            return match result {
+            let exhausted = retry_it && left == 0 && retry.attempts > 0;
+            let mut outcome = match result {
                 Ok((outcome, _)) => outcome,
                 Err(failure) => failure.into_outcome(cluster),
             };
+            if exhausted {
+                outcome.flags = "URX";
+            }
+            return outcome;
         }
         previous = match &result {
             Ok((_, index)) => Some(*index),
@@ -295,7 +323,7 @@ async fn with_retries(
         // Exponential backoff with full jitter, capped at ten times the base.
         let jittered = rand::random_range(0..=backoff.as_micros().max(1) as u64);
         tokio::time::sleep(Duration::from_micros(jittered)).await;
-        backoff = (backoff * 2).min(retry.base_interval * 10);
+        backoff = backoff.saturating_mul(2).min(retry.base_interval.saturating_mul(10));
     }
     Outcome::new(text(StatusCode::SERVICE_UNAVAILABLE, "retries exhausted\n"), cluster.name(), "URX")
 }
@@ -519,7 +547,8 @@ async fn upgrade(mut request: Request<Incoming>, cluster: &Arc<Cluster>, conn: &
             if let (Ok(down), Ok(up)) = (downstream.await, upstream_side.await) {
                 let mut down = hyper_util::rt::TokioIo::new(down);
                 let mut up = hyper_util::rt::TokioIo::new(up);
-                let _ = tokio::io::copy_bidirectional(&mut down, &mut up).await;
+                // Spliced like TCP: an idle upgraded connection is closed, not held forever.
+                let _ = crate::tcp::relay(&mut down, &mut up, crate::tcp::DEFAULT_IDLE_TIMEOUT).await;
             }
         });
     }
@@ -560,7 +589,7 @@ async fn passthrough(
     let Some(target) = target else {
         return Outcome::new(text(StatusCode::NOT_FOUND, "no route for this authority\n"), service, "NR");
     };
-    if target == conn.local || (target.port() == conn.local.port() && target.ip().is_loopback()) {
+    if target == conn.local || proxy.is_own(target, conn.local.ip()) {
         return Outcome::new(
             text(StatusCode::LOOP_DETECTED, "the request is addressed to the proxy itself\n"),
             service,
@@ -606,33 +635,53 @@ async fn send_direct(request: Request<Incoming>, key: Key, proxy: &Proxy, servic
 
 async fn inbound(mut request: Request<Incoming>, conn: &Conn, proxy: &Proxy) -> Outcome {
     let snapshot = proxy.config.load_full();
-    let authority = authority_of(&request);
-    let service = authority
-        .as_deref()
-        .and_then(|a| split_authority(a, 80))
-        .map(|(h, _)| h.to_owned())
-        .unwrap_or_else(|| "unknown".to_owned());
+    // Bounded label values: the inbound port, never a client's Host header.
+    let target = match conn.original {
+        Some(original) => Some(original),
+        // Without a redirect (explicit mode, when enabled), the authority's port names the app.
+        None if proxy.explicit_inbound => authority_of(&request)
+            .as_deref()
+            .and_then(|a| split_authority(a, 80))
+            .map(|(_, port)| SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), port)),
+        None => None,
+    };
+    let service: Arc<str> = match target {
+        Some(t) => format!("inbound|{}", t.port()).into(),
+        None => "unknown".into(),
+    };
+    let Some(target) = target else {
+        return Outcome::new(
+            text(StatusCode::FORBIDDEN, "inbound requests come through the redirect\n"),
+            service,
+            "NR",
+        );
+    };
+    if proxy.is_own(target, conn.local.ip()) {
+        return Outcome::new(
+            text(StatusCode::FORBIDDEN, "the proxy's own ports are not reachable\n"),
+            service,
+            "NR",
+        );
+    }
     if let Some(refusal) = too_large(&request, &snapshot) {
         return Outcome::new(refusal, service, "-");
     }
-    let port = match conn.original {
-        Some(o) => o.port(),
-        None => match authority.as_deref().and_then(|a| split_authority(a, 80)) {
-            Some((_, p)) => p,
-            None => {
-                return Outcome::new(text(StatusCode::BAD_REQUEST, "no destination port\n"), service, "NR");
-            }
-        },
-    };
-    let (addr, source) = match conn.original {
-        Some(SocketAddr::V6(_)) => (SocketAddr::new(IpAddr::V6(Ipv6Addr::LOCALHOST), port), None),
-        _ => (SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), port), Some(INBOUND_SOURCE)),
-    };
     let upgrade = headers::is_upgrade(request.headers());
     headers::strip_hop_by_hop(request.headers_mut(), upgrade);
     headers::ensure_request_id(request.headers_mut());
     headers::add_forwarded(request.headers_mut(), conn.peer.ip());
-    send_direct(request, Key { addr, protocol: Protocol::Http1, source }, proxy, service.into()).await
+    let (addr, source) = inbound_delivery(target);
+    send_direct(request, Key { addr, protocol: Protocol::Http1, source }, proxy, service).await
+}
+
+/// Where inbound traffic goes: the address it was sent to (so an app listening only on
+/// localhost is not exposed to the mesh), from 127.0.0.6 so the redirect lets it through. IPv6
+/// goes to `::1`: `::6` is not an address a pod has.
+pub fn inbound_delivery(original: SocketAddr) -> (SocketAddr, Option<IpAddr>) {
+    match original {
+        SocketAddr::V4(_) => (original, Some(INBOUND_SOURCE)),
+        SocketAddr::V6(_) => (SocketAddr::new(IpAddr::V6(Ipv6Addr::LOCALHOST), original.port()), None),
+    }
 }
 
 /// 413 before reading a body that says it is too large.

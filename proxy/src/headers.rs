@@ -71,7 +71,8 @@ pub fn ensure_request_id(headers: &mut HeaderMap) {
     }
 }
 
-/// Appends the peer to `x-forwarded-for` and sets `x-forwarded-proto`.
+/// Appends the peer to `x-forwarded-for`, and sets `x-forwarded-proto` unless an earlier hop
+/// (a TLS-terminating gateway) did.
 pub fn add_forwarded(headers: &mut HeaderMap, peer: std::net::IpAddr) {
     let chain = match headers.get(&X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
         Some(existing) => format!("{existing}, {peer}"),
@@ -80,7 +81,9 @@ pub fn add_forwarded(headers: &mut HeaderMap, peer: std::net::IpAddr) {
     if let Ok(value) = HeaderValue::from_str(&chain) {
         headers.insert(X_FORWARDED_FOR.clone(), value);
     }
-    headers.insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static("http"));
+    if !headers.contains_key(&X_FORWARDED_PROTO) {
+        headers.insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static("http"));
+    }
 }
 
 #[cfg(test)]

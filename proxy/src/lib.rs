@@ -49,10 +49,21 @@ pub struct Proxy {
     pub drain: tokio::sync::watch::Sender<bool>,
     pub connections: AtomicUsize,
     pub log_control: Option<LogControl>,
+    /// Every port the proxy listens on: never a destination (a loop, or a way in to the admin).
+    pub own_ports: std::sync::RwLock<Vec<u16>>,
+    /// Inbound connections without a redirect are served, routed by their authority's port
+    /// (for running without iptables: the demo, tests, benchmarks). Off in a pod: there, such a
+    /// connection is someone dialling the inbound port directly.
+    pub explicit_inbound: bool,
 }
 
 impl Proxy {
-    pub fn new(snapshot: Snapshot, metrics: Metrics, log_control: Option<LogControl>) -> Arc<Proxy> {
+    pub fn new(
+        snapshot: Snapshot,
+        metrics: Metrics,
+        log_control: Option<LogControl>,
+        explicit_inbound: bool,
+    ) -> Arc<Proxy> {
         Arc::new(Proxy {
             config: ArcSwap::from_pointee(snapshot),
             pools: Pools::default(),
@@ -61,7 +72,16 @@ impl Proxy {
             drain: tokio::sync::watch::channel(false).0,
             connections: AtomicUsize::new(0),
             log_control,
+            own_ports: std::sync::RwLock::default(),
+            explicit_inbound,
         })
+    }
+
+    /// Whether `addr` is one of the proxy's own listeners (on any local address).
+    pub fn is_own(&self, addr: std::net::SocketAddr, local: std::net::IpAddr) -> bool {
+        let ip = addr.ip();
+        let here = ip.is_loopback() || ip.is_unspecified() || ip == local;
+        here && self.own_ports.read().is_ok_and(|ports| ports.contains(&addr.port()))
     }
 
     pub fn is_draining(&self) -> bool {
@@ -96,6 +116,8 @@ pub struct Options {
     pub readiness: Vec<std::net::SocketAddr>,
     pub stats: Vec<std::net::SocketAddr>,
     pub config_file: Option<std::path::PathBuf>,
+    /// See [`Proxy::explicit_inbound`].
+    pub explicit_inbound: bool,
 }
 
 /// A started proxy and the addresses it actually bound.
@@ -130,7 +152,7 @@ pub fn start(
         }
         None => (Snapshot::empty(), None),
     };
-    let proxy = Proxy::new(snapshot, metrics, log_control);
+    let proxy = Proxy::new(snapshot, metrics, log_control, options.explicit_inbound);
     let bind_all = |addrs: &[std::net::SocketAddr]| -> Result<Vec<tokio::net::TcpListener>, StartError> {
         addrs.iter().map(|a| bind(*a).map_err(|source| StartError::Bind { addr: *a, source })).collect()
     };
@@ -139,6 +161,15 @@ pub fn start(
         (bind_all(&options.admin)?, bind_all(&options.readiness)?, bind_all(&options.stats)?);
     let local =
         |ls: &[tokio::net::TcpListener]| ls.iter().filter_map(|l| l.local_addr().ok()).collect::<Vec<_>>();
+    if let Ok(mut ports) = proxy.own_ports.write() {
+        let all = [&outbound, &inbound, &admin, &readiness, &stats];
+        *ports = all
+            .iter()
+            .flat_map(|ls| ls.iter())
+            .filter_map(|l| l.local_addr().ok())
+            .map(|a| a.port())
+            .collect();
+    }
     let running = Running {
         proxy: proxy.clone(),
         outbound: local(&outbound),
@@ -162,11 +193,23 @@ pub fn start(
             tokio::spawn(admin::serve(l, which, proxy.clone()));
         }
     }
+    tokio::spawn(reap_pools(proxy.clone()));
     if let (Some(path), Some(bytes)) = (options.config_file, loaded) {
         tokio::spawn(watch::watch(path, bytes, proxy.clone()));
     }
     proxy.ready.store(true, Ordering::Release);
     Ok(running)
+}
+
+/// Every 30 seconds, closes idle upstream connections past their time.
+async fn reap_pools(proxy: Arc<Proxy>) {
+    let mut drain = proxy.drain.subscribe();
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(std::time::Duration::from_secs(30)) => proxy.pools.reap(upstream::DEFAULT_IDLE_TIMEOUT),
+            _ = drained(&mut drain) => return,
+        }
+    }
 }
 
 /// A listener; IPv6 ones are IPv6-only so that `0.0.0.0` and `[::]` can both be bound.

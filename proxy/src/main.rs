@@ -40,6 +40,10 @@ struct Args {
     /// Also listen on IPv6.
     #[arg(long)]
     ipv6: bool,
+    /// Serve inbound connections that did not come through the redirect, delivering to the
+    /// port their authority names (for running without iptables; never in a pod).
+    #[arg(long)]
+    explicit_inbound: bool,
     /// On SIGTERM, how long in-flight requests may take before the proxy exits.
     #[arg(long, default_value = "5s", value_parser = parse_duration)]
     drain_timeout: Duration,
@@ -110,6 +114,7 @@ async fn run(args: Args, log_control: LogControl) -> ExitCode {
         readiness: any(args.readiness_port),
         stats: any(args.stats_port),
         config_file: args.config.clone(),
+        explicit_inbound: args.explicit_inbound,
     };
     let running = match trellis_proxy::start(options, Metrics::new(Workload::from_env()), Some(log_control)) {
         Ok(r) => r,

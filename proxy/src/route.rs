@@ -38,6 +38,29 @@ impl std::fmt::Debug for VirtualHost {
     }
 }
 
+/// The path with its `.` and `..` segments resolved (RFC 3986), as Istio's default path
+/// normalization does, so that `/public/../admin` cannot slip past a route on `/admin`.
+/// `None` when there is nothing to resolve.
+pub fn normalize_path(path: &str) -> Option<String> {
+    if !path.split('/').any(|s| s == "." || s == "..") {
+        return None;
+    }
+    let mut kept: Vec<&str> = Vec::new();
+    let segments: Vec<&str> = path.split('/').skip(1).collect();
+    for segment in &segments {
+        match *segment {
+            "." => {}
+            ".." => {
+                kept.pop();
+            }
+            s => kept.push(s),
+        }
+    }
+    // A path ending in a dot segment names a directory.
+    let trailing = matches!(segments.last(), Some(&".") | Some(&".."));
+    Some(format!("/{}{}", kept.join("/"), if trailing && !kept.is_empty() { "/" } else { "" }))
+}
+
 /// What matching looks at.
 pub struct RequestView<'a> {
     pub method: &'a str,
@@ -242,6 +265,10 @@ impl Retry {
         let mut status_codes: Vec<u16> =
             p.retriable_status_codes.iter().filter_map(|c| u16::try_from(*c).ok()).collect();
         let conditions: Vec<&str> = if p.retry_on.is_empty() {
+            // Istio's default policy, whose retriable status code is 503.
+            if status_codes.is_empty() {
+                status_codes.push(503);
+            }
             vec!["connect-failure", "refused-stream", "unavailable", "cancelled", "retriable-status-codes"]
         } else {
             p.retry_on.iter().flat_map(|c| c.split(',')).map(str::trim).filter(|c| !c.is_empty()).collect()
@@ -293,5 +320,21 @@ impl Retry {
             || (self.on.retriable_4xx && code == 409)
             || (self.on.retriable_status_codes && self.status_codes.contains(&code))
             || grpc_status.is_some_and(|g| self.on.grpc.contains(&g))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dot_segments_are_resolved() {
+        assert_eq!(normalize_path("/a/b"), None);
+        assert_eq!(normalize_path("/public/../admin").as_deref(), Some("/admin"));
+        assert_eq!(normalize_path("/./admin").as_deref(), Some("/admin"));
+        assert_eq!(normalize_path("/../../etc/passwd").as_deref(), Some("/etc/passwd"));
+        assert_eq!(normalize_path("/a/b/..").as_deref(), Some("/a/"));
+        assert_eq!(normalize_path("/..").as_deref(), Some("/"));
+        assert_eq!(normalize_path("/a..b/c").as_deref(), None);
     }
 }

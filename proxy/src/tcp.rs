@@ -9,9 +9,14 @@ use tokio::io::{AsyncRead, AsyncWrite};
 /// Default idle timeout of proxied TCP connections (Envoy's and Istio's: one hour).
 pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(3600);
 
-/// Copies both ways until both sides are done or nothing moves for `idle`. Returns the bytes
-/// sent downstream→upstream and upstream→downstream.
-pub async fn relay<A, B>(downstream: &mut A, upstream: &mut B, idle: Duration) -> io::Result<(u64, u64)>
+/// Copies both ways until both sides are done, one fails, or nothing moves for `idle`. Returns
+/// the bytes sent downstream→upstream and upstream→downstream, however it ended (counted for the
+/// metrics either way), and the error that ended it, if any.
+pub async fn relay<A, B>(
+    downstream: &mut A,
+    upstream: &mut B,
+    idle: Duration,
+) -> (u64, u64, Option<io::Error>)
 where
     A: AsyncRead + AsyncWrite + Unpin,
     B: AsyncRead + AsyncWrite + Unpin,
@@ -24,18 +29,16 @@ where
     let backward = copy_then_shutdown(&mut up_read, &mut down_write, &received, &progress);
     let both = async { tokio::try_join!(forward, backward) };
     tokio::pin!(both);
-    loop {
+    let ended = loop {
         tokio::select! {
-            result = &mut both => {
-                result?;
-                return Ok((sent.get(), received.get()));
-            }
+            result = &mut both => break result.err(),
             _ = progress.notified() => {}
             _ = tokio::time::sleep(idle) => {
-                return Err(io::Error::new(io::ErrorKind::TimedOut, format!("idle for {idle:?}")));
+                break Some(io::Error::new(io::ErrorKind::TimedOut, format!("idle for {idle:?}")));
             }
         }
-    }
+    };
+    (sent.get(), received.get(), ended)
 }
 
 #[derive(Default)]

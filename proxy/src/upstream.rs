@@ -240,6 +240,23 @@ impl Pools {
         }
     }
 
+    /// Closes idle connections unused for `idle_timeout` and forgets endpoints with nothing
+    /// left, so that endpoints that went away (or passthrough destinations) hold nothing.
+    pub fn reap(&self, idle_timeout: Duration) {
+        let now = Instant::now();
+        let mut entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
+        entries.retain(|_, entry| {
+            entry
+                .http1
+                .retain(|idle| !idle.sender.is_closed() && now.duration_since(idle.since) <= idle_timeout);
+            if entry.http2.as_ref().is_some_and(|s| s.is_closed()) {
+                entry.http2 = None;
+            }
+            let connecting = Arc::strong_count(&entry.connecting) > 1;
+            !entry.http1.is_empty() || entry.http2.is_some() || connecting
+        });
+    }
+
     /// Connections currently pooled per endpoint (for the admin page).
     pub fn idle_counts(&self) -> Vec<(Key, usize)> {
         let entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
@@ -278,4 +295,42 @@ pub async fn connect(key: Key, timeout: Duration) -> Result<TcpStream, UpstreamE
         .map_err(fail)?;
     let _ = stream.set_nodelay(true);
     Ok(stream)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn reaping_forgets_closed_connections_and_their_endpoints() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            // Answer one request, then close.
+            let (stream, _) = listener.accept().await.unwrap();
+            let service = hyper::service::service_fn(|_r| async {
+                Ok::<_, std::convert::Infallible>(Response::new(http_body_util::Empty::<Bytes>::new()))
+            });
+            let _ = hyper::server::conn::http1::Builder::new()
+                .keep_alive(false)
+                .serve_connection(TokioIo::new(stream), service)
+                .await;
+        });
+        let pools = Pools::default();
+        let key = Key { addr, protocol: Protocol::Http1, source: None };
+        let request = Request::get("/").header("host", "x").body(crate::forward::full(Bytes::new())).unwrap();
+        let response = pools.send(key, &ConnectionPolicy::default(), request).await.unwrap();
+        drop(response);
+        assert_eq!(pools.idle_counts().len(), 1);
+        // The server closed the connection: once hyper notices, the reaper forgets it all.
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            pools.reap(DEFAULT_IDLE_TIMEOUT);
+            if pools.idle_counts().is_empty() {
+                break;
+            }
+            assert!(Instant::now() < deadline, "the closed connection was kept");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
 }

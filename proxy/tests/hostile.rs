@@ -180,3 +180,30 @@ async fn a_flood_of_idle_connections_leaves_memory_bounded_and_others_served() {
     .await;
     drop(idle);
 }
+
+#[tokio::test]
+async fn the_proxys_own_ports_are_never_a_destination() {
+    let upstream = Upstream::start("api").await;
+    let proxy = TestProxy::start(&config(&upstream)).await;
+    let admin = proxy.running.admin[0].port();
+    let inbound = proxy.inbound().port();
+    // Inbound, the authority's port may not name the admin port or the proxy's listeners.
+    let mut client = Client::connect(proxy.inbound(), Version::HTTP_11).await;
+    for port in [admin, inbound, proxy.outbound().port()] {
+        let answer = client.get(&format!("app:{port}"), "/quitquitquit").await;
+        assert_eq!(answer.status, StatusCode::FORBIDDEN, "port {port}");
+    }
+    assert!(!proxy.running.proxy.is_draining());
+    // Outbound, passing through to one of our own listeners would loop.
+    let mut client = Client::connect(proxy.outbound(), Version::HTTP_11).await;
+    for addr in [format!("127.0.0.1:{inbound}"), format!("0.0.0.0:{admin}")] {
+        assert_eq!(client.get(&addr, "/").await.status, StatusCode::LOOP_DETECTED, "{addr}");
+    }
+
+    // In a pod, an inbound connection that did not come through the redirect is refused.
+    let strict = TestProxy::start_strict(&config(&upstream)).await;
+    let mut client = Client::connect(strict.inbound(), Version::HTTP_11).await;
+    let answer = client.get(&format!("app:{}", upstream.addr.port()), "/").await;
+    assert_eq!(answer.status, StatusCode::FORBIDDEN);
+    assert_eq!(upstream.count(), 0);
+}

@@ -182,6 +182,18 @@ fn a_call_is_captured_routed_delivered_and_counted_on_both_sides() {
             assert!(counted(&server_metrics, "destination"), "{server_metrics}");
             assert!(client_metrics.contains("destination_service=\"web.shop.svc.cluster.local\""));
 
+            // Another pod cannot reach the proxy's own ports (admin, outbound) through it.
+            for port in [15000, 15001] {
+                let url = format!("http://{SERVER_IP}:{port}/quitquitquit");
+                let out = as_app(
+                    client,
+                    "curl",
+                    &["-s", "-m", "5", "-X", "POST", "-o", "/dev/null", "-w", "%{http_code}", &url],
+                );
+                assert_eq!(String::from_utf8_lossy(&out.stdout), "403", "port {port}");
+            }
+            wait_ready(server);
+
             // Opaque TCP to the database's virtual IP, with a half-close.
             let db = echo_after_eof(server, "0.0.0.0:5432");
             let script = "import socket\ns = socket.create_connection(('10.96.0.60', 5432), timeout=10)\ns.sendall(b'ping')\ns.shutdown(socket.SHUT_WR)\nprint(s.recv(100).decode(), end='')\n";

@@ -19,7 +19,7 @@ services:
     ports: [{{ port: 80, protocol: {protocol} }}]
 virtualHosts:
   - name: api.test.svc.cluster.local:80
-    routes: [{{ name: all, forward: {{ clusters: [{{ cluster: api }}] }} }}]
+    routes: [{{ name: all, forward: {{ clusters: [{{ cluster: api }}] }}, retries: {{ attempts: 2 }} }}]
 clusters:
   - {{ name: api, service: api.test.svc.cluster.local, upstreamProtocol: {upstream_protocol} }}
 endpoints:

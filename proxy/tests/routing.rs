@@ -195,3 +195,22 @@ async fn unknown_destinations_pass_through_or_are_refused() {
     assert_eq!(answer.status, StatusCode::BAD_GATEWAY);
     assert_eq!(other.count(), 1);
 }
+
+#[tokio::test]
+async fn dot_segments_cannot_slip_past_a_route() {
+    let (v1, v2) = (Upstream::start("v1").await, Upstream::start("v2").await);
+    let routes = r#"
+      - name: no-admin
+        matches: [{ path: { prefix: /admin } }]
+        directResponse: { status: 403, body: "denied" }
+"#;
+    let proxy = TestProxy::start(&config(&v1, &v2, routes)).await;
+    let mut client = Client::connect(proxy.outbound(), Version::HTTP_11).await;
+    for path in ["/admin", "/public/../admin", "/./admin/x", "/a/b/../../admin"] {
+        let answer = client.get("reviews:9080", path).await;
+        assert_eq!(answer.status, StatusCode::FORBIDDEN, "{path}");
+    }
+    let answer = client.get("reviews:9080", "/public/./page").await;
+    assert_eq!(answer.status, StatusCode::OK);
+    assert_eq!(v1.last().path, "/public/page", "the normalized path is what goes upstream");
+}

@@ -171,6 +171,15 @@ pub struct TestProxy {
 
 impl TestProxy {
     pub async fn start(config: &str) -> TestProxy {
+        TestProxy::start_with(config, true).await
+    }
+
+    /// As in a pod: inbound connections must come through the redirect.
+    pub async fn start_strict(config: &str) -> TestProxy {
+        TestProxy::start_with(config, false).await
+    }
+
+    async fn start_with(config: &str, explicit_inbound: bool) -> TestProxy {
         let _ = tracing_subscriber::fmt().with_test_writer().try_init();
         let dir = tempfile::tempdir().unwrap();
         let config_path = dir.path().join("config.yaml");
@@ -183,6 +192,7 @@ impl TestProxy {
             readiness: vec![local],
             stats: vec![local],
             config_file: Some(config_path.clone()),
+            explicit_inbound,
         };
         let workload = Workload { name: "test-client".into(), namespace: "test".into() };
         let running = trellis_proxy::start(options, Metrics::new(workload), None).unwrap();
