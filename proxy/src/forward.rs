@@ -674,12 +674,14 @@ async fn inbound(mut request: Request<Incoming>, conn: &Conn, proxy: &Proxy) -> 
     send_direct(request, Key { addr, protocol: Protocol::Http1, source }, proxy, service).await
 }
 
-/// Where inbound traffic goes: the address it was sent to (so an app listening only on
-/// localhost is not exposed to the mesh), from 127.0.0.6 so the redirect lets it through. IPv6
-/// goes to `::1`: `::6` is not an address a pod has.
+/// Where inbound traffic goes: the app on localhost at the original port (as the design and
+/// Istio before 1.10 do), from 127.0.0.6 so that the redirect lets it through. IPv6 goes to
+/// `::1` without a chosen source: `::6` is not an address a pod has.
 pub fn inbound_delivery(original: SocketAddr) -> (SocketAddr, Option<IpAddr>) {
     match original {
-        SocketAddr::V4(_) => (original, Some(INBOUND_SOURCE)),
+        SocketAddr::V4(_) => {
+            (SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), original.port()), Some(INBOUND_SOURCE))
+        }
         SocketAddr::V6(_) => (SocketAddr::new(IpAddr::V6(Ipv6Addr::LOCALHOST), original.port()), None),
     }
 }
