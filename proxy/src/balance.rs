@@ -115,6 +115,13 @@ impl Balancer {
     }
 
     /// Active requests on an endpoint (0 for an index out of range).
+    /// Ends a request counted by a detached [`Picked`].
+    pub fn release(&self, index: usize) {
+        if let Some(count) = self.active.get(index) {
+            count.0.fetch_sub(1, Relaxed);
+        }
+    }
+
     pub fn active(&self, index: usize) -> u64 {
         self.active.get(index).map_or(0, |count| count.0.load(Relaxed))
     }
@@ -205,6 +212,14 @@ pub struct Picked<'a> {
 impl Picked<'_> {
     pub fn index(&self) -> usize {
         self.index
+    }
+
+    /// Keeps the request counted as active past this guard's life (a response body that
+    /// outlives the call); [`Balancer::release`] ends it.
+    pub fn detach(self) -> usize {
+        let index = self.index;
+        std::mem::forget(self);
+        index
     }
 }
 

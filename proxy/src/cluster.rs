@@ -49,7 +49,31 @@ impl Drop for Admitted<'_> {
     }
 }
 
+/// A request in flight on a cluster's endpoint, owned so that it can travel with the response
+/// body: the pool limits and the least-request count hold until the body ends.
+pub struct InFlight {
+    cluster: std::sync::Arc<Cluster>,
+    endpoint: usize,
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.cluster.active.fetch_sub(1, Ordering::AcqRel);
+        self.cluster.balancer.release(self.endpoint);
+    }
+}
+
 impl Cluster {
+    /// Turns an admission and an endpoint pick into one owned guard.
+    pub fn in_flight(
+        self: &std::sync::Arc<Self>,
+        admitted: Admitted<'_>,
+        picked: crate::balance::Picked<'_>,
+    ) -> InFlight {
+        std::mem::forget(admitted);
+        InFlight { cluster: self.clone(), endpoint: picked.detach() }
+    }
+
     #[allow(clippy::too_many_arguments)]
     pub fn new(
         definition: pb::Cluster,

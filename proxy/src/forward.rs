@@ -13,6 +13,7 @@ use http_body_util::{BodyExt, Empty, Full, Limited};
 use hyper::body::Incoming;
 use trellis_xds::config as pb;
 
+use crate::body::Guarded;
 use crate::cluster::Cluster;
 use crate::config::{Snapshot, split_authority};
 use crate::headers;
@@ -223,6 +224,8 @@ async fn to_cluster(
     snapshot: &Snapshot,
 ) -> Outcome {
     cluster.requests.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    // The route's timeout covers the whole response: its body carries the same deadline.
+    let deadline = route.timeout.map(|t| tokio::time::Instant::now() + t);
     let attempts = async {
         if headers::is_upgrade(request.headers()) {
             return upgrade(request, cluster, conn).await;
@@ -240,7 +243,8 @@ async fn to_cluster(
                 Err(e) => return body_error(e, cluster),
             };
             let length = bytes.len() as u64;
-            let mut outcome = with_retries(&parts, bytes, route.retries.as_ref(), cluster, conn, proxy).await;
+            let mut outcome =
+                with_retries(&parts, bytes, route.retries.as_ref(), cluster, conn, proxy, deadline).await;
             outcome.request_bytes = length;
             outcome
         } else {
@@ -252,6 +256,7 @@ async fn to_cluster(
                 proxy,
                 None,
                 route.retries.as_ref().and_then(|r| r.per_try_timeout),
+                deadline,
             )
             .await
             .map_or_else(|failure| failure.into_outcome(cluster), |(outcome, _)| outcome)
@@ -280,10 +285,11 @@ async fn with_retries(
     cluster: &Arc<Cluster>,
     conn: &Conn,
     proxy: &Proxy,
+    deadline: Option<tokio::time::Instant>,
 ) -> Outcome {
     let Some(retry) = retry else {
         let request = Request::from_parts(parts.clone(), full(body));
-        return attempt(request, cluster, conn, proxy, None, None)
+        return attempt(request, cluster, conn, proxy, None, None, deadline)
             .await
             .map_or_else(|f| f.into_outcome(cluster), |(outcome, _)| outcome);
     };
@@ -291,7 +297,7 @@ async fn with_retries(
     let mut backoff = retry.base_interval;
     for left in (0..=retry.attempts).rev() {
         let request = Request::from_parts(parts.clone(), full(body.clone()));
-        let result = attempt(request, cluster, conn, proxy, previous, retry.per_try_timeout).await;
+        let result = attempt(request, cluster, conn, proxy, previous, retry.per_try_timeout, deadline).await;
         let retry_it = match &result {
             Ok((outcome, _)) => {
                 let grpc = outcome
@@ -397,6 +403,7 @@ async fn attempt(
     proxy: &Proxy,
     avoid: Option<usize>,
     per_try_timeout: Option<Duration>,
+    deadline: Option<tokio::time::Instant>,
 ) -> Result<(Outcome, usize), Failure> {
     let hash = cluster.hash_of(request.headers(), request.uri().query(), conn.peer.ip());
     let Some(picked) = cluster.balancer.pick(hash, avoid) else {
@@ -407,9 +414,11 @@ async fn attempt(
         return Err(Failure { kind: FailureKind::NoEndpoint, endpoint: None });
     };
     let protocol = upstream_protocol(cluster.protocol, request.version());
-    let Some(_admitted) = cluster.admit(protocol == Protocol::Http2) else {
+    let Some(admitted) = cluster.admit(protocol == Protocol::Http2) else {
         return Err(Failure { kind: FailureKind::Overflow, endpoint: Some(index) });
     };
+    // Held until the response body ends (or the attempt fails).
+    let in_flight = cluster.in_flight(admitted, picked);
     prepare_uri(&mut request, protocol, target);
     let key = Key { addr: target, protocol, source: None };
     let exchange = proxy.pools.send(key, &cluster.connections, request);
@@ -423,7 +432,11 @@ async fn attempt(
         Some(status) => Failure { kind: FailureKind::Body(status), endpoint: Some(index) },
         None => Failure { kind: FailureKind::Upstream(e), endpoint: Some(index) },
     })?;
-    Ok((Outcome::new(clean_response(response), cluster.name.clone(), "-"), index))
+    let (mut parts, body) = response.into_parts();
+    let upgrade = parts.status == StatusCode::SWITCHING_PROTOCOLS;
+    headers::strip_hop_by_hop(&mut parts.headers, upgrade);
+    let body = Guarded::new(body, in_flight, deadline).boxed();
+    Ok((Outcome::new(Response::from_parts(parts, body), cluster.name.clone(), "-"), index))
 }
 
 /// A request that failed because our own body limit cut it off is the client's fault (413).
@@ -496,63 +509,51 @@ fn clean_response(response: Response<Incoming>) -> Response<Body> {
 
 /// WebSocket and other upgrades: forward the handshake over a connection of its own, then
 /// splice the two upgraded connections.
-async fn upgrade(mut request: Request<Incoming>, cluster: &Arc<Cluster>, conn: &Conn) -> Outcome {
-    let downstream = hyper::upgrade::on(&mut request);
-    let (parts, _) = request.into_parts();
-    let mut outgoing = Request::from_parts(parts, empty());
-    let hash = cluster.hash_of(outgoing.headers(), outgoing.uri().query(), conn.peer.ip());
+async fn upgrade(request: Request<Incoming>, cluster: &Arc<Cluster>, conn: &Conn) -> Outcome {
+    let hash = cluster.hash_of(request.headers(), request.uri().query(), conn.peer.ip());
     let picked = cluster.balancer.pick(hash, None);
     let Some(target) =
         picked.as_ref().and_then(|p| cluster.balancer.targets().get(p.index())).map(|t| t.addr)
     else {
         return Failure { kind: FailureKind::NoEndpoint, endpoint: None }.into_outcome(cluster);
     };
-    prepare_uri(&mut outgoing, Protocol::Http1, target);
-    let stream = match upstream::connect(
-        Key { addr: target, protocol: Protocol::Http1, source: None },
-        cluster.connect_timeout,
-    )
-    .await
-    {
-        Ok(s) => s,
-        Err(e) => return Failure { kind: FailureKind::Upstream(e), endpoint: None }.into_outcome(cluster),
-    };
-    let handshake = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream)).await;
-    let (mut sender, connection) = match handshake {
-        Ok(pair) => pair,
-        Err(source) => {
-            return Failure {
-                kind: FailureKind::Upstream(UpstreamError::Reset { addr: target, source }),
-                endpoint: None,
-            }
-            .into_outcome(cluster);
-        }
-    };
+    let key = Key { addr: target, protocol: Protocol::Http1, source: None };
+    match splice_upgrade(request, key, cluster.connect_timeout).await {
+        Ok(response) => Outcome::new(response, cluster.name.clone(), "-"),
+        Err(e) => Failure { kind: FailureKind::Upstream(e), endpoint: None }.into_outcome(cluster),
+    }
+}
+
+/// Forwards an upgrade handshake over a connection of its own and, once both sides switch,
+/// splices the two upgraded connections like TCP (an idle one is closed, not held forever).
+async fn splice_upgrade(
+    mut request: Request<Incoming>,
+    key: Key,
+    connect_timeout: Duration,
+) -> Result<Response<Body>, UpstreamError> {
+    let downstream = hyper::upgrade::on(&mut request);
+    let (parts, _) = request.into_parts();
+    let mut outgoing = Request::from_parts(parts, empty());
+    prepare_uri(&mut outgoing, Protocol::Http1, key.addr);
+    let stream = upstream::connect(key, connect_timeout).await?;
+    let reset = |source| UpstreamError::Reset { addr: key.addr, source };
+    let (mut sender, connection) =
+        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream)).await.map_err(reset)?;
     tokio::spawn(async move {
         let _ = connection.with_upgrades().await;
     });
-    let mut response = match sender.send_request(outgoing).await {
-        Ok(r) => r,
-        Err(source) => {
-            return Failure {
-                kind: FailureKind::Upstream(UpstreamError::Reset { addr: target, source }),
-                endpoint: None,
-            }
-            .into_outcome(cluster);
-        }
-    };
+    let mut response = sender.send_request(outgoing).await.map_err(reset)?;
     if response.status() == StatusCode::SWITCHING_PROTOCOLS {
         let upstream_side = hyper::upgrade::on(&mut response);
         tokio::spawn(async move {
             if let (Ok(down), Ok(up)) = (downstream.await, upstream_side.await) {
                 let mut down = hyper_util::rt::TokioIo::new(down);
                 let mut up = hyper_util::rt::TokioIo::new(up);
-                // Spliced like TCP: an idle upgraded connection is closed, not held forever.
                 let _ = crate::tcp::relay(&mut down, &mut up, crate::tcp::DEFAULT_IDLE_TIMEOUT).await;
             }
         });
     }
-    Outcome::new(clean_response(response), cluster.name(), "-")
+    Ok(clean_response(response))
 }
 
 /// No service or route of ours: reach the original destination (ALLOW_ANY) or refuse
@@ -610,6 +611,22 @@ fn protocol_of(version: Version) -> Protocol {
 /// Sends to one address without routing (passthrough and inbound delivery), in the protocol
 /// the request came in.
 async fn send_direct(request: Request<Incoming>, key: Key, proxy: &Proxy, service: Arc<str>) -> Outcome {
+    if headers::is_upgrade(request.headers()) {
+        return match splice_upgrade(
+            request,
+            Key { protocol: Protocol::Http1, ..key },
+            ConnectionPolicy::default().connect_timeout,
+        )
+        .await
+        {
+            Ok(response) => Outcome::new(response, service, "-"),
+            Err(e) => Outcome::new(
+                text(StatusCode::SERVICE_UNAVAILABLE, &format!("upstream connect error: {e}\n")),
+                service,
+                "UF",
+            ),
+        };
+    }
     let key = Key { protocol: protocol_of(request.version()), ..key };
     let (parts, body) = request.into_parts();
     let limit = proxy.config.load().limits.max_body_bytes as usize;

@@ -7,6 +7,7 @@
 
 pub mod admin;
 pub mod balance;
+pub mod body;
 pub mod cluster;
 pub mod config;
 pub mod connection;

@@ -22,13 +22,20 @@ impl VirtualHost {
         self.routes.iter().find(|r| r.matches.is_empty() || r.matches.iter().any(|m| m.matches(request)))
     }
 
-    /// Where TCP to this port goes when no TCP cluster is named: the first forwarding route's
-    /// first cluster.
+    /// Where TCP to this port goes when no TCP cluster is named: the heaviest cluster of the
+    /// catch-all route, else of the first forwarding route.
     pub fn first_cluster(&self) -> Option<Arc<Cluster>> {
-        self.routes.iter().find_map(|r| match &r.action {
-            Action::Forward(targets) => targets.first().map(|(c, _)| c.clone()),
+        let forward = |r: &CompiledRoute| match &r.action {
+            Action::Forward(targets) => targets.iter().max_by_key(|(_, w)| *w).map(|(c, _)| c.clone()),
             _ => None,
-        })
+        };
+        // The catch-all route (no matches) says where the service's traffic goes by default;
+        // a route for one header or path does not.
+        self.routes
+            .iter()
+            .filter(|r| r.matches.is_empty())
+            .find_map(forward)
+            .or_else(|| self.routes.iter().find_map(forward))
     }
 }
 

@@ -213,3 +213,26 @@ endpoints:
     let metrics = proxy.metrics().await;
     assert!(metrics.contains("istio_tcp_connections_opened_total{reporter=\"source\""), "{metrics}");
 }
+
+#[tokio::test]
+async fn inbound_upgrades_switch_and_splice() {
+    let app = Upstream::start("app").await;
+    let proxy = TestProxy::start("").await;
+    let mut stream = tokio::net::TcpStream::connect(proxy.inbound()).await.unwrap();
+    let request = format!(
+        "GET /ws HTTP/1.1\r\nHost: app:{}\r\nConnection: Upgrade\r\nUpgrade: echo\r\n\r\n",
+        app.addr.port()
+    );
+    stream.write_all(request.as_bytes()).await.unwrap();
+    let mut head = Vec::new();
+    while !head.ends_with(b"\r\n\r\n") {
+        let mut byte = [0u8; 1];
+        assert_eq!(stream.read(&mut byte).await.unwrap(), 1, "closed before the response");
+        head.push(byte[0]);
+    }
+    assert!(String::from_utf8_lossy(&head).starts_with("HTTP/1.1 101"));
+    stream.write_all(b"inbound ping").await.unwrap();
+    let mut echoed = vec![0u8; 12];
+    stream.read_exact(&mut echoed).await.unwrap();
+    assert_eq!(&echoed, b"inbound ping");
+}

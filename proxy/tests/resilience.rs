@@ -239,3 +239,34 @@ async fn connections_are_retired_after_max_requests() {
     assert_eq!(peers[0], peers[1]);
     assert_ne!(peers[1], peers[2]);
 }
+
+#[tokio::test]
+async fn the_route_timeout_covers_the_body_and_limits_hold_until_it_ends() {
+    let upstream = Upstream::start("api").await;
+    let pool = "    connectionPool: { maxConnections: 1, http1MaxPendingRequests: 1 }";
+    let proxy = Arc::new(TestProxy::start(&config(&[&upstream], "        timeout: 1s", pool)).await);
+
+    // Headers at once, bodies after 600 ms: within the timeout, and holding both places.
+    let mut slow = Vec::new();
+    for _ in 0..2 {
+        let addr = proxy.outbound();
+        slow.push(tokio::spawn(async move {
+            let mut client = Client::connect(addr, Version::HTTP_11).await;
+            client.send(get("api", "/", &[("x-body-delay-ms", "600")])).await.map(|a| (a.status, a.text()))
+        }));
+    }
+    common::wait_until("both slow responses started", || upstream.count() == 2).await;
+    let mut client = Client::connect(proxy.outbound(), Version::HTTP_11).await;
+    let answer = client.get("api", "/").await;
+    assert_eq!(answer.status, StatusCode::SERVICE_UNAVAILABLE, "the places are held while the bodies stream");
+    for s in slow {
+        assert_eq!(s.await.unwrap().unwrap(), (StatusCode::OK, "api".to_owned()));
+    }
+    assert_eq!(client.get("api", "/").await.status, StatusCode::OK, "released when the bodies ended");
+
+    // A body that takes longer than the route timeout is cut.
+    let started = Instant::now();
+    let cut = client.send(get("api", "/", &[("x-body-delay-ms", "5000")])).await;
+    assert!(cut.is_err(), "the response body should have been cut: {cut:?}");
+    assert!(started.elapsed() < Duration::from_secs(3));
+}

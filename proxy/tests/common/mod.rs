@@ -14,6 +14,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http::{Request, Response, StatusCode, Version};
+use http_body_util::combinators::BoxBody;
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
@@ -113,7 +114,7 @@ async fn answer(
     requests: &AtomicUsize,
     failures: &AtomicUsize,
     seen: &Mutex<Vec<Seen>>,
-) -> Response<Full<Bytes>> {
+) -> Response<BoxBody<Bytes, Infallible>> {
     requests.fetch_add(1, Ordering::SeqCst);
     let header = |n: &str| request.headers().get(n).and_then(|v| v.to_str().ok()).map(str::to_owned);
     seen.lock().unwrap().push(Seen {
@@ -139,7 +140,7 @@ async fn answer(
                 let _ = tokio::io::copy(&mut r, &mut w).await;
             }
         });
-        let mut response = Response::new(Full::default());
+        let mut response = Response::new(Full::default().boxed());
         *response.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
         response.headers_mut().insert("connection", "upgrade".parse().unwrap());
         response.headers_mut().insert("upgrade", "echo".parse().unwrap());
@@ -154,12 +155,41 @@ async fn answer(
             .and_then(|s| StatusCode::from_u16(s).ok())
             .unwrap_or(StatusCode::OK)
     };
+    let body_delay = header("x-body-delay-ms").and_then(|v| v.parse().ok()).map(Duration::from_millis);
     let body = request.into_body().collect().await.map(|c| c.to_bytes()).unwrap_or_default();
-    let mut response =
-        Response::new(Full::new(if body.is_empty() { Bytes::from(name.to_owned()) } else { body }));
+    let content = if body.is_empty() { Bytes::from(name.to_owned()) } else { body };
+    let mut response = Response::new(match body_delay {
+        // Headers now, the body later.
+        Some(delay) => {
+            DelayedBody { sleep: Box::pin(tokio::time::sleep(delay)), content: Some(content) }.boxed()
+        }
+        None => Full::new(content).boxed(),
+    });
     *response.status_mut() = status;
     response.headers_mut().insert("x-upstream", name.parse().unwrap());
     response
+}
+
+/// A body whose one chunk comes after a delay.
+struct DelayedBody {
+    sleep: std::pin::Pin<Box<tokio::time::Sleep>>,
+    content: Option<Bytes>,
+}
+
+impl hyper::body::Body for DelayedBody {
+    type Data = Bytes;
+    type Error = Infallible;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<hyper::body::Frame<Bytes>, Infallible>>> {
+        use std::future::Future;
+        if self.sleep.as_mut().poll(cx).is_pending() {
+            return std::task::Poll::Pending;
+        }
+        std::task::Poll::Ready(self.content.take().map(|c| Ok(hyper::body::Frame::data(c))))
+    }
 }
 
 /// A proxy on free loopback ports, with its configuration in a file it watches.
