@@ -81,23 +81,25 @@ async fn outbound(mut request: Request<Incoming>, conn: &Conn, proxy: &Proxy) ->
     if let Some(refusal) = too_large(&request, &snapshot) {
         return Outcome::new(refusal, "unknown", "-");
     }
-    let authority = authority_of(&request);
-    let port = conn
-        .original
-        .map(|o| o.port())
-        .or_else(|| authority.as_deref().and_then(|a| split_authority(a, 80)).map(|(_, p)| p))
-        .unwrap_or(80);
-    // The authority names the service, as Envoy routes by Host within a port; the address
-    // dialled decides when the authority is unknown.
-    let service_port = authority
-        .as_deref()
-        .and_then(|a| snapshot.by_authority(a, port))
-        .or_else(|| conn.original.and_then(|o| snapshot.by_address(o)))
-        .cloned();
+    let (port, service_port) = {
+        let authority = authority_ref(&request);
+        let port = conn
+            .original
+            .map(|o| o.port())
+            .or_else(|| authority.and_then(|a| split_authority(a, 80)).map(|(_, p)| p))
+            .unwrap_or(80);
+        // The authority names the service, as Envoy routes by Host within a port; the address
+        // dialled decides when the authority is unknown.
+        let service_port = authority
+            .and_then(|a| snapshot.by_authority(a, port))
+            .or_else(|| conn.original.and_then(|o| snapshot.by_address(o)))
+            .cloned();
+        (port, service_port)
+    };
     let Some((service_port, virtual_host)) =
         service_port.and_then(|sp| sp.virtual_host.clone().map(|vh| (sp, vh)))
     else {
-        return passthrough(request, conn, proxy, &snapshot, authority.as_deref(), port).await;
+        return passthrough(request, conn, proxy, &snapshot).await;
     };
     let service = service_port.service.clone();
     if let Some(normalized) = normalize_path(request.uri().path()) {
@@ -142,7 +144,7 @@ async fn outbound(mut request: Request<Incoming>, conn: &Conn, proxy: &Proxy) ->
         Action::Redirect { uri, authority: to_authority, scheme, code } => {
             let scheme = if scheme.is_empty() { "http" } else { scheme.as_str() };
             let host = if to_authority.is_empty() {
-                authority.clone().unwrap_or_default()
+                authority_ref(&request).unwrap_or_default().to_owned()
             } else {
                 to_authority.clone()
             };
@@ -563,20 +565,18 @@ async fn passthrough(
     conn: &Conn,
     proxy: &Proxy,
     snapshot: &Snapshot,
-    authority: Option<&str>,
-    port: u16,
 ) -> Outcome {
-    let service = authority
-        .and_then(|a| split_authority(a, port))
-        .map(|(h, _)| h.to_owned())
-        .unwrap_or_else(|| "unknown".to_owned());
+    let authority = authority_of(&request);
+    let authority = authority.as_deref();
+    // Istio's names for these destinations: a bounded label, whatever the Host header says.
     if snapshot.outbound_policy == pb::OutboundPolicy::RegistryOnly {
         return Outcome::new(
             text(StatusCode::BAD_GATEWAY, "destination not in the service registry\n"),
-            service,
+            "BlackHoleCluster",
             "NR",
         );
     }
+    let service = "PassthroughCluster";
     let target = match conn.original {
         Some(original) => Some(original),
         // Explicit mode: only the authority says where the request goes.
@@ -663,7 +663,7 @@ async fn inbound(mut request: Request<Incoming>, conn: &Conn, proxy: &Proxy) -> 
         None => None,
     };
     let service: Arc<str> = match target {
-        Some(t) => format!("inbound|{}", t.port()).into(),
+        Some(t) => proxy.inbound_name(t.port()),
         None => "unknown".into(),
     };
     let Some(target) = target else {
@@ -719,11 +719,16 @@ fn content_length_of(headers: &http::HeaderMap) -> Option<u64> {
 }
 
 fn authority_of<B>(request: &Request<B>) -> Option<String> {
+    authority_ref(request).map(str::to_owned)
+}
+
+/// The request's authority: the URI's (HTTP/2, absolute form), else the Host header.
+fn authority_ref<B>(request: &Request<B>) -> Option<&str> {
     request
         .uri()
         .authority()
-        .map(|a| a.as_str().to_owned())
-        .or_else(|| request.headers().get(header::HOST).and_then(|h| h.to_str().ok()).map(str::to_owned))
+        .map(|a| a.as_str())
+        .or_else(|| request.headers().get(header::HOST).and_then(|h| h.to_str().ok()))
 }
 
 fn is_grpc<B>(request: &Request<B>) -> bool {

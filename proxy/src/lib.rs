@@ -56,9 +56,23 @@ pub struct Proxy {
     /// (for running without iptables: the demo, tests, benchmarks). Off in a pod: there, such a
     /// connection is someone dialling the inbound port directly.
     pub explicit_inbound: bool,
+    /// `inbound|<port>` per port, built once: the inbound metrics label.
+    inbound_names: std::sync::RwLock<FastMap<u16, Arc<str>>>,
 }
 
 impl Proxy {
+    /// The destination-service label of inbound traffic to `port`.
+    pub fn inbound_name(&self, port: u16) -> Arc<str> {
+        if let Some(name) = self.inbound_names.read().ok().and_then(|m| m.get(&port).cloned()) {
+            return name;
+        }
+        let name: Arc<str> = format!("inbound|{port}").into();
+        if let Ok(mut names) = self.inbound_names.write() {
+            names.insert(port, name.clone());
+        }
+        name
+    }
+
     pub fn new(
         snapshot: Snapshot,
         metrics: Metrics,
@@ -75,6 +89,7 @@ impl Proxy {
             log_control,
             own_ports: std::sync::RwLock::default(),
             explicit_inbound,
+            inbound_names: std::sync::RwLock::default(),
         })
     }
 
