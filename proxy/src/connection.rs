@@ -11,7 +11,7 @@ use trellis_xds::config as pb;
 use crate::cluster::Cluster;
 use crate::detect::{self, Detected, detect};
 use crate::metrics::Reporter;
-use crate::serve::{Conn, serve};
+use crate::serve::{Conn, Speaks, serve};
 use crate::upstream::{Key, Protocol};
 use crate::{Proxy, Side, tcp, upstream};
 
@@ -59,18 +59,22 @@ pub async fn handle(stream: TcpStream, peer: SocketAddr, side: Side, proxy: Arc<
         }
         Side::Inbound => true,
     };
+    let declared_http =
+        matches!(declared, Some(pb::Protocol::Http | pb::Protocol::Grpc | pb::Protocol::Http2));
     let detected = if opaque || !worth_inspecting {
-        Detected::Opaque
-    } else if matches!(declared, Some(pb::Protocol::Http | pb::Protocol::Grpc | pb::Protocol::Http2)) {
-        // Declared HTTP: hyper's auto-detection tells HTTP/1 from HTTP/2.
-        Detected::Http1
+        Some(Detected::Opaque)
+    } else if declared_http {
+        None
     } else {
-        detect(&stream, snapshot.detection_timeout).await
+        Some(detect(&stream, snapshot.detection_timeout).await)
     };
     drop(snapshot);
     match detected {
-        Detected::Http1 | Detected::Http2 => serve(stream, conn, proxy.clone()).await,
-        Detected::Tls if side == Side::Outbound => {
+        // Declared HTTP: hyper tells HTTP/1 from HTTP/2 itself.
+        None => serve(stream, conn, proxy.clone(), Speaks::Either).await,
+        Some(Detected::Http1) => serve(stream, conn, proxy.clone(), Speaks::Http1).await,
+        Some(Detected::Http2) => serve(stream, conn, proxy.clone(), Speaks::Http2).await,
+        Some(Detected::Tls) if side == Side::Outbound => {
             // TLS that is not ours passes through; its server name picks the service when the
             // address dialled does not.
             let by_name = match (&service_port, detect::server_name(&stream, DETECTION_TLS_DEADLINE).await) {
@@ -82,7 +86,7 @@ pub async fn handle(stream: TcpStream, peer: SocketAddr, side: Side, proxy: Arc<
             };
             relay(stream, &conn, service_port.as_deref().or(by_name.as_deref()), &proxy).await
         }
-        Detected::Tls | Detected::Opaque => relay(stream, &conn, service_port.as_deref(), &proxy).await,
+        Some(Detected::Tls | Detected::Opaque) => relay(stream, &conn, service_port.as_deref(), &proxy).await,
     }
     proxy.connections.fetch_sub(1, Ordering::AcqRel);
 }

@@ -25,24 +25,20 @@ pub struct Conn {
     pub local: SocketAddr,
 }
 
-pub async fn serve(stream: TcpStream, conn: Conn, proxy: Arc<Proxy>) {
-    let limits = {
+/// What the connection is known to speak.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Speaks {
+    Http1,
+    Http2,
+    /// Declared HTTP: hyper tells HTTP/1 from HTTP/2 itself.
+    Either,
+}
+
+pub async fn serve(stream: TcpStream, conn: Conn, proxy: Arc<Proxy>, speaks: Speaks) {
+    let (max_header_bytes, header_timeout) = {
         let snapshot = proxy.config.load();
         (snapshot.limits.max_header_bytes, snapshot.limits.header_read_timeout)
     };
-    let mut builder = auto::Builder::new(TokioExecutor::new());
-    builder
-        .http1()
-        .timer(TokioTimer::new())
-        .header_read_timeout(limits.1)
-        // hyper's floor is 8 KiB.
-        .max_buf_size(limits.0.max(8192));
-    builder
-        .http2()
-        .timer(TokioTimer::new())
-        .max_header_list_size(u32::try_from(limits.0).unwrap_or(u32::MAX))
-        .max_concurrent_streams(1024)
-        .keep_alive_interval(Some(Duration::from_secs(60)));
     let conn = Arc::new(conn);
     let service = {
         let proxy = proxy.clone();
@@ -51,15 +47,57 @@ pub async fn serve(stream: TcpStream, conn: Conn, proxy: Arc<Proxy>) {
             async move { Ok::<_, Infallible>(forward::handle(request, &conn, &proxy).await) }
         })
     };
+    let io = TokioIo::new(stream);
     let mut drain = proxy.drain.subscribe();
-    let connection = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
-    tokio::pin!(connection);
-    tokio::select! {
-        _ = connection.as_mut() => {}
-        _ = crate::drained(&mut drain) => {
-            // Finish what is in flight, take nothing new.
-            connection.as_mut().graceful_shutdown();
-            let _ = connection.await;
+    // Each protocol's own server when detection already told which (the auto server would
+    // look again, on every read); the same limits either way.
+    macro_rules! run {
+        ($connection:expr) => {{
+            let connection = $connection;
+            tokio::pin!(connection);
+            tokio::select! {
+                _ = connection.as_mut() => {}
+                _ = crate::drained(&mut drain) => {
+                    // Finish what is in flight, take nothing new.
+                    connection.as_mut().graceful_shutdown();
+                    let _ = connection.await;
+                }
+            }
+        }};
+    }
+    match speaks {
+        Speaks::Http1 => {
+            let mut builder = hyper::server::conn::http1::Builder::new();
+            builder
+                .timer(TokioTimer::new())
+                .header_read_timeout(header_timeout)
+                // hyper's floor is 8 KiB.
+                .max_buf_size(max_header_bytes.max(8192));
+            run!(builder.serve_connection(io, service).with_upgrades())
+        }
+        Speaks::Http2 => {
+            let mut builder = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
+            builder
+                .timer(TokioTimer::new())
+                .max_header_list_size(u32::try_from(max_header_bytes).unwrap_or(u32::MAX))
+                .max_concurrent_streams(1024)
+                .keep_alive_interval(Some(Duration::from_secs(60)));
+            run!(builder.serve_connection(io, service))
+        }
+        Speaks::Either => {
+            let mut builder = auto::Builder::new(TokioExecutor::new());
+            builder
+                .http1()
+                .timer(TokioTimer::new())
+                .header_read_timeout(header_timeout)
+                .max_buf_size(max_header_bytes.max(8192));
+            builder
+                .http2()
+                .timer(TokioTimer::new())
+                .max_header_list_size(u32::try_from(max_header_bytes).unwrap_or(u32::MAX))
+                .max_concurrent_streams(1024)
+                .keep_alive_interval(Some(Duration::from_secs(60)));
+            run!(builder.serve_connection_with_upgrades(io, service))
         }
     }
 }
