@@ -24,9 +24,10 @@ struct Args {
     /// Configuration file (YAML or JSON, trellis.config.v1.ProxyConfig); watched for changes.
     #[arg(long, env = "TRELLIS_PROXY_CONFIG")]
     config: Option<PathBuf>,
-    /// Worker threads.
-    #[arg(long, default_value_t = 2)]
-    concurrency: usize,
+    /// Worker threads (0: one per CPU). Default: PROXY_CONFIG's `concurrency` (the injector sets
+    /// it from `proxy.istio.io/config`), else 2.
+    #[arg(long)]
+    concurrency: Option<usize>,
     #[arg(long, default_value_t = 15001)]
     outbound_port: u16,
     #[arg(long, default_value_t = 15006)]
@@ -44,11 +45,55 @@ struct Args {
     /// port their authority names (for running without iptables; never in a pod).
     #[arg(long)]
     explicit_inbound: bool,
-    /// On SIGTERM, how long in-flight requests may take before the proxy exits.
-    #[arg(long, default_value = "5s", value_parser = parse_duration)]
-    drain_timeout: Duration,
-    #[arg(long, env = "RUST_LOG", default_value = "info")]
-    log_level: String,
+    /// On SIGTERM, how long in-flight requests may take before the proxy exits. Default:
+    /// PROXY_CONFIG's `terminationDrainDuration`, else 5s.
+    #[arg(long, value_parser = parse_duration)]
+    drain_timeout: Option<Duration>,
+    /// A tracing filter; default RUST_LOG, else the injector's LOG_LEVEL, else info.
+    #[arg(long)]
+    log_level: Option<String>,
+}
+
+/// What the proxy takes from the ProxyConfig the injector puts in its environment.
+struct FromEnvironment {
+    concurrency: Option<usize>,
+    drain: Option<Duration>,
+}
+
+/// Reads `PROXY_CONFIG` (JSON); a value that cannot be used is an error naming the field.
+fn proxy_config_env() -> Result<FromEnvironment, String> {
+    let Ok(text) = std::env::var("PROXY_CONFIG") else {
+        return Ok(FromEnvironment { concurrency: None, drain: None });
+    };
+    let config: trellis_api::mesh::ProxyConfig =
+        serde_json::from_str(&text).map_err(|e| format!("PROXY_CONFIG: {e}"))?;
+    let concurrency = match config.concurrency {
+        None => None,
+        Some(n) if n < 0 => return Err(format!("PROXY_CONFIG: concurrency: {n} is negative")),
+        Some(n) => Some(n as usize),
+    };
+    let drain = config
+        .termination_drain_duration
+        .map(|d| d.to_std().map_err(|e| format!("PROXY_CONFIG: terminationDrainDuration: {e}")))
+        .transpose()?;
+    Ok(FromEnvironment { concurrency, drain })
+}
+
+/// Istio's level names, as tracing filters.
+fn log_filter(args: &Args) -> String {
+    if let Some(level) = &args.log_level {
+        return level.clone();
+    }
+    if let Ok(filter) = std::env::var("RUST_LOG") {
+        return filter;
+    }
+    match std::env::var("LOG_LEVEL").ok().as_deref() {
+        Some("warning") => "warn".to_owned(),
+        Some("critical") => "error".to_owned(),
+        Some("none") => "off".to_owned(),
+        Some(level) if !level.is_empty() => level.to_owned(),
+        _ => "info".to_owned(),
+    }
 }
 
 #[derive(Subcommand)]
@@ -71,7 +116,14 @@ fn main() -> ExitCode {
     if let Some(Command::Wait { timeout, readiness_port }) = args.command {
         return wait(timeout, readiness_port);
     }
-    let filter = EnvFilter::try_new(&args.log_level).unwrap_or_else(|_| EnvFilter::new("info"));
+    let from_env = match proxy_config_env() {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("trellis-proxy: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let filter = EnvFilter::try_new(log_filter(&args)).unwrap_or_else(|_| EnvFilter::new("info"));
     let (filter, handle) = tracing_subscriber::reload::Layer::new(filter);
     tracing_subscriber::registry()
         .with(filter)
@@ -82,11 +134,17 @@ fn main() -> ExitCode {
         handle.reload(filter).map_err(|e| e.to_string())
     });
     // One worker needs no work stealing: a current-thread runtime is cheaper.
-    let mut builder = if args.concurrency <= 1 {
+    let concurrency = match args.concurrency.or(from_env.concurrency).unwrap_or(2) {
+        // Istio's meaning of 0: every CPU.
+        0 => std::thread::available_parallelism().map(usize::from).unwrap_or(2),
+        n => n,
+    };
+    let drain_timeout = args.drain_timeout.or(from_env.drain).unwrap_or(Duration::from_secs(5));
+    let mut builder = if concurrency <= 1 {
         tokio::runtime::Builder::new_current_thread()
     } else {
         let mut b = tokio::runtime::Builder::new_multi_thread();
-        b.worker_threads(args.concurrency);
+        b.worker_threads(concurrency);
         b
     };
     let runtime = match builder.enable_all().build() {
@@ -96,10 +154,10 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    runtime.block_on(run(args, log_control))
+    runtime.block_on(run(args, drain_timeout, log_control))
 }
 
-async fn run(args: Args, log_control: LogControl) -> ExitCode {
+async fn run(args: Args, drain_timeout: Duration, log_control: LogControl) -> ExitCode {
     let any = |port| {
         let mut addrs = vec![SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), port)];
         if args.ipv6 {
@@ -149,7 +207,7 @@ async fn run(args: Args, log_control: LogControl) -> ExitCode {
         _ = trellis_proxy::drained(&mut drain) => {}
     }
     // Draining: listeners are closed, connections finish what they have in flight.
-    let deadline = Instant::now() + args.drain_timeout;
+    let deadline = Instant::now() + drain_timeout;
     while proxy.connections.load(Ordering::Acquire) > 0 && Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }

@@ -88,3 +88,55 @@ async fn sigterm_drains_in_flight_requests_then_exits() {
     };
     assert!(status.success());
 }
+
+/// The injector hands the proxy its ProxyConfig in `PROXY_CONFIG`: concurrency and drain time
+/// come from there unless flags say otherwise; a bad value stops the proxy with its field.
+#[test]
+fn proxy_config_from_the_environment() {
+    let run = |config: &str| {
+        Command::new(env!("CARGO_BIN_EXE_trellis-proxy"))
+            .env("PROXY_CONFIG", config)
+            .args([
+                "--outbound-port",
+                "0",
+                "--inbound-port",
+                "0",
+                "--admin-port",
+                "0",
+                "--readiness-port",
+                "0",
+                "--stats-port",
+                "0",
+            ])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap()
+    };
+    for (config, field) in [
+        (r#"{"concurrency": -1}"#, "concurrency: -1 is negative"),
+        (r#"{"terminationDrainDuration": "soon"}"#, "terminationDrainDuration"),
+        (r#"{"concurrency": "#, "PROXY_CONFIG"),
+    ] {
+        let out = run(config).wait_with_output().unwrap();
+        assert_eq!(out.status.code(), Some(2), "{config}");
+        assert!(
+            String::from_utf8_lossy(&out.stderr).contains(field),
+            "{config}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    // Three workers, and Istio's other fields (statusPort, proxyMetadata) are fine.
+    let mut child = run(r#"{"concurrency": 3, "statusPort": 15020, "proxyMetadata": {"A": "b"}}"#);
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
+    let threads: usize = std::fs::read_to_string(format!("/proc/{}/status", child.id()))
+        .unwrap()
+        .lines()
+        .find_map(|l| l.strip_prefix("Threads:"))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap();
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(threads >= 4, "the main thread and three workers: {threads}");
+}
