@@ -14,7 +14,7 @@ pub enum Decision {
     Redirect(Settings),
 }
 
-/// Programs only pods the injector meshed (its status annotation, or a proxy container), that
+/// Programs only pods the injector meshed (its status annotation and a proxy container), that
 /// have their own network and whose namespace is not excluded; the settings come from the
 /// pod's annotations exactly as proxy-init reads them.
 pub fn decide(pod: &Pod, excluded_namespaces: &[String], ipv6: bool) -> Result<Decision, CniError> {
@@ -30,7 +30,9 @@ pub fn decide(pod: &Pod, excluded_namespaces: &[String], ipv6: bool) -> Result<D
     let has_proxy = spec.is_some_and(|s| {
         s.containers.iter().chain(s.init_containers.iter().flatten()).any(|c| c.name == PROXY_CONTAINER)
     });
-    if !annotations.contains_key(annotation::SIDECAR_STATUS) && !has_proxy {
+    // Both signs: a copied annotation without a proxy, or a container merely named like one,
+    // would otherwise redirect a pod's traffic to a port nothing listens on.
+    if !annotations.contains_key(annotation::SIDECAR_STATUS) || !has_proxy {
         return Ok(Decision::Skip("the pod has no sidecar".to_owned()));
     }
     match Settings::from_pod_annotations(&annotations, ipv6) {
@@ -57,7 +59,7 @@ mod tests {
         annotations.as_object_mut().unwrap().extend(extra_annotations.as_object().unwrap().clone());
         pod(json!({
             "metadata": {"name": "web-0", "namespace": "shop", "annotations": annotations},
-            "spec": {"containers": [{"name": "app"}]}
+            "spec": {"initContainers": [{"name": "istio-proxy"}], "containers": [{"name": "app"}]}
         }))
     }
 
@@ -71,11 +73,14 @@ mod tests {
     }
 
     #[test]
-    fn a_proxy_container_alone_also_means_meshed() {
-        let p = pod(
+    fn one_sign_of_a_sidecar_is_not_enough() {
+        let container_only = pod(
             json!({"metadata": {"namespace": "shop"}, "spec": {"initContainers": [{"name": "istio-proxy"}], "containers": [{"name": "app"}]}}),
         );
-        assert!(matches!(decide(&p, &[], false), Ok(Decision::Redirect(_))));
+        assert_eq!(decide(&container_only, &[], false), Ok(Decision::Skip("the pod has no sidecar".into())));
+        let mut annotation_only = meshed(json!({}));
+        annotation_only.spec.as_mut().unwrap().init_containers = None;
+        assert_eq!(decide(&annotation_only, &[], false), Ok(Decision::Skip("the pod has no sidecar".into())));
     }
 
     #[test]

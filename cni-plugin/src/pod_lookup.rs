@@ -30,8 +30,9 @@ pub async fn get_pod(kubeconfig: &Path, namespace: &str, name: &str) -> Result<P
                     format!("pod {namespace}/{name} does not exist in the Kubernetes API"),
                 ));
             }
-            // A refusal (forbidden, unauthorized) will not change by asking again.
-            Ok(Err(kube::Error::Api(status))) if status.code < 500 => {
+            // A refusal (forbidden, unauthorized) will not change by asking again; being told
+            // to slow down (429) will.
+            Ok(Err(kube::Error::Api(status))) if status.code < 500 && status.code != 429 => {
                 return Err(CniError::new(
                     code::IO_FAILURE,
                     "the Kubernetes API refused the pod lookup",

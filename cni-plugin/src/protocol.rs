@@ -114,7 +114,12 @@ impl Invocation {
             container_id: non_empty("CNI_CONTAINERID"),
             netns: non_empty("CNI_NETNS").map(PathBuf::from),
             ifname: non_empty("CNI_IFNAME"),
-            args: parse_cni_args(&var("CNI_ARGS").unwrap_or_default())?,
+            args: match parse_cni_args(&var("CNI_ARGS").unwrap_or_default()) {
+                Ok(args) => args,
+                // Teardown and queries must not fail on arguments they do not need.
+                Err(_) if !matches!(command, Command::Add | Command::Check) => BTreeMap::new(),
+                Err(e) => return Err(e),
+            },
         };
         if matches!(command, Command::Add | Command::Check) {
             for (name, present) in [
@@ -190,7 +195,13 @@ mod tests {
                 "needs CNI_NETNS",
             ),
             (
-                &[("CNI_COMMAND", "DEL"), ("CNI_ARGS", "K8S_POD_NAME")][..],
+                &[
+                    ("CNI_COMMAND", "CHECK"),
+                    ("CNI_CONTAINERID", "x"),
+                    ("CNI_NETNS", "/n"),
+                    ("CNI_IFNAME", "eth0"),
+                    ("CNI_ARGS", "K8S_POD_NAME"),
+                ][..],
                 "\"K8S_POD_NAME\" is not KEY=VALUE",
             ),
         ] {
@@ -201,9 +212,11 @@ mod tests {
     }
 
     #[test]
-    fn del_needs_no_namespace() {
+    fn del_needs_no_namespace_and_survives_bad_arguments() {
         let inv = Invocation::from_env(env(&[("CNI_COMMAND", "DEL"), ("CNI_CONTAINERID", "x")])).unwrap();
         assert_eq!(inv.netns, None);
+        let inv = Invocation::from_env(env(&[("CNI_COMMAND", "DEL"), ("CNI_ARGS", "garbage")])).unwrap();
+        assert!(inv.args.is_empty());
     }
 
     #[test]

@@ -9,7 +9,7 @@ mod common;
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 
-use common::{FakeApi, PLUGIN, Run, meshed_annotations, pod, run_plugin};
+use common::{FakeApi, PLUGIN, Run, meshed_pod, pod, run_plugin};
 use serde_json::{Value, json};
 use trellis_proxy_init::apply::{self, Backend, in_namespace};
 use trellis_proxy_init::rules::build;
@@ -134,10 +134,10 @@ fn a_real_chain_redirects_meshed_pods_and_leaves_the_others_alone() {
         let listener =
             in_namespace(Some(&netns_path(node)), || TcpListener::bind("127.0.0.1:0")).unwrap().unwrap();
         let api = FakeApi::start(listener);
-        api.add_pod(pod(
+        api.add_pod(meshed_pod(
             "shop",
             "web-0",
-            meshed_annotations(json!({"traffic.sidecar.istio.io/excludeOutboundPorts": "5432"})),
+            json!({"traffic.sidecar.istio.io/excludeOutboundPorts": "5432"}),
         ));
         api.add_pod(pod("shop", "plain-0", json!({})));
         let kubeconfig = api.kubeconfig(dir.path());

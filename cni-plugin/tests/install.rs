@@ -189,17 +189,36 @@ fn told_to_leave_it_keeps_the_chain_on_sigterm() {
 }
 
 #[test]
-fn a_broken_primary_is_reported_and_the_agent_keeps_waiting() {
+fn a_broken_first_file_makes_the_agent_wait_not_join_the_next() {
     let node = Node::new();
     let agent = node.agent(&[]);
     wait_for("installed", || node.path("bin/trellis-cni").exists());
-    // Not a readable configuration: a runtime would skip it, and so do we.
+    // containerd stops at the first file in name order when it cannot read it: so do we.
     node.write("01-broken.conflist", "{\"plugins\": ");
     node.write("10-calico.conflist", CALICO);
-    wait_for("we joined the first readable file", || {
-        node.types("10-calico.conflist").last().map(String::as_str) == Some("trellis-cni")
+    // Bounded look: the agent reconciles on every event; it must leave the next file alone.
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(node.types("10-calico.conflist"), ["calico", "portmap"], "the next file was edited");
+    assert_eq!(node.ready(), None);
+    // Once the owner finishes its file, the agent joins it.
+    node.write("01-broken.conflist", CALICO);
+    wait_for("we joined the repaired first file", || {
+        node.types("01-broken.conflist").last().map(String::as_str) == Some("trellis-cni")
     });
-    assert_eq!(node.read("01-broken.conflist").as_deref(), Some("{\"plugins\": "), "not touched");
+    assert_eq!(node.types("10-calico.conflist"), ["calico", "portmap"]);
+    assert_eq!(agent.terminate(), Some(0));
+}
+
+#[test]
+fn a_removed_binary_is_put_back() {
+    let node = Node::new();
+    node.write("10-calico.conflist", CALICO);
+    let agent = node.agent(&[]);
+    wait_for("ready", || node.ready().is_some());
+    std::fs::remove_file(node.path("bin/trellis-cni")).unwrap();
+    // Any change in the directory makes the agent look again.
+    node.write("99-other.conflist", CALICO);
+    wait_for("the binary is back", || node.path("bin/trellis-cni").exists());
     assert_eq!(agent.terminate(), Some(0));
 }
 

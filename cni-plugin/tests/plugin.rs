@@ -6,7 +6,7 @@ mod common;
 
 use std::path::Path;
 
-use common::{FakeApi, PLUGIN, kubeconfig_for, meshed_annotations, pod, run_plugin};
+use common::{FakeApi, PLUGIN, kubeconfig_for, meshed_pod, pod, run_plugin};
 use serde_json::{Value, json};
 
 fn conf(version: &str, kubeconfig: &Path) -> Value {
@@ -87,7 +87,7 @@ fn unmeshed_and_non_kubernetes_containers_get_the_previous_result_unchanged() {
     let dir = tempfile::tempdir().unwrap();
     let api = FakeApi::on_loopback();
     api.add_pod(pod("shop", "web-0", json!({})));
-    api.add_pod(pod("kube-system", "coredns", meshed_annotations(json!({}))));
+    api.add_pod(meshed_pod("kube-system", "coredns", json!({})));
     for version in ["0.3.1", "0.4.0", "1.0.0"] {
         let input = conf(version, &api.kubeconfig(dir.path()));
         for args in [SHOP_WEB, "K8S_POD_NAMESPACE=kube-system;K8S_POD_NAME=coredns", ""] {
@@ -109,11 +109,7 @@ fn unmeshed_and_non_kubernetes_containers_get_the_previous_result_unchanged() {
 fn bad_input_gets_the_right_code_and_message() {
     let dir = tempfile::tempdir().unwrap();
     let api = FakeApi::on_loopback();
-    api.add_pod(pod(
-        "shop",
-        "tproxy",
-        meshed_annotations(json!({"sidecar.istio.io/interceptionMode": "TPROXY"})),
-    ));
+    api.add_pod(meshed_pod("shop", "tproxy", json!({"sidecar.istio.io/interceptionMode": "TPROXY"})));
     let good = conf("1.0.0", &api.kubeconfig(dir.path()));
     let with = |f: &dyn Fn(&mut Value)| {
         let mut c = good.clone();
@@ -224,7 +220,7 @@ fn excluded_namespaces_start_without_the_api_server() {
 fn a_meshed_pod_without_its_namespace_fails_rather_than_starting_unredirected() {
     let dir = tempfile::tempdir().unwrap();
     let api = FakeApi::on_loopback();
-    api.add_pod(pod("shop", "web-0", meshed_annotations(json!({}))));
+    api.add_pod(meshed_pod("shop", "web-0", json!({})));
     let input = conf("1.0.0", &api.kubeconfig(dir.path())).to_string();
     let run = run_plugin(
         PLUGIN.as_ref(),

@@ -11,6 +11,7 @@
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
 
 use crate::rules::{Family, RuleSet};
 use crate::{iptables, nft};
@@ -138,7 +139,11 @@ pub fn cleanup(netns: Option<&Path>) -> Result<(), ApplyError> {
         for family in [Family::V4, Family::V6] {
             let Ok(saved) = save_nat(family) else { continue };
             if let Some(payload) = iptables_cleanup_payload(&saved) {
-                run(&Step { program: restore_program(family), args: vec!["--noflush"], input: payload })?;
+                run(&Step {
+                    program: restore_program(family),
+                    args: vec!["--noflush", "-w", "5"],
+                    input: payload,
+                })?;
             }
         }
         Ok(())
@@ -154,12 +159,20 @@ fn apply_iptables(set: &RuleSet) -> Result<(), ApplyError> {
     for family in &set.families {
         let saved = save_nat(family.family)?;
         let payload = iptables_apply_payload(family, &saved);
-        let step = Step { program: restore_program(family.family), args: vec!["--noflush"], input: payload };
+        // -w: wait for the xtables lock (kube-proxy holds it too) rather than fail.
+        let step = Step {
+            program: restore_program(family.family),
+            args: vec!["--noflush", "-w", "5"],
+            input: payload,
+        };
         if let Err(e) = run(&step) {
             // Put back what an earlier family changed, so a failure leaves nothing half done.
             for (done, before) in applied.iter().rev() {
-                let restore =
-                    Step { program: restore_program(*done), args: vec!["-T", "nat"], input: before.clone() };
+                let restore = Step {
+                    program: restore_program(*done),
+                    args: vec!["-w", "5", "-T", "nat"],
+                    input: before.clone(),
+                };
                 let _ = run(&restore);
             }
             return Err(e);
@@ -171,9 +184,7 @@ fn apply_iptables(set: &RuleSet) -> Result<(), ApplyError> {
 
 fn save_nat(family: Family) -> Result<String, ApplyError> {
     let program = save_program(family);
-    let out = Command::new(program)
-        .args(["-t", "nat"])
-        .output()
+    let out = bounded(Command::new(program).args(["-t", "nat"]), None)
         .map_err(|e| ApplyError::Tool { program, message: e.to_string() })?;
     if !out.status.success() {
         return Err(ApplyError::Tool {
@@ -186,22 +197,59 @@ fn save_nat(family: Family) -> Result<String, ApplyError> {
 
 fn run(step: &Step) -> Result<(), ApplyError> {
     let fail = |message: String| ApplyError::Tool { program: step.program, message };
-    let mut child = Command::new(step.program)
-        .args(&step.args)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
+    let out = bounded(Command::new(step.program).args(&step.args), Some(&step.input))
         .map_err(|e| fail(e.to_string()))?;
-    if let Some(mut stdin) = child.stdin.take() {
-        stdin.write_all(step.input.as_bytes()).map_err(|e| fail(e.to_string()))?;
-    }
-    let out = child.wait_with_output().map_err(|e| fail(e.to_string()))?;
     if out.status.success() {
         Ok(())
     } else {
         Err(fail(String::from_utf8_lossy(&out.stderr).trim().to_owned()))
     }
+}
+
+/// How long nft or iptables may take: a stuck tool must not hold a pod's start (or a CNI ADD)
+/// forever.
+pub const TOOL_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// Runs a command with `input` on its stdin, reading its output as it comes, and kills it
+/// after [`TOOL_TIMEOUT`].
+fn bounded(command: &mut Command, input: Option<&str>) -> std::io::Result<std::process::Output> {
+    use std::io::Read;
+    let mut child = command.stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn()?;
+    let read_all = |pipe: Option<Box<dyn Read + Send>>| {
+        std::thread::spawn(move || {
+            let mut bytes = Vec::new();
+            if let Some(mut pipe) = pipe {
+                let _ = pipe.read_to_end(&mut bytes);
+            }
+            bytes
+        })
+    };
+    let stdout = read_all(child.stdout.take().map(|p| Box::new(p) as Box<dyn Read + Send>));
+    let stderr = read_all(child.stderr.take().map(|p| Box::new(p) as Box<dyn Read + Send>));
+    if let Some(mut stdin) = child.stdin.take() {
+        // A tool that exits early closes its stdin; its exit status says why.
+        let _ = stdin.write_all(input.unwrap_or_default().as_bytes());
+    }
+    let deadline = Instant::now() + TOOL_TIMEOUT;
+    let status = loop {
+        if let Some(status) = child.try_wait()? {
+            break status;
+        }
+        if Instant::now() >= deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                format!("no answer after {TOOL_TIMEOUT:?}"),
+            ));
+        }
+        std::thread::sleep(Duration::from_millis(2));
+    };
+    Ok(std::process::Output {
+        status,
+        stdout: stdout.join().unwrap_or_default(),
+        stderr: stderr.join().unwrap_or_default(),
+    })
 }
 
 /// Runs `f` on a thread that has entered the network namespace at `path`, so the programs it

@@ -2,7 +2,7 @@
 //! (another agent rewriting its file, a new primary appearing), and clean up on SIGTERM.
 
 use std::io::Write;
-use std::os::unix::fs::PermissionsExt;
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -19,6 +19,8 @@ use super::{InstallArgs, KUBECONFIG_NAME};
 const MAX_CONFIG_FILE: u64 = 1 << 20;
 /// Besides directory events: how often the service account token is re-read (it rotates).
 const REFRESH: Duration = Duration::from_secs(60);
+/// Events closer together than this are one change.
+const DEBOUNCE: Duration = Duration::from_millis(100);
 
 #[derive(Debug, thiserror::Error)]
 pub enum InstallError {
@@ -46,6 +48,8 @@ pub enum Chain {
 pub struct Agent {
     args: InstallArgs,
     server: String,
+    /// Set once the binary in place is known to be ours; then a size check is enough.
+    installed: std::sync::atomic::AtomicBool,
 }
 
 impl Agent {
@@ -58,7 +62,7 @@ impl Agent {
             )
             .ok_or(KubeconfigError::NoServer)?,
         };
-        Ok(Agent { args, server })
+        Ok(Agent { args, server, installed: std::sync::atomic::AtomicBool::new(false) })
     }
 
     /// Installs and keeps the chain in place until SIGTERM or SIGINT.
@@ -68,8 +72,9 @@ impl Agent {
         let mut changes = watch(dir)?;
         let mut term = signal(SignalKind::terminate()).map_err(io(dir))?;
         let mut int = signal(SignalKind::interrupt()).map_err(io(dir))?;
-        self.install_binary()?;
         loop {
+            // Also every round: a binary removed from under us would fail every pod.
+            self.install_binary()?;
             self.write_kubeconfig()?;
             match self.reconcile() {
                 Ok(chain) => self.report(&chain)?,
@@ -80,8 +85,14 @@ impl Agent {
                 }
             }
             tokio::select! {
-                _ = changes.recv() => {
-                    // Coalesce a burst of events (a rename is several) into one reconcile.
+                event = changes.recv() => {
+                    if event.is_none() {
+                        // The watcher is gone: exit, and let the DaemonSet start a fresh agent.
+                        return Err(InstallError::Watch { path: dir.clone(), source: nix::Error::EIO });
+                    }
+                    // Coalesce a burst of events (another agent's write and rename, ours) into
+                    // one reconcile.
+                    tokio::time::sleep(DEBOUNCE).await;
                     while changes.try_recv().is_ok() {}
                 }
                 _ = tokio::time::sleep(REFRESH) => {}
@@ -122,7 +133,10 @@ impl Agent {
         })?;
         let Some(merged) = merged else { return Ok(Chain::InPlace(name.clone())) };
         let dir = &self.args.cni_conf_dir;
-        write_atomically(&dir.join(&merged.file_name), merged.content.as_bytes(), 0o644)?;
+        // Through a symlink to the file it names, so the link stays.
+        let path = dir.join(&merged.file_name);
+        let path = std::fs::canonicalize(&path).unwrap_or(path);
+        write_atomically(&path, merged.content.as_bytes(), 0o644)?;
         if let Some(old) = &merged.replaces {
             std::fs::remove_file(dir.join(old)).map_err(io(&dir.join(old)))?;
         }
@@ -158,7 +172,9 @@ impl Agent {
         for entry in std::fs::read_dir(dir).map_err(io(dir))? {
             let entry = entry.map_err(io(dir))?;
             let name = entry.file_name().to_string_lossy().into_owned();
-            let small = entry.metadata().is_ok_and(|m| m.is_file() && m.len() <= MAX_CONFIG_FILE);
+            // Following symlinks: a primary may be a link to its owner's file.
+            let small =
+                std::fs::metadata(entry.path()).is_ok_and(|m| m.is_file() && m.len() <= MAX_CONFIG_FILE);
             if !conflist::is_config_file(&name) || !small {
                 continue;
             }
@@ -175,13 +191,22 @@ impl Agent {
             Some(p) => p.clone(),
             None => std::env::current_exe().map_err(io(Path::new("/proc/self/exe")))?,
         };
-        let bytes = std::fs::read(&source).map_err(io(&source))?;
         let target = self.args.cni_bin_dir.join(PLUGIN_TYPE);
+        let size = |p: &Path| std::fs::metadata(p).map(|m| m.len()).ok();
+        if self.installed.load(std::sync::atomic::Ordering::Relaxed)
+            && size(&target).is_some()
+            && size(&target) == size(&source)
+        {
+            return Ok(());
+        }
+        let bytes = std::fs::read(&source).map_err(io(&source))?;
         if std::fs::read(&target).is_ok_and(|existing| existing == bytes) {
+            self.installed.store(true, std::sync::atomic::Ordering::Relaxed);
             return Ok(());
         }
         std::fs::create_dir_all(&self.args.cni_bin_dir).map_err(io(&self.args.cni_bin_dir))?;
         write_atomically(&target, &bytes, 0o755)?;
+        self.installed.store(true, std::sync::atomic::Ordering::Relaxed);
         tracing::info!(path = %target.display(), "installed the plugin binary");
         Ok(())
     }
@@ -220,7 +245,10 @@ fn write_atomically(path: &Path, bytes: &[u8], mode: u32) -> Result<(), InstallE
     let dir = path.parent().unwrap_or(Path::new("."));
     let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
     let temp = dir.join(format!(".{name}.trellis-tmp"));
-    let mut file = std::fs::File::create(&temp).map_err(io(&temp))?;
+    // Created with its final mode: a token must never sit in a world-readable file.
+    let _ = std::fs::remove_file(&temp);
+    let mut file =
+        std::fs::OpenOptions::new().write(true).create_new(true).mode(mode).open(&temp).map_err(io(&temp))?;
     file.write_all(bytes).map_err(io(&temp))?;
     file.set_permissions(std::fs::Permissions::from_mode(mode)).map_err(io(&temp))?;
     file.sync_all().map_err(io(&temp))?;
@@ -231,9 +259,9 @@ fn write_atomically(path: &Path, bytes: &[u8], mode: u32) -> Result<(), InstallE
 fn watch(dir: &Path) -> Result<mpsc::Receiver<()>, InstallError> {
     let fail = |source| InstallError::Watch { path: dir.to_owned(), source };
     let inotify = Inotify::init(InitFlags::IN_CLOEXEC).map_err(fail)?;
+    // Not IN_MODIFY: a file is looked at once its writer closed it or renamed it into place.
     let flags = AddWatchFlags::IN_CREATE
         | AddWatchFlags::IN_CLOSE_WRITE
-        | AddWatchFlags::IN_MODIFY
         | AddWatchFlags::IN_DELETE
         | AddWatchFlags::IN_MOVED_TO
         | AddWatchFlags::IN_MOVED_FROM;

@@ -4,6 +4,8 @@
 
 use serde_json::{Map, Value, json};
 
+use crate::protocol::SUPPORTED_VERSIONS;
+
 /// Our plugin's `type`, the name of the binary in the CNI bin directory.
 pub const PLUGIN_TYPE: &str = "trellis-cni";
 
@@ -29,13 +31,12 @@ pub fn is_config_file(name: &str) -> bool {
     !name.starts_with('.') && [".conf", ".conflist", ".json"].iter().any(|ext| name.ends_with(ext))
 }
 
-/// The configuration the runtime uses: the first, in name order, that is a readable network
-/// configuration. `files` are (name, content) pairs in any order.
+/// The configuration the runtime uses: the first network configuration file in name order.
+/// It may be unreadable (half-written by its owner, or broken): containerd then stops there too,
+/// so the caller waits rather than joining the next file. `files` are (name, content) pairs in
+/// any order.
 pub fn primary(files: &[(String, String)]) -> Option<&(String, String)> {
-    let mut candidates: Vec<&(String, String)> =
-        files.iter().filter(|(name, content)| is_config_file(name) && parse(name, content).is_ok()).collect();
-    candidates.sort_by(|a, b| a.0.cmp(&b.0));
-    candidates.first().copied()
+    files.iter().filter(|(name, _)| is_config_file(name)).min_by(|a, b| a.0.cmp(&b.0))
 }
 
 /// The primary's file with `entry` as its last plugin; `None` when it is already exactly so.
@@ -43,6 +44,17 @@ pub fn primary(files: &[(String, String)]) -> Option<&(String, String)> {
 /// `cniVersion`, name and plugins are kept.
 pub fn insert(file_name: &str, content: &str, entry: &Value) -> Result<Option<Merged>, MergeError> {
     let config = parse(file_name, content)?;
+    // Joining a chain whose version we do not speak would fail every pod on the node.
+    let version = config.get("cniVersion").and_then(Value::as_str).unwrap_or("0.1.0");
+    if !SUPPORTED_VERSIONS.contains(&version) {
+        return Err(MergeError {
+            file: file_name.to_owned(),
+            reason: format!(
+                "cniVersion {version:?} is not one trellis-cni speaks ({})",
+                SUPPORTED_VERSIONS.join(", ")
+            ),
+        });
+    }
     let (mut list, replaces) = match config.get("plugins") {
         Some(_) => (config.clone(), None),
         None => {
@@ -213,9 +225,14 @@ mod tests {
             file("10-calico.conflist", CALICO),
             file("99-loopback.conf", r#"{"cniVersion":"1.0.0","name":"lo","type":"loopback"}"#),
         ];
-        assert_eq!(primary(&files).map(|(n, _)| n.as_str()), Some("10-calico.conflist"));
+        // The broken 05 file comes first: the runtime stops there, so it is the primary (and
+        // inserting into it fails, so the agent waits).
+        assert_eq!(primary(&files).map(|(n, _)| n.as_str()), Some("05-broken.conf"));
+        assert!(insert("05-broken.conf", "{not json", &ours()).is_err());
+        let without_broken: Vec<_> = files.iter().filter(|(n, _)| n != "05-broken.conf").cloned().collect();
+        assert_eq!(primary(&without_broken).map(|(n, _)| n.as_str()), Some("10-calico.conflist"));
         assert_eq!(primary(&files[..1]).map(|(n, _)| n.as_str()), Some("20-flannel.conflist"));
-        assert_eq!(primary(&files[1..4]), None, "no usable configuration yet");
+        assert_eq!(primary(&files[1..3]), None, "no configuration yet");
     }
 
     #[test]
@@ -228,12 +245,19 @@ mod tests {
     }
 
     #[test]
+    fn a_chain_in_a_version_we_do_not_speak_is_refused() {
+        let old = r#"{"cniVersion": "0.2.0", "name": "old", "plugins": [{"type": "bridge"}]}"#;
+        let err = insert("10-old.conflist", old, &ours()).unwrap_err();
+        assert!(err.reason.contains("\"0.2.0\" is not one trellis-cni speaks"), "{err}");
+    }
+
+    #[test]
     fn malformed_configurations_are_named() {
         for (content, reason) in [
             ("{", "not JSON"),
             ("[]", "not a JSON object"),
             (r#"{"name": "x"}"#, "neither a plugin list"),
-            (r#"{"plugins": {"type": "x"}}"#, "plugins: not a list"),
+            (r#"{"cniVersion": "1.0.0", "plugins": {"type": "x"}}"#, "plugins: not a list"),
         ] {
             let err = insert("10-x.conflist", content, &ours()).unwrap_err();
             assert_eq!(err.file, "10-x.conflist");

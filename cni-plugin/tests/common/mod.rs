@@ -111,6 +111,14 @@ pub fn pod(namespace: &str, name: &str, annotations: Value) -> Value {
     })
 }
 
+/// A pod the injector meshed: its status annotation and the proxy container.
+pub fn meshed_pod(namespace: &str, name: &str, extra_annotations: Value) -> Value {
+    let mut p = pod(namespace, name, meshed_annotations(extra_annotations));
+    p["spec"]["initContainers"] =
+        json!([{"name": "istio-proxy", "image": "proxy", "restartPolicy": "Always"}]);
+    p
+}
+
 pub fn meshed_annotations(extra: Value) -> Value {
     let mut a =
         json!({"sidecar.istio.io/status": "{\"initContainers\":[\"trellis-validation\",\"istio-proxy\"]}"});
