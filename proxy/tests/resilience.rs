@@ -270,3 +270,27 @@ async fn the_route_timeout_covers_the_body_and_limits_hold_until_it_ends() {
     assert!(cut.is_err(), "the response body should have been cut: {cut:?}");
     assert!(started.elapsed() < Duration::from_secs(3));
 }
+
+#[tokio::test]
+async fn grpc_statuses_are_retried_as_configured() {
+    let upstream = Upstream::start("api").await;
+    let retries = "        retries: { attempts: 2, retryOn: [unavailable], baseInterval: 0.001s }";
+    let proxy = TestProxy::start(&config(&[&upstream], retries, "")).await;
+    let mut client = Client::connect(proxy.outbound(), Version::HTTP_2).await;
+    let unavailable = [("x-fail-grpc-status", "14"), ("content-type", "application/grpc")];
+
+    upstream.fail_next(2);
+    let answer = client.send(get("api", "/svc/Method", &unavailable)).await.unwrap();
+    assert_eq!(
+        (answer.status, answer.header("grpc-status")),
+        (StatusCode::OK, None),
+        "recovered on the third try"
+    );
+    assert_eq!(upstream.count(), 3);
+
+    // NOT_FOUND (5) is not among the conditions: answered as it is, once.
+    upstream.fail_next(1);
+    let answer = client.send(get("api", "/svc/Method", &[("x-fail-grpc-status", "5")])).await.unwrap();
+    assert_eq!(answer.header("grpc-status"), Some("5"));
+    assert_eq!(upstream.count(), 4);
+}

@@ -147,6 +147,13 @@ async fn answer(
         return response;
     }
     let failing = failures.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1)).is_ok();
+    if failing && let Some(code) = header("x-fail-grpc-status") {
+        // A gRPC failure: HTTP 200 with the status in the headers (a trailers-only response).
+        let mut response = Response::new(Full::default().boxed());
+        response.headers_mut().insert("content-type", "application/grpc".parse().unwrap());
+        response.headers_mut().insert("grpc-status", code.parse().unwrap());
+        return response;
+    }
     let status = if failing {
         StatusCode::SERVICE_UNAVAILABLE
     } else {
