@@ -1,11 +1,12 @@
 //! A new downstream connection: where it was headed, what it speaks, and who handles it.
 
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use tokio::net::TcpStream;
+use trellis_proxy_init::original_dst::original_destination_of;
 use trellis_xds::config as pb;
 
 use crate::cluster::Cluster;
@@ -21,25 +22,17 @@ const DETECTION_TLS_DEADLINE: Duration = Duration::from_secs(1);
 
 /// The address the client dialled before the redirect; `None` when it dialled the proxy itself
 /// (explicit mode: no redirect in place, as on a laptop).
-pub fn original_destination(stream: &TcpStream) -> Option<SocketAddr> {
-    use nix::sys::socket::{getsockopt, sockopt};
-    let local = stream.local_addr().ok()?;
-    let original = if local.is_ipv4() {
-        let sa = getsockopt(stream, sockopt::OriginalDst).ok()?;
-        SocketAddr::from((Ipv4Addr::from(u32::from_be(sa.sin_addr.s_addr)), u16::from_be(sa.sin_port)))
-    } else {
-        let sa = getsockopt(stream, sockopt::Ip6tOriginalDst).ok()?;
-        SocketAddr::from((Ipv6Addr::from(sa.sin6_addr.s6_addr), u16::from_be(sa.sin6_port)))
-    };
+pub fn original_destination(stream: &TcpStream, local: SocketAddr) -> Option<SocketAddr> {
+    let original = original_destination_of(stream, local).ok()?;
     (original != local).then_some(original)
 }
 
 pub async fn handle(stream: TcpStream, peer: SocketAddr, side: Side, proxy: Arc<Proxy>) {
     proxy.connections.fetch_add(1, Ordering::AcqRel);
     let _ = stream.set_nodelay(true);
-    let original = original_destination(&stream);
-    let snapshot = proxy.config.load_full();
     let local = stream.local_addr().unwrap_or(SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), 0));
+    let original = original_destination(&stream, local);
+    let snapshot = proxy.config.load_full();
     // Explicit mode is for the local app dialling its own proxy; anyone else reaching the
     // outbound port directly would have an open proxy.
     if side == Side::Outbound && original.is_none() && !(peer.ip().is_loopback() || peer.ip() == local.ip()) {

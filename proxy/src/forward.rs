@@ -46,7 +46,12 @@ pub async fn handle(request: Request<Incoming>, conn: &Conn, proxy: &Proxy) -> R
     let started = Instant::now();
     let grpc = is_grpc(&request);
     let declared_length = content_length(&request);
+    // 413 before reading a body that says it is too large, whichever way it goes.
+    let too_large = declared_length.is_some_and(|n| n > proxy.config.load().limits.max_body_bytes);
     let mut outcome = match conn.side {
+        _ if too_large => {
+            Outcome::new(text(StatusCode::PAYLOAD_TOO_LARGE, "request body too large\n"), "unknown", "-")
+        }
         Side::Outbound => outbound(request, conn, proxy).await,
         Side::Inbound => inbound(request, conn, proxy).await,
     };
@@ -78,9 +83,6 @@ pub async fn handle(request: Request<Incoming>, conn: &Conn, proxy: &Proxy) -> R
 
 async fn outbound(mut request: Request<Incoming>, conn: &Conn, proxy: &Proxy) -> Outcome {
     let snapshot = proxy.config.load_full();
-    if let Some(refusal) = too_large(&request, &snapshot) {
-        return Outcome::new(refusal, "unknown", "-");
-    }
     let (port, service_port) = {
         let authority = authority_ref(&request);
         let port = conn
@@ -103,15 +105,7 @@ async fn outbound(mut request: Request<Incoming>, conn: &Conn, proxy: &Proxy) ->
     };
     let service = service_port.service.clone();
     if let Some(normalized) = normalize_path(request.uri().path()) {
-        let with_query = match request.uri().query() {
-            Some(q) => format!("{normalized}?{q}"),
-            None => normalized,
-        };
-        let mut parts = request.uri().clone().into_parts();
-        parts.path_and_query = with_query.parse().ok();
-        if let Ok(uri) = Uri::from_parts(parts) {
-            *request.uri_mut() = uri;
-        }
+        set_path(&mut request, &normalized);
     }
     let selected = {
         let view = RequestView {
@@ -203,11 +197,16 @@ fn rewrite(request: &mut Request<Incoming>, route: &CompiledRoute, matched_prefi
         Some(prefix) if path.starts_with(prefix) => format!("{replacement}{}", &path[prefix.len()..]),
         _ => replacement.clone(),
     };
+    set_path(request, &new_path);
+}
+
+/// Replaces the request's path, keeping its query, and the scheme and authority an HTTP/2
+/// request carries in its URI.
+fn set_path<B>(request: &mut Request<B>, path: &str) {
     let with_query = match request.uri().query() {
-        Some(q) => format!("{new_path}?{q}"),
-        None => new_path,
+        Some(q) => format!("{path}?{q}"),
+        None => path.to_owned(),
     };
-    // Keep the scheme and authority an HTTP/2 request carries in its URI.
     let mut parts = request.uri().clone().into_parts();
     parts.path_and_query = with_query.parse().ok();
     if let Ok(uri) = Uri::from_parts(parts) {
@@ -651,7 +650,6 @@ async fn send_direct(request: Request<Incoming>, key: Key, proxy: &Proxy, servic
 }
 
 async fn inbound(mut request: Request<Incoming>, conn: &Conn, proxy: &Proxy) -> Outcome {
-    let snapshot = proxy.config.load_full();
     // Bounded label values: the inbound port, never a client's Host header.
     let target = match conn.original {
         Some(original) => Some(original),
@@ -680,9 +678,6 @@ async fn inbound(mut request: Request<Incoming>, conn: &Conn, proxy: &Proxy) -> 
             "NR",
         );
     }
-    if let Some(refusal) = too_large(&request, &snapshot) {
-        return Outcome::new(refusal, service, "-");
-    }
     let upgrade = headers::is_upgrade(request.headers());
     headers::strip_hop_by_hop(request.headers_mut(), upgrade);
     headers::ensure_request_id(request.headers_mut());
@@ -701,13 +696,6 @@ pub fn inbound_delivery(original: SocketAddr) -> (SocketAddr, Option<IpAddr>) {
         }
         SocketAddr::V6(_) => (SocketAddr::new(IpAddr::V6(Ipv6Addr::LOCALHOST), original.port()), None),
     }
-}
-
-/// 413 before reading a body that says it is too large.
-fn too_large(request: &Request<Incoming>, snapshot: &Snapshot) -> Option<Response<Body>> {
-    let length = content_length(request)?;
-    (length > snapshot.limits.max_body_bytes)
-        .then(|| text(StatusCode::PAYLOAD_TOO_LARGE, "request body too large\n"))
 }
 
 fn content_length<B>(request: &Request<B>) -> Option<u64> {

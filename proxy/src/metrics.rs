@@ -36,8 +36,9 @@ pub enum Reporter {
     Destination,
 }
 
+/// Who talked to whom: the labels every Istio metric starts with.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct RequestLabels {
+pub struct Peers {
     pub reporter: &'static str,
     pub source_workload: String,
     pub source_workload_namespace: String,
@@ -45,6 +46,12 @@ pub struct RequestLabels {
     pub destination_workload_namespace: String,
     pub destination_service: String,
     pub destination_service_name: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RequestLabels {
+    #[prometheus(flatten)]
+    pub peers: Peers,
     pub request_protocol: &'static str,
     pub response_code: u16,
     pub response_flags: &'static str,
@@ -53,13 +60,8 @@ pub struct RequestLabels {
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct TcpLabels {
-    pub reporter: &'static str,
-    pub source_workload: String,
-    pub source_workload_namespace: String,
-    pub destination_workload: String,
-    pub destination_workload_namespace: String,
-    pub destination_service: String,
-    pub destination_service_name: String,
+    #[prometheus(flatten)]
+    pub peers: Peers,
     pub response_flags: &'static str,
     pub connection_security_policy: &'static str,
 }
@@ -178,12 +180,29 @@ impl Metrics {
         }
     }
 
-    fn sides(&self, reporter: Reporter) -> (&'static str, String, String, String, String) {
+    /// This workload on its side of the exchange, "unknown" on the other (peer identity comes
+    /// with mutual TLS).
+    fn peers(&self, reporter: Reporter, service: &str) -> Peers {
         let (me, ns) = (self.workload.name.clone(), self.workload.namespace.clone());
         let unknown = || "unknown".to_owned();
-        match reporter {
+        let (
+            reporter,
+            source_workload,
+            source_workload_namespace,
+            destination_workload,
+            destination_workload_namespace,
+        ) = match reporter {
             Reporter::Source => ("source", me, ns, unknown(), unknown()),
             Reporter::Destination => ("destination", unknown(), unknown(), me, ns),
+        };
+        Peers {
+            reporter,
+            source_workload,
+            source_workload_namespace,
+            destination_workload,
+            destination_workload_namespace,
+            destination_service: service.to_owned(),
+            destination_service_name: service.split('.').next().unwrap_or_default().to_owned(),
         }
     }
 
@@ -207,21 +226,8 @@ impl Metrics {
     }
 
     fn create_series(&self, r: &RequestRecord<'_>, key: SeriesKey) -> Arc<RequestSeries> {
-        let (
-            reporter,
-            source_workload,
-            source_workload_namespace,
-            destination_workload,
-            destination_workload_namespace,
-        ) = self.sides(r.reporter);
         let labels = RequestLabels {
-            reporter,
-            source_workload,
-            source_workload_namespace,
-            destination_workload,
-            destination_workload_namespace,
-            destination_service: r.service.to_string(),
-            destination_service_name: r.service.split('.').next().unwrap_or_default().to_owned(),
+            peers: self.peers(r.reporter, r.service),
             request_protocol: if r.grpc { "grpc" } else { "http" },
             response_code: r.status,
             response_flags: r.flags,
@@ -240,21 +246,8 @@ impl Metrics {
     }
 
     pub fn tcp_labels(&self, reporter: Reporter, service: &str, flags: &'static str) -> TcpLabels {
-        let (
-            reporter,
-            source_workload,
-            source_workload_namespace,
-            destination_workload,
-            destination_workload_namespace,
-        ) = self.sides(reporter);
         TcpLabels {
-            reporter,
-            source_workload,
-            source_workload_namespace,
-            destination_workload,
-            destination_workload_namespace,
-            destination_service: service.to_owned(),
-            destination_service_name: service.split('.').next().unwrap_or_default().to_owned(),
+            peers: self.peers(reporter, service),
             response_flags: flags,
             connection_security_policy: "none",
         }

@@ -2,26 +2,11 @@
 
 mod common;
 
-use common::{Client, TestProxy, Upstream, get_text};
+use common::{Client, TestProxy, Upstream, api_config, get_text};
 use http::{StatusCode, Version};
 
 fn config(upstream: &Upstream) -> String {
-    format!(
-        r#"
-services:
-  - name: api.test.svc.cluster.local
-    aliases: [api]
-    ports: [{{ port: 80, protocol: HTTP }}]
-virtualHosts:
-  - name: api.test.svc.cluster.local:80
-    routes: [{{ name: all, forward: {{ clusters: [{{ cluster: api }}] }} }}]
-clusters: [{{ name: api, service: api.test.svc.cluster.local }}]
-endpoints:
-  - service: api.test.svc.cluster.local
-    endpoints: [{{ address: 127.0.0.1, port: {} }}]
-"#,
-        upstream.addr.port()
-    )
+    api_config(&[upstream.addr.port()], "HTTP", "", "")
 }
 
 #[tokio::test]

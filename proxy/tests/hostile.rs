@@ -6,29 +6,14 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{Client, TestProxy, Upstream};
+use common::{Client, TestProxy, Upstream, api_config};
 use http::{StatusCode, Version};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 fn config(upstream: &Upstream) -> String {
-    format!(
-        r#"
-limits: {{ maxRequestHeadersBytes: 16384, maxRequestBodyBytes: "1024", requestHeadersTimeout: 0.5s }}
-services:
-  - name: api.test.svc.cluster.local
-    aliases: [api]
-    ports: [{{ port: 80, protocol: HTTP }}]
-virtualHosts:
-  - name: api.test.svc.cluster.local:80
-    routes: [{{ name: all, forward: {{ clusters: [{{ cluster: api }}] }} }}]
-clusters: [{{ name: api, service: api.test.svc.cluster.local }}]
-endpoints:
-  - service: api.test.svc.cluster.local
-    endpoints: [{{ address: 127.0.0.1, port: {} }}]
-"#,
-        upstream.addr.port()
-    )
+    let limits = r#"limits: { maxRequestHeadersBytes: 16384, maxRequestBodyBytes: "1024", requestHeadersTimeout: 0.5s }"#;
+    format!("{limits}\n{}", api_config(&[upstream.addr.port()], "HTTP", "", ""))
 }
 
 /// Sends raw bytes, then reads until the proxy closes or 5 seconds pass; returns what came back.
@@ -97,6 +82,13 @@ async fn oversized_headers_get_431_and_bodies_413() {
         "y".repeat(2048)
     );
     assert_eq!(status_of(&raw(&proxy, chunked.as_bytes()).await), Some(413));
+    // Inbound too.
+    let mut inbound = Client::connect(proxy.inbound(), Version::HTTP_11).await;
+    let declared = http::Request::post("/")
+        .header("host", format!("app:{}", upstream.addr.port()))
+        .body(vec![b'x'; 2048].into())
+        .unwrap();
+    assert_eq!(inbound.send(declared).await.unwrap().status, StatusCode::PAYLOAD_TOO_LARGE);
     assert_eq!(upstream.count(), 0, "nothing too large was forwarded whole");
 }
 

@@ -8,8 +8,18 @@ use std::net::SocketAddr;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{Client, Upstream, get};
+use common::{Client, KillOnDrop, Upstream, get};
 use http::{StatusCode, Version};
+
+/// The proxy binary with every listener on a free port (it prints where they ended up).
+fn proxy_on_free_ports() -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_trellis-proxy"));
+    for listener in ["--outbound-port", "--inbound-port", "--admin-port", "--readiness-port", "--stats-port"]
+    {
+        command.args([listener, "0"]);
+    }
+    command
+}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_drains_in_flight_requests_then_exits() {
@@ -27,36 +37,17 @@ async fn sigterm_drains_in_flight_requests_then_exits() {
         ),
     )
     .unwrap();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_trellis-proxy"))
+    let mut child = proxy_on_free_ports()
         .arg("--config")
         .arg(&config)
-        .args([
-            "--outbound-port",
-            "0",
-            "--inbound-port",
-            "0",
-            "--admin-port",
-            "0",
-            "--readiness-port",
-            "0",
-            "--stats-port",
-            "0",
-        ])
         .args(["--drain-timeout", "5s"])
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
-    struct Kill(std::process::Child);
-    impl Drop for Kill {
-        fn drop(&mut self) {
-            let _ = self.0.kill();
-            let _ = self.0.wait();
-        }
-    }
     let mut line = String::new();
     BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
-    let mut child = Kill(child);
+    let mut child = KillOnDrop(child);
     let port_of = |name: &str| -> SocketAddr {
         let words: Vec<&str> = line.split_whitespace().collect();
         let at = words.iter().position(|w| *w == name).unwrap_or_else(|| panic!("{name} in {line:?}"));
@@ -94,20 +85,8 @@ async fn sigterm_drains_in_flight_requests_then_exits() {
 #[test]
 fn proxy_config_from_the_environment() {
     let run = |config: &str| {
-        Command::new(env!("CARGO_BIN_EXE_trellis-proxy"))
+        proxy_on_free_ports()
             .env("PROXY_CONFIG", config)
-            .args([
-                "--outbound-port",
-                "0",
-                "--inbound-port",
-                "0",
-                "--admin-port",
-                "0",
-                "--readiness-port",
-                "0",
-                "--stats-port",
-                "0",
-            ])
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()

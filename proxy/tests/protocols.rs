@@ -6,27 +6,13 @@ mod common;
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
 
-use common::{Client, TestProxy, Upstream, get};
+use common::{Client, KillOnDrop, TestProxy, Upstream, api_config, get};
 use http::{StatusCode, Version};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 fn config(upstream_port: u16, protocol: &str, upstream_protocol: &str) -> String {
-    format!(
-        r#"
-services:
-  - name: api.test.svc.cluster.local
-    aliases: [api]
-    ports: [{{ port: 80, protocol: {protocol} }}]
-virtualHosts:
-  - name: api.test.svc.cluster.local:80
-    routes: [{{ name: all, forward: {{ clusters: [{{ cluster: api }}] }}, retries: {{ attempts: 2 }} }}]
-clusters:
-  - {{ name: api, service: api.test.svc.cluster.local, upstreamProtocol: {upstream_protocol} }}
-endpoints:
-  - service: api.test.svc.cluster.local
-    endpoints: [{{ address: 127.0.0.1, port: {upstream_port} }}]
-"#
-    )
+    let retries = "        retries: { attempts: 2 }";
+    api_config(&[upstream_port], protocol, retries, &format!("    upstreamProtocol: {upstream_protocol}"))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -82,16 +68,9 @@ async fn grpc_calls_statuses_and_streams_pass_through() {
     }
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/grpc_interop.py");
     let mut server = Command::new("python3").args([script, "serve"]).stdout(Stdio::piped()).spawn().unwrap();
-    struct Kill(std::process::Child);
-    impl Drop for Kill {
-        fn drop(&mut self) {
-            let _ = self.0.kill();
-            let _ = self.0.wait();
-        }
-    }
     let mut line = String::new();
     BufReader::new(server.stdout.take().unwrap()).read_line(&mut line).unwrap();
-    let _server = Kill(server);
+    let _server = KillOnDrop(server);
     let port: u16 = line.trim().parse().expect("the server prints its port");
     let proxy = TestProxy::start(&config(port, "GRPC", "SAME_AS_DOWNSTREAM")).await;
     let target = proxy.outbound().to_string();

@@ -6,36 +6,13 @@ mod common;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::{Client, TestProxy, Upstream, get};
+use common::{Client, TestProxy, Upstream, api_config, get};
 use http::{StatusCode, Version};
 
-/// One service, `api`, with one route whose extras are given, to a cluster over `endpoints`.
+/// The `api` service over these upstreams, with route and cluster extras.
 fn config(endpoints: &[&Upstream], route_extra: &str, cluster_extra: &str) -> String {
-    let list: String = endpoints
-        .iter()
-        .map(|u| format!("      - {{ address: 127.0.0.1, port: {} }}\n", u.addr.port()))
-        .collect();
-    format!(
-        r#"
-services:
-  - name: api.test.svc.cluster.local
-    aliases: [api]
-    ports: [{{ port: 80, protocol: HTTP }}]
-virtualHosts:
-  - name: api.test.svc.cluster.local:80
-    routes:
-      - name: all
-        forward: {{ clusters: [{{ cluster: api }}] }}
-{route_extra}
-clusters:
-  - name: api
-    service: api.test.svc.cluster.local
-{cluster_extra}
-endpoints:
-  - service: api.test.svc.cluster.local
-    endpoints:
-{list}"#
-    )
+    let ports: Vec<u16> = endpoints.iter().map(|u| u.addr.port()).collect();
+    api_config(&ports, "HTTP", route_extra, cluster_extra)
 }
 
 #[tokio::test]

@@ -199,6 +199,47 @@ impl hyper::body::Body for DelayedBody {
     }
 }
 
+/// One service, `api` (alias of `api.test.svc.cluster.local`, port 80 declared `protocol`), one
+/// route to one cluster over `endpoint_ports` on 127.0.0.1; the extras are YAML lines added to
+/// the route and to the cluster.
+pub fn api_config(endpoint_ports: &[u16], protocol: &str, route_extra: &str, cluster_extra: &str) -> String {
+    let list: String = endpoint_ports
+        .iter()
+        .map(|port| format!("      - {{ address: 127.0.0.1, port: {port} }}\n"))
+        .collect();
+    format!(
+        r#"
+services:
+  - name: api.test.svc.cluster.local
+    aliases: [api]
+    ports: [{{ port: 80, protocol: {protocol} }}]
+virtualHosts:
+  - name: api.test.svc.cluster.local:80
+    routes:
+      - name: all
+        forward: {{ clusters: [{{ cluster: api }}] }}
+{route_extra}
+clusters:
+  - name: api
+    service: api.test.svc.cluster.local
+{cluster_extra}
+endpoints:
+  - service: api.test.svc.cluster.local
+    endpoints:
+{list}"#
+    )
+}
+
+/// A child process, killed (by pid) and reaped when the test ends, however it ends.
+pub struct KillOnDrop(pub std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 /// A proxy on free loopback ports, with its configuration in a file it watches.
 pub struct TestProxy {
     pub running: Running,
