@@ -46,7 +46,7 @@ export TRELLIS_SHARED_DIR="${TRELLIS_SHARED_DIR:-$(cd .. && pwd)/shared}"
 log=$(mktemp)
 trap 'rm -f "$log"' EXIT
 status=0
-cargo test --workspace --locked "$@" 2>&1 | tee "$log" || status=$?
+cargo test --workspace --locked --no-fail-fast "$@" 2>&1 | tee "$log" || status=$?
 awk '/^test result:/ { p += $4; f += $6; i += $8 }
      END { printf "Tests: %d passed, %d failed, %d skipped\n", p, f, i }' "$log"
 exit "$status"

@@ -152,3 +152,32 @@ pub fn accepted(listeners: &[&TcpListener]) -> (usize, SocketAddr) {
         std::thread::sleep(Duration::from_millis(10));
     }
 }
+
+/// A copy of a binary that any user can run, in a fresh directory removed on drop. Tests that
+/// drop to the proxy's UID need it: the build directory may sit where that user cannot reach
+/// (CI keeps it under /root, which is 0700).
+pub struct RunnableByAnyone {
+    dir: PathBuf,
+    pub path: PathBuf,
+}
+
+impl RunnableByAnyone {
+    pub fn copy(binary: &str) -> Self {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = std::env::temp_dir().join(unique_name("trellis-bin"));
+        std::fs::create_dir(&dir).unwrap();
+        // Set after creating, so the umask cannot narrow it.
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let name = Path::new(binary).file_name().expect("a binary path");
+        let path = dir.join(name);
+        std::fs::copy(binary, &path).unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
+        Self { dir, path }
+    }
+}
+
+impl Drop for RunnableByAnyone {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}

@@ -7,7 +7,8 @@ use std::process::Command;
 
 use trellis_proxy_init::apply::in_namespace;
 use trellis_proxy_init::testing::{
-    accepted, connect_as, in_scratch_namespace, ip, listen, netns_path, received, send_as, udp_socket,
+    RunnableByAnyone, accepted, connect_as, in_scratch_namespace, ip, listen, netns_path, received, send_as,
+    udp_socket,
 };
 use trellis_proxy_init::validate::EXIT_NOT_REDIRECTED;
 
@@ -32,8 +33,15 @@ fn wire(pod: &str, peer: &str, tag: &str) {
 
 /// `trellis-proxy-init validate` inside the pod as the proxy's user: its exit code and stderr.
 fn validate_in(ns: &str, extra: &[&str]) -> (Option<i32>, String) {
+    let binary = RunnableByAnyone::copy(BIN);
     let out = in_namespace(Some(&netns_path(ns)), || {
-        Command::new(BIN).arg("validate").args(extra).args(["--timeout", "1s"]).uid(1337).gid(1337).output()
+        Command::new(&binary.path)
+            .arg("validate")
+            .args(extra)
+            .args(["--timeout", "1s"])
+            .uid(1337)
+            .gid(1337)
+            .output()
     })
     .unwrap()
     .unwrap();

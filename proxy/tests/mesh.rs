@@ -16,7 +16,7 @@ use common::Upstream;
 use trellis_proxy_init::apply::{self, Backend, in_namespace};
 use trellis_proxy_init::rules::build;
 use trellis_proxy_init::settings::Settings;
-use trellis_proxy_init::testing::{in_scratch_namespace, ip, netns_path};
+use trellis_proxy_init::testing::{RunnableByAnyone, in_scratch_namespace, ip, netns_path};
 
 const CLIENT_IP: &str = "10.79.0.1";
 const SERVER_IP: &str = "10.79.0.2";
@@ -52,9 +52,9 @@ impl Drop for PodProxy {
     }
 }
 
-fn start_proxy(ns: &str, config: &Path) -> PodProxy {
+fn start_proxy(ns: &str, binary: &Path, config: &Path) -> PodProxy {
     let child = in_namespace(Some(&netns_path(ns)), || {
-        Command::new(env!("CARGO_BIN_EXE_trellis-proxy"))
+        Command::new(binary)
             .arg("--config")
             .arg(config)
             .env("ISTIO_META_WORKLOAD_NAME", ns)
@@ -141,8 +141,9 @@ fn a_call_is_captured_routed_delivered_and_counted_on_both_sides() {
             let server_config = dir.path().join("server.yaml");
             std::fs::write(&client_config, CLIENT_CONFIG).unwrap();
             std::fs::write(&server_config, "").unwrap();
-            let _client_proxy = start_proxy(client, &client_config);
-            let _server_proxy = start_proxy(server, &server_config);
+            let binary = RunnableByAnyone::copy(env!("CARGO_BIN_EXE_trellis-proxy"));
+            let _client_proxy = start_proxy(client, &binary.path, &client_config);
+            let _server_proxy = start_proxy(server, &binary.path, &server_config);
 
             // The app in the server pod, on its own port.
             let runtime =
