@@ -1,10 +1,17 @@
-//! Compiles the `.proto` files with protox (no system `protoc`), then generates prost types and
-//! their proto3 JSON (serde) impls with pbjson.
+//! Compiles the `.proto` files with protox (no system `protoc`), then generates prost types, the
+//! tonic service for the discovery envelope, and the proto3 JSON (serde) impls of Trellis's own
+//! messages with pbjson.
 
 use std::path::PathBuf;
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let protos = ["proto/trellis/config/v1/config.proto"];
+    let protos = [
+        "proto/trellis/config/v1/config.proto",
+        "proto/envoy/service/discovery/v3/ads.proto",
+        "proto/envoy/service/discovery/v3/discovery.proto",
+        "proto/envoy/config/core/v3/base.proto",
+        "proto/google/rpc/status.proto",
+    ];
     for proto in protos {
         println!("cargo:rerun-if-changed={proto}");
     }
@@ -13,13 +20,12 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let descriptor_path = out.join("descriptors.bin");
     std::fs::write(&descriptor_path, prost::Message::encode_to_vec(&descriptors))?;
 
-    prost_build::Config::new()
-        .file_descriptor_set_path(&descriptor_path)
-        .skip_protoc_run()
-        .compile_well_known_types()
+    let mut config = prost_build::Config::new();
+    config.btree_map([".trellis"]);
+    tonic_prost_build::configure()
+        .compile_well_known_types(true)
         .extern_path(".google.protobuf", "::pbjson_types")
-        .btree_map([".trellis"])
-        .compile_protos(&protos, &["proto"])?;
+        .compile_fds_with_config(descriptors, config)?;
     pbjson_build::Builder::new()
         .register_descriptors(&std::fs::read(&descriptor_path)?)?
         .btree_map([".trellis"])

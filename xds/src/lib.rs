@@ -1,5 +1,6 @@
 //! The proxy's configuration model: protobuf messages (prost) with the proto3 JSON mapping
-//! (pbjson), compiled from `proto/` at build time without a system `protoc`.
+//! (pbjson), compiled from `proto/` at build time without a system `protoc`; and the delta xDS
+//! envelope (Envoy's discovery messages and ADS service) that carries them.
 
 /// `trellis.config.v1`: services, virtual hosts and routes, clusters, endpoints.
 pub mod config {
@@ -7,3 +8,37 @@ pub mod config {
     include!(concat!(env!("OUT_DIR"), "/trellis.config.v1.rs"));
     include!(concat!(env!("OUT_DIR"), "/trellis.config.v1.serde.rs"));
 }
+
+/// Envoy's packages, nested as prost expects, holding only the discovery envelope.
+pub mod envoy {
+    pub mod service {
+        pub mod discovery {
+            /// The delta discovery messages and the ADS service (client and server).
+            pub mod v3 {
+                #![allow(clippy::all, missing_docs)]
+                include!(concat!(env!("OUT_DIR"), "/envoy.service.discovery.v3.rs"));
+            }
+        }
+    }
+    pub mod config {
+        pub mod core {
+            /// The node a proxy introduces itself with.
+            pub mod v3 {
+                #![allow(clippy::all, missing_docs)]
+                include!(concat!(env!("OUT_DIR"), "/envoy.config.core.v3.rs"));
+            }
+        }
+    }
+}
+
+/// `google.rpc`: the status a NACK carries.
+pub mod google {
+    pub mod rpc {
+        #![allow(clippy::all, missing_docs)]
+        include!(concat!(env!("OUT_DIR"), "/google.rpc.rs"));
+    }
+}
+
+pub use envoy::service::discovery::v3 as discovery;
+
+pub mod types;

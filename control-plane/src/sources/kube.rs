@@ -1,0 +1,398 @@
+//! The Kubernetes config source (`trellisd --kubernetes`): watches Services, EndpointSlices,
+//! Pods, Namespaces and the Istio resources, and keeps the model in step with them.
+//!
+//! One kube-rs watcher per kind, each mirroring its kind into one map of the model
+//! ([`mirror`]): Services, EndpointSlices and Pods reduced to the model's neutral shapes
+//! ([`convert`]), Namespaces and Istio resources as `Resource`s, the Istio ones decoded and
+//! validated one by one ([`istio`]) so that an invalid resource is rejected alone and its last
+//! good version stays in force. Watch failures (API server down, watch expired) are retried with
+//! kube-rs's default backoff; nothing here panics on what the cluster sends.
+
+mod convert;
+mod istio;
+mod mirror;
+
+use std::collections::{BTreeMap, HashMap};
+use std::fmt::Debug;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use futures_util::StreamExt;
+use k8s_openapi::api::core::v1::{Namespace, Pod, Service};
+use k8s_openapi::api::discovery::v1::EndpointSlice;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use kube::api::{Api, DynamicObject};
+use kube::runtime::{WatchStreamExt, watcher};
+use kube::{Client, Resource as _};
+use serde::de::DeserializeOwned;
+use tokio::sync::watch;
+use tokio::task::JoinSet;
+use trellis_api::resource::{Kind, Resource};
+use trellis_api::validate::{Finding, Severity};
+
+use crate::model::{KubeEndpointSlice, KubePod, KubeService, Model, ModelHandle, ObjectKey};
+use mirror::{Admission, Mirror, Target};
+
+pub use convert::{EXPORT_TO_ANNOTATION, SERVICE_NAME_LABEL};
+
+/// The Istio kinds watched, at `v1`. Gateway too: the chart installs its CRD and the file
+/// source reads it, and translation must not depend on where config came from.
+pub const ISTIO_KINDS: [Kind; 8] = [
+    Kind::VirtualService,
+    Kind::DestinationRule,
+    Kind::ServiceEntry,
+    Kind::WorkloadEntry,
+    Kind::Sidecar,
+    Kind::Gateway,
+    Kind::PeerAuthentication,
+    Kind::AuthorizationPolicy,
+];
+
+/// The Kubernetes kinds watched besides the Istio ones.
+const CORE_KINDS: [&str; 4] = ["Service", "EndpointSlice", "Pod", "Namespace"];
+
+/// Most events applied to the model in one update. Events that are already waiting are
+/// applied together: the model is copied on every update, so one copy per event would make a
+/// burst (a rollout, a relist of thousands of pods) quadratic.
+const MAX_BATCH: usize = 1024;
+
+/// What the source reports while it runs, shared between [`run`] and whoever serves metrics
+/// and readiness. Cheap to clone; all clones see the same numbers.
+#[derive(Clone)]
+pub struct SourceStatus {
+    /// Rejected Istio resources per kind: one count per rejected version of an object (a
+    /// relist that sees the same rejected version again does not count it twice).
+    config_errors: Arc<BTreeMap<Kind, AtomicU64>>,
+    /// Per watched kind: whether it has been listed completely at least once.
+    synced: watch::Sender<BTreeMap<&'static str, bool>>,
+}
+
+impl Default for SourceStatus {
+    fn default() -> Self {
+        let config_errors = Kind::ALL.into_iter().map(|k| (k, AtomicU64::new(0))).collect();
+        let names = CORE_KINDS.into_iter().chain(ISTIO_KINDS.map(Kind::name));
+        SourceStatus {
+            config_errors: Arc::new(config_errors),
+            synced: watch::Sender::new(names.map(|n| (n, false)).collect()),
+        }
+    }
+}
+
+impl SourceStatus {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Istio resources of `kind` rejected so far: `trellisd_config_errors_total{source=
+    /// "kubernetes",kind}`, read at scrape time.
+    pub fn config_errors(&self, kind: Kind) -> u64 {
+        self.config_errors.get(&kind).map_or(0, |c| c.load(Ordering::Relaxed))
+    }
+
+    /// All rejections, every kind together.
+    pub fn config_errors_total(&self) -> u64 {
+        self.config_errors.values().map(|c| c.load(Ordering::Relaxed)).sum()
+    }
+
+    /// Whether every watched kind has been listed completely at least once. Until then the
+    /// model is partial (say, services without their endpoints), and proxies served from it
+    /// would drop traffic: readiness and the first push should wait for this.
+    pub fn is_synced(&self) -> bool {
+        self.synced.borrow().values().all(|done| *done)
+    }
+
+    /// Waits until [`SourceStatus::is_synced`].
+    pub async fn wait_synced(&self) {
+        let mut rx = self.synced.subscribe();
+        // The sender lives in `self`, so the channel cannot close while we wait.
+        let _ = rx.wait_for(|kinds| kinds.values().all(|done| *done)).await;
+    }
+
+    /// The kinds not listed yet, for a readiness message.
+    pub fn unsynced(&self) -> Vec<&'static str> {
+        self.synced.borrow().iter().filter(|(_, done)| !**done).map(|(name, _)| *name).collect()
+    }
+
+    fn count_rejection(&self, kind: Kind) {
+        if let Some(counter) = self.config_errors.get(&kind) {
+            counter.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    fn mark_synced(&self, name: &'static str) {
+        self.synced.send_if_modified(|kinds| kinds.insert(name, true) != Some(true));
+    }
+}
+
+/// Watches the cluster through `client` and keeps `model` in step, until the returned future is
+/// dropped (it never completes on its own). `status` counts rejected resources and says when
+/// every kind has been listed.
+pub async fn run(client: Client, model: ModelHandle, status: SourceStatus) {
+    let mut tasks = JoinSet::new();
+    let context = |name| Context { name, model: model.clone(), status: status.clone() };
+    tasks.spawn(watch(Api::<Service>::all(client.clone()), Services, context("Service")));
+    tasks.spawn(watch(Api::<EndpointSlice>::all(client.clone()), EndpointSlices, context("EndpointSlice")));
+    tasks.spawn(watch(Api::<Pod>::all(client.clone()), Pods, context("Pod")));
+    tasks.spawn(watch(Api::<Namespace>::all(client.clone()), Namespaces, context("Namespace")));
+    for kind in ISTIO_KINDS {
+        let api = Api::<DynamicObject>::all_with(client.clone(), &istio::api_resource(kind));
+        let target = IstioKind { kind, status: status.clone(), reported: HashMap::new() };
+        tasks.spawn(watch(api, target, context(kind.name())));
+    }
+    // Watchers never end: a task that does has panicked, and its kind no longer updates.
+    while let Some(done) = tasks.join_next().await {
+        if let Err(e) = done {
+            tracing::error!(error = %e, "a Kubernetes watcher stopped; its kind no longer updates");
+        }
+    }
+}
+
+/// What a watcher loop needs besides its API and target.
+struct Context {
+    /// The kind, as logs and [`SourceStatus`] name it.
+    name: &'static str,
+    model: ModelHandle,
+    status: SourceStatus,
+}
+
+/// One watcher: events in, model updates out, forever.
+async fn watch<T>(api: Api<T::Object>, target: T, cx: Context)
+where
+    T: Target + Send + 'static,
+    T::Object: kube::Resource + Clone + DeserializeOwned + Debug + Send + 'static,
+    T::Key: Send,
+    T::Value: Send + std::marker::Sync,
+{
+    let mut mirror = Mirror::new(target);
+    let mut events =
+        watcher(api, watcher::Config::default()).default_backoff().ready_chunks(MAX_BATCH).boxed();
+    let mut missing_reported = false;
+    while let Some(batch) = events.next().await {
+        let mut edits = Vec::new();
+        let mut listed = false;
+        for event in batch {
+            match event {
+                Ok(event) => listed |= mirror.handle(event, &mut edits),
+                Err(e) => on_watch_error(&cx, &e, &mut missing_reported),
+            }
+        }
+        if !edits.is_empty() {
+            cx.model.update(|model| mirror::apply::<T>(model, edits));
+        }
+        if listed {
+            missing_reported = false;
+            cx.status.mark_synced(cx.name);
+        }
+    }
+}
+
+/// Logs a watch failure; the backoff in the stream does the retrying.
+fn on_watch_error(cx: &Context, e: &watcher::Error, missing_reported: &mut bool) {
+    match e {
+        // The server forgot our resourceVersion: routine, the watcher relists.
+        watcher::Error::WatchError(status) if status.code == 410 => {
+            tracing::debug!(kind = cx.name, "watch expired; relisting");
+        }
+        // The CRD is not installed. No CRD means no objects: the kind counts as listed so that
+        // readiness does not wait for it, and the watcher keeps trying in case it appears.
+        watcher::Error::InitialListFailed(kube::Error::Api(status)) if status.code == 404 => {
+            if !std::mem::replace(missing_reported, true) {
+                tracing::warn!(
+                    kind = cx.name,
+                    "the API server does not serve {}; is its CRD installed?",
+                    cx.name
+                );
+            }
+            cx.status.mark_synced(cx.name);
+        }
+        e => tracing::warn!(kind = cx.name, error = %e, "watching {} failed; retrying", cx.name),
+    }
+}
+
+/// Drops what only the API server needs: managed fields and kubectl's copy of the last applied
+/// object are often larger than the object itself, and the model holds every object.
+fn trim(meta: &mut ObjectMeta) {
+    meta.managed_fields = None;
+    if let Some(annotations) = &mut meta.annotations {
+        annotations.remove("kubectl.kubernetes.io/last-applied-configuration");
+    }
+}
+
+fn namespaced(meta: &ObjectMeta) -> (String, String) {
+    (meta.namespace.clone().unwrap_or_default(), meta.name.clone().unwrap_or_default())
+}
+
+struct Services;
+
+impl Target for Services {
+    type Object = Service;
+    type Key = (String, String);
+    type Value = KubeService;
+
+    fn slot(model: &mut Model) -> &mut BTreeMap<Self::Key, Arc<Self::Value>> {
+        &mut model.services
+    }
+
+    fn key(&self, svc: &Service) -> Self::Key {
+        namespaced(svc.meta())
+    }
+
+    fn admit(&mut self, _: &Self::Key, svc: Service) -> Admission<KubeService> {
+        Admission::Store(convert::service(&svc))
+    }
+}
+
+struct EndpointSlices;
+
+impl Target for EndpointSlices {
+    type Object = EndpointSlice;
+    type Key = (String, String);
+    type Value = KubeEndpointSlice;
+
+    fn slot(model: &mut Model) -> &mut BTreeMap<Self::Key, Arc<Self::Value>> {
+        &mut model.endpoint_slices
+    }
+
+    fn key(&self, slice: &EndpointSlice) -> Self::Key {
+        namespaced(slice.meta())
+    }
+
+    fn admit(&mut self, _: &Self::Key, slice: EndpointSlice) -> Admission<KubeEndpointSlice> {
+        convert::endpoint_slice(&slice).map_or(Admission::Ignore, Admission::Store)
+    }
+}
+
+struct Pods;
+
+impl Target for Pods {
+    type Object = Pod;
+    type Key = (String, String);
+    type Value = KubePod;
+
+    fn slot(model: &mut Model) -> &mut BTreeMap<Self::Key, Arc<Self::Value>> {
+        &mut model.pods
+    }
+
+    fn key(&self, pod: &Pod) -> Self::Key {
+        namespaced(pod.meta())
+    }
+
+    fn admit(&mut self, _: &Self::Key, pod: Pod) -> Admission<KubePod> {
+        convert::pod(&pod).map_or(Admission::Ignore, Admission::Store)
+    }
+}
+
+/// Namespaces are stored whole (their labels decide injection and discovery). They are not run
+/// through Trellis's validation: the API server has validated them, and what our checks add
+/// about injection labels are warnings the injector reports.
+struct Namespaces;
+
+impl Target for Namespaces {
+    type Object = Namespace;
+    type Key = ObjectKey;
+    type Value = Resource;
+
+    fn slot(model: &mut Model) -> &mut BTreeMap<Self::Key, Arc<Self::Value>> {
+        &mut model.resources
+    }
+
+    fn key(&self, ns: &Namespace) -> ObjectKey {
+        ObjectKey::new(Kind::Namespace, "", ns.meta().name.clone().unwrap_or_default())
+    }
+
+    fn admit(&mut self, _: &ObjectKey, mut ns: Namespace) -> Admission<Resource> {
+        trim(&mut ns.metadata);
+        Admission::Store(Resource::Namespace(Box::new(ns)))
+    }
+}
+
+/// One Istio kind, decoded and validated object by object.
+struct IstioKind {
+    kind: Kind,
+    status: SourceStatus,
+    /// The resourceVersion whose findings were last logged, per object: a relist (or an
+    /// unchanged re-delivery) of the same version is not logged or counted again.
+    reported: HashMap<ObjectKey, String>,
+}
+
+impl IstioKind {
+    /// True the first time findings about this version of `key` come up.
+    fn first_report(&mut self, key: &ObjectKey, version: Option<String>) -> bool {
+        match version.filter(|v| !v.is_empty()) {
+            Some(version) => self.reported.insert(key.clone(), version.clone()).as_ref() != Some(&version),
+            None => true,
+        }
+    }
+}
+
+impl Target for IstioKind {
+    type Object = DynamicObject;
+    type Key = ObjectKey;
+    type Value = Resource;
+
+    fn slot(model: &mut Model) -> &mut BTreeMap<Self::Key, Arc<Self::Value>> {
+        &mut model.resources
+    }
+
+    fn key(&self, object: &DynamicObject) -> ObjectKey {
+        let (namespace, name) = namespaced(&object.metadata);
+        ObjectKey::new(self.kind, namespace, name)
+    }
+
+    fn admit(&mut self, key: &ObjectKey, mut object: DynamicObject) -> Admission<Resource> {
+        trim(&mut object.metadata);
+        let version = object.metadata.resource_version.clone();
+        match istio::check(self.kind, object) {
+            Ok(accepted) => {
+                if accepted.warnings.is_empty() {
+                    self.reported.remove(key);
+                } else if self.first_report(key, version) {
+                    log_findings(key, &accepted.warnings);
+                }
+                Admission::Store(accepted.resource)
+            }
+            Err(findings) => {
+                if self.first_report(key, version) {
+                    self.status.count_rejection(self.kind);
+                    log_findings(key, &findings);
+                }
+                Admission::KeepPrevious
+            }
+        }
+    }
+
+    fn forget(&mut self, key: &ObjectKey) {
+        self.reported.remove(key);
+    }
+}
+
+/// One line per finding: `rejected VirtualService shop/reviews: spec.hosts: required`.
+/// Warnings (which do not reject) read `VirtualService shop/reviews: warning: ...`.
+fn log_findings(key: &ObjectKey, findings: &[Finding]) {
+    let (kind, ns, name) = (key.kind, &key.namespace, &key.name);
+    for finding in findings {
+        let problem = if finding.field.is_empty() {
+            finding.message.clone()
+        } else {
+            format!("{}: {}", finding.field, finding.message)
+        };
+        let fields = (key.kind.name(), ns.as_str(), name.as_str(), finding.field.as_str());
+        if finding.severity == Severity::Error {
+            tracing::warn!(
+                kind = fields.0,
+                namespace = fields.1,
+                name = fields.2,
+                field = fields.3,
+                "rejected {kind} {ns}/{name}: {problem}"
+            );
+        } else {
+            tracing::warn!(
+                kind = fields.0,
+                namespace = fields.1,
+                name = fields.2,
+                field = fields.3,
+                "{kind} {ns}/{name}: warning: {problem}"
+            );
+        }
+    }
+}

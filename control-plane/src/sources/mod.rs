@@ -1,0 +1,3 @@
+//! Where the model's objects come from.
+
+pub mod kube;

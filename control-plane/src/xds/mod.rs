@@ -1,0 +1,4 @@
+//! The delta xDS server: packed per-scope resources, per-proxy sessions, and the gRPC service.
+
+pub mod resources;
+pub mod session;

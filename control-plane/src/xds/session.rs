@@ -1,0 +1,504 @@
+//! One proxy's delta xDS session: what it subscribed to, what it holds, and which responses it
+//! has acknowledged. Pure state: the server feeds it requests and new resources and sends what
+//! it returns.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+
+use trellis_xds::discovery::{DeltaDiscoveryRequest, DeltaDiscoveryResponse, Resource};
+use trellis_xds::types::ResourceType;
+
+use super::resources::{ScopeResources, TypeMap};
+
+/// What the proxy holds of one type, as far as the server knows.
+#[derive(Clone, Debug)]
+enum Known {
+    /// Exactly the resources of this (shared) map: the common case for wildcard types, and
+    /// free in memory however large the map.
+    Shared(TypeMap),
+    /// Names and versions, for on-demand types.
+    Own(BTreeMap<String, u64>),
+}
+
+impl Default for Known {
+    fn default() -> Self {
+        Known::Own(BTreeMap::new())
+    }
+}
+
+impl Known {
+    fn version(&self, name: &str) -> Option<u64> {
+        match self {
+            Known::Shared(map) => map.get(name).map(|e| e.version),
+            Known::Own(map) => map.get(name).copied(),
+        }
+    }
+
+    fn names(&self) -> Vec<&str> {
+        match self {
+            Known::Shared(map) => map.keys().map(String::as_str).collect(),
+            Known::Own(map) => map.keys().map(String::as_str).collect(),
+        }
+    }
+}
+
+/// A NACK, as the proxy sent it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Nack {
+    pub generation: u64,
+    pub message: String,
+}
+
+/// Per type: what was last sent and what came back.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct TypeStatus {
+    /// Model generation of the last response sent.
+    pub sent: Option<u64>,
+    /// Model generation of the last response acknowledged.
+    pub acked: Option<u64>,
+    /// Set while the last response is rejected.
+    pub nack: Option<Nack>,
+}
+
+#[derive(Debug, Default)]
+struct TypeState {
+    opened: bool,
+    wildcard: bool,
+    explicit: BTreeSet<String>,
+    /// Subscribed since the last push: answered even when the proxy already holds them.
+    forced: BTreeSet<String>,
+    known: Known,
+    /// The last response's nonce and generation; ACKs of older nonces are stale.
+    latest: Option<(String, u64)>,
+    status: TypeStatus,
+}
+
+#[derive(Debug, Default)]
+pub struct Session {
+    types: BTreeMap<ResourceType, TypeState>,
+    next_nonce: u64,
+}
+
+/// What a request meant.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Handled {
+    /// Subscriptions changed: push now.
+    pub push: bool,
+    /// A NACK for the latest response of its type.
+    pub nack: Option<(ResourceType, String)>,
+    /// An ACK or NACK of a response that was not the latest of its type (ignored).
+    pub stale: bool,
+}
+
+const WILDCARD: &str = "*";
+
+impl Session {
+    /// Applies one request. An unknown type is an error for the caller to log; the stream
+    /// goes on.
+    pub fn handle(&mut self, request: &DeltaDiscoveryRequest) -> Result<Handled, String> {
+        let kind = ResourceType::from_type_url(&request.type_url)
+            .ok_or_else(|| format!("type_url: {:?} is not a type Trellis serves", request.type_url))?;
+        let state = self.types.entry(kind).or_default();
+        let mut handled = Handled::default();
+
+        if !request.response_nonce.is_empty() {
+            match &state.latest {
+                Some((nonce, generation)) if *nonce == request.response_nonce => {
+                    match &request.error_detail {
+                        Some(status) => {
+                            state.status.nack =
+                                Some(Nack { generation: *generation, message: status.message.clone() });
+                            handled.nack = Some((kind, status.message.clone()));
+                        }
+                        None => {
+                            state.status.acked = Some(*generation);
+                            state.status.nack = None;
+                        }
+                    }
+                }
+                _ => handled.stale = true,
+            }
+        }
+
+        if !state.opened {
+            state.opened = true;
+            handled.push = true;
+            if !request.initial_resource_versions.is_empty() {
+                // A reconnecting proxy says what it holds; versions we cannot read count as
+                // "holds something else", so those resources are sent again.
+                state.known = Known::Own(
+                    request
+                        .initial_resource_versions
+                        .iter()
+                        .map(|(name, v)| (name.clone(), u64::from_str_radix(v, 16).unwrap_or(0)))
+                        .collect(),
+                );
+            }
+            if kind.is_wildcard() && request.resource_names_subscribe.is_empty() {
+                state.wildcard = true;
+            }
+        }
+        for name in &request.resource_names_subscribe {
+            handled.push = true;
+            if name == WILDCARD {
+                state.wildcard = true;
+            } else {
+                state.explicit.insert(name.clone());
+                state.forced.insert(name.clone());
+            }
+        }
+        for name in &request.resource_names_unsubscribe {
+            handled.push = true;
+            if name == WILDCARD {
+                state.wildcard = false;
+            } else {
+                state.explicit.remove(name);
+                state.forced.remove(name);
+            }
+        }
+        Ok(handled)
+    }
+
+    /// The responses that bring the proxy from what it holds to `resources`, in the order they
+    /// must be sent: additions and updates by [`ResourceType::PUSH_ORDER`], then removals in
+    /// the reverse order. Empty when the proxy is up to date.
+    pub fn push(&mut self, resources: &ScopeResources, generation: u64) -> Vec<DeltaDiscoveryResponse> {
+        let desired = self.desired(resources);
+        let mut updates = Vec::new();
+        let mut removals = Vec::new();
+        for kind in ResourceType::PUSH_ORDER {
+            let Some(state) = self.types.get_mut(&kind) else { continue };
+            if !state.opened {
+                continue;
+            }
+            let current = resources.of(kind);
+            let wanted = &desired[&kind];
+            if let Known::Shared(held) = &state.known
+                && Arc::ptr_eq(held, &current)
+                && state.forced.is_empty()
+                && wanted.len() == current.len()
+            {
+                continue;
+            }
+            let mut changed = Vec::new();
+            for name in wanted {
+                let Some(entry) = current.get(name.as_str()) else { continue };
+                if state.forced.contains(name.as_str()) || state.known.version(name) != Some(entry.version) {
+                    changed.push(Resource {
+                        name: name.clone(),
+                        version: format!("{:016x}", entry.version),
+                        resource: Some(entry.any.clone()),
+                        ..Default::default()
+                    });
+                }
+            }
+            let mut removed: Vec<String> = state
+                .known
+                .names()
+                .into_iter()
+                .filter(|n| !wanted.contains(*n) || !current.contains_key(*n))
+                .map(str::to_owned)
+                .collect();
+            // A name asked for that does not exist: say so, so the proxy stops waiting for it.
+            removed.extend(state.forced.iter().filter(|n| !current.contains_key(n.as_str())).cloned());
+            removed.sort();
+            removed.dedup();
+
+            state.known = if state.wildcard && wanted.len() == current.len() {
+                Known::Shared(current.clone())
+            } else {
+                Known::Own(
+                    wanted
+                        .iter()
+                        .filter_map(|n| current.get(n.as_str()).map(|e| (n.clone(), e.version)))
+                        .collect(),
+                )
+            };
+            state.forced.clear();
+            if !changed.is_empty() {
+                updates.push((kind, changed));
+            }
+            if !removed.is_empty() {
+                removals.push((kind, removed));
+            }
+        }
+        let mut out = Vec::new();
+        for (kind, resources) in updates {
+            out.push(self.response(kind, generation, resources, Vec::new()));
+        }
+        for (kind, removed) in removals.into_iter().rev() {
+            out.push(self.response(kind, generation, Vec::new(), removed));
+        }
+        out
+    }
+
+    /// Per type, the names the proxy should hold: its subscriptions plus, for what it holds,
+    /// what that refers to.
+    fn desired(&self, resources: &ScopeResources) -> BTreeMap<ResourceType, BTreeSet<String>> {
+        let mut desired: BTreeMap<ResourceType, BTreeSet<String>> = BTreeMap::new();
+        // Top-down: a service's dependants first, so references flow towards endpoints.
+        for kind in ResourceType::PUSH_ORDER.into_iter().rev() {
+            let mut names = desired.remove(&kind).unwrap_or_default();
+            if let Some(state) = self.types.get(&kind) {
+                if state.wildcard {
+                    names.extend(resources.of(kind).keys().cloned());
+                }
+                names.extend(state.explicit.iter().cloned());
+            }
+            if let Some(below) = referenced_type(kind) {
+                let map = resources.of(kind);
+                let deps: Vec<String> = names
+                    .iter()
+                    .filter_map(|n| map.get(n.as_str()))
+                    .flat_map(|e| e.deps.iter().cloned())
+                    .collect();
+                desired.entry(below).or_default().extend(deps);
+            }
+            desired.insert(kind, names);
+        }
+        desired
+    }
+
+    fn response(
+        &mut self,
+        kind: ResourceType,
+        generation: u64,
+        resources: Vec<Resource>,
+        removed: Vec<String>,
+    ) -> DeltaDiscoveryResponse {
+        self.next_nonce += 1;
+        let nonce = self.next_nonce.to_string();
+        if let Some(state) = self.types.get_mut(&kind) {
+            state.latest = Some((nonce.clone(), generation));
+            state.status.sent = Some(generation);
+        }
+        DeltaDiscoveryResponse {
+            system_version_info: generation.to_string(),
+            resources,
+            type_url: kind.type_url().to_owned(),
+            nonce,
+            removed_resources: removed,
+        }
+    }
+
+    /// Per type: sent, acknowledged, rejected.
+    pub fn status(&self) -> BTreeMap<ResourceType, TypeStatus> {
+        self.types.iter().map(|(k, s)| (*k, s.status.clone())).collect()
+    }
+
+    /// Number of resources the proxy holds, per type.
+    pub fn held(&self) -> BTreeMap<ResourceType, usize> {
+        self.types.iter().map(|(k, s)| (*k, s.known.names().len())).collect()
+    }
+}
+
+fn referenced_type(kind: ResourceType) -> Option<ResourceType> {
+    match kind {
+        ResourceType::VirtualHost => Some(ResourceType::Cluster),
+        ResourceType::Cluster => Some(ResourceType::Endpoints),
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use trellis_xds::config as pb;
+    use trellis_xds::google::rpc::Status;
+
+    /// Service `web` (port 80) routed to clusters `a` (and `b` when split), each on endpoint set
+    /// `web:80`; service `db` with cluster `db`.
+    fn config(split: bool) -> pb::ProxyConfig {
+        let mut clusters = vec![pb::WeightedCluster { cluster: "a".into(), weight: 90 }];
+        if split {
+            clusters.push(pb::WeightedCluster { cluster: "b".into(), weight: 10 });
+        }
+        let cluster = |name: &str, svc: &str| pb::Cluster {
+            name: name.into(),
+            service: svc.into(),
+            ..Default::default()
+        };
+        pb::ProxyConfig {
+            services: vec![
+                pb::Service { name: "web".into(), ..Default::default() },
+                pb::Service { name: "db".into(), ..Default::default() },
+            ],
+            virtual_hosts: vec![pb::VirtualHost {
+                name: "web:80".into(),
+                routes: vec![pb::Route {
+                    action: Some(pb::route::Action::Forward(pb::Forward { clusters })),
+                    ..Default::default()
+                }],
+            }],
+            clusters: vec![cluster("a", "web:80"), cluster("b", "web:80"), cluster("db", "db:5432")],
+            endpoints: vec![
+                pb::ServiceEndpoints { service: "web:80".into(), ..Default::default() },
+                pb::ServiceEndpoints { service: "db:5432".into(), ..Default::default() },
+            ],
+            ..Default::default()
+        }
+    }
+
+    fn request(kind: ResourceType, subscribe: &[&str]) -> DeltaDiscoveryRequest {
+        DeltaDiscoveryRequest {
+            type_url: kind.type_url().into(),
+            resource_names_subscribe: subscribe.iter().map(|s| s.to_string()).collect(),
+            ..Default::default()
+        }
+    }
+
+    fn open_all(session: &mut Session) {
+        for kind in ResourceType::PUSH_ORDER {
+            session.handle(&request(kind, &[])).unwrap();
+        }
+    }
+
+    /// `type:name,name|removed:name` per response, for compact assertions.
+    fn summary(responses: &[DeltaDiscoveryResponse]) -> Vec<String> {
+        responses
+            .iter()
+            .map(|r| {
+                let kind = ResourceType::from_type_url(&r.type_url).unwrap().short_name();
+                let names: Vec<&str> = r.resources.iter().map(|x| x.name.as_str()).collect();
+                if r.removed_resources.is_empty() {
+                    format!("{kind}:{}", names.join(","))
+                } else {
+                    format!("{kind}-removed:{}", r.removed_resources.join(","))
+                }
+            })
+            .collect()
+    }
+
+    fn ack(session: &mut Session, response: &DeltaDiscoveryResponse) -> Handled {
+        session
+            .handle(&DeltaDiscoveryRequest {
+                type_url: response.type_url.clone(),
+                response_nonce: response.nonce.clone(),
+                ..Default::default()
+            })
+            .unwrap()
+    }
+
+    #[test]
+    fn a_new_proxy_gets_the_address_table_and_settings_only() {
+        let resources = ScopeResources::pack(&config(false), None);
+        let mut session = Session::default();
+        open_all(&mut session);
+        assert_eq!(summary(&session.push(&resources, 1)), ["settings:settings", "service:db,web"]);
+        assert!(session.push(&resources, 1).is_empty(), "nothing changed, nothing sent");
+    }
+
+    #[test]
+    fn a_virtual_host_comes_after_its_clusters_and_their_endpoints() {
+        let resources = ScopeResources::pack(&config(false), None);
+        let mut session = Session::default();
+        open_all(&mut session);
+        session.push(&resources, 1);
+        let handled = session.handle(&request(ResourceType::VirtualHost, &["web:80"])).unwrap();
+        assert!(handled.push);
+        assert_eq!(
+            summary(&session.push(&resources, 1)),
+            ["endpoints:web:80", "cluster:a", "virtualhost:web:80"]
+        );
+        assert_eq!(session.held()[&ResourceType::Service], 2);
+        assert_eq!(session.held()[&ResourceType::Cluster], 1, "only what the proxy uses");
+    }
+
+    #[test]
+    fn a_new_split_sends_the_new_cluster_first_and_a_dropped_one_is_removed_last() {
+        let before = ScopeResources::pack(&config(false), None);
+        let after = ScopeResources::pack(&config(true), Some(&before));
+        let mut session = Session::default();
+        open_all(&mut session);
+        session.handle(&request(ResourceType::VirtualHost, &["web:80"])).unwrap();
+        session.push(&before, 1);
+        assert_eq!(summary(&session.push(&after, 2)), ["cluster:b", "virtualhost:web:80"]);
+        assert_eq!(summary(&session.push(&before, 3)), ["virtualhost:web:80", "cluster-removed:b"]);
+    }
+
+    #[test]
+    fn a_reconnecting_proxy_is_sent_only_what_it_lacks() {
+        let resources = ScopeResources::pack(&config(false), None);
+        let services = resources.of(ResourceType::Service);
+        let mut session = Session::default();
+        let mut first = request(ResourceType::Service, &[]);
+        first.initial_resource_versions = [
+            ("web".to_string(), format!("{:016x}", services["web"].version)),
+            ("db".to_string(), "stale".to_string()),
+            ("gone".to_string(), "0000000000000001".to_string()),
+        ]
+        .into();
+        session.handle(&first).unwrap();
+        assert_eq!(summary(&session.push(&resources, 7)), ["service:db", "service-removed:gone"]);
+    }
+
+    #[test]
+    fn acks_nacks_and_stale_nonces() {
+        let before = ScopeResources::pack(&config(false), None);
+        let after = ScopeResources::pack(&config(true), Some(&before));
+        let mut session = Session::default();
+        open_all(&mut session);
+        session.handle(&request(ResourceType::VirtualHost, &["web:80"])).unwrap();
+        let first = session.push(&before, 1);
+        let vh = first.iter().find(|r| r.type_url == ResourceType::VirtualHost.type_url()).unwrap().clone();
+        let second = session.push(&after, 2);
+        let vh2 = second.iter().find(|r| r.type_url == ResourceType::VirtualHost.type_url()).unwrap().clone();
+
+        assert!(ack(&mut session, &vh).stale, "an ACK of an older response is ignored");
+        assert_eq!(session.status()[&ResourceType::VirtualHost].acked, None);
+
+        let nack = DeltaDiscoveryRequest {
+            type_url: vh2.type_url.clone(),
+            response_nonce: vh2.nonce.clone(),
+            error_detail: Some(Status { code: 3, message: "cluster b: bad".into(), details: vec![] }),
+            ..Default::default()
+        };
+        let handled = session.handle(&nack).unwrap();
+        assert_eq!(handled.nack, Some((ResourceType::VirtualHost, "cluster b: bad".into())));
+        let status = &session.status()[&ResourceType::VirtualHost];
+        assert_eq!((status.sent, status.acked), (Some(2), None));
+        assert_eq!(status.nack.as_ref().map(|n| n.generation), Some(2));
+        assert!(session.push(&after, 2).is_empty(), "a rejected version is not resent as is");
+
+        let third = session.push(&before, 3);
+        let vh3 = third.iter().find(|r| r.type_url == ResourceType::VirtualHost.type_url()).unwrap().clone();
+        ack(&mut session, &vh3);
+        let status = &session.status()[&ResourceType::VirtualHost];
+        assert_eq!((status.acked, status.nack.clone()), (Some(3), None));
+    }
+
+    #[test]
+    fn asking_again_resends_and_asking_for_nothing_known_says_removed() {
+        let resources = ScopeResources::pack(&config(false), None);
+        let mut session = Session::default();
+        open_all(&mut session);
+        session.handle(&request(ResourceType::Cluster, &["db"])).unwrap();
+        assert_eq!(
+            summary(&session.push(&resources, 1)),
+            ["settings:settings", "endpoints:db:5432", "cluster:db", "service:db,web"]
+        );
+        session.handle(&request(ResourceType::Cluster, &["db", "nope"])).unwrap();
+        assert_eq!(summary(&session.push(&resources, 1)), ["cluster:db", "cluster-removed:nope"]);
+        let unsubscribe = DeltaDiscoveryRequest {
+            type_url: ResourceType::Cluster.type_url().into(),
+            resource_names_unsubscribe: vec!["db".into()],
+            ..Default::default()
+        };
+        session.handle(&unsubscribe).unwrap();
+        assert_eq!(
+            summary(&session.push(&resources, 1)),
+            ["cluster-removed:db", "endpoints-removed:db:5432"],
+            "referrers go first"
+        );
+    }
+
+    #[test]
+    fn an_unknown_type_is_an_error_naming_it() {
+        let mut session = Session::default();
+        let err = session.handle(&DeltaDiscoveryRequest {
+            type_url: "type.googleapis.com/x.Y".into(),
+            ..Default::default()
+        });
+        assert_eq!(err.unwrap_err(), "type_url: \"type.googleapis.com/x.Y\" is not a type Trellis serves");
+    }
+}

@@ -1,0 +1,236 @@
+//! The resource types carried over delta xDS, shared by the proxy and the control plane: their
+//! type URLs, the order a push sends them in, how a resource is packed and versioned, and how a
+//! proxy introduces itself in the node metadata.
+
+use std::collections::BTreeMap;
+
+use pbjson_types::{Any, Struct, Value, value::Kind};
+use prost::Message;
+
+use crate::config as pb;
+use crate::envoy::config::core::v3::Node;
+
+/// A kind of resource the proxy holds. The proxy subscribes to `Settings` and `Service` with
+/// a wildcard (every proxy needs them, and they are small); the rest on demand, by name.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum ResourceType {
+    /// Mesh-wide settings for this proxy: a `ProxyConfig` with only its top-level fields, named
+    /// [`SETTINGS_NAME`].
+    Settings,
+    /// `ServiceEndpoints`, named by their `service` field.
+    Endpoints,
+    /// `Cluster`, named by `name`.
+    Cluster,
+    /// `VirtualHost`, named by `name` (`host:port`).
+    VirtualHost,
+    /// `Service`: the address table, named by `name`.
+    Service,
+}
+
+pub const SETTINGS_NAME: &str = "settings";
+
+impl ResourceType {
+    /// Additions and updates are sent in this order, so a resource never arrives before what
+    /// it refers to (a virtual host after its clusters, a cluster after its endpoints);
+    /// removals go in the reverse order.
+    pub const PUSH_ORDER: [ResourceType; 5] = [
+        ResourceType::Settings,
+        ResourceType::Endpoints,
+        ResourceType::Cluster,
+        ResourceType::VirtualHost,
+        ResourceType::Service,
+    ];
+
+    pub fn type_url(self) -> &'static str {
+        match self {
+            ResourceType::Settings => "type.googleapis.com/trellis.config.v1.ProxyConfig",
+            ResourceType::Endpoints => "type.googleapis.com/trellis.config.v1.ServiceEndpoints",
+            ResourceType::Cluster => "type.googleapis.com/trellis.config.v1.Cluster",
+            ResourceType::VirtualHost => "type.googleapis.com/trellis.config.v1.VirtualHost",
+            ResourceType::Service => "type.googleapis.com/trellis.config.v1.Service",
+        }
+    }
+
+    pub fn from_type_url(url: &str) -> Option<ResourceType> {
+        Self::PUSH_ORDER.into_iter().find(|t| t.type_url() == url)
+    }
+
+    /// A short name for metrics and tables.
+    pub fn short_name(self) -> &'static str {
+        match self {
+            ResourceType::Settings => "settings",
+            ResourceType::Endpoints => "endpoints",
+            ResourceType::Cluster => "cluster",
+            ResourceType::VirtualHost => "virtualhost",
+            ResourceType::Service => "service",
+        }
+    }
+
+    /// Whether the proxy subscribes to every resource of this type (wildcard) rather than by
+    /// name.
+    pub fn is_wildcard(self) -> bool {
+        matches!(self, ResourceType::Settings | ResourceType::Service)
+    }
+}
+
+/// Packs a message as `Any` with its type URL.
+pub fn pack<M: Message>(kind: ResourceType, message: &M) -> Any {
+    Any { type_url: kind.type_url().to_owned(), value: message.encode_to_vec().into() }
+}
+
+/// A resource's version: a hash of its encoding, so the same content has the same version in
+/// every control-plane process (a restarted control plane and a reconnecting proxy agree on
+/// what the proxy already holds, and nothing is resent).
+pub fn version_of(encoded: &[u8]) -> String {
+    format!("{:016x}", xxhash_rust::xxh64::xxh64(encoded, 0))
+}
+
+/// The `Settings` resource of a full config: its top-level fields only.
+pub fn settings_of(config: &pb::ProxyConfig) -> pb::ProxyConfig {
+    pb::ProxyConfig {
+        outbound_policy: config.outbound_policy,
+        opaque_ports: config.opaque_ports.clone(),
+        protocol_detection_timeout: config.protocol_detection_timeout,
+        limits: config.limits,
+        ..Default::default()
+    }
+}
+
+/// Who a proxy is, as it says in its node: Istio's `ISTIO_META_*` names in the metadata.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ProxyNode {
+    pub id: String,
+    pub namespace: String,
+    pub workload: String,
+    pub labels: BTreeMap<String, String>,
+}
+
+const META_NAMESPACE: &str = "NAMESPACE";
+const META_WORKLOAD: &str = "WORKLOAD_NAME";
+const META_LABELS: &str = "LABELS";
+/// Longest node id or metadata string accepted from a client.
+const MAX_NODE_STRING: usize = 253;
+const MAX_LABELS: usize = 64;
+
+impl ProxyNode {
+    pub fn to_node(&self) -> Node {
+        let string = |s: &str| Value { kind: Some(Kind::StringValue(s.to_owned())) };
+        let labels = Struct { fields: self.labels.iter().map(|(k, v)| (k.clone(), string(v))).collect() };
+        let mut fields = std::collections::HashMap::new();
+        fields.insert(META_NAMESPACE.to_owned(), string(&self.namespace));
+        fields.insert(META_WORKLOAD.to_owned(), string(&self.workload));
+        fields.insert(META_LABELS.to_owned(), Value { kind: Some(Kind::StructValue(labels)) });
+        Node {
+            id: self.id.clone(),
+            cluster: self.workload.clone(),
+            metadata: Some(Struct { fields: fields.into_iter().collect() }),
+            user_agent_name: "trellis-proxy".to_owned(),
+        }
+    }
+
+    /// Reads a node sent by a client. Errors name the field and value.
+    pub fn from_node(node: &Node) -> Result<ProxyNode, String> {
+        let bounded = |field: &str, s: &str| {
+            if s.len() > MAX_NODE_STRING {
+                Err(format!("node.{field}: {} bytes, at most {MAX_NODE_STRING} are accepted", s.len()))
+            } else {
+                Ok(s.to_owned())
+            }
+        };
+        if node.id.is_empty() {
+            return Err("node.id: required".to_owned());
+        }
+        let id = bounded("id", &node.id)?;
+        let empty = Struct::default();
+        let metadata = node.metadata.as_ref().unwrap_or(&empty);
+        let string_field = |name: &str| -> Result<String, String> {
+            match metadata.fields.get(name).and_then(|v| v.kind.as_ref()) {
+                None => Ok(String::new()),
+                Some(Kind::StringValue(s)) => bounded(&format!("metadata.{name}"), s),
+                Some(_) => Err(format!("node.metadata.{name}: must be a string")),
+            }
+        };
+        let namespace = string_field(META_NAMESPACE)?;
+        if namespace.is_empty() {
+            return Err(format!("node.metadata.{META_NAMESPACE}: required"));
+        }
+        let workload = string_field(META_WORKLOAD)?;
+        let mut labels = BTreeMap::new();
+        match metadata.fields.get(META_LABELS).and_then(|v| v.kind.as_ref()) {
+            None => {}
+            Some(Kind::StructValue(s)) => {
+                if s.fields.len() > MAX_LABELS {
+                    return Err(format!(
+                        "node.metadata.{META_LABELS}: {} labels, at most {MAX_LABELS} are accepted",
+                        s.fields.len()
+                    ));
+                }
+                for (k, v) in &s.fields {
+                    match &v.kind {
+                        Some(Kind::StringValue(value)) => {
+                            labels.insert(
+                                bounded(&format!("metadata.{META_LABELS} key"), k)?,
+                                bounded(&format!("metadata.{META_LABELS}.{k}"), value)?,
+                            );
+                        }
+                        _ => return Err(format!("node.metadata.{META_LABELS}.{k}: must be a string")),
+                    }
+                }
+            }
+            Some(_) => return Err(format!("node.metadata.{META_LABELS}: must be a map of strings")),
+        }
+        Ok(ProxyNode { id, namespace, workload, labels })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_node_round_trips_through_its_metadata() {
+        let node = ProxyNode {
+            id: "sidecar~10.0.0.1~web-1.shop~shop.svc.cluster.local".into(),
+            namespace: "shop".into(),
+            workload: "web".into(),
+            labels: [("app".to_owned(), "web".to_owned())].into(),
+        };
+        assert_eq!(ProxyNode::from_node(&node.to_node()), Ok(node));
+    }
+
+    #[test]
+    fn bad_nodes_are_refused_with_the_field() {
+        let good = ProxyNode { id: "p".into(), namespace: "ns".into(), ..Default::default() }.to_node();
+        let cases: [(&str, Box<dyn Fn(&mut Node)>); 4] = [
+            ("node.id: required", Box::new(|n: &mut Node| n.id.clear())),
+            ("node.metadata.NAMESPACE: required", Box::new(|n: &mut Node| n.metadata = None)),
+            ("node.id: 300 bytes", Box::new(|n: &mut Node| n.id = "x".repeat(300))),
+            (
+                "node.metadata.LABELS: must be a map",
+                Box::new(|n: &mut Node| {
+                    let md = n.metadata.as_mut().map(|m| &mut m.fields);
+                    if let Some(fields) = md {
+                        fields.insert(
+                            META_LABELS.into(),
+                            Value { kind: Some(Kind::StringValue("app=web".into())) },
+                        );
+                    }
+                }),
+            ),
+        ];
+        for (want, spoil) in cases {
+            let mut node = good.clone();
+            spoil(&mut node);
+            let err = ProxyNode::from_node(&node).unwrap_err();
+            assert!(err.starts_with(want), "{err} should start with {want}");
+        }
+    }
+
+    #[test]
+    fn versions_follow_content() {
+        let a = pb::Cluster { name: "a".into(), ..Default::default() }.encode_to_vec();
+        let b = pb::Cluster { name: "b".into(), ..Default::default() }.encode_to_vec();
+        assert_eq!(version_of(&a), version_of(&a));
+        assert_ne!(version_of(&a), version_of(&b));
+    }
+}
