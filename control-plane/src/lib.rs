@@ -3,5 +3,6 @@
 
 pub mod model;
 pub mod sources;
+pub mod status;
 pub mod translate;
 pub mod xds;

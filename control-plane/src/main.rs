@@ -1,1 +1,140 @@
-fn main() {}
+//! `trellisd`: reads Istio config from a directory (`--config-dir`) and/or the Kubernetes API
+//! (`--kubernetes`), and serves delta xDS on 15010 and monitoring on 15014.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use clap::Parser;
+use tokio::sync::watch;
+use tracing_subscriber::EnvFilter;
+use trellis_api::mesh::MeshConfig;
+use trellis_control_plane::model::{Model, ModelHandle};
+use trellis_control_plane::sources::files;
+use trellis_control_plane::xds::generation::{self, Generation};
+use trellis_control_plane::xds::metrics::XdsMetrics;
+use trellis_control_plane::xds::server::{Registry, XdsServer};
+use trellis_xds::discovery::aggregated_discovery_service_server::AggregatedDiscoveryServiceServer;
+
+#[derive(Parser)]
+#[command(name = "trellisd", version, about = "Trellis control plane")]
+struct Args {
+    /// A directory of Istio YAML, watched for changes (service discovery from ServiceEntry and
+    /// WorkloadEntry).
+    #[arg(long)]
+    config_dir: Option<PathBuf>,
+    /// Watch the Kubernetes API (in-cluster config or KUBECONFIG).
+    #[arg(long)]
+    kubernetes: bool,
+    /// Mesh config (YAML, Istio's MeshConfig).
+    #[arg(long)]
+    mesh_config: Option<PathBuf>,
+    /// Plaintext delta xDS.
+    #[arg(long, default_value = "0.0.0.0:15010")]
+    xds_address: SocketAddr,
+    /// Metrics, /debug/syncz and /ready.
+    #[arg(long, default_value = "0.0.0.0:15014")]
+    monitoring_address: SocketAddr,
+    #[arg(long, env = "LOG_LEVEL", default_value = "info")]
+    log_level: String,
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    let filter = match EnvFilter::try_new(&args.log_level) {
+        Ok(filter) => filter,
+        Err(e) => {
+            eprintln!("trellisd: --log-level {:?}: {e}", args.log_level);
+            return ExitCode::from(2);
+        }
+    };
+    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
+    if args.config_dir.is_none() && !args.kubernetes {
+        eprintln!("trellisd: give --config-dir DIR, --kubernetes, or both");
+        return ExitCode::from(2);
+    }
+    let mesh = match &args.mesh_config {
+        None => MeshConfig::default(),
+        Some(path) => match std::fs::read_to_string(path).map_err(|e| e.to_string()).and_then(|text| {
+            MeshConfig::from_yaml(&text).map(|(mesh, _)| mesh).map_err(|e| e.to_string())
+        }) {
+            Ok(mesh) => mesh,
+            Err(e) => {
+                eprintln!("trellisd: --mesh-config {}: {e}", path.display());
+                return ExitCode::from(2);
+            }
+        },
+    };
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("trellisd: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(args, mesh)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("trellisd: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(args: Args, mesh: MeshConfig) -> Result<(), String> {
+    let model = ModelHandle::new(Model { mesh: Arc::new(mesh), ..Default::default() });
+    let mut registry = prometheus_client::registry::Registry::default();
+    let metrics = Arc::new(XdsMetrics::new(&mut registry));
+    let proxies = Arc::new(Registry::default());
+
+    if let Some(dir) = args.config_dir.clone() {
+        // The first reading goes into the first generation, so no proxy starts on an empty
+        // config.
+        let mut watcher = files::DirWatcher::new(dir);
+        report(&metrics, &watcher.poll(&model));
+        let (model, metrics) = (model.clone(), metrics.clone());
+        tokio::spawn(watcher.run(model, move |r| report(&metrics, std::slice::from_ref(r))));
+    }
+    if args.kubernetes {
+        let client = kube::Client::try_default().await.map_err(|e| format!("kubernetes client: {e}"))?;
+        let status = trellis_control_plane::sources::kube::SourceStatus::new();
+        tokio::spawn(trellis_control_plane::sources::kube::run(client, model.clone(), status));
+    }
+
+    let (publish, generations) = watch::channel(Arc::new(Generation::first(model.snapshot())));
+    tokio::spawn(generation::debounce(model.clone(), publish, generation::QUIET, generation::MAX_DELAY));
+
+    let monitoring = tokio::net::TcpListener::bind(args.monitoring_address)
+        .await
+        .map_err(|e| format!("--monitoring-address {}: {e}", args.monitoring_address))?;
+    let router = trellis_control_plane::status::router(proxies.clone(), Arc::new(registry));
+    tokio::spawn(async move {
+        if let Err(e) = axum::serve(monitoring, router).await {
+            tracing::error!("monitoring server: {e}");
+        }
+    });
+
+    let xds = tokio::net::TcpListener::bind(args.xds_address)
+        .await
+        .map_err(|e| format!("--xds-address {}: {e}", args.xds_address))?;
+    let xds_local = xds.local_addr().map_err(|e| e.to_string())?;
+    eprintln!("trellisd listening: xds {xds_local} monitoring {}", args.monitoring_address);
+    let service = AggregatedDiscoveryServiceServer::new(XdsServer::new(generations, proxies, metrics))
+        .max_decoding_message_size(4 << 20);
+    tonic::transport::Server::builder()
+        .http2_keepalive_interval(Some(std::time::Duration::from_secs(30)))
+        .add_service(service)
+        .serve_with_incoming_shutdown(tokio_stream::wrappers::TcpListenerStream::new(xds), async {
+            let _ = tokio::signal::ctrl_c().await;
+        })
+        .await
+        .map_err(|e| format!("xds server: {e}"))
+}
+
+fn report(metrics: &XdsMetrics, rejections: &[files::Rejection]) {
+    for r in rejections {
+        tracing::warn!(file = %r.file.display(), "rejected: {}", r.message);
+        metrics.config_error("files", &r.kind);
+    }
+}

@@ -45,6 +45,14 @@ pub fn parse(text: &str) -> Result<pb::ProxyConfig, ConfigError> {
     serde_saphyr::from_str(text).map_err(|e| err("(file)", e.to_string()))
 }
 
+/// Whether every reference must resolve (a file holds the whole config) or service ports may
+/// name resources still to be fetched (xDS on demand).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum References {
+    Complete,
+    OnDemand,
+}
+
 /// How a service port is reached.
 #[derive(Debug)]
 pub struct ServicePort {
@@ -53,6 +61,11 @@ pub struct ServicePort {
     pub protocol: pb::Protocol,
     pub virtual_host: Option<Arc<VirtualHost>>,
     pub tcp_cluster: Option<Arc<Cluster>>,
+    /// With config on demand (xDS): the virtual host this port names, when the proxy has not
+    /// fetched it yet.
+    pub missing_virtual_host: Option<String>,
+    /// Likewise for the TCP cluster.
+    pub missing_tcp_cluster: Option<String>,
 }
 
 pub struct Limits {
@@ -115,6 +128,25 @@ impl Snapshot {
         version: u64,
         previous: Option<&Snapshot>,
     ) -> Result<Snapshot, ConfigError> {
+        Self::compile_with(config, version, previous, References::Complete)
+    }
+
+    /// Compiles config delivered on demand: a service port may name a virtual host or TCP
+    /// cluster the proxy has not asked for yet (it is fetched on first use).
+    pub fn compile_on_demand(
+        config: pb::ProxyConfig,
+        version: u64,
+        previous: Option<&Snapshot>,
+    ) -> Result<Snapshot, ConfigError> {
+        Self::compile_with(config, version, previous, References::OnDemand)
+    }
+
+    fn compile_with(
+        config: pb::ProxyConfig,
+        version: u64,
+        previous: Option<&Snapshot>,
+        references: References,
+    ) -> Result<Snapshot, ConfigError> {
         let endpoints = endpoints_by_service(&config)?;
         let mut clusters = BTreeMap::new();
         for (i, c) in config.clusters.iter().enumerate() {
@@ -173,17 +205,28 @@ impl Snapshot {
                     p.virtual_host.clone()
                 };
                 let virtual_host = virtual_hosts.get(&vh_name).cloned();
+                let (mut missing_virtual_host, mut missing_tcp_cluster) = (None, None);
                 if virtual_host.is_none() && !p.virtual_host.is_empty() {
-                    return Err(err(
-                        format!("{pfield}.virtual_host"),
-                        format!("no virtual host {vh_name:?}"),
-                    ));
+                    if references == References::Complete {
+                        return Err(err(
+                            format!("{pfield}.virtual_host"),
+                            format!("no virtual host {vh_name:?}"),
+                        ));
+                    }
+                    missing_virtual_host = Some(vh_name.clone());
                 }
                 let tcp_cluster = match p.tcp_cluster.as_str() {
                     "" => virtual_host.as_ref().and_then(|vh| vh.first_cluster()),
-                    name => Some(clusters.get(name).cloned().ok_or_else(|| {
-                        err(format!("{pfield}.tcp_cluster"), format!("no cluster {name:?}"))
-                    })?),
+                    name => match clusters.get(name) {
+                        Some(cluster) => Some(cluster.clone()),
+                        None if references == References::OnDemand => {
+                            missing_tcp_cluster = Some(name.to_owned());
+                            None
+                        }
+                        None => {
+                            return Err(err(format!("{pfield}.tcp_cluster"), format!("no cluster {name:?}")));
+                        }
+                    },
                 };
                 let protocol = pb::Protocol::try_from(p.protocol).unwrap_or(pb::Protocol::Auto);
                 let entry = Arc::new(ServicePort {
@@ -192,6 +235,8 @@ impl Snapshot {
                     protocol,
                     virtual_host,
                     tcp_cluster,
+                    missing_virtual_host,
+                    missing_tcp_cluster,
                 });
                 service_ports.insert(port);
                 for ip in &addresses {

@@ -8,6 +8,7 @@ use std::time::Duration;
 use tokio::net::TcpStream;
 use trellis_proxy_init::original_dst::original_destination_of;
 use trellis_xds::config as pb;
+use trellis_xds::types::ResourceType;
 
 use crate::cluster::Cluster;
 use crate::detect::{self, Detected, detect};
@@ -41,7 +42,19 @@ pub async fn handle(stream: TcpStream, peer: SocketAddr, side: Side, proxy: Arc<
     }
     let conn = Conn { side, peer, original, local };
     let port = original.map(|o| o.port());
-    let service_port = original.and_then(|o| snapshot.by_address(o)).cloned();
+    let mut service_port = original.and_then(|o| snapshot.by_address(o)).cloned();
+    if let Some(sp) = &service_port
+        && sp.tcp_cluster.is_none()
+        && let (Some(name), Some(on_demand), Some(original)) =
+            (sp.missing_tcp_cluster.as_deref(), proxy.on_demand.get(), original)
+    {
+        // A TCP service's cluster, fetched on first use.
+        let lookup = || proxy.config.load().by_address(original).cloned();
+        let arrived = || lookup().is_some_and(|sp| sp.tcp_cluster.is_some());
+        if on_demand.fetch(ResourceType::Cluster, name, arrived).await {
+            service_port = lookup();
+        }
+    }
     let declared = service_port.as_ref().map(|sp| sp.protocol);
     let opaque = port.is_some_and(|p| snapshot.opaque_ports.contains(&p))
         || matches!(declared, Some(pb::Protocol::Tcp | pb::Protocol::Tls));

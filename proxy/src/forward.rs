@@ -12,10 +12,11 @@ use http::{HeaderValue, Request, Response, StatusCode, Uri, Version, header};
 use http_body_util::{BodyExt, Empty, Full, Limited};
 use hyper::body::Incoming;
 use trellis_xds::config as pb;
+use trellis_xds::types::ResourceType;
 
 use crate::body::Guarded;
 use crate::cluster::Cluster;
-use crate::config::{Snapshot, split_authority};
+use crate::config::{ServicePort, Snapshot, split_authority};
 use crate::headers;
 use crate::metrics::{Reporter, RequestRecord};
 use crate::route::{Action, CompiledRoute, RequestView, Retry, StringMatcher, normalize_path};
@@ -90,13 +91,14 @@ async fn outbound(mut request: Request<Incoming>, conn: &Conn, proxy: &Proxy) ->
             .map(|o| o.port())
             .or_else(|| authority.and_then(|a| split_authority(a, 80)).map(|(_, p)| p))
             .unwrap_or(80);
-        // The authority names the service, as Envoy routes by Host within a port; the address
-        // dialled decides when the authority is unknown.
-        let service_port = authority
-            .and_then(|a| snapshot.by_authority(a, port))
-            .or_else(|| conn.original.and_then(|o| snapshot.by_address(o)))
-            .cloned();
-        (port, service_port)
+        (port, find_service_port(&snapshot, authority, conn.original, port))
+    };
+    let service_port = match service_port {
+        Some(sp) if sp.virtual_host.is_none() && sp.missing_virtual_host.is_some() => {
+            let authority = authority_ref(&request).map(str::to_owned);
+            fetch_virtual_host(proxy, sp, authority.as_deref(), conn.original, port).await
+        }
+        other => other,
     };
     let Some((service_port, virtual_host)) =
         service_port.and_then(|sp| sp.virtual_host.clone().map(|vh| (sp, vh)))
@@ -711,6 +713,38 @@ fn authority_of<B>(request: &Request<B>) -> Option<String> {
 }
 
 /// The request's authority: the URI's (HTTP/2, absolute form), else the Host header.
+/// The service port a request is for: the authority names the service, as Envoy routes by
+/// Host within a port; the address dialled decides when the authority is unknown.
+fn find_service_port(
+    snapshot: &Snapshot,
+    authority: Option<&str>,
+    original: Option<SocketAddr>,
+    port: u16,
+) -> Option<Arc<ServicePort>> {
+    authority
+        .and_then(|a| snapshot.by_authority(a, port))
+        .or_else(|| original.and_then(|o| snapshot.by_address(o)))
+        .cloned()
+}
+
+/// The first request to a service whose routes the proxy has not fetched yet waits (bounded)
+/// for them; when they do not come, the service port is used as it is.
+async fn fetch_virtual_host(
+    proxy: &Proxy,
+    service_port: Arc<ServicePort>,
+    authority: Option<&str>,
+    original: Option<SocketAddr>,
+    port: u16,
+) -> Option<Arc<ServicePort>> {
+    let (Some(on_demand), Some(name)) = (proxy.on_demand.get(), service_port.missing_virtual_host.as_deref())
+    else {
+        return Some(service_port);
+    };
+    let lookup = || find_service_port(&proxy.config.load(), authority, original, port);
+    let arrived = || lookup().is_some_and(|sp| sp.virtual_host.is_some());
+    if on_demand.fetch(ResourceType::VirtualHost, name, arrived).await { lookup() } else { Some(service_port) }
+}
+
 fn authority_ref<B>(request: &Request<B>) -> Option<&str> {
     request
         .uri()

@@ -21,6 +21,7 @@ pub mod serve;
 pub mod tcp;
 pub mod upstream;
 pub mod watch;
+pub mod xds;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -56,6 +57,9 @@ pub struct Proxy {
     /// (for running without iptables: the demo, tests, benchmarks). Off in a pod: there, such a
     /// connection is someone dialling the inbound port directly.
     pub explicit_inbound: bool,
+    /// Fetches resources on demand when config comes from a control plane (set once the xDS
+    /// client starts).
+    pub on_demand: std::sync::OnceLock<xds::OnDemand>,
     /// `inbound|<port>` per port, built once: the inbound metrics label.
     inbound_names: std::sync::RwLock<FastMap<u16, Arc<str>>>,
 }
@@ -89,6 +93,7 @@ impl Proxy {
             log_control,
             own_ports: std::sync::RwLock::default(),
             explicit_inbound,
+            on_demand: std::sync::OnceLock::new(),
             inbound_names: std::sync::RwLock::default(),
         })
     }
@@ -132,6 +137,8 @@ pub struct Options {
     pub readiness: Vec<std::net::SocketAddr>,
     pub stats: Vec<std::net::SocketAddr>,
     pub config_file: Option<std::path::PathBuf>,
+    /// Config from a control plane instead of a file.
+    pub xds: Option<xds::XdsOptions>,
     /// See [`Proxy::explicit_inbound`].
     pub explicit_inbound: bool,
 }
@@ -213,7 +220,11 @@ pub fn start(
     if let (Some(path), Some(bytes)) = (options.config_file, loaded) {
         tokio::spawn(watch::watch(path, bytes, proxy.clone()));
     }
-    proxy.ready.store(true, Ordering::Release);
+    match options.xds {
+        // Ready once the first complete config has arrived.
+        Some(xds) => xds::start(proxy.clone(), xds),
+        None => proxy.ready.store(true, Ordering::Release),
+    }
     Ok(running)
 }
 

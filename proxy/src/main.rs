@@ -11,7 +11,9 @@ use clap::{Parser, Subcommand};
 use tracing_subscriber::EnvFilter;
 use tracing_subscriber::prelude::*;
 use trellis_proxy::metrics::{Metrics, Workload};
+use trellis_proxy::xds::XdsOptions;
 use trellis_proxy::{LogControl, Options};
+use trellis_xds::types::ProxyNode;
 
 // The system allocator, by measurement (bench/proxy.sh, bench/RESULTS.md): mimalloc served
 // fewer requests per second on one core and doubled the idle footprint.
@@ -24,6 +26,14 @@ struct Args {
     /// Configuration file (YAML or JSON, trellis.config.v1.ProxyConfig); watched for changes.
     #[arg(long, env = "TRELLIS_PROXY_CONFIG")]
     config: Option<PathBuf>,
+    /// The control plane's xDS address (`host:port`), when config does not come from --config.
+    /// Default: PROXY_CONFIG's `discoveryAddress`.
+    #[arg(long)]
+    discovery_address: Option<String>,
+    /// The pod's labels as the downward API writes them (`key="value"` lines); the xDS node
+    /// carries them. ISTIO_METAJSON_LABELS (a JSON object) is read first when set.
+    #[arg(long, default_value = "/etc/istio/pod/labels")]
+    pod_labels_file: PathBuf,
     /// Worker threads (0: one per CPU). Default: PROXY_CONFIG's `concurrency` (the injector sets
     /// it from `proxy.istio.io/config`), else 2.
     #[arg(long)]
@@ -58,12 +68,13 @@ struct Args {
 struct FromEnvironment {
     concurrency: Option<usize>,
     drain: Option<Duration>,
+    discovery_address: Option<String>,
 }
 
 /// Reads `PROXY_CONFIG` (JSON); a value that cannot be used is an error naming the field.
 fn proxy_config_env() -> Result<FromEnvironment, String> {
     let Ok(text) = std::env::var("PROXY_CONFIG") else {
-        return Ok(FromEnvironment { concurrency: None, drain: None });
+        return Ok(FromEnvironment { concurrency: None, drain: None, discovery_address: None });
     };
     let config: trellis_api::mesh::ProxyConfig =
         serde_json::from_str(&text).map_err(|e| format!("PROXY_CONFIG: {e}"))?;
@@ -76,7 +87,8 @@ fn proxy_config_env() -> Result<FromEnvironment, String> {
         .termination_drain_duration
         .map(|d| d.to_std().map_err(|e| format!("PROXY_CONFIG: terminationDrainDuration: {e}")))
         .transpose()?;
-    Ok(FromEnvironment { concurrency, drain })
+    let discovery_address = config.discovery_address.filter(|a| !a.is_empty());
+    Ok(FromEnvironment { concurrency, drain, discovery_address })
 }
 
 /// Istio's level names, as tracing filters.
@@ -154,10 +166,58 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    runtime.block_on(run(args, drain_timeout, log_control))
+    let xds = match (&args.config, args.discovery_address.clone().or(from_env.discovery_address)) {
+        (None, Some(address)) => match xds_options(address, &args.pod_labels_file) {
+            Ok(options) => Some(options),
+            Err(e) => {
+                eprintln!("trellis-proxy: {e}");
+                return ExitCode::from(2);
+            }
+        },
+        _ => None,
+    };
+    runtime.block_on(run(args, drain_timeout, log_control, xds))
 }
 
-async fn run(args: Args, drain_timeout: Duration, log_control: LogControl) -> ExitCode {
+/// Who this proxy is, from the pod's environment (as the injection template sets it).
+fn xds_options(address: String, labels_file: &std::path::Path) -> Result<XdsOptions, String> {
+    let env = |name: &str| std::env::var(name).unwrap_or_default();
+    let namespace = env("POD_NAMESPACE");
+    if namespace.is_empty() {
+        return Err("POD_NAMESPACE: required to fetch config from the control plane".to_owned());
+    }
+    let pod = env("POD_NAME");
+    let workload = match env("ISTIO_META_WORKLOAD_NAME") {
+        w if w.is_empty() => pod.clone(),
+        w => w,
+    };
+    let labels = match std::env::var("ISTIO_METAJSON_LABELS") {
+        Ok(json) => serde_json::from_str(&json).map_err(|e| format!("ISTIO_METAJSON_LABELS: {e}"))?,
+        Err(_) => match std::fs::read_to_string(labels_file) {
+            Ok(text) => parse_labels(&text).map_err(|e| format!("{}: {e}", labels_file.display()))?,
+            Err(_) => Default::default(),
+        },
+    };
+    let address = if address.contains("://") { address } else { format!("http://{address}") };
+    let id = format!("sidecar~{}~{pod}.{namespace}~{namespace}.svc.cluster.local", env("INSTANCE_IP"));
+    Ok(XdsOptions { address, node: ProxyNode { id, namespace, workload, labels } })
+}
+
+/// The downward API's label file: `key="value"` per line, the value quoted as in Go.
+fn parse_labels(text: &str) -> Result<std::collections::BTreeMap<String, String>, String> {
+    text.lines()
+        .filter(|l| !l.trim().is_empty())
+        .enumerate()
+        .map(|(i, line)| {
+            let (key, value) = line.split_once('=').ok_or_else(|| format!("line {}: no '='", i + 1))?;
+            let value: String =
+                serde_json::from_str(value).map_err(|e| format!("line {}: value {value:?}: {e}", i + 1))?;
+            Ok((key.to_owned(), value))
+        })
+        .collect()
+}
+
+async fn run(args: Args, drain_timeout: Duration, log_control: LogControl, xds: Option<XdsOptions>) -> ExitCode {
     let any = |port| {
         let mut addrs = vec![SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), port)];
         if args.ipv6 {
@@ -172,6 +232,7 @@ async fn run(args: Args, drain_timeout: Duration, log_control: LogControl) -> Ex
         readiness: any(args.readiness_port),
         stats: any(args.stats_port),
         config_file: args.config.clone(),
+        xds,
         explicit_inbound: args.explicit_inbound,
     };
     let running = match trellis_proxy::start(options, Metrics::new(Workload::from_env()), Some(log_control)) {

@@ -33,8 +33,6 @@ use trellis_api::validate::{Finding, Severity};
 use crate::model::{KubeEndpointSlice, KubePod, KubeService, Model, ModelHandle, ObjectKey};
 use mirror::{Admission, Mirror, Target};
 
-pub use convert::{EXPORT_TO_ANNOTATION, SERVICE_NAME_LABEL};
-
 /// The Istio kinds watched, at `v1`. Gateway too: the chart installs its CRD and the file
 /// source reads it, and translation must not depend on where config came from.
 pub const ISTIO_KINDS: [Kind; 8] = [

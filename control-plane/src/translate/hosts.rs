@@ -58,8 +58,12 @@ mod tests {
 
     #[test]
     fn exact_names_are_more_specific_than_wildcards() {
-        let mut patterns = vec!["*", "*.svc.cluster.local", "r.shop.svc.cluster.local", "*.shop.svc.cluster.local"];
+        let mut patterns =
+            vec!["*", "*.svc.cluster.local", "r.shop.svc.cluster.local", "*.shop.svc.cluster.local"];
         patterns.sort_by_key(|p| specificity(p));
-        assert_eq!(patterns, ["r.shop.svc.cluster.local", "*.shop.svc.cluster.local", "*.svc.cluster.local", "*"]);
+        assert_eq!(
+            patterns,
+            ["r.shop.svc.cluster.local", "*.shop.svc.cluster.local", "*.svc.cluster.local", "*"]
+        );
     }
 }

@@ -56,7 +56,10 @@ mod tests {
     #[test]
     fn cluster_names_follow_istio() {
         assert_eq!(cluster_name(9080, "", "r.s.svc.cluster.local"), "outbound|9080||r.s.svc.cluster.local");
-        assert_eq!(cluster_name(9080, "v1", "r.s.svc.cluster.local"), "outbound|9080|v1|r.s.svc.cluster.local");
+        assert_eq!(
+            cluster_name(9080, "v1", "r.s.svc.cluster.local"),
+            "outbound|9080|v1|r.s.svc.cluster.local"
+        );
         assert_eq!(service_port_name("r.s.svc.cluster.local", 9080), "r.s.svc.cluster.local:9080");
     }
 }

@@ -39,7 +39,7 @@ impl<T> fmt::Debug for Object<'_, T> {
 }
 
 /// The resources of one kind, in (namespace, name) order.
-fn of_kind<'a, T>(
+fn of_kind<'a, T: 'a>(
     model: &'a Model,
     kind: Kind,
     spec: fn(&Resource) -> Option<&T>,

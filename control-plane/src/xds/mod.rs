@@ -1,4 +1,8 @@
-//! The delta xDS server: packed per-scope resources, per-proxy sessions, and the gRPC service.
+//! The delta xDS server: packed per-scope resources, per-proxy sessions, generations and the
+//! gRPC service.
 
+pub mod generation;
+pub mod metrics;
 pub mod resources;
+pub mod server;
 pub mod session;

@@ -63,6 +63,9 @@ pub struct TypeStatus {
 #[derive(Debug, Default)]
 struct TypeState {
     opened: bool,
+    /// Whether a response of this type has been sent on this stream: for a wildcard type the
+    /// first one goes out even when empty, so the proxy knows it holds the complete set.
+    answered: bool,
     wildcard: bool,
     explicit: BTreeSet<String>,
     /// Subscribed since the last push: answered even when the proxy already holds them.
@@ -173,7 +176,8 @@ impl Session {
             }
             let current = resources.of(kind);
             let wanted = &desired[&kind];
-            if let Known::Shared(held) = &state.known
+            if state.answered
+                && let Known::Shared(held) = &state.known
                 && Arc::ptr_eq(held, &current)
                 && state.forced.is_empty()
                 && wanted.len() == current.len()
@@ -215,9 +219,10 @@ impl Session {
                 )
             };
             state.forced.clear();
-            if !changed.is_empty() {
+            if !changed.is_empty() || (!state.answered && state.wildcard && removed.is_empty()) {
                 updates.push((kind, changed));
             }
+            state.answered = true;
             if !removed.is_empty() {
                 removals.push((kind, removed));
             }
@@ -386,6 +391,15 @@ mod tests {
         open_all(&mut session);
         assert_eq!(summary(&session.push(&resources, 1)), ["settings:settings", "service:db,web"]);
         assert!(session.push(&resources, 1).is_empty(), "nothing changed, nothing sent");
+    }
+
+    #[test]
+    fn an_empty_address_table_is_still_answered_once() {
+        let resources = ScopeResources::pack(&pb::ProxyConfig::default(), None);
+        let mut session = Session::default();
+        open_all(&mut session);
+        assert_eq!(summary(&session.push(&resources, 1)), ["settings:settings", "service:"]);
+        assert!(session.push(&resources, 2).is_empty());
     }
 
     #[test]

@@ -270,6 +270,7 @@ impl TestProxy {
             readiness: vec![local],
             stats: vec![local],
             config_file: Some(config_path.clone()),
+            xds: None,
             explicit_inbound,
         };
         let workload = Workload { name: "test-client".into(), namespace: "test".into() };

@@ -137,11 +137,29 @@ mod tests {
 
     #[test]
     fn semantic_errors_are_all_reported() {
-        let spec = json!({"hosts": [], "http": [{"route": [{"destination": {"host": "r"}, "weight": 150}]}]});
+        let spec = json!({"hosts": ["*"], "http": [{"route": [
+            {"destination": {"host": "a"}, "weight": 30}, {"destination": {"host": "b"}, "weight": 30}
+        ]}]});
         let findings = check(Kind::VirtualService, virtual_service(spec)).unwrap_err();
         let errors: Vec<&str> =
             findings.iter().filter(|f| f.severity == Severity::Error).map(|f| f.field.as_str()).collect();
-        assert!(errors.contains(&"spec.hosts"), "{findings:?}");
-        assert!(errors.iter().any(|f| f.starts_with("spec.http[0].route")), "{findings:?}");
+        assert_eq!(errors, ["spec.hosts[0]", "spec.http[0].route"], "{findings:?}");
+    }
+
+    #[test]
+    fn warnings_do_not_reject() {
+        let spec =
+            json!({"hosts": ["r"], "http": [{"route": [{"destination": {"host": "r"}, "weight": 150}]}]});
+        let accepted = check(Kind::VirtualService, virtual_service(spec)).unwrap();
+        assert_eq!(accepted.warnings.len(), 1, "{accepted:?}");
+        assert_eq!(accepted.warnings[0].field, "spec.http[0].route[0].weight");
+    }
+
+    #[test]
+    fn a_body_that_is_not_an_object_is_an_error() {
+        let mut object = virtual_service(json!({}));
+        object.data = json!([1]);
+        let findings = check(Kind::VirtualService, object).unwrap_err();
+        assert_eq!(findings[0].field, "");
     }
 }

@@ -1,0 +1,410 @@
+//! DestinationRules → clusters: one cluster per service port, plus one per subset of the rule
+//! that applies to the service, each with its load balancer and connection pool.
+
+use std::collections::BTreeMap;
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+use tracing::{debug, warn};
+use trellis_api::networking::{
+    ConnectionPoolSettings, DestinationRuleSpec, H2UpgradePolicy, HttpSettings, LoadBalancerSettings,
+    SimpleLb, TrafficPolicy,
+};
+use trellis_xds::config as pb;
+
+use super::hosts;
+use super::names::{cluster_name, resolve_host, service_port_name};
+use super::objects::{self, Object};
+use super::services::{Service, ServicePort};
+use super::values::{duration, header_name};
+use super::visibility::View;
+use crate::model::Model;
+
+type Rule<'a> = Object<'a, DestinationRuleSpec>;
+
+/// The DestinationRules a scope sees, with their hosts resolved.
+pub struct DestinationRules<'a> {
+    rules: Vec<(Rule<'a>, String)>,
+    /// Where Istio looks for a service's rule, in order: the proxy's namespace, the service's,
+    /// the root namespace. Rules elsewhere do not apply.
+    proxy_namespace: &'a str,
+    root_namespace: &'a str,
+}
+
+impl<'a> DestinationRules<'a> {
+    pub fn visible(model: &'a Model, view: &View<'a>) -> DestinationRules<'a> {
+        let default = view.mesh.default_destination_rule_export_to();
+        let rules = objects::destination_rules(model)
+            .filter(|dr| view.sees_exported(&dr.spec.export_to, &default, dr.namespace))
+            .filter(|dr| {
+                // It applies only to the workloads it selects, and proxies sharing a scope
+                // need not share labels.
+                let selective = dr.spec.workload_selector.is_some();
+                if selective {
+                    debug!(resource = %dr, "workloadSelector: not applied");
+                }
+                !selective
+            })
+            .map(|dr| (dr, resolve_host(&dr.spec.host, dr.namespace)))
+            .collect();
+        DestinationRules { rules, proxy_namespace: view.namespace, root_namespace: view.root_namespace }
+    }
+
+    /// The rule for a service: the first namespace in Istio's order that has one; within it the
+    /// most specific host, then the first by name.
+    pub fn for_service(&self, service: &Service) -> Option<Rule<'a>> {
+        [self.proxy_namespace, &service.namespace, self.root_namespace].into_iter().find_map(|ns| {
+            self.rules
+                .iter()
+                .filter(|(dr, host)| dr.namespace == ns && hosts::matches(host, &service.hostname))
+                .min_by_key(|(dr, host)| (hosts::specificity(host), dr.name))
+                .map(|(dr, _)| *dr)
+        })
+    }
+}
+
+/// The clusters of one service port: `outbound|port||host` and one per subset of `rule`.
+pub fn for_port(
+    service: &Service,
+    port: &ServicePort,
+    rule: Option<Rule<'_>>,
+    connect_timeout: Duration,
+) -> Vec<pb::Cluster> {
+    let endpoints = service_port_name(&service.hostname, port.number);
+    let build = |name: String, subset: BTreeMap<String, String>, policy: Policy<'_>| pb::Cluster {
+        name,
+        service: endpoints.clone(),
+        subset,
+        port: 0,
+        load_balancer: Some(load_balancer(policy.lb, rule)),
+        connection_pool: Some(connection_pool(policy.pool, connect_timeout, rule)),
+        upstream_protocol: upstream_protocol(port.protocol, policy.pool.and_then(|p| p.http.as_ref())).into(),
+    };
+    let top = Policy::default().overlay(rule.and_then(|r| r.spec.traffic_policy.as_ref()), port.number);
+    let mut clusters = vec![build(cluster_name(port.number, "", &service.hostname), BTreeMap::new(), top)];
+    let Some(rule) = rule else { return clusters };
+    let mut seen = BTreeSet::new();
+    for (i, subset) in rule.spec.subsets.iter().enumerate() {
+        if subset.name.is_empty() || subset.name.contains('|') || !seen.insert(&subset.name) {
+            warn!(resource = %rule, field = %format!("spec.subsets[{i}].name"), name = %subset.name, "empty, duplicate or invalid subset name, skipped");
+            continue;
+        }
+        let policy = top.overlay(subset.traffic_policy.as_ref(), port.number);
+        let name = cluster_name(port.number, &subset.name, &service.hostname);
+        clusters.push(build(name, subset.labels.clone(), policy));
+    }
+    clusters
+}
+
+/// The parts of a traffic policy the proxy implements.
+#[derive(Clone, Copy, Default)]
+struct Policy<'a> {
+    lb: Option<&'a LoadBalancerSettings>,
+    pool: Option<&'a ConnectionPoolSettings>,
+}
+
+impl<'a> Policy<'a> {
+    /// `policy` laid over `self`: each setting it has replaces ours, and its `portLevelSettings`
+    /// entry for `port`, if any, replaces them all — Istio documents that port-level settings
+    /// do not inherit.
+    fn overlay(self, policy: Option<&'a TrafficPolicy>, port: u16) -> Policy<'a> {
+        let Some(policy) = policy else { return self };
+        let by_port = policy
+            .port_level_settings
+            .iter()
+            .find(|p| p.port.as_ref().map(|s| s.number) == Some(port.into()));
+        match by_port {
+            Some(p) => Policy { lb: p.load_balancer.as_ref(), pool: p.connection_pool.as_ref() },
+            None => Policy {
+                lb: policy.load_balancer.as_ref().or(self.lb),
+                pool: policy.connection_pool.as_ref().or(self.pool),
+            },
+        }
+    }
+}
+
+fn load_balancer(lb: Option<&LoadBalancerSettings>, rule: Option<Rule<'_>>) -> pb::LoadBalancer {
+    use pb::load_balancer::Policy as P;
+    let simple = |policy: P| pb::LoadBalancer { policy: policy.into(), hash_key: None };
+    // Istio's default since 1.14.
+    let Some(lb) = lb else { return simple(P::LeastRequest) };
+    if let Some(hash) = &lb.consistent_hash {
+        use pb::hash_key::Kind;
+        let source = rule.map(|r| r.to_string()).unwrap_or_default();
+        let key = if let Some(header) = &hash.http_header_name {
+            header_name(header, &source, "trafficPolicy.loadBalancer.consistentHash.httpHeaderName")
+                .map(Kind::Header)
+        } else if let Some(cookie) = &hash.http_cookie {
+            Some(Kind::Cookie(cookie.name.clone()))
+        } else if hash.use_source_ip == Some(true) {
+            Some(Kind::SourceIp(true))
+        } else {
+            hash.http_query_parameter_name.clone().map(Kind::QueryParameter)
+        };
+        if key.is_none() {
+            warn!(resource = %source, field = "trafficPolicy.loadBalancer.consistentHash", "no usable hash key");
+        }
+        let policy = if hash.maglev.is_some() { P::Maglev } else { P::RingHash };
+        return pb::LoadBalancer {
+            policy: policy.into(),
+            hash_key: key.map(|k| pb::HashKey { kind: Some(k) }),
+        };
+    }
+    simple(match lb.simple.unwrap_or_default() {
+        SimpleLb::RoundRobin => P::RoundRobin,
+        SimpleLb::Random => P::Random,
+        SimpleLb::Unspecified | SimpleLb::LeastConn | SimpleLb::LeastRequest => P::LeastRequest,
+        SimpleLb::Passthrough => {
+            debug!(resource = ?rule, "PASSTHROUGH load balancing is not implemented; using LEAST_REQUEST");
+            P::LeastRequest
+        }
+    })
+}
+
+fn connection_pool(
+    pool: Option<&ConnectionPoolSettings>,
+    mesh_connect_timeout: Duration,
+    rule: Option<Rule<'_>>,
+) -> pb::ConnectionPool {
+    let source = rule.map(|r| r.to_string()).unwrap_or_default();
+    let tcp = pool.and_then(|p| p.tcp.as_ref());
+    let http = pool.and_then(|p| p.http.as_ref());
+    let count = |n: Option<i32>| n.and_then(|n| u32::try_from(n).ok()).unwrap_or(0);
+    let field = "trafficPolicy.connectionPool";
+    let connect_timeout = duration(
+        tcp.and_then(|t| t.connect_timeout.as_ref()),
+        &source,
+        &format!("{field}.tcp.connectTimeout"),
+    )
+    .unwrap_or(mesh_connect_timeout);
+    let idle_timeout =
+        duration(http.and_then(|h| h.idle_timeout.as_ref()), &source, &format!("{field}.http.idleTimeout"))
+            .or_else(|| {
+                duration(
+                    tcp.and_then(|t| t.idle_timeout.as_ref()),
+                    &source,
+                    &format!("{field}.tcp.idleTimeout"),
+                )
+            });
+    pb::ConnectionPool {
+        max_connections: count(tcp.map(|t| t.max_connections)),
+        http1_max_pending_requests: count(http.map(|h| h.http1_max_pending_requests)),
+        http2_max_requests: count(http.map(|h| h.http2_max_requests)),
+        connect_timeout: Some(connect_timeout.into()),
+        idle_timeout: idle_timeout.map(Into::into),
+        max_requests_per_connection: count(http.map(|h| h.max_requests_per_connection)),
+    }
+}
+
+/// How the proxy speaks to the endpoints of a port: HTTP/2 for ports declared HTTP/2 or gRPC,
+/// HTTP/1.1 for HTTP unless the rule upgrades it, the client's protocol for detected ports.
+fn upstream_protocol(protocol: pb::Protocol, http: Option<&HttpSettings>) -> pb::UpstreamProtocol {
+    let upgrade = http.is_some_and(|h| h.h2_upgrade_policy == H2UpgradePolicy::Upgrade);
+    let client_protocol = http.is_some_and(|h| h.use_client_protocol);
+    match protocol {
+        pb::Protocol::Http2 | pb::Protocol::Grpc => pb::UpstreamProtocol::Http2PriorKnowledge,
+        _ if client_protocol => pb::UpstreamProtocol::SameAsDownstream,
+        pb::Protocol::Http | pb::Protocol::Auto if upgrade => pb::UpstreamProtocol::Http2PriorKnowledge,
+        pb::Protocol::Http => pb::UpstreamProtocol::Http1,
+        _ => pb::UpstreamProtocol::SameAsDownstream,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::test_support::*;
+    use super::*;
+    use pb::load_balancer::Policy as Lb;
+
+    const API: &str = r#"
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: { name: api, namespace: shop }
+spec:
+  hosts: [api.shop.internal]
+  resolution: STATIC
+  ports:
+    - { number: 80, name: http, protocol: HTTP }
+    - { number: 9090, name: grpc, protocol: GRPC }
+    - { number: 8080, name: web }
+  endpoints:
+    - { address: 10.3.0.1, labels: { version: v1 } }
+    - { address: 10.3.0.2, labels: { version: v2 } }
+"#;
+
+    fn lb(c: &pb::Cluster) -> (Lb, Option<pb::hash_key::Kind>) {
+        let lb = c.load_balancer.clone().unwrap();
+        (lb.policy(), lb.hash_key.and_then(|k| k.kind))
+    }
+
+    fn pool(c: &pb::Cluster) -> pb::ConnectionPool {
+        c.connection_pool.unwrap()
+    }
+
+    fn secs(s: u64) -> Option<pbjson_types::Duration> {
+        Some(std::time::Duration::from_secs(s).into())
+    }
+
+    #[test]
+    fn without_a_rule_clusters_get_istios_defaults() {
+        let config = config(&model(API), "shop");
+        assert_eq!(
+            cluster_names(&config),
+            [
+                "outbound|8080||api.shop.internal",
+                "outbound|80||api.shop.internal",
+                "outbound|9090||api.shop.internal"
+            ],
+            "sorted by name"
+        );
+        let http = cluster(&config, "outbound|80||api.shop.internal");
+        assert_eq!(lb(http), (Lb::LeastRequest, None));
+        assert_eq!(pool(http), pb::ConnectionPool { connect_timeout: secs(10), ..Default::default() });
+        assert_eq!(http.upstream_protocol(), pb::UpstreamProtocol::Http1);
+        let grpc = cluster(&config, "outbound|9090||api.shop.internal");
+        assert_eq!(grpc.upstream_protocol(), pb::UpstreamProtocol::Http2PriorKnowledge);
+        let detected = cluster(&config, "outbound|8080||api.shop.internal");
+        assert_eq!(detected.upstream_protocol(), pb::UpstreamProtocol::SameAsDownstream);
+
+        let config = super::super::test_support::config(&with_mesh(model(API), "connectTimeout: 2s"), "shop");
+        assert_eq!(pool(cluster(&config, "outbound|80||api.shop.internal")).connect_timeout, secs(2));
+    }
+
+    #[test]
+    fn load_balancer_pool_and_port_level_overrides() {
+        let dr = r#"
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: { name: api, namespace: shop }
+spec:
+  host: api.shop.internal
+  trafficPolicy:
+    loadBalancer: { simple: ROUND_ROBIN }
+    connectionPool:
+      tcp: { maxConnections: 100, connectTimeout: 1s }
+      http:
+        http1MaxPendingRequests: 10
+        http2MaxRequests: 200
+        maxRequestsPerConnection: 5
+        idleTimeout: 30s
+        h2UpgradePolicy: UPGRADE
+    portLevelSettings:
+      - port: { number: 9090 }
+        loadBalancer: { simple: RANDOM }
+  subsets:
+    - name: v1
+      labels: { version: v1 }
+    - name: v2
+      labels: { version: v2 }
+      trafficPolicy:
+        loadBalancer:
+          consistentHash: { httpHeaderName: X-User, maglev: { tableSize: 65537 } }
+"#;
+        let config = config(&model(&format!("{API}---\n{dr}")), "shop");
+        let http = cluster(&config, "outbound|80||api.shop.internal");
+        assert_eq!(lb(http), (Lb::RoundRobin, None));
+        assert_eq!(
+            pool(http),
+            pb::ConnectionPool {
+                max_connections: 100,
+                http1_max_pending_requests: 10,
+                http2_max_requests: 200,
+                connect_timeout: secs(1),
+                idle_timeout: secs(30),
+                max_requests_per_connection: 5,
+            }
+        );
+        assert_eq!(http.upstream_protocol(), pb::UpstreamProtocol::Http2PriorKnowledge, "h2UpgradePolicy");
+
+        let by_port = cluster(&config, "outbound|9090||api.shop.internal");
+        assert_eq!(lb(by_port), (Lb::Random, None));
+        assert_eq!(
+            pool(by_port),
+            pb::ConnectionPool { connect_timeout: secs(10), ..Default::default() },
+            "port-level settings do not inherit the rule's"
+        );
+
+        let v1 = cluster(&config, "outbound|80|v1|api.shop.internal");
+        assert_eq!((v1.service.as_str(), v1.port), ("api.shop.internal:80", 0));
+        assert_eq!(v1.subset, labels_of(&[("version", "v1")]));
+        assert_eq!((lb(v1), pool(v1)), (lb(http), pool(http)), "a subset without a policy takes the rule's");
+
+        let v2 = cluster(&config, "outbound|80|v2|api.shop.internal");
+        assert_eq!(lb(v2), (Lb::Maglev, Some(pb::hash_key::Kind::Header("x-user".into()))));
+        assert_eq!(pool(v2), pool(http), "the subset overrides the load balancer only");
+        let v2_grpc = cluster(&config, "outbound|9090|v2|api.shop.internal");
+        assert_eq!(lb(v2_grpc).0, Lb::Maglev, "the subset's policy is laid over the port's");
+    }
+
+    #[test]
+    fn consistent_hash_keys() {
+        for (hash, want) in [
+            (
+                "{ httpCookie: { name: session, ttl: 0s } }",
+                (Lb::RingHash, Some(pb::hash_key::Kind::Cookie("session".into()))),
+            ),
+            ("{ useSourceIp: true }", (Lb::RingHash, Some(pb::hash_key::Kind::SourceIp(true)))),
+            (
+                "{ httpQueryParameterName: user }",
+                (Lb::RingHash, Some(pb::hash_key::Kind::QueryParameter("user".into()))),
+            ),
+        ] {
+            let dr = format!(
+                "apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {{ name: api, namespace: shop }}
+spec:
+  host: api.shop.internal
+  trafficPolicy: {{ loadBalancer: {{ consistentHash: {hash} }} }}
+"
+            );
+            let config = config(&model(&format!("{API}---\n{dr}")), "shop");
+            assert_eq!(lb(cluster(&config, "outbound|80||api.shop.internal")), want, "{hash}");
+        }
+    }
+
+    #[test]
+    fn subsets_come_only_from_the_rule_that_applies_in_istios_namespace_order() {
+        let rule = |ns: &str, host: &str, subset: &str| {
+            format!(
+                "apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {{ name: r-{subset}, namespace: {ns} }}
+spec:
+  host: \"{host}\"
+  subsets: [{{ name: {subset}, labels: {{ version: {subset} }} }}]
+---
+"
+            )
+        };
+        let yaml = [
+            rule("istio-system", "*.svc.cluster.local", "root"),
+            rule("shop", "reviews", "shop"),
+            rule("web", REVIEWS, "web"),
+            rule("third", REVIEWS, "third"),
+            rule("shop", "ratings.other.svc.cluster.local", "elsewhere"),
+        ]
+        .concat();
+        let m = bookinfo(&yaml);
+        let subsets = |namespace: &str| -> Vec<String> {
+            let config = config(&m, namespace);
+            let prefix = "outbound|9080|";
+            let suffix = format!("|{REVIEWS}");
+            cluster_names(&config)
+                .iter()
+                .filter_map(|n| n.strip_prefix(prefix)?.strip_suffix(suffix.as_str()).map(str::to_owned))
+                .filter(|subset| !subset.is_empty())
+                .collect()
+        };
+        assert_eq!(subsets("web"), ["web"], "the proxy's namespace first");
+        assert_eq!(subsets("shop"), ["shop"], "then the service's");
+        assert_eq!(subsets("third"), ["third"]);
+        assert_eq!(subsets("other"), ["shop"], "a third namespace's rule does not apply");
+        let config = config(&m, "other");
+        assert!(
+            cluster_names(&config).contains(&"outbound|9080|root|ratings.shop.svc.cluster.local"),
+            "the root namespace's rule applies last: {:?}",
+            cluster_names(&config)
+        );
+    }
+}

@@ -1,0 +1,81 @@
+//! Mesh-wide settings (MeshConfig, and the Sidecar's override) → the proxy's top-level ones.
+
+use std::time::Duration;
+
+use tracing::warn;
+use trellis_api::mesh::{DEFAULT_CONNECT_TIMEOUT, MeshConfig, OutboundTrafficMode};
+use trellis_api::networking::{OutboundTrafficPolicyMode, SidecarSpec};
+use trellis_xds::config as pb;
+
+/// The Sidecar's `outboundTrafficPolicy.mode` when it sets one, else the mesh's.
+pub fn outbound_policy(mesh: &MeshConfig, sidecar: Option<&SidecarSpec>) -> pb::OutboundPolicy {
+    let registry_only = match sidecar.and_then(|s| s.outbound_traffic_policy.as_ref()) {
+        Some(policy) => policy.mode == OutboundTrafficPolicyMode::RegistryOnly,
+        None => mesh.outbound_mode() == OutboundTrafficMode::RegistryOnly,
+    };
+    if registry_only { pb::OutboundPolicy::RegistryOnly } else { pb::OutboundPolicy::AllowAny }
+}
+
+/// Istio's 0 ("wait as long as it takes") has no equivalent in the proxy, whose unset value
+/// is its own short default; only a positive timeout is passed on.
+pub fn protocol_detection_timeout(mesh: &MeshConfig) -> Option<Duration> {
+    match mesh.protocol_detection_timeout() {
+        Ok(d) => (!d.is_zero()).then_some(d),
+        Err(message) => {
+            warn!(resource = "MeshConfig", field = "protocolDetectionTimeout", %message, "ignored");
+            None
+        }
+    }
+}
+
+/// Every cluster's connect timeout unless its DestinationRule sets one.
+pub fn connect_timeout(mesh: &MeshConfig) -> Duration {
+    mesh.connect_timeout().unwrap_or_else(|message| {
+        warn!(resource = "MeshConfig", field = "connectTimeout", %message, "using the default");
+        DEFAULT_CONNECT_TIMEOUT
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use trellis_api::networking::OutboundTrafficPolicy;
+
+    use super::*;
+
+    fn mesh(yaml: &str) -> MeshConfig {
+        MeshConfig::from_yaml(yaml).unwrap().0
+    }
+
+    #[test]
+    fn outbound_policy_comes_from_the_mesh_unless_the_sidecar_sets_it() {
+        let registry_only = mesh("outboundTrafficPolicy: {mode: REGISTRY_ONLY}");
+        let allow = |mode| SidecarSpec {
+            outbound_traffic_policy: Some(OutboundTrafficPolicy { mode, egress_proxy: None }),
+            ..Default::default()
+        };
+        for (mesh, sidecar, want) in [
+            (MeshConfig::default(), None, pb::OutboundPolicy::AllowAny),
+            (registry_only.clone(), None, pb::OutboundPolicy::RegistryOnly),
+            (registry_only.clone(), Some(SidecarSpec::default()), pb::OutboundPolicy::RegistryOnly),
+            (registry_only, Some(allow(OutboundTrafficPolicyMode::AllowAny)), pb::OutboundPolicy::AllowAny),
+            (
+                MeshConfig::default(),
+                Some(allow(OutboundTrafficPolicyMode::RegistryOnly)),
+                pb::OutboundPolicy::RegistryOnly,
+            ),
+        ] {
+            assert_eq!(outbound_policy(&mesh, sidecar.as_ref()), want, "{mesh:?} {sidecar:?}");
+        }
+    }
+
+    #[test]
+    fn timeouts_come_from_the_mesh() {
+        assert_eq!(protocol_detection_timeout(&MeshConfig::default()), None);
+        assert_eq!(
+            protocol_detection_timeout(&mesh("protocolDetectionTimeout: 250ms")),
+            Some(Duration::from_millis(250))
+        );
+        assert_eq!(connect_timeout(&MeshConfig::default()), Duration::from_secs(10));
+        assert_eq!(connect_timeout(&mesh("connectTimeout: 2s")), Duration::from_secs(2));
+    }
+}

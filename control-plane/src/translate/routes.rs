@@ -1,0 +1,746 @@
+//! VirtualServices → one virtual host per service port, and the cluster TCP on that port goes
+//! to.
+//!
+//! Which VirtualService routes a host: Istio merges several only for gateways; for sidecars one
+//! wins. Here the most specific host wins (an exact name over a wildcard, as Envoy picks virtual
+//! host domains), then a VirtualService in the proxy's own namespace, then (namespace, name)
+//! order — Istio takes the oldest, but creation times are not something every config source
+//! has.
+//!
+//! Destinations that are not services visible to the proxy (or subsets no visible
+//! DestinationRule defines) go to the black-hole cluster, so their share of a split fails as in
+//! Istio; a route whose destinations all fail answers 503 directly.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use tracing::{debug, warn};
+use trellis_api::networking::{
+    Destination, HttpMatchRequest, HttpRoute, HttpRouteDestination, L4MatchAttributes, RouteDestination,
+    TlsMatchAttributes, VirtualServiceSpec,
+};
+use trellis_xds::config as pb;
+
+use super::hosts;
+use super::names::{BLACK_HOLE_CLUSTER, cluster_name, resolve_host};
+use super::objects::{self, Object};
+use super::retries;
+use super::services::{Service, ServicePort};
+use super::values::{
+    Unusable, duration, header_name, header_operations, merge_header_operations, string_match,
+};
+use super::visibility::View;
+use crate::model::Model;
+
+type Vs<'a> = Object<'a, VirtualServiceSpec>;
+
+/// The VirtualServices a scope sees, with their hosts resolved.
+pub struct VirtualServices<'a> {
+    list: Vec<(Vs<'a>, Vec<String>)>,
+    namespace: &'a str,
+}
+
+impl<'a> VirtualServices<'a> {
+    /// Exported to the proxy's namespace, bound to sidecars (`gateways` empty or naming `mesh`)
+    /// and admitted by the Sidecar's egress.
+    pub fn visible(model: &'a Model, view: &View<'a>) -> VirtualServices<'a> {
+        let default = view.mesh.default_virtual_service_export_to();
+        let list = objects::virtual_services(model)
+            .filter(|vs| applies_to_sidecars(&vs.spec.gateways))
+            .filter(|vs| view.sees_exported(&vs.spec.export_to, &default, vs.namespace))
+            .map(|vs| (vs, vs.spec.hosts.iter().map(|h| resolve_host(h, vs.namespace)).collect::<Vec<_>>()))
+            .filter(|(vs, hosts)| view.admits_any(vs.namespace, hosts))
+            .collect();
+        VirtualServices { list, namespace: view.namespace }
+    }
+
+    /// Every host these VirtualServices route to; Istio shows them to a proxy whose Sidecar
+    /// would hide them, so that the routes work.
+    pub fn destination_hosts(&self) -> BTreeSet<String> {
+        let mut out = BTreeSet::new();
+        for (vs, _) in &self.list {
+            let spec = vs.spec;
+            let http = spec.http.iter().flat_map(|r| r.route.iter().map(|d| &d.destination));
+            let l4 = spec.tcp.iter().flat_map(|r| &r.route).chain(spec.tls.iter().flat_map(|r| &r.route));
+            for d in http.chain(l4.map(|d| &d.destination)) {
+                out.insert(resolve_host(&d.host, vs.namespace));
+            }
+        }
+        out
+    }
+
+    /// The VirtualService that routes `host` (see the module comment for the order).
+    pub fn for_host(&self, host: &str) -> Option<Vs<'a>> {
+        self.list
+            .iter()
+            .filter_map(|(vs, patterns)| {
+                let best = patterns
+                    .iter()
+                    .filter(|p| hosts::matches(p, host))
+                    .map(|p| hosts::specificity(p))
+                    .min()?;
+                Some(((best, vs.namespace != self.namespace, vs.namespace, vs.name), *vs))
+            })
+            .min_by_key(|(key, _)| *key)
+            .map(|(_, vs)| vs)
+    }
+}
+
+fn applies_to_sidecars(gateways: &[String]) -> bool {
+    gateways.is_empty() || gateways.iter().any(|g| g == "mesh")
+}
+
+/// What routing needs to know of the rest of the translation.
+pub struct Registry<'a> {
+    pub services: &'a BTreeMap<String, Service>,
+    /// Names of the clusters that exist.
+    pub clusters: &'a BTreeSet<String>,
+    /// The proxy's namespace, for `sourceNamespace` matches.
+    pub namespace: &'a str,
+    pub default_retry: Option<pb::RetryPolicy>,
+}
+
+/// How one service port is routed.
+pub struct PortRouting {
+    pub virtual_host: pb::VirtualHost,
+    /// Set for ports that may carry plain TCP (TCP, TLS, detected).
+    pub tcp_cluster: Option<String>,
+}
+
+impl Registry<'_> {
+    pub fn route_port(
+        &self,
+        service: &Service,
+        port: &ServicePort,
+        vs: Option<Vs<'_>>,
+        name: String,
+    ) -> PortRouting {
+        let http_capable = !matches!(port.protocol, pb::Protocol::Tcp | pb::Protocol::Tls);
+        let mut routes: Vec<pb::Route> = match vs {
+            Some(vs) if http_capable => vs
+                .spec
+                .http
+                .iter()
+                .enumerate()
+                .filter_map(|(i, r)| self.http_route(vs, i, r, port.number))
+                .collect(),
+            _ => Vec::new(),
+        };
+        if routes.is_empty() {
+            routes.push(self.default_route(service, port));
+        }
+        let tcp_cluster = (port.protocol != pb::Protocol::Http
+            && port.protocol != pb::Protocol::Http2
+            && port.protocol != pb::Protocol::Grpc)
+            .then(|| self.tcp_cluster(service, port, vs));
+        PortRouting { virtual_host: pb::VirtualHost { name, routes }, tcp_cluster }
+    }
+
+    fn default_route(&self, service: &Service, port: &ServicePort) -> pb::Route {
+        let cluster = cluster_name(port.number, "", &service.hostname);
+        pb::Route {
+            name: "default".into(),
+            action: Some(forward(vec![(cluster, 0)])),
+            retries: self.default_retry.clone(),
+            ..Default::default()
+        }
+    }
+
+    fn http_route(&self, vs: Vs<'_>, i: usize, route: &HttpRoute, port: u16) -> Option<pb::Route> {
+        let field = format!("spec.http[{i}]");
+        if route.delegate.is_some() {
+            debug!(resource = %vs, field, "delegation applies to gateways only; route skipped");
+            return None;
+        }
+        let matches: Vec<pb::RouteMatch> = route
+            .matches
+            .iter()
+            .enumerate()
+            .filter_map(|(j, m)| self.http_match(vs, &format!("{field}.match[{j}]"), m, port))
+            .collect();
+        if !route.matches.is_empty() && matches.is_empty() {
+            return None;
+        }
+        let mut request_headers = route
+            .headers
+            .as_ref()
+            .and_then(|h| h.request.as_ref())
+            .map(|ops| header_operations(ops, &vs, &format!("{field}.headers.request")));
+        let mut response_headers = route
+            .headers
+            .as_ref()
+            .and_then(|h| h.response.as_ref())
+            .map(|ops| header_operations(ops, &vs, &format!("{field}.headers.response")));
+        let action = if let Some(r) = &route.redirect {
+            if r.port != 0 || r.derive_port.is_some() {
+                debug!(resource = %vs, field = %format!("{field}.redirect.port"), "redirect ports are not implemented");
+            }
+            pb::route::Action::Redirect(pb::Redirect {
+                uri: r.uri.clone(),
+                authority: r.authority.clone(),
+                scheme: r.scheme.clone(),
+                response_code: r.redirect_code,
+            })
+        } else if let Some(d) = &route.direct_response {
+            if !(100..=599).contains(&d.status) {
+                warn!(resource = %vs, field = %format!("{field}.directResponse.status"), status = d.status, "not an HTTP status; route skipped");
+                return None;
+            }
+            let body = d.body.as_ref().map(|b| body_text(b, vs, &field)).unwrap_or_default();
+            pb::route::Action::DirectResponse(pb::DirectResponse { status: d.status, body })
+        } else if !route.route.is_empty() {
+            // Headers of a lone destination are the route's; with several, the proxy has
+            // nowhere to put them.
+            if let [only] = route.route.as_slice() {
+                let headers = only.headers.as_ref();
+                let dfield = format!("{field}.route[0].headers");
+                let ops = |o: Option<&_>, what: &str| {
+                    o.map(|o| header_operations(o, &vs, &format!("{dfield}.{what}")))
+                };
+                request_headers = merge_header_operations(
+                    request_headers,
+                    ops(headers.and_then(|h| h.request.as_ref()), "request"),
+                );
+                response_headers = merge_header_operations(
+                    response_headers,
+                    ops(headers.and_then(|h| h.response.as_ref()), "response"),
+                );
+            } else if route.route.iter().any(|d| d.headers.is_some()) {
+                debug!(resource = %vs, field, "per-destination headers in a split are not implemented");
+            }
+            self.split(vs, &field, &route.route, port)
+        } else {
+            warn!(resource = %vs, field, "neither route, redirect nor directResponse; route skipped");
+            return None;
+        };
+        if route.fault.is_some()
+            || route.mirror.is_some()
+            || !route.mirrors.is_empty()
+            || route.cors_policy.is_some()
+        {
+            debug!(resource = %vs, field, "fault injection, mirroring and CORS are not implemented");
+        }
+        let rewrite = route.rewrite.as_ref().map(|r| {
+            if r.uri_regex_rewrite.is_some() {
+                debug!(resource = %vs, field = %format!("{field}.rewrite.uriRegexRewrite"), "not implemented");
+            }
+            pb::Rewrite { uri: r.uri.clone(), authority: r.authority.clone() }
+        });
+        Some(pb::Route {
+            name: if route.name.is_empty() {
+                format!("{}/{}.http[{i}]", vs.namespace, vs.name)
+            } else {
+                route.name.clone()
+            },
+            matches,
+            action: Some(action),
+            request_headers,
+            response_headers,
+            rewrite: rewrite.filter(|r| !r.uri.is_empty() || !r.authority.is_empty()),
+            timeout: duration(route.timeout.as_ref(), &vs, &format!("{field}.timeout")).map(Into::into),
+            retries: retries::for_route(
+                route.retries.as_ref(),
+                self.default_retry.as_ref(),
+                &vs,
+                &format!("{field}.retries"),
+            ),
+        })
+    }
+
+    /// A match for this port, or `None` when it cannot match here: it names another port, a
+    /// gateway, another source namespace, or conditions the proxy cannot evaluate.
+    fn http_match(&self, vs: Vs<'_>, field: &str, m: &HttpMatchRequest, port: u16) -> Option<pb::RouteMatch> {
+        if (m.port != 0 && m.port != u32::from(port))
+            || !applies_to_sidecars(&m.gateways)
+            || (!m.source_namespace.is_empty() && m.source_namespace != self.namespace)
+        {
+            return None;
+        }
+        // Source labels differ between proxies that share a translation; authority and scheme
+        // have no place in the proxy's match.
+        if !m.source_labels.is_empty() || m.authority.is_some() || m.scheme.is_some() {
+            debug!(resource = %vs, field, "sourceLabels, authority and scheme matches are not implemented; match skipped");
+            return None;
+        }
+        let single = |s: Option<&trellis_api::networking::StringMatch>, ignore_case, f: &str| match s {
+            Some(s) => string_match(s, ignore_case, &vs, &format!("{field}.{f}")),
+            None => Ok(None),
+        };
+        let headers = |map: &BTreeMap<String, trellis_api::networking::StringMatch>, f: &str| {
+            map.iter()
+                .map(|(name, value)| {
+                    let hfield = format!("{field}.{f}.{name}");
+                    let name = header_name(name, &vs, &hfield).ok_or(Unusable)?;
+                    Ok(pb::HeaderMatch { name, value: string_match(value, false, &vs, &hfield)? })
+                })
+                .collect::<Result<Vec<_>, Unusable>>()
+        };
+        let query_params = m
+            .query_params
+            .iter()
+            .map(|(name, value)| {
+                let value = string_match(value, false, &vs, &format!("{field}.queryParams.{name}"))?;
+                // Istio reads `exact: ""` as "present".
+                let value = value.filter(|v| v.kind != Some(pb::string_match::Kind::Exact(String::new())));
+                Ok(pb::QueryMatch { name: name.clone(), value })
+            })
+            .collect::<Result<Vec<_>, Unusable>>();
+        Some(pb::RouteMatch {
+            path: single(m.uri.as_ref(), m.ignore_uri_case, "uri").ok()?,
+            method: single(m.method.as_ref(), false, "method").ok()?,
+            headers: headers(&m.headers, "headers").ok()?,
+            query_params: query_params.ok()?,
+            port: 0,
+            without_headers: headers(&m.without_headers, "withoutHeaders").ok()?,
+        })
+    }
+
+    /// Weighted destinations. Istio drops zero weights from a split; a split of only zeros is
+    /// read as even.
+    fn split(
+        &self,
+        vs: Vs<'_>,
+        field: &str,
+        destinations: &[HttpRouteDestination],
+        port: u16,
+    ) -> pb::route::Action {
+        let weight = |d: &HttpRouteDestination| u32::try_from(d.weight).unwrap_or(0);
+        let all_zero = destinations.iter().all(|d| weight(d) == 0);
+        let mut clusters = Vec::new();
+        let mut failed = 0;
+        for (j, d) in destinations.iter().enumerate() {
+            let weight = match (destinations.len(), all_zero) {
+                (1, _) => 0,
+                (_, true) => 1,
+                _ => weight(d),
+            };
+            if destinations.len() > 1 && weight == 0 {
+                continue;
+            }
+            let cluster =
+                self.destination(vs, &format!("{field}.route[{j}].destination"), &d.destination, port);
+            failed += usize::from(cluster == BLACK_HOLE_CLUSTER);
+            clusters.push((cluster, weight));
+        }
+        if failed == clusters.len() {
+            return pb::route::Action::DirectResponse(pb::DirectResponse {
+                status: 503,
+                body: String::new(),
+            });
+        }
+        forward(clusters)
+    }
+
+    /// The cluster a destination names, or the black hole when it names nothing this proxy
+    /// sees. Without a port, a single-port service's port, else the port being routed.
+    fn destination(&self, vs: Vs<'_>, field: &str, d: &Destination, routed_port: u16) -> String {
+        let host = resolve_host(&d.host, vs.namespace);
+        let cluster = (|| {
+            let service =
+                self.services.get(&host).ok_or_else(|| format!("no service {host} visible here"))?;
+            let port = match d.port.as_ref().map(|p| p.number).filter(|n| *n != 0) {
+                Some(n) => u16::try_from(n).map_err(|_| format!("{n} is not a port"))?,
+                None => match service.ports.as_slice() {
+                    [only] => only.number,
+                    _ => routed_port,
+                },
+            };
+            service.port(port).ok_or_else(|| format!("{host} has no port {port}"))?;
+            let name = cluster_name(port, &d.subset, &host);
+            if !self.clusters.contains(&name) {
+                return Err(format!(
+                    "no DestinationRule visible here defines subset {:?} of {host}",
+                    d.subset
+                ));
+            }
+            Ok(name)
+        })();
+        cluster.unwrap_or_else(|reason| {
+            warn!(resource = %vs, field, %reason, "unknown destination; its traffic fails");
+            BLACK_HOLE_CLUSTER.to_owned()
+        })
+    }
+
+    /// TCP on a port goes to the first destination of the first matching `tls` route (TLS
+    /// ports) or `tcp` route; the proxy has one cluster per port, so weights are not kept.
+    fn tcp_cluster(&self, service: &Service, port: &ServicePort, vs: Option<Vs<'_>>) -> String {
+        let default = cluster_name(port.number, "", &service.hostname);
+        let Some(vs) = vs else { return default };
+        let tls_routes = if port.protocol == pb::Protocol::Tls { vs.spec.tls.as_slice() } else { &[] };
+        let tls = tls_routes.iter().enumerate().find(|(_, r)| {
+            r.matches.is_empty() || r.matches.iter().any(|m| self.tls_match(vs, m, service, port.number))
+        });
+        let chosen = match tls {
+            Some((i, r)) => Some((format!("spec.tls[{i}]"), &r.route)),
+            None => vs
+                .spec
+                .tcp
+                .iter()
+                .enumerate()
+                .find(|(_, r)| {
+                    r.matches.is_empty() || r.matches.iter().any(|m| self.tcp_match(m, port.number))
+                })
+                .map(|(i, r)| (format!("spec.tcp[{i}]"), &r.route)),
+        };
+        let Some((field, route)) = chosen else { return default };
+        let Some(first) = route.first() else {
+            warn!(resource = %vs, field, "no destination; using the service's cluster");
+            return default;
+        };
+        let RouteDestination { destination, .. } = first;
+        self.destination(vs, &format!("{field}.route[0].destination"), destination, port.number)
+    }
+
+    fn l4_applies(&self, port: u32, gateways: &[String], source_namespace: &str, routed_port: u16) -> bool {
+        (port == 0 || port == u32::from(routed_port))
+            && applies_to_sidecars(gateways)
+            && (source_namespace.is_empty() || source_namespace == self.namespace)
+    }
+
+    fn tls_match(&self, vs: Vs<'_>, m: &TlsMatchAttributes, service: &Service, port: u16) -> bool {
+        self.l4_applies(m.port, &m.gateways, &m.source_namespace, port)
+            && m.source_labels.is_empty()
+            && m.destination_subnets.is_empty()
+            && (m.sni_hosts.is_empty()
+                || m.sni_hosts
+                    .iter()
+                    .any(|h| hosts::matches(&resolve_host(h, vs.namespace), &service.hostname)))
+    }
+
+    fn tcp_match(&self, m: &L4MatchAttributes, port: u16) -> bool {
+        self.l4_applies(m.port, &m.gateways, &m.source_namespace, port)
+            && m.source_labels.is_empty()
+            && m.destination_subnets.is_empty()
+            && m.source_subnet.is_empty()
+    }
+}
+
+fn forward(clusters: Vec<(String, u32)>) -> pb::route::Action {
+    pb::route::Action::Forward(pb::Forward {
+        clusters: clusters
+            .into_iter()
+            .map(|(cluster, weight)| pb::WeightedCluster { cluster, weight })
+            .collect(),
+    })
+}
+
+/// A direct response body: text as is, bytes (base64) when they are text.
+fn body_text(body: &trellis_api::networking::HttpBody, vs: Vs<'_>, field: &str) -> String {
+    use base64::Engine;
+    if let Some(text) = &body.string {
+        return text.clone();
+    }
+    let Some(encoded) = &body.bytes else { return String::new() };
+    match base64::engine::general_purpose::STANDARD.decode(encoded).map(String::from_utf8) {
+        Ok(Ok(text)) => text,
+        _ => {
+            warn!(resource = %vs, field = %format!("{field}.directResponse.body.bytes"), "not base64 of UTF-8 text; empty body");
+            String::new()
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::super::test_support::*;
+    use super::*;
+
+    fn reviews_routes(yaml: &str) -> Vec<pb::Route> {
+        let config = config(&bookinfo(&format!("{REVIEWS_SUBSETS}\n---\n{yaml}")), "shop");
+        routes(&config, REVIEWS_VH).to_vec()
+    }
+
+    fn subset(name: &str) -> String {
+        format!("outbound|9080|{name}|{REVIEWS}")
+    }
+
+    fn exact(value: &str) -> Option<pb::StringMatch> {
+        Some(pb::StringMatch { kind: Some(pb::string_match::Kind::Exact(value.into())) })
+    }
+
+    fn prefix(value: &str) -> Option<pb::StringMatch> {
+        Some(pb::StringMatch { kind: Some(pb::string_match::Kind::Prefix(value.into())) })
+    }
+
+    const VS: &str = "apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: { name: reviews, namespace: shop }\n";
+
+    #[test]
+    fn a_weighted_split_goes_to_subset_clusters() {
+        let routes = reviews_routes(&format!(
+            "{VS}spec:
+  hosts: [reviews]
+  http:
+    - route:
+        - {{ destination: {{ host: reviews, subset: v1 }}, weight: 90 }}
+        - {{ destination: {{ host: reviews, subset: v2 }}, weight: 10 }}
+"
+        ));
+        assert_eq!(routes.len(), 1);
+        assert_eq!(forwards(&routes[0]), [(subset("v1").as_str(), 90), (subset("v2").as_str(), 10)]);
+        assert_eq!(routes[0].name, "shop/reviews.http[0]", "unnamed routes are named after their place");
+    }
+
+    #[test]
+    fn a_header_match_routes_first_and_the_rest_falls_through() {
+        let routes = reviews_routes(&format!(
+            "{VS}spec:
+  hosts: [reviews.shop.svc.cluster.local]
+  http:
+    - name: jason
+      match: [{{ headers: {{ end-user: {{ exact: jason }} }} }}]
+      route: [{{ destination: {{ host: reviews, subset: v2 }} }}]
+    - route: [{{ destination: {{ host: reviews, subset: v1 }} }}]
+"
+        ));
+        assert_eq!(routes[0].name, "jason");
+        assert_eq!(
+            routes[0].matches,
+            [pb::RouteMatch {
+                headers: vec![pb::HeaderMatch { name: "end-user".into(), value: exact("jason") }],
+                ..Default::default()
+            }]
+        );
+        assert_eq!(forwards(&routes[0]), [(subset("v2").as_str(), 0)]);
+        assert!(routes[1].matches.is_empty());
+        assert_eq!(forwards(&routes[1]), [(subset("v1").as_str(), 0)]);
+    }
+
+    #[test]
+    fn timeouts_and_retries_are_kept_and_routes_without_retries_get_istios() {
+        let routes = reviews_routes(&format!(
+            "{VS}spec:
+  hosts: [reviews]
+  http:
+    - match: [{{ uri: {{ prefix: /slow }} }}]
+      timeout: 3s
+      retries: {{ attempts: 3, perTryTimeout: 1s, retryOn: \"5xx,connect-failure\" }}
+      route: [{{ destination: {{ host: reviews }} }}]
+    - match: [{{ uri: {{ prefix: /once }} }}]
+      retries: {{ attempts: 0 }}
+      route: [{{ destination: {{ host: reviews }} }}]
+    - route: [{{ destination: {{ host: reviews }} }}]
+"
+        ));
+        assert_eq!(routes[0].timeout, Some(Duration::from_secs(3).into()));
+        let retries = routes[0].retries.clone().unwrap();
+        assert_eq!(retries.attempts, 3);
+        assert_eq!(retries.per_try_timeout, Some(Duration::from_secs(1).into()));
+        assert_eq!(retries.retry_on, ["5xx", "connect-failure"]);
+        assert_eq!(routes[1].retries, None, "zero attempts: no retries");
+        assert_eq!(routes[2].timeout, None);
+        assert_eq!(routes[2].retries.as_ref().map(|r| (r.attempts, r.retry_on.len())), Some((2, 0)));
+        assert_eq!(forwards(&routes[2]), [(format!("outbound|9080||{REVIEWS}").as_str(), 0)]);
+    }
+
+    #[test]
+    fn without_a_virtual_service_a_port_gets_one_default_route() {
+        let config = config(&bookinfo(""), "shop");
+        let routes = routes(&config, "ratings.shop.svc.cluster.local:9080");
+        assert_eq!(routes.len(), 1);
+        assert_eq!(routes[0].name, "default");
+        assert!(routes[0].matches.is_empty());
+        assert_eq!(forwards(&routes[0]), [("outbound|9080||ratings.shop.svc.cluster.local", 0)]);
+        assert_eq!(routes[0].retries.as_ref().map(|r| r.attempts), Some(2));
+        let port = &service(&config, "ratings.shop.svc.cluster.local").ports[0];
+        assert_eq!(port.virtual_host, "ratings.shop.svc.cluster.local:9080");
+        assert_eq!(port.tcp_cluster, "", "HTTP ports carry no TCP");
+    }
+
+    #[test]
+    fn unknown_destinations_answer_503_or_fail_their_share() {
+        let config = config(
+            &bookinfo(&format!(
+                "{REVIEWS_SUBSETS}\n---\n{VS}spec:
+  hosts: [reviews]
+  http:
+    - match: [{{ uri: {{ prefix: /gone }} }}]
+      route: [{{ destination: {{ host: nowhere.example.com }} }}]
+    - match: [{{ uri: {{ prefix: /canary }} }}]
+      route:
+        - {{ destination: {{ host: reviews, subset: v1 }}, weight: 50 }}
+        - {{ destination: {{ host: reviews, subset: v9 }}, weight: 50 }}
+    - route: [{{ destination: {{ host: ratings }} }}]
+"
+            )),
+            "shop",
+        );
+        let routes = routes(&config, REVIEWS_VH);
+        assert_eq!(
+            routes[0].action,
+            Some(pb::route::Action::DirectResponse(pb::DirectResponse { status: 503, body: String::new() }))
+        );
+        assert_eq!(forwards(&routes[1]), [(subset("v1").as_str(), 50), (BLACK_HOLE_CLUSTER, 50)]);
+        assert!(cluster(&config, BLACK_HOLE_CLUSTER).subset.is_empty());
+        assert!(endpoints(&config, BLACK_HOLE_CLUSTER).is_empty());
+        assert_eq!(forwards(&routes[2]), [("outbound|9080||ratings.shop.svc.cluster.local", 0)]);
+    }
+
+    #[test]
+    fn matches_and_actions_convert_field_by_field() {
+        let routes = reviews_routes(&format!(
+            "{VS}spec:
+  hosts: [reviews]
+  http:
+    - name: old
+      match: [{{ uri: {{ exact: /v0 }}, ignoreUriCase: true }}]
+      redirect: {{ uri: /v1, authority: reviews.shop, redirectCode: 308 }}
+    - name: teapot
+      match:
+        - method: {{ exact: BREW }}
+          queryParams: {{ pot: {{ exact: \"\" }}, kind: {{ regex: \"tea|coffee\" }} }}
+          withoutHeaders: {{ x-milk: {{}} }}
+      directResponse: {{ status: 418, body: {{ string: short and stout }} }}
+    - name: elsewhere
+      match:
+        - {{ uri: {{ prefix: /a }}, port: 8080 }}
+        - {{ uri: {{ prefix: /b }}, gateways: [ingress] }}
+        - {{ uri: {{ prefix: /c }}, sourceNamespace: web }}
+      route: [{{ destination: {{ host: reviews }} }}]
+    - name: api
+      match: [{{ uri: {{ prefix: /a }}, port: 9080 }}, {{ uri: {{ prefix: /c }}, sourceNamespace: shop }}]
+      rewrite: {{ uri: /api/ }}
+      headers:
+        request: {{ set: {{ x-routed: trellis }}, remove: [cookie] }}
+        response: {{ add: {{ x-served-by: reviews }} }}
+      route:
+        - destination: {{ host: reviews }}
+          headers: {{ request: {{ set: {{ x-destination: reviews }} }} }}
+"
+        ));
+        let names: Vec<_> = routes.iter().map(|r| r.name.as_str()).collect();
+        assert_eq!(
+            names,
+            ["old", "teapot", "api"],
+            "no match of `elsewhere` can apply to this proxy and port"
+        );
+
+        let regex = Some(pb::StringMatch { kind: Some(pb::string_match::Kind::Regex("(?i)/v0".into())) });
+        assert_eq!(routes[0].matches[0].path, regex);
+        assert_eq!(
+            routes[0].action,
+            Some(pb::route::Action::Redirect(pb::Redirect {
+                uri: "/v1".into(),
+                authority: "reviews.shop".into(),
+                scheme: String::new(),
+                response_code: 308,
+            }))
+        );
+
+        let teapot = &routes[1].matches[0];
+        assert_eq!(teapot.method, exact("BREW"));
+        let regex = Some(pb::StringMatch { kind: Some(pb::string_match::Kind::Regex("tea|coffee".into())) });
+        assert_eq!(
+            teapot.query_params,
+            [
+                pb::QueryMatch { name: "kind".into(), value: regex },
+                pb::QueryMatch { name: "pot".into(), value: None }
+            ]
+        );
+        assert_eq!(teapot.without_headers, [pb::HeaderMatch { name: "x-milk".into(), value: None }]);
+        assert_eq!(
+            routes[1].action,
+            Some(pb::route::Action::DirectResponse(pb::DirectResponse {
+                status: 418,
+                body: "short and stout".into()
+            }))
+        );
+
+        let api = &routes[2];
+        assert_eq!(api.matches.len(), 2);
+        assert_eq!((api.matches[0].path.clone(), api.matches[0].port), (prefix("/a"), 0));
+        assert_eq!(api.rewrite, Some(pb::Rewrite { uri: "/api/".into(), authority: String::new() }));
+        let request = api.request_headers.clone().unwrap();
+        assert_eq!(request.set, labels_of(&[("x-routed", "trellis"), ("x-destination", "reviews")]));
+        assert_eq!(request.remove, ["cookie"]);
+        assert_eq!(api.response_headers.clone().unwrap().add, labels_of(&[("x-served-by", "reviews")]));
+    }
+
+    #[test]
+    fn the_most_specific_virtual_service_wins_then_the_proxys_namespace() {
+        let vs = |ns: &str, name: &str, host: &str, subset: &str| {
+            format!(
+                "apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {{ name: {name}, namespace: {ns} }}
+spec:
+  hosts: [\"{host}\"]
+  http: [{{ route: [{{ destination: {{ host: {REVIEWS}, subset: {subset} }} }}] }}]
+---
+"
+            )
+        };
+        let yaml = [
+            REVIEWS_SUBSETS.to_owned() + "---\n",
+            vs("shop", "all", "*.shop.svc.cluster.local", "v3"),
+            vs("web", "reviews-from-web", REVIEWS, "v2"),
+            vs("shop", "reviews", "reviews", "v1"),
+        ]
+        .concat();
+        let m = bookinfo(&yaml);
+        let first = |config: &pb::ProxyConfig, vh: &str| forwards(&routes(config, vh)[0])[0].0.to_owned();
+        let shop = config(&m, "shop");
+        assert_eq!(first(&shop, REVIEWS_VH), subset("v1"), "exact host, proxy's namespace");
+        assert_eq!(
+            first(&shop, "ratings.shop.svc.cluster.local:9080"),
+            subset("v3"),
+            "the wildcard routes hosts without an exact VirtualService"
+        );
+        let web = config(&m, "web");
+        assert_eq!(first(&web, REVIEWS_VH), subset("v2"), "exact host, proxy's namespace");
+        let other = config(&m, "other");
+        assert_eq!(first(&other, REVIEWS_VH), subset("v1"), "exact host, then namespace order");
+    }
+
+    #[test]
+    fn tcp_routes_pick_the_ports_tcp_cluster() {
+        let yaml = r#"
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: { name: db, namespace: shop }
+spec:
+  hosts: [db.shop.internal]
+  resolution: STATIC
+  ports: [{ number: 5432, name: tcp-postgres, protocol: TCP }, { number: 5433, name: tcp-admin, protocol: TCP }]
+  endpoints:
+    - { address: 10.2.0.1, labels: { role: primary } }
+    - { address: 10.2.0.2, labels: { role: replica } }
+---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: { name: db, namespace: shop }
+spec:
+  host: db.shop.internal
+  subsets: [{ name: primary, labels: { role: primary } }]
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: { name: db, namespace: shop }
+spec:
+  hosts: [db.shop.internal]
+  tcp:
+    - match: [{ port: 5432 }]
+      route: [{ destination: { host: db.shop.internal, subset: primary } }]
+"#;
+        let config = config(&model(yaml), "shop");
+        let ports = &service(&config, "db.shop.internal").ports;
+        assert_eq!(ports[0].tcp_cluster, "outbound|5432|primary|db.shop.internal");
+        assert_eq!(ports[1].tcp_cluster, "outbound|5433||db.shop.internal", "the route matches 5432 only");
+        assert_eq!(
+            forwards(&routes(&config, "db.shop.internal:5432")[0]),
+            [("outbound|5432||db.shop.internal", 0)]
+        );
+    }
+
+    #[test]
+    fn virtual_services_bound_to_gateways_only_do_not_route_sidecars() {
+        let routes = reviews_routes(&format!(
+            "{VS}spec:
+  hosts: [reviews]
+  gateways: [shop/ingress]
+  http: [{{ route: [{{ destination: {{ host: reviews, subset: v1 }} }}] }}]
+"
+        ));
+        assert_eq!(routes[0].name, "default");
+    }
+}

@@ -1,0 +1,328 @@
+//! The xDS client: one delta ADS stream to the control plane. It subscribes to the settings
+//! and the service address table up front and to a service's virtual host or TCP cluster the
+//! first time traffic needs it (the control plane adds the clusters and endpoints those refer
+//! to), so the proxy holds only what its workload uses. Every response is compiled into a new
+//! snapshot before it is acknowledged; one that does not compile is rejected (NACK, with the
+//! resource and field) and the last good config stays. The stream reconnects with capped,
+//! jittered exponential backoff and tells the new stream what it already holds.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use bytes::Bytes;
+use prost::Message;
+use tokio::sync::{mpsc, watch};
+use tokio_stream::wrappers::UnboundedReceiverStream;
+use trellis_xds::config as pb;
+use trellis_xds::discovery::aggregated_discovery_service_client::AggregatedDiscoveryServiceClient;
+use trellis_xds::discovery::{DeltaDiscoveryRequest, DeltaDiscoveryResponse};
+use trellis_xds::google::rpc::Status;
+use trellis_xds::types::{ProxyNode, ResourceType, SETTINGS_NAME};
+
+use crate::Proxy;
+use crate::config::{ConfigError, Snapshot};
+
+/// How long a request waits for a resource it needs and the proxy does not hold yet.
+pub const FETCH_WAIT: Duration = Duration::from_secs(3);
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+const BACKOFF_BASE: Duration = Duration::from_millis(200);
+const BACKOFF_CAP: Duration = Duration::from_secs(15);
+/// Largest response accepted (the address table of a large mesh fits many times over).
+const MAX_RESPONSE_BYTES: usize = 64 << 20;
+
+/// The data path's way to ask for a resource it needs.
+pub struct OnDemand {
+    requests: mpsc::UnboundedSender<(ResourceType, String)>,
+    /// Bumped after every response the client has dealt with.
+    answered: watch::Receiver<u64>,
+    /// Names the control plane said it does not have.
+    unknown: std::sync::RwLock<BTreeSet<(ResourceType, String)>>,
+}
+
+impl OnDemand {
+    /// Asks for `name` and waits (at most [`FETCH_WAIT`]) until `arrived` says the proxy holds
+    /// it, or the control plane says it has no such resource. Returns `arrived()`.
+    pub async fn fetch(&self, kind: ResourceType, name: &str, arrived: impl Fn() -> bool) -> bool {
+        if arrived() {
+            return true;
+        }
+        let key = (kind, name.to_owned());
+        if self.unknown.read().is_ok_and(|u| u.contains(&key)) {
+            return false;
+        }
+        let mut answered = self.answered.clone();
+        if self.requests.send(key.clone()).is_err() {
+            return false;
+        }
+        let wait = async {
+            loop {
+                if arrived() || self.unknown.read().is_ok_and(|u| u.contains(&key)) {
+                    return;
+                }
+                if answered.changed().await.is_err() {
+                    return;
+                }
+            }
+        };
+        let _ = tokio::time::timeout(FETCH_WAIT, wait).await;
+        arrived()
+    }
+}
+
+/// Where the control plane is and who this proxy is.
+#[derive(Clone, Debug)]
+pub struct XdsOptions {
+    /// `http://host:port`.
+    pub address: String,
+    pub node: ProxyNode,
+}
+
+/// What the proxy holds: per type, each resource's version and encoding.
+#[derive(Clone, Debug, Default)]
+struct Held {
+    types: BTreeMap<ResourceType, BTreeMap<String, (String, Bytes)>>,
+}
+
+impl Held {
+    fn versions(&self, kind: ResourceType) -> std::collections::HashMap<String, String> {
+        self.types.get(&kind).map(|m| m.iter().map(|(n, (v, _))| (n.clone(), v.clone())).collect()).unwrap_or_default()
+    }
+
+    /// The whole config, assembled in name order (so a compile error's index names the
+    /// resource).
+    fn assemble(&self) -> Result<pb::ProxyConfig, String> {
+        let mut config = match self.types.get(&ResourceType::Settings).and_then(|m| m.get(SETTINGS_NAME)) {
+            Some((_, bytes)) => decode::<pb::ProxyConfig>(ResourceType::Settings, SETTINGS_NAME, bytes)?,
+            None => pb::ProxyConfig::default(),
+        };
+        config.services = self.decode_all(ResourceType::Service)?;
+        config.virtual_hosts = self.decode_all(ResourceType::VirtualHost)?;
+        config.clusters = self.decode_all(ResourceType::Cluster)?;
+        config.endpoints = self.decode_all(ResourceType::Endpoints)?;
+        Ok(config)
+    }
+
+    fn decode_all<M: Message + Default>(&self, kind: ResourceType) -> Result<Vec<M>, String> {
+        let Some(map) = self.types.get(&kind) else { return Ok(Vec::new()) };
+        map.iter().map(|(name, (_, bytes))| decode(kind, name, bytes)).collect()
+    }
+
+    fn name_at(&self, kind: ResourceType, index: usize) -> Option<&str> {
+        self.types.get(&kind)?.keys().nth(index).map(String::as_str)
+    }
+}
+
+fn decode<M: Message + Default>(kind: ResourceType, name: &str, bytes: &[u8]) -> Result<M, String> {
+    M::decode(bytes).map_err(|e| format!("{} {name}: cannot decode: {e}", kind.short_name()))
+}
+
+/// Turns "virtual_hosts[2].routes[0]: message" into "virtualhost web:80: routes[0]: message".
+fn describe(error: &ConfigError, held: &Held) -> String {
+    let lists = [
+        ("services[", ResourceType::Service),
+        ("virtual_hosts[", ResourceType::VirtualHost),
+        ("clusters[", ResourceType::Cluster),
+        ("endpoints[", ResourceType::Endpoints),
+    ];
+    for (prefix, kind) in lists {
+        if let Some(rest) = error.field.strip_prefix(prefix)
+            && let Some((index, field)) = rest.split_once(']')
+            && let Some(name) = index.parse().ok().and_then(|i| held.name_at(kind, i))
+        {
+            let field = field.trim_start_matches('.');
+            let sep = if field.is_empty() { "" } else { ": " };
+            return format!("{} {name}{sep}{field}: {}", kind.short_name(), error.message);
+        }
+    }
+    format!("{}: {}", error.field, error.message)
+}
+
+/// Starts the client. The proxy is ready once it holds the settings and the address table.
+pub fn start(proxy: Arc<Proxy>, options: XdsOptions) {
+    let (requests, requests_rx) = mpsc::unbounded_channel();
+    let (answered_tx, answered) = watch::channel(0);
+    let on_demand = OnDemand { requests, answered, unknown: Default::default() };
+    if proxy.on_demand.set(on_demand).is_err() {
+        tracing::error!("the xDS client was started twice");
+        return;
+    }
+    tokio::spawn(run(proxy, options, requests_rx, answered_tx));
+}
+
+struct Client {
+    proxy: Arc<Proxy>,
+    options: XdsOptions,
+    held: Held,
+    /// Names subscribed on demand, per type; re-sent on every new stream.
+    subscribed: BTreeMap<ResourceType, BTreeSet<String>>,
+    /// Types whose first response has been applied (readiness needs settings and services).
+    received: BTreeSet<ResourceType>,
+    answered: watch::Sender<u64>,
+}
+
+async fn run(
+    proxy: Arc<Proxy>,
+    options: XdsOptions,
+    mut requests: mpsc::UnboundedReceiver<(ResourceType, String)>,
+    answered: watch::Sender<u64>,
+) {
+    let mut drain = proxy.drain.subscribe();
+    let mut client = Client {
+        proxy,
+        options,
+        held: Held::default(),
+        subscribed: BTreeMap::new(),
+        received: BTreeSet::new(),
+        answered,
+    };
+    let mut failures = 0u32;
+    loop {
+        let outcome = tokio::select! {
+            outcome = client.stream(&mut requests) => outcome,
+            () = crate::drained(&mut drain) => return,
+        };
+        match outcome {
+            Ok(()) => {
+                failures = 0;
+                tracing::info!("xDS stream closed by the control plane; reconnecting");
+            }
+            Err((error, made_progress)) => {
+                failures = if made_progress { 1 } else { failures.saturating_add(1) };
+                tracing::warn!(address = %client.options.address, "xDS stream: {error}");
+            }
+        }
+        // Full jitter: proxies that lost the same control plane come back spread out, not
+        // in one wave.
+        let ceiling = BACKOFF_BASE.saturating_mul(2u32.saturating_pow(failures.min(16))).min(BACKOFF_CAP);
+        let wait = ceiling.mul_f64(rand::random::<f64>()).max(BACKOFF_BASE / 2);
+        tokio::select! {
+            () = tokio::time::sleep(wait) => {}
+            () = crate::drained(&mut drain) => return,
+        }
+    }
+}
+
+impl Client {
+    /// One stream, until it ends. The error says whether any response arrived first.
+    async fn stream(
+        &mut self,
+        requests: &mut mpsc::UnboundedReceiver<(ResourceType, String)>,
+    ) -> Result<(), (String, bool)> {
+        let fail = |e: String| (e, false);
+        let endpoint = tonic::transport::Endpoint::from_shared(self.options.address.clone())
+            .map_err(|e| fail(format!("discovery address {:?}: {e}", self.options.address)))?
+            .connect_timeout(CONNECT_TIMEOUT)
+            .tcp_nodelay(true)
+            .http2_keep_alive_interval(Duration::from_secs(30));
+        let channel = endpoint.connect().await.map_err(|e| fail(format!("connect: {e}")))?;
+        let mut ads = AggregatedDiscoveryServiceClient::new(channel).max_decoding_message_size(MAX_RESPONSE_BYTES);
+
+        let (tx, rx) = mpsc::unbounded_channel();
+        for (i, kind) in ResourceType::PUSH_ORDER.into_iter().enumerate() {
+            let request = DeltaDiscoveryRequest {
+                node: (i == 0).then(|| self.options.node.to_node()),
+                type_url: kind.type_url().to_owned(),
+                resource_names_subscribe: self.subscribed.get(&kind).into_iter().flatten().cloned().collect(),
+                initial_resource_versions: self.held.versions(kind),
+                ..Default::default()
+            };
+            let _ = tx.send(request);
+        }
+        let mut inbound = ads
+            .delta_aggregated_resources(UnboundedReceiverStream::new(rx))
+            .await
+            .map_err(|e| fail(format!("open stream: {}", e.message())))?
+            .into_inner();
+        let mut progress = false;
+        loop {
+            tokio::select! {
+                message = inbound.message() => match message {
+                    Ok(Some(response)) => {
+                        progress = true;
+                        let reply = self.apply(response);
+                        let _ = tx.send(reply);
+                        self.answered.send_modify(|n| *n += 1);
+                    }
+                    Ok(None) => return Ok(()),
+                    Err(status) => return Err((format!("{}: {}", status.code(), status.message()), progress)),
+                },
+                Some((kind, name)) = requests.recv() => {
+                    if self.subscribed.entry(kind).or_default().insert(name.clone()) {
+                        let _ = tx.send(DeltaDiscoveryRequest {
+                            type_url: kind.type_url().to_owned(),
+                            resource_names_subscribe: vec![name],
+                            ..Default::default()
+                        });
+                    }
+                }
+            }
+        }
+    }
+
+    /// Compiles the config with `response` applied; the ACK or NACK to send back.
+    fn apply(&mut self, response: DeltaDiscoveryResponse) -> DeltaDiscoveryRequest {
+        let mut reply = DeltaDiscoveryRequest {
+            type_url: response.type_url.clone(),
+            response_nonce: response.nonce.clone(),
+            ..Default::default()
+        };
+        match self.try_apply(&response) {
+            Ok(()) => {}
+            Err(message) => {
+                tracing::warn!(version = %response.system_version_info, "rejected config: {message}");
+                reply.error_detail = Some(Status { code: tonic::Code::InvalidArgument as i32, message, details: vec![] });
+            }
+        }
+        reply
+    }
+
+    fn try_apply(&mut self, response: &DeltaDiscoveryResponse) -> Result<(), String> {
+        let kind = ResourceType::from_type_url(&response.type_url)
+            .ok_or_else(|| format!("type_url: {:?} is not a type this proxy knows", response.type_url))?;
+        let mut candidate = self.held.clone();
+        let map = candidate.types.entry(kind).or_default();
+        for resource in &response.resources {
+            let any = resource
+                .resource
+                .as_ref()
+                .ok_or_else(|| format!("{} {}: no resource in the response", kind.short_name(), resource.name))?;
+            if any.type_url != response.type_url {
+                return Err(format!(
+                    "{} {}: type_url {:?} inside a {:?} response",
+                    kind.short_name(),
+                    resource.name,
+                    any.type_url,
+                    response.type_url
+                ));
+            }
+            map.insert(resource.name.clone(), (resource.version.clone(), any.value.clone()));
+        }
+        let mut unknown = Vec::new();
+        for name in &response.removed_resources {
+            if map.remove(name).is_none() || self.subscribed.get(&kind).is_some_and(|s| s.contains(name)) {
+                unknown.push((kind, name.clone()));
+            }
+        }
+        let config = candidate.assemble()?;
+        let current = self.proxy.config.load_full();
+        let snapshot = Snapshot::compile_on_demand(config, current.version + 1, Some(&current))
+            .map_err(|e| describe(&e, &candidate))?;
+        self.held = candidate;
+        self.proxy.config.store(Arc::new(snapshot));
+        if let Some(on_demand) = self.proxy.on_demand.get()
+            && let Ok(mut names) = on_demand.unknown.write()
+        {
+            for (kind, name) in response.resources.iter().map(|r| (kind, r.name.clone())) {
+                names.remove(&(kind, name));
+            }
+            names.extend(unknown);
+        }
+        self.received.insert(kind);
+        if self.received.contains(&ResourceType::Settings) && self.received.contains(&ResourceType::Service) {
+            self.proxy.ready.store(true, Ordering::Release);
+        }
+        Ok(())
+    }
+}
