@@ -11,7 +11,8 @@ use tokio::sync::watch;
 use tracing_subscriber::EnvFilter;
 use trellis_api::mesh::MeshConfig;
 use trellis_control_plane::model::{Model, ModelHandle};
-use trellis_control_plane::sources::files;
+use trellis_control_plane::sources::{files, kube as kube_source};
+use trellis_control_plane::status::RejectedConfig;
 use trellis_control_plane::xds::generation::{self, Generation};
 use trellis_control_plane::xds::metrics::XdsMetrics;
 use trellis_control_plane::xds::server::{Registry, XdsServer};
@@ -56,9 +57,10 @@ fn main() -> ExitCode {
     }
     let mesh = match &args.mesh_config {
         None => MeshConfig::default(),
-        Some(path) => match std::fs::read_to_string(path).map_err(|e| e.to_string()).and_then(|text| {
-            MeshConfig::from_yaml(&text).map(|(mesh, _)| mesh).map_err(|e| e.to_string())
-        }) {
+        Some(path) => match std::fs::read_to_string(path)
+            .map_err(|e| e.to_string())
+            .and_then(|text| MeshConfig::from_yaml(&text).map(|(mesh, _)| mesh).map_err(|e| e.to_string()))
+        {
             Ok(mesh) => mesh,
             Err(e) => {
                 eprintln!("trellisd: --mesh-config {}: {e}", path.display());
@@ -87,19 +89,25 @@ async fn run(args: Args, mesh: MeshConfig) -> Result<(), String> {
     let mut registry = prometheus_client::registry::Registry::default();
     let metrics = Arc::new(XdsMetrics::new(&mut registry));
     let proxies = Arc::new(Registry::default());
+    let rejected = RejectedConfig::default();
 
     if let Some(dir) = args.config_dir.clone() {
         // The first reading goes into the first generation, so no proxy starts on an empty
         // config.
         let mut watcher = files::DirWatcher::new(dir);
-        report(&metrics, &watcher.poll(&model));
-        let (model, metrics) = (model.clone(), metrics.clone());
-        tokio::spawn(watcher.run(model, move |r| report(&metrics, std::slice::from_ref(r))));
+        report(&metrics, &rejected, &watcher.poll(&model).unwrap_or_default());
+        let (model, metrics, rejected) = (model.clone(), metrics.clone(), rejected.clone());
+        tokio::spawn(watcher.run(model, move |r| report(&metrics, &rejected, r)));
     }
     if args.kubernetes {
         let client = kube::Client::try_default().await.map_err(|e| format!("kubernetes client: {e}"))?;
-        let status = trellis_control_plane::sources::kube::SourceStatus::new();
-        tokio::spawn(trellis_control_plane::sources::kube::run(client, model.clone(), status));
+        let status = kube_source::SourceStatus::new();
+        tokio::spawn(kube_source::run(client, model.clone(), status.clone()));
+        tokio::spawn(count_kubernetes_rejections(status.clone(), metrics.clone()));
+        // Pushing before every kind is listed would send services without their endpoints.
+        if tokio::time::timeout(SYNC_WAIT, status.wait_synced()).await.is_err() {
+            tracing::warn!(unsynced = ?status.unsynced(), "not every kind listed after {SYNC_WAIT:?}; serving anyway");
+        }
     }
 
     let (publish, generations) = watch::channel(Arc::new(Generation::first(model.snapshot())));
@@ -108,7 +116,8 @@ async fn run(args: Args, mesh: MeshConfig) -> Result<(), String> {
     let monitoring = tokio::net::TcpListener::bind(args.monitoring_address)
         .await
         .map_err(|e| format!("--monitoring-address {}: {e}", args.monitoring_address))?;
-    let router = trellis_control_plane::status::router(proxies.clone(), Arc::new(registry));
+    let monitoring_local = monitoring.local_addr().map_err(|e| e.to_string())?;
+    let router = trellis_control_plane::status::router(proxies.clone(), rejected, Arc::new(registry));
     tokio::spawn(async move {
         if let Err(e) = axum::serve(monitoring, router).await {
             tracing::error!("monitoring server: {e}");
@@ -119,7 +128,8 @@ async fn run(args: Args, mesh: MeshConfig) -> Result<(), String> {
         .await
         .map_err(|e| format!("--xds-address {}: {e}", args.xds_address))?;
     let xds_local = xds.local_addr().map_err(|e| e.to_string())?;
-    eprintln!("trellisd listening: xds {xds_local} monitoring {}", args.monitoring_address);
+    // One line a supervisor (or a test) can read: where each listener ended up.
+    println!("trellisd listening: xds {xds_local} monitoring {monitoring_local}");
     let service = AggregatedDiscoveryServiceServer::new(XdsServer::new(generations, proxies, metrics))
         .max_decoding_message_size(4 << 20);
     tonic::transport::Server::builder()
@@ -132,9 +142,29 @@ async fn run(args: Args, mesh: MeshConfig) -> Result<(), String> {
         .map_err(|e| format!("xds server: {e}"))
 }
 
-fn report(metrics: &XdsMetrics, rejections: &[files::Rejection]) {
+/// How long the first push waits for the Kubernetes source's first complete listing.
+const SYNC_WAIT: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// Carries the Kubernetes source's rejection counts into the metrics, once a second.
+async fn count_kubernetes_rejections(status: kube_source::SourceStatus, metrics: Arc<XdsMetrics>) {
+    let mut seen = std::collections::BTreeMap::new();
+    loop {
+        tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+        for kind in kube_source::ISTIO_KINDS {
+            let now = status.config_errors(kind);
+            let before = seen.insert(kind, now).unwrap_or(0);
+            for _ in before..now {
+                metrics.config_error("kubernetes", kind.name());
+            }
+        }
+    }
+}
+
+/// Logs and counts a reading's rejections; the debug page shows the latest reading's.
+fn report(metrics: &XdsMetrics, rejected: &RejectedConfig, rejections: &[files::Rejection]) {
     for r in rejections {
         tracing::warn!(file = %r.file.display(), "rejected: {}", r.message);
         metrics.config_error("files", &r.kind);
     }
+    rejected.replace(rejections.iter().map(|r| format!("{}: {}", r.file.display(), r.message)).collect());
 }

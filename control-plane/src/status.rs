@@ -77,29 +77,60 @@ impl SyncStatus {
     }
 }
 
+/// `/debug/syncz`: every connected proxy, and the config objects currently rejected (their
+/// last good version is what proxies get).
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct Syncz {
+    pub proxies: Vec<SyncStatus>,
+    pub rejected_config: Vec<String>,
+}
+
+/// The config sources' current rejections, for the debug page.
+#[derive(Clone, Default)]
+pub struct RejectedConfig(Arc<std::sync::Mutex<Vec<String>>>);
+
+impl RejectedConfig {
+    pub fn replace(&self, messages: Vec<String>) {
+        *self.0.lock().unwrap_or_else(|p| p.into_inner()) = messages;
+    }
+
+    pub fn get(&self) -> Vec<String> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+}
+
 #[derive(Clone)]
 struct Monitoring {
     registry: Arc<Registry>,
+    rejected: RejectedConfig,
     metrics: Arc<prometheus_client::registry::Registry>,
 }
 
-pub fn router(registry: Arc<Registry>, metrics: Arc<prometheus_client::registry::Registry>) -> Router {
+pub fn router(
+    registry: Arc<Registry>,
+    rejected: RejectedConfig,
+    metrics: Arc<prometheus_client::registry::Registry>,
+) -> Router {
     Router::new()
         .route("/metrics", get(metrics_page))
         .route("/debug/syncz", get(syncz))
         .route("/ready", get(|| async { "ok" }))
-        .with_state(Monitoring { registry, metrics })
+        .with_state(Monitoring { registry, rejected, metrics })
 }
 
 async fn metrics_page(State(m): State<Monitoring>) -> impl IntoResponse {
     let mut text = String::new();
     match prometheus_client::encoding::text::encode(&mut text, &m.metrics) {
-        Ok(()) => (StatusCode::OK, [(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text).into_response(),
+        Ok(()) => {
+            (StatusCode::OK, [(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text).into_response()
+        }
         Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, e.to_string()).into_response(),
     }
 }
 
 async fn syncz(State(m): State<Monitoring>) -> impl IntoResponse {
-    let proxies: Vec<SyncStatus> = m.registry.snapshot().iter().map(SyncStatus::of).collect();
-    axum::Json(proxies)
+    let mut proxies: Vec<SyncStatus> = m.registry.snapshot().iter().map(SyncStatus::of).collect();
+    proxies.sort_by(|a, b| a.id.cmp(&b.id));
+    axum::Json(Syncz { proxies, rejected_config: m.rejected.get() })
 }

@@ -62,7 +62,7 @@ async fn the_model_follows_the_cluster() {
             "managedFields": [{"manager": "kubectl", "operation": "Apply"}]
         }}),
     );
-    // The API server is unavailable at first.
+    // The first list of Services fails: the watcher backs off and lists again.
     api.fail_lists(SERVICES, 1);
     let client = kube::Client::try_from(kube::Config::new(api.url.parse().unwrap())).unwrap();
     let model = ModelHandle::default();
@@ -78,6 +78,7 @@ async fn the_model_follows_the_cluster() {
     assert_eq!(ns.metadata.labels.as_ref().and_then(|l| l.get("istio-injection")).unwrap(), "enabled");
     assert_eq!(ns.metadata.managed_fields, None, "managed fields are not kept");
     assert!(logs.text().contains("does not serve Gateway"), "{}", logs.text());
+    assert!(logs.text().contains("watching Service failed; retrying"), "{}", logs.text());
 
     // Service: added, then updated.
     let reviews = || key("shop", "reviews");

@@ -72,7 +72,12 @@ pub async fn handle(stream: TcpStream, peer: SocketAddr, side: Side, proxy: Arc<
     } else if declared_http {
         None
     } else {
-        Some(detect(&stream, snapshot.detection_timeout).await)
+        // Without a redirect there is no original destination to fall back to as TCP, so an
+        // explicit client (a pooled connection, idle before its first request) gets as long as
+        // any client has to send its headers.
+        let timeout =
+            if original.is_none() { snapshot.limits.header_read_timeout } else { snapshot.detection_timeout };
+        Some(detect(&stream, timeout).await)
     };
     drop(snapshot);
     match detected {

@@ -742,7 +742,11 @@ async fn fetch_virtual_host(
     };
     let lookup = || find_service_port(&proxy.config.load(), authority, original, port);
     let arrived = || lookup().is_some_and(|sp| sp.virtual_host.is_some());
-    if on_demand.fetch(ResourceType::VirtualHost, name, arrived).await { lookup() } else { Some(service_port) }
+    if on_demand.fetch(ResourceType::VirtualHost, name, arrived).await {
+        lookup()
+    } else {
+        Some(service_port)
+    }
 }
 
 fn authority_ref<B>(request: &Request<B>) -> Option<&str> {

@@ -217,7 +217,12 @@ fn parse_labels(text: &str) -> Result<std::collections::BTreeMap<String, String>
         .collect()
 }
 
-async fn run(args: Args, drain_timeout: Duration, log_control: LogControl, xds: Option<XdsOptions>) -> ExitCode {
+async fn run(
+    args: Args,
+    drain_timeout: Duration,
+    log_control: LogControl,
+    xds: Option<XdsOptions>,
+) -> ExitCode {
     let any = |port| {
         let mut addrs = vec![SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), port)];
         if args.ipv6 {

@@ -87,7 +87,10 @@ struct Held {
 
 impl Held {
     fn versions(&self, kind: ResourceType) -> std::collections::HashMap<String, String> {
-        self.types.get(&kind).map(|m| m.iter().map(|(n, (v, _))| (n.clone(), v.clone())).collect()).unwrap_or_default()
+        self.types
+            .get(&kind)
+            .map(|m| m.iter().map(|(n, (v, _))| (n.clone(), v.clone())).collect())
+            .unwrap_or_default()
     }
 
     /// The whole config, assembled in name order (so a compile error's index names the
@@ -217,7 +220,8 @@ impl Client {
             .tcp_nodelay(true)
             .http2_keep_alive_interval(Duration::from_secs(30));
         let channel = endpoint.connect().await.map_err(|e| fail(format!("connect: {e}")))?;
-        let mut ads = AggregatedDiscoveryServiceClient::new(channel).max_decoding_message_size(MAX_RESPONSE_BYTES);
+        let mut ads =
+            AggregatedDiscoveryServiceClient::new(channel).max_decoding_message_size(MAX_RESPONSE_BYTES);
 
         let (tx, rx) = mpsc::unbounded_channel();
         for (i, kind) in ResourceType::PUSH_ORDER.into_iter().enumerate() {
@@ -272,7 +276,8 @@ impl Client {
             Ok(()) => {}
             Err(message) => {
                 tracing::warn!(version = %response.system_version_info, "rejected config: {message}");
-                reply.error_detail = Some(Status { code: tonic::Code::InvalidArgument as i32, message, details: vec![] });
+                reply.error_detail =
+                    Some(Status { code: tonic::Code::InvalidArgument as i32, message, details: vec![] });
             }
         }
         reply
@@ -284,10 +289,9 @@ impl Client {
         let mut candidate = self.held.clone();
         let map = candidate.types.entry(kind).or_default();
         for resource in &response.resources {
-            let any = resource
-                .resource
-                .as_ref()
-                .ok_or_else(|| format!("{} {}: no resource in the response", kind.short_name(), resource.name))?;
+            let any = resource.resource.as_ref().ok_or_else(|| {
+                format!("{} {}: no resource in the response", kind.short_name(), resource.name)
+            })?;
             if any.type_url != response.type_url {
                 return Err(format!(
                     "{} {}: type_url {:?} inside a {:?} response",

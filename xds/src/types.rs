@@ -201,7 +201,8 @@ mod tests {
     #[test]
     fn bad_nodes_are_refused_with_the_field() {
         let good = ProxyNode { id: "p".into(), namespace: "ns".into(), ..Default::default() }.to_node();
-        let cases: [(&str, Box<dyn Fn(&mut Node)>); 4] = [
+        type Spoil = Box<dyn Fn(&mut Node)>;
+        let cases: [(&str, Spoil); 4] = [
             ("node.id: required", Box::new(|n: &mut Node| n.id.clear())),
             ("node.metadata.NAMESPACE: required", Box::new(|n: &mut Node| n.metadata = None)),
             ("node.id: 300 bytes", Box::new(|n: &mut Node| n.id = "x".repeat(300))),

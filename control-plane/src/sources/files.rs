@@ -55,11 +55,16 @@ pub fn read_dir(dir: &Path) -> Reading {
                 reading.rejections.push(Rejection {
                     file: file.clone(),
                     kind: key.kind.name().to_owned(),
-                    message: format!("{} {}/{} is defined twice; the later one wins", key.kind, key.namespace, key.name),
+                    message: format!(
+                        "{} {}/{} is defined twice; the later one wins",
+                        key.kind, key.namespace, key.name
+                    ),
                 });
             }
         }
-        for problem in checked.problems.iter().filter(|p| p.severity == trellis_api::validate::Severity::Error) {
+        for problem in
+            checked.problems.iter().filter(|p| p.severity == trellis_api::validate::Severity::Error)
+        {
             if let Some(id) = &problem.resource
                 && let Some(kind) = Kind::ALL.into_iter().find(|k| k.name() == id.kind)
                 && !id.name.is_empty()
@@ -182,21 +187,21 @@ impl DirWatcher {
     }
 
     /// Reads the directory into the model if it changed since the last poll; returns the
-    /// rejections of that reading (none when nothing changed).
-    pub fn poll(&mut self, model: &ModelHandle) -> Vec<Rejection> {
+    /// rejections of that reading, or `None` when nothing changed.
+    pub fn poll(&mut self, model: &ModelHandle) -> Option<Vec<Rejection>> {
         let sig = signature(&self.dir);
         if self.last_signature.as_ref() == Some(&sig) {
-            return Vec::new();
+            return None;
         }
         let reading = read_dir(&self.dir);
         self.owned = apply(model, &reading, &self.owned);
         self.last_signature = Some(sig);
-        reading.rejections
+        Some(reading.rejections)
     }
 
-    /// Polls every [`POLL_INTERVAL`] until the task is dropped, passing each rejection to
-    /// `on_rejected` (for logs and counters).
-    pub async fn run(mut self, model: ModelHandle, on_rejected: impl Fn(&Rejection) + Send + 'static) {
+    /// Polls every [`POLL_INTERVAL`] until the task is dropped, passing the rejections of each
+    /// new reading to `on_reading` (for logs, counters and the debug page).
+    pub async fn run(mut self, model: ModelHandle, on_reading: impl Fn(&[Rejection]) + Send + 'static) {
         loop {
             tokio::time::sleep(POLL_INTERVAL).await;
             let (watcher, rejections) = {
@@ -212,8 +217,8 @@ impl DirWatcher {
                 }
             };
             self = watcher;
-            for rejection in &rejections {
-                on_rejected(rejection);
+            if let Some(rejections) = rejections {
+                on_reading(&rejections);
             }
         }
     }
@@ -268,7 +273,10 @@ spec:
         let reading = read_dir(dir.path());
         assert_eq!(reading.rejections.len(), 1, "{:?}", reading.rejections);
         let message = &reading.rejections[0].message;
-        assert!(message.contains("VirtualService shop/web") && message.contains("spec.http[0].route"), "{message}");
+        assert!(
+            message.contains("VirtualService shop/web") && message.contains("spec.http[0].route"),
+            "{message}"
+        );
         let owned = apply(&model, &reading, &owned);
         assert_eq!(weights(&model), [90, 10], "the last good version stays");
 

@@ -159,7 +159,7 @@ where
     T: Target + Send + 'static,
     T::Object: kube::Resource + Clone + DeserializeOwned + Debug + Send + 'static,
     T::Key: Send,
-    T::Value: Send + std::marker::Sync,
+    T::Value: Send + Sync,
 {
     let mut mirror = Mirror::new(target);
     let mut events =
@@ -367,30 +367,15 @@ impl Target for IstioKind {
 /// One line per finding: `rejected VirtualService shop/reviews: spec.hosts: required`.
 /// Warnings (which do not reject) read `VirtualService shop/reviews: warning: ...`.
 fn log_findings(key: &ObjectKey, findings: &[Finding]) {
-    let (kind, ns, name) = (key.kind, &key.namespace, &key.name);
+    let (kind, ns, name) = (key.kind.name(), key.namespace.as_str(), key.name.as_str());
     for finding in findings {
-        let problem = if finding.field.is_empty() {
-            finding.message.clone()
-        } else {
-            format!("{}: {}", finding.field, finding.message)
-        };
-        let fields = (key.kind.name(), ns.as_str(), name.as_str(), finding.field.as_str());
+        let field = finding.field.as_str();
+        let problem =
+            if field.is_empty() { finding.message.clone() } else { format!("{field}: {}", finding.message) };
         if finding.severity == Severity::Error {
-            tracing::warn!(
-                kind = fields.0,
-                namespace = fields.1,
-                name = fields.2,
-                field = fields.3,
-                "rejected {kind} {ns}/{name}: {problem}"
-            );
+            tracing::warn!(kind, namespace = ns, name, field, "rejected {kind} {ns}/{name}: {problem}");
         } else {
-            tracing::warn!(
-                kind = fields.0,
-                namespace = fields.1,
-                name = fields.2,
-                field = fields.3,
-                "{kind} {ns}/{name}: warning: {problem}"
-            );
+            tracing::warn!(kind, namespace = ns, name, field, "{kind} {ns}/{name}: warning: {problem}");
         }
     }
 }

@@ -1,4 +1,4 @@
 //! Where the model's objects come from.
 
-pub mod kube;
 pub mod files;
+pub mod kube;

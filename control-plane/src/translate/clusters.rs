@@ -1,8 +1,7 @@
 //! DestinationRules → clusters: one cluster per service port, plus one per subset of the rule
 //! that applies to the service, each with its load balancer and connection pool.
 
-use std::collections::BTreeMap;
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
 use tracing::{debug, warn};

@@ -71,31 +71,57 @@ pub fn translate(model: &Model, scope: &Scope) -> pb::ProxyConfig {
     let view = visibility::View::new(model, scope);
     let virtual_services = routes::VirtualServices::visible(model, &view);
     let services = view.services(services::discover(model), &virtual_services.destination_hosts());
-    let rules = clusters::DestinationRules::visible(model, &view);
-    let connect_timeout = mesh::connect_timeout(&model.mesh);
+    let mut config = pb::ProxyConfig {
+        outbound_policy: mesh::outbound_policy(&model.mesh, view.sidecar.map(|s| s.spec)).into(),
+        protocol_detection_timeout: mesh::protocol_detection_timeout(&model.mesh).map(Into::into),
+        ..Default::default()
+    };
+    add_clusters(&mut config, model, &view, &services);
+    add_services(&mut config, model, scope, &services, &virtual_services);
+    add_black_hole_if_used(&mut config);
+    config.clusters.sort_by(|a, b| a.name.cmp(&b.name));
+    config.endpoints.sort_by(|a, b| a.service.cmp(&b.service));
+    config.virtual_hosts.sort_by(|a, b| a.name.cmp(&b.name));
+    config
+}
 
-    let mut endpoints = Vec::new();
-    let mut clusters = Vec::new();
+/// Endpoint sets and clusters, one set per service port.
+fn add_clusters(
+    config: &mut pb::ProxyConfig,
+    model: &Model,
+    view: &visibility::View<'_>,
+    services: &BTreeMap<String, services::Service>,
+) {
+    let rules = clusters::DestinationRules::visible(model, view);
+    let connect_timeout = mesh::connect_timeout(&model.mesh);
     for service in services.values() {
         let rule = rules.for_service(service);
         for port in &service.ports {
-            endpoints.push(pb::ServiceEndpoints {
+            config.endpoints.push(pb::ServiceEndpoints {
                 service: service_port_name(&service.hostname, port.number),
                 endpoints: port.endpoints.clone(),
             });
-            clusters.extend(clusters::for_port(service, port, rule, connect_timeout));
+            config.clusters.extend(clusters::for_port(service, port, rule, connect_timeout));
         }
     }
+}
 
-    let cluster_names: BTreeSet<String> = clusters.iter().map(|c| c.name.clone()).collect();
+/// The address table and a virtual host per service port; routes refer to the clusters
+/// already in `config`.
+fn add_services(
+    config: &mut pb::ProxyConfig,
+    model: &Model,
+    scope: &Scope,
+    services: &BTreeMap<String, services::Service>,
+    virtual_services: &routes::VirtualServices<'_>,
+) {
+    let cluster_names: BTreeSet<String> = config.clusters.iter().map(|c| c.name.clone()).collect();
     let registry = routes::Registry {
-        services: &services,
+        services,
         clusters: &cluster_names,
         namespace: &scope.namespace,
         default_retry: retries::route_default(&model.mesh),
     };
-    let mut virtual_hosts = Vec::new();
-    let mut proxy_services = Vec::new();
     let mut opaque_ports = BTreeSet::new();
     for service in services.values() {
         let vs = virtual_services.for_host(&service.hostname);
@@ -103,7 +129,7 @@ pub fn translate(model: &Model, scope: &Scope) -> pb::ProxyConfig {
         for port in &service.ports {
             let name = service_port_name(&service.hostname, port.number);
             let routing = registry.route_port(service, port, vs, name.clone());
-            virtual_hosts.push(routing.virtual_host);
+            config.virtual_hosts.push(routing.virtual_host);
             ports.push(pb::ServicePort {
                 port: port.number.into(),
                 protocol: port.protocol.into(),
@@ -114,42 +140,214 @@ pub fn translate(model: &Model, scope: &Scope) -> pb::ProxyConfig {
                 opaque_ports.insert(u32::from(port.number));
             }
         }
-        proxy_services.push(pb::Service {
+        config.services.push(pb::Service {
             name: service.hostname.clone(),
             aliases: service.aliases(&scope.namespace),
             addresses: service.addresses.iter().map(ToString::to_string).collect(),
             ports,
         });
     }
+    config.opaque_ports = opaque_ports.into_iter().collect();
+}
 
-    if refers_to_black_hole(&virtual_hosts, &proxy_services) {
-        clusters.push(pb::Cluster {
+/// The black-hole cluster (and its empty endpoint set) when a route or port names it.
+fn add_black_hole_if_used(config: &mut pb::ProxyConfig) {
+    let in_routes = config.virtual_hosts.iter().flat_map(|vh| &vh.routes).any(|r| match &r.action {
+        Some(pb::route::Action::Forward(f)) => f.clusters.iter().any(|c| c.cluster == BLACK_HOLE_CLUSTER),
+        _ => false,
+    });
+    let in_ports = config.services.iter().flat_map(|s| &s.ports).any(|p| p.tcp_cluster == BLACK_HOLE_CLUSTER);
+    if in_routes || in_ports {
+        config.clusters.push(pb::Cluster {
             name: BLACK_HOLE_CLUSTER.into(),
             service: BLACK_HOLE_CLUSTER.into(),
             ..Default::default()
         });
-        endpoints.push(pb::ServiceEndpoints { service: BLACK_HOLE_CLUSTER.into(), endpoints: Vec::new() });
-    }
-    clusters.sort_by(|a, b| a.name.cmp(&b.name));
-    endpoints.sort_by(|a, b| a.service.cmp(&b.service));
-    virtual_hosts.sort_by(|a, b| a.name.cmp(&b.name));
-
-    pb::ProxyConfig {
-        outbound_policy: mesh::outbound_policy(&model.mesh, view.sidecar.map(|s| s.spec)).into(),
-        opaque_ports: opaque_ports.into_iter().collect(),
-        services: proxy_services,
-        virtual_hosts,
-        clusters,
-        endpoints,
-        protocol_detection_timeout: mesh::protocol_detection_timeout(&model.mesh).map(Into::into),
-        limits: None,
+        config
+            .endpoints
+            .push(pb::ServiceEndpoints { service: BLACK_HOLE_CLUSTER.into(), endpoints: Vec::new() });
     }
 }
 
-fn refers_to_black_hole(virtual_hosts: &[pb::VirtualHost], services: &[pb::Service]) -> bool {
-    let in_routes = virtual_hosts.iter().flat_map(|vh| &vh.routes).any(|r| match &r.action {
-        Some(pb::route::Action::Forward(f)) => f.clusters.iter().any(|c| c.cluster == BLACK_HOLE_CLUSTER),
-        _ => false,
-    });
-    in_routes || services.iter().flat_map(|s| &s.ports).any(|p| p.tcp_cluster == BLACK_HOLE_CLUSTER)
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::test_support::*;
+    use super::*;
+
+    /// A bit of everything, for properties that must hold whatever the input.
+    fn everything() -> Model {
+        let yaml = format!(
+            r#"{REVIEWS_SUBSETS}
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {{ name: reviews, namespace: shop }}
+spec:
+  hosts: [reviews]
+  http:
+    - match: [{{ headers: {{ end-user: {{ exact: jason }} }} }}]
+      route: [{{ destination: {{ host: reviews, subset: v2 }} }}]
+    - match: [{{ uri: {{ prefix: /gone }} }}]
+      route: [{{ destination: {{ host: gone.example.com }} }}]
+    - route:
+        - {{ destination: {{ host: reviews, subset: v1 }}, weight: 80 }}
+        - {{ destination: {{ host: reviews, subset: v4 }}, weight: 20 }}
+---
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {{ name: db, namespace: shop }}
+spec:
+  hosts: [db.shop.internal]
+  addresses: [240.0.0.1]
+  resolution: STATIC
+  ports: [{{ number: 3306, name: mysql, protocol: MYSQL }}]
+  workloadSelector: {{ labels: {{ app: db }} }}
+---
+apiVersion: networking.istio.io/v1
+kind: WorkloadEntry
+metadata: {{ name: db-1, namespace: shop }}
+spec: {{ address: 10.6.0.1, labels: {{ app: db }} }}
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {{ name: db, namespace: shop }}
+spec:
+  hosts: [db.shop.internal]
+  tcp: [{{ route: [{{ destination: {{ host: db.shop.internal, subset: none }} }}] }}]
+---
+apiVersion: networking.istio.io/v1
+kind: Sidecar
+metadata: {{ name: narrow, namespace: web }}
+spec:
+  workloadSelector: {{ labels: {{ app: narrow }} }}
+  egress: [{{ hosts: ["shop/reviews.shop.svc.cluster.local"] }}]
+"#
+        );
+        with_mesh(
+            bookinfo(&yaml),
+            "protocolDetectionTimeout: 250ms\noutboundTrafficPolicy: { mode: REGISTRY_ONLY }",
+        )
+    }
+
+    #[test]
+    fn translation_is_deterministic_sorted_and_whole() {
+        let m = everything();
+        for (ns, labels) in [("shop", vec![]), ("web", vec![("app", "narrow")]), ("web", vec![])] {
+            let first = config_for(&m, ns, &labels);
+            assert_eq!(first, config_for(&m, ns, &labels), "{ns} {labels:?}");
+            let sorted = |names: Vec<&str>| {
+                let mut s = names.clone();
+                s.sort();
+                s == names
+            };
+            assert!(sorted(service_names(&first)));
+            assert!(sorted(cluster_names(&first)));
+            assert!(sorted(first.virtual_hosts.iter().map(|v| v.name.as_str()).collect()));
+            assert!(sorted(first.endpoints.iter().map(|e| e.service.as_str()).collect()));
+        }
+        let shop = config(&m, "shop");
+        assert_eq!(service(&shop, "db.shop.internal").ports[0].tcp_cluster, BLACK_HOLE_CLUSTER);
+        assert_eq!(shop.opaque_ports, [3306]);
+    }
+
+    #[test]
+    fn mesh_settings_reach_the_top_level() {
+        let shop = config(&everything(), "shop");
+        assert_eq!(shop.outbound_policy(), pb::OutboundPolicy::RegistryOnly);
+        assert_eq!(shop.protocol_detection_timeout, Some(Duration::from_millis(250).into()));
+        assert_eq!(shop.limits, None, "the proxy's own limits");
+        let plain = config(&bookinfo(""), "shop");
+        assert_eq!(plain.outbound_policy(), pb::OutboundPolicy::AllowAny);
+        assert_eq!(plain.protocol_detection_timeout, None);
+    }
+
+    #[test]
+    fn translation_depends_on_the_scope_only() {
+        let m = everything();
+        let proxy =
+            |labels: &[(&str, &str)]| ProxyIdentity { namespace: "web".into(), labels: labels_of(labels) };
+        let a = scope_of(&m, &proxy(&[("app", "one")]));
+        let b = scope_of(&m, &proxy(&[("app", "two"), ("version", "v9")]));
+        assert_eq!(a, b, "no Sidecar tells them apart");
+        let narrow = scope_of(&m, &proxy(&[("app", "narrow")]));
+        assert_eq!(narrow.sidecar.as_deref(), Some("web/narrow"));
+        assert_ne!(translate(&m, &a), translate(&m, &narrow));
+
+        let gone = Scope { namespace: "web".into(), sidecar: Some("web/deleted".into()) };
+        assert_eq!(translate(&m, &gone), translate(&m, &a), "a Sidecar deleted since scoping is no Sidecar");
+    }
+
+    #[test]
+    fn bad_data_is_skipped_and_the_rest_still_translates() {
+        let yaml = r#"
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: { name: bad, namespace: shop }
+spec:
+  hosts: [bad.example.com]
+  addresses: [not-an-ip, 240.0.0.9]
+  resolution: STATIC
+  ports: [{ number: 0, name: zero }, { number: 80, name: http, protocol: HTTP }]
+  endpoints:
+    - { address: nowhere }
+    - { address: 10.7.0.1, ports: { http: 70000 } }
+    - { address: 10.7.0.2 }
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: { name: bad, namespace: shop }
+spec:
+  hosts: [bad.example.com]
+  http:
+    - match: [{ uri: { regex: "(" } }]
+      route: [{ destination: { host: bad.example.com } }]
+    - match: [{ headers: { "bad header": { exact: x } } }]
+      route: [{ destination: { host: bad.example.com } }]
+    - directResponse: { status: 42 }
+    - name: survivor
+      timeout: forever
+      retries: { attempts: 2, retryOn: sometimes }
+      route: [{ destination: { host: bad.example.com } }]
+---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: { name: bad, namespace: shop }
+spec:
+  host: bad.example.com
+  trafficPolicy:
+    connectionPool: { tcp: { maxConnections: -5, connectTimeout: 9000h } }
+  subsets: [{ name: "" }, { name: "a|b" }, { name: v1 }, { name: v1, labels: { twice: "yes" } }]
+"#;
+        let config = config(&unchecked_model(yaml), "shop");
+        let svc = service(&config, "bad.example.com");
+        assert_eq!(svc.addresses, ["240.0.0.9"]);
+        assert_eq!(svc.ports.iter().map(|p| p.port).collect::<Vec<_>>(), [80]);
+        let addresses: Vec<_> =
+            endpoints(&config, "bad.example.com:80").iter().map(|e| e.address.as_str()).collect();
+        assert_eq!(addresses, ["10.7.0.2"]);
+
+        let routes = routes(&config, "bad.example.com:80");
+        assert_eq!(routes.iter().map(|r| r.name.as_str()).collect::<Vec<_>>(), ["survivor"]);
+        assert_eq!(routes[0].timeout, None);
+        assert_eq!(routes[0].retries.as_ref().map(|r| (r.attempts, r.retry_on.len())), Some((2, 0)));
+
+        assert_eq!(
+            cluster_names(&config),
+            ["outbound|80|v1|bad.example.com", "outbound|80||bad.example.com"]
+        );
+        assert!(cluster(&config, "outbound|80|v1|bad.example.com").subset.is_empty(), "the first v1 wins");
+        let pool = cluster(&config, "outbound|80||bad.example.com").connection_pool.unwrap();
+        assert_eq!((pool.max_connections, pool.connect_timeout), (0, Some(Duration::from_secs(10).into())));
+    }
+
+    #[test]
+    fn the_output_survives_the_proxys_json_mapping() {
+        let config = config(&everything(), "shop");
+        let json = serde_json::to_string(&config).unwrap();
+        assert!(json.contains("\"virtualHost\":\"reviews.shop.svc.cluster.local:9080\""), "{json}");
+        let back: pb::ProxyConfig = serde_json::from_str(&json).unwrap();
+        assert_eq!(back, config);
+    }
 }

@@ -15,8 +15,8 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use tracing::{debug, warn};
 use trellis_api::networking::{
-    Destination, HttpMatchRequest, HttpRoute, HttpRouteDestination, L4MatchAttributes, RouteDestination,
-    TlsMatchAttributes, VirtualServiceSpec,
+    Destination, Headers, HttpBody, HttpMatchRequest, HttpRoute, HttpRouteDestination, L4MatchAttributes,
+    RouteDestination, StringMatch, TlsMatchAttributes, VirtualServiceSpec,
 };
 use trellis_xds::config as pb;
 
@@ -107,6 +107,9 @@ pub struct PortRouting {
 }
 
 impl Registry<'_> {
+    /// The virtual host `name` of a service port (HTTP routes apply to ports that may carry
+    /// HTTP; TCP and TLS ports get the default route, which they never use) and its TCP
+    /// cluster.
     pub fn route_port(
         &self,
         service: &Service,
@@ -115,6 +118,7 @@ impl Registry<'_> {
         name: String,
     ) -> PortRouting {
         let http_capable = !matches!(port.protocol, pb::Protocol::Tcp | pb::Protocol::Tls);
+        let carries_tcp = matches!(port.protocol, pb::Protocol::Tcp | pb::Protocol::Tls | pb::Protocol::Auto);
         let mut routes: Vec<pb::Route> = match vs {
             Some(vs) if http_capable => vs
                 .spec
@@ -125,13 +129,12 @@ impl Registry<'_> {
                 .collect(),
             _ => Vec::new(),
         };
+        // Also when a VirtualService has no route for this port: Istio then routes it as if
+        // there were none.
         if routes.is_empty() {
             routes.push(self.default_route(service, port));
         }
-        let tcp_cluster = (port.protocol != pb::Protocol::Http
-            && port.protocol != pb::Protocol::Http2
-            && port.protocol != pb::Protocol::Grpc)
-            .then(|| self.tcp_cluster(service, port, vs));
+        let tcp_cluster = carries_tcp.then(|| self.tcp_cluster(service, port, vs));
         PortRouting { virtual_host: pb::VirtualHost { name, routes }, tcp_cluster }
     }
 
@@ -145,11 +148,19 @@ impl Registry<'_> {
         }
     }
 
+    /// One HTTP route, or `None` when none of its matches can apply here or it is unusable.
     fn http_route(&self, vs: Vs<'_>, i: usize, route: &HttpRoute, port: u16) -> Option<pb::Route> {
         let field = format!("spec.http[{i}]");
         if route.delegate.is_some() {
             debug!(resource = %vs, field, "delegation applies to gateways only; route skipped");
             return None;
+        }
+        if route.fault.is_some()
+            || route.mirror.is_some()
+            || !route.mirrors.is_empty()
+            || route.cors_policy.is_some()
+        {
+            debug!(resource = %vs, field, "fault injection, mirroring and CORS are not implemented");
         }
         let matches: Vec<pb::RouteMatch> = route
             .matches
@@ -160,65 +171,7 @@ impl Registry<'_> {
         if !route.matches.is_empty() && matches.is_empty() {
             return None;
         }
-        let mut request_headers = route
-            .headers
-            .as_ref()
-            .and_then(|h| h.request.as_ref())
-            .map(|ops| header_operations(ops, &vs, &format!("{field}.headers.request")));
-        let mut response_headers = route
-            .headers
-            .as_ref()
-            .and_then(|h| h.response.as_ref())
-            .map(|ops| header_operations(ops, &vs, &format!("{field}.headers.response")));
-        let action = if let Some(r) = &route.redirect {
-            if r.port != 0 || r.derive_port.is_some() {
-                debug!(resource = %vs, field = %format!("{field}.redirect.port"), "redirect ports are not implemented");
-            }
-            pb::route::Action::Redirect(pb::Redirect {
-                uri: r.uri.clone(),
-                authority: r.authority.clone(),
-                scheme: r.scheme.clone(),
-                response_code: r.redirect_code,
-            })
-        } else if let Some(d) = &route.direct_response {
-            if !(100..=599).contains(&d.status) {
-                warn!(resource = %vs, field = %format!("{field}.directResponse.status"), status = d.status, "not an HTTP status; route skipped");
-                return None;
-            }
-            let body = d.body.as_ref().map(|b| body_text(b, vs, &field)).unwrap_or_default();
-            pb::route::Action::DirectResponse(pb::DirectResponse { status: d.status, body })
-        } else if !route.route.is_empty() {
-            // Headers of a lone destination are the route's; with several, the proxy has
-            // nowhere to put them.
-            if let [only] = route.route.as_slice() {
-                let headers = only.headers.as_ref();
-                let dfield = format!("{field}.route[0].headers");
-                let ops = |o: Option<&_>, what: &str| {
-                    o.map(|o| header_operations(o, &vs, &format!("{dfield}.{what}")))
-                };
-                request_headers = merge_header_operations(
-                    request_headers,
-                    ops(headers.and_then(|h| h.request.as_ref()), "request"),
-                );
-                response_headers = merge_header_operations(
-                    response_headers,
-                    ops(headers.and_then(|h| h.response.as_ref()), "response"),
-                );
-            } else if route.route.iter().any(|d| d.headers.is_some()) {
-                debug!(resource = %vs, field, "per-destination headers in a split are not implemented");
-            }
-            self.split(vs, &field, &route.route, port)
-        } else {
-            warn!(resource = %vs, field, "neither route, redirect nor directResponse; route skipped");
-            return None;
-        };
-        if route.fault.is_some()
-            || route.mirror.is_some()
-            || !route.mirrors.is_empty()
-            || route.cors_policy.is_some()
-        {
-            debug!(resource = %vs, field, "fault injection, mirroring and CORS are not implemented");
-        }
+        let (request_headers, response_headers) = route_headers(vs, &field, route);
         let rewrite = route.rewrite.as_ref().map(|r| {
             if r.uri_regex_rewrite.is_some() {
                 debug!(resource = %vs, field = %format!("{field}.rewrite.uriRegexRewrite"), "not implemented");
@@ -232,7 +185,7 @@ impl Registry<'_> {
                 route.name.clone()
             },
             matches,
-            action: Some(action),
+            action: Some(self.http_action(vs, &field, route, port)?),
             request_headers,
             response_headers,
             rewrite: rewrite.filter(|r| !r.uri.is_empty() || !r.authority.is_empty()),
@@ -244,6 +197,39 @@ impl Registry<'_> {
                 &format!("{field}.retries"),
             ),
         })
+    }
+
+    fn http_action(
+        &self,
+        vs: Vs<'_>,
+        field: &str,
+        route: &HttpRoute,
+        port: u16,
+    ) -> Option<pb::route::Action> {
+        if let Some(r) = &route.redirect {
+            if r.port != 0 || r.derive_port.is_some() {
+                debug!(resource = %vs, field = %format!("{field}.redirect.port"), "redirect ports are not implemented");
+            }
+            return Some(pb::route::Action::Redirect(pb::Redirect {
+                uri: r.uri.clone(),
+                authority: r.authority.clone(),
+                scheme: r.scheme.clone(),
+                response_code: r.redirect_code,
+            }));
+        }
+        if let Some(d) = &route.direct_response {
+            if !(100..=599).contains(&d.status) {
+                warn!(resource = %vs, field = %format!("{field}.directResponse.status"), status = d.status, "not an HTTP status; route skipped");
+                return None;
+            }
+            let body = d.body.as_ref().map(|b| body_text(b, vs, field)).unwrap_or_default();
+            return Some(pb::route::Action::DirectResponse(pb::DirectResponse { status: d.status, body }));
+        }
+        if route.route.is_empty() {
+            warn!(resource = %vs, field, "neither route, redirect nor directResponse; route skipped");
+            return None;
+        }
+        Some(self.split(vs, field, &route.route, port))
     }
 
     /// A match for this port, or `None` when it cannot match here: it names another port, a
@@ -261,11 +247,11 @@ impl Registry<'_> {
             debug!(resource = %vs, field, "sourceLabels, authority and scheme matches are not implemented; match skipped");
             return None;
         }
-        let single = |s: Option<&trellis_api::networking::StringMatch>, ignore_case, f: &str| match s {
+        let single = |s: Option<&StringMatch>, ignore_case, f: &str| match s {
             Some(s) => string_match(s, ignore_case, &vs, &format!("{field}.{f}")),
             None => Ok(None),
         };
-        let headers = |map: &BTreeMap<String, trellis_api::networking::StringMatch>, f: &str| {
+        let headers = |map: &BTreeMap<String, StringMatch>, f: &str| {
             map.iter()
                 .map(|(name, value)| {
                     let hfield = format!("{field}.{f}.{name}");
@@ -331,33 +317,32 @@ impl Registry<'_> {
     }
 
     /// The cluster a destination names, or the black hole when it names nothing this proxy
-    /// sees. Without a port, a single-port service's port, else the port being routed.
+    /// sees.
     fn destination(&self, vs: Vs<'_>, field: &str, d: &Destination, routed_port: u16) -> String {
-        let host = resolve_host(&d.host, vs.namespace);
-        let cluster = (|| {
-            let service =
-                self.services.get(&host).ok_or_else(|| format!("no service {host} visible here"))?;
-            let port = match d.port.as_ref().map(|p| p.number).filter(|n| *n != 0) {
-                Some(n) => u16::try_from(n).map_err(|_| format!("{n} is not a port"))?,
-                None => match service.ports.as_slice() {
-                    [only] => only.number,
-                    _ => routed_port,
-                },
-            };
-            service.port(port).ok_or_else(|| format!("{host} has no port {port}"))?;
-            let name = cluster_name(port, &d.subset, &host);
-            if !self.clusters.contains(&name) {
-                return Err(format!(
-                    "no DestinationRule visible here defines subset {:?} of {host}",
-                    d.subset
-                ));
-            }
-            Ok(name)
-        })();
-        cluster.unwrap_or_else(|reason| {
+        self.resolve(d, vs.namespace, routed_port).unwrap_or_else(|reason| {
             warn!(resource = %vs, field, %reason, "unknown destination; its traffic fails");
             BLACK_HOLE_CLUSTER.to_owned()
         })
+    }
+
+    /// Without a port, a destination means a single-port service's port, else the port being
+    /// routed.
+    fn resolve(&self, d: &Destination, namespace: &str, routed_port: u16) -> Result<String, String> {
+        let host = resolve_host(&d.host, namespace);
+        let service = self.services.get(&host).ok_or_else(|| format!("no service {host} visible here"))?;
+        let port = match d.port.as_ref().map(|p| p.number).filter(|n| *n != 0) {
+            Some(n) => u16::try_from(n).map_err(|_| format!("{n} is not a port"))?,
+            None => match service.ports.as_slice() {
+                [only] => only.number,
+                _ => routed_port,
+            },
+        };
+        service.port(port).ok_or_else(|| format!("{host} has no port {port}"))?;
+        let name = cluster_name(port, &d.subset, &host);
+        if !self.clusters.contains(&name) {
+            return Err(format!("no DestinationRule visible here defines subset {:?} of {host}", d.subset));
+        }
+        Ok(name)
     }
 
     /// TCP on a port goes to the first destination of the first matching `tls` route (TLS
@@ -414,6 +399,36 @@ impl Registry<'_> {
     }
 }
 
+/// The route's header edits, and a lone destination's after them; the proxy has no place for
+/// the headers of one destination among several.
+fn route_headers(
+    vs: Vs<'_>,
+    field: &str,
+    route: &HttpRoute,
+) -> (Option<pb::HeaderOperations>, Option<pb::HeaderOperations>) {
+    let convert = |headers: Option<&Headers>, at: &str| {
+        let ops = |o: Option<&_>, what: &str| o.map(|o| header_operations(o, &vs, &format!("{at}.{what}")));
+        (
+            ops(headers.and_then(|h| h.request.as_ref()), "request"),
+            ops(headers.and_then(|h| h.response.as_ref()), "response"),
+        )
+    };
+    let (request, response) = convert(route.headers.as_ref(), &format!("{field}.headers"));
+    match route.route.as_slice() {
+        [only] => {
+            let (d_request, d_response) =
+                convert(only.headers.as_ref(), &format!("{field}.route[0].headers"));
+            (merge_header_operations(request, d_request), merge_header_operations(response, d_response))
+        }
+        several => {
+            if several.iter().any(|d| d.headers.is_some()) {
+                debug!(resource = %vs, field, "per-destination headers in a split are not implemented");
+            }
+            (request, response)
+        }
+    }
+}
+
 fn forward(clusters: Vec<(String, u32)>) -> pb::route::Action {
     pb::route::Action::Forward(pb::Forward {
         clusters: clusters
@@ -424,7 +439,7 @@ fn forward(clusters: Vec<(String, u32)>) -> pb::route::Action {
 }
 
 /// A direct response body: text as is, bytes (base64) when they are text.
-fn body_text(body: &trellis_api::networking::HttpBody, vs: Vs<'_>, field: &str) -> String {
+fn body_text(body: &HttpBody, vs: Vs<'_>, field: &str) -> String {
     use base64::Engine;
     if let Some(text) = &body.string {
         return text.clone();

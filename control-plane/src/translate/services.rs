@@ -87,7 +87,7 @@ fn kube_service(model: &Model, svc: &KubeService) -> Service {
     let mut ports = Vec::new();
     for p in &svc.ports {
         if p.port == 0 {
-            warn!(service = %format!("{}/{}", svc.namespace, svc.name), field = "ports.port", "port 0, skipped");
+            warn!(resource = %format!("Service {}/{}", svc.namespace, svc.name), field = "spec.ports.port", "port 0, skipped");
             continue;
         }
         let (protocol, opaque) = kube_protocol(p);
@@ -128,7 +128,7 @@ fn kube_endpoints(
                 .and_then(|pod| model.pods.get(&(svc.namespace.clone(), pod.clone())))
                 .map(|pod| pod.labels.clone())
                 .unwrap_or_default();
-            endpoints.push((*address, target, 0, labels));
+            endpoints.push(Found { address: *address, port: target, weight: 0, labels });
         }
     }
     sorted_endpoints(endpoints)
@@ -259,11 +259,11 @@ fn workload_endpoint(
     w: &Workload<'_>,
     port: &Port,
     number: u16,
-) -> Option<(IpAddr, u16, u32, BTreeMap<String, String>)> {
+) -> Option<Found> {
     let named = w.ports.and_then(|ports| ports.get(&port.name)).copied();
     let target = named.or((port.target_port != 0).then_some(port.target_port)).unwrap_or(u32::from(number));
     match check_port(target) {
-        Ok(target) => Some((w.address, target, w.weight, w.labels.clone())),
+        Ok(port) => Some(Found { address: w.address, port, weight: w.weight, labels: w.labels.clone() }),
         Err(message) => {
             warn!(resource = %se, address = %w.address, port = %port.name, %message, "endpoint skipped");
             None
@@ -312,18 +312,26 @@ fn sorted(mut addresses: Vec<IpAddr>) -> Vec<IpAddr> {
     addresses
 }
 
+/// An endpoint as discovered, before it is sorted and written out.
+struct Found {
+    address: IpAddr,
+    port: u16,
+    weight: u32,
+    labels: BTreeMap<String, String>,
+}
+
 /// Endpoints in (address, port) order, one per pair: a workload listed twice (two slices
 /// during a rollout) is still one endpoint.
-fn sorted_endpoints(mut endpoints: Vec<(IpAddr, u16, u32, BTreeMap<String, String>)>) -> Vec<pb::Endpoint> {
-    endpoints.sort_by(|a, b| (a.0, a.1).cmp(&(b.0, b.1)));
-    endpoints.dedup_by(|a, b| (a.0, a.1) == (b.0, b.1));
+fn sorted_endpoints(mut endpoints: Vec<Found>) -> Vec<pb::Endpoint> {
+    endpoints.sort_by_key(|e| (e.address, e.port));
+    endpoints.dedup_by_key(|e| (e.address, e.port));
     endpoints
         .into_iter()
-        .map(|(address, port, weight, labels)| pb::Endpoint {
-            address: address.to_string(),
-            port: u32::from(port),
-            weight,
-            labels,
+        .map(|e| pb::Endpoint {
+            address: e.address.to_string(),
+            port: u32::from(e.port),
+            weight: e.weight,
+            labels: e.labels,
         })
         .collect()
 }

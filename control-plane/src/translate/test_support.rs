@@ -31,6 +31,23 @@ pub fn model(yaml: &str) -> Model {
     model
 }
 
+/// A model holding the resources of `yaml` as they decode, without validation: what a
+/// translation must survive.
+pub fn unchecked_model(yaml: &str) -> Model {
+    let mut model = Model::default();
+    for loaded in trellis_api::load::load_str(yaml) {
+        let resource = loaded.outcome.expect("the test document decodes").resource;
+        let meta = resource.metadata();
+        let key = ObjectKey::new(
+            resource.kind(),
+            meta.namespace.clone().unwrap_or_else(|| "default".into()),
+            meta.name.clone().unwrap_or_default(),
+        );
+        model.resources.insert(key, Arc::new(resource));
+    }
+    model
+}
+
 pub fn with_mesh(mut model: Model, yaml: &str) -> Model {
     let (mesh, unknown) = MeshConfig::from_yaml(yaml).expect("mesh config parses");
     assert!(unknown.is_empty(), "{unknown:?}");

@@ -62,7 +62,6 @@ pub struct View<'a> {
 }
 
 /// One `namespace/dnsName` of a Sidecar's egress, with `.` already read as the proxy's namespace.
-#[derive(Debug, PartialEq, Eq)]
 struct EgressHost {
     /// `None` for `*`.
     namespace: Option<String>,
@@ -116,20 +115,17 @@ impl<'a> View<'a> {
         let default = self.mesh.default_service_export_to();
         let mut visible: BTreeMap<String, Service> = BTreeMap::new();
         for service in catalog {
-            if !self.sees_exported(&service.export_to, &default, &service.namespace)
-                || !(self.admits(&service.namespace, &service.hostname)
-                    || routed_to.contains(&service.hostname))
-            {
+            let exported = self.sees_exported(&service.export_to, &default, &service.namespace);
+            let admitted =
+                self.admits(&service.namespace, &service.hostname) || routed_to.contains(&service.hostname);
+            if !(exported && admitted) {
                 continue;
             }
-            let replaces = |existing: &Service| {
-                service.namespace == self.namespace && existing.namespace != self.namespace
+            let outranked = |existing: &Service| {
+                service.namespace != self.namespace || existing.namespace == self.namespace
             };
-            match visible.get(&service.hostname) {
-                Some(existing) if !replaces(existing) => {}
-                _ => {
-                    visible.insert(service.hostname.clone(), service);
-                }
+            if !visible.get(&service.hostname).is_some_and(outranked) {
+                visible.insert(service.hostname.clone(), service);
             }
         }
         visible
@@ -170,6 +166,8 @@ fn egress_hosts(sidecar: Object<'_, SidecarSpec>, proxy_namespace: &str) -> Opti
 #[cfg(test)]
 mod tests {
     use super::super::test_support::*;
+    use trellis_xds::config as pb;
+
     use super::super::{ProxyIdentity, scope_of};
     use super::*;
 

@@ -33,18 +33,28 @@ impl XdsMetrics {
             connected: Gauge::default(),
             pushes: Family::default(),
             // 1 ms to ~16 s: from a change in the model to the proxy's push being sent.
-            push_latency: Histogram::new(prometheus_client::metrics::histogram::exponential_buckets(0.001, 2.0, 15)),
+            push_latency: Histogram::new(prometheus_client::metrics::histogram::exponential_buckets(
+                0.001, 2.0, 15,
+            )),
             nacks: Family::default(),
             config_errors: Family::default(),
         };
-        registry.register("trellisd_xds_connected_proxies", "Proxies with an open xDS stream", metrics.connected.clone());
+        registry.register(
+            "trellisd_xds_connected_proxies",
+            "Proxies with an open xDS stream",
+            metrics.connected.clone(),
+        );
         registry.register("trellisd_xds_pushes", "Responses sent, by resource type", metrics.pushes.clone());
         registry.register(
             "trellisd_xds_push_latency_seconds",
             "Time from a config change to a proxy's push being sent",
             metrics.push_latency.clone(),
         );
-        registry.register("trellisd_xds_nacks", "Responses proxies rejected, by resource type", metrics.nacks.clone());
+        registry.register(
+            "trellisd_xds_nacks",
+            "Responses proxies rejected, by resource type",
+            metrics.nacks.clone(),
+        );
         registry.register(
             "trellisd_config_errors",
             "Config objects rejected, by source and kind",

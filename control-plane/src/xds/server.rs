@@ -116,7 +116,8 @@ struct Stream {
 
 impl Stream {
     async fn run(self, first: DeltaDiscoveryRequest, mut inbound: Streaming<DeltaDiscoveryRequest>) {
-        let identity = ProxyIdentity { namespace: self.node.namespace.clone(), labels: self.node.labels.clone() };
+        let identity =
+            ProxyIdentity { namespace: self.node.namespace.clone(), labels: self.node.labels.clone() };
         let (id, sync) = self.server.registry.add(ProxySync {
             node: self.node.clone(),
             connected_since: SystemTime::now(),

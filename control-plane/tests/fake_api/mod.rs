@@ -37,7 +37,8 @@ struct Collection {
     /// Every event with its resourceVersion, for watches that start from an older version.
     history: Vec<(u64, Value)>,
     feed: broadcast::Sender<Feed>,
-    /// List requests still to be answered with 503, as by an API server that is down.
+    /// List requests still to be answered with 500, as by an API server in trouble. (Not 503:
+    /// kube-rs's client retries that itself, and the watcher's own recovery would go untested.)
     unavailable: usize,
 }
 
@@ -113,7 +114,7 @@ impl FakeApi {
         }
     }
 
-    /// Answers the next `count` list requests of `path` with 503.
+    /// Answers the next `count` list requests of `path` with 500.
     pub fn fail_lists(&self, path: &str, count: usize) {
         self.state.lock().unwrap().collections.get_mut(path).unwrap().unavailable = count;
     }
@@ -151,8 +152,8 @@ async fn list_or_watch(State(state): State<Arc<Mutex<Server>>>, uri: Uri) -> Res
     }
     if collection.unavailable > 0 {
         collection.unavailable -= 1;
-        let body = status(503, "ServiceUnavailable", "the server is currently unable to handle the request");
-        return (StatusCode::SERVICE_UNAVAILABLE, axum::Json(body)).into_response();
+        let body = status(500, "InternalError", "etcdserver: request timed out");
+        return (StatusCode::INTERNAL_SERVER_ERROR, axum::Json(body)).into_response();
     }
     let items: Vec<Value> = collection.objects.values().cloned().collect();
     axum::Json(json!({
