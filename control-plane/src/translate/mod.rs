@@ -10,6 +10,13 @@
 //! Naming: a service port `<host>:<port>` has a virtual host and an endpoint set of that name
 //! (the endpoints carry the target port and the workload labels), and clusters
 //! `outbound|<port>||<host>` and `outbound|<port>|<subset>|<host>` over that set.
+//!
+//! What the proxy's configuration cannot express is left out and logged at debug level: fault
+//! injection, mirroring, CORS, outlier detection, client TLS settings, `sourceLabels`,
+//! `authority` and `scheme` matches, regex rewrites, redirect ports, DestinationRules with a
+//! `workloadSelector`, Sidecar egress ports, and ServiceEntries the proxy cannot dial
+//! (resolution NONE, DNS without IP endpoints, address ranges): their traffic is left to the
+//! outbound policy. Bad values are skipped alone, with a warning naming resource and field.
 
 use std::collections::{BTreeMap, BTreeSet};
 

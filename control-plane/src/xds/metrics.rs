@@ -24,6 +24,7 @@ pub struct XdsMetrics {
     pub pushes: Family<TypeLabel, Counter>,
     pub push_latency: Histogram,
     pub nacks: Family<TypeLabel, Counter>,
+    pub sent_bytes: Counter,
     pub config_errors: Family<ConfigErrorLabels, Counter>,
 }
 
@@ -37,6 +38,7 @@ impl XdsMetrics {
                 0.001, 2.0, 15,
             )),
             nacks: Family::default(),
+            sent_bytes: Counter::default(),
             config_errors: Family::default(),
         };
         registry.register(
@@ -54,6 +56,11 @@ impl XdsMetrics {
             "trellisd_xds_nacks",
             "Responses proxies rejected, by resource type",
             metrics.nacks.clone(),
+        );
+        registry.register(
+            "trellisd_xds_sent_bytes",
+            "Encoded size of the responses sent",
+            metrics.sent_bytes.clone(),
         );
         registry.register(
             "trellisd_config_errors",

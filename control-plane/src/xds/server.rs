@@ -196,6 +196,7 @@ impl Stream {
         }
         for response in responses {
             let kind = ResourceType::from_type_url(&response.type_url);
+            self.server.metrics.sent_bytes.inc_by(prost::Message::encoded_len(&response) as u64);
             if self.tx.send(Ok(response)).await.is_err() {
                 return false;
             }
