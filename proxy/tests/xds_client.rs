@@ -23,7 +23,7 @@ use trellis_xds::discovery::aggregated_discovery_service_server::{
     AggregatedDiscoveryService, AggregatedDiscoveryServiceServer,
 };
 use trellis_xds::discovery::{DeltaDiscoveryRequest, DeltaDiscoveryResponse, Resource};
-use trellis_xds::types::{ProxyNode, ResourceType, SETTINGS_NAME, pack};
+use trellis_xds::types::{ProxyNode, ResourceType, SETTINGS_NAME};
 
 /// One stream as the test sees it: the proxy's requests in, responses out.
 struct Script {
@@ -174,11 +174,7 @@ async fn fetches_on_demand_rejects_bad_updates_and_resumes_after_a_reconnect() {
     assert!(!proxy.ready.load(Ordering::Acquire), "not ready before any config");
 
     stream
-        .send(
-            ResourceType::Settings,
-            "1",
-            vec![entry(ResourceType::Settings, SETTINGS_NAME, "s1", &pb::ProxyConfig::default())],
-        )
+        .send(ResourceType::Settings, "1", vec![entry(SETTINGS_NAME, "s1", &pb::ProxyConfig::default())])
         .await;
     assert_eq!(stream.answer("1").await, None);
     assert!(!proxy.ready.load(Ordering::Acquire), "settings alone are not a complete config");
@@ -193,7 +189,7 @@ async fn fetches_on_demand_rejects_bad_updates_and_resumes_after_a_reconnect() {
         }],
         ..Default::default()
     };
-    stream.send(ResourceType::Service, "2", vec![entry(ResourceType::Service, "web", "w1", &service)]).await;
+    stream.send(ResourceType::Service, "2", vec![entry("web", "w1", &service)]).await;
     assert_eq!(stream.answer("2").await, None);
     wait_until("the proxy is ready", || proxy.ready.load(Ordering::Acquire)).await;
 
@@ -215,32 +211,16 @@ async fn fetches_on_demand_rejects_bad_updates_and_resumes_after_a_reconnect() {
             ..Default::default()
         }],
     };
-    stream
-        .send(ResourceType::Endpoints, "3", vec![entry(ResourceType::Endpoints, "web:80", "e1", &endpoints)])
-        .await;
-    stream
-        .send(ResourceType::Cluster, "4", vec![entry(ResourceType::Cluster, "web-v1", "c1", &cluster)])
-        .await;
-    stream
-        .send(
-            ResourceType::VirtualHost,
-            "5",
-            vec![entry(ResourceType::VirtualHost, "web:80", "v1", &route_to("web-v1", 100))],
-        )
-        .await;
+    stream.send(ResourceType::Endpoints, "3", vec![entry("web:80", "e1", &endpoints)]).await;
+    stream.send(ResourceType::Cluster, "4", vec![entry("web-v1", "c1", &cluster)]).await;
+    stream.send(ResourceType::VirtualHost, "5", vec![entry("web:80", "v1", &route_to("web-v1", 100))]).await;
     let (mut client, answer) = request.await.unwrap();
     assert_eq!(answer.status, 200);
     assert_eq!(answer.text(), "web-v1");
 
     // A route to a cluster the proxy does not have: rejected, naming the resource; the last
     // good route keeps serving.
-    stream
-        .send(
-            ResourceType::VirtualHost,
-            "6",
-            vec![entry(ResourceType::VirtualHost, "web:80", "v2", &route_to("nowhere", 100))],
-        )
-        .await;
+    stream.send(ResourceType::VirtualHost, "6", vec![entry("web:80", "v2", &route_to("nowhere", 100))]).await;
     let nack = stream.answer("6").await.expect("a NACK");
     assert!(nack.starts_with("virtualhost web:80: routes[0]"), "{nack}");
     assert!(nack.contains("nowhere"), "{nack}");
