@@ -109,13 +109,7 @@ impl Script {
     }
 }
 
-fn entry<M: Message>(
-    kind: ResourceType,
-    name: &str,
-    version: &str,
-    message: &M,
-) -> (String, String, Vec<u8>) {
-    let _ = kind;
+fn entry<M: Message>(name: &str, version: &str, message: &M) -> (String, String, Vec<u8>) {
     (name.into(), version.into(), message.encode_to_vec())
 }
 
