@@ -8,7 +8,7 @@ use std::sync::Arc;
 use trellis_xds::discovery::{DeltaDiscoveryRequest, DeltaDiscoveryResponse, Resource};
 use trellis_xds::types::ResourceType;
 
-use super::resources::{ScopeResources, TypeMap};
+use super::resources::{Entry, ScopeResources, TypeMap};
 
 /// What the proxy holds of one type, as far as the server knows.
 #[derive(Clone, Debug)]
@@ -176,17 +176,21 @@ impl Session {
             }
             let current = resources.of(kind);
             let wanted = &desired[&kind];
+            let wants_all = match wanted {
+                Wanted::All => true,
+                Wanted::Names(names) => state.wildcard && names.len() == current.len(),
+            };
+            // The common case on a mesh-wide change: this type did not change for this scope.
             if state.answered
                 && let Known::Shared(held) = &state.known
                 && Arc::ptr_eq(held, &current)
                 && state.forced.is_empty()
-                && wanted.len() == current.len()
+                && wants_all
             {
                 continue;
             }
             let mut changed = Vec::new();
-            for name in wanted {
-                let Some(entry) = current.get(name.as_str()) else { continue };
+            let mut consider = |name: &String, entry: &Entry| {
                 if state.forced.contains(name.as_str()) || state.known.version(name) != Some(entry.version) {
                     changed.push(Resource {
                         name: name.clone(),
@@ -195,12 +199,22 @@ impl Session {
                         ..Default::default()
                     });
                 }
+            };
+            match wanted {
+                Wanted::All => current.iter().for_each(|(name, entry)| consider(name, entry)),
+                Wanted::Names(names) => {
+                    for name in names {
+                        if let Some(entry) = current.get(name.as_str()) {
+                            consider(name, entry);
+                        }
+                    }
+                }
             }
             let mut removed: Vec<String> = state
                 .known
                 .names()
                 .into_iter()
-                .filter(|n| !wanted.contains(*n) || !current.contains_key(*n))
+                .filter(|n| !current.contains_key(*n) || !wanted.contains(n))
                 .map(str::to_owned)
                 .collect();
             // A name asked for that does not exist: say so, so the proxy stops waiting for it.
@@ -208,15 +222,15 @@ impl Session {
             removed.sort();
             removed.dedup();
 
-            state.known = if state.wildcard && wanted.len() == current.len() {
-                Known::Shared(current.clone())
-            } else {
-                Known::Own(
-                    wanted
+            state.known = match wanted {
+                _ if wants_all => Known::Shared(current.clone()),
+                Wanted::All => Known::Shared(current.clone()),
+                Wanted::Names(names) => Known::Own(
+                    names
                         .iter()
                         .filter_map(|n| current.get(n.as_str()).map(|e| (n.clone(), e.version)))
                         .collect(),
-                )
+                ),
             };
             state.forced.clear();
             if !changed.is_empty() || (!state.answered && state.wildcard && removed.is_empty()) {
@@ -238,28 +252,41 @@ impl Session {
     }
 
     /// Per type, the names the proxy should hold: its subscriptions plus, for what it holds,
-    /// what that refers to.
-    fn desired(&self, resources: &ScopeResources) -> BTreeMap<ResourceType, BTreeSet<String>> {
-        let mut desired: BTreeMap<ResourceType, BTreeSet<String>> = BTreeMap::new();
+    /// what that refers to. A wildcard type that refers to nothing is simply "all", without
+    /// listing a large address table for every proxy on every push.
+    fn desired(&self, resources: &ScopeResources) -> BTreeMap<ResourceType, Wanted> {
+        let mut desired: BTreeMap<ResourceType, Wanted> = BTreeMap::new();
         // Top-down: a service's dependants first, so references flow towards endpoints.
         for kind in ResourceType::PUSH_ORDER.into_iter().rev() {
-            let mut names = desired.remove(&kind).unwrap_or_default();
-            if let Some(state) = self.types.get(&kind) {
+            let below = referenced_type(kind);
+            let state = self.types.get(&kind);
+            if below.is_none() && state.is_some_and(|s| s.wildcard) {
+                desired.insert(kind, Wanted::All);
+                continue;
+            }
+            let mut names = match desired.remove(&kind) {
+                Some(Wanted::Names(names)) => names,
+                _ => BTreeSet::new(),
+            };
+            if let Some(state) = state {
                 if state.wildcard {
                     names.extend(resources.of(kind).keys().cloned());
                 }
                 names.extend(state.explicit.iter().cloned());
             }
-            if let Some(below) = referenced_type(kind) {
+            if let Some(below) = below {
                 let map = resources.of(kind);
                 let deps: Vec<String> = names
                     .iter()
                     .filter_map(|n| map.get(n.as_str()))
                     .flat_map(|e| e.deps.iter().cloned())
                     .collect();
-                desired.entry(below).or_default().extend(deps);
+                match desired.entry(below).or_insert_with(|| Wanted::Names(BTreeSet::new())) {
+                    Wanted::Names(set) => set.extend(deps),
+                    Wanted::All => {}
+                }
             }
-            desired.insert(kind, names);
+            desired.insert(kind, Wanted::Names(names));
         }
         desired
     }
@@ -294,6 +321,21 @@ impl Session {
     /// Number of resources the proxy holds, per type.
     pub fn held(&self) -> BTreeMap<ResourceType, usize> {
         self.types.iter().map(|(k, s)| (*k, s.known.names().len())).collect()
+    }
+}
+
+/// The names a proxy should hold of one type.
+enum Wanted {
+    All,
+    Names(BTreeSet<String>),
+}
+
+impl Wanted {
+    fn contains(&self, name: &str) -> bool {
+        match self {
+            Wanted::All => true,
+            Wanted::Names(names) => names.contains(name),
+        }
     }
 }
 
