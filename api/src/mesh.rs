@@ -26,7 +26,8 @@ use crate::primitives::{
 pub const DEFAULT_TRUST_DOMAIN: &str = "cluster.local";
 pub const DEFAULT_ROOT_NAMESPACE: &str = "istio-system";
 /// Trellis's control plane (`trellisd`), on the TLS xDS port, in the mesh's root namespace.
-pub const DEFAULT_DISCOVERY_ADDRESS: &str = "trellisd.istio-system.svc:15012";
+// Plaintext xDS until the identity work brings TLS on 15012.
+pub const DEFAULT_DISCOVERY_ADDRESS: &str = "trellisd.istio-system.svc:15010";
 pub const DEFAULT_STATUS_PORT: u16 = 15020;
 pub const DEFAULT_PROXY_ADMIN_PORT: u16 = 15000;
 pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -402,7 +403,7 @@ impl HttpRetry {
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Default, JsonSchema)]
 #[serde(rename_all = "camelCase", default)]
 pub struct ProxyConfig {
-    /// Control plane address (`host:port`). Default `trellisd.istio-system.svc:15012`.
+    /// Control plane address (`host:port`). Default `trellisd.istio-system.svc:15010`.
     #[serde(skip_serializing_if = "Option::is_none", alias = "discovery_address")]
     pub discovery_address: Option<String>,
     /// Extra environment for the proxy (`ISTIO_META_*` and feature switches).
@@ -711,7 +712,7 @@ discoverySelectors:
     operator: In
     values: [payments, orders]
 defaultConfig:
-  discoveryAddress: trellisd.istio-system.svc:15012
+  discoveryAddress: trellisd.istio-system.svc:15010
   holdApplicationUntilProxyStarts: true
   concurrency: 2
   drainDuration: 30s
@@ -780,7 +781,7 @@ defaultConfig:
         assert_eq!(mesh.protocol_detection_timeout(), Ok(Duration::ZERO));
         assert_eq!(mesh.default_service_export_to(), vec!["*"]);
         let proxy = mesh.proxy_config();
-        assert_eq!(proxy.discovery_address(), "trellisd.istio-system.svc:15012");
+        assert_eq!(proxy.discovery_address(), "trellisd.istio-system.svc:15010");
         assert_eq!(proxy.status_port(), Ok(15020));
         assert_eq!(proxy.proxy_admin_port(), Ok(15000));
         assert_eq!(proxy.interception_mode(), InterceptionMode::Redirect);

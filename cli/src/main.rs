@@ -4,6 +4,7 @@
 
 mod inject;
 mod input;
+mod proxy_status;
 mod validate;
 
 use std::process::ExitCode;
@@ -23,6 +24,9 @@ enum Command {
     Validate(validate::Args),
     /// Add the sidecar to the workloads in a manifest, as the webhook would.
     Inject(inject::Args),
+    /// Show whether each proxy has the control plane's latest config, like `istioctl
+    /// proxy-status`.
+    ProxyStatus(proxy_status::Args),
     /// Print the CustomResourceDefinitions of the Istio kinds Trellis reads (for the chart).
     Crds,
 }
@@ -32,6 +36,7 @@ fn main() -> ExitCode {
     match cli.command {
         Command::Validate(args) => validate::run(&args),
         Command::Inject(args) => inject::run(&args),
+        Command::ProxyStatus(args) => proxy_status::run(&args),
         Command::Crds => {
             print!("{}", trellis_api::crds::to_yaml());
             ExitCode::SUCCESS

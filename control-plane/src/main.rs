@@ -132,14 +132,35 @@ async fn run(args: Args, mesh: MeshConfig) -> Result<(), String> {
     println!("trellisd listening: xds {xds_local} monitoring {monitoring_local}");
     let service = AggregatedDiscoveryServiceServer::new(XdsServer::new(generations, proxies, metrics))
         .max_decoding_message_size(4 << 20);
-    tonic::transport::Server::builder()
+    let server = tonic::transport::Server::builder()
         .http2_keepalive_interval(Some(std::time::Duration::from_secs(30)))
         .add_service(service)
-        .serve_with_incoming_shutdown(tokio_stream::wrappers::TcpListenerStream::new(xds), async {
+        .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(xds));
+    // xDS streams never finish on their own, so a graceful drain would wait forever: on a
+    // signal the streams are cut and the proxies reconnect.
+    tokio::select! {
+        served = server => served.map_err(|e| format!("xds server: {e}")),
+        () = shutdown() => Ok(()),
+    }
+}
+
+/// Resolves on SIGTERM (the kubelet) or SIGINT. Proxies keep their config and reconnect, with
+/// jitter, to another replica or to the restarted one.
+async fn shutdown() {
+    use tokio::signal::unix::{SignalKind, signal};
+    match signal(SignalKind::terminate()) {
+        Ok(mut term) => {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = tokio::signal::ctrl_c() => {}
+            }
+        }
+        Err(e) => {
+            tracing::warn!("cannot watch SIGTERM: {e}");
             let _ = tokio::signal::ctrl_c().await;
-        })
-        .await
-        .map_err(|e| format!("xds server: {e}"))
+        }
+    }
+    tracing::info!("shutting down");
 }
 
 /// How long the first push waits for the Kubernetes source's first complete listing.

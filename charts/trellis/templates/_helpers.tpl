@@ -139,7 +139,7 @@ Rendered by mesh-configmap.yaml with toYaml.
 {{- $mesh := deepCopy (.Values.meshConfig | default (dict)) -}}
 {{- $_ := set $mesh "rootNamespace" ($mesh.rootNamespace | default .Release.Namespace) -}}
 {{- $proxy := $mesh.defaultConfig | default (dict) -}}
-{{- $_ := set $proxy "discoveryAddress" ($proxy.discoveryAddress | default (printf "trellisd.%s.svc:15012" .Release.Namespace)) -}}
+{{- $_ := set $proxy "discoveryAddress" ($proxy.discoveryAddress | default (printf "trellisd.%s.svc:15010" .Release.Namespace)) -}}
 {{- $_ := set $mesh "defaultConfig" $proxy -}}
 {{- toYaml $mesh -}}
 {{- end -}}
