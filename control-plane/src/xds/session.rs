@@ -34,6 +34,13 @@ impl Known {
         }
     }
 
+    fn len(&self) -> usize {
+        match self {
+            Known::Shared(map) => map.len(),
+            Known::Own(map) => map.len(),
+        }
+    }
+
     fn names(&self) -> Vec<&str> {
         match self {
             Known::Shared(map) => map.keys().map(String::as_str).collect(),
@@ -94,6 +101,8 @@ pub struct Handled {
 }
 
 const WILDCARD: &str = "*";
+/// Resources per response: about 10-20 KB of services.
+pub const MAX_RESOURCES_PER_RESPONSE: usize = 64;
 
 impl Session {
     /// Applies one request. An unknown type is an error for the caller to log; the stream
@@ -242,7 +251,15 @@ impl Session {
             }
         }
         let mut out = Vec::new();
-        for (kind, resources) in updates {
+        for (kind, mut resources) in updates {
+            // Large sets (the first address table) go out in parts: the transport keeps a
+            // per-stream buffer as large as the largest response it ever sent, for as long as
+            // the stream lives.
+            while resources.len() > MAX_RESOURCES_PER_RESPONSE {
+                let rest = resources.split_off(MAX_RESOURCES_PER_RESPONSE);
+                out.push(self.response(kind, generation, resources, Vec::new()));
+                resources = rest;
+            }
             out.push(self.response(kind, generation, resources, Vec::new()));
         }
         for (kind, removed) in removals.into_iter().rev() {
@@ -320,7 +337,7 @@ impl Session {
 
     /// Number of resources the proxy holds, per type.
     pub fn held(&self) -> BTreeMap<ResourceType, usize> {
-        self.types.iter().map(|(k, s)| (*k, s.known.names().len())).collect()
+        self.types.iter().map(|(k, s)| (*k, s.known.len())).collect()
     }
 }
 
@@ -442,6 +459,21 @@ mod tests {
         open_all(&mut session);
         assert_eq!(summary(&session.push(&resources, 1)), ["settings:settings", "service:"]);
         assert!(session.push(&resources, 2).is_empty());
+    }
+
+    #[test]
+    fn a_large_address_table_goes_out_in_parts() {
+        let config = pb::ProxyConfig {
+            services: (0..150)
+                .map(|i| pb::Service { name: format!("s{i:03}"), ..Default::default() })
+                .collect(),
+            ..Default::default()
+        };
+        let resources = ScopeResources::pack(&config, None);
+        let mut session = Session::default();
+        session.handle(&request(ResourceType::Service, &[])).unwrap();
+        let sizes: Vec<usize> = session.push(&resources, 1).iter().map(|r| r.resources.len()).collect();
+        assert_eq!(sizes, [64, 64, 22]);
     }
 
     #[test]
