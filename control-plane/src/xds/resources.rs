@@ -67,11 +67,6 @@ impl ScopeResources {
     pub fn of(&self, kind: ResourceType) -> TypeMap {
         self.maps.get(&kind).cloned().unwrap_or_default()
     }
-
-    /// Total encoded bytes, for the debug page.
-    pub fn encoded_bytes(&self) -> usize {
-        self.maps.values().flat_map(|m| m.values()).map(|e| e.any.encoded_len()).sum()
-    }
 }
 
 fn clusters_of(vh: &pb::VirtualHost) -> Vec<String> {

@@ -45,14 +45,6 @@ impl Registry {
         proxies.values().map(|p| p.lock().unwrap_or_else(|p| p.into_inner()).clone()).collect()
     }
 
-    pub fn len(&self) -> usize {
-        self.proxies.lock().unwrap_or_else(|p| p.into_inner()).len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
-
     fn add(&self, sync: ProxySync) -> (u64, Arc<Mutex<ProxySync>>) {
         let id = self.next.fetch_add(1, Ordering::Relaxed);
         let entry = Arc::new(Mutex::new(sync));

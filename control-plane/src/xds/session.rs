@@ -232,14 +232,13 @@ impl Session {
             removed.dedup();
 
             state.known = match wanted {
-                _ if wants_all => Known::Shared(current.clone()),
-                Wanted::All => Known::Shared(current.clone()),
-                Wanted::Names(names) => Known::Own(
+                Wanted::Names(names) if !wants_all => Known::Own(
                     names
                         .iter()
                         .filter_map(|n| current.get(n.as_str()).map(|e| (n.clone(), e.version)))
                         .collect(),
                 ),
+                _ => Known::Shared(current.clone()),
             };
             state.forced.clear();
             if !changed.is_empty() || (!state.answered && state.wildcard && removed.is_empty()) {
