@@ -5,7 +5,6 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use pbjson_types::Any;
-use prost::Message;
 use trellis_xds::config as pb;
 use trellis_xds::types::{ResourceType, SETTINGS_NAME, pack, settings_of};
 
