@@ -41,4 +41,5 @@ pub mod google {
 
 pub use envoy::service::discovery::v3 as discovery;
 
+pub mod codec;
 pub mod types;

@@ -11,6 +11,7 @@ use trellis_xds::types::{ResourceType, SETTINGS_NAME, pack, settings_of};
 /// A packed resource.
 #[derive(Debug, PartialEq)]
 pub struct Entry {
+    pub name: String,
     pub version: u64,
     pub any: Any,
     /// Names of resources of the next type down (a virtual host's clusters, a cluster's
@@ -33,7 +34,9 @@ impl ScopeResources {
         let mut maps: BTreeMap<ResourceType, BTreeMap<String, Arc<Entry>>> = BTreeMap::new();
         let mut put = |kind: ResourceType, name: &str, any: Any, deps: Vec<String>| {
             let version = xxhash_rust::xxh64::xxh64(&any.value, 0);
-            maps.entry(kind).or_default().insert(name.to_owned(), Arc::new(Entry { version, any, deps }));
+            maps.entry(kind)
+                .or_default()
+                .insert(name.to_owned(), Arc::new(Entry { name: name.to_owned(), version, any, deps }));
         };
         let settings = settings_of(config);
         put(ResourceType::Settings, SETTINGS_NAME, pack(ResourceType::Settings, &settings), Vec::new());

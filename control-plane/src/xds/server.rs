@@ -2,11 +2,13 @@
 //! requests and from new generations, and recording what it sent for `/debug/syncz`.
 
 use std::collections::BTreeMap;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::SystemTime;
 
 use tokio::sync::{Semaphore, mpsc, watch};
+use tokio_stream::StreamExt;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 use trellis_xds::discovery::aggregated_discovery_service_server::AggregatedDiscoveryService;
@@ -15,14 +17,16 @@ use trellis_xds::types::{ProxyNode, ResourceType};
 
 use super::generation::Generation;
 use super::metrics::XdsMetrics;
-use super::session::{Session, TypeStatus};
+use super::session::{Outgoing, Session, TypeStatus};
 use crate::translate::{ProxyIdentity, scope_of};
 
 /// At most this many proxies compute and queue a push at once; the rest wait their turn, so
 /// a change to the whole mesh does not become a storm of simultaneous work.
 pub const MAX_CONCURRENT_PUSHES: usize = 100;
-/// Responses queued per stream before the push waits for the proxy to read.
-const STREAM_BUFFER: usize = 16;
+/// Responses queued per stream before the push waits for the proxy to read. Small: the
+/// push holds its turn until its responses are queued, so a slow proxy waits rather than
+/// piling up responses in memory.
+const STREAM_BUFFER: usize = 2;
 
 /// What `/debug/syncz` shows of one connected proxy.
 #[derive(Clone, Debug)]
@@ -77,7 +81,8 @@ impl XdsServer {
 
 #[tonic::async_trait]
 impl AggregatedDiscoveryService for XdsServer {
-    type DeltaAggregatedResourcesStream = ReceiverStream<Result<DeltaDiscoveryResponse, Status>>;
+    type DeltaAggregatedResourcesStream =
+        Pin<Box<dyn tokio_stream::Stream<Item = Result<DeltaDiscoveryResponse, Status>> + Send>>;
 
     async fn delta_aggregated_resources(
         &self,
@@ -96,14 +101,21 @@ impl AggregatedDiscoveryService for XdsServer {
         let (tx, rx) = mpsc::channel(STREAM_BUFFER);
         let stream = Stream { server: self.clone(), node, tx };
         tokio::spawn(stream.run(first, inbound));
-        Ok(Response::new(ReceiverStream::new(rx)))
+        // Responses are built from the shared resources only when the transport takes them.
+        let metrics = self.metrics.clone();
+        let responses = ReceiverStream::new(rx).map(move |outgoing: Box<Outgoing>| {
+            let response = outgoing.into_response();
+            metrics.sent_bytes.inc_by(prost::Message::encoded_len(&response) as u64);
+            Ok(response)
+        });
+        Ok(Response::new(Box::pin(responses)))
     }
 }
 
 struct Stream {
     server: XdsServer,
     node: ProxyNode,
-    tx: mpsc::Sender<Result<DeltaDiscoveryResponse, Status>>,
+    tx: mpsc::Sender<Box<Outgoing>>,
 }
 
 impl Stream {
@@ -187,14 +199,11 @@ impl Stream {
             return true;
         }
         for response in responses {
-            let kind = ResourceType::from_type_url(&response.type_url);
-            self.server.metrics.sent_bytes.inc_by(prost::Message::encoded_len(&response) as u64);
-            if self.tx.send(Ok(response)).await.is_err() {
+            let kind = response.kind;
+            if self.tx.send(Box::new(response)).await.is_err() {
                 return false;
             }
-            if let Some(kind) = kind {
-                self.server.metrics.pushed(kind);
-            }
+            self.server.metrics.pushed(kind);
         }
         if *pushed_generation != generation.number {
             *pushed_generation = generation.number;

@@ -101,8 +101,49 @@ pub struct Handled {
 }
 
 const WILDCARD: &str = "*";
-/// Resources per response: about 10-20 KB of services.
-pub const MAX_RESOURCES_PER_RESPONSE: usize = 64;
+/// A response carries about this many bytes of resources at most (a single larger resource
+/// goes alone). The transport keeps a per-stream buffer as large as the largest response it
+/// ever sent, for as long as the stream lives, so the first address table goes out in parts.
+pub const MAX_RESPONSE_BYTES: usize = 8 * 1024;
+
+/// A response decided by [`Session::push`] and already counted as sent (its nonce is the
+/// latest of its type), held as references into the shared resources until the stream sends
+/// it, so a proxy waiting for its turn costs a pointer per resource rather than a copy.
+#[derive(Debug)]
+pub struct Outgoing {
+    pub kind: ResourceType,
+    nonce: String,
+    generation: u64,
+    resources: Vec<Arc<Entry>>,
+    removed: Vec<String>,
+}
+
+impl Outgoing {
+    pub fn into_response(self) -> DeltaDiscoveryResponse {
+        let type_url = self.kind.type_url();
+        DeltaDiscoveryResponse {
+            system_version_info: self.generation.to_string(),
+            resources: self
+                .resources
+                .iter()
+                .map(|entry| Resource {
+                    name: entry.name.clone(),
+                    version: format!("{:016x}", entry.version),
+                    resource: Some(entry.any.clone()),
+                    ..Default::default()
+                })
+                .collect(),
+            type_url: type_url.to_owned(),
+            nonce: self.nonce,
+            removed_resources: self.removed,
+        }
+    }
+}
+
+/// Approximate encoded size of one resource in a response.
+fn response_bytes(entry: &Entry) -> usize {
+    entry.any.value.len() + entry.any.type_url.len() + entry.name.len() + 32
+}
 
 impl Session {
     /// Applies one request. An unknown type is an error for the caller to log; the stream
@@ -174,7 +215,7 @@ impl Session {
     /// The responses that bring the proxy from what it holds to `resources`, in the order they
     /// must be sent: additions and updates by [`ResourceType::PUSH_ORDER`], then removals in
     /// the reverse order. Empty when the proxy is up to date.
-    pub fn push(&mut self, resources: &ScopeResources, generation: u64) -> Vec<DeltaDiscoveryResponse> {
+    pub fn push(&mut self, resources: &ScopeResources, generation: u64) -> Vec<Outgoing> {
         let desired = self.desired(resources);
         let mut updates = Vec::new();
         let mut removals = Vec::new();
@@ -199,14 +240,9 @@ impl Session {
                 continue;
             }
             let mut changed = Vec::new();
-            let mut consider = |name: &String, entry: &Entry| {
+            let mut consider = |name: &String, entry: &Arc<Entry>| {
                 if state.forced.contains(name.as_str()) || state.known.version(name) != Some(entry.version) {
-                    changed.push(Resource {
-                        name: name.clone(),
-                        version: format!("{:016x}", entry.version),
-                        resource: Some(entry.any.clone()),
-                        ..Default::default()
-                    });
+                    changed.push(entry.clone());
                 }
             };
             match wanted {
@@ -250,16 +286,19 @@ impl Session {
             }
         }
         let mut out = Vec::new();
-        for (kind, mut resources) in updates {
-            // Large sets (the first address table) go out in parts: the transport keeps a
-            // per-stream buffer as large as the largest response it ever sent, for as long as
-            // the stream lives.
-            while resources.len() > MAX_RESOURCES_PER_RESPONSE {
-                let rest = resources.split_off(MAX_RESOURCES_PER_RESPONSE);
-                out.push(self.response(kind, generation, resources, Vec::new()));
-                resources = rest;
+        for (kind, resources) in updates {
+            let mut part = Vec::new();
+            let mut part_bytes = 0;
+            for entry in resources {
+                let bytes = response_bytes(&entry);
+                if !part.is_empty() && part_bytes + bytes > MAX_RESPONSE_BYTES {
+                    out.push(self.response(kind, generation, std::mem::take(&mut part), Vec::new()));
+                    part_bytes = 0;
+                }
+                part_bytes += bytes;
+                part.push(entry);
             }
-            out.push(self.response(kind, generation, resources, Vec::new()));
+            out.push(self.response(kind, generation, part, Vec::new()));
         }
         for (kind, removed) in removals.into_iter().rev() {
             out.push(self.response(kind, generation, Vec::new(), removed));
@@ -311,22 +350,16 @@ impl Session {
         &mut self,
         kind: ResourceType,
         generation: u64,
-        resources: Vec<Resource>,
+        resources: Vec<Arc<Entry>>,
         removed: Vec<String>,
-    ) -> DeltaDiscoveryResponse {
+    ) -> Outgoing {
         self.next_nonce += 1;
         let nonce = self.next_nonce.to_string();
         if let Some(state) = self.types.get_mut(&kind) {
             state.latest = Some((nonce.clone(), generation));
             state.status.sent = Some(generation);
         }
-        DeltaDiscoveryResponse {
-            system_version_info: generation.to_string(),
-            resources,
-            type_url: kind.type_url().to_owned(),
-            nonce,
-            removed_resources: removed,
-        }
+        Outgoing { kind, nonce, generation, resources, removed }
     }
 
     /// Per type: sent, acknowledged, rejected.
@@ -410,6 +443,14 @@ mod tests {
         }
     }
 
+    fn push(
+        session: &mut Session,
+        resources: &ScopeResources,
+        generation: u64,
+    ) -> Vec<DeltaDiscoveryResponse> {
+        session.push(resources, generation).into_iter().map(Outgoing::into_response).collect()
+    }
+
     fn open_all(session: &mut Session) {
         for kind in ResourceType::PUSH_ORDER {
             session.handle(&request(kind, &[])).unwrap();
@@ -447,8 +488,8 @@ mod tests {
         let resources = ScopeResources::pack(&config(false), None);
         let mut session = Session::default();
         open_all(&mut session);
-        assert_eq!(summary(&session.push(&resources, 1)), ["settings:settings", "service:db,web"]);
-        assert!(session.push(&resources, 1).is_empty(), "nothing changed, nothing sent");
+        assert_eq!(summary(&push(&mut session, &resources, 1)), ["settings:settings", "service:db,web"]);
+        assert!(push(&mut session, &resources, 1).is_empty(), "nothing changed, nothing sent");
     }
 
     #[test]
@@ -456,23 +497,38 @@ mod tests {
         let resources = ScopeResources::pack(&pb::ProxyConfig::default(), None);
         let mut session = Session::default();
         open_all(&mut session);
-        assert_eq!(summary(&session.push(&resources, 1)), ["settings:settings", "service:"]);
-        assert!(session.push(&resources, 2).is_empty());
+        assert_eq!(summary(&push(&mut session, &resources, 1)), ["settings:settings", "service:"]);
+        assert!(push(&mut session, &resources, 2).is_empty());
     }
 
     #[test]
     fn a_large_address_table_goes_out_in_parts() {
+        // 150 services of about 450 bytes each, and one (s075) larger than a whole part.
+        let name = |i: usize| format!("s{i:03}-{}", "x".repeat(if i == 75 { 10_000 } else { 200 }));
         let config = pb::ProxyConfig {
-            services: (0..150)
-                .map(|i| pb::Service { name: format!("s{i:03}"), ..Default::default() })
-                .collect(),
+            services: (0..150).map(|i| pb::Service { name: name(i), ..Default::default() }).collect(),
             ..Default::default()
         };
         let resources = ScopeResources::pack(&config, None);
         let mut session = Session::default();
         session.handle(&request(ResourceType::Service, &[])).unwrap();
-        let sizes: Vec<usize> = session.push(&resources, 1).iter().map(|r| r.resources.len()).collect();
-        assert_eq!(sizes, [64, 64, 22]);
+        let parts = push(&mut session, &resources, 1);
+        let names: Vec<String> =
+            parts.iter().flat_map(|r| r.resources.iter().map(|x| x.name.clone())).collect();
+        assert_eq!(names, (0..150).map(name).collect::<Vec<_>>(), "every service once, in order");
+        assert!(parts.len() > 8, "{} parts", parts.len());
+        for part in &parts {
+            let bytes = prost::Message::encoded_len(part);
+            let alone = part.resources.len() == 1;
+            assert!(
+                alone || bytes <= MAX_RESPONSE_BYTES + 200,
+                "{bytes} bytes in {} resources",
+                part.resources.len()
+            );
+        }
+        assert!(parts.iter().any(|r| r.resources.len() == 1 && r.resources[0].name == name(75)));
+        let nonces: BTreeSet<&str> = parts.iter().map(|r| r.nonce.as_str()).collect();
+        assert_eq!(nonces.len(), parts.len(), "each part has its own nonce");
     }
 
     #[test]
@@ -480,11 +536,11 @@ mod tests {
         let resources = ScopeResources::pack(&config(false), None);
         let mut session = Session::default();
         open_all(&mut session);
-        session.push(&resources, 1);
+        push(&mut session, &resources, 1);
         let handled = session.handle(&request(ResourceType::VirtualHost, &["web:80"])).unwrap();
         assert!(handled.push);
         assert_eq!(
-            summary(&session.push(&resources, 1)),
+            summary(&push(&mut session, &resources, 1)),
             ["endpoints:web:80", "cluster:a", "virtualhost:web:80"]
         );
         assert_eq!(session.held()[&ResourceType::Service], 2);
@@ -498,9 +554,9 @@ mod tests {
         let mut session = Session::default();
         open_all(&mut session);
         session.handle(&request(ResourceType::VirtualHost, &["web:80"])).unwrap();
-        session.push(&before, 1);
-        assert_eq!(summary(&session.push(&after, 2)), ["cluster:b", "virtualhost:web:80"]);
-        assert_eq!(summary(&session.push(&before, 3)), ["virtualhost:web:80", "cluster-removed:b"]);
+        push(&mut session, &before, 1);
+        assert_eq!(summary(&push(&mut session, &after, 2)), ["cluster:b", "virtualhost:web:80"]);
+        assert_eq!(summary(&push(&mut session, &before, 3)), ["virtualhost:web:80", "cluster-removed:b"]);
     }
 
     #[test]
@@ -516,7 +572,7 @@ mod tests {
         ]
         .into();
         session.handle(&first).unwrap();
-        assert_eq!(summary(&session.push(&resources, 7)), ["service:db", "service-removed:gone"]);
+        assert_eq!(summary(&push(&mut session, &resources, 7)), ["service:db", "service-removed:gone"]);
     }
 
     #[test]
@@ -526,9 +582,9 @@ mod tests {
         let mut session = Session::default();
         open_all(&mut session);
         session.handle(&request(ResourceType::VirtualHost, &["web:80"])).unwrap();
-        let first = session.push(&before, 1);
+        let first = push(&mut session, &before, 1);
         let vh = first.iter().find(|r| r.type_url == ResourceType::VirtualHost.type_url()).unwrap().clone();
-        let second = session.push(&after, 2);
+        let second = push(&mut session, &after, 2);
         let vh2 = second.iter().find(|r| r.type_url == ResourceType::VirtualHost.type_url()).unwrap().clone();
 
         assert!(ack(&mut session, &vh).stale, "an ACK of an older response is ignored");
@@ -545,9 +601,9 @@ mod tests {
         let status = &session.status()[&ResourceType::VirtualHost];
         assert_eq!((status.sent, status.acked), (Some(2), None));
         assert_eq!(status.nack.as_ref().map(|n| n.generation), Some(2));
-        assert!(session.push(&after, 2).is_empty(), "a rejected version is not resent as is");
+        assert!(push(&mut session, &after, 2).is_empty(), "a rejected version is not resent as is");
 
-        let third = session.push(&before, 3);
+        let third = push(&mut session, &before, 3);
         let vh3 = third.iter().find(|r| r.type_url == ResourceType::VirtualHost.type_url()).unwrap().clone();
         ack(&mut session, &vh3);
         let status = &session.status()[&ResourceType::VirtualHost];
@@ -561,11 +617,11 @@ mod tests {
         open_all(&mut session);
         session.handle(&request(ResourceType::Cluster, &["db"])).unwrap();
         assert_eq!(
-            summary(&session.push(&resources, 1)),
+            summary(&push(&mut session, &resources, 1)),
             ["settings:settings", "endpoints:db:5432", "cluster:db", "service:db,web"]
         );
         session.handle(&request(ResourceType::Cluster, &["db", "nope"])).unwrap();
-        assert_eq!(summary(&session.push(&resources, 1)), ["cluster:db", "cluster-removed:nope"]);
+        assert_eq!(summary(&push(&mut session, &resources, 1)), ["cluster:db", "cluster-removed:nope"]);
         let unsubscribe = DeltaDiscoveryRequest {
             type_url: ResourceType::Cluster.type_url().into(),
             resource_names_unsubscribe: vec!["db".into()],
@@ -573,7 +629,7 @@ mod tests {
         };
         session.handle(&unsubscribe).unwrap();
         assert_eq!(
-            summary(&session.push(&resources, 1)),
+            summary(&push(&mut session, &resources, 1)),
             ["cluster-removed:db", "endpoints-removed:db:5432"],
             "referrers go first"
         );
