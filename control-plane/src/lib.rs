@@ -1,6 +1,7 @@
 //! `trellisd`: config sources feed one model; translation turns the model into each proxy's
 //! resources; the delta xDS server pushes what changed.
 
+pub mod cli;
 pub mod model;
 pub mod sources;
 pub mod status;

@@ -5,6 +5,7 @@
 #![forbid(unsafe_code)]
 
 pub mod apply;
+pub mod cli;
 pub mod iptables;
 pub mod nft;
 pub mod original_dst;

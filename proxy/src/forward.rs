@@ -684,7 +684,14 @@ async fn inbound(mut request: Request<Incoming>, conn: &Conn, proxy: &Proxy) -> 
     headers::strip_hop_by_hop(request.headers_mut(), upgrade);
     headers::ensure_request_id(request.headers_mut());
     headers::add_forwarded(request.headers_mut(), conn.peer.ip());
-    let (addr, source) = inbound_delivery(target);
+    let (addr, source) = match conn.local.ip() {
+        // Explicit mode on a loopback address of the pod's own (pods sharing one host, as in
+        // `trellis demo` without root): the app listens on that address, not on 127.0.0.1.
+        IpAddr::V4(local) if conn.original.is_none() && local.is_loopback() => {
+            (SocketAddr::new(IpAddr::V4(local), target.port()), Some(INBOUND_SOURCE))
+        }
+        _ => inbound_delivery(target),
+    };
     send_direct(request, Key { addr, protocol: Protocol::Http1, source }, proxy, service).await
 }
 

@@ -8,6 +8,7 @@
 pub mod admin;
 pub mod balance;
 pub mod body;
+pub mod cli;
 pub mod cluster;
 pub mod config;
 pub mod connection;

@@ -1,0 +1,322 @@
+//! The `trellis-proxy` command line: `trellis-proxy --config FILE` runs the sidecar;
+//! `trellis-proxy wait` blocks until it is ready (the injected postStart hook that holds the app
+//! back). A library entry point, so that `trellis demo` can run the proxy from its own
+//! executable; the `trellis-proxy` binary is a thin wrapper around [`run`].
+
+use std::ffi::OsString;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use clap::{Parser, Subcommand};
+use tracing_subscriber::EnvFilter;
+use tracing_subscriber::prelude::*;
+use trellis_xds::types::ProxyNode;
+
+use crate::metrics::{Metrics, Workload};
+use crate::xds::XdsOptions;
+use crate::{LogControl, Options};
+
+#[derive(Parser)]
+#[command(name = "trellis-proxy", version, about = "Trellis sidecar proxy")]
+struct Args {
+    #[command(subcommand)]
+    command: Option<Command>,
+    /// Configuration file (YAML or JSON, trellis.config.v1.ProxyConfig); watched for changes.
+    #[arg(long, env = "TRELLIS_PROXY_CONFIG")]
+    config: Option<PathBuf>,
+    /// The control plane's xDS address (`host:port`), when config does not come from --config.
+    /// Default: PROXY_CONFIG's `discoveryAddress`.
+    #[arg(long)]
+    discovery_address: Option<String>,
+    /// The pod's labels as the downward API writes them (`key="value"` lines); the xDS node
+    /// carries them. ISTIO_METAJSON_LABELS (a JSON object) is read first when set.
+    #[arg(long, default_value = "/etc/istio/pod/labels")]
+    pod_labels_file: PathBuf,
+    /// Worker threads (0: one per CPU). Default: PROXY_CONFIG's `concurrency` (the injector sets
+    /// it from `proxy.istio.io/config`), else 2.
+    #[arg(long)]
+    concurrency: Option<usize>,
+    #[arg(long, default_value_t = 15001)]
+    outbound_port: u16,
+    #[arg(long, default_value_t = 15006)]
+    inbound_port: u16,
+    #[arg(long, default_value_t = 15000)]
+    admin_port: u16,
+    #[arg(long, default_value_t = 15021)]
+    readiness_port: u16,
+    #[arg(long, default_value_t = 15090)]
+    stats_port: u16,
+    /// Also listen on IPv6.
+    #[arg(long)]
+    ipv6: bool,
+    /// Listen on this address only, instead of every address (0.0.0.0, and [::] with --ipv6).
+    /// For several proxies sharing one host outside a pod, each on a loopback address of its
+    /// own (`trellis demo` without root); the admin port moves there too when it is a loopback
+    /// address, and stays on 127.0.0.1 otherwise.
+    #[arg(long, value_name = "IP")]
+    listen_address: Option<IpAddr>,
+    /// Serve inbound connections that did not come through the redirect, delivering to the
+    /// port their authority names (for running without iptables; never in a pod).
+    #[arg(long)]
+    explicit_inbound: bool,
+    /// On SIGTERM, how long in-flight requests may take before the proxy exits. Default:
+    /// PROXY_CONFIG's `terminationDrainDuration`, else 5s.
+    #[arg(long, value_parser = parse_duration)]
+    drain_timeout: Option<Duration>,
+    /// A tracing filter; default RUST_LOG, else the injector's LOG_LEVEL, else info.
+    #[arg(long)]
+    log_level: Option<String>,
+}
+
+/// What the proxy takes from the ProxyConfig the injector puts in its environment.
+struct FromEnvironment {
+    concurrency: Option<usize>,
+    drain: Option<Duration>,
+    discovery_address: Option<String>,
+}
+
+/// Reads `PROXY_CONFIG` (JSON); a value that cannot be used is an error naming the field.
+fn proxy_config_env() -> Result<FromEnvironment, String> {
+    let Ok(text) = std::env::var("PROXY_CONFIG") else {
+        return Ok(FromEnvironment { concurrency: None, drain: None, discovery_address: None });
+    };
+    let config: trellis_api::mesh::ProxyConfig =
+        serde_json::from_str(&text).map_err(|e| format!("PROXY_CONFIG: {e}"))?;
+    let concurrency = match config.concurrency {
+        None => None,
+        Some(n) if n < 0 => return Err(format!("PROXY_CONFIG: concurrency: {n} is negative")),
+        Some(n) => Some(n as usize),
+    };
+    let drain = config
+        .termination_drain_duration
+        .map(|d| d.to_std().map_err(|e| format!("PROXY_CONFIG: terminationDrainDuration: {e}")))
+        .transpose()?;
+    let discovery_address = config.discovery_address.filter(|a| !a.is_empty());
+    Ok(FromEnvironment { concurrency, drain, discovery_address })
+}
+
+/// Istio's level names, as tracing filters.
+fn log_filter(args: &Args) -> String {
+    if let Some(level) = &args.log_level {
+        return level.clone();
+    }
+    if let Ok(filter) = std::env::var("RUST_LOG") {
+        return filter;
+    }
+    match std::env::var("LOG_LEVEL").ok().as_deref() {
+        Some("warning") => "warn".to_owned(),
+        Some("critical") => "error".to_owned(),
+        Some("none") => "off".to_owned(),
+        Some(level) if !level.is_empty() => level.to_owned(),
+        _ => "info".to_owned(),
+    }
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Wait until the proxy on this host is ready (GET 127.0.0.1:<readiness-port>/healthz/ready).
+    Wait {
+        #[arg(long, default_value = "60s", value_parser = parse_duration)]
+        timeout: Duration,
+        #[arg(long, default_value_t = 15021)]
+        readiness_port: u16,
+    },
+}
+
+fn parse_duration(text: &str) -> Result<Duration, String> {
+    trellis_api::primitives::parse_go_duration(text)
+}
+
+/// Runs the proxy with a command line (`args[0]` is the program name), as `main` would.
+pub fn run<I, T>(args: I) -> ExitCode
+where
+    I: IntoIterator<Item = T>,
+    T: Into<OsString> + Clone,
+{
+    let args = Args::parse_from(args);
+    if let Some(Command::Wait { timeout, readiness_port }) = args.command {
+        return wait(timeout, readiness_port);
+    }
+    let from_env = match proxy_config_env() {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("trellis-proxy: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let filter = EnvFilter::try_new(log_filter(&args)).unwrap_or_else(|_| EnvFilter::new("info"));
+    let (filter, handle) = tracing_subscriber::reload::Layer::new(filter);
+    tracing_subscriber::registry()
+        .with(filter)
+        .with(tracing_subscriber::fmt::layer().with_writer(std::io::stderr))
+        .init();
+    let log_control: LogControl = Box::new(move |level: &str| {
+        let filter = EnvFilter::try_new(level).map_err(|e| e.to_string())?;
+        handle.reload(filter).map_err(|e| e.to_string())
+    });
+    // One worker needs no work stealing: a current-thread runtime is cheaper.
+    let concurrency = match args.concurrency.or(from_env.concurrency).unwrap_or(2) {
+        // Istio's meaning of 0: every CPU.
+        0 => std::thread::available_parallelism().map(usize::from).unwrap_or(2),
+        n => n,
+    };
+    let drain_timeout = args.drain_timeout.or(from_env.drain).unwrap_or(Duration::from_secs(5));
+    let mut builder = if concurrency <= 1 {
+        tokio::runtime::Builder::new_current_thread()
+    } else {
+        let mut b = tokio::runtime::Builder::new_multi_thread();
+        b.worker_threads(concurrency);
+        b
+    };
+    let runtime = match builder.enable_all().build() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("trellis-proxy: cannot start: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let xds = match (&args.config, args.discovery_address.clone().or(from_env.discovery_address)) {
+        (None, Some(address)) => match xds_options(address, &args.pod_labels_file) {
+            Ok(options) => Some(options),
+            Err(e) => {
+                eprintln!("trellis-proxy: {e}");
+                return ExitCode::from(2);
+            }
+        },
+        _ => None,
+    };
+    runtime.block_on(serve(args, drain_timeout, log_control, xds))
+}
+
+/// Who this proxy is, from the pod's environment (as the injection template sets it).
+fn xds_options(address: String, labels_file: &std::path::Path) -> Result<XdsOptions, String> {
+    let env = |name: &str| std::env::var(name).unwrap_or_default();
+    let namespace = env("POD_NAMESPACE");
+    if namespace.is_empty() {
+        return Err("POD_NAMESPACE: required to fetch config from the control plane".to_owned());
+    }
+    let pod = env("POD_NAME");
+    let workload = match env("ISTIO_META_WORKLOAD_NAME") {
+        w if w.is_empty() => pod.clone(),
+        w => w,
+    };
+    let labels = match std::env::var("ISTIO_METAJSON_LABELS") {
+        Ok(json) => serde_json::from_str(&json).map_err(|e| format!("ISTIO_METAJSON_LABELS: {e}"))?,
+        Err(_) => match std::fs::read_to_string(labels_file) {
+            Ok(text) => parse_labels(&text).map_err(|e| format!("{}: {e}", labels_file.display()))?,
+            Err(_) => Default::default(),
+        },
+    };
+    let address = if address.contains("://") { address } else { format!("http://{address}") };
+    let id = format!("sidecar~{}~{pod}.{namespace}~{namespace}.svc.cluster.local", env("INSTANCE_IP"));
+    Ok(XdsOptions { address, node: ProxyNode { id, namespace, workload, labels } })
+}
+
+/// The downward API's label file: `key="value"` per line, the value quoted as in Go.
+fn parse_labels(text: &str) -> Result<std::collections::BTreeMap<String, String>, String> {
+    text.lines()
+        .filter(|l| !l.trim().is_empty())
+        .enumerate()
+        .map(|(i, line)| {
+            let (key, value) = line.split_once('=').ok_or_else(|| format!("line {}: no '='", i + 1))?;
+            let value: String =
+                serde_json::from_str(value).map_err(|e| format!("line {}: value {value:?}: {e}", i + 1))?;
+            Ok((key.to_owned(), value))
+        })
+        .collect()
+}
+
+async fn serve(
+    args: Args,
+    drain_timeout: Duration,
+    log_control: LogControl,
+    xds: Option<XdsOptions>,
+) -> ExitCode {
+    let any = |port| match args.listen_address {
+        Some(ip) => vec![SocketAddr::new(ip, port)],
+        None if args.ipv6 => vec![
+            SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), port),
+            SocketAddr::new(IpAddr::V6(Ipv6Addr::UNSPECIFIED), port),
+        ],
+        None => vec![SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), port)],
+    };
+    // The admin port is never reachable from outside the host.
+    let admin_ip = args.listen_address.filter(IpAddr::is_loopback).unwrap_or(IpAddr::V4(Ipv4Addr::LOCALHOST));
+    let options = Options {
+        outbound: any(args.outbound_port),
+        inbound: any(args.inbound_port),
+        admin: vec![SocketAddr::new(admin_ip, args.admin_port)],
+        readiness: any(args.readiness_port),
+        stats: any(args.stats_port),
+        config_file: args.config.clone(),
+        xds,
+        explicit_inbound: args.explicit_inbound,
+    };
+    let running = match crate::start(options, Metrics::new(Workload::from_env()), Some(log_control)) {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("trellis-proxy: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    tracing::info!(outbound = ?running.outbound, inbound = ?running.inbound, "trellis-proxy started");
+    // One line a supervisor (or a test) can read: where each listener ended up.
+    let first = |addrs: &[SocketAddr]| addrs.first().map(ToString::to_string).unwrap_or_default();
+    println!(
+        "trellis-proxy listening: outbound {} inbound {} admin {} readiness {} stats {}",
+        first(&running.outbound),
+        first(&running.inbound),
+        first(&running.admin),
+        first(&running.readiness),
+        first(&running.stats)
+    );
+    let proxy = running.proxy;
+    let mut drain = proxy.drain.subscribe();
+    let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("trellis-proxy: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    tokio::select! {
+        _ = term.recv() => proxy.start_drain(),
+        _ = tokio::signal::ctrl_c() => proxy.start_drain(),
+        _ = crate::drained(&mut drain) => {}
+    }
+    // Draining: listeners are closed, connections finish what they have in flight.
+    let deadline = Instant::now() + drain_timeout;
+    while proxy.connections.load(Ordering::Acquire) > 0 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    tracing::info!(left = proxy.connections.load(Ordering::Acquire), "trellis-proxy stopped");
+    ExitCode::SUCCESS
+}
+
+fn wait(timeout: Duration, port: u16) -> ExitCode {
+    use std::io::{Read, Write};
+    let deadline = Instant::now() + timeout;
+    let addr = SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), port);
+    loop {
+        let ready =
+            std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(1)).ok().and_then(|mut s| {
+                s.set_read_timeout(Some(Duration::from_secs(1))).ok()?;
+                s.write_all(b"GET /healthz/ready HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+                    .ok()?;
+                let mut head = [0u8; 12];
+                s.read_exact(&mut head).ok()?;
+                Some(&head[9..12] == b"200")
+            });
+        if ready == Some(true) {
+            return ExitCode::SUCCESS;
+        }
+        if Instant::now() >= deadline {
+            eprintln!("trellis-proxy wait: not ready after {timeout:?}");
+            return ExitCode::FAILURE;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
