@@ -1,7 +1,7 @@
 //! The ADS gRPC service: one task per proxy stream, driving its [`Session`] from the proxy's
 //! requests and from new generations, and recording what it sent for `/debug/syncz`.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -20,12 +20,11 @@ use super::metrics::XdsMetrics;
 use super::session::{Outgoing, Session, TypeStatus};
 use crate::translate::{ProxyIdentity, scope_of};
 
-/// At most this many proxies compute and queue a push at once; the rest wait their turn, so
-/// a change to the whole mesh does not become a storm of simultaneous work.
+/// At most this many proxies decide a push at once; the rest wait their turn, so a change to
+/// the whole mesh does not become a storm of simultaneous work.
 pub const MAX_CONCURRENT_PUSHES: usize = 100;
-/// Responses queued per stream before the push waits for the proxy to read. Small: the
-/// push holds its turn until its responses are queued, so a slow proxy waits rather than
-/// piling up responses in memory.
+/// Responses handed to the transport per stream ahead of the proxy reading them. The rest
+/// wait as references into the shared resources, so a slow proxy costs little memory.
 const STREAM_BUFFER: usize = 2;
 
 /// What `/debug/syncz` shows of one connected proxy.
@@ -132,18 +131,37 @@ impl Stream {
         tracing::info!(proxy = %self.node.id, "connected");
         let mut generations = self.server.generations.clone();
         let mut session = Session::default();
-        // The first push only counts towards push latency once a change follows the connect.
-        let mut pushed_generation = generations.borrow().number;
+        // Responses decided but not yet handed to the transport. They go out one at a time
+        // while the proxy's ACKs keep being read, so neither side queues a burst.
+        let mut pending: VecDeque<Outgoing> = VecDeque::new();
+        // The generation whose push latency is still to be observed, once its last response is
+        // handed over. The first push only counts once a change follows the connect.
+        let mut connected_generation = Some(generations.borrow().number);
+        let mut unobserved: Option<Arc<Generation>> = None;
         let mut push = self.handle(&mut session, &first);
         loop {
             if push {
+                push = false;
                 let generation = generations.borrow_and_update().clone();
-                if !self.push(&mut session, &identity, &generation, &mut pushed_generation).await {
-                    break;
+                let Ok(parts) = self.plan(&mut session, &identity, &generation).await else { break };
+                if !parts.is_empty() && connected_generation != Some(generation.number) {
+                    unobserved = Some(generation);
                 }
+                pending.extend(parts);
                 record(&sync, &session);
             }
+            if pending.is_empty()
+                && let Some(generation) = unobserved.take()
+            {
+                connected_generation = None;
+                self.server.metrics.push_latency.observe(generation.changed_at.elapsed().as_secs_f64());
+            }
             tokio::select! {
+                permit = self.tx.reserve(), if !pending.is_empty() => {
+                    let (Ok(permit), Some(outgoing)) = (permit, pending.pop_front()) else { break };
+                    self.server.metrics.pushed(outgoing.kind);
+                    permit.send(Box::new(outgoing));
+                }
                 message = inbound.message() => match message {
                     Ok(Some(request)) => {
                         push = self.handle(&mut session, &request);
@@ -183,33 +201,19 @@ impl Stream {
         }
     }
 
-    /// Sends what changed; false when the proxy is gone.
-    async fn push(
+    /// Decides what brings the proxy up to `generation`. Waits for a turn first: the first
+    /// proxy of a scope translates it for everyone, and a mesh-wide change should not make
+    /// every stream do its share at once. Err when the server is shutting down.
+    async fn plan(
         &self,
         session: &mut Session,
         identity: &ProxyIdentity,
         generation: &Generation,
-        pushed_generation: &mut u64,
-    ) -> bool {
-        let Ok(_permit) = self.server.permits.acquire().await else { return false };
+    ) -> Result<Vec<Outgoing>, ()> {
+        let _permit = self.server.permits.acquire().await.map_err(|_| ())?;
         let scope = scope_of(&generation.model, identity);
         let resources = generation.resources(&scope);
-        let responses = session.push(&resources, generation.number);
-        if responses.is_empty() {
-            return true;
-        }
-        for response in responses {
-            let kind = response.kind;
-            if self.tx.send(Box::new(response)).await.is_err() {
-                return false;
-            }
-            self.server.metrics.pushed(kind);
-        }
-        if *pushed_generation != generation.number {
-            *pushed_generation = generation.number;
-            self.server.metrics.push_latency.observe(generation.changed_at.elapsed().as_secs_f64());
-        }
-        true
+        Ok(session.push(&resources, generation.number))
     }
 }
 
