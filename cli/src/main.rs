@@ -2,6 +2,10 @@
 
 #![forbid(unsafe_code)]
 
+mod demo;
+mod demo_app;
+mod embedded;
+mod http_client;
 mod inject;
 mod input;
 mod proxy_status;
@@ -20,6 +24,12 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Run the whole mesh on this machine: a small shop injected, intercepted and routed by
+    /// Trellis, with a canary and live golden signals. As root for the real thing.
+    Demo(demo::Args),
+    /// The demo's tiny HTTP service: answers with its name, calls its downstreams, and can be
+    /// told to fail or slow down a share of requests.
+    DemoApp(demo_app::Args),
     /// Check Istio resource files the way the mesh will read them.
     Validate(validate::Args),
     /// Add the sidecar to the workloads in a manifest, as the webhook would.
@@ -29,11 +39,22 @@ enum Command {
     ProxyStatus(proxy_status::Args),
     /// Print the CustomResourceDefinitions of the Istio kinds Trellis reads (for the chart).
     Crds,
+    /// trellis-proxy, run from this executable (the demo's sidecars).
+    #[command(hide = true, disable_help_flag = true, disable_version_flag = true)]
+    Proxy(embedded::Args),
+    /// trellisd, run from this executable (the demo's control plane).
+    #[command(hide = true, disable_help_flag = true, disable_version_flag = true)]
+    ControlPlane(embedded::Args),
+    /// trellis-proxy-init, run from this executable (the demo's redirect).
+    #[command(hide = true, disable_help_flag = true, disable_version_flag = true)]
+    ProxyInit(embedded::Args),
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
+        Command::Demo(args) => demo::run(&args),
+        Command::DemoApp(args) => demo_app::run(args),
         Command::Validate(args) => validate::run(&args),
         Command::Inject(args) => inject::run(&args),
         Command::ProxyStatus(args) => proxy_status::run(&args),
@@ -41,5 +62,8 @@ fn main() -> ExitCode {
             print!("{}", trellis_api::crds::to_yaml());
             ExitCode::SUCCESS
         }
+        Command::Proxy(args) => trellis_proxy::cli::run(args.with_program("trellis-proxy")),
+        Command::ControlPlane(args) => trellis_control_plane::cli::run(args.with_program("trellisd")),
+        Command::ProxyInit(args) => trellis_proxy_init::cli::run(args.with_program("trellis-proxy-init")),
     }
 }

@@ -4,8 +4,8 @@
 //! `model` reads the JSON and decides what is synced, `render` prints it, `fetch` is the HTTP
 //! client; this module wires them and decides the exit code.
 
-mod fetch;
-mod model;
+pub(crate) mod fetch;
+pub(crate) mod model;
 mod render;
 
 use std::io::Write;

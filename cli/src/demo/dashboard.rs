@@ -1,0 +1,356 @@
+//! The running demo: the load goes in, every second each proxy's metrics are read and the
+//! table redrawn, halfway the canary is edited, and at the end (or on Ctrl-C) the load stops
+//! and the summary is made — with `--keep`, the mesh stays up and the table keeps showing
+//! whatever calls the user makes, until Ctrl-C.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use super::console::Console;
+use super::load::{self, Phase, Record, Shared, Window};
+use super::metrics::{self, Reporter};
+use super::plan::{Canary, Mode, Plan};
+use super::processes;
+use super::session::Session;
+use super::summary::{CanaryReport, ProxyReport, Requests, Split, Summary};
+use super::table::{History, Snapshot, Topology, rows};
+
+/// Seconds of history the live table averages over.
+const SPAN: usize = 5;
+/// How long the entry pod's proxy may take to count the last answered requests.
+const SETTLE: Duration = Duration::from_secs(3);
+
+/// Where the canary edit stands.
+enum CanaryState {
+    Waiting,
+    Switching(tokio::task::JoinHandle<Result<Duration, String>>),
+    Done(Result<Duration, String>),
+}
+
+pub async fn run(session: &mut Session, console: &mut Console, startup: Duration) -> Result<Summary, String> {
+    let plan = session.plan.clone();
+    let topology = Topology {
+        entry: plan.entry.pod.clone(),
+        pods: plan.pods.iter().map(|p| p.name.clone()).collect(),
+        services: plan.services.clone(),
+    };
+    let record: Shared = Arc::new(Mutex::new(Record::default()));
+    let (running, running_rx) = tokio::sync::watch::channel(true);
+    let baseline = scrape(&plan).await;
+    let mut history = History::new(SPAN);
+    history.push(0.0, baseline.clone(), Window::default());
+    let mut total = Window::default();
+    let began = tokio::time::Instant::now();
+    let mut load = Some(tokio::spawn(load::drive(
+        plan.entry.target,
+        plan.entry.authority.clone(),
+        session.args.rate,
+        record.clone(),
+        running_rx,
+    )));
+    let duration = session.args.duration;
+    let mut canary = CanaryState::Waiting;
+    let mut load_seconds = 0.0;
+    let mut ticks = tokio::time::interval_at(began + Duration::from_secs(1), Duration::from_secs(1));
+    loop {
+        // Wake often enough to answer Ctrl-C quickly.
+        tokio::select! {
+            _ = ticks.tick() => {}
+            _ = tokio::time::sleep(Duration::from_millis(100)) => {
+                if session.stop.requested() { break }
+                continue;
+            }
+        }
+        if session.stop.requested() {
+            break;
+        }
+        let seconds = began.elapsed().as_secs_f64();
+        let window = record.lock().map(|mut r| r.take_window()).unwrap_or_default();
+        total.add(&window);
+        history.push(seconds, scrape(&plan).await, window);
+        canary = advance(canary, &plan, session, &record, seconds, duration, console).await;
+        console.table(
+            seconds,
+            &title(&plan, session, seconds, &canary, load.is_some()),
+            &history.rows(&topology),
+        );
+        if load.is_some() && began.elapsed() >= duration {
+            load_seconds = stop_load(&running, &mut load, &began).await;
+            if !session.args.keep {
+                break;
+            }
+            console.note(&how_to_call(&plan));
+        }
+    }
+    if load.is_some() {
+        load_seconds = stop_load(&running, &mut load, &began).await;
+    }
+    if let CanaryState::Switching(task) = canary {
+        task.abort();
+        canary = CanaryState::Done(Err("the run ended before the change reached every proxy".to_owned()));
+    }
+    let window = record.lock().map(|mut r| r.take_window()).unwrap_or_default();
+    total.add(&window);
+    let answered = record.lock().map(|r| r.ok).unwrap_or(0);
+    let last = settle(&plan, answered).await;
+    let record = record.lock().map_err(|_| "the load's record is unreadable".to_owned())?;
+    Ok(summary(session, &plan, &topology, startup, load_seconds, &record, &baseline, &last, &total, canary))
+}
+
+async fn stop_load(
+    running: &tokio::sync::watch::Sender<bool>,
+    load: &mut Option<tokio::task::JoinHandle<()>>,
+    began: &tokio::time::Instant,
+) -> f64 {
+    let seconds = began.elapsed().as_secs_f64();
+    running.send_replace(false);
+    if let Some(task) = load.take() {
+        // Returns once the requests in flight are answered (bounded).
+        let _ = task.await;
+    }
+    seconds
+}
+
+/// Every proxy's counts now; a proxy that does not answer is left out of this sample.
+async fn scrape(plan: &Plan) -> Snapshot {
+    let mut snapshot = Snapshot::new();
+    for pod in &plan.pods {
+        if let Ok(stats) = metrics::scrape(pod.stats()).await {
+            snapshot.insert(pod.name.clone(), stats);
+        }
+    }
+    snapshot
+}
+
+fn counted(snapshot: &Snapshot, pod: &str, reporter: Reporter) -> u64 {
+    snapshot
+        .get(pod)
+        .map_or(0.0, |s| s.iter().filter(|((r, _), _)| *r == reporter).map(|(_, t)| t.requests).sum::<f64>())
+        as u64
+}
+
+/// The last counts, once the entry pod's proxy has counted every answered request (it counts a
+/// request as its answer completes, a moment after the client has it).
+async fn settle(plan: &Plan, answered: u64) -> Snapshot {
+    let start = tokio::time::Instant::now();
+    loop {
+        let snapshot = scrape(plan).await;
+        if counted(&snapshot, &plan.entry.pod, Reporter::Destination) >= answered || start.elapsed() > SETTLE
+        {
+            return snapshot;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Starts the edit halfway through the load, and notes when it is done.
+async fn advance(
+    state: CanaryState,
+    plan: &Plan,
+    session: &Session,
+    record: &Shared,
+    seconds: f64,
+    duration: Duration,
+    console: &mut Console,
+) -> CanaryState {
+    let Some(canary) = plan.canary.clone() else { return state };
+    match state {
+        CanaryState::Waiting if seconds >= duration.as_secs_f64() / 2.0 => {
+            console.note(&format!(
+                "trellis demo: {:.0}s: VirtualService {}: weights {} → {}",
+                seconds,
+                canary.virtual_service,
+                weights(&canary, &canary.before),
+                weights(&canary, &canary.after)
+            ));
+            let (dir, monitoring, record) = (session.run_dir.join("config"), plan.monitoring, record.clone());
+            CanaryState::Switching(tokio::spawn(async move {
+                super::canary::switch(&canary, &dir, monitoring, &record).await
+            }))
+        }
+        CanaryState::Switching(task) if task.is_finished() => {
+            let result = task.await.unwrap_or_else(|e| Err(format!("the edit failed: {e}")));
+            match &result {
+                Ok(took) => console.note(&format!(
+                    "trellis demo: every proxy has the new weights, {:.2}s after the file changed",
+                    took.as_secs_f64()
+                )),
+                Err(e) => console.note(&format!("trellis demo: {e}")),
+            }
+            CanaryState::Done(result)
+        }
+        other => other,
+    }
+}
+
+fn weights(canary: &Canary, weights: &[u32]) -> String {
+    canary.subsets.iter().zip(weights).map(|(s, w)| format!("{s} {w}")).collect::<Vec<_>>().join(" / ")
+}
+
+fn title(plan: &Plan, session: &Session, seconds: f64, canary: &CanaryState, loading: bool) -> Vec<String> {
+    let mode = match plan.mode {
+        Mode::Namespaces => "network namespaces",
+        Mode::Explicit => "explicit mode",
+    };
+    let duration = session.args.duration.as_secs();
+    let mut lines = vec![if loading {
+        format!(
+            "trellis demo · {seconds:.0}s of {duration}s · {mode} · {} req/s into {}",
+            session.args.rate, plan.entry.pod
+        )
+    } else {
+        format!("trellis demo · {seconds:.0}s · {mode} · the load ran {duration}s; Ctrl-C removes the mesh")
+    }];
+    if let Some(c) = &plan.canary {
+        let now = match canary {
+            CanaryState::Waiting => format!(
+                "{} ({} at {:.0}s)",
+                weights(c, &c.before),
+                weights(c, &c.after),
+                session.args.duration.as_secs_f64() / 2.0
+            ),
+            CanaryState::Switching(_) => {
+                format!("{} → {} (arriving)", weights(c, &c.before), weights(c, &c.after))
+            }
+            CanaryState::Done(Ok(_)) => format!("{} (was {})", weights(c, &c.after), weights(c, &c.before)),
+            CanaryState::Done(Err(_)) => format!("{} (the edit did not arrive)", weights(c, &c.before)),
+        };
+        lines.push(format!("canary: VirtualService {}: {now}", c.virtual_service));
+    }
+    lines
+}
+
+fn how_to_call(plan: &Plan) -> String {
+    let entry = &plan.entry;
+    let stats = plan.pods.last().map_or(entry.target, |p| p.stats());
+    match plan.mode {
+        Mode::Namespaces => {
+            let hub = super::network::hub_namespace();
+            let mut lines = vec![
+                "The mesh stays up. Call it (as root):".to_owned(),
+                format!(
+                    "  ip netns exec {hub} curl -s http://{}/   # into {}, captured inbound",
+                    entry.target, entry.pod
+                ),
+                format!(
+                    "  ip netns exec {hub} curl -s http://{stats}/stats/prometheus   # a proxy's metrics"
+                ),
+            ];
+            // As an app would: from inside a pod, as its user, to a service's virtual IP.
+            let called = plan.services.iter().find(|s| s.subsets.len() > 1).or(plan.services.last());
+            if let Some((service, vip)) = called.and_then(|s| Some((s, s.vip?))) {
+                lines.push(format!(
+                    "  ip netns exec {} setpriv --reuid {uid} --regid {uid} --clear-groups curl -s \\\n      \
+                     --resolve {host}:{port}:{vip} http://{host}:{port}/   # from {}, captured outbound",
+                    super::network::pod_namespace(&entry.pod),
+                    entry.pod,
+                    host = service.host,
+                    port = service.port,
+                    uid = super::session::APP_UID,
+                ));
+            }
+            lines.push("Ctrl-C removes it.".to_owned());
+            lines.join("\n")
+        }
+        Mode::Explicit => format!(
+            "The mesh stays up. Call it:\n  \
+             curl -s -H 'Host: {}' http://{}/   # into {} through its proxy\n  \
+             curl -s http://{stats}/stats/prometheus   # a proxy's metrics\n\
+             Ctrl-C removes it.",
+            entry.authority, entry.target, entry.pod
+        ),
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+fn summary(
+    session: &Session,
+    plan: &Plan,
+    topology: &Topology,
+    startup: Duration,
+    load_seconds: f64,
+    record: &Record,
+    baseline: &Snapshot,
+    last: &Snapshot,
+    total: &Window,
+    canary: CanaryState,
+) -> Summary {
+    let proxies: Vec<ProxyReport> = plan
+        .pods
+        .iter()
+        .zip(&session.proxies)
+        .map(|(pod, &index)| {
+            let pid = session.processes[index].pid();
+            let (rss_bytes, anon_bytes) = processes::memory(pid).unwrap_or_default();
+            ProxyReport {
+                pod: pod.name.clone(),
+                pid,
+                rss_bytes,
+                anon_bytes,
+                inbound_requests: counted(last, &pod.name, Reporter::Destination),
+                outbound_requests: counted(last, &pod.name, Reporter::Source),
+            }
+        })
+        .collect();
+    let canary = plan.canary.as_ref().map(|c| {
+        let service = plan.services.iter().find(|s| s.short == c.service);
+        let split = |weights: &[u32], phase: Phase| Split {
+            weights: c.subsets.iter().cloned().zip(weights.iter().copied()).collect(),
+            answers: service
+                .map(|s| {
+                    let answers = record.answers.get(&phase);
+                    s.subsets
+                        .iter()
+                        .map(|subset| {
+                            let n = subset
+                                .pods
+                                .iter()
+                                .map(|p| answers.and_then(|a| a.get(p)).copied().unwrap_or(0))
+                                .sum();
+                            (subset.name.clone(), n)
+                        })
+                        .collect()
+                })
+                .unwrap_or_else(BTreeMap::new),
+        };
+        let (switch_seconds, error) = match &canary {
+            CanaryState::Done(Ok(took)) => (Some(took.as_secs_f64()), None),
+            CanaryState::Done(Err(e)) => (None, Some(e.clone())),
+            _ => (None, None),
+        };
+        CanaryReport {
+            virtual_service: c.virtual_service.clone(),
+            service: c.service.clone(),
+            before: split(&c.before, Phase::Before),
+            after: split(&c.after, Phase::After),
+            switch_seconds,
+            error,
+        }
+    });
+    Summary {
+        mode: match plan.mode {
+            Mode::Namespaces => "namespaces",
+            Mode::Explicit => "explicit",
+        },
+        startup_seconds: startup.as_secs_f64(),
+        load_seconds,
+        rate: session.args.rate,
+        requests: Requests {
+            sent: record.sent,
+            ok: record.ok,
+            failed: record.failed,
+            skipped: record.skipped,
+        },
+        failures: record.failures.clone(),
+        canary,
+        total_proxy_rss_bytes: proxies.iter().map(|p| p.rss_bytes).sum(),
+        total_proxy_anon_bytes: proxies.iter().map(|p| p.anon_bytes).sum(),
+        proxies,
+        edges: rows(topology, baseline, last, total, load_seconds.max(0.001)),
+        pids: session.pids(),
+        namespaces: session.namespaces(),
+        run_dir: session.run_dir.display().to_string(),
+        cleaned_up: false,
+    }
+}

@@ -1,0 +1,236 @@
+//! What the table needs from a proxy's Prometheus page (`/stats/prometheus` on 15090): Istio's
+//! `istio_requests_total` and `istio_request_duration_milliseconds` per reporter and destination
+//! service, summed over the other labels.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+/// Which side counted: the caller's proxy (outbound) or the callee's (inbound).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Reporter {
+    Source,
+    Destination,
+}
+
+/// Cumulative counts of one reporter and destination service.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Traffic {
+    pub requests: f64,
+    /// Answers 5xx (Istio's definition of a failed request).
+    pub server_errors: f64,
+    /// The duration histogram: (upper bound in ms, cumulative count), ascending, +Inf last.
+    pub buckets: Vec<(f64, f64)>,
+}
+
+impl Traffic {
+    /// What happened between `older` and this (counters only grow; a restarted proxy counts
+    /// from zero again).
+    pub fn since(&self, older: Option<&Traffic>) -> Traffic {
+        let Some(older) = older else { return self.clone() };
+        let minus = |a: f64, b: f64| if a >= b { a - b } else { a };
+        Traffic {
+            requests: minus(self.requests, older.requests),
+            server_errors: minus(self.server_errors, older.server_errors),
+            buckets: self
+                .buckets
+                .iter()
+                .map(|(le, n)| {
+                    let before = older.buckets.iter().find(|(l, _)| l == le).map_or(0.0, |(_, b)| *b);
+                    (*le, minus(*n, before))
+                })
+                .collect(),
+        }
+    }
+
+    /// The q-quantile (0..1) of the durations, interpolated within its bucket as Prometheus'
+    /// `histogram_quantile` does; `None` without observations.
+    pub fn quantile(&self, q: f64) -> Option<f64> {
+        let total = self.buckets.last().map(|(_, n)| *n)?;
+        if total <= 0.0 {
+            return None;
+        }
+        let rank = q * total;
+        let mut previous = (0.0, 0.0);
+        for (le, n) in &self.buckets {
+            if *n >= rank {
+                if le.is_infinite() {
+                    return Some(previous.0);
+                }
+                let within = if *n > previous.1 { (rank - previous.1) / (n - previous.1) } else { 1.0 };
+                return Some(previous.0 + (le - previous.0) * within);
+            }
+            previous = (*le, *n);
+        }
+        Some(previous.0)
+    }
+}
+
+fn add_bucket(buckets: &mut Vec<(f64, f64)>, le: f64, n: f64) {
+    match buckets.iter_mut().find(|(l, _)| *l == le) {
+        Some(bucket) => bucket.1 += n,
+        None => {
+            buckets.push((le, n));
+            buckets.sort_by(|a, b| a.0.total_cmp(&b.0));
+        }
+    }
+}
+
+/// One proxy's page, by reporter and destination service (`catalog.shop.svc.cluster.local`, or
+/// `inbound|8080` for what the proxy delivered to its own app).
+pub type ProxyStats = BTreeMap<(Reporter, String), Traffic>;
+
+/// Reads the series the table uses; every other line is skipped.
+pub fn parse(text: &str) -> ProxyStats {
+    let mut stats = ProxyStats::new();
+    for line in text.lines() {
+        let Some((name, labels, value)) = sample(line) else { continue };
+        let reporter = match labels.get("reporter").map(String::as_str) {
+            Some("source") => Reporter::Source,
+            Some("destination") => Reporter::Destination,
+            _ => continue,
+        };
+        let Some(service) = labels.get("destination_service") else { continue };
+        if name != "istio_requests_total" && name != "istio_request_duration_milliseconds_bucket" {
+            continue;
+        }
+        let traffic = stats.entry((reporter, service.clone())).or_default();
+        match name {
+            "istio_requests_total" => {
+                traffic.requests += value;
+                if labels.get("response_code").is_some_and(|c| c.starts_with('5')) {
+                    traffic.server_errors += value;
+                }
+            }
+            "istio_request_duration_milliseconds_bucket" => {
+                let le = match labels.get("le").map(String::as_str) {
+                    Some("+Inf") => f64::INFINITY,
+                    Some(le) => match le.parse() {
+                        Ok(le) => le,
+                        Err(_) => continue,
+                    },
+                    None => continue,
+                };
+                add_bucket(&mut traffic.buckets, le, value);
+            }
+            _ => {}
+        }
+    }
+    stats
+}
+
+/// `name{k="v",...} value`, with label values unescaped.
+fn sample(line: &str) -> Option<(&str, BTreeMap<String, String>, f64)> {
+    if line.starts_with('#') {
+        return None;
+    }
+    let name_end = line.find(['{', ' '])?;
+    let name = &line[..name_end];
+    let mut labels = BTreeMap::new();
+    let mut rest = &line[name_end..];
+    if let Some(inside) = rest.strip_prefix('{') {
+        let mut chars = inside.char_indices();
+        let mut key = String::new();
+        let end = loop {
+            let (i, c) = chars.next()?;
+            match c {
+                '}' => break i,
+                ',' | ' ' => {}
+                '=' => {
+                    if chars.next()?.1 != '"' {
+                        return None;
+                    }
+                    let mut value = String::new();
+                    loop {
+                        match chars.next()?.1 {
+                            '"' => break,
+                            '\\' => match chars.next()?.1 {
+                                'n' => value.push('\n'),
+                                other => value.push(other),
+                            },
+                            other => value.push(other),
+                        }
+                    }
+                    labels.insert(std::mem::take(&mut key), value);
+                }
+                c => key.push(c),
+            }
+        };
+        rest = &inside[end + 1..];
+    }
+    let value = rest.split_whitespace().next()?.parse().ok()?;
+    Some((name, labels, value))
+}
+
+/// Reads one proxy's page.
+pub async fn scrape(addr: SocketAddr) -> Result<ProxyStats, String> {
+    let answer = crate::http_client::get_once(addr, "/stats/prometheus", Duration::from_secs(2)).await?;
+    if !answer.status.is_success() {
+        return Err(format!("{addr}/stats/prometheus answered {}", answer.status));
+    }
+    Ok(parse(&String::from_utf8_lossy(&answer.body)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const PAGE: &str = r#"# HELP istio_requests Requests.
+# TYPE istio_requests counter
+istio_requests_total{reporter="source",source_workload="frontend",destination_service="catalog.shop.svc.cluster.local",response_code="200",response_flags="-"} 90
+istio_requests_total{reporter="source",source_workload="frontend",destination_service="catalog.shop.svc.cluster.local",response_code="503",response_flags="UF"} 10
+istio_requests_total{reporter="destination",destination_service="inbound|8080",response_code="200"} 100
+istio_requests_total{reporter="destination",destination_service="we\"ird\\name",response_code="200"} 1
+istio_request_duration_milliseconds_bucket{reporter="source",destination_service="catalog.shop.svc.cluster.local",response_code="200",le="1.0"} 10
+istio_request_duration_milliseconds_bucket{reporter="source",destination_service="catalog.shop.svc.cluster.local",response_code="200",le="5.0"} 80
+istio_request_duration_milliseconds_bucket{reporter="source",destination_service="catalog.shop.svc.cluster.local",response_code="200",le="+Inf"} 90
+istio_request_duration_milliseconds_bucket{reporter="source",destination_service="catalog.shop.svc.cluster.local",response_code="503",le="1.0"} 10
+istio_request_duration_milliseconds_bucket{reporter="source",destination_service="catalog.shop.svc.cluster.local",response_code="503",le="5.0"} 10
+istio_request_duration_milliseconds_bucket{reporter="source",destination_service="catalog.shop.svc.cluster.local",response_code="503",le="+Inf"} 10
+istio_request_duration_milliseconds_sum{reporter="source",destination_service="catalog.shop.svc.cluster.local",response_code="200"} 300
+istio_tcp_connections_opened_total{reporter="source",destination_service="db"} 3
+garbage {{{
+istio_requests_total{reporter="source",destination_service="x",response_code="200"} not-a-number
+"#;
+
+    #[test]
+    fn series_are_summed_by_reporter_and_service() {
+        let stats = parse(PAGE);
+        let catalog = &stats[&(Reporter::Source, "catalog.shop.svc.cluster.local".to_owned())];
+        assert_eq!((catalog.requests, catalog.server_errors), (100.0, 10.0));
+        assert_eq!(catalog.buckets, [(1.0, 20.0), (5.0, 90.0), (f64::INFINITY, 100.0)]);
+        assert_eq!(stats[&(Reporter::Destination, "inbound|8080".to_owned())].requests, 100.0);
+        assert_eq!(stats[&(Reporter::Destination, "we\"ird\\name".to_owned())].requests, 1.0);
+        assert_eq!(stats.len(), 3, "{stats:?}");
+    }
+
+    #[test]
+    fn quantiles_interpolate_within_buckets() {
+        let traffic = Traffic {
+            requests: 100.0,
+            server_errors: 0.0,
+            buckets: vec![(1.0, 20.0), (5.0, 90.0), (f64::INFINITY, 100.0)],
+        };
+        assert_eq!(traffic.quantile(0.1), Some(0.5));
+        assert_eq!(traffic.quantile(0.5), Some(1.0 + 4.0 * (30.0 / 70.0)));
+        // Beyond the last finite bound: that bound.
+        assert_eq!(traffic.quantile(0.99), Some(5.0));
+        assert_eq!(Traffic::default().quantile(0.5), None);
+    }
+
+    #[test]
+    fn windows_are_differences() {
+        let older =
+            Traffic { requests: 40.0, server_errors: 1.0, buckets: vec![(1.0, 30.0), (f64::INFINITY, 40.0)] };
+        let newer = Traffic {
+            requests: 100.0,
+            server_errors: 1.0,
+            buckets: vec![(1.0, 50.0), (f64::INFINITY, 100.0)],
+        };
+        let window = newer.since(Some(&older));
+        assert_eq!((window.requests, window.server_errors), (60.0, 0.0));
+        assert_eq!(window.buckets, [(1.0, 20.0), (f64::INFINITY, 60.0)]);
+        // A proxy that restarted: its counts start again.
+        assert_eq!(older.since(Some(&newer)).requests, 40.0);
+    }
+}

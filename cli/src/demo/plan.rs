@@ -1,0 +1,800 @@
+//! From the demo's files to what to run, before anything runs: each pod injected by the
+//! injector's own code, its address (from the WorkloadEntry of the same name), the redirect's
+//! flags and the proxy's environment taken from the injected pod, the app's command line, the
+//! control plane's address (the mesh config's `discoveryAddress`), where the load goes in, and
+//! the canary edit made halfway. Pure: every problem is found here, named by file and field.
+//!
+//! Two modes. With network namespaces (root), a pod lives at its WorkloadEntry's address
+//! (10.77.0.x) behind a bridge whose address is the control plane's. In explicit mode (no root)
+//! every pod gets the loopback address with the same last three bytes (127.77.0.x): its proxy
+//! and app listen there, the app calls its proxy directly, and the WorkloadEntries given to the
+//! control plane point at each pod's proxy (inbound port) instead of its app.
+
+use std::collections::BTreeMap;
+use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
+
+use k8s_openapi::api::core::v1::{Container, Pod};
+use serde_json::Value;
+use trellis_api::check::{UnknownFields, check_text};
+use trellis_api::load::split_documents;
+use trellis_api::mesh::MeshConfig;
+use trellis_api::networking::{DestinationRule, ServiceEntry, VirtualService, WorkloadEntry};
+use trellis_api::resource::Resource;
+use trellis_injector::config::{InjectorConfig, PROXY_CONTAINER, REDIRECT_INIT_CONTAINER};
+
+use super::example::Example;
+use super::kubelet::{self, PodFacts};
+use super::yaml_edit::{edit_documents, identity};
+
+/// The proxy's ports (Istio's numbers; the injected pods use the defaults).
+pub const OUTBOUND_PORT: u16 = 15001;
+pub const INBOUND_PORT: u16 = 15006;
+pub const READINESS_PORT: u16 = 15021;
+pub const STATS_PORT: u16 = 15090;
+/// The demo network's size: the control plane's address and the pods share a /24.
+pub const PREFIX_LEN: u8 = 24;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Mode {
+    /// Root: network namespaces, the redirect, the proxy as UID 1337.
+    Namespaces,
+    /// No root: one loopback address per pod; apps call their proxy directly.
+    Explicit,
+}
+
+#[derive(Clone, Debug)]
+pub struct Plan {
+    pub mode: Mode,
+    /// The control plane's address and, with namespaces, the bridge: the pods' gateway.
+    pub hub: Ipv4Addr,
+    pub xds: SocketAddr,
+    pub monitoring: SocketAddr,
+    pub mesh: String,
+    /// The Istio files as the control plane reads them (file name, text).
+    pub config: Vec<(String, String)>,
+    pub pods: Vec<PodPlan>,
+    pub entry: Entry,
+    pub services: Vec<Service>,
+    pub canary: Option<Canary>,
+}
+
+#[derive(Clone, Debug)]
+pub struct PodPlan {
+    pub name: String,
+    pub namespace: String,
+    /// The injected pod's labels: the proxy reads them (downward-API file).
+    pub labels: BTreeMap<String, String>,
+    pub ip: Ipv4Addr,
+    pub app_port: u16,
+    /// The redirect init container's arguments (istio-iptables' flags).
+    pub redirect_args: Vec<String>,
+    pub proxy_env: Vec<(String, String)>,
+    /// Flags beyond what the pod says (explicit mode's listening address and control plane).
+    pub proxy_args: Vec<String>,
+    /// `trellis demo-app` arguments: the container's, then where to listen and find services.
+    pub app_args: Vec<String>,
+    pub app_env: Vec<(String, String)>,
+}
+
+impl PodPlan {
+    pub fn stats(&self) -> SocketAddr {
+        SocketAddr::V4(SocketAddrV4::new(self.ip, STATS_PORT))
+    }
+
+    pub fn readiness(&self) -> SocketAddr {
+        SocketAddr::V4(SocketAddrV4::new(self.ip, READINESS_PORT))
+    }
+
+    pub fn app(&self, mode: Mode) -> SocketAddr {
+        let ip = match mode {
+            // The app listens on every address of its pod; from inside the pod, on localhost,
+            // the redirect leaves the connection alone.
+            Mode::Namespaces => Ipv4Addr::LOCALHOST,
+            Mode::Explicit => self.ip,
+        };
+        SocketAddr::V4(SocketAddrV4::new(ip, self.app_port))
+    }
+}
+
+/// Where the demo's load goes in.
+#[derive(Clone, Debug)]
+pub struct Entry {
+    pub pod: String,
+    /// The pod's app port (captured inbound), or its proxy's inbound port in explicit mode.
+    pub target: SocketAddr,
+    /// The Host the load sends: the service's name and port.
+    pub authority: String,
+}
+
+/// A service and the pods behind it, for the table.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Service {
+    pub host: String,
+    /// The first label of the host (`catalog`).
+    pub short: String,
+    /// The virtual IP (the ServiceEntry's first IPv4 address) and the first port.
+    pub vip: Option<Ipv4Addr>,
+    pub port: u16,
+    pub pods: Vec<String>,
+    pub subsets: Vec<Subset>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Subset {
+    pub name: String,
+    pub pods: Vec<String>,
+}
+
+/// The edit made halfway: a VirtualService's weighted split, evened out.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Canary {
+    pub file: String,
+    /// `namespace/name`.
+    pub virtual_service: String,
+    pub service: String,
+    pub subsets: Vec<String>,
+    pub before: Vec<u32>,
+    pub after: Vec<u32>,
+    /// The file's text with the new weights.
+    pub edited: String,
+}
+
+/// The Istio resources, with the file each came from.
+#[derive(Default)]
+struct Resources {
+    service_entries: Vec<(String, ServiceEntry)>,
+    workload_entries: Vec<(String, WorkloadEntry)>,
+    destination_rules: Vec<DestinationRule>,
+    virtual_services: Vec<(String, VirtualService)>,
+}
+
+fn namespace_of(meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta) -> &str {
+    meta.namespace.as_deref().filter(|ns| !ns.is_empty()).unwrap_or("default")
+}
+
+fn name_of(meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta) -> String {
+    format!("{}/{}", namespace_of(meta), meta.name.as_deref().unwrap_or_default())
+}
+
+/// Whether `labels` has every label of `selector` (an empty selector selects nothing here).
+fn selects(selector: &BTreeMap<String, String>, labels: &BTreeMap<String, String>) -> bool {
+    !selector.is_empty() && selector.iter().all(|(k, v)| labels.get(k) == Some(v))
+}
+
+pub fn build(example: &Example, mode: Mode) -> Result<Plan, String> {
+    let (mesh, hub_address) = read_mesh(&example.mesh)?;
+    let resources = read_istio(&example.istio)?;
+    let place = |ip: Ipv4Addr| match mode {
+        Mode::Namespaces => ip,
+        Mode::Explicit => {
+            let [_, b, c, d] = ip.octets();
+            Ipv4Addr::new(127, b, c, d)
+        }
+    };
+    let hub = place(*hub_address.ip());
+    let xds = SocketAddr::V4(SocketAddrV4::new(hub, hub_address.port()));
+    let monitoring = SocketAddr::V4(SocketAddrV4::new(hub, 15014));
+
+    let pods = inject(&example.pods, &mesh)?;
+    let mut plans = Vec::new();
+    for pod in &pods {
+        let plan = plan_pod(pod, &resources, *hub_address.ip(), mode, &place, xds)?;
+        if let Some(other) = plans.iter().find(|p: &&PodPlan| p.ip == plan.ip) {
+            return Err(format!("pods {} and {} have the same address {}", other.name, plan.name, plan.ip));
+        }
+        plans.push(plan);
+    }
+    let services = services(&resources, &plans);
+    let entry = entry(&plans, &resources, mode)?;
+    let mut config = example.istio.iter().map(|(f, t)| (format!("istio/{f}"), t.clone())).collect::<Vec<_>>();
+    if mode == Mode::Explicit {
+        for (file, text) in &mut config {
+            *text = point_workload_entries_at_proxies(text, &plans, &resources)
+                .map_err(|e| format!("{file}: {e}"))?;
+        }
+    }
+    let canary = canary(&resources, &config)?;
+    Ok(Plan {
+        mode,
+        hub,
+        xds,
+        monitoring,
+        mesh: example.mesh.clone(),
+        config,
+        pods: plans,
+        entry,
+        services,
+        canary,
+    })
+}
+
+fn read_mesh(text: &str) -> Result<(MeshConfig, SocketAddrV4), String> {
+    let (mesh, _unknown) = MeshConfig::from_yaml(text).map_err(|e| format!("mesh.yaml: {e}"))?;
+    let problems = mesh.validate();
+    if !problems.is_empty() {
+        return Err(format!("mesh.yaml: {}", problems.join("; ")));
+    }
+    let address = mesh.proxy_config().discovery_address();
+    let hub: SocketAddrV4 = address.parse().map_err(|_| {
+        format!(
+            "mesh.yaml: defaultConfig.discoveryAddress: {address:?} is not an IPv4 address and port; the demo runs \
+             trellisd there, on its network's gateway (e.g. 10.77.0.1:15010)"
+        )
+    })?;
+    let last = hub.ip().octets()[3];
+    if last == 0 || last == 255 || hub.ip().is_loopback() || hub.ip().is_unspecified() {
+        return Err(format!(
+            "mesh.yaml: defaultConfig.discoveryAddress: {} cannot be the demo network's gateway (a host address of \
+             a private /24, e.g. 10.77.0.1)",
+            hub.ip()
+        ));
+    }
+    Ok((mesh, hub))
+}
+
+fn read_istio(files: &[(String, String)]) -> Result<Resources, String> {
+    let mut resources = Resources::default();
+    let mut problems = Vec::new();
+    for (file, text) in files {
+        let checked = check_text(text, UnknownFields::Warn);
+        problems.extend(
+            checked
+                .problems
+                .iter()
+                .filter(|p| p.severity == trellis_api::validate::Severity::Error)
+                .map(|p| format!("istio/{file}: {p}")),
+        );
+        for doc in checked.accepted {
+            let file = format!("istio/{file}");
+            match doc.resource {
+                Resource::ServiceEntry(r) => resources.service_entries.push((file, *r)),
+                Resource::WorkloadEntry(r) => resources.workload_entries.push((file, *r)),
+                Resource::DestinationRule(r) => resources.destination_rules.push(*r),
+                Resource::VirtualService(r) => resources.virtual_services.push((file, *r)),
+                _ => {}
+            }
+        }
+    }
+    if problems.is_empty() { Ok(resources) } else { Err(problems.join("\n")) }
+}
+
+/// The pods, injected exactly as `trellis inject` would.
+fn inject(pods_text: &str, mesh: &MeshConfig) -> Result<Vec<Pod>, String> {
+    let templates = trellis_injector::template::Templates::embedded().map_err(|e| e.to_string())?;
+    let config = InjectorConfig { mesh: mesh.clone(), ..InjectorConfig::default() };
+    let injected = trellis_injector::manual::inject_manifests(pods_text, &config, &templates)
+        .map_err(|e| format!("pods.yaml: {e}"))?;
+    let mut pods = Vec::new();
+    for doc in split_documents(&injected) {
+        let value: Value = serde_saphyr::from_str(doc.text)
+            .map_err(|e| format!("pods.yaml: doc {}: {}", doc.index, e.without_snippet()))?;
+        let kind = value.get("kind").and_then(Value::as_str).unwrap_or_default();
+        if kind != "Pod" {
+            return Err(format!("pods.yaml: doc {}: the demo runs Pods; this is {kind:?}", doc.index));
+        }
+        let pod: Pod =
+            serde_json::from_value(value).map_err(|e| format!("pods.yaml: doc {}: {e}", doc.index))?;
+        if pod.metadata.name.as_deref().unwrap_or_default().is_empty() {
+            return Err(format!("pods.yaml: doc {}: metadata.name: required", doc.index));
+        }
+        pods.push(pod);
+    }
+    if pods.is_empty() {
+        return Err("pods.yaml: no pods".to_owned());
+    }
+    Ok(pods)
+}
+
+fn plan_pod(
+    pod: &Pod,
+    resources: &Resources,
+    hub: Ipv4Addr,
+    mode: Mode,
+    place: &dyn Fn(Ipv4Addr) -> Ipv4Addr,
+    xds: SocketAddr,
+) -> Result<PodPlan, String> {
+    let name = pod.metadata.name.clone().unwrap_or_default();
+    let namespace = namespace_of(&pod.metadata).to_owned();
+    let what = format!("pods.yaml: Pod {namespace}/{name}");
+    let (file, entry) = resources
+        .workload_entries
+        .iter()
+        .find(|(_, we)| {
+            we.metadata.name.as_deref() == Some(name.as_str()) && namespace_of(&we.metadata) == namespace
+        })
+        .ok_or_else(|| {
+            format!("{what}: no WorkloadEntry {namespace}/{name} in istio/ gives the pod its address")
+        })?;
+    let we = format!("{file}: WorkloadEntry {namespace}/{name}: spec.address");
+    let address: Ipv4Addr = entry
+        .spec
+        .address
+        .parse()
+        .map_err(|_| format!("{we}: {:?} is not an IPv4 address", entry.spec.address))?;
+    let [h0, h1, h2, _] = hub.octets();
+    let [a0, a1, a2, last] = address.octets();
+    if [a0, a1, a2] != [h0, h1, h2] || last == 0 || last == 255 || address == hub {
+        return Err(format!(
+            "{we}: {address} is not a pod address of the demo network {h0}.{h1}.{h2}.0/{PREFIX_LEN} (whose gateway \
+             {hub} is mesh.yaml's defaultConfig.discoveryAddress)"
+        ));
+    }
+    let ip = place(address);
+
+    let spec = pod.spec.as_ref().ok_or_else(|| format!("{what}: no spec"))?;
+    let apps: Vec<&Container> = spec.containers.iter().filter(|c| c.name != PROXY_CONTAINER).collect();
+    let [app] = apps.as_slice() else {
+        return Err(format!("{what}: the demo runs one app container per pod; found {}", apps.len()));
+    };
+    let app_port = app
+        .ports
+        .iter()
+        .flatten()
+        .find_map(|p| u16::try_from(p.container_port).ok().filter(|p| *p > 0))
+        .ok_or_else(|| {
+            format!("{what}: container {}: ports: the demo needs the port the app listens on", app.name)
+        })?;
+    let init = spec.init_containers.iter().flatten();
+    let redirect = init.clone().find(|c| c.name == REDIRECT_INIT_CONTAINER).ok_or_else(|| {
+        format!(
+            "{what}: the injected pod has no {REDIRECT_INIT_CONTAINER} container (interception mode NONE?); the \
+             demo programs the pod's redirect with it"
+        )
+    })?;
+    let proxy = init
+        .chain(spec.containers.iter())
+        .find(|c| c.name == PROXY_CONTAINER)
+        .ok_or_else(|| format!("{what}: the injected pod has no {PROXY_CONTAINER} container"))?;
+    let facts = PodFacts { pod, namespace: &namespace, ip: ip.to_string(), host_ip: place(hub).to_string() };
+    let proxy_env = kubelet::environment(proxy, &facts).map_err(|e| format!("{what}: {e}"))?;
+    let app_env = kubelet::environment(app, &facts).map_err(|e| format!("{what}: {e}"))?;
+
+    let mut app_args = app.args.clone().unwrap_or_default();
+    let (proxy_args, listen) = match mode {
+        Mode::Namespaces => {
+            for (name, vip) in resolutions(&app_args, resources) {
+                app_args.extend(["--resolve".to_owned(), format!("{name}={vip}")]);
+            }
+            (Vec::new(), SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, app_port)))
+        }
+        Mode::Explicit => {
+            app_args.extend(["--via".to_owned(), SocketAddrV4::new(ip, OUTBOUND_PORT).to_string()]);
+            let proxy_args =
+                ["--listen-address", &ip.to_string(), "--explicit-inbound", "--discovery-address"]
+                    .iter()
+                    .map(|s| s.to_string())
+                    .chain([xds.to_string()])
+                    .collect();
+            (proxy_args, SocketAddr::V4(SocketAddrV4::new(ip, app_port)))
+        }
+    };
+    app_args.extend(["--listen".to_owned(), listen.to_string()]);
+    Ok(PodPlan {
+        name,
+        namespace,
+        labels: pod.metadata.labels.clone().unwrap_or_default(),
+        ip,
+        app_port,
+        redirect_args: redirect.args.clone().unwrap_or_default(),
+        proxy_env,
+        proxy_args,
+        app_args,
+        app_env,
+    })
+}
+
+/// The hosts an app's `--calls` URLs name, with the virtual IP of the ServiceEntry that has
+/// each host (the demo's DNS: ServiceEntry hosts are exact names, as in Istio).
+fn resolutions(app_args: &[String], resources: &Resources) -> Vec<(String, Ipv4Addr)> {
+    let called: Vec<String> = app_args
+        .iter()
+        .zip(app_args.iter().skip(1))
+        .filter(|(flag, _)| *flag == "--calls")
+        .map(|(_, url)| url.clone())
+        .chain(app_args.iter().filter_map(|a| a.strip_prefix("--calls=").map(str::to_owned)))
+        .filter_map(|url| url.parse::<http::Uri>().ok()?.host().map(str::to_ascii_lowercase))
+        .collect();
+    let mut out = Vec::new();
+    for (_, se) in &resources.service_entries {
+        let Some(vip) = se.spec.addresses.iter().find_map(|a| a.parse::<Ipv4Addr>().ok()) else { continue };
+        for host in se.spec.hosts.iter().map(|h| h.to_ascii_lowercase()) {
+            if called.contains(&host) && !out.iter().any(|(h, _)| *h == host) {
+                out.push((host, vip));
+            }
+        }
+    }
+    out
+}
+
+fn services(resources: &Resources, pods: &[PodPlan]) -> Vec<Service> {
+    let selected = |selector: &BTreeMap<String, String>| -> Vec<String> {
+        pods.iter().filter(|p| selects(selector, &p.labels)).map(|p| p.name.clone()).collect()
+    };
+    resources
+        .service_entries
+        .iter()
+        .filter_map(|(_, se)| {
+            let host = se.spec.hosts.first()?.to_ascii_lowercase();
+            let selector = se.spec.workload_selector.as_ref().map(|s| s.labels.clone()).unwrap_or_default();
+            let subsets = resources
+                .destination_rules
+                .iter()
+                .filter(|dr| dr.spec.host.eq_ignore_ascii_case(&host))
+                .flat_map(|dr| &dr.spec.subsets)
+                .map(|subset| {
+                    let mut labels = selector.clone();
+                    labels.extend(subset.labels.clone());
+                    Subset { name: subset.name.clone(), pods: selected(&labels) }
+                })
+                .collect();
+            Some(Service {
+                short: host.split('.').next().unwrap_or_default().to_owned(),
+                vip: se.spec.addresses.iter().find_map(|a| a.parse().ok()),
+                port: se.spec.ports.first().and_then(|p| u16::try_from(p.number).ok()).unwrap_or(80),
+                pods: selected(&selector),
+                host,
+                subsets,
+            })
+        })
+        .collect()
+}
+
+/// The first pod takes the load, addressed as the service that selects it.
+fn entry(pods: &[PodPlan], resources: &Resources, mode: Mode) -> Result<Entry, String> {
+    let pod = pods.first().ok_or("pods.yaml: no pods")?;
+    let (host, port) = resources
+        .service_entries
+        .iter()
+        .find_map(|(_, se)| {
+            let selector = se.spec.workload_selector.as_ref()?;
+            let port = se.spec.ports.first()?.number;
+            selects(&selector.labels, &pod.labels).then(|| (se.spec.hosts.first().cloned(), port))
+        })
+        .and_then(|(host, port)| Some((host?, port)))
+        .ok_or_else(|| {
+            format!(
+                "pods.yaml: Pod {} (the first, where the load goes in): no ServiceEntry selects it",
+                pod.name
+            )
+        })?;
+    let target = match mode {
+        Mode::Namespaces => SocketAddrV4::new(pod.ip, pod.app_port),
+        Mode::Explicit => SocketAddrV4::new(pod.ip, INBOUND_PORT),
+    };
+    Ok(Entry { pod: pod.name.clone(), target: SocketAddr::V4(target), authority: format!("{host}:{port}") })
+}
+
+/// Explicit mode: each pod's WorkloadEntry points at its proxy's inbound port on the pod's
+/// loopback address, so calls pass through the destination's proxy too. That proxy delivers to
+/// the port the request's authority names, so a service port must be the app's port.
+fn point_workload_entries_at_proxies(
+    text: &str,
+    pods: &[PodPlan],
+    resources: &Resources,
+) -> Result<String, String> {
+    let (text, _) = edit_documents(text, |doc| {
+        let (kind, namespace, name) = identity(doc);
+        let Some(pod) =
+            pods.iter().find(|p| kind == "WorkloadEntry" && p.namespace == namespace && p.name == name)
+        else {
+            return Ok(false);
+        };
+        for (file, se) in &resources.service_entries {
+            let selector = se.spec.workload_selector.as_ref().map(|s| s.labels.clone()).unwrap_or_default();
+            if !selects(&selector, &pod.labels) {
+                continue;
+            }
+            if let Some(port) = se.spec.ports.iter().find(|p| p.number != u32::from(pod.app_port)) {
+                return Err(format!(
+                    "{file}: ServiceEntry {}: ports: {} is not the port of pod {} ({}); explicit mode (without \
+                     root) needs them equal",
+                    name_of(&se.metadata),
+                    port.number,
+                    pod.name,
+                    pod.app_port
+                ));
+            }
+        }
+        doc["spec"]["address"] = pod.ip.to_string().into();
+        if let Some(ports) = doc.pointer_mut("/spec/ports").and_then(Value::as_object_mut) {
+            ports.values_mut().for_each(|p| *p = INBOUND_PORT.into());
+        }
+        Ok(true)
+    })?;
+    Ok(text)
+}
+
+/// The first VirtualService route split over subsets by weight, and the same split evened out.
+fn canary(resources: &Resources, config: &[(String, String)]) -> Result<Option<Canary>, String> {
+    for (file, vs) in &resources.virtual_services {
+        for (index, route) in vs.spec.http.iter().enumerate() {
+            let weighted = route.route.len() >= 2
+                && route.route.iter().all(|d| d.weight > 0 && !d.destination.subset.is_empty());
+            if !weighted {
+                continue;
+            }
+            let before: Vec<u32> = route.route.iter().map(|d| d.weight.unsigned_abs()).collect();
+            let after = even(before.len());
+            if before == after {
+                continue;
+            }
+            let (namespace, name) =
+                (namespace_of(&vs.metadata).to_owned(), vs.metadata.name.clone().unwrap_or_default());
+            let text = config.iter().find(|(f, _)| f == file).map(|(_, t)| t.as_str()).unwrap_or_default();
+            let (edited, changed) = edit_documents(text, |doc| {
+                if identity(doc) != ("VirtualService".to_owned(), namespace.clone(), name.clone()) {
+                    return Ok(false);
+                }
+                let Some(destinations) =
+                    doc.pointer_mut(&format!("/spec/http/{index}/route")).and_then(Value::as_array_mut)
+                else {
+                    return Ok(false);
+                };
+                for (destination, weight) in destinations.iter_mut().zip(&after) {
+                    destination["weight"] = (*weight).into();
+                }
+                Ok(true)
+            })
+            .map_err(|e| format!("{file}: {e}"))?;
+            if changed != 1 {
+                continue;
+            }
+            let host = &route.route[0].destination.host;
+            return Ok(Some(Canary {
+                file: file.clone(),
+                virtual_service: format!("{namespace}/{name}"),
+                service: host.split('.').next().unwrap_or_default().to_owned(),
+                subsets: route.route.iter().map(|d| d.destination.subset.clone()).collect(),
+                before,
+                after,
+                edited,
+            }));
+        }
+    }
+    Ok(None)
+}
+
+/// `n` weights summing to 100, as even as whole numbers allow.
+fn even(n: usize) -> Vec<u32> {
+    let n32 = u32::try_from(n).unwrap_or(u32::MAX).max(1);
+    (0..n32).map(|i| 100 / n32 + u32::from(i < 100 % n32)).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn example() -> Example {
+        Example::built_in()
+    }
+
+    fn replace(text: &str, from: &str, to: &str) -> String {
+        assert!(text.contains(from), "{from:?} not in the example");
+        text.replacen(from, to, 1)
+    }
+
+    fn istio<'a>(example: &'a mut Example, file: &str) -> &'a mut String {
+        &mut example.istio.iter_mut().find(|(f, _)| f == file).unwrap().1
+    }
+
+    #[test]
+    fn the_example_with_namespaces() {
+        let plan = build(&example(), Mode::Namespaces).unwrap();
+        assert_eq!(plan.hub.to_string(), "10.77.0.1");
+        assert_eq!(plan.xds.to_string(), "10.77.0.1:15010");
+        let names: Vec<(&str, String)> =
+            plan.pods.iter().map(|p| (p.name.as_str(), p.ip.to_string())).collect();
+        assert_eq!(
+            names,
+            [
+                ("frontend", "10.77.0.10".to_owned()),
+                ("catalog-v1", "10.77.0.11".to_owned()),
+                ("catalog-v2", "10.77.0.12".to_owned()),
+                ("inventory", "10.77.0.13".to_owned())
+            ]
+        );
+        let frontend = &plan.pods[0];
+        // The injector's redirect flags and proxy environment, as the pod would get them.
+        assert_eq!(frontend.redirect_args[..4], ["-p", "15001", "-z", "15006"]);
+        let env: BTreeMap<&str, &str> =
+            frontend.proxy_env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+        assert_eq!(env["POD_NAME"], "frontend");
+        assert_eq!(env["POD_NAMESPACE"], "shop");
+        assert_eq!(env["INSTANCE_IP"], "10.77.0.10");
+        assert_eq!(env["ISTIO_META_WORKLOAD_NAME"], "frontend");
+        assert!(
+            env["PROXY_CONFIG"].contains("\"discoveryAddress\":\"10.77.0.1:15010\""),
+            "{}",
+            env["PROXY_CONFIG"]
+        );
+        assert!(frontend.proxy_args.is_empty());
+        assert_eq!(frontend.labels.get("security.istio.io/tlsMode").map(String::as_str), Some("istio"));
+        assert_eq!(
+            frontend.app_args.join(" "),
+            "--name frontend --version v1 --calls http://catalog.shop.svc.cluster.local:8080/items --resolve \
+             catalog.shop.svc.cluster.local=10.96.0.20 --listen 0.0.0.0:8080"
+        );
+        assert_eq!(frontend.app_env, [("POD_NAME".to_owned(), "frontend".to_owned())]);
+        assert_eq!(plan.entry.target.to_string(), "10.77.0.10:8080");
+        assert_eq!(plan.entry.authority, "frontend.shop.svc.cluster.local:8080");
+        assert_eq!(
+            plan.config,
+            example().istio.iter().map(|(f, t)| (format!("istio/{f}"), t.clone())).collect::<Vec<_>>()
+        );
+
+        let catalog = plan.services.iter().find(|s| s.short == "catalog").unwrap();
+        assert_eq!(catalog.pods, ["catalog-v1", "catalog-v2"]);
+        assert_eq!((catalog.vip, catalog.port), (Some(Ipv4Addr::new(10, 96, 0, 20)), 8080));
+        assert_eq!(
+            catalog.subsets,
+            [
+                Subset { name: "v1".into(), pods: vec!["catalog-v1".into()] },
+                Subset { name: "v2".into(), pods: vec!["catalog-v2".into()] }
+            ]
+        );
+        let canary = plan.canary.unwrap();
+        assert_eq!((canary.virtual_service.as_str(), canary.service.as_str()), ("shop/catalog", "catalog"));
+        assert_eq!((canary.before, canary.after), (vec![90, 10], vec![50, 50]));
+        assert_eq!(canary.file, "istio/catalog.yaml");
+        // The edited file still holds both documents, the weights changed.
+        let docs = split_documents(&canary.edited);
+        assert_eq!(docs.len(), 2);
+        let vs: Value = serde_saphyr::from_str(docs[1].text).unwrap();
+        assert_eq!(vs["spec"]["http"][0]["route"][1]["weight"], 50);
+        assert_eq!(vs["spec"]["http"][0]["timeout"], "2s");
+    }
+
+    #[test]
+    fn the_example_in_explicit_mode() {
+        let plan = build(&example(), Mode::Explicit).unwrap();
+        assert_eq!(plan.xds.to_string(), "127.77.0.1:15010");
+        let catalog = &plan.pods[1];
+        assert_eq!(catalog.ip.to_string(), "127.77.0.11");
+        assert_eq!(
+            catalog.proxy_args.join(" "),
+            "--listen-address 127.77.0.11 --explicit-inbound --discovery-address 127.77.0.1:15010"
+        );
+        assert!(catalog.app_args.join(" ").ends_with("--via 127.77.0.11:15001 --listen 127.77.0.11:8080"));
+        assert_eq!(plan.entry.target.to_string(), "127.77.0.10:15006");
+        let services = &plan.config.iter().find(|(f, _)| f == "istio/services.yaml").unwrap().1;
+        let entries: Vec<Value> = split_documents(services)
+            .iter()
+            .map(|d| serde_saphyr::from_str::<Value>(d.text).unwrap())
+            .filter(|d| d["kind"] == "WorkloadEntry")
+            .collect();
+        assert_eq!(entries.len(), 4);
+        assert_eq!(entries[1]["spec"]["address"], "127.77.0.11");
+        assert_eq!(entries[1]["spec"]["ports"]["http"], 15006);
+        assert_eq!(entries[1]["spec"]["labels"]["version"], "v1");
+        let canary = plan.canary.unwrap();
+        assert!(canary.edited.contains("weight: 50"));
+    }
+
+    #[test]
+    fn every_problem_names_its_file_and_field() {
+        type Break = Box<dyn Fn(&mut Example)>;
+        let cases: Vec<(Break, &str)> = vec![
+            (
+                Box::new(|e| e.mesh = replace(&e.mesh, "10.77.0.1:15010", "trellisd.istio-system:15010")),
+                "mesh.yaml: defaultConfig.discoveryAddress: \"trellisd.istio-system:15010\" is not an IPv4 address",
+            ),
+            (
+                Box::new(|e| e.mesh = replace(&e.mesh, "10.77.0.1:15010", "10.77.0.0:15010")),
+                "10.77.0.0 cannot be",
+            ),
+            (Box::new(|e| e.mesh = "defaultConfig: [".to_owned()), "mesh.yaml: "),
+            (
+                Box::new(|e| {
+                    let t = istio(e, "services.yaml");
+                    *t = replace(t, "address: 10.77.0.12", "address: 10.78.0.12");
+                }),
+                "istio/services.yaml: WorkloadEntry shop/catalog-v2: spec.address: 10.78.0.12 is not a pod address of the demo network 10.77.0.0/24",
+            ),
+            (
+                Box::new(|e| {
+                    let t = istio(e, "services.yaml");
+                    *t = replace(t, "address: 10.77.0.12", "address: catalog.example");
+                }),
+                "WorkloadEntry shop/catalog-v2: spec.address: \"catalog.example\" is not an IPv4 address",
+            ),
+            (
+                Box::new(|e| {
+                    let t = istio(e, "services.yaml");
+                    *t = replace(t, "address: 10.77.0.12", "address: 10.77.0.11");
+                }),
+                "pods catalog-v1 and catalog-v2 have the same address 10.77.0.11",
+            ),
+            (
+                Box::new(|e| {
+                    let t = istio(e, "services.yaml");
+                    *t = replace(
+                        t,
+                        "name: inventory, namespace: shop}\nspec:\n  address",
+                        "name: stock, namespace: shop}\nspec:\n  address",
+                    );
+                }),
+                "pods.yaml: Pod shop/inventory: no WorkloadEntry shop/inventory in istio/",
+            ),
+            (
+                Box::new(|e| {
+                    let t = istio(e, "catalog.yaml");
+                    *t = replace(t, "weight: 90", "weight: -90");
+                }),
+                "istio/catalog.yaml: doc 2: VirtualService shop/catalog: spec.http[0].route[0].weight",
+            ),
+            (
+                Box::new(|e| {
+                    e.pods = replace(&e.pods, "    ports: [{name: http, containerPort: 8080}]\n", "")
+                }),
+                "pods.yaml: Pod shop/frontend: container frontend: ports: the demo needs the port",
+            ),
+            (Box::new(|e| e.pods = replace(&e.pods, "kind: Pod", "kind: Deployment")), "pods.yaml: doc 1:"),
+            (
+                Box::new(|e| e.pods.push_str("---\napiVersion: v1\nkind: Service\nmetadata: {name: x}\n")),
+                "the demo runs Pods; this is \"Service\"",
+            ),
+            (
+                Box::new(|e| {
+                    e.pods = replace(
+                        &e.pods,
+                        "  labels: {app: frontend, version: v1}\n",
+                        "  labels: {app: frontend, version: v1}\n  annotations: {sidecar.istio.io/interceptionMode: NONE}\n",
+                    )
+                }),
+                "Pod shop/frontend: the injected pod has no trellis-init container",
+            ),
+            (
+                Box::new(|e| {
+                    e.pods = replace(
+                        &e.pods,
+                        "      valueFrom: {fieldRef: {fieldPath: metadata.name}}\n",
+                        "      valueFrom: {secretKeyRef: {name: s, key: k}}\n",
+                    )
+                }),
+                "pods.yaml: Pod shop/frontend: container frontend env POD_NAME: only fieldRef",
+            ),
+            (
+                Box::new(|e| {
+                    let t = istio(e, "services.yaml");
+                    *t = replace(
+                        t,
+                        "workloadSelector: {labels: {app: frontend}}",
+                        "workloadSelector: {labels: {app: web}}",
+                    );
+                }),
+                "Pod frontend (the first, where the load goes in): no ServiceEntry selects it",
+            ),
+        ];
+        for (break_it, expected) in cases {
+            let mut broken = example();
+            break_it(&mut broken);
+            let err = build(&broken, Mode::Namespaces).unwrap_err();
+            assert!(err.contains(expected), "expected {expected:?} in:\n{err}");
+        }
+        // Explicit mode cannot remap ports: the proxy delivers to the authority's port.
+        let mut broken = example();
+        let t = istio(&mut broken, "services.yaml");
+        *t = t.replace("ports: [{number: 8080, name: http, protocol: HTTP}]\n  location: MESH_INTERNAL\n  resolution: STATIC\n  workloadSelector: {labels: {app: inventory}}", "ports: [{number: 80, name: http, protocol: HTTP}]\n  location: MESH_INTERNAL\n  resolution: STATIC\n  workloadSelector: {labels: {app: inventory}}");
+        assert!(build(&broken, Mode::Namespaces).is_ok(), "with namespaces a service port may differ");
+        let err = build(&broken, Mode::Explicit).unwrap_err();
+        assert!(
+            err.contains("istio/services.yaml: ServiceEntry shop/inventory: ports: 80 is not the port of pod inventory (8080)"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn weights_even_out() {
+        assert_eq!(even(2), [50, 50]);
+        assert_eq!(even(3), [34, 33, 33]);
+        assert_eq!(even(1), [100]);
+    }
+
+    #[test]
+    fn no_weighted_split_no_canary() {
+        let mut e = example();
+        let t = istio(&mut e, "catalog.yaml");
+        *t = t.replace("weight: 90", "weight: 50").replace("weight: 10", "weight: 50");
+        assert_eq!(build(&e, Mode::Namespaces).unwrap().canary, None);
+    }
+}

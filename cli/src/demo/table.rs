@@ -1,0 +1,262 @@
+//! The live table: per edge of the call graph, requests per second, success rate, p50 and p99
+//! latency and, for a service split over subsets, each subset's share — over the last few
+//! seconds. Edges inside the mesh come from the calling proxy's metrics (reporter "source");
+//! subset shares from what each subset's proxies received (reporter "destination"); the edge
+//! into the mesh from the load's own measurements.
+
+use std::collections::{BTreeMap, VecDeque};
+
+use serde::Serialize;
+
+use super::load::Window;
+use super::metrics::{ProxyStats, Reporter, Traffic};
+use super::plan::Service;
+
+/// Every proxy's cumulative counts at one moment, by pod.
+pub type Snapshot = BTreeMap<String, ProxyStats>;
+
+/// One line of the table.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct Row {
+    pub from: String,
+    pub to: String,
+    pub rps: f64,
+    /// Share of answers that are not 5xx (Istio's success rate); `None` without requests.
+    pub success: Option<f64>,
+    pub p50_ms: Option<f64>,
+    pub p99_ms: Option<f64>,
+    /// Each subset's share of the requests its service received, in the DestinationRule's order.
+    pub split: Vec<(String, f64)>,
+}
+
+/// What the table is about: the pods in order and the services they form.
+pub struct Topology {
+    pub entry: String,
+    pub pods: Vec<String>,
+    pub services: Vec<Service>,
+}
+
+/// The last seconds of snapshots and load windows; rows are over that span.
+pub struct History {
+    span: usize,
+    samples: VecDeque<(f64, Snapshot, Window)>,
+}
+
+impl History {
+    /// Keeps `span` seconds (at one sample a second).
+    pub fn new(span: usize) -> History {
+        History { span: span.max(1), samples: VecDeque::new() }
+    }
+
+    /// Adds a sample taken at `seconds` (since the start) with the load seen since the last one.
+    pub fn push(&mut self, seconds: f64, snapshot: Snapshot, window: Window) {
+        self.samples.push_back((seconds, snapshot, window));
+        while self.samples.len() > self.span + 1 {
+            self.samples.pop_front();
+        }
+    }
+
+    /// The rows over the span kept (empty until two samples exist).
+    pub fn rows(&self, topology: &Topology) -> Vec<Row> {
+        let (Some(first), Some(last)) = (self.samples.front(), self.samples.back()) else {
+            return Vec::new();
+        };
+        let seconds = last.0 - first.0;
+        if seconds <= 0.0 {
+            return Vec::new();
+        }
+        let mut load = Window::default();
+        self.samples.iter().skip(1).for_each(|(_, _, w)| load.add(w));
+        rows(topology, &first.1, &last.1, &load, seconds)
+    }
+}
+
+/// The rows between two snapshots `seconds` apart, with the load seen in between.
+pub fn rows(
+    topology: &Topology,
+    older: &Snapshot,
+    newer: &Snapshot,
+    load: &Window,
+    seconds: f64,
+) -> Vec<Row> {
+    let delta = |pod: &str, key: &(Reporter, String)| -> Traffic {
+        let now = newer.get(pod).and_then(|s| s.get(key)).cloned().unwrap_or_default();
+        now.since(older.get(pod).and_then(|s| s.get(key)))
+    };
+    // What each pod's proxy delivered to its app, whoever called.
+    let received = |pod: &str| -> f64 {
+        newer
+            .get(pod)
+            .map(|stats| {
+                stats
+                    .keys()
+                    .filter(|(r, _)| *r == Reporter::Destination)
+                    .map(|key| delta(pod, key).requests)
+                    .sum()
+            })
+            .unwrap_or(0.0)
+    };
+    let entry_ok = (load.requests > 0).then(|| load.ok as f64 / load.requests as f64);
+    let mut out = vec![Row {
+        from: "load".to_owned(),
+        to: topology.entry.clone(),
+        rps: load.requests as f64 / seconds,
+        success: entry_ok,
+        p50_ms: load.quantile(0.5),
+        p99_ms: load.quantile(0.99),
+        split: Vec::new(),
+    }];
+    for pod in &topology.pods {
+        let Some(stats) = newer.get(pod) else { continue };
+        for key in stats.keys().filter(|(r, _)| *r == Reporter::Source) {
+            let window = delta(pod, key);
+            let service = topology.services.iter().find(|s| s.host == key.1);
+            let to = service
+                .map(|s| s.short.clone())
+                .unwrap_or_else(|| key.1.split('.').next().unwrap_or_default().to_owned());
+            let split = match service {
+                Some(s) if s.subsets.len() > 1 => {
+                    let counts: Vec<(String, f64)> = s
+                        .subsets
+                        .iter()
+                        .map(|subset| (subset.name.clone(), subset.pods.iter().map(|p| received(p)).sum()))
+                        .collect();
+                    let total: f64 = counts.iter().map(|(_, n)| n).sum();
+                    if total > 0.0 {
+                        counts.into_iter().map(|(name, n)| (name, n / total)).collect()
+                    } else {
+                        Vec::new()
+                    }
+                }
+                _ => Vec::new(),
+            };
+            out.push(Row {
+                from: pod.clone(),
+                to,
+                rps: window.requests / seconds,
+                success: (window.requests > 0.0).then(|| 1.0 - window.server_errors / window.requests),
+                p50_ms: window.quantile(0.5),
+                p99_ms: window.quantile(0.99),
+                split,
+            });
+        }
+    }
+    out
+}
+
+/// The table as text lines.
+pub fn render(rows: &[Row]) -> Vec<String> {
+    let edges: Vec<String> = rows.iter().map(|r| format!("{} → {}", r.from, r.to)).collect();
+    let width = edges.iter().map(|e| e.chars().count()).max().unwrap_or(0).max(4);
+    let ms = |v: Option<f64>| v.map_or("-".to_owned(), |v| format!("{v:.1}ms"));
+    let mut lines = vec![format!(
+        "{:<width$}  {:>7}  {:>7}  {:>8}  {:>8}  SPLIT",
+        "EDGE", "RPS", "SUCCESS", "P50", "P99"
+    )];
+    for (row, edge) in rows.iter().zip(edges) {
+        let success = row.success.map_or("-".to_owned(), |s| format!("{:.1}%", s * 100.0));
+        let split: Vec<String> =
+            row.split.iter().map(|(name, share)| format!("{name} {:.0}%", share * 100.0)).collect();
+        let line = format!(
+            "{edge:<width$}  {:>7.1}  {success:>7}  {:>8}  {:>8}  {}",
+            row.rps,
+            ms(row.p50_ms),
+            ms(row.p99_ms),
+            split.join(" · ")
+        );
+        lines.push(line.trim_end().to_owned());
+    }
+    lines
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::demo::plan::Subset;
+
+    fn traffic(requests: f64, errors: f64, fast: f64) -> Traffic {
+        Traffic {
+            requests,
+            server_errors: errors,
+            buckets: vec![(5.0, fast), (50.0, requests), (f64::INFINITY, requests)],
+        }
+    }
+
+    fn topology() -> Topology {
+        Topology {
+            entry: "frontend".into(),
+            pods: vec!["frontend".into(), "catalog-v1".into(), "catalog-v2".into()],
+            services: vec![Service {
+                host: "catalog.shop.svc.cluster.local".into(),
+                short: "catalog".into(),
+                vip: None,
+                port: 8080,
+                pods: vec!["catalog-v1".into(), "catalog-v2".into()],
+                subsets: vec![
+                    Subset { name: "v1".into(), pods: vec!["catalog-v1".into()] },
+                    Subset { name: "v2".into(), pods: vec!["catalog-v2".into()] },
+                ],
+            }],
+        }
+    }
+
+    fn snapshot(frontend_out: Traffic, v1_in: f64, v2_in: f64) -> Snapshot {
+        let inbound = (Reporter::Destination, "inbound|8080".to_owned());
+        BTreeMap::from([
+            (
+                "frontend".to_owned(),
+                BTreeMap::from([(
+                    (Reporter::Source, "catalog.shop.svc.cluster.local".to_owned()),
+                    frontend_out,
+                )]),
+            ),
+            ("catalog-v1".to_owned(), BTreeMap::from([(inbound.clone(), traffic(v1_in, 0.0, v1_in))])),
+            ("catalog-v2".to_owned(), BTreeMap::from([(inbound, traffic(v2_in, 0.0, 0.0))])),
+        ])
+    }
+
+    #[test]
+    fn edges_rates_latency_and_split_over_a_window() {
+        let older = snapshot(traffic(100.0, 0.0, 100.0), 90.0, 10.0);
+        let newer = snapshot(traffic(200.0, 2.0, 150.0), 140.0, 60.0);
+        let load = Window { requests: 100, ok: 99, latencies_ms: (1..=100).map(f64::from).collect() };
+        let rows = rows(&topology(), &older, &newer, &load, 2.0);
+        assert_eq!(rows.len(), 2);
+        assert_eq!((rows[0].from.as_str(), rows[0].to.as_str(), rows[0].rps), ("load", "frontend", 50.0));
+        assert_eq!((rows[0].success, rows[0].p50_ms, rows[0].p99_ms), (Some(0.99), Some(50.0), Some(99.0)));
+        let catalog = &rows[1];
+        assert_eq!((catalog.from.as_str(), catalog.to.as_str(), catalog.rps), ("frontend", "catalog", 50.0));
+        assert_eq!(catalog.success, Some(0.98));
+        // 50 of the 100 in the window took up to 5ms, the rest up to 50ms.
+        assert_eq!(catalog.p50_ms, Some(5.0));
+        assert_eq!(catalog.split, [("v1".to_owned(), 0.5), ("v2".to_owned(), 0.5)]);
+
+        let lines = render(&rows);
+        assert_eq!(lines[0], "EDGE                    RPS  SUCCESS       P50       P99  SPLIT");
+        assert_eq!(lines[1], "load → frontend        50.0    99.0%    50.0ms    99.0ms");
+        assert_eq!(lines[2], "frontend → catalog     50.0    98.0%     5.0ms    49.1ms  v1 50% · v2 50%");
+    }
+
+    #[test]
+    fn an_idle_window_shows_dashes() {
+        let same = snapshot(traffic(10.0, 0.0, 10.0), 9.0, 1.0);
+        let rows = rows(&topology(), &same, &same, &Window::default(), 1.0);
+        assert_eq!((rows[1].rps, rows[1].success, rows[1].p50_ms), (0.0, None, None));
+        assert!(rows[1].split.is_empty());
+        assert_eq!(render(&rows)[2], "frontend → catalog      0.0        -         -         -");
+    }
+
+    #[test]
+    fn history_keeps_its_span() {
+        let mut history = History::new(2);
+        assert!(history.rows(&topology()).is_empty());
+        for (i, n) in [0.0, 10.0, 20.0, 30.0].iter().enumerate() {
+            let window = Window { requests: 10, ok: 10, latencies_ms: vec![1.0; 10] };
+            history.push(i as f64, snapshot(traffic(*n, 0.0, *n), *n, 0.0), window);
+        }
+        let rows = history.rows(&topology());
+        // Two seconds kept: 20 requests in 2s, and the load of the last two windows.
+        assert_eq!((rows[0].rps, rows[1].rps), (10.0, 10.0));
+        assert_eq!(rows[1].split, [("v1".to_owned(), 1.0), ("v2".to_owned(), 0.0)]);
+    }
+}

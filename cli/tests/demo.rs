@@ -1,0 +1,214 @@
+//! `trellis demo` end to end, about 20 seconds each: as root (pods in network namespaces,
+//! proxy-init's rules, proxies as UID 1337) and without root (explicit mode; when the test runs
+//! as root, the demo runs as `nobody`). Each run must answer every request, split the canary
+//! 90/10 and then 50/50 within tolerance, have every proxy count its calls, and leave no
+//! process, namespace or file behind.
+
+use std::io::Read;
+use std::os::unix::process::CommandExt;
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+use trellis_proxy_init::testing::{RunnableByAnyone, privileged};
+
+const NOBODY: u32 = 65534;
+/// The demo's own bound is its duration plus start and stop; this only catches a hang.
+const DEADLINE: Duration = Duration::from_secs(120);
+
+/// Runs the demo to its end (bounded): exit success, standard output, standard error.
+fn run(mut command: Command) -> (bool, String, String) {
+    command.args(["demo", "--duration", "20", "--rate", "50", "--output", "json"]);
+    let mut child = command.stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
+    let read = |mut pipe: Box<dyn Read + Send>| {
+        std::thread::spawn(move || {
+            let mut text = String::new();
+            let _ = pipe.read_to_string(&mut text);
+            text
+        })
+    };
+    let stdout = read(Box::new(child.stdout.take().unwrap()));
+    let stderr = read(Box::new(child.stderr.take().unwrap()));
+    let start = Instant::now();
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if start.elapsed() > DEADLINE {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("the demo did not finish within {DEADLINE:?}: {}", stderr.join().unwrap());
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    (status.success(), stdout.join().unwrap(), stderr.join().unwrap())
+}
+
+fn summary(stdout: &str, stderr: &str) -> Value {
+    let last = stdout.lines().last().unwrap_or_default();
+    let value: Value = serde_json::from_str(last).unwrap_or(Value::Null);
+    assert!(value["summary"].is_object(), "no summary; stdout ends {last:?}; stderr:\n{stderr}");
+    value["summary"].clone()
+}
+
+fn share(answers: &Value, subset: &str) -> (f64, u64) {
+    let count = |s: &str| answers[s].as_u64().unwrap_or(0);
+    let total = count("v1") + count("v2");
+    assert!(total > 0, "no answers: {answers}");
+    (count(subset) as f64 / total as f64, total)
+}
+
+fn proxy<'a>(summary: &'a Value, pod: &str) -> &'a Value {
+    summary["proxies"].as_array().unwrap().iter().find(|p| p["pod"] == pod).unwrap()
+}
+
+fn count(value: &Value) -> u64 {
+    value.as_u64().unwrap()
+}
+
+/// Whether any process still carries the demo's marker for this run directory.
+fn demo_processes_of(run_dir: &str) -> Vec<u32> {
+    let marker = format!("TRELLIS_DEMO_RUN={run_dir}");
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| {
+            std::fs::read(format!("/proc/{pid}/environ"))
+                .is_ok_and(|env| env.split(|b| *b == 0).any(|var| var == marker.as_bytes()))
+        })
+        .collect()
+}
+
+/// What every run must show.
+fn check(summary: &Value, stdout: &str, mode: &str) {
+    assert_eq!(summary["mode"], mode);
+    let requests = &summary["requests"];
+    let sent = count(&requests["sent"]);
+    // 20 seconds at 50 per second, whatever the machine's load.
+    assert!(sent >= 800, "{requests}");
+    assert_eq!(count(&requests["failed"]), 0, "no request may fail: {}", summary["failures"]);
+    assert_eq!(count(&requests["skipped"]), 0, "{requests}");
+    assert_eq!(count(&requests["ok"]), sent);
+
+    // The canary: 90/10 before the edit, 50/50 after it reached every proxy.
+    let canary = &summary["canary"];
+    assert_eq!(canary["virtual_service"], "shop/catalog");
+    assert!(canary["error"].is_null(), "{canary}");
+    assert!(canary["switch_seconds"].as_f64().is_some_and(|s| s < 15.0), "{canary}");
+    let (before, n) = share(&canary["before"]["answers"], "v2");
+    assert!(n >= 300 && (0.04..=0.16).contains(&before), "90/10: v2 served {before:.3} of {n}: {canary}");
+    let (after, n) = share(&canary["after"]["answers"], "v2");
+    assert!(n >= 300 && (0.40..=0.60).contains(&after), "50/50: v2 served {after:.3} of {n}: {canary}");
+
+    // Every proxy counted the calls it carried, and the counts agree along the path.
+    let (frontend, v1, v2, inventory) = (
+        proxy(summary, "frontend"),
+        proxy(summary, "catalog-v1"),
+        proxy(summary, "catalog-v2"),
+        proxy(summary, "inventory"),
+    );
+    assert_eq!(count(&frontend["inbound_requests"]), sent, "{frontend}");
+    assert_eq!(count(&frontend["outbound_requests"]), sent, "{frontend}");
+    assert_eq!(count(&v1["inbound_requests"]) + count(&v2["inbound_requests"]), sent);
+    for catalog in [v1, v2] {
+        assert!(count(&catalog["inbound_requests"]) > 0, "{catalog}");
+        assert_eq!(catalog["inbound_requests"], catalog["outbound_requests"], "{catalog}");
+    }
+    // Inventory fails now and then; the retries add to what it received.
+    assert!(count(&inventory["inbound_requests"]) >= sent, "{inventory}");
+    let rss: u64 = summary["proxies"].as_array().unwrap().iter().map(|p| count(&p["rss_bytes"])).sum();
+    assert!(rss > 0);
+    assert_eq!(count(&summary["total_proxy_rss_bytes"]), rss);
+
+    // The live table ran, and showed the split.
+    let ticks: Vec<Value> = stdout
+        .lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .filter(|v| v["tick"].is_object())
+        .collect();
+    assert!(ticks.len() >= 15, "{} ticks", ticks.len());
+    let edge =
+        summary["edges"].as_array().unwrap().iter().find(|e| e["from"] == "frontend" && e["to"] == "catalog");
+    let edge = edge.unwrap_or_else(|| panic!("no frontend → catalog edge: {}", summary["edges"]));
+    assert_eq!(edge["success"], 1.0);
+    assert_eq!(edge["split"].as_array().map(Vec::len), Some(2), "{edge}");
+
+    // Nothing is left.
+    assert_eq!(summary["cleaned_up"], true);
+    for pid in summary["pids"].as_array().unwrap() {
+        let pid = count(pid);
+        assert!(
+            !Path::new(&format!("/proc/{pid}/status")).exists() || zombie(pid),
+            "pid {pid} is still running"
+        );
+    }
+    let run_dir = summary["run_dir"].as_str().unwrap();
+    assert!(!Path::new(run_dir).exists(), "{run_dir} is still there");
+    assert_eq!(demo_processes_of(run_dir), Vec::<u32>::new());
+    eprintln!(
+        "demo ({mode}): mesh up in {:.2}s, {sent} requests, v2 served {before:.3} then {after:.3}, the edit arrived in \
+         {:.2}s, proxies' total RSS {:.1} MiB ({:.1} MiB their own)",
+        summary["startup_seconds"].as_f64().unwrap_or_default(),
+        canary["switch_seconds"].as_f64().unwrap_or_default(),
+        rss as f64 / 1048576.0,
+        count(&summary["total_proxy_anon_bytes"]) as f64 / 1048576.0
+    );
+}
+
+fn zombie(pid: u64) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .is_ok_and(|s| s.rsplit_once(')').is_some_and(|(_, rest)| rest.trim_start().starts_with('Z')))
+}
+
+#[test]
+fn as_root_the_demo_injects_intercepts_and_routes_for_real_and_leaves_nothing() {
+    if !privileged() {
+        return;
+    }
+    let (ok, stdout, stderr) = run(Command::new(env!("CARGO_BIN_EXE_trellis")));
+    let summary = summary(&stdout, &stderr);
+    assert!(ok, "{stderr}");
+    check(&summary, &stdout, "namespaces");
+    let namespaces: Vec<&str> =
+        summary["namespaces"].as_array().unwrap().iter().filter_map(Value::as_str).collect();
+    assert_eq!(
+        namespaces,
+        [
+            "trellis-demo",
+            "trellis-demo-frontend",
+            "trellis-demo-catalog-v1",
+            "trellis-demo-catalog-v2",
+            "trellis-demo-inventory"
+        ]
+    );
+    for ns in namespaces {
+        assert!(!Path::new("/var/run/netns").join(ns).exists(), "namespace {ns} is still there");
+    }
+    // The links lived inside those namespaces; none ever reached the host.
+    let links = Command::new("ip").args(["-o", "link"]).output().unwrap();
+    let links = String::from_utf8_lossy(&links.stdout);
+    assert!(!links.contains("tdbr0") && !links.contains("tdv"), "{links}");
+}
+
+#[test]
+fn without_root_the_demo_runs_in_explicit_mode() {
+    // As root (CI), the demo runs as nobody, from a copy nobody can execute.
+    let root = nix::unistd::geteuid().is_root();
+    let copy = root.then(|| RunnableByAnyone::copy(env!("CARGO_BIN_EXE_trellis")));
+    let mut command = match &copy {
+        Some(copy) => {
+            let mut command = Command::new(&copy.path);
+            command.uid(NOBODY).gid(NOBODY).env_clear().env("PATH", "/usr/bin:/bin").current_dir("/");
+            command
+        }
+        None => Command::new(env!("CARGO_BIN_EXE_trellis")),
+    };
+    command.stdin(Stdio::null());
+    let (ok, stdout, stderr) = run(command);
+    assert!(stderr.contains("not running as root"), "{stderr}");
+    let summary = summary(&stdout, &stderr);
+    assert!(ok, "{stderr}");
+    check(&summary, &stdout, "explicit");
+    assert_eq!(summary["namespaces"], serde_json::json!([]));
+}
