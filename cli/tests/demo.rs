@@ -212,3 +212,41 @@ fn without_root_the_demo_runs_in_explicit_mode() {
     check(&summary, &stdout, "explicit");
     assert_eq!(summary["namespaces"], serde_json::json!([]));
 }
+
+/// A broken demo directory stops the demo before it makes anything, with the file and field.
+#[test]
+fn a_broken_example_is_refused_before_anything_runs() {
+    let source = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/demo");
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir(dir.path().join("istio")).unwrap();
+    for file in
+        ["mesh.yaml", "pods.yaml", "istio/services.yaml", "istio/catalog.yaml", "istio/inventory.yaml"]
+    {
+        std::fs::copy(source.join(file), dir.path().join(file)).unwrap();
+    }
+    let services = dir.path().join("istio/services.yaml");
+    let text =
+        std::fs::read_to_string(&services).unwrap().replace("address: 10.77.0.12", "address: 10.99.0.12");
+    std::fs::write(&services, text).unwrap();
+    let demo = |from: &Path| {
+        Command::new(env!("CARGO_BIN_EXE_trellis"))
+            .args(["demo", "--explicit", "--duration", "2", "--from"])
+            .arg(from)
+            .stdin(Stdio::null())
+            .output()
+            .unwrap()
+    };
+    let out = demo(dir.path());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("istio/services.yaml: WorkloadEntry shop/catalog-v2: spec.address: 10.99.0.12 is not a pod address"),
+        "{stderr}"
+    );
+    assert!(!String::from_utf8_lossy(&out.stdout).contains("mesh up"), "nothing started");
+
+    let missing = dir.path().join("nowhere");
+    let out = demo(&missing);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains(&format!("{}: ", missing.join("istio").display())));
+}

@@ -39,10 +39,12 @@ impl Console {
     /// A message for the user, kept above the live table.
     pub fn note(&mut self, text: &str) {
         match self.output {
-            Output::Json => eprintln!("{text}"),
+            Output::Json => {
+                let _ = writeln!(std::io::stderr(), "{text}");
+            }
             Output::Table => {
                 self.erase();
-                println!("{text}");
+                out(text);
             }
         }
     }
@@ -50,17 +52,14 @@ impl Console {
     fn erase(&mut self) {
         if self.tty && self.drawn > 0 {
             // Up over the table, and clear from there down.
-            print!("\x1b[{}A\x1b[J", self.drawn);
+            let _ = write!(std::io::stdout(), "\x1b[{}A\x1b[J", self.drawn);
         }
         self.drawn = 0;
     }
 
     pub fn table(&mut self, seconds: f64, title: &[String], rows: &[Row]) {
         match self.output {
-            Output::Json => {
-                let line = serde_json::json!({ "tick": Tick { seconds, title, rows } });
-                println!("{line}");
-            }
+            Output::Json => out(&serde_json::json!({ "tick": Tick { seconds, title, rows } }).to_string()),
             Output::Table => {
                 self.erase();
                 let mut out = std::io::stdout().lock();
@@ -83,14 +82,16 @@ impl Console {
     pub fn summary(&mut self, summary: &Summary) {
         self.drawn = 0;
         match self.output {
-            Output::Json => println!("{}", serde_json::json!({ "summary": summary })),
-            Output::Table => {
-                println!();
-                for line in summary.text() {
-                    println!("{line}");
-                }
-            }
+            Output::Json => out(&serde_json::json!({ "summary": summary }).to_string()),
+            Output::Table => out(&format!("\n{}", summary.text().join("\n"))),
         }
-        let _ = std::io::stdout().flush();
     }
+}
+
+/// A line on standard output. A reader that went away (`trellis demo | head`) is no reason to
+/// stop: the demo still has to remove what it made.
+fn out(text: &str) {
+    let mut stdout = std::io::stdout().lock();
+    let _ = writeln!(stdout, "{text}");
+    let _ = stdout.flush();
 }

@@ -37,7 +37,7 @@ pub async fn run(session: &mut Session, console: &mut Console, startup: Duration
     };
     let record: Shared = Arc::new(Mutex::new(Record::default()));
     let (running, running_rx) = tokio::sync::watch::channel(true);
-    let baseline = scrape(&plan).await;
+    let baseline = scrape(&plan, None).await;
     let mut history = History::new(SPAN);
     history.push(0.0, baseline.clone(), Window::default());
     let mut total = Window::default();
@@ -53,6 +53,7 @@ pub async fn run(session: &mut Session, console: &mut Console, startup: Duration
     let mut canary = CanaryState::Waiting;
     let mut load_seconds = 0.0;
     let mut ticks = tokio::time::interval_at(began + Duration::from_secs(1), Duration::from_secs(1));
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         // Wake often enough to answer Ctrl-C quickly.
         tokio::select! {
@@ -68,7 +69,8 @@ pub async fn run(session: &mut Session, console: &mut Console, startup: Duration
         let seconds = began.elapsed().as_secs_f64();
         let window = record.lock().map(|mut r| r.take_window()).unwrap_or_default();
         total.add(&window);
-        history.push(seconds, scrape(&plan).await, window);
+        let snapshot = scrape(&plan, history.latest()).await;
+        history.push(seconds, snapshot, window);
         canary = advance(canary, &plan, session, &record, seconds, duration, console).await;
         console.table(
             seconds,
@@ -112,11 +114,16 @@ async fn stop_load(
     seconds
 }
 
-/// Every proxy's counts now; a proxy that does not answer is left out of this sample.
-async fn scrape(plan: &Plan) -> Snapshot {
+/// Every proxy's counts now; a proxy that does not answer keeps its counts from `previous`
+/// (so its next answer does not look like a burst).
+async fn scrape(plan: &Plan, previous: Option<&Snapshot>) -> Snapshot {
     let mut snapshot = Snapshot::new();
     for pod in &plan.pods {
-        if let Ok(stats) = metrics::scrape(pod.stats()).await {
+        let stats = match metrics::scrape(pod.stats()).await {
+            Ok(stats) => Some(stats),
+            Err(_) => previous.and_then(|p| p.get(&pod.name)).cloned(),
+        };
+        if let Some(stats) = stats {
             snapshot.insert(pod.name.clone(), stats);
         }
     }
@@ -135,7 +142,7 @@ fn counted(snapshot: &Snapshot, pod: &str, reporter: Reporter) -> u64 {
 async fn settle(plan: &Plan, answered: u64) -> Snapshot {
     let start = tokio::time::Instant::now();
     loop {
-        let snapshot = scrape(plan).await;
+        let snapshot = scrape(plan, None).await;
         if counted(&snapshot, &plan.entry.pod, Reporter::Destination) >= answered || start.elapsed() > SETTLE
         {
             return snapshot;

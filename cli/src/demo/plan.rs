@@ -337,8 +337,8 @@ fn plan_pod(
     let init = spec.init_containers.iter().flatten();
     let redirect = init.clone().find(|c| c.name == REDIRECT_INIT_CONTAINER).ok_or_else(|| {
         format!(
-            "{what}: the injected pod has no {REDIRECT_INIT_CONTAINER} container (interception mode NONE?); the \
-             demo programs the pod's redirect with it"
+            "{what}: the injected pod has no {REDIRECT_INIT_CONTAINER} container (not injected, or interception \
+             mode NONE?); the demo programs the pod's redirect with it"
         )
     })?;
     let proxy = init

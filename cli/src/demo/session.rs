@@ -41,6 +41,16 @@ pub struct Session {
     pub processes: Vec<Process>,
     /// Index in `processes` of each pod's proxy, in the plan's order.
     pub proxies: Vec<usize>,
+    torn_down: bool,
+}
+
+impl Drop for Session {
+    /// Should anything panic, what was made is still removed.
+    fn drop(&mut self) {
+        if !self.torn_down {
+            self.teardown();
+        }
+    }
 }
 
 impl Session {
@@ -75,6 +85,7 @@ impl Session {
             state,
             processes: Vec::new(),
             proxies: Vec::new(),
+            torn_down: false,
         })
     }
 
@@ -84,7 +95,9 @@ impl Session {
             Mode::Namespaces => {
                 let hub = network::hub_namespace();
                 self.record_namespace(&hub)?;
-                network::create_hub(self.plan.hub)?;
+                network::create_hub(self.plan.hub).map_err(|e| {
+                    format!("{e}\n(without network namespaces, `trellis demo --explicit` still runs)")
+                })?;
                 Some(network::namespace_path(&hub))
             }
             Mode::Explicit => None,
@@ -296,6 +309,7 @@ impl Session {
     /// Stops every process, removes every namespace and the run directory; whether all of it is
     /// gone.
     pub fn teardown(&mut self) -> bool {
+        self.torn_down = true;
         processes::stop_all(&mut self.processes, GRACE);
         let mut clean = self.processes.iter().all(|p| !processes::alive(p.pid()));
         for name in self.state.namespaces.iter().rev() {

@@ -56,6 +56,10 @@ impl History {
         }
     }
 
+    pub fn latest(&self) -> Option<&Snapshot> {
+        self.samples.back().map(|(_, s, _)| s)
+    }
+
     /// The rows over the span kept (empty until two samples exist).
     pub fn rows(&self, topology: &Topology) -> Vec<Row> {
         let (Some(first), Some(last)) = (self.samples.front(), self.samples.back()) else {
