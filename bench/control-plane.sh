@@ -21,7 +21,9 @@
 #   CPU s           trellisd user+system CPU seconds while the clients connect, and for the
 #                   change (from the write until every client ACKed)
 #   RSS             trellisd resident memory after one client has synced (the model and its
-#                   translation, shared), with every client connected, and the peak (VmHWM);
+#                   translation, shared); right when every client has synced ("at sync");
+#                   with every client connected once trellisd has been quiet and returned the
+#                   memory the burst freed ("connected", settled); and the peak (VmHWM);
 #                   per proxy = (connected - before) / proxies
 #   bytes           encoded responses sent (trellisd_xds_sent_bytes_total): for the change,
 #                   and per proxy for the first sync
@@ -52,7 +54,7 @@ cleanup() {
   exec 3>&-
   for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
   for p in "${pids[@]}"; do wait "$p" 2>/dev/null || true; done
-  rm -rf "$work"
+  [ -n "${KEEP_WORK:-}" ] && echo "kept $work" >&2 || rm -rf "$work"
 }
 trap cleanup EXIT
 
@@ -160,7 +162,7 @@ wait_line() {
 
 start_trellisd() {
   "$TRELLISD" --config-dir "$config" --xds-address 127.0.0.1:0 --monitoring-address 127.0.0.1:0 \
-    --log-level warn > "$work/trellisd.out" 2> "$work/trellisd.err" &
+    --log-level "${TRELLISD_LOG:-warn}" > "$work/trellisd.out" 2> "$work/trellisd.err" &
   TPID=$!
   pids+=("$TPID")
   wait_line "$work/trellisd.out" "trellisd listening" 60 "$TPID" ||
@@ -170,6 +172,24 @@ start_trellisd() {
   local errors
   errors=$(curl -s -m 10 "http://$MON/metrics" | awk '$1 ~ /^trellisd_config_errors_total/ { n += $2 } END { print n + 0 }')
   [ "$errors" -eq 0 ] || fail "trellisd rejected $errors config objects: $(tail -5 "$work/trellisd.err")"
+}
+
+# trellisd returns memory freed by a burst once it has been quiet for a second: the resident
+# size of pid $1 once it has not moved by more than 512 KiB for 3 s (at most 15 s).
+settled_rss() {
+  local prev=0 cur stable=0 i
+  for ((i = 0; i < 30; i++)); do
+    cur=$(status_kib "$1" VmRSS)
+    if [ $((cur - prev)) -lt 512 ] && [ $((prev - cur)) -lt 512 ]; then
+      stable=$((stable + 1))
+      [ "$stable" -ge 6 ] && break
+    else
+      stable=0
+    fi
+    prev=$cur
+    sleep 0.5
+  done
+  echo "$cur"
 }
 
 stop() { # pid $1
@@ -193,7 +213,7 @@ for scenario in $SCENARIOS; do
   timeout 60 "$LOAD" --address "http://$XDS" --proxies 1 --watch-host "$WATCH_HOST" \
     --services-per-proxy "$SERVICES_PER_PROXY" --sync-only > "$work/warmup.out" 2> "$work/warmup.err" ||
     fail "the first client did not sync: $(tail -5 "$work/warmup.err")"
-  rss_before=$(status_kib "$TPID" VmRSS)
+  rss_before=$(settled_rss "$TPID")
   cpu0=$(cpu_ticks "$TPID")
   bytes0=$(metric trellisd_xds_sent_bytes_total)
 
@@ -210,8 +230,9 @@ for scenario in $SCENARIOS; do
   wait_line "$work/load.out" READY $((SYNC_TIMEOUT + 30)) "$LPID" ||
     fail "the clients did not sync: $(tail -5 "$work/load.err")"
 
-  rss_connected=$(status_kib "$TPID" VmRSS)
-  cpu1=$(cpu_ticks "$TPID")
+  rss_synced=$(status_kib "$TPID" VmRSS)
+  rss_connected=$(settled_rss "$TPID")
+  cpu1=$(cpu_ticks "$TPID") # includes returning the burst's memory
   bytes1=$(metric trellisd_xds_sent_bytes_total)
   connected=$(metric trellisd_xds_connected_proxies)
   load_cpu1=$(cpu_ticks "$LPID")
@@ -248,7 +269,7 @@ for scenario in $SCENARIOS; do
   [ "$connected" -eq $((proxies + 0)) ] || echo "trellisd counted $connected connected proxies" >&2
   per_proxy=$(awk -v a="$rss_before" -v b="$rss_connected" -v n="$proxies" 'BEGIN { printf "%.1f", (b - a) / n }')
   initial=$(awk -v a="$bytes0" -v b="$bytes1" -v n="$proxies" 'BEGIN { printf "%.0f", (b - a) / n }')
-  rows+=("| $proxies | $connections | $(result "$out" sync_seconds) | $(result "$out" min_ms) | $(result "$out" p50_ms) | $(result "$out" p99_ms) | $(result "$out" max_ms) | $acked / $server_acked of $server_proxies | $(seconds $((cpu1 - cpu0))) | $(seconds $((cpu2 - cpu1))) | $(seconds $((load_cpu2 - load_cpu1))) | $(mib "$rss_before") | $(mib "$rss_connected") | $per_proxy | $(mib "$rss_peak") | $((bytes2 - bytes1)) | $initial |")
+  rows+=("| $proxies | $connections | $(result "$out" sync_seconds) | $(result "$out" min_ms) | $(result "$out" p50_ms) | $(result "$out" p99_ms) | $(result "$out" max_ms) | $acked / $server_acked of $server_proxies | $(seconds $((cpu1 - cpu0))) | $(seconds $((cpu2 - cpu1))) | $(seconds $((load_cpu2 - load_cpu1))) | $(mib "$rss_before") | $(mib "$rss_synced") | $(mib "$rss_connected") | $per_proxy | $(mib "$rss_peak") | $((bytes2 - bytes1)) | $initial |")
   if [ -z "$held" ]; then
     held="clients (after the change): settings $(result "$out" held_after_settings), service $(result "$out" held_after_service), virtualhost $(result "$out" held_after_virtualhost), cluster $(result "$out" held_after_cluster), endpoints $(result "$out" held_after_endpoints); trellisd /debug/syncz: $server_held"
     weights="web-7 split seen by client 0: $(result "$out" weights_before) -> $(result "$out" weights_after)"
@@ -260,8 +281,8 @@ done
 echo
 echo "$SERVICES services; $SERVICES_PER_PROXY virtual hosts per client; $(nproc) CPUs ($(lscpu | awk -F: '/Model name/ { gsub(/^ +/, "", $2); print $2 }'))"
 echo
-echo "| proxies | connections | sync s | first ACK ms | p50 ms | p99 ms | max ms | ACKed (clients / trellisd) | trellisd CPU s (connect) | trellisd CPU s (change) | load CPU s (change) | RSS before MiB | RSS connected MiB | KiB per proxy | peak RSS MiB | bytes sent (change) | bytes per proxy (first sync) |"
-echo "|---:|---:|---:|---:|---:|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
+echo "| proxies | connections | sync s | first ACK ms | p50 ms | p99 ms | max ms | ACKed (clients / trellisd) | trellisd CPU s (connect) | trellisd CPU s (change) | load CPU s (change) | RSS before MiB | RSS at sync MiB | RSS connected MiB | KiB per proxy | peak RSS MiB | bytes sent (change) | bytes per proxy (first sync) |"
+echo "|---:|---:|---:|---:|---:|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
 printf '%s\n' "${rows[@]}"
 echo
 echo "Held per proxy: $held"

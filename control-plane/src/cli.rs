@@ -98,6 +98,7 @@ async fn serve(args: Args, mesh: MeshConfig) -> Result<(), String> {
     let mut registry = prometheus_client::registry::Registry::default();
     let metrics = Arc::new(XdsMetrics::new(&mut registry));
     let proxies = Arc::new(Registry::default());
+    tokio::spawn(crate::memory::release_after_bursts(proxies.activity()));
     let rejected = RejectedConfig::default();
 
     if let Some(dir) = args.config_dir.clone() {
@@ -143,6 +144,11 @@ async fn serve(args: Args, mesh: MeshConfig) -> Result<(), String> {
         .max_decoding_message_size(4 << 20);
     let server = tonic::transport::Server::builder()
         .http2_keepalive_interval(Some(std::time::Duration::from_secs(30)))
+        // Every ACK is a small DATA frame. HTTP/2 allows a connection's unread small frames a
+        // budget of half its receive window and closes the connection beyond it; with the
+        // default 64 KiB window, proxies sharing a connection (a node agent, a load test)
+        // exhausted it during the first sync. Streams keep their default 64 KiB windows.
+        .initial_connection_window_size(1 << 20)
         .add_service(service)
         .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(xds));
     // xDS streams never finish on their own, so a graceful drain would wait forever: on a

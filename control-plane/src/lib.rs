@@ -2,6 +2,7 @@
 //! resources; the delta xDS server pushes what changed.
 
 pub mod cli;
+pub mod memory;
 pub mod model;
 pub mod sources;
 pub mod status;

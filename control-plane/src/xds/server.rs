@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::SystemTime;
 
-use tokio::sync::{Semaphore, mpsc, watch};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, watch};
 use tokio_stream::StreamExt;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
@@ -18,6 +18,7 @@ use trellis_xds::types::{ProxyNode, ResourceType};
 use super::generation::Generation;
 use super::metrics::XdsMetrics;
 use super::session::{Outgoing, Session, TypeStatus};
+use crate::memory::Activity;
 use crate::translate::{ProxyIdentity, scope_of};
 
 /// At most this many proxies decide a push at once; the rest wait their turn, so a change to
@@ -40,15 +41,22 @@ pub struct ProxySync {
 pub struct Registry {
     next: AtomicU64,
     proxies: Mutex<BTreeMap<u64, Arc<Mutex<ProxySync>>>>,
+    activity: Arc<Activity>,
 }
 
 impl Registry {
+    /// Connects, disconnects and responses, for [`crate::memory::release_after_bursts`].
+    pub fn activity(&self) -> Arc<Activity> {
+        self.activity.clone()
+    }
+
     pub fn snapshot(&self) -> Vec<ProxySync> {
         let proxies = self.proxies.lock().unwrap_or_else(|p| p.into_inner());
         proxies.values().map(|p| p.lock().unwrap_or_else(|p| p.into_inner()).clone()).collect()
     }
 
     fn add(&self, sync: ProxySync) -> (u64, Arc<Mutex<ProxySync>>) {
+        self.activity.note();
         let id = self.next.fetch_add(1, Ordering::Relaxed);
         let entry = Arc::new(Mutex::new(sync));
         self.proxies.lock().unwrap_or_else(|p| p.into_inner()).insert(id, entry.clone());
@@ -56,6 +64,7 @@ impl Registry {
     }
 
     fn remove(&self, id: u64) {
+        self.activity.note();
         self.proxies.lock().unwrap_or_else(|p| p.into_inner()).remove(&id);
     }
 }
@@ -111,6 +120,9 @@ impl AggregatedDiscoveryService for XdsServer {
     }
 }
 
+/// Waiting for a turn to push; `None` once the server stops.
+type Turn = Pin<Box<dyn Future<Output = Option<OwnedSemaphorePermit>> + Send>>;
+
 struct Stream {
     server: XdsServer,
     node: ProxyNode,
@@ -139,16 +151,14 @@ impl Stream {
         let mut connected_generation = Some(generations.borrow().number);
         let mut unobserved: Option<Arc<Generation>> = None;
         let mut push = self.handle(&mut session, &first);
+        // Waiting for a turn to push keeps its place in the queue across loop turns, and the
+        // proxy's requests keep being read meanwhile: HTTP/2 closes a connection whose peer's
+        // small frames pile up unread.
+        let mut turn: Option<Turn> = None;
         loop {
-            if push {
-                push = false;
-                let generation = generations.borrow_and_update().clone();
-                let Ok(parts) = self.plan(&mut session, &identity, &generation).await else { break };
-                if !parts.is_empty() && connected_generation != Some(generation.number) {
-                    unobserved = Some(generation);
-                }
-                pending.extend(parts);
-                record(&sync, &session);
+            if push && turn.is_none() {
+                let permits = self.server.permits.clone();
+                turn = Some(Box::pin(async move { permits.acquire_owned().await.ok() }));
             }
             if pending.is_empty()
                 && let Some(generation) = unobserved.take()
@@ -157,14 +167,27 @@ impl Stream {
                 self.server.metrics.push_latency.observe(generation.changed_at.elapsed().as_secs_f64());
             }
             tokio::select! {
+                permit = async { turn.as_mut()?.await }, if turn.is_some() => {
+                    turn = None;
+                    let Some(_permit) = permit else { break };
+                    push = false;
+                    let generation = generations.borrow_and_update().clone();
+                    let parts = self.plan(&mut session, &identity, &generation);
+                    if !parts.is_empty() && connected_generation != Some(generation.number) {
+                        unobserved = Some(generation);
+                    }
+                    pending.extend(parts);
+                    record(&sync, &session);
+                }
                 permit = self.tx.reserve(), if !pending.is_empty() => {
                     let (Ok(permit), Some(outgoing)) = (permit, pending.pop_front()) else { break };
                     self.server.metrics.pushed(outgoing.kind);
+                    self.server.registry.activity.note();
                     permit.send(Box::new(outgoing));
                 }
                 message = inbound.message() => match message {
                     Ok(Some(request)) => {
-                        push = self.handle(&mut session, &request);
+                        push |= self.handle(&mut session, &request);
                         record(&sync, &session);
                     }
                     Ok(None) => break,
@@ -201,19 +224,18 @@ impl Stream {
         }
     }
 
-    /// Decides what brings the proxy up to `generation`. Waits for a turn first: the first
-    /// proxy of a scope translates it for everyone, and a mesh-wide change should not make
-    /// every stream do its share at once. Err when the server is shutting down.
-    async fn plan(
+    /// Decides what brings the proxy up to `generation`. Called with a turn: the first proxy
+    /// of a scope translates it for everyone, and a mesh-wide change should not make every
+    /// stream do its share at once.
+    fn plan(
         &self,
         session: &mut Session,
         identity: &ProxyIdentity,
         generation: &Generation,
-    ) -> Result<Vec<Outgoing>, ()> {
-        let _permit = self.server.permits.acquire().await.map_err(|_| ())?;
+    ) -> Vec<Outgoing> {
         let scope = scope_of(&generation.model, identity);
         let resources = generation.resources(&scope);
-        Ok(session.push(&resources, generation.number))
+        session.push(&resources, generation.number)
     }
 }
 

@@ -104,7 +104,7 @@ const WILDCARD: &str = "*";
 /// A response carries about this many bytes of resources at most (a single larger resource
 /// goes alone). The transport keeps a per-stream buffer as large as the largest response it
 /// ever sent, for as long as the stream lives, so the first address table goes out in parts.
-pub const MAX_RESPONSE_BYTES: usize = 4 * 1024;
+pub const MAX_RESPONSE_BYTES: usize = 8 * 1024;
 
 /// A response decided by [`Session::push`] and already counted as sent (its nonce is the
 /// latest of its type), held as references into the shared resources until the stream sends
