@@ -164,6 +164,12 @@ mod tests {
         let mut sleeper =
             std::process::Command::new("sh").args(["-c", "sleep 30; true", "demo"]).spawn().unwrap();
         State { demo_pid: sleeper.id(), ..State::default() }.save(&run_dir).unwrap();
+        // Right after spawning, the child may still be in exec, its command line not yet there.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        while !is_demo(sleeper.id()) {
+            assert!(std::time::Instant::now() < deadline, "the child's command line never showed");
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
         let err = clean(&run_dir, false, false).unwrap_err();
         assert!(err.contains(&format!("another trellis demo (pid {}) is running", sleeper.id())), "{err}");
         assert!(run_dir.exists());
