@@ -2,9 +2,10 @@
 //! proxy-init's rules, proxies as UID 1337) and without root (explicit mode; when the test runs
 //! as root, the demo runs as `nobody`). Each run must answer every request, split the canary
 //! 90/10 and then 50/50 within tolerance, have every proxy count its calls, and leave no
-//! process, namespace or file behind.
+//! process, namespace or file behind. As root also: a demo killed outright is cleaned up by the
+//! next run, and Ctrl-C ends a run with everything removed.
 
-use std::io::Read;
+use std::io::{BufRead, BufReader, Read};
 use std::os::unix::process::CommandExt;
 use std::path::Path;
 use std::process::{Command, Stdio};
@@ -161,11 +162,15 @@ fn zombie(pid: u64) -> bool {
         .is_ok_and(|s| s.rsplit_once(')').is_some_and(|(_, rest)| rest.trim_start().starts_with('Z')))
 }
 
+/// Root runs share the namespace names and the run directory: one at a time.
+static ROOT_RUNS: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 #[test]
 fn as_root_the_demo_injects_intercepts_and_routes_for_real_and_leaves_nothing() {
     if !privileged() {
         return;
     }
+    let _one_at_a_time = ROOT_RUNS.lock().unwrap_or_else(|e| e.into_inner());
     let (ok, stdout, stderr) = run(Command::new(env!("CARGO_BIN_EXE_trellis")));
     let summary = summary(&stdout, &stderr);
     assert!(ok, "{stderr}");
@@ -249,4 +254,119 @@ fn a_broken_example_is_refused_before_anything_runs() {
     let out = demo(&missing);
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains(&format!("{}: ", missing.join("istio").display())));
+}
+
+/// A demo started in the background; its standard output arrives line by line.
+struct Background {
+    child: std::process::Child,
+    lines: std::sync::mpsc::Receiver<String>,
+    stderr: std::thread::JoinHandle<String>,
+}
+
+impl Background {
+    fn start() -> Background {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_trellis"))
+            .args(["demo", "--duration", "60", "--rate", "20", "--output", "json"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let (send, lines) = std::sync::mpsc::channel();
+        let stdout = child.stdout.take().unwrap();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                let _ = send.send(line);
+            }
+        });
+        let mut stderr = child.stderr.take().unwrap();
+        let stderr = std::thread::spawn(move || {
+            let mut text = String::new();
+            let _ = stderr.read_to_string(&mut text);
+            text
+        });
+        Background { child, lines, stderr }
+    }
+
+    /// Waits (bounded) for the first line of the live table: the mesh is up.
+    fn wait_for_traffic(&self) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.lines.recv_timeout(left) {
+                Ok(line) if line.starts_with("{\"tick\"") => return,
+                Ok(_) => {}
+                Err(_) => panic!("no table within 30s"),
+            }
+        }
+    }
+
+    fn signal(&self, signal: nix::sys::signal::Signal) {
+        let pid = nix::unistd::Pid::from_raw(i32::try_from(self.child.id()).unwrap());
+        nix::sys::signal::kill(pid, signal).unwrap();
+    }
+
+    /// Waits (bounded) for the end: exit code, the last line of output, standard error.
+    fn finish(mut self) -> (Option<i32>, String, String) {
+        let start = Instant::now();
+        let status = loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                break status;
+            }
+            if start.elapsed() > DEADLINE {
+                let _ = self.child.kill();
+                let _ = self.child.wait();
+                panic!("the demo did not end within {DEADLINE:?}");
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        };
+        let last = self.lines.iter().last().unwrap_or_default();
+        (status.code(), last, self.stderr.join().unwrap())
+    }
+}
+
+fn namespaces_now() -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir("/var/run/netns")
+        .map(|d| d.filter_map(|e| e.ok()?.file_name().into_string().ok()).collect())
+        .unwrap_or_default();
+    names.retain(|n| n.starts_with("trellis-demo"));
+    names.sort();
+    names
+}
+
+/// A demo killed outright leaves its mesh behind; the next run removes it first, and Ctrl-C
+/// ends that run with everything removed.
+#[test]
+fn after_a_crash_the_next_run_cleans_up_and_ctrl_c_removes_everything() {
+    use nix::sys::signal::Signal;
+    if !privileged() {
+        return;
+    }
+    let _one_at_a_time = ROOT_RUNS.lock().unwrap_or_else(|e| e.into_inner());
+    // Where the demo keeps its files as root (it inherits this test's environment).
+    let run_dir = std::env::temp_dir().join("trellis-demo-0");
+    let run_dir = run_dir.to_str().unwrap();
+    let crashed = Background::start();
+    crashed.wait_for_traffic();
+    crashed.signal(Signal::SIGKILL);
+    let (code, _, _) = crashed.finish();
+    assert_eq!(code, None, "killed by a signal");
+    assert_eq!(namespaces_now().len(), 5, "the crash leaves the namespaces");
+    assert_eq!(demo_processes_of(run_dir).len(), 9, "and the processes");
+
+    let next = Background::start();
+    next.wait_for_traffic();
+    next.signal(Signal::SIGINT);
+    let (code, last, stderr) = next.finish();
+    assert!(
+        stderr.contains("removed what an earlier run left: 9 processes, 5 network namespaces"),
+        "{stderr}"
+    );
+    assert_eq!(code, Some(130), "{stderr}");
+    let summary = summary(&last, &stderr);
+    assert_eq!(summary["cleaned_up"], true);
+    assert_eq!(count(&summary["requests"]["failed"]), 0, "{}", summary["failures"]);
+    assert_eq!(namespaces_now(), Vec::<String>::new());
+    assert_eq!(demo_processes_of(run_dir), Vec::<u32>::new());
+    assert!(!Path::new(run_dir).exists());
 }
