@@ -73,7 +73,8 @@ impl Kind {
         }
     }
 
-    fn from_name(kind: &str) -> Option<Kind> {
+    /// The kind with this `kind:` name.
+    pub fn from_name(kind: &str) -> Option<Kind> {
         Kind::ALL.into_iter().find(|k| k.name() == kind)
     }
 }

@@ -186,7 +186,7 @@ async fn count_kubernetes_rejections(status: kube_source::SourceStatus, metrics:
     let mut seen = std::collections::BTreeMap::new();
     loop {
         tokio::time::sleep(std::time::Duration::from_secs(1)).await;
-        for kind in kube_source::ISTIO_KINDS {
+        for kind in kube_source::istio_kinds() {
             let now = status.config_errors(kind);
             let before = seen.insert(kind, now).unwrap_or(0);
             for _ in before..now {

@@ -66,7 +66,7 @@ pub fn read_dir(dir: &Path) -> Reading {
             checked.problems.iter().filter(|p| p.severity == trellis_api::validate::Severity::Error)
         {
             if let Some(id) = &problem.resource
-                && let Some(kind) = Kind::ALL.into_iter().find(|k| k.name() == id.kind)
+                && let Some(kind) = Kind::from_name(&id.kind)
                 && !id.name.is_empty()
             {
                 let namespace = id.namespace.clone().unwrap_or_else(|| default_namespace(kind));

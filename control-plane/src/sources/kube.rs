@@ -33,18 +33,12 @@ use trellis_api::validate::{Finding, Severity};
 use crate::model::{KubeEndpointSlice, KubePod, KubeService, Model, ModelHandle, ObjectKey};
 use mirror::{Admission, Mirror, Target};
 
-/// The Istio kinds watched, at `v1`. Gateway too: the chart installs its CRD and the file
-/// source reads it, and translation must not depend on where config came from.
-pub const ISTIO_KINDS: [Kind; 8] = [
-    Kind::VirtualService,
-    Kind::DestinationRule,
-    Kind::ServiceEntry,
-    Kind::WorkloadEntry,
-    Kind::Sidecar,
-    Kind::Gateway,
-    Kind::PeerAuthentication,
-    Kind::AuthorizationPolicy,
-];
+/// The Istio kinds watched, at `v1`: every kind the API model knows but Namespace. Gateway
+/// too: the chart installs its CRD and the file source reads it, and translation must not
+/// depend on where config came from.
+pub fn istio_kinds() -> impl Iterator<Item = Kind> {
+    Kind::ALL.into_iter().filter(|k| *k != Kind::Namespace)
+}
 
 /// The Kubernetes kinds watched besides the Istio ones.
 const CORE_KINDS: [&str; 4] = ["Service", "EndpointSlice", "Pod", "Namespace"];
@@ -68,7 +62,7 @@ pub struct SourceStatus {
 impl Default for SourceStatus {
     fn default() -> Self {
         let config_errors = Kind::ALL.into_iter().map(|k| (k, AtomicU64::new(0))).collect();
-        let names = CORE_KINDS.into_iter().chain(ISTIO_KINDS.map(Kind::name));
+        let names = CORE_KINDS.into_iter().chain(istio_kinds().map(Kind::name));
         SourceStatus {
             config_errors: Arc::new(config_errors),
             synced: watch::Sender::new(names.map(|n| (n, false)).collect()),
@@ -132,7 +126,7 @@ pub async fn run(client: Client, model: ModelHandle, status: SourceStatus) {
     tasks.spawn(watch(Api::<EndpointSlice>::all(client.clone()), EndpointSlices, context("EndpointSlice")));
     tasks.spawn(watch(Api::<Pod>::all(client.clone()), Pods, context("Pod")));
     tasks.spawn(watch(Api::<Namespace>::all(client.clone()), Namespaces, context("Namespace")));
-    for kind in ISTIO_KINDS {
+    for kind in istio_kinds() {
         let api = Api::<DynamicObject>::all_with(client.clone(), &istio::api_resource(kind));
         let target = IstioKind { kind, status: status.clone(), reported: HashMap::new() };
         tasks.spawn(watch(api, target, context(kind.name())));
