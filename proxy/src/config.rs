@@ -9,6 +9,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
+use serde_json::Value;
+use serde_path_to_error::Segment;
 use trellis_xds::config as pb;
 
 use crate::FastMap;
@@ -42,7 +44,26 @@ pub fn parse(text: &str) -> Result<pb::ProxyConfig, ConfigError> {
     if text.trim().is_empty() {
         return Ok(pb::ProxyConfig::default());
     }
-    serde_saphyr::from_str(text).map_err(|e| err("(file)", e.to_string()))
+    // YAML to a plain tree first, then the tree to the messages: deserializing the messages
+    // straight from YAML made a copy of the YAML deserializer for every message type (most of
+    // the proxy's resident start-up code), and the second step names the field that is wrong.
+    let tree: Value = serde_saphyr::from_str(text).map_err(|e| err("(file)", e.to_string()))?;
+    serde_path_to_error::deserialize(&tree).map_err(|e| {
+        // Some of the messages' parsers do not say what they were given.
+        let found = match value_at(&tree, e.path()) {
+            Some(v @ (Value::String(_) | Value::Number(_) | Value::Bool(_))) => format!(" (the value: {v})"),
+            _ => String::new(),
+        };
+        err(e.path().to_string(), format!("{}{found}", e.inner()))
+    })
+}
+
+fn value_at<'a>(tree: &'a Value, path: &serde_path_to_error::Path) -> Option<&'a Value> {
+    path.iter().try_fold(tree, |value, segment| match segment {
+        Segment::Seq { index } => value.get(index),
+        Segment::Map { key } => value.get(key.as_str()),
+        Segment::Enum { .. } | Segment::Unknown => Some(value),
+    })
 }
 
 /// Whether every reference must resolve (a file holds the whole config) or service ports may
@@ -610,10 +631,26 @@ mod tests {
 
     #[test]
     fn malformed_files_are_refused_with_a_reason() {
-        for text in ["services: {", "clusters: 3", "unknownField: 1", "outboundPolicy: SOMETIMES"] {
+        for (text, field, words) in [
+            ("services: {", "(file)", "line 1"),
+            ("a: 1\nb: [\n", "(file)", "line"),
+            ("clusters: 3", "clusters", "sequence"),
+            ("services: []\nunknownField: 1", "unknownField", "unknown field"),
+            ("outboundPolicy: SOMETIMES", "outboundPolicy", "SOMETIMES"),
+            (
+                "virtualHosts: [{ name: a, routes: [{ name: r, timeout: soon }] }]",
+                "virtualHosts[0].routes[0].timeout",
+                "suffix",
+            ),
+            (
+                "endpoints: [{ service: a, endpoints: [{ address: 10.0.0.1, port: -3 }] }]",
+                "endpoints[0].endpoints[0].port",
+                "value: -3",
+            ),
+        ] {
             let e = parse(text).expect_err(text);
-            assert_eq!(e.field, "(file)");
-            assert!(!e.message.is_empty());
+            assert_eq!(e.field, field, "{text}: {e}");
+            assert!(e.message.contains(words), "{text}: {e}");
         }
         assert!(parse(&"#".repeat(MAX_CONFIG_BYTES + 1)).is_err());
         assert_eq!(parse("").unwrap(), pb::ProxyConfig::default());

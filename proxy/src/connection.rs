@@ -51,7 +51,7 @@ pub async fn handle(stream: TcpStream, peer: SocketAddr, side: Side, proxy: Arc<
         // A TCP service's cluster, fetched on first use.
         let lookup = || proxy.config.load().by_address(original).cloned();
         let arrived = || lookup().is_some_and(|sp| sp.tcp_cluster.is_some());
-        if on_demand.fetch(ResourceType::Cluster, name, arrived).await {
+        if Box::pin(on_demand.fetch(ResourceType::Cluster, name, arrived)).await {
             service_port = lookup();
         }
     }
@@ -88,16 +88,20 @@ pub async fn handle(stream: TcpStream, peer: SocketAddr, side: Side, proxy: Arc<
         Some(Detected::Tls) if side == Side::Outbound => {
             // TLS that is not ours passes through; its server name picks the service when the
             // address dialled does not.
-            let by_name = match (&service_port, detect::server_name(&stream, DETECTION_TLS_DEADLINE).await) {
-                (None, Some(name)) => {
-                    let snapshot = proxy.config.load();
-                    snapshot.by_authority(&name, port.unwrap_or(443)).cloned()
-                }
-                _ => None,
-            };
-            relay(stream, &conn, service_port.as_deref().or(by_name.as_deref()), &proxy).await
+            let by_name =
+                match (&service_port, Box::pin(detect::server_name(&stream, DETECTION_TLS_DEADLINE)).await) {
+                    (None, Some(name)) => {
+                        let snapshot = proxy.config.load();
+                        snapshot.by_authority(&name, port.unwrap_or(443)).cloned()
+                    }
+                    _ => None,
+                };
+            Box::pin(relay(stream, &conn, service_port.as_deref().or(by_name.as_deref()), &proxy)).await
         }
-        Some(Detected::Tls | Detected::Opaque) => relay(stream, &conn, service_port.as_deref(), &proxy).await,
+        // Boxed like the HTTP connections in `serve`: a task is as large as its largest branch.
+        Some(Detected::Tls | Detected::Opaque) => {
+            Box::pin(relay(stream, &conn, service_port.as_deref(), &proxy)).await
+        }
     }
     proxy.connections.fetch_sub(1, Ordering::AcqRel);
 }

@@ -53,8 +53,11 @@ pub async fn handle(request: Request<Incoming>, conn: &Conn, proxy: &Proxy) -> R
         _ if too_large => {
             Outcome::new(text(StatusCode::PAYLOAD_TOO_LARGE, "request body too large\n"), "unknown", "-")
         }
-        Side::Outbound => outbound(request, conn, proxy).await,
-        Side::Inbound => inbound(request, conn, proxy).await,
+        // Boxed per request: hyper keeps a connection's request future for the connection's
+        // life, so unboxed the routing path's state (about 5 KiB) would stay with every idle
+        // keep-alive connection.
+        Side::Outbound => Box::pin(outbound(request, conn, proxy)).await,
+        Side::Inbound => Box::pin(inbound(request, conn, proxy)).await,
     };
     if outcome.request_bytes == 0 {
         outcome.request_bytes = declared_length.unwrap_or(0);
@@ -231,7 +234,8 @@ async fn to_cluster(
     let deadline = route.timeout.map(|t| tokio::time::Instant::now() + t);
     let attempts = async {
         if headers::is_upgrade(request.headers()) {
-            return upgrade(request, cluster, conn).await;
+            // Rare, and its handshake state is large: boxed (see `Pools::send_http1`).
+            return Box::pin(upgrade(request, cluster, conn)).await;
         }
         let (parts, body) = request.into_parts();
         // Only bodies known to be small (or absent) are kept for a retry; a stream (gRPC,
@@ -583,7 +587,7 @@ async fn passthrough(
         // Explicit mode: only the authority says where the request goes.
         None => match authority.and_then(|a| split_authority(a, 80)) {
             Some((host, port)) => {
-                tokio::net::lookup_host((host, port)).await.ok().and_then(|mut addrs| addrs.next())
+                Box::pin(tokio::net::lookup_host((host, port))).await.ok().and_then(|mut addrs| addrs.next())
             }
             None => None,
         },
@@ -613,11 +617,11 @@ fn protocol_of(version: Version) -> Protocol {
 /// the request came in.
 async fn send_direct(request: Request<Incoming>, key: Key, proxy: &Proxy, service: Arc<str>) -> Outcome {
     if headers::is_upgrade(request.headers()) {
-        return match splice_upgrade(
+        return match Box::pin(splice_upgrade(
             request,
             Key { protocol: Protocol::Http1, ..key },
             ConnectionPolicy::default().connect_timeout,
-        )
+        ))
         .await
         {
             Ok(response) => Outcome::new(response, service, "-"),
@@ -749,7 +753,7 @@ async fn fetch_virtual_host(
     };
     let lookup = || find_service_port(&proxy.config.load(), authority, original, port);
     let arrived = || lookup().is_some_and(|sp| sp.virtual_host.is_some());
-    if on_demand.fetch(ResourceType::VirtualHost, name, arrived).await {
+    if Box::pin(on_demand.fetch(ResourceType::VirtualHost, name, arrived)).await {
         lookup()
     } else {
         Some(service_port)

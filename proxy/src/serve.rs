@@ -53,8 +53,9 @@ pub async fn serve(stream: TcpStream, conn: Conn, proxy: Arc<Proxy>, speaks: Spe
     // look again, on every read); the same limits either way.
     macro_rules! run {
         ($connection:expr) => {{
-            let connection = $connection;
-            tokio::pin!(connection);
+            // Boxed: the task then holds only the protocol's own connection state, not room
+            // for the largest of the three.
+            let mut connection = Box::pin($connection);
             tokio::select! {
                 _ = connection.as_mut() => {}
                 _ = crate::drained(&mut drain) => {

@@ -138,6 +138,17 @@ impl Pools {
                 },
             }
         }
+        // A new connection is the rare case: its connect and handshake state lives in a box of
+        // its own, so it does not enlarge every connection's request future.
+        Box::pin(self.dial_http1(key, policy, request)).await
+    }
+
+    async fn dial_http1(
+        &self,
+        key: Key,
+        policy: &ConnectionPolicy,
+        request: Request<Body>,
+    ) -> Result<Response<Incoming>, UpstreamError> {
         let stream = connect(key, policy.connect_timeout).await?;
         let (mut sender, connection) = http1::Builder::new()
             .handshake(TokioIo::new(stream))
@@ -163,6 +174,15 @@ impl Pools {
         if let Some(sender) = self.http2_sender(key, policy) {
             return send_on(sender, key, request).await;
         }
+        Box::pin(self.dial_http2(key, policy, request)).await
+    }
+
+    async fn dial_http2(
+        &self,
+        key: Key,
+        policy: &ConnectionPolicy,
+        request: Request<Body>,
+    ) -> Result<Response<Incoming>, UpstreamError> {
         // One connection per endpoint: concurrent first requests wait for the one being made.
         let connecting = {
             let mut entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
