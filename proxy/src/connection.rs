@@ -40,7 +40,7 @@ pub async fn handle(stream: TcpStream, peer: SocketAddr, side: Side, proxy: Arc<
         proxy.connections.fetch_sub(1, Ordering::AcqRel);
         return;
     }
-    let conn = Conn { side, peer, original, local };
+    let conn = Conn::new(side, peer, original, local);
     let port = original.map(|o| o.port());
     let mut service_port = original.and_then(|o| snapshot.by_address(o)).cloned();
     if let Some(sp) = &service_port

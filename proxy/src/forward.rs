@@ -56,8 +56,8 @@ pub async fn handle(request: Request<Incoming>, conn: &Conn, proxy: &Proxy) -> R
         // Boxed per request: hyper keeps a connection's request future for the connection's
         // life, so unboxed the routing path's state (about 5 KiB) would stay with every idle
         // keep-alive connection.
-        Side::Outbound => Box::pin(outbound(request, conn, proxy)).await,
-        Side::Inbound => Box::pin(inbound(request, conn, proxy)).await,
+        Side::Outbound => outbound(request, conn, proxy).await,
+        Side::Inbound => inbound(request, conn, proxy).await,
     };
     if outcome.request_bytes == 0 {
         outcome.request_bytes = declared_length.unwrap_or(0);
@@ -687,7 +687,7 @@ async fn inbound(mut request: Request<Incoming>, conn: &Conn, proxy: &Proxy) -> 
     let upgrade = headers::is_upgrade(request.headers());
     headers::strip_hop_by_hop(request.headers_mut(), upgrade);
     headers::ensure_request_id(request.headers_mut());
-    headers::add_forwarded(request.headers_mut(), conn.peer.ip());
+    headers::add_forwarded(request.headers_mut(), conn.peer_value());
     let (addr, source) = match conn.local.ip() {
         // Explicit mode on a loopback address of the pod's own (pods sharing one host, as in
         // `trellis demo` without root): the app listens on that address, not on 127.0.0.1.

@@ -3,7 +3,7 @@
 
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 
-const HOP_BY_HOP: [HeaderName; 7] = [
+static HOP_BY_HOP: [HeaderName; 7] = [
     header::CONNECTION,
     HeaderName::from_static("keep-alive"),
     HeaderName::from_static("proxy-connection"),
@@ -20,6 +20,11 @@ static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-prot
 /// Removes hop-by-hop headers, and the headers `Connection` names. `TE: trailers` (gRPC) is
 /// kept; an upgrade keeps `Connection: upgrade` and `Upgrade`.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
+    // Most messages carry none of these: one pass comparing names is much cheaper than a hashed
+    // lookup and removal per name (it was 7% of the proxy's instructions per request).
+    if !headers.keys().any(|name| *name == header::TE || HOP_BY_HOP.contains(name)) {
+        return;
+    }
     let named: Vec<HeaderName> = headers
         .get_all(header::CONNECTION)
         .iter()
@@ -60,10 +65,11 @@ pub fn is_upgrade(headers: &HeaderMap) -> bool {
 pub fn ensure_request_id(headers: &mut HeaderMap) {
     if !headers.contains_key(&X_REQUEST_ID) {
         const HEX: &[u8; 16] = b"0123456789abcdef";
-        let random = rand::random::<u128>();
+        let random = rand::random::<u128>().to_be_bytes();
         let mut id = [0u8; 32];
-        for (i, digit) in id.iter_mut().enumerate() {
-            *digit = HEX[((random >> (4 * (31 - i))) & 0xf) as usize];
+        for (pair, byte) in id.chunks_exact_mut(2).zip(random) {
+            pair[0] = HEX[usize::from(byte >> 4)];
+            pair[1] = HEX[usize::from(byte & 0xf)];
         }
         if let Ok(value) = HeaderValue::from_bytes(&id) {
             headers.insert(X_REQUEST_ID.clone(), value);
@@ -71,19 +77,31 @@ pub fn ensure_request_id(headers: &mut HeaderMap) {
     }
 }
 
-/// Appends the peer to `x-forwarded-for`, and sets `x-forwarded-proto` unless an earlier hop
-/// (a TLS-terminating gateway) did.
-pub fn add_forwarded(headers: &mut HeaderMap, peer: std::net::IpAddr) {
-    let chain = match headers.get(&X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
-        Some(existing) => format!("{existing}, {peer}"),
-        None => peer.to_string(),
+/// Appends the peer (`peer`: its address as a header value, made once per connection) to
+/// `x-forwarded-for`, and sets `x-forwarded-proto` unless an earlier hop (a TLS-terminating
+/// gateway) did.
+pub fn add_forwarded(headers: &mut HeaderMap, peer: &HeaderValue) {
+    let chain = match headers.get(&X_FORWARDED_FOR) {
+        Some(existing) => {
+            let mut chain = Vec::with_capacity(existing.len() + 2 + peer.len());
+            chain.extend_from_slice(existing.as_bytes());
+            chain.extend_from_slice(b", ");
+            chain.extend_from_slice(peer.as_bytes());
+            HeaderValue::from_bytes(&chain).ok()
+        }
+        None => Some(peer.clone()),
     };
-    if let Ok(value) = HeaderValue::from_str(&chain) {
-        headers.insert(X_FORWARDED_FOR.clone(), value);
+    if let Some(chain) = chain {
+        headers.insert(X_FORWARDED_FOR.clone(), chain);
     }
     if !headers.contains_key(&X_FORWARDED_PROTO) {
         headers.insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static("http"));
     }
+}
+
+/// A peer address as a header value.
+pub fn address_value(ip: std::net::IpAddr) -> HeaderValue {
+    HeaderValue::try_from(ip.to_string()).unwrap_or_else(|_| HeaderValue::from_static("unknown"))
 }
 
 #[cfg(test)]
@@ -129,12 +147,12 @@ mod tests {
         let id = h.get("x-request-id").unwrap().clone();
         ensure_request_id(&mut h);
         assert_eq!(h.get("x-request-id").unwrap(), &id);
-        add_forwarded(&mut h, "10.1.2.3".parse().unwrap());
+        add_forwarded(&mut h, &address_value("10.1.2.3".parse().unwrap()));
         assert_eq!(h.get("x-forwarded-for").unwrap(), "10.0.0.9, 10.1.2.3");
         assert_eq!(h.get("x-forwarded-proto").unwrap(), "http");
         // A proto set by an earlier hop (a TLS-terminating gateway) stays.
         let mut h = map(&[("x-forwarded-proto", "https")]);
-        add_forwarded(&mut h, "10.1.2.3".parse().unwrap());
+        add_forwarded(&mut h, &address_value("10.1.2.3".parse().unwrap()));
         assert_eq!(h.get("x-forwarded-proto").unwrap(), "https");
     }
 }

@@ -4,8 +4,10 @@
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
+
+use http::HeaderValue;
 
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
@@ -23,6 +25,18 @@ pub struct Conn {
     pub original: Option<SocketAddr>,
     /// The listener's own address: never a destination (that would loop).
     pub local: SocketAddr,
+    /// `peer`'s address as a header value (`x-forwarded-for`), made on first use.
+    pub peer_value: OnceLock<HeaderValue>,
+}
+
+impl Conn {
+    pub fn new(side: Side, peer: SocketAddr, original: Option<SocketAddr>, local: SocketAddr) -> Conn {
+        Conn { side, peer, original, local, peer_value: OnceLock::new() }
+    }
+
+    pub fn peer_value(&self) -> &HeaderValue {
+        self.peer_value.get_or_init(|| crate::headers::address_value(self.peer.ip()))
+    }
 }
 
 /// What the connection is known to speak.
