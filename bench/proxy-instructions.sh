@@ -1,0 +1,122 @@
+#!/usr/bin/env bash
+# User-space instructions per proxied request, counted by valgrind's callgrind: unlike req/s
+# and CPU seconds, the count hardly moves with what else the machine is doing, so a change of
+# a few percent in the proxy's own work shows up. The kernel's share (loopback TCP, about two
+# thirds of the CPU time per request) is not counted; it is much the same for every proxy.
+#
+#   bench/proxy-instructions.sh            # Trellis outbound and inbound, and nginx when installed
+#
+# Each proxy runs under callgrind twice, for SMALL and LARGE keep-alive HTTP/1.1 requests over
+# 10 connections; per request = (instructions(LARGE) - instructions(SMALL)) / (LARGE - SMALL),
+# which removes start-up and shutdown. The upstream is proxy/examples/bench-upstream.rs.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+SMALL="${SMALL:-500}"
+LARGE="${LARGE:-2500}"
+command -v valgrind > /dev/null || { echo "needs valgrind (apt-get install valgrind)" >&2; exit 1; }
+OHA="${OHA:-$(command -v oha || true)}"
+if [ -z "$OHA" ] && [ -x "${HOME}/.local/oha/bin/oha" ]; then OHA="${HOME}/.local/oha/bin/oha"; fi
+if [ -z "$OHA" ]; then
+  echo "installing oha (the load generator) with cargo..." >&2
+  cargo install --locked --quiet oha --root "${HOME}/.local/oha"
+  OHA="${HOME}/.local/oha/bin/oha"
+fi
+
+cargo build --release --quiet -p trellis-proxy --bin trellis-proxy --example bench-upstream
+TARGET="${CARGO_TARGET_DIR:-target}/release"
+PROXY="$(realpath "$TARGET/trellis-proxy")"
+UPSTREAM="$(realpath "$TARGET/examples/bench-upstream")"
+
+work=$(mktemp -d)
+pids=()
+cleanup() {
+  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
+  for p in "${pids[@]}"; do wait "$p" 2>/dev/null || true; done
+  rm -rf "$work"
+}
+trap cleanup EXIT
+
+UP=18080
+wait_port() {
+  for _ in $(seq 300); do (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0; sleep 0.1; done
+  echo "nothing listens on $1" >&2; exit 1
+}
+"$UPSTREAM" "127.0.0.1:$UP" > /dev/null &
+pids+=($!)
+wait_port $UP
+
+cat > "$work/trellis.yaml" <<YAML
+services:
+  - { name: bench, ports: [{ port: $UP, protocol: HTTP }] }
+virtualHosts:
+  - name: bench:$UP
+    routes: [{ name: all, forward: { clusters: [{ cluster: bench }] } }]
+clusters: [{ name: bench, service: bench }]
+endpoints:
+  - service: bench
+    endpoints: [{ address: 127.0.0.1, port: $UP }]
+YAML
+mkdir -p "$work/nginx"
+cat > "$work/nginx/nginx.conf" <<CONF
+worker_processes 1;
+master_process off;
+daemon off;
+pid $work/nginx/nginx.pid;
+error_log $work/nginx/error.log warn;
+events { worker_connections 1024; }
+http {
+  access_log off;
+  client_body_temp_path $work/nginx; proxy_temp_path $work/nginx; fastcgi_temp_path $work/nginx;
+  uwsgi_temp_path $work/nginx; scgi_temp_path $work/nginx;
+  upstream up { server 127.0.0.1:$UP; keepalive 256; }
+  server {
+    listen 127.0.0.1:18401;
+    location / { proxy_pass http://up; proxy_http_version 1.1; proxy_set_header Connection ""; }
+  }
+}
+CONF
+
+# instructions NAME PORT REQUESTS -- command...: total instructions of one run serving REQUESTS.
+instructions() {
+  local name=$1 port=$2 requests=$3; shift 4
+  local out="$work/$name-$requests.callgrind"
+  valgrind --tool=callgrind --callgrind-out-file="$out" "$@" > /dev/null 2> "$work/$name.valgrind" &
+  local pid=$!
+  pids+=($pid)
+  wait_port "$port"
+  local answered
+  answered=$("$OHA" --no-tui --output-format json -n "$requests" -c 10 -H "host: bench:$UP" \
+    "http://127.0.0.1:$port/" | python3 -c 'import json,sys; print(json.load(sys.stdin)["statusCodeDistribution"].get("200", 0))')
+  [ "$answered" = "$requests" ] || { echo "$name: $answered of $requests answered" >&2; exit 1; }
+  # nginx leaves on QUIT (graceful), Trellis on TERM (drain); both then write the profile.
+  if [ "$name" = nginx ]; then kill -QUIT "$pid"; else kill -TERM "$pid"; fi
+  wait "$pid" || true
+  awk '/^(summary|totals):/ {print $2; exit}' "$out"
+}
+
+per_request() {
+  local name=$1 port=$2; shift 2
+  local small large
+  small=$(instructions "$name" "$port" "$SMALL" -- "$@")
+  large=$(instructions "$name" "$port" "$LARGE" -- "$@")
+  echo "$name $(( (large - small) / (LARGE - SMALL) ))" >> "$work/results"
+}
+
+trellis=("$PROXY" --config "$work/trellis.yaml" --concurrency 1 --outbound-port 18100 --inbound-port 18101
+  --admin-port 18102 --readiness-port 18103 --stats-port 18104 --explicit-inbound)
+per_request trellis-outbound 18100 "${trellis[@]}"
+per_request trellis-inbound 18101 "${trellis[@]}"
+if command -v nginx > /dev/null; then
+  per_request nginx 18401 nginx -c "$work/nginx/nginx.conf" -p "$work/nginx"
+fi
+
+echo "User-space instructions per request (callgrind; HTTP/1.1 keep-alive, 10 connections, $SMALL vs $LARGE requests)."
+echo
+echo "| proxy | instructions per request | vs nginx |"
+echo "|---|---:|---:|"
+base=$(awk '$1 == "nginx" {print $2}' "$work/results")
+while read -r name count; do
+  ratio="–"; [ -n "$base" ] && ratio=$(awk -v a="$count" -v b="$base" 'BEGIN {printf "%.2f", a / b}')
+  echo "| $name | $count | $ratio |"
+done < "$work/results"
