@@ -15,36 +15,9 @@ cd "$(dirname "$0")/.."
 SMALL="${SMALL:-500}"
 LARGE="${LARGE:-2500}"
 command -v valgrind > /dev/null || { echo "needs valgrind (apt-get install valgrind)" >&2; exit 1; }
-OHA="${OHA:-$(command -v oha || true)}"
-if [ -z "$OHA" ] && [ -x "${HOME}/.local/oha/bin/oha" ]; then OHA="${HOME}/.local/oha/bin/oha"; fi
-if [ -z "$OHA" ]; then
-  echo "installing oha (the load generator) with cargo..." >&2
-  cargo install --locked --quiet oha --root "${HOME}/.local/oha"
-  OHA="${HOME}/.local/oha/bin/oha"
-fi
-
-cargo build --release --quiet -p trellis-proxy --bin trellis-proxy --example bench-upstream
-TARGET="${CARGO_TARGET_DIR:-target}/release"
-PROXY="$(realpath "$TARGET/trellis-proxy")"
-UPSTREAM="$(realpath "$TARGET/examples/bench-upstream")"
-
-work=$(mktemp -d)
-pids=()
-cleanup() {
-  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
-  for p in "${pids[@]}"; do wait "$p" 2>/dev/null || true; done
-  rm -rf "$work"
-}
-trap cleanup EXIT
-
-UP=18080
-wait_port() {
-  for _ in $(seq 300); do (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0; sleep 0.1; done
-  echo "nothing listens on $1" >&2; exit 1
-}
-"$UPSTREAM" "127.0.0.1:$UP" > /dev/null &
-pids+=($!)
-wait_port $UP
+# shellcheck source=bench/proxy-common.sh
+source bench/proxy-common.sh
+start_upstream
 
 cat > "$work/trellis.yaml" <<YAML
 services:

@@ -1,0 +1,39 @@
+# Shared by bench/proxy.sh and bench/proxy-instructions.sh (sourced, not run): the load
+# generator, the release binaries, a work folder cleaned up with every process started, and the
+# upstream on 127.0.0.1:$UP.
+
+OHA="${OHA:-$(command -v oha || true)}"
+if [ -z "$OHA" ] && [ -x "${HOME}/.local/oha/bin/oha" ]; then OHA="${HOME}/.local/oha/bin/oha"; fi
+if [ -z "$OHA" ]; then
+  echo "installing oha (the load generator) with cargo..." >&2
+  cargo install --locked --quiet oha --root "${HOME}/.local/oha"
+  OHA="${HOME}/.local/oha/bin/oha"
+fi
+
+cargo build --release --quiet -p trellis-proxy --bin trellis-proxy --example bench-upstream
+TARGET="${CARGO_TARGET_DIR:-target}/release"
+PROXY="$(realpath "$TARGET/trellis-proxy")"
+UPSTREAM="$(realpath "$TARGET/examples/bench-upstream")"
+
+work=$(mktemp -d)
+pids=()
+cleanup() {
+  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
+  for p in "${pids[@]}"; do wait "$p" 2>/dev/null || true; done
+  rm -rf "$work"
+}
+trap cleanup EXIT
+
+UP=18080
+# Waits (up to 30 s: a proxy under valgrind starts slowly) until something listens on port $1.
+wait_port() {
+  for _ in $(seq 300); do (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0; sleep 0.1; done
+  echo "nothing listens on $1" >&2; exit 1
+}
+
+# start_upstream [taskset args...]
+start_upstream() {
+  "$@" "$UPSTREAM" "127.0.0.1:$UP" > /dev/null &
+  pids+=($!)
+  wait_port $UP
+}
