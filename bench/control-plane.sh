@@ -28,7 +28,8 @@
 #   bytes           encoded responses sent (trellisd_xds_sent_bytes_total): for the change,
 #                   and per proxy for the first sync
 # The load generator shares the machine's cores with trellisd; its CPU time for the change is
-# shown too.
+# shown too. TRELLISD_ENV="NAME=value ..." sets variables for trellisd only (allocator tuning,
+# say); TRELLISD_LOG its log level; KEEP_WORK keeps the work directory.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -161,7 +162,8 @@ wait_line() {
 }
 
 start_trellisd() {
-  "$TRELLISD" --config-dir "$config" --xds-address 127.0.0.1:0 --monitoring-address 127.0.0.1:0 \
+  # shellcheck disable=SC2086 # TRELLISD_ENV: NAME=value words for trellisd's environment only
+  env ${TRELLISD_ENV:-} "$TRELLISD" --config-dir "$config" --xds-address 127.0.0.1:0 --monitoring-address 127.0.0.1:0 \
     --log-level "${TRELLISD_LOG:-warn}" > "$work/trellisd.out" 2> "$work/trellisd.err" &
   TPID=$!
   pids+=("$TPID")
