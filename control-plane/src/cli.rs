@@ -13,12 +13,12 @@ use clap::Parser;
 use tokio::sync::watch;
 use tracing_subscriber::EnvFilter;
 use trellis_api::mesh::MeshConfig;
-use trellis_xds::discovery::aggregated_discovery_service_server::AggregatedDiscoveryServiceServer;
 
 use crate::model::{Model, ModelHandle};
 use crate::sources::{files, kube as kube_source};
 use crate::status::RejectedConfig;
 use crate::xds::generation::{self, Generation};
+use crate::xds::grpc::AdsService;
 use crate::xds::metrics::XdsMetrics;
 use crate::xds::server::{Registry, XdsServer};
 
@@ -52,6 +52,7 @@ where
     T: Into<OsString> + Clone,
 {
     let args = Args::parse_from(args);
+    crate::memory::tune_allocator();
     let filter = match EnvFilter::try_new(&args.log_level) {
         Ok(filter) => filter,
         Err(e) => {
@@ -140,8 +141,7 @@ async fn serve(args: Args, mesh: MeshConfig) -> Result<(), String> {
     let xds_local = xds.local_addr().map_err(|e| e.to_string())?;
     // One line a supervisor (or a test) can read: where each listener ended up.
     println!("trellisd listening: xds {xds_local} monitoring {monitoring_local}");
-    let service = AggregatedDiscoveryServiceServer::new(XdsServer::new(generations, proxies, metrics))
-        .max_decoding_message_size(4 << 20);
+    let service = AdsService::new(XdsServer::new(generations, proxies, metrics), 4 << 20);
     let server = tonic::transport::Server::builder()
         .http2_keepalive_interval(Some(std::time::Duration::from_secs(30)))
         // Every ACK is a small DATA frame. HTTP/2 allows a connection's unread small frames a

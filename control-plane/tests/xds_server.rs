@@ -1,34 +1,95 @@
-//! The ADS service's answer to a stream that does not introduce itself properly: an error
-//! status naming the field, never a hang or a panic.
+//! The ADS service as trellisd serves it (`AdsService`, real HTTP/2 and tonic's client): a
+//! proxy gets its responses, decoded as sent, and the stream ends with an OK status when the
+//! proxy closes it; a stream that does not introduce itself properly gets an error status
+//! naming the field, never a hang or a panic.
 
 use std::sync::Arc;
 use std::time::Duration;
 
+use tokio::sync::mpsc;
 use tokio::sync::watch;
+use tokio_stream::wrappers::ReceiverStream;
 use tokio_stream::wrappers::TcpListenerStream;
 use trellis_control_plane::model::Model;
 use trellis_control_plane::xds::generation::Generation;
+use trellis_control_plane::xds::grpc::AdsService;
 use trellis_control_plane::xds::metrics::XdsMetrics;
 use trellis_control_plane::xds::server::{Registry, XdsServer};
-use trellis_xds::discovery::DeltaDiscoveryRequest;
 use trellis_xds::discovery::aggregated_discovery_service_client::AggregatedDiscoveryServiceClient;
-use trellis_xds::discovery::aggregated_discovery_service_server::AggregatedDiscoveryServiceServer;
+use trellis_xds::discovery::{DeltaDiscoveryRequest, DeltaDiscoveryResponse};
 use trellis_xds::envoy::config::core::v3::Node;
-use trellis_xds::types::ResourceType;
+use trellis_xds::types::{ProxyNode, ResourceType};
 
-async fn first_request_fails_with(first: DeltaDiscoveryRequest) -> tonic::Status {
+/// A client of a fresh server, and the server's generations (streams end when it is dropped).
+async fn serve()
+-> (AggregatedDiscoveryServiceClient<tonic::transport::Channel>, watch::Sender<Arc<Generation>>) {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
-    let (_publish, generations) = watch::channel(Arc::new(Generation::first(Arc::new(Model::default()))));
+    let (publish, generations) = watch::channel(Arc::new(Generation::first(Arc::new(Model::default()))));
     let mut registry = prometheus_client::registry::Registry::default();
     let server =
         XdsServer::new(generations, Arc::new(Registry::default()), Arc::new(XdsMetrics::new(&mut registry)));
     tokio::spawn(
         tonic::transport::Server::builder()
-            .add_service(AggregatedDiscoveryServiceServer::new(server))
+            .add_service(AdsService::new(server, 4 << 20))
             .serve_with_incoming(TcpListenerStream::new(listener)),
     );
-    let mut client = AggregatedDiscoveryServiceClient::connect(format!("http://{addr}")).await.unwrap();
+    (AggregatedDiscoveryServiceClient::connect(format!("http://{addr}")).await.unwrap(), publish)
+}
+
+async fn next(responses: &mut tonic::Streaming<DeltaDiscoveryResponse>) -> Option<DeltaDiscoveryResponse> {
+    tokio::time::timeout(Duration::from_secs(10), responses.message())
+        .await
+        .expect("a response in time")
+        .expect("no error status")
+}
+
+#[tokio::test]
+async fn a_proxy_gets_its_responses_and_its_stream_ends_cleanly() {
+    let (mut client, _generations) = serve().await;
+    let (requests, rx) = mpsc::channel(4);
+    let node = ProxyNode {
+        id: "sidecar~10.0.0.1~a.shop~shop.svc.cluster.local".into(),
+        namespace: "shop".into(),
+        ..Default::default()
+    };
+    requests
+        .send(DeltaDiscoveryRequest {
+            node: Some(node.to_node()),
+            type_url: ResourceType::Settings.type_url().into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let mut responses =
+        client.delta_aggregated_resources(ReceiverStream::new(rx)).await.unwrap().into_inner();
+    let settings = next(&mut responses).await.expect("the settings");
+    assert_eq!(settings.type_url, ResourceType::Settings.type_url());
+    assert!(!settings.nonce.is_empty());
+
+    // An ACK, and the service table opened: its (empty, complete) set comes next.
+    for request in [
+        DeltaDiscoveryRequest {
+            type_url: ResourceType::Settings.type_url().into(),
+            response_nonce: settings.nonce.clone(),
+            ..Default::default()
+        },
+        DeltaDiscoveryRequest { type_url: ResourceType::Service.type_url().into(), ..Default::default() },
+    ] {
+        requests.send(request).await.unwrap();
+    }
+    let services = next(&mut responses).await.expect("the service table");
+    assert_eq!(services.type_url, ResourceType::Service.type_url());
+    assert!(services.resources.is_empty());
+    assert_ne!(services.nonce, settings.nonce);
+
+    // The proxy closes its side: the server ends the stream with an OK status.
+    drop(requests);
+    assert_eq!(next(&mut responses).await, None);
+}
+
+async fn first_request_fails_with(first: DeltaDiscoveryRequest) -> tonic::Status {
+    let (mut client, _generations) = serve().await;
     let call = client.delta_aggregated_resources(tokio_stream::iter(vec![first]));
     match tokio::time::timeout(Duration::from_secs(10), call).await.expect("an answer in time") {
         Ok(_) => panic!("the stream was accepted"),

@@ -2,6 +2,7 @@
 //! gRPC service.
 
 pub mod generation;
+pub mod grpc;
 pub mod metrics;
 pub mod resources;
 pub mod server;
