@@ -37,3 +37,19 @@ start_upstream() {
   pids+=($!)
   wait_port $UP
 }
+
+# bench_config FILE ENDPOINT_PORT: a Trellis config in which `bench:$UP` goes to
+# 127.0.0.1:ENDPOINT_PORT (the upstream, or a server-side proxy's inbound port).
+bench_config() {
+  cat > "$1" <<YAML
+services:
+  - { name: bench, ports: [{ port: $UP, protocol: HTTP }] }
+virtualHosts:
+  - name: bench:$UP
+    routes: [{ name: all, forward: { clusters: [{ cluster: bench }] } }]
+clusters: [{ name: bench, service: bench }]
+endpoints:
+  - service: bench
+    endpoints: [{ address: 127.0.0.1, port: $2 }]
+YAML
+}

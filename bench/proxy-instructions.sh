@@ -19,17 +19,7 @@ command -v valgrind > /dev/null || { echo "needs valgrind (apt-get install valgr
 source bench/proxy-common.sh
 start_upstream
 
-cat > "$work/trellis.yaml" <<YAML
-services:
-  - { name: bench, ports: [{ port: $UP, protocol: HTTP }] }
-virtualHosts:
-  - name: bench:$UP
-    routes: [{ name: all, forward: { clusters: [{ cluster: bench }] } }]
-clusters: [{ name: bench, service: bench }]
-endpoints:
-  - service: bench
-    endpoints: [{ address: 127.0.0.1, port: $UP }]
-YAML
+bench_config "$work/trellis.yaml" $UP
 mkdir -p "$work/nginx"
 cat > "$work/nginx/nginx.conf" <<CONF
 worker_processes 1;

@@ -33,17 +33,7 @@ start_upstream taskset -c 1
 # proxy's inbound port); its inbound port delivers to 127.0.0.1:<authority port>.
 trellis() {
   local name=$1 endpoint_port=$2 base=$3
-  cat > "$work/$name.yaml" <<YAML
-services:
-  - { name: bench, ports: [{ port: $UP, protocol: HTTP }] }
-virtualHosts:
-  - name: bench:$UP
-    routes: [{ name: all, forward: { clusters: [{ cluster: bench }] } }]
-clusters: [{ name: bench, service: bench }]
-endpoints:
-  - service: bench
-    endpoints: [{ address: 127.0.0.1, port: $endpoint_port }]
-YAML
+  bench_config "$work/$name.yaml" "$endpoint_port"
   RUST_LOG=warn taskset -c 0 "$PROXY" --config "$work/$name.yaml" --concurrency 1 \
     --outbound-port "$base" --inbound-port $((base + 1)) --admin-port $((base + 2)) \
     --readiness-port $((base + 3)) --stats-port $((base + 4)) --explicit-inbound > /dev/null 2>&1 &
