@@ -129,7 +129,7 @@ async fn relay(
             if proxy.is_own(original, conn.local.ip()) {
                 return;
             }
-            let (addr, source) = crate::forward::inbound_delivery(original);
+            let (addr, source) = crate::forward::inbound_delivery(original, conn);
             (Key { addr, protocol: Protocol::Http1, source }, format!("inbound|{}", original.port()))
         }
         (Side::Outbound, Some(original)) => match service_port.and_then(|sp| sp.tcp_cluster.clone()) {

@@ -53,9 +53,6 @@ pub async fn handle(request: Request<Incoming>, conn: &Conn, proxy: &Proxy) -> R
         _ if too_large => {
             Outcome::new(text(StatusCode::PAYLOAD_TOO_LARGE, "request body too large\n"), "unknown", "-")
         }
-        // Boxed per request: hyper keeps a connection's request future for the connection's
-        // life, so unboxed the routing path's state (about 5 KiB) would stay with every idle
-        // keep-alive connection.
         Side::Outbound => outbound(request, conn, proxy).await,
         Side::Inbound => inbound(request, conn, proxy).await,
     };
@@ -688,26 +685,24 @@ async fn inbound(mut request: Request<Incoming>, conn: &Conn, proxy: &Proxy) -> 
     headers::strip_hop_by_hop(request.headers_mut(), upgrade);
     headers::ensure_request_id(request.headers_mut());
     headers::add_forwarded(request.headers_mut(), conn.peer_value());
-    let (addr, source) = match conn.local.ip() {
-        // Explicit mode on a loopback address of the pod's own (pods sharing one host, as in
-        // `trellis demo` without root): the app listens on that address, not on 127.0.0.1.
-        IpAddr::V4(local) if conn.original.is_none() && local.is_loopback() => {
-            (SocketAddr::new(IpAddr::V4(local), target.port()), Some(INBOUND_SOURCE))
-        }
-        _ => inbound_delivery(target),
-    };
+    let (addr, source) = inbound_delivery(target, conn);
     send_direct(request, Key { addr, protocol: Protocol::Http1, source }, proxy, service).await
 }
 
 /// Where inbound traffic goes: the app on localhost at the original port (as the design and
 /// Istio before 1.10 do), from 127.0.0.6 so that the redirect lets it through. IPv6 goes to
-/// `::1` without a chosen source: `::6` is not an address a pod has.
-pub fn inbound_delivery(original: SocketAddr) -> (SocketAddr, Option<IpAddr>) {
-    match original {
-        SocketAddr::V4(_) => {
+/// `::1` without a chosen source: `::6` is not an address a pod has. In explicit mode on a
+/// loopback address of the pod's own (pods sharing one host, as in `trellis demo` without
+/// root), the app listens on that address instead of 127.0.0.1.
+pub fn inbound_delivery(original: SocketAddr, conn: &Conn) -> (SocketAddr, Option<IpAddr>) {
+    match (original, conn.local.ip()) {
+        (SocketAddr::V4(_), IpAddr::V4(local)) if conn.original.is_none() && local.is_loopback() => {
+            (SocketAddr::new(IpAddr::V4(local), original.port()), Some(INBOUND_SOURCE))
+        }
+        (SocketAddr::V4(_), _) => {
             (SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), original.port()), Some(INBOUND_SOURCE))
         }
-        SocketAddr::V6(_) => (SocketAddr::new(IpAddr::V6(Ipv6Addr::LOCALHOST), original.port()), None),
+        (SocketAddr::V6(_), _) => (SocketAddr::new(IpAddr::V6(Ipv6Addr::LOCALHOST), original.port()), None),
     }
 }
 

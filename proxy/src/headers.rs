@@ -131,6 +131,15 @@ mod tests {
     }
 
     #[test]
+    fn a_lone_hop_by_hop_header_goes_too() {
+        for name in ["te", "upgrade", "keep-alive", "proxy-connection", "trailer"] {
+            let mut h = map(&[(name, "x"), ("x-kept", "yes")]);
+            strip_hop_by_hop(&mut h, false);
+            assert_eq!(h.keys().map(|k| k.as_str()).collect::<Vec<_>>(), ["x-kept"], "{name}");
+        }
+    }
+
+    #[test]
     fn te_trailers_and_upgrades_survive() {
         let mut h = map(&[("te", "trailers"), ("connection", "Upgrade"), ("upgrade", "websocket")]);
         assert!(is_upgrade(&h));

@@ -26,7 +26,7 @@ pub struct Conn {
     /// The listener's own address: never a destination (that would loop).
     pub local: SocketAddr,
     /// `peer`'s address as a header value (`x-forwarded-for`), made on first use.
-    pub peer_value: OnceLock<HeaderValue>,
+    peer_value: OnceLock<HeaderValue>,
 }
 
 impl Conn {
