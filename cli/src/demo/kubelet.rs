@@ -6,6 +6,7 @@
 use std::collections::BTreeMap;
 
 use k8s_openapi::api::core::v1::{Container, EnvVar, Pod};
+use trellis_api::annotations::Quantity;
 
 /// What the kubelet knows about a running pod.
 pub struct PodFacts<'a> {
@@ -98,41 +99,17 @@ fn resource_value(resource: &str, container: &Container) -> Result<String, Strin
     }
 }
 
-fn cpu_cores(quantity: &str) -> Result<u64, String> {
-    let millis = match quantity.strip_suffix('m') {
-        Some(m) => m.parse::<f64>().ok(),
-        None => quantity.parse::<f64>().ok().map(|c| c * 1000.0),
-    }
-    .filter(|m| m.is_finite() && *m >= 0.0)
-    .ok_or_else(|| format!("CPU quantity {quantity:?} is not valid"))?;
-    Ok(((millis / 1000.0).ceil() as u64).max(1))
+/// Whole cores, rounded up and at least one, as the downward API reports a CPU limit.
+fn cpu_cores(quantity: &str) -> Result<u128, String> {
+    let millis = Quantity::parse(quantity)?.to_millis();
+    let millis = millis.ok_or_else(|| format!("CPU quantity {quantity:?} is negative or too large"))?;
+    Ok(millis.div_ceil(1000).max(1))
 }
 
-fn bytes(quantity: &str) -> Result<u64, String> {
-    const UNITS: [(&str, f64); 12] = [
-        ("Ki", 1024.0),
-        ("Mi", 1048576.0),
-        ("Gi", 1073741824.0),
-        ("Ti", 1099511627776.0),
-        ("Pi", 1125899906842624.0),
-        ("Ei", 1152921504606846976.0),
-        ("k", 1e3),
-        ("M", 1e6),
-        ("G", 1e9),
-        ("T", 1e12),
-        ("P", 1e15),
-        ("E", 1e18),
-    ];
-    let (number, scale) = UNITS
-        .iter()
-        .find_map(|(unit, scale)| quantity.strip_suffix(unit).map(|n| (n, *scale)))
-        .unwrap_or((quantity, 1.0));
-    number
-        .parse::<f64>()
-        .ok()
-        .filter(|n| n.is_finite() && *n >= 0.0)
-        .map(|n| (n * scale).ceil() as u64)
-        .ok_or_else(|| format!("memory quantity {quantity:?} is not valid"))
+fn bytes(quantity: &str) -> Result<u128, String> {
+    Quantity::parse(quantity)?
+        .to_units()
+        .ok_or_else(|| format!("memory quantity {quantity:?} is negative or too large"))
 }
 
 /// The downward API's `labels` file: `key="value"` per line, sorted, values quoted as Go does.
@@ -227,6 +204,9 @@ mod tests {
         assert_eq!(bytes("1M"), Ok(1_000_000));
         assert_eq!(bytes("300"), Ok(300));
         assert!(bytes("-1Gi").is_err());
+        assert_eq!(cpu_cores("1500m"), Ok(2));
+        assert_eq!(cpu_cores("2e0"), Ok(2));
+        assert_eq!(bytes("1.5Ki"), Ok(1536));
     }
 
     #[test]
