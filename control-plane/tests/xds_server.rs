@@ -20,9 +20,17 @@ use trellis_xds::discovery::{DeltaDiscoveryRequest, DeltaDiscoveryResponse};
 use trellis_xds::envoy::config::core::v3::Node;
 use trellis_xds::types::{ProxyNode, ResourceType};
 
+type Client = AggregatedDiscoveryServiceClient<tonic::transport::Channel>;
+
 /// A client of a fresh server, and the server's generations (streams end when it is dropped).
-async fn serve()
--> (AggregatedDiscoveryServiceClient<tonic::transport::Channel>, watch::Sender<Arc<Generation>>) {
+async fn serve() -> (Client, watch::Sender<Arc<Generation>>) {
+    let (client, generations, _metrics) = serve_with_metrics().await;
+    (client, generations)
+}
+
+/// Also the server's metrics registry.
+async fn serve_with_metrics()
+-> (Client, watch::Sender<Arc<Generation>>, prometheus_client::registry::Registry) {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let (publish, generations) = watch::channel(Arc::new(Generation::first(Arc::new(Model::default()))));
@@ -34,7 +42,25 @@ async fn serve()
             .add_service(AdsService::new(server, 4 << 20))
             .serve_with_incoming(TcpListenerStream::new(listener)),
     );
-    (AggregatedDiscoveryServiceClient::connect(format!("http://{addr}")).await.unwrap(), publish)
+    (AggregatedDiscoveryServiceClient::connect(format!("http://{addr}")).await.unwrap(), publish, registry)
+}
+
+fn push_latency_samples(registry: &prometheus_client::registry::Registry) -> u64 {
+    let mut text = String::new();
+    prometheus_client::encoding::text::encode(&mut text, registry).unwrap();
+    text.lines()
+        .find_map(|l| l.strip_prefix("trellisd_xds_push_latency_seconds_count "))
+        .and_then(|n| n.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no push latency count in:\n{text}"))
+}
+
+fn proxy_node() -> Node {
+    ProxyNode {
+        id: "sidecar~10.0.0.1~a.shop~shop.svc.cluster.local".into(),
+        namespace: "shop".into(),
+        ..Default::default()
+    }
+    .to_node()
 }
 
 async fn next(responses: &mut tonic::Streaming<DeltaDiscoveryResponse>) -> Option<DeltaDiscoveryResponse> {
@@ -48,14 +74,9 @@ async fn next(responses: &mut tonic::Streaming<DeltaDiscoveryResponse>) -> Optio
 async fn a_proxy_gets_its_responses_and_its_stream_ends_cleanly() {
     let (mut client, _generations) = serve().await;
     let (requests, rx) = mpsc::channel(4);
-    let node = ProxyNode {
-        id: "sidecar~10.0.0.1~a.shop~shop.svc.cluster.local".into(),
-        namespace: "shop".into(),
-        ..Default::default()
-    };
     requests
         .send(DeltaDiscoveryRequest {
-            node: Some(node.to_node()),
+            node: Some(proxy_node()),
             type_url: ResourceType::Settings.type_url().into(),
             ..Default::default()
         })
@@ -112,4 +133,41 @@ async fn a_stream_without_a_usable_node_is_refused_naming_the_field() {
     let status = first_request_fails_with(no_namespace).await;
     assert_eq!(status.code(), tonic::Code::InvalidArgument);
     assert_eq!(status.message(), "node.metadata.NAMESPACE: required");
+}
+
+/// Push latency is the time from a change to its last response: one sample per change, not one
+/// per later push of the same generation (a proxy opening another type).
+#[tokio::test]
+async fn a_change_is_timed_once_whatever_the_proxy_asks_for_later() {
+    let (mut client, generations, registry) = serve_with_metrics().await;
+    let (requests, rx) = mpsc::channel(4);
+    let first = DeltaDiscoveryRequest {
+        node: Some(proxy_node()),
+        type_url: ResourceType::Settings.type_url().into(),
+        ..Default::default()
+    };
+    requests.send(first).await.unwrap();
+    let mut responses =
+        client.delta_aggregated_resources(ReceiverStream::new(rx)).await.unwrap().into_inner();
+    next(&mut responses).await.expect("the settings");
+    let current = generations.borrow().clone();
+    generations.send_replace(Arc::new(current.next(current.model.clone(), tokio::time::Instant::now())));
+    // Each of these gets a response in the new generation (the names do not exist: the answer
+    // says so). A sample is taken once a push is handed over, before the next request is read:
+    // after the last response, the first two pushes have been counted.
+    for (kind, name) in [
+        (ResourceType::Service, None),
+        (ResourceType::Cluster, Some("a")),
+        (ResourceType::VirtualHost, Some("b:80")),
+    ] {
+        let open = DeltaDiscoveryRequest {
+            type_url: kind.type_url().into(),
+            resource_names_subscribe: name.map(str::to_owned).into_iter().collect(),
+            ..Default::default()
+        };
+        requests.send(open).await.unwrap();
+        let response = next(&mut responses).await.expect("the opened type");
+        assert_eq!(response.type_url, kind.type_url());
+    }
+    assert_eq!(push_latency_samples(&registry), 1);
 }

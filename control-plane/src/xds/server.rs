@@ -147,8 +147,9 @@ impl Stream {
         // while the proxy's ACKs keep being read, so neither side queues a burst.
         let mut pending: VecDeque<Outgoing> = VecDeque::new();
         // The generation whose push latency is still to be observed, once its last response is
-        // handed over. The first push only counts once a change follows the connect.
-        let mut connected_generation = Some(generations.borrow().number);
+        // handed over; each generation is observed once, and the one current at connect never
+        // (on-demand pushes later in the same generation are not a change reaching the proxy).
+        let mut observed = generations.borrow().number;
         let mut unobserved: Option<Arc<Generation>> = None;
         let mut push = self.handle(&mut session, &first);
         // Waiting for a turn to push keeps its place in the queue across loop turns, and the
@@ -163,7 +164,6 @@ impl Stream {
             if pending.is_empty()
                 && let Some(generation) = unobserved.take()
             {
-                connected_generation = None;
                 self.server.metrics.push_latency.observe(generation.changed_at.elapsed().as_secs_f64());
             }
             tokio::select! {
@@ -173,7 +173,8 @@ impl Stream {
                     push = false;
                     let generation = generations.borrow_and_update().clone();
                     let parts = self.plan(&mut session, &identity, &generation);
-                    if !parts.is_empty() && connected_generation != Some(generation.number) {
+                    if !parts.is_empty() && generation.number != observed {
+                        observed = generation.number;
                         unobserved = Some(generation);
                     }
                     pending.extend(parts);
