@@ -74,22 +74,12 @@ pub const MMAP_THRESHOLD: usize = 8 * 1024;
 /// The allocator settings trellisd runs with; call once at start-up.
 /// An operator's own `MALLOC_MMAP_THRESHOLD_` wins.
 pub fn tune_allocator() {
-    if let Some(threshold) = mmap_threshold(std::env::var_os("MALLOC_MMAP_THRESHOLD_").as_deref()) {
+    if std::env::var_os("MALLOC_MMAP_THRESHOLD_").is_none() {
         #[cfg(all(target_os = "linux", target_env = "gnu"))]
         // SAFETY: mallopt only changes glibc's allocation policy, under glibc's own lock.
         unsafe {
-            libc::mallopt(libc::M_MMAP_THRESHOLD, threshold as libc::c_int);
+            libc::mallopt(libc::M_MMAP_THRESHOLD, MMAP_THRESHOLD as libc::c_int);
         }
-        #[cfg(not(all(target_os = "linux", target_env = "gnu")))]
-        let _ = threshold;
-    }
-}
-
-/// The threshold to set, unless the environment already sets one.
-fn mmap_threshold(from_env: Option<&std::ffi::OsStr>) -> Option<usize> {
-    match from_env {
-        Some(_) => None,
-        None => Some(MMAP_THRESHOLD),
     }
 }
 
@@ -108,12 +98,6 @@ fn release() {
 mod tests {
     use super::*;
     use std::sync::atomic::AtomicUsize;
-
-    #[test]
-    fn the_mmap_threshold_is_set_unless_the_environment_sets_one() {
-        assert_eq!(mmap_threshold(None), Some(MMAP_THRESHOLD));
-        assert_eq!(mmap_threshold(Some(std::ffi::OsStr::new("131072"))), None);
-    }
 
     #[tokio::test(start_paused = true)]
     async fn released_once_per_burst_after_quiet() {

@@ -22,6 +22,9 @@ use trellis_xds::types::{ProxyNode, ResourceType};
 
 type Client = AggregatedDiscoveryServiceClient<tonic::transport::Channel>;
 
+/// Below tonic's own default (4 MiB), so that the limit given is the one that holds.
+const MAX_MESSAGE: usize = 1 << 20;
+
 /// A client of a fresh server, and the server's generations (streams end when it is dropped).
 async fn serve() -> (Client, watch::Sender<Arc<Generation>>) {
     let (client, generations, _metrics) = serve_with_metrics().await;
@@ -31,6 +34,12 @@ async fn serve() -> (Client, watch::Sender<Arc<Generation>>) {
 /// Also the server's metrics registry.
 async fn serve_with_metrics()
 -> (Client, watch::Sender<Arc<Generation>>, prometheus_client::registry::Registry) {
+    let (url, generations, registry) = start().await;
+    (AggregatedDiscoveryServiceClient::connect(url).await.unwrap(), generations, registry)
+}
+
+/// A fresh server: its URL, generations and metrics registry.
+async fn start() -> (String, watch::Sender<Arc<Generation>>, prometheus_client::registry::Registry) {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let (publish, generations) = watch::channel(Arc::new(Generation::first(Arc::new(Model::default()))));
@@ -39,10 +48,10 @@ async fn serve_with_metrics()
         XdsServer::new(generations, Arc::new(Registry::default()), Arc::new(XdsMetrics::new(&mut registry)));
     tokio::spawn(
         tonic::transport::Server::builder()
-            .add_service(AdsService::new(server, 4 << 20))
+            .add_service(AdsService::new(server, MAX_MESSAGE))
             .serve_with_incoming(TcpListenerStream::new(listener)),
     );
-    (AggregatedDiscoveryServiceClient::connect(format!("http://{addr}")).await.unwrap(), publish, registry)
+    (format!("http://{addr}"), publish, registry)
 }
 
 fn push_latency_samples(registry: &prometheus_client::registry::Registry) -> u64 {
@@ -170,4 +179,42 @@ async fn a_change_is_timed_once_whatever_the_proxy_asks_for_later() {
         assert_eq!(response.type_url, kind.type_url());
     }
     assert_eq!(push_latency_samples(&registry), 1);
+}
+
+/// Calls that are not a delta stream get UNIMPLEMENTED (the state-of-the-world stream too),
+/// and a first message above the limit OUT_OF_RANGE: an answer, never a hang.
+#[tokio::test]
+async fn other_methods_and_oversized_messages_are_refused() {
+    let (url, _generations, _registry) = start().await;
+    let channel = tonic::transport::Endpoint::from_shared(url).unwrap().connect().await.unwrap();
+    let mut grpc = tonic::client::Grpc::new(channel.clone());
+    grpc.ready().await.unwrap();
+    let codec = trellis_xds::codec::XdsCodec::<DeltaDiscoveryRequest, DeltaDiscoveryResponse>::default();
+    let path = http::uri::PathAndQuery::from_static(
+        "/envoy.service.discovery.v3.AggregatedDiscoveryService/StreamAggregatedResources",
+    );
+    let call = grpc.streaming(tonic::Request::new(tokio_stream::iter(Vec::new())), path, codec);
+    let status =
+        tokio::time::timeout(Duration::from_secs(10), call).await.expect("an answer in time").unwrap_err();
+    assert_eq!(status.code(), tonic::Code::Unimplemented);
+
+    let huge = DeltaDiscoveryRequest {
+        node: Some(proxy_node()),
+        type_url: ResourceType::Service.type_url().into(),
+        resource_names_subscribe: vec!["x".repeat(2 * MAX_MESSAGE)],
+        ..Default::default()
+    };
+    let mut client = AggregatedDiscoveryServiceClient::new(channel);
+    let call = client.delta_aggregated_resources(tokio_stream::iter(vec![huge]));
+    let status = match tokio::time::timeout(Duration::from_secs(10), call).await.expect("an answer in time") {
+        Ok(response) => {
+            let mut responses = response.into_inner();
+            tokio::time::timeout(Duration::from_secs(10), responses.message())
+                .await
+                .expect("an answer in time")
+                .expect_err("the oversized message was accepted")
+        }
+        Err(status) => status,
+    };
+    assert_eq!(status.code(), tonic::Code::OutOfRange, "{status:?}");
 }

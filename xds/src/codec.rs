@@ -3,8 +3,9 @@
 //! tonic keeps one encode and one decode buffer per stream for the stream's whole life, grown
 //! to the largest message it has carried. A control plane holds one stream per proxy, so the
 //! default 8 KiB start and 32 KiB batching would cost more than everything else a proxy's
-//! stream needs. Responses are kept small instead (see the control plane's response parts),
-//! and each message is handed to HTTP/2 on its own.
+//! stream needs. trellisd uses only the decoder (it encodes each response into a buffer of its
+//! own, `control-plane/src/xds/grpc.rs`); the encoder settings, each message handed to HTTP/2
+//! on its own, matter to the clients: the proxy and the load generator.
 
 use std::marker::PhantomData;
 

@@ -102,8 +102,8 @@ pub struct Handled {
 
 const WILDCARD: &str = "*";
 /// A response carries about this many bytes of resources at most (a single larger resource
-/// goes alone). The transport keeps a per-stream buffer as large as the largest response it
-/// ever sent, for as long as the stream lives, so the first address table goes out in parts.
+/// goes alone). The proxy's gRPC decoder keeps a buffer as large as the largest response it
+/// ever received, for as long as the stream lives, so the first address table goes out in parts.
 pub const MAX_RESPONSE_BYTES: usize = 8 * 1024;
 
 /// A response decided by [`Session::push`] and already counted as sent (its nonce is the
