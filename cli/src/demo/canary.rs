@@ -19,7 +19,7 @@ const DEADLINE: Duration = Duration::from_secs(15);
 fn progress(syncz: &Syncz) -> (u64, bool) {
     let newest =
         syncz.proxies.iter().flat_map(|p| p.types.values()).filter_map(|t| t.sent).max().unwrap_or(0);
-    let synced = !syncz.proxies.is_empty() && syncz.proxies.iter().all(|p| p.status == "SYNCED");
+    let synced = !syncz.proxies.is_empty() && syncz.proxies.iter().all(|p| p.state().is_synced());
     (newest, synced)
 }
 
