@@ -11,6 +11,7 @@ use bytes::Bytes;
 use http::{HeaderValue, Request, Response, StatusCode, Uri, Version, header};
 use http_body_util::{BodyExt, Empty, Full, Limited};
 use hyper::body::Incoming;
+use rand::RngExt;
 use trellis_xds::config as pb;
 use trellis_xds::types::ResourceType;
 
@@ -86,12 +87,14 @@ async fn outbound(mut request: Request<Incoming>, conn: &Conn, proxy: &Proxy) ->
     let snapshot = proxy.config.load_full();
     let (port, service_port) = {
         let authority = authority_ref(&request);
-        let port = conn
-            .original
-            .map(|o| o.port())
-            .or_else(|| authority.and_then(|a| split_authority(a, 80)).map(|(_, p)| p))
-            .unwrap_or(80);
-        (port, find_service_port(&snapshot, authority, conn.original, port))
+        conn.service_port(&snapshot, authority, || {
+            let port = conn
+                .original
+                .map(|o| o.port())
+                .or_else(|| authority.and_then(|a| split_authority(a, 80)).map(|(_, p)| p))
+                .unwrap_or(80);
+            (port, find_service_port(&snapshot, authority, conn.original, port))
+        })
     };
     let service_port = match service_port {
         Some(sp) if sp.virtual_host.is_none() && sp.missing_virtual_host.is_some() => {
@@ -161,7 +164,7 @@ async fn outbound(mut request: Request<Incoming>, conn: &Conn, proxy: &Proxy) ->
         }
         Action::Forward(targets) => {
             let total = Action::total_weight(targets);
-            let roll = if total > 1 { rand::random_range(0..total) } else { 0 };
+            let roll = if total > 1 { crate::with_fast_rng(|rng| rng.random_range(0..total)) } else { 0 };
             let Some(cluster) = Action::pick_cluster(targets, roll).cloned() else {
                 return Outcome::new(text(StatusCode::SERVICE_UNAVAILABLE, "no cluster\n"), service, "NR");
             };
@@ -171,7 +174,7 @@ async fn outbound(mut request: Request<Incoming>, conn: &Conn, proxy: &Proxy) ->
             let upgrade = headers::is_upgrade(request.headers());
             headers::strip_hop_by_hop(request.headers_mut(), upgrade);
             headers::ensure_request_id(request.headers_mut());
-            let mut outcome = to_cluster(request, route, &cluster, conn, proxy, &snapshot).await;
+            let mut outcome = to_cluster(request, upgrade, route, &cluster, conn, proxy, &snapshot).await;
             route.response_headers.apply(outcome.response.headers_mut());
             outcome.service = service;
             outcome
@@ -220,6 +223,7 @@ fn set_path<B>(request: &mut Request<B>, path: &str) {
 /// policy says when the body can be sent again.
 async fn to_cluster(
     request: Request<Incoming>,
+    wants_upgrade: bool,
     route: &CompiledRoute,
     cluster: &Arc<Cluster>,
     conn: &Conn,
@@ -230,7 +234,7 @@ async fn to_cluster(
     // The route's timeout covers the whole response: its body carries the same deadline.
     let deadline = route.timeout.map(|t| tokio::time::Instant::now() + t);
     let attempts = async {
-        if headers::is_upgrade(request.headers()) {
+        if wants_upgrade {
             // Rare, and its handshake state is large: boxed (see `Pools::send_http1`).
             return Box::pin(upgrade(request, cluster, conn)).await;
         }
@@ -331,7 +335,7 @@ async fn with_retries(
         };
         drop(result);
         // Exponential backoff with full jitter, capped at ten times the base.
-        let jittered = rand::random_range(0..=backoff.as_micros().max(1) as u64);
+        let jittered = crate::with_fast_rng(|rng| rng.random_range(0..=backoff.as_micros().max(1) as u64));
         tokio::time::sleep(Duration::from_micros(jittered)).await;
         backoff = backoff.saturating_mul(2).min(retry.base_interval.saturating_mul(10));
     }
@@ -657,8 +661,7 @@ async fn inbound(mut request: Request<Incoming>, conn: &Conn, proxy: &Proxy) -> 
     let target = match conn.original {
         Some(original) => Some(original),
         // Without a redirect (explicit mode, when enabled), the authority's port names the app.
-        None if proxy.explicit_inbound => authority_of(&request)
-            .as_deref()
+        None if proxy.explicit_inbound => authority_ref(&request)
             .and_then(|a| split_authority(a, 80))
             .map(|(_, port)| SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), port)),
         None => None,

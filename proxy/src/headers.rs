@@ -20,9 +20,22 @@ static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-prot
 /// Removes hop-by-hop headers, and the headers `Connection` names. `TE: trailers` (gRPC) is
 /// kept; an upgrade keeps `Connection: upgrade` and `Upgrade`.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
-    // Most messages carry none of these: one pass comparing names is much cheaper than a hashed
+    // Most messages carry none of these: one pass over the names is much cheaper than a hashed
     // lookup and removal per name (it was 7% of the proxy's instructions per request).
-    if !headers.keys().any(|name| *name == header::TE || HOP_BY_HOP.contains(name)) {
+    let hop_by_hop = |name: &HeaderName| {
+        matches!(
+            name.as_str(),
+            "connection"
+                | "keep-alive"
+                | "proxy-connection"
+                | "proxy-authorization"
+                | "te"
+                | "trailer"
+                | "transfer-encoding"
+                | "upgrade"
+        )
+    };
+    if !headers.keys().any(hop_by_hop) {
         return;
     }
     let named: Vec<HeaderName> = headers
@@ -63,16 +76,16 @@ pub fn is_upgrade(headers: &HeaderMap) -> bool {
 
 /// Gives the request an `x-request-id` when it has none.
 pub fn ensure_request_id(headers: &mut HeaderMap) {
-    if !headers.contains_key(&X_REQUEST_ID) {
+    if let header::Entry::Vacant(vacant) = headers.entry(&X_REQUEST_ID) {
         const HEX: &[u8; 16] = b"0123456789abcdef";
-        let random = rand::random::<u128>().to_be_bytes();
+        let random = crate::with_fast_rng(rand::RngExt::random::<u128>).to_be_bytes();
         let mut id = [0u8; 32];
         for (pair, byte) in id.chunks_exact_mut(2).zip(random) {
             pair[0] = HEX[usize::from(byte >> 4)];
             pair[1] = HEX[usize::from(byte & 0xf)];
         }
         if let Ok(value) = HeaderValue::from_bytes(&id) {
-            headers.insert(X_REQUEST_ID.clone(), value);
+            vacant.insert(value);
         }
     }
 }
@@ -81,21 +94,23 @@ pub fn ensure_request_id(headers: &mut HeaderMap) {
 /// `x-forwarded-for`, and sets `x-forwarded-proto` unless an earlier hop (a TLS-terminating
 /// gateway) did.
 pub fn add_forwarded(headers: &mut HeaderMap, peer: &HeaderValue) {
-    let chain = match headers.get(&X_FORWARDED_FOR) {
-        Some(existing) => {
-            let mut chain = Vec::with_capacity(existing.len() + 2 + peer.len());
-            chain.extend_from_slice(existing.as_bytes());
+    // One hashed lookup per header (a get, then an insert, was 3% of an inbound request).
+    match headers.entry(&X_FORWARDED_FOR) {
+        header::Entry::Occupied(mut existing) => {
+            let mut chain = Vec::with_capacity(existing.get().len() + 2 + peer.len());
+            chain.extend_from_slice(existing.get().as_bytes());
             chain.extend_from_slice(b", ");
             chain.extend_from_slice(peer.as_bytes());
-            HeaderValue::from_bytes(&chain).ok()
+            if let Ok(chain) = HeaderValue::from_bytes(&chain) {
+                existing.insert(chain);
+            }
         }
-        None => Some(peer.clone()),
-    };
-    if let Some(chain) = chain {
-        headers.insert(X_FORWARDED_FOR.clone(), chain);
+        header::Entry::Vacant(vacant) => {
+            vacant.insert(peer.clone());
+        }
     }
-    if !headers.contains_key(&X_FORWARDED_PROTO) {
-        headers.insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static("http"));
+    if let header::Entry::Vacant(vacant) = headers.entry(&X_FORWARDED_PROTO) {
+        vacant.insert(HeaderValue::from_static("http"));
     }
 }
 

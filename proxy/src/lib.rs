@@ -14,6 +14,7 @@ pub mod config;
 pub mod connection;
 pub mod detect;
 pub mod forward;
+pub mod header_timer;
 pub mod headers;
 pub mod listen;
 pub mod metrics;
@@ -36,6 +37,16 @@ use crate::upstream::Pools;
 /// Maps on the request path: foldhash instead of SipHash (keys are ours, not an attacker's
 /// choosing alone, and the seed is random per process).
 pub type FastMap<K, V> = std::collections::HashMap<K, V, foldhash::fast::RandomState>;
+
+/// Randomness for request ids, weighted splits and retry jitter, which need it fast and
+/// unpredictable enough, not secret: a generator per thread, seeded from the OS's.
+pub(crate) fn with_fast_rng<T>(f: impl FnOnce(&mut rand::rngs::SmallRng) -> T) -> T {
+    use rand::{SeedableRng, rngs::SmallRng};
+    thread_local! {
+        static RNG: std::cell::RefCell<SmallRng> = std::cell::RefCell::new(SmallRng::from_rng(&mut rand::rng()));
+    }
+    RNG.with_borrow_mut(f)
+}
 
 /// Changes the log filter at run time (the admin `/logging` endpoint).
 pub type LogControl = Box<dyn Fn(&str) -> Result<(), String> + Send + Sync>;

@@ -49,7 +49,8 @@ impl std::fmt::Debug for VirtualHost {
 /// normalization does, so that `/public/../admin` cannot slip past a route on `/admin`.
 /// `None` when there is nothing to resolve.
 pub fn normalize_path(path: &str) -> Option<String> {
-    if !path.split('/').any(|s| s == "." || s == "..") {
+    // Most paths have no dot at all: one scan settles them.
+    if !path.as_bytes().contains(&b'.') || !path.split('/').any(|s| s == "." || s == "..") {
         return None;
     }
     let mut kept: Vec<&str> = Vec::new();

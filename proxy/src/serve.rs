@@ -4,7 +4,7 @@
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
-use std::sync::{Arc, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock, Weak};
 use std::time::Duration;
 
 use http::HeaderValue;
@@ -14,6 +14,8 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use tokio::net::TcpStream;
 
+use crate::config::{ServicePort, Snapshot};
+use crate::header_timer::ConnectionTimer;
 use crate::{Proxy, Side, forward};
 
 /// Where a connection came from and was headed.
@@ -27,15 +29,52 @@ pub struct Conn {
     pub local: SocketAddr,
     /// `peer`'s address as a header value (`x-forwarded-for`), made on first use.
     peer_value: OnceLock<HeaderValue>,
+    /// The last authority's service port: a keep-alive client names the same host on every
+    /// request, and looking it up again was 2% of the proxy's instructions per request.
+    last_lookup: Mutex<Option<Lookup>>,
+}
+
+/// What an authority resolved to under one config snapshot.
+#[derive(Debug)]
+struct Lookup {
+    /// Compared by address only; a `Weak` keeps the address from being reused by a later
+    /// snapshot without keeping this one's contents alive.
+    snapshot: Weak<Snapshot>,
+    authority: Option<Box<str>>,
+    found: (u16, Option<Arc<ServicePort>>),
 }
 
 impl Conn {
     pub fn new(side: Side, peer: SocketAddr, original: Option<SocketAddr>, local: SocketAddr) -> Conn {
-        Conn { side, peer, original, local, peer_value: OnceLock::new() }
+        Conn { side, peer, original, local, peer_value: OnceLock::new(), last_lookup: Mutex::new(None) }
     }
 
     pub fn peer_value(&self) -> &HeaderValue {
         self.peer_value.get_or_init(|| crate::headers::address_value(self.peer.ip()))
+    }
+
+    /// The port and service port of `authority` under `snapshot`: remembered from this
+    /// connection's previous request when both are the same, else `resolve`d.
+    pub fn service_port(
+        &self,
+        snapshot: &Arc<Snapshot>,
+        authority: Option<&str>,
+        resolve: impl FnOnce() -> (u16, Option<Arc<ServicePort>>),
+    ) -> (u16, Option<Arc<ServicePort>>) {
+        let mut last = self.last_lookup.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(l) = &*last
+            && std::ptr::eq(l.snapshot.as_ptr(), Arc::as_ptr(snapshot))
+            && l.authority.as_deref() == authority
+        {
+            return l.found.clone();
+        }
+        let found = resolve();
+        *last = Some(Lookup {
+            snapshot: Arc::downgrade(snapshot),
+            authority: authority.map(Box::from),
+            found: found.clone(),
+        });
+        found
     }
 }
 
@@ -84,7 +123,7 @@ pub async fn serve(stream: TcpStream, conn: Conn, proxy: Arc<Proxy>, speaks: Spe
         Speaks::Http1 => {
             let mut builder = hyper::server::conn::http1::Builder::new();
             builder
-                .timer(TokioTimer::new())
+                .timer(ConnectionTimer::default())
                 .header_read_timeout(header_timeout)
                 // hyper's floor is 8 KiB.
                 .max_buf_size(max_header_bytes.max(8192));
@@ -103,7 +142,7 @@ pub async fn serve(stream: TcpStream, conn: Conn, proxy: Arc<Proxy>, speaks: Spe
             let mut builder = auto::Builder::new(TokioExecutor::new());
             builder
                 .http1()
-                .timer(TokioTimer::new())
+                .timer(ConnectionTimer::default())
                 .header_read_timeout(header_timeout)
                 .max_buf_size(max_header_bytes.max(8192));
             builder
