@@ -10,10 +10,11 @@ if [ -z "$OHA" ]; then
   OHA="${HOME}/.local/oha/bin/oha"
 fi
 
-cargo build --release --quiet -p trellis-proxy --bin trellis-proxy --example bench-upstream
+cargo build --release --quiet -p trellis-proxy --bin trellis-proxy --example bench-upstream --example hyper-floor
 TARGET="${CARGO_TARGET_DIR:-target}/release"
 PROXY="$(realpath "$TARGET/trellis-proxy")"
 UPSTREAM="$(realpath "$TARGET/examples/bench-upstream")"
+HYPER_FLOOR="$(realpath "$TARGET/examples/hyper-floor")"
 
 work=$(mktemp -d)
 pids=()

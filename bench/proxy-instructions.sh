@@ -4,7 +4,10 @@
 # a few percent in the proxy's own work shows up. The kernel's share (loopback TCP, about two
 # thirds of the CPU time per request) is not counted; it is much the same for every proxy.
 #
-#   bench/proxy-instructions.sh            # Trellis outbound and inbound, and nginx when installed
+#   bench/proxy-instructions.sh            # Trellis outbound and inbound, hyper's floor, and nginx
+#
+# "hyper-floor" is proxy/examples/hyper-floor.rs: a hyper server and pooled hyper clients and
+# nothing else, the least any proxy built on hyper and tokio can cost.
 #
 # Each proxy runs under callgrind twice, for SMALL and LARGE keep-alive HTTP/1.1 requests over
 # 10 connections; per request = (instructions(LARGE) - instructions(SMALL)) / (LARGE - SMALL),
@@ -70,6 +73,7 @@ trellis=("$PROXY" --config "$work/trellis.yaml" --concurrency 1 --outbound-port 
   --admin-port 18102 --readiness-port 18103 --stats-port 18104 --explicit-inbound)
 per_request trellis-outbound 18100 "${trellis[@]}"
 per_request trellis-inbound 18101 "${trellis[@]}"
+per_request hyper-floor 18600 "$HYPER_FLOOR" 127.0.0.1:18600 127.0.0.1:$UP
 if command -v nginx > /dev/null; then
   per_request nginx 18401 nginx -c "$work/nginx/nginx.conf" -p "$work/nginx"
 fi

@@ -3,8 +3,13 @@
 # client-side plus server-side Trellis pair (the mesh path), and through nginx and HAProxy
 # (single and pair) configured as equivalent keep-alive reverse proxies.
 #
-#   bench/proxy.sh                          # 10 s per run, 1,000 req/s with 100 connections
-#   DURATION=20 RATE=2000 bench/proxy.sh
+#   bench/proxy.sh                          # 3 rounds of 5 s runs, 1,000 req/s with 100 connections
+#   DURATION=20 RATE=2000 ROUNDS=1 bench/proxy.sh
+#
+# All proxies start first; then each round runs every path once, in the same order, so a burst
+# of noise from the VM's host lands on one round and not on one path. The table shows each
+# figure's median over the rounds (added latency is taken within a round, against that round's
+# direct run); the lines below it show every round's added p50 / p99 and max req/s.
 #
 # Every proxy runs on CPU 0 with one worker (Trellis --concurrency 1, nginx worker_processes 1,
 # HAProxy nbthread 1): "one core". The upstream (a small hyper server, proxy/examples/
@@ -20,7 +25,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-DURATION="${DURATION:-10}"
+DURATION="${DURATION:-5}"
+ROUNDS="${ROUNDS:-3}"
 RATE="${RATE:-1000}"
 CONNECTIONS="${CONNECTIONS:-100}"
 MAX_CONNECTIONS="${MAX_CONNECTIONS:-50}"
@@ -111,71 +117,97 @@ rss_of() { # the largest peak RSS (KiB) of one proxy instance among the files gi
   echo "$best"
 }
 
-# scenario NAME URL HOST pidfiles...
+# scenario ROUND NAME URL HOST pidfiles...
 scenario() {
-  local name=$1 url=$2 host=$3; shift 3
-  local files=("$@") hdr=()
+  local round=$1 name=$2 url=$3 host=$4; shift 4
+  local files=("$@") hdr=() out="$work/$name-$round"
   [ -n "$host" ] && hdr=(-H "host: $host")
   # Warm the connection pools, then measure.
   taskset -c 1 "$OHA" --no-tui -n 2000 -c 20 "${hdr[@]}" "$url" > /dev/null
   taskset -c 1 "$OHA" --no-tui --output-format json -z "${DURATION}s" -c "$CONNECTIONS" -q "$RATE" \
-    --latency-correction "${hdr[@]}" "$url" > "$work/$name-rate.json"
-  local rss=0; [ ${#files[@]} -gt 0 ] && rss=$(rss_of "${files[@]}")
+    --latency-correction "${hdr[@]}" "$url" > "$out-rate.json"
+  # Peak RSS at the fixed rate: read before any max-rate run has pushed it up.
+  local rss=0; [ ${#files[@]} -gt 0 ] && [ "$round" = 1 ] && rss=$(rss_of "${files[@]}")
   local before=0 after=0
   [ ${#files[@]} -gt 0 ] && before=$(cpu_of "${files[@]}")
   taskset -c 1 "$OHA" --no-tui --output-format json -z "${DURATION}s" -c "$MAX_CONNECTIONS" \
-    "${hdr[@]}" "$url" > "$work/$name-max.json"
+    "${hdr[@]}" "$url" > "$out-max.json"
   [ ${#files[@]} -gt 0 ] && after=$(cpu_of "${files[@]}")
-  echo "$before $after $rss" > "$work/$name.res"
-  echo "$name" >> "$work/order"
+  echo "$before $after $rss" > "$out.res"
 }
 
-scenario direct "http://127.0.0.1:$UP/" ""
+# NAME|URL|HOST|pidfiles, in the order they run within a round.
+paths=("direct|http://127.0.0.1:$UP/||")
 trellis trellis 18080 18100
-scenario trellis "http://127.0.0.1:18100/" "bench:$UP" "$work/trellis.pids"
+paths+=("trellis|http://127.0.0.1:18100/|bench:$UP|$work/trellis.pids")
 trellis trellis-server 18080 18200
 trellis trellis-client 18201 18300   # its endpoint: the server-side proxy's inbound port
-scenario trellis-pair "http://127.0.0.1:18300/" "bench:$UP" "$work/trellis-client.pids" "$work/trellis-server.pids"
+paths+=("trellis-pair|http://127.0.0.1:18300/|bench:$UP|$work/trellis-client.pids $work/trellis-server.pids")
 if command -v nginx > /dev/null; then
   nginx_proxy nginx 18401 $UP
-  scenario nginx "http://127.0.0.1:18401/" "" "$work/nginx.pids"
   nginx_proxy nginx-server 18502 $UP
   nginx_proxy nginx-client 18501 18502
-  scenario nginx-pair "http://127.0.0.1:18501/" "" "$work/nginx-client.pids" "$work/nginx-server.pids"
+  paths+=("nginx|http://127.0.0.1:18401/||$work/nginx.pids")
+  paths+=("nginx-pair|http://127.0.0.1:18501/||$work/nginx-client.pids $work/nginx-server.pids")
 fi
 if command -v haproxy > /dev/null; then
   haproxy_proxy haproxy 18601 $UP
-  scenario haproxy "http://127.0.0.1:18601/" "" "$work/haproxy.pids"
   haproxy_proxy haproxy-server 18702 $UP
   haproxy_proxy haproxy-client 18701 18702
-  scenario haproxy-pair "http://127.0.0.1:18701/" "" "$work/haproxy-client.pids" "$work/haproxy-server.pids"
+  paths+=("haproxy|http://127.0.0.1:18601/||$work/haproxy.pids")
+  paths+=("haproxy-pair|http://127.0.0.1:18701/||$work/haproxy-client.pids $work/haproxy-server.pids")
 fi
+for path in "${paths[@]}"; do echo "${path%%|*}" >> "$work/order"; done
+for round in $(seq "$ROUNDS"); do
+  for path in "${paths[@]}"; do
+    IFS='|' read -r name url host files <<< "$path"
+    # shellcheck disable=SC2086 # the pid files are a space-separated list
+    scenario "$round" "$name" "$url" "$host" $files
+  done
+done
 
-python3 - "$work" "$RATE" "$CONNECTIONS" "$MAX_CONNECTIONS" "$DURATION" <<'PY'
-import json, sys
-work, rate, conns, max_conns, duration = sys.argv[1:]
+python3 - "$work" "$RATE" "$CONNECTIONS" "$MAX_CONNECTIONS" "$DURATION" "$ROUNDS" <<'PY'
+import json, statistics, sys
+work, rate, conns, max_conns, duration, rounds = sys.argv[1:]
+rounds = range(1, int(rounds) + 1)
 order = open(f"{work}/order").read().split()
-def load(name, kind):
-    return json.load(open(f"{work}/{name}-{kind}.json"))
+def load(name, r, kind):
+    return json.load(open(f"{work}/{name}-{r}-{kind}.json"))
 def pct(d, p):
     return d["latencyPercentiles"][p] * 1000
 def non2xx(d):
     # Requests still in flight when a timed run ends are cut off by oha itself: not errors.
     errors = {k: n for k, n in d.get("errorDistribution", {}).items() if "aborted due to deadline" not in k}
     return sum(n for code, n in d.get("statusCodeDistribution", {}).items() if not code.startswith("2")) + sum(errors.values())
-direct = load("direct", "rate")
+def cpu_per_1k(name, r):
+    before, after, _ = open(f"{work}/{name}-{r}.res").read().split()
+    done = load(name, r, "max")["summary"]["requestsPerSec"] * float(duration)
+    return (float(after) - float(before)) / done * 1000 if done else 0
+med = statistics.median
 print(f"Fixed rate: {rate} req/s over {conns} connections for {duration}s (latency-corrected); max rate: {max_conns} connections.")
-print("Added latency = scenario percentile minus the direct run's. Proxies on CPU 0, one worker each.\n")
+print(f"Medians of {len(rounds)} rounds. Added latency = the path's percentile minus the direct run's in the same round.")
+print("Proxies on CPU 0, one worker each.\n")
 print("| path | p50 ms | p90 ms | p99 ms | p99.9 ms | added p50 | added p99 | errors | max req/s (one core) | proxy CPU s / 1k req | peak RSS per proxy MiB |")
 print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+per_round = {}
 for name in order:
-    r, m = load(name, "rate"), load(name, "max")
-    before, after, rss = open(f"{work}/{name}.res").read().split()
-    done = m["summary"]["requestsPerSec"] * float(duration)
-    cpu = (float(after) - float(before)) / done * 1000 if name != "direct" and done else 0
-    errors = non2xx(r) + non2xx(m)
-    cols = [f"{pct(r, p):.3f}" for p in ("p50", "p90", "p99", "p99.9")]
-    added = [f"{pct(r, p) - pct(direct, p):+.3f}" if name != "direct" else "–" for p in ("p50", "p99")]
-    print(f"| {name} | {' | '.join(cols)} | {' | '.join(added)} | {errors} | {m['summary']['requestsPerSec']:.0f} | "
-          + (f"{cpu:.3f}" if name != "direct" else "–") + " | " + (f"{int(rss) / 1024:.1f}" if name != "direct" else "–") + " |")
+    cols = [f"{med(pct(load(name, r, 'rate'), p) for r in rounds):.3f}" for p in ("p50", "p90", "p99", "p99.9")]
+    added = {p: [pct(load(name, r, "rate"), p) - pct(load("direct", r, "rate"), p) for r in rounds] for p in ("p50", "p99")}
+    maxes = [load(name, r, "max")["summary"]["requestsPerSec"] for r in rounds]
+    errors = sum(non2xx(load(name, r, "rate")) + non2xx(load(name, r, "max")) for r in rounds)
+    rss = int(open(f"{work}/{name}-1.res").read().split()[2])
+    per_round[name] = (added, maxes)
+    direct = name == "direct"
+    print(f"| {name} | {' | '.join(cols)} | "
+          + (" | ".join("–" for _ in range(2)) if direct else " | ".join(f"{med(added[p]):+.3f}" for p in ("p50", "p99")))
+          + f" | {errors} | {med(maxes):.0f} | "
+          + ("–" if direct else f"{med(cpu_per_1k(name, r) for r in rounds):.3f}") + " | "
+          + ("–" if direct else f"{rss / 1024:.1f}") + " |")
+print("\nEvery round (added p50 / added p99 ms; max req/s):\n")
+for name in order:
+    if name == "direct":
+        continue
+    added, maxes = per_round[name]
+    rows = ", ".join(f"{a:+.3f} / {b:+.3f}; {m:.0f}" for a, b, m in zip(added["p50"], added["p99"], maxes))
+    print(f"- {name}: {rows}")
 PY
