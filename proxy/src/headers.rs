@@ -147,7 +147,8 @@ mod tests {
 
     #[test]
     fn a_lone_hop_by_hop_header_goes_too() {
-        for name in ["te", "upgrade", "keep-alive", "proxy-connection", "trailer"] {
+        // Every name the list removes, so that the quick check cannot drift from it.
+        for name in HOP_BY_HOP.iter().map(HeaderName::as_str).chain(["te"]) {
             let mut h = map(&[(name, "x"), ("x-kept", "yes")]);
             strip_hop_by_hop(&mut h, false);
             assert_eq!(h.keys().map(|k| k.as_str()).collect::<Vec<_>>(), ["x-kept"], "{name}");

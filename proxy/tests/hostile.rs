@@ -96,27 +96,46 @@ async fn oversized_headers_get_431_and_bodies_413() {
 async fn slow_clients_are_cut_off_and_others_are_served() {
     let upstream = Upstream::start("api").await;
     let proxy = TestProxy::start(&config(&upstream)).await;
-    let mut slow = TcpStream::connect(proxy.outbound()).await.unwrap();
-    slow.write_all(b"GET / HTTP/1.1\r\nHost: api\r\n").await.unwrap();
-    let started = Instant::now();
-    // A header line now and then, never finishing: the header timeout (0.5s) closes it.
-    let mut closed = false;
-    for _ in 0..40 {
-        tokio::time::sleep(Duration::from_millis(100)).await;
-        if slow.write_all(b"X-Slow: 1\r\n").await.is_err() {
-            closed = true;
-            break;
+    // On a new connection, and on a keep-alive connection whose first request was answered: the
+    // first head arrives in two parts, so the connection's timer is armed for its deadline, and
+    // the second head must still be cut off at a deadline of its own, later than that one.
+    for answered_first in [false, true] {
+        let mut slow = TcpStream::connect(proxy.outbound()).await.unwrap();
+        if answered_first {
+            slow.write_all(b"GET / HTTP/1.1\r\n").await.unwrap();
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            slow.write_all(b"Host: api\r\n\r\n").await.unwrap();
+            let mut answer = Vec::new();
+            let mut buf = [0u8; 512];
+            while !answer.ends_with(b"api") {
+                let n =
+                    tokio::time::timeout(Duration::from_secs(5), slow.read(&mut buf)).await.unwrap().unwrap();
+                assert!(n > 0, "closed before the first answer: {}", String::from_utf8_lossy(&answer));
+                answer.extend_from_slice(&buf[..n]);
+            }
+            assert!(answer.starts_with(b"HTTP/1.1 200"), "{}", String::from_utf8_lossy(&answer));
         }
-        let mut buf = [0u8; 512];
-        if let Ok(Ok(n)) = tokio::time::timeout(Duration::from_millis(1), slow.read(&mut buf)).await {
-            closed = n == 0 || String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 408");
-            if closed {
+        slow.write_all(b"GET / HTTP/1.1\r\nHost: api\r\n").await.unwrap();
+        let started = Instant::now();
+        // A header line now and then, never finishing: the header timeout (0.5s) closes it.
+        let mut closed = false;
+        for _ in 0..40 {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            if slow.write_all(b"X-Slow: 1\r\n").await.is_err() {
+                closed = true;
                 break;
             }
+            let mut buf = [0u8; 512];
+            if let Ok(Ok(n)) = tokio::time::timeout(Duration::from_millis(1), slow.read(&mut buf)).await {
+                closed = n == 0 || String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 408");
+                if closed {
+                    break;
+                }
+            }
         }
+        assert!(closed, "the slow client was not cut off (answered first: {answered_first})");
+        assert!(started.elapsed() < Duration::from_secs(4));
     }
-    assert!(closed, "the slow client was not cut off");
-    assert!(started.elapsed() < Duration::from_secs(4));
     let mut client = Client::connect(proxy.outbound(), Version::HTTP_11).await;
     assert_eq!(client.get("api", "/").await.status, StatusCode::OK);
 }
