@@ -5,6 +5,7 @@
 #
 #   bench/proxy.sh                          # 3 rounds of 5 s runs, 1,000 req/s with 100 connections
 #   DURATION=20 RATE=2000 ROUNDS=1 bench/proxy.sh
+#   FLOOR=1 bench/proxy.sh                  # also hyper's floor (proxy/examples/hyper-floor.rs), single and pair
 #
 # All proxies start first; then each round runs every path once, in the same order, so a burst
 # of noise from the VM's host lands on one round and not on one path. The table shows each
@@ -143,6 +144,21 @@ paths+=("trellis|http://127.0.0.1:18100/|bench:$UP|$work/trellis.pids")
 trellis trellis-server 18080 18200
 trellis trellis-client 18201 18300   # its endpoint: the server-side proxy's inbound port
 paths+=("trellis-pair|http://127.0.0.1:18300/|bench:$UP|$work/trellis-client.pids $work/trellis-server.pids")
+if [ -n "${FLOOR:-}" ]; then
+  # hyper's floor (proxy/examples/hyper-floor.rs), single and pair: what any proxy built on
+  # hyper and tokio costs at least.
+  floor_proxy() {
+    taskset -c 0 "$HYPER_FLOOR" "127.0.0.1:$2" "127.0.0.1:$3" > /dev/null 2>&1 &
+    pids+=($!)
+    echo $! > "$work/$1.pids"
+    wait_port "$2"
+  }
+  floor_proxy floor 18801 $UP
+  floor_proxy floor-server 18902 $UP
+  floor_proxy floor-client 18901 18902
+  paths+=("floor|http://127.0.0.1:18801/||$work/floor.pids")
+  paths+=("floor-pair|http://127.0.0.1:18901/||$work/floor-client.pids $work/floor-server.pids")
+fi
 if command -v nginx > /dev/null; then
   nginx_proxy nginx 18401 $UP
   nginx_proxy nginx-server 18502 $UP

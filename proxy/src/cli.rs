@@ -274,7 +274,6 @@ async fn serve(
         first(&running.stats)
     );
     let proxy = running.proxy;
-    let mut drain = proxy.drain.subscribe();
     let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
         Ok(s) => s,
         Err(e) => {
@@ -285,7 +284,7 @@ async fn serve(
     tokio::select! {
         _ = term.recv() => proxy.start_drain(),
         _ = tokio::signal::ctrl_c() => proxy.start_drain(),
-        _ = crate::drained(&mut drain) => {}
+        _ = proxy.drain.wait() => {}
     }
     // Draining: listeners are closed, connections finish what they have in flight.
     let deadline = Instant::now() + drain_timeout;

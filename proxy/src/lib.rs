@@ -13,6 +13,7 @@ pub mod cluster;
 pub mod config;
 pub mod connection;
 pub mod detect;
+pub mod drain;
 pub mod forward;
 pub mod header_timer;
 pub mod headers;
@@ -59,8 +60,8 @@ pub struct Proxy {
     pub metrics: Metrics,
     /// Set once a configuration is loaded.
     pub ready: AtomicBool,
-    /// Flips to true when the proxy starts draining.
-    pub drain: tokio::sync::watch::Sender<bool>,
+    /// Flips when the proxy starts draining.
+    pub drain: drain::Drain,
     pub connections: AtomicUsize,
     pub log_control: Option<LogControl>,
     /// Every port the proxy listens on: never a destination (a loop, or a way in to the admin).
@@ -100,7 +101,7 @@ impl Proxy {
             pools: Pools::default(),
             metrics,
             ready: AtomicBool::new(false),
-            drain: tokio::sync::watch::channel(false).0,
+            drain: drain::Drain::default(),
             connections: AtomicUsize::new(0),
             log_control,
             own_ports: std::sync::RwLock::default(),
@@ -118,19 +119,13 @@ impl Proxy {
     }
 
     pub fn is_draining(&self) -> bool {
-        *self.drain.borrow()
+        self.drain.is_draining()
     }
 
     pub fn start_drain(&self) {
-        self.drain.send_replace(true);
+        self.drain.start();
         self.ready.store(false, Ordering::Release);
     }
-}
-
-/// Resolves once the proxy drains. (The receiver's guard never lives across an await, so the
-/// future stays `Send`.)
-pub async fn drained(receiver: &mut tokio::sync::watch::Receiver<bool>) {
-    let _ = receiver.wait_for(|draining| *draining).await;
 }
 
 /// Which capture port a connection came in on.
@@ -242,11 +237,11 @@ pub fn start(
 
 /// Every 30 seconds, closes idle upstream connections past their time.
 async fn reap_pools(proxy: Arc<Proxy>) {
-    let mut drain = proxy.drain.subscribe();
+    let mut drained = std::pin::pin!(proxy.drain.wait());
     loop {
         tokio::select! {
             _ = tokio::time::sleep(std::time::Duration::from_secs(30)) => proxy.pools.reap(upstream::DEFAULT_IDLE_TIMEOUT),
-            _ = drained(&mut drain) => return,
+            _ = &mut drained => return,
         }
     }
 }

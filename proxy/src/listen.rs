@@ -7,7 +7,7 @@ use tokio::net::TcpListener;
 use crate::{Proxy, Side, connection};
 
 pub async fn accept_loop(listener: TcpListener, side: Side, proxy: Arc<Proxy>) {
-    let mut drain = proxy.drain.subscribe();
+    let mut drained = std::pin::pin!(proxy.drain.wait());
     loop {
         tokio::select! {
             accepted = listener.accept() => match accepted {
@@ -20,7 +20,7 @@ pub async fn accept_loop(listener: TcpListener, side: Side, proxy: Arc<Proxy>) {
                     tokio::time::sleep(std::time::Duration::from_millis(50)).await;
                 }
             },
-            _ = crate::drained(&mut drain) => return,
+            _ = &mut drained => return,
         }
     }
 }

@@ -101,7 +101,6 @@ pub async fn serve(stream: TcpStream, conn: Conn, proxy: Arc<Proxy>, speaks: Spe
         })
     };
     let io = TokioIo::new(stream);
-    let mut drain = proxy.drain.subscribe();
     // Each protocol's own server when detection already told which (the auto server would
     // look again, on every read); the same limits either way.
     macro_rules! run {
@@ -109,9 +108,11 @@ pub async fn serve(stream: TcpStream, conn: Conn, proxy: Arc<Proxy>, speaks: Spe
             // Boxed: the task then holds only the protocol's own connection state, not room
             // for the largest of the three.
             let mut connection = Box::pin($connection);
+            // Biased: the connection first, and no random pick on every wake-up.
             tokio::select! {
+                biased;
                 _ = connection.as_mut() => {}
-                _ = crate::drained(&mut drain) => {
+                _ = proxy.drain.wait() => {
                     // Finish what is in flight, take nothing new.
                     connection.as_mut().graceful_shutdown();
                     let _ = connection.await;

@@ -54,11 +54,11 @@ pub async fn watch(path: PathBuf, loaded: Vec<u8>, proxy: Arc<Proxy>) {
     // What is in force: a change made before this task first ran is still a change.
     let mut applied = Some(loaded);
     let mut pending: Option<Vec<u8>> = None;
-    let mut drain = proxy.drain.subscribe();
+    let mut drained = std::pin::pin!(proxy.drain.wait());
     loop {
         tokio::select! {
             _ = tokio::time::sleep(POLL_INTERVAL) => {}
-            _ = crate::drained(&mut drain) => return,
+            _ = &mut drained => return,
         }
         let Ok(bytes) = std::fs::read(&path) else { continue };
         if applied.as_ref() == Some(&bytes) {

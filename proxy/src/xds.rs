@@ -171,7 +171,6 @@ async fn run(
     mut requests: mpsc::UnboundedReceiver<(ResourceType, String)>,
     answered: watch::Sender<u64>,
 ) {
-    let mut drain = proxy.drain.subscribe();
     let mut client = Client {
         proxy,
         options,
@@ -181,10 +180,12 @@ async fn run(
         answered,
     };
     let mut failures = 0u32;
+    let proxy = client.proxy.clone();
+    let mut drained = std::pin::pin!(proxy.drain.wait());
     loop {
         let outcome = tokio::select! {
             outcome = client.stream(&mut requests) => outcome,
-            () = crate::drained(&mut drain) => return,
+            () = &mut drained => return,
         };
         match outcome {
             Ok(()) => {
@@ -202,7 +203,7 @@ async fn run(
         let wait = ceiling.mul_f64(rand::random::<f64>()).max(BACKOFF_BASE / 2);
         tokio::select! {
             () = tokio::time::sleep(wait) => {}
-            () = crate::drained(&mut drain) => return,
+            () = &mut drained => return,
         }
     }
 }
