@@ -314,17 +314,22 @@ pub fn split_authority(authority: &str, default_port: u16) -> Option<(&str, u16)
     if let Some(rest) = authority.strip_prefix('[') {
         let (host, after) = rest.split_once(']')?;
         let port = match after.strip_prefix(':') {
-            Some(p) => p.parse().ok()?,
+            Some(p) => parse_port(p)?,
             None if after.is_empty() => default_port,
             None => return None,
         };
         return Some((host, port));
     }
     match authority.rsplit_once(':') {
-        Some((host, port)) if !host.contains(':') => Some((host, port.parse().ok()?)),
+        Some((host, port)) if !host.contains(':') => Some((host, parse_port(port)?)),
         Some(_) => Some((authority, default_port)), // a bare IPv6 address
         None => Some((authority, default_port)),
     }
+}
+
+/// Digits only: `str::parse` would also take a sign (`+80`).
+fn parse_port(text: &str) -> Option<u16> {
+    if text.bytes().all(|b| b.is_ascii_digit()) { text.parse().ok() } else { None }
 }
 
 fn endpoints_by_service(config: &pb::ProxyConfig) -> Result<HashMap<&str, &[pb::Endpoint]>, ConfigError> {
@@ -667,6 +672,11 @@ mod tests {
         assert_eq!(split_authority("[fd00::1]", 9), Some(("fd00::1", 9)));
         assert_eq!(split_authority("a:port", 1), None);
         assert_eq!(split_authority("[fd00::1", 1), None);
+        assert_eq!(split_authority("a:+80", 1), None);
+        assert_eq!(split_authority("a:", 1), None);
+        assert_eq!(split_authority("a:65536", 1), None);
+        assert_eq!(split_authority("[fd00::1]:+1", 1), None);
+        assert_eq!(split_authority("fd00::1", 7), Some(("fd00::1", 7)));
     }
 }
 

@@ -60,13 +60,9 @@ pub async fn handle(request: Request<Incoming>, conn: &Conn, proxy: &Proxy) -> R
     if outcome.request_bytes == 0 {
         outcome.request_bytes = declared_length.unwrap_or(0);
     }
-    let response_bytes = outcome
-        .response
-        .headers()
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0);
+    // The body's own length when known (its Content-Length, or bytes of our own): no header to
+    // look up and parse again.
+    let response_bytes = hyper::body::Body::size_hint(outcome.response.body()).exact().unwrap_or(0);
     proxy.metrics.request(RequestRecord {
         reporter: match conn.side {
             Side::Outbound => Reporter::Source,

@@ -14,9 +14,13 @@ async fn admin_pages_show_config_clusters_and_metrics() {
     let upstream = Upstream::start("api").await;
     let proxy = TestProxy::start(&config(&upstream)).await;
     let mut client = Client::connect(proxy.outbound(), Version::HTTP_11).await;
+    let mut answered = 0;
     for _ in 0..3 {
-        assert_eq!(client.get("api", "/").await.status, StatusCode::OK);
+        let answer = client.get("api", "/").await;
+        assert_eq!(answer.status, StatusCode::OK);
+        answered += answer.body.len();
     }
+    assert!(answered > 0);
     upstream.fail_next(1);
     assert_eq!(client.get("api", "/").await.status, StatusCode::SERVICE_UNAVAILABLE);
 
@@ -50,6 +54,15 @@ async fn admin_pages_show_config_clusters_and_metrics() {
         .find(|l| l.starts_with("istio_requests_total") && l.contains("response_code=\"200\""))
         .unwrap();
     assert!(two_hundreds.ends_with(" 3"), "{two_hundreds}");
+    // The bytes of the bodies the client received.
+    let response_bytes = metrics
+        .lines()
+        .find(|l| l.starts_with("istio_response_bytes_sum") && l.contains("response_code=\"200\""))
+        .unwrap();
+    assert!(
+        response_bytes.ends_with(&format!(" {answered}.0")),
+        "{answered} bytes answered: {response_bytes}"
+    );
 
     assert_eq!(proxy.admin_get("/nothing").await.0, StatusCode::NOT_FOUND);
 }
