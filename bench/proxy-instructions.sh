@@ -5,6 +5,7 @@
 # thirds of the CPU time per request) is not counted; it is much the same for every proxy.
 #
 #   bench/proxy-instructions.sh            # Trellis outbound and inbound, hyper's floor, and nginx
+#   PGO_PROXY=target/pgo/release/trellis-proxy bench/proxy-instructions.sh   # and the PGO build
 #
 # "hyper-floor" is proxy/examples/hyper-floor.rs: a hyper server and pooled hyper clients and
 # nothing else, the least any proxy built on hyper and tokio can cost.
@@ -73,6 +74,9 @@ trellis=("$PROXY" --config "$work/trellis.yaml" --concurrency 1 --outbound-port 
   --admin-port 18102 --readiness-port 18103 --stats-port 18104 --explicit-inbound)
 per_request trellis-outbound 18100 "${trellis[@]}"
 per_request trellis-inbound 18101 "${trellis[@]}"
+if [ -n "${PGO_PROXY:-}" ]; then # the profile-guided build (scripts/build-pgo.sh)
+  per_request trellis-pgo-outbound 18100 "$(realpath "$PGO_PROXY")" "${trellis[@]:1}"
+fi
 per_request hyper-floor 18600 "$HYPER_FLOOR" 127.0.0.1:18600 127.0.0.1:$UP
 if command -v nginx > /dev/null; then
   per_request nginx 18401 nginx -c "$work/nginx/nginx.conf" -p "$work/nginx"

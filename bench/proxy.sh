@@ -6,6 +6,8 @@
 #   bench/proxy.sh                          # 3 rounds of 5 s runs, 1,000 req/s with 100 connections
 #   DURATION=20 RATE=2000 ROUNDS=1 bench/proxy.sh
 #   FLOOR=1 bench/proxy.sh                  # also hyper's floor (proxy/examples/hyper-floor.rs), single and pair
+#   PGO=1 bench/proxy.sh                    # also the profile-guided build (scripts/build-pgo.sh)
+#   PGO_PROXY=target/pgo/release/trellis-proxy bench/proxy.sh   # ... already built
 #
 # All proxies start first; then each round runs every path once, in the same order, so a burst
 # of noise from the VM's host lands on one round and not on one path. The table shows each
@@ -38,10 +40,18 @@ start_upstream taskset -c 1
 
 # A Trellis proxy in explicit mode: `bench:18080` goes to `$2` (the upstream, or the server-side
 # proxy's inbound port); its inbound port delivers to 127.0.0.1:<authority port>.
+# PGO=1: also the profile-guided build (scripts/build-pgo.sh, about ten minutes), or the one at
+# PGO_PROXY when given, as rows trellis-pgo and trellis-pgo-pair.
+if [ -n "${PGO_PROXY:-}" ]; then
+  PGO_PROXY=$(realpath "$PGO_PROXY")
+elif [ -n "${PGO:-}" ]; then
+  PGO_PROXY=$(scripts/build-pgo.sh)
+fi
+
 trellis() {
-  local name=$1 endpoint_port=$2 base=$3
+  local name=$1 endpoint_port=$2 base=$3 binary=${4:-$PROXY}
   bench_config "$work/$name.yaml" "$endpoint_port"
-  RUST_LOG=warn taskset -c 0 "$PROXY" --config "$work/$name.yaml" --concurrency 1 \
+  RUST_LOG=warn taskset -c 0 "$binary" --config "$work/$name.yaml" --concurrency 1 \
     --outbound-port "$base" --inbound-port $((base + 1)) --admin-port $((base + 2)) \
     --readiness-port $((base + 3)) --stats-port $((base + 4)) --explicit-inbound > /dev/null 2>&1 &
   pids+=($!)
@@ -144,6 +154,13 @@ paths+=("trellis|http://127.0.0.1:18100/|bench:$UP|$work/trellis.pids")
 trellis trellis-server 18080 18200
 trellis trellis-client 18201 18300   # its endpoint: the server-side proxy's inbound port
 paths+=("trellis-pair|http://127.0.0.1:18300/|bench:$UP|$work/trellis-client.pids $work/trellis-server.pids")
+if [ -n "${PGO_PROXY:-}" ]; then
+  trellis trellis-pgo 18080 19100 "$PGO_PROXY"
+  paths+=("trellis-pgo|http://127.0.0.1:19100/|bench:$UP|$work/trellis-pgo.pids")
+  trellis trellis-pgo-server 18080 19200 "$PGO_PROXY"
+  trellis trellis-pgo-client 19201 19300 "$PGO_PROXY"
+  paths+=("trellis-pgo-pair|http://127.0.0.1:19300/|bench:$UP|$work/trellis-pgo-client.pids $work/trellis-pgo-server.pids")
+fi
 if [ -n "${FLOOR:-}" ]; then
   # hyper's floor (proxy/examples/hyper-floor.rs), single and pair: what any proxy built on
   # hyper and tokio costs at least.
