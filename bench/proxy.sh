@@ -38,8 +38,6 @@ MAX_CONNECTIONS="${MAX_CONNECTIONS:-50}"
 source bench/proxy-common.sh
 start_upstream taskset -c 1
 
-# A Trellis proxy in explicit mode: `bench:18080` goes to `$2` (the upstream, or the server-side
-# proxy's inbound port); its inbound port delivers to 127.0.0.1:<authority port>.
 # PGO=1: also the profile-guided build (scripts/build-pgo.sh, about ten minutes), or the one at
 # PGO_PROXY when given, as rows trellis-pgo and trellis-pgo-pair.
 if [ -n "${PGO_PROXY:-}" ]; then
@@ -48,15 +46,9 @@ elif [ -n "${PGO:-}" ]; then
   PGO_PROXY=$(scripts/build-pgo.sh)
 fi
 
+# trellis NAME ENDPOINT_PORT BASE [BINARY]: see start_trellis; on CPU 0 like every proxy here.
 trellis() {
-  local name=$1 endpoint_port=$2 base=$3 binary=${4:-$PROXY}
-  bench_config "$work/$name.yaml" "$endpoint_port"
-  RUST_LOG=warn taskset -c 0 "$binary" --config "$work/$name.yaml" --concurrency 1 \
-    --outbound-port "$base" --inbound-port $((base + 1)) --admin-port $((base + 2)) \
-    --readiness-port $((base + 3)) --stats-port $((base + 4)) --explicit-inbound > /dev/null 2>&1 &
-  pids+=($!)
-  echo $! > "$work/$name.pids"
-  wait_port "$base"
+  start_trellis "$1" "$2" "$3" "${4:-$PROXY}" taskset -c 0
 }
 
 nginx_proxy() {

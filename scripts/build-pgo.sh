@@ -42,16 +42,13 @@ both=18090
 "$UPSTREAM" "127.0.0.1:$both" both > /dev/null &
 pids+=($!)
 wait_port $both
+# The instrumented proxies write their profiles here when they exit.
+export LLVM_PROFILE_FILE="$work/profiles/%p.profraw"
 training=()
-# pair NAME ENDPOINT_PORT BASE_PORT: one instrumented proxy (ports BASE..BASE+4).
+# pair_member NAME ENDPOINT_PORT BASE: one instrumented proxy (see start_trellis).
 pair_member() {
-  bench_config "$work/$1.yaml" "$2"
-  LLVM_PROFILE_FILE="$work/profiles/%p.profraw" RUST_LOG=error "$instrumented" --config "$work/$1.yaml" \
-    --concurrency 1 --outbound-port "$3" --inbound-port $(($3 + 1)) --admin-port $(($3 + 2)) \
-    --readiness-port $(($3 + 3)) --stats-port $(($3 + 4)) --explicit-inbound > /dev/null 2>&1 &
-  pids+=($!)
-  training+=($!)
-  wait_port "$3"
+  start_trellis "$1" "$2" "$3" "$instrumented"
+  training+=("$(cat "$work/$1.pids")")
 }
 pair_member server 18080 18200
 pair_member client 18201 18300
@@ -73,6 +70,7 @@ UP=$both load --http2 -c 4 -p 8 --connect-to "bench:$both:127.0.0.1:18500" "http
 # The profile is written when the proxy exits.
 for pid in "${training[@]}"; do kill -TERM "$pid"; done
 for pid in "${training[@]}"; do wait "$pid" || true; done
+unset LLVM_PROFILE_FILE
 ls "$work"/profiles/*.profraw > /dev/null
 
 mkdir -p "$target/pgo"

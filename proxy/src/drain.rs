@@ -91,9 +91,13 @@ mod tests {
             })
             .collect();
         // Each waiter has registered once it has been polled; yielding lets them run.
-        while drain.watchers.lock().unwrap().len() < 3 {
-            tokio::task::yield_now().await;
-        }
+        tokio::time::timeout(Duration::from_secs(5), async {
+            while drain.watchers.lock().unwrap().len() < 3 {
+                tokio::task::yield_now().await;
+            }
+        })
+        .await
+        .expect("the waiters did not register");
         assert!(!drain.is_draining());
         drain.start();
         for waiter in waiters {

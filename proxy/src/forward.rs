@@ -602,8 +602,8 @@ async fn passthrough(
     let upgrade = headers::is_upgrade(request.headers());
     headers::strip_hop_by_hop(request.headers_mut(), upgrade);
     headers::ensure_request_id(request.headers_mut());
-    send_direct(request, Key { addr: target, protocol: Protocol::Http1, source: None }, proxy, service.into())
-        .await
+    let key = Key { addr: target, protocol: Protocol::Http1, source: None };
+    send_direct(request, upgrade, key, proxy, service.into()).await
 }
 
 fn protocol_of(version: Version) -> Protocol {
@@ -612,8 +612,14 @@ fn protocol_of(version: Version) -> Protocol {
 
 /// Sends to one address without routing (passthrough and inbound delivery), in the protocol
 /// the request came in.
-async fn send_direct(request: Request<Incoming>, key: Key, proxy: &Proxy, service: Arc<str>) -> Outcome {
-    if headers::is_upgrade(request.headers()) {
+async fn send_direct(
+    request: Request<Incoming>,
+    wants_upgrade: bool,
+    key: Key,
+    proxy: &Proxy,
+    service: Arc<str>,
+) -> Outcome {
+    if wants_upgrade {
         return match Box::pin(splice_upgrade(
             request,
             Key { protocol: Protocol::Http1, ..key },
@@ -685,7 +691,7 @@ async fn inbound(mut request: Request<Incoming>, conn: &Conn, proxy: &Proxy) -> 
     headers::ensure_request_id(request.headers_mut());
     headers::add_forwarded(request.headers_mut(), conn.peer_value());
     let (addr, source) = inbound_delivery(target, conn);
-    send_direct(request, Key { addr, protocol: Protocol::Http1, source }, proxy, service).await
+    send_direct(request, upgrade, Key { addr, protocol: Protocol::Http1, source }, proxy, service).await
 }
 
 /// Where inbound traffic goes: the app on localhost at the original port (as the design and
