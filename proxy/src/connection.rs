@@ -15,7 +15,7 @@ use crate::detect::{self, Detected, detect};
 use crate::metrics::Reporter;
 use crate::serve::{Conn, Speaks, serve};
 use crate::upstream::{Key, Protocol};
-use crate::{Proxy, Side, tcp, upstream};
+use crate::{Proxy, Side, box_out_of_line, tcp, upstream};
 
 const INBOUND_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long a TLS client may take to finish its ClientHello.
@@ -51,7 +51,7 @@ pub async fn handle(stream: TcpStream, peer: SocketAddr, side: Side, proxy: Arc<
         // A TCP service's cluster, fetched on first use.
         let lookup = || proxy.config.load().by_address(original).cloned();
         let arrived = || lookup().is_some_and(|sp| sp.tcp_cluster.is_some());
-        if Box::pin(on_demand.fetch(ResourceType::Cluster, name, arrived)).await {
+        if box_out_of_line(|| on_demand.fetch(ResourceType::Cluster, name, arrived)).await {
             service_port = lookup();
         }
     }
@@ -81,26 +81,35 @@ pub async fn handle(stream: TcpStream, peer: SocketAddr, side: Side, proxy: Arc<
     };
     drop(snapshot);
     match detected {
-        // Declared HTTP: hyper tells HTTP/1 from HTTP/2 itself.
-        None => serve(stream, conn, proxy.clone(), Speaks::Either).await,
-        Some(Detected::Http1) => serve(stream, conn, proxy.clone(), Speaks::Http1).await,
-        Some(Detected::Http2) => serve(stream, conn, proxy.clone(), Speaks::Http2).await,
+        None | Some(Detected::Http1 | Detected::Http2) => {
+            let speaks = match detected {
+                Some(Detected::Http1) => Speaks::Http1,
+                Some(Detected::Http2) => Speaks::Http2,
+                // Declared HTTP: hyper tells HTTP/1 from HTTP/2 itself.
+                _ => Speaks::Either,
+            };
+            // One call: each call site would have its own room for the connection's future.
+            serve(stream, conn, proxy.clone(), speaks).await
+        }
         Some(Detected::Tls) if side == Side::Outbound => {
             // TLS that is not ours passes through; its server name picks the service when the
             // address dialled does not.
-            let by_name =
-                match (&service_port, Box::pin(detect::server_name(&stream, DETECTION_TLS_DEADLINE)).await) {
-                    (None, Some(name)) => {
-                        let snapshot = proxy.config.load();
-                        snapshot.by_authority(&name, port.unwrap_or(443)).cloned()
-                    }
-                    _ => None,
-                };
-            Box::pin(relay(stream, &conn, service_port.as_deref().or(by_name.as_deref()), &proxy)).await
+            let by_name = match (
+                &service_port,
+                box_out_of_line(|| detect::server_name(&stream, DETECTION_TLS_DEADLINE)).await,
+            ) {
+                (None, Some(name)) => {
+                    let snapshot = proxy.config.load();
+                    snapshot.by_authority(&name, port.unwrap_or(443)).cloned()
+                }
+                _ => None,
+            };
+            box_out_of_line(|| relay(stream, &conn, service_port.as_deref().or(by_name.as_deref()), &proxy))
+                .await
         }
         // Boxed like the HTTP connections in `serve`: a task is as large as its largest branch.
         Some(Detected::Tls | Detected::Opaque) => {
-            Box::pin(relay(stream, &conn, service_port.as_deref(), &proxy)).await
+            box_out_of_line(|| relay(stream, &conn, service_port.as_deref(), &proxy)).await
         }
     }
     proxy.connections.fetch_sub(1, Ordering::AcqRel);

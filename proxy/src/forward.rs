@@ -23,7 +23,7 @@ use crate::metrics::{Reporter, RequestRecord};
 use crate::route::{Action, CompiledRoute, RequestView, Retry, StringMatcher, normalize_path};
 use crate::serve::Conn;
 use crate::upstream::{self, Body, BoxError, ConnectionPolicy, Key, Protocol, UpstreamError};
-use crate::{Proxy, Side};
+use crate::{Proxy, Side, box_out_of_line};
 
 /// Bodies up to this size are kept so that a retry can send them again.
 const MAX_REPLAY_BODY: u64 = 64 << 10;
@@ -95,14 +95,15 @@ async fn outbound(mut request: Request<Incoming>, conn: &Conn, proxy: &Proxy) ->
     let service_port = match service_port {
         Some(sp) if sp.virtual_host.is_none() && sp.missing_virtual_host.is_some() => {
             let authority = authority_ref(&request).map(str::to_owned);
-            fetch_virtual_host(proxy, sp, authority.as_deref(), conn.original, port).await
+            box_out_of_line(|| fetch_virtual_host(proxy, sp, authority.as_deref(), conn.original, port)).await
         }
         other => other,
     };
     let Some((service_port, virtual_host)) =
         service_port.and_then(|sp| sp.virtual_host.clone().map(|vh| (sp, vh)))
     else {
-        return passthrough(request, conn, proxy, &snapshot).await;
+        // Not a mesh service: boxed, so that routed requests do not carry its state.
+        return box_out_of_line(|| passthrough(request, conn, proxy, &snapshot)).await;
     };
     let service = service_port.service.clone();
     if let Some(normalized) = normalize_path(request.uri().path()) {
@@ -232,7 +233,7 @@ async fn to_cluster(
     let attempts = async {
         if wants_upgrade {
             // Rare, and its handshake state is large: boxed (see `Pools::send_http1`).
-            return Box::pin(upgrade(request, cluster, conn)).await;
+            return box_out_of_line(|| upgrade(request, cluster, conn)).await;
         }
         let (parts, body) = request.into_parts();
         // Only bodies known to be small (or absent) are kept for a retry; a stream (gRPC,
@@ -583,9 +584,10 @@ async fn passthrough(
         Some(original) => Some(original),
         // Explicit mode: only the authority says where the request goes.
         None => match authority.and_then(|a| split_authority(a, 80)) {
-            Some((host, port)) => {
-                Box::pin(tokio::net::lookup_host((host, port))).await.ok().and_then(|mut addrs| addrs.next())
-            }
+            Some((host, port)) => box_out_of_line(|| tokio::net::lookup_host((host, port)))
+                .await
+                .ok()
+                .and_then(|mut addrs| addrs.next()),
             None => None,
         },
     };
@@ -620,11 +622,13 @@ async fn send_direct(
     service: Arc<str>,
 ) -> Outcome {
     if wants_upgrade {
-        return match Box::pin(splice_upgrade(
-            request,
-            Key { protocol: Protocol::Http1, ..key },
-            ConnectionPolicy::default().connect_timeout,
-        ))
+        return match box_out_of_line(|| {
+            splice_upgrade(
+                request,
+                Key { protocol: Protocol::Http1, ..key },
+                ConnectionPolicy::default().connect_timeout,
+            )
+        })
         .await
         {
             Ok(response) => Outcome::new(response, service, "-"),
@@ -753,7 +757,7 @@ async fn fetch_virtual_host(
     };
     let lookup = || find_service_port(&proxy.config.load(), authority, original, port);
     let arrived = || lookup().is_some_and(|sp| sp.virtual_host.is_some());
-    if Box::pin(on_demand.fetch(ResourceType::VirtualHost, name, arrived)).await {
+    if box_out_of_line(|| on_demand.fetch(ResourceType::VirtualHost, name, arrived)).await {
         lookup()
     } else {
         Some(service_port)

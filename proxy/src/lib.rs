@@ -49,6 +49,18 @@ pub(crate) fn with_fast_rng<T>(f: impl FnOnce(&mut rand::rngs::SmallRng) -> T) -
     RNG.with_borrow_mut(f)
 }
 
+/// Boxes a future for a branch taken rarely (a new connection, an upgrade, a DNS lookup, an
+/// on-demand fetch), built and polled out of line. Written in place as `Box::pin(f(..)).await`,
+/// the future is first built in the caller's stack frame and its poll is inlined there: every
+/// poll of the hot path then reserves, and probes page by page, stack for the rare branch's
+/// largest state (Pools::send's frame was 13 KiB), and a request's stack spans more pages.
+#[inline(never)]
+pub(crate) fn box_out_of_line<'a, F: std::future::Future + Send + 'a>(
+    make: impl FnOnce() -> F,
+) -> std::pin::Pin<Box<dyn std::future::Future<Output = F::Output> + Send + 'a>> {
+    Box::pin(make())
+}
+
 /// Changes the log filter at run time (the admin `/logging` endpoint).
 pub type LogControl = Box<dyn Fn(&str) -> Result<(), String> + Send + Sync>;
 

@@ -87,6 +87,13 @@ pub enum Speaks {
     Either,
 }
 
+/// `Box::pin(make())` in a frame of its own (see `box_out_of_line`), keeping the type: the
+/// connection is shut down gracefully through it.
+#[inline(never)]
+fn pin_out_of_line<C>(make: impl FnOnce() -> C) -> std::pin::Pin<Box<C>> {
+    Box::pin(make())
+}
+
 pub async fn serve(stream: TcpStream, conn: Conn, proxy: Arc<Proxy>, speaks: Speaks) {
     let (max_header_bytes, header_timeout) = {
         let snapshot = proxy.config.load();
@@ -106,8 +113,9 @@ pub async fn serve(stream: TcpStream, conn: Conn, proxy: Arc<Proxy>, speaks: Spe
     macro_rules! run {
         ($connection:expr) => {{
             // Boxed: the task then holds only the protocol's own connection state, not room
-            // for the largest of the three.
-            let mut connection = Box::pin($connection);
+            // for the largest of the three; built out of line, so that the stack frame of
+            // every later poll has no room for it either.
+            let mut connection = pin_out_of_line(|| $connection);
             // Biased: the connection first, and no random pick on every wake-up.
             tokio::select! {
                 biased;

@@ -14,6 +14,8 @@ use hyper::client::conn::{http1, http2};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::net::{TcpSocket, TcpStream};
 
+use crate::box_out_of_line;
+
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 pub type Body = BoxBody<Bytes, BoxError>;
 
@@ -140,7 +142,7 @@ impl Pools {
         }
         // A new connection is the rare case: its connect and handshake state lives in a box of
         // its own, so it does not enlarge every connection's request future.
-        Box::pin(self.dial_http1(key, policy, request)).await
+        box_out_of_line(|| self.dial_http1(key, policy, request)).await
     }
 
     async fn dial_http1(
@@ -174,7 +176,7 @@ impl Pools {
         if let Some(sender) = self.http2_sender(key, policy) {
             return send_on(sender, key, request).await;
         }
-        Box::pin(self.dial_http2(key, policy, request)).await
+        box_out_of_line(|| self.dial_http2(key, policy, request)).await
     }
 
     async fn dial_http2(
