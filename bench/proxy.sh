@@ -22,9 +22,12 @@
 # Two runs per scenario:
 #   fixed rate: RATE req/s over CONNECTIONS keep-alive connections, latency-corrected
 #               percentiles; "added" = the scenario's percentile minus the direct one;
-#               RSS is the proxies' peak resident memory (per proxy) during this run.
+#               RSS is the proxies' peak resident memory (per proxy) during this run; their CPU
+#               time per request (all threads, from schedstat) at this rate, where caches are
+#               cold between requests and which the added latency follows.
 #   max rate:   MAX_CONNECTIONS connections as fast as possible: req/s on one core, and the
 #               proxies' CPU seconds (user + system, all processes) per 1,000 requests.
+# Below the table: how many rounds each pair beat the nginx pair in, at p50 and p99.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -103,12 +106,12 @@ CONF
   wait_port "$listen"
 }
 
-cpu_of() { # total CPU seconds of the pids in the files given
-  local total=0
+cpu_of() { # CPU microseconds (user + system, every thread) of the pids in the files given
+  local ns=0 run
   for f in "$@"; do for p in $(cat "$f"); do
-    total=$(awk -v t="$total" '{print t + ($14 + $15) / 100}' "/proc/$p/stat")
+    for t in /proc/"$p"/task/*/schedstat; do read -r run _ < "$t"; ns=$((ns + run)); done
   done; done
-  echo "$total"
+  echo $((ns / 1000))
 }
 rss_of() { # the largest peak RSS (KiB) of one proxy instance among the files given
   local best=0
@@ -127,8 +130,11 @@ scenario() {
   [ -n "$host" ] && hdr=(-H "host: $host")
   # Warm the connection pools, then measure.
   taskset -c 1 "$OHA" --no-tui -n 2000 -c 20 "${hdr[@]}" "$url" > /dev/null
+  local rate_before=0 rate_after=0
+  [ ${#files[@]} -gt 0 ] && rate_before=$(cpu_of "${files[@]}")
   taskset -c 1 "$OHA" --no-tui --output-format json -z "${DURATION}s" -c "$CONNECTIONS" -q "$RATE" \
     --latency-correction "${hdr[@]}" "$url" > "$out-rate.json"
+  [ ${#files[@]} -gt 0 ] && rate_after=$(cpu_of "${files[@]}")
   # Peak RSS at the fixed rate: read before any max-rate run has pushed it up.
   local rss=0; [ ${#files[@]} -gt 0 ] && [ "$round" = 1 ] && rss=$(rss_of "${files[@]}")
   local before=0 after=0
@@ -136,7 +142,7 @@ scenario() {
   taskset -c 1 "$OHA" --no-tui --output-format json -z "${DURATION}s" -c "$MAX_CONNECTIONS" \
     "${hdr[@]}" "$url" > "$out-max.json"
   [ ${#files[@]} -gt 0 ] && after=$(cpu_of "${files[@]}")
-  echo "$before $after $rss" > "$out.res"
+  echo "$before $after $rss $rate_before $rate_after" > "$out.res"
 }
 
 # NAME|URL|HOST|pidfiles, in the order they run within a round.
@@ -204,28 +210,36 @@ def non2xx(d):
     # Requests still in flight when a timed run ends are cut off by oha itself: not errors.
     errors = {k: n for k, n in d.get("errorDistribution", {}).items() if "aborted due to deadline" not in k}
     return sum(n for code, n in d.get("statusCodeDistribution", {}).items() if not code.startswith("2")) + sum(errors.values())
-def cpu_per_1k(name, r):
-    before, after, _ = open(f"{work}/{name}-{r}.res").read().split()
+def res(name, r):
+    return [int(x) for x in open(f"{work}/{name}-{r}.res").read().split()]
+def cpu_per_1k(name, r): # CPU seconds per 1,000 requests at the max rate
+    before, after, _, _, _ = res(name, r)
     done = load(name, r, "max")["summary"]["requestsPerSec"] * float(duration)
-    return (float(after) - float(before)) / done * 1000 if done else 0
+    return (after - before) / 1e6 / done * 1000 if done else 0
+def cpu_us_at_rate(name, r): # CPU microseconds per request at the fixed rate (cold caches)
+    _, _, _, before, after = res(name, r)
+    done = load(name, r, "rate")["summary"]["requestsPerSec"] * float(duration)
+    return (after - before) / done if done else 0
 med = statistics.median
 print(f"Fixed rate: {rate} req/s over {conns} connections for {duration}s (latency-corrected); max rate: {max_conns} connections.")
 print(f"Medians of {len(rounds)} rounds. Added latency = the path's percentile minus the direct run's in the same round.")
 print("Proxies on CPU 0, one worker each.\n")
-print("| path | p50 ms | p90 ms | p99 ms | p99.9 ms | added p50 | added p99 | errors | max req/s (one core) | proxy CPU s / 1k req | peak RSS per proxy MiB |")
-print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+print("| path | p50 ms | p90 ms | p99 ms | p99.9 ms | added p50 | added p99 | errors | proxy CPU µs / req at the fixed rate | max req/s (one core) | proxy CPU s / 1k req at max rate | peak RSS per proxy MiB |")
+print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
 per_round = {}
 for name in order:
     cols = [f"{med(pct(load(name, r, 'rate'), p) for r in rounds):.3f}" for p in ("p50", "p90", "p99", "p99.9")]
     added = {p: [pct(load(name, r, "rate"), p) - pct(load("direct", r, "rate"), p) for r in rounds] for p in ("p50", "p99")}
     maxes = [load(name, r, "max")["summary"]["requestsPerSec"] for r in rounds]
     errors = sum(non2xx(load(name, r, "rate")) + non2xx(load(name, r, "max")) for r in rounds)
-    rss = int(open(f"{work}/{name}-1.res").read().split()[2])
+    rss = res(name, 1)[2]
     per_round[name] = (added, maxes)
     direct = name == "direct"
     print(f"| {name} | {' | '.join(cols)} | "
           + (" | ".join("–" for _ in range(2)) if direct else " | ".join(f"{med(added[p]):+.3f}" for p in ("p50", "p99")))
-          + f" | {errors} | {med(maxes):.0f} | "
+          + f" | {errors} | "
+          + ("–" if direct else f"{med(cpu_us_at_rate(name, r) for r in rounds):.1f}")
+          + f" | {med(maxes):.0f} | "
           + ("–" if direct else f"{med(cpu_per_1k(name, r) for r in rounds):.3f}") + " | "
           + ("–" if direct else f"{rss / 1024:.1f}") + " |")
 print("\nEvery round (added p50 / added p99 ms; max req/s):\n")
@@ -235,4 +249,11 @@ for name in order:
     added, maxes = per_round[name]
     rows = ", ".join(f"{a:+.3f} / {b:+.3f}; {m:.0f}" for a, b, m in zip(added["p50"], added["p99"], maxes))
     print(f"- {name}: {rows}")
+# The pair target is a comparison within each round: say how often it held, not only the medians.
+if "nginx-pair" in order:
+    print("\nPairs against the nginx pair, round by round (lower added latency wins):\n")
+    for name in order:
+        if name.endswith("-pair") and name != "nginx-pair":
+            wins = {p: sum(1 for r in rounds if pct(load(name, r, "rate"), p) < pct(load("nginx-pair", r, "rate"), p)) for p in ("p50", "p99")}
+            print(f"- {name}: p50 lower in {wins['p50']} of {len(rounds)} rounds, p99 lower in {wins['p99']} of {len(rounds)}")
 PY
