@@ -49,16 +49,22 @@ pub(crate) fn with_fast_rng<T>(f: impl FnOnce(&mut rand::rngs::SmallRng) -> T) -
     RNG.with_borrow_mut(f)
 }
 
-/// Boxes a future for a branch taken rarely (a new connection, an upgrade, a DNS lookup, an
-/// on-demand fetch), built and polled out of line. Written in place as `Box::pin(f(..)).await`,
-/// the future is first built in the caller's stack frame and its poll is inlined there: every
-/// poll of the hot path then reserves, and probes page by page, stack for the rare branch's
-/// largest state (Pools::send's frame was 13 KiB), and a request's stack spans more pages.
+/// `Box::pin(make())` in a frame of its own. Written in place as `Box::pin(f(..))`, the value is
+/// first built in the caller's stack frame: every poll of a hot path then reserves, and probes
+/// page by page, stack for it (Pools::send's frame was 13 KiB), and a request's stack spans
+/// more pages. Keeps the type, for a value used through it (a connection shut down gracefully).
 #[inline(never)]
+pub(crate) fn pin_out_of_line<T>(make: impl FnOnce() -> T) -> std::pin::Pin<Box<T>> {
+    Box::pin(make())
+}
+
+/// A future for a branch taken rarely (a new connection, an upgrade, a DNS lookup, an
+/// on-demand fetch), built out of line (`pin_out_of_line`) and polled through the box's vtable,
+/// so that its poll is not inlined into the caller's either.
 pub(crate) fn box_out_of_line<'a, F: std::future::Future + Send + 'a>(
     make: impl FnOnce() -> F,
 ) -> std::pin::Pin<Box<dyn std::future::Future<Output = F::Output> + Send + 'a>> {
-    Box::pin(make())
+    pin_out_of_line(make)
 }
 
 /// Changes the log filter at run time (the admin `/logging` endpoint).

@@ -16,7 +16,7 @@ use tokio::net::TcpStream;
 
 use crate::config::{ServicePort, Snapshot};
 use crate::header_timer::ConnectionTimer;
-use crate::{Proxy, Side, forward};
+use crate::{Proxy, Side, forward, pin_out_of_line};
 
 /// Where a connection came from and was headed.
 #[derive(Debug)]
@@ -85,13 +85,6 @@ pub enum Speaks {
     Http2,
     /// Declared HTTP: hyper tells HTTP/1 from HTTP/2 itself.
     Either,
-}
-
-/// `Box::pin(make())` in a frame of its own (see `box_out_of_line`), keeping the type: the
-/// connection is shut down gracefully through it.
-#[inline(never)]
-fn pin_out_of_line<C>(make: impl FnOnce() -> C) -> std::pin::Pin<Box<C>> {
-    Box::pin(make())
 }
 
 pub async fn serve(stream: TcpStream, conn: Conn, proxy: Arc<Proxy>, speaks: Speaks) {
