@@ -3,6 +3,7 @@
 #
 #   bench/injector.sh              # 15 s per scenario, 500/s for the fixed-rate runs
 #   DURATION=30 RATE=1000 bench/injector.sh
+#   INJECTOR=/tmp/trellis-injector bench/injector.sh   # a given build
 #
 # The injector runs on CPU 0 with one worker thread ("one core"); the load generator (oha) runs
 # on CPU 1. Each measurement is paired with a baseline in the same run: GET /healthz on the same
@@ -16,14 +17,18 @@ RATE="${RATE:-500}"
 CONNECTIONS="${CONNECTIONS:-16}"
 
 OHA="${OHA:-$(command -v oha || true)}"
+if [ -z "$OHA" ] && [ -x "${HOME}/.local/oha/bin/oha" ]; then OHA="${HOME}/.local/oha/bin/oha"; fi
 if [ -z "$OHA" ]; then
   echo "installing oha (the load generator) with cargo..." >&2
   cargo install --locked --quiet oha --root "${HOME}/.local/oha"
   OHA="${HOME}/.local/oha/bin/oha"
 fi
 
-cargo build --release --quiet -p trellis-injector
-BIN="${CARGO_TARGET_DIR:-target}/release/trellis-injector"
+# INJECTOR=path measures that build instead (e.g. to compare two).
+if [ -z "${INJECTOR:-}" ]; then
+  cargo build --release --quiet -p trellis-injector
+fi
+BIN="${INJECTOR:-${CARGO_TARGET_DIR:-target}/release/trellis-injector}"
 
 work=$(mktemp -d)
 pid=""
