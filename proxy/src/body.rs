@@ -1,16 +1,19 @@
-//! A response body that carries what must last as long as it: the request's place in the
-//! cluster's limits and endpoint counts, and the route's deadline, which covers the whole
-//! response (as Envoy's route timeout does), not just its headers.
+//! Response bodies that carry what must last as long as the response: the request's place in
+//! the cluster's limits and endpoint counts, the route's deadline, which covers the whole
+//! response (as Envoy's route timeout does), not just its headers (`Guarded`); and the
+//! request's metrics, recorded when the response is done (`Recorded`).
 
 use std::future::Future as _;
 use std::pin::Pin;
-use std::task::{Context, Poll};
+use std::sync::Arc;
+use std::task::{Context, Poll, ready};
 
 use bytes::Bytes;
 use hyper::body::{Body, Frame, SizeHint};
 use tokio::time::{Instant, Sleep};
 
 use crate::cluster::InFlight;
+use crate::metrics::{Metrics, Reporter, RequestRecord, grpc_status_label};
 use crate::upstream::BoxError;
 
 pub struct Guarded<B> {
@@ -74,5 +77,93 @@ where
 
     fn size_hint(&self) -> SizeHint {
         self.inner.size_hint()
+    }
+}
+
+/// What the metrics will say of a request, all but what only the response's end tells.
+pub struct PendingRecord {
+    pub metrics: Arc<Metrics>,
+    pub reporter: Reporter,
+    pub service: Arc<str>,
+    pub grpc: bool,
+    pub status: u16,
+    /// From the response headers (a trailers-only gRPC answer); trailers may still set it.
+    pub grpc_status: &'static str,
+    pub flags: &'static str,
+    pub started: std::time::Instant,
+    pub request_bytes: u64,
+}
+
+/// A response body that records its request when it is dropped, which hyper does once the
+/// response is sent or abandoned: the duration then covers the whole response and the bytes
+/// are those that went out, as Istio's do, also for streams and chunked bodies; a gRPC status
+/// comes from the trailers. A response abandoned before its end (the client went away) is
+/// flagged `DC`, as Envoy does.
+pub struct Recorded<B> {
+    inner: B,
+    pending: Option<PendingRecord>,
+    sent: u64,
+    ended: bool,
+}
+
+impl<B: Body> Recorded<B> {
+    pub fn new(inner: B, pending: PendingRecord) -> Recorded<B> {
+        let ended = inner.is_end_stream();
+        Recorded { inner, pending: Some(pending), sent: 0, ended }
+    }
+}
+
+impl<B: Body<Data = Bytes> + Unpin> Body for Recorded<B> {
+    type Data = Bytes;
+    type Error = B::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, B::Error>>> {
+        let this = self.get_mut();
+        let frame = ready!(Pin::new(&mut this.inner).poll_frame(cx));
+        match &frame {
+            Some(Ok(frame)) => {
+                // hyper stops polling a body once it says it has ended.
+                this.ended = this.inner.is_end_stream();
+                if let Some(data) = frame.data_ref() {
+                    this.sent += data.len() as u64;
+                } else if let (Some(trailers), Some(pending)) = (frame.trailers_ref(), this.pending.as_mut())
+                    && pending.grpc
+                    && let Some(status) = trailers.get("grpc-status")
+                {
+                    pending.grpc_status = grpc_status_label(status.as_bytes());
+                }
+            }
+            // An error is the end too: the upstream's failure, not the client's departure.
+            None | Some(Err(_)) => this.ended = true,
+        }
+        Poll::Ready(frame)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+impl<B> Drop for Recorded<B> {
+    fn drop(&mut self) {
+        let Some(p) = self.pending.take() else { return };
+        p.metrics.request(RequestRecord {
+            reporter: p.reporter,
+            service: &p.service,
+            grpc: p.grpc,
+            status: p.status,
+            grpc_status: p.grpc_status,
+            flags: if self.ended { p.flags } else { "DC" },
+            millis: p.started.elapsed().as_secs_f64() * 1000.0,
+            request_bytes: p.request_bytes,
+            response_bytes: self.sent,
+        });
     }
 }

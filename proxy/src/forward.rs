@@ -15,11 +15,11 @@ use rand::RngExt;
 use trellis_xds::config as pb;
 use trellis_xds::types::ResourceType;
 
-use crate::body::Guarded;
+use crate::body::{Guarded, PendingRecord, Recorded};
 use crate::cluster::Cluster;
 use crate::config::{ServicePort, Snapshot, split_authority};
 use crate::headers;
-use crate::metrics::{Reporter, RequestRecord};
+use crate::metrics::{Reporter, grpc_status_label};
 use crate::route::{Action, CompiledRoute, RequestView, Retry, StringMatcher, normalize_path};
 use crate::serve::Conn;
 use crate::upstream::{self, Body, BoxError, ConnectionPolicy, Key, Protocol, UpstreamError};
@@ -60,23 +60,25 @@ pub async fn handle(request: Request<Incoming>, conn: &Conn, proxy: &Proxy) -> R
     if outcome.request_bytes == 0 {
         outcome.request_bytes = declared_length.unwrap_or(0);
     }
-    // The body's own length when known (its Content-Length, or bytes of our own): no header to
-    // look up and parse again.
-    let response_bytes = hyper::body::Body::size_hint(outcome.response.body()).exact().unwrap_or(0);
-    proxy.metrics.request(RequestRecord {
+    let grpc_status = match outcome.response.headers().get("grpc-status") {
+        Some(status) if grpc => grpc_status_label(status.as_bytes()),
+        _ => "",
+    };
+    let pending = PendingRecord {
+        metrics: proxy.metrics.clone(),
         reporter: match conn.side {
             Side::Outbound => Reporter::Source,
             Side::Inbound => Reporter::Destination,
         },
-        service: &outcome.service,
+        service: outcome.service,
         grpc,
         status: outcome.response.status().as_u16(),
+        grpc_status,
         flags: outcome.flags,
-        millis: started.elapsed().as_secs_f64() * 1000.0,
+        started,
         request_bytes: outcome.request_bytes,
-        response_bytes,
-    });
-    outcome.response
+    };
+    outcome.response.map(|body| Recorded::new(body, pending).boxed())
 }
 
 async fn outbound(mut request: Request<Incoming>, conn: &Conn, proxy: &Proxy) -> Outcome {

@@ -75,7 +75,8 @@ pub type LogControl = Box<dyn Fn(&str) -> Result<(), String> + Send + Sync>;
 pub struct Proxy {
     pub config: ArcSwap<Snapshot>,
     pub pools: Pools,
-    pub metrics: Metrics,
+    /// Shared with the response bodies in flight, which record their request when they end.
+    pub metrics: Arc<Metrics>,
     /// Set once a configuration is loaded.
     pub ready: AtomicBool,
     /// Flips when the proxy starts draining.
@@ -117,7 +118,7 @@ impl Proxy {
         Arc::new(Proxy {
             config: ArcSwap::from_pointee(snapshot),
             pools: Pools::default(),
-            metrics,
+            metrics: Arc::new(metrics),
             ready: AtomicBool::new(false),
             drain: drain::Drain::default(),
             connections: AtomicUsize::new(0),

@@ -54,6 +54,9 @@ pub struct RequestLabels {
     pub peers: Peers,
     pub request_protocol: &'static str,
     pub response_code: u16,
+    /// The gRPC status (from the trailers, or the headers of a trailers-only response); empty
+    /// for other requests, as in Istio.
+    pub grpc_response_status: &'static str,
     pub response_flags: &'static str,
     pub connection_security_policy: &'static str,
 }
@@ -109,7 +112,20 @@ struct SeriesKey {
     source_side: bool,
     grpc: bool,
     status: u16,
+    grpc_status: &'static str,
     flags: &'static str,
+}
+
+/// The label value of a `grpc-status`: the codes gRPC defines (0 to 16) as themselves, anything
+/// else as "unknown", so that a misbehaving server cannot mint label values.
+pub fn grpc_status_label(value: &[u8]) -> &'static str {
+    const CODES: [&str; 17] =
+        ["0", "1", "2", "3", "4", "5", "6", "7", "8", "9", "10", "11", "12", "13", "14", "15", "16"];
+    std::str::from_utf8(value)
+        .ok()
+        .and_then(|v| v.parse::<usize>().ok())
+        .and_then(|code| CODES.get(code).copied())
+        .unwrap_or("unknown")
 }
 
 type SeriesByService = FastMap<Arc<str>, FastMap<SeriesKey, Arc<RequestSeries>>>;
@@ -135,6 +151,8 @@ pub struct RequestRecord<'a> {
     pub service: &'a Arc<str>,
     pub grpc: bool,
     pub status: u16,
+    /// `grpc_status_label` of the response's `grpc-status`; "" when it has none.
+    pub grpc_status: &'static str,
     pub flags: &'static str,
     pub millis: f64,
     pub request_bytes: u64,
@@ -211,6 +229,7 @@ impl Metrics {
             source_side: r.reporter == Reporter::Source,
             grpc: r.grpc,
             status: r.status,
+            grpc_status: r.grpc_status,
             flags: r.flags,
         };
         let found =
@@ -230,6 +249,7 @@ impl Metrics {
             peers: self.peers(r.reporter, r.service),
             request_protocol: if r.grpc { "grpc" } else { "http" },
             response_code: r.status,
+            grpc_response_status: r.grpc_status,
             response_flags: r.flags,
             connection_security_policy: "none",
         };
@@ -268,5 +288,20 @@ impl Metrics {
         let mut out = String::new();
         let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
         out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::grpc_status_label;
+
+    #[test]
+    fn grpc_status_labels_are_the_defined_codes_or_unknown() {
+        assert_eq!(grpc_status_label(b"0"), "0");
+        assert_eq!(grpc_status_label(b"16"), "16");
+        // A server cannot make up label values: every other value is one label.
+        for hostile in [&b"17"[..], b"-1", b"", b"abc", b"0x1", b" 5", b"99999999999999999999999", b"\xff"] {
+            assert_eq!(grpc_status_label(hostile), "unknown", "{hostile:?}");
+        }
     }
 }

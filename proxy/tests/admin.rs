@@ -4,6 +4,7 @@ mod common;
 
 use common::{Client, TestProxy, Upstream, api_config, get_text};
 use http::{StatusCode, Version};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 fn config(upstream: &Upstream) -> String {
     api_config(&[upstream.addr.port()], "HTTP", "", "")
@@ -65,6 +66,66 @@ async fn admin_pages_show_config_clusters_and_metrics() {
     );
 
     assert_eq!(proxy.admin_get("/nothing").await.0, StatusCode::NOT_FOUND);
+}
+
+/// The value of the first sample line that starts with `prefix` and has every label in `labels`.
+fn sample(metrics: &str, prefix: &str, labels: &[&str]) -> Option<f64> {
+    let line =
+        metrics.lines().find(|l| l.starts_with(prefix) && labels.iter().all(|label| l.contains(label)))?;
+    line.rsplit(' ').next()?.parse().ok()
+}
+
+/// Waits (bounded) until the proxy's metrics have a sample matching `prefix` and `labels`.
+async fn wait_for_sample(proxy: &TestProxy, prefix: &str, labels: &[&str]) -> (f64, String) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let metrics = proxy.metrics().await;
+        if let Some(value) = sample(&metrics, prefix, labels) {
+            return (value, metrics);
+        }
+        assert!(std::time::Instant::now() < deadline, "no {prefix} with {labels:?} in\n{metrics}");
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+}
+
+/// A request is recorded when its response is done, as Istio's are: a body that comes later
+/// (chunked, no Content-Length) counts in the duration and the response bytes; a response the
+/// client walks away from is flagged DC.
+#[tokio::test]
+async fn request_metrics_cover_the_whole_response() {
+    let upstream = Upstream::start("api").await;
+    let proxy = TestProxy::start(&config(&upstream)).await;
+    let mut client = Client::connect(proxy.outbound(), Version::HTTP_11).await;
+    let answer = client.send(common::get("api", "/", &[("x-body-delay-ms", "300")])).await.unwrap();
+    assert_eq!((answer.status, answer.text().as_str()), (StatusCode::OK, "api"));
+    assert!(answer.header("content-length").is_none(), "the body is chunked: {:?}", answer.headers);
+
+    let ok = ["response_code=\"200\"", "response_flags=\"-\""];
+    let (bytes, metrics) = wait_for_sample(&proxy, "istio_response_bytes_sum", &ok).await;
+    assert_eq!(bytes, 3.0, "the 3 bytes of the chunked body: {metrics}");
+    let under_250 = sample(&metrics, "istio_request_duration_milliseconds_bucket", &[ok[0], "le=\"250.0\""]);
+    let under_500 = sample(&metrics, "istio_request_duration_milliseconds_bucket", &[ok[0], "le=\"500.0\""]);
+    assert_eq!(
+        (under_250, under_500),
+        (Some(0.0), Some(1.0)),
+        "the body came 300 ms after the head: {metrics}"
+    );
+
+    // The head, then the client leaves while the body is still on its way.
+    let mut stream = tokio::net::TcpStream::connect(proxy.outbound()).await.unwrap();
+    stream.write_all(b"GET / HTTP/1.1\r\nHost: api\r\nx-body-delay-ms: 5000\r\n\r\n").await.unwrap();
+    let mut head = Vec::new();
+    while !head.ends_with(b"\r\n\r\n") {
+        let mut byte = [0u8; 1];
+        assert_eq!(stream.read(&mut byte).await.unwrap(), 1, "closed before the response head");
+        head.push(byte[0]);
+    }
+    drop(stream);
+    let (abandoned, metrics) =
+        wait_for_sample(&proxy, "istio_requests_total", &["response_code=\"200\"", "response_flags=\"DC\""])
+            .await;
+    assert_eq!(abandoned, 1.0, "{metrics}");
+    assert_eq!(sample(&metrics, "istio_requests_total", &ok), Some(1.0), "{metrics}");
 }
 
 #[tokio::test]

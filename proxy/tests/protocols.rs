@@ -86,8 +86,25 @@ async fn grpc_calls_statuses_and_streams_pass_through() {
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
+    // Istio's gRPC labels and sizes: the status from the trailers (or a trailers-only answer),
+    // the bytes of the streamed messages (no Content-Length on a gRPC response).
     let metrics = proxy.metrics().await;
-    assert!(metrics.contains("request_protocol=\"grpc\""), "{metrics}");
+    let value = |prefix: &str, grpc_status: &str| {
+        metrics
+            .lines()
+            .find(|l| {
+                l.starts_with(prefix)
+                    && l.contains("request_protocol=\"grpc\"")
+                    && l.contains(&format!("grpc_response_status=\"{grpc_status}\""))
+            })
+            .and_then(|l| l.rsplit(' ').next())
+            .unwrap_or_else(|| panic!("no {prefix} with grpc_response_status {grpc_status} in\n{metrics}"))
+            .to_owned()
+    };
+    assert_eq!(value("istio_requests_total", "0"), "2", "Say and Count: {metrics}");
+    assert_eq!(value("istio_requests_total", "5"), "1", "Fail, NOT_FOUND: {metrics}");
+    // Say: one message of 13 bytes; Count: five of 1; each with gRPC's 5-byte prefix.
+    assert_eq!(value("istio_response_bytes_sum", "0"), "48.0", "{metrics}");
 }
 
 #[tokio::test]
