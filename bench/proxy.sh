@@ -27,7 +27,8 @@
 #               cold between requests and which the added latency follows.
 #   max rate:   MAX_CONNECTIONS connections as fast as possible: req/s on one core, and the
 #               proxies' CPU seconds (user + system, all processes) per 1,000 requests.
-# Below the table: how many rounds each pair beat the nginx pair in, at p50 and p99.
+# Below the table: how many rounds each pair beat the nginx pair in, at p50 and p99, and the
+# median of the rounds' differences (paired by round, so a round's noise cancels out).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -251,9 +252,15 @@ for name in order:
     print(f"- {name}: {rows}")
 # The pair target is a comparison within each round: say how often it held, not only the medians.
 if "nginx-pair" in order:
-    print("\nPairs against the nginx pair, round by round (lower added latency wins):\n")
+    # Paired by round, so that the noise a round shares with the nginx pair cancels out:
+    # the median of the rounds' differences, and of the rounds' max req/s ratios.
+    print("\nPairs against the nginx pair, round by round (lower added latency wins; the median of "
+          "the rounds' differences in ms, and of their max req/s ratios):\n")
     for name in order:
         if name.endswith("-pair") and name != "nginx-pair":
-            wins = {p: sum(1 for r in rounds if pct(load(name, r, "rate"), p) < pct(load("nginx-pair", r, "rate"), p)) for p in ("p50", "p99")}
-            print(f"- {name}: p50 lower in {wins['p50']} of {len(rounds)} rounds, p99 lower in {wins['p99']} of {len(rounds)}")
+            diff = {p: [pct(load(name, r, "rate"), p) - pct(load("nginx-pair", r, "rate"), p) for r in rounds] for p in ("p50", "p99")}
+            wins = {p: sum(1 for d in diff[p] if d < 0) for p in diff}
+            ratio = med(load(name, r, "max")["summary"]["requestsPerSec"] / load("nginx-pair", r, "max")["summary"]["requestsPerSec"] for r in rounds)
+            print(f"- {name}: p50 lower in {wins['p50']} of {len(rounds)} rounds ({med(diff['p50']):+.3f}), "
+                  f"p99 lower in {wins['p99']} of {len(rounds)} ({med(diff['p99']):+.3f}); max req/s {ratio:.0%} of the nginx pair's")
 PY

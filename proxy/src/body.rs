@@ -131,7 +131,7 @@ impl<B: Body<Data = Bytes> + Unpin> Body for Recorded<B> {
                     this.sent += data.len() as u64;
                 } else if let (Some(trailers), Some(pending)) = (frame.trailers_ref(), this.pending.as_mut())
                     && pending.grpc
-                    && let Some(status) = trailers.get("grpc-status")
+                    && let Some(status) = trailers.get(&crate::headers::GRPC_STATUS)
                 {
                     pending.grpc_status = grpc_status_label(status.as_bytes());
                 }

@@ -60,9 +60,10 @@ pub async fn handle(request: Request<Incoming>, conn: &Conn, proxy: &Proxy) -> R
     if outcome.request_bytes == 0 {
         outcome.request_bytes = declared_length.unwrap_or(0);
     }
-    let grpc_status = match outcome.response.headers().get("grpc-status") {
-        Some(status) if grpc => grpc_status_label(status.as_bytes()),
-        _ => "",
+    // Looked up only for gRPC: a lookup by name costs every other request a header parse.
+    let grpc_status = match grpc.then(|| outcome.response.headers().get(&headers::GRPC_STATUS)).flatten() {
+        Some(status) => grpc_status_label(status.as_bytes()),
+        None => "",
     };
     let pending = PendingRecord {
         metrics: proxy.metrics.clone(),
@@ -310,7 +311,7 @@ async fn with_retries(
                 let grpc = outcome
                     .response
                     .headers()
-                    .get("grpc-status")
+                    .get(&headers::GRPC_STATUS)
                     .and_then(|v| v.to_str().ok())
                     .and_then(|v| v.parse().ok());
                 retry.retries_response(outcome.response.status(), grpc)

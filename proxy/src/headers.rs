@@ -16,6 +16,7 @@ static HOP_BY_HOP: [HeaderName; 7] = [
 static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+pub static GRPC_STATUS: HeaderName = HeaderName::from_static("grpc-status");
 
 /// Removes hop-by-hop headers, and the headers `Connection` names. `TE: trailers` (gRPC) is
 /// kept; an upgrade keeps `Connection: upgrade` and `Upgrade`.
