@@ -6,6 +6,7 @@
 use std::future::Future as _;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::task::{Context, Poll, ready};
 
 use bytes::Bytes;
@@ -92,6 +93,9 @@ pub struct PendingRecord {
     pub flags: &'static str,
     pub started: std::time::Instant,
     pub request_bytes: u64,
+    /// Counts a request body that streams without a declared length (`Counted`); read when the
+    /// response is done, instead of `request_bytes`.
+    pub request_counter: Option<Arc<AtomicU64>>,
 }
 
 /// A response body that records its request when it is dropped, which hyper does once the
@@ -162,8 +166,46 @@ impl<B> Drop for Recorded<B> {
             grpc_status: p.grpc_status,
             flags: if self.ended { p.flags } else { "DC" },
             millis: p.started.elapsed().as_secs_f64() * 1000.0,
-            request_bytes: p.request_bytes,
+            request_bytes: p.request_counter.map_or(p.request_bytes, |c| c.load(Ordering::Relaxed)),
             response_bytes: self.sent,
         });
+    }
+}
+
+/// A request body that counts the bytes it passes on, for the metrics of a body whose length
+/// is not declared (a chunked upload, most gRPC requests).
+pub struct Counted<B> {
+    inner: B,
+    counter: Arc<AtomicU64>,
+}
+
+impl<B> Counted<B> {
+    pub fn new(inner: B, counter: Arc<AtomicU64>) -> Counted<B> {
+        Counted { inner, counter }
+    }
+}
+
+impl<B: Body<Data = Bytes> + Unpin> Body for Counted<B> {
+    type Data = Bytes;
+    type Error = B::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, B::Error>>> {
+        let this = self.get_mut();
+        let frame = ready!(Pin::new(&mut this.inner).poll_frame(cx));
+        if let Some(Ok(data)) = frame.as_ref().map(|f| f.as_ref().map(Frame::data_ref)) {
+            this.counter.fetch_add(data.map_or(0, |d| d.len() as u64), Ordering::Relaxed);
+        }
+        Poll::Ready(frame)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
     }
 }

@@ -5,6 +5,7 @@
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::Arc;
+use std::sync::atomic::AtomicU64;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -15,7 +16,7 @@ use rand::RngExt;
 use trellis_xds::config as pb;
 use trellis_xds::types::ResourceType;
 
-use crate::body::{Guarded, PendingRecord, Recorded};
+use crate::body::{Counted, Guarded, PendingRecord, Recorded};
 use crate::cluster::Cluster;
 use crate::config::{ServicePort, Snapshot, split_authority};
 use crate::headers;
@@ -36,11 +37,18 @@ struct Outcome {
     service: Arc<str>,
     flags: &'static str,
     request_bytes: u64,
+    /// Set when the request body streamed without a declared length: its bytes, counted.
+    request_counter: Option<Arc<AtomicU64>>,
 }
 
 impl Outcome {
+    fn with_counter(mut self, counter: Option<Arc<AtomicU64>>) -> Outcome {
+        self.request_counter = counter;
+        self
+    }
+
     fn new(response: Response<Body>, service: impl Into<Arc<str>>, flags: &'static str) -> Outcome {
-        Outcome { response, service: service.into(), flags, request_bytes: 0 }
+        Outcome { response, service: service.into(), flags, request_bytes: 0, request_counter: None }
     }
 }
 
@@ -78,6 +86,7 @@ pub async fn handle(request: Request<Incoming>, conn: &Conn, proxy: &Proxy) -> R
         flags: outcome.flags,
         started,
         request_bytes: outcome.request_bytes,
+        request_counter: outcome.request_counter,
     };
     outcome.response.map(|body| Recorded::new(body, pending).boxed())
 }
@@ -256,7 +265,7 @@ async fn to_cluster(
             outcome.request_bytes = length;
             outcome
         } else {
-            let body: Body = Limited::new(body, limit as usize).map_err(BoxError::from).boxed();
+            let (body, counter) = forwarded_body(body, limit as usize);
             attempt(
                 Request::from_parts(parts, body),
                 cluster,
@@ -268,6 +277,7 @@ async fn to_cluster(
             )
             .await
             .map_or_else(|failure| failure.into_outcome(cluster), |(outcome, _)| outcome)
+            .with_counter(counter)
         }
     };
     let outcome = match route.timeout {
@@ -645,9 +655,10 @@ async fn send_direct(
     let key = Key { protocol: protocol_of(request.version()), ..key };
     let (parts, body) = request.into_parts();
     let limit = proxy.config.load().limits.max_body_bytes as usize;
-    let mut outgoing = Request::from_parts(parts, Limited::new(body, limit).map_err(BoxError::from).boxed());
+    let (body, counter) = forwarded_body(body, limit);
+    let mut outgoing = Request::from_parts(parts, body);
     prepare_uri(&mut outgoing, key.protocol, key.addr);
-    match proxy.pools.send(key, &ConnectionPolicy::default(), outgoing).await {
+    let outcome = match proxy.pools.send(key, &ConnectionPolicy::default(), outgoing).await {
         Ok(response) => Outcome::new(clean_response(response), service, "-"),
         Err(e) => match body_limit(&e) {
             Some(status) => Outcome::new(text(status, "request body too large\n"), service, "-"),
@@ -662,7 +673,21 @@ async fn send_direct(
                 "UR",
             ),
         },
+    };
+    outcome.with_counter(counter)
+}
+
+/// A request body on its way upstream: held to the size limit and, when its length is not
+/// declared, counted for the metrics (a declared length is taken as it is, for free).
+fn forwarded_body(body: Incoming, limit: usize) -> (Body, Option<Arc<AtomicU64>>) {
+    let limited = Limited::new(body, limit).map_err(BoxError::from);
+    let declared = hyper::body::Body::size_hint(&limited).exact().is_some()
+        || hyper::body::Body::is_end_stream(&limited);
+    if declared {
+        return (limited.boxed(), None);
     }
+    let counter = Arc::new(AtomicU64::new(0));
+    (Counted::new(limited, counter.clone()).boxed(), Some(counter))
 }
 
 async fn inbound(mut request: Request<Incoming>, conn: &Conn, proxy: &Proxy) -> Outcome {

@@ -75,15 +75,21 @@ fn sample(metrics: &str, prefix: &str, labels: &[&str]) -> Option<f64> {
     line.rsplit(' ').next()?.parse().ok()
 }
 
-/// Waits (bounded) until the proxy's metrics have a sample matching `prefix` and `labels`.
-async fn wait_for_sample(proxy: &TestProxy, prefix: &str, labels: &[&str]) -> (f64, String) {
+/// Waits (bounded) until the proxy's metrics have a sample matching `prefix` and `labels` whose
+/// value is `expected`; then returns them (the caller's assertion shows a timeout's last state).
+async fn wait_for_sample(
+    proxy: &TestProxy,
+    prefix: &str,
+    labels: &[&str],
+    expected: f64,
+) -> (Option<f64>, String) {
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
     loop {
         let metrics = proxy.metrics().await;
-        if let Some(value) = sample(&metrics, prefix, labels) {
+        let value = sample(&metrics, prefix, labels);
+        if value == Some(expected) || std::time::Instant::now() >= deadline {
             return (value, metrics);
         }
-        assert!(std::time::Instant::now() < deadline, "no {prefix} with {labels:?} in\n{metrics}");
         tokio::time::sleep(std::time::Duration::from_millis(20)).await;
     }
 }
@@ -101,8 +107,8 @@ async fn request_metrics_cover_the_whole_response() {
     assert!(answer.header("content-length").is_none(), "the body is chunked: {:?}", answer.headers);
 
     let ok = ["response_code=\"200\"", "response_flags=\"-\""];
-    let (bytes, metrics) = wait_for_sample(&proxy, "istio_response_bytes_sum", &ok).await;
-    assert_eq!(bytes, 3.0, "the 3 bytes of the chunked body: {metrics}");
+    let (bytes, metrics) = wait_for_sample(&proxy, "istio_response_bytes_sum", &ok, 3.0).await;
+    assert_eq!(bytes, Some(3.0), "the 3 bytes of the chunked body: {metrics}");
     let under_250 = sample(&metrics, "istio_request_duration_milliseconds_bucket", &[ok[0], "le=\"250.0\""]);
     let under_500 = sample(&metrics, "istio_request_duration_milliseconds_bucket", &[ok[0], "le=\"500.0\""]);
     assert_eq!(
@@ -110,6 +116,26 @@ async fn request_metrics_cover_the_whole_response() {
         (Some(0.0), Some(1.0)),
         "the body came 300 ms after the head: {metrics}"
     );
+
+    // A chunked upload (no Content-Length) counts the bytes that went upstream.
+    let mut stream = tokio::net::TcpStream::connect(proxy.outbound()).await.unwrap();
+    stream
+        .write_all(
+            b"POST / HTTP/1.1\r\nHost: api\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n",
+        )
+        .await
+        .unwrap();
+    let mut echoed = Vec::new();
+    while !echoed.ends_with(b"hello") {
+        let mut chunk = [0u8; 512];
+        let n = stream.read(&mut chunk).await.unwrap();
+        assert!(n > 0, "closed before the echo: {}", String::from_utf8_lossy(&echoed));
+        echoed.extend_from_slice(&chunk[..n]);
+    }
+    drop(stream);
+    let (uploaded, metrics) = wait_for_sample(&proxy, "istio_request_bytes_sum", &ok, 5.0).await;
+    assert_eq!(uploaded, Some(5.0), "the 5 bytes of the chunked upload: {metrics}");
+    assert_eq!(sample(&metrics, "istio_requests_total", &ok), Some(2.0), "{metrics}");
 
     // The head, then the client leaves while the body is still on its way.
     let mut stream = tokio::net::TcpStream::connect(proxy.outbound()).await.unwrap();
@@ -121,11 +147,10 @@ async fn request_metrics_cover_the_whole_response() {
         head.push(byte[0]);
     }
     drop(stream);
-    let (abandoned, metrics) =
-        wait_for_sample(&proxy, "istio_requests_total", &["response_code=\"200\"", "response_flags=\"DC\""])
-            .await;
-    assert_eq!(abandoned, 1.0, "{metrics}");
-    assert_eq!(sample(&metrics, "istio_requests_total", &ok), Some(1.0), "{metrics}");
+    let dc = ["response_code=\"200\"", "response_flags=\"DC\""];
+    let (abandoned, metrics) = wait_for_sample(&proxy, "istio_requests_total", &dc, 1.0).await;
+    assert_eq!(abandoned, Some(1.0), "{metrics}");
+    assert_eq!(sample(&metrics, "istio_requests_total", &ok), Some(2.0), "{metrics}");
 }
 
 #[tokio::test]

@@ -105,6 +105,8 @@ async fn grpc_calls_statuses_and_streams_pass_through() {
     assert_eq!(value("istio_requests_total", "5"), "1", "Fail, NOT_FOUND: {metrics}");
     // Say: one message of 13 bytes; Count: five of 1; each with gRPC's 5-byte prefix.
     assert_eq!(value("istio_response_bytes_sum", "0"), "48.0", "{metrics}");
+    // The requests, sent without a length: "trellis" and "5", each with the prefix too.
+    assert_eq!(value("istio_request_bytes_sum", "0"), "18.0", "{metrics}");
 }
 
 #[tokio::test]
