@@ -98,26 +98,21 @@ pub struct PendingRecord {
     pub request_counter: Option<Arc<AtomicU64>>,
 }
 
-/// A response body that records its request when it is dropped, which hyper does once the
-/// response is sent or abandoned: the duration then covers the whole response and the bytes
-/// are those that went out, as Istio's do, also for streams and chunked bodies; a gRPC status
-/// comes from the trailers. A response abandoned before its end (the client went away) is
-/// flagged `DC`, as Envoy does.
-pub struct Recorded<B> {
+/// A body passed on unchanged, with an observer told what goes through it.
+pub struct Observed<B, O> {
     inner: B,
-    pending: Option<PendingRecord>,
-    sent: u64,
-    ended: bool,
+    observer: O,
 }
 
-impl<B: Body> Recorded<B> {
-    pub fn new(inner: B, pending: PendingRecord) -> Recorded<B> {
-        let ended = inner.is_end_stream();
-        Recorded { inner, pending: Some(pending), sent: 0, ended }
-    }
+/// What an `Observed` body tells its observer.
+pub trait Observer {
+    fn data(&mut self, len: usize);
+    fn trailers(&mut self, _trailers: &http::HeaderMap) {}
+    /// The body has ended, or failed (the upstream's failure, not the client's departure).
+    fn ended(&mut self) {}
 }
 
-impl<B: Body<Data = Bytes> + Unpin> Body for Recorded<B> {
+impl<B: Body<Data = Bytes> + Unpin, O: Observer + Unpin> Body for Observed<B, O> {
     type Data = Bytes;
     type Error = B::Error;
 
@@ -129,19 +124,17 @@ impl<B: Body<Data = Bytes> + Unpin> Body for Recorded<B> {
         let frame = ready!(Pin::new(&mut this.inner).poll_frame(cx));
         match &frame {
             Some(Ok(frame)) => {
-                // hyper stops polling a body once it says it has ended.
-                this.ended = this.inner.is_end_stream();
                 if let Some(data) = frame.data_ref() {
-                    this.sent += data.len() as u64;
-                } else if let (Some(trailers), Some(pending)) = (frame.trailers_ref(), this.pending.as_mut())
-                    && pending.grpc
-                    && let Some(status) = trailers.get(&crate::headers::GRPC_STATUS)
-                {
-                    pending.grpc_status = grpc_status_label(status.as_bytes());
+                    this.observer.data(data.len());
+                } else if let Some(trailers) = frame.trailers_ref() {
+                    this.observer.trailers(trailers);
+                }
+                // hyper stops polling a body once it says it has ended.
+                if this.inner.is_end_stream() {
+                    this.observer.ended();
                 }
             }
-            // An error is the end too: the upstream's failure, not the client's departure.
-            None | Some(Err(_)) => this.ended = true,
+            None | Some(Err(_)) => this.observer.ended(),
         }
         Poll::Ready(frame)
     }
@@ -155,7 +148,44 @@ impl<B: Body<Data = Bytes> + Unpin> Body for Recorded<B> {
     }
 }
 
-impl<B> Drop for Recorded<B> {
+/// A response body that records its request when it is dropped, which hyper does once the
+/// response is sent or abandoned: the duration then covers the whole response and the bytes
+/// are those that went out, as Istio's do, also for streams and chunked bodies; a gRPC status
+/// comes from the trailers. A response abandoned before its end (the client went away) is
+/// flagged `DC`, as Envoy does.
+pub type Recorded<B> = Observed<B, Recording>;
+
+pub fn recorded<B: Body>(inner: B, pending: PendingRecord) -> Recorded<B> {
+    let ended = inner.is_end_stream();
+    Observed { inner, observer: Recording { pending: Some(pending), sent: 0, ended } }
+}
+
+pub struct Recording {
+    pending: Option<PendingRecord>,
+    sent: u64,
+    ended: bool,
+}
+
+impl Observer for Recording {
+    fn data(&mut self, len: usize) {
+        self.sent += len as u64;
+    }
+
+    fn trailers(&mut self, trailers: &http::HeaderMap) {
+        if let Some(pending) = self.pending.as_mut()
+            && pending.grpc
+            && let Some(status) = trailers.get(&crate::headers::GRPC_STATUS)
+        {
+            pending.grpc_status = grpc_status_label(status.as_bytes());
+        }
+    }
+
+    fn ended(&mut self) {
+        self.ended = true;
+    }
+}
+
+impl Drop for Recording {
     fn drop(&mut self) {
         let Some(p) = self.pending.take() else { return };
         p.metrics.request(RequestRecord {
@@ -174,38 +204,16 @@ impl<B> Drop for Recorded<B> {
 
 /// A request body that counts the bytes it passes on, for the metrics of a body whose length
 /// is not declared (a chunked upload, most gRPC requests).
-pub struct Counted<B> {
-    inner: B,
-    counter: Arc<AtomicU64>,
+pub type Counted<B> = Observed<B, Counter>;
+
+pub fn counted<B>(inner: B, counter: Arc<AtomicU64>) -> Counted<B> {
+    Observed { inner, observer: Counter(counter) }
 }
 
-impl<B> Counted<B> {
-    pub fn new(inner: B, counter: Arc<AtomicU64>) -> Counted<B> {
-        Counted { inner, counter }
-    }
-}
+pub struct Counter(Arc<AtomicU64>);
 
-impl<B: Body<Data = Bytes> + Unpin> Body for Counted<B> {
-    type Data = Bytes;
-    type Error = B::Error;
-
-    fn poll_frame(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, B::Error>>> {
-        let this = self.get_mut();
-        let frame = ready!(Pin::new(&mut this.inner).poll_frame(cx));
-        if let Some(Ok(data)) = frame.as_ref().map(|f| f.as_ref().map(Frame::data_ref)) {
-            this.counter.fetch_add(data.map_or(0, |d| d.len() as u64), Ordering::Relaxed);
-        }
-        Poll::Ready(frame)
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        self.inner.size_hint()
+impl Observer for Counter {
+    fn data(&mut self, len: usize) {
+        self.0.fetch_add(len as u64, Ordering::Relaxed);
     }
 }

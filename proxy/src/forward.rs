@@ -16,7 +16,7 @@ use rand::RngExt;
 use trellis_xds::config as pb;
 use trellis_xds::types::ResourceType;
 
-use crate::body::{Counted, Guarded, PendingRecord, Recorded};
+use crate::body::{Guarded, PendingRecord, counted, recorded};
 use crate::cluster::Cluster;
 use crate::config::{ServicePort, Snapshot, split_authority};
 use crate::headers;
@@ -88,7 +88,7 @@ pub async fn handle(request: Request<Incoming>, conn: &Conn, proxy: &Proxy) -> R
         request_bytes: outcome.request_bytes,
         request_counter: outcome.request_counter,
     };
-    outcome.response.map(|body| Recorded::new(body, pending).boxed())
+    outcome.response.map(|body| recorded(body, pending).boxed())
 }
 
 async fn outbound(mut request: Request<Incoming>, conn: &Conn, proxy: &Proxy) -> Outcome {
@@ -687,7 +687,7 @@ fn forwarded_body(body: Incoming, limit: usize) -> (Body, Option<Arc<AtomicU64>>
         return (limited.boxed(), None);
     }
     let counter = Arc::new(AtomicU64::new(0));
-    (Counted::new(limited, counter.clone()).boxed(), Some(counter))
+    (counted(limited, counter.clone()).boxed(), Some(counter))
 }
 
 async fn inbound(mut request: Request<Incoming>, conn: &Conn, proxy: &Proxy) -> Outcome {
