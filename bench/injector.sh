@@ -16,13 +16,8 @@ DURATION="${DURATION:-15}"
 RATE="${RATE:-500}"
 CONNECTIONS="${CONNECTIONS:-16}"
 
-OHA="${OHA:-$(command -v oha || true)}"
-if [ -z "$OHA" ] && [ -x "${HOME}/.local/oha/bin/oha" ]; then OHA="${HOME}/.local/oha/bin/oha"; fi
-if [ -z "$OHA" ]; then
-  echo "installing oha (the load generator) with cargo..." >&2
-  cargo install --locked --quiet oha --root "${HOME}/.local/oha"
-  OHA="${HOME}/.local/oha/bin/oha"
-fi
+# shellcheck source=bench/oha.sh
+source bench/oha.sh
 
 # INJECTOR=path measures that build instead (e.g. to compare two).
 if [ -z "${INJECTOR:-}" ]; then

@@ -2,13 +2,8 @@
 # generator, the release binaries, a work folder cleaned up with every process started, and the
 # upstream on 127.0.0.1:$UP.
 
-OHA="${OHA:-$(command -v oha || true)}"
-if [ -z "$OHA" ] && [ -x "${HOME}/.local/oha/bin/oha" ]; then OHA="${HOME}/.local/oha/bin/oha"; fi
-if [ -z "$OHA" ]; then
-  echo "installing oha (the load generator) with cargo..." >&2
-  cargo install --locked --quiet oha --root "${HOME}/.local/oha"
-  OHA="${HOME}/.local/oha/bin/oha"
-fi
+# shellcheck source=bench/oha.sh
+source bench/oha.sh
 
 cargo build --release --quiet -p trellis-proxy --bin trellis-proxy --example bench-upstream --example hyper-floor
 TARGET="${CARGO_TARGET_DIR:-target}/release"

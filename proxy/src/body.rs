@@ -92,10 +92,29 @@ pub struct PendingRecord {
     pub grpc_status: &'static str,
     pub flags: &'static str,
     pub started: std::time::Instant,
-    pub request_bytes: u64,
-    /// Counts a request body that streams without a declared length (`Counted`); read when the
-    /// response is done, instead of `request_bytes`.
-    pub request_counter: Option<Arc<AtomicU64>>,
+    pub request_bytes: RequestBytes,
+}
+
+/// The size of a request's body, as the metrics count it.
+#[derive(Default)]
+pub enum RequestBytes {
+    /// Not known yet: the handler fills in the declared `Content-Length`, if any.
+    #[default]
+    Unknown,
+    /// Declared, or buffered for a retry.
+    Known(u64),
+    /// Streamed without a declared length (`Counted`): read when the response is done.
+    Counted(Arc<AtomicU64>),
+}
+
+impl RequestBytes {
+    fn total(&self) -> u64 {
+        match self {
+            RequestBytes::Unknown => 0,
+            RequestBytes::Known(n) => *n,
+            RequestBytes::Counted(counter) => counter.load(Ordering::Relaxed),
+        }
+    }
 }
 
 /// A body passed on unchanged, with an observer told what goes through it.
@@ -196,7 +215,7 @@ impl Drop for Recording {
             grpc_status: p.grpc_status,
             flags: if self.ended { p.flags } else { "DC" },
             millis: p.started.elapsed().as_secs_f64() * 1000.0,
-            request_bytes: p.request_counter.map_or(p.request_bytes, |c| c.load(Ordering::Relaxed)),
+            request_bytes: p.request_bytes.total(),
             response_bytes: self.sent,
         });
     }
@@ -206,8 +225,10 @@ impl Drop for Recording {
 /// is not declared (a chunked upload, most gRPC requests).
 pub type Counted<B> = Observed<B, Counter>;
 
-pub fn counted<B>(inner: B, counter: Arc<AtomicU64>) -> Counted<B> {
-    Observed { inner, observer: Counter(counter) }
+/// The body, counted, and the size that reads its count.
+pub fn counted<B>(inner: B) -> (Counted<B>, RequestBytes) {
+    let counter = Arc::new(AtomicU64::new(0));
+    (Observed { inner, observer: Counter(counter.clone()) }, RequestBytes::Counted(counter))
 }
 
 pub struct Counter(Arc<AtomicU64>);

@@ -5,7 +5,6 @@
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::Arc;
-use std::sync::atomic::AtomicU64;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -16,7 +15,7 @@ use rand::RngExt;
 use trellis_xds::config as pb;
 use trellis_xds::types::ResourceType;
 
-use crate::body::{Guarded, PendingRecord, counted, recorded};
+use crate::body::{Guarded, PendingRecord, RequestBytes, counted, recorded};
 use crate::cluster::Cluster;
 use crate::config::{ServicePort, Snapshot, split_authority};
 use crate::headers;
@@ -36,19 +35,17 @@ struct Outcome {
     response: Response<Body>,
     service: Arc<str>,
     flags: &'static str,
-    request_bytes: u64,
-    /// Set when the request body streamed without a declared length: its bytes, counted.
-    request_counter: Option<Arc<AtomicU64>>,
+    request_bytes: RequestBytes,
 }
 
 impl Outcome {
-    fn with_counter(mut self, counter: Option<Arc<AtomicU64>>) -> Outcome {
-        self.request_counter = counter;
+    fn with_request_bytes(mut self, request_bytes: RequestBytes) -> Outcome {
+        self.request_bytes = request_bytes;
         self
     }
 
     fn new(response: Response<Body>, service: impl Into<Arc<str>>, flags: &'static str) -> Outcome {
-        Outcome { response, service: service.into(), flags, request_bytes: 0, request_counter: None }
+        Outcome { response, service: service.into(), flags, request_bytes: RequestBytes::Unknown }
     }
 }
 
@@ -65,8 +62,8 @@ pub async fn handle(request: Request<Incoming>, conn: &Conn, proxy: &Proxy) -> R
         Side::Outbound => outbound(request, conn, proxy).await,
         Side::Inbound => inbound(request, conn, proxy).await,
     };
-    if outcome.request_bytes == 0 {
-        outcome.request_bytes = declared_length.unwrap_or(0);
+    if let RequestBytes::Unknown = outcome.request_bytes {
+        outcome.request_bytes = RequestBytes::Known(declared_length.unwrap_or(0));
     }
     // Looked up only for gRPC: a lookup by name costs every other request a header parse.
     let grpc_status = match grpc.then(|| outcome.response.headers().get(&headers::GRPC_STATUS)).flatten() {
@@ -86,7 +83,6 @@ pub async fn handle(request: Request<Incoming>, conn: &Conn, proxy: &Proxy) -> R
         flags: outcome.flags,
         started,
         request_bytes: outcome.request_bytes,
-        request_counter: outcome.request_counter,
     };
     outcome.response.map(|body| recorded(body, pending).boxed())
 }
@@ -262,10 +258,10 @@ async fn to_cluster(
             let length = bytes.len() as u64;
             let mut outcome =
                 with_retries(&parts, bytes, route.retries.as_ref(), cluster, conn, proxy, deadline).await;
-            outcome.request_bytes = length;
+            outcome.request_bytes = RequestBytes::Known(length);
             outcome
         } else {
-            let (body, counter) = forwarded_body(body, limit as usize);
+            let (body, request_bytes) = forwarded_body(body, limit as usize);
             attempt(
                 Request::from_parts(parts, body),
                 cluster,
@@ -277,7 +273,7 @@ async fn to_cluster(
             )
             .await
             .map_or_else(|failure| failure.into_outcome(cluster), |(outcome, _)| outcome)
-            .with_counter(counter)
+            .with_request_bytes(request_bytes)
         }
     };
     let outcome = match route.timeout {
@@ -655,7 +651,7 @@ async fn send_direct(
     let key = Key { protocol: protocol_of(request.version()), ..key };
     let (parts, body) = request.into_parts();
     let limit = proxy.config.load().limits.max_body_bytes as usize;
-    let (body, counter) = forwarded_body(body, limit);
+    let (body, request_bytes) = forwarded_body(body, limit);
     let mut outgoing = Request::from_parts(parts, body);
     prepare_uri(&mut outgoing, key.protocol, key.addr);
     let outcome = match proxy.pools.send(key, &ConnectionPolicy::default(), outgoing).await {
@@ -674,20 +670,21 @@ async fn send_direct(
             ),
         },
     };
-    outcome.with_counter(counter)
+    outcome.with_request_bytes(request_bytes)
 }
 
 /// A request body on its way upstream: held to the size limit and, when its length is not
-/// declared, counted for the metrics (a declared length is taken as it is, for free).
-fn forwarded_body(body: Incoming, limit: usize) -> (Body, Option<Arc<AtomicU64>>) {
+/// declared, counted for the metrics (a declared one is left `Unknown`: the handler reads it
+/// from the headers, for free).
+fn forwarded_body(body: Incoming, limit: usize) -> (Body, RequestBytes) {
     let limited = Limited::new(body, limit).map_err(BoxError::from);
     let declared = hyper::body::Body::size_hint(&limited).exact().is_some()
         || hyper::body::Body::is_end_stream(&limited);
     if declared {
-        return (limited.boxed(), None);
+        return (limited.boxed(), RequestBytes::Unknown);
     }
-    let counter = Arc::new(AtomicU64::new(0));
-    (counted(limited, counter.clone()).boxed(), Some(counter))
+    let (counted, request_bytes) = counted(limited);
+    (counted.boxed(), request_bytes)
 }
 
 async fn inbound(mut request: Request<Incoming>, conn: &Conn, proxy: &Proxy) -> Outcome {
