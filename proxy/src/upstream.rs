@@ -31,12 +31,27 @@ pub enum Protocol {
 }
 
 /// Where a connection goes and where it comes from.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Key {
     pub addr: SocketAddr,
     pub protocol: Protocol,
     /// Bound before connecting (inbound delivery comes from 127.0.0.6).
     pub source: Option<IpAddr>,
+}
+
+/// The pool looks a key up twice per request: two integer writes here, where the derived hash
+/// fed the hasher each enum tag and address byte on its own.
+impl std::hash::Hash for Key {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        let bits = |ip: IpAddr| match ip {
+            IpAddr::V4(v4) => u128::from(v4.to_bits()),
+            IpAddr::V6(v6) => v6.to_bits(),
+        };
+        let source = self.source.map_or(0, bits);
+        state.write_u128(bits(self.addr.ip()) ^ source.rotate_left(64));
+        let tags = u32::from(self.addr.is_ipv6()) << 1 | u32::from(self.protocol == Protocol::Http2);
+        state.write_u32(u32::from(self.addr.port()) << 16 | tags << 8 | u32::from(self.source.is_some()));
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -322,6 +337,59 @@ pub async fn connect(key: Key, timeout: Duration) -> Result<TcpStream, UpstreamE
 #[cfg(test)]
 mod tests {
     use super::*;
+    use http_body_util::BodyExt;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    /// A keep-alive HTTP/1.1 server answering 200 with an empty body; counts its connections.
+    async fn counting_server() -> (SocketAddr, Arc<AtomicUsize>) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let accepted = Arc::new(AtomicUsize::new(0));
+        let count = accepted.clone();
+        tokio::spawn(async move {
+            while let Ok((stream, _)) = listener.accept().await {
+                count.fetch_add(1, Ordering::SeqCst);
+                tokio::spawn(async move {
+                    let service = hyper::service::service_fn(|_r| async {
+                        Ok::<_, std::convert::Infallible>(
+                            Response::new(http_body_util::Empty::<Bytes>::new()),
+                        )
+                    });
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(TokioIo::new(stream), service)
+                        .await;
+                });
+            }
+        });
+        (addr, accepted)
+    }
+
+    async fn get(pools: &Pools, key: Key) {
+        let request = Request::get("/").header("host", "x").body(crate::forward::full(Bytes::new())).unwrap();
+        let response = pools.send(key, &ConnectionPolicy::default(), request).await.unwrap();
+        assert_eq!(response.status(), http::StatusCode::OK);
+        response.into_body().collect().await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn sequential_requests_share_one_connection_per_key() {
+        let (addr, accepted) = counting_server().await;
+        let pools = Pools::default();
+        let direct = Key { addr, protocol: Protocol::Http1, source: None };
+        for _ in 0..5 {
+            get(&pools, direct).await;
+        }
+        assert_eq!(accepted.load(Ordering::SeqCst), 1, "five requests in a row, one connection");
+        // The same endpoint from a bound source address is another pool.
+        let sourced = Key { source: Some("127.0.0.1".parse().unwrap()), ..direct };
+        for _ in 0..3 {
+            get(&pools, sourced).await;
+        }
+        assert_eq!(accepted.load(Ordering::SeqCst), 2);
+        let mut counts = pools.idle_counts();
+        counts.sort_by_key(|(k, _)| k.source);
+        assert_eq!(counts, vec![(direct, 1), (sourced, 1)]);
+    }
 
     #[tokio::test]
     async fn reaping_forgets_closed_connections_and_their_endpoints() {
