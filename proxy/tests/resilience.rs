@@ -201,6 +201,59 @@ async fn reloading_under_load_fails_no_request() {
     assert!(a.count() > 0 && b.count() > 0, "both configurations served");
 }
 
+/// Kubernetes updates a mounted ConfigMap by pointing `..data` at a new folder: the file the
+/// proxy names is another file, possibly of the same size and modification time.
+#[tokio::test]
+async fn a_configmap_style_symlink_swap_is_applied() {
+    use std::os::unix::fs::symlink;
+
+    let (a, b) = (Upstream::start("a").await, Upstream::start("b").await);
+    let proxy = TestProxy::start(&config(&[&a], "", "")).await;
+    let version = || proxy.running.proxy.config.load().version;
+    // Two versions of the same length, written long ago with the same time.
+    let (mut to_b, mut to_a) = (config(&[&b], "", ""), config(&[&a], "", ""));
+    let width = to_b.len().max(to_a.len());
+    for text in [&mut to_b, &mut to_a] {
+        let pad = width - text.len();
+        text.push('#');
+        text.push_str(&" ".repeat(pad));
+        text.push('\n');
+    }
+    assert_eq!(to_b.len(), to_a.len());
+    let mounted = proxy.config_path.parent().unwrap().join("mounted");
+    let long_ago = std::time::SystemTime::now() - Duration::from_secs(3600);
+    for (folder, text) in [("v1", &to_b), ("v2", &to_a)] {
+        std::fs::create_dir_all(mounted.join(folder)).unwrap();
+        let file = mounted.join(folder).join("config.yaml");
+        std::fs::write(&file, text).unwrap();
+        std::fs::File::options().write(true).open(&file).unwrap().set_modified(long_ago).unwrap();
+    }
+    // Swaps a symlink atomically, as the kubelet does.
+    let point = |link: &std::path::Path, target: &std::path::Path| {
+        let staged = link.parent().unwrap().join("staged-link");
+        symlink(target, &staged).unwrap();
+        std::fs::rename(&staged, link).unwrap();
+    };
+    let data = mounted.join("..data");
+    point(&data, std::path::Path::new("v1"));
+    let before = version();
+    point(&proxy.config_path, &data.join("config.yaml"));
+    common::wait_until("the first mounted version is in force", || version() > before).await;
+    let mut client = Client::connect(proxy.outbound(), Version::HTTP_11).await;
+    assert_eq!(client.get("api", "/").await.text(), "b");
+
+    let before = version();
+    point(&data, std::path::Path::new("v2"));
+    common::wait_until("the second mounted version is in force", || version() > before).await;
+    assert_eq!(client.get("api", "/").await.text(), "a");
+
+    // Rewritten in place, to the same length: only the modification time tells.
+    let before = version();
+    std::fs::write(mounted.join("v2").join("config.yaml"), &to_b).unwrap();
+    common::wait_until("the rewritten version is in force", || version() > before).await;
+    assert_eq!(client.get("api", "/").await.text(), "b");
+}
+
 #[tokio::test]
 async fn connections_are_retired_after_max_requests() {
     let upstream = Upstream::start("api").await;
