@@ -9,10 +9,12 @@
 #   PGO=1 bench/proxy.sh                    # also the profile-guided build (scripts/build-pgo.sh)
 #   PGO_PROXY=target/pgo/release/trellis-proxy bench/proxy.sh   # ... already built
 #
-# All proxies start first; then each round runs every path once, in the same order, so a burst
-# of noise from the VM's host lands on one round and not on one path. The table shows each
-# figure's median over the rounds (added latency is taken within a round, against that round's
-# direct run); the lines below it show every round's added p50 / p99 and max req/s.
+# All proxies start first; then each round runs every path once (direct first, the proxies in
+# one order in odd rounds and the reverse in even rounds), so a burst of noise from the VM's
+# host lands on one round and not on one path, and no path always runs after the same one.
+# The table shows each figure's median over the rounds (added latency is taken within a round,
+# against that round's direct run); the lines below it show every round's added p50 / p99 and
+# max req/s.
 #
 # Every proxy runs on CPU 0 with one worker (Trellis --concurrency 1, nginx worker_processes 1,
 # HAProxy nbthread 1): "one core". The upstream (a small hyper server, proxy/examples/
@@ -191,7 +193,15 @@ if command -v haproxy > /dev/null; then
 fi
 for path in "${paths[@]}"; do echo "${path%%|*}" >> "$work/order"; done
 for round in $(seq "$ROUNDS"); do
-  for path in "${paths[@]}"; do
+  # Direct first (each round's baseline), then the proxies forward in odd rounds and backward in
+  # even ones: a path's place in the round (what ran just before it, a drift over the round)
+  # falls on every path alike instead of favouring whichever comes later.
+  order=("${paths[@]:1}")
+  if [ $((round % 2)) = 0 ]; then
+    order=()
+    for ((i = ${#paths[@]} - 1; i >= 1; i--)); do order+=("${paths[i]}"); done
+  fi
+  for path in "${paths[0]}" "${order[@]}"; do
     IFS='|' read -r name url host files <<< "$path"
     # shellcheck disable=SC2086 # the pid files are a space-separated list
     scenario "$round" "$name" "$url" "$host" $files
