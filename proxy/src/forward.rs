@@ -256,10 +256,9 @@ async fn to_cluster(
                 Err(e) => return body_error(e, cluster),
             };
             let length = bytes.len() as u64;
-            let mut outcome =
-                with_retries(&parts, bytes, route.retries.as_ref(), cluster, conn, proxy, deadline).await;
-            outcome.request_bytes = RequestBytes::Known(length);
-            outcome
+            with_retries(&parts, bytes, route.retries.as_ref(), cluster, conn, proxy, deadline)
+                .await
+                .with_request_bytes(RequestBytes::Known(length))
         } else {
             let (body, request_bytes) = forwarded_body(body, limit as usize);
             attempt(

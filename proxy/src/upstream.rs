@@ -340,8 +340,9 @@ mod tests {
     use http_body_util::BodyExt;
     use std::sync::atomic::{AtomicUsize, Ordering};
 
-    /// A keep-alive HTTP/1.1 server answering 200 with an empty body; counts its connections.
-    async fn counting_server() -> (SocketAddr, Arc<AtomicUsize>) {
+    /// An HTTP/1.1 server answering 200 with an empty body, keeping connections open or closing
+    /// each after one answer; counts its connections.
+    async fn counting_server(keep_alive: bool) -> (SocketAddr, Arc<AtomicUsize>) {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let accepted = Arc::new(AtomicUsize::new(0));
@@ -356,6 +357,7 @@ mod tests {
                         )
                     });
                     let _ = hyper::server::conn::http1::Builder::new()
+                        .keep_alive(keep_alive)
                         .serve_connection(TokioIo::new(stream), service)
                         .await;
                 });
@@ -373,7 +375,7 @@ mod tests {
 
     #[tokio::test]
     async fn sequential_requests_share_one_connection_per_key() {
-        let (addr, accepted) = counting_server().await;
+        let (addr, accepted) = counting_server(true).await;
         let pools = Pools::default();
         let direct = Key { addr, protocol: Protocol::Http1, source: None };
         for _ in 0..5 {
@@ -393,24 +395,11 @@ mod tests {
 
     #[tokio::test]
     async fn reaping_forgets_closed_connections_and_their_endpoints() {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        tokio::spawn(async move {
-            // Answer one request, then close.
-            let (stream, _) = listener.accept().await.unwrap();
-            let service = hyper::service::service_fn(|_r| async {
-                Ok::<_, std::convert::Infallible>(Response::new(http_body_util::Empty::<Bytes>::new()))
-            });
-            let _ = hyper::server::conn::http1::Builder::new()
-                .keep_alive(false)
-                .serve_connection(TokioIo::new(stream), service)
-                .await;
-        });
+        // Answers one request, then closes.
+        let (addr, _) = counting_server(false).await;
         let pools = Pools::default();
         let key = Key { addr, protocol: Protocol::Http1, source: None };
-        let request = Request::get("/").header("host", "x").body(crate::forward::full(Bytes::new())).unwrap();
-        let response = pools.send(key, &ConnectionPolicy::default(), request).await.unwrap();
-        drop(response);
+        get(&pools, key).await;
         assert_eq!(pools.idle_counts().len(), 1);
         // The server closed the connection: once hyper notices, the reaper forgets it all.
         let deadline = Instant::now() + Duration::from_secs(5);

@@ -97,7 +97,7 @@ pub async fn watch(path: PathBuf, loaded: Vec<u8>, proxy: Arc<Proxy>) {
 
 /// What the file's metadata says about its contents: a change of file (a ConfigMap's symlink
 /// swap), of size or of modification time.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Debug, PartialEq, Eq)]
 struct Stamp {
     device: u64,
     inode: u64,
