@@ -160,7 +160,11 @@ async fn consistent_hashing_keeps_keys_and_moves_few_when_an_endpoint_leaves() {
             assert_eq!(before, "d", "user-{user} moved from a remaining endpoint");
         }
     }
-    assert!(moved <= 200 * 35 / 100, "{moved} of 200 keys moved");
+    // Exactly d's keys moved. How evenly the ring shares keys is a unit test of the balancer
+    // (10,000 keys, fixed addresses): over 200 keys and random ports, a bound on d's share was a
+    // test of chance (72 of 200 once, against a mean of 50).
+    let on_d = placement.iter().filter(|p| *p == "d").count();
+    assert_eq!(moved, on_d, "every key of d moved, no other");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
