@@ -65,3 +65,42 @@ start_trellis() {
   echo $! > "$work/$name.pids"
   wait_port "$base"
 }
+
+# nginx_proxy NAME LISTEN_PORT UPSTREAM_PORT: nginx as a keep-alive reverse proxy, one worker on
+# CPU 0; the master's and the worker's pids are in $work/NAME.pids.
+nginx_proxy() {
+  local name=$1 listen=$2 to=$3
+  mkdir -p "$work/$name"
+  cat > "$work/$name/nginx.conf" <<CONF
+worker_processes 1;
+worker_cpu_affinity 1;
+daemon off;
+pid $work/$name/nginx.pid;
+error_log $work/$name/error.log warn;
+events { worker_connections 4096; }
+http {
+  access_log off;
+  client_body_temp_path $work/$name; proxy_temp_path $work/$name; fastcgi_temp_path $work/$name;
+  uwsgi_temp_path $work/$name; scgi_temp_path $work/$name;
+  upstream up { server 127.0.0.1:$to; keepalive 256; }
+  server {
+    listen 127.0.0.1:$listen;
+    location / { proxy_pass http://up; proxy_http_version 1.1; proxy_set_header Connection ""; }
+  }
+}
+CONF
+  taskset -c 0 nginx -c "$work/$name/nginx.conf" -p "$work/$name" &
+  pids+=($!)
+  local master=$!
+  wait_port "$listen"
+  echo "$master $(pgrep -P "$master" | tr '\n' ' ')" > "$work/$name.pids"
+}
+
+# floor_proxy NAME LISTEN_PORT UPSTREAM_PORT: hyper's floor (proxy/examples/hyper-floor.rs: a
+# hyper server and pooled hyper clients, nothing else) on CPU 0; its pid is in $work/NAME.pids.
+floor_proxy() {
+  taskset -c 0 "$HYPER_FLOOR" "127.0.0.1:$2" "127.0.0.1:$3" > /dev/null 2>&1 &
+  pids+=($!)
+  echo $! > "$work/$1.pids"
+  wait_port "$2"
+}

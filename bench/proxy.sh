@@ -57,34 +57,6 @@ trellis() {
   start_trellis "$1" "$2" "$3" "${4:-$PROXY}" taskset -c 0
 }
 
-nginx_proxy() {
-  local name=$1 listen=$2 to=$3
-  mkdir -p "$work/$name"
-  cat > "$work/$name/nginx.conf" <<CONF
-worker_processes 1;
-worker_cpu_affinity 1;
-daemon off;
-pid $work/$name/nginx.pid;
-error_log $work/$name/error.log warn;
-events { worker_connections 4096; }
-http {
-  access_log off;
-  client_body_temp_path $work/$name; proxy_temp_path $work/$name; fastcgi_temp_path $work/$name;
-  uwsgi_temp_path $work/$name; scgi_temp_path $work/$name;
-  upstream up { server 127.0.0.1:$to; keepalive 256; }
-  server {
-    listen 127.0.0.1:$listen;
-    location / { proxy_pass http://up; proxy_http_version 1.1; proxy_set_header Connection ""; }
-  }
-}
-CONF
-  taskset -c 0 nginx -c "$work/$name/nginx.conf" -p "$work/$name" &
-  pids+=($!)
-  local master=$!
-  wait_port "$listen"
-  echo "$master $(pgrep -P "$master" | tr '\n' ' ')" > "$work/$name.pids"
-}
-
 haproxy_proxy() {
   local name=$1 listen=$2 to=$3
   cat > "$work/$name.cfg" <<CONF
@@ -163,14 +135,7 @@ if [ -n "${PGO_PROXY:-}" ]; then
   paths+=("trellis-pgo-pair|http://127.0.0.1:19300/|bench:$UP|$work/trellis-pgo-client.pids $work/trellis-pgo-server.pids")
 fi
 if [ -n "${FLOOR:-}" ]; then
-  # hyper's floor (proxy/examples/hyper-floor.rs), single and pair: what any proxy built on
-  # hyper and tokio costs at least.
-  floor_proxy() {
-    taskset -c 0 "$HYPER_FLOOR" "127.0.0.1:$2" "127.0.0.1:$3" > /dev/null 2>&1 &
-    pids+=($!)
-    echo $! > "$work/$1.pids"
-    wait_port "$2"
-  }
+  # hyper's floor, single and pair: what any proxy built on hyper and tokio costs at least.
   floor_proxy floor 18801 $UP
   floor_proxy floor-server 18902 $UP
   floor_proxy floor-client 18901 18902
