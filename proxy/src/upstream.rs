@@ -200,14 +200,25 @@ impl Pools {
         policy: &ConnectionPolicy,
         request: Request<Body>,
     ) -> Result<Response<Incoming>, UpstreamError> {
-        // One connection per endpoint: concurrent first requests wait for the one being made.
+        let sender = self.http2_connection(key, policy).await?;
+        send_on(sender, key, request).await
+    }
+
+    /// The endpoint's HTTP/2 connection, made now if there is none. One connection per
+    /// endpoint: concurrent first requests wait for the one being made, but only for that;
+    /// each then waits for its own answer on its own.
+    async fn http2_connection(
+        &self,
+        key: Key,
+        policy: &ConnectionPolicy,
+    ) -> Result<http2::SendRequest<Body>, UpstreamError> {
         let connecting = {
             let mut entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
             entries.entry(key).or_default().connecting.clone()
         };
         let _turn = connecting.lock().await;
         if let Some(sender) = self.http2_sender(key, policy) {
-            return send_on(sender, key, request).await;
+            return Ok(sender);
         }
         let stream = connect(key, policy.connect_timeout).await?;
         let (sender, connection) = http2::Builder::new(TokioExecutor::new())
@@ -219,13 +230,11 @@ impl Pools {
         tokio::spawn(async move {
             let _ = connection.await;
         });
-        {
-            let mut entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
-            let entry = entries.entry(key).or_default();
-            entry.http2 = Some(sender.clone());
-            entry.http2_uses = 1;
-        }
-        send_on(sender, key, request).await
+        let mut entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
+        let entry = entries.entry(key).or_default();
+        entry.http2 = Some(sender.clone());
+        entry.http2_uses = 1;
+        Ok(sender)
     }
 
     /// The endpoint's HTTP/2 connection, unless closed or used up (then it is retired: its

@@ -5,6 +5,7 @@ mod common;
 
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
+use std::time::Duration;
 
 use common::{Client, KillOnDrop, TestProxy, Upstream, api_config, get};
 use http::{StatusCode, Version};
@@ -46,6 +47,28 @@ async fn http1_clients_can_reach_http2_only_upstreams() {
     assert_eq!((answer.status, answer.text().as_str()), (StatusCode::OK, "api"));
     assert_eq!(upstream.last().version, Version::HTTP_2);
     assert_eq!(upstream.last().path, "/x");
+}
+
+/// A request that has to make a new HTTP/2 connection waits for that connection, not for the
+/// answer to another request: with one request per connection every request dials, and a quick
+/// one passes one whose answer is held.
+#[tokio::test]
+async fn a_request_dialing_http2_does_not_wait_for_another_requests_answer() {
+    let upstream = Upstream::start("api").await;
+    let cluster =
+        "    upstreamProtocol: HTTP2_PRIOR_KNOWLEDGE\n    connectionPool: { maxRequestsPerConnection: 1 }";
+    let proxy = TestProxy::start(&api_config(&[upstream.addr.port()], "HTTP", "", cluster)).await;
+    let addr = proxy.outbound();
+    let held = tokio::spawn(async move {
+        let mut client = Client::connect(addr, Version::HTTP_11).await;
+        client.send(get("api", "/held", &[("x-delay-ms", "60000")])).await.map(|a| a.status)
+    });
+    common::wait_until("the held request reached the upstream", || upstream.count() == 1).await;
+    let mut client = Client::connect(proxy.outbound(), Version::HTTP_11).await;
+    let quick = tokio::time::timeout(Duration::from_secs(10), client.get("api", "/quick")).await;
+    assert_eq!(quick.expect("the quick request waited for the held one's answer").status, StatusCode::OK);
+    assert!(!held.is_finished(), "the held request is still held");
+    held.abort();
 }
 
 /// grpcio, or a visible skip (a failure when CI requires every test to run).
