@@ -8,9 +8,9 @@ use std::sync::atomic::Ordering;
 use bytes::Bytes;
 use http::{Method, Request, Response, StatusCode, header};
 use hyper::body::Incoming;
+use hyper::server::conn::http1;
 use hyper::service::service_fn;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use hyper_util::server::conn::auto;
+use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::TcpListener;
 
 use crate::Proxy;
@@ -33,14 +33,20 @@ pub async fn serve(listener: TcpListener, which: Endpoints, proxy: Arc<Proxy>) {
         };
         let proxy = proxy.clone();
         tokio::spawn(async move {
+            let header_timeout = proxy.config.load().limits.header_read_timeout;
             let service = service_fn(move |request| {
                 let proxy = proxy.clone();
                 async move { Ok::<_, Infallible>(answer(request, which, &proxy)) }
             });
-            let mut builder = auto::Builder::new(TokioExecutor::new());
-            // These ports face the network (kubelet, Prometheus): the same header timeout.
-            builder.http1().timer(TokioTimer::new()).header_read_timeout(std::time::Duration::from_secs(10));
-            let _ = builder.serve_connection(TokioIo::new(stream), service).await;
+            // These ports face the network, whose clients (kubelet, Prometheus) speak
+            // HTTP/1.1: hyper's HTTP/1 server, with the proxy's header timeout, which also
+            // closes a connection that never sends a byte. (Telling HTTP/1 from HTTP/2 first
+            // would wait for those bytes without a deadline.)
+            let _ = http1::Builder::new()
+                .timer(TokioTimer::new())
+                .header_read_timeout(header_timeout)
+                .serve_connection(TokioIo::new(stream), service)
+                .await;
         });
     }
 }

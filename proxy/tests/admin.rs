@@ -169,3 +169,29 @@ async fn quitquitquit_drains_and_readiness_follows() {
     })
     .await;
 }
+
+/// The readiness and Prometheus ports face the network: a client that connects and never sends
+/// a byte is closed at the header timeout, as on the proxy's own ports.
+#[tokio::test]
+async fn silent_clients_of_the_network_facing_ports_are_closed() {
+    let upstream = Upstream::start("api").await;
+    let limits = "limits: { requestHeadersTimeout: 0.3s }";
+    let proxy = TestProxy::start(&format!("{limits}\n{}", config(&upstream))).await;
+    for addr in [proxy.running.readiness[0], proxy.running.stats[0]] {
+        let mut silent = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let mut buf = [0u8; 256];
+        let read = tokio::time::timeout(std::time::Duration::from_secs(5), silent.read(&mut buf)).await;
+        let n = read.unwrap_or_else(|_| panic!("{addr}: a silent client was held past 5 s"));
+        let closed = match n {
+            Ok(0) | Err(_) => true,
+            Ok(n) => buf[..n].starts_with(b"HTTP/1.1 408"),
+        };
+        assert!(
+            closed,
+            "{addr}: neither closed nor timed out: {:?}",
+            n.map(|n| String::from_utf8_lossy(&buf[..n]).into_owned())
+        );
+    }
+    let (status, _) = get_text(proxy.running.readiness[0], "/healthz/ready").await;
+    assert_eq!(status, StatusCode::OK, "others are still served");
+}
