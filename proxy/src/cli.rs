@@ -130,6 +130,9 @@ fn parse_duration(text: &str) -> Result<Duration, String> {
     trellis_api::primitives::parse_go_duration(text)
 }
 
+/// More workers than a sidecar could use: a value above it is a mistake, not a wish.
+const MAX_WORKERS: usize = 256;
+
 /// Runs the proxy with a command line (`args[0]` is the program name), as `main` would.
 pub fn run<I, T>(args: I) -> ExitCode
 where
@@ -159,10 +162,15 @@ where
     });
     // One worker needs no work stealing: a current-thread runtime is cheaper.
     let concurrency = match args.concurrency.or(from_env.concurrency).unwrap_or(2) {
-        // Istio's meaning of 0: every CPU.
-        0 => std::thread::available_parallelism().map(usize::from).unwrap_or(2),
+        // Istio's meaning of 0: every CPU (up to the most a sidecar could use).
+        0 => std::thread::available_parallelism().map(usize::from).unwrap_or(2).min(MAX_WORKERS),
         n => n,
     };
+    if concurrency > MAX_WORKERS {
+        // tokio would try to start them all and panic when the pod's thread limit refuses one.
+        eprintln!("trellis-proxy: concurrency: {concurrency} is more than {MAX_WORKERS} worker threads");
+        return ExitCode::from(2);
+    }
     let drain_timeout = args.drain_timeout.or(from_env.drain).unwrap_or(Duration::from_secs(5));
     let mut builder = if concurrency <= 1 {
         tokio::runtime::Builder::new_current_thread()

@@ -94,16 +94,24 @@ fn proxy_config_from_the_environment() {
     };
     for (config, field) in [
         (r#"{"concurrency": -1}"#, "concurrency: -1 is negative"),
+        (r#"{"concurrency": 5000}"#, "concurrency: 5000 is more than 256 worker threads"),
         (r#"{"terminationDrainDuration": "soon"}"#, "terminationDrainDuration"),
         (r#"{"concurrency": "#, "PROXY_CONFIG"),
     ] {
-        let out = run(config).wait_with_output().unwrap();
-        assert_eq!(out.status.code(), Some(2), "{config}");
-        assert!(
-            String::from_utf8_lossy(&out.stderr).contains(field),
-            "{config}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        // A proxy that took the value would keep running: bounded, and killed by pid if so.
+        let mut child = KillOnDrop(run(config));
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let status = loop {
+            if let Some(status) = child.0.try_wait().unwrap() {
+                break status;
+            }
+            assert!(Instant::now() < deadline, "{config}: the proxy started instead of refusing it");
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        let mut stderr = String::new();
+        std::io::Read::read_to_string(&mut child.0.stderr.take().unwrap(), &mut stderr).unwrap();
+        assert_eq!(status.code(), Some(2), "{config}");
+        assert!(stderr.contains(field), "{config}: {stderr}");
     }
     // Three workers, and Istio's other fields (statusPort, proxyMetadata) are fine.
     let mut child = run(r#"{"concurrency": 3, "statusPort": 15020, "proxyMetadata": {"A": "b"}}"#);
