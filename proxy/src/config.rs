@@ -451,6 +451,9 @@ fn compile_virtual_host(
                         format!("{code} is not a redirect status"),
                     ));
                 }
+                uri_part(&rd.uri, UriPart::Path, format!("{rfield}.redirect.uri"))?;
+                uri_part(&rd.authority, UriPart::Authority, format!("{rfield}.redirect.authority"))?;
+                uri_part(&rd.scheme, UriPart::Scheme, format!("{rfield}.redirect.scheme"))?;
                 Action::Redirect {
                     uri: rd.uri.clone(),
                     authority: rd.authority.clone(),
@@ -469,6 +472,10 @@ fn compile_virtual_host(
                 Action::Direct { status, body: Bytes::from(d.body.clone()) }
             }
         };
+        if let Some(rw) = &r.rewrite {
+            uri_part(&rw.uri, UriPart::Path, format!("{rfield}.rewrite.uri"))?;
+            uri_part(&rw.authority, UriPart::Authority, format!("{rfield}.rewrite.authority"))?;
+        }
         let retries = match &r.retries {
             Some(policy) if policy.attempts > 0 => {
                 Some(Retry::compile(policy, &format!("{rfield}.retries"))?)
@@ -494,6 +501,27 @@ fn compile_virtual_host(
         });
     }
     Ok(VirtualHost { name: vh.name.clone(), routes })
+}
+
+#[derive(Clone, Copy)]
+enum UriPart {
+    Path,
+    Authority,
+    Scheme,
+}
+
+/// A rewrite or redirect value (empty: unset), checked when the config is read, so that no
+/// request goes out with a malformed path or authority and every redirect has a Location.
+fn uri_part(value: &str, part: UriPart, field: String) -> Result<(), ConfigError> {
+    let (valid, what) = match part {
+        UriPart::Path => (
+            value.starts_with('/') && http::uri::PathAndQuery::try_from(value).is_ok(),
+            "a path starting with /",
+        ),
+        UriPart::Authority => (http::uri::Authority::try_from(value).is_ok(), "a host with an optional port"),
+        UriPart::Scheme => (http::uri::Scheme::try_from(value).is_ok(), "a URI scheme"),
+    };
+    if value.is_empty() || valid { Ok(()) } else { Err(err(field, format!("{value:?} is not {what}"))) }
 }
 
 fn compile_match(m: &pb::RouteMatch, field: &str) -> Result<Matcher, ConfigError> {
@@ -626,6 +654,42 @@ mod tests {
                 ("responseCode: 301", "responseCode: 200"),
                 "virtual_hosts[0].routes[1].redirect.response_code",
                 "not a redirect",
+            ),
+            (
+                ("uri: /reviews, responseCode", "uri: /re views, responseCode"),
+                "virtual_hosts[0].routes[1].redirect.uri",
+                "\"/re views\" is not a path",
+            ),
+            (
+                ("uri: /reviews, responseCode", "uri: reviews, responseCode"),
+                "virtual_hosts[0].routes[1].redirect.uri",
+                "is not a path starting with /",
+            ),
+            (
+                ("redirect: { uri: /reviews,", "redirect: { authority: \"a b\", uri: /reviews,"),
+                "virtual_hosts[0].routes[1].redirect.authority",
+                "\"a b\" is not a host",
+            ),
+            (
+                ("redirect: { uri: /reviews,", "redirect: { scheme: \"ht tp\", uri: /reviews,"),
+                "virtual_hosts[0].routes[1].redirect.scheme",
+                "is not a URI scheme",
+            ),
+            (
+                (
+                    "redirect: { uri: /reviews, responseCode: 301 }",
+                    "rewrite: { uri: \"/a b\" }\n        forward: { clusters: [{ cluster: outbound|9080|v1|reviews.shop.svc.cluster.local }] }",
+                ),
+                "virtual_hosts[0].routes[1].rewrite.uri",
+                "is not a path",
+            ),
+            (
+                (
+                    "redirect: { uri: /reviews, responseCode: 301 }",
+                    "rewrite: { authority: \"x/y\" }\n        forward: { clusters: [{ cluster: outbound|9080|v1|reviews.shop.svc.cluster.local }] }",
+                ),
+                "virtual_hosts[0].routes[1].rewrite.authority",
+                "is not a host",
             ),
         ] {
             let text = example().replacen(edit.0, edit.1, 1);

@@ -217,8 +217,11 @@ fn set_path<B>(request: &mut Request<B>, path: &str) {
         Some(q) => format!("{path}?{q}"),
         None => path.to_owned(),
     };
+    // The config's paths are checked when it is read; should the result still not parse,
+    // the request keeps its own path rather than going out with none.
+    let Ok(path_and_query) = with_query.parse() else { return };
     let mut parts = request.uri().clone().into_parts();
-    parts.path_and_query = with_query.parse().ok();
+    parts.path_and_query = Some(path_and_query);
     if let Ok(uri) = Uri::from_parts(parts) {
         *request.uri_mut() = uri;
     }
