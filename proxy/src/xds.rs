@@ -39,6 +39,10 @@ pub struct OnDemand {
     answered: watch::Receiver<u64>,
     /// Names the control plane said it does not have.
     unknown: std::sync::RwLock<BTreeSet<(ResourceType, String)>>,
+    /// Names already handed to the client, which keeps them subscribed on every stream: each
+    /// goes on the channel once, however many requests wait for it and however long the
+    /// control plane is away.
+    asked: std::sync::Mutex<BTreeSet<(ResourceType, String)>>,
 }
 
 impl OnDemand {
@@ -53,7 +57,8 @@ impl OnDemand {
             return false;
         }
         let mut answered = self.answered.clone();
-        if self.requests.send(key.clone()).is_err() {
+        let first_ask = self.asked.lock().map_or(true, |mut asked| asked.insert(key.clone()));
+        if first_ask && self.requests.send(key.clone()).is_err() {
             return false;
         }
         let wait = async {
@@ -146,7 +151,7 @@ fn describe(error: &ConfigError, held: &Held) -> String {
 pub fn start(proxy: Arc<Proxy>, options: XdsOptions) {
     let (requests, requests_rx) = mpsc::unbounded_channel();
     let (answered_tx, answered) = watch::channel(0);
-    let on_demand = OnDemand { requests, answered, unknown: Default::default() };
+    let on_demand = OnDemand { requests, answered, unknown: Default::default(), asked: Default::default() };
     if proxy.on_demand.set(on_demand).is_err() {
         tracing::error!("the xDS client was started twice");
         return;
@@ -329,5 +334,31 @@ impl Client {
             self.proxy.ready.store(true, Ordering::Release);
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// However many requests wait for a resource, and however long nothing reads the channel
+    /// (the control plane is away), its name goes on the channel once.
+    #[tokio::test]
+    async fn a_name_is_asked_for_once_however_many_requests_wait() {
+        let (requests, mut queued) = mpsc::unbounded_channel();
+        // No answers will come: each fetch gives up at once instead of waiting.
+        let (_, answered) = watch::channel(0);
+        let on_demand =
+            OnDemand { requests, answered, unknown: Default::default(), asked: Default::default() };
+        for _ in 0..1000 {
+            assert!(!on_demand.fetch(ResourceType::VirtualHost, "reviews:9080", || false).await);
+        }
+        assert!(!on_demand.fetch(ResourceType::Cluster, "reviews:9080", || false).await);
+        let mut asked = Vec::new();
+        while let Ok(item) = queued.try_recv() {
+            asked.push(item);
+        }
+        let name = "reviews:9080".to_owned();
+        assert_eq!(asked, [(ResourceType::VirtualHost, name.clone()), (ResourceType::Cluster, name)]);
     }
 }
