@@ -12,6 +12,7 @@ use bytes::Bytes;
 use serde_json::Value;
 use serde_path_to_error::Segment;
 use trellis_xds::config as pb;
+use trellis_xds::uri::UriPart;
 
 use crate::FastMap;
 use crate::balance::{Balancer, Policy, Target};
@@ -503,25 +504,9 @@ fn compile_virtual_host(
     Ok(VirtualHost { name: vh.name.clone(), routes })
 }
 
-#[derive(Clone, Copy)]
-enum UriPart {
-    Path,
-    Authority,
-    Scheme,
-}
-
-/// A rewrite or redirect value (empty: unset), checked when the config is read, so that no
-/// request goes out with a malformed path or authority and every redirect has a Location.
+/// A rewrite or redirect value, checked when the config is read (see [`UriPart`]).
 fn uri_part(value: &str, part: UriPart, field: String) -> Result<(), ConfigError> {
-    let (valid, what) = match part {
-        UriPart::Path => (
-            value.starts_with('/') && http::uri::PathAndQuery::try_from(value).is_ok(),
-            "a path starting with /",
-        ),
-        UriPart::Authority => (http::uri::Authority::try_from(value).is_ok(), "a host with an optional port"),
-        UriPart::Scheme => (http::uri::Scheme::try_from(value).is_ok(), "a URI scheme"),
-    };
-    if value.is_empty() || valid { Ok(()) } else { Err(err(field, format!("{value:?} is not {what}"))) }
+    part.check(value).map_err(|what| err(field, format!("{value:?} is not {what}")))
 }
 
 fn compile_match(m: &pb::RouteMatch, field: &str) -> Result<Matcher, ConfigError> {

@@ -43,3 +43,4 @@ pub use envoy::service::discovery::v3 as discovery;
 
 pub mod codec;
 pub mod types;
+pub mod uri;

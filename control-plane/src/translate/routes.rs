@@ -19,6 +19,7 @@ use trellis_api::networking::{
     RouteDestination, StringMatch, TlsMatchAttributes, VirtualServiceSpec,
 };
 use trellis_xds::config as pb;
+use trellis_xds::uri::UriPart;
 
 use super::hosts;
 use super::names::{BLACK_HOLE_CLUSTER, cluster_name, resolve_host};
@@ -172,6 +173,9 @@ impl Registry<'_> {
             return None;
         }
         let (request_headers, response_headers) = route_headers(vs, &field, route);
+        if !uri_parts_valid(vs, &field, route) {
+            return None;
+        }
         let rewrite = route.rewrite.as_ref().map(|r| {
             if r.uri_regex_rewrite.is_some() {
                 debug!(resource = %vs, field = %format!("{field}.rewrite.uriRegexRewrite"), "not implemented");
@@ -397,6 +401,29 @@ impl Registry<'_> {
             && m.destination_subnets.is_empty()
             && m.source_subnet.is_empty()
     }
+}
+
+/// The route's rewrite and redirect values, checked as the proxy will check them: a route with
+/// one it would refuse is skipped here, with a warning, so that it does not cost the proxy the
+/// rest of its config.
+fn uri_parts_valid(vs: Vs<'_>, field: &str, route: &HttpRoute) -> bool {
+    let rewrite = route.rewrite.iter().flat_map(|r| {
+        [("rewrite.uri", &r.uri, UriPart::Path), ("rewrite.authority", &r.authority, UriPart::Authority)]
+    });
+    let redirect = route.redirect.iter().flat_map(|r| {
+        [
+            ("redirect.uri", &r.uri, UriPart::Path),
+            ("redirect.authority", &r.authority, UriPart::Authority),
+            ("redirect.scheme", &r.scheme, UriPart::Scheme),
+        ]
+    });
+    for (name, value, part) in rewrite.chain(redirect) {
+        if let Err(expected) = part.check(value) {
+            warn!(resource = %vs, field = %format!("{field}.{name}"), value = %value, "not {expected}; route skipped");
+            return false;
+        }
+    }
+    true
 }
 
 /// The route's header edits, and a lone destination's after them; the proxy has no place for
@@ -669,6 +696,31 @@ mod tests {
         assert_eq!(request.set, labels_of(&[("x-routed", "trellis"), ("x-destination", "reviews")]));
         assert_eq!(request.remove, ["cookie"]);
         assert_eq!(api.response_headers.clone().unwrap().add, labels_of(&[("x-served-by", "reviews")]));
+    }
+
+    #[test]
+    fn routes_with_a_rewrite_or_redirect_the_proxy_would_refuse_are_skipped() {
+        let routes = reviews_routes(&format!(
+            "{VS}spec:
+  hosts: [reviews]
+  http:
+    - name: spaced-rewrite
+      match: [{{ uri: {{ prefix: /a }} }}]
+      rewrite: {{ uri: \"/a b\" }}
+      route: [{{ destination: {{ host: reviews }} }}]
+    - name: relative-redirect
+      match: [{{ uri: {{ prefix: /b }} }}]
+      redirect: {{ uri: elsewhere }}
+    - name: bad-scheme
+      match: [{{ uri: {{ prefix: /c }} }}]
+      redirect: {{ uri: /c, scheme: \"ht tp\" }}
+    - name: fine
+      rewrite: {{ uri: /, authority: \"reviews.shop:9080\" }}
+      route: [{{ destination: {{ host: reviews }} }}]
+"
+        ));
+        let names: Vec<_> = routes.iter().map(|r| r.name.as_str()).collect();
+        assert_eq!(names, ["fine"]);
     }
 
     #[test]
