@@ -68,30 +68,31 @@ pub async fn handle(stream: TcpStream, peer: SocketAddr, side: Side, proxy: Arc<
     let declared_http =
         matches!(declared, Some(pb::Protocol::Http | pb::Protocol::Grpc | pb::Protocol::Http2));
     let detected = if opaque || !worth_inspecting {
-        Some(Detected::Opaque)
+        Detected::Opaque
     } else if declared_http {
-        None
+        // Declared HTTP: only which version, and within the header timeout, so that a client
+        // that says nothing is not waited for without end. What is not HTTP/2 goes to the
+        // HTTP/1 server, which answers what is not HTTP and times out a silent client.
+        match detect(&stream, snapshot.limits.header_read_timeout).await {
+            Detected::Http2 => Detected::Http2,
+            _ => Detected::Http1,
+        }
     } else {
         // Without a redirect there is no original destination to fall back to as TCP, so an
         // explicit client (a pooled connection, idle before its first request) gets as long as
         // any client has to send its headers.
         let timeout =
             if original.is_none() { snapshot.limits.header_read_timeout } else { snapshot.detection_timeout };
-        Some(detect(&stream, timeout).await)
+        detect(&stream, timeout).await
     };
     drop(snapshot);
     match detected {
-        None | Some(Detected::Http1 | Detected::Http2) => {
-            let speaks = match detected {
-                Some(Detected::Http1) => Speaks::Http1,
-                Some(Detected::Http2) => Speaks::Http2,
-                // Declared HTTP: hyper tells HTTP/1 from HTTP/2 itself.
-                _ => Speaks::Either,
-            };
+        Detected::Http1 | Detected::Http2 => {
+            let speaks = if detected == Detected::Http2 { Speaks::Http2 } else { Speaks::Http1 };
             // One call: each call site would have its own room for the connection's future.
             serve(stream, conn, proxy.clone(), speaks).await
         }
-        Some(Detected::Tls) if side == Side::Outbound => {
+        Detected::Tls if side == Side::Outbound => {
             // TLS that is not ours passes through; its server name picks the service when the
             // address dialled does not.
             let by_name = match (
@@ -108,7 +109,7 @@ pub async fn handle(stream: TcpStream, peer: SocketAddr, side: Side, proxy: Arc<
                 .await
         }
         // Boxed like the HTTP connections in `serve`: a task is as large as its largest branch.
-        Some(Detected::Tls | Detected::Opaque) => {
+        Detected::Tls | Detected::Opaque => {
             box_out_of_line(|| relay(stream, &conn, service_port.as_deref(), &proxy)).await
         }
     }

@@ -11,7 +11,6 @@ use http::HeaderValue;
 
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use hyper_util::server::conn::auto;
 use tokio::net::TcpStream;
 
 use crate::config::{ServicePort, Snapshot};
@@ -83,8 +82,6 @@ impl Conn {
 pub enum Speaks {
     Http1,
     Http2,
-    /// Declared HTTP: hyper tells HTTP/1 from HTTP/2 itself.
-    Either,
 }
 
 pub async fn serve(stream: TcpStream, conn: Conn, proxy: Arc<Proxy>, speaks: Speaks) {
@@ -101,8 +98,8 @@ pub async fn serve(stream: TcpStream, conn: Conn, proxy: Arc<Proxy>, speaks: Spe
         })
     };
     let io = TokioIo::new(stream);
-    // Each protocol's own server when detection already told which (the auto server would
-    // look again, on every read); the same limits either way.
+    // Each protocol's own server: detection has told which (hyper's auto server would look
+    // again, on every read, and wait for a silent client's first bytes without a deadline).
     macro_rules! run {
         ($connection:expr) => {{
             // Boxed: the task then holds only the protocol's own connection state, not room
@@ -139,21 +136,6 @@ pub async fn serve(stream: TcpStream, conn: Conn, proxy: Arc<Proxy>, speaks: Spe
                 .max_concurrent_streams(1024)
                 .keep_alive_interval(Some(Duration::from_secs(60)));
             run!(builder.serve_connection(io, service))
-        }
-        Speaks::Either => {
-            let mut builder = auto::Builder::new(TokioExecutor::new());
-            builder
-                .http1()
-                .timer(ConnectionTimer::default())
-                .header_read_timeout(header_timeout)
-                .max_buf_size(max_header_bytes.max(8192));
-            builder
-                .http2()
-                .timer(TokioTimer::new())
-                .max_header_list_size(u32::try_from(max_header_bytes).unwrap_or(u32::MAX))
-                .max_concurrent_streams(1024)
-                .keep_alive_interval(Some(Duration::from_secs(60)));
-            run!(builder.serve_connection_with_upgrades(io, service))
         }
     }
 }

@@ -22,6 +22,7 @@ const CLIENT_IP: &str = "10.79.0.1";
 const SERVER_IP: &str = "10.79.0.2";
 
 const CLIENT_CONFIG: &str = r#"
+limits: { requestHeadersTimeout: 1s }
 services:
   - name: web.shop.svc.cluster.local
     addresses: [10.96.0.50]
@@ -168,6 +169,17 @@ fn a_call_is_captured_routed_delivered_and_counted_on_both_sides() {
             assert_eq!(seen.path, "/hello");
             assert_eq!(seen.headers.get("x-forwarded-for").map(String::as_str), Some(CLIENT_IP));
             assert!(seen.headers.contains_key("x-request-id"));
+
+            // A client of the declared-HTTP service that never says anything is closed within
+            // the header timeouts (1 s to tell the version, 1 s for the headers), not held.
+            let script = "import socket\ns = socket.create_connection(('10.96.0.50', 80), timeout=10)\nprint(repr(s.recv(100)), end='')\n";
+            let out = as_app(client, "/usr/bin/python3", &["-c", script]);
+            let said = String::from_utf8_lossy(&out.stdout);
+            assert!(
+                said == "b''" || said.starts_with("b'HTTP/1.1 408"),
+                "a silent client: {said:?} {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
 
             let client_metrics = http_get_in(client, 15090, "/stats/prometheus");
             let server_metrics = http_get_in(server, 15090, "/stats/prometheus");
