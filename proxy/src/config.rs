@@ -276,11 +276,26 @@ impl Snapshot {
         }
 
         let limits = config.limits.unwrap_or_default();
+        // A policy this proxy does not know (from a newer control plane) is refused rather than
+        // read as the default, which would open what it was meant to close.
+        let outbound_policy = pb::OutboundPolicy::try_from(config.outbound_policy).map_err(|_| {
+            err("outbound_policy", format!("{} is not a policy this proxy knows", config.outbound_policy))
+        })?;
+        let opaque_ports = config
+            .opaque_ports
+            .iter()
+            .enumerate()
+            .map(|(i, &p)| {
+                u16::try_from(p)
+                    .ok()
+                    .filter(|&p| p != 0)
+                    .ok_or_else(|| err(format!("opaque_ports[{i}]"), format!("{p} is not a port")))
+            })
+            .collect::<Result<_, _>>()?;
         Ok(Snapshot {
             version,
-            outbound_policy: pb::OutboundPolicy::try_from(config.outbound_policy)
-                .unwrap_or(pb::OutboundPolicy::AllowAny),
-            opaque_ports: config.opaque_ports.iter().filter_map(|p| u16::try_from(*p).ok()).collect(),
+            outbound_policy,
+            opaque_ports,
             detection_timeout: duration(
                 config.protocol_detection_timeout.as_ref(),
                 "protocol_detection_timeout",
@@ -640,6 +655,15 @@ mod tests {
                 "virtual_hosts[0].routes[1].redirect.response_code",
                 "not a redirect",
             ),
+            (("opaquePorts: [3306]", "opaquePorts: [3306, 70000]"), "opaque_ports[1]", "70000 is not a port"),
+            (
+                (
+                    "retryOn: [connect-failure",
+                    "retriableStatusCodes: [503, 700]\n          retryOn: [connect-failure",
+                ),
+                "virtual_hosts[0].routes[2].retries.retriable_status_codes[1]",
+                "700 is not an HTTP status",
+            ),
             (
                 ("uri: /reviews, responseCode", "uri: /re views, responseCode"),
                 "virtual_hosts[0].routes[1].redirect.uri",
@@ -684,6 +708,19 @@ mod tests {
             assert_eq!(e.field, field, "{e}");
             assert!(e.message.contains(words), "{e}");
         }
+    }
+
+    /// Over xDS (protobuf), an enum value this proxy does not know arrives as a number; the
+    /// file's JSON mapping refuses it before this.
+    #[test]
+    fn an_unknown_outbound_policy_is_refused_not_opened() {
+        let mut config = parse(&example()).expect("the example parses");
+        config.outbound_policy = 7;
+        let e = Snapshot::compile(config, 1, None).err().expect("refused");
+        assert_eq!(
+            (e.field.as_str(), e.message.as_str()),
+            ("outbound_policy", "7 is not a policy this proxy knows")
+        );
     }
 
     #[test]

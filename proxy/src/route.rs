@@ -270,8 +270,18 @@ pub struct Retry {
 impl Retry {
     pub fn compile(p: &pb::RetryPolicy, field: &str) -> Result<Retry, ConfigError> {
         let mut on = RetryOn::default();
-        let mut status_codes: Vec<u16> =
-            p.retriable_status_codes.iter().filter_map(|c| u16::try_from(*c).ok()).collect();
+        let mut status_codes = Vec::with_capacity(p.retriable_status_codes.len());
+        for (i, &code) in p.retriable_status_codes.iter().enumerate() {
+            match u16::try_from(code) {
+                Ok(code @ 100..=599) => status_codes.push(code),
+                _ => {
+                    return Err(ConfigError {
+                        field: format!("{field}.retriable_status_codes[{i}]"),
+                        message: format!("{code} is not an HTTP status"),
+                    });
+                }
+            }
+        }
         let conditions: Vec<&str> = if p.retry_on.is_empty() {
             // Istio's default policy, whose retriable status code is 503.
             if status_codes.is_empty() {
