@@ -46,27 +46,49 @@ impl std::fmt::Debug for VirtualHost {
 }
 
 /// The path with its `.` and `..` segments resolved (RFC 3986), as Istio's default path
-/// normalization does, so that `/public/../admin` cannot slip past a route on `/admin`.
+/// normalization does, so that `/public/../admin` cannot slip past a route on `/admin`. A dot
+/// may be percent-encoded (`%2e`): `/public/%2e%2e/admin` is the same path to the app.
 /// `None` when there is nothing to resolve.
 pub fn normalize_path(path: &str) -> Option<String> {
     // Most paths have no dot at all: one scan settles them.
-    if !path.as_bytes().contains(&b'.') || !path.split('/').any(|s| s == "." || s == "..") {
+    let bytes = path.as_bytes();
+    if !bytes.contains(&b'.')
+        && !bytes.windows(3).any(|w| w[0] == b'%' && w[1] == b'2' && w[2] | 0x20 == b'e')
+    {
         return None;
     }
-    let mut kept: Vec<&str> = Vec::new();
+    if !path.split('/').any(|s| dots(s).is_some()) {
+        return None;
+    }
     let segments: Vec<&str> = path.split('/').skip(1).collect();
+    let mut kept: Vec<&str> = Vec::new();
     for segment in &segments {
-        match *segment {
-            "." => {}
-            ".." => {
+        match dots(segment) {
+            Some(1) => {}
+            Some(_) => {
                 kept.pop();
             }
-            s => kept.push(s),
+            None => kept.push(segment),
         }
     }
     // A path ending in a dot segment names a directory.
-    let trailing = matches!(segments.last(), Some(&".") | Some(&".."));
+    let trailing = segments.last().is_some_and(|s| dots(s).is_some());
     Some(format!("/{}{}", kept.join("/"), if trailing && !kept.is_empty() { "/" } else { "" }))
+}
+
+/// 1 for a `.` segment, 2 for `..`, each dot written as itself or as `%2e` / `%2E`.
+fn dots(segment: &str) -> Option<u8> {
+    let mut rest = segment.as_bytes();
+    let mut count = 0u8;
+    while !rest.is_empty() && count < 3 {
+        rest = match rest {
+            [b'.', tail @ ..] => tail,
+            [b'%', b'2', e, tail @ ..] if *e | 0x20 == b'e' => tail,
+            _ => return None,
+        };
+        count += 1;
+    }
+    (rest.is_empty() && (1..=2).contains(&count)).then_some(count)
 }
 
 /// What matching looks at.
@@ -354,5 +376,20 @@ mod tests {
         assert_eq!(normalize_path("/a/b/..").as_deref(), Some("/a/"));
         assert_eq!(normalize_path("/..").as_deref(), Some("/"));
         assert_eq!(normalize_path("/a..b/c").as_deref(), None);
+        assert_eq!(normalize_path("/.../c").as_deref(), None);
+    }
+
+    #[test]
+    fn percent_encoded_dots_are_dots() {
+        assert_eq!(normalize_path("/public/%2e%2e/admin").as_deref(), Some("/admin"));
+        assert_eq!(normalize_path("/public/%2E./admin").as_deref(), Some("/admin"));
+        assert_eq!(normalize_path("/public/.%2e/admin").as_deref(), Some("/admin"));
+        assert_eq!(normalize_path("/%2e/admin").as_deref(), Some("/admin"));
+        assert_eq!(normalize_path("/a/%2e%2e").as_deref(), Some("/"));
+        // Not dot segments: left as they are.
+        assert_eq!(normalize_path("/a%2eb/c"), None);
+        assert_eq!(normalize_path("/%2e%2e%2e/c"), None);
+        assert_eq!(normalize_path("/%2f../c"), None);
+        assert_eq!(normalize_path("/%2"), None);
     }
 }

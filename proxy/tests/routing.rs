@@ -206,7 +206,7 @@ async fn dot_segments_cannot_slip_past_a_route() {
 "#;
     let proxy = TestProxy::start(&config(&v1, &v2, routes)).await;
     let mut client = Client::connect(proxy.outbound(), Version::HTTP_11).await;
-    for path in ["/admin", "/public/../admin", "/./admin/x", "/a/b/../../admin"] {
+    for path in ["/admin", "/public/../admin", "/./admin/x", "/a/b/../../admin", "/public/%2e%2E/admin"] {
         let answer = client.get("reviews:9080", path).await;
         assert_eq!(answer.status, StatusCode::FORBIDDEN, "{path}");
     }
