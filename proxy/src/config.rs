@@ -12,7 +12,6 @@ use bytes::Bytes;
 use serde_json::Value;
 use serde_path_to_error::Segment;
 use trellis_xds::config as pb;
-use trellis_xds::uri::UriPart;
 
 use crate::FastMap;
 use crate::balance::{Balancer, Policy, Target};
@@ -423,6 +422,8 @@ fn compile_virtual_host(
     let mut routes = Vec::new();
     for (i, r) in vh.routes.iter().enumerate() {
         let rfield = format!("{field}.routes[{i}]");
+        trellis_xds::uri::check_route(r)
+            .map_err(|bad| err(format!("{rfield}.{}", bad.field), bad.to_string()))?;
         let matches = r
             .matches
             .iter()
@@ -467,9 +468,6 @@ fn compile_virtual_host(
                         format!("{code} is not a redirect status"),
                     ));
                 }
-                uri_part(&rd.uri, UriPart::Path, format!("{rfield}.redirect.uri"))?;
-                uri_part(&rd.authority, UriPart::Authority, format!("{rfield}.redirect.authority"))?;
-                uri_part(&rd.scheme, UriPart::Scheme, format!("{rfield}.redirect.scheme"))?;
                 Action::Redirect {
                     uri: rd.uri.clone(),
                     authority: rd.authority.clone(),
@@ -488,10 +486,6 @@ fn compile_virtual_host(
                 Action::Direct { status, body: Bytes::from(d.body.clone()) }
             }
         };
-        if let Some(rw) = &r.rewrite {
-            uri_part(&rw.uri, UriPart::Path, format!("{rfield}.rewrite.uri"))?;
-            uri_part(&rw.authority, UriPart::Authority, format!("{rfield}.rewrite.authority"))?;
-        }
         let retries = match &r.retries {
             Some(policy) if policy.attempts > 0 => {
                 Some(Retry::compile(policy, &format!("{rfield}.retries"))?)
@@ -517,11 +511,6 @@ fn compile_virtual_host(
         });
     }
     Ok(VirtualHost { name: vh.name.clone(), routes })
-}
-
-/// A rewrite or redirect value, checked when the config is read (see [`UriPart`]).
-fn uri_part(value: &str, part: UriPart, field: String) -> Result<(), ConfigError> {
-    part.check(value).map_err(|what| err(field, format!("{value:?} is not {what}")))
 }
 
 fn compile_match(m: &pb::RouteMatch, field: &str) -> Result<Matcher, ConfigError> {

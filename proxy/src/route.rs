@@ -50,14 +50,8 @@ impl std::fmt::Debug for VirtualHost {
 /// may be percent-encoded (`%2e`): `/public/%2e%2e/admin` is the same path to the app.
 /// `None` when there is nothing to resolve.
 pub fn normalize_path(path: &str) -> Option<String> {
-    // Most paths have no dot at all: one scan settles them.
-    let bytes = path.as_bytes();
-    if !bytes.contains(&b'.')
-        && !bytes.windows(3).any(|w| w[0] == b'%' && w[1] == b'2' && w[2] | 0x20 == b'e')
-    {
-        return None;
-    }
-    if !path.split('/').any(|s| dots(s).is_some()) {
+    // Most paths have neither a dot nor an escape: one scan settles them.
+    if !path.bytes().any(|b| b == b'.' || b == b'%') || !path.split('/').any(|s| dots(s).is_some()) {
         return None;
     }
     let segments: Vec<&str> = path.split('/').skip(1).collect();

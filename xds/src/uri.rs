@@ -2,6 +2,42 @@
 //! a route that fails them; the proxy refuses a config that holds one. Either way no request
 //! goes out with a malformed path or authority, and every redirect has a Location.
 
+use crate::config as pb;
+
+/// A rewrite or redirect value that is not what its field takes.
+#[derive(Debug, PartialEq, Eq)]
+pub struct BadUriPart {
+    /// The field within the route, e.g. `redirect.uri`.
+    pub field: &'static str,
+    pub value: String,
+    pub expected: &'static str,
+}
+
+impl std::fmt::Display for BadUriPart {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{:?} is not {}", self.value, self.expected)
+    }
+}
+
+/// Checks every URI part of the route's rewrite and redirect; the first bad one is the error.
+pub fn check_route(route: &pb::Route) -> Result<(), BadUriPart> {
+    let rewrite = route.rewrite.iter().flat_map(|r| {
+        [("rewrite.uri", &r.uri, UriPart::Path), ("rewrite.authority", &r.authority, UriPart::Authority)]
+    });
+    let redirect = match &route.action {
+        Some(pb::route::Action::Redirect(r)) => vec![
+            ("redirect.uri", &r.uri, UriPart::Path),
+            ("redirect.authority", &r.authority, UriPart::Authority),
+            ("redirect.scheme", &r.scheme, UriPart::Scheme),
+        ],
+        _ => Vec::new(),
+    };
+    for (field, value, part) in rewrite.chain(redirect) {
+        part.check(value).map_err(|expected| BadUriPart { field, value: value.clone(), expected })?;
+    }
+    Ok(())
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum UriPart {
     Path,
@@ -33,6 +69,31 @@ impl UriPart {
 #[cfg(test)]
 mod tests {
     use super::UriPart::{Authority, Path, Scheme};
+    use super::{BadUriPart, check_route, pb};
+
+    #[test]
+    fn a_route_names_its_first_bad_part() {
+        let redirect = |uri: &str, scheme: &str| pb::Route {
+            action: Some(pb::route::Action::Redirect(pb::Redirect {
+                uri: uri.into(),
+                scheme: scheme.into(),
+                ..Default::default()
+            })),
+            ..Default::default()
+        };
+        assert_eq!(check_route(&redirect("/ok", "https")), Ok(()));
+        let bad = check_route(&redirect("/ok", "ht tp")).unwrap_err();
+        assert_eq!(
+            bad,
+            BadUriPart { field: "redirect.scheme", value: "ht tp".into(), expected: "a URI scheme" }
+        );
+        assert_eq!(bad.to_string(), "\"ht tp\" is not a URI scheme");
+        let rewrite = pb::Route {
+            rewrite: Some(pb::Rewrite { uri: "/".into(), authority: "a b".into() }),
+            ..Default::default()
+        };
+        assert_eq!(check_route(&rewrite).unwrap_err().field, "rewrite.authority");
+    }
 
     #[test]
     fn usual_values_pass_and_malformed_ones_say_what_they_should_be() {

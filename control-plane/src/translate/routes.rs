@@ -19,7 +19,6 @@ use trellis_api::networking::{
     RouteDestination, StringMatch, TlsMatchAttributes, VirtualServiceSpec,
 };
 use trellis_xds::config as pb;
-use trellis_xds::uri::UriPart;
 
 use super::hosts;
 use super::names::{BLACK_HOLE_CLUSTER, cluster_name, resolve_host};
@@ -173,16 +172,13 @@ impl Registry<'_> {
             return None;
         }
         let (request_headers, response_headers) = route_headers(vs, &field, route);
-        if !uri_parts_valid(vs, &field, route) {
-            return None;
-        }
         let rewrite = route.rewrite.as_ref().map(|r| {
             if r.uri_regex_rewrite.is_some() {
                 debug!(resource = %vs, field = %format!("{field}.rewrite.uriRegexRewrite"), "not implemented");
             }
             pb::Rewrite { uri: r.uri.clone(), authority: r.authority.clone() }
         });
-        Some(pb::Route {
+        let compiled = pb::Route {
             name: if route.name.is_empty() {
                 format!("{}/{}.http[{i}]", vs.namespace, vs.name)
             } else {
@@ -200,7 +196,13 @@ impl Registry<'_> {
                 &vs,
                 &format!("{field}.retries"),
             ),
-        })
+        };
+        // What the proxy would refuse costs this route only, not the proxy's whole config.
+        if let Err(bad) = trellis_xds::uri::check_route(&compiled) {
+            warn!(resource = %vs, field = %format!("{field}.{}", bad.field), "{bad}; route skipped");
+            return None;
+        }
+        Some(compiled)
     }
 
     fn http_action(
@@ -401,29 +403,6 @@ impl Registry<'_> {
             && m.destination_subnets.is_empty()
             && m.source_subnet.is_empty()
     }
-}
-
-/// The route's rewrite and redirect values, checked as the proxy will check them: a route with
-/// one it would refuse is skipped here, with a warning, so that it does not cost the proxy the
-/// rest of its config.
-fn uri_parts_valid(vs: Vs<'_>, field: &str, route: &HttpRoute) -> bool {
-    let rewrite = route.rewrite.iter().flat_map(|r| {
-        [("rewrite.uri", &r.uri, UriPart::Path), ("rewrite.authority", &r.authority, UriPart::Authority)]
-    });
-    let redirect = route.redirect.iter().flat_map(|r| {
-        [
-            ("redirect.uri", &r.uri, UriPart::Path),
-            ("redirect.authority", &r.authority, UriPart::Authority),
-            ("redirect.scheme", &r.scheme, UriPart::Scheme),
-        ]
-    });
-    for (name, value, part) in rewrite.chain(redirect) {
-        if let Err(expected) = part.check(value) {
-            warn!(resource = %vs, field = %format!("{field}.{name}"), value = %value, "not {expected}; route skipped");
-            return false;
-        }
-    }
-    true
 }
 
 /// The route's header edits, and a lone destination's after them; the proxy has no place for
