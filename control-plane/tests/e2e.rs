@@ -142,6 +142,7 @@ fn start_proxy(xds: SocketAddr, name: &str) -> trellis_proxy::Running {
             },
         }),
         explicit_inbound: false,
+        identity: None,
     };
     let workload = Workload { name: name.into(), namespace: "shop".into() };
     trellis_proxy::start(options, Metrics::new(workload), None).unwrap()

@@ -93,8 +93,11 @@ struct Trust {
     roots: Arc<RootCertStore>,
     server: Arc<ServerConfig>,
     /// Per ALPN set and allowed peer identities; a service's few accounts make few entries.
-    clients: Mutex<HashMap<(Carries, Arc<[SpiffeId]>), Arc<ClientConfig>>>,
+    clients: Mutex<HashMap<ClientKey, Arc<ClientConfig>>>,
 }
+
+/// What a client config is made for: the ALPN set and the identities the server may have.
+type ClientKey = (Carries, Arc<[SpiffeId]>);
 
 impl std::fmt::Debug for MeshTls {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {

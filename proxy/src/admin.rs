@@ -55,7 +55,7 @@ fn answer(request: Request<Incoming>, which: Endpoints, proxy: &Proxy) -> Respon
     let path = request.uri().path();
     match (which, request.method(), path) {
         (Endpoints::Readiness, &Method::GET, "/healthz/ready") => {
-            if proxy.ready.load(Ordering::Acquire) && !proxy.is_draining() {
+            if proxy.is_ready() {
                 text(StatusCode::OK, "ready\n")
             } else {
                 text(StatusCode::SERVICE_UNAVAILABLE, "not ready\n")
@@ -72,6 +72,7 @@ fn answer(request: Request<Incoming>, which: Endpoints, proxy: &Proxy) -> Respon
         }
         (Endpoints::Admin, &Method::GET, "/config_dump") => config_dump(proxy),
         (Endpoints::Admin, &Method::GET, "/clusters") => text(StatusCode::OK, &clusters(proxy)),
+        (Endpoints::Admin, &Method::GET, "/certs") => json(&certs(proxy)),
         (Endpoints::Admin, &Method::POST, "/logging") => {
             let level =
                 request.uri().query().and_then(|q| q.split('&').find_map(|kv| kv.strip_prefix("level=")));
@@ -107,6 +108,35 @@ fn config_dump(proxy: &Proxy) -> Response<Body> {
 }
 
 /// Envoy's `/clusters` text format: `cluster::endpoint::stat::value`.
+/// The workload certificate: identity, serial, validity and the chain, as `/certs` shows it.
+fn certs(proxy: &Proxy) -> serde_json::Value {
+    let to_unix =
+        |t: std::time::SystemTime| t.duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
+    let Some(mesh) = proxy.pools.mesh_tls() else {
+        return serde_json::json!({ "certificates": [], "note": "no mesh identity configured" });
+    };
+    let Some(cert) = mesh.current() else {
+        return serde_json::json!({ "certificates": [], "note": "no certificate yet" });
+    };
+    serde_json::json!({
+        "certificates": [{
+            "identity": cert.leaf.id.to_string(),
+            "serial_number": cert.leaf.serial,
+            "valid_from": to_unix(cert.leaf.not_before),
+            "expiration_time": to_unix(cert.leaf.not_after),
+            "seconds_until_expiration": cert.remaining(std::time::SystemTime::now()).as_secs(),
+            "trust_domain": mesh.trust_domain(),
+            "cert_chain": cert.chain_pem,
+        }]
+    })
+}
+
+fn json(value: &serde_json::Value) -> Response<crate::upstream::Body> {
+    let mut response = Response::new(full(Bytes::from(value.to_string())));
+    response.headers_mut().insert(header::CONTENT_TYPE, http::HeaderValue::from_static("application/json"));
+    response
+}
+
 fn clusters(proxy: &Proxy) -> String {
     let snapshot = proxy.config.load();
     let mut out = String::new();

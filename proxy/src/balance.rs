@@ -31,6 +31,8 @@ const MAX_SCHEDULE: u64 = 1 << 16;
 pub struct Target {
     pub addr: SocketAddr,
     pub weight: u32,
+    /// It has a sidecar, which takes mutual TLS.
+    pub mesh_tls: bool,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -447,7 +449,11 @@ mod tests {
         weights
             .iter()
             .enumerate()
-            .map(|(i, &weight)| Target { addr: SocketAddr::from(([10, 0, 0, i as u8 + 1], 8080)), weight })
+            .map(|(i, &weight)| Target {
+                addr: SocketAddr::from(([10, 0, 0, i as u8 + 1], 8080)),
+                weight,
+                mesh_tls: false,
+            })
             .collect()
     }
 

@@ -93,6 +93,7 @@ pub struct PendingRecord {
     pub flags: &'static str,
     pub started: std::time::Instant,
     pub request_bytes: RequestBytes,
+    pub security: crate::metrics::Security,
 }
 
 /// The size of a request's body, as the metrics count it.
@@ -217,6 +218,7 @@ impl Drop for Recording {
             millis: p.started.elapsed().as_secs_f64() * 1000.0,
             request_bytes: p.request_bytes.total(),
             response_bytes: self.sent,
+            security: &p.security,
         });
     }
 }

@@ -66,6 +66,28 @@ struct Args {
     /// PROXY_CONFIG's `terminationDrainDuration`, else 5s.
     #[arg(long, value_parser = parse_duration)]
     drain_timeout: Option<Duration>,
+    /// The CA that signs this workload's certificate (`host:port`, trellisd's 15012; Istio's
+    /// CA_ADDR). Default: the discovery address's host on port 15012. Without a CA and a
+    /// discovery address the proxy has no mesh identity: no mutual TLS either way.
+    #[arg(long, env = "CA_ADDR")]
+    ca_address: Option<String>,
+    /// The mesh root certificate the CA's own certificate is verified against (the
+    /// `istio-ca-root-cert` ConfigMap, as the injector mounts it).
+    #[arg(long, default_value = "/var/run/secrets/istio/root-cert.pem")]
+    ca_root_cert: PathBuf,
+    /// The name the CA's certificate must carry. Default: the CA address's host.
+    #[arg(long)]
+    ca_server_name: Option<String>,
+    /// The pod's service-account token (audience istio-ca), read before every request: the
+    /// kubelet rotates it in place.
+    #[arg(long, default_value = "/var/run/secrets/tokens/istio-token")]
+    token_file: PathBuf,
+    /// The mesh's trust domain.
+    #[arg(long, env = "TRUST_DOMAIN", default_value = "cluster.local")]
+    trust_domain: String,
+    /// The workload certificate's lifetime to ask for (Istio's SECRET_TTL).
+    #[arg(long, env = "SECRET_TTL", default_value = "24h", value_parser = parse_duration)]
+    cert_ttl: Duration,
     /// A tracing filter; default RUST_LOG, else the injector's LOG_LEVEL, else info.
     #[arg(long)]
     log_level: Option<String>,
@@ -196,7 +218,45 @@ where
         },
         _ => None,
     };
-    runtime.block_on(serve(args, drain_timeout, log_control, xds))
+    let identity = match identity_options(&args, xds.as_ref()) {
+        Ok(identity) => identity,
+        Err(e) => {
+            eprintln!("trellis-proxy: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    runtime.block_on(serve(args, drain_timeout, log_control, xds, identity))
+}
+
+/// The mesh identity from the command line and the pod's environment: who to ask (the CA),
+/// how to trust it (the root file), and as whom (POD_NAMESPACE, SERVICE_ACCOUNT).
+fn identity_options(args: &Args, xds: Option<&XdsOptions>) -> Result<Option<crate::Identity>, String> {
+    let ca_address = match (&args.ca_address, xds) {
+        (Some(address), _) => address.clone(),
+        (None, Some(xds)) => {
+            let host_port = xds.address.split_once("://").map_or(xds.address.as_str(), |(_, rest)| rest);
+            let host = host_port.rsplit_once(':').map_or(host_port, |(host, _)| host);
+            format!("{host}:15012")
+        }
+        (None, None) => return Ok(None),
+    };
+    let env = |name: &str| std::env::var(name).ok().filter(|v| !v.is_empty());
+    let namespace = env("POD_NAMESPACE").unwrap_or_else(|| "default".to_owned());
+    let account = env("SERVICE_ACCOUNT").unwrap_or_else(|| "default".to_owned());
+    let requested = trellis_identity::SpiffeId::new(&args.trust_domain, &namespace, &account)
+        .map_err(|e| format!("--trust-domain, POD_NAMESPACE or SERVICE_ACCOUNT: {e}"))?;
+    let root = std::fs::read_to_string(&args.ca_root_cert)
+        .map_err(|e| format!("--ca-root-cert {}: {e}", args.ca_root_cert.display()))?;
+    let channel = trellis_identity::client::tls_channel(&ca_address, &root, args.ca_server_name.as_deref())
+        .map_err(|e| format!("--ca-address {ca_address}: {e}"))?;
+    let renewal = trellis_identity::manager::Renewal {
+        ca: trellis_identity::client::CaClient::new(channel),
+        token_file: args.token_file.clone(),
+        requested,
+        ttl: args.cert_ttl,
+    };
+    let tls = trellis_identity::tls::MeshTls::new(&args.trust_domain);
+    Ok(Some(crate::Identity { tls, renewal: Some(renewal) }))
 }
 
 /// Who this proxy is, from the pod's environment (as the injection template sets it).
@@ -242,6 +302,7 @@ async fn serve(
     drain_timeout: Duration,
     log_control: LogControl,
     xds: Option<XdsOptions>,
+    identity: Option<crate::Identity>,
 ) -> ExitCode {
     let any = |port| match args.listen_address {
         Some(ip) => vec![SocketAddr::new(ip, port)],
@@ -262,6 +323,7 @@ async fn serve(
         config_file: args.config.clone(),
         xds,
         explicit_inbound: args.explicit_inbound,
+        identity,
     };
     let running = match crate::start(options, Metrics::new(Workload::from_env()), Some(log_control)) {
         Ok(r) => r,

@@ -34,6 +34,8 @@ pub struct Cluster {
     pub idle_timeout: Option<std::time::Duration>,
     /// For pooled HTTP connections.
     pub connections: crate::upstream::ConnectionPolicy,
+    /// Which endpoints get mutual TLS, and whom they must be.
+    pub tls: crate::security::upstream::TlsPolicy,
     active: AtomicU64,
     pub requests: AtomicU64,
     pub errors: AtomicU64,
@@ -85,6 +87,7 @@ impl Cluster {
         connect_timeout: std::time::Duration,
         idle_timeout: Option<std::time::Duration>,
         max_requests_per_connection: u32,
+        tls: crate::security::upstream::TlsPolicy,
     ) -> Cluster {
         Cluster {
             connections: crate::upstream::ConnectionPolicy {
@@ -101,11 +104,18 @@ impl Cluster {
             protocol,
             connect_timeout,
             idle_timeout,
+            tls,
             active: AtomicU64::new(0),
             requests: AtomicU64::new(0),
             errors: AtomicU64::new(0),
             overflows: AtomicU64::new(0),
         }
+    }
+
+    /// The mutual TLS for the endpoint at `index` of the balancer, if it gets it.
+    pub fn tls_for(&self, index: usize) -> Option<&std::sync::Arc<crate::security::upstream::ClusterTls>> {
+        let has_sidecar = self.balancer.targets().get(index).is_some_and(|t| t.mesh_tls);
+        self.tls.for_endpoint(has_sidecar)
     }
 
     pub fn name(&self) -> &str {

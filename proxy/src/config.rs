@@ -17,6 +17,8 @@ use crate::FastMap;
 use crate::balance::{Balancer, Policy, Target};
 use crate::cluster::{Cluster, HashSource, PoolLimits};
 use crate::route::{Action, CompiledRoute, HeaderOps, Matcher, Retry, StringMatcher, VirtualHost};
+use crate::security::inbound::InboundTls;
+use crate::security::upstream::TlsPolicy;
 
 /// Files bigger than this are not proxy configurations.
 pub const MAX_CONFIG_BYTES: usize = 16 << 20;
@@ -104,6 +106,8 @@ pub struct Snapshot {
     pub opaque_ports: HashSet<u16>,
     pub detection_timeout: Duration,
     pub limits: Limits,
+    /// PeerAuthentication, resolved for this workload.
+    pub inbound_tls: InboundTls,
     by_address: FastMap<SocketAddr, Arc<ServicePort>>,
     /// Lower-case host name, then port.
     by_name: FastMap<String, Vec<(u16, Arc<ServicePort>)>>,
@@ -178,13 +182,17 @@ impl Snapshot {
             if c.name.is_empty() {
                 return Err(err(format!("{field}.name"), "required"));
             }
-            let mine = endpoints.get(c.service.as_str()).copied().unwrap_or_default();
+            let set = endpoints.get(c.service.as_str()).copied();
+            let mine = set.map(|s| s.endpoints.as_slice()).unwrap_or_default();
+            let accounts = set.map(|s| s.service_accounts.as_slice()).unwrap_or_default();
+            let tls = TlsPolicy::compile(c.tls.as_ref(), accounts)
+                .map_err(|e| err(format!("{field}.tls (or its endpoints' service_accounts)"), e))?;
             let reused = previous
                 .and_then(|p| p.clusters.get(&c.name))
-                .filter(|old| old.definition == *c && old.endpoints.as_slice() == mine);
+                .filter(|old| old.definition == *c && old.endpoints.as_slice() == mine && old.tls == tls);
             let cluster = match reused {
                 Some(old) => old.clone(),
-                None => Arc::new(compile_cluster(c, mine, &field)?),
+                None => Arc::new(compile_cluster(c, mine, tls, &field)?),
             };
             if clusters.insert(c.name.clone(), cluster).is_some() {
                 return Err(err(format!("{field}.name"), format!("cluster {:?} is defined twice", c.name)));
@@ -291,8 +299,10 @@ impl Snapshot {
                     .ok_or_else(|| err(format!("opaque_ports[{i}]"), format!("{p} is not a port")))
             })
             .collect::<Result<_, _>>()?;
+        let inbound_tls = InboundTls::compile(config.inbound_tls.as_ref())?;
         Ok(Snapshot {
             version,
+            inbound_tls,
             outbound_policy,
             opaque_ports,
             detection_timeout: duration(
@@ -347,7 +357,9 @@ fn parse_port(text: &str) -> Option<u16> {
     if text.bytes().all(|b| b.is_ascii_digit()) { text.parse().ok() } else { None }
 }
 
-fn endpoints_by_service(config: &pb::ProxyConfig) -> Result<HashMap<&str, &[pb::Endpoint]>, ConfigError> {
+fn endpoints_by_service(
+    config: &pb::ProxyConfig,
+) -> Result<HashMap<&str, &pb::ServiceEndpoints>, ConfigError> {
     let mut map = HashMap::new();
     for (i, e) in config.endpoints.iter().enumerate() {
         for (j, ep) in e.endpoints.iter().enumerate() {
@@ -359,14 +371,19 @@ fn endpoints_by_service(config: &pb::ProxyConfig) -> Result<HashMap<&str, &[pb::
                 port(ep.port, &format!("{field}.port"))?;
             }
         }
-        if map.insert(e.service.as_str(), e.endpoints.as_slice()).is_some() {
+        if map.insert(e.service.as_str(), e).is_some() {
             return Err(err(format!("endpoints[{i}].service"), format!("{:?} is listed twice", e.service)));
         }
     }
     Ok(map)
 }
 
-fn compile_cluster(c: &pb::Cluster, endpoints: &[pb::Endpoint], field: &str) -> Result<Cluster, ConfigError> {
+fn compile_cluster(
+    c: &pb::Cluster,
+    endpoints: &[pb::Endpoint],
+    tls: TlsPolicy,
+    field: &str,
+) -> Result<Cluster, ConfigError> {
     let lb = c.load_balancer.clone().unwrap_or_default();
     let policy = match pb::load_balancer::Policy::try_from(lb.policy).unwrap_or_default() {
         pb::load_balancer::Policy::RoundRobin => Policy::RoundRobin,
@@ -392,7 +409,11 @@ fn compile_cluster(c: &pb::Cluster, endpoints: &[pb::Endpoint], field: &str) -> 
             e.address.parse().map_err(|_| err(format!("{field}.service"), "bad endpoint address"))?;
         let port_number = if c.port != 0 { c.port } else { e.port };
         let port = port(port_number, &format!("{field}.port"))?;
-        targets.push(Target { addr: SocketAddr::new(ip, port), weight: e.weight.max(1) });
+        targets.push(Target {
+            addr: SocketAddr::new(ip, port),
+            weight: e.weight.max(1),
+            mesh_tls: e.mesh_tls,
+        });
     }
     let pool = c.connection_pool.unwrap_or_default();
     let or = |v: u32, default: u32| if v == 0 { default } else { v };
@@ -411,6 +432,7 @@ fn compile_cluster(c: &pb::Cluster, endpoints: &[pb::Endpoint], field: &str) -> 
             .unwrap_or(Duration::from_secs(10)),
         duration(pool.idle_timeout.as_ref(), &format!("{field}.connection_pool.idle_timeout"))?,
         pool.max_requests_per_connection,
+        tls,
     ))
 }
 

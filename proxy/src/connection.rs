@@ -5,7 +5,9 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
+use trellis_identity::tls::Carries;
 use trellis_proxy_init::original_dst::original_destination_of;
 use trellis_xds::config as pb;
 use trellis_xds::types::ResourceType;
@@ -13,9 +15,11 @@ use trellis_xds::types::ResourceType;
 use crate::cluster::Cluster;
 use crate::detect::{self, Detected, detect};
 use crate::metrics::Reporter;
+use crate::security::inbound::{self, Carried, Decision, Mode};
+use crate::security::stream::MaybeTls;
 use crate::serve::{Conn, Speaks, serve};
 use crate::upstream::{Key, Protocol};
-use crate::{Proxy, Side, box_out_of_line, tcp, upstream};
+use crate::{Proxy, Side, box_out_of_line, tcp};
 
 const INBOUND_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long a TLS client may take to finish its ClientHello.
@@ -67,8 +71,18 @@ pub async fn handle(stream: TcpStream, peer: SocketAddr, side: Side, proxy: Arc<
     };
     let declared_http =
         matches!(declared, Some(pb::Protocol::Http | pb::Protocol::Grpc | pb::Protocol::Http2));
-    let detected = if opaque || !worth_inspecting {
+    let inbound_mode = match side {
+        Side::Inbound => snapshot.inbound_tls.mode_for(port.or(Some(local.port()))),
+        Side::Outbound => Mode::Disable,
+    };
+    let detected = if (opaque || !worth_inspecting) && inbound_mode == Mode::Disable {
         Detected::Opaque
+    } else if opaque {
+        // An opaque inbound port under a TLS policy: only whether it opens with TLS matters.
+        match detect(&stream, snapshot.detection_timeout).await {
+            Detected::Tls => Detected::Tls,
+            _ => Detected::Opaque,
+        }
     } else if declared_http {
         // Declared HTTP: only which version, and within the header timeout, so that a client
         // that says nothing is not waited for without end. What is not HTTP/2 goes to the
@@ -86,6 +100,22 @@ pub async fn handle(stream: TcpStream, peer: SocketAddr, side: Side, proxy: Arc<
         detect(&stream, timeout).await
     };
     drop(snapshot);
+    if inbound_mode != Mode::Disable {
+        match inbound::decide(&stream, inbound_mode, detected == Detected::Tls).await {
+            Decision::AsIs => {}
+            Decision::Terminate => {
+                box_out_of_line(|| serve_mesh(stream, conn, proxy.clone())).await;
+                proxy.connections.fetch_sub(1, Ordering::AcqRel);
+                return;
+            }
+            Decision::Refuse(why) => {
+                proxy.metrics.inbound_refused(why);
+                tracing::debug!(%peer, why, "inbound connection refused by PeerAuthentication");
+                proxy.connections.fetch_sub(1, Ordering::AcqRel);
+                return;
+            }
+        }
+    }
     match detected {
         Detected::Http1 | Detected::Http2 => {
             let speaks = if detected == Detected::Http2 { Speaks::Http2 } else { Speaks::Http1 };
@@ -116,10 +146,31 @@ pub async fn handle(stream: TcpStream, peer: SocketAddr, side: Side, proxy: Arc<
     proxy.connections.fetch_sub(1, Ordering::AcqRel);
 }
 
+/// A mutual TLS connection from another proxy: the handshake, then what it carries, with the
+/// peer's identity on the connection.
+async fn serve_mesh(stream: TcpStream, mut conn: Conn, proxy: Arc<Proxy>) {
+    match inbound::terminate(stream, proxy.pools.mesh_tls()).await {
+        Err(why) => {
+            proxy.metrics.inbound_refused(why);
+            tracing::debug!(peer = %conn.peer, why, "inbound mutual TLS refused");
+        }
+        Ok(terminated) => {
+            conn.tls_peer = terminated.peer;
+            conn.mutual_tls = true;
+            let stream = MaybeTls::Server(Box::new(terminated.stream));
+            match terminated.carried {
+                Carried::Http1 => serve(stream, conn, proxy, Speaks::Http1).await,
+                Carried::Http2 => serve(stream, conn, proxy, Speaks::Http2).await,
+                Carried::Tcp => relay(stream, &conn, None, &proxy).await,
+            }
+        }
+    }
+}
+
 /// Opaque TCP: outbound to the service's TCP cluster or the original destination; inbound to
 /// the app on localhost from 127.0.0.6.
-async fn relay(
-    stream: TcpStream,
+async fn relay<S: AsyncRead + AsyncWrite + Unpin>(
+    stream: S,
     conn: &Conn,
     service_port: Option<&crate::config::ServicePort>,
     proxy: &Proxy,
@@ -140,7 +191,10 @@ async fn relay(
                 return;
             }
             let (addr, source) = crate::forward::inbound_delivery(original, conn);
-            (Key { addr, protocol: Protocol::Http1, source }, format!("inbound|{}", original.port()))
+            (
+                Key { addr, protocol: Protocol::Http1, source, tls: None },
+                format!("inbound|{}", original.port()),
+            )
         }
         (Side::Outbound, Some(original)) => match service_port.and_then(|sp| sp.tcp_cluster.clone()) {
             Some(cluster) => {
@@ -153,45 +207,80 @@ async fn relay(
                     return;
                 }
                 (
-                    Key { addr: original, protocol: Protocol::Http1, source: None },
+                    Key { addr: original, protocol: Protocol::Http1, source: None, tls: None },
                     "PassthroughCluster".to_owned(),
                 )
             }
         },
     };
     let reporter = if conn.side == Side::Outbound { Reporter::Source } else { Reporter::Destination };
-    pipe(stream, target, INBOUND_CONNECT_TIMEOUT, tcp::DEFAULT_IDLE_TIMEOUT, reporter, &service, proxy).await;
+    let security = crate::metrics::Security {
+        mutual_tls: conn.mutual_tls,
+        peer: conn.tls_peer.as_ref().map(|p| p.principal.clone()),
+    };
+    let target = Target {
+        key: target,
+        tls: None,
+        connect_timeout: INBOUND_CONNECT_TIMEOUT,
+        idle: tcp::DEFAULT_IDLE_TIMEOUT,
+        security,
+    };
+    pipe(stream, target, reporter, &service, proxy).await;
 }
 
 /// Outbound TCP to a service's cluster: an endpoint and a place in the pool limits, held for
 /// the connection's life (a full pool refuses the connection).
-async fn relay_to_cluster(stream: TcpStream, cluster: &Cluster, service: String, proxy: &Proxy) {
+async fn relay_to_cluster<S: AsyncRead + AsyncWrite + Unpin>(
+    stream: S,
+    cluster: &Cluster,
+    service: String,
+    proxy: &Proxy,
+) {
     let Some(_admitted) = cluster.admit(false) else { return };
     let Some(picked) = cluster.balancer.pick(None, None) else { return };
     let Some(addr) = cluster.balancer.targets().get(picked.index()).map(|t| t.addr) else { return };
-    let key = Key { addr, protocol: Protocol::Http1, source: None };
+    let tls = cluster.tls_for(picked.index()).map(Arc::as_ref);
+    let key = Key { addr, protocol: Protocol::Http1, source: None, tls: tls.map(|t| t.pool_id) };
     let idle = cluster.idle_timeout.unwrap_or(tcp::DEFAULT_IDLE_TIMEOUT);
-    pipe(stream, key, cluster.connect_timeout, idle, Reporter::Source, &service, proxy).await;
+    let security = crate::metrics::Security {
+        mutual_tls: tls.is_some(),
+        peer: tls.and_then(|t| match &t.allowed[..] {
+            [one] => Some(one.to_string().into()),
+            _ => None,
+        }),
+    };
+    let target = Target { key, tls, connect_timeout: cluster.connect_timeout, idle, security };
+    pipe(stream, target, Reporter::Source, &service, proxy).await;
+}
+
+/// Where a relayed connection goes.
+struct Target<'a> {
+    key: Key,
+    tls: Option<&'a crate::security::upstream::ClusterTls>,
+    connect_timeout: Duration,
+    idle: Duration,
+    /// For the metrics: the upstream's (outbound) or the downstream's (inbound).
+    security: crate::metrics::Security,
 }
 
 /// Connects and relays, counting the connection and its bytes.
-async fn pipe(
-    mut stream: TcpStream,
-    target: Key,
-    connect_timeout: Duration,
-    idle: Duration,
+async fn pipe<S: AsyncRead + AsyncWrite + Unpin>(
+    mut stream: S,
+    target: Target<'_>,
     reporter: Reporter,
     service: &str,
     proxy: &Proxy,
 ) {
-    let Ok(mut upstream_stream) = upstream::connect(target, connect_timeout).await else {
-        let labels = proxy.metrics.tcp_labels(reporter, service, "UF");
+    let security = target.security.clone();
+    let dialed = proxy.pools.dial(target.key, target.connect_timeout, target.tls, Carries::Tcp).await;
+    let Ok(mut upstream_stream) = dialed else {
+        let labels = proxy.metrics.tcp_labels(reporter, service, "UF", &security);
         proxy.metrics.tcp_opened(&labels);
         proxy.metrics.tcp_closed(&labels, 0, 0);
         return;
     };
-    let labels = proxy.metrics.tcp_labels(reporter, service, "-");
+    let labels = proxy.metrics.tcp_labels(reporter, service, "-", &security);
     proxy.metrics.tcp_opened(&labels);
-    let (sent, received, _ended) = tcp::relay(&mut stream, &mut upstream_stream, idle).await;
+    let (sent, received, _ended) = tcp::relay(&mut stream, &mut upstream_stream, target.idle).await;
     proxy.metrics.tcp_closed(&labels, sent, received);
 }

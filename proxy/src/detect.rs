@@ -40,9 +40,22 @@ pub fn classify(bytes: &[u8]) -> Option<Detected> {
     if undecided { None } else { Some(Detected::Opaque) }
 }
 
+/// What a TLS client's ClientHello asks for.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Hello {
+    pub server_name: Option<String>,
+    pub alpn: Vec<Vec<u8>>,
+}
+
 /// The server name a TLS client asks for (SNI), read from its ClientHello without consuming
 /// it, so the bytes can be passed on untouched. `None` when there is none or it is not TLS.
 pub async fn server_name(stream: &TcpStream, deadline: Duration) -> Option<String> {
+    client_hello(stream, deadline).await?.server_name
+}
+
+/// The ClientHello's server name and ALPN values, read without consuming them. `None` when it
+/// is not TLS or does not arrive in time.
+pub async fn client_hello(stream: &TcpStream, deadline: Duration) -> Option<Hello> {
     // A ClientHello fits in one TLS record (16 KiB), post-quantum key shares included.
     let mut buf = vec![0u8; 16 * 1024 + 5];
     let attempt = async {
@@ -52,7 +65,13 @@ pub async fn server_name(stream: &TcpStream, deadline: Duration) -> Option<Strin
             let mut bytes = &buf[..n];
             acceptor.read_tls(&mut bytes).ok()?;
             match acceptor.accept() {
-                Ok(Some(accepted)) => return accepted.client_hello().server_name().map(str::to_owned),
+                Ok(Some(accepted)) => {
+                    let hello = accepted.client_hello();
+                    return Some(Hello {
+                        server_name: hello.server_name().map(str::to_owned),
+                        alpn: hello.alpn().map(|list| list.map(<[u8]>::to_vec).collect()).unwrap_or_default(),
+                    });
+                }
                 Ok(None) if n < buf.len() => tokio::time::sleep(Duration::from_millis(1)).await,
                 _ => return None,
             }

@@ -36,6 +36,8 @@ struct Outcome {
     service: Arc<str>,
     flags: &'static str,
     request_bytes: RequestBytes,
+    /// Outbound: how the endpoint was reached (inbound takes it from the connection).
+    security: crate::metrics::Security,
 }
 
 impl Outcome {
@@ -45,7 +47,13 @@ impl Outcome {
     }
 
     fn new(response: Response<Body>, service: impl Into<Arc<str>>, flags: &'static str) -> Outcome {
-        Outcome { response, service: service.into(), flags, request_bytes: RequestBytes::Unknown }
+        Outcome {
+            response,
+            service: service.into(),
+            flags,
+            request_bytes: RequestBytes::Unknown,
+            security: crate::metrics::Security::default(),
+        }
     }
 }
 
@@ -83,6 +91,13 @@ pub async fn handle(request: Request<Incoming>, conn: &Conn, proxy: &Proxy) -> R
         flags: outcome.flags,
         started,
         request_bytes: outcome.request_bytes,
+        security: match conn.side {
+            Side::Outbound => outcome.security,
+            Side::Inbound => crate::metrics::Security {
+                mutual_tls: conn.mutual_tls,
+                peer: conn.tls_peer.as_ref().map(|p| p.principal.clone()),
+            },
+        },
     };
     outcome.response.map(|body| recorded(body, pending).boxed())
 }
@@ -179,6 +194,7 @@ async fn outbound(mut request: Request<Incoming>, conn: &Conn, proxy: &Proxy) ->
             let upgrade = headers::is_upgrade(request.headers());
             headers::strip_hop_by_hop(request.headers_mut(), upgrade);
             headers::ensure_request_id(request.headers_mut());
+            crate::security::xfcc::sanitize(request.headers_mut());
             let mut outcome = to_cluster(request, upgrade, route, &cluster, conn, proxy, &snapshot).await;
             route.response_headers.apply(outcome.response.headers_mut());
             outcome.service = service;
@@ -244,7 +260,7 @@ async fn to_cluster(
     let attempts = async {
         if wants_upgrade {
             // Rare, and its handshake state is large: boxed (see `Pools::send_http1`).
-            return box_out_of_line(|| upgrade(request, cluster, conn)).await;
+            return box_out_of_line(|| upgrade(request, cluster, conn, proxy)).await;
         }
         let (parts, body) = request.into_parts();
         // Only bodies known to be small (or absent) are kept for a retry; a stream (gRPC,
@@ -436,8 +452,9 @@ async fn attempt(
     // Held until the response body ends (or the attempt fails).
     let in_flight = cluster.in_flight(admitted, picked);
     prepare_uri(&mut request, protocol, target);
-    let key = Key { addr: target, protocol, source: None };
-    let exchange = proxy.pools.send(key, &cluster.connections, request);
+    let key = Key { addr: target, protocol, source: None, tls: None };
+    let tls = cluster.tls_for(index);
+    let exchange = proxy.pools.send(key, &cluster.connections, tls.map(Arc::as_ref), request);
     let result = match per_try_timeout {
         Some(t) => tokio::time::timeout(t, exchange)
             .await
@@ -452,7 +469,24 @@ async fn attempt(
     let upgrade = parts.status == StatusCode::SWITCHING_PROTOCOLS;
     headers::strip_hop_by_hop(&mut parts.headers, upgrade);
     let body = Guarded::new(body, in_flight, deadline).boxed();
-    Ok((Outcome::new(Response::from_parts(parts, body), cluster.name.clone(), "-"), index))
+    let mut outcome = Outcome::new(Response::from_parts(parts, body), cluster.name.clone(), "-");
+    outcome.security = security_of(tls.map(Arc::as_ref));
+    Ok((outcome, index))
+}
+
+/// How a mutual TLS endpoint was reached, for the metrics: its principal is known when the
+/// cluster allows exactly one (the handshake proved it), else "unknown".
+fn security_of(tls: Option<&crate::security::upstream::ClusterTls>) -> crate::metrics::Security {
+    match tls {
+        None => crate::metrics::Security::default(),
+        Some(tls) => crate::metrics::Security {
+            mutual_tls: true,
+            peer: match &tls.allowed[..] {
+                [one] => Some(one.to_string().into()),
+                _ => None,
+            },
+        },
+    }
 }
 
 /// A request that failed because our own body limit cut it off is the client's fault (413).
@@ -525,7 +559,7 @@ fn clean_response(response: Response<Incoming>) -> Response<Body> {
 
 /// WebSocket and other upgrades: forward the handshake over a connection of its own, then
 /// splice the two upgraded connections.
-async fn upgrade(request: Request<Incoming>, cluster: &Arc<Cluster>, conn: &Conn) -> Outcome {
+async fn upgrade(request: Request<Incoming>, cluster: &Arc<Cluster>, conn: &Conn, proxy: &Proxy) -> Outcome {
     let hash = cluster.hash_of(request.headers(), request.uri().query(), conn.peer.ip());
     let picked = cluster.balancer.pick(hash, None);
     let Some(target) =
@@ -533,8 +567,9 @@ async fn upgrade(request: Request<Incoming>, cluster: &Arc<Cluster>, conn: &Conn
     else {
         return Failure { kind: FailureKind::NoEndpoint, endpoint: None }.into_outcome(cluster);
     };
-    let key = Key { addr: target, protocol: Protocol::Http1, source: None };
-    match splice_upgrade(request, key, cluster.connect_timeout).await {
+    let tls = picked.as_ref().and_then(|p| cluster.tls_for(p.index())).map(Arc::as_ref);
+    let key = Key { addr: target, protocol: Protocol::Http1, source: None, tls: None };
+    match splice_upgrade(request, key, cluster.connect_timeout, tls, &proxy.pools).await {
         Ok(response) => Outcome::new(response, cluster.name.clone(), "-"),
         Err(e) => Failure { kind: FailureKind::Upstream(e), endpoint: None }.into_outcome(cluster),
     }
@@ -546,12 +581,14 @@ async fn splice_upgrade(
     mut request: Request<Incoming>,
     key: Key,
     connect_timeout: Duration,
+    tls: Option<&crate::security::upstream::ClusterTls>,
+    pools: &upstream::Pools,
 ) -> Result<Response<Body>, UpstreamError> {
     let downstream = hyper::upgrade::on(&mut request);
     let (parts, _) = request.into_parts();
     let mut outgoing = Request::from_parts(parts, empty());
     prepare_uri(&mut outgoing, Protocol::Http1, key.addr);
-    let stream = upstream::connect(key, connect_timeout).await?;
+    let stream = pools.dial(key, connect_timeout, tls, trellis_identity::tls::Carries::Http1).await?;
     let reset = |source| UpstreamError::Reset { addr: key.addr, source };
     let (mut sender, connection) =
         hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream)).await.map_err(reset)?;
@@ -615,7 +652,7 @@ async fn passthrough(
     let upgrade = headers::is_upgrade(request.headers());
     headers::strip_hop_by_hop(request.headers_mut(), upgrade);
     headers::ensure_request_id(request.headers_mut());
-    let key = Key { addr: target, protocol: Protocol::Http1, source: None };
+    let key = Key { addr: target, protocol: Protocol::Http1, source: None, tls: None };
     send_direct(request, upgrade, key, proxy, service.into()).await
 }
 
@@ -638,6 +675,8 @@ async fn send_direct(
                 request,
                 Key { protocol: Protocol::Http1, ..key },
                 ConnectionPolicy::default().connect_timeout,
+                None,
+                &proxy.pools,
             )
         })
         .await
@@ -656,7 +695,7 @@ async fn send_direct(
     let (body, request_bytes) = forwarded_body(body, limit);
     let mut outgoing = Request::from_parts(parts, body);
     prepare_uri(&mut outgoing, key.protocol, key.addr);
-    let outcome = match proxy.pools.send(key, &ConnectionPolicy::default(), outgoing).await {
+    let outcome = match proxy.pools.send(key, &ConnectionPolicy::default(), None, outgoing).await {
         Ok(response) => Outcome::new(clean_response(response), service, "-"),
         Err(e) => match body_limit(&e) {
             Some(status) => Outcome::new(text(status, "request body too large\n"), service, "-"),
@@ -721,8 +760,12 @@ async fn inbound(mut request: Request<Incoming>, conn: &Conn, proxy: &Proxy) -> 
     headers::strip_hop_by_hop(request.headers_mut(), upgrade);
     headers::ensure_request_id(request.headers_mut());
     headers::add_forwarded(request.headers_mut(), conn.peer_value());
+    if let Some(peer) = &conn.tls_peer {
+        peer.append_to(request.headers_mut());
+    }
     let (addr, source) = inbound_delivery(target, conn);
-    send_direct(request, upgrade, Key { addr, protocol: Protocol::Http1, source }, proxy, service).await
+    send_direct(request, upgrade, Key { addr, protocol: Protocol::Http1, source, tls: None }, proxy, service)
+        .await
 }
 
 /// Where inbound traffic goes: the app on localhost at the original port (as the design and

@@ -20,6 +20,7 @@ pub mod headers;
 pub mod listen;
 pub mod metrics;
 pub mod route;
+pub mod security;
 pub mod serve;
 pub mod tcp;
 pub mod upstream;
@@ -137,6 +138,13 @@ impl Proxy {
         here && self.own_ports.read().is_ok_and(|ports| ports.contains(&addr.port()))
     }
 
+    /// Ready: a first configuration is loaded, a certificate is held when the proxy has a mesh
+    /// identity, and it is not draining.
+    pub fn is_ready(&self) -> bool {
+        let certified = self.pools.mesh_tls().is_none_or(|m| m.current().is_some());
+        self.ready.load(Ordering::Acquire) && certified && !self.is_draining()
+    }
+
     pub fn is_draining(&self) -> bool {
         self.drain.is_draining()
     }
@@ -155,7 +163,7 @@ pub enum Side {
 }
 
 /// Where the proxy listens. Port 0 picks a free port (tests).
-#[derive(Clone, Debug)]
+#[derive(Debug)]
 pub struct Options {
     pub outbound: Vec<std::net::SocketAddr>,
     pub inbound: Vec<std::net::SocketAddr>,
@@ -167,6 +175,21 @@ pub struct Options {
     pub xds: Option<xds::XdsOptions>,
     /// See [`Proxy::explicit_inbound`].
     pub explicit_inbound: bool,
+    /// The mesh identity: mutual TLS on both sides, with a certificate kept current by the
+    /// renewal loop when one is given.
+    pub identity: Option<Identity>,
+}
+
+/// The proxy's mesh identity.
+pub struct Identity {
+    pub tls: Arc<trellis_identity::tls::MeshTls>,
+    pub renewal: Option<trellis_identity::manager::Renewal>,
+}
+
+impl std::fmt::Debug for Identity {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Identity").field("tls", &self.tls).finish_non_exhaustive()
+    }
 }
 
 /// A started proxy and the addresses it actually bound.
@@ -202,6 +225,14 @@ pub fn start(
         None => (Snapshot::empty(), None),
     };
     let proxy = Proxy::new(snapshot, metrics, log_control, options.explicit_inbound);
+    let renewal = match options.identity {
+        Some(identity) => {
+            proxy.pools.set_mesh_tls(identity.tls.clone());
+            proxy.metrics.set_mesh_tls(identity.tls.clone());
+            identity.renewal.map(|r| (identity.tls, r))
+        }
+        None => None,
+    };
     let bind_all = |addrs: &[std::net::SocketAddr]| -> Result<Vec<tokio::net::TcpListener>, StartError> {
         addrs.iter().map(|a| bind(*a).map_err(|source| StartError::Bind { addr: *a, source })).collect()
     };
@@ -243,6 +274,9 @@ pub fn start(
         }
     }
     tokio::spawn(reap_pools(proxy.clone()));
+    if let Some((tls, renewal)) = renewal {
+        tokio::spawn(trellis_identity::manager::keep_certified(tls, renewal));
+    }
     if let (Some(path), Some(bytes)) = (options.config_file, loaded) {
         tokio::spawn(watch::watch(path, bytes, proxy.clone()));
     }

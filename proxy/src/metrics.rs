@@ -59,6 +59,8 @@ pub struct RequestLabels {
     pub grpc_response_status: &'static str,
     pub response_flags: &'static str,
     pub connection_security_policy: &'static str,
+    pub source_principal: String,
+    pub destination_principal: String,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -67,6 +69,16 @@ pub struct TcpLabels {
     pub peers: Peers,
     pub response_flags: &'static str,
     pub connection_security_policy: &'static str,
+    pub source_principal: String,
+    pub destination_principal: String,
+}
+
+/// How a request or connection was secured, as the metrics label it.
+#[derive(Clone, Debug, Default, Hash, PartialEq, Eq)]
+pub struct Security {
+    pub mutual_tls: bool,
+    /// The other side's SPIFFE ID, when mutual TLS proved it.
+    pub peer: Option<Arc<str>>,
 }
 
 fn byte_histogram() -> Histogram {
@@ -107,8 +119,9 @@ struct RequestSeries {
 }
 
 /// What, besides the service, tells request series apart.
-#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq)]
+#[derive(Clone, Debug, Hash, PartialEq, Eq)]
 struct SeriesKey {
+    security: Security,
     source_side: bool,
     grpc: bool,
     status: u16,
@@ -143,6 +156,19 @@ pub struct Metrics {
     tcp_received: Family<TcpLabels, Counter>,
     tcp_opened: Family<TcpLabels, Counter>,
     tcp_closed: Family<TcpLabels, Counter>,
+    inbound_refused: Family<RefusalLabels, Counter>,
+    mesh: std::sync::OnceLock<Arc<trellis_identity::tls::MeshTls>>,
+    /// Set when scraped, from the certificate held then.
+    cert_expiry: prometheus_client::metrics::gauge::Gauge,
+}
+
+fn policy_label(security: &Security) -> &'static str {
+    if security.mutual_tls { "mutual_tls" } else { "none" }
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RefusalLabels {
+    pub reason: &'static str,
 }
 
 /// One finished HTTP request, as the metrics see it.
@@ -157,6 +183,7 @@ pub struct RequestRecord<'a> {
     pub millis: f64,
     pub request_bytes: u64,
     pub response_bytes: u64,
+    pub security: &'a Security,
 }
 
 impl Metrics {
@@ -183,6 +210,18 @@ impl Metrics {
         );
         registry.register("istio_tcp_connections_opened", "TCP connections opened", tcp_opened.clone());
         registry.register("istio_tcp_connections_closed", "TCP connections closed", tcp_closed.clone());
+        let inbound_refused = Family::<RefusalLabels, Counter>::default();
+        registry.register(
+            "trellis_inbound_connections_refused",
+            "Inbound connections closed by PeerAuthentication (plaintext under STRICT) or a failed mutual TLS handshake",
+            inbound_refused.clone(),
+        );
+        let cert_expiry = prometheus_client::metrics::gauge::Gauge::default();
+        registry.register(
+            "trellis_workload_certificate_expiration_timestamp_seconds",
+            "When the workload certificate expires (Unix time); 0 without one",
+            cert_expiry.clone(),
+        );
         Metrics {
             registry,
             workload,
@@ -195,7 +234,14 @@ impl Metrics {
             tcp_received,
             tcp_opened,
             tcp_closed,
+            inbound_refused,
+            mesh: std::sync::OnceLock::new(),
+            cert_expiry,
         }
+    }
+
+    pub fn inbound_refused(&self, reason: &'static str) {
+        self.inbound_refused.get_or_create(&RefusalLabels { reason }).inc();
     }
 
     /// This workload on its side of the exchange, "unknown" on the other (peer identity comes
@@ -226,6 +272,7 @@ impl Metrics {
 
     pub fn request(&self, r: RequestRecord<'_>) {
         let key = SeriesKey {
+            security: r.security.clone(),
             source_side: r.reporter == Reporter::Source,
             grpc: r.grpc,
             status: r.status,
@@ -236,7 +283,7 @@ impl Metrics {
             self.series.read().ok().and_then(|m| m.get(&**r.service).and_then(|by| by.get(&key)).cloned());
         let series = match found {
             Some(s) => s,
-            None => self.create_series(&r, key),
+            None => self.create_series(&r, key.clone()),
         };
         series.requests.inc();
         series.duration.observe(r.millis);
@@ -251,7 +298,9 @@ impl Metrics {
             response_code: r.status,
             grpc_response_status: r.grpc_status,
             response_flags: r.flags,
-            connection_security_policy: "none",
+            connection_security_policy: policy_label(r.security),
+            source_principal: self.principal(r.reporter, r.security, Reporter::Source),
+            destination_principal: self.principal(r.reporter, r.security, Reporter::Destination),
         };
         let series = Arc::new(RequestSeries {
             requests: self.requests.get_or_create(&labels).clone(),
@@ -265,12 +314,41 @@ impl Metrics {
         series
     }
 
-    pub fn tcp_labels(&self, reporter: Reporter, service: &str, flags: &'static str) -> TcpLabels {
+    pub fn tcp_labels(
+        &self,
+        reporter: Reporter,
+        service: &str,
+        flags: &'static str,
+        security: &Security,
+    ) -> TcpLabels {
         TcpLabels {
             peers: self.peers(reporter, service),
             response_flags: flags,
-            connection_security_policy: "none",
+            connection_security_policy: policy_label(security),
+            source_principal: self.principal(reporter, security, Reporter::Source),
+            destination_principal: self.principal(reporter, security, Reporter::Destination),
         }
+    }
+
+    /// Set once the proxy has a mesh identity: its own principal for the labels.
+    pub fn set_mesh_tls(&self, mesh: Arc<trellis_identity::tls::MeshTls>) {
+        let _ = self.mesh.set(mesh);
+    }
+
+    /// The principal of `side` of an exchange reported by `reporter`: this proxy's own when it
+    /// is that side, else the verified peer's; "unknown" without mutual TLS.
+    fn principal(&self, reporter: Reporter, security: &Security, side: Reporter) -> String {
+        if !security.mutual_tls {
+            return "unknown".to_owned();
+        }
+        if reporter == side {
+            return self
+                .mesh
+                .get()
+                .and_then(|m| m.current())
+                .map_or("unknown".to_owned(), |c| c.leaf.id.to_string());
+        }
+        security.peer.as_deref().unwrap_or("unknown").to_owned()
     }
 
     pub fn tcp_opened(&self, labels: &TcpLabels) {
@@ -285,6 +363,10 @@ impl Metrics {
 
     /// The text exposition format.
     pub fn render(&self) -> String {
+        let expiry = self.mesh.get().and_then(|m| m.current()).map_or(0, |c| {
+            c.leaf.not_after.duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs() as i64)
+        });
+        self.cert_expiry.set(expiry);
         let mut out = String::new();
         let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
         out

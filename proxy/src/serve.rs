@@ -11,7 +11,6 @@ use http::HeaderValue;
 
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use tokio::net::TcpStream;
 
 use crate::config::{ServicePort, Snapshot};
 use crate::header_timer::ConnectionTimer;
@@ -26,6 +25,10 @@ pub struct Conn {
     pub original: Option<SocketAddr>,
     /// The listener's own address: never a destination (that would loop).
     pub local: SocketAddr,
+    /// Whether the connection came over mutual TLS (`connection_security_policy`).
+    pub mutual_tls: bool,
+    /// The verified peer of a mutual TLS connection.
+    pub tls_peer: Option<crate::security::xfcc::Peer>,
     /// `peer`'s address as a header value (`x-forwarded-for`), made on first use.
     peer_value: OnceLock<HeaderValue>,
     /// The last authority's service port: a keep-alive client names the same host on every
@@ -45,7 +48,16 @@ struct Lookup {
 
 impl Conn {
     pub fn new(side: Side, peer: SocketAddr, original: Option<SocketAddr>, local: SocketAddr) -> Conn {
-        Conn { side, peer, original, local, peer_value: OnceLock::new(), last_lookup: Mutex::new(None) }
+        Conn {
+            side,
+            peer,
+            original,
+            local,
+            mutual_tls: false,
+            tls_peer: None,
+            peer_value: OnceLock::new(),
+            last_lookup: Mutex::new(None),
+        }
     }
 
     pub fn peer_value(&self) -> &HeaderValue {
@@ -84,7 +96,10 @@ pub enum Speaks {
     Http2,
 }
 
-pub async fn serve(stream: TcpStream, conn: Conn, proxy: Arc<Proxy>, speaks: Speaks) {
+pub async fn serve<S>(stream: S, conn: Conn, proxy: Arc<Proxy>, speaks: Speaks)
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
     let (max_header_bytes, header_timeout) = {
         let snapshot = proxy.config.load();
         (snapshot.limits.max_header_bytes, snapshot.limits.header_read_timeout)

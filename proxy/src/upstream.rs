@@ -15,6 +15,9 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::net::{TcpSocket, TcpStream};
 
 use crate::box_out_of_line;
+use crate::security::stream::MaybeTls;
+use crate::security::upstream::ClusterTls;
+use trellis_identity::tls::{Carries, MeshTls};
 
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 pub type Body = BoxBody<Bytes, BoxError>;
@@ -37,6 +40,9 @@ pub struct Key {
     pub protocol: Protocol,
     /// Bound before connecting (inbound delivery comes from 127.0.0.6).
     pub source: Option<IpAddr>,
+    /// Mutual TLS, for the identities of this pool id ([`ClusterTls::pool_id`]): a TLS and a
+    /// plaintext connection to one address are never mixed.
+    pub tls: Option<u64>,
 }
 
 /// The pool looks a key up twice per request: two integer writes here, where the derived hash
@@ -51,6 +57,9 @@ impl std::hash::Hash for Key {
         state.write_u128(bits(self.addr.ip()) ^ source.rotate_left(64));
         let tags = u32::from(self.addr.is_ipv6()) << 1 | u32::from(self.protocol == Protocol::Http2);
         state.write_u32(u32::from(self.addr.port()) << 16 | tags << 8 | u32::from(self.source.is_some()));
+        if let Some(tls) = self.tls {
+            state.write_u64(tls);
+        }
     }
 }
 
@@ -64,6 +73,9 @@ pub enum UpstreamError {
     /// The HTTP/2 peer refused the stream before processing it: safe to retry.
     #[error("stream refused by {0}")]
     RefusedStream(SocketAddr),
+    /// The TLS handshake failed or could not start: nothing was sent.
+    #[error("TLS to {addr}: {message}")]
+    Tls { addr: SocketAddr, message: String },
     /// The connection broke during the exchange.
     #[error("{addr}: {source}")]
     Reset { addr: SocketAddr, source: hyper::Error },
@@ -71,7 +83,10 @@ pub enum UpstreamError {
 
 impl UpstreamError {
     pub fn is_connect_failure(&self) -> bool {
-        matches!(self, UpstreamError::Connect { .. } | UpstreamError::ConnectTimeout(_))
+        matches!(
+            self,
+            UpstreamError::Connect { .. } | UpstreamError::ConnectTimeout(_) | UpstreamError::Tls { .. }
+        )
     }
 }
 
@@ -93,6 +108,8 @@ struct Entry {
 #[derive(Default)]
 pub struct Pools {
     entries: Mutex<crate::FastMap<Key, Entry>>,
+    /// The proxy's mesh identity, once it has one configured.
+    mesh: std::sync::OnceLock<Arc<MeshTls>>,
 }
 
 /// How connections to a cluster's endpoints are made and reused.
@@ -121,17 +138,47 @@ impl ConnectionPolicy {
 }
 
 impl Pools {
+    /// The mesh identity that mutual TLS connections present.
+    pub fn set_mesh_tls(&self, mesh: Arc<MeshTls>) {
+        let _ = self.mesh.set(mesh);
+    }
+
+    pub fn mesh_tls(&self) -> Option<&Arc<MeshTls>> {
+        self.mesh.get()
+    }
+
+    /// A connection to `key.addr`: plaintext, or mutual TLS when `tls` is given.
+    pub async fn dial(
+        &self,
+        key: Key,
+        connect_timeout: Duration,
+        tls: Option<&ClusterTls>,
+        carries: Carries,
+    ) -> Result<MaybeTls, UpstreamError> {
+        let tcp = connect(key, connect_timeout).await?;
+        match tls {
+            None => Ok(MaybeTls::Plain(tcp)),
+            Some(tls) => {
+                let mesh = self.mesh.get().map(Arc::as_ref);
+                let stream = crate::security::upstream::handshake(tcp, key.addr, mesh, tls, carries).await?;
+                Ok(MaybeTls::Client(Box::new(stream)))
+            }
+        }
+    }
+
     /// Sends `request` (origin-form URI for HTTP/1.1; absolute for HTTP/2) over a pooled
     /// connection, or a new one.
     pub async fn send(
         &self,
         key: Key,
         policy: &ConnectionPolicy,
+        tls: Option<&ClusterTls>,
         request: Request<Body>,
     ) -> Result<Response<Incoming>, UpstreamError> {
+        let key = Key { tls: tls.map(|t| t.pool_id), ..key };
         match key.protocol {
-            Protocol::Http1 => self.send_http1(key, policy, request).await,
-            Protocol::Http2 => self.send_http2(key, policy, request).await,
+            Protocol::Http1 => self.send_http1(key, policy, tls, request).await,
+            Protocol::Http2 => self.send_http2(key, policy, tls, request).await,
         }
     }
 
@@ -139,6 +186,7 @@ impl Pools {
         &self,
         key: Key,
         policy: &ConnectionPolicy,
+        tls: Option<&ClusterTls>,
         mut request: Request<Body>,
     ) -> Result<Response<Incoming>, UpstreamError> {
         // A pooled connection may have been closed by the peer just now; then the request comes
@@ -157,16 +205,17 @@ impl Pools {
         }
         // A new connection is the rare case: its connect and handshake state lives in a box of
         // its own, so it does not enlarge every connection's request future.
-        box_out_of_line(|| self.dial_http1(key, policy, request)).await
+        box_out_of_line(|| self.dial_http1(key, policy, tls, request)).await
     }
 
     async fn dial_http1(
         &self,
         key: Key,
         policy: &ConnectionPolicy,
+        tls: Option<&ClusterTls>,
         request: Request<Body>,
     ) -> Result<Response<Incoming>, UpstreamError> {
-        let stream = connect(key, policy.connect_timeout).await?;
+        let stream = self.dial(key, policy.connect_timeout, tls, Carries::Http1).await?;
         let (mut sender, connection) = http1::Builder::new()
             .handshake(TokioIo::new(stream))
             .await
@@ -186,21 +235,23 @@ impl Pools {
         &self,
         key: Key,
         policy: &ConnectionPolicy,
+        tls: Option<&ClusterTls>,
         request: Request<Body>,
     ) -> Result<Response<Incoming>, UpstreamError> {
         if let Some(sender) = self.http2_sender(key, policy) {
             return send_on(sender, key, request).await;
         }
-        box_out_of_line(|| self.dial_http2(key, policy, request)).await
+        box_out_of_line(|| self.dial_http2(key, policy, tls, request)).await
     }
 
     async fn dial_http2(
         &self,
         key: Key,
         policy: &ConnectionPolicy,
+        tls: Option<&ClusterTls>,
         request: Request<Body>,
     ) -> Result<Response<Incoming>, UpstreamError> {
-        let sender = self.http2_connection(key, policy).await?;
+        let sender = self.http2_connection(key, policy, tls).await?;
         send_on(sender, key, request).await
     }
 
@@ -211,6 +262,7 @@ impl Pools {
         &self,
         key: Key,
         policy: &ConnectionPolicy,
+        tls: Option<&ClusterTls>,
     ) -> Result<http2::SendRequest<Body>, UpstreamError> {
         let connecting = {
             let mut entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
@@ -220,7 +272,7 @@ impl Pools {
         if let Some(sender) = self.http2_sender(key, policy) {
             return Ok(sender);
         }
-        let stream = connect(key, policy.connect_timeout).await?;
+        let stream = self.dial(key, policy.connect_timeout, tls, Carries::Http2).await?;
         let (sender, connection) = http2::Builder::new(TokioExecutor::new())
             .timer(TokioTimer::new())
             .keep_alive_interval(Duration::from_secs(30))
@@ -377,7 +429,7 @@ mod tests {
 
     async fn get(pools: &Pools, key: Key) {
         let request = Request::get("/").header("host", "x").body(crate::forward::full(Bytes::new())).unwrap();
-        let response = pools.send(key, &ConnectionPolicy::default(), request).await.unwrap();
+        let response = pools.send(key, &ConnectionPolicy::default(), None, request).await.unwrap();
         assert_eq!(response.status(), http::StatusCode::OK);
         response.into_body().collect().await.unwrap();
     }
@@ -386,7 +438,7 @@ mod tests {
     async fn sequential_requests_share_one_connection_per_key() {
         let (addr, accepted) = counting_server(true).await;
         let pools = Pools::default();
-        let direct = Key { addr, protocol: Protocol::Http1, source: None };
+        let direct = Key { addr, protocol: Protocol::Http1, source: None, tls: None };
         for _ in 0..5 {
             get(&pools, direct).await;
         }
@@ -407,7 +459,7 @@ mod tests {
         // Answers one request, then closes.
         let (addr, _) = counting_server(false).await;
         let pools = Pools::default();
-        let key = Key { addr, protocol: Protocol::Http1, source: None };
+        let key = Key { addr, protocol: Protocol::Http1, source: None, tls: None };
         get(&pools, key).await;
         assert_eq!(pools.idle_counts().len(), 1);
         // The server closed the connection: once hyper notices, the reaper forgets it all.

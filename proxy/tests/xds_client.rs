@@ -146,6 +146,7 @@ async fn fetches_on_demand_rejects_bad_updates_and_resumes_after_a_reconnect() {
         config_file: None,
         xds: Some(XdsOptions { address: format!("http://{address}"), node }),
         explicit_inbound: false,
+        identity: None,
     };
     let running = trellis_proxy::start(
         options,
@@ -204,6 +205,7 @@ async fn fetches_on_demand_rejects_bad_updates_and_resumes_after_a_reconnect() {
             port: upstream.addr.port().into(),
             ..Default::default()
         }],
+        ..Default::default()
     };
     stream.send(ResourceType::Endpoints, "3", vec![entry("web:80", "e1", &endpoints)]).await;
     stream.send(ResourceType::Cluster, "4", vec![entry("web-v1", "c1", &cluster)]).await;

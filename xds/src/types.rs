@@ -92,6 +92,7 @@ pub fn settings_of(config: &pb::ProxyConfig) -> pb::ProxyConfig {
         opaque_ports: config.opaque_ports.clone(),
         protocol_detection_timeout: config.protocol_detection_timeout,
         limits: config.limits,
+        inbound_tls: config.inbound_tls.clone(),
         ..Default::default()
     }
 }

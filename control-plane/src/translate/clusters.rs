@@ -6,8 +6,8 @@ use std::time::Duration;
 
 use tracing::{debug, warn};
 use trellis_api::networking::{
-    ConnectionPoolSettings, DestinationRuleSpec, H2UpgradePolicy, HttpSettings, LoadBalancerSettings,
-    SimpleLb, TrafficPolicy,
+    ClientTlsMode, ClientTlsSettings, ConnectionPoolSettings, DestinationRuleSpec, H2UpgradePolicy,
+    HttpSettings, LoadBalancerSettings, SimpleLb, TrafficPolicy,
 };
 use trellis_xds::config as pb;
 
@@ -78,6 +78,7 @@ pub fn for_port(
         load_balancer: Some(load_balancer(policy.lb, rule)),
         connection_pool: Some(connection_pool(policy.pool, connect_timeout, rule)),
         upstream_protocol: upstream_protocol(port.protocol, policy.pool.and_then(|p| p.http.as_ref())).into(),
+        tls: Some(client_tls(policy.tls, rule)),
     };
     let top = Policy::default().overlay(rule.and_then(|r| r.spec.traffic_policy.as_ref()), port.number);
     let mut clusters = vec![build(cluster_name(port.number, "", &service.hostname), BTreeMap::new(), top)];
@@ -100,6 +101,28 @@ pub fn for_port(
 struct Policy<'a> {
     lb: Option<&'a LoadBalancerSettings>,
     pool: Option<&'a ConnectionPoolSettings>,
+    tls: Option<&'a ClientTlsSettings>,
+}
+
+/// A DestinationRule's `tls`: unset is Istio's auto mTLS (mutual TLS to endpoints with a
+/// sidecar). SIMPLE and MUTUAL (TLS origination to services outside the mesh) are not
+/// implemented by the proxy yet: it sends plaintext, and this says so.
+fn client_tls(tls: Option<&ClientTlsSettings>, rule: Option<Rule<'_>>) -> pb::ClientTls {
+    use pb::client_tls::Mode;
+    let Some(tls) = tls else { return pb::ClientTls::default() };
+    let mode = match tls.mode {
+        ClientTlsMode::Disable => Mode::Disable,
+        ClientTlsMode::IstioMutual => Mode::IstioMutual,
+        ClientTlsMode::Simple | ClientTlsMode::Mutual => {
+            if let Some(rule) = rule {
+                warn!(resource = %rule, field = "trafficPolicy.tls.mode", mode = ?tls.mode, "TLS origination is not enforced yet: the proxy sends plaintext to this destination");
+            }
+            if tls.mode == ClientTlsMode::Simple { Mode::Simple } else { Mode::Mutual }
+        }
+    };
+    let subject_alt_names =
+        if mode == Mode::IstioMutual { tls.subject_alt_names.clone() } else { Vec::new() };
+    pb::ClientTls { mode: mode.into(), subject_alt_names }
 }
 
 impl<'a> Policy<'a> {
@@ -113,10 +136,13 @@ impl<'a> Policy<'a> {
             .iter()
             .find(|p| p.port.as_ref().map(|s| s.number) == Some(port.into()));
         match by_port {
-            Some(p) => Policy { lb: p.load_balancer.as_ref(), pool: p.connection_pool.as_ref() },
+            Some(p) => {
+                Policy { lb: p.load_balancer.as_ref(), pool: p.connection_pool.as_ref(), tls: p.tls.as_ref() }
+            }
             None => Policy {
                 lb: policy.load_balancer.as_ref().or(self.lb),
                 pool: policy.connection_pool.as_ref().or(self.pool),
+                tls: policy.tls.as_ref().or(self.tls),
             },
         }
     }

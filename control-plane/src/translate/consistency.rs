@@ -119,6 +119,7 @@ mod tests {
                     port: 8080,
                     ..Default::default()
                 }],
+                ..Default::default()
             }],
             ..Default::default()
         }

@@ -30,6 +30,7 @@ mod hosts;
 mod mesh;
 pub mod names;
 mod objects;
+pub mod peer_authentication;
 mod retries;
 mod routes;
 mod services;
@@ -56,6 +57,9 @@ pub struct Scope {
     /// The Sidecar resource that applies to the proxy, if any, as `namespace/name`: it is the
     /// root namespace's for proxies whose own namespace has none.
     pub sidecar: Option<String>,
+    /// The workload's PeerAuthentication, resolved: proxies of one namespace and Sidecar with
+    /// different policies get different settings.
+    pub inbound_mtls: peer_authentication::InboundMtls,
 }
 
 /// The scope of a proxy: its namespace and the Sidecar that applies to it — in its namespace
@@ -70,6 +74,7 @@ pub fn scope_of(model: &Model, proxy: &ProxyIdentity) -> Scope {
             &proxy.labels,
             model.mesh.root_namespace(),
         ),
+        inbound_mtls: peer_authentication::resolve(model, &proxy.namespace, &proxy.labels),
     }
 }
 
@@ -81,6 +86,7 @@ pub fn translate(model: &Model, scope: &Scope) -> pb::ProxyConfig {
     let mut config = pb::ProxyConfig {
         outbound_policy: mesh::outbound_policy(&model.mesh, view.sidecar.map(|s| s.spec)).into(),
         protocol_detection_timeout: mesh::protocol_detection_timeout(&model.mesh).map(Into::into),
+        inbound_tls: Some(scope.inbound_mtls.to_pb()),
         ..Default::default()
     };
     add_clusters(&mut config, model, &view, &services);
@@ -107,6 +113,11 @@ fn add_clusters(
             config.endpoints.push(pb::ServiceEndpoints {
                 service: service_port_name(&service.hostname, port.number),
                 endpoints: port.endpoints.clone(),
+                service_accounts: port
+                    .accounts
+                    .iter()
+                    .map(|(ns, sa)| format!("spiffe://{}/ns/{ns}/sa/{sa}", model.mesh.trust_domain()))
+                    .collect(),
             });
             config.clusters.extend(clusters::for_port(service, port, rule, connect_timeout));
         }
@@ -172,7 +183,7 @@ fn add_black_hole_if_used(config: &mut pb::ProxyConfig) {
         });
         config
             .endpoints
-            .push(pb::ServiceEndpoints { service: BLACK_HOLE_CLUSTER.into(), endpoints: Vec::new() });
+            .push(pb::ServiceEndpoints { service: BLACK_HOLE_CLUSTER.into(), ..Default::default() });
     }
 }
 
@@ -282,7 +293,8 @@ spec:
         assert_eq!(narrow.sidecar.as_deref(), Some("web/narrow"));
         assert_ne!(translate(&m, &a), translate(&m, &narrow));
 
-        let gone = Scope { namespace: "web".into(), sidecar: Some("web/deleted".into()) };
+        let gone =
+            Scope { namespace: "web".into(), sidecar: Some("web/deleted".into()), ..Default::default() };
         assert_eq!(translate(&m, &gone), translate(&m, &a), "a Sidecar deleted since scoping is no Sidecar");
     }
 

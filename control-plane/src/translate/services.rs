@@ -44,6 +44,9 @@ pub struct ServicePort {
     pub opaque: bool,
     /// Sorted by address and port; each carries the target port and the workload's labels.
     pub endpoints: Vec<pb::Endpoint>,
+    /// The service accounts the endpoints run as, `(namespace, name)`, sorted: a mesh TLS
+    /// server of this port must present one of them.
+    pub accounts: Vec<(String, String)>,
 }
 
 impl Service {
@@ -91,8 +94,15 @@ fn kube_service(model: &Model, svc: &KubeService) -> Service {
             continue;
         }
         let (protocol, opaque) = kube_protocol(p);
-        let endpoints = kube_endpoints(model, svc, p, &slices);
-        ports.push(ServicePort { number: p.port, name: p.name.clone(), protocol, opaque, endpoints });
+        let (endpoints, accounts) = kube_endpoints(model, svc, p, &slices);
+        ports.push(ServicePort {
+            number: p.port,
+            name: p.name.clone(),
+            protocol,
+            opaque,
+            endpoints,
+            accounts,
+        });
     }
     Service {
         hostname: kube_hostname(&svc.name, &svc.namespace),
@@ -111,7 +121,7 @@ fn kube_endpoints(
     svc: &KubeService,
     port: &KubeServicePort,
     slices: &[&KubeEndpointSlice],
-) -> Vec<pb::Endpoint> {
+) -> (Vec<pb::Endpoint>, Vec<(String, String)>) {
     let mut endpoints = Vec::new();
     for slice in slices {
         let Some(target) = slice.ports.get(&port.name).copied().or(port.target_port).filter(|p| *p != 0)
@@ -122,13 +132,11 @@ fn kube_endpoints(
         for endpoint in slice.endpoints.iter().filter(|e| e.ready) {
             // Kubernetes: the addresses of one endpoint are fungible; the first is enough.
             let Some(address) = endpoint.addresses.first() else { continue };
-            let labels = endpoint
-                .pod
-                .as_ref()
-                .and_then(|pod| model.pods.get(&(svc.namespace.clone(), pod.clone())))
-                .map(|pod| pod.labels.clone())
-                .unwrap_or_default();
-            endpoints.push(Found { address: *address, port: target, weight: 0, labels });
+            let pod =
+                endpoint.pod.as_ref().and_then(|pod| model.pods.get(&(svc.namespace.clone(), pod.clone())));
+            let labels = pod.map(|pod| pod.labels.clone()).unwrap_or_default();
+            let account = pod.map(|pod| (pod.namespace.clone(), account_or_default(&pod.service_account)));
+            endpoints.push(Found { address: *address, port: target, weight: 0, labels, account });
         }
     }
     sorted_endpoints(endpoints)
@@ -157,6 +165,14 @@ struct Workload<'a> {
     ports: Option<&'a BTreeMap<String, u32>>,
     labels: &'a BTreeMap<String, String>,
     weight: u32,
+    /// `(namespace, service account)`.
+    account: Option<(String, String)>,
+}
+
+/// Kubernetes gives a pod without one the namespace's `default` account; a WorkloadEntry
+/// without one runs as `default` too (Istio's reading).
+fn account_or_default(name: &str) -> String {
+    if name.is_empty() { "default".to_owned() } else { name.to_owned() }
 }
 
 fn service_entry(model: &Model, se: Object<'_, ServiceEntrySpec>) -> Vec<Service> {
@@ -182,13 +198,8 @@ fn service_entry(model: &Model, se: Object<'_, ServiceEntrySpec>) -> Vec<Service
         };
         let (protocol, opaque) = parse_protocol(&p.protocol).unwrap_or((pb::Protocol::Auto, false));
         let endpoints = workloads.iter().filter_map(|w| workload_endpoint(se, w, p, number)).collect();
-        ports.push(ServicePort {
-            number,
-            name: p.name.clone(),
-            protocol,
-            opaque,
-            endpoints: sorted_endpoints(endpoints),
-        });
+        let (endpoints, accounts) = sorted_endpoints(endpoints);
+        ports.push(ServicePort { number, name: p.name.clone(), protocol, opaque, endpoints, accounts });
     }
     let ports = unique_ports(ports);
     let mut hosts: Vec<String> = spec.hosts.iter().map(|h| h.to_ascii_lowercase()).collect();
@@ -221,13 +232,23 @@ fn workloads<'a>(model: &'a Model, se: Object<'a, ServiceEntrySpec>) -> Vec<Work
     };
     let entries = objects::workload_entries(model)
         .filter(|we| we.namespace == se.namespace && selects(&selector.labels, &we.spec.labels))
-        .filter_map(|we| entry_workload(we.spec, dns, &we, "spec.address"));
+        .filter_map(|we| {
+            let mut workload = entry_workload(we.spec, dns, &we, "spec.address")?;
+            workload.account = Some((we.namespace.to_owned(), account_or_default(&we.spec.service_account)));
+            Some(workload)
+        });
     let pods = model
         .pods
         .values()
         .filter(|pod| pod.namespace == se.namespace && selects(&selector.labels, &pod.labels))
         .filter_map(|pod| {
-            Some(Workload { address: *pod.ips.first()?, ports: None, labels: &pod.labels, weight: 0 })
+            Some(Workload {
+                address: *pod.ips.first()?,
+                ports: None,
+                labels: &pod.labels,
+                weight: 0,
+                account: Some((pod.namespace.clone(), account_or_default(&pod.service_account))),
+            })
         });
     entries.chain(pods).collect()
 }
@@ -239,7 +260,13 @@ fn entry_workload<'a>(
     field: &str,
 ) -> Option<Workload<'a>> {
     match e.address.parse::<IpAddr>() {
-        Ok(address) => Some(Workload { address, ports: Some(&e.ports), labels: &e.labels, weight: e.weight }),
+        Ok(address) => Some(Workload {
+            address,
+            ports: Some(&e.ports),
+            labels: &e.labels,
+            weight: e.weight,
+            account: None,
+        }),
         // A name is fine for DNS resolution, but the proxy only dials IP addresses.
         Err(_) if dns => {
             debug!(resource = %source, field, address = %e.address, "DNS name endpoint left out");
@@ -263,7 +290,13 @@ fn workload_endpoint(
     let named = w.ports.and_then(|ports| ports.get(&port.name)).copied();
     let target = named.or((port.target_port != 0).then_some(port.target_port)).unwrap_or(u32::from(number));
     match check_port(target) {
-        Ok(port) => Some(Found { address: w.address, port, weight: w.weight, labels: w.labels.clone() }),
+        Ok(port) => Some(Found {
+            address: w.address,
+            port,
+            weight: w.weight,
+            labels: w.labels.clone(),
+            account: w.account.clone(),
+        }),
         Err(message) => {
             warn!(resource = %se, address = %w.address, port = %port.name, %message, "endpoint skipped");
             None
@@ -318,22 +351,31 @@ struct Found {
     port: u16,
     weight: u32,
     labels: BTreeMap<String, String>,
+    account: Option<(String, String)>,
 }
 
+/// The label an injected pod carries: its sidecar terminates mutual TLS.
+const TLS_MODE_LABEL: &str = "security.istio.io/tlsMode";
+
 /// Endpoints in (address, port) order, one per pair: a workload listed twice (two slices
-/// during a rollout) is still one endpoint.
-fn sorted_endpoints(mut endpoints: Vec<Found>) -> Vec<pb::Endpoint> {
+/// during a rollout) is still one endpoint. Also the accounts they run as, sorted.
+fn sorted_endpoints(mut endpoints: Vec<Found>) -> (Vec<pb::Endpoint>, Vec<(String, String)>) {
     endpoints.sort_by_key(|e| (e.address, e.port));
     endpoints.dedup_by_key(|e| (e.address, e.port));
-    endpoints
+    let mut accounts: Vec<(String, String)> = endpoints.iter().filter_map(|e| e.account.clone()).collect();
+    accounts.sort();
+    accounts.dedup();
+    let endpoints = endpoints
         .into_iter()
         .map(|e| pb::Endpoint {
             address: e.address.to_string(),
             port: u32::from(e.port),
             weight: e.weight,
+            mesh_tls: e.labels.get(TLS_MODE_LABEL).is_some_and(|mode| mode == "istio"),
             labels: e.labels,
         })
-        .collect()
+        .collect();
+    (endpoints, accounts)
 }
 
 /// Sorted by number; the first declaration of a number wins.
@@ -394,7 +436,13 @@ spec:
 "#;
 
     fn endpoint(address: &str, port: u32, weight: u32, labels: &[(&str, &str)]) -> pb::Endpoint {
-        pb::Endpoint { address: address.into(), port, weight, labels: labels_of(labels) }
+        pb::Endpoint {
+            address: address.into(),
+            port,
+            weight,
+            labels: labels_of(labels),
+            ..Default::default()
+        }
     }
 
     #[test]

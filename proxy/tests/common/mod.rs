@@ -258,6 +258,15 @@ impl TestProxy {
     }
 
     async fn start_with(config: &str, explicit_inbound: bool) -> TestProxy {
+        TestProxy::start_with_identity(config, explicit_inbound, None).await
+    }
+
+    /// With a mesh identity (mutual TLS on both sides).
+    pub async fn start_with_identity(
+        config: &str,
+        explicit_inbound: bool,
+        identity: Option<trellis_proxy::Identity>,
+    ) -> TestProxy {
         let _ = tracing_subscriber::fmt().with_test_writer().try_init();
         let dir = tempfile::tempdir().unwrap();
         let config_path = dir.path().join("config.yaml");
@@ -272,6 +281,7 @@ impl TestProxy {
             config_file: Some(config_path.clone()),
             xds: None,
             explicit_inbound,
+            identity,
         };
         let workload = Workload { name: "test-client".into(), namespace: "test".into() };
         let running = trellis_proxy::start(options, Metrics::new(workload), None).unwrap();

@@ -1,0 +1,9 @@
+//! Security on the connection: mutual TLS with the mesh certificate on both sides
+//! (`upstream` dials it, `inbound` decides per PeerAuthentication whether to terminate, pass
+//! through or refuse), the stream type that is either plaintext or TLS (`stream`), and what the
+//! app learns of its peer (`xfcc`).
+
+pub mod inbound;
+pub mod stream;
+pub mod upstream;
+pub mod xfcc;
