@@ -218,6 +218,8 @@ where
         },
         _ => None,
     };
+    // The CA's gRPC channel starts a task of its own: it is made inside the runtime.
+    let entered = runtime.enter();
     let identity = match identity_options(&args, xds.as_ref()) {
         Ok(identity) => identity,
         Err(e) => {
@@ -225,6 +227,7 @@ where
             return ExitCode::from(2);
         }
     };
+    drop(entered);
     runtime.block_on(serve(args, drain_timeout, log_control, xds, identity))
 }
 
@@ -233,6 +236,12 @@ where
 fn identity_options(args: &Args, xds: Option<&XdsOptions>) -> Result<Option<crate::Identity>, String> {
     let ca_address = match (&args.ca_address, xds) {
         (Some(address), _) => address.clone(),
+        // In a pod the root certificate is mounted (the kubelet does not start the pod without
+        // it); without one, this proxy runs outside the mesh's identity (a local control plane).
+        (None, Some(_)) if !args.ca_root_cert.exists() => {
+            tracing::warn!(root = %args.ca_root_cert.display(), "no mesh root certificate: no identity, and no mutual TLS either way");
+            return Ok(None);
+        }
         (None, Some(xds)) => {
             let host_port = xds.address.split_once("://").map_or(xds.address.as_str(), |(_, rest)| rest);
             let host = host_port.rsplit_once(':').map_or(host_port, |(host, _)| host);

@@ -794,7 +794,18 @@ fn client_tls(r: &mut Report, path: &str, tls: &ClientTlsSettings) {
     for (i, san) in tls.subject_alt_names.iter().enumerate() {
         if san.is_empty() {
             r.error(format!("{path}.subjectAltNames[{i}]"), "must not be empty");
+        } else if tls.mode == ClientTlsMode::IstioMutual && !san.starts_with("spiffe://") {
+            r.warn(
+                format!("{path}.subjectAltNames[{i}]"),
+                format!("{san:?}: Trellis matches mesh certificates by SPIFFE ID only; this name is ignored"),
+            );
         }
+    }
+    if matches!(tls.mode, ClientTlsMode::Simple | ClientTlsMode::Mutual) {
+        r.warn(
+            format!("{path}.mode"),
+            "not enforced yet: Trellis does not originate TLS, so traffic to this destination is sent as plaintext",
+        );
     }
 }
 

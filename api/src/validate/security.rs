@@ -38,6 +38,10 @@ pub(super) fn peer_authentication(r: &mut Report, spec: &PeerAuthenticationSpec)
 }
 
 pub(super) fn authorization_policy(r: &mut Report, spec: &AuthorizationPolicySpec) {
+    r.warn(
+        "spec",
+        "not enforced yet: Trellis reads AuthorizationPolicy but its proxies do not apply it, so it restricts no traffic",
+    );
     if spec.selector.is_some() && (spec.target_ref.is_some() || !spec.target_refs.is_empty()) {
         r.error("spec", "selector cannot be combined with targetRef or targetRefs");
     }
