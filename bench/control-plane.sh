@@ -169,8 +169,8 @@ start_trellisd() {
   pids+=("$TPID")
   wait_line "$work/trellisd.out" "trellisd listening" 60 "$TPID" ||
     fail "trellisd did not start: $(tail -5 "$work/trellisd.err")"
-  # "trellisd listening: xds A monitoring B"
-  read -r _ _ _ XDS _ MON < "$work/trellisd.out"
+  # "trellisd listening: xds A monitoring B secure C" (the last _ takes any words after B)
+  read -r _ _ _ XDS _ MON _ < "$work/trellisd.out"
   local errors
   errors=$(curl -s -m 10 "http://$MON/metrics" | awk '$1 ~ /^trellisd_config_errors_total/ { n += $2 } END { print n + 0 }')
   [ "$errors" -eq 0 ] || fail "trellisd rejected $errors config objects: $(tail -5 "$work/trellisd.err")"

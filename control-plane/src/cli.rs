@@ -1,19 +1,25 @@
 //! The `trellisd` command line: reads Istio config from a directory (`--config-dir`) and/or the
-//! Kubernetes API (`--kubernetes`), and serves delta xDS on 15010 and monitoring on 15014. A
-//! library entry point, so that `trellis demo` can run the control plane from its own
-//! executable; the `trellisd` binary is a thin wrapper around [`run`].
+//! Kubernetes API (`--kubernetes`), and serves delta xDS on 15010, delta xDS and the CA over TLS
+//! on 15012, and monitoring on 15014. A library entry point, so that `trellis demo` can run the
+//! control plane from its own executable; the `trellisd` binary is a thin wrapper around
+//! [`run`].
 
 use std::ffi::OsString;
-use std::net::SocketAddr;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
+use std::time::Duration;
 
 use clap::Parser;
 use tokio::sync::watch;
 use tracing_subscriber::EnvFilter;
 use trellis_api::mesh::MeshConfig;
 
+use crate::ca::material::MaterialSource;
+use crate::ca::server::Lifetimes;
+use crate::ca::serving_cert::ServingNames;
+use crate::ca::{CaOptions, tls_incoming};
 use crate::model::{Model, ModelHandle};
 use crate::sources::{files, kube as kube_source};
 use crate::status::RejectedConfig;
@@ -41,6 +47,40 @@ struct Args {
     /// Metrics, /debug/syncz and /ready.
     #[arg(long, default_value = "0.0.0.0:15014")]
     monitoring_address: SocketAddr,
+    /// TLS: delta xDS and Istio's CA service [default: the --xds-address IP, port 15012 (any
+    /// free port when the xDS port is 0)].
+    #[arg(long)]
+    secure_xds_address: Option<SocketAddr>,
+    /// SPIFFE trust domain of workload certificates [default: the mesh config's trustDomain,
+    /// else cluster.local].
+    #[arg(long)]
+    trust_domain: Option<String>,
+    /// Istio's plug-in CA files (ca-cert.pem, ca-key.pem, root-cert.pem, cert-chain.pem),
+    /// reloaded when they change [default: a generated self-signed root; in Kubernetes mode the
+    /// Secret cacerts, else a generated root kept in the Secret istio-ca-secret].
+    #[arg(long)]
+    ca_dir: Option<PathBuf>,
+    /// Kubernetes' static token file (token,user,uid[,"group1,group2"]) to authenticate CSRs
+    /// [default in Kubernetes mode: TokenReview, audience istio-ca].
+    #[arg(long)]
+    token_auth_file: Option<PathBuf>,
+    /// Where to write the CA's root certificate, again whenever it changes.
+    #[arg(long)]
+    root_cert_file: Option<PathBuf>,
+    /// DNS names in trellisd's serving certificate (comma-separated); IP 127.0.0.1 and the
+    /// secure address's IP (when specific) are added.
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "trellisd,trellisd.istio-system.svc,istiod.istio-system.svc,localhost"
+    )]
+    serving_dns_names: Vec<String>,
+    /// Lifetime of a workload certificate whose CSR asks for none.
+    #[arg(long, default_value = "24h", value_parser = go_duration)]
+    workload_cert_ttl: Duration,
+    /// The longest lifetime issued (90 days); a longer request is refused.
+    #[arg(long, default_value = "2160h", value_parser = go_duration)]
+    max_workload_cert_ttl: Duration,
     #[arg(long, env = "LOG_LEVEL", default_value = "info")]
     log_level: String,
 }
@@ -95,9 +135,43 @@ where
 }
 
 async fn serve(args: Args, mesh: MeshConfig) -> Result<(), String> {
+    let trust_domain = trust_domain(&args, &mesh)?;
+    let lifetimes = lifetimes(&args)?;
     let model = ModelHandle::new(Model { mesh: Arc::new(mesh), ..Default::default() });
     let mut registry = prometheus_client::registry::Registry::default();
     let metrics = Arc::new(XdsMetrics::new(&mut registry));
+    let kube_client = if args.kubernetes {
+        Some(kube::Client::try_default().await.map_err(|e| format!("kubernetes client: {e}"))?)
+    } else {
+        None
+    };
+    // Istio's 15012 beside 15010 on the same interface; tests and tools that ask for any free
+    // xDS port get a free port here too, so that instances side by side do not collide.
+    let secure_address = args.secure_xds_address.unwrap_or_else(|| {
+        let port = if args.xds_address.port() == 0 { 0 } else { SECURE_XDS_PORT };
+        SocketAddr::new(args.xds_address.ip(), port)
+    });
+    let ca = crate::ca::start(
+        CaOptions {
+            trust_domain,
+            material: match (&args.ca_dir, &kube_client) {
+                (Some(dir), _) => MaterialSource::Dir(dir.clone()),
+                (None, Some(client)) => MaterialSource::Kubernetes {
+                    client: client.clone(),
+                    namespace: std::env::var("POD_NAMESPACE").unwrap_or_else(|_| "istio-system".to_owned()),
+                },
+                (None, None) => MaterialSource::Generated,
+            },
+            token_auth_file: args.token_auth_file.clone(),
+            kubernetes: kube_client.clone(),
+            root_cert_file: args.root_cert_file.clone(),
+            serving: serving_names(&args.serving_dns_names, secure_address.ip()),
+            lifetimes,
+        },
+        &mut registry,
+    )
+    .await
+    .map_err(|e| format!("CA: {e}"))?;
     let proxies = Arc::new(Registry::default());
     tokio::spawn(crate::memory::release_after_bursts(proxies.activity()));
     let rejected = RejectedConfig::default();
@@ -110,8 +184,7 @@ async fn serve(args: Args, mesh: MeshConfig) -> Result<(), String> {
         let (model, metrics, rejected) = (model.clone(), metrics.clone(), rejected.clone());
         tokio::spawn(watcher.run(model, move |r| report(&metrics, &rejected, r)));
     }
-    if args.kubernetes {
-        let client = kube::Client::try_default().await.map_err(|e| format!("kubernetes client: {e}"))?;
+    if let Some(client) = kube_client {
         let status = kube_source::SourceStatus::new();
         tokio::spawn(kube_source::run(client, model.clone(), status.clone()));
         tokio::spawn(count_kubernetes_rejections(status.clone(), metrics.clone()));
@@ -139,24 +212,91 @@ async fn serve(args: Args, mesh: MeshConfig) -> Result<(), String> {
         .await
         .map_err(|e| format!("--xds-address {}: {e}", args.xds_address))?;
     let xds_local = xds.local_addr().map_err(|e| e.to_string())?;
-    // One line a supervisor (or a test) can read: where each listener ended up.
-    println!("trellisd listening: xds {xds_local} monitoring {monitoring_local}");
+    let secure = tokio::net::TcpListener::bind(secure_address)
+        .await
+        .map_err(|e| format!("--secure-xds-address {secure_address}: {e}"))?;
+    let secure_local = secure.local_addr().map_err(|e| e.to_string())?;
+    // One line a supervisor (or a test) can read: where each listener ended up. New words go
+    // at the end: readers take the first ones by position.
+    println!("trellisd listening: xds {xds_local} monitoring {monitoring_local} secure {secure_local}");
     let service = AdsService::new(XdsServer::new(generations, proxies, metrics), 4 << 20);
-    let server = tonic::transport::Server::builder()
-        .http2_keepalive_interval(Some(std::time::Duration::from_secs(30)))
+    let plaintext = grpc_server()
+        .add_service(service.clone())
+        .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(xds));
+    // The same ADS service over TLS, and the CA, which is only ever reached over TLS.
+    let tls = grpc_server()
+        // Room for a bearer token up to the CA's own bound (16 KiB), so that a longer one is
+        // refused with the CA's message rather than a bare HTTP/2 error.
+        .http2_max_header_list_size(Some(32 * 1024))
+        .add_service(service)
+        .add_service(ca.service)
+        .serve_with_incoming(tls_incoming::incoming(secure, ca.tls));
+    // xDS streams never finish on their own, so a graceful drain would wait forever: on a
+    // signal the streams are cut and the proxies reconnect.
+    tokio::select! {
+        served = plaintext => served.map_err(|e| format!("xds server: {e}")),
+        served = tls => served.map_err(|e| format!("secure xds server: {e}")),
+        () = shutdown() => Ok(()),
+    }
+}
+
+/// Istio's TLS port for xDS and the CA.
+const SECURE_XDS_PORT: u16 = 15012;
+
+fn grpc_server() -> tonic::transport::Server {
+    tonic::transport::Server::builder()
+        .http2_keepalive_interval(Some(Duration::from_secs(30)))
         // Every ACK is a small DATA frame. HTTP/2 allows a connection's unread small frames a
         // budget of half its receive window and closes the connection beyond it; with the
         // default 64 KiB window, proxies sharing a connection (a node agent, a load test)
         // exhausted it during the first sync. Streams keep their default 64 KiB windows.
         .initial_connection_window_size(1 << 20)
-        .add_service(service)
-        .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(xds));
-    // xDS streams never finish on their own, so a graceful drain would wait forever: on a
-    // signal the streams are cut and the proxies reconnect.
-    tokio::select! {
-        served = server => served.map_err(|e| format!("xds server: {e}")),
-        () = shutdown() => Ok(()),
+}
+
+fn go_duration(text: &str) -> Result<Duration, String> {
+    trellis_api::primitives::parse_go_duration(text)
+}
+
+/// `--trust-domain`, else the mesh config's, checked as a SPIFFE trust domain.
+fn trust_domain(args: &Args, mesh: &MeshConfig) -> Result<String, String> {
+    let (flag, configured) = match &args.trust_domain {
+        Some(domain) => ("--trust-domain", domain.as_str()),
+        None => ("the mesh config's trustDomain", mesh.trust_domain()),
+    };
+    // Istio's normalisation: '@' becomes '.'.
+    let domain = trellis_identity::spiffe::normalize_trust_domain(configured);
+    trellis_identity::SpiffeId::new(&domain, "ns", "sa").map_err(|_| {
+        format!("{flag} {configured:?}: not a trust domain (lower-case letters, digits, '.', '-', '_')")
+    })?;
+    Ok(domain)
+}
+
+fn lifetimes(args: &Args) -> Result<Lifetimes, String> {
+    let (default, max) = (args.workload_cert_ttl, args.max_workload_cert_ttl);
+    let most = trellis_identity::ca::MAX_WORKLOAD_TTL;
+    if max < Duration::from_secs(1) || max > most {
+        return Err(format!(
+            "--max-workload-cert-ttl {max:?}: between 1s and {}h (90 days, the most the CA signs)",
+            most.as_secs() / 3600
+        ));
     }
+    if default < Duration::from_secs(1) || default > max {
+        return Err(format!(
+            "--workload-cert-ttl {default:?}: between 1s and --max-workload-cert-ttl ({max:?})"
+        ));
+    }
+    Ok(Lifetimes { default, max })
+}
+
+/// The serving certificate's names: the DNS names given, 127.0.0.1 (local clients, tests and
+/// port-forwards) and the address trellisd binds when it is a specific one.
+fn serving_names(dns: &[String], bound: IpAddr) -> ServingNames {
+    let dns = dns.iter().map(|n| n.trim().to_owned()).filter(|n| !n.is_empty()).collect();
+    let mut ips = vec![IpAddr::V4(Ipv4Addr::LOCALHOST)];
+    if !bound.is_unspecified() && !ips.contains(&bound) {
+        ips.push(bound);
+    }
+    ServingNames { dns, ips }
 }
 
 /// Resolves on SIGTERM (the kubelet) or SIGINT. Proxies keep their config and reconnect, with

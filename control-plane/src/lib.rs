@@ -1,6 +1,7 @@
 //! `trellisd`: config sources feed one model; translation turns the model into each proxy's
-//! resources; the delta xDS server pushes what changed.
+//! resources; the delta xDS server pushes what changed; the CA signs workload certificates.
 
+pub mod ca;
 pub mod cli;
 pub mod memory;
 pub mod model;
