@@ -120,8 +120,25 @@ fn client_tls(tls: Option<&ClientTlsSettings>, rule: Option<Rule<'_>>) -> pb::Cl
             if tls.mode == ClientTlsMode::Simple { Mode::Simple } else { Mode::Mutual }
         }
     };
-    let subject_alt_names =
-        if mode == Mode::IstioMutual { tls.subject_alt_names.clone() } else { Vec::new() };
+    // The proxy matches mesh certificates by SPIFFE ID only; another kind of name could never
+    // match, and would cost the proxy its whole config.
+    let subject_alt_names = match mode {
+        Mode::IstioMutual => tls
+            .subject_alt_names
+            .iter()
+            .filter(|san| match trellis_identity::SpiffeId::parse(san) {
+                Ok(_) => true,
+                Err(e) => {
+                    if let Some(rule) = rule {
+                        warn!(resource = %rule, field = "trafficPolicy.tls.subjectAltNames", %e, "not a SPIFFE ID; left out (the service's accounts are checked instead when none is left)");
+                    }
+                    false
+                }
+            })
+            .cloned()
+            .collect(),
+        _ => Vec::new(),
+    };
     pb::ClientTls { mode: mode.into(), subject_alt_names }
 }
 
