@@ -41,7 +41,7 @@ pub async fn keep_certified(tls: Arc<MeshTls>, renewal: Renewal) {
                     Ok(()) => {
                         tracing::info!(%id, %serial, ?lifetime, "workload certificate installed");
                         backoff = FIRST_BACKOFF;
-                        renew_after(lifetime, remaining)
+                        renew_after(remaining)
                     }
                     Err(e) => {
                         tracing::warn!(error = %e, "the CA's certificate cannot be used");
@@ -58,12 +58,13 @@ pub async fn keep_certified(tls: Arc<MeshTls>, renewal: Renewal) {
     }
 }
 
-/// Half the lifetime after issue, ± 1 % of it, counted from now.
-fn renew_after(lifetime: Duration, remaining: Duration) -> Duration {
-    let elapsed = lifetime.saturating_sub(remaining);
-    let jitter = lifetime.as_secs_f64() * 0.01 * (rand::random::<f64>() * 2.0 - 1.0);
-    let half = (lifetime.as_secs_f64() / 2.0 + jitter).max(0.0);
-    Duration::from_secs_f64(half).saturating_sub(elapsed).max(Duration::from_millis(100))
+/// Half of what is left of a certificate just received, ± 1 % of that. Counted from receipt
+/// rather than from `notBefore`: the CA backdates certificates by two minutes for clock skew,
+/// which would make a certificate of a few seconds look past its half life at once.
+fn renew_after(remaining: Duration) -> Duration {
+    let jitter = remaining.as_secs_f64() * 0.01 * (rand::random::<f64>() * 2.0 - 1.0);
+    let half = (remaining.as_secs_f64() / 2.0 + jitter).max(0.0);
+    Duration::from_secs_f64(half).max(Duration::from_millis(100))
 }
 
 /// The wait before the next attempt: doubling from half a second, capped at 150 s, and never
@@ -87,13 +88,12 @@ mod tests {
     fn renews_near_half_life() {
         let day = Duration::from_secs(86400);
         for _ in 0..100 {
-            let wait = renew_after(day, day);
+            let wait = renew_after(day);
             assert!(wait >= day / 2 - day / 100 && wait <= day / 2 + day / 100, "{wait:?}");
         }
-        // Issued two minutes ago (backdated): the wait shrinks by as much.
-        let wait = renew_after(day, day - Duration::from_secs(120));
-        assert!(wait <= day / 2 + day / 100 - Duration::from_secs(119));
-        // Past half life already: soon.
-        assert_eq!(renew_after(day, day / 4), Duration::from_millis(100));
+        // A certificate of four seconds (backdated two minutes by the CA) lasts two.
+        let wait = renew_after(Duration::from_secs(4));
+        assert!(wait >= Duration::from_millis(1900) && wait <= Duration::from_millis(2100), "{wait:?}");
+        assert_eq!(renew_after(Duration::ZERO), Duration::from_millis(100));
     }
 }
