@@ -81,6 +81,51 @@ impl Watched {
     }
 }
 
+/// What [`follow`] does with one file set: read it, tell whether a reading is news, and report
+/// what went right or wrong.
+pub trait Follow: Send + 'static {
+    type Value: Send + Sync + 'static;
+    type Error: Send;
+    fn read(&mut self, watched: &Watched) -> Result<Self::Value, Self::Error>;
+    fn same(&self, old: &Self::Value, new: &Self::Value) -> bool;
+    fn accepted(&mut self, value: &Self::Value);
+    /// Called once per bad state of the files; the last good value stays published.
+    fn refused(&mut self, error: Self::Error);
+}
+
+/// Publishes on `publish` each new reading of the files once they changed and held still,
+/// until nobody listens any more. The caller read them once already (`Watched::new`).
+pub fn follow<F: Follow>(
+    mut watched: Watched,
+    publish: tokio::sync::watch::Sender<std::sync::Arc<F::Value>>,
+    mut files: F,
+) {
+    tokio::spawn(async move {
+        loop {
+            tokio::time::sleep(POLL).await;
+            if publish.is_closed() {
+                return;
+            }
+            if !watched.due() {
+                continue;
+            }
+            match files.read(&watched) {
+                Ok(value) => {
+                    if !files.same(&publish.borrow(), &value) {
+                        files.accepted(&value);
+                        publish.send_replace(std::sync::Arc::new(value));
+                    }
+                }
+                Err(e) => {
+                    if watched.failed() {
+                        files.refused(e);
+                    }
+                }
+            }
+        }
+    });
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -29,41 +29,45 @@ pub struct TokenFile {
 
 impl TokenFile {
     pub fn load(path: PathBuf, metrics: CaMetrics) -> Result<TokenFile, String> {
-        let mut watched = Watched::new(vec![path.clone()]);
+        let watched = Watched::new(vec![path.clone()]);
         let table = read(&path, &watched)?;
         tracing::info!(file = %path.display(), tokens = table.len(), "CA: token file read");
         let (publish, users) = watch::channel(Arc::new(table));
-        tokio::spawn(async move {
-            loop {
-                tokio::time::sleep(watched::POLL).await;
-                if publish.is_closed() {
-                    return;
-                }
-                if !watched.due() {
-                    continue;
-                }
-                match read(&path, &watched) {
-                    Ok(table) => {
-                        if table != **publish.borrow() {
-                            tracing::info!(file = %path.display(), tokens = table.len(), "CA: token file reread");
-                            publish.send_replace(Arc::new(table));
-                        }
-                    }
-                    Err(e) => {
-                        if watched.failed() {
-                            tracing::error!("CA: token file refused, the last good one stays: {e}");
-                            metrics.reload_error(&path.display().to_string());
-                        }
-                    }
-                }
-            }
-        });
+        watched::follow(watched, publish, Followed { path, metrics });
         Ok(TokenFile { users })
     }
 
     /// The user a token stands for.
     pub fn user(&self, token: &str) -> Result<String, AuthError> {
         self.users.borrow().get(token).cloned().ok_or_else(|| refuse("unknown token"))
+    }
+}
+
+/// The token file as [`watched::follow`] rereads it.
+struct Followed {
+    path: PathBuf,
+    metrics: CaMetrics,
+}
+
+impl watched::Follow for Followed {
+    type Value = Table;
+    type Error = String;
+
+    fn read(&mut self, watched: &Watched) -> Result<Table, String> {
+        read(&self.path, watched)
+    }
+
+    fn same(&self, old: &Table, new: &Table) -> bool {
+        old == new
+    }
+
+    fn accepted(&mut self, table: &Table) {
+        tracing::info!(file = %self.path.display(), tokens = table.len(), "CA: token file reread");
+    }
+
+    fn refused(&mut self, error: String) {
+        tracing::error!("CA: token file refused, the last good one stays: {error}");
+        self.metrics.reload_error(&self.path.display().to_string());
     }
 }
 

@@ -16,36 +16,40 @@ use crate::ca::watched::{self, Watched};
 pub fn start(dir: PathBuf, metrics: CaMetrics) -> Result<CurrentCa, String> {
     let paths: Vec<PathBuf> =
         [CA_CERT_FILE, CA_KEY_FILE, ROOT_CERT_FILE, CERT_CHAIN_FILE].iter().map(|f| dir.join(f)).collect();
-    let mut watched = Watched::new(paths);
+    let watched = Watched::new(paths);
     let first = load(&dir, &watched).map_err(|e| e.message)?;
     tracing::info!(dir = %dir.display(), "CA: plugged-in certificate from --ca-dir");
     let (publish, current) = watch::channel(Arc::new(first));
-    tokio::spawn(async move {
-        loop {
-            tokio::time::sleep(watched::POLL).await;
-            if publish.is_closed() {
-                return;
-            }
-            if !watched.due() {
-                continue;
-            }
-            match load(&dir, &watched) {
-                Ok(next) => {
-                    if next.material() != publish.borrow().material() {
-                        tracing::info!(dir = %dir.display(), "CA: reloaded from --ca-dir");
-                        publish.send_replace(Arc::new(next));
-                    }
-                }
-                Err(e) => {
-                    if watched.failed() {
-                        tracing::error!(file = %e.file, "CA: reload refused, the last good CA stays: {}", e.message);
-                        metrics.reload_error(&e.file);
-                    }
-                }
-            }
-        }
-    });
+    watched::follow(watched, publish, Followed { dir, metrics });
     Ok(current)
+}
+
+/// The directory as [`watched::follow`] rereads it.
+struct Followed {
+    dir: PathBuf,
+    metrics: CaMetrics,
+}
+
+impl watched::Follow for Followed {
+    type Value = Authority;
+    type Error = LoadError;
+
+    fn read(&mut self, watched: &Watched) -> Result<Authority, LoadError> {
+        load(&self.dir, watched)
+    }
+
+    fn same(&self, old: &Authority, new: &Authority) -> bool {
+        old.material() == new.material()
+    }
+
+    fn accepted(&mut self, _: &Authority) {
+        tracing::info!(dir = %self.dir.display(), "CA: reloaded from --ca-dir");
+    }
+
+    fn refused(&mut self, e: LoadError) {
+        tracing::error!(file = %e.file, "CA: reload refused, the last good CA stays: {}", e.message);
+        self.metrics.reload_error(&e.file);
+    }
 }
 
 struct LoadError {
