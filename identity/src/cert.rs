@@ -4,6 +4,7 @@
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
+use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
 use rustls::sign::CertifiedKey;
 use x509_parser::extensions::GeneralName;
@@ -66,6 +67,12 @@ pub fn parse_leaf(der: &[u8]) -> Result<LeafInfo, CertError> {
     })
 }
 
+/// The certificates of a PEM text, in order (rustls' own PEM reader; other sections are
+/// skipped).
+pub fn certificates_from_pem(text: &str) -> Result<Vec<CertificateDer<'static>>, String> {
+    CertificateDer::pem_slice_iter(text.as_bytes()).collect::<Result<_, _>>().map_err(|e| e.to_string())
+}
+
 /// The peer's SPIFFE identity from the certificates it presented (leaf first).
 pub fn peer_id(certs: &[CertificateDer<'_>]) -> Option<SpiffeId> {
     parse_leaf(certs.first()?).ok().map(|leaf| leaf.id)
@@ -87,14 +94,7 @@ impl WorkloadCertificate {
     /// Builds one from a CA's answer (PEM chain, leaf first, root last) and the key whose CSR
     /// it answered (PKCS#8 DER).
     pub fn from_chain(chain_pem: Vec<String>, key_pkcs8: Vec<u8>) -> Result<WorkloadCertificate, CertError> {
-        let ders = chain_pem
-            .iter()
-            .map(|p| {
-                pem::parse(p)
-                    .map(|b| CertificateDer::from(b.into_contents()))
-                    .map_err(|e| CertError::Parse(e.to_string()))
-            })
-            .collect::<Result<Vec<_>, _>>()?;
+        let ders = certificates_from_pem(&chain_pem.concat()).map_err(CertError::Parse)?;
         let leaf = parse_leaf(ders.first().ok_or_else(|| CertError::Parse("empty chain".into()))?)?;
         let root_pem = chain_pem.last().cloned().unwrap_or_default();
         // The root is the peer's trust anchor: sending it only costs bytes in every handshake.
@@ -113,5 +113,31 @@ impl WorkloadCertificate {
 
     pub fn lifetime(&self) -> Duration {
         self.leaf.not_after.duration_since(self.leaf.not_before).unwrap_or_default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unusable_chains_and_leaves_are_refused_with_the_reason() {
+        let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+        let pkcs8 = key.serialize_der();
+        let empty = WorkloadCertificate::from_chain(Vec::new(), pkcs8.clone()).unwrap_err();
+        assert_eq!(empty, CertError::Parse("empty chain".into()));
+        let truncated = "-----BEGIN CERTIFICATE-----\nMIIB\n";
+        assert!(WorkloadCertificate::from_chain(vec![truncated.into()], pkcs8.clone()).is_err());
+        // A certificate with a DNS name and no SPIFFE URI is not a workload certificate.
+        let dns_only =
+            rcgen::CertificateParams::new(vec!["web.example".to_owned()]).unwrap().self_signed(&key).unwrap();
+        assert_eq!(parse_leaf(dns_only.der()).unwrap_err(), CertError::UriCount(0));
+        assert!(matches!(parse_leaf(b"\x30\x03garbage"), Err(CertError::Parse(_))));
+        let garbage_key = WorkloadCertificate::from_chain(vec![dns_only.pem()], b"not a key".to_vec());
+        assert!(garbage_key.is_err());
+        assert!(crate::tls::root_store("").unwrap_err().contains("no root certificate"));
+        assert!(
+            crate::tls::root_store("-----BEGIN CERTIFICATE-----\n!!\n-----END CERTIFICATE-----\n").is_err()
+        );
     }
 }

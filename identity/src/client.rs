@@ -2,7 +2,6 @@
 //! 15012, verified against the mesh root), and `certify`, which sends a fresh key's CSR with the
 //! pod's token and returns the certificate.
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use hyper_util::rt::TokioIo;
@@ -131,6 +130,3 @@ pub fn read_token(path: &std::path::Path) -> Result<String, CaClientError> {
     }
     Ok(token)
 }
-
-/// Keeps `Arc` in scope for callers that share one client.
-pub type SharedCaClient = Arc<CaClient>;

@@ -11,6 +11,7 @@ use arc_swap::ArcSwapOption;
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::client::{ResolvesClientCert, verify_server_cert_signed_by_trust_anchor};
 use rustls::crypto::{CryptoProvider, WebPkiSupportedAlgorithms};
+use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
 use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
 use rustls::server::{ClientHello, ParsedCertificate, ResolvesServerCert, WebPkiClientVerifier};
@@ -69,9 +70,8 @@ fn algorithms() -> WebPkiSupportedAlgorithms {
 /// The trust bundle as rustls wants it, from PEM text.
 pub fn root_store(pem_text: &str) -> Result<RootCertStore, String> {
     let mut roots = RootCertStore::empty();
-    for block in crate::ca::pem_blocks(pem_text)? {
-        let der = pem::parse(&block).map_err(|e| e.to_string())?.into_contents();
-        roots.add(CertificateDer::from(der)).map_err(|e| e.to_string())?;
+    for der in crate::cert::certificates_from_pem(pem_text)? {
+        roots.add(der).map_err(|e| e.to_string())?;
     }
     if roots.is_empty() {
         return Err("no root certificate".into());
@@ -346,13 +346,9 @@ pub fn control_plane_client_config(roots: RootCertStore) -> Result<Arc<ClientCon
 
 /// trellisd's serving config for its TLS ports (gRPC: h2), from PEM chain and key.
 pub fn control_plane_server_config(chain_pem: &[String], key_pem: &str) -> Result<Arc<ServerConfig>, String> {
-    let chain = chain_pem
-        .iter()
-        .map(|p| pem::parse(p).map(|b| CertificateDer::from(b.into_contents())).map_err(|e| e.to_string()))
-        .collect::<Result<Vec<_>, _>>()?;
-    let key = rustls::pki_types::PrivateKeyDer::Pkcs8(
-        pem::parse(key_pem).map_err(|e| e.to_string())?.into_contents().into(),
-    );
+    let chain = crate::cert::certificates_from_pem(&chain_pem.concat())?;
+    let key =
+        rustls::pki_types::PrivateKeyDer::from_pem_slice(key_pem.as_bytes()).map_err(|e| e.to_string())?;
     let mut config = ServerConfig::builder_with_provider(provider())
         .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
         .map_err(|e| e.to_string())?

@@ -218,7 +218,7 @@ impl Drop for Recording {
             millis: p.started.elapsed().as_secs_f64() * 1000.0,
             request_bytes: p.request_bytes.total(),
             response_bytes: self.sent,
-            security: &p.security,
+            security: p.security,
         });
     }
 }

@@ -17,6 +17,7 @@ use crate::detect::{self, Detected, detect};
 use crate::metrics::Reporter;
 use crate::security::inbound::{self, Carried, Decision, Mode};
 use crate::security::stream::MaybeTls;
+use crate::security::upstream::ClusterTls;
 use crate::serve::{Conn, Speaks, serve};
 use crate::upstream::{Key, Protocol};
 use crate::{Proxy, Side, box_out_of_line, tcp};
@@ -72,7 +73,7 @@ pub async fn handle(stream: TcpStream, peer: SocketAddr, side: Side, proxy: Arc<
     let declared_http =
         matches!(declared, Some(pb::Protocol::Http | pb::Protocol::Grpc | pb::Protocol::Http2));
     let inbound_mode = match side {
-        Side::Inbound => snapshot.inbound_tls.mode_for(port.or(Some(local.port()))),
+        Side::Inbound => snapshot.inbound_tls.mode_for(port),
         Side::Outbound => Mode::Disable,
     };
     let detected = if (opaque || !worth_inspecting) && inbound_mode == Mode::Disable {
@@ -101,7 +102,13 @@ pub async fn handle(stream: TcpStream, peer: SocketAddr, side: Side, proxy: Arc<
     };
     drop(snapshot);
     if inbound_mode != Mode::Disable {
-        match inbound::decide(&stream, inbound_mode, detected == Detected::Tls).await {
+        // Only PERMISSIVE TLS needs its ClientHello read: that branch is boxed, so that a
+        // plaintext connection's future does not carry its state.
+        let decision = match inbound::decide_without_hello(inbound_mode, detected == Detected::Tls) {
+            Some(decision) => decision,
+            None => box_out_of_line(|| inbound::decide(&stream, inbound_mode, true)).await,
+        };
+        match decision {
             Decision::AsIs => {}
             Decision::Terminate => {
                 box_out_of_line(|| serve_mesh(stream, conn, proxy.clone())).await;
@@ -156,7 +163,6 @@ async fn serve_mesh(stream: TcpStream, mut conn: Conn, proxy: Arc<Proxy>) {
         }
         Ok(terminated) => {
             conn.tls_peer = terminated.peer;
-            conn.mutual_tls = true;
             let stream = MaybeTls::Server(Box::new(terminated.stream));
             match terminated.carried {
                 Carried::Http1 => serve(stream, conn, proxy, Speaks::Http1).await,
@@ -214,10 +220,7 @@ async fn relay<S: AsyncRead + AsyncWrite + Unpin>(
         },
     };
     let reporter = if conn.side == Side::Outbound { Reporter::Source } else { Reporter::Destination };
-    let security = crate::metrics::Security {
-        mutual_tls: conn.mutual_tls,
-        peer: conn.tls_peer.as_ref().map(|p| p.principal.clone()),
-    };
+    let security = conn.security();
     let target = Target {
         key: target,
         tls: None,
@@ -242,13 +245,7 @@ async fn relay_to_cluster<S: AsyncRead + AsyncWrite + Unpin>(
     let tls = cluster.tls_for(picked.index()).map(Arc::as_ref);
     let key = Key { addr, protocol: Protocol::Http1, source: None, tls: tls.map(|t| t.pool_id) };
     let idle = cluster.idle_timeout.unwrap_or(tcp::DEFAULT_IDLE_TIMEOUT);
-    let security = crate::metrics::Security {
-        mutual_tls: tls.is_some(),
-        peer: tls.and_then(|t| match &t.allowed[..] {
-            [one] => Some(one.to_string().into()),
-            _ => None,
-        }),
-    };
+    let security = tls.map(ClusterTls::security).unwrap_or_default();
     let target = Target { key, tls, connect_timeout: cluster.connect_timeout, idle, security };
     pipe(stream, target, Reporter::Source, &service, proxy).await;
 }
@@ -256,7 +253,7 @@ async fn relay_to_cluster<S: AsyncRead + AsyncWrite + Unpin>(
 /// Where a relayed connection goes.
 struct Target<'a> {
     key: Key,
-    tls: Option<&'a crate::security::upstream::ClusterTls>,
+    tls: Option<&'a ClusterTls>,
     connect_timeout: Duration,
     idle: Duration,
     /// For the metrics: the upstream's (outbound) or the downstream's (inbound).

@@ -93,10 +93,7 @@ pub async fn handle(request: Request<Incoming>, conn: &Conn, proxy: &Proxy) -> R
         request_bytes: outcome.request_bytes,
         security: match conn.side {
             Side::Outbound => outcome.security,
-            Side::Inbound => crate::metrics::Security {
-                mutual_tls: conn.mutual_tls,
-                peer: conn.tls_peer.as_ref().map(|p| p.principal.clone()),
-            },
+            Side::Inbound => conn.security(),
         },
     };
     outcome.response.map(|body| recorded(body, pending).boxed())
@@ -470,23 +467,8 @@ async fn attempt(
     headers::strip_hop_by_hop(&mut parts.headers, upgrade);
     let body = Guarded::new(body, in_flight, deadline).boxed();
     let mut outcome = Outcome::new(Response::from_parts(parts, body), cluster.name.clone(), "-");
-    outcome.security = security_of(tls.map(Arc::as_ref));
+    outcome.security = tls.map(|t| t.security()).unwrap_or_default();
     Ok((outcome, index))
-}
-
-/// How a mutual TLS endpoint was reached, for the metrics: its principal is known when the
-/// cluster allows exactly one (the handshake proved it), else "unknown".
-fn security_of(tls: Option<&crate::security::upstream::ClusterTls>) -> crate::metrics::Security {
-    match tls {
-        None => crate::metrics::Security::default(),
-        Some(tls) => crate::metrics::Security {
-            mutual_tls: true,
-            peer: match &tls.allowed[..] {
-                [one] => Some(one.to_string().into()),
-                _ => None,
-            },
-        },
-    }
 }
 
 /// A request that failed because our own body limit cut it off is the client's fault (413).

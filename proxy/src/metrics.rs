@@ -183,7 +183,7 @@ pub struct RequestRecord<'a> {
     pub millis: f64,
     pub request_bytes: u64,
     pub response_bytes: u64,
-    pub security: &'a Security,
+    pub security: Security,
 }
 
 impl Metrics {
@@ -270,9 +270,9 @@ impl Metrics {
         }
     }
 
-    pub fn request(&self, r: RequestRecord<'_>) {
+    pub fn request(&self, mut r: RequestRecord<'_>) {
         let key = SeriesKey {
-            security: r.security.clone(),
+            security: std::mem::take(&mut r.security),
             source_side: r.reporter == Reporter::Source,
             grpc: r.grpc,
             status: r.status,
@@ -283,7 +283,7 @@ impl Metrics {
             self.series.read().ok().and_then(|m| m.get(&**r.service).and_then(|by| by.get(&key)).cloned());
         let series = match found {
             Some(s) => s,
-            None => self.create_series(&r, key.clone()),
+            None => self.create_series(&r, key),
         };
         series.requests.inc();
         series.duration.observe(r.millis);
@@ -298,9 +298,9 @@ impl Metrics {
             response_code: r.status,
             grpc_response_status: r.grpc_status,
             response_flags: r.flags,
-            connection_security_policy: policy_label(r.security),
-            source_principal: self.principal(r.reporter, r.security, Reporter::Source),
-            destination_principal: self.principal(r.reporter, r.security, Reporter::Destination),
+            connection_security_policy: policy_label(&key.security),
+            source_principal: self.principal(r.reporter, &key.security, Reporter::Source),
+            destination_principal: self.principal(r.reporter, &key.security, Reporter::Destination),
         };
         let series = Arc::new(RequestSeries {
             requests: self.requests.get_or_create(&labels).clone(),

@@ -25,9 +25,7 @@ pub struct Conn {
     pub original: Option<SocketAddr>,
     /// The listener's own address: never a destination (that would loop).
     pub local: SocketAddr,
-    /// Whether the connection came over mutual TLS (`connection_security_policy`).
-    pub mutual_tls: bool,
-    /// The verified peer of a mutual TLS connection.
+    /// The verified peer of a mutual TLS connection; `None` for plaintext.
     pub tls_peer: Option<crate::security::xfcc::Peer>,
     /// `peer`'s address as a header value (`x-forwarded-for`), made on first use.
     peer_value: OnceLock<HeaderValue>,
@@ -53,10 +51,17 @@ impl Conn {
             peer,
             original,
             local,
-            mutual_tls: false,
             tls_peer: None,
             peer_value: OnceLock::new(),
             last_lookup: Mutex::new(None),
+        }
+    }
+
+    /// How the downstream is secured, for the inbound metrics.
+    pub fn security(&self) -> crate::metrics::Security {
+        crate::metrics::Security {
+            mutual_tls: self.tls_peer.is_some(),
+            peer: self.tls_peer.as_ref().map(|p| p.principal.clone()),
         }
     }
 

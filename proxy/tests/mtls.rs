@@ -19,7 +19,7 @@ use trellis_identity::SpiffeId;
 use trellis_identity::ca::{CaMaterial, CertificateAuthority};
 use trellis_identity::cert::WorkloadCertificate;
 use trellis_identity::client::new_key_and_csr;
-use trellis_identity::tls::{Carries, MeshTls};
+use trellis_identity::tls::MeshTls;
 
 const CLIENT_ID: &str = "spiffe://cluster.local/ns/test/sa/frontend";
 const SERVER_ID: &str = "spiffe://cluster.local/ns/test/sa/web";
@@ -112,16 +112,40 @@ async fn exchange<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin>(
     String::from_utf8_lossy(&answer).into_owned()
 }
 
-/// A mesh client handshake to `addr` with `tls`'s certificate (if any), for the server-side
-/// cases; the client trusts `server_roots`.
-async fn mesh_client(
+/// A client handshake to `addr` that presents `cert` (or none) and accepts any server: for
+/// probing the server's checks of its clients, and reading what the server presents.
+async fn probe(
     addr: SocketAddr,
-    tls: &Arc<MeshTls>,
+    cert: Option<&WorkloadCertificate>,
 ) -> Option<tokio_rustls::client::TlsStream<TcpStream>> {
-    let config = tls.client_config(Carries::Http1, &Arc::from(Vec::new()))?;
+    let builder =
+        rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+            .with_protocol_versions(&[&rustls::version::TLS13])
+            .unwrap()
+            .dangerous()
+            .with_custom_certificate_verifier(Arc::new(AcceptAny));
+    let mut config = match cert {
+        Some(cert) => builder.with_client_cert_resolver(Arc::new(Presents(cert.certified.clone()))),
+        None => builder.with_no_client_auth(),
+    };
+    // What a mesh client offers for HTTP/1.1 (Istio's sidecar offers the same three).
+    config.alpn_protocols = [&b"istio-http/1.1"[..], b"istio", b"http/1.1"].map(<[u8]>::to_vec).to_vec();
     let tcp = TcpStream::connect(addr).await.ok()?;
     let name = rustls_pki_types::ServerName::IpAddress(addr.ip().into());
-    tokio_rustls::TlsConnector::from(config).connect(name, tcp).await.ok()
+    tokio_rustls::TlsConnector::from(Arc::new(config)).connect(name, tcp).await.ok()
+}
+
+#[derive(Debug)]
+struct Presents(Arc<rustls::sign::CertifiedKey>);
+
+impl rustls::client::ResolvesClientCert for Presents {
+    fn resolve(&self, _: &[&[u8]], _: &[rustls::SignatureScheme]) -> Option<Arc<rustls::sign::CertifiedKey>> {
+        Some(self.0.clone())
+    }
+
+    fn has_certs(&self) -> bool {
+        true
+    }
 }
 
 #[tokio::test]
@@ -163,55 +187,43 @@ async fn strict_refuses_everything_that_is_not_mutual_tls_of_this_mesh() {
     let answer = exchange(TcpStream::connect(inbound).await.unwrap(), &authority).await;
     assert_eq!(answer, "", "plaintext got an answer under STRICT");
 
-    // TLS without a client certificate, from a client that trusts the mesh root.
-    let roots = trellis_identity::tls::root_store(ca.root_pem()).unwrap();
-    let no_cert =
-        rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
-            .with_safe_default_protocol_versions()
-            .unwrap()
-            .dangerous()
-            .with_custom_certificate_verifier(Arc::new(AcceptAny))
-            .with_no_client_auth();
-    let _ = roots;
-    let tcp = TcpStream::connect(inbound).await.unwrap();
-    let name = rustls_pki_types::ServerName::IpAddress(inbound.ip().into());
-    let mut config = no_cert;
-    config.alpn_protocols = vec![b"istio-http/1.1".to_vec()];
-    if let Ok(stream) = tokio_rustls::TlsConnector::from(Arc::new(config)).connect(name, tcp).await {
-        assert_eq!(exchange(stream, &authority).await, "", "no client certificate, yet an answer");
-    }
-
-    // A certificate from another CA, one of another trust domain, an expired one.
+    // No client certificate, one from another CA, one of another trust domain, an expired one:
+    // each from a client that accepts the server, so that the server's checks are what refuses.
     let other_ca = CertificateAuthority::new(&CaMaterial::generate_root("cluster.local").unwrap()).unwrap();
-    let foreign = mesh(&other_ca, "cluster.local", CLIENT_ID);
-    let other_domain_ca =
-        CertificateAuthority::new(&CaMaterial::generate_root("cluster.local").unwrap()).unwrap();
-    let _ = other_domain_ca;
-    let elsewhere = MeshTls::new("cluster.local");
-    elsewhere.install(certificate(&ca, "spiffe://other.domain/ns/test/sa/frontend", 3600)).unwrap();
-    let expired = MeshTls::new("cluster.local");
+    let foreign = certificate(&other_ca, CLIENT_ID, 3600);
+    let elsewhere = certificate(&ca, "spiffe://other.domain/ns/test/sa/frontend", 3600);
     // Backdated two minutes, living one second: expired well before the handshake.
-    expired.install(certificate(&ca, CLIENT_ID, 1)).unwrap();
+    let expired = certificate(&ca, CLIENT_ID, 1);
     // Certificate times have one-second resolution: wait until a full second past the end.
     wait_until("the short certificate has expired", || {
-        expired
-            .current()
-            .is_some_and(|c| std::time::SystemTime::now() > c.leaf.not_after + Duration::from_secs(1))
+        std::time::SystemTime::now() > expired.leaf.not_after + Duration::from_secs(1)
     })
     .await;
-    for (what, tls) in [("another CA", &foreign), ("another trust domain", &elsewhere), ("expired", &expired)]
-    {
-        if let Some(stream) = mesh_client(inbound, tls).await {
+    let cases = [
+        ("no client certificate", None),
+        ("another CA", Some(&foreign)),
+        ("another trust domain", Some(&elsewhere)),
+        ("expired", Some(&expired)),
+    ];
+    for (what, cert) in cases {
+        if let Some(stream) = probe(inbound, cert).await {
             assert_eq!(exchange(stream, &authority).await, "", "{what}: answered");
         }
     }
-    assert_eq!(pair.app.count(), 0, "nothing reached the app");
+    // And a good certificate through the same probe is served: the refusals were the checks.
+    let good = certificate(&ca, CLIENT_ID, 3600);
+    let served = exchange(probe(inbound, Some(&good)).await.expect("handshake"), &authority).await;
+    assert!(served.starts_with("HTTP/1.1 200"), "{served:?}");
+    assert_eq!(pair.app.count(), 1, "only the good certificate's request reached the app");
     let metrics = pair.server.metrics().await;
     assert!(
         metrics.contains("trellis_inbound_connections_refused_total{reason=\"plaintext\"} 1"),
         "{metrics}"
     );
-    assert!(metrics.contains("trellis_inbound_connections_refused_total{reason=\"handshake\"}"), "{metrics}");
+    assert!(
+        metrics.contains("trellis_inbound_connections_refused_total{reason=\"handshake\"} 4"),
+        "{metrics}"
+    );
 
     // And the proxies' own mTLS still works.
     assert_eq!(call(&pair).await.status, StatusCode::OK);
@@ -312,7 +324,7 @@ async fn a_renewed_certificate_is_used_by_new_handshakes_without_dropping_open_c
     }
     // A new handshake presents the new certificate.
     let client_tls = pair.client.running.proxy.pools.mesh_tls().unwrap().clone();
-    let stream = mesh_client(pair.server.inbound(), &client_tls).await.expect("handshake");
+    let stream = probe(pair.server.inbound(), client_tls.current().as_deref()).await.expect("handshake");
     let presented = stream.get_ref().1.peer_certificates().unwrap()[0].clone();
     let leaf = trellis_identity::cert::parse_leaf(&presented).unwrap();
     assert_eq!(leaf.serial, server_tls.current().unwrap().leaf.serial);

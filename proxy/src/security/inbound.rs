@@ -78,17 +78,23 @@ pub enum Decision {
 /// Decides from the mode and whether the connection opened with a TLS ClientHello (and, for
 /// PERMISSIVE, whether that hello offers Istio's ALPN values).
 pub async fn decide(stream: &TcpStream, mode: Mode, starts_with_tls: bool) -> Decision {
+    if let Some(decision) = decide_without_hello(mode, starts_with_tls) {
+        return decision;
+    }
+    let hello = crate::detect::client_hello(stream, HELLO_DEADLINE).await;
+    let offered: Vec<&[u8]> =
+        hello.as_ref().map(|h| h.alpn.iter().map(Vec::as_slice).collect()).unwrap_or_default();
+    if alpn::is_mesh(&offered) { Decision::Terminate } else { Decision::AsIs }
+}
+
+/// What the mode decides without reading the ClientHello; `None` for PERMISSIVE TLS, which
+/// depends on the hello's ALPN values ([`decide`]).
+pub fn decide_without_hello(mode: Mode, starts_with_tls: bool) -> Option<Decision> {
     match (mode, starts_with_tls) {
-        (Mode::Disable, _) => Decision::AsIs,
-        (Mode::Strict, true) => Decision::Terminate,
-        (Mode::Strict, false) => Decision::Refuse("plaintext"),
-        (Mode::Permissive, false) => Decision::AsIs,
-        (Mode::Permissive, true) => {
-            let hello = crate::detect::client_hello(stream, HELLO_DEADLINE).await;
-            let offered: Vec<&[u8]> =
-                hello.as_ref().map(|h| h.alpn.iter().map(Vec::as_slice).collect()).unwrap_or_default();
-            if alpn::is_mesh(&offered) { Decision::Terminate } else { Decision::AsIs }
-        }
+        (Mode::Permissive, true) => None,
+        (Mode::Strict, true) => Some(Decision::Terminate),
+        (Mode::Strict, false) => Some(Decision::Refuse("plaintext")),
+        (Mode::Disable, _) | (Mode::Permissive, false) => Some(Decision::AsIs),
     }
 }
 
@@ -133,4 +139,42 @@ pub async fn terminate(stream: TcpStream, mesh: Option<&Arc<MeshTls>>) -> Result
     let own = mesh.current().map(|c| c.leaf.id.to_string()).unwrap_or_default();
     let peer = session.peer_certificates().and_then(|certs| crate::security::xfcc::Peer::new(certs, &own));
     Ok(Terminated { stream, carried, peer })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn modes_resolve_by_port_and_bad_values_are_refused_by_field() {
+        let config = pb::InboundTls {
+            mode: pb::MtlsMode::Strict.into(),
+            ports: [(8080, pb::MtlsMode::Disable.into())].into(),
+        };
+        let tls = InboundTls::compile(Some(&config)).unwrap();
+        assert_eq!(tls.mode_for(Some(8080)), Mode::Disable);
+        assert_eq!(tls.mode_for(Some(9090)), Mode::Strict);
+        assert_eq!(tls.mode_for(None), Mode::Strict);
+        assert_eq!(InboundTls::compile(None).unwrap().mode_for(Some(80)), Mode::Permissive);
+
+        let unknown = pb::InboundTls { mode: 7, ..Default::default() };
+        let err = InboundTls::compile(Some(&unknown)).unwrap_err();
+        assert_eq!((err.field.as_str(), err.message.as_str()), ("inbound_tls.mode", "unknown mTLS mode 7"));
+        for port in [0, 70000] {
+            let bad = pb::InboundTls { ports: [(port, 1)].into(), ..Default::default() };
+            assert_eq!(
+                InboundTls::compile(Some(&bad)).unwrap_err().field,
+                format!("inbound_tls.ports[{port}]")
+            );
+        }
+    }
+
+    #[test]
+    fn only_permissive_tls_needs_the_hello() {
+        assert_eq!(decide_without_hello(Mode::Permissive, true), None);
+        assert_eq!(decide_without_hello(Mode::Permissive, false), Some(Decision::AsIs));
+        assert_eq!(decide_without_hello(Mode::Strict, true), Some(Decision::Terminate));
+        assert_eq!(decide_without_hello(Mode::Strict, false), Some(Decision::Refuse("plaintext")));
+        assert_eq!(decide_without_hello(Mode::Disable, true), Some(Decision::AsIs));
+    }
 }

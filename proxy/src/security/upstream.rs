@@ -19,6 +19,16 @@ pub struct ClusterTls {
     pub allowed: Arc<[SpiffeId]>,
     /// Tells pools apart: connections made for other identities are never shared.
     pub pool_id: u64,
+    /// The peer's principal for the metrics, when exactly one identity is allowed (the
+    /// handshake then proves it); made once, not per request.
+    principal: Option<Arc<str>>,
+}
+
+impl ClusterTls {
+    /// How its endpoints are reached, for the metrics.
+    pub fn security(&self) -> crate::metrics::Security {
+        crate::metrics::Security { mutual_tls: true, peer: self.principal.clone() }
+    }
 }
 
 /// Whether a cluster's endpoints get mutual TLS.
@@ -51,9 +61,12 @@ impl TlsPolicy {
         let pool_id = xxhash_rust::xxh64::xxh64(
             allowed.iter().map(ToString::to_string).collect::<Vec<_>>().join(",").as_bytes(),
             1,
-        )
-        .max(1);
-        let cluster = Arc::new(ClusterTls { allowed: allowed.into(), pool_id });
+        );
+        let principal = match &allowed[..] {
+            [one] => Some(one.to_string().into()),
+            _ => None,
+        };
+        let cluster = Arc::new(ClusterTls { allowed: allowed.into(), pool_id, principal });
         Ok(match mode {
             pb::client_tls::Mode::Auto => TlsPolicy::Auto(cluster),
             pb::client_tls::Mode::IstioMutual => TlsPolicy::Always(cluster),
@@ -97,5 +110,41 @@ pub async fn handshake(
         Ok(Ok(stream)) => Ok(stream),
         Ok(Err(e)) => Err(failed(e.to_string())),
         Err(_) => Err(failed("handshake timed out".into())),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tls(mode: pb::client_tls::Mode, sans: &[&str]) -> pb::ClientTls {
+        pb::ClientTls { mode: mode.into(), subject_alt_names: sans.iter().map(|s| (*s).to_owned()).collect() }
+    }
+
+    #[test]
+    fn modes_pick_endpoints_and_names_override_the_accounts() {
+        use pb::client_tls::Mode;
+        let accounts = ["spiffe://cluster.local/ns/a/sa/web".to_owned()];
+        let auto = TlsPolicy::compile(None, &accounts).unwrap();
+        assert!(auto.for_endpoint(true).is_some() && auto.for_endpoint(false).is_none());
+        let always = TlsPolicy::compile(Some(&tls(Mode::IstioMutual, &[])), &accounts).unwrap();
+        assert!(always.for_endpoint(false).is_some());
+        for plain in [Mode::Disable, Mode::Simple, Mode::Mutual] {
+            assert_eq!(TlsPolicy::compile(Some(&tls(plain, &[])), &accounts).unwrap(), TlsPolicy::Plaintext);
+        }
+        let named = TlsPolicy::compile(
+            Some(&tls(Mode::IstioMutual, &["spiffe://cluster.local/ns/a/sa/other"])),
+            &accounts,
+        )
+        .unwrap();
+        let cluster = named.for_endpoint(true).unwrap();
+        assert_eq!(cluster.allowed[0].service_account, "other");
+        assert_ne!(
+            cluster.pool_id,
+            auto.for_endpoint(true).unwrap().pool_id,
+            "other identities, other pools"
+        );
+        let err = TlsPolicy::compile(None, &["web.example".to_owned()]).unwrap_err();
+        assert!(err.contains("web.example"), "{err}");
     }
 }
