@@ -4,6 +4,7 @@
 //! - [`ca`]: the CA's material (generated or Istio's `cacerts`) and its signing of CSRs.
 //! - [`cert`]: a workload certificate as held in memory, and what a leaf says.
 //! - [`tls`]: rustls configs for mutual TLS with SPIFFE-aware verifiers, and trellisd's own.
+//! - [`origination`]: TLS to services outside the mesh (DestinationRule `SIMPLE`/`MUTUAL`).
 //! - [`client`] and [`manager`]: the workload's CSR client (Istio's gRPC API over TLS) and the
 //!   loop that keeps its certificate renewed.
 #![forbid(unsafe_code)]
@@ -12,6 +13,7 @@ pub mod ca;
 pub mod cert;
 pub mod client;
 pub mod manager;
+pub mod origination;
 pub mod spiffe;
 pub mod tls;
 

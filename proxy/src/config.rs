@@ -185,7 +185,8 @@ impl Snapshot {
             let set = endpoints.get(c.service.as_str()).copied();
             let mine = set.map(|s| s.endpoints.as_slice()).unwrap_or_default();
             let accounts = set.map(|s| s.service_accounts.as_slice()).unwrap_or_default();
-            let tls = TlsPolicy::compile(c.tls.as_ref(), accounts)
+            let host = c.service.rsplit_once(':').map_or(c.service.as_str(), |(host, _)| host);
+            let tls = TlsPolicy::compile(c.tls.as_ref(), accounts, host)
                 .map_err(|e| err(format!("{field}.tls (or its endpoints' service_accounts)"), e))?;
             let reused = previous
                 .and_then(|p| p.clusters.get(&c.name))

@@ -155,6 +155,9 @@ impl Pools {
         tls: Option<&ClusterTls>,
         carries: Carries,
     ) -> Result<MaybeTls, UpstreamError> {
+        if let Some(Err(message)) = tls.map(ClusterTls::usable) {
+            return Err(UpstreamError::Tls { addr: key.addr, message: message.to_string() });
+        }
         let tcp = connect(key, connect_timeout).await?;
         match tls {
             None => Ok(MaybeTls::Plain(tcp)),

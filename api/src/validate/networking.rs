@@ -802,10 +802,15 @@ fn client_tls(r: &mut Report, path: &str, tls: &ClientTlsSettings) {
         }
     }
     if matches!(tls.mode, ClientTlsMode::Simple | ClientTlsMode::Mutual) {
-        r.warn(
-            format!("{path}.mode"),
-            "not enforced yet: Trellis does not originate TLS, so traffic to this destination is sent as plaintext",
-        );
+        if !tls.credential_name.is_empty() {
+            r.warn(
+                format!("{path}.credentialName"),
+                "not supported by Trellis sidecars yet (give clientCertificate, privateKey and caCertificates files): connections to this destination fail",
+            );
+        }
+        if !tls.ca_crl.is_empty() {
+            r.warn(format!("{path}.caCrl"), "not enforced yet: revoked server certificates are accepted");
+        }
     }
 }
 

@@ -105,21 +105,32 @@ struct Policy<'a> {
 }
 
 /// A DestinationRule's `tls`: unset is Istio's auto mTLS (mutual TLS to endpoints with a
-/// sidecar). SIMPLE and MUTUAL (TLS origination to services outside the mesh) are not
-/// implemented by the proxy yet: it sends plaintext, and this says so.
+/// sidecar); SIMPLE and MUTUAL originate TLS with the rule's files, which the proxy reads.
 fn client_tls(tls: Option<&ClientTlsSettings>, rule: Option<Rule<'_>>) -> pb::ClientTls {
     use pb::client_tls::Mode;
     let Some(tls) = tls else { return pb::ClientTls::default() };
+    let warn = |field: &str, message: &str| {
+        if let Some(rule) = rule {
+            warn!(resource = %rule, field = %format!("trafficPolicy.tls.{field}"), "{message}");
+        }
+    };
     let mode = match tls.mode {
         ClientTlsMode::Disable => Mode::Disable,
         ClientTlsMode::IstioMutual => Mode::IstioMutual,
-        ClientTlsMode::Simple | ClientTlsMode::Mutual => {
-            if let Some(rule) = rule {
-                warn!(resource = %rule, field = "trafficPolicy.tls.mode", mode = ?tls.mode, "TLS origination is not enforced yet: the proxy sends plaintext to this destination");
-            }
-            if tls.mode == ClientTlsMode::Simple { Mode::Simple } else { Mode::Mutual }
-        }
+        ClientTlsMode::Simple => Mode::Simple,
+        ClientTlsMode::Mutual => Mode::Mutual,
     };
+    if matches!(mode, Mode::Simple | Mode::Mutual) {
+        if !tls.credential_name.is_empty() {
+            warn(
+                "credentialName",
+                "not supported by Trellis sidecars yet (give the files instead): connections to this destination fail",
+            );
+        }
+        if !tls.ca_crl.is_empty() {
+            warn("caCrl", "not enforced yet: revoked server certificates are accepted");
+        }
+    }
     // The proxy matches mesh certificates by SPIFFE ID only; another kind of name could never
     // match, and would cost the proxy its whole config.
     let subject_alt_names = match mode {
@@ -137,9 +148,22 @@ fn client_tls(tls: Option<&ClientTlsSettings>, rule: Option<Rule<'_>>) -> pb::Cl
             })
             .cloned()
             .collect(),
+        Mode::Simple | Mode::Mutual => tls.subject_alt_names.clone(),
         _ => Vec::new(),
     };
-    pb::ClientTls { mode: mode.into(), subject_alt_names }
+    let originated = |value: &String| {
+        if matches!(mode, Mode::Simple | Mode::Mutual) { value.clone() } else { String::new() }
+    };
+    pb::ClientTls {
+        mode: mode.into(),
+        subject_alt_names,
+        ca_certificates: originated(&tls.ca_certificates),
+        client_certificate: if mode == Mode::Mutual { tls.client_certificate.clone() } else { String::new() },
+        private_key: if mode == Mode::Mutual { tls.private_key.clone() } else { String::new() },
+        sni: originated(&tls.sni),
+        insecure_skip_verify: tls.insecure_skip_verify.unwrap_or(false)
+            && matches!(mode, Mode::Simple | Mode::Mutual),
+    }
 }
 
 impl<'a> Policy<'a> {
@@ -310,6 +334,47 @@ spec:
 
         let config = super::super::test_support::config(&with_mesh(model(API), "connectTimeout: 2s"), "shop");
         assert_eq!(pool(cluster(&config, "outbound|80||api.shop.internal")).connect_timeout, secs(2));
+    }
+
+    #[test]
+    fn tls_origination_settings_reach_the_proxy_and_mesh_modes_carry_no_files() {
+        let dr = |tls: &str| {
+            format!(
+                "{API}---\napiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {{ name: api, namespace: shop }}\nspec:\n  host: api.shop.internal\n  trafficPolicy:\n    tls: {tls}\n"
+            )
+        };
+        let tls_of = |yaml: String| {
+            cluster(&config(&model(&yaml), "shop"), "outbound|80||api.shop.internal").tls.clone().unwrap()
+        };
+        let mutual = tls_of(dr(
+            "{ mode: MUTUAL, clientCertificate: /etc/certs/c.pem, privateKey: /etc/certs/k.pem, caCertificates: /etc/certs/ca.pem, sni: api.example.com, subjectAltNames: [api.example.com] }",
+        ));
+        assert_eq!(
+            mutual,
+            pb::ClientTls {
+                mode: pb::client_tls::Mode::Mutual.into(),
+                subject_alt_names: vec!["api.example.com".into()],
+                ca_certificates: "/etc/certs/ca.pem".into(),
+                client_certificate: "/etc/certs/c.pem".into(),
+                private_key: "/etc/certs/k.pem".into(),
+                sni: "api.example.com".into(),
+                insecure_skip_verify: false,
+            }
+        );
+        let simple = tls_of(dr("{ mode: SIMPLE, insecureSkipVerify: true }"));
+        assert_eq!(simple.mode(), pb::client_tls::Mode::Simple);
+        assert!(simple.insecure_skip_verify && simple.client_certificate.is_empty());
+        let mesh = tls_of(dr(
+            "{ mode: ISTIO_MUTUAL, sni: x.example.com, subjectAltNames: [\"spiffe://cluster.local/ns/shop/sa/api\"] }",
+        ));
+        assert_eq!(
+            mesh,
+            pb::ClientTls {
+                mode: pb::client_tls::Mode::IstioMutual.into(),
+                subject_alt_names: vec!["spiffe://cluster.local/ns/shop/sa/api".into()],
+                ..Default::default()
+            }
+        );
     }
 
     #[test]

@@ -31,6 +31,11 @@ pub enum Mode {
 }
 
 impl InboundMtls {
+    /// The mode on one container port.
+    pub fn mode_for(&self, port: u16) -> Mode {
+        self.ports.get(&u32::from(port)).copied().unwrap_or(self.mode)
+    }
+
     pub fn to_pb(&self) -> pb::InboundTls {
         pb::InboundTls {
             mode: self.mode.to_pb().into(),

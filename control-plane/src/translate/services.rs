@@ -136,7 +136,20 @@ fn kube_endpoints(
                 endpoint.pod.as_ref().and_then(|pod| model.pods.get(&(svc.namespace.clone(), pod.clone())));
             let labels = pod.map(|pod| pod.labels.clone()).unwrap_or_default();
             let account = pod.map(|pod| (pod.namespace.clone(), account_or_default(&pod.service_account)));
-            endpoints.push(Found { address: *address, port: target, weight: 0, labels, account });
+            // Istio's auto mTLS leaves out a destination whose PeerAuthentication disables it;
+            // resolved per pod and port, where Istio only infers it for the whole service.
+            let mtls_disabled = pod.is_some_and(|pod| {
+                super::peer_authentication::resolve(model, &pod.namespace, &pod.labels).mode_for(target)
+                    == super::peer_authentication::Mode::Disable
+            });
+            endpoints.push(Found {
+                address: *address,
+                port: target,
+                weight: 0,
+                labels,
+                account,
+                mtls_disabled,
+            });
         }
     }
     sorted_endpoints(endpoints)
@@ -296,6 +309,7 @@ fn workload_endpoint(
             weight: w.weight,
             labels: w.labels.clone(),
             account: w.account.clone(),
+            mtls_disabled: false,
         }),
         Err(message) => {
             warn!(resource = %se, address = %w.address, port = %port.name, %message, "endpoint skipped");
@@ -352,6 +366,8 @@ struct Found {
     weight: u32,
     labels: BTreeMap<String, String>,
     account: Option<(String, String)>,
+    /// Its PeerAuthentication takes plaintext only on this port.
+    mtls_disabled: bool,
 }
 
 /// The label an injected pod carries: its sidecar terminates mutual TLS.
@@ -371,7 +387,7 @@ fn sorted_endpoints(mut endpoints: Vec<Found>) -> (Vec<pb::Endpoint>, Vec<(Strin
             address: e.address.to_string(),
             port: u32::from(e.port),
             weight: e.weight,
-            mesh_tls: e.labels.get(TLS_MODE_LABEL).is_some_and(|mode| mode == "istio"),
+            mesh_tls: !e.mtls_disabled && e.labels.get(TLS_MODE_LABEL).is_some_and(|mode| mode == "istio"),
             labels: e.labels,
         })
         .collect();
@@ -579,6 +595,57 @@ spec:
 
         let from_elsewhere = super::super::test_support::config(&m, "web");
         assert_eq!(service(&from_elsewhere, host).aliases, ["reviews.shop", "reviews.shop.svc"]);
+    }
+
+    #[test]
+    fn auto_mtls_marks_sidecar_pods_unless_their_peer_authentication_disables_it() {
+        let mut m = model(
+            r#"
+apiVersion: security.istio.io/v1
+kind: PeerAuthentication
+metadata: { name: legacy, namespace: shop }
+spec:
+  selector: { matchLabels: { version: v2 } }
+  mtls: { mode: STRICT }
+  portLevelMtls: { "8080": { mode: DISABLE } }
+"#,
+        );
+        add_kube_service(
+            &mut m,
+            "shop",
+            "reviews",
+            "10.96.0.20",
+            &[("http", 9080, None), ("tcp-db", 5432, Some(5432))],
+        );
+        add_slice(
+            &mut m,
+            "shop",
+            "reviews",
+            "reviews-a",
+            &[("http", 8080)],
+            &[
+                ("10.1.0.1", true, Some("reviews-v1")),
+                ("10.1.0.2", true, Some("reviews-v2")),
+                ("10.1.0.3", true, Some("bare")),
+            ],
+        );
+        let sidecar = ("security.istio.io/tlsMode", "istio");
+        add_pod(&mut m, "shop", "reviews-v1", "10.1.0.1", &[("version", "v1"), sidecar]);
+        add_pod(&mut m, "shop", "reviews-v2", "10.1.0.2", &[("version", "v2"), sidecar]);
+        add_pod(&mut m, "shop", "bare", "10.1.0.3", &[("version", "v2")]);
+        let config = config(&m, "shop");
+        let host = "reviews.shop.svc.cluster.local";
+        let mesh_tls = |port: u16| -> Vec<(String, bool)> {
+            endpoints(&config, &format!("{host}:{port}"))
+                .iter()
+                .map(|e| (e.address.clone(), e.mesh_tls))
+                .collect()
+        };
+        let want = |v2: bool| {
+            vec![("10.1.0.1".to_owned(), true), ("10.1.0.2".to_owned(), v2), ("10.1.0.3".to_owned(), false)]
+        };
+        assert_eq!(mesh_tls(9080), want(false), "v2's port 8080 takes plaintext only");
+        assert_eq!(mesh_tls(5432), want(true), "its other ports stay STRICT");
     }
 
     #[test]
