@@ -16,7 +16,9 @@ use std::ffi::{OsStr, OsString};
 use std::path::Path;
 use std::time::Duration;
 
-use ca_support::{DEADLINE, Trellisd, create, csr, eventually, leaf, start_fails, write_atomically};
+use ca_support::{
+    DEADLINE, Trellisd, create, csr, eventually, leaf, start_fails, write_atomically, write_cacerts,
+};
 use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair, KeyUsagePurpose};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tonic::Code;
@@ -260,17 +262,6 @@ fn intermediate(root: &CaMaterial, name: &str) -> CaMaterial {
         ca_key: key.serialize_pem(),
         root_cert: root.root_cert.clone(),
         cert_chain: format!("{}{}", cert.pem(), root.root_cert),
-    }
-}
-
-fn write_cacerts(dir: &Path, material: &CaMaterial) {
-    for (file, text) in [
-        ("ca-cert.pem", &material.ca_cert),
-        ("ca-key.pem", &material.ca_key),
-        ("root-cert.pem", &material.root_cert),
-        ("cert-chain.pem", &material.cert_chain),
-    ] {
-        write_atomically(&dir.join(file), text);
     }
 }
 

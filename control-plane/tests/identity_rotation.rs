@@ -1,7 +1,8 @@
 //! Rotation under load: two proxies take certificates of a few seconds' life from trellisd's CA
 //! (Istio's CSR API over TLS, file-mode tokens), a steady stream of requests goes through the
 //! pair over mutual TLS (the server STRICT), and after several renewals on both sides not one
-//! request has failed.
+//! request has failed. With the CA stopped, the proxies keep serving on their valid
+//! certificates, count the failed requests, and renew once the same CA is back.
 
 mod ca_support;
 
@@ -18,6 +19,8 @@ use trellis_identity::tls::MeshTls;
 use trellis_proxy::metrics::{Metrics, Workload};
 
 const LIFETIME: Duration = Duration::from_secs(4);
+/// Long enough that the CA can be stopped and started again before it ends.
+const OUTAGE_LIFETIME: Duration = Duration::from_secs(12);
 
 struct Proxy {
     running: trellis_proxy::Running,
@@ -31,6 +34,7 @@ fn start_proxy(
     root: &str,
     token_file: &std::path::Path,
     account: &str,
+    lifetime: Duration,
 ) -> Proxy {
     let dir = tempfile::tempdir().unwrap();
     let config_path = dir.path().join("config.yaml");
@@ -40,7 +44,7 @@ fn start_proxy(
         ca: CaClient::new(tls_channel(&ca.secure.to_string(), root, None).unwrap()),
         token_file: token_file.to_owned(),
         requested: SpiffeId::new("cluster.local", "test", account).unwrap(),
-        ttl: LIFETIME,
+        ttl: lifetime,
     };
     let local: SocketAddr = "127.0.0.1:0".parse().unwrap();
     let options = trellis_proxy::Options {
@@ -80,22 +84,47 @@ async fn app() -> SocketAddr {
     addr
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn certificates_rotate_under_a_steady_stream_without_a_failed_request() {
-    let dir = tempfile::tempdir().unwrap();
-    let tokens = dir.path().join("tokens.csv");
-    std::fs::write(
-        &tokens,
-        "frontend-token,system:serviceaccount:test:frontend,u1\nweb-token,system:serviceaccount:test:web,u2\n",
-    )
-    .unwrap();
-    let root_path = dir.path().join("root-cert.pem");
-    let ca = Trellisd::start(&[
+/// trellisd's CA in file mode (its material in a `cacerts` directory, so that a restart keeps
+/// the root), tokens for `frontend` and `web`, and the two proxies: `web` STRICT in front of the
+/// app, `frontend` calling it.
+struct Mesh {
+    ca: Option<Trellisd>,
+    dir: tempfile::TempDir,
+    app: SocketAddr,
+    server: Proxy,
+    client: Proxy,
+}
+
+fn start_ca(dir: &std::path::Path, secure: &str) -> Trellisd {
+    let (tokens, root_path, cacerts) =
+        (dir.join("tokens.csv"), dir.join("root-cert.pem"), dir.join("cacerts"));
+    Trellisd::start(&[
         "--token-auth-file".as_ref(),
         tokens.as_os_str(),
         "--root-cert-file".as_ref(),
         root_path.as_os_str(),
-    ]);
+        "--ca-dir".as_ref(),
+        cacerts.as_os_str(),
+        "--secure-xds-address".as_ref(),
+        std::ffi::OsStr::new(secure),
+    ])
+}
+
+async fn mesh(lifetime: Duration) -> Mesh {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("tokens.csv"),
+        "frontend-token,system:serviceaccount:test:frontend,u1\nweb-token,system:serviceaccount:test:web,u2\n",
+    )
+    .unwrap();
+    let cacerts = dir.path().join("cacerts");
+    std::fs::create_dir(&cacerts).unwrap();
+    ca_support::write_cacerts(
+        &cacerts,
+        &trellis_identity::ca::CaMaterial::generate_root("cluster.local").unwrap(),
+    );
+    let ca = start_ca(dir.path(), "127.0.0.1:0");
+    let root_path = dir.path().join("root-cert.pem");
     eventually("trellisd writes its root", async || root_path.exists()).await;
     let root = std::fs::read_to_string(&root_path).unwrap();
     let (frontend_token, web_token) = (dir.path().join("frontend"), dir.path().join("web"));
@@ -103,7 +132,7 @@ async fn certificates_rotate_under_a_steady_stream_without_a_failed_request() {
     std::fs::write(&web_token, "web-token\n").unwrap();
 
     let app = app().await;
-    let server = start_proxy("inboundTls: { mode: STRICT }\n", &ca, &root, &web_token, "web");
+    let server = start_proxy("inboundTls: { mode: STRICT }\n", &ca, &root, &web_token, "web", lifetime);
     let inbound = server.running.inbound[0];
     let client_config = format!(
         r#"
@@ -120,48 +149,82 @@ endpoints:
         port = app.port(),
         inbound_port = inbound.port()
     );
-    let client = start_proxy(&client_config, &ca, &root, &frontend_token, "frontend");
+    let client = start_proxy(&client_config, &ca, &root, &frontend_token, "frontend", lifetime);
     eventually("both proxies are certified and ready", async || {
         server.running.proxy.is_ready() && client.running.proxy.is_ready()
     })
     .await;
-    assert_eq!(
-        client.tls.current().unwrap().leaf.id.to_string(),
-        "spiffe://cluster.local/ns/test/sa/frontend",
-        "the identity the token names"
-    );
+    Mesh { ca: Some(ca), dir, app, server, client }
+}
 
-    // New connections now and then (each request on its own connection every tenth time), so
-    // renewed certificates are exercised in handshakes as well as kept-alive connections.
-    let (mut server_serials, mut client_serials) = (BTreeSet::new(), BTreeSet::new());
-    let (mut sent, mut failed) = (0u32, Vec::new());
-    let started = Instant::now();
-    let mut connection = None;
-    while (server_serials.len() < 4 || client_serials.len() < 4) && started.elapsed() < DEADLINE {
-        server_serials.insert(server.tls.current().unwrap().leaf.serial.clone());
-        client_serials.insert(client.tls.current().unwrap().leaf.serial.clone());
-        if sent % 10 == 0 || connection.is_none() {
-            let stream = tokio::net::TcpStream::connect(client.running.outbound[0]).await.unwrap();
+/// A steady stream of requests through the pair: every tenth on a new connection, so that
+/// renewed certificates are exercised in handshakes as well as kept-alive connections.
+struct Stream {
+    connection: Option<hyper::client::conn::http1::SendRequest<http_body_util::Empty<hyper::body::Bytes>>>,
+    sent: u32,
+    failed: Vec<String>,
+}
+
+impl Stream {
+    fn new() -> Stream {
+        Stream { connection: None, sent: 0, failed: Vec::new() }
+    }
+
+    async fn send(&mut self, mesh: &Mesh) {
+        if self.sent % 10 == 0 || self.connection.is_none() {
+            let stream = tokio::net::TcpStream::connect(mesh.client.running.outbound[0]).await.unwrap();
             let (sender, conn) =
                 hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream)).await.unwrap();
             tokio::spawn(conn);
-            connection = Some(sender);
+            self.connection = Some(sender);
         }
-        let sender = connection.as_mut().unwrap();
+        let Some(sender) = self.connection.as_mut() else { return };
         let request = http::Request::get("/")
-            .header("host", format!("web:{}", app.port()))
+            .header("host", format!("web:{}", mesh.app.port()))
             .body(http_body_util::Empty::<hyper::body::Bytes>::new())
             .unwrap();
-        sent += 1;
+        self.sent += 1;
         match sender.send_request(request).await {
             Ok(response) if response.status() == 200 => {}
-            Ok(response) => failed.push(format!("status {}", response.status())),
+            Ok(response) => self.failed.push(format!("status {}", response.status())),
             Err(e) => {
-                failed.push(e.to_string());
-                connection = None;
+                self.failed.push(e.to_string());
+                self.connection = None;
             }
         }
         tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+
+    fn assert_none_failed(&self) {
+        assert!(
+            self.failed.is_empty(),
+            "{} of {} requests failed: {:?}",
+            self.failed.len(),
+            self.sent,
+            self.failed
+        );
+    }
+}
+
+fn serial(proxy: &Proxy) -> String {
+    proxy.tls.current().unwrap().leaf.serial.clone()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn certificates_rotate_under_a_steady_stream_without_a_failed_request() {
+    let mesh = mesh(LIFETIME).await;
+    assert_eq!(
+        mesh.client.tls.current().unwrap().leaf.id.to_string(),
+        "spiffe://cluster.local/ns/test/sa/frontend",
+        "the identity the token names"
+    );
+    let (mut server_serials, mut client_serials) = (BTreeSet::new(), BTreeSet::new());
+    let mut stream = Stream::new();
+    let started = Instant::now();
+    while (server_serials.len() < 4 || client_serials.len() < 4) && started.elapsed() < DEADLINE {
+        server_serials.insert(serial(&mesh.server));
+        client_serials.insert(serial(&mesh.client));
+        stream.send(&mesh).await;
     }
     assert!(
         server_serials.len() >= 4 && client_serials.len() >= 4,
@@ -169,8 +232,55 @@ endpoints:
         server_serials.len(),
         client_serials.len(),
         started.elapsed(),
+        mesh.ca.as_ref().unwrap().logs()
+    );
+    stream.assert_none_failed();
+    assert!(stream.sent > 100, "a steady stream: {}", stream.sent);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn proxies_keep_serving_while_the_ca_is_down_and_renew_once_it_is_back() {
+    let mut mesh = mesh(OUTAGE_LIFETIME).await;
+    let secure = mesh.ca.as_ref().unwrap().secure;
+    let first = (serial(&mesh.server), serial(&mesh.client));
+    drop(mesh.ca.take());
+
+    // Both proxies try to renew at half life, fail, and keep serving on what they have.
+    let mut stream = Stream::new();
+    let started = Instant::now();
+    while (mesh.server.tls.failed_requests() == 0 || mesh.client.tls.failed_requests() == 0)
+        && started.elapsed() < DEADLINE
+    {
+        stream.send(&mesh).await;
+    }
+    assert!(
+        mesh.server.tls.failed_requests() > 0 && mesh.client.tls.failed_requests() > 0,
+        "both proxies tried the CA while it was down"
+    );
+    assert_eq!((serial(&mesh.server), serial(&mesh.client)), first, "nothing renewed while the CA was down");
+    let metrics = mesh.client.running.proxy.metrics.render();
+    assert!(
+        metrics
+            .lines()
+            .any(|l| l.starts_with("trellis_workload_certificate_request_failures_total ")
+                && !l.ends_with(" 0")),
+        "the failures are counted:\n{metrics}"
+    );
+    stream.assert_none_failed();
+    let during_outage = stream.sent;
+
+    // The same CA (its cacerts) back on the same address: both renew, still no request lost.
+    let ca = start_ca(mesh.dir.path(), &secure.to_string());
+    let renewed = Instant::now();
+    while (serial(&mesh.server) == first.0 || serial(&mesh.client) == first.1) && renewed.elapsed() < DEADLINE
+    {
+        stream.send(&mesh).await;
+    }
+    assert!(
+        serial(&mesh.server) != first.0 && serial(&mesh.client) != first.1,
+        "both renewed after the CA came back; log:\n{}",
         ca.logs()
     );
-    assert!(failed.is_empty(), "{} of {sent} requests failed: {failed:?}", failed.len());
-    assert!(sent > 100, "a steady stream: {sent}");
+    stream.assert_none_failed();
+    assert!(during_outage > 20, "requests went on during the outage: {during_outage}");
 }

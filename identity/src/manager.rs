@@ -44,12 +44,14 @@ pub async fn keep_certified(tls: Arc<MeshTls>, renewal: Renewal) {
                         renew_after(remaining)
                     }
                     Err(e) => {
+                        tls.record_failed_request();
                         tracing::warn!(error = %e, "the CA's certificate cannot be used");
                         next_backoff(&mut backoff, &tls)
                     }
                 }
             }
             Err(e) => {
+                tls.record_failed_request();
                 tracing::warn!(error = %e, retry_in = ?backoff, "certificate request failed; keeping the current certificate");
                 next_backoff(&mut backoff, &tls)
             }

@@ -85,6 +85,8 @@ pub struct MeshTls {
     trust_domain: String,
     slot: Arc<ArcSwapOption<WorkloadCertificate>>,
     trust: ArcSwapOption<Trust>,
+    /// Certificate requests that failed (CA away, token refused, unusable answer).
+    failed_requests: std::sync::atomic::AtomicU64,
 }
 
 /// Everything that depends on the trust bundle.
@@ -111,6 +113,7 @@ impl MeshTls {
             trust_domain: trust_domain.to_owned(),
             slot: Arc::new(ArcSwapOption::empty()),
             trust: ArcSwapOption::empty(),
+            failed_requests: std::sync::atomic::AtomicU64::new(0),
         })
     }
 
@@ -127,6 +130,15 @@ impl MeshTls {
         }
         self.slot.store(Some(Arc::new(cert)));
         Ok(())
+    }
+
+    /// Counts a certificate request that failed, for the metrics.
+    pub fn record_failed_request(&self) {
+        self.failed_requests.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    pub fn failed_requests(&self) -> u64 {
+        self.failed_requests.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     pub fn current(&self) -> Option<Arc<WorkloadCertificate>> {

@@ -160,6 +160,8 @@ pub struct Metrics {
     mesh: std::sync::OnceLock<Arc<trellis_identity::tls::MeshTls>>,
     /// Set when scraped, from the certificate held then.
     cert_expiry: prometheus_client::metrics::gauge::Gauge,
+    csr_failures: prometheus_client::metrics::counter::Counter<u64, std::sync::atomic::AtomicU64>,
+    csr_sync: std::sync::Mutex<()>,
 }
 
 fn policy_label(security: &Security) -> &'static str {
@@ -222,6 +224,13 @@ impl Metrics {
             "When the workload certificate expires (Unix time); 0 without one",
             cert_expiry.clone(),
         );
+        let csr_failures =
+            prometheus_client::metrics::counter::Counter::<u64, std::sync::atomic::AtomicU64>::default();
+        registry.register(
+            "trellis_workload_certificate_request_failures",
+            "Certificate requests to the CA that failed; the proxy keeps its valid certificate and retries",
+            csr_failures.clone(),
+        );
         Metrics {
             registry,
             workload,
@@ -237,6 +246,8 @@ impl Metrics {
             inbound_refused,
             mesh: std::sync::OnceLock::new(),
             cert_expiry,
+            csr_failures,
+            csr_sync: std::sync::Mutex::new(()),
         }
     }
 
@@ -367,6 +378,12 @@ impl Metrics {
             c.leaf.not_after.duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs() as i64)
         });
         self.cert_expiry.set(expiry);
+        // The count lives in the identity crate; bring this counter up to it (one scrape at a
+        // time, so that two do not both add the difference).
+        if let (Some(mesh), Ok(_one)) = (self.mesh.get(), self.csr_sync.lock()) {
+            let behind = mesh.failed_requests().saturating_sub(self.csr_failures.get());
+            self.csr_failures.inc_by(behind);
+        }
         let mut out = String::new();
         let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
         out

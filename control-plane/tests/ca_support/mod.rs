@@ -202,3 +202,15 @@ pub fn write_atomically(path: &Path, text: &str) {
     std::fs::write(&tmp, text).unwrap();
     std::fs::rename(&tmp, path).unwrap();
 }
+
+/// Istio's `cacerts` layout of `material` in `dir`.
+pub fn write_cacerts(dir: &Path, material: &trellis_identity::ca::CaMaterial) {
+    for (file, text) in [
+        ("ca-cert.pem", &material.ca_cert),
+        ("ca-key.pem", &material.ca_key),
+        ("root-cert.pem", &material.root_cert),
+        ("cert-chain.pem", &material.cert_chain),
+    ] {
+        write_atomically(&dir.join(file), text);
+    }
+}
