@@ -171,7 +171,7 @@ impl Stream {
     }
 
     async fn send(&mut self, mesh: &Mesh) {
-        if self.sent % 10 == 0 || self.connection.is_none() {
+        if self.sent.is_multiple_of(10) || self.connection.is_none() {
             let stream = tokio::net::TcpStream::connect(mesh.client.running.outbound[0]).await.unwrap();
             let (sender, conn) =
                 hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream)).await.unwrap();
