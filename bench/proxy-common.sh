@@ -51,7 +51,7 @@ YAML
 }
 
 # start_trellis NAME ENDPOINT_PORT BASE BINARY [launcher...]: a Trellis proxy in explicit mode
-# with one worker, on ports BASE (outbound) to BASE+4, whose `bench:$UP` goes to
+# with one worker, on ports BASE (outbound) to BASE+5, whose `bench:$UP` goes to
 # 127.0.0.1:ENDPOINT_PORT; its inbound port delivers to 127.0.0.1:<authority port>. Started
 # through the launcher when given (e.g. `taskset -c 0`); its pid is in $work/NAME.pids.
 start_trellis() {
@@ -60,7 +60,8 @@ start_trellis() {
   bench_config "$work/$name.yaml" "$endpoint_port"
   RUST_LOG=warn "$@" "$binary" --config "$work/$name.yaml" --concurrency 1 \
     --outbound-port "$base" --inbound-port $((base + 1)) --admin-port $((base + 2)) \
-    --readiness-port $((base + 3)) --stats-port $((base + 4)) --explicit-inbound > /dev/null 2>&1 &
+    --readiness-port $((base + 3)) --stats-port $((base + 4)) --status-port $((base + 5)) \
+    --explicit-inbound > /dev/null 2>&1 &
   pids+=($!)
   echo $! > "$work/$name.pids"
   wait_port "$base"

@@ -71,7 +71,7 @@ per_request() {
 }
 
 trellis=("$PROXY" --config "$work/trellis.yaml" --concurrency 1 --outbound-port 18100 --inbound-port 18101
-  --admin-port 18102 --readiness-port 18103 --stats-port 18104 --explicit-inbound)
+  --admin-port 18102 --readiness-port 18103 --stats-port 18104 --status-port 18105 --explicit-inbound)
 per_request trellis-outbound 18100 "${trellis[@]}"
 per_request trellis-inbound 18101 "${trellis[@]}"
 if [ -n "${PGO_PROXY:-}" ]; then # the profile-guided build (scripts/build-pgo.sh)

@@ -1,7 +1,9 @@
 //! The proxy's own endpoints: admin on localhost (15000), readiness (15021), Prometheus (15090).
+//! The status port (15020) is `app_health`'s, served the same way.
 
 use std::convert::Infallible;
 use std::fmt::Write as _;
+use std::future::Future;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
@@ -25,42 +27,64 @@ pub enum Endpoints {
 }
 
 pub async fn serve(listener: TcpListener, which: Endpoints, proxy: Arc<Proxy>) {
+    let shared = proxy.clone();
+    serve_http1(listener, proxy, move |request| {
+        let response = answer(request, which, &shared);
+        async move { response }
+    })
+    .await
+}
+
+/// Bounds what a client of these ports can make the proxy buffer: as on the data path (60 KiB
+/// of headers), far more than a kubelet's, Prometheus's or a browser's GET.
+const MAX_REQUEST_HEAD: usize = 64 * 1024;
+
+/// Serves HTTP/1.1 on `listener`, each request answered by `handle`. These ports face the
+/// network, whose clients (kubelet, Prometheus) speak HTTP/1.1: hyper's HTTP/1 server, with
+/// the proxy's header timeout, which also closes a connection that never sends a byte.
+/// (Telling HTTP/1 from HTTP/2 first would wait for those bytes without a deadline.)
+pub(crate) async fn serve_http1<H, F>(listener: TcpListener, proxy: Arc<Proxy>, handle: H)
+where
+    H: Fn(Request<Incoming>) -> F + Clone + Send + 'static,
+    F: Future<Output = Response<Body>> + Send + 'static,
+{
     loop {
         let Ok((stream, _)) = listener.accept().await else {
             // Out of file descriptors: let some close before trying again.
             tokio::time::sleep(std::time::Duration::from_millis(50)).await;
             continue;
         };
-        let proxy = proxy.clone();
+        let header_timeout = proxy.config.load().limits.header_read_timeout;
+        let handle = handle.clone();
         tokio::spawn(async move {
-            let header_timeout = proxy.config.load().limits.header_read_timeout;
             let service = service_fn(move |request| {
-                let proxy = proxy.clone();
-                async move { Ok::<_, Infallible>(answer(request, which, &proxy)) }
+                let response = handle(request);
+                async move { Ok::<_, Infallible>(response.await) }
             });
-            // These ports face the network, whose clients (kubelet, Prometheus) speak
-            // HTTP/1.1: hyper's HTTP/1 server, with the proxy's header timeout, which also
-            // closes a connection that never sends a byte. (Telling HTTP/1 from HTTP/2 first
-            // would wait for those bytes without a deadline.)
             let _ = http1::Builder::new()
                 .timer(TokioTimer::new())
                 .header_read_timeout(header_timeout)
+                .max_buf_size(MAX_REQUEST_HEAD)
                 .serve_connection(TokioIo::new(stream), service)
                 .await;
         });
     }
 }
 
+/// `/healthz/ready`: ready once the proxy holds a first full configuration (and a certificate,
+/// with a mesh identity), and not draining.
+pub(crate) fn readiness(proxy: &Proxy) -> Response<Body> {
+    if proxy.is_ready() {
+        text(StatusCode::OK, "ready\n")
+    } else {
+        text(StatusCode::SERVICE_UNAVAILABLE, "not ready\n")
+    }
+}
+
 fn answer(request: Request<Incoming>, which: Endpoints, proxy: &Proxy) -> Response<Body> {
     let path = request.uri().path();
     match (which, request.method(), path) {
-        (Endpoints::Readiness, &Method::GET, "/healthz/ready") => {
-            if proxy.is_ready() {
-                text(StatusCode::OK, "ready\n")
-            } else {
-                text(StatusCode::SERVICE_UNAVAILABLE, "not ready\n")
-            }
-        }
+        (Endpoints::Readiness, &Method::GET, "/healthz/ready") => readiness(proxy),
         (Endpoints::Stats, &Method::GET, "/stats/prometheus")
         | (Endpoints::Admin, &Method::GET, "/stats/prometheus") => {
             let mut response = Response::new(full(Bytes::from(proxy.metrics.render())));

@@ -49,6 +49,12 @@ struct Args {
     readiness_port: u16,
     #[arg(long, default_value_t = 15090)]
     stats_port: u16,
+    /// The status port, where the kubelet's probes of the app arrive
+    /// (`/app-health/<container>/livez|readyz|startupz`, run as ISTIO_KUBE_APP_PROBERS describes
+    /// them) and `/healthz/ready`. Default: PROXY_CONFIG's `statusPort` (0 there: no status
+    /// port), else 15020.
+    #[arg(long, env = "STATUS_PORT")]
+    status_port: Option<u16>,
     /// Also listen on IPv6.
     #[arg(long)]
     ipv6: bool,
@@ -98,12 +104,18 @@ struct FromEnvironment {
     concurrency: Option<usize>,
     drain: Option<Duration>,
     discovery_address: Option<String>,
+    status_port: Option<u16>,
 }
 
 /// Reads `PROXY_CONFIG` (JSON); a value that cannot be used is an error naming the field.
 fn proxy_config_env() -> Result<FromEnvironment, String> {
     let Ok(text) = std::env::var("PROXY_CONFIG") else {
-        return Ok(FromEnvironment { concurrency: None, drain: None, discovery_address: None });
+        return Ok(FromEnvironment {
+            concurrency: None,
+            drain: None,
+            discovery_address: None,
+            status_port: None,
+        });
     };
     let config: trellis_api::mesh::ProxyConfig =
         serde_json::from_str(&text).map_err(|e| format!("PROXY_CONFIG: {e}"))?;
@@ -117,7 +129,26 @@ fn proxy_config_env() -> Result<FromEnvironment, String> {
         .map(|d| d.to_std().map_err(|e| format!("PROXY_CONFIG: terminationDrainDuration: {e}")))
         .transpose()?;
     let discovery_address = config.discovery_address.filter(|a| !a.is_empty());
-    Ok(FromEnvironment { concurrency, drain, discovery_address })
+    let status_port = config
+        .status_port
+        .map(|n| {
+            u16::try_from(n).map_err(|_| format!("PROXY_CONFIG: statusPort: {n} is out of range 0-65535"))
+        })
+        .transpose()?;
+    Ok(FromEnvironment { concurrency, drain, discovery_address, status_port })
+}
+
+/// The status port: the flag (or STATUS_PORT), else PROXY_CONFIG's, else Istio's 15020.
+/// `None` when PROXY_CONFIG says 0: the injector writes that for a pod annotated
+/// `status.sidecar.istio.io/port: "0"`, whose probes it then leaves alone. (A flag of 0 picks
+/// a free port, as for every listener.)
+fn status_port(flag: Option<u16>, from_config: Option<u16>) -> Option<u16> {
+    match (flag, from_config) {
+        (Some(port), _) => Some(port),
+        (None, Some(0)) => None,
+        (None, Some(port)) => Some(port),
+        (None, None) => Some(trellis_api::mesh::DEFAULT_STATUS_PORT),
+    }
 }
 
 /// Istio's level names, as tracing filters.
@@ -172,6 +203,16 @@ where
             return ExitCode::from(2);
         }
     };
+    // Checked before anything starts: a probe that cannot run would fail the pod's probes one
+    // by one, far from the cause.
+    let probers = match crate::app_health::AppProbers::from_env() {
+        Ok(p) => p,
+        Err(e) => {
+            eprintln!("trellis-proxy: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let status = status_port(args.status_port, from_env.status_port).map(|port| (port, probers));
     let filter = EnvFilter::try_new(log_filter(&args)).unwrap_or_else(|_| EnvFilter::new("info"));
     let (filter, handle) = tracing_subscriber::reload::Layer::new(filter);
     tracing_subscriber::registry()
@@ -228,7 +269,7 @@ where
         }
     };
     drop(entered);
-    runtime.block_on(serve(args, drain_timeout, log_control, xds, identity))
+    runtime.block_on(serve(args, drain_timeout, log_control, xds, identity, status))
 }
 
 /// The mesh identity from the command line and the pod's environment: who to ask (the CA),
@@ -312,6 +353,7 @@ async fn serve(
     log_control: LogControl,
     xds: Option<XdsOptions>,
     identity: Option<crate::Identity>,
+    status: Option<(u16, crate::app_health::AppProbers)>,
 ) -> ExitCode {
     let any = |port| match args.listen_address {
         Some(ip) => vec![SocketAddr::new(ip, port)],
@@ -341,16 +383,35 @@ async fn serve(
             return ExitCode::FAILURE;
         }
     };
+    let status = match status {
+        Some((port, probers)) => {
+            // The app listens on localhost (or every address) in its pod; next to other pods on
+            // one host (--listen-address), on its pod's own address.
+            let app_host = args
+                .listen_address
+                .filter(|ip| !ip.is_unspecified())
+                .unwrap_or(IpAddr::V4(Ipv4Addr::LOCALHOST));
+            match crate::app_health::start(&running.proxy, &any(port), probers, app_host) {
+                Ok(bound) => bound,
+                Err(e) => {
+                    eprintln!("trellis-proxy: {e}");
+                    return ExitCode::FAILURE;
+                }
+            }
+        }
+        None => Vec::new(),
+    };
     tracing::info!(outbound = ?running.outbound, inbound = ?running.inbound, "trellis-proxy started");
     // One line a supervisor (or a test) can read: where each listener ended up.
     let first = |addrs: &[SocketAddr]| addrs.first().map(ToString::to_string).unwrap_or_default();
     println!(
-        "trellis-proxy listening: outbound {} inbound {} admin {} readiness {} stats {}",
+        "trellis-proxy listening: outbound {} inbound {} admin {} readiness {} stats {} status {}",
         first(&running.outbound),
         first(&running.inbound),
         first(&running.admin),
         first(&running.readiness),
-        first(&running.stats)
+        first(&running.stats),
+        status.first().map_or_else(|| "off".to_owned(), ToString::to_string)
     );
     let proxy = running.proxy;
     let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
@@ -396,5 +457,19 @@ fn wait(timeout: Duration, port: u16) -> ExitCode {
             return ExitCode::FAILURE;
         }
         std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::status_port;
+
+    #[test]
+    fn the_status_port_is_the_flags_then_proxy_configs_then_15020() {
+        assert_eq!(status_port(Some(0), Some(0)), Some(0), "a flag of 0 is a free port");
+        assert_eq!(status_port(Some(15999), Some(15020)), Some(15999));
+        assert_eq!(status_port(None, Some(0)), None, "statusPort 0: off");
+        assert_eq!(status_port(None, Some(16000)), Some(16000));
+        assert_eq!(status_port(None, None), Some(15020));
     }
 }

@@ -4,8 +4,10 @@
 //! and forwarded by `forward` (routes from `route`, clusters from `cluster`, endpoints picked by
 //! `balance`, connections from `upstream`); TCP is relayed by `tcp`. `config` compiles the
 //! configuration that all of this reads, `watch` reloads it, `admin` and `metrics` show it.
+//! `app_health` serves the status port, where the kubelet's probes of the app arrive.
 
 pub mod admin;
+pub mod app_health;
 pub mod balance;
 pub mod body;
 pub mod cli;

@@ -14,8 +14,14 @@ use http::{StatusCode, Version};
 /// The proxy binary with every listener on a free port (it prints where they ended up).
 fn proxy_on_free_ports() -> Command {
     let mut command = Command::new(env!("CARGO_BIN_EXE_trellis-proxy"));
-    for listener in ["--outbound-port", "--inbound-port", "--admin-port", "--readiness-port", "--stats-port"]
-    {
+    for listener in [
+        "--outbound-port",
+        "--inbound-port",
+        "--admin-port",
+        "--readiness-port",
+        "--stats-port",
+        "--status-port",
+    ] {
         command.args([listener, "0"]);
     }
     command

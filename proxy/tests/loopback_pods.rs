@@ -12,7 +12,7 @@ use std::process::{Command, Stdio};
 use common::{Client, KillOnDrop, Upstream};
 use http::{StatusCode, Version};
 
-/// The addresses a started proxy printed: outbound, inbound, admin, readiness, stats.
+/// The addresses a started proxy printed: outbound, inbound, admin, readiness, stats, status.
 fn start_proxy(dir: &std::path::Path, ip: &str) -> (KillOnDrop, Vec<SocketAddr>) {
     let config = dir.join("empty.yaml");
     std::fs::write(&config, "").unwrap();
@@ -21,16 +21,16 @@ fn start_proxy(dir: &std::path::Path, ip: &str) -> (KillOnDrop, Vec<SocketAddr>)
         .arg(&config)
         .args(["--listen-address", ip, "--explicit-inbound", "--log-level", "warn"])
         .args(["--outbound-port", "0", "--inbound-port", "0", "--admin-port", "0"])
-        .args(["--readiness-port", "0", "--stats-port", "0"])
+        .args(["--readiness-port", "0", "--stats-port", "0", "--status-port", "0"])
         .stdout(Stdio::piped())
         .spawn()
         .unwrap();
     let mut line = String::new();
     BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
-    // "trellis-proxy listening: outbound A inbound B admin C readiness D stats E"
+    // "trellis-proxy listening: outbound A inbound B admin C readiness D stats E status F"
     let addrs: Vec<SocketAddr> =
         line.split_whitespace().skip(3).step_by(2).filter_map(|a| a.parse().ok()).collect();
-    assert_eq!(addrs.len(), 5, "unexpected first line: {line:?}");
+    assert_eq!(addrs.len(), 6, "unexpected first line: {line:?}");
     (KillOnDrop(child), addrs)
 }
 
