@@ -219,16 +219,18 @@ async fn serve(args: Args, mesh: MeshConfig) -> Result<(), String> {
     // One line a supervisor (or a test) can read: where each listener ended up. New words go
     // at the end: readers take the first ones by position.
     println!("trellisd listening: xds {xds_local} monitoring {monitoring_local} secure {secure_local}");
-    let service = AdsService::new(XdsServer::new(generations, proxies, metrics), 4 << 20);
+    let server = XdsServer::new(generations, proxies, metrics);
+    let secure_service = AdsService::new(server.authenticated(ca.authenticator.clone()), 4 << 20);
     let plaintext = grpc_server()
-        .add_service(service.clone())
+        .add_service(AdsService::new(server, 4 << 20))
         .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(xds));
-    // The same ADS service over TLS, and the CA, which is only ever reached over TLS.
+    // The same ADS service over TLS, where a stream's token must match its node's namespace,
+    // and the CA, which is only ever reached over TLS.
     let tls = grpc_server()
         // Room for a bearer token up to the CA's own bound (16 KiB), so that a longer one is
         // refused with the CA's message rather than a bare HTTP/2 error.
         .http2_max_header_list_size(Some(32 * 1024))
-        .add_service(service)
+        .add_service(secure_service)
         .add_service(ca.service)
         .serve_with_incoming(tls_incoming::incoming(secure, ca.tls));
     // xDS streams never finish on their own, so a graceful drain would wait forever: on a

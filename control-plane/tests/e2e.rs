@@ -140,6 +140,7 @@ fn start_proxy(xds: SocketAddr, name: &str) -> trellis_proxy::Running {
                 workload: name.into(),
                 labels: [("app".to_owned(), name.to_owned())].into(),
             },
+            secure: None,
         }),
         explicit_inbound: false,
         identity: None,

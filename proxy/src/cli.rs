@@ -250,7 +250,7 @@ where
         }
     };
     let xds = match (&args.config, args.discovery_address.clone().or(from_env.discovery_address)) {
-        (None, Some(address)) => match xds_options(address, &args.pod_labels_file) {
+        (None, Some(address)) => match xds_options(address, &args) {
             Ok(options) => Some(options),
             Err(e) => {
                 eprintln!("trellis-proxy: {e}");
@@ -310,7 +310,8 @@ fn identity_options(args: &Args, xds: Option<&XdsOptions>) -> Result<Option<crat
 }
 
 /// Who this proxy is, from the pod's environment (as the injection template sets it).
-fn xds_options(address: String, labels_file: &std::path::Path) -> Result<XdsOptions, String> {
+fn xds_options(address: String, args: &Args) -> Result<XdsOptions, String> {
+    let labels_file = &args.pod_labels_file;
     let env = |name: &str| std::env::var(name).unwrap_or_default();
     let namespace = env("POD_NAMESPACE");
     if namespace.is_empty() {
@@ -328,9 +329,32 @@ fn xds_options(address: String, labels_file: &std::path::Path) -> Result<XdsOpti
             Err(_) => Default::default(),
         },
     };
+    let secure = secure_xds(&address, args)?;
     let address = if address.contains("://") { address } else { format!("http://{address}") };
     let id = format!("sidecar~{}~{pod}.{namespace}~{namespace}.svc.cluster.local", env("INSTANCE_IP"));
-    Ok(XdsOptions { address, node: ProxyNode { id, namespace, workload, labels } })
+    Ok(XdsOptions { address, node: ProxyNode { id, namespace, workload, labels }, secure })
+}
+
+/// xDS over TLS when the discovery address says so (`https://`, or Istio's TLS port 15012):
+/// verified against the mesh root, authenticated by the pod's token.
+fn secure_xds(address: &str, args: &Args) -> Result<Option<crate::xds::SecureXds>, String> {
+    let (scheme, authority) = address.split_once("://").unwrap_or(("", address));
+    let port = authority.rsplit_once(':').map(|(_, port)| port);
+    if scheme != "https" && port != Some("15012") {
+        return Ok(None);
+    }
+    let root_pem = std::fs::read_to_string(&args.ca_root_cert).map_err(|e| {
+        format!(
+            "discovery address {address} is TLS, which needs the mesh root: --ca-root-cert {}: {e}",
+            args.ca_root_cert.display()
+        )
+    })?;
+    Ok(Some(crate::xds::SecureXds {
+        authority: authority.to_owned(),
+        root_pem,
+        server_name: args.ca_server_name.clone(),
+        token_file: args.token_file.clone(),
+    }))
 }
 
 /// The downward API's label file: `key="value"` per line, the value quoted as in Go.
@@ -462,7 +486,28 @@ fn wait(timeout: Duration, port: u16) -> ExitCode {
 
 #[cfg(test)]
 mod tests {
-    use super::status_port;
+    use super::{Args, secure_xds, status_port};
+    use clap::Parser;
+
+    #[test]
+    fn xds_goes_over_tls_to_15012_or_https_and_then_needs_the_mesh_root() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("root-cert.pem");
+        std::fs::write(&root, "a root").unwrap();
+        let with_root =
+            Args::try_parse_from(["trellis-proxy", "--ca-root-cert", root.to_str().unwrap()]).unwrap();
+        assert!(secure_xds("http://trellisd.trellis-system.svc:15010", &with_root).unwrap().is_none());
+        let secure = secure_xds("http://trellisd.trellis-system.svc:15012", &with_root).unwrap().unwrap();
+        assert_eq!(
+            (secure.authority.as_str(), secure.root_pem.as_str()),
+            ("trellisd.trellis-system.svc:15012", "a root")
+        );
+        assert!(secure_xds("https://cp.example:443", &with_root).unwrap().is_some());
+        let without =
+            Args::try_parse_from(["trellis-proxy", "--ca-root-cert", "/nonexistent/root.pem"]).unwrap();
+        let err = secure_xds("http://trellisd:15012", &without).unwrap_err();
+        assert!(err.contains("is TLS") && err.contains("--ca-root-cert /nonexistent/root.pem"), "{err}");
+    }
 
     #[test]
     fn the_status_port_is_the_flags_then_proxy_configs_then_15020() {

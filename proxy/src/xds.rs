@@ -82,6 +82,21 @@ pub struct XdsOptions {
     /// `http://host:port`.
     pub address: String,
     pub node: ProxyNode,
+    /// TLS to the control plane (Istio's 15012), with the pod's token on each stream.
+    pub secure: Option<SecureXds>,
+}
+
+/// xDS over TLS, as a pod in the mesh reaches the control plane.
+#[derive(Clone, Debug)]
+pub struct SecureXds {
+    /// `host:port`.
+    pub authority: String,
+    /// The mesh root, which trellisd's certificate chains to.
+    pub root_pem: String,
+    /// The name trellisd's certificate must carry; the host of `authority` when `None`.
+    pub server_name: Option<String>,
+    /// Read for every stream: the kubelet rotates projected tokens.
+    pub token_file: std::path::PathBuf,
 }
 
 /// What the proxy holds: per type, each resource's version and encoding.
@@ -220,12 +235,27 @@ impl Client {
         requests: &mut mpsc::UnboundedReceiver<(ResourceType, String)>,
     ) -> Result<(), (String, bool)> {
         let fail = |e: String| (e, false);
-        let endpoint = tonic::transport::Endpoint::from_shared(self.options.address.clone())
-            .map_err(|e| fail(format!("discovery address {:?}: {e}", self.options.address)))?
-            .connect_timeout(CONNECT_TIMEOUT)
-            .tcp_nodelay(true)
-            .http2_keep_alive_interval(Duration::from_secs(30));
-        let channel = endpoint.connect().await.map_err(|e| fail(format!("connect: {e}")))?;
+        let (channel, token) = match &self.options.secure {
+            Some(secure) => {
+                let channel = trellis_identity::client::tls_channel(
+                    &secure.authority,
+                    &secure.root_pem,
+                    secure.server_name.as_deref(),
+                )
+                .map_err(|e| fail(format!("discovery address {}: {e}", secure.authority)))?;
+                let token = trellis_identity::client::read_token(&secure.token_file)
+                    .map_err(|e| fail(e.to_string()))?;
+                (channel, Some(token))
+            }
+            None => {
+                let endpoint = tonic::transport::Endpoint::from_shared(self.options.address.clone())
+                    .map_err(|e| fail(format!("discovery address {:?}: {e}", self.options.address)))?
+                    .connect_timeout(CONNECT_TIMEOUT)
+                    .tcp_nodelay(true)
+                    .http2_keep_alive_interval(Duration::from_secs(30));
+                (endpoint.connect().await.map_err(|e| fail(format!("connect: {e}")))?, None)
+            }
+        };
         let mut ads =
             AggregatedDiscoveryServiceClient::new(channel).max_decoding_message_size(MAX_RESPONSE_BYTES);
 
@@ -241,7 +271,9 @@ impl Client {
             let _ = tx.send(request);
         }
         let mut inbound = ads
-            .delta_aggregated_resources(UnboundedReceiverStream::new(rx))
+            .delta_aggregated_resources(
+                with_token(UnboundedReceiverStream::new(rx), token.as_deref()).map_err(fail)?,
+            )
             .await
             .map_err(|e| fail(format!("open stream: {}", e.message())))?
             .into_inner();
@@ -335,6 +367,18 @@ impl Client {
         }
         Ok(())
     }
+}
+
+/// The stream's request, carrying `authorization: Bearer <token>` when there is a token.
+fn with_token<T>(message: T, token: Option<&str>) -> Result<tonic::Request<T>, String> {
+    let mut request = tonic::Request::new(message);
+    if let Some(token) = token {
+        let value = format!("Bearer {token}")
+            .parse()
+            .map_err(|_| "the token file holds characters a header cannot carry".to_owned())?;
+        request.metadata_mut().insert("authorization", value);
+    }
+    Ok(request)
 }
 
 #[cfg(test)]

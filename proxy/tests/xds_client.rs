@@ -144,7 +144,7 @@ async fn fetches_on_demand_rejects_bad_updates_and_resumes_after_a_reconnect() {
         readiness: vec![local],
         stats: vec![local],
         config_file: None,
-        xds: Some(XdsOptions { address: format!("http://{address}"), node }),
+        xds: Some(XdsOptions { address: format!("http://{address}"), node, secure: None }),
         explicit_inbound: false,
         identity: None,
     };

@@ -48,6 +48,8 @@ pub struct CaOptions {
 pub struct Ca {
     pub current: CurrentCa,
     pub service: IstioCertificateServiceServer<CaService>,
+    /// Who a caller is, from its token: for the CA, and for xDS on the same port.
+    pub authenticator: Arc<Authenticator>,
     /// The TLS port's config, with trellisd's certificate from this CA.
     pub tls: watch::Receiver<Arc<ServerConfig>>,
 }
@@ -80,13 +82,14 @@ pub async fn start(
     }
     let tls = serving_cert::keep_serving_config(options.serving, current.clone())?;
     tracing::info!(ca = %current.borrow().origin, trust_domain = %options.trust_domain, "CA ready");
+    let authenticator = Arc::new(authenticator);
     let service = CaService {
         authority: current.clone(),
-        authenticator: Arc::new(authenticator),
+        authenticator: authenticator.clone(),
         trust_domain: options.trust_domain,
         lifetimes: options.lifetimes,
         metrics,
     }
     .into_server();
-    Ok(Ca { current, service, tls })
+    Ok(Ca { current, service, authenticator, tls })
 }

@@ -18,6 +18,7 @@ use trellis_xds::types::{ProxyNode, ResourceType};
 use super::generation::Generation;
 use super::metrics::XdsMetrics;
 use super::session::{Outgoing, Session, TypeStatus};
+use crate::ca::authenticate::{AuthError, Authenticator};
 use crate::memory::Activity;
 use crate::translate::{ProxyIdentity, scope_of};
 
@@ -75,6 +76,9 @@ pub struct XdsServer {
     registry: Arc<Registry>,
     permits: Arc<Semaphore>,
     metrics: Arc<XdsMetrics>,
+    /// On the TLS port: the caller's token must prove a service account of the namespace its
+    /// node claims (as istiod checks), so that no one reads another namespace's config.
+    authenticator: Option<Arc<Authenticator>>,
 }
 
 impl XdsServer {
@@ -83,7 +87,41 @@ impl XdsServer {
         registry: Arc<Registry>,
         metrics: Arc<XdsMetrics>,
     ) -> Self {
-        Self { generations, registry, permits: Arc::new(Semaphore::new(MAX_CONCURRENT_PUSHES)), metrics }
+        Self {
+            generations,
+            registry,
+            permits: Arc::new(Semaphore::new(MAX_CONCURRENT_PUSHES)),
+            metrics,
+            authenticator: None,
+        }
+    }
+
+    /// The same server, requiring each stream's token to match its node's namespace.
+    pub fn authenticated(&self, authenticator: Arc<Authenticator>) -> Self {
+        Self { authenticator: Some(authenticator), ..self.clone() }
+    }
+
+    async fn check_caller(
+        &self,
+        metadata: &tonic::metadata::MetadataMap,
+        node: &ProxyNode,
+    ) -> Result<(), Status> {
+        let Some(authenticator) = &self.authenticator else { return Ok(()) };
+        let caller = authenticator.authenticate(metadata).await.map_err(|e| {
+            tracing::info!(node = %node.id, "xDS stream refused: {e}");
+            match e {
+                AuthError::Unauthenticated(_) => Status::unauthenticated(e.to_string()),
+                AuthError::Unavailable(_) => Status::unavailable(e.to_string()),
+            }
+        })?;
+        if caller.namespace != node.namespace {
+            tracing::info!(node = %node.id, token_namespace = %caller.namespace, "xDS stream refused: namespace mismatch");
+            return Err(Status::permission_denied(format!(
+                "node {:?} claims namespace {:?}, but its token is for service account {}/{}",
+                node.id, node.namespace, caller.namespace, caller.service_account
+            )));
+        }
+        Ok(())
     }
 }
 
@@ -96,6 +134,7 @@ impl AggregatedDiscoveryService for XdsServer {
         &self,
         request: Request<Streaming<DeltaDiscoveryRequest>>,
     ) -> Result<Response<Self::DeltaAggregatedResourcesStream>, Status> {
+        let metadata = request.metadata().clone();
         let mut inbound = request.into_inner();
         let first = inbound
             .message()
@@ -106,6 +145,7 @@ impl AggregatedDiscoveryService for XdsServer {
             .as_ref()
             .ok_or_else(|| Status::invalid_argument("node: required on the first request"))
             .and_then(|n| ProxyNode::from_node(n).map_err(Status::invalid_argument))?;
+        self.check_caller(&metadata, &node).await?;
         let (tx, rx) = mpsc::channel(STREAM_BUFFER);
         let stream = Stream { server: self.clone(), node, tx };
         tokio::spawn(stream.run(first, inbound));
