@@ -81,19 +81,22 @@ pub(crate) fn readiness(proxy: &Proxy) -> Response<Body> {
     }
 }
 
+/// The proxy's metrics in Prometheus' text format.
+pub(crate) fn prometheus(proxy: &Proxy) -> Response<Body> {
+    let mut response = Response::new(full(Bytes::from(proxy.metrics.render())));
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        http::HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+    );
+    response
+}
+
 fn answer(request: Request<Incoming>, which: Endpoints, proxy: &Proxy) -> Response<Body> {
     let path = request.uri().path();
     match (which, request.method(), path) {
         (Endpoints::Readiness, &Method::GET, "/healthz/ready") => readiness(proxy),
         (Endpoints::Stats, &Method::GET, "/stats/prometheus")
-        | (Endpoints::Admin, &Method::GET, "/stats/prometheus") => {
-            let mut response = Response::new(full(Bytes::from(proxy.metrics.render())));
-            response.headers_mut().insert(
-                header::CONTENT_TYPE,
-                http::HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
-            );
-            response
-        }
+        | (Endpoints::Admin, &Method::GET, "/stats/prometheus") => prometheus(proxy),
         (Endpoints::Admin, &Method::GET, "/config_dump") => config_dump(proxy),
         (Endpoints::Admin, &Method::GET, "/clusters") => text(StatusCode::OK, &clusters(proxy)),
         (Endpoints::Admin, &Method::GET, "/certs") => json(&certs(proxy)),

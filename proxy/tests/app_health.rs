@@ -303,6 +303,12 @@ async fn unknown_paths_are_404_and_healthz_ready_follows_the_proxy() {
     let readiness = proxy.running.readiness[0];
     assert_eq!(get_text(status, "/healthz/ready").await, get_text(readiness, "/healthz/ready").await);
     assert_eq!(get_text(status, "/healthz/ready").await.0, StatusCode::OK);
+    let (code, metrics) = get_text(status, "/stats/prometheus").await;
+    assert_eq!(code, StatusCode::OK);
+    assert!(
+        metrics.contains("# TYPE trellis_workload_certificate_expiration_timestamp_seconds gauge"),
+        "the proxy's metrics, as 15090 serves them: {metrics}"
+    );
     proxy.running.proxy.start_drain();
     assert_eq!(get_text(status, "/healthz/ready").await, get_text(readiness, "/healthz/ready").await);
     assert_eq!(get_text(status, "/healthz/ready").await.0, StatusCode::SERVICE_UNAVAILABLE);

@@ -4,7 +4,8 @@
 //! (`/app-health/<container>/livez|readyz|startupz`, a port the redirect leaves alone) and hands
 //! over the originals in `ISTIO_KUBE_APP_PROBERS` (`probers`). Each GET runs the original probe
 //! against the app now (`probe`, `grpc`) and answers 200, or 503 with the reason;
-//! `/healthz/ready` answers as the readiness port does; anything else is 404.
+//! `/healthz/ready` answers as the readiness port does, `/stats/prometheus` serves the proxy's
+//! metrics (not merged with the app's); anything else is 404.
 
 pub mod grpc;
 mod probe;
@@ -77,6 +78,11 @@ async fn answer(request: Request<Incoming>, status: Arc<Status>) -> Response<Bod
     }
     if path == "/healthz/ready" {
         return crate::admin::readiness(&status.proxy);
+    }
+    // Where Istio's pods are scraped (prometheus.io/port: 15020). Only the proxy's own series:
+    // the app's are not merged in.
+    if path == "/stats/prometheus" {
+        return crate::admin::prometheus(&status.proxy);
     }
     let Some(prober) = status.probers.get(path) else {
         return text(StatusCode::NOT_FOUND, "not found\n");
