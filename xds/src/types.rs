@@ -93,6 +93,9 @@ pub fn settings_of(config: &pb::ProxyConfig) -> pb::ProxyConfig {
         protocol_detection_timeout: config.protocol_detection_timeout,
         limits: config.limits,
         inbound_tls: config.inbound_tls.clone(),
+        authorization: config.authorization.clone(),
+        jwt_providers: config.jwt_providers.clone(),
+        ext_authz: config.ext_authz.clone(),
         ..Default::default()
     }
 }

@@ -3,6 +3,7 @@
 //! through or refuse), the stream type that is either plaintext or TLS (`stream`), and what the
 //! app learns of its peer (`xfcc`).
 
+pub mod authz;
 pub mod inbound;
 pub mod stream;
 pub mod upstream;
