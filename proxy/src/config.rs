@@ -108,6 +108,8 @@ pub struct Snapshot {
     pub limits: Limits,
     /// PeerAuthentication, resolved for this workload.
     pub inbound_tls: InboundTls,
+    /// AuthorizationPolicy (and what else checks inbound requests), compiled.
+    pub inbound_policy: crate::security::policy::InboundPolicy,
     by_address: FastMap<SocketAddr, Arc<ServicePort>>,
     /// Lower-case host name, then port.
     by_name: FastMap<String, Vec<(u16, Arc<ServicePort>)>>,
@@ -301,9 +303,11 @@ impl Snapshot {
             })
             .collect::<Result<_, _>>()?;
         let inbound_tls = InboundTls::compile(config.inbound_tls.as_ref())?;
+        let inbound_policy = crate::security::policy::InboundPolicy::compile(&config)?;
         Ok(Snapshot {
             version,
             inbound_tls,
+            inbound_policy,
             outbound_policy,
             opaque_ports,
             detection_timeout: duration(

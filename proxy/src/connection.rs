@@ -196,6 +196,12 @@ async fn relay<S: AsyncRead + AsyncWrite + Unpin>(
             if proxy.is_own(original, conn.local.ip()) {
                 return;
             }
+            let policy = &snapshot.inbound_policy;
+            if !policy.is_empty() && !crate::security::policy::check_connection(conn, original, proxy, policy)
+            {
+                // Denied TCP is closed, as Istio's sidecars do.
+                return;
+            }
             let (addr, source) = crate::forward::inbound_delivery(original, conn);
             (
                 Key { addr, protocol: Protocol::Http1, source, tls: None },

@@ -738,6 +738,24 @@ async fn inbound(mut request: Request<Incoming>, conn: &Conn, proxy: &Proxy) -> 
             "NR",
         );
     }
+    // The app and the policies see one path: `/public/../admin` is `/admin` to both.
+    if let Some(normalized) = normalize_path(request.uri().path()) {
+        set_path(&mut request, &normalized);
+    }
+    let snapshot = proxy.config.load();
+    if !snapshot.inbound_policy.is_empty()
+        && let Err(refusal) = crate::security::policy::check_request(
+            &request,
+            conn,
+            target,
+            proxy,
+            &snapshot.inbound_policy,
+            is_grpc(&request),
+        )
+    {
+        return Outcome::new(refusal.response, service, refusal.flags);
+    }
+    drop(snapshot);
     let upgrade = headers::is_upgrade(request.headers());
     headers::strip_hop_by_hop(request.headers_mut(), upgrade);
     headers::ensure_request_id(request.headers_mut());

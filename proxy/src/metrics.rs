@@ -157,6 +157,7 @@ pub struct Metrics {
     tcp_opened: Family<TcpLabels, Counter>,
     tcp_closed: Family<TcpLabels, Counter>,
     inbound_refused: Family<RefusalLabels, Counter>,
+    authz: Family<AuthzLabels, Counter>,
     mesh: std::sync::OnceLock<Arc<trellis_identity::tls::MeshTls>>,
     /// Set when scraped, from the certificate held then.
     cert_expiry: prometheus_client::metrics::gauge::Gauge,
@@ -171,6 +172,17 @@ fn policy_label(security: &Security) -> &'static str {
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct RefusalLabels {
     pub reason: &'static str,
+}
+
+/// An authorization outcome worth counting: what was decided, by which policy and rule
+/// (`none` and empty when no ALLOW policy matched), on HTTP or TCP.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct AuthzLabels {
+    /// `deny`, `audit`, `custom_deny`, `dry_run_allow` or `dry_run_deny`.
+    pub decision: &'static str,
+    pub policy: Arc<str>,
+    pub rule: String,
+    pub protocol: &'static str,
 }
 
 /// One finished HTTP request, as the metrics see it.
@@ -218,6 +230,12 @@ impl Metrics {
             "Inbound connections closed by PeerAuthentication (plaintext under STRICT) or a failed mutual TLS handshake",
             inbound_refused.clone(),
         );
+        let authz = Family::<AuthzLabels, Counter>::default();
+        registry.register(
+            "trellis_authz_decisions",
+            "Requests and connections denied by AuthorizationPolicy (with the policy and rule that decided), matched by AUDIT rules, and what dry-run policies would have decided",
+            authz.clone(),
+        );
         let cert_expiry = prometheus_client::metrics::gauge::Gauge::default();
         registry.register(
             "trellis_workload_certificate_expiration_timestamp_seconds",
@@ -244,6 +262,7 @@ impl Metrics {
             tcp_opened,
             tcp_closed,
             inbound_refused,
+            authz,
             mesh: std::sync::OnceLock::new(),
             cert_expiry,
             csr_failures,
@@ -253,6 +272,10 @@ impl Metrics {
 
     pub fn inbound_refused(&self, reason: &'static str) {
         self.inbound_refused.get_or_create(&RefusalLabels { reason }).inc();
+    }
+
+    pub fn authz(&self, labels: &AuthzLabels) {
+        self.authz.get_or_create(labels).inc();
     }
 
     /// This workload on its side of the exchange, "unknown" on the other (peer identity comes

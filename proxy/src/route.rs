@@ -46,22 +46,31 @@ impl std::fmt::Debug for VirtualHost {
 }
 
 /// The path with its `.` and `..` segments resolved (RFC 3986), as Istio's default path
-/// normalization does, so that `/public/../admin` cannot slip past a route on `/admin`. A dot
-/// may be percent-encoded (`%2e`): `/public/%2e%2e/admin` is the same path to the app.
+/// normalization does, and runs of slashes merged, so that `/public/../admin` or `//admin`
+/// cannot slip past a route or a policy on `/admin`. A dot may be percent-encoded (`%2e`):
+/// `/public/%2e%2e/admin` is the same path to the app.
 /// `None` when there is nothing to resolve.
 pub fn normalize_path(path: &str) -> Option<String> {
-    // Most paths have neither a dot nor an escape: one scan settles them.
-    if !path.bytes().any(|b| b == b'.' || b == b'%') || !path.split('/').any(|s| dots(s).is_some()) {
+    // Most paths have neither a dot, an escape nor an empty segment: one scan settles them.
+    let doubled = path.as_bytes().windows(2).any(|w| w == b"//");
+    if !doubled
+        && (!path.bytes().any(|b| b == b'.' || b == b'%') || !path.split('/').any(|s| dots(s).is_some()))
+    {
         return None;
     }
     let segments: Vec<&str> = path.split('/').skip(1).collect();
+    let last = segments.len().saturating_sub(1);
     let mut kept: Vec<&str> = Vec::new();
-    for segment in &segments {
+    for (i, segment) in segments.iter().enumerate() {
         match dots(segment) {
             Some(1) => {}
             Some(_) => {
                 kept.pop();
             }
+            // Slashes merged (Istio's MERGE_SLASHES, which its hardening guide recommends):
+            // `//admin` is `/admin` to most apps, so it must be to the policies too. A
+            // trailing slash stays.
+            None if segment.is_empty() && i != last => {}
             None => kept.push(segment),
         }
     }
@@ -368,6 +377,9 @@ mod tests {
         assert_eq!(normalize_path("/./admin").as_deref(), Some("/admin"));
         assert_eq!(normalize_path("/../../etc/passwd").as_deref(), Some("/etc/passwd"));
         assert_eq!(normalize_path("/a/b/..").as_deref(), Some("/a/"));
+        assert_eq!(normalize_path("//admin").as_deref(), Some("/admin"));
+        assert_eq!(normalize_path("/a//b///c/").as_deref(), Some("/a/b/c/"));
+        assert_eq!(normalize_path("/a/b/").as_deref(), None, "a trailing slash is kept");
         assert_eq!(normalize_path("/..").as_deref(), Some("/"));
         assert_eq!(normalize_path("/a..b/c").as_deref(), None);
         assert_eq!(normalize_path("/.../c").as_deref(), None);

@@ -11,38 +11,16 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use common::mesh::{ca, certificate, identity, mesh};
 use common::{Client, TestProxy, Upstream, wait_until};
 use http::{StatusCode, Version};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
-use trellis_identity::SpiffeId;
 use trellis_identity::ca::{CaMaterial, CertificateAuthority};
 use trellis_identity::cert::WorkloadCertificate;
-use trellis_identity::client::new_key_and_csr;
-use trellis_identity::tls::MeshTls;
 
 const CLIENT_ID: &str = "spiffe://cluster.local/ns/test/sa/frontend";
 const SERVER_ID: &str = "spiffe://cluster.local/ns/test/sa/web";
-
-fn ca() -> CertificateAuthority {
-    CertificateAuthority::new(&CaMaterial::generate_root("cluster.local").unwrap()).unwrap()
-}
-
-fn certificate(ca: &CertificateAuthority, id: &str, ttl_seconds: i64) -> WorkloadCertificate {
-    let id = SpiffeId::parse(id).unwrap();
-    let (key, csr) = new_key_and_csr(&id).unwrap();
-    WorkloadCertificate::from_chain(ca.sign_workload(&csr, &id, ttl_seconds).unwrap(), key).unwrap()
-}
-
-fn mesh(ca: &CertificateAuthority, trust_domain: &str, id: &str) -> Arc<MeshTls> {
-    let tls = MeshTls::new(trust_domain);
-    tls.install(certificate(ca, id, 3600)).unwrap();
-    tls
-}
-
-fn identity(tls: Arc<MeshTls>) -> Option<trellis_proxy::Identity> {
-    Some(trellis_proxy::Identity { tls, renewal: None })
-}
 
 /// The caller's config: service `web` on the app's port, one endpoint (the server proxy's
 /// inbound port) that has a sidecar and runs as `accounts`.

@@ -13,6 +13,8 @@ pub static X_FORWARDED_CLIENT_CERT: HeaderName = HeaderName::from_static("x-forw
 pub struct Peer {
     /// Its SPIFFE ID (`source_principal`).
     pub principal: Arc<str>,
+    /// The same, parsed, for authorization.
+    pub id: trellis_identity::SpiffeId,
     xfcc: HeaderValue,
 }
 
@@ -20,13 +22,19 @@ impl Peer {
     /// From the certificates the peer presented (leaf first); `own` is this proxy's identity.
     pub fn new(certs: &[CertificateDer<'_>], own: &str) -> Option<Peer> {
         let leaf = certs.first()?;
-        let id = trellis_identity::cert::peer_id(certs)?.to_string();
+        let parsed = trellis_identity::cert::peer_id(certs)?;
+        let id = parsed.to_string();
         let digest = ring::digest::digest(&ring::digest::SHA256, leaf);
         let hash: String = digest.as_ref().iter().map(|b| format!("{b:02x}")).collect();
         // Mesh certificates have an empty subject; Envoy writes it quoted.
         let value = format!("By={own};Hash={hash};Subject=\"\";URI={id}");
         let xfcc = HeaderValue::try_from(value).ok()?;
-        Some(Peer { principal: id.into(), xfcc })
+        Some(Peer { principal: id.into(), id: parsed, xfcc })
+    }
+
+    /// The principal as AuthorizationPolicy writes it: without `spiffe://`.
+    pub fn istio_principal(&self) -> &str {
+        self.principal.strip_prefix("spiffe://").unwrap_or(&self.principal)
     }
 
     /// Appends this connection's element (Istio's APPEND_FORWARD on the inbound side).

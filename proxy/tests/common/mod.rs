@@ -4,6 +4,8 @@
 
 #![allow(dead_code)]
 
+pub mod mesh;
+
 use std::collections::BTreeMap;
 use std::convert::Infallible;
 use std::net::SocketAddr;

@@ -83,7 +83,7 @@ impl Req {
             destination_ip: "10.9.9.9".parse().unwrap(),
             destination_port: self.port,
             sni: None,
-            http: (!self.tcp).then(|| HttpAttributes {
+            http: (!self.tcp).then_some(HttpAttributes {
                 method: self.method,
                 host: self.host,
                 path: self.path,
