@@ -1,6 +1,6 @@
 //! Compiles the `.proto` files with protox (no system `protoc`), then generates prost types, the
-//! tonic service for the discovery envelope, and the proto3 JSON (serde) impls of Trellis's own
-//! messages with pbjson.
+//! tonic services for the discovery envelope and for external authorization, and the proto3
+//! JSON (serde) impls of Trellis's own messages with pbjson.
 
 use std::path::PathBuf;
 
@@ -10,6 +10,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "proto/envoy/service/discovery/v3/ads.proto",
         "proto/envoy/service/discovery/v3/discovery.proto",
         "proto/envoy/config/core/v3/base.proto",
+        "proto/envoy/config/core/v3/address.proto",
+        "proto/envoy/service/auth/v3/external_auth.proto",
+        "proto/envoy/service/auth/v3/attribute_context.proto",
+        "proto/envoy/type/v3/http_status.proto",
         "proto/google/rpc/status.proto",
     ];
     for proto in protos {

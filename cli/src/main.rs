@@ -2,6 +2,7 @@
 
 #![forbid(unsafe_code)]
 
+mod authz;
 mod demo;
 mod demo_app;
 mod embedded;
@@ -30,6 +31,9 @@ enum Command {
     /// The demo's tiny HTTP service: answers with its name, calls its downstreams, and can be
     /// told to fail or slow down a share of requests.
     DemoApp(demo_app::Args),
+    /// Authorization: why a request to a workload is allowed or denied.
+    #[command(subcommand)]
+    Authz(authz::Command),
     /// Check Istio resource files the way the mesh will read them.
     Validate(validate::Args),
     /// Add the sidecar to the workloads in a manifest, as the webhook would.
@@ -56,6 +60,7 @@ fn main() -> ExitCode {
         Command::Demo(args) => demo::run(&args),
         Command::DemoApp(args) => demo_app::run(args),
         Command::Validate(args) => validate::run(&args),
+        Command::Authz(command) => authz::run(&command),
         Command::Inject(args) => inject::run(&args),
         Command::ProxyStatus(args) => proxy_status::run(&args),
         Command::Crds => {

@@ -303,7 +303,8 @@ impl Snapshot {
             })
             .collect::<Result<_, _>>()?;
         let inbound_tls = InboundTls::compile(config.inbound_tls.as_ref())?;
-        let inbound_policy = crate::security::policy::InboundPolicy::compile(&config)?;
+        let inbound_policy =
+            crate::security::policy::InboundPolicy::compile(&config, previous.map(|p| &p.inbound_policy))?;
         Ok(Snapshot {
             version,
             inbound_tls,

@@ -742,20 +742,28 @@ async fn inbound(mut request: Request<Incoming>, conn: &Conn, proxy: &Proxy) -> 
     if let Some(normalized) = normalize_path(request.uri().path()) {
         set_path(&mut request, &normalized);
     }
-    let snapshot = proxy.config.load();
-    if !snapshot.inbound_policy.is_empty()
-        && let Err(refusal) = crate::security::policy::check_request(
-            &request,
-            conn,
-            target,
-            proxy,
-            &snapshot.inbound_policy,
-            is_grpc(&request),
-        )
-    {
-        return Outcome::new(refusal.response, service, refusal.flags);
+    // The snapshot is held across the CUSTOM provider's answer only when there are policies.
+    let with_policies = {
+        let current = proxy.config.load();
+        (!current.inbound_policy.is_empty()).then(|| arc_swap::Guard::into_inner(current))
+    };
+    if let Some(snapshot) = with_policies {
+        let grpc = is_grpc(&request);
+        let checked = box_out_of_line(|| {
+            crate::security::policy::check_request(
+                &mut request,
+                conn,
+                target,
+                proxy,
+                &snapshot.inbound_policy,
+                grpc,
+            )
+        })
+        .await;
+        if let Err(refusal) = checked {
+            return Outcome::new(refusal.response, service, refusal.flags);
+        }
     }
-    drop(snapshot);
     let upgrade = headers::is_upgrade(request.headers());
     headers::strip_hop_by_hop(request.headers_mut(), upgrade);
     headers::ensure_request_id(request.headers_mut());

@@ -8,6 +8,7 @@ mod common;
 
 use std::net::SocketAddr;
 
+use common::jwt::{ec_jwk, ec_key, es256_token, now};
 use common::mesh::{ca, identity, mesh};
 use common::{Client, TestProxy, Upstream};
 use http::{Request, StatusCode, Version};
@@ -187,4 +188,119 @@ async fn grpc_gets_permission_denied() {
     assert_eq!(answer.status, StatusCode::OK);
     assert_eq!(answer.header("grpc-status"), Some("7"), "PERMISSION_DENIED");
     assert_eq!(answer.header("grpc-message"), Some("RBAC: access denied"));
+}
+
+#[tokio::test]
+async fn jwt_identity_decides_with_request_principals_and_claims() {
+    let key = ec_key();
+    let jwks = serde_json::json!({ "keys": [ec_jwk(&key, "k1")] }).to_string();
+    let issuer = "https://issuer.example";
+    let token = |sub: &str, groups: &[&str]| {
+        es256_token(
+            &key,
+            "k1",
+            &serde_json::json!({ "iss": issuer, "sub": sub, "exp": now() + 600, "groups": groups }),
+        )
+    };
+    let mesh = shop(&format!(
+        r#"  - namespace: shop
+    name: admins-of-the-issuer
+    rules:
+      - from: [{{ requestPrincipals: ["{issuer}/*"] }}]
+        when: [{{ key: "request.auth.claims[groups]", values: [admins] }}]
+jwtProviders:
+  - {{ source: shop/jwt, issuer: "{issuer}", jwks: '{jwks}' }}
+"#
+    ))
+    .await;
+    let call = |token: Option<String>| {
+        let mesh = &mesh;
+        async move {
+            let mut client = Client::connect(mesh.frontend.outbound(), Version::HTTP_11).await;
+            let mut request =
+                Request::get("/items").header("host", format!("catalog:{}", mesh.app.addr.port()));
+            if let Some(t) = token {
+                request = request.header("authorization", format!("Bearer {t}"));
+            }
+            let answer = client.send(request.body(Full::default()).unwrap()).await.unwrap();
+            (answer.status, answer.text(), answer.header("www-authenticate").map(str::to_owned))
+        }
+    };
+    assert_eq!(call(Some(token("alice", &["admins"]))).await.0, StatusCode::OK);
+    assert!(!mesh.app.last().headers.contains_key("authorization"), "the token is not forwarded");
+    assert_eq!(
+        call(Some(token("bob", &["dev"]))).await.1,
+        "RBAC: access denied",
+        "a valid token without the claim"
+    );
+    assert_eq!(call(None).await.1, "RBAC: access denied", "no token: no request principal");
+    let (status, body, challenge) = call(Some(token("alice", &["admins"]) + "x")).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED, "{body}");
+    assert!(challenge.is_some_and(|c| c.contains("invalid_token")));
+    assert_eq!(mesh.app.count(), 1);
+}
+
+/// An HTTP check server (the ext_authz HTTP protocol): allows `x-user: alice` and tells the
+/// app who the user is, answers anyone else 401 with a challenge.
+async fn check_server() -> SocketAddr {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let service =
+                    hyper::service::service_fn(|request: http::Request<hyper::body::Incoming>| async move {
+                        let alice = request.headers().get("x-user").is_some_and(|v| v == "alice");
+                        let response = if alice {
+                            http::Response::builder().status(200).header("x-auth-user", "alice")
+                        } else {
+                            http::Response::builder()
+                                .status(401)
+                                .header("www-authenticate", "Basic realm=shop")
+                        };
+                        Ok::<_, std::convert::Infallible>(
+                            response.body(Full::new(bytes::Bytes::from_static(b"who are you?"))).unwrap(),
+                        )
+                    });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
+                    .await;
+            });
+        }
+    });
+    addr
+}
+
+#[tokio::test]
+async fn custom_asks_the_provider_first() {
+    let checker = check_server().await;
+    let mesh = shop(&format!(
+        r#"  - {{ namespace: shop, name: ext-check, action: CUSTOM, provider: checker, rules: [{{ to: [{{ paths: ["/private*"] }}] }}] }}
+extAuthz:
+  - name: checker
+    addresses: ["{checker}"]
+    http: {{ includeRequestHeadersInCheck: [x-user], headersToUpstreamOnAllow: [x-auth-user], headersToDownstreamOnDeny: [www-authenticate] }}
+"#
+    ))
+    .await;
+    let call = |user: &'static str, path: &'static str| {
+        let mesh = &mesh;
+        async move {
+            let mut client = Client::connect(mesh.frontend.outbound(), Version::HTTP_11).await;
+            let request = Request::get(path)
+                .header("host", format!("catalog:{}", mesh.app.addr.port()))
+                .header("x-user", user)
+                .body(Full::default())
+                .unwrap();
+            client.send(request).await.unwrap()
+        }
+    };
+    let allowed = call("alice", "/private/data").await;
+    assert_eq!(allowed.status, StatusCode::OK);
+    assert_eq!(mesh.app.last().headers.get("x-auth-user").map(String::as_str), Some("alice"));
+    let denied = call("mallory", "/private/data").await;
+    assert_eq!((denied.status, denied.text().as_str()), (StatusCode::UNAUTHORIZED, "who are you?"));
+    assert_eq!(denied.header("www-authenticate"), Some("Basic realm=shop"));
+    assert_eq!(call("mallory", "/public").await.status, StatusCode::OK, "CUSTOM only where its rules match");
+    assert!(counted(&mesh.server.metrics().await, "custom_deny", "shop/ext-check", "0"));
 }

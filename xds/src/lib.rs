@@ -9,9 +9,18 @@ pub mod config {
     include!(concat!(env!("OUT_DIR"), "/trellis.config.v1.serde.rs"));
 }
 
-/// Envoy's packages, nested as prost expects, holding only the discovery envelope.
+/// Envoy's packages, nested as prost expects, holding only the discovery envelope and the
+/// external authorization service.
 pub mod envoy {
     pub mod service {
+        pub mod auth {
+            /// `envoy.service.auth.v3.Authorization/Check` (client and server): CUSTOM policies'
+            /// gRPC providers.
+            pub mod v3 {
+                #![allow(clippy::all, missing_docs)]
+                include!(concat!(env!("OUT_DIR"), "/envoy.service.auth.v3.rs"));
+            }
+        }
         pub mod discovery {
             /// The delta discovery messages and the ADS service (client and server).
             pub mod v3 {
@@ -20,9 +29,17 @@ pub mod envoy {
             }
         }
     }
+    pub mod r#type {
+        /// The HTTP status of an external authorization denial.
+        pub mod v3 {
+            #![allow(clippy::all, missing_docs)]
+            include!(concat!(env!("OUT_DIR"), "/envoy.r#type.v3.rs"));
+        }
+    }
     pub mod config {
         pub mod core {
-            /// The node a proxy introduces itself with.
+            /// The node a proxy introduces itself with; addresses and headers of external
+            /// authorization.
             pub mod v3 {
                 #![allow(clippy::all, missing_docs)]
                 include!(concat!(env!("OUT_DIR"), "/envoy.config.core.v3.rs"));
@@ -31,7 +48,7 @@ pub mod envoy {
     }
 }
 
-/// `google.rpc`: the status a NACK carries.
+/// `google.rpc`: the status a NACK and an external authorization answer carry.
 pub mod google {
     pub mod rpc {
         #![allow(clippy::all, missing_docs)]

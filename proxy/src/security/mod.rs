@@ -4,7 +4,9 @@
 //! app learns of its peer (`xfcc`), and who may call the app (`authz`, applied by `policy`).
 
 pub mod authz;
+pub mod ext_authz;
 pub mod inbound;
+pub mod jwt;
 pub mod policy;
 pub mod stream;
 pub mod upstream;

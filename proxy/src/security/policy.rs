@@ -1,8 +1,10 @@
 //! What the inbound side checks before a request or connection reaches the app, in Istio's
-//! order: AuthorizationPolicy's CUSTOM, DENY and ALLOW (`authz`), with AUDIT and dry-run
-//! recorded. Compiled with the configuration; a workload without policies skips all of it.
+//! order: the request's JWT (RequestAuthentication, `jwt`), then AuthorizationPolicy's CUSTOM,
+//! DENY and ALLOW (`authz`), with AUDIT and dry-run recorded. Compiled with the configuration;
+//! a workload without policies skips all of it.
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 
 use bytes::Bytes;
 use http::{HeaderValue, Request, Response, StatusCode, header};
@@ -16,23 +18,40 @@ use crate::serve::Conn;
 use crate::upstream::Body;
 
 use super::authz::{Attributes, Authorization, DecidedBy, Decision, HttpAttributes};
+use super::ext_authz::{CheckPeer, ExtAuthz, ExtDecision};
+use super::jwt::JwtAuthn;
 
 /// The body Istio's sidecars answer a denied request with.
 pub const DENIED_BODY: &str = "RBAC: access denied";
 
 /// The inbound policies of this workload.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct InboundPolicy {
     pub authorization: Authorization,
+    pub jwt: JwtAuthn,
+    /// CUSTOM's providers, with their connections: kept from the previous configuration while
+    /// their settings do not change.
+    ext_authz: Arc<(Vec<pb::ExtAuthzProvider>, ExtAuthz)>,
 }
 
 impl InboundPolicy {
-    pub fn compile(config: &pb::ProxyConfig) -> Result<InboundPolicy, ConfigError> {
-        Ok(InboundPolicy { authorization: Authorization::compile(&config.authorization)? })
+    pub fn compile(
+        config: &pb::ProxyConfig,
+        previous: Option<&InboundPolicy>,
+    ) -> Result<InboundPolicy, ConfigError> {
+        let ext_authz = match previous.filter(|p| p.ext_authz.0 == config.ext_authz) {
+            Some(p) => p.ext_authz.clone(),
+            None => Arc::new((config.ext_authz.clone(), ExtAuthz::compile(&config.ext_authz)?)),
+        };
+        Ok(InboundPolicy {
+            authorization: Authorization::compile(&config.authorization)?,
+            jwt: JwtAuthn::compile(&config.jwt_providers)?,
+            ext_authz,
+        })
     }
 
     pub fn is_empty(&self) -> bool {
-        self.authorization.is_empty()
+        self.authorization.is_empty() && self.jwt.is_empty()
     }
 }
 
@@ -56,45 +75,84 @@ fn connection_attributes<'a>(conn: &'a Conn, target: SocketAddr) -> Attributes<'
     }
 }
 
-/// Checks an HTTP request for the app at `target`. `Err` carries the answer to send instead.
-pub fn check_request<B>(
-    request: &Request<B>,
+/// Checks an HTTP request for the app at `target`: its JWT (which a valid one leaves removed,
+/// unless forwarded, and its claims copied as configured), then CUSTOM's provider, then the
+/// DENY and ALLOW policies. `Err` carries the answer to send instead.
+pub async fn check_request<B>(
+    request: &mut Request<B>,
     conn: &Conn,
     target: SocketAddr,
     proxy: &Proxy,
     policy: &InboundPolicy,
     grpc: bool,
 ) -> Result<(), Box<Refusal>> {
+    let auth = match policy.jwt.is_empty() {
+        true => None,
+        false => match policy.jwt.authenticate(request) {
+            Ok(auth) => auth,
+            Err(rejection) => {
+                tracing::debug!(status = %rejection.status, "request refused by RequestAuthentication: {}", rejection.message);
+                return Err(Box::new(Refusal { response: rejected(rejection), flags: "-" }));
+            }
+        },
+    };
     let authz = &policy.authorization;
-    let host = request
-        .uri()
-        .authority()
-        .map(|a| a.as_str())
-        .or_else(|| request.headers().get(header::HOST).and_then(|h| h.to_str().ok()))
-        .unwrap_or("");
-    let mut attributes = connection_attributes(conn, target);
-    attributes.http = Some(HttpAttributes {
-        method: request.method().as_str(),
-        host,
-        path: request.uri().path(),
-        headers: request.headers(),
-        auth: None,
-    });
-    if let Some(custom) = authz.custom(&attributes) {
-        // The CUSTOM provider is not reachable from this proxy yet: fail closed, as Istio does
-        // for a provider it cannot use.
-        record(
-            proxy,
-            "custom_deny",
-            &DecidedBy::Rule { policy: custom.policy.clone(), rule: custom.rule },
-            "http",
-        );
-        tracing::debug!(policy = %custom.policy, rule = custom.rule, provider = %custom.provider, "request denied: CUSTOM provider unavailable");
-        return Err(Box::new(Refusal { response: denied(grpc), flags: "UAEX" }));
+    let (custom, decision) = {
+        let host = request
+            .uri()
+            .authority()
+            .map(|a| a.as_str())
+            .or_else(|| request.headers().get(header::HOST).and_then(|h| h.to_str().ok()))
+            .unwrap_or("");
+        let mut attributes = connection_attributes(conn, target);
+        attributes.http = Some(HttpAttributes {
+            method: request.method().as_str(),
+            host,
+            path: request.uri().path(),
+            headers: request.headers(),
+            auth: auth.as_ref(),
+        });
+        let decision = authz.decide(&attributes);
+        observe(proxy, authz, &attributes, &decision, "http");
+        (authz.custom(&attributes), decision)
+    };
+    // CUSTOM comes first in Istio's order; its answer is awaited only when a CUSTOM rule matched.
+    if let Some(custom) = custom {
+        let by = DecidedBy::Rule { policy: custom.policy.clone(), rule: custom.rule };
+        let peer = CheckPeer {
+            source: conn.peer,
+            destination: target,
+            principal: conn.tls_peer.as_ref().map(|p| p.principal.to_string()),
+        };
+        match policy.ext_authz.1.check(&custom.provider, &parts_of(request), &peer).await {
+            ExtDecision::Allow { headers } => {
+                for (name, value) in headers {
+                    request.headers_mut().insert(name, value);
+                }
+            }
+            ExtDecision::Deny { status, headers, body, reason } => {
+                record(proxy, "custom_deny", &by, "http");
+                tracing::debug!(policy = %custom.policy, rule = custom.rule, provider = %custom.provider, %reason, "request denied by the CUSTOM provider");
+                let mut response = Response::new(full(body));
+                *response.status_mut() = status;
+                for (name, value) in headers {
+                    response.headers_mut().append(name, value);
+                }
+                return Err(Box::new(Refusal { response, flags: "UAEX" }));
+            }
+        }
     }
-    let decision = authz.decide(&attributes);
-    observe(proxy, authz, &attributes, &decision, "http");
     if decision.allowed { Ok(()) } else { Err(Box::new(Refusal { response: denied(grpc), flags: "-" })) }
+}
+
+/// A copy of the request's head, for the CUSTOM provider (which sees no body).
+fn parts_of<B>(request: &Request<B>) -> http::request::Parts {
+    let mut copy = Request::new(());
+    *copy.method_mut() = request.method().clone();
+    *copy.uri_mut() = request.uri().clone();
+    *copy.version_mut() = request.version();
+    *copy.headers_mut() = request.headers().clone();
+    copy.into_parts().0
 }
 
 /// Checks an opaque TCP connection for the app at `target`: whether it may go on.
@@ -148,6 +206,17 @@ fn record(proxy: &Proxy, decision: &'static str, by: &DecidedBy, protocol: &'sta
         _ => ("none".into(), String::new()),
     };
     proxy.metrics.authz(&AuthzLabels { decision, policy, rule, protocol });
+}
+
+/// A JWT's refusal: 401 (or 403 for the audience) with `WWW-Authenticate` and the reason.
+fn rejected(rejection: super::jwt::JwtRejection) -> Response<Body> {
+    let mut response = Response::new(full(Bytes::from(rejection.message)));
+    *response.status_mut() = rejection.status;
+    response.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain"));
+    if let Some(challenge) = rejection.www_authenticate {
+        response.headers_mut().insert(header::WWW_AUTHENTICATE, challenge);
+    }
+    response
 }
 
 /// 403 `RBAC: access denied`; for gRPC, a trailers-only answer with PERMISSION_DENIED, which

@@ -4,6 +4,7 @@
 
 #![allow(dead_code)]
 
+pub mod jwt;
 pub mod mesh;
 
 use std::collections::BTreeMap;
