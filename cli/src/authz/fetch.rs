@@ -81,7 +81,11 @@ async fn ask(
         ..Default::default()
     };
     let mut answers = client
-        .delta_aggregated_resources(tokio_stream::iter([request]))
+        // The request stream stays open: a stream that ends is a proxy going away.
+        .delta_aggregated_resources(tokio_stream::StreamExt::chain(
+            tokio_stream::iter([request]),
+            tokio_stream::pending(),
+        ))
         .await
         .map_err(|e| fail(e.message().to_owned()))?
         .into_inner();
