@@ -4,7 +4,8 @@
 //! client (curl, UID 1000) calls a virtual IP: the call is captured, sent as mutual TLS between
 //! the pods — a capture on the server's veth sees a TLS ClientHello offering Istio's ALPN and
 //! encrypted records, never the request's text — delivered to the app, and counted on both sides
-//! with both principals. A client without a sidecar is refused by the server's STRICT policy.
+//! with both principals. A client without a sidecar is refused by the server's STRICT policy,
+//! and opaque TCP is closed by an AuthorizationPolicy whose rule only HTTP can satisfy.
 
 use std::io::{BufRead, BufReader};
 use std::net::{TcpListener, TcpStream};
@@ -27,6 +28,16 @@ const CLIENT_ID: &str = "spiffe://cluster.local/ns/shop/sa/frontend";
 const SERVER_ID: &str = "spiffe://cluster.local/ns/shop/sa/web";
 const DEADLINE: Duration = Duration::from_secs(20);
 
+/// STRICT, and an ALLOW policy for frontend's GETs: as in Istio, its HTTP-only rule cannot
+/// apply to opaque TCP, so TCP to the pod is denied.
+const SERVER_CONFIG: &str = r#"
+inboundTls: { mode: STRICT }
+authorization:
+  - namespace: shop
+    name: frontend-gets
+    rules: [{ from: [{ principals: ["cluster.local/ns/shop/sa/frontend"] }], to: [{ methods: [GET] }] }]
+"#;
+
 fn client_config() -> String {
     format!(
         r#"
@@ -34,15 +45,22 @@ services:
   - name: web.shop.svc.cluster.local
     addresses: [10.96.0.50]
     ports: [{{ port: 80, protocol: HTTP }}]
+  - name: db.shop.svc.cluster.local
+    addresses: [10.96.0.60]
+    ports: [{{ port: 5432, protocol: TCP, tcpCluster: db }}]
 virtualHosts:
   - name: web.shop.svc.cluster.local:80
     routes: [{{ name: all, forward: {{ clusters: [{{ cluster: web }}] }} }}]
 clusters:
   - {{ name: web, service: web.shop.svc.cluster.local }}
+  - {{ name: db, service: db.shop.svc.cluster.local }}
 endpoints:
   - service: web.shop.svc.cluster.local
     serviceAccounts: ["{SERVER_ID}"]
     endpoints: [{{ address: {SERVER_IP}, port: 8080, meshTls: true }}]
+  - service: db.shop.svc.cluster.local
+    serviceAccounts: ["{SERVER_ID}"]
+    endpoints: [{{ address: {SERVER_IP}, port: 5432, meshTls: true }}]
 "#
     )
 }
@@ -190,7 +208,7 @@ fn a_call_between_pods_is_mutual_tls_on_the_wire_and_counted_with_both_principal
                         ("frontend.token", "tok-frontend\n".to_owned()),
                         ("web.token", "tok-web\n".to_owned()),
                         ("client.yaml", client_config()),
-                        ("server.yaml", "inboundTls: { mode: STRICT }\n".to_owned()),
+                        ("server.yaml", SERVER_CONFIG.to_owned()),
                     ] {
                         std::fs::write(path(file), text).unwrap();
                     }
@@ -375,6 +393,29 @@ fn a_call_between_pods_is_mutual_tls_on_the_wire_and_counted_with_both_principal
                     assert!(
                         metrics.lines().any(|l| l.starts_with("trellis_inbound_connections_refused_total")
                             && !l.ends_with(" 0")),
+                        "{metrics}"
+                    );
+
+                    // Opaque TCP from frontend to the pod: mutual TLS, then closed by the ALLOW
+                    // policy whose only rule is HTTP's, and counted as denied on TCP.
+                    let db = in_namespace(Some(&netns_path(server)), || TcpListener::bind("0.0.0.0:5432"))
+                        .unwrap()
+                        .unwrap();
+                    db.set_nonblocking(true).unwrap();
+                    let script = "import socket\ns = socket.create_connection(('10.96.0.60', 5432), timeout=10)\ns.sendall(b'ping')\ns.shutdown(socket.SHUT_WR)\nprint(repr(s.recv(100)), end='')\n";
+                    let out = run_as(client, 1000, "/usr/bin/python3", &["-c", script]);
+                    assert_eq!(
+                        String::from_utf8_lossy(&out.stdout),
+                        "b''",
+                        "{}",
+                        String::from_utf8_lossy(&out.stderr)
+                    );
+                    assert!(db.accept().is_err(), "the database never got the connection");
+                    let metrics = http_get_in(server, 15090, "/stats/prometheus");
+                    assert!(
+                        metrics.lines().any(|l| l.starts_with("trellis_authz_decisions_total")
+                            && l.contains("decision=\"deny\",policy=\"none\"")
+                            && l.contains("protocol=\"tcp\"")),
                         "{metrics}"
                     );
                     drop(trellisd);
