@@ -629,6 +629,24 @@ mod tests {
     }
 
     #[test]
+    fn a_policy_the_proxy_cannot_understand_refuses_the_whole_configuration() {
+        // Compiling it without the bad rule would open access (a DENY rule lost): the config
+        // is refused, so the last good one stays.
+        for (policy, field) in [
+            (
+                "authorization: [{ namespace: shop, name: p, action: DENY, rules: [{ when: [{ key: destination.labels, values: [x] }] }] }]",
+                "authorization[0].rules[0]",
+            ),
+            ("authorization: [{ namespace: shop, name: p, action: 9 }]", "authorization[0].action"),
+            ("jwtProviders: [{ issuer: i, jwks: 'not json' }]", "jwt_providers[0].jwks"),
+        ] {
+            let err =
+                parse(policy).and_then(|c| Snapshot::compile(c, 1, None).map(|_| ())).err().expect(policy);
+            assert_eq!(err.field, field, "{policy}: {}", err.message);
+        }
+    }
+
+    #[test]
     fn unchanged_clusters_keep_their_state_across_reloads() {
         let first = Snapshot::compile(parse(&example()).unwrap(), 1, None).unwrap();
         let second = Snapshot::compile(parse(&example()).unwrap(), 2, Some(&first)).unwrap();
