@@ -638,7 +638,7 @@ mod tests {
                 "authorization[0].rules[0]",
             ),
             ("authorization: [{ namespace: shop, name: p, action: 9 }]", "authorization[0].action"),
-            ("jwtProviders: [{ issuer: i, jwks: 'not json' }]", "jwt_providers[0].jwks"),
+            ("jwtProviders: [{ issuer: '' }]", "jwt_providers[0].issuer"),
         ] {
             let err =
                 parse(policy).and_then(|c| Snapshot::compile(c, 1, None).map(|_| ())).err().expect(policy);

@@ -175,7 +175,12 @@ impl JwtAuthn {
             if p.issuer.trim().is_empty() {
                 return Err(config_err(field("issuer"), "required"));
             }
-            let keys = keys::parse_jwks(&p.jwks).map_err(|m| config_err(field("jwks"), m))?;
+            // A key set that cannot be used (not fetched yet: trellisd sends it empty) refuses
+            // this issuer's tokens, and only them: the rest of the configuration still applies.
+            let keys = keys::parse_jwks(&p.jwks).unwrap_or_else(|why| {
+                tracing::warn!(field = %field("jwks"), issuer = %p.issuer, "{why}; this issuer's tokens are refused");
+                Vec::new()
+            });
 
             let mut locs = Vec::new();
             for (j, h) in p.from_headers.iter().enumerate() {

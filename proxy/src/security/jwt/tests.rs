@@ -227,12 +227,12 @@ fn compile_errors_name_the_field() {
         JwtAuthn::compile(&[good.clone(), p]).unwrap_err()
     };
     assert_eq!(case(&|p| p.issuer = " ".into()).field, "jwt_providers[1].issuer");
-    let e = case(&|p| p.jwks = "{not json".into());
-    assert_eq!(e.field, "jwt_providers[1].jwks");
-    assert!(e.message.contains("not a JSON Web Key Set"), "{}", e.message);
-    let e = case(&|p| p.jwks = jwks(&[json!({"kty": "oct", "k": "c2VjcmV0"})]));
-    assert_eq!(e.field, "jwt_providers[1].jwks");
-    assert!(e.message.contains("no usable key"), "{}", e.message);
+    // An unusable key set is no compile error: that issuer's tokens are refused instead.
+    for bad in ["{not json".to_owned(), jwks(&[json!({"kty": "oct", "k": "c2VjcmV0"})]), String::new()] {
+        let mut p = good.clone();
+        p.jwks = bad;
+        assert!(JwtAuthn::compile(&[good.clone(), p]).is_ok());
+    }
     let e =
         case(&|p| p.from_headers = vec![pb::JwtHeader { name: "bad header".into(), prefix: String::new() }]);
     assert_eq!(e.field, "jwt_providers[1].from_headers[0].name");
