@@ -6,7 +6,7 @@ use kube::CustomResourceExt;
 
 use crate::networking::{DestinationRule, Gateway, ServiceEntry, Sidecar, VirtualService, WorkloadEntry};
 use crate::resource::Kind;
-use crate::security::{AuthorizationPolicy, PeerAuthentication};
+use crate::security::{AuthorizationPolicy, PeerAuthentication, RequestAuthentication};
 
 /// Every CRD Trellis installs, one per Istio kind.
 pub fn all() -> Vec<CustomResourceDefinition> {
@@ -19,6 +19,7 @@ pub fn all() -> Vec<CustomResourceDefinition> {
         served_in_all_versions(Gateway::crd(), Kind::Gateway),
         served_in_all_versions(PeerAuthentication::crd(), Kind::PeerAuthentication),
         served_in_all_versions(AuthorizationPolicy::crd(), Kind::AuthorizationPolicy),
+        served_in_all_versions(RequestAuthentication::crd(), Kind::RequestAuthentication),
     ]
 }
 
@@ -53,7 +54,7 @@ mod tests {
     #[test]
     fn every_kind_serves_istios_versions_with_v1_stored() {
         let crds = all();
-        assert_eq!(crds.len(), 8);
+        assert_eq!(crds.len(), 9);
         for crd in &crds {
             let versions: Vec<(&str, bool)> =
                 crd.spec.versions.iter().map(|v| (v.name.as_str(), v.storage)).collect();
@@ -82,9 +83,16 @@ mod tests {
     #[test]
     fn schemas_describe_the_spec_fields() {
         let yaml = to_yaml();
-        for field in
-            ["http", "trafficPolicy", "consecutive5xxErrors", "portLevelMtls", "notPrincipals", "match"]
-        {
+        for field in [
+            "http",
+            "trafficPolicy",
+            "consecutive5xxErrors",
+            "portLevelMtls",
+            "notPrincipals",
+            "match",
+            "jwtRules",
+            "trustDomains",
+        ] {
             assert!(yaml.contains(field), "CRD YAML lacks {field}");
         }
     }

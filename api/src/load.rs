@@ -193,8 +193,13 @@ fn load_document(doc: DocumentText<'_>, out: &mut Vec<LoadedDocument>) {
         }
     };
     let mut unknown = Vec::new();
-    let outcome = decode_yaml(kind, doc, &mut unknown)
-        .map(|resource| Document { api_version: api_version.to_owned(), resource });
+    let outcome = if kind.spec_optional() && map.get("spec").is_none_or(Value::is_null) {
+        // Istio reads a security policy without `spec` as one with an empty spec.
+        decode_value(kind, &with_empty_spec(&loose), &mut unknown)
+    } else {
+        decode_yaml(kind, doc, &mut unknown)
+    }
+    .map(|resource| Document { api_version: api_version.to_owned(), resource });
     out.push(LoadedDocument { id, outcome, unknown_fields: unknown, ..base });
 }
 
@@ -221,7 +226,13 @@ fn load_list(base: &LoadedDocument, items: Option<&Value>, out: &mut Vec<LoadedD
                 column: None,
                 message: e.to_string(),
             })
-            .and_then(|kind| decode_value(kind, item, &mut unknown))
+            .and_then(|kind| {
+                if kind.spec_optional() && item.get("spec").is_none_or(Value::is_null) {
+                    decode_value(kind, &with_empty_spec(item), &mut unknown)
+                } else {
+                    decode_value(kind, item, &mut unknown)
+                }
+            })
             .map(|resource| Document { api_version: api_version.to_owned(), resource });
         out.push(LoadedDocument {
             item: Some(i + 1),
@@ -231,6 +242,15 @@ fn load_list(base: &LoadedDocument, items: Option<&Value>, out: &mut Vec<LoadedD
             ..base.clone()
         });
     }
+}
+
+/// The document with `spec: {}` in place of a missing or null one.
+pub fn with_empty_spec(value: &Value) -> Value {
+    let mut value = value.clone();
+    if let Some(map) = value.as_object_mut() {
+        map.insert("spec".into(), Value::Object(serde_json::Map::new()));
+    }
+    value
 }
 
 fn loose_id(value: &Value) -> ResourceId {
@@ -266,6 +286,7 @@ macro_rules! dispatch {
             Kind::Gateway => $typed!(Gateway),
             Kind::PeerAuthentication => $typed!(PeerAuthentication),
             Kind::AuthorizationPolicy => $typed!(AuthorizationPolicy),
+            Kind::RequestAuthentication => $typed!(RequestAuthentication),
             Kind::Namespace => $typed!(Namespace),
         }
     };

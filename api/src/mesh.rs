@@ -19,8 +19,8 @@ use serde::{Deserialize, Deserializer, Serialize};
 
 use crate::annotations::InterceptionMode;
 use crate::primitives::{
-    GoDuration, check_dns1123_label, check_dns1123_subdomain, check_duration_ms, check_host_or_ip,
-    check_label_key, check_label_value, check_port, parse_go_duration, parse_port,
+    GoDuration, check_dns1123_label, check_dns1123_subdomain, check_duration_ms, check_header_name,
+    check_host_or_ip, check_label_key, check_label_value, check_port, parse_go_duration, parse_port,
 };
 
 pub const DEFAULT_TRUST_DOMAIN: &str = "cluster.local";
@@ -128,6 +128,268 @@ pub struct MeshConfig {
     )]
     #[schemars(with = "Vec<LabelSelectorSchema>")]
     pub discovery_selectors: Vec<LabelSelector>,
+    /// Named external services: the authorizers CUSTOM AuthorizationPolicies name. Other kinds
+    /// of provider (tracing, logging) are not read.
+    #[serde(
+        skip_serializing_if = "Vec::is_empty",
+        deserialize_with = "null_as_default",
+        alias = "extension_providers"
+    )]
+    pub extension_providers: Vec<ExtensionProvider>,
+}
+
+/// One of `extensionProviders`: Trellis reads Envoy's external authorization, over HTTP or gRPC.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Default, JsonSchema)]
+#[serde(rename_all = "camelCase", default)]
+pub struct ExtensionProvider {
+    /// What a CUSTOM policy's `provider.name` refers to; unique.
+    pub name: String,
+    #[serde(skip_serializing_if = "Option::is_none", alias = "envoy_ext_authz_http")]
+    pub envoy_ext_authz_http: Option<EnvoyExtAuthzHttp>,
+    #[serde(skip_serializing_if = "Option::is_none", alias = "envoy_ext_authz_grpc")]
+    pub envoy_ext_authz_grpc: Option<EnvoyExtAuthzGrpc>,
+}
+
+/// An authorizer that takes the request's headers as an HTTP request and answers 200 to allow
+/// (oauth2-proxy, OPA's HTTP API).
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Default, JsonSchema)]
+#[serde(rename_all = "camelCase", default)]
+pub struct EnvoyExtAuthzHttp {
+    /// The authorizer's host: `name.namespace.svc.cluster.local` (or a ServiceEntry host),
+    /// optionally `namespace/` first to pick the namespace it is looked up in.
+    pub service: String,
+    pub port: u32,
+    /// How long the authorizer may take to answer.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub timeout: Option<GoDuration>,
+    /// Prepended to the request's path in the check request; starts with `/`.
+    #[serde(skip_serializing_if = "String::is_empty", alias = "path_prefix")]
+    pub path_prefix: String,
+    /// Allow the request when the authorizer cannot be reached or answers badly.
+    #[serde(skip_serializing_if = "Option::is_none", alias = "fail_open")]
+    pub fail_open: Option<bool>,
+    /// The status sent when the authorizer cannot be reached (default 403), as a string.
+    #[serde(skip_serializing_if = "String::is_empty", alias = "status_on_error")]
+    pub status_on_error: String,
+    #[serde(
+        skip_serializing_if = "Vec::is_empty",
+        deserialize_with = "null_as_default",
+        alias = "include_request_headers_in_check"
+    )]
+    pub include_request_headers_in_check: Vec<String>,
+    #[serde(
+        skip_serializing_if = "BTreeMap::is_empty",
+        deserialize_with = "null_as_default",
+        alias = "include_additional_headers_in_check"
+    )]
+    pub include_additional_headers_in_check: BTreeMap<String, String>,
+    #[serde(
+        skip_serializing_if = "Vec::is_empty",
+        deserialize_with = "null_as_default",
+        alias = "headers_to_upstream_on_allow"
+    )]
+    pub headers_to_upstream_on_allow: Vec<String>,
+    #[serde(
+        skip_serializing_if = "Vec::is_empty",
+        deserialize_with = "null_as_default",
+        alias = "headers_to_downstream_on_deny"
+    )]
+    pub headers_to_downstream_on_deny: Vec<String>,
+    /// Not supported by Trellis: the body is never sent.
+    #[serde(skip_serializing_if = "Option::is_none", alias = "include_request_body_in_check")]
+    pub include_request_body_in_check: Option<RequestBodyInCheck>,
+}
+
+/// An authorizer that speaks `envoy.service.auth.v3.Authorization/Check` (OPA-Envoy).
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Default, JsonSchema)]
+#[serde(rename_all = "camelCase", default)]
+pub struct EnvoyExtAuthzGrpc {
+    pub service: String,
+    pub port: u32,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub timeout: Option<GoDuration>,
+    #[serde(skip_serializing_if = "Option::is_none", alias = "fail_open")]
+    pub fail_open: Option<bool>,
+    #[serde(skip_serializing_if = "String::is_empty", alias = "status_on_error")]
+    pub status_on_error: String,
+    /// Not supported by Trellis: the body is never sent.
+    #[serde(skip_serializing_if = "Option::is_none", alias = "include_request_body_in_check")]
+    pub include_request_body_in_check: Option<RequestBodyInCheck>,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Default, JsonSchema)]
+#[serde(rename_all = "camelCase", default)]
+pub struct RequestBodyInCheck {
+    #[serde(skip_serializing_if = "Option::is_none", alias = "max_request_bytes")]
+    pub max_request_bytes: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none", alias = "allow_partial_message")]
+    pub allow_partial_message: Option<bool>,
+    #[serde(skip_serializing_if = "Option::is_none", alias = "pack_as_bytes")]
+    pub pack_as_bytes: Option<bool>,
+}
+
+/// The parts of an ext_authz provider both protocols have.
+#[derive(Clone, Copy, Debug)]
+pub struct ExtAuthzCommon<'a> {
+    pub service: &'a str,
+    pub port: u32,
+    pub timeout: Option<&'a GoDuration>,
+    pub fail_open: bool,
+    pub status_on_error: &'a str,
+}
+
+impl ExtensionProvider {
+    /// The external authorization settings, when this provider is one.
+    pub fn ext_authz(&self) -> Option<ExtAuthzCommon<'_>> {
+        if let Some(h) = &self.envoy_ext_authz_http {
+            return Some(ExtAuthzCommon {
+                service: &h.service,
+                port: h.port,
+                timeout: h.timeout.as_ref(),
+                fail_open: h.fail_open.unwrap_or(false),
+                status_on_error: &h.status_on_error,
+            });
+        }
+        self.envoy_ext_authz_grpc.as_ref().map(|g| ExtAuthzCommon {
+            service: &g.service,
+            port: g.port,
+            timeout: g.timeout.as_ref(),
+            fail_open: g.fail_open.unwrap_or(false),
+            status_on_error: &g.status_on_error,
+        })
+    }
+
+    /// What is wrong with this provider alone (not its name being unique), each naming its
+    /// field relative to it.
+    pub fn problems(&self) -> Vec<String> {
+        let mut errors = Vec::new();
+        self.validate_into("", &mut HashSet::new(), &mut errors);
+        errors
+    }
+
+    fn validate_into(&self, prefix: &str, seen: &mut HashSet<String>, errors: &mut Vec<String>) {
+        if self.name.is_empty() {
+            errors.push(format!("{prefix}name: required"));
+        } else if !seen.insert(self.name.clone()) {
+            errors.push(format!("{prefix}name: {:?} is defined more than once", self.name));
+        }
+        if self.envoy_ext_authz_http.is_some() && self.envoy_ext_authz_grpc.is_some() {
+            errors.push(format!("{prefix}envoyExtAuthzHttp: cannot be combined with envoyExtAuthzGrpc"));
+        }
+        if let Some(http) = &self.envoy_ext_authz_http {
+            let at = format!("{prefix}envoyExtAuthzHttp.");
+            if !http.path_prefix.is_empty() && !http.path_prefix.starts_with('/') {
+                errors.push(format!("{at}pathPrefix: {:?} must start with '/'", http.path_prefix));
+            } else if http.path_prefix.contains(['?', '#', ' '])
+                || http.path_prefix.chars().any(char::is_control)
+            {
+                errors.push(format!(
+                    "{at}pathPrefix: {:?} must be a path, without query or fragment",
+                    http.path_prefix
+                ));
+            }
+            for (i, name) in http.include_request_headers_in_check.iter().enumerate() {
+                push_err(
+                    errors,
+                    &format!("{at}includeRequestHeadersInCheck[{i}]"),
+                    check_header_name(name, false),
+                );
+            }
+            for (name, value) in &http.include_additional_headers_in_check {
+                push_err(
+                    errors,
+                    &format!("{at}includeAdditionalHeadersInCheck"),
+                    check_header_name(name, false),
+                );
+                if value.chars().any(char::is_control) {
+                    errors.push(format!(
+                        "{at}includeAdditionalHeadersInCheck.{name}: the value has control characters"
+                    ));
+                }
+            }
+            for (i, name) in http.headers_to_upstream_on_allow.iter().enumerate() {
+                push_err(
+                    errors,
+                    &format!("{at}headersToUpstreamOnAllow[{i}]"),
+                    check_header_name(name, false),
+                );
+            }
+            for (i, name) in http.headers_to_downstream_on_deny.iter().enumerate() {
+                push_err(
+                    errors,
+                    &format!("{at}headersToDownstreamOnDeny[{i}]"),
+                    check_header_name(name, false),
+                );
+            }
+        }
+        if let Some(common) = self.ext_authz() {
+            let kind =
+                if self.envoy_ext_authz_http.is_some() { "envoyExtAuthzHttp" } else { "envoyExtAuthzGrpc" };
+            let at = format!("{prefix}{kind}.");
+            push_err(errors, &format!("{at}service"), check_provider_service(common.service));
+            push_err(errors, &format!("{at}port"), check_port(common.port).map(drop));
+            if let Some(timeout) = common.timeout {
+                push_err(errors, &format!("{at}timeout"), check_duration_ms(timeout).map(drop));
+            }
+            if !common.status_on_error.is_empty() {
+                push_err(
+                    errors,
+                    &format!("{at}statusOnError"),
+                    parse_status_on_error(common.status_on_error).map(drop),
+                );
+            }
+        }
+    }
+
+    fn warnings_into(&self, prefix: &str, warnings: &mut Vec<String>) {
+        let http_body =
+            self.envoy_ext_authz_http.as_ref().is_some_and(|h| h.include_request_body_in_check.is_some());
+        let grpc_body =
+            self.envoy_ext_authz_grpc.as_ref().is_some_and(|g| g.include_request_body_in_check.is_some());
+        let body = if http_body {
+            Some("envoyExtAuthzHttp")
+        } else if grpc_body {
+            Some("envoyExtAuthzGrpc")
+        } else {
+            None
+        };
+        if let Some(kind) = body {
+            warnings.push(format!(
+                "{prefix}.{kind}.includeRequestBodyInCheck: not supported by Trellis; the authorizer gets the request's headers only"
+            ));
+        }
+        if self.ext_authz().is_none() {
+            warnings.push(format!(
+                "{prefix}: not an external authorizer (envoyExtAuthzHttp or envoyExtAuthzGrpc); Trellis does not read other providers, and a CUSTOM policy naming {:?} denies",
+                self.name
+            ));
+        }
+    }
+}
+
+/// Istio's `service` of an extension provider: a host name or IP, optionally `namespace/host`.
+fn check_provider_service(service: &str) -> Result<(), String> {
+    if service.is_empty() {
+        return Err("required".into());
+    }
+    let host = match service.split_once('/') {
+        Some((ns, host)) => {
+            check_dns1123_label(ns).map_err(|e| format!("{service:?}: namespace {e}"))?;
+            host
+        }
+        None => service,
+    };
+    if host.contains(['*', '/']) {
+        return Err(format!("{service:?}: not a host name"));
+    }
+    check_host_or_ip(host).map_err(|e| format!("{service:?}: {e}"))
+}
+
+/// `statusOnError`: an HTTP status code Envoy knows (Envoy's `StatusCode` enum).
+pub fn parse_status_on_error(text: &str) -> Result<u16, String> {
+    let code: u16 = text.parse().map_err(|_| format!("{text:?} is not an HTTP status code"))?;
+    let known = matches!(code, 100 | 200..=208 | 226 | 300..=305 | 307 | 308 | 400..=418 | 421..=424 | 426 | 428 | 429 | 431 | 500..=508 | 510 | 511);
+    if known { Ok(code) } else { Err(format!("{code} is not an HTTP status code Envoy supports")) }
 }
 
 /// What happens to outbound traffic for destinations the mesh does not know.
@@ -310,7 +572,26 @@ impl MeshConfig {
         for (i, selector) in self.discovery_selectors.iter().enumerate() {
             check_label_selector(&format!("discoverySelectors[{i}]"), selector, &mut errors);
         }
+        let mut names = HashSet::new();
+        for (i, provider) in self.extension_providers.iter().enumerate() {
+            provider.validate_into(&format!("extensionProviders[{i}]."), &mut names, &mut errors);
+        }
         errors
+    }
+
+    /// What the config asks for that Trellis does not do, each naming its field. The config can
+    /// still be used.
+    pub fn warnings(&self) -> Vec<String> {
+        let mut warnings = Vec::new();
+        for (i, provider) in self.extension_providers.iter().enumerate() {
+            provider.warnings_into(&format!("extensionProviders[{i}]"), &mut warnings);
+        }
+        warnings
+    }
+
+    /// The extension provider named `name`.
+    pub fn extension_provider(&self, name: &str) -> Option<&ExtensionProvider> {
+        self.extension_providers.iter().find(|p| p.name == name)
     }
 }
 
@@ -1031,6 +1312,84 @@ defaultConfig:
                 let _ = proxy.validate();
             }
         }
+    }
+
+    #[test]
+    fn extension_providers_are_read_validated_and_warned_about() {
+        let text = r#"
+extensionProviders:
+- name: oauth2-proxy
+  envoyExtAuthzHttp:
+    service: oauth2-proxy.auth.svc.cluster.local
+    port: 4180
+    timeout: 2s
+    pathPrefix: /check
+    failOpen: true
+    statusOnError: "503"
+    includeRequestHeadersInCheck: [authorization, cookie]
+    includeAdditionalHeadersInCheck: {x-ext-authz: "yes"}
+    headersToUpstreamOnAllow: [x-auth-request-user]
+    headersToDownstreamOnDeny: [set-cookie]
+    includeRequestBodyInCheck: {maxRequestBytes: 4096}
+- name: opa
+  envoy_ext_authz_grpc:
+    service: opa/opa.opa.svc.cluster.local
+    port: 9191
+- name: zipkin
+  zipkin: {service: zipkin.istio-system.svc.cluster.local, port: 9411}
+"#;
+        let (mesh, unknown) = MeshConfig::from_yaml(text).unwrap();
+        assert_eq!(unknown, ["extensionProviders[2].zipkin"]);
+        assert!(mesh.validate().is_empty(), "{:?}", mesh.validate());
+        let http = mesh.extension_provider("oauth2-proxy").unwrap();
+        let common = http.ext_authz().unwrap();
+        assert_eq!(
+            (common.service, common.port, common.fail_open),
+            ("oauth2-proxy.auth.svc.cluster.local", 4180, true)
+        );
+        assert_eq!(parse_status_on_error(common.status_on_error), Ok(503));
+        let settings = http.envoy_ext_authz_http.as_ref().unwrap();
+        assert_eq!(
+            settings.include_additional_headers_in_check.get("x-ext-authz").map(String::as_str),
+            Some("yes")
+        );
+        assert_eq!(mesh.extension_provider("opa").unwrap().ext_authz().unwrap().port, 9191);
+        assert_eq!(
+            mesh.warnings(),
+            [
+                "extensionProviders[0].envoyExtAuthzHttp.includeRequestBodyInCheck: not supported by Trellis; the authorizer gets the request's headers only",
+                "extensionProviders[2]: not an external authorizer (envoyExtAuthzHttp or envoyExtAuthzGrpc); Trellis does not read other providers, and a CUSTOM policy naming \"zipkin\" denies",
+            ]
+        );
+        let (again, _) = MeshConfig::from_yaml(&mesh.to_yaml().unwrap()).unwrap();
+        assert_eq!(again, mesh);
+
+        let bad = r#"
+extensionProviders:
+- name: a
+  envoyExtAuthzHttp: {service: "bad host", port: 0, pathPrefix: check, statusOnError: "999", timeout: 1d}
+- name: a
+  envoyExtAuthzGrpc: {service: "Shop/opa.svc", port: 70000}
+- envoyExtAuthzHttp: {service: ok.svc, port: 1, includeRequestHeadersInCheck: ["bad header"]}
+  envoyExtAuthzGrpc: {service: ok.svc, port: 1}
+"#;
+        let (mesh, _) = MeshConfig::from_yaml(bad).unwrap();
+        assert_eq!(
+            mesh.validate(),
+            [
+                "extensionProviders[0].envoyExtAuthzHttp.pathPrefix: \"check\" must start with '/'",
+                "extensionProviders[0].envoyExtAuthzHttp.service: \"bad host\": host \"bad host\" is not a valid DNS name",
+                "extensionProviders[0].envoyExtAuthzHttp.port: port 0 is out of range 1-65535",
+                "extensionProviders[0].envoyExtAuthzHttp.timeout: invalid duration \"1d\": unknown unit \"d\"",
+                "extensionProviders[0].envoyExtAuthzHttp.statusOnError: 999 is not an HTTP status code Envoy supports",
+                "extensionProviders[1].name: \"a\" is defined more than once",
+                "extensionProviders[1].envoyExtAuthzGrpc.service: \"Shop/opa.svc\": namespace \"Shop\" is not a valid DNS-1123 label (lower-case letters, digits and '-', at most 63 characters, starting and ending with a letter or digit)",
+                "extensionProviders[1].envoyExtAuthzGrpc.port: port 70000 is out of range 1-65535",
+                "extensionProviders[2].name: required",
+                "extensionProviders[2].envoyExtAuthzHttp: cannot be combined with envoyExtAuthzGrpc",
+                "extensionProviders[2].envoyExtAuthzHttp.includeRequestHeadersInCheck[0]: \"bad header\" is not a valid HTTP header name",
+            ]
+        );
     }
 
     #[test]

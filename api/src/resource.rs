@@ -8,7 +8,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use serde::Serialize;
 
 use crate::networking::{DestinationRule, Gateway, ServiceEntry, Sidecar, VirtualService, WorkloadEntry};
-use crate::security::{AuthorizationPolicy, PeerAuthentication};
+use crate::security::{AuthorizationPolicy, PeerAuthentication, RequestAuthentication};
 
 pub const NETWORKING_GROUP: &str = "networking.istio.io";
 pub const SECURITY_GROUP: &str = "security.istio.io";
@@ -24,12 +24,13 @@ pub enum Kind {
     Gateway,
     PeerAuthentication,
     AuthorizationPolicy,
+    RequestAuthentication,
     /// Core `v1` Namespace: carries the `istio-injection` label.
     Namespace,
 }
 
 impl Kind {
-    pub const ALL: [Kind; 9] = [
+    pub const ALL: [Kind; 10] = [
         Kind::VirtualService,
         Kind::DestinationRule,
         Kind::ServiceEntry,
@@ -38,6 +39,7 @@ impl Kind {
         Kind::Gateway,
         Kind::PeerAuthentication,
         Kind::AuthorizationPolicy,
+        Kind::RequestAuthentication,
         Kind::Namespace,
     ];
 
@@ -51,6 +53,7 @@ impl Kind {
             Kind::Gateway => "Gateway",
             Kind::PeerAuthentication => "PeerAuthentication",
             Kind::AuthorizationPolicy => "AuthorizationPolicy",
+            Kind::RequestAuthentication => "RequestAuthentication",
             Kind::Namespace => "Namespace",
         }
     }
@@ -58,7 +61,9 @@ impl Kind {
     /// The API group; empty for the core group.
     pub fn group(self) -> &'static str {
         match self {
-            Kind::PeerAuthentication | Kind::AuthorizationPolicy => SECURITY_GROUP,
+            Kind::PeerAuthentication | Kind::AuthorizationPolicy | Kind::RequestAuthentication => {
+                SECURITY_GROUP
+            }
             Kind::Namespace => "",
             _ => NETWORKING_GROUP,
         }
@@ -71,6 +76,12 @@ impl Kind {
             SECURITY_GROUP => &["v1beta1", "v1"],
             _ => &["v1"],
         }
+    }
+
+    /// Whether a document may leave out `spec`: Istio reads a security policy without one as an
+    /// empty spec (an AuthorizationPolicy without `spec` denies everything it selects).
+    pub fn spec_optional(self) -> bool {
+        self.group() == SECURITY_GROUP
     }
 
     /// The kind with this `kind:` name.
@@ -148,6 +159,7 @@ pub enum Resource {
     Gateway(Box<Gateway>),
     PeerAuthentication(Box<PeerAuthentication>),
     AuthorizationPolicy(Box<AuthorizationPolicy>),
+    RequestAuthentication(Box<RequestAuthentication>),
     Namespace(Box<Namespace>),
 }
 
@@ -162,6 +174,7 @@ impl Resource {
             Resource::Gateway(_) => Kind::Gateway,
             Resource::PeerAuthentication(_) => Kind::PeerAuthentication,
             Resource::AuthorizationPolicy(_) => Kind::AuthorizationPolicy,
+            Resource::RequestAuthentication(_) => Kind::RequestAuthentication,
             Resource::Namespace(_) => Kind::Namespace,
         }
     }
@@ -176,6 +189,7 @@ impl Resource {
             Resource::Gateway(r) => &r.metadata,
             Resource::PeerAuthentication(r) => &r.metadata,
             Resource::AuthorizationPolicy(r) => &r.metadata,
+            Resource::RequestAuthentication(r) => &r.metadata,
             Resource::Namespace(r) => &r.metadata,
         }
     }

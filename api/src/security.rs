@@ -1,12 +1,17 @@
-//! `security.istio.io`: PeerAuthentication and AuthorizationPolicy. Istio serves these at
-//! `v1beta1` and `v1` (the group never had `v1alpha3`).
+//! `security.istio.io`: PeerAuthentication, AuthorizationPolicy and RequestAuthentication. Istio
+//! serves these at `v1beta1` and `v1` (the group never had `v1alpha3`).
 
 use std::collections::BTreeMap;
 
 use kube::CustomResource;
 
 use crate::networking::MatchLabelsSelector;
+use crate::primitives::GoDuration;
 use crate::proto::{istio_enum, istio_message};
+
+/// The annotation that makes an ALLOW or DENY AuthorizationPolicy decided and recorded but not
+/// enforced.
+pub const DRY_RUN_ANNOTATION: &str = "istio.io/dry-run";
 
 istio_enum! {
     /// `UNSET` inherits from the parent scope (namespace, then mesh; PERMISSIVE at the top).
@@ -113,8 +118,12 @@ istio_message! {
         pub not_ip_blocks: Vec<String>,
         pub remote_ip_blocks: Vec<String>,
         pub not_remote_ip_blocks: Vec<String>,
+        /// `<namespace>/<name>`, or `<name>` in the policy's namespace; no wildcards.
         pub service_accounts: Vec<String>,
         pub not_service_accounts: Vec<String>,
+        /// The trust domain of the peer's SPIFFE ID.
+        pub trust_domains: Vec<String>,
+        pub not_trust_domains: Vec<String>,
     }
 }
 
@@ -136,5 +145,96 @@ istio_message! {
         pub key: String,
         pub values: Vec<String>,
         pub not_values: Vec<String>,
+    }
+}
+
+impl AuthorizationPolicySpec {
+    /// Attached to gateways or waypoints (`targetRef`/`targetRefs`): sidecars ignore it.
+    pub fn has_target_ref(&self) -> bool {
+        self.target_ref.is_some() || !self.target_refs.is_empty()
+    }
+}
+
+/// The `istio.io/dry-run` annotation, read as Go's `strconv.ParseBool` reads it (as Istio
+/// does): `None` when absent, `Err` with the value when it is not a boolean.
+pub fn dry_run(annotations: Option<&BTreeMap<String, String>>) -> Option<Result<bool, String>> {
+    let value = annotations?.get(DRY_RUN_ANNOTATION)?;
+    Some(match value.as_str() {
+        "1" | "t" | "T" | "true" | "TRUE" | "True" => Ok(true),
+        "0" | "f" | "F" | "false" | "FALSE" | "False" => Ok(false),
+        other => Err(other.to_owned()),
+    })
+}
+
+istio_message! {
+    #[derive(CustomResource)]
+    #[kube(
+        group = "security.istio.io",
+        version = "v1",
+        kind = "RequestAuthentication",
+        namespaced,
+        derive = "PartialEq",
+        shortname = "ra",
+        category = "istio-io",
+        category = "security-istio-io"
+    )]
+    pub struct RequestAuthenticationSpec {
+        pub selector: Option<MatchLabelsSelector>,
+        pub target_ref: Option<PolicyTargetReference>,
+        pub target_refs: Vec<PolicyTargetReference>,
+        /// Each rule validates the tokens of one issuer.
+        pub jwt_rules: Vec<JwtRule>,
+    }
+}
+
+impl RequestAuthenticationSpec {
+    /// Attached to gateways or waypoints (`targetRef`/`targetRefs`): sidecars ignore it.
+    pub fn has_target_ref(&self) -> bool {
+        self.target_ref.is_some() || !self.target_refs.is_empty()
+    }
+}
+
+istio_message! {
+    /// Istio's `JWTRule`.
+    pub struct JwtRule {
+        /// Must equal the token's `iss`.
+        pub issuer: String,
+        /// Any of these in the token's `aud`; none: no audience check.
+        pub audiences: Vec<String>,
+        /// Where the JSON Web Key Set is fetched (by the control plane) when `jwks` is empty.
+        pub jwks_uri: String,
+        /// The JSON Web Key Set, inline; wins over `jwksUri`.
+        pub jwks: String,
+        /// Where the token is read; none of the three: `Authorization: Bearer`, then the
+        /// `access_token` query parameter.
+        pub from_headers: Vec<JwtHeader>,
+        pub from_params: Vec<String>,
+        pub from_cookies: Vec<String>,
+        /// Keep the token in the request once verified (default: it is removed).
+        pub forward_original_token: bool,
+        /// The verified payload, base64url JSON, in this header.
+        pub output_payload_to_header: String,
+        pub output_claim_to_headers: Vec<ClaimToHeader>,
+        /// Claims whose string value is split on spaces for authorization.
+        pub space_delimited_claims: Vec<String>,
+        /// How long fetching `jwksUri` may take (default 5s).
+        pub timeout: Option<GoDuration>,
+        /// Newer Istio: whether a token must be present. Read, not enforced by Trellis.
+        pub presence: Option<String>,
+    }
+}
+
+istio_message! {
+    pub struct JwtHeader {
+        pub name: String,
+        /// The value must start with this, which is removed (`"Bearer "`).
+        pub prefix: String,
+    }
+}
+
+istio_message! {
+    pub struct ClaimToHeader {
+        pub header: String,
+        pub claim: String,
     }
 }

@@ -81,6 +81,13 @@ struct Args {
     /// The longest lifetime issued (90 days); a longer request is refused.
     #[arg(long, default_value = "2160h", value_parser = go_duration)]
     max_workload_cert_ttl: Duration,
+    /// Extra roots (PEM) trusted when fetching RequestAuthentication jwksUris over https,
+    /// besides the system's (/etc/ssl/certs/ca-certificates.crt): a private issuer's CA.
+    #[arg(long, env = "TRELLIS_JWKS_CA_FILE")]
+    jwks_ca_file: Option<PathBuf>,
+    /// How often each jwksUri is fetched again (Istio's PILOT_JWT_PUB_KEY_REFRESH_INTERVAL).
+    #[arg(long, env = "PILOT_JWT_PUB_KEY_REFRESH_INTERVAL", default_value = "20m", value_parser = go_duration)]
+    jwks_refresh_interval: Duration,
     #[arg(long, env = "LOG_LEVEL", default_value = "info")]
     log_level: String,
 }
@@ -109,14 +116,37 @@ where
         None => MeshConfig::default(),
         Some(path) => match std::fs::read_to_string(path)
             .map_err(|e| e.to_string())
-            .and_then(|text| MeshConfig::from_yaml(&text).map(|(mesh, _)| mesh).map_err(|e| e.to_string()))
+            .and_then(|text| MeshConfig::from_yaml(&text).map_err(|e| e.to_string()))
         {
-            Ok(mesh) => mesh,
+            Ok((mesh, unknown)) => {
+                let at = path.display();
+                for field in unknown {
+                    tracing::warn!("--mesh-config {at}: {field}: unknown field, ignored");
+                }
+                for problem in mesh.validate() {
+                    tracing::warn!("--mesh-config {at}: {problem}");
+                }
+                for warning in mesh.warnings() {
+                    tracing::warn!("--mesh-config {at}: {warning}");
+                }
+                mesh
+            }
             Err(e) => {
                 eprintln!("trellisd: --mesh-config {}: {e}", path.display());
                 return ExitCode::from(2);
             }
         },
+    };
+    if args.jwks_refresh_interval < Duration::from_millis(100) {
+        eprintln!("trellisd: --jwks-refresh-interval {:?}: at least 100ms", args.jwks_refresh_interval);
+        return ExitCode::from(2);
+    }
+    let jwks_client = match jwks_client(args.jwks_ca_file.as_deref()) {
+        Ok(client) => client,
+        Err(e) => {
+            eprintln!("trellisd: {e}");
+            return ExitCode::from(2);
+        }
     };
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(rt) => rt,
@@ -125,7 +155,7 @@ where
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(serve(args, mesh)) {
+    match runtime.block_on(serve(args, mesh, jwks_client)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("trellisd: {e}");
@@ -134,7 +164,21 @@ where
     }
 }
 
-async fn serve(args: Args, mesh: MeshConfig) -> Result<(), String> {
+/// The JWKS client, trusting the system roots and `--jwks-ca-file`.
+fn jwks_client(ca_file: Option<&std::path::Path>) -> Result<crate::jwks::JwksClient, String> {
+    let extra = match ca_file {
+        None => None,
+        Some(path) => Some(
+            std::fs::read_to_string(path).map_err(|e| format!("--jwks-ca-file {}: {e}", path.display()))?,
+        ),
+    };
+    crate::jwks::JwksClient::new(extra.as_deref()).map_err(|e| match ca_file {
+        Some(path) => format!("--jwks-ca-file {}: {e}", path.display()),
+        None => e,
+    })
+}
+
+async fn serve(args: Args, mesh: MeshConfig, jwks_client: crate::jwks::JwksClient) -> Result<(), String> {
     let trust_domain = trust_domain(&args, &mesh)?;
     let lifetimes = lifetimes(&args)?;
     let model = ModelHandle::new(Model { mesh: Arc::new(mesh), ..Default::default() });
@@ -192,6 +236,14 @@ async fn serve(args: Args, mesh: MeshConfig) -> Result<(), String> {
         if tokio::time::timeout(SYNC_WAIT, status.wait_synced()).await.is_err() {
             tracing::warn!(unsynced = ?status.unsynced(), "not every kind listed after {SYNC_WAIT:?}; serving anyway");
         }
+    }
+
+    // Keys of RequestAuthentication jwksUris: the first round is awaited (bounded), so that the
+    // first push carries them; until an issuer answers, proxies reject its tokens.
+    let (jwks_ready, first_keys) = tokio::sync::oneshot::channel();
+    tokio::spawn(crate::jwks::run(model.clone(), jwks_client, args.jwks_refresh_interval, Some(jwks_ready)));
+    if tokio::time::timeout(JWKS_WAIT, first_keys).await.is_err() {
+        tracing::warn!("the first JWKS fetches took longer than {JWKS_WAIT:?}; serving anyway");
     }
 
     let (publish, generations) = watch::channel(Arc::new(Generation::first(model.snapshot())));
@@ -319,6 +371,10 @@ async fn shutdown() {
     }
     tracing::info!("shutting down");
 }
+
+/// How long the first push waits for the first round of JWKS fetches (each bounded by its
+/// rule's timeout, 5 s by default).
+const JWKS_WAIT: Duration = Duration::from_secs(10);
 
 /// How long the first push waits for the Kubernetes source's first complete listing.
 const SYNC_WAIT: std::time::Duration = std::time::Duration::from_secs(30);

@@ -3,6 +3,7 @@
 
 pub mod ca;
 pub mod cli;
+pub mod jwks;
 pub mod memory;
 pub mod model;
 pub mod sources;

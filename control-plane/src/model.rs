@@ -93,6 +93,8 @@ pub struct Model {
     pub endpoint_slices: BTreeMap<(String, String), Arc<KubeEndpointSlice>>,
     /// Pods by (namespace, name).
     pub pods: BTreeMap<(String, String), Arc<KubePod>>,
+    /// The JSON Web Key Sets trellisd fetched, by `jwksUri` (compact JSON, the last good copy).
+    pub jwks: BTreeMap<String, Arc<str>>,
 }
 
 impl Model {

@@ -207,13 +207,14 @@ async fn the_tls_port_serves_ads_too_and_refuses_clients_that_trust_another_root
     let right_name = CaClient::new(tls_channel(&secure, &root, Some("trellisd.istio-system.svc")).unwrap());
     right_name.certify(&requested, "token-a-x", Duration::from_secs(60)).await.unwrap();
 
-    // ADS over the same TLS port: the first response arrives.
+    // ADS over the same TLS port, with a token of the node's namespace: the first response
+    // arrives.
     let mut ads = AggregatedDiscoveryServiceClient::new(tls_channel(&secure, &root, None).unwrap());
     let first = DeltaDiscoveryRequest {
         node: Some(
             ProxyNode {
-                id: "sidecar~10.0.0.1~a.shop~shop.svc.cluster.local".into(),
-                namespace: "shop".into(),
+                id: "sidecar~10.0.0.1~x-1.a~a.svc.cluster.local".into(),
+                namespace: "a".into(),
                 ..Default::default()
             }
             .to_node(),
@@ -222,7 +223,9 @@ async fn the_tls_port_serves_ads_too_and_refuses_clients_that_trust_another_root
         ..Default::default()
     };
     let stream = tokio_stream::iter(vec![first]).chain(tokio_stream::pending());
-    let mut responses = tokio::time::timeout(DEADLINE, ads.delta_aggregated_resources(stream))
+    let mut call = tonic::Request::new(stream);
+    call.metadata_mut().insert("authorization", "Bearer token-a-x".parse().unwrap());
+    let mut responses = tokio::time::timeout(DEADLINE, ads.delta_aggregated_resources(call))
         .await
         .expect("ADS answered in time")
         .unwrap()

@@ -46,6 +46,7 @@ const COLLECTIONS: &[(&str, &str, &str)] = &[
     ("/apis/networking.istio.io/v1/sidecars", "networking.istio.io/v1", "Sidecar"),
     ("/apis/security.istio.io/v1/peerauthentications", "security.istio.io/v1", "PeerAuthentication"),
     ("/apis/security.istio.io/v1/authorizationpolicies", "security.istio.io/v1", "AuthorizationPolicy"),
+    ("/apis/security.istio.io/v1/requestauthentications", "security.istio.io/v1", "RequestAuthentication"),
 ];
 
 fn token(user: &str, audiences: &[&str], expired: bool) -> Token {

@@ -41,6 +41,7 @@ const COLLECTIONS: &[(&str, &str, &str)] = &[
     ("/apis/networking.istio.io/v1/sidecars", "networking.istio.io/v1", "Sidecar"),
     ("/apis/security.istio.io/v1/peerauthentications", "security.istio.io/v1", "PeerAuthentication"),
     ("/apis/security.istio.io/v1/authorizationpolicies", "security.istio.io/v1", "AuthorizationPolicy"),
+    ("/apis/security.istio.io/v1/requestauthentications", "security.istio.io/v1", "RequestAuthentication"),
 ];
 
 const DEADLINE: Duration = Duration::from_secs(10);
@@ -208,6 +209,27 @@ async fn the_model_follows_the_cluster() {
         virtual_service("reviews", json!([{"destination": {"host": "reviews", "subset": "v3"}}])),
     );
     wait_until(&model, "the fixed VirtualService", |m| subsets(m, "reviews") == ["v3"]).await;
+
+    // Security policies: a RequestAuthentication, and an AuthorizationPolicy without `spec`
+    // (Istio's allow-nothing policy: it reads as an empty spec).
+    api.apply(
+        "/apis/security.istio.io/v1/requestauthentications",
+        json!({"apiVersion": "security.istio.io/v1", "kind": "RequestAuthentication",
+               "metadata": {"namespace": "shop", "name": "jwt", "resourceVersion": "1"},
+               "spec": {"jwtRules": [{"issuer": "https://issuer.example.com", "jwksUri": "https://issuer.example.com/jwks"}]}}),
+    );
+    api.apply(
+        "/apis/security.istio.io/v1/authorizationpolicies",
+        json!({"apiVersion": "security.istio.io/v1", "kind": "AuthorizationPolicy",
+               "metadata": {"namespace": "shop", "name": "allow-nothing", "resourceVersion": "1"}}),
+    );
+    wait_until(&model, "the security policies", |m| {
+        let ra = m.resources.get(&ObjectKey::new(Kind::RequestAuthentication, "shop", "jwt"));
+        let ap = m.resources.get(&ObjectKey::new(Kind::AuthorizationPolicy, "shop", "allow-nothing"));
+        matches!(ra.map(|r| &**r), Some(Resource::RequestAuthentication(ra)) if ra.spec.jwt_rules.len() == 1)
+            && matches!(ap.map(|r| &**r), Some(Resource::AuthorizationPolicy(ap)) if ap.spec.rules.is_empty())
+    })
+    .await;
 
     // Deletes.
     api.delete(VIRTUAL_SERVICES, "shop", "reviews");

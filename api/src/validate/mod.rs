@@ -7,6 +7,8 @@
 mod networking;
 mod security;
 
+pub use security::{check_jwks_uri, is_claim_path, is_cookie_name};
+
 use std::collections::BTreeMap;
 use std::fmt;
 
@@ -49,9 +51,21 @@ pub fn validate(resource: &Resource) -> Vec<Finding> {
         Resource::Sidecar(sc) => networking::sidecar(&mut r, &sc.spec),
         Resource::Gateway(gw) => networking::gateway(&mut r, &gw.spec),
         Resource::PeerAuthentication(pa) => security::peer_authentication(&mut r, &pa.spec),
-        Resource::AuthorizationPolicy(ap) => security::authorization_policy(&mut r, &ap.spec),
+        Resource::AuthorizationPolicy(ap) => {
+            security::authorization_policy(&mut r, &ap.spec, ap.metadata.annotations.as_ref())
+        }
+        Resource::RequestAuthentication(ra) => security::request_authentication(&mut r, &ra.spec),
         Resource::Namespace(ns) => namespace_labels(&mut r, ns.metadata.labels.as_ref()),
     }
+    r.findings
+}
+
+/// What makes one AuthorizationPolicy rule unusable, `path` naming it (`spec.rules[2]`): the
+/// errors Istio's validation reports, and (as warnings) what Trellis's proxy cannot enforce. The
+/// control plane leaves such a rule out of an ALLOW policy and makes any other policy deny all.
+pub fn authorization_rule_defects(path: &str, rule: &crate::security::Rule) -> Vec<Finding> {
+    let mut r = Report::default();
+    security::authorization_rule(&mut r, path, rule);
     r.findings
 }
 
@@ -99,6 +113,15 @@ fn check_metadata(r: &mut Report, resource: &Resource) {
     }
     if let Some(ns) = meta.namespace.as_deref() {
         namespace_name(r, "metadata.namespace", ns);
+    }
+    // Istio: only an AuthorizationPolicy may carry the dry-run annotation.
+    let annotated =
+        meta.annotations.as_ref().is_some_and(|a| a.contains_key(crate::security::DRY_RUN_ANNOTATION));
+    if annotated && !matches!(resource, Resource::AuthorizationPolicy(_) | Resource::Namespace(_)) {
+        r.error(
+            format!("metadata.annotations.{}", crate::security::DRY_RUN_ANNOTATION),
+            "only an AuthorizationPolicy supports this annotation; remove it",
+        );
     }
 }
 

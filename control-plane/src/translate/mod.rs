@@ -5,7 +5,10 @@
 //! One job per module: `services` discovers the registry, `visibility` decides what a proxy
 //! sees (exportTo, Sidecar), `routes` turns VirtualServices into virtual hosts, `clusters`
 //! turns DestinationRules into clusters, `mesh` and `retries` carry the mesh-wide settings;
-//! `names`, `hosts`, `values` and `objects` are their shared vocabulary.
+//! `peer_authentication`, `policies`, `authorization` and `request_authentication` resolve the
+//! workload's security policies (inbound mTLS mode, AuthorizationPolicies with their ext_authz
+//! providers, JWT providers); `names`, `hosts`, `values` and `objects` are their shared
+//! vocabulary.
 //!
 //! Naming: a service port `<host>:<port>` has a virtual host and an endpoint set of that name
 //! (the endpoints carry the target port and the workload labels), and clusters
@@ -24,6 +27,7 @@ use trellis_xds::config as pb;
 
 use crate::model::Model;
 
+mod authorization;
 mod clusters;
 mod consistency;
 mod hosts;
@@ -31,17 +35,21 @@ mod mesh;
 pub mod names;
 mod objects;
 pub mod peer_authentication;
+pub mod policies;
+mod request_authentication;
 mod retries;
 mod routes;
 mod services;
 #[cfg(test)]
-mod test_support;
+pub(crate) mod test_support;
 mod values;
 mod visibility;
 
 pub use consistency::check_consistent;
 
 use names::{BLACK_HOLE_CLUSTER, service_port_name};
+use policies::PolicyKey;
+use trellis_api::resource::Kind;
 
 /// What the control plane knows of a connected proxy (from its xDS node metadata).
 #[derive(Clone, Debug, Default, PartialEq, Eq, Hash)]
@@ -60,11 +68,16 @@ pub struct Scope {
     /// The workload's PeerAuthentication, resolved: proxies of one namespace and Sidecar with
     /// different policies get different settings.
     pub inbound_mtls: peer_authentication::InboundMtls,
+    /// The AuthorizationPolicies that select the workload, `namespace/name`, sorted.
+    pub authorization: Vec<PolicyKey>,
+    /// The RequestAuthentications that select the workload, `namespace/name`, sorted.
+    pub request_authentication: Vec<PolicyKey>,
 }
 
 /// The scope of a proxy: its namespace and the Sidecar that applies to it — in its namespace
 /// the first (by name) whose selector matches its labels, else the first without a selector,
-/// else the root namespace's first without a selector.
+/// else the root namespace's first without a selector — and the security policies that select
+/// it.
 pub fn scope_of(model: &Model, proxy: &ProxyIdentity) -> Scope {
     Scope {
         namespace: proxy.namespace.clone(),
@@ -75,6 +88,13 @@ pub fn scope_of(model: &Model, proxy: &ProxyIdentity) -> Scope {
             model.mesh.root_namespace(),
         ),
         inbound_mtls: peer_authentication::resolve(model, &proxy.namespace, &proxy.labels),
+        authorization: policies::selecting(model, Kind::AuthorizationPolicy, &proxy.namespace, &proxy.labels),
+        request_authentication: policies::selecting(
+            model,
+            Kind::RequestAuthentication,
+            &proxy.namespace,
+            &proxy.labels,
+        ),
     }
 }
 
@@ -87,8 +107,11 @@ pub fn translate(model: &Model, scope: &Scope) -> pb::ProxyConfig {
         outbound_policy: mesh::outbound_policy(&model.mesh, view.sidecar.map(|s| s.spec)).into(),
         protocol_detection_timeout: mesh::protocol_detection_timeout(&model.mesh).map(Into::into),
         inbound_tls: Some(scope.inbound_mtls.to_pb()),
+        authorization: authorization::policies(model, &scope.authorization),
+        jwt_providers: request_authentication::providers(model, &scope.request_authentication),
         ..Default::default()
     };
+    config.ext_authz = authorization::ext_authz(model, &config.authorization);
     add_clusters(&mut config, model, &view, &services);
     add_services(&mut config, model, scope, &services, &virtual_services);
     add_black_hole_if_used(&mut config);

@@ -13,7 +13,7 @@ use trellis_api::networking::{
     DestinationRule, Gateway, ServiceEntry, Sidecar, VirtualService, WorkloadEntry,
 };
 use trellis_api::resource::{Kind, Resource};
-use trellis_api::security::{AuthorizationPolicy, PeerAuthentication};
+use trellis_api::security::{AuthorizationPolicy, PeerAuthentication, RequestAuthentication};
 use trellis_api::validate::{Finding, Severity, validate};
 
 /// Where the API server serves `kind` (its `v1`, the storage version of Istio's CRDs).
@@ -27,6 +27,7 @@ pub fn api_resource(kind: Kind) -> ApiResource {
         Kind::Gateway => ApiResource::erase::<Gateway>(&()),
         Kind::PeerAuthentication => ApiResource::erase::<PeerAuthentication>(&()),
         Kind::AuthorizationPolicy => ApiResource::erase::<AuthorizationPolicy>(&()),
+        Kind::RequestAuthentication => ApiResource::erase::<RequestAuthentication>(&()),
         Kind::Namespace => ApiResource::erase::<Namespace>(&()),
     }
 }
@@ -50,7 +51,11 @@ pub fn check(kind: Kind, object: DynamicObject) -> Result<Accepted, Vec<Finding>
 
 /// The typed resource, or the field that does not fit the schema.
 fn decode(kind: Kind, object: DynamicObject) -> Result<Resource, Finding> {
-    let value = into_value(object)?;
+    let mut value = into_value(object)?;
+    // Istio reads a security policy without `spec` as one with an empty spec.
+    if kind.spec_optional() && value.get("spec").is_none_or(Value::is_null) {
+        value = trellis_api::load::with_empty_spec(&value);
+    }
     Ok(match kind {
         Kind::VirtualService => Resource::VirtualService(typed(value)?),
         Kind::DestinationRule => Resource::DestinationRule(typed(value)?),
@@ -60,6 +65,7 @@ fn decode(kind: Kind, object: DynamicObject) -> Result<Resource, Finding> {
         Kind::Gateway => Resource::Gateway(typed(value)?),
         Kind::PeerAuthentication => Resource::PeerAuthentication(typed(value)?),
         Kind::AuthorizationPolicy => Resource::AuthorizationPolicy(typed(value)?),
+        Kind::RequestAuthentication => Resource::RequestAuthentication(typed(value)?),
         Kind::Namespace => Resource::Namespace(typed(value)?),
     })
 }
