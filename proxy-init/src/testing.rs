@@ -181,3 +181,20 @@ impl Drop for RunnableByAnyone {
         let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
+
+/// An HTTP GET to 127.0.0.1:`port` from inside the namespace (by the test itself, as root, to
+/// loopback: not captured): the whole answer, or empty.
+pub fn http_get_in(ns: &str, port: u16, path: &str) -> String {
+    use std::io::{Read, Write};
+    in_namespace(Some(&netns_path(ns)), || {
+        let mut s = std::net::TcpStream::connect(("127.0.0.1", port))?;
+        s.set_read_timeout(Some(Duration::from_secs(5)))?;
+        write!(s, "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")?;
+        let mut out = String::new();
+        s.read_to_string(&mut out)?;
+        Ok::<_, std::io::Error>(out)
+    })
+    .ok()
+    .and_then(Result::ok)
+    .unwrap_or_default()
+}

@@ -6,7 +6,7 @@
 
 mod common;
 
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::{SocketAddr, TcpListener};
 use std::os::unix::process::CommandExt;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
@@ -16,7 +16,7 @@ use common::Upstream;
 use trellis_proxy_init::apply::{self, Backend, in_namespace};
 use trellis_proxy_init::rules::build;
 use trellis_proxy_init::settings::Settings;
-use trellis_proxy_init::testing::{RunnableByAnyone, in_scratch_namespace, ip, netns_path};
+use trellis_proxy_init::testing::{RunnableByAnyone, http_get_in, in_scratch_namespace, ip, netns_path};
 
 const CLIENT_IP: &str = "10.79.0.1";
 const SERVER_IP: &str = "10.79.0.2";
@@ -70,21 +70,6 @@ fn start_proxy(ns: &str, binary: &Path, config: &Path) -> PodProxy {
     let proxy = PodProxy(child);
     wait_ready(ns);
     proxy
-}
-
-/// An HTTP GET from inside the namespace (the test itself, as root: not captured).
-fn http_get_in(ns: &str, port: u16, path: &str) -> String {
-    use std::io::{Read, Write};
-    in_namespace(Some(&netns_path(ns)), || {
-        let mut s = TcpStream::connect(("127.0.0.1", port))?;
-        s.set_read_timeout(Some(Duration::from_secs(5)))?;
-        write!(s, "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")?;
-        let mut out = String::new();
-        s.read_to_string(&mut out)?;
-        Ok::<_, std::io::Error>(out)
-    })
-    .unwrap()
-    .unwrap_or_default()
 }
 
 fn wait_ready(ns: &str) {
