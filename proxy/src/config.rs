@@ -641,7 +641,7 @@ mod tests {
             ("jwtProviders: [{ issuer: '' }]", "jwt_providers[0].issuer"),
         ] {
             let err =
-                parse(policy).and_then(|c| Snapshot::compile(c, 1, None).map(|_| ())).err().expect(policy);
+                parse(policy).and_then(|c| Snapshot::compile(c, 1, None).map(|_| ())).expect_err(policy);
             assert_eq!(err.field, field, "{policy}: {}", err.message);
         }
     }
