@@ -1,7 +1,9 @@
 //! `trellis demo` end to end, about 20 seconds each: as root (pods in network namespaces,
 //! proxy-init's rules, proxies as UID 1337) and without root (explicit mode; when the test runs
 //! as root, the demo runs as `nobody`). Each run must answer every request, split the canary
-//! 90/10 and then 50/50 within tolerance, have every proxy count its calls, and leave no
+//! 90/10 and then 50/50 within tolerance, have every proxy count its calls, carry every call
+//! inside the mesh over mutual TLS between the right SPIFFE IDs (as the proxies' metrics label
+//! them), have the plaintext client from outside the mesh refused and counted, and leave no
 //! process, namespace or file behind. As root also: a demo killed outright is cleaned up by the
 //! next run, and Ctrl-C ends a run with everything removed.
 
@@ -122,13 +124,34 @@ fn check(summary: &Value, stdout: &str, mode: &str) {
     assert!(rss > 0);
     assert_eq!(count(&summary["total_proxy_rss_bytes"]), rss);
 
-    // The live table ran, and showed the split.
+    check_identities(summary, sent);
+
+    // The live table ran, and showed the split and mutual TLS.
     let ticks: Vec<Value> = stdout
         .lines()
         .filter_map(|l| serde_json::from_str::<Value>(l).ok())
         .filter(|v| v["tick"].is_object())
         .collect();
     assert!(ticks.len() >= 15, "{} ticks", ticks.len());
+    let secured_ticks = ticks
+        .iter()
+        .filter(|t| {
+            let rows = t["tick"]["rows"].as_array().unwrap();
+            rows.len() == 4
+                && rows
+                    .iter()
+                    .filter(|r| r["from"] != "load")
+                    .all(|r| r["security"][0]["policy"] == "mutual_tls")
+        })
+        .count();
+    assert!(secured_ticks >= 15, "{secured_ticks} ticks show every edge in the mesh as mutual TLS");
+    assert!(
+        ticks.iter().all(|t| t["tick"]["title"].as_array().unwrap().iter().any(|l| l
+            .as_str()
+            .unwrap()
+            .starts_with("plaintext client outside the mesh → inventory:8080: refused"))),
+        "every tick's title says the plaintext client was refused"
+    );
     let edge =
         summary["edges"].as_array().unwrap().iter().find(|e| e["from"] == "frontend" && e["to"] == "catalog");
     let edge = edge.unwrap_or_else(|| panic!("no frontend → catalog edge: {}", summary["edges"]));
@@ -155,6 +178,63 @@ fn check(summary: &Value, stdout: &str, mode: &str) {
         rss as f64 / 1048576.0,
         count(&summary["total_proxy_anon_bytes"]) as f64 / 1048576.0
     );
+}
+
+fn spiffe(account: &str) -> String {
+    format!("spiffe://cluster.local/ns/shop/sa/{account}")
+}
+
+/// Identities and mutual TLS, from the proxies themselves: each one's certificate (its /certs),
+/// how every edge's requests were labelled (connection_security_policy, source_principal,
+/// destination_principal), and the plaintext client refused under STRICT.
+fn check_identities(summary: &Value, sent: u64) {
+    let accounts = [
+        ("frontend", "frontend"),
+        ("catalog-v1", "catalog"),
+        ("catalog-v2", "catalog"),
+        ("inventory", "inventory"),
+    ];
+    for (pod, account) in accounts {
+        let p = proxy(summary, pod);
+        assert_eq!(p["spiffe_id"], spiffe(account), "{pod}'s certificate: {p}");
+        // Callees received everything over mutual TLS; the entry, the load's plaintext.
+        let mutual = count(&p["inbound_mutual_tls_requests"]);
+        if pod == "frontend" {
+            assert_eq!(mutual, 0, "{p}");
+        } else {
+            assert_eq!(mutual, count(&p["inbound_requests"]), "{pod} received plaintext: {p}");
+        }
+    }
+    let edges = summary["edges"].as_array().unwrap();
+    assert_eq!(edges.len(), 4, "{edges:?}");
+    for edge in edges {
+        let security = edge["security"].as_array().unwrap();
+        assert_eq!(security.len(), 1, "one way of securing per edge: {edge}");
+        let (from, to) = (edge["from"].as_str().unwrap(), edge["to"].as_str().unwrap());
+        let s = &security[0];
+        if from == "load" {
+            // From outside the mesh, into frontend (PERMISSIVE): plaintext, as frontend's proxy saw it.
+            assert_eq!(s["policy"], "none", "{edge}");
+            assert_eq!(s["requests"].as_f64(), Some(sent as f64), "{edge}");
+            continue;
+        }
+        let account = accounts.iter().find(|(p, _)| *p == from).map_or(from, |(_, a)| *a);
+        assert_eq!(s["policy"], "mutual_tls", "{edge}");
+        assert_eq!(s["source_principal"], spiffe(account), "{edge}");
+        assert_eq!(s["destination_principal"], spiffe(to), "{edge}");
+        assert_eq!(s["share"], 1.0, "{edge}");
+    }
+    // The plaintext client: closed without an answer, counted by inventory's proxy (and that is
+    // the only connection any proxy refused: none of the mesh's own).
+    let probe = &summary["plaintext_client"];
+    assert_eq!(probe["pod"], "inventory", "{probe}");
+    assert_eq!(probe["refused"], true, "{probe}");
+    assert_eq!(count(&probe["proxy_refused_added"]), 1, "{probe}");
+    assert_eq!(probe["proxy_refused"], serde_json::json!({"plaintext": 1}), "{probe}");
+    for p in summary["proxies"].as_array().unwrap() {
+        let expected = u64::from(p["pod"] == "inventory");
+        assert_eq!(count(&p["refused_connections"]), expected, "{p}");
+    }
 }
 
 fn zombie(pid: u64) -> bool {
@@ -224,9 +304,14 @@ fn a_broken_example_is_refused_before_anything_runs() {
     let source = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/demo");
     let dir = tempfile::tempdir().unwrap();
     std::fs::create_dir(dir.path().join("istio")).unwrap();
-    for file in
-        ["mesh.yaml", "pods.yaml", "istio/services.yaml", "istio/catalog.yaml", "istio/inventory.yaml"]
-    {
+    for file in [
+        "mesh.yaml",
+        "pods.yaml",
+        "istio/services.yaml",
+        "istio/catalog.yaml",
+        "istio/inventory.yaml",
+        "istio/security.yaml",
+    ] {
         std::fs::copy(source.join(file), dir.path().join(file)).unwrap();
     }
     let services = dir.path().join("istio/services.yaml");

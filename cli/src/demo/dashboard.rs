@@ -1,13 +1,15 @@
-//! The running demo: the load goes in, every second each proxy's metrics are read and the
-//! table redrawn, halfway the canary is edited, and at the end (or on Ctrl-C) the load stops
-//! and the summary is made — with `--keep`, the mesh stays up and the table keeps showing
-//! whatever calls the user makes, until Ctrl-C.
+//! The running demo: a plaintext client from outside the mesh tries a pod first, then the load
+//! goes in, every second each proxy's metrics are read and the table redrawn, halfway the
+//! canary is edited, and at the end (or on Ctrl-C) the load stops and the summary is made —
+//! with `--keep`, the mesh stays up and the table keeps showing whatever calls the user makes,
+//! until Ctrl-C.
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use super::console::Console;
+use super::identity::{self, ProbeReport};
 use super::load::{self, Phase, Record, Shared, Window};
 use super::metrics::{self, Reporter};
 use super::plan::{Canary, Mode, Plan};
@@ -37,6 +39,7 @@ pub async fn run(session: &mut Session, console: &mut Console, startup: Duration
     };
     let record: Shared = Arc::new(Mutex::new(Record::default()));
     let (running, running_rx) = tokio::sync::watch::channel(true);
+    let probe = plaintext_client(&plan, console).await;
     let baseline = scrape(&plan, None).await;
     let mut history = History::new(SPAN);
     history.push(0.0, baseline.clone(), Window::default());
@@ -74,7 +77,7 @@ pub async fn run(session: &mut Session, console: &mut Console, startup: Duration
         canary = advance(canary, &plan, session, &record, seconds, duration, console).await;
         console.table(
             seconds,
-            &title(&plan, session, seconds, &canary, load.is_some()),
+            &title(&plan, session, seconds, &canary, load.is_some(), probe.as_ref()),
             &history.rows(&topology),
         );
         if load.is_some() && began.elapsed() >= duration {
@@ -97,7 +100,28 @@ pub async fn run(session: &mut Session, console: &mut Console, startup: Duration
     let answered = record.lock().map(|r| r.ok).unwrap_or(0);
     let last = settle(&plan, answered).await;
     let record = record.lock().map_err(|_| "the load's record is unreadable".to_owned())?;
-    Ok(summary(session, &plan, &topology, startup, load_seconds, &record, &baseline, &last, &total, canary))
+    Ok(summary(
+        session,
+        &plan,
+        &topology,
+        startup,
+        load_seconds,
+        &record,
+        &baseline,
+        &last,
+        &total,
+        canary,
+        probe,
+    ))
+}
+
+/// The plaintext client from outside the mesh, before the load: its line stays above the table.
+async fn plaintext_client(plan: &Plan, console: &mut Console) -> Option<ProbeReport> {
+    let probe = plan.probe.as_ref()?;
+    let pod = plan.pods.iter().find(|p| p.name == probe.pod)?;
+    let report = identity::probe(probe, pod.stats(), pod).await;
+    console.note(&format!("trellis demo: {}", report.line()));
+    Some(report)
 }
 
 async fn stop_load(
@@ -131,10 +155,22 @@ async fn scrape(plan: &Plan, previous: Option<&Snapshot>) -> Snapshot {
 }
 
 fn counted(snapshot: &Snapshot, pod: &str, reporter: Reporter) -> u64 {
-    snapshot
-        .get(pod)
-        .map_or(0.0, |s| s.iter().filter(|((r, _), _)| *r == reporter).map(|(_, t)| t.requests).sum::<f64>())
-        as u64
+    snapshot.get(pod).map_or(0.0, |s| {
+        s.traffic.iter().filter(|((r, _), _)| *r == reporter).map(|(_, t)| t.requests).sum::<f64>()
+    }) as u64
+}
+
+/// Requests a pod's proxy received over mutual TLS.
+fn received_over_mutual_tls(snapshot: &Snapshot, pod: &str) -> u64 {
+    snapshot.get(pod).map_or(0.0, |s| {
+        s.traffic
+            .iter()
+            .filter(|((r, _), _)| *r == Reporter::Destination)
+            .flat_map(|(_, t)| &t.security)
+            .filter(|(security, _)| security.mutual_tls())
+            .map(|(_, n)| n)
+            .sum::<f64>()
+    }) as u64
 }
 
 /// The last counts, once the entry pod's proxy has counted every answered request (it counts a
@@ -195,7 +231,14 @@ fn weights(canary: &Canary, weights: &[u32]) -> String {
     canary.subsets.iter().zip(weights).map(|(s, w)| format!("{s} {w}")).collect::<Vec<_>>().join(" / ")
 }
 
-fn title(plan: &Plan, session: &Session, seconds: f64, canary: &CanaryState, loading: bool) -> Vec<String> {
+fn title(
+    plan: &Plan,
+    session: &Session,
+    seconds: f64,
+    canary: &CanaryState,
+    loading: bool,
+    probe: Option<&ProbeReport>,
+) -> Vec<String> {
     let mode = match plan.mode {
         Mode::Namespaces => "network namespaces",
         Mode::Explicit => "explicit mode",
@@ -225,6 +268,9 @@ fn title(plan: &Plan, session: &Session, seconds: f64, canary: &CanaryState, loa
         };
         lines.push(format!("canary: VirtualService {}: {now}", c.virtual_service));
     }
+    if let Some(probe) = probe {
+        lines.push(probe.short());
+    }
     lines
 }
 
@@ -240,10 +286,16 @@ fn how_to_call(plan: &Plan) -> String {
                     "  ip netns exec {hub} curl -s http://{}/   # into {}, captured inbound",
                     entry.target, entry.pod
                 ),
-                format!(
-                    "  ip netns exec {hub} curl -s http://{stats}/stats/prometheus   # a proxy's metrics"
-                ),
             ];
+            if let Some(probe) = &plan.probe {
+                lines.push(format!(
+                    "  ip netns exec {hub} curl -sS http://{}/   # plaintext into {}: refused under STRICT",
+                    probe.target, probe.pod
+                ));
+            }
+            lines.push(format!(
+                "  ip netns exec {hub} curl -s http://{stats}/stats/prometheus   # a proxy's metrics"
+            ));
             // As an app would: from inside a pod, as its user, to a service's virtual IP.
             let called = plan.services.iter().find(|s| s.subsets.len() > 1).or(plan.services.last());
             if let Some((service, vip)) = called.and_then(|s| Some((s, s.vip?))) {
@@ -260,13 +312,22 @@ fn how_to_call(plan: &Plan) -> String {
             lines.push("Ctrl-C removes it.".to_owned());
             lines.join("\n")
         }
-        Mode::Explicit => format!(
-            "The mesh stays up. Call it:\n  \
-             curl -s -H 'Host: {}' http://{}/   # into {} through its proxy\n  \
-             curl -s http://{stats}/stats/prometheus   # a proxy's metrics\n\
-             Ctrl-C removes it.",
-            entry.authority, entry.target, entry.pod
-        ),
+        Mode::Explicit => {
+            let refused = plan.probe.as_ref().map_or(String::new(), |p| {
+                format!(
+                    "  curl -sS -H 'Host: {}' http://{}/   # plaintext into {}: refused under STRICT\n",
+                    p.authority, p.target, p.pod
+                )
+            });
+            format!(
+                "The mesh stays up. Call it:\n  \
+                 curl -s -H 'Host: {}' http://{}/   # into {} through its proxy\n\
+                 {refused}  \
+                 curl -s http://{stats}/stats/prometheus   # a proxy's metrics\n\
+                 Ctrl-C removes it.",
+                entry.authority, entry.target, entry.pod
+            )
+        }
     }
 }
 
@@ -282,12 +343,14 @@ fn summary(
     last: &Snapshot,
     total: &Window,
     canary: CanaryState,
+    plaintext_client: Option<ProbeReport>,
 ) -> Summary {
     let proxies: Vec<ProxyReport> = plan
         .pods
         .iter()
         .zip(&session.proxies)
-        .map(|(pod, &index)| {
+        .enumerate()
+        .map(|(i, (pod, &index))| {
             let pid = session.processes[index].pid();
             let (rss_bytes, anon_bytes) = processes::memory(pid).unwrap_or_default();
             ProxyReport {
@@ -297,6 +360,13 @@ fn summary(
                 anon_bytes,
                 inbound_requests: counted(last, &pod.name, Reporter::Destination),
                 outbound_requests: counted(last, &pod.name, Reporter::Source),
+                inbound_mutual_tls_requests: received_over_mutual_tls(last, &pod.name),
+                refused_connections: last.get(&pod.name).map_or(0, |s| s.refused_total() as u64),
+                spiffe_id: session
+                    .certificates
+                    .get(i)
+                    .and_then(|c| c.as_ref().ok())
+                    .map(|c| c.identity.clone()),
             }
         })
         .collect();
@@ -355,6 +425,7 @@ fn summary(
         total_proxy_anon_bytes: proxies.iter().map(|p| p.anon_bytes).sum(),
         proxies,
         edges: rows(topology, baseline, last, total, load_seconds.max(0.001)),
+        plaintext_client,
         pids: session.pids(),
         namespaces: session.namespaces(),
         run_dir: session.run_dir.display().to_string(),

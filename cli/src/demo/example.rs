@@ -36,6 +36,10 @@ impl Example {
                     "inventory.yaml".to_owned(),
                     include_str!("../../../examples/demo/istio/inventory.yaml").to_owned(),
                 ),
+                (
+                    "security.yaml".to_owned(),
+                    include_str!("../../../examples/demo/istio/security.yaml").to_owned(),
+                ),
             ],
         }
     }

@@ -1,16 +1,35 @@
 //! What the table needs from a proxy's Prometheus page (`/stats/prometheus` on 15090): Istio's
 //! `istio_requests_total` and `istio_request_duration_milliseconds` per reporter and destination
-//! service, summed over the other labels.
+//! service, summed over the other labels except how the requests were secured
+//! (`connection_security_policy`, `source_principal`, `destination_principal`); and the
+//! connections the proxy refused inbound (`trellis_inbound_connections_refused_total`).
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::time::Duration;
+
+use serde::Serialize;
 
 /// Which side counted: the caller's proxy (outbound) or the callee's (inbound).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum Reporter {
     Source,
     Destination,
+}
+
+/// How requests were secured, as the reporting proxy labels them: `mutual_tls` with both
+/// SPIFFE IDs, or `none` (plaintext) with `unknown` principals.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+pub struct Security {
+    pub policy: String,
+    pub source_principal: String,
+    pub destination_principal: String,
+}
+
+impl Security {
+    pub fn mutual_tls(&self) -> bool {
+        self.policy == "mutual_tls"
+    }
 }
 
 /// Cumulative counts of one reporter and destination service.
@@ -21,6 +40,8 @@ pub struct Traffic {
     pub server_errors: f64,
     /// The duration histogram: (upper bound in ms, cumulative count), ascending, +Inf last.
     pub buckets: Vec<(f64, f64)>,
+    /// Requests by how they were secured.
+    pub security: BTreeMap<Security, f64>,
 }
 
 impl Traffic {
@@ -39,6 +60,11 @@ impl Traffic {
                     let before = older.buckets.iter().find(|(l, _)| l == le).map_or(0.0, |(_, b)| *b);
                     (*le, minus(*n, before))
                 })
+                .collect(),
+            security: self
+                .security
+                .iter()
+                .map(|(s, n)| (s.clone(), minus(*n, older.security.get(s).copied().unwrap_or(0.0))))
                 .collect(),
         }
     }
@@ -76,15 +102,33 @@ fn add_bucket(buckets: &mut Vec<(f64, f64)>, le: f64, n: f64) {
     }
 }
 
-/// One proxy's page, by reporter and destination service (`catalog.shop.svc.cluster.local`, or
-/// `inbound|8080` for what the proxy delivered to its own app).
-pub type ProxyStats = BTreeMap<(Reporter, String), Traffic>;
+/// One proxy's page.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct ProxyStats {
+    /// By reporter and destination service (`catalog.shop.svc.cluster.local`, or `inbound|8080`
+    /// for what the proxy delivered to its own app).
+    pub traffic: BTreeMap<(Reporter, String), Traffic>,
+    /// Inbound connections closed by PeerAuthentication or a failed mutual TLS handshake, by
+    /// reason (`plaintext`, ...).
+    pub refused: BTreeMap<String, f64>,
+}
 
-/// Reads the series the table uses; every other line is skipped.
+impl ProxyStats {
+    pub fn refused_total(&self) -> f64 {
+        self.refused.values().sum()
+    }
+}
+
+/// Reads the series the demo uses; every other line is skipped.
 pub fn parse(text: &str) -> ProxyStats {
-    let mut stats = ProxyStats::new();
+    let mut stats = ProxyStats::default();
     for line in text.lines() {
         let Some((name, labels, value)) = sample(line) else { continue };
+        if name == "trellis_inbound_connections_refused_total" {
+            let reason = labels.get("reason").cloned().unwrap_or_default();
+            *stats.refused.entry(reason).or_default() += value;
+            continue;
+        }
         let reporter = match labels.get("reporter").map(String::as_str) {
             Some("source") => Reporter::Source,
             Some("destination") => Reporter::Destination,
@@ -94,13 +138,20 @@ pub fn parse(text: &str) -> ProxyStats {
         if name != "istio_requests_total" && name != "istio_request_duration_milliseconds_bucket" {
             continue;
         }
-        let traffic = stats.entry((reporter, service.clone())).or_default();
+        let traffic = stats.traffic.entry((reporter, service.clone())).or_default();
         match name {
             "istio_requests_total" => {
                 traffic.requests += value;
                 if labels.get("response_code").is_some_and(|c| c.starts_with('5')) {
                     traffic.server_errors += value;
                 }
+                let label = |k: &str| labels.get(k).cloned().unwrap_or_else(|| "unknown".to_owned());
+                let security = Security {
+                    policy: label("connection_security_policy"),
+                    source_principal: label("source_principal"),
+                    destination_principal: label("destination_principal"),
+                };
+                *traffic.security.entry(security).or_default() += value;
             }
             "istio_request_duration_milliseconds_bucket" => {
                 let le = match labels.get("le").map(String::as_str) {
@@ -177,8 +228,8 @@ mod tests {
 
     const PAGE: &str = r#"# HELP istio_requests Requests.
 # TYPE istio_requests counter
-istio_requests_total{reporter="source",source_workload="frontend",destination_service="catalog.shop.svc.cluster.local",response_code="200",response_flags="-"} 90
-istio_requests_total{reporter="source",source_workload="frontend",destination_service="catalog.shop.svc.cluster.local",response_code="503",response_flags="UF"} 10
+istio_requests_total{reporter="source",source_workload="frontend",destination_service="catalog.shop.svc.cluster.local",response_code="200",response_flags="-",connection_security_policy="mutual_tls",source_principal="spiffe://cluster.local/ns/shop/sa/frontend",destination_principal="spiffe://cluster.local/ns/shop/sa/catalog"} 90
+istio_requests_total{reporter="source",source_workload="frontend",destination_service="catalog.shop.svc.cluster.local",response_code="503",response_flags="UF",connection_security_policy="none",source_principal="unknown",destination_principal="unknown"} 10
 istio_requests_total{reporter="destination",destination_service="inbound|8080",response_code="200"} 100
 istio_requests_total{reporter="destination",destination_service="we\"ird\\name",response_code="200"} 1
 istio_request_duration_milliseconds_bucket{reporter="source",destination_service="catalog.shop.svc.cluster.local",response_code="200",le="1.0"} 10
@@ -189,6 +240,9 @@ istio_request_duration_milliseconds_bucket{reporter="source",destination_service
 istio_request_duration_milliseconds_bucket{reporter="source",destination_service="catalog.shop.svc.cluster.local",response_code="503",le="+Inf"} 10
 istio_request_duration_milliseconds_sum{reporter="source",destination_service="catalog.shop.svc.cluster.local",response_code="200"} 300
 istio_tcp_connections_opened_total{reporter="source",destination_service="db"} 3
+# TYPE trellis_inbound_connections_refused counter
+trellis_inbound_connections_refused_total{reason="plaintext"} 2
+trellis_inbound_connections_refused_total{reason="handshake"} 1
 garbage {{{
 istio_requests_total{reporter="source",destination_service="x",response_code="200"} not-a-number
 "#;
@@ -196,12 +250,36 @@ istio_requests_total{reporter="source",destination_service="x",response_code="20
     #[test]
     fn series_are_summed_by_reporter_and_service() {
         let stats = parse(PAGE);
-        let catalog = &stats[&(Reporter::Source, "catalog.shop.svc.cluster.local".to_owned())];
+        let catalog = &stats.traffic[&(Reporter::Source, "catalog.shop.svc.cluster.local".to_owned())];
         assert_eq!((catalog.requests, catalog.server_errors), (100.0, 10.0));
         assert_eq!(catalog.buckets, [(1.0, 20.0), (5.0, 90.0), (f64::INFINITY, 100.0)]);
-        assert_eq!(stats[&(Reporter::Destination, "inbound|8080".to_owned())].requests, 100.0);
-        assert_eq!(stats[&(Reporter::Destination, "we\"ird\\name".to_owned())].requests, 1.0);
-        assert_eq!(stats.len(), 3, "{stats:?}");
+        let inbound = &stats.traffic[&(Reporter::Destination, "inbound|8080".to_owned())];
+        assert_eq!(inbound.requests, 100.0);
+        assert_eq!(stats.traffic[&(Reporter::Destination, "we\"ird\\name".to_owned())].requests, 1.0);
+        assert_eq!(stats.traffic.len(), 3, "{stats:?}");
+        // Requests by how they were secured; a page without the labels says "unknown".
+        let security = |policy: &str, from: &str, to: &str| Security {
+            policy: policy.into(),
+            source_principal: from.into(),
+            destination_principal: to.into(),
+        };
+        assert_eq!(
+            catalog.security,
+            BTreeMap::from([
+                (
+                    security(
+                        "mutual_tls",
+                        "spiffe://cluster.local/ns/shop/sa/frontend",
+                        "spiffe://cluster.local/ns/shop/sa/catalog"
+                    ),
+                    90.0
+                ),
+                (security("none", "unknown", "unknown"), 10.0),
+            ])
+        );
+        assert_eq!(inbound.security, BTreeMap::from([(security("unknown", "unknown", "unknown"), 100.0)]));
+        assert_eq!(stats.refused, BTreeMap::from([("plaintext".into(), 2.0), ("handshake".into(), 1.0)]));
+        assert_eq!(stats.refused_total(), 3.0);
     }
 
     #[test]
@@ -210,6 +288,7 @@ istio_requests_total{reporter="source",destination_service="x",response_code="20
             requests: 100.0,
             server_errors: 0.0,
             buckets: vec![(1.0, 20.0), (5.0, 90.0), (f64::INFINITY, 100.0)],
+            ..Traffic::default()
         };
         assert_eq!(traffic.quantile(0.1), Some(0.5));
         assert_eq!(traffic.quantile(0.5), Some(1.0 + 4.0 * (30.0 / 70.0)));
@@ -220,16 +299,32 @@ istio_requests_total{reporter="source",destination_service="x",response_code="20
 
     #[test]
     fn windows_are_differences() {
-        let older =
-            Traffic { requests: 40.0, server_errors: 1.0, buckets: vec![(1.0, 30.0), (f64::INFINITY, 40.0)] };
+        let mtls = Security {
+            policy: "mutual_tls".into(),
+            source_principal: "spiffe://cluster.local/ns/shop/sa/a".into(),
+            destination_principal: "spiffe://cluster.local/ns/shop/sa/b".into(),
+        };
+        let plain = Security {
+            policy: "none".into(),
+            source_principal: "unknown".into(),
+            destination_principal: "unknown".into(),
+        };
+        let older = Traffic {
+            requests: 40.0,
+            server_errors: 1.0,
+            buckets: vec![(1.0, 30.0), (f64::INFINITY, 40.0)],
+            security: BTreeMap::from([(mtls.clone(), 40.0)]),
+        };
         let newer = Traffic {
             requests: 100.0,
             server_errors: 1.0,
             buckets: vec![(1.0, 50.0), (f64::INFINITY, 100.0)],
+            security: BTreeMap::from([(mtls.clone(), 95.0), (plain.clone(), 5.0)]),
         };
         let window = newer.since(Some(&older));
         assert_eq!((window.requests, window.server_errors), (60.0, 0.0));
         assert_eq!(window.buckets, [(1.0, 20.0), (f64::INFINITY, 60.0)]);
+        assert_eq!(window.security, BTreeMap::from([(mtls, 55.0), (plain, 5.0)]));
         // A proxy that restarted: its counts start again.
         assert_eq!(older.since(Some(&newer)).requests, 40.0);
     }

@@ -1,8 +1,11 @@
 //! `trellis demo`: the whole mesh on one machine. The pods of `examples/demo` are injected by
 //! the injector's own code; as root each gets a network namespace programmed by proxy-init with
 //! the injected flags, a sidecar running as UID 1337 and its app as another user; the control
-//! plane routes a canary that is edited halfway; a steady load goes in and a live table shows
-//! the golden signals. Without root it runs in explicit mode (apps call their local proxy).
+//! plane routes a canary that is edited halfway; its CA gives every proxy a certificate for its
+//! pod's service account, and the proxies speak mutual TLS to each other (STRICT: a plaintext
+//! client from outside the mesh is refused); a steady load goes in and a live table shows the
+//! golden signals and each edge's identities. Without root it runs in explicit mode (apps call
+//! their local proxy).
 //!
 //! `plan` decides everything from the files; `session` makes it real and removes it;
 //! `dashboard` drives the load and draws the table; `state` finds what a crashed run left.
@@ -11,6 +14,7 @@ mod canary;
 mod console;
 mod dashboard;
 mod example;
+mod identity;
 mod kubelet;
 mod load;
 mod metrics;

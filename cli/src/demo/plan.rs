@@ -1,8 +1,10 @@
 //! From the demo's files to what to run, before anything runs: each pod injected by the
 //! injector's own code, its address (from the WorkloadEntry of the same name), the redirect's
 //! flags and the proxy's environment taken from the injected pod, the app's command line, the
-//! control plane's address (the mesh config's `discoveryAddress`), where the load goes in, and
-//! the canary edit made halfway. Pure: every problem is found here, named by file and field.
+//! control plane's address (the mesh config's `discoveryAddress`) and its CA's (port 15012 of
+//! the same host), each pod's service account and SPIFFE ID, where the load goes in, which pod
+//! a plaintext client outside the mesh tries, and the canary edit made halfway. Pure: every
+//! problem is found here, named by file and field.
 //!
 //! Two modes. With network namespaces (root), a pod lives at its WorkloadEntry's address
 //! (10.77.0.x) behind a bridge whose address is the control plane's. In explicit mode (no root)
@@ -30,6 +32,9 @@ use super::yaml_edit::{edit_documents, identity};
 pub const OUTBOUND_PORT: u16 = 15001;
 pub const INBOUND_PORT: u16 = 15006;
 pub const READINESS_PORT: u16 = 15021;
+pub const ADMIN_PORT: u16 = 15000;
+/// The CA: trellisd's TLS port, on the control plane's host.
+pub const CA_PORT: u16 = 15012;
 pub const STATS_PORT: u16 = 15090;
 /// The demo network's size: the control plane's address and the pods share a /24.
 pub const PREFIX_LEN: u8 = 24;
@@ -48,12 +53,16 @@ pub struct Plan {
     /// The control plane's address and, with namespaces, the bridge: the pods' gateway.
     pub hub: Ipv4Addr,
     pub xds: SocketAddr,
+    /// trellisd's TLS port: its CA (Istio's CreateCertificate) and xDS over TLS.
+    pub ca: SocketAddr,
     pub monitoring: SocketAddr,
     pub mesh: String,
     /// The Istio files as the control plane reads them (file name, text).
     pub config: Vec<(String, String)>,
     pub pods: Vec<PodPlan>,
     pub entry: Entry,
+    /// Where a plaintext client from outside the mesh knocks (a pod other than the entry).
+    pub probe: Option<Probe>,
     pub services: Vec<Service>,
     pub canary: Option<Canary>,
 }
@@ -64,6 +73,10 @@ pub struct PodPlan {
     pub namespace: String,
     /// The injected pod's labels: the proxy reads them (downward-API file).
     pub labels: BTreeMap<String, String>,
+    /// `spec.serviceAccountName` (`default` without one): whom the pod's token names.
+    pub service_account: String,
+    /// The identity its certificate carries: `spiffe://<trust domain>/ns/<namespace>/sa/<account>`.
+    pub spiffe_id: String,
     pub ip: Ipv4Addr,
     pub app_port: u16,
     /// The redirect init container's arguments (istio-iptables' flags).
@@ -85,6 +98,16 @@ impl PodPlan {
         SocketAddr::V4(SocketAddrV4::new(self.ip, READINESS_PORT))
     }
 
+    /// The proxy's admin port (`/certs`): on localhost inside the pod, or on the pod's loopback
+    /// address in explicit mode.
+    pub fn admin(&self, mode: Mode) -> SocketAddr {
+        let ip = match mode {
+            Mode::Namespaces => Ipv4Addr::LOCALHOST,
+            Mode::Explicit => self.ip,
+        };
+        SocketAddr::V4(SocketAddrV4::new(ip, ADMIN_PORT))
+    }
+
     pub fn app(&self, mode: Mode) -> SocketAddr {
         let ip = match mode {
             // The app listens on every address of its pod; from inside the pod, on localhost,
@@ -104,6 +127,18 @@ pub struct Entry {
     pub target: SocketAddr,
     /// The Host the load sends: the service's name and port.
     pub authority: String,
+}
+
+/// A plaintext client from outside the mesh, calling a pod's inbound port directly.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Probe {
+    pub pod: String,
+    /// The pod's app port (captured inbound), or its proxy's inbound port in explicit mode.
+    pub target: SocketAddr,
+    /// The Host it sends: the service's name and port.
+    pub authority: String,
+    /// For people: `inventory:8080`.
+    pub shown: String,
 }
 
 /// A service and the pods behind it, for the table.
@@ -173,12 +208,15 @@ pub fn build(example: &Example, mode: Mode) -> Result<Plan, String> {
     };
     let hub = place(*hub_address.ip());
     let xds = SocketAddr::V4(SocketAddrV4::new(hub, hub_address.port()));
+    let ca = SocketAddr::V4(SocketAddrV4::new(hub, CA_PORT));
     let monitoring = SocketAddr::V4(SocketAddrV4::new(hub, 15014));
+    // Every SPIFFE ID's first part.
+    let trust_domain = mesh.trust_domain().to_owned();
 
     let pods = inject(&example.pods, &mesh)?;
     let mut plans = Vec::new();
     for pod in &pods {
-        let plan = plan_pod(pod, &resources, *hub_address.ip(), mode, &place, xds)?;
+        let plan = plan_pod(pod, &resources, *hub_address.ip(), mode, &place, xds, &trust_domain)?;
         if let Some(other) = plans.iter().find(|p: &&PodPlan| p.ip == plan.ip) {
             return Err(format!("pods {} and {} have the same address {}", other.name, plan.name, plan.ip));
         }
@@ -186,6 +224,7 @@ pub fn build(example: &Example, mode: Mode) -> Result<Plan, String> {
     }
     let services = services(&resources, &plans);
     let entry = entry(&plans, &resources, mode)?;
+    let probe = probe(&plans, &services, &entry, mode);
     let mut config = example.istio.iter().map(|(f, t)| (format!("istio/{f}"), t.clone())).collect::<Vec<_>>();
     if mode == Mode::Explicit {
         for (file, text) in &mut config {
@@ -198,11 +237,13 @@ pub fn build(example: &Example, mode: Mode) -> Result<Plan, String> {
         mode,
         hub,
         xds,
+        ca,
         monitoring,
         mesh: example.mesh.clone(),
         config,
         pods: plans,
         entry,
+        probe,
         services,
         canary,
     })
@@ -292,6 +333,7 @@ fn plan_pod(
     mode: Mode,
     place: &dyn Fn(Ipv4Addr) -> Ipv4Addr,
     xds: SocketAddr,
+    trust_domain: &str,
 ) -> Result<PodPlan, String> {
     let name = pod.metadata.name.clone().unwrap_or_default();
     let namespace = namespace_of(&pod.metadata).to_owned();
@@ -322,6 +364,22 @@ fn plan_pod(
     let ip = place(address);
 
     let spec = pod.spec.as_ref().ok_or_else(|| format!("{what}: no spec"))?;
+    let service_account = spec
+        .service_account_name
+        .clone()
+        .or_else(|| spec.service_account.clone())
+        .filter(|sa| !sa.is_empty())
+        .unwrap_or_else(|| "default".to_owned());
+    // Callers' proxies expect the certificate of the WorkloadEntry's service account; the pod's
+    // token gets one of its own.
+    let entry_account = &entry.spec.service_account;
+    if !entry_account.is_empty() && *entry_account != service_account {
+        return Err(format!(
+            "{file}: WorkloadEntry {namespace}/{name}: spec.serviceAccount: {entry_account:?} is not the pod's \
+             serviceAccountName {service_account:?}; callers would refuse the pod's certificate"
+        ));
+    }
+    let spiffe_id = format!("spiffe://{trust_domain}/ns/{namespace}/sa/{service_account}");
     let apps: Vec<&Container> = spec.containers.iter().filter(|c| c.name != PROXY_CONTAINER).collect();
     let [app] = apps.as_slice() else {
         return Err(format!("{what}: the demo runs one app container per pod; found {}", apps.len()));
@@ -373,6 +431,8 @@ fn plan_pod(
         name,
         namespace,
         labels: pod.metadata.labels.clone().unwrap_or_default(),
+        service_account,
+        spiffe_id,
         ip,
         app_port,
         redirect_args: redirect.args.clone().unwrap_or_default(),
@@ -462,6 +522,24 @@ fn entry(pods: &[PodPlan], resources: &Resources, mode: Mode) -> Result<Entry, S
         Mode::Explicit => SocketAddrV4::new(pod.ip, INBOUND_PORT),
     };
     Ok(Entry { pod: pod.name.clone(), target: SocketAddr::V4(target), authority: format!("{host}:{port}") })
+}
+
+/// The plaintext client's target: the last pod, other than the entry, behind a service (the
+/// deepest callee of the example).
+fn probe(pods: &[PodPlan], services: &[Service], entry: &Entry, mode: Mode) -> Option<Probe> {
+    pods.iter().rev().filter(|p| p.name != entry.pod).find_map(|pod| {
+        let service = services.iter().find(|s| s.pods.contains(&pod.name))?;
+        let target = match mode {
+            Mode::Namespaces => SocketAddrV4::new(pod.ip, pod.app_port),
+            Mode::Explicit => SocketAddrV4::new(pod.ip, INBOUND_PORT),
+        };
+        Some(Probe {
+            pod: pod.name.clone(),
+            target: SocketAddr::V4(target),
+            authority: format!("{}:{}", service.host, service.port),
+            shown: format!("{}:{}", service.short, pod.app_port),
+        })
+    })
 }
 
 /// Explicit mode: each pod's WorkloadEntry points at its proxy's inbound port on the pod's
@@ -609,6 +687,51 @@ mod tests {
         );
         assert!(frontend.proxy_args.is_empty());
         assert_eq!(frontend.labels.get("security.istio.io/tlsMode").map(String::as_str), Some("istio"));
+        // Identities: the proxy asks trellisd's CA (15012 of the control plane's host) as its
+        // pod's service account.
+        assert_eq!(plan.ca.to_string(), "10.77.0.1:15012");
+        assert_eq!(env["SERVICE_ACCOUNT"], "frontend");
+        assert_eq!(env["TRUST_DOMAIN"], "cluster.local");
+        let ids: Vec<(&str, &str)> =
+            plan.pods.iter().map(|p| (p.service_account.as_str(), p.spiffe_id.as_str())).collect();
+        assert_eq!(
+            ids,
+            [
+                ("frontend", "spiffe://cluster.local/ns/shop/sa/frontend"),
+                ("catalog", "spiffe://cluster.local/ns/shop/sa/catalog"),
+                ("catalog", "spiffe://cluster.local/ns/shop/sa/catalog"),
+                ("inventory", "spiffe://cluster.local/ns/shop/sa/inventory")
+            ]
+        );
+        assert_eq!(plan.pods[3].admin(Mode::Namespaces).to_string(), "127.0.0.1:15000");
+        // Every workload is marked as having a sidecar, so callers open mutual TLS to it.
+        let services = &plan.config.iter().find(|(f, _)| f == "istio/services.yaml").unwrap().1;
+        let entries: Vec<Value> = split_documents(services)
+            .iter()
+            .map(|d| serde_saphyr::from_str::<Value>(d.text).unwrap())
+            .filter(|d| d["kind"] == "WorkloadEntry")
+            .collect();
+        assert_eq!(entries.len(), 4);
+        for entry in &entries {
+            assert_eq!(entry["spec"]["labels"]["security.istio.io/tlsMode"], "istio", "{entry}");
+        }
+        // The plaintext client knocks on inventory, captured inbound like any caller.
+        let probe = plan.probe.clone().unwrap();
+        assert_eq!((probe.pod.as_str(), probe.shown.as_str()), ("inventory", "inventory:8080"));
+        assert_eq!(probe.target.to_string(), "10.77.0.13:8080");
+        assert_eq!(probe.authority, "inventory.shop.svc.cluster.local:8080");
+        // STRICT for the shop, PERMISSIVE for the pod the load (from outside the mesh) enters.
+        let security = &plan.config.iter().find(|(f, _)| f == "istio/security.yaml").unwrap().1;
+        let policies: Vec<Value> = split_documents(security)
+            .iter()
+            .map(|d| serde_saphyr::from_str::<Value>(d.text).unwrap())
+            .collect();
+        assert_eq!(policies.len(), 2);
+        assert_eq!(policies[0]["kind"], "PeerAuthentication");
+        assert_eq!(policies[0]["metadata"]["namespace"], "shop");
+        assert_eq!(policies[0]["spec"], serde_json::json!({"mtls": {"mode": "STRICT"}}));
+        assert_eq!(policies[1]["spec"]["selector"]["matchLabels"]["app"], "frontend");
+        assert_eq!(policies[1]["spec"]["mtls"]["mode"], "PERMISSIVE");
         assert_eq!(
             frontend.app_args.join(" "),
             "--name frontend --version v1 --calls http://catalog.shop.svc.cluster.local:8080/items --resolve \
@@ -656,6 +779,10 @@ mod tests {
         );
         assert!(catalog.app_args.join(" ").ends_with("--via 127.77.0.11:15001 --listen 127.77.0.11:8080"));
         assert_eq!(plan.entry.target.to_string(), "127.77.0.10:15006");
+        assert_eq!(plan.ca.to_string(), "127.77.0.1:15012");
+        assert_eq!(catalog.admin(Mode::Explicit).to_string(), "127.77.0.11:15000");
+        // Straight to inventory's proxy: there is no redirect to capture the app port.
+        assert_eq!(plan.probe.unwrap().target.to_string(), "127.77.0.13:15006");
         let services = &plan.config.iter().find(|(f, _)| f == "istio/services.yaml").unwrap().1;
         let entries: Vec<Value> = split_documents(services)
             .iter()
@@ -756,6 +883,14 @@ mod tests {
             (
                 Box::new(|e| {
                     let t = istio(e, "services.yaml");
+                    *t = replace(t, "serviceAccount: inventory", "serviceAccount: stock");
+                }),
+                "istio/services.yaml: WorkloadEntry shop/inventory: spec.serviceAccount: \"stock\" is not the pod's \
+                 serviceAccountName \"inventory\"; callers would refuse the pod's certificate",
+            ),
+            (
+                Box::new(|e| {
+                    let t = istio(e, "services.yaml");
                     *t = replace(
                         t,
                         "workloadSelector: {labels: {app: frontend}}",
@@ -788,6 +923,23 @@ mod tests {
         assert_eq!(even(2), [50, 50]);
         assert_eq!(even(3), [34, 33, 33]);
         assert_eq!(even(1), [100]);
+    }
+
+    #[test]
+    fn service_accounts_default_and_the_trust_domain_is_the_mesh_configs() {
+        let mut e = example();
+        e.pods = replace(&e.pods, "  serviceAccountName: inventory\n", "");
+        let t = istio(&mut e, "services.yaml");
+        *t = replace(t, "  serviceAccount: inventory\n", "");
+        let plan = build(&e, Mode::Namespaces).unwrap();
+        assert_eq!(plan.pods[3].spiffe_id, "spiffe://cluster.local/ns/shop/sa/default");
+        // The trust domain is the mesh config's.
+        let mut e = example();
+        e.mesh = replace(&e.mesh, "trustDomain: cluster.local", "trustDomain: shop.example");
+        assert_eq!(
+            build(&e, Mode::Explicit).unwrap().pods[0].spiffe_id,
+            "spiffe://shop.example/ns/shop/sa/frontend"
+        );
     }
 
     #[test]

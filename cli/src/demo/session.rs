@@ -1,8 +1,9 @@
-//! One run, made real and then removed: the run directory (config copy, labels files, logs, the
-//! executable the pods' users can run), the control plane, and per pod its namespace, redirect,
-//! proxy and app — each recorded in the state file before or as it is made, so nothing is lost
-//! if the demo dies. Everything after the hub namespace is created runs on a thread inside it,
-//! so the control plane, the load and the metrics reads all live on the demo's own network.
+//! One run, made real and then removed: the run directory (config copy, labels files, the CA's
+//! token file and each pod's token and root certificate, logs, the executable the pods' users
+//! can run), the control plane with its CA, and per pod its namespace, redirect, proxy and app —
+//! each recorded in the state file before or as it is made, so nothing is lost if the demo dies.
+//! Everything after the hub namespace is created runs on a thread inside it, so the control
+//! plane, the load and the metrics reads all live on the demo's own network.
 
 use std::net::SocketAddr;
 use std::os::unix::fs::PermissionsExt;
@@ -12,6 +13,7 @@ use std::time::{Duration, Instant};
 use trellis_proxy_init::apply::in_namespace;
 
 use super::console::Console;
+use super::identity::{self, Certificate};
 use super::plan::{Mode, Plan};
 use super::processes::{self, Launch, Process};
 use super::signals::Stop;
@@ -25,6 +27,7 @@ const PROXY_UID: u32 = 1337;
 /// The apps' user: any other than the proxy's, so their traffic is captured.
 pub const APP_UID: u32 = 1000;
 const CONTROL_PLANE_START: Duration = Duration::from_secs(20);
+/// A proxy is ready once it holds a certificate from the CA and a complete first config.
 const PROXIES_READY: Duration = Duration::from_secs(30);
 const APPS_LISTENING: Duration = Duration::from_secs(15);
 /// How long processes get to exit on SIGTERM before SIGKILL.
@@ -41,6 +44,13 @@ pub struct Session {
     pub processes: Vec<Process>,
     /// Index in `processes` of each pod's proxy, in the plan's order.
     pub proxies: Vec<usize>,
+    /// Each pod's network namespace (with namespaces), in the plan's order.
+    pub netns: Vec<Option<PathBuf>>,
+    /// Each proxy's certificate as its `/certs` showed it once ready (or why it could not be
+    /// read), in the plan's order.
+    pub certificates: Vec<Result<Certificate, String>>,
+    /// The CA's token file.
+    tokens: PathBuf,
     torn_down: bool,
 }
 
@@ -73,6 +83,8 @@ impl Session {
         for pod in &plan.pods {
             write(&run_dir.join("pods").join(&pod.name).join("labels"), &kubelet::labels_file(&pod.labels))?;
         }
+        // The projected service-account tokens: each readable by its pod's proxy only.
+        let tokens = identity::write_tokens(&run_dir, &plan.pods, shared.then_some(PROXY_UID))?;
         std::fs::create_dir_all(run_dir.join("logs")).map_err(|e| format!("{}: {e}", run_dir.display()))?;
         let exe = executable(&run_dir, shared)?;
         Ok(Session {
@@ -85,6 +97,9 @@ impl Session {
             state,
             processes: Vec::new(),
             proxies: Vec::new(),
+            netns: Vec::new(),
+            certificates: Vec::new(),
+            tokens,
             torn_down: false,
         })
     }
@@ -126,13 +141,37 @@ impl Session {
             }
             Mode::Explicit => "injected, each proxy and app on the pod's own 127.77.0.x address",
         };
-        format!(
-            "trellis demo: mesh up in {:.2}s: {} pods {how}; control plane on {}; logs in {}",
+        let mut lines = vec![format!(
+            "trellis demo: mesh up in {:.2}s: {} pods {how}; control plane on {}, its CA on {}; logs in {}",
             startup.as_secs_f64(),
             self.plan.pods.len(),
             self.plan.xds,
+            self.plan.ca,
             self.run_dir.join("logs").display()
-        )
+        )];
+        lines.push(
+            "trellis demo: each proxy's certificate, from trellisd's CA for its pod's service-account token, as \
+             its /certs shows it:"
+                .to_owned(),
+        );
+        let width = self.plan.pods.iter().map(|p| p.name.len()).max().unwrap_or(0);
+        for (pod, cert) in self.plan.pods.iter().zip(&self.certificates) {
+            lines.push(match cert {
+                Ok(cert) => format!(
+                    "  {:<width$}  {}  (expires in {:.0}h{})",
+                    pod.name,
+                    cert.identity,
+                    cert.seconds_until_expiration as f64 / 3600.0,
+                    if cert.identity == pod.spiffe_id {
+                        String::new()
+                    } else {
+                        format!("; NOT the pod's {}", pod.spiffe_id)
+                    }
+                ),
+                Err(e) => format!("  {:<width$}  unknown: {e}", pod.name),
+            });
+        }
+        lines.join("\n")
     }
 
     fn record_namespace(&mut self, name: &str) -> Result<(), String> {
@@ -188,6 +227,7 @@ impl Session {
     async fn start_control_plane(&mut self) -> Result<(), String> {
         let dir = self.run_dir.join("config");
         let mesh = self.run_dir.join("mesh.yaml");
+        let root = identity::ca_dir(&self.run_dir).join("root-cert.pem");
         let args = vec![
             "control-plane".to_owned(),
             "--config-dir".to_owned(),
@@ -198,6 +238,13 @@ impl Session {
             self.plan.xds.to_string(),
             "--monitoring-address".to_owned(),
             self.plan.monitoring.to_string(),
+            // The CA: file-mode tokens, the root written for the pods.
+            "--secure-xds-address".to_owned(),
+            self.plan.ca.to_string(),
+            "--token-auth-file".to_owned(),
+            self.tokens.display().to_string(),
+            "--root-cert-file".to_owned(),
+            root.display().to_string(),
             "--log-level".to_owned(),
             "warn".to_owned(),
         ];
@@ -213,12 +260,17 @@ impl Session {
         let process = processes::spawn(&launch, &self.run_dir)?;
         let index = self.add(process)?;
         let monitoring = self.plan.monitoring;
-        self.wait_for("answering", CONTROL_PLANE_START, &[index], async || {
-            get_once(monitoring, "/debug/syncz", Duration::from_secs(1))
-                .await
-                .is_ok_and(|a| a.status.is_success())
+        let root_written = root.clone();
+        // It writes its root before it listens; both, to be sure.
+        self.wait_for("answering with its root written", CONTROL_PLANE_START, &[index], async || {
+            root_written.exists()
+                && get_once(monitoring, "/debug/syncz", Duration::from_secs(1))
+                    .await
+                    .is_ok_and(|a| a.status.is_success())
         })
-        .await
+        .await?;
+        // As the istio-ca-root-cert ConfigMap, mounted in every pod.
+        identity::mount_root(&self.run_dir, &root, &self.plan.pods)
     }
 
     async fn start_pods(&mut self) -> Result<(), String> {
@@ -254,6 +306,15 @@ impl Session {
             let mut args =
                 vec!["proxy".to_owned(), "--pod-labels-file".to_owned(), labels.display().to_string()];
             args.extend(pod.proxy_args.iter().cloned());
+            // Its identity: the CA, the mesh root to trust it by, and the pod's token.
+            args.extend([
+                "--ca-address".to_owned(),
+                self.plan.ca.to_string(),
+                "--ca-root-cert".to_owned(),
+                identity::root_cert_file(&self.run_dir, &pod.name).display().to_string(),
+                "--token-file".to_owned(),
+                identity::token_file(&self.run_dir, &pod.name).display().to_string(),
+            ]);
             let launch = Launch {
                 role: format!("proxy of {}", pod.name),
                 program: &self.exe,
@@ -269,10 +330,12 @@ impl Session {
             netns.push(path);
         }
         // As the kubelet does for a native sidecar with a startup probe: the app starts once
-        // its proxy is ready (it holds a complete first config).
+        // its proxy is ready (it holds a certificate and a complete first config).
         let readiness: Vec<SocketAddr> = self.plan.pods.iter().map(|p| p.readiness()).collect();
         let proxies = self.proxies.clone();
-        self.wait_for("ready", PROXIES_READY, &proxies, async || {
+        let what =
+            "ready (a proxy is ready once it holds a certificate from trellisd's CA and its first config)";
+        self.wait_for(what, PROXIES_READY, &proxies, async || {
             for addr in &readiness {
                 let ready = get_once(*addr, "/healthz/ready", Duration::from_secs(1)).await;
                 if !ready.is_ok_and(|a| a.status.is_success()) {
@@ -282,6 +345,14 @@ impl Session {
             true
         })
         .await?;
+        self.certificates = self
+            .plan
+            .pods
+            .iter()
+            .zip(&netns)
+            .map(|(pod, path)| identity::certificate(path.as_deref(), pod.admin(self.plan.mode)))
+            .collect();
+        self.netns = netns.clone();
         let mut apps = Vec::new();
         for (pod, path) in self.plan.pods.clone().iter().zip(netns) {
             self.checkpoint()?;

@@ -1,11 +1,14 @@
 //! The end of a run, for people and for tests: what the load saw, how the canary's traffic
-//! split before and after the edit, what each proxy counted and how much memory the proxies
-//! held, and every process and namespace the run made (all gone by the time it is printed).
+//! split before and after the edit, how each edge was secured (mutual TLS and the SPIFFE IDs
+//! its proxies labelled it with), what the plaintext client from outside the mesh got, what
+//! each proxy counted and how much memory the proxies held, and every process and namespace the
+//! run made (all gone by the time it is printed).
 
 use std::collections::BTreeMap;
 
 use serde::Serialize;
 
+use super::identity::ProbeReport;
 use super::table::{Row, render};
 
 #[derive(Clone, Debug, Serialize)]
@@ -27,6 +30,8 @@ pub struct Summary {
     pub total_proxy_anon_bytes: u64,
     /// Each edge over the whole run.
     pub edges: Vec<Row>,
+    /// The plaintext client from outside the mesh.
+    pub plaintext_client: Option<ProbeReport>,
     pub pids: Vec<u32>,
     pub namespaces: Vec<String>,
     pub run_dir: String,
@@ -70,6 +75,58 @@ pub struct ProxyReport {
     pub inbound_requests: u64,
     /// Requests the proxy sent out for its app.
     pub outbound_requests: u64,
+    /// Of the inbound requests, those that came over mutual TLS.
+    pub inbound_mutual_tls_requests: u64,
+    /// Inbound connections it refused (`trellis_inbound_connections_refused_total`).
+    pub refused_connections: u64,
+    /// Its certificate's identity, as its `/certs` showed it once ready.
+    pub spiffe_id: Option<String>,
+}
+
+impl Summary {
+    /// How each edge was secured, with the full SPIFFE IDs, and the plaintext client.
+    fn security_lines(&self) -> Vec<String> {
+        let mut lines = vec![
+            "Mutual TLS, as the proxies labelled the requests (connection_security_policy, source_principal → \
+             destination_principal):"
+                .to_owned(),
+        ];
+        let edges: Vec<String> = self.edges.iter().map(|e| format!("{} → {}", e.from, e.to)).collect();
+        let width = edges.iter().map(|e| e.chars().count()).max().unwrap_or(0);
+        for (edge, name) in self.edges.iter().zip(&edges) {
+            let total: f64 = edge.security.iter().map(|s| s.requests).sum();
+            if edge.security.is_empty() {
+                lines.push(format!("  {name:<width$}  no requests"));
+            }
+            for secured in &edge.security {
+                let s = &secured.security;
+                let share = format!("{:.0} of {:.0} requests", secured.requests, total);
+                lines.push(if s.mutual_tls() {
+                    format!(
+                        "  {name:<width$}  {}  {} → {}  ({share})",
+                        s.policy, s.source_principal, s.destination_principal
+                    )
+                } else if edge.from == "load" {
+                    format!(
+                        "  {name:<width$}  {} (plaintext: the load is outside the mesh, as {}'s proxy counted it; \
+                         {share})",
+                        s.policy, edge.to
+                    )
+                } else {
+                    format!("  {name:<width$}  {} (plaintext; {share})", s.policy)
+                });
+            }
+        }
+        match &self.plaintext_client {
+            Some(probe) => {
+                let mut line = probe.line();
+                line[..1].make_ascii_uppercase();
+                lines.push(line + ".");
+            }
+            None => lines.push("No plaintext client tried the mesh (no pod besides the entry).".to_owned()),
+        }
+        lines
+    }
 }
 
 fn mib(bytes: u64) -> String {
@@ -107,6 +164,7 @@ impl Summary {
         }
         lines.push(requests + ".");
         lines.extend(self.failures.iter().map(|f| format!("  failed: {f}")));
+        lines.extend(self.security_lines());
         if let Some(c) = &self.canary {
             lines.push(format!("Canary, VirtualService {} ({}):", c.virtual_service, c.service));
             lines.push(format!("  before the edit: {}", c.before.describe()));
@@ -126,6 +184,9 @@ impl Summary {
             .map(|p| format!("{} {} in / {} out", p.pod, p.inbound_requests, p.outbound_requests))
             .collect();
         lines.push(format!("Requests each proxy counted: {}.", counted.join(", ")));
+        let refused: Vec<String> =
+            self.proxies.iter().map(|p| format!("{} {}", p.pod, p.refused_connections)).collect();
+        lines.push(format!("Inbound connections each proxy refused: {}.", refused.join(", ")));
         let each: Vec<String> =
             self.proxies.iter().map(|p| format!("{} {}", p.pod, mib(p.rss_bytes))).collect();
         lines.push(format!(
@@ -153,5 +214,94 @@ impl Summary {
             }
         ));
         lines
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::demo::metrics::Security;
+    use crate::demo::table::Secured;
+
+    fn edge(from: &str, to: &str, security: Vec<Secured>) -> Row {
+        Row {
+            from: from.into(),
+            to: to.into(),
+            rps: 50.0,
+            success: Some(1.0),
+            p50_ms: Some(1.0),
+            p99_ms: Some(2.0),
+            split: Vec::new(),
+            security,
+        }
+    }
+
+    fn secured(policy: &str, from: &str, to: &str, requests: f64, share: f64) -> Secured {
+        Secured {
+            security: Security {
+                policy: policy.into(),
+                source_principal: from.into(),
+                destination_principal: to.into(),
+            },
+            requests,
+            share,
+        }
+    }
+
+    #[test]
+    fn the_text_names_each_edges_security_and_the_plaintext_client() {
+        let a = "spiffe://cluster.local/ns/shop/sa/frontend";
+        let b = "spiffe://cluster.local/ns/shop/sa/catalog";
+        let summary = Summary {
+            mode: "explicit",
+            startup_seconds: 0.3,
+            load_seconds: 10.0,
+            rate: 50,
+            requests: Requests { sent: 500, ok: 500, failed: 0, skipped: 0 },
+            failures: Vec::new(),
+            canary: None,
+            proxies: Vec::new(),
+            total_proxy_rss_bytes: 0,
+            total_proxy_anon_bytes: 0,
+            edges: vec![
+                edge("load", "frontend", vec![secured("none", "unknown", "unknown", 500.0, 1.0)]),
+                edge(
+                    "frontend",
+                    "catalog",
+                    vec![
+                        secured("mutual_tls", a, b, 499.0, 0.998),
+                        secured("none", "unknown", "unknown", 1.0, 0.002),
+                    ],
+                ),
+                edge("catalog", "inventory", Vec::new()),
+            ],
+            plaintext_client: Some(ProbeReport {
+                pod: "inventory".into(),
+                target: "inventory:8080".into(),
+                address: "127.77.0.13:15006".into(),
+                refused: true,
+                outcome: "the connection was reset without an answer".into(),
+                proxy_refused: BTreeMap::from([("plaintext".into(), 1)]),
+                proxy_refused_added: 1,
+            }),
+            pids: Vec::new(),
+            namespaces: Vec::new(),
+            run_dir: String::new(),
+            cleaned_up: true,
+        };
+        let text = summary.text().join("\n");
+        // Even one plaintext request in five hundred shows in the table.
+        assert!(text.contains("  frontend → catalog      50.0   100.0%     1.0ms     2.0ms         mTLS frontend → catalog (99.8%)"), "{text}");
+        for expected in [
+            "  load → frontend      none (plaintext: the load is outside the mesh, as frontend's proxy counted it; 500 of 500 requests)",
+            &format!("  frontend → catalog   mutual_tls  {a} → {b}  (499 of 500 requests)"),
+            "  frontend → catalog   none (plaintext; 1 of 500 requests)",
+            "  catalog → inventory  no requests",
+            "Plaintext client outside the mesh → inventory:8080 (127.77.0.13:15006): refused (STRICT mutual TLS): the \
+             connection was reset without an answer; inventory's proxy counted 1 refused connection \
+             (trellis_inbound_connections_refused_total: plaintext 1).",
+        ] {
+            assert!(text.contains(expected), "{expected:?} not in:\n{text}");
+        }
     }
 }
