@@ -3,8 +3,9 @@
 //! as root, the demo runs as `nobody`). Each run must answer every request, split the canary
 //! 90/10 and then 50/50 within tolerance, have every proxy count its calls, carry every call
 //! inside the mesh over mutual TLS between the right SPIFFE IDs (as the proxies' metrics label
-//! them), have the plaintext client from outside the mesh refused and counted, and leave no
-//! process, namespace or file behind. As root also: a demo killed outright is cleaned up by the
+//! them), have the plaintext client from outside the mesh refused and counted, have inventory's
+//! call to catalog denied by catalog's AuthorizationPolicy (403 `RBAC: access denied`, counted
+//! once by catalog's proxies, the load never), and leave no process, namespace or file behind. As root also: a demo killed outright is cleaned up by the
 //! next run, and Ctrl-C ends a run with everything removed.
 
 use std::io::{BufRead, BufReader, Read};
@@ -113,11 +114,18 @@ fn check(summary: &Value, stdout: &str, mode: &str) {
     );
     assert_eq!(count(&frontend["inbound_requests"]), sent, "{frontend}");
     assert_eq!(count(&frontend["outbound_requests"]), sent, "{frontend}");
-    assert_eq!(count(&v1["inbound_requests"]) + count(&v2["inbound_requests"]), sent);
+    // Catalog also received the demo's denied call from inventory, and passed it on to nobody.
+    let denied = check_authorization(summary);
+    assert_eq!(count(&v1["inbound_requests"]) + count(&v2["inbound_requests"]), sent + denied);
     for catalog in [v1, v2] {
         assert!(count(&catalog["inbound_requests"]) > 0, "{catalog}");
-        assert_eq!(catalog["inbound_requests"], catalog["outbound_requests"], "{catalog}");
+        assert_eq!(
+            count(&catalog["inbound_requests"]),
+            count(&catalog["outbound_requests"]) + count(&catalog["denied_requests"]),
+            "{catalog}"
+        );
     }
+    assert_eq!(count(&inventory["outbound_requests"]), denied, "inventory called only the once: {inventory}");
     // Inventory fails now and then; the retries add to what it received.
     assert!(count(&inventory["inbound_requests"]) >= sent, "{inventory}");
     let rss: u64 = summary["proxies"].as_array().unwrap().iter().map(|p| count(&p["rss_bytes"])).sum();
@@ -151,6 +159,13 @@ fn check(summary: &Value, stdout: &str, mode: &str) {
             .unwrap()
             .starts_with("plaintext client outside the mesh → inventory:8080: refused"))),
         "every tick's title says the plaintext client was refused"
+    );
+    let denied_title = "inventory → catalog: 403 RBAC: access denied (shop/catalog-callers: no ALLOW policy matched; \
+                        catalog's proxy counted 1)";
+    assert!(
+        ticks.iter().all(|t| t["tick"]["title"].as_array().unwrap().iter().any(|l| l == denied_title)),
+        "every tick's title shows the denied call: {}",
+        ticks[0]["tick"]["title"]
     );
     let edge =
         summary["edges"].as_array().unwrap().iter().find(|e| e["from"] == "frontend" && e["to"] == "catalog");
@@ -237,6 +252,42 @@ fn check_identities(summary: &Value, sent: u64) {
     }
 }
 
+/// The AuthorizationPolicy: inventory's call to catalog (through inventory's own proxy, as
+/// inventory's identity) answered 403 `RBAC: access denied`, and catalog's proxies' deny counter
+/// up by exactly that one call — then not once more while frontend's calls (the load) went
+/// through. Returns the denied calls.
+fn check_authorization(summary: &Value) -> u64 {
+    let a = &summary["authorization"];
+    assert_eq!((a["from"].as_str(), a["to"].as_str()), (Some("inventory"), Some("catalog")), "{a}");
+    assert_eq!(a["policy"], "shop/catalog-callers", "{a}");
+    assert_eq!(a["status"], 403, "the denied call: {a}");
+    assert_eq!(a["body"], "RBAC: access denied", "{a}");
+    assert_eq!(a["denied"], true, "{a}");
+    assert_eq!(a["decision"], "no ALLOW policy matched (shop/catalog-callers selects catalog)", "{a}");
+    // Catalog's proxy saw inventory's identity, over mutual TLS from inventory's proxy.
+    assert_eq!(a["source_principal"], spiffe("inventory"), "{a}");
+    let denied = 1;
+    assert_eq!(count(&a["counter_delta"]), denied, "the counter went up by the denied call, exactly: {a}");
+    let counters = a["counters"].as_array().unwrap();
+    assert_eq!(counters.len(), 1, "{a}");
+    let c = &counters[0];
+    assert!(c["pod"] == "catalog-v1" || c["pod"] == "catalog-v2", "{a}");
+    assert_eq!(
+        (&c["decision"], &c["policy"], &c["rule"], &c["protocol"]),
+        (&"deny".into(), &"none".into(), &"".into(), &"http".into()),
+        "{a}"
+    );
+    assert_eq!(count(&c["after"]), count(&c["before"]) + denied, "{a}");
+    // Frontend's calls were all allowed: no denial while the load ran, and over the whole run
+    // the only denials any proxy counted are the demo's call's.
+    assert_eq!(count(&a["counter_delta_since_load"]), 0, "{a}");
+    let all: u64 = summary["proxies"].as_array().unwrap().iter().map(|p| count(&p["denied_requests"])).sum();
+    assert_eq!(all, denied, "{}", summary["proxies"]);
+    assert_eq!(count(&proxy(summary, c["pod"].as_str().unwrap())["denied_requests"]), denied);
+    assert!(a["check"].as_str().unwrap().starts_with("trellis authz check "), "{a}");
+    denied
+}
+
 fn zombie(pid: u64) -> bool {
     std::fs::read_to_string(format!("/proc/{pid}/stat"))
         .is_ok_and(|s| s.rsplit_once(')').is_some_and(|(_, rest)| rest.trim_start().starts_with('Z')))
@@ -311,6 +362,7 @@ fn a_broken_example_is_refused_before_anything_runs() {
         "istio/catalog.yaml",
         "istio/inventory.yaml",
         "istio/security.yaml",
+        "istio/authorization.yaml",
     ] {
         std::fs::copy(source.join(file), dir.path().join(file)).unwrap();
     }

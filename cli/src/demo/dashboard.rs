@@ -1,13 +1,14 @@
-//! The running demo: a plaintext client from outside the mesh tries a pod first, then the load
-//! goes in, every second each proxy's metrics are read and the table redrawn, halfway the
-//! canary is edited, and at the end (or on Ctrl-C) the load stops and the summary is made —
-//! with `--keep`, the mesh stays up and the table keeps showing whatever calls the user makes,
-//! until Ctrl-C.
+//! The running demo: a plaintext client from outside the mesh tries a pod first, and a pod an
+//! AuthorizationPolicy leaves out calls the service it protects; then the load goes in, every
+//! second each proxy's metrics are read and the table redrawn, halfway the canary is edited,
+//! and at the end (or on Ctrl-C) the load stops and the summary is made — with `--keep`, the
+//! mesh stays up and the table keeps showing whatever calls the user makes, until Ctrl-C.
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use super::authorization::{self, AuthorizationReport};
 use super::console::Console;
 use super::identity::{self, ProbeReport};
 use super::load::{self, Phase, Record, Shared, Window};
@@ -40,6 +41,7 @@ pub async fn run(session: &mut Session, console: &mut Console, startup: Duration
     let record: Shared = Arc::new(Mutex::new(Record::default()));
     let (running, running_rx) = tokio::sync::watch::channel(true);
     let probe = plaintext_client(&plan, console).await;
+    let mut authorization = denied_call(session, console).await;
     let baseline = scrape(&plan, None).await;
     let mut history = History::new(SPAN);
     history.push(0.0, baseline.clone(), Window::default());
@@ -77,7 +79,7 @@ pub async fn run(session: &mut Session, console: &mut Console, startup: Duration
         canary = advance(canary, &plan, session, &record, seconds, duration, console).await;
         console.table(
             seconds,
-            &title(&plan, session, seconds, &canary, load.is_some(), probe.as_ref()),
+            &title(&plan, session, seconds, &canary, load.is_some(), probe.as_ref(), authorization.as_ref()),
             &history.rows(&topology),
         );
         if load.is_some() && began.elapsed() >= duration {
@@ -100,6 +102,10 @@ pub async fn run(session: &mut Session, console: &mut Console, startup: Duration
     let answered = record.lock().map(|r| r.ok).unwrap_or(0);
     let last = settle(&plan, answered).await;
     let record = record.lock().map_err(|_| "the load's record is unreadable".to_owned())?;
+    if let (Some(report), Some(call)) = (authorization.as_mut(), plan.denied_call.as_ref()) {
+        report.counter_delta_since_load =
+            Some(authorization::denied_between(&call.to_pods, &baseline, &last));
+    }
     Ok(summary(
         session,
         &plan,
@@ -112,7 +118,18 @@ pub async fn run(session: &mut Session, console: &mut Console, startup: Duration
         &total,
         canary,
         probe,
+        authorization,
     ))
+}
+
+/// The call an AuthorizationPolicy denies, before the load: its lines stay above the table.
+async fn denied_call(session: &mut Session, console: &mut Console) -> Option<AuthorizationReport> {
+    let call = session.plan.denied_call.clone()?;
+    let report = authorization::call(session, &call).await;
+    let mut lines = vec![format!("trellis demo: {}", report.line())];
+    lines.extend(report.details().iter().map(|l| format!("trellis demo: {l}")));
+    console.note(&lines.join("\n"));
+    Some(report)
 }
 
 /// The plaintext client from outside the mesh, before the load: its line stays above the table.
@@ -238,6 +255,7 @@ fn title(
     canary: &CanaryState,
     loading: bool,
     probe: Option<&ProbeReport>,
+    authorization: Option<&AuthorizationReport>,
 ) -> Vec<String> {
     let mode = match plan.mode {
         Mode::Namespaces => "network namespaces",
@@ -270,6 +288,9 @@ fn title(
     }
     if let Some(probe) = probe {
         lines.push(probe.short());
+    }
+    if let Some(report) = authorization {
+        lines.push(report.short());
     }
     lines
 }
@@ -309,6 +330,29 @@ fn how_to_call(plan: &Plan) -> String {
                     uid = super::session::APP_UID,
                 ));
             }
+            if let Some(call) = &plan.denied_call {
+                lines.push(format!(
+                    "  ip netns exec {} setpriv --reuid {uid} --regid {uid} --clear-groups curl -s \\\n      \
+                     --resolve {authority}:{} {}   # from {}: 403, {} allows only {}",
+                    super::network::pod_namespace(&call.from),
+                    call.via.ip(),
+                    call.url,
+                    call.from,
+                    call.policy,
+                    call.allowed.join(", "),
+                    authority = call.authority(),
+                    uid = super::session::APP_UID,
+                ));
+                lines.push(format!(
+                    "  ip netns exec {hub} trellis authz check --control-plane {} -n {} -l {} --from {} --path {}   \
+                     # the same decision, from trellisd",
+                    plan.xds,
+                    call.namespace,
+                    labels(call),
+                    call.principal,
+                    call.path()
+                ));
+            }
             lines.push("Ctrl-C removes it.".to_owned());
             lines.join("\n")
         }
@@ -319,16 +363,39 @@ fn how_to_call(plan: &Plan) -> String {
                     p.authority, p.target, p.pod
                 )
             });
+            let denied = plan.denied_call.as_ref().map_or(String::new(), |call| {
+                format!(
+                    "  curl -s -H 'Host: {}' http://{}{}   # from {} through its proxy: 403, {} allows only {}\n  \
+                     trellis authz check --control-plane {} -n {} -l {} --from {} --path {}   # the same decision, \
+                     from trellisd\n",
+                    call.authority(),
+                    call.via,
+                    call.path(),
+                    call.from,
+                    call.policy,
+                    call.allowed.join(", "),
+                    plan.xds,
+                    call.namespace,
+                    labels(call),
+                    call.principal,
+                    call.path()
+                )
+            });
             format!(
                 "The mesh stays up. Call it:\n  \
                  curl -s -H 'Host: {}' http://{}/   # into {} through its proxy\n\
-                 {refused}  \
+                 {refused}{denied}  \
                  curl -s http://{stats}/stats/prometheus   # a proxy's metrics\n\
                  Ctrl-C removes it.",
                 entry.authority, entry.target, entry.pod
             )
         }
     }
+}
+
+/// A policy's selector as `trellis authz check -l` takes it.
+fn labels(call: &super::plan::DeniedCall) -> String {
+    call.selector.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join(",")
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -344,6 +411,7 @@ fn summary(
     total: &Window,
     canary: CanaryState,
     plaintext_client: Option<ProbeReport>,
+    authorization: Option<AuthorizationReport>,
 ) -> Summary {
     let proxies: Vec<ProxyReport> = plan
         .pods
@@ -362,6 +430,7 @@ fn summary(
                 outbound_requests: counted(last, &pod.name, Reporter::Source),
                 inbound_mutual_tls_requests: received_over_mutual_tls(last, &pod.name),
                 refused_connections: last.get(&pod.name).map_or(0, |s| s.refused_total() as u64),
+                denied_requests: last.get(&pod.name).map_or(0, |s| s.denied_total() as u64),
                 spiffe_id: session
                     .certificates
                     .get(i)
@@ -424,8 +493,9 @@ fn summary(
         total_proxy_rss_bytes: proxies.iter().map(|p| p.rss_bytes).sum(),
         total_proxy_anon_bytes: proxies.iter().map(|p| p.anon_bytes).sum(),
         proxies,
-        edges: rows(topology, baseline, last, total, load_seconds.max(0.001)),
+        edges: rows(topology, baseline, baseline, last, total, load_seconds.max(0.001)),
         plaintext_client,
+        authorization,
         pids: session.pids(),
         namespaces: session.namespaces(),
         run_dir: session.run_dir.display().to_string(),

@@ -40,6 +40,10 @@ impl Example {
                     "security.yaml".to_owned(),
                     include_str!("../../../examples/demo/istio/security.yaml").to_owned(),
                 ),
+                (
+                    "authorization.yaml".to_owned(),
+                    include_str!("../../../examples/demo/istio/authorization.yaml").to_owned(),
+                ),
             ],
         }
     }

@@ -1,8 +1,9 @@
 //! What the table needs from a proxy's Prometheus page (`/stats/prometheus` on 15090): Istio's
 //! `istio_requests_total` and `istio_request_duration_milliseconds` per reporter and destination
 //! service, summed over the other labels except how the requests were secured
-//! (`connection_security_policy`, `source_principal`, `destination_principal`); and the
-//! connections the proxy refused inbound (`trellis_inbound_connections_refused_total`).
+//! (`connection_security_policy`, `source_principal`, `destination_principal`); the
+//! connections the proxy refused inbound (`trellis_inbound_connections_refused_total`); and its
+//! AuthorizationPolicy decisions (`trellis_authz_decisions_total`).
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -102,6 +103,27 @@ fn add_bucket(buckets: &mut Vec<(f64, f64)>, le: f64, n: f64) {
     }
 }
 
+/// One series of `trellis_authz_decisions_total`: what was decided (`deny`, `audit`, ...), by
+/// which policy (`namespace/name`, or `none` when no ALLOW policy matched) and rule (its index,
+/// or empty), on `http` or `tcp`.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+pub struct AuthzDecision {
+    pub decision: String,
+    pub policy: String,
+    pub rule: String,
+    pub protocol: String,
+}
+
+impl AuthzDecision {
+    /// As the proxy's page writes it.
+    pub fn series(&self) -> String {
+        format!(
+            "trellis_authz_decisions_total{{decision=\"{}\",policy=\"{}\",rule=\"{}\",protocol=\"{}\"}}",
+            self.decision, self.policy, self.rule, self.protocol
+        )
+    }
+}
+
 /// One proxy's page.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct ProxyStats {
@@ -111,11 +133,18 @@ pub struct ProxyStats {
     /// Inbound connections closed by PeerAuthentication or a failed mutual TLS handshake, by
     /// reason (`plaintext`, ...).
     pub refused: BTreeMap<String, f64>,
+    /// AuthorizationPolicy's decisions, by series.
+    pub authz: BTreeMap<AuthzDecision, f64>,
 }
 
 impl ProxyStats {
     pub fn refused_total(&self) -> f64 {
         self.refused.values().sum()
+    }
+
+    /// Requests and connections AuthorizationPolicy denied (`decision="deny"`).
+    pub fn denied_total(&self) -> f64 {
+        self.authz.iter().filter(|(d, _)| d.decision == "deny").map(|(_, n)| n).sum()
     }
 }
 
@@ -127,6 +156,17 @@ pub fn parse(text: &str) -> ProxyStats {
         if name == "trellis_inbound_connections_refused_total" {
             let reason = labels.get("reason").cloned().unwrap_or_default();
             *stats.refused.entry(reason).or_default() += value;
+            continue;
+        }
+        if name == "trellis_authz_decisions_total" {
+            let label = |k: &str| labels.get(k).cloned().unwrap_or_default();
+            let decision = AuthzDecision {
+                decision: label("decision"),
+                policy: label("policy"),
+                rule: label("rule"),
+                protocol: label("protocol"),
+            };
+            *stats.authz.entry(decision).or_default() += value;
             continue;
         }
         let reporter = match labels.get("reporter").map(String::as_str) {
@@ -243,6 +283,10 @@ istio_tcp_connections_opened_total{reporter="source",destination_service="db"} 3
 # TYPE trellis_inbound_connections_refused counter
 trellis_inbound_connections_refused_total{reason="plaintext"} 2
 trellis_inbound_connections_refused_total{reason="handshake"} 1
+# TYPE trellis_authz_decisions counter
+trellis_authz_decisions_total{decision="deny",policy="none",rule="",protocol="http"} 3
+trellis_authz_decisions_total{decision="deny",policy="shop/no-orders",rule="0",protocol="tcp"} 1
+trellis_authz_decisions_total{decision="audit",policy="shop/audit",rule="1",protocol="http"} 5
 garbage {{{
 istio_requests_total{reporter="source",destination_service="x",response_code="200"} not-a-number
 "#;
@@ -280,6 +324,20 @@ istio_requests_total{reporter="source",destination_service="x",response_code="20
         assert_eq!(inbound.security, BTreeMap::from([(security("unknown", "unknown", "unknown"), 100.0)]));
         assert_eq!(stats.refused, BTreeMap::from([("plaintext".into(), 2.0), ("handshake".into(), 1.0)]));
         assert_eq!(stats.refused_total(), 3.0);
+        // AuthorizationPolicy's decisions, by series; denials are the `deny` ones.
+        let none = AuthzDecision {
+            decision: "deny".into(),
+            policy: "none".into(),
+            rule: String::new(),
+            protocol: "http".into(),
+        };
+        assert_eq!(stats.authz.len(), 3);
+        assert_eq!(stats.authz[&none], 3.0);
+        assert_eq!(stats.denied_total(), 4.0);
+        assert_eq!(
+            none.series(),
+            r#"trellis_authz_decisions_total{decision="deny",policy="none",rule="",protocol="http"}"#
+        );
     }
 
     #[test]

@@ -3,13 +3,15 @@
 //! the injected flags, a sidecar running as UID 1337 and its app as another user; the control
 //! plane routes a canary that is edited halfway; its CA gives every proxy a certificate for its
 //! pod's service account, and the proxies speak mutual TLS to each other (STRICT: a plaintext
-//! client from outside the mesh is refused); a steady load goes in and a live table shows the
-//! golden signals and each edge's identities. Without root it runs in explicit mode (apps call
-//! their local proxy).
+//! client from outside the mesh is refused); an AuthorizationPolicy lets only frontend call
+//! catalog (inventory tries once, and is denied); a steady load goes in and a live table shows
+//! the golden signals and each edge's identities. Without root it runs in explicit mode (apps
+//! call their local proxy).
 //!
 //! `plan` decides everything from the files; `session` makes it real and removes it;
 //! `dashboard` drives the load and draws the table; `state` finds what a crashed run left.
 
+mod authorization;
 mod canary;
 mod console;
 mod dashboard;
@@ -28,6 +30,7 @@ mod summary;
 mod table;
 mod yaml_edit;
 
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
@@ -66,6 +69,13 @@ pub struct Args {
     /// Remove what an earlier run left (processes, namespaces, files), and exit.
     #[arg(long)]
     cleanup: bool,
+    /// The demo's own caller, run inside a pod as its app: one GET of URL, sent to
+    /// --call-via with the URL's host as authority; prints the answer as JSON, and exits.
+    #[arg(long, hide = true, value_name = "URL", requires = "call_via")]
+    call: Option<String>,
+    /// Where the caller connects (the service's virtual IP, or the pod's proxy).
+    #[arg(long, hide = true, value_name = "ADDR", requires = "call")]
+    call_via: Option<SocketAddr>,
 }
 
 fn parse_duration(text: &str) -> Result<Duration, String> {
@@ -80,6 +90,9 @@ fn parse_duration(text: &str) -> Result<Duration, String> {
 }
 
 pub fn run(args: &Args) -> ExitCode {
+    if let (Some(url), Some(via)) = (&args.call, args.call_via) {
+        return authorization::call_once(url, via);
+    }
     // First: from here on Ctrl-C asks the demo to stop instead of ending it.
     let stop = match signals::install() {
         Ok(stop) => stop,
@@ -192,5 +205,20 @@ mod tests {
             let err = Cli::try_parse_from(["demo", flag, value]).err().unwrap().to_string();
             assert!(err.contains(flag) && err.contains(value), "{err}");
         }
+        let args = Cli::try_parse_from([
+            "demo",
+            "--call",
+            "http://catalog:8080/items",
+            "--call-via",
+            "10.96.0.20:8080",
+        ])
+        .unwrap()
+        .args;
+        assert_eq!(args.call.as_deref(), Some("http://catalog:8080/items"));
+        assert_eq!(args.call_via, Some("10.96.0.20:8080".parse().unwrap()));
+        assert!(
+            Cli::try_parse_from(["demo", "--call", "http://catalog:8080/"]).is_err(),
+            "--call needs --call-via"
+        );
     }
 }

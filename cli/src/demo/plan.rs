@@ -3,8 +3,9 @@
 //! flags and the proxy's environment taken from the injected pod, the app's command line, the
 //! control plane's address (the mesh config's `discoveryAddress`) and its CA's (port 15012 of
 //! the same host), each pod's service account and SPIFFE ID, where the load goes in, which pod
-//! a plaintext client outside the mesh tries, and the canary edit made halfway. Pure: every
-//! problem is found here, named by file and field.
+//! a plaintext client outside the mesh tries, which call from inside the mesh an
+//! AuthorizationPolicy denies, and the canary edit made halfway. Pure: every problem is found
+//! here, named by file and field.
 //!
 //! Two modes. With network namespaces (root), a pod lives at its WorkloadEntry's address
 //! (10.77.0.x) behind a bridge whose address is the control plane's. In explicit mode (no root)
@@ -22,6 +23,7 @@ use trellis_api::load::split_documents;
 use trellis_api::mesh::MeshConfig;
 use trellis_api::networking::{DestinationRule, ServiceEntry, VirtualService, WorkloadEntry};
 use trellis_api::resource::Resource;
+use trellis_api::security::{AuthorizationAction, AuthorizationPolicy, DRY_RUN_ANNOTATION};
 use trellis_injector::config::{InjectorConfig, PROXY_CONTAINER, REDIRECT_INIT_CONTAINER};
 
 use super::example::Example;
@@ -63,6 +65,8 @@ pub struct Plan {
     pub entry: Entry,
     /// Where a plaintext client from outside the mesh knocks (a pod other than the entry).
     pub probe: Option<Probe>,
+    /// A call from a pod of the mesh that an ALLOW AuthorizationPolicy leaves out.
+    pub denied_call: Option<DeniedCall>,
     pub services: Vec<Service>,
     pub canary: Option<Canary>,
 }
@@ -141,6 +145,50 @@ pub struct Probe {
     pub shown: String,
 }
 
+/// A call from inside the mesh that an ALLOW AuthorizationPolicy should deny: from a pod whose
+/// identity no rule of the policy names, to the service whose pods the policy selects, made
+/// through the caller's own proxy as its app would make it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DeniedCall {
+    /// The calling pod.
+    pub from: String,
+    /// Its identity in Istio's principal form (`cluster.local/ns/shop/sa/inventory`).
+    pub principal: String,
+    /// The service called (`catalog`).
+    pub to: String,
+    /// Its pods, whose proxies decide (and count the decision).
+    pub to_pods: Vec<String>,
+    /// The URL the caller asks for (its host the service's).
+    pub url: String,
+    /// Where the caller connects: the service's virtual IP and port, from inside its pod
+    /// (captured by its proxy); in explicit mode its proxy's outbound port.
+    pub via: SocketAddr,
+    /// The policy, `namespace/name`, and the file it is in.
+    pub policy: String,
+    pub file: String,
+    /// The policy's namespace and selector (`trellis authz check -n … -l …`).
+    pub namespace: String,
+    pub selector: BTreeMap<String, String>,
+    /// The principals its rules allow.
+    pub allowed: Vec<String>,
+}
+
+impl DeniedCall {
+    /// The request's authority: the service's host and port.
+    pub fn authority(&self) -> String {
+        self.url.parse::<http::Uri>().ok().and_then(|u| Some(u.authority()?.to_string())).unwrap_or_default()
+    }
+
+    /// The request's path, as the caller sends it.
+    pub fn path(&self) -> String {
+        self.url
+            .parse::<http::Uri>()
+            .ok()
+            .and_then(|u| u.path_and_query().map(|p| p.as_str().to_owned()))
+            .unwrap_or_else(|| "/".to_owned())
+    }
+}
+
 /// A service and the pods behind it, for the table.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Service {
@@ -181,6 +229,7 @@ struct Resources {
     workload_entries: Vec<(String, WorkloadEntry)>,
     destination_rules: Vec<DestinationRule>,
     virtual_services: Vec<(String, VirtualService)>,
+    authorization_policies: Vec<(String, AuthorizationPolicy)>,
 }
 
 fn namespace_of(meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta) -> &str {
@@ -225,6 +274,7 @@ pub fn build(example: &Example, mode: Mode) -> Result<Plan, String> {
     let services = services(&resources, &plans);
     let entry = entry(&plans, &resources, mode)?;
     let probe = probe(&plans, &services, &entry, mode);
+    let denied_call = denied_call(&plans, &services, &resources, mode, &trust_domain);
     let mut config = example.istio.iter().map(|(f, t)| (format!("istio/{f}"), t.clone())).collect::<Vec<_>>();
     if mode == Mode::Explicit {
         for (file, text) in &mut config {
@@ -244,6 +294,7 @@ pub fn build(example: &Example, mode: Mode) -> Result<Plan, String> {
         pods: plans,
         entry,
         probe,
+        denied_call,
         services,
         canary,
     })
@@ -292,6 +343,7 @@ fn read_istio(files: &[(String, String)]) -> Result<Resources, String> {
                 Resource::WorkloadEntry(r) => resources.workload_entries.push((file, *r)),
                 Resource::DestinationRule(r) => resources.destination_rules.push(*r),
                 Resource::VirtualService(r) => resources.virtual_services.push((file, *r)),
+                Resource::AuthorizationPolicy(r) => resources.authorization_policies.push((file, *r)),
                 _ => {}
             }
         }
@@ -542,6 +594,97 @@ fn probe(pods: &[PodPlan], services: &[Service], entry: &Entry, mode: Mode) -> O
     })
 }
 
+/// Whether an AuthorizationPolicy principal (`*` at either end a wildcard, as in Istio) names
+/// `principal`.
+fn principal_matches(pattern: &str, principal: &str) -> bool {
+    if pattern == "*" {
+        return true;
+    }
+    match (pattern.strip_prefix('*'), pattern.strip_suffix('*')) {
+        (Some(suffix), _) => principal.ends_with(suffix),
+        (_, Some(prefix)) => principal.starts_with(prefix),
+        _ => pattern == principal,
+    }
+}
+
+/// The call an ALLOW policy denies: the first enforced ALLOW policy with a selector whose rules
+/// name their callers by principal only (so who is left out is plain), the service all of whose
+/// pods it selects, and the last pod (the deepest callee) that it neither selects nor allows.
+/// The caller asks for what the service's callers ask for (`--calls`), or `/`.
+fn denied_call(
+    pods: &[PodPlan],
+    services: &[Service],
+    resources: &Resources,
+    mode: Mode,
+    trust_domain: &str,
+) -> Option<DeniedCall> {
+    resources.authorization_policies.iter().find_map(|(file, policy)| {
+        let spec = &policy.spec;
+        let dry_run = policy.metadata.annotations.as_ref().and_then(|a| a.get(DRY_RUN_ANNOTATION));
+        if spec.action != AuthorizationAction::Allow || dry_run.is_some_and(|v| v == "true") {
+            return None;
+        }
+        let selector = spec.selector.as_ref()?.match_labels.clone();
+        let namespace = namespace_of(&policy.metadata).to_owned();
+        let selected = |p: &PodPlan| p.namespace == namespace && selects(&selector, &p.labels);
+        // Every rule names its callers, by principal and nothing else.
+        let mut allowed = Vec::new();
+        for rule in &spec.rules {
+            if rule.from.is_empty() {
+                return None;
+            }
+            for from in &rule.from {
+                let source = from.source.as_ref()?;
+                let only_principals = trellis_api::security::Source {
+                    principals: source.principals.clone(),
+                    ..Default::default()
+                };
+                if source.principals.is_empty() || *source != only_principals {
+                    return None;
+                }
+                allowed.extend(source.principals.iter().cloned());
+            }
+        }
+        let service = services.iter().find(|s| {
+            !s.pods.is_empty()
+                && s.pods.iter().all(|name| pods.iter().any(|p| p.name == *name && selected(p)))
+        })?;
+        let principal_of =
+            |p: &PodPlan| p.spiffe_id.strip_prefix("spiffe://").unwrap_or(&p.spiffe_id).to_owned();
+        let caller = pods.iter().rev().find(|p| {
+            !selected(p)
+                && p.spiffe_id.starts_with(&format!("spiffe://{trust_domain}/"))
+                && !allowed.iter().any(|a| principal_matches(a, &principal_of(p)))
+        })?;
+        let via = match mode {
+            Mode::Namespaces => SocketAddr::V4(SocketAddrV4::new(service.vip?, service.port)),
+            Mode::Explicit => SocketAddr::V4(SocketAddrV4::new(caller.ip, OUTBOUND_PORT)),
+        };
+        // What the service's callers ask for.
+        let path = pods
+            .iter()
+            .flat_map(|p| p.app_args.iter().zip(p.app_args.iter().skip(1)))
+            .filter(|(flag, _)| *flag == "--calls")
+            .filter_map(|(_, url)| url.parse::<http::Uri>().ok())
+            .find(|uri| uri.host().is_some_and(|h| h.eq_ignore_ascii_case(&service.host)))
+            .and_then(|uri| uri.path_and_query().map(|p| p.as_str().to_owned()))
+            .unwrap_or_else(|| "/".to_owned());
+        Some(DeniedCall {
+            from: caller.name.clone(),
+            principal: principal_of(caller),
+            to: service.short.clone(),
+            to_pods: service.pods.clone(),
+            url: format!("http://{}:{}{path}", service.host, service.port),
+            via,
+            policy: name_of(&policy.metadata),
+            file: file.clone(),
+            namespace,
+            selector,
+            allowed,
+        })
+    })
+}
+
 /// Explicit mode: each pod's WorkloadEntry points at its proxy's inbound port on the pod's
 /// loopback address, so calls pass through the destination's proxy too. That proxy delivers to
 /// the port the request's authority names, so a service port must be the app's port.
@@ -720,6 +863,22 @@ mod tests {
         assert_eq!((probe.pod.as_str(), probe.shown.as_str()), ("inventory", "inventory:8080"));
         assert_eq!(probe.target.to_string(), "10.77.0.13:8080");
         assert_eq!(probe.authority, "inventory.shop.svc.cluster.local:8080");
+        // The denied call: inventory, which catalog's ALLOW policy leaves out, calls catalog as
+        // its app would, to the service's virtual IP (captured by inventory's proxy).
+        let denied = plan.denied_call.clone().unwrap();
+        assert_eq!(
+            (denied.from.as_str(), denied.to.as_str(), denied.policy.as_str()),
+            ("inventory", "catalog", "shop/catalog-callers")
+        );
+        assert_eq!(denied.file, "istio/authorization.yaml");
+        assert_eq!(denied.principal, "cluster.local/ns/shop/sa/inventory");
+        assert_eq!(denied.allowed, ["cluster.local/ns/shop/sa/frontend"]);
+        assert_eq!(denied.to_pods, ["catalog-v1", "catalog-v2"]);
+        assert_eq!(denied.url, "http://catalog.shop.svc.cluster.local:8080/items");
+        assert_eq!(denied.path(), "/items");
+        assert_eq!(denied.authority(), "catalog.shop.svc.cluster.local:8080");
+        assert_eq!(denied.via.to_string(), "10.96.0.20:8080");
+        assert_eq!(denied.selector, BTreeMap::from([("app".to_owned(), "catalog".to_owned())]));
         // STRICT for the shop, PERMISSIVE for the pod the load (from outside the mesh) enters.
         let security = &plan.config.iter().find(|(f, _)| f == "istio/security.yaml").unwrap().1;
         let policies: Vec<Value> = split_documents(security)
@@ -783,6 +942,8 @@ mod tests {
         assert_eq!(catalog.admin(Mode::Explicit).to_string(), "127.77.0.11:15000");
         // Straight to inventory's proxy: there is no redirect to capture the app port.
         assert_eq!(plan.probe.unwrap().target.to_string(), "127.77.0.13:15006");
+        // And the denied call goes to inventory's proxy's outbound port, as inventory's app does.
+        assert_eq!(plan.denied_call.unwrap().via.to_string(), "127.77.0.13:15001");
         let services = &plan.config.iter().find(|(f, _)| f == "istio/services.yaml").unwrap().1;
         let entries: Vec<Value> = split_documents(services)
             .iter()
@@ -940,6 +1101,45 @@ mod tests {
             build(&e, Mode::Explicit).unwrap().pods[0].spiffe_id,
             "spiffe://shop.example/ns/shop/sa/frontend"
         );
+    }
+
+    #[test]
+    fn a_denied_call_only_when_an_allow_policy_plainly_leaves_a_pod_out() {
+        let denied = |edit: &dyn Fn(&str) -> String| {
+            let mut e = example();
+            let t = istio(&mut e, "authorization.yaml");
+            *t = edit(t);
+            build(&e, Mode::Namespaces).unwrap().denied_call
+        };
+        assert!(denied(&|t| t.to_owned()).is_some());
+        // Allowing inventory too (by a wildcard) leaves no pod out.
+        let everyone =
+            |t: &str| replace(t, "[cluster.local/ns/shop/sa/frontend]", "[\"cluster.local/ns/shop/*\"]");
+        assert_eq!(denied(&everyone), None);
+        // A rule without `from` allows any caller; a DENY policy or a dry run is not this case.
+        let anyone = |t: &str| {
+            replace(t, "  - from:\n    - source: {principals: [cluster.local/ns/shop/sa/frontend]}", "  - {}")
+        };
+        assert_eq!(denied(&anyone), None);
+        assert_eq!(denied(&|t| replace(t, "action: ALLOW", "action: DENY")), None);
+        let dry_run = |t: &str| {
+            replace(
+                t,
+                "{name: catalog-callers, namespace: shop}",
+                "{name: catalog-callers, namespace: shop, annotations: {istio.io/dry-run: \"true\"}}",
+            )
+        };
+        assert_eq!(denied(&dry_run), None);
+        // Callers named by namespace: who is left out is not plain.
+        let by_namespace =
+            |t: &str| replace(t, "{principals: [cluster.local/ns/shop/sa/frontend]}", "{namespaces: [shop]}");
+        assert_eq!(denied(&by_namespace), None);
+        // Selecting inventory instead: the caller is then the deepest pod left, catalog-v2.
+        let call = denied(&|t| replace(t, "app: catalog", "app: inventory")).unwrap();
+        assert_eq!((call.from.as_str(), call.to.as_str()), ("catalog-v2", "inventory"));
+        assert_eq!(call.url, "http://inventory.shop.svc.cluster.local:8080/stock");
+        assert!(principal_matches("*/sa/frontend", "cluster.local/ns/shop/sa/frontend"));
+        assert!(!principal_matches("cluster.local/ns/shop/sa/front", "cluster.local/ns/shop/sa/frontend"));
     }
 
     #[test]

@@ -377,6 +377,45 @@ impl Session {
         .await
     }
 
+    /// Runs this executable with `args` once in a pod as its app runs (in the pod's network
+    /// namespace, as the app's user), to its end within `timeout`; what it printed. Recorded
+    /// like every other process, so a crash leaves nothing.
+    pub async fn run_in_pod(
+        &mut self,
+        pod: &str,
+        role: &str,
+        args: Vec<String>,
+        timeout: Duration,
+    ) -> Result<String, String> {
+        let index = self.plan.pods.iter().position(|p| p.name == pod).ok_or(format!("no pod {pod}"))?;
+        let launch = Launch {
+            role: format!("{role} in {pod}"),
+            program: &self.exe,
+            args,
+            env: Vec::new(),
+            netns: self.netns.get(index).cloned().flatten(),
+            user: (self.plan.mode == Mode::Namespaces).then_some(APP_UID),
+            log: self.log(&format!("{pod}-{role}")),
+        };
+        let process = processes::spawn(&launch, &self.run_dir)?;
+        let index = self.add(process)?;
+        let process = &mut self.processes[index];
+        let deadline = Instant::now() + timeout;
+        loop {
+            match process.child.try_wait() {
+                Ok(Some(_)) => break,
+                Ok(None) if Instant::now() >= deadline => {
+                    let _ = process.child.kill();
+                    let _ = process.child.wait();
+                    return Err(format!("{} did not finish within {timeout:?}", process.role));
+                }
+                Ok(None) => tokio::time::sleep(Duration::from_millis(10)).await,
+                Err(e) => return Err(format!("{}: {e}", process.role)),
+            }
+        }
+        std::fs::read_to_string(&process.log).map_err(|e| format!("{}: {e}", process.log.display()))
+    }
+
     /// Stops every process, removes every namespace and the run directory; whether all of it is
     /// gone.
     pub fn teardown(&mut self) -> bool {

@@ -1,13 +1,15 @@
 //! The end of a run, for people and for tests: what the load saw, how the canary's traffic
 //! split before and after the edit, how each edge was secured (mutual TLS and the SPIFFE IDs
-//! its proxies labelled it with), what the plaintext client from outside the mesh got, what
-//! each proxy counted and how much memory the proxies held, and every process and namespace the
-//! run made (all gone by the time it is printed).
+//! its proxies labelled it with), what the plaintext client from outside the mesh got, what the
+//! call an AuthorizationPolicy denies got (and the callee's proxies counted), what each proxy
+//! counted and how much memory the proxies held, and every process and namespace the run made
+//! (all gone by the time it is printed).
 
 use std::collections::BTreeMap;
 
 use serde::Serialize;
 
+use super::authorization::AuthorizationReport;
 use super::identity::ProbeReport;
 use super::table::{Row, render};
 
@@ -32,6 +34,8 @@ pub struct Summary {
     pub edges: Vec<Row>,
     /// The plaintext client from outside the mesh.
     pub plaintext_client: Option<ProbeReport>,
+    /// The call from inside the mesh that an AuthorizationPolicy denies.
+    pub authorization: Option<AuthorizationReport>,
     pub pids: Vec<u32>,
     pub namespaces: Vec<String>,
     pub run_dir: String,
@@ -79,6 +83,9 @@ pub struct ProxyReport {
     pub inbound_mutual_tls_requests: u64,
     /// Inbound connections it refused (`trellis_inbound_connections_refused_total`).
     pub refused_connections: u64,
+    /// Requests and connections AuthorizationPolicy denied
+    /// (`trellis_authz_decisions_total{decision="deny"}`).
+    pub denied_requests: u64,
     /// Its certificate's identity, as its `/certs` showed it once ready.
     pub spiffe_id: Option<String>,
 }
@@ -127,6 +134,51 @@ impl Summary {
         }
         lines
     }
+
+    /// The denied call, and the callee's denials while the load ran.
+    fn authorization_lines(&self) -> Vec<String> {
+        let Some(report) = &self.authorization else {
+            return vec![
+                "No call to be denied: no ALLOW AuthorizationPolicy of the example plainly leaves a pod of the mesh \
+                 out."
+                    .to_owned(),
+            ];
+        };
+        let mut lines = vec![
+            format!(
+                "Authorization: {} ({}) allows only {} to call {}:",
+                report.policy,
+                report.file,
+                report.allowed.join(", "),
+                report.to
+            ),
+            format!("  {}", report.line()),
+        ];
+        if let Some(during) = report.counter_delta_since_load {
+            let callers: Vec<String> = self
+                .edges
+                .iter()
+                .filter(|e| e.to == report.to)
+                .map(|e| {
+                    let n = e.security.iter().map(|s| s.requests).sum::<f64>();
+                    format!("{} → {} {n:.0} request{}", e.from, e.to, if n == 1.0 { "" } else { "s" })
+                })
+                .collect();
+            lines.push(format!(
+                "  since the load began: {}; {}'s proxies counted {} denial{}{}",
+                if callers.is_empty() { "no requests".to_owned() } else { callers.join(", ") },
+                report.to,
+                during,
+                if during == 1 { "" } else { "s" },
+                if during == 0 {
+                    " (trellis_authz_decisions_total{decision=\"deny\"} unchanged)"
+                } else {
+                    ""
+                }
+            ));
+        }
+        lines
+    }
 }
 
 fn mib(bytes: u64) -> String {
@@ -165,6 +217,7 @@ impl Summary {
         lines.push(requests + ".");
         lines.extend(self.failures.iter().map(|f| format!("  failed: {f}")));
         lines.extend(self.security_lines());
+        lines.extend(self.authorization_lines());
         if let Some(c) = &self.canary {
             lines.push(format!("Canary, VirtualService {} ({}):", c.virtual_service, c.service));
             lines.push(format!("  before the edit: {}", c.before.describe()));
@@ -187,6 +240,9 @@ impl Summary {
         let refused: Vec<String> =
             self.proxies.iter().map(|p| format!("{} {}", p.pod, p.refused_connections)).collect();
         lines.push(format!("Inbound connections each proxy refused: {}.", refused.join(", ")));
+        let denied: Vec<String> =
+            self.proxies.iter().map(|p| format!("{} {}", p.pod, p.denied_requests)).collect();
+        lines.push(format!("Requests each proxy denied by AuthorizationPolicy: {}.", denied.join(", ")));
         let each: Vec<String> =
             self.proxies.iter().map(|p| format!("{} {}", p.pod, mib(p.rss_bytes))).collect();
         lines.push(format!(
@@ -220,7 +276,8 @@ impl Summary {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::demo::metrics::Security;
+    use crate::demo::authorization::CounterChange;
+    use crate::demo::metrics::{AuthzDecision, Security};
     use crate::demo::table::Secured;
 
     fn edge(from: &str, to: &str, security: Vec<Secured>) -> Row {
@@ -284,6 +341,31 @@ mod tests {
                 proxy_refused: BTreeMap::from([("plaintext".into(), 1)]),
                 proxy_refused_added: 1,
             }),
+            authorization: Some(AuthorizationReport {
+                from: "inventory".into(),
+                to: "catalog".into(),
+                policy: "shop/catalog-callers".into(),
+                file: "istio/authorization.yaml".into(),
+                allowed: vec!["cluster.local/ns/shop/sa/frontend".into()],
+                status: Some(403),
+                body: "RBAC: access denied".into(),
+                denied: true,
+                decision: "no ALLOW policy matched (shop/catalog-callers selects catalog)".into(),
+                counter_delta: 1,
+                counters: vec![CounterChange {
+                    pod: "catalog-v1".into(),
+                    series: AuthzDecision {
+                        decision: "deny".into(),
+                        policy: "none".into(),
+                        rule: String::new(),
+                        protocol: "http".into(),
+                    },
+                    before: 0,
+                    after: 1,
+                }],
+                counter_delta_since_load: Some(0),
+                ..AuthorizationReport::default()
+            }),
             pids: Vec::new(),
             namespaces: Vec::new(),
             run_dir: String::new(),
@@ -300,6 +382,12 @@ mod tests {
             "Plaintext client outside the mesh → inventory:8080 (127.77.0.13:15006): refused (STRICT mutual TLS): the \
              connection was reset without an answer; inventory's proxy counted 1 refused connection \
              (trellis_inbound_connections_refused_total: plaintext 1).",
+            "Authorization: shop/catalog-callers (istio/authorization.yaml) allows only cluster.local/ns/shop/sa/frontend \
+             to call catalog:\n  inventory → catalog: 403 RBAC: access denied — denied by AuthorizationPolicy: no ALLOW \
+             policy matched (shop/catalog-callers selects catalog); counted by catalog-v1's proxy: \
+             trellis_authz_decisions_total{decision=\"deny\",policy=\"none\",rule=\"\",protocol=\"http\"} 0 → 1",
+            "  since the load began: frontend → catalog 500 requests; catalog's proxies counted 0 denials \
+             (trellis_authz_decisions_total{decision=\"deny\"} unchanged)",
         ] {
             assert!(text.contains(expected), "{expected:?} not in:\n{text}");
         }

@@ -3,7 +3,9 @@
 //! secured (mutual TLS and the two SPIFFE IDs, or plaintext) — over the last few seconds. Edges
 //! inside the mesh come from the calling proxy's metrics (reporter "source"); subset shares from
 //! what each subset's proxies received (reporter "destination"); the edge into the mesh from the
-//! load's own measurements, and its security from what the entry pod's proxy received.
+//! load's own measurements, and its security from what the entry pod's proxy received. An edge
+//! shows once it carries a request after the run's first snapshot: the demo's own calls before
+//! the load (the one an AuthorizationPolicy denies) are reported apart.
 
 use std::collections::{BTreeMap, VecDeque};
 
@@ -64,17 +66,22 @@ pub struct Topology {
 /// The last seconds of snapshots and load windows; rows are over that span.
 pub struct History {
     span: usize,
+    /// The first snapshot ever pushed: edges show once they carry requests after it.
+    start: Option<Snapshot>,
     samples: VecDeque<(f64, Snapshot, Window)>,
 }
 
 impl History {
     /// Keeps `span` seconds (at one sample a second).
     pub fn new(span: usize) -> History {
-        History { span: span.max(1), samples: VecDeque::new() }
+        History { span: span.max(1), start: None, samples: VecDeque::new() }
     }
 
     /// Adds a sample taken at `seconds` (since the start) with the load seen since the last one.
     pub fn push(&mut self, seconds: f64, snapshot: Snapshot, window: Window) {
+        if self.start.is_none() {
+            self.start = Some(snapshot.clone());
+        }
         self.samples.push_back((seconds, snapshot, window));
         while self.samples.len() > self.span + 1 {
             self.samples.pop_front();
@@ -87,7 +94,8 @@ impl History {
 
     /// The rows over the span kept (empty until two samples exist).
     pub fn rows(&self, topology: &Topology) -> Vec<Row> {
-        let (Some(first), Some(last)) = (self.samples.front(), self.samples.back()) else {
+        let (Some(start), Some(first), Some(last)) = (&self.start, self.samples.front(), self.samples.back())
+        else {
             return Vec::new();
         };
         let seconds = last.0 - first.0;
@@ -96,13 +104,15 @@ impl History {
         }
         let mut load = Window::default();
         self.samples.iter().skip(1).for_each(|(_, _, w)| load.add(w));
-        rows(topology, &first.1, &last.1, &load, seconds)
+        rows(topology, start, &first.1, &last.1, &load, seconds)
     }
 }
 
-/// The rows between two snapshots `seconds` apart, with the load seen in between.
+/// The rows between two snapshots `seconds` apart, with the load seen in between; edges that
+/// carried no request since `start` are left out.
 pub fn rows(
     topology: &Topology,
+    start: &Snapshot,
     older: &Snapshot,
     newer: &Snapshot,
     load: &Window,
@@ -146,7 +156,10 @@ pub fn rows(
     }];
     for pod in &topology.pods {
         let Some(stats) = newer.get(pod) else { continue };
-        for key in stats.traffic.keys().filter(|(r, _)| *r == Reporter::Source) {
+        for (key, now) in stats.traffic.iter().filter(|((r, _), _)| *r == Reporter::Source) {
+            if now.since(start.get(pod).and_then(|s| s.traffic.get(key))).requests <= 0.0 {
+                continue;
+            }
             let window = delta(pod, key);
             let service = topology.services.iter().find(|s| s.host == key.1);
             let to = service
@@ -303,7 +316,7 @@ mod tests {
     fn stats(traffic: Vec<((Reporter, &str), Traffic)>) -> ProxyStats {
         ProxyStats {
             traffic: traffic.into_iter().map(|((r, s), t)| ((r, s.to_owned()), t)).collect(),
-            refused: BTreeMap::new(),
+            ..ProxyStats::default()
         }
     }
 
@@ -335,7 +348,7 @@ mod tests {
         let older = snapshot(traffic(100.0, 0.0, 100.0, mtls("frontend", "catalog")), 100.0, 90.0, 10.0);
         let newer = snapshot(traffic(200.0, 2.0, 150.0, mtls("frontend", "catalog")), 200.0, 140.0, 60.0);
         let load = Window { requests: 100, ok: 99, latencies_ms: (1..=100).map(f64::from).collect() };
-        let rows = rows(&topology(), &older, &newer, &load, 2.0);
+        let rows = rows(&topology(), &Snapshot::new(), &older, &newer, &load, 2.0);
         assert_eq!(rows.len(), 2);
         assert_eq!((rows[0].from.as_str(), rows[0].to.as_str(), rows[0].rps), ("load", "frontend", 50.0));
         assert_eq!((rows[0].success, rows[0].p50_ms, rows[0].p99_ms), (Some(0.99), Some(50.0), Some(99.0)));
@@ -382,7 +395,7 @@ mod tests {
         let mut out = traffic(100.0, 0.0, 100.0, mtls("frontend", "catalog"));
         out.security = BTreeMap::from([(mtls("frontend", "catalog"), 90.0), (plaintext(), 10.0)]);
         let newer = snapshot(out, 0.0, 50.0, 50.0);
-        let rows = rows(&topology(), &older, &newer, &Window::default(), 1.0);
+        let rows = rows(&topology(), &older, &older, &newer, &Window::default(), 1.0);
         assert_eq!(rows[1].security.len(), 2);
         assert_eq!((rows[1].security[1].security.policy.as_str(), rows[1].security[1].share), ("none", 0.1));
         assert!(render(&rows)[2].ends_with("mTLS frontend → catalog (90.0%)"), "{}", render(&rows)[2]);
@@ -405,12 +418,23 @@ mod tests {
     #[test]
     fn an_idle_window_shows_dashes() {
         let same = snapshot(traffic(10.0, 0.0, 10.0, mtls("frontend", "catalog")), 10.0, 9.0, 1.0);
-        let rows = rows(&topology(), &same, &same, &Window::default(), 1.0);
+        let rows = rows(&topology(), &Snapshot::new(), &same, &same, &Window::default(), 1.0);
         assert_eq!((rows[1].rps, rows[1].success, rows[1].p50_ms), (0.0, None, None));
         assert!(rows[1].split.is_empty());
         assert!(rows[1].security.is_empty());
         // No split, no requests to tell the security of.
         assert_eq!(render(&rows)[2], "frontend → catalog      0.0        -         -         -         -");
+    }
+
+    #[test]
+    fn an_edge_idle_since_the_start_is_left_out() {
+        // frontend called catalog before the start (the demo's own call), never since.
+        let start = snapshot(traffic(1.0, 0.0, 1.0, mtls("frontend", "catalog")), 0.0, 1.0, 0.0);
+        let rows = rows(&topology(), &start, &start, &start, &Window::default(), 1.0);
+        assert_eq!(rows.len(), 1, "{rows:?}");
+        assert_eq!(rows[0].from, "load");
+        let later = snapshot(traffic(2.0, 0.0, 2.0, mtls("frontend", "catalog")), 1.0, 2.0, 0.0);
+        assert_eq!(super::rows(&topology(), &start, &start, &later, &Window::default(), 1.0).len(), 2);
     }
 
     #[test]
