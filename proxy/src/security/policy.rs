@@ -184,7 +184,18 @@ fn observe(
 ) {
     if !decision.allowed {
         record(proxy, "deny", &decision.by, protocol);
-        tracing::debug!(peer = a.peer_principal.unwrap_or("-"), port = a.destination_port, "{decision}");
+        // One line per denial, naming what decided it: the question Istio's users ask most.
+        let (method, path) = a.http.as_ref().map_or(("-", "-"), |h| (h.method, h.path));
+        tracing::info!(
+            target: "trellis::authz",
+            peer = a.peer_principal.unwrap_or("-"),
+            source = %a.source_ip,
+            port = a.destination_port,
+            protocol,
+            method,
+            path,
+            "{decision}"
+        );
     }
     if let Some(audited) = authz.audit(a) {
         record(proxy, "audit", &audited, protocol);
@@ -192,9 +203,11 @@ fn observe(
     if let Some(would) = authz.dry_run(a) {
         let outcome = if would.allowed { "dry_run_allow" } else { "dry_run_deny" };
         record(proxy, outcome, &would.by, protocol);
-        tracing::debug!(
+        tracing::info!(
+            target: "trellis::authz",
             peer = a.peer_principal.unwrap_or("-"),
             port = a.destination_port,
+            protocol,
             "dry run: would be {would}"
         );
     }
