@@ -139,7 +139,7 @@ Rendered by mesh-configmap.yaml with toYaml.
 {{- $mesh := deepCopy (.Values.meshConfig | default (dict)) -}}
 {{- $_ := set $mesh "rootNamespace" ($mesh.rootNamespace | default .Release.Namespace) -}}
 {{- $proxy := $mesh.defaultConfig | default (dict) -}}
-{{- $_ := set $proxy "discoveryAddress" ($proxy.discoveryAddress | default (printf "trellisd.%s.svc:15010" .Release.Namespace)) -}}
+{{- $_ := set $proxy "discoveryAddress" ($proxy.discoveryAddress | default (printf "trellisd.%s.svc:15012" .Release.Namespace)) -}}
 {{- $_ := set $mesh "defaultConfig" $proxy -}}
 {{- toYaml $mesh -}}
 {{- end -}}
@@ -172,6 +172,13 @@ nothing; fails the install with a message naming the value.
 {{- range $name, $text := $injector.templates -}}
 {{- if not (kindIs "string" $text) -}}
 {{- fail (printf "injector.templates.%s must be the template's text (a string), got a %s" $name (kindOf $text)) -}}
+{{- end -}}
+{{- end -}}
+{{- $ca := .Values.controlPlane.ca | default (dict) -}}
+{{- range $key := list "workloadCertTTL" "maxWorkloadCertTTL" -}}
+{{- $ttl := toString (index $ca $key | default "") -}}
+{{- if not (regexMatch "^([0-9]+(\\.[0-9]*)?(ns|us|µs|ms|s|m|h))+$" $ttl) -}}
+{{- fail (printf "controlPlane.ca.%s must be a duration such as 24h or 90m, got %q" $key $ttl) -}}
 {{- end -}}
 {{- end -}}
 {{- $cni := .Values.cni -}}
