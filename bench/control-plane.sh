@@ -5,12 +5,24 @@
 #
 #   bench/control-plane.sh
 #   SCENARIOS="10000:100" bench/control-plane.sh      # proxies:streams-per-connection, ...
+#   SCENARIOS="1000:1 1000:1:tls" bench/control-plane.sh  # ...[:transport], see below
 #
 # Every service is a ServiceEntry, two WorkloadEntries (v1, v2), a DestinationRule with those
 # subsets and a VirtualService splitting 90/10, in namespace `bench`, 100 services per file.
 # Each client opens every type (settings and the service table are wildcard), subscribes to
 # the virtual hosts of SERVICES_PER_PROXY services — web-7 and others spread over the table —
 # and ACKs every response. The change rewrites web-7's VirtualService to 50/50.
+#
+# Transport (a scenario's third field): plain (the default) connects to the plaintext xDS port
+# (15010's). tls: certified proxies, as in Kubernetes: each client first obtains a workload
+# certificate through Istio's CreateCertificate (a fresh P-256 key and CSR, a bearer token from
+# the static token file trellisd is given with --token-auth-file, one service account per
+# client), then holds its ADS stream over the TLS port (15012's), on the connection that
+# carried the CSR; the stream sends the token too (the TLS port requires it). tls-separate: the
+# same, the CSR over a second TLS connection that stays open beside the xDS one: what the proxy
+# does (its CA client and its xDS client each keep a channel to 15012). When any scenario is tls,
+# every scenario's trellisd gets the token file and writes its root (--root-cert-file), so that
+# plain and tls rows differ only in the clients.
 #
 # Per scenario (a fresh trellisd each, all on loopback):
 #   sync s          time for every client to connect and hold its config
@@ -20,6 +32,7 @@
 #   server ACKed    proxies /debug/syncz shows SYNCED with the new generation ACKed
 #   CPU s           trellisd user+system CPU seconds while the clients connect, and for the
 #                   change (from the write until every client ACKed)
+#   certified       clients that obtained a certificate (tls scenarios)
 #   RSS             trellisd resident memory after one client has synced (the model and its
 #                   translation, shared); right when every client has synced ("at sync");
 #                   with every client connected once trellisd has been quiet and returned the
@@ -126,6 +139,19 @@ write_chunk() {
   mv "$config/.tmp" "$file"
 }
 
+# The token file: bench-token-<id> is service account bench/load-<id>.
+ca_args=()
+if [[ " $SCENARIOS " == *:tls* ]]; then
+  most=0
+  for scenario in $SCENARIOS; do
+    p=${scenario%%:*}
+    [ "$p" -gt "$most" ] && most=$p
+  done
+  awk -v n="$most" 'BEGIN { for (i = 0; i < n; i++) printf "bench-token-%d,system:serviceaccount:bench:load-%d,uid-%d\n", i, i, i }' \
+    > "$work/tokens.csv"
+  ca_args=(--token-auth-file "$work/tokens.csv" --root-cert-file "$work/root-cert.pem")
+fi
+
 config="$work/config"
 mkdir -p "$config"
 for ((c = 0; c * 100 < SERVICES; c++)); do write_chunk "$c" 90; done
@@ -163,14 +189,20 @@ wait_line() {
 
 start_trellisd() {
   # shellcheck disable=SC2086 # TRELLISD_ENV: NAME=value words for trellisd's environment only
+  rm -f "$work/root-cert.pem"
   env ${TRELLISD_ENV:-} "$TRELLISD" --config-dir "$config" --xds-address 127.0.0.1:0 --monitoring-address 127.0.0.1:0 \
-    --log-level "${TRELLISD_LOG:-warn}" > "$work/trellisd.out" 2> "$work/trellisd.err" &
+    "${ca_args[@]}" --log-level "${TRELLISD_LOG:-warn}" > "$work/trellisd.out" 2> "$work/trellisd.err" &
   TPID=$!
   pids+=("$TPID")
   wait_line "$work/trellisd.out" "trellisd listening" 60 "$TPID" ||
     fail "trellisd did not start: $(tail -5 "$work/trellisd.err")"
-  # "trellisd listening: xds A monitoring B secure C" (the last _ takes any words after B)
-  read -r _ _ _ XDS _ MON _ < "$work/trellisd.out"
+  # "trellisd listening: xds A monitoring B secure C" (the last _ takes any words after C)
+  read -r _ _ _ XDS _ MON _ SECURE _ < "$work/trellisd.out"
+  if [ ${#ca_args[@]} -gt 0 ]; then
+    local i
+    for ((i = 0; i < 100; i++)); do [ -s "$work/root-cert.pem" ] && break; sleep 0.1; done
+    [ -s "$work/root-cert.pem" ] || fail "trellisd wrote no root certificate: $(tail -5 "$work/trellisd.err")"
+  fi
   local errors
   errors=$(curl -s -m 10 "http://$MON/metrics" | awk '$1 ~ /^trellisd_config_errors_total/ { n += $2 } END { print n + 0 }')
   [ "$errors" -eq 0 ] || fail "trellisd rejected $errors config objects: $(tail -5 "$work/trellisd.err")"
@@ -204,15 +236,21 @@ result() { awk -v k="$2" '$1 == "RESULT" && $2 == k { print $3 }' "$1"; }
 rows=()
 held=""
 for scenario in $SCENARIOS; do
-  proxies=${scenario%%:*}
-  per_connection=${scenario##*:}
+  IFS=: read -r proxies per_connection transport <<< "$scenario"
+  transport=${transport:-plain}
   connections=$(((proxies + per_connection - 1) / per_connection))
-  echo "--- $proxies proxies, $per_connection streams per connection ($connections connections)" >&2
+  echo "--- $proxies proxies, $per_connection streams per connection ($connections connections), $transport" >&2
   write_chunk 0 90
   start_trellisd
+  case $transport in
+    plain) target=(--address "http://$XDS") ;;
+    tls) target=(--address "$SECURE" --ca-root-cert "$work/root-cert.pem") ;;
+    tls-separate) target=(--address "$SECURE" --ca-root-cert "$work/root-cert.pem" --separate-ca-connection) ;;
+    *) fail "scenario $scenario: transport $transport is not plain, tls or tls-separate" ;;
+  esac
 
   # One client first: the shared part (the scope's translation) is built before "before".
-  timeout 60 "$LOAD" --address "http://$XDS" --proxies 1 --watch-host "$WATCH_HOST" \
+  timeout 60 "$LOAD" "${target[@]}" --proxies 1 --watch-host "$WATCH_HOST" \
     --services-per-proxy "$SERVICES_PER_PROXY" --sync-only > "$work/warmup.out" 2> "$work/warmup.err" ||
     fail "the first client did not sync: $(tail -5 "$work/warmup.err")"
   rss_before=$(settled_rss "$TPID")
@@ -223,7 +261,7 @@ for scenario in $SCENARIOS; do
   mkfifo "$work/in"
   exec 3<> "$work/in"
   # Bounded by its own timeouts (sync, change, update, linger).
-  "$LOAD" --address "http://$XDS" --proxies "$proxies" \
+  "$LOAD" "${target[@]}" --proxies "$proxies" \
     --streams-per-connection "$per_connection" --services-per-proxy "$SERVICES_PER_PROXY" \
     --watch-host "$WATCH_HOST" --sync-timeout "$SYNC_TIMEOUT" --update-timeout "$UPDATE_TIMEOUT" \
     < "$work/in" > "$work/load.out" 2> "$work/load.err" 3>&- &
@@ -263,7 +301,7 @@ for scenario in $SCENARIOS; do
   wait "$LPID" || echo "xds-load exited with $?: $(tail -3 "$work/load.err")" >&2
   stop "$TPID"
   pids=()
-  cp "$work/load.out" "$work/load-$proxies-$per_connection.out"
+  cp "$work/load.out" "$work/load-$proxies-$per_connection-$transport.out"
 
   out="$work/load.out"
   acked=$(result "$out" acked)
@@ -271,7 +309,7 @@ for scenario in $SCENARIOS; do
   [ "$connected" -eq $((proxies + 0)) ] || echo "trellisd counted $connected connected proxies" >&2
   per_proxy=$(awk -v a="$rss_before" -v b="$rss_connected" -v n="$proxies" 'BEGIN { printf "%.1f", (b - a) / n }')
   initial=$(awk -v a="$bytes0" -v b="$bytes1" -v n="$proxies" 'BEGIN { printf "%.0f", (b - a) / n }')
-  rows+=("| $proxies | $connections | $(result "$out" sync_seconds) | $(result "$out" min_ms) | $(result "$out" p50_ms) | $(result "$out" p99_ms) | $(result "$out" max_ms) | $acked / $server_acked of $server_proxies | $(seconds $((cpu1 - cpu0))) | $(seconds $((cpu2 - cpu1))) | $(seconds $((load_cpu2 - load_cpu1))) | $(mib "$rss_before") | $(mib "$rss_synced") | $(mib "$rss_connected") | $per_proxy | $(mib "$rss_peak") | $((bytes2 - bytes1)) | $initial |")
+  rows+=("| $proxies | $connections | $transport | $(result "$out" certified) | $(result "$out" sync_seconds) | $(result "$out" min_ms) | $(result "$out" p50_ms) | $(result "$out" p99_ms) | $(result "$out" max_ms) | $acked / $server_acked of $server_proxies | $(seconds $((cpu1 - cpu0))) | $(seconds $((cpu2 - cpu1))) | $(seconds $((load_cpu2 - load_cpu1))) | $(mib "$rss_before") | $(mib "$rss_synced") | $(mib "$rss_connected") | $per_proxy | $(mib "$rss_peak") | $((bytes2 - bytes1)) | $initial |")
   if [ -z "$held" ]; then
     held="clients (after the change): settings $(result "$out" held_after_settings), service $(result "$out" held_after_service), virtualhost $(result "$out" held_after_virtualhost), cluster $(result "$out" held_after_cluster), endpoints $(result "$out" held_after_endpoints); trellisd /debug/syncz: $server_held"
     weights="web-7 split seen by client 0: $(result "$out" weights_before) -> $(result "$out" weights_after)"
@@ -283,8 +321,8 @@ done
 echo
 echo "$SERVICES services; $SERVICES_PER_PROXY virtual hosts per client; $(nproc) CPUs ($(lscpu | awk -F: '/Model name/ { gsub(/^ +/, "", $2); print $2 }'))"
 echo
-echo "| proxies | connections | sync s | first ACK ms | p50 ms | p99 ms | max ms | ACKed (clients / trellisd) | trellisd CPU s (connect) | trellisd CPU s (change) | load CPU s (change) | RSS before MiB | RSS at sync MiB | RSS connected MiB | KiB per proxy | peak RSS MiB | bytes sent (change) | bytes per proxy (first sync) |"
-echo "|---:|---:|---:|---:|---:|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
+echo "| proxies | connections | transport | certified | sync s | first ACK ms | p50 ms | p99 ms | max ms | ACKed (clients / trellisd) | trellisd CPU s (connect) | trellisd CPU s (change) | load CPU s (change) | RSS before MiB | RSS at sync MiB | RSS connected MiB | KiB per proxy | peak RSS MiB | bytes sent (change) | bytes per proxy (first sync) |"
+echo "|---:|---:|---|---:|---:|---:|---:|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
 printf '%s\n' "${rows[@]}"
 echo
 echo "Held per proxy: $held"

@@ -97,6 +97,14 @@ CONF
   echo "$master $(pgrep -P "$master" | tr '\n' ' ')" > "$work/$name.pids"
 }
 
+cpu_of() { # CPU microseconds (user + system, every thread) of the pids in the files given
+  local ns=0 run
+  for f in "$@"; do for p in $(cat "$f"); do
+    for t in /proc/"$p"/task/*/schedstat; do read -r run _ < "$t"; ns=$((ns + run)); done
+  done; done
+  echo $((ns / 1000))
+}
+
 # floor_proxy NAME LISTEN_PORT UPSTREAM_PORT: hyper's floor (proxy/examples/hyper-floor.rs: a
 # hyper server and pooled hyper clients, nothing else) on CPU 0; its pid is in $work/NAME.pids.
 floor_proxy() {

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Proxy benchmark: the same HTTP/1.1 load sent direct, through one Trellis proxy, through a
-# client-side plus server-side Trellis pair (the mesh path), and through nginx and HAProxy
-# (single and pair) configured as equivalent keep-alive reverse proxies.
+# client-side plus server-side Trellis pair (the mesh path), plaintext and with the mesh's mutual
+# TLS between the two, and through nginx and HAProxy (single and pair) configured as equivalent
+# keep-alive reverse proxies, nginx's pair also with mutual TLS between its hops.
 #
 #   bench/proxy.sh                          # 3 rounds of 5 s runs, 1,000 req/s with 100 connections
 #   DURATION=20 RATE=2000 ROUNDS=1 bench/proxy.sh
@@ -19,7 +20,20 @@
 # Every proxy runs on CPU 0 with one worker (Trellis --concurrency 1, nginx worker_processes 1,
 # HAProxy nbthread 1): "one core". The upstream (a small hyper server, proxy/examples/
 # bench-upstream.rs) and the load generator (oha, installed with cargo when missing) share CPU 1.
-# nginx and HAProxy rows appear when they are installed (apt-get install nginx-light haproxy).
+# nginx and HAProxy rows appear when they are installed (apt-get install nginx-light haproxy);
+# as root the script installs nginx-light itself when it is missing.
+#
+# The mTLS pairs (MTLS=0 leaves them out):
+#   trellis-mtls-pair  the Trellis pair with identities: trellisd (release build) runs on loopback
+#                      as the CA only (file mode, a static token file with the accounts
+#                      bench/client and bench/server); each proxy is certified through Istio's
+#                      CreateCertificate (--ca-address, --ca-root-cert, --token-file,
+#                      SERVICE_ACCOUNT, POD_NAMESPACE) and waited for until /healthz/ready says
+#                      200; the client's endpoint has meshTls and the server's identity, the
+#                      server is STRICT. Pooled, kept-alive TLS connections between the two.
+#   nginx-mtls-pair    nginx to nginx over TLS 1.3 with client certificates (an EC P-256 CA and
+#                      two leaves made with openssl; ssl_verify_client on, proxy_ssl_certificate,
+#                      proxy_ssl_verify on, session reuse on, upstream keepalive 256).
 #
 # Two runs per scenario:
 #   fixed rate: RATE req/s over CONNECTIONS keep-alive connections, latency-corrected
@@ -30,7 +44,9 @@
 #   max rate:   MAX_CONNECTIONS connections as fast as possible: req/s on one core, and the
 #               proxies' CPU seconds (user + system, all processes) per 1,000 requests.
 # Below the table: how many rounds each pair beat the nginx pair in, at p50 and p99, and the
-# median of the rounds' differences (paired by round, so a round's noise cancels out).
+# median of the rounds' differences (paired by round, so a round's noise cancels out); the same
+# for the Trellis mTLS pair against the nginx mTLS pair, with CPU per request at the fixed rate;
+# and what mutual TLS costs each pair in CPU per request over its plaintext self.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -42,6 +58,12 @@ MAX_CONNECTIONS="${MAX_CONNECTIONS:-50}"
 
 # shellcheck source=bench/proxy-common.sh
 source bench/proxy-common.sh
+MTLS="${MTLS:-1}"
+if [ "$MTLS" = 1 ]; then
+  # shellcheck source=bench/mtls-common.sh
+  source bench/mtls-common.sh
+  ensure_nginx
+fi
 start_upstream taskset -c 1
 
 # PGO=1: also the profile-guided build (scripts/build-pgo.sh, about ten minutes), or the one at
@@ -81,13 +103,6 @@ CONF
   wait_port "$listen"
 }
 
-cpu_of() { # CPU microseconds (user + system, every thread) of the pids in the files given
-  local ns=0 run
-  for f in "$@"; do for p in $(cat "$f"); do
-    for t in /proc/"$p"/task/*/schedstat; do read -r run _ < "$t"; ns=$((ns + run)); done
-  done; done
-  echo $((ns / 1000))
-}
 rss_of() { # the largest peak RSS (KiB) of one proxy instance among the files given
   local best=0
   for f in "$@"; do
@@ -127,6 +142,14 @@ paths+=("trellis|http://127.0.0.1:18100/|bench:$UP|$work/trellis.pids")
 trellis trellis-server 18080 18200
 trellis trellis-client 18201 18300   # its endpoint: the server-side proxy's inbound port
 paths+=("trellis-pair|http://127.0.0.1:18300/|bench:$UP|$work/trellis-client.pids $work/trellis-server.pids")
+if [ "$MTLS" = 1 ]; then
+  start_ca
+  server_config "$work/trellis-mtls-server.yaml" 1
+  trellis_proxy trellis-mtls-server "$work/trellis-mtls-server.yaml" 19400 server
+  client_config "$work/trellis-mtls-client.yaml" 19401 1 0
+  trellis_proxy trellis-mtls-client "$work/trellis-mtls-client.yaml" 19500 client
+  paths+=("trellis-mtls-pair|http://127.0.0.1:19500/|bench:$UP|$work/trellis-mtls-client.pids $work/trellis-mtls-server.pids")
+fi
 if [ -n "${PGO_PROXY:-}" ]; then
   trellis trellis-pgo 18080 19100 "$PGO_PROXY"
   paths+=("trellis-pgo|http://127.0.0.1:19100/|bench:$UP|$work/trellis-pgo.pids")
@@ -148,6 +171,12 @@ if command -v nginx > /dev/null; then
   nginx_proxy nginx-client 18501 18502
   paths+=("nginx|http://127.0.0.1:18401/||$work/nginx.pids")
   paths+=("nginx-pair|http://127.0.0.1:18501/||$work/nginx-client.pids $work/nginx-server.pids")
+  if [ "$MTLS" = 1 ]; then
+    nginx_certs
+    nginx_mtls_server nginx-mtls-server 19602
+    nginx_mtls_client nginx-mtls-client 19601 19602 1 on
+    paths+=("nginx-mtls-pair|http://127.0.0.1:19601/||$work/nginx-mtls-client.pids $work/nginx-mtls-server.pids")
+  fi
 fi
 if command -v haproxy > /dev/null; then
   haproxy_proxy haproxy 18601 $UP
@@ -232,10 +261,57 @@ if "nginx-pair" in order:
     print("\nPairs against the nginx pair, round by round (lower added latency wins; the median of "
           "the rounds' differences in ms, and of their max req/s ratios):\n")
     for name in order:
-        if name.endswith("-pair") and name != "nginx-pair":
+        if name.endswith("-pair") and name != "nginx-pair" and "mtls" not in name:
             diff = {p: [pct(load(name, r, "rate"), p) - pct(load("nginx-pair", r, "rate"), p) for r in rounds] for p in ("p50", "p99")}
             wins = {p: sum(1 for d in diff[p] if d < 0) for p in diff}
             ratio = med(load(name, r, "max")["summary"]["requestsPerSec"] / load("nginx-pair", r, "max")["summary"]["requestsPerSec"] for r in rounds)
             print(f"- {name}: p50 lower in {wins['p50']} of {len(rounds)} rounds ({med(diff['p50']):+.3f}), "
                   f"p99 lower in {wins['p99']} of {len(rounds)} ({med(diff['p99']):+.3f}); max req/s {ratio:.0%} of the nginx pair's")
+PY
+
+python3 - "$work" "$DURATION" "$ROUNDS" <<'PY'
+# The mTLS pairs: the Trellis mTLS pair against nginx's, round by round, and what mutual TLS
+# costs each pair in CPU per request over its own plaintext pair.
+import json, statistics, sys
+work, duration, rounds = sys.argv[1:]
+rounds = range(1, int(rounds) + 1)
+order = open(f"{work}/order").read().split()
+med = statistics.median
+def load(name, r, kind):
+    return json.load(open(f"{work}/{name}-{r}-{kind}.json"))
+def pct(name, r, p):
+    return load(name, r, "rate")["latencyPercentiles"][p] * 1000
+def res(name, r):
+    return [int(x) for x in open(f"{work}/{name}-{r}.res").read().split()]
+def cpu_us_at_rate(name, r):
+    _, _, _, before, after = res(name, r)
+    done = load(name, r, "rate")["summary"]["requestsPerSec"] * float(duration)
+    return (after - before) / done if done else 0
+def cpu_us_at_max(name, r):
+    before, after, _, _, _ = res(name, r)
+    done = load(name, r, "max")["summary"]["requestsPerSec"] * float(duration)
+    return (after - before) / done if done else 0
+n = len(rounds)
+if "trellis-mtls-pair" in order and "nginx-mtls-pair" in order:
+    a, b = "trellis-mtls-pair", "nginx-mtls-pair"
+    print("\nThe Trellis mTLS pair against the nginx mTLS pair, round by round (lower wins; the median "
+          "of the rounds' differences, and of their max req/s ratios):\n")
+    diff = {p: [pct(a, r, p) - pct(b, r, p) for r in rounds] for p in ("p50", "p99")}
+    cpu = [cpu_us_at_rate(a, r) - cpu_us_at_rate(b, r) for r in rounds]
+    ratio = med(load(a, r, "max")["summary"]["requestsPerSec"] / load(b, r, "max")["summary"]["requestsPerSec"] for r in rounds)
+    wins = lambda xs: sum(1 for x in xs if x < 0)
+    print(f"- added p50 lower in {wins(diff['p50'])} of {n} rounds ({med(diff['p50']):+.3f} ms), "
+          f"added p99 lower in {wins(diff['p99'])} of {n} ({med(diff['p99']):+.3f} ms); "
+          f"CPU per request at the fixed rate lower in {wins(cpu)} of {n} ({med(cpu):+.1f} µs); "
+          f"max req/s {ratio:.0%} of the nginx mTLS pair's")
+pairs = [(m, p) for m, p in (("trellis-mtls-pair", "trellis-pair"), ("nginx-mtls-pair", "nginx-pair"))
+         if m in order and p in order]
+if pairs:
+    print("\nWhat mutual TLS costs, in CPU per request over the same proxies' plaintext pair (per round: "
+          "mTLS / plaintext - 1; the median of the rounds):\n")
+    for m, p in pairs:
+        at_rate = [cpu_us_at_rate(m, r) / cpu_us_at_rate(p, r) - 1 for r in rounds]
+        at_max = [cpu_us_at_max(m, r) / cpu_us_at_max(p, r) - 1 for r in rounds]
+        rows = ", ".join(f"{cpu_us_at_rate(m, r):.1f} vs {cpu_us_at_rate(p, r):.1f} µs ({x:+.1%})" for r, x in zip(rounds, at_rate))
+        print(f"- {m} over {p}: {med(at_rate):+.1%} at the fixed rate ({rows}); {med(at_max):+.1%} at the max rate")
 PY

@@ -20,6 +20,17 @@
 //!
 //! Clients share `--streams-per-connection` HTTP/2 streams per connection (1: one connection
 //! per client, as in a real mesh).
+//!
+//! With `--ca-root-cert`, the clients are certified proxies on the TLS port, as real proxies in
+//! Kubernetes are: `--address` is trellisd's secure address (`host:port`), each connection is
+//! TLS verified against that root, and before its ADS stream each client obtains a workload
+//! certificate through Istio's `CreateCertificate` (a fresh P-256 key and CSR for
+//! `spiffe://<trust domain>/ns/<namespace>/sa/load-<id>`, with the token
+//! `<--token-prefix><id>`, which the script puts in trellisd's `--token-auth-file`); its ADS
+//! stream carries the same token (the TLS port serves a stream only to a token of the node's
+//! namespace). The CSR goes over the connection the stream then uses, or with
+//! `--separate-ca-connection` over a TLS connection of its own that stays open beside it: what
+//! the proxy does (its CA client and its xDS client each keep a channel to 15012).
 
 use std::collections::HashSet;
 use std::io::Write;
@@ -34,6 +45,8 @@ use tokio::sync::{Semaphore, mpsc};
 use tokio::time::timeout_at;
 use tokio_stream::wrappers::UnboundedReceiverStream;
 use tonic::transport::{Channel, Endpoint};
+use trellis_identity::SpiffeId;
+use trellis_identity::client::{CaClient, tls_channel};
 use trellis_xds::config as pb;
 use trellis_xds::discovery::aggregated_discovery_service_client::AggregatedDiscoveryServiceClient;
 use trellis_xds::discovery::{DeltaDiscoveryRequest, DeltaDiscoveryResponse};
@@ -78,9 +91,84 @@ struct Args {
     /// Exit once every client is synced.
     #[arg(long)]
     sync_only: bool,
+    /// The mesh root certificate (PEM): connect over TLS to the secure address and certify each
+    /// client through the CA first.
+    #[arg(long)]
+    ca_root_cert: Option<std::path::PathBuf>,
+    /// Client `id`'s bearer token is this followed by `id`.
+    #[arg(long, default_value = "bench-token-")]
+    token_prefix: String,
+    /// The trust domain of the SPIFFE IDs the clients ask for.
+    #[arg(long, default_value = "cluster.local")]
+    trust_domain: String,
+    /// Certify over a TLS connection of the client's own, kept open beside its xDS connection.
+    #[arg(long)]
+    separate_ca_connection: bool,
+}
+
+/// How connections are made: plaintext HTTP/2, or TLS to the secure port with the CA's root.
+#[derive(Clone)]
+enum Connect {
+    /// Boxed: an endpoint is large and made once.
+    Plain(Box<Endpoint>),
+    Tls {
+        address: String,
+        root: Arc<str>,
+        token_prefix: Arc<str>,
+        trust_domain: Arc<str>,
+        separate: bool,
+    },
+}
+
+impl Connect {
+    fn describe(&self) -> String {
+        match self {
+            Connect::Plain(endpoint) => endpoint.uri().to_string(),
+            Connect::Tls { address, .. } => format!("{address} (TLS)"),
+        }
+    }
+
+    /// A connection; over TLS a lazy one, made by the first call on it.
+    async fn channel(&self) -> Result<Channel, String> {
+        match self {
+            Connect::Plain(endpoint) => endpoint.connect().await.map_err(|e| with_sources(&e)),
+            Connect::Tls { address, root, .. } => tls_channel(address, root, None).map_err(|e| e.to_string()),
+        }
+    }
+
+    /// Client `id`'s bearer token (TLS only): the CA and the TLS port's xDS both want it.
+    fn token(&self, id: usize) -> Option<String> {
+        match self {
+            Connect::Plain(_) => None,
+            Connect::Tls { token_prefix, .. } => Some(format!("{token_prefix}{id}")),
+        }
+    }
+
+    /// Client `id`'s certificate from the CA, over `channel` (or a connection of its own,
+    /// returned to be kept open); `None` in plaintext mode.
+    async fn certify(
+        &self,
+        id: usize,
+        channel: &Channel,
+        namespace: &str,
+    ) -> Result<Option<Channel>, String> {
+        let Connect::Tls { token_prefix, trust_domain, separate, .. } = self else { return Ok(None) };
+        let own = if *separate { Some(self.channel().await?) } else { None };
+        let ca = CaClient::new(own.clone().unwrap_or_else(|| channel.clone()));
+        let requested =
+            SpiffeId::new(trust_domain, namespace, &format!("load-{id}")).map_err(|e| e.to_string())?;
+        let token = format!("{token_prefix}{id}");
+        let cert = ca.certify(&requested, &token, CERT_TTL).await.map_err(|e| format!("certify: {e}"))?;
+        if cert.leaf.id != requested {
+            return Err(format!("certify: the CA issued {} for {requested}", cert.leaf.id));
+        }
+        Ok(own)
+    }
 }
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// The lifetime the certified clients ask for (the proxy's default).
+const CERT_TTL: Duration = Duration::from_secs(24 * 3600);
 const OPEN_TIMEOUT: Duration = Duration::from_secs(60);
 const MAX_CONNECTING: usize = 128;
 const MAX_RESPONSE_BYTES: usize = 64 << 20;
@@ -116,6 +204,8 @@ struct Shared {
     connecting: Semaphore,
     /// Responses received after the client was synced, by type.
     later_responses: [AtomicU64; TYPES],
+    /// Clients certified by the CA.
+    certified: AtomicU64,
 }
 
 fn main() -> ExitCode {
@@ -144,12 +234,28 @@ fn main() -> ExitCode {
 }
 
 async fn run(args: Args) -> Result<(), String> {
-    let endpoint = Endpoint::from_shared(args.address.clone())
-        .map_err(|e| format!("--address {:?}: {e}", args.address))?
-        .connect_timeout(CONNECT_TIMEOUT)
-        .tcp_nodelay(true)
-        .initial_stream_window_size(STREAM_WINDOW)
-        .initial_connection_window_size(CONNECTION_WINDOW);
+    let connect = match &args.ca_root_cert {
+        None => Connect::Plain(Box::new(
+            Endpoint::from_shared(args.address.clone())
+                .map_err(|e| format!("--address {:?}: {e}", args.address))?
+                .connect_timeout(CONNECT_TIMEOUT)
+                .tcp_nodelay(true)
+                .initial_stream_window_size(STREAM_WINDOW)
+                .initial_connection_window_size(CONNECTION_WINDOW),
+        )),
+        Some(path) => {
+            let root = std::fs::read_to_string(path)
+                .map_err(|e| format!("--ca-root-cert {}: {e}", path.display()))?;
+            let address = args.address.rsplit_once("://").map_or(args.address.as_str(), |(_, a)| a);
+            Connect::Tls {
+                address: address.trim_end_matches('/').to_owned(),
+                root: root.into(),
+                token_prefix: args.token_prefix.as_str().into(),
+                trust_domain: args.trust_domain.as_str().into(),
+                separate: args.separate_ca_connection,
+            }
+        }
+    };
     let (events, mut inbox) = mpsc::unbounded_channel();
     let shared = Arc::new(Shared {
         namespace: args.namespace.clone(),
@@ -160,6 +266,7 @@ async fn run(args: Args) -> Result<(), String> {
         syncing: Semaphore::new(args.max_syncing.max(1)),
         connecting: Semaphore::new(MAX_CONNECTING),
         later_responses: Default::default(),
+        certified: AtomicU64::new(0),
     });
     let stdin = stdin_lines();
 
@@ -169,25 +276,41 @@ async fn run(args: Args) -> Result<(), String> {
     for c in 0..connections {
         let first = c * args.streams_per_connection;
         let ids = first..(first + args.streams_per_connection).min(args.proxies);
-        let (endpoint, shared) = (endpoint.clone(), shared.clone());
+        let (connect, shared) = (connect.clone(), shared.clone());
         tokio::spawn(async move {
             let permit = shared.connecting.acquire().await;
-            let connected = endpoint.connect().await;
-            drop(permit);
-            let channel = match connected {
+            let channel = match connect.channel().await {
                 Ok(channel) => channel,
                 Err(e) => {
                     for id in ids {
-                        let error = format!("connect {}: {}", endpoint.uri(), with_sources(&e));
+                        let error = format!("connect {}: {e}", connect.describe());
                         let _ = shared.events.send(Event::Failed { id, error });
                     }
                     return;
                 }
             };
+            // Certified one after another under the permit: at most MAX_CONNECTING TLS
+            // handshakes and certificate requests at once, as connections were bounded before.
+            let mut certified = Vec::new();
             for id in ids {
-                let (channel, shared) = (channel.clone(), shared.clone());
+                match connect.certify(id, &channel, &shared.namespace).await {
+                    Ok(ca_connection) => {
+                        shared.certified.fetch_add(1, Ordering::Relaxed);
+                        certified.push((id, ca_connection));
+                    }
+                    Err(error) => {
+                        let error = format!("{}: {error}", connect.describe());
+                        let _ = shared.events.send(Event::Failed { id, error });
+                    }
+                }
+            }
+            drop(permit);
+            for (id, ca_connection) in certified {
+                let (channel, shared, token) = (channel.clone(), shared.clone(), connect.token(id));
                 tokio::spawn(async move {
-                    if let Err(error) = client(id, channel, &shared).await {
+                    // The CA connection (if any) stays open as long as the client's stream.
+                    let _ca_connection = ca_connection;
+                    if let Err(error) = client(id, channel, &shared, token).await {
                         let _ = shared.events.send(Event::Failed { id, error });
                     }
                 });
@@ -240,6 +363,7 @@ async fn run(args: Args) -> Result<(), String> {
     let sync_seconds = start.elapsed().as_secs_f64();
     result("proxies", args.proxies);
     result("connections", connections);
+    result("certified", shared.certified.load(Ordering::Relaxed));
     result("sync_seconds", format!("{sync_seconds:.2}"));
     for kind in ResourceType::PUSH_ORDER {
         result(&format!("held_{}", kind.short_name()), range(synced.iter().map(|h| h[type_index(kind)])));
@@ -339,7 +463,7 @@ async fn run(args: Args) -> Result<(), String> {
 }
 
 /// One simulated proxy, until its stream ends.
-async fn client(id: usize, channel: Channel, shared: &Shared) -> Result<(), String> {
+async fn client(id: usize, channel: Channel, shared: &Shared, token: Option<String>) -> Result<(), String> {
     let mut permit = Some(shared.syncing.acquire().await.map_err(|e| e.to_string())?);
     let mut ads =
         AggregatedDiscoveryServiceClient::new(channel).max_decoding_message_size(MAX_RESPONSE_BYTES);
@@ -364,12 +488,17 @@ async fn client(id: usize, channel: Channel, shared: &Shared) -> Result<(), Stri
         };
         tx.send(request).map_err(|_| "request stream closed")?;
     }
-    let mut inbound =
-        tokio::time::timeout(OPEN_TIMEOUT, ads.delta_aggregated_resources(UnboundedReceiverStream::new(rx)))
-            .await
-            .map_err(|_| format!("open stream: no answer within {OPEN_TIMEOUT:?}"))?
-            .map_err(|s| format!("open stream: {}: {}", s.code(), s.message()))?
-            .into_inner();
+    let mut open = tonic::Request::new(UnboundedReceiverStream::new(rx));
+    if let Some(token) = token {
+        // On the TLS port the token must prove a service account of the node's namespace.
+        let value = format!("Bearer {token}").parse().map_err(|_| "the token is not a header value")?;
+        open.metadata_mut().insert("authorization", value);
+    }
+    let mut inbound = tokio::time::timeout(OPEN_TIMEOUT, ads.delta_aggregated_resources(open))
+        .await
+        .map_err(|_| format!("open stream: no answer within {OPEN_TIMEOUT:?}"))?
+        .map_err(|s| format!("open stream: {}: {}", s.code(), s.message()))?
+        .into_inner();
 
     let mut held: [HashSet<u64>; TYPES] = Default::default();
     let mut subscribed: Vec<String> = Vec::new();
