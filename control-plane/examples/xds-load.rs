@@ -295,7 +295,9 @@ async fn run(args: Args) -> Result<(), String> {
             for id in ids {
                 match connect.certify(id, &channel, &shared.namespace).await {
                     Ok(ca_connection) => {
-                        shared.certified.fetch_add(1, Ordering::Relaxed);
+                        if matches!(connect, Connect::Tls { .. }) {
+                            shared.certified.fetch_add(1, Ordering::Relaxed);
+                        }
                         certified.push((id, ca_connection));
                     }
                     Err(error) => {
