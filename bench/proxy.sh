@@ -113,6 +113,8 @@ rss_of() { # the largest peak RSS (KiB) of one proxy instance among the files gi
   echo "$best"
 }
 
+active_opens() { awk '/^Tcp:/ { if (h) { print $6; exit } h = 1 }' /proc/net/snmp; }
+
 # scenario ROUND NAME URL HOST pidfiles...
 scenario() {
   local round=$1 name=$2 url=$3 host=$4; shift 4
@@ -122,8 +124,13 @@ scenario() {
   taskset -c 1 "$OHA" --no-tui -n 2000 -c 20 "${hdr[@]}" "$url" > /dev/null
   local rate_before=0 rate_after=0
   [ ${#files[@]} -gt 0 ] && rate_before=$(cpu_of "${files[@]}")
+  # TCP connections opened on the machine during the fixed-rate run: the load generator's own,
+  # plus any a pair's client-side proxy opens to its server-side proxy (with mTLS, handshakes).
+  local opens_before opens_after
+  opens_before=$(active_opens)
   taskset -c 1 "$OHA" --no-tui --output-format json -z "${DURATION}s" -c "$CONNECTIONS" -q "$RATE" \
     --latency-correction "${hdr[@]}" "$url" > "$out-rate.json"
+  opens_after=$(active_opens)
   [ ${#files[@]} -gt 0 ] && rate_after=$(cpu_of "${files[@]}")
   # Peak RSS at the fixed rate: read before any max-rate run has pushed it up.
   local rss=0; [ ${#files[@]} -gt 0 ] && [ "$round" = 1 ] && rss=$(rss_of "${files[@]}")
@@ -132,7 +139,7 @@ scenario() {
   taskset -c 1 "$OHA" --no-tui --output-format json -z "${DURATION}s" -c "$MAX_CONNECTIONS" \
     "${hdr[@]}" "$url" > "$out-max.json"
   [ ${#files[@]} -gt 0 ] && after=$(cpu_of "${files[@]}")
-  echo "$before $after $rss $rate_before $rate_after" > "$out.res"
+  echo "$before $after $rss $rate_before $rate_after $((opens_after - opens_before))" > "$out.res"
 }
 
 # NAME|URL|HOST|pidfiles, in the order they run within a round.
@@ -218,11 +225,11 @@ def non2xx(d):
 def res(name, r):
     return [int(x) for x in open(f"{work}/{name}-{r}.res").read().split()]
 def cpu_per_1k(name, r): # CPU seconds per 1,000 requests at the max rate
-    before, after, _, _, _ = res(name, r)
+    before, after = res(name, r)[:2]
     done = load(name, r, "max")["summary"]["requestsPerSec"] * float(duration)
     return (after - before) / 1e6 / done * 1000 if done else 0
 def cpu_us_at_rate(name, r): # CPU microseconds per request at the fixed rate (cold caches)
-    _, _, _, before, after = res(name, r)
+    before, after = res(name, r)[3:5]
     done = load(name, r, "rate")["summary"]["requestsPerSec"] * float(duration)
     return (after - before) / done if done else 0
 med = statistics.median
@@ -284,11 +291,11 @@ def pct(name, r, p):
 def res(name, r):
     return [int(x) for x in open(f"{work}/{name}-{r}.res").read().split()]
 def cpu_us_at_rate(name, r):
-    _, _, _, before, after = res(name, r)
+    before, after = res(name, r)[3:5]
     done = load(name, r, "rate")["summary"]["requestsPerSec"] * float(duration)
     return (after - before) / done if done else 0
 def cpu_us_at_max(name, r):
-    before, after, _, _, _ = res(name, r)
+    before, after = res(name, r)[:2]
     done = load(name, r, "max")["summary"]["requestsPerSec"] * float(duration)
     return (after - before) / done if done else 0
 n = len(rounds)
@@ -314,4 +321,10 @@ if pairs:
         at_max = [cpu_us_at_max(m, r) / cpu_us_at_max(p, r) - 1 for r in rounds]
         rows = ", ".join(f"{cpu_us_at_rate(m, r):.1f} vs {cpu_us_at_rate(p, r):.1f} µs ({x:+.1%})" for r, x in zip(rounds, at_rate))
         print(f"- {m} over {p}: {med(at_rate):+.1%} at the fixed rate ({rows}); {med(at_max):+.1%} at the max rate")
+    # New connections (and so, with mTLS, handshakes) inside the fixed-rate runs, beyond the load
+    # generator's own (the direct run's count in the same round): a pool that grows mid-run.
+    print("\nConnections the pair opened during each round's fixed-rate run (TCP active opens beyond the "
+          "direct run's): " + "; ".join(
+              f"{m} " + ", ".join(str(res(m, r)[5] - res("direct", r)[5]) for r in rounds)
+              for m in [x for x in order if x.endswith("-pair")]))
 PY
