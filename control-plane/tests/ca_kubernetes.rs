@@ -31,23 +31,12 @@ const SECRETS: &str = "/api/v1/secrets";
 const CONFIG_MAPS: &str = "/api/v1/configmaps";
 
 /// What the fake serves: the Secrets and ConfigMaps the CA uses, and every kind trellisd's
-/// Kubernetes source watches except Gateways ("not installed").
-const COLLECTIONS: &[(&str, &str, &str)] = &[
-    (NAMESPACES, "v1", "Namespace"),
-    (SECRETS, "v1", "Secret"),
-    (CONFIG_MAPS, "v1", "ConfigMap"),
-    ("/api/v1/services", "v1", "Service"),
-    ("/apis/discovery.k8s.io/v1/endpointslices", "discovery.k8s.io/v1", "EndpointSlice"),
-    ("/api/v1/pods", "v1", "Pod"),
-    ("/apis/networking.istio.io/v1/virtualservices", "networking.istio.io/v1", "VirtualService"),
-    ("/apis/networking.istio.io/v1/destinationrules", "networking.istio.io/v1", "DestinationRule"),
-    ("/apis/networking.istio.io/v1/serviceentries", "networking.istio.io/v1", "ServiceEntry"),
-    ("/apis/networking.istio.io/v1/workloadentries", "networking.istio.io/v1", "WorkloadEntry"),
-    ("/apis/networking.istio.io/v1/sidecars", "networking.istio.io/v1", "Sidecar"),
-    ("/apis/security.istio.io/v1/peerauthentications", "security.istio.io/v1", "PeerAuthentication"),
-    ("/apis/security.istio.io/v1/authorizationpolicies", "security.istio.io/v1", "AuthorizationPolicy"),
-    ("/apis/security.istio.io/v1/requestauthentications", "security.istio.io/v1", "RequestAuthentication"),
-];
+/// Kubernetes source watches.
+fn collections() -> Vec<(&'static str, &'static str, &'static str)> {
+    let mut all = vec![(SECRETS, "v1", "Secret"), (CONFIG_MAPS, "v1", "ConfigMap")];
+    all.extend_from_slice(fake_api::WATCHED);
+    all
+}
 
 fn token(user: &str, audiences: &[&str], expired: bool) -> Token {
     Token { user: user.into(), audiences: audiences.iter().map(|a| (*a).to_owned()).collect(), expired }
@@ -81,7 +70,7 @@ fn refused(result: Result<Caller, AuthError>) -> String {
 
 #[tokio::test]
 async fn token_reviews_decide_who_the_caller_is() {
-    let api = FakeApi::start(COLLECTIONS).await;
+    let api = FakeApi::start(&collections()).await;
     api.set_tokens(&tokens());
     let authenticator = Authenticator::Kubernetes(Box::new(TokenReviewer::new(client(&api), "istio-ca")));
 
@@ -132,7 +121,7 @@ fn decoded(secret: &Value, key: &str) -> String {
 
 #[tokio::test]
 async fn a_generated_root_is_kept_in_istio_ca_secret_and_shared() {
-    let api = FakeApi::start(COLLECTIONS).await;
+    let api = FakeApi::start(&collections()).await;
     // Two replicas starting at once: one create wins, and both sign with its root.
     let (first, second) =
         tokio::join!(start_ca(&api, CaMetrics::default()), start_ca(&api, CaMetrics::default()));
@@ -171,7 +160,7 @@ fn cacerts(material: &CaMaterial) -> Value {
 
 #[tokio::test]
 async fn the_cacerts_secret_wins_and_is_followed() {
-    let api = FakeApi::start(COLLECTIONS).await;
+    let api = FakeApi::start(&collections()).await;
     let plugged = CaMaterial::generate_root("cluster.local").unwrap();
     api.apply(SECRETS, cacerts(&plugged));
     let metrics = CaMetrics::default();
@@ -214,7 +203,7 @@ fn published(api: &FakeApi, namespaces: &[&str]) -> BTreeMap<String, Option<Stri
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn trellisd_signs_for_reviewed_tokens_and_publishes_its_root_in_every_namespace() {
-    let api = FakeApi::start(COLLECTIONS).await;
+    let api = FakeApi::start(&collections()).await;
     for ns in ["istio-system", "a", "shop"] {
         api.apply(NAMESPACES, namespace(ns));
     }

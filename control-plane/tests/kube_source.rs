@@ -27,23 +27,6 @@ const PODS: &str = "/api/v1/pods";
 const NAMESPACES: &str = "/api/v1/namespaces";
 const VIRTUAL_SERVICES: &str = "/apis/networking.istio.io/v1/virtualservices";
 
-/// What the fake serves: every kind the source watches except Gateways, whose CRD is "not
-/// installed" (the source must become ready anyway).
-const COLLECTIONS: &[(&str, &str, &str)] = &[
-    (SERVICES, "v1", "Service"),
-    (SLICES, "discovery.k8s.io/v1", "EndpointSlice"),
-    (PODS, "v1", "Pod"),
-    (NAMESPACES, "v1", "Namespace"),
-    (VIRTUAL_SERVICES, "networking.istio.io/v1", "VirtualService"),
-    ("/apis/networking.istio.io/v1/destinationrules", "networking.istio.io/v1", "DestinationRule"),
-    ("/apis/networking.istio.io/v1/serviceentries", "networking.istio.io/v1", "ServiceEntry"),
-    ("/apis/networking.istio.io/v1/workloadentries", "networking.istio.io/v1", "WorkloadEntry"),
-    ("/apis/networking.istio.io/v1/sidecars", "networking.istio.io/v1", "Sidecar"),
-    ("/apis/security.istio.io/v1/peerauthentications", "security.istio.io/v1", "PeerAuthentication"),
-    ("/apis/security.istio.io/v1/authorizationpolicies", "security.istio.io/v1", "AuthorizationPolicy"),
-    ("/apis/security.istio.io/v1/requestauthentications", "security.istio.io/v1", "RequestAuthentication"),
-];
-
 const DEADLINE: Duration = Duration::from_secs(10);
 
 #[tokio::test]
@@ -55,7 +38,7 @@ async fn the_model_follows_the_cluster() {
     let subscriber = tracing_subscriber::fmt().with_ansi(false).with_writer(move || writer.clone()).finish();
     let _logging = tracing::subscriber::set_default(subscriber);
 
-    let api = FakeApi::start(COLLECTIONS).await;
+    let api = FakeApi::start(fake_api::WATCHED).await;
     api.apply(
         NAMESPACES,
         json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {

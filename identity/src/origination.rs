@@ -6,11 +6,10 @@
 use std::sync::Arc;
 
 use rustls::client::danger::{ServerCertVerified, ServerCertVerifier};
-use rustls::client::{verify_server_cert_signed_by_trust_anchor, verify_server_name};
+use rustls::client::verify_server_name;
 use rustls::crypto::WebPkiSupportedAlgorithms;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
-use rustls::server::ParsedCertificate;
 use rustls::{ClientConfig, RootCertStore};
 use x509_parser::extensions::GeneralName;
 
@@ -146,14 +145,7 @@ impl ServerCertVerifier for NameVerifier {
         _ocsp: &[u8],
         now: UnixTime,
     ) -> Result<ServerCertVerified, rustls::Error> {
-        let parsed = ParsedCertificate::try_from(end_entity)?;
-        verify_server_cert_signed_by_trust_anchor(
-            &parsed,
-            &self.roots,
-            intermediates,
-            now,
-            self.algorithms.all,
-        )?;
+        let parsed = crate::tls::verify_chain(end_entity, intermediates, &self.roots, now, &self.algorithms)?;
         if self.names.is_empty() {
             verify_server_name(&parsed, server_name)?;
             return Ok(ServerCertVerified::assertion());

@@ -313,6 +313,19 @@ fn check_trust_domain(
     Ok(leaf.id)
 }
 
+/// A server certificate's chain to `roots` (rustls' WebPKI check, no name); the parsed leaf.
+pub(crate) fn verify_chain<'a>(
+    end_entity: &'a CertificateDer<'a>,
+    intermediates: &[CertificateDer<'_>],
+    roots: &RootCertStore,
+    now: UnixTime,
+    algorithms: &WebPkiSupportedAlgorithms,
+) -> Result<ParsedCertificate<'a>, rustls::Error> {
+    let parsed = ParsedCertificate::try_from(end_entity)?;
+    verify_server_cert_signed_by_trust_anchor(&parsed, roots, intermediates, now, algorithms.all)?;
+    Ok(parsed)
+}
+
 /// The client's check of a server: the chain to the bundle, then the leaf's SPIFFE ID must be
 /// one the destination runs as. DNS names play no part: mesh certificates carry none.
 #[derive(Debug)]
@@ -332,14 +345,7 @@ impl ServerCertVerifier for SpiffeServerVerifier {
         _ocsp: &[u8],
         now: UnixTime,
     ) -> Result<ServerCertVerified, rustls::Error> {
-        let parsed = ParsedCertificate::try_from(end_entity)?;
-        verify_server_cert_signed_by_trust_anchor(
-            &parsed,
-            &self.roots,
-            intermediates,
-            now,
-            self.algorithms.all,
-        )?;
+        verify_chain(end_entity, intermediates, &self.roots, now, &self.algorithms)?;
         let id = check_trust_domain(end_entity, &self.trust_domain)?;
         if !self.allowed.is_empty() && !self.allowed.contains(&id) {
             return Err(rustls::Error::General(format!(

@@ -435,3 +435,20 @@ impl<T> futures_util::Stream for ReceiverStream<T> {
         self.0.poll_recv(cx)
     }
 }
+
+/// Every kind trellisd's Kubernetes source watches, as `(collection path, apiVersion, kind)`,
+/// except Gateways, whose CRD is "not installed" (the source must become ready anyway).
+pub const WATCHED: &[(&str, &str, &str)] = &[
+    ("/api/v1/services", "v1", "Service"),
+    ("/apis/discovery.k8s.io/v1/endpointslices", "discovery.k8s.io/v1", "EndpointSlice"),
+    ("/api/v1/pods", "v1", "Pod"),
+    ("/api/v1/namespaces", "v1", "Namespace"),
+    ("/apis/networking.istio.io/v1/virtualservices", "networking.istio.io/v1", "VirtualService"),
+    ("/apis/networking.istio.io/v1/destinationrules", "networking.istio.io/v1", "DestinationRule"),
+    ("/apis/networking.istio.io/v1/serviceentries", "networking.istio.io/v1", "ServiceEntry"),
+    ("/apis/networking.istio.io/v1/workloadentries", "networking.istio.io/v1", "WorkloadEntry"),
+    ("/apis/networking.istio.io/v1/sidecars", "networking.istio.io/v1", "Sidecar"),
+    ("/apis/security.istio.io/v1/peerauthentications", "security.istio.io/v1", "PeerAuthentication"),
+    ("/apis/security.istio.io/v1/authorizationpolicies", "security.istio.io/v1", "AuthorizationPolicy"),
+    ("/apis/security.istio.io/v1/requestauthentications", "security.istio.io/v1", "RequestAuthentication"),
+];
