@@ -203,8 +203,8 @@ where
             return ExitCode::from(2);
         }
     };
-    // Checked before anything starts: a probe that cannot run would fail the pod's probes one
-    // by one, far from the cause.
+    // Checked before anything starts: a variable that is not a map of probes is a broken
+    // injection, not one bad probe (those fail alone, with their reason, at 15020).
     let probers = match crate::app_health::AppProbers::from_env() {
         Ok(p) => p,
         Err(e) => {

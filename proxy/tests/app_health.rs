@@ -382,24 +382,11 @@ fn exits(mut command: Command) -> (Option<i32>, String) {
 }
 
 #[test]
-fn malformed_probers_stop_the_binary_with_a_clear_error() {
+fn a_malformed_probers_variable_stops_the_binary_with_a_clear_error() {
     let too_long = format!(r#"{{"x": "{}"}}"#, "a".repeat(app_health::MAX_PROBERS_LEN));
     for (probers, expected) in [
         ("{not json", "ISTIO_KUBE_APP_PROBERS: not a JSON object of probes: key must be a string".to_owned()),
-        (
-            r#"{"/app-health/app/livez": {"httpGet": {"path": "/", "port": 70000}}}"#,
-            r#"ISTIO_KUBE_APP_PROBERS: "/app-health/app/livez": httpGet.port: 70000: out of range 1-65535"#
-                .to_owned(),
-        ),
-        (
-            r#"{"/app-health/app/readyz": {"tcpSocket": {"host": "127.0.0.1"}}}"#,
-            r#"ISTIO_KUBE_APP_PROBERS: "/app-health/app/readyz": tcpSocket.port: (missing)"#.to_owned(),
-        ),
-        (
-            r#"{"/app-health/app/livez": {"httpGet": {"port": 80, "scheme": "gopher"}}}"#,
-            r#"ISTIO_KUBE_APP_PROBERS: "/app-health/app/livez": httpGet.scheme: "gopher": not HTTP or HTTPS"#
-                .to_owned(),
-        ),
+        ("[1]", "ISTIO_KUBE_APP_PROBERS: not a JSON object of probes: invalid type".to_owned()),
         (
             &too_long,
             format!("ISTIO_KUBE_APP_PROBERS: {} bytes, more than the 65536 accepted", too_long.len()),
@@ -410,4 +397,33 @@ fn malformed_probers_stop_the_binary_with_a_clear_error() {
         assert!(stderr.starts_with(&format!("trellis-proxy: {expected}")), "{probers:.80}: {stderr}");
         assert!(!stderr.contains("panicked"), "{stderr}");
     }
+}
+
+#[tokio::test]
+async fn a_probe_that_cannot_run_fails_alone_and_says_why() {
+    let app = App::start(None).await;
+    let probers = format!(
+        r#"{{"/app-health/web/readyz": {{"httpGet": {{"path": "/ready", "port": {}}}}},
+            "/app-health/web/livez": {{"httpGet": {{"path": "/", "port": 70000}}}},
+            "/app-health/side/livez": {{"tcpSocket": {{"host": "467.0.0.1", "port": 80}}}},
+            "/app-health/side/readyz": {{"httpGet": {{"port": 80, "scheme": "gopher"}}}}}}"#,
+        app.port
+    );
+    let mut child = proxy_binary(Some("0"), &[("ISTIO_KUBE_APP_PROBERS", &probers)]).spawn().unwrap();
+    let addrs = listening(&mut child);
+    let _child = KillOnDrop(child);
+    let status: SocketAddr =
+        addrs.get("status").and_then(|a| a.parse().ok()).unwrap_or_else(|| panic!("{addrs:?}"));
+    assert_eq!(get_text(status, "/app-health/web/readyz").await.0, StatusCode::OK);
+    assert_eq!(app.last().path, "/ready");
+    for (path, reason) in [
+        ("/app-health/web/livez", "httpGet.port: 70000: out of range 1-65535"),
+        ("/app-health/side/livez", r#"tcpSocket.host: "467.0.0.1": not a DNS name or IP address"#),
+        ("/app-health/side/readyz", r#"httpGet.scheme: "gopher": not HTTP or HTTPS"#),
+    ] {
+        let (code, body) = get_text(status, path).await;
+        assert_eq!(code, StatusCode::SERVICE_UNAVAILABLE, "{path}: {body}");
+        assert!(body.starts_with(&format!("ISTIO_KUBE_APP_PROBERS: {path:?}: {reason}")), "{path}: {body}");
+    }
+    assert_eq!(get_text(status, "/app-health/other/livez").await.0, StatusCode::NOT_FOUND);
 }

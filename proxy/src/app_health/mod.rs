@@ -56,6 +56,9 @@ pub fn start(
         ports.extend(bound.iter().map(SocketAddr::port));
     }
     tracing::info!(addrs = ?bound, probes = probers.len(), "status port serving app probes");
+    for (path, reason) in probers.problems() {
+        tracing::warn!(probe = path, %reason, "this app probe cannot run; the kubelet gets 503 for it");
+    }
     let status = Arc::new(Status {
         proxy: proxy.clone(),
         probers,
@@ -85,7 +88,10 @@ async fn answer(request: Request<Incoming>, status: Arc<Status>) -> Response<Bod
         return crate::admin::prometheus(&status.proxy);
     }
     let Some(prober) = status.probers.get(path) else {
-        return text(StatusCode::NOT_FOUND, "not found\n");
+        return match status.probers.unusable(path) {
+            Some(reason) => text(StatusCode::SERVICE_UNAVAILABLE, &format!("{reason}\n")),
+            None => text(StatusCode::NOT_FOUND, "not found\n"),
+        };
     };
     // The kubelet's clock runs from its request: waiting for a place counts against the probe.
     let deadline = tokio::time::Instant::now() + prober.timeout;

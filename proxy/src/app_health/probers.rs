@@ -1,7 +1,8 @@
 //! `ISTIO_KUBE_APP_PROBERS`: the app's original probes, as the injector hands them over (a JSON
-//! object from the health path the kubelet now calls to the probe it replaced), checked whole at
-//! start-up so that a bad value stops the proxy with the probe, field and value at fault instead
-//! of failing one kubelet probe after another.
+//! object from the health path the kubelet now calls to the probe it replaced), checked at
+//! start-up. A value that is not such an object stops the proxy; one probe that cannot run fails
+//! that probe alone, with the probe, field and value at fault as its answer, so that a mistake in
+//! one container's liveness probe does not keep the whole pod from starting.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -25,9 +26,13 @@ const DEFAULT_TIMEOUT: Duration = Duration::from_secs(1);
 
 const KINDS: [&str; 3] = ["livez", "readyz", "startupz"];
 
-/// The app's probes by the path the kubelet calls (`/app-health/<container>/livez`).
+/// The app's probes by the path the kubelet calls (`/app-health/<container>/livez`), and those
+/// that cannot run, with the reason.
 #[derive(Debug, Default)]
-pub struct AppProbers(BTreeMap<String, Arc<Prober>>);
+pub struct AppProbers {
+    probes: BTreeMap<String, Arc<Prober>>,
+    unusable: BTreeMap<String, String>,
+}
 
 /// One probe: what to do, and how long the app has to answer.
 #[derive(Debug, PartialEq)]
@@ -103,27 +108,42 @@ impl AppProbers {
             return Ok(AppProbers::default());
         }
         let entries: BTreeMap<String, Value> = serde_json::from_str(text).map_err(ProbersError::NotJson)?;
-        entries
-            .into_iter()
-            .map(|(path, value)| {
-                let prober = parse_prober(&path, value)?;
-                Ok((path, Arc::new(prober)))
-            })
-            .collect::<Result<_, _>>()
-            .map(AppProbers)
+        let mut probers = AppProbers::default();
+        for (path, value) in entries {
+            match parse_prober(&path, value) {
+                Ok(prober) => {
+                    probers.probes.insert(path, Arc::new(prober));
+                }
+                Err(e) => {
+                    probers.unusable.insert(path, e.to_string());
+                }
+            }
+        }
+        Ok(probers)
     }
 
     /// The probe the kubelet calls at `path`.
     pub fn get(&self, path: &str) -> Option<&Arc<Prober>> {
-        self.0.get(path)
+        self.probes.get(path)
     }
 
+    /// Why the probe at `path` cannot run, when it cannot.
+    pub fn unusable(&self, path: &str) -> Option<&str> {
+        self.unusable.get(path).map(String::as_str)
+    }
+
+    /// Every probe that cannot run, by path, with the reason.
+    pub fn problems(&self) -> impl Iterator<Item = (&str, &str)> {
+        self.unusable.iter().map(|(path, reason)| (path.as_str(), reason.as_str()))
+    }
+
+    /// Probes that run.
     pub fn len(&self) -> usize {
-        self.0.len()
+        self.probes.len()
     }
 
     pub fn is_empty(&self) -> bool {
-        self.0.is_empty()
+        self.probes.is_empty() && self.unusable.is_empty()
     }
 }
 
@@ -302,7 +322,17 @@ fn host(
 mod tests {
     use super::*;
 
+    /// What a document with one bad probe says about it: the proxy starts, and only that
+    /// probe fails.
     fn error(text: &str) -> String {
+        let probers = AppProbers::parse(text).unwrap_or_else(|e| panic!("{text}: {e}"));
+        let problems: Vec<_> = probers.problems().collect();
+        assert_eq!(problems.len(), 1, "{text}: {problems:?}");
+        assert_eq!(probers.len(), 0, "{text}");
+        problems[0].1.to_owned()
+    }
+
+    fn document_error(text: &str) -> String {
         AppProbers::parse(text).expect_err(text).to_string()
     }
 
@@ -351,9 +381,9 @@ mod tests {
 
     #[test]
     fn bad_json_is_refused() {
-        let e = error(r#"{"/app-health/app/livez": {"tcpSocket": "#);
+        let e = document_error(r#"{"/app-health/app/livez": {"tcpSocket": "#);
         assert!(e.starts_with("ISTIO_KUBE_APP_PROBERS: not a JSON object of probes: EOF"), "{e}");
-        let e = error("[1, 2]");
+        let e = document_error("[1, 2]");
         assert!(e.starts_with("ISTIO_KUBE_APP_PROBERS: not a JSON object of probes: invalid type"), "{e}");
     }
 
@@ -402,7 +432,7 @@ mod tests {
             "a".repeat(MAX_PROBERS_LEN)
         );
         assert_eq!(
-            error(&text),
+            document_error(&text),
             format!("ISTIO_KUBE_APP_PROBERS: {} bytes, more than the 65536 accepted", text.len())
         );
     }
@@ -454,5 +484,22 @@ mod tests {
             assert!(e.starts_with("ISTIO_KUBE_APP_PROBERS: "), "{e}");
             assert!(e.contains(expected), "{text}: {e} does not say {expected:?}");
         }
+    }
+
+    #[test]
+    fn one_bad_probe_fails_alone() {
+        let probers = AppProbers::parse(
+            r#"{
+              "/app-health/app/livez": {"tcpSocket": {"port": 8080, "host": "467.0.0.1"}},
+              "/app-health/app/readyz": {"tcpSocket": {"port": 8080}}
+            }"#,
+        )
+        .unwrap();
+        assert!(probers.get("/app-health/app/readyz").is_some());
+        assert!(probers.get("/app-health/app/livez").is_none());
+        let reason = probers.unusable("/app-health/app/livez").unwrap();
+        assert!(reason.contains("tcpSocket.host: \"467.0.0.1\""), "{reason}");
+        assert_eq!(probers.unusable("/app-health/app/readyz"), None);
+        assert!(!probers.is_empty());
     }
 }
