@@ -34,6 +34,7 @@ fn start_proxy(trellisd: &Trellisd, root: &str, token_file: &Path) -> trellis_pr
                 root_pem: root.to_owned(),
                 server_name: None,
                 token_file: token_file.to_owned(),
+                channel: None,
             }),
         }),
         explicit_inbound: false,

@@ -261,7 +261,8 @@ where
     };
     // The CA's gRPC channel starts a task of its own: it is made inside the runtime.
     let entered = runtime.enter();
-    let identity = match identity_options(&args, xds.as_ref()) {
+    let mut xds = xds;
+    let identity = match identity_options(&args, xds.as_mut()) {
         Ok(identity) => identity,
         Err(e) => {
             eprintln!("trellis-proxy: {e}");
@@ -273,9 +274,12 @@ where
 }
 
 /// The mesh identity from the command line and the pod's environment: who to ask (the CA),
-/// how to trust it (the root file), and as whom (POD_NAMESPACE, SERVICE_ACCOUNT).
-fn identity_options(args: &Args, xds: Option<&XdsOptions>) -> Result<Option<crate::Identity>, String> {
-    let ca_address = match (&args.ca_address, xds) {
+/// how to trust it (the root file), and as whom (POD_NAMESPACE, SERVICE_ACCOUNT). When the CA
+/// is the discovery address over TLS (15012, as injected), certificates and config share one
+/// connection: a second one would cost the control plane a TLS connection per proxy for a
+/// request made once in twelve hours.
+fn identity_options(args: &Args, xds: Option<&mut XdsOptions>) -> Result<Option<crate::Identity>, String> {
+    let ca_address = match (&args.ca_address, xds.as_deref()) {
         (Some(address), _) => address.clone(),
         // In a pod the root certificate is mounted (the kubelet does not start the pod without
         // it); without one, this proxy runs outside the mesh's identity (a local control plane).
@@ -299,6 +303,12 @@ fn identity_options(args: &Args, xds: Option<&XdsOptions>) -> Result<Option<crat
         .map_err(|e| format!("--ca-root-cert {}: {e}", args.ca_root_cert.display()))?;
     let channel = trellis_identity::client::tls_channel(&ca_address, &root, args.ca_server_name.as_deref())
         .map_err(|e| format!("--ca-address {ca_address}: {e}"))?;
+    if let Some(secure) = xds.and_then(|xds| xds.secure.as_mut()) {
+        // Same address, root file and server name (both come from these flags): one channel.
+        if secure.authority == ca_address && secure.root_pem == root {
+            secure.channel = Some(channel.clone());
+        }
+    }
     let renewal = trellis_identity::manager::Renewal {
         ca: trellis_identity::client::CaClient::new(channel),
         token_file: args.token_file.clone(),
@@ -354,6 +364,7 @@ fn secure_xds(address: &str, args: &Args) -> Result<Option<crate::xds::SecureXds
         root_pem,
         server_name: args.ca_server_name.clone(),
         token_file: args.token_file.clone(),
+        channel: None,
     }))
 }
 

@@ -97,6 +97,9 @@ pub struct SecureXds {
     pub server_name: Option<String>,
     /// Read for every stream: the kubelet rotates projected tokens.
     pub token_file: std::path::PathBuf,
+    /// The CA client's channel when the CA is this same address: streams then share its
+    /// connection (which reconnects by itself) instead of opening one of their own.
+    pub channel: Option<tonic::transport::Channel>,
 }
 
 /// What the proxy holds: per type, each resource's version and encoding.
@@ -237,12 +240,15 @@ impl Client {
         let fail = |e: String| (e, false);
         let (channel, token) = match &self.options.secure {
             Some(secure) => {
-                let channel = trellis_identity::client::tls_channel(
-                    &secure.authority,
-                    &secure.root_pem,
-                    secure.server_name.as_deref(),
-                )
-                .map_err(|e| fail(format!("discovery address {}: {e}", secure.authority)))?;
+                let channel = match &secure.channel {
+                    Some(shared) => shared.clone(),
+                    None => trellis_identity::client::tls_channel(
+                        &secure.authority,
+                        &secure.root_pem,
+                        secure.server_name.as_deref(),
+                    )
+                    .map_err(|e| fail(format!("discovery address {}: {e}", secure.authority)))?,
+                };
                 let token = trellis_identity::client::read_token(&secure.token_file)
                     .map_err(|e| fail(e.to_string()))?;
                 (channel, Some(token))
