@@ -40,6 +40,10 @@ istio_message! {
         pub selector: Option<MatchLabelsSelector>,
         pub mtls: Option<MutualTls>,
         /// Keys are workload (container) port numbers.
+        #[schemars(extend("x-kubernetes-validations" = [{
+            "rule": "self.all(key, 0 < int(key) && int(key) <= 65535)",
+            "message": "port must be between 1-65535",
+        }]))]
         pub port_level_mtls: BTreeMap<u32, MutualTls>,
     }
 }
