@@ -110,7 +110,7 @@ pub async fn check_request<B>(
             host,
             path: request.uri().path(),
             headers: request.headers(),
-            auth: auth.as_ref(),
+            auth: auth.as_deref(),
         });
         let decision = authz.decide(&attributes);
         observe(proxy, authz, &attributes, &decision, "http");

@@ -271,7 +271,10 @@ impl JwtAuthn {
     /// Checks the request's token(s). On success removes the token (unless the provider
     /// forwards it), sets the payload and claim headers, and returns the identity; `Ok(None)`:
     /// no token (which passes), or a CORS preflight.
-    pub fn authenticate<B>(&self, request: &mut Request<B>) -> Result<Option<RequestAuth>, JwtRejection> {
+    pub fn authenticate<B>(
+        &self,
+        request: &mut Request<B>,
+    ) -> Result<Option<Arc<RequestAuth>>, JwtRejection> {
         if self.providers.is_empty() || is_cors_preflight(request) {
             return Ok(None);
         }
@@ -319,7 +322,7 @@ impl JwtAuthn {
             }
             if !failed && let Some((token, verified)) = accepted {
                 self.apply(provider, &found, token, &verified, request);
-                return Ok(Some(verified.auth.clone()));
+                return Ok(Some(Arc::clone(&verified.auth)));
             }
         }
         let (status, message) = match first_failure {
@@ -342,7 +345,7 @@ impl JwtAuthn {
         if token.len() > MAX_TOKEN_BYTES {
             return Err(Failure::Invalid(token::TOO_LARGE));
         }
-        let key = cache::key(index, token);
+        let key = self.cache.key(index, token);
         if let Some(verified) = self.cache.get(&key, now, CLOCK_SKEW_SECS) {
             self.cache_hits.fetch_add(1, Ordering::Relaxed);
             return Ok(verified);
@@ -383,7 +386,7 @@ impl JwtAuthn {
             return Err(Failure::Invalid("Jwt verification fails"));
         }
         let verified = Arc::new(Verified {
-            auth: request_auth(jwt, &provider.space_delimited),
+            auth: Arc::new(request_auth(jwt, &provider.space_delimited)),
             exp: jwt.exp,
             claim_headers: provider
                 .claim_headers

@@ -518,30 +518,30 @@ fn principal_needs_sub() {
 // ---- cache --------------------------------------------------------------------------------
 
 fn verified(exp: Option<i64>) -> Arc<Verified> {
-    Arc::new(Verified { auth: RequestAuth::default(), exp, claim_headers: Vec::new() })
+    Arc::new(Verified { auth: Arc::default(), exp, claim_headers: Vec::new() })
 }
 
 #[test]
 fn cache_serves_live_entries_only_and_stays_bounded() {
     let cache = TokenCache::default();
     let t = now();
-    cache.insert(cache::key(0, "a"), verified(Some(t + 10)), t, CLOCK_SKEW_SECS);
-    cache.insert(cache::key(0, "b"), verified(Some(t - 100)), t, CLOCK_SKEW_SECS);
-    assert!(cache.get(&cache::key(0, "a"), t, CLOCK_SKEW_SECS).is_some());
-    assert!(cache.get(&cache::key(1, "a"), t, CLOCK_SKEW_SECS).is_none(), "keyed by provider too");
-    assert!(cache.get(&cache::key(0, "b"), t, CLOCK_SKEW_SECS).is_none());
+    cache.insert(cache.key(0, "a"), verified(Some(t + 10)), t, CLOCK_SKEW_SECS);
+    cache.insert(cache.key(0, "b"), verified(Some(t - 100)), t, CLOCK_SKEW_SECS);
+    assert!(cache.get(&cache.key(0, "a"), t, CLOCK_SKEW_SECS).is_some());
+    assert!(cache.get(&cache.key(1, "a"), t, CLOCK_SKEW_SECS).is_none(), "keyed by provider too");
+    assert!(cache.get(&cache.key(0, "b"), t, CLOCK_SKEW_SECS).is_none());
     assert_eq!(cache.len(), 1, "the expired entry was dropped when looked up");
     // Still valid within the skew, not past it.
-    assert!(cache.get(&cache::key(0, "a"), t + 60, CLOCK_SKEW_SECS).is_some());
-    assert!(cache.get(&cache::key(0, "a"), t + 71, CLOCK_SKEW_SECS).is_none());
+    assert!(cache.get(&cache.key(0, "a"), t + 60, CLOCK_SKEW_SECS).is_some());
+    assert!(cache.get(&cache.key(0, "a"), t + 71, CLOCK_SKEW_SECS).is_none());
 
     for i in 0..cache::CAPACITY {
-        cache.insert(cache::key(0, &i.to_string()), verified(None), t, CLOCK_SKEW_SECS);
+        cache.insert(cache.key(0, &i.to_string()), verified(None), t, CLOCK_SKEW_SECS);
     }
     assert_eq!(cache.len(), cache::CAPACITY);
-    cache.insert(cache::key(0, "one more"), verified(None), t, CLOCK_SKEW_SECS);
+    cache.insert(cache.key(0, "one more"), verified(None), t, CLOCK_SKEW_SECS);
     assert_eq!(cache.len(), 1, "full of live entries: cleared");
-    assert!(cache.get(&cache::key(0, "one more"), t, CLOCK_SKEW_SECS).is_some());
+    assert!(cache.get(&cache.key(0, "one more"), t, CLOCK_SKEW_SECS).is_some());
 }
 
 #[test]
