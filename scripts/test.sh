@@ -14,6 +14,13 @@ declare -A packages=(
   [containernetworking-plugins]=/usr/lib/cni/bridge
   [conntrack]=/usr/sbin/conntrack
   [iproute2]=/usr/sbin/ip
+  # The image tests (cli/tests/images.rs): umoci assembles and unpacks the images, crun runs them
+  # (runc where crun cannot: cgroup v1 with controllers left on the v2 hierarchy), curl calls the
+  # injector over TLS.
+  [umoci]=/usr/bin/umoci
+  [crun]=/usr/bin/crun
+  [runc]=/usr/sbin/runc
+  [curl]=/usr/bin/curl
 )
 missing=()
 for pkg in "${!packages[@]}"; do
