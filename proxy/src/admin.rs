@@ -176,10 +176,24 @@ fn clusters(proxy: &Proxy) -> String {
             "{name}::upstream_rq_pending_overflow::{}",
             cluster.overflows.load(Ordering::Relaxed)
         );
+        let health = cluster.outlier.as_ref().map(|detector| {
+            detector.refresh();
+            let (enforced, overflow) = detector.totals();
+            let _ = writeln!(out, "{name}::outlier_detection.ejections_active::{}", detector.ejected_now());
+            let _ = writeln!(out, "{name}::outlier_detection.ejections_enforced_total::{enforced}");
+            let _ = writeln!(out, "{name}::outlier_detection.ejections_overflow::{overflow}");
+            detector.health()
+        });
         for (i, target) in cluster.balancer.targets().iter().enumerate() {
             let _ = writeln!(out, "{name}::{}::weight::{}", target.addr, target.weight);
             let _ = writeln!(out, "{name}::{}::rq_active::{}", target.addr, cluster.balancer.active(i));
-            let _ = writeln!(out, "{name}::{}::health_flags::healthy", target.addr);
+            let endpoint = health.as_ref().and_then(|h| h.get(i));
+            // Envoy's words for an ejected host.
+            let flags = if endpoint.is_some_and(|e| e.ejected) { "/failed_outlier_check" } else { "healthy" };
+            let _ = writeln!(out, "{name}::{}::health_flags::{flags}", target.addr);
+            if let Some(endpoint) = endpoint {
+                let _ = writeln!(out, "{name}::{}::outlier_ejections::{}", target.addr, endpoint.ejections);
+            }
         }
     }
     out

@@ -116,6 +116,65 @@ impl Balancer {
         self.pick_with(&mut rand::rng(), hash, avoid)
     }
 
+    /// As [`Balancer::pick`], never returning an index of `excluded` (sorted, distinct: the
+    /// endpoints outlier detection ejected). `None` when every endpoint is excluded. Only used
+    /// while something is excluded, so its allocations do not touch the common path.
+    #[must_use = "the request counts as active only while the guard is held"]
+    pub fn pick_excluding(
+        &self,
+        hash: Option<u64>,
+        avoid: Option<usize>,
+        excluded: &[usize],
+    ) -> Option<Picked<'_>> {
+        let n = self.targets.len();
+        let excluded: Vec<usize> = excluded.iter().copied().filter(|&i| i < n).collect();
+        if excluded.is_empty() {
+            return self.pick(hash, avoid);
+        }
+        if excluded.len() >= n {
+            return None;
+        }
+        let mut rng = rand::rng();
+        // `avoid` (a retry's previous endpoint) only while another endpoint is left.
+        let avoid = avoid.filter(|&a| a < n && excluded.binary_search(&a).is_err() && n - excluded.len() > 1);
+        let mut skipped = excluded;
+        if let Some(a) = avoid {
+            let at = skipped.partition_point(|&i| i < a);
+            skipped.insert(at, a);
+        }
+        let usable = |i: usize| i < n && skipped.binary_search(&i).is_err();
+        let walk = |table: &[u32], start: usize| {
+            let (before, after) = table.split_at(start.min(table.len()));
+            after.iter().chain(before).map(|&i| i as usize).find(|&i| usable(i))
+        };
+        let found = match (&self.strategy, hash) {
+            (Strategy::RoundRobin { schedule, cursor }, _) if !schedule.is_empty() => {
+                walk(schedule, cursor.fetch_add(1, Relaxed) % schedule.len())
+            }
+            (Strategy::LeastRequest, _) => {
+                let first = self.weights.draw(&mut rng, &skipped);
+                if n - skipped.len() < 2 {
+                    Some(first)
+                } else {
+                    let mut both = skipped.clone();
+                    both.insert(both.partition_point(|&i| i < first), first);
+                    let second = self.weights.draw(&mut rng, &both);
+                    Some(if self.active(second) < self.active(first) { second } else { first })
+                }
+            }
+            (Strategy::Ring { points, owners }, Some(hash)) => {
+                let start = points.partition_point(|&point| point < hash) % points.len().max(1);
+                walk(owners, start)
+            }
+            (Strategy::Maglev(table), Some(hash)) if !table.is_empty() => {
+                walk(table, (hash % table.len() as u64) as usize)
+            }
+            _ => None,
+        };
+        let index = found.unwrap_or_else(|| self.weights.draw(&mut rng, &skipped));
+        Some(self.acquire(index))
+    }
+
     /// Active requests on an endpoint (0 for an index out of range).
     /// Ends a request counted by a detached [`Picked`].
     pub fn release(&self, index: usize) {
@@ -635,6 +694,27 @@ mod tests {
                     assert_ne!(picked.index(), avoid, "{policy:?} hash {hash:?}");
                 }
             }
+        }
+    }
+
+    #[test]
+    fn excluded_endpoints_are_never_picked() {
+        for policy in ALL {
+            let balancer = Balancer::new(policy, targets(&[1, 2, 3, 4]));
+            for round in 0..400u64 {
+                let hash = Some(hash_key(&round.to_le_bytes()));
+                let avoid = Some((round % 4) as usize);
+                let picked = balancer.pick_excluding(hash, avoid, &[0, 2]).expect("two left").index();
+                assert!(picked == 1 || picked == 3, "{policy:?}: {picked}");
+                if avoid == Some(1) || avoid == Some(3) {
+                    assert_ne!(Some(picked), avoid, "{policy:?}: another was left");
+                }
+                // The one left is picked even when it is the one to avoid.
+                let only = balancer.pick_excluding(hash, Some(3), &[0, 1, 2]).expect("one left").index();
+                assert_eq!(only, 3, "{policy:?}");
+            }
+            assert!(balancer.pick_excluding(None, None, &[0, 1, 2, 3]).is_none(), "{policy:?}");
+            assert!((0..4).all(|i| balancer.active(i) == 0));
         }
     }
 

@@ -36,6 +36,8 @@ pub struct Cluster {
     pub connections: crate::upstream::ConnectionPolicy,
     /// Which endpoints get mutual TLS, and whom they must be.
     pub tls: crate::security::upstream::TlsPolicy,
+    /// Outlier detection, when configured.
+    pub outlier: Option<crate::outlier::Detector>,
     active: AtomicU64,
     pub requests: AtomicU64,
     pub errors: AtomicU64,
@@ -105,6 +107,7 @@ impl Cluster {
             connect_timeout,
             idle_timeout,
             tls,
+            outlier: None,
             active: AtomicU64::new(0),
             requests: AtomicU64::new(0),
             errors: AtomicU64::new(0),
@@ -120,6 +123,26 @@ impl Cluster {
 
     pub fn name(&self) -> &str {
         &self.definition.name
+    }
+
+    /// Picks an endpoint for a request or connection: the balancer's pick, among the endpoints
+    /// outlier detection has not ejected. Without a detector, only a branch more.
+    #[inline]
+    pub fn pick(&self, hash: Option<u64>, avoid: Option<usize>) -> Option<crate::balance::Picked<'_>> {
+        match &self.outlier {
+            None => self.balancer.pick(hash, avoid),
+            Some(detector) => detector.pick(&self.balancer, hash, avoid),
+        }
+    }
+
+    /// Tells outlier detection what an exchange with endpoint `index` came to.
+    #[inline]
+    pub fn observe(
+        &self,
+        index: usize,
+        observed: crate::outlier::Observed,
+    ) -> Option<crate::outlier::Verdict> {
+        self.outlier.as_ref()?.report(index, observed)
     }
 
     /// Admits one more request (or TCP connection) within the pool limits, or says it overflows.

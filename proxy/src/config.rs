@@ -195,7 +195,12 @@ impl Snapshot {
                 .filter(|old| old.definition == *c && old.endpoints.as_slice() == mine && old.tls == tls);
             let cluster = match reused {
                 Some(old) => old.clone(),
-                None => Arc::new(compile_cluster(c, mine, tls, &field)?),
+                None => {
+                    // A changed cluster keeps what outlier detection knows of its endpoints.
+                    let detector =
+                        previous.and_then(|p| p.clusters.get(&c.name)).and_then(|old| old.outlier.as_ref());
+                    Arc::new(compile_cluster(c, mine, tls, detector, &field)?)
+                }
             };
             if clusters.insert(c.name.clone(), cluster).is_some() {
                 return Err(err(format!("{field}.name"), format!("cluster {:?} is defined twice", c.name)));
@@ -388,6 +393,7 @@ fn compile_cluster(
     c: &pb::Cluster,
     endpoints: &[pb::Endpoint],
     tls: TlsPolicy,
+    previous_detector: Option<&crate::outlier::Detector>,
     field: &str,
 ) -> Result<Cluster, ConfigError> {
     let lb = c.load_balancer.clone().unwrap_or_default();
@@ -421,9 +427,17 @@ fn compile_cluster(
             mesh_tls: e.mesh_tls,
         });
     }
+    let outlier = match &c.outlier_detection {
+        Some(od) => {
+            let policy = outlier_policy(od, &format!("{field}.outlier_detection"))?;
+            let addrs = targets.iter().map(|t| t.addr).collect();
+            Some(crate::outlier::Detector::new(policy, addrs, previous_detector))
+        }
+        None => None,
+    };
     let pool = c.connection_pool.unwrap_or_default();
     let or = |v: u32, default: u32| if v == 0 { default } else { v };
-    Ok(Cluster::new(
+    let mut cluster = Cluster::new(
         c.clone(),
         endpoints.to_vec(),
         Balancer::new(policy, targets),
@@ -439,7 +453,43 @@ fn compile_cluster(
         duration(pool.idle_timeout.as_ref(), &format!("{field}.connection_pool.idle_timeout"))?,
         pool.max_requests_per_connection,
         tls,
-    ))
+    );
+    cluster.outlier = outlier;
+    Ok(cluster)
+}
+
+/// A cluster's outlier detection, defaults applied; percentages over 100 are refused.
+fn outlier_policy(
+    od: &pb::OutlierDetection,
+    field: &str,
+) -> Result<crate::outlier::OutlierPolicy, ConfigError> {
+    use crate::outlier as o;
+    for (name, value) in
+        [("max_ejection_percent", od.max_ejection_percent), ("min_health_percent", od.min_health_percent)]
+    {
+        if value > 100 {
+            return Err(err(format!("{field}.{name}"), format!("{value} is more than 100")));
+        }
+    }
+    let base_ejection_time =
+        duration(od.base_ejection_time.as_ref(), &format!("{field}.base_ejection_time"))?
+            .unwrap_or(o::DEFAULT_BASE_EJECTION_TIME);
+    Ok(o::OutlierPolicy {
+        consecutive_5xx: od.consecutive_5xx_errors,
+        consecutive_gateway: od.consecutive_gateway_errors,
+        consecutive_local_origin: od.consecutive_local_origin_failures,
+        split_local_origin: od.split_external_local_origin_errors,
+        interval: duration(od.interval.as_ref(), &format!("{field}.interval"))?
+            .unwrap_or(o::DEFAULT_INTERVAL),
+        base_ejection_time,
+        max_ejection_time: duration(od.max_ejection_time.as_ref(), &format!("{field}.max_ejection_time"))?
+            .unwrap_or(o::DEFAULT_MAX_EJECTION_TIME.max(base_ejection_time)),
+        max_ejection_percent: match od.max_ejection_percent {
+            0 => o::DEFAULT_MAX_EJECTION_PERCENT,
+            n => n,
+        },
+        min_health_percent: od.min_health_percent,
+    })
 }
 
 fn compile_virtual_host(

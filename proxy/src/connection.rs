@@ -233,6 +233,7 @@ async fn relay<S: AsyncRead + AsyncWrite + Unpin>(
         connect_timeout: INBOUND_CONNECT_TIMEOUT,
         idle: tcp::DEFAULT_IDLE_TIMEOUT,
         security,
+        outlier: None,
     };
     pipe(stream, target, reporter, &service, proxy).await;
 }
@@ -246,13 +247,20 @@ async fn relay_to_cluster<S: AsyncRead + AsyncWrite + Unpin>(
     proxy: &Proxy,
 ) {
     let Some(_admitted) = cluster.admit(false) else { return };
-    let Some(picked) = cluster.balancer.pick(None, None) else { return };
+    let Some(picked) = cluster.pick(None, None) else { return };
     let Some(addr) = cluster.balancer.targets().get(picked.index()).map(|t| t.addr) else { return };
     let tls = cluster.tls_for(picked.index()).map(Arc::as_ref);
     let key = Key { addr, protocol: Protocol::Http1, source: None, tls: tls.map(|t| t.pool_id) };
     let idle = cluster.idle_timeout.unwrap_or(tcp::DEFAULT_IDLE_TIMEOUT);
     let security = tls.map(ClusterTls::security).unwrap_or_default();
-    let target = Target { key, tls, connect_timeout: cluster.connect_timeout, idle, security };
+    let target = Target {
+        key,
+        tls,
+        connect_timeout: cluster.connect_timeout,
+        idle,
+        security,
+        outlier: cluster.outlier.is_some().then_some((cluster, picked.index())),
+    };
     pipe(stream, target, Reporter::Source, &service, proxy).await;
 }
 
@@ -264,6 +272,8 @@ struct Target<'a> {
     idle: Duration,
     /// For the metrics: the upstream's (outbound) or the downstream's (inbound).
     security: crate::metrics::Security,
+    /// The cluster and endpoint whose outlier detection hears how the connection went.
+    outlier: Option<(&'a Cluster, usize)>,
 }
 
 /// Connects and relays, counting the connection and its bytes.
@@ -276,6 +286,16 @@ async fn pipe<S: AsyncRead + AsyncWrite + Unpin>(
 ) {
     let security = target.security.clone();
     let dialed = proxy.pools.dial(target.key, target.connect_timeout, target.tls, Carries::Tcp).await;
+    if let Some((cluster, index)) = target.outlier {
+        let observed = if dialed.is_ok() {
+            crate::outlier::Observed::Connected
+        } else {
+            crate::outlier::Observed::ConnectFailed
+        };
+        if let Some(verdict) = cluster.observe(index, observed) {
+            proxy.metrics.outlier(cluster.name(), verdict);
+        }
+    }
     let Ok(mut upstream_stream) = dialed else {
         let labels = proxy.metrics.tcp_labels(reporter, service, "UF", &security);
         proxy.metrics.tcp_opened(&labels);

@@ -20,6 +20,7 @@ use crate::cluster::Cluster;
 use crate::config::{ServicePort, Snapshot, split_authority};
 use crate::headers;
 use crate::metrics::{Reporter, grpc_status_label};
+use crate::outlier::Observed;
 use crate::route::{Action, CompiledRoute, RequestView, Retry, StringMatcher, normalize_path};
 use crate::serve::Conn;
 use crate::upstream::{self, Body, BoxError, ConnectionPolicy, Key, Protocol, UpstreamError};
@@ -435,7 +436,7 @@ async fn attempt(
     deadline: Option<tokio::time::Instant>,
 ) -> Result<(Outcome, usize), Failure> {
     let hash = cluster.hash_of(request.headers(), request.uri().query(), conn.peer.ip());
-    let Some(picked) = cluster.balancer.pick(hash, avoid) else {
+    let Some(picked) = cluster.pick(hash, avoid) else {
         return Err(Failure { kind: FailureKind::NoEndpoint, endpoint: None });
     };
     let index = picked.index();
@@ -452,16 +453,36 @@ async fn attempt(
     let key = Key { addr: target, protocol, source: None, tls: None };
     let tls = cluster.tls_for(index);
     let exchange = proxy.pools.send(key, &cluster.connections, tls.map(Arc::as_ref), request);
-    let result = match per_try_timeout {
-        Some(t) => tokio::time::timeout(t, exchange)
-            .await
-            .map_err(|_| Failure { kind: FailureKind::PerTryTimeout, endpoint: Some(index) })?,
+    // With outlier detection, the route's deadline ends the attempt here too, so that a hung
+    // endpoint is counted (the route's own timeout would drop the attempt unseen).
+    let limit = match (per_try_timeout, deadline.filter(|_| cluster.outlier.is_some())) {
+        (Some(t), Some(d)) => Some(d.min(tokio::time::Instant::now() + t)),
+        (Some(t), None) => Some(tokio::time::Instant::now() + t),
+        (None, d) => d,
+    };
+    let result = match limit {
+        Some(limit) => match tokio::time::timeout_at(limit, exchange).await {
+            Ok(result) => result,
+            Err(_) => {
+                observe(cluster, index, Observed::Timeout, proxy);
+                return Err(Failure { kind: FailureKind::PerTryTimeout, endpoint: Some(index) });
+            }
+        },
         None => exchange.await,
     };
-    let response = result.map_err(|e| match body_limit(&e) {
-        Some(status) => Failure { kind: FailureKind::Body(status), endpoint: Some(index) },
-        None => Failure { kind: FailureKind::Upstream(e), endpoint: Some(index) },
-    })?;
+    let response = match result {
+        Ok(response) => response,
+        Err(e) => {
+            return Err(match body_limit(&e) {
+                Some(status) => Failure { kind: FailureKind::Body(status), endpoint: Some(index) },
+                None => {
+                    observe(cluster, index, Observed::ConnectFailed, proxy);
+                    Failure { kind: FailureKind::Upstream(e), endpoint: Some(index) }
+                }
+            });
+        }
+    };
+    observe(cluster, index, Observed::Status(response.status().as_u16()), proxy);
     let (mut parts, body) = response.into_parts();
     let upgrade = parts.status == StatusCode::SWITCHING_PROTOCOLS;
     headers::strip_hop_by_hop(&mut parts.headers, upgrade);
@@ -469,6 +490,17 @@ async fn attempt(
     let mut outcome = Outcome::new(Response::from_parts(parts, body), cluster.name.clone(), "-");
     outcome.security = tls.map(|t| t.security()).unwrap_or_default();
     Ok((outcome, index))
+}
+
+/// Reports an exchange's outcome to the cluster's outlier detection (when it has one), and
+/// counts the ejection it leads to.
+#[inline]
+fn observe(cluster: &Cluster, index: usize, observed: Observed, proxy: &Proxy) {
+    if cluster.outlier.is_some()
+        && let Some(verdict) = cluster.observe(index, observed)
+    {
+        proxy.metrics.outlier(cluster.name(), verdict);
+    }
 }
 
 /// A request that failed because our own body limit cut it off is the client's fault (413).
@@ -543,7 +575,7 @@ fn clean_response(response: Response<Incoming>) -> Response<Body> {
 /// splice the two upgraded connections.
 async fn upgrade(request: Request<Incoming>, cluster: &Arc<Cluster>, conn: &Conn, proxy: &Proxy) -> Outcome {
     let hash = cluster.hash_of(request.headers(), request.uri().query(), conn.peer.ip());
-    let picked = cluster.balancer.pick(hash, None);
+    let picked = cluster.pick(hash, None);
     let Some(target) =
         picked.as_ref().and_then(|p| cluster.balancer.targets().get(p.index())).map(|t| t.addr)
     else {
@@ -551,9 +583,16 @@ async fn upgrade(request: Request<Incoming>, cluster: &Arc<Cluster>, conn: &Conn
     };
     let tls = picked.as_ref().and_then(|p| cluster.tls_for(p.index())).map(Arc::as_ref);
     let key = Key { addr: target, protocol: Protocol::Http1, source: None, tls: None };
+    let index = picked.as_ref().map_or(0, |p| p.index());
     match splice_upgrade(request, key, cluster.connect_timeout, tls, &proxy.pools).await {
-        Ok(response) => Outcome::new(response, cluster.name.clone(), "-"),
-        Err(e) => Failure { kind: FailureKind::Upstream(e), endpoint: None }.into_outcome(cluster),
+        Ok(response) => {
+            observe(cluster, index, Observed::Status(response.status().as_u16()), proxy);
+            Outcome::new(response, cluster.name.clone(), "-")
+        }
+        Err(e) => {
+            observe(cluster, index, Observed::ConnectFailed, proxy);
+            Failure { kind: FailureKind::Upstream(e), endpoint: None }.into_outcome(cluster)
+        }
     }
 }
 

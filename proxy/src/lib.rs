@@ -21,6 +21,7 @@ pub mod header_timer;
 pub mod headers;
 pub mod listen;
 pub mod metrics;
+pub mod outlier;
 pub mod route;
 pub mod security;
 pub mod serve;

@@ -158,6 +158,8 @@ pub struct Metrics {
     tcp_closed: Family<TcpLabels, Counter>,
     inbound_refused: Family<RefusalLabels, Counter>,
     authz: Family<AuthzLabels, Counter>,
+    outlier_ejections: Family<OutlierLabels, Counter>,
+    outlier_overflows: Family<OutlierLabels, Counter>,
     mesh: std::sync::OnceLock<Arc<trellis_identity::tls::MeshTls>>,
     /// Set when scraped, from the certificate held then.
     cert_expiry: prometheus_client::metrics::gauge::Gauge,
@@ -183,6 +185,13 @@ pub struct AuthzLabels {
     pub policy: Arc<str>,
     pub rule: String,
     pub protocol: &'static str,
+}
+
+/// An outlier detection event: the cluster, and which counter reached its threshold.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct OutlierLabels {
+    pub cluster_name: String,
+    pub reason: &'static str,
 }
 
 /// One finished HTTP request, as the metrics see it.
@@ -236,6 +245,18 @@ impl Metrics {
             "Requests and connections denied by AuthorizationPolicy (with the policy and rule that decided), matched by AUDIT rules, and what dry-run policies would have decided",
             authz.clone(),
         );
+        let outlier_ejections = Family::<OutlierLabels, Counter>::default();
+        registry.register(
+            "trellis_outlier_ejections",
+            "Endpoints ejected by outlier detection, by cluster and by the consecutive-error counter that reached its threshold",
+            outlier_ejections.clone(),
+        );
+        let outlier_overflows = Family::<OutlierLabels, Counter>::default();
+        registry.register(
+            "trellis_outlier_ejections_overflow",
+            "Ejections outlier detection decided but maxEjectionPercent refused",
+            outlier_overflows.clone(),
+        );
         let cert_expiry = prometheus_client::metrics::gauge::Gauge::default();
         registry.register(
             "trellis_workload_certificate_expiration_timestamp_seconds",
@@ -263,6 +284,8 @@ impl Metrics {
             tcp_closed,
             inbound_refused,
             authz,
+            outlier_ejections,
+            outlier_overflows,
             mesh: std::sync::OnceLock::new(),
             cert_expiry,
             csr_failures,
@@ -272,6 +295,17 @@ impl Metrics {
 
     pub fn inbound_refused(&self, reason: &'static str) {
         self.inbound_refused.get_or_create(&RefusalLabels { reason }).inc();
+    }
+
+    /// An ejection made or refused by outlier detection.
+    pub fn outlier(&self, cluster: &str, verdict: crate::outlier::Verdict) {
+        let (family, reason) = match verdict {
+            crate::outlier::Verdict::Ejected(reason) => (&self.outlier_ejections, reason),
+            crate::outlier::Verdict::Overflow(reason) => (&self.outlier_overflows, reason),
+        };
+        family
+            .get_or_create(&OutlierLabels { cluster_name: cluster.to_owned(), reason: reason.label() })
+            .inc();
     }
 
     pub fn authz(&self, labels: &AuthzLabels) {

@@ -7,7 +7,7 @@ use std::time::Duration;
 use tracing::{debug, warn};
 use trellis_api::networking::{
     ClientTlsMode, ClientTlsSettings, ConnectionPoolSettings, DestinationRuleSpec, H2UpgradePolicy,
-    HttpSettings, LoadBalancerSettings, SimpleLb, TrafficPolicy,
+    HttpSettings, LoadBalancerSettings, OutlierDetection, SimpleLb, TrafficPolicy,
 };
 use trellis_xds::config as pb;
 
@@ -79,6 +79,7 @@ pub fn for_port(
         connection_pool: Some(connection_pool(policy.pool, connect_timeout, rule)),
         upstream_protocol: upstream_protocol(port.protocol, policy.pool.and_then(|p| p.http.as_ref())).into(),
         tls: Some(client_tls(policy.tls, rule)),
+        outlier_detection: policy.outlier.map(|od| outlier_detection(od, rule)),
     };
     let top = Policy::default().overlay(rule.and_then(|r| r.spec.traffic_policy.as_ref()), port.number);
     let mut clusters = vec![build(cluster_name(port.number, "", &service.hostname), BTreeMap::new(), top)];
@@ -101,6 +102,7 @@ pub fn for_port(
 struct Policy<'a> {
     lb: Option<&'a LoadBalancerSettings>,
     pool: Option<&'a ConnectionPoolSettings>,
+    outlier: Option<&'a OutlierDetection>,
     tls: Option<&'a ClientTlsSettings>,
 }
 
@@ -177,15 +179,58 @@ impl<'a> Policy<'a> {
             .iter()
             .find(|p| p.port.as_ref().map(|s| s.number) == Some(port.into()));
         match by_port {
-            Some(p) => {
-                Policy { lb: p.load_balancer.as_ref(), pool: p.connection_pool.as_ref(), tls: p.tls.as_ref() }
-            }
+            Some(p) => Policy {
+                lb: p.load_balancer.as_ref(),
+                pool: p.connection_pool.as_ref(),
+                outlier: p.outlier_detection.as_ref(),
+                tls: p.tls.as_ref(),
+            },
             None => Policy {
                 lb: policy.load_balancer.as_ref().or(self.lb),
                 pool: policy.connection_pool.as_ref().or(self.pool),
+                outlier: policy.outlier_detection.as_ref().or(self.outlier),
                 tls: policy.tls.as_ref().or(self.tls),
             },
         }
+    }
+}
+
+/// A rule's `outlierDetection` with Istio's defaults made explicit: `consecutive5xxErrors` 5
+/// when unset (0 turns it off), gateway errors only when set (or through the deprecated
+/// `consecutiveErrors`, which Istio reads as gateway errors), local-origin failures 5 when
+/// split and unset; the durations and percentages as given (the proxy applies Envoy's defaults
+/// to what is left unset). Values validation refuses never get here; a duration that still does
+/// not convert is left to the proxy's default, with a warning.
+fn outlier_detection(od: &OutlierDetection, rule: Option<Rule<'_>>) -> pb::OutlierDetection {
+    const DEFAULT_CONSECUTIVE: u32 = 5;
+    let source = rule.map(|r| r.to_string()).unwrap_or_default();
+    let field = "trafficPolicy.outlierDetection";
+    let legacy = u32::try_from(od.consecutive_errors).unwrap_or(0);
+    let percent = |v: i32| u32::try_from(v).unwrap_or(0).min(100);
+    pb::OutlierDetection {
+        consecutive_5xx_errors: match (od.consecutive_5xx_errors, legacy) {
+            (Some(n), _) => n,
+            // Istio: the deprecated field turns 5xx ejection off in favour of gateway errors.
+            (None, 1..) => 0,
+            (None, 0) => DEFAULT_CONSECUTIVE,
+        },
+        consecutive_gateway_errors: od.consecutive_gateway_errors.unwrap_or(legacy),
+        split_external_local_origin_errors: od.split_external_local_origin_errors,
+        consecutive_local_origin_failures: if od.split_external_local_origin_errors {
+            od.consecutive_local_origin_failures.unwrap_or(DEFAULT_CONSECUTIVE)
+        } else {
+            0
+        },
+        interval: duration(od.interval.as_ref(), &source, &format!("{field}.interval")).map(Into::into),
+        base_ejection_time: duration(
+            od.base_ejection_time.as_ref(),
+            &source,
+            &format!("{field}.baseEjectionTime"),
+        )
+        .map(Into::into),
+        max_ejection_time: None,
+        max_ejection_percent: percent(od.max_ejection_percent),
+        min_health_percent: percent(od.min_health_percent),
     }
 }
 
@@ -441,6 +486,51 @@ spec:
         assert_eq!(pool(v2), pool(http), "the subset overrides the load balancer only");
         let v2_grpc = cluster(&config, "outbound|9090|v2|api.shop.internal");
         assert_eq!(lb(v2_grpc).0, Lb::Maglev, "the subset's policy is laid over the port's");
+    }
+
+    #[test]
+    fn outlier_detection_gets_istios_defaults_and_port_level_settings_replace_it() {
+        let dr = |policy: &str| {
+            format!(
+                "{API}---\napiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {{ name: api, namespace: shop }}\nspec:\n  host: api.shop.internal\n  trafficPolicy: {policy}\n  subsets: [{{ name: v1, labels: {{ version: v1 }} }}]\n"
+            )
+        };
+        let od = |yaml: String, name: &str| cluster(&config(&model(&yaml), "shop"), name).outlier_detection;
+        let top = "outbound|80||api.shop.internal";
+        let defaults = od(dr("{ outlierDetection: { baseEjectionTime: 200ms } }"), top).unwrap();
+        assert_eq!(
+            defaults,
+            pb::OutlierDetection {
+                consecutive_5xx_errors: 5,
+                base_ejection_time: Some(std::time::Duration::from_millis(200).into()),
+                ..Default::default()
+            }
+        );
+        let full = od(
+            dr("{ outlierDetection: { consecutive5xxErrors: 0, consecutiveGatewayErrors: 3, splitExternalLocalOriginErrors: true, interval: 50ms, maxEjectionPercent: 50, minHealthPercent: 30 } }"),
+            top,
+        )
+        .unwrap();
+        assert_eq!(
+            (
+                full.consecutive_5xx_errors,
+                full.consecutive_gateway_errors,
+                full.consecutive_local_origin_failures
+            ),
+            (0, 3, 5),
+            "0 turns 5xx off; split defaults local-origin failures to 5"
+        );
+        assert_eq!((full.max_ejection_percent, full.min_health_percent), (50, 30));
+        assert_eq!(full.interval, Some(std::time::Duration::from_millis(50).into()));
+        let legacy = od(dr("{ outlierDetection: { consecutiveErrors: 7 } }"), top).unwrap();
+        assert_eq!((legacy.consecutive_5xx_errors, legacy.consecutive_gateway_errors), (0, 7));
+        // Subsets inherit; a port's settings replace the whole policy.
+        let yaml = dr(
+            "{ outlierDetection: { consecutive5xxErrors: 2 }, portLevelSettings: [{ port: { number: 9090 }, loadBalancer: { simple: RANDOM } }] }",
+        );
+        assert_eq!(od(yaml.clone(), "outbound|80|v1|api.shop.internal").unwrap().consecutive_5xx_errors, 2);
+        assert_eq!(od(yaml, "outbound|9090||api.shop.internal"), None);
+        assert_eq!(od(API.to_owned(), top), None);
     }
 
     #[test]

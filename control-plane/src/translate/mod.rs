@@ -15,7 +15,7 @@
 //! `outbound|<port>||<host>` and `outbound|<port>|<subset>|<host>` over that set.
 //!
 //! What the proxy's configuration cannot express is left out and logged at debug level: fault
-//! injection, mirroring, CORS, outlier detection, client TLS settings, `sourceLabels`,
+//! injection, mirroring, CORS, `sourceLabels`,
 //! `authority` and `scheme` matches, regex rewrites, redirect ports, DestinationRules with a
 //! `workloadSelector`, Sidecar egress ports, and ServiceEntries the proxy cannot dial
 //! (resolution NONE, DNS without IP endpoints, address ranges): their traffic is left to the

@@ -405,3 +405,129 @@ pub fn get(authority: &str, path: &str, headers: &[(&str, &str)]) -> Request<Ful
     }
     builder.body(Full::default()).unwrap()
 }
+
+/// How a [`Scripted`] upstream answers.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Behaviour {
+    /// This status, with the server's name as the body.
+    Status(u16),
+    /// Reads the request and never answers (until the connection is closed).
+    Hang,
+    /// Reads the request, then resets the connection (RST).
+    Reset,
+    /// Answers 200 after this many milliseconds.
+    Slow(u64),
+}
+
+/// A plain HTTP/1.1 server on 127.0.0.1 whose behaviour a test changes at any time; it counts
+/// requests, accepted connections, and connections open now (and the most at once).
+pub struct Scripted {
+    pub name: String,
+    pub addr: SocketAddr,
+    behaviour: Arc<Mutex<Behaviour>>,
+    pub requests: Arc<AtomicUsize>,
+    pub accepted: Arc<AtomicUsize>,
+    pub open: Arc<AtomicUsize>,
+    pub most_open: Arc<AtomicUsize>,
+}
+
+impl Scripted {
+    pub async fn start(name: &str, behaviour: Behaviour) -> Scripted {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let server = Scripted {
+            name: name.to_owned(),
+            addr: listener.local_addr().unwrap(),
+            behaviour: Arc::new(Mutex::new(behaviour)),
+            requests: Arc::default(),
+            accepted: Arc::default(),
+            open: Arc::default(),
+            most_open: Arc::default(),
+        };
+        let (name, behaviour, requests, accepted, open, most_open) = (
+            server.name.clone(),
+            server.behaviour.clone(),
+            server.requests.clone(),
+            server.accepted.clone(),
+            server.open.clone(),
+            server.most_open.clone(),
+        );
+        tokio::spawn(async move {
+            loop {
+                let Ok((stream, _)) = listener.accept().await else { continue };
+                accepted.fetch_add(1, Ordering::SeqCst);
+                let now_open = open.fetch_add(1, Ordering::SeqCst) + 1;
+                most_open.fetch_max(now_open, Ordering::SeqCst);
+                let (name, behaviour, requests, open) =
+                    (name.clone(), behaviour.clone(), requests.clone(), open.clone());
+                tokio::spawn(async move {
+                    let _ = scripted_connection(stream, &name, &behaviour, &requests).await;
+                    open.fetch_sub(1, Ordering::SeqCst);
+                });
+            }
+        });
+        server
+    }
+
+    pub fn set(&self, behaviour: Behaviour) {
+        *self.behaviour.lock().unwrap() = behaviour;
+    }
+
+    pub fn count(&self) -> usize {
+        self.requests.load(Ordering::SeqCst)
+    }
+}
+
+/// Serves one connection: requests without bodies (GET), answered per the behaviour at the
+/// time each arrives.
+async fn scripted_connection(
+    mut stream: TcpStream,
+    name: &str,
+    behaviour: &Mutex<Behaviour>,
+    requests: &AtomicUsize,
+) -> std::io::Result<()> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    stream.set_nodelay(true)?;
+    let mut buffer = Vec::new();
+    loop {
+        // One request head.
+        let end = loop {
+            if let Some(end) = buffer.windows(4).position(|w| w == b"\r\n\r\n") {
+                break end + 4;
+            }
+            let mut chunk = [0u8; 4096];
+            let n = stream.read(&mut chunk).await?;
+            if n == 0 {
+                return Ok(());
+            }
+            buffer.extend_from_slice(&chunk[..n]);
+        };
+        buffer.drain(..end);
+        requests.fetch_add(1, Ordering::SeqCst);
+        let now = *behaviour.lock().unwrap();
+        let status = match now {
+            Behaviour::Status(status) => status,
+            Behaviour::Slow(ms) => {
+                tokio::time::sleep(Duration::from_millis(ms)).await;
+                200
+            }
+            Behaviour::Hang => {
+                // Until the client gives up and closes.
+                let mut sink = [0u8; 1024];
+                while stream.read(&mut sink).await? != 0 {}
+                return Ok(());
+            }
+            Behaviour::Reset => {
+                // A zero linger makes the close an RST and never blocks.
+                #[allow(deprecated)]
+                stream.set_linger(Some(Duration::ZERO))?;
+                return Ok(());
+            }
+        };
+        // One write: a head and a body in two would meet Nagle and delayed ACKs (40 ms).
+        let answer = format!(
+            "HTTP/1.1 {status} X\r\ncontent-length: {}\r\nx-upstream: {name}\r\n\r\n{name}",
+            name.len()
+        );
+        stream.write_all(answer.as_bytes()).await?;
+    }
+}
