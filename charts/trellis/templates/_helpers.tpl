@@ -134,13 +134,16 @@ Empty when not set.
 {{/*
 The mesh config as a dict: meshConfig values with the release-dependent defaults filled in.
 Rendered by mesh-configmap.yaml with toYaml.
+Dicts are changed by assigning what `set` returns (`$d = set $d ...`), never through `$_ :=`:
+the same under Helm, where `set` changes the dict in place and returns it, and under the
+renderer built into `trellis install`, where dicts are values.
 */}}
 {{- define "trellis.meshConfig" -}}
 {{- $mesh := deepCopy (.Values.meshConfig | default (dict)) -}}
-{{- $_ := set $mesh "rootNamespace" ($mesh.rootNamespace | default .Release.Namespace) -}}
+{{- $mesh = set $mesh "rootNamespace" ($mesh.rootNamespace | default .Release.Namespace) -}}
 {{- $proxy := $mesh.defaultConfig | default (dict) -}}
-{{- $_ := set $proxy "discoveryAddress" ($proxy.discoveryAddress | default (printf "trellisd.%s.svc:15012" .Release.Namespace)) -}}
-{{- $_ := set $mesh "defaultConfig" $proxy -}}
+{{- $proxy = set $proxy "discoveryAddress" ($proxy.discoveryAddress | default (printf "trellisd.%s.svc:15012" .Release.Namespace)) -}}
+{{- $mesh = set $mesh "defaultConfig" $proxy -}}
 {{- toYaml $mesh -}}
 {{- end -}}
 
@@ -149,6 +152,12 @@ Checks the values that a typo would otherwise turn into a broken webhook or CNI 
 nothing; fails the install with a message naming the value.
 */}}
 {{- define "trellis.validate" -}}
+{{- range $key := list "injector" "controlPlane" -}}
+{{- $replicas := toString (index $.Values $key "replicaCount") -}}
+{{- if not (regexMatch "^[0-9]+$" $replicas) -}}
+{{- fail (printf "%s.replicaCount must be a whole number of replicas, got %q" $key $replicas) -}}
+{{- end -}}
+{{- end -}}
 {{- $injector := .Values.injector -}}
 {{- $mode := $injector.certificate.mode -}}
 {{- if not (has $mode (list "self-managed" "secret")) -}}
