@@ -185,10 +185,6 @@ fn map_arg(name: &str, args: &[Value], i: usize) -> gotmpl::Result<Map> {
     }
 }
 
-fn any_arg(args: &[Value], i: usize) -> Value {
-    args.get(i).cloned().unwrap_or(Value::Nil)
-}
-
 fn string(s: impl Into<Arc<str>>) -> Value {
     Value::String(s.into())
 }
@@ -575,7 +571,6 @@ pub(super) fn sprig() -> FuncMap {
             v => Ok(v.clone()),
         }
     });
-    let _ = any_arg;
     f
 }
 
