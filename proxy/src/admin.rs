@@ -171,6 +171,8 @@ fn clusters(proxy: &Proxy) -> String {
         let _ = writeln!(out, "{name}::rq_total::{}", cluster.requests.load(Ordering::Relaxed));
         let _ = writeln!(out, "{name}::rq_error::{}", cluster.errors.load(Ordering::Relaxed));
         let _ = writeln!(out, "{name}::rq_active::{}", cluster.active());
+        let _ = writeln!(out, "{name}::rq_pending_active::{}", cluster.pending());
+        let _ = writeln!(out, "{name}::cx_active::{}", cluster.pool.open());
         let _ = writeln!(
             out,
             "{name}::upstream_rq_pending_overflow::{}",

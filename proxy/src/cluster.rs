@@ -1,5 +1,8 @@
-//! A cluster at run time: its endpoints' balancer, how requests pick a hash key, and the
-//! connection-pool limits that turn overload into an immediate 503 instead of a queue.
+//! A cluster at run time: its endpoints' balancer, how requests pick a hash key, outlier
+//! detection, and the connection-pool limits with Envoy's meaning: at most `max_connections`
+//! connections to the cluster; HTTP/1.1 requests (one per connection at a time) beyond them wait
+//! in a queue of at most `max_pending`, and beyond that get 503 (`UO`) at once; at most
+//! `max_requests` requests in flight (Istio's `http2MaxRequests`, Envoy's `max_requests`).
 
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -19,7 +22,7 @@ pub enum HashSource {
 pub struct PoolLimits {
     pub max_connections: u32,
     pub max_pending: u32,
-    pub max_http2_requests: u32,
+    pub max_requests: u32,
 }
 
 pub struct Cluster {
@@ -38,6 +41,13 @@ pub struct Cluster {
     pub tls: crate::security::upstream::TlsPolicy,
     /// Outlier detection, when configured.
     pub outlier: Option<crate::outlier::Detector>,
+    /// The cluster's connections and their cap.
+    pub pool: std::sync::Arc<crate::upstream::ClusterConnections>,
+    /// HTTP/1.1 requests in flight, one per connection: `max_connections` permits.
+    http1_slots: std::sync::Arc<tokio::sync::Semaphore>,
+    /// HTTP/1.1 requests waiting for a slot.
+    pending: AtomicU64,
+    /// Requests (and TCP connections) in flight.
     active: AtomicU64,
     pub requests: AtomicU64,
     pub errors: AtomicU64,
@@ -45,11 +55,15 @@ pub struct Cluster {
 }
 
 /// Holds a place in the cluster's limits until dropped.
-pub struct Admitted<'a>(&'a Cluster);
+pub struct Admitted<'a> {
+    cluster: &'a Cluster,
+    /// HTTP/1.1: the request's connection slot.
+    slot: Option<tokio::sync::OwnedSemaphorePermit>,
+}
 
 impl Drop for Admitted<'_> {
     fn drop(&mut self) {
-        self.0.active.fetch_sub(1, Ordering::AcqRel);
+        self.cluster.active.fetch_sub(1, Ordering::AcqRel);
     }
 }
 
@@ -58,6 +72,7 @@ impl Drop for Admitted<'_> {
 pub struct InFlight {
     cluster: std::sync::Arc<Cluster>,
     endpoint: usize,
+    _slot: Option<tokio::sync::OwnedSemaphorePermit>,
 }
 
 impl Drop for InFlight {
@@ -71,11 +86,12 @@ impl Cluster {
     /// Turns an admission and an endpoint pick into one owned guard.
     pub fn in_flight(
         self: &std::sync::Arc<Self>,
-        admitted: Admitted<'_>,
+        mut admitted: Admitted<'_>,
         picked: crate::balance::Picked<'_>,
     ) -> InFlight {
+        let slot = admitted.slot.take();
         std::mem::forget(admitted);
-        InFlight { cluster: self.clone(), endpoint: picked.detach() }
+        InFlight { cluster: self.clone(), endpoint: picked.detach(), _slot: slot }
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -90,8 +106,13 @@ impl Cluster {
         idle_timeout: Option<std::time::Duration>,
         max_requests_per_connection: u32,
         tls: crate::security::upstream::TlsPolicy,
+        pool: std::sync::Arc<crate::upstream::ClusterConnections>,
     ) -> Cluster {
+        pool.set_max(limits.max_connections);
         Cluster {
+            http1_slots: std::sync::Arc::new(tokio::sync::Semaphore::new(limits.max_connections as usize)),
+            pending: AtomicU64::new(0),
+            pool,
             connections: crate::upstream::ConnectionPolicy {
                 connect_timeout,
                 idle_timeout: idle_timeout.unwrap_or(crate::upstream::DEFAULT_IDLE_TIMEOUT),
@@ -145,30 +166,71 @@ impl Cluster {
         self.outlier.as_ref()?.report(index, observed)
     }
 
-    /// Admits one more request (or TCP connection) within the pool limits, or says it overflows.
-    /// HTTP/1 requests each hold a connection, and may wait for one up to the pending limit;
-    /// HTTP/2 requests share connections, up to the concurrent-request limit.
-    pub fn admit(&self, http2: bool) -> Option<Admitted<'_>> {
-        let capacity = if http2 {
-            u64::from(self.limits.max_http2_requests)
-        } else {
-            u64::from(self.limits.max_connections) + u64::from(self.limits.max_pending)
-        };
-        let admitted = self
+    /// Admits one more request within the pool limits, or says it overflows (counted). Every
+    /// request counts against `max_requests`; an HTTP/1.1 request also takes one of the
+    /// `max_connections` slots (it holds a connection until its response ends), waiting for
+    /// one in a queue of at most `max_pending`. HTTP/2 requests share connections.
+    pub async fn admit(&self, http2: bool) -> Option<Admitted<'_>> {
+        let max_requests = u64::from(self.limits.max_requests);
+        let counted = self
             .active
-            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| (n < capacity).then_some(n + 1))
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| (n < max_requests).then_some(n + 1))
             .is_ok();
-        if admitted {
-            Some(Admitted(self))
-        } else {
+        if !counted {
             self.overflows.fetch_add(1, Ordering::Relaxed);
-            None
+            return None;
         }
+        let mut admitted = Admitted { cluster: self, slot: None };
+        if http2 {
+            return Some(admitted);
+        }
+        admitted.slot = match self.http1_slots.clone().try_acquire_owned() {
+            Ok(slot) => Some(slot),
+            Err(_) => Some(crate::box_out_of_line(|| self.wait_for_slot()).await?),
+        };
+        Some(admitted)
     }
 
-    /// Requests and connections in flight.
+    /// Waits in the cluster's queue for an HTTP/1.1 slot, unless the queue is full.
+    async fn wait_for_slot(&self) -> Option<tokio::sync::OwnedSemaphorePermit> {
+        let max_pending = u64::from(self.limits.max_pending);
+        let queued = self
+            .pending
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| (n < max_pending).then_some(n + 1))
+            .is_ok();
+        if !queued {
+            self.overflows.fetch_add(1, Ordering::Relaxed);
+            return None;
+        }
+        // Leaves the queue however the wait ends (a slot, or the request dropped by a timeout).
+        struct Queued<'a>(&'a AtomicU64);
+        impl Drop for Queued<'_> {
+            fn drop(&mut self) {
+                self.0.fetch_sub(1, Ordering::AcqRel);
+            }
+        }
+        let _queued = Queued(&self.pending);
+        self.http1_slots.clone().acquire_owned().await.ok()
+    }
+
+    /// Requests in flight.
     pub fn active(&self) -> u64 {
         self.active.load(Ordering::Acquire)
+    }
+
+    /// HTTP/1.1 requests waiting for a connection.
+    pub fn pending(&self) -> u64 {
+        self.pending.load(Ordering::Acquire)
+    }
+
+    /// A place for one more TCP connection (or upgraded HTTP connection) under the cluster's
+    /// cap, or `None` (counted as an overflow).
+    pub fn open_connection(&self) -> Option<crate::upstream::OpenConnection> {
+        let opened = self.pool.try_open();
+        if opened.is_none() {
+            self.overflows.fetch_add(1, Ordering::Relaxed);
+        }
+        opened
     }
 
     /// The request's hash key, for hash-based balancing; `None` when the request lacks it.

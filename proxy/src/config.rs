@@ -26,6 +26,8 @@ const DEFAULT_DETECTION_TIMEOUT: Duration = Duration::from_millis(100);
 const DEFAULT_MAX_HEADER_BYTES: usize = 60 << 10;
 const DEFAULT_MAX_BODY_BYTES: u64 = 10 << 20;
 const DEFAULT_HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
+/// Envoy's default for each connection-pool limit.
+const DEFAULT_POOL_LIMIT: u32 = 1024;
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 #[error("{field}: {message}")]
@@ -196,10 +198,10 @@ impl Snapshot {
             let cluster = match reused {
                 Some(old) => old.clone(),
                 None => {
-                    // A changed cluster keeps what outlier detection knows of its endpoints.
-                    let detector =
-                        previous.and_then(|p| p.clusters.get(&c.name)).and_then(|old| old.outlier.as_ref());
-                    Arc::new(compile_cluster(c, mine, tls, detector, &field)?)
+                    // A changed cluster keeps what outlier detection knows of its endpoints, and
+                    // its connections.
+                    let old = previous.and_then(|p| p.clusters.get(&c.name));
+                    Arc::new(compile_cluster(c, mine, tls, old.map(|o| &**o), &field)?)
                 }
             };
             if clusters.insert(c.name.clone(), cluster).is_some() {
@@ -393,9 +395,10 @@ fn compile_cluster(
     c: &pb::Cluster,
     endpoints: &[pb::Endpoint],
     tls: TlsPolicy,
-    previous_detector: Option<&crate::outlier::Detector>,
+    previous: Option<&Cluster>,
     field: &str,
 ) -> Result<Cluster, ConfigError> {
+    let previous_detector = previous.and_then(|p| p.outlier.as_ref());
     let lb = c.load_balancer.clone().unwrap_or_default();
     let policy = match pb::load_balancer::Policy::try_from(lb.policy).unwrap_or_default() {
         pb::load_balancer::Policy::RoundRobin => Policy::RoundRobin,
@@ -437,22 +440,28 @@ fn compile_cluster(
     };
     let pool = c.connection_pool.unwrap_or_default();
     let or = |v: u32, default: u32| if v == 0 { default } else { v };
+    let limits = PoolLimits {
+        max_connections: or(pool.max_connections, DEFAULT_POOL_LIMIT),
+        max_pending: or(pool.http1_max_pending_requests, DEFAULT_POOL_LIMIT),
+        max_requests: or(pool.http2_max_requests, DEFAULT_POOL_LIMIT),
+    };
+    let connections = match previous {
+        Some(old) => old.pool.clone(),
+        None => crate::upstream::ClusterConnections::new(limits.max_connections),
+    };
     let mut cluster = Cluster::new(
         c.clone(),
         endpoints.to_vec(),
         Balancer::new(policy, targets),
         hash,
-        PoolLimits {
-            max_connections: or(pool.max_connections, 1024),
-            max_pending: or(pool.http1_max_pending_requests, 1024),
-            max_http2_requests: or(pool.http2_max_requests, 1024),
-        },
+        limits,
         pb::UpstreamProtocol::try_from(c.upstream_protocol).unwrap_or_default(),
         duration(pool.connect_timeout.as_ref(), &format!("{field}.connection_pool.connect_timeout"))?
             .unwrap_or(Duration::from_secs(10)),
         duration(pool.idle_timeout.as_ref(), &format!("{field}.connection_pool.idle_timeout"))?,
         pool.max_requests_per_connection,
         tls,
+        connections,
     );
     cluster.outlier = outlier;
     Ok(cluster)

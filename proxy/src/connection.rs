@@ -204,7 +204,7 @@ async fn relay<S: AsyncRead + AsyncWrite + Unpin>(
             }
             let (addr, source) = crate::forward::inbound_delivery(original, conn);
             (
-                Key { addr, protocol: Protocol::Http1, source, tls: None },
+                Key { addr, protocol: Protocol::Http1, source, tls: None, pool: 0 },
                 format!("inbound|{}", original.port()),
             )
         }
@@ -219,7 +219,7 @@ async fn relay<S: AsyncRead + AsyncWrite + Unpin>(
                     return;
                 }
                 (
-                    Key { addr: original, protocol: Protocol::Http1, source: None, tls: None },
+                    Key { addr: original, protocol: Protocol::Http1, source: None, tls: None, pool: 0 },
                     "PassthroughCluster".to_owned(),
                 )
             }
@@ -246,11 +246,18 @@ async fn relay_to_cluster<S: AsyncRead + AsyncWrite + Unpin>(
     service: String,
     proxy: &Proxy,
 ) {
-    let Some(_admitted) = cluster.admit(false) else { return };
+    // The connection holds a place under the cluster's cap for as long as it lasts; a full
+    // cluster closes it at once (Envoy's UO).
+    let Some(_opened) = cluster.open_connection() else {
+        let labels = proxy.metrics.tcp_labels(Reporter::Source, &service, "UO", &Default::default());
+        proxy.metrics.tcp_opened(&labels);
+        proxy.metrics.tcp_closed(&labels, 0, 0);
+        return;
+    };
     let Some(picked) = cluster.pick(None, None) else { return };
     let Some(addr) = cluster.balancer.targets().get(picked.index()).map(|t| t.addr) else { return };
     let tls = cluster.tls_for(picked.index()).map(Arc::as_ref);
-    let key = Key { addr, protocol: Protocol::Http1, source: None, tls: tls.map(|t| t.pool_id) };
+    let key = Key { addr, protocol: Protocol::Http1, source: None, tls: tls.map(|t| t.pool_id), pool: 0 };
     let idle = cluster.idle_timeout.unwrap_or(tcp::DEFAULT_IDLE_TIMEOUT);
     let security = tls.map(ClusterTls::security).unwrap_or_default();
     let target = Target {

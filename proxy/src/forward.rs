@@ -444,15 +444,16 @@ async fn attempt(
         return Err(Failure { kind: FailureKind::NoEndpoint, endpoint: None });
     };
     let protocol = upstream_protocol(cluster.protocol, request.version());
-    let Some(admitted) = cluster.admit(protocol == Protocol::Http2) else {
+    let Some(admitted) = cluster.admit(protocol == Protocol::Http2).await else {
         return Err(Failure { kind: FailureKind::Overflow, endpoint: Some(index) });
     };
     // Held until the response body ends (or the attempt fails).
     let in_flight = cluster.in_flight(admitted, picked);
     prepare_uri(&mut request, protocol, target);
-    let key = Key { addr: target, protocol, source: None, tls: None };
+    let key = Key { addr: target, protocol, source: None, tls: None, pool: 0 };
     let tls = cluster.tls_for(index);
-    let exchange = proxy.pools.send(key, &cluster.connections, tls.map(Arc::as_ref), request);
+    let exchange =
+        proxy.pools.send(key, &cluster.connections, tls.map(Arc::as_ref), Some(&cluster.pool), request);
     // With outlier detection, the route's deadline ends the attempt here too, so that a hung
     // endpoint is counted (the route's own timeout would drop the attempt unseen).
     let limit = match (per_try_timeout, deadline.filter(|_| cluster.outlier.is_some())) {
@@ -472,6 +473,10 @@ async fn attempt(
     };
     let response = match result {
         Ok(response) => response,
+        Err(UpstreamError::Overflow(_)) => {
+            cluster.overflows.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            return Err(Failure { kind: FailureKind::Overflow, endpoint: Some(index) });
+        }
         Err(e) => {
             return Err(match body_limit(&e) {
                 Some(status) => Failure { kind: FailureKind::Body(status), endpoint: Some(index) },
@@ -582,9 +587,13 @@ async fn upgrade(request: Request<Incoming>, cluster: &Arc<Cluster>, conn: &Conn
         return Failure { kind: FailureKind::NoEndpoint, endpoint: None }.into_outcome(cluster);
     };
     let tls = picked.as_ref().and_then(|p| cluster.tls_for(p.index())).map(Arc::as_ref);
-    let key = Key { addr: target, protocol: Protocol::Http1, source: None, tls: None };
+    let key = Key { addr: target, protocol: Protocol::Http1, source: None, tls: None, pool: 0 };
     let index = picked.as_ref().map_or(0, |p| p.index());
-    match splice_upgrade(request, key, cluster.connect_timeout, tls, &proxy.pools).await {
+    // An upgraded connection is one of the cluster's connections for as long as it lasts.
+    let Some(opened) = cluster.open_connection() else {
+        return Failure { kind: FailureKind::Overflow, endpoint: None }.into_outcome(cluster);
+    };
+    match splice_upgrade(request, key, cluster.connect_timeout, tls, &proxy.pools, Some(opened)).await {
         Ok(response) => {
             observe(cluster, index, Observed::Status(response.status().as_u16()), proxy);
             Outcome::new(response, cluster.name.clone(), "-")
@@ -604,6 +613,7 @@ async fn splice_upgrade(
     connect_timeout: Duration,
     tls: Option<&crate::security::upstream::ClusterTls>,
     pools: &upstream::Pools,
+    opened: Option<upstream::OpenConnection>,
 ) -> Result<Response<Body>, UpstreamError> {
     let downstream = hyper::upgrade::on(&mut request);
     let (parts, _) = request.into_parts();
@@ -625,6 +635,7 @@ async fn splice_upgrade(
                 let mut up = hyper_util::rt::TokioIo::new(up);
                 let _ = crate::tcp::relay(&mut down, &mut up, crate::tcp::DEFAULT_IDLE_TIMEOUT).await;
             }
+            drop(opened);
         });
     }
     Ok(clean_response(response))
@@ -673,7 +684,7 @@ async fn passthrough(
     let upgrade = headers::is_upgrade(request.headers());
     headers::strip_hop_by_hop(request.headers_mut(), upgrade);
     headers::ensure_request_id(request.headers_mut());
-    let key = Key { addr: target, protocol: Protocol::Http1, source: None, tls: None };
+    let key = Key { addr: target, protocol: Protocol::Http1, source: None, tls: None, pool: 0 };
     send_direct(request, upgrade, key, proxy, service.into()).await
 }
 
@@ -698,6 +709,7 @@ async fn send_direct(
                 ConnectionPolicy::default().connect_timeout,
                 None,
                 &proxy.pools,
+                None,
             )
         })
         .await
@@ -716,7 +728,7 @@ async fn send_direct(
     let (body, request_bytes) = forwarded_body(body, limit);
     let mut outgoing = Request::from_parts(parts, body);
     prepare_uri(&mut outgoing, key.protocol, key.addr);
-    let outcome = match proxy.pools.send(key, &ConnectionPolicy::default(), None, outgoing).await {
+    let outcome = match proxy.pools.send(key, &ConnectionPolicy::default(), None, None, outgoing).await {
         Ok(response) => Outcome::new(clean_response(response), service, "-"),
         Err(e) => match body_limit(&e) {
             Some(status) => Outcome::new(text(status, "request body too large\n"), service, "-"),
@@ -811,8 +823,14 @@ async fn inbound(mut request: Request<Incoming>, conn: &Conn, proxy: &Proxy) -> 
         peer.append_to(request.headers_mut());
     }
     let (addr, source) = inbound_delivery(target, conn);
-    send_direct(request, upgrade, Key { addr, protocol: Protocol::Http1, source, tls: None }, proxy, service)
-        .await
+    send_direct(
+        request,
+        upgrade,
+        Key { addr, protocol: Protocol::Http1, source, tls: None, pool: 0 },
+        proxy,
+        service,
+    )
+    .await
 }
 
 /// Where inbound traffic goes: the app on localhost at the original port (as the design and

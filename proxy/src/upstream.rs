@@ -43,6 +43,9 @@ pub struct Key {
     /// Mutual TLS, for the identities of this pool id ([`ClusterTls::pool_id`]): a TLS and a
     /// plaintext connection to one address are never mixed.
     pub tls: Option<u64>,
+    /// The cluster whose connections these are ([`ClusterConnections::id`]; 0: none): each
+    /// cluster has connections of its own, counted against its cap, as in Envoy.
+    pub pool: u64,
 }
 
 /// The pool looks a key up twice per request: two integer writes here, where the derived hash
@@ -60,6 +63,66 @@ impl std::hash::Hash for Key {
         if let Some(tls) = self.tls {
             state.write_u64(tls);
         }
+        if self.pool != 0 {
+            state.write_u64(self.pool);
+        }
+    }
+}
+
+/// How long a request at a cluster's connection cap waits for a change it might miss (a
+/// connection of another endpoint turning idle) before it looks again.
+const AT_CAP_RECHECK: Duration = Duration::from_millis(5);
+
+/// The connections of one cluster, counted against its `max_connections`: open ones and ones
+/// being opened, HTTP/1.1, HTTP/2, TCP and upgraded alike. Kept across configuration changes
+/// of the cluster (by name), so that its pooled connections stay in use.
+pub struct ClusterConnections {
+    pub id: u64,
+    max: std::sync::atomic::AtomicU32,
+    open: std::sync::atomic::AtomicU32,
+    /// A connection closed, or one of this cluster's went back to its pool.
+    changed: tokio::sync::Notify,
+}
+
+/// One connection's place under its cluster's cap, given back when dropped (with the
+/// connection).
+pub struct OpenConnection(Arc<ClusterConnections>);
+
+impl Drop for OpenConnection {
+    fn drop(&mut self) {
+        self.0.open.fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
+        self.0.changed.notify_waiters();
+    }
+}
+
+impl ClusterConnections {
+    pub fn new(max: u32) -> Arc<ClusterConnections> {
+        static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+        Arc::new(ClusterConnections {
+            id: NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
+            max: max.into(),
+            open: 0.into(),
+            changed: tokio::sync::Notify::new(),
+        })
+    }
+
+    pub fn set_max(&self, max: u32) {
+        self.max.store(max, std::sync::atomic::Ordering::Release);
+    }
+
+    /// Connections open (or being opened) now.
+    pub fn open(&self) -> u32 {
+        self.open.load(std::sync::atomic::Ordering::Acquire)
+    }
+
+    /// A place for one more connection, unless the cluster is at its cap.
+    pub fn try_open(self: &Arc<Self>) -> Option<OpenConnection> {
+        use std::sync::atomic::Ordering;
+        let max = self.max.load(Ordering::Acquire);
+        self.open
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| (n < max).then_some(n + 1))
+            .ok()
+            .map(|_| OpenConnection(self.clone()))
     }
 }
 
@@ -79,6 +142,9 @@ pub enum UpstreamError {
     /// The connection broke during the exchange.
     #[error("{addr}: {source}")]
     Reset { addr: SocketAddr, source: hyper::Error },
+    /// The cluster is at its connection cap and this request could not wait for one (HTTP/2).
+    #[error("{0}: the cluster's connection limit is reached")]
+    Overflow(SocketAddr),
 }
 
 impl UpstreamError {
@@ -170,18 +236,21 @@ impl Pools {
     }
 
     /// Sends `request` (origin-form URI for HTTP/1.1; absolute for HTTP/2) over a pooled
-    /// connection, or a new one.
+    /// connection, or a new one. With `cap` (a cluster's), the connection is the cluster's own
+    /// and new ones stay within its cap: an HTTP/1.1 request at the cap waits for one of the
+    /// cluster's connections (its caller bounds how many wait); HTTP/2 fails with `Overflow`.
     pub async fn send(
         &self,
         key: Key,
         policy: &ConnectionPolicy,
         tls: Option<&ClusterTls>,
+        cap: Option<&Arc<ClusterConnections>>,
         request: Request<Body>,
     ) -> Result<Response<Incoming>, UpstreamError> {
-        let key = Key { tls: tls.map(|t| t.pool_id), ..key };
+        let key = Key { tls: tls.map(|t| t.pool_id), pool: cap.map_or(0, |c| c.id), ..key };
         match key.protocol {
-            Protocol::Http1 => self.send_http1(key, policy, tls, request).await,
-            Protocol::Http2 => self.send_http2(key, policy, tls, request).await,
+            Protocol::Http1 => self.send_http1(key, policy, tls, cap, request).await,
+            Protocol::Http2 => self.send_http2(key, policy, tls, cap, request).await,
         }
     }
 
@@ -190,25 +259,82 @@ impl Pools {
         key: Key,
         policy: &ConnectionPolicy,
         tls: Option<&ClusterTls>,
+        cap: Option<&Arc<ClusterConnections>>,
         mut request: Request<Body>,
     ) -> Result<Response<Incoming>, UpstreamError> {
-        // A pooled connection may have been closed by the peer just now; then the request comes
-        // back unsent and goes over a new connection.
-        if let Some((mut sender, uses)) = self.take_idle(key, policy.idle_timeout) {
-            match sender.try_send_request(request).await {
-                Ok(response) => {
-                    self.put_idle(key, sender, uses + 1, policy);
-                    return Ok(response);
+        loop {
+            // A pooled connection may have been closed by the peer just now; then the request
+            // comes back unsent and goes over another connection.
+            if let Some((mut sender, uses)) = self.take_idle(key, policy.idle_timeout) {
+                match sender.try_send_request(request).await {
+                    Ok(response) => {
+                        self.put_idle(key, sender, uses + 1, policy);
+                        return Ok(response);
+                    }
+                    Err(mut e) => match e.take_message() {
+                        Some(unsent) => {
+                            request = unsent;
+                            continue;
+                        }
+                        None => return Err(UpstreamError::Reset { addr: key.addr, source: e.into_error() }),
+                    },
                 }
-                Err(mut e) => match e.take_message() {
-                    Some(unsent) => request = unsent,
-                    None => return Err(UpstreamError::Reset { addr: key.addr, source: e.into_error() }),
+            }
+            let opened = match cap {
+                None => None,
+                Some(cap) => match cap.try_open() {
+                    Some(opened) => Some(opened),
+                    None => {
+                        box_out_of_line(|| self.make_room(key, cap, policy)).await;
+                        continue;
+                    }
                 },
+            };
+            // A new connection is the rare case: its connect and handshake state lives in a box
+            // of its own, so it does not enlarge every connection's request future.
+            return box_out_of_line(|| self.dial_http1(key, policy, tls, opened, request)).await;
+        }
+    }
+
+    /// At the cluster's cap with no ready connection to this endpoint: waits until a busy one
+    /// of this endpoint can take a request (and pools it), or closes an idle connection of the
+    /// cluster to another endpoint and waits for a connection to close or come back.
+    async fn make_room(&self, key: Key, cap: &Arc<ClusterConnections>, policy: &ConnectionPolicy) {
+        let changed = cap.changed.notified();
+        tokio::pin!(changed);
+        changed.as_mut().enable();
+        if let Some((mut sender, uses)) = self.take_busy(key) {
+            if sender.ready().await.is_ok() {
+                self.put_idle(key, sender, uses, policy);
+            }
+            return;
+        }
+        self.evict_idle(key);
+        let _ = tokio::time::timeout(AT_CAP_RECHECK, changed).await;
+    }
+
+    /// A busy (not ready) HTTP/1.1 connection to `key`, taken out of the pool to be waited on.
+    fn take_busy(&self, key: Key) -> Option<(http1::SendRequest<Body>, u32)> {
+        let mut entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
+        let list = &mut entries.get_mut(&key)?.http1;
+        let at = list.iter().position(|idle| !idle.sender.is_closed() && !idle.sender.is_ready())?;
+        let idle = list.swap_remove(at);
+        Some((idle.sender, idle.uses))
+    }
+
+    /// Closes one ready idle HTTP/1.1 connection of the same cluster to another endpoint.
+    fn evict_idle(&self, key: Key) {
+        let mut entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
+        for (other, entry) in entries.iter_mut() {
+            if other.pool != key.pool || *other == key {
+                continue;
+            }
+            if let Some(at) = entry.http1.iter().position(|idle| idle.sender.is_ready()) {
+                // Dropping the sender closes the idle connection; its place frees when it has.
+                entry.http1.swap_remove(at);
+                return;
             }
         }
-        // A new connection is the rare case: its connect and handshake state lives in a box of
-        // its own, so it does not enlarge every connection's request future.
-        box_out_of_line(|| self.dial_http1(key, policy, tls, request)).await
     }
 
     async fn dial_http1(
@@ -216,6 +342,7 @@ impl Pools {
         key: Key,
         policy: &ConnectionPolicy,
         tls: Option<&ClusterTls>,
+        opened: Option<OpenConnection>,
         request: Request<Body>,
     ) -> Result<Response<Incoming>, UpstreamError> {
         let stream = self.dial(key, policy.connect_timeout, tls, Carries::Http1).await?;
@@ -225,6 +352,7 @@ impl Pools {
             .map_err(|source| UpstreamError::Reset { addr: key.addr, source })?;
         tokio::spawn(async move {
             let _ = connection.with_upgrades().await;
+            drop(opened);
         });
         let response = sender
             .send_request(request)
@@ -239,12 +367,13 @@ impl Pools {
         key: Key,
         policy: &ConnectionPolicy,
         tls: Option<&ClusterTls>,
+        cap: Option<&Arc<ClusterConnections>>,
         request: Request<Body>,
     ) -> Result<Response<Incoming>, UpstreamError> {
         if let Some(sender) = self.http2_sender(key, policy) {
             return send_on(sender, key, request).await;
         }
-        box_out_of_line(|| self.dial_http2(key, policy, tls, request)).await
+        box_out_of_line(|| self.dial_http2(key, policy, tls, cap, request)).await
     }
 
     async fn dial_http2(
@@ -252,9 +381,10 @@ impl Pools {
         key: Key,
         policy: &ConnectionPolicy,
         tls: Option<&ClusterTls>,
+        cap: Option<&Arc<ClusterConnections>>,
         request: Request<Body>,
     ) -> Result<Response<Incoming>, UpstreamError> {
-        let sender = self.http2_connection(key, policy, tls).await?;
+        let sender = self.http2_connection(key, policy, tls, cap).await?;
         send_on(sender, key, request).await
     }
 
@@ -266,6 +396,7 @@ impl Pools {
         key: Key,
         policy: &ConnectionPolicy,
         tls: Option<&ClusterTls>,
+        cap: Option<&Arc<ClusterConnections>>,
     ) -> Result<http2::SendRequest<Body>, UpstreamError> {
         let connecting = {
             let mut entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
@@ -275,6 +406,11 @@ impl Pools {
         if let Some(sender) = self.http2_sender(key, policy) {
             return Ok(sender);
         }
+        let opened = match cap.map(ClusterConnections::try_open) {
+            Some(None) => return Err(UpstreamError::Overflow(key.addr)),
+            Some(opened) => opened,
+            None => None,
+        };
         let stream = self.dial(key, policy.connect_timeout, tls, Carries::Http2).await?;
         let (sender, connection) = http2::Builder::new(TokioExecutor::new())
             .timer(TokioTimer::new())
@@ -284,6 +420,7 @@ impl Pools {
             .map_err(|source| UpstreamError::Reset { addr: key.addr, source })?;
         tokio::spawn(async move {
             let _ = connection.await;
+            drop(opened);
         });
         let mut entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
         let entry = entries.entry(key).or_default();
@@ -432,7 +569,7 @@ mod tests {
 
     async fn get(pools: &Pools, key: Key) {
         let request = Request::get("/").header("host", "x").body(crate::forward::full(Bytes::new())).unwrap();
-        let response = pools.send(key, &ConnectionPolicy::default(), None, request).await.unwrap();
+        let response = pools.send(key, &ConnectionPolicy::default(), None, None, request).await.unwrap();
         assert_eq!(response.status(), http::StatusCode::OK);
         response.into_body().collect().await.unwrap();
     }
@@ -441,7 +578,7 @@ mod tests {
     async fn sequential_requests_share_one_connection_per_key() {
         let (addr, accepted) = counting_server(true).await;
         let pools = Pools::default();
-        let direct = Key { addr, protocol: Protocol::Http1, source: None, tls: None };
+        let direct = Key { addr, protocol: Protocol::Http1, source: None, tls: None, pool: 0 };
         for _ in 0..5 {
             get(&pools, direct).await;
         }
@@ -462,7 +599,7 @@ mod tests {
         // Answers one request, then closes.
         let (addr, _) = counting_server(false).await;
         let pools = Pools::default();
-        let key = Key { addr, protocol: Protocol::Http1, source: None, tls: None };
+        let key = Key { addr, protocol: Protocol::Http1, source: None, tls: None, pool: 0 };
         get(&pools, key).await;
         assert_eq!(pools.idle_counts().len(), 1);
         // The server closed the connection: once hyper notices, the reaper forgets it all.

@@ -100,23 +100,27 @@ async fn pool_limits_answer_503_at_once() {
     let upstream = Upstream::start("api").await;
     let pool = "    connectionPool: { maxConnections: 1, http1MaxPendingRequests: 1 }";
     let proxy = Arc::new(TestProxy::start(&config(&[&upstream], "", pool)).await);
-    // Two slow requests fill the connection and the queue...
+    let pending = || proxy.running.proxy.config.load().clusters["api"].pending();
+    // One slow request holds the one connection, a second waits for it...
     let mut slow = Vec::new();
-    for _ in 0..2 {
+    for i in 0..2 {
         let addr = proxy.outbound();
         slow.push(tokio::spawn(async move {
             let mut client = Client::connect(addr, Version::HTTP_11).await;
-            client.send(get("api", "/", &[("x-delay-ms", "1500")])).await.unwrap().status
+            client.send(get("api", "/", &[("x-delay-ms", "600")])).await.unwrap().status
         }));
+        if i == 0 {
+            common::wait_until("the first request is at the upstream", || upstream.count() == 1).await;
+        }
     }
-    common::wait_until("two requests are in flight", || upstream.count() == 2).await;
+    common::wait_until("the second request waits in the queue", || pending() == 1).await;
     // ...so a third is refused at once.
     let started = Instant::now();
     let mut client = Client::connect(proxy.outbound(), Version::HTTP_11).await;
     let answer = client.get("api", "/").await;
     assert_eq!(answer.status, StatusCode::SERVICE_UNAVAILABLE);
     assert!(answer.text().contains("overflow"), "{}", answer.text());
-    assert!(started.elapsed() < Duration::from_millis(1000));
+    assert!(started.elapsed() < Duration::from_millis(500));
     for s in slow {
         assert_eq!(s.await.unwrap(), StatusCode::OK);
     }
@@ -279,20 +283,26 @@ async fn the_route_timeout_covers_the_body_and_limits_hold_until_it_ends() {
     let upstream = Upstream::start("api").await;
     let pool = "    connectionPool: { maxConnections: 1, http1MaxPendingRequests: 1 }";
     let proxy = Arc::new(TestProxy::start(&config(&[&upstream], "        timeout: 1s", pool)).await);
+    let pending = || proxy.running.proxy.config.load().clusters["api"].pending();
 
-    // Headers at once, bodies after 600 ms: within the timeout, and holding both places.
+    // Headers at once, the body after 600 ms: within the timeout, and holding the connection
+    // while it streams; a second request waits for it meanwhile.
     let mut slow = Vec::new();
-    for _ in 0..2 {
+    for i in 0..2 {
         let addr = proxy.outbound();
+        let headers: &'static [(&str, &str)] = if i == 0 { &[("x-body-delay-ms", "600")] } else { &[] };
         slow.push(tokio::spawn(async move {
             let mut client = Client::connect(addr, Version::HTTP_11).await;
-            client.send(get("api", "/", &[("x-body-delay-ms", "600")])).await.map(|a| (a.status, a.text()))
+            client.send(get("api", "/", headers)).await.map(|a| (a.status, a.text()))
         }));
+        if i == 0 {
+            common::wait_until("the slow response started", || upstream.count() == 1).await;
+        }
     }
-    common::wait_until("both slow responses started", || upstream.count() == 2).await;
+    common::wait_until("the second request waits", || pending() == 1).await;
     let mut client = Client::connect(proxy.outbound(), Version::HTTP_11).await;
     let answer = client.get("api", "/").await;
-    assert_eq!(answer.status, StatusCode::SERVICE_UNAVAILABLE, "the places are held while the bodies stream");
+    assert_eq!(answer.status, StatusCode::SERVICE_UNAVAILABLE, "the places are held while the body streams");
     for s in slow {
         assert_eq!(s.await.unwrap().unwrap(), (StatusCode::OK, "api".to_owned()));
     }
