@@ -289,6 +289,32 @@ pub fn check_header_name(name: &str, allow_pseudo: bool) -> Result<(), String> {
 }
 
 /// Conditions Envoy understands in `retryOn`, besides plain HTTP status codes.
+/// gRPC's status names, in the order of their codes (`OK` is 0, `UNAUTHENTICATED` 16).
+pub const GRPC_STATUS_NAMES: &[&str] = &[
+    "OK",
+    "CANCELLED",
+    "UNKNOWN",
+    "INVALID_ARGUMENT",
+    "DEADLINE_EXCEEDED",
+    "NOT_FOUND",
+    "ALREADY_EXISTS",
+    "PERMISSION_DENIED",
+    "RESOURCE_EXHAUSTED",
+    "FAILED_PRECONDITION",
+    "ABORTED",
+    "OUT_OF_RANGE",
+    "UNIMPLEMENTED",
+    "INTERNAL",
+    "UNAVAILABLE",
+    "DATA_LOSS",
+    "UNAUTHENTICATED",
+];
+
+/// The code of a gRPC status name (`UNAVAILABLE` is 14).
+pub fn grpc_status_code(name: &str) -> Option<u32> {
+    GRPC_STATUS_NAMES.iter().position(|n| *n == name).and_then(|i| u32::try_from(i).ok())
+}
+
 pub const RETRY_ON_CONDITIONS: &[&str] = &[
     "5xx",
     "gateway-error",

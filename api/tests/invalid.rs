@@ -436,3 +436,20 @@ fn warnings_do_not_reject() {
         "doc 1: DestinationRule production/orders: spec.trafficPolicy.loadBalancer.simple: warning: LEAST_CONN is deprecated; use LEAST_REQUEST"
     );
 }
+
+#[test]
+fn a_fault_without_a_percentage_is_accepted_with_a_warning_that_it_does_nothing() {
+    let text = vs_http(&format!("{{{R}, fault: {{abort: {{httpStatus: 503}}, delay: {{fixedDelay: 1s}}}}}}"));
+    let checked = check_text(&text, UnknownFields::Reject);
+    assert_eq!(checked.errors(), 0);
+    assert_eq!(checked.accepted.len(), 1);
+    let problems: Vec<String> = checked.problems.iter().map(ToString::to_string).collect();
+    assert_eq!(
+        problems,
+        [
+            "doc 1: VirtualService production/orders: spec.http[0].fault.delay.percentage: warning: not set: as in Istio, no request is delayed",
+            "doc 1: VirtualService production/orders: spec.http[0].fault.abort.percentage: warning: not set: as in Istio, no request is aborted",
+        ]
+    );
+    assert!(checked.problems.iter().all(|p| p.severity == Severity::Warning));
+}

@@ -595,6 +595,7 @@ fn compile_virtual_host(
             rewrite_authority: r.rewrite.as_ref().map(|rw| rw.authority.clone()).filter(|a| !a.is_empty()),
             timeout: duration(r.timeout.as_ref(), &format!("{rfield}.timeout"))?,
             retries,
+            fault: crate::fault::Fault::compile(r.fault.as_ref(), &format!("{rfield}.fault"))?,
         });
     }
     Ok(VirtualHost { name: vh.name.clone(), routes })

@@ -181,6 +181,16 @@ async fn outbound(mut request: Request<Incoming>, conn: &Conn, proxy: &Proxy) ->
             Outcome::new(response, service, "-")
         }
         Action::Forward(targets) => {
+            // Faults come before anything goes upstream (boxed: most routes have none).
+            let mut fault_flags = "-";
+            if let Some(fault) = &route.fault {
+                let injected = box_out_of_line(|| fault.inject()).await;
+                fault_flags = injected.flags();
+                if let Some(mut response) = injected.abort {
+                    route.response_headers.apply(response.headers_mut());
+                    return Outcome::new(response, service, fault_flags);
+                }
+            }
             let total = Action::total_weight(targets);
             let roll = if total > 1 { crate::with_fast_rng(|rng| rng.random_range(0..total)) } else { 0 };
             let Some(cluster) = Action::pick_cluster(targets, roll).cloned() else {
@@ -196,6 +206,9 @@ async fn outbound(mut request: Request<Incoming>, conn: &Conn, proxy: &Proxy) ->
             let mut outcome = to_cluster(request, upgrade, route, &cluster, conn, proxy, &snapshot).await;
             route.response_headers.apply(outcome.response.headers_mut());
             outcome.service = service;
+            if fault_flags != "-" && outcome.flags == "-" {
+                outcome.flags = fault_flags;
+            }
             outcome
         }
     }

@@ -16,6 +16,7 @@ pub mod config;
 pub mod connection;
 pub mod detect;
 pub mod drain;
+pub mod fault;
 pub mod forward;
 pub mod header_timer;
 pub mod headers;

@@ -113,6 +113,8 @@ pub struct CompiledRoute {
     pub rewrite_authority: Option<String>,
     pub timeout: Option<Duration>,
     pub retries: Option<Retry>,
+    /// Fault injection, when the route has it.
+    pub fault: Option<Box<crate::fault::Fault>>,
 }
 
 pub enum Action {

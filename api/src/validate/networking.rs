@@ -11,26 +11,6 @@ use crate::primitives::{
 
 use super::{Report, export_to, labels};
 
-const GRPC_STATUS: &[&str] = &[
-    "OK",
-    "CANCELLED",
-    "UNKNOWN",
-    "INVALID_ARGUMENT",
-    "DEADLINE_EXCEEDED",
-    "NOT_FOUND",
-    "ALREADY_EXISTS",
-    "PERMISSION_DENIED",
-    "RESOURCE_EXHAUSTED",
-    "FAILED_PRECONDITION",
-    "ABORTED",
-    "OUT_OF_RANGE",
-    "UNIMPLEMENTED",
-    "INTERNAL",
-    "UNAVAILABLE",
-    "DATA_LOSS",
-    "UNAUTHENTICATED",
-];
-
 const HTTP_METHODS: &[&str] =
     &["GET", "HEAD", "POST", "PUT", "DELETE", "CONNECT", "OPTIONS", "TRACE", "PATCH"];
 
@@ -365,6 +345,9 @@ fn fault_injection(r: &mut Report, path: &str, fault: &HttpFaultInjection) {
         }
         percent(r, &format!("{p}.percentage.value"), delay.percentage.as_ref());
         legacy_percent(r, &format!("{p}.percent"), delay.percent);
+        if delay.percentage.is_none() && delay.percent == 0 {
+            r.warn(format!("{p}.percentage"), "not set: as in Istio, no request is delayed");
+        }
     }
     if let Some(abort) = &fault.abort {
         let p = format!("{path}.abort");
@@ -380,7 +363,8 @@ fn fault_injection(r: &mut Report, path: &str, fault: &HttpFaultInjection) {
                 format!("{} is not a valid HTTP status (200-599)", abort.http_status),
             );
         }
-        if !abort.grpc_status.is_empty() && !GRPC_STATUS.contains(&abort.grpc_status.as_str()) {
+        if !abort.grpc_status.is_empty() && crate::primitives::grpc_status_code(&abort.grpc_status).is_none()
+        {
             r.error(
                 format!("{p}.grpcStatus"),
                 format!(
@@ -393,6 +377,9 @@ fn fault_injection(r: &mut Report, path: &str, fault: &HttpFaultInjection) {
             r.error(format!("{p}.http2Error"), "not supported; use httpStatus or grpcStatus");
         }
         percent(r, &format!("{p}.percentage.value"), abort.percentage.as_ref());
+        if abort.percentage.is_none() {
+            r.warn(format!("{p}.percentage"), "not set: as in Istio, no request is aborted");
+        }
     }
 }
 

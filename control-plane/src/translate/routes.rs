@@ -99,6 +99,43 @@ pub struct Registry<'a> {
     pub default_retry: Option<pb::RetryPolicy>,
 }
 
+/// A route's `fault` as the proxy takes it: a percentage left unset is 0, as in Istio (the
+/// legacy integer `percent` of a delay counts when `percentage` is not set). What validation
+/// refuses (exponential delays, HTTP/2 errors, bad values) never gets here; should it, that
+/// part is left out with a warning.
+fn fault(
+    f: &trellis_api::networking::HttpFaultInjection,
+    vs: Vs<'_>,
+    field: &str,
+) -> Option<pb::FaultInjection> {
+    let delay = f.delay.as_ref().and_then(|d| {
+        let fixed = duration(d.fixed_delay.as_ref(), &vs, &format!("{field}.delay.fixedDelay"));
+        if fixed.is_none() {
+            warn!(resource = %vs, field = %format!("{field}.delay"), "no usable fixedDelay; delay left out");
+        }
+        let percent = d.percentage.as_ref().map_or(f64::from(d.percent.clamp(0, 100)), |p| p.value);
+        fixed.map(|fixed| (fixed, percent))
+    });
+    let abort = f.abort.as_ref().and_then(|a| {
+        use pb::fault_injection::Abort;
+        let kind = if a.http_status != 0 {
+            u32::try_from(a.http_status).ok().map(Abort::AbortHttpStatus)
+        } else {
+            trellis_api::primitives::grpc_status_code(&a.grpc_status).map(Abort::AbortGrpcStatus)
+        };
+        if kind.is_none() {
+            warn!(resource = %vs, field = %format!("{field}.abort"), "no usable httpStatus or grpcStatus; abort left out");
+        }
+        kind.map(|kind| (kind, a.percentage.as_ref().map_or(0.0, |p| p.value)))
+    });
+    if delay.is_none() && abort.is_none() {
+        return None;
+    }
+    let (delay, delay_percent) = delay.map_or((None, 0.0), |(d, p)| (Some(d.into()), p));
+    let (abort, abort_percent) = abort.map_or((None, 0.0), |(a, p)| (Some(a), p));
+    Some(pb::FaultInjection { delay, delay_percent, abort, abort_percent })
+}
+
 /// How one service port is routed.
 pub struct PortRouting {
     pub virtual_host: pb::VirtualHost,
@@ -155,12 +192,8 @@ impl Registry<'_> {
             debug!(resource = %vs, field, "delegation applies to gateways only; route skipped");
             return None;
         }
-        if route.fault.is_some()
-            || route.mirror.is_some()
-            || !route.mirrors.is_empty()
-            || route.cors_policy.is_some()
-        {
-            debug!(resource = %vs, field, "fault injection, mirroring and CORS are not implemented");
+        if route.mirror.is_some() || !route.mirrors.is_empty() || route.cors_policy.is_some() {
+            debug!(resource = %vs, field, "mirroring and CORS are not implemented");
         }
         let matches: Vec<pb::RouteMatch> = route
             .matches
@@ -196,6 +229,7 @@ impl Registry<'_> {
                 &vs,
                 &format!("{field}.retries"),
             ),
+            fault: route.fault.as_ref().and_then(|f| fault(f, vs, &format!("{field}.fault"))),
         };
         // What the proxy would refuse costs this route only, not the proxy's whole config.
         if let Err(bad) = trellis_xds::uri::check_route(&compiled) {
@@ -525,6 +559,47 @@ mod tests {
         assert_eq!(forwards(&routes[0]), [(subset("v2").as_str(), 0)]);
         assert!(routes[1].matches.is_empty());
         assert_eq!(forwards(&routes[1]), [(subset("v1").as_str(), 0)]);
+    }
+
+    #[test]
+    fn faults_reach_the_proxy_with_unset_percentages_as_zero() {
+        let routes = reviews_routes(&format!(
+            "{VS}spec:
+  hosts: [reviews]
+  http:
+    - match: [{{ uri: {{ prefix: /a }} }}]
+      fault: {{ delay: {{ fixedDelay: 2s, percentage: {{ value: 12.5 }} }}, abort: {{ httpStatus: 503, percentage: {{ value: 30 }} }} }}
+      route: [{{ destination: {{ host: reviews }} }}]
+    - match: [{{ uri: {{ prefix: /b }} }}]
+      fault: {{ abort: {{ grpcStatus: UNAVAILABLE }} }}
+      route: [{{ destination: {{ host: reviews }} }}]
+    - match: [{{ uri: {{ prefix: /c }} }}]
+      fault: {{ delay: {{ fixedDelay: 1s, percent: 40 }} }}
+      route: [{{ destination: {{ host: reviews }} }}]
+    - route: [{{ destination: {{ host: reviews }} }}]
+"
+        ));
+        use pb::fault_injection::Abort;
+        assert_eq!(
+            routes[0].fault,
+            Some(pb::FaultInjection {
+                delay: Some(std::time::Duration::from_secs(2).into()),
+                delay_percent: 12.5,
+                abort: Some(Abort::AbortHttpStatus(503)),
+                abort_percent: 30.0,
+            })
+        );
+        assert_eq!(
+            routes[1].fault,
+            Some(pb::FaultInjection { abort: Some(Abort::AbortGrpcStatus(14)), ..Default::default() }),
+            "percentage unset: 0, as in Istio"
+        );
+        assert_eq!(
+            routes[2].fault.as_ref().map(|f| f.delay_percent),
+            Some(40.0),
+            "the legacy integer percent"
+        );
+        assert_eq!(routes[3].fault, None);
     }
 
     #[test]
