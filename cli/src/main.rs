@@ -6,12 +6,14 @@ mod authz;
 // The chart renderer `trellis install` uses (not called by any command yet).
 #[allow(dead_code)]
 mod chart;
+mod check;
 mod demo;
 mod demo_app;
 mod embedded;
 mod http_client;
 mod inject;
 mod input;
+mod install;
 mod proxy_status;
 mod validate;
 
@@ -46,6 +48,14 @@ enum Command {
     ProxyStatus(proxy_status::Args),
     /// Print the CustomResourceDefinitions of the Istio kinds Trellis reads (for the chart).
     Crds,
+    /// Install (or upgrade) the control plane in the current cluster: the chart's objects,
+    /// applied server-side, then wait until it is ready.
+    Install(install::InstallArgs),
+    /// Remove what `trellis install` made (with --purge also the CRDs and the namespace).
+    Uninstall(install::UninstallArgs),
+    /// Check that the cluster is ready for Trellis (--pre) or that Trellis runs well in it, like
+    /// `linkerd check`.
+    Check(check::Args),
     /// trellis-proxy, run from this executable (the demo's sidecars).
     #[command(hide = true, disable_help_flag = true, disable_version_flag = true)]
     Proxy(embedded::Args),
@@ -66,6 +76,9 @@ fn main() -> ExitCode {
         Command::Authz(command) => authz::run(&command),
         Command::Inject(args) => inject::run(&args),
         Command::ProxyStatus(args) => proxy_status::run(&args),
+        Command::Install(args) => install::run_install(&args),
+        Command::Uninstall(args) => install::run_uninstall(&args),
+        Command::Check(args) => check::run(&args),
         Command::Crds => {
             print!("{}", trellis_api::crds::to_yaml());
             ExitCode::SUCCESS

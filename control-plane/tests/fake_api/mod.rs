@@ -449,9 +449,7 @@ async fn route(
             server_side_apply(&state, &collection, &namespace, &name, &body)
         }
         (Method::DELETE, Some(name)) => delete(&state, &collection, &namespace, &name),
-        (method, _) => {
-            answer(405, "MethodNotAllowed", &format!("{method} {path} is not served by the fake"))
-        }
+        (method, _) => answer(405, "MethodNotAllowed", &format!("{method} {path} is not served by the fake")),
     }
 }
 
@@ -672,7 +670,9 @@ fn merge(into: &mut Value, applied: &Value) {
                 }
             }
         }
-        (Value::Array(into), Value::Array(applied)) if named(into) && named(applied) && !applied.is_empty() => {
+        (Value::Array(into), Value::Array(applied))
+            if named(into) && named(applied) && !applied.is_empty() =>
+        {
             for item in applied {
                 match into.iter_mut().find(|existing| existing["name"] == item["name"]) {
                     Some(existing) => merge(existing, item),
@@ -831,11 +831,11 @@ fn list_or_watch(state: &Mutex<Server>, path: &str, namespace: &str, uri: &Uri) 
         .get("fieldSelector")
         .map(|s| unescape(s))
         .and_then(|s| s.strip_prefix("metadata.name=").map(str::to_owned));
-    let requirements = match label_selector(&query.get("labelSelector").map(|s| unescape(s)).unwrap_or_default())
-    {
-        Ok(requirements) => requirements,
-        Err(message) => return bad_request(&message),
-    };
+    let requirements =
+        match label_selector(&query.get("labelSelector").map(|s| unescape(s)).unwrap_or_default()) {
+            Ok(requirements) => requirements,
+            Err(message) => return bad_request(&message),
+        };
     let mut server = state.lock().unwrap();
     let current = server.resource_version;
     let Some(collection) = server.collections.get_mut(path) else {
@@ -854,7 +854,8 @@ fn list_or_watch(state: &Mutex<Server>, path: &str, namespace: &str, uri: &Uri) 
         .objects
         .iter()
         .filter(|((ns, name), _)| {
-            name_selector.as_ref().is_none_or(|wanted| wanted == name) && (namespace.is_empty() || namespace == ns)
+            name_selector.as_ref().is_none_or(|wanted| wanted == name)
+                && (namespace.is_empty() || namespace == ns)
         })
         .filter(|(_, object)| selected(object, &requirements))
         .map(|(_, object)| object.clone())
@@ -954,7 +955,11 @@ pub const CLUSTER: &[(&str, &str, &str)] = &[
     ("/apis/apps/v1/daemonsets", "apps/v1", "DaemonSet"),
     ("/apis/policy/v1/poddisruptionbudgets", "policy/v1", "PodDisruptionBudget"),
     ("/apis/rbac.authorization.k8s.io/v1/clusterroles", "rbac.authorization.k8s.io/v1", "ClusterRole"),
-    ("/apis/rbac.authorization.k8s.io/v1/clusterrolebindings", "rbac.authorization.k8s.io/v1", "ClusterRoleBinding"),
+    (
+        "/apis/rbac.authorization.k8s.io/v1/clusterrolebindings",
+        "rbac.authorization.k8s.io/v1",
+        "ClusterRoleBinding",
+    ),
     ("/apis/rbac.authorization.k8s.io/v1/roles", "rbac.authorization.k8s.io/v1", "Role"),
     ("/apis/rbac.authorization.k8s.io/v1/rolebindings", "rbac.authorization.k8s.io/v1", "RoleBinding"),
     (
