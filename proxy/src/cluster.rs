@@ -43,8 +43,10 @@ pub struct Cluster {
     pub outlier: Option<crate::outlier::Detector>,
     /// The cluster's connections and their cap.
     pub pool: std::sync::Arc<crate::upstream::ClusterConnections>,
-    /// HTTP/1.1 requests in flight, one per connection: `max_connections` permits.
-    http1_slots: std::sync::Arc<tokio::sync::Semaphore>,
+    /// HTTP/1.1 requests in flight, one per connection: at most `max_connections`.
+    http1_slots: AtomicU64,
+    /// An HTTP/1.1 slot was given back while requests were waiting.
+    slot_freed: tokio::sync::Notify,
     /// HTTP/1.1 requests waiting for a slot.
     pending: AtomicU64,
     /// Requests (and TCP connections) in flight.
@@ -57,13 +59,16 @@ pub struct Cluster {
 /// Holds a place in the cluster's limits until dropped.
 pub struct Admitted<'a> {
     cluster: &'a Cluster,
-    /// HTTP/1.1: the request's connection slot.
-    slot: Option<tokio::sync::OwnedSemaphorePermit>,
+    /// HTTP/1.1: the request holds one of the cluster's connection slots.
+    slot: bool,
 }
 
 impl Drop for Admitted<'_> {
     fn drop(&mut self) {
         self.cluster.active.fetch_sub(1, Ordering::AcqRel);
+        if self.slot {
+            self.cluster.release_slot();
+        }
     }
 }
 
@@ -72,13 +77,16 @@ impl Drop for Admitted<'_> {
 pub struct InFlight {
     cluster: std::sync::Arc<Cluster>,
     endpoint: usize,
-    _slot: Option<tokio::sync::OwnedSemaphorePermit>,
+    slot: bool,
 }
 
 impl Drop for InFlight {
     fn drop(&mut self) {
         self.cluster.active.fetch_sub(1, Ordering::AcqRel);
         self.cluster.balancer.release(self.endpoint);
+        if self.slot {
+            self.cluster.release_slot();
+        }
     }
 }
 
@@ -86,12 +94,12 @@ impl Cluster {
     /// Turns an admission and an endpoint pick into one owned guard.
     pub fn in_flight(
         self: &std::sync::Arc<Self>,
-        mut admitted: Admitted<'_>,
+        admitted: Admitted<'_>,
         picked: crate::balance::Picked<'_>,
     ) -> InFlight {
-        let slot = admitted.slot.take();
+        let slot = admitted.slot;
         std::mem::forget(admitted);
-        InFlight { cluster: self.clone(), endpoint: picked.detach(), _slot: slot }
+        InFlight { cluster: self.clone(), endpoint: picked.detach(), slot }
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -110,7 +118,8 @@ impl Cluster {
     ) -> Cluster {
         pool.set_max(limits.max_connections);
         Cluster {
-            http1_slots: std::sync::Arc::new(tokio::sync::Semaphore::new(limits.max_connections as usize)),
+            http1_slots: AtomicU64::new(0),
+            slot_freed: tokio::sync::Notify::new(),
             pending: AtomicU64::new(0),
             pool,
             connections: crate::upstream::ConnectionPolicy {
@@ -180,27 +189,44 @@ impl Cluster {
             self.overflows.fetch_add(1, Ordering::Relaxed);
             return None;
         }
-        let mut admitted = Admitted { cluster: self, slot: None };
+        let mut admitted = Admitted { cluster: self, slot: false };
         if http2 {
             return Some(admitted);
         }
-        admitted.slot = match self.http1_slots.clone().try_acquire_owned() {
-            Ok(slot) => Some(slot),
-            Err(_) => Some(crate::box_out_of_line(|| self.wait_for_slot()).await?),
-        };
+        if !self.try_slot() && !crate::box_out_of_line(|| self.wait_for_slot()).await {
+            return None;
+        }
+        admitted.slot = true;
         Some(admitted)
     }
 
+    /// One of the `max_connections` HTTP/1.1 slots, if one is free: an atomic update, no lock.
+    fn try_slot(&self) -> bool {
+        let max = u64::from(self.limits.max_connections);
+        self.http1_slots
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| (n < max).then_some(n + 1))
+            .is_ok()
+    }
+
+    /// Gives a slot back and wakes a waiting request. SeqCst on both sides (here, and the
+    /// waiter's queueing and look): otherwise each could miss the other's write.
+    fn release_slot(&self) {
+        self.http1_slots.fetch_sub(1, Ordering::SeqCst);
+        if self.pending.load(Ordering::SeqCst) > 0 {
+            self.slot_freed.notify_one();
+        }
+    }
+
     /// Waits in the cluster's queue for an HTTP/1.1 slot, unless the queue is full.
-    async fn wait_for_slot(&self) -> Option<tokio::sync::OwnedSemaphorePermit> {
+    async fn wait_for_slot(&self) -> bool {
         let max_pending = u64::from(self.limits.max_pending);
         let queued = self
             .pending
-            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| (n < max_pending).then_some(n + 1))
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| (n < max_pending).then_some(n + 1))
             .is_ok();
         if !queued {
             self.overflows.fetch_add(1, Ordering::Relaxed);
-            return None;
+            return false;
         }
         // Leaves the queue however the wait ends (a slot, or the request dropped by a timeout).
         struct Queued<'a>(&'a AtomicU64);
@@ -210,7 +236,16 @@ impl Cluster {
             }
         }
         let _queued = Queued(&self.pending);
-        self.http1_slots.clone().acquire_owned().await.ok()
+        loop {
+            // Registered before looking, so that a slot given back meanwhile wakes it.
+            let freed = self.slot_freed.notified();
+            tokio::pin!(freed);
+            freed.as_mut().enable();
+            if self.try_slot() {
+                return true;
+            }
+            freed.await;
+        }
     }
 
     /// Requests in flight.
