@@ -123,19 +123,20 @@ fn demo(args: &Args, stop: &signals::Stop, console: &mut Console) -> Result<Exit
         ));
         return Ok(ExitCode::SUCCESS);
     }
-    let mode = if root && !args.explicit { Mode::Namespaces } else { Mode::Explicit };
-    if !root {
-        console.note(NOT_ROOT);
-    }
+    let mode = match (root, args.explicit) {
+        (true, false) => ensure_tools(console),
+        (true, true) => Mode::Explicit,
+        (false, _) => {
+            console.note(NOT_ROOT);
+            Mode::Explicit
+        }
+    };
     let example = match &args.from {
         Some(dir) => example::Example::from_dir(dir)?,
         None => example::Example::built_in(),
     };
     // Everything is checked before anything is made.
     let plan = plan::build(&example, mode).map_err(|e| format!("{}:\n{e}", example.origin))?;
-    if mode == Mode::Namespaces {
-        tools_present()?;
-    }
     let left = state::clean(&run_dir, root, false)?;
     if left.processes + left.namespaces > 0 {
         console.note(&format!(
@@ -157,8 +158,8 @@ fn demo(args: &Args, stop: &signals::Stop, console: &mut Console) -> Result<Exit
     })
 }
 
-/// The tools the namespaces and the redirect need.
-fn tools_present() -> Result<(), String> {
+/// The Debian packages whose tools the namespaces and the redirect need and this machine lacks.
+fn missing_packages() -> Vec<&'static str> {
     let found = |names: &[&str]| {
         names.iter().any(|name| {
             ["/usr/sbin", "/sbin", "/usr/bin", "/bin"]
@@ -168,15 +169,59 @@ fn tools_present() -> Result<(), String> {
     };
     let mut missing = Vec::new();
     if !found(&["ip"]) {
-        missing.push("ip (iproute2)");
+        missing.push("iproute2");
     }
     if !found(&["nft", "iptables-restore"]) {
-        missing.push("nft or iptables-restore");
+        missing.push("nftables");
     }
+    missing
+}
+
+/// As root on a machine without the tools the redirect needs (a fresh Debian has no nft): the
+/// demo installs them with apt-get, as `scripts/test.sh` does, saying so; where it cannot, it
+/// runs in explicit mode and says why, rather than stopping a newcomer at the first command.
+fn ensure_tools(console: &mut Console) -> Mode {
+    let missing = missing_packages();
     if missing.is_empty() {
-        Ok(())
-    } else {
-        Err(format!("as root the demo needs {}; install them, or run with --explicit", missing.join(" and ")))
+        return Mode::Namespaces;
+    }
+    let packages = missing.join(" ");
+    let apt = std::path::Path::new("/usr/bin/apt-get");
+    if !apt.exists() {
+        console.note(&format!(
+            "trellis demo: the traffic capture needs {packages}, and there is no apt-get to install them: \
+             running in explicit mode. Install them and run again to see interception for real."
+        ));
+        return Mode::Explicit;
+    }
+    console.note(&format!("trellis demo: installing {packages} (apt-get), which the traffic capture needs"));
+    let run = |args: &[&str]| {
+        let output = std::process::Command::new(apt)
+            .args(args)
+            .env("DEBIAN_FRONTEND", "noninteractive")
+            .stdin(std::process::Stdio::null())
+            .output()
+            .map_err(|e| e.to_string())?;
+        if output.status.success() {
+            return Ok(());
+        }
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        let last = stderr.lines().rev().find(|l| !l.trim().is_empty()).unwrap_or("");
+        Err(format!("apt-get {}: {}: {last}", args[0], output.status))
+    };
+    let mut install = vec!["install", "-y", "-qq", "--no-install-recommends"];
+    install.extend(&missing);
+    match run(&["update", "-qq"]).and_then(|()| run(&install)) {
+        Ok(()) if missing_packages().is_empty() => Mode::Namespaces,
+        outcome => {
+            let why = outcome.err().unwrap_or_else(|| "the tools are still missing".to_owned());
+            console.note(&format!(
+                "trellis demo: could not install {packages} ({why}): running in explicit mode, where \
+                 each app calls its own proxy directly. Install them and run again to see \
+                 interception for real."
+            ));
+            Mode::Explicit
+        }
     }
 }
 
