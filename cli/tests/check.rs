@@ -117,8 +117,8 @@ async fn check_passes_on_a_healthy_cluster() {
         "– the CNI agent is ready on every node (skipped: CNI mode is off",
         "✔ the control plane accepts every Istio resource",
         "✔ every connected proxy is synced (2 connected)",
-        "✔ proxies run the control plane's version (1 injected pods on 0.1.0)",
-        "✔ pods of injection-enabled namespaces have a sidecar (1 namespaces labelled istio-injection=enabled)",
+        "✔ proxies run the control plane's version (1 injected pod on 0.1.0)",
+        "✔ pods of injection-enabled namespaces have a sidecar (1 namespace labelled istio-injection=enabled)",
         "Status check results are ✔",
     ] {
         assert!(table.stdout.contains(line), "missing {line:?} in:\n{}", table.stdout);
@@ -226,7 +226,7 @@ async fn check_names_each_failure_one_at_a_time() {
         r.text
     );
     let detail = r.detail("pods of injection-enabled namespaces have a sidecar");
-    assert!(detail.contains("1 pods without the istio-proxy container: shop/legacy-0"), "{detail}");
+    assert!(detail.contains("1 pod without the istio-proxy container: shop/legacy-0"), "{detail}");
     assert!(detail.contains("restart them: kubectl -n shop rollout restart deployment"), "{detail}");
     cluster.api.delete(PODS, "shop", "legacy-0");
 

@@ -291,6 +291,11 @@ async fn permissions(cx: &Context, checks: &mut Vec<Check>) {
     }
 }
 
+/// `pod` or `pods`.
+fn plural(n: usize, word: &str) -> String {
+    if n == 1 { word.to_owned() } else { format!("{word}s") }
+}
+
 fn reference(object: &Value) -> String {
     match ObjectRef::of(object) {
         Ok(r) if r.namespace.is_empty() => r.name,
@@ -617,7 +622,7 @@ async fn cni(cx: &Context, checks: &mut Vec<Check>) {
             checks.push(Check::skipped(
                 CNI,
                 READY,
-                format!("CNI mode is off (no DaemonSet {ns}/{CNI_DAEMON_SET})"),
+                format!("CNI mode is off: no DaemonSet {ns}/{CNI_DAEMON_SET}"),
             ));
             return;
         }
@@ -738,7 +743,11 @@ async fn data_plane_pods(cx: &Context, checks: &mut Vec<Check>) {
         Some(tag) => {
             let others = evaluate::other_versions(&pods, &tag);
             if others.is_empty() {
-                Check::passed(DATA_PLANE, VERSIONS, format!("{injected} injected pods on {tag}"))
+                Check::passed(
+                    DATA_PLANE,
+                    VERSIONS,
+                    format!("{injected} injected {} on {tag}", plural(injected, "pod")),
+                )
             } else {
                 Check::warning(
                     DATA_PLANE,
@@ -767,7 +776,8 @@ async fn data_plane_pods(cx: &Context, checks: &mut Vec<Check>) {
         .collect();
     let missing = evaluate::uninjected(&in_mesh);
     checks.push(if missing.is_empty() {
-        Check::passed(DATA_PLANE, INJECTED, format!("{} namespaces labelled istio-injection=enabled", names.len()))
+        let namespaces = plural(names.len(), "namespace");
+        Check::passed(DATA_PLANE, INJECTED, format!("{} {namespaces} labelled istio-injection=enabled", names.len()))
     } else {
         let namespaces: BTreeSet<&str> = missing.iter().filter_map(|p| p.split('/').next()).collect();
         let restart: Vec<String> =
@@ -775,7 +785,13 @@ async fn data_plane_pods(cx: &Context, checks: &mut Vec<Check>) {
         Check::failed(
             DATA_PLANE,
             INJECTED,
-            format!("{} pods without the {} container: {}", missing.len(), evaluate::PROXY_CONTAINER, some_of(&missing, 5)),
+            format!(
+                "{} {} without the {} container: {}",
+                missing.len(),
+                plural(missing.len(), "pod"),
+                evaluate::PROXY_CONTAINER,
+                some_of(&missing, 5)
+            ),
             format!("they started before injection was enabled (or while the injector was down); restart them: {}", restart.join("; ")),
         )
     });

@@ -104,11 +104,7 @@ pub async fn reach(cluster: &Cluster, deadline: Instant, timeout: Duration) -> R
 /// The kinds where an earlier install may have left objects: every kind the chart may render,
 /// and those of this plan.
 fn plan_kinds(plan: &Plan) -> Vec<(String, String)> {
-    let mut kinds: Vec<(String, String)> = cluster::all_known_kinds()
-        .into_iter()
-        .filter(|k| !RUNTIME_KINDS.contains(&k.resource.kind.as_str()))
-        .map(|k| (k.resource.api_version, k.resource.kind))
-        .collect();
+    let mut kinds = installable_kinds();
     for desired in plan.all() {
         let kind = (desired.reference.api_version.clone(), desired.reference.kind.clone());
         if !kinds
@@ -119,6 +115,16 @@ fn plan_kinds(plan: &Plan) -> Vec<(String, String)> {
         }
     }
     kinds
+}
+
+/// Every kind of the fixed table and of the Istio CRDs that a chart may render, as (apiVersion,
+/// kind).
+pub fn installable_kinds() -> Vec<(String, String)> {
+    cluster::all_known_kinds()
+        .into_iter()
+        .filter(|k| !RUNTIME_KINDS.contains(&k.resource.kind.as_str()))
+        .map(|k| (k.resource.api_version, k.resource.kind))
+        .collect()
 }
 
 /// Kinds that controllers make, never a chart.
@@ -316,7 +322,9 @@ async fn prune(cluster: &Cluster, stale: &ObjectRef, deadline: Instant) -> Resul
         Ok(_) => {}
         Err(e) if e.is_not_found() => {}
         Err(e) => {
-            return Err(format!("cannot prune {stale} (made by an earlier install, no longer rendered): {e}"));
+            return Err(format!(
+                "cannot prune {stale} (made by an earlier install, no longer rendered): {e}"
+            ));
         }
     }
     println!("  pruned     {stale} (no longer in the chart)");
@@ -348,7 +356,7 @@ async fn wait_established(
             last: None,
         });
     }
-    wait_for(cluster, awaited, deadline, false).await.map_err(|pending| {
+    wait_for(cluster, awaited, deadline, Verbosity::Quiet).await.map_err(|pending| {
         format!("timed out after {} waiting for CRDs to be established:\n{pending}", show_duration(timeout))
     })
 }
@@ -373,7 +381,7 @@ async fn wait_ready(
             resolve_kind(cluster, &desired.reference.api_version, &desired.reference.kind, deadline).await?;
         awaited.push(Awaited { reference: &desired.reference, info, check, last: None });
     }
-    wait_for(cluster, awaited, deadline, true).await.map_err(|pending| {
+    wait_for(cluster, awaited, deadline, Verbosity::Diagnose).await.map_err(|pending| {
         format!(
             "timed out after {} waiting for the control plane; not ready:\n{pending}\nWhat was applied stays; `trellis check` shows the state, and `trellis install` can be run again.",
             show_duration(timeout)
@@ -381,13 +389,22 @@ async fn wait_ready(
     })
 }
 
+/// How much `wait_for` says.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Verbosity {
+    /// Only what takes long (CRDs, which the API server establishes at once, one line in all).
+    Quiet,
+    /// Each object when it is ready, and at the deadline why its pods are not.
+    Diagnose,
+}
+
 /// Polls until every awaited object is ready, printing each change; at the deadline, the list of
-/// what is still not ready (with why its pods are not, when `diagnose`).
+/// what is still not ready.
 async fn wait_for(
     cluster: &Cluster,
     mut awaited: Vec<Awaited<'_>>,
     deadline: Instant,
-    diagnose: bool,
+    verbosity: Verbosity,
 ) -> Result<(), String> {
     loop {
         let mut still = Vec::new();
@@ -400,7 +417,10 @@ async fn wait_for(
                 Err(e) => Err(format!("cannot read it: {e}")),
             };
             match state {
-                Ok(detail) => println!("  ready      {}: {detail}", item.reference),
+                Ok(detail) if verbosity == Verbosity::Diagnose || item.last.is_some() => {
+                    println!("  ready      {}: {detail}", item.reference);
+                }
+                Ok(_) => {}
                 Err(why) => {
                     if item.last.as_ref() != Some(&why) {
                         println!("  waiting    {}: {why}", item.reference);
@@ -418,7 +438,7 @@ async fn wait_for(
             for item in &still {
                 let why = item.last.as_deref().unwrap_or("not ready");
                 let _ = writeln!(pending, "  {}: {why}", item.reference);
-                if diagnose {
+                if verbosity == Verbosity::Diagnose {
                     for problem in pod_problems(cluster, item).await {
                         let _ = writeln!(pending, "    pod {problem}");
                     }

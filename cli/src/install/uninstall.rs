@@ -5,7 +5,7 @@ use kube::api::DeleteParams;
 use tokio::time::{Duration, Instant};
 
 use super::UninstallArgs;
-use super::apply::{count_by_kind, list_owned, reach};
+use super::apply::{count_by_kind, installable_kinds, list_owned, reach};
 use super::cluster::{self, ApiError, Cluster, api, resolve_kind, show_duration, within};
 use super::plan::{ObjectRef, holds_user_data, ownership_selector, sort_for_deletion};
 
@@ -21,9 +21,7 @@ pub async fn uninstall(args: &UninstallArgs) -> Result<(), String> {
         args.release, cluster.server
     );
 
-    let kinds: Vec<(String, String)> =
-        cluster::all_known_kinds().into_iter().map(|k| (k.resource.api_version, k.resource.kind)).collect();
-    let (owned, warnings) = list_owned(&cluster, &args.release, &kinds, deadline).await?;
+    let (owned, warnings) = list_owned(&cluster, &args.release, &installable_kinds(), deadline).await?;
     let (mut remove, kept): (Vec<ObjectRef>, Vec<ObjectRef>) =
         owned.into_iter().map(|(r, _)| r).partition(|r| args.purge || !holds_user_data(&r.kind));
     sort_for_deletion(&mut remove);
