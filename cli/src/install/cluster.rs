@@ -60,9 +60,12 @@ pub async fn connect(args: &KubeArgs, timeout: Duration) -> Result<Cluster, Stri
             )
         })?,
     };
-    config.connect_timeout = Some(timeout.min(CONNECT_TIMEOUT));
-    config.read_timeout = Some(timeout.min(REQUEST_TIMEOUT));
-    config.write_timeout = Some(timeout.min(REQUEST_TIMEOUT));
+    // A request's own timeouts end after the caller's deadline when that is short, so that the
+    // caller's "no answer within <timeout>" is what the user reads.
+    let request_timeout = (timeout + Duration::from_secs(1)).min(REQUEST_TIMEOUT);
+    config.connect_timeout = Some(request_timeout.min(CONNECT_TIMEOUT));
+    config.read_timeout = Some(request_timeout);
+    config.write_timeout = Some(request_timeout);
     let server = config.cluster_url.to_string().trim_end_matches('/').to_owned();
     let client = Client::try_from(config.clone())
         .map_err(|e| format!("cannot build a client for {server}: {}", describe(&e)))?;
