@@ -10,6 +10,7 @@ pub mod annotations;
 pub mod check;
 pub mod crds;
 pub mod load;
+pub mod locality;
 pub mod mesh;
 pub mod networking;
 pub mod primitives;

@@ -136,6 +136,11 @@ pub struct MeshConfig {
         alias = "extension_providers"
     )]
     pub extension_providers: Vec<ExtensionProvider>,
+    /// Locality-aware load balancing for destinations whose DestinationRule sets none. Unset, as
+    /// in Istio, it is enabled: with outlier detection, traffic stays in the caller's locality
+    /// while it has healthy endpoints; `enabled: false` turns it off mesh-wide.
+    #[serde(skip_serializing_if = "Option::is_none", alias = "locality_lb_setting")]
+    pub locality_lb_setting: Option<crate::networking::LocalityLbSetting>,
 }
 
 /// One of `extensionProviders`: Trellis reads Envoy's external authorization, over HTTP or gRPC.
@@ -575,6 +580,15 @@ impl MeshConfig {
         let mut names = HashSet::new();
         for (i, provider) in self.extension_providers.iter().enumerate() {
             provider.validate_into(&format!("extensionProviders[{i}]."), &mut names, &mut errors);
+        }
+        if let Some(setting) = &self.locality_lb_setting {
+            let findings = crate::validate::locality_lb_setting("localityLbSetting", setting);
+            errors.extend(
+                findings
+                    .iter()
+                    .filter(|f| f.severity == crate::validate::Severity::Error)
+                    .map(|f| f.to_string()),
+            );
         }
         errors
     }
@@ -1388,6 +1402,24 @@ extensionProviders:
                 "extensionProviders[2].name: required",
                 "extensionProviders[2].envoyExtAuthzHttp: cannot be combined with envoyExtAuthzGrpc",
                 "extensionProviders[2].envoyExtAuthzHttp.includeRequestHeadersInCheck[0]: \"bad header\" is not a valid HTTP header name",
+            ]
+        );
+    }
+
+    #[test]
+    fn the_mesh_locality_setting_is_read_and_checked_like_a_destination_rules() {
+        let good = "localityLbSetting: {enabled: true, failover: [{from: us-east, to: eu-west}]}";
+        let (mesh, unknown) = MeshConfig::from_yaml(good).unwrap();
+        assert!(unknown.is_empty() && mesh.validate().is_empty(), "{unknown:?} {:?}", mesh.validate());
+        assert_eq!(mesh.locality_lb_setting.as_ref().and_then(|l| l.enabled), Some(true));
+        let bad = "locality_lb_setting: {distribute: [{from: 'us-east/*', to: {'us-east/*': 60}}], failover: [{from: a, to: a}]}";
+        let (mesh, _) = MeshConfig::from_yaml(bad).unwrap();
+        assert_eq!(
+            mesh.validate(),
+            [
+                "localityLbSetting: distribute and failover cannot both be set",
+                "localityLbSetting.distribute[0].to: weights sum to 60, must be 100",
+                "localityLbSetting.failover[0]: from and to are the same region \"a\"",
             ]
         );
     }

@@ -149,6 +149,36 @@ fn cases() -> Vec<(String, &'static str)> {
          "DestinationRule production/orders: spec.trafficPolicy.loadBalancer.localityLbSetting.distribute[0].to: weights sum to 90, must be 100"),
         (v(DR, "{host: orders, trafficPolicy: {loadBalancer: {localityLbSetting: {failover: [{from: us-east, to: us-east}]}}}}"),
          "DestinationRule production/orders: spec.trafficPolicy.loadBalancer.localityLbSetting.failover[0]: from and to are the same region \"us-east\""),
+        (v(DR, "{host: orders, trafficPolicy: {loadBalancer: {localityLbSetting: {distribute: [{from: us-west/*, to: {us-west/*: 80, us-east/*: 20}}], failover: [{from: us-west, to: us-east}]}}}}"),
+         "DestinationRule production/orders: spec.trafficPolicy.loadBalancer.localityLbSetting: distribute and failover cannot both be set"),
+        (v(DR, "{host: orders, trafficPolicy: {loadBalancer: {localityLbSetting: {distribute: [{from: 'us-west/*/rack', to: {us-west/*: 100}}]}}}}"),
+         "DestinationRule production/orders: spec.trafficPolicy.loadBalancer.localityLbSetting.distribute[0].from: locality \"us-west/*/rack\": the wildcard * may only be the whole last part, once"),
+        (v(DR, "{host: orders, trafficPolicy: {loadBalancer: {localityLbSetting: {distribute: [{from: us-west/a/b/c, to: {us-west/*: 100}}]}}}}"),
+         "DestinationRule production/orders: spec.trafficPolicy.loadBalancer.localityLbSetting.distribute[0].from: locality \"us-west/a/b/c\" has 4 parts; the form is region/zone/subzone"),
+        (v(DR, "{host: orders, trafficPolicy: {loadBalancer: {localityLbSetting: {distribute: [{from: us-west/*, to: {'us-west//a': 100}}]}}}}"),
+         "DestinationRule production/orders: spec.trafficPolicy.loadBalancer.localityLbSetting.distribute[0].to[\"us-west//a\"]: locality \"us-west//a\" has an empty part; the form is region/zone/subzone"),
+        (v(DR, "{host: orders, trafficPolicy: {loadBalancer: {localityLbSetting: {distribute: [{from: us-west/*, to: {us-west/*: 70, us-west/a: 30}}]}}}}"),
+         "DestinationRule production/orders: spec.trafficPolicy.loadBalancer.localityLbSetting.distribute[0].to[\"us-west/a\"]: locality \"us-west/a\" overlaps \"us-west/*\""),
+        (v(DR, "{host: orders, trafficPolicy: {loadBalancer: {localityLbSetting: {distribute: [{from: us-west/*, to: {us-west/*: 100}}, {from: us-west/a, to: {us-east/*: 100}}]}}}}"),
+         "DestinationRule production/orders: spec.trafficPolicy.loadBalancer.localityLbSetting.distribute[1].from: locality \"us-west/a\" overlaps \"us-west/*\""),
+        (v(DR, "{host: orders, trafficPolicy: {loadBalancer: {localityLbSetting: {distribute: [{from: us-west/*, to: {us-west/*: 100, us-east/*: 0}}]}}}}"),
+         "DestinationRule production/orders: spec.trafficPolicy.loadBalancer.localityLbSetting.distribute[0].to[\"us-east/*\"]: weight 0 must be between 1 and 100"),
+        (v(DR, "{host: orders, trafficPolicy: {loadBalancer: {localityLbSetting: {distribute: [{from: us-west/*}]}}}}"),
+         "DestinationRule production/orders: spec.trafficPolicy.loadBalancer.localityLbSetting.distribute[0].to: required: the localities traffic goes to, with their weights"),
+        (v(DR, "{host: orders, trafficPolicy: {loadBalancer: {localityLbSetting: {failover: [{from: us-east/a, to: eu-west}]}}}}"),
+         "DestinationRule production/orders: spec.trafficPolicy.loadBalancer.localityLbSetting.failover[0].from: \"us-east/a\" is not a region: failover names regions only, without / or *"),
+        (v(DR, "{host: orders, trafficPolicy: {loadBalancer: {localityLbSetting: {failover: [{from: us-east}]}}}}"),
+         "DestinationRule production/orders: spec.trafficPolicy.loadBalancer.localityLbSetting.failover[0]: from and to are both required"),
+        (v(DR, "{host: orders, trafficPolicy: {loadBalancer: {localityLbSetting: {failover: [{from: us-east, to: eu-west}], failoverPriority: [topology.kubernetes.io/zone]}}}}"),
+         "DestinationRule production/orders: spec.trafficPolicy.loadBalancer.localityLbSetting.failoverPriority[0]: \"topology.kubernetes.io/zone\" cannot be listed while failover is set (failover already orders by region)"),
+        (v(DR, "{host: orders, trafficPolicy: {loadBalancer: {localityLbSetting: {failoverPriority: ['bad key!']}}}}"),
+         "DestinationRule production/orders: spec.trafficPolicy.loadBalancer.localityLbSetting.failoverPriority[0]: label key \"bad key!\" is invalid (at most 63 of letters, digits, '-', '_', '.', starting and ending with a letter or digit)"),
+        (v(DR, "{host: orders, trafficPolicy: {loadBalancer: {localityLbSetting: {failoverPriority: [topology.istio.io/network, 'topology.istio.io/network=n1']}}}}"),
+         "DestinationRule production/orders: spec.trafficPolicy.loadBalancer.localityLbSetting.failoverPriority[1]: label \"topology.istio.io/network\" is listed twice"),
+        (v(DR, "{host: orders, subsets: [{name: v1, trafficPolicy: {loadBalancer: {localityLbSetting: {distribute: [{from: '*', to: {'*': 50}}]}}}}]}"),
+         "DestinationRule production/orders: spec.subsets[0].trafficPolicy.loadBalancer.localityLbSetting.distribute[0].to: weights sum to 50, must be 100"),
+        (v(DR, "{host: orders, trafficPolicy: {portLevelSettings: [{port: {number: 80}, loadBalancer: {localityLbSetting: {failover: [{from: a, to: a}]}}}]}}"),
+         "DestinationRule production/orders: spec.trafficPolicy.portLevelSettings[0].loadBalancer.localityLbSetting.failover[0]: from and to are the same region \"a\""),
         (v(DR, "{host: orders, trafficPolicy: {loadBalancer: {simple: FASTEST}}}"),
          "DestinationRule production/orders: spec.trafficPolicy.loadBalancer.simple: unknown variant `FASTEST`, expected one of UNSPECIFIED, LEAST_CONN, RANDOM, PASSTHROUGH, ROUND_ROBIN, LEAST_REQUEST (line 6, column 61)"),
         (v(DR, "{host: orders, trafficPolicy: {connectionPool: {tcp: {maxConnections: -1}}}}"),
@@ -210,6 +240,14 @@ fn cases() -> Vec<(String, &'static str)> {
          "WorkloadEntry production/orders: spec.ports.http: port 0 is out of range 1-65535"),
         (v(WE, "{address: 10.0.0.1, serviceAccount: Orders_SA}"),
          "WorkloadEntry production/orders: spec.serviceAccount: \"Orders_SA\" is not a valid DNS-1123 subdomain (lower-case labels separated by '.', at most 253 characters)"),
+        (v(WE, "{address: 10.0.0.1, locality: us-east/a/rack-1/shelf}"),
+         "WorkloadEntry production/orders: spec.locality: locality \"us-east/a/rack-1/shelf\" has 4 parts; the form is region/zone/subzone"),
+        (v(WE, "{address: 10.0.0.1, locality: /us-east-1a}"),
+         "WorkloadEntry production/orders: spec.locality: locality \"/us-east-1a\" has an empty region; the form is region/zone/subzone"),
+        (v(WE, "{address: 10.0.0.1, locality: 'us-east/*'}"),
+         "WorkloadEntry production/orders: spec.locality: locality \"us-east/*\" has a wildcard; only localityLbSetting patterns may"),
+        (v(WE, "{address: 10.0.0.1, labels: {istio-locality: us-east.a.b.c}}"),
+         "WorkloadEntry production/orders: spec.labels.istio-locality: locality \"us-east/a/b/c\" has 4 parts; the form is region/zone/subzone"),
         // --- Sidecar
         (v(SC, "{workloadSelector: {labels: {app: orders}}}"),
          "Sidecar production/orders: spec: a Sidecar needs at least one of egress, ingress, outboundTrafficPolicy or inboundConnectionPool"),
@@ -452,4 +490,35 @@ fn a_fault_without_a_percentage_is_accepted_with_a_warning_that_it_does_nothing(
         ]
     );
     assert!(checked.problems.iter().all(|p| p.severity == Severity::Warning));
+}
+
+#[test]
+fn locality_failover_without_outlier_detection_is_accepted_with_a_warning() {
+    let warnings = |spec: &str| -> Vec<String> {
+        let checked = check_text(&doc(DR, spec), UnknownFields::Reject);
+        assert_eq!(checked.errors(), 0, "{spec}: {:?}", checked.problems);
+        checked.problems.iter().map(|p| p.to_string().trim_start_matches("doc 1: ").to_owned()).collect()
+    };
+    assert_eq!(
+        warnings(
+            "{host: orders, trafficPolicy: {loadBalancer: {localityLbSetting: {failover: [{from: us-east, to: eu-west}]}}}}"
+        ),
+        [
+            "DestinationRule production/orders: spec.trafficPolicy.loadBalancer.localityLbSetting.failover: warning: has no effect without outlierDetection: as in Istio, traffic fails over only from endpoints outlier detection ejects"
+        ]
+    );
+    // A subset inherits the rule's outlier detection; distribute needs none.
+    assert!(
+        warnings("{host: orders, trafficPolicy: {outlierDetection: {consecutive5xxErrors: 3}}, subsets: [{name: v1, trafficPolicy: {loadBalancer: {localityLbSetting: {failoverPriority: [topology.istio.io/network]}}}}]}")
+            .is_empty()
+    );
+    assert!(
+        warnings("{host: orders, trafficPolicy: {loadBalancer: {localityLbSetting: {distribute: [{from: 'us-east/*', to: {'us-east/*': 80, 'eu-west/*': 20}}]}}}}")
+            .is_empty()
+    );
+    // Istio's documented examples.
+    assert!(
+        warnings("{host: orders, trafficPolicy: {outlierDetection: {consecutive5xxErrors: 1}, loadBalancer: {localityLbSetting: {enabled: true, failover: [{from: us-east, to: eu-west}, {from: us-west, to: us-east}], failoverPriority: [topology.istio.io/network, 'topology.istio.io/cluster=c1']}}}}")
+            .is_empty()
+    );
 }

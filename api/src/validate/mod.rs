@@ -69,6 +69,14 @@ pub fn authorization_rule_defects(path: &str, rule: &crate::security::Rule) -> V
     r.findings
 }
 
+/// The problems of a `localityLbSetting` whose field is `path` (a DestinationRule's, or the
+/// mesh config's `localityLbSetting`).
+pub fn locality_lb_setting(path: &str, setting: &crate::networking::LocalityLbSetting) -> Vec<Finding> {
+    let mut r = Report::default();
+    networking::locality_lb_setting(&mut r, path, setting);
+    r.findings
+}
+
 /// Collects findings as checks run.
 #[derive(Default)]
 pub(crate) struct Report {

@@ -5,8 +5,8 @@ use std::collections::{BTreeMap, BTreeSet};
 use crate::networking::*;
 use crate::primitives::{
     GoDuration, check_dns1123_label, check_dns1123_subdomain, check_duration_ms, check_header_name,
-    check_host_or_ip, check_port, check_re2_regex, check_wildcard_host, parse_go_duration, parse_ip,
-    parse_ip_or_cidr,
+    check_host_or_ip, check_label_key, check_label_value, check_port, check_re2_regex, check_wildcard_host,
+    parse_go_duration, parse_ip, parse_ip_or_cidr,
 };
 
 use super::{Report, export_to, labels};
@@ -522,8 +522,9 @@ pub(super) fn destination_rule(r: &mut Report, spec: &DestinationRuleSpec) {
         r.check("spec.host", check_host_or_ip(&spec.host));
     }
     if let Some(tp) = &spec.traffic_policy {
-        traffic_policy(r, "spec.trafficPolicy", tp);
+        traffic_policy(r, "spec.trafficPolicy", tp, false);
     }
+    let top_outlier = spec.traffic_policy.as_ref().is_some_and(|tp| tp.outlier_detection.is_some());
     let mut names = BTreeSet::new();
     for (i, subset) in spec.subsets.iter().enumerate() {
         let path = format!("spec.subsets[{i}]");
@@ -536,7 +537,7 @@ pub(super) fn destination_rule(r: &mut Report, spec: &DestinationRuleSpec) {
         }
         labels(r, &format!("{path}.labels"), &subset.labels);
         if let Some(tp) = &subset.traffic_policy {
-            traffic_policy(r, &format!("{path}.trafficPolicy"), tp);
+            traffic_policy(r, &format!("{path}.trafficPolicy"), tp, top_outlier);
         }
     }
     export_to(r, "spec.exportTo", &spec.export_to);
@@ -545,11 +546,19 @@ pub(super) fn destination_rule(r: &mut Report, spec: &DestinationRuleSpec) {
     }
 }
 
-fn traffic_policy(r: &mut Report, path: &str, tp: &TrafficPolicy) {
+/// `inherited_outlier`: the policy this one lies over (a subset's: the rule's) has outlier
+/// detection.
+fn traffic_policy(r: &mut Report, path: &str, tp: &TrafficPolicy, inherited_outlier: bool) {
     if *tp == TrafficPolicy::default() {
         r.error(path, "a traffic policy needs at least one setting");
         return;
     }
+    failover_needs_outlier_detection(
+        r,
+        path,
+        tp.load_balancer.as_ref(),
+        inherited_outlier || tp.outlier_detection.is_some(),
+    );
     policy_parts(
         r,
         path,
@@ -571,6 +580,8 @@ fn traffic_policy(r: &mut Report, path: &str, tp: &TrafficPolicy) {
                 }
             }
         }
+        // Port-level settings do not inherit.
+        failover_needs_outlier_detection(r, &p, pl.load_balancer.as_ref(), pl.outlier_detection.is_some());
         policy_parts(
             r,
             &p,
@@ -662,21 +673,46 @@ fn load_balancer(r: &mut Report, path: &str, lb: &LoadBalancerSettings) {
         }
     }
     if let Some(loc) = &lb.locality_lb_setting {
-        locality(r, &format!("{path}.localityLbSetting"), loc);
+        locality_lb_setting(r, &format!("{path}.localityLbSetting"), loc);
     }
     if let Some(w) = &lb.warmup_duration_secs {
         r.check(format!("{path}.warmupDurationSecs"), check_duration_ms(w));
     }
 }
 
-fn locality(r: &mut Report, path: &str, loc: &LocalityLbSetting) {
+/// Istio's rules for `localityLbSetting` (its `validateLocalityLbSetting`), each naming the
+/// field: `distribute` and `failover` exclude each other; `distribute` localities are patterns
+/// (`region/zone/subzone`, `*` only as the whole last part) that do not overlap, with weights of
+/// 1 to 100 summing to 100 per `from`; `failover` names two different regions; `failoverPriority`
+/// lists label keys (or `key=value`), not the topology labels when `failover` is set.
+pub(crate) fn locality_lb_setting(r: &mut Report, path: &str, loc: &LocalityLbSetting) {
+    use crate::locality::{FailoverLabel, LocalityPattern, REGION_LABEL, SUBZONE_LABEL, ZONE_LABEL};
     if !loc.distribute.is_empty() && !loc.failover.is_empty() {
         r.error(path, "distribute and failover cannot both be set");
     }
+    let mut froms: Vec<(String, LocalityPattern)> = Vec::new();
     for (i, d) in loc.distribute.iter().enumerate() {
         let p = format!("{path}.distribute[{i}]");
         if d.from.is_empty() {
             r.error(format!("{p}.from"), "required");
+        } else if let Some(pattern) = r.check(format!("{p}.from"), LocalityPattern::parse(&d.from)) {
+            no_overlap(r, &format!("{p}.from"), &d.from, &pattern, &froms);
+            froms.push((d.from.clone(), pattern));
+        }
+        if d.to.is_empty() {
+            r.error(format!("{p}.to"), "required: the localities traffic goes to, with their weights");
+            continue;
+        }
+        let mut tos: Vec<(String, LocalityPattern)> = Vec::new();
+        for (to, weight) in &d.to {
+            let field = format!("{p}.to[{to:?}]");
+            if let Some(pattern) = r.check(field.clone(), LocalityPattern::parse(to)) {
+                no_overlap(r, &field, to, &pattern, &tos);
+                tos.push((to.clone(), pattern));
+            }
+            if !(1..=100).contains(weight) {
+                r.error(field, format!("weight {weight} must be between 1 and 100"));
+            }
         }
         let sum: u64 = d.to.values().map(|w| u64::from(*w)).sum();
         if sum != 100 {
@@ -687,8 +723,80 @@ fn locality(r: &mut Report, path: &str, loc: &LocalityLbSetting) {
         let p = format!("{path}.failover[{i}]");
         if f.from.is_empty() || f.to.is_empty() {
             r.error(p, "from and to are both required");
-        } else if f.from == f.to {
-            r.error(p, format!("from and to are the same region {:?}", f.from));
+            continue;
+        }
+        if f.from == f.to {
+            r.error(p.clone(), format!("from and to are the same region {:?}", f.from));
+        }
+        for (name, region) in [("from", &f.from), ("to", &f.to)] {
+            if region.contains('/') || region.contains('*') {
+                r.error(
+                    format!("{p}.{name}"),
+                    format!("{region:?} is not a region: failover names regions only, without / or *"),
+                );
+            }
+        }
+    }
+    let mut keys = BTreeSet::new();
+    for (i, entry) in loc.failover_priority.iter().enumerate() {
+        let field = format!("{path}.failoverPriority[{i}]");
+        let label = FailoverLabel::parse(entry);
+        if r.check(field.clone(), check_label_key(&label.key)).is_none() {
+            continue;
+        }
+        if let Some(value) = &label.value {
+            r.check(field.clone(), check_label_value(value));
+        }
+        if !keys.insert(label.key.clone()) {
+            r.error(field.clone(), format!("label {:?} is listed twice", label.key));
+        }
+        if !loc.failover.is_empty() && [REGION_LABEL, ZONE_LABEL, SUBZONE_LABEL].contains(&label.key.as_str())
+        {
+            r.error(
+                field,
+                format!(
+                    "{:?} cannot be listed while failover is set (failover already orders by region)",
+                    label.key
+                ),
+            );
+        }
+    }
+}
+
+/// An error when `pattern` matches a locality that one of `earlier` matches too: Istio refuses
+/// such settings, as the weights (or sources) would be ambiguous.
+fn no_overlap(
+    r: &mut Report,
+    field: &str,
+    text: &str,
+    pattern: &crate::locality::LocalityPattern,
+    earlier: &[(String, crate::locality::LocalityPattern)],
+) {
+    if let Some((other, _)) = earlier.iter().find(|(_, p)| p.overlaps(pattern)) {
+        r.error(field, format!("locality {text:?} overlaps {other:?}"));
+    }
+}
+
+/// A warning when a policy asks for locality failover without outlier detection: as in Istio,
+/// failover (and `failoverPriority`) then does nothing, since no endpoint is ever seen unhealthy.
+fn failover_needs_outlier_detection(
+    r: &mut Report,
+    path: &str,
+    lb: Option<&LoadBalancerSettings>,
+    has_outlier: bool,
+) {
+    let Some(loc) = lb.and_then(|lb| lb.locality_lb_setting.as_ref()) else { return };
+    if has_outlier || loc.enabled == Some(false) {
+        return;
+    }
+    for (name, set) in
+        [("failover", !loc.failover.is_empty()), ("failoverPriority", !loc.failover_priority.is_empty())]
+    {
+        if set {
+            r.warn(
+                format!("{path}.loadBalancer.localityLbSetting.{name}"),
+                "has no effect without outlierDetection: as in Istio, traffic fails over only from endpoints outlier detection ejects",
+            );
         }
     }
 }
@@ -921,6 +1029,12 @@ pub(super) fn workload_entry(
         }
     }
     labels(r, &format!("{path}.labels"), &we.labels);
+    if !we.locality.is_empty() {
+        r.check(format!("{path}.locality"), crate::locality::Locality::parse(&we.locality));
+    } else if let Some(value) = we.labels.get(crate::locality::LOCALITY_LABEL) {
+        let field = format!("{path}.labels.{}", crate::locality::LOCALITY_LABEL);
+        r.check(field, crate::locality::Locality::from_label(value));
+    }
     if !we.service_account.is_empty() {
         r.check(format!("{path}.serviceAccount"), check_dns1123_subdomain(&we.service_account));
     }
