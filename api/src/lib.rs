@@ -16,5 +16,6 @@ pub mod networking;
 pub mod primitives;
 mod proto;
 pub mod resource;
+pub mod retry_budget;
 pub mod security;
 pub mod validate;

@@ -136,11 +136,66 @@ pub struct MeshConfig {
         alias = "extension_providers"
     )]
     pub extension_providers: Vec<ExtensionProvider>,
+    /// Trellis's own field, not one of Istio's MeshConfig: the retry budget of every
+    /// destination (Linkerd's), on by default with 20 % of requests plus 10 retries per second
+    /// over 10 s. A DestinationRule's `retry-budget.trellis.io/*` annotations change it for
+    /// its host (see [`crate::retry_budget`]).
+    #[serde(skip_serializing_if = "Option::is_none", alias = "retry_budget")]
+    pub retry_budget: Option<RetryBudgetConfig>,
     /// Locality-aware load balancing for destinations whose DestinationRule sets none. Unset, as
     /// in Istio, it is enabled: with outlier detection, traffic stays in the caller's locality
     /// while it has healthy endpoints; `enabled: false` turns it off mesh-wide.
     #[serde(skip_serializing_if = "Option::is_none", alias = "locality_lb_setting")]
     pub locality_lb_setting: Option<crate::networking::LocalityLbSetting>,
+}
+
+/// The mesh-wide retry budget (Trellis's own); unset fields keep the defaults. Numbers are read
+/// wide so that a wrong one is reported with its field rather than failing the whole config.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Default, JsonSchema)]
+#[serde(rename_all = "camelCase", default)]
+pub struct RetryBudgetConfig {
+    /// Default true.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub enabled: Option<bool>,
+    /// Retries per request, 0 to 1000. Default 0.2.
+    #[serde(skip_serializing_if = "Option::is_none", alias = "retry_ratio")]
+    pub retry_ratio: Option<f64>,
+    /// Retries allowed on top of the ratio, per second of the window. Default 10.
+    #[serde(skip_serializing_if = "Option::is_none", alias = "min_retries_per_second")]
+    pub min_retries_per_second: Option<i64>,
+    /// How long a request counts towards the budget, 1s to 60s. Default 10s.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ttl: Option<GoDuration>,
+}
+
+impl RetryBudgetConfig {
+    /// What it changes, and the problems of the values that cannot be used, each as (field
+    /// under `retryBudget.`, message).
+    pub fn overrides(&self) -> (crate::retry_budget::BudgetOverrides, Vec<(&'static str, String)>) {
+        use crate::retry_budget as rb;
+        let mut problems = Vec::new();
+        let mut keep = |field: &'static str, result: Result<(), String>| match result {
+            Ok(()) => true,
+            Err(message) => {
+                problems.push((field, message));
+                false
+            }
+        };
+        let retry_ratio = self.retry_ratio.filter(|r| keep("retryRatio", rb::check_retry_ratio(*r)));
+        let min_retries_per_second = self.min_retries_per_second.and_then(|n| {
+            let checked = rb::check_min_retries_per_second(n);
+            let value = checked.as_ref().ok().copied();
+            keep("minRetriesPerSecond", checked.map(drop));
+            value
+        });
+        let ttl = self.ttl.as_ref().and_then(|t| {
+            let checked = t.to_std().and_then(rb::check_ttl);
+            let value = checked.as_ref().ok().copied();
+            keep("ttl", checked.map(drop));
+            value
+        });
+        (rb::BudgetOverrides { enabled: self.enabled, retry_ratio, min_retries_per_second, ttl }, problems)
+    }
 }
 
 /// One of `extensionProviders`: Trellis reads Envoy's external authorization, over HTTP or gRPC.
@@ -538,6 +593,13 @@ impl MeshConfig {
         export_to_or_public(&self.default_destination_rule_export_to)
     }
 
+    /// The mesh-wide retry budget: the default with `retryBudget` over it (values that cannot
+    /// be used are left out; [`MeshConfig::validate`] reports them).
+    pub fn retry_budget(&self) -> crate::retry_budget::BudgetSetting {
+        let base = crate::retry_budget::BudgetSetting::default();
+        self.retry_budget.as_ref().map_or(base, |config| config.overrides().0.apply(base))
+    }
+
     /// Every problem in the config, each naming its field (`defaultConfig.statusPort: ...`).
     /// An empty list means the config can be used.
     pub fn validate(&self) -> Vec<String> {
@@ -580,6 +642,11 @@ impl MeshConfig {
         let mut names = HashSet::new();
         for (i, provider) in self.extension_providers.iter().enumerate() {
             provider.validate_into(&format!("extensionProviders[{i}]."), &mut names, &mut errors);
+        }
+        if let Some(budget) = &self.retry_budget {
+            for (field, message) in budget.overrides().1 {
+                errors.push(format!("retryBudget.{field}: {message}"));
+            }
         }
         if let Some(setting) = &self.locality_lb_setting {
             let findings = crate::validate::locality_lb_setting("localityLbSetting", setting);
@@ -980,6 +1047,33 @@ fn from_yaml_tracked<T: DeserializeOwned>(text: &str) -> Result<(T, Vec<String>)
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_retry_budget_is_on_by_default_and_its_fields_are_checked() {
+        use crate::retry_budget::{DEFAULT, RetryBudget};
+        assert_eq!(MeshConfig::default().retry_budget().effective(), Some(DEFAULT));
+        let (mesh, unknown) =
+            MeshConfig::from_yaml("retryBudget: {retryRatio: 0.5, minRetriesPerSecond: 3, ttl: 20s}")
+                .unwrap();
+        assert!(unknown.is_empty() && mesh.validate().is_empty(), "{unknown:?} {:?}", mesh.validate());
+        assert_eq!(
+            mesh.retry_budget().effective(),
+            Some(RetryBudget { retry_ratio: 0.5, min_retries_per_second: 3, ttl: Duration::from_secs(20) })
+        );
+        let (off, _) = MeshConfig::from_yaml("retryBudget: {enabled: false}").unwrap();
+        assert_eq!(off.retry_budget().effective(), None);
+        let (bad, _) =
+            MeshConfig::from_yaml("retryBudget: {retryRatio: -1, minRetriesPerSecond: -2, ttl: 2h}").unwrap();
+        assert_eq!(
+            bad.validate(),
+            [
+                "retryBudget.retryRatio: -1 is not a ratio between 0 and 1000 (0.2: one retry per five requests)",
+                "retryBudget.minRetriesPerSecond: -2 is not between 0 and 2147483647",
+                "retryBudget.ttl: 7200s is not between 1s and 60s",
+            ]
+        );
+        assert_eq!(bad.retry_budget().effective(), Some(DEFAULT), "bad values are left out");
+    }
 
     const ISTIO_STYLE: &str = r#"
 # as found in the istio ConfigMap's "mesh" key

@@ -28,9 +28,29 @@ fn vs_http(route: &str) -> String {
 
 const R: &str = "route: [{destination: {host: orders}}]";
 
+/// A DestinationRule for `orders` with one annotation.
+fn dr_annotated(key: &str, value: &str) -> String {
+    format!(
+        "apiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata:\n  name: orders\n  namespace: production\n  annotations: {{{key}: '{value}'}}\nspec: {{host: orders}}\n"
+    )
+}
+
 fn cases() -> Vec<(String, &'static str)> {
     let v = |kind: &str, spec: &str| doc(kind, spec);
     vec![
+        // --- DestinationRule annotations: Trellis's retry budget
+        (dr_annotated("retry-budget.trellis.io/retry-ratio", "-1"),
+         "DestinationRule production/orders: metadata.annotations.retry-budget.trellis.io/retry-ratio: -1 is not a ratio between 0 and 1000 (0.2: one retry per five requests)"),
+        (dr_annotated("retry-budget.trellis.io/retry-ratio", "twenty percent"),
+         "DestinationRule production/orders: metadata.annotations.retry-budget.trellis.io/retry-ratio: \"twenty percent\" is not a number"),
+        (dr_annotated("retry-budget.trellis.io/min-retries-per-second", "-5"),
+         "DestinationRule production/orders: metadata.annotations.retry-budget.trellis.io/min-retries-per-second: -5 is not between 0 and 2147483647"),
+        (dr_annotated("retry-budget.trellis.io/ttl", "5m"),
+         "DestinationRule production/orders: metadata.annotations.retry-budget.trellis.io/ttl: 300s is not between 1s and 60s"),
+        (dr_annotated("retry-budget.trellis.io/enabled", "yes"),
+         "DestinationRule production/orders: metadata.annotations.retry-budget.trellis.io/enabled: \"yes\" is not \"true\" or \"false\""),
+        (dr_annotated("retry-budget.trellis.io/ratio", "0.2"),
+         "DestinationRule production/orders: metadata.annotations.retry-budget.trellis.io/ratio: unknown retry budget annotation; known: retry-budget.trellis.io/enabled, retry-budget.trellis.io/retry-ratio, retry-budget.trellis.io/min-retries-per-second, retry-budget.trellis.io/ttl"),
         // --- VirtualService
         (vs_http("{route: [{destination: {host: orders, subset: v1}, weight: 60}, {destination: {host: orders, subset: v2}, weight: 50}]}"),
          "VirtualService production/orders: spec.http[0].route: weights sum to 110, must be 100"),

@@ -178,6 +178,11 @@ fn clusters(proxy: &Proxy) -> String {
             "{name}::upstream_rq_pending_overflow::{}",
             cluster.overflows.load(Ordering::Relaxed)
         );
+        let _ = writeln!(out, "{name}::rq_retry_active::{}", cluster.retry_limit.in_flight());
+        if let Some(budget) = &cluster.retry_budget {
+            let tokens = budget.balance(std::time::Instant::now());
+            let _ = writeln!(out, "{name}::retry_budget.tokens::{tokens}");
+        }
         let health = cluster.outlier.as_ref().map(|detector| {
             detector.refresh();
             let (enforced, overflow) = detector.totals();

@@ -41,6 +41,11 @@ pub struct Cluster {
     pub tls: crate::security::upstream::TlsPolicy,
     /// Outlier detection, when configured.
     pub outlier: Option<crate::outlier::Detector>,
+    /// The retry budget, when configured; shared with the cluster's next versions while its
+    /// settings stay the same.
+    pub retry_budget: Option<std::sync::Arc<crate::retry_budget::RetryBudget>>,
+    /// `maxRetries`: retries in flight at once.
+    pub retry_limit: crate::retry_budget::RetryLimit,
     /// The cluster's connections and their cap.
     pub pool: std::sync::Arc<crate::upstream::ClusterConnections>,
     /// HTTP/1.1 requests in flight, one per connection: at most `max_connections`.
@@ -138,6 +143,8 @@ impl Cluster {
             idle_timeout,
             tls,
             outlier: None,
+            retry_budget: None,
+            retry_limit: crate::retry_budget::RetryLimit::default(),
             active: AtomicU64::new(0),
             requests: AtomicU64::new(0),
             errors: AtomicU64::new(0),
@@ -173,6 +180,27 @@ impl Cluster {
         observed: crate::outlier::Observed,
     ) -> Option<crate::outlier::Verdict> {
         self.outlier.as_ref()?.report(index, observed)
+    }
+
+    /// A request on its way to the cluster: its deposit into the retry budget. Without a
+    /// budget, only a branch.
+    #[inline]
+    pub fn count_request(&self) {
+        self.requests.fetch_add(1, Ordering::Relaxed);
+        if let Some(budget) = &self.retry_budget {
+            budget.deposit(std::time::Instant::now());
+        }
+    }
+
+    /// Whether one more retry may be made: a place under `maxRetries` (held by the permit until
+    /// the retry's answer), then a token from the retry budget.
+    pub fn admit_retry(&self) -> Result<crate::retry_budget::RetryPermit<'_>, crate::retry_budget::Refused> {
+        use crate::retry_budget::Refused;
+        let permit = self.retry_limit.try_acquire().ok_or(Refused::MaxRetries)?;
+        match &self.retry_budget {
+            Some(budget) if !budget.try_withdraw(std::time::Instant::now()) => Err(Refused::Budget),
+            _ => Ok(permit),
+        }
     }
 
     /// Admits one more request within the pool limits, or says it overflows (counted). Every

@@ -464,6 +464,16 @@ fn compile_cluster(
         connections,
     );
     cluster.outlier = outlier;
+    // A budget whose settings did not change keeps what it counted.
+    cluster.retry_budget = crate::retry_budget::BudgetPolicy::compile(
+        c.retry_budget.as_ref(),
+        &format!("{field}.retry_budget"),
+    )?
+    .map(|policy| match previous.and_then(|p| p.retry_budget.as_ref()) {
+        Some(old) if old.policy == policy => old.clone(),
+        _ => Arc::new(crate::retry_budget::RetryBudget::new(policy)),
+    });
+    cluster.retry_limit = crate::retry_budget::RetryLimit::new(pool.max_retries);
     Ok(cluster)
 }
 
@@ -715,6 +725,16 @@ mod tests {
         let changed = example().replace("maxConnections: 100", "maxConnections: 5");
         let third = Snapshot::compile(parse(&changed).unwrap(), 3, Some(&second)).unwrap();
         assert!(!Arc::ptr_eq(&second.clusters[name], &third.clusters[name]));
+        let budget = |s: &Snapshot| s.clusters[name].retry_budget.clone().expect("the example has a budget");
+        assert!(
+            Arc::ptr_eq(&budget(&second), &budget(&third)),
+            "the same budget settings: what it counted stays"
+        );
+        let retuned = changed.replace("retryRatio: 0.2", "retryRatio: 0.1");
+        let fourth = Snapshot::compile(parse(&retuned).unwrap(), 4, Some(&third)).unwrap();
+        assert!(!Arc::ptr_eq(&budget(&third), &budget(&fourth)));
+        assert_eq!(budget(&fourth).policy.retry_ratio, 0.1);
+        assert_eq!(third.clusters[name].retry_limit.in_flight(), 0);
     }
 
     #[test]
@@ -751,6 +771,8 @@ mod tests {
                 "not a redirect",
             ),
             (("opaquePorts: [3306]", "opaquePorts: [3306, 70000]"), "opaque_ports[1]", "70000 is not a port"),
+            (("retryRatio: 0.2", "retryRatio: -1"), "clusters[0].retry_budget.retry_ratio", "not a ratio"),
+            (("ttl: 10s", "ttl: 0.5s"), "clusters[0].retry_budget.ttl", "not between 1s and 60s"),
             (
                 (
                     "retryOn: [connect-failure",

@@ -265,7 +265,7 @@ async fn to_cluster(
     proxy: &Proxy,
     snapshot: &Snapshot,
 ) -> Outcome {
-    cluster.requests.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    cluster.count_request();
     // The route's timeout covers the whole response: its body carries the same deadline.
     let deadline = route.timeout.map(|t| tokio::time::Instant::now() + t);
     let attempts = async {
@@ -338,9 +338,12 @@ async fn with_retries(
     };
     let mut previous = None;
     let mut backoff = retry.base_interval;
+    // The retry under way's place under `maxRetries`, held until its attempt is done.
+    let mut retrying = None;
     for left in (0..=retry.attempts).rev() {
         let request = Request::from_parts(parts.clone(), full(body.clone()));
         let result = attempt(request, cluster, conn, proxy, previous, retry.per_try_timeout, deadline).await;
+        drop(retrying.take());
         let retry_it = match &result {
             Ok((outcome, _)) => {
                 let grpc = outcome
@@ -363,6 +366,14 @@ async fn with_retries(
                 outcome.flags = "URX";
             }
             return outcome;
+        }
+        // `maxRetries` and the retry budget may refuse: then this answer stands.
+        match cluster.admit_retry() {
+            Ok(permit) => retrying = Some(permit),
+            Err(refused) => {
+                proxy.metrics.retry_refused(cluster.name(), refused);
+                return result.map_or_else(|failure| failure.into_outcome(cluster), |(outcome, _)| outcome);
+            }
         }
         previous = match &result {
             Ok((_, index)) => Some(*index),

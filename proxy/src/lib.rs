@@ -23,6 +23,7 @@ pub mod headers;
 pub mod listen;
 pub mod metrics;
 pub mod outlier;
+pub mod retry_budget;
 pub mod route;
 pub mod security;
 pub mod serve;

@@ -160,6 +160,7 @@ pub struct Metrics {
     authz: Family<AuthzLabels, Counter>,
     outlier_ejections: Family<OutlierLabels, Counter>,
     outlier_overflows: Family<OutlierLabels, Counter>,
+    retries_refused: Family<RetryRefusalLabels, Counter>,
     mesh: std::sync::OnceLock<Arc<trellis_identity::tls::MeshTls>>,
     /// Set when scraped, from the certificate held then.
     cert_expiry: prometheus_client::metrics::gauge::Gauge,
@@ -190,6 +191,13 @@ pub struct AuthzLabels {
 /// An outlier detection event: the cluster, and which counter reached its threshold.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct OutlierLabels {
+    pub cluster_name: String,
+    pub reason: &'static str,
+}
+
+/// A retry not made: the cluster, and what refused it (`retry_budget` or `max_retries`).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RetryRefusalLabels {
     pub cluster_name: String,
     pub reason: &'static str,
 }
@@ -257,6 +265,12 @@ impl Metrics {
             "Ejections outlier detection decided but maxEjectionPercent refused",
             outlier_overflows.clone(),
         );
+        let retries_refused = Family::<RetryRefusalLabels, Counter>::default();
+        registry.register(
+            "trellis_retries_refused",
+            "Retries a route's policy asked for but the cluster's retry budget or maxRetries refused (the last answer stood)",
+            retries_refused.clone(),
+        );
         let cert_expiry = prometheus_client::metrics::gauge::Gauge::default();
         registry.register(
             "trellis_workload_certificate_expiration_timestamp_seconds",
@@ -286,6 +300,7 @@ impl Metrics {
             authz,
             outlier_ejections,
             outlier_overflows,
+            retries_refused,
             mesh: std::sync::OnceLock::new(),
             cert_expiry,
             csr_failures,
@@ -306,6 +321,12 @@ impl Metrics {
         family
             .get_or_create(&OutlierLabels { cluster_name: cluster.to_owned(), reason: reason.label() })
             .inc();
+    }
+
+    /// A retry the cluster's retry budget or `maxRetries` refused.
+    pub fn retry_refused(&self, cluster: &str, refused: crate::retry_budget::Refused) {
+        let labels = RetryRefusalLabels { cluster_name: cluster.to_owned(), reason: refused.label() };
+        self.retries_refused.get_or_create(&labels).inc();
     }
 
     pub fn authz(&self, labels: &AuthzLabels) {

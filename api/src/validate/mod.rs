@@ -45,7 +45,10 @@ pub fn validate(resource: &Resource) -> Vec<Finding> {
     check_metadata(&mut r, resource);
     match resource {
         Resource::VirtualService(vs) => networking::virtual_service(&mut r, &vs.spec),
-        Resource::DestinationRule(dr) => networking::destination_rule(&mut r, &dr.spec),
+        Resource::DestinationRule(dr) => {
+            networking::destination_rule(&mut r, &dr.spec);
+            retry_budget_annotations(&mut r, dr.metadata.annotations.as_ref());
+        }
         Resource::ServiceEntry(se) => networking::service_entry(&mut r, &se.spec),
         Resource::WorkloadEntry(we) => networking::workload_entry(&mut r, "spec", &we.spec, None),
         Resource::Sidecar(sc) => networking::sidecar(&mut r, &sc.spec),
@@ -130,6 +133,23 @@ fn check_metadata(r: &mut Report, resource: &Resource) {
             format!("metadata.annotations.{}", crate::security::DRY_RUN_ANNOTATION),
             "only an AuthorizationPolicy supports this annotation; remove it",
         );
+    }
+    if !matches!(resource, Resource::DestinationRule(_)) {
+        let keys = meta.annotations.iter().flat_map(|a| a.keys());
+        for key in keys.filter(|k| k.starts_with(crate::retry_budget::PREFIX)) {
+            r.warn(
+                format!("metadata.annotations.{key}"),
+                "only a DestinationRule's retry budget annotations are read; this one has no effect",
+            );
+        }
+    }
+}
+
+/// A DestinationRule's `retry-budget.trellis.io/*` annotations (Trellis's retry budget).
+fn retry_budget_annotations(r: &mut Report, annotations: Option<&BTreeMap<String, String>>) {
+    let Some(annotations) = annotations else { return };
+    for (key, message) in crate::retry_budget::BudgetOverrides::from_annotations(annotations).1 {
+        r.error(format!("metadata.annotations.{key}"), message);
     }
 }
 

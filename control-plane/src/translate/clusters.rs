@@ -9,6 +9,7 @@ use trellis_api::networking::{
     ClientTlsMode, ClientTlsSettings, ConnectionPoolSettings, DestinationRuleSpec, H2UpgradePolicy,
     HttpSettings, LoadBalancerSettings, OutlierDetection, SimpleLb, TrafficPolicy,
 };
+use trellis_api::retry_budget::{BudgetOverrides, BudgetSetting};
 use trellis_xds::config as pb;
 
 use super::hosts;
@@ -68,8 +69,10 @@ pub fn for_port(
     port: &ServicePort,
     rule: Option<Rule<'_>>,
     connect_timeout: Duration,
+    mesh_budget: BudgetSetting,
 ) -> Vec<pb::Cluster> {
     let endpoints = service_port_name(&service.hostname, port.number);
+    let retry_budget = retry_budget(mesh_budget, rule);
     let build = |name: String, subset: BTreeMap<String, String>, policy: Policy<'_>| pb::Cluster {
         name,
         service: endpoints.clone(),
@@ -80,6 +83,7 @@ pub fn for_port(
         upstream_protocol: upstream_protocol(port.protocol, policy.pool.and_then(|p| p.http.as_ref())).into(),
         tls: Some(client_tls(policy.tls, rule)),
         outlier_detection: policy.outlier.map(|od| outlier_detection(od, rule)),
+        retry_budget,
     };
     let top = Policy::default().overlay(rule.and_then(|r| r.spec.traffic_policy.as_ref()), port.number);
     let mut clusters = vec![build(cluster_name(port.number, "", &service.hostname), BTreeMap::new(), top)];
@@ -95,6 +99,27 @@ pub fn for_port(
         clusters.push(build(name, subset.labels.clone(), policy));
     }
     clusters
+}
+
+/// The retry budget of a rule's clusters (Trellis's own, beyond Istio): the mesh's, with the
+/// rule's `retry-budget.trellis.io/*` annotations over it. Validation refuses a rule with a bad
+/// one; should one get here, it is left out with a warning.
+fn retry_budget(mesh: BudgetSetting, rule: Option<Rule<'_>>) -> Option<pb::RetryBudget> {
+    let setting = match rule {
+        None => mesh,
+        Some(rule) => {
+            let (overrides, problems) = BudgetOverrides::from_annotations(rule.annotations);
+            for (key, message) in problems {
+                warn!(resource = %rule, field = %format!("metadata.annotations.{key}"), %message, "ignored");
+            }
+            overrides.apply(mesh)
+        }
+    };
+    setting.effective().map(|b| pb::RetryBudget {
+        retry_ratio: b.retry_ratio,
+        min_retries_per_second: b.min_retries_per_second,
+        ttl: Some(b.ttl.into()),
+    })
 }
 
 /// The parts of a traffic policy the proxy implements.
@@ -304,6 +329,7 @@ fn connection_pool(
         connect_timeout: Some(connect_timeout.into()),
         idle_timeout: idle_timeout.map(Into::into),
         max_requests_per_connection: count(http.map(|h| h.max_requests_per_connection)),
+        max_retries: count(http.map(|h| h.max_retries)),
     }
 }
 
@@ -438,6 +464,7 @@ spec:
         http1MaxPendingRequests: 10
         http2MaxRequests: 200
         maxRequestsPerConnection: 5
+        maxRetries: 3
         idleTimeout: 30s
         h2UpgradePolicy: UPGRADE
     portLevelSettings:
@@ -464,6 +491,7 @@ spec:
                 connect_timeout: secs(1),
                 idle_timeout: secs(30),
                 max_requests_per_connection: 5,
+                max_retries: 3,
             }
         );
         assert_eq!(http.upstream_protocol(), pb::UpstreamProtocol::Http2PriorKnowledge, "h2UpgradePolicy");
@@ -531,6 +559,60 @@ spec:
         assert_eq!(od(yaml.clone(), "outbound|80|v1|api.shop.internal").unwrap().consecutive_5xx_errors, 2);
         assert_eq!(od(yaml, "outbound|9090||api.shop.internal"), None);
         assert_eq!(od(API.to_owned(), top), None);
+    }
+
+    #[test]
+    fn retry_budgets_are_on_by_default_and_set_mesh_wide_or_per_rule() {
+        let linkerds = |ratio: f64, min: u32, ttl: u64| pb::RetryBudget {
+            retry_ratio: ratio,
+            min_retries_per_second: min,
+            ttl: secs(ttl),
+        };
+        let budget = |config: &pb::ProxyConfig, name: &str| cluster(config, name).retry_budget;
+        let plain = config(&model(API), "shop");
+        assert_eq!(budget(&plain, "outbound|80||api.shop.internal"), Some(linkerds(0.2, 10, 10)));
+
+        let rule = |annotations: &str| {
+            format!(
+                "{API}---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {{ name: api, namespace: shop, annotations: {{ {annotations} }} }}
+spec:
+  host: api.shop.internal
+  subsets: [{{ name: v1, labels: {{ version: v1 }} }}]
+"
+            )
+        };
+        let tuned = config(
+            &model(&rule("retry-budget.trellis.io/retry-ratio: '0.5', retry-budget.trellis.io/ttl: 30s")),
+            "shop",
+        );
+        for name in [
+            "outbound|80||api.shop.internal",
+            "outbound|80|v1|api.shop.internal",
+            "outbound|9090||api.shop.internal",
+        ] {
+            assert_eq!(budget(&tuned, name), Some(linkerds(0.5, 10, 30)), "{name}: every port and subset");
+        }
+        let off = config(&model(&rule("retry-budget.trellis.io/enabled: 'false'")), "shop");
+        assert_eq!(budget(&off, "outbound|80|v1|api.shop.internal"), None);
+
+        // Mesh-wide: values, or off (and then a rule's value turns it back on for its host).
+        let mesh =
+            |yaml: &str, annotations: &str| config(&with_mesh(model(&rule(annotations)), yaml), "shop");
+        let wide = mesh("retryBudget: { retryRatio: 0.1, minRetriesPerSecond: 1 }", "");
+        assert_eq!(budget(&wide, "outbound|80||api.shop.internal"), Some(linkerds(0.1, 1, 10)));
+        let mesh_off = mesh("retryBudget: { enabled: false, minRetriesPerSecond: 3 }", "");
+        assert_eq!(budget(&mesh_off, "outbound|80||api.shop.internal"), None);
+        let back_on = mesh(
+            "retryBudget: { enabled: false, minRetriesPerSecond: 3 }",
+            "retry-budget.trellis.io/retry-ratio: '1'",
+        );
+        assert_eq!(budget(&back_on, "outbound|80||api.shop.internal"), Some(linkerds(1.0, 3, 10)));
+        // A bad mesh value is left out (trellisd warned at start-up).
+        let bad = mesh("retryBudget: { retryRatio: 7000 }", "");
+        assert_eq!(budget(&bad, "outbound|80||api.shop.internal"), Some(linkerds(0.2, 10, 10)));
     }
 
     #[test]

@@ -5,6 +5,7 @@ use std::time::Duration;
 use tracing::warn;
 use trellis_api::mesh::{DEFAULT_CONNECT_TIMEOUT, MeshConfig, OutboundTrafficMode};
 use trellis_api::networking::{OutboundTrafficPolicyMode, SidecarSpec};
+use trellis_api::retry_budget::BudgetSetting;
 use trellis_xds::config as pb;
 
 /// The Sidecar's `outboundTrafficPolicy.mode` when it sets one, else the mesh's.
@@ -34,6 +35,18 @@ pub fn connect_timeout(mesh: &MeshConfig) -> Duration {
         warn!(resource = "MeshConfig", field = "connectTimeout", %message, "using the default");
         DEFAULT_CONNECT_TIMEOUT
     })
+}
+
+/// Every cluster's retry budget unless its DestinationRule says otherwise: the default (on,
+/// Linkerd's values) with the mesh config's `retryBudget` over it; a value that cannot be used
+/// is left out with a warning.
+pub fn retry_budget(mesh: &MeshConfig) -> BudgetSetting {
+    if let Some(config) = &mesh.retry_budget {
+        for (field, message) in config.overrides().1 {
+            warn!(resource = "MeshConfig", field = %format!("retryBudget.{field}"), %message, "using the default");
+        }
+    }
+    mesh.retry_budget()
 }
 
 #[cfg(test)]

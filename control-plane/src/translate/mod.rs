@@ -130,6 +130,7 @@ fn add_clusters(
 ) {
     let rules = clusters::DestinationRules::visible(model, view);
     let connect_timeout = mesh::connect_timeout(&model.mesh);
+    let retry_budget = mesh::retry_budget(&model.mesh);
     for service in services.values() {
         let rule = rules.for_service(service);
         for port in &service.ports {
@@ -142,7 +143,7 @@ fn add_clusters(
                     .map(|(ns, sa)| format!("spiffe://{}/ns/{ns}/sa/{sa}", model.mesh.trust_domain()))
                     .collect(),
             });
-            config.clusters.extend(clusters::for_port(service, port, rule, connect_timeout));
+            config.clusters.extend(clusters::for_port(service, port, rule, connect_timeout, retry_budget));
         }
     }
 }

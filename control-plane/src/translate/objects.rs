@@ -1,6 +1,7 @@
 //! Borrowed, typed views of the model's Istio resources, each with the name that log lines use
 //! for it (`VirtualService shop/reviews`).
 
+use std::collections::BTreeMap;
 use std::fmt;
 
 use trellis_api::networking::{
@@ -10,13 +11,16 @@ use trellis_api::resource::{Kind, Resource};
 
 use crate::model::Model;
 
-/// One resource of the model: where it lives and its spec.
+/// One resource of the model: where it lives, its annotations and its spec.
 pub struct Object<'a, T> {
     pub kind: Kind,
     pub namespace: &'a str,
     pub name: &'a str,
+    pub annotations: &'a BTreeMap<String, String>,
     pub spec: &'a T,
 }
+
+static NO_ANNOTATIONS: BTreeMap<String, String> = BTreeMap::new();
 
 impl<T> Clone for Object<'_, T> {
     fn clone(&self) -> Self {
@@ -45,7 +49,8 @@ fn of_kind<'a, T: 'a>(
     spec: fn(&Resource) -> Option<&T>,
 ) -> impl Iterator<Item = Object<'a, T>> {
     model.of_kind(kind).filter_map(move |(key, resource)| {
-        Some(Object { kind, namespace: &key.namespace, name: &key.name, spec: spec(resource)? })
+        let annotations = resource.metadata().annotations.as_ref().unwrap_or(&NO_ANNOTATIONS);
+        Some(Object { kind, namespace: &key.namespace, name: &key.name, annotations, spec: spec(resource)? })
     })
 }
 
