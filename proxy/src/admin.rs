@@ -198,6 +198,10 @@ fn clusters(proxy: &Proxy) -> String {
             // Envoy's words for an ejected host.
             let flags = if endpoint.is_some_and(|e| e.ejected) { "/failed_outlier_check" } else { "healthy" };
             let _ = writeln!(out, "{name}::{}::health_flags::{flags}", target.addr);
+            if let Some(locality) = &cluster.locality {
+                let (what, value) = locality.describe(i);
+                let _ = writeln!(out, "{name}::{}::{what}::{value}", target.addr);
+            }
             if let Some(endpoint) = endpoint {
                 let _ = writeln!(out, "{name}::{}::outlier_ejections::{}", target.addr, endpoint.ejections);
             }

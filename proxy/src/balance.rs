@@ -49,14 +49,28 @@ pub struct Balancer {
     policy: Policy,
     targets: Vec<Target>,
     active: Vec<Counter>,
-    weights: Cumulative,
-    strategy: Strategy,
+    /// Every endpoint.
+    all: Pool,
+    /// Sets of endpoints picked from on their own (locality-aware balancing's priority levels or
+    /// localities), each with tables of its own; none without locality-aware balancing.
+    parts: Vec<Pool>,
 }
 
 /// Each counter on its own cache line: workers on different cores bump different endpoints' counts
 /// all the time, and sharing a line would make them contend anyway.
 #[repr(align(64))]
 struct Counter(AtomicU64);
+
+/// A set of endpoints and the tables picks among them read. Positions in the set map to the
+/// balancer's endpoint indexes.
+struct Pool {
+    /// The balancer's index at each position, ascending; empty for the pool of every endpoint,
+    /// whose positions are the indexes.
+    members: Vec<u32>,
+    len: usize,
+    weights: Cumulative,
+    strategy: Strategy,
+}
 
 enum Strategy {
     RoundRobin {
@@ -73,14 +87,12 @@ enum Strategy {
     Maglev(Vec<u32>),
 }
 
-impl Balancer {
-    pub fn new(policy: Policy, mut targets: Vec<Target>) -> Balancer {
-        for target in &mut targets {
-            target.weight = target.weight.max(1);
-        }
+impl Pool {
+    /// The tables for `targets` (weights already at least 1); `members` as in [`Pool::members`].
+    fn new(policy: Policy, targets: &[Target], members: Vec<u32>) -> Pool {
         let strategy = match policy {
             Policy::RoundRobin => {
-                let schedule = round_robin_schedule(&targets);
+                let schedule = round_robin_schedule(targets);
                 // Start somewhere random so proxies started together do not all begin on endpoint 0.
                 let start = rand::rng().random_range(0..schedule.len().max(1));
                 Strategy::RoundRobin { schedule, cursor: AtomicUsize::new(start) }
@@ -88,17 +100,57 @@ impl Balancer {
             Policy::LeastRequest => Strategy::LeastRequest,
             Policy::Random => Strategy::Random,
             Policy::RingHash => {
-                let (points, owners) = build_ring(&targets).into_iter().unzip();
+                let (points, owners) = build_ring(targets).into_iter().unzip();
                 Strategy::Ring { points, owners }
             }
-            Policy::Maglev => Strategy::Maglev(build_maglev(&targets)),
+            Policy::Maglev => Strategy::Maglev(build_maglev(targets)),
         };
+        Pool { members, len: targets.len(), weights: Cumulative::new(targets), strategy }
+    }
+
+    /// The balancer's index of position `pos`.
+    #[inline]
+    fn index(&self, pos: usize) -> usize {
+        if self.members.is_empty() { pos } else { self.members[pos] as usize }
+    }
+
+    /// The position of the balancer's index `index`, if it is in the pool.
+    fn position(&self, index: usize) -> Option<usize> {
+        if self.members.is_empty() {
+            (index < self.len).then_some(index)
+        } else {
+            u32::try_from(index).ok().and_then(|i| self.members.binary_search(&i).ok())
+        }
+    }
+}
+
+impl Balancer {
+    pub fn new(policy: Policy, targets: Vec<Target>) -> Balancer {
+        Balancer::partitioned(policy, targets, Vec::new())
+    }
+
+    /// A balancer that can also pick within each of `parts` (sets of indexes into `targets`;
+    /// out-of-range indexes are dropped), for locality-aware balancing.
+    pub fn partitioned(policy: Policy, mut targets: Vec<Target>, parts: Vec<Vec<usize>>) -> Balancer {
+        for target in &mut targets {
+            target.weight = target.weight.max(1);
+        }
+        let parts = parts
+            .into_iter()
+            .map(|mut members| {
+                members.retain(|&i| i < targets.len());
+                members.sort_unstable();
+                members.dedup();
+                let subset: Vec<Target> = members.iter().map(|&i| targets[i].clone()).collect();
+                Pool::new(policy, &subset, members.into_iter().map(|i| i as u32).collect())
+            })
+            .collect();
         Balancer {
             policy,
             active: targets.iter().map(|_| Counter(AtomicU64::new(0))).collect(),
-            weights: Cumulative::new(&targets),
+            all: Pool::new(policy, &targets, Vec::new()),
+            parts,
             targets,
-            strategy,
         }
     }
 
@@ -126,17 +178,53 @@ impl Balancer {
         avoid: Option<usize>,
         excluded: &[usize],
     ) -> Option<Picked<'_>> {
-        let n = self.targets.len();
-        let excluded: Vec<usize> = excluded.iter().copied().filter(|&i| i < n).collect();
+        self.pick_from_excluding(&self.all, hash, avoid, excluded)
+    }
+
+    /// How many parts [`Balancer::partitioned`] was given.
+    pub fn parts(&self) -> usize {
+        self.parts.len()
+    }
+
+    /// As [`Balancer::pick`], among the endpoints of part `part` only: `None` when it has none.
+    #[must_use = "the request counts as active only while the guard is held"]
+    pub fn pick_in(&self, part: usize, hash: Option<u64>, avoid: Option<usize>) -> Option<Picked<'_>> {
+        self.pick_from(self.parts.get(part)?, &mut rand::rng(), hash, avoid)
+    }
+
+    /// As [`Balancer::pick_excluding`], among the endpoints of part `part` only.
+    #[must_use = "the request counts as active only while the guard is held"]
+    pub fn pick_in_excluding(
+        &self,
+        part: usize,
+        hash: Option<u64>,
+        avoid: Option<usize>,
+        excluded: &[usize],
+    ) -> Option<Picked<'_>> {
+        self.pick_from_excluding(self.parts.get(part)?, hash, avoid, excluded)
+    }
+
+    fn pick_from_excluding(
+        &self,
+        pool: &Pool,
+        hash: Option<u64>,
+        avoid: Option<usize>,
+        excluded: &[usize],
+    ) -> Option<Picked<'_>> {
+        let n = pool.len;
+        // Positions, ascending like the indexes.
+        let excluded: Vec<usize> = excluded.iter().filter_map(|&i| pool.position(i)).collect();
         if excluded.is_empty() {
-            return self.pick(hash, avoid);
+            return self.pick_from(pool, &mut rand::rng(), hash, avoid);
         }
         if excluded.len() >= n {
             return None;
         }
         let mut rng = rand::rng();
         // `avoid` (a retry's previous endpoint) only while another endpoint is left.
-        let avoid = avoid.filter(|&a| a < n && excluded.binary_search(&a).is_err() && n - excluded.len() > 1);
+        let avoid = avoid
+            .and_then(|a| pool.position(a))
+            .filter(|&a| excluded.binary_search(&a).is_err() && n - excluded.len() > 1);
         let mut skipped = excluded;
         if let Some(a) = avoid {
             let at = skipped.partition_point(|&i| i < a);
@@ -147,19 +235,20 @@ impl Balancer {
             let (before, after) = table.split_at(start.min(table.len()));
             after.iter().chain(before).map(|&i| i as usize).find(|&i| usable(i))
         };
-        let found = match (&self.strategy, hash) {
+        let found = match (&pool.strategy, hash) {
             (Strategy::RoundRobin { schedule, cursor }, _) if !schedule.is_empty() => {
                 walk(schedule, cursor.fetch_add(1, Relaxed) % schedule.len())
             }
             (Strategy::LeastRequest, _) => {
-                let first = self.weights.draw(&mut rng, &skipped);
+                let first = pool.weights.draw(&mut rng, &skipped);
                 if n - skipped.len() < 2 {
                     Some(first)
                 } else {
                     let mut both = skipped.clone();
                     both.insert(both.partition_point(|&i| i < first), first);
-                    let second = self.weights.draw(&mut rng, &both);
-                    Some(if self.active(second) < self.active(first) { second } else { first })
+                    let second = pool.weights.draw(&mut rng, &both);
+                    let busier = self.active(pool.index(second)) >= self.active(pool.index(first));
+                    Some(if busier { first } else { second })
                 }
             }
             (Strategy::Ring { points, owners }, Some(hash)) => {
@@ -171,8 +260,8 @@ impl Balancer {
             }
             _ => None,
         };
-        let index = found.unwrap_or_else(|| self.weights.draw(&mut rng, &skipped));
-        Some(self.acquire(index))
+        let pos = found.unwrap_or_else(|| pool.weights.draw(&mut rng, &skipped));
+        Some(self.acquire(pool.index(pos)))
     }
 
     /// Active requests on an endpoint (0 for an index out of range).
@@ -193,28 +282,44 @@ impl Balancer {
         hash: Option<u64>,
         avoid: Option<usize>,
     ) -> Option<Picked<'_>> {
-        let n = self.targets.len();
-        let index = match n {
-            0 => return None,
-            1 => 0,
-            _ => self.choose(rng, hash, avoid.filter(|&i| i < n)),
-        };
-        Some(self.acquire(index))
+        self.pick_from(&self.all, rng, hash, avoid)
     }
 
-    /// Chooses among two or more targets; `avoid`, if any, is in range.
-    fn choose<R: Rng + ?Sized>(&self, rng: &mut R, hash: Option<u64>, avoid: Option<usize>) -> usize {
-        let n = self.targets.len();
+    #[inline]
+    fn pick_from<R: Rng + ?Sized>(
+        &self,
+        pool: &Pool,
+        rng: &mut R,
+        hash: Option<u64>,
+        avoid: Option<usize>,
+    ) -> Option<Picked<'_>> {
+        let pos = match pool.len {
+            0 => return None,
+            1 => 0,
+            _ => self.choose(pool, rng, hash, avoid.and_then(|a| pool.position(a))),
+        };
+        Some(self.acquire(pool.index(pos)))
+    }
+
+    /// Chooses a position among two or more in `pool`; `avoid`, if any, is a position in it.
+    fn choose<R: Rng + ?Sized>(
+        &self,
+        pool: &Pool,
+        rng: &mut R,
+        hash: Option<u64>,
+        avoid: Option<usize>,
+    ) -> usize {
+        let n = pool.len;
         // Reads a table cyclically from `start` and takes the first endpoint that is not `avoid`.
         let walk = |table: &[u32], start: usize| {
             let (before, after) = table.split_at(start.min(table.len()));
             after.iter().chain(before).map(|&i| i as usize).find(|&i| i < n && Some(i) != avoid)
         };
-        let found = match (&self.strategy, hash) {
+        let found = match (&pool.strategy, hash) {
             (Strategy::RoundRobin { schedule, cursor }, _) if !schedule.is_empty() => {
                 walk(schedule, cursor.fetch_add(1, Relaxed) % schedule.len())
             }
-            (Strategy::LeastRequest, _) => Some(self.least_request(rng, avoid)),
+            (Strategy::LeastRequest, _) => Some(self.least_request(pool, rng, avoid)),
             (Strategy::Ring { points, owners }, Some(hash)) => {
                 // The first point at or after the key, wrapping; a retry walks on to the next endpoint.
                 let start = points.partition_point(|&point| point < hash) % points.len().max(1);
@@ -227,13 +332,13 @@ impl Balancer {
             // table holds no endpoint other than the one to avoid.
             _ => None,
         };
-        found.unwrap_or_else(|| self.weights.draw(rng, avoid.as_slice()))
+        found.unwrap_or_else(|| pool.weights.draw(rng, avoid.as_slice()))
     }
 
     /// Power of two choices: two distinct weighted-random endpoints, the less busy one wins.
-    fn least_request<R: Rng + ?Sized>(&self, rng: &mut R, avoid: Option<usize>) -> usize {
-        let first = self.weights.draw(rng, avoid.as_slice());
-        if self.targets.len() - usize::from(avoid.is_some()) < 2 {
+    fn least_request<R: Rng + ?Sized>(&self, pool: &Pool, rng: &mut R, avoid: Option<usize>) -> usize {
+        let first = pool.weights.draw(rng, avoid.as_slice());
+        if pool.len - usize::from(avoid.is_some()) < 2 {
             return first;
         }
         let pair;
@@ -244,8 +349,8 @@ impl Balancer {
             }
             None => std::slice::from_ref(&first),
         };
-        let second = self.weights.draw(rng, excluded);
-        if self.active(second) < self.active(first) { second } else { first }
+        let second = pool.weights.draw(rng, excluded);
+        if self.active(pool.index(second)) < self.active(pool.index(first)) { second } else { first }
     }
 
     fn acquire(&self, index: usize) -> Picked<'_> {
@@ -629,7 +734,7 @@ mod tests {
         // gcd 100 => weights 3000:1000:1, one cycle of 4001 picks.
         assert_eq!(counts(&balancer, 4001), [3000, 1000, 1]);
         let huge = Balancer::new(Policy::RoundRobin, targets(&[u32::MAX, u32::MAX - 1, 1]));
-        let Strategy::RoundRobin { schedule, .. } = &huge.strategy else { unreachable!() };
+        let Strategy::RoundRobin { schedule, .. } = &huge.all.strategy else { unreachable!() };
         assert!(schedule.len() as u64 <= MAX_SCHEDULE + 3);
         assert!(schedule.contains(&2));
     }
@@ -719,6 +824,49 @@ mod tests {
     }
 
     #[test]
+    fn parts_pick_only_their_own_endpoints() {
+        for policy in ALL {
+            let parts = vec![vec![3, 1], vec![4], vec![], vec![0, 9]];
+            let balancer = Balancer::partitioned(policy, targets(&[1, 2, 3, 4, 5]), parts);
+            assert_eq!(balancer.parts(), 4);
+            for round in 0..400u64 {
+                let hash = Some(hash_key(&round.to_le_bytes()));
+                let picked = balancer.pick_in(0, hash, None).expect("two endpoints").index();
+                assert!(picked == 1 || picked == 3, "{policy:?}: {picked}");
+                let retry = balancer.pick_in(0, hash, Some(picked)).expect("two endpoints").index();
+                assert!(retry != picked && (retry == 1 || retry == 3), "{policy:?}: {retry} after {picked}");
+                assert_eq!(balancer.pick_in(1, hash, Some(4)).map(|p| p.index()), Some(4), "{policy:?}");
+                assert!(balancer.pick_in(2, hash, None).is_none(), "an empty part");
+                assert_eq!(balancer.pick_in(3, hash, None).map(|p| p.index()), Some(0), "9 is dropped");
+                assert!(balancer.pick_in(7, hash, None).is_none(), "no such part");
+                let left = balancer.pick_in_excluding(0, hash, Some(1), &[0, 3]).map(|p| p.index());
+                assert_eq!(left, Some(1), "{policy:?}: the one left, even when avoided");
+                assert!(balancer.pick_in_excluding(0, hash, None, &[1, 3]).is_none());
+            }
+            assert!((0..5).all(|i| balancer.active(i) == 0), "{policy:?}");
+            // The whole set is still there.
+            assert!(counts(&balancer, 500).iter().all(|&c| c > 0), "{policy:?}");
+        }
+    }
+
+    #[test]
+    fn a_part_keeps_its_weights_and_shares_the_active_counts() {
+        let balancer = Balancer::partitioned(Policy::Random, targets(&[1, 1, 1, 3]), vec![vec![2, 3]]);
+        let mut seen = [0usize; 4];
+        for _ in 0..10_000 {
+            seen[balancer.pick_in(0, None, None).expect("targets").index()] += 1;
+        }
+        assert_eq!((seen[0], seen[1]), (0, 0));
+        assert_weighted(&[seen[2], seen[3]], &[1, 3]);
+        // Requests counted through the whole set weigh on picks in a part, and back.
+        let least = Balancer::partitioned(Policy::LeastRequest, targets(&[1, 1, 1]), vec![vec![0, 1]]);
+        let _busy: Vec<Picked<'_>> = (0..5).map(|_| least.acquire(0)).collect();
+        assert!((0..200).all(|_| least.pick_in(0, None, None).expect("targets").index() == 1));
+        let held = least.pick_in(0, None, None).expect("targets");
+        assert_eq!(least.active(held.index()), 1);
+    }
+
+    #[test]
     fn avoid_with_two_targets_gives_the_other() {
         for policy in ALL {
             let balancer = Balancer::new(policy, targets(&[1, 9]));
@@ -733,7 +881,7 @@ mod tests {
     fn maglev_avoid_falls_back_when_the_other_endpoint_has_no_slots() {
         // Weight 1 against u32::MAX gets no turn before the table is full.
         let balancer = Balancer::new(Policy::Maglev, targets(&[u32::MAX, 1]));
-        let Strategy::Maglev(table) = &balancer.strategy else { unreachable!() };
+        let Strategy::Maglev(table) = &balancer.all.strategy else { unreachable!() };
         assert!(table.iter().all(|&entry| entry == 0));
         assert_eq!(balancer.pick(Some(7), Some(0)).map(|p| p.index()), Some(1));
     }
@@ -824,7 +972,7 @@ mod tests {
         assert!(huge.iter().sum::<u64>() <= MAX_RING + 3, "{huge:?}");
         assert_eq!(huge[2], 1);
         let balancer = Balancer::new(Policy::RingHash, targets(&[1, 1, 1]));
-        let Strategy::Ring { points, owners } = &balancer.strategy else { unreachable!() };
+        let Strategy::Ring { points, owners } = &balancer.all.strategy else { unreachable!() };
         assert!(points.len() as u64 >= MIN_RING && owners.len() == points.len());
         assert!(points.is_sorted());
     }
@@ -832,7 +980,7 @@ mod tests {
     #[test]
     fn maglev_table_is_full_and_weighted() {
         let balancer = Balancer::new(Policy::Maglev, targets(&[1, 1, 2]));
-        let Strategy::Maglev(table) = &balancer.strategy else { unreachable!() };
+        let Strategy::Maglev(table) = &balancer.all.strategy else { unreachable!() };
         assert_eq!(table.len(), MAGLEV_SIZE);
         let mut slots = [0usize; 3];
         for &entry in table {

@@ -41,6 +41,8 @@ pub struct Cluster {
     pub tls: crate::security::upstream::TlsPolicy,
     /// Outlier detection, when configured.
     pub outlier: Option<crate::outlier::Detector>,
+    /// Locality-aware balancing, when it changes anything for this proxy.
+    pub locality: Option<crate::locality::LocalityLb>,
     /// The retry budget, when configured; shared with the cluster's next versions while its
     /// settings stay the same.
     pub retry_budget: Option<std::sync::Arc<crate::retry_budget::RetryBudget>>,
@@ -143,6 +145,7 @@ impl Cluster {
             idle_timeout,
             tls,
             outlier: None,
+            locality: None,
             retry_budget: None,
             retry_limit: crate::retry_budget::RetryLimit::default(),
             active: AtomicU64::new(0),
@@ -163,12 +166,14 @@ impl Cluster {
     }
 
     /// Picks an endpoint for a request or connection: the balancer's pick, among the endpoints
-    /// outlier detection has not ejected. Without a detector, only a branch more.
+    /// outlier detection has not ejected, in the locality locality-aware balancing chooses.
+    /// Without a detector or locality, only a branch or two more.
     #[inline]
     pub fn pick(&self, hash: Option<u64>, avoid: Option<usize>) -> Option<crate::balance::Picked<'_>> {
-        match &self.outlier {
-            None => self.balancer.pick(hash, avoid),
-            Some(detector) => detector.pick(&self.balancer, hash, avoid),
+        match (&self.locality, &self.outlier) {
+            (None, None) => self.balancer.pick(hash, avoid),
+            (None, Some(detector)) => detector.pick(&self.balancer, hash, avoid),
+            (Some(locality), detector) => locality.pick(&self.balancer, detector.as_ref(), hash, avoid),
         }
     }
 

@@ -117,6 +117,8 @@ pub struct Snapshot {
     by_name: FastMap<String, Vec<(u16, Arc<ServicePort>)>>,
     service_ports: HashSet<u16>,
     pub clusters: BTreeMap<String, Arc<Cluster>>,
+    /// Where this proxy runs, for locality-aware balancing.
+    pub place: crate::locality::Place,
 }
 
 impl Snapshot {
@@ -180,6 +182,10 @@ impl Snapshot {
         references: References,
     ) -> Result<Snapshot, ConfigError> {
         let endpoints = endpoints_by_service(&config)?;
+        let place =
+            crate::locality::Place::compile(&config).map_err(|(field, message)| err(field, message))?;
+        // Clusters balanced by locality are worked out again when the proxy's place changes.
+        let moved = previous.is_some_and(|p| p.place != place);
         let mut clusters = BTreeMap::new();
         for (i, c) in config.clusters.iter().enumerate() {
             let field = format!("clusters[{i}]");
@@ -194,14 +200,15 @@ impl Snapshot {
                 .map_err(|e| err(format!("{field}.tls (or its endpoints' service_accounts)"), e))?;
             let reused = previous
                 .and_then(|p| p.clusters.get(&c.name))
-                .filter(|old| old.definition == *c && old.endpoints.as_slice() == mine && old.tls == tls);
+                .filter(|old| old.definition == *c && old.endpoints.as_slice() == mine && old.tls == tls)
+                .filter(|_| !(moved && c.locality_lb.is_some()));
             let cluster = match reused {
                 Some(old) => old.clone(),
                 None => {
                     // A changed cluster keeps what outlier detection knows of its endpoints, and
                     // its connections.
                     let old = previous.and_then(|p| p.clusters.get(&c.name));
-                    Arc::new(compile_cluster(c, mine, tls, old.map(|o| &**o), &field)?)
+                    Arc::new(compile_cluster(c, mine, tls, old.map(|o| &**o), &place, &field)?)
                 }
             };
             if clusters.insert(c.name.clone(), cluster).is_some() {
@@ -342,6 +349,7 @@ impl Snapshot {
             by_name,
             service_ports,
             clusters,
+            place,
             source: config,
         })
     }
@@ -396,6 +404,7 @@ fn compile_cluster(
     endpoints: &[pb::Endpoint],
     tls: TlsPolicy,
     previous: Option<&Cluster>,
+    place: &crate::locality::Place,
     field: &str,
 ) -> Result<Cluster, ConfigError> {
     let previous_detector = previous.and_then(|p| p.outlier.as_ref());
@@ -419,7 +428,8 @@ fn compile_cluster(
         .cloned()
         .collect();
     let mut targets = Vec::with_capacity(selected.len());
-    for e in &selected {
+    let mut places = Vec::with_capacity(selected.len());
+    for (j, e) in selected.iter().enumerate() {
         let ip: IpAddr =
             e.address.parse().map_err(|_| err(format!("{field}.service"), "bad endpoint address"))?;
         let port_number = if c.port != 0 { c.port } else { e.port };
@@ -429,7 +439,20 @@ fn compile_cluster(
             weight: e.weight.max(1),
             mesh_tls: e.mesh_tls,
         });
+        if c.locality_lb.is_some() {
+            let locality = crate::locality::locality_of(e.locality.as_ref())
+                .map_err(|m| err(format!("{field}.service: endpoint {j} ({}): locality", e.address), m))?;
+            places.push(crate::locality::Endpoint { locality, labels: &e.labels, weight: e.weight });
+        }
     }
+    let locality = match &c.locality_lb {
+        Some(setting) => {
+            let setting = crate::locality::Setting::compile(setting, &format!("{field}.locality_lb"))
+                .map_err(|(field, message)| err(field, message))?;
+            crate::locality::Plan::new(&setting, place, &places, c.outlier_detection.is_some())
+        }
+        None => None,
+    };
     let outlier = match &c.outlier_detection {
         Some(od) => {
             let policy = outlier_policy(od, &format!("{field}.outlier_detection"))?;
@@ -452,7 +475,10 @@ fn compile_cluster(
     let mut cluster = Cluster::new(
         c.clone(),
         endpoints.to_vec(),
-        Balancer::new(policy, targets),
+        match &locality {
+            Some(plan) => Balancer::partitioned(policy, targets, plan.parts.clone()),
+            None => Balancer::new(policy, targets),
+        },
         hash,
         limits,
         pb::UpstreamProtocol::try_from(c.upstream_protocol).unwrap_or_default(),
@@ -464,6 +490,7 @@ fn compile_cluster(
         connections,
     );
     cluster.outlier = outlier;
+    cluster.locality = locality.map(|plan| plan.lb);
     // A budget whose settings did not change keeps what it counted.
     cluster.retry_budget = crate::retry_budget::BudgetPolicy::compile(
         c.retry_budget.as_ref(),

@@ -21,6 +21,7 @@ pub mod forward;
 pub mod header_timer;
 pub mod headers;
 pub mod listen;
+pub mod locality;
 pub mod metrics;
 pub mod outlier;
 pub mod retry_budget;

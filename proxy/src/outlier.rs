@@ -123,6 +123,17 @@ pub struct Detector {
     overflows: AtomicU64,
 }
 
+/// What picks must leave out.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Excluded {
+    /// Nothing is ejected.
+    Nothing,
+    /// Fewer healthy endpoints than `min_health_percent`: every endpoint is used.
+    Panic,
+    /// These endpoints, ascending.
+    These(Vec<usize>),
+}
+
 /// One endpoint as the admin page shows it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct EndpointHealth {
@@ -191,8 +202,16 @@ impl Detector {
         hash: Option<u64>,
         avoid: Option<usize>,
     ) -> Option<Picked<'b>> {
+        match self.excluded() {
+            Excluded::Nothing | Excluded::Panic => balancer.pick(hash, avoid),
+            Excluded::These(excluded) => balancer.pick_excluding(hash, avoid, &excluded),
+        }
+    }
+
+    /// What picks must leave out now. With nothing ejected, one atomic load.
+    pub fn excluded(&self) -> Excluded {
         if self.ejected.load(Ordering::Acquire) == 0 {
-            return balancer.pick(hash, avoid);
+            return Excluded::Nothing;
         }
         self.tick_if_due(self.now());
         let excluded: Vec<usize> = self
@@ -202,10 +221,13 @@ impl Detector {
             .filter(|(_, c)| c.ejected.load(Ordering::Acquire))
             .map(|(i, _)| i)
             .collect();
-        if excluded.is_empty() || self.in_panic(excluded.len()) {
-            return balancer.pick(hash, avoid);
+        if excluded.is_empty() {
+            Excluded::Nothing
+        } else if self.in_panic(excluded.len()) {
+            Excluded::Panic
+        } else {
+            Excluded::These(excluded)
         }
-        balancer.pick_excluding(hash, avoid, &excluded)
     }
 
     /// Whether `ejected` endpoints out of all leave fewer healthy than `min_health_percent`.

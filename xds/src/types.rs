@@ -96,6 +96,8 @@ pub fn settings_of(config: &pb::ProxyConfig) -> pb::ProxyConfig {
         authorization: config.authorization.clone(),
         jwt_providers: config.jwt_providers.clone(),
         ext_authz: config.ext_authz.clone(),
+        locality: config.locality.clone(),
+        workload_labels: config.workload_labels.clone(),
         ..Default::default()
     }
 }
