@@ -714,3 +714,57 @@ fn chart_matches_go_templates() {
         );
     }
 }
+
+/// `trellis install --dry-run` prints the chart's objects, in the chart's order, for every value
+/// set: the same objects `helm install` makes, but for what install adds on purpose — the
+/// release namespace first (Helm's `--create-namespace` makes it outside the chart) and, on
+/// every object, the labels by which `trellis uninstall` finds what install made
+/// (`app.kubernetes.io/managed-by: trellis` in place of the chart's `Helm`, and
+/// `install.trellis.io/release`).
+#[test]
+fn install_dry_run_prints_the_charts_objects() {
+    let without_install_labels = |mut object: Value| {
+        if let Some(labels) = object.pointer_mut("/metadata/labels").and_then(Value::as_object_mut) {
+            labels.remove("app.kubernetes.io/managed-by");
+            labels.remove("install.trellis.io/release");
+            if labels.is_empty() {
+                object["metadata"].as_object_mut().map(|m| m.remove("labels"));
+            }
+        }
+        object
+    };
+    for case in CASES {
+        let dir = tempfile::tempdir().unwrap();
+        let options = options(case, dir.path());
+        let mut command = Command::new(env!("CARGO_BIN_EXE_trellis"));
+        command.args(["install", "--dry-run", "-n", NAMESPACE]);
+        for file in &options.value_files {
+            command.arg("-f").arg(file);
+        }
+        for set in &options.set {
+            command.args(["--set", set]);
+        }
+        let output = command.env_remove("KUBECONFIG").output().unwrap();
+        let stdout = String::from_utf8_lossy(&output.stdout);
+        assert!(output.status.success(), "{}: {}", case.name, String::from_utf8_lossy(&output.stderr));
+        let mut printed: Vec<Value> = trellis_api::load::split_documents(&stdout)
+            .iter()
+            .map(|doc| {
+                serde_saphyr::from_str::<Value>(doc.text).unwrap_or_else(|e| panic!("{e}\n{}", doc.text))
+            })
+            .collect();
+        assert_eq!(printed.first().and_then(|o| o["kind"].as_str()), Some("Namespace"), "{}", case.name);
+        assert_eq!(printed[0]["metadata"]["name"], NAMESPACE);
+        printed.remove(0);
+        let printed: Vec<Value> = printed.into_iter().map(without_install_labels).collect();
+        let chart: Vec<Value> = render(case).into_iter().map(|m| without_install_labels(m.object)).collect();
+        assert_eq!(printed.len(), chart.len(), "{}: object count", case.name);
+        for (printed, rendered) in printed.iter().zip(&chart) {
+            assert_eq!(
+                printed, rendered,
+                "{}: {} {}",
+                case.name, rendered["kind"], rendered["metadata"]["name"]
+            );
+        }
+    }
+}
