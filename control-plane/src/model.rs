@@ -1,7 +1,8 @@
 //! The one in-memory model every config source feeds and translation reads. Translation never
 //! knows which source an object came from: the file source fills `resources` (and discovers
 //! services through ServiceEntry/WorkloadEntry), the Kubernetes source fills `resources` too and
-//! adds what runs (services, endpoint slices, pods, namespaces) in the neutral shapes below.
+//! adds what runs (services, endpoint slices, pods, nodes, namespaces) in the neutral shapes
+//! below.
 
 use std::collections::BTreeMap;
 use std::net::IpAddr;
@@ -69,6 +70,9 @@ pub struct KubeEndpoint {
     pub ready: bool,
     /// The pod behind the endpoint (`targetRef` of kind Pod), whose labels select subsets.
     pub pod: Option<String>,
+    /// The node it runs on (`nodeName`), whose topology labels give its locality when the pod
+    /// is not known.
+    pub node_name: Option<String>,
 }
 
 /// A pod's labels and addresses, for subsets and for the proxy's own identity.
@@ -79,6 +83,9 @@ pub struct KubePod {
     pub labels: BTreeMap<String, String>,
     pub ips: Vec<IpAddr>,
     pub service_account: String,
+    /// The node it is scheduled on (empty until it is), whose topology labels give its
+    /// locality.
+    pub node_name: String,
 }
 
 /// Everything translation reads.
@@ -93,6 +100,9 @@ pub struct Model {
     pub endpoint_slices: BTreeMap<(String, String), Arc<KubeEndpointSlice>>,
     /// Pods by (namespace, name).
     pub pods: BTreeMap<(String, String), Arc<KubePod>>,
+    /// The locality of each node, by name, from its topology labels (`topology.kubernetes.io/
+    /// region` and `zone`, `topology.istio.io/subzone`).
+    pub nodes: BTreeMap<String, Arc<trellis_api::locality::Locality>>,
     /// The JSON Web Key Sets trellisd fetched, by `jwksUri` (compact JSON, the last good copy).
     pub jwks: BTreeMap<String, Arc<str>>,
 }

@@ -1,5 +1,5 @@
 //! The Kubernetes source through kube-rs's real client against a stand-in API server (the only
-//! fake: a real API server cannot run here). Services, EndpointSlices, Pods and VirtualServices
+//! fake: a real API server cannot run here). Services, EndpointSlices, Pods, Nodes and VirtualServices
 //! are added, updated and deleted, and the model follows; invalid VirtualServices are rejected
 //! with a message naming the field while the last good version stays; an API server that fails
 //! at first, a CRD that is not installed and watches that expire (with a deletion missed in
@@ -24,6 +24,7 @@ use trellis_control_plane::sources::kube::{SourceStatus, run};
 const SERVICES: &str = "/api/v1/services";
 const SLICES: &str = "/apis/discovery.k8s.io/v1/endpointslices";
 const PODS: &str = "/api/v1/pods";
+const NODES: &str = "/api/v1/nodes";
 const NAMESPACES: &str = "/api/v1/namespaces";
 const VIRTUAL_SERVICES: &str = "/apis/networking.istio.io/v1/virtualservices";
 
@@ -105,12 +106,14 @@ async fn the_model_follows_the_cluster() {
                 addresses: vec!["10.1.0.5".parse().unwrap()],
                 ready: true,
                 pod: Some("reviews-v1-abc".into()),
+                node_name: Some("node-a".into()),
             },
             // No conditions: ready, as the API says.
             KubeEndpoint {
                 addresses: vec!["10.1.0.6".parse().unwrap()],
                 ready: true,
                 pod: Some("reviews-v2-def".into()),
+                node_name: None,
             },
         ],
     };
@@ -130,7 +133,12 @@ async fn the_model_follows_the_cluster() {
     api.apply(PODS, pod("monitoring", "node-exporter", json!({"hostNetwork": true}), "192.168.0.4"));
     api.apply(
         PODS,
-        pod("shop", "reviews-v1-abc", json!({"serviceAccountName": "bookinfo-reviews"}), "10.1.0.5"),
+        pod(
+            "shop",
+            "reviews-v1-abc",
+            json!({"serviceAccountName": "bookinfo-reviews", "nodeName": "node-a"}),
+            "10.1.0.5",
+        ),
     );
     let expected = KubePod {
         namespace: "shop".into(),
@@ -138,12 +146,29 @@ async fn the_model_follows_the_cluster() {
         labels: BTreeMap::from([("app".into(), "reviews".into()), ("version".into(), "v1".into())]),
         ips: vec!["10.1.0.5".parse().unwrap()],
         service_account: "bookinfo-reviews".into(),
+        node_name: "node-a".into(),
     };
     wait_until(&model, "the pod", |m| {
         m.pods.get(&key("shop", "reviews-v1-abc")).is_some_and(|p| **p == expected)
     })
     .await;
     assert!(!model.snapshot().pods.contains_key(&key("monitoring", "node-exporter")));
+
+    // Nodes: their topology labels, as a locality; a status change is no change of the model.
+    api.apply(NODES, node("node-a", json!({"topology.kubernetes.io/region": "us-east-1"})));
+    let locality = |m: &Model| m.nodes.get("node-a").map(|l| l.to_string());
+    wait_until(&model, "the node", |m| locality(m).as_deref() == Some("us-east-1")).await;
+    api.update(NODES, "", "node-a", |n| {
+        n["metadata"]["labels"]["topology.kubernetes.io/zone"] = json!("us-east-1a");
+    });
+    wait_until(&model, "the node's zone", |m| locality(m).as_deref() == Some("us-east-1/us-east-1a")).await;
+    let generation = *model.subscribe().borrow();
+    api.update(NODES, "", "node-a", |n| {
+        n["status"] = json!({"conditions": [{"type": "Ready", "status": "True"}]})
+    });
+    api.apply(NODES, node("node-b", json!({})));
+    wait_until(&model, "the second node", |m| m.nodes.contains_key("node-b")).await;
+    assert_eq!(*model.subscribe().borrow(), generation + 1, "only the new node changed the model");
 
     // VirtualService: added, then updated.
     api.apply(
@@ -250,6 +275,26 @@ fn key(namespace: &str, name: &str) -> (String, String) {
 }
 
 /// Waits, up to [`DEADLINE`], for the model to satisfy `condition`.
+#[tokio::test]
+async fn without_the_right_to_read_nodes_the_source_still_syncs() {
+    let logs = Logs::default();
+    let writer = logs.clone();
+    let subscriber = tracing_subscriber::fmt().with_ansi(false).with_writer(move || writer.clone()).finish();
+    let _logging = tracing::subscriber::set_default(subscriber);
+    let api = FakeApi::start(fake_api::WATCHED).await;
+    // A chart from before nodes were read: RBAC refuses the list.
+    api.fail_requests(Some("GET"), NODES, 403, "Forbidden");
+    let client = kube::Client::try_from(kube::Config::new(api.url.parse().unwrap())).unwrap();
+    let (model, status) = (ModelHandle::default(), SourceStatus::new());
+    let source = tokio::spawn(run(client, model.clone(), status.clone()));
+    if tokio::time::timeout(DEADLINE, status.wait_synced()).await.is_err() {
+        panic!("not synced after {DEADLINE:?}: {:?} still listing\n{}", status.unsynced(), logs.text());
+    }
+    assert!(logs.text().contains("not allowed to list Nodes"), "{}", logs.text());
+    assert!(model.snapshot().nodes.is_empty());
+    source.abort();
+}
+
 async fn wait_until(model: &ModelHandle, what: &str, condition: impl Fn(&Model) -> bool) {
     // Subscribed before the first check, so that no change slips between check and wait.
     let mut changes = model.subscribe();
@@ -299,7 +344,7 @@ fn endpoint_slice(second_conditions: Value) -> Value {
         "addressType": "IPv4",
         "ports": [{"name": "http", "port": 8080, "protocol": "TCP"}],
         "endpoints": [
-            {"addresses": ["10.1.0.5"], "conditions": {"ready": true},
+            {"addresses": ["10.1.0.5"], "conditions": {"ready": true}, "nodeName": "node-a",
                 "targetRef": {"kind": "Pod", "namespace": "shop", "name": "reviews-v1-abc"}},
             second
         ]
@@ -313,6 +358,14 @@ fn pod(namespace: &str, name: &str, mut spec: Value, ip: &str) -> Value {
         "metadata": {"namespace": namespace, "name": name, "labels": {"app": "reviews", "version": "v1"}},
         "spec": spec,
         "status": {"phase": "Running", "podIP": ip, "podIPs": [{"ip": ip}]}
+    })
+}
+
+fn node(name: &str, labels: Value) -> Value {
+    json!({
+        "apiVersion": "v1", "kind": "Node",
+        "metadata": {"name": name, "labels": labels},
+        "status": {"images": [{"names": ["registry/large-image:1"], "sizeBytes": 1}]}
     })
 }
 

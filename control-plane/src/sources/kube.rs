@@ -1,5 +1,6 @@
 //! The Kubernetes config source (`trellisd --kubernetes`): watches Services, EndpointSlices,
-//! Pods, Namespaces and the Istio resources, and keeps the model in step with them.
+//! Pods, Nodes (their metadata: the topology labels that give endpoints and proxies their
+//! locality), Namespaces and the Istio resources, and keeps the model in step with them.
 //!
 //! One kube-rs watcher per kind, each mirroring its kind into one map of the model
 //! ([`mirror`]): Services, EndpointSlices and Pods reduced to the model's neutral shapes
@@ -18,10 +19,11 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use futures_util::StreamExt;
-use k8s_openapi::api::core::v1::{Namespace, Pod, Service};
+use k8s_openapi::api::core::v1::{Namespace, Node, Pod, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::api::{Api, DynamicObject};
+use kube::core::PartialObjectMeta;
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Client, Resource as _};
 use serde::de::DeserializeOwned;
@@ -41,7 +43,7 @@ pub fn istio_kinds() -> impl Iterator<Item = Kind> {
 }
 
 /// The Kubernetes kinds watched besides the Istio ones.
-const CORE_KINDS: [&str; 4] = ["Service", "EndpointSlice", "Pod", "Namespace"];
+const CORE_KINDS: [&str; 5] = ["Service", "EndpointSlice", "Pod", "Node", "Namespace"];
 
 /// Most events applied to the model in one update. Events that are already waiting are
 /// applied together: the model is copied on every update, so one copy per event would make a
@@ -125,6 +127,9 @@ pub async fn run(client: Client, model: ModelHandle, status: SourceStatus) {
     tasks.spawn(watch(Api::<Service>::all(client.clone()), Services, context("Service")));
     tasks.spawn(watch(Api::<EndpointSlice>::all(client.clone()), EndpointSlices, context("EndpointSlice")));
     tasks.spawn(watch(Api::<Pod>::all(client.clone()), Pods, context("Pod")));
+    // Only the nodes' metadata (their labels are all the model keeps): their frequent status
+    // updates then weigh little.
+    tasks.spawn(watch(Api::<PartialObjectMeta<Node>>::all(client.clone()), Nodes, context("Node")));
     tasks.spawn(watch(Api::<Namespace>::all(client.clone()), Namespaces, context("Namespace")));
     for kind in istio_kinds() {
         let api = Api::<DynamicObject>::all_with(client.clone(), &istio::api_resource(kind));
@@ -193,6 +198,20 @@ fn on_watch_error(cx: &Context, e: &watcher::Error, missing_reported: &mut bool)
                     kind = cx.name,
                     "the API server does not serve {}; is its CRD installed?",
                     cx.name
+                );
+            }
+            cx.status.mark_synced(cx.name);
+        }
+        // Nodes only give localities: without the right to read them (a chart from before
+        // locality-aware balancing), the rest works and endpoints' localities come from their
+        // istio-locality labels only.
+        watcher::Error::InitialListFailed(kube::Error::Api(status))
+            if status.code == 403 && cx.name == "Node" =>
+        {
+            if !std::mem::replace(missing_reported, true) {
+                tracing::warn!(
+                    kind = cx.name,
+                    "not allowed to list Nodes (grant get, list and watch on nodes): localities come from istio-locality labels only"
                 );
             }
             cx.status.mark_synced(cx.name);
@@ -271,6 +290,27 @@ impl Target for Pods {
 
     fn admit(&mut self, _: &Self::Key, pod: Pod) -> Admission<KubePod> {
         convert::pod(&pod).map_or(Admission::Ignore, Admission::Store)
+    }
+}
+
+/// Nodes, reduced to their locality.
+struct Nodes;
+
+impl Target for Nodes {
+    type Object = PartialObjectMeta<Node>;
+    type Key = String;
+    type Value = trellis_api::locality::Locality;
+
+    fn slot(model: &mut Model) -> &mut BTreeMap<Self::Key, Arc<Self::Value>> {
+        &mut model.nodes
+    }
+
+    fn key(&self, node: &Self::Object) -> String {
+        node.metadata.name.clone().unwrap_or_default()
+    }
+
+    fn admit(&mut self, _: &String, node: Self::Object) -> Admission<Self::Value> {
+        Admission::Store(convert::node_locality(&node.metadata))
     }
 }
 

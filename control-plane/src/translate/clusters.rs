@@ -5,6 +5,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
 use tracing::{debug, warn};
+use trellis_api::mesh::MeshConfig;
 use trellis_api::networking::{
     ClientTlsMode, ClientTlsSettings, ConnectionPoolSettings, DestinationRuleSpec, H2UpgradePolicy,
     HttpSettings, LoadBalancerSettings, OutlierDetection, SimpleLb, TrafficPolicy,
@@ -70,6 +71,7 @@ pub fn for_port(
     rule: Option<Rule<'_>>,
     connect_timeout: Duration,
     mesh_budget: BudgetSetting,
+    mesh: &MeshConfig,
 ) -> Vec<pb::Cluster> {
     let endpoints = service_port_name(&service.hostname, port.number);
     let retry_budget = retry_budget(mesh_budget, rule);
@@ -84,6 +86,7 @@ pub fn for_port(
         tls: Some(client_tls(policy.tls, rule)),
         outlier_detection: policy.outlier.map(|od| outlier_detection(od, rule)),
         retry_budget,
+        locality_lb: super::locality::setting(mesh, policy.lb),
     };
     let top = Policy::default().overlay(rule.and_then(|r| r.spec.traffic_policy.as_ref()), port.number);
     let mut clusters = vec![build(cluster_name(port.number, "", &service.hostname), BTreeMap::new(), top)];

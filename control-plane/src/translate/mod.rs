@@ -31,6 +31,7 @@ mod authorization;
 mod clusters;
 mod consistency;
 mod hosts;
+pub mod locality;
 mod mesh;
 pub mod names;
 mod objects;
@@ -72,14 +73,30 @@ pub struct Scope {
     pub authorization: Vec<PolicyKey>,
     /// The RequestAuthentications that select the workload, `namespace/name`, sorted.
     pub request_authentication: Vec<PolicyKey>,
+    /// Where the proxy runs, when some cluster's balancing depends on it (see
+    /// [`locality::relevant`]); unknown otherwise.
+    pub locality: trellis_api::locality::Locality,
+    /// The proxy's labels that a `failoverPriority` names.
+    pub workload_labels: BTreeMap<String, String>,
 }
 
 /// The scope of a proxy: its namespace and the Sidecar that applies to it — in its namespace
 /// the first (by name) whose selector matches its labels, else the first without a selector,
 /// else the root namespace's first without a selector — and the security policies that select
-/// it.
+/// it. Its locality is what its own `istio-locality` label says; a connected proxy's is
+/// looked up in the registry ([`scope_of_instance`]).
 pub fn scope_of(model: &Model, proxy: &ProxyIdentity) -> Scope {
+    scope_of_instance(model, proxy, &locality::Instance::default())
+}
+
+/// As [`scope_of`], for a proxy whose pod name and address are known (from its node id): its
+/// locality is then its pod's, or its WorkloadEntry's.
+pub fn scope_of_instance(model: &Model, proxy: &ProxyIdentity, instance: &locality::Instance) -> Scope {
+    let place = locality::of_proxy(model, &proxy.namespace, &proxy.labels, instance);
+    let (locality, workload_labels) = locality::relevant(model, place, &proxy.labels);
     Scope {
+        locality,
+        workload_labels,
         namespace: proxy.namespace.clone(),
         sidecar: visibility::select_sidecar(
             model,
@@ -109,6 +126,8 @@ pub fn translate(model: &Model, scope: &Scope) -> pb::ProxyConfig {
         inbound_tls: Some(scope.inbound_mtls.to_pb()),
         authorization: authorization::policies(model, &scope.authorization),
         jwt_providers: request_authentication::providers(model, &scope.request_authentication),
+        locality: locality::to_pb(&scope.locality),
+        workload_labels: scope.workload_labels.clone(),
         ..Default::default()
     };
     config.ext_authz = authorization::ext_authz(model, &config.authorization);
@@ -143,7 +162,14 @@ fn add_clusters(
                     .map(|(ns, sa)| format!("spiffe://{}/ns/{ns}/sa/{sa}", model.mesh.trust_domain()))
                     .collect(),
             });
-            config.clusters.extend(clusters::for_port(service, port, rule, connect_timeout, retry_budget));
+            config.clusters.extend(clusters::for_port(
+                service,
+                port,
+                rule,
+                connect_timeout,
+                retry_budget,
+                &model.mesh,
+            ));
         }
     }
 }

@@ -6,6 +6,7 @@ use std::collections::BTreeMap;
 use std::net::IpAddr;
 
 use tracing::{debug, warn};
+use trellis_api::locality::Locality;
 use trellis_api::networking::{Port, ServiceEntryResolution, ServiceEntrySpec, WorkloadEntrySpec};
 use trellis_api::primitives::{check_port, parse_ip_or_cidr};
 use trellis_xds::config as pb;
@@ -149,6 +150,7 @@ fn kube_endpoints(
                 labels,
                 account,
                 mtls_disabled,
+                locality: super::locality::of_pod(model, pod.map(|p| &**p), endpoint.node_name.as_deref()),
             });
         }
     }
@@ -180,6 +182,7 @@ struct Workload<'a> {
     weight: u32,
     /// `(namespace, service account)`.
     account: Option<(String, String)>,
+    locality: Locality,
 }
 
 /// Kubernetes gives a pod without one the namespace's `default` account; a WorkloadEntry
@@ -261,6 +264,7 @@ fn workloads<'a>(model: &'a Model, se: Object<'a, ServiceEntrySpec>) -> Vec<Work
                 labels: &pod.labels,
                 weight: 0,
                 account: Some((pod.namespace.clone(), account_or_default(&pod.service_account))),
+                locality: super::locality::of_pod(model, Some(pod), None),
             })
         });
     entries.chain(pods).collect()
@@ -279,6 +283,7 @@ fn entry_workload<'a>(
             labels: &e.labels,
             weight: e.weight,
             account: None,
+            locality: super::locality::of_workload_entry(&e.locality, &e.labels),
         }),
         // A name is fine for DNS resolution, but the proxy only dials IP addresses.
         Err(_) if dns => {
@@ -310,6 +315,7 @@ fn workload_endpoint(
             labels: w.labels.clone(),
             account: w.account.clone(),
             mtls_disabled: false,
+            locality: w.locality.clone(),
         }),
         Err(message) => {
             warn!(resource = %se, address = %w.address, port = %port.name, %message, "endpoint skipped");
@@ -368,6 +374,7 @@ struct Found {
     account: Option<(String, String)>,
     /// Its PeerAuthentication takes plaintext only on this port.
     mtls_disabled: bool,
+    locality: Locality,
 }
 
 /// The label an injected pod carries: its sidecar terminates mutual TLS.
@@ -388,6 +395,7 @@ fn sorted_endpoints(mut endpoints: Vec<Found>) -> (Vec<pb::Endpoint>, Vec<(Strin
             port: u32::from(e.port),
             weight: e.weight,
             mesh_tls: !e.mtls_disabled && e.labels.get(TLS_MODE_LABEL).is_some_and(|mode| mode == "istio"),
+            locality: super::locality::to_pb(&e.locality),
             labels: e.labels,
         })
         .collect();

@@ -123,6 +123,7 @@ pub fn add_slice(
                 addresses: vec![ip(a)],
                 ready: *ready,
                 pod: pod.map(Into::into),
+                node_name: None,
             })
             .collect(),
     };
@@ -136,6 +137,7 @@ pub fn add_pod(model: &mut Model, ns: &str, name: &str, address: &str, labels: &
         labels: labels_of(labels),
         ips: vec![ip(address)],
         service_account: "default".into(),
+        node_name: String::new(),
     };
     model.pods.insert((ns.into(), name.into()), Arc::new(pod));
 }

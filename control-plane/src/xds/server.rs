@@ -20,7 +20,8 @@ use super::metrics::XdsMetrics;
 use super::session::{Outgoing, Session, TypeStatus};
 use crate::ca::authenticate::{AuthError, Authenticator};
 use crate::memory::Activity;
-use crate::translate::{ProxyIdentity, scope_of};
+use crate::translate::locality::Instance;
+use crate::translate::{ProxyIdentity, scope_of_instance};
 
 /// At most this many proxies decide a push at once; the rest wait their turn, so a change to
 /// the whole mesh does not become a storm of simultaneous work.
@@ -173,6 +174,7 @@ impl Stream {
     async fn run(self, first: DeltaDiscoveryRequest, mut inbound: Streaming<DeltaDiscoveryRequest>) {
         let identity =
             ProxyIdentity { namespace: self.node.namespace.clone(), labels: self.node.labels.clone() };
+        let instance = instance_of(&self.node);
         let (id, sync) = self.server.registry.add(ProxySync {
             node: self.node.clone(),
             connected_since: SystemTime::now(),
@@ -212,7 +214,7 @@ impl Stream {
                     let Some(_permit) = permit else { break };
                     push = false;
                     let generation = generations.borrow_and_update().clone();
-                    let parts = self.plan(&mut session, &identity, &generation);
+                    let parts = self.plan(&mut session, &identity, &instance, &generation);
                     if !parts.is_empty() && generation.number != observed {
                         observed = generation.number;
                         unobserved = Some(generation);
@@ -277,11 +279,24 @@ impl Stream {
         &self,
         session: &mut Session,
         identity: &ProxyIdentity,
+        instance: &Instance,
         generation: &Generation,
     ) -> Vec<Outgoing> {
-        let scope = scope_of(&generation.model, identity);
+        let scope = scope_of_instance(&generation.model, identity, instance);
         let resources = generation.resources(&scope);
         session.push(&resources, generation.number)
+    }
+}
+
+/// The pod and address a sidecar's node id names (`sidecar~<ip>~<pod>.<namespace>~...`, as
+/// Istio's); what does not parse is left unknown.
+fn instance_of(node: &ProxyNode) -> Instance {
+    let mut parts = node.id.split('~');
+    let (_, ip, pod) = (parts.next(), parts.next(), parts.next());
+    let suffix = format!(".{}", node.namespace);
+    Instance {
+        ip: ip.and_then(|ip| ip.parse().ok()),
+        pod: pod.and_then(|p| p.strip_suffix(&suffix)).filter(|p| !p.is_empty()).map(str::to_owned),
     }
 }
 
@@ -289,4 +304,20 @@ fn record(sync: &Mutex<ProxySync>, session: &Session) {
     let mut sync = sync.lock().unwrap_or_else(|p| p.into_inner());
     sync.types = session.status();
     sync.held = session.held();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_sidecars_node_id_names_its_pod_and_address() {
+        let node = |id: &str| ProxyNode { id: id.into(), namespace: "shop".into(), ..Default::default() };
+        let instance = instance_of(&node("sidecar~10.1.2.3~reviews-v1-abc.shop~shop.svc.cluster.local"));
+        assert_eq!(instance.pod.as_deref(), Some("reviews-v1-abc"));
+        assert_eq!(instance.ip, Some("10.1.2.3".parse().unwrap()));
+        let other = instance_of(&node("sidecar~~web.other~other.svc.cluster.local"));
+        assert_eq!(other, Instance::default(), "another namespace's pod, no address");
+        assert_eq!(instance_of(&node("router")), Instance::default());
+    }
 }

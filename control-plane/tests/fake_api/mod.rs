@@ -929,6 +929,7 @@ pub const WATCHED: &[(&str, &str, &str)] = &[
     ("/api/v1/services", "v1", "Service"),
     ("/apis/discovery.k8s.io/v1/endpointslices", "discovery.k8s.io/v1", "EndpointSlice"),
     ("/api/v1/pods", "v1", "Pod"),
+    ("/api/v1/nodes", "v1", "Node"),
     ("/api/v1/namespaces", "v1", "Namespace"),
     ("/apis/networking.istio.io/v1/virtualservices", "networking.istio.io/v1", "VirtualService"),
     ("/apis/networking.istio.io/v1/destinationrules", "networking.istio.io/v1", "DestinationRule"),

@@ -6,7 +6,9 @@ use std::net::IpAddr;
 
 use k8s_openapi::api::core::v1::{Pod, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+use trellis_api::locality::Locality;
 
 use crate::model::{KubeEndpoint, KubeEndpointSlice, KubePod, KubeService, KubeServicePort};
 
@@ -93,7 +95,14 @@ fn endpoint(e: &k8s_openapi::api::discovery::v1::Endpoint) -> Option<KubeEndpoin
     // The API says an absent `ready` means "unknown", to be read as ready.
     let ready = e.conditions.as_ref().and_then(|c| c.ready).unwrap_or(true);
     let pod = e.target_ref.as_ref().filter(|r| r.kind.as_deref() == Some("Pod")).and_then(|r| r.name.clone());
-    Some(KubeEndpoint { addresses, ready, pod })
+    let node_name = e.node_name.clone().filter(|n| !n.is_empty());
+    Some(KubeEndpoint { addresses, ready, pod, node_name })
+}
+
+/// A node's locality, from its topology labels (only the metadata is watched).
+pub fn node_locality(meta: &ObjectMeta) -> Locality {
+    let labels = meta.labels.as_ref();
+    Locality::from_topology_labels(|key| labels.and_then(|l| l.get(key)).cloned())
 }
 
 /// `None` for pods that are not part of the mesh's address space: host-network pods share the
@@ -124,6 +133,7 @@ pub fn pod(pod: &Pod) -> Option<KubePod> {
             .and_then(|s| s.service_account_name.clone())
             .filter(|sa| !sa.is_empty())
             .unwrap_or_else(|| "default".to_owned()),
+        node_name: spec.and_then(|s| s.node_name.clone()).unwrap_or_default(),
     })
 }
 
@@ -185,7 +195,7 @@ mod tests {
             "addressType": "IPv4",
             "ports": [{"name": "http", "port": 8080}, {"name": "nameless"}],
             "endpoints": [
-                {"addresses": ["10.1.0.5"], "targetRef": {"kind": "Pod", "name": "reviews-1"}},
+                {"addresses": ["10.1.0.5"], "targetRef": {"kind": "Pod", "name": "reviews-1"}, "nodeName": "node-a"},
                 {"addresses": ["10.1.0.6"], "conditions": {"ready": false}},
                 {"addresses": ["not-an-ip"]}
             ]
@@ -196,6 +206,8 @@ mod tests {
         assert_eq!(s.endpoints.len(), 2);
         assert!(s.endpoints[0].ready);
         assert_eq!(s.endpoints[0].pod.as_deref(), Some("reviews-1"));
+        assert_eq!(s.endpoints[0].node_name.as_deref(), Some("node-a"));
+        assert_eq!(s.endpoints[1].node_name, None);
         assert!(!s.endpoints[1].ready);
         assert_eq!(s.endpoints[1].pod, None);
     }
@@ -214,12 +226,13 @@ mod tests {
                 "spec": spec, "status": status}))
         };
         let running = pod_json(
-            json!({"containers": [], "serviceAccountName": "reviews"}),
+            json!({"containers": [], "serviceAccountName": "reviews", "nodeName": "node-a"}),
             json!({"phase": "Running", "podIP": "10.1.0.5", "podIPs": [{"ip": "10.1.0.5"}, {"ip": "fd00::5"}]}),
         );
         let p = pod(&running).unwrap();
         assert_eq!(p.ips, vec!["10.1.0.5".parse::<IpAddr>().unwrap(), "fd00::5".parse().unwrap()]);
         assert_eq!(p.service_account, "reviews");
+        assert_eq!(p.node_name, "node-a");
         assert_eq!(p.labels.get("app").map(String::as_str), Some("a"));
 
         let old_server = pod_json(json!({"containers": []}), json!({"podIP": "10.1.0.9"}));
@@ -231,5 +244,17 @@ mod tests {
         assert_eq!(pod(&host), None);
         let done = pod_json(json!({"containers": []}), json!({"phase": "Succeeded", "podIP": "10.1.0.5"}));
         assert_eq!(pod(&done), None);
+    }
+
+    #[test]
+    fn nodes_give_their_topology_labels_as_a_locality() {
+        let meta: ObjectMeta = from(json!({"name": "node-a", "labels": {
+            "topology.kubernetes.io/region": "us-east-1",
+            "topology.kubernetes.io/zone": "us-east-1a",
+            "topology.istio.io/subzone": "rack-7",
+            "kubernetes.io/hostname": "node-a"}}));
+        assert_eq!(node_locality(&meta).to_string(), "us-east-1/us-east-1a/rack-7");
+        let bare: ObjectMeta = from(json!({"name": "node-b"}));
+        assert!(node_locality(&bare).is_unknown());
     }
 }
