@@ -633,6 +633,7 @@ fn compile_virtual_host(
             timeout: duration(r.timeout.as_ref(), &format!("{rfield}.timeout"))?,
             retries,
             fault: crate::fault::Fault::compile(r.fault.as_ref(), &format!("{rfield}.fault"))?,
+            mirrors: crate::mirror::Mirrors::compile(&r.mirrors, clusters, &format!("{rfield}.mirrors"))?,
         });
     }
     Ok(VirtualHost { name: vh.name.clone(), routes })

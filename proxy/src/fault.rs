@@ -32,7 +32,7 @@ pub struct Share(u32);
 const MILLION: u32 = 1_000_000;
 
 impl Share {
-    fn from_percent(percent: f64, field: &str) -> Result<Share, ConfigError> {
+    pub(crate) fn from_percent(percent: f64, field: &str) -> Result<Share, ConfigError> {
         if !(0.0..=100.0).contains(&percent) {
             return Err(ConfigError {
                 field: field.to_owned(),
@@ -43,7 +43,7 @@ impl Share {
     }
 
     /// Whether this request is in the share.
-    fn draw(self) -> bool {
+    pub(crate) fn draw(self) -> bool {
         match self.0 {
             0 => false,
             MILLION => true,

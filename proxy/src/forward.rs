@@ -58,7 +58,7 @@ impl Outcome {
     }
 }
 
-pub async fn handle(request: Request<Incoming>, conn: &Conn, proxy: &Proxy) -> Response<Body> {
+pub async fn handle(request: Request<Incoming>, conn: &Conn, proxy: &Arc<Proxy>) -> Response<Body> {
     let started = Instant::now();
     let grpc = is_grpc(&request);
     let declared_length = content_length(&request);
@@ -100,7 +100,7 @@ pub async fn handle(request: Request<Incoming>, conn: &Conn, proxy: &Proxy) -> R
     outcome.response.map(|body| recorded(body, pending).boxed())
 }
 
-async fn outbound(mut request: Request<Incoming>, conn: &Conn, proxy: &Proxy) -> Outcome {
+async fn outbound(mut request: Request<Incoming>, conn: &Conn, proxy: &Arc<Proxy>) -> Outcome {
     let snapshot = proxy.config.load_full();
     let (port, service_port) = {
         let authority = authority_ref(&request);
@@ -262,10 +262,12 @@ async fn to_cluster(
     route: &CompiledRoute,
     cluster: &Arc<Cluster>,
     conn: &Conn,
-    proxy: &Proxy,
+    proxy: &Arc<Proxy>,
     snapshot: &Snapshot,
 ) -> Outcome {
     cluster.count_request();
+    // The mirrors this request goes to (routes without any: a branch).
+    let mirrors = route.mirrors.as_ref().map(|m| m.draw()).filter(|m| !m.is_empty());
     // The route's timeout covers the whole response: its body carries the same deadline.
     let deadline = route.timeout.map(|t| tokio::time::Instant::now() + t);
     let attempts = async {
@@ -274,22 +276,28 @@ async fn to_cluster(
             return box_out_of_line(|| upgrade(request, cluster, conn, proxy)).await;
         }
         let (parts, body) = request.into_parts();
-        // Only bodies known to be small (or absent) are kept for a retry; a stream (gRPC,
-        // chunked uploads) goes through as it comes, without retries.
-        let replayable = route.retries.is_some()
-            && (content_length_of(&parts.headers).is_some_and(|n| n <= MAX_REPLAY_BODY)
-                || hyper::body::Body::is_end_stream(&body));
+        // Only bodies known to be small (or absent) are kept for a retry or a mirror; a stream
+        // (gRPC, chunked uploads) goes through as it comes, without retries or mirrors.
+        let small = content_length_of(&parts.headers).is_some_and(|n| n <= MAX_REPLAY_BODY)
+            || hyper::body::Body::is_end_stream(&body);
+        let replayable = (route.retries.is_some() || mirrors.is_some()) && small;
         let limit = snapshot.limits.max_body_bytes;
         if replayable {
             let bytes = match Limited::new(body, MAX_REPLAY_BODY.min(limit) as usize).collect().await {
                 Ok(collected) => collected.to_bytes(),
                 Err(e) => return body_error(e, cluster),
             };
+            if let Some(mirrors) = mirrors {
+                crate::mirror::send(proxy, mirrors, &parts, &bytes, route.timeout, conn.peer.ip());
+            }
             let length = bytes.len() as u64;
             with_retries(&parts, bytes, route.retries.as_ref(), cluster, conn, proxy, deadline)
                 .await
                 .with_request_bytes(RequestBytes::Known(length))
         } else {
+            if let Some(mirrors) = &mirrors {
+                crate::mirror::dropped_body(proxy, mirrors);
+            }
             let (body, request_bytes) = forwarded_body(body, limit as usize);
             attempt(
                 Request::from_parts(parts, body),
@@ -524,7 +532,7 @@ async fn attempt(
 /// Reports an exchange's outcome to the cluster's outlier detection (when it has one), and
 /// counts the ejection it leads to.
 #[inline]
-fn observe(cluster: &Cluster, index: usize, observed: Observed, proxy: &Proxy) {
+pub(crate) fn observe(cluster: &Cluster, index: usize, observed: Observed, proxy: &Proxy) {
     if cluster.outlier.is_some()
         && let Some(verdict) = cluster.observe(index, observed)
     {
@@ -545,7 +553,7 @@ fn body_limit(e: &UpstreamError) -> Option<StatusCode> {
     None
 }
 
-fn upstream_protocol(configured: pb::UpstreamProtocol, downstream: Version) -> Protocol {
+pub(crate) fn upstream_protocol(configured: pb::UpstreamProtocol, downstream: Version) -> Protocol {
     match configured {
         pb::UpstreamProtocol::Http1 => Protocol::Http1,
         pb::UpstreamProtocol::Http2PriorKnowledge => Protocol::Http2,
@@ -556,7 +564,7 @@ fn upstream_protocol(configured: pb::UpstreamProtocol, downstream: Version) -> P
 
 /// HTTP/1.1 goes out in origin form with its Host header; HTTP/2 carries the authority in the
 /// URI (the `:authority` pseudo-header).
-fn prepare_uri(request: &mut Request<Body>, protocol: Protocol, target: SocketAddr) {
+pub(crate) fn prepare_uri(request: &mut Request<Body>, protocol: Protocol, target: SocketAddr) {
     let authority = |request: &Request<Body>| {
         request
             .uri()

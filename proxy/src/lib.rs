@@ -23,6 +23,7 @@ pub mod headers;
 pub mod listen;
 pub mod locality;
 pub mod metrics;
+pub mod mirror;
 pub mod outlier;
 pub mod retry_budget;
 pub mod route;
@@ -101,6 +102,8 @@ pub struct Proxy {
     pub on_demand: std::sync::OnceLock<xds::OnDemand>,
     /// `inbound|<port>` per port, built once: the inbound metrics label.
     inbound_names: std::sync::RwLock<FastMap<u16, Arc<str>>>,
+    /// Mirrored copies in flight.
+    pub mirrors: Arc<mirror::InFlight>,
 }
 
 impl Proxy {
@@ -134,6 +137,7 @@ impl Proxy {
             explicit_inbound,
             on_demand: std::sync::OnceLock::new(),
             inbound_names: std::sync::RwLock::default(),
+            mirrors: Arc::default(),
         })
     }
 

@@ -161,6 +161,7 @@ pub struct Metrics {
     outlier_ejections: Family<OutlierLabels, Counter>,
     outlier_overflows: Family<OutlierLabels, Counter>,
     retries_refused: Family<RetryRefusalLabels, Counter>,
+    mirrored: Family<MirrorLabels, Counter>,
     mesh: std::sync::OnceLock<Arc<trellis_identity::tls::MeshTls>>,
     /// Set when scraped, from the certificate held then.
     cert_expiry: prometheus_client::metrics::gauge::Gauge,
@@ -200,6 +201,14 @@ pub struct OutlierLabels {
 pub struct RetryRefusalLabels {
     pub cluster_name: String,
     pub reason: &'static str,
+}
+
+/// A mirrored copy: the mirror cluster, and how the copy ended (`answered`, `failed`,
+/// `dropped_in_flight`, `dropped_body`).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct MirrorLabels {
+    pub cluster_name: String,
+    pub result: &'static str,
 }
 
 /// One finished HTTP request, as the metrics see it.
@@ -271,6 +280,12 @@ impl Metrics {
             "Retries a route's policy asked for but the cluster's retry budget or maxRetries refused (the last answer stood)",
             retries_refused.clone(),
         );
+        let mirrored = Family::<MirrorLabels, Counter>::default();
+        registry.register(
+            "trellis_mirrored_requests",
+            "Copies of requests for mirror clusters: answered, failed (no answer in time), or not sent (too many in flight, or a body that cannot be copied)",
+            mirrored.clone(),
+        );
         let cert_expiry = prometheus_client::metrics::gauge::Gauge::default();
         registry.register(
             "trellis_workload_certificate_expiration_timestamp_seconds",
@@ -301,6 +316,7 @@ impl Metrics {
             outlier_ejections,
             outlier_overflows,
             retries_refused,
+            mirrored,
             mesh: std::sync::OnceLock::new(),
             cert_expiry,
             csr_failures,
@@ -327,6 +343,12 @@ impl Metrics {
     pub fn retry_refused(&self, cluster: &str, refused: crate::retry_budget::Refused) {
         let labels = RetryRefusalLabels { cluster_name: cluster.to_owned(), reason: refused.label() };
         self.retries_refused.get_or_create(&labels).inc();
+    }
+
+    /// A mirrored copy, by how it ended.
+    pub fn mirrored(&self, cluster: &str, result: crate::mirror::Mirrored) {
+        let labels = MirrorLabels { cluster_name: cluster.to_owned(), result: result.label() };
+        self.mirrored.get_or_create(&labels).inc();
     }
 
     pub fn authz(&self, labels: &AuthzLabels) {

@@ -115,6 +115,8 @@ pub struct CompiledRoute {
     pub retries: Option<Retry>,
     /// Fault injection, when the route has it.
     pub fault: Option<Box<crate::fault::Fault>>,
+    /// Mirrors, when the route has them.
+    pub mirrors: Option<Box<crate::mirror::Mirrors>>,
 }
 
 pub enum Action {

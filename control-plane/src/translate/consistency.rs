@@ -47,6 +47,9 @@ pub fn check_consistent(config: &pb::ProxyConfig) -> Result<(), String> {
                 }
                 Some(_) => {}
             }
+            if let Some(missing) = r.mirrors.iter().find(|m| !clusters.contains(m.cluster.as_str())) {
+                return Err(format!("{}: no mirror cluster {:?}", at(), missing.cluster));
+            }
         }
     }
     for s in &config.services {
@@ -129,7 +132,7 @@ mod tests {
     fn broken_references_and_duplicates_are_found() {
         assert_eq!(check_consistent(&whole()), Ok(()));
         type Break = fn(&mut pb::ProxyConfig);
-        let breaks: [(Break, &str); 7] = [
+        let breaks: [(Break, &str); 8] = [
             (|c| c.services[0].ports[0].virtual_host = "b:80".into(), "no virtual host"),
             (|c| c.services[0].ports[0].tcp_cluster = "d".into(), "no cluster"),
             (|c| c.clusters[0].service = "f".into(), "no endpoints"),
@@ -149,6 +152,14 @@ mod tests {
                     }
                 },
                 "no cluster \"x\"",
+            ),
+            (
+                |c| {
+                    c.virtual_hosts[0].routes[0]
+                        .mirrors
+                        .push(pb::Mirror { cluster: "m".into(), percent: 100.0 })
+                },
+                "no mirror cluster \"m\"",
             ),
         ];
         for (change, words) in breaks {

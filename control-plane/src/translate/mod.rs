@@ -14,8 +14,8 @@
 //! (the endpoints carry the target port and the workload labels), and clusters
 //! `outbound|<port>||<host>` and `outbound|<port>|<subset>|<host>` over that set.
 //!
-//! What the proxy's configuration cannot express is left out and logged at debug level: fault
-//! injection, mirroring, CORS, `sourceLabels`,
+//! What the proxy's configuration cannot express is left out and logged at debug level: CORS,
+//! `sourceLabels`,
 //! `authority` and `scheme` matches, regex rewrites, redirect ports, DestinationRules with a
 //! `workloadSelector`, Sidecar egress ports, and ServiceEntries the proxy cannot dial
 //! (resolution NONE, DNS without IP endpoints, address ranges): their traffic is left to the

@@ -59,7 +59,10 @@ impl<'a> VirtualServices<'a> {
         let mut out = BTreeSet::new();
         for (vs, _) in &self.list {
             let spec = vs.spec;
-            let http = spec.http.iter().flat_map(|r| r.route.iter().map(|d| &d.destination));
+            let http = spec.http.iter().flat_map(|r| {
+                let mirrors = r.mirror.iter().chain(r.mirrors.iter().map(|m| &m.destination));
+                r.route.iter().map(|d| &d.destination).chain(mirrors)
+            });
             let l4 = spec.tcp.iter().flat_map(|r| &r.route).chain(spec.tls.iter().flat_map(|r| &r.route));
             for d in http.chain(l4.map(|d| &d.destination)) {
                 out.insert(resolve_host(&d.host, vs.namespace));
@@ -192,8 +195,8 @@ impl Registry<'_> {
             debug!(resource = %vs, field, "delegation applies to gateways only; route skipped");
             return None;
         }
-        if route.mirror.is_some() || !route.mirrors.is_empty() || route.cors_policy.is_some() {
-            debug!(resource = %vs, field, "mirroring and CORS are not implemented");
+        if route.cors_policy.is_some() {
+            debug!(resource = %vs, field, "CORS is not implemented");
         }
         let matches: Vec<pb::RouteMatch> = route
             .matches
@@ -230,6 +233,7 @@ impl Registry<'_> {
                 &format!("{field}.retries"),
             ),
             fault: route.fault.as_ref().and_then(|f| fault(f, vs, &format!("{field}.fault"))),
+            mirrors: self.mirrors(vs, &field, route, port),
         };
         // What the proxy would refuse costs this route only, not the proxy's whole config.
         if let Err(bad) = trellis_xds::uri::check_route(&compiled) {
@@ -354,6 +358,45 @@ impl Registry<'_> {
             });
         }
         forward(clusters)
+    }
+
+    /// A route's `mirror` (with `mirrorPercentage`, or the legacy `mirrorPercent`) and
+    /// `mirrors`, each with its share; unset shares are Istio's 100 %. A mirror whose
+    /// destination this proxy does not see, or whose share is not a percentage, is left out
+    /// with a warning naming it (validation refuses the latter first).
+    fn mirrors(&self, vs: Vs<'_>, field: &str, route: &HttpRoute, port: u16) -> Vec<pb::Mirror> {
+        let single = route.mirror.as_ref().map(|d| {
+            let percent = match (&route.mirror_percentage, route.mirror_percent) {
+                (Some(p), _) => p.value,
+                (None, Some(legacy)) => f64::from(legacy),
+                (None, None) => 100.0,
+            };
+            (format!("{field}.mirror"), d, percent)
+        });
+        let listed = route.mirrors.iter().enumerate().map(|(i, m)| {
+            (
+                format!("{field}.mirrors[{i}].destination"),
+                &m.destination,
+                m.percentage.as_ref().map_or(100.0, |p| p.value),
+            )
+        });
+        single
+            .into_iter()
+            .chain(listed)
+            .filter_map(|(at, destination, percent)| {
+                if !(0.0..=100.0).contains(&percent) {
+                    warn!(resource = %vs, field = %at, percent, "not a percentage; mirror left out");
+                    return None;
+                }
+                match self.resolve(destination, vs.namespace, port) {
+                    Ok(cluster) => Some(pb::Mirror { cluster, percent }),
+                    Err(reason) => {
+                        warn!(resource = %vs, field = %at, %reason, "unknown mirror destination; mirror left out");
+                        None
+                    }
+                }
+            })
+            .collect()
     }
 
     /// The cluster a destination names, or the black hole when it names nothing this proxy
@@ -600,6 +643,42 @@ mod tests {
             "the legacy integer percent"
         );
         assert_eq!(routes[3].fault, None);
+    }
+
+    #[test]
+    fn mirrors_reach_the_proxy_with_istios_default_share_and_unknown_ones_are_left_out() {
+        let routes = reviews_routes(&format!(
+            "{VS}spec:
+  hosts: [reviews]
+  http:
+    - match: [{{ uri: {{ prefix: /a }} }}]
+      mirror: {{ host: reviews, subset: v2 }}
+      mirrorPercentage: {{ value: 12.5 }}
+      route: [{{ destination: {{ host: reviews, subset: v1 }} }}]
+    - match: [{{ uri: {{ prefix: /b }} }}]
+      mirror: {{ host: ratings }}
+      mirrorPercent: 30
+      route: [{{ destination: {{ host: reviews }} }}]
+    - match: [{{ uri: {{ prefix: /c }} }}]
+      mirrors:
+        - {{ destination: {{ host: reviews, subset: v2 }} }}
+        - {{ destination: {{ host: ratings }}, percentage: {{ value: 5 }} }}
+        - {{ destination: {{ host: nowhere.example.com }} }}
+        - {{ destination: {{ host: reviews, subset: v9 }} }}
+      route: [{{ destination: {{ host: reviews }} }}]
+    - route: [{{ destination: {{ host: reviews }} }}]
+"
+        ));
+        let mirror = |cluster: &str, percent: f64| pb::Mirror { cluster: cluster.into(), percent };
+        let ratings = "outbound|9080||ratings.shop.svc.cluster.local";
+        assert_eq!(routes[0].mirrors, [mirror(&subset("v2"), 12.5)]);
+        assert_eq!(routes[1].mirrors, [mirror(ratings, 30.0)], "the legacy integer mirrorPercent");
+        assert_eq!(
+            routes[2].mirrors,
+            [mirror(&subset("v2"), 100.0), mirror(ratings, 5.0)],
+            "unset shares are 100; unknown hosts and subsets are left out, not black-holed"
+        );
+        assert!(routes[3].mirrors.is_empty());
     }
 
     #[test]

@@ -71,6 +71,7 @@ impl ScopeResources {
     }
 }
 
+/// The clusters a virtual host's routes forward and mirror to.
 fn clusters_of(vh: &pb::VirtualHost) -> Vec<String> {
     let mut names: Vec<String> = vh
         .routes
@@ -80,6 +81,7 @@ fn clusters_of(vh: &pb::VirtualHost) -> Vec<String> {
             _ => None,
         })
         .flatten()
+        .chain(vh.routes.iter().flat_map(|r| r.mirrors.iter().map(|m| m.cluster.clone())))
         .collect();
     names.sort();
     names.dedup();
@@ -108,6 +110,17 @@ mod tests {
             clusters: vec![pb::Cluster { name: "a".into(), service: "web:80".into(), ..Default::default() }],
             ..Default::default()
         }
+    }
+
+    #[test]
+    fn mirror_clusters_are_references_too() {
+        let mut mirrored = config(10);
+        mirrored.virtual_hosts[0].routes[0].mirrors = vec![
+            pb::Mirror { cluster: "shadow".into(), percent: 100.0 },
+            pb::Mirror { cluster: "a".into(), percent: 5.0 },
+        ];
+        let packed = ScopeResources::pack(&mirrored, None);
+        assert_eq!(packed.of(ResourceType::VirtualHost)["web:80"].deps, ["a", "b", "shadow"]);
     }
 
     #[test]
