@@ -112,6 +112,8 @@ pub struct Snapshot {
     pub inbound_tls: InboundTls,
     /// AuthorizationPolicy (and what else checks inbound requests), compiled.
     pub inbound_policy: crate::security::policy::InboundPolicy,
+    /// Rate limits on inbound requests (an EnvoyFilter's); `None`, the usual case, costs nothing.
+    pub inbound_rate_limit: Option<Arc<crate::ratelimit::InboundRateLimit>>,
     by_address: FastMap<SocketAddr, Arc<ServicePort>>,
     /// Lower-case host name, then port.
     by_name: FastMap<String, Vec<(u16, Arc<ServicePort>)>>,
@@ -319,10 +321,15 @@ impl Snapshot {
         let inbound_tls = InboundTls::compile(config.inbound_tls.as_ref())?;
         let inbound_policy =
             crate::security::policy::InboundPolicy::compile(&config, previous.map(|p| &p.inbound_policy))?;
+        let inbound_rate_limit = crate::ratelimit::InboundRateLimit::compile(
+            &config,
+            previous.and_then(|p| p.inbound_rate_limit.as_ref()),
+        )?;
         Ok(Snapshot {
             version,
             inbound_tls,
             inbound_policy,
+            inbound_rate_limit,
             outbound_policy,
             opaque_ports,
             detection_timeout: duration(

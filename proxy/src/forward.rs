@@ -826,9 +826,10 @@ async fn inbound(mut request: Request<Incoming>, conn: &Conn, proxy: &Proxy) -> 
         set_path(&mut request, &normalized);
     }
     // The snapshot is held across the CUSTOM provider's answer only when there are policies.
-    let with_policies = {
+    let (with_policies, rate_limit) = {
         let current = proxy.config.load();
-        (!current.inbound_policy.is_empty()).then(|| arc_swap::Guard::into_inner(current))
+        let rate_limit = current.inbound_rate_limit.clone();
+        ((!current.inbound_policy.is_empty()).then(|| arc_swap::Guard::into_inner(current)), rate_limit)
     };
     if let Some(snapshot) = with_policies {
         let grpc = is_grpc(&request);
@@ -843,6 +844,13 @@ async fn inbound(mut request: Request<Incoming>, conn: &Conn, proxy: &Proxy) -> 
             )
         })
         .await;
+        if let Err(refusal) = checked {
+            return Outcome::new(refusal.response, service, refusal.flags);
+        }
+    }
+    // After authorization, as Istio's EnvoyFilter inserts the rate-limit filters before the router.
+    if let Some(limit) = rate_limit {
+        let checked = box_out_of_line(|| limit.check(&request, &proxy.metrics, &service)).await;
         if let Err(refusal) = checked {
             return Outcome::new(refusal.response, service, refusal.flags);
         }

@@ -25,6 +25,7 @@ pub mod locality;
 pub mod metrics;
 pub mod mirror;
 pub mod outlier;
+pub mod ratelimit;
 pub mod retry_budget;
 pub mod route;
 pub mod security;

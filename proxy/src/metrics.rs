@@ -162,6 +162,7 @@ pub struct Metrics {
     outlier_overflows: Family<OutlierLabels, Counter>,
     retries_refused: Family<RetryRefusalLabels, Counter>,
     mirrored: Family<MirrorLabels, Counter>,
+    rate_limited: Family<RateLimitLabels, Counter>,
     mesh: std::sync::OnceLock<Arc<trellis_identity::tls::MeshTls>>,
     /// Set when scraped, from the certificate held then.
     cert_expiry: prometheus_client::metrics::gauge::Gauge,
@@ -209,6 +210,15 @@ pub struct RetryRefusalLabels {
 pub struct MirrorLabels {
     pub cluster_name: String,
     pub result: &'static str,
+}
+
+/// A request over a rate limit: the inbound service, which limit (`local`, `global`), and
+/// whether it was refused (`enforced="true"`) or only counted.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RateLimitLabels {
+    pub destination_service: String,
+    pub limit: &'static str,
+    pub enforced: &'static str,
 }
 
 /// One finished HTTP request, as the metrics see it.
@@ -286,6 +296,12 @@ impl Metrics {
             "Copies of requests for mirror clusters: answered, failed (no answer in time), or not sent (too many in flight, or a body that cannot be copied)",
             mirrored.clone(),
         );
+        let rate_limited = Family::<RateLimitLabels, Counter>::default();
+        registry.register(
+            "trellis_rate_limited_requests",
+            "Inbound requests over a rate limit (an EnvoyFilter's local_ratelimit or ratelimit): refused (enforced=true) or only counted",
+            rate_limited.clone(),
+        );
         let cert_expiry = prometheus_client::metrics::gauge::Gauge::default();
         registry.register(
             "trellis_workload_certificate_expiration_timestamp_seconds",
@@ -317,6 +333,7 @@ impl Metrics {
             outlier_overflows,
             retries_refused,
             mirrored,
+            rate_limited,
             mesh: std::sync::OnceLock::new(),
             cert_expiry,
             csr_failures,
@@ -343,6 +360,16 @@ impl Metrics {
     pub fn retry_refused(&self, cluster: &str, refused: crate::retry_budget::Refused) {
         let labels = RetryRefusalLabels { cluster_name: cluster.to_owned(), reason: refused.label() };
         self.retries_refused.get_or_create(&labels).inc();
+    }
+
+    /// A request over a rate limit.
+    pub fn rate_limited(&self, service: &str, limit: &'static str, enforced: bool) {
+        let labels = RateLimitLabels {
+            destination_service: service.to_owned(),
+            limit,
+            enforced: if enforced { "true" } else { "false" },
+        };
+        self.rate_limited.get_or_create(&labels).inc();
     }
 
     /// A mirrored copy, by how it ended.

@@ -1,0 +1,83 @@
+//! Rate limits on a workload's inbound HTTP requests, as Istio users configure them with an
+//! EnvoyFilter: Envoy's `local_ratelimit` (a token bucket in this proxy) and `ratelimit` (a
+//! RateLimitService asked per request). The control plane resolves the EnvoyFilter into
+//! `inbound_local_rate_limit` and `inbound_global_rate_limit`; without them the request path
+//! pays one branch.
+//!
+//! A refused request gets Envoy's answers: 429 with the response flag `RL` (the global limit
+//! adds `x-envoy-ratelimited: true`, the local one only its configured headers), and, when the
+//! RateLimitService cannot answer and `failure_mode_deny` is set, 500 with `RLSE`.
+
+pub mod local;
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use http::{HeaderValue, Request, StatusCode};
+use trellis_xds::config as pb;
+
+use crate::config::ConfigError;
+use crate::upstream::Body;
+
+/// What refusing a request answers, and its response flag.
+pub struct Refusal {
+    pub response: http::Response<Body>,
+    pub flags: &'static str,
+}
+
+/// The rate limits of a workload's inbound requests.
+#[derive(Debug)]
+pub struct InboundRateLimit {
+    pub local: Option<local::LocalRateLimit>,
+}
+
+impl InboundRateLimit {
+    /// Compiles the config's rate limits; `None` when there are none.
+    pub fn compile(
+        config: &pb::ProxyConfig,
+        previous: Option<&Arc<InboundRateLimit>>,
+    ) -> Result<Option<Arc<InboundRateLimit>>, ConfigError> {
+        let local = match &config.inbound_local_rate_limit {
+            Some(c) => Some(local::LocalRateLimit::compile(
+                c,
+                "inbound_local_rate_limit",
+                previous.and_then(|p| p.local.as_ref()),
+            )?),
+            None => None,
+        };
+        if local.is_none() {
+            return Ok(None);
+        }
+        Ok(Some(Arc::new(InboundRateLimit { local })))
+    }
+
+    /// Checks one request: `Err` with the answer when it is refused.
+    pub async fn check<B>(
+        &self,
+        _request: &Request<B>,
+        metrics: &crate::metrics::Metrics,
+        service: &str,
+    ) -> Result<(), Refusal> {
+        if let Some(local) = &self.local {
+            match local.decide(Instant::now()) {
+                local::Decision::Allow => {}
+                local::Decision::Counted => metrics.rate_limited(service, "local", false),
+                local::Decision::Refuse => {
+                    metrics.rate_limited(service, "local", true);
+                    let mut response =
+                        crate::forward::text(StatusCode::TOO_MANY_REQUESTS, "local_rate_limited");
+                    for (name, value) in &local.response_headers {
+                        response.headers_mut().append(name.clone(), value.clone());
+                    }
+                    return Err(Refusal { response, flags: "RL" });
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Envoy's header on answers the global limit refused.
+pub fn envoy_ratelimited() -> (http::HeaderName, HeaderValue) {
+    (http::HeaderName::from_static("x-envoy-ratelimited"), HeaderValue::from_static("true"))
+}

@@ -1,0 +1,162 @@
+//! Rate limits on inbound requests (an EnvoyFilter's `local_ratelimit` and `ratelimit`, as the
+//! control plane resolves them): a real proxy on 127.0.0.1 in front of a real app.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::{Client, TestProxy, Upstream, get};
+use http::{StatusCode, Version};
+
+fn local_limit(max: u32, per_fill: u32, interval: &str, enabled: f64, enforced: f64) -> String {
+    format!(
+        r#"
+inboundLocalRateLimit:
+  statPrefix: http_local_rate_limiter
+  tokenBucket: {{ maxTokens: {max}, tokensPerFill: {per_fill}, fillInterval: {interval} }}
+  enabledPercent: {enabled}
+  enforcedPercent: {enforced}
+  responseHeaders: {{ x-local-rate-limit: "true" }}
+"#
+    )
+}
+
+/// The sum of a counter's series whose labels contain all of `labels`.
+fn counter(metrics: &str, name: &str, labels: &[&str]) -> u64 {
+    metrics
+        .lines()
+        .filter(|l| l.starts_with(name) && labels.iter().all(|want| l.contains(want)))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum::<f64>() as u64
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn local_limit_allows_the_bucket_rate_within_5_percent_at_a_fixed_rate() {
+    let app = Upstream::start("app").await;
+    // 100 requests per second (5 every 50 ms, Envoy's smallest interval), a burst of 20.
+    let (max, per_fill, interval) = (20u64, 5u64, Duration::from_millis(50));
+    let proxy = TestProxy::start(&local_limit(20, 5, "0.05s", 100.0, 100.0)).await;
+    let authority = format!("app.local:{}", app.addr.port());
+    // 4 clients at 100 requests per second each: twice the limit, 150 requests each.
+    const CLIENTS: usize = 4;
+    const EACH: usize = 150;
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for _ in 0..CLIENTS {
+        let addr = proxy.inbound();
+        let authority = authority.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut client = Client::connect(addr, Version::HTTP_11).await;
+            let mut ticks = tokio::time::interval(Duration::from_millis(10));
+            let (mut allowed, mut refused) = (0u64, 0u64);
+            for _ in 0..EACH {
+                ticks.tick().await;
+                let answer = client.send(get(&authority, "/", &[])).await.unwrap();
+                match answer.status {
+                    StatusCode::OK => allowed += 1,
+                    StatusCode::TOO_MANY_REQUESTS => {
+                        assert_eq!(answer.header("x-local-rate-limit"), Some("true"));
+                        assert_eq!(answer.text(), "local_rate_limited");
+                        refused += 1;
+                    }
+                    other => panic!("unexpected {other}"),
+                }
+            }
+            (allowed, refused)
+        }));
+    }
+    let (mut allowed, mut refused) = (0, 0);
+    for t in tasks {
+        let (a, r) = t.await.unwrap();
+        allowed += a;
+        refused += r;
+    }
+    let elapsed = started.elapsed();
+    let sent = (CLIENTS * EACH) as u64;
+    assert_eq!(allowed + refused, sent);
+    // The bucket math over the measured time: the burst, then one fill per interval boundary
+    // crossed (the boundaries are the proxy's, so one more may fall inside the window). A
+    // machine too slow to reach the limit gets everything through, and the bound says so.
+    let fills = (elapsed.as_nanos() / interval.as_nanos()) as u64;
+    let low = (max + per_fill * fills).min(sent) as f64;
+    let high = (max + per_fill * (fills + 1)).min(sent) as f64;
+    let allowed_f = allowed as f64;
+    assert!(
+        allowed_f >= low * 0.95 && allowed_f <= high * 1.05,
+        "allowed {allowed} of {sent} in {elapsed:?}: expected {low}..{high} within 5 %"
+    );
+    assert!(refused > 0, "the run was meant to exceed the limit ({elapsed:?})");
+    let metrics = proxy.metrics().await;
+    assert_eq!(
+        counter(&metrics, "istio_requests_total", &["response_code=\"429\"", "response_flags=\"RL\""]),
+        refused,
+        "{metrics}"
+    );
+    assert_eq!(
+        counter(&metrics, "trellis_rate_limited_requests_total", &["limit=\"local\"", "enforced=\"true\""]),
+        refused,
+        "{metrics}"
+    );
+}
+
+#[tokio::test]
+async fn local_limit_enabled_but_not_enforced_counts_and_lets_everything_through() {
+    let app = Upstream::start("app").await;
+    let proxy = TestProxy::start(&local_limit(2, 1, "3600s", 100.0, 0.0)).await;
+    let authority = format!("app.local:{}", app.addr.port());
+    let mut client = Client::connect(proxy.inbound(), Version::HTTP_11).await;
+    for _ in 0..10 {
+        let answer = client.get(&authority, "/").await;
+        assert_eq!(answer.status, StatusCode::OK);
+        assert_eq!(answer.header("x-local-rate-limit"), None);
+    }
+    assert_eq!(app.count(), 10);
+    let metrics = proxy.metrics().await;
+    assert_eq!(
+        counter(&metrics, "trellis_rate_limited_requests_total", &["limit=\"local\"", "enforced=\"false\""]),
+        8,
+        "{metrics}"
+    );
+    assert_eq!(counter(&metrics, "istio_requests_total", &["response_flags=\"RL\""]), 0);
+}
+
+#[tokio::test]
+async fn local_limit_not_enabled_does_nothing_and_a_reload_keeps_the_bucket() {
+    let app = Upstream::start("app").await;
+    let proxy = TestProxy::start(&local_limit(1, 1, "3600s", 0.0, 100.0)).await;
+    let authority = format!("app.local:{}", app.addr.port());
+    let mut client = Client::connect(proxy.inbound(), Version::HTTP_11).await;
+    for _ in 0..5 {
+        assert_eq!(client.get(&authority, "/").await.status, StatusCode::OK);
+    }
+    let enforced = local_limit(1, 1, "3600s", 100.0, 100.0);
+    proxy.reload(&enforced).await;
+    assert_eq!(client.get(&authority, "/").await.status, StatusCode::OK);
+    assert_eq!(client.get(&authority, "/").await.status, StatusCode::TOO_MANY_REQUESTS);
+    // The same settings again (another config version): no fresh burst.
+    proxy.reload(&format!("{enforced}\nopaquePorts: [3306]\n")).await;
+    assert_eq!(client.get(&authority, "/").await.status, StatusCode::TOO_MANY_REQUESTS);
+}
+
+#[tokio::test]
+async fn a_malformed_local_limit_is_refused_naming_the_field_and_the_last_good_config_stays() {
+    let app = Upstream::start("app").await;
+    let proxy = TestProxy::start(&local_limit(1, 1, "3600s", 100.0, 100.0)).await;
+    let authority = format!("app.local:{}", app.addr.port());
+    let mut client = Client::connect(proxy.inbound(), Version::HTTP_11).await;
+    let version = proxy.running.proxy.config.load().version;
+    for (bad, field) in [
+        (local_limit(1, 1, "0s", 100.0, 100.0), "inbound_local_rate_limit.token_bucket.fill_interval"),
+        (local_limit(0, 1, "1s", 100.0, 100.0), "inbound_local_rate_limit.token_bucket.max_tokens"),
+        (local_limit(1, 0, "1s", 100.0, 100.0), "inbound_local_rate_limit.token_bucket.tokens_per_fill"),
+        (local_limit(1, 1, "1s", 100.0, 150.0), "inbound_local_rate_limit.enforced_percent"),
+    ] {
+        std::fs::write(&proxy.config_path, &bad).unwrap();
+        let error = trellis_proxy::watch::load(&proxy.config_path, 99, None).err().expect("rejected");
+        assert!(error.to_string().contains(field), "{error}");
+    }
+    // What the running proxy does with them: keeps the last good limit.
+    assert_eq!(client.get(&authority, "/").await.status, StatusCode::OK);
+    assert_eq!(client.get(&authority, "/").await.status, StatusCode::TOO_MANY_REQUESTS);
+    assert_eq!(proxy.running.proxy.config.load().version, version);
+}
