@@ -126,12 +126,12 @@ fn to_pb_setting(s: &LocalityLbSetting) -> pb::LocalityLoadBalancing {
 }
 
 /// What of a proxy's place its configuration depends on, given the model: proxies that differ
-/// only in what no cluster reads share a translation. The locality matters once any
-/// DestinationRule has outlier detection or a locality setting, or the mesh distributes; the
-/// labels only those a `failoverPriority` names.
+/// only in what no cluster reads share a translation. The locality (looked up only then)
+/// matters once any DestinationRule has outlier detection or a locality setting, or the mesh
+/// distributes; the labels only those a `failoverPriority` names.
 pub fn relevant(
     model: &Model,
-    locality: Locality,
+    locality: impl FnOnce() -> Locality,
     labels: &BTreeMap<String, String>,
 ) -> (Locality, BTreeMap<String, String>) {
     let mut in_use = model.mesh.locality_lb_setting.as_ref().is_some_and(|s| !s.distribute.is_empty());
@@ -159,7 +159,7 @@ pub fn relevant(
     }
     let labels =
         labels.iter().filter(|(k, _)| keys.contains(*k)).map(|(k, v)| (k.clone(), v.clone())).collect();
-    (locality, labels)
+    (locality(), labels)
 }
 
 /// A rule's traffic policies: its own and its subsets'.

@@ -92,7 +92,7 @@ pub fn scope_of(model: &Model, proxy: &ProxyIdentity) -> Scope {
 /// As [`scope_of`], for a proxy whose pod name and address are known (from its node id): its
 /// locality is then its pod's, or its WorkloadEntry's.
 pub fn scope_of_instance(model: &Model, proxy: &ProxyIdentity, instance: &locality::Instance) -> Scope {
-    let place = locality::of_proxy(model, &proxy.namespace, &proxy.labels, instance);
+    let place = || locality::of_proxy(model, &proxy.namespace, &proxy.labels, instance);
     let (locality, workload_labels) = locality::relevant(model, place, &proxy.labels);
     Scope {
         locality,
