@@ -23,6 +23,8 @@ mod order;
 mod values;
 mod yaml;
 
+pub use order::install_rank;
+
 use std::path::PathBuf;
 use std::sync::Arc;
 

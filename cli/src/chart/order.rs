@@ -43,6 +43,11 @@ const INSTALL_ORDER: &[&str] = &[
     "ValidatingWebhookConfiguration",
 ];
 
+/// The kind's place in Helm's install order; kinds Helm does not list come after all of them.
+pub fn install_rank(kind: &str) -> usize {
+    INSTALL_ORDER.iter().position(|k| *k == kind).unwrap_or(INSTALL_ORDER.len())
+}
+
 /// Sorts `(kind, item)` pairs as Helm's sortManifestsByKind: a stable sort by the kind's place
 /// in the install order, kinds Helm does not know after all others, by name.
 pub(super) fn sort_by_kind<T>(items: &mut [(String, T)]) {
