@@ -86,11 +86,28 @@ pub struct ServicePort {
     pub protocol: pb::Protocol,
     pub virtual_host: Option<Arc<VirtualHost>>,
     pub tcp_cluster: Option<Arc<Cluster>>,
+    /// A weighted split of the port's TCP connections (a `tcp` or `tls` route with several
+    /// destinations); empty when the port has one TCP cluster.
+    pub tcp_split: Vec<(Arc<Cluster>, u32)>,
     /// With config on demand (xDS): the virtual host this port names, when the proxy has not
     /// fetched it yet.
     pub missing_virtual_host: Option<String>,
-    /// Likewise for the TCP cluster.
-    pub missing_tcp_cluster: Option<String>,
+    /// Likewise for the TCP clusters.
+    pub missing_tcp_clusters: Vec<String>,
+}
+
+impl ServicePort {
+    /// Where a TCP connection on this port goes: a pick by weight when the port splits its
+    /// connections, else its one cluster.
+    pub fn tcp_target(&self) -> Option<Arc<Cluster>> {
+        if self.tcp_split.is_empty() {
+            return self.tcp_cluster.clone();
+        }
+        let total = Action::total_weight(&self.tcp_split);
+        let roll =
+            if total > 1 { crate::with_fast_rng(|rng| rand::RngExt::random_range(rng, 0..total)) } else { 0 };
+        Action::pick_cluster(&self.tcp_split, roll).cloned()
+    }
 }
 
 pub struct Limits {
@@ -256,7 +273,7 @@ impl Snapshot {
                     p.virtual_host.clone()
                 };
                 let virtual_host = virtual_hosts.get(&vh_name).cloned();
-                let (mut missing_virtual_host, mut missing_tcp_cluster) = (None, None);
+                let (mut missing_virtual_host, mut missing_tcp_clusters) = (None, Vec::new());
                 if virtual_host.is_none() && !p.virtual_host.is_empty() {
                     if references == References::Complete {
                         return Err(err(
@@ -266,18 +283,33 @@ impl Snapshot {
                     }
                     missing_virtual_host = Some(vh_name.clone());
                 }
-                let tcp_cluster = match p.tcp_cluster.as_str() {
-                    "" => virtual_host.as_ref().and_then(|vh| vh.first_cluster()),
-                    name => match clusters.get(name) {
-                        Some(cluster) => Some(cluster.clone()),
-                        None if references == References::OnDemand => {
-                            missing_tcp_cluster = Some(name.to_owned());
-                            None
+                // A TCP cluster, when the proxy has it; on demand, a missing one is noted.
+                let mut tcp_lookup = |name: &str, field: String| match clusters.get(name) {
+                    Some(cluster) => Ok(Some(cluster.clone())),
+                    None if references == References::OnDemand => {
+                        missing_tcp_clusters.push(name.to_owned());
+                        Ok(None)
+                    }
+                    None => Err(err(field, format!("no cluster {name:?}"))),
+                };
+                let mut tcp_split = Vec::new();
+                let tcp_cluster = match (p.tcp_cluster.as_str(), p.tcp_clusters.as_slice()) {
+                    (_, [_, ..]) => {
+                        let single = p.tcp_clusters.len() == 1;
+                        for (j, wc) in p.tcp_clusters.iter().enumerate() {
+                            let field = format!("{pfield}.tcp_clusters[{j}].cluster");
+                            if let Some(cluster) = tcp_lookup(&wc.cluster, field)? {
+                                tcp_split.push((cluster, if single { 1 } else { wc.weight }));
+                            }
                         }
-                        None => {
-                            return Err(err(format!("{pfield}.tcp_cluster"), format!("no cluster {name:?}")));
+                        let all_zero = p.tcp_clusters.iter().all(|wc| wc.weight == 0);
+                        if !single && all_zero {
+                            return Err(err(format!("{pfield}.tcp_clusters"), "the weights add up to 0"));
                         }
-                    },
+                        None
+                    }
+                    ("", []) => virtual_host.as_ref().and_then(|vh| vh.first_cluster()),
+                    (name, []) => tcp_lookup(name, format!("{pfield}.tcp_cluster"))?,
                 };
                 let protocol = pb::Protocol::try_from(p.protocol).unwrap_or(pb::Protocol::Auto);
                 let entry = Arc::new(ServicePort {
@@ -286,8 +318,9 @@ impl Snapshot {
                     protocol,
                     virtual_host,
                     tcp_cluster,
+                    tcp_split,
                     missing_virtual_host,
-                    missing_tcp_cluster,
+                    missing_tcp_clusters,
                 });
                 service_ports.insert(port);
                 for ip in &addresses {
@@ -808,6 +841,22 @@ mod tests {
             (("opaquePorts: [3306]", "opaquePorts: [3306, 70000]"), "opaque_ports[1]", "70000 is not a port"),
             (("retryRatio: 0.2", "retryRatio: -1"), "clusters[0].retry_budget.retry_ratio", "not a ratio"),
             (("ttl: 10s", "ttl: 0.5s"), "clusters[0].retry_budget.ttl", "not between 1s and 60s"),
+            (
+                (
+                    "tcpCluster: outbound|3306||mysql.shop.svc.cluster.local",
+                    "tcpClusters: [{ cluster: outbound|3306||mysql.shop.svc.cluster.local, weight: 50 }, { cluster: nope, weight: 50 }]",
+                ),
+                "services[1].ports[0].tcp_clusters[1].cluster",
+                "no cluster \"nope\"",
+            ),
+            (
+                (
+                    "tcpCluster: outbound|3306||mysql.shop.svc.cluster.local",
+                    "tcpClusters: [{ cluster: outbound|3306||mysql.shop.svc.cluster.local }, { cluster: outbound|3306||mysql.shop.svc.cluster.local }]",
+                ),
+                "services[1].ports[0].tcp_clusters",
+                "the weights add up to 0",
+            ),
             (
                 (
                     "retryOn: [connect-failure",

@@ -49,15 +49,17 @@ pub async fn handle(stream: TcpStream, peer: SocketAddr, side: Side, proxy: Arc<
     let port = original.map(|o| o.port());
     let mut service_port = original.and_then(|o| snapshot.by_address(o)).cloned();
     if let Some(sp) = &service_port
-        && sp.tcp_cluster.is_none()
-        && let (Some(name), Some(on_demand), Some(original)) =
-            (sp.missing_tcp_cluster.as_deref(), proxy.on_demand.get(), original)
+        && !sp.missing_tcp_clusters.is_empty()
+        && let (Some(on_demand), Some(original)) = (proxy.on_demand.get(), original)
     {
-        // A TCP service's cluster, fetched on first use.
+        // A TCP service's clusters, fetched on first use.
         let lookup = || proxy.config.load().by_address(original).cloned();
-        let arrived = || lookup().is_some_and(|sp| sp.tcp_cluster.is_some());
-        if box_out_of_line(|| on_demand.fetch(ResourceType::Cluster, name, arrived)).await {
-            service_port = lookup();
+        for name in &sp.missing_tcp_clusters {
+            let arrived = || lookup().is_some_and(|sp| !sp.missing_tcp_clusters.contains(name));
+            box_out_of_line(|| on_demand.fetch(ResourceType::Cluster, name, arrived)).await;
+        }
+        if let Some(fetched) = lookup() {
+            service_port = Some(fetched);
         }
     }
     let declared = service_port.as_ref().map(|sp| sp.protocol);
@@ -184,7 +186,7 @@ async fn relay<S: AsyncRead + AsyncWrite + Unpin>(
     let snapshot = proxy.config.load_full();
     let (target, service) = match (conn.side, conn.original) {
         // Explicit mode: only a service found by TLS server name gives bytes a destination.
-        (Side::Outbound, None) => match service_port.and_then(|sp| sp.tcp_cluster.clone()) {
+        (Side::Outbound, None) => match service_port.and_then(|sp| sp.tcp_target()) {
             Some(cluster) => {
                 let service = service_port.map(|sp| sp.service.to_string()).unwrap_or_default();
                 return relay_to_cluster(stream, &cluster, service, proxy).await;
@@ -208,7 +210,7 @@ async fn relay<S: AsyncRead + AsyncWrite + Unpin>(
                 format!("inbound|{}", original.port()),
             )
         }
-        (Side::Outbound, Some(original)) => match service_port.and_then(|sp| sp.tcp_cluster.clone()) {
+        (Side::Outbound, Some(original)) => match service_port.and_then(|sp| sp.tcp_target()) {
             Some(cluster) => {
                 let service = service_port.map(|sp| sp.service.to_string()).unwrap_or_default();
                 return relay_to_cluster(stream, &cluster, service, proxy).await;

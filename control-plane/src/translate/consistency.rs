@@ -70,6 +70,15 @@ pub fn check_consistent(config: &pb::ProxyConfig) -> Result<(), String> {
             if !p.tcp_cluster.is_empty() && !clusters.contains(p.tcp_cluster.as_str()) {
                 return Err(format!("service {:?} port {}: no cluster {:?}", s.name, p.port, p.tcp_cluster));
             }
+            if let Some(missing) = p.tcp_clusters.iter().find(|c| !clusters.contains(c.cluster.as_str())) {
+                return Err(format!(
+                    "service {:?} port {}: no cluster {:?}",
+                    s.name, p.port, missing.cluster
+                ));
+            }
+            if p.tcp_clusters.len() > 1 && p.tcp_clusters.iter().all(|c| c.weight == 0) {
+                return Err(format!("service {:?} port {}: no TCP cluster to go to", s.name, p.port));
+            }
         }
     }
     Ok(())
@@ -132,10 +141,26 @@ mod tests {
     fn broken_references_and_duplicates_are_found() {
         assert_eq!(check_consistent(&whole()), Ok(()));
         type Break = fn(&mut pb::ProxyConfig);
-        let breaks: [(Break, &str); 8] = [
+        let breaks: [(Break, &str); 10] = [
             (|c| c.services[0].ports[0].virtual_host = "b:80".into(), "no virtual host"),
             (|c| c.services[0].ports[0].tcp_cluster = "d".into(), "no cluster"),
             (|c| c.clusters[0].service = "f".into(), "no endpoints"),
+            (
+                |c| {
+                    c.services[0].ports[0].tcp_clusters = vec![
+                        pb::WeightedCluster { cluster: "c".into(), weight: 1 },
+                        pb::WeightedCluster { cluster: "z".into(), weight: 1 },
+                    ]
+                },
+                "no cluster \"z\"",
+            ),
+            (
+                |c| {
+                    let none = pb::WeightedCluster { cluster: "c".into(), weight: 0 };
+                    c.services[0].ports[0].tcp_clusters = vec![none.clone(), none];
+                },
+                "no TCP cluster to go to",
+            ),
             (|c| c.endpoints[0].endpoints[0].port = 0, "has port 0"),
             (|c| c.endpoints[0].endpoints[0].address = "host".into(), "bad address"),
             (

@@ -197,12 +197,25 @@ fn add_services(
         for port in &service.ports {
             let name = service_port_name(&service.hostname, port.number);
             let routing = registry.route_port(service, port, vs, name.clone());
+            // One TCP cluster is named alone; a split goes whole, with its weights.
+            let (tcp_cluster, tcp_clusters) = match routing.tcp_clusters {
+                None => (String::new(), Vec::new()),
+                Some(mut one) if one.len() == 1 => (one.remove(0).0, Vec::new()),
+                Some(split) => (
+                    String::new(),
+                    split
+                        .into_iter()
+                        .map(|(cluster, weight)| pb::WeightedCluster { cluster, weight })
+                        .collect(),
+                ),
+            };
             config.virtual_hosts.push(routing.virtual_host);
             ports.push(pb::ServicePort {
                 port: port.number.into(),
                 protocol: port.protocol.into(),
                 virtual_host: name,
-                tcp_cluster: routing.tcp_cluster.unwrap_or_default(),
+                tcp_cluster,
+                tcp_clusters,
             });
             if port.opaque {
                 opaque_ports.insert(u32::from(port.number));
@@ -224,7 +237,9 @@ fn add_black_hole_if_used(config: &mut pb::ProxyConfig) {
         Some(pb::route::Action::Forward(f)) => f.clusters.iter().any(|c| c.cluster == BLACK_HOLE_CLUSTER),
         _ => false,
     });
-    let in_ports = config.services.iter().flat_map(|s| &s.ports).any(|p| p.tcp_cluster == BLACK_HOLE_CLUSTER);
+    let in_ports = config.services.iter().flat_map(|s| &s.ports).any(|p| {
+        p.tcp_cluster == BLACK_HOLE_CLUSTER || p.tcp_clusters.iter().any(|c| c.cluster == BLACK_HOLE_CLUSTER)
+    });
     if in_routes || in_ports {
         config.clusters.push(pb::Cluster {
             name: BLACK_HOLE_CLUSTER.into(),

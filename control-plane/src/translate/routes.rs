@@ -142,8 +142,9 @@ fn fault(
 /// How one service port is routed.
 pub struct PortRouting {
     pub virtual_host: pb::VirtualHost,
-    /// Set for ports that may carry plain TCP (TCP, TLS, detected).
-    pub tcp_cluster: Option<String>,
+    /// Set for ports that may carry plain TCP (TCP, TLS, detected): the clusters its
+    /// connections go to, with their weights (one cluster: weight 0).
+    pub tcp_clusters: Option<Vec<(String, u32)>>,
 }
 
 impl Registry<'_> {
@@ -174,8 +175,8 @@ impl Registry<'_> {
         if routes.is_empty() {
             routes.push(self.default_route(service, port));
         }
-        let tcp_cluster = carries_tcp.then(|| self.tcp_cluster(service, port, vs));
-        PortRouting { virtual_host: pb::VirtualHost { name, routes }, tcp_cluster }
+        let tcp_clusters = carries_tcp.then(|| self.tcp_clusters(service, port, vs));
+        PortRouting { virtual_host: pb::VirtualHost { name, routes }, tcp_clusters }
     }
 
     fn default_route(&self, service: &Service, port: &ServicePort) -> pb::Route {
@@ -428,10 +429,12 @@ impl Registry<'_> {
         Ok(name)
     }
 
-    /// TCP on a port goes to the first destination of the first matching `tls` route (TLS
-    /// ports) or `tcp` route; the proxy has one cluster per port, so weights are not kept.
-    fn tcp_cluster(&self, service: &Service, port: &ServicePort, vs: Option<Vs<'_>>) -> String {
-        let default = cluster_name(port.number, "", &service.hostname);
+    /// TCP on a port goes to the destinations of the first matching `tls` route (TLS ports) or
+    /// `tcp` route, split by weight as HTTP routes are (zero weights dropped, all zero read as
+    /// even; one destination: weight 0); a destination this proxy does not see gets the black
+    /// hole, so its share of the connections is closed.
+    fn tcp_clusters(&self, service: &Service, port: &ServicePort, vs: Option<Vs<'_>>) -> Vec<(String, u32)> {
+        let default = vec![(cluster_name(port.number, "", &service.hostname), 0)];
         let Some(vs) = vs else { return default };
         let tls_routes = if port.protocol == pb::Protocol::Tls { vs.spec.tls.as_slice() } else { &[] };
         let tls = tls_routes.iter().enumerate().find(|(_, r)| {
@@ -450,12 +453,28 @@ impl Registry<'_> {
                 .map(|(i, r)| (format!("spec.tcp[{i}]"), &r.route)),
         };
         let Some((field, route)) = chosen else { return default };
-        let Some(first) = route.first() else {
+        if route.is_empty() {
             warn!(resource = %vs, field, "no destination; using the service's cluster");
             return default;
-        };
-        let RouteDestination { destination, .. } = first;
-        self.destination(vs, &format!("{field}.route[0].destination"), destination, port.number)
+        }
+        let weight = |d: &RouteDestination| u32::try_from(d.weight).unwrap_or(0);
+        let all_zero = route.iter().all(|d| weight(d) == 0);
+        route
+            .iter()
+            .enumerate()
+            .filter_map(|(j, d)| {
+                let weight = match (route.len(), all_zero) {
+                    (1, _) => 0,
+                    (_, true) => 1,
+                    _ => weight(d),
+                };
+                if route.len() > 1 && weight == 0 {
+                    return None;
+                }
+                let at = format!("{field}.route[{j}].destination");
+                Some((self.destination(vs, &at, &d.destination, port.number), weight))
+            })
+            .collect()
     }
 
     fn l4_applies(&self, port: u32, gateways: &[String], source_namespace: &str, routed_port: u16) -> bool {
@@ -930,6 +949,68 @@ spec:
             forwards(&routes(&config, "db.shop.internal:5432")[0]),
             [("outbound|5432||db.shop.internal", 0)]
         );
+    }
+
+    #[test]
+    fn weighted_tcp_and_tls_routes_split_connections() {
+        let yaml = r#"
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: { name: db, namespace: shop }
+spec:
+  hosts: [db.shop.internal]
+  resolution: STATIC
+  ports: [{ number: 5432, name: tcp-postgres, protocol: TCP }, { number: 443, name: tls, protocol: TLS }]
+  endpoints:
+    - { address: 10.2.0.1, labels: { role: primary } }
+    - { address: 10.2.0.2, labels: { role: replica } }
+---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: { name: db, namespace: shop }
+spec:
+  host: db.shop.internal
+  subsets: [{ name: primary, labels: { role: primary } }, { name: replica, labels: { role: replica } }]
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: { name: db, namespace: shop }
+spec:
+  hosts: [db.shop.internal]
+  tls:
+    - match: [{ port: 443, sniHosts: [db.shop.internal] }]
+      route:
+        - { destination: { host: db.shop.internal, subset: primary }, weight: 75 }
+        - { destination: { host: db.shop.internal, subset: gone }, weight: 25 }
+  tcp:
+    - match: [{ port: 5432 }]
+      route:
+        - { destination: { host: db.shop.internal, subset: primary }, weight: 80 }
+        - { destination: { host: db.shop.internal, subset: replica }, weight: 20 }
+        - { destination: { host: db.shop.internal }, weight: 0 }
+"#;
+        let config = config(&model(yaml), "shop");
+        let ports = &service(&config, "db.shop.internal").ports;
+        let split = |p: &pb::ServicePort| -> Vec<(String, u32)> {
+            p.tcp_clusters.iter().map(|c| (c.cluster.clone(), c.weight)).collect()
+        };
+        let tls = ports.iter().find(|p| p.port == 443).unwrap();
+        assert_eq!(tls.tcp_cluster, "");
+        assert_eq!(
+            split(tls),
+            [("outbound|443|primary|db.shop.internal".to_owned(), 75), (BLACK_HOLE_CLUSTER.to_owned(), 25)],
+            "an unknown subset's share is closed, as in Istio"
+        );
+        let tcp = ports.iter().find(|p| p.port == 5432).unwrap();
+        assert_eq!(
+            split(tcp),
+            [
+                ("outbound|5432|primary|db.shop.internal".to_owned(), 80),
+                ("outbound|5432|replica|db.shop.internal".to_owned(), 20)
+            ],
+            "zero weights are dropped"
+        );
+        assert!(config.clusters.iter().any(|c| c.name == BLACK_HOLE_CLUSTER));
     }
 
     #[test]
