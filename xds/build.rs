@@ -1,5 +1,5 @@
 //! Compiles the `.proto` files with protox (no system `protoc`), then generates prost types, the
-//! tonic services for the discovery envelope and for external authorization, and the proto3
+//! tonic services for the discovery envelope and for external authorization and the rate-limit service, and the proto3
 //! JSON (serde) impls of Trellis's own messages with pbjson.
 
 use std::path::PathBuf;
@@ -14,6 +14,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "proto/envoy/service/auth/v3/external_auth.proto",
         "proto/envoy/service/auth/v3/attribute_context.proto",
         "proto/envoy/type/v3/http_status.proto",
+        "proto/envoy/service/ratelimit/v3/rls.proto",
+        "proto/envoy/extensions/common/ratelimit/v3/ratelimit.proto",
         "proto/google/rpc/status.proto",
     ];
     for proto in protos {

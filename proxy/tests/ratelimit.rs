@@ -160,3 +160,210 @@ async fn a_malformed_local_limit_is_refused_naming_the_field_and_the_last_good_c
     assert_eq!(client.get(&authority, "/").await.status, StatusCode::TOO_MANY_REQUESTS);
     assert_eq!(proxy.running.proxy.config.load().version, version);
 }
+
+// ---------------------------------------------------------------------------------------------
+// The global rate limit against a RateLimitService written here, speaking Envoy's protocol.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use trellis_xds::envoy::config::core::v3 as core;
+use trellis_xds::envoy::service::ratelimit::v3 as rls;
+
+/// Allows `limit` requests per descriptor (its entries joined), then answers OVER_LIMIT; answers
+/// only for its own domain (anything else is a test failure, seen as an error).
+#[derive(Clone)]
+struct CountingService {
+    domain: &'static str,
+    limit: u32,
+    seen: Arc<Mutex<Vec<rls::RateLimitRequest>>>,
+    counts: Arc<Mutex<HashMap<String, u32>>>,
+}
+
+#[tonic::async_trait]
+impl rls::rate_limit_service_server::RateLimitService for CountingService {
+    async fn should_rate_limit(
+        &self,
+        request: tonic::Request<rls::RateLimitRequest>,
+    ) -> Result<tonic::Response<rls::RateLimitResponse>, tonic::Status> {
+        let request = request.into_inner();
+        self.seen.lock().unwrap().push(request.clone());
+        if request.domain != self.domain {
+            return Err(tonic::Status::invalid_argument(format!("unknown domain {}", request.domain)));
+        }
+        let mut over = false;
+        let mut counts = self.counts.lock().unwrap();
+        for d in &request.descriptors {
+            let key =
+                d.entries.iter().map(|e| format!("{}={}", e.key, e.value)).collect::<Vec<_>>().join(",");
+            let n = counts.entry(key).or_default();
+            *n += 1;
+            over |= *n > self.limit;
+        }
+        use rls::rate_limit_response::Code;
+        Ok(tonic::Response::new(rls::RateLimitResponse {
+            overall_code: if over { Code::OverLimit } else { Code::Ok } as i32,
+            response_headers_to_add: if over {
+                vec![core::HeaderValue {
+                    key: "x-ratelimit-limit".into(),
+                    value: self.limit.to_string(),
+                    raw_value: vec![],
+                }]
+            } else {
+                vec![]
+            },
+            ..Default::default()
+        }))
+    }
+}
+
+async fn rate_limit_service(limit: u32) -> (std::net::SocketAddr, CountingService) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let address = listener.local_addr().unwrap();
+    let service =
+        CountingService { domain: "ratelimit", limit, seen: Default::default(), counts: Default::default() };
+    tokio::spawn(
+        tonic::transport::Server::builder()
+            .add_service(rls::rate_limit_service_server::RateLimitServiceServer::new(service.clone()))
+            .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
+    );
+    (address, service)
+}
+
+/// Istio's documented global limit: descriptors by `:path`, and a generic key with the client's
+/// address.
+fn global_limit(service: std::net::SocketAddr, deny: bool) -> String {
+    format!(
+        r#"
+inboundGlobalRateLimit:
+  domain: ratelimit
+  service: "{service}"
+  timeout: 2s
+  failureModeDeny: {deny}
+  rules:
+    - actions: [{{ requestHeaders: {{ headerName: ":path", descriptorKey: PATH }} }}]
+    - actions: [{{ genericKey: {{ descriptorValue: shop }} }}, {{ remoteAddress: true }}]
+    - actions: [{{ requestHeaders: {{ headerName: x-user, descriptorKey: USER }} }}]
+"#
+    )
+}
+
+/// A port nothing listens on.
+async fn closed_port() -> std::net::SocketAddr {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    listener.local_addr().unwrap()
+}
+
+#[tokio::test]
+async fn global_limit_asks_the_service_with_envoys_descriptors_and_refuses_over_limit() {
+    let app = Upstream::start("app").await;
+    let (address, service) = rate_limit_service(2).await;
+    let proxy = TestProxy::start(&global_limit(address, false)).await;
+    let authority = format!("app.local:{}", app.addr.port());
+    let mut client = Client::connect(proxy.inbound(), Version::HTTP_11).await;
+    for _ in 0..2 {
+        let answer = client.get(&authority, "/productpage").await;
+        assert_eq!(answer.status, StatusCode::OK);
+        assert_eq!(answer.header("x-envoy-ratelimited"), None);
+    }
+    let answer = client.get(&authority, "/productpage").await;
+    assert_eq!(answer.status, StatusCode::TOO_MANY_REQUESTS);
+    assert_eq!(answer.header("x-envoy-ratelimited"), Some("true"));
+    assert_eq!(answer.header("x-ratelimit-limit"), Some("2"));
+    assert_eq!(app.count(), 2);
+    // Another path is a descriptor of its own, but the client's generic key is over too.
+    assert_eq!(client.get(&authority, "/reviews").await.status, StatusCode::TOO_MANY_REQUESTS);
+    let seen = service.seen.lock().unwrap().clone();
+    assert_eq!(seen.len(), 4);
+    let first = &seen[0];
+    assert_eq!(first.domain, "ratelimit");
+    let entries: Vec<Vec<(String, String)>> = first
+        .descriptors
+        .iter()
+        .map(|d| d.entries.iter().map(|e| (e.key.clone(), e.value.clone())).collect())
+        .collect();
+    // No x-user header: the third rule gives no descriptor.
+    assert_eq!(
+        entries,
+        vec![
+            vec![("PATH".to_owned(), "/productpage".to_owned())],
+            vec![
+                ("generic_key".to_owned(), "shop".to_owned()),
+                ("remote_address".to_owned(), "127.0.0.1".to_owned())
+            ],
+        ]
+    );
+    let metrics = proxy.metrics().await;
+    assert_eq!(
+        counter(&metrics, "istio_requests_total", &["response_code=\"429\"", "response_flags=\"RL\""]),
+        2
+    );
+    assert_eq!(
+        counter(&metrics, "trellis_rate_limited_requests_total", &["limit=\"global\"", "enforced=\"true\""]),
+        2
+    );
+}
+
+#[tokio::test]
+async fn global_limit_fails_open_when_the_service_is_down() {
+    let app = Upstream::start("app").await;
+    let proxy = TestProxy::start(&global_limit(closed_port().await, false)).await;
+    let authority = format!("app.local:{}", app.addr.port());
+    let mut client = Client::connect(proxy.inbound(), Version::HTTP_11).await;
+    for _ in 0..3 {
+        assert_eq!(client.get(&authority, "/productpage").await.status, StatusCode::OK);
+    }
+    assert_eq!(app.count(), 3);
+}
+
+#[tokio::test]
+async fn global_limit_with_failure_mode_deny_answers_500_when_the_service_is_down() {
+    let app = Upstream::start("app").await;
+    let proxy = TestProxy::start(&global_limit(closed_port().await, true)).await;
+    let authority = format!("app.local:{}", app.addr.port());
+    let mut client = Client::connect(proxy.inbound(), Version::HTTP_11).await;
+    let answer = client.get(&authority, "/productpage").await;
+    assert_eq!(answer.status, StatusCode::INTERNAL_SERVER_ERROR);
+    assert_eq!(answer.header("x-envoy-ratelimited"), None);
+    assert_eq!(app.count(), 0);
+    let metrics = proxy.metrics().await;
+    assert_eq!(
+        counter(&metrics, "istio_requests_total", &["response_code=\"500\"", "response_flags=\"RLSE\""]),
+        1
+    );
+}
+
+#[tokio::test]
+async fn global_limit_fails_open_when_the_service_answers_an_error() {
+    let app = Upstream::start("app").await;
+    let (address, service) = rate_limit_service(100).await;
+    // The service knows only the domain "ratelimit": another one is an error it answers.
+    let config = global_limit(address, false).replace("domain: ratelimit", "domain: other");
+    let proxy = TestProxy::start(&config).await;
+    let authority = format!("app.local:{}", app.addr.port());
+    let mut client = Client::connect(proxy.inbound(), Version::HTTP_11).await;
+    assert_eq!(client.get(&authority, "/productpage").await.status, StatusCode::OK);
+    assert_eq!(service.seen.lock().unwrap()[0].domain, "other");
+}
+
+#[tokio::test]
+async fn global_limit_fails_open_when_the_service_never_answers_within_its_timeout() {
+    let app = Upstream::start("app").await;
+    // Accepts connections and never says a word.
+    let silent = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let address = silent.local_addr().unwrap();
+    let held = tokio::spawn(async move {
+        let mut connections = Vec::new();
+        while let Ok((stream, _)) = silent.accept().await {
+            connections.push(stream);
+        }
+    });
+    let config = global_limit(address, false).replace("timeout: 2s", "timeout: 0.2s");
+    let proxy = TestProxy::start(&config).await;
+    let authority = format!("app.local:{}", app.addr.port());
+    let mut client = Client::connect(proxy.inbound(), Version::HTTP_11).await;
+    let started = Instant::now();
+    assert_eq!(client.get(&authority, "/productpage").await.status, StatusCode::OK);
+    assert!(started.elapsed() >= Duration::from_millis(200), "{:?}", started.elapsed());
+    held.abort();
+}

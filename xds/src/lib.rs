@@ -9,8 +9,8 @@ pub mod config {
     include!(concat!(env!("OUT_DIR"), "/trellis.config.v1.serde.rs"));
 }
 
-/// Envoy's packages, nested as prost expects, holding only the discovery envelope and the
-/// external authorization service.
+/// Envoy's packages, nested as prost expects, holding only the discovery envelope, the
+/// external authorization service and the rate-limit service.
 pub mod envoy {
     pub mod service {
         pub mod auth {
@@ -21,11 +21,30 @@ pub mod envoy {
                 include!(concat!(env!("OUT_DIR"), "/envoy.service.auth.v3.rs"));
             }
         }
+        pub mod ratelimit {
+            /// `envoy.service.ratelimit.v3.RateLimitService/ShouldRateLimit` (client and
+            /// server): the global rate limit.
+            pub mod v3 {
+                #![allow(clippy::all, missing_docs)]
+                include!(concat!(env!("OUT_DIR"), "/envoy.service.ratelimit.v3.rs"));
+            }
+        }
         pub mod discovery {
             /// The delta discovery messages and the ADS service (client and server).
             pub mod v3 {
                 #![allow(clippy::all, missing_docs)]
                 include!(concat!(env!("OUT_DIR"), "/envoy.service.discovery.v3.rs"));
+            }
+        }
+    }
+    pub mod extensions {
+        pub mod common {
+            pub mod ratelimit {
+                /// The descriptors a rate-limit request carries.
+                pub mod v3 {
+                    #![allow(clippy::all, missing_docs)]
+                    include!(concat!(env!("OUT_DIR"), "/envoy.extensions.common.ratelimit.v3.rs"));
+                }
             }
         }
     }

@@ -8,6 +8,7 @@
 //! adds `x-envoy-ratelimited: true`, the local one only its configured headers), and, when the
 //! RateLimitService cannot answer and `failure_mode_deny` is set, 500 with `RLSE`.
 
+pub mod global;
 pub mod local;
 
 use std::sync::Arc;
@@ -29,6 +30,7 @@ pub struct Refusal {
 #[derive(Debug)]
 pub struct InboundRateLimit {
     pub local: Option<local::LocalRateLimit>,
+    pub global: Option<global::GlobalRateLimit>,
 }
 
 impl InboundRateLimit {
@@ -45,16 +47,22 @@ impl InboundRateLimit {
             )?),
             None => None,
         };
-        if local.is_none() {
+        let global = config
+            .inbound_global_rate_limit
+            .as_ref()
+            .map(|c| global::GlobalRateLimit::compile(c, "inbound_global_rate_limit"))
+            .transpose()?;
+        if local.is_none() && global.is_none() {
             return Ok(None);
         }
-        Ok(Some(Arc::new(InboundRateLimit { local })))
+        Ok(Some(Arc::new(InboundRateLimit { local, global })))
     }
 
     /// Checks one request: `Err` with the answer when it is refused.
     pub async fn check<B>(
         &self,
-        _request: &Request<B>,
+        request: &Request<B>,
+        remote: std::net::IpAddr,
         metrics: &crate::metrics::Metrics,
         service: &str,
     ) -> Result<(), Refusal> {
@@ -70,6 +78,28 @@ impl InboundRateLimit {
                         response.headers_mut().append(name.clone(), value.clone());
                     }
                     return Err(Refusal { response, flags: "RL" });
+                }
+            }
+        }
+        if let Some(global) = &self.global {
+            match global.ask(request, remote).await {
+                global::Verdict::Allow => {}
+                global::Verdict::OverLimit(headers) => {
+                    metrics.rate_limited(service, "global", true);
+                    let mut response = crate::forward::text(StatusCode::TOO_MANY_REQUESTS, "");
+                    let (name, value) = envoy_ratelimited();
+                    response.headers_mut().insert(name, value);
+                    for (name, value) in headers {
+                        response.headers_mut().append(name, value);
+                    }
+                    return Err(Refusal { response, flags: "RL" });
+                }
+                global::Verdict::Unavailable(reason) => {
+                    tracing::debug!(service, domain = %global.domain, %reason, "rate limit service did not answer");
+                    if global.failure_mode_deny {
+                        let response = crate::forward::text(StatusCode::INTERNAL_SERVER_ERROR, "");
+                        return Err(Refusal { response, flags: "RLSE" });
+                    }
                 }
             }
         }
