@@ -9,6 +9,7 @@
 pub mod annotations;
 pub mod check;
 pub mod crds;
+pub mod envoy_filter;
 pub mod load;
 pub mod locality;
 pub mod mesh;

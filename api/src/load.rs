@@ -287,6 +287,7 @@ macro_rules! dispatch {
             Kind::PeerAuthentication => $typed!(PeerAuthentication),
             Kind::AuthorizationPolicy => $typed!(AuthorizationPolicy),
             Kind::RequestAuthentication => $typed!(RequestAuthentication),
+            Kind::EnvoyFilter => $typed!(EnvoyFilter),
             Kind::Namespace => $typed!(Namespace),
         }
     };

@@ -8,6 +8,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use serde::Serialize;
 
 use crate::networking::{DestinationRule, Gateway, ServiceEntry, Sidecar, VirtualService, WorkloadEntry};
+use crate::envoy_filter::EnvoyFilter;
 use crate::security::{AuthorizationPolicy, PeerAuthentication, RequestAuthentication};
 
 pub const NETWORKING_GROUP: &str = "networking.istio.io";
@@ -25,12 +26,14 @@ pub enum Kind {
     PeerAuthentication,
     AuthorizationPolicy,
     RequestAuthentication,
+    /// Read only for its rate-limit patches (see [`crate::envoy_filter`]).
+    EnvoyFilter,
     /// Core `v1` Namespace: carries the `istio-injection` label.
     Namespace,
 }
 
 impl Kind {
-    pub const ALL: [Kind; 10] = [
+    pub const ALL: [Kind; 11] = [
         Kind::VirtualService,
         Kind::DestinationRule,
         Kind::ServiceEntry,
@@ -40,6 +43,7 @@ impl Kind {
         Kind::PeerAuthentication,
         Kind::AuthorizationPolicy,
         Kind::RequestAuthentication,
+        Kind::EnvoyFilter,
         Kind::Namespace,
     ];
 
@@ -54,6 +58,7 @@ impl Kind {
             Kind::PeerAuthentication => "PeerAuthentication",
             Kind::AuthorizationPolicy => "AuthorizationPolicy",
             Kind::RequestAuthentication => "RequestAuthentication",
+            Kind::EnvoyFilter => "EnvoyFilter",
             Kind::Namespace => "Namespace",
         }
     }
@@ -71,6 +76,9 @@ impl Kind {
 
     /// The versions Istio serves for this kind, oldest first. All share one schema.
     pub fn versions(self) -> &'static [&'static str] {
+        if self == Kind::EnvoyFilter {
+            return &["v1alpha3"];
+        }
         match self.group() {
             NETWORKING_GROUP => &["v1alpha3", "v1beta1", "v1"],
             SECURITY_GROUP => &["v1beta1", "v1"],
@@ -160,6 +168,7 @@ pub enum Resource {
     PeerAuthentication(Box<PeerAuthentication>),
     AuthorizationPolicy(Box<AuthorizationPolicy>),
     RequestAuthentication(Box<RequestAuthentication>),
+    EnvoyFilter(Box<EnvoyFilter>),
     Namespace(Box<Namespace>),
 }
 
@@ -175,6 +184,7 @@ impl Resource {
             Resource::PeerAuthentication(_) => Kind::PeerAuthentication,
             Resource::AuthorizationPolicy(_) => Kind::AuthorizationPolicy,
             Resource::RequestAuthentication(_) => Kind::RequestAuthentication,
+            Resource::EnvoyFilter(_) => Kind::EnvoyFilter,
             Resource::Namespace(_) => Kind::Namespace,
         }
     }
@@ -190,6 +200,7 @@ impl Resource {
             Resource::PeerAuthentication(r) => &r.metadata,
             Resource::AuthorizationPolicy(r) => &r.metadata,
             Resource::RequestAuthentication(r) => &r.metadata,
+            Resource::EnvoyFilter(r) => &r.metadata,
             Resource::Namespace(r) => &r.metadata,
         }
     }
@@ -277,8 +288,12 @@ mod tests {
             resolve_kind("security.istio.io/v1alpha3", "PeerAuthentication").unwrap_err().to_string(),
             "PeerAuthentication does not exist in version \"v1alpha3\" of security.istio.io; served versions are v1beta1, v1"
         );
-        let err = resolve_kind("networking.istio.io/v1", "EnvoyFilter").unwrap_err().to_string();
-        assert!(err.starts_with("unknown kind \"EnvoyFilter\" in apiVersion \"networking.istio.io/v1\"; Trellis reads networking.istio.io VirtualService/"), "{err}");
+        let err = resolve_kind("networking.istio.io/v1", "ProxyConfig").unwrap_err().to_string();
+        assert!(err.starts_with("unknown kind \"ProxyConfig\" in apiVersion \"networking.istio.io/v1\"; Trellis reads networking.istio.io VirtualService/"), "{err}");
+        assert_eq!(
+            resolve_kind("networking.istio.io/v1", "EnvoyFilter").unwrap_err().to_string(),
+            "EnvoyFilter does not exist in version \"v1\" of networking.istio.io; served versions are v1alpha3"
+        );
         assert!(matches!(resolve_kind("apps/v1", "Deployment"), Err(KindError::UnknownKind { .. })));
         assert_eq!(resolve_kind("", "X"), Err(KindError::MissingApiVersion));
         assert_eq!(resolve_kind("v1", ""), Err(KindError::MissingKind));

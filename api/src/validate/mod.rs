@@ -58,6 +58,7 @@ pub fn validate(resource: &Resource) -> Vec<Finding> {
             security::authorization_policy(&mut r, &ap.spec, ap.metadata.annotations.as_ref())
         }
         Resource::RequestAuthentication(ra) => security::request_authentication(&mut r, &ra.spec),
+        Resource::EnvoyFilter(ef) => envoy_filter(&mut r, &ef.spec),
         Resource::Namespace(ns) => namespace_labels(&mut r, ns.metadata.labels.as_ref()),
     }
     r.findings
@@ -214,5 +215,23 @@ pub(crate) fn export_to(r: &mut Report, path: &str, values: &[String]) {
         r.error(path, "\"~\" (visible nowhere) cannot be combined with other values");
     } else if values.len() > 1 && seen.contains("*") {
         r.error(path, "\"*\" (visible everywhere) cannot be combined with other values");
+    }
+}
+
+/// An EnvoyFilter: its rate-limit patches are checked; any other patch makes the whole filter a
+/// warning ("not supported, ignored"), since Trellis never applies a filter half-way.
+fn envoy_filter(r: &mut Report, spec: &crate::envoy_filter::EnvoyFilterSpec) {
+    use crate::envoy_filter::{Reading, read};
+    match read(spec) {
+        Reading::RateLimits(_) => {}
+        Reading::Unsupported { field, reason } => r.warn(
+            field,
+            format!("not supported, ignored: {reason}; Trellis reads only the rate-limit patches of Istio's documented shape, and applies none of this EnvoyFilter"),
+        ),
+        Reading::Invalid(problems) => {
+            for (field, message) in problems {
+                r.error(field, message);
+            }
+        }
     }
 }

@@ -13,6 +13,7 @@ use trellis_api::networking::{
     DestinationRule, Gateway, ServiceEntry, Sidecar, VirtualService, WorkloadEntry,
 };
 use trellis_api::resource::{Kind, Resource};
+use trellis_api::envoy_filter::EnvoyFilter;
 use trellis_api::security::{AuthorizationPolicy, PeerAuthentication, RequestAuthentication};
 use trellis_api::validate::{Finding, Severity, validate};
 
@@ -28,6 +29,7 @@ pub fn api_resource(kind: Kind) -> ApiResource {
         Kind::PeerAuthentication => ApiResource::erase::<PeerAuthentication>(&()),
         Kind::AuthorizationPolicy => ApiResource::erase::<AuthorizationPolicy>(&()),
         Kind::RequestAuthentication => ApiResource::erase::<RequestAuthentication>(&()),
+        Kind::EnvoyFilter => ApiResource::erase::<EnvoyFilter>(&()),
         Kind::Namespace => ApiResource::erase::<Namespace>(&()),
     }
 }
@@ -66,6 +68,7 @@ fn decode(kind: Kind, object: DynamicObject) -> Result<Resource, Finding> {
         Kind::PeerAuthentication => Resource::PeerAuthentication(typed(value)?),
         Kind::AuthorizationPolicy => Resource::AuthorizationPolicy(typed(value)?),
         Kind::RequestAuthentication => Resource::RequestAuthentication(typed(value)?),
+        Kind::EnvoyFilter => Resource::EnvoyFilter(typed(value)?),
         Kind::Namespace => Resource::Namespace(typed(value)?),
     })
 }
