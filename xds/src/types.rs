@@ -98,6 +98,8 @@ pub fn settings_of(config: &pb::ProxyConfig) -> pb::ProxyConfig {
         ext_authz: config.ext_authz.clone(),
         locality: config.locality.clone(),
         workload_labels: config.workload_labels.clone(),
+        inbound_local_rate_limit: config.inbound_local_rate_limit.clone(),
+        inbound_global_rate_limit: config.inbound_global_rate_limit.clone(),
         ..Default::default()
     }
 }

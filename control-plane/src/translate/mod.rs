@@ -37,6 +37,7 @@ pub mod names;
 mod objects;
 pub mod peer_authentication;
 pub mod policies;
+mod ratelimit;
 mod request_authentication;
 mod retries;
 mod routes;
@@ -73,6 +74,8 @@ pub struct Scope {
     pub authorization: Vec<PolicyKey>,
     /// The RequestAuthentications that select the workload, `namespace/name`, sorted.
     pub request_authentication: Vec<PolicyKey>,
+    /// The EnvoyFilters that select the workload (for their rate limits), in the order applied.
+    pub envoy_filters: Vec<PolicyKey>,
     /// Where the proxy runs, when some cluster's balancing depends on it (see
     /// [`locality::relevant`]); unknown otherwise.
     pub locality: trellis_api::locality::Locality,
@@ -112,6 +115,7 @@ pub fn scope_of_instance(model: &Model, proxy: &ProxyIdentity, instance: &locali
             &proxy.namespace,
             &proxy.labels,
         ),
+        envoy_filters: ratelimit::selecting(model, &proxy.namespace, &proxy.labels),
     }
 }
 
@@ -131,6 +135,8 @@ pub fn translate(model: &Model, scope: &Scope) -> pb::ProxyConfig {
         ..Default::default()
     };
     config.ext_authz = authorization::ext_authz(model, &config.authorization);
+    (config.inbound_local_rate_limit, config.inbound_global_rate_limit) =
+        ratelimit::inbound(model, &scope.envoy_filters);
     add_clusters(&mut config, model, &view, &services);
     add_services(&mut config, model, scope, &services, &virtual_services);
     add_black_hole_if_used(&mut config);

@@ -1,0 +1,261 @@
+//! Rate limits from EnvoyFilters: the filters that select a workload (the root namespace's and
+//! its own namespace's, by `workloadSelector.labels`, as Istio selects them for a sidecar), read
+//! by [`trellis_api::envoy_filter::read`] and added up into the proxy's inbound local and global
+//! rate limits. A filter Trellis does not (fully) support is ignored whole, with a warning that
+//! names it and the patch.
+
+use std::collections::BTreeMap;
+
+use tracing::warn;
+use trellis_api::envoy_filter::{self as ef, Reading};
+use trellis_api::resource::{Kind, Resource};
+use trellis_xds::config as pb;
+
+use super::objects::selects;
+use super::policies::PolicyKey;
+use crate::model::Model;
+
+/// The EnvoyFilters that select a workload, in the order Istio applies them: the root
+/// namespace's first, then the workload's own, each by priority, then name.
+pub fn selecting(model: &Model, namespace: &str, labels: &BTreeMap<String, String>) -> Vec<PolicyKey> {
+    let root = model.mesh.root_namespace();
+    let mut found: Vec<(bool, i32, PolicyKey)> = Vec::new();
+    for (key, resource) in model.of_kind(Kind::EnvoyFilter) {
+        if key.namespace != root && key.namespace != namespace {
+            continue;
+        }
+        let Resource::EnvoyFilter(filter) = &**resource else { continue };
+        let selected = filter.spec.workload_selector.as_ref().is_none_or(|s| selects(&s.labels, labels));
+        if selected {
+            found.push((
+                key.namespace != root,
+                filter.spec.priority,
+                format!("{}/{}", key.namespace, key.name),
+            ));
+        }
+    }
+    found.sort();
+    found.into_iter().map(|(_, _, key)| key).collect()
+}
+
+/// The inbound rate limits the selected filters add up to: the last local limit with a bucket
+/// and the last global filter win; the global limit's rules are all of theirs, in order.
+pub fn inbound(
+    model: &Model,
+    keys: &[PolicyKey],
+) -> (Option<pb::LocalRateLimit>, Option<pb::GlobalRateLimit>) {
+    let mut local = None;
+    let mut global = None;
+    let mut rules = Vec::new();
+    for key in keys {
+        let Some((_, Resource::EnvoyFilter(filter))) = super::policies::lookup(model, Kind::EnvoyFilter, key)
+        else {
+            continue;
+        };
+        match ef::read(&filter.spec) {
+            Reading::RateLimits(limits) => {
+                if let Some(l) = limits.local.filter(|l| l.token_bucket.is_some()) {
+                    local = Some(local_to_pb(&l));
+                }
+                if let Some(g) = limits.global {
+                    global = Some(g);
+                }
+                rules.extend(limits.rules.iter().map(|r| rule_to_pb(r)));
+            }
+            Reading::Unsupported { field, reason } => {
+                warn!(envoy_filter = %key, field, "EnvoyFilter not supported, ignored: {reason}");
+            }
+            Reading::Invalid(problems) => {
+                for (field, message) in problems {
+                    warn!(envoy_filter = %key, field, "EnvoyFilter invalid, ignored: {message}");
+                }
+            }
+        }
+    }
+    let global = global.map(|g| pb::GlobalRateLimit {
+        domain: g.domain,
+        service: g.service,
+        timeout: g.timeout.map(Into::into),
+        failure_mode_deny: g.failure_mode_deny,
+        rules,
+    });
+    (local, global)
+}
+
+fn local_to_pb(l: &ef::LocalRateLimit) -> pb::LocalRateLimit {
+    pb::LocalRateLimit {
+        stat_prefix: l.stat_prefix.clone(),
+        token_bucket: l.token_bucket.as_ref().map(|b| pb::TokenBucket {
+            max_tokens: b.max_tokens,
+            tokens_per_fill: b.tokens_per_fill,
+            fill_interval: Some(b.fill_interval.into()),
+        }),
+        enabled_percent: l.enabled_percent,
+        enforced_percent: l.enforced_percent,
+        response_headers: l.response_headers.clone().into_iter().collect(),
+    }
+}
+
+fn rule_to_pb(actions: &[ef::RateLimitAction]) -> pb::RateLimitDescriptorRule {
+    use pb::rate_limit_action::Action;
+    let action = |a: &ef::RateLimitAction| {
+        let action = match a {
+            ef::RateLimitAction::RequestHeaders { header_name, descriptor_key, skip_if_absent } => {
+                Action::RequestHeaders(pb::RequestHeadersAction {
+                    header_name: header_name.clone(),
+                    descriptor_key: descriptor_key.clone(),
+                    skip_if_absent: *skip_if_absent,
+                })
+            }
+            ef::RateLimitAction::RemoteAddress => Action::RemoteAddress(true),
+            ef::RateLimitAction::GenericKey { descriptor_key, descriptor_value } => {
+                Action::GenericKey(pb::GenericKeyAction {
+                    descriptor_key: descriptor_key.clone(),
+                    descriptor_value: descriptor_value.clone(),
+                })
+            }
+            ef::RateLimitAction::HeaderValueMatch {
+                descriptor_key,
+                descriptor_value,
+                expect_match,
+                headers,
+            } => Action::HeaderValueMatch(pb::HeaderValueMatchAction {
+                descriptor_key: descriptor_key.clone(),
+                descriptor_value: descriptor_value.clone(),
+                expect_match: *expect_match,
+                headers: headers
+                    .iter()
+                    .map(|h| pb::HeaderMatch {
+                        name: h.name.clone(),
+                        value: h.value.as_ref().map(|v| pb::StringMatch {
+                            kind: Some(match v {
+                                ef::StringCondition::Exact(s) => pb::string_match::Kind::Exact(s.clone()),
+                                ef::StringCondition::Prefix(s) => pb::string_match::Kind::Prefix(s.clone()),
+                                ef::StringCondition::Regex(s) => pb::string_match::Kind::Regex(s.clone()),
+                            }),
+                        }),
+                    })
+                    .collect(),
+            }),
+        };
+        pb::RateLimitAction { action: Some(action) }
+    };
+    pb::RateLimitDescriptorRule { actions: actions.iter().map(action).collect() }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::super::test_support::*;
+
+    const LOCAL: &str = r#"
+apiVersion: networking.istio.io/v1alpha3
+kind: EnvoyFilter
+metadata: { name: filter-local-ratelimit-svc, namespace: shop }
+spec:
+  workloadSelector: { labels: { app: productpage } }
+  configPatches:
+    - applyTo: HTTP_FILTER
+      match:
+        context: SIDECAR_INBOUND
+        listener: { filterChain: { filter: { name: envoy.filters.network.http_connection_manager } } }
+      patch:
+        operation: INSERT_BEFORE
+        value:
+          name: envoy.filters.http.local_ratelimit
+          typed_config:
+            "@type": type.googleapis.com/udpa.type.v1.TypedStruct
+            type_url: type.googleapis.com/envoy.extensions.filters.http.local_ratelimit.v3.LocalRateLimit
+            value:
+              stat_prefix: http_local_rate_limiter
+              token_bucket: { max_tokens: 4, tokens_per_fill: 4, fill_interval: 60s }
+              filter_enabled: { runtime_key: e, default_value: { numerator: 100, denominator: HUNDRED } }
+              filter_enforced: { runtime_key: f, default_value: { numerator: 100, denominator: HUNDRED } }
+              response_headers_to_add: [{ append: false, header: { key: x-local-rate-limit, value: "true" } }]
+"#;
+
+    const GLOBAL: &str = r#"
+apiVersion: networking.istio.io/v1alpha3
+kind: EnvoyFilter
+metadata: { name: filter-ratelimit, namespace: istio-system }
+spec:
+  workloadSelector: { labels: { app: productpage } }
+  configPatches:
+    - applyTo: HTTP_FILTER
+      match:
+        context: SIDECAR_INBOUND
+        listener:
+          filterChain:
+            filter: { name: envoy.filters.network.http_connection_manager, subFilter: { name: envoy.filters.http.router } }
+      patch:
+        operation: INSERT_BEFORE
+        value:
+          name: envoy.filters.http.ratelimit
+          typed_config:
+            "@type": type.googleapis.com/envoy.extensions.filters.http.ratelimit.v3.RateLimit
+            domain: ratelimit
+            failure_mode_deny: true
+            timeout: 10s
+            rate_limit_service:
+              grpc_service: { envoy_grpc: { cluster_name: outbound|8081||ratelimit.default.svc.cluster.local } }
+              transport_api_version: V3
+---
+apiVersion: networking.istio.io/v1alpha3
+kind: EnvoyFilter
+metadata: { name: filter-ratelimit-svc, namespace: istio-system }
+spec:
+  workloadSelector: { labels: { app: productpage } }
+  configPatches:
+    - applyTo: VIRTUAL_HOST
+      match: { context: SIDECAR_INBOUND, routeConfiguration: { vhost: { name: "", route: { action: ANY } } } }
+      patch:
+        operation: MERGE
+        value:
+          rate_limits:
+            - actions: [{ request_headers: { header_name: ":path", descriptor_key: PATH } }]
+---
+apiVersion: networking.istio.io/v1alpha3
+kind: EnvoyFilter
+metadata: { name: lua, namespace: istio-system }
+spec:
+  configPatches:
+    - applyTo: HTTP_FILTER
+      match: { context: SIDECAR_INBOUND }
+      patch:
+        operation: INSERT_BEFORE
+        value: { name: envoy.filters.http.lua, typed_config: { "@type": type.googleapis.com/envoy.extensions.filters.http.lua.v3.Lua } }
+"#;
+
+    #[test]
+    fn the_selected_workloads_get_istios_local_limit() {
+        let model = model(LOCAL);
+        let config = config_for(&model, "shop", &[("app", "productpage")]);
+        let local = config.inbound_local_rate_limit.unwrap();
+        let bucket = local.token_bucket.unwrap();
+        assert_eq!((bucket.max_tokens, bucket.tokens_per_fill), (4, 4));
+        assert_eq!(bucket.fill_interval, Some(Duration::from_secs(60).into()));
+        assert_eq!((local.enabled_percent, local.enforced_percent), (100.0, 100.0));
+        assert_eq!(local.response_headers.get("x-local-rate-limit").map(String::as_str), Some("true"));
+        assert!(config.inbound_global_rate_limit.is_none());
+        // Other workloads, and other namespaces, get none.
+        assert!(config_for(&model, "shop", &[("app", "reviews")]).inbound_local_rate_limit.is_none());
+        assert!(config_for(&model, "other", &[("app", "productpage")]).inbound_local_rate_limit.is_none());
+    }
+
+    #[test]
+    fn root_namespace_filters_add_up_to_the_global_limit_and_unsupported_ones_are_ignored() {
+        let model = model(GLOBAL);
+        let config = config_for(&model, "shop", &[("app", "productpage")]);
+        let global = config.inbound_global_rate_limit.unwrap();
+        assert_eq!(global.domain, "ratelimit");
+        assert_eq!(global.service, "ratelimit.default.svc.cluster.local:8081");
+        assert!(global.failure_mode_deny);
+        assert_eq!(global.timeout, Some(Duration::from_secs(10).into()));
+        assert_eq!(global.rules.len(), 1);
+        // The Lua filter selects every workload and adds nothing.
+        assert!(config.inbound_local_rate_limit.is_none());
+        let other = config_for(&model, "shop", &[("app", "reviews")]);
+        assert!(other.inbound_global_rate_limit.is_none() && other.inbound_local_rate_limit.is_none());
+    }
+}
