@@ -1,6 +1,6 @@
 //! Compiles the `.proto` files with protox (no system `protoc`), then generates prost types, the
-//! tonic services for the discovery envelope and for external authorization and the rate-limit service, and the proto3
-//! JSON (serde) impls of Trellis's own messages with pbjson.
+//! tonic services for the discovery envelope, external authorization and the rate-limit
+//! service, and the proto3 JSON (serde) impls of Trellis's own messages with pbjson.
 
 use std::path::PathBuf;
 

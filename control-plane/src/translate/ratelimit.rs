@@ -231,13 +231,16 @@ spec:
     fn the_selected_workloads_get_istios_local_limit() {
         let model = model(LOCAL);
         let config = config_for(&model, "shop", &[("app", "productpage")]);
-        let local = config.inbound_local_rate_limit.unwrap();
+        let local = config.inbound_local_rate_limit.clone().unwrap();
         let bucket = local.token_bucket.unwrap();
         assert_eq!((bucket.max_tokens, bucket.tokens_per_fill), (4, 4));
         assert_eq!(bucket.fill_interval, Some(Duration::from_secs(60).into()));
         assert_eq!((local.enabled_percent, local.enforced_percent), (100.0, 100.0));
         assert_eq!(local.response_headers.get("x-local-rate-limit").map(String::as_str), Some("true"));
         assert!(config.inbound_global_rate_limit.is_none());
+        // The settings resource carries it to the proxy.
+        let settings = trellis_xds::types::settings_of(&config);
+        assert_eq!(settings.inbound_local_rate_limit, config.inbound_local_rate_limit);
         // Other workloads, and other namespaces, get none.
         assert!(config_for(&model, "shop", &[("app", "reviews")]).inbound_local_rate_limit.is_none());
         assert!(config_for(&model, "other", &[("app", "productpage")]).inbound_local_rate_limit.is_none());
@@ -247,12 +250,14 @@ spec:
     fn root_namespace_filters_add_up_to_the_global_limit_and_unsupported_ones_are_ignored() {
         let model = model(GLOBAL);
         let config = config_for(&model, "shop", &[("app", "productpage")]);
-        let global = config.inbound_global_rate_limit.unwrap();
+        let global = config.inbound_global_rate_limit.clone().unwrap();
         assert_eq!(global.domain, "ratelimit");
         assert_eq!(global.service, "ratelimit.default.svc.cluster.local:8081");
         assert!(global.failure_mode_deny);
         assert_eq!(global.timeout, Some(Duration::from_secs(10).into()));
         assert_eq!(global.rules.len(), 1);
+        let settings = trellis_xds::types::settings_of(&config);
+        assert_eq!(settings.inbound_global_rate_limit.as_ref(), Some(&global));
         // The Lua filter selects every workload and adds nothing.
         assert!(config.inbound_local_rate_limit.is_none());
         let other = config_for(&model, "shop", &[("app", "reviews")]);
