@@ -1,0 +1,201 @@
+//! Rate limits end to end, on loopback in explicit mode (no root): `trellisd` reads Istio's
+//! local rate limit EnvoyFilter (and a Lua one it ignores) from a config directory, the selected
+//! proxy takes it over delta xDS, and its inbound requests are limited.
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use axum::Router;
+use http_body_util::Empty;
+use hyper::body::Bytes;
+use hyper_util::rt::TokioIo;
+use trellis_proxy::metrics::{Metrics, Workload};
+use trellis_proxy::xds::XdsOptions;
+use trellis_xds::types::ProxyNode;
+
+const FILTERS: &str = r#"
+apiVersion: networking.istio.io/v1alpha3
+kind: EnvoyFilter
+metadata:
+  name: filter-local-ratelimit-svc
+  namespace: shop
+spec:
+  workloadSelector:
+    labels:
+      app: web
+  configPatches:
+    - applyTo: HTTP_FILTER
+      match:
+        context: SIDECAR_INBOUND
+        listener:
+          filterChain:
+            filter:
+              name: "envoy.filters.network.http_connection_manager"
+      patch:
+        operation: INSERT_BEFORE
+        value:
+          name: envoy.filters.http.local_ratelimit
+          typed_config:
+            "@type": type.googleapis.com/udpa.type.v1.TypedStruct
+            type_url: type.googleapis.com/envoy.extensions.filters.http.local_ratelimit.v3.LocalRateLimit
+            value:
+              stat_prefix: http_local_rate_limiter
+              token_bucket:
+                max_tokens: 3
+                tokens_per_fill: 3
+                fill_interval: 3600s
+              filter_enabled:
+                runtime_key: local_rate_limit_enabled
+                default_value:
+                  numerator: 100
+                  denominator: HUNDRED
+              filter_enforced:
+                runtime_key: local_rate_limit_enforced
+                default_value:
+                  numerator: 100
+                  denominator: HUNDRED
+              response_headers_to_add:
+                - append: false
+                  header:
+                    key: x-local-rate-limit
+                    value: 'true'
+---
+apiVersion: networking.istio.io/v1alpha3
+kind: EnvoyFilter
+metadata:
+  name: lua
+  namespace: shop
+spec:
+  configPatches:
+    - applyTo: HTTP_FILTER
+      match: { context: SIDECAR_INBOUND }
+      patch:
+        operation: INSERT_BEFORE
+        value:
+          name: envoy.filters.http.lua
+          typed_config:
+            "@type": type.googleapis.com/envoy.extensions.filters.http.lua.v3.Lua
+            inlineCode: "function envoy_on_request(h) end"
+"#;
+
+/// `trellisd` as a child process, killed (by pid) when dropped.
+struct Trellisd {
+    child: Child,
+    xds: SocketAddr,
+}
+
+impl Trellisd {
+    fn start(dir: &Path) -> Trellisd {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_trellisd"))
+            .args(["--config-dir"])
+            .arg(dir)
+            .args([
+                "--xds-address",
+                "127.0.0.1:0",
+                "--monitoring-address",
+                "127.0.0.1:0",
+                "--log-level",
+                "warn",
+            ])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .unwrap();
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
+        // "trellisd listening: xds A monitoring B"
+        let words: Vec<&str> = line.split_whitespace().collect();
+        assert_eq!(words.get(2), Some(&"xds"), "unexpected first line: {line:?}");
+        Trellisd { xds: words[3].parse().unwrap(), child }
+    }
+}
+
+impl Drop for Trellisd {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn start_proxy(xds: SocketAddr, name: &str) -> trellis_proxy::Running {
+    let local: SocketAddr = "127.0.0.1:0".parse().unwrap();
+    let options = trellis_proxy::Options {
+        outbound: vec![local],
+        inbound: vec![local],
+        admin: vec![local],
+        readiness: vec![local],
+        stats: vec![local],
+        config_file: None,
+        xds: Some(XdsOptions {
+            address: format!("http://{xds}"),
+            node: ProxyNode {
+                id: format!("sidecar~127.0.0.1~{name}.shop~shop.svc.cluster.local"),
+                namespace: "shop".into(),
+                workload: name.into(),
+                labels: [("app".to_owned(), name.to_owned())].into(),
+            },
+            secure: None,
+        }),
+        // Inbound without a redirect: the authority's port names the app.
+        explicit_inbound: true,
+        identity: None,
+    };
+    let workload = Workload { name: name.into(), namespace: "shop".into() };
+    trellis_proxy::start(options, Metrics::new(workload), None).unwrap()
+}
+
+/// Waits (bounded) for a condition another process makes true.
+async fn eventually(what: &str, check: impl Fn() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !check() {
+        assert!(Instant::now() < deadline, "{what}: not within 20 s");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// The statuses (and the x-local-rate-limit header) of `n` GETs to the proxy's inbound port.
+async fn statuses(proxy: SocketAddr, app: SocketAddr, n: usize) -> Vec<(u16, Option<String>)> {
+    let stream = tokio::net::TcpStream::connect(proxy).await.unwrap();
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await.unwrap();
+    tokio::spawn(conn);
+    let mut out = Vec::new();
+    for _ in 0..n {
+        let request = http::Request::get("/")
+            .header("host", format!("web.shop:{}", app.port()))
+            .body(Empty::<Bytes>::new())
+            .unwrap();
+        sender.ready().await.unwrap();
+        let response = sender.send_request(request).await.unwrap();
+        let header =
+            response.headers().get("x-local-rate-limit").and_then(|v| v.to_str().ok()).map(str::to_owned);
+        out.push((response.status().as_u16(), header));
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn istios_local_rate_limit_envoy_filter_limits_the_selected_workloads_inbound_requests() {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let app = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, Router::new().fallback(|| async { "web" })).await });
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("ratelimit.yaml"), FILTERS).unwrap();
+    let trellisd = Trellisd::start(dir.path());
+    let web = start_proxy(trellisd.xds, "web");
+    let other = start_proxy(trellisd.xds, "reviews");
+    eventually("web has its rate limit", || web.proxy.config.load().inbound_rate_limit.is_some()).await;
+    eventually("reviews has its config", || {
+        web.proxy.config.load().version > 0 && other.proxy.config.load().version > 0
+    })
+    .await;
+
+    let limited = statuses(web.inbound[0], app, 5).await;
+    let refused = (429, Some("true".to_owned()));
+    assert_eq!(limited, vec![(200, None), (200, None), (200, None), refused.clone(), refused]);
+    // Not selected: no limit (and the Lua filter, ignored, adds nothing).
+    assert!(other.proxy.config.load().inbound_rate_limit.is_none());
+    assert!(statuses(other.inbound[0], app, 5).await.iter().all(|(status, _)| *status == 200));
+}
