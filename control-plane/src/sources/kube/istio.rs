@@ -9,11 +9,11 @@ use k8s_openapi::api::core::v1::Namespace;
 use kube::api::{ApiResource, DynamicObject};
 use serde::de::DeserializeOwned;
 use serde_json::Value;
+use trellis_api::envoy_filter::EnvoyFilter;
 use trellis_api::networking::{
     DestinationRule, Gateway, ServiceEntry, Sidecar, VirtualService, WorkloadEntry,
 };
 use trellis_api::resource::{Kind, Resource};
-use trellis_api::envoy_filter::EnvoyFilter;
 use trellis_api::security::{AuthorizationPolicy, PeerAuthentication, RequestAuthentication};
 use trellis_api::validate::{Finding, Severity, validate};
 
