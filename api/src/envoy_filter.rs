@@ -67,6 +67,8 @@ pub struct LocalRateLimit {
     pub enabled_percent: f64,
     pub enforced_percent: f64,
     pub response_headers: BTreeMap<String, String>,
+    /// The inbound ports it applies to (a route patch on `inbound|http|PORT`); empty: all.
+    pub ports: Vec<u16>,
 }
 
 /// `ratelimit`'s settings.
@@ -315,7 +317,9 @@ fn read_all(spec: &EnvoyFilterSpec) -> Read<RateLimits> {
                         format!("operation {operation:?} on a route"),
                     );
                 }
-                route_merge(value, &format!("{field}.patch.value"), &mut limits)?;
+                let port =
+                    route_port(get(m, "route_configuration"), &format!("{field}.match.routeConfiguration"))?;
+                route_merge(value, &format!("{field}.patch.value"), port, &mut limits)?;
             }
             other => {
                 return unsupported(
@@ -386,8 +390,69 @@ fn http_filter(value: &Map<String, Value>, field: &str, limits: &mut RateLimits)
     Ok(())
 }
 
-fn route_merge(value: &Map<String, Value>, field: &str, limits: &mut RateLimits) -> Read<()> {
+/// The inbound port a route patch's `routeConfiguration` names (its virtual host
+/// `inbound|http|PORT`, or `portNumber`); `None`: every port. A patch for one route of a virtual
+/// host is not supported (the inbound side has one route per port).
+fn route_port(rc: Option<&Value>, field: &str) -> Read<Option<u16>> {
+    let Some(rc) = rc else { return Ok(None) };
+    let rc = object(rc, field)?;
+    only(rc, &["port_number", "vhost"], field)?;
+    let mut port = match get(rc, "port_number") {
+        None => None,
+        Some(p) => match p.as_u64().and_then(|p| u16::try_from(p).ok()).filter(|&p| p != 0) {
+            Some(p) => Some(p),
+            None => return invalid(&format!("{field}.portNumber"), format!("{p} is not a port")),
+        },
+    };
+    if let Some(vhost) = rc.get("vhost") {
+        let vf = format!("{field}.vhost");
+        let vhost = object(vhost, &vf)?;
+        only(vhost, &["name", "route"], &vf)?;
+        if let Some(route) = vhost.get("route") {
+            let rf = format!("{vf}.route");
+            let route = object(route, &rf)?;
+            only(route, &["action"], &rf)?;
+            let action = string(route.get("action"), &format!("{rf}.action"))?;
+            if !matches!(action, "" | "ANY") {
+                return unsupported(&format!("{rf}.action"), format!("routes with action {action}"));
+            }
+        }
+        let name = string(vhost.get("name"), &format!("{vf}.name"))?;
+        if !name.is_empty() {
+            let named = name
+                .strip_prefix("inbound|http|")
+                .and_then(|p| p.parse::<u16>().ok())
+                .filter(|&p| p != 0 && port.is_none_or(|q| q == p));
+            match named {
+                Some(p) => port = Some(p),
+                None => {
+                    return unsupported(
+                        &format!("{vf}.name"),
+                        format!("virtual host {name:?}: only inbound ones (inbound|http|PORT)"),
+                    );
+                }
+            }
+        }
+    }
+    Ok(port)
+}
+
+fn route_merge(
+    value: &Map<String, Value>,
+    field: &str,
+    port: Option<u16>,
+    limits: &mut RateLimits,
+) -> Read<()> {
     only(value, &["typed_per_filter_config", "rate_limits", "route"], field)?;
+    let has_rules = get(value, "rate_limits").is_some() || value.get("route").is_some();
+    if let (Some(port), true) = (port, has_rules) {
+        return unsupported(
+            &format!("{field}.rate_limits"),
+            format!(
+                "rate_limits for port {port} only: Trellis applies the global limit to all inbound ports"
+            ),
+        );
+    }
     if let Some(route) = value.get("route") {
         // `route: {rate_limits: [...]}` on an HTTP_ROUTE.
         let route = object(route, &format!("{field}.route"))?;
@@ -408,7 +473,9 @@ fn route_merge(value: &Map<String, Value>, field: &str, limits: &mut RateLimits)
             if name != LOCAL || url != LOCAL_TYPE {
                 return unsupported(&f, format!("per-route config of {name:?} ({url})"));
             }
-            limits.local = Some(local(config, &config_field)?);
+            let mut limit = local(config, &config_field)?;
+            limit.ports = port.into_iter().collect();
+            limits.local = Some(limit);
         }
     }
     Ok(())
@@ -475,6 +542,7 @@ fn local(c: &Map<String, Value>, field: &str) -> Read<LocalRateLimit> {
         enabled_percent: percent(get(c, "filter_enabled"), &format!("{field}.filter_enabled"))?,
         enforced_percent: percent(get(c, "filter_enforced"), &format!("{field}.filter_enforced"))?,
         response_headers,
+        ports: Vec::new(),
     })
 }
 

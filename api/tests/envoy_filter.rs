@@ -228,6 +228,8 @@ fn istios_per_route_local_rate_limit_takes_the_routes_bucket() {
     let local = limits.local.unwrap();
     assert_eq!(local.token_bucket.map(|b| b.max_tokens), Some(4));
     assert_eq!((local.enabled_percent, local.enforced_percent), (100.0, 50.0));
+    // The route patch names the inbound virtual host of port 9080: the limit is that port's.
+    assert_eq!(local.ports, [9080]);
 }
 
 #[test]
@@ -312,6 +314,16 @@ spec:
     let w = warnings(&gateway);
     assert_eq!(w.len(), 2, "{w:?}");
     assert!(w[0].2.contains("context GATEWAY"), "{w:?}");
+
+    // A route patch for an outbound virtual host, or for one named route: not read.
+    for (from, to, field) in [
+        ("name: \"inbound|http|9080\"", "name: \"reviews:9080\"", "vhost.name"),
+        ("action: ANY", "action: ROUTE\n              name: r1", "vhost.route.name"),
+    ] {
+        let w = warnings(&LOCAL_PER_ROUTE.replace(from, to));
+        assert_eq!(w.len(), 1, "{w:?}");
+        assert!(w[0].1.ends_with(field), "{w:?}");
+    }
 
     // An unknown field of the local limit: not applied half-way.
     let extra = LOCAL.replace(

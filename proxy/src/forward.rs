@@ -850,8 +850,10 @@ async fn inbound(mut request: Request<Incoming>, conn: &Conn, proxy: &Proxy) -> 
     }
     // After authorization, as Istio's EnvoyFilter inserts the rate-limit filters before the router.
     if let Some(limit) = rate_limit {
-        let checked =
-            box_out_of_line(|| limit.check(&request, conn.peer.ip(), &proxy.metrics, &service)).await;
+        let checked = box_out_of_line(|| {
+            limit.check(&request, target.port(), conn.peer.ip(), &proxy.metrics, &service)
+        })
+        .await;
         if let Err(refusal) = checked {
             return Outcome::new(refusal.response, service, refusal.flags);
         }

@@ -367,3 +367,19 @@ async fn global_limit_fails_open_when_the_service_never_answers_within_its_timeo
     assert!(started.elapsed() >= Duration::from_millis(200), "{:?}", started.elapsed());
     held.abort();
 }
+
+#[tokio::test]
+async fn a_local_limit_for_one_port_leaves_the_others_alone() {
+    let (limited_app, free_app) = (Upstream::start("limited").await, Upstream::start("free").await);
+    let config =
+        format!("{}  ports: [{}]\n", local_limit(1, 1, "3600s", 100.0, 100.0), limited_app.addr.port());
+    let proxy = TestProxy::start(&config).await;
+    let mut client = Client::connect(proxy.inbound(), Version::HTTP_11).await;
+    let limited = format!("app.local:{}", limited_app.addr.port());
+    let free = format!("app.local:{}", free_app.addr.port());
+    assert_eq!(client.get(&limited, "/").await.status, StatusCode::OK);
+    assert_eq!(client.get(&limited, "/").await.status, StatusCode::TOO_MANY_REQUESTS);
+    for _ in 0..5 {
+        assert_eq!(client.get(&free, "/").await.status, StatusCode::OK);
+    }
+}

@@ -93,6 +93,7 @@ fn local_to_pb(l: &ef::LocalRateLimit) -> pb::LocalRateLimit {
         enabled_percent: l.enabled_percent,
         enforced_percent: l.enforced_percent,
         response_headers: l.response_headers.clone().into_iter().collect(),
+        ports: l.ports.iter().map(|&p| u32::from(p)).collect(),
     }
 }
 

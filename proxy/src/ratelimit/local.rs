@@ -84,6 +84,8 @@ pub struct LocalRateLimit {
     enabled: u32,
     enforced: u32,
     pub response_headers: Vec<(http::HeaderName, http::HeaderValue)>,
+    /// The inbound ports it applies to; empty: all.
+    ports: Vec<u16>,
 }
 
 const MILLION: u32 = 1_000_000;
@@ -124,6 +126,12 @@ impl LocalRateLimit {
                 .map_err(|_| err("response_headers", format!("the value of {name} is not a header value")))?;
             response_headers.push((parsed_name, parsed_value));
         }
+        let ports = c
+            .ports
+            .iter()
+            .enumerate()
+            .map(|(i, &p)| crate::config::port(p, &format!("{field}.ports[{i}]")))
+            .collect::<Result<Vec<u16>, _>>()?;
         let fresh = TokenBucket::new(
             u64::from(bucket.max_tokens),
             u64::from(bucket.tokens_per_fill),
@@ -134,7 +142,19 @@ impl LocalRateLimit {
             Some(p) if p.bucket.same_settings(&fresh) => p.bucket.clone(),
             _ => std::sync::Arc::new(fresh),
         };
-        Ok(LocalRateLimit { stat_prefix: c.stat_prefix.clone(), bucket, enabled, enforced, response_headers })
+        Ok(LocalRateLimit {
+            stat_prefix: c.stat_prefix.clone(),
+            bucket,
+            enabled,
+            enforced,
+            response_headers,
+            ports,
+        })
+    }
+
+    /// Whether it applies to requests for the app's `port`.
+    pub fn applies_to(&self, port: u16) -> bool {
+        self.ports.is_empty() || self.ports.contains(&port)
     }
 
     /// Decides one request.
@@ -191,6 +211,7 @@ mod tests {
             enabled_percent: enabled,
             enforced_percent: enforced,
             response_headers: Default::default(),
+            ports: Vec::new(),
         }
     }
 

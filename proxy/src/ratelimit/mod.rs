@@ -62,11 +62,12 @@ impl InboundRateLimit {
     pub async fn check<B>(
         &self,
         request: &Request<B>,
+        port: u16,
         remote: std::net::IpAddr,
         metrics: &crate::metrics::Metrics,
         service: &str,
     ) -> Result<(), Refusal> {
-        if let Some(local) = &self.local {
+        if let Some(local) = self.local.as_ref().filter(|l| l.applies_to(port)) {
             match local.decide(Instant::now()) {
                 local::Decision::Allow => {}
                 local::Decision::Counted => metrics.rate_limited(service, "local", false),
