@@ -7,8 +7,8 @@ use k8s_openapi::api::core::v1::Namespace;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use serde::Serialize;
 
-use crate::networking::{DestinationRule, Gateway, ServiceEntry, Sidecar, VirtualService, WorkloadEntry};
 use crate::envoy_filter::EnvoyFilter;
+use crate::networking::{DestinationRule, Gateway, ServiceEntry, Sidecar, VirtualService, WorkloadEntry};
 use crate::security::{AuthorizationPolicy, PeerAuthentication, RequestAuthentication};
 
 pub const NETWORKING_GROUP: &str = "networking.istio.io";
