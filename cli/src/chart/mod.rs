@@ -19,11 +19,9 @@
 
 mod engine;
 mod funcs;
-mod order;
+pub mod order;
 mod values;
 mod yaml;
-
-pub use order::install_rank;
 
 use std::path::PathBuf;
 use std::sync::Arc;

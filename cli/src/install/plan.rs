@@ -11,7 +11,7 @@ use std::fmt;
 use serde_json::{Map, Value, json};
 
 use super::cluster::{known_kind, split_api_version};
-use crate::chart::install_rank;
+use crate::chart::order::install_rank;
 
 pub const MANAGED_BY_LABEL: &str = "app.kubernetes.io/managed-by";
 pub const MANAGED_BY: &str = "trellis";
