@@ -832,18 +832,14 @@ async fn inbound(mut request: Request<Incoming>, conn: &Conn, proxy: &Proxy) -> 
         ((!current.inbound_policy.is_empty()).then(|| arc_swap::Guard::into_inner(current)), rate_limit)
     };
     if let Some(snapshot) = with_policies {
-        let grpc = is_grpc(&request);
-        let checked = box_out_of_line(|| {
-            crate::security::policy::check_request(
-                &mut request,
-                conn,
-                target,
-                proxy,
-                &snapshot.inbound_policy,
-                grpc,
-            )
-        })
-        .await;
+        use crate::security::policy::{Checked, ask_custom, check_request};
+        let policy = &snapshot.inbound_policy;
+        let checked = match check_request(&mut request, conn, target, proxy, policy, is_grpc) {
+            Checked::Done(checked) => checked,
+            Checked::AskCustom(pending) => {
+                box_out_of_line(|| ask_custom(pending, &mut request, conn, target, proxy, policy)).await
+            }
+        };
         if let Err(refusal) = checked {
             return Outcome::new(refusal.response, service, refusal.flags);
         }

@@ -17,7 +17,7 @@ use crate::metrics::AuthzLabels;
 use crate::serve::Conn;
 use crate::upstream::Body;
 
-use super::authz::{Attributes, Authorization, DecidedBy, Decision, HttpAttributes};
+use super::authz::{Attributes, Authorization, CustomMatch, DecidedBy, Decision, HttpAttributes};
 use super::ext_authz::{CheckPeer, ExtAuthz, ExtDecision};
 use super::jwt::JwtAuthn;
 
@@ -75,24 +75,41 @@ fn connection_attributes<'a>(conn: &'a Conn, target: SocketAddr) -> Attributes<'
     }
 }
 
+/// What the synchronous part of the check left to do.
+pub enum Checked {
+    /// Decided: go on, or send this answer instead.
+    Done(Result<(), Box<Refusal>>),
+    /// A CUSTOM rule matched: its provider must be asked (`ask_custom`) before the DENY/ALLOW
+    /// decision stands.
+    AskCustom(PendingCustom),
+}
+
+pub struct PendingCustom {
+    custom: CustomMatch,
+    decision: Decision,
+    grpc: bool,
+}
+
 /// Checks an HTTP request for the app at `target`: its JWT (which a valid one leaves removed,
-/// unless forwarded, and its claims copied as configured), then CUSTOM's provider, then the
-/// DENY and ALLOW policies. `Err` carries the answer to send instead.
-pub async fn check_request<B>(
+/// unless forwarded, and its claims copied as configured), then the DENY and ALLOW policies.
+/// Synchronous, so that the common request builds no future for it; only when a CUSTOM rule
+/// matches is there something to wait for. `grpc`: the request is gRPC (a denial answers as
+/// gRPC).
+pub fn check_request<B>(
     request: &mut Request<B>,
     conn: &Conn,
     target: SocketAddr,
     proxy: &Proxy,
     policy: &InboundPolicy,
-    grpc: bool,
-) -> Result<(), Box<Refusal>> {
+    grpc: impl Fn(&Request<B>) -> bool,
+) -> Checked {
     let auth = match policy.jwt.is_empty() {
         true => None,
         false => match policy.jwt.authenticate(request) {
             Ok(auth) => auth,
             Err(rejection) => {
                 tracing::debug!(status = %rejection.status, "request refused by RequestAuthentication: {}", rejection.message);
-                return Err(Box::new(Refusal { response: rejected(rejection), flags: "-" }));
+                return Checked::Done(Err(Box::new(Refusal { response: rejected(rejection), flags: "-" })));
             }
         },
     };
@@ -117,29 +134,45 @@ pub async fn check_request<B>(
         (authz.custom(&attributes), decision)
     };
     // CUSTOM comes first in Istio's order; its answer is awaited only when a CUSTOM rule matched.
-    if let Some(custom) = custom {
-        let by = DecidedBy::Rule { policy: custom.policy.clone(), rule: custom.rule };
-        let peer = CheckPeer {
-            source: conn.peer,
-            destination: target,
-            principal: conn.tls_peer.as_ref().map(|p| p.principal.to_string()),
-        };
-        match policy.ext_authz.1.check(&custom.provider, &parts_of(request), &peer).await {
-            ExtDecision::Allow { headers } => {
-                for (name, value) in headers {
-                    request.headers_mut().insert(name, value);
-                }
+    match custom {
+        Some(custom) => Checked::AskCustom(PendingCustom { custom, decision, grpc: grpc(request) }),
+        None if decision.allowed => Checked::Done(Ok(())),
+        None => Checked::Done(Err(Box::new(Refusal { response: denied(grpc(request)), flags: "-" }))),
+    }
+}
+
+/// The rest of `check_request` when a CUSTOM rule matched: the provider's answer, then the
+/// DENY/ALLOW decision already made.
+pub async fn ask_custom<B>(
+    pending: PendingCustom,
+    request: &mut Request<B>,
+    conn: &Conn,
+    target: SocketAddr,
+    proxy: &Proxy,
+    policy: &InboundPolicy,
+) -> Result<(), Box<Refusal>> {
+    let PendingCustom { custom, decision, grpc } = pending;
+    let by = DecidedBy::Rule { policy: custom.policy.clone(), rule: custom.rule };
+    let peer = CheckPeer {
+        source: conn.peer,
+        destination: target,
+        principal: conn.tls_peer.as_ref().map(|p| p.principal.to_string()),
+    };
+    match policy.ext_authz.1.check(&custom.provider, &parts_of(request), &peer).await {
+        ExtDecision::Allow { headers } => {
+            for (name, value) in headers {
+                request.headers_mut().insert(name, value);
             }
-            ExtDecision::Deny { status, headers, body, reason } => {
-                record(proxy, "custom_deny", &by, "http");
-                tracing::debug!(policy = %custom.policy, rule = custom.rule, provider = %custom.provider, %reason, "request denied by the CUSTOM provider");
-                let mut response = Response::new(full(body));
-                *response.status_mut() = status;
-                for (name, value) in headers {
-                    response.headers_mut().append(name, value);
-                }
-                return Err(Box::new(Refusal { response, flags: "UAEX" }));
+        }
+        ExtDecision::Deny { status, headers, body, reason } => {
+            record(proxy, "custom_deny", &by, "http");
+            tracing::debug!(policy = %custom.policy, rule = custom.rule, provider = %custom.provider, %reason, "request denied by the CUSTOM provider");
+            let mut response = Response::new(full(body));
+            *response.status_mut() = status;
+            for (name, value) in headers {
+                response.headers_mut().append(name, value);
             }
+            return Err(Box::new(Refusal { response, flags: "UAEX" }));
         }
     }
     if decision.allowed { Ok(()) } else { Err(Box::new(Refusal { response: denied(grpc), flags: "-" })) }

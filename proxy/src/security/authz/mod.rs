@@ -12,10 +12,11 @@ pub mod attributes;
 pub mod matcher;
 pub mod rule;
 
-use std::collections::HashMap;
 use std::sync::Arc;
 
 use trellis_xds::config as pb;
+
+use crate::FastMap;
 
 pub use attributes::{Attributes, HttpAttributes, RequestAuth};
 use pb::authz_policy::Action;
@@ -113,9 +114,11 @@ struct Engine {
 #[derive(Debug, Default)]
 struct RuleSet {
     rules: Vec<Filed>,
-    by_principal: HashMap<String, Vec<u32>>,
-    by_path: HashMap<String, Vec<u32>>,
-    by_path_prefix: HashMap<String, Vec<u32>>,
+    // foldhash, not SipHash: the keys come from the config, so a request cannot fill a bucket;
+    // it only looks up, once per index and request.
+    by_principal: FastMap<String, Vec<u32>>,
+    by_path: FastMap<String, Vec<u32>>,
+    by_path_prefix: FastMap<String, Vec<u32>>,
     prefix_lengths: Vec<usize>,
     unindexed: Vec<u32>,
 }
