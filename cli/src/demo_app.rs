@@ -9,6 +9,7 @@ use std::convert::Infallible;
 use std::net::{IpAddr, SocketAddr};
 use std::process::ExitCode;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -65,6 +66,10 @@ pub struct Args {
     /// Share of requests delayed by --delay-ms, from 0 to 1 (1 when only --delay-ms is given).
     #[arg(long, value_name = "SHARE", value_parser = parse_share)]
     delay_rate: Option<f64>,
+    /// Once sent SIGUSR1, answer 503 to every request from then on (a replica gone bad:
+    /// `trellis demo` sends it halfway through the run).
+    #[arg(long)]
+    fail_on_signal: bool,
 }
 
 /// A downstream: where to connect and what to ask.
@@ -128,6 +133,8 @@ struct App {
     fail_rate: f64,
     delay: Duration,
     delay_rate: f64,
+    /// Set by SIGUSR1 with --fail-on-signal: every request fails.
+    broken: AtomicBool,
     /// Each downstream with the connections to it.
     calls: Vec<(Call, Pool)>,
 }
@@ -167,8 +174,20 @@ async fn serve(args: Args) -> Result<(), String> {
         fail_rate: args.fail_rate,
         delay: Duration::from_millis(args.delay_ms),
         delay_rate: args.delay_rate.unwrap_or(if args.delay_ms > 0 { 1.0 } else { 0.0 }),
+        broken: AtomicBool::new(false),
         calls,
     });
+    if args.fail_on_signal {
+        let mut usr1 = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::user_defined1())
+            .map_err(|e| format!("cannot watch SIGUSR1: {e}"))?;
+        let app = app.clone();
+        tokio::spawn(async move {
+            if usr1.recv().await.is_some() {
+                println!("demo-app {}: SIGUSR1: answering 503 to every request from now on", app.name);
+                app.broken.store(true, Ordering::Relaxed);
+            }
+        });
+    }
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
         .map_err(|e| format!("--listen {}: {e}", args.listen))?;
@@ -220,7 +239,7 @@ async fn answer(app: &App, request: Request<Incoming>) -> Response<Full<Bytes>> 
     if let Some(pod) = &app.pod {
         me["pod"] = pod.as_str().into();
     }
-    if rand::random::<f64>() < app.fail_rate {
+    if app.broken.load(Ordering::Relaxed) || rand::random::<f64>() < app.fail_rate {
         me["error"] = "injected failure".into();
         return json_response(StatusCode::SERVICE_UNAVAILABLE, &me);
     }

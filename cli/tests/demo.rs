@@ -126,8 +126,31 @@ fn check(summary: &Value, stdout: &str, mode: &str) {
         );
     }
     assert_eq!(count(&inventory["outbound_requests"]), denied, "inventory called only the once: {inventory}");
-    // Inventory fails now and then; the retries add to what it received.
-    assert!(count(&inventory["inbound_requests"]) >= sent, "{inventory}");
+    // Inventory fails now and then; the retries add to what its two replicas received.
+    let inventory_2 = proxy(summary, "inventory-2");
+    assert_eq!(count(&inventory_2["outbound_requests"]), 0, "{inventory_2}");
+    assert!(count(&inventory_2["inbound_requests"]) > 0, "{inventory_2}");
+    assert!(
+        count(&inventory["inbound_requests"]) + count(&inventory_2["inbound_requests"]) >= sent,
+        "{inventory} {inventory_2}"
+    );
+    // Halfway, inventory-2 went bad (503 to everything): catalog's proxies ejected it (outlier
+    // detection, 3 consecutive 5xx), and their retries hid the 503s before that — no request
+    // failed (asserted above).
+    let outlier = &summary["outlier"];
+    assert_eq!(outlier["went_bad"], serde_json::json!(["inventory-2"]), "{outlier}");
+    assert!(outlier["went_bad_seconds"].as_f64().is_some(), "{outlier}");
+    assert!(count(&outlier["ejections"]) >= 1, "the bad replica was ejected: {outlier}");
+    assert!(count(&outlier["by_reason"]["consecutive_5xx"]) >= 1, "{outlier}");
+    assert!(
+        outlier["by_proxy"].as_object().unwrap().keys().all(|p| p.starts_with("catalog-")),
+        "only catalog calls inventory: {outlier}"
+    );
+    // Fault injection: a tenth of frontend's calls to catalog delayed 5ms (DI), none aborted.
+    let faults = &summary["faults"];
+    assert!(count(&faults["delayed"]) >= sent / 40, "about a tenth delayed: {faults}");
+    assert!(count(&faults["delayed"]) <= sent / 5, "about a tenth delayed: {faults}");
+    assert_eq!(count(&faults["aborted"]), 0, "{faults}");
     let rss: u64 = summary["proxies"].as_array().unwrap().iter().map(|p| count(&p["rss_bytes"])).sum();
     assert!(rss > 0);
     assert_eq!(count(&summary["total_proxy_rss_bytes"]), rss);
@@ -207,6 +230,7 @@ fn check_identities(summary: &Value, sent: u64) {
         ("frontend", "frontend"),
         ("catalog-v1", "catalog"),
         ("catalog-v2", "catalog"),
+        ("inventory-2", "inventory"),
         ("inventory", "inventory"),
     ];
     for (pod, account) in accounts {
@@ -315,6 +339,7 @@ fn as_root_the_demo_injects_intercepts_and_routes_for_real_and_leaves_nothing() 
             "trellis-demo-frontend",
             "trellis-demo-catalog-v1",
             "trellis-demo-catalog-v2",
+            "trellis-demo-inventory-2",
             "trellis-demo-inventory"
         ]
     );
@@ -488,15 +513,15 @@ fn after_a_crash_the_next_run_cleans_up_and_ctrl_c_removes_everything() {
     crashed.signal(Signal::SIGKILL);
     let (code, _, _) = crashed.finish();
     assert_eq!(code, None, "killed by a signal");
-    assert_eq!(namespaces_now().len(), 5, "the crash leaves the namespaces");
-    assert_eq!(demo_processes_of(run_dir).len(), 9, "and the processes");
+    assert_eq!(namespaces_now().len(), 6, "the crash leaves the namespaces");
+    assert_eq!(demo_processes_of(run_dir).len(), 11, "and the processes");
 
     let next = Background::start();
     next.wait_for_traffic();
     next.signal(Signal::SIGINT);
     let (code, last, stderr) = next.finish();
     assert!(
-        stderr.contains("removed what an earlier run left: 9 processes, 5 network namespaces"),
+        stderr.contains("removed what an earlier run left: 11 processes, 6 network namespaces"),
         "{stderr}"
     );
     assert_eq!(code, Some(130), "{stderr}");

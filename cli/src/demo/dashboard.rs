@@ -16,7 +16,7 @@ use super::metrics::{self, Reporter};
 use super::plan::{Canary, Mode, Plan};
 use super::processes;
 use super::session::Session;
-use super::summary::{CanaryReport, ProxyReport, Requests, Split, Summary};
+use super::summary::{CanaryReport, FaultReport, OutlierReport, ProxyReport, Requests, Split, Summary};
 use super::table::{History, Snapshot, Topology, rows};
 
 /// Seconds of history the live table averages over.
@@ -56,6 +56,7 @@ pub async fn run(session: &mut Session, console: &mut Console, startup: Duration
     )));
     let duration = session.args.duration;
     let mut canary = CanaryState::Waiting;
+    let mut went_bad: Option<(f64, Vec<String>)> = None;
     let mut load_seconds = 0.0;
     let mut ticks = tokio::time::interval_at(began + Duration::from_secs(1), Duration::from_secs(1));
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -77,11 +78,15 @@ pub async fn run(session: &mut Session, console: &mut Console, startup: Duration
         let snapshot = scrape(&plan, history.latest()).await;
         history.push(seconds, snapshot, window);
         canary = advance(canary, &plan, session, &record, seconds, duration, console).await;
-        console.table(
-            seconds,
-            &title(&plan, session, seconds, &canary, load.is_some(), probe.as_ref(), authorization.as_ref()),
-            &history.rows(&topology),
-        );
+        if went_bad.is_none() && seconds >= duration.as_secs_f64() / 2.0 {
+            went_bad = Some((seconds, go_bad(session, console, seconds)));
+        }
+        let mut lines =
+            title(&plan, session, seconds, &canary, load.is_some(), probe.as_ref(), authorization.as_ref());
+        if let Some(latest) = history.latest() {
+            lines.extend(resilience_lines(&plan, went_bad.as_ref(), &baseline, latest));
+        }
+        console.table(seconds, &lines, &history.rows(&topology));
         if load.is_some() && began.elapsed() >= duration {
             load_seconds = stop_load(&running, &mut load, &began).await;
             if !session.args.keep {
@@ -117,9 +122,105 @@ pub async fn run(session: &mut Session, console: &mut Console, startup: Duration
         &last,
         &total,
         canary,
+        went_bad,
         probe,
         authorization,
     ))
+}
+
+/// The pods whose app goes bad halfway (`--fail-on-signal`).
+fn going_bad(plan: &Plan) -> Vec<String> {
+    plan.pods
+        .iter()
+        .filter(|p| p.app_args.iter().any(|a| a == "--fail-on-signal"))
+        .map(|p| p.name.clone())
+        .collect()
+}
+
+/// Halfway: sends SIGUSR1 to the app of each pod that goes bad then; the pods it reached.
+fn go_bad(session: &Session, console: &mut Console, seconds: f64) -> Vec<String> {
+    let mut reached = Vec::new();
+    for pod in going_bad(&session.plan) {
+        let role = format!("app of {pod}");
+        let Some(process) = session.processes.iter().find(|p| p.role == role) else { continue };
+        let pid = nix::unistd::Pid::from_raw(i32::try_from(process.pid()).unwrap_or(i32::MAX));
+        match nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGUSR1) {
+            Ok(()) => {
+                console.note(&format!(
+                    "trellis demo: {seconds:.0}s: {pod} goes bad (its app answers 503 to everything from now on)"
+                ));
+                reached.push(pod);
+            }
+            Err(e) => console.note(&format!("trellis demo: cannot make {pod} go bad: {e}")),
+        }
+    }
+    reached
+}
+
+/// Outlier ejections the proxies counted since `baseline`: in total, by reason, by proxy.
+fn ejections(baseline: &Snapshot, last: &Snapshot) -> (u64, BTreeMap<String, u64>, BTreeMap<String, u64>) {
+    let (mut total, mut by_reason, mut by_proxy) = (0, BTreeMap::new(), BTreeMap::new());
+    for (pod, stats) in last {
+        let before = baseline.get(pod);
+        for (key, n) in &stats.ejections {
+            let was = before.and_then(|b| b.ejections.get(key)).copied().unwrap_or(0.0);
+            let added = (n - was).max(0.0) as u64;
+            if added > 0 {
+                total += added;
+                *by_reason.entry(key.1.clone()).or_insert(0) += added;
+                *by_proxy.entry(pod.clone()).or_insert(0) += added;
+            }
+        }
+    }
+    (total, by_reason, by_proxy)
+}
+
+/// Requests delayed (`DI`) and aborted (`FI`) by fault injection since `baseline`.
+fn faults(baseline: &Snapshot, last: &Snapshot) -> FaultReport {
+    let count = |flag: &str| -> u64 {
+        last.iter()
+            .map(|(pod, s)| {
+                let was = baseline.get(pod).map_or(0.0, |b| b.fault_total(flag));
+                (s.fault_total(flag) - was).max(0.0) as u64
+            })
+            .sum()
+    };
+    FaultReport { delayed: count("DI"), aborted: count("FI") }
+}
+
+/// Lines over the table: the replica gone bad and its ejections, and the faults injected.
+fn resilience_lines(
+    plan: &Plan,
+    went_bad: Option<&(f64, Vec<String>)>,
+    baseline: &Snapshot,
+    latest: &Snapshot,
+) -> Vec<String> {
+    let mut lines = Vec::new();
+    let bad = going_bad(plan);
+    if !bad.is_empty() {
+        let (total, by_reason, _) = ejections(baseline, latest);
+        let reasons: Vec<String> =
+            by_reason.iter().map(|(r, n)| format!("{n} {}", r.replace('_', " "))).collect();
+        lines.push(match went_bad {
+            None => format!("outlier detection: {} goes bad halfway", bad.join(", ")),
+            Some((at, pods)) if total > 0 => format!(
+                "outlier detection: {} bad since {at:.0}s; ejected {total}x by callers' proxies ({})",
+                pods.join(", "),
+                reasons.join(", ")
+            ),
+            Some((at, pods)) => {
+                format!("outlier detection: {} bad since {at:.0}s; not ejected yet", pods.join(", "))
+            }
+        });
+    }
+    let f = faults(baseline, latest);
+    if f.delayed + f.aborted > 0 {
+        lines.push(format!(
+            "fault injection: {} requests delayed (DI), {} aborted (FI)",
+            f.delayed, f.aborted
+        ));
+    }
+    lines
 }
 
 /// The call an AuthorizationPolicy denies, before the load: its lines stay above the table.
@@ -410,9 +511,18 @@ fn summary(
     last: &Snapshot,
     total: &Window,
     canary: CanaryState,
+    went_bad: Option<(f64, Vec<String>)>,
     plaintext_client: Option<ProbeReport>,
     authorization: Option<AuthorizationReport>,
 ) -> Summary {
+    let outlier = (!going_bad(plan).is_empty()).then(|| {
+        let (ejections, by_reason, by_proxy) = ejections(baseline, last);
+        let (went_bad_seconds, went_bad) = match went_bad {
+            Some((at, pods)) => (Some(at), pods),
+            None => (None, Vec::new()),
+        };
+        OutlierReport { went_bad, went_bad_seconds, ejections, by_reason, by_proxy }
+    });
     let proxies: Vec<ProxyReport> = plan
         .pods
         .iter()
@@ -490,6 +600,8 @@ fn summary(
         },
         failures: record.failures.clone(),
         canary,
+        outlier,
+        faults: faults(baseline, last),
         total_proxy_rss_bytes: proxies.iter().map(|p| p.rss_bytes).sum(),
         total_proxy_anon_bytes: proxies.iter().map(|p| p.anon_bytes).sum(),
         proxies,

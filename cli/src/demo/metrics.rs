@@ -135,6 +135,11 @@ pub struct ProxyStats {
     pub refused: BTreeMap<String, f64>,
     /// AuthorizationPolicy's decisions, by series.
     pub authz: BTreeMap<AuthzDecision, f64>,
+    /// Outlier ejections by (cluster, reason) (`trellis_outlier_ejections_total`).
+    pub ejections: BTreeMap<(String, String), f64>,
+    /// Requests this proxy sent with fault injection, by response flag (`DI` delayed, `FI`
+    /// aborted; `istio_requests_total{reporter="source"}`).
+    pub faults: BTreeMap<String, f64>,
 }
 
 impl ProxyStats {
@@ -143,6 +148,10 @@ impl ProxyStats {
     }
 
     /// Requests and connections AuthorizationPolicy denied (`decision="deny"`).
+    pub fn fault_total(&self, flag: &str) -> f64 {
+        self.faults.get(flag).copied().unwrap_or(0.0)
+    }
+
     pub fn denied_total(&self) -> f64 {
         self.authz.iter().filter(|(d, _)| d.decision == "deny").map(|(_, n)| n).sum()
     }
@@ -168,6 +177,19 @@ pub fn parse(text: &str) -> ProxyStats {
             };
             *stats.authz.entry(decision).or_default() += value;
             continue;
+        }
+        if name == "trellis_outlier_ejections_total" {
+            let label = |k: &str| labels.get(k).cloned().unwrap_or_default();
+            *stats.ejections.entry((label("cluster_name"), label("reason"))).or_default() += value;
+            continue;
+        }
+        if name == "istio_requests_total"
+            && labels.get("reporter").is_some_and(|r| r == "source")
+            && let Some(flags) = labels.get("response_flags")
+        {
+            for flag in flags.split(',').filter(|f| *f == "DI" || *f == "FI") {
+                *stats.faults.entry(flag.to_owned()).or_default() += value;
+            }
         }
         let reporter = match labels.get("reporter").map(String::as_str) {
             Some("source") => Reporter::Source,
@@ -353,6 +375,28 @@ istio_requests_total{reporter="source",destination_service="x",response_code="20
         // Beyond the last finite bound: that bound.
         assert_eq!(traffic.quantile(0.99), Some(5.0));
         assert_eq!(Traffic::default().quantile(0.5), None);
+    }
+
+    #[test]
+    fn ejections_and_injected_faults_are_counted() {
+        let stats = parse(
+            r#"trellis_outlier_ejections_total{cluster_name="outbound|8080||inventory.shop.svc.cluster.local",reason="consecutive_5xx"} 2
+istio_requests_total{reporter="source",destination_service="catalog.shop.svc.cluster.local",response_code="200",response_flags="DI"} 7
+istio_requests_total{reporter="source",destination_service="catalog.shop.svc.cluster.local",response_code="503",response_flags="DI,FI"} 3
+istio_requests_total{reporter="destination",destination_service="inbound|8080",response_code="200",response_flags="DI"} 100
+"#,
+        );
+        let cluster = "outbound|8080||inventory.shop.svc.cluster.local".to_owned();
+        assert_eq!(stats.ejections, BTreeMap::from([((cluster, "consecutive_5xx".to_owned()), 2.0)]));
+        assert_eq!(
+            (stats.fault_total("DI"), stats.fault_total("FI"), stats.fault_total("UO")),
+            (10.0, 3.0, 0.0)
+        );
+        // Still counted as traffic.
+        assert_eq!(
+            stats.traffic[&(Reporter::Source, "catalog.shop.svc.cluster.local".to_owned())].requests,
+            10.0
+        );
     }
 
     #[test]

@@ -811,6 +811,7 @@ mod tests {
                 ("frontend", "10.77.0.10".to_owned()),
                 ("catalog-v1", "10.77.0.11".to_owned()),
                 ("catalog-v2", "10.77.0.12".to_owned()),
+                ("inventory-2", "10.77.0.14".to_owned()),
                 ("inventory", "10.77.0.13".to_owned())
             ]
         );
@@ -843,6 +844,7 @@ mod tests {
                 ("frontend", "spiffe://cluster.local/ns/shop/sa/frontend"),
                 ("catalog", "spiffe://cluster.local/ns/shop/sa/catalog"),
                 ("catalog", "spiffe://cluster.local/ns/shop/sa/catalog"),
+                ("inventory", "spiffe://cluster.local/ns/shop/sa/inventory"),
                 ("inventory", "spiffe://cluster.local/ns/shop/sa/inventory")
             ]
         );
@@ -854,7 +856,7 @@ mod tests {
             .map(|d| serde_saphyr::from_str::<Value>(d.text).unwrap())
             .filter(|d| d["kind"] == "WorkloadEntry")
             .collect();
-        assert_eq!(entries.len(), 4);
+        assert_eq!(entries.len(), 5);
         for entry in &entries {
             assert_eq!(entry["spec"]["labels"]["security.istio.io/tlsMode"], "istio", "{entry}");
         }
@@ -950,7 +952,7 @@ mod tests {
             .map(|d| serde_saphyr::from_str::<Value>(d.text).unwrap())
             .filter(|d| d["kind"] == "WorkloadEntry")
             .collect();
-        assert_eq!(entries.len(), 4);
+        assert_eq!(entries.len(), 5);
         assert_eq!(entries[1]["spec"]["address"], "127.77.0.11");
         assert_eq!(entries[1]["spec"]["ports"]["http"], 15006);
         assert_eq!(entries[1]["spec"]["labels"]["version"], "v1");
@@ -1046,7 +1048,7 @@ mod tests {
                     let t = istio(e, "services.yaml");
                     *t = replace(t, "serviceAccount: inventory", "serviceAccount: stock");
                 }),
-                "istio/services.yaml: WorkloadEntry shop/inventory: spec.serviceAccount: \"stock\" is not the pod's \
+                "istio/services.yaml: WorkloadEntry shop/inventory-2: spec.serviceAccount: \"stock\" is not the pod's \
                  serviceAccountName \"inventory\"; callers would refuse the pod's certificate",
             ),
             (
@@ -1074,7 +1076,7 @@ mod tests {
         assert!(build(&broken, Mode::Namespaces).is_ok(), "with namespaces a service port may differ");
         let err = build(&broken, Mode::Explicit).unwrap_err();
         assert!(
-            err.contains("istio/services.yaml: ServiceEntry shop/inventory: ports: 80 is not the port of pod inventory (8080)"),
+            err.contains("istio/services.yaml: ServiceEntry shop/inventory: ports: 80 is not the port of pod inventory-2 (8080)"),
             "{err}"
         );
     }

@@ -25,6 +25,10 @@ pub struct Summary {
     /// The first few failed requests, as the load saw them.
     pub failures: Vec<String>,
     pub canary: Option<CanaryReport>,
+    /// The replica that goes bad halfway and the ejections it led to (outlier detection).
+    pub outlier: Option<OutlierReport>,
+    /// Requests fault injection delayed or aborted.
+    pub faults: FaultReport,
     pub proxies: Vec<ProxyReport>,
     pub total_proxy_rss_bytes: u64,
     /// Of that, the proxies' own memory (anonymous: heap and stacks); the rest is the
@@ -49,6 +53,26 @@ pub struct Requests {
     pub ok: u64,
     pub failed: u64,
     pub skipped: u64,
+}
+
+/// Outlier detection over the run: which pods went bad (their apps sent SIGUSR1 halfway), and
+/// the ejections the callers' proxies counted (`trellis_outlier_ejections_total`).
+#[derive(Clone, Debug, Serialize)]
+pub struct OutlierReport {
+    pub went_bad: Vec<String>,
+    pub went_bad_seconds: Option<f64>,
+    pub ejections: u64,
+    pub by_reason: BTreeMap<String, u64>,
+    pub by_proxy: BTreeMap<String, u64>,
+}
+
+/// Fault injection over the run, from the callers' `istio_requests_total` response flags.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct FaultReport {
+    /// Flag `DI`.
+    pub delayed: u64,
+    /// Flag `FI`.
+    pub aborted: u64,
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -231,6 +255,26 @@ impl Summary {
                 (None, None) => lines.push("  the run ended before the edit".to_owned()),
             }
         }
+        if let Some(o) = &self.outlier {
+            let reasons: Vec<String> = o.by_reason.iter().map(|(r, n)| format!("{n} {r}")).collect();
+            let by: Vec<String> = o.by_proxy.iter().map(|(p, n)| format!("{p} {n}")).collect();
+            lines.push(match o.went_bad_seconds {
+                Some(at) => format!(
+                    "Outlier detection: {} went bad at {at:.0}s; ejected {} times ({}) by the proxies of {}.",
+                    o.went_bad.join(", "),
+                    o.ejections,
+                    if reasons.is_empty() { "none".to_owned() } else { reasons.join(", ") },
+                    if by.is_empty() { "none".to_owned() } else { by.join(", ") }
+                ),
+                None => "Outlier detection: the run ended before any replica went bad.".to_owned(),
+            });
+        }
+        if self.faults.delayed + self.faults.aborted > 0 {
+            lines.push(format!(
+                "Fault injection: {} requests delayed (DI), {} aborted (FI).",
+                self.faults.delayed, self.faults.aborted
+            ));
+        }
         let counted: Vec<String> = self
             .proxies
             .iter()
@@ -317,6 +361,14 @@ mod tests {
             requests: Requests { sent: 500, ok: 500, failed: 0, skipped: 0 },
             failures: Vec::new(),
             canary: None,
+            outlier: Some(OutlierReport {
+                went_bad: vec!["inventory-2".into()],
+                went_bad_seconds: Some(10.0),
+                ejections: 2,
+                by_reason: BTreeMap::from([("consecutive_5xx".into(), 2)]),
+                by_proxy: BTreeMap::from([("catalog-v1".into(), 2)]),
+            }),
+            faults: FaultReport { delayed: 50, aborted: 0 },
             proxies: Vec::new(),
             total_proxy_rss_bytes: 0,
             total_proxy_anon_bytes: 0,
@@ -388,6 +440,9 @@ mod tests {
              trellis_authz_decisions_total{decision=\"deny\",policy=\"none\",rule=\"\",protocol=\"http\"} 0 → 1",
             "  since the load began: frontend → catalog 500 requests; catalog's proxies counted 0 denials \
              (trellis_authz_decisions_total{decision=\"deny\"} unchanged)",
+            "Outlier detection: inventory-2 went bad at 10s; ejected 2 times (2 consecutive_5xx) by the proxies of \
+             catalog-v1 2.",
+            "Fault injection: 50 requests delayed (DI), 0 aborted (FI).",
         ] {
             assert!(text.contains(expected), "{expected:?} not in:\n{text}");
         }
