@@ -3,15 +3,15 @@
 //! where it runs with its `istio-locality` label) take their config over delta xDS, and each
 //! keeps its traffic at home until outlier detection ejects the local endpoint.
 
-use std::io::{BufRead, BufReader};
+mod ca_support;
+
 use std::net::SocketAddr;
-use std::path::Path;
-use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use axum::Router;
+use ca_support::Trellisd;
 use http::StatusCode;
 use http_body_util::{BodyExt, Empty};
 use hyper::body::Bytes;
@@ -57,45 +57,6 @@ spec:
     outlierDetection: {{ consecutive5xxErrors: 2, interval: 1s, baseEjectionTime: 60s, maxEjectionPercent: 100 }}
 "#
     )
-}
-
-/// `trellisd` as a child process, killed (by pid) when dropped.
-struct Trellisd {
-    child: Child,
-    xds: SocketAddr,
-}
-
-impl Trellisd {
-    fn start(dir: &Path) -> Trellisd {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_trellisd"))
-            .args(["--config-dir"])
-            .arg(dir)
-            .args([
-                "--xds-address",
-                "127.0.0.1:0",
-                "--monitoring-address",
-                "127.0.0.1:0",
-                "--log-level",
-                "warn",
-            ])
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .unwrap();
-        let mut line = String::new();
-        BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
-        // "trellisd listening: xds A monitoring B"
-        let words: Vec<&str> = line.split_whitespace().collect();
-        assert_eq!(words.get(2), Some(&"xds"), "unexpected first line: {line:?}");
-        Trellisd { xds: words[3].parse().unwrap(), child }
-    }
-}
-
-impl Drop for Trellisd {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
 }
 
 /// An app answering its name; 500 while `failing` is set.
@@ -180,7 +141,7 @@ async fn each_proxy_keeps_its_traffic_in_its_region_until_the_local_endpoint_is_
     let eu = app("api-eu", eu_failing.clone()).await;
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(dir.path().join("api.yaml"), config(us.port(), eu.port())).unwrap();
-    let trellisd = Trellisd::start(dir.path());
+    let trellisd = Trellisd::start_with(&["--config-dir".into(), dir.path().into()], &[]);
     let east = start_proxy(trellisd.xds, "east-client", "us-east.us-east-1a");
     let west = start_proxy(trellisd.xds, "west-client", "eu-west.eu-west-1b");
 

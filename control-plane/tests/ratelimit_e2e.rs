@@ -2,13 +2,13 @@
 //! local rate limit EnvoyFilter (and a Lua one it ignores) from a config directory, the selected
 //! proxy takes it over delta xDS, and its inbound requests are limited.
 
-use std::io::{BufRead, BufReader};
+mod ca_support;
+
 use std::net::SocketAddr;
-use std::path::Path;
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use axum::Router;
+use ca_support::Trellisd;
 use http_body_util::Empty;
 use hyper::body::Bytes;
 use hyper_util::rt::TokioIo;
@@ -81,45 +81,6 @@ spec:
             inlineCode: "function envoy_on_request(h) end"
 "#;
 
-/// `trellisd` as a child process, killed (by pid) when dropped.
-struct Trellisd {
-    child: Child,
-    xds: SocketAddr,
-}
-
-impl Trellisd {
-    fn start(dir: &Path) -> Trellisd {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_trellisd"))
-            .args(["--config-dir"])
-            .arg(dir)
-            .args([
-                "--xds-address",
-                "127.0.0.1:0",
-                "--monitoring-address",
-                "127.0.0.1:0",
-                "--log-level",
-                "warn",
-            ])
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .unwrap();
-        let mut line = String::new();
-        BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
-        // "trellisd listening: xds A monitoring B"
-        let words: Vec<&str> = line.split_whitespace().collect();
-        assert_eq!(words.get(2), Some(&"xds"), "unexpected first line: {line:?}");
-        Trellisd { xds: words[3].parse().unwrap(), child }
-    }
-}
-
-impl Drop for Trellisd {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 fn start_proxy(xds: SocketAddr, name: &str) -> trellis_proxy::Running {
     let local: SocketAddr = "127.0.0.1:0".parse().unwrap();
     let options = trellis_proxy::Options {
@@ -183,7 +144,7 @@ async fn istios_local_rate_limit_envoy_filter_limits_the_selected_workloads_inbo
     tokio::spawn(async move { axum::serve(listener, Router::new().fallback(|| async { "web" })).await });
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(dir.path().join("ratelimit.yaml"), FILTERS).unwrap();
-    let trellisd = Trellisd::start(dir.path());
+    let trellisd = Trellisd::start_with(&["--config-dir".into(), dir.path().into()], &[]);
     let web = start_proxy(trellisd.xds, "web");
     let other = start_proxy(trellisd.xds, "reviews");
     eventually("web has its rate limit", || web.proxy.config.load().inbound_rate_limit.is_some()).await;
