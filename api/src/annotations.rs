@@ -88,6 +88,10 @@ pub mod names {
         pub const PROMETHEUS_SCRAPE: &str = "prometheus.io/scrape";
         pub const PROMETHEUS_PORT: &str = "prometheus.io/port";
         pub const PROMETHEUS_PATH: &str = "prometheus.io/path";
+        /// `"false"` keeps the pod's `prometheus.io/*` annotations as written: the app is
+        /// scraped directly, not through the proxy's status port. Overrides the mesh config's
+        /// `enablePrometheusMerge`.
+        pub const PROMETHEUS_MERGE_METRICS: &str = "prometheus.istio.io/merge-metrics";
 
         /// Every annotation above, for tools that look for typos under the Istio prefixes.
         pub const ALL: &[&str] = &[
@@ -124,6 +128,7 @@ pub mod names {
             PROMETHEUS_SCRAPE,
             PROMETHEUS_PORT,
             PROMETHEUS_PATH,
+            PROMETHEUS_MERGE_METRICS,
         ];
     }
 }
@@ -1085,7 +1090,12 @@ pub fn validate_pod_annotations(annotations: &BTreeMap<String, String>) -> Vec<A
     for name in [ann::PROXY_CPU, ann::PROXY_MEMORY, ann::PROXY_CPU_LIMIT, ann::PROXY_MEMORY_LIMIT] {
         check(name, &|v| parse_resource_quantity(name, v).map(drop));
     }
-    for name in [ann::REWRITE_APP_HTTP_PROBERS, ann::NATIVE_SIDECAR, ann::PROMETHEUS_SCRAPE] {
+    for name in [
+        ann::REWRITE_APP_HTTP_PROBERS,
+        ann::NATIVE_SIDECAR,
+        ann::PROMETHEUS_SCRAPE,
+        ann::PROMETHEUS_MERGE_METRICS,
+    ] {
         check(name, &|v| parse_bool(name, v).map(drop));
     }
     for name in [ann::DEFAULT_CONTAINER, ann::DEFAULT_LOGS_CONTAINER] {
@@ -1677,7 +1687,7 @@ mod tests {
 
     #[test]
     fn names_are_istios() {
-        assert_eq!(ann::ALL.len(), 33);
+        assert_eq!(ann::ALL.len(), 34);
         let unique: BTreeSet<&str> = ann::ALL.iter().copied().collect();
         assert_eq!(unique.len(), ann::ALL.len());
         assert_eq!(ann::INCLUDE_OUTBOUND_IP_RANGES, "traffic.sidecar.istio.io/includeOutboundIPRanges");

@@ -110,6 +110,10 @@ pub struct MeshConfig {
     /// Default true.
     #[serde(skip_serializing_if = "Option::is_none", alias = "enable_tracing")]
     pub enable_tracing: Option<bool>,
+    /// Merge the app's Prometheus metrics into the proxy's on the status port (the injector
+    /// points the pod's `prometheus.io/*` annotations there). Default true.
+    #[serde(skip_serializing_if = "Option::is_none", alias = "enable_prometheus_merge")]
+    pub enable_prometheus_merge: Option<bool>,
     /// Retry policy for HTTP routes that do not set one.
     #[serde(skip_serializing_if = "Option::is_none", alias = "default_http_retry_policy")]
     pub default_http_retry_policy: Option<HttpRetry>,
@@ -136,6 +140,10 @@ pub struct MeshConfig {
         alias = "extension_providers"
     )]
     pub extension_providers: Vec<ExtensionProvider>,
+    /// The providers used when no Telemetry resource names any: `tracing` names the
+    /// extension provider spans go to.
+    #[serde(skip_serializing_if = "Option::is_none", alias = "default_providers")]
+    pub default_providers: Option<DefaultProviders>,
     /// Trellis's own field, not one of Istio's MeshConfig: the retry budget of every
     /// destination (Linkerd's), on by default with 20 % of requests plus 10 retries per second
     /// over 10 s. A DestinationRule's `retry-budget.trellis.io/*` annotations change it for
@@ -208,6 +216,86 @@ pub struct ExtensionProvider {
     pub envoy_ext_authz_http: Option<EnvoyExtAuthzHttp>,
     #[serde(skip_serializing_if = "Option::is_none", alias = "envoy_ext_authz_grpc")]
     pub envoy_ext_authz_grpc: Option<EnvoyExtAuthzGrpc>,
+    /// A Zipkin collector (v2 JSON over HTTP): tracing.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub zipkin: Option<ZipkinProvider>,
+    /// An OpenTelemetry collector (OTLP over gRPC, or over HTTP with `http`): tracing.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub opentelemetry: Option<OpenTelemetryProvider>,
+}
+
+/// `defaultProviders`: extension provider names per kind of telemetry.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Default, JsonSchema)]
+#[serde(rename_all = "camelCase", default)]
+pub struct DefaultProviders {
+    #[serde(skip_serializing_if = "Vec::is_empty", deserialize_with = "null_as_default")]
+    pub tracing: Vec<String>,
+    #[serde(skip_serializing_if = "Vec::is_empty", deserialize_with = "null_as_default")]
+    pub metrics: Vec<String>,
+    #[serde(
+        skip_serializing_if = "Vec::is_empty",
+        deserialize_with = "null_as_default",
+        alias = "access_logging"
+    )]
+    pub access_logging: Vec<String>,
+}
+
+/// Istio's `zipkin` tracing provider.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Default, JsonSchema)]
+#[serde(rename_all = "camelCase", default)]
+pub struct ZipkinProvider {
+    /// The collector's service: a host name, optionally `namespace/host`.
+    pub service: String,
+    pub port: u32,
+    /// Where spans are posted. Default `/api/v2/spans`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub path: Option<String>,
+    /// The longest tag value sent. Default 256.
+    #[serde(skip_serializing_if = "Option::is_none", alias = "max_tag_length")]
+    pub max_tag_length: Option<u32>,
+}
+
+/// Istio's `opentelemetry` tracing provider: OTLP over gRPC unless `http` is set.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Default, JsonSchema)]
+#[serde(rename_all = "camelCase", default)]
+pub struct OpenTelemetryProvider {
+    pub service: String,
+    pub port: u32,
+    #[serde(skip_serializing_if = "Option::is_none", alias = "max_tag_length")]
+    pub max_tag_length: Option<u32>,
+    /// OTLP over HTTP (protobuf).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub http: Option<OtlpHttp>,
+    /// OTLP over gRPC settings (the default transport).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub grpc: Option<OtlpGrpc>,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Default, JsonSchema)]
+#[serde(rename_all = "camelCase", default)]
+pub struct OtlpHttp {
+    /// Default `/v1/traces`.
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub path: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub timeout: Option<GoDuration>,
+    /// Headers sent with every export (`name: value`).
+    #[serde(skip_serializing_if = "BTreeMap::is_empty", deserialize_with = "null_as_default")]
+    pub headers: BTreeMap<String, String>,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Default, JsonSchema)]
+#[serde(rename_all = "camelCase", default)]
+pub struct OtlpGrpc {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub timeout: Option<GoDuration>,
+    /// gRPC metadata sent with every export.
+    #[serde(
+        skip_serializing_if = "BTreeMap::is_empty",
+        deserialize_with = "null_as_default",
+        alias = "initial_metadata"
+    )]
+    pub initial_metadata: BTreeMap<String, String>,
 }
 
 /// An authorizer that takes the request's headers as an HTTP request and answers 200 to allow
@@ -382,6 +470,7 @@ impl ExtensionProvider {
                 );
             }
         }
+        self.tracing_problems(prefix, errors);
         if let Some(common) = self.ext_authz() {
             let kind =
                 if self.envoy_ext_authz_http.is_some() { "envoyExtAuthzHttp" } else { "envoyExtAuthzGrpc" };
@@ -418,13 +507,81 @@ impl ExtensionProvider {
                 "{prefix}.{kind}.includeRequestBodyInCheck: not supported by Trellis; the authorizer gets the request's headers only"
             ));
         }
-        if self.ext_authz().is_none() {
+        if self.ext_authz().is_none() && !self.is_tracing() {
             warnings.push(format!(
-                "{prefix}: not an external authorizer (envoyExtAuthzHttp or envoyExtAuthzGrpc); Trellis does not read other providers, and a CUSTOM policy naming {:?} denies",
+                "{prefix}: not an external authorizer (envoyExtAuthzHttp or envoyExtAuthzGrpc) or a tracing provider (zipkin, opentelemetry); Trellis does not read other providers, and a CUSTOM policy naming {:?} denies",
                 self.name
             ));
         }
     }
+
+    /// Whether spans can be sent to this provider (zipkin or opentelemetry).
+    pub fn is_tracing(&self) -> bool {
+        self.zipkin.is_some() || self.opentelemetry.is_some()
+    }
+
+    fn tracing_problems(&self, prefix: &str, errors: &mut Vec<String>) {
+        let kinds = [
+            self.envoy_ext_authz_http.is_some(),
+            self.envoy_ext_authz_grpc.is_some(),
+            self.zipkin.is_some(),
+            self.opentelemetry.is_some(),
+        ];
+        if kinds.iter().filter(|k| **k).count() > 1 && self.is_tracing() {
+            errors.push(format!("{prefix}name: {:?} sets more than one kind of provider", self.name));
+        }
+        if let Some(zipkin) = &self.zipkin {
+            let at = format!("{prefix}zipkin.");
+            push_err(errors, &format!("{at}service"), check_provider_service(&zipkin.service));
+            push_err(errors, &format!("{at}port"), check_port(zipkin.port).map(drop));
+            if let Some(path) = &zipkin.path {
+                push_err(errors, &format!("{at}path"), check_collector_path(path));
+            }
+        }
+        if let Some(otel) = &self.opentelemetry {
+            let at = format!("{prefix}opentelemetry.");
+            push_err(errors, &format!("{at}service"), check_provider_service(&otel.service));
+            push_err(errors, &format!("{at}port"), check_port(otel.port).map(drop));
+            if let Some(http) = &otel.http {
+                if !http.path.is_empty() {
+                    push_err(errors, &format!("{at}http.path"), check_collector_path(&http.path));
+                }
+                if let Some(timeout) = &http.timeout {
+                    push_err(errors, &format!("{at}http.timeout"), check_duration_ms(timeout).map(drop));
+                }
+                for (name, value) in &http.headers {
+                    push_err(errors, &format!("{at}http.headers"), check_header_name(name, false));
+                    if value.chars().any(char::is_control) {
+                        errors.push(format!("{at}http.headers.{name}: the value has control characters"));
+                    }
+                }
+            }
+            if let Some(grpc) = &otel.grpc {
+                if let Some(timeout) = &grpc.timeout {
+                    push_err(errors, &format!("{at}grpc.timeout"), check_duration_ms(timeout).map(drop));
+                }
+                for (name, value) in &grpc.initial_metadata {
+                    push_err(errors, &format!("{at}grpc.initialMetadata"), check_header_name(name, false));
+                    if value.chars().any(char::is_control) {
+                        errors.push(format!(
+                            "{at}grpc.initialMetadata.{name}: the value has control characters"
+                        ));
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// A collector's path: absolute, without query, fragment, spaces or control characters.
+fn check_collector_path(path: &str) -> Result<(), String> {
+    if !path.starts_with('/') {
+        return Err(format!("{path:?} must start with '/'"));
+    }
+    if path.contains(['?', '#', ' ']) || path.chars().any(char::is_control) {
+        return Err(format!("{path:?} must be a path, without query or fragment"));
+    }
+    Ok(())
 }
 
 /// Istio's `service` of an extension provider: a host name or IP, optionally `namespace/host`.
@@ -563,6 +720,10 @@ impl MeshConfig {
         self.enable_tracing.unwrap_or(true)
     }
 
+    pub fn enable_prometheus_merge(&self) -> bool {
+        self.enable_prometheus_merge.unwrap_or(true)
+    }
+
     pub fn access_log_encoding(&self) -> AccessLogEncoding {
         self.access_log_encoding.unwrap_or_default()
     }
@@ -667,7 +828,36 @@ impl MeshConfig {
         for (i, provider) in self.extension_providers.iter().enumerate() {
             provider.warnings_into(&format!("extensionProviders[{i}]"), &mut warnings);
         }
+        self.tracing_provider_warnings(&mut warnings);
         warnings
+    }
+
+    /// `defaultProviders.tracing` names that no tracing provider answers to, and names past the
+    /// first (Envoy sends a request's spans to one tracer).
+    fn tracing_provider_warnings(&self, warnings: &mut Vec<String>) {
+        let names = self.default_providers.as_ref().map(|d| d.tracing.as_slice()).unwrap_or_default();
+        for (i, name) in names.iter().enumerate() {
+            let at = format!("defaultProviders.tracing[{i}]");
+            match self.extension_provider(name) {
+                None => warnings.push(format!(
+                    "{at}: {name:?} is not in extensionProviders; spans are not exported"
+                )),
+                Some(p) if !p.is_tracing() => warnings.push(format!(
+                    "{at}: {name:?} is not a tracing provider (zipkin or opentelemetry); spans are not exported"
+                )),
+                Some(_) if i > 0 => warnings.push(format!(
+                    "{at}: {name:?}: only the first tracing provider is used, as in Istio"
+                )),
+                Some(_) => {}
+            }
+        }
+    }
+
+    /// The tracing provider spans go to: the first of `defaultProviders.tracing`, when it names
+    /// a zipkin or opentelemetry provider.
+    pub fn default_tracing_provider(&self) -> Option<&ExtensionProvider> {
+        let name = self.default_providers.as_ref()?.tracing.first()?;
+        self.extension_provider(name).filter(|p| p.is_tracing())
     }
 
     /// The extension provider named `name`.
@@ -812,6 +1002,43 @@ pub struct Tracing {
     pub sampling: Option<f64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub zipkin: Option<ZipkinTracing>,
+    /// Tags added to every span, by tag name.
+    #[serde(
+        skip_serializing_if = "BTreeMap::is_empty",
+        deserialize_with = "null_as_default",
+        alias = "custom_tags"
+    )]
+    pub custom_tags: BTreeMap<String, CustomTag>,
+    /// The longest `http.url` tag. Default 256.
+    #[serde(skip_serializing_if = "Option::is_none", alias = "max_path_tag_length")]
+    pub max_path_tag_length: Option<u32>,
+}
+
+/// A span tag's value: a literal, an environment variable of the proxy, or a request header.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Default, JsonSchema)]
+#[serde(rename_all = "camelCase", default)]
+pub struct CustomTag {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub literal: Option<LiteralTag>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub environment: Option<ValueFromTag>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub header: Option<ValueFromTag>,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Default, JsonSchema)]
+#[serde(rename_all = "camelCase", default)]
+pub struct LiteralTag {
+    pub value: String,
+}
+
+/// `environment` or `header`: the variable or header `name`, `defaultValue` when it is absent.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Default, JsonSchema)]
+#[serde(rename_all = "camelCase", default)]
+pub struct ValueFromTag {
+    pub name: String,
+    #[serde(skip_serializing_if = "String::is_empty", alias = "default_value")]
+    pub default_value: String,
 }
 
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Default, JsonSchema)]
@@ -896,6 +1123,10 @@ impl ProxyConfig {
             let tracing = self.tracing.get_or_insert_with(Tracing::default);
             override_with(&mut tracing.sampling, &over.sampling);
             override_with(&mut tracing.zipkin, &over.zipkin);
+            if !over.custom_tags.is_empty() {
+                tracing.custom_tags.clone_from(&over.custom_tags);
+            }
+            override_with(&mut tracing.max_path_tag_length, &over.max_path_tag_length);
         }
         override_with(&mut self.image, &overlay.image);
     }
@@ -966,6 +1197,28 @@ impl Tracing {
         if let Some(address) = self.zipkin.as_ref().and_then(|z| z.address.as_deref()) {
             push_err(errors, &format!("{prefix}zipkin.address"), check_host_port(address));
         }
+        for (tag, value) in &self.custom_tags {
+            custom_tag_problems(&format!("{prefix}customTags.{tag}"), value, errors);
+        }
+    }
+}
+
+/// A custom tag sets exactly one of literal, environment and header, with a name where one is
+/// needed; a header name must be a valid one.
+pub fn custom_tag_problems(at: &str, tag: &CustomTag, errors: &mut Vec<String>) {
+    let set = [tag.literal.is_some(), tag.environment.is_some(), tag.header.is_some()];
+    match set.iter().filter(|s| **s).count() {
+        0 => errors.push(format!("{at}: set one of literal, environment or header")),
+        1 => {}
+        _ => errors.push(format!("{at}: set only one of literal, environment or header")),
+    }
+    if let Some(env) = &tag.environment
+        && env.name.is_empty()
+    {
+        errors.push(format!("{at}.environment.name: required"));
+    }
+    if let Some(header) = &tag.header {
+        push_err(errors, &format!("{at}.header.name"), check_header_name(&header.name, false));
     }
 }
 

@@ -17,8 +17,8 @@ use trellis_api::annotations::{
 use trellis_api::mesh::ProxyConfig;
 
 use crate::config::{InjectorConfig, PROXY_CONTAINER, PROXY_UID};
-use crate::probes;
 use crate::template::{SidecarParts, TemplateError, Templates};
+use crate::{probes, prometheus_merge};
 
 /// Ports the proxy serves itself; inbound traffic to them is never redirected.
 const PROXY_INBOUND_EXCLUDES: [u16; 2] = [15090, 15021];
@@ -46,6 +46,8 @@ struct PodSettings {
     proxy_config: ProxyConfig,
     status_port: u16,
     rewrite_probes: bool,
+    /// Point the pod's `prometheus.io/*` annotations at the status port (see `prometheus_merge`).
+    merge_metrics: bool,
     native: bool,
     proxy_image: Option<String>,
     log_level: Option<String>,
@@ -80,6 +82,9 @@ pub fn inject(
     add_pod_facts(&mut parts.proxy, &values.proxy.pod_facts);
     let status = place(&mut pod, parts, settings.native, hold)?;
     label_and_annotate(&mut pod, &settings, status, config, &workload_name);
+    if settings.merge_metrics {
+        merge_metrics(&mut pod, settings.status_port);
+    }
     Ok(pod)
 }
 
@@ -138,6 +143,8 @@ fn read_settings(
         }),
     };
     let rewrite_probes = flag(ann::REWRITE_APP_HTTP_PROBERS, true, &mut errors);
+    let merge_metrics =
+        flag(ann::PROMETHEUS_MERGE_METRICS, config.mesh.enable_prometheus_merge(), &mut errors);
     let native = flag(ann::NATIVE_SIDECAR, config.native_sidecars, &mut errors);
     let mut proxy_config = config.mesh.proxy_config().clone();
     if let Some(v) = annotations.get(ann::PROXY_CONFIG) {
@@ -175,6 +182,8 @@ fn read_settings(
         proxy_config,
         status_port,
         rewrite_probes,
+        // Without a status port there is nobody to scrape the app and serve its metrics.
+        merge_metrics: merge_metrics && status_port != 0,
         native,
         proxy_image: annotations.get(ann::PROXY_IMAGE).cloned(),
         log_level: annotations.get(ann::LOG_LEVEL).cloned(),
@@ -255,6 +264,9 @@ fn strip_previous_injection(pod: &mut Pod, templates: &Templates) {
     if let Some(probers) = old_proxy.as_ref().and_then(app_probers_of) {
         probes::restore(&mut spec.containers, &probers);
     }
+    if let (Some(old_proxy), Some(annotations)) = (&old_proxy, pod.metadata.annotations.as_mut()) {
+        prometheus_merge::restore(annotations, old_proxy);
+    }
     if let Some(inits) = spec.init_containers.as_mut() {
         inits.retain(|c| !added(&c.name, &status.init_containers));
     }
@@ -264,6 +276,25 @@ fn strip_previous_injection(pod: &mut Pod, templates: &Templates) {
     }
     if let Some(a) = pod.metadata.annotations.as_mut() {
         a.remove(names::annotation::SIDECAR_STATUS);
+    }
+}
+
+/// Points the pod's scrape annotations at the status port and tells the proxy where the app's
+/// own metrics are.
+fn merge_metrics(pod: &mut Pod, status_port: u16) {
+    let annotations = pod.metadata.annotations.get_or_insert_with(BTreeMap::new);
+    let Some(env) = prometheus_merge::apply(annotations, status_port) else { return };
+    let proxy = pod.spec.as_mut().and_then(|spec| {
+        spec.init_containers
+            .iter_mut()
+            .flatten()
+            .chain(&mut spec.containers)
+            .find(|c| c.name == PROXY_CONTAINER)
+    });
+    if let Some(proxy) = proxy {
+        let vars = proxy.env.get_or_insert_with(Vec::new);
+        vars.retain(|e| e.name != env.name);
+        vars.push(env);
     }
 }
 
@@ -708,6 +739,37 @@ mod tests {
         assert_eq!(inits, ["trellis-init", "istio-proxy", "vault-agent-init"]);
         assert_eq!(spec.containers[0].name, "app");
         assert!(spec.volumes.iter().flatten().any(|v| v.name == "audit-log"));
+    }
+
+    #[test]
+    fn the_mesh_can_turn_metrics_merging_off_and_a_pod_back_on() {
+        let templates = Templates::embedded().unwrap();
+        let mut config = InjectorConfig::default();
+        config.mesh.enable_prometheus_merge = Some(false);
+        let app = serde_json::json!({"prometheus.io/port": "9090"});
+        let pod = inject(&pod_with(app), "default", None, &config, &templates).unwrap();
+        let a = pod.metadata.annotations.as_ref().unwrap();
+        assert_eq!(a.get("prometheus.io/port").map(String::as_str), Some("9090"));
+        assert_eq!(env_of(&pod, "ISTIO_PROMETHEUS_ANNOTATIONS"), None);
+        let opted_in =
+            serde_json::json!({"prometheus.io/port": "9090", "prometheus.istio.io/merge-metrics": "true"});
+        let pod = inject(&pod_with(opted_in), "default", None, &config, &templates).unwrap();
+        let a = pod.metadata.annotations.as_ref().unwrap();
+        assert_eq!(a.get("prometheus.io/port").map(String::as_str), Some("15020"));
+        assert_eq!(
+            env_of(&pod, "ISTIO_PROMETHEUS_ANNOTATIONS").as_deref(),
+            Some(r#"{"scrape":"","path":"","port":"9090"}"#)
+        );
+    }
+
+    #[test]
+    fn without_a_status_port_nothing_is_merged() {
+        let templates = Templates::embedded().unwrap();
+        let app = serde_json::json!({"prometheus.io/port": "9090", "status.sidecar.istio.io/port": "0"});
+        let pod = inject(&pod_with(app), "default", None, &InjectorConfig::default(), &templates).unwrap();
+        let a = pod.metadata.annotations.as_ref().unwrap();
+        assert_eq!(a.get("prometheus.io/port").map(String::as_str), Some("9090"));
+        assert!(!a.contains_key("prometheus.io/path"));
     }
 
     #[test]

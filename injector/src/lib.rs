@@ -15,6 +15,7 @@ pub mod manual;
 pub mod metrics;
 pub mod patch;
 pub mod probes;
+pub mod prometheus_merge;
 pub mod selector;
 pub mod server;
 pub mod template;
