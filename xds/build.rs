@@ -1,6 +1,6 @@
 //! Compiles the `.proto` files with protox (no system `protoc`), then generates prost types, the
-//! tonic services for the discovery envelope, external authorization and the rate-limit
-//! service, and the proto3 JSON (serde) impls of Trellis's own messages with pbjson.
+//! tonic services for the discovery envelope, external authorization, the rate-limit service
+//! and OTLP trace export, and the proto3 JSON (serde) impls of Trellis's own messages with pbjson.
 
 use std::path::PathBuf;
 
@@ -17,6 +17,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "proto/envoy/service/ratelimit/v3/rls.proto",
         "proto/envoy/extensions/common/ratelimit/v3/ratelimit.proto",
         "proto/google/rpc/status.proto",
+        // OTLP trace export (vendored from opentelemetry-proto): the proxy's span exporter.
+        "proto/opentelemetry/proto/collector/trace/v1/trace_service.proto",
+        "proto/opentelemetry/proto/trace/v1/trace.proto",
+        "proto/opentelemetry/proto/resource/v1/resource.proto",
+        "proto/opentelemetry/proto/common/v1/common.proto",
     ];
     for proto in protos {
         println!("cargo:rerun-if-changed={proto}");

@@ -797,6 +797,11 @@ impl MeshConfig {
         if let Some(timeout) = &self.protocol_detection_timeout {
             push_err(&mut errors, "protocolDetectionTimeout", check_optional_timeout(timeout));
         }
+        push_err(
+            &mut errors,
+            "accessLogFormat",
+            crate::access_log::check_format(self.access_log_format.as_deref(), self.access_log_encoding()),
+        );
         for (i, selector) in self.discovery_selectors.iter().enumerate() {
             check_label_selector(&format!("discoverySelectors[{i}]"), selector, &mut errors);
         }

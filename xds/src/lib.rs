@@ -75,6 +75,39 @@ pub mod google {
     }
 }
 
+/// OpenTelemetry's OTLP trace messages and `TraceService/Export` (client and server), for the
+/// proxy's span exporter.
+pub mod opentelemetry {
+    pub mod proto {
+        pub mod common {
+            pub mod v1 {
+                #![allow(clippy::all, missing_docs)]
+                include!(concat!(env!("OUT_DIR"), "/opentelemetry.proto.common.v1.rs"));
+            }
+        }
+        pub mod resource {
+            pub mod v1 {
+                #![allow(clippy::all, missing_docs)]
+                include!(concat!(env!("OUT_DIR"), "/opentelemetry.proto.resource.v1.rs"));
+            }
+        }
+        pub mod trace {
+            pub mod v1 {
+                #![allow(clippy::all, missing_docs)]
+                include!(concat!(env!("OUT_DIR"), "/opentelemetry.proto.trace.v1.rs"));
+            }
+        }
+        pub mod collector {
+            pub mod trace {
+                pub mod v1 {
+                    #![allow(clippy::all, missing_docs)]
+                    include!(concat!(env!("OUT_DIR"), "/opentelemetry.proto.collector.trace.v1.rs"));
+                }
+            }
+        }
+    }
+}
+
 pub use envoy::service::discovery::v3 as discovery;
 
 pub mod codec;
