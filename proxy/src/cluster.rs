@@ -133,6 +133,8 @@ impl Cluster {
                 connect_timeout,
                 idle_timeout: idle_timeout.unwrap_or(crate::upstream::DEFAULT_IDLE_TIMEOUT),
                 max_requests: max_requests_per_connection,
+                keepalive: None,
+                max_duration: None,
             },
             name: definition.name.as_str().into(),
             definition,

@@ -551,6 +551,12 @@ fn outlier_policy(
 ) -> Result<crate::outlier::OutlierPolicy, ConfigError> {
     use crate::outlier as o;
     for (name, value) in
+    cluster.connections.keepalive = match &pool.tcp_keepalive {
+        Some(k) => Some(keepalive(k, &format!("{field}.connection_pool.tcp_keepalive"))?),
+        None => None,
+    };
+    cluster.connections.max_duration =
+        duration(pool.max_connection_duration.as_ref(), &format!("{field}.connection_pool.max_connection_duration"))?;
         [("max_ejection_percent", od.max_ejection_percent), ("min_health_percent", od.min_health_percent)]
     {
         if value > 100 {
@@ -743,6 +749,32 @@ const MAX_DURATION_SECONDS: i64 = 365 * 24 * 3600;
 #[cfg(test)]
 mod tests {
     use super::*;
+/// Linux's limits: TCP_KEEPIDLE and TCP_KEEPINTVL take at most 32767 seconds, TCP_KEEPCNT 127;
+/// beyond them every connect would fail, so the config is refused instead.
+fn keepalive(k: &pb::TcpKeepalive, field: &str) -> Result<crate::upstream::Keepalive, ConfigError> {
+    const MAX_SECONDS: u64 = 32_767;
+    let knob = |d: Option<&pbjson_types::Duration>, name: &str| -> Result<Option<Duration>, ConfigError> {
+        let value = duration(d, &format!("{field}.{name}"))?;
+        match value {
+            Some(v) if v.as_secs() > MAX_SECONDS => {
+                Err(err(&format!("{field}.{name}"), format!("{v:?} is more than {MAX_SECONDS}s")))
+            }
+            Some(v) if v < Duration::from_secs(1) => {
+                Err(err(&format!("{field}.{name}"), format!("{v:?} is less than the 1s the kernel counts in")))
+            }
+            _ => Ok(value),
+        }
+    };
+    if k.probes > 127 {
+        return Err(err(&format!("{field}.probes"), format!("{} is more than 127", k.probes)));
+    }
+    Ok(crate::upstream::Keepalive {
+        time: knob(k.time.as_ref(), "time")?,
+        interval: knob(k.interval.as_ref(), "interval")?,
+        probes: (k.probes != 0).then_some(k.probes),
+    })
+}
+
 
     fn example() -> String {
         let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../examples/proxy/config.yaml");
@@ -879,6 +911,26 @@ mod tests {
                 ("redirect: { uri: /reviews,", "redirect: { authority: \"a b\", uri: /reviews,"),
                 "virtual_hosts[0].routes[1].redirect.authority",
                 "\"a b\" is not a host",
+            (
+                ("connectTimeout: 1s,", "connectTimeout: 1s, tcpKeepalive: { probes: 128 },"),
+                "clusters[0].connection_pool.tcp_keepalive.probes",
+                "more than 127",
+            ),
+            (
+                ("connectTimeout: 1s,", "connectTimeout: 1s, tcpKeepalive: { time: 40000s },"),
+                "clusters[0].connection_pool.tcp_keepalive.time",
+                "more than 32767s",
+            ),
+            (
+                ("connectTimeout: 1s,", "connectTimeout: 1s, tcpKeepalive: { interval: 0.5s },"),
+                "clusters[0].connection_pool.tcp_keepalive.interval",
+                "less than the 1s",
+            ),
+            (
+                ("connectTimeout: 1s,", "connectTimeout: 1s, maxConnectionDuration: -1s,"),
+                "clusters[0].connection_pool.max_connection_duration",
+                "negative",
+            ),
             ),
             (
                 ("redirect: { uri: /reviews,", "redirect: { scheme: \"ht tp\", uri: /reviews,"),

@@ -19,7 +19,7 @@ use crate::security::inbound::{self, Carried, Decision, Mode};
 use crate::security::stream::MaybeTls;
 use crate::security::upstream::ClusterTls;
 use crate::serve::{Conn, Speaks, serve};
-use crate::upstream::{Key, Protocol};
+use crate::upstream::{ConnectionPolicy, Key, Protocol};
 use crate::{Proxy, Side, box_out_of_line, tcp};
 
 const INBOUND_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -232,7 +232,7 @@ async fn relay<S: AsyncRead + AsyncWrite + Unpin>(
     let target = Target {
         key: target,
         tls: None,
-        connect_timeout: INBOUND_CONNECT_TIMEOUT,
+        connections: ConnectionPolicy { connect_timeout: INBOUND_CONNECT_TIMEOUT, ..Default::default() },
         idle: tcp::DEFAULT_IDLE_TIMEOUT,
         security,
         outlier: None,
@@ -265,7 +265,7 @@ async fn relay_to_cluster<S: AsyncRead + AsyncWrite + Unpin>(
     let target = Target {
         key,
         tls,
-        connect_timeout: cluster.connect_timeout,
+        connections: cluster.connections,
         idle,
         security,
         outlier: cluster.outlier.is_some().then_some((cluster, picked.index())),
@@ -277,7 +277,8 @@ async fn relay_to_cluster<S: AsyncRead + AsyncWrite + Unpin>(
 struct Target<'a> {
     key: Key,
     tls: Option<&'a ClusterTls>,
-    connect_timeout: Duration,
+    /// How to connect, and how long the connection may last.
+    connections: ConnectionPolicy,
     idle: Duration,
     /// For the metrics: the upstream's (outbound) or the downstream's (inbound).
     security: crate::metrics::Security,
@@ -294,7 +295,7 @@ async fn pipe<S: AsyncRead + AsyncWrite + Unpin>(
     proxy: &Proxy,
 ) {
     let security = target.security.clone();
-    let dialed = proxy.pools.dial(target.key, target.connect_timeout, target.tls, Carries::Tcp).await;
+    let dialed = proxy.pools.dial(target.key, &target.connections, target.tls, Carries::Tcp).await;
     if let Some((cluster, index)) = target.outlier {
         let observed = if dialed.is_ok() {
             crate::outlier::Observed::Connected
@@ -313,6 +314,6 @@ async fn pipe<S: AsyncRead + AsyncWrite + Unpin>(
     };
     let labels = proxy.metrics.tcp_labels(reporter, service, "-", &security);
     proxy.metrics.tcp_opened(&labels);
-    let (sent, received, _ended) = tcp::relay(&mut stream, &mut upstream_stream, target.idle).await;
+    let (sent, received, _ended) = tcp::relay_for(&mut stream, &mut upstream_stream, target.idle, target.connections.max_duration).await;
     proxy.metrics.tcp_closed(&labels, sent, received);
 }

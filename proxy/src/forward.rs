@@ -625,7 +625,7 @@ async fn upgrade(request: Request<Incoming>, cluster: &Arc<Cluster>, conn: &Conn
     let Some(opened) = cluster.open_connection() else {
         return Failure { kind: FailureKind::Overflow, endpoint: None }.into_outcome(cluster);
     };
-    match splice_upgrade(request, key, cluster.connect_timeout, tls, &proxy.pools, Some(opened)).await {
+    match splice_upgrade(request, key, &cluster.connections, tls, &proxy.pools, Some(opened)).await {
         Ok(response) => {
             observe(cluster, index, Observed::Status(response.status().as_u16()), proxy);
             Outcome::new(response, cluster.name.clone(), "-")
@@ -642,7 +642,7 @@ async fn upgrade(request: Request<Incoming>, cluster: &Arc<Cluster>, conn: &Conn
 async fn splice_upgrade(
     mut request: Request<Incoming>,
     key: Key,
-    connect_timeout: Duration,
+    connections: &ConnectionPolicy,
     tls: Option<&crate::security::upstream::ClusterTls>,
     pools: &upstream::Pools,
     opened: Option<upstream::OpenConnection>,
@@ -651,7 +651,7 @@ async fn splice_upgrade(
     let (parts, _) = request.into_parts();
     let mut outgoing = Request::from_parts(parts, empty());
     prepare_uri(&mut outgoing, Protocol::Http1, key.addr);
-    let stream = pools.dial(key, connect_timeout, tls, trellis_identity::tls::Carries::Http1).await?;
+    let stream = pools.dial(key, connections, tls, trellis_identity::tls::Carries::Http1).await?;
     let reset = |source| UpstreamError::Reset { addr: key.addr, source };
     let (mut sender, connection) =
         hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream)).await.map_err(reset)?;
@@ -665,7 +665,8 @@ async fn splice_upgrade(
             if let (Ok(down), Ok(up)) = (downstream.await, upstream_side.await) {
                 let mut down = hyper_util::rt::TokioIo::new(down);
                 let mut up = hyper_util::rt::TokioIo::new(up);
-                let _ = crate::tcp::relay(&mut down, &mut up, crate::tcp::DEFAULT_IDLE_TIMEOUT).await;
+                let idle = crate::tcp::DEFAULT_IDLE_TIMEOUT;
+                let _ = crate::tcp::relay_for(&mut down, &mut up, idle, lifetime).await;
             }
             drop(opened);
         });
@@ -703,6 +704,7 @@ async fn passthrough(
             None => None,
         },
     };
+        let lifetime = connections.max_duration;
     let Some(target) = target else {
         return Outcome::new(text(StatusCode::NOT_FOUND, "no route for this authority\n"), service, "NR");
     };
@@ -738,7 +740,7 @@ async fn send_direct(
             splice_upgrade(
                 request,
                 Key { protocol: Protocol::Http1, ..key },
-                ConnectionPolicy::default().connect_timeout,
+                &ConnectionPolicy::DEFAULT,
                 None,
                 &proxy.pools,
                 None,

@@ -21,6 +21,21 @@ where
     A: AsyncRead + AsyncWrite + Unpin,
     B: AsyncRead + AsyncWrite + Unpin,
 {
+    relay_for(downstream, upstream, idle, None).await
+}
+
+/// `relay`, ended also when the connection has lasted `lifetime` (a cluster's
+/// maxConnectionDuration), however busy it is.
+pub async fn relay_for<A, B>(
+    downstream: &mut A,
+    upstream: &mut B,
+    idle: Duration,
+    lifetime: Option<Duration>,
+) -> (u64, u64, Option<io::Error>)
+where
+    A: AsyncRead + AsyncWrite + Unpin,
+    B: AsyncRead + AsyncWrite + Unpin,
+{
     let (mut down_read, mut down_write) = tokio::io::split(downstream);
     let (mut up_read, mut up_write) = tokio::io::split(upstream);
     let (sent, received) = (Counter::default(), Counter::default());
@@ -29,12 +44,22 @@ where
     let backward = copy_then_shutdown(&mut up_read, &mut down_write, &received, &progress);
     let both = async { tokio::try_join!(forward, backward) };
     tokio::pin!(both);
+    let end_of_life = async {
+        match lifetime {
+            Some(lifetime) => tokio::time::sleep(lifetime).await,
+            None => std::future::pending().await,
+        }
+    };
+    tokio::pin!(end_of_life);
     let ended = loop {
         tokio::select! {
             result = &mut both => break result.err(),
             _ = progress.notified() => {}
             _ = tokio::time::sleep(idle) => {
                 break Some(io::Error::new(io::ErrorKind::TimedOut, format!("idle for {idle:?}")));
+            }
+            _ = &mut end_of_life => {
+                break Some(io::Error::new(io::ErrorKind::TimedOut, "maxConnectionDuration reached"));
             }
         }
     };

@@ -159,6 +159,8 @@ impl UpstreamError {
 struct Idle {
     sender: http1::SendRequest<Body>,
     since: Instant,
+    /// When the connection was opened (for max_duration).
+    opened: Instant,
     uses: u32,
 }
 
@@ -167,6 +169,7 @@ struct Entry {
     http1: Vec<Idle>,
     http2: Option<http2::SendRequest<Body>>,
     http2_uses: u32,
+    http2_opened: Option<Instant>,
     /// Held while an HTTP/2 connection is being made.
     connecting: Arc<tokio::sync::Mutex<()>>,
 }
@@ -185,21 +188,59 @@ pub struct ConnectionPolicy {
     pub idle_timeout: Duration,
     /// Requests per connection before it is retired (0: no limit).
     pub max_requests: u32,
+    /// Keepalive probes on every connection opened; None: the socket's default (off).
+    pub keepalive: Option<Keepalive>,
+    /// How long after it was opened a connection still takes new requests; None: forever.
+    pub max_duration: Option<Duration>,
+}
+
+/// SO_KEEPALIVE and its knobs; a None knob keeps the system's value.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Keepalive {
+    pub time: Option<Duration>,
+    pub interval: Option<Duration>,
+    pub probes: Option<u32>,
+}
+
+impl Keepalive {
+    fn apply(&self, stream: &TcpStream) -> std::io::Result<()> {
+        let mut params = socket2::TcpKeepalive::new();
+        if let Some(time) = self.time {
+            params = params.with_time(time);
+        }
+        if let Some(interval) = self.interval {
+            params = params.with_interval(interval);
+        }
+        if let Some(probes) = self.probes {
+            params = params.with_retries(probes);
+        }
+        socket2::SockRef::from(stream).set_tcp_keepalive(&params)
+    }
 }
 
 impl Default for ConnectionPolicy {
     fn default() -> Self {
-        ConnectionPolicy {
-            connect_timeout: Duration::from_secs(10),
-            idle_timeout: DEFAULT_IDLE_TIMEOUT,
-            max_requests: 0,
-        }
+        ConnectionPolicy::DEFAULT
     }
 }
 
 impl ConnectionPolicy {
+    /// For connections that belong to no cluster (passthrough, inbound delivery).
+    pub const DEFAULT: ConnectionPolicy = ConnectionPolicy {
+        connect_timeout: Duration::from_secs(10),
+        idle_timeout: DEFAULT_IDLE_TIMEOUT,
+        max_requests: 0,
+        keepalive: None,
+        max_duration: None,
+    };
+
     fn exhausted(&self, uses: u32) -> bool {
         self.max_requests != 0 && uses >= self.max_requests
+    }
+
+    /// Whether a connection opened at `opened` is too old for another request.
+    pub fn expired(&self, opened: Instant, now: Instant) -> bool {
+        self.max_duration.is_some_and(|max| now.duration_since(opened) >= max)
     }
 }
 
@@ -217,14 +258,17 @@ impl Pools {
     pub async fn dial(
         &self,
         key: Key,
-        connect_timeout: Duration,
+        policy: &ConnectionPolicy,
         tls: Option<&ClusterTls>,
         carries: Carries,
     ) -> Result<MaybeTls, UpstreamError> {
         if let Some(Err(message)) = tls.map(ClusterTls::usable) {
             return Err(UpstreamError::Tls { addr: key.addr, message: message.to_string() });
         }
-        let tcp = connect(key, connect_timeout).await?;
+        let tcp = connect(key, policy.connect_timeout).await?;
+        if let Some(keepalive) = &policy.keepalive {
+            keepalive.apply(&tcp).map_err(|source| UpstreamError::Connect { addr: key.addr, source })?;
+        }
         match tls {
             None => Ok(MaybeTls::Plain(tcp)),
             Some(tls) => {
@@ -265,10 +309,10 @@ impl Pools {
         loop {
             // A pooled connection may have been closed by the peer just now; then the request
             // comes back unsent and goes over another connection.
-            if let Some((mut sender, uses)) = self.take_idle(key, policy.idle_timeout) {
+            if let Some((mut sender, uses, opened)) = self.take_idle(key, policy) {
                 match sender.try_send_request(request).await {
                     Ok(response) => {
-                        self.put_idle(key, sender, uses + 1, policy);
+                        self.put_idle(key, sender, uses + 1, opened, policy);
                         return Ok(response);
                     }
                     Err(mut e) => match e.take_message() {
@@ -303,9 +347,9 @@ impl Pools {
         let changed = cap.changed.notified();
         tokio::pin!(changed);
         changed.as_mut().enable();
-        if let Some((mut sender, uses)) = self.take_busy(key) {
+        if let Some((mut sender, uses, opened)) = self.take_busy(key) {
             if sender.ready().await.is_ok() {
-                self.put_idle(key, sender, uses, policy);
+                self.put_idle(key, sender, uses, opened, policy);
             }
             return;
         }
@@ -314,12 +358,12 @@ impl Pools {
     }
 
     /// A busy (not ready) HTTP/1.1 connection to `key`, taken out of the pool to be waited on.
-    fn take_busy(&self, key: Key) -> Option<(http1::SendRequest<Body>, u32)> {
+    fn take_busy(&self, key: Key) -> Option<(http1::SendRequest<Body>, u32, Instant)> {
         let mut entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
         let list = &mut entries.get_mut(&key)?.http1;
         let at = list.iter().position(|idle| !idle.sender.is_closed() && !idle.sender.is_ready())?;
         let idle = list.swap_remove(at);
-        Some((idle.sender, idle.uses))
+        Some((idle.sender, idle.uses, idle.opened))
     }
 
     /// Closes one ready idle HTTP/1.1 connection of the same cluster to another endpoint.
@@ -345,7 +389,8 @@ impl Pools {
         opened: Option<OpenConnection>,
         request: Request<Body>,
     ) -> Result<Response<Incoming>, UpstreamError> {
-        let stream = self.dial(key, policy.connect_timeout, tls, Carries::Http1).await?;
+        let opened_at = Instant::now();
+        let stream = self.dial(key, policy, tls, Carries::Http1).await?;
         let (mut sender, connection) = http1::Builder::new()
             .handshake(TokioIo::new(stream))
             .await
@@ -358,7 +403,7 @@ impl Pools {
             .send_request(request)
             .await
             .map_err(|source| UpstreamError::Reset { addr: key.addr, source })?;
-        self.put_idle(key, sender, 1, policy);
+        self.put_idle(key, sender, 1, opened_at, policy);
         Ok(response)
     }
 
@@ -411,7 +456,8 @@ impl Pools {
             Some(opened) => opened,
             None => None,
         };
-        let stream = self.dial(key, policy.connect_timeout, tls, Carries::Http2).await?;
+        let opened_at = Instant::now();
+        let stream = self.dial(key, policy, tls, Carries::Http2).await?;
         let (sender, connection) = http2::Builder::new(TokioExecutor::new())
             .timer(TokioTimer::new())
             .keep_alive_interval(Duration::from_secs(30))
@@ -426,6 +472,7 @@ impl Pools {
         let entry = entries.entry(key).or_default();
         entry.http2 = Some(sender.clone());
         entry.http2_uses = 1;
+        entry.http2_opened = Some(opened_at);
         Ok(sender)
     }
 
@@ -435,7 +482,8 @@ impl Pools {
         let mut entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
         let entry = entries.get_mut(&key)?;
         let sender = entry.http2.clone().filter(|s| !s.is_closed());
-        if sender.is_none() || policy.exhausted(entry.http2_uses) {
+        let expired = entry.http2_opened.is_some_and(|opened| policy.expired(opened, Instant::now()));
+        if sender.is_none() || policy.exhausted(entry.http2_uses) || expired {
             entry.http2 = None;
             return None;
         }
@@ -443,20 +491,23 @@ impl Pools {
         sender
     }
 
-    /// A ready idle connection and how often it was used; closed and expired ones are dropped
-    /// on the way, busy ones kept.
-    fn take_idle(&self, key: Key, idle_timeout: Duration) -> Option<(http1::SendRequest<Body>, u32)> {
+    /// A ready idle connection, how often it was used and when it was opened; closed, idle
+    /// too long and too old ones are dropped on the way, busy ones kept.
+    fn take_idle(&self, key: Key, policy: &ConnectionPolicy) -> Option<(http1::SendRequest<Body>, u32, Instant)> {
         let mut entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
         let list = &mut entries.get_mut(&key)?.http1;
         let now = Instant::now();
         let mut found = None;
         let mut busy = Vec::new();
         while let Some(idle) = list.pop() {
-            if idle.sender.is_closed() || now.duration_since(idle.since) > idle_timeout {
+            if idle.sender.is_closed()
+                || now.duration_since(idle.since) > policy.idle_timeout
+                || policy.expired(idle.opened, now)
+            {
                 continue;
             }
             if idle.sender.is_ready() {
-                found = Some((idle.sender, idle.uses));
+                found = Some((idle.sender, idle.uses, idle.opened));
                 break;
             }
             busy.push(idle);
@@ -467,14 +518,22 @@ impl Pools {
 
     /// Back into the pool, unless used up (dropping the sender closes the connection once its
     /// response is done).
-    fn put_idle(&self, key: Key, sender: http1::SendRequest<Body>, uses: u32, policy: &ConnectionPolicy) {
-        if policy.exhausted(uses) {
+    fn put_idle(
+        &self,
+        key: Key,
+        sender: http1::SendRequest<Body>,
+        uses: u32,
+        opened: Instant,
+        policy: &ConnectionPolicy,
+    ) {
+        let now = Instant::now();
+        if policy.exhausted(uses) || policy.expired(opened, now) {
             return;
         }
         let mut entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
         let list = &mut entries.entry(key).or_default().http1;
         if list.len() < MAX_IDLE_PER_ENDPOINT {
-            list.push(Idle { sender, since: Instant::now(), uses });
+            list.push(Idle { sender, since: now, opened, uses });
         }
     }
 

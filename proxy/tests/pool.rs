@@ -124,3 +124,77 @@ async fn retired_connections_make_room_under_the_cap() {
     }
     assert_eq!(fast.accepted.load(Ordering::SeqCst), 3, "two requests per connection, one at a time");
 }
+
+/// The keepalive settings (idle time, interval, probes) of this process's TCP socket connected
+/// to `remote_port` on 127.0.0.1, as the kernel holds them; None for the knobs when keepalive
+/// is off. The proxy runs in the test's process, so its sockets are among our own fds.
+fn keepalive_towards(remote_port: u16) -> Option<(bool, u32, u32, u32)> {
+    use std::os::fd::BorrowedFd;
+    let table = std::fs::read_to_string("/proc/self/net/tcp").unwrap();
+    let wanted = format!("0100007F:{remote_port:04X}");
+    let inode = table.lines().skip(1).find_map(|line| {
+        let fields: Vec<&str> = line.split_whitespace().collect();
+        // remote address, state 01 (established), inode
+        (fields.get(2) == Some(&wanted.as_str()) && fields.get(3) == Some(&"01")).then(|| fields[9].to_owned())
+    })?;
+    let target = format!("socket:[{inode}]");
+    for entry in std::fs::read_dir("/proc/self/fd").unwrap().flatten() {
+        if std::fs::read_link(entry.path()).is_ok_and(|l| l.to_string_lossy() == target) {
+            let fd: i32 = entry.file_name().to_string_lossy().parse().unwrap();
+            // SAFETY: the fd is open (it was just listed) and only borrowed for these calls.
+            let fd = unsafe { BorrowedFd::borrow_raw(fd) };
+            let socket = socket2::SockRef::from(&fd);
+            return Some((
+                socket.keepalive().unwrap(),
+                socket.tcp_keepalive_time().unwrap().as_secs() as u32,
+                socket.tcp_keepalive_interval().unwrap().as_secs() as u32,
+                socket.tcp_keepalive_retries().unwrap(),
+            ));
+        }
+    }
+    None
+}
+
+#[tokio::test]
+async fn tcp_keepalive_is_set_on_upstream_connections() {
+    let upstream = Scripted::start("up", Behaviour::Status(200)).await;
+    let plain = Scripted::start("plain", Behaviour::Status(200)).await;
+    let proxy = TestProxy::start(&config(
+        &[&upstream],
+        "maxConnections: 10, tcpKeepalive: { time: 7s, interval: 3s, probes: 4 }",
+    ))
+    .await;
+    let mut client = Client::connect(proxy.outbound(), Version::HTTP_11).await;
+    assert_eq!(client.get("api", "/").await.status, StatusCode::OK);
+    let (on, time, interval, probes) = keepalive_towards(upstream.addr.port()).expect("a pooled connection");
+    assert!(on, "SO_KEEPALIVE");
+    assert_eq!((time, interval, probes), (7, 3, 4));
+
+    // Without the setting, the socket keeps the system's default: no keepalive.
+    let proxy = TestProxy::start(&config(&[&plain], "maxConnections: 10")).await;
+    let mut client = Client::connect(proxy.outbound(), Version::HTTP_11).await;
+    assert_eq!(client.get("api", "/").await.status, StatusCode::OK);
+    let (on, ..) = keepalive_towards(plain.addr.port()).expect("a pooled connection");
+    assert!(!on);
+}
+
+#[tokio::test]
+async fn max_connection_duration_retires_connections_once_they_are_old() {
+    let fast = Scripted::start("fast", Behaviour::Status(200)).await;
+    let proxy =
+        TestProxy::start(&config(&[&fast], "maxConnections: 10, maxConnectionDuration: 0.3s")).await;
+    let mut client = Client::connect(proxy.outbound(), Version::HTTP_11).await;
+    let first = Instant::now();
+    assert_eq!(client.get("api", "/").await.status, StatusCode::OK);
+    assert_eq!(client.get("api", "/").await.status, StatusCode::OK);
+    assert_eq!(fast.accepted.load(Ordering::SeqCst), 1, "a young connection is reused");
+    // Requests keep coming; once the first connection has lasted 0.3s, a new one takes over.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while fast.accepted.load(Ordering::SeqCst) == 1 {
+        assert!(Instant::now() < deadline, "no new connection after 10s");
+        assert_eq!(client.get("api", "/").await.status, StatusCode::OK);
+        tokio::time::sleep(Duration::from_millis(20)).await; // pacing the stream of requests
+    }
+    assert!(first.elapsed() >= Duration::from_millis(300), "retired after {:?}", first.elapsed());
+    wait_until("the old connection is closed", || fast.open.load(Ordering::SeqCst) == 1).await;
+}

@@ -110,3 +110,39 @@ endpoints:
     assert_eq!(c, 0, "a zero weight gets no connection");
     assert_binomial(a, CONNECTIONS, 70.0, "connections to a");
 }
+
+#[tokio::test]
+async fn max_connection_duration_closes_a_relayed_connection() {
+    // An upstream that holds each connection open and silent until the other side closes.
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut sink = [0u8; 1024];
+                while matches!(stream.read(&mut sink).await, Ok(n) if n > 0) {}
+            });
+        }
+    });
+    let config = format!(
+        r#"
+services:
+  - name: db.test
+    ports: [{{ port: 443, protocol: TLS, tcpClusters: [{{ cluster: db }}] }}]
+clusters:
+  - name: db
+    service: db.test
+    connectionPool: {{ maxConnectionDuration: 0.3s }}
+endpoints:
+  - {{ service: db.test, endpoints: [{{ address: 127.0.0.1, port: {port} }}] }}
+"#
+    );
+    let proxy = TestProxy::start(&config).await;
+    let mut stream = TcpStream::connect(proxy.outbound()).await.unwrap();
+    let opened = std::time::Instant::now();
+    stream.write_all(&client_hello("db.test")).await.unwrap();
+    let mut rest = Vec::new();
+    let read = tokio::time::timeout(std::time::Duration::from_secs(10), stream.read_to_end(&mut rest)).await;
+    assert!(read.is_ok(), "the connection outlived maxConnectionDuration by 10s");
+    assert!(opened.elapsed() >= std::time::Duration::from_millis(300), "closed after {:?}", opened.elapsed());
+}

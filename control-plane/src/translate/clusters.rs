@@ -8,7 +8,7 @@ use tracing::{debug, warn};
 use trellis_api::mesh::MeshConfig;
 use trellis_api::networking::{
     ClientTlsMode, ClientTlsSettings, ConnectionPoolSettings, DestinationRuleSpec, H2UpgradePolicy,
-    HttpSettings, LoadBalancerSettings, OutlierDetection, SimpleLb, TrafficPolicy,
+    HttpSettings, LoadBalancerSettings, OutlierDetection, SimpleLb, TcpKeepalive, TrafficPolicy,
 };
 use trellis_api::retry_budget::{BudgetOverrides, BudgetSetting};
 use trellis_xds::config as pb;
@@ -333,7 +333,36 @@ fn connection_pool(
         idle_timeout: idle_timeout.map(Into::into),
         max_requests_per_connection: count(http.map(|h| h.max_requests_per_connection)),
         max_retries: count(http.map(|h| h.max_retries)),
+        tcp_keepalive: tcp.and_then(|t| t.tcp_keepalive.as_ref()).map(|k| tcp_keepalive(k, &source, field)),
+        max_connection_duration: duration(
+            tcp.and_then(|t| t.max_connection_duration.as_ref()),
+            &source,
+            &format!("{field}.tcp.maxConnectionDuration"),
+        )
+        .map(Into::into),
     }
+}
+
+/// Istio's keepalive in the kernel's units: whole seconds from 1 to 32767 (Envoy counts in
+/// seconds too), at most 127 probes; a value outside is brought within, with a warning.
+fn tcp_keepalive(k: &TcpKeepalive, source: &str, field: &str) -> pb::TcpKeepalive {
+    const MAX_SECONDS: u64 = 32_767;
+    let knob = |value: Option<&trellis_api::primitives::GoDuration>, name: &str| {
+        let field = format!("{field}.tcp.tcpKeepalive.{name}");
+        let d = duration(value, &source, &field)?;
+        let seconds = d.as_secs().clamp(1, MAX_SECONDS);
+        if seconds != d.as_secs() || d.subsec_nanos() != 0 {
+            warn!(resource = %source, %field, value = ?d, used = seconds, "the kernel counts keepalive in whole seconds, 1 to 32767");
+        }
+        Some(Duration::from_secs(seconds).into())
+    };
+    let probes = if k.probes > 127 {
+        warn!(resource = %source, field = %format!("{field}.tcp.tcpKeepalive.probes"), value = k.probes, used = 127, "the kernel allows at most 127 probes");
+        127
+    } else {
+        k.probes
+    };
+    pb::TcpKeepalive { probes, time: knob(k.time.as_ref(), "time"), interval: knob(k.interval.as_ref(), "interval") }
 }
 
 /// How the proxy speaks to the endpoints of a port: HTTP/2 for ports declared HTTP/2 or gRPC,
@@ -462,7 +491,11 @@ spec:
   trafficPolicy:
     loadBalancer: { simple: ROUND_ROBIN }
     connectionPool:
-      tcp: { maxConnections: 100, connectTimeout: 1s }
+      tcp:
+        maxConnections: 100
+        connectTimeout: 1s
+        maxConnectionDuration: 1h
+        tcpKeepalive: { time: 600s, interval: 75.5s, probes: 200 }
       http:
         http1MaxPendingRequests: 10
         http2MaxRequests: 200
@@ -495,6 +528,9 @@ spec:
                 idle_timeout: secs(30),
                 max_requests_per_connection: 5,
                 max_retries: 3,
+                // Whole seconds and at most 127 probes, as the kernel takes them.
+                tcp_keepalive: Some(pb::TcpKeepalive { probes: 127, time: secs(600), interval: secs(75) }),
+                max_connection_duration: secs(3600),
             }
         );
         assert_eq!(http.upstream_protocol(), pb::UpstreamProtocol::Http2PriorKnowledge, "h2UpgradePolicy");
