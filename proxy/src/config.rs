@@ -131,6 +131,10 @@ pub struct Snapshot {
     pub inbound_policy: crate::security::policy::InboundPolicy,
     /// Rate limits on inbound requests (an EnvoyFilter's); `None`, the usual case, costs nothing.
     pub inbound_rate_limit: Option<Arc<crate::ratelimit::InboundRateLimit>>,
+    /// Access logs; `None` when the config has none.
+    pub access_logs: Option<Arc<crate::access_log::AccessLogs>>,
+    /// Distributed tracing; `None` (off) costs nothing per request.
+    pub tracing: Option<Arc<crate::trace::Tracing>>,
     by_address: FastMap<SocketAddr, Arc<ServicePort>>,
     /// Lower-case host name, then port.
     by_name: FastMap<String, Vec<(u16, Arc<ServicePort>)>>,
@@ -138,6 +142,8 @@ pub struct Snapshot {
     pub clusters: BTreeMap<String, Arc<Cluster>>,
     /// Where this proxy runs, for locality-aware balancing.
     pub place: crate::locality::Place,
+    /// The mesh's workloads by address, for the metrics' peer labels.
+    pub peers: Arc<crate::peers::PeerTable>,
 }
 
 impl Snapshot {
@@ -201,6 +207,13 @@ impl Snapshot {
         references: References,
     ) -> Result<Snapshot, ConfigError> {
         let endpoints = endpoints_by_service(&config)?;
+        // The same table as before is the same compiled table (pushes rarely change it).
+        let peers = match previous.filter(|p| p.source.workloads == config.workloads) {
+            Some(p) => p.peers.clone(),
+            None => Arc::new(
+                crate::peers::PeerTable::compile(&config.workloads).map_err(|e| err(e.field, e.message))?,
+            ),
+        };
         let place =
             crate::locality::Place::compile(&config).map_err(|(field, message)| err(field, message))?;
         // Clusters balanced by locality are worked out again when the proxy's place changes.
@@ -358,11 +371,19 @@ impl Snapshot {
             &config,
             previous.and_then(|p| p.inbound_rate_limit.as_ref()),
         )?;
+        let tracing =
+            crate::trace::Tracing::compile(config.tracing.as_ref(), previous.and_then(|p| p.tracing.as_ref()))?;
+        let access_logs = crate::access_log::AccessLogs::compile(
+            &config.access_logs,
+            previous.and_then(|p| p.access_logs.as_deref()),
+        )?;
         Ok(Snapshot {
             version,
+            access_logs,
             inbound_tls,
             inbound_policy,
             inbound_rate_limit,
+            tracing,
             outbound_policy,
             opaque_ports,
             detection_timeout: duration(
@@ -390,6 +411,7 @@ impl Snapshot {
             service_ports,
             clusters,
             place,
+            peers,
             source: config,
         })
     }
@@ -529,6 +551,12 @@ fn compile_cluster(
         tls,
         connections,
     );
+    cluster.connections.keepalive = match &pool.tcp_keepalive {
+        Some(k) => Some(keepalive(k, &format!("{field}.connection_pool.tcp_keepalive"))?),
+        None => None,
+    };
+    cluster.connections.max_duration =
+        duration(pool.max_connection_duration.as_ref(), &format!("{field}.connection_pool.max_connection_duration"))?;
     cluster.outlier = outlier;
     cluster.locality = locality.map(|plan| plan.lb);
     // A budget whose settings did not change keeps what it counted.
@@ -551,12 +579,6 @@ fn outlier_policy(
 ) -> Result<crate::outlier::OutlierPolicy, ConfigError> {
     use crate::outlier as o;
     for (name, value) in
-    cluster.connections.keepalive = match &pool.tcp_keepalive {
-        Some(k) => Some(keepalive(k, &format!("{field}.connection_pool.tcp_keepalive"))?),
-        None => None,
-    };
-    cluster.connections.max_duration =
-        duration(pool.max_connection_duration.as_ref(), &format!("{field}.connection_pool.max_connection_duration"))?;
         [("max_ejection_percent", od.max_ejection_percent), ("min_health_percent", od.min_health_percent)]
     {
         if value > 100 {
@@ -727,28 +749,6 @@ pub(crate) fn port(value: u32, field: &str) -> Result<u16, ConfigError> {
         .ok_or_else(|| err(field, format!("{value} is not a port (1-65535)")))
 }
 
-pub(crate) fn duration(
-    d: Option<&pbjson_types::Duration>,
-    field: &str,
-) -> Result<Option<Duration>, ConfigError> {
-    let Some(d) = d else { return Ok(None) };
-    if d.seconds < 0 || d.nanos < 0 {
-        return Err(err(field, "negative duration"));
-    }
-    if d.seconds > MAX_DURATION_SECONDS {
-        return Err(err(field, format!("{}s is more than a year", d.seconds)));
-    }
-    // Zero means unset, as in Istio: no timeout, or the default.
-    let value = Duration::new(d.seconds as u64, d.nanos as u32);
-    Ok((!value.is_zero()).then_some(value))
-}
-
-/// Longer durations are mistakes, and would overflow the backoff arithmetic.
-const MAX_DURATION_SECONDS: i64 = 365 * 24 * 3600;
-
-#[cfg(test)]
-mod tests {
-    use super::*;
 /// Linux's limits: TCP_KEEPIDLE and TCP_KEEPINTVL take at most 32767 seconds, TCP_KEEPCNT 127;
 /// beyond them every connect would fail, so the config is refused instead.
 fn keepalive(k: &pb::TcpKeepalive, field: &str) -> Result<crate::upstream::Keepalive, ConfigError> {
@@ -775,6 +775,28 @@ fn keepalive(k: &pb::TcpKeepalive, field: &str) -> Result<crate::upstream::Keepa
     })
 }
 
+pub(crate) fn duration(
+    d: Option<&pbjson_types::Duration>,
+    field: &str,
+) -> Result<Option<Duration>, ConfigError> {
+    let Some(d) = d else { return Ok(None) };
+    if d.seconds < 0 || d.nanos < 0 {
+        return Err(err(field, "negative duration"));
+    }
+    if d.seconds > MAX_DURATION_SECONDS {
+        return Err(err(field, format!("{}s is more than a year", d.seconds)));
+    }
+    // Zero means unset, as in Istio: no timeout, or the default.
+    let value = Duration::new(d.seconds as u64, d.nanos as u32);
+    Ok((!value.is_zero()).then_some(value))
+}
+
+/// Longer durations are mistakes, and would overflow the backoff arithmetic.
+const MAX_DURATION_SECONDS: i64 = 365 * 24 * 3600;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
 
     fn example() -> String {
         let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../examples/proxy/config.yaml");
@@ -890,6 +912,26 @@ fn keepalive(k: &pb::TcpKeepalive, field: &str) -> Result<crate::upstream::Keepa
                 "the weights add up to 0",
             ),
             (
+                ("connectTimeout: 1s,", "connectTimeout: 1s, tcpKeepalive: { probes: 128 },"),
+                "clusters[0].connection_pool.tcp_keepalive.probes",
+                "more than 127",
+            ),
+            (
+                ("connectTimeout: 1s,", "connectTimeout: 1s, tcpKeepalive: { time: 40000s },"),
+                "clusters[0].connection_pool.tcp_keepalive.time",
+                "more than 32767s",
+            ),
+            (
+                ("connectTimeout: 1s,", "connectTimeout: 1s, tcpKeepalive: { interval: 0.5s },"),
+                "clusters[0].connection_pool.tcp_keepalive.interval",
+                "less than the 1s",
+            ),
+            (
+                ("connectTimeout: 1s,", "connectTimeout: 1s, maxConnectionDuration: -1s,"),
+                "clusters[0].connection_pool.max_connection_duration",
+                "negative",
+            ),
+            (
                 (
                     "retryOn: [connect-failure",
                     "retriableStatusCodes: [503, 700]\n          retryOn: [connect-failure",
@@ -911,26 +953,6 @@ fn keepalive(k: &pb::TcpKeepalive, field: &str) -> Result<crate::upstream::Keepa
                 ("redirect: { uri: /reviews,", "redirect: { authority: \"a b\", uri: /reviews,"),
                 "virtual_hosts[0].routes[1].redirect.authority",
                 "\"a b\" is not a host",
-            (
-                ("connectTimeout: 1s,", "connectTimeout: 1s, tcpKeepalive: { probes: 128 },"),
-                "clusters[0].connection_pool.tcp_keepalive.probes",
-                "more than 127",
-            ),
-            (
-                ("connectTimeout: 1s,", "connectTimeout: 1s, tcpKeepalive: { time: 40000s },"),
-                "clusters[0].connection_pool.tcp_keepalive.time",
-                "more than 32767s",
-            ),
-            (
-                ("connectTimeout: 1s,", "connectTimeout: 1s, tcpKeepalive: { interval: 0.5s },"),
-                "clusters[0].connection_pool.tcp_keepalive.interval",
-                "less than the 1s",
-            ),
-            (
-                ("connectTimeout: 1s,", "connectTimeout: 1s, maxConnectionDuration: -1s,"),
-                "clusters[0].connection_pool.max_connection_duration",
-                "negative",
-            ),
             ),
             (
                 ("redirect: { uri: /reviews,", "redirect: { scheme: \"ht tp\", uri: /reviews,"),

@@ -39,6 +39,12 @@ struct Outcome {
     request_bytes: RequestBytes,
     /// Outbound: how the endpoint was reached (inbound takes it from the connection).
     security: crate::metrics::Security,
+    /// Outbound: the workload of the endpoint reached (inbound takes it from the connection).
+    peer: Option<crate::peers::PeerKey>,
+    /// Outbound: the upstream cluster that answered (the span's `upstream_cluster`).
+    cluster: Option<Arc<str>>,
+    /// What the access log says of the upstream (the endpoint, route, failure, details).
+    log: crate::access_log::Upstream,
 }
 
 impl Outcome {
@@ -54,16 +60,23 @@ impl Outcome {
             flags,
             request_bytes: RequestBytes::Unknown,
             security: crate::metrics::Security::default(),
+            peer: None,
+            cluster: None,
+            log: crate::access_log::Upstream::default(),
         }
     }
 }
 
-pub async fn handle(request: Request<Incoming>, conn: &Conn, proxy: &Arc<Proxy>) -> Response<Body> {
+pub async fn handle(mut request: Request<Incoming>, conn: &Conn, proxy: &Arc<Proxy>) -> Response<Body> {
     let started = Instant::now();
+    // The trace context first: the request goes on with this hop's (tracing off: nothing runs).
+    let span = crate::trace::begin(&mut request, conn, proxy);
     let grpc = is_grpc(&request);
     let declared_length = content_length(&request);
     // 413 before reading a body that says it is too large, whichever way it goes.
     let too_large = declared_length.is_some_and(|n| n > proxy.config.load().limits.max_body_bytes);
+    // Access logs keep the request as it came (off: a branch).
+    let mut logged = crate::access_log::current(proxy).map(|logs| crate::access_log::capture(logs, &mut request, conn, started));
     let mut outcome = match conn.side {
         _ if too_large => {
             Outcome::new(text(StatusCode::PAYLOAD_TOO_LARGE, "request body too large\n"), "unknown", "-")
@@ -79,7 +92,18 @@ pub async fn handle(request: Request<Incoming>, conn: &Conn, proxy: &Arc<Proxy>)
         Some(status) => grpc_status_label(status.as_bytes()),
         None => "",
     };
+    let span = span.map(|mut span| {
+        let (status, security) = (outcome.response.status().as_u16(), &outcome.security);
+        let cluster = outcome.cluster.as_ref();
+        span.answered(status, outcome.flags, &outcome.service, cluster, &outcome.request_bytes, security.peer.as_ref());
+        span
+    });
+    if let Some(entry) = logged.as_mut() {
+        let upstream = std::mem::take(&mut outcome.log);
+        entry.answered(&outcome.response, &outcome.service, outcome.cluster.as_ref(), outcome.flags, upstream);
+    }
     let pending = PendingRecord {
+        access_log: logged,
         metrics: proxy.metrics.clone(),
         reporter: match conn.side {
             Side::Outbound => Reporter::Source,
@@ -96,8 +120,16 @@ pub async fn handle(request: Request<Incoming>, conn: &Conn, proxy: &Arc<Proxy>)
             Side::Outbound => outcome.security,
             Side::Inbound => conn.security(),
         },
+        peer: match conn.side {
+            Side::Outbound => outcome.peer.unwrap_or_else(crate::peers::PeerKey::unknown),
+            Side::Inbound => conn.peer_workload(proxy),
+        },
     };
-    outcome.response.map(|body| recorded(body, pending).boxed())
+    let response = outcome.response.map(|body| recorded(body, pending).boxed());
+    match span {
+        Some(span) => span.wrap(response),
+        None => response,
+    }
 }
 
 async fn outbound(mut request: Request<Incoming>, conn: &Conn, proxy: &Arc<Proxy>) -> Outcome {
@@ -204,8 +236,11 @@ async fn outbound(mut request: Request<Incoming>, conn: &Conn, proxy: &Arc<Proxy
             headers::ensure_request_id(request.headers_mut());
             crate::security::xfcc::sanitize(request.headers_mut());
             let mut outcome = to_cluster(request, upgrade, route, &cluster, conn, proxy, &snapshot).await;
+            if proxy.access_log.is_on() {
+                outcome.log.route = Some(route.name.as_str().into());
+            }
             route.response_headers.apply(outcome.response.headers_mut());
-            outcome.service = service;
+            outcome.cluster = Some(std::mem::replace(&mut outcome.service, service));
             if fault_flags != "-" && outcome.flags == "-" {
                 outcome.flags = fault_flags;
             }
@@ -444,7 +479,12 @@ impl Failure {
             }
             FailureKind::Body(status) => (*status, "request body too large".to_owned(), "-"),
         };
-        Outcome::new(text(status, &format!("{message}\n")), cluster.name(), flags)
+        let mut outcome = Outcome::new(text(status, &format!("{message}\n")), cluster.name(), flags);
+        outcome.log.host = self.endpoint.and_then(|i| cluster.balancer.targets().get(i)).map(|t| t.addr);
+        if flags == "UF" {
+            outcome.log.failure = Some(message.into());
+        }
+        outcome
     }
 }
 
@@ -526,6 +566,8 @@ async fn attempt(
     let body = Guarded::new(body, in_flight, deadline).boxed();
     let mut outcome = Outcome::new(Response::from_parts(parts, body), cluster.name.clone(), "-");
     outcome.security = tls.map(|t| t.security()).unwrap_or_default();
+    outcome.log.host = Some(target);
+    outcome.peer = Some(proxy.config.load().peers.outbound(target.ip()));
     Ok((outcome, index))
 }
 
@@ -661,6 +703,7 @@ async fn splice_upgrade(
     let mut response = sender.send_request(outgoing).await.map_err(reset)?;
     if response.status() == StatusCode::SWITCHING_PROTOCOLS {
         let upstream_side = hyper::upgrade::on(&mut response);
+        let lifetime = connections.max_duration;
         tokio::spawn(async move {
             if let (Ok(down), Ok(up)) = (downstream.await, upstream_side.await) {
                 let mut down = hyper_util::rt::TokioIo::new(down);
@@ -704,7 +747,6 @@ async fn passthrough(
             None => None,
         },
     };
-        let lifetime = connections.max_duration;
     let Some(target) = target else {
         return Outcome::new(text(StatusCode::NOT_FOUND, "no route for this authority\n"), service, "NR");
     };
@@ -762,15 +804,19 @@ async fn send_direct(
     let (body, request_bytes) = forwarded_body(body, limit);
     let mut outgoing = Request::from_parts(parts, body);
     prepare_uri(&mut outgoing, key.protocol, key.addr);
-    let outcome = match proxy.pools.send(key, &ConnectionPolicy::default(), None, None, outgoing).await {
+    let mut outcome = match proxy.pools.send(key, &ConnectionPolicy::default(), None, None, outgoing).await {
         Ok(response) => Outcome::new(clean_response(response), service, "-"),
         Err(e) => match body_limit(&e) {
             Some(status) => Outcome::new(text(status, "request body too large\n"), service, "-"),
-            None if e.is_connect_failure() => Outcome::new(
-                text(StatusCode::SERVICE_UNAVAILABLE, &format!("upstream connect error: {e}\n")),
-                service,
-                "UF",
-            ),
+            None if e.is_connect_failure() => {
+                let mut failed = Outcome::new(
+                    text(StatusCode::SERVICE_UNAVAILABLE, &format!("upstream connect error: {e}\n")),
+                    service,
+                    "UF",
+                );
+                failed.log.failure = Some(e.to_string().into());
+                failed
+            }
             None => Outcome::new(
                 text(StatusCode::SERVICE_UNAVAILABLE, &format!("upstream reset: {e}\n")),
                 service,
@@ -778,6 +824,7 @@ async fn send_direct(
             ),
         },
     };
+    outcome.log.host = Some(key.addr);
     outcome.with_request_bytes(request_bytes)
 }
 
@@ -806,7 +853,7 @@ async fn inbound(mut request: Request<Incoming>, conn: &Conn, proxy: &Proxy) -> 
         None => None,
     };
     let service: Arc<str> = match target {
-        Some(t) => proxy.inbound_name(t.port()),
+        Some(t) => inbound_service(&request, conn, proxy, t.port()),
         None => "unknown".into(),
     };
     let Some(target) = target else {
@@ -843,7 +890,9 @@ async fn inbound(mut request: Request<Incoming>, conn: &Conn, proxy: &Proxy) -> 
             }
         };
         if let Err(refusal) = checked {
-            return Outcome::new(refusal.response, service, refusal.flags);
+            let mut refused = Outcome::new(refusal.response, service, refusal.flags);
+            refused.log.details = refusal.details;
+            return refused;
         }
     }
     // After authorization, as Istio's EnvoyFilter inserts the rate-limit filters before the router.
@@ -872,6 +921,21 @@ async fn inbound(mut request: Request<Incoming>, conn: &Conn, proxy: &Proxy) -> 
         service,
     )
     .await
+}
+
+/// The destination service of an inbound request, for the metrics: the mesh service its
+/// authority names (remembered per connection), else this workload's canonical service, as
+/// Istio falls back to. Never the authority itself: a client's Host header would mint label
+/// values.
+fn inbound_service<B>(request: &Request<B>, conn: &Conn, proxy: &Proxy, port: u16) -> Arc<str> {
+    let snapshot = proxy.config.load_full();
+    let authority = authority_ref(request);
+    let (_, found) =
+        conn.service_port(&snapshot, authority, || (port, authority.and_then(|a| snapshot.by_authority(a, port)).cloned()));
+    match found {
+        Some(service_port) => service_port.service.clone(),
+        None => proxy.metrics.local().canonical_service.clone(),
+    }
 }
 
 /// Where inbound traffic goes: the app on localhost at the original port (as the design and

@@ -6,6 +6,7 @@
 //! configuration that all of this reads, `watch` reloads it, `admin` and `metrics` show it.
 //! `app_health` serves the status port, where the kubelet's probes of the app arrive.
 
+pub mod access_log;
 pub mod admin;
 pub mod app_health;
 pub mod balance;
@@ -25,12 +26,14 @@ pub mod locality;
 pub mod metrics;
 pub mod mirror;
 pub mod outlier;
+pub mod peers;
 pub mod ratelimit;
 pub mod retry_budget;
 pub mod route;
 pub mod security;
 pub mod serve;
 pub mod tcp;
+pub mod trace;
 pub mod upstream;
 pub mod watch;
 pub mod xds;
@@ -105,6 +108,8 @@ pub struct Proxy {
     inbound_names: std::sync::RwLock<FastMap<u16, Arc<str>>>,
     /// Mirrored copies in flight.
     pub mirrors: Arc<mirror::InFlight>,
+    /// Whether the configuration in force writes access logs (see [`access_log::Switch`]).
+    pub access_log: access_log::Switch,
 }
 
 impl Proxy {
@@ -126,6 +131,8 @@ impl Proxy {
         log_control: Option<LogControl>,
         explicit_inbound: bool,
     ) -> Arc<Proxy> {
+        let access_log = access_log::Switch::default();
+        access_log.follow(&snapshot, &metrics);
         Arc::new(Proxy {
             config: ArcSwap::from_pointee(snapshot),
             pools: Pools::default(),
@@ -139,6 +146,7 @@ impl Proxy {
             on_demand: std::sync::OnceLock::new(),
             inbound_names: std::sync::RwLock::default(),
             mirrors: Arc::default(),
+            access_log,
         })
     }
 

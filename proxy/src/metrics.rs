@@ -1,5 +1,9 @@
-//! Istio's standard metrics, same names and labels, so existing dashboards and alerts work.
-//! Served on 15090 at /stats/prometheus.
+//! Istio's standard metrics, same names and labels (in Istio's order), so existing dashboards,
+//! alerts and Kiali work. Served on 15090 at /stats/prometheus.
+//!
+//! Each series names both sides of the exchange: this proxy's own workload (from its
+//! environment, as the injector sets it) and its peer's (from the workload table, see
+//! [`crate::peers`]), with the principals mutual TLS proved.
 
 use std::sync::{Arc, RwLock};
 
@@ -10,6 +14,7 @@ use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 
 use crate::FastMap;
+use crate::peers::{PeerKey, UNKNOWN, WorkloadLabels, namespace_of};
 
 /// Who this proxy is, from the environment the injector sets.
 #[derive(Clone, Debug)]
@@ -26,6 +31,22 @@ impl Workload {
             namespace: var("POD_NAMESPACE").unwrap_or_else(|| "unknown".to_owned()),
         }
     }
+
+    /// Its labels as Istio's telemetry names them, from the pod's labels (app, version,
+    /// canonical service and revision, defaulted as Istio does) and the cluster id.
+    pub fn labels(&self, pod_labels: &std::collections::BTreeMap<String, String>, cluster: &str) -> WorkloadLabels {
+        use trellis_api::workload as w;
+        let value = |v: Option<&str>| -> Arc<str> { v.filter(|v| !v.is_empty()).unwrap_or(UNKNOWN).into() };
+        WorkloadLabels {
+            workload: value(Some(&self.name)),
+            namespace: value(Some(&self.namespace)),
+            app: value(w::app(pod_labels)),
+            version: value(w::version(pod_labels)),
+            canonical_service: w::canonical_service(pod_labels, &self.name).into(),
+            canonical_revision: w::canonical_revision(pod_labels).into(),
+            cluster: value(Some(cluster)),
+        }
+    }
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -36,16 +57,30 @@ pub enum Reporter {
     Destination,
 }
 
-/// Who talked to whom: the labels every Istio metric starts with.
+/// Who talked to whom: the labels every Istio metric starts with, in the order Istio's
+/// stats filter writes them.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct Peers {
     pub reporter: &'static str,
-    pub source_workload: String,
-    pub source_workload_namespace: String,
-    pub destination_workload: String,
-    pub destination_workload_namespace: String,
-    pub destination_service: String,
-    pub destination_service_name: String,
+    pub source_workload: Arc<str>,
+    pub source_canonical_service: Arc<str>,
+    pub source_canonical_revision: Arc<str>,
+    pub source_workload_namespace: Arc<str>,
+    pub source_principal: Arc<str>,
+    pub source_app: Arc<str>,
+    pub source_version: Arc<str>,
+    pub source_cluster: Arc<str>,
+    pub destination_workload: Arc<str>,
+    pub destination_workload_namespace: Arc<str>,
+    pub destination_principal: Arc<str>,
+    pub destination_app: Arc<str>,
+    pub destination_version: Arc<str>,
+    pub destination_service: Arc<str>,
+    pub destination_canonical_service: Arc<str>,
+    pub destination_canonical_revision: Arc<str>,
+    pub destination_service_name: Arc<str>,
+    pub destination_service_namespace: Arc<str>,
+    pub destination_cluster: Arc<str>,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -59,18 +94,16 @@ pub struct RequestLabels {
     pub grpc_response_status: &'static str,
     pub response_flags: &'static str,
     pub connection_security_policy: &'static str,
-    pub source_principal: String,
-    pub destination_principal: String,
 }
 
+/// The TCP metrics' labels: Istio's, `request_protocol="tcp"`, without the HTTP ones.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct TcpLabels {
     #[prometheus(flatten)]
     pub peers: Peers,
+    pub request_protocol: &'static str,
     pub response_flags: &'static str,
     pub connection_security_policy: &'static str,
-    pub source_principal: String,
-    pub destination_principal: String,
 }
 
 /// How a request or connection was secured, as the metrics label it.
@@ -122,6 +155,8 @@ struct RequestSeries {
 #[derive(Clone, Debug, Hash, PartialEq, Eq)]
 struct SeriesKey {
     security: Security,
+    /// The other side's workload: an `Arc`'d label set, hashed once when it was made.
+    peer: PeerKey,
     source_side: bool,
     grpc: bool,
     status: u16,
@@ -146,6 +181,8 @@ type SeriesByService = FastMap<Arc<str>, FastMap<SeriesKey, Arc<RequestSeries>>>
 pub struct Metrics {
     registry: Registry,
     pub workload: Workload,
+    /// This proxy's own side of every series.
+    local: Arc<WorkloadLabels>,
     /// By service, then the rest: the hot path finds its series without building label strings.
     series: RwLock<SeriesByService>,
     requests: Family<RequestLabels, Counter>,
@@ -163,15 +200,32 @@ pub struct Metrics {
     retries_refused: Family<RetryRefusalLabels, Counter>,
     mirrored: Family<MirrorLabels, Counter>,
     rate_limited: Family<RateLimitLabels, Counter>,
+    trace_spans: Family<crate::trace::SpanLabels, Counter>,
     mesh: std::sync::OnceLock<Arc<trellis_identity::tls::MeshTls>>,
     /// Set when scraped, from the certificate held then.
     cert_expiry: prometheus_client::metrics::gauge::Gauge,
     csr_failures: prometheus_client::metrics::counter::Counter<u64, std::sync::atomic::AtomicU64>,
     csr_sync: std::sync::Mutex<()>,
+    /// Access log lines dropped because the writer's buffer was full (or the file failed).
+    pub access_log_dropped: Counter,
 }
 
+/// `connection_security_policy`: `mutual_tls` or `none`, as Istio's destination reporter says.
+/// Istio's source reporter always says `unknown`; Trellis's client knows how it reached the
+/// endpoint and says so too (`trellis demo` shows each edge's security from the caller's side).
 fn policy_label(security: &Security) -> &'static str {
     if security.mutual_tls { "mutual_tls" } else { "none" }
+}
+
+/// `destination_service_name`: a Kubernetes service's name (`reviews` of
+/// `reviews.shop.svc.cluster.local`), else the host itself (a ServiceEntry's, or Istio's
+/// `PassthroughCluster` and `BlackHoleCluster`), as Istio's service metadata names them.
+fn service_name(service: &Arc<str>) -> Arc<str> {
+    let mut labels = service.split('.');
+    match (labels.next(), labels.next(), labels.next()) {
+        (Some(name), Some(_namespace), Some("svc")) => name.into(),
+        _ => service.clone(),
+    }
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -225,6 +279,8 @@ pub struct RateLimitLabels {
 pub struct RequestRecord<'a> {
     pub reporter: Reporter,
     pub service: &'a Arc<str>,
+    /// The other side's workload (see [`crate::peers`]).
+    pub peer: PeerKey,
     pub grpc: bool,
     pub status: u16,
     /// `grpc_status_label` of the response's `grpc-status`; "" when it has none.
@@ -237,7 +293,15 @@ pub struct RequestRecord<'a> {
 }
 
 impl Metrics {
+    /// With this proxy's own labels defaulted from its name alone (no pod labels, Istio's
+    /// default cluster id).
     pub fn new(workload: Workload) -> Metrics {
+        let local = workload.labels(&Default::default(), trellis_api::workload::DEFAULT_CLUSTER_ID);
+        Metrics::with_labels(workload, local)
+    }
+
+    /// With this proxy's own labels as given (see [`Workload::labels`]).
+    pub fn with_labels(workload: Workload, local: WorkloadLabels) -> Metrics {
         let mut registry = Registry::default();
         let requests = Family::<RequestLabels, Counter>::default();
         let duration =
@@ -302,6 +366,18 @@ impl Metrics {
             "Inbound requests over a rate limit (an EnvoyFilter's local_ratelimit or ratelimit): refused (enforced=true) or only counted",
             rate_limited.clone(),
         );
+        let trace_spans = Family::<crate::trace::SpanLabels, Counter>::default();
+        registry.register(
+            "trellis_trace_spans",
+            "Sampled spans by tracing provider: exported, or dropped because the export queue was full (a slow or absent collector) or the export failed",
+            trace_spans.clone(),
+        );
+        let access_log_dropped = Counter::default();
+        registry.register(
+            "trellis_access_log_dropped",
+            "Access log lines not written: the writer's buffer was full (a slow, blocked or unread log file) or the write failed",
+            access_log_dropped.clone(),
+        );
         let cert_expiry = prometheus_client::metrics::gauge::Gauge::default();
         registry.register(
             "trellis_workload_certificate_expiration_timestamp_seconds",
@@ -318,6 +394,7 @@ impl Metrics {
         Metrics {
             registry,
             workload,
+            local: Arc::new(local),
             series: RwLock::default(),
             requests,
             duration,
@@ -334,9 +411,11 @@ impl Metrics {
             retries_refused,
             mirrored,
             rate_limited,
+            trace_spans,
             mesh: std::sync::OnceLock::new(),
             cert_expiry,
             csr_failures,
+            access_log_dropped,
             csr_sync: std::sync::Mutex::new(()),
         }
     }
@@ -372,6 +451,12 @@ impl Metrics {
         self.rate_limited.get_or_create(&labels).inc();
     }
 
+    /// Spans of a tracing provider, by what became of them.
+    pub fn trace_spans(&self, provider: &str, result: &'static str, count: u64) {
+        let labels = crate::trace::SpanLabels { provider: provider.to_owned(), result };
+        self.trace_spans.get_or_create(&labels).inc_by(count);
+    }
+
     /// A mirrored copy, by how it ended.
     pub fn mirrored(&self, cluster: &str, result: crate::mirror::Mirrored) {
         let labels = MirrorLabels { cluster_name: cluster.to_owned(), result: result.label() };
@@ -382,35 +467,68 @@ impl Metrics {
         self.authz.get_or_create(labels).inc();
     }
 
-    /// This workload on its side of the exchange, "unknown" on the other (peer identity comes
-    /// with mutual TLS).
-    fn peers(&self, reporter: Reporter, service: &str) -> Peers {
-        let (me, ns) = (self.workload.name.clone(), self.workload.namespace.clone());
-        let unknown = || "unknown".to_owned();
-        let (
-            reporter,
-            source_workload,
-            source_workload_namespace,
-            destination_workload,
-            destination_workload_namespace,
-        ) = match reporter {
-            Reporter::Source => ("source", me, ns, unknown(), unknown()),
-            Reporter::Destination => ("destination", unknown(), unknown(), me, ns),
+    /// This proxy's own labels.
+    pub fn local(&self) -> &Arc<WorkloadLabels> {
+        &self.local
+    }
+
+    /// Both sides of an exchange reported by `reporter` for `service`: this workload on its
+    /// side, `peer` on the other, principals as mutual TLS proved them (`unknown` without).
+    /// As Istio's, the peer's namespace is the one its proven identity names, and on the
+    /// source side `destination_service_namespace` is the peer's.
+    fn peers(&self, reporter: Reporter, service: &Arc<str>, peer: &WorkloadLabels, security: &Security) -> Peers {
+        let unknown = || -> Arc<str> { UNKNOWN.into() };
+        let (own_principal, peer_principal): (Arc<str>, Arc<str>) = if security.mutual_tls {
+            let own = self.mesh.get().and_then(|m| m.current()).map(|c| c.leaf.id.to_string().into());
+            (own.unwrap_or_else(unknown), security.peer.clone().unwrap_or_else(unknown))
+        } else {
+            (unknown(), unknown())
         };
+        let peer_namespace: Arc<str> = security
+            .peer
+            .as_deref()
+            .filter(|_| security.mutual_tls)
+            .and_then(namespace_of)
+            .map_or_else(|| peer.namespace.clone(), Into::into);
+        let me = &*self.local;
+        let (source, source_namespace, source_principal, destination, destination_namespace, destination_principal) =
+            match reporter {
+                Reporter::Source => (me, me.namespace.clone(), own_principal, peer, peer_namespace, peer_principal),
+                Reporter::Destination => {
+                    (peer, peer_namespace, peer_principal, me, me.namespace.clone(), own_principal)
+                }
+            };
         Peers {
-            reporter,
-            source_workload,
-            source_workload_namespace,
-            destination_workload,
-            destination_workload_namespace,
-            destination_service: service.to_owned(),
-            destination_service_name: service.split('.').next().unwrap_or_default().to_owned(),
+            reporter: match reporter {
+                Reporter::Source => "source",
+                Reporter::Destination => "destination",
+            },
+            source_workload: source.workload.clone(),
+            source_canonical_service: source.canonical_service.clone(),
+            source_canonical_revision: source.canonical_revision.clone(),
+            source_workload_namespace: source_namespace,
+            source_principal,
+            source_app: source.app.clone(),
+            source_version: source.version.clone(),
+            source_cluster: source.cluster.clone(),
+            destination_workload: destination.workload.clone(),
+            destination_service_namespace: destination_namespace.clone(),
+            destination_workload_namespace: destination_namespace,
+            destination_principal,
+            destination_app: destination.app.clone(),
+            destination_version: destination.version.clone(),
+            destination_service: service.clone(),
+            destination_canonical_service: destination.canonical_service.clone(),
+            destination_canonical_revision: destination.canonical_revision.clone(),
+            destination_service_name: service_name(service),
+            destination_cluster: destination.cluster.clone(),
         }
     }
 
     pub fn request(&self, mut r: RequestRecord<'_>) {
         let key = SeriesKey {
             security: std::mem::take(&mut r.security),
+            peer: r.peer.clone(),
             source_side: r.reporter == Reporter::Source,
             grpc: r.grpc,
             status: r.status,
@@ -431,14 +549,12 @@ impl Metrics {
 
     fn create_series(&self, r: &RequestRecord<'_>, key: SeriesKey) -> Arc<RequestSeries> {
         let labels = RequestLabels {
-            peers: self.peers(r.reporter, r.service),
+            peers: self.peers(r.reporter, r.service, &key.peer.labels, &key.security),
             request_protocol: if r.grpc { "grpc" } else { "http" },
             response_code: r.status,
             grpc_response_status: r.grpc_status,
             response_flags: r.flags,
             connection_security_policy: policy_label(&key.security),
-            source_principal: self.principal(r.reporter, &key.security, Reporter::Source),
-            destination_principal: self.principal(r.reporter, &key.security, Reporter::Destination),
         };
         let series = Arc::new(RequestSeries {
             requests: self.requests.get_or_create(&labels).clone(),
@@ -452,41 +568,26 @@ impl Metrics {
         series
     }
 
+    /// The labels of one TCP connection (made once per connection).
     pub fn tcp_labels(
         &self,
         reporter: Reporter,
-        service: &str,
+        service: &Arc<str>,
         flags: &'static str,
         security: &Security,
+        peer: &PeerKey,
     ) -> TcpLabels {
         TcpLabels {
-            peers: self.peers(reporter, service),
+            peers: self.peers(reporter, service, &peer.labels, security),
+            request_protocol: "tcp",
             response_flags: flags,
             connection_security_policy: policy_label(security),
-            source_principal: self.principal(reporter, security, Reporter::Source),
-            destination_principal: self.principal(reporter, security, Reporter::Destination),
         }
     }
 
     /// Set once the proxy has a mesh identity: its own principal for the labels.
     pub fn set_mesh_tls(&self, mesh: Arc<trellis_identity::tls::MeshTls>) {
         let _ = self.mesh.set(mesh);
-    }
-
-    /// The principal of `side` of an exchange reported by `reporter`: this proxy's own when it
-    /// is that side, else the verified peer's; "unknown" without mutual TLS.
-    fn principal(&self, reporter: Reporter, security: &Security, side: Reporter) -> String {
-        if !security.mutual_tls {
-            return "unknown".to_owned();
-        }
-        if reporter == side {
-            return self
-                .mesh
-                .get()
-                .and_then(|m| m.current())
-                .map_or("unknown".to_owned(), |c| c.leaf.id.to_string());
-        }
-        security.peer.as_deref().unwrap_or("unknown").to_owned()
     }
 
     pub fn tcp_opened(&self, labels: &TcpLabels) {

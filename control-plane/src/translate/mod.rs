@@ -44,8 +44,10 @@ mod routes;
 mod services;
 #[cfg(test)]
 pub(crate) mod test_support;
+pub mod tracing;
 mod values;
 mod visibility;
+pub mod workloads;
 
 pub use consistency::check_consistent;
 
@@ -135,6 +137,7 @@ pub fn translate(model: &Model, scope: &Scope) -> pb::ProxyConfig {
         ..Default::default()
     };
     config.ext_authz = authorization::ext_authz(model, &config.authorization);
+    config.tracing = tracing::config(model, &scope.namespace);
     (config.inbound_local_rate_limit, config.inbound_global_rate_limit) =
         ratelimit::inbound(model, &scope.envoy_filters);
     add_clusters(&mut config, model, &view, &services);

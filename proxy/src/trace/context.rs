@@ -1,0 +1,524 @@
+//! Trace context in request headers: W3C `traceparent`/`tracestate` and B3 (the `x-b3-*`
+//! headers and the single `b3` header), read from a request and written for the next hop.
+//!
+//! Reading is strict: a value that is not exactly what its specification allows is ignored as
+//! if absent (the proxy then starts a fresh trace), and is never passed on. Parsing works on
+//! bytes without allocating, so that hostile headers cost no more than well-formed ones.
+
+use http::header::{HeaderMap, HeaderName, HeaderValue};
+
+pub static TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");
+pub static TRACESTATE: HeaderName = HeaderName::from_static("tracestate");
+pub static B3: HeaderName = HeaderName::from_static("b3");
+pub static X_B3_TRACEID: HeaderName = HeaderName::from_static("x-b3-traceid");
+pub static X_B3_SPANID: HeaderName = HeaderName::from_static("x-b3-spanid");
+pub static X_B3_PARENTSPANID: HeaderName = HeaderName::from_static("x-b3-parentspanid");
+pub static X_B3_SAMPLED: HeaderName = HeaderName::from_static("x-b3-sampled");
+pub static X_B3_FLAGS: HeaderName = HeaderName::from_static("x-b3-flags");
+
+/// The W3C limit on `tracestate` (32 members of at most 256 bytes would be larger; vendors keep
+/// it under 512, and so do we rather than forward an unbounded header).
+pub const MAX_TRACESTATE_LEN: usize = 512;
+
+/// The context a request arrived with.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Incoming {
+    /// The caller's span, when its headers named a valid one.
+    pub parent: Option<Parent>,
+    /// The caller's sampling decision, when it made one (with or without a span).
+    pub sampled: Option<bool>,
+    /// B3's debug flag (`x-b3-flags: 1`, `b3: ...-d`): sampled, and passed on.
+    pub debug: bool,
+    /// The request used the single `b3` header: the next hop gets one too.
+    pub single_b3: bool,
+}
+
+/// The caller's span.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Parent {
+    /// Never zero.
+    pub trace_id: u128,
+    /// Never zero.
+    pub span_id: u64,
+    /// The trace id came as 64 bits (B3 allows it): B3 headers carry it on as 64 bits.
+    pub short_trace_id: bool,
+    /// Read from a valid `traceparent`: its `tracestate` may be passed on.
+    pub w3c: bool,
+}
+
+/// What a traced request goes on with: the trace, this proxy's span and its parent, and the
+/// sampling decision.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Outgoing {
+    pub trace_id: u128,
+    pub span_id: u64,
+    pub parent_id: Option<u64>,
+    pub sampled: bool,
+    pub debug: bool,
+    pub short_trace_id: bool,
+    pub single_b3: bool,
+}
+
+impl Incoming {
+    /// Reads the request's trace headers: a valid `traceparent` first, then `b3`, then the
+    /// `x-b3-*` headers. A sampling decision alone (`b3: 0`, `x-b3-sampled: 1`) counts even
+    /// without ids.
+    pub fn read(headers: &HeaderMap) -> Incoming {
+        let mut incoming = Incoming::default();
+        if let Some((parent, sampled)) = headers.get(&TRACEPARENT).and_then(|v| parse_traceparent(v.as_bytes()))
+        {
+            incoming.parent = Some(parent);
+            incoming.sampled = Some(sampled);
+        }
+        if let Some(value) = headers.get(&B3) {
+            if let Some(single) = parse_b3_single(value.as_bytes()) {
+                incoming.single_b3 = true;
+                if incoming.parent.is_none() {
+                    incoming.parent = single.parent;
+                    incoming.sampled = single.sampled;
+                    incoming.debug = single.debug;
+                }
+            }
+        }
+        if incoming.parent.is_none() && incoming.sampled.is_none() {
+            let (parent, sampled, debug) = parse_b3_multi(headers);
+            incoming.parent = parent;
+            incoming.sampled = sampled;
+            incoming.debug = debug;
+        }
+        if incoming.debug {
+            incoming.sampled = Some(true);
+        }
+        incoming
+    }
+}
+
+/// `version-traceid-parentid-flags`, lower-case hex. Version 00 is exactly 55 bytes; a later
+/// version may append fields after a `-` (read as version 00, as the specification asks);
+/// version ff is invalid.
+pub fn parse_traceparent(value: &[u8]) -> Option<(Parent, bool)> {
+    if value.len() < 55 || value[2] != b'-' || value[35] != b'-' || value[52] != b'-' {
+        return None;
+    }
+    let version = lower_hex(&value[0..2])? as u8;
+    if version == 0xff || (version == 0 && value.len() != 55) || (value.len() > 55 && value[55] != b'-') {
+        return None;
+    }
+    let trace_id = lower_hex(&value[3..35])?;
+    let span_id = lower_hex(&value[36..52])? as u64;
+    let flags = lower_hex(&value[53..55])? as u8;
+    if trace_id == 0 || span_id == 0 {
+        return None;
+    }
+    Some((Parent { trace_id, span_id, short_trace_id: false, w3c: true }, flags & 1 == 1))
+}
+
+/// A single `b3` header, read.
+#[derive(Debug, PartialEq, Eq)]
+pub struct SingleB3 {
+    pub parent: Option<Parent>,
+    pub sampled: Option<bool>,
+    pub debug: bool,
+}
+
+/// `{trace}-{span}[-{sampling}[-{parent}]]` or `{sampling}` alone; sampling is `0`, `1` or `d`.
+pub fn parse_b3_single(value: &[u8]) -> Option<SingleB3> {
+    if value.len() == 1 {
+        let (sampled, debug) = sampling_state(value)?;
+        return Some(SingleB3 { parent: None, sampled: Some(sampled), debug });
+    }
+    // At most 4 fields; more is malformed.
+    let mut fields = value.split(|b| *b == b'-');
+    let trace = fields.next()?;
+    let span = fields.next()?;
+    let state = fields.next();
+    let parent_span = fields.next();
+    if fields.next().is_some() {
+        return None;
+    }
+    let (trace_id, short_trace_id) = b3_trace_id(trace)?;
+    let span_id = b3_span_id(span)?;
+    let (sampled, debug) = match state {
+        Some(s) => {
+            let (sampled, debug) = sampling_state(s)?;
+            (Some(sampled), debug)
+        }
+        None => (None, false),
+    };
+    if let Some(p) = parent_span {
+        b3_span_id(p)?;
+    }
+    let parent = Parent { trace_id, span_id, short_trace_id, w3c: false };
+    Some(SingleB3 { parent: Some(parent), sampled, debug })
+}
+
+fn sampling_state(s: &[u8]) -> Option<(bool, bool)> {
+    match s {
+        b"0" => Some((false, false)),
+        b"1" => Some((true, false)),
+        b"d" => Some((true, true)),
+        _ => None,
+    }
+}
+
+/// The `x-b3-*` headers: trace and span id together or not at all; `x-b3-sampled` `1`/`0`
+/// (and `true`/`false`, which old Zipkin clients send); `x-b3-flags: 1` is debug.
+fn parse_b3_multi(headers: &HeaderMap) -> (Option<Parent>, Option<bool>, bool) {
+    let sampled = headers.get(&X_B3_SAMPLED).and_then(|v| match v.as_bytes() {
+        b"1" | b"true" => Some(true),
+        b"0" | b"false" => Some(false),
+        _ => None,
+    });
+    let debug = headers.get(&X_B3_FLAGS).is_some_and(|v| v.as_bytes() == b"1");
+    let parent = match (headers.get(&X_B3_TRACEID), headers.get(&X_B3_SPANID)) {
+        (Some(trace), Some(span)) => {
+            let parent_ok = headers.get(&X_B3_PARENTSPANID).is_none_or(|p| b3_span_id(p.as_bytes()).is_some());
+            match (b3_trace_id(trace.as_bytes()), b3_span_id(span.as_bytes())) {
+                (Some((trace_id, short_trace_id)), Some(span_id)) if parent_ok => {
+                    Some(Parent { trace_id, span_id, short_trace_id, w3c: false })
+                }
+                _ => None,
+            }
+        }
+        _ => None,
+    };
+    (parent, sampled, debug)
+}
+
+/// 16 or 32 hex digits, not all zero; B3 asks for lower case, and upper case is accepted as
+/// some clients send it.
+fn b3_trace_id(s: &[u8]) -> Option<(u128, bool)> {
+    if s.len() != 16 && s.len() != 32 {
+        return None;
+    }
+    let id = any_case_hex(s)?;
+    (id != 0).then_some((id, s.len() == 16))
+}
+
+fn b3_span_id(s: &[u8]) -> Option<u64> {
+    if s.len() != 16 {
+        return None;
+    }
+    let id = any_case_hex(s)? as u64;
+    (id != 0).then_some(id)
+}
+
+fn lower_hex(s: &[u8]) -> Option<u128> {
+    hex(s, false)
+}
+
+fn any_case_hex(s: &[u8]) -> Option<u128> {
+    hex(s, true)
+}
+
+/// Up to 32 hex digits as a number.
+fn hex(s: &[u8], upper_ok: bool) -> Option<u128> {
+    if s.is_empty() || s.len() > 32 {
+        return None;
+    }
+    let mut n: u128 = 0;
+    for &b in s {
+        let digit = match b {
+            b'0'..=b'9' => b - b'0',
+            b'a'..=b'f' => b - b'a' + 10,
+            b'A'..=b'F' if upper_ok => b - b'A' + 10,
+            _ => return None,
+        };
+        n = (n << 4) | u128::from(digit);
+    }
+    Some(n)
+}
+
+/// Whether any trace header is present: when none is, there is nothing to remove (a pass over
+/// the names is cheaper than eight hashed removals).
+pub fn has_trace_headers(headers: &HeaderMap) -> bool {
+    headers.keys().any(|name| {
+        let name = name.as_str();
+        name == "traceparent" || name == "tracestate" || name == "b3" || name.starts_with("x-b3-")
+    })
+}
+
+/// A `tracestate` worth passing on: bounded, printable ASCII (the W3C list grammar's
+/// characters), from a request whose `traceparent` was valid.
+pub fn valid_tracestate(value: &HeaderValue) -> bool {
+    let bytes = value.as_bytes();
+    !bytes.is_empty() && bytes.len() <= MAX_TRACESTATE_LEN && bytes.iter().all(|b| (0x20..0x7f).contains(b))
+}
+
+/// Replaces the request's trace headers with this hop's: `traceparent` and the `x-b3-*` headers
+/// always, the single `b3` header when the request came with one, `tracestate` when it came
+/// with a valid one alongside a valid `traceparent`. Whatever else arrived (malformed values,
+/// stray `x-b3-parentspanid`) does not go on.
+pub fn write(headers: &mut HeaderMap, out: &Outgoing, keep_tracestate: bool) {
+    if has_trace_headers(headers) {
+        let tracestate = if keep_tracestate { headers.remove(&TRACESTATE) } else { None };
+        for name in [&TRACEPARENT, &TRACESTATE, &B3, &X_B3_TRACEID, &X_B3_SPANID, &X_B3_PARENTSPANID, &X_B3_SAMPLED, &X_B3_FLAGS]
+        {
+            headers.remove(name);
+        }
+        if let Some(state) = tracestate.filter(valid_tracestate) {
+            headers.insert(TRACESTATE.clone(), state);
+        }
+    }
+    let mut buf = [0u8; 68];
+    // traceparent: 00-{32}-{16}-{2}
+    let n = format_traceparent(&mut buf, out);
+    insert(headers, &TRACEPARENT, &buf[..n]);
+    let trace_len = if out.short_trace_id { 16 } else { 32 };
+    let n = put_hex(&mut buf, out.trace_id, trace_len);
+    insert(headers, &X_B3_TRACEID, &buf[..n]);
+    let n = put_hex(&mut buf, u128::from(out.span_id), 16);
+    insert(headers, &X_B3_SPANID, &buf[..n]);
+    if let Some(parent) = out.parent_id {
+        let n = put_hex(&mut buf, u128::from(parent), 16);
+        insert(headers, &X_B3_PARENTSPANID, &buf[..n]);
+    }
+    headers.insert(X_B3_SAMPLED.clone(), HeaderValue::from_static(if out.sampled { "1" } else { "0" }));
+    if out.debug {
+        headers.insert(X_B3_FLAGS.clone(), HeaderValue::from_static("1"));
+    }
+    if out.single_b3 {
+        let n = format_single_b3(&mut buf, out);
+        insert(headers, &B3, &buf[..n]);
+    }
+}
+
+fn insert(headers: &mut HeaderMap, name: &HeaderName, value: &[u8]) {
+    // Hex digits and dashes only: always a valid header value.
+    if let Ok(value) = HeaderValue::from_bytes(value) {
+        headers.insert(name.clone(), value);
+    }
+}
+
+pub fn format_traceparent(buf: &mut [u8; 68], out: &Outgoing) -> usize {
+    buf[..3].copy_from_slice(b"00-");
+    put_hex_at(buf, 3, out.trace_id, 32);
+    buf[35] = b'-';
+    put_hex_at(buf, 36, u128::from(out.span_id), 16);
+    buf[52] = b'-';
+    buf[53] = b'0';
+    buf[54] = if out.sampled { b'1' } else { b'0' };
+    55
+}
+
+fn format_single_b3(buf: &mut [u8; 68], out: &Outgoing) -> usize {
+    let trace_len = if out.short_trace_id { 16 } else { 32 };
+    let mut at = put_hex_at(buf, 0, out.trace_id, trace_len);
+    buf[at] = b'-';
+    at = put_hex_at(buf, at + 1, u128::from(out.span_id), 16);
+    buf[at] = b'-';
+    buf[at + 1] = if out.debug {
+        b'd'
+    } else if out.sampled {
+        b'1'
+    } else {
+        b'0'
+    };
+    at += 2;
+    if let Some(parent) = out.parent_id {
+        buf[at] = b'-';
+        at = put_hex_at(buf, at + 1, u128::from(parent), 16);
+    }
+    at
+}
+
+fn put_hex(buf: &mut [u8; 68], value: u128, digits: usize) -> usize {
+    put_hex_at(buf, 0, value, digits)
+}
+
+/// Writes the low `digits` hex digits of `value` at `at`; returns the end.
+fn put_hex_at(buf: &mut [u8], at: usize, value: u128, digits: usize) -> usize {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    for i in 0..digits {
+        let shift = 4 * (digits - 1 - i);
+        buf[at + i] = HEX[((value >> shift) & 0xf) as usize];
+    }
+    at + digits
+}
+
+/// Lower-case hex of an id, for the exporters.
+pub fn hex_id(value: u128, digits: usize) -> String {
+    let mut buf = [0u8; 32];
+    put_hex_at(&mut buf, 0, value, digits);
+    String::from_utf8_lossy(&buf[..digits]).into_owned()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn headers(pairs: &[(&str, &str)]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for (k, v) in pairs {
+            h.append(HeaderName::from_bytes(k.as_bytes()).unwrap(), HeaderValue::from_str(v).unwrap());
+        }
+        h
+    }
+
+    const TP: &str = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+
+    #[test]
+    fn a_valid_traceparent_is_read() {
+        let (parent, sampled) = parse_traceparent(TP.as_bytes()).unwrap();
+        assert_eq!(parent.trace_id, 0x4bf92f3577b34da6a3ce929d0e0e4736);
+        assert_eq!(parent.span_id, 0x00f067aa0ba902b7);
+        assert!(sampled && parent.w3c);
+        let (_, sampled) = parse_traceparent(&TP.as_bytes()[..54].iter().chain(b"0").copied().collect::<Vec<_>>()).unwrap();
+        assert!(!sampled);
+        // A later version may carry more fields.
+        let future = "01-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01-extra";
+        assert!(parse_traceparent(future.as_bytes()).is_some());
+    }
+
+    #[test]
+    fn malformed_traceparents_are_ignored() {
+        let long = format!("{TP}{}", "0".repeat(10_000));
+        let cases = [
+            "",
+            "00",
+            "garbage",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-0",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-011",
+            "00-00000000000000000000000000000000-00f067aa0ba902b7-01",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-0000000000000000-01",
+            "00-4BF92F3577B34DA6A3CE929D0E0E4736-00f067aa0ba902b7-01",
+            "ff-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+            "00_4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+            "00-4bf92f3577b34da6a3ce929d0e0e473g-00f067aa0ba902b7-01",
+            "0x-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+            "01-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01x",
+            "00-+bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+            long.as_str(),
+        ];
+        for case in cases {
+            assert_eq!(parse_traceparent(case.as_bytes()), None, "{case:?}");
+        }
+        // Not UTF-8, control bytes.
+        assert_eq!(parse_traceparent(&[0xff; 55]), None);
+        assert_eq!(parse_traceparent(&[0u8; 55]), None);
+    }
+
+    #[test]
+    fn single_b3_forms() {
+        let full = parse_b3_single(b"80f198ee56343ba864fe8b2a57d3eff7-e457b5a2e4d86bd1-1-05e3ac9a4f6e3b90").unwrap();
+        let parent = full.parent.unwrap();
+        assert_eq!(parent.trace_id, 0x80f198ee56343ba864fe8b2a57d3eff7);
+        assert_eq!(parent.span_id, 0xe457b5a2e4d86bd1);
+        assert_eq!(full.sampled, Some(true));
+        let short = parse_b3_single(b"64fe8b2a57d3eff7-e457b5a2e4d86bd1").unwrap();
+        assert!(short.parent.unwrap().short_trace_id);
+        assert_eq!(short.sampled, None);
+        let debug = parse_b3_single(b"64fe8b2a57d3eff7-e457b5a2e4d86bd1-d").unwrap();
+        assert!(debug.debug && debug.sampled == Some(true));
+        assert_eq!(parse_b3_single(b"0").unwrap(), SingleB3 { parent: None, sampled: Some(false), debug: false });
+        for bad in [
+            &b""[..],
+            b"-",
+            b"x",
+            b"2",
+            b"64fe8b2a57d3eff7",
+            b"64fe8b2a57d3eff7-",
+            b"64fe8b2a57d3eff7-e457b5a2e4d86bd1-2",
+            b"64fe8b2a57d3eff7-e457b5a2e4d86bd1-1-05e3ac9a4f6e3b90-x",
+            b"64fe8b2a57d3eff-e457b5a2e4d86bd1",
+            b"0000000000000000-e457b5a2e4d86bd1",
+            b"64fe8b2a57d3eff7-0000000000000000",
+            b"64fe8b2a57d3eff7-e457b5a2e4d86bd1-1-0000000000000000",
+            b"64fe8b2a57d3eff7-e457b5a2e4d86bd1-1-zz",
+            b"64fe8b2a57d3eff7----",
+        ] {
+            assert_eq!(parse_b3_single(bad), None, "{:?}", String::from_utf8_lossy(bad));
+        }
+    }
+
+    #[test]
+    fn multi_b3_needs_both_ids_and_valid_values() {
+        let h = headers(&[
+            ("x-b3-traceid", "463ac35c9f6413ad48485a3953bb6124"),
+            ("x-b3-spanid", "a2fb4a1d1a96d312"),
+            ("x-b3-parentspanid", "0020000000000001"),
+            ("x-b3-sampled", "1"),
+        ]);
+        let incoming = Incoming::read(&h);
+        assert_eq!(incoming.parent.unwrap().span_id, 0xa2fb4a1d1a96d312);
+        assert_eq!(incoming.sampled, Some(true));
+        let only_trace = headers(&[("x-b3-traceid", "463ac35c9f6413ad48485a3953bb6124"), ("x-b3-sampled", "0")]);
+        let incoming = Incoming::read(&only_trace);
+        assert_eq!((incoming.parent, incoming.sampled), (None, Some(false)), "a decision alone counts");
+        let bad_parent = headers(&[
+            ("x-b3-traceid", "463ac35c9f6413ad48485a3953bb6124"),
+            ("x-b3-spanid", "a2fb4a1d1a96d312"),
+            ("x-b3-parentspanid", "nope"),
+        ]);
+        assert_eq!(Incoming::read(&bad_parent).parent, None);
+        let debug = headers(&[("x-b3-flags", "1")]);
+        assert_eq!(Incoming::read(&debug).sampled, Some(true));
+        let junk = headers(&[("x-b3-traceid", "x"), ("x-b3-spanid", "y"), ("x-b3-sampled", "maybe")]);
+        assert_eq!(Incoming::read(&junk), Incoming::default());
+    }
+
+    #[test]
+    fn w3c_wins_over_b3_and_a_bad_one_falls_back() {
+        let h = headers(&[("traceparent", TP), ("b3", "64fe8b2a57d3eff7-e457b5a2e4d86bd1-0")]);
+        let incoming = Incoming::read(&h);
+        assert!(incoming.parent.unwrap().w3c && incoming.single_b3);
+        assert_eq!(incoming.sampled, Some(true));
+        let h = headers(&[("traceparent", "00-bad"), ("b3", "64fe8b2a57d3eff7-e457b5a2e4d86bd1-0")]);
+        let incoming = Incoming::read(&h);
+        assert_eq!(incoming.parent.unwrap().span_id, 0xe457b5a2e4d86bd1);
+        assert_eq!(incoming.sampled, Some(false));
+    }
+
+    #[test]
+    fn written_headers_replace_the_incoming_ones() {
+        let mut h = headers(&[
+            ("traceparent", "00-garbage"),
+            ("tracestate", "vendor=1"),
+            ("b3", "nonsense"),
+            ("x-b3-parentspanid", "stray"),
+            ("x-kept", "yes"),
+        ]);
+        let out = Outgoing {
+            trace_id: 0xab,
+            span_id: 0xcd,
+            parent_id: Some(0xef),
+            sampled: true,
+            debug: false,
+            short_trace_id: false,
+            single_b3: true,
+        };
+        write(&mut h, &out, false);
+        assert_eq!(h.get("traceparent").unwrap(), "00-000000000000000000000000000000ab-00000000000000cd-01");
+        assert_eq!(h.get("x-b3-traceid").unwrap(), "000000000000000000000000000000ab");
+        assert_eq!(h.get("x-b3-spanid").unwrap(), "00000000000000cd");
+        assert_eq!(h.get("x-b3-parentspanid").unwrap(), "00000000000000ef");
+        assert_eq!(h.get("x-b3-sampled").unwrap(), "1");
+        assert_eq!(h.get("b3").unwrap(), "000000000000000000000000000000ab-00000000000000cd-1-00000000000000ef");
+        assert!(h.get("tracestate").is_none(), "no valid traceparent came with it");
+        assert_eq!(h.get("x-kept").unwrap(), "yes");
+        // Each written value reads back as what was written.
+        let back = Incoming::read(&h);
+        assert_eq!(back.parent.unwrap().span_id, 0xcd);
+        assert_eq!(parse_b3_single(h.get("b3").unwrap().as_bytes()).unwrap().parent.unwrap().trace_id, 0xab);
+    }
+
+    #[test]
+    fn tracestate_is_kept_only_when_valid() {
+        let mut h = headers(&[("traceparent", TP), ("tracestate", "congo=t61rcWkgMzE")]);
+        let out = Outgoing {
+            trace_id: 1,
+            span_id: 2,
+            parent_id: None,
+            sampled: false,
+            debug: false,
+            short_trace_id: true,
+            single_b3: false,
+        };
+        write(&mut h, &out, true);
+        assert_eq!(h.get("tracestate").unwrap(), "congo=t61rcWkgMzE");
+        assert_eq!(h.get("x-b3-traceid").unwrap(), "0000000000000001", "64-bit ids stay 64-bit in B3");
+        assert!(h.get("b3").is_none() && h.get("x-b3-parentspanid").is_none());
+        let huge = HeaderValue::from_str(&"a=b,".repeat(200)).unwrap();
+        assert!(!valid_tracestate(&huge));
+    }
+}
