@@ -83,7 +83,12 @@ pub(crate) fn readiness(proxy: &Proxy) -> Response<Body> {
 
 /// The proxy's metrics in Prometheus' text format.
 pub(crate) fn prometheus(proxy: &Proxy) -> Response<Body> {
-    let mut response = Response::new(full(Bytes::from(proxy.metrics.render())));
+    prometheus_page(proxy.metrics.render())
+}
+
+/// A page of metrics in Prometheus' text format.
+pub(crate) fn prometheus_page(page: String) -> Response<Body> {
+    let mut response = Response::new(full(Bytes::from(page)));
     response.headers_mut().insert(
         header::CONTENT_TYPE,
         http::HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),

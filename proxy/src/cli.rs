@@ -212,7 +212,17 @@ where
             return ExitCode::from(2);
         }
     };
-    let status = status_port(args.status_port, from_env.status_port).map(|port| (port, probers));
+    let status = match status_port(args.status_port, from_env.status_port) {
+        None => None,
+        // Istio's agent refuses to start on a bad one too: it is a broken injection.
+        Some(port) => match crate::app_health::AppMetricsTarget::from_env(port) {
+            Ok(app_metrics) => Some((port, probers, app_metrics)),
+            Err(e) => {
+                eprintln!("trellis-proxy: {e}");
+                return ExitCode::from(2);
+            }
+        },
+    };
     let filter = EnvFilter::try_new(log_filter(&args)).unwrap_or_else(|_| EnvFilter::new("info"));
     let (filter, handle) = tracing_subscriber::reload::Layer::new(filter);
     tracing_subscriber::registry()
@@ -368,6 +378,33 @@ fn secure_xds(address: &str, args: &Args) -> Result<Option<crate::xds::SecureXds
     }))
 }
 
+/// The metrics, with this proxy's own labels: its workload from the environment, its app,
+/// version and canonical service and revision from its pod's labels (as the xDS node carries
+/// them, else read the same way), its cluster from ISTIO_META_CLUSTER_ID (Istio's default
+/// `Kubernetes`).
+fn local_metrics(args: &Args, xds: Option<&XdsOptions>) -> Metrics {
+    let labels = match xds {
+        Some(xds) => xds.node.labels.clone(),
+        None => match std::env::var("ISTIO_METAJSON_LABELS") {
+            Ok(json) => serde_json::from_str(&json).unwrap_or_else(|e| {
+                tracing::warn!("ISTIO_METAJSON_LABELS: {e}; the metrics name no app or version");
+                Default::default()
+            }),
+            Err(_) => std::fs::read_to_string(&args.pod_labels_file)
+                .ok()
+                .and_then(|text| parse_labels(&text).ok())
+                .unwrap_or_default(),
+        },
+    };
+    let cluster = std::env::var("ISTIO_META_CLUSTER_ID")
+        .ok()
+        .filter(|c| !c.is_empty())
+        .unwrap_or_else(|| trellis_api::workload::DEFAULT_CLUSTER_ID.to_owned());
+    let workload = Workload::from_env();
+    let local = workload.labels(&labels, &cluster);
+    Metrics::with_labels(workload, local)
+}
+
 /// The downward API's label file: `key="value"` per line, the value quoted as in Go.
 fn parse_labels(text: &str) -> Result<std::collections::BTreeMap<String, String>, String> {
     text.lines()
@@ -388,7 +425,7 @@ async fn serve(
     log_control: LogControl,
     xds: Option<XdsOptions>,
     identity: Option<crate::Identity>,
-    status: Option<(u16, crate::app_health::AppProbers)>,
+    status: Option<(u16, crate::app_health::AppProbers, Option<crate::app_health::AppMetricsTarget>)>,
 ) -> ExitCode {
     let any = |port| match args.listen_address {
         Some(ip) => vec![SocketAddr::new(ip, port)],
@@ -400,6 +437,7 @@ async fn serve(
     };
     // The admin port is never reachable from outside the host.
     let admin_ip = args.listen_address.filter(IpAddr::is_loopback).unwrap_or(IpAddr::V4(Ipv4Addr::LOCALHOST));
+    let metrics = local_metrics(&args, xds.as_ref());
     let options = Options {
         outbound: any(args.outbound_port),
         inbound: any(args.inbound_port),
@@ -411,7 +449,7 @@ async fn serve(
         explicit_inbound: args.explicit_inbound,
         identity,
     };
-    let running = match crate::start(options, Metrics::new(Workload::from_env()), Some(log_control)) {
+    let running = match crate::start(options, metrics, Some(log_control)) {
         Ok(r) => r,
         Err(e) => {
             eprintln!("trellis-proxy: {e}");
@@ -419,14 +457,14 @@ async fn serve(
         }
     };
     let status = match status {
-        Some((port, probers)) => {
+        Some((port, probers, app_metrics)) => {
             // The app listens on localhost (or every address) in its pod; next to other pods on
             // one host (--listen-address), on its pod's own address.
             let app_host = args
                 .listen_address
                 .filter(|ip| !ip.is_unspecified())
                 .unwrap_or(IpAddr::V4(Ipv4Addr::LOCALHOST));
-            match crate::app_health::start(&running.proxy, &any(port), probers, app_host) {
+            match crate::app_health::start_merging(&running.proxy, &any(port), probers, app_metrics, app_host) {
                 Ok(bound) => bound,
                 Err(e) => {
                     eprintln!("trellis-proxy: {e}");

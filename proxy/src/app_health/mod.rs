@@ -5,8 +5,10 @@
 //! over the originals in `ISTIO_KUBE_APP_PROBERS` (`probers`). Each GET runs the original probe
 //! against the app now (`probe`, `grpc`) and answers 200, or 503 with the reason;
 //! `/healthz/ready` answers as the readiness port does, `/stats/prometheus` serves the proxy's
-//! metrics (not merged with the app's); anything else is 404.
+//! metrics merged with the app's (`app_metrics`); anything else is 404.
 
+mod app_metrics;
+mod exposition;
 pub mod grpc;
 mod probe;
 mod probers;
@@ -18,6 +20,7 @@ use http::{Method, Request, Response, StatusCode};
 use hyper::body::Incoming;
 use tokio::sync::Semaphore;
 
+pub use app_metrics::{AppMetricsTarget, MAX_APP_METRICS_BYTES, SCRAPE_CONFIG_ENV, ScrapeConfigError};
 pub use probers::{Action, AppProbers, HttpGet, MAX_PROBERS_LEN, PROBERS_ENV, Prober, ProbersError, Scheme};
 
 use crate::forward::text;
@@ -36,6 +39,7 @@ struct Status {
     /// Where the app listens when a probe names no host.
     app_host: String,
     in_flight: Semaphore,
+    app_metrics: app_metrics::AppMetrics,
 }
 
 /// Binds the status port on `addrs` and serves it (on the current tokio runtime); the
@@ -44,6 +48,18 @@ pub fn start(
     proxy: &Arc<Proxy>,
     addrs: &[SocketAddr],
     probers: AppProbers,
+    app_host: std::net::IpAddr,
+) -> Result<Vec<SocketAddr>, StartError> {
+    start_merging(proxy, addrs, probers, None, app_host)
+}
+
+/// [`start`], with the app's metrics (at `app_metrics`, on `app_host`) merged into
+/// `/stats/prometheus`.
+pub fn start_merging(
+    proxy: &Arc<Proxy>,
+    addrs: &[SocketAddr],
+    probers: AppProbers,
+    app_metrics: Option<AppMetricsTarget>,
     app_host: std::net::IpAddr,
 ) -> Result<Vec<SocketAddr>, StartError> {
     let listeners = addrs
@@ -59,10 +75,15 @@ pub fn start(
     for (path, reason) in probers.problems() {
         tracing::warn!(probe = path, %reason, "this app probe cannot run; the kubelet gets 503 for it");
     }
+    if let Some(target) = &app_metrics {
+        tracing::info!(port = target.port, path = %target.path, "status port merging the app's metrics");
+    }
+    let app_host = app_host.to_string();
     let status = Arc::new(Status {
         proxy: proxy.clone(),
         probers,
-        app_host: app_host.to_string(),
+        app_metrics: app_metrics::AppMetrics::new(app_metrics, &app_host),
+        app_host,
         in_flight: Semaphore::new(MAX_PROBES_IN_FLIGHT),
     });
     for listener in listeners {
@@ -82,10 +103,11 @@ async fn answer(request: Request<Incoming>, status: Arc<Status>) -> Response<Bod
     if path == "/healthz/ready" {
         return crate::admin::readiness(&status.proxy);
     }
-    // Where Istio's pods are scraped (prometheus.io/port: 15020). Only the proxy's own series:
-    // the app's are not merged in.
+    // Where Istio's pods are scraped (prometheus.io/port: 15020): the proxy's series and the
+    // app's, on one page.
     if path == "/stats/prometheus" {
-        return crate::admin::prometheus(&status.proxy);
+        let page = status.app_metrics.page(status.proxy.metrics.render(), request.headers()).await;
+        return crate::admin::prometheus_page(page);
     }
     let Some(prober) = status.probers.get(path) else {
         return match status.probers.unusable(path) {
