@@ -371,8 +371,8 @@ impl Snapshot {
             &config,
             previous.and_then(|p| p.inbound_rate_limit.as_ref()),
         )?;
-        let tracing =
-            crate::trace::Tracing::compile(config.tracing.as_ref(), previous.and_then(|p| p.tracing.as_ref()))?;
+        let previous_tracing = previous.and_then(|p| p.tracing.as_ref());
+        let tracing = crate::trace::Tracing::compile(config.tracing.as_ref(), previous_tracing)?;
         let access_logs = crate::access_log::AccessLogs::compile(
             &config.access_logs,
             previous.and_then(|p| p.access_logs.as_deref()),

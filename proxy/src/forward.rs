@@ -93,9 +93,9 @@ pub async fn handle(mut request: Request<Incoming>, conn: &Conn, proxy: &Arc<Pro
         None => "",
     };
     let span = span.map(|mut span| {
-        let (status, security) = (outcome.response.status().as_u16(), &outcome.security);
-        let cluster = outcome.cluster.as_ref();
-        span.answered(status, outcome.flags, &outcome.service, cluster, &outcome.request_bytes, security.peer.as_ref());
+        let (status, peer) = (outcome.response.status().as_u16(), outcome.security.peer.as_ref());
+        let (cluster, bytes) = (outcome.cluster.as_ref(), &outcome.request_bytes);
+        span.answered(status, outcome.flags, &outcome.service, cluster, bytes, peer);
         span
     });
     if let Some(entry) = logged.as_mut() {

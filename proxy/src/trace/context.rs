@@ -65,8 +65,14 @@ impl Incoming {
     /// without ids.
     pub fn read(headers: &HeaderMap) -> Incoming {
         let mut incoming = Incoming::default();
-        if let Some((parent, sampled)) = headers.get(&TRACEPARENT).and_then(|v| parse_traceparent(v.as_bytes()))
+        if let Some((mut parent, sampled)) =
+            headers.get(&TRACEPARENT).and_then(|v| parse_traceparent(v.as_bytes()))
         {
+            // A 64-bit B3 trace id beside it (a previous hop wrote both) stays 64-bit in B3.
+            parent.short_trace_id = headers
+                .get(&X_B3_TRACEID)
+                .and_then(|v| b3_trace_id(v.as_bytes()))
+                .is_some_and(|(id, short)| short && id == parent.trace_id);
             incoming.parent = Some(parent);
             incoming.sampled = Some(sampled);
         }
@@ -172,7 +178,8 @@ fn parse_b3_multi(headers: &HeaderMap) -> (Option<Parent>, Option<bool>, bool) {
     let debug = headers.get(&X_B3_FLAGS).is_some_and(|v| v.as_bytes() == b"1");
     let parent = match (headers.get(&X_B3_TRACEID), headers.get(&X_B3_SPANID)) {
         (Some(trace), Some(span)) => {
-            let parent_ok = headers.get(&X_B3_PARENTSPANID).is_none_or(|p| b3_span_id(p.as_bytes()).is_some());
+            let parent_ok =
+                headers.get(&X_B3_PARENTSPANID).is_none_or(|p| b3_span_id(p.as_bytes()).is_some());
             match (b3_trace_id(trace.as_bytes()), b3_span_id(span.as_bytes())) {
                 (Some((trace_id, short_trace_id)), Some(span_id)) if parent_ok => {
                     Some(Parent { trace_id, span_id, short_trace_id, w3c: false })
@@ -252,8 +259,16 @@ pub fn valid_tracestate(value: &HeaderValue) -> bool {
 pub fn write(headers: &mut HeaderMap, out: &Outgoing, keep_tracestate: bool) {
     if has_trace_headers(headers) {
         let tracestate = if keep_tracestate { headers.remove(&TRACESTATE) } else { None };
-        for name in [&TRACEPARENT, &TRACESTATE, &B3, &X_B3_TRACEID, &X_B3_SPANID, &X_B3_PARENTSPANID, &X_B3_SAMPLED, &X_B3_FLAGS]
-        {
+        for name in [
+            &TRACEPARENT,
+            &TRACESTATE,
+            &B3,
+            &X_B3_TRACEID,
+            &X_B3_SPANID,
+            &X_B3_PARENTSPANID,
+            &X_B3_SAMPLED,
+            &X_B3_FLAGS,
+        ] {
             headers.remove(name);
         }
         if let Some(state) = tracestate.filter(valid_tracestate) {
@@ -363,7 +378,8 @@ mod tests {
         assert_eq!(parent.trace_id, 0x4bf92f3577b34da6a3ce929d0e0e4736);
         assert_eq!(parent.span_id, 0x00f067aa0ba902b7);
         assert!(sampled && parent.w3c);
-        let (_, sampled) = parse_traceparent(&TP.as_bytes()[..54].iter().chain(b"0").copied().collect::<Vec<_>>()).unwrap();
+        let (_, sampled) =
+            parse_traceparent(&TP.as_bytes()[..54].iter().chain(b"0").copied().collect::<Vec<_>>()).unwrap();
         assert!(!sampled);
         // A later version may carry more fields.
         let future = "01-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01-extra";
@@ -400,7 +416,8 @@ mod tests {
 
     #[test]
     fn single_b3_forms() {
-        let full = parse_b3_single(b"80f198ee56343ba864fe8b2a57d3eff7-e457b5a2e4d86bd1-1-05e3ac9a4f6e3b90").unwrap();
+        let full =
+            parse_b3_single(b"80f198ee56343ba864fe8b2a57d3eff7-e457b5a2e4d86bd1-1-05e3ac9a4f6e3b90").unwrap();
         let parent = full.parent.unwrap();
         assert_eq!(parent.trace_id, 0x80f198ee56343ba864fe8b2a57d3eff7);
         assert_eq!(parent.span_id, 0xe457b5a2e4d86bd1);
@@ -410,7 +427,10 @@ mod tests {
         assert_eq!(short.sampled, None);
         let debug = parse_b3_single(b"64fe8b2a57d3eff7-e457b5a2e4d86bd1-d").unwrap();
         assert!(debug.debug && debug.sampled == Some(true));
-        assert_eq!(parse_b3_single(b"0").unwrap(), SingleB3 { parent: None, sampled: Some(false), debug: false });
+        assert_eq!(
+            parse_b3_single(b"0").unwrap(),
+            SingleB3 { parent: None, sampled: Some(false), debug: false }
+        );
         for bad in [
             &b""[..],
             b"-",
@@ -442,7 +462,8 @@ mod tests {
         let incoming = Incoming::read(&h);
         assert_eq!(incoming.parent.unwrap().span_id, 0xa2fb4a1d1a96d312);
         assert_eq!(incoming.sampled, Some(true));
-        let only_trace = headers(&[("x-b3-traceid", "463ac35c9f6413ad48485a3953bb6124"), ("x-b3-sampled", "0")]);
+        let only_trace =
+            headers(&[("x-b3-traceid", "463ac35c9f6413ad48485a3953bb6124"), ("x-b3-sampled", "0")]);
         let incoming = Incoming::read(&only_trace);
         assert_eq!((incoming.parent, incoming.sampled), (None, Some(false)), "a decision alone counts");
         let bad_parent = headers(&[
@@ -493,7 +514,10 @@ mod tests {
         assert_eq!(h.get("x-b3-spanid").unwrap(), "00000000000000cd");
         assert_eq!(h.get("x-b3-parentspanid").unwrap(), "00000000000000ef");
         assert_eq!(h.get("x-b3-sampled").unwrap(), "1");
-        assert_eq!(h.get("b3").unwrap(), "000000000000000000000000000000ab-00000000000000cd-1-00000000000000ef");
+        assert_eq!(
+            h.get("b3").unwrap(),
+            "000000000000000000000000000000ab-00000000000000cd-1-00000000000000ef"
+        );
         assert!(h.get("tracestate").is_none(), "no valid traceparent came with it");
         assert_eq!(h.get("x-kept").unwrap(), "yes");
         // Each written value reads back as what was written.

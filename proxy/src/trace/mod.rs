@@ -87,9 +87,12 @@ impl Tracing {
                 return Err(err(format!("{field}.tag"), "required"));
             }
             let name: Arc<str> = tag.tag.as_str().into();
-            let or_default = |v: &pb::TracingValueFrom| (!v.default_value.is_empty()).then(|| v.default_value.clone());
+            let or_default =
+                |v: &pb::TracingValueFrom| (!v.default_value.is_empty()).then(|| v.default_value.clone());
             match &tag.kind {
-                Some(pb::tracing_custom_tag::Kind::Literal(value)) => literal_tags.push((name, value.clone())),
+                Some(pb::tracing_custom_tag::Kind::Literal(value)) => {
+                    literal_tags.push((name, value.clone()))
+                }
                 Some(pb::tracing_custom_tag::Kind::Environment(from)) => {
                     // Read once: the proxy's environment does not change.
                     let value = std::env::var(&from.name).ok().or_else(|| or_default(from));
@@ -103,7 +106,12 @@ impl Tracing {
                     })?;
                     header_tags.push(HeaderTag { tag: name, header, default: or_default(from) });
                 }
-                None => return Err(err(format!("{field}.kind"), "one of literal, header, environment is required")),
+                None => {
+                    return Err(err(
+                        format!("{field}.kind"),
+                        "one of literal, header, environment is required",
+                    ));
+                }
             }
         }
         let exporter = match &config.provider {
@@ -210,7 +218,10 @@ mod tests {
     fn custom_tags_compile_and_bad_ones_name_their_field() {
         let mut c = config(1.0);
         c.custom_tags = vec![
-            pb::TracingCustomTag { tag: "env".into(), kind: Some(pb::tracing_custom_tag::Kind::Literal("prod".into())) },
+            pb::TracingCustomTag {
+                tag: "env".into(),
+                kind: Some(pb::tracing_custom_tag::Kind::Literal("prod".into())),
+            },
             pb::TracingCustomTag {
                 tag: "from-env".into(),
                 kind: Some(pb::tracing_custom_tag::Kind::Environment(pb::TracingValueFrom {

@@ -63,11 +63,7 @@ impl LocalNode {
     pub fn resolve(config: Option<&pb::TracingNode>) -> LocalNode {
         let env = from_env();
         let pick = |configured: Option<&String>, fallback: Option<&String>, default: &str| {
-            configured
-                .filter(|v| !v.is_empty())
-                .or(fallback)
-                .cloned()
-                .unwrap_or_else(|| default.to_owned())
+            configured.filter(|v| !v.is_empty()).or(fallback).cloned().unwrap_or_else(|| default.to_owned())
         };
         let label = |names: &[&str]| names.iter().find_map(|n| env.labels.get(*n));
         let c = config.cloned().unwrap_or_default();

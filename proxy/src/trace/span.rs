@@ -16,11 +16,11 @@ use hyper::body::{Body as HttpBody, Frame, SizeHint};
 
 use super::Tracing;
 use super::context::Outgoing;
+use crate::Proxy;
 use crate::body::RequestBytes;
 use crate::metrics::Metrics;
 use crate::serve::Conn;
 use crate::upstream::{Body, BoxError};
-use crate::Proxy;
 
 static X_REQUEST_ID: http::HeaderName = http::HeaderName::from_static("x-request-id");
 
@@ -100,7 +100,8 @@ impl Started {
             .or_else(|| request.headers().get(header::HOST).and_then(|h| h.to_str().ok()))
             .unwrap_or("");
         let default_port = conn.original.map_or(80, |o| o.port());
-        let (host, port) = crate::config::split_authority(authority, default_port).unwrap_or(("", default_port));
+        let (host, port) =
+            crate::config::split_authority(authority, default_port).unwrap_or(("", default_port));
         // The port dialled names the service, whatever the Host header says.
         let port = conn.original.map_or(port, |o| o.port());
         let path = request.uri().path_and_query().map_or("/", |p| p.as_str());
@@ -292,7 +293,10 @@ impl HttpBody for Finishing {
     type Data = Bytes;
     type Error = BoxError;
 
-    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let this = self.get_mut();
         let frame = ready!(Pin::new(&mut this.inner).poll_frame(cx));
         if let Some(Ok(frame)) = &frame

@@ -79,7 +79,9 @@ impl Exporter {
             return Err(err("addresses", "at least one collector address is required"));
         }
         for (i, address) in provider.addresses.iter().enumerate() {
-            if crate::config::split_authority(address, 0).is_none_or(|(host, port)| host.is_empty() || port == 0) {
+            if crate::config::split_authority(address, 0)
+                .is_none_or(|(host, port)| host.is_empty() || port == 0)
+            {
                 return Err(err(&format!("addresses[{i}]"), format!("{address:?} is not host:port")));
             }
         }
@@ -118,8 +120,12 @@ impl Exporter {
             })
         };
         let sink = match &provider.kind {
-            Some(pb::tracing_provider::Kind::Zipkin(z)) => Sink::Zipkin(http(&z.path, "/api/v2/spans", &Default::default())?),
-            Some(pb::tracing_provider::Kind::OtlpHttp(h)) => Sink::OtlpHttp(http(&h.path, "/v1/traces", &h.headers)?),
+            Some(pb::tracing_provider::Kind::Zipkin(z)) => {
+                Sink::Zipkin(http(&z.path, "/api/v2/spans", &Default::default())?)
+            }
+            Some(pb::tracing_provider::Kind::OtlpHttp(h)) => {
+                Sink::OtlpHttp(http(&h.path, "/v1/traces", &h.headers)?)
+            }
             Some(pb::tracing_provider::Kind::OtlpGrpc(g)) => {
                 Sink::OtlpGrpc(otlp::GrpcTarget::compile(&provider.addresses, authority_text, g, timeout)?)
             }
@@ -142,7 +148,13 @@ impl Exporter {
         let queue = self.queue.get_or_init(|| {
             let runtime = tokio::runtime::Handle::try_current().ok()?;
             let (tx, rx) = mpsc::channel(QUEUE_CAPACITY);
-            runtime.spawn(run(rx, self.sink.clone(), self.provider.clone(), self.local.clone(), metrics.clone()));
+            runtime.spawn(run(
+                rx,
+                self.sink.clone(),
+                self.provider.clone(),
+                self.local.clone(),
+                metrics.clone(),
+            ));
             Some(tx)
         });
         let sent = queue.as_ref().is_some_and(|q| q.try_send(span).is_ok());
@@ -184,7 +196,9 @@ async fn run(
                 let body = otlp::encode(&batch, &local, provider.max_tag_length as usize);
                 post(target, "application/x-protobuf", body).await
             }
-            Sink::OtlpGrpc(target) => target.export(otlp::request(&batch, &local, provider.max_tag_length as usize)).await,
+            Sink::OtlpGrpc(target) => {
+                target.export(otlp::request(&batch, &local, provider.max_tag_length as usize)).await
+            }
         };
         match result {
             Ok(()) => metrics.trace_spans(&provider.name, "exported", count),
@@ -228,7 +242,11 @@ async fn post(target: &HttpTarget, content_type: &'static str, body: Bytes) -> R
             let status = response.status();
             // Read (bounded) so that the connection ends cleanly; the content is not needed.
             let _ = http_body_util::Limited::new(response.into_body(), MAX_ANSWER_BYTES).collect().await;
-            return if status.is_success() { Ok(()) } else { Err(format!("{address}: the collector answered {status}")) };
+            return if status.is_success() {
+                Ok(())
+            } else {
+                Err(format!("{address}: the collector answered {status}"))
+            };
         }
         Err(last)
     };

@@ -26,11 +26,17 @@ const IS_REMOTE: u32 = 0x200;
 fn string(key: &str, value: &str) -> common::KeyValue {
     common::KeyValue {
         key: key.to_owned(),
-        value: Some(common::AnyValue { value: Some(common::any_value::Value::StringValue(value.to_owned())) }),
+        value: Some(common::AnyValue {
+            value: Some(common::any_value::Value::StringValue(value.to_owned())),
+        }),
     }
 }
 
-pub(super) fn request(batch: &[SpanRecord], local: &LocalNode, max_tag_length: usize) -> collector::ExportTraceServiceRequest {
+pub(super) fn request(
+    batch: &[SpanRecord],
+    local: &LocalNode,
+    max_tag_length: usize,
+) -> collector::ExportTraceServiceRequest {
     let spans = batch
         .iter()
         .map(|s| trace::Span {
@@ -38,7 +44,8 @@ pub(super) fn request(batch: &[SpanRecord], local: &LocalNode, max_tag_length: u
             span_id: s.span_id.to_be_bytes().to_vec(),
             parent_span_id: s.parent_id.map(|p| p.to_be_bytes().to_vec()).unwrap_or_default(),
             // Every parent a proxy's span has came from another process.
-            flags: SAMPLED_FLAG | if s.parent_id.is_some() { HAS_IS_REMOTE | IS_REMOTE } else { HAS_IS_REMOTE },
+            flags: SAMPLED_FLAG
+                | if s.parent_id.is_some() { HAS_IS_REMOTE | IS_REMOTE } else { HAS_IS_REMOTE },
             name: s.name.clone(),
             kind: match s.kind {
                 Kind::Client => trace::span::SpanKind::Client,
@@ -95,7 +102,10 @@ impl GrpcTarget {
         config: &pb::TracingOtlpGrpc,
         timeout: Duration,
     ) -> Result<GrpcTarget, ConfigError> {
-        let err = |field: String, message: String| ConfigError { field: format!("tracing.provider.{field}"), message };
+        let err = |field: String, message: String| ConfigError {
+            field: format!("tracing.provider.{field}"),
+            message,
+        };
         let origin = format!("http://{authority}")
             .parse::<http::Uri>()
             .map_err(|_| err("authority".into(), format!("{authority:?} is not a host")))?;
@@ -110,9 +120,9 @@ impl GrpcTarget {
         }
         let mut metadata = Vec::with_capacity(config.initial_metadata.len());
         for (name, value) in &config.initial_metadata {
-            let key = name
-                .parse::<tonic::metadata::AsciiMetadataKey>()
-                .map_err(|_| err("otlp_grpc.initial_metadata".into(), format!("{name:?} is not a metadata key")))?;
+            let key = name.parse::<tonic::metadata::AsciiMetadataKey>().map_err(|_| {
+                err("otlp_grpc.initial_metadata".into(), format!("{name:?} is not a metadata key"))
+            })?;
             let value = value.parse::<tonic::metadata::AsciiMetadataValue>().map_err(|_| {
                 err(format!("otlp_grpc.initial_metadata.{name}"), "the value is not ASCII metadata".into())
             })?;
@@ -122,7 +132,8 @@ impl GrpcTarget {
     }
 
     pub(super) async fn export(&self, request: collector::ExportTraceServiceRequest) -> Result<(), String> {
-        let channels = self.channels.get_or_init(|| self.endpoints.iter().map(Endpoint::connect_lazy).collect());
+        let channels =
+            self.channels.get_or_init(|| self.endpoints.iter().map(Endpoint::connect_lazy).collect());
         let mut last = String::from("no address");
         for (endpoint, channel) in self.endpoints.iter().zip(channels) {
             let mut client = collector::trace_service_client::TraceServiceClient::new(channel.clone());
@@ -134,9 +145,10 @@ impl GrpcTarget {
             match tokio::time::timeout(self.timeout, client.export(call)).await {
                 Ok(Ok(answer)) => {
                     return match answer.into_inner().partial_success {
-                        Some(partial) if partial.rejected_spans > 0 => {
-                            Err(format!("the collector rejected {} spans: {}", partial.rejected_spans, partial.error_message))
-                        }
+                        Some(partial) if partial.rejected_spans > 0 => Err(format!(
+                            "the collector rejected {} spans: {}",
+                            partial.rejected_spans, partial.error_message
+                        )),
                         _ => Ok(()),
                     };
                 }
