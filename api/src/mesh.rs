@@ -1333,6 +1333,82 @@ mod tests {
         assert_eq!(bad.retry_budget().effective(), Some(DEFAULT), "bad values are left out");
     }
 
+    #[test]
+    fn tracing_providers_custom_tags_and_default_providers_are_read_and_checked() {
+        let text = r#"
+extensionProviders:
+- name: zipkin
+  zipkin: { service: zipkin.istio-system.svc.cluster.local, port: 9411, path: /api/v2/spans, maxTagLength: 64 }
+- name: otel
+  opentelemetry: { service: observability/otel, port: 4317, grpc: { timeout: 2s, initialMetadata: { x-key: v } } }
+- name: otel-http
+  opentelemetry: { service: otel.observability.svc.cluster.local, port: 4318, http: { path: /v1/traces, timeout: 1s, headers: { authorization: Bearer x } } }
+defaultProviders: { tracing: [otel, zipkin, nowhere] }
+defaultConfig:
+  tracing:
+    sampling: 12.5
+    maxPathTagLength: 300
+    customTags:
+      env: { literal: { value: prod } }
+      user: { header: { name: x-user, defaultValue: anon } }
+      pod: { environment: { name: POD_NAME } }
+"#;
+        let (mesh, unknown) = MeshConfig::from_yaml(text).unwrap();
+        assert!(unknown.is_empty(), "{unknown:?}");
+        assert_eq!(mesh.validate(), Vec::<String>::new());
+        assert_eq!(mesh.default_tracing_provider().map(|p| p.name.as_str()), Some("otel"));
+        let tracing = mesh.proxy_config().tracing.as_ref().unwrap();
+        assert_eq!((tracing.custom_tags.len(), tracing.max_path_tag_length), (3, Some(300)));
+        assert_eq!(
+            mesh.warnings(),
+            [
+                "defaultProviders.tracing[1]: \"zipkin\": only the first tracing provider is used, as in Istio",
+                "defaultProviders.tracing[2]: \"nowhere\" is not in extensionProviders; spans are not exported",
+            ]
+        );
+        let bad = r#"
+extensionProviders:
+- name: z
+  zipkin: { service: "", port: 0, path: api }
+- name: o
+  opentelemetry: { service: "bad host!", port: 70000, http: { path: "/x?y", headers: { "bad name": v } } }
+defaultConfig:
+  tracing:
+    sampling: 150
+    customTags:
+      none: {}
+      both: { literal: { value: a }, header: { name: x } }
+      badheader: { header: { name: "x y" } }
+"#;
+        let (mesh, _) = MeshConfig::from_yaml(bad).unwrap();
+        let errors = mesh.validate();
+        for field in [
+            "defaultConfig.tracing.sampling: 150 is out of range",
+            "defaultConfig.tracing.customTags.none: set one of",
+            "defaultConfig.tracing.customTags.both: set only one of",
+            "defaultConfig.tracing.customTags.badheader.header.name",
+            "extensionProviders[0].zipkin.service",
+            "extensionProviders[0].zipkin.port",
+            "extensionProviders[0].zipkin.path",
+            "extensionProviders[1].opentelemetry.service",
+            "extensionProviders[1].opentelemetry.port",
+            "extensionProviders[1].opentelemetry.http.path",
+            "extensionProviders[1].opentelemetry.http.headers",
+        ] {
+            assert!(errors.iter().any(|e| e.starts_with(field)), "{field} not in {errors:#?}");
+        }
+        let (not_tracing, _) = MeshConfig::from_yaml(
+            "extensionProviders: [{ name: authz, envoyExtAuthzGrpc: { service: opa.svc, port: 9191 } }]\ndefaultProviders: { tracing: [authz] }",
+        )
+        .unwrap();
+        assert_eq!(
+            not_tracing.warnings(),
+            [
+                "defaultProviders.tracing[0]: \"authz\" is not a tracing provider (zipkin or opentelemetry); spans are not exported"
+            ]
+        );
+    }
+
     const ISTIO_STYLE: &str = r#"
 # as found in the istio ConfigMap's "mesh" key
 trustDomain: example.org
@@ -1701,11 +1777,11 @@ extensionProviders:
   envoy_ext_authz_grpc:
     service: opa/opa.opa.svc.cluster.local
     port: 9191
-- name: zipkin
-  zipkin: {service: zipkin.istio-system.svc.cluster.local, port: 9411}
+- name: datadog
+  datadog: {service: datadog.istio-system.svc.cluster.local, port: 8126}
 "#;
         let (mesh, unknown) = MeshConfig::from_yaml(text).unwrap();
-        assert_eq!(unknown, ["extensionProviders[2].zipkin"]);
+        assert_eq!(unknown, ["extensionProviders[2].datadog"]);
         assert!(mesh.validate().is_empty(), "{:?}", mesh.validate());
         let http = mesh.extension_provider("oauth2-proxy").unwrap();
         let common = http.ext_authz().unwrap();
@@ -1724,7 +1800,7 @@ extensionProviders:
             mesh.warnings(),
             [
                 "extensionProviders[0].envoyExtAuthzHttp.includeRequestBodyInCheck: not supported by Trellis; the authorizer gets the request's headers only",
-                "extensionProviders[2]: not an external authorizer (envoyExtAuthzHttp or envoyExtAuthzGrpc); Trellis does not read other providers, and a CUSTOM policy naming \"zipkin\" denies",
+                "extensionProviders[2]: not an external authorizer (envoyExtAuthzHttp or envoyExtAuthzGrpc) or a tracing provider (zipkin, opentelemetry); Trellis does not read other providers, and a CUSTOM policy naming \"datadog\" denies",
             ]
         );
         let (again, _) = MeshConfig::from_yaml(&mesh.to_yaml().unwrap()).unwrap();

@@ -89,7 +89,9 @@ fn resolve_provider(model: &Model, provider: &ExtensionProvider) -> Option<pb::T
         return None;
     }
     let (service, port, max_tag_length, kind, timeout) = if let Some(z) = &provider.zipkin {
-        let kind = pb::tracing_provider::Kind::Zipkin(pb::TracingZipkin { path: z.path.clone().unwrap_or_default() });
+        let kind = pb::tracing_provider::Kind::Zipkin(pb::TracingZipkin {
+            path: z.path.clone().unwrap_or_default(),
+        });
         (&z.service, z.port, z.max_tag_length, kind, None)
     } else if let Some(o) = &provider.opentelemetry {
         match &o.http {
@@ -113,7 +115,7 @@ fn resolve_provider(model: &Model, provider: &ExtensionProvider) -> Option<pb::T
     };
     let port = u16::try_from(port).ok().filter(|p| *p != 0)?;
     let (namespace, host) = match service.split_once('/') {
-        Some((ns, host)) => (Some(ns), host.as_str()),
+        Some((ns, host)) => (Some(ns), host),
         None => (None, service.as_str()),
     };
     let hostname = resolve_host(host, namespace.unwrap_or(model.mesh.root_namespace()));
@@ -147,6 +149,7 @@ fn resolve_provider(model: &Model, provider: &ExtensionProvider) -> Option<pb::T
 
 #[cfg(test)]
 mod tests {
+    use super::config;
     use super::*;
     use crate::translate::test_support::*;
 
@@ -228,7 +231,8 @@ defaultProviders: { tracing: [otel] }
 
     #[test]
     fn legacy_zipkin_address_and_the_default_sampling() {
-        let m = with_mesh("defaultConfig: { tracing: { zipkin: { address: 'zipkin.istio-system:9411' } } }", "");
+        let m =
+            with_mesh("defaultConfig: { tracing: { zipkin: { address: 'zipkin.istio-system:9411' } } }", "");
         let c = config(&m, "shop").unwrap();
         assert_eq!(c.sampling_percent, 1.0, "Istio's default");
         let p = c.provider.unwrap();
