@@ -127,6 +127,7 @@ impl Held {
         config.virtual_hosts = self.decode_all(ResourceType::VirtualHost)?;
         config.clusters = self.decode_all(ResourceType::Cluster)?;
         config.endpoints = self.decode_all(ResourceType::Endpoints)?;
+        config.workloads = self.decode_all(ResourceType::Workload)?;
         Ok(config)
     }
 
@@ -151,6 +152,7 @@ fn describe(error: &ConfigError, held: &Held) -> String {
         ("virtual_hosts[", ResourceType::VirtualHost),
         ("clusters[", ResourceType::Cluster),
         ("endpoints[", ResourceType::Endpoints),
+        ("workloads[", ResourceType::Workload),
     ];
     for (prefix, kind) in lists {
         if let Some(rest) = error.field.strip_prefix(prefix)
@@ -353,11 +355,13 @@ impl Client {
                 unknown.push((kind, name.clone()));
             }
         }
-        let config = candidate.assemble()?;
+        let mut config = candidate.assemble()?;
+        crate::trace::fill_node(&mut config, &self.options.node);
         let current = self.proxy.config.load_full();
         let snapshot = Snapshot::compile_on_demand(config, current.version + 1, Some(&current))
             .map_err(|e| describe(&e, &candidate))?;
         self.held = candidate;
+        self.proxy.access_log.follow(&snapshot, &self.proxy.metrics);
         self.proxy.config.store(Arc::new(snapshot));
         if let Some(on_demand) = self.proxy.on_demand.get()
             && let Ok(mut names) = on_demand.unknown.write()

@@ -10,8 +10,9 @@ use prost::Message;
 use crate::config as pb;
 use crate::envoy::config::core::v3::Node;
 
-/// A kind of resource the proxy holds. The proxy subscribes to `Settings` and `Service` with
-/// a wildcard (every proxy needs them, and they are small); the rest on demand, by name.
+/// A kind of resource the proxy holds. The proxy subscribes to `Settings`, `Service` and
+/// `Workload` with a wildcard (every proxy needs them, and they are small); the rest on demand,
+/// by name.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum ResourceType {
     /// Mesh-wide settings for this proxy: a `ProxyConfig` with only its top-level fields, named
@@ -25,6 +26,9 @@ pub enum ResourceType {
     VirtualHost,
     /// `Service`: the address table, named by `name`.
     Service,
+    /// `MeshWorkload`: who runs at an address, for the metrics' peer labels; named by `uid`.
+    /// The same for every proxy (the control plane builds them once per push).
+    Workload,
 }
 
 pub const SETTINGS_NAME: &str = "settings";
@@ -33,8 +37,9 @@ impl ResourceType {
     /// Additions and updates are sent in this order, so a resource never arrives before what
     /// it refers to (a virtual host after its clusters, a cluster after its endpoints);
     /// removals go in the reverse order.
-    pub const PUSH_ORDER: [ResourceType; 5] = [
+    pub const PUSH_ORDER: [ResourceType; 6] = [
         ResourceType::Settings,
+        ResourceType::Workload,
         ResourceType::Endpoints,
         ResourceType::Cluster,
         ResourceType::VirtualHost,
@@ -48,6 +53,7 @@ impl ResourceType {
             ResourceType::Cluster => "type.googleapis.com/trellis.config.v1.Cluster",
             ResourceType::VirtualHost => "type.googleapis.com/trellis.config.v1.VirtualHost",
             ResourceType::Service => "type.googleapis.com/trellis.config.v1.Service",
+            ResourceType::Workload => "type.googleapis.com/trellis.config.v1.MeshWorkload",
         }
     }
 
@@ -63,13 +69,14 @@ impl ResourceType {
             ResourceType::Cluster => "cluster",
             ResourceType::VirtualHost => "virtualhost",
             ResourceType::Service => "service",
+            ResourceType::Workload => "workload",
         }
     }
 
     /// Whether the proxy subscribes to every resource of this type (wildcard) rather than by
     /// name.
     pub fn is_wildcard(self) -> bool {
-        matches!(self, ResourceType::Settings | ResourceType::Service)
+        matches!(self, ResourceType::Settings | ResourceType::Service | ResourceType::Workload)
     }
 }
 
@@ -100,6 +107,8 @@ pub fn settings_of(config: &pb::ProxyConfig) -> pb::ProxyConfig {
         workload_labels: config.workload_labels.clone(),
         inbound_local_rate_limit: config.inbound_local_rate_limit.clone(),
         inbound_global_rate_limit: config.inbound_global_rate_limit.clone(),
+        access_logs: config.access_logs.clone(),
+        tracing: config.tracing.clone(),
         ..Default::default()
     }
 }

@@ -186,6 +186,27 @@ pub fn begin<B>(request: &mut Request<B>, conn: &Conn, proxy: &Arc<Proxy>) -> Op
     Some(Started::new(request, conn, proxy, tracing, out, kind))
 }
 
+/// The xDS client knows who the proxy is (its node): the spans say so wherever the control
+/// plane's config left it out (the translation is shared by every proxy of a scope).
+pub fn fill_node(config: &mut pb::ProxyConfig, node: &trellis_xds::types::ProxyNode) {
+    let Some(tracing) = config.tracing.as_mut() else { return };
+    let n = tracing.node.get_or_insert_with(Default::default);
+    let label = |names: &[&str]| names.iter().find_map(|k| node.labels.get(*k)).cloned();
+    let fill = |field: &mut String, value: Option<String>| {
+        if field.is_empty()
+            && let Some(value) = value.filter(|v| !v.is_empty())
+        {
+            *field = value;
+        }
+    };
+    fill(&mut n.node_id, Some(node.id.clone()));
+    fill(&mut n.namespace, Some(node.namespace.clone()));
+    let service = label(&["service.istio.io/canonical-name", "app.kubernetes.io/name", "app"]);
+    fill(&mut n.canonical_service, service.or_else(|| Some(node.workload.clone())));
+    let revision = label(&["service.istio.io/canonical-revision", "app.kubernetes.io/version", "version"]);
+    fill(&mut n.canonical_revision, revision);
+}
+
 fn nonzero<T: PartialEq + Default>(draw: impl Fn(&mut rand::rngs::SmallRng) -> T) -> T {
     loop {
         let value = crate::with_fast_rng(&draw);
