@@ -6,6 +6,7 @@
 
 #![forbid(unsafe_code)]
 
+pub mod access_log;
 pub mod annotations;
 pub mod check;
 pub mod crds;
@@ -19,4 +20,6 @@ mod proto;
 pub mod resource;
 pub mod retry_budget;
 pub mod security;
+pub mod telemetry;
 pub mod validate;
+pub mod workload;

@@ -86,6 +86,9 @@ pub struct KubePod {
     /// The node it is scheduled on (empty until it is), whose topology labels give its
     /// locality.
     pub node_name: String,
+    /// Its workload's name as Istio's telemetry says it (the Deployment behind the pod), from
+    /// its controller (`trellis_api::workload::workload_name`).
+    pub workload_name: String,
 }
 
 /// Everything translation reads.

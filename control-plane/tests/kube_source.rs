@@ -147,6 +147,7 @@ async fn the_model_follows_the_cluster() {
         ips: vec!["10.1.0.5".parse().unwrap()],
         service_account: "bookinfo-reviews".into(),
         node_name: "node-a".into(),
+        workload_name: "reviews-v1-abc".into(),
     };
     wait_until(&model, "the pod", |m| {
         m.pods.get(&key("shop", "reviews-v1-abc")).is_some_and(|p| **p == expected)

@@ -83,6 +83,8 @@ where
 
 /// What the metrics will say of a request, all but what only the response's end tells.
 pub struct PendingRecord {
+    /// The request's access log line, when access logs are on; written with the metrics.
+    pub access_log: Option<Box<crate::access_log::HttpEntry>>,
     pub metrics: Arc<Metrics>,
     pub reporter: Reporter,
     pub service: Arc<str>,
@@ -94,6 +96,8 @@ pub struct PendingRecord {
     pub started: std::time::Instant,
     pub request_bytes: RequestBytes,
     pub security: crate::metrics::Security,
+    /// The other side's workload, for the peer labels.
+    pub peer: crate::peers::PeerKey,
 }
 
 /// The size of a request's body, as the metrics count it.
@@ -208,6 +212,10 @@ impl Observer for Recording {
 impl Drop for Recording {
     fn drop(&mut self) {
         let Some(p) = self.pending.take() else { return };
+        if let Some(entry) = p.access_log {
+            let flags = if self.ended { p.flags } else { "DC" };
+            entry.finish(flags, p.grpc_status, p.request_bytes.total(), self.sent);
+        }
         p.metrics.request(RequestRecord {
             reporter: p.reporter,
             service: &p.service,
@@ -219,6 +227,7 @@ impl Drop for Recording {
             request_bytes: p.request_bytes.total(),
             response_bytes: self.sent,
             security: p.security,
+            peer: p.peer,
         });
     }
 }

@@ -184,12 +184,14 @@ async fn relay<S: AsyncRead + AsyncWrite + Unpin>(
     proxy: &Proxy,
 ) {
     let snapshot = proxy.config.load_full();
+    // The connection's access log line, when access logs are on.
+    let mut log = crate::access_log::TcpEntry::start(proxy, conn);
     let (target, service) = match (conn.side, conn.original) {
         // Explicit mode: only a service found by TLS server name gives bytes a destination.
         (Side::Outbound, None) => match service_port.and_then(|sp| sp.tcp_target()) {
             Some(cluster) => {
                 let service = service_port.map(|sp| sp.service.to_string()).unwrap_or_default();
-                return relay_to_cluster(stream, &cluster, service, proxy).await;
+                return relay_to_cluster(stream, &cluster, service, proxy, log).await;
             }
             None => return,
         },
@@ -199,26 +201,39 @@ async fn relay<S: AsyncRead + AsyncWrite + Unpin>(
                 return;
             }
             let policy = &snapshot.inbound_policy;
-            if !policy.is_empty() && !crate::security::policy::check_connection(conn, original, proxy, policy)
+            if !policy.is_empty()
+                && let Err(details) =
+                    crate::security::policy::check_connection_explained(conn, original, proxy, policy)
             {
                 // Denied TCP is closed, as Istio's sidecars do.
+                if let Some(log) = log {
+                    log.denied(original.port(), &details);
+                }
                 return;
+            }
+            if let Some(log) = log.as_mut() {
+                log.cluster = Some(format!("inbound|{}||", original.port()).into());
             }
             let (addr, source) = crate::forward::inbound_delivery(original, conn);
             (
                 Key { addr, protocol: Protocol::Http1, source, tls: None, pool: 0 },
-                format!("inbound|{}", original.port()),
+                // Istio's fallback for a destination service it cannot tell: the workload's
+                // canonical service (bytes carry no authority to name one).
+                proxy.metrics.local().canonical_service.to_string(),
             )
         }
         (Side::Outbound, Some(original)) => match service_port.and_then(|sp| sp.tcp_target()) {
             Some(cluster) => {
                 let service = service_port.map(|sp| sp.service.to_string()).unwrap_or_default();
-                return relay_to_cluster(stream, &cluster, service, proxy).await;
+                return relay_to_cluster(stream, &cluster, service, proxy, log).await;
             }
             None if snapshot.outbound_policy == pb::OutboundPolicy::RegistryOnly => return,
             None => {
                 if proxy.is_own(original, conn.local.ip()) {
                     return;
+                }
+                if let Some(log) = log.as_mut() {
+                    log.cluster = Some("PassthroughCluster".into());
                 }
                 (
                     Key { addr: original, protocol: Protocol::Http1, source: None, tls: None, pool: 0 },
@@ -236,8 +251,13 @@ async fn relay<S: AsyncRead + AsyncWrite + Unpin>(
         idle: tcp::DEFAULT_IDLE_TIMEOUT,
         security,
         outlier: None,
+        log,
     };
-    pipe(stream, target, reporter, &service, proxy).await;
+    let peer = match conn.side {
+        Side::Inbound => conn.peer_workload(proxy),
+        Side::Outbound => crate::peers::PeerKey::unknown(),
+    };
+    pipe(stream, target, reporter, &service, peer, proxy).await;
 }
 
 /// Outbound TCP to a service's cluster: an endpoint and a place in the pool limits, held for
@@ -247,11 +267,20 @@ async fn relay_to_cluster<S: AsyncRead + AsyncWrite + Unpin>(
     cluster: &Cluster,
     service: String,
     proxy: &Proxy,
+    mut log: Option<crate::access_log::TcpEntry>,
 ) {
+    if let Some(log) = log.as_mut() {
+        log.cluster = Some(cluster.name.clone());
+    }
     // The connection holds a place under the cluster's cap for as long as it lasts; a full
     // cluster closes it at once (Envoy's UO).
     let Some(_opened) = cluster.open_connection() else {
-        let labels = proxy.metrics.tcp_labels(Reporter::Source, &service, "UO", &Default::default());
+        if let Some(log) = log {
+            log.finish(crate::access_log::TcpOutcome { flags: "UO", ..Default::default() });
+        }
+        let unknown = crate::peers::PeerKey::unknown();
+        let labels =
+            proxy.metrics.tcp_labels(Reporter::Source, &service.into(), "UO", &Default::default(), &unknown);
         proxy.metrics.tcp_opened(&labels);
         proxy.metrics.tcp_closed(&labels, 0, 0);
         return;
@@ -269,8 +298,10 @@ async fn relay_to_cluster<S: AsyncRead + AsyncWrite + Unpin>(
         idle,
         security,
         outlier: cluster.outlier.is_some().then_some((cluster, picked.index())),
+        log,
     };
-    pipe(stream, target, Reporter::Source, &service, proxy).await;
+    let peer = proxy.config.load().peers.outbound(addr.ip());
+    pipe(stream, target, Reporter::Source, &service, peer, proxy).await;
 }
 
 /// Where a relayed connection goes.
@@ -284,6 +315,8 @@ struct Target<'a> {
     security: crate::metrics::Security,
     /// The cluster and endpoint whose outlier detection hears how the connection went.
     outlier: Option<(&'a Cluster, usize)>,
+    /// The connection's access log line, when access logs are on.
+    log: Option<crate::access_log::TcpEntry>,
 }
 
 /// Connects and relays, counting the connection and its bytes.
@@ -292,9 +325,11 @@ async fn pipe<S: AsyncRead + AsyncWrite + Unpin>(
     target: Target<'_>,
     reporter: Reporter,
     service: &str,
+    peer: crate::peers::PeerKey,
     proxy: &Proxy,
 ) {
     let security = target.security.clone();
+    let service: Arc<str> = service.into();
     let dialed = proxy.pools.dial(target.key, &target.connections, target.tls, Carries::Tcp).await;
     if let Some((cluster, index)) = target.outlier {
         let observed = if dialed.is_ok() {
@@ -306,14 +341,39 @@ async fn pipe<S: AsyncRead + AsyncWrite + Unpin>(
             proxy.metrics.outlier(cluster.name(), verdict);
         }
     }
+    let failure = match (&dialed, &target.log) {
+        (Err(e), Some(_)) => Some(e.to_string()),
+        _ => None,
+    };
     let Ok(mut upstream_stream) = dialed else {
-        let labels = proxy.metrics.tcp_labels(reporter, service, "UF", &security);
+        if let Some(log) = target.log {
+            let addr = Some(target.key.addr);
+            let failure = failure.as_deref();
+            let outcome = crate::access_log::TcpOutcome {
+                flags: "UF",
+                upstream_host: addr,
+                failure,
+                ..Default::default()
+            };
+            log.finish(outcome);
+        }
+        let labels = proxy.metrics.tcp_labels(reporter, &service, "UF", &security, &peer);
         proxy.metrics.tcp_opened(&labels);
         proxy.metrics.tcp_closed(&labels, 0, 0);
         return;
     };
-    let labels = proxy.metrics.tcp_labels(reporter, service, "-", &security);
+    let labels = proxy.metrics.tcp_labels(reporter, &service, "-", &security, &peer);
     proxy.metrics.tcp_opened(&labels);
     let (sent, received, _ended) = tcp::relay_for(&mut stream, &mut upstream_stream, target.idle, target.connections.max_duration).await;
     proxy.metrics.tcp_closed(&labels, sent, received);
+    if let Some(log) = target.log {
+        log.finish(crate::access_log::TcpOutcome {
+            upstream_host: Some(target.key.addr),
+            upstream_local: crate::access_log::local_of(&upstream_stream),
+            flags: "-",
+            received: sent,
+            sent: received,
+            ..Default::default()
+        });
+    }
 }

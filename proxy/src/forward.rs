@@ -76,7 +76,8 @@ pub async fn handle(mut request: Request<Incoming>, conn: &Conn, proxy: &Arc<Pro
     // 413 before reading a body that says it is too large, whichever way it goes.
     let too_large = declared_length.is_some_and(|n| n > proxy.config.load().limits.max_body_bytes);
     // Access logs keep the request as it came (off: a branch).
-    let mut logged = crate::access_log::current(proxy).map(|logs| crate::access_log::capture(logs, &mut request, conn, started));
+    let mut logged = crate::access_log::current(proxy)
+        .map(|logs| crate::access_log::capture(logs, &mut request, conn, started));
     let mut outcome = match conn.side {
         _ if too_large => {
             Outcome::new(text(StatusCode::PAYLOAD_TOO_LARGE, "request body too large\n"), "unknown", "-")
@@ -100,7 +101,8 @@ pub async fn handle(mut request: Request<Incoming>, conn: &Conn, proxy: &Arc<Pro
     });
     if let Some(entry) = logged.as_mut() {
         let upstream = std::mem::take(&mut outcome.log);
-        entry.answered(&outcome.response, &outcome.service, outcome.cluster.as_ref(), outcome.flags, upstream);
+        let (response, cluster) = (&outcome.response, outcome.cluster.as_ref());
+        entry.answered(response, &outcome.service, cluster, outcome.flags, upstream);
     }
     let pending = PendingRecord {
         access_log: logged,
@@ -930,8 +932,9 @@ async fn inbound(mut request: Request<Incoming>, conn: &Conn, proxy: &Proxy) -> 
 fn inbound_service<B>(request: &Request<B>, conn: &Conn, proxy: &Proxy, port: u16) -> Arc<str> {
     let snapshot = proxy.config.load_full();
     let authority = authority_ref(request);
-    let (_, found) =
-        conn.service_port(&snapshot, authority, || (port, authority.and_then(|a| snapshot.by_authority(a, port)).cloned()));
+    let (_, found) = conn.service_port(&snapshot, authority, || {
+        (port, authority.and_then(|a| snapshot.by_authority(a, port)).cloned())
+    });
     match found {
         Some(service_port) => service_port.service.clone(),
         None => proxy.metrics.local().canonical_service.clone(),

@@ -34,7 +34,11 @@ impl Workload {
 
     /// Its labels as Istio's telemetry names them, from the pod's labels (app, version,
     /// canonical service and revision, defaulted as Istio does) and the cluster id.
-    pub fn labels(&self, pod_labels: &std::collections::BTreeMap<String, String>, cluster: &str) -> WorkloadLabels {
+    pub fn labels(
+        &self,
+        pod_labels: &std::collections::BTreeMap<String, String>,
+        cluster: &str,
+    ) -> WorkloadLabels {
         use trellis_api::workload as w;
         let value = |v: Option<&str>| -> Arc<str> { v.filter(|v| !v.is_empty()).unwrap_or(UNKNOWN).into() };
         WorkloadLabels {
@@ -476,7 +480,13 @@ impl Metrics {
     /// side, `peer` on the other, principals as mutual TLS proved them (`unknown` without).
     /// As Istio's, the peer's namespace is the one its proven identity names, and on the
     /// source side `destination_service_namespace` is the peer's.
-    fn peers(&self, reporter: Reporter, service: &Arc<str>, peer: &WorkloadLabels, security: &Security) -> Peers {
+    fn peers(
+        &self,
+        reporter: Reporter,
+        service: &Arc<str>,
+        peer: &WorkloadLabels,
+        security: &Security,
+    ) -> Peers {
         let unknown = || -> Arc<str> { UNKNOWN.into() };
         let (own_principal, peer_principal): (Arc<str>, Arc<str>) = if security.mutual_tls {
             let own = self.mesh.get().and_then(|m| m.current()).map(|c| c.leaf.id.to_string().into());
@@ -491,13 +501,21 @@ impl Metrics {
             .and_then(namespace_of)
             .map_or_else(|| peer.namespace.clone(), Into::into);
         let me = &*self.local;
-        let (source, source_namespace, source_principal, destination, destination_namespace, destination_principal) =
-            match reporter {
-                Reporter::Source => (me, me.namespace.clone(), own_principal, peer, peer_namespace, peer_principal),
-                Reporter::Destination => {
-                    (peer, peer_namespace, peer_principal, me, me.namespace.clone(), own_principal)
-                }
-            };
+        let (
+            source,
+            source_namespace,
+            source_principal,
+            destination,
+            destination_namespace,
+            destination_principal,
+        ) = match reporter {
+            Reporter::Source => {
+                (me, me.namespace.clone(), own_principal, peer, peer_namespace, peer_principal)
+            }
+            Reporter::Destination => {
+                (peer, peer_namespace, peer_principal, me, me.namespace.clone(), own_principal)
+            }
+        };
         Peers {
             reporter: match reporter {
                 Reporter::Source => "source",

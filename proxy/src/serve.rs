@@ -32,6 +32,8 @@ pub struct Conn {
     /// The last authority's service port: a keep-alive client names the same host on every
     /// request, and looking it up again was 2% of the proxy's instructions per request.
     last_lookup: Mutex<Option<Lookup>>,
+    /// Inbound: the downstream's workload, looked up once per connection.
+    peer_workload: OnceLock<crate::peers::PeerKey>,
 }
 
 /// What an authority resolved to under one config snapshot.
@@ -54,7 +56,20 @@ impl Conn {
             tls_peer: None,
             peer_value: OnceLock::new(),
             last_lookup: Mutex::new(None),
+            peer_workload: OnceLock::new(),
         }
+    }
+
+    /// Inbound: who is calling, from the workload table by the connection's source address and
+    /// the identity mutual TLS proved (see [`crate::peers::PeerTable::inbound`]); looked up on
+    /// first use, then the same for every request of the connection.
+    pub fn peer_workload(&self, proxy: &crate::Proxy) -> crate::peers::PeerKey {
+        self.peer_workload
+            .get_or_init(|| {
+                let principal = self.tls_peer.as_ref().map(|p| &*p.principal);
+                proxy.config.load().peers.inbound(self.peer.ip(), principal)
+            })
+            .clone()
     }
 
     /// How the downstream is secured, for the inbound metrics.

@@ -42,7 +42,11 @@ async fn admin_pages_show_config_clusters_and_metrics() {
     let metrics = proxy.metrics().await;
     for expected in [
         "istio_requests_total{reporter=\"source\",source_workload=\"test-client\"",
-        "destination_service=\"api.test.svc.cluster.local\",destination_service_name=\"api\",request_protocol=\"http\",response_code=\"200\"",
+        // Istio's order; no workload table here: the endpoint's workload is unknown.
+        "destination_service=\"api.test.svc.cluster.local\",destination_canonical_service=\"unknown\",\
+         destination_canonical_revision=\"latest\",destination_service_name=\"api\",\
+         destination_service_namespace=\"unknown\",destination_cluster=\"unknown\",request_protocol=\"http\",\
+         response_code=\"200\"",
         "response_code=\"503\"",
         "istio_request_duration_milliseconds_bucket",
         "istio_request_bytes_count",

@@ -134,6 +134,7 @@ pub fn translate(model: &Model, scope: &Scope) -> pb::ProxyConfig {
         jwt_providers: request_authentication::providers(model, &scope.request_authentication),
         locality: locality::to_pb(&scope.locality),
         workload_labels: scope.workload_labels.clone(),
+        access_logs: mesh::access_logs(&model.mesh),
         ..Default::default()
     };
     config.ext_authz = authorization::ext_authz(model, &config.authorization);

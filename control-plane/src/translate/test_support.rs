@@ -138,6 +138,7 @@ pub fn add_pod(model: &mut Model, ns: &str, name: &str, address: &str, labels: &
         ips: vec![ip(address)],
         service_account: "default".into(),
         node_name: String::new(),
+        workload_name: name.into(),
     };
     model.pods.insert((ns.into(), name.into()), Arc::new(pod));
 }

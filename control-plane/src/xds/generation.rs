@@ -10,7 +10,9 @@ use tokio::time::Instant;
 
 use tokio::sync::watch;
 
-use super::resources::ScopeResources;
+use trellis_xds::types::ResourceType;
+
+use super::resources::{ScopeResources, TypeMap, pack_workloads};
 use crate::model::{Model, ModelHandle};
 use crate::translate::{Scope, translate};
 
@@ -26,6 +28,10 @@ pub struct Generation {
     scopes: Mutex<HashMap<Scope, Arc<OnceLock<Arc<ScopeResources>>>>>,
     /// The previous generation's translations, so unchanged type maps are shared.
     previous: HashMap<Scope, Arc<ScopeResources>>,
+    /// The workload table, the same for every scope: packed once, on first use.
+    workloads: OnceLock<TypeMap>,
+    /// The previous generation's table, shared when unchanged.
+    previous_workloads: Option<TypeMap>,
 }
 
 impl Generation {
@@ -36,6 +42,8 @@ impl Generation {
             changed_at: Instant::now(),
             scopes: Mutex::default(),
             previous: HashMap::new(),
+            workloads: OnceLock::new(),
+            previous_workloads: None,
         }
     }
 
@@ -46,7 +54,19 @@ impl Generation {
             changed_at,
             scopes: Mutex::default(),
             previous: self.translated(),
+            workloads: OnceLock::new(),
+            previous_workloads: self.workloads.get().cloned(),
         }
+    }
+
+    /// The workload table's resources (see [`crate::translate::workloads`]).
+    pub fn workloads(&self) -> TypeMap {
+        self.workloads
+            .get_or_init(|| {
+                let table = crate::translate::workloads::table(&self.model);
+                pack_workloads(&table, self.previous_workloads.as_ref())
+            })
+            .clone()
     }
 
     /// The resources of `scope`, translated on first use.
@@ -57,7 +77,8 @@ impl Generation {
         };
         cell.get_or_init(|| {
             let config = translate(&self.model, scope);
-            Arc::new(ScopeResources::pack(&config, self.previous.get(scope).map(Arc::as_ref)))
+            let packed = ScopeResources::pack(&config, self.previous.get(scope).map(Arc::as_ref));
+            Arc::new(packed.with_shared(ResourceType::Workload, self.workloads()))
         })
         .clone()
     }
@@ -105,6 +126,26 @@ pub async fn debounce(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_workload_table_is_packed_once_for_every_scope_and_kept_while_unchanged() {
+        let yaml = r#"
+apiVersion: networking.istio.io/v1
+kind: WorkloadEntry
+metadata: { name: vm-1, namespace: shop }
+spec: { address: 10.6.0.1, labels: { app: billing } }
+"#;
+        let model = Arc::new(crate::translate::test_support::model(yaml));
+        let first = Generation::first(model.clone());
+        let scope = |ns: &str| Scope { namespace: ns.into(), ..Default::default() };
+        let (shop, web) = (first.resources(&scope("shop")), first.resources(&scope("web")));
+        let table = shop.of(ResourceType::Workload);
+        assert_eq!(table.keys().collect::<Vec<_>>(), ["shop/vm-1"]);
+        assert!(Arc::ptr_eq(&table, &web.of(ResourceType::Workload)), "one table for every scope");
+        let second = first.next(model, Instant::now());
+        let again = second.resources(&scope("shop")).of(ResourceType::Workload);
+        assert!(Arc::ptr_eq(&table, &again), "an unchanged table is the same table: nothing to push");
+    }
 
     #[tokio::test(start_paused = true)]
     async fn a_burst_of_changes_is_one_generation_and_a_stream_of_them_is_cut_at_the_maximum() {

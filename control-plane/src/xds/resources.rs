@@ -69,6 +69,30 @@ impl ScopeResources {
     pub fn of(&self, kind: ResourceType) -> TypeMap {
         self.maps.get(&kind).cloned().unwrap_or_default()
     }
+
+    /// The same resources with `kind`'s taken from `shared`: a type every scope holds alike
+    /// (the workload table) is packed once per generation, not once per scope.
+    pub fn with_shared(mut self, kind: ResourceType, shared: TypeMap) -> ScopeResources {
+        self.maps.insert(kind, shared);
+        self
+    }
+}
+
+/// The workload table as resources, one per workload; `previous` is returned itself when
+/// nothing changed, so sessions see "unchanged" by pointer.
+pub fn pack_workloads(table: &[pb::MeshWorkload], previous: Option<&TypeMap>) -> TypeMap {
+    let fresh: BTreeMap<String, Arc<Entry>> = table
+        .iter()
+        .map(|w| {
+            let any = pack(ResourceType::Workload, w);
+            let version = xxhash_rust::xxh64::xxh64(&any.value, 0);
+            (w.uid.clone(), Arc::new(Entry { name: w.uid.clone(), version, any, deps: Vec::new() }))
+        })
+        .collect();
+    match previous {
+        Some(old) if **old == fresh => old.clone(),
+        _ => Arc::new(fresh),
+    }
 }
 
 /// The clusters a virtual host's routes forward and mirror to.

@@ -488,7 +488,10 @@ mod tests {
         let resources = ScopeResources::pack(&config(false), None);
         let mut session = Session::default();
         open_all(&mut session);
-        assert_eq!(summary(&push(&mut session, &resources, 1)), ["settings:settings", "service:db,web"]);
+        assert_eq!(
+            summary(&push(&mut session, &resources, 1)),
+            ["settings:settings", "workload:", "service:db,web"]
+        );
         assert!(push(&mut session, &resources, 1).is_empty(), "nothing changed, nothing sent");
     }
 
@@ -497,7 +500,10 @@ mod tests {
         let resources = ScopeResources::pack(&pb::ProxyConfig::default(), None);
         let mut session = Session::default();
         open_all(&mut session);
-        assert_eq!(summary(&push(&mut session, &resources, 1)), ["settings:settings", "service:"]);
+        assert_eq!(
+            summary(&push(&mut session, &resources, 1)),
+            ["settings:settings", "workload:", "service:"]
+        );
         assert!(push(&mut session, &resources, 2).is_empty());
     }
 
@@ -618,7 +624,7 @@ mod tests {
         session.handle(&request(ResourceType::Cluster, &["db"])).unwrap();
         assert_eq!(
             summary(&push(&mut session, &resources, 1)),
-            ["settings:settings", "endpoints:db:5432", "cluster:db", "service:db,web"]
+            ["settings:settings", "workload:", "endpoints:db:5432", "cluster:db", "service:db,web"]
         );
         session.handle(&request(ResourceType::Cluster, &["db", "nope"])).unwrap();
         assert_eq!(summary(&push(&mut session, &resources, 1)), ["cluster:db", "cluster-removed:nope"]);

@@ -134,7 +134,20 @@ pub fn pod(pod: &Pod) -> Option<KubePod> {
             .filter(|sa| !sa.is_empty())
             .unwrap_or_else(|| "default".to_owned()),
         node_name: spec.and_then(|s| s.node_name.clone()).unwrap_or_default(),
+        workload_name: workload_name(meta),
     })
+}
+
+/// The pod's workload name, from its controlling owner (see `trellis_api::workload`).
+fn workload_name(meta: &ObjectMeta) -> String {
+    let owner = meta.owner_references.iter().flatten().find(|o| o.controller == Some(true));
+    let hash = meta.labels.as_ref().and_then(|l| l.get("pod-template-hash")).map(String::as_str);
+    trellis_api::workload::workload_name(
+        meta.name.as_deref(),
+        meta.generate_name.as_deref(),
+        owner.map(|o| trellis_api::workload::Owner { kind: &o.kind, name: &o.name }),
+        hash,
+    )
 }
 
 #[cfg(test)]
@@ -244,6 +257,24 @@ mod tests {
         assert_eq!(pod(&host), None);
         let done = pod_json(json!({"containers": []}), json!({"phase": "Succeeded", "podIP": "10.1.0.5"}));
         assert_eq!(pod(&done), None);
+    }
+
+    #[test]
+    fn a_pods_workload_is_its_deployment() {
+        let of = |metadata: serde_json::Value| -> String {
+            let p: Pod = from(json!({"metadata": metadata, "spec": {"containers": []},
+                "status": {"phase": "Running", "podIP": "10.1.0.5"}}));
+            pod(&p).unwrap().workload_name
+        };
+        let deployed = of(json!({"namespace": "shop", "name": "reviews-v1-7d9f8c6b5-x2x",
+            "labels": {"pod-template-hash": "7d9f8c6b5"},
+            "ownerReferences": [{"apiVersion": "apps/v1", "kind": "ReplicaSet", "name": "reviews-v1-7d9f8c6b5",
+                "uid": "u", "controller": true}]}));
+        assert_eq!(deployed, "reviews-v1");
+        let set = of(json!({"namespace": "shop", "name": "db-0",
+            "ownerReferences": [{"apiVersion": "apps/v1", "kind": "StatefulSet", "name": "db", "uid": "u", "controller": true}]}));
+        assert_eq!(set, "db");
+        assert_eq!(of(json!({"namespace": "shop", "name": "bare"})), "bare");
     }
 
     #[test]
