@@ -87,6 +87,7 @@ pub async fn watch(path: PathBuf, loaded: Vec<u8>, proxy: Arc<Proxy>) {
         match result {
             Ok(snapshot) => {
                 tracing::info!(version = snapshot.version, "configuration reloaded");
+                proxy.access_log.follow(&snapshot, &proxy.metrics);
                 proxy.config.store(Arc::new(snapshot));
                 proxy.ready.store(true, Ordering::Release);
             }

@@ -37,6 +37,36 @@ pub fn connect_timeout(mesh: &MeshConfig) -> Duration {
     })
 }
 
+/// The mesh config's access log (`accessLogFile`, `accessLogEncoding`, `accessLogFormat`), with
+/// Istio's default format written out when none is given. A format the proxy could not read
+/// (an unknown operator, JSON that is not an object of strings) is replaced whole by the
+/// default, with a warning naming the field: never half-applied.
+pub fn access_logs(mesh: &MeshConfig) -> Vec<pb::AccessLog> {
+    use trellis_api::access_log as al;
+    use trellis_api::mesh::AccessLogEncoding;
+    let Some(path) = mesh.access_log_file() else { return Vec::new() };
+    let encoding = mesh.access_log_encoding();
+    let mut format = mesh.access_log_format.as_deref();
+    if let Err(message) = al::check_format(format, encoding) {
+        warn!(resource = "MeshConfig", field = "accessLogFormat", %message, "using Istio's default format");
+        format = None;
+    }
+    let mut log = pb::AccessLog { path: path.to_owned(), ..Default::default() };
+    match encoding {
+        AccessLogEncoding::Text => log.text_format = al::text_format(format),
+        AccessLogEncoding::Json => {
+            log.encoding = pb::AccessLogEncoding::Json.into();
+            // Checked above: the fields parse.
+            log.json_fields = al::json_fields(format)
+                .unwrap_or_default()
+                .into_iter()
+                .map(|(key, format)| pb::AccessLogField { key, format })
+                .collect();
+        }
+    }
+    vec![log]
+}
+
 /// Every cluster's retry budget unless its DestinationRule says otherwise: the default (on,
 /// Linkerd's values) with the mesh config's `retryBudget` over it; a value that cannot be used
 /// is left out with a warning.
@@ -90,5 +120,44 @@ mod tests {
         );
         assert_eq!(connect_timeout(&MeshConfig::default()), Duration::from_secs(10));
         assert_eq!(connect_timeout(&mesh("connectTimeout: 2s")), Duration::from_secs(2));
+    }
+
+    #[test]
+    fn access_logs_come_from_the_mesh_with_istios_defaults() {
+        use trellis_api::access_log::{ISTIO_JSON_FORMAT, ISTIO_TEXT_FORMAT};
+        assert!(access_logs(&MeshConfig::default()).is_empty());
+        assert!(access_logs(&mesh("accessLogFile: ''")).is_empty());
+        let text = access_logs(&mesh("accessLogFile: /dev/stdout"));
+        assert_eq!(text.len(), 1);
+        assert_eq!(text[0].path, "/dev/stdout");
+        assert_eq!(text[0].text_format, ISTIO_TEXT_FORMAT);
+        let custom =
+            access_logs(&mesh("accessLogFile: /tmp/a.log\naccessLogFormat: '%DURATION% %PROTOCOL%'"));
+        assert_eq!(custom[0].text_format, "%DURATION% %PROTOCOL%\n");
+        let json = access_logs(&mesh("accessLogFile: /dev/stdout\naccessLogEncoding: JSON"));
+        assert_eq!(json[0].encoding, i32::from(pb::AccessLogEncoding::Json));
+        assert_eq!(json[0].json_fields.len(), ISTIO_JSON_FORMAT.len());
+        let fields = access_logs(&mesh(
+            "accessLogFile: /dev/stdout\naccessLogEncoding: JSON\naccessLogFormat: '{\"code\": \"%RESPONSE_CODE%\"}'",
+        ));
+        assert_eq!(
+            fields[0].json_fields,
+            vec![pb::AccessLogField { key: "code".into(), format: "%RESPONSE_CODE%".into() }]
+        );
+    }
+
+    #[test]
+    fn a_bad_access_log_format_is_replaced_whole_by_the_default() {
+        use trellis_api::access_log::{ISTIO_JSON_FORMAT, ISTIO_TEXT_FORMAT};
+        let bad = mesh("accessLogFile: /dev/stdout\naccessLogFormat: '%DURATION% %NO_SUCH%'");
+        assert!(bad.validate().iter().any(|e| e.starts_with("accessLogFormat:") && e.contains("%NO_SUCH%")));
+        assert_eq!(access_logs(&bad)[0].text_format, ISTIO_TEXT_FORMAT);
+        let bad_json = mesh(
+            "accessLogFile: /dev/stdout\naccessLogEncoding: JSON\naccessLogFormat: '{\"a\": \"%DURATION%\", \"b\": \"%NOPE%\"}'",
+        );
+        assert!(
+            bad_json.validate().iter().any(|e| e.starts_with("accessLogFormat:") && e.contains("%NOPE%"))
+        );
+        assert_eq!(access_logs(&bad_json)[0].json_fields.len(), ISTIO_JSON_FORMAT.len());
     }
 }

@@ -59,6 +59,8 @@ impl InboundPolicy {
 pub struct Refusal {
     pub response: Response<Body>,
     pub flags: &'static str,
+    /// The access log's `%RESPONSE_CODE_DETAILS%`: which policy and rule denied, or why.
+    pub details: Option<Box<str>>,
 }
 
 /// The connection's side of the attributes: who the peer is and where it connected.
@@ -109,7 +111,12 @@ pub fn check_request<B>(
             Ok(auth) => auth,
             Err(rejection) => {
                 tracing::debug!(status = %rejection.status, "request refused by RequestAuthentication: {}", rejection.message);
-                return Checked::Done(Err(Box::new(Refusal { response: rejected(rejection), flags: "-" })));
+                let details = jwt_details(&rejection.message);
+                return Checked::Done(Err(Box::new(Refusal {
+                    response: rejected(rejection),
+                    flags: "-",
+                    details,
+                })));
             }
         },
     };
@@ -137,7 +144,11 @@ pub fn check_request<B>(
     match custom {
         Some(custom) => Checked::AskCustom(PendingCustom { custom, decision, grpc: grpc(request) }),
         None if decision.allowed => Checked::Done(Ok(())),
-        None => Checked::Done(Err(Box::new(Refusal { response: denied(grpc(request)), flags: "-" }))),
+        None => Checked::Done(Err(Box::new(Refusal {
+            response: denied(grpc(request)),
+            flags: "-",
+            details: Some(crate::access_log::denial_details(&decision.by)),
+        }))),
     }
 }
 
@@ -172,10 +183,15 @@ pub async fn ask_custom<B>(
             for (name, value) in headers {
                 response.headers_mut().append(name, value);
             }
-            return Err(Box::new(Refusal { response, flags: "UAEX" }));
+            return Err(Box::new(Refusal { response, flags: "UAEX", details: None }));
         }
     }
-    if decision.allowed { Ok(()) } else { Err(Box::new(Refusal { response: denied(grpc), flags: "-" })) }
+    if decision.allowed {
+        Ok(())
+    } else {
+        let details = Some(crate::access_log::denial_details(&decision.by));
+        Err(Box::new(Refusal { response: denied(grpc), flags: "-", details }))
+    }
 }
 
 /// A copy of the request's head, for the CUSTOM provider (which sees no body).
@@ -190,6 +206,16 @@ fn parts_of<B>(request: &Request<B>) -> http::request::Parts {
 
 /// Checks an opaque TCP connection for the app at `target`: whether it may go on.
 pub fn check_connection(conn: &Conn, target: SocketAddr, proxy: &Proxy, policy: &InboundPolicy) -> bool {
+    check_connection_explained(conn, target, proxy, policy).is_ok()
+}
+
+/// `check_connection`, with the access log's `%CONNECTION_TERMINATION_DETAILS%` of a denial.
+pub fn check_connection_explained(
+    conn: &Conn,
+    target: SocketAddr,
+    proxy: &Proxy,
+    policy: &InboundPolicy,
+) -> Result<(), Box<str>> {
     let authz = &policy.authorization;
     let attributes = connection_attributes(conn, target);
     if let Some(custom) = authz.custom(&attributes) {
@@ -200,11 +226,21 @@ pub fn check_connection(conn: &Conn, target: SocketAddr, proxy: &Proxy, policy: 
             &DecidedBy::Rule { policy: custom.policy.clone(), rule: custom.rule },
             "tcp",
         );
-        return false;
+        return Err(crate::access_log::denial_details(&DecidedBy::Rule {
+            policy: custom.policy.clone(),
+            rule: custom.rule,
+        }));
     }
     let decision = authz.decide(&attributes);
     observe(proxy, authz, &attributes, &decision, "tcp");
-    decision.allowed
+    if decision.allowed { Ok(()) } else { Err(crate::access_log::denial_details(&decision.by)) }
+}
+
+/// Envoy's details of a JWT refusal: `jwt_authn_access_denied{Jwt_is_expired}`.
+fn jwt_details(message: &str) -> Option<Box<str>> {
+    let words: String =
+        message.trim().chars().take(128).map(|c| if c.is_ascii_alphanumeric() { c } else { '_' }).collect();
+    Some(format!("jwt_authn_access_denied{{{words}}}").into())
 }
 
 /// Records a decision that denies, what AUDIT rules matched and what dry-run policies would do.

@@ -1,0 +1,309 @@
+//! One access log line from what is known of a request or connection (`Facts`): each operator's
+//! value, escaped so that no value can break the line. TEXT: `"` and `\` get a backslash,
+//! control characters and bytes that are not UTF-8 are written `\xHH`; JSON: a value is a JSON
+//! string (escaped as JSON, invalid UTF-8 replaced), or, when the field is one operator, a
+//! number or `null` as Envoy types it. Every value is cut to `MAX_VALUE_LEN` bytes (and to
+//! an operator's `:N`) before escaping.
+
+use std::borrow::Cow;
+use std::fmt::Write as _;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use http::HeaderMap;
+use trellis_api::access_log::format::{Command, Format, HeaderRef, Operator, Piece};
+use trellis_api::access_log::time;
+
+/// A header value, however long, is cut to this many bytes in a line.
+pub const MAX_VALUE_LEN: usize = 4096;
+
+/// Everything a line may print about one HTTP request or TCP connection.
+pub struct Facts<'a> {
+    pub start_unix_nanos: u128,
+    /// `HTTP/1.1`, `HTTP/2`; `None` for TCP.
+    pub protocol: Option<&'static str>,
+    pub request: Option<&'a RequestFacts>,
+    pub response_headers: Option<&'a HeaderMap>,
+    /// 0 for TCP, as Envoy prints it.
+    pub code: u16,
+    pub details: &'a str,
+    pub flags: &'static str,
+    pub termination_details: Option<&'a str>,
+    pub duration: Duration,
+    /// Until the response's headers.
+    pub response_duration: Option<Duration>,
+    pub bytes_received: u64,
+    pub bytes_sent: u64,
+    pub upstream_host: Option<SocketAddr>,
+    pub upstream_cluster: Option<&'a str>,
+    pub upstream_local: Option<SocketAddr>,
+    pub upstream_failure: Option<&'a str>,
+    pub downstream_remote: SocketAddr,
+    pub downstream_local: SocketAddr,
+    pub peer_uri_san: Option<&'a str>,
+    pub requested_server_name: Option<&'a str>,
+    pub route_name: Option<&'a str>,
+    /// `""` when the request is not gRPC or has no status.
+    pub grpc_status: &'static str,
+}
+
+/// The request as it came in, kept for its line.
+pub struct RequestFacts {
+    pub method: http::Method,
+    /// Path and query.
+    pub path: String,
+    /// The URI's authority, else the Host header.
+    pub authority: Option<String>,
+    pub scheme: &'static str,
+    pub headers: HeaderMap,
+}
+
+impl RequestFacts {
+    /// A request header, pseudo-headers included.
+    pub fn header(&self, name: &str) -> Option<Cow<'_, [u8]>> {
+        match name {
+            ":method" => Some(Cow::Borrowed(self.method.as_str().as_bytes())),
+            ":path" => Some(Cow::Borrowed(self.path.as_bytes())),
+            ":authority" | "host" => self.authority.as_deref().map(|a| Cow::Borrowed(a.as_bytes())),
+            ":scheme" => Some(Cow::Borrowed(self.scheme.as_bytes())),
+            _ => self.headers.get(name).map(|v| Cow::Borrowed(v.as_bytes())),
+        }
+    }
+}
+
+/// A value as an operator yields it.
+enum Value<'a> {
+    Absent,
+    Number(u128),
+    Text(Cow<'a, [u8]>),
+}
+
+fn text(s: &str) -> Value<'_> {
+    Value::Text(Cow::Borrowed(s.as_bytes()))
+}
+
+fn owned(s: String) -> Value<'static> {
+    Value::Text(Cow::Owned(s.into_bytes()))
+}
+
+fn optional(s: Option<&str>) -> Value<'_> {
+    s.filter(|s| !s.is_empty()).map_or(Value::Absent, text)
+}
+
+fn address(a: Option<SocketAddr>) -> Value<'static> {
+    a.map_or(Value::Absent, |a| owned(a.to_string()))
+}
+
+fn millis(d: Duration) -> Value<'static> {
+    Value::Number(d.as_millis())
+}
+
+fn header<'a>(source: Option<&'a RequestFacts>, h: &HeaderRef) -> Value<'a> {
+    let Some(request) = source else { return Value::Absent };
+    request
+        .header(&h.name)
+        .or_else(|| h.alternative.as_deref().and_then(|alt| request.header(alt)))
+        .map_or(Value::Absent, Value::Text)
+}
+
+fn response_header<'a>(headers: Option<&'a HeaderMap>, h: &HeaderRef) -> Value<'a> {
+    let Some(headers) = headers else { return Value::Absent };
+    headers
+        .get(h.name.as_str())
+        .or_else(|| h.alternative.as_deref().and_then(|alt| headers.get(alt)))
+        .map_or(Value::Absent, |v| Value::Text(Cow::Borrowed(v.as_bytes())))
+}
+
+impl Facts<'_> {
+    fn value(&self, command: &Command) -> Value<'_> {
+        match command {
+            Command::StartTime(format) => {
+                let mut out = String::with_capacity(32);
+                match format {
+                    None => time::render_default(self.start_unix_nanos, &mut out),
+                    Some(f) => f.render(self.start_unix_nanos, &mut out),
+                }
+                owned(out)
+            }
+            Command::Req(h) => header(self.request, h),
+            Command::ReqWithoutQuery(h) => match header(self.request, h) {
+                Value::Text(Cow::Borrowed(v)) => {
+                    Value::Text(Cow::Borrowed(v.split(|b| *b == b'?').next().unwrap_or_default()))
+                }
+                other => other,
+            },
+            Command::Resp(h) => response_header(self.response_headers, h),
+            Command::ResponseCode => Value::Number(u128::from(self.code)),
+            Command::ResponseCodeDetails => optional(Some(self.details)),
+            Command::ResponseFlags => text(self.flags),
+            Command::Duration => millis(self.duration),
+            Command::ResponseDuration => self.response_duration.map_or(Value::Absent, millis),
+            Command::ResponseTxDuration => {
+                self.response_duration.map_or(Value::Absent, |r| millis(self.duration.saturating_sub(r)))
+            }
+            Command::BytesReceived => Value::Number(u128::from(self.bytes_received)),
+            Command::BytesSent => Value::Number(u128::from(self.bytes_sent)),
+            Command::Protocol => optional(self.protocol),
+            Command::UpstreamHost => address(self.upstream_host),
+            Command::UpstreamCluster | Command::UpstreamClusterRaw => optional(self.upstream_cluster),
+            Command::UpstreamLocalAddress => address(self.upstream_local),
+            Command::UpstreamTransportFailureReason => optional(self.upstream_failure),
+            Command::UpstreamServiceTime => {
+                // A peer Envoy's own measure when it sent one; else ours, for answers that came
+                // from upstream.
+                let theirs = self.response_headers.and_then(|h| h.get("x-envoy-upstream-service-time"));
+                match (theirs, self.upstream_host, self.response_duration) {
+                    (Some(v), _, _) => Value::Text(Cow::Borrowed(v.as_bytes())),
+                    (None, Some(_), Some(d)) if self.details == "via_upstream" => millis(d),
+                    _ => Value::Absent,
+                }
+            }
+            Command::DownstreamRemoteAddress => owned(self.downstream_remote.to_string()),
+            Command::DownstreamRemoteAddressWithoutPort => owned(self.downstream_remote.ip().to_string()),
+            Command::DownstreamRemotePort => Value::Number(u128::from(self.downstream_remote.port())),
+            Command::DownstreamLocalAddress => owned(self.downstream_local.to_string()),
+            Command::DownstreamLocalAddressWithoutPort => owned(self.downstream_local.ip().to_string()),
+            Command::DownstreamLocalPort => Value::Number(u128::from(self.downstream_local.port())),
+            Command::DownstreamPeerUriSan => optional(self.peer_uri_san),
+            Command::RequestedServerName => optional(self.requested_server_name),
+            Command::RouteName => optional(self.route_name),
+            Command::ConnectionTerminationDetails => optional(self.termination_details),
+            Command::GrpcStatus => optional(Some(self.grpc_status)),
+            Command::Hostname => optional(Some(hostname())),
+        }
+    }
+}
+
+fn hostname() -> &'static str {
+    static NAME: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    NAME.get_or_init(|| {
+        std::env::var("HOSTNAME")
+            .ok()
+            .or_else(|| std::fs::read_to_string("/etc/hostname").ok().map(|h| h.trim().to_owned()))
+            .unwrap_or_default()
+    })
+}
+
+/// The value's bytes cut to the operator's length and the line's cap.
+fn cut<'v>(bytes: &'v [u8], op: &Operator) -> &'v [u8] {
+    let limit = op.max_len.unwrap_or(usize::MAX).min(MAX_VALUE_LEN);
+    &bytes[..bytes.len().min(limit)]
+}
+
+/// Appends one TEXT line.
+pub fn text_line(format: &Format, facts: &Facts<'_>, out: &mut String) {
+    for piece in &format.pieces {
+        match piece {
+            Piece::Text(t) => out.push_str(t),
+            Piece::Op(op) => match facts.value(&op.command) {
+                Value::Absent => out.push('-'),
+                Value::Number(n) => {
+                    let _ = write!(out, "{n}");
+                }
+                Value::Text(bytes) => escape_text(cut(&bytes, op), out),
+            },
+        }
+    }
+}
+
+/// Appends one JSON line: `{"key":value,...}` and a newline.
+pub fn json_line(fields: &[(String, Format)], facts: &Facts<'_>, out: &mut String) {
+    out.push('{');
+    for (i, (key, format)) in fields.iter().enumerate() {
+        if i > 0 {
+            out.push(',');
+        }
+        escape_json(key.as_bytes(), out);
+        out.push(':');
+        if let Some(op) = format.single() {
+            match facts.value(&op.command) {
+                Value::Absent => out.push_str("null"),
+                Value::Number(n) => {
+                    let _ = write!(out, "{n}");
+                }
+                Value::Text(bytes) => escape_json(cut(&bytes, op), out),
+            }
+            continue;
+        }
+        // Text and operators together: one string, `-` for what is absent.
+        let mut value = String::new();
+        for piece in &format.pieces {
+            match piece {
+                Piece::Text(t) => value.push_str(t),
+                Piece::Op(op) => match facts.value(&op.command) {
+                    Value::Absent => value.push('-'),
+                    Value::Number(n) => {
+                        let _ = write!(value, "{n}");
+                    }
+                    Value::Text(bytes) => value.push_str(&String::from_utf8_lossy(cut(&bytes, op))),
+                },
+            }
+        }
+        escape_json(value.as_bytes(), out);
+    }
+    out.push_str("}\n");
+}
+
+fn escape_text(bytes: &[u8], out: &mut String) {
+    for chunk in bytes.utf8_chunks() {
+        for c in chunk.valid().chars() {
+            match c {
+                '"' => out.push_str("\\\""),
+                '\\' => out.push_str("\\\\"),
+                c if c.is_control() => {
+                    let mut buf = [0u8; 4];
+                    for b in c.encode_utf8(&mut buf).bytes() {
+                        let _ = write!(out, "\\x{b:02x}");
+                    }
+                }
+                c => out.push(c),
+            }
+        }
+        for b in chunk.invalid() {
+            let _ = write!(out, "\\x{b:02x}");
+        }
+    }
+}
+
+fn escape_json(bytes: &[u8], out: &mut String) {
+    out.push('"');
+    for chunk in bytes.utf8_chunks() {
+        for c in chunk.valid().chars() {
+            match c {
+                '"' => out.push_str("\\\""),
+                '\\' => out.push_str("\\\\"),
+                '\n' => out.push_str("\\n"),
+                '\r' => out.push_str("\\r"),
+                '\t' => out.push_str("\\t"),
+                c if (c as u32) < 0x20 || c == '\u{2028}' || c == '\u{2029}' || c == '\u{7f}' => {
+                    let _ = write!(out, "\\u{:04x}", c as u32);
+                }
+                c => out.push(c),
+            }
+        }
+        if !chunk.invalid().is_empty() {
+            out.push('\u{fffd}');
+        }
+    }
+    out.push('"');
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn text_escapes_what_would_break_the_line() {
+        let mut out = String::new();
+        escape_text(b"a\"b\\c\td\x01e\xff\xfe\xc3\xa9", &mut out);
+        assert_eq!(out, "a\\\"b\\\\c\\x09d\\x01e\\xff\\xfe\u{e9}");
+    }
+
+    #[test]
+    fn json_strings_stay_valid() {
+        let mut out = String::new();
+        escape_json(b"a\"b\\c\n\r\t\x01\xff\xc3\xa9\x7f", &mut out);
+        let back: String = serde_json::from_str(&out).unwrap();
+        assert_eq!(back, "a\"b\\c\n\r\t\u{1}\u{fffd}\u{e9}\u{7f}");
+    }
+}
