@@ -76,14 +76,12 @@ impl Incoming {
             incoming.parent = Some(parent);
             incoming.sampled = Some(sampled);
         }
-        if let Some(value) = headers.get(&B3) {
-            if let Some(single) = parse_b3_single(value.as_bytes()) {
-                incoming.single_b3 = true;
-                if incoming.parent.is_none() {
-                    incoming.parent = single.parent;
-                    incoming.sampled = single.sampled;
-                    incoming.debug = single.debug;
-                }
+        if let Some(single) = headers.get(&B3).and_then(|v| parse_b3_single(v.as_bytes())) {
+            incoming.single_b3 = true;
+            if incoming.parent.is_none() {
+                incoming.parent = single.parent;
+                incoming.sampled = single.sampled;
+                incoming.debug = single.debug;
             }
         }
         if incoming.parent.is_none() && incoming.sampled.is_none() {
