@@ -9,6 +9,7 @@ use kube::CustomResourceExt;
 use crate::networking::{DestinationRule, Gateway, ServiceEntry, Sidecar, VirtualService, WorkloadEntry};
 use crate::resource::Kind;
 use crate::security::{AuthorizationPolicy, PeerAuthentication, RequestAuthentication};
+use crate::telemetry::Telemetry;
 
 /// Every CRD Trellis installs, one per Istio kind.
 pub fn all() -> Vec<CustomResourceDefinition> {
@@ -22,6 +23,7 @@ pub fn all() -> Vec<CustomResourceDefinition> {
         served_in_all_versions(PeerAuthentication::crd(), Kind::PeerAuthentication),
         served_in_all_versions(AuthorizationPolicy::crd(), Kind::AuthorizationPolicy),
         served_in_all_versions(RequestAuthentication::crd(), Kind::RequestAuthentication),
+        served_in_all_versions(Telemetry::crd(), Kind::Telemetry),
     ]
 }
 
@@ -186,7 +188,7 @@ mod tests {
     #[test]
     fn every_kind_serves_istios_versions_with_v1_stored() {
         let crds = all();
-        assert_eq!(crds.len(), 9);
+        assert_eq!(crds.len(), 10);
         for crd in &crds {
             let versions: Vec<(&str, bool)> =
                 crd.spec.versions.iter().map(|v| (v.name.as_str(), v.storage)).collect();

@@ -288,6 +288,7 @@ macro_rules! dispatch {
             Kind::AuthorizationPolicy => $typed!(AuthorizationPolicy),
             Kind::RequestAuthentication => $typed!(RequestAuthentication),
             Kind::EnvoyFilter => $typed!(EnvoyFilter),
+            Kind::Telemetry => $typed!(Telemetry),
             Kind::Namespace => $typed!(Namespace),
         }
     };

@@ -10,6 +10,7 @@ use serde::Serialize;
 use crate::envoy_filter::EnvoyFilter;
 use crate::networking::{DestinationRule, Gateway, ServiceEntry, Sidecar, VirtualService, WorkloadEntry};
 use crate::security::{AuthorizationPolicy, PeerAuthentication, RequestAuthentication};
+use crate::telemetry::{TELEMETRY_GROUP, Telemetry};
 
 pub const NETWORKING_GROUP: &str = "networking.istio.io";
 pub const SECURITY_GROUP: &str = "security.istio.io";
@@ -28,12 +29,14 @@ pub enum Kind {
     RequestAuthentication,
     /// Read only for its rate-limit patches (see [`crate::envoy_filter`]).
     EnvoyFilter,
+    /// `telemetry.istio.io` (see [`crate::telemetry`]).
+    Telemetry,
     /// Core `v1` Namespace: carries the `istio-injection` label.
     Namespace,
 }
 
 impl Kind {
-    pub const ALL: [Kind; 11] = [
+    pub const ALL: [Kind; 12] = [
         Kind::VirtualService,
         Kind::DestinationRule,
         Kind::ServiceEntry,
@@ -44,6 +47,7 @@ impl Kind {
         Kind::AuthorizationPolicy,
         Kind::RequestAuthentication,
         Kind::EnvoyFilter,
+        Kind::Telemetry,
         Kind::Namespace,
     ];
 
@@ -59,6 +63,7 @@ impl Kind {
             Kind::AuthorizationPolicy => "AuthorizationPolicy",
             Kind::RequestAuthentication => "RequestAuthentication",
             Kind::EnvoyFilter => "EnvoyFilter",
+            Kind::Telemetry => "Telemetry",
             Kind::Namespace => "Namespace",
         }
     }
@@ -69,6 +74,7 @@ impl Kind {
             Kind::PeerAuthentication | Kind::AuthorizationPolicy | Kind::RequestAuthentication => {
                 SECURITY_GROUP
             }
+            Kind::Telemetry => TELEMETRY_GROUP,
             Kind::Namespace => "",
             _ => NETWORKING_GROUP,
         }
@@ -82,6 +88,7 @@ impl Kind {
         match self.group() {
             NETWORKING_GROUP => &["v1alpha3", "v1beta1", "v1"],
             SECURITY_GROUP => &["v1beta1", "v1"],
+            TELEMETRY_GROUP => &["v1alpha1", "v1"],
             _ => &["v1"],
         }
     }
@@ -146,7 +153,7 @@ pub fn resolve_kind(api_version: &str, kind: &str) -> Result<Kind, KindError> {
 
 fn known_kinds() -> String {
     let mut by_group: Vec<String> = Vec::new();
-    for group in [NETWORKING_GROUP, SECURITY_GROUP, ""] {
+    for group in [NETWORKING_GROUP, SECURITY_GROUP, TELEMETRY_GROUP, ""] {
         let kinds: Vec<&str> = Kind::ALL.iter().filter(|k| k.group() == group).map(|k| k.name()).collect();
         let label = if group.is_empty() { "v1" } else { group };
         by_group.push(format!("{label} {}", kinds.join("/")));
@@ -169,6 +176,7 @@ pub enum Resource {
     AuthorizationPolicy(Box<AuthorizationPolicy>),
     RequestAuthentication(Box<RequestAuthentication>),
     EnvoyFilter(Box<EnvoyFilter>),
+    Telemetry(Box<Telemetry>),
     Namespace(Box<Namespace>),
 }
 
@@ -185,6 +193,7 @@ impl Resource {
             Resource::AuthorizationPolicy(_) => Kind::AuthorizationPolicy,
             Resource::RequestAuthentication(_) => Kind::RequestAuthentication,
             Resource::EnvoyFilter(_) => Kind::EnvoyFilter,
+            Resource::Telemetry(_) => Kind::Telemetry,
             Resource::Namespace(_) => Kind::Namespace,
         }
     }
@@ -201,6 +210,7 @@ impl Resource {
             Resource::AuthorizationPolicy(r) => &r.metadata,
             Resource::RequestAuthentication(r) => &r.metadata,
             Resource::EnvoyFilter(r) => &r.metadata,
+            Resource::Telemetry(r) => &r.metadata,
             Resource::Namespace(r) => &r.metadata,
         }
     }

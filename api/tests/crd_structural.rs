@@ -516,7 +516,7 @@ fn assert_no_problems(what: &str, problems: &[String]) {
 #[test]
 fn every_generated_crd_is_structural() {
     let crds = trellis_api::crds::all();
-    assert_eq!(crds.len(), 9);
+    assert_eq!(crds.len(), 10);
     let mut problems = Vec::new();
     for crd in &crds {
         let value = serde_json::to_value(crd).expect("a CRD serializes");
@@ -534,7 +534,7 @@ fn the_charts_crds_are_structural() {
         std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../charts/trellis/crds/istio-crds.yaml");
     let text = std::fs::read_to_string(&path).expect("the chart's CRDs");
     let docs: Vec<Value> = serde_saphyr::from_multiple(&text).expect("the chart's CRDs parse");
-    assert_eq!(docs.len(), 9, "{}", path.display());
+    assert_eq!(docs.len(), 10, "{}", path.display());
     let problems: Vec<String> = docs.iter().flat_map(check_crd).collect();
     assert_no_problems(&path.display().to_string(), &problems);
 }

@@ -415,7 +415,7 @@ fn cases() -> Vec<(String, &'static str)> {
         ("apiVersion: security.istio.io/v1alpha3\nkind: AuthorizationPolicy\nmetadata: {name: orders}\n".into(),
          "AuthorizationPolicy orders: kind: AuthorizationPolicy does not exist in version \"v1alpha3\" of security.istio.io; served versions are v1beta1, v1"),
         ("apiVersion: networking.istio.io/v1\nkind: ProxyConfig\nmetadata: {name: orders}\n".into(),
-         "ProxyConfig orders: kind: unknown kind \"ProxyConfig\" in apiVersion \"networking.istio.io/v1\"; Trellis reads networking.istio.io VirtualService/DestinationRule/ServiceEntry/WorkloadEntry/Sidecar/Gateway/EnvoyFilter; security.istio.io PeerAuthentication/AuthorizationPolicy/RequestAuthentication; v1 Namespace"),
+         "ProxyConfig orders: kind: unknown kind \"ProxyConfig\" in apiVersion \"networking.istio.io/v1\"; Trellis reads networking.istio.io VirtualService/DestinationRule/ServiceEntry/WorkloadEntry/Sidecar/Gateway/EnvoyFilter; security.istio.io PeerAuthentication/AuthorizationPolicy/RequestAuthentication; telemetry.istio.io Telemetry; v1 Namespace"),
         ("apiVersion: networking.istio.io/v1\nkind: EnvoyFilter\nmetadata: {name: orders}\n".into(),
          "EnvoyFilter orders: kind: EnvoyFilter does not exist in version \"v1\" of networking.istio.io; served versions are v1alpha3"),
         ("kind: VirtualService\nmetadata: {name: orders}\n".into(),

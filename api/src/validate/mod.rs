@@ -6,6 +6,7 @@
 
 mod networking;
 mod security;
+mod telemetry;
 
 pub use security::{check_jwks_uri, is_claim_path, is_cookie_name};
 
@@ -59,6 +60,7 @@ pub fn validate(resource: &Resource) -> Vec<Finding> {
         }
         Resource::RequestAuthentication(ra) => security::request_authentication(&mut r, &ra.spec),
         Resource::EnvoyFilter(ef) => envoy_filter(&mut r, &ef.spec),
+        Resource::Telemetry(t) => telemetry::telemetry(&mut r, &t.spec),
         Resource::Namespace(ns) => namespace_labels(&mut r, ns.metadata.labels.as_ref()),
     }
     r.findings

@@ -30,6 +30,7 @@ pub fn api_resource(kind: Kind) -> ApiResource {
         Kind::AuthorizationPolicy => ApiResource::erase::<AuthorizationPolicy>(&()),
         Kind::RequestAuthentication => ApiResource::erase::<RequestAuthentication>(&()),
         Kind::EnvoyFilter => ApiResource::erase::<EnvoyFilter>(&()),
+        Kind::Telemetry => ApiResource::erase::<trellis_api::telemetry::Telemetry>(&()),
         Kind::Namespace => ApiResource::erase::<Namespace>(&()),
     }
 }
@@ -69,6 +70,7 @@ fn decode(kind: Kind, object: DynamicObject) -> Result<Resource, Finding> {
         Kind::AuthorizationPolicy => Resource::AuthorizationPolicy(typed(value)?),
         Kind::RequestAuthentication => Resource::RequestAuthentication(typed(value)?),
         Kind::EnvoyFilter => Resource::EnvoyFilter(typed(value)?),
+        Kind::Telemetry => Resource::Telemetry(typed(value)?),
         Kind::Namespace => Resource::Namespace(typed(value)?),
     })
 }
