@@ -38,6 +38,33 @@ authorization:
     rules: [{ from: [{ principals: ["cluster.local/ns/shop/sa/frontend"] }], to: [{ methods: [GET] }] }]
 "#;
 
+/// The workload table trellisd would send: both pods, by address.
+const WORKLOADS: &str = r#"
+workloads:
+  - { uid: shop/frontend, addresses: [10.78.0.1], workload: frontend, namespace: shop, app: frontend, version: v1,
+      canonicalService: frontend, canonicalRevision: v1, cluster: Kubernetes,
+      principal: "spiffe://cluster.local/ns/shop/sa/frontend", sidecar: true }
+  - { uid: shop/web, addresses: [10.78.0.2], workload: web, namespace: shop, app: web, version: v2,
+      canonicalService: web, canonicalRevision: v2, cluster: Kubernetes,
+      principal: "spiffe://cluster.local/ns/shop/sa/web", sidecar: true }
+"#;
+
+/// Istio's labels of the call, in Istio's order, as `reporter` counts it.
+fn call_labels(reporter: &str) -> String {
+    format!(
+        "reporter=\"{reporter}\",source_workload=\"frontend\",source_canonical_service=\"frontend\",\
+         source_canonical_revision=\"v1\",source_workload_namespace=\"shop\",source_principal=\"{CLIENT_ID}\",\
+         source_app=\"frontend\",source_version=\"v1\",source_cluster=\"Kubernetes\",\
+         destination_workload=\"web\",destination_workload_namespace=\"shop\",\
+         destination_principal=\"{SERVER_ID}\",destination_app=\"web\",destination_version=\"v2\",\
+         destination_service=\"web.shop.svc.cluster.local\",destination_canonical_service=\"web\",\
+         destination_canonical_revision=\"v2\",destination_service_name=\"web\",\
+         destination_service_namespace=\"shop\",destination_cluster=\"Kubernetes\",request_protocol=\"http\",\
+         response_code=\"200\",grpc_response_status=\"\",response_flags=\"-\",\
+         connection_security_policy=\"mutual_tls\""
+    )
+}
+
 fn client_config() -> String {
     format!(
         r#"
@@ -192,8 +219,10 @@ fn a_call_between_pods_is_mutual_tls_on_the_wire_and_counted_with_both_principal
                     for (file, text) in [
                         ("frontend.token", "tok-frontend\n".to_owned()),
                         ("web.token", "tok-web\n".to_owned()),
-                        ("client.yaml", client_config()),
-                        ("server.yaml", SERVER_CONFIG.to_owned()),
+                        ("client.yaml", format!("{}{WORKLOADS}", client_config())),
+                        // The server knows the services too (trellisd sends every proxy the
+                        // address table), which names its inbound calls' destination service.
+                        ("server.yaml", format!("{SERVER_CONFIG}{}{WORKLOADS}", client_config())),
                     ] {
                         std::fs::write(path(file), text).unwrap();
                     }
@@ -227,6 +256,15 @@ fn a_call_between_pods_is_mutual_tls_on_the_wire_and_counted_with_both_principal
                             .env("POD_NAMESPACE", "shop")
                             .env("SERVICE_ACCOUNT", account)
                             .env("ISTIO_META_WORKLOAD_NAME", account)
+                            // The pod's labels, as the injector's downward API would give them.
+                            .env(
+                                "ISTIO_METAJSON_LABELS",
+                                if account == "web" {
+                                    r#"{"app":"web","version":"v2"}"#
+                                } else {
+                                    r#"{"app":"frontend","version":"v1"}"#
+                                },
+                            )
                             .uid(1337)
                             .gid(1337)
                             .stdout(Stdio::null())
@@ -342,17 +380,15 @@ fn a_call_between_pods_is_mutual_tls_on_the_wire_and_counted_with_both_principal
                         "no plaintext on the wire"
                     );
 
-                    // Both sides count it as mutual TLS with both principals.
-                    let want = format!(
-                        "connection_security_policy=\"mutual_tls\",source_principal=\"{CLIENT_ID}\",destination_principal=\"{SERVER_ID}\""
-                    );
+                    // Both sides count it as mutual TLS with both principals, and name both
+                    // workloads with every one of Istio's labels (the server trusts the caller's
+                    // address because the caller proved the identity the table gives it).
                     for (ns, reporter) in [(client, "source"), (server, "destination")] {
                         let metrics = http_get_in(ns, 15090, "/stats/prometheus");
+                        let want = format!("istio_requests_total{{{}}} ", call_labels(reporter));
                         assert!(
-                            metrics.lines().any(|l| l.starts_with("istio_requests_total")
-                                && l.contains(&format!("reporter=\"{reporter}\""))
-                                && l.contains(&want)),
-                            "{reporter}: {metrics}"
+                            metrics.lines().any(|l| l.starts_with(&want)),
+                            "{want}\n{reporter}: {metrics}"
                         );
                     }
 

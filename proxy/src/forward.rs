@@ -933,7 +933,8 @@ fn inbound_service<B>(request: &Request<B>, conn: &Conn, proxy: &Proxy, port: u1
     let snapshot = proxy.config.load_full();
     let authority = authority_ref(request);
     let (_, found) = conn.service_port(&snapshot, authority, || {
-        (port, authority.and_then(|a| snapshot.by_authority(a, port)).cloned())
+        // An authority without a port means HTTP's 80, as the client meant it.
+        (port, authority.and_then(|a| snapshot.by_authority(a, 80)).cloned())
     });
     match found {
         Some(service_port) => service_port.service.clone(),

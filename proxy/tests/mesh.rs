@@ -43,6 +43,35 @@ endpoints:
     endpoints: [{ address: 10.79.0.2, port: 5432 }]
 "#;
 
+/// The workload table both proxies hold (as trellisd would send it): both pods, by address.
+const WORKLOADS: &str = r#"
+workloads:
+  - { uid: shop/frontend, addresses: [10.79.0.1], workload: frontend, namespace: shop, app: frontend, version: v1,
+      canonicalService: frontend, canonicalRevision: v1, cluster: Kubernetes, sidecar: true,
+      principal: "spiffe://cluster.local/ns/shop/sa/frontend" }
+  - { uid: shop/web, addresses: [10.79.0.2], workload: web, namespace: shop, app: web, version: v1,
+      canonicalService: web, canonicalRevision: v1, cluster: Kubernetes, sidecar: true,
+      principal: "spiffe://cluster.local/ns/shop/sa/web" }
+"#;
+
+/// Istio's labels of a plaintext TCP connection from frontend to web, as `reporter` counts it:
+/// the client names the database's service, the server (bytes carry no authority) its own
+/// canonical service, as Istio falls back to.
+fn tcp_labels(reporter: &str, service: &str) -> String {
+    format!(
+        "reporter=\"{reporter}\",source_workload=\"frontend\",source_canonical_service=\"frontend\",\
+         source_canonical_revision=\"v1\",source_workload_namespace=\"shop\",source_principal=\"unknown\",\
+         source_app=\"frontend\",source_version=\"v1\",source_cluster=\"Kubernetes\",\
+         destination_workload=\"web\",destination_workload_namespace=\"shop\",\
+         destination_principal=\"unknown\",destination_app=\"web\",destination_version=\"v1\",\
+         destination_service=\"{service}\",destination_canonical_service=\"web\",\
+         destination_canonical_revision=\"v1\",destination_service_name=\"{name}\",\
+         destination_service_namespace=\"shop\",destination_cluster=\"Kubernetes\",request_protocol=\"tcp\",\
+         response_flags=\"-\",connection_security_policy=\"none\"",
+        name = service.split('.').next().unwrap_or_default()
+    )
+}
+
 /// A proxy process in a pod, stopped (by pid) when dropped.
 struct PodProxy(Child);
 
@@ -53,12 +82,14 @@ impl Drop for PodProxy {
     }
 }
 
-fn start_proxy(ns: &str, binary: &Path, config: &Path) -> PodProxy {
+fn start_proxy(ns: &str, binary: &Path, config: &Path, workload: &str) -> PodProxy {
     let child = in_namespace(Some(&netns_path(ns)), || {
         Command::new(binary)
             .arg("--config")
             .arg(config)
-            .env("ISTIO_META_WORKLOAD_NAME", ns)
+            .env("ISTIO_META_WORKLOAD_NAME", workload)
+            .env("POD_NAMESPACE", "shop")
+            .env("ISTIO_METAJSON_LABELS", format!(r#"{{"app":"{workload}","version":"v1"}}"#))
             .uid(1337)
             .gid(1337)
             .stdout(Stdio::null())
@@ -125,11 +156,12 @@ fn a_call_is_captured_routed_delivered_and_counted_on_both_sides() {
                 .unwrap();
             let client_config = dir.path().join("client.yaml");
             let server_config = dir.path().join("server.yaml");
-            std::fs::write(&client_config, CLIENT_CONFIG).unwrap();
-            std::fs::write(&server_config, "").unwrap();
+            std::fs::write(&client_config, format!("{CLIENT_CONFIG}{WORKLOADS}")).unwrap();
+            // The server knows the services too (trellisd sends every proxy the address table).
+            std::fs::write(&server_config, format!("{CLIENT_CONFIG}{WORKLOADS}")).unwrap();
             let binary = RunnableByAnyone::copy(env!("CARGO_BIN_EXE_trellis-proxy"));
-            let _client_proxy = start_proxy(client, &binary.path, &client_config);
-            let _server_proxy = start_proxy(server, &binary.path, &server_config);
+            let _client_proxy = start_proxy(client, &binary.path, &client_config, "frontend");
+            let _server_proxy = start_proxy(server, &binary.path, &server_config, "web");
 
             // The app in the server pod, on its own port.
             let runtime =
@@ -214,6 +246,38 @@ fn a_call_is_captured_routed_delivered_and_counted_on_both_sides() {
                 tcp_metrics.lines().any(|l| l.starts_with("istio_tcp_sent_bytes_total") && l.ends_with(" 4")),
                 "{tcp_metrics}"
             );
+            // Both sides name both workloads from the table, with Istio's TCP labels, on every
+            // TCP metric.
+            for (ns, reporter, service) in
+                [(client, "source", "db.shop.svc.cluster.local"), (server, "destination", "web")]
+            {
+                let labels = tcp_labels(reporter, service);
+                let wanted: Vec<String> = [
+                    "istio_tcp_connections_opened_total",
+                    "istio_tcp_connections_closed_total",
+                    "istio_tcp_sent_bytes_total",
+                    "istio_tcp_received_bytes_total",
+                ]
+                .iter()
+                .map(|metric| format!("{metric}{{{labels}}} "))
+                .collect();
+                // The server counts the close once its side of the relay ends: waited for.
+                let deadline = Instant::now() + Duration::from_secs(10);
+                let metrics = loop {
+                    let metrics = http_get_in(ns, 15090, "/stats/prometheus");
+                    let all = wanted.iter().all(|w| metrics.lines().any(|l| l.starts_with(w.as_str())));
+                    if all || Instant::now() > deadline {
+                        break metrics;
+                    }
+                    std::thread::sleep(Duration::from_millis(50));
+                };
+                for want in &wanted {
+                    assert!(
+                        metrics.lines().any(|l| l.starts_with(want.as_str())),
+                        "{want}\n{reporter}: {metrics}"
+                    );
+                }
+            }
             drop(runtime);
         });
     });
