@@ -558,6 +558,25 @@ async fn spans_reach_an_otlp_http_collector_and_errors_are_marked() {
 async fn a_collector_that_is_down_costs_only_counted_drops() {
     // A port with nothing listening.
     let closed = TcpListener::bind("127.0.0.1:0").await.unwrap().local_addr().unwrap();
+    drops_are_counted(closed).await;
+}
+
+#[tokio::test]
+async fn a_collector_that_never_answers_costs_only_counted_drops() {
+    // Takes connections and reads nothing: every export waits for its timeout.
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((stream, _)) = listener.accept().await {
+            held.push(stream);
+        }
+    });
+    drops_are_counted(addr).await;
+}
+
+async fn drops_are_counted(collector: SocketAddr) {
+    let closed = collector;
     let provider =
         format!("provider: {{ name: down, addresses: ['{closed}'], zipkin: {{}}, timeout: 0.5s }}");
     let h = hops(100.0, &provider, &provider).await;

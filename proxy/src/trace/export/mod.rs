@@ -15,6 +15,8 @@ use bytes::Bytes;
 use http::{HeaderName, HeaderValue};
 use http_body_util::{BodyExt, Full};
 use prometheus_client::encoding::EncodeLabelSet;
+#[cfg(test)]
+use prost::Message as _;
 use tokio::sync::mpsc;
 use trellis_xds::config as pb;
 
@@ -263,4 +265,92 @@ fn limited(value: &str, max: usize) -> &str {
         end -= 1;
     }
     &value[..end]
+}
+
+#[cfg(test)]
+mod tests {
+    use prost::Message as _;
+
+    use super::*;
+    use crate::trace::span::Kind;
+
+    fn span(tag: &str) -> SpanRecord {
+        SpanRecord {
+            trace_id: 0x4bf92f3577b34da6a3ce929d0e0e4736,
+            short_trace_id: false,
+            span_id: 0x00f067aa0ba902b7,
+            parent_id: None,
+            kind: Kind::Client,
+            name: "web:80/*".into(),
+            start_unix_nanos: 1_700_000_000_000_000_000,
+            duration_nanos: 1_500,
+            tags: vec![("http.url".into(), tag.to_owned())],
+            error: false,
+            peer: "127.0.0.1:5000".parse().unwrap(),
+        }
+    }
+
+    fn provider(kind: pb::tracing_provider::Kind) -> pb::TracingProvider {
+        pb::TracingProvider {
+            name: "z".into(),
+            addresses: vec!["127.0.0.1:9".into()],
+            kind: Some(kind),
+            ..Default::default()
+        }
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_full_queue_drops_and_counts_without_waiting() {
+        let zipkin = provider(pb::tracing_provider::Kind::Zipkin(pb::TracingZipkin::default()));
+        let exporter = Exporter::compile(&zipkin, Arc::new(LocalNode::resolve(None))).unwrap();
+        let metrics = Arc::new(Metrics::new(crate::metrics::Workload::from_env()));
+        // This thread never yields: the exporter's task cannot take anything yet.
+        for _ in 0..QUEUE_CAPACITY + 100 {
+            exporter.submit(span("/"), &metrics);
+        }
+        let text = metrics.render();
+        assert!(
+            text.contains(r#"trellis_trace_spans_total{provider="z",result="queue_full"} 100"#),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn bad_providers_are_refused_with_their_field() {
+        let mut p =
+            provider(pb::tracing_provider::Kind::Zipkin(pb::TracingZipkin { path: "no-slash".into() }));
+        let local = Arc::new(LocalNode::resolve(None));
+        assert_eq!(Exporter::compile(&p, local.clone()).unwrap_err().field, "tracing.provider.path");
+        p.kind = None;
+        assert_eq!(Exporter::compile(&p, local.clone()).unwrap_err().field, "tracing.provider.kind");
+        p.kind = Some(pb::tracing_provider::Kind::OtlpHttp(pb::TracingOtlpHttp {
+            path: String::new(),
+            headers: [("bad name".to_owned(), "v".to_owned())].into(),
+        }));
+        assert_eq!(Exporter::compile(&p, local.clone()).unwrap_err().field, "tracing.provider.headers");
+        p.addresses = vec!["nowhere".into()];
+        assert_eq!(Exporter::compile(&p, local.clone()).unwrap_err().field, "tracing.provider.addresses[0]");
+        p.addresses = vec![];
+        assert_eq!(Exporter::compile(&p, local).unwrap_err().field, "tracing.provider.addresses");
+    }
+
+    #[test]
+    fn encodings_cut_tags_on_character_boundaries_and_round_trip() {
+        let local = LocalNode::resolve(None);
+        let long = "é".repeat(100);
+        let json = zipkin::encode(&[span(&long)], &local, 11);
+        let list: Vec<serde_json::Value> = serde_json::from_slice(&json).unwrap();
+        assert_eq!(list[0]["tags"]["http.url"], "ééééé", "11 bytes is 5 whole characters");
+        assert_eq!(list[0]["traceId"], "4bf92f3577b34da6a3ce929d0e0e4736");
+        assert_eq!(list[0]["timestamp"], 1_700_000_000_000_000u64);
+        assert_eq!(list[0]["duration"], 1);
+        let bytes = otlp::encode(&[span(&long)], &local, 0);
+        let decoded =
+            trellis_xds::opentelemetry::proto::collector::trace::v1::ExportTraceServiceRequest::decode(bytes)
+                .unwrap();
+        let span = &decoded.resource_spans[0].scope_spans[0].spans[0];
+        assert_eq!(span.trace_id, 0x4bf92f3577b34da6a3ce929d0e0e4736u128.to_be_bytes());
+        assert_eq!(span.end_time_unix_nano - span.start_time_unix_nano, 1_500);
+        assert!(span.parent_span_id.is_empty());
+    }
 }
