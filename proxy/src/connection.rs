@@ -45,7 +45,7 @@ pub async fn handle(stream: TcpStream, peer: SocketAddr, side: Side, proxy: Arc<
         proxy.connections.fetch_sub(1, Ordering::AcqRel);
         return;
     }
-    let conn = Conn::new(side, peer, original, local);
+    let mut conn = Conn::new(side, peer, original, local);
     let port = original.map(|o| o.port());
     let mut service_port = original.and_then(|o| snapshot.by_address(o)).cloned();
     if let Some(sp) = &service_port
@@ -134,16 +134,15 @@ pub async fn handle(stream: TcpStream, peer: SocketAddr, side: Side, proxy: Arc<
         Detected::Tls if side == Side::Outbound => {
             // TLS that is not ours passes through; its server name picks the service when the
             // address dialled does not.
-            let by_name = match (
-                &service_port,
-                box_out_of_line(|| detect::server_name(&stream, DETECTION_TLS_DEADLINE)).await,
-            ) {
+            let name = box_out_of_line(|| detect::server_name(&stream, DETECTION_TLS_DEADLINE)).await;
+            let by_name = match (&service_port, &name) {
                 (None, Some(name)) => {
                     let snapshot = proxy.config.load();
-                    snapshot.by_authority(&name, port.unwrap_or(443)).cloned()
+                    snapshot.by_authority(name, port.unwrap_or(443)).cloned()
                 }
                 _ => None,
             };
+            conn.sni = name.map(Arc::from);
             box_out_of_line(|| relay(stream, &conn, service_port.as_deref().or(by_name.as_deref()), &proxy))
                 .await
         }
@@ -165,6 +164,7 @@ async fn serve_mesh(stream: TcpStream, mut conn: Conn, proxy: Arc<Proxy>) {
         }
         Ok(terminated) => {
             conn.tls_peer = terminated.peer;
+            conn.sni = terminated.stream.get_ref().1.server_name().map(Arc::from);
             let stream = MaybeTls::Server(Box::new(terminated.stream));
             match terminated.carried {
                 Carried::Http1 => serve(stream, conn, proxy, Speaks::Http1).await,

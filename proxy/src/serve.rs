@@ -27,6 +27,9 @@ pub struct Conn {
     pub local: SocketAddr,
     /// The verified peer of a mutual TLS connection; `None` for plaintext.
     pub tls_peer: Option<crate::security::xfcc::Peer>,
+    /// The server name a TLS client asked for (terminated or passed through): the access log's
+    /// `%REQUESTED_SERVER_NAME%`.
+    pub sni: Option<Arc<str>>,
     /// `peer`'s address as a header value (`x-forwarded-for`), made on first use.
     peer_value: OnceLock<HeaderValue>,
     /// The last authority's service port: a keep-alive client names the same host on every
@@ -54,6 +57,7 @@ impl Conn {
             original,
             local,
             tls_peer: None,
+            sni: None,
             peer_value: OnceLock::new(),
             last_lookup: Mutex::new(None),
             peer_workload: OnceLock::new(),

@@ -374,7 +374,7 @@ async fn a_tcp_connection_gets_a_line() {
             });
         }
     });
-    let format = "%PROTOCOL% %RESPONSE_CODE% %RESPONSE_FLAGS% %UPSTREAM_HOST% %UPSTREAM_CLUSTER% %BYTES_RECEIVED% %BYTES_SENT% %UPSTREAM_LOCAL_ADDRESS% %DURATION%";
+    let format = "%PROTOCOL% %RESPONSE_CODE% %RESPONSE_FLAGS% %UPSTREAM_HOST% %UPSTREAM_CLUSTER% %BYTES_RECEIVED% %BYTES_SENT% %UPSTREAM_LOCAL_ADDRESS% %DURATION% %REQUESTED_SERVER_NAME%";
     let config = format!(
         r#"
 services:
@@ -401,6 +401,63 @@ accessLogs: [{{ path: {:?}, textFormat: '{format}' }}]
     assert_eq!(&words[..7], ["-", "0", "-", &db.to_string(), "db", &hello.len().to_string(), "4"], "{line}");
     assert!(words[7].starts_with("127.0.0.1:"), "the proxy's end of the upstream connection: {line}");
     assert!(words[8].parse::<u64>().is_ok());
+    assert_eq!(words[9], "db.test", "the TLS server name passed through");
+}
+
+#[tokio::test]
+async fn mutual_tls_lines_name_the_peer_and_the_server_name() {
+    use common::mesh::{ca, identity, mesh};
+    const FRONTEND: &str = "spiffe://cluster.local/ns/shop/sa/frontend";
+    const CATALOG: &str = "spiffe://cluster.local/ns/shop/sa/catalog";
+    let dir = tempfile::tempdir().unwrap();
+    let (server_log, client_log) = (log_path(&dir, "server.log"), log_path(&dir, "client.log"));
+    let ca = ca();
+    let app = Upstream::start("catalog").await;
+    let format = "%DOWNSTREAM_PEER_URI_SAN% %REQUESTED_SERVER_NAME% %UPSTREAM_CLUSTER% %UPSTREAM_HOST% %RESPONSE_CODE%";
+    let server_config = format!(
+        "inboundTls: {{ mode: STRICT }}\naccessLogs: [{{ path: {:?}, textFormat: '{format}' }}]\n",
+        server_log.display().to_string()
+    );
+    let server =
+        TestProxy::start_with_identity(&server_config, true, identity(mesh(&ca, "cluster.local", CATALOG)))
+            .await;
+    let client_config = format!(
+        r#"
+services:
+  - name: catalog.shop.svc.cluster.local
+    aliases: [catalog]
+    ports: [{{ port: {app_port}, protocol: HTTP }}]
+virtualHosts:
+  - name: catalog.shop.svc.cluster.local:{app_port}
+    routes: [{{ name: all, forward: {{ clusters: [{{ cluster: catalog }}] }} }}]
+clusters:
+  - {{ name: catalog, service: catalog.shop.svc.cluster.local }}
+endpoints:
+  - service: catalog.shop.svc.cluster.local
+    serviceAccounts: ["{CATALOG}"]
+    endpoints: [{{ address: 127.0.0.1, port: {inbound}, meshTls: true }}]
+accessLogs: [{{ path: {path:?}, textFormat: '{format}' }}]
+"#,
+        app_port = app.addr.port(),
+        inbound = server.inbound().port(),
+        path = client_log.display().to_string(),
+    );
+    let client =
+        TestProxy::start_with_identity(&client_config, true, identity(mesh(&ca, "cluster.local", FRONTEND)))
+            .await;
+    let mut http = Client::connect(client.outbound(), Version::HTTP_11).await;
+    let answer = http.get(&format!("catalog:{}", app.addr.port()), "/items").await;
+    assert_eq!((answer.status, answer.text()), (StatusCode::OK, "catalog".to_owned()));
+    let server_line = lines(&server_log, 1).await.remove(0);
+    let words: Vec<&str> = server_line.split(' ').collect();
+    assert_eq!(words[0], FRONTEND, "the verified caller: {server_line}");
+    // Trellis's client proxies dial endpoints by address and send no server name (the TLS
+    // passthrough test shows one logged).
+    assert_eq!(words[1], "-", "{server_line}");
+    assert_eq!(words[2], format!("inbound|{}||", app.addr.port()));
+    assert_eq!(&words[3..], [&app.addr.to_string(), "200"]);
+    let client_line = lines(&client_log, 1).await.remove(0);
+    assert_eq!(client_line, format!("- - catalog {} 200", server.inbound()), "plaintext from the app");
 }
 
 /// The first bytes of a TLS connection to `server_name`: all the proxy reads before it relays.

@@ -330,7 +330,7 @@ pub fn capture<B>(
         downstream_remote: conn.peer,
         downstream_local: conn.original.unwrap_or(conn.local),
         peer: conn.tls_peer.as_ref().map(|p| p.principal.clone()),
-        sni: None,
+        sni: conn.sni.clone(),
         inbound: conn.side == Side::Inbound,
         status: 0,
         response_headers: HeaderMap::new(),
@@ -456,7 +456,7 @@ pub struct TcpEntry {
     downstream_remote: SocketAddr,
     downstream_local: SocketAddr,
     peer: Option<Arc<str>>,
-    pub sni: Option<Box<str>>,
+    sni: Option<Arc<str>>,
     /// Where it was relayed (Istio's cluster name).
     pub cluster: Option<Arc<str>>,
 }
@@ -486,7 +486,7 @@ impl TcpEntry {
             downstream_remote: conn.peer,
             downstream_local: conn.original.unwrap_or(conn.local),
             peer: conn.tls_peer.as_ref().map(|p| p.principal.clone()),
-            sni: None,
+            sni: conn.sni.clone(),
             cluster: None,
         })
     }
