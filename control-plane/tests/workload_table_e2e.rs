@@ -1,0 +1,143 @@
+//! The workload table end to end, on loopback (no root): `trellisd` reads WorkloadEntries from a
+//! config directory and sends every proxy the same table over delta xDS; a proxy's call to a
+//! ServiceEntry's endpoint is counted with the endpoint's workload, app, version and canonical
+//! names; an edit of an entry's labels reaches the table.
+
+mod ca_support;
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use axum::Router;
+use ca_support::{Trellisd, write_atomically};
+use http_body_util::Empty;
+use hyper::body::Bytes;
+use hyper_util::rt::TokioIo;
+use trellis_proxy::metrics::{Metrics, Workload};
+use trellis_proxy::xds::XdsOptions;
+use trellis_xds::types::ProxyNode;
+
+fn config(app_port: u16, version: &str) -> String {
+    format!(
+        r#"apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {{ name: web, namespace: shop }}
+spec:
+  hosts: [web.shop.internal]
+  addresses: [240.240.0.20]
+  ports: [{{ number: 80, name: http, protocol: HTTP }}]
+  resolution: STATIC
+  location: MESH_INTERNAL
+  workloadSelector: {{ labels: {{ app: web }} }}
+---
+apiVersion: networking.istio.io/v1
+kind: WorkloadEntry
+metadata: {{ name: web-vm-1, namespace: shop }}
+spec:
+  address: 127.0.0.71
+  serviceAccount: web
+  ports: {{ http: {app_port} }}
+  labels: {{ app: web, version: {version}, service.istio.io/workload-name: web-vms }}
+---
+apiVersion: networking.istio.io/v1
+kind: WorkloadEntry
+metadata: {{ name: frontend, namespace: shop }}
+spec:
+  address: 127.0.0.72
+  serviceAccount: frontend
+  labels: {{ app: frontend, security.istio.io/tlsMode: istio }}
+"#
+    )
+}
+
+fn start_proxy(xds: SocketAddr, name: &str) -> trellis_proxy::Running {
+    let local: SocketAddr = "127.0.0.72:0".parse().unwrap();
+    let options = trellis_proxy::Options {
+        outbound: vec![local],
+        inbound: vec![local],
+        admin: vec![local],
+        readiness: vec![local],
+        stats: vec![local],
+        config_file: None,
+        xds: Some(XdsOptions {
+            address: format!("http://{xds}"),
+            node: ProxyNode {
+                id: format!("sidecar~127.0.0.72~{name}.shop~shop.svc.cluster.local"),
+                namespace: "shop".into(),
+                workload: name.into(),
+                labels: [("app".to_owned(), name.to_owned())].into(),
+            },
+            secure: None,
+        }),
+        explicit_inbound: true,
+        identity: None,
+    };
+    let workload = Workload { name: name.into(), namespace: "shop".into() };
+    trellis_proxy::start(options, Metrics::new(workload), None).unwrap()
+}
+
+async fn eventually(what: &str, check: impl Fn() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !check() {
+        assert!(Instant::now() < deadline, "{what}: not within 20 s");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+async fn get(proxy: SocketAddr) -> u16 {
+    let stream = tokio::net::TcpStream::connect(proxy).await.unwrap();
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await.unwrap();
+    tokio::spawn(conn);
+    let request =
+        http::Request::get("/").header("host", "web.shop.internal").body(Empty::<Bytes>::new()).unwrap();
+    sender.send_request(request).await.unwrap().status().as_u16()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn trellisds_workload_table_names_the_endpoint_a_proxy_calls() {
+    let listener = tokio::net::TcpListener::bind("127.0.0.71:0").await.unwrap();
+    let app = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, Router::new().fallback(|| async { "web" })).await });
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("web.yaml");
+    std::fs::write(&file, config(app.port(), "v1")).unwrap();
+    let trellisd = Trellisd::start_with(&["--config-dir".into(), dir.path().into()], &[]);
+    let frontend = start_proxy(trellisd.xds, "frontend");
+    let table = |proxy: &trellis_proxy::Running| proxy.proxy.config.load().source.workloads.clone();
+    eventually("the proxy holds the table", || table(&frontend).len() == 2).await;
+    let workloads = table(&frontend);
+    let vm = workloads.iter().find(|w| w.uid == "shop/web-vm-1").expect("the VM's entry");
+    assert_eq!((vm.workload.as_str(), vm.app.as_str(), vm.version.as_str()), ("web-vms", "web", "v1"));
+    assert_eq!((vm.canonical_service.as_str(), vm.canonical_revision.as_str()), ("web", "v1"));
+    assert_eq!((vm.principal.as_str(), vm.sidecar), ("spiffe://cluster.local/ns/shop/sa/web", false));
+    assert_eq!(vm.addresses, ["127.0.0.71"]);
+
+    assert_eq!(get(frontend.outbound[0]).await, 200);
+    let metrics = frontend.proxy.metrics.render();
+    let line = metrics
+        .lines()
+        .find(|l| l.starts_with("istio_requests_total{reporter=\"source\""))
+        .unwrap_or_else(|| panic!("{metrics}"));
+    for label in [
+        "source_workload=\"frontend\"",
+        "destination_workload=\"web-vms\"",
+        "destination_workload_namespace=\"shop\"",
+        "destination_app=\"web\"",
+        "destination_version=\"v1\"",
+        "destination_service=\"web.shop.internal\"",
+        "destination_canonical_service=\"web\"",
+        "destination_canonical_revision=\"v1\"",
+        "destination_service_name=\"web.shop.internal\"",
+        "destination_service_namespace=\"shop\"",
+        "destination_cluster=\"Kubernetes\"",
+    ] {
+        assert!(line.contains(label), "{label} missing: {line}");
+    }
+
+    // An edit reaches the table (the WorkloadEntry's version).
+    write_atomically(&file, &config(app.port(), "v2"));
+    eventually("the table follows the edit", || {
+        table(&frontend).iter().any(|w| w.uid == "shop/web-vm-1" && w.version == "v2")
+    })
+    .await;
+}
