@@ -524,6 +524,51 @@ mod tests {
         assert_eq!(parse_b3_single(h.get("b3").unwrap().as_bytes()).unwrap().parent.unwrap().trace_id, 0xab);
     }
 
+    proptest::proptest! {
+        #[test]
+        fn hostile_values_never_panic_and_are_never_passed_on(
+            name in proptest::sample::select(vec!["traceparent", "tracestate", "b3", "x-b3-traceid", "x-b3-spanid", "x-b3-parentspanid", "x-b3-sampled", "x-b3-flags"]),
+            value in proptest::collection::vec(proptest::num::u8::ANY, 0..80),
+        ) {
+            let _ = parse_traceparent(&value);
+            let _ = parse_b3_single(&value);
+            let Ok(value) = HeaderValue::from_bytes(&value) else { return Ok(()) };
+            let mut h = HeaderMap::new();
+            h.insert(HeaderName::from_static(name), value.clone());
+            let incoming = Incoming::read(&h);
+            let out = Outgoing {
+                trace_id: incoming.parent.map_or(7, |p| p.trace_id),
+                span_id: 9,
+                parent_id: incoming.parent.map(|p| p.span_id),
+                sampled: incoming.sampled.unwrap_or(false),
+                debug: incoming.debug,
+                short_trace_id: incoming.parent.is_some_and(|p| p.short_trace_id),
+                single_b3: incoming.single_b3,
+            };
+            write(&mut h, &out, incoming.parent.is_some_and(|p| p.w3c));
+            let back = Incoming::read(&h);
+            proptest::prop_assert_eq!(back.parent.map(|p| (p.trace_id, p.span_id)), Some((out.trace_id, 9)));
+            // Only a value that parsed survives, as the value this hop wrote.
+            if h.get(name) == Some(&value) {
+                proptest::prop_assert!(incoming.parent.is_some() || incoming.sampled.is_some());
+            }
+        }
+
+        #[test]
+        fn any_written_context_reads_back(trace in 1u128.., span in 1u64.., parent in proptest::option::of(1u64..), sampled: bool, single: bool) {
+            let out = Outgoing { trace_id: trace, span_id: span, parent_id: parent, sampled, debug: false, short_trace_id: false, single_b3: single };
+            let mut h = HeaderMap::new();
+            write(&mut h, &out, false);
+            let back = Incoming::read(&h);
+            let p = back.parent.unwrap();
+            proptest::prop_assert_eq!((p.trace_id, p.span_id, back.sampled), (trace, span, Some(sampled)));
+            if single {
+                let b3 = parse_b3_single(h.get("b3").unwrap().as_bytes()).unwrap();
+                proptest::prop_assert_eq!(b3.parent.map(|p| (p.trace_id, p.span_id)), Some((trace, span)));
+            }
+        }
+    }
+
     #[test]
     fn tracestate_is_kept_only_when_valid() {
         let mut h = headers(&[("traceparent", TP), ("tracestate", "congo=t61rcWkgMzE")]);

@@ -15,8 +15,6 @@ use bytes::Bytes;
 use http::{HeaderName, HeaderValue};
 use http_body_util::{BodyExt, Full};
 use prometheus_client::encoding::EncodeLabelSet;
-#[cfg(test)]
-use prost::Message as _;
 use tokio::sync::mpsc;
 use trellis_xds::config as pb;
 
