@@ -95,6 +95,67 @@ impl Drop for OpenConnection {
     }
 }
 
+/// A connection's stream together with its place under the cluster's cap: the place is given
+/// back when the stream is dropped, which hyper does when the connection ends (or, upgraded,
+/// when the upgraded connection does). Holding it here rather than in an `async` block around
+/// the connection task spares tokio a poll layer on every wake-up of every pooled connection.
+struct Placed {
+    io: MaybeTls,
+    _place: Option<OpenConnection>,
+}
+
+impl tokio::io::AsyncRead for Placed {
+    #[inline]
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.io).poll_read(cx, buf)
+    }
+}
+
+impl tokio::io::AsyncWrite for Placed {
+    #[inline]
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        std::pin::Pin::new(&mut self.io).poll_write(cx, buf)
+    }
+
+    #[inline]
+    fn poll_write_vectored(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        std::pin::Pin::new(&mut self.io).poll_write_vectored(cx, bufs)
+    }
+
+    #[inline]
+    fn is_write_vectored(&self) -> bool {
+        self.io.is_write_vectored()
+    }
+
+    #[inline]
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.io).poll_flush(cx)
+    }
+
+    #[inline]
+    fn poll_shutdown(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.io).poll_shutdown(cx)
+    }
+}
+
 impl ClusterConnections {
     pub fn new(max: u32) -> Arc<ClusterConnections> {
         static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
@@ -392,13 +453,10 @@ impl Pools {
         let opened_at = Instant::now();
         let stream = self.dial(key, policy, tls, Carries::Http1).await?;
         let (mut sender, connection) = http1::Builder::new()
-            .handshake(TokioIo::new(stream))
+            .handshake(TokioIo::new(Placed { io: stream, _place: opened }))
             .await
             .map_err(|source| UpstreamError::Reset { addr: key.addr, source })?;
-        tokio::spawn(async move {
-            let _ = connection.with_upgrades().await;
-            drop(opened);
-        });
+        tokio::spawn(connection.with_upgrades());
         let response = sender
             .send_request(request)
             .await
