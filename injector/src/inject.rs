@@ -204,37 +204,19 @@ fn proxy_resources(annotations: &BTreeMap<String, String>) -> Value {
 }
 
 /// The workload a pod belongs to, the way Istio names it: a ReplicaSet's pods belong to its
-/// Deployment (the pod-template-hash suffix removed), a CronJob's Job to the CronJob.
+/// Deployment (the pod-template-hash suffix removed), a CronJob's Job to the CronJob. The same
+/// rule names the pod in trellisd's workload table (`trellis_api::workload`), so that the
+/// proxy's own metric labels and its peers' agree.
 fn workload_name(pod: &Pod) -> String {
     let meta = &pod.metadata;
     let controller = meta.owner_references.iter().flatten().find(|o| o.controller == Some(true));
-    if let Some(owner) = controller {
-        let hash = meta.labels.as_ref().and_then(|l| l.get("pod-template-hash"));
-        return match (owner.kind.as_str(), hash) {
-            ("ReplicaSet", Some(hash)) => {
-                owner.name.strip_suffix(&format!("-{hash}")).unwrap_or(&owner.name).to_owned()
-            }
-            ("Job", _) => strip_numeric_suffix(&owner.name).to_owned(),
-            _ => owner.name.clone(),
-        };
-    }
-    if let Some(name) = meta.name.as_deref().filter(|n| !n.is_empty()) {
-        return name.to_owned();
-    }
-    meta.generate_name.as_deref().unwrap_or_default().trim_end_matches('-').to_owned()
-}
-
-/// `nightly-28911520` → `nightly`: Jobs created by a CronJob carry the scheduled time in
-/// minutes since the epoch (8 digits today). A Job named by hand, like `migrate-2`, keeps its name.
-fn strip_numeric_suffix(name: &str) -> &str {
-    match name.rsplit_once('-') {
-        Some((base, suffix))
-            if (8..=10).contains(&suffix.len()) && suffix.bytes().all(|b| b.is_ascii_digit()) =>
-        {
-            base
-        }
-        _ => name,
-    }
+    let hash = meta.labels.as_ref().and_then(|l| l.get("pod-template-hash")).map(String::as_str);
+    trellis_api::workload::workload_name(
+        meta.name.as_deref(),
+        meta.generate_name.as_deref(),
+        controller.map(|o| trellis_api::workload::Owner { kind: &o.kind, name: &o.name }),
+        hash,
+    )
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -602,16 +584,11 @@ fn label_and_annotate(
     workload: &str,
 ) {
     use names::{annotation as ann, label};
-    let workload = workload.to_owned();
     let meta = &mut pod.metadata;
     let labels = meta.labels.get_or_insert_with(BTreeMap::new);
-    let first_of =
-        |keys: &[&str], labels: &BTreeMap<String, String>| keys.iter().find_map(|k| labels.get(*k).cloned());
-    let canonical_name = first_of(&[label::CANONICAL_NAME, label::APP_KUBERNETES_NAME, label::APP], labels)
-        .unwrap_or(workload);
-    let canonical_revision =
-        first_of(&[label::CANONICAL_REVISION, label::APP_KUBERNETES_VERSION, label::VERSION], labels)
-            .unwrap_or_else(|| "latest".to_owned());
+    // Istio's rules, shared with trellisd's workload table and the proxy's own labels.
+    let canonical_name = trellis_api::workload::canonical_service(labels, workload);
+    let canonical_revision = trellis_api::workload::canonical_revision(labels);
     labels.insert(label::TLS_MODE.to_owned(), label::TLS_MODE_ISTIO.to_owned());
     labels.entry(label::CANONICAL_NAME.to_owned()).or_insert(canonical_name);
     labels.entry(label::CANONICAL_REVISION.to_owned()).or_insert(canonical_revision);
