@@ -47,7 +47,7 @@ pub struct SpanRecord {
     pub tags: Vec<(Cow<'static, str>, String)>,
     /// A 5xx answer (Envoy's `error` tag; OTLP's error status).
     pub error: bool,
-    /// The caller (inbound) or the endpoint's address as far as known (outbound: the caller).
+    /// The downstream peer (the caller's address).
     pub peer: SocketAddr,
 }
 
@@ -201,7 +201,6 @@ impl Started {
         let mut tags: Vec<(Cow<'static, str>, String)> = Vec::with_capacity(24 + this.header_tags.len());
         let mut tag = |k: &'static str, v: String| tags.push((Cow::Borrowed(k), v));
         tag("node_id", local.node_id.clone());
-        tag("zone", String::new());
         tag("guid:x-request-id", text(&this.request_id));
         tag("http.url", this.url);
         tag("http.method", this.method.as_str().to_owned());
@@ -228,7 +227,6 @@ impl Started {
         if error {
             tag("error", "true".to_owned());
         }
-        tags.retain(|(k, v)| !(k == "zone" && v.is_empty()));
         for (k, v) in this.tracing.literal_tags.iter().chain(this.header_tags.iter()) {
             tags.push((Cow::Owned(k.to_string()), v.clone()));
         }

@@ -44,8 +44,7 @@ pub(super) fn request(
             span_id: s.span_id.to_be_bytes().to_vec(),
             parent_span_id: s.parent_id.map(|p| p.to_be_bytes().to_vec()).unwrap_or_default(),
             // Every parent a proxy's span has came from another process.
-            flags: SAMPLED_FLAG
-                | if s.parent_id.is_some() { HAS_IS_REMOTE | IS_REMOTE } else { HAS_IS_REMOTE },
+            flags: SAMPLED_FLAG | if s.parent_id.is_some() { HAS_IS_REMOTE | IS_REMOTE } else { 0 },
             name: s.name.clone(),
             kind: match s.kind {
                 Kind::Client => trace::span::SpanKind::Client,

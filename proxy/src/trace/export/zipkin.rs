@@ -25,7 +25,10 @@ struct Span<'a> {
     timestamp: u64,
     duration: u64,
     local_endpoint: Endpoint<'a>,
-    remote_endpoint: Endpoint<'a>,
+    /// SERVER spans: the caller. (A CLIENT span's remote end is the upstream, which the
+    /// span does not record.)
+    #[serde(skip_serializing_if = "Option::is_none")]
+    remote_endpoint: Option<Endpoint<'a>>,
     tags: BTreeMap<&'a str, &'a str>,
 }
 
@@ -66,7 +69,8 @@ pub(super) fn encode(batch: &[SpanRecord], local: &LocalNode, max_tag_length: us
             timestamp: s.start_unix_nanos / 1_000,
             duration: (s.duration_nanos / 1_000).max(1),
             local_endpoint: endpoint(Some(&local.service_name), local.ip, None),
-            remote_endpoint: endpoint(None, Some(s.peer.ip()), Some(s.peer.port())),
+            remote_endpoint: (s.kind == Kind::Server)
+                .then(|| endpoint(None, Some(s.peer.ip()), Some(s.peer.port()))),
             tags: s.tags.iter().map(|(k, v)| (k.as_ref(), limited(v, max_tag_length))).collect(),
         })
         .collect();
