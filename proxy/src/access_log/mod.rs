@@ -588,3 +588,57 @@ impl Activation for Facts<'_> {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::security::authz::DecidedBy;
+
+    #[test]
+    fn denials_are_named_in_envoys_words() {
+        let by = DecidedBy::Rule { policy: "shop/no-admin".into(), rule: 2 };
+        assert_eq!(
+            &*denial_details(&by),
+            "rbac_access_denied_matched_policy[ns[shop]-policy[no-admin]-rule[2]]"
+        );
+        assert_eq!(&*denial_details(&DecidedBy::NoAllowMatched), "rbac_access_denied_matched_policy[none]");
+    }
+
+    #[test]
+    fn details_follow_the_flags_then_where_the_answer_came_from() {
+        assert_eq!(details("-", 200, true), "via_upstream");
+        assert_eq!(details("DI", 200, true), "via_upstream");
+        assert_eq!(details("URX", 503, true), "via_upstream");
+        assert_eq!(details("NR", 404, false), "route_not_found");
+        assert_eq!(details("UF", 503, true), "upstream_reset_before_response_started{connection_failure}");
+        assert_eq!(details("-", 413, false), "request_payload_too_large");
+        assert_eq!(details("-", 301, false), "direct_response");
+    }
+
+    #[test]
+    fn only_the_headers_a_format_reads_are_kept() {
+        let config = |text: &str, filter: &str| pb::AccessLog {
+            path: "/dev/null".into(),
+            text_format: text.into(),
+            filter: filter.into(),
+            ..Default::default()
+        };
+        let logs = AccessLogs::compile(&[config("%REQ(X-A?X-B)% %RESP(X-C)% %REQ(:PATH)%", "")], None)
+            .unwrap()
+            .unwrap();
+        let names = |h: &Option<Vec<HeaderName>>| {
+            h.as_ref().unwrap().iter().map(|n| n.to_string()).collect::<Vec<_>>()
+        };
+        assert_eq!(names(&logs.request_headers), ["x-a", "x-b"]);
+        assert_eq!(names(&logs.response_headers), ["x-c"]);
+        // A filter reading request headers keeps them all.
+        let logs = AccessLogs::compile(&[config("%DURATION%", "request.headers['x'] == 'y'")], None)
+            .unwrap()
+            .unwrap();
+        assert!(logs.request_headers.is_none());
+        assert_eq!(names(&logs.response_headers), Vec::<String>::new());
+        // The same path in a later config keeps its sink (and writer).
+        let again = AccessLogs::compile(&[config("%PROTOCOL%", "")], Some(&logs)).unwrap().unwrap();
+        assert!(Arc::ptr_eq(&again.logs[0].sink, &logs.logs[0].sink));
+    }
+}

@@ -2,7 +2,9 @@
 //! thread of the sink's own that swaps it out and writes it to the file. A request never waits
 //! for the file: when the buffer is full (the file is slow, a pipe nobody reads, a disk that
 //! hangs) its line is dropped and counted. The writer opens the file itself, so that opening
-//! a FIFO without a reader blocks only the writer.
+//! a FIFO without a reader blocks only the writer, and starts with the first line, so that a
+//! configuration that is only compiled (checked, fuzzed, replaced before any request) opens
+//! nothing.
 
 use std::io::Write as _;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -16,6 +18,7 @@ pub const BUFFER_BYTES: usize = 1 << 20;
 pub struct Sink {
     pub path: String,
     shared: Arc<Shared>,
+    writer: std::sync::Once,
 }
 
 struct Shared {
@@ -47,20 +50,24 @@ impl Sink {
             written: AtomicU64::new(0),
             capacity,
         });
-        let writer = shared.clone();
-        let target = path.to_owned();
+        Arc::new(Sink { path: path.to_owned(), shared, writer: std::sync::Once::new() })
+    }
+
+    fn start_writer(&self) {
+        let writer = self.shared.clone();
+        let path = self.path.clone();
         let spawned = std::thread::Builder::new()
             .name("access-log".to_owned())
-            .spawn(move || write_loop(&target, &writer));
+            .spawn(move || write_loop(&path, &writer));
         if let Err(e) = spawned {
-            tracing::warn!(path, "access log: no writer thread ({e}); its lines are dropped");
-            shared.closed.store(true, Ordering::Release);
+            tracing::warn!(path = self.path, "access log: no writer thread ({e}); its lines are dropped");
+            self.shared.closed.store(true, Ordering::Release);
         }
-        Arc::new(Sink { path: path.to_owned(), shared })
     }
 
     /// Queues one line (with its newline), or drops it when the buffer is full.
     pub fn push(&self, line: &str) {
+        self.writer.call_once(|| self.start_writer());
         let shared = &self.shared;
         let was_empty = {
             let mut pending = shared.pending.lock().unwrap_or_else(|e| e.into_inner());
