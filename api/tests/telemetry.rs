@@ -213,6 +213,12 @@ fn read_but_not_enforced_is_warned() {
             "spec.metrics[0].overrides[0].tagOverrides.request_host",
         ),
         ("  targetRefs: [{kind: Gateway, name: g}]", "spec.targetRefs"),
+        ("  accessLogging: [{match: {mode: SERVER}, disabled: true}]", "spec.accessLogging[0].match.mode"),
+        ("  tracing: [{match: {mode: CLIENT}}]", "spec.tracing[0].match.mode"),
+        (
+            "  metrics: [{overrides: [{tagOverrides: {response_flags: {value: \"'x'\"}}}]}]",
+            "spec.metrics[0].overrides[0].tagOverrides.response_flags",
+        ),
     ] {
         let checked = check(&format!("{base}{spec}\n"));
         assert_eq!(checked.errors(), 0, "{spec}: {:?}", checked.problems);

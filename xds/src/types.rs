@@ -109,6 +109,7 @@ pub fn settings_of(config: &pb::ProxyConfig) -> pb::ProxyConfig {
         inbound_global_rate_limit: config.inbound_global_rate_limit.clone(),
         access_logs: config.access_logs.clone(),
         tracing: config.tracing.clone(),
+        metrics_overrides: config.metrics_overrides.clone(),
         ..Default::default()
     }
 }

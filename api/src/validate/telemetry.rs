@@ -42,14 +42,24 @@ pub(super) fn telemetry(r: &mut Report, spec: &TelemetrySpec) {
     }
 }
 
+/// Access logging's and tracing's `match.mode`: Trellis's settings are per proxy, so an entry
+/// for one side only is not applied (metrics overrides do have sides).
 fn check_mode(r: &mut Report, path: &str, selector: Option<&ModeSelector>) {
-    if let Some(selector) = selector
-        && WorkloadMode::parse(&selector.mode).is_none()
-    {
-        r.error(
+    let Some(selector) = selector else { return };
+    match WorkloadMode::parse(&selector.mode) {
+        None => r.error(
             format!("{path}.match.mode"),
             format!("unknown mode {:?}; one of {}", selector.mode, WorkloadMode::NAMES),
-        );
+        ),
+        Some(WorkloadMode::ClientAndServer) => {}
+        Some(_) => r.warn(
+            format!("{path}.match.mode"),
+            format!(
+                "{}: not supported, ignored: Trellis applies access logging and tracing to both sides of a proxy; \
+                 this entry is not applied",
+                selector.mode
+            ),
+        ),
     }
 }
 
@@ -190,6 +200,16 @@ fn check_metrics(r: &mut Report, path: &str, metrics: &Metrics) {
                 );
             } else if tag == "reporter" || tag == "response_code" {
                 r.warn(field, "not supported, ignored: this label cannot be changed or removed in Trellis");
+            } else if [
+                "request_protocol",
+                "grpc_response_status",
+                "response_flags",
+                "connection_security_policy",
+            ]
+            .contains(&tag.as_str())
+                && TagOperation::parse(&value.operation) != Some(TagOperation::Remove)
+            {
+                r.warn(field, "not supported, ignored: this label can be removed, not set, in Trellis");
             }
         }
     }

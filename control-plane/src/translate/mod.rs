@@ -42,6 +42,7 @@ mod request_authentication;
 mod retries;
 mod routes;
 mod services;
+pub mod telemetry;
 #[cfg(test)]
 pub(crate) mod test_support;
 pub mod tracing;
@@ -78,6 +79,8 @@ pub struct Scope {
     pub request_authentication: Vec<PolicyKey>,
     /// The EnvoyFilters that select the workload (for their rate limits), in the order applied.
     pub envoy_filters: Vec<PolicyKey>,
+    /// The Telemetries that apply to the workload (mesh, namespace, workload), in that order.
+    pub telemetry: Vec<PolicyKey>,
     /// Where the proxy runs, when some cluster's balancing depends on it (see
     /// [`locality::relevant`]); unknown otherwise.
     pub locality: trellis_api::locality::Locality,
@@ -118,6 +121,7 @@ pub fn scope_of_instance(model: &Model, proxy: &ProxyIdentity, instance: &locali
             &proxy.labels,
         ),
         envoy_filters: ratelimit::selecting(model, &proxy.namespace, &proxy.labels),
+        telemetry: telemetry::applicable(model, &proxy.namespace, &proxy.labels),
     }
 }
 
@@ -139,6 +143,7 @@ pub fn translate(model: &Model, scope: &Scope) -> pb::ProxyConfig {
     };
     config.ext_authz = authorization::ext_authz(model, &config.authorization);
     config.tracing = tracing::config(model, &scope.namespace);
+    telemetry::apply(model, &scope.telemetry, &mut config);
     (config.inbound_local_rate_limit, config.inbound_global_rate_limit) =
         ratelimit::inbound(model, &scope.envoy_filters);
     add_clusters(&mut config, model, &view, &services);

@@ -2,7 +2,8 @@
 //! (`enableTracing`, or a tracing provider in `defaultProviders`), the sampling percentage
 //! (`defaultConfig.tracing.sampling`, Istio's 1 % when unset), custom tags, the `http.url`
 //! limit, and the provider spans go to — the first of `defaultProviders.tracing` (a zipkin or
-//! opentelemetry extension provider), else the legacy `defaultConfig.tracing.zipkin.address`.
+//! opentelemetry extension provider), else the legacy `defaultConfig.tracing.zipkin.address`;
+//! without either, tracing is off (Istio would send to `zipkin.istio-system:9411` regardless).
 //! A provider's service is resolved to its endpoints through the registry; a service the
 //! registry does not know is left for the proxy to resolve by name.
 
@@ -28,13 +29,15 @@ pub fn config(model: &Model, namespace: &str) -> Option<pb::TracingConfig> {
     // Out-of-range values are reported by validation; the proxy would refuse them whole.
     let sampling = proxy.tracing_sampling();
     let sampling_percent = if sampling.is_finite() { sampling.clamp(0.0, 100.0) } else { 1.0 };
+    // No provider, no tracing: a proxy that made itself the parent of spans it never exported
+    // would leave holes in the apps' own traces.
     let provider = match default_provider {
         Some(p) => resolve_provider(model, p),
         None => tracing.and_then(|t| t.zipkin.as_ref()).and_then(|z| z.address.as_deref()).map(legacy_zipkin),
-    };
+    }?;
     Some(pb::TracingConfig {
         sampling_percent,
-        provider,
+        provider: Some(provider),
         custom_tags: tracing.map(|t| custom_tags(&t.custom_tags)).unwrap_or_default(),
         max_path_tag_length: tracing.and_then(|t| t.max_path_tag_length).unwrap_or(0),
         node: Some(pb::TracingNode {
@@ -82,7 +85,7 @@ fn legacy_zipkin(address: &str) -> pb::TracingProvider {
     }
 }
 
-fn resolve_provider(model: &Model, provider: &ExtensionProvider) -> Option<pb::TracingProvider> {
+pub(super) fn resolve_provider(model: &Model, provider: &ExtensionProvider) -> Option<pb::TracingProvider> {
     let problems = provider.problems();
     if !problems.is_empty() {
         warn!(provider = %provider.name, "invalid in the mesh config: {}; spans are not exported", problems.join("; "));
@@ -237,8 +240,8 @@ defaultProviders: { tracing: [otel] }
         assert_eq!(c.sampling_percent, 1.0, "Istio's default");
         let p = c.provider.unwrap();
         assert_eq!((p.name.as_str(), p.authority.as_str()), ("zipkin", "zipkin.istio-system"));
-        // Tracing on without a provider: headers only.
+        // Tracing on without a provider (Istio's implicit zipkin.istio-system:9411): off.
         let m = with_mesh("", "");
-        assert!(config(&m, "shop").unwrap().provider.is_none());
+        assert_eq!(config(&m, "shop"), None);
     }
 }
