@@ -467,10 +467,12 @@ async fn malformed_trace_headers_are_ignored_and_not_passed_on() {
 
 #[tokio::test]
 async fn sampling_follows_the_rate_and_an_upstream_decision() {
-    // One proxy, no provider: the decision shows in the headers the app receives.
+    // One proxy: the decision shows in the headers the app receives, and in the spans.
+    let (collector, spans) = zipkin_collector().await;
     let app = Upstream::start("web").await;
-    let tracing = "tracing: { samplingPercent: 10 }";
-    let proxy = TestProxy::start(&client_config(app.addr.port(), app.addr, tracing)).await;
+    let tracing =
+        |percent: u32| format!("tracing: {{ samplingPercent: {percent}, {} }}", zipkin_provider(collector));
+    let proxy = TestProxy::start(&client_config(app.addr.port(), app.addr, &tracing(10))).await;
     let mut client = Client::connect(proxy.outbound(), Version::HTTP_11).await;
     let authority = format!("web:{}", app.addr.port());
     const N: usize = 2_000;
@@ -485,6 +487,7 @@ async fn sampling_follows_the_rate_and_an_upstream_decision() {
     }
     // Binomial(2000, 0.1): mean 200, standard deviation 13.4; five of them either side.
     assert!((133..=267).contains(&sampled), "{sampled} of {N} sampled at 10%");
+    wait_until("every sampled request's span is exported", || spans.lock().unwrap().len() == sampled).await;
 
     // An upstream decision is followed whatever the rate.
     for (headers, want) in [
@@ -498,7 +501,7 @@ async fn sampling_follows_the_rate_and_an_upstream_decision() {
             assert_eq!(app.last().headers.get("x-b3-sampled").map(String::as_str), Some(want), "{headers:?}");
         }
     }
-    proxy.reload(&client_config(app.addr.port(), app.addr, "tracing: { samplingPercent: 100 }")).await;
+    proxy.reload(&client_config(app.addr.port(), app.addr, &tracing(100))).await;
     for headers in [
         vec![("x-b3-sampled", "0")],
         vec![("traceparent", "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-00")],

@@ -4,7 +4,7 @@
 //! side, SERVER on the inbound side) with Istio's tags, exported in batches off the request
 //! path (`export`).
 //!
-//! Cost: with tracing off (no `tracing` in the config) nothing here runs. An unsampled request
+//! Cost: with tracing off (no `tracing` in the config, or no provider) nothing here runs. An unsampled request
 //! pays for reading and rewriting its trace headers only; the span's data is gathered for
 //! sampled requests alone.
 //!
@@ -43,7 +43,7 @@ const PER_MILLION: u32 = 1_000_000;
 pub struct Tracing {
     /// Sampled when a roll in 0..1,000,000 is below this.
     threshold: u32,
-    exporter: Option<Arc<export::Exporter>>,
+    exporter: Arc<export::Exporter>,
     local: Arc<LocalNode>,
     literal_tags: Vec<(Arc<str>, String)>,
     header_tags: Vec<HeaderTag>,
@@ -69,7 +69,11 @@ impl Tracing {
         config: Option<&pb::TracingConfig>,
         previous: Option<&Arc<Tracing>>,
     ) -> Result<Option<Arc<Tracing>>, ConfigError> {
-        let Some(config) = config else { return Ok(None) };
+        // Without a provider the proxy stays out of the way: making itself the parent of spans
+        // it never exports would leave holes in the apps' traces.
+        let Some((config, provider)) = config.and_then(|c| c.provider.as_ref().map(|p| (c, p))) else {
+            return Ok(None);
+        };
         if let Some(previous) = previous.filter(|p| p.source == *config) {
             return Ok(Some(previous.clone()));
         }
@@ -114,18 +118,13 @@ impl Tracing {
                 }
             }
         }
-        let exporter = match &config.provider {
-            Some(provider) => {
-                let reused = previous
-                    .and_then(|p| p.exporter.as_ref())
-                    .filter(|e| e.provider() == provider && *e.local() == *local)
-                    .cloned();
-                match reused {
-                    Some(e) => Some(e),
-                    None => Some(Arc::new(export::Exporter::compile(provider, local.clone())?)),
-                }
-            }
-            None => None,
+        let reused = previous
+            .map(|p| &p.exporter)
+            .filter(|e| e.provider() == provider && *e.local() == *local)
+            .cloned();
+        let exporter = match reused {
+            Some(e) => e,
+            None => Arc::new(export::Exporter::compile(provider, local.clone())?),
         };
         Ok(Some(Arc::new(Tracing {
             threshold,
@@ -151,7 +150,7 @@ impl Tracing {
 }
 
 /// Reads the request's trace context, decides sampling, and rewrites its trace headers for the
-/// next hop. Returns the span under way when the request is sampled and spans are exported.
+/// next hop. Returns the span under way when the request is sampled.
 pub fn begin<B>(request: &mut Request<B>, conn: &Conn, proxy: &Arc<Proxy>) -> Option<Box<Started>> {
     let tracing = proxy.config.load().tracing.clone()?;
     let headers = request.headers_mut();
@@ -176,7 +175,7 @@ pub fn begin<B>(request: &mut Request<B>, conn: &Conn, proxy: &Arc<Proxy>) -> Op
         single_b3: incoming.single_b3,
     };
     context::write(headers, &out, incoming.parent.is_some_and(|p| p.w3c));
-    if !sampled || tracing.exporter.is_none() {
+    if !sampled {
         return None;
     }
     let kind = match conn.side {
@@ -221,7 +220,13 @@ mod tests {
     use super::*;
 
     fn config(percent: f64) -> pb::TracingConfig {
-        pb::TracingConfig { sampling_percent: percent, ..Default::default() }
+        let provider = pb::TracingProvider {
+            name: "zipkin".into(),
+            addresses: vec!["127.0.0.1:9411".into()],
+            kind: Some(pb::tracing_provider::Kind::Zipkin(pb::TracingZipkin::default())),
+            ..Default::default()
+        };
+        pb::TracingConfig { sampling_percent: percent, provider: Some(provider), ..Default::default() }
     }
 
     #[test]
@@ -233,6 +238,8 @@ mod tests {
         let t = Tracing::compile(Some(&config(0.01)), None).unwrap().unwrap();
         assert_eq!(t.threshold, 100);
         assert!(Tracing::compile(None, None).unwrap().is_none());
+        let no_provider = pb::TracingConfig { sampling_percent: 100.0, ..Default::default() };
+        assert!(Tracing::compile(Some(&no_provider), None).unwrap().is_none(), "no provider: off");
     }
 
     #[test]

@@ -171,7 +171,7 @@ impl Started {
     }
 
     fn finish(self: Box<Self>, response_bytes: u64) {
-        let Some(exporter) = self.tracing.exporter.clone() else { return };
+        let exporter = self.tracing.exporter.clone();
         let metrics = self.metrics.clone();
         exporter.submit(self.into_record(response_bytes), &metrics);
     }
