@@ -11,7 +11,7 @@ use crate::protocol::{CniError, code};
 pub enum Decision {
     /// Leave the pod's network alone, for this reason (logged).
     Skip(String),
-    Redirect(Settings),
+    Redirect(Box<Settings>),
 }
 
 /// Programs only pods the injector meshed (its status annotation and a proxy container), that
@@ -36,7 +36,7 @@ pub fn decide(pod: &Pod, excluded_namespaces: &[String], ipv6: bool) -> Result<D
         return Ok(Decision::Skip("the pod has no sidecar".to_owned()));
     }
     match Settings::from_pod_annotations(&annotations, ipv6) {
-        Ok(Some(settings)) => Ok(Decision::Redirect(settings)),
+        Ok(Some(settings)) => Ok(Decision::Redirect(Box::new(settings))),
         Ok(None) => Ok(Decision::Skip("interception mode is NONE".to_owned())),
         Err(details) => {
             Err(CniError::new(code::INVALID_POD_SETTINGS, "the pod's redirect settings are invalid", details))
@@ -105,7 +105,18 @@ mod tests {
         assert_eq!(err.code, code::INVALID_POD_SETTINGS);
         assert!(err.details.contains("traffic.sidecar.istio.io/includeInboundPorts"), "{err}");
         let err =
-            decide(&meshed(json!({"sidecar.istio.io/interceptionMode": "TPROXY"})), &[], false).unwrap_err();
-        assert!(err.details.contains("TPROXY"), "{err}");
+            decide(&meshed(json!({"traffic.sidecar.istio.io/excludeOutboundPorts": "5432,"})), &[], false)
+                .unwrap_err();
+        assert!(err.details.contains("traffic.sidecar.istio.io/excludeOutboundPorts"), "{err}");
+    }
+
+    #[test]
+    fn tproxy_pods_get_the_tproxy_redirect() {
+        let got = decide(&meshed(json!({"sidecar.istio.io/interceptionMode": "TPROXY"})), &[], true);
+        let Ok(Decision::Redirect(settings)) = got else { panic!("{got:?}") };
+        assert_eq!(
+            settings.interception,
+            trellis_proxy_init::settings::Interception::Tproxy { mark: 1337, route_table: 133 }
+        );
     }
 }

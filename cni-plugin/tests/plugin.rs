@@ -109,7 +109,11 @@ fn unmeshed_and_non_kubernetes_containers_get_the_previous_result_unchanged() {
 fn bad_input_gets_the_right_code_and_message() {
     let dir = tempfile::tempdir().unwrap();
     let api = FakeApi::on_loopback();
-    api.add_pod(meshed_pod("shop", "tproxy", json!({"sidecar.istio.io/interceptionMode": "TPROXY"})));
+    api.add_pod(meshed_pod(
+        "shop",
+        "bad-ports",
+        json!({"traffic.sidecar.istio.io/includeInboundPorts": "http"}),
+    ));
     let good = conf("1.0.0", &api.kubeconfig(dir.path()));
     let with = |f: &dyn Fn(&mut Value)| {
         let mut c = good.clone();
@@ -183,11 +187,11 @@ fn bad_input_gets_the_right_code_and_message() {
             "pod shop/gone does not exist",
         ),
         (
-            "unsupported interception",
+            "invalid redirect annotations",
             good.to_string().into_bytes(),
-            "K8S_POD_NAMESPACE=shop;K8S_POD_NAME=tproxy",
+            "K8S_POD_NAMESPACE=shop;K8S_POD_NAME=bad-ports",
             100,
-            "TPROXY interception is not supported yet",
+            "traffic.sidecar.istio.io/includeInboundPorts",
         ),
         (
             "malformed CNI_ARGS",

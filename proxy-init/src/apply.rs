@@ -2,9 +2,11 @@
 //! planned from the desired rules and what the namespace holds now, then run in order.
 //!
 //! - nft: one transaction that replaces the `inet trellis` table whole.
-//! - iptables: per family one `iptables-restore --noflush` payload that removes our old jump
-//!   rules from the built-in chains, empties our chains and writes everything again. If a later
-//!   family fails, the earlier ones are put back as they were from their saved state.
+//! - iptables: per family one `iptables-restore --noflush` payload that, in each table we use
+//!   (raw, mangle, nat), removes our old jump rules from the built-in chains, empties our
+//!   chains and writes everything again. If a later family fails, the earlier ones are put back
+//!   as they were from their saved state.
+//! - TPROXY's policy route (rule and local route) over netlink, after the rules.
 //!
 //! Applying twice gives the same state; cleanup leaves nothing of ours.
 
@@ -13,7 +15,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use crate::rules::{Family, RuleSet};
+use crate::routes;
+use crate::rules::{Family, FamilyRules, RuleSet, Table};
 use crate::{iptables, nft};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -45,6 +48,8 @@ pub struct Step {
 pub enum ApplyError {
     #[error("{program} failed: {message}")]
     Tool { program: &'static str, message: String },
+    #[error("cannot set up the TPROXY route: {0}")]
+    Route(String),
     #[error("cannot enter network namespace {path}: {message}")]
     Namespace { path: PathBuf, message: String },
 }
@@ -63,11 +68,18 @@ fn restore_program(family: Family) -> &'static str {
     }
 }
 
-/// Lines of a saved nat table that jump from a built-in chain into one of ours, turned into
+/// The section of one table in `iptables-save` output (its lines between `*table` and
+/// `COMMIT`); empty when the table is not there.
+fn table_section(saved: &str, table: Table) -> Vec<&str> {
+    let header = format!("*{}", table.name());
+    saved.lines().skip_while(|l| l.trim() != header).skip(1).take_while(|l| l.trim() != "COMMIT").collect()
+}
+
+/// Lines of a saved table that jump from a built-in chain into one of ours, turned into
 /// deletions.
-fn our_jumps(saved_nat: &str) -> Vec<String> {
-    saved_nat
-        .lines()
+fn our_jumps(section: &[&str]) -> Vec<String> {
+    section
+        .iter()
         .filter(|l| {
             (l.starts_with("-A PREROUTING ") || l.starts_with("-A OUTPUT ")) && l.contains(" -j TRELLIS_")
         })
@@ -75,10 +87,10 @@ fn our_jumps(saved_nat: &str) -> Vec<String> {
         .collect()
 }
 
-/// Our chains that exist in a saved nat table.
-fn our_chains(saved_nat: &str) -> Vec<String> {
-    saved_nat
-        .lines()
+/// Our chains that exist in a saved table.
+fn our_chains(section: &[&str]) -> Vec<String> {
+    section
+        .iter()
         .filter_map(|l| l.strip_prefix(':'))
         .filter_map(|l| l.split_whitespace().next())
         .filter(|c| c.starts_with("TRELLIS_"))
@@ -86,32 +98,44 @@ fn our_chains(saved_nat: &str) -> Vec<String> {
         .collect()
 }
 
-/// The iptables payload that turns `saved_nat` into the desired rules: our old jumps removed,
-/// our chains rewritten, chains we no longer use removed.
-pub fn iptables_apply_payload(rules: &crate::rules::FamilyRules, saved_nat: &str) -> String {
-    let wanted: Vec<&str> = rules.chains().iter().map(|c| c.name()).collect();
-    let stale: Vec<String> =
-        our_chains(saved_nat).into_iter().filter(|c| !wanted.contains(&c.as_str())).collect();
-    format!(
-        "*nat\n{}{}{}COMMIT\n",
-        jump_deletions(saved_nat),
-        iptables::declarations_and_rules(rules),
-        chain_removals(&stale)
-    )
-}
-
-/// The iptables payload that removes every trace of ours from `saved_nat`; `None` when there
-/// is none.
-pub fn iptables_cleanup_payload(saved_nat: &str) -> Option<String> {
-    let (jumps, chains) = (jump_deletions(saved_nat), our_chains(saved_nat));
-    if jumps.is_empty() && chains.is_empty() {
-        return None;
+/// The iptables payload that turns `saved` (`iptables-save` of every table) into the desired
+/// rules: in each table, our old jumps removed, our chains rewritten, chains we no longer use
+/// removed.
+pub fn iptables_apply_payload(rules: &FamilyRules, saved: &str) -> String {
+    let mut out = String::new();
+    for table in Table::ALL {
+        let section = table_section(saved, table);
+        let wanted: Vec<&str> =
+            rules.chains().iter().filter(|c| c.table() == table).map(|c| c.name()).collect();
+        let stale: Vec<String> =
+            our_chains(&section).into_iter().filter(|c| !wanted.contains(&c.as_str())).collect();
+        let jumps = jump_deletions(&section);
+        let ours = iptables::declarations_and_rules(rules, table);
+        if jumps.is_empty() && stale.is_empty() && ours.is_empty() {
+            continue;
+        }
+        out.push_str(&format!("*{}\n{jumps}{ours}{}COMMIT\n", table.name(), chain_removals(&stale)));
     }
-    Some(format!("*nat\n{jumps}{}COMMIT\n", chain_removals(&chains)))
+    out
 }
 
-fn jump_deletions(saved_nat: &str) -> String {
-    our_jumps(saved_nat).into_iter().map(|line| line + "\n").collect()
+/// The iptables payload that removes every trace of ours from `saved`; `None` when there is
+/// none.
+pub fn iptables_cleanup_payload(saved: &str) -> Option<String> {
+    let mut out = String::new();
+    for table in Table::ALL {
+        let section = table_section(saved, table);
+        let (jumps, chains) = (jump_deletions(&section), our_chains(&section));
+        if jumps.is_empty() && chains.is_empty() {
+            continue;
+        }
+        out.push_str(&format!("*{}\n{jumps}{}COMMIT\n", table.name(), chain_removals(&chains)));
+    }
+    (!out.is_empty()).then_some(out)
+}
+
+fn jump_deletions(section: &[&str]) -> String {
+    our_jumps(section).into_iter().map(|line| line + "\n").collect()
 }
 
 /// Empties the chains, then deletes them (a chain still referenced cannot be deleted).
@@ -123,9 +147,17 @@ fn chain_removals(chains: &[String]) -> String {
 
 /// Applies `set` in the namespace (the current one when `netns` is `None`).
 pub fn apply(set: &RuleSet, backend: Backend, netns: Option<&Path>) -> Result<(), ApplyError> {
-    in_namespace(netns, || match backend {
-        Backend::Nft => run(&Step { program: "nft", args: vec!["-f", "-"], input: nft::script(set) }),
-        Backend::Iptables => apply_iptables(set),
+    in_namespace(netns, || {
+        match backend {
+            Backend::Nft => run(&Step { program: "nft", args: vec!["-f", "-"], input: nft::script(set) })?,
+            Backend::Iptables => apply_iptables(set)?,
+        }
+        // The route after the rules: until TPROXY marks packets, it routes nothing.
+        if let Some(route) = set.tproxy_route {
+            let families: Vec<Family> = set.families.iter().map(|f| f.family).collect();
+            routes::add(route, &families).map_err(|e| ApplyError::Route(e.to_string()))?;
+        }
+        Ok(())
     })?
 }
 
@@ -136,8 +168,9 @@ pub fn cleanup(netns: Option<&Path>) -> Result<(), ApplyError> {
             // Deleting a table that is not there is an error; create it first so it never is.
             run(&Step { program: "nft", args: vec!["-f", "-"], input: nft::cleanup_script() })?;
         }
+        routes::remove_all().map_err(|e| ApplyError::Route(e.to_string()))?;
         for family in [Family::V4, Family::V6] {
-            let Ok(saved) = save_nat(family) else { continue };
+            let Ok(saved) = save_tables(family) else { continue };
             if let Some(payload) = iptables_cleanup_payload(&saved) {
                 run(&Step {
                     program: restore_program(family),
@@ -157,7 +190,7 @@ fn which(program: &str) -> bool {
 fn apply_iptables(set: &RuleSet) -> Result<(), ApplyError> {
     let mut applied: Vec<(Family, String)> = Vec::new();
     for family in &set.families {
-        let saved = save_nat(family.family)?;
+        let saved = save_tables(family.family)?;
         let payload = iptables_apply_payload(family, &saved);
         // -w: wait for the xtables lock (kube-proxy holds it too) rather than fail.
         let step = Step {
@@ -166,13 +199,14 @@ fn apply_iptables(set: &RuleSet) -> Result<(), ApplyError> {
             input: payload,
         };
         if let Err(e) = run(&step) {
-            // Put back what an earlier family changed, so a failure leaves nothing half done.
+            // Put back what this family (iptables-restore commits table by table, so a later
+            // table's failure can leave an earlier one written) and the earlier ones changed, so
+            // a failure leaves nothing half done.
+            applied.push((family.family, saved));
             for (done, before) in applied.iter().rev() {
-                let restore = Step {
-                    program: restore_program(*done),
-                    args: vec!["-w", "5", "-T", "nat"],
-                    input: before.clone(),
-                };
+                // Without --noflush: every table in the saved state is put back as it was.
+                let restore =
+                    Step { program: restore_program(*done), args: vec!["-w", "5"], input: before.clone() };
                 let _ = run(&restore);
             }
             return Err(e);
@@ -182,9 +216,10 @@ fn apply_iptables(set: &RuleSet) -> Result<(), ApplyError> {
     Ok(())
 }
 
-fn save_nat(family: Family) -> Result<String, ApplyError> {
+/// Every table of the family, as `iptables-save` writes them.
+fn save_tables(family: Family) -> Result<String, ApplyError> {
     let program = save_program(family);
-    let out = bounded(Command::new(program).args(["-t", "nat"]), None)
+    let out = bounded(&mut Command::new(program), None)
         .map_err(|e| ApplyError::Tool { program, message: e.to_string() })?;
     if !out.status.success() {
         return Err(ApplyError::Tool {

@@ -11,8 +11,9 @@ use clap::{Parser, Subcommand, ValueEnum};
 use trellis_api::annotations::{self, AnnotationError, InterceptionMode};
 
 use crate::apply::{self, Backend};
+use crate::resolv;
 use crate::rules::build;
-use crate::settings::Settings;
+use crate::settings::{DEFAULT_TPROXY_MARK, DEFAULT_TPROXY_ROUTE_TABLE, DnsCapture, Interception, Settings};
 use crate::validate::{self, EXIT_NOT_REDIRECTED, PROBE_PORT};
 use crate::{iptables, nft};
 
@@ -81,15 +82,21 @@ struct RedirectFlags {
     /// Inbound capture port.
     #[arg(short = 'z', long = "inbound-capture-port", default_value_t = 15006)]
     inbound_capture_port: u16,
-    /// The proxy's user, whose traffic is never captured.
-    #[arg(short = 'u', long = "proxy-uid", default_value_t = 1337)]
-    proxy_uid: u32,
-    /// The proxy's group, whose traffic is never captured.
-    #[arg(short = 'g', long = "proxy-gid", default_value_t = 1337)]
-    proxy_gid: u32,
-    /// Inbound interception mode; only REDIRECT for now.
+    /// The proxy's users (comma-separated), whose traffic is never captured.
+    #[arg(short = 'u', long = "proxy-uid", default_value = "1337")]
+    proxy_uid: String,
+    /// The proxy's groups (comma-separated), whose traffic is never captured.
+    #[arg(short = 'g', long = "proxy-gid", default_value = "1337")]
+    proxy_gid: String,
+    /// Inbound interception mode: REDIRECT (NAT) or TPROXY (the app sees the real client).
     #[arg(short = 'm', long = "inbound-interception-mode", default_value = "REDIRECT")]
     interception_mode: String,
+    /// TPROXY: the mark of inbound packets, routed to loopback by its own table.
+    #[arg(short = 't', long = "inbound-tproxy-mark", default_value_t = DEFAULT_TPROXY_MARK)]
+    tproxy_mark: u32,
+    /// TPROXY: the routing table that delivers marked packets locally.
+    #[arg(short = 'r', long = "inbound-tproxy-route-table", default_value_t = DEFAULT_TPROXY_ROUTE_TABLE)]
+    tproxy_route_table: u32,
     /// Outbound CIDRs to capture (comma-separated), `*` for all, empty for none.
     #[arg(short = 'i', long = "include-outbound-cidrs", default_value = "*")]
     include_outbound_cidrs: String,
@@ -111,12 +118,21 @@ struct RedirectFlags {
     /// Interfaces whose traffic is never captured.
     #[arg(short = 'c', long = "exclude-interfaces", default_value = "")]
     exclude_interfaces: String,
-    /// KubeVirt interfaces (accepted for compatibility; not used yet).
+    /// KubeVirt interfaces: what arrives on them is captured as outbound traffic, never as
+    /// inbound.
     #[arg(short = 'k', long = "kubevirt-interfaces", default_value = "")]
     kubevirt_interfaces: String,
-    /// Send DNS (TCP and UDP port 53) to the proxy on 15053; the proxy's own DNS is untouched.
-    #[arg(long)]
+    /// Send the app's DNS (TCP and UDP port 53) to the pod's nameservers to the proxy on
+    /// 15053; the proxy's own DNS is untouched.
+    #[arg(long, visible_alias = "redirect-dns")]
     capture_dns: bool,
+    /// With DNS capture: take every query on port 53, not only those to the pod's
+    /// nameservers.
+    #[arg(long)]
+    capture_all_dns: bool,
+    /// Where the pod's nameservers are listed.
+    #[arg(long, default_value = "/etc/resolv.conf")]
+    resolv_conf: std::path::PathBuf,
     /// Also write the IPv6 rule set.
     #[arg(long)]
     ipv6: bool,
@@ -130,36 +146,71 @@ fn checked_settings(args: &RedirectFlags) -> Result<Settings, String> {
     Ok(settings)
 }
 
+/// istio-iptables splits its lists on commas and drops empty entries, so a trailing comma
+/// (`6000,7000,`) is accepted there; so it is here.
+fn lenient(list: &str) -> String {
+    list.split(',').map(str::trim).filter(|e| !e.is_empty()).collect::<Vec<_>>().join(",")
+}
+
+fn id_list(flag: &str, list: &str) -> Result<Vec<u32>, String> {
+    lenient(list)
+        .split(',')
+        .filter(|e| !e.is_empty())
+        .map(|e| e.parse::<u32>().map_err(|_| format!("{flag}: invalid value {e:?}: expected a numeric id")))
+        .collect()
+}
+
 fn settings(args: &RedirectFlags) -> Result<Settings, String> {
     // The annotation parsers say "annotation X"; here the same checks are about flags.
     fn flag(name: &'static str) -> impl Fn(AnnotationError) -> String {
         move |e| format!("{name}: invalid value {:?}: {}", e.value, e.reason)
     }
-    let mode = annotations::parse_interception_mode(&args.interception_mode).map_err(flag("-m"))?;
-    if mode != InterceptionMode::Redirect {
-        return Err(format!("-m: {} interception is not supported yet; use REDIRECT", mode.as_str()));
-    }
-    let _ = annotations::parse_interface_list("-k", &args.kubevirt_interfaces).map_err(flag("-k"))?;
+    let interception =
+        match annotations::parse_interception_mode(&args.interception_mode).map_err(flag("-m"))? {
+            InterceptionMode::Redirect => Interception::Redirect,
+            InterceptionMode::Tproxy => {
+                Interception::Tproxy { mark: args.tproxy_mark, route_table: args.tproxy_route_table }
+            }
+            InterceptionMode::None => {
+                return Err("-m: NONE means no redirect at all; do not run trellis-proxy-init".to_owned());
+            }
+        };
+    let capture_dns = match (args.capture_dns, args.capture_all_dns) {
+        (false, _) => DnsCapture::Off,
+        (true, true) => DnsCapture::All,
+        (true, false) => {
+            let (servers, warnings) =
+                resolv::nameservers(&args.resolv_conf).map_err(|e| format!("--resolv-conf: {e}"))?;
+            warnings.iter().for_each(|w| eprintln!("trellis-proxy-init: warning: {w}"));
+            DnsCapture::Servers(servers)
+        }
+    };
     Ok(Settings {
         proxy_port: args.proxy_port,
         inbound_capture_port: args.inbound_capture_port,
-        proxy_uid: args.proxy_uid,
-        proxy_gid: args.proxy_gid,
-        include_outbound_cidrs: annotations::parse_ip_range_selection("-i", &args.include_outbound_cidrs)
-            .map_err(flag("-i"))?,
-        exclude_outbound_cidrs: annotations::parse_cidr_list("-x", &args.exclude_outbound_cidrs)
+        proxy_uids: id_list("-u", &args.proxy_uid)?,
+        proxy_gids: id_list("-g", &args.proxy_gid)?,
+        interception,
+        include_outbound_cidrs: annotations::parse_ip_range_selection(
+            "-i",
+            &lenient(&args.include_outbound_cidrs),
+        )
+        .map_err(flag("-i"))?,
+        exclude_outbound_cidrs: annotations::parse_cidr_list("-x", &lenient(&args.exclude_outbound_cidrs))
             .map_err(flag("-x"))?,
-        include_inbound_ports: annotations::parse_port_selection("-b", &args.include_inbound_ports)
+        include_inbound_ports: annotations::parse_port_selection("-b", &lenient(&args.include_inbound_ports))
             .map_err(flag("-b"))?,
-        exclude_inbound_ports: annotations::parse_port_list("-d", &args.exclude_inbound_ports)
+        exclude_inbound_ports: annotations::parse_port_list("-d", &lenient(&args.exclude_inbound_ports))
             .map_err(flag("-d"))?,
-        include_outbound_ports: annotations::parse_port_list("-q", &args.include_outbound_ports)
+        include_outbound_ports: annotations::parse_port_list("-q", &lenient(&args.include_outbound_ports))
             .map_err(flag("-q"))?,
-        exclude_outbound_ports: annotations::parse_port_list("-o", &args.exclude_outbound_ports)
+        exclude_outbound_ports: annotations::parse_port_list("-o", &lenient(&args.exclude_outbound_ports))
             .map_err(flag("-o"))?,
-        exclude_interfaces: annotations::parse_interface_list("-c", &args.exclude_interfaces)
+        exclude_interfaces: annotations::parse_interface_list("-c", &lenient(&args.exclude_interfaces))
             .map_err(flag("-c"))?,
-        capture_dns: args.capture_dns,
+        kubevirt_interfaces: annotations::parse_interface_list("-k", &lenient(&args.kubevirt_interfaces))
+            .map_err(flag("-k"))?,
+        capture_dns,
         ipv6: args.ipv6,
     })
 }
@@ -194,6 +245,9 @@ where
     let set = build(&settings);
     let backend = args.backend.map(Backend::from).unwrap_or_else(|| apply::detect_backend(netns));
     if args.dry_run {
+        for command in set.route_commands() {
+            println!("# {command}");
+        }
         match backend {
             Backend::Nft => print!("{}", nft::script(&set)),
             Backend::Iptables => {

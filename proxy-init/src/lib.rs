@@ -9,6 +9,8 @@ pub mod cli;
 pub mod iptables;
 pub mod nft;
 pub mod original_dst;
+pub mod resolv;
+pub mod routes;
 pub mod rules;
 pub mod settings;
 pub mod testing;

@@ -2,9 +2,9 @@
 //! Conflicting or invalid settings fail here, before anything touches the network.
 
 use std::collections::BTreeMap;
+use std::net::IpAddr;
 
 use ipnet::IpNet;
-use trellis_api::annotations::names::annotation as ann;
 use trellis_api::annotations::{InterceptionMode, IpRangeSelection, PortSelection, TrafficAnnotations};
 
 /// Ports the proxy serves and that are never captured inbound: the tunnel (15008), Prometheus
@@ -12,13 +12,47 @@ use trellis_api::annotations::{InterceptionMode, IpRangeSelection, PortSelection
 pub const ALWAYS_EXCLUDED_INBOUND: [u16; 4] = [15008, 15090, 15021, 15020];
 /// Where captured DNS goes.
 pub const DNS_CAPTURE_PORT: u16 = 15053;
+/// The mark TPROXY puts on inbound packets, which the policy route sends to loopback (Istio's
+/// default `--inbound-tproxy-mark`).
+pub const DEFAULT_TPROXY_MARK: u32 = 1337;
+/// The routing table that holds that route (Istio's default `--inbound-tproxy-route-table`).
+pub const DEFAULT_TPROXY_ROUTE_TABLE: u32 = 133;
+/// The mark on the proxy's own calls to its pod's address in TPROXY mode, which sends them
+/// through the inbound capture (Istio's value).
+pub const OUTBOUND_MARK: u32 = 1338;
+
+/// Which DNS the redirect sends to the proxy's resolver on 15053.
+#[derive(Clone, Debug, PartialEq, Eq, Default)]
+pub enum DnsCapture {
+    #[default]
+    Off,
+    /// Only queries to these resolvers (the pod's nameservers, from its resolv.conf), as Istio
+    /// does, so a local resolver's own upstream queries never loop back to the proxy.
+    Servers(Vec<IpAddr>),
+    /// Every query on port 53, wherever it goes (the CNI case, where the pod's resolv.conf is
+    /// not known).
+    All,
+}
+
+/// How inbound traffic reaches the proxy.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum Interception {
+    /// NAT REDIRECT: the app sees the proxy's 127.0.0.6 as the client.
+    #[default]
+    Redirect,
+    /// TPROXY in the mangle table, with a policy route that delivers marked packets locally:
+    /// the connection keeps its addresses, so the app can see the real client.
+    Tproxy { mark: u32, route_table: u32 },
+}
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Settings {
     pub proxy_port: u16,
     pub inbound_capture_port: u16,
-    pub proxy_uid: u32,
-    pub proxy_gid: u32,
+    /// The proxy's users and groups, whose traffic is never captured (Istio takes lists).
+    pub proxy_uids: Vec<u32>,
+    pub proxy_gids: Vec<u32>,
+    pub interception: Interception,
     pub include_outbound_cidrs: IpRangeSelection,
     pub exclude_outbound_cidrs: Vec<IpNet>,
     pub include_inbound_ports: PortSelection,
@@ -26,7 +60,10 @@ pub struct Settings {
     pub include_outbound_ports: Vec<u16>,
     pub exclude_outbound_ports: Vec<u16>,
     pub exclude_interfaces: Vec<String>,
-    pub capture_dns: bool,
+    /// KubeVirt VM interfaces: traffic arriving on them is the VM's outbound traffic, captured
+    /// as outbound (to the proxy port) and never as inbound.
+    pub kubevirt_interfaces: Vec<String>,
+    pub capture_dns: DnsCapture,
     pub ipv6: bool,
 }
 
@@ -35,8 +72,9 @@ impl Default for Settings {
         Settings {
             proxy_port: 15001,
             inbound_capture_port: 15006,
-            proxy_uid: 1337,
-            proxy_gid: 1337,
+            proxy_uids: vec![1337],
+            proxy_gids: vec![1337],
+            interception: Interception::Redirect,
             include_outbound_cidrs: IpRangeSelection::All,
             exclude_outbound_cidrs: Vec::new(),
             include_inbound_ports: PortSelection::All,
@@ -44,7 +82,8 @@ impl Default for Settings {
             include_outbound_ports: Vec::new(),
             exclude_outbound_ports: Vec::new(),
             exclude_interfaces: Vec::new(),
-            capture_dns: false,
+            kubevirt_interfaces: Vec::new(),
+            capture_dns: DnsCapture::Off,
             ipv6: false,
         }
     }
@@ -76,6 +115,22 @@ impl Settings {
                 message: format!("port {port} is also excluded by -o/--exclude-outbound-ports"),
             });
         }
+        if self.proxy_uids.is_empty() && self.proxy_gids.is_empty() {
+            return Err(SettingsError {
+                flag: "-u/--proxy-uid",
+                message: "name the proxy's user or group (-g): without them its own traffic would be \
+                          captured in a loop"
+                    .to_owned(),
+            });
+        }
+        if let Interception::Tproxy { mark, .. } = self.interception
+            && mark == OUTBOUND_MARK
+        {
+            return Err(SettingsError {
+                flag: "-t/--inbound-tproxy-mark",
+                message: format!("{mark} is the mark of the proxy's own calls to the pod; choose another"),
+            });
+        }
         if self.proxy_port == self.inbound_capture_port {
             return Err(SettingsError {
                 flag: "-z/--inbound-capture-port",
@@ -83,6 +138,13 @@ impl Settings {
             });
         }
         let mut warnings = Vec::new();
+        if self.capture_dns == DnsCapture::Servers(Vec::new()) {
+            warnings.push(
+                "DNS capture is on but the pod has no nameservers and --capture-all-dns is off: no DNS is \
+                 captured"
+                    .to_owned(),
+            );
+        }
         if !self.ipv6 {
             let v6 = |cidrs: &[IpNet]| {
                 cidrs
@@ -111,17 +173,13 @@ impl Settings {
     ) -> Result<Option<Settings>, String> {
         let t = TrafficAnnotations::from_annotations(annotations)
             .map_err(|errors| errors.iter().map(ToString::to_string).collect::<Vec<_>>().join("; "))?;
-        match t.interception_mode.unwrap_or(InterceptionMode::Redirect) {
+        let interception = match t.interception_mode.unwrap_or(InterceptionMode::Redirect) {
             InterceptionMode::None => return Ok(None),
-            InterceptionMode::Redirect => {}
-            other => {
-                return Err(format!(
-                    "annotation {}: {} interception is not supported yet; use REDIRECT",
-                    ann::INTERCEPTION_MODE,
-                    other.as_str()
-                ));
+            InterceptionMode::Redirect => Interception::Redirect,
+            InterceptionMode::Tproxy => {
+                Interception::Tproxy { mark: DEFAULT_TPROXY_MARK, route_table: DEFAULT_TPROXY_ROUTE_TABLE }
             }
-        }
+        };
         let defaults = Settings::default();
         let settings = Settings {
             include_outbound_cidrs: t.include_outbound_ip_ranges.unwrap_or(defaults.include_outbound_cidrs),
@@ -131,6 +189,8 @@ impl Settings {
             include_outbound_ports: t.include_outbound_ports.unwrap_or_default(),
             exclude_outbound_ports: t.exclude_outbound_ports.unwrap_or_default(),
             exclude_interfaces: t.exclude_interfaces.unwrap_or_default(),
+            kubevirt_interfaces: t.kubevirt_interfaces.unwrap_or_default(),
+            interception,
             ipv6,
             ..defaults
         };
@@ -177,12 +237,16 @@ mod tests {
     }
 
     #[test]
-    fn interception_none_means_no_redirect_and_tproxy_is_refused() {
+    fn interception_none_means_no_redirect_and_tproxy_takes_istios_mark_and_table() {
         let none = annotations(&[("sidecar.istio.io/interceptionMode", "NONE")]);
         assert_eq!(Settings::from_pod_annotations(&none, false), Ok(None));
-        let tproxy = annotations(&[("sidecar.istio.io/interceptionMode", "TPROXY")]);
-        let err = Settings::from_pod_annotations(&tproxy, false).unwrap_err();
-        assert!(err.contains("TPROXY interception is not supported yet"), "{err}");
+        let tproxy = annotations(&[
+            ("sidecar.istio.io/interceptionMode", "TPROXY"),
+            ("traffic.sidecar.istio.io/kubevirtInterfaces", "net1"),
+        ]);
+        let got = Settings::from_pod_annotations(&tproxy, false).unwrap().unwrap();
+        assert_eq!(got.interception, Interception::Tproxy { mark: 1337, route_table: 133 });
+        assert_eq!(got.kubevirt_interfaces, vec!["net1".to_owned()]);
     }
 
     #[test]

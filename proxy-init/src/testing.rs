@@ -91,7 +91,7 @@ pub fn output_in(ns: &str, program: &[&str]) -> String {
 pub fn our_rules(ns: &str) -> String {
     let mut text = output_in(ns, &["nft", "list", "ruleset"]);
     for save in ["iptables-save", "ip6tables-save"] {
-        text.push_str(&output_in(ns, &[save, "-t", "nat"]));
+        text.push_str(&output_in(ns, &[save]));
     }
     text.lines().filter(|l| l.to_lowercase().contains("trellis")).collect::<Vec<_>>().join("\n")
 }

@@ -14,15 +14,26 @@ fn proxy_init(ns: &str, args: &[&str]) -> std::process::Output {
         .unwrap()
 }
 
-/// Everything the namespace's packet filter holds, without comments.
+/// Everything the namespace's packet filter and policy routing hold, without comments.
 fn state(ns: &str) -> String {
-    output_in(ns, &["nft", "list", "ruleset"]) + &iptables_state(ns)
+    output_in(ns, &["nft", "list", "ruleset"]) + &iptables_state(ns) + &tproxy_route(ns)
 }
 
-/// Both nat tables as iptables sees them. (A restored table is listed in another order by
-/// `nft`, with the same content.)
+/// TPROXY's rules and routes (table 133), as `ip` lists them.
+fn tproxy_route(ns: &str) -> String {
+    [
+        output_in(ns, &["ip", "-4", "rule", "show", "lookup", "133"]),
+        output_in(ns, &["ip", "-6", "rule", "show", "lookup", "133"]),
+        output_in(ns, &["ip", "-4", "route", "show", "table", "133"]),
+        output_in(ns, &["ip", "-6", "route", "show", "table", "133"]),
+    ]
+    .concat()
+}
+
+/// Every table as iptables sees them. (A restored table is listed in another order by `nft`,
+/// with the same content.)
 fn iptables_state(ns: &str) -> String {
-    let text = ["iptables-save", "ip6tables-save"].map(|save| output_in(ns, &[save, "-t", "nat"])).concat();
+    let text = ["iptables-save", "ip6tables-save"].map(|save| output_in(ns, &[save])).concat();
     text.lines().filter(|l| !l.starts_with('#')).collect::<Vec<_>>().join("\n")
 }
 
@@ -30,12 +41,17 @@ fn iptables_state(ns: &str) -> String {
 fn apply_is_idempotent_and_cleanup_leaves_nothing() {
     in_scratch_namespace(|ns| {
         let before = state(ns);
-        for backend in ["nft", "iptables"] {
+        for (backend, mode) in
+            [("nft", "REDIRECT"), ("iptables", "REDIRECT"), ("nft", "TPROXY"), ("iptables", "TPROXY")]
+        {
             let args = [
                 "--backend",
                 backend,
+                "-m",
+                mode,
                 "--ipv6",
                 "--capture-dns",
+                "--capture-all-dns",
                 "-x",
                 "10.96.0.0/12,fd00::/8",
                 "-d",
@@ -45,6 +61,9 @@ fn apply_is_idempotent_and_cleanup_leaves_nothing() {
             assert!(first.status.success(), "{backend}: {}", String::from_utf8_lossy(&first.stderr));
             let once = state(ns);
             assert!(once.to_lowercase().contains("trellis"), "{backend}: nothing was applied:\n{once}");
+            let route = tproxy_route(ns);
+            let expected = if mode == "TPROXY" { 4 } else { 0 };
+            assert_eq!(route.lines().count(), expected, "{backend} {mode}: the policy route:\n{route}");
             let second = proxy_init(ns, &args);
             assert!(second.status.success(), "{backend}: {}", String::from_utf8_lossy(&second.stderr));
             assert_eq!(state(ns), once, "{backend}: applying twice changed the state");
@@ -53,6 +72,7 @@ fn apply_is_idempotent_and_cleanup_leaves_nothing() {
             assert!(cleanup.status.success(), "{}", String::from_utf8_lossy(&cleanup.stderr));
             let after = state(ns);
             assert!(!after.to_lowercase().contains("trellis"), "{backend}: cleanup left:\n{after}");
+            assert_eq!(tproxy_route(ns), "", "{backend} {mode}: cleanup left the policy route");
         }
         let again = proxy_init(ns, &["--cleanup"]);
         assert!(again.status.success(), "cleaning an empty namespace is not an error");
@@ -69,7 +89,16 @@ fn bad_settings_fail_before_anything_is_applied() {
             (vec!["-b", "8080", "-d", "8080"], "-b/--include-inbound-ports: port 8080 is also excluded"),
             (vec!["-x", "*"], "-x: invalid value \"*\""),
             (vec!["-d", "80,http"], "-d: invalid value \"80,http\": \"http\" is not a port number"),
-            (vec!["-m", "TPROXY"], "-m: TPROXY interception is not supported yet"),
+            (vec!["-m", "NONE"], "-m: NONE means no redirect at all"),
+            (vec!["-u", "1337,proxy"], "-u: invalid value \"proxy\": expected a numeric id"),
+            (
+                vec!["-m", "TPROXY", "-t", "1338"],
+                "-t/--inbound-tproxy-mark: 1338 is the mark of the proxy's own calls",
+            ),
+            (
+                vec!["--capture-dns", "--resolv-conf", "/nonexistent"],
+                "--resolv-conf: cannot read /nonexistent",
+            ),
         ] {
             let out = proxy_init(ns, &args);
             assert_eq!(out.status.code(), Some(2), "{args:?}");
@@ -85,7 +114,8 @@ fn bad_settings_fail_before_anything_is_applied() {
 #[test]
 fn a_failed_apply_leaves_the_namespace_as_it_was() {
     in_scratch_namespace(|ns| {
-        let first = proxy_init(ns, &["--backend", "iptables", "--ipv6", "--capture-dns"]);
+        let first =
+            proxy_init(ns, &["--backend", "iptables", "--ipv6", "--capture-dns", "--capture-all-dns"]);
         assert!(first.status.success(), "{}", String::from_utf8_lossy(&first.stderr));
         // Someone else's IPv6 chain now jumps into our DNS chain, so it cannot be removed.
         for rule in [&["-N", "OTHER"][..], &["-A", "OTHER", "-j", "TRELLIS_DNS"][..]] {

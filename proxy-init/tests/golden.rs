@@ -10,11 +10,15 @@ use trellis_proxy_init::testing::{in_scratch_namespace, run_in};
 
 use trellis_api::annotations::{IpRangeSelection, PortSelection};
 use trellis_proxy_init::rules::build;
-use trellis_proxy_init::settings::Settings;
+use trellis_proxy_init::settings::{DnsCapture, Interception, Settings};
 use trellis_proxy_init::{iptables, nft};
 
 fn cidrs(list: &[&str]) -> Vec<ipnet::IpNet> {
     list.iter().map(|c| c.parse().unwrap()).collect()
+}
+
+fn dns(servers: &[&str]) -> DnsCapture {
+    DnsCapture::Servers(servers.iter().map(|s| s.parse().unwrap()).collect())
 }
 
 fn cases() -> Vec<(&'static str, Settings)> {
@@ -23,7 +27,7 @@ fn cases() -> Vec<(&'static str, Settings)> {
         ("default", d()),
         ("proxy-port", Settings { proxy_port: 16001, ..d() }),
         ("inbound-capture-port", Settings { inbound_capture_port: 16006, ..d() }),
-        ("proxy-uid-gid", Settings { proxy_uid: 2000, proxy_gid: 3000, ..d() }),
+        ("proxy-uid-gid", Settings { proxy_uids: vec![2000], proxy_gids: vec![3000], ..d() }),
         (
             "include-outbound-cidrs",
             Settings {
@@ -55,7 +59,7 @@ fn cases() -> Vec<(&'static str, Settings)> {
             },
         ),
         ("exclude-interfaces", Settings { exclude_interfaces: vec!["eth1".into(), "net1".into()], ..d() }),
-        ("dns-capture", Settings { capture_dns: true, ..d() }),
+        ("dns-capture", Settings { capture_dns: dns(&["10.96.0.10"]), ..d() }),
         ("dual-stack", Settings { ipv6: true, ..d() }),
         (
             "dual-stack-cidrs",
@@ -66,7 +70,7 @@ fn cases() -> Vec<(&'static str, Settings)> {
                 ..d()
             },
         ),
-        ("dual-stack-dns", Settings { ipv6: true, capture_dns: true, ..d() }),
+        ("dual-stack-dns", Settings { ipv6: true, capture_dns: dns(&["10.96.0.10", "fd00::a"]), ..d() }),
         (
             "ipv6-cidrs-ignored-without-ipv6",
             Settings { exclude_outbound_cidrs: cidrs(&["fd00::/8", "10.0.0.0/8"]), ..d() },
@@ -93,8 +97,48 @@ fn cases() -> Vec<(&'static str, Settings)> {
                 include_outbound_ports: vec![443],
                 exclude_outbound_ports: vec![5432],
                 exclude_interfaces: vec!["eth1".into()],
-                capture_dns: true,
+                capture_dns: DnsCapture::All,
                 ipv6: true,
+                ..d()
+            },
+        ),
+        (
+            "proxy-uid-gid-lists",
+            Settings {
+                proxy_uids: vec![3, 4],
+                proxy_gids: vec![1, 2],
+                capture_dns: dns(&["10.96.0.10"]),
+                ..d()
+            },
+        ),
+        ("dns-capture-all", Settings { capture_dns: DnsCapture::All, ipv6: true, ..d() }),
+        (
+            "loopback-include",
+            Settings { include_outbound_cidrs: IpRangeSelection::Ranges(cidrs(&["127.1.2.3/32"])), ..d() },
+        ),
+        (
+            "kubevirt",
+            Settings {
+                kubevirt_interfaces: vec!["net1".into()],
+                include_outbound_cidrs: IpRangeSelection::Ranges(cidrs(&["10.0.0.0/8"])),
+                ..d()
+            },
+        ),
+        (
+            "tproxy",
+            Settings {
+                interception: Interception::Tproxy { mark: 1337, route_table: 133 },
+                exclude_interfaces: vec!["eth1".into()],
+                capture_dns: dns(&["10.96.0.10"]),
+                ipv6: true,
+                ..d()
+            },
+        ),
+        (
+            "tproxy-inbound-ports",
+            Settings {
+                interception: Interception::Tproxy { mark: 1337, route_table: 133 },
+                include_inbound_ports: PortSelection::Ports(vec![8080]),
                 ..d()
             },
         ),

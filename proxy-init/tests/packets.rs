@@ -101,6 +101,8 @@ fn check_family(pod: &str, peer: &str, backend: &str, v6: bool) {
     assert!(received(&udp_dns), "{what}: the app's DNS over UDP goes to the proxy");
     send_as(pod, 1337, "udp", &format!("{peer_ip}:53"));
     assert!(received(&udp_peer_dns), "{what}: the proxy's own DNS over UDP goes out");
+    send_as(pod, 1000, "udp", &format!("{excluded_ip}:53"));
+    assert!(received(&udp_peer_dns), "{what}: the app's DNS to a server not in resolv.conf goes out");
     connect_as(peer, 1000, &format!("{pod_ip}:8080"));
     expect("an inbound call is captured", 1, &format!("{pod_ip}:8080"));
     connect_as(peer, 1000, &format!("{pod_ip}:15021"));
@@ -112,7 +114,20 @@ fn captures_outbound_and_inbound_and_leaves_the_rest() {
     in_scratch_namespace(|pod| {
         in_scratch_namespace(|peer| {
             wire(pod, peer, &format!("{}", std::process::id() % 100_000));
-            let flags = ["--ipv6", "-o", "5432", "-x", "10.77.0.3/32,fd00:77::3/128", "--capture-dns"];
+            // The pod's resolvers are the peer's addresses; DNS to anyone else is not captured.
+            let resolv = std::env::temp_dir().join(format!("trellis-packets-resolv-{}", std::process::id()));
+            std::fs::write(&resolv, "nameserver 10.77.0.1\nnameserver fd00:77::1\n").unwrap();
+            let resolv_flag = resolv.to_string_lossy().into_owned();
+            let flags = [
+                "--ipv6",
+                "-o",
+                "5432",
+                "-x",
+                "10.77.0.3/32,fd00:77::3/128",
+                "--capture-dns",
+                "--resolv-conf",
+                &resolv_flag,
+            ];
             for backend in ["nft", "iptables"] {
                 let out = Command::new(BIN)
                     .args(["--backend", backend])

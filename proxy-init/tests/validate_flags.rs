@@ -17,7 +17,8 @@ fn bad_flags_are_named_and_exit_2() {
         (&["--timeout=-5s"][..], "duration \"-5s\" is negative"),
         (&["--timeout", "soon"][..], "--timeout"),
         (&["-b", "8080", "-d", "8080"][..], "port 8080 is also excluded"),
-        (&["-m", "TPROXY"][..], "-m: TPROXY interception is not supported yet"),
+        (&["-m", "NONE"][..], "-m: NONE means no redirect at all"),
+        (&["-u", "3,x"][..], "-u: invalid value \"x\""),
         (&["-i", "10.0.0.0/33"][..], "-i: invalid value \"10.0.0.0/33\""),
     ] {
         let (code, stderr) = validate(args);
