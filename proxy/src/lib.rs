@@ -24,6 +24,7 @@ pub mod headers;
 pub mod listen;
 pub mod locality;
 pub mod metrics;
+pub mod metrics_overrides;
 pub mod mirror;
 pub mod outlier;
 pub mod peers;
@@ -104,8 +105,6 @@ pub struct Proxy {
     /// Fetches resources on demand when config comes from a control plane (set once the xDS
     /// client starts).
     pub on_demand: std::sync::OnceLock<xds::OnDemand>,
-    /// `inbound|<port>` per port, built once: the inbound metrics label.
-    inbound_names: std::sync::RwLock<FastMap<u16, Arc<str>>>,
     /// Mirrored copies in flight.
     pub mirrors: Arc<mirror::InFlight>,
     /// Whether the configuration in force writes access logs (see [`access_log::Switch`]).
@@ -113,18 +112,6 @@ pub struct Proxy {
 }
 
 impl Proxy {
-    /// The destination-service label of inbound traffic to `port`.
-    pub fn inbound_name(&self, port: u16) -> Arc<str> {
-        if let Some(name) = self.inbound_names.read().ok().and_then(|m| m.get(&port).cloned()) {
-            return name;
-        }
-        let name: Arc<str> = format!("inbound|{port}").into();
-        if let Ok(mut names) = self.inbound_names.write() {
-            names.insert(port, name.clone());
-        }
-        name
-    }
-
     pub fn new(
         snapshot: Snapshot,
         metrics: Metrics,
@@ -133,6 +120,7 @@ impl Proxy {
     ) -> Arc<Proxy> {
         let access_log = access_log::Switch::default();
         access_log.follow(&snapshot, &metrics);
+        metrics.follow_overrides(&snapshot.source);
         Arc::new(Proxy {
             config: ArcSwap::from_pointee(snapshot),
             pools: Pools::default(),
@@ -144,7 +132,6 @@ impl Proxy {
             own_ports: std::sync::RwLock::default(),
             explicit_inbound,
             on_demand: std::sync::OnceLock::new(),
-            inbound_names: std::sync::RwLock::default(),
             mirrors: Arc::default(),
             access_log,
         })

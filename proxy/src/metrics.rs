@@ -212,6 +212,8 @@ pub struct Metrics {
     csr_sync: std::sync::Mutex<()>,
     /// Access log lines dropped because the writer's buffer was full (or the file failed).
     pub access_log_dropped: Counter,
+    /// The Telemetry API's metric overrides, read when a series is made (`metrics_overrides`).
+    overrides: arc_swap::ArcSwapOption<crate::metrics_overrides::MetricOverrides>,
 }
 
 /// `connection_security_policy`: `mutual_tls` or `none`, as Istio's destination reporter says.
@@ -421,6 +423,22 @@ impl Metrics {
             csr_failures,
             access_log_dropped,
             csr_sync: std::sync::Mutex::new(()),
+            overrides: arc_swap::ArcSwapOption::empty(),
+        }
+    }
+
+    /// Takes the metric overrides of a new configuration. When they change, the series made so
+    /// far are forgotten by the hot path, so that new requests make series under the new rules
+    /// (those already rendered keep their counts).
+    pub fn follow_overrides(&self, config: &trellis_xds::config::ProxyConfig) {
+        use crate::metrics_overrides::MetricOverrides;
+        let next = MetricOverrides::from_pb(config.metrics_overrides.as_ref());
+        if self.overrides.load().as_deref() == next.as_ref() {
+            return;
+        }
+        self.overrides.store(next.map(Arc::new));
+        if let Ok(mut series) = self.series.write() {
+            series.clear();
         }
     }
 
@@ -574,12 +592,29 @@ impl Metrics {
             response_flags: r.flags,
             connection_security_policy: policy_label(&key.security),
         };
-        let series = Arc::new(RequestSeries {
-            requests: self.requests.get_or_create(&labels).clone(),
-            duration: self.duration.get_or_create(&labels).clone(),
-            request_bytes: self.request_bytes.get_or_create(&labels).clone(),
-            response_bytes: self.response_bytes.get_or_create(&labels).clone(),
-        });
+        let series = match self.overrides.load_full() {
+            None => Arc::new(RequestSeries {
+                requests: self.requests.get_or_create(&labels).clone(),
+                duration: self.duration.get_or_create(&labels).clone(),
+                request_bytes: self.request_bytes.get_or_create(&labels).clone(),
+                response_bytes: self.response_bytes.get_or_create(&labels).clone(),
+            }),
+            Some(overrides) => {
+                // A metric turned off counts into a handle no family holds: never rendered.
+                use crate::metrics_overrides::StandardMetric as M;
+                let histogram = |family: &Family<RequestLabels, Histogram>, metric, fresh: fn() -> Histogram| {
+                    overrides.request_labels(metric, &labels).map_or_else(fresh, |l| family.get_or_create(&l).clone())
+                };
+                Arc::new(RequestSeries {
+                    requests: overrides
+                        .request_labels(M::RequestCount, &labels)
+                        .map_or_else(Counter::default, |l| self.requests.get_or_create(&l).clone()),
+                    duration: histogram(&self.duration, M::RequestDuration, duration_histogram),
+                    request_bytes: histogram(&self.request_bytes, M::RequestSize, byte_histogram),
+                    response_bytes: histogram(&self.response_bytes, M::ResponseSize, byte_histogram),
+                })
+            }
+        };
         if let Ok(mut map) = self.series.write() {
             map.entry(r.service.clone()).or_default().entry(key).or_insert_with(|| series.clone());
         }
@@ -609,13 +644,37 @@ impl Metrics {
     }
 
     pub fn tcp_opened(&self, labels: &TcpLabels) {
-        self.tcp_opened.get_or_create(labels).inc();
+        use crate::metrics_overrides::StandardMetric as M;
+        match self.overrides.load().as_deref() {
+            None => {
+                self.tcp_opened.get_or_create(labels).inc();
+            }
+            Some(o) => {
+                if let Some(l) = o.tcp_labels(M::TcpOpened, labels) {
+                    self.tcp_opened.get_or_create(&l).inc();
+                }
+            }
+        }
     }
 
     pub fn tcp_closed(&self, labels: &TcpLabels, sent: u64, received: u64) {
-        self.tcp_sent.get_or_create(labels).inc_by(sent);
-        self.tcp_received.get_or_create(labels).inc_by(received);
-        self.tcp_closed.get_or_create(labels).inc();
+        use crate::metrics_overrides::StandardMetric as M;
+        let Some(o) = self.overrides.load_full() else {
+            self.tcp_sent.get_or_create(labels).inc_by(sent);
+            self.tcp_received.get_or_create(labels).inc_by(received);
+            self.tcp_closed.get_or_create(labels).inc();
+            return;
+        };
+        // Applied once per connection, when its series are looked up.
+        if let Some(l) = o.tcp_labels(M::TcpSent, labels) {
+            self.tcp_sent.get_or_create(&l).inc_by(sent);
+        }
+        if let Some(l) = o.tcp_labels(M::TcpReceived, labels) {
+            self.tcp_received.get_or_create(&l).inc_by(received);
+        }
+        if let Some(l) = o.tcp_labels(M::TcpClosed, labels) {
+            self.tcp_closed.get_or_create(&l).inc();
+        }
     }
 
     /// The text exposition format.

@@ -88,6 +88,7 @@ pub async fn watch(path: PathBuf, loaded: Vec<u8>, proxy: Arc<Proxy>) {
             Ok(snapshot) => {
                 tracing::info!(version = snapshot.version, "configuration reloaded");
                 proxy.access_log.follow(&snapshot, &proxy.metrics);
+                proxy.metrics.follow_overrides(&snapshot.source);
                 proxy.config.store(Arc::new(snapshot));
                 proxy.ready.store(true, Ordering::Release);
             }

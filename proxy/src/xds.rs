@@ -362,6 +362,7 @@ impl Client {
             .map_err(|e| describe(&e, &candidate))?;
         self.held = candidate;
         self.proxy.access_log.follow(&snapshot, &self.proxy.metrics);
+        self.proxy.metrics.follow_overrides(&snapshot.source);
         self.proxy.config.store(Arc::new(snapshot));
         if let Some(on_demand) = self.proxy.on_demand.get()
             && let Ok(mut names) = on_demand.unknown.write()
