@@ -34,6 +34,7 @@ pub mod route;
 pub mod security;
 pub mod serve;
 pub mod tcp;
+pub mod tproxy;
 pub mod trace;
 pub mod upstream;
 pub mod watch;

@@ -167,7 +167,11 @@ impl PeerTable {
                 .entry(labels)
                 .or_insert_with_key(|labels| PeerKey::new(Arc::new(labels.clone())))
                 .clone();
-            let principal: Arc<str> = w.principal.as_str().into();
+            // One copy of each identity, however many pods share it.
+            let principal: Arc<str> = match table.by_principal.get_key_value(w.principal.as_str()) {
+                Some((known, _)) => known.clone(),
+                None => w.principal.as_str().into(),
+            };
             if !w.principal.is_empty() {
                 table
                     .by_principal
@@ -190,10 +194,6 @@ impl PeerTable {
             }
         }
         Ok(table)
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.by_address.is_empty()
     }
 
     /// The workload behind an endpoint this proxy picked (known even without a sidecar, as
