@@ -240,6 +240,20 @@ async fn the_model_follows_the_cluster() {
     })
     .await;
 
+    // Telemetry (telemetry.istio.io): read like Istio's other kinds.
+    api.apply(
+        "/apis/telemetry.istio.io/v1/telemetries",
+        json!({"apiVersion": "telemetry.istio.io/v1", "kind": "Telemetry",
+               "metadata": {"name": "quiet", "namespace": "shop"},
+               "spec": {"accessLogging": [{"disabled": true}]}}),
+    );
+    wait_until(&model, "the Telemetry", |m| {
+        m.resources.get(&ObjectKey::new(Kind::Telemetry, "shop", "quiet")).is_some_and(
+            |r| matches!(&**r, Resource::Telemetry(t) if t.spec.access_logging[0].disabled == Some(true)),
+        )
+    })
+    .await;
+
     // Deletes.
     api.delete(VIRTUAL_SERVICES, "shop", "reviews");
     api.delete(SERVICES, "shop", "reviews");

@@ -229,17 +229,15 @@ fn on_watch_error(cx: &Context, e: &watcher::Error, missing_reported: &mut bool)
             }
             cx.status.mark_synced(cx.name);
         }
-        // Telemetry only tunes access logs, tracing and metrics: without the right to read it,
-        // or without its CRD (a cluster or chart from before the Telemetry API), the mesh
-        // config's settings apply alone.
+        // Telemetry only tunes access logs, tracing and metrics: without the right to read it
+        // (a chart from before the Telemetry API), the mesh config's settings apply alone.
         watcher::Error::InitialListFailed(kube::Error::Api(status))
-            if (status.code == 403 || status.code == 404) && cx.name == "Telemetry" =>
+            if status.code == 403 && cx.name == "Telemetry" =>
         {
             if !std::mem::replace(missing_reported, true) {
                 tracing::warn!(
                     kind = cx.name,
-                    code = status.code,
-                    "cannot list Telemetries (install the telemetry.istio.io CRD and grant get, list and watch on telemetries): the mesh config's telemetry settings apply alone"
+                    "not allowed to list Telemetries (grant get, list and watch on telemetries.telemetry.istio.io): the mesh config's telemetry settings apply alone"
                 );
             }
             cx.status.mark_synced(cx.name);

@@ -939,6 +939,7 @@ pub const WATCHED: &[(&str, &str, &str)] = &[
     ("/apis/security.istio.io/v1/peerauthentications", "security.istio.io/v1", "PeerAuthentication"),
     ("/apis/security.istio.io/v1/authorizationpolicies", "security.istio.io/v1", "AuthorizationPolicy"),
     ("/apis/security.istio.io/v1/requestauthentications", "security.istio.io/v1", "RequestAuthentication"),
+    ("/apis/telemetry.istio.io/v1/telemetries", "telemetry.istio.io/v1", "Telemetry"),
 ];
 
 /// The built-in kinds of a cluster that `trellis install` and `trellis check` use, as
