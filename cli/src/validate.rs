@@ -1,5 +1,8 @@
 //! `trellis validate -f PATH...`: like `istioctl validate`, one line per problem, a summary, and
-//! an exit code scripts can use (0 valid, 1 invalid, 2 usage or I/O error).
+//! an exit code scripts can use (0 valid, 1 invalid, 2 usage or I/O error). `--mesh-config FILE`
+//! checks a mesh config too (Istio's `mesh` ConfigMap key, trellisd's `--mesh-config`): its
+//! validation errors (such as an `accessLogFormat` operator the proxy does not fill), what
+//! Trellis does not do, and unknown fields.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -7,13 +10,18 @@ use std::process::ExitCode;
 
 use serde::Serialize;
 use trellis_api::check::{Problem, UnknownFields, check_text};
+use trellis_api::mesh::MeshConfig;
+use trellis_api::validate::Severity;
 
 #[derive(clap::Args)]
 pub struct Args {
     /// Files or directories to check (directories are searched for .yaml, .yml and .json
     /// files); `-` reads standard input.
-    #[arg(short = 'f', long = "filename", required = true, num_args = 1..)]
+    #[arg(short = 'f', long = "filename", required_unless_present = "mesh_config", num_args = 1..)]
     paths: Vec<PathBuf>,
+    /// A mesh config (YAML, the `mesh` key of Istio's ConfigMap) to check as well.
+    #[arg(long = "mesh-config")]
+    mesh_config: Option<PathBuf>,
     /// Treat fields that Istio's API does not define as errors instead of warnings.
     #[arg(long)]
     strict: bool,
@@ -68,6 +76,26 @@ pub fn run(args: &Args) -> ExitCode {
             .findings
             .extend(checked.problems.into_iter().map(|problem| Finding { file: file.clone(), problem }));
     }
+    if let Some(path) = &args.mesh_config {
+        match crate::input::read_input(path) {
+            Ok(text) => {
+                let problems = check_mesh_config(&text, unknown);
+                report.files += 1;
+                report.documents += 1;
+                for problem in problems {
+                    match problem.severity {
+                        Severity::Error => report.errors += 1,
+                        Severity::Warning => report.warnings += 1,
+                    }
+                    report.findings.push(Finding { file: path.display().to_string(), problem });
+                }
+            }
+            Err(message) => {
+                eprintln!("trellis validate: {}: {message}", path.display());
+                io_failed = true;
+            }
+        }
+    }
     print_report(&report, args.output);
     if io_failed {
         ExitCode::from(2)
@@ -76,6 +104,42 @@ pub fn run(args: &Args) -> ExitCode {
     } else {
         ExitCode::SUCCESS
     }
+}
+
+/// The problems of a mesh config, each on its field (`accessLogFormat`, `defaultConfig.statusPort`).
+fn check_mesh_config(text: &str, unknown: UnknownFields) -> Vec<Problem> {
+    let problem = |severity, field: &str, message: &str| Problem {
+        doc: 1,
+        item: None,
+        line: None,
+        column: None,
+        resource: None,
+        severity,
+        field: field.to_owned(),
+        message: message.to_owned(),
+    };
+    let (mesh, unknown_fields) = match MeshConfig::from_yaml(text) {
+        Ok(parsed) => parsed,
+        Err(e) => return vec![problem(Severity::Error, "", &e.to_string())],
+    };
+    let unknown_severity = match unknown {
+        UnknownFields::Warn => Severity::Warning,
+        UnknownFields::Reject => Severity::Error,
+    };
+    // `MeshConfig` reports `field: message`.
+    let split = |line: &str| match line.split_once(": ") {
+        Some((field, message)) if !field.contains(' ') => (field.to_owned(), message.to_owned()),
+        _ => (String::new(), line.to_owned()),
+    };
+    let mut problems: Vec<Problem> =
+        unknown_fields.iter().map(|field| problem(unknown_severity, field, "unknown field")).collect();
+    for (severity, lines) in [(Severity::Error, mesh.validate()), (Severity::Warning, mesh.warnings())] {
+        for line in lines {
+            let (field, message) = split(&line);
+            problems.push(problem(severity, &field, &message));
+        }
+    }
+    problems
 }
 
 /// Expands directories into the config files they contain, in a stable order.

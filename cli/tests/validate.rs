@@ -129,3 +129,40 @@ fn an_unreadable_file_does_not_hide_findings_in_the_others() {
     assert_eq!(out.status.code(), Some(2), "I/O errors win over invalid documents");
     assert!(stdout(&out).contains("weights sum to 110"));
 }
+
+#[test]
+fn a_mesh_config_is_checked_with_its_access_log_format() {
+    let dir = tempfile::tempdir().unwrap();
+    let good = write(
+        dir.path(),
+        "mesh.yaml",
+        "accessLogFile: /dev/stdout\naccessLogFormat: '%DURATION% %REQ(:PATH)%'\n",
+    );
+    let out = trellis(&["validate", "--mesh-config", &good], None);
+    assert_eq!(out.status.code(), Some(0), "{}", stdout(&out));
+    assert_eq!(stdout(&out), "valid: 1 file(s), 1 document(s), 0 error(s), 0 warning(s)\n");
+    let bad = write(
+        dir.path(),
+        "bad.yaml",
+        "accessLogFile: /dev/stdout\naccessLogFormat: '%DURATION% %DYNAMIC_METADATA(a)%'\naccesLogEncoding: JSON\n",
+    );
+    let vs = write(dir.path(), "vs.yaml", VALID);
+    let out = trellis(&["validate", "-f", &vs, "--mesh-config", &bad], None);
+    assert_eq!(out.status.code(), Some(1), "{}", stdout(&out));
+    assert_eq!(
+        stdout(&out),
+        format!(
+            "{bad}:doc 1: accesLogEncoding: warning: unknown field\n\
+             {bad}:doc 1: accessLogFormat: \"%DYNAMIC_METADATA(a)%\": DYNAMIC_METADATA is an Envoy operator Trellis does not support\n\
+             INVALID: 2 file(s), 2 document(s), 1 error(s), 1 warning(s)\n"
+        )
+    );
+    let json = write(
+        dir.path(),
+        "json.yaml",
+        "accessLogFile: /dev/stdout\naccessLogEncoding: JSON\naccessLogFormat: '%DURATION%'\n",
+    );
+    let out = trellis(&["validate", "--mesh-config", &json], None);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stdout(&out).contains("accessLogFormat: under JSON encoding, a JSON object"), "{}", stdout(&out));
+}

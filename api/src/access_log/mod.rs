@@ -153,4 +153,57 @@ mod tests {
         // A text format under JSON encoding is not an object.
         assert!(check_format(Some("%DURATION%"), AccessLogEncoding::Json).is_err());
     }
+    /// Inputs made of the parsers' own pieces: neither parser nor evaluation may panic, and a
+    /// parsed START_TIME format renders at any time.
+    mod never_panics {
+        use proptest::prelude::*;
+
+        use super::super::cel::{Activation, Attribute, Filter, Headers, Value};
+        use super::super::format::{Command, Piece, parse};
+
+        struct Request;
+
+        impl Activation for Request {
+            fn attribute(&self, attribute: Attribute) -> Option<Value<'_>> {
+                match attribute {
+                    Attribute::ResponseCode => Some(Value::Int(503)),
+                    Attribute::RequestUrlPath => Some(Value::Str("/api".into())),
+                    Attribute::RequestDuration => Some(Value::Duration(5)),
+                    _ => None,
+                }
+            }
+            fn header(&self, _: Headers, name: &str) -> Option<std::borrow::Cow<'_, str>> {
+                (name == "x").then(|| "y".into())
+            }
+        }
+
+        fn pieces(options: &'static [&'static str]) -> impl Strategy<Value = String> {
+            proptest::collection::vec(proptest::sample::select(options), 0..24).prop_map(|p| p.concat())
+        }
+
+        proptest! {
+            #[test]
+            fn formats(text in pieces(&["%", "%%", "REQ", "(", ")", ":", "?", "X-A", ":PATH", "12",
+                "START_TIME", "%Y", "%3f", "%s", "RESPONSE_CODE", "a", " ", "\u{e9}", "_"])) {
+                if let Ok(format) = parse(&text) {
+                    for piece in &format.pieces {
+                        if let Piece::Op(op) = piece && let Command::StartTime(Some(f)) = &op.command {
+                            let mut out = String::new();
+                            f.render(u128::MAX, &mut out);
+                        }
+                    }
+                }
+            }
+
+            #[test]
+            fn filters(text in pieces(&["response.code", "request.headers", "['x']", ".x", "has(", ")",
+                "(", "!", "-", "1", "0", "9223372036854775807", "u", "1.5", "'s'", "==", "<", ">=", "in",
+                "[", "]", ",", "&&", "||", "?", ":", "+", "*", "/", "%", "size(", "int(", "duration('1s')",
+                ".startsWith('/')", ".matches('a')", "request.duration", "request.url_path", " "])) {
+                if let Ok(filter) = Filter::parse(&text) {
+                    let _ = filter.matches(&Request);
+                }
+            }
+        }
+    }
 }

@@ -71,19 +71,40 @@ impl RequestFacts {
     }
 }
 
-/// A value as an operator yields it.
+/// A value as an operator yields it. Addresses and times are written straight into the line
+/// (they need no escaping), without a string of their own.
 enum Value<'a> {
     Absent,
     Number(u128),
     Text(Cow<'a, [u8]>),
+    Address(SocketAddr),
+    Ip(std::net::IpAddr),
+    Time(Option<&'a trellis_api::access_log::time::TimeFormat>, u128),
+}
+
+impl Value<'_> {
+    /// Writes a value that needs no escaping; `false` for the others.
+    fn write_plain(&self, out: &mut String) -> bool {
+        let _ = match self {
+            Value::Number(n) => write!(out, "{n}"),
+            Value::Address(a) => write!(out, "{a}"),
+            Value::Ip(ip) => write!(out, "{ip}"),
+            Value::Time(None, nanos) => {
+                time::render_default(*nanos, out);
+                Ok(())
+            }
+            Value::Time(Some(format), nanos) => {
+                format.render(*nanos, out);
+                Ok(())
+            }
+            Value::Absent | Value::Text(_) => return false,
+        };
+        true
+    }
 }
 
 fn text(s: &str) -> Value<'_> {
     Value::Text(Cow::Borrowed(s.as_bytes()))
-}
-
-fn owned(s: String) -> Value<'static> {
-    Value::Text(Cow::Owned(s.into_bytes()))
 }
 
 fn optional(s: Option<&str>) -> Value<'_> {
@@ -91,7 +112,7 @@ fn optional(s: Option<&str>) -> Value<'_> {
 }
 
 fn address(a: Option<SocketAddr>) -> Value<'static> {
-    a.map_or(Value::Absent, |a| owned(a.to_string()))
+    a.map_or(Value::Absent, Value::Address)
 }
 
 fn millis(d: Duration) -> Value<'static> {
@@ -115,16 +136,9 @@ fn response_header<'a>(headers: Option<&'a HeaderMap>, h: &HeaderRef) -> Value<'
 }
 
 impl Facts<'_> {
-    fn value(&self, command: &Command) -> Value<'_> {
+    fn value<'s>(&'s self, command: &'s Command) -> Value<'s> {
         match command {
-            Command::StartTime(format) => {
-                let mut out = String::with_capacity(32);
-                match format {
-                    None => time::render_default(self.start_unix_nanos, &mut out),
-                    Some(f) => f.render(self.start_unix_nanos, &mut out),
-                }
-                owned(out)
-            }
+            Command::StartTime(format) => Value::Time(format.as_ref(), self.start_unix_nanos),
             Command::Req(h) => header(self.request, h),
             Command::ReqWithoutQuery(h) => match header(self.request, h) {
                 Value::Text(Cow::Borrowed(v)) => {
@@ -158,11 +172,11 @@ impl Facts<'_> {
                     _ => Value::Absent,
                 }
             }
-            Command::DownstreamRemoteAddress => owned(self.downstream_remote.to_string()),
-            Command::DownstreamRemoteAddressWithoutPort => owned(self.downstream_remote.ip().to_string()),
+            Command::DownstreamRemoteAddress => Value::Address(self.downstream_remote),
+            Command::DownstreamRemoteAddressWithoutPort => Value::Ip(self.downstream_remote.ip()),
             Command::DownstreamRemotePort => Value::Number(u128::from(self.downstream_remote.port())),
-            Command::DownstreamLocalAddress => owned(self.downstream_local.to_string()),
-            Command::DownstreamLocalAddressWithoutPort => owned(self.downstream_local.ip().to_string()),
+            Command::DownstreamLocalAddress => Value::Address(self.downstream_local),
+            Command::DownstreamLocalAddressWithoutPort => Value::Ip(self.downstream_local.ip()),
             Command::DownstreamLocalPort => Value::Number(u128::from(self.downstream_local.port())),
             Command::DownstreamPeerUriSan => optional(self.peer_uri_san),
             Command::RequestedServerName => optional(self.requested_server_name),
@@ -197,10 +211,10 @@ pub fn text_line(format: &Format, facts: &Facts<'_>, out: &mut String) {
             Piece::Text(t) => out.push_str(t),
             Piece::Op(op) => match facts.value(&op.command) {
                 Value::Absent => out.push('-'),
-                Value::Number(n) => {
-                    let _ = write!(out, "{n}");
-                }
                 Value::Text(bytes) => escape_text(cut(&bytes, op), out),
+                plain => {
+                    plain.write_plain(out);
+                }
             },
         }
     }
@@ -222,24 +236,29 @@ pub fn json_line(fields: &[(String, Format)], facts: &Facts<'_>, out: &mut Strin
                     let _ = write!(out, "{n}");
                 }
                 Value::Text(bytes) => escape_json(cut(&bytes, op), out),
+                plain => {
+                    out.push('"');
+                    plain.write_plain(out);
+                    out.push('"');
+                }
             }
             continue;
         }
         // Text and operators together: one string, `-` for what is absent.
-        let mut value = String::new();
+        out.push('"');
         for piece in &format.pieces {
             match piece {
-                Piece::Text(t) => value.push_str(t),
+                Piece::Text(t) => escape_json_content(t.as_bytes(), out),
                 Piece::Op(op) => match facts.value(&op.command) {
-                    Value::Absent => value.push('-'),
-                    Value::Number(n) => {
-                        let _ = write!(value, "{n}");
+                    Value::Absent => out.push('-'),
+                    Value::Text(bytes) => escape_json_content(cut(&bytes, op), out),
+                    plain => {
+                        plain.write_plain(out);
                     }
-                    Value::Text(bytes) => value.push_str(&String::from_utf8_lossy(cut(&bytes, op))),
                 },
             }
         }
-        escape_json(value.as_bytes(), out);
+        out.push('"');
     }
     out.push_str("}\n");
 }
@@ -267,6 +286,12 @@ fn escape_text(bytes: &[u8], out: &mut String) {
 
 fn escape_json(bytes: &[u8], out: &mut String) {
     out.push('"');
+    escape_json_content(bytes, out);
+    out.push('"');
+}
+
+/// A JSON string's content, without its quotes.
+fn escape_json_content(bytes: &[u8], out: &mut String) {
     for chunk in bytes.utf8_chunks() {
         for c in chunk.valid().chars() {
             match c {
@@ -285,7 +310,6 @@ fn escape_json(bytes: &[u8], out: &mut String) {
             out.push('\u{fffd}');
         }
     }
-    out.push('"');
 }
 
 #[cfg(test)]
