@@ -549,3 +549,61 @@ fn bad_access_logs_are_refused_naming_the_field() {
         assert!(e.message.contains(message), "{logs}: {}", e.message);
     }
 }
+
+#[tokio::test]
+async fn grpc_status_blackhole_and_abandoned_responses() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = log_path(&dir, "access.log");
+    let upstream = Upstream::start("api").await;
+    let format = "%REQ(:PATH)% %RESPONSE_CODE% %RESPONSE_FLAGS% %RESPONSE_CODE_DETAILS% %GRPC_STATUS% %UPSTREAM_CLUSTER%";
+    let config = format!(
+        "outboundPolicy: REGISTRY_ONLY\n{}\naccessLogs: [{{ path: {:?}, textFormat: '{format}' }}]\n",
+        api_config(&[upstream.addr.port()], "HTTP", "", ""),
+        path.display().to_string()
+    );
+    let proxy = TestProxy::start(&config).await;
+    // A gRPC failure in a trailers-only answer.
+    upstream.fail_next(1);
+    let mut h2 = Client::connect(proxy.outbound(), Version::HTTP_2).await;
+    let grpc =
+        get("api", "/pkg.Svc/Call", &[("content-type", "application/grpc"), ("x-fail-grpc-status", "14")]);
+    assert_eq!(h2.send(grpc).await.unwrap().header("grpc-status"), Some("14"));
+    // Nowhere the registry knows.
+    let mut h1 = Client::connect(proxy.outbound(), Version::HTTP_11).await;
+    assert_eq!(h1.get("nowhere.example", "/x").await.status, StatusCode::BAD_GATEWAY);
+    // A client that leaves before the body it asked for comes.
+    let mut leaving = TcpStream::connect(proxy.outbound()).await.unwrap();
+    leaving.write_all(b"GET /slow HTTP/1.1\r\nHost: api\r\nx-body-delay-ms: 5000\r\n\r\n").await.unwrap();
+    let mut head = [0u8; 12];
+    leaving.read_exact(&mut head).await.unwrap();
+    assert_eq!(&head, b"HTTP/1.1 200");
+    drop(leaving);
+    let got = lines(&path, 3).await;
+    assert_eq!(got[0], "/pkg.Svc/Call 200 - via_upstream 14 api");
+    assert_eq!(got[1], "/x 502 NR route_not_found - BlackHoleCluster");
+    assert_eq!(got[2], "/slow 200 DC via_upstream - api", "abandoned: Envoy's DC");
+}
+
+#[tokio::test]
+async fn logs_follow_the_configuration() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = log_path(&dir, "access.log");
+    let upstream = Upstream::start("api").await;
+    let plain = api_config(&[upstream.addr.port()], "HTTP", "", "");
+    let logged = with_logs(
+        &plain,
+        &format!("  - {{ path: {:?}, textFormat: '%REQ(:PATH)%' }}", path.display().to_string()),
+    );
+    let proxy = TestProxy::start(&plain).await;
+    let mut client = Client::connect(proxy.outbound(), Version::HTTP_11).await;
+    assert_eq!(client.get("api", "/before").await.status, StatusCode::OK);
+    proxy.reload(&logged).await;
+    assert_eq!(client.get("api", "/during").await.status, StatusCode::OK);
+    assert_eq!(lines(&path, 1).await, ["/during"]);
+    proxy.reload(&plain).await;
+    assert_eq!(client.get("api", "/after").await.status, StatusCode::OK);
+    // On again: the request after is the next line, so /after was never written.
+    proxy.reload(&logged).await;
+    assert_eq!(client.get("api", "/again").await.status, StatusCode::OK);
+    assert_eq!(lines(&path, 2).await, ["/during", "/again"]);
+}
