@@ -10,8 +10,9 @@ use trellis_injector::manual::inject_manifests;
 
 #[derive(clap::Args)]
 pub struct Args {
-    /// Manifest to inject (Pod, Deployment, StatefulSet, DaemonSet, ReplicaSet, Job, CronJob;
-    /// other objects pass through); `-` reads standard input.
+    /// Manifest to inject (Pod, Deployment, StatefulSet, DaemonSet, ReplicaSet, Job, CronJob,
+    /// and each of those in a List such as `kubectl get deploy -o yaml` prints; other objects
+    /// pass through); `-` reads standard input.
     #[arg(short = 'f', long = "filename")]
     file: PathBuf,
     /// Write the result here instead of standard output.

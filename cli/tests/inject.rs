@@ -61,6 +61,86 @@ fn invalid_annotations_fail_with_the_annotation_named() {
     assert_eq!(missing.status.code(), Some(2));
 }
 
+/// What `kubectl get deploy -o yaml` prints: one List holding the workloads.
+const KUBECTL_LIST: &str = "apiVersion: v1
+kind: List
+metadata:
+  resourceVersion: \"\"
+items:
+- apiVersion: apps/v1
+  kind: Deployment
+  metadata: {name: web, namespace: shop}
+  spec:
+    selector: {matchLabels: {app: web}}
+    template:
+      metadata: {labels: {app: web}}
+      spec:
+        containers:
+        - name: web
+          image: nginx
+          lifecycle:
+            preStop: {httpGet: {path: /drain, port: 80}}
+- apiVersion: apps/v1
+  kind: Deployment
+  metadata: {name: api, namespace: shop}
+  spec:
+    selector: {matchLabels: {app: api}}
+    template:
+      metadata:
+        labels: {app: api}
+        annotations: {sidecar.istio.io/proxyCPU: 4000m}
+      spec:
+        containers: [{name: api, image: api}]
+";
+
+fn trellis_with_stdin(args: &[&str], stdin: &str) -> std::process::Output {
+    use std::io::Write;
+    let mut child = Command::new(env!("CARGO_BIN_EXE_trellis"))
+        .args(args)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    child.stdin.take().unwrap().write_all(stdin.as_bytes()).unwrap();
+    child.wait_with_output().unwrap()
+}
+
+#[test]
+fn a_kubectl_list_on_standard_input_is_injected_item_by_item() {
+    let out = trellis_with_stdin(&["inject", "-f", "-"], KUBECTL_LIST);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let list = parse(&String::from_utf8(out.stdout).unwrap());
+    assert_eq!(list["kind"], "List");
+    let items = list["items"].as_array().unwrap();
+    assert_eq!(items.len(), 2);
+    for item in items {
+        let inits = item["spec"]["template"]["spec"]["initContainers"].as_array().unwrap();
+        assert!(inits.iter().any(|c| c["name"] == "istio-proxy"), "{item}");
+    }
+    // The hook is called on the proxy's status port, the original handed to the proxy.
+    let web = &items[0]["spec"]["template"]["spec"];
+    assert_eq!(
+        web["containers"][0]["lifecycle"]["preStop"]["httpGet"]["path"],
+        "/app-lifecycle/web/prestopz"
+    );
+    // proxyCPU alone: that request and no default limit below it.
+    let proxy = items[1]["spec"]["template"]["spec"]["initContainers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["name"] == "istio-proxy")
+        .unwrap();
+    assert_eq!(proxy["resources"], serde_json::json!({"requests": {"cpu": "4000m"}}));
+
+    // An item that is not an object is named.
+    let bad =
+        trellis_with_stdin(&["inject", "-f", "-"], "apiVersion: v1\nkind: List\nitems:\n- just a string\n");
+    assert_eq!(bad.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&bad.stderr);
+    assert!(stderr.contains("doc 1: List: items[0]: expected an object, found a string"), "{stderr}");
+}
+
 fn parse(text: &str) -> serde_json::Value {
     trellis_api::load::decode_single::<serde_json::Value>(text).unwrap().0
 }

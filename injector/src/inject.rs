@@ -2,8 +2,8 @@
 //! `trellis inject`.
 //!
 //! Steps: undo an earlier injection (so injecting twice gives the same pod), read the pod's
-//! annotations into effective settings (every invalid one is reported), rewrite app probes,
-//! render the template, place what it rendered, and label and annotate the pod.
+//! annotations into effective settings (every invalid one is reported), rewrite app probes and
+//! hooks, render the template, place what it rendered, and label and annotate the pod.
 
 use std::collections::BTreeMap;
 
@@ -11,17 +11,15 @@ use k8s_openapi::api::core::v1::{Container, EnvVar, Pod, PodSpec};
 use serde::Serialize;
 use serde_json::Value;
 use trellis_api::annotations::{
-    self, AnnotationError, InterceptionMode, IpRangeSelection, PortSelection, ReadinessAnnotations,
-    SidecarStatus, TrafficAnnotations, names,
+    self, AnnotationError, ReadinessAnnotations, SidecarStatus, TrafficAnnotations, names,
 };
 use trellis_api::mesh::ProxyConfig;
 
 use crate::config::{InjectorConfig, PROXY_CONTAINER, PROXY_UID};
+use crate::redirect::{self, Redirect};
 use crate::template::{SidecarParts, TemplateError, Templates};
-use crate::{probes, prometheus_merge};
+use crate::{probes, prometheus_merge, resources};
 
-/// Ports the proxy serves itself; inbound traffic to them is never redirected.
-const PROXY_INBOUND_EXCLUDES: [u16; 2] = [15090, 15021];
 const DEFAULT_STATUS_PORT: u16 = 15020;
 
 #[derive(Debug, thiserror::Error)]
@@ -40,9 +38,8 @@ fn join(errors: &[AnnotationError]) -> String {
 
 /// The pod's annotations, read into what the injector acts on.
 struct PodSettings {
-    traffic: TrafficAnnotations,
+    redirect: Redirect,
     readiness: ReadinessAnnotations,
-    interception: InterceptionMode,
     proxy_config: ProxyConfig,
     status_port: u16,
     rewrite_probes: bool,
@@ -71,7 +68,7 @@ pub fn inject(
     let spec = pod.spec.get_or_insert_with(PodSpec::default);
 
     let probers = if settings.rewrite_probes && settings.status_port != 0 {
-        probes::rewrite(&mut spec.containers, settings.status_port)
+        probes::rewrite(spec, settings.status_port)
     } else {
         BTreeMap::new()
     };
@@ -80,6 +77,7 @@ pub fn inject(
     let hold = values.hold_application;
     let mut parts = templates.render(&values)?;
     add_pod_facts(&mut parts.proxy, &values.proxy.pod_facts);
+    add_proxy_metadata(&mut parts.proxy, &settings.proxy_config);
     let status = place(&mut pod, parts, settings.native, hold)?;
     label_and_annotate(&mut pod, &settings, status, config, &workload_name);
     if settings.merge_metrics {
@@ -129,9 +127,6 @@ fn read_settings(
         }
     };
     // Validate the free-form annotations; their values are read below.
-    for name in [ann::PROXY_CPU, ann::PROXY_MEMORY, ann::PROXY_CPU_LIMIT, ann::PROXY_MEMORY_LIMIT] {
-        get(name, &|v| annotations::parse_resource_quantity(name, v).map(drop));
-    }
     get(ann::PROXY_IMAGE, &|v| annotations::parse_image(v).map(drop));
     get(ann::LOG_LEVEL, &|v| annotations::parse_log_level(v).map(drop));
     get(ann::COMPONENT_LOG_LEVEL, &|v| annotations::parse_component_log_levels(v).map(drop));
@@ -163,22 +158,34 @@ fn read_settings(
         None => proxy_config.status_port().unwrap_or(DEFAULT_STATUS_PORT),
     };
     proxy_config.status_port = Some(i32::from(status_port));
-    let interception = traffic.interception_mode.unwrap_or_else(|| proxy_config.interception_mode());
-    if interception == InterceptionMode::Tproxy {
-        errors.push(AnnotationError::new(
-            ann::INTERCEPTION_MODE,
-            "TPROXY",
-            "TPROXY interception is not supported yet; use REDIRECT (the default) or NONE",
-        ));
-    }
+    let mode = traffic.interception_mode.unwrap_or_else(|| proxy_config.interception_mode());
+    // The pod's own proxy config names the switch when it sets it; otherwise it came from the
+    // mesh's defaultConfig.
+    let pod_metadata = annotations
+        .get(ann::PROXY_CONFIG)
+        .and_then(|v| annotations::parse_proxy_config(v).ok())
+        .map(|c| c.proxy_metadata)
+        .unwrap_or_default();
+    let source = |key: &str| match pod_metadata.contains_key(key) {
+        true => format!("{} proxyMetadata.{key}", ann::PROXY_CONFIG),
+        false => format!("meshConfig.defaultConfig.proxyMetadata.{key}"),
+    };
+    let (capture_dns, dual_stack) = redirect::metadata_switches(&proxy_config.proxy_metadata, &source)
+        .unwrap_or_else(|e| {
+            errors.extend(e);
+            (false, false)
+        });
+    let resources = resources::proxy_resources(annotations).unwrap_or_else(|e| {
+        errors.extend(e);
+        Value::Null
+    });
     if !errors.is_empty() {
         return Err(InjectError::InvalidAnnotations(errors));
     }
     Ok(PodSettings {
-        resources: proxy_resources(annotations),
-        traffic,
+        resources,
+        redirect: Redirect { traffic, mode, status_port, capture_dns, dual_stack },
         readiness,
-        interception,
         proxy_config,
         status_port,
         rewrite_probes,
@@ -188,18 +195,6 @@ fn read_settings(
         proxy_image: annotations.get(ann::PROXY_IMAGE).cloned(),
         log_level: annotations.get(ann::LOG_LEVEL).cloned(),
         component_log_level: annotations.get(ann::COMPONENT_LOG_LEVEL).cloned(),
-    })
-}
-
-/// Requests and limits from the `sidecar.istio.io/proxy*` annotations; the defaults suit a
-/// small proxy (Istio's are sized for Envoy).
-fn proxy_resources(annotations: &BTreeMap<String, String>) -> Value {
-    use names::annotation as ann;
-    let pick =
-        |name: &str, default: &str| annotations.get(name).cloned().unwrap_or_else(|| default.to_owned());
-    serde_json::json!({
-        "requests": {"cpu": pick(ann::PROXY_CPU, "50m"), "memory": pick(ann::PROXY_MEMORY, "64Mi")},
-        "limits": {"cpu": pick(ann::PROXY_CPU_LIMIT, "2"), "memory": pick(ann::PROXY_MEMORY_LIMIT, "512Mi")},
     })
 }
 
@@ -244,7 +239,7 @@ fn strip_previous_injection(pod: &mut Pod, templates: &Templates) {
         .find(|c| c.name == PROXY_CONTAINER)
         .cloned();
     if let Some(probers) = old_proxy.as_ref().and_then(app_probers_of) {
-        probes::restore(&mut spec.containers, &probers);
+        probes::restore(spec, &probers);
     }
     if let (Some(old_proxy), Some(annotations)) = (&old_proxy, pod.metadata.annotations.as_mut()) {
         prometheus_merge::restore(annotations, old_proxy);
@@ -350,6 +345,18 @@ fn add_pod_facts(proxy: &mut Container, facts: &PodFacts) {
     }
 }
 
+/// The proxy config's `proxyMetadata` as the proxy's environment, as Istio's template writes
+/// it (after everything else, so that a pod's metadata wins over a variable of the same name):
+/// feature switches such as `ISTIO_META_DNS_CAPTURE` and `ISTIO_META_DNS_AUTO_ALLOCATE` are read
+/// from the environment by the proxy.
+fn add_proxy_metadata(proxy: &mut Container, proxy_config: &ProxyConfig) {
+    let env = proxy.env.get_or_insert_with(Vec::new);
+    for (name, value) in &proxy_config.proxy_metadata {
+        env.retain(|e| &e.name != name);
+        env.push(EnvVar { name: name.clone(), value: Some(value.clone()), value_from: None });
+    }
+}
+
 #[derive(Serialize)]
 #[serde(rename_all = "camelCase")]
 struct ReadinessValues {
@@ -383,8 +390,7 @@ impl<'a> TemplateValues<'a> {
         let ports: Vec<&k8s_openapi::api::core::v1::ContainerPort> =
             containers.iter().flat_map(|c| c.ports.iter().flatten()).collect();
         let names: Vec<&str> = containers.iter().map(|c| c.name.as_str()).collect();
-        let redirect = (settings.interception != InterceptionMode::None)
-            .then(|| RedirectValues { args: redirect_args(&settings.traffic, settings.status_port) });
+        let redirect = settings.redirect.is_on().then(|| RedirectValues { args: settings.redirect.args() });
         TemplateValues {
             pod,
             namespace,
@@ -400,7 +406,7 @@ impl<'a> TemplateValues<'a> {
                 status_port: settings.status_port,
                 discovery_address: settings.proxy_config.discovery_address().to_owned(),
                 config_json: serde_json::to_string(&settings.proxy_config).unwrap_or_default(),
-                interception_mode: settings.interception.as_str(),
+                interception_mode: settings.redirect.mode.as_str(),
                 pod_facts: PodFacts {
                     workload_name: workload_name.to_owned(),
                     app_containers: names.join(","),
@@ -421,99 +427,6 @@ impl<'a> TemplateValues<'a> {
             mesh: MeshValues { trust_domain: config.mesh.trust_domain().to_owned() },
         }
     }
-}
-
-/// The effective redirect settings, with Istio's defaults filled in.
-struct EffectiveTraffic {
-    include_outbound: String,
-    exclude_outbound: String,
-    include_inbound: String,
-    exclude_inbound: String,
-    include_outbound_ports: String,
-    exclude_outbound_ports: String,
-    exclude_interfaces: String,
-    kubevirt_interfaces: String,
-}
-
-fn effective_traffic(t: &TrafficAnnotations, status_port: u16) -> EffectiveTraffic {
-    let ports = |p: &[u16]| p.iter().map(u16::to_string).collect::<Vec<_>>().join(",");
-    let ranges = |r: &[ipnet::IpNet]| r.iter().map(ToString::to_string).collect::<Vec<_>>().join(",");
-    // The proxy's own ports are never captured inbound; the user's exclusions come first.
-    let mut exclude_inbound = t.exclude_inbound_ports.clone().unwrap_or_default();
-    for port in PROXY_INBOUND_EXCLUDES.into_iter().chain((status_port != 0).then_some(status_port)) {
-        if !exclude_inbound.contains(&port) {
-            exclude_inbound.push(port);
-        }
-    }
-    EffectiveTraffic {
-        include_outbound: match &t.include_outbound_ip_ranges {
-            None | Some(IpRangeSelection::All) => "*".to_owned(),
-            Some(IpRangeSelection::Ranges(r)) => ranges(r),
-        },
-        exclude_outbound: ranges(t.exclude_outbound_ip_ranges.as_deref().unwrap_or_default()),
-        include_inbound: match &t.include_inbound_ports {
-            None | Some(PortSelection::All) => "*".to_owned(),
-            Some(PortSelection::Ports(p)) => ports(p),
-        },
-        exclude_inbound: ports(&exclude_inbound),
-        include_outbound_ports: ports(t.include_outbound_ports.as_deref().unwrap_or_default()),
-        exclude_outbound_ports: ports(t.exclude_outbound_ports.as_deref().unwrap_or_default()),
-        exclude_interfaces: t.exclude_interfaces.as_deref().unwrap_or_default().join(","),
-        kubevirt_interfaces: t.kubevirt_interfaces.as_deref().unwrap_or_default().join(","),
-    }
-}
-
-/// A redirect setting as both a proxy-init flag and the annotation the CNI plugin reads.
-struct RedirectFlag {
-    flag: &'static str,
-    annotation: &'static str,
-    /// Passed even when empty: for the include lists, empty means "nothing".
-    always: bool,
-}
-
-const REDIRECT_FLAGS: [RedirectFlag; 8] = {
-    use names::annotation as ann;
-    [
-        RedirectFlag { flag: "-i", annotation: ann::INCLUDE_OUTBOUND_IP_RANGES, always: true },
-        RedirectFlag { flag: "-x", annotation: ann::EXCLUDE_OUTBOUND_IP_RANGES, always: false },
-        RedirectFlag { flag: "-b", annotation: ann::INCLUDE_INBOUND_PORTS, always: true },
-        RedirectFlag { flag: "-d", annotation: ann::EXCLUDE_INBOUND_PORTS, always: false },
-        RedirectFlag { flag: "-q", annotation: ann::INCLUDE_OUTBOUND_PORTS, always: false },
-        RedirectFlag { flag: "-o", annotation: ann::EXCLUDE_OUTBOUND_PORTS, always: false },
-        RedirectFlag { flag: "-c", annotation: ann::EXCLUDE_INTERFACES, always: false },
-        RedirectFlag { flag: "-k", annotation: ann::KUBEVIRT_INTERFACES, always: false },
-    ]
-};
-
-impl EffectiveTraffic {
-    /// Each setting with its flag, in `REDIRECT_FLAGS` order.
-    fn flags(self) -> impl Iterator<Item = (&'static RedirectFlag, String)> {
-        let values = [
-            self.include_outbound,
-            self.exclude_outbound,
-            self.include_inbound,
-            self.exclude_inbound,
-            self.include_outbound_ports,
-            self.exclude_outbound_ports,
-            self.exclude_interfaces,
-            self.kubevirt_interfaces,
-        ];
-        REDIRECT_FLAGS.iter().zip(values)
-    }
-}
-
-/// `trellis-proxy-init` arguments, named after istio-iptables' flags.
-fn redirect_args(t: &TrafficAnnotations, status_port: u16) -> Vec<String> {
-    let mut args: Vec<String> = ["-p", "15001", "-z", "15006", "-u", "1337", "-g", "1337", "-m", "REDIRECT"]
-        .map(String::from)
-        .to_vec();
-    for (flag, value) in effective_traffic(t, status_port).flags() {
-        if flag.always || !value.is_empty() {
-            args.push(flag.flag.to_owned());
-            args.push(value);
-        }
-    }
-    args
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -604,10 +517,10 @@ fn label_and_annotate(
         // The CNI plugin programs the redirect from these, exactly as proxy-init would. All are
         // written, empty ones too: an empty include list means "capture nothing", which an
         // absent annotation would not say.
-        annotations.insert(ann::INTERCEPTION_MODE.to_owned(), settings.interception.as_str().to_owned());
-        if settings.interception != InterceptionMode::None {
-            for (flag, value) in effective_traffic(&settings.traffic, settings.status_port).flags() {
-                annotations.insert(flag.annotation.to_owned(), value);
+        annotations.insert(ann::INTERCEPTION_MODE.to_owned(), settings.redirect.mode.as_str().to_owned());
+        if settings.redirect.is_on() {
+            for (annotation, value) in settings.redirect.cni_annotations() {
+                annotations.insert(annotation.to_owned(), value);
             }
         }
     }
@@ -696,6 +609,98 @@ mod tests {
         assert_eq!(a.get("sidecar.istio.io/interceptionMode").map(String::as_str), Some("NONE"));
     }
 
+    fn proxy_of(pod: &Pod) -> &Container {
+        let spec = pod.spec.as_ref().unwrap();
+        spec.init_containers
+            .iter()
+            .flatten()
+            .chain(&spec.containers)
+            .find(|c| c.name == PROXY_CONTAINER)
+            .unwrap()
+    }
+
+    fn redirect_args_of(pod: &Pod) -> String {
+        let spec = pod.spec.as_ref().unwrap();
+        spec.init_containers.as_ref().unwrap()[0].args.as_ref().unwrap().join(" ")
+    }
+
+    #[test]
+    fn the_mesh_can_turn_dns_capture_on_for_every_pod() {
+        let templates = Templates::embedded().unwrap();
+        let mut config = InjectorConfig::default();
+        let (mesh, _) = trellis_api::mesh::MeshConfig::from_yaml(
+            "defaultConfig:\n  proxyMetadata:\n    ISTIO_META_DNS_CAPTURE: \"true\"\n    ISTIO_META_DNS_AUTO_ALLOCATE: \"true\"\n",
+        )
+        .unwrap();
+        config.mesh = mesh;
+        let pod = inject(&pod_with(serde_json::json!({})), "default", None, &config, &templates).unwrap();
+        assert!(redirect_args_of(&pod).ends_with("--capture-dns"), "{}", redirect_args_of(&pod));
+        assert_eq!(env_of(&pod, "ISTIO_META_DNS_CAPTURE").as_deref(), Some("true"));
+        assert_eq!(env_of(&pod, "ISTIO_META_DNS_AUTO_ALLOCATE").as_deref(), Some("true"));
+        // A pod can turn it off again.
+        let off = serde_json::json!({"proxy.istio.io/config": "proxyMetadata:\n  ISTIO_META_DNS_CAPTURE: \"false\"\n"});
+        let pod = inject(&pod_with(off), "default", None, &config, &templates).unwrap();
+        assert!(!redirect_args_of(&pod).contains("--capture-dns"));
+        assert_eq!(env_of(&pod, "ISTIO_META_DNS_CAPTURE").as_deref(), Some("false"));
+    }
+
+    #[test]
+    fn a_bad_dns_switch_names_where_it_came_from() {
+        let templates = Templates::embedded().unwrap();
+        let mut config = InjectorConfig::default();
+        let (mesh, _) = trellis_api::mesh::MeshConfig::from_yaml(
+            "defaultConfig:\n  proxyMetadata:\n    ISTIO_AGENT_DUAL_STACK: maybe\n",
+        )
+        .unwrap();
+        config.mesh = mesh;
+        let error =
+            inject(&pod_with(serde_json::json!({})), "default", None, &config, &templates).unwrap_err();
+        assert_eq!(
+            error.to_string(),
+            r#"annotation meshConfig.defaultConfig.proxyMetadata.ISTIO_AGENT_DUAL_STACK: invalid value "maybe": expected true or false"#
+        );
+        // And the injector refuses to start with such a mesh config, rather than deny pods.
+        assert!(self_test(&config, &templates).is_err());
+    }
+
+    #[test]
+    fn tproxy_reaches_the_redirect_the_proxy_and_the_cni_plugin() {
+        let templates = Templates::embedded().unwrap();
+        for annotations in [
+            serde_json::json!({"sidecar.istio.io/interceptionMode": "TPROXY"}),
+            serde_json::json!({"proxy.istio.io/config": "interceptionMode: TPROXY"}),
+        ] {
+            let pod = inject(
+                &pod_with(annotations.clone()),
+                "default",
+                None,
+                &InjectorConfig::default(),
+                &templates,
+            )
+            .unwrap();
+            assert!(redirect_args_of(&pod).contains("-m TPROXY"), "{annotations}");
+            assert_eq!(env_of(&pod, "ISTIO_META_INTERCEPTION_MODE").as_deref(), Some("TPROXY"));
+            // IP_TRANSPARENT takes NET_ADMIN; the proxy's group keeps its traffic out of the redirect.
+            let security = proxy_of(&pod).security_context.as_ref().unwrap();
+            assert_eq!(security.run_as_user, Some(0));
+            assert_eq!(security.run_as_group, Some(1337));
+            let caps = security.capabilities.as_ref().unwrap();
+            assert_eq!(caps.add.as_deref(), Some(&["NET_ADMIN".to_owned()][..]));
+        }
+        let cni = InjectorConfig { cni_mode: true, ..InjectorConfig::default() };
+        let pod = pod_with(serde_json::json!({"sidecar.istio.io/interceptionMode": "TPROXY"}));
+        let injected = inject(&pod, "default", None, &cni, &templates).unwrap();
+        let a = injected.metadata.annotations.as_ref().unwrap();
+        assert_eq!(a.get("sidecar.istio.io/interceptionMode").map(String::as_str), Some("TPROXY"));
+        assert!(redirect_args_of(&injected).starts_with("validate "), "{}", redirect_args_of(&injected));
+        // REDIRECT keeps the proxy unprivileged.
+        let plain =
+            inject(&pod_with(serde_json::json!({})), "default", None, &InjectorConfig::default(), &templates)
+                .unwrap();
+        let security = proxy_of(&plain).security_context.as_ref().unwrap();
+        assert_eq!((security.run_as_user, security.run_as_non_root), (Some(1337), Some(true)));
+    }
+
     #[test]
     fn the_status_annotation_cannot_remove_other_containers_or_volumes() {
         let templates = Templates::embedded().unwrap();
@@ -747,21 +752,5 @@ mod tests {
         let a = pod.metadata.annotations.as_ref().unwrap();
         assert_eq!(a.get("prometheus.io/port").map(String::as_str), Some("9090"));
         assert!(!a.contains_key("prometheus.io/path"));
-    }
-
-    #[test]
-    fn redirect_arguments_carry_istio_defaults() {
-        let args = redirect_args(&TrafficAnnotations::default(), 15020);
-        assert_eq!(
-            args.join(" "),
-            "-p 15001 -z 15006 -u 1337 -g 1337 -m REDIRECT -i * -b * -d 15090,15021,15020"
-        );
-        let t = TrafficAnnotations {
-            exclude_inbound_ports: Some(vec![9901, 15021]),
-            exclude_outbound_ports: Some(vec![5432]),
-            ..TrafficAnnotations::default()
-        };
-        let args = redirect_args(&t, 15020);
-        assert!(args.join(" ").ends_with("-d 9901,15021,15090,15020 -o 5432"), "{args:?}");
     }
 }

@@ -16,6 +16,8 @@ pub mod metrics;
 pub mod patch;
 pub mod probes;
 pub mod prometheus_merge;
+pub mod redirect;
+pub mod resources;
 pub mod selector;
 pub mod server;
 pub mod template;

@@ -30,7 +30,12 @@ fn template_pointer(kind: &str) -> Option<&'static str> {
     }
 }
 
-/// Injects every workload in `text` (multi-document YAML or JSON) and returns YAML.
+/// Lists inside Lists are not something kubectl writes; the bound only stops a hostile input
+/// from recursing without end.
+const MAX_LIST_DEPTH: usize = 4;
+
+/// Injects every workload in `text` (multi-document YAML or JSON) and returns YAML. The items of
+/// a `List` (what `kubectl get deploy -o yaml` prints) are injected one by one.
 pub fn inject_manifests(
     text: &str,
     config: &InjectorConfig,
@@ -42,21 +47,83 @@ pub fn inject_manifests(
             |what: &str, message: String| ManualError { doc: doc.index, what: what.to_owned(), message };
         let mut object: Value = serde_saphyr::from_str(doc.text)
             .map_err(|e| fail("document", e.without_snippet().to_string()))?;
-        let kind = object.get("kind").and_then(Value::as_str).unwrap_or_default().to_owned();
-        let name = object.pointer("/metadata/name").and_then(Value::as_str).unwrap_or_default().to_owned();
-        let what = format!("{kind} {name}");
-        if let Some(pointer) = template_pointer(&kind) {
-            let namespace =
-                object.pointer("/metadata/namespace").and_then(Value::as_str).unwrap_or("default").to_owned();
-            let workload = (kind != "Pod").then_some(name.as_str());
-            let template = object
-                .pointer_mut(pointer)
-                .ok_or_else(|| fail(&what, format!("has no pod template at {pointer}")))?;
-            inject_template(template, &namespace, workload, config, templates).map_err(|m| fail(&what, m))?;
-        }
+        inject_object(&mut object, 0, config, templates).map_err(|e| fail(&e.what, e.message))?;
+        let what = describe(&object);
         out.push(serde_saphyr::to_string(&object).map_err(|e| fail(&what, e.to_string()))?);
     }
     Ok(out.join("---\n"))
+}
+
+/// Why one object (or an item inside it) could not be injected.
+struct ObjectError {
+    what: String,
+    message: String,
+}
+
+/// `Deployment reviews`, for messages.
+fn describe(object: &Value) -> String {
+    let kind = object.get("kind").and_then(Value::as_str).unwrap_or_default();
+    let name = object.pointer("/metadata/name").and_then(Value::as_str).unwrap_or_default();
+    format!("{kind} {name}").trim().to_owned()
+}
+
+/// `List`, or a typed list such as `DeploymentList` as the API server returns them.
+fn is_list(kind: &str) -> bool {
+    kind.ends_with("List")
+}
+
+fn json_type(value: &Value) -> &'static str {
+    match value {
+        Value::Null => "null",
+        Value::Bool(_) => "a boolean",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a string",
+        Value::Array(_) => "a list",
+        Value::Object(_) => "an object",
+    }
+}
+
+/// Injects one object in place: a workload's pod template, or each item of a List; any other
+/// object passes through unchanged.
+fn inject_object(
+    object: &mut Value,
+    depth: usize,
+    config: &InjectorConfig,
+    templates: &Templates,
+) -> Result<(), ObjectError> {
+    let what = describe(object);
+    let kind = object.get("kind").and_then(Value::as_str).unwrap_or_default().to_owned();
+    let fail = |message: String| ObjectError { what: what.clone(), message };
+    if is_list(&kind) {
+        if depth >= MAX_LIST_DEPTH {
+            return Err(fail(format!("Lists nested more than {MAX_LIST_DEPTH} deep")));
+        }
+        let items = match object.get_mut("items") {
+            None | Some(Value::Null) => return Ok(()),
+            Some(Value::Array(items)) => items,
+            Some(other) => {
+                return Err(fail(format!("items: expected a list of objects, found {}", json_type(other))));
+            }
+        };
+        for (index, item) in items.iter_mut().enumerate() {
+            if !item.is_object() {
+                return Err(fail(format!("items[{index}]: expected an object, found {}", json_type(item))));
+            }
+            inject_object(item, depth + 1, config, templates).map_err(|e| ObjectError {
+                what: format!("{what} items[{index}]: {}", e.what),
+                message: e.message,
+            })?;
+        }
+        return Ok(());
+    }
+    let Some(pointer) = template_pointer(&kind) else { return Ok(()) };
+    let name = object.pointer("/metadata/name").and_then(Value::as_str).unwrap_or_default().to_owned();
+    let namespace =
+        object.pointer("/metadata/namespace").and_then(Value::as_str).unwrap_or("default").to_owned();
+    let workload = (kind != "Pod").then_some(name.as_str());
+    let template =
+        object.pointer_mut(pointer).ok_or_else(|| fail(format!("has no pod template at {pointer}")))?;
+    inject_template(template, &namespace, workload, config, templates).map_err(fail)
 }
 
 /// Injects one pod (or pod template: `metadata` and `spec`) in place.
@@ -81,4 +148,69 @@ fn inject_template(
         target.insert(key.to_owned(), injected.get(key).cloned().unwrap_or(Value::Object(Map::new())));
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn inject(text: &str) -> Result<String, String> {
+        let templates = Templates::embedded().unwrap();
+        inject_manifests(text, &InjectorConfig::default(), &templates).map_err(|e| e.to_string())
+    }
+
+    const DEPLOYMENT: &str = "{apiVersion: apps/v1, kind: Deployment, metadata: {name: web},
+        spec: {template: {metadata: {labels: {app: web}}, spec: {containers: [{name: web, image: web}]}}}}";
+
+    fn proxies(text: &str) -> usize {
+        text.matches("name: istio-proxy").count()
+    }
+
+    #[test]
+    fn every_item_of_a_list_is_injected() {
+        let list = format!(
+            "{{apiVersion: v1, kind: List, items: [{DEPLOYMENT}, {DEPLOYMENT}, {{apiVersion: v1, kind: Service, metadata: {{name: web}}}}]}}"
+        );
+        let out = inject(&list).unwrap();
+        assert_eq!(proxies(&out), 2, "{out}");
+        assert!(out.contains("kind: List") && out.contains("kind: Service"), "{out}");
+        // The API server's typed lists too.
+        let typed = format!("{{apiVersion: apps/v1, kind: DeploymentList, items: [{DEPLOYMENT}]}}");
+        assert_eq!(proxies(&inject(&typed).unwrap()), 1);
+        // An empty List is passed on.
+        assert!(inject("{apiVersion: v1, kind: List, items: []}").is_ok());
+        assert!(inject("{apiVersion: v1, kind: List}").is_ok());
+    }
+
+    #[test]
+    fn a_list_item_that_is_not_an_object_is_named() {
+        let list = format!("{{apiVersion: v1, kind: List, items: [{DEPLOYMENT}, 42]}}");
+        assert_eq!(inject(&list).unwrap_err(), "doc 1: List: items[1]: expected an object, found a number");
+        let items = "{apiVersion: v1, kind: List, items: {a: b}}";
+        assert_eq!(
+            inject(items).unwrap_err(),
+            "doc 1: List: items: expected a list of objects, found an object"
+        );
+    }
+
+    #[test]
+    fn an_item_that_fails_is_named_with_its_place() {
+        let bad = "{apiVersion: apps/v1, kind: Deployment, metadata: {name: bad}, spec: {template: {metadata: {annotations: {sidecar.istio.io/proxyCPU: lots}}, spec: {containers: [{name: a}]}}}}";
+        let list = format!("{{apiVersion: v1, kind: List, items: [{DEPLOYMENT}, {bad}]}}");
+        let error = inject(&list).unwrap_err();
+        assert!(
+            error.starts_with("doc 1: List items[1]: Deployment bad: annotation sidecar.istio.io/proxyCPU: invalid value \"lots\""),
+            "{error}"
+        );
+    }
+
+    #[test]
+    fn lists_nested_without_end_are_refused() {
+        let mut text = DEPLOYMENT.to_owned();
+        for _ in 0..10 {
+            text = format!("{{kind: List, items: [{text}]}}");
+        }
+        let error = inject(&text).unwrap_err();
+        assert!(error.contains("Lists nested more than 4 deep"), "{error}");
+    }
 }

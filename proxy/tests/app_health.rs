@@ -150,6 +150,32 @@ async fn an_http_probe_answers_as_the_app_does_now() {
 }
 
 #[tokio::test]
+async fn lifecycle_hooks_reach_the_app_through_the_status_port() {
+    // What the injector writes for a preStop httpGet and a postStart tcpSocket hook (Istio's
+    // hello-probes case): the kubelet calls /app-lifecycle/... and the proxy runs the original.
+    let app = App::start(None).await;
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let closed_port = closed.local_addr().unwrap().port();
+    drop(closed);
+    let probers = format!(
+        r#"{{"/app-lifecycle/web/prestopz": {{"httpGet": {{"path": "/drain", "port": {app}, "scheme": "HTTP"}}}},
+            "/app-lifecycle/web/poststartz": {{"tcpSocket": {{"port": {app}}}}},
+            "/app-lifecycle/side/poststartz": {{"tcpSocket": {{"port": {closed_port}}}}}}}"#,
+        app = app.port
+    );
+    let (_proxy, status) = status_port(&probers).await;
+    assert_eq!(get_text(status, "/app-lifecycle/web/prestopz").await, (StatusCode::OK, "ok\n".to_owned()));
+    assert_eq!(app.last().path, "/drain");
+    assert_eq!(get_text(status, "/app-lifecycle/web/poststartz").await.0, StatusCode::OK);
+    // A hook that fails answers 503, which the kubelet takes as the hook failing.
+    assert_eq!(get_text(status, "/app-lifecycle/side/poststartz").await.0, StatusCode::SERVICE_UNAVAILABLE);
+    app.set_status(500);
+    assert_eq!(get_text(status, "/app-lifecycle/web/prestopz").await.0, StatusCode::SERVICE_UNAVAILABLE);
+    // Only the hooks handed over are served.
+    assert_eq!(get_text(status, "/app-lifecycle/web/other").await.0, StatusCode::NOT_FOUND);
+}
+
+#[tokio::test]
 async fn an_https_probe_accepts_a_self_signed_certificate() {
     let app = App::start(Some(self_signed())).await;
     let probers = format!(

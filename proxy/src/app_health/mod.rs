@@ -1,8 +1,9 @@
 //! The status port (15020, Istio's pilot-agent port): the app's own probes, run from inside the
 //! pod. Under STRICT mutual TLS the kubelet's plaintext probes cannot reach the app through the
 //! inbound capture, so the injector points them here
-//! (`/app-health/<container>/livez|readyz|startupz`, a port the redirect leaves alone) and hands
-//! over the originals in `ISTIO_KUBE_APP_PROBERS` (`probers`). Each GET runs the original probe
+//! (`/app-health/<container>/livez|readyz|startupz`, a port the redirect leaves alone), and so
+//! are its httpGet and tcpSocket lifecycle hooks (`/app-lifecycle/<container>/poststartz|prestopz`);
+//! the originals come in `ISTIO_KUBE_APP_PROBERS` (`probers`). Each GET runs the original probe
 //! against the app now (`probe`, `grpc`) and answers 200, or 503 with the reason;
 //! `/healthz/ready` answers as the readiness port does, `/stats/prometheus` serves the proxy's
 //! metrics merged with the app's (`app_metrics`); anything else is 404.

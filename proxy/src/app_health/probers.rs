@@ -1,5 +1,6 @@
-//! `ISTIO_KUBE_APP_PROBERS`: the app's original probes, as the injector hands them over (a JSON
-//! object from the health path the kubelet now calls to the probe it replaced), checked at
+//! `ISTIO_KUBE_APP_PROBERS`: the app's original probes and lifecycle hooks, as the injector hands
+//! them over (a JSON object from the path the kubelet now calls to the probe or hook it
+//! replaced: `/app-health/<container>/...` or `/app-lifecycle/<container>/...`), checked at
 //! start-up. A value that is not such an object stops the proxy; one probe that cannot run fails
 //! that probe alone, with the probe, field and value at fault as its answer, so that a mistake in
 //! one container's liveness probe does not keep the whole pod from starting.
@@ -24,7 +25,13 @@ pub const MAX_PROBERS_LEN: usize = 64 * 1024;
 /// The kubelet's default, and what it takes a `timeoutSeconds` of 0 to mean.
 const DEFAULT_TIMEOUT: Duration = Duration::from_secs(1);
 
+/// A lifecycle hook has no timeout of its own: the kubelet waits for a postStart hook, and bounds
+/// a preStop hook by the pod's grace period. This only stops an app that never answers from
+/// holding a place among the probes in flight for ever.
+const HOOK_TIMEOUT: Duration = Duration::from_secs(3600);
+
 const KINDS: [&str; 3] = ["livez", "readyz", "startupz"];
+const HOOKS: [&str; 2] = ["poststartz", "prestopz"];
 
 /// The app's probes by the path the kubelet calls (`/app-health/<container>/livez`), and those
 /// that cannot run, with the reason.
@@ -80,7 +87,7 @@ pub enum ProbersError {
     #[error("{PROBERS_ENV}: not a JSON object of probes: {0}")]
     NotJson(serde_json::Error),
     #[error(
-        "{PROBERS_ENV}: {probe:?}: not a health path; expected /app-health/<container>/livez, readyz or startupz"
+        "{PROBERS_ENV}: {probe:?}: not a health or lifecycle path; expected /app-health/<container>/livez, readyz or startupz, or /app-lifecycle/<container>/poststartz or prestopz"
     )]
     Path { probe: String },
     #[error("{PROBERS_ENV}: {probe:?}: {field}: {source}")]
@@ -147,13 +154,24 @@ impl AppProbers {
     }
 }
 
-/// `/app-health/<container>/<kind>`, the only paths the injector writes (Istio checks the same).
-fn is_health_path(path: &str) -> bool {
-    let Some(rest) = path.strip_prefix("/app-health/") else { return false };
-    match rest.split_once('/') {
-        Some((container, kind)) => !container.is_empty() && KINDS.contains(&kind),
-        None => false,
-    }
+/// What a path the injector writes stands for (Istio checks the same shapes).
+#[derive(Clone, Copy, PartialEq)]
+enum Check {
+    /// `/app-health/<container>/livez|readyz|startupz`
+    Probe,
+    /// `/app-lifecycle/<container>/poststartz|prestopz`
+    Hook,
+}
+
+fn check_of(path: &str) -> Option<Check> {
+    let (check, rest, kinds) = match (path.strip_prefix("/app-health/"), path.strip_prefix("/app-lifecycle/"))
+    {
+        (Some(rest), _) => (Check::Probe, rest, &KINDS[..]),
+        (_, Some(rest)) => (Check::Hook, rest, &HOOKS[..]),
+        _ => return None,
+    };
+    let (container, kind) = rest.split_once('/')?;
+    (!container.is_empty() && kinds.contains(&kind)).then_some(check)
 }
 
 // The probe as Kubernetes writes it. Ports are kept as JSON values so that a missing, named or
@@ -197,9 +215,9 @@ struct RawGrpc {
 }
 
 fn parse_prober(probe: &str, value: Value) -> Result<Prober, ProbersError> {
-    if !is_health_path(probe) {
+    let Some(check) = check_of(probe) else {
         return Err(ProbersError::Path { probe: probe.to_owned() });
-    }
+    };
     let raw: RawProber = serde_path_to_error::deserialize(value).map_err(|e| ProbersError::Shape {
         probe: probe.to_owned(),
         field: e.path().to_string(),
@@ -212,6 +230,7 @@ fn parse_prober(probe: &str, value: Value) -> Result<Prober, ProbersError> {
         reason: reason.to_owned(),
     };
     let timeout = match raw.timeout_seconds {
+        None | Some(0) if check == Check::Hook => HOOK_TIMEOUT,
         None | Some(0) => DEFAULT_TIMEOUT,
         Some(n) if n < 0 => return Err(field("timeoutSeconds", n.to_string(), "negative")),
         // Kubernetes's field is an int32; beyond it, a deadline could overflow the clock.
@@ -374,6 +393,30 @@ mod tests {
     }
 
     #[test]
+    fn the_injectors_lifecycle_hooks_are_read() {
+        // What injector/src/probes.rs writes for Istio's hello-probes case: hooks carry no
+        // timeout, and get a long one rather than a probe's second.
+        let probers = AppProbers::parse(
+            r#"{
+              "/app-lifecycle/hello/poststartz": {"tcpSocket": {"port": 93}},
+              "/app-lifecycle/hello/prestopz": {"httpGet": {"port": 91, "scheme": "HTTP"}},
+              "/app-lifecycle/side/prestopz": {"httpGet": {"path": "/drain", "port": 8080}, "timeoutSeconds": 20}
+            }"#,
+        )
+        .unwrap();
+        assert_eq!(probers.problems().count(), 0);
+        assert_eq!(
+            *probers.get("/app-lifecycle/hello/poststartz").unwrap().as_ref(),
+            Prober { action: Action::TcpSocket { host: None, port: 93 }, timeout: HOOK_TIMEOUT }
+        );
+        let pre_stop = probers.get("/app-lifecycle/hello/prestopz").unwrap();
+        assert_eq!(pre_stop.timeout, HOOK_TIMEOUT);
+        let Action::HttpGet(get) = &pre_stop.action else { panic!() };
+        assert_eq!((get.scheme, get.port, get.path.as_str()), (Scheme::Http, 91, "/"));
+        assert_eq!(probers.get("/app-lifecycle/side/prestopz").unwrap().timeout, Duration::from_secs(20));
+    }
+
+    #[test]
     fn nothing_set_means_no_probes() {
         assert!(AppProbers::parse("").unwrap().is_empty());
         assert!(AppProbers::parse("{}").unwrap().is_empty());
@@ -440,10 +483,22 @@ mod tests {
     #[test]
     fn other_mistakes_name_what_is_wrong() {
         let cases = [
-            (r#"{"/healthz": {"tcpSocket": {"port": 80}}}"#, "\"/healthz\": not a health path"),
+            (r#"{"/healthz": {"tcpSocket": {"port": 80}}}"#, "\"/healthz\": not a health or lifecycle path"),
             (
                 r#"{"/app-health/app/alive": {"tcpSocket": {"port": 80}}}"#,
-                "\"/app-health/app/alive\": not a health path",
+                "\"/app-health/app/alive\": not a health or lifecycle path",
+            ),
+            (
+                r#"{"/app-lifecycle/app/livez": {"tcpSocket": {"port": 80}}}"#,
+                "\"/app-lifecycle/app/livez\": not a health or lifecycle path",
+            ),
+            (
+                r#"{"/app-health/app/prestopz": {"tcpSocket": {"port": 80}}}"#,
+                "\"/app-health/app/prestopz\": not a health or lifecycle path",
+            ),
+            (
+                r#"{"/app-lifecycle//prestopz": {"tcpSocket": {"port": 80}}}"#,
+                "\"/app-lifecycle//prestopz\": not a health or lifecycle path",
             ),
             (r#"{"/app-health/app/livez": {"timeoutSeconds": 1}}"#, "no httpGet, tcpSocket or grpc action"),
             (
