@@ -48,7 +48,11 @@ pub fn access_logs(mesh: &MeshConfig) -> Vec<pb::AccessLog> {
     let encoding = mesh.access_log_encoding();
     let mut format = mesh.access_log_format.as_deref();
     if let Err(message) = al::check_format(format, encoding) {
-        warn!(resource = "MeshConfig", field = "accessLogFormat", %message, "using Istio's default format");
+        // Once per process (the mesh config is read at start), not once per proxy and push.
+        static WARNED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+        if !WARNED.swap(true, std::sync::atomic::Ordering::Relaxed) {
+            warn!(resource = "MeshConfig", field = "accessLogFormat", %message, "using Istio's default format");
+        }
         format = None;
     }
     let mut log = pb::AccessLog { path: path.to_owned(), ..Default::default() };
