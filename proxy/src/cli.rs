@@ -68,6 +68,14 @@ struct Args {
     /// port their authority names (for running without iptables; never in a pod).
     #[arg(long)]
     explicit_inbound: bool,
+    /// How the redirect brings inbound connections: REDIRECT (NAT; the app sees the proxy's
+    /// 127.0.0.6) or TPROXY (the app sees the client's own address; needs NET_ADMIN). The
+    /// injector sets ISTIO_META_INTERCEPTION_MODE from sidecar.istio.io/interceptionMode.
+    #[arg(long, env = "ISTIO_META_INTERCEPTION_MODE", default_value = "REDIRECT")]
+    interception_mode: String,
+    /// TPROXY: the mark of deliveries to the app (trellis-proxy-init's --inbound-tproxy-mark).
+    #[arg(long, default_value_t = 1337)]
+    tproxy_mark: u32,
     /// On SIGTERM, how long in-flight requests may take before the proxy exits. Default:
     /// PROXY_CONFIG's `terminationDrainDuration`, else 5s.
     #[arg(long, value_parser = parse_duration)]
@@ -186,6 +194,16 @@ fn parse_duration(text: &str) -> Result<Duration, String> {
 /// More workers than a sidecar could use: a value above it is a mistake, not a wish.
 const MAX_WORKERS: usize = 256;
 
+/// Sets up the interception mode the redirect uses: TPROXY needs transparent sockets.
+fn interception(mode: &str, tproxy_mark: u32) -> Result<(), String> {
+    use trellis_api::annotations::InterceptionMode;
+    match mode.parse::<InterceptionMode>() {
+        Ok(InterceptionMode::Tproxy) => crate::tproxy::enable(tproxy_mark).map_err(|e| e.to_string()),
+        Ok(InterceptionMode::Redirect | InterceptionMode::None) => Ok(()),
+        Err(reason) => Err(format!("--interception-mode (ISTIO_META_INTERCEPTION_MODE): {mode:?}: {reason}")),
+    }
+}
+
 /// Runs the proxy with a command line (`args[0]` is the program name), as `main` would.
 pub fn run<I, T>(args: I) -> ExitCode
 where
@@ -195,6 +213,10 @@ where
     let args = Args::parse_from(args);
     if let Some(Command::Wait { timeout, readiness_port }) = args.command {
         return wait(timeout, readiness_port);
+    }
+    if let Err(e) = interception(&args.interception_mode, args.tproxy_mark) {
+        eprintln!("trellis-proxy: {e}");
+        return ExitCode::from(2);
     }
     let from_env = match proxy_config_env() {
         Ok(c) => c,

@@ -37,7 +37,8 @@ pub async fn handle(stream: TcpStream, peer: SocketAddr, side: Side, proxy: Arc<
     proxy.connections.fetch_add(1, Ordering::AcqRel);
     let _ = stream.set_nodelay(true);
     let local = stream.local_addr().unwrap_or(SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), 0));
-    let original = original_destination(&stream, local);
+    let original =
+        original_destination(&stream, local).or_else(|| crate::tproxy::kept_destination(side, local));
     let snapshot = proxy.config.load_full();
     // Explicit mode is for the local app dialling its own proxy; anyone else reaching the
     // outbound port directly would have an open proxy.

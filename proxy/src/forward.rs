@@ -946,8 +946,13 @@ fn inbound_service<B>(request: &Request<B>, conn: &Conn, proxy: &Proxy, port: u1
 /// Istio before 1.10 do), from 127.0.0.6 so that the redirect lets it through. IPv6 goes to
 /// `::1` without a chosen source: `::6` is not an address a pod has. In explicit mode on a
 /// loopback address of the pod's own (pods sharing one host, as in `trellis demo` without
-/// root), the app listens on that address instead of 127.0.0.1.
+/// root), the app listens on that address instead of 127.0.0.1. With TPROXY interception the
+/// app gets the connection at the address the client dialled, from the client's own address
+/// ([`crate::tproxy`]).
 pub fn inbound_delivery(original: SocketAddr, conn: &Conn) -> (SocketAddr, Option<IpAddr>) {
+    if let Some(transparent) = crate::tproxy::delivery(original, conn) {
+        return transparent;
+    }
     match (original, conn.local.ip()) {
         (SocketAddr::V4(_), IpAddr::V4(local)) if conn.original.is_none() && local.is_loopback() => {
             (SocketAddr::new(IpAddr::V4(local), original.port()), Some(INBOUND_SOURCE))

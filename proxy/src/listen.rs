@@ -7,6 +7,11 @@ use tokio::net::TcpListener;
 use crate::{Proxy, Side, connection};
 
 pub async fn accept_loop(listener: TcpListener, side: Side, proxy: Arc<Proxy>) {
+    if side == Side::Inbound
+        && let Err(e) = crate::tproxy::prepare_inbound_listener(&listener)
+    {
+        tracing::error!(error = %e, "cannot make the inbound listener transparent: TPROXY'd connections will be dropped");
+    }
     let mut drained = std::pin::pin!(proxy.drain.wait());
     loop {
         tokio::select! {

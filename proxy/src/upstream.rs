@@ -642,7 +642,7 @@ pub async fn connect(key: Key, timeout: Duration) -> Result<TcpStream, UpstreamE
     let fail = |source| UpstreamError::Connect { addr: key.addr, source };
     let socket = if key.addr.is_ipv4() { TcpSocket::new_v4() } else { TcpSocket::new_v6() }.map_err(fail)?;
     if let Some(source) = key.source {
-        socket.bind(SocketAddr::new(source, 0)).map_err(fail)?;
+        crate::tproxy::bind_source(&socket, source).map_err(fail)?;
     }
     let stream = tokio::time::timeout(timeout, socket.connect(key.addr))
         .await
