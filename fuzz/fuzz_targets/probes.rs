@@ -2,8 +2,9 @@
 //! (`trellis_proxy::app_health::AppProbers::parse`), checked whole when the proxy starts.
 //!
 //! Input: a mode byte. Even: the rest is the variable's text. Odd: the rest is a JSON list of
-//! containers (Kubernetes `Container`s, with their probes), whose probes the injector rewrites
-//! (`trellis_injector::probes::rewrite`), as it does for a pod it injects.
+//! containers (Kubernetes `Container`s, with their probes and lifecycle hooks; those with
+//! `restartPolicy: Always` are placed as the user's native sidecars), whose probes and hooks the
+//! injector rewrites (`trellis_injector::probes::rewrite`), as it does for a pod it injects.
 //!
 //! Properties: nothing panics; every probe of a document read is found again at its path, either
 //! to run or with the reason it cannot; and what the injector writes for probes the API server
@@ -11,7 +12,7 @@
 //! every injected pod).
 #![no_main]
 
-use k8s_openapi::api::core::v1::{Container, Probe};
+use k8s_openapi::api::core::v1::{Container, LifecycleHandler, PodSpec, Probe};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use libfuzzer_sys::fuzz_target;
 use trellis_injector::probes::rewrite;
@@ -34,12 +35,17 @@ fuzz_target!(|data: &[u8]| {
     if !containers.iter().all(valid_for_the_api_server) {
         return;
     }
-    let probers = rewrite(&mut containers, 15020);
+    // Native sidecars are init containers; the rest are the app's.
+    let (sidecars, containers): (Vec<Container>, Vec<Container>) =
+        containers.drain(..).partition(|c| c.restart_policy.as_deref() == Some("Always"));
+    let mut spec = PodSpec { init_containers: Some(sidecars), containers, ..PodSpec::default() };
+    let probers = rewrite(&mut spec, 15020);
+    let containers: Vec<&Container> = spec.init_containers.iter().flatten().chain(&spec.containers).collect();
     let text = serde_json::to_string(&probers).expect("probers serialize");
     match AppProbers::parse(&text) {
         Err(e) => panic!("the proxy refuses what the injector wrote: {e}\n{text}"),
         Ok(probers) => {
-            if containers.iter().any(may_fail_alone) {
+            if containers.iter().any(|c| may_fail_alone(c)) {
                 return;
             }
             if let Some((path, reason)) = probers.problems().next() {
@@ -87,29 +93,60 @@ fn valid_for_the_api_server(c: &Container) -> bool {
         }
         true
     };
+    // Hooks: the API server checks an httpGet hook as a probe's; a tcpSocket hook it does not
+    // check at all (see `may_fail_alone`).
+    let hook_ok = |hook: Option<&LifecycleHandler>| {
+        let Some(h) = hook else { return true };
+        let headers_ok = |get: &k8s_openapi::api::core::v1::HTTPGetAction| {
+            get.http_headers.iter().flatten().all(|h| {
+                !h.name.is_empty()
+                    && h.name.bytes().all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
+            })
+        };
+        match &h.http_get {
+            Some(get) => {
+                port(&get.port)
+                    && headers_ok(get)
+                    && get.scheme.as_deref().is_none_or(|s| s == "HTTP" || s == "HTTPS")
+            }
+            None => true,
+        }
+    };
+    let lifecycle = c.lifecycle.as_ref();
     label(&c.name)
         && c.ports.iter().flatten().all(|p| (1..=65535).contains(&p.container_port))
         && probe_ok(&c.liveness_probe)
         && probe_ok(&c.readiness_probe)
         && probe_ok(&c.startup_probe)
+        && hook_ok(lifecycle.and_then(|l| l.post_start.as_ref()))
+        && hook_ok(lifecycle.and_then(|l| l.pre_stop.as_ref()))
 }
 
 /// Fields the API server accepts whatever they hold (any `host` of httpGet and tcpSocket, any
-/// `path`, any header value), for which the kubelet then fails only that probe: the proxy does
-/// the same (fuzz/README.md, finding 2), so a probe with such a field may be unusable, alone.
+/// `path`, any header value, anything in a tcpSocket hook), for which the kubelet then fails only
+/// that probe or hook: the proxy does the same (fuzz/README.md, finding 2), so a probe or hook
+/// with such a field may be unusable, alone.
 fn may_fail_alone(c: &Container) -> bool {
+    use k8s_openapi::api::core::v1::{HTTPGetAction, TCPSocketAction};
     let uri_safe = |s: &str| s.bytes().all(|b| b.is_ascii_graphic() && !b"\"<>\\^`{|}".contains(&b));
-    [&c.liveness_probe, &c.readiness_probe, &c.startup_probe].into_iter().flatten().any(|p| {
-        let tcp_host = p.tcp_socket.as_ref().is_some_and(|t| t.host.as_deref().is_some_and(|h| !h.is_empty()));
-        let get = p.http_get.as_ref().is_some_and(|get| {
-            get.host.as_deref().is_some_and(|h| !h.is_empty())
-                || get.path.as_deref().is_some_and(|p| !uri_safe(p))
-                || get
-                    .http_headers
-                    .iter()
-                    .flatten()
-                    .any(|h| !h.value.bytes().all(|b| b == b' ' || b == b'\t' || b.is_ascii_graphic()))
-        });
-        tcp_host || get
-    })
+    let tcp_host = |t: &TCPSocketAction| t.host.as_deref().is_some_and(|h| !h.is_empty());
+    let get_fails = |get: &HTTPGetAction| {
+        get.host.as_deref().is_some_and(|h| !h.is_empty())
+            || get.path.as_deref().is_some_and(|p| !uri_safe(p))
+            || get
+                .http_headers
+                .iter()
+                .flatten()
+                .any(|h| !h.value.bytes().all(|b| b == b' ' || b == b'\t' || b.is_ascii_graphic()))
+    };
+    let probes = [&c.liveness_probe, &c.readiness_probe, &c.startup_probe]
+        .into_iter()
+        .flatten()
+        .any(|p| p.tcp_socket.as_ref().is_some_and(tcp_host) || p.http_get.as_ref().is_some_and(get_fails));
+    let lifecycle = c.lifecycle.as_ref();
+    let hooks = [lifecycle.and_then(|l| l.post_start.as_ref()), lifecycle.and_then(|l| l.pre_stop.as_ref())]
+        .into_iter()
+        .flatten()
+        .any(|h| h.tcp_socket.is_some() || h.http_get.as_ref().is_some_and(get_fails));
+    probes || hooks
 }
