@@ -49,6 +49,14 @@ pub fn read_dir(dir: &Path) -> Reading {
             }
         };
         let checked = check_text(&text, UnknownFields::Warn);
+        // What is read but not enforced (a Telemetry's reportingInterval, ...) is said once per
+        // change of the directory, with the field, as the Kubernetes source says it.
+        for problem in
+            checked.problems.iter().filter(|p| p.severity == trellis_api::validate::Severity::Warning)
+        {
+            let resource = problem.resource.as_ref().map(ToString::to_string).unwrap_or_default();
+            tracing::warn!(file = %file.display(), %resource, field = %problem.field, "{}", problem.message);
+        }
         for doc in checked.accepted {
             let key = key_of(&doc.resource);
             if reading.resources.insert(key.clone(), Arc::new(doc.resource)).is_some() {
