@@ -323,6 +323,28 @@ mod tests {
         assert_eq!(out, "a\\\"b\\\\c\\x09d\\x01e\\xff\\xfe\u{e9}");
     }
 
+    /// Any bytes at all: a JSON value that parses back, a TEXT value without a raw newline,
+    /// quote or control character.
+    #[test]
+    fn no_bytes_break_a_value() {
+        use rand::{RngExt, SeedableRng};
+        let mut rng = rand::rngs::SmallRng::seed_from_u64(7);
+        let mut inputs: Vec<Vec<u8>> = (0..=255u8).map(|b| vec![b, b'a', b]).collect();
+        for _ in 0..2_000 {
+            let len = rng.random_range(0..40);
+            inputs.push((0..len).map(|_| rng.random()).collect());
+        }
+        for input in inputs {
+            let mut json = String::new();
+            escape_json(&input, &mut json);
+            assert!(serde_json::from_str::<String>(&json).is_ok(), "{input:?} -> {json}");
+            let mut text = String::new();
+            escape_text(&input, &mut text);
+            let unescaped_quote = text.replace("\\\\", "").replace("\\\"", "").contains('"');
+            assert!(!unescaped_quote && !text.chars().any(char::is_control), "{input:?} -> {text}");
+        }
+    }
+
     #[test]
     fn json_strings_stay_valid() {
         let mut out = String::new();
