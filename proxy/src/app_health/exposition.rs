@@ -395,6 +395,47 @@ mod tests {
         assert_eq!(Format::of(Some("text/html")), None);
     }
 
+    /// Pages spliced from pieces of valid and broken lines, cut at every kind of place: the
+    /// checker answers (accepts or names a line), never panics, and what it accepts is text
+    /// it would accept again unchanged.
+    #[test]
+    fn spliced_pages_never_panic_and_accepted_output_is_stable() {
+        const PIECES: [&str; 16] = [
+            "m",
+            "{",
+            "}",
+            "a=",
+            "\"v\"",
+            ",",
+            " ",
+            "1",
+            "NaN",
+            "# TYPE m counter",
+            "# HELP m h",
+            "\n",
+            "# EOF",
+            " # {t=\"x\"} 1",
+            "\\",
+            "é",
+        ];
+        let mut state = 0x2545_f491_4f6c_dd1d_u64;
+        let mut next = || {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state
+        };
+        for _ in 0..5000 {
+            let len = next() % 24;
+            let page: String = (0..len).map(|_| PIECES[(next() % PIECES.len() as u64) as usize]).collect();
+            for format in [Format::Text, Format::OpenMetrics] {
+                if let Ok(text) = to_text(&page, format, &none()) {
+                    assert_eq!(to_text(&text, Format::Text, &none()).as_ref(), Ok(&text), "{page:?}");
+                }
+            }
+        }
+    }
+
     #[test]
     fn hostile_pages_never_panic() {
         for page in [
