@@ -24,8 +24,9 @@ use crate::http_client::Pool;
 /// How long one downstream call may take.
 const CALL_TIMEOUT: Duration = Duration::from_secs(5);
 /// Headers a traced request carries on to its downstream calls (applications must copy them
-/// for a trace to span services; the mesh cannot).
-const PROPAGATED: [&str; 8] = [
+/// for a trace to span services; the mesh cannot): Istio's list for the W3C and B3 formats the
+/// proxies read, with B3's debug flag.
+const PROPAGATED: [&str; 9] = [
     "x-request-id",
     "traceparent",
     "tracestate",
@@ -34,6 +35,7 @@ const PROPAGATED: [&str; 8] = [
     "x-b3-spanid",
     "x-b3-parentspanid",
     "x-b3-sampled",
+    "x-b3-flags",
 ];
 
 #[derive(clap::Args, Debug)]
@@ -372,9 +374,10 @@ mod tests {
     }
 
     /// The app on a real socket: its answer names it and nests its downstream's, a failing
-    /// downstream turns into 502, and a fail rate of 1 fails every request with 503.
+    /// downstream turns into 502, and a fail rate of 1 fails every request with 503. The trace
+    /// headers of a request go on to the calls it makes, and no other header does.
     #[tokio::test]
-    async fn answers_nest_downstreams_and_failures_propagate() {
+    async fn answers_nest_downstreams_trace_headers_go_on_and_failures_propagate() {
         async fn start(extra: &[&str]) -> SocketAddr {
             let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
             let listen = port.to_string();
@@ -403,6 +406,44 @@ mod tests {
         assert_eq!(body["name"], "catalog");
         assert_eq!(body["calls"][0]["status"], 200);
         assert_eq!(body["calls"][0]["answer"]["version"], "v9");
+
+        // The trace headers of the incoming request go on to the downstream call, others not.
+        let seen: std::sync::Arc<std::sync::Mutex<Vec<HeaderMap>>> = Default::default();
+        let recorder = {
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+            let addr = listener.local_addr().unwrap();
+            let seen = seen.clone();
+            tokio::spawn(async move {
+                let (stream, _) = listener.accept().await.unwrap();
+                let service = hyper::service::service_fn(move |request: Request<Incoming>| {
+                    seen.lock().unwrap().push(request.headers().clone());
+                    async { Ok::<_, Infallible>(json_response(StatusCode::OK, &json!({"pod": "leaf"}))) }
+                });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(stream), service)
+                    .await;
+            });
+            addr
+        };
+        let url = format!("http://127.0.0.1:{}/next", recorder.port());
+        let middle = start(&["--calls", &url]).await;
+        let pool = Pool::new(middle);
+        let mut headers = HeaderMap::new();
+        for name in PROPAGATED {
+            headers.insert(name, http::HeaderValue::from_static("v"));
+        }
+        headers.insert(
+            "traceparent",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01".parse().unwrap(),
+        );
+        headers.insert("x-user", "secret".parse().unwrap());
+        let answer = pool.get("middle", "/", &headers, Duration::from_secs(5)).await.unwrap();
+        assert_eq!(answer.status, StatusCode::OK);
+        let got = seen.lock().unwrap().pop().unwrap();
+        for name in PROPAGATED {
+            assert_eq!(got.get(name), headers.get(name), "{name}");
+        }
+        assert!(got.get("x-user").is_none());
 
         let failing = start(&["--fail-rate", "1"]).await;
         assert_eq!(get(failing).await.0, StatusCode::SERVICE_UNAVAILABLE);

@@ -5,8 +5,11 @@
 //! inside the mesh over mutual TLS between the right SPIFFE IDs (as the proxies' metrics label
 //! them), have the plaintext client from outside the mesh refused and counted, have inventory's
 //! call to catalog denied by catalog's AuthorizationPolicy (403 `RBAC: access denied`, counted
-//! once by catalog's proxies, the load never), and leave no process, namespace or file behind. As root also: a demo killed outright is cleaned up by the
-//! next run, and Ctrl-C ends a run with everything removed.
+//! once by catalog's proxies, the load never), trace one of its requests through frontend →
+//! catalog → inventory (the spans at the demo's own collector, chained by their ids), have
+//! both proxies of every edge write access log lines, and leave no process, namespace or file
+//! behind. A collector that cannot be reached does not fail a run. As root also: a demo killed
+//! outright is cleaned up by the next run, and Ctrl-C ends a run with everything removed.
 
 use std::io::{BufRead, BufReader, Read};
 use std::os::unix::process::CommandExt;
@@ -22,8 +25,12 @@ const NOBODY: u32 = 65534;
 const DEADLINE: Duration = Duration::from_secs(120);
 
 /// Runs the demo to its end (bounded): exit success, standard output, standard error.
-fn run(mut command: Command) -> (bool, String, String) {
-    command.args(["demo", "--duration", "20", "--rate", "50", "--output", "json"]);
+fn run(command: Command) -> (bool, String, String) {
+    run_with(command, &["--duration", "20", "--rate", "50"])
+}
+
+fn run_with(mut command: Command, args: &[&str]) -> (bool, String, String) {
+    command.args(["demo", "--output", "json"]).args(args);
     let mut child = command.stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
     let read = |mut pipe: Box<dyn Read + Send>| {
         std::thread::spawn(move || {
@@ -156,6 +163,8 @@ fn check(summary: &Value, stdout: &str, mode: &str) {
     assert_eq!(count(&summary["total_proxy_rss_bytes"]), rss);
 
     check_identities(summary, sent);
+    check_trace(summary);
+    check_access_logs(summary, sent);
 
     // The live table ran, and showed the split and mutual TLS.
     let ticks: Vec<Value> = stdout
@@ -216,6 +225,115 @@ fn check(summary: &Value, stdout: &str, mode: &str) {
         rss as f64 / 1048576.0,
         count(&summary["total_proxy_anon_bytes"]) as f64 / 1048576.0
     );
+}
+
+/// One request of the load, traced: the demo sent it with a sampled `traceparent`, and the
+/// proxies' spans (exported to the demo's Zipkin collector) make one chain under the demo's
+/// own span — frontend's SERVER span, its CLIENT span to catalog, catalog's SERVER span, its
+/// CLIENT span to inventory, inventory's SERVER span — each the child of the one before by
+/// its parent id, each reported by the right service's proxy.
+fn check_trace(summary: &Value) {
+    let trace = &summary["trace"];
+    assert!(trace["error"].is_null(), "{trace}");
+    assert!(trace["orphans"].as_array().unwrap().is_empty(), "{trace}");
+    assert!(count(&trace["spans"]) >= 5, "{trace}");
+    assert_eq!(count(&trace["expected_spans"]), 5, "{trace}");
+    let root = &trace["root"];
+    assert_eq!((root["service"].as_str(), root["to"].as_str()), (Some("load"), Some("frontend")), "{root}");
+    assert_eq!(root["status"], 200, "{root}");
+    let trace_id = trace["trace_id"].as_str().unwrap();
+    assert_eq!(
+        trace["traceparent"].as_str().unwrap(),
+        format!("00-{trace_id}-{}-01", root["span_id"].as_str().unwrap()),
+        "the demo's span is the one its traceparent named"
+    );
+    let path = [
+        ("server", "frontend", None),
+        ("client", "frontend", Some("catalog")),
+        ("server", "catalog", None),
+        ("client", "catalog", Some("inventory")),
+        ("server", "inventory", None),
+    ];
+    let mut parent = root;
+    for (kind, service, to) in path {
+        let children = parent["children"].as_array().unwrap();
+        // A retry adds a second SERVER span under a CLIENT span: the path goes on through the
+        // one that answered 200.
+        let child = children
+            .iter()
+            .filter(|c| c["kind"] == kind && c["service"] == service)
+            .find(|c| c["status"] == 200)
+            .unwrap_or_else(|| panic!("no {kind} span of {service} under {}: {trace}", parent["span_id"]));
+        assert_eq!(child["parent_id"], parent["span_id"], "{child}");
+        assert_ne!(child["span_id"], parent["span_id"], "{child}");
+        assert_eq!(child["to"].as_str(), to, "{child}");
+        let pod = child["pod"].as_str().unwrap_or_default();
+        assert!(pod.starts_with(service), "{service}'s span reported by {pod}'s proxy: {child}");
+        assert!(child["duration_ms"].as_f64().is_some_and(|d| d > 0.0), "{child}");
+        if kind == "server" {
+            assert_eq!(child["request_id"], root["request_id"], "the x-request-id went along: {child}");
+        }
+        parent = child;
+    }
+    assert!(parent["children"].as_array().unwrap().is_empty(), "inventory calls nobody: {parent}");
+    let received = &trace["received"];
+    assert!(count(&received["spans"]) >= 5 && count(&received["invalid"]) == 0, "{received}");
+    assert!(count(&trace["proxies_counted"]["exported"]) >= 5, "{trace}");
+}
+
+/// Access logs: every edge's proxies wrote lines — the caller's (outbound, Istio's source
+/// reporter) and the callee's (inbound, the destination reporter) — put on edges by the
+/// x-request-id both lines carry; the load is outside the mesh, so only frontend's proxy logged
+/// its requests. The denied call is logged too, by both of its proxies.
+fn check_access_logs(summary: &Value, sent: u64) {
+    let logs = &summary["access_logs"];
+    assert_eq!(
+        (logs["file"].as_str(), logs["encoding"].as_str()),
+        (Some("/dev/stdout"), Some("TEXT")),
+        "{logs}"
+    );
+    assert!(logs["errors"].as_array().unwrap().is_empty(), "{logs}");
+    let pods = logs["pods"].as_array().unwrap();
+    assert_eq!(pods.len(), 5, "{logs}");
+    for pod in pods {
+        assert!(pod["path"].as_str().unwrap().ends_with("-proxy.log"), "{pod}");
+        assert!(count(&pod["lines"]) > 0, "{pod}");
+    }
+    let edge = |from: &str, to: &str| {
+        logs["edges"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|e| e["from"] == from && e["to"] == to)
+            .unwrap_or_else(|| panic!("no access log lines for {from} → {to}: {logs}"))
+            .clone()
+    };
+    let load = edge("load", "frontend");
+    assert_eq!(count(&load["caller_lines"]), 0, "{load}");
+    // Written as each answer completes: the last few may still be on their way.
+    assert!(count(&load["callee_lines"]) >= sent * 9 / 10, "{load}");
+    for (from, to) in [
+        ("frontend", "catalog"),
+        ("catalog-v1", "inventory"),
+        ("catalog-v2", "inventory"),
+        ("inventory", "catalog"),
+    ] {
+        let e = edge(from, to);
+        assert!(
+            count(&e["caller_lines"]) > 0 && count(&e["callee_lines"]) > 0,
+            "both reporters of {from} → {to}: {e}"
+        );
+        let example = e["example"].as_str().unwrap_or_default();
+        assert!(example.starts_with('[') && example.contains(" outbound|8080|"), "{e}");
+        assert_eq!(e["example_from"], from, "{e}");
+    }
+    let frontend = edge("frontend", "catalog");
+    assert!(count(&frontend["caller_lines"]) >= sent * 9 / 10, "{frontend}");
+    // The example is the traced request's line, found by its x-request-id.
+    let request_id = summary["trace"]["root"]["request_id"].as_str().unwrap();
+    assert!(frontend["example"].as_str().unwrap().contains(&format!("\"{request_id}\"")), "{frontend}");
+    let denied = edge("inventory", "catalog");
+    assert!(denied["example"].as_str().unwrap().contains("\" 403 "), "{denied}");
 }
 
 fn spiffe(account: &str) -> String {
@@ -352,12 +470,12 @@ fn as_root_the_demo_injects_intercepts_and_routes_for_real_and_leaves_nothing() 
     assert!(!links.contains("tdbr0") && !links.contains("tdv"), "{links}");
 }
 
-#[test]
-fn without_root_the_demo_runs_in_explicit_mode() {
-    // As root (CI), the demo runs as nobody, from a copy nobody can execute.
-    let root = nix::unistd::geteuid().is_root();
-    let copy = root.then(|| RunnableByAnyone::copy(env!("CARGO_BIN_EXE_trellis")));
-    let mut command = match &copy {
+/// Explicit runs share the loopback addresses (127.77.0.x): one at a time.
+static EXPLICIT_RUNS: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+/// The demo as the explicit-mode tests run it: as nobody when this test runs as root.
+fn explicit_command(copy: Option<&RunnableByAnyone>) -> Command {
+    let mut command = match copy {
         Some(copy) => {
             let mut command = Command::new(&copy.path);
             command.uid(NOBODY).gid(NOBODY).env_clear().env("PATH", "/usr/bin:/bin").current_dir("/");
@@ -366,7 +484,48 @@ fn without_root_the_demo_runs_in_explicit_mode() {
         None => Command::new(env!("CARGO_BIN_EXE_trellis")),
     };
     command.stdin(Stdio::null());
-    let (ok, stdout, stderr) = run(command);
+    command
+}
+
+/// A collector that cannot be reached costs the demo its trace and nothing else: its address
+/// is taken (bound, never listening), so the demo cannot listen there and the proxies' exports
+/// are refused; the run ends as always, says why there is no trace, and the proxies counted the
+/// spans they could not export.
+#[test]
+fn an_unreachable_collector_does_not_fail_the_demo() {
+    use std::os::fd::AsRawFd;
+
+    use nix::sys::socket::{AddressFamily, SockFlag, SockType, SockaddrIn, bind, socket};
+    let _one_at_a_time = EXPLICIT_RUNS.lock().unwrap_or_else(|e| e.into_inner());
+    let taken = socket(AddressFamily::Inet, SockType::Stream, SockFlag::SOCK_CLOEXEC, None).unwrap();
+    bind(taken.as_raw_fd(), &SockaddrIn::new(127, 77, 0, 1, 9411)).unwrap();
+    let root = nix::unistd::geteuid().is_root();
+    let copy = root.then(|| RunnableByAnyone::copy(env!("CARGO_BIN_EXE_trellis")));
+    let (ok, stdout, stderr) =
+        run_with(explicit_command(copy.as_ref()), &["--duration", "3", "--rate", "20"]);
+    let summary = summary(&stdout, &stderr);
+    assert!(ok, "{stderr}");
+    assert!(
+        stderr.contains("the demo's Zipkin collector cannot listen on 127.77.0.1:9411"),
+        "the demo says so: {stderr}"
+    );
+    assert_eq!(count(&summary["requests"]["failed"]), 0, "{}", summary["failures"]);
+    let trace = &summary["trace"];
+    assert!(trace["root"].is_null(), "{trace}");
+    assert!(trace["error"].as_str().unwrap().contains("cannot listen on 127.77.0.1:9411"), "{trace}");
+    assert!(count(&trace["proxies_counted"]["export_failed"]) >= 1, "the dropped spans are counted: {trace}");
+    assert!(!summary["access_logs"]["edges"].as_array().unwrap().is_empty(), "{}", summary["access_logs"]);
+    assert_eq!(summary["cleaned_up"], true);
+    drop(taken);
+}
+
+#[test]
+fn without_root_the_demo_runs_in_explicit_mode() {
+    let _one_at_a_time = EXPLICIT_RUNS.lock().unwrap_or_else(|e| e.into_inner());
+    // As root (CI), the demo runs as nobody, from a copy nobody can execute.
+    let root = nix::unistd::geteuid().is_root();
+    let copy = root.then(|| RunnableByAnyone::copy(env!("CARGO_BIN_EXE_trellis")));
+    let (ok, stdout, stderr) = run(explicit_command(copy.as_ref()));
     assert!(stderr.contains("not running as root"), "{stderr}");
     let summary = summary(&stdout, &stderr);
     assert!(ok, "{stderr}");
@@ -388,6 +547,7 @@ fn a_broken_example_is_refused_before_anything_runs() {
         "istio/inventory.yaml",
         "istio/security.yaml",
         "istio/authorization.yaml",
+        "istio/telemetry.yaml",
     ] {
         std::fs::copy(source.join(file), dir.path().join(file)).unwrap();
     }

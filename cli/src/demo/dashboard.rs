@@ -1,13 +1,15 @@
 //! The running demo: a plaintext client from outside the mesh tries a pod first, and a pod an
 //! AuthorizationPolicy leaves out calls the service it protects; then the load goes in, every
 //! second each proxy's metrics are read and the table redrawn, halfway the canary is edited,
-//! and at the end (or on Ctrl-C) the load stops and the summary is made — with `--keep`, the
-//! mesh stays up and the table keeps showing whatever calls the user makes, until Ctrl-C.
+//! and at the end (or on Ctrl-C) the load stops and the summary is made, with the trace of the
+//! request the demo traced and the proxies' access logs read back — with `--keep`, the mesh stays
+//! up and the table keeps showing whatever calls the user makes, until Ctrl-C.
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use super::access_logs::{self, AccessLogReport};
 use super::authorization::{self, AuthorizationReport};
 use super::console::Console;
 use super::identity::{self, ProbeReport};
@@ -18,11 +20,17 @@ use super::processes;
 use super::session::Session;
 use super::summary::{CanaryReport, FaultReport, OutlierReport, ProxyReport, Requests, Split, Summary};
 use super::table::{History, Snapshot, Topology, rows};
+use super::trace::{self, TraceReport, TracedAnswer, TracedRequest};
 
 /// Seconds of history the live table averages over.
 const SPAN: usize = 5;
 /// How long the entry pod's proxy may take to count the last answered requests.
 const SETTLE: Duration = Duration::from_secs(3);
+/// How long the traced request's answer is waited for at the end (it is sent a second in).
+const TRACED_ANSWER: Duration = Duration::from_secs(6);
+/// How long its spans may take to reach the collector once the run ends (proxies export every
+/// half second).
+const TRACE_WAIT: Duration = Duration::from_secs(3);
 
 /// Where the canary edit stands.
 enum CanaryState {
@@ -46,6 +54,16 @@ pub async fn run(session: &mut Session, console: &mut Console, startup: Duration
     let mut history = History::new(SPAN);
     history.push(0.0, baseline.clone(), Window::default());
     let mut total = Window::default();
+    // With a collector to see it, one request of the load is traced: the one a second in, when
+    // the proxies' connections are open, so its timings are the steady state's.
+    let traced = plan.collector.is_some().then(TracedRequest::new);
+    let (marked, traced_answer) = match &traced {
+        Some(t) => {
+            let (send, receive) = tokio::sync::oneshot::channel();
+            (Some((u64::from(session.args.rate), t.headers(), send)), Some(receive))
+        }
+        None => (None, None),
+    };
     let began = tokio::time::Instant::now();
     let mut load = Some(tokio::spawn(load::drive(
         plan.entry.target,
@@ -53,6 +71,7 @@ pub async fn run(session: &mut Session, console: &mut Console, startup: Duration
         session.args.rate,
         record.clone(),
         running_rx,
+        marked,
     )));
     let duration = session.args.duration;
     let mut canary = CanaryState::Waiting;
@@ -92,7 +111,7 @@ pub async fn run(session: &mut Session, console: &mut Console, startup: Duration
             if !session.args.keep {
                 break;
             }
-            console.note(&how_to_call(&plan));
+            console.note(&how_to_call(&plan, session));
         }
     }
     if load.is_some() {
@@ -106,6 +125,16 @@ pub async fn run(session: &mut Session, console: &mut Console, startup: Duration
     total.add(&window);
     let answered = record.lock().map(|r| r.ok).unwrap_or(0);
     let last = settle(&plan, answered).await;
+    let traced_answer = match traced_answer {
+        Some(receive) => tokio::time::timeout(TRACED_ANSWER, receive).await.ok().and_then(Result::ok),
+        None => None,
+    };
+    let trace = match (&traced, traced_answer) {
+        (Some(traced), answer) => Some(trace_report(session, &plan, traced, answer, &last).await),
+        _ => None,
+    };
+    // Read while the run directory is still there.
+    let access_logs = access_log_report(session, &plan, trace.as_ref());
     let record = record.lock().map_err(|_| "the load's record is unreadable".to_owned())?;
     if let (Some(report), Some(call)) = (authorization.as_mut(), plan.denied_call.as_ref()) {
         report.counter_delta_since_load =
@@ -125,6 +154,118 @@ pub async fn run(session: &mut Session, console: &mut Console, startup: Duration
         went_bad,
         probe,
         authorization,
+        trace,
+        access_logs,
+    ))
+}
+
+/// The traced request's spans from the demo's collector, as a tree: waited for (bounded) until
+/// every span its answer implies is there.
+async fn trace_report(
+    session: &Session,
+    plan: &Plan,
+    traced: &TracedRequest,
+    answer: Option<TracedAnswer>,
+    last: &Snapshot,
+) -> TraceReport {
+    let mut proxies_counted = BTreeMap::new();
+    for stats in last.values() {
+        for (result, n) in &stats.spans {
+            *proxies_counted.entry(result.clone()).or_insert(0) += *n as u64;
+        }
+    }
+    let mut report = TraceReport {
+        trace_id: traced.trace_id_hex(),
+        traceparent: traced.traceparent(),
+        request_id: traced.request_id.clone(),
+        proxies_counted,
+        sampling_percent: plan.telemetry.sampling_percent,
+        ..TraceReport::default()
+    };
+    let collector = match &session.collector {
+        Ok(Some(collector)) => collector,
+        Ok(None) => {
+            report.error = Some("no collector".to_owned());
+            return report;
+        }
+        Err(why) => {
+            report.error = Some(why.clone());
+            return report;
+        }
+    };
+    report.collector = Some(collector.address.to_string());
+    let Some(answer) = answer else {
+        report.error = Some("the traced request was not sent, or not answered in time".to_owned());
+        report.received = collector.counts();
+        return report;
+    };
+    report.expected_spans = answer.expected_spans();
+    let waited = tokio::time::Instant::now();
+    let spans = loop {
+        let spans = collector.trace(&report.trace_id);
+        if spans.len() >= report.expected_spans || waited.elapsed() > TRACE_WAIT {
+            break spans;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    report.spans = spans.len();
+    report.received = collector.counts();
+    if spans.is_empty() {
+        report.error = Some(format!(
+            "none of its spans reached the collector on {} within {}s of the end",
+            collector.address,
+            TRACE_WAIT.as_secs()
+        ));
+        return report;
+    }
+    let entry_service = plan
+        .services
+        .iter()
+        .find(|s| s.pods.contains(&plan.entry.pod))
+        .map_or_else(|| plan.entry.pod.clone(), |s| s.short.clone());
+    let (root, orphans) = trace::tree(traced, &answer, &entry_service, &spans);
+    if spans.len() < report.expected_spans {
+        report.error =
+            Some(format!("{} of the {} spans expected arrived", spans.len(), report.expected_spans));
+    }
+    if let Some(e) = &answer.error {
+        report.error = Some(format!("the traced request failed: {e}"));
+    }
+    report.root = Some(root);
+    report.orphans = orphans;
+    report
+}
+
+/// Each proxy's access log lines, when the mesh config sends them to the proxy's standard
+/// output or error (which the demo keeps per pod).
+fn access_log_report(session: &Session, plan: &Plan, trace: Option<&TraceReport>) -> Option<AccessLogReport> {
+    let telemetry = &plan.telemetry;
+    let file = telemetry.access_log_file.clone()?;
+    if file != "/dev/stdout" && file != "/dev/stderr" {
+        return None;
+    }
+    // The id the proxies logged for the traced request (the entry proxy keeps the one sent).
+    let request_id = trace.and_then(|t| {
+        let root = t.root.as_ref()?;
+        root.children.first().and_then(|s| s.request_id.clone()).or_else(|| Some(t.request_id.clone()))
+    });
+    let logs: Vec<(String, std::path::PathBuf)> =
+        plan.pods.iter().map(|p| (p.name.clone(), session.log(&format!("{}-proxy", p.name)))).collect();
+    let format = match (&telemetry.access_log_format, telemetry.access_log_encoding.as_str()) {
+        (None, "TEXT") => "Istio's default format".to_owned(),
+        (None, _) => "Istio's default format (the demo reads lines back only in the TEXT one)".to_owned(),
+        (Some(_), _) => {
+            "the mesh config's accessLogFormat (the demo reads lines back only in Istio's default TEXT \
+                         format)"
+                .to_owned()
+        }
+    };
+    Some(access_logs::read(
+        &logs,
+        &plan.services,
+        &plan.entry.pod,
+        request_id.as_deref(),
+        (file, telemetry.access_log_encoding.clone(), format),
     ))
 }
 
@@ -396,7 +537,47 @@ fn title(
     lines
 }
 
-fn how_to_call(plan: &Plan) -> String {
+/// Where the proxies' access logs are, and what the collector does meanwhile, for `--keep`.
+fn telemetry_lines(plan: &Plan, session: &Session) -> Vec<String> {
+    let mut lines = Vec::new();
+    let to_output =
+        plan.telemetry.access_log_file.as_deref().is_some_and(|f| f == "/dev/stdout" || f == "/dev/stderr");
+    if to_output {
+        let files: Vec<String> = plan
+            .pods
+            .iter()
+            .map(|p| session.log(&format!("{}-proxy", p.name)).display().to_string())
+            .collect();
+        lines.push(format!(
+            "Access logs (each proxy's standard output, a line per request; `grep '^\\['` leaves out the proxy's own \
+             messages):\n  tail -f {}",
+            files.join(" \\\n          ")
+        ));
+    }
+    if let Ok(Some(collector)) = &session.collector {
+        lines.push(format!(
+            "Spans go to the demo's Zipkin collector on {} ({}% sampled; a request with `traceparent: \
+             00-<32 hex>-<16 hex>-01` is always traced); the traced request's tree is in the summary.",
+            collector.address, plan.telemetry.sampling_percent
+        ));
+    }
+    lines
+}
+
+fn how_to_call(plan: &Plan, session: &Session) -> String {
+    let telemetry = telemetry_lines(plan, session);
+    let text = call_lines(plan);
+    if telemetry.is_empty() {
+        return text;
+    }
+    // Before the last line (Ctrl-C removes it).
+    match text.rsplit_once('\n') {
+        Some((calls, last)) => format!("{calls}\n{}\n{last}", telemetry.join("\n")),
+        None => format!("{text}\n{}", telemetry.join("\n")),
+    }
+}
+
+fn call_lines(plan: &Plan) -> String {
     let entry = &plan.entry;
     let stats = plan.pods.last().map_or(entry.target, |p| p.stats());
     match plan.mode {
@@ -514,6 +695,8 @@ fn summary(
     went_bad: Option<(f64, Vec<String>)>,
     plaintext_client: Option<ProbeReport>,
     authorization: Option<AuthorizationReport>,
+    trace: Option<TraceReport>,
+    access_logs: Option<AccessLogReport>,
 ) -> Summary {
     let outlier = (!going_bad(plan).is_empty()).then(|| {
         let (ejections, by_reason, by_proxy) = ejections(baseline, last);
@@ -608,6 +791,8 @@ fn summary(
         edges: rows(topology, baseline, baseline, last, total, load_seconds.max(0.001)),
         plaintext_client,
         authorization,
+        trace,
+        access_logs,
         pids: session.pids(),
         namespaces: session.namespaces(),
         run_dir: session.run_dir.display().to_string(),

@@ -44,6 +44,10 @@ impl Example {
                     "authorization.yaml".to_owned(),
                     include_str!("../../../examples/demo/istio/authorization.yaml").to_owned(),
                 ),
+                (
+                    "telemetry.yaml".to_owned(),
+                    include_str!("../../../examples/demo/istio/telemetry.yaml").to_owned(),
+                ),
             ],
         }
     }

@@ -1,17 +1,18 @@
 //! The demo's load: a steady rate of GETs into the entry pod, from outside the mesh, on
 //! keep-alive connections. Every answer is read: its status and latency feed the table's first
 //! row, and the pods named in its (nested) JSON say which canary subset served it, counted per
-//! phase of the canary.
+//! phase of the canary. One request may carry extra headers (the traced request's).
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use http::HeaderMap;
 use serde_json::Value;
 
+use super::trace::TracedAnswer;
 use crate::http_client::Pool;
 
 /// How long one request may take, end to end.
@@ -94,19 +95,26 @@ impl Record {
 
 pub type Shared = Arc<Mutex<Record>>;
 
+/// One request of the load that carries extra headers (the traced request's trace context):
+/// which one (counted from 0), the headers, and where to say how it went.
+pub type Marked = (u64, HeaderMap, tokio::sync::oneshot::Sender<TracedAnswer>);
+
 /// Sends `rate` requests per second to `target` (Host `authority`) until `running` turns
-/// false, then waits (bounded) for those in flight.
+/// false, then waits (bounded) for those in flight. The `marked` request carries its headers
+/// and reports its answer.
 pub async fn drive(
     target: SocketAddr,
     authority: String,
     rate: u32,
     record: Shared,
     mut running: tokio::sync::watch::Receiver<bool>,
+    mut marked: Option<Marked>,
 ) {
     let pool = Arc::new(Pool::new(target));
     let authority: Arc<str> = authority.into();
     let in_flight = Arc::new(AtomicUsize::new(0));
     let mut ticks = tokio::time::interval(Duration::from_secs_f64(1.0 / f64::from(rate.max(1))));
+    let mut sent: u64 = 0;
     loop {
         tokio::select! {
             _ = ticks.tick() => {}
@@ -121,8 +129,19 @@ pub async fn drive(
         in_flight.fetch_add(1, Ordering::AcqRel);
         let (pool, authority, record, in_flight) =
             (pool.clone(), authority.clone(), record.clone(), in_flight.clone());
+        let (headers, report) = match marked.take() {
+            Some((index, headers, report)) if index <= sent => (headers, Some(report)),
+            other => {
+                marked = other;
+                (HeaderMap::new(), None)
+            }
+        };
+        sent += 1;
         tokio::spawn(async move {
-            one(&pool, &authority, &record).await;
+            let answer = one(&pool, &authority, &record, &headers).await;
+            if let Some(report) = report {
+                let _ = report.send(answer);
+            }
             in_flight.fetch_sub(1, Ordering::AcqRel);
         });
     }
@@ -132,42 +151,53 @@ pub async fn drive(
     }
 }
 
-async fn one(pool: &Pool, authority: &str, record: &Mutex<Record>) {
+/// One request, recorded; what it got.
+async fn one(pool: &Pool, authority: &str, record: &Mutex<Record>, headers: &HeaderMap) -> TracedAnswer {
+    let mut seen = TracedAnswer::default();
     let phase = match record.lock() {
         Ok(mut r) => {
             r.sent += 1;
             r.phase
         }
-        Err(_) => return,
+        Err(_) => return seen,
     };
+    seen.start_unix_micros = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX));
     let start = Instant::now();
-    let result = pool.get(authority, "/", &HeaderMap::new(), TIMEOUT).await;
+    let result = pool.get(authority, "/", headers, TIMEOUT).await;
     let millis = start.elapsed().as_secs_f64() * 1000.0;
-    let Ok(mut r) = record.lock() else { return };
+    seen.duration_ms = millis;
+    let Ok(mut r) = record.lock() else { return seen };
     r.window.requests += 1;
     r.window.latencies_ms.push(millis);
     let failure = match result {
         Ok(answer) if answer.status == http::StatusCode::OK => {
+            seen.status = Some(answer.status.as_u16());
             r.ok += 1;
             r.window.ok += 1;
             let served =
                 serde_json::from_slice::<Value>(&answer.body).map(|v| pods_in(&v)).unwrap_or_default();
             let counts = r.answers.entry(phase).or_default();
-            for pod in served {
-                *counts.entry(pod).or_default() += 1;
+            for pod in &served {
+                *counts.entry(pod.clone()).or_default() += 1;
             }
-            return;
+            seen.pods = served;
+            return seen;
         }
         Ok(answer) => {
+            seen.status = Some(answer.status.as_u16());
             let body = String::from_utf8_lossy(&answer.body);
             format!("{}: {}", answer.status, body.chars().take(300).collect::<String>())
         }
         Err(e) => e,
     };
+    seen.error = Some(failure.clone());
     r.failed += 1;
     if r.failures.len() < QUOTED_FAILURES {
         r.failures.push(failure);
     }
+    seen
 }
 
 /// Every `pod` named in a demo app's answer and the answers nested in it.

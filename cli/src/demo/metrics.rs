@@ -3,7 +3,8 @@
 //! service, summed over the other labels except how the requests were secured
 //! (`connection_security_policy`, `source_principal`, `destination_principal`); the
 //! connections the proxy refused inbound (`trellis_inbound_connections_refused_total`); and its
-//! AuthorizationPolicy decisions (`trellis_authz_decisions_total`).
+//! AuthorizationPolicy decisions (`trellis_authz_decisions_total`); and what became of its
+//! spans (`trellis_trace_spans_total`).
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -140,6 +141,8 @@ pub struct ProxyStats {
     /// Requests this proxy sent with fault injection, by response flag (`DI` delayed, `FI`
     /// aborted; `istio_requests_total{reporter="source"}`).
     pub faults: BTreeMap<String, f64>,
+    /// Spans the proxy exported or dropped, by result (`trellis_trace_spans_total`).
+    pub spans: BTreeMap<String, f64>,
 }
 
 impl ProxyStats {
@@ -176,6 +179,11 @@ pub fn parse(text: &str) -> ProxyStats {
                 protocol: label("protocol"),
             };
             *stats.authz.entry(decision).or_default() += value;
+            continue;
+        }
+        if name == "trellis_trace_spans_total" {
+            let result = labels.get("result").cloned().unwrap_or_default();
+            *stats.spans.entry(result).or_default() += value;
             continue;
         }
         if name == "trellis_outlier_ejections_total" {
@@ -429,5 +437,14 @@ istio_requests_total{reporter="destination",destination_service="inbound|8080",r
         assert_eq!(window.security, BTreeMap::from([(mtls, 55.0), (plain, 5.0)]));
         // A proxy that restarted: its counts start again.
         assert_eq!(older.since(Some(&newer)).requests, 40.0);
+    }
+
+    #[test]
+    fn spans_are_counted_by_result() {
+        let page = "trellis_trace_spans_total{provider=\"zipkin\",result=\"exported\"} 7\n\
+                    trellis_trace_spans_total{provider=\"zipkin\",result=\"export_failed\"} 2\n\
+                    trellis_trace_spans_total{provider=\"otel\",result=\"exported\"} 1\n";
+        let stats = parse(page);
+        assert_eq!(stats.spans, BTreeMap::from([("export_failed".into(), 2.0), ("exported".into(), 8.0)]));
     }
 }

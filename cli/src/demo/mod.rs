@@ -5,14 +5,18 @@
 //! pod's service account, and the proxies speak mutual TLS to each other (STRICT: a plaintext
 //! client from outside the mesh is refused); an AuthorizationPolicy lets only frontend call
 //! catalog (inventory tries once, and is denied); a steady load goes in and a live table shows
-//! the golden signals and each edge's identities. Without root it runs in explicit mode (apps
-//! call their local proxy).
+//! the golden signals and each edge's identities. Every proxy writes access logs to its standard
+//! output, and exports spans to a Zipkin collector the demo runs itself; one request of the load
+//! is traced, and the summary draws its trace. Without root it runs in explicit mode (apps call
+//! their local proxy).
 //!
 //! `plan` decides everything from the files; `session` makes it real and removes it;
 //! `dashboard` drives the load and draws the table; `state` finds what a crashed run left.
 
+mod access_logs;
 mod authorization;
 mod canary;
+mod collector;
 mod console;
 mod dashboard;
 mod example;
@@ -28,6 +32,7 @@ mod signals;
 mod state;
 mod summary;
 mod table;
+mod trace;
 mod yaml_edit;
 
 use std::net::SocketAddr;

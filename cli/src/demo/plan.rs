@@ -69,6 +69,37 @@ pub struct Plan {
     pub denied_call: Option<DeniedCall>,
     pub services: Vec<Service>,
     pub canary: Option<Canary>,
+    /// The demo's Zipkin collector, where the mesh config's default tracing provider points.
+    pub collector: Option<CollectorPlan>,
+    /// What the mesh config asks of the proxies' telemetry, for the summary.
+    pub telemetry: Telemetry,
+}
+
+/// Where the demo runs its Zipkin collector: the address of the ServiceEntry that the mesh
+/// config's default tracing provider names, which must be the demo network's gateway (the
+/// control plane's host; loopback in explicit mode).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CollectorPlan {
+    /// The extension provider's name.
+    pub provider: String,
+    /// Its service (`zipkin.istio-system.svc.cluster.local`).
+    pub service: String,
+    pub listen: SocketAddr,
+    /// The file with the ServiceEntry.
+    pub file: String,
+}
+
+/// The mesh config's access log and sampling settings.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Telemetry {
+    /// `accessLogFile` (`None`: no access logs).
+    pub access_log_file: Option<String>,
+    /// `TEXT` or `JSON`.
+    pub access_log_encoding: String,
+    /// `accessLogFormat`, when one is given.
+    pub access_log_format: Option<String>,
+    /// `defaultConfig.tracing.sampling`, in percent.
+    pub sampling_percent: f64,
 }
 
 #[derive(Clone, Debug)]
@@ -282,6 +313,28 @@ pub fn build(example: &Example, mode: Mode) -> Result<Plan, String> {
                 .map_err(|e| format!("{file}: {e}"))?;
         }
     }
+    let collector = collector(&mesh, &resources, *hub_address.ip(), hub)?;
+    if mode == Mode::Explicit
+        && let Some(c) = &collector
+    {
+        for (file, text) in config.iter_mut().filter(|(f, _)| *f == c.file) {
+            *text = point_collector_at(text, &resources, c).map_err(|e| format!("{file}: {e}"))?;
+        }
+    }
+    // The collector is the demo's, not a service of the shop.
+    let services: Vec<Service> = services
+        .into_iter()
+        .filter(|s| collector.as_ref().is_none_or(|c| !c.service.eq_ignore_ascii_case(&s.host)))
+        .collect();
+    let telemetry = Telemetry {
+        access_log_file: mesh.access_log_file().map(str::to_owned),
+        access_log_encoding: match mesh.access_log_encoding() {
+            trellis_api::mesh::AccessLogEncoding::Text => "TEXT".to_owned(),
+            trellis_api::mesh::AccessLogEncoding::Json => "JSON".to_owned(),
+        },
+        access_log_format: mesh.access_log_format.clone().filter(|f| !f.is_empty()),
+        sampling_percent: mesh.proxy_config().tracing_sampling(),
+    };
     let canary = canary(&resources, &config)?;
     Ok(Plan {
         mode,
@@ -297,7 +350,110 @@ pub fn build(example: &Example, mode: Mode) -> Result<Plan, String> {
         denied_call,
         services,
         canary,
+        collector,
+        telemetry,
     })
+}
+
+/// The mesh config's default tracing provider, when it is one the demo can stand in for: a
+/// Zipkin provider (the demo's collector speaks Zipkin's v2 JSON) whose service is a
+/// ServiceEntry of `istio/` with one endpoint on the demo network's gateway.
+fn collector(
+    mesh: &MeshConfig,
+    resources: &Resources,
+    gateway: Ipv4Addr,
+    placed_gateway: Ipv4Addr,
+) -> Result<Option<CollectorPlan>, String> {
+    if !mesh.enable_tracing() {
+        return Ok(None);
+    }
+    let Some(provider) = mesh.default_tracing_provider() else { return Ok(None) };
+    let index = mesh.extension_providers.iter().position(|p| p.name == provider.name).unwrap_or(0);
+    let field = format!("mesh.yaml: extensionProviders[{index}]");
+    let Some(zipkin) = &provider.zipkin else {
+        return Err(format!(
+            "{field} ({:?}): the demo runs a Zipkin collector for the default tracing provider; make it a zipkin \
+             provider",
+            provider.name
+        ));
+    };
+    if zipkin.path.as_deref().is_some_and(|p| !p.is_empty() && p != super::collector::SPANS_PATH) {
+        return Err(format!(
+            "{field}.zipkin.path: the demo's collector takes spans at {}",
+            super::collector::SPANS_PATH
+        ));
+    }
+    let host = zipkin.service.rsplit('/').next().unwrap_or_default();
+    let found = resources
+        .service_entries
+        .iter()
+        .find(|(_, se)| se.spec.hosts.iter().any(|h| h.eq_ignore_ascii_case(host)));
+    let Some((file, se)) = found else {
+        return Err(format!(
+            "{field}.zipkin.service: {:?}: no ServiceEntry in istio/ has this host; the demo runs its collector at \
+             the address the ServiceEntry's endpoint gives (the demo network's gateway, {gateway})",
+            zipkin.service
+        ));
+    };
+    let what = format!("{file}: ServiceEntry {}", name_of(&se.metadata));
+    let port = se.spec.ports.iter().find(|p| p.number == zipkin.port).ok_or_else(|| {
+        format!("{what}: ports: no port {} (the provider's, {field}.zipkin.port)", zipkin.port)
+    })?;
+    let [endpoint] = se.spec.endpoints.as_slice() else {
+        return Err(format!(
+            "{what}: endpoints: the demo's collector is one endpoint, on the demo network's gateway {gateway}; found {}",
+            se.spec.endpoints.len()
+        ));
+    };
+    if endpoint.address.parse::<Ipv4Addr>().ok() != Some(gateway) {
+        return Err(format!(
+            "{what}: endpoints[0].address: {:?} is not the demo network's gateway {gateway}, where the demo runs its \
+             collector",
+            endpoint.address
+        ));
+    }
+    let target = endpoint.ports.get(&port.name).copied().filter(|p| *p != 0).unwrap_or(port.number);
+    let target = u16::try_from(target)
+        .ok()
+        .filter(|p| *p != 0)
+        .ok_or_else(|| format!("{what}: endpoints[0].ports: {target} is not a port"))?;
+    Ok(Some(CollectorPlan {
+        provider: provider.name.clone(),
+        service: host.to_owned(),
+        listen: SocketAddr::V4(SocketAddrV4::new(placed_gateway, target)),
+        file: file.clone(),
+    }))
+}
+
+/// Explicit mode: the collector's ServiceEntry endpoint moves to loopback with the gateway.
+fn point_collector_at(
+    text: &str,
+    resources: &Resources,
+    collector: &CollectorPlan,
+) -> Result<String, String> {
+    let Some((_, se)) = resources.service_entries.iter().find(|(f, se)| {
+        *f == collector.file && se.spec.hosts.iter().any(|h| h.eq_ignore_ascii_case(&collector.service))
+    }) else {
+        return Ok(text.to_owned());
+    };
+    let wanted = (
+        "ServiceEntry".to_owned(),
+        namespace_of(&se.metadata).to_owned(),
+        se.metadata.name.clone().unwrap_or_default(),
+    );
+    let (text, _) = edit_documents(text, |doc| {
+        if identity(doc) != wanted {
+            return Ok(false);
+        }
+        match doc.pointer_mut("/spec/endpoints/0/address") {
+            Some(address) => {
+                *address = collector.listen.ip().to_string().into();
+                Ok(true)
+            }
+            None => Ok(false),
+        }
+    })?;
+    Ok(text)
 }
 
 fn read_mesh(text: &str) -> Result<(MeshConfig, SocketAddrV4), String> {

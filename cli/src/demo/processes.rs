@@ -61,7 +61,19 @@ impl Process {
 }
 
 fn command(launch: &Launch<'_>, run_dir: &Path) -> Result<Command, String> {
-    let log = std::fs::File::create(&launch.log).map_err(|e| format!("{}: {e}", launch.log.display()))?;
+    // Appending: a proxy opens its own standard output again by name (`accessLogFile:
+    // /dev/stdout`), and its writes and those through the inherited descriptor must not
+    // overwrite each other. Owned by the process's user, who may then open it so.
+    let _ = std::fs::remove_file(&launch.log);
+    let log = std::fs::OpenOptions::new()
+        .append(true)
+        .create(true)
+        .open(&launch.log)
+        .map_err(|e| format!("{}: {e}", launch.log.display()))?;
+    if let Some(id) = launch.user {
+        std::os::unix::fs::fchown(&log, Some(id), Some(id))
+            .map_err(|e| format!("{}: {e}", launch.log.display()))?;
+    }
     let err = log.try_clone().map_err(|e| format!("{}: {e}", launch.log.display()))?;
     let mut command = Command::new(launch.program);
     command

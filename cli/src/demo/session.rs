@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 
 use trellis_proxy_init::apply::in_namespace;
 
+use super::collector::Collector;
 use super::console::Console;
 use super::identity::{self, Certificate};
 use super::plan::{Mode, Plan};
@@ -49,6 +50,8 @@ pub struct Session {
     /// Each proxy's certificate as its `/certs` showed it once ready (or why it could not be
     /// read), in the plan's order.
     pub certificates: Vec<Result<Certificate, String>>,
+    /// The demo's Zipkin collector, or why it is not running.
+    pub collector: Result<Option<Collector>, String>,
     /// The CA's token file.
     tokens: PathBuf,
     torn_down: bool,
@@ -99,6 +102,7 @@ impl Session {
             proxies: Vec::new(),
             netns: Vec::new(),
             certificates: Vec::new(),
+            collector: Ok(None),
             tokens,
             torn_down: false,
         })
@@ -123,6 +127,7 @@ impl Session {
                 .build()
                 .map_err(|e| format!("cannot start the runtime: {e}"))?;
             runtime.block_on(async {
+                self.start_collector(console).await;
                 self.start_control_plane().await?;
                 self.start_pods().await?;
                 let startup = self.started.elapsed();
@@ -186,7 +191,7 @@ impl Session {
         Ok(self.processes.len() - 1)
     }
 
-    fn log(&self, name: &str) -> PathBuf {
+    pub fn log(&self, name: &str) -> PathBuf {
         self.run_dir.join("logs").join(format!("{name}.log"))
     }
 
@@ -222,6 +227,24 @@ impl Session {
             }
             tokio::time::sleep(Duration::from_millis(25)).await;
         }
+    }
+
+    /// The collector the mesh config's tracing provider points at, before any proxy exists to
+    /// export to it. One that cannot listen costs the run its trace, nothing else: the proxies
+    /// drop their spans and count them.
+    async fn start_collector(&mut self, console: &mut Console) {
+        let Some(plan) = self.plan.collector.clone() else { return };
+        self.collector = match Collector::start(plan.listen).await {
+            Ok(collector) => Ok(Some(collector)),
+            Err(e) => {
+                let why = format!("the demo's Zipkin collector cannot listen on {e}");
+                console.note(&format!(
+                    "trellis demo: {why}; the proxies' spans will be dropped (and counted in trellis_trace_spans_total), \
+                     the run goes on without its trace"
+                ));
+                Err(why)
+            }
+        };
     }
 
     async fn start_control_plane(&mut self) -> Result<(), String> {

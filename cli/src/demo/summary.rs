@@ -2,16 +2,19 @@
 //! split before and after the edit, how each edge was secured (mutual TLS and the SPIFFE IDs
 //! its proxies labelled it with), what the plaintext client from outside the mesh got, what the
 //! call an AuthorizationPolicy denies got (and the callee's proxies counted), what each proxy
-//! counted and how much memory the proxies held, and every process and namespace the run made
-//! (all gone by the time it is printed).
+//! counted and how much memory the proxies held, the trace of one request and the access log
+//! lines of every edge, and every process and namespace the run made (all gone by the time it
+//! is printed).
 
 use std::collections::BTreeMap;
 
 use serde::Serialize;
 
+use super::access_logs::AccessLogReport;
 use super::authorization::AuthorizationReport;
 use super::identity::ProbeReport;
 use super::table::{Row, render};
+use super::trace::TraceReport;
 
 #[derive(Clone, Debug, Serialize)]
 pub struct Summary {
@@ -40,6 +43,11 @@ pub struct Summary {
     pub plaintext_client: Option<ProbeReport>,
     /// The call from inside the mesh that an AuthorizationPolicy denies.
     pub authorization: Option<AuthorizationReport>,
+    /// One request of the load, traced through the mesh (when the mesh config has a tracing
+    /// provider for the demo's collector to stand in for).
+    pub trace: Option<TraceReport>,
+    /// The proxies' access log lines per edge (when they go to the proxies' standard output).
+    pub access_logs: Option<AccessLogReport>,
     pub pids: Vec<u32>,
     pub namespaces: Vec<String>,
     pub run_dir: String,
@@ -275,6 +283,12 @@ impl Summary {
                 self.faults.delayed, self.faults.aborted
             ));
         }
+        if let Some(trace) = &self.trace {
+            lines.extend(trace.lines());
+        }
+        if let Some(logs) = &self.access_logs {
+            lines.extend(logs.lines());
+        }
         let counted: Vec<String> = self
             .proxies
             .iter()
@@ -418,6 +432,8 @@ mod tests {
                 counter_delta_since_load: Some(0),
                 ..AuthorizationReport::default()
             }),
+            trace: None,
+            access_logs: None,
             pids: Vec::new(),
             namespaces: Vec::new(),
             run_dir: String::new(),
