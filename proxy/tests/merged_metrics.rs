@@ -321,3 +321,44 @@ fn the_binary_refuses_a_bad_scrape_config() {
         assert!(stderr.contains(expected), "{config}: {stderr}");
     }
 }
+
+/// The binary as injected: ISTIO_PROMETHEUS_ANNOTATIONS in its environment, the app's metrics
+/// on its status port.
+#[tokio::test]
+async fn the_binary_merges_the_app_named_in_its_environment() {
+    use std::io::BufRead;
+    let app = App::start(App::text("# TYPE checkout_total counter\ncheckout_total 7\n")).await;
+    let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_trellis-proxy"));
+    for listener in [
+        "--outbound-port",
+        "--inbound-port",
+        "--admin-port",
+        "--readiness-port",
+        "--stats-port",
+        "--status-port",
+    ] {
+        command.args([listener, "0"]);
+    }
+    command.args(["--listen-address", "127.0.0.1", "--log-level", "warn"]);
+    command.env_remove("STATUS_PORT").env_remove("PROXY_CONFIG").env_remove("ISTIO_KUBE_APP_PROBERS");
+    command.env(
+        "ISTIO_PROMETHEUS_ANNOTATIONS",
+        format!(r#"{{"scrape":"true","path":"/stats","port":"{}"}}"#, app.port),
+    );
+    command.stdout(std::process::Stdio::piped()).stderr(std::process::Stdio::null());
+    let mut child = command.spawn().unwrap();
+    let mut line = String::new();
+    std::io::BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
+    let _child = common::KillOnDrop(child);
+    let words: Vec<&str> = line.split_whitespace().collect();
+    let status: SocketAddr = words
+        .iter()
+        .position(|w| *w == "status")
+        .and_then(|i| words.get(i + 1))
+        .and_then(|a| a.parse().ok())
+        .unwrap_or_else(|| panic!("{line}"));
+    let (code, page) = get_text(status, "/stats/prometheus").await;
+    assert_eq!(code, StatusCode::OK);
+    assert!(page.contains(PROXY_SERIES) && page.contains("checkout_total 7\n"), "{page}");
+    assert_eq!(app.paths.lock().unwrap().as_slice(), ["/stats"]);
+}
