@@ -131,29 +131,43 @@ async fn the_model_follows_the_cluster() {
     // Pods: a host-network pod is not part of the model. It is sent first, so once the next
     // pod has arrived it has been handled.
     api.apply(PODS, pod("monitoring", "node-exporter", json!({"hostNetwork": true}), "192.168.0.4"));
-    api.apply(
-        PODS,
-        pod(
-            "shop",
-            "reviews-v1-abc",
-            json!({"serviceAccountName": "bookinfo-reviews", "nodeName": "node-a"}),
-            "10.1.0.5",
-        ),
+    // A Deployment's pod: its workload is the Deployment, named from its ReplicaSet.
+    let mut reviews_pod = pod(
+        "shop",
+        "reviews-v1-abc",
+        json!({"serviceAccountName": "bookinfo-reviews", "nodeName": "node-a"}),
+        "10.1.0.5",
     );
+    reviews_pod["metadata"]["labels"]["pod-template-hash"] = json!("7d9f8c6b5");
+    reviews_pod["metadata"]["ownerReferences"] = json!([{"apiVersion": "apps/v1", "kind": "ReplicaSet",
+        "name": "reviews-v1-7d9f8c6b5", "uid": "rs-1", "controller": true}]);
+    api.apply(PODS, reviews_pod);
     let expected = KubePod {
         namespace: "shop".into(),
         name: "reviews-v1-abc".into(),
-        labels: BTreeMap::from([("app".into(), "reviews".into()), ("version".into(), "v1".into())]),
+        labels: BTreeMap::from([
+            ("app".into(), "reviews".into()),
+            ("pod-template-hash".into(), "7d9f8c6b5".into()),
+            ("version".into(), "v1".into()),
+        ]),
         ips: vec!["10.1.0.5".parse().unwrap()],
         service_account: "bookinfo-reviews".into(),
         node_name: "node-a".into(),
-        workload_name: "reviews-v1-abc".into(),
+        workload_name: "reviews-v1".into(),
     };
     wait_until(&model, "the pod", |m| {
         m.pods.get(&key("shop", "reviews-v1-abc")).is_some_and(|p| **p == expected)
     })
     .await;
     assert!(!model.snapshot().pods.contains_key(&key("monitoring", "node-exporter")));
+    // The workload table names it as Istio would (no sidecar label: not a mesh caller).
+    let table = trellis_control_plane::translate::workloads::table(&model.snapshot());
+    let entry = table.iter().find(|w| w.uid == "shop/reviews-v1-abc").expect("the pod's entry");
+    assert_eq!((entry.workload.as_str(), entry.namespace.as_str()), ("reviews-v1", "shop"));
+    assert_eq!((entry.app.as_str(), entry.version.as_str()), ("reviews", "v1"));
+    assert_eq!((entry.canonical_service.as_str(), entry.canonical_revision.as_str()), ("reviews", "v1"));
+    assert_eq!(entry.principal, "spiffe://cluster.local/ns/shop/sa/bookinfo-reviews");
+    assert_eq!((entry.addresses.as_slice(), entry.sidecar), (&["10.1.0.5".to_owned()][..], false));
 
     // Nodes: their topology labels, as a locality; a status change is no change of the model.
     api.apply(NODES, node("node-a", json!({"topology.kubernetes.io/region": "us-east-1"})));
