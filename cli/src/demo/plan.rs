@@ -1237,6 +1237,80 @@ mod tests {
         );
     }
 
+    /// The collector: where the default tracing provider's ServiceEntry points (the gateway),
+    /// moved to loopback in explicit mode; not one of the shop's services. What it cannot be is
+    /// named by file and field.
+    #[test]
+    fn the_collector_is_where_the_tracing_providers_service_entry_points() {
+        let plan = build(&example(), Mode::Namespaces).unwrap();
+        let collector = plan.collector.clone().unwrap();
+        assert_eq!(collector.listen.to_string(), "10.77.0.1:9411");
+        assert_eq!(
+            (collector.provider.as_str(), collector.file.as_str()),
+            ("zipkin", "istio/telemetry.yaml")
+        );
+        assert!(plan.services.iter().all(|s| s.short != "zipkin"));
+        assert_eq!(plan.telemetry.access_log_file.as_deref(), Some("/dev/stdout"));
+        assert_eq!(
+            (plan.telemetry.access_log_encoding.as_str(), plan.telemetry.sampling_percent),
+            ("TEXT", 1.0)
+        );
+        let explicit = build(&example(), Mode::Explicit).unwrap();
+        assert_eq!(explicit.collector.unwrap().listen.to_string(), "127.77.0.1:9411");
+        let text = &explicit.config.iter().find(|(f, _)| f == "istio/telemetry.yaml").unwrap().1;
+        let se: Value = serde_saphyr::from_str(text).unwrap();
+        assert_eq!(se["spec"]["endpoints"][0]["address"], "127.77.0.1");
+        // Without a tracing provider, no collector.
+        let mut e = example();
+        e.mesh = replace(&e.mesh, "  tracing: [zipkin]\n", "  tracing: []\n");
+        assert_eq!(build(&e, Mode::Namespaces).unwrap().collector, None);
+
+        type Break = Box<dyn Fn(&mut Example)>;
+        let cases: Vec<(Break, &str)> = vec![
+            (
+                Box::new(|e| {
+                    e.mesh = replace(
+                        &e.mesh,
+                        "zipkin: {service: zipkin.istio-system.svc.cluster.local, port: 9411}",
+                        "opentelemetry: {service: zipkin.istio-system.svc.cluster.local, port: 9411}",
+                    )
+                }),
+                "mesh.yaml: extensionProviders[0] (\"zipkin\"): the demo runs a Zipkin collector",
+            ),
+            (
+                Box::new(|e| e.mesh = replace(&e.mesh, "port: 9411}", "port: 9411, path: /spans}")),
+                "mesh.yaml: extensionProviders[0].zipkin.path: the demo's collector takes spans at /api/v2/spans",
+            ),
+            (
+                Box::new(|e| {
+                    e.mesh = replace(&e.mesh, "service: zipkin.istio-system", "service: jaeger.istio-system")
+                }),
+                "mesh.yaml: extensionProviders[0].zipkin.service: \"jaeger.istio-system.svc.cluster.local\": no ServiceEntry",
+            ),
+            (
+                Box::new(|e| {
+                    let t = istio(e, "telemetry.yaml");
+                    *t = replace(t, "address: 10.77.0.1}", "address: 10.77.0.9}");
+                }),
+                "istio/telemetry.yaml: ServiceEntry istio-system/zipkin: endpoints[0].address: \"10.77.0.9\" is not the \
+                 demo network's gateway 10.77.0.1",
+            ),
+            (
+                Box::new(|e| {
+                    let t = istio(e, "telemetry.yaml");
+                    *t = replace(t, "number: 9411", "number: 9412");
+                }),
+                "istio/telemetry.yaml: ServiceEntry istio-system/zipkin: ports: no port 9411",
+            ),
+        ];
+        for (break_it, expected) in cases {
+            let mut broken = example();
+            break_it(&mut broken);
+            let err = build(&broken, Mode::Namespaces).unwrap_err();
+            assert!(err.contains(expected), "expected {expected:?} in:\n{err}");
+        }
+    }
+
     #[test]
     fn weights_even_out() {
         assert_eq!(even(2), [50, 50]);
