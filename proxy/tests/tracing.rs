@@ -602,3 +602,20 @@ async fn drops_are_counted(collector: SocketAddr) {
         .await;
     }
 }
+
+#[tokio::test]
+async fn http2_requests_are_traced_too() {
+    let (collector, spans) = zipkin_collector().await;
+    let provider = zipkin_provider(collector);
+    let h = hops(100.0, &provider, &provider).await;
+    let mut client = Client::connect(h.client.outbound(), Version::HTTP_2).await;
+    let answer = client.send(get(&h.authority(), "/h2?x=1", &[("x-b3-sampled", "1")])).await.unwrap();
+    assert_eq!(answer.status, StatusCode::OK);
+    let (client_span, server_span) = two_spans(&spans).await;
+    assert_eq!(client_span.tags.get("http.protocol").map(String::as_str), Some("HTTP/2"));
+    let port = h.app.addr.port();
+    assert_eq!(client_span.tags.get("http.url"), Some(&format!("http://web:{port}/h2?x=1")));
+    assert_eq!(server_span.parent_id.as_deref(), Some(client_span.id.as_str()));
+    let (_, parent, _) = app_traceparent(&h.app);
+    assert_eq!(parent, server_span.id);
+}
