@@ -602,9 +602,12 @@ impl Metrics {
             Some(overrides) => {
                 // A metric turned off counts into a handle no family holds: never rendered.
                 use crate::metrics_overrides::StandardMetric as M;
-                let histogram = |family: &Family<RequestLabels, Histogram>, metric, fresh: fn() -> Histogram| {
-                    overrides.request_labels(metric, &labels).map_or_else(fresh, |l| family.get_or_create(&l).clone())
-                };
+                let histogram =
+                    |family: &Family<RequestLabels, Histogram>, metric, fresh: fn() -> Histogram| {
+                        overrides
+                            .request_labels(metric, &labels)
+                            .map_or_else(fresh, |l| family.get_or_create(&l).clone())
+                    };
                 Arc::new(RequestSeries {
                     requests: overrides
                         .request_labels(M::RequestCount, &labels)
@@ -698,6 +701,18 @@ impl Metrics {
 #[cfg(test)]
 mod tests {
     use super::grpc_status_label;
+
+    #[test]
+    fn service_names_are_a_kubernetes_services_name_else_the_host() {
+        let name = |host: &str| super::service_name(&host.into()).to_string();
+        assert_eq!(name("reviews.shop.svc.cluster.local"), "reviews");
+        assert_eq!(name("reviews.shop.svc.corp.example"), "reviews");
+        // A ServiceEntry's host, Istio's passthrough names and a canonical service stay whole.
+        for whole in ["api.example.com", "db.shop.internal", "PassthroughCluster", "BlackHoleCluster", "web"]
+        {
+            assert_eq!(name(whole), whole);
+        }
+    }
 
     #[test]
     fn grpc_status_labels_are_the_defined_codes_or_unknown() {
