@@ -141,6 +141,42 @@ fn a_kubectl_list_on_standard_input_is_injected_item_by_item() {
     assert!(stderr.contains("doc 1: List: items[0]: expected an object, found a string"), "{stderr}");
 }
 
+/// The redirect the injector writes is one trellis-proxy-init takes, for every interception
+/// mode and switch the injector passes on (a flag it did not know would stop every pod at its
+/// init container).
+#[test]
+fn the_redirect_the_injector_writes_is_one_proxy_init_accepts() {
+    let pod = |annotations: &str| {
+        format!(
+            "apiVersion: v1\nkind: Pod\nmetadata:\n  name: p\n  annotations:\n{annotations}\nspec:\n  containers: [{{name: a, image: a}}]\n"
+        )
+    };
+    let dns = "    proxy.istio.io/config: |\n      proxyMetadata: {ISTIO_META_DNS_CAPTURE: \"true\", CAPTURE_ALL_DNS: \"true\", ISTIO_AGENT_DUAL_STACK: \"true\"}";
+    let cases = [
+        ("    sidecar.istio.io/inject: \"true\"", "REDIRECT"),
+        ("    sidecar.istio.io/interceptionMode: TPROXY", "TPROXY"),
+        (dns, "15053"),
+        (
+            "    traffic.sidecar.istio.io/includeOutboundIPRanges: \"10.0.0.0/8\"\n    traffic.sidecar.istio.io/excludeInboundPorts: \"9000,9001\"\n    traffic.sidecar.istio.io/kubevirtInterfaces: net1",
+            "10.0.0.0/8",
+        ),
+    ];
+    for (annotations, expect) in cases {
+        let out = trellis_with_stdin(&["inject", "-f", "-"], &pod(annotations));
+        assert!(out.status.success(), "{annotations}: {}", String::from_utf8_lossy(&out.stderr));
+        let injected = parse(&String::from_utf8(out.stdout).unwrap());
+        let init = &injected["spec"]["initContainers"][0];
+        assert_eq!(init["name"], "trellis-init");
+        let args: Vec<&str> = init["args"].as_array().unwrap().iter().map(|a| a.as_str().unwrap()).collect();
+        let mut command = vec!["proxy-init", "--dry-run", "--backend", "iptables"];
+        command.extend(&args);
+        let dry_run = trellis(&command);
+        let rules = String::from_utf8_lossy(&dry_run.stdout);
+        assert!(dry_run.status.success(), "{args:?}: {}", String::from_utf8_lossy(&dry_run.stderr));
+        assert!(rules.contains(expect), "{args:?} gave no {expect}:\n{rules}");
+    }
+}
+
 fn parse(text: &str) -> serde_json::Value {
     trellis_api::load::decode_single::<serde_json::Value>(text).unwrap().0
 }

@@ -16,7 +16,7 @@ use trellis_api::annotations::{
 use trellis_api::mesh::ProxyConfig;
 
 use crate::config::{InjectorConfig, PROXY_CONTAINER, PROXY_UID};
-use crate::redirect::{self, Redirect};
+use crate::redirect::{MetadataSwitches, Redirect};
 use crate::template::{SidecarParts, TemplateError, Templates};
 use crate::{probes, prometheus_merge, resources};
 
@@ -170,11 +170,10 @@ fn read_settings(
         true => format!("{} proxyMetadata.{key}", ann::PROXY_CONFIG),
         false => format!("meshConfig.defaultConfig.proxyMetadata.{key}"),
     };
-    let (capture_dns, dual_stack) = redirect::metadata_switches(&proxy_config.proxy_metadata, &source)
-        .unwrap_or_else(|e| {
-            errors.extend(e);
-            (false, false)
-        });
+    let switches = MetadataSwitches::read(&proxy_config.proxy_metadata, &source).unwrap_or_else(|e| {
+        errors.extend(e);
+        MetadataSwitches::default()
+    });
     let resources = resources::proxy_resources(annotations).unwrap_or_else(|e| {
         errors.extend(e);
         Value::Null
@@ -184,7 +183,7 @@ fn read_settings(
     }
     Ok(PodSettings {
         resources,
-        redirect: Redirect { traffic, mode, status_port, capture_dns, dual_stack },
+        redirect: Redirect { traffic, mode, status_port, switches },
         readiness,
         proxy_config,
         status_port,

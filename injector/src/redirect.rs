@@ -2,10 +2,11 @@
 //! istio-iptables' flags), or in CNI mode the annotations the CNI plugin reads instead.
 //!
 //! Istio's template gives istio-iptables the traffic annotations as flags and the pod's
-//! `proxyMetadata` as environment, from which istio-iptables reads two switches of its own:
-//! `ISTIO_META_DNS_CAPTURE` (send DNS to the agent on 15053) and `ISTIO_AGENT_DUAL_STACK` (write
-//! the IPv6 rules as well). `trellis-proxy-init` takes everything as flags, so the injector turns
-//! those switches into `--capture-dns` and `--ipv6`.
+//! `proxyMetadata` as environment, from which istio-iptables reads switches of its own:
+//! `ISTIO_META_DNS_CAPTURE` (send DNS to the agent on 15053), `CAPTURE_ALL_DNS` (all of port 53,
+//! not only the pod's nameservers) and `ISTIO_AGENT_DUAL_STACK` (write the IPv6 rules as well).
+//! `trellis-proxy-init` takes everything as flags, so the injector turns those switches into
+//! `--capture-dns`, `--capture-all-dns` and `--ipv6`.
 
 use std::collections::BTreeMap;
 
@@ -18,6 +19,8 @@ const PROXY_INBOUND_EXCLUDES: [u16; 2] = [15090, 15021];
 
 /// `proxyMetadata` switch: capture the pod's DNS and answer it from the proxy (port 15053).
 pub const DNS_CAPTURE_METADATA: &str = "ISTIO_META_DNS_CAPTURE";
+/// `proxyMetadata` switch: with DNS capture, take every query on port 53.
+pub const CAPTURE_ALL_DNS_METADATA: &str = "CAPTURE_ALL_DNS";
 /// `proxyMetadata` switch: redirect IPv6 as well as IPv4.
 pub const DUAL_STACK_METADATA: &str = "ISTIO_AGENT_DUAL_STACK";
 
@@ -28,27 +31,39 @@ pub struct Redirect {
     pub mode: InterceptionMode,
     /// Never captured inbound, like the proxy's other ports; 0 means the proxy serves none.
     pub status_port: u16,
+    pub switches: MetadataSwitches,
+}
+
+/// The `proxyMetadata` switches the redirect reads.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct MetadataSwitches {
     pub capture_dns: bool,
+    pub capture_all_dns: bool,
     pub dual_stack: bool,
 }
 
-/// The `proxyMetadata` switches the redirect reads, checked as booleans the way istio-iptables
-/// reads them. `source` names where the metadata came from, for the error.
-pub fn metadata_switches(
-    metadata: &BTreeMap<String, String>,
-    source: &dyn Fn(&str) -> String,
-) -> Result<(bool, bool), Vec<AnnotationError>> {
-    let mut errors = Vec::new();
-    let mut switch = |key: &str| match metadata.get(key) {
-        None => false,
-        Some(value) => annotations::parse_bool(&source(key), value).unwrap_or_else(|e| {
-            errors.push(e);
-            false
-        }),
-    };
-    let dns = switch(DNS_CAPTURE_METADATA);
-    let dual_stack = switch(DUAL_STACK_METADATA);
-    if errors.is_empty() { Ok((dns, dual_stack)) } else { Err(errors) }
+impl MetadataSwitches {
+    /// Reads the switches, checked as booleans the way istio-iptables reads them. `source`
+    /// names where the metadata came from, for the error.
+    pub fn read(
+        metadata: &BTreeMap<String, String>,
+        source: &dyn Fn(&str) -> String,
+    ) -> Result<MetadataSwitches, Vec<AnnotationError>> {
+        let mut errors = Vec::new();
+        let mut switch = |key: &str| match metadata.get(key) {
+            None => false,
+            Some(value) => annotations::parse_bool(&source(key), value).unwrap_or_else(|e| {
+                errors.push(e);
+                false
+            }),
+        };
+        let switches = MetadataSwitches {
+            capture_dns: switch(DNS_CAPTURE_METADATA),
+            capture_all_dns: switch(CAPTURE_ALL_DNS_METADATA),
+            dual_stack: switch(DUAL_STACK_METADATA),
+        };
+        if errors.is_empty() { Ok(switches) } else { Err(errors) }
+    }
 }
 
 impl Redirect {
@@ -69,10 +84,15 @@ impl Redirect {
                 args.push(value);
             }
         }
-        if self.capture_dns {
+        let MetadataSwitches { capture_dns, capture_all_dns, dual_stack } = self.switches;
+        if capture_dns {
             args.push("--capture-dns".to_owned());
+            // Only meaningful with capture, as in istio-iptables.
+            if capture_all_dns {
+                args.push("--capture-all-dns".to_owned());
+            }
         }
-        if self.dual_stack {
+        if dual_stack {
             args.push("--ipv6".to_owned());
         }
         args
@@ -177,8 +197,7 @@ mod tests {
             traffic,
             mode: InterceptionMode::Redirect,
             status_port: 15020,
-            capture_dns: false,
-            dual_stack: false,
+            switches: MetadataSwitches::default(),
         }
     }
 
@@ -200,15 +219,16 @@ mod tests {
 
     #[test]
     fn tproxy_dns_capture_and_dual_stack_reach_the_flags() {
-        let r = Redirect {
-            mode: InterceptionMode::Tproxy,
-            capture_dns: true,
-            dual_stack: true,
-            ..redirect(TrafficAnnotations::default())
-        };
+        let switches = MetadataSwitches { capture_dns: true, capture_all_dns: true, dual_stack: true };
+        let r =
+            Redirect { mode: InterceptionMode::Tproxy, switches, ..redirect(TrafficAnnotations::default()) };
         let args = r.args().join(" ");
         assert!(args.contains("-m TPROXY"), "{args}");
-        assert!(args.ends_with("--capture-dns --ipv6"), "{args}");
+        assert!(args.ends_with("--capture-dns --capture-all-dns --ipv6"), "{args}");
+        // Capturing all DNS means nothing without capturing DNS.
+        let switches = MetadataSwitches { capture_all_dns: true, ..MetadataSwitches::default() };
+        let args = Redirect { switches, ..redirect(TrafficAnnotations::default()) }.args().join(" ");
+        assert!(!args.contains("dns"), "{args}");
     }
 
     #[test]
@@ -217,13 +237,17 @@ mod tests {
         let meta = |pairs: &[(&str, &str)]| -> BTreeMap<String, String> {
             pairs.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect()
         };
-        assert_eq!(metadata_switches(&meta(&[]), &source).unwrap(), (false, false));
-        let on = meta(&[("ISTIO_META_DNS_CAPTURE", "true"), ("ISTIO_AGENT_DUAL_STACK", "1")]);
-        assert_eq!(metadata_switches(&on, &source).unwrap(), (true, true));
-        let off = meta(&[("ISTIO_META_DNS_CAPTURE", "False")]);
-        assert_eq!(metadata_switches(&off, &source).unwrap(), (false, false));
-        let bad = meta(&[("ISTIO_META_DNS_CAPTURE", "yes"), ("ISTIO_AGENT_DUAL_STACK", "")]);
-        let errors = metadata_switches(&bad, &source).unwrap_err();
+        let read = |pairs: &[(&str, &str)]| MetadataSwitches::read(&meta(pairs), &source);
+        assert_eq!(read(&[]).unwrap(), MetadataSwitches::default());
+        let on =
+            [("ISTIO_META_DNS_CAPTURE", "true"), ("CAPTURE_ALL_DNS", "T"), ("ISTIO_AGENT_DUAL_STACK", "1")];
+        assert_eq!(
+            read(&on).unwrap(),
+            MetadataSwitches { capture_dns: true, capture_all_dns: true, dual_stack: true }
+        );
+        assert_eq!(read(&[("ISTIO_META_DNS_CAPTURE", "False")]).unwrap(), MetadataSwitches::default());
+        let bad = [("ISTIO_META_DNS_CAPTURE", "yes"), ("ISTIO_AGENT_DUAL_STACK", "")];
+        let errors = read(&bad).unwrap_err();
         let text: Vec<String> = errors.iter().map(ToString::to_string).collect();
         assert_eq!(
             text,

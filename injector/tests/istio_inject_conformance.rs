@@ -482,12 +482,18 @@ fn redirect_meaning(init: &Value, side: Side) -> Value {
     let env_switch = |name: &str| {
         env(init, name).is_some_and(|v| matches!(v.as_str(), "1" | "t" | "T" | "true" | "TRUE" | "True"))
     };
-    let (dns, dual_stack) = match side {
+    // istio-iptables reads these from its environment (the pod's proxyMetadata) unless flagged.
+    let (dns, all_dns, dual_stack) = match side {
         Side::Istio => (
             switches.contains("--redirect-dns") || env_switch("ISTIO_META_DNS_CAPTURE"),
+            switches.contains("--capture-all-dns") || env_switch("CAPTURE_ALL_DNS"),
             switches.contains("--dual-stack") || env_switch("ISTIO_AGENT_DUAL_STACK"),
         ),
-        Side::Trellis => (switches.contains("--capture-dns"), switches.contains("--ipv6")),
+        Side::Trellis => (
+            switches.contains("--capture-dns"),
+            switches.contains("--capture-all-dns"),
+            switches.contains("--ipv6"),
+        ),
     };
     json!({
         "outbound capture port": get("-p", "15001"),
@@ -504,6 +510,7 @@ fn redirect_meaning(init: &Value, side: Side) -> Value {
         "interfaces excluded": set(&get("-c", "")),
         "KubeVirt interfaces": set(&get("-k", "")),
         "DNS captured": dns,
+        "all of port 53 captured": dns && all_dns,
         "IPv6 redirected": dual_stack,
     })
 }
