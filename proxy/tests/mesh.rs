@@ -43,6 +43,15 @@ endpoints:
     endpoints: [{ address: 10.79.0.2, port: 5432 }]
 "#;
 
+/// The server's access log: enough to tell its HTTP, TCP and denied TCP lines apart.
+const SERVER_LOG_FORMAT: &str = "%PROTOCOL% %UPSTREAM_CLUSTER% %CONNECTION_TERMINATION_DETAILS% %RESPONSE_CODE% %DOWNSTREAM_LOCAL_ADDRESS% %REQ(:PATH)%";
+
+/// The server closes TCP to port 5433.
+const SERVER_POLICY: &str = r#"
+authorization:
+  - { namespace: shop, name: no-5433, action: DENY, rules: [{ index: 0, to: [{ ports: ["5433"] }] }] }
+"#;
+
 /// The workload table both proxies hold (as trellisd would send it): both pods, by address.
 const WORKLOADS: &str = r#"
 workloads:
@@ -157,8 +166,17 @@ fn a_call_is_captured_routed_delivered_and_counted_on_both_sides() {
             let client_config = dir.path().join("client.yaml");
             let server_config = dir.path().join("server.yaml");
             std::fs::write(&client_config, format!("{CLIENT_CONFIG}{WORKLOADS}")).unwrap();
-            // The server knows the services too (trellisd sends every proxy the address table).
-            std::fs::write(&server_config, format!("{CLIENT_CONFIG}{WORKLOADS}")).unwrap();
+            // The server knows the services too (trellisd sends every proxy the address table),
+            // writes an access log (a file the proxy's user may write) and closes TCP to 5433.
+            let access_log = dir.path().join("server-access.log");
+            std::fs::write(&access_log, "").unwrap();
+            std::fs::set_permissions(&access_log, std::os::unix::fs::PermissionsExt::from_mode(0o666))
+                .unwrap();
+            let server_extras = format!(
+                "accessLogs: [{{ path: {:?}, textFormat: '{SERVER_LOG_FORMAT}' }}]\n{SERVER_POLICY}",
+                access_log.display().to_string()
+            );
+            std::fs::write(&server_config, format!("{CLIENT_CONFIG}{WORKLOADS}{server_extras}")).unwrap();
             let binary = RunnableByAnyone::copy(env!("CARGO_BIN_EXE_trellis-proxy"));
             let _client_proxy = start_proxy(client, &binary.path, &client_config, "frontend");
             let _server_proxy = start_proxy(server, &binary.path, &server_config, "web");
@@ -277,6 +295,30 @@ fn a_call_is_captured_routed_delivered_and_counted_on_both_sides() {
                         "{want}\n{reporter}: {metrics}"
                     );
                 }
+            }
+
+            // TCP that AuthorizationPolicy denies is closed, and its access log line says which
+            // policy and rule did it, as the HTTP and TCP lines before it say how they went.
+            let script = "import socket\ns = socket.create_connection(('10.79.0.2', 5433), timeout=10)\ns.sendall(b'ping')\nprint(repr(s.recv(100)), end='')\n";
+            let out = as_app(client, "/usr/bin/python3", &["-c", script]);
+            let said = String::from_utf8_lossy(&out.stdout);
+            assert!(said == "b''" || said.is_empty(), "{said:?} {}", String::from_utf8_lossy(&out.stderr));
+            let wanted = [
+                "HTTP/1.1 inbound|8080|| - 200 10.79.0.2:8080 /hello".to_owned(),
+                "- inbound|5432|| - 0 10.79.0.2:5432 -".to_owned(),
+                "- inbound|5433|| rbac_access_denied_matched_policy[ns[shop]-policy[no-5433]-rule[0]] 0 10.79.0.2:5433 -"
+                    .to_owned(),
+            ];
+            let deadline = Instant::now() + Duration::from_secs(10);
+            let log = loop {
+                let log = std::fs::read_to_string(&access_log).unwrap_or_default();
+                if wanted.iter().all(|w| log.lines().any(|l| l == w)) || Instant::now() > deadline {
+                    break log;
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            };
+            for want in &wanted {
+                assert!(log.lines().any(|l| l == want), "{want}\n{log}");
             }
             drop(runtime);
         });
