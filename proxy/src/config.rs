@@ -757,16 +757,16 @@ fn keepalive(k: &pb::TcpKeepalive, field: &str) -> Result<crate::upstream::Keepa
         let value = duration(d, &format!("{field}.{name}"))?;
         match value {
             Some(v) if v.as_secs() > MAX_SECONDS => {
-                Err(err(&format!("{field}.{name}"), format!("{v:?} is more than {MAX_SECONDS}s")))
+                Err(err(format!("{field}.{name}"), format!("{v:?} is more than {MAX_SECONDS}s")))
             }
             Some(v) if v < Duration::from_secs(1) => {
-                Err(err(&format!("{field}.{name}"), format!("{v:?} is less than the 1s the kernel counts in")))
+                Err(err(format!("{field}.{name}"), format!("{v:?} is less than the 1s the kernel counts in")))
             }
             _ => Ok(value),
         }
     };
     if k.probes > 127 {
-        return Err(err(&format!("{field}.probes"), format!("{} is more than 127", k.probes)));
+        return Err(err(format!("{field}.probes"), format!("{} is more than 127", k.probes)));
     }
     Ok(crate::upstream::Keepalive {
         time: knob(k.time.as_ref(), "time")?,
