@@ -15,7 +15,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use netfilter_model::{
-    Dump, Family, Hook, Packet, Tables, Verdict, parse_istio_golden, parse_trellis_dry_run,
+    Dump, Family, Hook, Packet, Tables, Verdict, parse_istio_golden, parse_trellis_dry_run, parse_trellis_nft,
 };
 
 const BIN: &str = env!("CARGO_BIN_EXE_trellis-proxy-init");
@@ -69,14 +69,14 @@ fn read_case(path: &Path) -> Case {
     }
 }
 
-/// Our rule set for the case: the binary's dry run, with the case's nameservers in a
-/// resolv.conf of its own.
-fn trellis_rules(case: &Case, scratch: &Path) -> Dump {
+/// Our rule set for the case, with one backend: the binary's dry run, with the case's
+/// nameservers in a resolv.conf of its own.
+fn trellis_rules(case: &Case, scratch: &Path, backend: &str) -> Dump {
     let resolv = scratch.join(format!("{}.resolv.conf", case.name));
     let text: String = case.dns_servers.iter().map(|s| format!("nameserver {s}\n")).collect();
     std::fs::write(&resolv, text).unwrap();
     let out = Command::new(BIN)
-        .args(["--dry-run", "--backend", "iptables", "--resolv-conf"])
+        .args(["--dry-run", "--backend", backend, "--resolv-conf"])
         .arg(&resolv)
         .args(&case.args)
         .output()
@@ -88,8 +88,9 @@ fn trellis_rules(case: &Case, scratch: &Path) -> Dump {
         case.args,
         String::from_utf8_lossy(&out.stderr)
     );
-    parse_trellis_dry_run(&String::from_utf8_lossy(&out.stdout))
-        .unwrap_or_else(|e| panic!("{}: ours: {e}", case.name))
+    let text = String::from_utf8_lossy(&out.stdout);
+    let parsed = if backend == "nft" { parse_trellis_nft(&text) } else { parse_trellis_dry_run(&text) };
+    parsed.unwrap_or_else(|e| panic!("{}: ours ({backend}): {e}", case.name))
 }
 
 struct Addresses {
@@ -173,7 +174,9 @@ fn probes(family: Family, case: &Case, with_marks: bool) -> Vec<Packet> {
     for (src, dst, oif) in routes {
         for proto in ["tcp", "udp"] {
             for dport in PORTS {
-                for sport in [40000, 15053] {
+                // The proxy's DNS answers (from 15053) matter to UDP's conntrack zones only.
+                let sports: &[u16] = if proto == "udp" { &[40000, 15053] } else { &[40000] };
+                for &sport in sports {
                     for &(uid, gid) in &owners {
                         for &(mark, connmark) in marks {
                             for &established in states {
@@ -205,7 +208,9 @@ fn probes(family: Family, case: &Case, with_marks: bool) -> Vec<Packet> {
     for (src, dst, iif) in arrivals {
         for proto in ["tcp", "udp"] {
             for dport in PORTS {
-                for sport in [40000, 53] {
+                // Answers from a resolver (from 53) matter to UDP's conntrack zones only.
+                let sports: &[u16] = if proto == "udp" { &[40000, 53] } else { &[40000] };
+                for &sport in sports {
                     for &(mark, connmark) in marks {
                         for &established in states {
                             let mut p = base(Hook::Prerouting, proto, src, dst, sport, dport, iif, "");
@@ -326,34 +331,38 @@ fn trellis_redirects_every_packet_as_istio_iptables_does() {
         let golden_text = std::fs::read_to_string(dir.join(&case.golden)).unwrap();
         let istio =
             parse_istio_golden(&golden_text).unwrap_or_else(|e| panic!("{}: golden: {e}", case.golden));
-        let ours = trellis_rules(&case, &scratch);
         let mut case_failures = Vec::new();
-        for family in [Family::V4, Family::V6] {
-            let (theirs, mine) = (family_tables(&istio, family), family_tables(&ours, family));
-            if theirs.is_empty() && mine.is_empty() {
-                continue;
-            }
-            let with_marks = theirs.uses_table("mangle") || mine.uses_table("mangle");
-            for probe in probes(family, &case, with_marks) {
-                probed += 1;
-                let want: Verdict =
-                    theirs.evaluate(&probe).unwrap_or_else(|e| panic!("{}: Istio's: {e}", case.name));
-                let got: Verdict =
-                    mine.evaluate(&probe).unwrap_or_else(|e| panic!("{}: ours: {e}", case.name));
-                if want == got {
+        // Both backends: nft is what runs where the kernel has it, iptables elsewhere.
+        for backend in ["iptables", "nft"] {
+            let ours = trellis_rules(&case, &scratch, backend);
+            for family in [Family::V4, Family::V6] {
+                let (theirs, mine) = (family_tables(&istio, family), family_tables(&ours, family));
+                if theirs.is_empty() && mine.is_empty() {
                     continue;
                 }
-                match allowed.iter().find(|d| d.covers(&case.name, &probe)) {
-                    Some(d) => {
-                        used.insert(d.line);
+                let with_marks = theirs.uses_table("mangle") || mine.uses_table("mangle");
+                for probe in probes(family, &case, with_marks) {
+                    probed += 1;
+                    let want: Verdict =
+                        theirs.evaluate(&probe).unwrap_or_else(|e| panic!("{}: Istio's: {e}", case.name));
+                    let got: Verdict = mine
+                        .evaluate(&probe)
+                        .unwrap_or_else(|e| panic!("{} ({backend}): ours: {e}", case.name));
+                    if want == got {
+                        continue;
                     }
-                    None => case_failures.push(format!(
-                        "{}: {}: Istio {:?}, Trellis {:?}",
-                        case.name,
-                        describe(family, &probe),
-                        want,
-                        got
-                    )),
+                    match allowed.iter().find(|d| d.covers(&case.name, &probe)) {
+                        Some(d) => {
+                            used.insert(d.line);
+                        }
+                        None => case_failures.push(format!(
+                            "{} ({backend}): {}: Istio {:?}, Trellis {:?}",
+                            case.name,
+                            describe(family, &probe),
+                            want,
+                            got
+                        )),
+                    }
                 }
             }
         }
@@ -364,6 +373,7 @@ fn trellis_redirects_every_packet_as_istio_iptables_does() {
         }
     }
     let _ = std::fs::remove_dir_all(&scratch);
+    eprintln!("{probed} probe packets through both rule sets");
     assert!(probed > 10_000, "only {probed} probes");
     for d in &allowed {
         if !used.contains(&d.line) {
@@ -382,6 +392,9 @@ fn the_model_refuses_rule_features_it_does_not_know() {
     assert!(parse_istio_golden(unknown_match).unwrap_err().contains("statistic"));
     let unknown_target = "* nat\n-A OUTPUT -j DNAT --to-destination 1.2.3.4\nCOMMIT\n";
     assert!(parse_istio_golden(unknown_target).unwrap_err().contains("DNAT"));
+    let nft = "table inet trellis {\n\tchain OUTPUT {\n\t\ttype nat hook output priority -100; policy accept;\n\t\t\
+               meta nfproto ipv4 meta l4proto tcp dnat to 1.2.3.4\n\t}\n}\n";
+    assert!(parse_trellis_nft(nft).unwrap_err().contains("dnat"));
     let ours = "# V4\n*nat\n-A OUTPUT -p tcp -j TRELLIS_NOWHERE\nCOMMIT\n";
     let dump = parse_trellis_dry_run(ours).unwrap();
     let tables = dump.get(&Family::V4).unwrap();

@@ -53,7 +53,9 @@ enum Target {
 #[derive(Clone, Debug, PartialEq, Eq)]
 struct Rule {
     matches: Vec<Match>,
-    target: Target,
+    /// What the rule does, in order (iptables: one target; nft: statements, the last maybe a
+    /// verdict).
+    actions: Vec<Target>,
 }
 
 /// One family's tables: table → chain → rules.
@@ -117,6 +119,186 @@ pub fn parse_trellis_dry_run(text: &str) -> Result<Dump, String> {
         }
     }
     Ok(dump)
+}
+
+/// Reads `trellis-proxy-init --dry-run --backend nft`: one `inet` table whose base chains stand
+/// for iptables' tables by their hook and priority, and whose rules say their family
+/// (`meta nfproto`).
+pub fn parse_trellis_nft(text: &str) -> Result<Dump, String> {
+    // chain name → (table, built-in chain) for base chains; regular chains are reachable from
+    // any table's base chains by jumps, so they go into every table.
+    let mut base: HashMap<String, (String, String)> = HashMap::new();
+    let mut rules: Vec<(String, Family, Rule)> = Vec::new();
+    let mut chain: Option<String> = None;
+    for (n, line) in text.lines().enumerate() {
+        let line = line.trim();
+        let at = |e: String| format!("line {}: {e}", n + 1);
+        // The transaction's opening (`table inet trellis`, `delete table ...`) and the table.
+        if line.is_empty()
+            || line.starts_with('#')
+            || line.starts_with("table ")
+            || line.starts_with("delete table")
+        {
+            continue;
+        }
+        if line == "}" {
+            chain = None;
+            continue;
+        }
+        if let Some(rest) = line.strip_prefix("chain ") {
+            chain = Some(rest.trim_end_matches('{').trim().to_owned());
+            continue;
+        }
+        let name = chain.clone().ok_or_else(|| at("a rule outside a chain".to_owned()))?;
+        if let Some(hook) = line.strip_prefix("type ") {
+            let words: Vec<&str> =
+                hook.split(|c: char| c.is_whitespace() || c == ';').filter(|w| !w.is_empty()).collect();
+            let (kind, hook, priority) = match words.as_slice() {
+                [kind, "hook", hook, "priority", priority, ..] => (*kind, *hook, *priority),
+                _ => return Err(at(format!("base chain {line:?}"))),
+            };
+            let table = match (kind, priority) {
+                ("nat", _) => "nat",
+                (_, "raw") => "raw",
+                (_, "mangle") => "mangle",
+                _ => return Err(at(format!("base chain {line:?} is not modelled"))),
+            };
+            let builtin = match hook {
+                "prerouting" => "PREROUTING",
+                "output" => "OUTPUT",
+                other => return Err(at(format!("hook {other:?} is not modelled"))),
+            };
+            base.insert(name, (table.to_owned(), builtin.to_owned()));
+            continue;
+        }
+        let (family, rule) = parse_nft_rule(line).map_err(at)?;
+        rules.push((name, family, rule));
+    }
+    let mut dump = Dump::new();
+    for (chain, family, rule) in rules {
+        let tables = dump.entry(family).or_default();
+        match base.get(&chain) {
+            Some((table, builtin)) => {
+                tables.0.entry(table.clone()).or_default().entry(builtin.clone()).or_default().push(rule)
+            }
+            None => {
+                for table in ["raw", "mangle", "nat"] {
+                    tables
+                        .0
+                        .entry(table.to_owned())
+                        .or_default()
+                        .entry(chain.clone())
+                        .or_default()
+                        .push(rule.clone());
+                }
+            }
+        }
+    }
+    Ok(dump)
+}
+
+fn nft_words(line: &str) -> Vec<String> {
+    // A set (`{ 53, 15008 }`) becomes one word (`53,15008`); names lose their quotes.
+    let mut words: Vec<String> = Vec::new();
+    let mut set: Option<Vec<String>> = None;
+    for w in line.split_whitespace() {
+        match (&mut set, w) {
+            (None, "{") => set = Some(Vec::new()),
+            (Some(items), "}") => {
+                words.push(items.join(","));
+                set = None;
+            }
+            (Some(items), w) => items.push(w.trim_end_matches(',').to_owned()),
+            (None, w) => words.push(w.trim_matches('"').to_owned()),
+        }
+    }
+    words
+}
+
+fn parse_nft_rule(line: &str) -> Result<(Family, Rule), String> {
+    let owned = nft_words(line);
+    let words: Vec<&str> = owned.iter().map(String::as_str).collect();
+    let family = match words.as_slice() {
+        ["meta", "nfproto", "ipv4", ..] => Family::V4,
+        ["meta", "nfproto", "ipv6", ..] => Family::V6,
+        _ => return Err(format!("a rule without its family: {line:?}")),
+    };
+    let word = |k: usize| words.get(k).copied();
+    let number = |k: usize, what: &str| -> Result<u32, String> {
+        let w = word(k).ok_or_else(|| format!("{what} without a value"))?;
+        w.parse().map_err(|_| format!("{what} {w:?} is not a number"))
+    };
+    let mut matches = Vec::new();
+    let mut actions = Vec::new();
+    let mut i = 3;
+    while i < words.len() {
+        let (first, second) = (words[i], word(i + 1).unwrap_or(""));
+        // Statements.
+        let statement = match (first, second, word(i + 2)) {
+            ("return", ..) => Some((Target::Return, 1)),
+            ("accept", ..) => Some((Target::Accept, 1)),
+            ("jump", chain, _) => Some((Target::Jump(chain.to_owned()), 2)),
+            ("redirect", "to", Some(port)) => {
+                let port = port.strip_prefix(':').and_then(|p| p.parse().ok()).ok_or("redirect port")?;
+                Some((Target::Redirect(port), 3))
+            }
+            ("ct", "zone", Some("set")) => Some((Target::CtZone(number(i + 3, "ct zone")? as u16), 4)),
+            ("ct", "mark", Some("set")) if (word(i + 3), word(i + 4)) == (Some("meta"), Some("mark")) => {
+                Some((Target::SaveMark, 5))
+            }
+            ("meta", "mark", Some("set")) if (word(i + 3), word(i + 4)) == (Some("ct"), Some("mark")) => {
+                Some((Target::RestoreMark, 5))
+            }
+            ("meta", "mark", Some("set")) => Some((Target::SetMark(number(i + 3, "meta mark set")?), 4)),
+            // `tproxy ip to :PORT`, after the `meta mark set` that gives the mark.
+            ("tproxy", _, Some("to")) => {
+                let port = word(i + 3).and_then(|p| p.strip_prefix(':')).and_then(|p| p.parse().ok());
+                let port = port.ok_or("tproxy port")?;
+                let value = match actions.pop() {
+                    Some(Target::SetMark(mark)) => mark,
+                    _ => return Err(format!("tproxy without its mark: {line:?}")),
+                };
+                Some((Target::Tproxy { port, value, mask: u32::MAX }, 4))
+            }
+            _ => None,
+        };
+        if let Some((action, width)) = statement {
+            actions.push(action);
+            i += width;
+            continue;
+        }
+        // Matches: `KEY [!=] VALUE` (interface names: one word of key).
+        let key_width = if matches!(first, "iifname" | "oifname") { 1 } else { 2 };
+        let negated = word(i + key_width) == Some("!=");
+        let at = i + key_width + usize::from(negated);
+        let value = word(at).ok_or_else(|| format!("{first} {second} without a value"))?;
+        let cond = match (first, second) {
+            ("iifname", _) => Cond::InIface(value.to_owned()),
+            ("oifname", _) => Cond::OutIface(value.to_owned()),
+            ("meta", "l4proto") => Cond::Proto(value.to_owned()),
+            ("th", "dport") => Cond::DstPorts(
+                value
+                    .split(',')
+                    .map(|p| p.parse().map_err(|_| format!("th dport {value:?}")))
+                    .collect::<Result<_, _>>()?,
+            ),
+            ("th", "sport") => Cond::SrcPort(number(at, "th sport")? as u16),
+            ("ip" | "ip6", "saddr") => Cond::Src(cidr(value)?),
+            ("ip" | "ip6", "daddr") => Cond::Dst(cidr(value)?),
+            ("meta", "skuid") => Cond::Uid(number(at, "skuid")?),
+            ("meta", "skgid") => Cond::Gid(number(at, "skgid")?),
+            ("meta", "mark") => Cond::Mark { value: number(at, "meta mark")?, mask: u32::MAX },
+            ("ct", "mark") => Cond::ConnMark { value: number(at, "ct mark")?, mask: u32::MAX },
+            ("ct", "state") => Cond::CtState(value.split(',').map(str::to_uppercase).collect()),
+            (a, b) => return Err(format!("{a} {b} is not modelled")),
+        };
+        matches.push(Match { negated, cond });
+        i = at + 1;
+    }
+    if actions.is_empty() {
+        return Err(format!("a rule without a statement: {line:?}"));
+    }
+    Ok((family, Rule { matches, actions }))
 }
 
 fn add_line(dump: &mut Dump, family: Family, table: &mut Option<String>, line: &str) -> Result<(), String> {
@@ -255,7 +437,7 @@ fn parse_rule(words: &[&str]) -> Result<Rule, String> {
                 if negated {
                     return Err("a dangling \"!\"".to_owned());
                 }
-                return Ok(Rule { matches, target });
+                return Ok(Rule { matches, actions: vec![target] });
             }
             other => return Err(format!("option {other:?} is not modelled")),
         }
@@ -394,31 +576,33 @@ impl Tables {
             if !rule.matches.iter().all(|m| matches(m, p, v)) {
                 continue;
             }
-            match &rule.target {
-                Target::Return => return Ok(Flow::Continue),
-                Target::Accept => return Ok(Flow::Stop),
-                Target::Jump(next) => {
-                    if let Flow::Stop = self.walk(table, next, p, v, depth + 1)? {
+            for action in &rule.actions {
+                match action {
+                    Target::Return => return Ok(Flow::Continue),
+                    Target::Accept => return Ok(Flow::Stop),
+                    Target::Jump(next) => {
+                        if let Flow::Stop = self.walk(table, next, p, v, depth + 1)? {
+                            return Ok(Flow::Stop);
+                        }
+                    }
+                    Target::Redirect(port) => {
+                        v.redirect = Some(*port);
                         return Ok(Flow::Stop);
                     }
+                    Target::Tproxy { port, value, mask } => {
+                        v.mark = (v.mark & !mask) ^ value;
+                        v.tproxy = Some(*port);
+                        return Ok(Flow::Stop);
+                    }
+                    Target::SetMark(mark) => v.mark = *mark,
+                    // The first zone a packet is given stays (the kernel's CT target skips a
+                    // packet that already has its conntrack template).
+                    Target::CtZone(zone) => {
+                        v.zone.get_or_insert(*zone);
+                    }
+                    Target::SaveMark => v.connmark = v.mark,
+                    Target::RestoreMark => v.mark = v.connmark,
                 }
-                Target::Redirect(port) => {
-                    v.redirect = Some(*port);
-                    return Ok(Flow::Stop);
-                }
-                Target::Tproxy { port, value, mask } => {
-                    v.mark = (v.mark & !mask) ^ value;
-                    v.tproxy = Some(*port);
-                    return Ok(Flow::Stop);
-                }
-                Target::SetMark(mark) => v.mark = *mark,
-                // The first zone a packet is given stays (the kernel's CT target skips a packet
-                // that already has its conntrack template).
-                Target::CtZone(zone) => {
-                    v.zone.get_or_insert(*zone);
-                }
-                Target::SaveMark => v.connmark = v.mark,
-                Target::RestoreMark => v.mark = v.connmark,
             }
         }
         Ok(Flow::Continue)
