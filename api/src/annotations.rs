@@ -81,6 +81,8 @@ pub mod names {
         pub const EXCLUDE_OUTBOUND_PORTS: &str = "traffic.sidecar.istio.io/excludeOutboundPorts";
         pub const EXCLUDE_INTERFACES: &str = "traffic.sidecar.istio.io/excludeInterfaces";
         pub const KUBEVIRT_INTERFACES: &str = "traffic.sidecar.istio.io/kubevirtInterfaces";
+        /// The newer name of `kubevirtInterfaces`; it wins when both are set, as in Istio.
+        pub const REROUTE_VIRTUAL_INTERFACES: &str = "istio.io/reroute-virtual-interfaces";
         /// Per-pod `ProxyConfig` overrides (YAML or JSON), merged over the mesh default.
         pub const PROXY_CONFIG: &str = "proxy.istio.io/config";
         pub const DEFAULT_CONTAINER: &str = "kubectl.kubernetes.io/default-container";
@@ -122,6 +124,7 @@ pub mod names {
             EXCLUDE_OUTBOUND_PORTS,
             EXCLUDE_INTERFACES,
             KUBEVIRT_INTERFACES,
+            REROUTE_VIRTUAL_INTERFACES,
             PROXY_CONFIG,
             DEFAULT_CONTAINER,
             DEFAULT_LOGS_CONTAINER,
@@ -1023,10 +1026,18 @@ impl TrafficAnnotations {
             ),
             kubevirt_interfaces: read(
                 annotations,
-                ann::KUBEVIRT_INTERFACES,
-                |v| parse_interface_list(ann::KUBEVIRT_INTERFACES, v),
+                ann::REROUTE_VIRTUAL_INTERFACES,
+                |v| parse_interface_list(ann::REROUTE_VIRTUAL_INTERFACES, v),
                 e,
-            ),
+            )
+            .or_else(|| {
+                read(
+                    annotations,
+                    ann::KUBEVIRT_INTERFACES,
+                    |v| parse_interface_list(ann::KUBEVIRT_INTERFACES, v),
+                    e,
+                )
+            }),
             interception_mode: read(annotations, ann::INTERCEPTION_MODE, parse_interception_mode, e),
         };
         if errors.is_empty() { Ok(parsed) } else { Err(errors) }
@@ -1612,6 +1623,21 @@ mod tests {
         assert_eq!(t.interception_mode, Some(InterceptionMode::Tproxy));
         assert_eq!(TrafficAnnotations::from_annotations(&BTreeMap::new()), Ok(TrafficAnnotations::default()));
 
+        // KubeVirt interfaces under either name; Istio's newer one wins.
+        let virt = |pairs: &[(&str, &str)]| {
+            TrafficAnnotations::from_annotations(&map(pairs)).map(|t| t.kubevirt_interfaces)
+        };
+        assert_eq!(virt(&[(ann::KUBEVIRT_INTERFACES, "net1")]), Ok(Some(vec!["net1".to_owned()])));
+        assert_eq!(
+            virt(&[(ann::KUBEVIRT_INTERFACES, "net1"), (ann::REROUTE_VIRTUAL_INTERFACES, "k6t-eth0")]),
+            Ok(Some(vec!["k6t-eth0".to_owned()]))
+        );
+        let errors = virt(&[(ann::REROUTE_VIRTUAL_INTERFACES, "-x")]).unwrap_err();
+        assert!(
+            errors[0].to_string().starts_with("annotation istio.io/reroute-virtual-interfaces: "),
+            "{errors:?}"
+        );
+
         let bad = map(&[
             (ann::INCLUDE_INBOUND_PORTS, "*,80"),
             (ann::EXCLUDE_OUTBOUND_IP_RANGES, "10.0.0.1"),
@@ -1687,7 +1713,7 @@ mod tests {
 
     #[test]
     fn names_are_istios() {
-        assert_eq!(ann::ALL.len(), 34);
+        assert_eq!(ann::ALL.len(), 35);
         let unique: BTreeSet<&str> = ann::ALL.iter().copied().collect();
         assert_eq!(unique.len(), ann::ALL.len());
         assert_eq!(ann::INCLUDE_OUTBOUND_IP_RANGES, "traffic.sidecar.istio.io/includeOutboundIPRanges");

@@ -663,6 +663,18 @@ mod tests {
     }
 
     #[test]
+    fn kubevirt_interfaces_under_istios_newer_name_win() {
+        let templates = Templates::embedded().unwrap();
+        let annotations = serde_json::json!({
+            "traffic.sidecar.istio.io/kubevirtInterfaces": "net1",
+            "istio.io/reroute-virtual-interfaces": "k6t-eth0",
+        });
+        let pod =
+            inject(&pod_with(annotations), "default", None, &InjectorConfig::default(), &templates).unwrap();
+        assert!(redirect_args_of(&pod).ends_with("-k k6t-eth0"), "{}", redirect_args_of(&pod));
+    }
+
+    #[test]
     fn tproxy_reaches_the_redirect_the_proxy_and_the_cni_plugin() {
         let templates = Templates::embedded().unwrap();
         for annotations in [
