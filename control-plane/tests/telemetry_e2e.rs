@@ -32,6 +32,14 @@ spec:
       app: web
   accessLogging:
   - disabled: true
+  tracing:
+  - providers:
+    - name: zipkin
+    randomSamplingPercentage: 0
+    customTags:
+      team:
+        literal:
+          value: web-team
   metrics:
   - providers:
     - name: prometheus
@@ -117,12 +125,14 @@ async fn a_telemetry_turns_off_one_workloads_access_log_and_request_count() {
     std::fs::write(config.join("telemetry.yaml"), TELEMETRY).unwrap();
     let log = dir.path().join("access.log");
     let mesh = dir.path().join("mesh.yaml");
-    // The authority tells the two proxies' lines apart in the one file.
-    std::fs::write(
-        &mesh,
-        format!("accessLogFile: {}\naccessLogFormat: \"%REQ(:AUTHORITY)%\\n\"\n", log.display()),
-    )
-    .unwrap();
+    // The authority tells the two proxies' lines apart in the one file. The tracing provider is
+    // the mesh's but not its default: only the Telemetry picks it.
+    let mesh_text = format!(
+        "accessLogFile: {}\naccessLogFormat: \"%REQ(:AUTHORITY)%\\n\"\nextensionProviders:\n\
+         - name: zipkin\n  zipkin: {{service: zipkin.istio-system.svc.cluster.local, port: 9411}}\n",
+        log.display()
+    );
+    std::fs::write(&mesh, mesh_text).unwrap();
     let trellisd = Trellisd::start_with(
         &["--config-dir".into(), config.into(), "--mesh-config".into(), mesh.into()],
         &[],
@@ -136,6 +146,13 @@ async fn a_telemetry_turns_off_one_workloads_access_log_and_request_count() {
     .await;
     assert!(web.proxy.config.load().source.access_logs.is_empty(), "access logging disabled for web");
     assert!(reviews.proxy.config.load().source.metrics_overrides.is_none(), "reviews is not selected");
+    // Tracing: on for web with the Telemetry's provider, sampling (0 %: nothing is exported
+    // here) and tags; off for reviews, whose mesh names no default provider.
+    let web_tracing = web.proxy.config.load().source.tracing.clone().expect("web traces");
+    assert_eq!(web_tracing.provider.as_ref().map(|p| p.name.as_str()), Some("zipkin"));
+    assert_eq!(web_tracing.sampling_percent, 0.0);
+    assert_eq!(web_tracing.custom_tags[0].tag, "team");
+    assert!(reviews.proxy.config.load().source.tracing.is_none());
 
     assert_eq!(get(web.inbound[0], app, "web.shop", 3).await, [200; 3]);
     assert_eq!(get(reviews.inbound[0], app, "reviews.shop", 3).await, [200; 3]);

@@ -6,7 +6,8 @@
 //! - Access logging and tracing: a later level's value replaces an earlier one, field by field
 //!   (`providers`, `disabled`/`disableSpanReporting`, `filter`, `randomSamplingPercentage`;
 //!   `customTags` replace the earlier map whole, as in Istio). An entry without `providers`
-//!   inherits the ones before it.
+//!   inherits the ones before it. Tracing with span reporting off, or without a provider, is
+//!   off (trace headers pass through untouched), as Istio disables it.
 //! - Metrics overrides merge deeply: per side and metric, `disabled` is replaced and tag
 //!   overrides are merged by tag name; `ALL_METRICS` disabled turns every metric off until a
 //!   later override turns something back on.
@@ -253,11 +254,9 @@ fn tracing_settings(
             config.sampling_percent = percent.clamp(0.0, 100.0);
         }
     }
-    // Span reporting off: headers are still continued and propagated, nothing is exported.
-    if disabled {
-        config.provider = None;
-    }
-    *tracing = Some(config);
+    // As in Istio, span reporting off, or no provider, is tracing off: the proxy then passes
+    // trace headers through untouched instead of parenting spans it would never export.
+    *tracing = (!disabled && config.provider.is_some()).then_some(config);
 }
 
 fn custom_tags(tags: &BTreeMap<String, CustomTag>) -> Vec<pb::TracingCustomTag> {
@@ -594,9 +593,10 @@ spec:
         assert_eq!(catalog.sampling_percent, 50.0, "the namespace's percentage");
         assert_eq!(catalog.provider.as_ref().unwrap().name, "zipkin", "the mesh's provider, inherited");
         assert_eq!(catalog.custom_tags.len(), 1, "the mesh's tags, inherited");
-        let frontend = tracing("shop", &[("app", "frontend")]);
-        assert!(frontend.provider.is_none(), "span reporting off: headers still propagated");
-        assert_eq!(frontend.sampling_percent, 50.0);
+        assert!(
+            config_for(&m, "shop", &[("app", "frontend")]).tracing.is_none(),
+            "span reporting off: tracing off, headers pass through"
+        );
     }
 
     #[test]
@@ -647,11 +647,15 @@ spec:
         let text = |name: &str, created: &str, percent: u32| {
             format!(
                 "apiVersion: telemetry.istio.io/v1\nkind: Telemetry\nmetadata: {{name: {name}, namespace: shop, \
-                 creationTimestamp: '{created}'}}\nspec:\n  tracing:\n  - randomSamplingPercentage: {percent}\n---\n"
+                 creationTimestamp: '{created}'}}\nspec:\n  tracing:\n  - providers: [{{name: zipkin}}]\n    \
+                 randomSamplingPercentage: {percent}\n---\n"
             )
         };
-        let m = model(
-            &(text("a-newer", "2026-02-01T00:00:00Z", 20) + &text("b-older", "2026-01-01T00:00:00Z", 30)),
+        let m = with_mesh(
+            model(
+                &(text("a-newer", "2026-02-01T00:00:00Z", 20) + &text("b-older", "2026-01-01T00:00:00Z", 30)),
+            ),
+            MESH,
         );
         assert_eq!(config_for(&m, "shop", &[]).tracing.unwrap().sampling_percent, 30.0);
     }
