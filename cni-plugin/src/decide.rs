@@ -3,7 +3,7 @@
 
 use k8s_openapi::api::core::v1::Pod;
 use trellis_api::annotations::names::{PROXY_CONTAINER, annotation};
-use trellis_proxy_init::settings::Settings;
+use trellis_proxy_init::settings::{DnsCapture, Settings};
 
 use crate::protocol::{CniError, code};
 
@@ -35,14 +35,45 @@ pub fn decide(pod: &Pod, excluded_namespaces: &[String], ipv6: bool) -> Result<D
     if !annotations.contains_key(annotation::SIDECAR_STATUS) || !has_proxy {
         return Ok(Decision::Skip("the pod has no sidecar".to_owned()));
     }
+    let invalid = |details: String| {
+        CniError::new(code::INVALID_POD_SETTINGS, "the pod's redirect settings are invalid", details)
+    };
     match Settings::from_pod_annotations(&annotations, ipv6) {
-        Ok(Some(settings)) => Ok(Decision::Redirect(Box::new(settings))),
-        Ok(None) => Ok(Decision::Skip("interception mode is NONE".to_owned())),
-        Err(details) => {
-            Err(CniError::new(code::INVALID_POD_SETTINGS, "the pod's redirect settings are invalid", details))
+        Ok(Some(mut settings)) => {
+            if dns_capture(pod).map_err(invalid)? {
+                settings.capture_dns = DnsCapture::All;
+            }
+            Ok(Decision::Redirect(Box::new(settings)))
         }
+        Ok(None) => Ok(Decision::Skip("interception mode is NONE".to_owned())),
+        Err(details) => Err(invalid(details)),
     }
 }
+
+/// Whether the pod's proxy captures DNS (`ISTIO_META_DNS_CAPTURE` in its environment, where the
+/// injector puts the proxy config's switch). As Istio's CNI plugin does, every port-53 query is
+/// then taken: the pod's resolv.conf is not known while its network is being made.
+fn dns_capture(pod: &Pod) -> Result<bool, String> {
+    let Some(spec) = pod.spec.as_ref() else { return Ok(false) };
+    let proxy = spec
+        .containers
+        .iter()
+        .chain(spec.init_containers.iter().flatten())
+        .find(|c| c.name == PROXY_CONTAINER);
+    let value = proxy
+        .and_then(|c| c.env.as_ref())
+        .and_then(|env| env.iter().find(|e| e.name == DNS_CAPTURE_ENV))
+        .and_then(|e| e.value.as_deref());
+    match value {
+        None => Ok(false),
+        Some(v) => trellis_api::annotations::parse_bool(DNS_CAPTURE_ENV, v).map_err(|_| {
+            let shown: String = v.chars().take(64).collect();
+            format!("the proxy's environment variable {DNS_CAPTURE_ENV}: invalid value {shown:?}: expected true or false")
+        }),
+    }
+}
+
+const DNS_CAPTURE_ENV: &str = "ISTIO_META_DNS_CAPTURE";
 
 #[cfg(test)]
 mod tests {
@@ -108,6 +139,21 @@ mod tests {
             decide(&meshed(json!({"traffic.sidecar.istio.io/excludeOutboundPorts": "5432,"})), &[], false)
                 .unwrap_err();
         assert!(err.details.contains("traffic.sidecar.istio.io/excludeOutboundPorts"), "{err}");
+    }
+
+    #[test]
+    fn a_proxy_that_captures_dns_gets_all_port_53_queries() {
+        let mut pod = meshed(json!({}));
+        let with_env = |value: &str| json!([{"name": "istio-proxy", "env": [{"name": "ISTIO_META_DNS_CAPTURE", "value": value}]}]);
+        pod.spec.as_mut().unwrap().init_containers = Some(serde_json::from_value(with_env("true")).unwrap());
+        let Ok(Decision::Redirect(settings)) = decide(&pod, &[], false) else { panic!() };
+        assert_eq!(settings.capture_dns, DnsCapture::All);
+        pod.spec.as_mut().unwrap().init_containers = Some(serde_json::from_value(with_env("false")).unwrap());
+        let Ok(Decision::Redirect(settings)) = decide(&pod, &[], false) else { panic!() };
+        assert_eq!(settings.capture_dns, DnsCapture::Off);
+        pod.spec.as_mut().unwrap().init_containers = Some(serde_json::from_value(with_env("maybe")).unwrap());
+        let err = decide(&pod, &[], false).unwrap_err();
+        assert!(err.details.contains("ISTIO_META_DNS_CAPTURE"), "{err}");
     }
 
     #[test]
