@@ -3,7 +3,8 @@
 //! rules and the policy route) and `trellis-proxy` told ISTIO_META_INTERCEPTION_MODE=TPROXY,
 //! running as Istio runs it in that mode (root, in the proxy's group, so with NET_ADMIN). A
 //! plain client calls the server pod's address: its HTTP request and its opaque TCP connection
-//! reach the app through the proxy, and the app sees the client's own address, not 127.0.0.6.
+//! reach the app through the proxy, and the app sees the client's own address, not 127.0.0.6 —
+//! with the rules written by either backend (nft, then iptables).
 
 mod common;
 
@@ -96,8 +97,6 @@ fn tproxy_delivers_with_the_clients_own_address() {
                 interception: Interception::Tproxy { mark: 1337, route_table: 133 },
                 ..Settings::default()
             };
-            apply::apply(&build(&settings), Backend::Nft, Some(&netns_path(server))).unwrap();
-
             let dir = tempfile::tempdir().unwrap();
             let config = dir.path().join("server.yaml");
             std::fs::write(&config, "limits: { requestHeadersTimeout: 2s }\n").unwrap();
@@ -114,43 +113,66 @@ fn tproxy_delivers_with_the_clients_own_address() {
                 Upstream::serve("web-app", tokio::net::TcpListener::from_std(listener).unwrap())
             });
 
-            let url = format!("http://{SERVER_IP}:8080/hello");
-            let out = as_client(client, "curl", &["-s", "-m", "10", "-w", "\n%{http_code}", &url]);
-            let text = String::from_utf8_lossy(&out.stdout);
-            assert_eq!(text, "web-app\n200", "curl: {}", String::from_utf8_lossy(&out.stderr));
-            let seen = app.last();
-            assert_eq!(seen.peer.ip().to_string(), CLIENT_IP, "the app sees the client's own address");
-            assert!(seen.headers.contains_key("x-request-id"), "the request went through the proxy");
+            for (round, backend) in [(1, Backend::Nft), (2, Backend::Iptables)] {
+                apply::apply(&build(&settings), backend, Some(&netns_path(server))).unwrap();
 
-            // Opaque TCP, half-close included, the same way.
-            let db = echo_after_eof(server, "0.0.0.0:5432");
-            let script = format!(
-                "import socket\ns = socket.create_connection(('{SERVER_IP}', 5432), timeout=10)\n\
-                 s.sendall(b'ping')\ns.shutdown(socket.SHUT_WR)\nprint(s.recv(100).decode(), end='')\n"
-            );
-            let out = as_client(client, "/usr/bin/python3", &["-c", &script]);
-            assert_eq!(
-                String::from_utf8_lossy(&out.stdout),
-                "pong:ping",
-                "{}",
-                String::from_utf8_lossy(&out.stderr)
-            );
-            let peer = db.join().unwrap().expect("the app got the connection");
-            assert_eq!(peer.ip().to_string(), CLIENT_IP, "opaque TCP keeps the client's address too");
-            // Both went through the proxy (a direct connection would show the client's address
-            // too): it counted them.
-            let metrics = http_get_in(server, 15090, "/stats/prometheus");
-            let counted = |name: &str| {
-                metrics.lines().any(|l| l.starts_with(name) && l.contains("reporter=\"destination\""))
-            };
-            assert!(counted("istio_requests_total"), "{metrics}");
-            assert!(counted("istio_tcp_connections_opened_total"), "{metrics}");
+                let url = format!("http://{SERVER_IP}:8080/hello");
+                let out = as_client(client, "curl", &["-s", "-m", "10", "-w", "\n%{http_code}", &url]);
+                let text = String::from_utf8_lossy(&out.stdout);
+                assert_eq!(
+                    text,
+                    "web-app\n200",
+                    "{backend:?}: curl: {}",
+                    String::from_utf8_lossy(&out.stderr)
+                );
+                let seen = app.last();
+                assert_eq!(
+                    seen.peer.ip().to_string(),
+                    CLIENT_IP,
+                    "{backend:?}: the app sees the client's address"
+                );
 
-            // The proxy's own ports are not captured: readiness answers from the proxy itself.
-            let url = format!("http://{SERVER_IP}:15021/healthz/ready");
-            let out =
-                as_client(client, "curl", &["-s", "-m", "5", "-o", "/dev/null", "-w", "%{http_code}", &url]);
-            assert_eq!(String::from_utf8_lossy(&out.stdout), "200");
+                // Opaque TCP, half-close included, the same way.
+                let db = echo_after_eof(server, "0.0.0.0:5432");
+                let script = format!(
+                    "import socket\ns = socket.create_connection(('{SERVER_IP}', 5432), timeout=10)\n\
+                     s.sendall(b'ping')\ns.shutdown(socket.SHUT_WR)\nprint(s.recv(100).decode(), end='')\n"
+                );
+                let out = as_client(client, "/usr/bin/python3", &["-c", &script]);
+                assert_eq!(
+                    String::from_utf8_lossy(&out.stdout),
+                    "pong:ping",
+                    "{backend:?}: {}",
+                    String::from_utf8_lossy(&out.stderr)
+                );
+                let peer = db.join().unwrap().expect("the app got the connection");
+                assert_eq!(
+                    peer.ip().to_string(),
+                    CLIENT_IP,
+                    "{backend:?}: opaque TCP keeps the client's address"
+                );
+                // Both went through the proxy (a direct connection would show the client's
+                // address too): it counted one more of each.
+                let metrics = http_get_in(server, 15090, "/stats/prometheus");
+                for name in ["istio_requests_total", "istio_tcp_connections_opened_total"] {
+                    let count: f64 = metrics
+                        .lines()
+                        .filter(|l| l.starts_with(name) && l.contains("reporter=\"destination\""))
+                        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+                        .sum();
+                    assert_eq!(count, f64::from(round), "{backend:?}: {name}:\n{metrics}");
+                }
+
+                // The proxy's own ports are not captured: readiness answers from the proxy.
+                let url = format!("http://{SERVER_IP}:15021/healthz/ready");
+                let out = as_client(
+                    client,
+                    "curl",
+                    &["-s", "-m", "5", "-o", "/dev/null", "-w", "%{http_code}", &url],
+                );
+                assert_eq!(String::from_utf8_lossy(&out.stdout), "200", "{backend:?}");
+                apply::cleanup(Some(&netns_path(server))).unwrap();
+            }
         });
     });
 }
