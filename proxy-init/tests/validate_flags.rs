@@ -19,6 +19,8 @@ fn bad_flags_are_named_and_exit_2() {
         (&["-b", "8080", "-d", "8080"][..], "port 8080 is also excluded"),
         (&["-m", "NONE"][..], "-m: NONE means no redirect at all"),
         (&["-u", "3,x"][..], "-u: invalid value \"x\""),
+        (&["-u", "99999999999"][..], "-u: invalid value \"99999999999\""),
+        (&["--capture-dns", "--resolv-conf", "/nonexistent/resolv.conf"][..], "--resolv-conf: cannot read"),
         (&["-i", "10.0.0.0/33"][..], "-i: invalid value \"10.0.0.0/33\""),
     ] {
         let (code, stderr) = validate(args);
