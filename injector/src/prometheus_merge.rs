@@ -70,8 +70,10 @@ pub fn apply(annotations: &mut BTreeMap<String, String>, status_port: u16) -> Op
     })
 }
 
-/// Undoes [`apply`] before a re-injection, from the old proxy's environment: the app's own
-/// annotations come back, so that injecting twice gives the pod injecting once did.
+/// Undoes [`apply`] before a re-injection (ours or Istio's), from the old proxy's environment:
+/// the app's own annotations come back, so that injecting twice gives the pod injecting once
+/// did. Without the variable, annotations that are exactly what an injection adds to a pod that
+/// had none were added by it, and go.
 pub fn restore(annotations: &mut BTreeMap<String, String>, old_proxy: &Container) {
     let Some(original) = old_proxy
         .env
@@ -81,6 +83,15 @@ pub fn restore(annotations: &mut BTreeMap<String, String>, old_proxy: &Container
         .and_then(|e| e.value.as_deref())
         .and_then(|v| serde_json::from_str::<AppScrape>(v).ok())
     else {
+        let added =
+            annotations.iter().filter(|(k, _)| [SCRAPE, PORT, PATH].contains(&prometheus_name(k).as_str()));
+        let added: Vec<(&String, &String)> = added.collect();
+        let ours = added.len() == 3
+            && first_value(annotations, SCRAPE).as_deref() == Some("true")
+            && first_value(annotations, PATH).as_deref() == Some(MERGED_PATH);
+        if ours {
+            annotations.retain(|key, _| ![SCRAPE, PORT, PATH].contains(&prometheus_name(key).as_str()));
+        }
         return;
     };
     annotations.retain(|key, _| ![SCRAPE, PORT, PATH].contains(&prometheus_name(key).as_str()));
@@ -217,6 +228,31 @@ mod tests {
         assert!(!enabled(&BTreeMap::new(), false));
         assert!(!enabled(&map(&[("prometheus.istio.io/merge-metrics", "false")]), true));
         assert!(enabled(&map(&[("prometheus.istio.io/merge-metrics", "true")]), false));
+    }
+
+    #[test]
+    fn restore_removes_what_an_injection_added_to_a_pod_without_annotations() {
+        let proxy = Container { name: "istio-proxy".into(), ..Container::default() };
+        // Istio's output for a pod with its status port moved: Istio still points at 15020.
+        let mut a = map(&[
+            ("prometheus.io/scrape", "true"),
+            ("prometheus.io/port", "15020"),
+            ("prometheus.io/path", "/stats/prometheus"),
+            ("x", "y"),
+        ]);
+        restore(&mut a, &proxy);
+        assert_eq!(a, map(&[("x", "y")]));
+        assert!(apply(&mut a, 123).is_none(), "nothing of the app's to hand over");
+        assert_eq!(a["prometheus.io/port"], "123");
+        // The user's own (another path) stay.
+        let mine = map(&[
+            ("prometheus.io/scrape", "true"),
+            ("prometheus.io/port", "9090"),
+            ("prometheus.io/path", "/m"),
+        ]);
+        let mut a = mine.clone();
+        restore(&mut a, &proxy);
+        assert_eq!(a, mine);
     }
 
     #[test]
