@@ -117,6 +117,9 @@ fn inject_object(
         return Ok(());
     }
     let Some(pointer) = template_pointer(&kind) else { return Ok(()) };
+    if kind == "CronJob" {
+        adopt_istio_cronjob_status(object);
+    }
     let name = object.pointer("/metadata/name").and_then(Value::as_str).unwrap_or_default().to_owned();
     let namespace =
         object.pointer("/metadata/namespace").and_then(Value::as_str).unwrap_or("default").to_owned();
@@ -124,6 +127,38 @@ fn inject_object(
     let template =
         object.pointer_mut(pointer).ok_or_else(|| fail(format!("has no pod template at {pointer}")))?;
     inject_template(template, &namespace, workload, config, templates).map_err(fail)
+}
+
+/// `istioctl kube-inject` writes a CronJob's injection record (`sidecar.istio.io/status`) on
+/// the Job template's metadata instead of the pod template's. Moved to the pod template, it
+/// lets Trellis take out the sidecar Istio put into the pod template, as for any pod Istio
+/// injected, instead of refusing the pod for its `istio-proxy` container.
+fn adopt_istio_cronjob_status(cronjob: &mut Value) {
+    use trellis_api::annotations::names::annotation::SIDECAR_STATUS;
+    let pod_has_one = cronjob
+        .pointer(&format!(
+            "/spec/jobTemplate/spec/template/metadata/annotations/{}",
+            SIDECAR_STATUS.replace('/', "~1")
+        ))
+        .is_some();
+    if pod_has_one {
+        return;
+    }
+    let Some(Value::Object(job_annotations)) = cronjob.pointer_mut("/spec/jobTemplate/metadata/annotations")
+    else {
+        return;
+    };
+    let Some(status) = job_annotations.remove(SIDECAR_STATUS) else { return };
+    let Some(Value::Object(template)) = cronjob.pointer_mut("/spec/jobTemplate/spec/template") else {
+        return;
+    };
+    let metadata = template.entry("metadata").or_insert_with(|| Value::Object(Map::new()));
+    if let Value::Object(metadata) = metadata {
+        let annotations = metadata.entry("annotations").or_insert_with(|| Value::Object(Map::new()));
+        if let Value::Object(annotations) = annotations {
+            annotations.insert(SIDECAR_STATUS.to_owned(), status);
+        }
+    }
 }
 
 /// Injects one pod (or pod template: `metadata` and `spec`) in place.
@@ -202,6 +237,26 @@ mod tests {
             error.starts_with("doc 1: List items[1]: Deployment bad: annotation sidecar.istio.io/proxyCPU: invalid value \"lots\""),
             "{error}"
         );
+    }
+
+    #[test]
+    fn a_cronjob_istioctl_injected_is_injected_again() {
+        // istioctl kube-inject's CronJob: the status on the Job template, the sidecar in the pod.
+        let istio = r#"{apiVersion: batch/v1, kind: CronJob, metadata: {name: nightly}, spec: {schedule: "0 3 * * *",
+            jobTemplate: {metadata: {annotations: {sidecar.istio.io/status: '{"initContainers":["istio-init","istio-proxy"],"containers":null,"volumes":["istio-envoy"]}'}},
+              spec: {template: {metadata: {}, spec: {restartPolicy: OnFailure,
+                initContainers: [{name: istio-init, image: istio}, {name: istio-proxy, image: istio, restartPolicy: Always}],
+                containers: [{name: job, image: job}], volumes: [{name: istio-envoy, emptyDir: {}}]}}}}}}"#;
+        let out = inject(istio).unwrap();
+        assert_eq!(proxies(&out), 1, "{out}");
+        assert!(!out.contains("istio-init") && !out.contains("image: istio\n"), "{out}");
+        // Odd shapes are left to the injection that follows, never a panic.
+        for odd in [
+            "{kind: CronJob, spec: {jobTemplate: {metadata: {annotations: 7}, spec: {template: {spec: {containers: [{name: a}]}}}}}}",
+            "{kind: CronJob, spec: {jobTemplate: {metadata: {annotations: {sidecar.istio.io/status: x}}, spec: {template: 3}}}}",
+        ] {
+            let _ = inject(odd);
+        }
     }
 
     #[test]

@@ -54,13 +54,15 @@ pub struct Templates {
 }
 
 /// Names the injector owns whatever the template says: its own, and those of Istio's injector
-/// (a pod injected by Istio can be re-injected by Trellis).
-const WELL_KNOWN_NAMES: [&str; 13] = [
+/// (a pod injected by Istio can be re-injected by Trellis). Either way only what the pod's
+/// status annotation lists is removed.
+const WELL_KNOWN_NAMES: [&str; 19] = [
     PROXY_CONTAINER,
     REDIRECT_INIT_CONTAINER,
     VALIDATION_INIT_CONTAINER,
     "istio-init",
     "istio-validation",
+    "enable-core-dump",
     "workload-socket",
     "credential-socket",
     "workload-certs",
@@ -69,6 +71,11 @@ const WELL_KNOWN_NAMES: [&str; 13] = [
     "istio-podinfo",
     "istio-token",
     "istiod-ca-cert",
+    "istio-ca-crl",
+    "istio-certs",
+    "custom-bootstrap-volume",
+    "lightstep-certs",
+    "gke-workload-certificate",
 ];
 
 /// More distinct names than any template produces; a bound against a template that derives

@@ -15,7 +15,10 @@
 //!   `proxyMetadata` environment, interception mode, workload and container facts; the labels and
 //!   annotations Istio's tooling reads.
 //!
-//! A case Istio refuses (`istio.error`) must be refused, naming the annotation at fault.
+//! A case Istio refuses (`istio.error`) must be refused, naming the annotation at fault. And
+//! Istio's output injected again by Trellis (a mesh moving over) must mean what injecting the
+//! input means, with none of Istio's containers or volumes left (aspects `re-injected from
+//! Istio's output: ...`, where "istio" in a report is Trellis on the original input).
 //! Any disagreement fails the test unless `istio_inject_differences.txt` lists it with its
 //! reason; a listed difference that no longer occurs fails too, so the list stays true.
 
@@ -209,6 +212,46 @@ fn run_case(case: &Path) -> Vec<Disagreement> {
             request_above_limit(&container(our_pod, PROXY).and_then(|p| p.get("resources").cloned()))
         {
             disagree(place, "proxy resources are valid", json!(problem), json!("requests within limits"));
+        }
+    }
+
+    // A workload Istio injected, injected again by Trellis (a mesh moving over): Trellis takes
+    // Istio's sidecar out, gives back the probes and hooks Istio's ISTIO_KUBE_APP_PROBERS holds,
+    // and must end where injecting the original gives, with nothing of Istio's left.
+    const AGAIN: &str = "re-injected from Istio's output";
+    let again = match inject_manifests(&read("istio.yaml.injected"), &config, &templates) {
+        Ok(text) => documents(&text),
+        Err(e) => {
+            disagree("istio's output", AGAIN, json!(format!("refused: {e}")), json!("injected"));
+            return found;
+        }
+    };
+    let again_pods: Vec<(String, Value)> = again.iter().flat_map(pod_templates).collect();
+    for ((place, from_istio), (_, from_input)) in again_pods.iter().zip(&ours_pods) {
+        let (a, b) = (meaning(from_istio, Side::Trellis, None), meaning(from_input, Side::Trellis, None));
+        for aspect in a.keys().chain(b.keys()).collect::<BTreeSet<_>>() {
+            let (x, y) = (a.get(aspect), b.get(aspect));
+            if x != y {
+                let (x, y) = (x.cloned().unwrap_or(Value::Null), y.cloned().unwrap_or(Value::Null));
+                disagree(place, &format!("{AGAIN}: {aspect}"), x, y);
+            }
+        }
+        let names = |pod: &Value| -> BTreeSet<String> {
+            let volumes = pod.pointer("/spec/volumes").and_then(Value::as_array).into_iter().flatten();
+            containers(pod, "initContainers")
+                .chain(containers(pod, "containers"))
+                .chain(volumes)
+                .map(|c| name_of(c).to_owned())
+                .collect()
+        };
+        let leftovers: Vec<String> = names(from_istio).difference(&names(from_input)).cloned().collect();
+        if !leftovers.is_empty() {
+            disagree(
+                place,
+                &format!("{AGAIN}: Istio's containers and volumes removed"),
+                json!(leftovers),
+                json!([]),
+            );
         }
     }
     found
