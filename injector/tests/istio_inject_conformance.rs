@@ -15,7 +15,8 @@
 //!   `proxyMetadata` environment, interception mode, workload and container facts; the labels and
 //!   annotations Istio's tooling reads.
 //!
-//! A case Istio refuses (`istio.error`) must be refused, naming the annotation at fault. And
+//! A case Istio refuses (`istio.error`) must be refused, naming the annotation at fault.
+//! Trellis's output injected again must come out unchanged. And
 //! Istio's output injected again by Trellis (a mesh moving over) must mean what injecting the
 //! input means, with none of Istio's containers or volumes left (aspects `re-injected from
 //! Istio's output: ...`, where "istio" in a report is Trellis on the original input).
@@ -171,7 +172,20 @@ fn run_case(case: &Path) -> Vec<Disagreement> {
     }
 
     let ours = match result {
-        Ok(text) => documents(&text),
+        Ok(text) => {
+            // Injecting twice gives what injecting once did.
+            match inject_manifests(&text, &config, &templates) {
+                Ok(again) if again == text => {}
+                Ok(again) => disagree("output", "injected again, unchanged", json!(again), json!(text)),
+                Err(e) => disagree(
+                    "output",
+                    "injected again, unchanged",
+                    json!(format!("refused: {e}")),
+                    json!(text),
+                ),
+            }
+            documents(&text)
+        }
         Err(e) => {
             disagree("input", "outcome", json!(format!("refused: {e}")), json!("injected"));
             return found;
