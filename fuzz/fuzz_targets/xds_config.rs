@@ -77,6 +77,7 @@ fn assemble(response: &DeltaDiscoveryResponse) -> Option<pb::ProxyConfig> {
         ResourceType::VirtualHost => config.virtual_hosts = all(&held)?,
         ResourceType::Cluster => config.clusters = all(&held)?,
         ResourceType::Endpoints => config.endpoints = all(&held)?,
+        ResourceType::Workload => config.workloads = all(&held)?,
     }
     Some(config)
 }
