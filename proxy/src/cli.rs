@@ -55,7 +55,9 @@ struct Args {
     /// port), else 15020.
     #[arg(long, env = "STATUS_PORT")]
     status_port: Option<u16>,
-    /// Also listen on IPv6.
+    /// Also listen on IPv6. Without it the proxy still does when ISTIO_AGENT_DUAL_STACK is
+    /// true, INSTANCE_IP(S) or one of the pod's interfaces has an IPv6 address (the redirect
+    /// then covers IPv6), and the host can listen on IPv6.
     #[arg(long)]
     ipv6: bool,
     /// Listen on this address only, instead of every address (0.0.0.0, and [::] with --ipv6).
@@ -449,9 +451,11 @@ async fn serve(
     identity: Option<crate::Identity>,
     status: Option<(u16, crate::app_health::AppProbers, Option<crate::app_health::AppMetricsTarget>)>,
 ) -> ExitCode {
+    // Without a chosen address, IPv6 too whenever the pod's redirect may send it IPv6.
+    let ipv6 = args.listen_address.is_none() && crate::dual_stack::listen_on_ipv6(args.ipv6);
     let any = |port| match args.listen_address {
         Some(ip) => vec![SocketAddr::new(ip, port)],
-        None if args.ipv6 => vec![
+        None if ipv6 => vec![
             SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), port),
             SocketAddr::new(IpAddr::V6(Ipv6Addr::UNSPECIFIED), port),
         ],

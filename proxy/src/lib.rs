@@ -17,6 +17,7 @@ pub mod config;
 pub mod connection;
 pub mod detect;
 pub mod drain;
+pub mod dual_stack;
 pub mod fault;
 pub mod forward;
 pub mod header_timer;
