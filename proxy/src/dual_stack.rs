@@ -65,10 +65,11 @@ pub fn pod_ipv6_addresses(if_inet6: &str) -> Vec<(Ipv6Addr, String)> {
         .collect()
 }
 
-/// Whether this host can listen on IPv6 at all: the kernel may have it off
-/// (`ipv6.disable=1`, or `disable_ipv6` on the pod's interfaces).
+/// Whether this host can serve IPv6: the kernel may have it off (`ipv6.disable=1`: no IPv6
+/// sockets; `disable_ipv6`: no `::1`). Inbound IPv6 is delivered to the app on `::1`, so that
+/// is the address tried.
 pub fn ipv6_available() -> Result<(), std::io::Error> {
-    std::net::TcpListener::bind(SocketAddr::new(IpAddr::V6(Ipv6Addr::UNSPECIFIED), 0)).map(drop)
+    std::net::TcpListener::bind(SocketAddr::new(IpAddr::V6(Ipv6Addr::LOCALHOST), 0)).map(drop)
 }
 
 /// The decision from the process's own environment, logged; falls back to IPv4 only when
