@@ -6,7 +6,7 @@ use std::fmt;
 use serde::Serialize;
 
 use crate::load::{LoadedDocument, load_str};
-use crate::resource::{Document, ResourceId};
+use crate::resource::{Document, ResourceId, UnreadKind};
 use crate::validate::{Severity, validate};
 
 /// How unknown fields are treated.
@@ -106,6 +106,15 @@ fn check_document(loaded: LoadedDocument, unknown: UnknownFields, out: &mut Chec
     };
     let document = match loaded.outcome {
         Ok(document) => document,
+        Err(_) if loaded.unread == Some(UnreadKind::NotIstio) => return,
+        Err(_) if loaded.unread == Some(UnreadKind::IstioIgnored) => {
+            let kind = loaded.id.as_ref().map_or("", |id| id.kind.as_str());
+            let message = format!(
+                "Trellis does not read Istio's {kind} resources: this one is accepted but has no effect"
+            );
+            out.problems.push(problem(Severity::Warning, "kind".into(), message, None, None));
+            return;
+        }
         Err(ref e) => {
             let field = e.field.clone().unwrap_or_default();
             out.problems.push(problem(Severity::Error, field, e.message.clone(), e.line, e.column));

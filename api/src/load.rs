@@ -11,7 +11,7 @@ use std::fmt;
 use serde::de::DeserializeOwned;
 use serde_json::Value;
 
-use crate::resource::{Document, Kind, Resource, ResourceId, resolve_kind};
+use crate::resource::{Document, Kind, Resource, ResourceId, UnreadKind, resolve_kind, unread_kind};
 
 /// Larger inputs are refused outright: a config file of this size is a mistake or an attack.
 pub const MAX_INPUT_BYTES: usize = 16 * 1024 * 1024;
@@ -121,6 +121,9 @@ pub struct LoadedDocument {
     pub outcome: Result<Document, LoadError>,
     /// Paths of fields no Trellis type knows, e.g. `spec.http[0].rout`.
     pub unknown_fields: Vec<String>,
+    /// Set when the document is of a kind Trellis does not read but need not refuse (a
+    /// Deployment, a WasmPlugin); `outcome` then says which kind it is.
+    pub unread: Option<UnreadKind>,
 }
 
 /// Reads every document of a YAML or JSON text.
@@ -138,6 +141,7 @@ pub fn load_str(text: &str) -> Vec<LoadedDocument> {
                 message: format!("input is {} bytes, at most {MAX_INPUT_BYTES} are read", text.len()),
             }),
             unknown_fields: Vec::new(),
+            unread: None,
         }];
     }
     let mut out = Vec::new();
@@ -159,6 +163,7 @@ fn load_document(doc: DocumentText<'_>, out: &mut Vec<LoadedDocument>) {
         id: None,
         outcome: Err(LoadError { field: None, line: None, column: None, message: String::new() }),
         unknown_fields: Vec::new(),
+        unread: None,
     };
     let loose: Value = match serde_saphyr::from_str_with_options(doc.text, yaml_options()) {
         Ok(v) => v,
@@ -188,7 +193,8 @@ fn load_document(doc: DocumentText<'_>, out: &mut Vec<LoadedDocument>) {
         Err(e) => {
             let field = Some(if api_version.is_empty() { "apiVersion" } else { "kind" }.to_owned());
             let err = LoadError { field, line: None, column: None, message: e.to_string() };
-            out.push(LoadedDocument { id, outcome: Err(err), ..base });
+            let unread = unread_kind(api_version, kind_name);
+            out.push(LoadedDocument { id, outcome: Err(err), unread, ..base });
             return;
         }
     };
@@ -239,6 +245,7 @@ fn load_list(base: &LoadedDocument, items: Option<&Value>, out: &mut Vec<LoadedD
             id: Some(loose_id(item)),
             outcome,
             unknown_fields: unknown,
+            unread: unread_kind(api_version, kind_name),
             ..base.clone()
         });
     }

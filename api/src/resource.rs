@@ -151,6 +151,43 @@ pub fn resolve_kind(api_version: &str, kind: &str) -> Result<Kind, KindError> {
     }
 }
 
+/// A document of a kind Trellis does not read, and what `trellis validate` and trellisd make of it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum UnreadKind {
+    /// Not Istio's (a Deployment, a Service, a CRD of another project): passed over, as
+    /// `istioctl validate` passes over what it does not check.
+    NotIstio,
+    /// An Istio kind Trellis does not apply (WasmPlugin, ProxyConfig, WorkloadGroup): accepted by
+    /// Istio, so not an error, but said in a warning so no one thinks it takes effect.
+    IstioIgnored,
+}
+
+/// Istio's kinds that Trellis knows of but does not read: group, kind, the versions Istio serves.
+const ISTIO_KINDS_IGNORED: &[(&str, &str, &[&str])] = &[
+    ("extensions.istio.io", "WasmPlugin", &["v1alpha1"]),
+    (NETWORKING_GROUP, "ProxyConfig", &["v1beta1"]),
+    (NETWORKING_GROUP, "WorkloadGroup", &["v1alpha3", "v1beta1", "v1"]),
+];
+
+/// Whether a document Trellis cannot resolve is one to pass over or warn about rather than refuse.
+/// `None` for a kind Trellis reads and for mistakes: a missing `apiVersion` or `kind`, a kind of
+/// Trellis's in the wrong group or version, or an unknown kind in an Istio group (likely a typo).
+pub fn unread_kind(api_version: &str, kind: &str) -> Option<UnreadKind> {
+    if api_version.is_empty() || kind.is_empty() || Kind::from_name(kind).is_some() {
+        return None;
+    }
+    let (group, version) = api_version.rsplit_once('/').unwrap_or(("", api_version));
+    let served =
+        |(g, k, versions): &&(&str, &str, &[&str])| *g == group && *k == kind && versions.contains(&version);
+    if ISTIO_KINDS_IGNORED.iter().any(|entry| served(&entry)) {
+        Some(UnreadKind::IstioIgnored)
+    } else if group == "istio.io" || group.ends_with(".istio.io") {
+        None
+    } else {
+        Some(UnreadKind::NotIstio)
+    }
+}
+
 fn known_kinds() -> String {
     let mut by_group: Vec<String> = Vec::new();
     for group in [NETWORKING_GROUP, SECURITY_GROUP, TELEMETRY_GROUP, ""] {
@@ -305,6 +342,19 @@ mod tests {
             "EnvoyFilter does not exist in version \"v1\" of networking.istio.io; served versions are v1alpha3"
         );
         assert!(matches!(resolve_kind("apps/v1", "Deployment"), Err(KindError::UnknownKind { .. })));
+        assert_eq!(unread_kind("apps/v1", "Deployment"), Some(UnreadKind::NotIstio));
+        assert_eq!(unread_kind("v1", "Service"), Some(UnreadKind::NotIstio));
+        assert_eq!(unread_kind("extensions.istio.io/v1alpha1", "WasmPlugin"), Some(UnreadKind::IstioIgnored));
+        assert_eq!(unread_kind("networking.istio.io/v1beta1", "ProxyConfig"), Some(UnreadKind::IstioIgnored));
+        // Mistakes stay errors: a typo in an Istio group, Trellis's kinds in the wrong group.
+        assert_eq!(unread_kind("networking.istio.io/v1", "VirtualServce"), None);
+        assert_eq!(unread_kind("v1", "VirtualService"), None);
+        assert_eq!(
+            unread_kind("networking.istio.io/v1", "ProxyConfig"),
+            None,
+            "Istio serves it as v1beta1 only"
+        );
+        assert_eq!(unread_kind("", "Service"), None);
         assert_eq!(resolve_kind("", "X"), Err(KindError::MissingApiVersion));
         assert_eq!(resolve_kind("v1", ""), Err(KindError::MissingKind));
     }
