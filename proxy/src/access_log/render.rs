@@ -86,7 +86,14 @@ impl Value<'_> {
     /// Writes a value that needs no escaping; `false` for the others.
     fn write_plain(&self, out: &mut String) -> bool {
         let _ = match self {
-            Value::Number(n) => write!(out, "{n}"),
+            Value::Number(n) => {
+                // itoa: the formatter's machinery costs more than the digits.
+                match u64::try_from(*n) {
+                    Ok(n) => out.push_str(itoa::Buffer::new().format(n)),
+                    Err(_) => out.push_str(itoa::Buffer::new().format(*n)),
+                }
+                Ok(())
+            }
             Value::Address(a) => write!(out, "{a}"),
             Value::Ip(ip) => write!(out, "{ip}"),
             Value::Time(None, nanos) => {
@@ -263,7 +270,20 @@ pub fn json_line(fields: &[(String, Format)], facts: &Facts<'_>, out: &mut Strin
     out.push_str("}\n");
 }
 
+/// The longest prefix of `bytes` that is printable ASCII other than `"` and `\\`: what both
+/// encodings copy as it is. Almost every value is all of it, so it goes over in one copy
+/// rather than a character at a time.
+fn plain_prefix(bytes: &[u8]) -> &str {
+    let end = bytes.iter().position(|&b| !(0x20..0x7f).contains(&b) || b == b'"' || b == b'\\');
+    let plain = &bytes[..end.unwrap_or(bytes.len())];
+    // Printable ASCII is UTF-8.
+    std::str::from_utf8(plain).unwrap_or_default()
+}
+
 fn escape_text(bytes: &[u8], out: &mut String) {
+    let plain = plain_prefix(bytes);
+    out.push_str(plain);
+    let bytes = &bytes[plain.len()..];
     for chunk in bytes.utf8_chunks() {
         for c in chunk.valid().chars() {
             match c {
@@ -292,6 +312,9 @@ fn escape_json(bytes: &[u8], out: &mut String) {
 
 /// A JSON string's content, without its quotes.
 fn escape_json_content(bytes: &[u8], out: &mut String) {
+    let plain = plain_prefix(bytes);
+    out.push_str(plain);
+    let bytes = &bytes[plain.len()..];
     for chunk in bytes.utf8_chunks() {
         for c in chunk.valid().chars() {
             match c {
