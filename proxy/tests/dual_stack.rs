@@ -53,7 +53,9 @@ fn start_proxy(ns: &str, binary: &Path, dir: &Path, env: &[(&str, &str)]) -> Pod
     let log = dir.join(format!("{ns}.log"));
     let out = std::fs::File::create(&log).unwrap();
     let err = out.try_clone().unwrap();
-    let child = in_namespace(Some(&netns_path(ns)), || {
+    // A parallel test's fork may briefly hold the fresh copy open for writing (ETXTBSY).
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let spawn = || {
         Command::new(binary)
             .arg("--config")
             .arg(&config)
@@ -63,12 +65,18 @@ fn start_proxy(ns: &str, binary: &Path, dir: &Path, env: &[(&str, &str)]) -> Pod
             .envs(env.iter().copied())
             .uid(1337)
             .gid(1337)
-            .stdout(out)
-            .stderr(err)
+            .stdout(out.try_clone()?)
+            .stderr(err.try_clone()?)
             .spawn()
-    })
-    .unwrap()
-    .unwrap();
+    };
+    let child = loop {
+        match in_namespace(Some(&netns_path(ns)), spawn).unwrap() {
+            Err(e) if e.kind() == std::io::ErrorKind::ExecutableFileBusy && Instant::now() < deadline => {
+                std::thread::yield_now()
+            }
+            spawned => break spawned.unwrap(),
+        }
+    };
     let proxy = PodProxy { child, log };
     let deadline = Instant::now() + Duration::from_secs(10);
     while !http_get_in(ns, 15021, "/healthz/ready").starts_with("HTTP/1.1 200") {
