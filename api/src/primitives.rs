@@ -168,10 +168,15 @@ pub fn parse_ip(text: &str) -> Result<IpAddr, String> {
 /// RFC 1123 label: 1-63 of `[a-z0-9-]`, starting and ending alphanumeric. Istio accepts upper
 /// case in host names, so `allow_upper` lets callers choose.
 fn is_label(s: &str, allow_upper: bool) -> bool {
+    s.len() <= 63 && is_label_of_any_length(s, allow_upper)
+}
+
+/// A label's characters without its length limit: Kubernetes checks an object name
+/// (a DNS-1123 subdomain) only for its total length, so a 64-character name is accepted.
+fn is_label_of_any_length(s: &str, allow_upper: bool) -> bool {
     let ok_char =
         |c: char| c.is_ascii_digit() || c.is_ascii_lowercase() || (allow_upper && c.is_ascii_uppercase());
     !s.is_empty()
-        && s.len() <= 63
         && s.chars().all(|c| ok_char(c) || c == '-')
         && s.chars().next().is_some_and(ok_char)
         && s.chars().last().is_some_and(ok_char)
@@ -188,9 +193,10 @@ pub fn check_dns1123_label(s: &str) -> Result<(), String> {
     }
 }
 
-/// A Kubernetes object name: DNS-1123 subdomain (dot-separated labels, ≤ 253).
+/// A Kubernetes object name: DNS-1123 subdomain (dot-separated labels, ≤ 253 in all; as in
+/// Kubernetes, a label of it is not held to 63).
 pub fn check_dns1123_subdomain(s: &str) -> Result<(), String> {
-    if !s.is_empty() && s.len() <= 253 && s.split('.').all(|l| is_label(l, false)) {
+    if !s.is_empty() && s.len() <= 253 && s.split('.').all(|l| is_label_of_any_length(l, false)) {
         Ok(())
     } else {
         Err(format!(
@@ -495,6 +501,11 @@ mod tests {
 
     #[test]
     fn labels_and_headers() {
+        // Kubernetes holds an object name to 253 characters in all, not to 63 per label.
+        assert!(check_dns1123_subdomain(&"a".repeat(64)).is_ok());
+        assert!(check_dns1123_subdomain(&"a".repeat(254)).is_err());
+        assert!(check_dns1123_subdomain("a..b").is_err());
+        assert!(check_dns1123_label(&"a".repeat(64)).is_err());
         assert!(check_label_key("app").is_ok());
         assert!(check_label_key("app.kubernetes.io/name").is_ok());
         assert!(check_label_key("bad key").is_err());

@@ -52,8 +52,8 @@ fn cases() -> Vec<(String, &'static str)> {
         (dr_annotated("retry-budget.trellis.io/ratio", "0.2"),
          "DestinationRule production/orders: metadata.annotations.retry-budget.trellis.io/ratio: unknown retry budget annotation; known: retry-budget.trellis.io/enabled, retry-budget.trellis.io/retry-ratio, retry-budget.trellis.io/min-retries-per-second, retry-budget.trellis.io/ttl"),
         // --- VirtualService
-        (vs_http("{route: [{destination: {host: orders, subset: v1}, weight: 60}, {destination: {host: orders, subset: v2}, weight: 50}]}"),
-         "VirtualService production/orders: spec.http[0].route: weights sum to 110, must be 100"),
+        (vs_http("{route: [{destination: {host: orders, subset: v1}, weight: 0}, {destination: {host: orders, subset: v2}, weight: 0}]}"),
+         "VirtualService production/orders: spec.http[0].route: weights sum to 0; with several destinations, at least one needs a weight"),
         (vs_http("{route: [{destination: {host: orders}, weight: -10}, {destination: {host: orders}, weight: 110}]}"),
          "VirtualService production/orders: spec.http[0].route[0].weight: weight -10 must not be negative"),
         (v(VS, "{hosts: [orders]}"),

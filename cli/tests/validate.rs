@@ -5,7 +5,7 @@ use std::path::Path;
 use std::process::{Command, Output, Stdio};
 
 const VALID: &str = "apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata:\n  name: orders\n  namespace: production\nspec:\n  hosts: [orders]\n  http:\n  - route:\n    - destination: {host: orders, subset: v1}\n      weight: 90\n    - destination: {host: orders, subset: v2}\n      weight: 10\n";
-const BAD_WEIGHTS: &str = "apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata:\n  name: orders\n  namespace: production\nspec:\n  hosts: [orders]\n  http:\n  - route:\n    - destination: {host: orders, subset: v1}\n      weight: 100\n  - route:\n    - destination: {host: orders, subset: v1}\n      weight: 60\n    - destination: {host: orders, subset: v2}\n      weight: 50\n";
+const BAD_WEIGHTS: &str = "apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata:\n  name: orders\n  namespace: production\nspec:\n  hosts: [orders]\n  http:\n  - route:\n    - destination: {host: orders, subset: v1}\n      weight: 100\n  - route:\n    - destination: {host: orders, subset: v1}\n      weight: 0\n    - destination: {host: orders, subset: v2}\n      weight: 0\n";
 const UNKNOWN_FIELD: &str = "apiVersion: networking.istio.io/v1beta1\nkind: DestinationRule\nmetadata: {name: orders}\nspec:\n  host: orders\n  subsets:\n  - name: v1\n    lables: {version: v1}\n";
 
 fn trellis(args: &[&str], stdin: Option<&str>) -> Output {
@@ -52,7 +52,7 @@ fn invalid_files_exit_one_with_one_line_per_problem() {
     assert_eq!(
         stdout(&out),
         format!(
-            "{bad}:doc 2: VirtualService production/orders: spec.http[1].route: weights sum to 110, must be 100\n\
+            "{bad}:doc 2: VirtualService production/orders: spec.http[1].route: weights sum to 0; with several destinations, at least one needs a weight\n\
              INVALID: 2 file(s), 3 document(s), 1 error(s), 0 warning(s)\n"
         )
     );
@@ -96,7 +96,7 @@ fn json_output_is_machine_readable() {
     assert_eq!(finding["doc"], 1);
     assert_eq!(finding["severity"], "error");
     assert_eq!(finding["field"], "spec.http[1].route");
-    assert_eq!(finding["message"], "weights sum to 110, must be 100");
+    assert_eq!(finding["message"], "weights sum to 0; with several destinations, at least one needs a weight");
     assert_eq!(finding["resource"]["kind"], "VirtualService");
     assert_eq!(finding["resource"]["namespace"], "production");
 }
@@ -127,7 +127,7 @@ fn an_unreadable_file_does_not_hide_findings_in_the_others() {
     let bad = write(dir.path(), "bad.yaml", BAD_WEIGHTS);
     let out = trellis(&["validate", "-f", "/nonexistent.yaml", &bad], None);
     assert_eq!(out.status.code(), Some(2), "I/O errors win over invalid documents");
-    assert!(stdout(&out).contains("weights sum to 110"));
+    assert!(stdout(&out).contains("weights sum to 0"));
 }
 
 #[test]

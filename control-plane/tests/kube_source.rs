@@ -200,15 +200,15 @@ async fn the_model_follows_the_cluster() {
     // An invalid update is rejected and the last good version stays. The VirtualService sent
     // after it shows that it has been handled (one watcher handles its events in order).
     let split = json!([
-        {"destination": {"host": "reviews", "subset": "v1"}, "weight": 30},
-        {"destination": {"host": "reviews", "subset": "v3"}, "weight": 30}
+        {"destination": {"host": "reviews", "subset": "v1"}, "weight": 0},
+        {"destination": {"host": "reviews", "subset": "v3"}, "weight": 0}
     ]);
     api.apply(VIRTUAL_SERVICES, virtual_service("reviews", split.clone()));
     api.apply(VIRTUAL_SERVICES, virtual_service("ratings", json!([{"destination": {"host": "ratings"}}])));
     wait_until(&model, "the ratings VirtualService", |m| subsets(m, "ratings") == [""]).await;
     assert_eq!(subsets(&model.snapshot(), "reviews"), ["v2"], "the last good version stays");
     assert_eq!(status.config_errors(Kind::VirtualService), 1);
-    let rejected = "rejected VirtualService shop/reviews: spec.http[0].route: weights sum to 60, must be 100";
+    let rejected = "rejected VirtualService shop/reviews: spec.http[0].route: weights sum to 0; with several destinations, at least one needs a weight";
     assert!(logs.text().contains(rejected), "{}", logs.text());
 
     // One that does not even decode is rejected alone: the watch goes on.

@@ -214,7 +214,9 @@ fn string_match(r: &mut Report, path: &str, sm: &StringMatch, empty_ok: bool) {
     }
 }
 
-/// Destinations with weights: with several, each weight is non-negative and they add up to 100.
+/// Destinations with weights: with several, each weight is non-negative and they add up to more
+/// than 0. As in Istio, weights are relative (33/33/33 is a three-way split): the proxy picks in
+/// proportion to the total, whatever it is.
 fn weighted<'a>(r: &mut Report, path: &str, destinations: impl Iterator<Item = (&'a Destination, i32)>) {
     let list: Vec<(&Destination, i32)> = destinations.collect();
     for (i, (dest, weight)) in list.iter().enumerate() {
@@ -235,8 +237,10 @@ fn weighted<'a>(r: &mut Report, path: &str, destinations: impl Iterator<Item = (
         }
         _ => {
             let sum: i64 = list.iter().map(|(_, w)| i64::from(*w)).sum();
-            if sum != 100 {
-                r.error(path, format!("weights sum to {sum}, must be 100"));
+            if sum == 0 {
+                r.error(path, "weights sum to 0; with several destinations, at least one needs a weight");
+            } else if sum > i64::from(u32::MAX) {
+                r.error(path, format!("weights sum to {sum}, at most {} is allowed", u32::MAX));
             }
         }
     }
