@@ -89,6 +89,11 @@ impl Runtime {
 }
 
 fn runtime(node: &str, kubeconfig: &Path, dir: tempfile::TempDir) -> Runtime {
+    runtime_with_ranges(node, kubeconfig, dir, json!([[{"subnet": "10.78.0.0/24", "gateway": GATEWAY}]]))
+}
+
+/// The same network with the IPAM ranges given (one list per address family).
+fn runtime_with_ranges(node: &str, kubeconfig: &Path, dir: tempfile::TempDir, ranges: Value) -> Runtime {
     // CNI_PATH as a node has it: the distribution's plugins, and ours installed next to them.
     let bin = dir.path().join("bin");
     std::fs::create_dir(&bin).unwrap();
@@ -98,7 +103,7 @@ fn runtime(node: &str, kubeconfig: &Path, dir: tempfile::TempDir) -> Runtime {
         "name": "trellis-test",
         "plugins": [
             {"type": "bridge", "bridge": "trbr0", "isGateway": true, "ipMasq": false,
-             "ipam": {"type": "host-local", "ranges": [[{"subnet": "10.78.0.0/24", "gateway": GATEWAY}]],
+             "ipam": {"type": "host-local", "ranges": ranges,
                       "dataDir": dir.path().join("ipam")}},
             {"type": "trellis-cni", "log_level": "debug", "log_file": dir.path().join("trellis-cni.log"),
              "kubernetes": {"kubeconfig": kubeconfig, "exclude_namespaces": ["kube-system"]}}
@@ -190,5 +195,74 @@ fn a_real_chain_redirects_meshed_pods_and_leaves_the_others_alone() {
             runtime.del(&netns, "plain-0");
         });
         assert_eq!(api.requests(), 2, "one pod lookup per ADD");
+    });
+}
+
+/// A dual-stack pod (documentation IPv4 and ULA IPv6 ranges): the plugin sees the IPv6
+/// address in the bridge's result and redirects IPv6 too, both ways, with the rules
+/// proxy-init writes for `--ipv6`. (The proxy's side, listening on IPv6 in such a pod
+/// without being told, is proxy/tests/dual_stack.rs.)
+#[test]
+fn a_real_dual_stack_chain_redirects_ipv6_too() {
+    const GATEWAY_V4: &str = "198.51.100.1";
+    const GATEWAY_V6: &str = "fd00:7e11:cb::1";
+    in_scratch_namespace(|node| {
+        let dir = tempfile::tempdir().unwrap();
+        let listener =
+            in_namespace(Some(&netns_path(node)), || TcpListener::bind("127.0.0.1:0")).unwrap().unwrap();
+        let api = FakeApi::start(listener);
+        api.add_pod(meshed_pod("shop", "web-0", json!({})));
+        let kubeconfig = api.kubeconfig(dir.path());
+        let ranges = json!([
+            [{"subnet": "198.51.100.0/24", "gateway": GATEWAY_V4}],
+            [{"subnet": "fd00:7e11:cb::/64", "gateway": GATEWAY_V6}]
+        ]);
+        let runtime = runtime_with_ranges(node, &kubeconfig, dir, ranges);
+
+        in_scratch_namespace(|meshed| {
+            let netns = netns_path(meshed);
+            let results = runtime.add(&netns, "web-0");
+            let ours = &results[1];
+            assert_eq!(ours, &results[0], "trellis-cni must return the bridge's result unchanged");
+            let pod_v6 = ours["ips"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .filter_map(|ip| ip["address"].as_str()?.split('/').next())
+                .find(|a| a.contains(':'))
+                .expect("an IPv6 address in the result")
+                .to_owned();
+            let settings = Settings { ipv6: true, ..Settings::default() };
+            assert_eq!(
+                output_in(meshed, &["nft", "list", "table", "inet", "trellis"]),
+                expected_table(&settings)
+            );
+
+            // IPv6 is captured both ways: the app's call to 15001, a peer's call to 15006,
+            // each keeping its original destination.
+            // The bridge's gateway address is usable once duplicate address detection is over.
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+            while [node, meshed]
+                .iter()
+                .any(|ns| !output_in(ns, &["ip", "-6", "addr", "show", "tentative"]).is_empty())
+            {
+                assert!(std::time::Instant::now() < deadline, "IPv6 addresses stayed tentative");
+                std::thread::sleep(std::time::Duration::from_millis(50));
+            }
+            let outbound = listen(meshed, "[::]:15001");
+            let inbound = listen(meshed, "[::]:15006");
+            let server = listen(node, &format!("[{GATEWAY_V6}]:8080"));
+            let all = [&outbound, &inbound, &server];
+            let upstream = format!("[{GATEWAY_V6}]:8080");
+            connect_as(meshed, 1000, &upstream);
+            assert_eq!(accepted(&all), (0, upstream.parse().unwrap()), "app outbound over IPv6");
+            connect_as(meshed, 1337, &upstream);
+            assert_eq!(accepted(&all).0, 2, "the proxy's own IPv6 call goes out");
+            let target = format!("[{pod_v6}]:8080");
+            connect_as(node, 1000, &target);
+            assert_eq!(accepted(&all), (1, target.parse().unwrap()), "inbound over IPv6");
+
+            runtime.del(&netns, "web-0");
+        });
     });
 }
