@@ -85,7 +85,7 @@ enum Value<'a> {
 impl Value<'_> {
     /// Writes a value that needs no escaping; `false` for the others.
     fn write_plain(&self, out: &mut String) -> bool {
-        let _ = match self {
+        let _: std::fmt::Result = match self {
             Value::Number(n) => {
                 // itoa: the formatter's machinery costs more than the digits.
                 match u64::try_from(*n) {
@@ -94,8 +94,16 @@ impl Value<'_> {
                 }
                 Ok(())
             }
-            Value::Address(a) => write!(out, "{a}"),
-            Value::Ip(ip) => write!(out, "{ip}"),
+            Value::Address(a) => {
+                write_ip(a.ip(), out);
+                out.push(':');
+                out.push_str(itoa::Buffer::new().format(a.port()));
+                Ok(())
+            }
+            Value::Ip(ip) => {
+                write_ip(*ip, out);
+                Ok(())
+            }
             Value::Time(None, nanos) => {
                 time::render_default(*nanos, out);
                 Ok(())
@@ -107,6 +115,24 @@ impl Value<'_> {
             Value::Absent | Value::Text(_) => return false,
         };
         true
+    }
+}
+
+/// An address as `Display` writes it (IPv6 without brackets, as Envoy's `_WITHOUT_PORT`
+/// forms), IPv4 octet by octet: every line has several, and the formatter is slow.
+fn write_ip(ip: std::net::IpAddr, out: &mut String) {
+    match ip {
+        std::net::IpAddr::V4(v4) => {
+            for (i, octet) in v4.octets().into_iter().enumerate() {
+                if i > 0 {
+                    out.push('.');
+                }
+                out.push_str(itoa::Buffer::new().format(octet));
+            }
+        }
+        std::net::IpAddr::V6(v6) => {
+            let _ = write!(out, "{v6}");
+        }
     }
 }
 
@@ -274,10 +300,20 @@ pub fn json_line(fields: &[(String, Format)], facts: &Facts<'_>, out: &mut Strin
 /// encodings copy as it is. Almost every value is all of it, so it goes over in one copy
 /// rather than a character at a time.
 fn plain_prefix(bytes: &[u8]) -> &str {
-    let end = bytes.iter().position(|&b| !(0x20..0x7f).contains(&b) || b == b'"' || b == b'\\');
-    let plain = &bytes[..end.unwrap_or(bytes.len())];
-    // Printable ASCII is UTF-8.
-    std::str::from_utf8(plain).unwrap_or_default()
+    const PLAIN: [bool; 256] = {
+        let mut table = [false; 256];
+        let mut b = 0x20;
+        while b < 0x7f {
+            table[b] = b != b'"' as usize && b != b'\\' as usize;
+            b += 1;
+        }
+        table
+    };
+    let end = bytes.iter().position(|&b| !PLAIN[usize::from(b)]).unwrap_or(bytes.len());
+    let plain = &bytes[..end];
+    // SAFETY: every byte of `plain` is printable ASCII (the table admits nothing else), and
+    // ASCII is UTF-8. Checking again would cost as much as the scan.
+    unsafe { std::str::from_utf8_unchecked(plain) }
 }
 
 fn escape_text(bytes: &[u8], out: &mut String) {

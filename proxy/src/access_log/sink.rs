@@ -143,7 +143,7 @@ fn write_loop(path: &str, shared: &Shared) {
             }
             std::mem::swap(&mut *pending, &mut batch);
         }
-        let lines = batch.iter().filter(|b| **b == b'\n').count() as u64;
+        let lines = memchr::memchr_iter(b'\n', &batch).count() as u64;
         match file.write_all(&batch) {
             Ok(()) => {
                 shared.written.fetch_add(lines, Ordering::Relaxed);
