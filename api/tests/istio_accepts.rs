@@ -72,3 +72,18 @@ apiVersion: networking.istio.io/v1\nkind: VirtualServce\nmetadata: {name: typo}\
     );
     assert!(found[1].starts_with("error kind: unknown kind \"VirtualServce\""), "{found:?}");
 }
+
+#[test]
+fn a_request_may_set_its_authority_in_header_operations() {
+    let vs = |side: &str| {
+        format!(
+            "apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {{name: reviews}}\nspec:\n  hosts: [reviews]\n  http:\n  - headers: {{{side}: {{set: {{\":authority\": reviews.shop}}}}}}\n    route: [{{destination: {{host: reviews}}}}]\n"
+        )
+    };
+    assert_eq!(problems(&vs("request")), Vec::<String>::new());
+    let response = problems(&vs("response"));
+    assert!(
+        response.len() == 1 && response[0].starts_with("error spec.http[0].headers.response.set.:authority"),
+        "{response:?}"
+    );
+}

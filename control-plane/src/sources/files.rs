@@ -276,8 +276,9 @@ spec:
         let owned = apply(&model, &read_dir(dir.path()), &BTreeSet::new());
         assert_eq!(weights(&model), [90, 10]);
 
-        // Weights that do not add up to 100: rejected, naming the resource and field.
-        std::fs::write(&file, vs(90).replace("weight: 10", "weight: 20")).unwrap();
+        // Weights that add up to nothing: rejected, naming the resource and field.
+        std::fs::write(&file, vs(90).replace("weight: 90", "weight: 0").replace("weight: 10", "weight: 0"))
+            .unwrap();
         let reading = read_dir(dir.path());
         assert_eq!(reading.rejections.len(), 1, "{:?}", reading.rejections);
         let message = &reading.rejections[0].message;

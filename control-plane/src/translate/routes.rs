@@ -209,12 +209,20 @@ impl Registry<'_> {
             return None;
         }
         let (request_headers, response_headers) = route_headers(vs, &field, route);
-        let rewrite = route.rewrite.as_ref().map(|r| {
+        let mut rewrite = route.rewrite.as_ref().map(|r| {
             if r.uri_regex_rewrite.is_some() {
                 debug!(resource = %vs, field = %format!("{field}.rewrite.uriRegexRewrite"), "not implemented");
             }
             pb::Rewrite { uri: r.uri.clone(), authority: r.authority.clone() }
         });
+        // Istio lets a header operation set `:authority`; it is the authority rewrite under
+        // another name. As in Envoy, `rewrite.authority` wins when both are given.
+        if let Some(authority) = authority_header(route) {
+            let r = rewrite.get_or_insert_with(pb::Rewrite::default);
+            if r.authority.is_empty() {
+                r.authority = authority;
+            }
+        }
         let compiled = pb::Route {
             name: if route.name.is_empty() {
                 format!("{}/{}.http[{i}]", vs.namespace, vs.name)
@@ -499,6 +507,22 @@ impl Registry<'_> {
             && m.destination_subnets.is_empty()
             && m.source_subnet.is_empty()
     }
+}
+
+/// The `:authority` a route's request header operations set (`set` before `add`; the route's
+/// own before its single destination's, which Trellis merges into the route).
+fn authority_header(route: &HttpRoute) -> Option<String> {
+    let single = match route.route.as_slice() {
+        [only] => only.headers.as_ref(),
+        _ => None,
+    };
+    [single, route.headers.as_ref()]
+        .into_iter()
+        .flatten()
+        .filter_map(|h| h.request.as_ref())
+        .flat_map(|ops| ops.set.iter().chain(ops.add.iter()))
+        .find(|(name, _)| name.eq_ignore_ascii_case(":authority"))
+        .map(|(_, value)| value.clone())
 }
 
 /// The route's header edits, and a lone destination's after them; the proxy has no place for
@@ -848,6 +872,35 @@ mod tests {
         assert_eq!(request.set, labels_of(&[("x-routed", "trellis"), ("x-destination", "reviews")]));
         assert_eq!(request.remove, ["cookie"]);
         assert_eq!(api.response_headers.clone().unwrap().add, labels_of(&[("x-served-by", "reviews")]));
+    }
+
+    #[test]
+    fn an_authority_header_operation_is_the_authority_rewrite() {
+        let routes = reviews_routes(&format!(
+            "{VS}spec:
+  hosts: [reviews]
+  http:
+    - name: by-header
+      match: [{{ uri: {{ prefix: /a }} }}]
+      headers: {{ request: {{ set: {{ \":authority\": reviews.shop, x-env: prod }} }} }}
+      route: [{{ destination: {{ host: reviews }} }}]
+    - name: on-the-destination
+      match: [{{ uri: {{ prefix: /b }} }}]
+      route: [{{ destination: {{ host: reviews }}, headers: {{ request: {{ add: {{ \":authority\": b.shop }} }} }} }}]
+    - name: rewrite-wins
+      headers: {{ request: {{ set: {{ \":authority\": header.shop }} }} }}
+      rewrite: {{ authority: rewrite.shop }}
+      route: [{{ destination: {{ host: reviews }} }}]
+"
+        ));
+        let authority = |i: usize| routes[i].rewrite.as_ref().map(|r| r.authority.as_str());
+        assert_eq!(
+            [authority(0), authority(1), authority(2)],
+            [Some("reviews.shop"), Some("b.shop"), Some("rewrite.shop")]
+        );
+        // The pseudo-header is not passed on as a header of its own.
+        let set = routes[0].request_headers.as_ref().map(|h| h.set.clone()).unwrap_or_default();
+        assert_eq!(set.keys().map(String::as_str).collect::<Vec<_>>(), ["x-env"]);
     }
 
     #[test]

@@ -92,6 +92,8 @@ fn header_value_ok(value: &str) -> bool {
 pub fn header_operations(ops: &HeaderOperations, source: &dyn Display, field: &str) -> pb::HeaderOperations {
     let pairs = |map: &std::collections::BTreeMap<String, String>, what: &str| {
         map.iter()
+            // `:authority` becomes the route's authority rewrite (see `routes::authority_header`).
+            .filter(|(name, _)| !name.eq_ignore_ascii_case(":authority"))
             .filter_map(|(name, value)| {
                 let field = format!("{field}.{what}.{name}");
                 let name = header_name(name, source, &field)?;

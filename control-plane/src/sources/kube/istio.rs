@@ -149,7 +149,7 @@ mod tests {
     #[test]
     fn semantic_errors_are_all_reported() {
         let spec = json!({"hosts": ["*"], "http": [{"route": [
-            {"destination": {"host": "a"}, "weight": 30}, {"destination": {"host": "b"}, "weight": 30}
+            {"destination": {"host": "a"}, "weight": 0}, {"destination": {"host": "b"}, "weight": 0}
         ]}]});
         let findings = check(Kind::VirtualService, virtual_service(spec)).unwrap_err();
         let errors: Vec<&str> =
