@@ -320,6 +320,9 @@ fn escape_text(bytes: &[u8], out: &mut String) {
     let plain = plain_prefix(bytes);
     out.push_str(plain);
     let bytes = &bytes[plain.len()..];
+    if bytes.is_empty() {
+        return;
+    }
     for chunk in bytes.utf8_chunks() {
         for c in chunk.valid().chars() {
             match c {
@@ -351,6 +354,9 @@ fn escape_json_content(bytes: &[u8], out: &mut String) {
     let plain = plain_prefix(bytes);
     out.push_str(plain);
     let bytes = &bytes[plain.len()..];
+    if bytes.is_empty() {
+        return;
+    }
     for chunk in bytes.utf8_chunks() {
         for c in chunk.valid().chars() {
             match c {
