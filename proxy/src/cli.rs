@@ -490,7 +490,8 @@ async fn serve(
                 .listen_address
                 .filter(|ip| !ip.is_unspecified())
                 .unwrap_or(IpAddr::V4(Ipv4Addr::LOCALHOST));
-            match crate::app_health::start_merging(&running.proxy, &any(port), probers, app_metrics, app_host) {
+            match crate::app_health::start_merging(&running.proxy, &any(port), probers, app_metrics, app_host)
+            {
                 Ok(bound) => bound,
                 Err(e) => {
                     eprintln!("trellis-proxy: {e}");

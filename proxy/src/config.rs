@@ -555,8 +555,10 @@ fn compile_cluster(
         Some(k) => Some(keepalive(k, &format!("{field}.connection_pool.tcp_keepalive"))?),
         None => None,
     };
-    cluster.connections.max_duration =
-        duration(pool.max_connection_duration.as_ref(), &format!("{field}.connection_pool.max_connection_duration"))?;
+    cluster.connections.max_duration = duration(
+        pool.max_connection_duration.as_ref(),
+        &format!("{field}.connection_pool.max_connection_duration"),
+    )?;
     cluster.outlier = outlier;
     cluster.locality = locality.map(|plan| plan.lb);
     // A budget whose settings did not change keeps what it counted.

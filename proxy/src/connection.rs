@@ -365,7 +365,8 @@ async fn pipe<S: AsyncRead + AsyncWrite + Unpin>(
     };
     let labels = proxy.metrics.tcp_labels(reporter, &service, "-", &security, &peer);
     proxy.metrics.tcp_opened(&labels);
-    let (sent, received, _ended) = tcp::relay_for(&mut stream, &mut upstream_stream, target.idle, target.connections.max_duration).await;
+    let (sent, received, _ended) =
+        tcp::relay_for(&mut stream, &mut upstream_stream, target.idle, target.connections.max_duration).await;
     proxy.metrics.tcp_closed(&labels, sent, received);
     if let Some(log) = target.log {
         log.finish(crate::access_log::TcpOutcome {

@@ -551,7 +551,11 @@ impl Pools {
 
     /// A ready idle connection, how often it was used and when it was opened; closed, idle
     /// too long and too old ones are dropped on the way, busy ones kept.
-    fn take_idle(&self, key: Key, policy: &ConnectionPolicy) -> Option<(http1::SendRequest<Body>, u32, Instant)> {
+    fn take_idle(
+        &self,
+        key: Key,
+        policy: &ConnectionPolicy,
+    ) -> Option<(http1::SendRequest<Body>, u32, Instant)> {
         let mut entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
         let list = &mut entries.get_mut(&key)?.http1;
         let now = Instant::now();

@@ -135,7 +135,8 @@ fn keepalive_towards(remote_port: u16) -> Option<(bool, u32, u32, u32)> {
     let inode = table.lines().skip(1).find_map(|line| {
         let fields: Vec<&str> = line.split_whitespace().collect();
         // remote address, state 01 (established), inode
-        (fields.get(2) == Some(&wanted.as_str()) && fields.get(3) == Some(&"01")).then(|| fields[9].to_owned())
+        (fields.get(2) == Some(&wanted.as_str()) && fields.get(3) == Some(&"01"))
+            .then(|| fields[9].to_owned())
     })?;
     let target = format!("socket:[{inode}]");
     for entry in std::fs::read_dir("/proc/self/fd").unwrap().flatten() {
@@ -181,8 +182,7 @@ async fn tcp_keepalive_is_set_on_upstream_connections() {
 #[tokio::test]
 async fn max_connection_duration_retires_connections_once_they_are_old() {
     let fast = Scripted::start("fast", Behaviour::Status(200)).await;
-    let proxy =
-        TestProxy::start(&config(&[&fast], "maxConnections: 10, maxConnectionDuration: 0.3s")).await;
+    let proxy = TestProxy::start(&config(&[&fast], "maxConnections: 10, maxConnectionDuration: 0.3s")).await;
     let mut client = Client::connect(proxy.outbound(), Version::HTTP_11).await;
     let first = Instant::now();
     assert_eq!(client.get("api", "/").await.status, StatusCode::OK);

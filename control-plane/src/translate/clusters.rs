@@ -362,7 +362,11 @@ fn tcp_keepalive(k: &TcpKeepalive, source: &str, field: &str) -> pb::TcpKeepaliv
     } else {
         k.probes
     };
-    pb::TcpKeepalive { probes, time: knob(k.time.as_ref(), "time"), interval: knob(k.interval.as_ref(), "interval") }
+    pb::TcpKeepalive {
+        probes,
+        time: knob(k.time.as_ref(), "time"),
+        interval: knob(k.interval.as_ref(), "interval"),
+    }
 }
 
 /// How the proxy speaks to the endpoints of a port: HTTP/2 for ports declared HTTP/2 or gRPC,
