@@ -70,11 +70,20 @@ istio_message! {
 }
 
 istio_message! {
-    /// Exactly one of the three.
+    /// Exactly one of the four (Trellis adds the first three; a `formatter` tag is read only so
+    /// that Istio's configuration is accepted, and left out with a warning).
     pub struct CustomTag {
         pub literal: Option<LiteralTag>,
         pub environment: Option<EnvironmentTag>,
         pub header: Option<HeaderTag>,
+        pub formatter: Option<FormatterTag>,
+    }
+}
+
+istio_message! {
+    /// An Envoy access-log style format string (`%REQ(x-user)%`) for the tag's value.
+    pub struct FormatterTag {
+        pub value: String,
     }
 }
 

@@ -87,3 +87,26 @@ fn a_request_may_set_its_authority_in_header_operations() {
         "{response:?}"
     );
 }
+
+#[test]
+fn telemetry_istio_accepts_is_accepted_with_warnings_for_what_trellis_ignores() {
+    let telemetry = |spec: &str| {
+        format!(
+            "apiVersion: telemetry.istio.io/v1\nkind: Telemetry\nmetadata: {{name: t, namespace: default}}\nspec:\n{spec}\n"
+        )
+    };
+    let both = problems(&telemetry(
+        "  selector: {matchLabels: {app: a}}\n  targetRef: {group: gateway.networking.k8s.io, kind: Gateway, name: g}",
+    ));
+    assert!(both.iter().all(|p| p.starts_with("warning")), "{both:?}");
+    assert!(both.iter().any(|p| p.starts_with("warning spec.selector: ignored")), "{both:?}");
+    let formatter = problems(&telemetry(
+        "  tracing: [{providers: [{name: otel}], customTags: {key1: {formatter: {value: \"%REQ(key1)%\"}}}}]",
+    ));
+    assert_eq!(
+        formatter,
+        [
+            "warning spec.tracing[0].customTags.key1.formatter: not supported, ignored: Trellis leaves formatter tags out of its spans"
+        ]
+    );
+}

@@ -130,7 +130,7 @@ fn bad_values_are_errors_naming_the_field() {
         (
             "  tracing: [{customTags: {a: {}}}]",
             "spec.tracing[0].customTags.a",
-            "one of literal, environment and header must be set",
+            "one of literal, environment, header and formatter must be set",
         ),
         (
             "  tracing: [{customTags: {a: {literal: {value: x}, header: {name: y}}}}]",
@@ -177,11 +177,6 @@ fn bad_values_are_errors_naming_the_field() {
             "  accessLogging: [{providers: [{name: ''}]}]",
             "spec.accessLogging[0].providers[0].name",
             "needs a name",
-        ),
-        (
-            "  selector: {matchLabels: {app: a}}\n  targetRefs: [{kind: Gateway, name: g}]",
-            "spec",
-            "only one of selector and targetRef/targetRefs",
         ),
     ] {
         let checked = check(&format!("{base}{spec}\n"));

@@ -1,4 +1,4 @@
-//! Telemetry: Istio's rules (one of selector and targetRefs, sampling in 0-100, a custom tag of
+//! Telemetry: Istio's rules (sampling in 0-100, a custom tag of
 //! exactly one kind, known metric names and modes, UPSERT with a value) as errors naming the
 //! field, and warnings for what Trellis reads but does not do.
 
@@ -12,8 +12,9 @@ use crate::telemetry::{
 pub(super) fn telemetry(r: &mut Report, spec: &TelemetrySpec) {
     let targeted = spec.target_ref.is_some() || !spec.target_refs.is_empty();
     if let Some(selector) = &spec.selector {
+        // Istio accepts both and lets targetRef/targetRefs decide (see its warning below).
         if targeted {
-            r.error("spec", "only one of selector and targetRef/targetRefs may be set");
+            r.warn("spec.selector", "ignored: targetRef/targetRefs is set and takes precedence, as in Istio");
         }
         labels(r, "spec.selector.matchLabels", &selector.match_labels);
     }
@@ -103,11 +104,18 @@ fn check_custom_tag(r: &mut Report, path: &str, name: &str, tag: &CustomTag) {
     if name.is_empty() {
         r.error(path, "a custom tag needs a name");
     }
-    let kinds = [tag.literal.is_some(), tag.environment.is_some(), tag.header.is_some()];
+    let kinds =
+        [tag.literal.is_some(), tag.environment.is_some(), tag.header.is_some(), tag.formatter.is_some()];
     match kinds.iter().filter(|k| **k).count() {
-        0 => r.error(path, "one of literal, environment and header must be set"),
+        0 => r.error(path, "one of literal, environment, header and formatter must be set"),
         1 => {}
-        _ => r.error(path, "only one of literal, environment and header may be set"),
+        _ => r.error(path, "only one of literal, environment, header and formatter may be set"),
+    }
+    if tag.formatter.is_some() {
+        r.warn(
+            format!("{path}.formatter"),
+            "not supported, ignored: Trellis leaves formatter tags out of its spans",
+        );
     }
     if let Some(env) = &tag.environment
         && env.name.is_empty()
