@@ -949,7 +949,23 @@ pub(super) fn service_entry(r: &mut Report, spec: &ServiceEntrySpec) {
         ServiceEntryResolution::DnsRoundRobin if spec.endpoints.len() > 1 => {
             r.error("spec.endpoints", "DNS_ROUND_ROBIN resolution allows at most one endpoint");
         }
+        ServiceEntryResolution::None if !spec.endpoints.is_empty() => {
+            r.error(
+                "spec.endpoints",
+                "NONE resolution takes no endpoints (traffic goes to the address asked for)",
+            );
+        }
         _ => {}
+    }
+    if matches!(spec.resolution, ServiceEntryResolution::Dns | ServiceEntryResolution::DnsRoundRobin) {
+        for (i, address) in spec.addresses.iter().enumerate() {
+            if address.contains('/') {
+                r.error(
+                    format!("spec.addresses[{i}]"),
+                    format!("CIDR {address:?} is allowed only with NONE or STATIC resolution"),
+                );
+            }
+        }
     }
     for (i, ep) in spec.endpoints.iter().enumerate() {
         let path = format!("spec.endpoints[{i}]");
@@ -1003,6 +1019,15 @@ fn server_port(r: &mut Report, path: &str, port: &Port, name_required: bool) {
     }
 }
 
+/// A port name as Istio's WorkloadEntry schema allows it in `ports` keys.
+fn is_port_name(name: &str) -> bool {
+    let edge = |c: Option<char>| c.is_some_and(|c| c.is_ascii_alphanumeric());
+    name.len() < 63
+        && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+        && edge(name.chars().next())
+        && edge(name.chars().last())
+}
+
 /// A WorkloadEntry spec, standalone or as a ServiceEntry endpoint (then `declared_ports` lists
 /// the port names its `ports` may use).
 pub(super) fn workload_entry(
@@ -1021,6 +1046,8 @@ pub(super) fn workload_entry(
                 format!("{path}.address"),
                 format!("{:?} is not an absolute unix socket path", we.address),
             );
+        } else if socket.ends_with('/') {
+            r.error(format!("{path}.address"), format!("{:?} names a directory, not a socket", we.address));
         }
     } else if we.address.contains('*') {
         r.error(format!("{path}.address"), format!("{:?} must not be a wildcard", we.address));
@@ -1029,6 +1056,12 @@ pub(super) fn workload_entry(
     }
     for (name, port) in &we.ports {
         let field = format!("{path}.ports.{name}");
+        if !is_port_name(name) {
+            r.error(
+                field.clone(),
+                format!("{name:?} is not a port name (1-62 letters, digits, '-' or '_', starting and ending with a letter or digit)"),
+            );
+        }
         r.check(field.clone(), check_port(*port));
         if let Some(declared) = declared_ports
             && !declared.contains(name)
