@@ -404,6 +404,17 @@ istio_message! {
         pub consistent_hash: Option<ConsistentHashLb>,
         pub locality_lb_setting: Option<LocalityLbSetting>,
         pub warmup_duration_secs: Option<GoDuration>,
+        pub warmup: Option<Warmup>,
+    }
+}
+
+istio_message! {
+    /// Slow start for new endpoints: `duration` is required, `minimumPercent` is 0-100,
+    /// `aggression` at least 1.
+    pub struct Warmup {
+        pub duration: Option<GoDuration>,
+        pub minimum_percent: Option<f64>,
+        pub aggression: Option<f64>,
     }
 }
 

@@ -686,6 +686,26 @@ fn load_balancer(r: &mut Report, path: &str, lb: &LoadBalancerSettings) {
     if let Some(w) = &lb.warmup_duration_secs {
         r.check(format!("{path}.warmupDurationSecs"), check_duration_ms(w));
     }
+    if let Some(w) = &lb.warmup {
+        let p = format!("{path}.warmup");
+        match &w.duration {
+            Some(d) => {
+                r.check(format!("{p}.duration"), check_duration_ms(d));
+            }
+            None => r.error(format!("{p}.duration"), "required"),
+        }
+        if let Some(m) = w.minimum_percent
+            && !(0.0..=100.0).contains(&m)
+        {
+            r.error(format!("{p}.minimumPercent"), format!("{m} is not between 0 and 100"));
+        }
+        if let Some(a) = w.aggression
+            && (a < 1.0 || a.is_nan())
+        {
+            r.error(format!("{p}.aggression"), format!("{a} is less than 1"));
+        }
+        r.warn(p, "read but not enforced: Trellis sends new endpoints their full share of traffic at once");
+    }
 }
 
 /// Istio's rules for `localityLbSetting` (its `validateLocalityLbSetting`), each naming the
