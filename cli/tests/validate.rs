@@ -96,7 +96,10 @@ fn json_output_is_machine_readable() {
     assert_eq!(finding["doc"], 1);
     assert_eq!(finding["severity"], "error");
     assert_eq!(finding["field"], "spec.http[1].route");
-    assert_eq!(finding["message"], "weights sum to 0; with several destinations, at least one needs a weight");
+    assert_eq!(
+        finding["message"],
+        "weights sum to 0; with several destinations, at least one needs a weight"
+    );
     assert_eq!(finding["resource"]["kind"], "VirtualService");
     assert_eq!(finding["resource"]["namespace"], "production");
 }
