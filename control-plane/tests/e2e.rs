@@ -244,8 +244,9 @@ async fn traffic_follows_the_config_directory_through_edits_rejections_and_resta
         assert!((430..=570).contains(&v2), "expected about 500 of 1000 on v2, got {v2}");
     }
 
-    // Weights that do not add up: rejected, shown on the debug page, last good routing stays.
-    write_atomically(&vs, &virtual_service(50, 60));
+    // Weights that add up to nothing (Istio takes any other total as relative): rejected,
+    // shown on the debug page, last good routing stays.
+    write_atomically(&vs, &virtual_service(0, 0));
     eventually("the rejection shows in /debug/syncz", Duration::from_secs(10), async || {
         trellisd.syncz()["rejectedConfig"].to_string().contains("VirtualService shop/web")
     })
