@@ -5,15 +5,13 @@
 mod ca_support;
 
 use std::net::SocketAddr;
-use std::time::{Duration, Instant};
 
 use axum::Router;
-use ca_support::Trellisd;
+use ca_support::{Trellisd, eventually_sync, xds_proxy};
 use http_body_util::Empty;
 use hyper::body::Bytes;
 use hyper_util::rt::TokioIo;
 use trellis_proxy::metrics::{Metrics, Workload};
-use trellis_proxy::xds::XdsOptions;
 use trellis_xds::types::ProxyNode;
 
 const FILTERS: &str = r#"
@@ -82,39 +80,15 @@ spec:
 "#;
 
 fn start_proxy(xds: SocketAddr, name: &str) -> trellis_proxy::Running {
-    let local: SocketAddr = "127.0.0.1:0".parse().unwrap();
-    let options = trellis_proxy::Options {
-        outbound: vec![local],
-        inbound: vec![local],
-        admin: vec![local],
-        readiness: vec![local],
-        stats: vec![local],
-        config_file: None,
-        xds: Some(XdsOptions {
-            address: format!("http://{xds}"),
-            node: ProxyNode {
-                id: format!("sidecar~127.0.0.1~{name}.shop~shop.svc.cluster.local"),
-                namespace: "shop".into(),
-                workload: name.into(),
-                labels: [("app".to_owned(), name.to_owned())].into(),
-            },
-            secure: None,
-        }),
-        // Inbound without a redirect: the authority's port names the app.
-        explicit_inbound: true,
-        identity: None,
+    let node = ProxyNode {
+        id: format!("sidecar~127.0.0.1~{name}.shop~shop.svc.cluster.local"),
+        namespace: "shop".into(),
+        workload: name.into(),
+        labels: [("app".to_owned(), name.to_owned())].into(),
     };
-    let workload = Workload { name: name.into(), namespace: "shop".into() };
-    trellis_proxy::start(options, Metrics::new(workload), None).unwrap()
-}
-
-/// Waits (bounded) for a condition another process makes true.
-async fn eventually(what: &str, check: impl Fn() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while !check() {
-        assert!(Instant::now() < deadline, "{what}: not within 20 s");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    // Inbound without a redirect: the authority's port names the app.
+    let metrics = Metrics::new(Workload { name: name.into(), namespace: "shop".into() });
+    xds_proxy(xds, "127.0.0.1", node, true, metrics)
 }
 
 /// The statuses (and the x-local-rate-limit header) of `n` GETs to the proxy's inbound port.
@@ -147,8 +121,8 @@ async fn istios_local_rate_limit_envoy_filter_limits_the_selected_workloads_inbo
     let trellisd = Trellisd::start_with(&["--config-dir".into(), dir.path().into()], &[]);
     let web = start_proxy(trellisd.xds, "web");
     let other = start_proxy(trellisd.xds, "reviews");
-    eventually("web has its rate limit", || web.proxy.config.load().inbound_rate_limit.is_some()).await;
-    eventually("reviews has its config", || {
+    eventually_sync("web has its rate limit", || web.proxy.config.load().inbound_rate_limit.is_some()).await;
+    eventually_sync("reviews has its config", || {
         web.proxy.config.load().version > 0 && other.proxy.config.load().version > 0
     })
     .await;

@@ -7,15 +7,13 @@
 mod ca_support;
 
 use std::net::SocketAddr;
-use std::time::{Duration, Instant};
 
 use axum::Router;
-use ca_support::Trellisd;
+use ca_support::{Trellisd, eventually_sync, xds_proxy};
 use http_body_util::Empty;
 use hyper::body::Bytes;
 use hyper_util::rt::TokioIo;
 use trellis_proxy::metrics::{Metrics, Workload};
-use trellis_proxy::xds::XdsOptions;
 use trellis_xds::types::ProxyNode;
 
 /// Istio's documented shapes: access logging off for one workload, a metric off and a label
@@ -56,40 +54,17 @@ spec:
 "#;
 
 fn start_proxy(xds: SocketAddr, name: &str) -> trellis_proxy::Running {
-    let local: SocketAddr = "127.0.0.1:0".parse().unwrap();
-    let options = trellis_proxy::Options {
-        outbound: vec![local],
-        inbound: vec![local],
-        admin: vec![local],
-        readiness: vec![local],
-        stats: vec![local],
-        config_file: None,
-        xds: Some(XdsOptions {
-            address: format!("http://{xds}"),
-            node: ProxyNode {
-                id: format!("sidecar~127.0.0.1~{name}.shop~shop.svc.cluster.local"),
-                namespace: "shop".into(),
-                workload: name.into(),
-                labels: [("app".to_owned(), name.to_owned())].into(),
-            },
-            secure: None,
-        }),
-        // Inbound without a redirect: the authority's port names the app.
-        explicit_inbound: true,
-        identity: None,
-    };
+    let labels = [("app".to_owned(), name.to_owned())].into();
     let workload = Workload { name: name.into(), namespace: "shop".into() };
-    let local_labels = workload.labels(&[("app".to_owned(), name.to_owned())].into(), "Kubernetes");
-    trellis_proxy::start(options, Metrics::with_labels(workload, local_labels), None).unwrap()
-}
-
-/// Waits (bounded) for a condition another process or thread makes true.
-async fn eventually(what: &str, check: impl Fn() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while !check() {
-        assert!(Instant::now() < deadline, "{what}: not within 20 s");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    let local_labels = workload.labels(&labels, "Kubernetes");
+    let node = ProxyNode {
+        id: format!("sidecar~127.0.0.1~{name}.shop~shop.svc.cluster.local"),
+        namespace: "shop".into(),
+        workload: name.into(),
+        labels,
+    };
+    // Inbound without a redirect: the authority's port names the app.
+    xds_proxy(xds, "127.0.0.1", node, true, Metrics::with_labels(workload, local_labels))
 }
 
 /// `n` GETs to the proxy's inbound port for the app, as `host`; their statuses.
@@ -139,8 +114,9 @@ async fn a_telemetry_turns_off_one_workloads_access_log_and_request_count() {
     );
     let web = start_proxy(trellisd.xds, "web");
     let reviews = start_proxy(trellisd.xds, "reviews");
-    eventually("web has its Telemetry", || web.proxy.config.load().source.metrics_overrides.is_some()).await;
-    eventually("reviews has the mesh's access log", || {
+    eventually_sync("web has its Telemetry", || web.proxy.config.load().source.metrics_overrides.is_some())
+        .await;
+    eventually_sync("reviews has the mesh's access log", || {
         !reviews.proxy.config.load().source.access_logs.is_empty()
     })
     .await;
@@ -159,7 +135,7 @@ async fn a_telemetry_turns_off_one_workloads_access_log_and_request_count() {
 
     // Access logs: reviews' three lines arrive (written off the request path); web has none.
     let lines = || std::fs::read_to_string(&log).unwrap_or_default();
-    eventually("reviews' access log lines", || lines().matches("reviews.shop").count() == 3).await;
+    eventually_sync("reviews' access log lines", || lines().matches("reviews.shop").count() == 3).await;
     assert!(!lines().contains("web.shop"), "web writes no access log: {}", lines());
 
     // Metrics: web counts no requests (REQUEST_COUNT off on its server side) and its durations

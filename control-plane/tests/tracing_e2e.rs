@@ -12,14 +12,13 @@ use std::time::Duration;
 
 use axum::Router;
 use axum::routing::post;
-use ca_support::{DEADLINE, Trellisd, eventually};
+use ca_support::{DEADLINE, Trellisd, eventually, xds_proxy};
 use http::StatusCode;
 use http_body_util::{BodyExt, Empty};
 use hyper::body::Bytes;
 use hyper_util::rt::TokioIo;
 use serde_json::Value;
 use trellis_proxy::metrics::{Metrics, Workload};
-use trellis_proxy::xds::XdsOptions;
 use trellis_xds::types::ProxyNode;
 
 const HOST: &str = "web.shop.svc.cluster.local";
@@ -94,33 +93,18 @@ async fn collector() -> (SocketAddr, Arc<Mutex<Vec<Value>>>) {
 }
 
 fn start_proxy(xds: SocketAddr) -> trellis_proxy::Running {
-    let local: SocketAddr = "127.0.0.1:0".parse().unwrap();
     let labels = [
         ("app".to_owned(), "frontend".to_owned()),
         ("service.istio.io/canonical-revision".to_owned(), "v3".to_owned()),
     ];
-    let options = trellis_proxy::Options {
-        outbound: vec![local],
-        inbound: vec![local],
-        admin: vec![local],
-        readiness: vec![local],
-        stats: vec![local],
-        config_file: None,
-        xds: Some(XdsOptions {
-            address: format!("http://{xds}"),
-            node: ProxyNode {
-                id: "sidecar~10.20.0.7~frontend-7d9.shop~shop.svc.cluster.local".into(),
-                namespace: "shop".into(),
-                workload: "frontend".into(),
-                labels: labels.into(),
-            },
-            secure: None,
-        }),
-        explicit_inbound: false,
-        identity: None,
+    let node = ProxyNode {
+        id: "sidecar~10.20.0.7~frontend-7d9.shop~shop.svc.cluster.local".into(),
+        namespace: "shop".into(),
+        workload: "frontend".into(),
+        labels: labels.into(),
     };
-    let workload = Workload { name: "frontend".into(), namespace: "shop".into() };
-    trellis_proxy::start(options, Metrics::new(workload), None).unwrap()
+    let metrics = Metrics::new(Workload { name: "frontend".into(), namespace: "shop".into() });
+    xds_proxy(xds, "127.0.0.1", node, false, metrics)
 }
 
 async fn ask(proxy: SocketAddr) -> StatusCode {

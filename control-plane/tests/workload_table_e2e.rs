@@ -6,15 +6,13 @@
 mod ca_support;
 
 use std::net::SocketAddr;
-use std::time::{Duration, Instant};
 
 use axum::Router;
-use ca_support::{Trellisd, write_atomically};
+use ca_support::{Trellisd, eventually_sync, write_atomically, xds_proxy};
 use http_body_util::Empty;
 use hyper::body::Bytes;
 use hyper_util::rt::TokioIo;
 use trellis_proxy::metrics::{Metrics, Workload};
-use trellis_proxy::xds::XdsOptions;
 use trellis_xds::types::ProxyNode;
 
 fn config(app_port: u16, version: &str) -> String {
@@ -51,37 +49,14 @@ spec:
 }
 
 fn start_proxy(xds: SocketAddr, name: &str) -> trellis_proxy::Running {
-    let local: SocketAddr = "127.0.0.72:0".parse().unwrap();
-    let options = trellis_proxy::Options {
-        outbound: vec![local],
-        inbound: vec![local],
-        admin: vec![local],
-        readiness: vec![local],
-        stats: vec![local],
-        config_file: None,
-        xds: Some(XdsOptions {
-            address: format!("http://{xds}"),
-            node: ProxyNode {
-                id: format!("sidecar~127.0.0.72~{name}.shop~shop.svc.cluster.local"),
-                namespace: "shop".into(),
-                workload: name.into(),
-                labels: [("app".to_owned(), name.to_owned())].into(),
-            },
-            secure: None,
-        }),
-        explicit_inbound: true,
-        identity: None,
+    let node = ProxyNode {
+        id: format!("sidecar~127.0.0.72~{name}.shop~shop.svc.cluster.local"),
+        namespace: "shop".into(),
+        workload: name.into(),
+        labels: [("app".to_owned(), name.to_owned())].into(),
     };
-    let workload = Workload { name: name.into(), namespace: "shop".into() };
-    trellis_proxy::start(options, Metrics::new(workload), None).unwrap()
-}
-
-async fn eventually(what: &str, check: impl Fn() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while !check() {
-        assert!(Instant::now() < deadline, "{what}: not within 20 s");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    let metrics = Metrics::new(Workload { name: name.into(), namespace: "shop".into() });
+    xds_proxy(xds, "127.0.0.72", node, true, metrics)
 }
 
 async fn get(proxy: SocketAddr) -> u16 {
@@ -104,7 +79,7 @@ async fn trellisds_workload_table_names_the_endpoint_a_proxy_calls() {
     let trellisd = Trellisd::start_with(&["--config-dir".into(), dir.path().into()], &[]);
     let frontend = start_proxy(trellisd.xds, "frontend");
     let table = |proxy: &trellis_proxy::Running| proxy.proxy.config.load().source.workloads.clone();
-    eventually("the proxy holds the table", || table(&frontend).len() == 2).await;
+    eventually_sync("the proxy holds the table", || table(&frontend).len() == 2).await;
     let workloads = table(&frontend);
     let vm = workloads.iter().find(|w| w.uid == "shop/web-vm-1").expect("the VM's entry");
     assert_eq!((vm.workload.as_str(), vm.app.as_str(), vm.version.as_str()), ("web-vms", "web", "v1"));
@@ -136,7 +111,7 @@ async fn trellisds_workload_table_names_the_endpoint_a_proxy_calls() {
 
     // An edit reaches the table (the WorkloadEntry's version).
     write_atomically(&file, &config(app.port(), "v2"));
-    eventually("the table follows the edit", || {
+    eventually_sync("the table follows the edit", || {
         table(&frontend).iter().any(|w| w.uid == "shop/web-vm-1" && w.version == "v2")
     })
     .await;

@@ -165,6 +165,35 @@ pub async fn eventually(what: &str, mut check: impl AsyncFnMut() -> bool) {
     }
 }
 
+/// `eventually` for a condition that needs no awaiting.
+pub async fn eventually_sync(what: &str, check: impl Fn() -> bool) {
+    eventually(what, async || check()).await
+}
+
+/// A proxy in this process that takes its configuration from trellisd's plaintext xDS at
+/// `xds`, every port on `ip` (port 0), as `node`.
+pub fn xds_proxy(
+    xds: SocketAddr,
+    ip: &str,
+    node: trellis_xds::types::ProxyNode,
+    explicit_inbound: bool,
+    metrics: trellis_proxy::metrics::Metrics,
+) -> trellis_proxy::Running {
+    let local = SocketAddr::new(ip.parse().expect("an IP address"), 0);
+    let options = trellis_proxy::Options {
+        outbound: vec![local],
+        inbound: vec![local],
+        admin: vec![local],
+        readiness: vec![local],
+        stats: vec![local],
+        config_file: None,
+        xds: Some(trellis_proxy::xds::XdsOptions { address: format!("http://{xds}"), node, secure: None }),
+        explicit_inbound,
+        identity: None,
+    };
+    trellis_proxy::start(options, metrics, None).expect("the proxy starts")
+}
+
 /// A fresh key's CSR naming `uri` (what the workload claims; the CA must not care).
 pub fn csr(uri: &str) -> String {
     trellis_identity::client::new_key_and_csr(&SpiffeId::parse(uri).unwrap()).unwrap().1
