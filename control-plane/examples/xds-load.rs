@@ -480,6 +480,7 @@ async fn client(id: usize, channel: Channel, shared: &Shared, token: Option<Stri
         namespace: shared.namespace.clone(),
         workload: format!("load-{}", id / 100),
         labels: [("app".to_owned(), "load".to_owned())].into(),
+        ..Default::default()
     };
     let (tx, rx) = mpsc::unbounded_channel();
     for (i, kind) in ResourceType::PUSH_ORDER.into_iter().enumerate() {

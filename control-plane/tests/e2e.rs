@@ -139,6 +139,7 @@ fn start_proxy(xds: SocketAddr, name: &str) -> trellis_proxy::Running {
                 namespace: "shop".into(),
                 workload: name.into(),
                 labels: [("app".to_owned(), name.to_owned())].into(),
+                ..Default::default()
             },
             secure: None,
         }),

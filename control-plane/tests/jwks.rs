@@ -233,6 +233,7 @@ impl SettingsStream {
             namespace: "shop".into(),
             workload: "api".into(),
             labels: [("app".to_owned(), "api".to_owned())].into(),
+            ..Default::default()
         };
         requests
             .send(DeltaDiscoveryRequest {

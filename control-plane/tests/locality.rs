@@ -97,6 +97,7 @@ fn start_proxy(xds: SocketAddr, name: &str, locality_label: &str) -> trellis_pro
                 namespace: "front".into(),
                 workload: name.into(),
                 labels: labels.into(),
+                ..Default::default()
             },
             secure: None,
         }),

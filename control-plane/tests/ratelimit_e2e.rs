@@ -85,6 +85,7 @@ fn start_proxy(xds: SocketAddr, name: &str) -> trellis_proxy::Running {
         namespace: "shop".into(),
         workload: name.into(),
         labels: [("app".to_owned(), name.to_owned())].into(),
+        ..Default::default()
     };
     // Inbound without a redirect: the authority's port names the app.
     let metrics = Metrics::new(Workload { name: name.into(), namespace: "shop".into() });

@@ -28,6 +28,7 @@ fn start_proxy(trellisd: &Trellisd, root: &str, token_file: &Path) -> trellis_pr
                 namespace: "shop".into(),
                 workload: "web".into(),
                 labels: [("app".to_owned(), "web".to_owned())].into(),
+                ..Default::default()
             },
             secure: Some(SecureXds {
                 authority: trellisd.secure.to_string(),

@@ -62,6 +62,7 @@ fn start_proxy(xds: SocketAddr, name: &str) -> trellis_proxy::Running {
         namespace: "shop".into(),
         workload: name.into(),
         labels,
+        ..Default::default()
     };
     // Inbound without a redirect: the authority's port names the app.
     xds_proxy(xds, "127.0.0.1", node, true, Metrics::with_labels(workload, local_labels))

@@ -102,6 +102,7 @@ fn start_proxy(xds: SocketAddr) -> trellis_proxy::Running {
         namespace: "shop".into(),
         workload: "frontend".into(),
         labels: labels.into(),
+        ..Default::default()
     };
     let metrics = Metrics::new(Workload { name: "frontend".into(), namespace: "shop".into() });
     xds_proxy(xds, "127.0.0.1", node, false, metrics)

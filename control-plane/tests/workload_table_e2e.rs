@@ -54,6 +54,7 @@ fn start_proxy(xds: SocketAddr, name: &str) -> trellis_proxy::Running {
         namespace: "shop".into(),
         workload: name.into(),
         labels: [("app".to_owned(), name.to_owned())].into(),
+        ..Default::default()
     };
     let metrics = Metrics::new(Workload { name: name.into(), namespace: "shop".into() });
     xds_proxy(xds, "127.0.0.72", node, true, metrics)

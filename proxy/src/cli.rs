@@ -104,6 +104,17 @@ struct Args {
     /// The workload certificate's lifetime to ask for (Istio's SECRET_TTL).
     #[arg(long, env = "SECRET_TTL", default_value = "24h", value_parser = parse_duration)]
     cert_ttl: Duration,
+    /// Answer the pod's DNS on --dns-port (UDP and TCP, on localhost): the mesh's names from
+    /// the configuration, the rest from the resolvers in --resolv-conf. Also on when
+    /// ISTIO_META_DNS_CAPTURE is true, as the injector sets it from the pod's proxy config.
+    #[arg(long)]
+    dns_capture: bool,
+    /// Where the redirect sends captured DNS.
+    #[arg(long, default_value_t = crate::dns::DEFAULT_PORT)]
+    dns_port: u16,
+    /// The pod's resolvers, for the names that are not the mesh's.
+    #[arg(long, default_value = "/etc/resolv.conf")]
+    resolv_conf: PathBuf,
     /// A tracing filter; default RUST_LOG, else the injector's LOG_LEVEL, else info.
     #[arg(long)]
     log_level: Option<String>,
@@ -376,7 +387,16 @@ fn xds_options(address: String, args: &Args) -> Result<XdsOptions, String> {
     let secure = secure_xds(&address, args)?;
     let address = if address.contains("://") { address } else { format!("http://{address}") };
     let id = format!("sidecar~{}~{pod}.{namespace}~{namespace}.svc.cluster.local", env("INSTANCE_IP"));
-    Ok(XdsOptions { address, node: ProxyNode { id, namespace, workload, labels }, secure })
+    let dns = crate::dns::Switches::from_env()?;
+    let node = ProxyNode {
+        id,
+        namespace,
+        workload,
+        labels,
+        dns_capture: dns.capture,
+        dns_auto_allocate: dns.auto_allocate,
+    };
+    Ok(XdsOptions { address, node, secure })
 }
 
 /// xDS over TLS when the discovery address says so (`https://`, or Istio's TLS port 15012):
@@ -501,6 +521,13 @@ async fn serve(
         }
         None => Vec::new(),
     };
+    let dns = match start_dns(&args, &running.proxy, ipv6) {
+        Ok(bound) => bound,
+        Err(e) => {
+            eprintln!("trellis-proxy: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
     tracing::info!(outbound = ?running.outbound, inbound = ?running.inbound, "trellis-proxy started");
     // One line a supervisor (or a test) can read: where each listener ended up.
     let first = |addrs: &[SocketAddr]| addrs.first().map(ToString::to_string).unwrap_or_default();
@@ -513,6 +540,9 @@ async fn serve(
         first(&running.stats),
         status.first().map_or_else(|| "off".to_owned(), ToString::to_string)
     );
+    if let Some(addr) = dns.first() {
+        println!("trellis-proxy dns: udp and tcp {addr}");
+    }
     let proxy = running.proxy;
     let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
         Ok(s) => s,
@@ -533,6 +563,29 @@ async fn serve(
     }
     tracing::info!(left = proxy.connections.load(Ordering::Acquire), "trellis-proxy stopped");
     ExitCode::SUCCESS
+}
+
+/// The DNS proxy, when the pod captures its DNS: on localhost (and ::1 when the redirect covers
+/// IPv6), or on a loopback --listen-address of its own.
+fn start_dns(
+    args: &Args,
+    proxy: &std::sync::Arc<crate::Proxy>,
+    ipv6: bool,
+) -> Result<Vec<SocketAddr>, String> {
+    let switches = crate::dns::Switches::from_env()?;
+    if !(args.dns_capture || switches.capture) {
+        return Ok(Vec::new());
+    }
+    let upstreams = crate::dns::Upstreams::from_resolv_conf(&args.resolv_conf)
+        .map_err(|e| format!("--resolv-conf {e}"))?;
+    let ips = match args.listen_address {
+        Some(ip) if ip.is_loopback() => vec![ip],
+        _ if ipv6 => vec![IpAddr::V4(Ipv4Addr::LOCALHOST), IpAddr::V6(Ipv6Addr::LOCALHOST)],
+        _ => vec![IpAddr::V4(Ipv4Addr::LOCALHOST)],
+    };
+    let addrs: Vec<SocketAddr> = ips.into_iter().map(|ip| SocketAddr::new(ip, args.dns_port)).collect();
+    tracing::info!(resolvers = ?upstreams.servers, listen = ?addrs, "DNS proxy");
+    crate::dns::start(proxy, &addrs, upstreams)
 }
 
 fn wait(timeout: Duration, port: u16) -> ExitCode {

@@ -17,6 +17,7 @@ pub mod config;
 pub mod connection;
 pub mod detect;
 pub mod drain;
+pub mod dns;
 pub mod dual_stack;
 pub mod fault;
 pub mod forward;
@@ -308,7 +309,7 @@ async fn reap_pools(proxy: Arc<Proxy>) {
 }
 
 /// A listener; IPv6 ones are IPv6-only so that `0.0.0.0` and `[::]` can both be bound.
-fn bind(addr: std::net::SocketAddr) -> std::io::Result<tokio::net::TcpListener> {
+pub(crate) fn bind(addr: std::net::SocketAddr) -> std::io::Result<tokio::net::TcpListener> {
     let socket =
         if addr.is_ipv4() { tokio::net::TcpSocket::new_v4()? } else { tokio::net::TcpSocket::new_v6()? };
     socket.set_reuseaddr(true)?;

@@ -136,6 +136,7 @@ async fn fetches_on_demand_rejects_bad_updates_and_resumes_after_a_reconnect() {
         namespace: "shop".into(),
         workload: "web-client".into(),
         labels: Default::default(),
+        ..Default::default()
     };
     let options = trellis_proxy::Options {
         outbound: vec![local],

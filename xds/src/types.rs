@@ -110,6 +110,7 @@ pub fn settings_of(config: &pb::ProxyConfig) -> pb::ProxyConfig {
         access_logs: config.access_logs.clone(),
         tracing: config.tracing.clone(),
         metrics_overrides: config.metrics_overrides.clone(),
+        gateway_listeners: config.gateway_listeners.clone(),
         ..Default::default()
     }
 }
@@ -121,11 +122,19 @@ pub struct ProxyNode {
     pub namespace: String,
     pub workload: String,
     pub labels: BTreeMap<String, String>,
+    /// The proxy answers the pod's DNS (Istio's `ISTIO_META_DNS_CAPTURE`): the control plane
+    /// sends it a name table.
+    pub dns_capture: bool,
+    /// Names without an address (ServiceEntries that list none) get one from the control plane
+    /// (Istio's `ISTIO_META_DNS_AUTO_ALLOCATE`).
+    pub dns_auto_allocate: bool,
 }
 
 const META_NAMESPACE: &str = "NAMESPACE";
 const META_WORKLOAD: &str = "WORKLOAD_NAME";
 const META_LABELS: &str = "LABELS";
+const META_DNS_CAPTURE: &str = "DNS_CAPTURE";
+const META_DNS_AUTO_ALLOCATE: &str = "DNS_AUTO_ALLOCATE";
 /// Longest node id or metadata string accepted from a client.
 const MAX_NODE_STRING: usize = 253;
 const MAX_LABELS: usize = 64;
@@ -138,6 +147,14 @@ impl ProxyNode {
         fields.insert(META_NAMESPACE.to_owned(), string(&self.namespace));
         fields.insert(META_WORKLOAD.to_owned(), string(&self.workload));
         fields.insert(META_LABELS.to_owned(), Value { kind: Some(Kind::StructValue(labels)) });
+        // Istio's agent sends its ISTIO_META_* switches as strings.
+        for (name, on) in
+            [(META_DNS_CAPTURE, self.dns_capture), (META_DNS_AUTO_ALLOCATE, self.dns_auto_allocate)]
+        {
+            if on {
+                fields.insert(name.to_owned(), string("true"));
+            }
+        }
         Node {
             id: self.id.clone(),
             cluster: self.workload.clone(),
@@ -197,7 +214,30 @@ impl ProxyNode {
             }
             Some(_) => return Err(format!("node.metadata.{META_LABELS}: must be a map of strings")),
         }
-        Ok(ProxyNode { id, namespace, workload, labels })
+        let switch = |name: &str| -> Result<bool, String> {
+            match metadata.fields.get(name).and_then(|v| v.kind.as_ref()) {
+                None => Ok(false),
+                Some(Kind::BoolValue(b)) => Ok(*b),
+                Some(Kind::StringValue(s)) => {
+                    let s = bounded(&format!("metadata.{name}"), s)?;
+                    go_parse_bool(&s)
+                        .ok_or_else(|| format!("node.metadata.{name}: {s:?} is not true or false"))
+                }
+                Some(_) => Err(format!("node.metadata.{name}: must be a string")),
+            }
+        };
+        let dns_capture = switch(META_DNS_CAPTURE)?;
+        let dns_auto_allocate = switch(META_DNS_AUTO_ALLOCATE)?;
+        Ok(ProxyNode { id, namespace, workload, labels, dns_capture, dns_auto_allocate })
+    }
+}
+
+/// Go's strconv.ParseBool, which Istio's agent reads its switches with.
+fn go_parse_bool(text: &str) -> Option<bool> {
+    match text {
+        "1" | "t" | "T" | "true" | "TRUE" | "True" => Some(true),
+        "0" | "f" | "F" | "false" | "FALSE" | "False" => Some(false),
+        _ => None,
     }
 }
 
@@ -212,6 +252,8 @@ mod tests {
             namespace: "shop".into(),
             workload: "web".into(),
             labels: [("app".to_owned(), "web".to_owned())].into(),
+            dns_capture: true,
+            dns_auto_allocate: true,
         };
         assert_eq!(ProxyNode::from_node(&node.to_node()), Ok(node));
     }
@@ -220,7 +262,18 @@ mod tests {
     fn bad_nodes_are_refused_with_the_field() {
         let good = ProxyNode { id: "p".into(), namespace: "ns".into(), ..Default::default() }.to_node();
         type Spoil = Box<dyn Fn(&mut Node)>;
-        let cases: [(&str, Spoil); 4] = [
+        let cases: [(&str, Spoil); 5] = [
+            (
+                r#"node.metadata.DNS_CAPTURE: "yes" is not true or false"#,
+                Box::new(|n: &mut Node| {
+                    if let Some(m) = n.metadata.as_mut() {
+                        m.fields.insert(
+                            META_DNS_CAPTURE.into(),
+                            Value { kind: Some(Kind::StringValue("yes".into())) },
+                        );
+                    }
+                }),
+            ),
             ("node.id: required", Box::new(|n: &mut Node| n.id.clear())),
             ("node.metadata.NAMESPACE: required", Box::new(|n: &mut Node| n.metadata = None)),
             ("node.id: 300 bytes", Box::new(|n: &mut Node| n.id = "x".repeat(300))),

@@ -74,6 +74,7 @@ async fn ask(
         namespace: namespace.to_owned(),
         workload: "trellis-authz-check".to_owned(),
         labels: labels.clone(),
+        ..Default::default()
     };
     let request = DeltaDiscoveryRequest {
         node: Some(node.to_node()),
