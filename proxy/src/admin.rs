@@ -103,6 +103,9 @@ fn answer(request: Request<Incoming>, which: Endpoints, proxy: &Proxy) -> Respon
         (Endpoints::Stats, &Method::GET, "/stats/prometheus")
         | (Endpoints::Admin, &Method::GET, "/stats/prometheus") => prometheus(proxy),
         (Endpoints::Admin, &Method::GET, "/config_dump") => config_dump(proxy),
+        (Endpoints::Admin, &Method::GET, "/clusters") if wants_json(request.uri().query()) => {
+            json(&clusters_json(proxy))
+        }
         (Endpoints::Admin, &Method::GET, "/clusters") => text(StatusCode::OK, &clusters(proxy)),
         (Endpoints::Admin, &Method::GET, "/certs") => json(&certs(proxy)),
         (Endpoints::Admin, &Method::POST, "/logging") => {
@@ -139,7 +142,6 @@ fn config_dump(proxy: &Proxy) -> Response<Body> {
     response
 }
 
-/// Envoy's `/clusters` text format: `cluster::endpoint::stat::value`.
 /// The workload certificate: identity, serial, validity and the chain, as `/certs` shows it.
 fn certs(proxy: &Proxy) -> serde_json::Value {
     let to_unix =
@@ -169,6 +171,72 @@ fn json(value: &serde_json::Value) -> Response<crate::upstream::Body> {
     response
 }
 
+/// `?format=json`, as Envoy's admin takes it.
+fn wants_json(query: Option<&str>) -> bool {
+    query.is_some_and(|q| q.split('&').any(|kv| kv == "format=json"))
+}
+
+/// `/clusters?format=json`: what the text page shows, shaped like Envoy's `cluster_statuses`,
+/// for tools (`trellis proxy-config endpoints`) rather than eyes.
+fn clusters_json(proxy: &Proxy) -> serde_json::Value {
+    let snapshot = proxy.config.load();
+    let statuses: Vec<serde_json::Value> = snapshot
+        .clusters
+        .iter()
+        .map(|(name, cluster)| {
+            let health = cluster.outlier.as_ref().map(|detector| {
+                detector.refresh();
+                detector.health()
+            });
+            let outlier = cluster.outlier.as_ref().map(|detector| {
+                let (enforced, overflow) = detector.totals();
+                serde_json::json!({
+                    "ejections_active": detector.ejected_now(),
+                    "ejections_enforced_total": enforced,
+                    "ejections_overflow": overflow,
+                })
+            });
+            let hosts: Vec<serde_json::Value> = cluster
+                .balancer
+                .targets()
+                .iter()
+                .enumerate()
+                .map(|(i, target)| {
+                    let endpoint = health.as_ref().and_then(|h| h.get(i));
+                    let mut host = serde_json::json!({
+                        "address": target.addr.to_string(),
+                        "weight": target.weight,
+                        "mesh_tls": target.mesh_tls,
+                        "rq_active": cluster.balancer.active(i),
+                        "health_status": {
+                            "failed_outlier_check": endpoint.is_some_and(|e| e.ejected),
+                        },
+                    });
+                    if let Some(endpoint) = endpoint {
+                        host["outlier_ejections"] = endpoint.ejections.into();
+                    }
+                    if let Some(locality) = &cluster.locality {
+                        let (what, value) = locality.describe(i);
+                        host[what] = value.into();
+                    }
+                    host
+                })
+                .collect();
+            serde_json::json!({
+                "name": name,
+                "rq_total": cluster.requests.load(Ordering::Relaxed),
+                "rq_error": cluster.errors.load(Ordering::Relaxed),
+                "rq_active": cluster.active(),
+                "cx_active": cluster.pool.open(),
+                "outlier_detection": outlier,
+                "host_statuses": hosts,
+            })
+        })
+        .collect();
+    serde_json::json!({ "version": snapshot.version, "cluster_statuses": statuses })
+}
+
+/// Envoy's `/clusters` text format: `cluster::endpoint::stat::value`.
 fn clusters(proxy: &Proxy) -> String {
     let snapshot = proxy.config.load();
     let mut out = String::new();

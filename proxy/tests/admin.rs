@@ -199,3 +199,47 @@ async fn silent_clients_of_the_network_facing_ports_are_closed() {
     let (status, _) = get_text(proxy.running.readiness[0], "/healthz/ready").await;
     assert_eq!(status, StatusCode::OK, "others are still served");
 }
+
+/// `/clusters?format=json` (what `trellis proxy-config endpoints` reads): every endpoint with
+/// its weight and outlier state; an endpoint that failed is shown ejected, the other healthy.
+#[tokio::test]
+async fn clusters_as_json_show_each_endpoint_and_its_ejection() {
+    use common::{Behaviour, Scripted};
+    let bad = Scripted::start("bad", Behaviour::Status(500)).await;
+    let good = Scripted::start("good", Behaviour::Status(200)).await;
+    let outlier = "    loadBalancer: { policy: ROUND_ROBIN }\n    outlierDetection: { consecutive5xxErrors: 1, \
+                   interval: 60s, baseEjectionTime: 600s, maxEjectionPercent: 50 }";
+    let proxy = TestProxy::start(&api_config(&[bad.addr.port(), good.addr.port()], "HTTP", "", outlier)).await;
+    let mut client = Client::connect(proxy.outbound(), Version::HTTP_11).await;
+    // Round robin: two requests reach both; the 500 ejects `bad` at once (consecutive errors
+    // do not wait for the interval).
+    for _ in 0..2 {
+        client.get("api", "/").await;
+    }
+
+    let (status, page) = proxy.admin_get("/clusters?format=json").await;
+    assert_eq!(status, StatusCode::OK);
+    let page: serde_json::Value = serde_json::from_str(&page).unwrap();
+    let api = &page["cluster_statuses"][0];
+    assert_eq!(api["name"], "api", "{page}");
+    assert_eq!(api["rq_total"], 2, "{page}");
+    assert_eq!(api["outlier_detection"]["ejections_active"], 1, "{page}");
+    assert_eq!(api["outlier_detection"]["ejections_enforced_total"], 1, "{page}");
+    let hosts = api["host_statuses"].as_array().unwrap();
+    let host = |addr: std::net::SocketAddr| {
+        hosts.iter().find(|h| h["address"] == addr.to_string()).unwrap_or_else(|| panic!("{addr}: {page}"))
+    };
+    assert_eq!(host(bad.addr)["health_status"]["failed_outlier_check"], true, "{page}");
+    assert_eq!(host(bad.addr)["outlier_ejections"], 1, "{page}");
+    assert_eq!(host(good.addr)["health_status"]["failed_outlier_check"], false, "{page}");
+    assert_eq!(host(good.addr)["weight"], 1, "{page}");
+    assert_eq!(host(good.addr)["mesh_tls"], false, "{page}");
+
+    // The text page is still the default, and other query parameters do not switch it.
+    let (_, text) = proxy.admin_get("/clusters?format=text").await;
+    assert!(text.contains(&format!("api::{}::health_flags::/failed_outlier_check", bad.addr)), "{text}");
+    // Without a mesh identity, /certs says so instead of failing.
+    let (status, certs) = proxy.admin_get("/certs").await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(certs.contains("\"certificates\":[]"), "{certs}");
+}
