@@ -40,7 +40,8 @@ pub fn offline(
             MeshConfig::from_yaml(&text).map_err(|e| format!("--mesh-config {}: {e}", path.display()))?;
         model.mesh = Arc::new(mesh);
     }
-    let proxy = ProxyIdentity { namespace: namespace.to_owned(), labels: labels.clone() };
+    let proxy =
+        ProxyIdentity { namespace: namespace.to_owned(), labels: labels.clone(), ..Default::default() };
     Ok(translate(&model, &scope_of(&model, &proxy)).authorization)
 }
 

@@ -438,7 +438,10 @@ mod tests {
             + "apiVersion: security.istio.io/v1\nkind: RequestAuthentication\nmetadata: { name: jwt, namespace: shop }\nspec: { selector: { matchLabels: { app: api } }, jwtRules: [{ issuer: a, jwks: '{\"keys\": []}' }] }\n";
         let m = model(&yaml);
         let scope = |labels: &[(&str, &str)]| {
-            scope_of(&m, &ProxyIdentity { namespace: "shop".into(), labels: labels_of(labels) })
+            scope_of(
+                &m,
+                &ProxyIdentity { namespace: "shop".into(), labels: labels_of(labels), ..Default::default() },
+            )
         };
         assert_eq!(scope(&[("app", "db")]), scope(&[("app", "cache"), ("tier", "x")]));
         assert_ne!(scope(&[("app", "web")]), scope(&[("app", "db")]));

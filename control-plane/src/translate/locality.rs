@@ -262,7 +262,8 @@ spec:
 "#;
 
     fn connected(m: &Model, pod: &str, labels: &[(&str, &str)]) -> pb::ProxyConfig {
-        let proxy = ProxyIdentity { namespace: "shop".into(), labels: labels_of(labels) };
+        let proxy =
+            ProxyIdentity { namespace: "shop".into(), labels: labels_of(labels), ..Default::default() };
         let instance = Instance { pod: Some(pod.into()), ip: None };
         translate(m, &scope_of_instance(m, &proxy, &instance))
     }
@@ -384,7 +385,11 @@ spec:
   trafficPolicy: { outlierDetection: { consecutive5xxErrors: 3 } }
 "#;
         let m = model(yaml);
-        let proxy = ProxyIdentity { namespace: "shop".into(), labels: labels_of(&[("app", "db")]) };
+        let proxy = ProxyIdentity {
+            namespace: "shop".into(),
+            labels: labels_of(&[("app", "db")]),
+            ..Default::default()
+        };
         let at = |ip: &str| Instance { pod: None, ip: Some(ip.parse().unwrap()) };
         let config = translate(&m, &scope_of_instance(&m, &proxy, &at("10.6.0.2")));
         let localities: Vec<_> =
@@ -395,6 +400,7 @@ spec:
         let labelled = ProxyIdentity {
             namespace: "shop".into(),
             labels: labels_of(&[(LOCALITY_LABEL, "ap-south.ap-south-1a")]),
+            ..Default::default()
         };
         let config = translate(&m, &scope_of_instance(&m, &labelled, &at("10.9.9.9")));
         assert_eq!(config.locality, to_pb(&loc("ap-south/ap-south-1a")));

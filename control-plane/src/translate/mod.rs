@@ -27,6 +27,7 @@ use trellis_xds::config as pb;
 
 use crate::model::Model;
 
+mod allocation;
 mod authorization;
 mod clusters;
 mod consistency;
@@ -61,6 +62,9 @@ use trellis_api::resource::Kind;
 pub struct ProxyIdentity {
     pub namespace: String,
     pub labels: BTreeMap<String, String>,
+    /// It asked for addresses for the ServiceEntries that list none (its DNS proxy answers
+    /// with them: Istio's `ISTIO_META_DNS_AUTO_ALLOCATE`).
+    pub dns_auto_allocate: bool,
 }
 
 /// Proxies with equal scopes get identical resources, so the server translates once per scope.
@@ -86,6 +90,8 @@ pub struct Scope {
     pub locality: trellis_api::locality::Locality,
     /// The proxy's labels that a `failoverPriority` names.
     pub workload_labels: BTreeMap<String, String>,
+    /// See [`ProxyIdentity::dns_auto_allocate`].
+    pub dns_auto_allocate: bool,
 }
 
 /// The scope of a proxy: its namespace and the Sidecar that applies to it — in its namespace
@@ -105,6 +111,7 @@ pub fn scope_of_instance(model: &Model, proxy: &ProxyIdentity, instance: &locali
     Scope {
         locality,
         workload_labels,
+        dns_auto_allocate: proxy.dns_auto_allocate,
         namespace: proxy.namespace.clone(),
         sidecar: visibility::select_sidecar(
             model,
@@ -129,7 +136,11 @@ pub fn scope_of_instance(model: &Model, proxy: &ProxyIdentity, instance: &locali
 pub fn translate(model: &Model, scope: &Scope) -> pb::ProxyConfig {
     let view = visibility::View::new(model, scope);
     let virtual_services = routes::VirtualServices::visible(model, &view);
-    let services = view.services(services::discover(model), &virtual_services.destination_hosts());
+    let mut discovered = services::discover(model);
+    if scope.dns_auto_allocate {
+        allocation::assign(&mut discovered);
+    }
+    let services = view.services(discovered, &virtual_services.destination_hosts());
     let mut config = pb::ProxyConfig {
         outbound_policy: mesh::outbound_policy(&model.mesh, view.sidecar.map(|s| s.spec)).into(),
         protocol_detection_timeout: mesh::protocol_detection_timeout(&model.mesh).map(Into::into),
@@ -364,8 +375,11 @@ spec:
     #[test]
     fn translation_depends_on_the_scope_only() {
         let m = everything();
-        let proxy =
-            |labels: &[(&str, &str)]| ProxyIdentity { namespace: "web".into(), labels: labels_of(labels) };
+        let proxy = |labels: &[(&str, &str)]| ProxyIdentity {
+            namespace: "web".into(),
+            labels: labels_of(labels),
+            ..Default::default()
+        };
         let a = scope_of(&m, &proxy(&[("app", "one")]));
         let b = scope_of(&m, &proxy(&[("app", "two"), ("version", "v9")]));
         assert_eq!(a, b, "no Sidecar tells them apart");

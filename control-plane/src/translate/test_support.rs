@@ -57,7 +57,8 @@ pub fn with_mesh(mut model: Model, yaml: &str) -> Model {
 
 /// The configuration of a proxy in `namespace` with `labels`, checked to be whole.
 pub fn config_for(model: &Model, namespace: &str, labels: &[(&str, &str)]) -> pb::ProxyConfig {
-    let proxy = ProxyIdentity { namespace: namespace.into(), labels: labels_of(labels) };
+    let proxy =
+        ProxyIdentity { namespace: namespace.into(), labels: labels_of(labels), ..Default::default() };
     let config = translate(model, &scope_of(model, &proxy));
     if let Err(e) = check_consistent(&config) {
         panic!("inconsistent output: {e}\n{config:#?}");

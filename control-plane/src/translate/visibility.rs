@@ -264,7 +264,11 @@ spec:
     fn the_sidecar_that_applies_is_chosen_by_labels_then_namespace_then_root() {
         let m = model(SIDECARS);
         let scope = |ns: &str, labels: &[(&str, &str)]| {
-            scope_of(&m, &ProxyIdentity { namespace: ns.into(), labels: labels_of(labels) }).sidecar
+            scope_of(
+                &m,
+                &ProxyIdentity { namespace: ns.into(), labels: labels_of(labels), ..Default::default() },
+            )
+            .sidecar
         };
         assert_eq!(scope("web", &[("app", "frontend"), ("v", "1")]).as_deref(), Some("web/frontend"));
         assert_eq!(scope("web", &[("app", "backend")]).as_deref(), Some("web/default"));

@@ -172,8 +172,11 @@ struct Stream {
 
 impl Stream {
     async fn run(self, first: DeltaDiscoveryRequest, mut inbound: Streaming<DeltaDiscoveryRequest>) {
-        let identity =
-            ProxyIdentity { namespace: self.node.namespace.clone(), labels: self.node.labels.clone() };
+        let identity = ProxyIdentity {
+            namespace: self.node.namespace.clone(),
+            labels: self.node.labels.clone(),
+            dns_auto_allocate: self.node.dns_auto_allocate,
+        };
         let instance = instance_of(&self.node);
         let (id, sync) = self.server.registry.add(ProxySync {
             node: self.node.clone(),
