@@ -1,0 +1,99 @@
+//! Gateway server hosts that no VirtualService bound to the Gateway routes (TRL0003): requests
+//! for them reach the gateway and get 404 (HTTP) or are closed (TLS, TCP). Servers that need
+//! no VirtualService are passed over: an HTTPS redirect, and AUTO_PASSTHROUGH (SNI routing).
+//! A host `ns/name` only takes VirtualServices of namespace `ns` (`.` the Gateway's, `*` any).
+
+use trellis_api::networking::{GatewaySpec, ServerTlsMode, VirtualServiceSpec};
+
+use super::finding::{Finding, GATEWAY_HOST_WITHOUT_ROUTE};
+use super::hosts;
+use super::model::{Mesh, Obj};
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Routes {
+    Http,
+    Tls,
+    Tcp,
+}
+
+pub fn check(mesh: &Mesh, out: &mut Vec<Finding>) {
+    for gateway in &mesh.gateways {
+        for (i, server) in gateway.spec.servers.iter().enumerate() {
+            let tls_mode = server.tls.as_ref().map(|t| t.mode);
+            if server.tls.as_ref().is_some_and(|t| t.https_redirect)
+                || tls_mode == Some(ServerTlsMode::AutoPassthrough)
+            {
+                continue;
+            }
+            let protocol = server.port.as_ref().map(|p| p.protocol.to_ascii_uppercase()).unwrap_or_default();
+            let routes = match protocol.as_str() {
+                "HTTP" | "HTTP2" | "GRPC" | "GRPC-WEB" => Routes::Http,
+                "HTTPS" if tls_mode == Some(ServerTlsMode::Passthrough) => Routes::Tls,
+                "HTTPS" => Routes::Http,
+                "TLS" => Routes::Tls,
+                "TCP" | "MONGO" | "MYSQL" | "REDIS" => Routes::Tcp,
+                _ => continue,
+            };
+            for host in &server.hosts {
+                let (namespace, name) = host.split_once('/').unwrap_or(("*", host));
+                let name = name.to_ascii_lowercase();
+                let routed = mesh.virtual_services.iter().any(|vs| {
+                    binds(&vs.spec, &vs.namespace, gateway)
+                        && namespace_allows(namespace, &vs.namespace, &gateway.namespace)
+                        && vs.spec.hosts.iter().any(|h| hosts::overlap(&name, &hosts::fqdn(h, &vs.namespace)))
+                        && has_routes(&vs.spec, routes)
+                });
+                if routed {
+                    continue;
+                }
+                let (kind, effect) = match routes {
+                    Routes::Http => ("http", "get 404"),
+                    Routes::Tls => ("tls", "are closed"),
+                    Routes::Tcp => ("tcp", "are closed"),
+                };
+                out.push(Finding::new(
+                    GATEWAY_HOST_WITHOUT_ROUTE,
+                    &gateway.subject,
+                    format!(
+                        "spec.servers[{i}]: no VirtualService bound to this Gateway has {kind} routes for host {host:?}: \
+                         requests for it {effect}"
+                    ),
+                    format!(
+                        "add a VirtualService with host {name:?}, `gateways: [{}/{}]` and {kind} routes, or remove the host",
+                        gateway.namespace, gateway.name
+                    ),
+                ));
+            }
+        }
+    }
+}
+
+/// Whether a VirtualService names this Gateway: `ns/name`, `name` in its own namespace, or the
+/// legacy `name.ns…`.
+fn binds(spec: &VirtualServiceSpec, vs_namespace: &str, gateway: &Obj<GatewaySpec>) -> bool {
+    spec.gateways.iter().any(|g| match g.split_once('/') {
+        Some((ns, name)) => ns == gateway.namespace && name == gateway.name,
+        None => match g.split_once('.') {
+            Some((name, rest)) => {
+                name == gateway.name && rest.split('.').next() == Some(gateway.namespace.as_str())
+            }
+            None => g == &gateway.name && vs_namespace == gateway.namespace,
+        },
+    })
+}
+
+fn namespace_allows(pattern: &str, vs_namespace: &str, gateway_namespace: &str) -> bool {
+    match pattern {
+        "*" => true,
+        "." => vs_namespace == gateway_namespace,
+        other => other == vs_namespace,
+    }
+}
+
+fn has_routes(spec: &VirtualServiceSpec, routes: Routes) -> bool {
+    match routes {
+        Routes::Http => !spec.http.is_empty(),
+        Routes::Tls => !spec.tls.is_empty(),
+        Routes::Tcp => !spec.tcp.is_empty(),
+    }
+}

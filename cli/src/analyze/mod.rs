@@ -1,0 +1,191 @@
+//! `trellis analyze`: checks across resources, like `istioctl analyze`, over files (`-f`) or
+//! the live cluster: routes to hosts, ports and subsets that do not exist, rules that never
+//! match, VirtualServices that fight over a host, TLS turned off towards STRICT workloads,
+//! policies and subsets that select nothing, HTTP rules on TCP ports, Sidecars hiding routed
+//! hosts, pods missing their proxy, gateway hosts nobody routes.
+//!
+//! `source` and `cluster` build the model (`model`); each check is a pure function of it in a
+//! file of its own; `report` prints. Exit status as `trellis validate`: 0 no error (warnings
+//! and notes do not fail), 1 an Error finding, 2 usage, input or cluster error.
+
+mod authz;
+mod cluster;
+mod conflicts;
+mod finding;
+mod gateways;
+mod hosts;
+mod injection;
+mod matches;
+mod model;
+mod mtls;
+mod report;
+mod routes;
+mod sidecar;
+mod source;
+mod subsets;
+mod tls;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use finding::Finding;
+use model::{Mesh, Obj};
+
+use crate::install::cluster::{KubeArgs, parse_duration};
+
+const EXIT_CODES: &str = "\
+Exit status:
+  0  no Error finding (warnings and info do not fail)
+  1  at least one Error finding
+  2  usage error, input that cannot be read, or a cluster that cannot be reached";
+
+#[derive(clap::Args)]
+#[command(after_help = EXIT_CODES)]
+pub struct Args {
+    /// Files or directories to analyze together (directories are searched for .yaml, .yml and
+    /// .json files); `-` reads standard input. Without -f, the cluster is analyzed.
+    #[arg(short = 'f', long = "filename", num_args = 1..)]
+    paths: Vec<PathBuf>,
+    /// With -f, read the cluster too; a file's resource replaces the cluster's of the same
+    /// kind, namespace and name. Implied by --kubeconfig and --context.
+    #[arg(long)]
+    use_kube: bool,
+    /// Istio's root namespace: policies and Sidecars there apply to the whole mesh.
+    #[arg(long, value_name = "NAMESPACE", default_value = trellis_api::mesh::DEFAULT_ROOT_NAMESPACE)]
+    root_namespace: String,
+    /// Output format.
+    #[arg(short = 'o', long = "output", value_enum, default_value_t = report::Format::Text)]
+    output: report::Format,
+    /// How long reading the cluster may take.
+    #[arg(long, value_name = "DURATION", default_value = "30s", value_parser = parse_duration)]
+    timeout: Duration,
+    #[command(flatten)]
+    kube: KubeArgs,
+}
+
+pub fn run(args: &Args) -> ExitCode {
+    let mut mesh = Mesh::new(&args.root_namespace);
+    let mut findings = Vec::new();
+    let mut notes = Vec::new();
+    let mut failed = false;
+    let live = args.paths.is_empty()
+        || args.use_kube
+        || args.kube.kubeconfig.is_some()
+        || args.kube.context.is_some();
+    if live {
+        let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+            Ok(runtime) => runtime,
+            Err(e) => {
+                eprintln!("trellis analyze: cannot start the runtime: {e}");
+                return ExitCode::from(2);
+            }
+        };
+        let read = cluster::read(&mut mesh, &args.kube, args.timeout, &mut findings, &mut notes);
+        if let Err(e) = runtime.block_on(read) {
+            eprintln!("trellis analyze: {e}");
+            return ExitCode::from(2);
+        }
+    }
+    let (files, errors) = source::expand(&args.paths);
+    for error in errors {
+        eprintln!("trellis analyze: {error}");
+        failed = true;
+    }
+    for file in &files {
+        let name = file.display().to_string();
+        let text = match crate::input::read_input(file) {
+            Ok(text) => text,
+            Err(message) => {
+                eprintln!("trellis analyze: {name}: {message}");
+                failed = true;
+                continue;
+            }
+        };
+        for error in source::add_text(&mut mesh, &text, Some(&name), &mut findings) {
+            eprintln!("trellis analyze: {error}");
+            failed = true;
+        }
+    }
+    if live && !files.is_empty() {
+        prefer_files(&mut mesh);
+    }
+    notes.extend(skipped(&mesh));
+    findings.extend(analyze(&mesh));
+    let report = report::Report::new(files.len(), mesh.resources, findings, notes);
+    report.print(args.output);
+    if failed {
+        ExitCode::from(2)
+    } else if report.errors > 0 {
+        ExitCode::from(1)
+    } else {
+        ExitCode::SUCCESS
+    }
+}
+
+/// Every check over the model.
+fn analyze(mesh: &Mesh) -> Vec<Finding> {
+    let mut out = Vec::new();
+    routes::check(mesh, &mut out);
+    for vs in &mesh.virtual_services {
+        matches::check(vs, &mut out);
+    }
+    conflicts::check(mesh, &mut out);
+    subsets::check(mesh, &mut out);
+    mtls::check(mesh, &mut out);
+    tls::check(mesh, &mut out);
+    authz::check(mesh, &mut out);
+    sidecar::check(mesh, &mut out);
+    injection::check(mesh, &mut out);
+    gateways::check(mesh, &mut out);
+    out
+}
+
+/// What could not be checked for lack of input, said so that silence is not read as a pass.
+fn skipped(mesh: &Mesh) -> Vec<String> {
+    let mut notes = Vec::new();
+    let routes_somewhere = mesh.virtual_services.iter().any(|vs| !routes::destinations(&vs.spec).is_empty());
+    if routes_somewhere && !mesh.knows_services() {
+        notes.push(
+            "destination hosts and ports were not checked: the input has no Service or ServiceEntry \
+             (add them, or analyze the cluster)"
+                .to_owned(),
+        );
+    }
+    let selects = mesh.destination_rules.iter().any(|dr| !dr.spec.subsets.is_empty())
+        || !mesh.authorization_policies.is_empty();
+    if selects && !mesh.knows_workloads() {
+        notes.push(
+            "subsets and policy selectors were not checked against workloads: the input has no Pod, \
+             Deployment (or other pod controller) or WorkloadEntry"
+                .to_owned(),
+        );
+    }
+    notes
+}
+
+/// With files over the cluster, a file's resource replaces the cluster's of the same kind,
+/// namespace and name (the cluster's were added first).
+fn prefer_files(mesh: &mut Mesh) {
+    fn keep_last<T>(list: &mut Vec<Obj<T>>) {
+        let mut seen = std::collections::BTreeSet::new();
+        let mut keep: Vec<bool> = list
+            .iter()
+            .rev()
+            .map(|o| seen.insert((o.subject.kind.clone(), o.namespace.clone(), o.name.clone())))
+            .collect();
+        keep.reverse();
+        let mut flags = keep.into_iter();
+        list.retain(|_| flags.next().unwrap_or(true));
+    }
+    keep_last(&mut mesh.virtual_services);
+    keep_last(&mut mesh.destination_rules);
+    keep_last(&mut mesh.service_entries);
+    keep_last(&mut mesh.sidecars);
+    keep_last(&mut mesh.gateways);
+    keep_last(&mut mesh.peer_authentications);
+    keep_last(&mut mesh.authorization_policies);
+    keep_last(&mut mesh.services);
+    keep_last(&mut mesh.workloads);
+    keep_last(&mut mesh.namespaces);
+}

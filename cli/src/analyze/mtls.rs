@@ -1,0 +1,166 @@
+//! A DestinationRule that turns TLS off (`tls.mode: DISABLE`) towards workloads whose
+//! PeerAuthentication is STRICT (IST0113): the client sidecar sends plain text, the server
+//! sidecar accepts only mutual TLS, and every request fails.
+//!
+//! The PeerAuthentication that decides is the most specific one, as the proxies apply them: one
+//! selecting the workload (by the Service's selector and the subset's labels), else the
+//! namespace's, else the mesh's (in the root namespace); a mode of UNSET defers to the next.
+//! A port-level mode of the deciding policy counts for the port the DestinationRule names.
+
+use std::collections::BTreeSet;
+
+use trellis_api::networking::{ClientTlsMode, DestinationRuleSpec, TrafficPolicy};
+use trellis_api::security::{MtlsMode, PeerAuthenticationSpec};
+
+use super::finding::{Finding, MTLS_POLICY_CONFLICT};
+use super::hosts;
+use super::model::{Labels, Mesh, Obj, ServiceRef, selects};
+
+/// Where a DestinationRule disables TLS: the field, the service port it is limited to, and the
+/// subset's labels.
+struct Disabled<'a> {
+    field: String,
+    port: Option<u32>,
+    subset_labels: Option<&'a Labels>,
+}
+
+pub fn check(mesh: &Mesh, out: &mut Vec<Finding>) {
+    for dr in &mesh.destination_rules {
+        let host = hosts::fqdn(&dr.spec.host, &dr.namespace);
+        for spot in disabled(&dr.spec) {
+            for namespace in destination_namespaces(mesh, &host) {
+                let service = hosts::service_namespace(&host)
+                    .and_then(|_| mesh.service(&host, &dr.namespace))
+                    .and_then(|s| match s {
+                        ServiceRef::Kube(k) => Some(k),
+                        ServiceRef::Entry(_) => None,
+                    });
+                let mut labels: Option<Labels> = service.and_then(|s| s.spec.selector.clone());
+                if let Some(subset) = spot.subset_labels {
+                    labels.get_or_insert_with(Labels::new).extend(subset.clone());
+                }
+                let Some(policy) = deciding_policy(mesh, &namespace, labels.as_ref()) else { continue };
+                let target_port = spot.port.map(|port| {
+                    service
+                        .and_then(|s| s.spec.ports.iter().find(|p| p.port == port))
+                        .map_or(port, |p| p.target_port.parse().unwrap_or(port))
+                });
+                if mode_for(&policy.spec, target_port) != MtlsMode::Strict {
+                    continue;
+                }
+                out.push(
+                    Finding::new(
+                        MTLS_POLICY_CONFLICT,
+                        &dr.subject,
+                        format!(
+                            "{}: TLS is disabled towards {host}, but PeerAuthentication {}/{} requires mutual TLS \
+                             (STRICT) for those workloads in namespace {namespace}: every request from a sidecar fails",
+                            spot.field, policy.namespace, policy.name
+                        ),
+                        "remove the tls setting (or set mode ISTIO_MUTUAL) so sidecars use mutual TLS, or make the \
+                         PeerAuthentication PERMISSIVE for clients without a sidecar",
+                    )
+                    .with(&policy.subject),
+                );
+            }
+        }
+    }
+}
+
+fn disabled(spec: &DestinationRuleSpec) -> Vec<Disabled<'_>> {
+    let mut out = Vec::new();
+    if let Some(policy) = &spec.traffic_policy {
+        from_policy(policy, "spec.trafficPolicy", None, &mut out);
+    }
+    for (i, subset) in spec.subsets.iter().enumerate() {
+        if let Some(policy) = &subset.traffic_policy {
+            from_policy(policy, &format!("spec.subsets[{i}].trafficPolicy"), Some(&subset.labels), &mut out);
+        }
+    }
+    out
+}
+
+fn from_policy<'a>(
+    policy: &TrafficPolicy,
+    prefix: &str,
+    subset_labels: Option<&'a Labels>,
+    out: &mut Vec<Disabled<'a>>,
+) {
+    let off = |tls: &Option<trellis_api::networking::ClientTlsSettings>| {
+        tls.as_ref().is_some_and(|t| t.mode == ClientTlsMode::Disable)
+    };
+    if off(&policy.tls) {
+        out.push(Disabled { field: format!("{prefix}.tls.mode"), port: None, subset_labels });
+    }
+    for (i, port) in policy.port_level_settings.iter().enumerate() {
+        if off(&port.tls) {
+            out.push(Disabled {
+                field: format!("{prefix}.portLevelSettings[{i}].tls.mode"),
+                port: port.port.as_ref().map(|p| p.number),
+                subset_labels,
+            });
+        }
+    }
+}
+
+/// The namespaces whose workloads a host names: a Service's own, or for a wildcard those of
+/// the Services it covers and of the PeerAuthentications there could be workloads under it.
+fn destination_namespaces(mesh: &Mesh, host: &str) -> BTreeSet<String> {
+    if let Some(ns) = hosts::service_namespace(host) {
+        return BTreeSet::from([ns.to_owned()]);
+    }
+    if !host.starts_with('*') {
+        return BTreeSet::new(); // outside the mesh: no PeerAuthentication governs it
+    }
+    let covered = |ns: &str| hosts::covers(host, &format!("any.{ns}.{}", hosts::CLUSTER_SUFFIX));
+    let mut namespaces: BTreeSet<String> = mesh
+        .services
+        .iter()
+        .filter(|s| hosts::covers(host, &hosts::fqdn(&s.name, &s.namespace)))
+        .map(|s| s.namespace.clone())
+        .collect();
+    namespaces.extend(mesh.peer_authentications.iter().map(|p| p.namespace.clone()).filter(|ns| covered(ns)));
+    namespaces
+}
+
+/// The PeerAuthentication whose mode applies to workloads with `labels` in `namespace`.
+fn deciding_policy<'a>(
+    mesh: &'a Mesh,
+    namespace: &str,
+    labels: Option<&Labels>,
+) -> Option<&'a Obj<PeerAuthenticationSpec>> {
+    let in_namespace = |ns: &str| -> Vec<&'a Obj<PeerAuthenticationSpec>> {
+        mesh.peer_authentications.iter().filter(|p| p.namespace == ns).collect()
+    };
+    let local = in_namespace(namespace);
+    let workload = labels.and_then(|labels| {
+        local.iter().copied().find(|p| selector(p).is_some_and(|s| selects(s, labels)) && sets_a_mode(p))
+    });
+    let wide = |list: &[&'a Obj<PeerAuthenticationSpec>]| {
+        list.iter().copied().find(|p| selector(p).is_none() && whole_mode(p).is_some())
+    };
+    workload.or_else(|| wide(&local)).or_else(|| wide(&in_namespace(&mesh.root_namespace)))
+}
+
+/// A policy's selector, unless empty (which selects the whole namespace).
+fn selector(policy: &Obj<PeerAuthenticationSpec>) -> Option<&Labels> {
+    policy.spec.selector.as_ref().map(|s| &s.match_labels).filter(|s| !s.is_empty())
+}
+
+fn sets_a_mode(policy: &Obj<PeerAuthenticationSpec>) -> bool {
+    whole_mode(policy).is_some() || !policy.spec.port_level_mtls.is_empty()
+}
+
+fn whole_mode(policy: &Obj<PeerAuthenticationSpec>) -> Option<MtlsMode> {
+    policy.spec.mtls.as_ref().map(|m| m.mode).filter(|m| *m != MtlsMode::Unset)
+}
+
+/// The mode a policy sets for a target port (its port-level mode, else its own).
+fn mode_for(spec: &PeerAuthenticationSpec, target_port: Option<u32>) -> MtlsMode {
+    target_port
+        .and_then(|p| spec.port_level_mtls.get(&p))
+        .map(|m| m.mode)
+        .filter(|m| *m != MtlsMode::Unset)
+        .or_else(|| spec.mtls.as_ref().map(|m| m.mode))
+        .unwrap_or(MtlsMode::Unset)
+}
