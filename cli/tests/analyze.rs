@@ -707,3 +707,162 @@ async fn an_unreachable_cluster_is_a_clear_error() {
     assert_eq!(run.code, Some(2));
     assert!(run.stderr.contains("kubeconfig"), "{}", run.stderr);
 }
+
+// ---- Istio's analyzer test data ----
+
+fn corpus_dir() -> PathBuf {
+    let dir = std::env::var_os("TRELLIS_SHARED_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared"))
+        .join("istio-conformance/valid");
+    assert!(dir.is_dir(), "conformance corpus not found at {} (set TRELLIS_SHARED_DIR)", dir.display());
+    dir
+}
+
+/// One input of Istio's analyzer tests (`pkg/config/analysis/analyzers/testdata/<file>`, split
+/// into one document per corpus file) and what Istio's analyzers_test.go expects of the
+/// analyzers Trellis has the same check as: `(code, resource)`.
+struct IstioCase {
+    files: &'static [&'static str],
+    codes: &'static [&'static str],
+    expected: &'static [(&'static str, &'static str)],
+}
+
+const ISTIO_CASES: &[IstioCase] = &[
+    IstioCase {
+        files: &["virtualservice_conflictingmeshgatewayhosts.yaml"],
+        codes: &["IST0109"],
+        expected: &[
+            ("IST0109", "VirtualService team3/ratings"),
+            ("IST0109", "VirtualService team4/ratings"),
+            ("IST0109", "VirtualService foo/ratings"),
+            ("IST0109", "VirtualService bar/ratings"),
+            ("IST0109", "VirtualService foo/productpage"),
+            ("IST0109", "VirtualService foo/bogus-productpage"),
+            ("IST0109", "VirtualService team2/ratings"),
+        ],
+    },
+    IstioCase {
+        files: &["virtualservice_conflictingmeshgatewayhosts_with_exportto.yaml"],
+        codes: &["IST0109"],
+        expected: &[
+            ("IST0109", "VirtualService foo/productpage"),
+            ("IST0109", "VirtualService bar/productpage"),
+            ("IST0109", "VirtualService foo/productpage-c"),
+            ("IST0109", "VirtualService bar/productpage-c"),
+            ("IST0109", "VirtualService foo/productpage-d"),
+            ("IST0109", "VirtualService bar/productpage-d"),
+        ],
+    },
+    IstioCase {
+        files: &["virtualservice_destinationrules.yaml"],
+        codes: &["IST0101"],
+        expected: &[
+            ("IST0101", "VirtualService default/reviews-bogussubset"),
+            ("IST0101", "VirtualService default/reviews-mirror-bogussubset"),
+        ],
+    },
+    IstioCase {
+        // Istio's corpus split leaves out document 4 of virtualservice_dupmatches.yaml; nothing
+        // is expected of it.
+        files: &["virtualservice_dupmatches.yaml", "virtualservice_overlappingmatches.yaml"],
+        codes: &["IST0130", "IST0131"],
+        expected: &[
+            ("IST0130", "VirtualService duplicate-match"),
+            ("IST0130", "VirtualService foo/sample-foo-cluster01"),
+            ("IST0131", "VirtualService almost-duplicate-match"),
+            ("IST0131", "VirtualService duplicate-match"),
+            ("IST0130", "VirtualService duplicate-tcp-match"),
+            ("IST0130", "VirtualService duplicate-empty-tcp"),
+            ("IST0131", "VirtualService almost-duplicate-tcp-match"),
+            ("IST0131", "VirtualService duplicate-tcp-match"),
+            ("IST0130", "VirtualService none/tls-routing"),
+            ("IST0131", "VirtualService none/tls-routing-almostmatch"),
+            ("IST0131", "VirtualService none/tls-routing"),
+            ("IST0131", "VirtualService non-method-get"),
+            ("IST0131", "VirtualService overlapping-in-single-match"),
+            ("IST0131", "VirtualService overlapping-in-two-matches"),
+            ("IST0131", "VirtualService overlapping-mathes-with-different-methods"),
+        ],
+    },
+    IstioCase {
+        files: &["destinationrule-simple-destination.yaml"],
+        codes: &["IST0128", "IST0129"],
+        expected: &[("IST0128", "DestinationRule db-tls")],
+    },
+    IstioCase {
+        files: &["destinationrule-mutual-destination.yaml"],
+        codes: &["IST0128", "IST0129"],
+        expected: &[("IST0128", "DestinationRule db-mtls")],
+    },
+    IstioCase {
+        files: &["destinationrule-simple-port.yaml"],
+        codes: &["IST0128", "IST0129"],
+        expected: &[("IST0129", "DestinationRule db-tls")],
+    },
+    IstioCase {
+        files: &["destinationrule-simple-destination-credentialname.yaml"],
+        codes: &["IST0128", "IST0129"],
+        expected: &[("IST0128", "DestinationRule db-tls")],
+    },
+    IstioCase {
+        files: &["destinationrule-simple-destination-credentialname-selector.yaml"],
+        codes: &["IST0128", "IST0129"],
+        expected: &[],
+    },
+    IstioCase {
+        files: &["destinationrule-simple-port-credentialname.yaml"],
+        codes: &["IST0128", "IST0129"],
+        expected: &[("IST0129", "DestinationRule db-tls")],
+    },
+    IstioCase {
+        files: &["destinationrule-simple-port-credentialname-selector.yaml"],
+        codes: &["IST0128", "IST0129"],
+        expected: &[],
+    },
+    IstioCase {
+        files: &["destinationrule-mutual-port.yaml"],
+        codes: &["IST0128", "IST0129"],
+        expected: &[("IST0129", "DestinationRule db-mtls")],
+    },
+    IstioCase {
+        files: &["destinationrule-compound-simple-mutual.yaml"],
+        codes: &["IST0128", "IST0129"],
+        expected: &[("IST0128", "DestinationRule db-mtls"), ("IST0129", "DestinationRule db-mtls")],
+    },
+    IstioCase {
+        files: &["destinationrule-compound-mutual-simple.yaml"],
+        codes: &["IST0128", "IST0129"],
+        expected: &[("IST0129", "DestinationRule db-mtls"), ("IST0128", "DestinationRule db-mtls")],
+    },
+    IstioCase { files: &["destinationrule-with-ca.yaml"], codes: &["IST0128", "IST0129"], expected: &[] },
+];
+
+#[test]
+fn istio_analyzer_test_data_gets_the_same_codes() {
+    let dir = corpus_dir();
+    let names: Vec<String> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    for case in ISTIO_CASES {
+        let mut paths: Vec<PathBuf> = case
+            .files
+            .iter()
+            .flat_map(|file| {
+                let prefix = format!("pkg__config__analysis__analyzers__testdata__{file}--");
+                names.iter().filter(move |n| n.starts_with(&prefix)).map(|n| dir.join(n))
+            })
+            .collect();
+        paths.sort();
+        assert!(!paths.is_empty(), "{:?}: no corpus files", case.files);
+        let analysis = analyze_paths(&paths);
+        assert!(analysis.stderr.is_empty(), "{:?}: {}", case.files, analysis.stderr);
+        assert!(analysis.with_code("IST0106").is_empty(), "{:?}: Istio accepts these: {:#}", case.files, analysis.report);
+        let found: BTreeSet<(String, String)> =
+            analysis.found().into_iter().filter(|(code, _)| case.codes.contains(&code.as_str())).collect();
+        let expected: BTreeSet<(String, String)> =
+            case.expected.iter().map(|(c, r)| ((*c).to_owned(), (*r).to_owned())).collect();
+        assert_eq!(found, expected, "{:?}", case.files);
+    }
+}
