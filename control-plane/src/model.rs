@@ -91,6 +91,27 @@ pub struct KubePod {
     pub workload_name: String,
 }
 
+/// A Kubernetes Secret a Gateway may name (`credentialName`), reduced to the TLS keys Istio
+/// reads (`tls.crt`, `tls.key`, `ca.crt`, and the generic `cert`, `key`, `cacert`), as text.
+/// Only gateway proxies of the Secret's own namespace are ever sent its contents.
+#[derive(Clone, PartialEq, Eq, Default)]
+pub struct KubeSecret {
+    pub namespace: String,
+    pub name: String,
+    pub data: BTreeMap<String, String>,
+}
+
+impl std::fmt::Debug for KubeSecret {
+    // Never the key material, wherever a model is logged.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KubeSecret")
+            .field("namespace", &self.namespace)
+            .field("name", &self.name)
+            .field("keys", &self.data.keys().collect::<Vec<_>>())
+            .finish()
+    }
+}
+
 /// Everything translation reads.
 #[derive(Clone, Debug, Default)]
 pub struct Model {
@@ -108,6 +129,8 @@ pub struct Model {
     pub nodes: BTreeMap<String, Arc<trellis_api::locality::Locality>>,
     /// The JSON Web Key Sets trellisd fetched, by `jwksUri` (compact JSON, the last good copy).
     pub jwks: BTreeMap<String, Arc<str>>,
+    /// TLS Secrets by (namespace, name), for Gateway servers' `credentialName`.
+    pub secrets: BTreeMap<(String, String), Arc<KubeSecret>>,
 }
 
 impl Model {

@@ -118,6 +118,17 @@ struct Args {
     /// A tracing filter; default RUST_LOG, else the injector's LOG_LEVEL, else info.
     #[arg(long)]
     log_level: Option<String>,
+    /// `sidecar`, or `gateway` (Istio's `router`): an ingress or egress gateway, which captures
+    /// nothing (no outbound or inbound port) and listens on the ports of the Istio Gateways
+    /// whose selector matches its pod's labels.
+    #[arg(long, env = "TRELLIS_PROXY_ROLE", default_value = "sidecar", value_parser = ["sidecar", "gateway", "router"])]
+    role: String,
+}
+
+impl Args {
+    fn is_gateway(&self) -> bool {
+        self.role != "sidecar"
+    }
 }
 
 /// What the proxy takes from the ProxyConfig the injector puts in its environment.
@@ -386,7 +397,9 @@ fn xds_options(address: String, args: &Args) -> Result<XdsOptions, String> {
     };
     let secure = secure_xds(&address, args)?;
     let address = if address.contains("://") { address } else { format!("http://{address}") };
-    let id = format!("sidecar~{}~{pod}.{namespace}~{namespace}.svc.cluster.local", env("INSTANCE_IP"));
+    // Istio's node types: the control plane tells a gateway by its `router`.
+    let node_type = if args.is_gateway() { "router" } else { "sidecar" };
+    let id = format!("{node_type}~{}~{pod}.{namespace}~{namespace}.svc.cluster.local", env("INSTANCE_IP"));
     let dns = crate::dns::Switches::from_env()?;
     let node = ProxyNode {
         id,
@@ -484,9 +497,14 @@ async fn serve(
     // The admin port is never reachable from outside the host.
     let admin_ip = args.listen_address.filter(IpAddr::is_loopback).unwrap_or(IpAddr::V4(Ipv4Addr::LOCALHOST));
     let metrics = local_metrics(&args, xds.as_ref());
+    // A gateway captures nothing: its ports come from its Gateways.
+    let (outbound, inbound) = match args.is_gateway() {
+        true => (Vec::new(), Vec::new()),
+        false => (any(args.outbound_port), any(args.inbound_port)),
+    };
     let options = Options {
-        outbound: any(args.outbound_port),
-        inbound: any(args.inbound_port),
+        outbound,
+        inbound,
         admin: vec![SocketAddr::new(admin_ip, args.admin_port)],
         readiness: any(args.readiness_port),
         stats: any(args.stats_port),
@@ -502,6 +520,10 @@ async fn serve(
             return ExitCode::FAILURE;
         }
     };
+    if args.is_gateway() {
+        let ip = args.listen_address.unwrap_or(crate::gateway::ANY);
+        crate::gateway::listener::start(&running.proxy, ip);
+    }
     let status = match status {
         Some((port, probers, app_metrics)) => {
             // The app listens on localhost (or every address) in its pod; next to other pods on

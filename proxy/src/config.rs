@@ -144,6 +144,8 @@ pub struct Snapshot {
     pub place: crate::locality::Place,
     /// The mesh's workloads by address, for the metrics' peer labels.
     pub peers: Arc<crate::peers::PeerTable>,
+    /// Gateway role: the Gateways' listeners; `None` for a sidecar.
+    pub gateway: Option<Arc<crate::gateway::Gateway>>,
 }
 
 impl Snapshot {
@@ -347,6 +349,11 @@ impl Snapshot {
             }
         }
 
+        let gateway = crate::gateway::compile(
+            &config.gateway_listeners,
+            &virtual_hosts,
+            previous.and_then(|p| p.gateway.as_deref()),
+        )?;
         let limits = config.limits.unwrap_or_default();
         // A policy this proxy does not know (from a newer control plane) is refused rather than
         // read as the default, which would open what it was meant to close.
@@ -412,7 +419,12 @@ impl Snapshot {
             clusters,
             place,
             peers,
-            source: config,
+            gateway,
+            source: {
+                let mut config = config;
+                crate::gateway::redact(&mut config);
+                config
+            },
         })
     }
 }
@@ -546,7 +558,8 @@ fn compile_cluster(
         pb::UpstreamProtocol::try_from(c.upstream_protocol).unwrap_or_default(),
         duration(pool.connect_timeout.as_ref(), &format!("{field}.connection_pool.connect_timeout"))?
             .unwrap_or(Duration::from_secs(10)),
-        duration(pool.idle_timeout.as_ref(), &format!("{field}.connection_pool.idle_timeout"))?,
+        duration(pool.idle_timeout.as_ref(), &format!("{field}.connection_pool.idle_timeout"))?
+            .map(|d| if d.is_zero() { NO_IDLE_TIMEOUT } else { d }),
         pool.max_requests_per_connection,
         tls,
         connections,
@@ -776,6 +789,10 @@ fn keepalive(k: &pb::TcpKeepalive, field: &str) -> Result<crate::upstream::Keepa
         probes: (k.probes != 0).then_some(k.probes),
     })
 }
+
+/// An idle timeout of zero turns it off (Istio's `tcp.idleTimeout: 0s`): a century stands for
+/// never, a deadline every timer can hold.
+pub const NO_IDLE_TIMEOUT: Duration = Duration::from_secs(100 * 365 * 24 * 3600);
 
 pub(crate) fn duration(
     d: Option<&pbjson_types::Duration>,

@@ -263,7 +263,7 @@ async fn relay<S: AsyncRead + AsyncWrite + Unpin>(
 
 /// Outbound TCP to a service's cluster: an endpoint and a place in the pool limits, held for
 /// the connection's life (a full pool refuses the connection).
-async fn relay_to_cluster<S: AsyncRead + AsyncWrite + Unpin>(
+pub(crate) async fn relay_to_cluster<S: AsyncRead + AsyncWrite + Unpin>(
     stream: S,
     cluster: &Cluster,
     service: String,

@@ -144,19 +144,23 @@ async fn outbound(mut request: Request<Incoming>, conn: &Conn, proxy: &Arc<Proxy
                 .map(|o| o.port())
                 .or_else(|| authority.and_then(|a| split_authority(a, 80)).map(|(_, p)| p))
                 .unwrap_or(80);
-            (port, find_service_port(&snapshot, authority, conn.original, port))
+            (port, find_service_port(&snapshot, authority, conn, port))
         })
     };
     let service_port = match service_port {
         Some(sp) if sp.virtual_host.is_none() && sp.missing_virtual_host.is_some() => {
             let authority = authority_ref(&request).map(str::to_owned);
-            box_out_of_line(|| fetch_virtual_host(proxy, sp, authority.as_deref(), conn.original, port)).await
+            box_out_of_line(|| fetch_virtual_host(proxy, sp, authority.as_deref(), conn, port)).await
         }
         other => other,
     };
     let Some((service_port, virtual_host)) =
         service_port.and_then(|sp| sp.virtual_host.clone().map(|vh| (sp, vh)))
     else {
+        if conn.gateway_port.is_some() {
+            // A gateway routes only what its Gateways and VirtualServices name.
+            return Outcome::new(text(StatusCode::NOT_FOUND, "no route for this host\n"), "unknown", "NR");
+        }
         // Not a mesh service: boxed, so that routed requests do not carry its state.
         return box_out_of_line(|| passthrough(request, conn, proxy, &snapshot)).await;
     };
@@ -982,9 +986,13 @@ fn authority_of<B>(request: &Request<B>) -> Option<String> {
 fn find_service_port(
     snapshot: &Snapshot,
     authority: Option<&str>,
-    original: Option<SocketAddr>,
+    conn: &Conn,
     port: u16,
 ) -> Option<Arc<ServicePort>> {
+    if let Some(gateway_port) = conn.gateway_port {
+        return snapshot.gateway.as_ref()?.listener(gateway_port)?.http_route(authority);
+    }
+    let original = conn.original;
     authority
         .and_then(|a| snapshot.by_authority(a, port))
         .or_else(|| original.and_then(|o| snapshot.by_address(o)))
@@ -997,14 +1005,14 @@ async fn fetch_virtual_host(
     proxy: &Proxy,
     service_port: Arc<ServicePort>,
     authority: Option<&str>,
-    original: Option<SocketAddr>,
+    conn: &Conn,
     port: u16,
 ) -> Option<Arc<ServicePort>> {
     let (Some(on_demand), Some(name)) = (proxy.on_demand.get(), service_port.missing_virtual_host.as_deref())
     else {
         return Some(service_port);
     };
-    let lookup = || find_service_port(&proxy.config.load(), authority, original, port);
+    let lookup = || find_service_port(&proxy.config.load(), authority, conn, port);
     let arrived = || lookup().is_some_and(|sp| sp.virtual_host.is_some());
     if box_out_of_line(|| on_demand.fetch(ResourceType::VirtualHost, name, arrived)).await {
         lookup()

@@ -21,6 +21,7 @@ pub mod dns;
 pub mod dual_stack;
 pub mod fault;
 pub mod forward;
+pub mod gateway;
 pub mod header_timer;
 pub mod headers;
 pub mod listen;

@@ -37,6 +37,9 @@ pub struct Conn {
     last_lookup: Mutex<Option<Lookup>>,
     /// Inbound: the downstream's workload, looked up once per connection.
     peer_workload: OnceLock<crate::peers::PeerKey>,
+    /// Gateway role: the gateway port the connection came in on; requests are routed by the
+    /// gateway's virtual hosts for it (never passed through).
+    pub gateway_port: Option<u16>,
 }
 
 /// What an authority resolved to under one config snapshot.
@@ -61,6 +64,7 @@ impl Conn {
             peer_value: OnceLock::new(),
             last_lookup: Mutex::new(None),
             peer_workload: OnceLock::new(),
+            gateway_port: None,
         }
     }
 

@@ -19,7 +19,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use futures_util::StreamExt;
-use k8s_openapi::api::core::v1::{Namespace, Node, Pod, Service};
+use k8s_openapi::api::core::v1::{Namespace, Node, Pod, Secret, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::api::{Api, DynamicObject};
@@ -32,7 +32,7 @@ use tokio::task::JoinSet;
 use trellis_api::resource::{Kind, Resource};
 use trellis_api::validate::{Finding, Severity};
 
-use crate::model::{KubeEndpointSlice, KubePod, KubeService, Model, ModelHandle, ObjectKey};
+use crate::model::{KubeEndpointSlice, KubePod, KubeSecret, KubeService, Model, ModelHandle, ObjectKey};
 use mirror::{Admission, Mirror, Target};
 
 /// The Istio kinds watched, at `v1`: every kind the API model knows but Namespace. Gateway
@@ -43,7 +43,7 @@ pub fn istio_kinds() -> impl Iterator<Item = Kind> {
 }
 
 /// The Kubernetes kinds watched besides the Istio ones.
-const CORE_KINDS: [&str; 5] = ["Service", "EndpointSlice", "Pod", "Node", "Namespace"];
+const CORE_KINDS: [&str; 6] = ["Service", "EndpointSlice", "Pod", "Node", "Namespace", "Secret"];
 
 /// Most events applied to the model in one update. Events that are already waiting are
 /// applied together: the model is copied on every update, so one copy per event would make a
@@ -131,6 +131,8 @@ pub async fn run(client: Client, model: ModelHandle, status: SourceStatus) {
     // updates then weigh little.
     tasks.spawn(watch(Api::<PartialObjectMeta<Node>>::all(client.clone()), Nodes, context("Node")));
     tasks.spawn(watch(Api::<Namespace>::all(client.clone()), Namespaces, context("Namespace")));
+    // TLS Secrets, for Gateway servers' credentialName (the others are dropped on arrival).
+    tasks.spawn(watch(Api::<Secret>::all(client.clone()), Secrets, context("Secret")));
     for kind in istio_kinds() {
         let api = Api::<DynamicObject>::all_with(client.clone(), &istio::api_resource(kind));
         let target = IstioKind { kind, status: status.clone(), reported: HashMap::new() };
@@ -212,6 +214,19 @@ fn on_watch_error(cx: &Context, e: &watcher::Error, missing_reported: &mut bool)
                 tracing::warn!(
                     kind = cx.name,
                     "not allowed to list Nodes (grant get, list and watch on nodes): localities come from istio-locality labels only"
+                );
+            }
+            cx.status.mark_synced(cx.name);
+        }
+        // Secrets only give gateways their certificates: without the right to read them, the
+        // rest of the mesh works and gateway servers that name one are left out.
+        watcher::Error::InitialListFailed(kube::Error::Api(status))
+            if status.code == 403 && cx.name == "Secret" =>
+        {
+            if !std::mem::replace(missing_reported, true) {
+                tracing::warn!(
+                    kind = cx.name,
+                    "not allowed to list Secrets (grant get, list and watch on secrets): Gateway servers with a credentialName are left out"
                 );
             }
             cx.status.mark_synced(cx.name);
@@ -316,6 +331,27 @@ impl Target for Pods {
 
     fn admit(&mut self, _: &Self::Key, pod: Pod) -> Admission<KubePod> {
         convert::pod(&pod).map_or(Admission::Ignore, Admission::Store)
+    }
+}
+
+/// Secrets with TLS keys, reduced to those keys.
+struct Secrets;
+
+impl Target for Secrets {
+    type Object = Secret;
+    type Key = (String, String);
+    type Value = KubeSecret;
+
+    fn slot(model: &mut Model) -> &mut BTreeMap<Self::Key, Arc<Self::Value>> {
+        &mut model.secrets
+    }
+
+    fn key(&self, secret: &Secret) -> Self::Key {
+        namespaced(secret.meta())
+    }
+
+    fn admit(&mut self, _: &Self::Key, secret: Secret) -> Admission<KubeSecret> {
+        convert::tls_secret(&secret).map_or(Admission::Ignore, Admission::Store)
     }
 }
 

@@ -31,6 +31,7 @@ mod allocation;
 mod authorization;
 mod clusters;
 mod consistency;
+pub mod gateway;
 mod hosts;
 pub mod locality;
 mod mesh;
@@ -92,6 +93,8 @@ pub struct Scope {
     pub workload_labels: BTreeMap<String, String>,
     /// See [`ProxyIdentity::dns_auto_allocate`].
     pub dns_auto_allocate: bool,
+    /// Gateway proxies only: the Gateways (`namespace/name`) that select it.
+    pub gateway: Option<Vec<String>>,
 }
 
 /// The scope of a proxy: its namespace and the Sidecar that applies to it — in its namespace
@@ -129,6 +132,16 @@ pub fn scope_of_instance(model: &Model, proxy: &ProxyIdentity, instance: &locali
         ),
         envoy_filters: ratelimit::selecting(model, &proxy.namespace, &proxy.labels),
         telemetry: telemetry::applicable(model, &proxy.namespace, &proxy.labels),
+        gateway: None,
+    }
+}
+
+/// The scope of a gateway proxy (Istio's `router`): as a sidecar's, plus the Gateways that
+/// select it by its labels.
+pub fn scope_of_router(model: &Model, proxy: &ProxyIdentity, instance: &locality::Instance) -> Scope {
+    Scope {
+        gateway: Some(gateway::selecting(model, &proxy.labels)),
+        ..scope_of_instance(model, proxy, instance)
     }
 }
 
@@ -159,6 +172,17 @@ pub fn translate(model: &Model, scope: &Scope) -> pb::ProxyConfig {
         ratelimit::inbound(model, &scope.envoy_filters);
     add_clusters(&mut config, model, &view, &services);
     add_services(&mut config, model, scope, &services, &virtual_services);
+    if let Some(gateways) = &scope.gateway {
+        let cluster_names: BTreeSet<String> = config.clusters.iter().map(|c| c.name.clone()).collect();
+        let registry = routes::Registry {
+            services: &services,
+            clusters: &cluster_names,
+            namespace: &scope.namespace,
+            default_retry: retries::route_default(&model.mesh),
+            gateways: None,
+        };
+        gateway::add(&mut config, model, &scope.namespace, gateways, &registry);
+    }
     add_black_hole_if_used(&mut config);
     config.clusters.sort_by(|a, b| a.name.cmp(&b.name));
     config.endpoints.sort_by(|a, b| a.service.cmp(&b.service));
@@ -215,6 +239,7 @@ fn add_services(
         clusters: &cluster_names,
         namespace: &scope.namespace,
         default_retry: retries::route_default(&model.mesh),
+        gateways: None,
     };
     let mut opaque_ports = BTreeSet::new();
     for service in services.values() {
@@ -266,7 +291,11 @@ fn add_black_hole_if_used(config: &mut pb::ProxyConfig) {
     let in_ports = config.services.iter().flat_map(|s| &s.ports).any(|p| {
         p.tcp_cluster == BLACK_HOLE_CLUSTER || p.tcp_clusters.iter().any(|c| c.cluster == BLACK_HOLE_CLUSTER)
     });
-    if in_routes || in_ports {
+    let in_gateways = config.gateway_listeners.iter().flat_map(|l| &l.servers).any(|s| {
+        let sni = s.sni_routes.iter().flat_map(|r| &r.clusters);
+        s.tcp_clusters.iter().chain(sni).any(|c| c.cluster == BLACK_HOLE_CLUSTER)
+    });
+    if in_routes || in_ports || in_gateways {
         config.clusters.push(pb::Cluster {
             name: BLACK_HOLE_CLUSTER.into(),
             service: BLACK_HOLE_CLUSTER.into(),

@@ -88,6 +88,12 @@ impl<'a> VirtualServices<'a> {
     }
 }
 
+/// A VirtualService's gateway reference as `namespace/name` (a bare name is in the
+/// VirtualService's namespace).
+pub fn qualified_gateway(reference: &str, namespace: &str) -> String {
+    if reference.contains('/') { reference.to_owned() } else { format!("{namespace}/{reference}") }
+}
+
 fn applies_to_sidecars(gateways: &[String]) -> bool {
     gateways.is_empty() || gateways.iter().any(|g| g == "mesh")
 }
@@ -100,6 +106,9 @@ pub struct Registry<'a> {
     /// The proxy's namespace, for `sourceNamespace` matches.
     pub namespace: &'a str,
     pub default_retry: Option<pb::RetryPolicy>,
+    /// `None` for sidecars; for a gateway's routes, the gateways (`namespace/name`) of the
+    /// port being routed, which a match's `gateways` must name for it to apply.
+    pub gateways: Option<&'a [String]>,
 }
 
 /// A route's `fault` as the proxy takes it: a percentage left unset is 0, as in Istio (the
@@ -177,6 +186,24 @@ impl Registry<'_> {
         }
         let tcp_clusters = carries_tcp.then(|| self.tcp_clusters(service, port, vs));
         PortRouting { virtual_host: pb::VirtualHost { name, routes }, tcp_clusters }
+    }
+
+    /// A gateway-bound VirtualService's HTTP routes for a gateway port (see `gateways`).
+    pub fn gateway_http_routes(&self, vs: Vs<'_>, port: u16) -> Vec<pb::Route> {
+        vs.spec.http.iter().enumerate().filter_map(|(i, r)| self.http_route(vs, i, r, port)).collect()
+    }
+
+    /// Whether a match's `gateways` let it apply here: empty, it follows the VirtualService's;
+    /// otherwise it must name `mesh` (sidecars) or one of this port's gateways (`name` in the
+    /// VirtualService's namespace, or `namespace/name`).
+    fn match_applies(&self, gateways: &[String], namespace: &str) -> bool {
+        match self.gateways {
+            None => applies_to_sidecars(gateways),
+            Some(ours) => {
+                gateways.is_empty()
+                    || gateways.iter().any(|g| ours.iter().any(|o| *o == qualified_gateway(g, namespace)))
+            }
+        }
     }
 
     fn default_route(&self, service: &Service, port: &ServicePort) -> pb::Route {
@@ -289,7 +316,7 @@ impl Registry<'_> {
     /// gateway, another source namespace, or conditions the proxy cannot evaluate.
     fn http_match(&self, vs: Vs<'_>, field: &str, m: &HttpMatchRequest, port: u16) -> Option<pb::RouteMatch> {
         if (m.port != 0 && m.port != u32::from(port))
-            || !applies_to_sidecars(&m.gateways)
+            || !self.match_applies(&m.gateways, vs.namespace)
             || (!m.source_namespace.is_empty() && m.source_namespace != self.namespace)
         {
             return None;
@@ -483,6 +510,40 @@ impl Registry<'_> {
                 Some((self.destination(vs, &at, &d.destination, port.number), weight))
             })
             .collect()
+    }
+
+    /// A gateway's `tls` or `tcp` route destinations, weighted as for sidecars (zero weights
+    /// dropped, all zero read as even, one destination: weight 0).
+    pub fn gateway_l4_split(
+        &self,
+        vs: Vs<'_>,
+        field: &str,
+        route: &[RouteDestination],
+        port: u16,
+    ) -> Vec<pb::WeightedCluster> {
+        let weight = |d: &RouteDestination| u32::try_from(d.weight).unwrap_or(0);
+        let all_zero = route.iter().all(|d| weight(d) == 0);
+        route
+            .iter()
+            .enumerate()
+            .filter_map(|(j, d)| {
+                let weight = match (route.len(), all_zero) {
+                    (1, _) => 0,
+                    (_, true) => 1,
+                    _ => weight(d),
+                };
+                if route.len() > 1 && weight == 0 {
+                    return None;
+                }
+                let at = format!("{field}.route[{j}].destination");
+                Some(pb::WeightedCluster { cluster: self.destination(vs, &at, &d.destination, port), weight })
+            })
+            .collect()
+    }
+
+    /// Whether an L4 match of a gateway-bound VirtualService applies to this gateway port.
+    pub fn gateway_l4_applies(&self, vs: Vs<'_>, port: u32, gateways: &[String], routed_port: u16) -> bool {
+        (port == 0 || port == u32::from(routed_port)) && self.match_applies(gateways, vs.namespace)
     }
 
     fn l4_applies(&self, port: u32, gateways: &[String], source_namespace: &str, routed_port: u16) -> bool {

@@ -21,7 +21,7 @@ use super::session::{Outgoing, Session, TypeStatus};
 use crate::ca::authenticate::{AuthError, Authenticator};
 use crate::memory::Activity;
 use crate::translate::locality::Instance;
-use crate::translate::{ProxyIdentity, scope_of_instance};
+use crate::translate::{ProxyIdentity, scope_of_instance, scope_of_router};
 
 /// At most this many proxies decide a push at once; the rest wait their turn, so a change to
 /// the whole mesh does not become a storm of simultaneous work.
@@ -285,7 +285,12 @@ impl Stream {
         instance: &Instance,
         generation: &Generation,
     ) -> Vec<Outgoing> {
-        let scope = scope_of_instance(&generation.model, identity, instance);
+        // Istio's node types: a gateway says `router~...`, a sidecar `sidecar~...`.
+        let scope = if self.node.id.starts_with("router~") {
+            scope_of_router(&generation.model, identity, instance)
+        } else {
+            scope_of_instance(&generation.model, identity, instance)
+        };
         let resources = generation.resources(&scope);
         session.push(&resources, generation.number)
     }

@@ -4,18 +4,50 @@
 
 use std::net::IpAddr;
 
-use k8s_openapi::api::core::v1::{Pod, Service};
+use k8s_openapi::api::core::v1::{Pod, Secret, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use trellis_api::locality::Locality;
 
-use crate::model::{KubeEndpoint, KubeEndpointSlice, KubePod, KubeService, KubeServicePort};
+use crate::model::{KubeEndpoint, KubeEndpointSlice, KubePod, KubeSecret, KubeService, KubeServicePort};
 
 /// The annotation that limits which namespaces see a Service (Istio's).
 pub const EXPORT_TO_ANNOTATION: &str = "networking.istio.io/exportTo";
 /// The label the EndpointSlice controller sets to the owning Service's name.
 pub const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
+
+/// The keys of a Secret a Gateway reads: Kubernetes' TLS Secret and Istio's generic one.
+pub const TLS_SECRET_KEYS: [&str; 6] = ["tls.crt", "tls.key", "ca.crt", "cert", "key", "cacert"];
+/// Larger values are not certificates (a Secret may hold up to 1 MiB of anything).
+const MAX_TLS_VALUE: usize = 256 << 10;
+
+/// A Secret's TLS keys as text; `None` when it has none (most Secrets: tokens, passwords), so
+/// the model keeps only what a Gateway could use. Values that are not UTF-8 or are too large
+/// are left out with a warning naming the Secret and key.
+pub fn tls_secret(secret: &Secret) -> Option<KubeSecret> {
+    let meta = &secret.metadata;
+    let (namespace, name) =
+        (meta.namespace.clone().unwrap_or_default(), meta.name.clone().unwrap_or_default());
+    let mut data = std::collections::BTreeMap::new();
+    for (key, value) in secret.data.iter().flatten() {
+        if !TLS_SECRET_KEYS.contains(&key.as_str()) {
+            continue;
+        }
+        match std::str::from_utf8(&value.0) {
+            Ok(text) if text.len() <= MAX_TLS_VALUE => {
+                data.insert(key.clone(), text.to_owned());
+            }
+            Ok(text) => {
+                tracing::warn!(secret = %format!("{namespace}/{name}"), key, bytes = text.len(), "Secret value too large for a certificate; left out")
+            }
+            Err(_) => {
+                tracing::warn!(secret = %format!("{namespace}/{name}"), key, "Secret value is not PEM text; left out")
+            }
+        }
+    }
+    (!data.is_empty()).then_some(KubeSecret { namespace, name, data })
+}
 
 pub fn service(svc: &Service) -> KubeService {
     let meta = &svc.metadata;

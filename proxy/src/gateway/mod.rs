@@ -1,0 +1,344 @@
+//! The gateway role (`trellis-proxy --role gateway`): no capture listeners; instead the ports
+//! the Istio Gateways that select this proxy declare. `compile` turns the control plane's
+//! `GatewayListener`s into lookup tables (kept in the config snapshot, so a new certificate or
+//! route takes effect for the next connection while established ones keep theirs); `listener`
+//! binds the ports and serves each connection: plaintext HTTP, TLS terminated with the
+//! server a client's SNI picks (then HTTP or TCP), TLS passed through by SNI, or TCP. Requests
+//! are then routed by the same code as a sidecar's outbound requests (`forward`), with the
+//! gateway's own virtual hosts looked up by Host.
+
+pub mod listener;
+pub mod tls;
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::sync::Arc;
+
+use trellis_xds::config as pb;
+
+use crate::cluster::Cluster;
+use crate::config::{ConfigError, ServicePort, split_authority};
+use crate::route::VirtualHost;
+
+/// The gateway's listeners, compiled.
+#[derive(Default)]
+pub struct Gateway {
+    pub listeners: Vec<Listener>,
+}
+
+impl std::fmt::Debug for Gateway {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_list().entries(self.listeners.iter().map(|l| (l.bind, l.port))).finish()
+    }
+}
+
+pub struct Listener {
+    /// `None`: every address (or the proxy's `--listen-address`).
+    pub bind: Option<IpAddr>,
+    pub port: u16,
+    pub protocol: pb::GatewayProtocol,
+    pub servers: Vec<Server>,
+}
+
+pub struct Server {
+    pub name: String,
+    pub hosts: Vec<String>,
+    /// As sent, to reuse `terminate` while it does not change.
+    source_tls: Option<pb::GatewayTls>,
+    /// The TLS configuration of a server that terminates TLS; `None` for plaintext and
+    /// passthrough servers, and for a server whose certificate could not be loaded (its
+    /// connections are closed; the other servers go on).
+    pub terminate: Option<Arc<rustls::ServerConfig>>,
+    pub passthrough: bool,
+    /// Host pattern → its service port (a virtual host, maybe still to be fetched).
+    pub routes: Vec<(String, Arc<ServicePort>)>,
+    /// PASSTHROUGH: server-name patterns → weighted clusters.
+    pub sni_routes: Vec<(Vec<String>, Weighted)>,
+    pub tcp_clusters: Weighted,
+}
+
+/// Clusters by name, with their relative weights.
+pub type Weighted = Vec<(String, u32)>;
+
+/// Whether `pattern` (`example.com`, `*.example.com`, `*`) covers `host`.
+fn host_matches(pattern: &str, host: &str) -> bool {
+    if pattern == "*" {
+        return true;
+    }
+    match pattern.strip_prefix('*') {
+        Some(suffix) => {
+            host.len() > suffix.len()
+                && host.is_char_boundary(host.len() - suffix.len())
+                && host[host.len() - suffix.len()..].eq_ignore_ascii_case(suffix)
+        }
+        None => pattern.eq_ignore_ascii_case(host),
+    }
+}
+
+/// Exact names first, then longer (narrower) wildcards.
+fn specificity(pattern: &str) -> (bool, std::cmp::Reverse<usize>) {
+    (pattern.starts_with('*'), std::cmp::Reverse(pattern.len()))
+}
+
+impl Gateway {
+    pub fn listener(&self, port: u16) -> Option<&Listener> {
+        self.listeners.iter().find(|l| l.port == port)
+    }
+
+    /// The addresses to listen on, `default_ip` for listeners without a `bind`.
+    pub fn addresses(&self, default_ip: IpAddr) -> Vec<SocketAddr> {
+        self.listeners.iter().map(|l| SocketAddr::new(l.bind.unwrap_or(default_ip), l.port)).collect()
+    }
+}
+
+impl Listener {
+    /// The server a TLS client's server name picks: the most specific host that covers it.
+    /// Without a server name, a server for `*`, or the port's only server.
+    pub fn server_for(&self, sni: Option<&str>) -> Option<&Server> {
+        match sni {
+            Some(name) => self
+                .servers
+                .iter()
+                .flat_map(|s| {
+                    s.hosts.iter().filter(|h| host_matches(h, name)).map(move |h| (specificity(h), s))
+                })
+                .min_by_key(|(key, _)| *key)
+                .map(|(_, s)| s),
+            None => self.servers.iter().find(|s| s.hosts.iter().any(|h| h == "*")).or(
+                match self.servers.as_slice() {
+                    [only] => Some(only),
+                    _ => None,
+                },
+            ),
+        }
+    }
+
+    /// The service port an HTTP request's authority routes to (its port is ignored, as Istio's
+    /// gateways match `host` and `host:*`).
+    pub fn http_route(&self, authority: Option<&str>) -> Option<Arc<ServicePort>> {
+        let host = authority.and_then(|a| split_authority(a, self.port)).map(|(h, _)| h).unwrap_or("");
+        self.servers
+            .iter()
+            .flat_map(|s| &s.routes)
+            .filter(|(pattern, _)| host_matches(pattern, host))
+            .min_by_key(|(pattern, _)| specificity(pattern))
+            .map(|(_, sp)| sp.clone())
+    }
+}
+
+impl Server {
+    /// PASSTHROUGH: the clusters for a server name (a route without names takes any).
+    pub fn sni_clusters(&self, sni: Option<&str>) -> Option<&[(String, u32)]> {
+        self.sni_routes
+            .iter()
+            .find(|(names, _)| {
+                names.is_empty() || sni.is_some_and(|n| names.iter().any(|p| host_matches(p, n)))
+            })
+            .map(|(_, clusters)| clusters.as_slice())
+    }
+}
+
+/// Compiles the listeners. A server whose TLS cannot be set up is kept without it (its
+/// connections are refused, logged once per change); the others are unaffected.
+pub fn compile(
+    listeners: &[pb::GatewayListener],
+    virtual_hosts: &HashMap<String, Arc<VirtualHost>>,
+    previous: Option<&Gateway>,
+) -> Result<Option<Arc<Gateway>>, ConfigError> {
+    if listeners.is_empty() {
+        return Ok(None);
+    }
+    // A certificate that did not change is not parsed again on every push.
+    let reusable: Vec<(&str, &pb::GatewayTls, &Arc<rustls::ServerConfig>)> = previous
+        .into_iter()
+        .flat_map(|g| &g.listeners)
+        .flat_map(|l| &l.servers)
+        .filter_map(|s| Some((s.name.as_str(), s.source_tls.as_ref()?, s.terminate.as_ref()?)))
+        .collect();
+    let mut out = Vec::new();
+    for (i, l) in listeners.iter().enumerate() {
+        let field = format!("gateway_listeners[{i}]");
+        let port = u16::try_from(l.port).ok().filter(|p| *p != 0).ok_or_else(|| ConfigError {
+            field: format!("{field}.port"),
+            message: format!("{} is not a port", l.port),
+        })?;
+        let bind = match l.bind.as_str() {
+            "" => None,
+            text => Some(text.parse::<IpAddr>().map_err(|_| ConfigError {
+                field: format!("{field}.bind"),
+                message: format!("{text:?} is not an IP address"),
+            })?),
+        };
+        let protocol = pb::GatewayProtocol::try_from(l.protocol).map_err(|_| ConfigError {
+            field: format!("{field}.protocol"),
+            message: format!("{} is not a protocol this proxy knows", l.protocol),
+        })?;
+        let mut servers = Vec::new();
+        for s in &l.servers {
+            let passthrough =
+                s.tls.as_ref().is_some_and(|t| t.mode() == pb::GatewayTlsMode::GatewayTlsPassthrough);
+            let terminate = match &s.tls {
+                Some(t) if !passthrough => {
+                    match reusable.iter().find(|(n, old, _)| *n == s.name && *old == t) {
+                        Some((_, _, config)) => Some((*config).clone()),
+                        None => match tls::server_config(t, protocol != pb::GatewayProtocol::GatewayTls) {
+                            Ok(config) => Some(config),
+                            Err(e) => {
+                                tracing::error!(server = %s.name, port, "gateway server's TLS: {e}; its connections are refused");
+                                None
+                            }
+                        },
+                    }
+                }
+                _ => None,
+            };
+            let routes = s
+                .routes
+                .iter()
+                .map(|r| {
+                    let virtual_host = virtual_hosts.get(&r.virtual_host).cloned();
+                    let missing_virtual_host = virtual_host.is_none().then(|| r.virtual_host.clone());
+                    let sp = ServicePort {
+                        service: r.host.as_str().into(),
+                        port,
+                        protocol: pb::Protocol::Http,
+                        virtual_host,
+                        tcp_cluster: None,
+                        tcp_split: Vec::new(),
+                        missing_virtual_host,
+                        missing_tcp_clusters: Vec::new(),
+                    };
+                    (r.host.to_ascii_lowercase(), Arc::new(sp))
+                })
+                .collect();
+            let weighted =
+                |list: &[pb::WeightedCluster]| list.iter().map(|c| (c.cluster.clone(), c.weight)).collect();
+            servers.push(Server {
+                name: s.name.clone(),
+                hosts: s.hosts.iter().map(|h| h.to_ascii_lowercase()).collect(),
+                source_tls: s.tls.clone(),
+                terminate,
+                passthrough,
+                routes,
+                sni_routes: s
+                    .sni_routes
+                    .iter()
+                    .map(|r| (r.sni_hosts.clone(), weighted(&r.clusters)))
+                    .collect(),
+                tcp_clusters: weighted(&s.tcp_clusters),
+            });
+        }
+        out.push(Listener { bind, port, protocol, servers });
+    }
+    Ok(Some(Arc::new(Gateway { listeners: out })))
+}
+
+/// The configuration as kept for display (`/config_dump`): private keys are never shown.
+pub fn redact(config: &mut pb::ProxyConfig) {
+    for tls in config.gateway_listeners.iter_mut().flat_map(|l| &mut l.servers).filter_map(|s| s.tls.as_mut())
+    {
+        if !tls.private_key.is_empty() {
+            tls.private_key = "[redacted]".into();
+        }
+    }
+}
+
+/// A weighted pick among clusters the snapshot holds (`None` when none is held yet).
+pub fn pick(clusters: &[(String, u32)], held: &BTreeMap<String, Arc<Cluster>>) -> Option<Arc<Cluster>> {
+    let present: Vec<(Arc<Cluster>, u32)> =
+        clusters.iter().filter_map(|(name, w)| held.get(name).map(|c| (c.clone(), (*w).max(1)))).collect();
+    let total: u32 = present.iter().map(|(_, w)| *w).sum();
+    if total == 0 {
+        return None;
+    }
+    let mut roll = crate::with_fast_rng(|rng| rand::RngExt::random_range(rng, 0..total));
+    for (cluster, weight) in present {
+        if roll < weight {
+            return Some(cluster);
+        }
+        roll -= weight;
+    }
+    None
+}
+
+/// The address listeners without a `bind` use when the proxy has no `--listen-address`.
+pub const ANY: IpAddr = IpAddr::V4(Ipv4Addr::UNSPECIFIED);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn server(name: &str, hosts: &[&str], routes: &[&str]) -> Server {
+        Server {
+            name: name.into(),
+            hosts: hosts.iter().map(|h| h.to_string()).collect(),
+            source_tls: None,
+            terminate: None,
+            passthrough: false,
+            routes: routes
+                .iter()
+                .map(|h| {
+                    let sp = ServicePort {
+                        service: (*h).into(),
+                        port: 443,
+                        protocol: pb::Protocol::Http,
+                        virtual_host: None,
+                        tcp_cluster: None,
+                        tcp_split: Vec::new(),
+                        missing_virtual_host: None,
+                        missing_tcp_clusters: Vec::new(),
+                    };
+                    (h.to_string(), Arc::new(sp))
+                })
+                .collect(),
+            sni_routes: Vec::new(),
+            tcp_clusters: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn the_most_specific_server_and_route_win() {
+        let listener = Listener {
+            bind: None,
+            port: 443,
+            protocol: pb::GatewayProtocol::GatewayHttps,
+            servers: vec![
+                server("wild", &["*.example.com"], &["*.example.com"]),
+                server("exact", &["a.example.com"], &["a.example.com"]),
+                server("any", &["*"], &["*"]),
+            ],
+        };
+        let name = |sni| listener.server_for(sni).map(|s| s.name.as_str());
+        assert_eq!(name(Some("a.example.com")), Some("exact"));
+        assert_eq!(name(Some("B.example.com")), Some("wild"));
+        assert_eq!(name(Some("example.org")), Some("any"));
+        assert_eq!(name(None), Some("any"));
+        let route = |a| listener.http_route(a).map(|sp| sp.service.to_string());
+        assert_eq!(route(Some("a.example.com:8443")).as_deref(), Some("a.example.com"));
+        assert_eq!(route(Some("b.example.com")).as_deref(), Some("*.example.com"));
+        assert_eq!(route(Some("other")).as_deref(), Some("*"));
+        assert_eq!(route(Some("[::1")).as_deref(), Some("*"), "a broken authority is no host");
+        assert!(!host_matches("*.example.com", "example.com"));
+    }
+
+    #[test]
+    fn a_server_without_a_usable_certificate_is_kept_without_tls_and_bad_fields_are_named() {
+        let listener = pb::GatewayListener {
+            port: 8443,
+            protocol: pb::GatewayProtocol::GatewayHttps.into(),
+            servers: vec![pb::GatewayServer {
+                name: "ns/gw/0".into(),
+                hosts: vec!["a.example.com".into()],
+                tls: Some(pb::GatewayTls { certificate_chain: "not pem".into(), ..Default::default() }),
+                ..Default::default()
+            }],
+            ..Default::default()
+        };
+        let compiled = compile(std::slice::from_ref(&listener), &HashMap::new(), None).unwrap().unwrap();
+        assert!(compiled.listeners[0].servers[0].terminate.is_none());
+        let bad = pb::GatewayListener { port: 70000, ..listener.clone() };
+        assert_eq!(compile(&[bad], &HashMap::new(), None).unwrap_err().field, "gateway_listeners[0].port");
+        let bad = pb::GatewayListener { bind: "nowhere".into(), ..listener };
+        assert_eq!(compile(&[bad], &HashMap::new(), None).unwrap_err().field, "gateway_listeners[0].bind");
+    }
+}
