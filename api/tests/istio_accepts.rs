@@ -110,3 +110,19 @@ fn telemetry_istio_accepts_is_accepted_with_warnings_for_what_trellis_ignores() 
         ]
     );
 }
+
+#[test]
+fn a_tcp_idle_timeout_of_zero_turns_it_off_as_istio_documents() {
+    let dr = |pool: &str| {
+        format!(
+            "apiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {{name: api}}\n\
+             spec: {{host: api, trafficPolicy: {{connectionPool: {pool}}}}}\n"
+        )
+    };
+    assert_eq!(problems(&dr("{tcp: {idleTimeout: 0s}}")), Vec::<String>::new());
+    // The HTTP pool's idle timeout has no such meaning: zero stays a mistake.
+    assert_eq!(
+        problems(&dr("{http: {idleTimeout: 0s}}")),
+        ["error spec.trafficPolicy.connectionPool.http.idleTimeout: duration \"0s\" must be at least 1ms"]
+    );
+}

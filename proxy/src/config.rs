@@ -558,8 +558,10 @@ fn compile_cluster(
         pb::UpstreamProtocol::try_from(c.upstream_protocol).unwrap_or_default(),
         duration(pool.connect_timeout.as_ref(), &format!("{field}.connection_pool.connect_timeout"))?
             .unwrap_or(Duration::from_secs(10)),
-        duration(pool.idle_timeout.as_ref(), &format!("{field}.connection_pool.idle_timeout"))?
-            .map(|d| if d.is_zero() { NO_IDLE_TIMEOUT } else { d }),
+        match pool.idle_timeout.as_ref() {
+            Some(zero) if zero.seconds == 0 && zero.nanos == 0 => Some(NO_IDLE_TIMEOUT),
+            other => duration(other, &format!("{field}.connection_pool.idle_timeout"))?,
+        },
         pool.max_requests_per_connection,
         tls,
         connections,
@@ -855,6 +857,16 @@ mod tests {
                 parse(policy).and_then(|c| Snapshot::compile(c, 1, None).map(|_| ())).expect_err(policy);
             assert_eq!(err.field, field, "{policy}: {}", err.message);
         }
+    }
+
+    #[test]
+    fn an_idle_timeout_of_zero_means_never() {
+        let text = example().replacen("connectTimeout: 1s,", "connectTimeout: 1s, idleTimeout: 0s,", 1);
+        assert_ne!(text, example());
+        let snapshot = Snapshot::compile(parse(&text).unwrap(), 1, None).unwrap();
+        let name = "outbound|9080|v1|reviews.shop.svc.cluster.local";
+        assert_eq!(snapshot.clusters[name].idle_timeout, Some(NO_IDLE_TIMEOUT));
+        assert_eq!(snapshot.clusters[name].connections.idle_timeout, NO_IDLE_TIMEOUT);
     }
 
     #[test]

@@ -852,7 +852,9 @@ fn connection_pool(r: &mut Report, path: &str, pool: &ConnectionPoolSettings) {
         non_negative(r, &p, &[("maxConnections", tcp.max_connections)]);
         optional_duration(r, format!("{p}.connectTimeout"), tcp.connect_timeout.as_ref());
         optional_duration(r, format!("{p}.maxConnectionDuration"), tcp.max_connection_duration.as_ref());
-        optional_duration(r, format!("{p}.idleTimeout"), tcp.idle_timeout.as_ref());
+        // 0s turns the TCP idle timeout off, as Istio documents.
+        let idle = tcp.idle_timeout.as_ref().filter(|d| !d.to_std().is_ok_and(|d| d.is_zero()));
+        optional_duration(r, format!("{p}.idleTimeout"), idle);
         if let Some(ka) = &tcp.tcp_keepalive {
             optional_duration(r, format!("{p}.tcpKeepalive.time"), ka.time.as_ref());
             optional_duration(r, format!("{p}.tcpKeepalive.interval"), ka.interval.as_ref());

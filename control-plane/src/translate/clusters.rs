@@ -319,11 +319,12 @@ fn connection_pool(
     let idle_timeout =
         duration(http.and_then(|h| h.idle_timeout.as_ref()), &source, &format!("{field}.http.idleTimeout"))
             .or_else(|| {
-                duration(
-                    tcp.and_then(|t| t.idle_timeout.as_ref()),
-                    &source,
-                    &format!("{field}.tcp.idleTimeout"),
-                )
+                let tcp_idle = tcp.and_then(|t| t.idle_timeout.as_ref());
+                // Istio: a TCP idle timeout of 0s turns it off (the proxy reads zero so).
+                if tcp_idle.and_then(|d| d.to_std().ok()).is_some_and(|d| d.is_zero()) {
+                    return Some(Duration::ZERO);
+                }
+                duration(tcp_idle, &source, &format!("{field}.tcp.idleTimeout"))
             });
     pb::ConnectionPool {
         max_connections: count(tcp.map(|t| t.max_connections)),
@@ -482,6 +483,22 @@ spec:
                 ..Default::default()
             }
         );
+    }
+
+    #[test]
+    fn a_tcp_idle_timeout_of_zero_turns_it_off_and_reaches_the_proxy_as_zero() {
+        let dr = |idle: &str| {
+            format!(
+                "apiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {{ name: api, namespace: shop }}\n\
+                 spec: {{ host: api.shop.internal, trafficPolicy: {{ connectionPool: {{ tcp: {{ idleTimeout: {idle} }} }} }} }}\n"
+            )
+        };
+        let idle = |text: &str| {
+            let config = config(&model(&format!("{API}---\n{}", dr(text))), "shop");
+            pool(cluster(&config, "outbound|80||api.shop.internal")).idle_timeout
+        };
+        assert_eq!(idle("0s"), Some(pbjson_types::Duration { seconds: 0, nanos: 0 }));
+        assert_eq!(idle("45s"), secs(45));
     }
 
     #[test]
