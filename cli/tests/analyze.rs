@@ -858,7 +858,12 @@ fn istio_analyzer_test_data_gets_the_same_codes() {
         assert!(!paths.is_empty(), "{:?}: no corpus files", case.files);
         let analysis = analyze_paths(&paths);
         assert!(analysis.stderr.is_empty(), "{:?}: {}", case.files, analysis.stderr);
-        assert!(analysis.with_code("IST0106").is_empty(), "{:?}: Istio accepts these: {:#}", case.files, analysis.report);
+        assert!(
+            analysis.with_code("IST0106").is_empty(),
+            "{:?}: Istio accepts these: {:#}",
+            case.files,
+            analysis.report
+        );
         let found: BTreeSet<(String, String)> =
             analysis.found().into_iter().filter(|(code, _)| case.codes.contains(&code.as_str())).collect();
         let expected: BTreeSet<(String, String)> =

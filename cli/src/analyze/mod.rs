@@ -110,6 +110,7 @@ pub fn run(args: &Args) -> ExitCode {
     if live && !files.is_empty() {
         prefer_files(&mut mesh);
     }
+    mesh.index();
     notes.extend(skipped(&mesh));
     findings.extend(analyze(&mesh));
     let report = report::Report::new(files.len(), mesh.resources, findings, notes);

@@ -43,9 +43,11 @@ pub struct Subject {
 
 impl fmt::Display for Subject {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let kind = if self.kind.is_empty() { "document" } else { &self.kind };
+        let name = if self.name.is_empty() { "<unnamed>" } else { &self.name };
         match &self.namespace {
-            Some(ns) => write!(f, "{} {ns}/{}", self.kind, self.name)?,
-            None => write!(f, "{} {}", self.kind, self.name)?,
+            Some(ns) => write!(f, "{kind} {ns}/{name}")?,
+            None => write!(f, "{kind} {name}")?,
         }
         if let Some(origin) = &self.origin {
             write!(f, " ({} doc {}", origin.file, origin.doc)?;
@@ -146,6 +148,8 @@ pub struct Mesh {
     pub live: bool,
     /// How many resources of any kind were read.
     pub resources: usize,
+    /// Kubernetes Services by full name (see [`Mesh::index`]).
+    services_by_host: BTreeMap<String, Vec<usize>>,
 }
 
 /// A host's entry in the service registry.
@@ -327,12 +331,24 @@ impl Mesh {
         }
     }
 
+    /// Indexes what lookups need, once everything is read: a large input is then not searched
+    /// through for every destination.
+    pub fn index(&mut self) {
+        self.services_by_host.clear();
+        for (i, service) in self.services.iter().enumerate() {
+            self.services_by_host.entry(hosts::fqdn(&service.name, &service.namespace)).or_default().push(i);
+        }
+    }
+
     /// The service or ServiceEntry that `host` (a full name) is, as seen from `namespace`.
     pub fn service(&self, host: &str, namespace: &str) -> Option<ServiceRef<'_>> {
-        let kube = self.services.iter().find(|s| {
-            hosts::fqdn(&s.name, &s.namespace) == host
-                && hosts::visible(&s.spec.export_to, &s.namespace, namespace)
-        });
+        let kube = self
+            .services_by_host
+            .get(host)
+            .into_iter()
+            .flatten()
+            .filter_map(|i| self.services.get(*i))
+            .find(|s| hosts::visible(&s.spec.export_to, &s.namespace, namespace));
         if let Some(service) = kube {
             return Some(ServiceRef::Kube(service));
         }
@@ -455,6 +471,7 @@ mod tests {
             None,
         );
         mesh.add_kube_object(&json!("not an object"), None);
+        mesh.index();
         assert_eq!(mesh.services.len(), 1);
         assert_eq!(mesh.services[0].spec.ports.len(), 1, "the port without a number is passed over");
         assert_eq!(mesh.services[0].spec.ports[0].target_port, "pg");

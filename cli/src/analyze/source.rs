@@ -64,7 +64,7 @@ pub fn add_text(mesh: &mut Mesh, text: &str, file: Option<&str>, findings: &mut 
                     documents.get(loaded.index - 1).and_then(|d| serde_saphyr::from_str::<Value>(d.text).ok())
                 });
                 let value = match (value.as_ref(), loaded.item) {
-                    (Some(v), Some(item)) => v["items"].get(item - 1),
+                    (Some(v), Some(item)) => v["items"].get(item.wrapping_sub(1)),
                     (v, None) => v,
                     (None, _) => None,
                 };
@@ -126,5 +126,17 @@ mod tests {
         assert!(errors[0].starts_with("x.yaml: doc 2: "), "{errors:?}");
         assert!(errors[0].contains("line 3"), "{errors:?}");
         assert_eq!(findings.len(), 1, "a mapping without apiVersion is a schema problem: {findings:?}");
+    }
+
+    #[test]
+    fn hostile_documents_are_passed_over_or_named() {
+        let text = "apiVersion: v1\nkind: List\nitems: 5\n---\napiVersion: v1\nkind: List\nitems: [x, 7, {kind: Service}]\n---\napiVersion: v1\nkind: Service\nmetadata: [1]\nspec: [1, 2]\n---\napiVersion: v1\nkind: Pod\nmetadata: {name: p, labels: 3}\nspec: {containers: x, hostNetwork: yes}\n---\n&a [*a]\n";
+        let mut mesh = Mesh::new("istio-system");
+        let mut findings = Vec::new();
+        let errors = add_text(&mut mesh, text, Some("h.yaml"), &mut findings);
+        // The List without items and the alias loop cannot be read; the rest is read loosely.
+        assert!(errors.iter().all(|e| e.starts_with("h.yaml: doc ")), "{errors:?}");
+        assert!(mesh.workloads.iter().all(|w| w.spec.containers.is_empty()));
+        assert!(mesh.services.iter().all(|s| s.spec.ports.is_empty() && s.name.is_empty()));
     }
 }
