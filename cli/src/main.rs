@@ -2,6 +2,7 @@
 
 #![forbid(unsafe_code)]
 
+mod analyze;
 mod authz;
 // The chart renderer `trellis install` uses (not called by any command yet).
 #[allow(dead_code)]
@@ -14,6 +15,7 @@ mod http_client;
 mod inject;
 mod input;
 mod install;
+mod proxy_config;
 mod proxy_status;
 mod validate;
 
@@ -41,11 +43,17 @@ enum Command {
     Authz(authz::Command),
     /// Check Istio resource files the way the mesh will read them.
     Validate(validate::Args),
+    /// Find what is wrong across resources (files or the live cluster), like `istioctl
+    /// analyze`: each finding with a code, the resources involved and a fix.
+    Analyze(analyze::Args),
     /// Add the sidecar to the workloads in a manifest, as the webhook would.
     Inject(inject::Args),
     /// Show whether each proxy has the control plane's latest config, like `istioctl
     /// proxy-status`.
     ProxyStatus(proxy_status::Args),
+    /// Show what one proxy holds (listeners, routes, clusters, endpoints with their health,
+    /// its certificate), read from its admin port, like `istioctl proxy-config`.
+    ProxyConfig(proxy_config::Args),
     /// Print the CustomResourceDefinitions of the Istio kinds Trellis reads (for the chart).
     Crds,
     /// Install (or upgrade) the control plane in the current cluster: the chart's objects,
@@ -73,9 +81,11 @@ fn main() -> ExitCode {
         Command::Demo(args) => demo::run(&args),
         Command::DemoApp(args) => demo_app::run(args),
         Command::Validate(args) => validate::run(&args),
+        Command::Analyze(args) => analyze::run(&args),
         Command::Authz(command) => authz::run(&command),
         Command::Inject(args) => inject::run(&args),
         Command::ProxyStatus(args) => proxy_status::run(&args),
+        Command::ProxyConfig(args) => proxy_config::run(&args),
         Command::Install(args) => install::run_install(&args),
         Command::Uninstall(args) => install::run_uninstall(&args),
         Command::Check(args) => check::run(&args),

@@ -6,7 +6,7 @@
 
 pub(crate) mod fetch;
 pub(crate) mod model;
-mod render;
+pub(crate) mod render;
 
 use std::io::Write;
 use std::process::ExitCode;

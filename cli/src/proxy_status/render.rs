@@ -202,7 +202,7 @@ fn state_word(state: TypeState) -> &'static str {
 }
 
 /// Left-aligned columns two spaces apart, without trailing spaces.
-fn columns(rows: &[Vec<String>]) -> String {
+pub fn columns(rows: &[Vec<String>]) -> String {
     let mut widths: Vec<usize> = Vec::new();
     for row in rows {
         for (i, cell) in row.iter().enumerate() {
@@ -244,7 +244,7 @@ pub fn age(since: u64, now: u64) -> String {
 }
 
 /// Unix seconds as `2025-03-01T12:00:00Z`.
-fn utc(secs: u64) -> String {
+pub fn utc(secs: u64) -> String {
     let days = (secs / 86400) as i64;
     let rem = secs % 86400;
     // Howard Hinnant's civil_from_days.
