@@ -546,10 +546,11 @@ fn text_output_names_the_resource_the_problem_and_the_fix() {
     let stdout = text(&out.stdout);
     let lines: Vec<&str> = stdout.lines().collect();
     assert!(
-        lines[0].starts_with("Error [IST0101] (VirtualService shop/reviews-canary (- doc 18)) spec.http[0]"),
+        lines[0]
+            .starts_with("Error [IST0101] (VirtualService shop/reviews-canary <stdin> doc 18) spec.http[0]"),
         "{stdout}"
     );
-    assert_eq!(lines[1], "    involves DestinationRule shop/reviews (- doc 10)");
+    assert_eq!(lines[1], "    involves DestinationRule shop/reviews <stdin> doc 10");
     assert!(lines[2].starts_with("    fix: add a subset named \"v3\""), "{stdout}");
     assert_eq!(
         lines.last().copied(),

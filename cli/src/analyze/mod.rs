@@ -93,7 +93,7 @@ pub fn run(args: &Args) -> ExitCode {
         failed = true;
     }
     for file in &files {
-        let name = file.display().to_string();
+        let name = if file.as_os_str() == "-" { "<stdin>".to_owned() } else { file.display().to_string() };
         let text = match crate::input::read_input(file) {
             Ok(text) => text,
             Err(message) => {

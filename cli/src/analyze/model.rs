@@ -50,11 +50,10 @@ impl fmt::Display for Subject {
             None => write!(f, "{kind} {name}")?,
         }
         if let Some(origin) = &self.origin {
-            write!(f, " ({} doc {}", origin.file, origin.doc)?;
+            write!(f, " {} doc {}", origin.file, origin.doc)?;
             if let Some(item) = origin.item {
                 write!(f, " item {item}")?;
             }
-            f.write_str(")")?;
         }
         Ok(())
     }
