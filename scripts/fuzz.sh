@@ -65,7 +65,7 @@ if ! cargo +nightly fuzz build "${flags[@]}" >"$build_log" 2>&1; then
 fi
 
 # Targets that need the proxy crate (fuzz/Cargo.toml, required-features = ["proxy"]).
-proxy_targets=" xds_config proxy_config_file probes jwt trace_context "
+proxy_targets=" xds_config proxy_config_file probes jwt trace_context dns_query "
 mapfile -t available < <(cargo +nightly fuzz list)
 if [ $# -gt 0 ]; then
   targets=("$@")
