@@ -39,6 +39,7 @@ const SECRETS: &str = "/api/v1/secrets";
 const GATEWAYS: &str = "/apis/networking.istio.io/v1/gateways";
 const VIRTUAL_SERVICES: &str = "/apis/networking.istio.io/v1/virtualservices";
 const DESTINATION_RULES: &str = "/apis/networking.istio.io/v1/destinationrules";
+const AUTHORIZATION_POLICIES: &str = "/apis/security.istio.io/v1/authorizationpolicies";
 
 /// The gateway's pod address, the sidecar's and the TLS backend's.
 const GATEWAY_IP: &str = "127.0.0.30";
@@ -455,6 +456,21 @@ async fn an_ingress_gateway_routes_by_host_and_path_into_the_mesh_over_mutual_tl
     assert!(text.contains("app /api/items"), "{text}");
     // The sidecar only accepts mutual TLS, and says who called: the gateway's own identity.
     assert!(text.contains("spiffe://cluster.local/ns/istio-system/sa/ingress"), "{text}");
+
+    // An AuthorizationPolicy selecting the gateway applies at the gateway.
+    mesh.api.apply(
+        AUTHORIZATION_POLICIES,
+        json!({"apiVersion": "security.istio.io/v1", "kind": "AuthorizationPolicy",
+        "metadata": {"name": "edge", "namespace": "istio-system"},
+        "spec": {"selector": {"matchLabels": {"istio": "ingressgateway"}}, "action": "DENY",
+                 "rules": [{"to": [{"operation": {"paths": ["/api/admin*"]}}]}]}}),
+    );
+    let text =
+        until_ok("denied at the gateway", 403, async || http_get(http, &host, "/api/admin/users").await)
+            .await;
+    assert!(!text.contains("app /"), "the app never saw it: {text}");
+    let (code, text) = http_get(http, &host, "/api/items").await.unwrap();
+    assert_eq!(code, 200, "the rest still passes: {text}");
 
     let (code, text) = http_get(http, &host, "/other").await.unwrap();
     assert_eq!(code, 404, "no route for the path: {text}");

@@ -135,6 +135,11 @@ pub async fn handle(mut request: Request<Incoming>, conn: &Conn, proxy: &Arc<Pro
 }
 
 async fn outbound(mut request: Request<Incoming>, conn: &Conn, proxy: &Arc<Proxy>) -> Outcome {
+    if conn.gateway_port.is_some()
+        && let Err(refused) = box_out_of_line(|| gateway_policy(&mut request, conn, proxy)).await
+    {
+        return refused;
+    }
     let snapshot = proxy.config.load_full();
     let (port, service_port) = {
         let authority = authority_ref(&request);
@@ -927,6 +932,32 @@ async fn inbound(mut request: Request<Incoming>, conn: &Conn, proxy: &Proxy) -> 
         service,
     )
     .await
+}
+
+/// A gateway applies the RequestAuthentications and AuthorizationPolicies that select it to
+/// every request before routing it, as a sidecar does to its inbound requests (the
+/// destination port is the gateway's port).
+async fn gateway_policy(request: &mut Request<Incoming>, conn: &Conn, proxy: &Proxy) -> Result<(), Outcome> {
+    let current = proxy.config.load();
+    if current.inbound_policy.is_empty() {
+        return Ok(());
+    }
+    let snapshot = arc_swap::Guard::into_inner(current);
+    if let Some(normalized) = normalize_path(request.uri().path()) {
+        set_path(request, &normalized);
+    }
+    use crate::security::policy::{Checked, ask_custom, check_request};
+    let target = SocketAddr::new(conn.local.ip(), conn.gateway_port.unwrap_or(0));
+    let policy = &snapshot.inbound_policy;
+    let checked = match check_request(request, conn, target, proxy, policy, is_grpc) {
+        Checked::Done(checked) => checked,
+        Checked::AskCustom(pending) => ask_custom(pending, request, conn, target, proxy, policy).await,
+    };
+    checked.map_err(|refusal| {
+        let mut refused = Outcome::new(refusal.response, "unknown", refusal.flags);
+        refused.log.details = refusal.details;
+        refused
+    })
 }
 
 /// The destination service of an inbound request, for the metrics: the mesh service its
