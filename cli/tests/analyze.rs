@@ -319,6 +319,33 @@ spec:
     assert_eq!(shop_with(&[&elsewhere]).with_code("IST0109").len(), 2);
 }
 
+#[test]
+fn on_a_gateway_a_catch_all_rule_can_shadow_another_virtual_service_of_the_host() {
+    let admin = "apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: admin, namespace: shop}
+spec:
+  hosts: [shop.example.com]
+  gateways: [shop/ingress]
+  http:
+  - match: [{uri: {prefix: /admin}}]
+    route: [{destination: {host: web}}]";
+    let analysis = shop_with(&[admin]);
+    assert_eq!(
+        analysis.found(),
+        BTreeSet::from([("TRL0004".to_owned(), "VirtualService shop/admin".to_owned())])
+    );
+    let finding = analysis.with_code("TRL0004")[0];
+    let involved: Vec<String> = finding["resources"].as_array().unwrap().iter().map(subject).collect();
+    assert_eq!(involved, ["VirtualService shop/admin", "VirtualService shop/web", "Gateway shop/ingress"]);
+    assert!(finding["message"].as_str().unwrap().contains("spec.http[2] has no match"), "{finding}");
+    // Another host on the same gateway is routed apart.
+    let other_host = admin.replace("hosts: [shop.example.com]", "hosts: [admin.example.com]");
+    let server_host =
+        shop().replace("hosts: [shop.example.com]\n---", "hosts: [shop.example.com, admin.example.com]\n---");
+    assert_clean(&analyze(&[&server_host, &other_host]));
+}
+
 // ---- TLS off towards STRICT: IST0113 ----
 
 #[test]

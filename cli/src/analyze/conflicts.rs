@@ -1,6 +1,10 @@
 //! Two VirtualServices for one host on the sidecars (IST0109). A sidecar uses one
-//! VirtualService per host, so the routes of the others are silently ignored. Gateways merge
-//! the VirtualServices of a host (as in Istio), so only those bound to `mesh` conflict.
+//! VirtualService per host, so the routes of the others are silently ignored.
+//!
+//! A gateway merges the rules of the VirtualServices of a host into one list (Istio puts the
+//! oldest first, Trellis orders by namespace and name), so that is no conflict by itself; but a
+//! rule without match in one of them takes every request and can leave the other's rules
+//! unused (TRL0004).
 //!
 //! Hosts are compared per namespace that sees them: a VirtualService exported to some
 //! namespaces only conflicts there, with those of the same host and with those exported
@@ -10,7 +14,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use trellis_api::networking::VirtualServiceSpec;
 
-use super::finding::{CONFLICTING_MESH_GATEWAY_HOSTS, Finding};
+use super::finding::{CONFLICTING_MESH_GATEWAY_HOSTS, Finding, GATEWAY_ROUTES_SHADOWED};
 use super::hosts;
 use super::model::{Mesh, Obj};
 
@@ -69,6 +73,61 @@ pub fn check(mesh: &Mesh, out: &mut Vec<Finding>) {
             out.push(finding);
         }
     }
+}
+
+/// VirtualServices sharing a host on a gateway where one of them has an HTTP rule without
+/// match: the other's HTTP rules may never be tried.
+pub fn check_gateways(mesh: &Mesh, out: &mut Vec<Finding>) {
+    let vss = &mesh.virtual_services;
+    for (i, shadowing) in vss.iter().enumerate() {
+        let Some(catch_all) = shadowing.spec.http.iter().position(|r| r.matches.is_empty()) else { continue };
+        let gateways = gateway_keys(shadowing);
+        for (j, shadowed) in vss.iter().enumerate() {
+            if i == j || shadowed.spec.http.is_empty() {
+                continue;
+            }
+            let Some(gateway) = gateway_keys(shadowed).into_iter().find(|g| gateways.contains(g)) else {
+                continue;
+            };
+            let Some(host) = shared_host(shadowing, shadowed) else { continue };
+            let mut finding = Finding::new(
+                GATEWAY_ROUTES_SHADOWED,
+                &shadowed.subject,
+                format!(
+                    "gateway {gateway} merges the rules of this VirtualService and of {}/{} for host {host} into \
+                     one list (in Istio the older first, in Trellis by namespace and name); its rule \
+                     spec.http[{catch_all}] has no match and takes every request, so the rules after it are not tried",
+                    shadowing.namespace, shadowing.name
+                ),
+                "give the rule without match a match, or merge the two VirtualServices into one whose catch-all rule comes last",
+            )
+            .with(&shadowing.subject);
+            if let Some(g) = mesh.gateways.iter().find(|g| format!("{}/{}", g.namespace, g.name) == gateway) {
+                finding = finding.with(&g.subject);
+            }
+            out.push(finding);
+        }
+    }
+}
+
+/// The gateways a VirtualService is bound to, as `namespace/name` (a bare name is in its own
+/// namespace); `mesh` is not a gateway.
+fn gateway_keys(vs: &Obj<VirtualServiceSpec>) -> Vec<String> {
+    vs.spec
+        .gateways
+        .iter()
+        .filter(|g| *g != "mesh")
+        .map(|g| if g.contains('/') { g.clone() } else { format!("{}/{g}", vs.namespace) })
+        .collect()
+}
+
+/// A host of `a` that overlaps one of `b`.
+fn shared_host(a: &Obj<VirtualServiceSpec>, b: &Obj<VirtualServiceSpec>) -> Option<String> {
+    a.spec
+        .hosts
+        .iter()
+        .map(|h| hosts::fqdn(h, &a.namespace))
+        .find(|host| b.spec.hosts.iter().any(|other| hosts::overlap(host, &hosts::fqdn(other, &b.namespace))))
 }
 
 /// Whether the VirtualService applies to sidecars: no `gateways`, or `mesh` among them.

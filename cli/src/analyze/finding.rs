@@ -58,6 +58,7 @@ pub const HTTP_RULE_ON_TCP_PORT: Code =
 pub const SIDECAR_HIDES_DESTINATION: Code = code("TRL0002", "SidecarHidesRoutedHost", Level::Warning);
 pub const GATEWAY_HOST_WITHOUT_ROUTE: Code =
     code("TRL0003", "GatewayHostWithoutVirtualService", Level::Warning);
+pub const GATEWAY_ROUTES_SHADOWED: Code = code("TRL0004", "GatewayVirtualServiceShadowed", Level::Warning);
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct Finding {

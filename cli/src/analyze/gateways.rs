@@ -68,17 +68,12 @@ pub fn check(mesh: &Mesh, out: &mut Vec<Finding>) {
     }
 }
 
-/// Whether a VirtualService names this Gateway: `ns/name`, `name` in its own namespace, or the
-/// legacy `name.ns…`.
+/// Whether a VirtualService names this Gateway: `ns/name`, or `name` in its own namespace (as
+/// trellisd binds them; Istio's legacy `name.namespace` form binds nothing in Trellis).
 fn binds(spec: &VirtualServiceSpec, vs_namespace: &str, gateway: &Obj<GatewaySpec>) -> bool {
     spec.gateways.iter().any(|g| match g.split_once('/') {
         Some((ns, name)) => ns == gateway.namespace && name == gateway.name,
-        None => match g.split_once('.') {
-            Some((name, rest)) => {
-                name == gateway.name && rest.split('.').next() == Some(gateway.namespace.as_str())
-            }
-            None => g == &gateway.name && vs_namespace == gateway.namespace,
-        },
+        None => g == &gateway.name && vs_namespace == gateway.namespace,
     })
 }
 

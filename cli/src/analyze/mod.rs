@@ -132,6 +132,7 @@ fn analyze(mesh: &Mesh) -> Vec<Finding> {
         matches::check(vs, &mut out);
     }
     conflicts::check(mesh, &mut out);
+    conflicts::check_gateways(mesh, &mut out);
     subsets::check(mesh, &mut out);
     mtls::check(mesh, &mut out);
     tls::check(mesh, &mut out);
