@@ -341,6 +341,7 @@ fn defaults_render_the_control_plane_in_install_order() {
         .collect();
     let expected = [
         ("PodDisruptionBudget", "trellis-injector"),
+        ("ServiceAccount", "trellis-ingressgateway"),
         ("ServiceAccount", "trellis-injector"),
         ("ServiceAccount", "trellisd"),
         ("ConfigMap", "trellis-mesh"),
@@ -352,8 +353,10 @@ fn defaults_render_the_control_plane_in_install_order() {
         ("Role", "trellisd"),
         ("RoleBinding", "trellis-injector"),
         ("RoleBinding", "trellisd"),
+        ("Service", "trellis-ingressgateway"),
         ("Service", "trellis-injector"),
         ("Service", "trellisd"),
+        ("Deployment", "trellis-ingressgateway"),
         ("Deployment", "trellis-injector"),
         ("Deployment", "trellisd"),
         ("MutatingWebhookConfiguration", "trellis-sidecar-injector"),
@@ -397,6 +400,7 @@ fn hub_tag_cni_replicas_and_resources_take_effect() {
         images,
         [
             "registry.example.com/mirror/cni:1.2.3",
+            "registry.example.com/mirror/proxy:1.2.3",
             "registry.example.com/mirror/injector:1.2.3",
             "registry.example.com/mirror/trellisd:1.2.3"
         ]
@@ -526,6 +530,66 @@ fn one_replica_and_no_control_plane() {
     let cni = get(&manifests, "DaemonSet", "trellis-cni-node");
     assert!(cni["spec"]["template"]["spec"].get("nodeSelector").is_none(), "null deletes the default");
     assert_eq!(env(container(cni, "install-cni"), "EXCLUDE_NAMESPACES"), Some("trellis-system"));
+}
+
+#[test]
+fn the_ingress_gateway_is_on_the_egress_gateway_off_and_both_configurable() {
+    let manifests = render(&CASES[0]);
+    let ingress = get(&manifests, "Deployment", "trellis-ingressgateway");
+    let labels = &ingress["spec"]["template"]["metadata"]["labels"];
+    assert_eq!(
+        (labels["istio"].as_str(), labels["app"].as_str()),
+        (Some("ingressgateway"), Some("istio-ingressgateway"))
+    );
+    assert_eq!(labels["sidecar.istio.io/inject"], "false", "a gateway is never injected");
+    let proxy = container(ingress, "istio-proxy");
+    assert_eq!(proxy["image"], "ghcr.io/trellis-mesh/proxy:0.1.0");
+    assert_eq!(args(proxy), ["--role=gateway", "--discovery-address=trellisd.trellis-system.svc:15012"]);
+    assert_eq!(env(proxy, "TRUST_DOMAIN"), Some("cluster.local"));
+    let sysctls = &ingress["spec"]["template"]["spec"]["securityContext"]["sysctls"][0];
+    assert_eq!(sysctls["name"], "net.ipv4.ip_unprivileged_port_start", "servers may listen on 80 and 443");
+    let service = get(&manifests, "Service", "trellis-ingressgateway");
+    assert_eq!(service["spec"]["type"], "LoadBalancer");
+    assert_eq!(service["spec"]["selector"]["istio"], "ingressgateway");
+    let ports: Vec<(i64, i64)> = service["spec"]["ports"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| (p["port"].as_i64().unwrap(), p["targetPort"].as_i64().unwrap()))
+        .collect();
+    assert_eq!(ports, [(15021, 15021), (80, 80), (443, 443)]);
+    assert!(service["spec"]["ports"][1].get("nodePort").is_none(), "Kubernetes picks node ports by default");
+    assert!(
+        find(&manifests, "Deployment", "trellis-egressgateway").is_none(),
+        "no egress gateway by default"
+    );
+
+    let dir = tempfile::tempdir().unwrap();
+    let case = Case {
+        name: "gateways",
+        files: &[r#"
+gateways:
+  ingress:
+    service:
+      type: NodePort
+      ports: [{name: http2, port: 80, targetPort: 8080, nodePort: 30080}]
+  egress:
+    enabled: true
+"#],
+        set: &[],
+    };
+    let manifests = chart::render(&options(&case, dir.path())).unwrap();
+    let service = get(&manifests, "Service", "trellis-ingressgateway");
+    assert_eq!(service["spec"]["type"], "NodePort");
+    assert_eq!(service["spec"]["ports"][0]["nodePort"], 30080);
+    assert_eq!(service["spec"]["ports"][0]["targetPort"], 8080);
+    let egress = get(&manifests, "Deployment", "trellis-egressgateway");
+    assert_eq!(egress["spec"]["template"]["metadata"]["labels"]["istio"], "egressgateway");
+    assert_eq!(get(&manifests, "Service", "trellis-egressgateway")["spec"]["type"], "ClusterIP");
+    for m in &manifests {
+        parse_strictly(m)
+            .unwrap_or_else(|e| panic!("{} {}: {e}", m.object["kind"], m.object["metadata"]["name"]));
+    }
 }
 
 #[test]
