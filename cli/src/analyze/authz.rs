@@ -164,3 +164,49 @@ pub fn is_tcp(port: &ServicePort) -> bool {
     };
     matches!(declared.to_ascii_lowercase().as_str(), "tcp" | "tls" | "https" | "mongo" | "mysql" | "redis")
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn port(name: &str, app_protocol: &str) -> ServicePort {
+        ServicePort {
+            port: 80,
+            name: name.into(),
+            app_protocol: app_protocol.into(),
+            ..ServicePort::default()
+        }
+    }
+
+    #[test]
+    fn tcp_ports_as_istio_reads_them() {
+        assert!(is_tcp(&port("tcp-db", "")));
+        assert!(is_tcp(&port("mongo", "")));
+        assert!(is_tcp(&port("https", "")));
+        assert!(is_tcp(&port("web", "TCP")));
+        assert!(is_tcp(&port("http", "kubernetes.io/wss")));
+        assert!(!is_tcp(&port("tcp", "http")), "appProtocol wins over the name");
+        assert!(!is_tcp(&port("", "")), "unnamed ports are detected, not declared");
+        assert!(!is_tcp(&port("tcpdump", "")));
+        assert!(!is_tcp(&port("grpc-web", "")));
+    }
+
+    #[test]
+    fn target_ports_by_number_and_name() {
+        let workload = Workload {
+            kind: super::super::model::WorkloadKind::Pod,
+            containers: Vec::new(),
+            init_containers: Vec::new(),
+            ports: vec![(5432, "pg".into())],
+            host_network: false,
+        };
+        let mut p = port("tcp", "");
+        assert_eq!(target_port(&p, &workload), 80);
+        p.target_port = "8080".into();
+        assert_eq!(target_port(&p, &workload), 8080);
+        p.target_port = "pg".into();
+        assert_eq!(target_port(&p, &workload), 5432);
+        p.target_port = "nope".into();
+        assert_eq!(target_port(&p, &workload), 80);
+    }
+}

@@ -148,3 +148,38 @@ fn scopes(vs: &Obj<VirtualServiceSpec>) -> Vec<Scope> {
         .collect();
     set.into_iter().map(Some).collect()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::super::test_support::{found, mesh};
+    use super::*;
+
+    fn vs(namespace: &str, name: &str, host: &str, extra: &str) -> String {
+        format!(
+            "apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {{name: {name}, namespace: {namespace}}}\nspec:\n  hosts: [{host}]\n{extra}  http: [{{route: [{{destination: {{host: {host}}}}}]}}]\n---\n"
+        )
+    }
+
+    #[test]
+    fn short_names_are_compared_in_their_namespace() {
+        let text = vs("a", "r", "ratings", "") + &vs("b", "r", "ratings", "");
+        let mut out = Vec::new();
+        check(&mesh(&text), &mut out);
+        assert!(out.is_empty(), "ratings.a and ratings.b differ: {out:?}");
+        let text = vs("a", "r", "ratings", "") + &vs("b", "r", "ratings.a.svc.cluster.local", "");
+        check(&mesh(&text), &mut out);
+        assert_eq!(found(&out), ["IST0109 VirtualService a/r", "IST0109 VirtualService b/r"]);
+    }
+
+    #[test]
+    fn export_to_limits_where_they_meet() {
+        let only_here = "  exportTo: ['.']\n";
+        let text = vs("a", "r", "x.example.com", only_here) + &vs("b", "r", "x.example.com", only_here);
+        let mut out = Vec::new();
+        check(&mesh(&text), &mut out);
+        assert!(out.is_empty(), "{out:?}");
+        let text = vs("a", "r", "x.example.com", only_here) + &vs("b", "r", "'*.example.com'", "");
+        check(&mesh(&text), &mut out);
+        assert_eq!(found(&out), ["IST0109 VirtualService a/r", "IST0109 VirtualService b/r"]);
+    }
+}

@@ -92,3 +92,40 @@ fn has_routes(spec: &VirtualServiceSpec, routes: Routes) -> bool {
         Routes::Tcp => !spec.tcp.is_empty(),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::super::test_support::{found, mesh};
+    use super::*;
+
+    const GATEWAY: &str = "apiVersion: networking.istio.io/v1\nkind: Gateway\nmetadata: {name: gw, namespace: edge}\nspec:\n  servers:\n  - port: {number: 80, name: http, protocol: HTTP}\n    hosts: [shop/*.example.com]\n---\n";
+
+    fn run(vs: &str) -> Vec<String> {
+        let mut out = Vec::new();
+        check(&mesh(&format!("{GATEWAY}{vs}")), &mut out);
+        found(&out)
+    }
+
+    fn vs(namespace: &str, gateways: &str, host: &str) -> String {
+        format!(
+            "apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {{name: v, namespace: {namespace}}}\nspec:\n  hosts: [{host}]\n  gateways: [{gateways}]\n  http: [{{route: [{{destination: {{host: web}}}}]}}]\n"
+        )
+    }
+
+    #[test]
+    fn a_host_is_routed_by_a_bound_virtual_service_of_an_allowed_namespace() {
+        assert!(run(&vs("shop", "edge/gw", "a.example.com")).is_empty());
+        assert_eq!(
+            run(&vs("other", "edge/gw", "a.example.com")),
+            ["TRL0003 Gateway edge/gw"],
+            "namespace shop only"
+        );
+        assert_eq!(
+            run(&vs("shop", "gw", "a.example.com")),
+            ["TRL0003 Gateway edge/gw"],
+            "gw would be shop/gw"
+        );
+        assert_eq!(run(&vs("shop", "edge/gw", "a.example.org")), ["TRL0003 Gateway edge/gw"]);
+        assert_eq!(run(""), ["TRL0003 Gateway edge/gw"]);
+    }
+}

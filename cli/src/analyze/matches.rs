@@ -217,3 +217,54 @@ fn to_value(m: &impl Serialize) -> Value {
 fn named(field: String, name: &str) -> String {
     if name.is_empty() { field } else { format!("{field} ({name:?})") }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::super::test_support::{found, mesh};
+    use super::*;
+
+    fn run(http: &str) -> Vec<Finding> {
+        let text = format!(
+            "apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {{name: r}}\nspec:\n  hosts: [r]\n  http:\n{http}"
+        );
+        let mesh = mesh(&text);
+        let mut out = Vec::new();
+        check(&mesh.virtual_services[0], &mut out);
+        out
+    }
+
+    #[test]
+    fn a_match_without_method_counts_as_get_when_prefixes_overlap() {
+        let out = run(
+            "  - match: [{uri: {prefix: /a}}]\n    route: [{destination: {host: r}}]\n  - match: [{uri: {prefix: /ab}, method: {exact: GET}}]\n    route: [{destination: {host: r}}]\n",
+        );
+        assert_eq!(found(&out), ["IST0131 VirtualService r"]);
+        let post = run(
+            "  - match: [{uri: {prefix: /a}}]\n    route: [{destination: {host: r}}]\n  - match: [{uri: {prefix: /ab}, method: {exact: POST}}]\n    route: [{destination: {host: r}}]\n",
+        );
+        assert!(post.is_empty(), "{post:?}");
+    }
+
+    #[test]
+    fn headers_must_match_for_a_prefix_to_cover() {
+        let out = run(
+            "  - match: [{uri: {prefix: /a}, headers: {x: {exact: '1'}}}]\n    route: [{destination: {host: r}}]\n  - match: [{uri: {prefix: /ab}}]\n    route: [{destination: {host: r}}]\n",
+        );
+        assert!(out.is_empty(), "{out:?}");
+    }
+
+    #[test]
+    fn exact_matches_are_not_compared_as_prefixes() {
+        let out = run(
+            "  - match: [{uri: {prefix: /}}, {uri: {exact: /}, method: {exact: GET}}]\n    route: [{destination: {host: r}}]\n",
+        );
+        assert!(out.is_empty(), "{out:?}");
+    }
+
+    #[test]
+    fn two_catch_alls() {
+        let out = run("  - route: [{destination: {host: r}}]\n  - route: [{destination: {host: r}}]\n");
+        assert_eq!(found(&out), ["IST0130 VirtualService r"]);
+        assert!(out[0].message.contains("has no match either"), "{}", out[0].message);
+    }
+}

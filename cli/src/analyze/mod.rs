@@ -191,3 +191,26 @@ fn prefer_files(mesh: &mut Mesh) {
     keep_last(&mut mesh.workloads);
     keep_last(&mut mesh.namespaces);
 }
+
+#[cfg(test)]
+mod test_support {
+    use super::finding::Finding;
+    use super::model::Mesh;
+
+    /// The model of a YAML text (which must read without input errors), indexed.
+    pub fn mesh(text: &str) -> Mesh {
+        let mut mesh = Mesh::new("istio-system");
+        let mut findings = Vec::new();
+        let errors = super::source::add_text(&mut mesh, text, None, &mut findings);
+        assert!(errors.is_empty() && findings.is_empty(), "{errors:?} {findings:?}");
+        mesh.index();
+        mesh
+    }
+
+    /// `code Kind ns/name` of each finding, sorted.
+    pub fn found(findings: &[Finding]) -> Vec<String> {
+        let mut list: Vec<String> = findings.iter().map(|f| format!("{} {}", f.code, f.subject())).collect();
+        list.sort();
+        list
+    }
+}

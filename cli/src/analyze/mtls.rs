@@ -164,3 +164,36 @@ fn mode_for(spec: &PeerAuthenticationSpec, target_port: Option<u32>) -> MtlsMode
         .or_else(|| spec.mtls.as_ref().map(|m| m.mode))
         .unwrap_or(MtlsMode::Unset)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::super::test_support::{found, mesh};
+    use super::*;
+
+    const DR: &str = "apiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {name: db, namespace: app}\nspec:\n  host: db\n  trafficPolicy:\n    portLevelSettings:\n    - port: {number: 5432}\n      tls: {mode: DISABLE}\n---\napiVersion: v1\nkind: Service\nmetadata: {name: db, namespace: app}\nspec:\n  selector: {app: db}\n  ports: [{name: tcp, port: 5432, targetPort: 15432}]\n---\n";
+
+    fn run(policies: &str) -> Vec<String> {
+        let mut out = Vec::new();
+        check(&mesh(&format!("{DR}{policies}")), &mut out);
+        found(&out)
+    }
+
+    #[test]
+    fn the_most_specific_policy_decides() {
+        let namespace_strict = "apiVersion: security.istio.io/v1\nkind: PeerAuthentication\nmetadata: {name: default, namespace: app}\nspec: {mtls: {mode: STRICT}}\n---\n";
+        assert_eq!(run(namespace_strict), ["IST0113 DestinationRule app/db"]);
+        let workload_permissive = "apiVersion: security.istio.io/v1\nkind: PeerAuthentication\nmetadata: {name: db, namespace: app}\nspec: {selector: {matchLabels: {app: db}}, mtls: {mode: PERMISSIVE}}\n---\n";
+        assert!(run(&format!("{namespace_strict}{workload_permissive}")).is_empty());
+        // UNSET defers to the namespace.
+        let workload_unset = workload_permissive.replace("PERMISSIVE", "UNSET");
+        assert_eq!(run(&format!("{namespace_strict}{workload_unset}")), ["IST0113 DestinationRule app/db"]);
+        // A port-level mode counts for the DestinationRule's port, by target port.
+        let port_level = "apiVersion: security.istio.io/v1\nkind: PeerAuthentication\nmetadata: {name: db, namespace: app}\nspec:\n  selector: {matchLabels: {app: db}}\n  mtls: {mode: STRICT}\n  portLevelMtls: {15432: {mode: PERMISSIVE}}\n---\n";
+        assert!(run(port_level).is_empty());
+        let mesh_strict = "apiVersion: security.istio.io/v1\nkind: PeerAuthentication\nmetadata: {name: default, namespace: istio-system}\nspec: {mtls: {mode: STRICT}}\n---\n";
+        assert_eq!(run(mesh_strict), ["IST0113 DestinationRule app/db"]);
+        let namespace_permissive = namespace_strict.replace("STRICT", "PERMISSIVE");
+        assert!(run(&format!("{mesh_strict}{namespace_permissive}")).is_empty());
+        assert!(run("").is_empty(), "no policy: PERMISSIVE");
+    }
+}
