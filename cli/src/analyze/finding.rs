@@ -65,8 +65,9 @@ pub struct Finding {
     pub code: &'static str,
     pub name: &'static str,
     pub level: Level,
-    /// The resources involved; the first is the one the finding is about.
-    pub resources: Vec<Subject>,
+    /// The resources involved; the first is the one the finding is about (never empty: only
+    /// [`Finding::new`] makes findings).
+    resources: Vec<Subject>,
     pub message: String,
     /// What would fix it.
     pub fix: String,
@@ -93,7 +94,7 @@ impl Finding {
     }
 
     pub fn subject(&self) -> &Subject {
-        &self.resources[0]
+        &self.resources[0] // see `resources`
     }
 }
 

@@ -1,7 +1,8 @@
 //! DestinationRule subsets that select no workload of their host (IST0173): a route to the
 //! subset has no endpoint and fails. Checked where the input shows the host's workloads (its
-//! Service and at least one pod, pod template or WorkloadEntry behind it); topology labels,
-//! which the proxy adds from the node and not from the pod, are left out of the comparison.
+//! Service or ServiceEntry and at least one pod, pod template, WorkloadEntry or endpoint behind
+//! it); topology labels, which the proxy adds from the node and not from the pod, are left out
+//! of the comparison.
 
 use super::finding::{Finding, SUBSET_SELECTS_NO_PODS};
 use super::hosts;
@@ -25,8 +26,11 @@ pub fn check(mesh: &Mesh, out: &mut Vec<Finding>) {
         let host = hosts::fqdn(&dr.spec.host, &dr.namespace);
         let Some(service) = mesh.service(&host, &dr.namespace) else { continue };
         let endpoints = mesh.endpoint_labels(service);
-        if endpoints.is_empty() && !mesh.live {
-            continue; // the input does not show this host's workloads
+        if endpoints.is_empty() {
+            // Files: the input does not show this host's workloads. Cluster: the service has
+            // none at all (scaled to zero, or a ServiceEntry resolved by DNS), which is not a
+            // subset's fault.
+            continue;
         }
         for (i, subset) in dr.spec.subsets.iter().enumerate() {
             let wanted: Labels = subset
