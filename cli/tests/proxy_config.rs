@@ -380,6 +380,43 @@ fn all_shows_every_section() {
     }
 }
 
+/// istioctl's narrowing flags: by host, port, subset, cluster and status.
+#[test]
+fn filters_narrow_the_rows() {
+    let f = fixture();
+    let admin = f.admin.to_string();
+    let json = |args: &[&str]| {
+        let mut all = args.to_vec();
+        all.extend_from_slice(&["--admin", &admin, "-o", "json"]);
+        let run = trellis(&all);
+        run.assert_ok();
+        json_of(&run)
+    };
+    let names = |value: &Value, key: &str, field: &str| -> Vec<String> {
+        value[key].as_array().unwrap().iter().map(|r| r[field].as_str().unwrap().to_owned()).collect()
+    };
+    let unhealthy = json(&["endpoints", "--status", "unhealthy"]);
+    assert_eq!(names(&unhealthy, "endpoints", "endpoint"), [f.bad.to_string()]);
+    let by_port = json(&["endpoints", "--port", &f.good.port().to_string()]);
+    assert_eq!(names(&by_port, "endpoints", "endpoint"), [f.good.to_string()]);
+    let v2 = json(&["clusters", "--fqdn", "api.shop", "--subset", "v2"]);
+    assert_eq!(names(&v2, "clusters", "name"), ["outbound|80|v2|api.shop.svc.cluster.local"]);
+    let db = json(&["all", "--fqdn", "db"]);
+    assert_eq!(names(&db, "listeners", "address"), ["10.96.0.11"]);
+    assert_eq!(names(&db, "clusters", "name"), ["outbound|3306||db.shop.svc.cluster.local"]);
+    assert!(
+        db["routes"].as_array().unwrap().is_empty() && db["endpoints"].as_array().unwrap().is_empty(),
+        "{db}"
+    );
+    assert_eq!(db["secrets"].as_array().map(Vec::len), Some(2), "the certificate is not a service's: {db}");
+    let none = trellis(&["endpoints", "--admin", &admin, "--cluster", "nothing"]);
+    none.assert_ok();
+    assert_eq!(none.stdout.lines().count(), 1, "only the header: {}", none.stdout);
+    let bad = trellis(&["endpoints", "--admin", &admin, "--status", "sick"]);
+    assert_eq!(bad.code, Some(2));
+    assert!(bad.stderr.contains("invalid value 'sick' for '--status"), "{}", bad.stderr);
+}
+
 /// A port nothing listens on is refused at once; one that accepts and never answers is given
 /// up at --timeout. Both exit 2 with the address named.
 #[test]

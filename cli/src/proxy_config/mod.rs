@@ -7,6 +7,7 @@
 
 mod answers;
 mod fetch;
+mod filter;
 mod pem;
 mod render;
 mod target;
@@ -25,6 +26,7 @@ const AFTER_HELP: &str = "\
 Examples:
   trellis proxy-config clusters reviews-v1-7f9c.shop
   trellis proxy-config endpoints reviews-v1-7f9c -n shop -o json
+  trellis proxy-config endpoints reviews-v1-7f9c.shop --fqdn ratings --status unhealthy
   kubectl -n shop port-forward reviews-v1-7f9c 15000 &
   trellis proxy-config all --admin 127.0.0.1:15000
 
@@ -57,6 +59,8 @@ pub struct Args {
     /// Seconds the whole exchange may take (finding the pod, connecting, every answer).
     #[arg(long, value_name = "SECONDS", default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=600))]
     timeout: u64,
+    #[command(flatten)]
+    filter: filter::Filter,
     #[command(flatten)]
     kube: KubeArgs,
 }
@@ -118,19 +122,23 @@ fn show(args: &Args) -> Result<(), String> {
     let dump: Option<ConfigDump> = page(CONFIG_DUMP).map(|b| answers::read(CONFIG_DUMP, b)).transpose()?;
     let statuses: Option<ClusterStatuses> = page(CLUSTERS).map(|b| answers::read(CLUSTERS, b)).transpose()?;
     let certs: Option<Certs> = page(CERTS).map(|b| answers::read(CERTS, b)).transpose()?;
+    let filter = &args.filter;
     let now = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
     let report = Report {
         config_version: dump.as_ref().map(|d| d.version),
         listeners: dump
             .as_ref()
             .filter(|_| matches!(args.what, What::Listeners | What::All))
-            .map(views::listeners),
-        routes: dump.as_ref().filter(|_| matches!(args.what, What::Routes | What::All)).map(views::routes),
+            .map(|d| kept(views::listeners(d), |r| filter.listener(r))),
+        routes: dump
+            .as_ref()
+            .filter(|_| matches!(args.what, What::Routes | What::All))
+            .map(|d| kept(views::routes(d), |r| filter.route(r))),
         clusters: dump
             .as_ref()
             .filter(|_| matches!(args.what, What::Clusters | What::All))
-            .map(views::clusters),
-        endpoints: statuses.as_ref().map(views::endpoints),
+            .map(|d| kept(views::clusters(d), |r| filter.cluster(r))),
+        endpoints: statuses.as_ref().map(|s| kept(views::endpoints(s), |r| filter.endpoint(r))),
         secrets: certs.as_ref().map(|c| views::secrets(c, now)),
     };
     let text = match args.output {
@@ -141,6 +149,11 @@ fn show(args: &Args) -> Result<(), String> {
     // A closed pipe (`trellis proxy-config ... | head`) is not worth a panic or a message.
     let _ = std::io::stdout().lock().write_all(text.as_bytes());
     Ok(())
+}
+
+fn kept<T>(mut rows: Vec<T>, keep: impl Fn(&T) -> bool) -> Vec<T> {
+    rows.retain(|row| keep(row));
+    rows
 }
 
 /// What `-o json|yaml` prints: the views asked for, each under its name.
