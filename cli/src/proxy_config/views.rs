@@ -309,8 +309,8 @@ fn istio_cluster_name(name: &str) -> Option<(&str, &str, &str, &str)> {
 }
 
 pub fn clusters(dump: &ConfigDump) -> Vec<ClusterRow> {
-    let endpoint_counts: BTreeMap<&str, usize> =
-        dump.config.endpoints.iter().map(|e| (e.service.as_str(), e.endpoints.len())).collect();
+    let sets: BTreeMap<&str, &[pb::Endpoint]> =
+        dump.config.endpoints.iter().map(|e| (e.service.as_str(), e.endpoints.as_slice())).collect();
     dump.config
         .clusters
         .iter()
@@ -345,8 +345,10 @@ pub fn clusters(dump: &ConfigDump) -> Vec<ClusterRow> {
             let load_balancer =
                 cluster.load_balancer.as_ref().map_or("ROUND_ROBIN", |lb| lb.policy().as_str_name());
             let tls = cluster.tls.as_ref().map_or("AUTO", |tls| tls.mode().as_str_name());
-            // The endpoints of its set (before a subset narrows them).
-            let endpoints = endpoint_counts.get(cluster.service.as_str()).copied().unwrap_or(0);
+            // The endpoints of its set that carry the subset's labels, as the proxy picks them.
+            let endpoints = sets.get(cluster.service.as_str()).map_or(0, |set| {
+                set.iter().filter(|e| cluster.subset.iter().all(|(k, v)| e.labels.get(k) == Some(v))).count()
+            });
             ClusterRow {
                 name: cluster.name.clone(),
                 service,
@@ -541,11 +543,14 @@ mod tests {
                 {"name": "outbound|9080|v1|reviews.shop.svc.cluster.local", "service": "reviews.shop.svc.cluster.local:9080",
                  "subset": {"version": "v1"}, "loadBalancer": {"policy": "LEAST_REQUEST"},
                  "tls": {"mode": "ISTIO_MUTUAL"}, "outlierDetection": {"consecutive5xxErrors": 5}},
+                {"name": "outbound|9080||reviews.shop.svc.cluster.local", "service": "reviews.shop.svc.cluster.local:9080"},
                 {"name": "api", "service": "api.test.svc.cluster.local:8080", "port": 8081},
                 {"name": "BlackHoleCluster"}
               ],
               "endpoints": [{"service": "reviews.shop.svc.cluster.local:9080",
-                             "endpoints": [{"address": "10.1.0.1", "port": 9080}, {"address": "10.1.0.2", "port": 9080}]}]
+                             "endpoints": [{"address": "10.1.0.1", "port": 9080, "labels": {"version": "v1"}},
+                                           {"address": "10.1.0.2", "port": 9080, "labels": {"version": "v2"}},
+                                           {"address": "10.1.0.3", "port": 9080, "labels": {"version": "v1"}}]}]
             }"#,
         );
         let rows = clusters(&dump);
@@ -569,6 +574,7 @@ mod tests {
             summary,
             [
                 "reviews.shop.svc.cluster.local 9080 v1 outbound LEAST_REQUEST ISTIO_MUTUAL true 2",
+                "reviews.shop.svc.cluster.local 9080 - outbound ROUND_ROBIN AUTO false 3",
                 "api.test.svc.cluster.local 8080 - - ROUND_ROBIN AUTO false 0",
                 "- - - - ROUND_ROBIN AUTO false 0",
             ]
