@@ -552,3 +552,26 @@ fn locality_failover_without_outlier_detection_is_accepted_with_a_warning() {
             .is_empty()
     );
 }
+
+#[test]
+fn gateway_fields_trellis_does_not_enforce_are_named_in_warnings() {
+    let warnings = |spec: &str| -> Vec<String> {
+        let checked = check_text(&doc(GW, spec), UnknownFields::Reject);
+        assert_eq!(checked.errors(), 0, "{spec}: {:?}", checked.problems);
+        checked.problems.iter().map(|p| p.to_string().trim_start_matches("doc 1: ").to_owned()).collect()
+    };
+    let plain = "{servers: [{port: {number: 443, name: https, protocol: HTTPS}, hosts: [a.example.com], tls: {mode: MUTUAL, credentialName: a-cert, minProtocolVersion: TLSV1_2}}]}";
+    assert_eq!(warnings(plain), Vec::<String>::new(), "what the gateway does is not warned about");
+    let unenforced = "{servers: [{port: {number: 443, name: https, protocol: HTTPS}, hosts: [a.example.com], defaultEndpoint: '127.0.0.1:8080', tls: {mode: OPTIONAL_MUTUAL, credentialName: a-cert, subjectAltNames: [client], minProtocolVersion: TLSV1_1, cipherSuites: [ECDHE-RSA-AES128-GCM-SHA256]}}]}";
+    let p = "Gateway production/orders: spec.servers[0]";
+    assert_eq!(
+        warnings(unenforced),
+        [
+            format!("{p}.defaultEndpoint: warning: read but not enforced by Trellis's gateways"),
+            format!("{p}.tls.mode: warning: OPTIONAL_MUTUAL is not implemented by Trellis's gateways: the server is left out"),
+            format!("{p}.tls.subjectAltNames: warning: read but not enforced by Trellis's gateways"),
+            format!("{p}.tls.minProtocolVersion: warning: TLS 1.0 and 1.1 are not offered (rustls): TLSV1_2 is used"),
+            format!("{p}.tls.cipherSuites: warning: applies to TLS 1.2 only, and only to the ECDHE AES-GCM and CHACHA20 suites rustls has; the gateway logs and ignores others"),
+        ]
+    );
+}

@@ -1281,6 +1281,9 @@ pub(super) fn gateway(r: &mut Report, spec: &GatewaySpec) {
             namespaced_host(r, &format!("{path}.hosts[{j}]"), host, false);
         }
         bind(r, &format!("{path}.bind"), &server.bind);
+        if !server.default_endpoint.is_empty() {
+            r.warn(format!("{path}.defaultEndpoint"), "read but not enforced by Trellis's gateways");
+        }
         match &server.tls {
             None if protocol == "HTTPS" || protocol == "TLS" => {
                 r.error(format!("{path}.tls"), format!("required for protocol {protocol}"));
@@ -1328,6 +1331,49 @@ fn server_tls(r: &mut Report, path: &str, tls: &ServerTlsSettings) {
         && tls.min_protocol_version as u8 > tls.max_protocol_version as u8
     {
         r.error(path, "minProtocolVersion is newer than maxProtocolVersion");
+    }
+    gateway_tls_not_enforced(r, path, tls);
+}
+
+/// What Trellis's gateways read but do not do (trellisd logs the same when it translates).
+/// A credentialName naming a Secret that does not exist cannot be known here: trellisd reports
+/// it, and leaves that server out.
+fn gateway_tls_not_enforced(r: &mut Report, path: &str, tls: &ServerTlsSettings) {
+    if matches!(
+        tls.mode,
+        ServerTlsMode::IstioMutual | ServerTlsMode::AutoPassthrough | ServerTlsMode::OptionalMutual
+    ) {
+        r.warn(
+            format!("{path}.mode"),
+            format!(
+                "{} is not implemented by Trellis's gateways: the server is left out",
+                mode_name(tls.mode)
+            ),
+        );
+    }
+    for (set, field) in [
+        (!tls.credential_names.is_empty(), "credentialNames"),
+        (!tls.subject_alt_names.is_empty(), "subjectAltNames"),
+        (!tls.verify_certificate_spki.is_empty(), "verifyCertificateSpki"),
+        (!tls.verify_certificate_hash.is_empty(), "verifyCertificateHash"),
+        (!tls.ca_crl.is_empty(), "caCrl"),
+    ] {
+        if set {
+            r.warn(format!("{path}.{field}"), "read but not enforced by Trellis's gateways");
+        }
+    }
+    for (version, field) in
+        [(tls.min_protocol_version, "minProtocolVersion"), (tls.max_protocol_version, "maxProtocolVersion")]
+    {
+        if matches!(version, TlsProtocol::Tlsv1_0 | TlsProtocol::Tlsv1_1) {
+            r.warn(format!("{path}.{field}"), "TLS 1.0 and 1.1 are not offered (rustls): TLSV1_2 is used");
+        }
+    }
+    if !tls.cipher_suites.is_empty() {
+        r.warn(
+            format!("{path}.cipherSuites"),
+            "applies to TLS 1.2 only, and only to the ECDHE AES-GCM and CHACHA20 suites rustls has; the gateway logs and ignores others",
+        );
     }
 }
 

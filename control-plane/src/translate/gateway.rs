@@ -279,6 +279,9 @@ fn place<'a>(
         warn!(resource = %gateway, field = %format!("{field}.hosts"), "no hosts; server left out");
         return None;
     }
+    if !server.default_endpoint.is_empty() {
+        warn!(resource = %gateway, field = %format!("{field}.defaultEndpoint"), "not enforced by Trellis; ignored");
+    }
     let (tls, https_redirect) = match &server.tls {
         None => (None, false),
         Some(tls) if tls.https_redirect && server_protocol_is_http(server) => (None, true),
