@@ -79,35 +79,84 @@ pub fn check(mesh: &Mesh, out: &mut Vec<Finding>) {
 /// match: the other's HTTP rules may never be tried.
 pub fn check_gateways(mesh: &Mesh, out: &mut Vec<Finding>) {
     let vss = &mesh.virtual_services;
-    for (i, shadowing) in vss.iter().enumerate() {
-        let Some(catch_all) = shadowing.spec.http.iter().position(|r| r.matches.is_empty()) else { continue };
-        let gateways = gateway_keys(shadowing);
-        for (j, shadowed) in vss.iter().enumerate() {
-            if i == j || shadowed.spec.http.is_empty() {
-                continue;
-            }
-            let Some(gateway) = gateway_keys(shadowed).into_iter().find(|g| gateways.contains(g)) else {
-                continue;
-            };
-            let Some(host) = shared_host(shadowing, shadowed) else { continue };
-            let mut finding = Finding::new(
-                GATEWAY_ROUTES_SHADOWED,
-                &shadowed.subject,
-                format!(
-                    "gateway {gateway} merges the rules of this VirtualService and of {}/{} for host {host} into \
-                     one list (in Istio the older first, in Trellis by namespace and name); its rule \
-                     spec.http[{catch_all}] has no match and takes every request, so the rules after it are not tried",
-                    shadowing.namespace, shadowing.name
-                ),
-                "give the rule without match a match, or merge the two VirtualServices into one whose catch-all rule comes last",
-            )
-            .with(&shadowing.subject);
-            if let Some(g) = mesh.gateways.iter().find(|g| format!("{}/{}", g.namespace, g.name) == gateway) {
-                finding = finding.with(&g.subject);
-            }
-            out.push(finding);
+    // gateway → the VirtualServices with HTTP rules bound to it, with their full host names.
+    let mut bound: BTreeMap<String, Vec<(usize, Vec<String>)>> = BTreeMap::new();
+    for (i, vs) in vss.iter().enumerate().filter(|(_, vs)| !vs.spec.http.is_empty()) {
+        let names: Vec<String> = vs.spec.hosts.iter().map(|h| hosts::fqdn(h, &vs.namespace)).collect();
+        for gateway in gateway_keys(vs) {
+            bound.entry(gateway).or_default().push((i, names.clone()));
         }
     }
+    let mut reported = BTreeSet::new();
+    for (gateway, members) in &bound {
+        // Exact host → members; members with a wildcard host are compared one by one.
+        let mut by_host: BTreeMap<&str, Vec<usize>> = BTreeMap::new();
+        let mut wildcard: Vec<usize> = Vec::new();
+        for (m, (_, names)) in members.iter().enumerate() {
+            for name in names {
+                if name.starts_with('*') {
+                    wildcard.push(m);
+                } else {
+                    by_host.entry(name).or_default().push(m);
+                }
+            }
+        }
+        for (i, names) in members {
+            let Some(catch_all) = vss[*i].spec.http.iter().position(|r| r.matches.is_empty()) else {
+                continue;
+            };
+            for host in names {
+                let exact = if host.starts_with('*') {
+                    // A wildcard meets every exact host it covers.
+                    by_host
+                        .iter()
+                        .filter(|(h, _)| hosts::covers(host, h))
+                        .flat_map(|(_, list)| list.clone())
+                        .collect()
+                } else {
+                    by_host.get(host.as_str()).cloned().unwrap_or_default()
+                };
+                let others = exact.into_iter().chain(
+                    wildcard
+                        .iter()
+                        .copied()
+                        .filter(|m| members[*m].1.iter().any(|h| hosts::overlap(h, host))),
+                );
+                for m in others {
+                    let j = members[m].0;
+                    if j != *i && reported.insert((j, *i)) {
+                        out.push(shadowed(mesh, gateway, &vss[*i], catch_all, &vss[j], host));
+                    }
+                }
+            }
+        }
+    }
+}
+
+fn shadowed(
+    mesh: &Mesh,
+    gateway: &str,
+    shadowing: &Obj<VirtualServiceSpec>,
+    catch_all: usize,
+    shadowed: &Obj<VirtualServiceSpec>,
+    host: &str,
+) -> Finding {
+    let mut finding = Finding::new(
+        GATEWAY_ROUTES_SHADOWED,
+        &shadowed.subject,
+        format!(
+            "gateway {gateway} merges the rules of this VirtualService and of {}/{} for host {host} into one \
+             list (in Istio the older first, in Trellis by namespace and name); its rule spec.http[{catch_all}] \
+             has no match and takes every request, so the rules after it are not tried",
+            shadowing.namespace, shadowing.name
+        ),
+        "give the rule without match a match, or merge the two VirtualServices into one whose catch-all rule comes last",
+    )
+    .with(&shadowing.subject);
+    if let Some(g) = mesh.gateways.iter().find(|g| format!("{}/{}", g.namespace, g.name) == gateway) {
+        finding = finding.with(&g.subject);
+    }
+    finding
 }
 
 /// The gateways a VirtualService is bound to, as `namespace/name` (a bare name is in its own
@@ -119,15 +168,6 @@ fn gateway_keys(vs: &Obj<VirtualServiceSpec>) -> Vec<String> {
         .filter(|g| *g != "mesh")
         .map(|g| if g.contains('/') { g.clone() } else { format!("{}/{g}", vs.namespace) })
         .collect()
-}
-
-/// A host of `a` that overlaps one of `b`.
-fn shared_host(a: &Obj<VirtualServiceSpec>, b: &Obj<VirtualServiceSpec>) -> Option<String> {
-    a.spec
-        .hosts
-        .iter()
-        .map(|h| hosts::fqdn(h, &a.namespace))
-        .find(|host| b.spec.hosts.iter().any(|other| hosts::overlap(host, &hosts::fqdn(other, &b.namespace))))
 }
 
 /// Whether the VirtualService applies to sidecars: no `gateways`, or `mesh` among them.
@@ -181,5 +221,28 @@ mod tests {
         let text = vs("a", "r", "x.example.com", only_here) + &vs("b", "r", "'*.example.com'", "");
         check(&mesh(&text), &mut out);
         assert_eq!(found(&out), ["IST0109 VirtualService a/r", "IST0109 VirtualService b/r"]);
+    }
+
+    #[test]
+    fn a_wildcard_catch_all_on_a_gateway_shadows_the_hosts_it_covers() {
+        let on_gateway = |name: &str, host: &str, http: &str| {
+            format!(
+                "apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {{name: {name}, namespace: edge}}\nspec:\n  hosts: ['{host}']\n  gateways: [gw]\n  http: [{http}]\n---\n"
+            )
+        };
+        let catch_all = "{route: [{destination: {host: web}}]}";
+        let specific = "{match: [{uri: {prefix: /a}}], route: [{destination: {host: web}}]}";
+        let text = on_gateway("all", "*.example.com", catch_all)
+            + &on_gateway("a", "a.example.com", specific)
+            + &on_gateway("b", "b.example.org", specific);
+        let mut out = Vec::new();
+        check_gateways(&mesh(&text), &mut out);
+        assert_eq!(found(&out), ["TRL0004 VirtualService edge/a"]);
+        // Another gateway: no merge.
+        let text = on_gateway("all", "*.example.com", catch_all)
+            + &on_gateway("a", "a.example.com", specific).replace("[gw]", "[other]");
+        out.clear();
+        check_gateways(&mesh(&text), &mut out);
+        assert!(out.is_empty(), "{out:?}");
     }
 }

@@ -147,8 +147,29 @@ pub struct Mesh {
     pub live: bool,
     /// How many resources of any kind were read.
     pub resources: usize,
-    /// Kubernetes Services by full name (see [`Mesh::index`]).
+    /// Lookups, built by [`Mesh::index`] once everything is read, so that a large input is not
+    /// searched through for every destination or selector.
+    index: Index,
+}
+
+/// Positions in the lists of [`Mesh`], by key.
+#[derive(Default)]
+struct Index {
     services_by_host: BTreeMap<String, Vec<usize>>,
+    services_by_namespace: BTreeMap<String, Vec<usize>>,
+    workloads_by_namespace: BTreeMap<String, Vec<usize>>,
+    /// DestinationRules by their host's full name, but those with a wildcard host.
+    rules_by_host: BTreeMap<String, Vec<usize>>,
+    wildcard_rules: Vec<usize>,
+}
+
+/// The objects of `list` at the positions `key` has in `index`.
+fn indexed<'a, T>(
+    list: &'a [Obj<T>],
+    index: &BTreeMap<String, Vec<usize>>,
+    key: &str,
+) -> impl Iterator<Item = &'a Obj<T>> {
+    index.get(key).into_iter().flatten().filter_map(|i| list.get(*i))
 }
 
 /// A host's entry in the service registry.
@@ -330,23 +351,52 @@ impl Mesh {
         }
     }
 
-    /// Indexes what lookups need, once everything is read: a large input is then not searched
-    /// through for every destination.
+    /// Builds the lookups; call once everything is read.
     pub fn index(&mut self) {
-        self.services_by_host.clear();
+        let mut index = Index::default();
         for (i, service) in self.services.iter().enumerate() {
-            self.services_by_host.entry(hosts::fqdn(&service.name, &service.namespace)).or_default().push(i);
+            index.services_by_host.entry(hosts::fqdn(&service.name, &service.namespace)).or_default().push(i);
+            index.services_by_namespace.entry(service.namespace.clone()).or_default().push(i);
         }
+        for (i, workload) in self.workloads.iter().enumerate() {
+            index.workloads_by_namespace.entry(workload.namespace.clone()).or_default().push(i);
+        }
+        for (i, rule) in self.destination_rules.iter().enumerate() {
+            let host = hosts::fqdn(&rule.spec.host, &rule.namespace);
+            if host.starts_with('*') {
+                index.wildcard_rules.push(i);
+            } else {
+                index.rules_by_host.entry(host).or_default().push(i);
+            }
+        }
+        self.index = index;
+    }
+
+    /// The DestinationRules for `host` (a full name) seen from `namespace`.
+    pub fn destination_rules_for<'a>(
+        &'a self,
+        host: &str,
+        namespace: &str,
+    ) -> Vec<&'a Obj<DestinationRuleSpec>> {
+        let wildcard = self
+            .index
+            .wildcard_rules
+            .iter()
+            .filter_map(|i| self.destination_rules.get(*i))
+            .filter(|dr| hosts::covers(&hosts::fqdn(&dr.spec.host, &dr.namespace), host));
+        indexed(&self.destination_rules, &self.index.rules_by_host, host)
+            .chain(wildcard)
+            .filter(|dr| hosts::visible(&dr.spec.export_to, &dr.namespace, namespace))
+            .collect()
+    }
+
+    fn workloads_in<'a>(&'a self, namespace: &str) -> impl Iterator<Item = &'a Obj<Workload>> {
+        indexed(&self.workloads, &self.index.workloads_by_namespace, namespace)
     }
 
     /// The service or ServiceEntry that `host` (a full name) is, as seen from `namespace`.
     pub fn service(&self, host: &str, namespace: &str) -> Option<ServiceRef<'_>> {
-        let kube = self
-            .services_by_host
-            .get(host)
-            .into_iter()
-            .flatten()
-            .filter_map(|i| self.services.get(*i))
+        let kube = indexed(&self.services, &self.index.services_by_host, host)
             .find(|s| hosts::visible(&s.spec.export_to, &s.namespace, namespace));
         if let Some(service) = kube {
             return Some(ServiceRef::Kube(service));
@@ -364,9 +414,8 @@ impl Mesh {
         match service {
             ServiceRef::Kube(s) => match &s.spec.selector {
                 Some(selector) if !selector.is_empty() => self
-                    .workloads
-                    .iter()
-                    .filter(|w| w.namespace == s.namespace && w.spec.kind != WorkloadKind::WorkloadEntry)
+                    .workloads_in(&s.namespace)
+                    .filter(|w| w.spec.kind != WorkloadKind::WorkloadEntry)
                     .filter(|w| selects(selector, &w.labels))
                     .map(|w| &w.labels)
                     .collect(),
@@ -376,9 +425,8 @@ impl Mesh {
                 let mut labels: Vec<&Labels> = se.spec.endpoints.iter().map(|e| &e.labels).collect();
                 if let Some(selector) = &se.spec.workload_selector {
                     labels.extend(
-                        self.workloads
-                            .iter()
-                            .filter(|w| w.namespace == se.namespace && selects(&selector.labels, &w.labels))
+                        self.workloads_in(&se.namespace)
+                            .filter(|w| selects(&selector.labels, &w.labels))
                             .map(|w| &w.labels),
                     );
                 }
@@ -390,18 +438,15 @@ impl Mesh {
     /// The workloads a policy's selector picks: in its namespace, or everywhere from the root
     /// namespace.
     pub fn selected_workloads<'a>(&'a self, namespace: &str, selector: &Labels) -> Vec<&'a Obj<Workload>> {
-        self.workloads
-            .iter()
-            .filter(|w| namespace == self.root_namespace || w.namespace == namespace)
-            .filter(|w| selects(selector, &w.labels))
-            .collect()
+        if namespace == self.root_namespace {
+            return self.workloads.iter().filter(|w| selects(selector, &w.labels)).collect();
+        }
+        self.workloads_in(namespace).filter(|w| selects(selector, &w.labels)).collect()
     }
 
     /// The Services whose selector picks a workload with these labels, in its namespace.
     pub fn services_of<'a>(&'a self, namespace: &str, labels: &Labels) -> Vec<&'a Obj<ServiceSpec>> {
-        self.services
-            .iter()
-            .filter(|s| s.namespace == namespace)
+        indexed(&self.services, &self.index.services_by_namespace, namespace)
             .filter(|s| s.spec.selector.as_ref().is_some_and(|sel| !sel.is_empty() && selects(sel, labels)))
             .collect()
     }

@@ -95,12 +95,7 @@ fn check_subset(
     subset: &str,
     out: &mut Vec<Finding>,
 ) {
-    let rules: Vec<_> = mesh
-        .destination_rules
-        .iter()
-        .filter(|dr| hosts::visible(&dr.spec.export_to, &dr.namespace, &vs.namespace))
-        .filter(|dr| hosts::covers(&hosts::fqdn(&dr.spec.host, &dr.namespace), host))
-        .collect();
+    let rules = mesh.destination_rules_for(host, &vs.namespace);
     if rules.iter().any(|dr| dr.spec.subsets.iter().any(|s| s.name == subset)) {
         return;
     }
