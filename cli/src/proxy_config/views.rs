@@ -162,6 +162,11 @@ pub fn listeners(dump: &ConfigDump) -> Vec<ListenerRow> {
             });
         }
     }
+    rows.extend(gateway_listeners(&config.gateway_listeners));
+    // A gateway captures nothing: no catch-all, no inbound side.
+    if !config.gateway_listeners.is_empty() {
+        return rows;
+    }
     let unknown = match config.outbound_policy() {
         pb::OutboundPolicy::AllowAny => "PassthroughCluster (outboundTrafficPolicy ALLOW_ANY)",
         pb::OutboundPolicy::RegistryOnly => "BlackHoleCluster (outboundTrafficPolicy REGISTRY_ONLY)",
@@ -194,7 +199,46 @@ pub fn listeners(dump: &ConfigDump) -> Vec<ListenerRow> {
     rows
 }
 
-/// The service names that reach each virtual host.
+/// A gateway's ports (`--role gateway`): one row per Gateway server, in the order they match.
+fn gateway_listeners(listeners: &[pb::GatewayListener]) -> Vec<ListenerRow> {
+    let mut rows = Vec::new();
+    for listener in listeners {
+        let protocol = pb::GatewayProtocol::try_from(listener.protocol)
+            .map_or("UNKNOWN", |p| p.as_str_name().trim_start_matches("GATEWAY_"));
+        for server in &listener.servers {
+            let tls = server.tls.as_ref().map_or(String::new(), |tls| {
+                format!(" (TLS {})", tls.mode().as_str_name().trim_start_matches("GATEWAY_TLS_"))
+            });
+            let mut destinations = Vec::new();
+            let mut hosts_seen = Vec::new();
+            for route in &server.routes {
+                if !hosts_seen.contains(&route.virtual_host) {
+                    hosts_seen.push(route.virtual_host.clone());
+                }
+            }
+            if !hosts_seen.is_empty() {
+                destinations.push(format!("Route: {}", hosts_seen.join(", ")));
+            }
+            for sni in &server.sni_routes {
+                destinations.push(format!("SNI {}: {}", sni.sni_hosts.join(","), weighted(&sni.clusters)));
+            }
+            if !server.tcp_clusters.is_empty() {
+                destinations.push(format!("Cluster: {}", weighted(&server.tcp_clusters)));
+            }
+            rows.push(ListenerRow {
+                address: if listener.bind.is_empty() { "0.0.0.0".to_owned() } else { listener.bind.clone() },
+                port: listener.port.to_string(),
+                matches: format!("gateway {protocol}{tls}: {}", server.hosts.join(",")),
+                destination: if destinations.is_empty() { "-".to_owned() } else { destinations.join("; ") },
+                service: server.name.clone(),
+            });
+        }
+    }
+    rows
+}
+
+/// The names that reach each virtual host: service names and aliases with the port, and the
+/// hosts a gateway server routes to it.
 fn domains_by_virtual_host(config: &pb::ProxyConfig) -> BTreeMap<&str, Vec<String>> {
     let mut domains: BTreeMap<&str, Vec<String>> = BTreeMap::new();
     for service in &config.services {
@@ -209,6 +253,13 @@ fn domains_by_virtual_host(config: &pb::ProxyConfig) -> BTreeMap<&str, Vec<Strin
                     names.push(name);
                 }
             }
+        }
+    }
+    let gateway_routes = config.gateway_listeners.iter().flat_map(|l| &l.servers).flat_map(|s| &s.routes);
+    for route in gateway_routes {
+        let names = domains.entry(route.virtual_host.as_str()).or_default();
+        if !names.contains(&route.host) {
+            names.push(route.host.clone());
         }
     }
     domains
@@ -276,7 +327,10 @@ pub fn routes(dump: &ConfigDump) -> Vec<RouteRow> {
     let domains = domains_by_virtual_host(&dump.config);
     let mut rows = Vec::new();
     for host in &dump.config.virtual_hosts {
-        let port = host.name.rsplit_once(':').map_or("-", |(_, port)| port);
+        let port = match host.name.rsplit_once(':') {
+            Some((_, port)) if port.parse::<u16>().is_ok() => port,
+            _ => "-",
+        };
         for route in &host.routes {
             let matches = if route.matches.is_empty() {
                 "/*".to_owned()
@@ -497,6 +551,43 @@ mod tests {
                 "0.0.0.0 * [inbound: mTLS STRICT] Inbound: the app on the original port",
             ]
         );
+    }
+
+    #[test]
+    fn a_gateway_shows_its_servers_and_no_capture() {
+        let dump = dump(
+            r#"{
+              "gatewayListeners": [
+                {"port": 443, "protocol": "GATEWAY_HTTPS", "servers": [
+                  {"name": "shop/web/https", "hosts": ["shop.example.com", "*.shop.example.com"],
+                   "tls": {"mode": "GATEWAY_TLS_SIMPLE", "privateKey": "[redacted]"},
+                   "routes": [{"host": "shop.example.com", "virtualHost": "gw:shop"},
+                              {"host": "*.shop.example.com", "virtualHost": "gw:shop"}]}]},
+                {"bind": "10.0.0.1", "port": 8443, "protocol": "GATEWAY_TLS", "servers": [
+                  {"name": "shop/web/pass", "hosts": ["db.example.com"], "tls": {"mode": "GATEWAY_TLS_PASSTHROUGH"},
+                   "sniRoutes": [{"sniHosts": ["db.example.com"], "clusters": [{"cluster": "outbound|443||db"}]}]}]},
+                {"port": 31400, "protocol": "GATEWAY_TCP", "servers": [
+                  {"name": "shop/web/tcp", "hosts": ["*"], "tcpClusters": [{"cluster": "outbound|31400||tcp"}]}]}
+              ],
+              "virtualHosts": [{"name": "gw:shop", "routes": [{"name": "shop/web-vs.http[0]",
+                "forward": {"clusters": [{"cluster": "outbound|80||web"}]}}]}]
+            }"#,
+        );
+        let lines: Vec<String> = listeners(&dump)
+            .iter()
+            .map(|r| format!("{} {} [{}] {} ({})", r.address, r.port, r.matches, r.destination, r.service))
+            .collect();
+        assert_eq!(
+            lines,
+            [
+                "0.0.0.0 443 [gateway HTTPS (TLS SIMPLE): shop.example.com,*.shop.example.com] Route: gw:shop (shop/web/https)",
+                "10.0.0.1 8443 [gateway TLS (TLS PASSTHROUGH): db.example.com] SNI db.example.com: outbound|443||db (shop/web/pass)",
+                "0.0.0.0 31400 [gateway TCP: *] Cluster: outbound|31400||tcp (shop/web/tcp)",
+            ]
+        );
+        let routes = routes(&dump);
+        assert_eq!(routes[0].domains, ["shop.example.com".to_owned(), "*.shop.example.com".to_owned()]);
+        assert_eq!((routes[0].name.as_str(), routes[0].virtual_service.as_str()), ("-", "web-vs.shop"));
     }
 
     #[test]
