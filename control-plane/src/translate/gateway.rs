@@ -428,3 +428,223 @@ fn without_overlaps<'a>(
     }
     Some(placed)
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use super::super::test_support::*;
+    use super::super::{ProxyIdentity, check_consistent, scope_of, scope_of_router, translate};
+    use super::*;
+    use crate::model::KubeSecret;
+
+    const MESH: &str = r#"
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: { name: web, namespace: shop }
+spec:
+  hosts: [web.shop.internal]
+  ports: [{ number: 80, name: http, protocol: HTTP }]
+  resolution: STATIC
+  endpoints: [{ address: 10.0.0.1 }]
+"#;
+
+    fn gateway_config(model: &Model, namespace: &str, labels: &[(&str, &str)]) -> pb::ProxyConfig {
+        let proxy =
+            ProxyIdentity { namespace: namespace.into(), labels: labels_of(labels), ..Default::default() };
+        let config = translate(model, &scope_of_router(model, &proxy, &Default::default()));
+        check_consistent(&config).unwrap_or_else(|e| panic!("{e}"));
+        config
+    }
+
+    fn with_secret(mut model: Model, namespace: &str, name: &str, data: &[(&str, &str)]) -> Model {
+        let data = data.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        let secret = KubeSecret { namespace: namespace.into(), name: name.into(), data };
+        model.secrets.insert((namespace.into(), name.into()), Arc::new(secret));
+        model
+    }
+
+    fn routes_of<'a>(config: &'a pb::ProxyConfig, name: &str) -> Vec<&'a str> {
+        let vh = config.virtual_hosts.iter().find(|v| v.name == name).unwrap_or_else(|| panic!("no {name}"));
+        vh.routes.iter().map(|r| r.name.as_str()).collect()
+    }
+
+    #[test]
+    fn gateways_select_by_labels_in_any_namespace_and_bind_their_virtual_services() {
+        let yaml = format!(
+            r#"{MESH}
+---
+apiVersion: networking.istio.io/v1
+kind: Gateway
+metadata: {{ name: public, namespace: edge }}
+spec:
+  selector: {{ istio: ingressgateway }}
+  servers: [{{ port: {{ number: 80, name: http, protocol: HTTP }}, hosts: ["*.example.com", "other/*.other.com"] }}]
+---
+apiVersion: networking.istio.io/v1
+kind: Gateway
+metadata: {{ name: internal, namespace: edge }}
+spec:
+  selector: {{ istio: internalgateway }}
+  servers: [{{ port: {{ number: 8080, name: http, protocol: HTTP }}, hosts: ["*"] }}]
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {{ name: web, namespace: shop }}
+spec:
+  hosts: [web.example.com, web.other.com]
+  gateways: [edge/public, mesh]
+  http:
+    - name: only-at-the-gateway
+      match: [{{ uri: {{ prefix: /a }}, gateways: [edge/public] }}]
+      route: [{{ destination: {{ host: web.shop.internal }} }}]
+    - name: only-in-the-mesh
+      match: [{{ uri: {{ prefix: /b }}, gateways: [mesh] }}]
+      route: [{{ destination: {{ host: web.shop.internal }} }}]
+    - name: everywhere
+      route: [{{ destination: {{ host: web.shop.internal }} }}]
+"#
+        );
+        let m = model(&yaml);
+        let config = gateway_config(&m, "istio-system", &[("istio", "ingressgateway")]);
+        assert_eq!(config.gateway_listeners.len(), 1, "only the Gateway that selects it");
+        let listener = &config.gateway_listeners[0];
+        assert_eq!((listener.port, listener.protocol()), (80, pb::GatewayProtocol::GatewayHttp));
+        let server = &listener.servers[0];
+        assert_eq!(server.name, "edge/public/0");
+        // web.other.com is restricted to VirtualServices of namespace `other`.
+        let hosts: Vec<_> = server.routes.iter().map(|r| r.host.as_str()).collect();
+        assert_eq!(hosts, ["web.example.com"]);
+        assert_eq!(
+            routes_of(&config, &virtual_host_name(80, "web.example.com")),
+            ["only-at-the-gateway", "everywhere"]
+        );
+        // The sidecars' view of the same VirtualService keeps its mesh routes.
+        let sidecar = config_for(&m, "shop", &[]);
+        assert!(sidecar.gateway_listeners.is_empty(), "sidecars get no listeners");
+        let other = gateway_config(&m, "istio-system", &[("istio", "other")]);
+        assert!(other.gateway_listeners.is_empty(), "no Gateway selects it");
+    }
+
+    fn https(credential: &str) -> String {
+        format!(
+            r#"{MESH}
+---
+apiVersion: networking.istio.io/v1
+kind: Gateway
+metadata: {{ name: public, namespace: istio-system }}
+spec:
+  selector: {{ istio: ingressgateway }}
+  servers:
+    - port: {{ number: 443, name: https, protocol: HTTPS }}
+      hosts: [a.example.com]
+      tls: {{ mode: MUTUAL, credentialName: {credential} }}
+    - port: {{ number: 443, name: https-b, protocol: HTTPS }}
+      hosts: [b.example.com, a.example.com]
+      tls: {{ mode: SIMPLE, serverCertificate: /etc/certs/b.pem, privateKey: /etc/certs/b.key }}
+"#
+        )
+    }
+
+    #[test]
+    fn certificates_come_from_secrets_of_the_gateways_own_namespace_only() {
+        let m = with_secret(
+            model(&https("a-cert")),
+            "istio-system",
+            "a-cert",
+            &[("cert", "CHAIN"), ("key", "KEY")],
+        );
+        let m = with_secret(m, "istio-system", "a-cert-cacert", &[("ca.crt", "CA")]);
+        let m = with_secret(
+            m,
+            "elsewhere",
+            "a-cert",
+            &[("tls.crt", "OTHER"), ("tls.key", "OTHER-KEY"), ("ca.crt", "OTHER-CA")],
+        );
+        let config = gateway_config(&m, "istio-system", &[("istio", "ingressgateway")]);
+        let servers = &config.gateway_listeners[0].servers;
+        let tls = servers[0].tls.as_ref().unwrap();
+        assert_eq!(
+            (tls.certificate_chain.as_str(), tls.private_key.as_str(), tls.ca_certificates.as_str()),
+            ("CHAIN", "KEY", "CA"),
+            "generic keys, and the CA from the -cacert companion"
+        );
+        // The overlapping a.example.com is dropped from the second server; b.example.com stays.
+        assert_eq!(servers[1].hosts, ["b.example.com"]);
+        assert_eq!(servers[1].tls.as_ref().unwrap().certificate_file, "/etc/certs/b.pem");
+
+        // A gateway of another namespace selected by the same Gateway gets that namespace's
+        // Secret; a sidecar gets nothing.
+        let elsewhere = gateway_config(&m, "elsewhere", &[("istio", "ingressgateway")]);
+        let tls = elsewhere.gateway_listeners[0].servers[0].tls.as_ref().unwrap();
+        assert_eq!(
+            (tls.certificate_chain.as_str(), tls.private_key.as_str(), tls.ca_certificates.as_str()),
+            ("OTHER", "OTHER-KEY", "OTHER-CA")
+        );
+        let sidecar = translate(
+            &m,
+            &scope_of(&m, &ProxyIdentity { namespace: "istio-system".into(), ..Default::default() }),
+        );
+        assert!(sidecar.gateway_listeners.is_empty());
+        assert!(!format!("{sidecar:?}").contains("KEY"));
+    }
+
+    #[test]
+    fn a_missing_secret_leaves_its_server_out_and_the_others_in() {
+        let m = model(&https("no-such-secret"));
+        let config = gateway_config(&m, "istio-system", &[("istio", "ingressgateway")]);
+        let names: Vec<_> = config.gateway_listeners[0].servers.iter().map(|s| s.name.as_str()).collect();
+        assert_eq!(names, ["istio-system/public/1"]);
+        assert_eq!(config.gateway_listeners[0].servers[0].hosts, ["b.example.com", "a.example.com"]);
+    }
+
+    #[test]
+    fn https_redirect_passthrough_and_tcp_servers() {
+        let yaml = format!(
+            r#"{MESH}
+---
+apiVersion: networking.istio.io/v1
+kind: Gateway
+metadata: {{ name: gw, namespace: istio-system }}
+spec:
+  selector: {{}}
+  servers:
+    - {{ port: {{ number: 80, name: http, protocol: HTTP }}, hosts: [a.example.com], tls: {{ httpsRedirect: true }} }}
+    - {{ port: {{ number: 443, name: tls, protocol: TLS }}, hosts: [pass.example.com], tls: {{ mode: PASSTHROUGH }} }}
+    - {{ port: {{ number: 5432, name: tcp, protocol: TCP }}, hosts: ["*"], bind: 127.0.0.9 }}
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {{ name: l4, namespace: shop }}
+spec:
+  hosts: [pass.example.com]
+  gateways: [istio-system/gw]
+  tls: [{{ match: [{{ sniHosts: [pass.example.com] }}], route: [{{ destination: {{ host: web.shop.internal, port: {{ number: 80 }} }} }}] }}]
+  tcp: [{{ route: [{{ destination: {{ host: missing.example.com, port: {{ number: 5432 }} }} }}] }}]
+"#
+        );
+        let config = gateway_config(&model(&yaml), "istio-system", &[("any", "labels")]);
+        let listeners: Vec<_> =
+            config.gateway_listeners.iter().map(|l| (l.bind.as_str(), l.port, l.protocol())).collect();
+        assert_eq!(
+            listeners,
+            [
+                ("", 80, pb::GatewayProtocol::GatewayHttp),
+                ("", 443, pb::GatewayProtocol::GatewayTls),
+                ("127.0.0.9", 5432, pb::GatewayProtocol::GatewayTcp)
+            ]
+        );
+        let redirect =
+            &config.virtual_hosts.iter().find(|v| v.name == virtual_host_name(80, "a.example.com")).unwrap();
+        assert!(
+            matches!(&redirect.routes[0].action, Some(pb::route::Action::Redirect(r)) if r.scheme == "https" && r.response_code == 301)
+        );
+        let sni = &config.gateway_listeners[1].servers[0].sni_routes[0];
+        assert_eq!(sni.sni_hosts, ["pass.example.com"]);
+        assert_eq!(sni.clusters[0].cluster, "outbound|80||web.shop.internal");
+        // An unknown destination: the black hole, which the config then holds.
+        let tcp = &config.gateway_listeners[2].servers[0].tcp_clusters;
+        assert_eq!(tcp[0].cluster, super::super::names::BLACK_HOLE_CLUSTER);
+        assert!(config.clusters.iter().any(|c| c.name == super::super::names::BLACK_HOLE_CLUSTER));
+    }
+}
