@@ -4,9 +4,10 @@
 //!   workloads (IST0127), checked where the input shows workloads;
 //! - a rule with HTTP-only fields (hosts, methods, paths, request principals, `request.*`
 //!   conditions) on a workload port that is TCP (TRL0001): a proxy cannot see those on a TCP
-//!   connection, so on that port an ALLOW rule allows nothing and a DENY rule denies without
-//!   them, as in Istio. A port is TCP when its Service says so (`appProtocol`, or the port
-//!   name's prefix: tcp, tls, https, mongo, mysql, redis); ports left to detection are not.
+//!   connection, so on that port an ALLOW rule allows nothing and other rules apply without
+//!   them (a DENY rule denies more), as in Istio and as the proxy enforces it. A port is TCP
+//!   when its Service says so (`appProtocol`, or the port name's prefix: tcp, tls, https,
+//!   mongo, mysql, redis); ports left to detection are not.
 
 use trellis_api::security::{AuthorizationAction, AuthorizationPolicySpec, Rule};
 
@@ -36,9 +37,11 @@ pub fn check(mesh: &Mesh, out: &mut Vec<Finding>) {
             let tcp = tcp_ports(mesh, &selected, ports.as_deref());
             let Some((service, port, target)) = tcp.first() else { continue };
             let effect = match policy.spec.action {
+                AuthorizationAction::Allow => "this rule never matches there",
                 AuthorizationAction::Deny => "this DENY rule denies there without looking at them",
-                AuthorizationAction::Allow | AuthorizationAction::Audit => "this rule never matches there",
-                AuthorizationAction::Custom => "this rule never sends a request there to the provider",
+                AuthorizationAction::Audit | AuthorizationAction::Custom => {
+                    "this rule applies there without looking at them"
+                }
             };
             let mut finding = Finding::new(
                 HTTP_RULE_ON_TCP_PORT,
