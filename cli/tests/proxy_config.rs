@@ -325,6 +325,9 @@ fn endpoints_show_the_ejected_one_unhealthy() {
         [f.good.to_string().as_str(), "HEALTHY", "OK", "0", "1", "no", cluster]
     );
 
+    // istioctl's short names work too.
+    assert_eq!(against_proxy("ep", "table").stdout, table);
+
     for value in [json_of(&against_proxy("endpoints", "json")), yaml_of(&against_proxy("endpoints", "yaml"))]
     {
         let endpoints = value["endpoints"].as_array().unwrap();

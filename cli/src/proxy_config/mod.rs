@@ -68,14 +68,19 @@ pub struct Args {
 #[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 enum What {
     /// The service ports the proxy captures, the catch-all, and the inbound side.
+    #[value(alias = "listener", alias = "l")]
     Listeners,
     /// The routes of each virtual host.
+    #[value(alias = "route", alias = "r")]
     Routes,
     /// The clusters (service, port, subset) with their balancing, TLS and outlier detection.
+    #[value(alias = "cluster", alias = "c")]
     Clusters,
     /// Each cluster's endpoints with their health (outlier ejection).
+    #[value(alias = "endpoint", alias = "ep")]
     Endpoints,
     /// The workload certificate and its root: serial, validity, identity.
+    #[value(alias = "secrets", alias = "s")]
     Secret,
     /// All of the above.
     All,
