@@ -209,7 +209,8 @@ async fn clusters_as_json_show_each_endpoint_and_its_ejection() {
     let good = Scripted::start("good", Behaviour::Status(200)).await;
     let outlier = "    loadBalancer: { policy: ROUND_ROBIN }\n    outlierDetection: { consecutive5xxErrors: 1, \
                    interval: 60s, baseEjectionTime: 600s, maxEjectionPercent: 50 }";
-    let proxy = TestProxy::start(&api_config(&[bad.addr.port(), good.addr.port()], "HTTP", "", outlier)).await;
+    let proxy =
+        TestProxy::start(&api_config(&[bad.addr.port(), good.addr.port()], "HTTP", "", outlier)).await;
     let mut client = Client::connect(proxy.outbound(), Version::HTTP_11).await;
     // Round robin: two requests reach both; the 500 ejects `bad` at once (consecutive errors
     // do not wait for the interval).
