@@ -709,6 +709,30 @@ async fn the_live_cluster_is_analyzed_through_the_api_server() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cluster_without_istio_crds_is_analyzed_for_what_it_has() {
+    let api = fake_api::FakeApi::start(fake_api::CLUSTER).await;
+    api.apply(
+        "/api/v1/namespaces",
+        json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "shop", "labels": {"istio.io/rev": "stable"}}}),
+    );
+    api.apply(
+        "/api/v1/pods",
+        json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "web-1", "namespace": "shop"},
+            "spec": {"containers": [{"name": "web"}]}}),
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let kubeconfig = kube_cluster::write_kubeconfig(&dir, &api.url);
+    let run = kube_cluster::run_trellis(&["analyze"], Some(&kubeconfig)).await;
+    assert_eq!(run.code, Some(0), "{}\n{}", run.stdout, run.stderr);
+    assert!(run.stdout.starts_with("Warning [IST0103] (Pod shop/web-1) namespace shop is labelled for injection (istio.io/rev=stable)"), "{}", run.stdout);
+    assert!(
+        run.stdout.contains("note: the cluster does not serve VirtualService (networking.istio.io/v1): Istio's CRDs are not installed"),
+        "{}",
+        run.stdout
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_unreachable_cluster_is_a_clear_error() {
     // A port nothing listens on.
     let api = fake_api::FakeApi::start(fake_api::CLUSTER).await;
