@@ -552,6 +552,10 @@ async fn https_servers_pick_their_certificate_by_sni_verify_clients_and_pass_tls
     let (code, text, _) =
         https_get(&with_cert, https, "c.example.com", &mesh.host("c.example.com"), "/m").await.unwrap();
     assert_eq!(code, 200, "{text}");
+    // Nor through another server's connection: routes belong to the server SNI picked.
+    let (code, text, _) =
+        https_get(&client, https, "a.example.com", &mesh.host("c.example.com"), "/m").await.unwrap();
+    assert_eq!(code, 404, "{text}");
     let stranger = TestCa::new("stranger").leaf(&[], "stranger");
     let other = tls_client(&[&ca.pem], Some(&stranger));
     assert!(https_get(&other, https, "c.example.com", &mesh.host("c.example.com"), "/m").await.is_err());

@@ -1021,7 +1021,8 @@ fn find_service_port(
     port: u16,
 ) -> Option<Arc<ServicePort>> {
     if let Some(gateway_port) = conn.gateway_port {
-        return snapshot.gateway.as_ref()?.listener(gateway_port)?.http_route(authority);
+        let listener = snapshot.gateway.as_ref()?.listener(gateway_port)?;
+        return listener.http_route(authority, conn.gateway_server.as_deref());
     }
     let original = conn.original;
     authority

@@ -40,6 +40,9 @@ pub struct Conn {
     /// Gateway role: the gateway port the connection came in on; requests are routed by the
     /// gateway's virtual hosts for it (never passed through).
     pub gateway_port: Option<u16>,
+    /// Gateway role, TLS terminated: the server the client's SNI picked, whose routes alone
+    /// serve the connection (a SIMPLE server's clients never reach a MUTUAL server's routes).
+    pub gateway_server: Option<Arc<str>>,
 }
 
 /// What an authority resolved to under one config snapshot.
@@ -65,6 +68,7 @@ impl Conn {
             last_lookup: Mutex::new(None),
             peer_workload: OnceLock::new(),
             gateway_port: None,
+            gateway_server: None,
         }
     }
 

@@ -137,6 +137,7 @@ async fn serve_connection(stream: TcpStream, peer: SocketAddr, port: u16, proxy:
                 return;
             };
             let tcp_clusters = server.tcp_clusters.clone();
+            conn.gateway_server = Some(Arc::from(server.name.as_str()));
             drop(snapshot);
             let accepted = tokio::time::timeout(
                 HANDSHAKE_TIMEOUT,

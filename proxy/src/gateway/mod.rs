@@ -114,11 +114,13 @@ impl Listener {
     }
 
     /// The service port an HTTP request's authority routes to (its port is ignored, as Istio's
-    /// gateways match `host` and `host:*`).
-    pub fn http_route(&self, authority: Option<&str>) -> Option<Arc<ServicePort>> {
+    /// gateways match `host` and `host:*`): among the routes of `server` when TLS picked one,
+    /// else of every server of the port (plaintext HTTP servers share one route table).
+    pub fn http_route(&self, authority: Option<&str>, server: Option<&str>) -> Option<Arc<ServicePort>> {
         let host = authority.and_then(|a| split_authority(a, self.port)).map(|(h, _)| h).unwrap_or("");
         self.servers
             .iter()
+            .filter(|s| server.is_none_or(|name| *s.name == *name))
             .flat_map(|s| &s.routes)
             .filter(|(pattern, _)| host_matches(pattern, host))
             .min_by_key(|(pattern, _)| specificity(pattern))
@@ -313,11 +315,14 @@ mod tests {
         assert_eq!(name(Some("B.example.com")), Some("wild"));
         assert_eq!(name(Some("example.org")), Some("any"));
         assert_eq!(name(None), Some("any"));
-        let route = |a| listener.http_route(a).map(|sp| sp.service.to_string());
+        let route = |a| listener.http_route(a, None).map(|sp| sp.service.to_string());
         assert_eq!(route(Some("a.example.com:8443")).as_deref(), Some("a.example.com"));
         assert_eq!(route(Some("b.example.com")).as_deref(), Some("*.example.com"));
         assert_eq!(route(Some("other")).as_deref(), Some("*"));
         assert_eq!(route(Some("[::1")).as_deref(), Some("*"), "a broken authority is no host");
+        let within = |a, server| listener.http_route(Some(a), Some(server)).map(|sp| sp.service.to_string());
+        assert_eq!(within("a.example.com", "wild").as_deref(), Some("*.example.com"));
+        assert_eq!(within("a.example.com", "any").as_deref(), Some("*"), "only the server's own routes");
         assert!(!host_matches("*.example.com", "example.com"));
     }
 
