@@ -12,7 +12,7 @@ use std::net::{SocketAddr, TcpListener};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
-use kube_cluster::{Cluster, PODS, Run, run_trellis};
+use kube_cluster::{Cluster, DEPLOYMENTS, PODS, Run, run_trellis};
 use serde_json::{Value, json};
 use trellis_identity::SpiffeId;
 use trellis_identity::ca::{CaMaterial, CertificateAuthority};
@@ -572,6 +572,45 @@ async fn pods_are_found_through_the_api_server() {
         "{}",
         refused.stderr
     );
+
+    // A Deployment: its first Running pod with the proxy, by its selector.
+    let mut labelled = |name: &str, phase: &str, init: &Value| {
+        let mut object = pod(name, app.clone(), init.clone(), phase);
+        object["metadata"]["labels"] = json!({"app": "api"});
+        cluster.api.apply(PODS, object);
+    };
+    labelled("api-a-pending", "Pending", &proxy);
+    labelled("api-b-no-mesh", "Running", &json!([]));
+    labelled("api-c", "Running", &proxy);
+    labelled("api-d", "Running", &proxy);
+    cluster.api.apply(
+        DEPLOYMENTS,
+        json!({"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "api", "namespace": "shop"},
+               "spec": {"selector": {"matchLabels": {"app": "api"}},
+                        "template": {"metadata": {"labels": {"app": "api"}}, "spec": {"containers": app}}}}),
+    );
+    let picked = run(&["clusters", "deploy/api.shop"]).await;
+    assert!(picked.stderr.contains("pod api-c.shop: cannot port-forward"), "{}", picked.stderr);
+    let picked = run(&["clusters", "deployment/api", "-n", "shop"]).await;
+    assert!(picked.stderr.contains("pod api-c.shop: cannot port-forward"), "{}", picked.stderr);
+    let unknown = run(&["clusters", "deploy/nope.shop"]).await;
+    assert!(
+        unknown.stderr.contains("deployment \"nope\" not found in namespace \"shop\""),
+        "{}",
+        unknown.stderr
+    );
+    let kind = run(&["clusters", "statefulset/db.shop"]).await;
+    assert!(kind.stderr.contains("not \"statefulset\""), "{}", kind.stderr);
+    cluster.api.apply(
+        DEPLOYMENTS,
+        json!({"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "empty", "namespace": "shop"},
+               "spec": {"selector": {"matchLabels": {"app": "empty"}},
+                        "template": {"metadata": {"labels": {"app": "empty"}}, "spec": {"containers": app}}}}),
+    );
+    let empty = run(&["clusters", "deploy/empty.shop"]).await;
+    // (The stand-in Deployment controller may have made it a pod, without the proxy.)
+    let refused = ["deployment empty.shop: none of its ", " is Running with an istio-proxy container"];
+    assert!(refused.iter().all(|part| empty.stderr.contains(part)), "{}", empty.stderr);
 
     // An API server that is down.
     cluster.api.stop();

@@ -25,6 +25,7 @@ use answers::{Certs, ClusterStatuses, ConfigDump};
 const AFTER_HELP: &str = "\
 Examples:
   trellis proxy-config clusters reviews-v1-7f9c.shop
+  trellis proxy-config routes deploy/reviews-v1.shop
   trellis proxy-config endpoints reviews-v1-7f9c -n shop -o json
   trellis proxy-config endpoints reviews-v1-7f9c.shop --fqdn ratings --status unhealthy
   kubectl -n shop port-forward reviews-v1-7f9c 15000 &
@@ -39,8 +40,9 @@ pub struct Args {
     /// What to show.
     #[arg(value_enum, value_name = "WHAT")]
     what: What,
-    /// The pod whose proxy to ask: `name` or `name.namespace`. Its admin port (localhost only
-    /// in the pod) is reached through the API server's port-forward.
+    /// The pod whose proxy to ask: `name` or `name.namespace`, or `deployment/name[.namespace]`
+    /// (its first Running pod with the proxy, by name). Its admin port (localhost only in the
+    /// pod) is reached through the API server's port-forward.
     #[arg(value_name = "POD", required_unless_present = "admin", conflicts_with = "admin")]
     pod: Option<String>,
     /// Ask the admin port at this address instead (`host:port`), e.g. after `kubectl

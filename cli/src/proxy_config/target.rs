@@ -8,8 +8,9 @@
 
 use std::time::Duration;
 
+use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::Pod;
-use kube::api::Api;
+use kube::api::{Api, ListParams};
 use tokio::io::{AsyncRead, AsyncWrite};
 
 use crate::install::cluster::{self, ApiError, KubeArgs};
@@ -108,25 +109,44 @@ pub async fn connect_pod(
     admin_port: u16,
     timeout: Duration,
 ) -> Result<Connection, String> {
+    let (workload, pod) = match pod.split_once('/') {
+        Some(("deployment" | "deploy", name)) => (true, name),
+        Some((kind, _)) => {
+            return Err(format!(
+                "{pod:?}: a pod (`name[.namespace]`) or `deployment/name[.namespace]`, not {kind:?}"
+            ));
+        }
+        None => (false, pod),
+    };
     let (name, namespace) = split_pod(pod, namespace)?;
     let deadline = tokio::time::Instant::now() + timeout;
     let cluster = cluster::connect(kube, timeout).await?;
     let namespace = namespace.unwrap_or(cluster.client.default_namespace()).to_owned();
-    let source = format!("pod {name}.{namespace}");
     let pods: Api<Pod> = Api::namespaced(cluster.client.clone(), &namespace);
-    let found = match cluster::within(deadline, pods.get(name)).await {
-        Ok(found) => found,
-        Err(e) if e.is_not_found() => {
-            return Err(format!("pod {name:?} not found in namespace {namespace:?} (at {})", cluster.server));
+    let found = if workload {
+        deployment_pod(&cluster, &pods, name, &namespace, deadline).await?
+    } else {
+        let source = format!("pod {name}.{namespace}");
+        match cluster::within(deadline, pods.get(name)).await {
+            Ok(found) => found,
+            Err(e) if e.is_not_found() => {
+                return Err(format!(
+                    "pod {name:?} not found in namespace {namespace:?} (at {})",
+                    cluster.server
+                ));
+            }
+            Err(ApiError::TimedOut) => {
+                return Err(format!(
+                    "{source}: the API server {} did not answer within {timeout:?}",
+                    cluster.server
+                ));
+            }
+            Err(e) => return Err(format!("{source}: reading the pod from {}: {e}", cluster.server)),
         }
-        Err(ApiError::TimedOut) => {
-            return Err(format!(
-                "{source}: the API server {} did not answer within {timeout:?}",
-                cluster.server
-            ));
-        }
-        Err(e) => return Err(format!("{source}: reading the pod from {}: {e}", cluster.server)),
     };
+    let name = found.metadata.name.clone().unwrap_or_default();
+    let name = name.as_str();
+    let source = format!("pod {name}.{namespace}");
     check_proxy(&found, &source)?;
     let mut forwarder = match cluster::within(deadline, pods.portforward(name, &[admin_port])).await {
         Ok(forwarder) => forwarder,
@@ -146,6 +166,50 @@ pub async fn connect_pod(
         stream: Box::new(stream),
         forwarder: Some(forwarder),
         forward_error,
+    })
+}
+
+/// The first running pod (by name) of a Deployment that has the proxy, as istioctl picks one.
+async fn deployment_pod(
+    cluster: &cluster::Cluster,
+    pods: &Api<Pod>,
+    name: &str,
+    namespace: &str,
+    deadline: tokio::time::Instant,
+) -> Result<Pod, String> {
+    let deployments: Api<Deployment> = Api::namespaced(cluster.client.clone(), namespace);
+    let source = format!("deployment {name}.{namespace}");
+    let deployment = match cluster::within(deadline, deployments.get(name)).await {
+        Ok(found) => found,
+        Err(e) if e.is_not_found() => {
+            return Err(format!(
+                "deployment {name:?} not found in namespace {namespace:?} (at {})",
+                cluster.server
+            ));
+        }
+        Err(e) => return Err(format!("{source}: reading it from {}: {e}", cluster.server)),
+    };
+    let selector = deployment.spec.map(|spec| spec.selector).unwrap_or_default();
+    if selector.match_expressions.as_ref().is_some_and(|e| !e.is_empty()) {
+        return Err(format!(
+            "{source}: its selector has matchExpressions, which this command does not read; name a pod instead"
+        ));
+    }
+    let labels: Vec<String> =
+        selector.match_labels.unwrap_or_default().iter().map(|(k, v)| format!("{k}={v}")).collect();
+    if labels.is_empty() {
+        return Err(format!("{source}: its selector selects no labels; name a pod instead"));
+    }
+    let listed = cluster::within(deadline, pods.list(&ListParams::default().labels(&labels.join(","))))
+        .await
+        .map_err(|e| format!("{source}: listing its pods at {}: {e}", cluster.server))?;
+    let total = listed.items.len();
+    let mut candidates: Vec<Pod> =
+        listed.items.into_iter().filter(|pod| check_proxy(pod, "").is_ok()).collect();
+    candidates.sort_by(|a, b| a.metadata.name.cmp(&b.metadata.name));
+    candidates.into_iter().next().ok_or_else(|| {
+        let pods = if total == 1 { "1 pod".to_owned() } else { format!("{total} pods") };
+        format!("{source}: none of its {pods} is Running with an istio-proxy container")
     })
 }
 
