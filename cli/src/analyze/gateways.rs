@@ -1,11 +1,15 @@
-//! Gateway server hosts that no VirtualService bound to the Gateway routes (TRL0003): requests
-//! for them reach the gateway and get 404 (HTTP) or are closed (TLS, TCP). Servers that need
-//! no VirtualService are passed over: an HTTPS redirect, and AUTO_PASSTHROUGH (SNI routing).
-//! A host `ns/name` only takes VirtualServices of namespace `ns` (`.` the Gateway's, `*` any).
+//! Gateways and the VirtualServices bound to them:
+//!
+//! - a VirtualService bound to a Gateway that does not exist (IST0101) routes nothing there;
+//!   checked where the input has Gateways (a file of routes alone says nothing of them);
+//! - Gateway server hosts that no VirtualService bound to the Gateway routes (TRL0003): requests
+//!   for them reach the gateway and get 404 (HTTP) or are closed (TLS, TCP). Servers that need
+//!   no VirtualService are passed over: an HTTPS redirect, and AUTO_PASSTHROUGH (SNI routing).
+//!   A host `ns/name` only takes VirtualServices of namespace `ns` (`.` the Gateway's, `*` any).
 
 use trellis_api::networking::{GatewaySpec, ServerTlsMode, VirtualServiceSpec};
 
-use super::finding::{Finding, GATEWAY_HOST_WITHOUT_ROUTE};
+use super::finding::{Finding, GATEWAY_HOST_WITHOUT_ROUTE, REFERENCED_RESOURCE_NOT_FOUND};
 use super::hosts;
 use super::model::{Mesh, Obj};
 
@@ -17,6 +21,7 @@ enum Routes {
 }
 
 pub fn check(mesh: &Mesh, out: &mut Vec<Finding>) {
+    missing_gateways(mesh, out);
     for gateway in &mesh.gateways {
         for (i, server) in gateway.spec.servers.iter().enumerate() {
             let tls_mode = server.tls.as_ref().map(|t| t.mode);
@@ -68,13 +73,36 @@ pub fn check(mesh: &Mesh, out: &mut Vec<Finding>) {
     }
 }
 
+fn missing_gateways(mesh: &Mesh, out: &mut Vec<Finding>) {
+    if mesh.gateways.is_empty() && !mesh.live {
+        return;
+    }
+    for vs in &mesh.virtual_services {
+        for (i, reference) in vs.spec.gateways.iter().enumerate() {
+            if reference == "mesh" || mesh.gateways.iter().any(|g| binds_one(reference, &vs.namespace, g)) {
+                continue;
+            }
+            out.push(Finding::new(
+                REFERENCED_RESOURCE_NOT_FOUND,
+                &vs.subject,
+                format!("spec.gateways[{i}]: no Gateway {reference:?} exists; this VirtualService routes nothing there"),
+                "name an existing Gateway as namespace/name (a bare name is in the VirtualService's namespace)",
+            ));
+        }
+    }
+}
+
 /// Whether a VirtualService names this Gateway: `ns/name`, or `name` in its own namespace (as
 /// trellisd binds them; Istio's legacy `name.namespace` form binds nothing in Trellis).
 fn binds(spec: &VirtualServiceSpec, vs_namespace: &str, gateway: &Obj<GatewaySpec>) -> bool {
-    spec.gateways.iter().any(|g| match g.split_once('/') {
+    spec.gateways.iter().any(|g| binds_one(g, vs_namespace, gateway))
+}
+
+fn binds_one(reference: &str, vs_namespace: &str, gateway: &Obj<GatewaySpec>) -> bool {
+    match reference.split_once('/') {
         Some((ns, name)) => ns == gateway.namespace && name == gateway.name,
-        None => g == &gateway.name && vs_namespace == gateway.namespace,
-    })
+        None => reference == gateway.name && vs_namespace == gateway.namespace,
+    }
 }
 
 fn namespace_allows(pattern: &str, vs_namespace: &str, gateway_namespace: &str) -> bool {
@@ -122,10 +150,15 @@ mod tests {
         );
         assert_eq!(
             run(&vs("shop", "gw", "a.example.com")),
-            ["TRL0003 Gateway edge/gw"],
+            ["IST0101 VirtualService shop/v", "TRL0003 Gateway edge/gw"],
             "gw would be shop/gw"
         );
         assert_eq!(run(&vs("shop", "edge/gw", "a.example.org")), ["TRL0003 Gateway edge/gw"]);
         assert_eq!(run(""), ["TRL0003 Gateway edge/gw"]);
+        assert_eq!(
+            run(&vs("shop", "edge/gw, edge/gone, mesh", "a.example.com")),
+            ["IST0101 VirtualService shop/v"],
+            "a Gateway that is not there"
+        );
     }
 }
