@@ -1,8 +1,9 @@
 //! `trellis analyze`: checks across resources, like `istioctl analyze`, over files (`-f`) or
-//! the live cluster: routes to hosts, ports and subsets that do not exist, rules that never
-//! match, VirtualServices that fight over a host, TLS turned off towards STRICT workloads,
-//! policies and subsets that select nothing, HTTP rules on TCP ports, Sidecars hiding routed
-//! hosts, pods missing their proxy, gateway hosts nobody routes.
+//! the live cluster: routes to hosts, ports, subsets and gateways that do not exist, rules that
+//! never match, VirtualServices that fight over a host (or shadow each other on a gateway), TLS
+//! turned off towards STRICT workloads or originated without a CA, policies and subsets that
+//! select nothing, HTTP rules on TCP ports, Sidecars hiding routed hosts, pods missing their
+//! proxy, gateway hosts nobody routes.
 //!
 //! `source` and `cluster` build the model (`model`); each check is a pure function of it in a
 //! file of its own; `report` prints. Exit status as `trellis validate`: 0 no error (warnings
