@@ -574,7 +574,7 @@ async fn pods_are_found_through_the_api_server() {
     );
 
     // A Deployment: its first Running pod with the proxy, by its selector.
-    let mut labelled = |name: &str, phase: &str, init: &Value| {
+    let labelled = |name: &str, phase: &str, init: &Value| {
         let mut object = pod(name, app.clone(), init.clone(), phase);
         object["metadata"]["labels"] = json!({"app": "api"});
         cluster.api.apply(PODS, object);
