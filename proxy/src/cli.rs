@@ -661,6 +661,16 @@ mod tests {
     }
 
     #[test]
+    fn the_gateway_role_is_named_on_the_command_line_and_anything_else_is_refused() {
+        let role = |args: &[&str]| Args::try_parse_from([&["trellis-proxy"], args].concat()).map(|a| a.is_gateway());
+        assert!(!role(&[]).unwrap(), "a sidecar by default");
+        assert!(role(&["--role", "gateway"]).unwrap());
+        assert!(role(&["--role=router"]).unwrap(), "Istio's node type");
+        let err = role(&["--role", "waypoint"]).err().unwrap().to_string();
+        assert!(err.contains("waypoint") && err.contains("--role"), "{err}");
+    }
+
+    #[test]
     fn the_status_port_is_the_flags_then_proxy_configs_then_15020() {
         assert_eq!(status_port(Some(0), Some(0)), Some(0), "a flag of 0 is a free port");
         assert_eq!(status_port(Some(15999), Some(15020)), Some(15999));
