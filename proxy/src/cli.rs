@@ -662,7 +662,8 @@ mod tests {
 
     #[test]
     fn the_gateway_role_is_named_on_the_command_line_and_anything_else_is_refused() {
-        let role = |args: &[&str]| Args::try_parse_from([&["trellis-proxy"], args].concat()).map(|a| a.is_gateway());
+        let role =
+            |args: &[&str]| Args::try_parse_from([&["trellis-proxy"], args].concat()).map(|a| a.is_gateway());
         assert!(!role(&[]).unwrap(), "a sidecar by default");
         assert!(role(&["--role", "gateway"]).unwrap());
         assert!(role(&["--role=router"]).unwrap(), "Istio's node type");
