@@ -568,10 +568,16 @@ fn gateway_fields_trellis_does_not_enforce_are_named_in_warnings() {
         warnings(unenforced),
         [
             format!("{p}.defaultEndpoint: warning: read but not enforced by Trellis's gateways"),
-            format!("{p}.tls.mode: warning: OPTIONAL_MUTUAL is not implemented by Trellis's gateways: the server is left out"),
+            format!(
+                "{p}.tls.mode: warning: OPTIONAL_MUTUAL is not implemented by Trellis's gateways: the server is left out"
+            ),
             format!("{p}.tls.subjectAltNames: warning: read but not enforced by Trellis's gateways"),
-            format!("{p}.tls.minProtocolVersion: warning: TLS 1.0 and 1.1 are not offered (rustls): TLSV1_2 is used"),
-            format!("{p}.tls.cipherSuites: warning: applies to TLS 1.2 only, and only to the ECDHE AES-GCM and CHACHA20 suites rustls has; the gateway logs and ignores others"),
+            format!(
+                "{p}.tls.minProtocolVersion: warning: TLS 1.0 and 1.1 are not offered (rustls): TLSV1_2 is used"
+            ),
+            format!(
+                "{p}.tls.cipherSuites: warning: applies to TLS 1.2 only, and only to the ECDHE AES-GCM and CHACHA20 suites rustls has; the gateway logs and ignores others"
+            ),
         ]
     );
 }
