@@ -497,7 +497,10 @@ spec:
     let analysis = shop_with(&[pod]);
     assert_found(&analysis, "IST0103", "Pod shop/reviews-v1-abc");
     let finding = analysis.with_code("IST0103")[0];
-    assert!(finding["message"].as_str().unwrap().contains("istio-injection=enabled"), "{finding}");
+    assert!(
+        finding["message"].as_str().unwrap().starts_with("namespace shop label istio-injection=enabled asks"),
+        "{finding}"
+    );
     assert_eq!(subject(&finding["resources"][1]), "Namespace shop");
     // A pod that opts out, or a namespace not labelled, is fine.
     let opted_out = pod.replace(
@@ -508,9 +511,17 @@ spec:
     let base = shop();
     let unlabelled = base.replace("  labels:\n    istio-injection: enabled\n", "");
     assert_clean(&analyze(&[&unlabelled, pod]));
-    // istio.io/rev labels a namespace too.
+    // istio.io/rev asks Istio's revision, which Trellis does not have: the fix says so.
     let revision = base.replace("istio-injection: enabled", "istio.io/rev: canary");
-    assert_found(&analyze(&[&revision, pod]), "IST0103", "Pod shop/reviews-v1-abc");
+    let analysis = analyze(&[&revision, pod]);
+    assert_found(&analysis, "IST0103", "Pod shop/reviews-v1-abc");
+    assert!(analysis.with_code("IST0103")[0]["fix"].as_str().unwrap().contains("Trellis has no revisions"));
+    // A pod asking for itself, in a namespace without labels.
+    let asks = pod.replace(
+        "labels: {app: reviews, version: v1}",
+        "labels: {app: reviews, sidecar.istio.io/inject: \"true\"}",
+    );
+    assert_found(&analyze(&[&unlabelled, &asks]), "IST0103", "Pod shop/reviews-v1-abc");
 }
 
 // ---- gateways: TRL0003 ----
@@ -724,7 +735,12 @@ async fn a_cluster_without_istio_crds_is_analyzed_for_what_it_has() {
     let kubeconfig = kube_cluster::write_kubeconfig(&dir, &api.url);
     let run = kube_cluster::run_trellis(&["analyze"], Some(&kubeconfig)).await;
     assert_eq!(run.code, Some(0), "{}\n{}", run.stdout, run.stderr);
-    assert!(run.stdout.starts_with("Warning [IST0103] (Pod shop/web-1) namespace shop is labelled for injection (istio.io/rev=stable)"), "{}", run.stdout);
+    assert!(
+        run.stdout
+            .starts_with("Warning [IST0103] (Pod shop/web-1) namespace shop label istio.io/rev=stable asks"),
+        "{}",
+        run.stdout
+    );
     assert!(
         run.stdout.contains("note: the cluster does not serve VirtualService (networking.istio.io/v1): Istio's CRDs are not installed"),
         "{}",
