@@ -2,10 +2,10 @@
 //! PeerAuthentication is STRICT (IST0113): the client sidecar sends plain text, the server
 //! sidecar accepts only mutual TLS, and every request fails.
 //!
-//! The PeerAuthentication that decides is the most specific one, as the proxies apply them: one
-//! selecting the workload (by the Service's selector and the subset's labels), else the
-//! namespace's, else the mesh's (in the root namespace); a mode of UNSET defers to the next.
-//! A port-level mode of the deciding policy counts for the port the DestinationRule names.
+//! The mode is resolved as trellisd resolves it for the server's proxy: the port-level mode of
+//! the policy selecting the workload (by the Service's selector and the subset's labels) for the
+//! port the DestinationRule names, else the first mode set of that policy, the namespace's and
+//! the mesh's (the root namespace's); UNSET defers to the next; none at all is PERMISSIVE.
 
 use std::collections::BTreeSet;
 
@@ -39,15 +39,16 @@ pub fn check(mesh: &Mesh, out: &mut Vec<Finding>) {
                 if let Some(subset) = spot.subset_labels {
                     labels.get_or_insert_with(Labels::new).extend(subset.clone());
                 }
-                let Some(policy) = deciding_policy(mesh, &namespace, labels.as_ref()) else { continue };
                 let target_port = spot.port.map(|port| {
                     service
                         .and_then(|s| s.spec.ports.iter().find(|p| p.port == port))
                         .map_or(port, |p| p.target_port.parse().unwrap_or(port))
                 });
-                if mode_for(&policy.spec, target_port) != MtlsMode::Strict {
+                let Some((policy, MtlsMode::Strict)) =
+                    effective_mode(mesh, &namespace, labels.as_ref(), target_port)
+                else {
                     continue;
-                }
+                };
                 out.push(
                     Finding::new(
                         MTLS_POLICY_CONFLICT,
@@ -123,23 +124,38 @@ fn destination_namespaces(mesh: &Mesh, host: &str) -> BTreeSet<String> {
     namespaces
 }
 
-/// The PeerAuthentication whose mode applies to workloads with `labels` in `namespace`.
-fn deciding_policy<'a>(
+/// The mode for workloads with `labels` in `namespace` on `target_port`, and the policy that
+/// sets it: the workload policy's port-level mode, else the first mode set (not UNSET) of the
+/// workload policy, the namespace's, the mesh's. Several at one scope: the first by name.
+/// `None` when no policy sets one (PERMISSIVE).
+fn effective_mode<'a>(
     mesh: &'a Mesh,
     namespace: &str,
     labels: Option<&Labels>,
-) -> Option<&'a Obj<PeerAuthenticationSpec>> {
-    let in_namespace = |ns: &str| -> Vec<&'a Obj<PeerAuthenticationSpec>> {
-        mesh.peer_authentications.iter().filter(|p| p.namespace == ns).collect()
+    target_port: Option<u32>,
+) -> Option<(&'a Obj<PeerAuthenticationSpec>, MtlsMode)> {
+    let by_name = |ns: &str| {
+        let mut list: Vec<&'a Obj<PeerAuthenticationSpec>> =
+            mesh.peer_authentications.iter().filter(|p| p.namespace == ns).collect();
+        list.sort_by(|a, b| a.name.cmp(&b.name));
+        list
     };
-    let local = in_namespace(namespace);
-    let workload = labels.and_then(|labels| {
-        local.iter().copied().find(|p| selector(p).is_some_and(|s| selects(s, labels)) && sets_a_mode(p))
+    let local = by_name(namespace);
+    let workload = labels
+        .and_then(|labels| local.iter().copied().find(|p| selector(p).is_some_and(|s| selects(s, labels))));
+    let wide =
+        |list: &[&'a Obj<PeerAuthenticationSpec>]| list.iter().copied().find(|p| selector(p).is_none());
+    let port_level = workload.and_then(|p| {
+        let mode = target_port.and_then(|port| p.spec.port_level_mtls.get(&port)).map(|m| m.mode)?;
+        (mode != MtlsMode::Unset).then_some((p, mode))
     });
-    let wide = |list: &[&'a Obj<PeerAuthenticationSpec>]| {
-        list.iter().copied().find(|p| selector(p).is_none() && whole_mode(p).is_some())
-    };
-    workload.or_else(|| wide(&local)).or_else(|| wide(&in_namespace(&mesh.root_namespace)))
+    let root = by_name(&mesh.root_namespace);
+    port_level.or_else(|| {
+        [workload, wide(&local), wide(&root)]
+            .into_iter()
+            .flatten()
+            .find_map(|p| whole_mode(p).map(|mode| (p, mode)))
+    })
 }
 
 /// A policy's selector, unless empty (which selects the whole namespace).
@@ -147,22 +163,8 @@ fn selector(policy: &Obj<PeerAuthenticationSpec>) -> Option<&Labels> {
     policy.spec.selector.as_ref().map(|s| &s.match_labels).filter(|s| !s.is_empty())
 }
 
-fn sets_a_mode(policy: &Obj<PeerAuthenticationSpec>) -> bool {
-    whole_mode(policy).is_some() || !policy.spec.port_level_mtls.is_empty()
-}
-
 fn whole_mode(policy: &Obj<PeerAuthenticationSpec>) -> Option<MtlsMode> {
     policy.spec.mtls.as_ref().map(|m| m.mode).filter(|m| *m != MtlsMode::Unset)
-}
-
-/// The mode a policy sets for a target port (its port-level mode, else its own).
-fn mode_for(spec: &PeerAuthenticationSpec, target_port: Option<u32>) -> MtlsMode {
-    target_port
-        .and_then(|p| spec.port_level_mtls.get(&p))
-        .map(|m| m.mode)
-        .filter(|m| *m != MtlsMode::Unset)
-        .or_else(|| spec.mtls.as_ref().map(|m| m.mode))
-        .unwrap_or(MtlsMode::Unset)
 }
 
 #[cfg(test)]
@@ -190,6 +192,12 @@ mod tests {
         // A port-level mode counts for the DestinationRule's port, by target port.
         let port_level = "apiVersion: security.istio.io/v1\nkind: PeerAuthentication\nmetadata: {name: db, namespace: app}\nspec:\n  selector: {matchLabels: {app: db}}\n  mtls: {mode: STRICT}\n  portLevelMtls: {15432: {mode: PERMISSIVE}}\n---\n";
         assert!(run(port_level).is_empty());
+        // A port-level mode for another port, with the policy's own mode UNSET: the namespace's.
+        let other_port = port_level
+            .replace("15432: {mode: PERMISSIVE}", "8080: {mode: PERMISSIVE}")
+            .replace("mtls: {mode: STRICT}\n  portLevelMtls", "mtls: {mode: UNSET}\n  portLevelMtls");
+        assert!(other_port.contains("UNSET") && other_port.contains("8080"), "{other_port}");
+        assert_eq!(run(&format!("{namespace_strict}{other_port}")), ["IST0113 DestinationRule app/db"]);
         let mesh_strict = "apiVersion: security.istio.io/v1\nkind: PeerAuthentication\nmetadata: {name: default, namespace: istio-system}\nspec: {mtls: {mode: STRICT}}\n---\n";
         assert_eq!(run(mesh_strict), ["IST0113 DestinationRule app/db"]);
         let namespace_permissive = namespace_strict.replace("STRICT", "PERMISSIVE");
