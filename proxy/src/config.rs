@@ -351,8 +351,9 @@ impl Snapshot {
 
         let gateway = crate::gateway::compile(
             &config.gateway_listeners,
-            &virtual_hosts,
+            (&virtual_hosts, &clusters),
             previous.and_then(|p| p.gateway.as_deref()),
+            references == References::Complete,
         )?;
         let limits = config.limits.unwrap_or_default();
         // A policy this proxy does not know (from a newer control plane) is refused rather than

@@ -140,12 +140,18 @@ impl Server {
     }
 }
 
+/// What a configuration defines that gateway servers refer to: virtual hosts and clusters.
+pub type Defined<'a> = (&'a HashMap<String, Arc<VirtualHost>>, &'a BTreeMap<String, Arc<Cluster>>);
+
 /// Compiles the listeners. A server whose TLS cannot be set up is kept without it (its
-/// connections are refused, logged once per change); the others are unaffected.
+/// connections are refused, logged once per change); the others are unaffected. `complete`:
+/// the configuration holds everything (a file), so every virtual host and cluster named must
+/// be in it; otherwise (xDS) they are fetched on first use.
 pub fn compile(
     listeners: &[pb::GatewayListener],
-    virtual_hosts: &HashMap<String, Arc<VirtualHost>>,
+    (virtual_hosts, clusters): Defined<'_>,
     previous: Option<&Gateway>,
+    complete: bool,
 ) -> Result<Option<Arc<Gateway>>, ConfigError> {
     if listeners.is_empty() {
         return Ok(None);
@@ -176,7 +182,11 @@ pub fn compile(
             message: format!("{} is not a protocol this proxy knows", l.protocol),
         })?;
         let mut servers = Vec::new();
-        for s in &l.servers {
+        for (j, s) in l.servers.iter().enumerate() {
+            if complete {
+                let at = format!("{field}.servers[{j}]");
+                check_complete(s, virtual_hosts, clusters, &at)?;
+            }
             let passthrough =
                 s.tls.as_ref().is_some_and(|t| t.mode() == pb::GatewayTlsMode::GatewayTlsPassthrough);
             let terminate = match &s.tls {
@@ -233,6 +243,31 @@ pub fn compile(
         out.push(Listener { bind, port, protocol, servers });
     }
     Ok(Some(Arc::new(Gateway { listeners: out })))
+}
+
+/// In a whole configuration, every name a server uses must be defined.
+fn check_complete(
+    s: &pb::GatewayServer,
+    virtual_hosts: &HashMap<String, Arc<VirtualHost>>,
+    clusters: &BTreeMap<String, Arc<Cluster>>,
+    at: &str,
+) -> Result<(), ConfigError> {
+    for (k, r) in s.routes.iter().enumerate() {
+        if !virtual_hosts.contains_key(&r.virtual_host) {
+            let message = format!("no virtual host {:?}", r.virtual_host);
+            return Err(ConfigError { field: format!("{at}.routes[{k}].virtual_host"), message });
+        }
+    }
+    let sni = s.sni_routes.iter().enumerate().flat_map(|(k, r)| {
+        r.clusters.iter().enumerate().map(move |(c, w)| (format!("{at}.sni_routes[{k}].clusters[{c}]"), w))
+    });
+    let tcp = s.tcp_clusters.iter().enumerate().map(|(c, w)| (format!("{at}.tcp_clusters[{c}]"), w));
+    for (field, weighted) in sni.chain(tcp) {
+        if !clusters.contains_key(&weighted.cluster) {
+            return Err(ConfigError { field, message: format!("no cluster {:?}", weighted.cluster) });
+        }
+    }
+    Ok(())
 }
 
 /// The configuration as kept for display (`/config_dump`): private keys are never shown.
@@ -339,11 +374,26 @@ mod tests {
             }],
             ..Default::default()
         };
-        let compiled = compile(std::slice::from_ref(&listener), &HashMap::new(), None).unwrap().unwrap();
+        let none = (&HashMap::new(), &BTreeMap::new());
+        let compiled = compile(std::slice::from_ref(&listener), none, None, true).unwrap().unwrap();
         assert!(compiled.listeners[0].servers[0].terminate.is_none());
         let bad = pb::GatewayListener { port: 70000, ..listener.clone() };
-        assert_eq!(compile(&[bad], &HashMap::new(), None).unwrap_err().field, "gateway_listeners[0].port");
-        let bad = pb::GatewayListener { bind: "nowhere".into(), ..listener };
-        assert_eq!(compile(&[bad], &HashMap::new(), None).unwrap_err().field, "gateway_listeners[0].bind");
+        assert_eq!(compile(&[bad], none, None, true).unwrap_err().field, "gateway_listeners[0].port");
+        let bad = pb::GatewayListener { bind: "nowhere".into(), ..listener.clone() };
+        assert_eq!(compile(&[bad], none, None, true).unwrap_err().field, "gateway_listeners[0].bind");
+        // Names that must be defined in a whole configuration, and may be fetched over xDS.
+        let mut named = listener;
+        named.servers[0].routes =
+            vec![pb::GatewayRoute { host: "a.example.com".into(), virtual_host: "vh".into() }];
+        named.servers[0].tcp_clusters = vec![pb::WeightedCluster { cluster: "c".into(), weight: 0 }];
+        let err = compile(std::slice::from_ref(&named), none, None, true).unwrap_err();
+        assert_eq!(err.field, "gateway_listeners[0].servers[0].routes[0].virtual_host");
+        named.servers[0].routes.clear();
+        let err = compile(std::slice::from_ref(&named), none, None, true).unwrap_err();
+        assert_eq!(
+            (err.field.as_str(), err.message.as_str()),
+            ("gateway_listeners[0].servers[0].tcp_clusters[0]", "no cluster \"c\"")
+        );
+        assert!(compile(&[named], none, None, false).is_ok());
     }
 }
