@@ -58,19 +58,22 @@ pub fn check(mesh: &Mesh, out: &mut Vec<Finding>) {
     }
 }
 
-/// The Sidecars that apply to workloads of `namespace`: its own (those with a selector apply to
-/// some workloads, the one without to the rest), else the root namespace's default.
+/// The Sidecars that apply to workloads of `namespace`, as trellisd picks them: those with a
+/// selector (for the workloads they select), and for the rest the first by name without one in
+/// the namespace, else in the root namespace.
 fn sidecars_of<'a>(mesh: &'a Mesh, namespace: &str) -> Vec<&'a Obj<SidecarSpec>> {
-    let own: Vec<_> = mesh.sidecars.iter().filter(|s| s.namespace == namespace).collect();
-    let has_default = own.iter().any(|s| s.spec.workload_selector.is_none());
-    let mut list = own;
-    if !has_default {
-        list.extend(
-            mesh.sidecars
-                .iter()
-                .filter(|s| s.namespace == mesh.root_namespace && s.spec.workload_selector.is_none()),
-        );
-    }
+    let default_of = |ns: &str| {
+        mesh.sidecars
+            .iter()
+            .filter(|s| s.namespace == ns && s.spec.workload_selector.is_none())
+            .min_by(|a, b| a.name.cmp(&b.name))
+    };
+    let mut list: Vec<_> = mesh
+        .sidecars
+        .iter()
+        .filter(|s| s.namespace == namespace && s.spec.workload_selector.is_some())
+        .collect();
+    list.extend(default_of(namespace).or_else(|| default_of(&mesh.root_namespace)));
     list
 }
 
