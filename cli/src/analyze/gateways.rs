@@ -35,9 +35,9 @@ pub fn check(mesh: &Mesh, out: &mut Vec<Finding>) {
                 "HTTP" | "HTTP2" | "GRPC" | "GRPC-WEB" => Routes::Http,
                 "HTTPS" if tls_mode == Some(ServerTlsMode::Passthrough) => Routes::Tls,
                 "HTTPS" => Routes::Http,
-                "TLS" => Routes::Tls,
-                "TCP" | "MONGO" | "MYSQL" | "REDIS" => Routes::Tcp,
-                _ => continue,
+                "TLS" if tls_mode == Some(ServerTlsMode::Passthrough) => Routes::Tls,
+                // TLS ended at the gateway, and any other protocol, is routed as TCP.
+                _ => Routes::Tcp,
             };
             for host in &server.hosts {
                 let (namespace, name) = host.split_once('/').unwrap_or(("*", host));
