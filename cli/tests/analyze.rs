@@ -939,3 +939,13 @@ fn istio_analyzer_test_data_gets_the_same_codes() {
         assert_eq!(found, expected, "{:?}", case.files);
     }
 }
+
+#[test]
+fn the_whole_corpus_of_valid_documents_is_read_and_analyzed() {
+    // Every document Istio accepts, together: nothing is an input error, and the report holds.
+    let dir = corpus_dir();
+    let analysis = analyze_paths(&[dir]);
+    assert_ne!(analysis.code, Some(2), "{}", analysis.stderr);
+    assert!(analysis.stderr.is_empty(), "{}", analysis.stderr);
+    assert!(analysis.report["resources"].as_u64().unwrap() > 400, "{}", analysis.report["resources"]);
+}
