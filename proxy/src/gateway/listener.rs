@@ -37,6 +37,7 @@ async fn run(proxy: Arc<Proxy>, default_ip: IpAddr) {
         let snapshot = proxy.config.load_full();
         if seen != Some(snapshot.version) {
             seen = Some(snapshot.version);
+            prefetch(&proxy, &snapshot);
             let wanted = snapshot.gateway.as_ref().map(|g| g.addresses(default_ip)).unwrap_or_default();
             bound.retain(|addr, task| {
                 let keep = wanted.contains(addr);
@@ -72,6 +73,26 @@ async fn run(proxy: Arc<Proxy>, default_ip: IpAddr) {
                 return;
             }
         }
+    }
+}
+
+/// Asks the control plane for the virtual hosts and clusters the servers name that the proxy
+/// does not hold yet, so that the first request to a host does not wait for its routes.
+fn prefetch(proxy: &Arc<Proxy>, snapshot: &crate::config::Snapshot) {
+    let Some(gateway) = &snapshot.gateway else { return };
+    if proxy.on_demand.get().is_none() {
+        return;
+    }
+    for (kind, name) in gateway.missing(&snapshot.clusters) {
+        let proxy = proxy.clone();
+        tokio::spawn(async move {
+            let Some(on_demand) = proxy.on_demand.get() else { return };
+            let held = || {
+                let now = proxy.config.load();
+                now.gateway.as_ref().is_some_and(|g| g.holds(kind, &name, &now.clusters))
+            };
+            on_demand.fetch(kind, &name, held).await;
+        });
     }
 }
 

@@ -15,6 +15,7 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::Arc;
 
 use trellis_xds::config as pb;
+use trellis_xds::types::ResourceType;
 
 use crate::cluster::Cluster;
 use crate::config::{ConfigError, ServicePort, split_authority};
@@ -83,6 +84,35 @@ fn specificity(pattern: &str) -> (bool, std::cmp::Reverse<usize>) {
 impl Gateway {
     pub fn listener(&self, port: u16) -> Option<&Listener> {
         self.listeners.iter().find(|l| l.port == port)
+    }
+
+    /// What the servers name that the proxy does not hold yet (over xDS): virtual hosts and
+    /// clusters, to be fetched.
+    pub fn missing(&self, clusters: &BTreeMap<String, Arc<Cluster>>) -> Vec<(ResourceType, String)> {
+        let servers = self.listeners.iter().flat_map(|l| &l.servers);
+        let hosts =
+            servers.clone().flat_map(|s| &s.routes).filter_map(|(_, sp)| sp.missing_virtual_host.clone());
+        let named =
+            servers.flat_map(|s| s.tcp_clusters.iter().chain(s.sni_routes.iter().flat_map(|(_, c)| c)));
+        let mut missing: Vec<_> = hosts
+            .map(|name| (ResourceType::VirtualHost, name))
+            .chain(
+                named
+                    .filter(|(name, _)| !clusters.contains_key(name))
+                    .map(|(n, _)| (ResourceType::Cluster, n.clone())),
+            )
+            .collect();
+        missing.sort();
+        missing.dedup();
+        missing
+    }
+
+    /// Whether the proxy now holds `name` of `kind`.
+    pub fn holds(&self, kind: ResourceType, name: &str, clusters: &BTreeMap<String, Arc<Cluster>>) -> bool {
+        match kind {
+            ResourceType::Cluster => clusters.contains_key(name),
+            _ => !self.missing(clusters).iter().any(|(k, n)| *k == kind && n == name),
+        }
     }
 
     /// The addresses to listen on, `default_ip` for listeners without a `bind`.
@@ -359,6 +389,36 @@ mod tests {
         assert_eq!(within("a.example.com", "wild").as_deref(), Some("*.example.com"));
         assert_eq!(within("a.example.com", "any").as_deref(), Some("*"), "only the server's own routes");
         assert!(!host_matches("*.example.com", "example.com"));
+    }
+
+    #[test]
+    fn what_the_servers_name_and_the_proxy_lacks_is_listed_for_fetching() {
+        let mut one = server("one", &["*"], &["a.example.com"]);
+        let lacking = ServicePort {
+            service: "a.example.com".into(),
+            port: 80,
+            protocol: pb::Protocol::Http,
+            virtual_host: None,
+            tcp_cluster: None,
+            tcp_split: Vec::new(),
+            missing_virtual_host: Some("vh".into()),
+            missing_tcp_clusters: Vec::new(),
+        };
+        one.routes[0].1 = Arc::new(lacking);
+        one.tcp_clusters = vec![("c".into(), 1)];
+        let gateway = Gateway {
+            listeners: vec![Listener {
+                bind: None,
+                port: 80,
+                protocol: pb::GatewayProtocol::GatewayHttp,
+                servers: vec![one],
+            }],
+        };
+        let none = BTreeMap::new();
+        let missing = gateway.missing(&none);
+        assert_eq!(missing, [(ResourceType::Cluster, "c".into()), (ResourceType::VirtualHost, "vh".into())]);
+        assert!(!gateway.holds(ResourceType::VirtualHost, "vh", &none));
+        assert!(gateway.holds(ResourceType::VirtualHost, "other", &none));
     }
 
     #[test]

@@ -193,6 +193,31 @@ mod tests {
     }
 
     #[test]
+    fn secrets_keep_only_their_tls_keys_and_only_what_is_text_of_a_sane_size() {
+        use base64::Engine;
+        let b64 = |bytes: &[u8]| base64::engine::general_purpose::STANDARD.encode(bytes);
+        let secret: Secret = from(json!({
+            "metadata": {"namespace": "istio-system", "name": "a-cert"},
+            "data": {
+                "tls.crt": b64(b"CHAIN"), "tls.key": b64(b"KEY"), "password": b64(b"hunter2"),
+                "ca.crt": b64(&[0xff, 0xfe, 0x00]), "cacert": b64(&vec![b'A'; MAX_TLS_VALUE + 1])
+            }
+        }));
+        let kept = tls_secret(&secret).unwrap();
+        let keys: Vec<_> = kept.data.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+        assert_eq!(
+            keys,
+            [("tls.crt", "CHAIN"), ("tls.key", "KEY")],
+            "no password, no binary, nothing oversized"
+        );
+        assert!(!format!("{kept:?}").contains("KEY\""), "Debug never shows the material: {kept:?}");
+        let token: Secret =
+            from(json!({"metadata": {"namespace": "shop", "name": "token"}, "data": {"token": b64(b"t")}}));
+        assert_eq!(tls_secret(&token), None, "a Secret without TLS keys is not kept");
+        assert_eq!(tls_secret(&from(json!({"metadata": {}}))), None);
+    }
+
+    #[test]
     fn services_keep_ips_ports_and_export_to() {
         let svc: Service = from(json!({
             "metadata": {"namespace": "shop", "name": "reviews", "labels": {"app": "reviews"},
