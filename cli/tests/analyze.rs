@@ -949,3 +949,25 @@ fn the_whole_corpus_of_valid_documents_is_read_and_analyzed() {
     assert!(analysis.stderr.is_empty(), "{}", analysis.stderr);
     assert!(analysis.report["resources"].as_u64().unwrap() > 400, "{}", analysis.report["resources"]);
 }
+
+#[test]
+fn a_resource_written_twice_is_analyzed_as_applied_last_with_a_note() {
+    let dir = tempfile::tempdir().unwrap();
+    let first = dir.path().join("a.yaml");
+    let second = dir.path().join("b.yaml");
+    std::fs::write(&first, format!("{}\n---\n{VS_UNKNOWN_SUBSET}", shop())).unwrap();
+    std::fs::write(&second, VS_UNKNOWN_SUBSET.replace("subset: v3", "subset: v2")).unwrap();
+    let analysis = analyze_paths(&[first.clone(), second.clone()]);
+    assert_clean(&analysis);
+    let notes = analysis.report["notes"].as_array().unwrap();
+    assert_eq!(notes.len(), 1, "{notes:?}");
+    assert_eq!(
+        notes[0],
+        format!(
+            "VirtualService shop/reviews-canary {} doc 18 is written again as VirtualService shop/reviews-canary {} doc 1; \
+             the last one is analyzed",
+            first.display(),
+            second.display()
+        )
+    );
+}

@@ -108,9 +108,7 @@ pub fn run(args: &Args) -> ExitCode {
             failed = true;
         }
     }
-    if live && !files.is_empty() {
-        prefer_files(&mut mesh);
-    }
+    notes.extend(keep_last_of_each(&mut mesh));
     mesh.index();
     notes.extend(skipped(&mesh));
     findings.extend(analyze(&mesh));
@@ -167,30 +165,47 @@ fn skipped(mesh: &Mesh) -> Vec<String> {
     notes
 }
 
-/// With files over the cluster, a file's resource replaces the cluster's of the same kind,
-/// namespace and name (the cluster's were added first).
-fn prefer_files(mesh: &mut Mesh) {
-    fn keep_last<T>(list: &mut Vec<Obj<T>>) {
-        let mut seen = std::collections::BTreeSet::new();
-        let mut keep: Vec<bool> = list
-            .iter()
-            .rev()
-            .map(|o| seen.insert((o.subject.kind.clone(), o.namespace.clone(), o.name.clone())))
-            .collect();
-        keep.reverse();
+/// One resource per kind, namespace and name, as `kubectl apply` leaves it: the last read wins
+/// (a file's over the cluster's, which are read first). Returns a note for each resource
+/// written twice in the files, which is likely a mistake.
+fn keep_last_of_each(mesh: &mut Mesh) -> Vec<String> {
+    fn keep_last<T>(list: &mut Vec<Obj<T>>, notes: &mut Vec<String>) {
+        let mut seen = std::collections::BTreeMap::new();
+        let mut keep = vec![true; list.len()];
+        for (i, obj) in list.iter().enumerate().rev() {
+            let key = (obj.subject.kind.clone(), obj.namespace.clone(), obj.name.clone());
+            match seen.get(&key) {
+                None => {
+                    seen.insert(key, i);
+                }
+                Some(&kept) => {
+                    keep[i] = false;
+                    let kept: &Obj<T> = &list[kept];
+                    if obj.subject.origin.is_some() {
+                        notes.push(format!(
+                            "{} is written again as {}; the last one is analyzed",
+                            obj.subject, kept.subject
+                        ));
+                    }
+                }
+            }
+        }
         let mut flags = keep.into_iter();
         list.retain(|_| flags.next().unwrap_or(true));
     }
-    keep_last(&mut mesh.virtual_services);
-    keep_last(&mut mesh.destination_rules);
-    keep_last(&mut mesh.service_entries);
-    keep_last(&mut mesh.sidecars);
-    keep_last(&mut mesh.gateways);
-    keep_last(&mut mesh.peer_authentications);
-    keep_last(&mut mesh.authorization_policies);
-    keep_last(&mut mesh.services);
-    keep_last(&mut mesh.workloads);
-    keep_last(&mut mesh.namespaces);
+    let mut notes = Vec::new();
+    keep_last(&mut mesh.virtual_services, &mut notes);
+    keep_last(&mut mesh.destination_rules, &mut notes);
+    keep_last(&mut mesh.service_entries, &mut notes);
+    keep_last(&mut mesh.sidecars, &mut notes);
+    keep_last(&mut mesh.gateways, &mut notes);
+    keep_last(&mut mesh.peer_authentications, &mut notes);
+    keep_last(&mut mesh.authorization_policies, &mut notes);
+    keep_last(&mut mesh.services, &mut notes);
+    keep_last(&mut mesh.workloads, &mut notes);
+    keep_last(&mut mesh.namespaces, &mut notes);
+    notes.sort();
+    notes
 }
 
 #[cfg(test)]
