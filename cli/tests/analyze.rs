@@ -679,6 +679,12 @@ async fn the_live_cluster_is_analyzed_through_the_api_server() {
             "metadata": {"name": "reviews", "namespace": "shop"},
             "spec": {"hosts": ["reviews"], "http": [{"route": [{"destination": {"host": "reviews", "subset": "v2"}}]}]}}),
     );
+    api.apply(
+        "/apis/networking.istio.io/v1/destinationrules",
+        json!({"apiVersion": "networking.istio.io/v1", "kind": "DestinationRule",
+            "metadata": {"name": "reviews", "namespace": "shop"},
+            "spec": {"host": "reviews", "subsets": [{"name": "v1", "labels": {"version": "v1"}}]}}),
+    );
     let dir = tempfile::tempdir().unwrap();
     let kubeconfig = kube_cluster::write_kubeconfig(&dir, &api.url);
     let run = kube_cluster::run_trellis(&["analyze", "-o", "json"], Some(&kubeconfig)).await;
@@ -702,7 +708,7 @@ async fn the_live_cluster_is_analyzed_through_the_api_server() {
         "read from the cluster, not a file"
     );
 
-    // A file replaces the cluster's resource of the same name (here: fixing the subset).
+    // A file replaces the cluster's resource of the same name (here: adding the subset).
     let fixed = dir.path().join("dr.yaml");
     std::fs::write(
         &fixed,
