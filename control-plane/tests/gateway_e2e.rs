@@ -300,7 +300,7 @@ impl Mesh {
             None,
         )
         .unwrap();
-        trellis_proxy::gateway::listener::start(&gateway.proxy, GATEWAY_IP.parse::<IpAddr>().unwrap());
+        trellis_proxy::gateway::listener::start(&gateway.proxy, &[GATEWAY_IP.parse::<IpAddr>().unwrap()]);
         Mesh { api, app_port, backend, _proxies: vec![sidecar, gateway], _dir: dir }
     }
 

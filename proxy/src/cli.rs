@@ -521,8 +521,8 @@ async fn serve(
         }
     };
     if args.is_gateway() {
-        let ip = args.listen_address.unwrap_or(crate::gateway::ANY);
-        crate::gateway::listener::start(&running.proxy, ip);
+        let ips = args.listen_address.map_or_else(|| crate::gateway::any_addresses(ipv6), |ip| vec![ip]);
+        crate::gateway::listener::start(&running.proxy, &ips);
     }
     let status = match status {
         Some((port, probers, app_metrics)) => {

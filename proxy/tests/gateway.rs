@@ -102,7 +102,8 @@ jwtProviders:
 }
 
 impl Gateway {
-    async fn start() -> Gateway {
+    /// A gateway listening on `ips` for its listeners.
+    async fn start(ips: &[std::net::IpAddr]) -> Gateway {
         let dir = tempfile::tempdir().unwrap();
         let key = KeyPair::generate().unwrap();
         let cert =
@@ -115,7 +116,7 @@ impl Gateway {
         let (https, tcp) = (free_port(), free_port());
         let text = config(https, tcp, dir.path(), app.addr.port(), echo().await, &jwks);
         let proxy = TestProxy::start(&text).await;
-        trellis_proxy::gateway::listener::start(&proxy.running.proxy, "127.0.0.1".parse().unwrap());
+        trellis_proxy::gateway::listener::start(&proxy.running.proxy, ips);
         Gateway { proxy, https, tcp, cert_pem: cert.pem(), jwt, _app: app, _dir: dir }
     }
 
@@ -152,7 +153,7 @@ impl Gateway {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_gateway_from_files_terminates_tls_as_configured_and_enforces_jwt_at_the_edge() {
-    let gateway = Gateway::start().await;
+    let gateway = Gateway::start(&["127.0.0.1".parse().unwrap()]).await;
     let token = es256_token(
         &gateway.jwt,
         "k1",
@@ -195,8 +196,20 @@ async fn a_gateway_from_files_terminates_tls_as_configured_and_enforces_jwt_at_t
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn listeners_follow_the_configuration() {
-    let gateway = Gateway::start().await;
+    // On both stacks when the host has IPv6 (a dual-stack pod's gateway listens on both).
+    let ipv6 = std::net::TcpListener::bind("[::1]:0").is_ok();
+    let mut ips = vec!["127.0.0.1".parse().unwrap()];
+    if ipv6 {
+        ips.push("::1".parse().unwrap());
+    } else {
+        eprintln!("no IPv6 on this host: the gateway is tested on IPv4 only");
+    }
+    let gateway = Gateway::start(&ips).await;
     wait_until("the TCP port listens", || std::net::TcpStream::connect(at(gateway.tcp)).is_ok()).await;
+    if ipv6 {
+        let v6 = SocketAddr::from((std::net::Ipv6Addr::LOCALHOST, gateway.tcp));
+        wait_until("the TCP port listens on IPv6", || std::net::TcpStream::connect(v6).is_ok()).await;
+    }
     let moved = free_port();
     let text = std::fs::read_to_string(&gateway.proxy.config_path).unwrap();
     gateway

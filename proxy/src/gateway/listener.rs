@@ -23,13 +23,14 @@ const RECHECK: Duration = Duration::from_millis(100);
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// The gateway role, for a proxy [`crate::start`]ed (usually without capture listeners): its
-/// Gateways' ports, on `default_ip` for listeners without a `bind`.
-pub fn start(proxy: &Arc<Proxy>, default_ip: IpAddr) {
-    tokio::spawn(run(proxy.clone(), default_ip));
+/// Gateways' ports, on each of `default_ips` for listeners without a `bind` (`0.0.0.0`, and
+/// `[::]` on a dual-stack pod).
+pub fn start(proxy: &Arc<Proxy>, default_ips: &[IpAddr]) {
+    tokio::spawn(run(proxy.clone(), default_ips.to_vec()));
 }
 
 /// Keeps the gateway's listeners in step with its configuration until the proxy drains.
-async fn run(proxy: Arc<Proxy>, default_ip: IpAddr) {
+async fn run(proxy: Arc<Proxy>, default_ips: Vec<IpAddr>) {
     let mut bound: HashMap<SocketAddr, tokio::task::AbortHandle> = HashMap::new();
     let mut seen = None;
     let mut drained = std::pin::pin!(proxy.drain.wait());
@@ -38,7 +39,7 @@ async fn run(proxy: Arc<Proxy>, default_ip: IpAddr) {
         if seen != Some(snapshot.version) {
             seen = Some(snapshot.version);
             prefetch(&proxy, &snapshot);
-            let wanted = snapshot.gateway.as_ref().map(|g| g.addresses(default_ip)).unwrap_or_default();
+            let wanted = snapshot.gateway.as_ref().map(|g| g.addresses(&default_ips)).unwrap_or_default();
             bound.retain(|addr, task| {
                 let keep = wanted.contains(addr);
                 if !keep {

@@ -115,9 +115,10 @@ impl Gateway {
         }
     }
 
-    /// The addresses to listen on, `default_ip` for listeners without a `bind`.
-    pub fn addresses(&self, default_ip: IpAddr) -> Vec<SocketAddr> {
-        self.listeners.iter().map(|l| SocketAddr::new(l.bind.unwrap_or(default_ip), l.port)).collect()
+    /// The addresses to listen on, `default_ips` for listeners without a `bind`.
+    pub fn addresses(&self, default_ips: &[IpAddr]) -> Vec<SocketAddr> {
+        let ips = |l: &Listener| l.bind.map_or_else(|| default_ips.to_vec(), |ip| vec![ip]);
+        self.listeners.iter().flat_map(|l| ips(l).into_iter().map(|ip| SocketAddr::new(ip, l.port))).collect()
     }
 }
 
@@ -328,8 +329,15 @@ pub fn pick(clusters: &[(String, u32)], held: &BTreeMap<String, Arc<Cluster>>) -
     None
 }
 
-/// The address listeners without a `bind` use when the proxy has no `--listen-address`.
-pub const ANY: IpAddr = IpAddr::V4(Ipv4Addr::UNSPECIFIED);
+/// The addresses listeners without a `bind` use when the proxy has no `--listen-address`:
+/// IPv4's, and IPv6's too on a dual-stack pod.
+pub fn any_addresses(ipv6: bool) -> Vec<IpAddr> {
+    let mut ips = vec![IpAddr::V4(Ipv4Addr::UNSPECIFIED)];
+    if ipv6 {
+        ips.push(IpAddr::V6(std::net::Ipv6Addr::UNSPECIFIED));
+    }
+    ips
+}
 
 #[cfg(test)]
 mod tests {
