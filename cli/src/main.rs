@@ -8,6 +8,7 @@ mod authz;
 #[allow(dead_code)]
 mod chart;
 mod check;
+mod dashboard;
 mod demo;
 mod demo_app;
 mod embedded;
@@ -54,6 +55,9 @@ enum Command {
     /// Show what one proxy holds (listeners, routes, clusters, endpoints with their health,
     /// its certificate), read from its admin port, like `istioctl proxy-config`.
     ProxyConfig(proxy_config::Args),
+    /// Serve a local web page of the mesh, like Kiali: the service graph with traffic, errors,
+    /// latency, mTLS and denials, a view per service, and the proxies' sync state.
+    Dashboard(dashboard::Args),
     /// Print the CustomResourceDefinitions of the Istio kinds Trellis reads (for the chart).
     Crds,
     /// Install (or upgrade) the control plane in the current cluster: the chart's objects,
@@ -86,6 +90,7 @@ fn main() -> ExitCode {
         Command::Inject(args) => inject::run(&args),
         Command::ProxyStatus(args) => proxy_status::run(&args),
         Command::ProxyConfig(args) => proxy_config::run(&args),
+        Command::Dashboard(args) => dashboard::run(&args),
         Command::Install(args) => install::run_install(&args),
         Command::Uninstall(args) => install::run_uninstall(&args),
         Command::Check(args) => check::run(&args),
