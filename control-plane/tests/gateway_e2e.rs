@@ -197,8 +197,11 @@ async fn start_control_plane(api: &FakeApi) -> String {
     let (publish, generations) = watch::channel(Arc::new(Generation::first(model.snapshot())));
     tokio::spawn(debounce(model, publish, QUIET, MAX_DELAY));
     let mut registry = prometheus_client::registry::Registry::default();
+    // Plaintext on loopback: trusted with the gateway's Secrets (trellisd sends them only over
+    // its authenticated TLS port; tests/secure_xds.rs covers that authentication).
     let server =
-        XdsServer::new(generations, Arc::new(Registry::default()), Arc::new(XdsMetrics::new(&mut registry)));
+        XdsServer::new(generations, Arc::new(Registry::default()), Arc::new(XdsMetrics::new(&mut registry)))
+            .trusting_callers_with_credentials();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     tokio::spawn(

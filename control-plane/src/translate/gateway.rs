@@ -66,18 +66,19 @@ struct Placed<'a> {
 }
 
 /// Adds the listeners of `gateways` (and their virtual hosts) to a gateway proxy's config.
-/// `registry` must know the config's clusters.
+/// `registry` must know the config's clusters. `secrets`: the namespace whose Secrets the
+/// proxy may be sent (its own, when authenticated); `None`: servers naming one are left out.
 pub fn add(
     config: &mut pb::ProxyConfig,
     model: &Model,
-    namespace: &str,
+    secrets: Option<&str>,
     gateways_selected: &[String],
     registry: &Registry<'_>,
 ) {
     let mut listeners: BTreeMap<(String, u16), (pb::GatewayProtocol, Vec<Placed<'_>>)> = BTreeMap::new();
     for gateway in gateways(model).filter(|g| gateways_selected.contains(&key(g))) {
         for (index, server) in gateway.spec.servers.iter().enumerate() {
-            let Some(placed) = place(gateway, index, server, model, namespace) else { continue };
+            let Some(placed) = place(gateway, index, server, model, secrets) else { continue };
             let Some((port, protocol)) = port_of(gateway, index, server) else { continue };
             let slot = listeners.entry((server.bind.clone(), port)).or_insert((protocol, Vec::new()));
             if slot.0 != protocol {
@@ -264,7 +265,7 @@ fn place<'a>(
     index: usize,
     server: &'a Server,
     model: &Model,
-    namespace: &str,
+    secrets: Option<&str>,
 ) -> Option<Placed<'a>> {
     let field = format!("spec.servers[{index}]");
     let hosts = server
@@ -285,7 +286,7 @@ fn place<'a>(
     let (tls, https_redirect) = match &server.tls {
         None => (None, false),
         Some(tls) if tls.https_redirect && server_protocol_is_http(server) => (None, true),
-        Some(tls) => (Some(server_tls(gateway, &field, tls, model, namespace)?), tls.https_redirect),
+        Some(tls) => (Some(server_tls(gateway, &field, tls, model, secrets)?), tls.https_redirect),
     };
     Some(Placed { gateway, gateway_key: key(&gateway), index, server, hosts, tls, https_redirect })
 }
@@ -299,7 +300,7 @@ fn server_tls(
     field: &str,
     tls: &ServerTlsSettings,
     model: &Model,
-    namespace: &str,
+    secrets: Option<&str>,
 ) -> Option<pb::GatewayTls> {
     let field = format!("{field}.tls");
     for (set, name) in [
@@ -343,6 +344,11 @@ fn server_tls(
     let mutual = mode == pb::GatewayTlsMode::GatewayTlsMutual;
     if !tls.credential_name.is_empty() {
         let name = tls.credential_name.as_str();
+        let Some(namespace) = secrets else {
+            warn!(resource = %gateway, field = %format!("{field}.credentialName"),
+                "Secrets go only to gateways whose namespace is authenticated (xDS over TLS, 15012); server left out");
+            return None;
+        };
         let Some(secret) = model.secrets.get(&(namespace.to_owned(), name.to_owned())) else {
             warn!(resource = %gateway, field = %format!("{field}.credentialName"), secret = %format!("{namespace}/{name}"),
                 "no such Secret (with tls.crt/tls.key or cert/key) in the gateway's namespace; server left out");
@@ -452,7 +458,7 @@ spec:
     fn gateway_config(model: &Model, namespace: &str, labels: &[(&str, &str)]) -> pb::ProxyConfig {
         let proxy =
             ProxyIdentity { namespace: namespace.into(), labels: labels_of(labels), ..Default::default() };
-        let config = translate(model, &scope_of_router(model, &proxy, &Default::default()));
+        let config = translate(model, &scope_of_router(model, &proxy, &Default::default(), true));
         check_consistent(&config).unwrap_or_else(|e| panic!("{e}"));
         config
     }
@@ -587,6 +593,26 @@ spec:
         );
         assert!(sidecar.gateway_listeners.is_empty());
         assert!(!format!("{sidecar:?}").contains("KEY"));
+    }
+
+    #[test]
+    fn an_unauthenticated_gateway_gets_no_secret() {
+        let m = with_secret(
+            model(&https("a-cert")),
+            "istio-system",
+            "a-cert",
+            &[("cert", "CHAIN"), ("key", "KEY")],
+        );
+        let m = with_secret(m, "istio-system", "a-cert-cacert", &[("ca.crt", "CA")]);
+        let proxy = ProxyIdentity {
+            namespace: "istio-system".into(),
+            labels: labels_of(&[("istio", "ingressgateway")]),
+            ..Default::default()
+        };
+        let config = translate(&m, &scope_of_router(&m, &proxy, &Default::default(), false));
+        let names: Vec<_> = config.gateway_listeners[0].servers.iter().map(|s| s.name.as_str()).collect();
+        assert_eq!(names, ["istio-system/public/1"], "the server with files stays");
+        assert!(!format!("{config:?}").contains("KEY"));
     }
 
     #[test]

@@ -95,6 +95,9 @@ pub struct Scope {
     pub dns_auto_allocate: bool,
     /// Gateway proxies only: the Gateways (`namespace/name`) that select it.
     pub gateway: Option<Vec<String>>,
+    /// Gateway proxies only: whether its namespace's Secrets may be sent to it (its caller's
+    /// namespace is authenticated). Without, servers with a `credentialName` are left out.
+    pub gateway_credentials: bool,
 }
 
 /// The scope of a proxy: its namespace and the Sidecar that applies to it — in its namespace
@@ -133,14 +136,22 @@ pub fn scope_of_instance(model: &Model, proxy: &ProxyIdentity, instance: &locali
         envoy_filters: ratelimit::selecting(model, &proxy.namespace, &proxy.labels),
         telemetry: telemetry::applicable(model, &proxy.namespace, &proxy.labels),
         gateway: None,
+        gateway_credentials: false,
     }
 }
 
 /// The scope of a gateway proxy (Istio's `router`): as a sidecar's, plus the Gateways that
-/// select it by its labels.
-pub fn scope_of_router(model: &Model, proxy: &ProxyIdentity, instance: &locality::Instance) -> Scope {
+/// select it by its labels. `credentials`: its namespace is authenticated, so its Secrets may
+/// be sent.
+pub fn scope_of_router(
+    model: &Model,
+    proxy: &ProxyIdentity,
+    instance: &locality::Instance,
+    credentials: bool,
+) -> Scope {
     Scope {
         gateway: Some(gateway::selecting(model, &proxy.labels)),
+        gateway_credentials: credentials,
         ..scope_of_instance(model, proxy, instance)
     }
 }
@@ -181,7 +192,8 @@ pub fn translate(model: &Model, scope: &Scope) -> pb::ProxyConfig {
             default_retry: retries::route_default(&model.mesh),
             gateways: None,
         };
-        gateway::add(&mut config, model, &scope.namespace, gateways, &registry);
+        let secrets = scope.gateway_credentials.then_some(scope.namespace.as_str());
+        gateway::add(&mut config, model, secrets, gateways, &registry);
     }
     add_black_hole_if_used(&mut config);
     config.clusters.sort_by(|a, b| a.name.cmp(&b.name));

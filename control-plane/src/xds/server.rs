@@ -80,6 +80,10 @@ pub struct XdsServer {
     /// On the TLS port: the caller's token must prove a service account of the namespace its
     /// node claims (as istiod checks), so that no one reads another namespace's config.
     authenticator: Option<Arc<Authenticator>>,
+    /// Whether gateway proxies are sent the certificates and keys of their namespace's Secrets
+    /// (Gateway `credentialName`): only when a caller's namespace is proven (the TLS port),
+    /// since anyone who can reach the plaintext port can claim any namespace.
+    gateway_credentials: bool,
 }
 
 impl XdsServer {
@@ -94,12 +98,19 @@ impl XdsServer {
             permits: Arc::new(Semaphore::new(MAX_CONCURRENT_PUSHES)),
             metrics,
             authenticator: None,
+            gateway_credentials: false,
         }
+    }
+
+    /// The same server, sending gateways their Secrets without authenticating callers: for a
+    /// control plane that only trusted proxies can reach (tests on loopback).
+    pub fn trusting_callers_with_credentials(&self) -> Self {
+        Self { gateway_credentials: true, ..self.clone() }
     }
 
     /// The same server, requiring each stream's token to match its node's namespace.
     pub fn authenticated(&self, authenticator: Arc<Authenticator>) -> Self {
-        Self { authenticator: Some(authenticator), ..self.clone() }
+        Self { authenticator: Some(authenticator), gateway_credentials: true, ..self.clone() }
     }
 
     async fn check_caller(
@@ -287,7 +298,7 @@ impl Stream {
     ) -> Vec<Outgoing> {
         // Istio's node types: a gateway says `router~...`, a sidecar `sidecar~...`.
         let scope = if self.node.id.starts_with("router~") {
-            scope_of_router(&generation.model, identity, instance)
+            scope_of_router(&generation.model, identity, instance, self.server.gateway_credentials)
         } else {
             scope_of_instance(&generation.model, identity, instance)
         };
