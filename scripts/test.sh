@@ -21,6 +21,8 @@ declare -A packages=(
   [crun]=/usr/bin/crun
   [runc]=/usr/sbin/runc
   [curl]=/usr/bin/curl
+  # The dashboard's browser test (cli/tests/dashboard.rs) drives headless Chromium.
+  [chromium]=/usr/bin/chromium
 )
 missing=()
 for pkg in "${!packages[@]}"; do

@@ -12,7 +12,7 @@ const cy = cytoscape({
   minZoom: 0.05,
   maxZoom: 4,
   style: [
-    { selector: 'node', style: { 'label': 'data(label)', 'font-size': 10, 'text-valign': 'bottom', 'background-color': '#457b9d', 'width': 22, 'height': 22 } },
+    { selector: 'node', style: { 'label': 'data(label)', 'font-size': 10, 'text-valign': 'bottom', 'text-wrap': 'wrap', 'background-color': '#457b9d', 'width': 22, 'height': 22 } },
     { selector: 'node[kind = "service"]', style: { 'shape': 'triangle', 'background-color': '#2a9d8f' } },
     { selector: 'node[name = "unknown"]', style: { 'background-color': '#999' } },
     { selector: 'edge', style: { 'label': 'data(label)', 'font-size': 8, 'text-rotation': 'autorotate', 'curve-style': 'bezier', 'target-arrow-shape': 'triangle', 'width': 'data(width)', 'line-color': '#8d99ae', 'target-arrow-color': '#8d99ae', 'text-background-color': '#fff', 'text-background-opacity': 0.7 } },
@@ -188,6 +188,7 @@ function chart(name, title, series, data) {
     series: [{}, ...series.map((label, i) => ({ label, stroke: ['#1d3557', '#e76f51'][i] }))] };
   const holder = document.createElement('div');
   holder.className = 'chart';
+  if (charts[name]) charts[name].destroy();
   charts[name] = new uPlot(opts, data, holder);
   return holder;
 }
