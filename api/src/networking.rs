@@ -12,6 +12,10 @@ use kube::CustomResource;
 use crate::primitives::GoDuration;
 use crate::proto::{istio_enum, istio_message};
 
+/// The header-match name prefix Istio reads as a claim of the request's validated JWT
+/// (`@request.auth.claims.NAME`, nested claims joined by `.`), for routing on gateways.
+pub const JWT_CLAIM_HEADER_PREFIX: &str = "@request.auth.claims.";
+
 // ---------------------------------------------------------------------------------------------
 // Shared pieces
 

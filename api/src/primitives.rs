@@ -118,6 +118,25 @@ pub fn check_duration_ms(d: &GoDuration) -> Result<Duration, String> {
     Ok(value)
 }
 
+/// The socket of a `unix://` address (the text after the scheme), as Istio checks it: an
+/// abstract socket (`@name`; Linux gives it no file) or an absolute path to a file (not a
+/// directory).
+pub fn check_unix_socket(socket: &str) -> Result<(), String> {
+    if socket.starts_with('@') {
+        return Ok(());
+    }
+    if !socket.starts_with('/') {
+        Err(format!(
+            "{:?} is not an absolute unix socket path or an abstract socket (@name)",
+            format!("unix://{socket}")
+        ))
+    } else if socket.ends_with('/') {
+        Err(format!("{:?} names a directory, not a socket", format!("unix://{socket}")))
+    } else {
+        Ok(())
+    }
+}
+
 /// A port number in 1..=65535.
 pub fn check_port(port: u32) -> Result<u16, String> {
     match u16::try_from(port) {
@@ -230,6 +249,34 @@ pub fn check_wildcard_host(host: &str) -> Result<(), String> {
     } else {
         Err(format!("host {host:?} is not a valid DNS name"))
     }
+}
+
+/// Istio's partial wildcard: a leading `*` glued to the rest of the first label (`*x`,
+/// `*example.com`), as opposed to the whole-label `*.example.com`. Istio matches such a host as
+/// a plain suffix of the name, so `*example.com` covers `api.example.com` and `myexample.com`.
+pub fn is_partial_wildcard(host: &str) -> bool {
+    host.len() > 1 && host.starts_with('*') && !host.starts_with("*.")
+}
+
+/// [`check_wildcard_host`], also accepting a partial wildcard (see [`is_partial_wildcard`]):
+/// Istio's host rule for ServiceEntry hosts and route destinations lets the first label be `*`,
+/// `*label` or `*-label`.
+pub fn check_host_allowing_partial_wildcard(host: &str) -> Result<(), String> {
+    let misplaced = || {
+        format!(
+            "host {host:?}: a wildcard is allowed only at the start of the first label ('*.example.com', or Istio's partial '*example.com')"
+        )
+    };
+    if !is_partial_wildcard(host) {
+        let name = host.strip_prefix("*.").unwrap_or(host);
+        return if host != "*" && name.contains('*') { Err(misplaced()) } else { check_wildcard_host(host) };
+    }
+    let rest = &host[1..];
+    let rest = rest.strip_prefix('-').unwrap_or(rest);
+    if rest.is_empty() || rest.starts_with('.') || rest.contains('*') || check_wildcard_host(rest).is_err() {
+        return Err(misplaced());
+    }
+    Ok(())
 }
 
 /// A host that is either a DNS name (with optional wildcard) or an IP address.
@@ -497,6 +544,41 @@ mod tests {
             assert!(check_wildcard_host(bad).is_err(), "{bad}");
         }
         assert!(check_host_or_ip("10.1.2.3").is_ok());
+    }
+
+    #[test]
+    fn partial_wildcards_as_istio_allows_them() {
+        for partial in ["*x", "*example.com", "*-api.example.com", "*Foo.com"] {
+            assert!(is_partial_wildcard(partial), "{partial}");
+            assert!(check_wildcard_host(partial).is_err(), "{partial}");
+            assert!(check_host_allowing_partial_wildcard(partial).is_ok(), "{partial}");
+        }
+        for whole in ["*", "*.example.com", "example.com"] {
+            assert!(!is_partial_wildcard(whole), "{whole}");
+            assert!(check_host_allowing_partial_wildcard(whole).is_ok(), "{whole}");
+        }
+        for bad in
+            ["*-", "**", "**.com", "*.*x", "*x.*.com", "*-.com", "*--a.com", "*a_b.com", "x*", "*.", ""]
+        {
+            assert!(check_host_allowing_partial_wildcard(bad).is_err(), "{bad}");
+        }
+        assert!(check_host_allowing_partial_wildcard(&format!("*{}", "a".repeat(300))).is_err());
+    }
+
+    #[test]
+    fn unix_sockets_are_absolute_paths_or_abstract_names() {
+        for ok in ["/var/run/app.sock", "@foo", "@"] {
+            assert!(check_unix_socket(ok).is_ok(), "{ok}");
+        }
+        assert_eq!(
+            check_unix_socket("run/app.sock").unwrap_err(),
+            "\"unix://run/app.sock\" is not an absolute unix socket path or an abstract socket (@name)"
+        );
+        assert_eq!(
+            check_unix_socket("/var/run/").unwrap_err(),
+            "\"unix:///var/run/\" names a directory, not a socket"
+        );
+        assert!(check_unix_socket("").is_err());
     }
 
     #[test]

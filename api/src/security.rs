@@ -40,11 +40,71 @@ istio_message! {
         pub selector: Option<MatchLabelsSelector>,
         pub mtls: Option<MutualTls>,
         /// Keys are workload (container) port numbers.
-        #[schemars(extend("x-kubernetes-validations" = [{
+        #[schemars(extend("minProperties" = 1, "x-kubernetes-validations" = [{
             "rule": "self.all(key, 0 < int(key) && int(key) <= 65535)",
             "message": "port must be between 1-65535",
         }]))]
-        pub port_level_mtls: BTreeMap<u32, MutualTls>,
+        pub port_level_mtls: PortLevelMtls,
+    }
+}
+
+/// `portLevelMtls`: the mode of each workload port, and whether the field was written at all.
+/// Istio's schema refuses an empty map (`portLevelMtls: {}`), which a plain map could not tell
+/// from an absent field. It reads as the map it holds.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct PortLevelMtls {
+    pub ports: BTreeMap<u32, MutualTls>,
+    /// The document had the field, possibly empty.
+    pub written: bool,
+}
+
+impl std::ops::Deref for PortLevelMtls {
+    type Target = BTreeMap<u32, MutualTls>;
+
+    fn deref(&self) -> &Self::Target {
+        &self.ports
+    }
+}
+
+impl<'a> IntoIterator for &'a PortLevelMtls {
+    type Item = (&'a u32, &'a MutualTls);
+    type IntoIter = std::collections::btree_map::Iter<'a, u32, MutualTls>;
+
+    fn into_iter(self) -> Self::IntoIter {
+        self.ports.iter()
+    }
+}
+
+impl From<BTreeMap<u32, MutualTls>> for PortLevelMtls {
+    fn from(ports: BTreeMap<u32, MutualTls>) -> Self {
+        let written = !ports.is_empty();
+        PortLevelMtls { ports, written }
+    }
+}
+
+impl serde::Serialize for PortLevelMtls {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        self.ports.serialize(serializer)
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for PortLevelMtls {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        Ok(PortLevelMtls { ports: BTreeMap::deserialize(deserializer)?, written: true })
+    }
+}
+
+impl schemars::JsonSchema for PortLevelMtls {
+    fn inline_schema() -> bool {
+        true
+    }
+
+    fn schema_name() -> std::borrow::Cow<'static, str> {
+        "PortLevelMtls".into()
+    }
+
+    fn json_schema(generator: &mut schemars::SchemaGenerator) -> schemars::Schema {
+        <BTreeMap<u32, MutualTls> as schemars::JsonSchema>::json_schema(generator)
     }
 }
 

@@ -126,3 +126,94 @@ fn a_tcp_idle_timeout_of_zero_turns_it_off_as_istio_documents() {
         ["error spec.trafficPolicy.connectionPool.http.idleTimeout: duration \"0s\" must be at least 1ms"]
     );
 }
+
+#[test]
+fn a_partial_wildcard_service_entry_host_is_accepted_with_a_warning() {
+    let text = "apiVersion: networking.istio.io/v1\nkind: ServiceEntry\nmetadata: {name: partial}\nspec: {hosts: ['*example.com'], ports: [{number: 443, name: tls, protocol: TLS}], resolution: NONE}\n";
+    assert_eq!(
+        problems(text),
+        [
+            "warning spec.hosts[0]: partial wildcard host \"*example.com\": accepted as in Istio, which matches it as a plain suffix of the name (it covers \"myexample.com\" too); write \"*.example.com\" for subdomains only"
+        ]
+    );
+    // Istio's own test case: a host that is nothing but a partial wildcard.
+    let bare = "apiVersion: networking.istio.io/v1alpha3\nkind: ServiceEntry\nmetadata: {name: partial-wildcard}\nspec: {hosts: ['*x']}\n";
+    let found = problems(bare);
+    assert!(
+        found.len() == 1 && found[0].starts_with("warning spec.hosts[0]: partial wildcard host \"*x\""),
+        "{found:?}"
+    );
+    // Gateways and Sidecars keep Istio's rule there: no partial wildcards.
+    let gateway = "apiVersion: networking.istio.io/v1\nkind: Gateway\nmetadata: {name: gw}\nspec: {selector: {istio: ingressgateway}, servers: [{port: {number: 80, name: http, protocol: HTTP}, hosts: ['*example.com']}]}\n";
+    assert!(
+        problems(gateway).iter().any(|p| p.starts_with("error spec.servers[0].hosts[0]")),
+        "{:?}",
+        problems(gateway)
+    );
+}
+
+#[test]
+fn abstract_unix_sockets_are_accepted_and_said_to_be_unrouted() {
+    let we = "apiVersion: networking.istio.io/v1\nkind: WorkloadEntry\nmetadata: {name: uds-abstract}\nspec: {address: 'unix://@foo'}\n";
+    assert_eq!(
+        problems(we),
+        [
+            "warning spec.address: not enforced: Trellis's proxy dials only IP endpoints; trellisd leaves the unix socket \"unix://@foo\" out of the service's endpoints"
+        ]
+    );
+    let se = "apiVersion: networking.istio.io/v1\nkind: ServiceEntry\nmetadata: {name: uds}\nspec: {hosts: [uds.local], ports: [{number: 80, name: http, protocol: HTTP}], resolution: STATIC, endpoints: [{address: 'unix://@agent'}, {address: 'unix:///run/app.sock'}]}\n";
+    let found = problems(se);
+    assert_eq!(found.len(), 2, "{found:?}");
+    assert!(found.iter().all(|p| p.starts_with("warning spec.endpoints[")), "{found:?}");
+    let sidecar = "apiVersion: networking.istio.io/v1\nkind: Sidecar\nmetadata: {name: default}\nspec: {ingress: [{port: {number: 80, name: http, protocol: HTTP}, defaultEndpoint: 'unix://@app'}]}\n";
+    assert!(!problems(sidecar).iter().any(|p| p.starts_with("error")), "{:?}", problems(sidecar));
+}
+
+#[test]
+fn wildcard_destination_hosts_are_accepted_with_a_warning_that_they_are_not_routed() {
+    let text = "apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {name: reviews-eu}\nspec:\n  http:\n  - route: [{destination: {host: '*.eu.bookinfo.com'}}]\n    mirror: {host: '*mirror.example.com'}\n";
+    let found = problems(text);
+    assert_eq!(found.len(), 2, "{found:?}");
+    assert_eq!(
+        found[0],
+        "warning spec.http[0].route[0].destination.host: not enforced: Trellis cannot route to the wildcard destination \"*.eu.bookinfo.com\" unless a ServiceEntry with STATIC endpoints declares this very host; otherwise trellisd sends this destination's traffic nowhere (503)"
+    );
+    assert!(found[1].starts_with("warning spec.http[0].mirror.host: not enforced"), "{found:?}");
+}
+
+#[test]
+fn jwt_claim_matches_are_accepted_with_a_warning_that_trellis_does_not_route_on_them() {
+    let vs = |headers: &str| {
+        format!(
+            "apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {{name: foo}}\nspec:\n  hosts: [foo.com]\n  gateways: [foo-gateway]\n  http:\n  - match: [{{uri: {{prefix: /}}, {headers}}}]\n    route: [{{destination: {{host: istiod.istio-system.svc.cluster.local, port: {{number: 15010}}}}}}]\n"
+        )
+    };
+    assert_eq!(
+        problems(&vs("headers: {'@request.auth.claims.foo': {exact: foo}}")),
+        [
+            "warning spec.http[0].match[0].headers.@request.auth.claims.foo: not enforced: Trellis does not route on JWT claims (\"@request.auth.claims.foo\") yet; trellisd drops this match, so requests that carry the claim fall through to later routes"
+        ]
+    );
+    // Nested claims, and the claim's absence.
+    let nested = problems(&vs("withoutHeaders: {'@request.auth.claims.groups.admin': {}}"));
+    assert!(nested.len() == 1 && nested[0].contains("not enforced"), "{nested:?}");
+    let nameless = problems(&vs("headers: {'@request.auth.claims.': {exact: x}}"));
+    assert!(nameless.len() == 1 && nameless[0].contains("names no claim"), "{nameless:?}");
+    // Other names must still be header names.
+    let bad = problems(&vs("headers: {'@request.auth.principal': {exact: x}}"));
+    assert!(bad.len() == 1 && bad[0].starts_with("error"), "{bad:?}");
+}
+
+#[test]
+fn an_ipv6_address_ending_in_a_colon_needs_quotes_in_a_flow_list() {
+    // By the YAML spec `001:db8::]` ends with a ':' that makes a one-pair mapping, where Go's
+    // parser reads a string (a deliberate difference, see istio_validate_differences.txt).
+    let se = |address: &str| {
+        format!(
+            "apiVersion: networking.istio.io/v1\nkind: ServiceEntry\nmetadata: {{name: full}}\nspec:\n  hosts: [example.com]\n  addresses: [1.2.3.4, {address}]\n  ports: [{{number: 1234, name: foo, protocol: HTTP}}]\n  resolution: DNS\n"
+        )
+    };
+    assert_eq!(problems(&se("\"001:db8::\"")), Vec::<String>::new());
+    let unquoted = problems(&se("001:db8::"));
+    assert!(unquoted.len() == 1 && unquoted[0].starts_with("error spec.addresses[1]"), "{unquoted:?}");
+}

@@ -202,3 +202,33 @@ fn request_authentication_warnings_name_the_rule_and_field() {
         );
     }
 }
+
+#[test]
+fn an_empty_port_level_mtls_is_told_from_an_absent_one() {
+    let selector = "selector: {matchLabels: {app: orders}}";
+    let absent = check_text(
+        &doc("PeerAuthentication", "", &format!("{{{selector}, mtls: {{mode: STRICT}}}}")),
+        UnknownFields::Reject,
+    );
+    assert!(absent.problems.is_empty(), "{:#?}", absent.problems);
+    let Resource::PeerAuthentication(pa) = &absent.accepted[0].resource else { panic!() };
+    assert!(!pa.spec.port_level_mtls.written && pa.spec.port_level_mtls.is_empty());
+
+    let ports = check_text(
+        &doc(
+            "PeerAuthentication",
+            "",
+            &format!("{{{selector}, portLevelMtls: {{8080: {{mode: DISABLE}}}}}}"),
+        ),
+        UnknownFields::Reject,
+    );
+    assert!(ports.problems.is_empty(), "{:#?}", ports.problems);
+    let Resource::PeerAuthentication(pa) = &ports.accepted[0].resource else { panic!() };
+    assert!(pa.spec.port_level_mtls.written);
+    assert_eq!(pa.spec.port_level_mtls.keys().copied().collect::<Vec<_>>(), [8080]);
+
+    assert_eq!(
+        findings(&doc("PeerAuthentication", "", &format!("{{{selector}, portLevelMtls: {{}}}}"))),
+        ["error spec.portLevelMtls: empty; list at least one port, or leave the field out"]
+    );
+}

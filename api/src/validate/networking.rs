@@ -5,8 +5,9 @@ use std::collections::{BTreeMap, BTreeSet};
 use crate::networking::*;
 use crate::primitives::{
     GoDuration, check_dns1123_label, check_dns1123_subdomain, check_duration_ms, check_header_name,
-    check_host_or_ip, check_label_key, check_label_value, check_port, check_re2_regex, check_wildcard_host,
-    parse_go_duration, parse_ip, parse_ip_or_cidr,
+    check_host_allowing_partial_wildcard, check_host_or_ip, check_label_key, check_label_value, check_port,
+    check_re2_regex, check_unix_socket, check_wildcard_host, is_partial_wildcard, parse_go_duration,
+    parse_ip, parse_ip_or_cidr,
 };
 
 use super::{Report, export_to, labels};
@@ -171,7 +172,10 @@ fn http_match(r: &mut Report, path: &str, m: &HttpMatchRequest) {
     for (section, map) in [("headers", &m.headers), ("withoutHeaders", &m.without_headers)] {
         for (name, sm) in map {
             let field = format!("{path}.{section}.{name}");
-            if r.check(field.clone(), check_header_name(name, true)).is_some() {
+            if let Some(claim) = name.strip_prefix(JWT_CLAIM_HEADER_PREFIX) {
+                jwt_claim_match(r, &field, name, claim);
+                string_match(r, &field, sm, true);
+            } else if r.check(field.clone(), check_header_name(name, true)).is_some() {
                 // An empty match tests only that the header is present.
                 string_match(r, &field, sm, true);
             }
@@ -195,6 +199,23 @@ fn http_match(r: &mut Report, path: &str, m: &HttpMatchRequest) {
     if !m.source_namespace.is_empty() {
         r.check(format!("{path}.sourceNamespace"), check_dns1123_label(&m.source_namespace));
     }
+}
+
+/// A JWT-claim match. Istio's validation takes any claim name; Trellis's proxy cannot route on
+/// claims yet, and trellisd drops such a match rather than ignore its condition (which would
+/// send every request down the route).
+fn jwt_claim_match(r: &mut Report, field: &str, name: &str, claim: &str) {
+    if claim.split('.').any(str::is_empty) {
+        // Istio's validation lets any non-empty header name through; this one can never match.
+        r.warn(field, format!("{name:?} names no claim (write @request.auth.claims.NAME, nested: NAME.SUB); this match never applies"));
+        return;
+    }
+    r.warn(
+        field,
+        format!(
+            "not enforced: Trellis does not route on JWT claims ({name:?}) yet; trellisd drops this match, so requests that carry the claim fall through to later routes"
+        ),
+    );
 }
 
 fn string_match(r: &mut Report, path: &str, sm: &StringMatch, empty_ok: bool) {
@@ -249,8 +270,20 @@ fn weighted<'a>(r: &mut Report, path: &str, destinations: impl Iterator<Item = (
 fn destination(r: &mut Report, path: &str, d: &Destination) {
     if d.host.is_empty() {
         r.error(format!("{path}.host"), "required");
+    } else if d.host == "*" {
+        r.error(format!("{path}.host"), "destination host \"*\" matches every host; name the destination");
     } else if d.host.contains('*') {
-        r.error(format!("{path}.host"), format!("destination host {:?} must not be a wildcard", d.host));
+        // Istio accepts a wildcard destination (and routes to the cluster of a ServiceEntry
+        // with that very host); Trellis has no such cluster to offer.
+        if r.check(format!("{path}.host"), check_host_allowing_partial_wildcard(&d.host)).is_some() {
+            r.warn(
+                format!("{path}.host"),
+                format!(
+                    "not enforced: Trellis cannot route to the wildcard destination {:?} unless a ServiceEntry with STATIC endpoints declares this very host; otherwise trellisd sends this destination's traffic nowhere (503)",
+                    d.host
+                ),
+            );
+        }
     } else {
         r.check(format!("{path}.host"), check_host_or_ip(&d.host));
     }
@@ -950,7 +983,25 @@ pub(super) fn service_entry(r: &mut Report, spec: &ServiceEntrySpec) {
         let field = format!("spec.hosts[{i}]");
         if host == "*" {
             r.error(field, "\"*\" is not allowed; name the hosts this entry describes");
-        } else if r.check(field.clone(), check_wildcard_host(host)).is_some()
+            continue;
+        }
+        let valid = if is_partial_wildcard(host) {
+            let valid = r.check(field.clone(), check_host_allowing_partial_wildcard(host)).is_some();
+            if valid {
+                let suffix = &host[1..];
+                r.warn(
+                    field.clone(),
+                    format!(
+                        "partial wildcard host {host:?}: accepted as in Istio, which matches it as a plain suffix of the name (it covers \"my{suffix}\" too); write \"*.{}\" for subdomains only",
+                        suffix.trim_start_matches('-')
+                    ),
+                );
+            }
+            valid
+        } else {
+            r.check(field.clone(), check_wildcard_host(host)).is_some()
+        };
+        if valid
             && host.starts_with('*')
             && matches!(spec.resolution, ServiceEntryResolution::Dns | ServiceEntryResolution::DnsRoundRobin)
             && spec.endpoints.is_empty()
@@ -1063,13 +1114,20 @@ pub(super) fn workload_entry(
             r.error(format!("{path}.address"), "required unless network is set");
         }
     } else if let Some(socket) = we.address.strip_prefix("unix://") {
-        if !socket.starts_with('/') {
+        if !we.ports.is_empty() {
             r.error(
-                format!("{path}.address"),
-                format!("{:?} is not an absolute unix socket path", we.address),
+                format!("{path}.ports"),
+                "a unix socket address takes no ports (Istio: UDS may not include ports)",
             );
-        } else if socket.ends_with('/') {
-            r.error(format!("{path}.address"), format!("{:?} names a directory, not a socket", we.address));
+        }
+        if r.check(format!("{path}.address"), check_unix_socket(socket)).is_some() {
+            r.warn(
+                format!("{path}.address"),
+                format!(
+                    "not enforced: Trellis's proxy dials only IP endpoints; trellisd leaves the unix socket {:?} out of the service's endpoints",
+                    we.address
+                ),
+            );
         }
     } else if we.address.contains('*') {
         r.error(format!("{path}.address"), format!("{:?} must not be a wildcard", we.address));
@@ -1224,9 +1282,7 @@ fn bind(r: &mut Report, field: &str, bind: &str) {
 
 fn default_endpoint(r: &mut Report, field: &str, endpoint: &str) {
     if let Some(socket) = endpoint.strip_prefix("unix://") {
-        if !socket.starts_with('/') {
-            r.error(field, format!("{endpoint:?} is not an absolute unix socket path"));
-        }
+        r.check(field, check_unix_socket(socket));
         return;
     }
     let ok = endpoint.rsplit_once(':').is_some_and(|(host, port)| {

@@ -46,7 +46,10 @@ pub(super) fn peer_authentication(r: &mut Report, spec: &PeerAuthenticationSpec)
         labels(r, "spec.selector.matchLabels", &sel.match_labels);
     }
     let has_selector = spec.selector.as_ref().is_some_and(|s| !s.match_labels.is_empty());
-    if !spec.port_level_mtls.is_empty() && !has_selector {
+    if spec.port_level_mtls.written && spec.port_level_mtls.is_empty() {
+        // Istio's schema: at least one port when the field is given.
+        r.error("spec.portLevelMtls", "empty; list at least one port, or leave the field out");
+    } else if !spec.port_level_mtls.is_empty() && !has_selector {
         r.error("spec.portLevelMtls", "port-level mTLS needs a workload selector");
     }
     for port in spec.port_level_mtls.keys() {

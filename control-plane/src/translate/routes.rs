@@ -335,6 +335,11 @@ impl Registry<'_> {
             map.iter()
                 .map(|(name, value)| {
                     let hfield = format!("{field}.{f}.{name}");
+                    if name.starts_with(trellis_api::networking::JWT_CLAIM_HEADER_PREFIX) {
+                        // Dropping only the condition would send every request down the route.
+                        warn!(resource = %vs, field = %hfield, "JWT-claim matches are not enforced: Trellis does not route on JWT claims yet; match skipped");
+                        return Err(Unusable);
+                    }
                     let name = header_name(name, &vs, &hfield).ok_or(Unusable)?;
                     Ok(pb::HeaderMatch { name, value: string_match(value, false, &vs, &hfield)? })
                 })
@@ -439,7 +444,13 @@ impl Registry<'_> {
     /// sees.
     fn destination(&self, vs: Vs<'_>, field: &str, d: &Destination, routed_port: u16) -> String {
         self.resolve(d, vs.namespace, routed_port).unwrap_or_else(|reason| {
-            warn!(resource = %vs, field, %reason, "unknown destination; its traffic fails");
+            if d.host.contains('*') {
+                // Istio accepts a wildcard destination; without a ServiceEntry of that very host
+                // there is no cluster to send it to.
+                warn!(resource = %vs, field = %format!("{field}.host"), host = %d.host, %reason, "wildcard destination host not enforced: Trellis cannot route to it; its traffic fails");
+            } else {
+                warn!(resource = %vs, field, %reason, "unknown destination; its traffic fails");
+            }
             BLACK_HOLE_CLUSTER.to_owned()
         })
     }
@@ -824,6 +835,30 @@ mod tests {
         let port = &service(&config, "ratings.shop.svc.cluster.local").ports[0];
         assert_eq!(port.virtual_host, "ratings.shop.svc.cluster.local:9080");
         assert_eq!(port.tcp_cluster, "", "HTTP ports carry no TCP");
+    }
+
+    #[test]
+    fn jwt_claim_matches_are_dropped_and_wildcard_destinations_fail() {
+        // A claim match cannot be evaluated: its route never applies rather than applying to
+        // every request. A wildcard destination has no cluster: its route answers 503.
+        let routes = reviews_routes(&format!(
+            "{VS}spec:
+  hosts: [reviews]
+  http:
+    - match: [{{ headers: {{ '@request.auth.claims.group': {{ exact: admin }} }} }}]
+      route: [{{ destination: {{ host: reviews, subset: v2 }} }}]
+    - match: [{{ uri: {{ prefix: /eu }} }}]
+      route: [{{ destination: {{ host: '*.eu.bookinfo.com' }} }}]
+    - route: [{{ destination: {{ host: reviews, subset: v1 }} }}]
+"
+        ));
+        assert_eq!(routes.len(), 2, "{routes:#?}");
+        assert_eq!(routes[0].matches[0].path, prefix("/eu"));
+        assert_eq!(
+            routes[0].action,
+            Some(pb::route::Action::DirectResponse(pb::DirectResponse { status: 503, body: String::new() }))
+        );
+        assert_eq!(forwards(&routes[1]), [(subset("v1").as_str(), 0)]);
     }
 
     #[test]

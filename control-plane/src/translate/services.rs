@@ -285,6 +285,10 @@ fn entry_workload<'a>(
             account: None,
             locality: super::locality::of_workload_entry(&e.locality, &e.labels),
         }),
+        Err(_) if e.address.starts_with("unix://") => {
+            warn!(resource = %source, field, address = %e.address, "unix socket endpoints are not supported by Trellis's proxy; endpoint skipped");
+            None
+        }
         // A name is fine for DNS resolution, but the proxy only dials IP addresses.
         Err(_) if dns => {
             debug!(resource = %source, field, address = %e.address, "DNS name endpoint left out");
