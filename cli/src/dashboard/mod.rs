@@ -55,8 +55,8 @@ pub struct Args {
     /// The port of each listed proxy's Prometheus page.
     #[arg(long = "stats-port", default_value_t = 15090)]
     stats_port: u16,
-    /// A directory of the mesh's Istio YAML: the service view lists the routes, splits and
-    /// policies in it that apply to the service (re-read on every view).
+    /// A directory of the mesh's Istio YAML (subdirectories too): the service view lists the
+    /// routes, splits and policies in it that apply to the service (re-read on every view).
     #[arg(long, value_name = "DIR")]
     config: Option<PathBuf>,
     /// Seconds between readings of the mesh.
@@ -79,9 +79,20 @@ pub fn run(args: &Args) -> ExitCode {
 
 fn serve(args: &Args) -> Result<(), String> {
     let timeout = Duration::from_secs(args.timeout);
-    let control_plane = Endpoint::parse(&args.control_plane)?;
-    let prometheus =
-        args.prometheus.as_deref().map(|url| prometheus::Prometheus::new(url, timeout)).transpose()?;
+    let settings = Settings {
+        control_plane: Endpoint::parse(&args.control_plane)?,
+        prometheus: args
+            .prometheus
+            .as_deref()
+            .map(|url| prometheus::Prometheus::new(url, timeout))
+            .transpose()?,
+        prometheus_url: args.prometheus.clone(),
+        proxy_metrics: args.proxy_metrics.clone(),
+        stats_port: args.stats_port,
+        config: args.config.clone(),
+        interval: Duration::from_secs(args.interval),
+        timeout,
+    };
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -91,33 +102,87 @@ fn serve(args: &Args) -> Result<(), String> {
         let listener = tokio::net::TcpListener::bind((args.address, args.port))
             .await
             .map_err(|e| format!("cannot listen on {}:{}: {e}", args.address, args.port))?;
-        let local = listener.local_addr().map_err(|e| e.to_string())?;
-        let describe = match (&args.prometheus, args.proxy_metrics.is_empty()) {
-            (Some(url), _) => format!("prometheus {url}"),
-            (None, true) => format!("trellisd {}", control_plane.url),
-            (None, false) => {
-                format!("trellisd {} and {} proxies given", control_plane.url, args.proxy_metrics.len())
-            }
-        };
-        let source = match prometheus {
-            Some(p) => state::Source::Prometheus(p),
-            None => state::Source::Mesh,
-        };
-        let mesh = mesh::Mesh::new(Some(control_plane), args.proxy_metrics.clone(), args.stats_port, timeout);
-        let shared = Arc::new(state::State::new(args.config.clone()));
-        tokio::spawn(state::collect(
-            shared.clone(),
-            source,
-            mesh,
-            describe.clone(),
-            Duration::from_secs(args.interval),
-        ));
-        let host = match local.ip() {
-            IpAddr::V6(ip) => format!("[{ip}]"),
-            IpAddr::V4(ip) => ip.to_string(),
-        };
-        println!("trellis dashboard: http://{host}:{}/ (from {describe}; Ctrl-C stops)", local.port());
+        let started = start(listener, settings)?;
+        println!("trellis dashboard: {} (from {}; Ctrl-C stops)", started.url, started.describe);
         let _ = std::io::stdout().flush();
-        axum::serve(listener, server::router(shared)).await.map_err(|e| format!("serving: {e}"))
+        started.server.await.map_err(|e| format!("serving: {e}"))?
     })
+}
+
+/// What the dashboard reads, decided from the flags (or by the demo).
+pub struct Settings {
+    control_plane: Endpoint,
+    prometheus: Option<prometheus::Prometheus>,
+    prometheus_url: Option<String>,
+    proxy_metrics: Vec<SocketAddr>,
+    stats_port: u16,
+    config: Option<PathBuf>,
+    interval: Duration,
+    timeout: Duration,
+}
+
+impl Settings {
+    /// trellisd's view of the demo's mesh: its control plane, its proxies' metrics addresses
+    /// and its config directory.
+    pub fn for_demo(
+        control_plane: SocketAddr,
+        proxies: Vec<SocketAddr>,
+        config: PathBuf,
+    ) -> Result<Settings, String> {
+        Ok(Settings {
+            control_plane: Endpoint::parse(&control_plane.to_string())?,
+            prometheus: None,
+            prometheus_url: None,
+            proxy_metrics: proxies,
+            stats_port: 15090,
+            config: Some(config),
+            interval: Duration::from_secs(2),
+            timeout: Duration::from_secs(2),
+        })
+    }
+}
+
+/// A dashboard serving on the current runtime.
+pub struct Started {
+    pub url: String,
+    /// Where its numbers come from.
+    pub describe: String,
+    /// Ends only when serving fails.
+    pub server: tokio::task::JoinHandle<Result<(), String>>,
+}
+
+/// Starts reading the mesh and serving the page on the current runtime.
+pub fn start(listener: tokio::net::TcpListener, settings: Settings) -> Result<Started, String> {
+    let local = listener.local_addr().map_err(|e| e.to_string())?;
+    let describe = match (&settings.prometheus_url, settings.proxy_metrics.is_empty()) {
+        (Some(url), _) => format!("prometheus {url}"),
+        (None, true) => format!("trellisd {}", settings.control_plane.url),
+        (None, false) => {
+            format!(
+                "trellisd {} and {} proxies given",
+                settings.control_plane.url,
+                settings.proxy_metrics.len()
+            )
+        }
+    };
+    let source = match settings.prometheus {
+        Some(p) => state::Source::Prometheus(p),
+        None => state::Source::Mesh,
+    };
+    let mesh = mesh::Mesh::new(
+        Some(settings.control_plane),
+        settings.proxy_metrics,
+        settings.stats_port,
+        settings.timeout,
+    );
+    let shared = Arc::new(state::State::new(settings.config));
+    tokio::spawn(state::collect(shared.clone(), source, mesh, describe.clone(), settings.interval));
+    let host = match local.ip() {
+        IpAddr::V6(ip) => format!("[{ip}]"),
+        IpAddr::V4(ip) => ip.to_string(),
+    };
+    let server = tokio::spawn(async move {
+        axum::serve(listener, server::router(shared)).await.map_err(|e| format!("serving: {e}"))
+    });
+    Ok(Started { url: format!("http://{host}:{}/", local.port()), describe, server })
 }

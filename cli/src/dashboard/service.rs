@@ -58,18 +58,16 @@ pub struct ServiceConfig {
     pub errors: Vec<String>,
 }
 
-/// Reads the directory's `.yaml`, `.yml` and `.json` files (not its subdirectories).
+/// Reads the `.yaml`, `.yml` and `.json` files of the directory and its subdirectories (as
+/// trellisd reads its `--config` directory).
 pub fn load_dir(dir: &Path) -> (Vec<Document>, Vec<String>) {
     let mut docs = Vec::new();
     let mut errors = Vec::new();
-    let entries = match std::fs::read_dir(dir) {
-        Ok(entries) => entries,
-        Err(e) => return (docs, vec![format!("--config {}: {e}", dir.display())]),
-    };
-    let mut files: Vec<PathBuf> = entries
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| p.is_file() && p.extension().is_some_and(|x| x == "yaml" || x == "yml" || x == "json"))
-        .collect();
+    if let Err(e) = std::fs::read_dir(dir) {
+        return (docs, vec![format!("--config {}: {e}", dir.display())]);
+    }
+    let mut files = Vec::new();
+    find_files(dir, 0, &mut files);
     files.sort();
     if files.len() > MAX_FILES {
         errors.push(format!("--config {}: only the first {MAX_FILES} files are read", dir.display()));
@@ -92,6 +90,24 @@ pub fn load_dir(dir: &Path) -> (Vec<Document>, Vec<String>) {
         }
     }
     (docs, errors)
+}
+
+/// Subdirectories deeper than this are not searched (a link loop ends here too).
+const MAX_DEPTH: usize = 8;
+
+fn find_files(dir: &Path, depth: usize, out: &mut Vec<PathBuf>) {
+    let Ok(entries) = std::fs::read_dir(dir) else { return };
+    for path in entries.filter_map(|e| e.ok().map(|e| e.path())) {
+        if out.len() > MAX_FILES {
+            return;
+        }
+        if path.is_dir() && depth < MAX_DEPTH {
+            find_files(&path, depth + 1, out);
+        } else if path.is_file() && path.extension().is_some_and(|x| x == "yaml" || x == "yml" || x == "json")
+        {
+            out.push(path);
+        }
+    }
 }
 
 /// What of `docs` applies to the service `namespace/name`.
@@ -250,6 +266,19 @@ spec:
         let weights: Vec<(Option<String>, i64)> =
             config.splits[0].destinations.iter().map(|d| (d.subset.clone(), d.weight)).collect();
         assert_eq!(weights, [(Some("v1".to_owned()), 80), (Some("v2".to_owned()), 20)]);
+    }
+
+    #[test]
+    fn subdirectories_are_read_and_bad_documents_named() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir(dir.path().join("istio")).unwrap();
+        std::fs::write(dir.path().join("istio/shop.yaml"), CONFIG).unwrap();
+        std::fs::write(dir.path().join("broken.yaml"), "kind: VirtualService\nspec: [").unwrap();
+        std::fs::write(dir.path().join("notes.txt"), "not config").unwrap();
+        let (docs, errors) = load_dir(dir.path());
+        assert_eq!(docs.len(), 5);
+        assert_eq!(errors.len(), 1, "{errors:?}");
+        assert!(errors[0].contains("broken.yaml (document 1)"), "{errors:?}");
     }
 
     #[test]

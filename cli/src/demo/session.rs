@@ -121,6 +121,9 @@ impl Session {
             }
             Mode::Explicit => None,
         };
+        // With --keep, `trellis dashboard` runs in this process: its socket is made here, on
+        // the host's loopback, while it reads the mesh from the hub like the table does.
+        let mut dashboard = self.args.keep.then(bind_dashboard);
         in_namespace(hub.as_deref(), || {
             let runtime = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
@@ -132,10 +135,34 @@ impl Session {
                 self.start_pods().await?;
                 let startup = self.started.elapsed();
                 console.note(&self.started_note(startup));
+                if let Some(listener) = dashboard.take() {
+                    console.note(&self.start_dashboard(listener));
+                }
                 super::dashboard::run(self, console, startup).await
             })
         })
         .map_err(|e| e.to_string())?
+    }
+
+    /// Starts the dashboard on the demo's runtime; says where it is, or why it is not.
+    fn start_dashboard(&self, listener: Result<std::net::TcpListener, String>) -> String {
+        let proxies = self.plan.pods.iter().map(|p| p.stats()).collect();
+        let started = listener.and_then(|listener| {
+            listener.set_nonblocking(true).map_err(|e| e.to_string())?;
+            let listener = tokio::net::TcpListener::from_std(listener).map_err(|e| e.to_string())?;
+            let settings = crate::dashboard::Settings::for_demo(
+                self.plan.monitoring,
+                proxies,
+                self.run_dir.join("config"),
+            )?;
+            crate::dashboard::start(listener, settings)
+        });
+        match started {
+            Ok(started) => {
+                format!("trellis demo: the dashboard (graph, services, proxy sync) is on {}", started.url)
+            }
+            Err(e) => format!("trellis demo: no dashboard: {e}"),
+        }
     }
 
     fn started_note(&self, startup: Duration) -> String {
@@ -502,4 +529,11 @@ fn executable(run_dir: &Path, shared: bool) -> Result<PathBuf, String> {
             .map_err(|e| format!("{}: {e}", target.display()))?;
     }
     Ok(target)
+}
+
+/// `trellis dashboard`'s port, else any free one.
+fn bind_dashboard() -> Result<std::net::TcpListener, String> {
+    std::net::TcpListener::bind(("127.0.0.1", 20001))
+        .or_else(|_| std::net::TcpListener::bind(("127.0.0.1", 0)))
+        .map_err(|e| format!("cannot listen on 127.0.0.1: {e}"))
 }

@@ -183,8 +183,8 @@ async function refreshProxies() {
 }
 
 const charts = {};
-function chart(name, title, series, data) {
-  const opts = { title, width: 390, height: 110, scales: { x: { time: true } }, legend: { show: true },
+function chart(name, title, series, data, yRange) {
+  const opts = { title, width: 390, height: 110, scales: { x: { time: true }, y: yRange ? { range: yRange } : {} }, legend: { show: true },
     series: [{}, ...series.map((label, i) => ({ label, stroke: ['#1d3557', '#e76f51'][i] }))] };
   const holder = document.createElement('div');
   holder.className = 'chart';
@@ -218,7 +218,7 @@ async function refreshService(ns, name) {
   parts.push(now);
   const t = view.history.map((p) => p.time);
   parts.push(chart('rps', 'requests/s', ['rps'], [t, view.history.map((p) => p.rps)]));
-  parts.push(chart('success', 'success %', ['success'], [t, view.history.map((p) => p.successRate === null ? null : 100 * p.successRate)]));
+  parts.push(chart('success', 'success %', ['success'], [t, view.history.map((p) => p.successRate === null ? null : 100 * p.successRate)], [0, 100]));
   parts.push(chart('latency', 'latency ms', ['p50', 'p99'], [t, view.history.map((p) => p.p50Ms), view.history.map((p) => p.p99Ms)]));
   const eh = document.createElement('h3'); eh.textContent = 'Endpoints (workloads answering)'; parts.push(eh);
   parts.push(table(['workload', 'share', 'rps', 'success', 'p99 ms'], view.endpoints.map((e) => [e.target.replace('workload:', ''), e.share === null ? '' : e.share.toFixed(0) + '%', fmt(e.rps, 2), pct(e.successRate), fmt(e.p99Ms, 1)])));
