@@ -12,9 +12,25 @@ use kube::CustomResource;
 use crate::primitives::GoDuration;
 use crate::proto::{istio_enum, istio_message};
 
-/// The header-match name prefix Istio reads as a claim of the request's validated JWT
-/// (`@request.auth.claims.NAME`, nested claims joined by `.`), for routing on gateways.
-pub const JWT_CLAIM_HEADER_PREFIX: &str = "@request.auth.claims.";
+/// The header-match name prefix (any case) Istio reads as a claim of the request's validated
+/// JWT, for routing on gateways.
+pub const JWT_CLAIM_HEADER_PREFIX: &str = "@request.auth.claims";
+
+/// The claim path of a header-match name Istio routes on a JWT claim:
+/// `@request.auth.claims.NAME` (nested: `A.B`) or `@request.auth.claims[A][B]`; `None` for any
+/// other name, which Istio reads as a plain header.
+pub fn jwt_routing_claim(header: &str) -> Option<Vec<&str>> {
+    let head = header.get(..JWT_CLAIM_HEADER_PREFIX.len())?;
+    if !head.eq_ignore_ascii_case(JWT_CLAIM_HEADER_PREFIX) {
+        return None;
+    }
+    let rest = &header[JWT_CLAIM_HEADER_PREFIX.len()..];
+    if let Some(dotted) = rest.strip_prefix('.').filter(|d| !d.is_empty()) {
+        return Some(dotted.split('.').collect());
+    }
+    let bracketed = rest.strip_prefix('[').and_then(|r| r.strip_suffix(']')).filter(|b| !b.is_empty())?;
+    Some(bracketed.split("][").collect())
+}
 
 // ---------------------------------------------------------------------------------------------
 // Shared pieces

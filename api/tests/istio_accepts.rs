@@ -194,9 +194,29 @@ fn jwt_claim_matches_are_accepted_with_a_warning_that_trellis_does_not_route_on_
             "warning spec.http[0].match[0].headers.@request.auth.claims.foo: not enforced: Trellis does not route on JWT claims (\"@request.auth.claims.foo\") yet; trellisd drops this match, so requests that carry the claim fall through to later routes"
         ]
     );
-    // Nested claims, and the claim's absence.
+    // Nested claims, either spelling, and the claim's absence.
     let nested = problems(&vs("withoutHeaders: {'@request.auth.claims.groups.admin': {}}"));
     assert!(nested.len() == 1 && nested[0].contains("not enforced"), "{nested:?}");
+    let bracketed = problems(&vs("headers: {'@request.auth.claims[groups][admin]': {exact: 'yes'}}"));
+    assert!(bracketed.len() == 1 && bracketed[0].contains("not enforced"), "{bracketed:?}");
+    assert_eq!(
+        trellis_api::networking::jwt_routing_claim("@Request.Auth.Claims[a.b][c]"),
+        Some(vec!["a.b", "c"])
+    );
+    assert_eq!(trellis_api::networking::jwt_routing_claim("@request.auth.claims[]"), None);
+    assert_eq!(trellis_api::networking::jwt_routing_claim("x-claims"), None);
+    // As in Istio, only a VirtualService bound to gateways alone may route on claims.
+    for gateways in ["gateways: [mesh, foo-gateway]\n  ", ""] {
+        let mesh = vs("headers: {'@request.auth.claims.foo': {exact: foo}}")
+            .replace("gateways: [foo-gateway]\n  ", gateways);
+        assert_eq!(
+            problems(&mesh),
+            [
+                "error spec.http[0].match[0].headers.@request.auth.claims.foo: JWT claim based routing (\"@request.auth.claims.foo\") is only supported for VirtualServices bound to gateways (not to the mesh)"
+            ],
+            "{mesh}"
+        );
+    }
     let nameless = problems(&vs("headers: {'@request.auth.claims.': {exact: x}}"));
     assert!(nameless.len() == 1 && nameless[0].contains("names no claim"), "{nameless:?}");
     // Other names must still be header names.
@@ -216,4 +236,25 @@ fn an_ipv6_address_ending_in_a_colon_needs_quotes_in_a_flow_list() {
     assert_eq!(problems(&se("\"001:db8::\"")), Vec::<String>::new());
     let unquoted = problems(&se("001:db8::"));
     assert!(unquoted.len() == 1 && unquoted[0].starts_with("error spec.addresses[1]"), "{unquoted:?}");
+}
+
+#[test]
+fn partial_wildcard_virtual_service_and_destination_rule_hosts_are_accepted_with_a_warning() {
+    let vs = "apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {name: partial}\nspec: {hosts: ['*foo.example.com'], http: [{route: [{destination: {host: foo.example.com}}]}]}\n";
+    let found = problems(vs);
+    assert!(
+        found.len() == 1
+            && found[0].starts_with("warning spec.hosts[0]: partial wildcard host \"*foo.example.com\""),
+        "{found:?}"
+    );
+    let dr = "apiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {name: partial}\nspec: {host: '*-api.example.com'}\n";
+    let found = problems(dr);
+    assert_eq!(
+        found,
+        [
+            "warning spec.host: partial wildcard host \"*-api.example.com\": accepted as in Istio, which matches it as a plain suffix of the name (it covers \"my-api.example.com\" too); write \"*.api.example.com\" for subdomains only"
+        ]
+    );
+    let bad = "apiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {name: partial}\nspec: {host: 'foo*.example.com'}\n";
+    assert!(problems(bad).iter().any(|p| p.starts_with("error spec.host")), "{:?}", problems(bad));
 }

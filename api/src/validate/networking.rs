@@ -53,7 +53,7 @@ pub(super) fn virtual_service(r: &mut Report, spec: &VirtualServiceSpec) {
         if host == "*" && bound_to_mesh {
             r.error(field, "the wildcard host \"*\" is only allowed for VirtualServices bound to gateways, not to the mesh");
         } else {
-            r.check(field, check_host_or_ip(host));
+            host_pattern(r, &field, host);
         }
     }
     duplicates(r, "spec.hosts", spec.hosts.iter(), "host");
@@ -64,7 +64,7 @@ pub(super) fn virtual_service(r: &mut Report, spec: &VirtualServiceSpec) {
         r.error("spec", "at least one of http, tls or tcp routes is required");
     }
     for (i, route) in spec.http.iter().enumerate() {
-        http_route(r, &format!("spec.http[{i}]"), route, delegate);
+        http_route(r, &format!("spec.http[{i}]"), route, delegate, bound_to_mesh);
     }
     for (i, route) in spec.tls.iter().enumerate() {
         tls_route(r, &format!("spec.tls[{i}]"), route, &spec.hosts);
@@ -88,7 +88,8 @@ fn gateway_reference(r: &mut Report, field: &str, gw: &str) {
     }
 }
 
-fn http_route(r: &mut Report, path: &str, route: &HttpRoute, in_delegate: bool) {
+/// `bound_to_mesh`: the VirtualService applies to sidecars (`gateways` empty or naming `mesh`).
+fn http_route(r: &mut Report, path: &str, route: &HttpRoute, in_delegate: bool, bound_to_mesh: bool) {
     let actions: Vec<&str> = [
         (!route.route.is_empty(), "route"),
         (route.redirect.is_some(), "redirect"),
@@ -112,7 +113,7 @@ fn http_route(r: &mut Report, path: &str, route: &HttpRoute, in_delegate: bool) 
         r.error(format!("{path}.delegate"), "a delegate VirtualService cannot delegate further");
     }
     for (i, m) in route.matches.iter().enumerate() {
-        http_match(r, &format!("{path}.match[{i}]"), m);
+        http_match(r, &format!("{path}.match[{i}]"), m, bound_to_mesh);
     }
     weighted(r, &format!("{path}.route"), route.route.iter().map(|d| (&d.destination, d.weight)));
     for (i, dest) in route.route.iter().enumerate() {
@@ -161,7 +162,7 @@ fn http_route(r: &mut Report, path: &str, route: &HttpRoute, in_delegate: bool) 
     }
 }
 
-fn http_match(r: &mut Report, path: &str, m: &HttpMatchRequest) {
+fn http_match(r: &mut Report, path: &str, m: &HttpMatchRequest, bound_to_mesh: bool) {
     for (name, sm) in
         [("uri", &m.uri), ("scheme", &m.scheme), ("method", &m.method), ("authority", &m.authority)]
     {
@@ -172,8 +173,18 @@ fn http_match(r: &mut Report, path: &str, m: &HttpMatchRequest) {
     for (section, map) in [("headers", &m.headers), ("withoutHeaders", &m.without_headers)] {
         for (name, sm) in map {
             let field = format!("{path}.{section}.{name}");
-            if let Some(claim) = name.strip_prefix(JWT_CLAIM_HEADER_PREFIX) {
-                jwt_claim_match(r, &field, name, claim);
+            if jwt_routing_claim(name).is_some() {
+                jwt_claim_match(r, &field, name, bound_to_mesh);
+                string_match(r, &field, sm, true);
+            } else if name
+                .get(..JWT_CLAIM_HEADER_PREFIX.len())
+                .is_some_and(|head| head.eq_ignore_ascii_case(JWT_CLAIM_HEADER_PREFIX))
+            {
+                // Istio takes it as a plain header name, which no request can carry.
+                r.warn(
+                    &field,
+                    format!("{name:?} names no claim (write @request.auth.claims.NAME, nested: NAME.SUB); this match never applies"),
+                );
                 string_match(r, &field, sm, true);
             } else if r.check(field.clone(), check_header_name(name, true)).is_some() {
                 // An empty match tests only that the header is present.
@@ -201,13 +212,15 @@ fn http_match(r: &mut Report, path: &str, m: &HttpMatchRequest) {
     }
 }
 
-/// A JWT-claim match. Istio's validation takes any claim name; Trellis's proxy cannot route on
-/// claims yet, and trellisd drops such a match rather than ignore its condition (which would
-/// send every request down the route).
-fn jwt_claim_match(r: &mut Report, field: &str, name: &str, claim: &str) {
-    if claim.split('.').any(str::is_empty) {
-        // Istio's validation lets any non-empty header name through; this one can never match.
-        r.warn(field, format!("{name:?} names no claim (write @request.auth.claims.NAME, nested: NAME.SUB); this match never applies"));
+/// A JWT-claim match: Istio allows it only in VirtualServices bound to gateways alone. Trellis's
+/// proxy cannot route on claims yet, and trellisd drops such a match rather than ignore its
+/// condition (which would send every request down the route).
+fn jwt_claim_match(r: &mut Report, field: &str, name: &str, bound_to_mesh: bool) {
+    if bound_to_mesh {
+        r.error(
+            field,
+            format!("JWT claim based routing ({name:?}) is only supported for VirtualServices bound to gateways (not to the mesh)"),
+        );
         return;
     }
     r.warn(
@@ -544,6 +557,33 @@ fn host_covers(pattern: &str, host: &str) -> bool {
         })
 }
 
+/// A host (pattern) of a VirtualService or DestinationRule: an IP, a name, or a wildcard; as in
+/// Istio, a partial wildcard too, with a warning.
+fn host_pattern(r: &mut Report, field: &str, host: &str) {
+    if is_partial_wildcard(host) {
+        partial_wildcard(r, field, host);
+    } else {
+        r.check(field, check_host_or_ip(host));
+    }
+}
+
+/// A partial wildcard host (`*example.com`): Istio accepts it, and matches it as a plain suffix
+/// of the name, as trellisd does. Whether it is valid.
+fn partial_wildcard(r: &mut Report, field: &str, host: &str) -> bool {
+    if r.check(field, check_host_allowing_partial_wildcard(host)).is_none() {
+        return false;
+    }
+    let suffix = &host[1..];
+    r.warn(
+        field,
+        format!(
+            "partial wildcard host {host:?}: accepted as in Istio, which matches it as a plain suffix of the name (it covers \"my{suffix}\" too); write \"*.{}\" for subdomains only",
+            suffix.trim_start_matches('-')
+        ),
+    );
+    true
+}
+
 fn duplicates<'a>(r: &mut Report, path: &str, values: impl Iterator<Item = &'a String>, what: &str) {
     let mut seen = BTreeSet::new();
     for (i, v) in values.enumerate() {
@@ -560,7 +600,7 @@ pub(super) fn destination_rule(r: &mut Report, spec: &DestinationRuleSpec) {
     if spec.host.is_empty() {
         r.error("spec.host", "required");
     } else {
-        r.check("spec.host", check_host_or_ip(&spec.host));
+        host_pattern(r, "spec.host", &spec.host);
     }
     if let Some(tp) = &spec.traffic_policy {
         traffic_policy(r, "spec.trafficPolicy", tp, false);
@@ -986,18 +1026,7 @@ pub(super) fn service_entry(r: &mut Report, spec: &ServiceEntrySpec) {
             continue;
         }
         let valid = if is_partial_wildcard(host) {
-            let valid = r.check(field.clone(), check_host_allowing_partial_wildcard(host)).is_some();
-            if valid {
-                let suffix = &host[1..];
-                r.warn(
-                    field.clone(),
-                    format!(
-                        "partial wildcard host {host:?}: accepted as in Istio, which matches it as a plain suffix of the name (it covers \"my{suffix}\" too); write \"*.{}\" for subdomains only",
-                        suffix.trim_start_matches('-')
-                    ),
-                );
-            }
-            valid
+            partial_wildcard(r, &field, host)
         } else {
             r.check(field.clone(), check_wildcard_host(host)).is_some()
         };

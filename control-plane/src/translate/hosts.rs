@@ -49,6 +49,11 @@ mod tests {
             ("*.example.com", "*.api.example.com", true),
             ("*.api.example.com", "*.example.com", false),
             ("a.example.com", "*.example.com", false),
+            // Istio's partial wildcards are plain suffixes.
+            ("*example.com", "api.example.com", true),
+            ("*example.com", "myexample.com", true),
+            ("*example.com", "*.example.com", true),
+            ("*example.com", "example.org", false),
         ] {
             assert_eq!(matches(pattern, host), want, "{pattern} ~ {host}");
         }

@@ -335,7 +335,7 @@ impl Registry<'_> {
             map.iter()
                 .map(|(name, value)| {
                     let hfield = format!("{field}.{f}.{name}");
-                    if name.starts_with(trellis_api::networking::JWT_CLAIM_HEADER_PREFIX) {
+                    if trellis_api::networking::jwt_routing_claim(name).is_some() {
                         // Dropping only the condition would send every request down the route.
                         warn!(resource = %vs, field = %hfield, "JWT-claim matches are not enforced: Trellis does not route on JWT claims yet; match skipped");
                         return Err(Unusable);
@@ -838,27 +838,76 @@ mod tests {
     }
 
     #[test]
-    fn jwt_claim_matches_are_dropped_and_wildcard_destinations_fail() {
-        // A claim match cannot be evaluated: its route never applies rather than applying to
-        // every request. A wildcard destination has no cluster: its route answers 503.
+    fn a_wildcard_destination_fails_its_route() {
+        // Istio accepts it; with no ServiceEntry of that very host there is no cluster.
         let routes = reviews_routes(&format!(
             "{VS}spec:
   hosts: [reviews]
   http:
-    - match: [{{ headers: {{ '@request.auth.claims.group': {{ exact: admin }} }} }}]
-      route: [{{ destination: {{ host: reviews, subset: v2 }} }}]
     - match: [{{ uri: {{ prefix: /eu }} }}]
       route: [{{ destination: {{ host: '*.eu.bookinfo.com' }} }}]
     - route: [{{ destination: {{ host: reviews, subset: v1 }} }}]
 "
         ));
         assert_eq!(routes.len(), 2, "{routes:#?}");
-        assert_eq!(routes[0].matches[0].path, prefix("/eu"));
         assert_eq!(
             routes[0].action,
             Some(pb::route::Action::DirectResponse(pb::DirectResponse { status: 503, body: String::new() }))
         );
         assert_eq!(forwards(&routes[1]), [(subset("v1").as_str(), 0)]);
+    }
+
+    #[test]
+    fn a_gateways_jwt_claim_match_is_dropped_not_ignored() {
+        // The proxy cannot test a claim: the match never applies, rather than applying to every
+        // request.
+        let m = model(
+            r#"apiVersion: networking.istio.io/v1
+kind: Gateway
+metadata: { name: public, namespace: edge }
+spec:
+  selector: { istio: ingressgateway }
+  servers: [{ port: { number: 80, name: http, protocol: HTTP }, hosts: ["*.example.com"] }]
+---
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: { name: web, namespace: shop }
+spec:
+  hosts: [web.shop.internal]
+  ports: [{ number: 80, name: http, protocol: HTTP }]
+  resolution: STATIC
+  endpoints: [{ address: 10.0.0.1 }]
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: { name: web, namespace: shop }
+spec:
+  hosts: [web.example.com]
+  gateways: [edge/public]
+  http:
+    - name: admins
+      match: [{ headers: { "@request.auth.claims.group": { exact: admin } } }]
+      route: [{ destination: { host: web.shop.internal } }]
+    - name: everyone
+      route: [{ destination: { host: web.shop.internal } }]
+"#,
+        );
+        let proxy = super::super::ProxyIdentity {
+            namespace: "istio-system".into(),
+            labels: labels_of(&[("istio", "ingressgateway")]),
+            ..Default::default()
+        };
+        let config = super::super::translate(
+            &m,
+            &super::super::scope_of_router(&m, &proxy, &Default::default(), true),
+        );
+        let names: Vec<&str> = config
+            .virtual_hosts
+            .iter()
+            .filter(|vh| vh.name.contains("web.example.com"))
+            .flat_map(|vh| vh.routes.iter().map(|r| r.name.as_str()))
+            .collect();
+        assert_eq!(names, ["everyone"], "{:#?}", config.virtual_hosts);
     }
 
     #[test]
