@@ -258,3 +258,15 @@ fn partial_wildcard_virtual_service_and_destination_rule_hosts_are_accepted_with
     let bad = "apiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {name: partial}\nspec: {host: 'foo*.example.com'}\n";
     assert!(problems(bad).iter().any(|p| p.starts_with("error spec.host")), "{:?}", problems(bad));
 }
+
+#[test]
+fn sidecar_ingress_listeners_and_inbound_pools_are_said_to_be_unenforced() {
+    let text = "apiVersion: networking.istio.io/v1\nkind: Sidecar\nmetadata: {name: default}\nspec:\n  ingress: [{port: {number: 9080, name: http, protocol: HTTP}, defaultEndpoint: '127.0.0.1:8080'}]\n  inboundConnectionPool: {tcp: {maxConnections: 10}}\n";
+    assert_eq!(
+        problems(text),
+        [
+            "warning spec.ingress[0]: not enforced: Trellis does not apply Sidecar ingress listeners yet (port, bind, defaultEndpoint, tls, connectionPool); inbound traffic reaches the port it was sent to",
+            "warning spec.inboundConnectionPool: not enforced: Trellis does not limit inbound connections yet",
+        ]
+    );
+}

@@ -1228,6 +1228,11 @@ pub(super) fn sidecar(r: &mut Report, spec: &SidecarSpec) {
                 }
             }
         }
+        // trellisd builds inbound listeners from the workload's ports, not from these.
+        r.warn(
+            &path,
+            "not enforced: Trellis does not apply Sidecar ingress listeners yet (port, bind, defaultEndpoint, tls, connectionPool); inbound traffic reaches the port it was sent to",
+        );
         bind(r, &format!("{path}.bind"), &listener.bind);
         if !listener.default_endpoint.is_empty() {
             default_endpoint(r, &format!("{path}.defaultEndpoint"), &listener.default_endpoint);
@@ -1262,6 +1267,7 @@ pub(super) fn sidecar(r: &mut Report, spec: &SidecarSpec) {
         }
     }
     if let Some(pool) = &spec.inbound_connection_pool {
+        r.warn("spec.inboundConnectionPool", "not enforced: Trellis does not limit inbound connections yet");
         connection_pool(r, "spec.inboundConnectionPool", pool);
     }
     if let Some(otp) = &spec.outbound_traffic_policy
