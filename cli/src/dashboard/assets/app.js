@@ -106,6 +106,7 @@ function drawGraph(graph) {
     structure = key;
     cy.layout({ name: 'breadthfirst', directed: true, spacingFactor: 1.1, animate: false }).run();
     cy.fit(undefined, 20);
+    document.body.dataset.layoutMs = (performance.now() - started).toFixed(0);
   }
   const list = $('edges');
   list.replaceChildren(...shown.edges.map((e) => {
