@@ -11,6 +11,7 @@ pub mod annotations;
 pub mod check;
 pub mod crds;
 pub mod envoy_filter;
+pub mod gateway_api;
 pub mod load;
 pub mod locality;
 pub mod mesh;

@@ -230,12 +230,15 @@ async fn serve(args: Args, mesh: MeshConfig, jwks_client: crate::jwks::JwksClien
     }
     if let Some(client) = kube_client {
         let status = kube_source::SourceStatus::new();
-        tokio::spawn(kube_source::run(client, model.clone(), status.clone()));
+        tokio::spawn(kube_source::run(client.clone(), model.clone(), status.clone()));
         tokio::spawn(count_kubernetes_rejections(status.clone(), metrics.clone()));
         // Pushing before every kind is listed would send services without their endpoints.
         if tokio::time::timeout(SYNC_WAIT, status.wait_synced()).await.is_err() {
             tracing::warn!(unsynced = ?status.unsynced(), "not every kind listed after {SYNC_WAIT:?}; serving anyway");
         }
+        // Trellis controls the `trellis` GatewayClass: it writes its objects' status (after the
+        // first full listing, so a route is not reported for a Service not yet listed).
+        tokio::spawn(crate::gateway_status::run(client, model.clone()));
     }
 
     // Keys of RequestAuthentication jwksUris: the first round is awaited (bounded), so that the

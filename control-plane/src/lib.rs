@@ -3,6 +3,7 @@
 
 pub mod ca;
 pub mod cli;
+pub mod gateway_status;
 pub mod jwks;
 pub mod memory;
 pub mod model;

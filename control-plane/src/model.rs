@@ -9,6 +9,7 @@ use std::net::IpAddr;
 use std::sync::Arc;
 
 use tokio::sync::watch;
+use trellis_api::gateway_api;
 use trellis_api::mesh::MeshConfig;
 use trellis_api::resource::{Kind, Resource};
 
@@ -131,6 +132,12 @@ pub struct Model {
     pub jwks: BTreeMap<String, Arc<str>>,
     /// TLS Secrets by (namespace, name), for Gateway servers' `credentialName`.
     pub secrets: BTreeMap<(String, String), Arc<KubeSecret>>,
+    /// Kubernetes Gateway API objects by (namespace, name); GatewayClasses, cluster-scoped,
+    /// have an empty namespace. Translated by [`crate::translate::gateway_api`].
+    pub gateway_classes: BTreeMap<(String, String), Arc<gateway_api::GatewayClass>>,
+    pub k8s_gateways: BTreeMap<(String, String), Arc<gateway_api::Gateway>>,
+    pub http_routes: BTreeMap<(String, String), Arc<gateway_api::HttpRoute>>,
+    pub reference_grants: BTreeMap<(String, String), Arc<gateway_api::ReferenceGrant>>,
 }
 
 impl Model {

@@ -10,6 +10,7 @@
 //! kube-rs's default backoff; nothing here panics on what the cluster sends.
 
 mod convert;
+mod gateway_api;
 mod istio;
 mod mirror;
 
@@ -22,7 +23,7 @@ use futures_util::StreamExt;
 use k8s_openapi::api::core::v1::{Namespace, Node, Pod, Secret, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
-use kube::api::{Api, DynamicObject};
+use kube::api::{Api, ApiResource, DynamicObject};
 use kube::core::PartialObjectMeta;
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Client, Resource as _};
@@ -64,7 +65,8 @@ pub struct SourceStatus {
 impl Default for SourceStatus {
     fn default() -> Self {
         let config_errors = Kind::ALL.into_iter().map(|k| (k, AtomicU64::new(0))).collect();
-        let names = CORE_KINDS.into_iter().chain(istio_kinds().map(Kind::name));
+        let names =
+            CORE_KINDS.into_iter().chain(istio_kinds().map(Kind::name)).chain(gateway_api::NAMES);
         SourceStatus {
             config_errors: Arc::new(config_errors),
             synced: watch::Sender::new(names.map(|n| (n, false)).collect()),
@@ -137,6 +139,19 @@ pub async fn run(client: Client, model: ModelHandle, status: SourceStatus) {
         let api = Api::<DynamicObject>::all_with(client.clone(), &istio::api_resource(kind));
         let target = IstioKind { kind, status: status.clone(), reported: HashMap::new() };
         tasks.spawn(watch(api, target, context(kind.name())));
+    }
+    // The Kubernetes Gateway API (its CRDs may not be installed: a 404 counts as listed).
+    {
+        use gateway_api::{GatewayClasses, Gateways, HttpRoutes, ReferenceGrants, Watched, api_resource};
+        let api = |r: ApiResource| Api::<DynamicObject>::all_with(client.clone(), &r);
+        let classes = api(api_resource::<GatewayClasses>());
+        tasks.spawn(watch(classes, Watched::<GatewayClasses>::default(), context(gateway_api::NAMES[0])));
+        let gateways = api(api_resource::<Gateways>());
+        tasks.spawn(watch(gateways, Watched::<Gateways>::default(), context(gateway_api::NAMES[1])));
+        let routes = api(api_resource::<HttpRoutes>());
+        tasks.spawn(watch(routes, Watched::<HttpRoutes>::default(), context(gateway_api::NAMES[2])));
+        let grants = api(api_resource::<ReferenceGrants>());
+        tasks.spawn(watch(grants, Watched::<ReferenceGrants>::default(), context(gateway_api::NAMES[3])));
     }
     // Watchers never end: a task that does has panicked, and its kind no longer updates.
     while let Some(done) = tasks.join_next().await {

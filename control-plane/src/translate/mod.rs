@@ -32,6 +32,7 @@ mod authorization;
 mod clusters;
 mod consistency;
 pub mod gateway;
+pub mod gateway_api;
 mod hosts;
 pub mod locality;
 mod mesh;
@@ -150,7 +151,11 @@ pub fn scope_of_router(
     credentials: bool,
 ) -> Scope {
     Scope {
-        gateway: Some(gateway::selecting(model, &proxy.labels)),
+        gateway: Some({
+            let mut selected = gateway::selecting(model, &proxy.labels);
+            selected.extend(gateway_api::selecting(model, &proxy.namespace, &proxy.labels));
+            selected
+        }),
         gateway_credentials: credentials,
         ..scope_of_instance(model, proxy, instance)
     }
@@ -158,6 +163,15 @@ pub fn scope_of_router(
 
 /// The configuration of every proxy in `scope`.
 pub fn translate(model: &Model, scope: &Scope) -> pb::ProxyConfig {
+    // A gateway proxy bound to a Kubernetes Gateway also sees the Istio config it means.
+    let derived;
+    let model = match &scope.gateway {
+        Some(selected) if selected.iter().any(|g| g.contains('~')) => {
+            derived = gateway_api::with_derived(model);
+            derived.as_ref().unwrap_or(model)
+        }
+        _ => model,
+    };
     let view = visibility::View::new(model, scope);
     let virtual_services = routes::VirtualServices::visible(model, &view);
     let mut discovered = services::discover(model);

@@ -14,6 +14,8 @@
 //!   (`<collection>/<name>`): `GET`; `POST` create on the collection (409 AlreadyExists when it
 //!   exists); `PUT` replace (409 Conflict on a stale resourceVersion); `PATCH` with server-side
 //!   apply (`application/apply-patch+yaml`, see below); `DELETE`.
+//! - The status subresource (`…/<name>/status`): `GET`, and `PATCH` as a JSON merge patch
+//!   (`application/merge-patch+json`) of `status` only, without a generation bump.
 //! - `POST /apis/authentication.k8s.io/v1/tokenreviews` answers from the test's token table
 //!   (see [`FakeApi::set_tokens`]) as the real server would, audiences included.
 //! - `POST /apis/authorization.k8s.io/v1/selfsubjectaccessreviews` allows everything but what
@@ -430,6 +432,27 @@ async fn route(
         let code = StatusCode::from_u16(code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
         return (code, axum::Json(body)).into_response();
     }
+    // The status subresource of one object: `GET`, and `PATCH` as a JSON merge patch that
+    // changes only `status` (no generation bump, as the real server).
+    let status_target = path.strip_suffix("/status").and_then(|p| {
+        let server = state.lock().unwrap();
+        target(&server, p)
+    });
+    if let Some(Target { collection, namespace, name: Some(name) }) = status_target {
+        return match method {
+            Method::GET => get_one(&state, &collection, &namespace, &name),
+            Method::PATCH => {
+                let content_type = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok());
+                if content_type != Some("application/merge-patch+json") {
+                    let message =
+                        format!("the fake serves only merge patches of status, not {content_type:?}");
+                    return answer(415, "UnsupportedMediaType", &message);
+                }
+                patch_status(&state, &collection, &namespace, &name, &body)
+            }
+            method => answer(405, "MethodNotAllowed", &format!("{method} {path} is not served by the fake")),
+        };
+    }
     let Some(target) = target(&state.lock().unwrap(), path) else {
         let message = format!("the server could not find the requested resource ({path})");
         return answer(404, "NotFound", &message);
@@ -654,6 +677,54 @@ fn server_side_apply(
     server.store(collection, merged);
     let stored = server.collections[collection].objects.get(&id).cloned().unwrap_or_default();
     axum::Json(stored).into_response()
+}
+
+/// A JSON merge patch (RFC 7386) of an object's `status`; the rest of the patch is ignored.
+/// A patch that changes nothing keeps the resourceVersion.
+fn patch_status(
+    state: &Mutex<Server>,
+    collection: &str,
+    namespace: &str,
+    name: &str,
+    body: &[u8],
+) -> Response {
+    let Ok(patch) = serde_json::from_slice::<Value>(body) else {
+        return bad_request("not a JSON merge patch");
+    };
+    let mut server = state.lock().unwrap();
+    let id = (namespace.to_owned(), name.to_owned());
+    let Some(current) = server.collections[collection].objects.get(&id).cloned() else {
+        return not_found(&format!("{collection} {namespace}/{name}"));
+    };
+    let mut patched = current.clone();
+    merge_patch(&mut patched["status"], &patch["status"]);
+    if patched == current {
+        return axum::Json(current).into_response();
+    }
+    server.resource_version += 1;
+    patched["metadata"]["resourceVersion"] = json!(server.resource_version.to_string());
+    server.store(collection, patched.clone());
+    axum::Json(patched).into_response()
+}
+
+/// RFC 7386: objects merge key by key, `null` deletes, anything else replaces.
+fn merge_patch(into: &mut Value, patch: &Value) {
+    let Value::Object(patch) = patch else {
+        *into = patch.clone();
+        return;
+    };
+    if !into.is_object() {
+        *into = json!({});
+    }
+    if let Value::Object(map) = into {
+        for (key, value) in patch {
+            if value.is_null() {
+                map.remove(key);
+            } else {
+                merge_patch(map.entry(key.clone()).or_insert(Value::Null), value);
+            }
+        }
+    }
 }
 
 /// Merges `applied` into `into`: maps key by key, lists of named items by name, anything else

@@ -1,0 +1,133 @@
+use std::sync::Arc;
+
+use serde_json::json;
+use trellis_api::gateway_api::decode;
+use trellis_xds::config as pb;
+
+use super::super::test_support::*;
+use super::super::{ProxyIdentity, check_consistent, scope_of_router, translate};
+use super::*;
+use crate::model::KubeSecret;
+
+fn with_objects(mut model: Model, objects: &[serde_json::Value]) -> Model {
+    for o in objects {
+        let key = (
+            o["metadata"]["namespace"].as_str().unwrap_or("").to_owned(),
+            o["metadata"]["name"].as_str().unwrap_or("").to_owned(),
+        );
+        match o["kind"].as_str() {
+            Some("GatewayClass") => {
+                model.gateway_classes.insert(key, Arc::new(decode(o).unwrap()));
+            }
+            Some("Gateway") => {
+                model.k8s_gateways.insert(key, Arc::new(decode(o).unwrap()));
+            }
+            Some("HTTPRoute") => {
+                model.http_routes.insert(key, Arc::new(decode(o).unwrap()));
+            }
+            _ => panic!("{o}"),
+        }
+    }
+    model
+}
+
+fn base(class_controller: &str) -> Model {
+    let mut m = model("");
+    add_kube_service(&mut m, "shop", "web", "10.0.0.1", &[("http", 80, Some(8080))]);
+    let secret = KubeSecret {
+        namespace: "edge".into(),
+        name: "cert".into(),
+        data: [("tls.crt".to_owned(), "CHAIN".to_owned()), ("tls.key".to_owned(), "KEY".to_owned())].into(),
+    };
+    m.secrets.insert(("edge".into(), "cert".into()), Arc::new(secret));
+    with_objects(
+        m,
+        &[
+            json!({"kind": "GatewayClass", "metadata": {"name": "trellis"}, "spec": {"controllerName": class_controller}}),
+            json!({"kind": "Gateway", "metadata": {"name": "public", "namespace": "edge"},
+                "spec": {"gatewayClassName": "trellis", "listeners": [
+                    {"name": "http", "port": 80, "protocol": "HTTP", "allowedRoutes": {"namespaces": {"from": "All"}}},
+                    {"name": "https", "port": 443, "protocol": "HTTPS", "hostname": "*.example.com",
+                     "tls": {"certificateRefs": [{"name": "cert"}]}, "allowedRoutes": {"namespaces": {"from": "All"}}},
+                    {"name": "tcp", "port": 5432, "protocol": "TCP"}]}}),
+            json!({"kind": "HTTPRoute", "metadata": {"name": "web", "namespace": "shop"},
+                "spec": {"parentRefs": [{"name": "public", "namespace": "edge"}], "hostnames": ["web.example.com"],
+                    "rules": [{"matches": [{"path": {"type": "PathPrefix", "value": "/api"}}],
+                               "timeouts": {"request": "2s"},
+                               "backendRefs": [{"name": "web", "port": 80}]}]}}),
+        ],
+    )
+}
+
+fn gateway_config(m: &Model, labels: &[(&str, &str)]) -> pb::ProxyConfig {
+    let proxy = ProxyIdentity { namespace: "edge".into(), labels: labels_of(labels), ..Default::default() };
+    let config = translate(m, &scope_of_router(m, &proxy, &Default::default(), true));
+    check_consistent(&config).unwrap_or_else(|e| panic!("{e}"));
+    config
+}
+
+#[test]
+fn a_gateway_of_the_class_becomes_listeners_of_the_proxies_labelled_with_its_name() {
+    let m = base("trellis.io/gateway-controller");
+    let config = gateway_config(&m, &[(GATEWAY_NAME_LABEL, "public")]);
+    let ports: Vec<_> = config.gateway_listeners.iter().map(|l| (l.port, l.protocol())).collect();
+    assert_eq!(ports, [(80, pb::GatewayProtocol::GatewayHttp), (443, pb::GatewayProtocol::GatewayHttps)]);
+    let https = &config.gateway_listeners[1].servers[0];
+    assert_eq!(https.tls.as_ref().map(|t| t.certificate_chain.as_str()), Some("CHAIN"));
+    // The route's host on the HTTP listener and, intersected, on the HTTPS one.
+    let http_hosts: Vec<_> =
+        config.gateway_listeners[0].servers[0].routes.iter().map(|r| r.host.as_str()).collect();
+    assert_eq!(http_hosts, ["web.example.com"]);
+    let vh = config
+        .virtual_hosts
+        .iter()
+        .find(|v| v.name == crate::translate::gateway::virtual_host_name(80, "web.example.com"))
+        .unwrap();
+    assert_eq!(vh.routes.len(), 1);
+    assert_eq!(forwards(&vh.routes[0]), [("outbound|80||web.shop.svc.cluster.local", 0)]);
+    assert_eq!(vh.routes[0].timeout.as_ref().map(|t| t.seconds), Some(2));
+    assert_eq!(vh.routes[0].matches.len(), 2, "exact /api and prefix /api/");
+
+    // Another name, another namespace, or the istio class: as expected.
+    assert!(gateway_config(&m, &[(GATEWAY_NAME_LABEL, "private")]).gateway_listeners.is_empty());
+    let elsewhere = ProxyIdentity {
+        namespace: "other".into(),
+        labels: labels_of(&[(GATEWAY_NAME_LABEL, "public")]),
+        ..Default::default()
+    };
+    assert!(
+        translate(&m, &scope_of_router(&m, &elsewhere, &Default::default(), true))
+            .gateway_listeners
+            .is_empty()
+    );
+    let istio = base("istio.io/gateway-controller");
+    assert_eq!(gateway_config(&istio, &[(GATEWAY_NAME_LABEL, "public")]).gateway_listeners.len(), 2);
+    let foreign = base("example.com/other");
+    assert!(gateway_config(&foreign, &[(GATEWAY_NAME_LABEL, "public")]).gateway_listeners.is_empty());
+    assert!(analyze(&foreign).gateways.is_empty() && analyze(&foreign).routes.is_empty());
+}
+
+#[test]
+fn status_of_listeners_and_routes() {
+    let m = base("trellis.io/gateway-controller");
+    let a = analyze(&m);
+    assert_eq!(a.classes["trellis"].1[0].status, true);
+    let g = &a.gateways[&("edge".to_owned(), "public".to_owned())];
+    let counts: Vec<_> = g.listeners.iter().map(|l| (l.name.as_str(), l.attached_routes)).collect();
+    assert_eq!(counts, [("http", 1), ("https", 1), ("tcp", 0)]);
+    let tcp = &g.listeners[2].conditions[0];
+    assert_eq!((tcp.kind, tcp.status, tcp.reason), ("Accepted", false, "UnsupportedProtocol"));
+    assert_eq!(g.conditions[0].reason, "ListenersNotValid");
+    assert_eq!(g.conditions[1].reason, "Pending", "no proxy pod labelled with its name");
+    let r = &a.routes[&("shop".to_owned(), "web".to_owned())];
+    let conditions: Vec<_> = r.parents[0].conditions.iter().map(|c| (c.kind, c.status)).collect();
+    assert_eq!(conditions, [("Accepted", true), ("ResolvedRefs", true)]);
+
+    // Without the Secret the HTTPS listener is not programmed; the HTTP one still is.
+    let mut m = m;
+    m.secrets.clear();
+    let a = analyze(&m);
+    let https = &a.gateways[&("edge".to_owned(), "public".to_owned())].listeners[1];
+    assert_eq!((https.conditions[1].status, https.conditions[1].reason), (false, "InvalidCertificateRef"));
+    assert_eq!(a.istio_gateways.len(), 1);
+}

@@ -1,0 +1,509 @@
+//! The Kubernetes Gateway API end to end, on loopback: trellisd's Kubernetes source and its
+//! status writer (kube-rs against the stand-in API server), its xDS server, a gateway proxy
+//! (`--role gateway`) labelled `gateway.networking.k8s.io/gateway-name`, two plain HTTP
+//! backends behind Services, and a real HTTP client.
+//!
+//! What is covered, by the Gateway API conformance test it corresponds to (the conformance
+//! suite itself is not run: it needs a real cluster):
+//! - GatewayClassObservedGenerationBump, GatewayObservedGenerationBump: status conditions carry
+//!   the object's generation and follow a spec change.
+//! - GatewayWithAttachedRoutes: a listener's `attachedRoutes` counts its routes.
+//! - GatewayInvalidTLSConfiguration (missing Secret): the HTTPS listener's ResolvedRefs False /
+//!   InvalidCertificateRef, the HTTP listener keeps working.
+//! - HTTPRouteSimpleSameNamespace / HTTPRouteCrossNamespace (allowedRoutes All): a route from
+//!   another namespace through the Gateway, Accepted and ResolvedRefs True.
+//! - HTTPRouteHostnameIntersection (part): routing by host.
+//! - HTTPRouteMatching, HTTPRouteExactPathMatching, HTTPRouteHeaderMatching,
+//!   HTTPRouteQueryParamMatching, HTTPRouteMethodMatching (one case each).
+//! - HTTPRouteWeight: a 3:1 split between two Services.
+//! - HTTPRouteRequestHeaderModifier, HTTPRouteRedirectScheme/HostAndStatus (one case each).
+//! - HTTPRouteInvalidNonExistentBackendRef: ResolvedRefs False / BackendNotFound and 500 for its
+//!   requests, while the other route keeps working.
+//! - HTTPRouteInvalidBackendRefUnknownKind: ResolvedRefs False / InvalidKind.
+//! - HTTPRouteInvalidCrossNamespaceBackendRef: RefNotPermitted without a ReferenceGrant,
+//!   ResolvedRefs True once one exists (HTTPRouteReferenceGrant).
+//! - HTTPRouteInvalidParentRefNotMatchingSectionName / a parentRef to a Gateway that does not
+//!   exist: Accepted False / NoMatchingParent.
+
+mod ca_support;
+mod fake_api;
+
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+
+use ca_support::{DEADLINE, eventually};
+use fake_api::FakeApi;
+use serde_json::{Value, json};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::sync::watch;
+use tokio_stream::wrappers::TcpListenerStream;
+use trellis_control_plane::model::ModelHandle;
+use trellis_control_plane::sources::kube::{SourceStatus, run};
+use trellis_control_plane::xds::generation::{Generation, MAX_DELAY, QUIET, debounce};
+use trellis_control_plane::xds::grpc::AdsService;
+use trellis_control_plane::xds::metrics::XdsMetrics;
+use trellis_control_plane::xds::server::{Registry, XdsServer};
+use trellis_identity::ca::{CaMaterial, CertificateAuthority};
+use trellis_proxy::metrics::{Metrics, Workload};
+use trellis_xds::types::ProxyNode;
+
+const SERVICES: &str = "/api/v1/services";
+const SLICES: &str = "/apis/discovery.k8s.io/v1/endpointslices";
+const PODS: &str = "/api/v1/pods";
+const SECRETS: &str = "/api/v1/secrets";
+const DESTINATION_RULES: &str = "/apis/networking.istio.io/v1/destinationrules";
+const CLASSES: &str = "/apis/gateway.networking.k8s.io/v1/gatewayclasses";
+const GATEWAYS: &str = "/apis/gateway.networking.k8s.io/v1/gateways";
+const ROUTES: &str = "/apis/gateway.networking.k8s.io/v1/httproutes";
+const GRANTS: &str = "/apis/gateway.networking.k8s.io/v1beta1/referencegrants";
+const V1: &str = "gateway.networking.k8s.io/v1";
+
+const GATEWAY_IP: &str = "127.0.0.50";
+const V1_IP: &str = "127.0.0.51";
+const V2_IP: &str = "127.0.0.52";
+
+struct Mesh {
+    api: FakeApi,
+    http_port: u16,
+    _gateway: trellis_proxy::Running,
+}
+
+fn free_port(ip: &str) -> u16 {
+    std::net::TcpListener::bind((ip, 0)).unwrap().local_addr().unwrap().port()
+}
+
+fn mesh_identity(ca: &CertificateAuthority, id: &str) -> Option<trellis_proxy::Identity> {
+    let spiffe = trellis_identity::SpiffeId::parse(id).unwrap();
+    let (key, csr) = trellis_identity::client::new_key_and_csr(&spiffe).unwrap();
+    let chain = ca.sign_workload(&csr, &spiffe, 3600).unwrap();
+    let tls = trellis_identity::tls::MeshTls::new("cluster.local");
+    tls.install(trellis_identity::cert::WorkloadCertificate::from_chain(chain, key).unwrap()).unwrap();
+    Some(trellis_proxy::Identity { tls, renewal: None })
+}
+
+/// A backend answering `<name> <method> <path> added=<x-added header>`.
+async fn start_backend(ip: &str, name: &'static str) -> u16 {
+    let listener = tokio::net::TcpListener::bind((ip, 0)).await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let app = axum::Router::new().fallback(move |request: axum::extract::Request| async move {
+        let added = request.headers().get("x-added").and_then(|v| v.to_str().ok()).unwrap_or("-").to_owned();
+        format!("{name} {} {} added={added}", request.method(), request.uri().path())
+    });
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    port
+}
+
+/// trellisd's Kubernetes source, status writer and xDS server in this process; its URL.
+async fn start_control_plane(api: &FakeApi) -> String {
+    let client = kube::Client::try_from(kube::Config::new(api.url.parse().unwrap())).unwrap();
+    let model = ModelHandle::default();
+    let status = SourceStatus::new();
+    tokio::spawn(run(client.clone(), model.clone(), status.clone()));
+    tokio::time::timeout(DEADLINE, status.wait_synced()).await.expect("the source lists every kind");
+    tokio::spawn(trellis_control_plane::gateway_status::run(client, model.clone()));
+    let (publish, generations) = watch::channel(Arc::new(Generation::first(model.snapshot())));
+    tokio::spawn(debounce(model, publish, QUIET, MAX_DELAY));
+    let mut registry = prometheus_client::registry::Registry::default();
+    let server =
+        XdsServer::new(generations, Arc::new(Registry::default()), Arc::new(XdsMetrics::new(&mut registry)))
+            .trusting_callers_with_credentials();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(
+        tonic::transport::Server::builder()
+            .add_service(AdsService::new(server, 16 << 20))
+            .serve_with_incoming(TcpListenerStream::new(listener)),
+    );
+    format!("http://{addr}")
+}
+
+impl Mesh {
+    async fn start() -> Mesh {
+        let mut collections = fake_api::WATCHED.to_vec();
+        collections.extend([
+            (SECRETS, "v1", "Secret"),
+            (CLASSES, V1, "GatewayClass"),
+            (GATEWAYS, V1, "Gateway"),
+            (ROUTES, V1, "HTTPRoute"),
+            (GRANTS, "gateway.networking.k8s.io/v1beta1", "ReferenceGrant"),
+        ]);
+        let api = FakeApi::start(&collections).await;
+        let xds = start_control_plane(&api).await;
+        let mesh_ca =
+            CertificateAuthority::new(&CaMaterial::generate_root("cluster.local").unwrap()).unwrap();
+
+        // Two plain HTTP backends (not in the mesh: TLS disabled towards them), in `shop`, and a
+        // third Service in `other` for cross-namespace references.
+        for (name, namespace, ip) in
+            [("web-v1", "shop", V1_IP), ("web-v2", "shop", V2_IP), ("elsewhere", "other", V1_IP)]
+        {
+            let port = start_backend(ip, if name == "web-v2" { "v2" } else { "v1" }).await;
+            api.apply(SERVICES, json!({"apiVersion": "v1", "kind": "Service",
+                "metadata": {"name": name, "namespace": namespace},
+                "spec": {"clusterIP": "10.96.0.9", "ports": [{"name": "http", "port": 80, "targetPort": port, "appProtocol": "http"}]}}));
+            api.apply(SLICES, json!({"apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
+                "metadata": {"name": format!("{name}-1"), "namespace": namespace, "labels": {"kubernetes.io/service-name": name}},
+                "addressType": "IPv4", "ports": [{"name": "http", "port": port}],
+                "endpoints": [{"addresses": [ip]}]}));
+            api.apply(DESTINATION_RULES, json!({"apiVersion": "networking.istio.io/v1", "kind": "DestinationRule",
+                "metadata": {"name": name, "namespace": namespace},
+                "spec": {"host": format!("{name}.{namespace}.svc.cluster.local"), "trafficPolicy": {"tls": {"mode": "DISABLE"}}}}));
+        }
+        // The gateway proxy's pod, as the status writer sees it (Programmed).
+        api.apply(
+            PODS,
+            json!({"apiVersion": "v1", "kind": "Pod",
+            "metadata": {"name": "public-gw-1", "namespace": "edge",
+                "labels": {"gateway.networking.k8s.io/gateway-name": "public"}},
+            "spec": {"serviceAccountName": "public", "containers": []},
+            "status": {"podIP": GATEWAY_IP, "podIPs": [{"ip": GATEWAY_IP}]}}),
+        );
+
+        let local = SocketAddr::new(GATEWAY_IP.parse().unwrap(), 0);
+        let node = ProxyNode {
+            id: format!("router~{GATEWAY_IP}~public-gw-1.edge~edge.svc.cluster.local"),
+            namespace: "edge".into(),
+            workload: "public-gw".into(),
+            labels: [("gateway.networking.k8s.io/gateway-name".to_owned(), "public".to_owned())].into(),
+            ..Default::default()
+        };
+        let gateway = trellis_proxy::start(
+            trellis_proxy::Options {
+                outbound: vec![],
+                inbound: vec![],
+                admin: vec![local],
+                readiness: vec![],
+                stats: vec![],
+                config_file: None,
+                xds: Some(trellis_proxy::xds::XdsOptions { address: xds, node, secure: None }),
+                explicit_inbound: false,
+                identity: mesh_identity(&mesh_ca, "spiffe://cluster.local/ns/edge/sa/public"),
+            },
+            Metrics::new(Workload { name: "public-gw".into(), namespace: "edge".into() }),
+            None,
+        )
+        .unwrap();
+        trellis_proxy::gateway::listener::start(&gateway.proxy, &[GATEWAY_IP.parse::<IpAddr>().unwrap()]);
+        let http_port = free_port(GATEWAY_IP);
+
+        api.apply(
+            CLASSES,
+            json!({"apiVersion": V1, "kind": "GatewayClass",
+            "metadata": {"name": "trellis", "generation": 1},
+            "spec": {"controllerName": "trellis.io/gateway-controller"}}),
+        );
+        // Another controller's class: Trellis leaves it alone.
+        api.apply(
+            CLASSES,
+            json!({"apiVersion": V1, "kind": "GatewayClass",
+            "metadata": {"name": "someone-else", "generation": 1},
+            "spec": {"controllerName": "example.com/gateway"}}),
+        );
+        api.apply(GATEWAYS, json!({"apiVersion": V1, "kind": "Gateway",
+            "metadata": {"name": "public", "namespace": "edge", "generation": 1},
+            "spec": {"gatewayClassName": "trellis", "listeners": [
+                {"name": "http", "port": http_port, "protocol": "HTTP", "allowedRoutes": {"namespaces": {"from": "All"}}},
+                {"name": "https", "port": free_port(GATEWAY_IP), "protocol": "HTTPS", "hostname": "secure.example.com",
+                 "tls": {"mode": "Terminate", "certificateRefs": [{"kind": "Secret", "name": "missing-cert"}]},
+                 "allowedRoutes": {"namespaces": {"from": "All"}}}]}}));
+        Mesh { api, http_port, _gateway: gateway }
+    }
+
+    fn route(&self, name: &str, spec: Value) {
+        self.api.apply(
+            ROUTES,
+            json!({"apiVersion": V1, "kind": "HTTPRoute",
+            "metadata": {"name": name, "namespace": "shop", "generation": 1,
+                "creationTimestamp": "2025-01-01T00:00:00Z"},
+            "spec": spec}),
+        );
+    }
+
+    fn status(&self, path: &str, namespace: &str, name: &str) -> Value {
+        self.api.get(path, namespace, name).map(|o| o["status"].clone()).unwrap_or(Value::Null)
+    }
+
+    /// Waits until the status of an object satisfies `check`; the status.
+    async fn status_until(
+        &self,
+        path: &str,
+        namespace: &str,
+        name: &str,
+        what: &str,
+        check: impl Fn(&Value) -> bool,
+    ) -> Value {
+        eventually(what, async || check(&self.status(path, namespace, name))).await;
+        self.status(path, namespace, name)
+    }
+}
+
+/// The condition of `kind` in a `conditions` list: (status, reason, observedGeneration).
+fn condition(conditions: &Value, kind: &str) -> Option<(String, String, i64)> {
+    let c = conditions.as_array()?.iter().find(|c| c["type"] == kind)?;
+    Some((
+        c["status"].as_str()?.to_owned(),
+        c["reason"].as_str()?.to_owned(),
+        c["observedGeneration"].as_i64()?,
+    ))
+}
+
+fn is(conditions: &Value, kind: &str, status: &str, reason: &str) -> bool {
+    condition(conditions, kind).is_some_and(|(s, r, _)| s == status && r == reason)
+}
+
+/// The (only) parent status of a route for the Gateway `name`.
+fn parent<'a>(status: &'a Value, name: &str) -> &'a Value {
+    static NULL: Value = Value::Null;
+    status["parents"]
+        .as_array()
+        .and_then(|ps| ps.iter().find(|p| p["parentRef"]["name"] == name))
+        .map_or(&NULL, |p| &p["conditions"])
+}
+
+/// One HTTP/1.1 request through the gateway: status code and body.
+async fn request(
+    port: u16,
+    method: &str,
+    host: &str,
+    path: &str,
+    headers: &str,
+) -> Result<(u16, String), String> {
+    let mut tcp =
+        tokio::net::TcpStream::connect((GATEWAY_IP, port)).await.map_err(|e| format!("connect: {e}"))?;
+    let text = format!("{method} {path} HTTP/1.1\r\nHost: {host}\r\n{headers}Connection: close\r\n\r\n");
+    tcp.write_all(text.as_bytes()).await.map_err(|e| format!("write: {e}"))?;
+    let mut response = Vec::new();
+    tokio::time::timeout(DEADLINE, tcp.read_to_end(&mut response))
+        .await
+        .map_err(|_| "no answer".to_owned())?
+        .map_err(|e| format!("read: {e}"))?;
+    let text = String::from_utf8_lossy(&response).into_owned();
+    let code = text.get(9..12).and_then(|c| c.parse().ok()).ok_or_else(|| format!("not HTTP: {text:?}"))?;
+    Ok((code, text))
+}
+
+/// Waits until a request answers `code` with a body containing `body`; the response.
+async fn until(
+    port: u16,
+    method: &str,
+    host: &str,
+    path: &str,
+    headers: &str,
+    code: u16,
+    body: &str,
+) -> String {
+    let start = tokio::time::Instant::now();
+    loop {
+        let last = match request(port, method, host, path, headers).await {
+            Ok((c, text)) if c == code && text.contains(body) => return text,
+            Ok((c, text)) => format!("{c}: {text}"),
+            Err(e) => e,
+        };
+        assert!(start.elapsed() < DEADLINE, "{method} {host}{path}: not {code} with {body:?}; last: {last}");
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gateway_api_status_and_routing_through_the_gateway_proxy() {
+    let mesh = Mesh::start().await;
+    mesh.route("shop", json!({
+        "parentRefs": [{"name": "public", "namespace": "edge", "sectionName": "http"}],
+        "hostnames": ["shop.example.com"],
+        "rules": [
+            {"matches": [{"path": {"type": "PathPrefix", "value": "/split"}}],
+             "backendRefs": [{"name": "web-v1", "port": 80, "weight": 3}, {"name": "web-v2", "port": 80, "weight": 1}]},
+            {"matches": [{"path": {"type": "Exact", "value": "/exact"}}],
+             "filters": [{"type": "RequestHeaderModifier", "requestHeaderModifier": {"set": [{"name": "x-added", "value": "yes"}]}}],
+             "backendRefs": [{"name": "web-v2", "port": 80}]},
+            {"matches": [{"path": {"type": "PathPrefix", "value": "/match"},
+                          "headers": [{"name": "x-version", "value": "2"}], "method": "POST",
+                          "queryParams": [{"name": "q", "value": "1"}]}],
+             "backendRefs": [{"name": "web-v2", "port": 80}]},
+            {"matches": [{"path": {"type": "PathPrefix", "value": "/old"}}],
+             "filters": [{"type": "RequestRedirect", "requestRedirect": {"hostname": "new.example.com", "statusCode": 301}}]},
+            {"backendRefs": [{"name": "web-v1", "port": 80}]}
+        ]}));
+
+    // Status: the class, the Gateway and its listeners, the route's parent.
+    let class = mesh
+        .status_until(CLASSES, "", "trellis", "GatewayClass accepted", |s| {
+            is(&s["conditions"], "Accepted", "True", "Accepted")
+        })
+        .await;
+    assert_eq!(condition(&class["conditions"], "Accepted").unwrap().2, 1);
+    let gateway = mesh
+        .status_until(GATEWAYS, "edge", "public", "Gateway status with one attached route", |s| {
+            s["listeners"][0]["attachedRoutes"] == 1
+        })
+        .await;
+    assert!(is(&gateway["conditions"], "Programmed", "True", "Programmed"), "{gateway:#}");
+    assert!(is(&gateway["conditions"], "Accepted", "False", "ListenersNotValid"), "{gateway:#}");
+    let http = &gateway["listeners"][0];
+    assert_eq!(http["name"], "http");
+    assert!(
+        is(&http["conditions"], "Accepted", "True", "Accepted")
+            && is(&http["conditions"], "ResolvedRefs", "True", "ResolvedRefs")
+    );
+    let https = &gateway["listeners"][1];
+    assert!(is(&https["conditions"], "ResolvedRefs", "False", "InvalidCertificateRef"), "{https:#}");
+    assert_eq!(https["attachedRoutes"], 0);
+    let route = mesh
+        .status_until(ROUTES, "shop", "shop", "route accepted", |s| {
+            is(parent(s, "public"), "Accepted", "True", "Accepted")
+        })
+        .await;
+    assert!(is(parent(&route, "public"), "ResolvedRefs", "True", "ResolvedRefs"), "{route:#}");
+    assert_eq!(route["parents"][0]["controllerName"], "trellis.io/gateway-controller");
+    assert!(mesh.status(CLASSES, "", "someone-else").is_null(), "another controller's class is left alone");
+
+    // Routing: by host and path, matches, filters, a redirect.
+    let port = mesh.http_port;
+    until(port, "GET", "shop.example.com", "/anything", "", 200, "v1 GET /anything").await;
+    until(port, "GET", "shop.example.com", "/exact", "", 200, "v2 GET /exact added=yes").await;
+    // `/exact/more` is not the exact path: the catch-all rule.
+    until(port, "GET", "shop.example.com", "/exact/more", "", 200, "v1 GET /exact/more").await;
+    until(
+        port,
+        "POST",
+        "shop.example.com",
+        "/match?q=1",
+        "x-version: 2\r\ncontent-length: 0\r\n",
+        200,
+        "v2 POST /match",
+    )
+    .await;
+    until(port, "GET", "shop.example.com", "/match?q=1", "x-version: 2\r\n", 200, "v1 GET /match").await;
+    // A path prefix matches whole elements: `/splitting` is not under `/split`.
+    until(port, "GET", "shop.example.com", "/splitting", "", 200, "v1 GET /splitting").await;
+    let redirect = until(port, "GET", "shop.example.com", "/old/page", "", 301, "").await;
+    assert!(
+        redirect.to_ascii_lowercase().contains("location: http://new.example.com/old/page"),
+        "{redirect}"
+    );
+    // Another host has no route.
+    let (code, _) = request(port, "GET", "other.example.com", "/", "").await.unwrap();
+    assert_eq!(code, 404);
+
+    // The 3:1 weight split: both backends answer, v1 more often.
+    until(port, "GET", "shop.example.com", "/split/x", "", 200, "GET /split/x").await;
+    let (mut v1, mut v2) = (0, 0);
+    for _ in 0..200 {
+        let (code, text) = request(port, "GET", "shop.example.com", "/split/x", "").await.unwrap();
+        assert_eq!(code, 200, "{text}");
+        if text.contains("v1 GET") { v1 += 1 } else { v2 += 1 }
+    }
+    assert!(v2 > 0 && v1 > v2, "3:1 split gave v1={v1} v2={v2}");
+
+    // A spec change bumps the generation; the conditions follow it.
+    assert!(mesh.api.update(GATEWAYS, "edge", "public", |g| {
+        g["metadata"]["generation"] = json!(2);
+        g["spec"]["listeners"][1]["hostname"] = json!("tls.example.com");
+    }));
+    mesh.status_until(GATEWAYS, "edge", "public", "Gateway conditions at generation 2", |s| {
+        condition(&s["conditions"], "Accepted").is_some_and(|c| c.2 == 2)
+    })
+    .await;
+    assert!(mesh.api.update(CLASSES, "", "trellis", |c| {
+        c["metadata"]["generation"] = json!(2);
+        c["metadata"]["labels"] = json!({"touched": "yes"});
+    }));
+    mesh.status_until(CLASSES, "", "trellis", "GatewayClass conditions at generation 2", |s| {
+        condition(&s["conditions"], "Accepted").is_some_and(|c| c.2 == 2)
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_references_are_reported_in_status_and_do_not_stop_the_other_routes() {
+    let mesh = Mesh::start().await;
+    let parent_ref = json!([{"name": "public", "namespace": "edge"}]);
+    mesh.route(
+        "good",
+        json!({"parentRefs": parent_ref, "hostnames": ["good.example.com"],
+        "rules": [{"backendRefs": [{"name": "web-v1", "port": 80}]}]}),
+    );
+    mesh.route(
+        "missing",
+        json!({"parentRefs": parent_ref, "hostnames": ["missing.example.com"],
+        "rules": [{"backendRefs": [{"name": "no-such-service", "port": 80}]}]}),
+    );
+    mesh.route(
+        "unknown-kind",
+        json!({"parentRefs": parent_ref, "hostnames": ["kind.example.com"],
+        "rules": [{"backendRefs": [{"group": "example.com", "kind": "Bucket", "name": "web-v1"}]}]}),
+    );
+    mesh.route(
+        "cross",
+        json!({"parentRefs": parent_ref, "hostnames": ["cross.example.com"],
+        "rules": [{"backendRefs": [{"name": "elsewhere", "namespace": "other", "port": 80}]}]}),
+    );
+    mesh.route(
+        "orphan",
+        json!({"parentRefs": [{"name": "no-such-gateway", "namespace": "edge"}],
+        "rules": [{"backendRefs": [{"name": "web-v1", "port": 80}]}]}),
+    );
+    mesh.route(
+        "wrong-section",
+        json!({"parentRefs": [{"name": "public", "namespace": "edge", "sectionName": "nope"}],
+        "rules": [{"backendRefs": [{"name": "web-v1", "port": 80}]}]}),
+    );
+
+    for (name, reason) in
+        [("missing", "BackendNotFound"), ("unknown-kind", "InvalidKind"), ("cross", "RefNotPermitted")]
+    {
+        let status = mesh
+            .status_until(ROUTES, "shop", name, &format!("{name}: ResolvedRefs False/{reason}"), |s| {
+                is(parent(s, "public"), "ResolvedRefs", "False", reason)
+            })
+            .await;
+        assert!(is(parent(&status, "public"), "Accepted", "True", "Accepted"), "{name}: {status:#}");
+    }
+    mesh.status_until(ROUTES, "shop", "orphan", "orphan: NoMatchingParent", |s| {
+        is(parent(s, "no-such-gateway"), "Accepted", "False", "NoMatchingParent")
+    })
+    .await;
+    mesh.status_until(ROUTES, "shop", "wrong-section", "wrong section: NoMatchingParent", |s| {
+        is(parent(s, "public"), "Accepted", "False", "NoMatchingParent")
+    })
+    .await;
+    let gateway = mesh
+        .status_until(GATEWAYS, "edge", "public", "four routes attached", |s| {
+            s["listeners"][0]["attachedRoutes"] == 4
+        })
+        .await;
+    assert_eq!(gateway["listeners"][1]["attachedRoutes"], 0, "the invalid HTTPS listener takes none");
+
+    let port = mesh.http_port;
+    until(port, "GET", "good.example.com", "/", "", 200, "v1 GET /").await;
+    until(port, "GET", "missing.example.com", "/", "", 500, "").await;
+    until(port, "GET", "kind.example.com", "/", "", 500, "").await;
+    until(port, "GET", "cross.example.com", "/", "", 500, "").await;
+    until(port, "GET", "good.example.com", "/still", "", 200, "v1 GET /still").await;
+
+    // A ReferenceGrant in the Service's namespace permits the cross-namespace backend.
+    mesh.api.apply(
+        GRANTS,
+        json!({"apiVersion": "gateway.networking.k8s.io/v1beta1", "kind": "ReferenceGrant",
+        "metadata": {"name": "from-shop", "namespace": "other"},
+        "spec": {"from": [{"group": "gateway.networking.k8s.io", "kind": "HTTPRoute", "namespace": "shop"}],
+                 "to": [{"group": "", "kind": "Service"}]}}),
+    );
+    mesh.status_until(ROUTES, "shop", "cross", "cross: ResolvedRefs True", |s| {
+        is(parent(s, "public"), "ResolvedRefs", "True", "ResolvedRefs")
+    })
+    .await;
+    until(port, "GET", "cross.example.com", "/", "", 200, "v1 GET /").await;
+
+    // The Service appears: the route resolves and routes.
+    mesh.api.apply(
+        SERVICES,
+        json!({"apiVersion": "v1", "kind": "Service",
+        "metadata": {"name": "no-such-service", "namespace": "shop"},
+        "spec": {"clusterIP": "10.96.0.10", "ports": [{"name": "http", "port": 80}]}}),
+    );
+    mesh.status_until(ROUTES, "shop", "missing", "missing: ResolvedRefs True", |s| {
+        is(parent(s, "public"), "ResolvedRefs", "True", "ResolvedRefs")
+    })
+    .await;
+}
