@@ -111,7 +111,7 @@ fn a_gateway_of_the_class_becomes_listeners_of_the_proxies_labelled_with_its_nam
 fn status_of_listeners_and_routes() {
     let m = base("trellis.io/gateway-controller");
     let a = analyze(&m);
-    assert_eq!(a.classes["trellis"].1[0].status, true);
+    assert!(a.classes["trellis"].1[0].status);
     let g = &a.gateways[&("edge".to_owned(), "public".to_owned())];
     let counts: Vec<_> = g.listeners.iter().map(|l| (l.name.as_str(), l.attached_routes)).collect();
     assert_eq!(counts, [("http", 1), ("https", 1), ("tcp", 0)]);
