@@ -90,6 +90,14 @@ pub fn check_text(text: &str, unknown: UnknownFields) -> Checked {
         checked.documents += 1;
         check_document(loaded, unknown, &mut checked);
     }
+    // Gateway API documents load as another project's kinds (passed over); read them here.
+    if text.len() <= crate::load::MAX_INPUT_BYTES && text.contains(crate::gateway_api::GROUP) {
+        for doc in crate::load::split_documents(text) {
+            if doc.text.contains(crate::gateway_api::GROUP) {
+                checked.problems.extend(crate::gateway_api::check_document(doc.index, doc.first_line, doc.text));
+            }
+        }
+    }
     checked
 }
 

@@ -340,10 +340,129 @@ pub fn parse_duration_ms(text: &str) -> Result<u64, String> {
     Ok(total)
 }
 
+/// What `trellis validate` says of one Gateway API document (`text`, the `index`th of its
+/// file): a field of the wrong type is an error, as trellisd would drop the object; fields and
+/// kinds Trellis reads but does not enforce are warnings. Other documents: nothing.
+pub fn check_document(index: usize, first_line: usize, text: &str) -> Vec<crate::check::Problem> {
+    use crate::validate::Severity;
+    let Ok(value) = serde_saphyr::from_str::<Value>(text) else { return Vec::new() };
+    let api_version = value.get("apiVersion").and_then(Value::as_str).unwrap_or_default();
+    if !api_version.starts_with(&format!("{GROUP}/")) {
+        return Vec::new();
+    }
+    let kind = value.get("kind").and_then(Value::as_str).unwrap_or_default();
+    let meta = value.get("metadata");
+    let text_of = |v: Option<&Value>| v.and_then(Value::as_str).map(str::to_owned);
+    let id = crate::resource::ResourceId {
+        kind: kind.to_owned(),
+        namespace: text_of(meta.and_then(|m| m.get("namespace"))),
+        name: text_of(meta.and_then(|m| m.get("name"))).unwrap_or_default(),
+    };
+    let problem = |severity, field: String, message: String| crate::check::Problem {
+        doc: index,
+        item: None,
+        line: Some(first_line as u64),
+        column: None,
+        resource: Some(id.clone()),
+        severity,
+        field,
+        message,
+    };
+    let mut out = Vec::new();
+    let mut warn =
+        |field: String, message: &str| out.push(problem(Severity::Warning, field, message.to_owned()));
+    let decoded = match kind {
+        "GatewayClass" => decode::<GatewayClassSpec>(&value).map(|_| ()),
+        "ReferenceGrant" => decode::<ReferenceGrantSpec>(&value).map(|_| ()),
+        "Gateway" => decode::<GatewaySpec>(&value).map(|g| {
+            if !g.spec.addresses.is_empty() {
+                warn(
+                    "spec.addresses".into(),
+                    "not enforced by Trellis (the gateway proxy's Service gives the addresses); ignored",
+                );
+            }
+            for (i, l) in g.spec.listeners.iter().enumerate() {
+                if !matches!(l.protocol.as_str(), "HTTP" | "HTTPS") {
+                    warn(
+                        format!("spec.listeners[{i}].protocol"),
+                        "only HTTP and HTTPS listeners are served by Trellis; this one is not",
+                    );
+                }
+                if l.tls.as_ref().is_some_and(|t| t.mode.as_deref().is_some_and(|m| m != "Terminate")) {
+                    warn(
+                        format!("spec.listeners[{i}].tls.mode"),
+                        "only Terminate is implemented by Trellis; the listener is not served",
+                    );
+                }
+                if l.tls.as_ref().is_some_and(|t| t.certificate_refs.len() > 1) {
+                    warn(
+                        format!("spec.listeners[{i}].tls.certificateRefs"),
+                        "only the first certificate is used by Trellis",
+                    );
+                }
+                if l.tls.as_ref().is_some_and(|t| !t.options.is_empty()) {
+                    warn(format!("spec.listeners[{i}].tls.options"), "not enforced by Trellis; ignored");
+                }
+                let selector = l
+                    .allowed_routes
+                    .as_ref()
+                    .and_then(|a| a.namespaces.as_ref())
+                    .and_then(|n| n.selector.as_ref());
+                if selector.is_some_and(|s| s.get("matchExpressions").is_some()) {
+                    warn(
+                        format!("spec.listeners[{i}].allowedRoutes.namespaces.selector.matchExpressions"),
+                        "not implemented by Trellis: the selector selects no namespace",
+                    );
+                }
+            }
+        }),
+        "HTTPRoute" => decode::<HttpRouteSpec>(&value).map(|r| {
+            for (field, why) in not_enforced(&r.spec) {
+                warn(field, why);
+            }
+            for (i, p) in r.spec.parent_refs.iter().enumerate() {
+                if p.kind.as_deref() == Some("Service") {
+                    warn(
+                        format!("spec.parentRefs[{i}]"),
+                        "HTTPRoutes attached to Services (GAMMA) are not implemented by Trellis; ignored",
+                    );
+                }
+            }
+        }),
+        _ => {
+            warn("kind".into(), "Trellis does not read this Gateway API kind: accepted but it has no effect");
+            Ok(())
+        }
+    };
+    if let Err(e) = decoded {
+        let (field, message) =
+            e.split_once(": ").map_or((String::new(), e.clone()), |(f, m)| (f.to_owned(), m.to_owned()));
+        out.push(problem(Severity::Error, field, message));
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use serde_json::json;
+
+    #[test]
+    fn validate_warns_for_what_is_not_enforced_and_refuses_what_does_not_decode() {
+        let route = "apiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\nmetadata: {name: r}\nspec:\n  rules: [{filters: [{type: RequestMirror}], backendRefs: [{name: web, port: 80}]}]\n";
+        let problems = check_document(1, 1, route);
+        assert_eq!(problems.len(), 1, "{problems:?}");
+        assert_eq!(problems[0].field, "spec.rules[0].filters[0]");
+        assert_eq!(problems[0].severity, crate::validate::Severity::Warning);
+        let bad = "apiVersion: gateway.networking.k8s.io/v1\nkind: Gateway\nmetadata: {name: g}\nspec: {listeners: [{name: a, port: eighty, protocol: HTTP}]}\n";
+        let problems = check_document(1, 1, bad);
+        assert_eq!(problems[0].severity, crate::validate::Severity::Error);
+        assert!(problems[0].field.contains("listeners[0].port"), "{problems:?}");
+        let tcp = "apiVersion: gateway.networking.k8s.io/v1alpha2\nkind: TCPRoute\nmetadata: {name: t}\n";
+        assert_eq!(check_document(1, 1, tcp)[0].field, "kind");
+        assert!(check_document(1, 1, "apiVersion: v1\nkind: Service\n").is_empty());
+        assert!(check_document(1, 1, ": not yaml [").is_empty());
+    }
 
     #[test]
     fn decodes_what_it_reads_and_ignores_the_rest() {
