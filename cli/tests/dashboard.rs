@@ -969,3 +969,133 @@ mod devtools {
         Ok(answer["result"].clone())
     }
 }
+
+// ---------------------------------------------------------------------------------------------
+// The demo's mesh.
+
+/// `trellis demo --keep` (as root: network namespaces, real proxies, real traffic) serves the
+/// dashboard: the graph has the demo's services and calls over mutual TLS, the canary's split
+/// moves when the demo edits it halfway, and the page draws it.
+#[test]
+fn the_demo_serves_its_mesh_on_the_dashboard() {
+    use std::sync::mpsc;
+    if !nix::unistd::geteuid().is_root() {
+        assert!(
+            std::env::var("TRELLIS_PRIVILEGED_TESTS").as_deref() != Ok("require"),
+            "TRELLIS_PRIVILEGED_TESTS=require but this test needs root"
+        );
+        eprintln!("SKIPPED (needs root): the_demo_serves_its_mesh_on_the_dashboard");
+        return;
+    }
+    let mut child = Command::new(env!("CARGO_BIN_EXE_trellis"))
+        .args(["demo", "--keep", "--duration", "16", "-o", "json"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start the demo");
+    let stderr = child.stderr.take().expect("stderr");
+    struct Stopped(Child);
+    impl Drop for Stopped {
+        fn drop(&mut self) {
+            let pid = nix::unistd::Pid::from_raw(self.0.id() as i32);
+            let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGINT);
+            let _ = self.0.wait();
+        }
+    }
+    let demo = Stopped(child);
+    let (lines, said) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            let _ = lines.send(line);
+        }
+    });
+    let deadline = Instant::now() + Duration::from_secs(90);
+    let url = loop {
+        let line = said
+            .recv_timeout(deadline.saturating_duration_since(Instant::now()))
+            .expect("the demo's dashboard line");
+        if let Some(at) = line.find("the dashboard (graph, services, proxy sync) is on http://") {
+            break line[at..].split_whitespace().last().expect("url").trim_end_matches('/').to_owned();
+        }
+        assert!(!line.contains("no dashboard"), "{line}");
+    };
+    let dash = Polled { url: url.clone(), denied: Mutex::new((0.0, String::new())) };
+    let calls = "workload:shop/frontend->service:shop/catalog";
+    let v2 = "service:shop/catalog->workload:shop/catalog-v2";
+    let early = dash.wait_for(|g| {
+        [calls, v2].iter().all(|id| has_edge(g, id))
+            && edge(g, calls)["rps"].as_f64().is_some_and(|r| r > 0.0)
+    });
+    for id in [
+        "workload:unknown/unknown->service:shop/frontend",
+        "service:shop/frontend->workload:shop/frontend",
+        "service:shop/catalog->workload:shop/catalog-v1",
+        "workload:shop/catalog-v1->service:shop/inventory",
+    ] {
+        assert!(has_edge(&early, id), "no {id} in {early:#}");
+    }
+    assert_eq!(edge(&early, calls)["mtls"], true, "{early:#}");
+    let share = |g: &Value| edge(g, v2)["share"].as_f64().unwrap_or(0.0);
+    assert!(share(&early) < 30.0, "the canary starts at 10 %: {}", edge(&early, v2));
+    // Halfway the demo edits the VirtualService to 50/50.
+    let late = dash.wait_for(|g| has_edge(g, v2) && share(g) > 30.0);
+    eprintln!("catalog-v2's share: {:.0} % then {:.0} %", share(&early), share(&late));
+    // The demo's call from a pod its AuthorizationPolicy leaves out (inventory to catalog) is
+    // made once, after the dashboard's first reading: the next reading has it as a rate.
+    let denied = dash.denied.lock().expect("lock").clone();
+    eprintln!("denied: {denied:?}");
+    assert_eq!(denied.1, "workload:shop/inventory->service:shop/catalog", "{denied:?}");
+    let (_, view) = http_get(&format!("{url}/api/service/shop/catalog"));
+    let view: Value = serde_json::from_str(&view).expect("json");
+    let kinds: Vec<&str> = view["config"]["applied"]
+        .as_array()
+        .expect("applied")
+        .iter()
+        .filter_map(|a| a["kind"].as_str())
+        .collect();
+    assert!(kinds.contains(&"VirtualService") && kinds.contains(&"DestinationRule"), "{kinds:?}");
+    let (_, proxies) = http_get(&format!("{url}/api/proxies"));
+    let proxies: Value = serde_json::from_str(&proxies).expect("json");
+    assert_eq!(proxies["proxies"].as_array().map(Vec::len), Some(5), "{proxies:#}");
+    if let Some(browser) = chromium() {
+        let dom = dump_dom(&browser, &format!("{url}/"), 4000);
+        assert!(
+            attribute(&dom, "graph", "data-nodes").is_some_and(|n| n.parse::<usize>().is_ok_and(|n| n >= 9)),
+            "{dom}"
+        );
+        screenshot(&browser, &format!("{url}/#service/shop/catalog"), &target_dir().join("demo.png"));
+    }
+    drop(demo);
+}
+
+/// The demo's dashboard, polled.
+struct Polled {
+    url: String,
+    /// The most requests per second seen denied on an edge, and which.
+    denied: Mutex<(f64, String)>,
+}
+
+impl Polled {
+    fn wait_for(&self, done: impl Fn(&Value) -> bool) -> Value {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let (status, body) = http_get(&format!("{}/api/graph", self.url));
+            let graph: Value = serde_json::from_str(&body).unwrap_or(Value::Null);
+            for e in graph["edges"].as_array().map(Vec::as_slice).unwrap_or_default() {
+                let rate = e["deniedRps"].as_f64().unwrap_or(0.0);
+                let mut denied = self.denied.lock().expect("lock");
+                if rate > denied.0 {
+                    *denied = (rate, e["id"].as_str().unwrap_or_default().to_owned());
+                }
+            }
+            if status == 200 && done(&graph) {
+                return graph;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the demo's graph never became as expected: {status} {graph:#}"
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+}
