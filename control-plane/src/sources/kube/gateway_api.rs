@@ -26,6 +26,10 @@ pub trait Kind: Send + 'static {
     const PLURAL: &'static str;
     const VERSION: &'static str;
     fn slot(model: &mut Model) -> &mut BTreeMap<(String, String), Arc<Object<Self::Spec>>>;
+    /// Fields read but not enforced, logged once per version.
+    fn not_enforced(_spec: &Self::Spec) -> Vec<(String, &'static str)> {
+        Vec::new()
+    }
 }
 
 pub struct GatewayClasses;
@@ -63,6 +67,9 @@ impl Kind for HttpRoutes {
     const VERSION: &'static str = "v1";
     fn slot(model: &mut Model) -> &mut BTreeMap<(String, String), Arc<Object<Self::Spec>>> {
         &mut model.http_routes
+    }
+    fn not_enforced(spec: &Self::Spec) -> Vec<(String, &'static str)> {
+        gateway_api::not_enforced(spec)
     }
 }
 
@@ -128,7 +135,15 @@ impl<K: Kind> Target for Watched<K> {
         };
         match gateway_api::decode::<K::Spec>(&value) {
             Ok(decoded) => {
-                self.reported.remove(key);
+                let warnings = K::not_enforced(&decoded.spec);
+                if warnings.is_empty() {
+                    self.reported.remove(key);
+                } else if self.reported.insert(key.clone(), version.clone()).as_ref() != Some(&version) {
+                    for (field, why) in warnings {
+                        tracing::warn!(kind = K::KIND, namespace = %key.0, name = %key.1, field,
+                            "{} {}/{}: warning: {field}: {why}", K::KIND, key.0, key.1);
+                    }
+                }
                 Admission::Store(decoded)
             }
             Err(problem) => {
