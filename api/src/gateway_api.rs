@@ -282,6 +282,13 @@ pub fn not_enforced(route: &HttpRouteSpec) -> Vec<(String, &'static str)> {
     let mut out = Vec::new();
     for (i, rule) in route.rules.iter().enumerate() {
         for (j, filter) in rule.filters.iter().enumerate() {
+            let redirect_prefix = filter.request_redirect.as_ref().and_then(|r| r.path.as_ref());
+            if redirect_prefix.is_some_and(|p| p.kind == "ReplacePrefixMatch") {
+                out.push((
+                    format!("spec.rules[{i}].filters[{j}].requestRedirect.path"),
+                    "ReplacePrefixMatch is not implemented for redirects by Trellis: the value replaces the whole path",
+                ));
+            }
             if matches!(filter.kind.as_str(), "RequestMirror" | "ExtensionRef" | "CORS") {
                 out.push((
                     format!("spec.rules[{i}].filters[{j}]"),

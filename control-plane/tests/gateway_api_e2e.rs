@@ -496,7 +496,17 @@ async fn bad_references_are_reported_in_status_and_do_not_stop_the_other_routes(
         .await;
     assert_eq!(gateway["listeners"][1]["attachedRoutes"], 0, "the invalid HTTPS listener takes none");
 
+    // A route that does not decode is left out (logged); the others keep working.
+    mesh.route("malformed", json!({"parentRefs": parent_ref, "rules": "not a list"}));
+    mesh.route(
+        "late",
+        json!({"parentRefs": parent_ref, "hostnames": ["late.example.com"],
+        "rules": [{"backendRefs": [{"name": "web-v2", "port": 80}]}]}),
+    );
+
     let port = mesh.http_port;
+    until(port, "GET", "late.example.com", "/", "", 200, "v2 GET /").await;
+    assert!(mesh.status(ROUTES, "shop", "malformed").is_null(), "no status for what was not read");
     until(port, "GET", "good.example.com", "/", "", 200, "v1 GET /").await;
     until(port, "GET", "missing.example.com", "/", "", 500, "").await;
     until(port, "GET", "kind.example.com", "/", "", 500, "").await;
