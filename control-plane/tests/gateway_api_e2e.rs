@@ -9,7 +9,8 @@
 //!   the object's generation and follow a spec change.
 //! - GatewayWithAttachedRoutes: a listener's `attachedRoutes` counts its routes.
 //! - GatewayInvalidTLSConfiguration (missing Secret): the HTTPS listener's ResolvedRefs False /
-//!   InvalidCertificateRef, the HTTP listener keeps working.
+//!   InvalidCertificateRef, the HTTP listener keeps working; HTTPRouteHTTPSListener: once the
+//!   Secret exists, a real TLS client reaches the route through the listener.
 //! - HTTPRouteSimpleSameNamespace / HTTPRouteCrossNamespace (allowedRoutes All): a route from
 //!   another namespace through the Gateway, Accepted and ResolvedRefs True.
 //! - HTTPRouteHostnameIntersection (part): routing by host.
@@ -65,6 +66,7 @@ const V2_IP: &str = "127.0.0.52";
 struct Mesh {
     api: FakeApi,
     http_port: u16,
+    https_port: u16,
     _gateway: trellis_proxy::Running,
 }
 
@@ -185,6 +187,7 @@ impl Mesh {
         .unwrap();
         trellis_proxy::gateway::listener::start(&gateway.proxy, &[GATEWAY_IP.parse::<IpAddr>().unwrap()]);
         let http_port = free_port(GATEWAY_IP);
+        let https_port = free_port(GATEWAY_IP);
 
         api.apply(
             CLASSES,
@@ -203,10 +206,10 @@ impl Mesh {
             "metadata": {"name": "public", "namespace": "edge", "generation": 1},
             "spec": {"gatewayClassName": "trellis", "listeners": [
                 {"name": "http", "port": http_port, "protocol": "HTTP", "allowedRoutes": {"namespaces": {"from": "All"}}},
-                {"name": "https", "port": free_port(GATEWAY_IP), "protocol": "HTTPS", "hostname": "secure.example.com",
+                {"name": "https", "port": https_port, "protocol": "HTTPS", "hostname": "secure.example.com",
                  "tls": {"mode": "Terminate", "certificateRefs": [{"kind": "Secret", "name": "missing-cert"}]},
                  "allowedRoutes": {"namespaces": {"from": "All"}}}]}}));
-        Mesh { api, http_port, _gateway: gateway }
+        Mesh { api, http_port, https_port, _gateway: gateway }
     }
 
     fn route(&self, name: &str, spec: Value) {
@@ -538,4 +541,84 @@ async fn bad_references_are_reported_in_status_and_do_not_stop_the_other_routes(
         is(parent(s, "public"), "ResolvedRefs", "True", "ResolvedRefs")
     })
     .await;
+}
+
+/// A self-signed certificate for `name`: (chain PEM, key PEM).
+fn self_signed(name: &str) -> (String, String) {
+    let key = rcgen::KeyPair::generate().unwrap();
+    let cert = rcgen::CertificateParams::new(vec![name.to_owned()]).unwrap().self_signed(&key).unwrap();
+    (cert.pem(), key.serialize_pem())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_https_listener_terminates_tls_with_its_secret_once_the_secret_exists() {
+    use base64::Engine;
+    use tokio_rustls::rustls::pki_types::pem::PemObject;
+    use tokio_rustls::rustls::pki_types::{CertificateDer, ServerName};
+
+    let mesh = Mesh::start().await;
+    mesh.route(
+        "secure",
+        json!({
+        "parentRefs": [{"name": "public", "namespace": "edge", "sectionName": "https"}],
+        "rules": [{"backendRefs": [{"name": "web-v2", "port": 80}]}]}),
+    );
+    // The Secret is missing first: the listener is not served and says why.
+    mesh.status_until(GATEWAYS, "edge", "public", "https listener: InvalidCertificateRef", |s| {
+        is(&s["listeners"][1]["conditions"], "ResolvedRefs", "False", "InvalidCertificateRef")
+    })
+    .await;
+
+    let (chain, key) = self_signed("secure.example.com");
+    let b64 = |t: &str| base64::engine::general_purpose::STANDARD.encode(t);
+    mesh.api.apply(
+        SECRETS,
+        json!({"apiVersion": "v1", "kind": "Secret", "type": "kubernetes.io/tls",
+        "metadata": {"name": "missing-cert", "namespace": "edge"},
+        "data": {"tls.crt": b64(&chain), "tls.key": b64(&key)}}),
+    );
+    mesh.status_until(GATEWAYS, "edge", "public", "https listener resolved, one route", |s| {
+        is(&s["listeners"][1]["conditions"], "ResolvedRefs", "True", "ResolvedRefs")
+            && s["listeners"][1]["attachedRoutes"] == 1
+    })
+    .await;
+
+    let mut roots = tokio_rustls::rustls::RootCertStore::empty();
+    for cert in CertificateDer::pem_slice_iter(chain.as_bytes()) {
+        roots.add(cert.unwrap()).unwrap();
+    }
+    let config = tokio_rustls::rustls::ClientConfig::builder_with_provider(Arc::new(
+        tokio_rustls::rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
+    let attempt = async || -> Result<String, String> {
+        let tcp =
+            tokio::net::TcpStream::connect((GATEWAY_IP, mesh.https_port)).await.map_err(|e| e.to_string())?;
+        let name = ServerName::try_from("secure.example.com").map_err(|e| e.to_string())?;
+        let mut tls = tokio::time::timeout(DEADLINE, connector.connect(name, tcp))
+            .await
+            .map_err(|_| "handshake hangs".to_owned())?
+            .map_err(|e| format!("handshake: {e}"))?;
+        tls.write_all(b"GET /tls HTTP/1.1\r\nHost: secure.example.com\r\nConnection: close\r\n\r\n")
+            .await
+            .map_err(|e| e.to_string())?;
+        let mut response = Vec::new();
+        tokio::time::timeout(DEADLINE, tls.read_to_end(&mut response))
+            .await
+            .map_err(|_| "no answer".to_owned())?
+            .map_err(|e| e.to_string())?;
+        Ok(String::from_utf8_lossy(&response).into_owned())
+    };
+    let mut last = String::new();
+    let start = tokio::time::Instant::now();
+    while !last.contains("v2 GET /tls") {
+        assert!(start.elapsed() < DEADLINE, "no answer over TLS; last: {last}");
+        last = attempt().await.unwrap_or_else(|e| e);
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert!(last.starts_with("HTTP/1.1 200"), "{last}");
 }
