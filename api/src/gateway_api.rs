@@ -455,6 +455,17 @@ mod tests {
     use serde_json::json;
 
     #[test]
+    fn validate_accepts_gateway_api_documents_beside_istios() {
+        let text = "apiVersion: gateway.networking.k8s.io/v1\nkind: Gateway\nmetadata: {name: g}\n\
+            spec: {gatewayClassName: trellis, listeners: [{name: a, port: 80, protocol: HTTP}]}\n---\n\
+            apiVersion: networking.istio.io/v1\nkind: Gateway\nmetadata: {name: g}\n\
+            spec: {servers: [{port: {number: 80, name: http, protocol: HTTP}, hosts: ['*']}]}\n";
+        let checked = crate::check::check_text(text, crate::check::UnknownFields::Reject);
+        assert_eq!(checked.errors(), 0, "{:?}", checked.problems);
+        assert_eq!(checked.accepted.len(), 1, "the Istio Gateway");
+    }
+
+    #[test]
     fn validate_warns_for_what_is_not_enforced_and_refuses_what_does_not_decode() {
         let route = "apiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\nmetadata: {name: r}\nspec:\n  rules: [{filters: [{type: RequestMirror}], backendRefs: [{name: web, port: 80}]}]\n";
         let problems = check_document(1, 1, route);

@@ -173,6 +173,13 @@ const ISTIO_KINDS_IGNORED: &[(&str, &str, &[&str])] = &[
 /// `None` for a kind Trellis reads and for mistakes: a missing `apiVersion` or `kind`, a kind of
 /// Trellis's in the wrong group or version, or an unknown kind in an Istio group (likely a typo).
 pub fn unread_kind(api_version: &str, kind: &str) -> Option<UnreadKind> {
+    // The Kubernetes Gateway API has a `Gateway` too; its documents are read by
+    // `gateway_api::check_document` (validate) and the Kubernetes source, not by the loader.
+    if api_version.starts_with(crate::gateway_api::GROUP)
+        && api_version[crate::gateway_api::GROUP.len()..].starts_with('/')
+    {
+        return Some(UnreadKind::NotIstio);
+    }
     if api_version.is_empty() || kind.is_empty() || Kind::from_name(kind).is_some() {
         return None;
     }
@@ -344,6 +351,7 @@ mod tests {
         assert!(matches!(resolve_kind("apps/v1", "Deployment"), Err(KindError::UnknownKind { .. })));
         assert_eq!(unread_kind("apps/v1", "Deployment"), Some(UnreadKind::NotIstio));
         assert_eq!(unread_kind("v1", "Service"), Some(UnreadKind::NotIstio));
+        assert_eq!(unread_kind("gateway.networking.k8s.io/v1", "Gateway"), Some(UnreadKind::NotIstio));
         assert_eq!(unread_kind("extensions.istio.io/v1alpha1", "WasmPlugin"), Some(UnreadKind::IstioIgnored));
         assert_eq!(unread_kind("networking.istio.io/v1beta1", "ProxyConfig"), Some(UnreadKind::IstioIgnored));
         // Mistakes stay errors: a typo in an Istio group, Trellis's kinds in the wrong group.
