@@ -272,6 +272,20 @@ fn on_watch_error(cx: &Context, e: &watcher::Error, missing_reported: &mut bool)
             }
             cx.status.mark_synced(cx.name);
         }
+        // The Gateway API is optional: without the right to read it (a chart from before it),
+        // the rest works and Kubernetes Gateways are not served.
+        watcher::Error::InitialListFailed(kube::Error::Api(status))
+            if status.code == 403 && cx.name.starts_with(trellis_api::gateway_api::GROUP) =>
+        {
+            if !std::mem::replace(missing_reported, true) {
+                tracing::warn!(
+                    kind = cx.name,
+                    "not allowed to list {} (grant get, list and watch on gateway.networking.k8s.io): Kubernetes Gateways are not served",
+                    cx.name
+                );
+            }
+            cx.status.mark_synced(cx.name);
+        }
         e => tracing::warn!(kind = cx.name, error = %e, "watching {} failed; retrying", cx.name),
     }
 }
