@@ -94,7 +94,11 @@ pub fn check_text(text: &str, unknown: UnknownFields) -> Checked {
     if text.len() <= crate::load::MAX_INPUT_BYTES && text.contains(crate::gateway_api::GROUP) {
         for doc in crate::load::split_documents(text) {
             if doc.text.contains(crate::gateway_api::GROUP) {
-                checked.problems.extend(crate::gateway_api::check_document(doc.index, doc.first_line, doc.text));
+                checked.problems.extend(crate::gateway_api::check_document(
+                    doc.index,
+                    doc.first_line,
+                    doc.text,
+                ));
             }
         }
     }

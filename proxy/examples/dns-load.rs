@@ -43,7 +43,11 @@ async fn serve(addr: SocketAddr) -> Result<(), Box<dyn std::error::Error>> {
         answer.metadata.recursion_desired = query.metadata.recursion_desired;
         if let Some(question) = query.queries.first() {
             answer.add_query(question.clone());
-            answer.add_answer(Record::from_rdata(question.name().clone(), 0, RData::A(A(Ipv4Addr::new(10, 0, 0, 1)))));
+            answer.add_answer(Record::from_rdata(
+                question.name().clone(),
+                0,
+                RData::A(A(Ipv4Addr::new(10, 0, 0, 1))),
+            ));
         }
         if let Ok(bytes) = answer.to_vec() {
             let _ = socket.send_to(&bytes, from).await;
@@ -71,7 +75,12 @@ async fn load(
         lost += n;
     }
     latencies.sort_unstable();
-    let at = |q: f64| latencies.get(((latencies.len() as f64 * q) as usize).min(latencies.len().saturating_sub(1))).copied().unwrap_or(0);
+    let at = |q: f64| {
+        latencies
+            .get(((latencies.len() as f64 * q) as usize).min(latencies.len().saturating_sub(1)))
+            .copied()
+            .unwrap_or(0)
+    };
     println!(
         "answered={} lost={lost} qps={:.0} p50_us={} p99_us={}",
         latencies.len(),
@@ -83,7 +92,12 @@ async fn load(
 }
 
 /// One client: a query in flight at a time; latencies in microseconds, and how many were lost.
-async fn client(server: SocketAddr, name: Name, deadline: Instant, seed: u16) -> std::io::Result<(Vec<u64>, u64)> {
+async fn client(
+    server: SocketAddr,
+    name: Name,
+    deadline: Instant,
+    seed: u16,
+) -> std::io::Result<(Vec<u64>, u64)> {
     let socket = UdpSocket::bind("127.0.0.1:0").await?;
     socket.connect(server).await?;
     let mut buffer = [0u8; 4096];

@@ -65,8 +65,7 @@ pub struct SourceStatus {
 impl Default for SourceStatus {
     fn default() -> Self {
         let config_errors = Kind::ALL.into_iter().map(|k| (k, AtomicU64::new(0))).collect();
-        let names =
-            CORE_KINDS.into_iter().chain(istio_kinds().map(Kind::name)).chain(gateway_api::NAMES);
+        let names = CORE_KINDS.into_iter().chain(istio_kinds().map(Kind::name)).chain(gateway_api::NAMES);
         SourceStatus {
             config_errors: Arc::new(config_errors),
             synced: watch::Sender::new(names.map(|n| (n, false)).collect()),
