@@ -119,7 +119,8 @@ async fn check_passes_on_a_healthy_cluster() {
         "– the CNI agent is ready on every node (skipped: CNI mode is off",
         "✔ the control plane accepts every Istio resource",
         "✔ every connected proxy is synced (2 connected)",
-        "✔ proxies run the control plane's version (1 injected pod on 0.1.0)",
+        // The app's pod and the chart's ingress gateway (on by default) both run the proxy.
+        "✔ proxies run the control plane's version (2 injected pods on 0.1.0)",
         "✔ pods of injection-enabled namespaces have a sidecar (1 namespace labelled istio-injection=enabled)",
         "Status check results are ✔",
     ] {
