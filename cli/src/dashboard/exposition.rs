@@ -30,7 +30,7 @@ pub fn samples(text: &str, wanted: &[&str]) -> Vec<Sample> {
 }
 
 /// `name{k="v",...} value [timestamp]`, with label values unescaped; `None` for anything else.
-fn sample(line: &str) -> Option<Sample> {
+pub(crate) fn sample(line: &str) -> Option<Sample> {
     let line = line.trim();
     if line.starts_with('#') {
         return None;

@@ -7,7 +7,7 @@
 //! config that applies to a service, `state` holds the latest reading and a short history,
 //! `server` serves the page (`assets/`, built into the binary) and the JSON API.
 
-mod exposition;
+pub(crate) mod exposition;
 mod graph;
 mod mesh;
 mod prometheus;

@@ -12,6 +12,8 @@ use std::time::Duration;
 
 use serde::Serialize;
 
+use crate::dashboard::exposition::{Sample, sample};
+
 /// Which side counted: the caller's proxy (outbound) or the callee's (inbound).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum Reporter {
@@ -164,7 +166,8 @@ impl ProxyStats {
 pub fn parse(text: &str) -> ProxyStats {
     let mut stats = ProxyStats::default();
     for line in text.lines() {
-        let Some((name, labels, value)) = sample(line) else { continue };
+        let Some(Sample { name, labels, value }) = sample(line) else { continue };
+        let name = name.as_str();
         if name == "trellis_inbound_connections_refused_total" {
             let reason = labels.get("reason").cloned().unwrap_or_default();
             *stats.refused.entry(reason).or_default() += value;
@@ -238,49 +241,6 @@ pub fn parse(text: &str) -> ProxyStats {
         }
     }
     stats
-}
-
-/// `name{k="v",...} value`, with label values unescaped.
-fn sample(line: &str) -> Option<(&str, BTreeMap<String, String>, f64)> {
-    if line.starts_with('#') {
-        return None;
-    }
-    let name_end = line.find(['{', ' '])?;
-    let name = &line[..name_end];
-    let mut labels = BTreeMap::new();
-    let mut rest = &line[name_end..];
-    if let Some(inside) = rest.strip_prefix('{') {
-        let mut chars = inside.char_indices();
-        let mut key = String::new();
-        let end = loop {
-            let (i, c) = chars.next()?;
-            match c {
-                '}' => break i,
-                ',' | ' ' => {}
-                '=' => {
-                    if chars.next()?.1 != '"' {
-                        return None;
-                    }
-                    let mut value = String::new();
-                    loop {
-                        match chars.next()?.1 {
-                            '"' => break,
-                            '\\' => match chars.next()?.1 {
-                                'n' => value.push('\n'),
-                                other => value.push(other),
-                            },
-                            other => value.push(other),
-                        }
-                    }
-                    labels.insert(std::mem::take(&mut key), value);
-                }
-                c => key.push(c),
-            }
-        };
-        rest = &inside[end + 1..];
-    }
-    let value = rest.split_whitespace().next()?.parse().ok()?;
-    Some((name, labels, value))
 }
 
 /// Reads one proxy's page.
