@@ -65,22 +65,19 @@ impl NameTable {
         let name = normalize(name);
         let entry = match name.strip_prefix('*') {
             Some(suffix) if suffix.starts_with('.') => {
-                match self.wildcards.iter_mut().find(|(s, _)| s == suffix) {
-                    Some((_, entry)) => entry,
+                let at = match self.wildcards.iter().position(|(s, _)| s == suffix) {
+                    Some(at) => at,
                     None => {
                         self.wildcards.push((suffix.to_owned(), Addresses::default()));
-                        match self.wildcards.last_mut() {
-                            Some((_, entry)) => entry,
-                            None => return,
-                        }
+                        self.wildcards.len() - 1
                     }
-                }
+                };
+                &mut self.wildcards[at].1
             }
             _ => self.exact.entry(name).or_default(),
         };
-        for ip in
-            addresses.v4.iter().map(|a| IpAddr::V4(*a)).chain(addresses.v6.iter().map(|a| IpAddr::V6(*a)))
-        {
+        let v4 = addresses.v4.iter().map(|a| IpAddr::V4(*a));
+        for ip in v4.chain(addresses.v6.iter().map(|a| IpAddr::V6(*a))) {
             entry.add(ip);
         }
     }
