@@ -503,24 +503,7 @@ impl Registry<'_> {
             warn!(resource = %vs, field, "no destination; using the service's cluster");
             return default;
         }
-        let weight = |d: &RouteDestination| u32::try_from(d.weight).unwrap_or(0);
-        let all_zero = route.iter().all(|d| weight(d) == 0);
-        route
-            .iter()
-            .enumerate()
-            .filter_map(|(j, d)| {
-                let weight = match (route.len(), all_zero) {
-                    (1, _) => 0,
-                    (_, true) => 1,
-                    _ => weight(d),
-                };
-                if route.len() > 1 && weight == 0 {
-                    return None;
-                }
-                let at = format!("{field}.route[{j}].destination");
-                Some((self.destination(vs, &at, &d.destination, port.number), weight))
-            })
-            .collect()
+        self.l4_split(vs, &field, route, port.number)
     }
 
     /// A gateway's `tls` or `tcp` route destinations, weighted as for sidecars (zero weights
@@ -532,6 +515,13 @@ impl Registry<'_> {
         route: &[RouteDestination],
         port: u16,
     ) -> Vec<pb::WeightedCluster> {
+        let split = self.l4_split(vs, field, route, port);
+        split.into_iter().map(|(cluster, weight)| pb::WeightedCluster { cluster, weight }).collect()
+    }
+
+    /// Route destinations as (cluster, weight): zero weights dropped, all zero read as even,
+    /// one destination: weight 0.
+    fn l4_split(&self, vs: Vs<'_>, field: &str, route: &[RouteDestination], port: u16) -> Vec<(String, u32)> {
         let weight = |d: &RouteDestination| u32::try_from(d.weight).unwrap_or(0);
         let all_zero = route.iter().all(|d| weight(d) == 0);
         route
@@ -547,7 +537,7 @@ impl Registry<'_> {
                     return None;
                 }
                 let at = format!("{field}.route[{j}].destination");
-                Some(pb::WeightedCluster { cluster: self.destination(vs, &at, &d.destination, port), weight })
+                Some((self.destination(vs, &at, &d.destination, port), weight))
             })
             .collect()
     }
