@@ -48,7 +48,14 @@ openssl x509 -req -in "$pki/edge.csr" -CA "$pki/ca.pem" -CAkey "$pki/ca.key" -CA
   -extfile "$pki/edge.ext" -out "$pki/edge.pem" 2> /dev/null
 chmod 644 "$pki"/*.key
 
-GW_PORT=18443
+# The sidecar runs in explicit mode (no redirect): it delivers a request to 127.0.0.1 at the
+# port of the request's authority. So the edge's URL carries the upstream's port: the Trellis
+# edge listens on 127.0.0.2:$UP (the upstream has 127.0.0.1:$UP). Before this, the URL named the
+# edge's own port, and the sidecar delivered every request back to the edge's TLS port: a new
+# connection per request, refused, and a 503 for each (counted as requests: oha reports
+# transport errors only, hence the status-code check below).
+GW_IP=127.0.0.2
+GW_PORT=$UP
 NGINX_GW_PORT=18444
 
 # The sidecar in front of the upstream: STRICT mutual TLS, the mesh identity bench/server.
@@ -61,6 +68,7 @@ trellis_proxy sidecar "$work/sidecar.yaml" 19400 server
 cat > "$work/gateway.yaml" <<YAML
 gatewayListeners:
   - port: $GW_PORT
+    bind: $GW_IP
     protocol: GATEWAY_HTTPS
     servers:
       - name: bench/edge/https
@@ -85,10 +93,10 @@ SERVICE_ACCOUNT=client POD_NAMESPACE=bench RUST_LOG=warn taskset -c 0 "$PROXY" -
 pids+=($!)
 echo $! > "$work/gateway.pids"
 wait_ready gateway 19503
-wait_port $GW_PORT
+for _ in $(seq 300); do (exec 3<> "/dev/tcp/$GW_IP/$GW_PORT") 2> /dev/null && break; sleep 0.1; done
 
 paths=("direct|http://127.0.0.1:$UP/||")
-paths+=("trellis-gateway|https://bench.example.com:$GW_PORT/|bench.example.com:$GW_PORT:127.0.0.1:$GW_PORT|$work/gateway.pids $work/sidecar.pids")
+paths+=("trellis-gateway|https://bench.example.com:$GW_PORT/|bench.example.com:$GW_PORT:$GW_IP:$GW_PORT|$work/gateway.pids $work/sidecar.pids")
 
 if command -v nginx > /dev/null; then
   nginx_mtls_server nginx-mtls-server 19602
@@ -173,11 +181,16 @@ def count(name, r, kind):
     return s["requestsPerSec"] * float(duration) * s.get("successRate", 1.0)
 def errors(name, r):
     return sum(sum(load(name, r, k).get("errorDistribution", {}).values()) for k in ("rate", "max", "new"))
+# oha counts any answer as a request: an edge answering 503 would look fast. Answers other than
+# 200 are counted and flagged.
+def not_ok(name, r):
+    return sum(n for k in ("rate", "max", "new")
+               for code, n in load(name, r, k).get("statusCodeDistribution", {}).items() if code != "200")
 print(f"Gateway: {duration}s per run, {len(rounds)} rounds; fixed rate {rate} req/s over {conns} connections,"
       f" max rate over {max_conns}; medians of the rounds")
 print()
-print("| path | added p50 ms | added p99 ms | CPU µs / req (fixed rate) | max req/s (one core) | CPU µs / req (max) | new TLS connections/s | CPU µs / new connection | errors |")
-print("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
+print("| path | added p50 ms | added p99 ms | CPU µs / req (fixed rate) | max req/s (one core) | CPU µs / req (max) | new TLS connections/s | CPU µs / new connection | errors | non-200 answers |")
+print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
 for name in order:
     rows = []
     for r in rounds:
@@ -189,16 +202,20 @@ for name in order:
         cpu_max = (c[3] - c[2]) / max(count(name, r, "max"), 1)
         new = load(name, r, "new")["summary"]["requestsPerSec"]
         cpu_new = (c[5] - c[4]) / max(count(name, r, "new"), 1)
-        rows.append((p50, p99, fixed, mx, cpu_max, new, cpu_new, errors(name, r)))
+        rows.append((p50, p99, fixed, mx, cpu_max, new, cpu_new, errors(name, r), not_ok(name, r)))
     col = lambda i: med(x[i] for x in rows)
     if name == "direct":
-        print(f"| direct | – | – | – | {col(3):.0f} | – | {col(5):.0f} | – | {sum(x[7] for x in rows)} |")
+        print(f"| direct | – | – | – | {col(3):.0f} | – | {col(5):.0f} | – | {sum(x[7] for x in rows)} | {sum(x[8] for x in rows)} |")
     else:
-        print(f"| {name} | {col(0):+.3f} | {col(1):+.3f} | {col(2):.1f} | {col(3):.0f} | {col(4):.1f} | {col(5):.0f} | {col(6):.0f} | {sum(x[7] for x in rows)} |")
+        print(f"| {name} | {col(0):+.3f} | {col(1):+.3f} | {col(2):.1f} | {col(3):.0f} | {col(4):.1f} | {col(5):.0f} | {col(6):.0f} | {sum(x[7] for x in rows)} | {sum(x[8] for x in rows)} |")
 print()
 for name in order[1:]:
     print(f"- {name} per round (added p50/p99 ms; max req/s; new conn/s): " + ", ".join(
         f"{pct(name, r, 'p50') - pct('direct', r, 'p50'):+.3f}/{pct(name, r, 'p99') - pct('direct', r, 'p99'):+.3f}; "
         f"{load(name, r, 'max')['summary']['requestsPerSec']:.0f}; {load(name, r, 'new')['summary']['requestsPerSec']:.0f}"
         for r in rounds))
+bad = [name for name in order if any(not_ok(name, r) for r in rounds)]
+if bad:
+    print()
+    print(f"WARNING: answers other than 200 on {', '.join(bad)}: those rows do not measure the path")
 PY

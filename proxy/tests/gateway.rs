@@ -121,15 +121,35 @@ impl Gateway {
     }
 
     fn client(&self) -> tokio_rustls::TlsConnector {
+        self.client_offering(&[])
+    }
+
+    /// A TLS client trusting the gateway's certificate, offering these ALPN protocols.
+    fn client_offering(&self, alpn: &[&[u8]]) -> tokio_rustls::TlsConnector {
         let mut roots = rustls::RootCertStore::empty();
         roots.add(CertificateDer::from_pem_slice(self.cert_pem.as_bytes()).unwrap()).unwrap();
-        let config =
+        let mut config =
             rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
                 .with_safe_default_protocol_versions()
                 .unwrap()
                 .with_root_certificates(roots)
                 .with_no_client_auth();
+        config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
         tokio_rustls::TlsConnector::from(Arc::new(config))
+    }
+
+    /// One TLS connection to the HTTPS port, offering `alpn`, once the port listens.
+    async fn tls_connection(&self, alpn: &[&[u8]]) -> tokio_rustls::client::TlsStream<tokio::net::TcpStream> {
+        let name = ServerName::try_from("api.example.com").unwrap();
+        for _ in 0..200 {
+            if let Ok(tcp) = tokio::net::TcpStream::connect(at(self.https)).await
+                && let Ok(tls) = self.client_offering(alpn).connect(name.clone(), tcp).await
+            {
+                return tls;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(25)).await;
+        }
+        panic!("the gateway does not serve its HTTPS port");
     }
 
     /// An HTTPS request with an optional bearer token: the negotiated version and suite, and
@@ -218,4 +238,69 @@ async fn listeners_follow_the_configuration() {
         .await;
     wait_until("the new port listens", || std::net::TcpStream::connect(at(moved)).is_ok()).await;
     wait_until("the old port is closed", || std::net::TcpStream::connect(at(gateway.tcp)).is_err()).await;
+}
+
+/// A request on a kept-alive gateway connection: its status and whether it asked to close.
+fn kept_alive_request(token: &str) -> http::Request<http_body_util::Empty<bytes::Bytes>> {
+    http::Request::get("/items")
+        .header("host", "api.example.com")
+        .header("authorization", format!("Bearer {token}"))
+        .body(http_body_util::Empty::new())
+        .unwrap()
+}
+
+/// A client's TLS connection to a gateway server carries request after request (HTTP/1.1
+/// keep-alive, and streams of one HTTP/2 connection): none is answered with `Connection:
+/// close` and none needs a new connection (each client below owns exactly one TCP connection,
+/// so a connection the gateway closed fails the next request), and the gateway counts one
+/// open connection for each.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_kept_alive_tls_connection_to_a_gateway_serves_many_requests() {
+    use http_body_util::BodyExt;
+    use hyper_util::rt::{TokioExecutor, TokioIo};
+    use std::sync::atomic::Ordering;
+
+    let gateway = Gateway::start(&["127.0.0.1".parse().unwrap()]).await;
+    let token = es256_token(
+        &gateway.jwt,
+        "k1",
+        &serde_json::json!({ "iss": ISSUER, "sub": "alice", "exp": now() + 600 }),
+    );
+    let open = || gateway.proxy.running.proxy.connections.load(Ordering::Acquire);
+
+    // HTTP/1.1 (ALPN http/1.1, as curl --http1.1 and oha offer).
+    let tls = gateway.tls_connection(&[b"http/1.1"]).await;
+    assert_eq!(tls.get_ref().1.alpn_protocol(), Some(&b"http/1.1"[..]));
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls)).await.unwrap();
+    let driver = tokio::spawn(conn);
+    for i in 0..5 {
+        sender.ready().await.unwrap_or_else(|e| panic!("request {i}: the connection closed: {e}"));
+        let response = sender.send_request(kept_alive_request(&token)).await.unwrap();
+        assert_eq!(response.status(), 200, "request {i}");
+        let close =
+            response.headers().get("connection").is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"close"));
+        assert!(!close, "request {i} was answered with Connection: close");
+        response.into_body().collect().await.unwrap();
+    }
+    assert!(!driver.is_finished(), "the gateway kept the HTTP/1.1 connection open");
+    assert_eq!(open(), 1, "one client connection, one connection at the gateway");
+
+    // HTTP/2 (ALPN h2): five streams on one connection.
+    let tls = gateway.tls_connection(&[b"h2", b"http/1.1"]).await;
+    assert_eq!(tls.get_ref().1.alpn_protocol(), Some(&b"h2"[..]));
+    let (mut h2, conn) =
+        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tls)).await.unwrap();
+    let h2_driver = tokio::spawn(conn);
+    for i in 0..5 {
+        let mut request = kept_alive_request(&token);
+        *request.uri_mut() = "https://api.example.com/items".parse().unwrap();
+        request.headers_mut().remove("host");
+        let response = h2.send_request(request).await.unwrap_or_else(|e| panic!("stream {i}: {e}"));
+        assert_eq!(response.status(), 200, "stream {i}");
+        response.into_body().collect().await.unwrap();
+    }
+    assert!(!h2_driver.is_finished(), "the gateway kept the HTTP/2 connection open");
+    assert_eq!(open(), 2, "two client connections, two at the gateway");
+    drop((sender, h2));
+    wait_until("both connections are closed at the gateway", || open() == 0).await;
 }
