@@ -590,4 +590,15 @@ fn gateway_fields_trellis_does_not_enforce_are_named_in_warnings() {
             ),
         ]
     );
+    // ISTIO_MUTUAL (an egress gateway reached by sidecars) is enforced: only the settings the
+    // mesh's own TLS replaces are named.
+    let mesh = "{servers: [{port: {number: 80, name: https, protocol: HTTPS}, hosts: [edition.cnn.com], tls: {mode: ISTIO_MUTUAL}}]}";
+    assert_eq!(warnings(mesh), Vec::<String>::new());
+    let mesh_pinned = "{servers: [{port: {number: 80, name: https, protocol: HTTPS}, hosts: [edition.cnn.com], tls: {mode: ISTIO_MUTUAL, minProtocolVersion: TLSV1_3}}]}";
+    assert_eq!(
+        warnings(mesh_pinned),
+        [format!(
+            "{p}.tls: warning: ISTIO_MUTUAL uses the mesh's TLS settings; minProtocolVersion, maxProtocolVersion and cipherSuites are ignored"
+        )]
+    );
 }

@@ -1430,10 +1430,17 @@ fn server_tls(r: &mut Report, path: &str, tls: &ServerTlsSettings) {
 /// A credentialName naming a Secret that does not exist cannot be known here: trellisd reports
 /// it, and leaves that server out.
 fn gateway_tls_not_enforced(r: &mut Report, path: &str, tls: &ServerTlsSettings) {
-    if matches!(
-        tls.mode,
-        ServerTlsMode::IstioMutual | ServerTlsMode::AutoPassthrough | ServerTlsMode::OptionalMutual
-    ) {
+    if tls.mode == ServerTlsMode::IstioMutual
+        && (tls.min_protocol_version != TlsProtocol::TlsAuto
+            || tls.max_protocol_version != TlsProtocol::TlsAuto
+            || !tls.cipher_suites.is_empty())
+    {
+        r.warn(
+            path,
+            "ISTIO_MUTUAL uses the mesh's TLS settings; minProtocolVersion, maxProtocolVersion and cipherSuites are ignored",
+        );
+    }
+    if matches!(tls.mode, ServerTlsMode::AutoPassthrough | ServerTlsMode::OptionalMutual) {
         r.warn(
             format!("{path}.mode"),
             format!(
@@ -1456,11 +1463,13 @@ fn gateway_tls_not_enforced(r: &mut Report, path: &str, tls: &ServerTlsSettings)
     for (version, field) in
         [(tls.min_protocol_version, "minProtocolVersion"), (tls.max_protocol_version, "maxProtocolVersion")]
     {
-        if matches!(version, TlsProtocol::Tlsv1_0 | TlsProtocol::Tlsv1_1) {
+        if matches!(version, TlsProtocol::Tlsv1_0 | TlsProtocol::Tlsv1_1)
+            && tls.mode != ServerTlsMode::IstioMutual
+        {
             r.warn(format!("{path}.{field}"), "TLS 1.0 and 1.1 are not offered (rustls): TLSV1_2 is used");
         }
     }
-    if !tls.cipher_suites.is_empty() {
+    if !tls.cipher_suites.is_empty() && tls.mode != ServerTlsMode::IstioMutual {
         r.warn(
             format!("{path}.cipherSuites"),
             "applies to TLS 1.2 only, and only to the ECDHE AES-GCM and CHACHA20 suites rustls has; the gateway logs and ignores others",

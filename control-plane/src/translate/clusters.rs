@@ -190,7 +190,12 @@ fn client_tls(tls: Option<&ClientTlsSettings>, rule: Option<Rule<'_>>) -> pb::Cl
         ca_certificates: originated(&tls.ca_certificates),
         client_certificate: if mode == Mode::Mutual { tls.client_certificate.clone() } else { String::new() },
         private_key: if mode == Mode::Mutual { tls.private_key.clone() } else { String::new() },
-        sni: originated(&tls.sni),
+        // ISTIO_MUTUAL sends `sni` too: an egress gateway picks its server by it.
+        sni: if matches!(mode, Mode::Simple | Mode::Mutual | Mode::IstioMutual) {
+            tls.sni.clone()
+        } else {
+            String::new()
+        },
         insecure_skip_verify: tls.insecure_skip_verify.unwrap_or(false)
             && matches!(mode, Mode::Simple | Mode::Mutual),
     }
@@ -480,6 +485,7 @@ spec:
             pb::ClientTls {
                 mode: pb::client_tls::Mode::IstioMutual.into(),
                 subject_alt_names: vec!["spiffe://cluster.local/ns/shop/sa/api".into()],
+                sni: "x.example.com".into(),
                 ..Default::default()
             }
         );

@@ -318,6 +318,20 @@ fn server_tls(
         ServerTlsMode::Simple => pb::GatewayTlsMode::GatewayTlsSimple,
         ServerTlsMode::Mutual => pb::GatewayTlsMode::GatewayTlsMutual,
         ServerTlsMode::Passthrough => pb::GatewayTlsMode::GatewayTlsPassthrough,
+        // The mesh's own certificates (an egress gateway reached by sidecars): nothing to send
+        // but the mode; the gateway uses its workload certificate, as a sidecar's inbound does.
+        ServerTlsMode::IstioMutual => {
+            if tls.min_protocol_version != TlsProtocol::TlsAuto
+                || tls.max_protocol_version != TlsProtocol::TlsAuto
+                || !tls.cipher_suites.is_empty()
+            {
+                warn!(resource = %gateway, field, "ISTIO_MUTUAL uses the mesh's TLS settings; minProtocolVersion, maxProtocolVersion and cipherSuites are ignored");
+            }
+            return Some(pb::GatewayTls {
+                mode: pb::GatewayTlsMode::GatewayTlsIstioMutual.into(),
+                ..Default::default()
+            });
+        }
         other => {
             warn!(resource = %gateway, field = %format!("{field}.mode"), mode = ?other, "TLS mode not implemented for gateways; server left out");
             return None;
@@ -622,6 +636,106 @@ spec:
         let names: Vec<_> = config.gateway_listeners[0].servers.iter().map(|s| s.name.as_str()).collect();
         assert_eq!(names, ["istio-system/public/1"]);
         assert_eq!(config.gateway_listeners[0].servers[0].hosts, ["b.example.com", "a.example.com"]);
+    }
+
+    /// Istio's "egress gateway with TLS origination" task, as its documentation writes it but
+    /// for the ServiceEntry's endpoint: Trellis resolves no DNS names for ServiceEntries (an
+    /// entry without IP endpoints is left to the outbound policy), so the external host's
+    /// address is given.
+    const EGRESS: &str = r#"
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: { name: cnn, namespace: shop }
+spec:
+  hosts: [edition.cnn.com]
+  ports:
+    - { number: 80, name: http-port, protocol: HTTP }
+    - { number: 443, name: https, protocol: HTTPS }
+  resolution: DNS
+  endpoints: [{ address: 203.0.113.10 }]
+---
+apiVersion: networking.istio.io/v1
+kind: Gateway
+metadata: { name: istio-egressgateway, namespace: shop }
+spec:
+  selector: { istio: egressgateway }
+  servers:
+    - port: { number: 80, name: https-port-for-tls-origination, protocol: HTTPS }
+      hosts: [edition.cnn.com]
+      tls: { mode: ISTIO_MUTUAL }
+---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: { name: egressgateway-for-cnn, namespace: shop }
+spec:
+  host: istio-egressgateway.istio-system.svc.cluster.local
+  subsets:
+    - name: cnn
+      trafficPolicy:
+        loadBalancer: { simple: ROUND_ROBIN }
+        portLevelSettings: [{ port: { number: 80 }, tls: { mode: ISTIO_MUTUAL, sni: edition.cnn.com } }]
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: { name: direct-cnn-through-egress-gateway, namespace: shop }
+spec:
+  hosts: [edition.cnn.com]
+  gateways: [istio-egressgateway, mesh]
+  http:
+    - match: [{ gateways: [mesh], port: 80 }]
+      route: [{ destination: { host: istio-egressgateway.istio-system.svc.cluster.local, subset: cnn, port: { number: 80 } }, weight: 100 }]
+    - match: [{ gateways: [istio-egressgateway], port: 80 }]
+      route: [{ destination: { host: edition.cnn.com, port: { number: 443 } }, weight: 100 }]
+---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: { name: originate-tls-for-edition-cnn-com, namespace: shop }
+spec:
+  host: edition.cnn.com
+  trafficPolicy:
+    loadBalancer: { simple: ROUND_ROBIN }
+    portLevelSettings: [{ port: { number: 443 }, tls: { mode: SIMPLE } }]
+"#;
+
+    #[test]
+    fn the_egress_gateway_pattern_mesh_tls_in_and_tls_origination_out() {
+        let mut m = model(EGRESS);
+        add_kube_service(
+            &mut m,
+            "istio-system",
+            "istio-egressgateway",
+            "10.96.0.80",
+            &[("http2", 80, Some(8080)), ("https", 443, Some(8443))],
+        );
+        // The egress gateway: port 80 terminates the mesh's mutual TLS (no certificate
+        // fields) and routes edition.cnn.com to its port 443, which originates TLS.
+        let gateway = gateway_config(&m, "istio-system", &[("istio", "egressgateway")]);
+        let listener = &gateway.gateway_listeners[0];
+        assert_eq!((listener.port, listener.protocol()), (80, pb::GatewayProtocol::GatewayHttps));
+        let server = &listener.servers[0];
+        assert_eq!(
+            server.tls,
+            Some(pb::GatewayTls {
+                mode: pb::GatewayTlsMode::GatewayTlsIstioMutual.into(),
+                ..Default::default()
+            })
+        );
+        let out = routes(&gateway, &server.routes[0].virtual_host);
+        let [(cluster_name, _)] = forwards(&out[0])[..] else { panic!("{out:?}") };
+        let out_cluster = cluster(&gateway, cluster_name);
+        let tls = out_cluster.tls.as_ref().expect("TLS origination to the external host");
+        assert_eq!(tls.mode(), pb::client_tls::Mode::Simple, "{out_cluster:?}");
+        assert_eq!(out.len(), 1, "the mesh route is not the gateway's");
+
+        // A sidecar: edition.cnn.com:80 goes to the egress gateway's subset, over the mesh's
+        // mutual TLS with the SNI the gateway picks its server by.
+        let sidecar = config(&m, "shop");
+        let mesh_routes = routes(&sidecar, "edition.cnn.com:80");
+        let [(to_gateway, _)] = forwards(&mesh_routes[0])[..] else { panic!("{mesh_routes:?}") };
+        let to_gateway = cluster(&sidecar, to_gateway);
+        assert_eq!(to_gateway.service, "istio-egressgateway.istio-system.svc.cluster.local:80");
+        let tls = to_gateway.tls.as_ref().expect("mesh TLS to the gateway");
+        assert_eq!((tls.mode(), tls.sni.as_str()), (pb::client_tls::Mode::IstioMutual, "edition.cnn.com"));
     }
 
     #[test]

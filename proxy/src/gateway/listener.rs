@@ -12,6 +12,7 @@ use trellis_xds::config as pb;
 use trellis_xds::types::ResourceType;
 
 use crate::detect::{self, Detected};
+use crate::security::inbound::{self, Carried};
 use crate::security::stream::MaybeTls;
 use crate::serve::{Conn, Speaks, serve};
 use crate::{Proxy, Side};
@@ -154,6 +155,12 @@ async fn serve_connection(stream: TcpStream, peer: SocketAddr, port: u16, proxy:
                 drop(snapshot);
                 return relay(stream, &clusters, proxy).await;
             }
+            if server.mesh {
+                let tcp_clusters = server.tcp_clusters.clone();
+                conn.gateway_server = Some(Arc::from(server.name.as_str()));
+                drop(snapshot);
+                return serve_mesh(stream, conn, protocol, &tcp_clusters, proxy).await;
+            }
             let Some(config) = server.terminate.clone() else {
                 tracing::debug!(%peer, port, server = %server.name, "gateway server without a usable certificate; closed");
                 return;
@@ -182,6 +189,37 @@ async fn serve_connection(stream: TcpStream, peer: SocketAddr, port: u16, proxy:
                 if tls.get_ref().1.alpn_protocol() == Some(b"h2") { Speaks::Http2 } else { Speaks::Http1 };
             serve(MaybeTls::Server(Box::new(tls)), conn, proxy.clone(), speaks).await;
         }
+    }
+}
+
+/// An ISTIO_MUTUAL server (an egress gateway, reached by sidecars): the mesh handshake a
+/// sidecar's inbound port makes, so the client's verified identity is on the connection for
+/// the gateway's policies and `x-forwarded-client-cert`; then HTTP (by the mesh ALPN the client
+/// settled on) or, on a TLS port, the bytes to the server's clusters.
+async fn serve_mesh(
+    stream: TcpStream,
+    mut conn: Conn,
+    protocol: pb::GatewayProtocol,
+    tcp_clusters: &[(String, u32)],
+    proxy: &Arc<Proxy>,
+) {
+    let peer = conn.peer;
+    let terminated = match inbound::terminate(stream, proxy.pools.mesh_tls()).await {
+        Ok(terminated) => terminated,
+        Err(why) => {
+            proxy.metrics.inbound_refused(why);
+            tracing::debug!(%peer, port = conn.local.port(), why, "gateway mesh mutual TLS refused");
+            return;
+        }
+    };
+    conn.tls_peer = terminated.peer;
+    conn.sni = terminated.stream.get_ref().1.server_name().map(Arc::from);
+    let stream = MaybeTls::Server(Box::new(terminated.stream));
+    match (protocol, terminated.carried) {
+        (pb::GatewayProtocol::GatewayTls, _) => relay(stream, tcp_clusters, proxy).await,
+        (_, Carried::Http2) => serve(stream, conn, proxy.clone(), Speaks::Http2).await,
+        // An HTTP port: a client that settled on no HTTP protocol still speaks HTTP/1 to it.
+        (_, Carried::Http1 | Carried::Tcp) => serve(stream, conn, proxy.clone(), Speaks::Http1).await,
     }
 }
 

@@ -51,6 +51,9 @@ pub struct Server {
     /// connections are closed; the other servers go on).
     pub terminate: Option<Arc<rustls::ServerConfig>>,
     pub passthrough: bool,
+    /// ISTIO_MUTUAL: terminated with the proxy's own workload certificate, the client's mesh
+    /// certificate required (the handshake of a sidecar's inbound port).
+    pub mesh: bool,
     /// Host pattern → its service port (a virtual host, maybe still to be fetched).
     pub routes: Vec<(String, Arc<ServicePort>)>,
     /// PASSTHROUGH: server-name patterns → weighted clusters.
@@ -220,8 +223,9 @@ pub fn compile(
             }
             let passthrough =
                 s.tls.as_ref().is_some_and(|t| t.mode() == pb::GatewayTlsMode::GatewayTlsPassthrough);
+            let mesh = s.tls.as_ref().is_some_and(|t| t.mode() == pb::GatewayTlsMode::GatewayTlsIstioMutual);
             let terminate = match &s.tls {
-                Some(t) if !passthrough => {
+                Some(t) if !passthrough && !mesh => {
                     match reusable.iter().find(|(n, old, _)| *n == s.name && *old == t) {
                         Some((_, _, config)) => Some((*config).clone()),
                         None => match tls::server_config(t, protocol != pb::GatewayProtocol::GatewayTls) {
@@ -262,6 +266,7 @@ pub fn compile(
                 source_tls: s.tls.clone(),
                 terminate,
                 passthrough,
+                mesh,
                 routes,
                 sni_routes: s
                     .sni_routes
@@ -350,6 +355,7 @@ mod tests {
             source_tls: None,
             terminate: None,
             passthrough: false,
+            mesh: false,
             routes: routes
                 .iter()
                 .map(|h| {

@@ -30,8 +30,10 @@ pub struct ClusterTls {
 
 #[derive(Debug)]
 enum Kind {
-    /// Mesh certificates both ways; the server must be one of these identities.
-    Mesh(Arc<[SpiffeId]>),
+    /// Mesh certificates both ways; the server must be one of these identities. With a
+    /// server name (a DestinationRule's ISTIO_MUTUAL `sni`), it is sent, so that a gateway
+    /// picks its server by it (Istio's egress gateway); without, none is.
+    Mesh(Arc<[SpiffeId]>, Option<ServerName<'static>>),
     Originate(Arc<Origination>),
     /// Origination whose settings could not be loaded: every connection fails with this, and
     /// nothing is sent in plaintext instead.
@@ -47,16 +49,17 @@ impl PartialEq for ClusterTls {
 impl Eq for ClusterTls {}
 
 impl ClusterTls {
-    fn mesh(allowed: Vec<SpiffeId>) -> ClusterTls {
+    fn mesh(allowed: Vec<SpiffeId>, sni: Option<ServerName<'static>>) -> ClusterTls {
         let names: Vec<String> = allowed.iter().map(ToString::to_string).collect();
         let principal = match &names[..] {
             [one] => Some(one.as_str().into()),
             _ => None,
         };
+        let sni_text = sni.as_ref().map(|n| n.to_str().into_owned()).unwrap_or_default();
         ClusterTls {
-            pool_id: digest(&["mesh", &names.join(",")]),
+            pool_id: digest(&["mesh", &names.join(","), &sni_text]),
             principal,
-            kind: Kind::Mesh(allowed.into()),
+            kind: Kind::Mesh(allowed.into(), sni),
         }
     }
 
@@ -64,7 +67,7 @@ impl ClusterTls {
     /// between workloads.
     pub fn security(&self) -> crate::metrics::Security {
         crate::metrics::Security {
-            mutual_tls: matches!(self.kind, Kind::Mesh(_)),
+            mutual_tls: matches!(self.kind, Kind::Mesh(..)),
             peer: self.principal.clone(),
         }
     }
@@ -81,7 +84,7 @@ impl ClusterTls {
     /// The identities a mesh server may present (none for origination).
     pub fn allowed(&self) -> &[SpiffeId] {
         match &self.kind {
-            Kind::Mesh(allowed) => allowed,
+            Kind::Mesh(allowed, _) => allowed,
             _ => &[],
         }
     }
@@ -128,7 +131,13 @@ impl TlsPolicy {
                 .collect::<Result<Vec<_>, _>>()?;
             allowed.sort();
             allowed.dedup();
-            Ok(Arc::new(ClusterTls::mesh(allowed)))
+            // A name that is not a DNS name is not sent (as without one); the identity is
+            // still verified.
+            let sni = tls
+                .filter(|t| !t.sni.is_empty())
+                .and_then(|t| ServerName::try_from(t.sni.clone()).ok())
+                .filter(|n| matches!(n, ServerName::DnsName(_)));
+            Ok(Arc::new(ClusterTls::mesh(allowed, sni)))
         };
         Ok(match (mode, tls) {
             (Mode::Auto, _) => TlsPolicy::Auto(mesh(tls)?),
@@ -222,14 +231,14 @@ pub async fn handshake(
 ) -> Result<tokio_rustls::client::TlsStream<TcpStream>, UpstreamError> {
     let failed = |message: String| UpstreamError::Tls { addr, message };
     let (config, name) = match &tls.kind {
-        Kind::Mesh(allowed) => {
+        Kind::Mesh(allowed, sni) => {
             let mesh = mesh.ok_or_else(|| failed("this proxy has no mesh identity".into()))?;
             let config = mesh
                 .client_config(carries, allowed)
                 .ok_or_else(|| failed("no workload certificate yet".into()))?;
-            // Mesh certificates carry no DNS names; the verifier checks the SPIFFE ID instead,
-            // and an address as the name means no SNI is sent.
-            (config, ServerName::IpAddress(addr.ip().into()))
+            // Mesh certificates carry no DNS names; the verifier checks the SPIFFE ID instead
+            // of the name, and an address as the name means no SNI is sent.
+            (config, sni.clone().unwrap_or_else(|| ServerName::IpAddress(addr.ip().into())))
         }
         Kind::Originate(origination) => origination.client_config(carries),
         Kind::Unusable(message) => return Err(failed(message.to_string())),
