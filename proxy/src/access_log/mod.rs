@@ -11,6 +11,7 @@
 
 pub mod render;
 pub mod sink;
+mod template;
 
 use std::borrow::Cow;
 use std::net::SocketAddr;
@@ -18,17 +19,18 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use http::{HeaderMap, HeaderName, Request, Response};
+use http::{Request, Response};
 use trellis_api::access_log::cel::{self, Activation, Attribute, Filter, Headers};
-use trellis_api::access_log::format::{self, Command, Format};
+use trellis_api::access_log::format;
 use trellis_xds::config as pb;
 
 use crate::config::ConfigError;
 use crate::serve::Conn;
 use crate::{Proxy, Side};
 
-pub use render::{Facts, RequestFacts};
+pub use render::{Captured, Facts, RequestFacts};
 pub use sink::Sink;
+use template::{JsonField, Registry, Template};
 
 /// Whether the configuration in force has access logs: read on every request, so a plain flag.
 #[derive(Debug, Default)]
@@ -54,9 +56,11 @@ impl Switch {
 /// The compiled access logs of one configuration.
 pub struct AccessLogs {
     logs: Vec<Log>,
-    /// The request headers some format or filter reads (`None`: a filter reads them all).
-    request_headers: Option<Vec<HeaderName>>,
-    response_headers: Option<Vec<HeaderName>>,
+    /// The headers some format or filter reads by name, each at its slot.
+    names: Registry,
+    /// A filter reads all the request's (response's) headers: they are all kept.
+    all_request_headers: bool,
+    all_response_headers: bool,
 }
 
 impl std::fmt::Debug for AccessLogs {
@@ -74,17 +78,8 @@ struct Log {
 }
 
 enum Shape {
-    Text(Format),
-    Json(Vec<(String, Format)>),
-}
-
-impl Shape {
-    fn formats(&self) -> Box<dyn Iterator<Item = &Format> + '_> {
-        match self {
-            Shape::Text(f) => Box::new(std::iter::once(f)),
-            Shape::Json(fields) => Box::new(fields.iter().map(|(_, f)| f)),
-        }
-    }
+    Text(Template),
+    Json(Vec<JsonField>),
 }
 
 fn err(field: String, message: impl Into<String>) -> ConfigError {
@@ -102,6 +97,7 @@ impl AccessLogs {
             return Ok(None);
         }
         let mut logs: Vec<Log> = Vec::with_capacity(config.len());
+        let mut names = Registry::default();
         for (i, c) in config.iter().enumerate() {
             let field = format!("access_logs[{i}]");
             if c.path.is_empty() {
@@ -115,7 +111,7 @@ impl AccessLogs {
             let shape = match pb::AccessLogEncoding::try_from(c.encoding) {
                 Ok(pb::AccessLogEncoding::Text) => {
                     let text = trellis_api::access_log::text_format(Some(&c.text_format));
-                    Shape::Text(parse(&text, format!("{field}.text_format"))?)
+                    Shape::Text(names.text(&parse(&text, format!("{field}.text_format"))?))
                 }
                 Ok(pb::AccessLogEncoding::Json) => {
                     let fields = if c.json_fields.is_empty() {
@@ -128,7 +124,7 @@ impl AccessLogs {
                     for (j, (key, text)) in fields.into_iter().enumerate() {
                         compiled.push((key, parse(&text, format!("{field}.json_fields[{j}].format"))?));
                     }
-                    Shape::Json(compiled)
+                    Shape::Json(names.json(&compiled))
                 }
                 Err(_) => {
                     return Err(err(
@@ -150,58 +146,21 @@ impl AccessLogs {
                 .unwrap_or_else(|| Sink::open(&c.path));
             logs.push(Log { shape, filter, sink });
         }
-        let headers = |which: Headers| -> Option<Vec<HeaderName>> {
-            let attribute = if which == Headers::Request {
-                Attribute::RequestHeaders
-            } else {
-                Attribute::ResponseHeaders
-            };
-            if logs.iter().any(|l| l.filter.as_ref().is_some_and(|f| f.reads(attribute))) {
-                return None;
+        let filters_read =
+            |attribute: Attribute| logs.iter().any(|l| l.filter.as_ref().is_some_and(|f| f.reads(attribute)));
+        // What the filters' attributes read from headers.
+        for (attribute, name) in [
+            (Attribute::RequestReferer, "referer"),
+            (Attribute::RequestUserAgent, "user-agent"),
+            (Attribute::RequestId, "x-request-id"),
+        ] {
+            if filters_read(attribute) {
+                names.request.slot(name);
             }
-            let mut names: Vec<HeaderName> = Vec::new();
-            let mut add = |name: &str| {
-                if let Ok(h) = HeaderName::from_bytes(name.as_bytes())
-                    && !names.contains(&h)
-                {
-                    names.push(h);
-                }
-            };
-            for log in &logs {
-                for format in log.shape.formats() {
-                    for op in format.operators() {
-                        let header = match (&op.command, which) {
-                            (Command::Req(h) | Command::ReqWithoutQuery(h), Headers::Request) => h,
-                            (Command::Resp(h), Headers::Response) => h,
-                            (Command::UpstreamServiceTime, Headers::Response) => {
-                                add("x-envoy-upstream-service-time");
-                                continue;
-                            }
-                            _ => continue,
-                        };
-                        add(&header.name);
-                        if let Some(alt) = &header.alternative {
-                            add(alt);
-                        }
-                    }
-                }
-            }
-            // What the filter's attributes read from headers.
-            if which == Headers::Request {
-                for (attribute, name) in [
-                    (Attribute::RequestReferer, "referer"),
-                    (Attribute::RequestUserAgent, "user-agent"),
-                    (Attribute::RequestId, "x-request-id"),
-                ] {
-                    if logs.iter().any(|l| l.filter.as_ref().is_some_and(|f| f.reads(attribute))) {
-                        add(name);
-                    }
-                }
-            }
-            Some(names)
-        };
-        let (request_headers, response_headers) = (headers(Headers::Request), headers(Headers::Response));
-        Ok(Some(Arc::new(AccessLogs { logs, request_headers, response_headers })))
+        }
+        let all_request_headers = filters_read(Attribute::RequestHeaders);
+        let all_response_headers = filters_read(Attribute::ResponseHeaders);
+        Ok(Some(Arc::new(AccessLogs { logs, names, all_request_headers, all_response_headers })))
     }
 
     /// Writes one line to each log whose filter takes it.
@@ -228,22 +187,6 @@ impl AccessLogs {
                 *line = String::new();
             }
         });
-    }
-
-    fn capture(names: &Option<Vec<HeaderName>>, headers: &HeaderMap) -> HeaderMap {
-        match names {
-            None => headers.clone(),
-            Some(names) if names.is_empty() => HeaderMap::new(),
-            Some(names) => {
-                let mut kept = HeaderMap::with_capacity(names.len());
-                for name in names {
-                    if let Some(value) = headers.get(name) {
-                        kept.insert(name.clone(), value.clone());
-                    }
-                }
-                kept
-            }
-        }
     }
 }
 
@@ -285,7 +228,7 @@ pub struct HttpEntry {
     inbound: bool,
     // From `answered`:
     status: u16,
-    response_headers: HeaderMap,
+    response_headers: Captured,
     response_duration: Option<Duration>,
     details: Cow<'static, str>,
     upstream: Upstream,
@@ -308,7 +251,7 @@ pub fn capture<B>(
         http::Version::HTTP_3 => "HTTP/3",
         _ => "HTTP/1.1",
     };
-    let headers = AccessLogs::capture(&logs.request_headers, request.headers());
+    let headers = Captured::keep(&logs.names.request, logs.all_request_headers, request.headers());
     let facts = RequestFacts {
         method: request.method().clone(),
         path: request.uri().path_and_query().map_or_else(|| "/".to_owned(), |p| p.as_str().to_owned()),
@@ -333,7 +276,7 @@ pub fn capture<B>(
         sni: conn.sni.clone(),
         inbound: conn.side == Side::Inbound,
         status: 0,
-        response_headers: HeaderMap::new(),
+        response_headers: Captured::default(),
         response_duration: None,
         details: Cow::Borrowed(""),
         upstream: Upstream::default(),
@@ -353,7 +296,8 @@ impl HttpEntry {
         upstream: Upstream,
     ) {
         self.status = response.status().as_u16();
-        self.response_headers = AccessLogs::capture(&self.logs.response_headers, response.headers());
+        self.response_headers =
+            Captured::keep(&self.logs.names.response, self.logs.all_response_headers, response.headers());
         self.response_duration = Some(self.started.elapsed());
         self.details = match &upstream.details {
             Some(d) => Cow::Owned(d.to_string()),
@@ -362,7 +306,7 @@ impl HttpEntry {
         // Istio's names: inbound|PORT|| for deliveries to the app.
         self.cluster = match (cluster, self.inbound, upstream.host) {
             (Some(c), _, _) => c.clone(),
-            (None, true, Some(app)) => format!("inbound|{}||", app.port()).into(),
+            (None, true, Some(app)) => inbound_cluster(app.port()),
             (None, false, _) if service.ends_with("Cluster") => service.clone(),
             _ => Arc::from(""),
         };
@@ -382,6 +326,8 @@ impl HttpEntry {
             protocol: Some(self.protocol),
             request: Some(&self.request),
             response_headers: Some(&self.response_headers),
+            request_names: &self.logs.names.request,
+            response_names: &self.logs.names.response,
             code: self.status,
             details: &self.details,
             flags,
@@ -403,6 +349,22 @@ impl HttpEntry {
         };
         self.logs.write(&facts);
     }
+}
+
+/// Istio's cluster name for deliveries to the app on `port` (`inbound|8080||`): a thread's
+/// requests go to one or two ports, so it keeps the last name it made.
+fn inbound_cluster(port: u16) -> Arc<str> {
+    thread_local! {
+        static LAST: std::cell::RefCell<Option<(u16, Arc<str>)>> = const { std::cell::RefCell::new(None) };
+    }
+    LAST.with_borrow_mut(|last| match last {
+        Some((p, name)) if *p == port => name.clone(),
+        _ => {
+            let name: Arc<str> = format!("inbound|{port}||").into();
+            *last = Some((port, name.clone()));
+            name
+        }
+    })
 }
 
 /// Envoy's `%RESPONSE_CODE_DETAILS%` for what the flags and status tell.
@@ -503,6 +465,8 @@ impl TcpEntry {
             protocol: None,
             request: None,
             response_headers: None,
+            request_names: &self.logs.names.request,
+            response_names: &self.logs.names.response,
             code: 0,
             details: "",
             flags: if outcome.flags.is_empty() { "-" } else { outcome.flags },
@@ -534,8 +498,8 @@ impl Activation for Facts<'_> {
         let request = self.request;
         let header = |name: &str| {
             request
-                .and_then(|r| r.header(name))
-                .map(|v| V::Str(Cow::Owned(String::from_utf8_lossy(&v).into_owned())))
+                .and_then(|r| r.header(name, self.request_names))
+                .map(|v| V::Str(Cow::Owned(String::from_utf8_lossy(v).into_owned())))
         };
         let path = || request.map(|r| r.path.as_str());
         Some(match attribute {
@@ -578,14 +542,11 @@ impl Activation for Facts<'_> {
     }
 
     fn header(&self, which: Headers, name: &str) -> Option<Cow<'_, str>> {
-        let bytes: Cow<'_, [u8]> = match which {
-            Headers::Request => self.request?.header(name)?,
-            Headers::Response => Cow::Borrowed(self.response_headers?.get(name)?.as_bytes()),
+        let bytes = match which {
+            Headers::Request => self.request?.header(name, self.request_names)?,
+            Headers::Response => self.response_headers?.by_name(name, self.response_names)?.as_bytes(),
         };
-        Some(match bytes {
-            Cow::Borrowed(b) => String::from_utf8_lossy(b),
-            Cow::Owned(b) => Cow::Owned(String::from_utf8_lossy(&b).into_owned()),
-        })
+        Some(String::from_utf8_lossy(bytes))
     }
 }
 
@@ -626,19 +587,29 @@ mod tests {
         let logs = AccessLogs::compile(&[config("%REQ(X-A?X-B)% %RESP(X-C)% %REQ(:PATH)%", "")], None)
             .unwrap()
             .unwrap();
-        let names = |h: &Option<Vec<HeaderName>>| {
-            h.as_ref().unwrap().iter().map(|n| n.to_string()).collect::<Vec<_>>()
-        };
-        assert_eq!(names(&logs.request_headers), ["x-a", "x-b"]);
-        assert_eq!(names(&logs.response_headers), ["x-c"]);
+        let names = |n: &template::Names| n.as_slice().iter().map(|n| n.to_string()).collect::<Vec<_>>();
+        assert_eq!(names(&logs.names.request), ["x-a", "x-b"]);
+        assert_eq!(names(&logs.names.response), ["x-c"]);
+        assert!(!logs.all_request_headers && !logs.all_response_headers);
         // A filter reading request headers keeps them all.
         let logs = AccessLogs::compile(&[config("%DURATION%", "request.headers['x'] == 'y'")], None)
             .unwrap()
             .unwrap();
-        assert!(logs.request_headers.is_none());
-        assert_eq!(names(&logs.response_headers), Vec::<String>::new());
+        assert!(logs.all_request_headers && !logs.all_response_headers);
+        assert_eq!(names(&logs.names.response), Vec::<String>::new());
+        // A filter on the user agent keeps that header.
+        let agent =
+            AccessLogs::compile(&[config("%DURATION%", "request.useragent == 'x'")], None).unwrap().unwrap();
+        assert_eq!(names(&agent.names.request), ["user-agent"]);
         // The same path in a later config keeps its sink (and writer).
         let again = AccessLogs::compile(&[config("%PROTOCOL%", "")], Some(&logs)).unwrap().unwrap();
         assert!(Arc::ptr_eq(&again.logs[0].sink, &logs.logs[0].sink));
+    }
+
+    #[test]
+    fn the_inbound_cluster_name_follows_the_port() {
+        assert_eq!(&*inbound_cluster(8080), "inbound|8080||");
+        assert_eq!(&*inbound_cluster(8080), "inbound|8080||");
+        assert_eq!(&*inbound_cluster(9090), "inbound|9090||");
     }
 }
