@@ -31,6 +31,10 @@ pub struct Incoming {
     pub debug: bool,
     /// The request used the single `b3` header: the next hop gets one too.
     pub single_b3: bool,
+    /// Valid `x-b3-*` headers came (ids, or a decision alone): the next hop gets them too.
+    pub multi_b3: bool,
+    /// The trace headers the request carried, valid or not (they are all replaced).
+    pub present: Present,
 }
 
 /// The caller's span.
@@ -59,24 +63,124 @@ pub struct Outgoing {
     pub single_b3: bool,
 }
 
+/// The formats a hop writes: what came (as Envoy passes on the format it read), or, when
+/// nothing valid came, W3C and B3 both, so that an app instrumented for either continues the
+/// trace.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Formats {
+    /// `traceparent`, and `tracestate` when a valid one came with a valid `traceparent`.
+    pub w3c: bool,
+    /// The `x-b3-*` headers.
+    pub multi_b3: bool,
+    /// The single `b3` header.
+    pub single_b3: bool,
+}
+
+impl Formats {
+    /// Every format: a hop that starts the trace.
+    pub const ALL: Formats = Formats { w3c: true, multi_b3: true, single_b3: false };
+
+    pub fn arrived(incoming: &Incoming) -> Formats {
+        let formats = Formats {
+            w3c: incoming.parent.is_some_and(|p| p.w3c),
+            multi_b3: incoming.multi_b3,
+            single_b3: incoming.single_b3,
+        };
+        if formats.w3c || formats.multi_b3 || formats.single_b3 { formats } else { Formats::ALL }
+    }
+}
+
+/// The trace headers a request carries, found in one pass over its names (the bits are the
+/// positions in `NAMES`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Present(u8);
+
+/// Every trace header, in `Present`'s bit order (the `bit` constants).
+static NAMES: [&HeaderName; 8] = [
+    &TRACEPARENT,
+    &TRACESTATE,
+    &B3,
+    &X_B3_TRACEID,
+    &X_B3_SPANID,
+    &X_B3_PARENTSPANID,
+    &X_B3_SAMPLED,
+    &X_B3_FLAGS,
+];
+
+/// A trace header's place in `NAMES` and its bit in `Present`.
+mod bit {
+    pub const TRACEPARENT: usize = 0;
+    pub const TRACESTATE: usize = 1;
+    pub const B3: usize = 2;
+    pub const X_B3_TRACEID: usize = 3;
+    pub const X_B3_SPANID: usize = 4;
+    pub const X_B3_PARENTSPANID: usize = 5;
+    pub const X_B3_SAMPLED: usize = 6;
+    pub const X_B3_FLAGS: usize = 7;
+}
+
+impl Present {
+    pub fn of(headers: &HeaderMap) -> Present {
+        let mut bits = 0u8;
+        for name in headers.keys() {
+            let name = name.as_str().as_bytes();
+            // Most names are none of these: the first byte and the length rule them out.
+            let bit = match (name.first(), name.len()) {
+                (Some(b't'), 11) if name == b"traceparent" => bit::TRACEPARENT,
+                (Some(b't'), 10) if name == b"tracestate" => bit::TRACESTATE,
+                (Some(b'b'), 2) if name == b"b3" => bit::B3,
+                (Some(b'x'), _) if name.starts_with(b"x-b3-") => match &name[5..] {
+                    b"traceid" => bit::X_B3_TRACEID,
+                    b"spanid" => bit::X_B3_SPANID,
+                    b"parentspanid" => bit::X_B3_PARENTSPANID,
+                    b"sampled" => bit::X_B3_SAMPLED,
+                    b"flags" => bit::X_B3_FLAGS,
+                    // Another x-b3- name: not ours to replace.
+                    _ => continue,
+                },
+                _ => continue,
+            };
+            bits |= 1 << bit;
+        }
+        Present(bits)
+    }
+
+    pub fn any(self) -> bool {
+        self.0 != 0
+    }
+
+    fn has(self, bit: usize) -> bool {
+        self.0 & (1 << bit) != 0
+    }
+}
+
 impl Incoming {
     /// Reads the request's trace headers: a valid `traceparent` first, then `b3`, then the
     /// `x-b3-*` headers. A sampling decision alone (`b3: 0`, `x-b3-sampled: 1`) counts even
     /// without ids.
     pub fn read(headers: &HeaderMap) -> Incoming {
-        let mut incoming = Incoming::default();
+        Incoming::read_present(headers, Present::of(headers))
+    }
+
+    /// As `read`, for a request whose trace headers are known to be `present`: only those are
+    /// looked up.
+    pub fn read_present(headers: &HeaderMap, present: Present) -> Incoming {
+        let mut incoming = Incoming { present, ..Incoming::default() };
+        if !present.any() {
+            return incoming;
+        }
+        let get = |bit: usize| if present.has(bit) { headers.get(NAMES[bit]) } else { None };
         if let Some((mut parent, sampled)) =
-            headers.get(&TRACEPARENT).and_then(|v| parse_traceparent(v.as_bytes()))
+            get(bit::TRACEPARENT).and_then(|v| parse_traceparent(v.as_bytes()))
         {
             // A 64-bit B3 trace id beside it (a previous hop wrote both) stays 64-bit in B3.
-            parent.short_trace_id = headers
-                .get(&X_B3_TRACEID)
+            parent.short_trace_id = get(bit::X_B3_TRACEID)
                 .and_then(|v| b3_trace_id(v.as_bytes()))
                 .is_some_and(|(id, short)| short && id == parent.trace_id);
             incoming.parent = Some(parent);
             incoming.sampled = Some(sampled);
         }
-        if let Some(single) = headers.get(&B3).and_then(|v| parse_b3_single(v.as_bytes())) {
+        if let Some(single) = get(bit::B3).and_then(|v| parse_b3_single(v.as_bytes())) {
             incoming.single_b3 = true;
             if incoming.parent.is_none() {
                 incoming.parent = single.parent;
@@ -84,11 +188,16 @@ impl Incoming {
                 incoming.debug = single.debug;
             }
         }
-        if incoming.parent.is_none() && incoming.sampled.is_none() {
-            let (parent, sampled, debug) = parse_b3_multi(headers);
-            incoming.parent = parent;
-            incoming.sampled = sampled;
-            incoming.debug = debug;
+        let multi = present.0 & MULTI_B3 != 0;
+        if multi {
+            let (parent, sampled, debug) = parse_b3_multi(get);
+            // Valid ones came: the next hop gets them, whichever format this hop follows.
+            incoming.multi_b3 = parent.is_some() || sampled.is_some() || debug;
+            if incoming.parent.is_none() && incoming.sampled.is_none() {
+                incoming.parent = parent;
+                incoming.sampled = sampled;
+                incoming.debug = debug;
+            }
         }
         if incoming.debug {
             incoming.sampled = Some(true);
@@ -96,6 +205,9 @@ impl Incoming {
         incoming
     }
 }
+
+/// `Present`'s bits of the `x-b3-*` headers.
+const MULTI_B3: u8 = 0b1111_1000;
 
 /// `version-traceid-parentid-flags`, lower-case hex. Version 00 is exactly 55 bytes; a later
 /// version may append fields after a `-` (read as version 00, as the specification asks);
@@ -167,17 +279,18 @@ fn sampling_state(s: &[u8]) -> Option<(bool, bool)> {
 
 /// The `x-b3-*` headers: trace and span id together or not at all; `x-b3-sampled` `1`/`0`
 /// (and `true`/`false`, which old Zipkin clients send); `x-b3-flags: 1` is debug.
-fn parse_b3_multi(headers: &HeaderMap) -> (Option<Parent>, Option<bool>, bool) {
-    let sampled = headers.get(&X_B3_SAMPLED).and_then(|v| match v.as_bytes() {
+fn parse_b3_multi<'h>(
+    get: impl Fn(usize) -> Option<&'h HeaderValue>,
+) -> (Option<Parent>, Option<bool>, bool) {
+    let sampled = get(bit::X_B3_SAMPLED).and_then(|v| match v.as_bytes() {
         b"1" | b"true" => Some(true),
         b"0" | b"false" => Some(false),
         _ => None,
     });
-    let debug = headers.get(&X_B3_FLAGS).is_some_and(|v| v.as_bytes() == b"1");
-    let parent = match (headers.get(&X_B3_TRACEID), headers.get(&X_B3_SPANID)) {
+    let debug = get(bit::X_B3_FLAGS).is_some_and(|v| v.as_bytes() == b"1");
+    let parent = match (get(bit::X_B3_TRACEID), get(bit::X_B3_SPANID)) {
         (Some(trace), Some(span)) => {
-            let parent_ok =
-                headers.get(&X_B3_PARENTSPANID).is_none_or(|p| b3_span_id(p.as_bytes()).is_some());
+            let parent_ok = get(bit::X_B3_PARENTSPANID).is_none_or(|p| b3_span_id(p.as_bytes()).is_some());
             match (b3_trace_id(trace.as_bytes()), b3_span_id(span.as_bytes())) {
                 (Some((trace_id, short_trace_id)), Some(span_id)) if parent_ok => {
                     Some(Parent { trace_id, span_id, short_trace_id, w3c: false })
@@ -234,15 +347,6 @@ fn hex(s: &[u8], upper_ok: bool) -> Option<u128> {
     Some(n)
 }
 
-/// Whether any trace header is present: when none is, there is nothing to remove (a pass over
-/// the names is cheaper than eight hashed removals).
-pub fn has_trace_headers(headers: &HeaderMap) -> bool {
-    headers.keys().any(|name| {
-        let name = name.as_str();
-        name == "traceparent" || name == "tracestate" || name == "b3" || name.starts_with("x-b3-")
-    })
-}
-
 /// A `tracestate` worth passing on: bounded, printable ASCII (the W3C list grammar's
 /// characters), from a request whose `traceparent` was valid.
 pub fn valid_tracestate(value: &HeaderValue) -> bool {
@@ -250,73 +354,97 @@ pub fn valid_tracestate(value: &HeaderValue) -> bool {
     !bytes.is_empty() && bytes.len() <= MAX_TRACESTATE_LEN && bytes.iter().all(|b| (0x20..0x7f).contains(b))
 }
 
-/// Replaces the request's trace headers with this hop's: `traceparent` and the `x-b3-*` headers
-/// always, the single `b3` header when the request came with one, `tracestate` when it came
-/// with a valid one alongside a valid `traceparent`. Whatever else arrived (malformed values,
-/// stray `x-b3-parentspanid`) does not go on.
-pub fn write(headers: &mut HeaderMap, out: &Outgoing, keep_tracestate: bool) {
-    if has_trace_headers(headers) {
-        let tracestate = if keep_tracestate { headers.remove(&TRACESTATE) } else { None };
-        for name in [
-            &TRACEPARENT,
-            &TRACESTATE,
-            &B3,
-            &X_B3_TRACEID,
-            &X_B3_SPANID,
-            &X_B3_PARENTSPANID,
-            &X_B3_SAMPLED,
-            &X_B3_FLAGS,
-        ] {
-            headers.remove(name);
+/// Sets the request's trace headers for the next hop, in `formats`; `tracestate` stays when a
+/// valid one came beside a valid `traceparent` (`keep_tracestate`). Every other trace header
+/// it came with (`present`: malformed values, a stray `x-b3-parentspanid`, a format not
+/// written) is removed: nothing goes on unchecked.
+pub fn write(
+    headers: &mut HeaderMap,
+    out: &Outgoing,
+    formats: Formats,
+    present: Present,
+    keep_tracestate: bool,
+) {
+    // The values, side by side in one buffer that the headers share: one allocation for all
+    // of them rather than one each.
+    let mut buf = [0u8; VALUES_LEN];
+    let mut spans = [None::<(usize, usize)>; 8];
+    let mut at = 0;
+    if formats.w3c {
+        let end = format_traceparent(&mut buf, at, out);
+        spans[bit::TRACEPARENT] = Some((at, end));
+        at = end;
+    }
+    if formats.multi_b3 {
+        let trace_len = if out.short_trace_id { 16 } else { 32 };
+        let parent = out.parent_id.map(|p| (bit::X_B3_PARENTSPANID, u128::from(p), 16));
+        for (bit, id, digits) in
+            [(bit::X_B3_TRACEID, out.trace_id, trace_len), (bit::X_B3_SPANID, u128::from(out.span_id), 16)]
+                .into_iter()
+                .chain(parent)
+        {
+            let end = put_hex_at(&mut buf, at, id, digits);
+            spans[bit] = Some((at, end));
+            at = end;
         }
-        if let Some(state) = tracestate.filter(valid_tracestate) {
-            headers.insert(TRACESTATE.clone(), state);
+    }
+    if formats.single_b3 {
+        let end = format_single_b3(&mut buf, at, out);
+        spans[bit::B3] = Some((at, end));
+    }
+    let shared = bytes::Bytes::from_owner(buf);
+    let mut values: [Option<HeaderValue>; 8] = Default::default();
+    for (value, span) in values.iter_mut().zip(spans) {
+        // Hex digits and dashes only: always a valid header value.
+        *value = span.and_then(|(from, to)| HeaderValue::from_maybe_shared(shared.slice(from..to)).ok());
+    }
+    if formats.multi_b3 {
+        values[bit::X_B3_SAMPLED] = Some(HeaderValue::from_static(if out.sampled { "1" } else { "0" }));
+        if out.debug {
+            values[bit::X_B3_FLAGS] = Some(HeaderValue::from_static("1"));
         }
     }
-    let mut buf = [0u8; 68];
-    // traceparent: 00-{32}-{16}-{2}
-    let n = format_traceparent(&mut buf, out);
-    insert(headers, &TRACEPARENT, &buf[..n]);
+    for (bit, value) in values.into_iter().enumerate() {
+        match value {
+            // Replaces what came under the name, in one hashed step.
+            Some(value) => {
+                headers.insert(NAMES[bit].clone(), value);
+            }
+            None if !present.has(bit) => {}
+            None if bit == bit::TRACESTATE && formats.w3c && keep_tracestate => {
+                // The first value, if valid, alone.
+                match headers.get(&TRACESTATE).filter(|v| valid_tracestate(v)).cloned() {
+                    Some(state) => headers.insert(TRACESTATE.clone(), state),
+                    None => headers.remove(&TRACESTATE),
+                };
+            }
+            None => {
+                headers.remove(NAMES[bit]);
+            }
+        }
+    }
+}
+
+/// Room for every value `write` makes: `traceparent` (55), B3's trace, span and parent ids
+/// (32 + 16 + 16) and the single `b3` header (`{32}-{16}-{1}-{16}`, 68).
+const VALUES_LEN: usize = 55 + 64 + 68;
+
+/// Writes `traceparent` (`00-{32}-{16}-{2}`) at `at`; returns its end.
+pub fn format_traceparent(buf: &mut [u8], at: usize, out: &Outgoing) -> usize {
+    buf[at..at + 3].copy_from_slice(b"00-");
+    put_hex_at(buf, at + 3, out.trace_id, 32);
+    buf[at + 35] = b'-';
+    put_hex_at(buf, at + 36, u128::from(out.span_id), 16);
+    buf[at + 52] = b'-';
+    buf[at + 53] = b'0';
+    buf[at + 54] = if out.sampled { b'1' } else { b'0' };
+    at + 55
+}
+
+/// Writes the single `b3` value at `at`; returns its end.
+fn format_single_b3(buf: &mut [u8], at: usize, out: &Outgoing) -> usize {
     let trace_len = if out.short_trace_id { 16 } else { 32 };
-    let n = put_hex(&mut buf, out.trace_id, trace_len);
-    insert(headers, &X_B3_TRACEID, &buf[..n]);
-    let n = put_hex(&mut buf, u128::from(out.span_id), 16);
-    insert(headers, &X_B3_SPANID, &buf[..n]);
-    if let Some(parent) = out.parent_id {
-        let n = put_hex(&mut buf, u128::from(parent), 16);
-        insert(headers, &X_B3_PARENTSPANID, &buf[..n]);
-    }
-    headers.insert(X_B3_SAMPLED.clone(), HeaderValue::from_static(if out.sampled { "1" } else { "0" }));
-    if out.debug {
-        headers.insert(X_B3_FLAGS.clone(), HeaderValue::from_static("1"));
-    }
-    if out.single_b3 {
-        let n = format_single_b3(&mut buf, out);
-        insert(headers, &B3, &buf[..n]);
-    }
-}
-
-fn insert(headers: &mut HeaderMap, name: &HeaderName, value: &[u8]) {
-    // Hex digits and dashes only: always a valid header value.
-    if let Ok(value) = HeaderValue::from_bytes(value) {
-        headers.insert(name.clone(), value);
-    }
-}
-
-pub fn format_traceparent(buf: &mut [u8; 68], out: &Outgoing) -> usize {
-    buf[..3].copy_from_slice(b"00-");
-    put_hex_at(buf, 3, out.trace_id, 32);
-    buf[35] = b'-';
-    put_hex_at(buf, 36, u128::from(out.span_id), 16);
-    buf[52] = b'-';
-    buf[53] = b'0';
-    buf[54] = if out.sampled { b'1' } else { b'0' };
-    55
-}
-
-fn format_single_b3(buf: &mut [u8; 68], out: &Outgoing) -> usize {
-    let trace_len = if out.short_trace_id { 16 } else { 32 };
-    let mut at = put_hex_at(buf, 0, out.trace_id, trace_len);
+    let mut at = put_hex_at(buf, at, out.trace_id, trace_len);
     buf[at] = b'-';
     at = put_hex_at(buf, at + 1, u128::from(out.span_id), 16);
     buf[at] = b'-';
@@ -333,10 +461,6 @@ fn format_single_b3(buf: &mut [u8; 68], out: &Outgoing) -> usize {
         at = put_hex_at(buf, at + 1, u128::from(parent), 16);
     }
     at
-}
-
-fn put_hex(buf: &mut [u8; 68], value: u128, digits: usize) -> usize {
-    put_hex_at(buf, 0, value, digits)
 }
 
 /// Writes the low `digits` hex digits of `value` at `at`; returns the end.
@@ -473,7 +597,8 @@ mod tests {
         let debug = headers(&[("x-b3-flags", "1")]);
         assert_eq!(Incoming::read(&debug).sampled, Some(true));
         let junk = headers(&[("x-b3-traceid", "x"), ("x-b3-spanid", "y"), ("x-b3-sampled", "maybe")]);
-        assert_eq!(Incoming::read(&junk), Incoming::default());
+        let junk = Incoming::read(&junk);
+        assert_eq!((junk.parent, junk.sampled, junk.debug, junk.multi_b3), (None, None, false, false));
     }
 
     #[test]
@@ -506,7 +631,9 @@ mod tests {
             short_trace_id: false,
             single_b3: true,
         };
-        write(&mut h, &out, false);
+        let all = Formats { w3c: true, multi_b3: true, single_b3: true };
+        let present = Present::of(&h);
+        write(&mut h, &out, all, present, false);
         assert_eq!(h.get("traceparent").unwrap(), "00-000000000000000000000000000000ab-00000000000000cd-01");
         assert_eq!(h.get("x-b3-traceid").unwrap(), "000000000000000000000000000000ab");
         assert_eq!(h.get("x-b3-spanid").unwrap(), "00000000000000cd");
@@ -545,7 +672,7 @@ mod tests {
                 short_trace_id: incoming.parent.is_some_and(|p| p.short_trace_id),
                 single_b3: incoming.single_b3,
             };
-            write(&mut h, &out, incoming.parent.is_some_and(|p| p.w3c));
+            write(&mut h, &out, Formats::arrived(&incoming), incoming.present, incoming.parent.is_some_and(|p| p.w3c));
             let back = Incoming::read(&h);
             proptest::prop_assert_eq!(back.parent.map(|p| (p.trace_id, p.span_id)), Some((out.trace_id, 9)));
             // Only a value that parsed survives, as the value this hop wrote.
@@ -558,7 +685,7 @@ mod tests {
         fn any_written_context_reads_back(trace in 1u128.., span in 1u64.., parent in proptest::option::of(1u64..), sampled: bool, single: bool) {
             let out = Outgoing { trace_id: trace, span_id: span, parent_id: parent, sampled, debug: false, short_trace_id: false, single_b3: single };
             let mut h = HeaderMap::new();
-            write(&mut h, &out, false);
+            write(&mut h, &out, Formats { single_b3: single, ..Formats::ALL }, Present::default(), false);
             let back = Incoming::read(&h);
             let p = back.parent.unwrap();
             proptest::prop_assert_eq!((p.trace_id, p.span_id, back.sampled), (trace, span, Some(sampled)));
@@ -581,11 +708,73 @@ mod tests {
             short_trace_id: true,
             single_b3: false,
         };
-        write(&mut h, &out, true);
+        let present = Present::of(&h);
+        write(&mut h, &out, Formats::ALL, present, true);
         assert_eq!(h.get("tracestate").unwrap(), "congo=t61rcWkgMzE");
         assert_eq!(h.get("x-b3-traceid").unwrap(), "0000000000000001", "64-bit ids stay 64-bit in B3");
         assert!(h.get("b3").is_none() && h.get("x-b3-parentspanid").is_none());
         let huge = HeaderValue::from_str(&"a=b,".repeat(200)).unwrap();
         assert!(!valid_tracestate(&huge));
+    }
+
+    /// Each hop passes on the formats that came, as Envoy does; a hop that got none (or none
+    /// valid) writes W3C and B3 both.
+    #[test]
+    fn only_the_formats_that_arrived_are_written() {
+        const SPAN: &str = "a2fb4a1d1a96d312";
+        /// The headers that came, and the trace headers that go on.
+        type Case = (&'static [(&'static str, &'static str)], &'static [&'static str]);
+        let cases: [Case; 6] = [
+            (&[("traceparent", TP), ("tracestate", "a=1")], &["traceparent", "tracestate"]),
+            (
+                &[("x-b3-traceid", "463ac35c9f6413ad48485a3953bb6124"), ("x-b3-spanid", SPAN)],
+                &["x-b3-traceid", "x-b3-spanid", "x-b3-parentspanid", "x-b3-sampled"],
+            ),
+            (&[("x-b3-sampled", "0")], &["x-b3-traceid", "x-b3-spanid", "x-b3-sampled"]),
+            (&[("b3", "64fe8b2a57d3eff7-e457b5a2e4d86bd1-1")], &["b3"]),
+            // A stray parent without ids is not a format that came: W3C goes on alone.
+            (&[("traceparent", TP), ("x-b3-parentspanid", "nope")], &["traceparent"]),
+            (
+                &[("traceparent", "00-garbage"), ("b3", "junk")],
+                &["traceparent", "x-b3-traceid", "x-b3-spanid", "x-b3-sampled"],
+            ),
+        ];
+        for (came, written) in cases {
+            let mut h = headers(came);
+            h.insert("x-other", HeaderValue::from_static("kept"));
+            let incoming = Incoming::read(&h);
+            let out = Outgoing {
+                trace_id: incoming.parent.map_or(5, |p| p.trace_id),
+                span_id: 6,
+                parent_id: incoming.parent.map(|p| p.span_id),
+                sampled: incoming.sampled.unwrap_or(false),
+                debug: incoming.debug,
+                short_trace_id: incoming.parent.is_some_and(|p| p.short_trace_id),
+                single_b3: incoming.single_b3,
+            };
+            let keep = incoming.parent.is_some_and(|p| p.w3c);
+            write(&mut h, &out, Formats::arrived(&incoming), incoming.present, keep);
+            let mut names: Vec<&str> = h.keys().map(|n| n.as_str()).filter(|n| *n != "x-other").collect();
+            names.sort_unstable();
+            let mut want = written.to_vec();
+            want.sort_unstable();
+            assert_eq!(names, want, "{came:?}");
+            assert_eq!(h.get("x-other").unwrap(), "kept");
+            assert_eq!(Incoming::read(&h).parent.map(|p| p.span_id), Some(6), "{came:?}");
+        }
+    }
+
+    #[test]
+    fn the_names_present_are_found_in_one_pass() {
+        let h = headers(&[
+            ("x-b3-sampled", "1"),
+            ("tracestate", "a"),
+            ("x-b3-other", "1"),
+            ("content-type", "x"),
+        ]);
+        let present = Present::of(&h);
+        assert!(present.has(bit::X_B3_SAMPLED) && present.has(bit::TRACESTATE));
+        assert!(!present.has(bit::TRACEPARENT) && !present.has(bit::X_B3_FLAGS));
+        assert!(!Present::of(&headers(&[("x-b3-other", "1"), ("b", "2")])).any());
     }
 }

@@ -5,14 +5,16 @@
 //! path (`export`).
 //!
 //! Cost: with tracing off (no `tracing` in the config, or no provider) nothing here runs. An unsampled request
-//! pays for reading and rewriting its trace headers only; the span's data is gathered for
-//! sampled requests alone.
+//! pays for reading and rewriting its trace headers only (one pass over the header names, a
+//! lookup per trace header that came, one insert per header written, one allocation for the
+//! values); the span's data is gathered for sampled requests alone.
 //!
-//! Propagation: the next hop always gets `traceparent` and the `x-b3-*` headers (so that an
-//! app instrumented for either format continues the trace), the single `b3` header when the
-//! request came with one, and `tracestate` when it came with a valid one beside a valid
-//! `traceparent`. Envoy's Zipkin tracer writes B3 only and its OpenTelemetry tracer W3C only;
-//! writing both keeps the trace whole whichever the apps and the collector speak.
+//! Propagation: the next hop gets the formats the request came with (valid ones): W3C
+//! `traceparent` (and `tracestate` when a valid one came beside it), the `x-b3-*` headers, the
+//! single `b3` header; as Envoy passes on the format its tracer reads. A request that came
+//! with none (or none valid) starts the trace, and the next hop gets `traceparent` and the
+//! `x-b3-*` headers both: Envoy's Zipkin tracer would write B3 only and its OpenTelemetry
+//! tracer W3C only, but writing both lets an app instrumented for either continue the trace.
 
 pub mod context;
 pub mod export;
@@ -152,13 +154,11 @@ impl Tracing {
 /// Reads the request's trace context, decides sampling, and rewrites its trace headers for the
 /// next hop. Returns the span under way when the request is sampled.
 pub fn begin<B>(request: &mut Request<B>, conn: &Conn, proxy: &Arc<Proxy>) -> Option<Box<Started>> {
-    let tracing = proxy.config.load().tracing.clone()?;
+    let config = proxy.config.load();
+    let tracing = config.tracing.as_ref()?;
     let headers = request.headers_mut();
-    let incoming = if context::has_trace_headers(headers) {
-        context::Incoming::read(headers)
-    } else {
-        context::Incoming::default()
-    };
+    let present = context::Present::of(headers);
+    let incoming = context::Incoming::read_present(headers, present);
     let sampled = incoming.sampled.unwrap_or_else(|| tracing.sample());
     let span_id = nonzero(|rng| rng.random::<u64>());
     let (trace_id, parent_id, short_trace_id) = match incoming.parent {
@@ -174,7 +174,8 @@ pub fn begin<B>(request: &mut Request<B>, conn: &Conn, proxy: &Arc<Proxy>) -> Op
         short_trace_id,
         single_b3: incoming.single_b3,
     };
-    context::write(headers, &out, incoming.parent.is_some_and(|p| p.w3c));
+    let formats = context::Formats::arrived(&incoming);
+    context::write(headers, &out, formats, present, incoming.parent.is_some_and(|p| p.w3c));
     if !sampled {
         return None;
     }
@@ -182,7 +183,7 @@ pub fn begin<B>(request: &mut Request<B>, conn: &Conn, proxy: &Arc<Proxy>) -> Op
         Side::Outbound => Kind::Client,
         Side::Inbound => Kind::Server,
     };
-    Some(Started::new(request, conn, proxy, tracing, out, kind))
+    Some(Started::new(request, conn, proxy, tracing.clone(), out, kind))
 }
 
 /// The xDS client knows who the proxy is (its node): the spans say so wherever the control
