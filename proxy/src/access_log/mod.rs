@@ -252,18 +252,17 @@ pub fn capture<B>(
         _ => "HTTP/1.1",
     };
     let headers = Captured::keep(&logs.names.request, logs.all_request_headers, request.headers());
-    let facts = RequestFacts {
-        method: request.method().clone(),
-        path: request.uri().path_and_query().map_or_else(|| "/".to_owned(), |p| p.as_str().to_owned()),
-        authority: request
+    let facts = RequestFacts::new(
+        request.method().clone(),
+        request.uri().path_and_query().map_or("/", |p| p.as_str()),
+        request
             .uri()
             .authority()
             .map(|a| a.as_str())
-            .or_else(|| request.headers().get(http::header::HOST).and_then(|h| h.to_str().ok()))
-            .map(str::to_owned),
-        scheme: if conn.tls_peer.is_some() { "https" } else { "http" },
+            .or_else(|| request.headers().get(http::header::HOST).and_then(|h| h.to_str().ok())),
+        if conn.tls_peer.is_some() { "https" } else { "http" },
         headers,
-    };
+    );
     Box::new(HttpEntry {
         logs,
         start_unix_nanos: unix_nanos(),
@@ -501,7 +500,7 @@ impl Activation for Facts<'_> {
                 .and_then(|r| r.header(name, self.request_names))
                 .map(|v| V::Str(Cow::Owned(String::from_utf8_lossy(v).into_owned())))
         };
-        let path = || request.map(|r| r.path.as_str());
+        let path = || request.map(|r| r.path());
         Some(match attribute {
             Attribute::RequestPath => string(path()?),
             Attribute::RequestUrlPath => string(path()?.split('?').next().unwrap_or_default()),

@@ -61,10 +61,16 @@ pub struct Captured {
 
 impl Captured {
     pub fn keep(names: &Names, all: bool, headers: &HeaderMap) -> Captured {
-        Captured {
-            values: names.as_slice().iter().map(|name| headers.get(name).cloned()).collect(),
-            all: all.then(|| headers.clone()),
+        // Slots past the end are absent: nothing is allocated until a header is found.
+        let mut values = Vec::new();
+        for (slot, name) in names.as_slice().iter().enumerate() {
+            if let Some(value) = headers.get(name) {
+                values.reserve_exact(names.as_slice().len());
+                values.resize(slot, None);
+                values.push(Some(value.clone()));
+            }
         }
+        Captured { values, all: all.then(|| headers.clone()) }
     }
 
     fn at(&self, slot: usize) -> Option<&HeaderValue> {
@@ -84,21 +90,51 @@ impl Captured {
 /// The request as it came in, kept for its line.
 pub struct RequestFacts {
     pub method: http::Method,
-    /// Path and query.
-    pub path: String,
-    /// The URI's authority, else the Host header.
-    pub authority: Option<String>,
+    /// The path and query, then the authority: one allocation for both.
+    strings: String,
+    path_len: usize,
+    has_authority: bool,
     pub scheme: &'static str,
     pub headers: Captured,
 }
 
 impl RequestFacts {
+    /// `authority`: the URI's, else the Host header.
+    pub fn new(
+        method: http::Method,
+        path: &str,
+        authority: Option<&str>,
+        scheme: &'static str,
+        headers: Captured,
+    ) -> RequestFacts {
+        let mut strings = String::with_capacity(path.len() + authority.map_or(0, str::len));
+        strings.push_str(path);
+        strings.push_str(authority.unwrap_or_default());
+        RequestFacts {
+            method,
+            strings,
+            path_len: path.len(),
+            has_authority: authority.is_some(),
+            scheme,
+            headers,
+        }
+    }
+
+    /// Path and query.
+    pub fn path(&self) -> &str {
+        self.strings.get(..self.path_len).unwrap_or_default()
+    }
+
+    pub fn authority(&self) -> Option<&str> {
+        if self.has_authority { self.strings.get(self.path_len..) } else { None }
+    }
+
     /// A request header by name, pseudo-headers included.
     pub fn header<'s>(&'s self, name: &str, names: &Names) -> Option<&'s [u8]> {
         match name {
             ":method" => Some(self.method.as_str().as_bytes()),
-            ":path" => Some(self.path.as_bytes()),
-            ":authority" | "host" => self.authority.as_deref().map(str::as_bytes),
+            ":path" => Some(self.path().as_bytes()),
+            ":authority" | "host" => self.authority().map(str::as_bytes),
             ":scheme" => Some(self.scheme.as_bytes()),
             _ => self.headers.by_name(name, names).map(HeaderValue::as_bytes),
         }
@@ -107,8 +143,8 @@ impl RequestFacts {
     fn at(&self, at: RequestAt) -> Option<&[u8]> {
         match at {
             RequestAt::Method => Some(self.method.as_str().as_bytes()),
-            RequestAt::Path => Some(self.path.as_bytes()),
-            RequestAt::Authority => self.authority.as_deref().map(str::as_bytes),
+            RequestAt::Path => Some(self.path().as_bytes()),
+            RequestAt::Authority => self.authority().map(str::as_bytes),
             RequestAt::Scheme => Some(self.scheme.as_bytes()),
             RequestAt::Slot(slot) => self.headers.at(slot).map(HeaderValue::as_bytes),
             RequestAt::Nowhere => None,
@@ -122,6 +158,9 @@ enum Value<'a> {
     Absent,
     Number(u128),
     Text(&'a [u8]),
+    /// Text the proxy itself made of printable ASCII without `"` or `\\` (protocol, flags,
+    /// method): nothing to escape, nothing to scan for.
+    Safe(&'static str),
     Address(SocketAddr),
     Ip(std::net::IpAddr),
     Time(Option<&'a trellis_api::access_log::time::TimeFormat>, u128),
@@ -140,7 +179,7 @@ impl Value<'_> {
             Value::Ip(ip) => write_ip(*ip, out),
             Value::Time(None, nanos) => write_default_time(*nanos, out),
             Value::Time(Some(format), nanos) => format.render(*nanos, out),
-            Value::Absent | Value::Text(_) => return false,
+            Value::Absent | Value::Text(_) | Value::Safe(_) => return false,
         }
         true
     }
@@ -185,22 +224,49 @@ fn write_default_time(unix_nanos: u128, out: &mut String) {
 }
 
 /// An address as `Display` writes it (IPv6 without brackets, as Envoy's `_WITHOUT_PORT`
-/// forms), IPv4 octet by octet: every line has several, and the formatter is slow.
+/// forms), IPv4 from a table of the octets' digits: every line has several, and the formatter
+/// is slow.
 fn write_ip(ip: std::net::IpAddr, out: &mut String) {
     match ip {
         std::net::IpAddr::V4(v4) => {
+            let mut buf = [0u8; 15];
+            let mut len = 0;
             for (i, octet) in v4.octets().into_iter().enumerate() {
                 if i > 0 {
-                    out.push('.');
+                    buf[len] = b'.';
+                    len += 1;
                 }
-                out.push_str(itoa::Buffer::new().format(octet));
+                let [n, digits @ ..] = OCTETS[usize::from(octet)];
+                let n = usize::from(n);
+                buf[len..len + n].copy_from_slice(&digits[..n]);
+                len += n;
             }
+            // Digits and dots only.
+            out.push_str(std::str::from_utf8(&buf[..len]).unwrap_or_default());
         }
         std::net::IpAddr::V6(v6) => {
             let _ = write!(out, "{v6}");
         }
     }
 }
+
+/// Each octet's decimal digits: their count, then the digits.
+const OCTETS: [[u8; 4]; 256] = {
+    let mut table = [[0u8; 4]; 256];
+    let mut i = 0;
+    while i < 256 {
+        let (h, t, u) = ((i / 100) as u8, (i / 10 % 10) as u8, (i % 10) as u8);
+        table[i] = if i >= 100 {
+            [3, b'0' + h, b'0' + t, b'0' + u]
+        } else if i >= 10 {
+            [2, b'0' + t, b'0' + u, 0]
+        } else {
+            [1, b'0' + u, 0, 0]
+        };
+        i += 1;
+    }
+    table
+};
 
 fn text(s: &str) -> Value<'_> {
     Value::Text(s.as_bytes())
@@ -221,6 +287,9 @@ fn millis(d: Duration) -> Value<'static> {
 impl Facts<'_> {
     fn value<'s>(&'s self, source: &'s Source) -> Value<'s> {
         match source {
+            Source::Request { first: RequestAt::Method, .. } => {
+                self.request.map_or(Value::Absent, |r| method(&r.method))
+            }
             Source::Request { first, alternative, strip_query } => {
                 let Some(request) = self.request else { return Value::Absent };
                 let Some(v) = request.at(*first).or_else(|| alternative.and_then(|alt| request.at(alt)))
@@ -264,7 +333,8 @@ impl Facts<'_> {
             | Command::UpstreamServiceTime => Value::Absent,
             Command::ResponseCode => Value::Number(u128::from(self.code)),
             Command::ResponseCodeDetails => optional(Some(self.details)),
-            Command::ResponseFlags => text(self.flags),
+            // Envoy's letters, or `-`.
+            Command::ResponseFlags => Value::Safe(self.flags),
             Command::Duration => millis(self.duration),
             Command::ResponseDuration => self.response_duration.map_or(Value::Absent, millis),
             Command::ResponseTxDuration => {
@@ -272,7 +342,7 @@ impl Facts<'_> {
             }
             Command::BytesReceived => Value::Number(u128::from(self.bytes_received)),
             Command::BytesSent => Value::Number(u128::from(self.bytes_sent)),
-            Command::Protocol => optional(self.protocol),
+            Command::Protocol => self.protocol.map_or(Value::Absent, Value::Safe),
             Command::UpstreamHost => address(self.upstream_host),
             Command::UpstreamCluster | Command::UpstreamClusterRaw => optional(self.upstream_cluster),
             Command::UpstreamLocalAddress => address(self.upstream_local),
@@ -293,6 +363,25 @@ impl Facts<'_> {
     }
 }
 
+/// A method's name: a token (RFC 9110), so nothing to escape. Extension methods are not
+/// `'static`: they go through the escaping as any text does.
+fn method(method: &http::Method) -> Value<'_> {
+    use http::Method as M;
+    let name = match *method {
+        M::GET => "GET",
+        M::POST => "POST",
+        M::PUT => "PUT",
+        M::DELETE => "DELETE",
+        M::HEAD => "HEAD",
+        M::OPTIONS => "OPTIONS",
+        M::PATCH => "PATCH",
+        M::CONNECT => "CONNECT",
+        M::TRACE => "TRACE",
+        _ => return Value::Text(method.as_str().as_bytes()),
+    };
+    Value::Safe(name)
+}
+
 fn hostname() -> &'static str {
     static NAME: std::sync::OnceLock<String> = std::sync::OnceLock::new();
     NAME.get_or_init(|| {
@@ -308,6 +397,11 @@ fn cut<'v>(bytes: &'v [u8], op: &Op) -> &'v [u8] {
     &bytes[..bytes.len().min(op.max_len)]
 }
 
+/// ASCII text cut as `cut` does.
+fn cut_str<'v>(text: &'v str, op: &Op) -> &'v str {
+    text.get(..text.len().min(op.max_len)).unwrap_or(text)
+}
+
 /// Appends one TEXT line.
 pub fn text_line(template: &Template, facts: &Facts<'_>, out: &mut String) {
     for part in &template.parts {
@@ -316,6 +410,7 @@ pub fn text_line(template: &Template, facts: &Facts<'_>, out: &mut String) {
             Part::Op(op) => match facts.value(&op.source) {
                 Value::Absent => out.push('-'),
                 Value::Text(bytes) => escape_text(cut(bytes, op), out),
+                Value::Safe(text) => out.push_str(cut_str(text, op)),
                 plain => {
                     plain.write_plain(out);
                 }
@@ -326,11 +421,11 @@ pub fn text_line(template: &Template, facts: &Facts<'_>, out: &mut String) {
 
 /// Appends one JSON line: `{"key":value,...}` and a newline.
 pub fn json_line(fields: &[JsonField], facts: &Facts<'_>, out: &mut String) {
-    out.push('{');
-    for (i, field) in fields.iter().enumerate() {
-        if i > 0 {
-            out.push(',');
-        }
+    if fields.is_empty() {
+        out.push('{');
+    }
+    for field in fields {
+        // `{"key":` or `,"key":`
         out.push_str(&field.key);
         let parts = match &field.value {
             JsonValue::Single(op) => {
@@ -338,6 +433,11 @@ pub fn json_line(fields: &[JsonField], facts: &Facts<'_>, out: &mut String) {
                     Value::Absent => out.push_str("null"),
                     Value::Number(n) => write_number(n, out),
                     Value::Text(bytes) => escape_json(cut(bytes, op), out),
+                    Value::Safe(text) => {
+                        out.push('"');
+                        out.push_str(cut_str(text, op));
+                        out.push('"');
+                    }
                     plain => {
                         out.push('"');
                         plain.write_plain(out);
@@ -356,6 +456,7 @@ pub fn json_line(fields: &[JsonField], facts: &Facts<'_>, out: &mut String) {
                 Part::Op(op) => match facts.value(&op.source) {
                     Value::Absent => out.push('-'),
                     Value::Text(bytes) => escape_json_content(cut(bytes, op), out),
+                    Value::Safe(text) => out.push_str(cut_str(text, op)),
                     plain => {
                         plain.write_plain(out);
                     }
@@ -551,6 +652,41 @@ mod tests {
             time::render_default(nanos, &mut fresh);
             assert_eq!(cached, fresh, "{nanos}");
         }
+    }
+
+    #[test]
+    fn addresses_print_as_display_prints_them() {
+        let mut addresses: Vec<std::net::IpAddr> =
+            (0..=255u8).map(|o| std::net::Ipv4Addr::new(o, 255 - o, o / 3, 10).into()).collect();
+        addresses.push(std::net::Ipv6Addr::LOCALHOST.into());
+        addresses.push("2001:db8::1:0:0:1".parse().unwrap());
+        for ip in addresses {
+            let mut out = String::new();
+            write_ip(ip, &mut out);
+            assert_eq!(out, ip.to_string());
+        }
+    }
+
+    #[test]
+    fn kept_headers_fill_their_slots_and_nothing_else() {
+        let mut names = super::super::template::Names::default();
+        for name in ["x-a", "x-b", "x-c"] {
+            names.slot(name);
+        }
+        let mut headers = HeaderMap::new();
+        headers.insert("x-b", HeaderValue::from_static("b"));
+        headers.insert("x-other", HeaderValue::from_static("o"));
+        let kept = Captured::keep(&names, false, &headers);
+        let at = |slot| kept.at(slot).map(|v| v.to_str().unwrap().to_owned());
+        assert_eq!((at(0), at(1), at(2)), (None, Some("b".into()), None));
+        assert_eq!(kept.by_name("x-b", &names).unwrap(), "b");
+        assert!(kept.by_name("x-other", &names).is_none(), "not kept");
+        let all = Captured::keep(&names, true, &headers);
+        assert_eq!(all.by_name("x-other", &names).unwrap(), "o", "a filter that reads them all");
+        assert!(
+            Captured::keep(&names, false, &HeaderMap::new()).values.capacity() == 0,
+            "nothing found, nothing allocated"
+        );
     }
 
     #[test]

@@ -22,7 +22,7 @@ pub struct Sink {
 }
 
 struct Shared {
-    pending: Mutex<Vec<u8>>,
+    pending: Mutex<Pending>,
     ready: Condvar,
     closed: AtomicBool,
     /// The proxy's `trellis_access_log_dropped_total`, once the sink's config is in force; drops
@@ -42,7 +42,7 @@ impl Sink {
 
     pub fn with_capacity(path: &str, capacity: usize) -> Arc<Sink> {
         let shared = Arc::new(Shared {
-            pending: Mutex::new(Vec::with_capacity(capacity.min(64 << 10))),
+            pending: Mutex::new(Pending { bytes: Vec::with_capacity(capacity.min(64 << 10)), lines: 0 }),
             ready: Condvar::new(),
             closed: AtomicBool::new(false),
             dropped: OnceLock::new(),
@@ -71,13 +71,14 @@ impl Sink {
         let shared = &self.shared;
         let was_empty = {
             let mut pending = shared.pending.lock().unwrap_or_else(|e| e.into_inner());
-            if shared.closed.load(Ordering::Relaxed) || pending.len() + line.len() > shared.capacity {
+            if shared.closed.load(Ordering::Relaxed) || pending.bytes.len() + line.len() > shared.capacity {
                 drop(pending);
                 shared.count_drops(1);
                 return;
             }
-            let was_empty = pending.is_empty();
-            pending.extend_from_slice(line.as_bytes());
+            let was_empty = pending.bytes.is_empty();
+            pending.bytes.extend_from_slice(line.as_bytes());
+            pending.lines += 1;
             was_empty
         };
         // Only a buffer that was empty can have the writer waiting: a wake-up per batch, not
@@ -98,6 +99,13 @@ impl Sink {
     pub fn written(&self) -> u64 {
         self.shared.written.load(Ordering::Relaxed)
     }
+}
+
+/// Lines waiting for the writer: their bytes, and how many they are (counted as they come, so
+/// that the writer need not count newlines).
+struct Pending {
+    bytes: Vec<u8>,
+    lines: u64,
 }
 
 impl Shared {
@@ -133,17 +141,17 @@ fn write_loop(path: &str, shared: &Shared) {
     let mut batch = Vec::with_capacity(64 << 10);
     let mut failed = false;
     loop {
-        {
+        let lines = {
             let mut pending = shared.pending.lock().unwrap_or_else(|e| e.into_inner());
-            while pending.is_empty() {
+            while pending.bytes.is_empty() {
                 if shared.closed.load(Ordering::Acquire) {
                     return;
                 }
                 pending = shared.ready.wait(pending).unwrap_or_else(|e| e.into_inner());
             }
-            std::mem::swap(&mut *pending, &mut batch);
-        }
-        let lines = memchr::memchr_iter(b'\n', &batch).count() as u64;
+            std::mem::swap(&mut pending.bytes, &mut batch);
+            std::mem::take(&mut pending.lines)
+        };
         match file.write_all(&batch) {
             Ok(()) => {
                 shared.written.fetch_add(lines, Ordering::Relaxed);

@@ -98,7 +98,8 @@ pub struct Template {
 /// One key of a JSON line.
 #[derive(Debug)]
 pub struct JsonField {
-    /// `"key":`, escaped.
+    /// `{"key":` for the first field, `,"key":` for the others: escaped, with what comes
+    /// before it.
     pub key: Box<str>,
     pub value: JsonValue,
 }
@@ -163,8 +164,10 @@ impl Registry {
     pub fn json(&mut self, fields: &[(String, Format)]) -> Vec<JsonField> {
         fields
             .iter()
-            .map(|(key, format)| {
-                let mut escaped = String::with_capacity(key.len() + 3);
+            .enumerate()
+            .map(|(i, (key, format))| {
+                let mut escaped = String::with_capacity(key.len() + 4);
+                escaped.push(if i == 0 { '{' } else { ',' });
                 escaped.push('"');
                 escape_json_content(key.as_bytes(), &mut escaped);
                 escaped.push_str("\":");
@@ -218,7 +221,8 @@ mod tests {
             ("a\"b".to_owned(), parse("%PROTOCOL%").unwrap()),
             ("c".to_owned(), parse("x\"y %PROTOCOL%").unwrap()),
         ]);
-        assert_eq!(&*fields[0].key, "\"a\\\"b\":");
+        assert_eq!(&*fields[0].key, "{\"a\\\"b\":");
+        assert_eq!(&*fields[1].key, ",\"c\":");
         let JsonValue::Mixed(parts) = &fields[1].value else { panic!("text and an operator: mixed") };
         assert!(matches!(&parts[0], Part::Text(t) if &**t == "x\\\"y "));
     }
