@@ -40,6 +40,7 @@ const GATEWAYS: &str = "/apis/networking.istio.io/v1/gateways";
 const VIRTUAL_SERVICES: &str = "/apis/networking.istio.io/v1/virtualservices";
 const DESTINATION_RULES: &str = "/apis/networking.istio.io/v1/destinationrules";
 const AUTHORIZATION_POLICIES: &str = "/apis/security.istio.io/v1/authorizationpolicies";
+const SERVICE_ENTRIES: &str = "/apis/networking.istio.io/v1/serviceentries";
 
 /// The gateway's pod address, the sidecar's and the TLS backend's.
 const GATEWAY_IP: &str = "127.0.0.30";
@@ -51,6 +52,11 @@ struct Mesh {
     api: FakeApi,
     app_port: u16,
     backend: TestCa,
+    /// The TLS backend's port (its certificate names pass.example.com).
+    backend_port: u16,
+    /// trellisd's xDS address and the mesh's CA, for proxies a scenario adds.
+    xds: String,
+    mesh_ca: CertificateAuthority,
     _proxies: Vec<trellis_proxy::Running>,
     _dir: tempfile::TempDir,
 }
@@ -220,6 +226,7 @@ impl Mesh {
         collections.push((GATEWAYS, "networking.istio.io/v1", "Gateway"));
         let api = FakeApi::start(&collections).await;
         let xds = start_control_plane(&api).await;
+        let xds_address = xds.clone();
         let mesh_ca =
             CertificateAuthority::new(&CaMaterial::generate_root("cluster.local").unwrap()).unwrap();
         let dir = tempfile::tempdir().unwrap();
@@ -304,7 +311,16 @@ impl Mesh {
         )
         .unwrap();
         trellis_proxy::gateway::listener::start(&gateway.proxy, &[GATEWAY_IP.parse::<IpAddr>().unwrap()]);
-        Mesh { api, app_port, backend, _proxies: vec![sidecar, gateway], _dir: dir }
+        Mesh {
+            api,
+            app_port,
+            backend,
+            backend_port,
+            xds: xds_address,
+            mesh_ca,
+            _proxies: vec![sidecar, gateway],
+            _dir: dir,
+        }
     }
 
     fn gateway(&self, name: &str, servers: Value) {
@@ -644,4 +660,107 @@ async fn a_rotated_secret_is_served_to_new_connections_without_a_failed_request(
     );
     assert_eq!(after, 20, "the new certificate is served to new connections");
     assert!(ok > after, "requests were served before the rotation too");
+}
+
+/// The client side of the egress scenario: a sidecar configured by trellisd (explicit mode,
+/// outbound on 127.0.0.33), in `shop` as the `sleep` workload.
+fn start_xds_sidecar(mesh: &Mesh) -> trellis_proxy::Running {
+    let local = SocketAddr::new(SLEEP_IP.parse().unwrap(), 0);
+    let node = ProxyNode {
+        id: format!("sidecar~{SLEEP_IP}~sleep-1.shop~shop.svc.cluster.local"),
+        namespace: "shop".into(),
+        workload: "sleep".into(),
+        labels: [("app".to_owned(), "sleep".to_owned())].into(),
+        ..Default::default()
+    };
+    trellis_proxy::start(
+        trellis_proxy::Options {
+            outbound: vec![local],
+            inbound: vec![],
+            admin: vec![local],
+            readiness: vec![],
+            stats: vec![],
+            config_file: None,
+            xds: Some(trellis_proxy::xds::XdsOptions { address: mesh.xds.clone(), node, secure: None }),
+            explicit_inbound: false,
+            identity: mesh_identity(&mesh.mesh_ca, "spiffe://cluster.local/ns/shop/sa/sleep"),
+        },
+        Metrics::new(Workload { name: "sleep".into(), namespace: "shop".into() }),
+        None,
+    )
+    .unwrap()
+}
+
+const SLEEP_IP: &str = "127.0.0.33";
+
+/// Istio's egress-gateway task through trellisd: a ServiceEntry for the external host, a
+/// Gateway server with `ISTIO_MUTUAL`, a VirtualService bound to `mesh` and the gateway, a
+/// DestinationRule subset for the gateway with `sni`, and TLS origination from the gateway by
+/// the host's DestinationRule. The app's plaintext call leaves its sidecar as the mesh's mutual
+/// TLS to the gateway, and the gateway alone calls the external server, over TLS.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sidecars_reach_an_external_host_through_the_egress_gateway() {
+    let mesh = Mesh::start().await;
+    let port = free_port(GATEWAY_IP);
+    let ca_file = mesh._dir.path().join("external-ca.pem");
+    std::fs::write(&ca_file, &mesh.backend.pem).unwrap();
+    let host = "pass.example.com";
+    // The gateway's Service, whose pod runs as its account (the sidecar checks that identity).
+    mesh.api.apply(
+        SERVICES,
+        json!({"apiVersion": "v1", "kind": "Service",
+        "metadata": {"name": "istio-egressgateway", "namespace": "istio-system"},
+        "spec": {"clusterIP": "10.96.0.80", "ports": [{"name": "https", "port": 80, "targetPort": port}]}}),
+    );
+    mesh.api.apply(SLICES, json!({"apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
+        "metadata": {"name": "istio-egressgateway-1", "namespace": "istio-system",
+                     "labels": {"kubernetes.io/service-name": "istio-egressgateway"}},
+        "addressType": "IPv4", "ports": [{"name": "https", "port": port}],
+        "endpoints": [{"addresses": [GATEWAY_IP], "targetRef": {"kind": "Pod", "name": "egress-1", "namespace": "istio-system"}}]}));
+    mesh.api.apply(
+        PODS,
+        json!({"apiVersion": "v1", "kind": "Pod",
+        "metadata": {"name": "egress-1", "namespace": "istio-system", "labels": {"istio": "ingressgateway"}},
+        "spec": {"serviceAccountName": "ingress", "containers": []},
+        "status": {"podIP": GATEWAY_IP, "podIPs": [{"ip": GATEWAY_IP}]}}),
+    );
+    mesh.api.apply(SERVICE_ENTRIES, json!({"apiVersion": "networking.istio.io/v1", "kind": "ServiceEntry",
+        "metadata": {"name": "external", "namespace": "shop"},
+        "spec": {"hosts": [host], "resolution": "STATIC",
+                 "ports": [{"number": 80, "name": "http", "protocol": "HTTP"}, {"number": 443, "name": "https", "protocol": "HTTPS"}],
+                 "endpoints": [{"address": BACKEND_IP, "ports": {"https": mesh.backend_port}}]}}));
+    mesh.gateway(
+        "egress",
+        json!([{"port": {"number": port, "name": "https", "protocol": "HTTPS"},
+        "hosts": [host], "tls": {"mode": "ISTIO_MUTUAL"}}]),
+    );
+    mesh.api.apply(
+        DESTINATION_RULES,
+        json!({"apiVersion": "networking.istio.io/v1", "kind": "DestinationRule",
+        "metadata": {"name": "egressgateway-for-external", "namespace": "shop"},
+        "spec": {"host": "istio-egressgateway.istio-system.svc.cluster.local",
+                 "subsets": [{"name": "external", "trafficPolicy": {"portLevelSettings": [
+                     {"port": {"number": 80}, "tls": {"mode": "ISTIO_MUTUAL", "sni": host}}]}}]}}),
+    );
+    mesh.api.apply(DESTINATION_RULES, json!({"apiVersion": "networking.istio.io/v1", "kind": "DestinationRule",
+        "metadata": {"name": "originate-tls", "namespace": "shop"},
+        "spec": {"host": host, "trafficPolicy": {"portLevelSettings": [
+            {"port": {"number": 443}, "tls": {"mode": "SIMPLE", "caCertificates": ca_file.display().to_string()}}]}}}));
+    mesh.virtual_service("through-egress", json!({"hosts": [host], "gateways": ["istio-system/egress", "mesh"],
+        "http": [
+            {"match": [{"gateways": ["mesh"], "port": 80}],
+             "route": [{"destination": {"host": "istio-egressgateway.istio-system.svc.cluster.local", "subset": "external", "port": {"number": 80}}}]},
+            {"match": [{"gateways": ["istio-system/egress"], "port": port}],
+             "route": [{"destination": {"host": host, "port": {"number": 443}}}]}
+        ]}));
+
+    let sidecar = start_xds_sidecar(&mesh);
+    let outbound = sidecar.outbound[0];
+    let text = until_ok("through the egress gateway", 200, async || {
+        let tcp = tokio::net::TcpStream::connect(outbound).await.map_err(|e| format!("connect: {e}"))?;
+        exchange(tcp, host, "/headlines").await
+    })
+    .await;
+    assert!(text.ends_with("backend"), "the external server answered over TLS: {text}");
+    drop(sidecar);
 }
