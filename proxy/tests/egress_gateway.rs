@@ -221,7 +221,18 @@ async fn a_sidecar_reaches_an_external_host_only_through_the_egress_gateway() {
         }
     };
     assert!(refused, "a client without a mesh certificate is refused");
-    assert_eq!(server.peers.lock().unwrap().len(), 1, "nothing more reached the external server");
+
+    // Hostile bytes on the port: that connection closes, the port goes on serving.
+    {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut garbage = tokio::net::TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+        garbage.write_all(b"\x16\x03\x01\xff\xff\x01\x00\xff\xfbGET / HTTP/1.1\r\n\r\n").await.unwrap();
+        let mut sink = Vec::new();
+        let _ =
+            tokio::time::timeout(std::time::Duration::from_secs(15), garbage.read_to_end(&mut sink)).await;
+    }
+    assert_eq!(call(&sidecar).await.status, StatusCode::OK);
+    assert_eq!(server.peers.lock().unwrap().len(), 1, "the gateway's connection out was kept alive");
 }
 
 /// Accepts any server certificate: the client above is refused for lacking its own.
