@@ -563,6 +563,36 @@ fn locality_failover_without_outlier_detection_is_accepted_with_a_warning() {
     );
 }
 
+/// Istio's egress task writes `resolution: DNS` without endpoints; Trellis resolves no names,
+/// so such an entry (and the routes through an egress gateway built on it) does nothing.
+#[test]
+fn a_dns_service_entry_without_ip_endpoints_is_said_to_be_left_out() {
+    let warnings = |spec: &str| -> Vec<String> {
+        let checked = check_text(&doc(SE, spec), UnknownFields::Reject);
+        assert_eq!(checked.errors(), 0, "{spec}: {:?}", checked.problems);
+        checked.problems.iter().map(|p| p.to_string().trim_start_matches("doc 1: ").to_owned()).collect()
+    };
+    let ports = "ports: [{number: 80, name: http, protocol: HTTP}]";
+    let found = warnings(&format!("{{hosts: [edition.cnn.com], {ports}, resolution: DNS}}"));
+    assert_eq!(found.len(), 1, "{found:?}");
+    assert!(found[0].contains("spec.resolution: warning: Trellis does not resolve host names"), "{found:?}");
+    let named = warnings(&format!(
+        "{{hosts: [edition.cnn.com], {ports}, resolution: DNS_ROUND_ROBIN, endpoints: [{{address: cnn.example.net}}]}}"
+    ));
+    assert_eq!(named.len(), 1, "a name is no IP endpoint: {named:?}");
+    for fine in [
+        format!(
+            "{{hosts: [edition.cnn.com], {ports}, resolution: DNS, endpoints: [{{address: 203.0.113.10}}]}}"
+        ),
+        format!(
+            "{{hosts: [edition.cnn.com], {ports}, resolution: DNS, workloadSelector: {{labels: {{app: cnn}}}}}}"
+        ),
+        format!("{{hosts: [edition.cnn.com], {ports}, resolution: NONE}}"),
+    ] {
+        assert_eq!(warnings(&fine), Vec::<String>::new(), "{fine}");
+    }
+}
+
 #[test]
 fn gateway_fields_trellis_does_not_enforce_are_named_in_warnings() {
     let warnings = |spec: &str| -> Vec<String> {

@@ -50,7 +50,7 @@ fn weights_are_relative_as_in_istio() {
 fn a_64_character_name_kubernetes_accepts_is_accepted() {
     let name = "a".repeat(64);
     let text = format!(
-        "apiVersion: networking.istio.io/v1\nkind: ServiceEntry\nmetadata: {{name: {name}}}\nspec: {{hosts: [api.example.com], ports: [{{number: 443, name: https, protocol: TLS}}], resolution: DNS}}\n"
+        "apiVersion: networking.istio.io/v1\nkind: ServiceEntry\nmetadata: {{name: {name}}}\nspec: {{hosts: [api.example.com], ports: [{{number: 443, name: https, protocol: TLS}}], resolution: DNS, endpoints: [{{address: 192.0.2.1}}]}}\n"
     );
     assert_eq!(problems(&text), Vec::<String>::new());
     let too_long = "a".repeat(254);
@@ -230,7 +230,7 @@ fn an_ipv6_address_ending_in_a_colon_needs_quotes_in_a_flow_list() {
     // parser reads a string (a deliberate difference, see istio_validate_differences.txt).
     let se = |address: &str| {
         format!(
-            "apiVersion: networking.istio.io/v1\nkind: ServiceEntry\nmetadata: {{name: full}}\nspec:\n  hosts: [example.com]\n  addresses: [1.2.3.4, {address}]\n  ports: [{{number: 1234, name: foo, protocol: HTTP}}]\n  resolution: DNS\n"
+            "apiVersion: networking.istio.io/v1\nkind: ServiceEntry\nmetadata: {{name: full}}\nspec:\n  hosts: [example.com]\n  addresses: [1.2.3.4, {address}]\n  ports: [{{number: 1234, name: foo, protocol: HTTP}}]\n  resolution: DNS\n  endpoints: [{{address: 192.0.2.1}}]\n"
         )
     };
     assert_eq!(problems(&se("\"001:db8::\"")), Vec::<String>::new());

@@ -1059,6 +1059,18 @@ pub(super) fn service_entry(r: &mut Report, spec: &ServiceEntrySpec) {
         }
         _ => {}
     }
+    if matches!(spec.resolution, ServiceEntryResolution::Dns | ServiceEntryResolution::DnsRoundRobin)
+        && spec.workload_selector.is_none()
+        && !spec.endpoints.iter().any(|ep| parse_ip(&ep.address).is_ok())
+    {
+        // Istio's proxies resolve the names; Trellis's control plane and proxy do not. Without
+        // this warning the entry's routes (an egress gateway's among them) would silently not
+        // apply.
+        r.warn(
+            "spec.resolution",
+            "Trellis does not resolve host names for DNS resolution: without IP endpoints the entry is left out, its traffic goes by the outbound policy, and VirtualServices and DestinationRules for its hosts do not apply to it",
+        );
+    }
     if matches!(spec.resolution, ServiceEntryResolution::Dns | ServiceEntryResolution::DnsRoundRobin) {
         for (i, address) in spec.addresses.iter().enumerate() {
             if address.contains('/') {
