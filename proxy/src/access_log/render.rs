@@ -51,6 +51,9 @@ pub struct Facts<'a> {
     pub grpc_status: &'static str,
 }
 
+/// Up to this many header values, the kept ones are found by going over them all once.
+const SCAN_UP_TO: usize = 16;
+
 /// What a request or response keeps of its headers for the line: the values of the names the
 /// formats read, by slot, and every header when a filter reads them all.
 #[derive(Debug, Default)]
@@ -61,13 +64,30 @@ pub struct Captured {
 
 impl Captured {
     pub fn keep(names: &Names, all: bool, headers: &HeaderMap) -> Captured {
+        let names = names.as_slice();
         // Slots past the end are absent: nothing is allocated until a header is found.
-        let mut values = Vec::new();
-        for (slot, name) in names.as_slice().iter().enumerate() {
-            if let Some(value) = headers.get(name) {
-                values.reserve_exact(names.as_slice().len());
-                values.resize(slot, None);
-                values.push(Some(value.clone()));
+        let mut values: Vec<Option<HeaderValue>> = Vec::new();
+        let mut keep = |slot: usize, value: &HeaderValue| {
+            if values.len() <= slot {
+                values.reserve_exact(names.len());
+                values.resize(slot + 1, None);
+            }
+            // The first value under a name, as `HeaderMap::get` gives it.
+            values[slot].get_or_insert_with(|| value.clone());
+        };
+        if headers.len() <= SCAN_UP_TO {
+            // A request's few headers, each compared with the few names (a length and a few
+            // bytes): cheaper than hashing every name for a lookup.
+            for (name, value) in headers {
+                if let Some(slot) = names.iter().position(|n| n == name) {
+                    keep(slot, value);
+                }
+            }
+        } else {
+            for (slot, name) in names.iter().enumerate() {
+                if let Some(value) = headers.get(name) {
+                    keep(slot, value);
+                }
             }
         }
         Captured { values, all: all.then(|| headers.clone()) }
@@ -241,8 +261,9 @@ fn write_ip(ip: std::net::IpAddr, out: &mut String) {
                 buf[len..len + n].copy_from_slice(&digits[..n]);
                 len += n;
             }
-            // Digits and dots only.
-            out.push_str(std::str::from_utf8(&buf[..len]).unwrap_or_default());
+            // SAFETY: `buf[..len]` is digits (from `OCTETS`) and dots: ASCII, so UTF-8. A check
+            // would cost what the table saves.
+            out.push_str(unsafe { std::str::from_utf8_unchecked(&buf[..len]) });
         }
         std::net::IpAddr::V6(v6) => {
             let _ = write!(out, "{v6}");
@@ -578,6 +599,7 @@ pub(super) fn escape_json_content(bytes: &[u8], out: &mut String) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use http::HeaderName;
 
     #[test]
     fn text_escapes_what_would_break_the_line() {
@@ -676,9 +698,22 @@ mod tests {
         let mut headers = HeaderMap::new();
         headers.insert("x-b", HeaderValue::from_static("b"));
         headers.insert("x-other", HeaderValue::from_static("o"));
+        headers.append("x-b", HeaderValue::from_static("second"));
         let kept = Captured::keep(&names, false, &headers);
         let at = |slot| kept.at(slot).map(|v| v.to_str().unwrap().to_owned());
-        assert_eq!((at(0), at(1), at(2)), (None, Some("b".into()), None));
+        assert_eq!((at(0), at(1), at(2)), (None, Some("b".into()), None), "the first value");
+        // Past the scan's limit, the names are looked up: the same slots.
+        let mut many = headers.clone();
+        for i in 0..SCAN_UP_TO {
+            many.insert(
+                HeaderName::from_bytes(format!("x-pad-{i}").as_bytes()).unwrap(),
+                HeaderValue::from_static("p"),
+            );
+        }
+        many.insert("x-c", HeaderValue::from_static("c"));
+        let kept_many = Captured::keep(&names, false, &many);
+        let at_many = |slot| kept_many.at(slot).map(|v| v.to_str().unwrap().to_owned());
+        assert_eq!((at_many(0), at_many(1), at_many(2)), (None, Some("b".into()), Some("c".into())));
         assert_eq!(kept.by_name("x-b", &names).unwrap(), "b");
         assert!(kept.by_name("x-other", &names).is_none(), "not kept");
         let all = Captured::keep(&names, true, &headers);

@@ -170,13 +170,14 @@ impl Incoming {
             return incoming;
         }
         let get = |bit: usize| if present.has(bit) { headers.get(NAMES[bit]) } else { None };
+        // Read once, for the W3C parent and for B3's.
+        let b3_trace = get(bit::X_B3_TRACEID).map(|v| b3_trace_id(v.as_bytes()));
         if let Some((mut parent, sampled)) =
             get(bit::TRACEPARENT).and_then(|v| parse_traceparent(v.as_bytes()))
         {
             // A 64-bit B3 trace id beside it (a previous hop wrote both) stays 64-bit in B3.
-            parent.short_trace_id = get(bit::X_B3_TRACEID)
-                .and_then(|v| b3_trace_id(v.as_bytes()))
-                .is_some_and(|(id, short)| short && id == parent.trace_id);
+            parent.short_trace_id =
+                b3_trace.flatten().is_some_and(|(id, short)| short && id == parent.trace_id);
             incoming.parent = Some(parent);
             incoming.sampled = Some(sampled);
         }
@@ -190,7 +191,7 @@ impl Incoming {
         }
         let multi = present.0 & MULTI_B3 != 0;
         if multi {
-            let (parent, sampled, debug) = parse_b3_multi(get);
+            let (parent, sampled, debug) = parse_b3_multi(get, b3_trace);
             // Valid ones came: the next hop gets them, whichever format this hop follows.
             incoming.multi_b3 = parent.is_some() || sampled.is_some() || debug;
             if incoming.parent.is_none() && incoming.sampled.is_none() {
@@ -279,8 +280,10 @@ fn sampling_state(s: &[u8]) -> Option<(bool, bool)> {
 
 /// The `x-b3-*` headers: trace and span id together or not at all; `x-b3-sampled` `1`/`0`
 /// (and `true`/`false`, which old Zipkin clients send); `x-b3-flags: 1` is debug.
+/// `trace`: `x-b3-traceid` when it came, parsed.
 fn parse_b3_multi<'h>(
     get: impl Fn(usize) -> Option<&'h HeaderValue>,
+    trace: Option<Option<(u128, bool)>>,
 ) -> (Option<Parent>, Option<bool>, bool) {
     let sampled = get(bit::X_B3_SAMPLED).and_then(|v| match v.as_bytes() {
         b"1" | b"true" => Some(true),
@@ -288,10 +291,10 @@ fn parse_b3_multi<'h>(
         _ => None,
     });
     let debug = get(bit::X_B3_FLAGS).is_some_and(|v| v.as_bytes() == b"1");
-    let parent = match (get(bit::X_B3_TRACEID), get(bit::X_B3_SPANID)) {
+    let parent = match (trace, get(bit::X_B3_SPANID)) {
         (Some(trace), Some(span)) => {
             let parent_ok = get(bit::X_B3_PARENTSPANID).is_none_or(|p| b3_span_id(p.as_bytes()).is_some());
-            match (b3_trace_id(trace.as_bytes()), b3_span_id(span.as_bytes())) {
+            match (trace, b3_span_id(span.as_bytes())) {
                 (Some((trace_id, short_trace_id)), Some(span_id)) if parent_ok => {
                     Some(Parent { trace_id, span_id, short_trace_id, w3c: false })
                 }
@@ -417,18 +420,15 @@ pub fn write(
         spans[bit::B3] = Some((at, end));
     }
     let shared = bytes::Bytes::from_owner(buf);
-    let mut values: [Option<HeaderValue>; 8] = Default::default();
-    for (value, span) in values.iter_mut().zip(spans) {
-        // Hex digits and dashes only: always a valid header value.
-        *value = span.and_then(|(from, to)| HeaderValue::from_maybe_shared(shared.slice(from..to)).ok());
-    }
-    if formats.multi_b3 {
-        values[bit::X_B3_SAMPLED] = Some(HeaderValue::from_static(if out.sampled { "1" } else { "0" }));
-        if out.debug {
-            values[bit::X_B3_FLAGS] = Some(HeaderValue::from_static("1"));
-        }
-    }
-    for (bit, value) in values.into_iter().enumerate() {
+    for (bit, span) in spans.into_iter().enumerate() {
+        let value = match bit {
+            bit::X_B3_SAMPLED if formats.multi_b3 => {
+                Some(HeaderValue::from_static(if out.sampled { "1" } else { "0" }))
+            }
+            bit::X_B3_FLAGS if formats.multi_b3 && out.debug => Some(HeaderValue::from_static("1")),
+            // Hex digits and dashes only: always a valid header value.
+            _ => span.and_then(|(from, to)| HeaderValue::from_maybe_shared(shared.slice(from..to)).ok()),
+        };
         match value {
             // Replaces what came under the name, in one hashed step.
             Some(value) => {
@@ -491,20 +491,34 @@ fn format_single_b3(buf: &mut [u8], at: usize, out: &Outgoing) -> usize {
 /// the end.
 fn put_hex_at(buf: &mut [u8], at: usize, value: u128, digits: usize) -> usize {
     let digits = digits.min(32);
-    let mut all = [0u8; 32];
-    all[..16].copy_from_slice(&hex16((value >> 64) as u64));
-    all[16..].copy_from_slice(&hex16(value as u64));
-    buf[at..at + digits].copy_from_slice(&all[32 - digits..]);
+    let low = hex16(value as u64);
+    if digits <= 16 {
+        buf[at..at + digits].copy_from_slice(&low[16 - digits..]);
+    } else {
+        let high_digits = digits - 16;
+        buf[at..at + high_digits].copy_from_slice(&hex16((value >> 64) as u64)[16 - high_digits..]);
+        buf[at + high_digits..at + digits].copy_from_slice(&low);
+    }
     at + digits
 }
 
-/// The 16 hex digits of `value`, a byte (two digits) at a time.
+/// The 16 hex digits of `value`, a byte (two digits) at a time from a table.
 fn hex16(value: u64) -> [u8; 16] {
-    const HEX: &[u8; 16] = b"0123456789abcdef";
+    const PAIRS: [[u8; 2]; 256] = {
+        const HEX: &[u8; 16] = b"0123456789abcdef";
+        let mut table = [[0u8; 2]; 256];
+        let mut i = 0;
+        while i < 256 {
+            table[i] = [HEX[i >> 4], HEX[i & 0xf]];
+            i += 1;
+        }
+        table
+    };
     let mut out = [0u8; 16];
-    for (pair, byte) in out.chunks_exact_mut(2).zip(value.to_be_bytes()) {
-        pair[0] = HEX[usize::from(byte >> 4)];
-        pair[1] = HEX[usize::from(byte & 0xf)];
+    for (i, byte) in value.to_be_bytes().into_iter().enumerate() {
+        let [high, low] = PAIRS[usize::from(byte)];
+        out[2 * i] = high;
+        out[2 * i + 1] = low;
     }
     out
 }
