@@ -7,6 +7,9 @@
 //! `gateways:`, restricted by the server's `namespace/host` and host overlap) give it routes,
 //! built by the same route translation the sidecars use ([`super::routes`]).
 //!
+//! An `ISTIO_MUTUAL` server (the egress-gateway pattern) is sent as that mode alone: the gateway
+//! terminates the mesh's mutual TLS with its own workload certificate.
+//!
 //! Certificates named by `credentialName` are read from Secrets in the gateway proxy's own
 //! namespace (as in Istio) and sent inline; a server whose Secret is missing is left out with a
 //! warning naming the Gateway, the server and the Secret, and the other servers stay.

@@ -3,7 +3,9 @@
 //! `GatewayListener`s into lookup tables (kept in the config snapshot, so a new certificate or
 //! route takes effect for the next connection while established ones keep theirs); `listener`
 //! binds the ports and serves each connection: plaintext HTTP, TLS terminated with the
-//! server a client's SNI picks (then HTTP or TCP), TLS passed through by SNI, or TCP. Requests
+//! server a client's SNI picks (then HTTP or TCP) — its own certificate, or for ISTIO_MUTUAL
+//! (an egress gateway) the mesh's mutual TLS with the proxy's workload certificate — TLS passed
+//! through by SNI, or TCP. Requests
 //! are then routed by the same code as a sidecar's outbound requests (`forward`), with the
 //! gateway's own virtual hosts looked up by Host.
 
