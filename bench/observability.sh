@@ -5,6 +5,11 @@
 #   bench/observability.sh                 # 3 rounds of 5 s at 1,000 req/s over 100 connections
 #   ROUNDS=5 DURATION=10 bench/observability.sh
 #   INSTRUCTIONS=0 bench/observability.sh  # leave out the callgrind part
+#   FIXED_RATE=0 bench/observability.sh    # the callgrind part only (no trellisd build, no
+#                                          # fixed-rate rounds)
+#   PREBUILT=DIR FIXED_RATE=0 bench/observability.sh  # the same for binaries kept from another
+#                                          # build (DIR laid out as target/release; see
+#                                          # bench/proxy-common.sh)
 #
 # Pairs (client-side proxy → server-side proxy → upstream, each proxy on CPU 0 with one
 # worker; the upstream, the load generator and the Zipkin sink on CPU 1):
@@ -24,7 +29,9 @@
 #
 # INSTRUCTIONS=1 (the default) also counts user-space instructions per request with callgrind
 # for the Trellis pair in one process (outbound → its own inbound), off / log / trace 1 % /
-# trace 100 %: the proxy's own work, which the machine's noise does not move.
+# trace 100 %: the proxy's own work, which the machine's noise does not move; and, the same
+# way, nginx's pair in one process (one server proxying to the other) with and without its
+# JSON access log.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -33,14 +40,17 @@ ROUNDS="${ROUNDS:-3}"
 RATE="${RATE:-1000}"
 CONNECTIONS="${CONNECTIONS:-100}"
 INSTRUCTIONS="${INSTRUCTIONS:-1}"
+FIXED_RATE="${FIXED_RATE:-1}"
 SMALL="${SMALL:-300}"
 LARGE="${LARGE:-1500}"
 
 # shellcheck source=bench/proxy-common.sh
 source bench/proxy-common.sh
-# shellcheck source=bench/mtls-common.sh
-source bench/mtls-common.sh
-ensure_nginx
+if [ "$FIXED_RATE" = 1 ]; then
+  # shellcheck source=bench/mtls-common.sh
+  source bench/mtls-common.sh
+  ensure_nginx
+fi
 start_upstream taskset -c 1
 # The Zipkin collector: anything that answers POST /api/v2/spans with 2xx will do.
 SINK=18090
@@ -87,6 +97,19 @@ trellis_pair() {
   paths+=("$1|http://127.0.0.1:$(($2 + 10))/|bench:$UP|$work/$1-client.pids $work/$1-server.pids")
 }
 
+# The JSON line nginx writes: the fields of Istio's format that nginx has variables for.
+nginx_log_format() {
+  cat <<'CONF'
+  log_format istio escape=json '{"start_time":"$time_iso8601","method":"$request_method",'
+    '"path":"$request_uri","protocol":"$server_protocol","response_code":$status,'
+    '"bytes_received":$request_length,"bytes_sent":$bytes_sent,"duration":$request_time,'
+    '"upstream_service_time":"$upstream_response_time","x_forwarded_for":"$http_x_forwarded_for",'
+    '"user_agent":"$http_user_agent","request_id":"$http_x_request_id","authority":"$host",'
+    '"upstream_host":"$upstream_addr","downstream_remote_address":"$remote_addr:$remote_port",'
+    '"downstream_local_address":"$server_addr:$server_port"}';
+CONF
+}
+
 # nginx_side NAME SIDE LISTEN UPSTREAM_PORT LOG(on|off)
 nginx_side() {
   local name=$1 side=$2 listen=$3 to=$4 log=$5 dir="$work/$1-$2"
@@ -101,13 +124,7 @@ pid $dir/nginx.pid;
 error_log $dir/error.log warn;
 events { worker_connections 4096; }
 http {
-  log_format istio escape=json '{"start_time":"\$time_iso8601","method":"\$request_method",'
-    '"path":"\$request_uri","protocol":"\$server_protocol","response_code":\$status,'
-    '"bytes_received":\$request_length,"bytes_sent":\$bytes_sent,"duration":\$request_time,'
-    '"upstream_service_time":"\$upstream_response_time","x_forwarded_for":"\$http_x_forwarded_for",'
-    '"user_agent":"\$http_user_agent","request_id":"\$http_x_request_id","authority":"\$host",'
-    '"upstream_host":"\$upstream_addr","downstream_remote_address":"\$remote_addr:\$remote_port",'
-    '"downstream_local_address":"\$server_addr:\$server_port"}';
+$(nginx_log_format)
   $access
   client_body_temp_path $dir; proxy_temp_path $dir; fastcgi_temp_path $dir;
   uwsgi_temp_path $dir; scgi_temp_path $dir;
@@ -145,6 +162,114 @@ scenario() {
   [ ${#files[@]} -gt 0 ] && after=$(cpu_of "${files[@]}")
   echo "$before $after" > "$out.res"
 }
+
+# One process holds the pair: outbound → its own inbound → upstream.
+one_process_config() { # FILE NAME
+  cat > "$1" <<YAML
+services:
+  - { name: bench, ports: [{ port: $UP, protocol: HTTP }] }
+virtualHosts:
+  - name: bench:$UP
+    routes: [{ name: all, forward: { clusters: [{ cluster: bench }] } }]
+clusters: [{ name: bench, service: bench }]
+endpoints:
+  - service: bench
+    endpoints: [{ address: 127.0.0.1, port: 19001 }]
+YAML
+  observability "$2" one >> "$1"
+}
+# nginx's pair in one process, the same way: a server on 19010 proxying to one on 19011
+# proxying to the upstream; LOG on: both write the JSON line (each with its own write(2)).
+one_process_nginx() { # DIR LOG(on|off)
+  local dir=$1 access="access_log off;"
+  mkdir -p "$dir"
+  [ "$2" = on ] && access="access_log $dir/access.log istio;"
+  cat > "$dir/nginx.conf" <<CONF
+worker_processes 1;
+master_process off;
+daemon off;
+pid $dir/nginx.pid;
+error_log $dir/error.log warn;
+events { worker_connections 1024; }
+http {
+$(nginx_log_format)
+  $access
+  client_body_temp_path $dir; proxy_temp_path $dir; fastcgi_temp_path $dir;
+  uwsgi_temp_path $dir; scgi_temp_path $dir;
+  upstream inbound { server 127.0.0.1:19011; keepalive 64; }
+  upstream app { server 127.0.0.1:$UP; keepalive 64; }
+  server {
+    listen 127.0.0.1:19010;
+    location / { proxy_pass http://inbound; proxy_http_version 1.1; proxy_set_header Connection ""; }
+  }
+  server {
+    listen 127.0.0.1:19011;
+    location / { proxy_pass http://app; proxy_http_version 1.1; proxy_set_header Connection ""; }
+  }
+}
+CONF
+}
+# counted NAME REQUESTS PORT HOST -- COMMAND...: runs COMMAND under callgrind, sends REQUESTS
+# requests to PORT, stops it, prints its total instructions.
+counted() {
+  local name=$1 requests=$2 port=$3 host=$4 out="$work/$1-$2.callgrind"
+  shift 5
+  valgrind --tool=callgrind --callgrind-out-file="$out" "$@" > /dev/null 2> "$work/$name.valgrind" &
+  local pid=$!
+  pids+=($pid)
+  wait_port "$port"
+  local answered
+  answered=$("$OHA" --no-tui --output-format json -n "$requests" -c 10 -H "host: $host" \
+    "http://127.0.0.1:$port/" | python3 -c 'import json,sys; print(json.load(sys.stdin)["statusCodeDistribution"].get("200", 0))')
+  [ "$answered" = "$requests" ] || { echo "$name: $answered of $requests answered 200" >&2; exit 1; }
+  kill -TERM "$pid"
+  wait "$pid" || true
+  awk '/^(summary|totals):/ {print $2; exit}' "$out"
+}
+per_request() { # NAME PORT HOST -- COMMAND...: instructions per request, SMALL vs LARGE requests
+  local name=$1 port=$2 host=$3 small large
+  shift 3
+  small=$(counted "$name" "$SMALL" "$port" "$host" "$@")
+  large=$(counted "$name" "$LARGE" "$port" "$host" "$@")
+  echo "$name $(( (large - small) / (LARGE - SMALL) ))" >> "$work/instructions"
+}
+instruction_counts() {
+  command -v valgrind > /dev/null || { echo "no valgrind: no instruction counts" >&2; return 0; }
+  for name in off log trace1 trace100; do
+    one_process_config "$work/one-$name.yaml" "one-$name"
+    RUST_LOG=warn per_request "$name" 19000 "bench:$UP" -- "$PROXY" --config "$work/one-$name.yaml" \
+      --concurrency 1 --outbound-port 19000 --inbound-port 19001 --admin-port 19002 \
+      --readiness-port 19003 --stats-port 19004 --status-port 19005 --explicit-inbound
+  done
+  if command -v nginx > /dev/null; then
+    for log in off on; do
+      one_process_nginx "$work/one-nginx-$log" $log
+      per_request "nginx-log-$log" 19010 bench -- nginx -c "$work/one-nginx-$log/nginx.conf" -p "$work/one-nginx-$log"
+    done
+  fi
+  echo
+  echo "The pair in one process: user-space instructions per request (callgrind; HTTP/1.1 keep-alive,"
+  echo "10 connections, $SMALL vs $LARGE requests)."
+  echo
+  echo "| configuration | instructions per request | over its off |"
+  echo "|---|---:|---:|"
+  local name count base
+  while read -r name count; do
+    case $name in
+      nginx-*) base=$(awk '$1 == "nginx-log-off" {print $2}' "$work/instructions") ;;
+      *) base=$(awk '$1 == "off" {print $2}' "$work/instructions") ;;
+    esac
+    echo "| $name | $count | $(awk -v a="$count" -v b="$base" 'BEGIN {printf "%+d (%+.1f%%)", a - b, (a - b) * 100 / b}') |"
+  done < "$work/instructions"
+  if [ -f "$work/one-nginx-on/access.log" ]; then
+    echo
+    echo "nginx one-process log: $(wc -l < "$work/one-nginx-on/access.log") lines"
+  fi
+}
+if [ "$FIXED_RATE" != 1 ]; then
+  instruction_counts
+  exit 0
+fi
 
 paths=("direct|http://127.0.0.1:$UP/||")
 trellis_pair trellis-pair 18100
@@ -224,52 +349,4 @@ PY
 [ -f "$work/lines" ] && { echo; cat "$work/lines"; }
 
 [ "$INSTRUCTIONS" = 1 ] || exit 0
-command -v valgrind > /dev/null || { echo "no valgrind: no instruction counts" >&2; exit 0; }
-# One process holds the pair: outbound → its own inbound → upstream.
-one_process_config() { # FILE NAME
-  cat > "$1" <<YAML
-services:
-  - { name: bench, ports: [{ port: $UP, protocol: HTTP }] }
-virtualHosts:
-  - name: bench:$UP
-    routes: [{ name: all, forward: { clusters: [{ cluster: bench }] } }]
-clusters: [{ name: bench, service: bench }]
-endpoints:
-  - service: bench
-    endpoints: [{ address: 127.0.0.1, port: 19001 }]
-YAML
-  observability "$2" one >> "$1"
-}
-instructions() { # NAME CONFIG REQUESTS
-  local out="$work/$1-$3.callgrind"
-  RUST_LOG=warn valgrind --tool=callgrind --callgrind-out-file="$out" "$PROXY" --config "$2" \
-    --concurrency 1 --outbound-port 19000 --inbound-port 19001 --admin-port 19002 \
-    --readiness-port 19003 --stats-port 19004 --status-port 19005 --explicit-inbound \
-    > /dev/null 2> "$work/$1.valgrind" &
-  local pid=$!
-  pids+=($pid)
-  wait_port 19000
-  local answered
-  answered=$("$OHA" --no-tui --output-format json -n "$3" -c 10 -H "host: bench:$UP" \
-    "http://127.0.0.1:19000/" | python3 -c 'import json,sys; print(json.load(sys.stdin)["statusCodeDistribution"].get("200", 0))')
-  [ "$answered" = "$3" ] || { echo "$1: $answered of $3 answered 200" >&2; exit 1; }
-  kill -TERM "$pid"
-  wait "$pid" || true
-  awk '/^(summary|totals):/ {print $2; exit}' "$out"
-}
-for name in off log trace1 trace100; do
-  one_process_config "$work/one-$name.yaml" "one-$name"
-  small=$(instructions "$name" "$work/one-$name.yaml" "$SMALL")
-  large=$(instructions "$name" "$work/one-$name.yaml" "$LARGE")
-  echo "$name $(( (large - small) / (LARGE - SMALL) ))" >> "$work/instructions"
-done
-echo
-echo "The pair in one process: user-space instructions per request (callgrind; HTTP/1.1 keep-alive,"
-echo "10 connections, $SMALL vs $LARGE requests)."
-echo
-echo "| configuration | instructions per request | over off |"
-echo "|---|---:|---:|"
-base=$(awk '$1 == "off" {print $2}' "$work/instructions")
-while read -r name count; do
-  echo "| $name | $count | $(awk -v a="$count" -v b="$base" 'BEGIN {printf "%+.1f%%", (a - b) * 100 / b}') |"
-done < "$work/instructions"
+instruction_counts

@@ -5,8 +5,12 @@
 # shellcheck source=bench/oha.sh
 source bench/oha.sh
 
-cargo build --release --quiet -p trellis-proxy --bin trellis-proxy --example bench-upstream --example hyper-floor
-TARGET="${CARGO_TARGET_DIR:-target}/release"
+# PREBUILT=DIR: the binaries in DIR (laid out as target/release is; a build kept from another
+# commit, for a before/after comparison) instead of building the working tree.
+if [ -z "${PREBUILT:-}" ]; then
+  cargo build --release --quiet -p trellis-proxy --bin trellis-proxy --example bench-upstream --example hyper-floor
+fi
+TARGET="${PREBUILT:-${CARGO_TARGET_DIR:-target}/release}"
 PROXY="$(realpath "$TARGET/trellis-proxy")"
 UPSTREAM="$(realpath "$TARGET/examples/bench-upstream")"
 HYPER_FLOOR="$(realpath "$TARGET/examples/hyper-floor")"
