@@ -54,8 +54,11 @@ UPDATE_TIMEOUT="${UPDATE_TIMEOUT:-30}"
 WATCH=7
 WATCH_HOST="web-$WATCH.bench.svc.cluster.local:80"
 
-cargo build --release --quiet -p trellis-control-plane --bin trellisd --example xds-load
-TARGET="${CARGO_TARGET_DIR:-target}/release"
+# PREBUILT=DIR: trellisd and examples/xds-load from DIR (laid out as target/release is), no build.
+if [ -z "${PREBUILT:-}" ]; then
+  cargo build --release --quiet -p trellis-control-plane --bin trellisd --example xds-load
+fi
+TARGET="${PREBUILT:-${CARGO_TARGET_DIR:-target}/release}"
 TRELLISD="$(realpath "$TARGET/trellisd")"
 LOAD="$(realpath "$TARGET/examples/xds-load")"
 
