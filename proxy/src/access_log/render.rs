@@ -176,14 +176,15 @@ impl RequestFacts {
 /// (they need no escaping), without a string of their own.
 enum Value<'a> {
     Absent,
-    Number(u128),
+    Number(u64),
     Text(&'a [u8]),
     /// Text the proxy itself made of printable ASCII without `"` or `\\` (protocol, flags,
     /// method): nothing to escape, nothing to scan for.
     Safe(&'static str),
-    Address(SocketAddr),
+    Address(&'a SocketAddr),
     Ip(std::net::IpAddr),
-    Time(Option<&'a trellis_api::access_log::time::TimeFormat>, u128),
+    /// Nanoseconds since the Unix epoch (64 bits last until 2554).
+    Time(Option<&'a trellis_api::access_log::time::TimeFormat>, u64),
 }
 
 impl Value<'_> {
@@ -197,8 +198,8 @@ impl Value<'_> {
                 out.push_str(itoa::Buffer::new().format(a.port()));
             }
             Value::Ip(ip) => write_ip(*ip, out),
-            Value::Time(None, nanos) => write_default_time(*nanos, out),
-            Value::Time(Some(format), nanos) => format.render(*nanos, out),
+            Value::Time(None, nanos) => write_default_time(u128::from(*nanos), out),
+            Value::Time(Some(format), nanos) => format.render(u128::from(*nanos), out),
             Value::Absent | Value::Text(_) | Value::Safe(_) => return false,
         }
         true
@@ -206,11 +207,8 @@ impl Value<'_> {
 }
 
 /// itoa: the formatter's machinery costs more than the digits.
-fn write_number(n: u128, out: &mut String) {
-    match u64::try_from(n) {
-        Ok(n) => out.push_str(itoa::Buffer::new().format(n)),
-        Err(_) => out.push_str(itoa::Buffer::new().format(n)),
-    }
+fn write_number(n: u64, out: &mut String) {
+    out.push_str(itoa::Buffer::new().format(n));
 }
 
 /// `%START_TIME%` in its default form (`2026-12-07T20:25:10.123Z`): all but the milliseconds
@@ -297,12 +295,12 @@ fn optional(s: Option<&str>) -> Value<'_> {
     s.filter(|s| !s.is_empty()).map_or(Value::Absent, text)
 }
 
-fn address(a: Option<SocketAddr>) -> Value<'static> {
-    a.map_or(Value::Absent, Value::Address)
+fn address(a: &Option<SocketAddr>) -> Value<'_> {
+    a.as_ref().map_or(Value::Absent, Value::Address)
 }
 
 fn millis(d: Duration) -> Value<'static> {
-    Value::Number(d.as_millis())
+    Value::Number(u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }
 
 impl Facts<'_> {
@@ -346,13 +344,15 @@ impl Facts<'_> {
 
     fn fact<'s>(&'s self, command: &'s Command) -> Value<'s> {
         match command {
-            Command::StartTime(format) => Value::Time(format.as_ref(), self.start_unix_nanos),
+            Command::StartTime(format) => {
+                Value::Time(format.as_ref(), u64::try_from(self.start_unix_nanos).unwrap_or(u64::MAX))
+            }
             // Compiled to `Source`s of their own.
             Command::Req(_)
             | Command::ReqWithoutQuery(_)
             | Command::Resp(_)
             | Command::UpstreamServiceTime => Value::Absent,
-            Command::ResponseCode => Value::Number(u128::from(self.code)),
+            Command::ResponseCode => Value::Number(u64::from(self.code)),
             Command::ResponseCodeDetails => optional(Some(self.details)),
             // Envoy's letters, or `-`.
             Command::ResponseFlags => Value::Safe(self.flags),
@@ -361,19 +361,19 @@ impl Facts<'_> {
             Command::ResponseTxDuration => {
                 self.response_duration.map_or(Value::Absent, |r| millis(self.duration.saturating_sub(r)))
             }
-            Command::BytesReceived => Value::Number(u128::from(self.bytes_received)),
-            Command::BytesSent => Value::Number(u128::from(self.bytes_sent)),
+            Command::BytesReceived => Value::Number(self.bytes_received),
+            Command::BytesSent => Value::Number(self.bytes_sent),
             Command::Protocol => self.protocol.map_or(Value::Absent, Value::Safe),
-            Command::UpstreamHost => address(self.upstream_host),
+            Command::UpstreamHost => address(&self.upstream_host),
             Command::UpstreamCluster | Command::UpstreamClusterRaw => optional(self.upstream_cluster),
-            Command::UpstreamLocalAddress => address(self.upstream_local),
+            Command::UpstreamLocalAddress => address(&self.upstream_local),
             Command::UpstreamTransportFailureReason => optional(self.upstream_failure),
-            Command::DownstreamRemoteAddress => Value::Address(self.downstream_remote),
+            Command::DownstreamRemoteAddress => Value::Address(&self.downstream_remote),
             Command::DownstreamRemoteAddressWithoutPort => Value::Ip(self.downstream_remote.ip()),
-            Command::DownstreamRemotePort => Value::Number(u128::from(self.downstream_remote.port())),
-            Command::DownstreamLocalAddress => Value::Address(self.downstream_local),
+            Command::DownstreamRemotePort => Value::Number(u64::from(self.downstream_remote.port())),
+            Command::DownstreamLocalAddress => Value::Address(&self.downstream_local),
             Command::DownstreamLocalAddressWithoutPort => Value::Ip(self.downstream_local.ip()),
-            Command::DownstreamLocalPort => Value::Number(u128::from(self.downstream_local.port())),
+            Command::DownstreamLocalPort => Value::Number(u64::from(self.downstream_local.port())),
             Command::DownstreamPeerUriSan => optional(self.peer_uri_san),
             Command::RequestedServerName => optional(self.requested_server_name),
             Command::RouteName => optional(self.route_name),
@@ -511,28 +511,47 @@ const PLAIN: [bool; 256] = {
 };
 
 fn plain_len(bytes: &[u8]) -> usize {
-    const ONES: u64 = u64::from_ne_bytes([0x01; 8]);
-    const HIGH: u64 = u64::from_ne_bytes([0x80; 8]);
-    // Whether any byte of `w` is below `n` (n <= 0x80), or zero: the classic bit tricks, exact
-    // for "is there one" (which is all that is asked: the byte is then found one at a time).
-    let below = |w: u64, n: u8| w.wrapping_sub(ONES * u64::from(n)) & !w & HIGH;
-    let zero = |w: u64| below(w, 1);
     let mut at = 0;
     let mut words = bytes.chunks_exact(8);
     for word in &mut words {
         let Ok(word) = <[u8; 8]>::try_from(word) else { break };
-        let w = u64::from_ne_bytes(word);
-        let special = below(w, 0x20)
-            | (w & HIGH)
-            | zero(w ^ (ONES * u64::from(b'"')))
-            | zero(w ^ (ONES * u64::from(b'\\')))
-            | zero(w ^ (ONES * 0x7f));
-        if special != 0 {
-            break;
+        if !is_plain(u64::from_ne_bytes(word)) {
+            return at + first_special(&bytes[at..]);
         }
         at += 8;
     }
-    at + bytes[at..].iter().position(|&b| !PLAIN[usize::from(b)]).unwrap_or(bytes.len() - at)
+    // The tail: its last eight bytes as one word (overlapping what was already seen), when the
+    // value has eight.
+    if at < bytes.len()
+        && let Some(last) = bytes.len().checked_sub(8)
+        && let Ok(word) = <[u8; 8]>::try_from(&bytes[last..])
+        && is_plain(u64::from_ne_bytes(word))
+    {
+        return bytes.len();
+    }
+    at + first_special(&bytes[at..])
+}
+
+/// Whether all eight bytes of `w` are plain. The classic bit tricks: `below(w, n)` is non-zero
+/// when some byte is below `n` (n <= 0x80), exact for "is there one" (which is all that is
+/// asked: the byte is then found one at a time).
+#[inline]
+fn is_plain(w: u64) -> bool {
+    const ONES: u64 = u64::from_ne_bytes([0x01; 8]);
+    const HIGH: u64 = u64::from_ne_bytes([0x80; 8]);
+    let below = |w: u64, n: u8| w.wrapping_sub(ONES * u64::from(n)) & !w & HIGH;
+    let zero = |w: u64| below(w, 1);
+    let special = below(w, 0x20)
+        | (w & HIGH)
+        | zero(w ^ (ONES * u64::from(b'"')))
+        | zero(w ^ (ONES * u64::from(b'\\')))
+        | zero(w ^ (ONES * 0x7f));
+    special == 0
+}
+
+/// Where the first byte that is not plain is, one byte at a time (`bytes.len()` if none).
+fn first_special(bytes: &[u8]) -> usize {
+    bytes.iter().position(|&b| !PLAIN[usize::from(b)]).unwrap_or(bytes.len())
 }
 
 fn escape_text(bytes: &[u8], out: &mut String) {
