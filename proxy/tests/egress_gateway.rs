@@ -273,3 +273,66 @@ impl rustls::client::danger::ServerCertVerifier for AnyServer {
         rustls::crypto::ring::default_provider().signature_verification_algorithms.supported_schemes()
     }
 }
+
+/// An ISTIO_MUTUAL server on a TLS port: the mesh's mutual TLS terminated by the gateway, and
+/// the bytes inside relayed to the server's TCP route (here an echo server). A client with a
+/// mesh certificate offering Istio's TCP ALPN, as a sidecar relaying opaque TCP does.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tls_port_with_istio_mutual_relays_the_mesh_clients_bytes() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use trellis_identity::SpiffeId;
+    use trellis_identity::tls::Carries;
+
+    let echo = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let echo_port = echo.local_addr().unwrap().port();
+    tokio::spawn(async move {
+        while let Ok((mut tcp, _)) = echo.accept().await {
+            tokio::spawn(async move {
+                let (mut read, mut write) = tcp.split();
+                let _ = tokio::io::copy(&mut read, &mut write).await;
+            });
+        }
+    });
+    let authority = ca();
+    let port = free_port();
+    let config = format!(
+        r#"
+gatewayListeners:
+  - port: {port}
+    protocol: GATEWAY_TLS
+    servers:
+      - name: shop/istio-egressgateway/tcp
+        hosts: [tcp.example.com]
+        tls: {{ mode: GATEWAY_TLS_ISTIO_MUTUAL }}
+        tcpClusters: [{{ cluster: echo }}]
+clusters: [{{ name: echo, service: echo }}]
+endpoints:
+  - {{ service: echo, endpoints: [{{ address: 127.0.0.1, port: {echo_port} }}] }}
+"#
+    );
+    let gateway = TestProxy::start_with_identity(
+        &config,
+        false,
+        identity(mesh(&authority, "cluster.local", GATEWAY_ID)),
+    )
+    .await;
+    trellis_proxy::gateway::listener::start(&gateway.running.proxy, &["127.0.0.1".parse().unwrap()]);
+    common::wait_until("the gateway listens", || std::net::TcpStream::connect(("127.0.0.1", port)).is_ok())
+        .await;
+
+    let client = mesh(&authority, "cluster.local", SLEEP_ID);
+    let allowed: Arc<[SpiffeId]> = vec![SpiffeId::parse(GATEWAY_ID).unwrap()].into();
+    let tls_config = client.client_config(Carries::Tcp, &allowed).unwrap();
+    let tcp = tokio::net::TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+    let mut tls = tokio_rustls::TlsConnector::from(tls_config)
+        .connect(ServerName::try_from("tcp.example.com").unwrap(), tcp)
+        .await
+        .expect("the gateway presents its mesh identity");
+    tls.write_all(b"ping over mesh tls").await.unwrap();
+    let mut buf = [0u8; 18];
+    tokio::time::timeout(std::time::Duration::from_secs(10), tls.read_exact(&mut buf))
+        .await
+        .expect("echoed in time")
+        .unwrap();
+    assert_eq!(&buf, b"ping over mesh tls");
+}
