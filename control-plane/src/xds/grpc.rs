@@ -8,7 +8,9 @@
 //! per proxy, and every proxy's first sync fills that buffer with a full response part
 //! (`MAX_RESPONSE_BYTES`), so each idle proxy kept about 8 KiB of touched memory for nothing.
 //! Here each response is encoded into a buffer of exactly its size, which HTTP/2 drops once it
-//! is written: an idle stream holds no encode buffer. Requests are still decoded by tonic.
+//! is written: an idle stream holds no encode buffer. It is written straight from the shared
+//! resources ([`super::wire`]), with no response message built first. Requests are still
+//! decoded by tonic.
 
 use std::convert::Infallible;
 use std::pin::Pin;
@@ -16,23 +18,24 @@ use std::sync::Arc;
 use std::task::{Context, Poll, ready};
 
 use http_body::Frame;
+use tokio_stream::Stream as _;
+use tokio_stream::wrappers::ReceiverStream;
 use tonic::Status;
 use tonic::codec::{Codec, Streaming};
 use tonic::codegen::{Bytes, Service, StdError, http};
 use tonic::metadata::MetadataValue;
 use tonic::server::NamedService;
 use trellis_xds::codec::XdsCodec;
-use trellis_xds::discovery::aggregated_discovery_service_server::AggregatedDiscoveryService;
 use trellis_xds::discovery::{DeltaDiscoveryRequest, DeltaDiscoveryResponse};
 
 use super::server::XdsServer;
+use super::session::Outgoing;
+use super::wire;
 
 const SERVICE: &str = "envoy.service.discovery.v3.AggregatedDiscoveryService";
 const DELTA_PATH: &str = "/envoy.service.discovery.v3.AggregatedDiscoveryService/DeltaAggregatedResources";
 /// gRPC's message prefix: a compression flag and the length.
 const PREFIX: usize = 5;
-
-type Responses = <XdsServer as AggregatedDiscoveryService>::DeltaAggregatedResourcesStream;
 
 /// [`XdsServer`] as a gRPC service for [`tonic::transport::Server::add_service`].
 #[derive(Clone)]
@@ -68,7 +71,7 @@ where
         let server = self.server.clone();
         let max = self.max_decoding_message_size;
         Box::pin(async move {
-            Ok(match delta(&server, request, max).await {
+            Ok(match delta(server, request, max).await {
                 Ok(response) => response,
                 Err(status) => status.into_http(),
             })
@@ -77,7 +80,7 @@ where
 }
 
 async fn delta<B>(
-    server: &XdsServer,
+    server: Arc<XdsServer>,
     request: http::Request<B>,
     max_decoding_message_size: usize,
 ) -> Result<http::Response<tonic::body::Body>, Status>
@@ -102,17 +105,18 @@ where
     let decoder = XdsCodec::<DeltaDiscoveryResponse, DeltaDiscoveryRequest>::default().decoder();
     let request =
         request.map(|body| Streaming::new_request(decoder, body, None, Some(max_decoding_message_size)));
-    let responses = server.delta_aggregated_resources(tonic::Request::from_http(request)).await?;
-    let mut response =
-        http::Response::new(tonic::body::Body::new(Encoded { responses: Some(responses.into_inner()) }));
+    let responses = server.delta_stream(tonic::Request::from_http(request)).await?;
+    let body = Encoded { server, responses: Some(responses) };
+    let mut response = http::Response::new(tonic::body::Body::new(body));
     response.headers_mut().insert(http::header::CONTENT_TYPE, tonic::metadata::GRPC_CONTENT_TYPE);
     Ok(response)
 }
 
 /// The response body: each message in a buffer of its own, then the status as trailers.
 struct Encoded {
+    server: Arc<XdsServer>,
     /// `None` once the trailers are out.
-    responses: Option<Responses>,
+    responses: Option<ReceiverStream<Box<Outgoing>>>,
 }
 
 impl http_body::Body for Encoded {
@@ -124,12 +128,14 @@ impl http_body::Body for Encoded {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, Status>>> {
         let Some(responses) = self.responses.as_mut() else { return Poll::Ready(None) };
-        let status = match ready!(responses.as_mut().poll_next(cx)) {
-            Some(Ok(response)) => match encode(&response) {
-                Ok(data) => return Poll::Ready(Some(Ok(Frame::data(data)))),
+        let status = match ready!(Pin::new(responses).poll_next(cx)) {
+            Some(outgoing) => match encode(&outgoing) {
+                Ok(data) => {
+                    self.server.count_sent(data.len() - PREFIX);
+                    return Poll::Ready(Some(Ok(Frame::data(data))));
+                }
                 Err(status) => status,
             },
-            Some(Err(status)) => status,
             None => Status::ok(""),
         };
         self.responses = None;
@@ -143,14 +149,15 @@ impl http_body::Body for Encoded {
 }
 
 /// One gRPC message: uncompressed, its length, the message; exactly as large as it needs.
-fn encode(message: &impl prost::Message) -> Result<Bytes, Status> {
-    let len = message.encoded_len();
+fn encode(outgoing: &Outgoing) -> Result<Bytes, Status> {
+    let len = wire::encoded_len(outgoing);
     let prefix_len = u32::try_from(len)
         .map_err(|_| Status::resource_exhausted(format!("a response of {len} bytes is too large")))?;
     let mut buf = Vec::with_capacity(PREFIX + len);
     buf.push(0);
     buf.extend_from_slice(&prefix_len.to_be_bytes());
-    message.encode_raw(&mut buf);
+    wire::encode(outgoing, &mut buf);
+    debug_assert_eq!(buf.len(), PREFIX + len);
     Ok(Bytes::from(buf))
 }
 
@@ -161,12 +168,15 @@ mod tests {
 
     #[test]
     fn a_message_is_prefixed_with_its_length_and_fills_its_buffer_exactly() {
-        let response = DeltaDiscoveryResponse {
+        let outgoing = Outgoing {
+            kind: trellis_xds::types::ResourceType::Service,
             nonce: "7".into(),
-            type_url: "type.googleapis.com/trellis.config.v1.Service".into(),
-            ..Default::default()
+            generation: 3,
+            resources: Vec::new(),
+            removed: vec!["gone".into()],
         };
-        let data = encode(&response).unwrap();
+        let data = encode(&outgoing).unwrap();
+        let response = outgoing.into_response();
         let len = response.encoded_len();
         assert_eq!(data.len(), PREFIX + len);
         assert_eq!(data[0], 0, "not compressed");

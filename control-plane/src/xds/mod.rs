@@ -7,3 +7,4 @@ pub mod metrics;
 pub mod resources;
 pub mod server;
 pub mod session;
+pub mod wire;

@@ -146,6 +146,23 @@ impl AggregatedDiscoveryService for XdsServer {
         &self,
         request: Request<Streaming<DeltaDiscoveryRequest>>,
     ) -> Result<Response<Self::DeltaAggregatedResourcesStream>, Status> {
+        let metrics = self.metrics.clone();
+        let responses = self.delta_stream(request).await?.map(move |outgoing: Box<Outgoing>| {
+            let response = outgoing.into_response();
+            metrics.sent_bytes.inc_by(prost::Message::encoded_len(&response) as u64);
+            Ok(response)
+        });
+        Ok(Response::new(Box::pin(responses)))
+    }
+}
+
+impl XdsServer {
+    /// Starts a proxy's stream: its responses as decided, still references into the shared
+    /// resources, for the transport to build or encode when it takes them.
+    pub async fn delta_stream(
+        &self,
+        request: Request<Streaming<DeltaDiscoveryRequest>>,
+    ) -> Result<ReceiverStream<Box<Outgoing>>, Status> {
         let metadata = request.metadata().clone();
         let mut inbound = request.into_inner();
         let first = inbound
@@ -161,14 +178,12 @@ impl AggregatedDiscoveryService for XdsServer {
         let (tx, rx) = mpsc::channel(STREAM_BUFFER);
         let stream = Stream { server: self.clone(), node, tx };
         tokio::spawn(stream.run(first, inbound));
-        // Responses are built from the shared resources only when the transport takes them.
-        let metrics = self.metrics.clone();
-        let responses = ReceiverStream::new(rx).map(move |outgoing: Box<Outgoing>| {
-            let response = outgoing.into_response();
-            metrics.sent_bytes.inc_by(prost::Message::encoded_len(&response) as u64);
-            Ok(response)
-        });
-        Ok(Response::new(Box::pin(responses)))
+        Ok(ReceiverStream::new(rx))
+    }
+
+    /// Counts a response's encoded bytes as sent.
+    pub fn count_sent(&self, bytes: usize) {
+        self.metrics.sent_bytes.inc_by(bytes as u64);
     }
 }
 

@@ -112,10 +112,10 @@ pub const MAX_RESPONSE_BYTES: usize = 8 * 1024;
 #[derive(Debug)]
 pub struct Outgoing {
     pub kind: ResourceType,
-    nonce: String,
-    generation: u64,
-    resources: Vec<Arc<Entry>>,
-    removed: Vec<String>,
+    pub(super) nonce: String,
+    pub(super) generation: u64,
+    pub(super) resources: Vec<Arc<Entry>>,
+    pub(super) removed: Vec<String>,
 }
 
 impl Outgoing {
