@@ -1,5 +1,5 @@
 //! The Kubernetes Gateway API (`gateway.networking.k8s.io/v1`): GatewayClass, Gateway,
-//! HTTPRoute and ReferenceGrant (`v1beta1`), reduced to the fields Trellis reads.
+//! HTTPRoute, GRPCRoute and ReferenceGrant (`v1beta1`), reduced to the fields Trellis reads.
 //!
 //! k8s-openapi has no Gateway API types and the project's own crates are generated and large;
 //! these are written here with only what translation and status need. Unknown fields are
@@ -39,6 +39,7 @@ pub struct Object<S> {
 pub type GatewayClass = Object<GatewayClassSpec>;
 pub type Gateway = Object<GatewaySpec>;
 pub type HttpRoute = Object<HttpRouteSpec>;
+pub type GrpcRoute = Object<GrpcRouteSpec>;
 pub type ReferenceGrant = Object<ReferenceGrantSpec>;
 
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -269,6 +270,166 @@ pub struct GrantTo {
     pub name: Option<String>,
 }
 
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, rename_all = "camelCase")]
+pub struct GrpcRouteSpec {
+    pub parent_refs: Vec<ParentRef>,
+    pub hostnames: Vec<String>,
+    pub rules: Vec<GrpcRouteRule>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, rename_all = "camelCase")]
+pub struct GrpcRouteRule {
+    pub name: Option<String>,
+    pub matches: Vec<GrpcRouteMatch>,
+    /// GRPCRoute allows RequestHeaderModifier, ResponseHeaderModifier, RequestMirror and
+    /// ExtensionRef: a subset of HTTPRoute's filters, with the same fields.
+    pub filters: Vec<HttpRouteFilter>,
+    pub backend_refs: Vec<HttpBackendRef>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, rename_all = "camelCase")]
+pub struct GrpcRouteMatch {
+    pub method: Option<GrpcMethodMatch>,
+    pub headers: Vec<HttpValueMatch>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, rename_all = "camelCase")]
+pub struct GrpcMethodMatch {
+    /// `Exact` (the default) or `RegularExpression`.
+    #[serde(rename = "type")]
+    pub kind: Option<String>,
+    pub service: Option<String>,
+    pub method: Option<String>,
+}
+
+/// The filter types a GRPCRoute may carry.
+const GRPC_FILTERS: [&str; 4] =
+    ["RequestHeaderModifier", "ResponseHeaderModifier", "RequestMirror", "ExtensionRef"];
+
+impl GrpcRouteSpec {
+    /// The HTTPRoute this GRPCRoute means, as the Gateway API defines it: a gRPC call is an
+    /// HTTP/2 POST to `/<service>/<method>`, so a method match is a path match. Exact service
+    /// and method: the exact path; only a service: the prefix `/<service>/`; only a method:
+    /// the expression `/[^/]+/<method>`; RegularExpression: the expression
+    /// `/(service)/(method)`, a missing part matching any one path element.
+    ///
+    /// The first invalid field says why it cannot be used, as `(field, message)`.
+    pub fn to_http_route(&self) -> Result<HttpRouteSpec, (String, String)> {
+        let mut rules = Vec::with_capacity(self.rules.len());
+        for (i, rule) in self.rules.iter().enumerate() {
+            let at = format!("spec.rules[{i}]");
+            for (j, filter) in rule.filters.iter().enumerate() {
+                if !GRPC_FILTERS.contains(&filter.kind.as_str()) {
+                    return Err((
+                        format!("{at}.filters[{j}].type"),
+                        format!(
+                            "{:?} is not a GRPCRoute filter (one of {})",
+                            filter.kind,
+                            GRPC_FILTERS.join(", ")
+                        ),
+                    ));
+                }
+            }
+            let mut matches = Vec::with_capacity(rule.matches.len());
+            for (j, m) in rule.matches.iter().enumerate() {
+                let at = format!("{at}.matches[{j}]");
+                for (k, h) in m.headers.iter().enumerate() {
+                    check_value_match(&format!("{at}.headers[{k}]"), h)?;
+                }
+                let path = match &m.method {
+                    None => None,
+                    Some(method) => Some(method_path(&format!("{at}.method"), method)?),
+                };
+                matches.push(HttpRouteMatch { path, headers: m.headers.clone(), ..Default::default() });
+            }
+            rules.push(HttpRouteRule {
+                name: rule.name.clone(),
+                matches,
+                filters: rule.filters.clone(),
+                backend_refs: rule.backend_refs.clone(),
+                timeouts: None,
+            });
+        }
+        Ok(HttpRouteSpec { parent_refs: self.parent_refs.clone(), hostnames: self.hostnames.clone(), rules })
+    }
+}
+
+fn check_value_match(at: &str, h: &HttpValueMatch) -> Result<(), (String, String)> {
+    match h.kind.as_deref().unwrap_or("Exact") {
+        "Exact" => Ok(()),
+        "RegularExpression" => {
+            crate::primitives::check_re2_regex(&h.value).map(|_| ()).map_err(|e| (format!("{at}.value"), e))
+        }
+        other => Err((format!("{at}.type"), format!("{other:?} is not Exact or RegularExpression"))),
+    }
+}
+
+/// The path match of one gRPC method match.
+fn method_path(at: &str, m: &GrpcMethodMatch) -> Result<HttpPathMatch, (String, String)> {
+    let service = m.service.as_deref().filter(|s| !s.is_empty());
+    let method = m.method.as_deref().filter(|s| !s.is_empty());
+    let neither = || (at.to_owned(), "a method match needs a service, a method or both".to_owned());
+    let path = |kind: &str, value: String| HttpPathMatch { kind: Some(kind.to_owned()), value: Some(value) };
+    match m.kind.as_deref().unwrap_or("Exact") {
+        "Exact" => {
+            if let Some(s) = service
+                && !is_grpc_service(s)
+            {
+                return Err((
+                    format!("{at}.service"),
+                    format!("{s:?} is not a gRPC service name (e.g. pkg.Greeter)"),
+                ));
+            }
+            if let Some(name) = method
+                && !is_grpc_identifier(name)
+            {
+                return Err((
+                    format!("{at}.method"),
+                    format!("{name:?} is not a gRPC method name (e.g. SayHello)"),
+                ));
+            }
+            // A method name holds only letters, digits and `_`: nothing to escape in the expression.
+            match (service, method) {
+                (Some(s), Some(name)) => Ok(path("Exact", format!("/{s}/{name}"))),
+                (Some(s), None) => Ok(path("PathPrefix", format!("/{s}/"))),
+                (None, Some(name)) => Ok(path("RegularExpression", format!("/[^/]+/{name}"))),
+                (None, None) => Err(neither()),
+            }
+        }
+        "RegularExpression" => {
+            if service.is_none() && method.is_none() {
+                return Err(neither());
+            }
+            let part = |field: &str, value: Option<&str>| -> Result<String, (String, String)> {
+                let Some(value) = value else { return Ok("[^/]+".to_owned()) };
+                crate::primitives::check_re2_regex(value).map_err(|e| (format!("{at}.{field}"), e))?;
+                Ok(format!("(?:{value})"))
+            };
+            let service = part("service", service)?;
+            let method = part("method", method)?;
+            Ok(path("RegularExpression", format!("/{service}/{method}")))
+        }
+        other => Err((format!("{at}.type"), format!("{other:?} is not Exact or RegularExpression"))),
+    }
+}
+
+/// `[.]ident(.ident)*`, as the GRPCRoute schema allows for an exact service.
+fn is_grpc_service(s: &str) -> bool {
+    let s = s.strip_prefix('.').unwrap_or(s);
+    s.len() <= 1024 && s.split('.').all(is_grpc_identifier)
+}
+
+fn is_grpc_identifier(s: &str) -> bool {
+    let mut chars = s.chars();
+    chars.next().is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+        && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
+        && s.len() <= 1024
+}
+
 /// Decodes one object, or says which field does not fit (with its path).
 pub fn decode<S: serde::de::DeserializeOwned + Default>(value: &Value) -> Result<Object<S>, String> {
     serde_path_to_error::deserialize(value).map_err(|e| {
@@ -312,6 +473,12 @@ pub fn not_enforced(route: &HttpRouteSpec) -> Vec<(String, &'static str)> {
         }
     }
     out
+}
+
+/// The fields of a GRPCRoute that Trellis reads but does not enforce: those of the HTTPRoute
+/// it means (the rule and filter indices are the same).
+pub fn grpc_not_enforced(route: &GrpcRouteSpec) -> Vec<(String, &'static str)> {
+    route.to_http_route().map(|r| not_enforced(&r)).unwrap_or_default()
 }
 
 /// A Gateway API duration (`1h`, `10s`, `500ms`, combinations such as `1m30s`) in
@@ -436,6 +603,12 @@ pub fn check_document(index: usize, first_line: usize, text: &str) -> Vec<crate:
                 }
             }
         }),
+        "GRPCRoute" => decode::<GrpcRouteSpec>(&value).and_then(|r| {
+            for (field, why) in grpc_not_enforced(&r.spec) {
+                warn(field, why);
+            }
+            r.spec.to_http_route().map(|_| ()).map_err(|(field, message)| format!("{field}: {message}"))
+        }),
         _ => {
             warn("kind".into(), "Trellis does not read this Gateway API kind: accepted but it has no effect");
             Ok(())
@@ -505,6 +678,107 @@ mod tests {
         assert!(err.contains("spec.rules[0].backendRefs[0].port"), "{err}");
         let err = decode::<GatewaySpec>(&json!("not an object")).unwrap_err();
         assert!(!err.is_empty());
+    }
+
+    fn grpc(matches: Value) -> Result<HttpRouteSpec, (String, String)> {
+        let route: GrpcRoute = decode(&json!({"metadata": {"name": "g"},
+            "spec": {"parentRefs": [{"name": "gw"}], "hostnames": ["api.example.com"],
+                "rules": [{"matches": matches, "backendRefs": [{"name": "api", "port": 9000, "weight": 3}],
+                    "filters": [{"type": "RequestHeaderModifier", "requestHeaderModifier": {"set": [{"name": "x", "value": "1"}]}}]}]}}))
+        .unwrap();
+        route.spec.to_http_route()
+    }
+
+    fn paths(spec: &HttpRouteSpec) -> Vec<(Option<String>, Option<String>)> {
+        spec.rules[0]
+            .matches
+            .iter()
+            .map(|m| m.path.clone().map_or((None, None), |p| (p.kind, p.value)))
+            .collect()
+    }
+
+    #[test]
+    fn a_grpc_method_match_is_a_path_match() {
+        let spec = grpc(json!([
+            {"method": {"service": "pkg.Greeter", "method": "SayHello"}},
+            {"method": {"type": "Exact", "service": "pkg.Greeter"}},
+            {"method": {"method": "SayHello"}},
+            {"method": {"type": "RegularExpression", "service": "pkg\\..*", "method": "Say.*"}},
+            {"method": {"type": "RegularExpression", "method": "Get.*"}},
+            {"headers": [{"name": "tenant", "value": "a"}]},
+        ]))
+        .unwrap();
+        let some = |k: &str, v: &str| (Some(k.to_owned()), Some(v.to_owned()));
+        assert_eq!(
+            paths(&spec),
+            vec![
+                some("Exact", "/pkg.Greeter/SayHello"),
+                some("PathPrefix", "/pkg.Greeter/"),
+                some("RegularExpression", "/[^/]+/SayHello"),
+                some("RegularExpression", "/(?:pkg\\..*)/(?:Say.*)"),
+                some("RegularExpression", "/[^/]+/(?:Get.*)"),
+                (None, None),
+            ]
+        );
+        assert_eq!(spec.rules[0].matches[5].headers[0].name, "tenant");
+        assert_eq!(spec.rules[0].backend_refs[0].weight, Some(3));
+        assert_eq!(spec.rules[0].filters[0].kind, "RequestHeaderModifier");
+        assert_eq!(spec.hostnames, ["api.example.com"]);
+        assert_eq!(spec.parent_refs[0].name, "gw");
+    }
+
+    #[test]
+    fn bad_grpc_matches_are_refused_with_the_field_named() {
+        let cases = [
+            (json!([{"method": {}}]), "spec.rules[0].matches[0].method"),
+            (
+                json!([{"method": {"type": "RegularExpression", "service": "", "method": ""}}]),
+                "spec.rules[0].matches[0].method",
+            ),
+            (
+                json!([{"method": {"type": "RegularExpression", "service": "(unclosed"}}]),
+                "spec.rules[0].matches[0].method.service",
+            ),
+            (
+                json!([{"method": {"type": "RegularExpression", "method": "a{99999}"}}]),
+                "spec.rules[0].matches[0].method.method",
+            ),
+            (json!([{"method": {"service": "pkg/Greeter"}}]), "spec.rules[0].matches[0].method.service"),
+            (json!([{"method": {"service": "pkg..Greeter"}}]), "spec.rules[0].matches[0].method.service"),
+            (json!([{"method": {"method": "Say Hello"}}]), "spec.rules[0].matches[0].method.method"),
+            (
+                json!([{"method": {"type": "Prefix", "method": "Say"}}]),
+                "spec.rules[0].matches[0].method.type",
+            ),
+            (
+                json!([{}, {"headers": [{"type": "RegularExpression", "name": "a", "value": "("}]}]),
+                "spec.rules[0].matches[1].headers[0].value",
+            ),
+            (json!([{"method": {"service": "x".repeat(2000)}}]), "spec.rules[0].matches[0].method.service"),
+        ];
+        for (matches, field) in cases {
+            let (got, message) = grpc(matches.clone()).unwrap_err();
+            assert_eq!(got, field, "{matches}: {message}");
+            assert!(!message.is_empty());
+        }
+        let redirect: GrpcRoute = decode(&json!({"metadata": {"name": "g"},
+            "spec": {"rules": [{"filters": [{"type": "RequestRedirect"}]}]}}))
+        .unwrap();
+        assert_eq!(redirect.spec.to_http_route().unwrap_err().0, "spec.rules[0].filters[0].type");
+    }
+
+    #[test]
+    fn validate_reads_grpc_routes() {
+        let good = "apiVersion: gateway.networking.k8s.io/v1\nkind: GRPCRoute\nmetadata: {name: g}\nspec:\n  rules: [{matches: [{method: {service: pkg.Greeter}}], filters: [{type: RequestMirror}], backendRefs: [{name: api, port: 9000}]}]\n";
+        let problems = check_document(1, 1, good);
+        assert_eq!(problems.len(), 1, "{problems:?}");
+        assert_eq!(problems[0].field, "spec.rules[0].filters[0]");
+        assert_eq!(problems[0].severity, crate::validate::Severity::Warning);
+        let bad = "apiVersion: gateway.networking.k8s.io/v1\nkind: GRPCRoute\nmetadata: {name: g}\nspec:\n  rules: [{matches: [{method: {type: Exact}}]}]\n";
+        let problems = check_document(1, 1, bad);
+        assert_eq!(problems.len(), 1, "{problems:?}");
+        assert_eq!(problems[0].severity, crate::validate::Severity::Error);
+        assert_eq!(problems[0].field, "spec.rules[0].matches[0].method");
     }
 
     #[test]

@@ -1,6 +1,7 @@
 //! Writes the status of the Kubernetes Gateway API objects Trellis controls (GatewayClass
 //! Accepted; Gateway Accepted and Programmed with each listener's conditions and attached
-//! routes; HTTPRoute `parents[]` Accepted and ResolvedRefs), through the status subresource.
+//! routes; HTTPRoute and GRPCRoute `parents[]` Accepted and ResolvedRefs), through the status
+//! subresource.
 //!
 //! The status comes from the same analysis that builds the gateways' config
 //! ([`crate::translate::gateway_api::analyze`]). It is written only when it differs from what
@@ -59,6 +60,11 @@ async fn write_all(client: &Client, model: &Model) -> bool {
         let desired = route_status(status, &current.status);
         failed |= !patch(client, "httproutes", "HTTPRoute", namespace, name, &current.status, desired).await;
     }
+    for ((namespace, name), status) in &analysis.grpc_routes {
+        let Some(current) = model.grpc_routes.get(&(namespace.clone(), name.clone())) else { continue };
+        let desired = route_status(status, &current.status);
+        failed |= !patch(client, "grpcroutes", "GRPCRoute", namespace, name, &current.status, desired).await;
+    }
     failed
 }
 
@@ -110,7 +116,7 @@ fn gateway_status(status: &GatewayStatus, current: &Value) -> Value {
             json!({
                 "name": l.name,
                 "attachedRoutes": l.attached_routes,
-                "supportedKinds": [{"group": GROUP, "kind": "HTTPRoute"}],
+                "supportedKinds": l.supported_kinds.iter().map(|k| json!({"group": GROUP, "kind": k})).collect::<Vec<_>>(),
                 "conditions": render(&l.conditions, status.generation, &before),
             })
         })

@@ -137,6 +137,7 @@ pub struct Model {
     pub gateway_classes: BTreeMap<(String, String), Arc<gateway_api::GatewayClass>>,
     pub k8s_gateways: BTreeMap<(String, String), Arc<gateway_api::Gateway>>,
     pub http_routes: BTreeMap<(String, String), Arc<gateway_api::HttpRoute>>,
+    pub grpc_routes: BTreeMap<(String, String), Arc<gateway_api::GrpcRoute>>,
     pub reference_grants: BTreeMap<(String, String), Arc<gateway_api::ReferenceGrant>>,
 }
 

@@ -25,6 +25,11 @@
 //!   ResolvedRefs True once one exists (HTTPRouteReferenceGrant).
 //! - HTTPRouteInvalidParentRefNotMatchingSectionName / a parentRef to a Gateway that does not
 //!   exist: Accepted False / NoMatchingParent.
+//! - GRPCRouteExactMethodMatching / GRPCRouteHeaderMatching (in part): a GRPCRoute's method
+//!   matches route by the call's path (`/<service>/<method>`) through the same listener as the
+//!   HTTPRoutes, its status Accepted; a method match with neither service nor method is
+//!   Accepted False / UnsupportedValue naming the field. The client is HTTP/1.1 POSTing to the
+//!   gRPC paths, not a gRPC client: what is tested is the routing.
 
 mod ca_support;
 mod fake_api;
@@ -56,6 +61,7 @@ const DESTINATION_RULES: &str = "/apis/networking.istio.io/v1/destinationrules";
 const CLASSES: &str = "/apis/gateway.networking.k8s.io/v1/gatewayclasses";
 const GATEWAYS: &str = "/apis/gateway.networking.k8s.io/v1/gateways";
 const ROUTES: &str = "/apis/gateway.networking.k8s.io/v1/httproutes";
+const GRPC_ROUTES: &str = "/apis/gateway.networking.k8s.io/v1/grpcroutes";
 const GRANTS: &str = "/apis/gateway.networking.k8s.io/v1beta1/referencegrants";
 const V1: &str = "gateway.networking.k8s.io/v1";
 
@@ -127,6 +133,7 @@ impl Mesh {
             (CLASSES, V1, "GatewayClass"),
             (GATEWAYS, V1, "Gateway"),
             (ROUTES, V1, "HTTPRoute"),
+            (GRPC_ROUTES, V1, "GRPCRoute"),
             (GRANTS, "gateway.networking.k8s.io/v1beta1", "ReferenceGrant"),
         ]);
         let api = FakeApi::start(&collections).await;
@@ -430,6 +437,82 @@ async fn gateway_api_status_and_routing_through_the_gateway_proxy() {
         .await;
     }
     assert_eq!(route_writes(), before, "an unchanged status is not written again");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn grpc_routes_route_by_method_and_report_status() {
+    let mesh = Mesh::start().await;
+    let grpc_route = |name: &str, spec: Value| {
+        mesh.api.apply(
+            GRPC_ROUTES,
+            json!({"apiVersion": V1, "kind": "GRPCRoute",
+            "metadata": {"name": name, "namespace": "shop", "generation": 1,
+                "creationTimestamp": "2025-01-01T00:00:00Z"},
+            "spec": spec}),
+        );
+    };
+    grpc_route(
+        "greeter",
+        json!({
+        "parentRefs": [{"name": "public", "namespace": "edge", "sectionName": "http"}],
+        "hostnames": ["grpc.example.com"],
+        "rules": [
+            {"matches": [{"method": {"service": "pkg.Greeter", "method": "SayHello"}}],
+             "backendRefs": [{"name": "web-v2", "port": 80}]},
+            {"matches": [{"method": {"service": "pkg.Greeter"}, "headers": [{"name": "x-tenant", "value": "b"}]}],
+             "filters": [{"type": "RequestHeaderModifier", "requestHeaderModifier": {"set": [{"name": "x-added", "value": "yes"}]}}],
+             "backendRefs": [{"name": "web-v2", "port": 80}]},
+            {"backendRefs": [{"name": "web-v1", "port": 80}]}
+        ]}),
+    );
+    grpc_route(
+        "broken",
+        json!({
+        "parentRefs": [{"name": "public", "namespace": "edge"}],
+        "hostnames": ["broken.example.com"],
+        "rules": [{"matches": [{"method": {"type": "Exact"}}], "backendRefs": [{"name": "web-v1", "port": 80}]}]}),
+    );
+
+    let status = mesh
+        .status_until(GRPC_ROUTES, "shop", "greeter", "GRPCRoute accepted and resolved", |s| {
+            is(parent(s, "public"), "Accepted", "True", "Accepted")
+                && is(parent(s, "public"), "ResolvedRefs", "True", "ResolvedRefs")
+        })
+        .await;
+    assert_eq!(status["parents"][0]["controllerName"], "trellis.io/gateway-controller");
+    let broken = mesh
+        .status_until(GRPC_ROUTES, "shop", "broken", "the broken GRPCRoute refused", |s| {
+            is(parent(s, "public"), "Accepted", "False", "UnsupportedValue")
+        })
+        .await;
+    let message = broken["parents"][0]["conditions"][0]["message"].as_str().unwrap_or_default();
+    assert!(message.starts_with("spec.rules[0].matches[0].method"), "{broken:#}");
+    let gateway = mesh
+        .status_until(GATEWAYS, "edge", "public", "the GRPCRoute attached", |s| {
+            s["listeners"][0]["attachedRoutes"] == 1
+        })
+        .await;
+    let kinds: Vec<&str> = gateway["listeners"][0]["supportedKinds"]
+        .as_array()
+        .map(|ks| ks.iter().filter_map(|k| k["kind"].as_str()).collect())
+        .unwrap_or_default();
+    assert_eq!(kinds, ["HTTPRoute", "GRPCRoute"]);
+
+    let port = mesh.http_port;
+    let post = "content-type: application/grpc\r\ncontent-length: 0\r\n";
+    let host = "grpc.example.com";
+    until(port, "POST", host, "/pkg.Greeter/SayHello", post, 200, "v2 POST /pkg.Greeter/SayHello").await;
+    let tenant = format!("x-tenant: b\r\n{post}");
+    until(port, "POST", host, "/pkg.Greeter/SayBye", &tenant, 200, "v2 POST /pkg.Greeter/SayBye added=yes")
+        .await;
+    // Without the header, another service, or the service's name as a prefix of another's: the
+    // catch-all rule.
+    until(port, "POST", host, "/pkg.Greeter/SayBye", post, 200, "v1 POST /pkg.Greeter/SayBye").await;
+    until(port, "POST", host, "/pkg.Other/SayHello", post, 200, "v1 POST /pkg.Other/SayHello").await;
+    until(port, "POST", host, "/pkg.GreeterX/SayHello", &tenant, 200, "v1 POST").await;
+    // The refused route serves nothing.
+    let (code, _) = request(port, "POST", "broken.example.com", "/a.B/C", post).await.unwrap();
+    assert_eq!(code, 404);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -141,7 +141,9 @@ pub async fn run(client: Client, model: ModelHandle, status: SourceStatus) {
     }
     // The Kubernetes Gateway API (its CRDs may not be installed: a 404 counts as listed).
     {
-        use gateway_api::{GatewayClasses, Gateways, HttpRoutes, ReferenceGrants, Watched, api_resource};
+        use gateway_api::{
+            GatewayClasses, Gateways, GrpcRoutes, HttpRoutes, ReferenceGrants, Watched, api_resource,
+        };
         let api = |r: ApiResource| Api::<DynamicObject>::all_with(client.clone(), &r);
         let classes = api(api_resource::<GatewayClasses>());
         tasks.spawn(watch(classes, Watched::<GatewayClasses>::default(), context(gateway_api::NAMES[0])));
@@ -151,6 +153,8 @@ pub async fn run(client: Client, model: ModelHandle, status: SourceStatus) {
         tasks.spawn(watch(routes, Watched::<HttpRoutes>::default(), context(gateway_api::NAMES[2])));
         let grants = api(api_resource::<ReferenceGrants>());
         tasks.spawn(watch(grants, Watched::<ReferenceGrants>::default(), context(gateway_api::NAMES[3])));
+        let grpc_routes = api(api_resource::<GrpcRoutes>());
+        tasks.spawn(watch(grpc_routes, Watched::<GrpcRoutes>::default(), context(gateway_api::NAMES[4])));
     }
     // Watchers never end: a task that does has panicked, and its kind no longer updates.
     while let Some(done) = tasks.join_next().await {

@@ -1,5 +1,5 @@
 //! Kubernetes Gateway API objects from the API server → the model's `gateway_classes`,
-//! `k8s_gateways`, `http_routes` and `reference_grants`.
+//! `k8s_gateways`, `http_routes`, `grpc_routes` and `reference_grants`.
 //!
 //! Watched as `DynamicObject`s and decoded one at a time (as the Istio kinds are): one object
 //! that does not decode is logged and its last good version stays, and the rest of its kind
@@ -35,6 +35,7 @@ pub trait Kind: Send + 'static {
 pub struct GatewayClasses;
 pub struct Gateways;
 pub struct HttpRoutes;
+pub struct GrpcRoutes;
 pub struct ReferenceGrants;
 
 impl Kind for GatewayClasses {
@@ -73,6 +74,20 @@ impl Kind for HttpRoutes {
     }
 }
 
+impl Kind for GrpcRoutes {
+    type Spec = gateway_api::GrpcRouteSpec;
+    const NAME: &'static str = "gateway.networking.k8s.io/GRPCRoute";
+    const KIND: &'static str = "GRPCRoute";
+    const PLURAL: &'static str = "grpcroutes";
+    const VERSION: &'static str = "v1";
+    fn slot(model: &mut Model) -> &mut BTreeMap<(String, String), Arc<Object<Self::Spec>>> {
+        &mut model.grpc_routes
+    }
+    fn not_enforced(spec: &Self::Spec) -> Vec<(String, &'static str)> {
+        gateway_api::grpc_not_enforced(spec)
+    }
+}
+
 impl Kind for ReferenceGrants {
     type Spec = gateway_api::ReferenceGrantSpec;
     const NAME: &'static str = "gateway.networking.k8s.io/ReferenceGrant";
@@ -86,7 +101,8 @@ impl Kind for ReferenceGrants {
 }
 
 /// The names readiness waits for.
-pub const NAMES: [&str; 4] = [GatewayClasses::NAME, Gateways::NAME, HttpRoutes::NAME, ReferenceGrants::NAME];
+pub const NAMES: [&str; 5] =
+    [GatewayClasses::NAME, Gateways::NAME, HttpRoutes::NAME, ReferenceGrants::NAME, GrpcRoutes::NAME];
 
 pub fn api_resource<K: Kind>() -> ApiResource {
     ApiResource {

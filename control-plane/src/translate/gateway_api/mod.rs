@@ -14,7 +14,8 @@
 //! that serves Istio's own `Gateway` ([`super::gateway`]): each listener becomes a Gateway with
 //! one server (named `<gateway>~<listener>`, a name no Kubernetes object can have), each host of
 //! a listener a VirtualService bound to it with the attached HTTPRoutes' rules in the API's
-//! precedence order ([`rules`]). That analysis also gives the status conditions ([`Analysis`]),
+//! precedence order ([`rules`]). A GRPCRoute is read as the HTTPRoute it means (a gRPC method is
+//! a path: [`api::GrpcRouteSpec::to_http_route`]) and attaches and translates as one. That analysis also gives the status conditions ([`Analysis`]),
 //! so what status says and what the proxies get cannot disagree.
 
 pub mod rules;
@@ -22,7 +23,9 @@ pub mod rules;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use trellis_api::gateway_api::{self as api, GROUP, HttpBackendRef, Listener, ParentRef};
+use trellis_api::gateway_api::{
+    self as api, GROUP, HttpBackendRef, HttpRouteRule, HttpRouteSpec, Listener, ParentRef,
+};
 use trellis_api::networking::{
     Gateway as IstioGateway, GatewaySpec as IstioGatewaySpec, Port, Server, ServerTlsMode, ServerTlsSettings,
     VirtualService, VirtualServiceSpec,
@@ -34,6 +37,9 @@ use crate::model::{Model, ObjectKey};
 
 /// The controller names Trellis answers for.
 pub const CONTROLLERS: [&str; 2] = ["trellis.io/gateway-controller", "istio.io/gateway-controller"];
+
+/// The route kinds a listener of Trellis accepts (HTTP and HTTPS listeners take both).
+pub const ROUTE_KINDS: [&str; 2] = ["HTTPRoute", "GRPCRoute"];
 
 /// The pod label that binds a gateway proxy to the Gateway of its namespace of that name.
 pub const GATEWAY_NAME_LABEL: &str = "gateway.networking.k8s.io/gateway-name";
@@ -60,6 +66,8 @@ impl Condition {
 pub struct ListenerStatus {
     pub name: String,
     pub attached_routes: u32,
+    /// The route kinds it accepts, of [`ROUTE_KINDS`].
+    pub supported_kinds: Vec<&'static str>,
     pub conditions: Vec<Condition>,
 }
 
@@ -92,6 +100,8 @@ pub struct Analysis {
     pub gateways: BTreeMap<(String, String), GatewayStatus>,
     /// HTTPRoutes with at least one parent Trellis answers for.
     pub routes: BTreeMap<(String, String), RouteStatus>,
+    /// GRPCRoutes likewise.
+    pub grpc_routes: BTreeMap<(String, String), RouteStatus>,
     /// The Istio config they mean.
     pub istio_gateways: Vec<(String, String, IstioGatewaySpec)>,
     pub virtual_services: Vec<(String, String, VirtualServiceSpec)>,
@@ -179,46 +189,39 @@ pub fn analyze(model: &Model) -> Analysis {
     // (gateway namespace, derived gateway name, host) → compiled routes.
     let mut by_host: BTreeMap<(String, String, String), Vec<rules::Compiled>> = BTreeMap::new();
     for ((namespace, name), route) in &model.http_routes {
-        let mut parents = Vec::new();
-        for parent in &route.spec.parent_refs {
-            if parent.group.as_deref().is_some_and(|g| g != GROUP)
-                || parent.kind.as_deref().is_some_and(|k| k != "Gateway")
-            {
-                // A Service parent (GAMMA) or another kind: not a parent Trellis answers for.
-                continue;
-            }
-            let gateway_ns = parent.namespace.clone().unwrap_or_else(|| namespace.clone());
-            let gateway_key = (gateway_ns.clone(), parent.name.clone());
-            let gateway = model.k8s_gateways.get(&gateway_key);
-            let controller = match gateway {
-                Some(g) => match controller_of(model, &g.spec.gateway_class_name) {
-                    Some(c) => c,
-                    None => continue,
-                },
-                None => CONTROLLERS[0],
-            };
-            let resolved = resolved_refs(model, namespace, &route.spec);
-            let accepted = match listeners.get_mut(&gateway_key) {
-                None => Condition::no(
-                    "Accepted",
-                    "NoMatchingParent",
-                    format!("no Gateway {gateway_ns}/{}", parent.name),
-                ),
-                Some(served) => {
-                    attach(model, namespace, name, route, parent, &gateway_ns, served, &mut by_host)
-                }
-            };
-            parents.push(ParentStatus {
-                parent: parent.clone(),
-                controller: controller.to_owned(),
-                conditions: vec![accepted, resolved],
-            });
-        }
+        let at = RouteAt { namespace, name, kind: "HTTPRoute", invalid: None };
+        let parents = route_parents(model, &at, route, &mut listeners, &mut by_host);
         if !parents.is_empty() {
-            out.routes.insert(
-                (namespace.clone(), name.clone()),
-                RouteStatus { generation: route.metadata.generation, parents },
-            );
+            let status = RouteStatus { generation: route.metadata.generation, parents };
+            out.routes.insert((namespace.clone(), name.clone()), status);
+        }
+    }
+    for ((namespace, name), route) in &model.grpc_routes {
+        let (spec, invalid) = match route.spec.to_http_route() {
+            Ok(spec) => (spec, None),
+            // Not attached anywhere; its backends are still checked for ResolvedRefs.
+            Err((field, message)) => {
+                let rules = route
+                    .spec
+                    .rules
+                    .iter()
+                    .map(|r| HttpRouteRule { backend_refs: r.backend_refs.clone(), ..Default::default() })
+                    .collect();
+                let spec = HttpRouteSpec {
+                    parent_refs: route.spec.parent_refs.clone(),
+                    hostnames: Vec::new(),
+                    rules,
+                };
+                (spec, Some(format!("{field}: {message}")))
+            }
+        };
+        let as_http =
+            api::HttpRoute { metadata: route.metadata.clone(), spec, status: serde_json::Value::Null };
+        let at = RouteAt { namespace, name, kind: "GRPCRoute", invalid: invalid.as_deref() };
+        let parents = route_parents(model, &at, &as_http, &mut listeners, &mut by_host);
+        if !parents.is_empty() {
+            let status = RouteStatus { generation: route.metadata.generation, parents };
+            out.grpc_routes.insert((namespace.clone(), name.clone()), status);
         }
     }
     for ((namespace, name), served) in listeners {
@@ -276,9 +279,69 @@ pub fn analyze(model: &Model) -> Analysis {
     out
 }
 
+/// A route being attached: where it is, its kind, and why it cannot be used when it cannot.
+struct RouteAt<'a> {
+    namespace: &'a str,
+    name: &'a str,
+    kind: &'static str,
+    invalid: Option<&'a str>,
+}
+
+/// Attaches one route (an HTTPRoute, or the HTTPRoute a GRPCRoute means) to the parents Trellis
+/// answers for; their status.
+fn route_parents(
+    model: &Model,
+    at: &RouteAt<'_>,
+    route: &api::HttpRoute,
+    listeners: &mut BTreeMap<(String, String), Vec<Served<'_>>>,
+    by_host: &mut BTreeMap<(String, String, String), Vec<rules::Compiled>>,
+) -> Vec<ParentStatus> {
+    let namespace = at.namespace;
+    let mut parents = Vec::new();
+    for parent in &route.spec.parent_refs {
+        if parent.group.as_deref().is_some_and(|g| g != GROUP)
+            || parent.kind.as_deref().is_some_and(|k| k != "Gateway")
+        {
+            // A Service parent (GAMMA) or another kind: not a parent Trellis answers for.
+            continue;
+        }
+        let gateway_ns = parent.namespace.clone().unwrap_or_else(|| namespace.to_owned());
+        let gateway_key = (gateway_ns.clone(), parent.name.clone());
+        let gateway = model.k8s_gateways.get(&gateway_key);
+        let controller = match gateway {
+            Some(g) => match controller_of(model, &g.spec.gateway_class_name) {
+                Some(c) => c,
+                None => continue,
+            },
+            None => CONTROLLERS[0],
+        };
+        let resolved = resolved_refs(model, namespace, at.kind, &route.spec);
+        let accepted = match (listeners.get_mut(&gateway_key), at.invalid) {
+            (_, Some(problem)) => Condition::no("Accepted", "UnsupportedValue", problem),
+            (None, None) => Condition::no(
+                "Accepted",
+                "NoMatchingParent",
+                format!("no Gateway {gateway_ns}/{}", parent.name),
+            ),
+            (Some(served), None) => attach(model, at, route, parent, &gateway_ns, served, by_host),
+        };
+        parents.push(ParentStatus {
+            parent: parent.clone(),
+            controller: controller.to_owned(),
+            conditions: vec![accepted, resolved],
+        });
+    }
+    parents
+}
+
 /// One listener's conditions and, when usable, its Istio server.
 fn listener<'a>(model: &Model, namespace: &str, l: &'a Listener) -> Served<'a> {
-    let mut status = ListenerStatus { name: l.name.clone(), attached_routes: 0, conditions: Vec::new() };
+    let mut status = ListenerStatus {
+        name: l.name.clone(),
+        attached_routes: 0,
+        supported_kinds: ROUTE_KINDS.to_vec(),
+        conditions: Vec::new(),
+    };
     let unusable = |mut status: ListenerStatus, accepted: Condition, resolved: Condition| {
         let programmed = Condition::no("Programmed", "Invalid", accepted.message.clone());
         status.conditions = vec![accepted, resolved, programmed];
@@ -326,12 +389,26 @@ fn listener<'a>(model: &Model, namespace: &str, l: &'a Listener) -> Served<'a> {
             return unusable(status, accepted, resolved_ok());
         }
     };
-    if l.allowed_routes
-        .as_ref()
-        .is_some_and(|a| !a.kinds.is_empty() && !a.kinds.iter().any(|k| k.kind == "HTTPRoute"))
-    {
-        let resolved = Condition::no("ResolvedRefs", "InvalidRouteKinds", "only HTTPRoute is supported");
-        return unusable(status, Condition::yes("Accepted", "Accepted", ""), resolved);
+    let mut resolved = resolved_ok();
+    let wanted = l.allowed_routes.as_ref().map(|a| a.kinds.as_slice()).unwrap_or_default();
+    if !wanted.is_empty() {
+        let ours = |k: &api::RouteGroupKind| k.group.as_deref().is_none_or(|g| g == GROUP);
+        status.supported_kinds = ROUTE_KINDS
+            .into_iter()
+            .filter(|kind| wanted.iter().any(|k| ours(k) && k.kind == *kind))
+            .collect();
+        let not_ours = wanted.iter().filter(|k| !ours(k) || !ROUTE_KINDS.contains(&k.kind.as_str())).count();
+        if not_ours > 0 {
+            // The kinds Trellis has stay served; the others are reported.
+            resolved = Condition::no(
+                "ResolvedRefs",
+                "InvalidRouteKinds",
+                "only HTTPRoute and GRPCRoute are supported",
+            );
+        }
+        if status.supported_kinds.is_empty() {
+            return unusable(status, Condition::yes("Accepted", "Accepted", ""), resolved);
+        }
     }
     let host = l.hostname.clone().unwrap_or_else(|| "*".into()).to_ascii_lowercase();
     let server = Server {
@@ -348,7 +425,7 @@ fn listener<'a>(model: &Model, namespace: &str, l: &'a Listener) -> Served<'a> {
     };
     status.conditions = vec![
         Condition::yes("Accepted", "Accepted", ""),
-        resolved_ok(),
+        resolved,
         Condition::yes("Programmed", "Programmed", ""),
     ];
     Served { listener: l, status, server: Some(server) }
@@ -395,17 +472,16 @@ fn certificate(model: &Model, namespace: &str, tls: &api::ListenerTls) -> Result
 }
 
 /// Attaches a route to the listeners of one parent; the parent's Accepted condition.
-#[allow(clippy::too_many_arguments)]
 fn attach(
     model: &Model,
-    route_ns: &str,
-    route_name: &str,
+    at: &RouteAt<'_>,
     route: &api::HttpRoute,
     parent: &ParentRef,
     gateway_ns: &str,
     served: &mut [Served<'_>],
     by_host: &mut BTreeMap<(String, String, String), Vec<rules::Compiled>>,
 ) -> Condition {
+    let (route_ns, route_name) = (at.namespace, at.name);
     let mut reason = ("NoMatchingParent", "no listener matches sectionName and port".to_owned());
     let mut attached = 0;
     for s in served.iter_mut() {
@@ -418,6 +494,13 @@ fn attach(
             reason = ("NoMatchingParent", format!("listener {} is not valid", s.listener.name));
             continue;
         };
+        if !s.status.supported_kinds.contains(&at.kind) {
+            reason = (
+                "NotAllowedByListeners",
+                format!("listener {} does not allow {}s", s.listener.name, at.kind),
+            );
+            continue;
+        }
         if !namespace_allowed(model, route_ns, gateway_ns, s.listener) {
             reason = (
                 "NotAllowedByListeners",
@@ -453,7 +536,7 @@ fn attach(
         attached += 1;
         s.status.attached_routes += 1;
         let derived = format!("{}~{}", parent.name, s.listener.name);
-        let valid = |b: &HttpBackendRef| backend_problem(model, route_ns, b).is_none();
+        let valid = |b: &HttpBackendRef| backend_problem(model, route_ns, at.kind, b).is_none();
         for host in hosts {
             let entry = by_host.entry((gateway_ns.to_owned(), derived.clone(), host)).or_default();
             for (index, rule) in route.spec.rules.iter().enumerate() {
@@ -498,8 +581,13 @@ fn namespace_allowed(model: &Model, route_ns: &str, gateway_ns: &str, l: &Listen
     }
 }
 
-/// Why a backend cannot be used, as `(reason, message)`.
-pub fn backend_problem(model: &Model, route_ns: &str, b: &HttpBackendRef) -> Option<(&'static str, String)> {
+/// Why a backend of a route of `kind` cannot be used, as `(reason, message)`.
+pub fn backend_problem(
+    model: &Model,
+    route_ns: &str,
+    route_kind: &str,
+    b: &HttpBackendRef,
+) -> Option<(&'static str, String)> {
     let group = b.group.as_deref().unwrap_or("");
     let kind = b.kind.as_deref().unwrap_or("Service");
     if !(group.is_empty() || group == "core") || kind != "Service" {
@@ -509,11 +597,11 @@ pub fn backend_problem(model: &Model, route_ns: &str, b: &HttpBackendRef) -> Opt
         ));
     }
     let namespace = b.namespace.as_deref().unwrap_or(route_ns);
-    if namespace != route_ns && !granted(model, route_ns, namespace, &b.name) {
+    if namespace != route_ns && !granted(model, route_kind, route_ns, namespace, &b.name) {
         return Some((
             "RefNotPermitted",
             format!(
-                "no ReferenceGrant in {namespace} lets HTTPRoutes of {route_ns} refer to Service {}",
+                "no ReferenceGrant in {namespace} lets {route_kind}s of {route_ns} refer to Service {}",
                 b.name
             ),
         ));
@@ -529,9 +617,9 @@ pub fn backend_problem(model: &Model, route_ns: &str, b: &HttpBackendRef) -> Opt
     None
 }
 
-fn granted(model: &Model, from_ns: &str, to_ns: &str, name: &str) -> bool {
+fn granted(model: &Model, route_kind: &str, from_ns: &str, to_ns: &str, name: &str) -> bool {
     model.reference_grants.iter().filter(|((ns, _), _)| ns == to_ns).any(|(_, grant)| {
-        grant.spec.from.iter().any(|f| f.group == GROUP && f.kind == "HTTPRoute" && f.namespace == from_ns)
+        grant.spec.from.iter().any(|f| f.group == GROUP && f.kind == route_kind && f.namespace == from_ns)
             && grant.spec.to.iter().any(|t| {
                 (t.group.is_empty() || t.group == "core")
                     && t.kind == "Service"
@@ -541,11 +629,11 @@ fn granted(model: &Model, from_ns: &str, to_ns: &str, name: &str) -> bool {
 }
 
 /// ResolvedRefs of a route: the first backend that cannot be used says why.
-fn resolved_refs(model: &Model, route_ns: &str, spec: &api::HttpRouteSpec) -> Condition {
+fn resolved_refs(model: &Model, route_ns: &str, kind: &str, spec: &HttpRouteSpec) -> Condition {
     spec.rules
         .iter()
         .flat_map(|r| &r.backend_refs)
-        .find_map(|b| backend_problem(model, route_ns, b))
+        .find_map(|b| backend_problem(model, route_ns, kind, b))
         .map_or_else(
             || Condition::yes("ResolvedRefs", "ResolvedRefs", ""),
             |(reason, message)| Condition::no("ResolvedRefs", reason, message),

@@ -25,6 +25,9 @@ fn with_objects(mut model: Model, objects: &[serde_json::Value]) -> Model {
             Some("HTTPRoute") => {
                 model.http_routes.insert(key, Arc::new(decode(o).unwrap()));
             }
+            Some("GRPCRoute") => {
+                model.grpc_routes.insert(key, Arc::new(decode(o).unwrap()));
+            }
             _ => panic!("{o}"),
         }
     }
@@ -130,4 +133,126 @@ fn status_of_listeners_and_routes() {
     let https = &a.gateways[&("edge".to_owned(), "public".to_owned())].listeners[1];
     assert_eq!((https.conditions[1].status, https.conditions[1].reason), (false, "InvalidCertificateRef"));
     assert_eq!(a.istio_gateways.len(), 1);
+}
+
+fn key(namespace: &str, name: &str) -> (String, String) {
+    (namespace.to_owned(), name.to_owned())
+}
+
+fn path_of(route: &pb::Route) -> Vec<Option<pb::string_match::Kind>> {
+    route.matches.iter().map(|m| m.path.as_ref().and_then(|p| p.kind.clone())).collect()
+}
+
+/// `base` plus a gRPC Service `api` and a GRPCRoute on web.example.com with `rules`.
+fn with_grpc_route(rules: serde_json::Value) -> Model {
+    let mut m = base("trellis.io/gateway-controller");
+    add_kube_service(&mut m, "shop", "api", "10.0.0.2", &[("grpc", 9000, Some(9000))]);
+    with_objects(
+        m,
+        &[json!({"kind": "GRPCRoute", "metadata": {"name": "greeter", "namespace": "shop"},
+            "spec": {"parentRefs": [{"name": "public", "namespace": "edge", "sectionName": "http"}],
+                "hostnames": ["web.example.com"], "rules": rules}})],
+    )
+}
+
+#[test]
+fn a_grpc_route_becomes_routes_on_the_path_of_its_methods() {
+    let m = with_grpc_route(json!([
+        {"matches": [{"method": {"service": "pkg.Greeter", "method": "SayHello"},
+                      "headers": [{"name": "Tenant", "value": "a"}]}],
+         "filters": [{"type": "RequestHeaderModifier", "requestHeaderModifier": {"set": [{"name": "x-grpc", "value": "1"}]}}],
+         "backendRefs": [{"name": "api", "port": 9000, "weight": 3}, {"name": "web", "port": 80, "weight": 1}]},
+        {"matches": [{"method": {"service": "pkg.Greeter"}}, {"method": {"type": "RegularExpression", "method": "Get.*"}}],
+         "backendRefs": [{"name": "api", "port": 9000}]},
+    ]));
+    let config = gateway_config(&m, &[(GATEWAY_NAME_LABEL, "public")]);
+    let vh = config
+        .virtual_hosts
+        .iter()
+        .find(|v| v.name == crate::translate::gateway::virtual_host_name(80, "web.example.com"))
+        .unwrap();
+    use pb::string_match::Kind::{Exact, Prefix, Regex};
+    // The HTTPRoute's /api and the GRPCRoute's matches on one host, most specific first.
+    let paths: Vec<_> = vh.routes.iter().map(path_of).collect();
+    assert_eq!(
+        paths,
+        [
+            vec![Some(Exact("/pkg.Greeter/SayHello".into()))],
+            vec![Some(Regex("/[^/]+/(?:Get.*)".into()))],
+            vec![Some(Exact("/pkg.Greeter".into())), Some(Prefix("/pkg.Greeter/".into()))],
+            vec![Some(Exact("/api".into())), Some(Prefix("/api/".into()))],
+        ]
+    );
+    let first = &vh.routes[0];
+    assert_eq!(
+        forwards(first),
+        [("outbound|9000||api.shop.svc.cluster.local", 3), ("outbound|80||web.shop.svc.cluster.local", 1)]
+    );
+    assert_eq!(first.matches[0].headers[0].name, "tenant");
+    assert!(format!("{first:?}").contains("x-grpc"), "the header modifier: {first:?}");
+
+    let a = analyze(&m);
+    let r = &a.grpc_routes[&key("shop", "greeter")];
+    let conditions: Vec<_> = r.parents[0].conditions.iter().map(|c| (c.kind, c.status)).collect();
+    assert_eq!(conditions, [("Accepted", true), ("ResolvedRefs", true)]);
+    let http = &a.gateways[&key("edge", "public")].listeners[0];
+    assert_eq!(http.attached_routes, 2, "the HTTPRoute and the GRPCRoute");
+    assert_eq!(http.supported_kinds, ["HTTPRoute", "GRPCRoute"]);
+}
+
+#[test]
+fn a_grpc_route_that_cannot_be_read_is_not_accepted_and_names_the_field() {
+    let m = with_grpc_route(json!([
+        {"matches": [{"method": {"type": "RegularExpression", "service": "(unclosed"}}],
+         "backendRefs": [{"name": "missing", "port": 9000}]},
+    ]));
+    let a = analyze(&m);
+    let r = &a.grpc_routes[&key("shop", "greeter")];
+    let accepted = &r.parents[0].conditions[0];
+    assert_eq!((accepted.status, accepted.reason), (false, "UnsupportedValue"));
+    assert!(
+        accepted.message.starts_with("spec.rules[0].matches[0].method.service: "),
+        "{}",
+        accepted.message
+    );
+    let resolved = &r.parents[0].conditions[1];
+    assert_eq!((resolved.status, resolved.reason), (false, "BackendNotFound"));
+    assert_eq!(a.gateways[&key("edge", "public")].listeners[0].attached_routes, 1, "only the HTTPRoute");
+    let config = gateway_config(&m, &[(GATEWAY_NAME_LABEL, "public")]);
+    assert!(!format!("{config:?}").contains("unclosed"));
+}
+
+#[test]
+fn listeners_take_the_route_kinds_they_allow() {
+    let mut m = with_grpc_route(json!([{"backendRefs": [{"name": "api", "port": 9000}]}]));
+    let gateway = json!({"kind": "Gateway", "metadata": {"name": "public", "namespace": "edge"},
+        "spec": {"gatewayClassName": "trellis", "listeners": [
+            {"name": "http", "port": 80, "protocol": "HTTP", "allowedRoutes": {"namespaces": {"from": "All"},
+                "kinds": [{"kind": "GRPCRoute"}, {"kind": "TCPRoute"}]}}]}});
+    m = with_objects(m, &[gateway]);
+    let a = analyze(&m);
+    let listener = &a.gateways[&key("edge", "public")].listeners[0];
+    assert_eq!(listener.supported_kinds, ["GRPCRoute"]);
+    assert_eq!(listener.attached_routes, 1);
+    let resolved = &listener.conditions[1];
+    assert_eq!((resolved.status, resolved.reason), (false, "InvalidRouteKinds"));
+    assert!(a.grpc_routes[&key("shop", "greeter")].parents[0].conditions[0].status);
+    let http = &a.routes[&key("shop", "web")].parents[0].conditions[0];
+    assert_eq!((http.status, http.reason), (false, "NotAllowedByListeners"));
+
+    // A ReferenceGrant names the route kind it lets refer across namespaces.
+    let mut m =
+        with_grpc_route(json!([{"backendRefs": [{"name": "web", "namespace": "other", "port": 80}]}]));
+    add_kube_service(&mut m, "other", "web", "10.0.0.3", &[("http", 80, Some(8080))]);
+    let grant = |kind: &str| {
+        decode(&json!({"metadata": {"name": "g", "namespace": "other"},
+            "spec": {"from": [{"group": "gateway.networking.k8s.io", "kind": kind, "namespace": "shop"}],
+                     "to": [{"group": "", "kind": "Service"}]}}))
+        .unwrap()
+    };
+    m.reference_grants.insert(key("other", "g"), Arc::new(grant("HTTPRoute")));
+    let resolved = analyze(&m).grpc_routes[&key("shop", "greeter")].parents[0].conditions[1].clone();
+    assert_eq!((resolved.status, resolved.reason), (false, "RefNotPermitted"));
+    m.reference_grants.insert(key("other", "g"), Arc::new(grant("GRPCRoute")));
+    assert!(analyze(&m).grpc_routes[&key("shop", "greeter")].parents[0].conditions[1].status);
 }
