@@ -594,14 +594,6 @@ pub fn check_document(index: usize, first_line: usize, text: &str) -> Vec<crate:
             for (field, why) in not_enforced(&r.spec) {
                 warn(field, why);
             }
-            for (i, p) in r.spec.parent_refs.iter().enumerate() {
-                if p.kind.as_deref() == Some("Service") {
-                    warn(
-                        format!("spec.parentRefs[{i}]"),
-                        "HTTPRoutes attached to Services (GAMMA) are not implemented by Trellis; ignored",
-                    );
-                }
-            }
         }),
         "GRPCRoute" => decode::<GrpcRouteSpec>(&value).and_then(|r| {
             for (field, why) in grpc_not_enforced(&r.spec) {

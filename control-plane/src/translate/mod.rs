@@ -163,10 +163,15 @@ pub fn scope_of_router(
 
 /// The configuration of every proxy in `scope`.
 pub fn translate(model: &Model, scope: &Scope) -> pb::ProxyConfig {
-    // A gateway proxy bound to a Kubernetes Gateway also sees the Istio config it means.
+    // A gateway proxy bound to a Kubernetes Gateway also sees the Istio config it means; every
+    // proxy sees the mesh routes of HTTPRoutes attached to Services (GAMMA).
     let derived;
     let model = match &scope.gateway {
         Some(selected) if selected.iter().any(|g| g.contains('~')) => {
+            derived = gateway_api::with_derived(model);
+            derived.as_ref().unwrap_or(model)
+        }
+        _ if gateway_api::has_mesh_routes(model) => {
             derived = gateway_api::with_derived(model);
             derived.as_ref().unwrap_or(model)
         }

@@ -15,7 +15,13 @@
 //! one server (named `<gateway>~<listener>`, a name no Kubernetes object can have), each host of
 //! a listener a VirtualService bound to it with the attached HTTPRoutes' rules in the API's
 //! precedence order ([`rules`]). A GRPCRoute is read as the HTTPRoute it means (a gRPC method is
-//! a path: [`api::GrpcRouteSpec::to_http_route`]) and attaches and translates as one. That analysis also gives the status conditions ([`Analysis`]),
+//! a path: [`api::GrpcRouteSpec::to_http_route`]) and attaches and translates as one.
+//!
+//! An HTTPRoute whose parent is a Service (GAMMA) is mesh routing: per namespace of such routes
+//! and per Service, a VirtualService for the Service's host bound to `mesh`, which the sidecars
+//! translate as they do any other. A route in the Service's own namespace (a producer route)
+//! is seen by every namespace; one in another namespace (a consumer route) only by its own,
+//! as Istio does. That analysis also gives the status conditions ([`Analysis`]),
 //! so what status says and what the proxies get cannot disagree.
 
 pub mod rules;
@@ -33,6 +39,7 @@ use trellis_api::networking::{
 use trellis_api::resource::{Kind, Resource};
 
 use super::hosts;
+use super::names::kube_hostname;
 use crate::model::{Model, ObjectKey};
 
 /// The controller names Trellis answers for.
@@ -105,6 +112,18 @@ pub struct Analysis {
     /// The Istio config they mean.
     pub istio_gateways: Vec<(String, String, IstioGatewaySpec)>,
     pub virtual_services: Vec<(String, String, VirtualServiceSpec)>,
+    /// The VirtualServices bound to `mesh` that HTTPRoutes with Service parents mean.
+    pub mesh_virtual_services: Vec<(String, String, VirtualServiceSpec)>,
+}
+
+/// Whether any HTTPRoute has a Service parent (GAMMA): sidecars then need the derived model.
+pub fn has_mesh_routes(model: &Model) -> bool {
+    model.http_routes.values().any(|r| r.spec.parent_refs.iter().any(is_service_parent))
+}
+
+fn is_service_parent(parent: &ParentRef) -> bool {
+    parent.group.as_deref().is_some_and(|g| g.is_empty() || g == "core")
+        && parent.kind.as_deref() == Some("Service")
 }
 
 /// The derived Istio Gateways (`namespace/name`) a gateway proxy serves: those of the Gateway of
@@ -134,11 +153,11 @@ fn controller_of<'a>(model: &'a Model, class: &str) -> Option<&'a str> {
 /// The model with the Istio config the Gateway API objects mean added, for a gateway proxy's
 /// translation; `None` when there is nothing to add.
 pub fn with_derived(model: &Model) -> Option<Model> {
-    if model.k8s_gateways.is_empty() {
+    if model.k8s_gateways.is_empty() && !has_mesh_routes(model) {
         return None;
     }
     let analysis = analyze(model);
-    if analysis.istio_gateways.is_empty() {
+    if analysis.istio_gateways.is_empty() && analysis.mesh_virtual_services.is_empty() {
         return None;
     }
     let mut derived = model.clone();
@@ -150,7 +169,8 @@ pub fn with_derived(model: &Model) -> Option<Model> {
             Arc::new(Resource::Gateway(Box::new(gateway))),
         );
     }
-    for (namespace, name, spec) in analysis.virtual_services {
+    for (namespace, name, spec) in analysis.virtual_services.into_iter().chain(analysis.mesh_virtual_services)
+    {
         let mut vs = VirtualService::new(&name, spec);
         vs.metadata.namespace = Some(namespace.clone());
         derived.resources.insert(
@@ -188,9 +208,12 @@ pub fn analyze(model: &Model) -> Analysis {
     }
     // (gateway namespace, derived gateway name, host) → compiled routes.
     let mut by_host: BTreeMap<(String, String, String), Vec<rules::Compiled>> = BTreeMap::new();
+    // (route namespace, Service namespace, Service name) → compiled routes of Service parents.
+    let mut by_service: BTreeMap<(String, String, String), Vec<rules::Compiled>> = BTreeMap::new();
     for ((namespace, name), route) in &model.http_routes {
         let at = RouteAt { namespace, name, kind: "HTTPRoute", invalid: None };
-        let parents = route_parents(model, &at, route, &mut listeners, &mut by_host);
+        let mut parents = route_parents(model, &at, route, &mut listeners, &mut by_host);
+        parents.extend(service_parents(model, &at, route, &mut by_service));
         if !parents.is_empty() {
             let status = RouteStatus { generation: route.metadata.generation, parents };
             out.routes.insert((namespace.clone(), name.clone()), status);
@@ -266,6 +289,18 @@ pub fn analyze(model: &Model) -> Analysis {
         }
         out.gateways.insert((namespace, name), status);
     }
+    for ((namespace, service_ns, service), mut compiled) in by_service {
+        compiled.sort_by(|a, b| a.precedence.cmp(&b.precedence));
+        let export_to = if namespace == service_ns { vec!["*".to_owned()] } else { vec![".".to_owned()] };
+        let spec = VirtualServiceSpec {
+            hosts: vec![kube_hostname(&service, &service_ns)],
+            http: compiled.into_iter().map(|c| c.route).collect(),
+            export_to,
+            ..Default::default()
+        };
+        // `~` keeps the name apart from any the API server allows.
+        out.mesh_virtual_services.push((namespace, format!("{service}.{service_ns}~mesh"), spec));
+    }
     for ((namespace, derived, host), mut compiled) in by_host {
         compiled.sort_by(|a, b| a.precedence.cmp(&b.precedence));
         let spec = VirtualServiceSpec {
@@ -329,6 +364,70 @@ fn route_parents(
             parent: parent.clone(),
             controller: controller.to_owned(),
             conditions: vec![accepted, resolved],
+        });
+    }
+    parents
+}
+
+/// The Service parents (GAMMA) of an HTTPRoute: their status, and the route's rules compiled
+/// for each Service that exists.
+fn service_parents(
+    model: &Model,
+    at: &RouteAt<'_>,
+    route: &api::HttpRoute,
+    by_service: &mut BTreeMap<(String, String, String), Vec<rules::Compiled>>,
+) -> Vec<ParentStatus> {
+    let mut parents = Vec::new();
+    for parent in route.spec.parent_refs.iter().filter(|p| is_service_parent(p)) {
+        let service_ns = parent.namespace.clone().unwrap_or_else(|| at.namespace.to_owned());
+        let service = model.services.get(&(service_ns.clone(), parent.name.clone()));
+        let accepted = match service {
+            None => Condition::no(
+                "Accepted",
+                "NoMatchingParent",
+                format!("no Service {service_ns}/{}", parent.name),
+            ),
+            Some(s) if parent.port.is_some_and(|p| !s.ports.iter().any(|sp| u32::from(sp.port) == p)) => {
+                Condition::no(
+                    "Accepted",
+                    "NoMatchingParent",
+                    format!(
+                        "Service {service_ns}/{} has no port {}",
+                        parent.name,
+                        parent.port.unwrap_or_default()
+                    ),
+                )
+            }
+            Some(_) => {
+                let valid = |b: &HttpBackendRef| backend_problem(model, at.namespace, at.kind, b).is_none();
+                let entry = by_service
+                    .entry((at.namespace.to_owned(), service_ns.clone(), parent.name.clone()))
+                    .or_default();
+                for (index, rule) in route.spec.rules.iter().enumerate() {
+                    let rule_at = rules::RuleAt {
+                        namespace: at.namespace,
+                        name: at.name,
+                        created: &route.metadata.creation_timestamp,
+                        index,
+                    };
+                    let mut compiled = rules::compile(&rule_at, rule, &valid);
+                    // A parent port: the rules apply to calls to that port of the Service only.
+                    if let Some(port) = parent.port {
+                        for c in &mut compiled {
+                            for m in &mut c.route.matches {
+                                m.port = port;
+                            }
+                        }
+                    }
+                    entry.extend(compiled);
+                }
+                Condition::yes("Accepted", "Accepted", "")
+            }
+        };
+        parents.push(ParentStatus {
+            parent: parent.clone(),
+            controller: CONTROLLERS[0].to_owned(),
+            conditions: vec![accepted, resolved_refs(model, at.namespace, at.kind, &route.spec)],
         });
     }
     parents

@@ -256,3 +256,73 @@ fn listeners_take_the_route_kinds_they_allow() {
     m.reference_grants.insert(key("other", "g"), Arc::new(grant("GRPCRoute")));
     assert!(analyze(&m).grpc_routes[&key("shop", "greeter")].parents[0].conditions[1].status);
 }
+
+/// `base` plus a Service `api` in `shop` and the HTTPRoute `route` (in `namespace`) with a
+/// Service parent.
+fn with_mesh_route(namespace: &str, parent: serde_json::Value, rules: serde_json::Value) -> Model {
+    let mut m = base("trellis.io/gateway-controller");
+    add_kube_service(&mut m, "shop", "api", "10.0.0.2", &[("http", 9000, Some(9000))]);
+    with_objects(
+        m,
+        &[json!({"kind": "HTTPRoute", "metadata": {"name": "canary", "namespace": namespace},
+            "spec": {"parentRefs": [parent], "rules": rules}})],
+    )
+}
+
+#[test]
+fn an_http_route_attached_to_a_service_routes_the_sidecars_calling_it() {
+    let m = with_mesh_route(
+        "shop",
+        json!({"group": "", "kind": "Service", "name": "web", "port": 80}),
+        json!([
+            {"matches": [{"headers": [{"name": "x-canary", "value": "yes"}]}],
+             "backendRefs": [{"name": "api", "port": 9000}]},
+            {"backendRefs": [{"name": "web", "port": 80, "weight": 9}, {"name": "api", "port": 9000, "weight": 1}]},
+        ]),
+    );
+    // A producer route (in the Service's namespace): every namespace's sidecars.
+    for namespace in ["shop", "other"] {
+        let config = config(&m, namespace);
+        let web = routes(&config, "web.shop.svc.cluster.local:80");
+        assert_eq!(web.len(), 2, "{namespace}: {web:?}");
+        assert_eq!(web[0].matches[0].headers[0].name, "x-canary");
+        assert_eq!(forwards(&web[0]), [("outbound|9000||api.shop.svc.cluster.local", 0)], "a single backend");
+        assert_eq!(
+            forwards(&web[1]),
+            [
+                ("outbound|80||web.shop.svc.cluster.local", 9),
+                ("outbound|9000||api.shop.svc.cluster.local", 1)
+            ]
+        );
+    }
+    let a = analyze(&m);
+    let parent = &a.routes[&key("shop", "canary")].parents[0];
+    assert_eq!(parent.parent.kind.as_deref(), Some("Service"));
+    let conditions: Vec<_> = parent.conditions.iter().map(|c| (c.kind, c.status)).collect();
+    assert_eq!(conditions, [("Accepted", true), ("ResolvedRefs", true)]);
+    // The gateway proxies do not take it.
+    let gateway = gateway_config(&m, &[(GATEWAY_NAME_LABEL, "public")]);
+    assert!(gateway.gateway_listeners.iter().all(|l| l.servers.iter().all(|s| s.routes.len() == 1)));
+}
+
+#[test]
+fn a_consumer_route_routes_only_its_own_namespace_and_a_missing_service_is_reported() {
+    let m = with_mesh_route(
+        "client",
+        json!({"kind": "Service", "group": "core", "name": "web", "namespace": "shop"}),
+        json!([{"filters": [{"type": "RequestRedirect", "requestRedirect": {"hostname": "moved.example.com"}}]}]),
+    );
+    let redirected = |namespace: &str| {
+        let config = config(&m, namespace);
+        let web = routes(&config, "web.shop.svc.cluster.local:80");
+        web.iter().any(|r| format!("{r:?}").contains("moved.example.com"))
+    };
+    assert!(redirected("client"));
+    assert!(!redirected("other"));
+    assert!(!redirected("shop"));
+
+    let m = with_mesh_route("shop", json!({"group": "", "kind": "Service", "name": "nothing"}), json!([]));
+    let accepted = &analyze(&m).routes[&key("shop", "canary")].parents[0].conditions[0];
+    assert_eq!((accepted.status, accepted.reason), (false, "NoMatchingParent"));
+    assert!(!has_mesh_routes(&with_mesh_route("shop", json!({"name": "public"}), json!([]))));
+}
