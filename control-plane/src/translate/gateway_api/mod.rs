@@ -17,7 +17,7 @@
 //! precedence order ([`rules`]). A GRPCRoute is read as the HTTPRoute it means (a gRPC method is
 //! a path: [`api::GrpcRouteSpec::to_http_route`]) and attaches and translates as one.
 //!
-//! An HTTPRoute whose parent is a Service (GAMMA) is mesh routing: per namespace of such routes
+//! An HTTPRoute (or GRPCRoute) whose parent is a Service (GAMMA) is mesh routing: per namespace of such routes
 //! and per Service, a VirtualService for the Service's host bound to `mesh`, which the sidecars
 //! translate as they do any other. A route in the Service's own namespace (a producer route)
 //! is seen by every namespace; one in another namespace (a consumer route) only by its own,
@@ -119,6 +119,7 @@ pub struct Analysis {
 /// Whether any HTTPRoute has a Service parent (GAMMA): sidecars then need the derived model.
 pub fn has_mesh_routes(model: &Model) -> bool {
     model.http_routes.values().any(|r| r.spec.parent_refs.iter().any(is_service_parent))
+        || model.grpc_routes.values().any(|r| r.spec.parent_refs.iter().any(is_service_parent))
 }
 
 fn is_service_parent(parent: &ParentRef) -> bool {
@@ -241,7 +242,8 @@ pub fn analyze(model: &Model) -> Analysis {
         let as_http =
             api::HttpRoute { metadata: route.metadata.clone(), spec, status: serde_json::Value::Null };
         let at = RouteAt { namespace, name, kind: "GRPCRoute", invalid: invalid.as_deref() };
-        let parents = route_parents(model, &at, &as_http, &mut listeners, &mut by_host);
+        let mut parents = route_parents(model, &at, &as_http, &mut listeners, &mut by_host);
+        parents.extend(service_parents(model, &at, &as_http, &mut by_service));
         if !parents.is_empty() {
             let status = RouteStatus { generation: route.metadata.generation, parents };
             out.grpc_routes.insert((namespace.clone(), name.clone()), status);
@@ -382,6 +384,9 @@ fn service_parents(
         let service_ns = parent.namespace.clone().unwrap_or_else(|| at.namespace.to_owned());
         let service = model.services.get(&(service_ns.clone(), parent.name.clone()));
         let accepted = match service {
+            _ if at.invalid.is_some() => {
+                Condition::no("Accepted", "UnsupportedValue", at.invalid.unwrap_or_default())
+            }
             None => Condition::no(
                 "Accepted",
                 "NoMatchingParent",

@@ -326,3 +326,21 @@ fn a_consumer_route_routes_only_its_own_namespace_and_a_missing_service_is_repor
     assert_eq!((accepted.status, accepted.reason), (false, "NoMatchingParent"));
     assert!(!has_mesh_routes(&with_mesh_route("shop", json!({"name": "public"}), json!([]))));
 }
+
+#[test]
+fn a_grpc_route_attached_to_a_service_routes_the_sidecars_too() {
+    let mut m = with_grpc_route(json!([]));
+    m.grpc_routes.clear();
+    let m = with_objects(
+        m,
+        &[json!({"kind": "GRPCRoute", "metadata": {"name": "greeter", "namespace": "shop"},
+            "spec": {"parentRefs": [{"group": "", "kind": "Service", "name": "api"}],
+                "rules": [{"matches": [{"method": {"service": "pkg.Greeter", "method": "SayHello"}}],
+                           "backendRefs": [{"name": "web", "port": 80}]}]}})],
+    );
+    let config = config(&m, "other");
+    let api = routes(&config, "api.shop.svc.cluster.local:9000");
+    assert_eq!(path_of(&api[0]), [Some(pb::string_match::Kind::Exact("/pkg.Greeter/SayHello".into()))]);
+    assert_eq!(forwards(&api[0]), [("outbound|80||web.shop.svc.cluster.local", 0)]);
+    assert!(analyze(&m).grpc_routes[&key("shop", "greeter")].parents[0].conditions[0].status);
+}
