@@ -321,6 +321,19 @@ fn a_consumer_route_routes_only_its_own_namespace_and_a_missing_service_is_repor
     assert!(!redirected("other"));
     assert!(!redirected("shop"));
 
+    // Beside a producer route, the consumer route still wins in its own namespace (the proxy's
+    // own namespace's VirtualService is preferred for a host), the producer's everywhere else.
+    let producer = json!({"kind": "HTTPRoute", "metadata": {"name": "producer", "namespace": "shop"},
+        "spec": {"parentRefs": [{"group": "", "kind": "Service", "name": "web"}],
+            "rules": [{"backendRefs": [{"name": "api", "port": 9000}]}]}});
+    let both = with_objects(m.clone(), &[producer]);
+    let first = |namespace: &str| {
+        let config = config(&both, namespace);
+        format!("{:?}", routes(&config, "web.shop.svc.cluster.local:80")[0])
+    };
+    assert!(first("client").contains("moved.example.com"));
+    assert!(first("other").contains("outbound|9000||api.shop.svc.cluster.local"));
+
     let m = with_mesh_route("shop", json!({"group": "", "kind": "Service", "name": "nothing"}), json!([]));
     let accepted = &analyze(&m).routes[&key("shop", "canary")].parents[0].conditions[0];
     assert_eq!((accepted.status, accepted.reason), (false, "NoMatchingParent"));
