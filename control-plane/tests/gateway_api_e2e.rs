@@ -33,24 +33,17 @@
 
 mod ca_support;
 mod fake_api;
+mod gateway_support;
 
-use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 
 use ca_support::{DEADLINE, eventually};
 use fake_api::FakeApi;
+use gateway_support::{free_port, mesh_identity, start_control_plane, start_gateway};
 use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::sync::watch;
-use tokio_stream::wrappers::TcpListenerStream;
-use trellis_control_plane::model::ModelHandle;
-use trellis_control_plane::sources::kube::{SourceStatus, run};
-use trellis_control_plane::xds::generation::{Generation, MAX_DELAY, QUIET, debounce};
-use trellis_control_plane::xds::grpc::AdsService;
-use trellis_control_plane::xds::metrics::XdsMetrics;
-use trellis_control_plane::xds::server::{Registry, XdsServer};
 use trellis_identity::ca::{CaMaterial, CertificateAuthority};
-use trellis_proxy::metrics::{Metrics, Workload};
+use trellis_proxy::metrics::Workload;
 use trellis_xds::types::ProxyNode;
 
 const SERVICES: &str = "/api/v1/services";
@@ -76,19 +69,6 @@ struct Mesh {
     _gateway: trellis_proxy::Running,
 }
 
-fn free_port(ip: &str) -> u16 {
-    std::net::TcpListener::bind((ip, 0)).unwrap().local_addr().unwrap().port()
-}
-
-fn mesh_identity(ca: &CertificateAuthority, id: &str) -> Option<trellis_proxy::Identity> {
-    let spiffe = trellis_identity::SpiffeId::parse(id).unwrap();
-    let (key, csr) = trellis_identity::client::new_key_and_csr(&spiffe).unwrap();
-    let chain = ca.sign_workload(&csr, &spiffe, 3600).unwrap();
-    let tls = trellis_identity::tls::MeshTls::new("cluster.local");
-    tls.install(trellis_identity::cert::WorkloadCertificate::from_chain(chain, key).unwrap()).unwrap();
-    Some(trellis_proxy::Identity { tls, renewal: None })
-}
-
 /// A backend answering `<name> <method> <path> added=<x-added header>`.
 async fn start_backend(ip: &str, name: &'static str) -> u16 {
     let listener = tokio::net::TcpListener::bind((ip, 0)).await.unwrap();
@@ -99,30 +79,6 @@ async fn start_backend(ip: &str, name: &'static str) -> u16 {
     });
     tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
     port
-}
-
-/// trellisd's Kubernetes source, status writer and xDS server in this process; its URL.
-async fn start_control_plane(api: &FakeApi) -> String {
-    let client = kube::Client::try_from(kube::Config::new(api.url.parse().unwrap())).unwrap();
-    let model = ModelHandle::default();
-    let status = SourceStatus::new();
-    tokio::spawn(run(client.clone(), model.clone(), status.clone()));
-    tokio::time::timeout(DEADLINE, status.wait_synced()).await.expect("the source lists every kind");
-    tokio::spawn(trellis_control_plane::gateway_status::run(client, model.clone()));
-    let (publish, generations) = watch::channel(Arc::new(Generation::first(model.snapshot())));
-    tokio::spawn(debounce(model, publish, QUIET, MAX_DELAY));
-    let mut registry = prometheus_client::registry::Registry::default();
-    let server =
-        XdsServer::new(generations, Arc::new(Registry::default()), Arc::new(XdsMetrics::new(&mut registry)))
-            .trusting_callers_with_credentials();
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(
-        tonic::transport::Server::builder()
-            .add_service(AdsService::new(server, 16 << 20))
-            .serve_with_incoming(TcpListenerStream::new(listener)),
-    );
-    format!("http://{addr}")
 }
 
 impl Mesh {
@@ -137,7 +93,7 @@ impl Mesh {
             (GRANTS, "gateway.networking.k8s.io/v1beta1", "ReferenceGrant"),
         ]);
         let api = FakeApi::start(&collections).await;
-        let xds = start_control_plane(&api).await;
+        let xds = start_control_plane(&api, true).await;
         let mesh_ca =
             CertificateAuthority::new(&CaMaterial::generate_root("cluster.local").unwrap()).unwrap();
 
@@ -168,7 +124,6 @@ impl Mesh {
             "status": {"podIP": GATEWAY_IP, "podIPs": [{"ip": GATEWAY_IP}]}}),
         );
 
-        let local = SocketAddr::new(GATEWAY_IP.parse().unwrap(), 0);
         let node = ProxyNode {
             id: format!("router~{GATEWAY_IP}~public-gw-1.edge~edge.svc.cluster.local"),
             namespace: "edge".into(),
@@ -176,23 +131,9 @@ impl Mesh {
             labels: [("gateway.networking.k8s.io/gateway-name".to_owned(), "public".to_owned())].into(),
             ..Default::default()
         };
-        let gateway = trellis_proxy::start(
-            trellis_proxy::Options {
-                outbound: vec![],
-                inbound: vec![],
-                admin: vec![local],
-                readiness: vec![],
-                stats: vec![],
-                config_file: None,
-                xds: Some(trellis_proxy::xds::XdsOptions { address: xds, node, secure: None }),
-                explicit_inbound: false,
-                identity: mesh_identity(&mesh_ca, "spiffe://cluster.local/ns/edge/sa/public"),
-            },
-            Metrics::new(Workload { name: "public-gw".into(), namespace: "edge".into() }),
-            None,
-        )
-        .unwrap();
-        trellis_proxy::gateway::listener::start(&gateway.proxy, &[GATEWAY_IP.parse::<IpAddr>().unwrap()]);
+        let identity = mesh_identity(&mesh_ca, "spiffe://cluster.local/ns/edge/sa/public");
+        let workload = Workload { name: "public-gw".into(), namespace: "edge".into() };
+        let gateway = start_gateway(xds, GATEWAY_IP, node, identity, workload);
         let http_port = free_port(GATEWAY_IP);
         let https_port = free_port(GATEWAY_IP);
 

@@ -7,27 +7,21 @@
 
 mod ca_support;
 mod fake_api;
+mod gateway_support;
 
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use base64::Engine;
 use ca_support::{DEADLINE, eventually};
 use fake_api::FakeApi;
+use gateway_support::{free_port, mesh_identity, start_control_plane, start_gateway};
 use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair};
 use serde_json::{Value, json};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
-use tokio::sync::watch;
 use tokio_rustls::rustls::pki_types::pem::PemObject;
 use tokio_rustls::rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
-use tokio_stream::wrappers::TcpListenerStream;
-use trellis_control_plane::model::ModelHandle;
-use trellis_control_plane::sources::kube::{SourceStatus, run};
-use trellis_control_plane::xds::generation::{Generation, MAX_DELAY, QUIET, debounce};
-use trellis_control_plane::xds::grpc::AdsService;
-use trellis_control_plane::xds::metrics::XdsMetrics;
-use trellis_control_plane::xds::server::{Registry, XdsServer};
 use trellis_identity::ca::{CaMaterial, CertificateAuthority};
 use trellis_proxy::metrics::{Metrics, Workload};
 use trellis_xds::types::ProxyNode;
@@ -117,10 +111,6 @@ impl TestCa {
     }
 }
 
-fn free_port(ip: &str) -> u16 {
-    std::net::TcpListener::bind((ip, 0)).unwrap().local_addr().unwrap().port()
-}
-
 fn b64(text: &str) -> String {
     base64::engine::general_purpose::STANDARD.encode(text)
 }
@@ -130,16 +120,6 @@ fn secret(name: &str, data: &[(&str, &str)]) -> Value {
         data.iter().map(|(k, v)| (k.to_string(), json!(b64(v)))).collect();
     json!({"apiVersion": "v1", "kind": "Secret", "type": "kubernetes.io/tls",
         "metadata": {"name": name, "namespace": "istio-system"}, "data": data})
-}
-
-/// A mesh identity signed by the test mesh CA.
-fn mesh_identity(ca: &CertificateAuthority, id: &str) -> Option<trellis_proxy::Identity> {
-    let spiffe = trellis_identity::SpiffeId::parse(id).unwrap();
-    let (key, csr) = trellis_identity::client::new_key_and_csr(&spiffe).unwrap();
-    let chain = ca.sign_workload(&csr, &spiffe, 3600).unwrap();
-    let tls = trellis_identity::tls::MeshTls::new("cluster.local");
-    tls.install(trellis_identity::cert::WorkloadCertificate::from_chain(chain, key).unwrap()).unwrap();
-    Some(trellis_proxy::Identity { tls, renewal: None })
 }
 
 /// The app: answers `app <path> xfcc=<x-forwarded-client-cert>`.
@@ -193,31 +173,6 @@ async fn start_tls_backend(ca: &TestCa) -> u16 {
     port
 }
 
-/// The control plane in this process: the Kubernetes source and the xDS server. Its URL.
-async fn start_control_plane(api: &FakeApi) -> String {
-    let client = kube::Client::try_from(kube::Config::new(api.url.parse().unwrap())).unwrap();
-    let model = ModelHandle::default();
-    let status = SourceStatus::new();
-    tokio::spawn(run(client, model.clone(), status.clone()));
-    tokio::time::timeout(DEADLINE, status.wait_synced()).await.expect("the source lists every kind");
-    let (publish, generations) = watch::channel(Arc::new(Generation::first(model.snapshot())));
-    tokio::spawn(debounce(model, publish, QUIET, MAX_DELAY));
-    let mut registry = prometheus_client::registry::Registry::default();
-    // Plaintext on loopback: trusted with the gateway's Secrets (trellisd sends them only over
-    // its authenticated TLS port; tests/secure_xds.rs covers that authentication).
-    let server =
-        XdsServer::new(generations, Arc::new(Registry::default()), Arc::new(XdsMetrics::new(&mut registry)))
-            .trusting_callers_with_credentials();
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(
-        tonic::transport::Server::builder()
-            .add_service(AdsService::new(server, 16 << 20))
-            .serve_with_incoming(TcpListenerStream::new(listener)),
-    );
-    format!("http://{addr}")
-}
-
 impl Mesh {
     async fn start() -> Mesh {
         logs();
@@ -225,7 +180,7 @@ impl Mesh {
         collections.push((SECRETS, "v1", "Secret"));
         collections.push((GATEWAYS, "networking.istio.io/v1", "Gateway"));
         let api = FakeApi::start(&collections).await;
-        let xds = start_control_plane(&api).await;
+        let xds = start_control_plane(&api, false).await;
         let xds_address = xds.clone();
         let mesh_ca =
             CertificateAuthority::new(&CaMaterial::generate_root("cluster.local").unwrap()).unwrap();
@@ -286,7 +241,6 @@ impl Mesh {
             "spec": {"host": "secure.shop.svc.cluster.local", "trafficPolicy": {"tls": {"mode": "DISABLE"}}}}));
 
         // The gateway: no capture, its own identity, labelled as Istio's ingress gateway.
-        let local = SocketAddr::new(GATEWAY_IP.parse().unwrap(), 0);
         let node = ProxyNode {
             id: format!("router~{GATEWAY_IP}~ingress-1.istio-system~istio-system.svc.cluster.local"),
             namespace: "istio-system".into(),
@@ -294,23 +248,9 @@ impl Mesh {
             labels: [("istio".to_owned(), "ingressgateway".to_owned())].into(),
             ..Default::default()
         };
-        let gateway = trellis_proxy::start(
-            trellis_proxy::Options {
-                outbound: vec![],
-                inbound: vec![],
-                admin: vec![local],
-                readiness: vec![],
-                stats: vec![],
-                config_file: None,
-                xds: Some(trellis_proxy::xds::XdsOptions { address: xds, node, secure: None }),
-                explicit_inbound: false,
-                identity: mesh_identity(&mesh_ca, "spiffe://cluster.local/ns/istio-system/sa/ingress"),
-            },
-            Metrics::new(Workload { name: "test".into(), namespace: "shop".into() }),
-            None,
-        )
-        .unwrap();
-        trellis_proxy::gateway::listener::start(&gateway.proxy, &[GATEWAY_IP.parse::<IpAddr>().unwrap()]);
+        let identity = mesh_identity(&mesh_ca, "spiffe://cluster.local/ns/istio-system/sa/ingress");
+        let workload = Workload { name: "test".into(), namespace: "shop".into() };
+        let gateway = start_gateway(xds, GATEWAY_IP, node, identity, workload);
         Mesh {
             api,
             app_port,
