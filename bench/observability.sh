@@ -165,17 +165,7 @@ scenario() {
 
 # One process holds the pair: outbound → its own inbound → upstream.
 one_process_config() { # FILE NAME
-  cat > "$1" <<YAML
-services:
-  - { name: bench, ports: [{ port: $UP, protocol: HTTP }] }
-virtualHosts:
-  - name: bench:$UP
-    routes: [{ name: all, forward: { clusters: [{ cluster: bench }] } }]
-clusters: [{ name: bench, service: bench }]
-endpoints:
-  - service: bench
-    endpoints: [{ address: 127.0.0.1, port: 19001 }]
-YAML
+  bench_config "$1" 19001
   observability "$2" one >> "$1"
 }
 # nginx's pair in one process, the same way: a server on 19010 proxying to one on 19011
