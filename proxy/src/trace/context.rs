@@ -63,6 +63,31 @@ pub struct Outgoing {
     pub single_b3: bool,
 }
 
+impl Outgoing {
+    /// This hop's context: the incoming trace continued with span `span_id` as its child, or,
+    /// when none came, a new trace (`new_trace` is asked only then).
+    pub fn continuing(
+        incoming: &Incoming,
+        span_id: u64,
+        sampled: bool,
+        new_trace: impl FnOnce() -> u128,
+    ) -> Outgoing {
+        let (trace_id, parent_id, short_trace_id) = match incoming.parent {
+            Some(p) => (p.trace_id, Some(p.span_id), p.short_trace_id),
+            None => (new_trace(), None, false),
+        };
+        Outgoing {
+            trace_id,
+            span_id,
+            parent_id,
+            sampled,
+            debug: incoming.debug,
+            short_trace_id,
+            single_b3: incoming.single_b3,
+        }
+    }
+}
+
 /// The formats a hop writes: what came (as Envoy passes on the format it read), or, when
 /// nothing valid came, W3C and B3 both, so that an app instrumented for either continues the
 /// trace.
@@ -713,15 +738,7 @@ mod tests {
             let mut h = HeaderMap::new();
             h.insert(HeaderName::from_static(name), value.clone());
             let incoming = Incoming::read(&h);
-            let out = Outgoing {
-                trace_id: incoming.parent.map_or(7, |p| p.trace_id),
-                span_id: 9,
-                parent_id: incoming.parent.map(|p| p.span_id),
-                sampled: incoming.sampled.unwrap_or(false),
-                debug: incoming.debug,
-                short_trace_id: incoming.parent.is_some_and(|p| p.short_trace_id),
-                single_b3: incoming.single_b3,
-            };
+            let out = Outgoing::continuing(&incoming, 9, incoming.sampled.unwrap_or(false), || 7);
             write(&mut h, &out, Formats::arrived(&incoming), incoming.present, incoming.parent.is_some_and(|p| p.w3c));
             let back = Incoming::read(&h);
             proptest::prop_assert_eq!(back.parent.map(|p| (p.trace_id, p.span_id)), Some((out.trace_id, 9)));
@@ -793,15 +810,7 @@ mod tests {
             let mut h = headers(came);
             h.insert("x-other", HeaderValue::from_static("kept"));
             let incoming = Incoming::read(&h);
-            let out = Outgoing {
-                trace_id: incoming.parent.map_or(5, |p| p.trace_id),
-                span_id: 6,
-                parent_id: incoming.parent.map(|p| p.span_id),
-                sampled: incoming.sampled.unwrap_or(false),
-                debug: incoming.debug,
-                short_trace_id: incoming.parent.is_some_and(|p| p.short_trace_id),
-                single_b3: incoming.single_b3,
-            };
+            let out = Outgoing::continuing(&incoming, 6, incoming.sampled.unwrap_or(false), || 5);
             let keep = incoming.parent.is_some_and(|p| p.w3c);
             write(&mut h, &out, Formats::arrived(&incoming), incoming.present, keep);
             let mut names: Vec<&str> = h.keys().map(|n| n.as_str()).filter(|n| *n != "x-other").collect();

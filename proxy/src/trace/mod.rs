@@ -161,19 +161,8 @@ pub fn begin<B>(request: &mut Request<B>, conn: &Conn, proxy: &Arc<Proxy>) -> Op
     let incoming = context::Incoming::read_present(headers, present);
     let sampled = incoming.sampled.unwrap_or_else(|| tracing.sample());
     let span_id = nonzero(|rng| rng.random::<u64>());
-    let (trace_id, parent_id, short_trace_id) = match incoming.parent {
-        Some(p) => (p.trace_id, Some(p.span_id), p.short_trace_id),
-        None => (nonzero(|rng| rng.random::<u128>()), None, false),
-    };
-    let out = context::Outgoing {
-        trace_id,
-        span_id,
-        parent_id,
-        sampled,
-        debug: incoming.debug,
-        short_trace_id,
-        single_b3: incoming.single_b3,
-    };
+    let out =
+        context::Outgoing::continuing(&incoming, span_id, sampled, || nonzero(|rng| rng.random::<u128>()));
     let formats = context::Formats::arrived(&incoming);
     context::write(headers, &out, formats, present, incoming.parent.is_some_and(|p| p.w3c));
     if !sampled {
