@@ -166,16 +166,12 @@ pub fn translate(model: &Model, scope: &Scope) -> pb::ProxyConfig {
     // A gateway proxy bound to a Kubernetes Gateway also sees the Istio config it means; every
     // proxy sees the mesh routes of HTTPRoutes attached to Services (GAMMA).
     let derived;
-    let model = match &scope.gateway {
-        Some(selected) if selected.iter().any(|g| g.contains('~')) => {
-            derived = gateway_api::with_derived(model);
-            derived.as_ref().unwrap_or(model)
-        }
-        _ if gateway_api::has_mesh_routes(model) => {
-            derived = gateway_api::with_derived(model);
-            derived.as_ref().unwrap_or(model)
-        }
-        _ => model,
+    let bound = scope.gateway.as_ref().is_some_and(|selected| selected.iter().any(|g| g.contains('~')));
+    let model = if bound || gateway_api::has_mesh_routes(model) {
+        derived = gateway_api::with_derived(model);
+        derived.as_ref().unwrap_or(model)
+    } else {
+        model
     };
     let view = visibility::View::new(model, scope);
     let virtual_services = routes::VirtualServices::visible(model, &view);

@@ -202,9 +202,9 @@ fn service_entry(model: &Model, se: Object<'_, ServiceEntrySpec>) -> Vec<Service
     let workloads = workloads(model, se);
     let dns = spec.resolution != ServiceEntryResolution::Static;
     if dns && workloads.is_empty() {
-        // Said at warn: routes built on the entry (an egress gateway's) silently not applying
-        // is what `trellis validate` warns about too.
-        warn!(resource = %se, field = "spec.resolution", "Trellis does not resolve host names for DNS resolution: without IP endpoints the entry is left out and its traffic goes by the outbound policy");
+        // Translation runs per scope and push: the warning is the loader's, once per object
+        // (the same check as `trellis validate`); here it would repeat for every proxy scope.
+        debug!(resource = %se, field = "spec.resolution", "Trellis does not resolve host names for DNS resolution: without IP endpoints the entry is left out and its traffic goes by the outbound policy");
         return Vec::new();
     }
     let addresses = sorted(spec.addresses.iter().enumerate().filter_map(|(i, a)| vip(se, i, a)).collect());

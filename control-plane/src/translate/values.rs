@@ -62,7 +62,7 @@ pub fn string_match(
 }
 
 /// Escapes what the regex syntax treats specially, so that a literal matches itself.
-fn escape_regex(literal: &str) -> String {
+pub(crate) fn escape_regex(literal: &str) -> String {
     let mut out = String::with_capacity(literal.len());
     for c in literal.chars() {
         if "\\.+*?()|[]{}^$#&-~".contains(c) {

@@ -639,7 +639,7 @@ fn attach(
         }
         attached += 1;
         s.status.attached_routes += 1;
-        let derived = format!("{}~{}", parent.name, s.listener.name);
+        let derived = derived_name(&parent.name, &s.listener.name);
         let valid = |b: &HttpBackendRef| backend_problem(model, route_ns, at.kind, b).is_none();
         for host in hosts {
             let entry = by_host.entry((gateway_ns.to_owned(), derived.clone(), host)).or_default();

@@ -126,7 +126,7 @@ fn request_matches(m: &HttpRouteMatch, full_path_rewrite: bool) -> Vec<HttpMatch
                 return vec![HttpMatchRequest { uri: Some(prefix("/")), ..base }];
             }
             if full_path_rewrite {
-                let pattern = format!("{}(/.*)?", escape(trimmed));
+                let pattern = format!("{}(/.*)?", crate::translate::values::escape_regex(trimmed));
                 return vec![HttpMatchRequest { uri: Some(regex(&pattern)), ..base }];
             }
             vec![
@@ -154,18 +154,6 @@ fn prefix(v: &str) -> StringMatch {
 
 fn regex(v: &str) -> StringMatch {
     StringMatch { regex: Some(v.to_owned()), ..Default::default() }
-}
-
-/// RE2-escapes a literal path.
-fn escape(literal: &str) -> String {
-    let mut out = String::with_capacity(literal.len());
-    for c in literal.chars() {
-        if "\\.+*?()|[]{}^$".contains(c) {
-            out.push('\\');
-        }
-        out.push(c);
-    }
-    out
 }
 
 /// Everything of a rule but its matches.
