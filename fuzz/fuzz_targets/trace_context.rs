@@ -39,15 +39,7 @@ fuzz_target!(|data: &[u8]| {
     }
     let incoming = Incoming::read(&headers);
     let before = headers.clone();
-    let out = Outgoing {
-        trace_id: incoming.parent.map_or(0x1234, |p| p.trace_id),
-        span_id: 0x5678,
-        parent_id: incoming.parent.map(|p| p.span_id),
-        sampled: incoming.sampled.unwrap_or(false),
-        debug: incoming.debug,
-        short_trace_id: incoming.parent.is_some_and(|p| p.short_trace_id),
-        single_b3: incoming.single_b3,
-    };
+    let out = Outgoing::continuing(&incoming, 0x5678, incoming.sampled.unwrap_or(false), || 0x1234);
     let formats = Formats::arrived(&incoming);
     write(&mut headers, &out, formats, incoming.present, incoming.parent.is_some_and(|p| p.w3c));
     // Exactly one of each written header, each valid; none of a format not written.

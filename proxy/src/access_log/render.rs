@@ -259,9 +259,8 @@ fn write_ip(ip: std::net::IpAddr, out: &mut String) {
                 buf[len..len + n].copy_from_slice(&digits[..n]);
                 len += n;
             }
-            // SAFETY: `buf[..len]` is digits (from `OCTETS`) and dots: ASCII, so UTF-8. A check
-            // would cost what the table saves.
-            out.push_str(unsafe { std::str::from_utf8_unchecked(&buf[..len]) });
+            // Digits and dots: ASCII, one char each.
+            out.extend(buf[..len].iter().map(|&b| char::from(b)));
         }
         std::net::IpAddr::V6(v6) => {
             let _ = write!(out, "{v6}");

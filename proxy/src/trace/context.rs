@@ -60,7 +60,6 @@ pub struct Outgoing {
     pub sampled: bool,
     pub debug: bool,
     pub short_trace_id: bool,
-    pub single_b3: bool,
 }
 
 impl Outgoing {
@@ -76,15 +75,7 @@ impl Outgoing {
             Some(p) => (p.trace_id, Some(p.span_id), p.short_trace_id),
             None => (new_trace(), None, false),
         };
-        Outgoing {
-            trace_id,
-            span_id,
-            parent_id,
-            sampled,
-            debug: incoming.debug,
-            short_trace_id,
-            single_b3: incoming.single_b3,
-        }
+        Outgoing { trace_id, span_id, parent_id, sampled, debug: incoming.debug, short_trace_id }
     }
 }
 
@@ -704,7 +695,6 @@ mod tests {
             sampled: true,
             debug: false,
             short_trace_id: false,
-            single_b3: true,
         };
         let all = Formats { w3c: true, multi_b3: true, single_b3: true };
         let present = Present::of(&h);
@@ -750,7 +740,7 @@ mod tests {
 
         #[test]
         fn any_written_context_reads_back(trace in 1u128.., span in 1u64.., parent in proptest::option::of(1u64..), sampled: bool, single: bool) {
-            let out = Outgoing { trace_id: trace, span_id: span, parent_id: parent, sampled, debug: false, short_trace_id: false, single_b3: single };
+            let out = Outgoing { trace_id: trace, span_id: span, parent_id: parent, sampled, debug: false, short_trace_id: false };
             let mut h = HeaderMap::new();
             write(&mut h, &out, Formats { single_b3: single, ..Formats::ALL }, Present::default(), false);
             let back = Incoming::read(&h);
@@ -773,7 +763,6 @@ mod tests {
             sampled: false,
             debug: false,
             short_trace_id: true,
-            single_b3: false,
         };
         let present = Present::of(&h);
         write(&mut h, &out, Formats::ALL, present, true);
