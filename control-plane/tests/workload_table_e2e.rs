@@ -1,7 +1,9 @@
 //! The workload table end to end, on loopback (no root): `trellisd` reads WorkloadEntries from a
-//! config directory and sends every proxy the same table over delta xDS; a proxy's call to a
-//! ServiceEntry's endpoint is counted with the endpoint's workload, app, version and canonical
-//! names; an edit of an entry's labels reaches the table.
+//! config directory; a proxy gets the workloads behind the endpoints it holds, and asks for a
+//! caller it does not know. A proxy's call to a ServiceEntry's endpoint is counted with the
+//! endpoint's workload, app, version and canonical names; the server side names its caller on
+//! the first request; neither proxy holds more of the table than it used; an edit of an entry's
+//! labels reaches the table.
 
 mod ca_support;
 
@@ -48,24 +50,26 @@ spec:
     )
 }
 
-fn start_proxy(xds: SocketAddr, name: &str) -> trellis_proxy::Running {
+fn start_proxy(xds: SocketAddr, ip: &str, name: &str) -> trellis_proxy::Running {
     let node = ProxyNode {
-        id: format!("sidecar~127.0.0.72~{name}.shop~shop.svc.cluster.local"),
+        id: format!("sidecar~{ip}~{name}.shop~shop.svc.cluster.local"),
         namespace: "shop".into(),
         workload: name.into(),
         labels: [("app".to_owned(), name.to_owned())].into(),
         ..Default::default()
     };
     let metrics = Metrics::new(Workload { name: name.into(), namespace: "shop".into() });
-    xds_proxy(xds, "127.0.0.72", node, true, metrics)
+    xds_proxy(xds, ip, node, true, metrics)
 }
 
-async fn get(proxy: SocketAddr) -> u16 {
-    let stream = tokio::net::TcpStream::connect(proxy).await.unwrap();
+/// A GET for the web service through `proxy`, from `source`.
+async fn get(proxy: SocketAddr, source: &str, host: &str) -> u16 {
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.bind(SocketAddr::new(source.parse().unwrap(), 0)).unwrap();
+    let stream = socket.connect(proxy).await.unwrap();
     let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await.unwrap();
     tokio::spawn(conn);
-    let request =
-        http::Request::get("/").header("host", "web.shop.internal").body(Empty::<Bytes>::new()).unwrap();
+    let request = http::Request::get("/").header("host", host).body(Empty::<Bytes>::new()).unwrap();
     sender.send_request(request).await.unwrap().status().as_u16()
 }
 
@@ -78,17 +82,21 @@ async fn trellisds_workload_table_names_the_endpoint_a_proxy_calls() {
     let file = dir.path().join("web.yaml");
     std::fs::write(&file, config(app.port(), "v1")).unwrap();
     let trellisd = Trellisd::start_with(&["--config-dir".into(), dir.path().into()], &[]);
-    let frontend = start_proxy(trellisd.xds, "frontend");
+    let frontend = start_proxy(trellisd.xds, "127.0.0.72", "frontend");
     let table = |proxy: &trellis_proxy::Running| proxy.proxy.config.load().source.workloads.clone();
-    eventually_sync("the proxy holds the table", || table(&frontend).len() == 2).await;
+    eventually_sync("the proxy is ready", || frontend.proxy.ready.load(std::sync::atomic::Ordering::Acquire))
+        .await;
+    assert!(table(&frontend).is_empty(), "no workload before one is needed: {:?}", table(&frontend));
+
+    assert_eq!(get(frontend.outbound[0], "127.0.0.72", "web.shop.internal").await, 200);
     let workloads = table(&frontend);
-    let vm = workloads.iter().find(|w| w.uid == "shop/web-vm-1").expect("the VM's entry");
+    assert_eq!(workloads.len(), 1, "only the endpoint's workload: {workloads:?}");
+    let vm = &workloads[0];
+    assert_eq!(vm.uid, "shop/web-vm-1");
     assert_eq!((vm.workload.as_str(), vm.app.as_str(), vm.version.as_str()), ("web-vms", "web", "v1"));
     assert_eq!((vm.canonical_service.as_str(), vm.canonical_revision.as_str()), ("web", "v1"));
     assert_eq!((vm.principal.as_str(), vm.sidecar), ("spiffe://cluster.local/ns/shop/sa/web", false));
     assert_eq!(vm.addresses, ["127.0.0.71"]);
-
-    assert_eq!(get(frontend.outbound[0]).await, 200);
     let metrics = frontend.proxy.metrics.render();
     let line = metrics
         .lines()
@@ -109,6 +117,27 @@ async fn trellisds_workload_table_names_the_endpoint_a_proxy_calls() {
     ] {
         assert!(line.contains(label), "{label} missing: {line}");
     }
+
+    // The server side: a sidecar for web, called from frontend's address (plaintext; frontend
+    // has a sidecar, so its address names it). The first request is already counted with the
+    // caller, which the proxy asked for as the connection opened.
+    let web = start_proxy(trellisd.xds, "127.0.0.71", "web");
+    eventually_sync("web's proxy is ready", || web.proxy.ready.load(std::sync::atomic::Ordering::Acquire))
+        .await;
+    let host = format!("127.0.0.71:{}", app.port());
+    assert_eq!(get(web.inbound[0], "127.0.0.72", &host).await, 200);
+    let metrics = web.proxy.metrics.render();
+    let line = metrics
+        .lines()
+        .find(|l| l.starts_with("istio_requests_total{reporter=\"destination\""))
+        .unwrap_or_else(|| panic!("{metrics}"));
+    assert!(
+        line.contains("source_workload=\"frontend\"") && line.contains("source_app=\"frontend\""),
+        "{line}"
+    );
+    assert!(line.ends_with(" 1"), "{line}");
+    let held: Vec<String> = table(&web).iter().map(|w| w.uid.clone()).collect();
+    assert_eq!(held, ["shop/frontend"], "only the caller");
 
     // An edit reaches the table (the WorkloadEntry's version).
     write_atomically(&file, &config(app.port(), "v2"));

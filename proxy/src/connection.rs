@@ -47,6 +47,9 @@ pub async fn handle(stream: TcpStream, peer: SocketAddr, side: Side, proxy: Arc<
         return;
     }
     let mut conn = Conn::new(side, peer, original, local);
+    if side == Side::Inbound {
+        conn.ask_for_peer(&proxy);
+    }
     let port = original.map(|o| o.port());
     let mut service_port = original.and_then(|o| snapshot.by_address(o)).cloned();
     if let Some(sp) = &service_port
@@ -165,6 +168,7 @@ async fn serve_mesh(stream: TcpStream, mut conn: Conn, proxy: Arc<Proxy>) {
         }
         Ok(terminated) => {
             conn.tls_peer = terminated.peer;
+            conn.ask_for_peer(&proxy);
             conn.sni = terminated.stream.get_ref().1.server_name().map(Arc::from);
             let stream = MaybeTls::Server(Box::new(terminated.stream));
             match terminated.carried {
@@ -255,7 +259,7 @@ async fn relay<S: AsyncRead + AsyncWrite + Unpin>(
         log,
     };
     let peer = match conn.side {
-        Side::Inbound => conn.peer_workload(proxy),
+        Side::Inbound => conn.peer_workload(proxy).await,
         Side::Outbound => crate::peers::PeerKey::unknown(),
     };
     pipe(stream, target, reporter, &service, peer, proxy).await;

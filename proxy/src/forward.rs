@@ -104,6 +104,10 @@ pub async fn handle(mut request: Request<Incoming>, conn: &Conn, proxy: &Arc<Pro
         let (response, cluster) = (&outcome.response, outcome.cluster.as_ref());
         entry.answered(response, &outcome.service, cluster, outcome.flags, upstream);
     }
+    let peer = match conn.side {
+        Side::Outbound => outcome.peer.take().unwrap_or_else(crate::peers::PeerKey::unknown),
+        Side::Inbound => conn.peer_workload(proxy).await,
+    };
     let pending = PendingRecord {
         access_log: logged,
         metrics: proxy.metrics.clone(),
@@ -122,10 +126,7 @@ pub async fn handle(mut request: Request<Incoming>, conn: &Conn, proxy: &Arc<Pro
             Side::Outbound => outcome.security,
             Side::Inbound => conn.security(),
         },
-        peer: match conn.side {
-            Side::Outbound => outcome.peer.unwrap_or_else(crate::peers::PeerKey::unknown),
-            Side::Inbound => conn.peer_workload(proxy),
-        },
+        peer,
     };
     let response = outcome.response.map(|body| recorded(body, pending).boxed());
     match span {

@@ -1,11 +1,14 @@
 //! Who is on the other side, for the `source_*` and `destination_*` labels of Istio's metrics.
 //!
-//! The control plane sends every workload of the mesh with its addresses (the workload table,
-//! `MeshWorkload`). Outbound, the proxy names the endpoint it picked by its address. Inbound, it
-//! names the downstream by the connection's source address, and with mutual TLS only when the
-//! peer proved the identity the table gives that address; otherwise it falls back to the one
-//! workload that runs under the proven identity, or, when several do, to what the identity
-//! itself tells (the namespace). A peer the table does not know is `unknown`, as in Istio.
+//! The workload table (`MeshWorkload`) names who runs at an address. A proxy on a config file
+//! holds all of it; over xDS it holds its part: the control plane sends the workloads behind
+//! the endpoints the proxy holds, and the proxy asks for a caller it does not know by address
+//! and by identity ([`PeerTable::missing`]). Outbound, the proxy names the endpoint it picked
+//! by its address. Inbound, it names the downstream by the connection's source address, and
+//! with mutual TLS only when the peer proved the identity the table gives that address;
+//! otherwise it falls back to the one workload that runs under the proven identity, or, when
+//! several do, to what the identity itself tells (the namespace). A peer the table does not
+//! know is `unknown`, as in Istio.
 //!
 //! Lookups happen once per connection (inbound) or per picked endpoint (outbound) and give an
 //! `Arc`'d label set: no label strings are built per request.
@@ -220,6 +223,34 @@ impl PeerTable {
         self.of_namespace(principal)
     }
 
+    /// The table entries that would name a caller from `address` proving `principal` (if
+    /// any) but that this table lacks: the address, and the identity when the address does not
+    /// already vouch for it. Names as the control plane has them (the address in its canonical
+    /// form, the SPIFFE ID).
+    pub fn missing(&self, address: IpAddr, principal: Option<&str>) -> Vec<String> {
+        let entry = self.by_address.get(&address);
+        let mut names = Vec::new();
+        if entry.is_none() {
+            names.push(address.to_string());
+        }
+        if let Some(principal) = principal
+            && entry.is_none_or(|e| &*e.principal != principal)
+            && !self.by_principal.contains_key(principal)
+        {
+            names.push(principal.to_owned());
+        }
+        names
+    }
+
+    /// Whether the table holds `name` (an address or an identity, as [`PeerTable::missing`]
+    /// names them).
+    pub fn knows(&self, name: &str) -> bool {
+        match name.parse::<IpAddr>() {
+            Ok(address) => self.by_address.contains_key(&address),
+            Err(_) => self.by_principal.contains_key(name),
+        }
+    }
+
     /// Only the namespace the identity names (`spiffe://<td>/ns/<ns>/sa/<sa>`).
     fn of_namespace(&self, principal: &str) -> PeerKey {
         let Some(namespace) = namespace_of(principal) else { return PeerKey::unknown() };
@@ -314,6 +345,32 @@ mod tests {
         assert_eq!(&*t.inbound(ip("10.0.0.1"), None).labels.workload, "frontend");
         assert_eq!(t.inbound(ip("10.0.0.6"), None), PeerKey::unknown());
         assert_eq!(t.inbound(ip("192.0.2.1"), None), PeerKey::unknown());
+    }
+
+    #[test]
+    fn what_is_missing_to_name_a_caller_is_its_address_and_an_identity_the_address_does_not_prove() {
+        let t = table();
+        let frontend = "spiffe://cluster.local/ns/shop/sa/frontend";
+        assert!(t.missing(ip("10.0.0.1"), Some(frontend)).is_empty(), "known by address and identity");
+        assert!(t.missing(ip("10.0.0.1"), None).is_empty());
+        assert!(t.missing(ip("10.0.0.4"), Some("spiffe://cluster.local/ns/shop/sa/default")).is_empty());
+        assert_eq!(
+            t.missing(ip("127.0.0.1"), Some(frontend)),
+            ["127.0.0.1"],
+            "the identity names one workload"
+        );
+        let stranger = "spiffe://cluster.local/ns/elsewhere/sa/x";
+        assert_eq!(t.missing(ip("10.0.0.1"), Some(stranger)), [stranger]);
+        assert_eq!(t.missing(ip("fd00::0001"), Some(stranger)), ["fd00::1", stranger]);
+        assert!(t.knows("10.0.0.6") && t.knows(frontend) && !t.knows("10.9.9.9") && !t.knows(stranger));
+
+        // An identity entry (no address), as the control plane sends one on demand.
+        let mut alone = workload("elsewhere", "10.0.0.9", "x", true);
+        alone.addresses.clear();
+        alone.principal = stranger.into();
+        let t = PeerTable::compile(&[alone]).unwrap();
+        assert!(t.knows(stranger));
+        assert_eq!(&*t.inbound(ip("127.0.0.1"), Some(stranger)).labels.workload, "elsewhere");
     }
 
     #[test]

@@ -73,15 +73,51 @@ impl Conn {
     }
 
     /// Inbound: who is calling, from the workload table by the connection's source address and
-    /// the identity mutual TLS proved (see [`crate::peers::PeerTable::inbound`]); looked up on
-    /// first use, then the same for every request of the connection.
-    pub fn peer_workload(&self, proxy: &crate::Proxy) -> crate::peers::PeerKey {
-        self.peer_workload
-            .get_or_init(|| {
-                let principal = self.tls_peer.as_ref().map(|p| &*p.principal);
-                proxy.config.load().peers.inbound(self.peer.ip(), principal)
+    /// the identity mutual TLS proved (see [`crate::peers::PeerTable::inbound`]); settled on
+    /// first use, then the same for every request of the connection. A caller the table lacks
+    /// is asked for and waited for (see [`crate::xds::OnDemand::fetch_peer`]); while the control
+    /// plane cannot answer, the connection is named by what is known and looked up again on its
+    /// next request.
+    pub async fn peer_workload(&self, proxy: &crate::Proxy) -> crate::peers::PeerKey {
+        if let Some(known) = self.peer_workload.get() {
+            return known.clone();
+        }
+        let principal = self.tls_peer.as_ref().map(|p| &*p.principal);
+        let address = self.peer.ip();
+        let missing = match proxy.on_demand.get() {
+            Some(_) => proxy.config.load().peers.missing(address, principal),
+            None => Vec::new(),
+        };
+        if let Some(on_demand) = proxy.on_demand.get()
+            && !missing.is_empty()
+        {
+            let settled = crate::box_out_of_line(|| async {
+                let mut settled = true;
+                for name in &missing {
+                    let arrived = || proxy.config.load().peers.knows(name);
+                    settled &= on_demand.fetch_peer(name, arrived).await
+                        || on_demand.said_unknown(trellis_xds::types::ResourceType::Workload, name);
+                }
+                settled
             })
-            .clone()
+            .await;
+            let key = proxy.config.load().peers.inbound(address, principal);
+            if !settled {
+                return key;
+            }
+            let _ = self.peer_workload.set(key);
+        }
+        self.peer_workload.get_or_init(|| proxy.config.load().peers.inbound(address, principal)).clone()
+    }
+
+    /// Inbound: asks for the caller's workload as the connection opens, if the table lacks it,
+    /// so that it has usually arrived by the time the first response is counted.
+    pub fn ask_for_peer(&self, proxy: &crate::Proxy) {
+        let Some(on_demand) = proxy.on_demand.get() else { return };
+        let principal = self.tls_peer.as_ref().map(|p| &*p.principal);
+        for name in proxy.config.load().peers.missing(self.peer.ip(), principal) {
+            on_demand.ask(trellis_xds::types::ResourceType::Workload, &name);
+        }
     }
 
     /// How the downstream is secured, for the inbound metrics.

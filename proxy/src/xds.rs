@@ -1,7 +1,8 @@
 //! The xDS client: one delta ADS stream to the control plane. It subscribes to the settings
 //! and the service address table up front and to a service's virtual host or TCP cluster the
-//! first time traffic needs it (the control plane adds the clusters and endpoints those refer
-//! to), so the proxy holds only what its workload uses. Every response is compiled into a new
+//! first time traffic needs it (the control plane adds the clusters, endpoints and endpoints'
+//! workloads those refer to), and to a caller's workload when one it does not know connects,
+//! so the proxy holds only what its workload uses. Every response is compiled into a new
 //! snapshot before it is acknowledged; one that does not compile is rejected (NACK, with the
 //! resource and field) and the last good config stays. The stream reconnects with capped,
 //! jittered exponential backoff and tells the new stream what it already holds.
@@ -32,6 +33,14 @@ const BACKOFF_CAP: Duration = Duration::from_secs(15);
 /// Largest response accepted (the address table of a large mesh fits many times over).
 const MAX_RESPONSE_BYTES: usize = 64 << 20;
 
+/// How long a request waits for the workload of a caller the proxy has not met, for its
+/// metrics' labels (the control plane answers in a round trip; while it is away, nothing
+/// waits).
+pub const PEER_WAIT: Duration = Duration::from_millis(500);
+/// Most names the proxy asks for on demand: callers' addresses come from outside, and a
+/// port scan must not grow the subscription without end.
+const MAX_ASKED: usize = 1 << 16;
+
 /// The data path's way to ask for a resource it needs.
 pub struct OnDemand {
     requests: mpsc::UnboundedSender<(ResourceType, String)>,
@@ -43,27 +52,82 @@ pub struct OnDemand {
     /// goes on the channel once, however many requests wait for it and however long the
     /// control plane is away.
     asked: std::sync::Mutex<BTreeSet<(ResourceType, String)>>,
+    /// A stream is open and has answered: waiting for a resource is worth it.
+    streaming: std::sync::atomic::AtomicBool,
 }
 
 impl OnDemand {
+    fn new(
+        requests: mpsc::UnboundedSender<(ResourceType, String)>,
+        answered: watch::Receiver<u64>,
+    ) -> OnDemand {
+        OnDemand {
+            requests,
+            answered,
+            unknown: Default::default(),
+            asked: Default::default(),
+            streaming: Default::default(),
+        }
+    }
+
+    /// Asks for `name` if nobody has yet, without waiting. False when the control plane said
+    /// it has no such resource, or the proxy has asked for too many names already.
+    pub fn ask(&self, kind: ResourceType, name: &str) -> bool {
+        let key = (kind, name.to_owned());
+        if self.is_unknown(&key) {
+            return false;
+        }
+        let Ok(mut asked) = self.asked.lock() else { return false };
+        if asked.contains(&key) {
+            return true;
+        }
+        if asked.len() >= MAX_ASKED {
+            return false;
+        }
+        asked.insert(key.clone());
+        self.requests.send(key).is_ok()
+    }
+
+    fn is_unknown(&self, key: &(ResourceType, String)) -> bool {
+        self.unknown.read().is_ok_and(|u| u.contains(key))
+    }
+
+    /// Whether the control plane answered that it has no resource `name` of `kind`.
+    pub fn said_unknown(&self, kind: ResourceType, name: &str) -> bool {
+        self.is_unknown(&(kind, name.to_owned()))
+    }
+
     /// Asks for `name` and waits (at most [`FETCH_WAIT`]) until `arrived` says the proxy holds
     /// it, or the control plane says it has no such resource. Returns `arrived()`.
     pub async fn fetch(&self, kind: ResourceType, name: &str, arrived: impl Fn() -> bool) -> bool {
+        self.fetch_within(kind, name, arrived, FETCH_WAIT).await
+    }
+
+    /// [`OnDemand::fetch`] for a caller's workload: waits at most [`PEER_WAIT`], and not at
+    /// all while no stream is answering.
+    pub async fn fetch_peer(&self, name: &str, arrived: impl Fn() -> bool) -> bool {
+        let wait = if self.streaming.load(Ordering::Acquire) { PEER_WAIT } else { Duration::ZERO };
+        self.fetch_within(ResourceType::Workload, name, arrived, wait).await
+    }
+
+    async fn fetch_within(
+        &self,
+        kind: ResourceType,
+        name: &str,
+        arrived: impl Fn() -> bool,
+        wait: Duration,
+    ) -> bool {
         if arrived() {
             return true;
         }
-        let key = (kind, name.to_owned());
-        if self.unknown.read().is_ok_and(|u| u.contains(&key)) {
-            return false;
-        }
         let mut answered = self.answered.clone();
-        let first_ask = self.asked.lock().map_or(true, |mut asked| asked.insert(key.clone()));
-        if first_ask && self.requests.send(key.clone()).is_err() {
-            return false;
+        if !self.ask(kind, name) || wait.is_zero() {
+            return arrived();
         }
-        let wait = async {
+        let key = (kind, name.to_owned());
+        let waiting = async {
             loop {
-                if arrived() || self.unknown.read().is_ok_and(|u| u.contains(&key)) {
+                if arrived() || self.is_unknown(&key) {
                     return;
                 }
                 if answered.changed().await.is_err() {
@@ -71,7 +135,7 @@ impl OnDemand {
                 }
             }
         };
-        let _ = tokio::time::timeout(FETCH_WAIT, wait).await;
+        let _ = tokio::time::timeout(wait, waiting).await;
         arrived()
     }
 }
@@ -171,8 +235,7 @@ fn describe(error: &ConfigError, held: &Held) -> String {
 pub fn start(proxy: Arc<Proxy>, options: XdsOptions) {
     let (requests, requests_rx) = mpsc::unbounded_channel();
     let (answered_tx, answered) = watch::channel(0);
-    let on_demand = OnDemand { requests, answered, unknown: Default::default(), asked: Default::default() };
-    if proxy.on_demand.set(on_demand).is_err() {
+    if proxy.on_demand.set(OnDemand::new(requests, answered)).is_err() {
         tracing::error!("the xDS client was started twice");
         return;
     }
@@ -286,10 +349,14 @@ impl Client {
             .map_err(|e| fail(format!("open stream: {}", e.message())))?
             .into_inner();
         let mut progress = false;
+        let _not_streaming = NotStreamingOnExit(self.proxy.clone());
         loop {
             tokio::select! {
                 message = inbound.message() => match message {
                     Ok(Some(response)) => {
+                        if !progress {
+                            self.set_streaming(true);
+                        }
                         progress = true;
                         let reply = self.apply(response);
                         let _ = tx.send(reply);
@@ -308,6 +375,12 @@ impl Client {
                     }
                 }
             }
+        }
+    }
+
+    fn set_streaming(&self, streaming: bool) {
+        if let Some(on_demand) = self.proxy.on_demand.get() {
+            on_demand.streaming.store(streaming, Ordering::Release);
         }
     }
 
@@ -380,6 +453,17 @@ impl Client {
     }
 }
 
+/// Clears [`OnDemand`]'s `streaming` however a stream ends.
+struct NotStreamingOnExit(Arc<Proxy>);
+
+impl Drop for NotStreamingOnExit {
+    fn drop(&mut self) {
+        if let Some(on_demand) = self.0.on_demand.get() {
+            on_demand.streaming.store(false, Ordering::Release);
+        }
+    }
+}
+
 /// The stream's request, carrying `authorization: Bearer <token>` when there is a token.
 fn with_token<T>(message: T, token: Option<&str>) -> Result<tonic::Request<T>, String> {
     let mut request = tonic::Request::new(message);
@@ -403,8 +487,7 @@ mod tests {
         let (requests, mut queued) = mpsc::unbounded_channel();
         // No answers will come: each fetch gives up at once instead of waiting.
         let (_, answered) = watch::channel(0);
-        let on_demand =
-            OnDemand { requests, answered, unknown: Default::default(), asked: Default::default() };
+        let on_demand = OnDemand::new(requests, answered);
         for _ in 0..1000 {
             assert!(!on_demand.fetch(ResourceType::VirtualHost, "reviews:9080", || false).await);
         }

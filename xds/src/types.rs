@@ -10,9 +10,8 @@ use prost::Message;
 use crate::config as pb;
 use crate::envoy::config::core::v3::Node;
 
-/// A kind of resource the proxy holds. The proxy subscribes to `Settings`, `Service` and
-/// `Workload` with a wildcard (every proxy needs them, and they are small); the rest on demand,
-/// by name.
+/// A kind of resource the proxy holds. The proxy subscribes to `Settings` and `Service` with a
+/// wildcard (every proxy needs them, and they are small); the rest on demand, by name.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum ResourceType {
     /// Mesh-wide settings for this proxy: a `ProxyConfig` with only its top-level fields, named
@@ -26,8 +25,10 @@ pub enum ResourceType {
     VirtualHost,
     /// `Service`: the address table, named by `name`.
     Service,
-    /// `MeshWorkload`: who runs at an address, for the metrics' peer labels; named by `uid`.
-    /// The same for every proxy (the control plane builds them once per push).
+    /// `MeshWorkload`: who runs at an address, for the metrics' peer labels; named by the
+    /// address, or by the SPIFFE ID for the one label set an identity runs under. The control
+    /// plane sends those its endpoints refer to; the proxy asks for a caller's. One table for
+    /// every proxy (the control plane builds it once per push); each proxy holds its part.
     Workload,
 }
 
@@ -76,7 +77,7 @@ impl ResourceType {
     /// Whether the proxy subscribes to every resource of this type (wildcard) rather than by
     /// name.
     pub fn is_wildcard(self) -> bool {
-        matches!(self, ResourceType::Settings | ResourceType::Service | ResourceType::Workload)
+        matches!(self, ResourceType::Settings | ResourceType::Service)
     }
 }
 

@@ -140,7 +140,10 @@ spec: { address: 10.6.0.1, labels: { app: billing } }
         let scope = |ns: &str| Scope { namespace: ns.into(), ..Default::default() };
         let (shop, web) = (first.resources(&scope("shop")), first.resources(&scope("web")));
         let table = shop.of(ResourceType::Workload);
-        assert_eq!(table.keys().collect::<Vec<_>>(), ["shop/vm-1"]);
+        assert_eq!(
+            table.keys().collect::<Vec<_>>(),
+            ["10.6.0.1", "spiffe://cluster.local/ns/shop/sa/default"]
+        );
         assert!(Arc::ptr_eq(&table, &web.of(ResourceType::Workload)), "one table for every scope");
         let second = first.next(model, Instant::now());
         let again = second.resources(&scope("shop")).of(ResourceType::Workload);

@@ -392,6 +392,7 @@ fn referenced_type(kind: ResourceType) -> Option<ResourceType> {
     match kind {
         ResourceType::VirtualHost => Some(ResourceType::Cluster),
         ResourceType::Cluster => Some(ResourceType::Endpoints),
+        ResourceType::Endpoints => Some(ResourceType::Workload),
         _ => None,
     }
 }
@@ -490,7 +491,8 @@ mod tests {
         open_all(&mut session);
         assert_eq!(
             summary(&push(&mut session, &resources, 1)),
-            ["settings:settings", "workload:", "service:db,web"]
+            ["settings:settings", "service:db,web"],
+            "no workloads: they come with the endpoints that refer to them, or when asked for"
         );
         assert!(push(&mut session, &resources, 1).is_empty(), "nothing changed, nothing sent");
     }
@@ -500,10 +502,7 @@ mod tests {
         let resources = ScopeResources::pack(&pb::ProxyConfig::default(), None);
         let mut session = Session::default();
         open_all(&mut session);
-        assert_eq!(
-            summary(&push(&mut session, &resources, 1)),
-            ["settings:settings", "workload:", "service:"]
-        );
+        assert_eq!(summary(&push(&mut session, &resources, 1)), ["settings:settings", "service:"]);
         assert!(push(&mut session, &resources, 2).is_empty());
     }
 
@@ -551,6 +550,50 @@ mod tests {
         );
         assert_eq!(session.held()[&ResourceType::Service], 2);
         assert_eq!(session.held()[&ResourceType::Cluster], 1, "only what the proxy uses");
+    }
+
+    #[test]
+    fn the_workloads_behind_endpoints_come_before_them_and_a_caller_is_sent_when_asked_for() {
+        let mut config = config(false);
+        let endpoint =
+            |address: &str| pb::Endpoint { address: address.into(), port: 80, ..Default::default() };
+        config.endpoints[0].endpoints = vec![endpoint("10.0.0.1"), endpoint("10.0.0.2")];
+        let workload = |uid: &str, address: &str| pb::MeshWorkload {
+            uid: uid.into(),
+            addresses: vec![address.into()],
+            principal: format!("spiffe://cluster.local/ns/shop/sa/{uid}"),
+            ..Default::default()
+        };
+        let table =
+            [workload("web-1", "10.0.0.1"), workload("web-2", "10.0.0.2"), workload("client", "10.9.0.9")];
+        let resources = ScopeResources::pack(&config, None)
+            .with_shared(ResourceType::Workload, super::super::resources::pack_workloads(&table, None));
+        let mut session = Session::default();
+        open_all(&mut session);
+        push(&mut session, &resources, 1);
+        session.handle(&request(ResourceType::VirtualHost, &["web:80"])).unwrap();
+        assert_eq!(
+            summary(&push(&mut session, &resources, 1)),
+            ["workload:10.0.0.1,10.0.0.2", "endpoints:web:80", "cluster:a", "virtualhost:web:80"]
+        );
+        // A connection from 10.9.0.9: the proxy asks for that address, and for an identity.
+        session
+            .handle(&request(
+                ResourceType::Workload,
+                &["10.9.0.9", "spiffe://cluster.local/ns/shop/sa/client"],
+            ))
+            .unwrap();
+        assert_eq!(
+            summary(&push(&mut session, &resources, 1)),
+            ["workload:10.9.0.9,spiffe://cluster.local/ns/shop/sa/client"]
+        );
+        session.handle(&request(ResourceType::Workload, &["192.0.2.1"])).unwrap();
+        assert_eq!(
+            summary(&push(&mut session, &resources, 1)),
+            ["workload-removed:192.0.2.1"],
+            "no such workload"
+        );
+        assert_eq!(session.held()[&ResourceType::Workload], 4, "what it uses, not the mesh's table");
     }
 
     #[test]
@@ -624,7 +667,7 @@ mod tests {
         session.handle(&request(ResourceType::Cluster, &["db"])).unwrap();
         assert_eq!(
             summary(&push(&mut session, &resources, 1)),
-            ["settings:settings", "workload:", "endpoints:db:5432", "cluster:db", "service:db,web"]
+            ["settings:settings", "endpoints:db:5432", "cluster:db", "service:db,web"]
         );
         session.handle(&request(ResourceType::Cluster, &["db", "nope"])).unwrap();
         assert_eq!(summary(&push(&mut session, &resources, 1)), ["cluster:db", "cluster-removed:nope"]);
