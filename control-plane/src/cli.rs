@@ -99,7 +99,6 @@ where
     T: Into<OsString> + Clone,
 {
     let args = Args::parse_from(args);
-    crate::memory::tune_allocator();
     let filter = match EnvFilter::try_new(&args.log_level) {
         Ok(filter) => filter,
         Err(e) => {
@@ -217,7 +216,6 @@ async fn serve(args: Args, mesh: MeshConfig, jwks_client: crate::jwks::JwksClien
     .await
     .map_err(|e| format!("CA: {e}"))?;
     let proxies = Arc::new(Registry::default());
-    tokio::spawn(crate::memory::release_after_bursts(proxies.activity()));
     let rejected = RejectedConfig::default();
 
     if let Some(dir) = args.config_dir.clone() {

@@ -5,7 +5,6 @@ pub mod ca;
 pub mod cli;
 pub mod gateway_status;
 pub mod jwks;
-pub mod memory;
 pub mod model;
 pub mod sources;
 pub mod status;

@@ -11,7 +11,7 @@ use trellis_xds::types::{ResourceType, SETTINGS_NAME, pack, settings_of};
 /// A packed resource.
 #[derive(Debug, PartialEq)]
 pub struct Entry {
-    pub name: String,
+    pub name: Arc<str>,
     pub version: u64,
     pub any: Any,
     /// Names of resources of the next type down (a virtual host's clusters, a cluster's
@@ -36,7 +36,7 @@ impl ScopeResources {
             let version = xxhash_rust::xxh64::xxh64(&any.value, 0);
             maps.entry(kind)
                 .or_default()
-                .insert(name.to_owned(), Arc::new(Entry { name: name.to_owned(), version, any, deps }));
+                .insert(name.to_owned(), Arc::new(Entry { name: name.into(), version, any, deps }));
         };
         let settings = settings_of(config);
         put(ResourceType::Settings, SETTINGS_NAME, pack(ResourceType::Settings, &settings), Vec::new());
@@ -90,7 +90,9 @@ pub fn pack_workloads(table: &[pb::MeshWorkload], previous: Option<&TypeMap>) ->
     let mut put = |name: String, w: &pb::MeshWorkload| {
         let any = pack(ResourceType::Workload, w);
         let version = xxhash_rust::xxh64::xxh64(&any.value, 0);
-        fresh.entry(name.clone()).or_insert_with(|| Arc::new(Entry { name, version, any, deps: Vec::new() }));
+        fresh.entry(name).or_insert_with_key(|name| {
+            Arc::new(Entry { name: name.as_str().into(), version, any, deps: Vec::new() })
+        });
     };
     // Per identity: its one label set, or `None` once two differ.
     let mut identities: BTreeMap<&str, Option<pb::MeshWorkload>> = BTreeMap::new();

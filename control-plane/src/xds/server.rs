@@ -19,7 +19,6 @@ use super::generation::Generation;
 use super::metrics::XdsMetrics;
 use super::session::{Outgoing, Session, TypeStatus};
 use crate::ca::authenticate::{AuthError, Authenticator};
-use crate::memory::Activity;
 use crate::translate::locality::Instance;
 use crate::translate::{ProxyIdentity, scope_of_instance, scope_of_router};
 
@@ -43,22 +42,15 @@ pub struct ProxySync {
 pub struct Registry {
     next: AtomicU64,
     proxies: Mutex<BTreeMap<u64, Arc<Mutex<ProxySync>>>>,
-    activity: Arc<Activity>,
 }
 
 impl Registry {
-    /// Connects, disconnects and responses, for [`crate::memory::release_after_bursts`].
-    pub fn activity(&self) -> Arc<Activity> {
-        self.activity.clone()
-    }
-
     pub fn snapshot(&self) -> Vec<ProxySync> {
         let proxies = self.proxies.lock().unwrap_or_else(|p| p.into_inner());
         proxies.values().map(|p| p.lock().unwrap_or_else(|p| p.into_inner()).clone()).collect()
     }
 
     fn add(&self, sync: ProxySync) -> (u64, Arc<Mutex<ProxySync>>) {
-        self.activity.note();
         let id = self.next.fetch_add(1, Ordering::Relaxed);
         let entry = Arc::new(Mutex::new(sync));
         self.proxies.lock().unwrap_or_else(|p| p.into_inner()).insert(id, entry.clone());
@@ -66,7 +58,6 @@ impl Registry {
     }
 
     fn remove(&self, id: u64) {
-        self.activity.note();
         self.proxies.lock().unwrap_or_else(|p| p.into_inner()).remove(&id);
     }
 }
@@ -177,7 +168,9 @@ impl XdsServer {
         self.check_caller(&metadata, &node).await?;
         let (tx, rx) = mpsc::channel(STREAM_BUFFER);
         let stream = Stream { server: self.clone(), node, tx };
-        tokio::spawn(stream.run(first, inbound));
+        // Boxed: the stream's task keeps its arguments for its whole life, and the first request
+        // is needed only at its start.
+        tokio::spawn(stream.run(Box::new(first), inbound));
         Ok(ReceiverStream::new(rx))
     }
 
@@ -197,7 +190,7 @@ struct Stream {
 }
 
 impl Stream {
-    async fn run(self, first: DeltaDiscoveryRequest, mut inbound: Streaming<DeltaDiscoveryRequest>) {
+    async fn run(self, first: Box<DeltaDiscoveryRequest>, mut inbound: Streaming<DeltaDiscoveryRequest>) {
         let identity = ProxyIdentity {
             namespace: self.node.namespace.clone(),
             labels: self.node.labels.clone(),
@@ -223,6 +216,7 @@ impl Stream {
         let mut observed = generations.borrow().number;
         let mut unobserved: Option<Arc<Generation>> = None;
         let mut push = self.handle(&mut session, &first);
+        drop(first);
         // Waiting for a turn to push keeps its place in the queue across loop turns, and the
         // proxy's requests keep being read meanwhile: HTTP/2 closes a connection whose peer's
         // small frames pile up unread.
@@ -254,7 +248,6 @@ impl Stream {
                 permit = self.tx.reserve(), if !pending.is_empty() => {
                     let (Ok(permit), Some(outgoing)) = (permit, pending.pop_front()) else { break };
                     self.server.metrics.pushed(outgoing.kind);
-                    self.server.registry.activity.note();
                     permit.send(Box::new(outgoing));
                     if pending.is_empty() {
                         // The first sync queues a few dozen parts; keeping that room for the

@@ -16,13 +16,15 @@ enum Known {
     /// Exactly the resources of this (shared) map: the common case for wildcard types, and
     /// free in memory however large the map.
     Shared(TypeMap),
-    /// Names and versions, for on-demand types.
-    Own(BTreeMap<String, u64>),
+    /// Names and versions, for on-demand types, sorted by name. A slice of exactly its size
+    /// whose names are the shared resources' own (a proxy's few dozen names would otherwise
+    /// each be a copy, in a map node with room for eleven).
+    Own(Box<[(Arc<str>, u64)]>),
 }
 
 impl Default for Known {
     fn default() -> Self {
-        Known::Own(BTreeMap::new())
+        Known::Own(Box::default())
     }
 }
 
@@ -30,7 +32,7 @@ impl Known {
     fn version(&self, name: &str) -> Option<u64> {
         match self {
             Known::Shared(map) => map.get(name).map(|e| e.version),
-            Known::Own(map) => map.get(name).copied(),
+            Known::Own(held) => held.binary_search_by(|(n, _)| (**n).cmp(name)).ok().map(|i| held[i].1),
         }
     }
 
@@ -44,7 +46,7 @@ impl Known {
     fn names(&self) -> Vec<&str> {
         match self {
             Known::Shared(map) => map.keys().map(String::as_str).collect(),
-            Known::Own(map) => map.keys().map(String::as_str).collect(),
+            Known::Own(held) => held.iter().map(|(n, _)| &**n).collect(),
         }
     }
 }
@@ -85,7 +87,9 @@ struct TypeState {
 
 #[derive(Debug, Default)]
 pub struct Session {
-    types: BTreeMap<ResourceType, TypeState>,
+    /// Per type, in [`ResourceType::PUSH_ORDER`]; a type is in use once `opened`. An array, not
+    /// a map: a map's node holds room for eleven states, and every connected proxy has one.
+    types: [TypeState; ResourceType::PUSH_ORDER.len()],
     next_nonce: u64,
 }
 
@@ -127,7 +131,7 @@ impl Outgoing {
                 .resources
                 .iter()
                 .map(|entry| Resource {
-                    name: entry.name.clone(),
+                    name: entry.name.to_string(),
                     version: format!("{:016x}", entry.version),
                     resource: Some(entry.any.clone()),
                     ..Default::default()
@@ -151,7 +155,7 @@ impl Session {
     pub fn handle(&mut self, request: &DeltaDiscoveryRequest) -> Result<Handled, String> {
         let kind = ResourceType::from_type_url(&request.type_url)
             .ok_or_else(|| format!("type_url: {:?} is not a type Trellis serves", request.type_url))?;
-        let state = self.types.entry(kind).or_default();
+        let state = &mut self.types[index(kind)];
         let mut handled = Handled::default();
 
         if !request.response_nonce.is_empty() {
@@ -179,13 +183,13 @@ impl Session {
             if !request.initial_resource_versions.is_empty() {
                 // A reconnecting proxy says what it holds; versions we cannot read count as
                 // "holds something else", so those resources are sent again.
-                state.known = Known::Own(
-                    request
-                        .initial_resource_versions
-                        .iter()
-                        .map(|(name, v)| (name.clone(), u64::from_str_radix(v, 16).unwrap_or(0)))
-                        .collect(),
-                );
+                let mut held: Vec<(Arc<str>, u64)> = request
+                    .initial_resource_versions
+                    .iter()
+                    .map(|(name, v)| (name.as_str().into(), u64::from_str_radix(v, 16).unwrap_or(0)))
+                    .collect();
+                held.sort_unstable();
+                state.known = Known::Own(held.into_boxed_slice());
             }
             if kind.is_wildcard() && request.resource_names_subscribe.is_empty() {
                 state.wildcard = true;
@@ -220,7 +224,7 @@ impl Session {
         let mut updates = Vec::new();
         let mut removals = Vec::new();
         for kind in ResourceType::PUSH_ORDER {
-            let Some(state) = self.types.get_mut(&kind) else { continue };
+            let state = &mut self.types[index(kind)];
             if !state.opened {
                 continue;
             }
@@ -271,7 +275,7 @@ impl Session {
                 Wanted::Names(names) if !wants_all => Known::Own(
                     names
                         .iter()
-                        .filter_map(|n| current.get(n.as_str()).map(|e| (n.clone(), e.version)))
+                        .filter_map(|n| current.get(n.as_str()).map(|e| (e.name.clone(), e.version)))
                         .collect(),
                 ),
                 _ => Known::Shared(current.clone()),
@@ -314,7 +318,7 @@ impl Session {
         // Top-down: a service's dependants first, so references flow towards endpoints.
         for kind in ResourceType::PUSH_ORDER.into_iter().rev() {
             let below = referenced_type(kind);
-            let state = self.types.get(&kind);
+            let state = Some(&self.types[index(kind)]).filter(|s| s.opened);
             if below.is_none() && state.is_some_and(|s| s.wildcard) {
                 desired.insert(kind, Wanted::All);
                 continue;
@@ -355,22 +359,32 @@ impl Session {
     ) -> Outgoing {
         self.next_nonce += 1;
         let nonce = self.next_nonce.to_string();
-        if let Some(state) = self.types.get_mut(&kind) {
+        {
+            let state = &mut self.types[index(kind)];
             state.latest = Some((nonce.clone(), generation));
             state.status.sent = Some(generation);
         }
         Outgoing { kind, nonce, generation, resources, removed }
     }
 
+    fn opened(&self) -> impl Iterator<Item = (ResourceType, &TypeState)> {
+        ResourceType::PUSH_ORDER.into_iter().zip(&self.types).filter(|(_, s)| s.opened)
+    }
+
     /// Per type: sent, acknowledged, rejected.
     pub fn status(&self) -> BTreeMap<ResourceType, TypeStatus> {
-        self.types.iter().map(|(k, s)| (*k, s.status.clone())).collect()
+        self.opened().map(|(k, s)| (k, s.status.clone())).collect()
     }
 
     /// Number of resources the proxy holds, per type.
     pub fn held(&self) -> BTreeMap<ResourceType, usize> {
-        self.types.iter().map(|(k, s)| (*k, s.known.len())).collect()
+        self.opened().map(|(k, s)| (k, s.known.len())).collect()
     }
+}
+
+/// Where `kind`'s state is in [`Session::types`].
+fn index(kind: ResourceType) -> usize {
+    ResourceType::PUSH_ORDER.iter().position(|k| *k == kind).unwrap_or(0)
 }
 
 /// The names a proxy should hold of one type.
