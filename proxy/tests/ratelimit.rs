@@ -383,3 +383,155 @@ async fn a_local_limit_for_one_port_leaves_the_others_alone() {
         assert_eq!(client.get(&free, "/").await.status, StatusCode::OK);
     }
 }
+
+// ---------------------------------------------------------------------------------------------
+// Local rate-limit descriptors: the route's actions make a request's descriptors, and a
+// descriptor the limit lists has a bucket of its own.
+
+/// A local limit whose descriptor `path=/limited` allows 2 requests an hour; `default` is the
+/// default bucket's size (none: requests matching no descriptor pass), `extra` more settings.
+fn descriptor_limit(default: Option<u32>, extra: &str) -> String {
+    let default = default
+        .map(|max| format!("  tokenBucket: {{ maxTokens: {max}, tokensPerFill: 1, fillInterval: 3600s }}\n"))
+        .unwrap_or_default();
+    format!(
+        r#"
+inboundLocalRateLimit:
+  statPrefix: http_local_rate_limiter
+  enabledPercent: 100
+  enforcedPercent: 100
+  responseHeaders: {{ x-local-rate-limit: "true" }}
+{default}  descriptors:
+    - entries: [{{ key: path, value: /limited }}]
+      tokenBucket: {{ maxTokens: 2, tokensPerFill: 2, fillInterval: 3600s }}
+  rules:
+    - actions: [{{ requestHeaders: {{ headerName: ":path", descriptorKey: path }} }}]
+{extra}"#
+    )
+}
+
+#[tokio::test]
+async fn a_descriptors_bucket_limits_only_the_requests_that_match_it() {
+    let app = Upstream::start("app").await;
+    let proxy = TestProxy::start(&descriptor_limit(None, "")).await;
+    let authority = format!("app.local:{}", app.addr.port());
+    let mut client = Client::connect(proxy.inbound(), Version::HTTP_11).await;
+    for _ in 0..2 {
+        assert_eq!(client.get(&authority, "/limited").await.status, StatusCode::OK);
+    }
+    let refused = client.get(&authority, "/limited").await;
+    assert_eq!(refused.status, StatusCode::TOO_MANY_REQUESTS);
+    assert_eq!(refused.header("x-local-rate-limit"), Some("true"));
+    assert_eq!(refused.text(), "local_rate_limited");
+    // Other paths match no descriptor, and there is no default bucket: all pass.
+    for _ in 0..20 {
+        assert_eq!(client.get(&authority, "/other").await.status, StatusCode::OK);
+    }
+    // The descriptor is the whole `:path`: a query makes another one.
+    assert_eq!(client.get(&authority, "/limited?page=2").await.status, StatusCode::OK);
+    assert_eq!(app.count(), 23);
+    let metrics = proxy.metrics().await;
+    assert_eq!(
+        counter(&metrics, "istio_requests_total", &["response_code=\"429\"", "response_flags=\"RL\""]),
+        1,
+        "{metrics}"
+    );
+}
+
+#[tokio::test]
+async fn matching_requests_also_spend_the_default_bucket_unless_told_not_to() {
+    let app = Upstream::start("app").await;
+    let authority = format!("app.local:{}", app.addr.port());
+    // Envoy's default: a matching request takes from its descriptor's bucket and the default.
+    let proxy = TestProxy::start(&descriptor_limit(Some(3), "")).await;
+    let mut client = Client::connect(proxy.inbound(), Version::HTTP_11).await;
+    assert_eq!(client.get(&authority, "/limited").await.status, StatusCode::OK);
+    assert_eq!(client.get(&authority, "/limited").await.status, StatusCode::OK);
+    assert_eq!(client.get(&authority, "/other").await.status, StatusCode::OK);
+    assert_eq!(client.get(&authority, "/other").await.status, StatusCode::TOO_MANY_REQUESTS);
+    // always_consume_default_token_bucket: false — the default bucket is the others' alone.
+    let proxy = TestProxy::start(&descriptor_limit(Some(3), "  defaultBucketUnmatchedOnly: true\n")).await;
+    let mut client = Client::connect(proxy.inbound(), Version::HTTP_11).await;
+    assert_eq!(client.get(&authority, "/limited").await.status, StatusCode::OK);
+    assert_eq!(client.get(&authority, "/limited").await.status, StatusCode::OK);
+    assert_eq!(client.get(&authority, "/limited").await.status, StatusCode::TOO_MANY_REQUESTS);
+    for _ in 0..3 {
+        assert_eq!(client.get(&authority, "/other").await.status, StatusCode::OK);
+    }
+    assert_eq!(client.get(&authority, "/other").await.status, StatusCode::TOO_MANY_REQUESTS);
+}
+
+#[tokio::test]
+async fn a_wildcard_descriptor_limits_each_client_on_its_own_and_rules_keep_to_their_port() {
+    let (limited_app, free_app) = (Upstream::start("limited").await, Upstream::start("free").await);
+    // One request an hour per `x-user`; the rule is the route's of the limited app's port only.
+    let config = format!(
+        r#"
+inboundLocalRateLimit:
+  statPrefix: per_user
+  enabledPercent: 100
+  enforcedPercent: 100
+  descriptors:
+    - entries: [{{ key: user }}]
+      tokenBucket: {{ maxTokens: 1, tokensPerFill: 1, fillInterval: 3600s }}
+  rules:
+    - actions: [{{ requestHeaders: {{ headerName: x-user, descriptorKey: user }} }}]
+      ports: [{}]
+"#,
+        limited_app.addr.port()
+    );
+    let proxy = TestProxy::start(&config).await;
+    let mut client = Client::connect(proxy.inbound(), Version::HTTP_11).await;
+    let limited = format!("app.local:{}", limited_app.addr.port());
+    let free = format!("app.local:{}", free_app.addr.port());
+    let as_user = |user: &'static str| [("x-user", user)];
+    for (user, expected) in [
+        ("alice", StatusCode::OK),
+        ("alice", StatusCode::TOO_MANY_REQUESTS),
+        ("bob", StatusCode::OK),
+        ("bob", StatusCode::TOO_MANY_REQUESTS),
+        ("carol", StatusCode::OK),
+    ] {
+        let answer = client.send(get(&limited, "/", &as_user(user))).await.unwrap();
+        assert_eq!(answer.status, expected, "{user}");
+    }
+    // No x-user: no descriptor; another port: no rule, so no descriptor either.
+    assert_eq!(client.get(&limited, "/").await.status, StatusCode::OK);
+    for _ in 0..3 {
+        let answer = client.send(get(&free, "/", &as_user("alice"))).await.unwrap();
+        assert_eq!(answer.status, StatusCode::OK);
+    }
+    assert_eq!(limited_app.count(), 4);
+    assert_eq!(free_app.count(), 3);
+}
+
+#[tokio::test]
+async fn a_malformed_descriptor_is_refused_naming_the_field() {
+    let app = Upstream::start("app").await;
+    let proxy = TestProxy::start(&descriptor_limit(None, "")).await;
+    for (bad, field) in [
+        (
+            descriptor_limit(None, "").replace("maxTokens: 2", "maxTokens: 0"),
+            "inbound_local_rate_limit.descriptors[0].token_bucket.max_tokens",
+        ),
+        (
+            descriptor_limit(None, "").replace("{ key: path, value: /limited }", ""),
+            "inbound_local_rate_limit.descriptors[0].entries",
+        ),
+        (
+            descriptor_limit(
+                None,
+                "    - actions: [{ requestHeaders: { headerName: \"bad header\", descriptorKey: k } }]\n",
+            ),
+            "inbound_local_rate_limit.rules[1].actions[0].request_headers.header_name",
+        ),
+    ] {
+        std::fs::write(&proxy.config_path, &bad).unwrap();
+        let error = trellis_proxy::watch::load(&proxy.config_path, 99, None).err().expect("rejected");
+        assert!(error.to_string().contains(field), "{error}");
+    }
+    // The running proxy keeps its limit.
+    let authority = format!("app.local:{}", app.addr.port());
+    let mut client = Client::connect(proxy.inbound(), Version::HTTP_11).await;
+    assert_eq!(client.get(&authority, "/limited").await.status, StatusCode::OK);
+}

@@ -8,6 +8,7 @@
 //! adds `x-envoy-ratelimited: true`, the local one only its configured headers), and, when the
 //! RateLimitService cannot answer and `failure_mode_deny` is set, 500 with `RLSE`.
 
+pub mod descriptors;
 pub mod global;
 pub mod local;
 
@@ -68,7 +69,7 @@ impl InboundRateLimit {
         service: &str,
     ) -> Result<(), Refusal> {
         if let Some(local) = self.local.as_ref().filter(|l| l.applies_to(port)) {
-            match local.decide(Instant::now()) {
+            match local.decide(request, port, remote, Instant::now()) {
                 local::Decision::Allow => {}
                 local::Decision::Counted => metrics.rate_limited(service, "local", false),
                 local::Decision::Refuse => {
@@ -83,7 +84,7 @@ impl InboundRateLimit {
             }
         }
         if let Some(global) = &self.global {
-            match global.ask(request, remote).await {
+            match global.ask(request, port, remote).await {
                 global::Verdict::Allow => {}
                 global::Verdict::OverLimit(headers) => {
                     metrics.rate_limited(service, "global", true);
