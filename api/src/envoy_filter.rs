@@ -1,8 +1,9 @@
 //! `EnvoyFilter` (networking.istio.io/v1alpha3), read only for what Istio documents as its way to
 //! rate-limit ("Enabling Rate Limits using Envoy"): HTTP_FILTER patches inserting
 //! `envoy.filters.http.local_ratelimit` or `envoy.filters.http.ratelimit` on a sidecar's inbound
-//! listener, and HTTP_ROUTE / VIRTUAL_HOST MERGE patches adding a local limit
-//! (`typed_per_filter_config`) or the global limit's `rate_limits` actions. Every other patch
+//! or outbound listeners or a gateway's (`match.context`; ANY is all three), and HTTP_ROUTE /
+//! VIRTUAL_HOST MERGE patches adding a local limit (`typed_per_filter_config`) or the
+//! `rate_limits` actions both filters make descriptors with. Every other patch
 //! makes the whole EnvoyFilter "not supported, ignored" — a filter is never applied half-way.
 //! Patch values are Envoy's own JSON (snake_case or camelCase, `@type` or a `TypedStruct`).
 
@@ -153,9 +154,57 @@ pub enum StringCondition {
     Regex(String),
 }
 
-/// What an EnvoyFilter's rate-limit patches add up to.
+/// Where a patch applies (Istio's `match.context`): a sidecar's inbound or outbound requests,
+/// or a gateway's.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Context {
+    Inbound,
+    Outbound,
+    Gateway,
+}
+
+impl Context {
+    pub const ALL: [Context; 3] = [Context::Inbound, Context::Outbound, Context::Gateway];
+
+    /// Istio's name for it.
+    pub fn name(self) -> &'static str {
+        match self {
+            Context::Inbound => "SIDECAR_INBOUND",
+            Context::Outbound => "SIDECAR_OUTBOUND",
+            Context::Gateway => "GATEWAY",
+        }
+    }
+}
+
+/// What an EnvoyFilter's rate-limit patches add up to, in each context.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct RateLimits {
+    pub inbound: ContextRateLimits,
+    pub outbound: ContextRateLimits,
+    pub gateway: ContextRateLimits,
+}
+
+impl RateLimits {
+    pub fn of(&self, context: Context) -> &ContextRateLimits {
+        match context {
+            Context::Inbound => &self.inbound,
+            Context::Outbound => &self.outbound,
+            Context::Gateway => &self.gateway,
+        }
+    }
+
+    fn of_mut(&mut self, context: Context) -> &mut ContextRateLimits {
+        match context {
+            Context::Inbound => &mut self.inbound,
+            Context::Outbound => &mut self.outbound,
+            Context::Gateway => &mut self.gateway,
+        }
+    }
+}
+
+/// The rate limits of one context: the filters, and the routes' `rate_limits` both use.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct ContextRateLimits {
     pub local: Option<LocalRateLimit>,
     pub global: Option<GlobalRateLimit>,
     /// The routes' and virtual hosts' `rate_limits`, which both filters use.
@@ -307,7 +356,7 @@ fn read_all(spec: &EnvoyFilterSpec) -> Read<RateLimits> {
     if !spec.target_refs.is_empty() {
         return unsupported(
             "spec.targetRefs",
-            "targetRefs attach to gateways and waypoints, which Trellis does not run",
+            "targetRefs (attaching to a Gateway API gateway or a waypoint) are not supported; select workloads with workloadSelector",
         );
     }
     if spec.config_patches.is_empty() {
@@ -322,19 +371,37 @@ fn read_all(spec: &EnvoyFilterSpec) -> Read<RateLimits> {
             None => &empty,
         };
         let context = string(m.get("context"), &format!("{field}.match.context"))?;
-        if context != "SIDECAR_INBOUND" {
-            let shown = if context.is_empty() { "ANY" } else { context };
+        let contexts: Vec<Context> = match context {
+            "" | "ANY" => Context::ALL.to_vec(),
+            "SIDECAR_INBOUND" => vec![Context::Inbound],
+            "SIDECAR_OUTBOUND" => vec![Context::Outbound],
+            "GATEWAY" => vec![Context::Gateway],
+            other => {
+                return unsupported(
+                    &format!("{field}.match.context"),
+                    format!(
+                        "context {other}: Trellis applies rate limits in SIDECAR_INBOUND, SIDECAR_OUTBOUND and GATEWAY only"
+                    ),
+                );
+            }
+        };
+        if !matches!(p.apply_to.as_str(), "HTTP_FILTER" | "HTTP_ROUTE" | "VIRTUAL_HOST") {
             return unsupported(
-                &format!("{field}.match.context"),
+                &format!("{field}.applyTo"),
                 format!(
-                    "context {shown}: Trellis applies rate limits on a sidecar's inbound requests (SIDECAR_INBOUND) only"
+                    "applyTo {}: only rate-limit patches (HTTP_FILTER, HTTP_ROUTE, VIRTUAL_HOST) are read",
+                    p.apply_to
                 ),
             );
         }
-        let patch = object(p.patch.as_ref().unwrap_or(&Value::Null), &format!("{field}.patch"))?;
+        let patch = match &p.patch {
+            None | Some(Value::Null) => &empty,
+            Some(v) => object(v, &format!("{field}.patch"))?,
+        };
         only(patch, &["operation", "value"], &format!("{field}.patch"))?;
         let operation = string(patch.get("operation"), &format!("{field}.patch.operation"))?;
-        let value = object(patch.get("value").unwrap_or(&Value::Null), &format!("{field}.patch.value"))?;
+        // The value is looked at once the operation is one Trellis reads (REMOVE has none).
+        let value = || object(patch.get("value").unwrap_or(&Value::Null), &format!("{field}.patch.value"));
         match p.apply_to.as_str() {
             "HTTP_FILTER" => {
                 only(m, &["context", "listener"], &format!("{field}.match"))?;
@@ -345,9 +412,13 @@ fn read_all(spec: &EnvoyFilterSpec) -> Read<RateLimits> {
                         format!("operation {operation:?} on an HTTP filter"),
                     );
                 }
-                http_filter(value, &format!("{field}.patch.value"), &mut limits)?;
+                let value = value()?;
+                for &c in &contexts {
+                    http_filter(value, &format!("{field}.patch.value"), limits.of_mut(c))?;
+                }
             }
-            "HTTP_ROUTE" | "VIRTUAL_HOST" => {
+            // HTTP_ROUTE or VIRTUAL_HOST.
+            _ => {
                 only(m, &["context", "route_configuration"], &format!("{field}.match"))?;
                 if operation != "MERGE" {
                     return unsupported(
@@ -355,18 +426,22 @@ fn read_all(spec: &EnvoyFilterSpec) -> Read<RateLimits> {
                         format!("operation {operation:?} on a route"),
                     );
                 }
-                let port =
-                    route_port(get(m, "route_configuration"), &format!("{field}.match.routeConfiguration"))?;
+                let value = value()?;
+                let (port, contexts) = route_scope(
+                    get(m, "route_configuration"),
+                    &format!("{field}.match.routeConfiguration"),
+                    &contexts,
+                )?;
                 let virtual_host = p.apply_to == "VIRTUAL_HOST";
-                route_merge(value, &format!("{field}.patch.value"), port, virtual_host, &mut limits)?;
-            }
-            other => {
-                return unsupported(
-                    &format!("{field}.applyTo"),
-                    format!(
-                        "applyTo {other}: only rate-limit patches (HTTP_FILTER, HTTP_ROUTE, VIRTUAL_HOST) are read"
-                    ),
-                );
+                for c in contexts {
+                    route_merge(
+                        value,
+                        &format!("{field}.patch.value"),
+                        port,
+                        virtual_host,
+                        limits.of_mut(c),
+                    )?;
+                }
             }
         }
     }
@@ -403,7 +478,7 @@ fn typed<'a>(v: &'a Value, field: &str) -> Read<(&'a str, &'a Map<String, Value>
     Ok((at_type, m, field.to_owned()))
 }
 
-fn http_filter(value: &Map<String, Value>, field: &str, limits: &mut RateLimits) -> Read<()> {
+fn http_filter(value: &Map<String, Value>, field: &str, limits: &mut ContextRateLimits) -> Read<()> {
     only(value, &["name", "typed_config"], field)?;
     let name = string(value.get("name"), &format!("{field}.name"))?;
     let Some(config) = get(value, "typed_config") else {
@@ -430,11 +505,14 @@ fn http_filter(value: &Map<String, Value>, field: &str, limits: &mut RateLimits)
     Ok(())
 }
 
-/// The inbound port a route patch's `routeConfiguration` names (its virtual host
-/// `inbound|http|PORT`, or `portNumber`); `None`: every port. A patch for one route of a virtual
-/// host is not supported (the inbound side has one route per port).
-fn route_port(rc: Option<&Value>, field: &str) -> Read<Option<u16>> {
-    let Some(rc) = rc else { return Ok(None) };
+/// The port a route patch's `routeConfiguration` names, and the contexts among `contexts` whose
+/// virtual hosts it can match. Trellis scopes route patches by port only: an inbound virtual
+/// host `inbound|http|PORT` (the app's port), a gateway's `*:PORT` (its listener's port), or
+/// `portNumber` (the app's, the service's or the gateway's port, by context); `None`: every
+/// port. A patch for one route of a virtual host, or a virtual host of one host, is not
+/// supported.
+fn route_scope(rc: Option<&Value>, field: &str, contexts: &[Context]) -> Read<(Option<u16>, Vec<Context>)> {
+    let Some(rc) = rc else { return Ok((None, contexts.to_vec())) };
     let rc = object(rc, field)?;
     only(rc, &["port_number", "vhost"], field)?;
     let mut port = match get(rc, "port_number") {
@@ -444,6 +522,7 @@ fn route_port(rc: Option<&Value>, field: &str) -> Read<Option<u16>> {
             None => return invalid(&format!("{field}.portNumber"), format!("{p} is not a port")),
         },
     };
+    let mut contexts = contexts.to_vec();
     if let Some(vhost) = rc.get("vhost") {
         let vf = format!("{field}.vhost");
         let vhost = object(vhost, &vf)?;
@@ -459,22 +538,41 @@ fn route_port(rc: Option<&Value>, field: &str) -> Read<Option<u16>> {
         }
         let name = string(vhost.get("name"), &format!("{vf}.name"))?;
         if !name.is_empty() {
-            let named = name
-                .strip_prefix("inbound|http|")
-                .and_then(|p| p.parse::<u16>().ok())
-                .filter(|&p| p != 0 && port.is_none_or(|q| q == p));
-            match named {
-                Some(p) => port = Some(p),
-                None => {
-                    return unsupported(
-                        &format!("{vf}.name"),
-                        format!("virtual host {name:?}: only inbound ones (inbound|http|PORT)"),
-                    );
-                }
+            let (named_context, named_port) = if let Some(p) = name.strip_prefix("inbound|http|") {
+                (Context::Inbound, p)
+            } else if let Some(p) = name.strip_prefix("*:") {
+                (Context::Gateway, p)
+            } else {
+                return unsupported(
+                    &format!("{vf}.name"),
+                    format!(
+                        "virtual host {name:?}: Trellis scopes route patches by port only (inbound|http|PORT, a gateway's *:PORT, or portNumber)"
+                    ),
+                );
+            };
+            let named = named_port.parse::<u16>().ok().filter(|&p| p != 0 && port.is_none_or(|q| q == p));
+            let Some(named) = named else {
+                return unsupported(
+                    &format!("{vf}.name"),
+                    format!("virtual host {name:?}: its port is not portNumber's"),
+                );
+            };
+            if !contexts.contains(&named_context) {
+                let shown: Vec<&str> = contexts.iter().map(|c| c.name()).collect();
+                return unsupported(
+                    &format!("{vf}.name"),
+                    format!(
+                        "virtual host {name:?} is {}'s, not {}'s: the patch would match nothing",
+                        named_context.name(),
+                        shown.join("/")
+                    ),
+                );
             }
+            port = Some(named);
+            contexts = vec![named_context];
         }
     }
-    Ok(port)
+    Ok((port, contexts))
 }
 
 /// A MERGE into a route (`route: {rate_limits}`, `typed_per_filter_config`) or a virtual host
@@ -484,7 +582,7 @@ fn route_merge(
     field: &str,
     port: Option<u16>,
     virtual_host: bool,
-    limits: &mut RateLimits,
+    limits: &mut ContextRateLimits,
 ) -> Read<()> {
     let ports: Vec<u16> = port.into_iter().collect();
     if virtual_host {

@@ -210,14 +210,14 @@ fn readings(text: &str) -> Vec<Reading> {
 #[test]
 fn istios_local_rate_limit_reads_as_a_token_bucket() {
     let [Reading::RateLimits(limits)] = <[Reading; 1]>::try_from(readings(LOCAL)).unwrap() else { panic!() };
-    let local = limits.local.unwrap();
+    let local = limits.inbound.local.unwrap();
     assert_eq!(
         local.token_bucket,
         Some(TokenBucket { max_tokens: 4, tokens_per_fill: 4, fill_interval: Duration::from_secs(60) })
     );
     assert_eq!((local.enabled_percent, local.enforced_percent), (100.0, 100.0));
     assert_eq!(local.response_headers.get("x-local-rate-limit").map(String::as_str), Some("true"));
-    assert!(limits.global.is_none() && limits.rules.is_empty());
+    assert!(limits.inbound.global.is_none() && limits.inbound.rules.is_empty());
 }
 
 #[test]
@@ -225,7 +225,7 @@ fn istios_per_route_local_rate_limit_takes_the_routes_bucket() {
     let [Reading::RateLimits(limits)] = <[Reading; 1]>::try_from(readings(LOCAL_PER_ROUTE)).unwrap() else {
         panic!()
     };
-    let local = limits.local.unwrap();
+    let local = limits.inbound.local.unwrap();
     assert_eq!(local.token_bucket.map(|b| b.max_tokens), Some(4));
     assert_eq!((local.enabled_percent, local.enforced_percent), (100.0, 50.0));
     // The route patch names the inbound virtual host of port 9080: the limit is that port's.
@@ -239,21 +239,21 @@ fn istios_global_rate_limit_reads_the_service_and_the_actions() {
     else {
         panic!()
     };
-    let global = filter.global.unwrap();
+    let global = filter.inbound.global.unwrap();
     assert_eq!(global.domain, "ratelimit");
     assert_eq!(global.service, "ratelimit.default.svc.cluster.local:8081");
     assert!(global.failure_mode_deny);
     assert_eq!(global.timeout, Some(Duration::from_secs(10)));
-    assert_eq!(actions.rules.len(), 2);
+    assert_eq!(actions.inbound.rules.len(), 2);
     assert_eq!(
-        actions.rules[0].actions,
+        actions.inbound.rules[0].actions,
         [RateLimitAction::RequestHeaders {
             header_name: ":path".into(),
             descriptor_key: "PATH".into(),
             skip_if_absent: false
         }]
     );
-    assert_eq!(actions.rules[1].actions[1], RateLimitAction::RemoteAddress);
+    assert_eq!(actions.inbound.rules[1].actions[1], RateLimitAction::RemoteAddress);
 }
 
 /// The warnings of a text, as (resource, field, message).
@@ -305,17 +305,20 @@ spec:
     );
     let w = warnings(&mixed);
     assert_eq!(w.len(), 1, "{w:?}");
-    assert_eq!(w[0].1, "spec.configPatches[0].match.context");
+    assert_eq!(w[0].1, "spec.configPatches[0].applyTo");
     let [reading] = <[Reading; 1]>::try_from(readings(&mixed)).unwrap();
     assert!(matches!(reading, Reading::Unsupported { .. }), "{reading:?}");
 
-    // The documented gateway context: no gateway in Trellis.
-    let gateway = GLOBAL.replace("context: SIDECAR_INBOUND", "context: GATEWAY");
-    let w = warnings(&gateway);
-    assert_eq!(w.len(), 2, "{w:?}");
-    assert!(w[0].2.contains("context GATEWAY"), "{w:?}");
+    // Istio's per-route example as its page has it: the route patch in SIDECAR_OUTBOUND names
+    // an inbound virtual host, which matches nothing there.
+    let outbound_route = LOCAL_PER_ROUTE.replacen("context: SIDECAR_INBOUND", "context: SIDECAR_OUTBOUND", 2);
+    let outbound_route = outbound_route.replacen("context: SIDECAR_OUTBOUND", "context: SIDECAR_INBOUND", 1);
+    let w = warnings(&outbound_route);
+    assert_eq!(w.len(), 1, "{w:?}");
+    assert!(w[0].1.ends_with("routeConfiguration.vhost.name"), "{w:?}");
+    assert!(w[0].2.contains("is SIDECAR_INBOUND's, not SIDECAR_OUTBOUND's"), "{w:?}");
 
-    // A route patch for an outbound virtual host, or for one named route: not read.
+    // A route patch for the virtual host of one host, or for one named route: not read.
     for (from, to, field) in [
         ("name: \"inbound|http|9080\"", "name: \"reviews:9080\"", "vhost.name"),
         ("action: ANY", "action: ROUTE\n              name: r1", "vhost.route.name"),
@@ -463,7 +466,7 @@ fn istios_local_rate_limit_with_descriptors_reads_each_bucket_and_the_routes_act
     let [Reading::RateLimits(limits)] = <[Reading; 1]>::try_from(readings(LOCAL_DESCRIPTORS)).unwrap() else {
         panic!()
     };
-    let local = limits.local.unwrap();
+    let local = limits.inbound.local.unwrap();
     assert_eq!(local.ports, [9080]);
     assert!(!local.always_consume_default_token_bucket);
     assert_eq!(local.token_bucket.map(|b| b.max_tokens), Some(10));
@@ -479,10 +482,10 @@ fn istios_local_rate_limit_with_descriptors_reads_each_bucket_and_the_routes_act
     assert_eq!(local.vh_rate_limits, VhRateLimits::Override);
     assert!(local.rate_limits.is_none());
     // The route's actions, for port 9080's route (not a virtual host's).
-    assert_eq!(limits.rules.len(), 2);
-    assert!(limits.rules.iter().all(|r| r.ports == [9080] && !r.virtual_host));
+    assert_eq!(limits.inbound.rules.len(), 2);
+    assert!(limits.inbound.rules.iter().all(|r| r.ports == [9080] && !r.virtual_host));
     assert_eq!(
-        limits.rules[0].actions,
+        limits.inbound.rules[0].actions,
         [RateLimitAction::RequestHeaders {
             header_name: ":path".into(),
             descriptor_key: "path".into(),
@@ -509,7 +512,7 @@ fn a_filters_own_rate_limits_wildcards_and_envoys_other_spellings_are_read() {
 "#,
     );
     let [Reading::RateLimits(limits)] = <[Reading; 1]>::try_from(readings(&own)).unwrap() else { panic!() };
-    let local = limits.local.unwrap();
+    let local = limits.inbound.local.unwrap();
     assert!(local.always_consume_default_token_bucket);
     assert_eq!(local.vh_rate_limits, VhRateLimits::Include);
     assert_eq!(local.max_dynamic_descriptors, Some(50));
@@ -517,7 +520,7 @@ fn a_filters_own_rate_limits_wildcards_and_envoys_other_spellings_are_read() {
     // An entry without a value: any value, each with its own bucket.
     assert_eq!(local.descriptors[0].entries, [("remote_address".to_owned(), String::new())]);
     assert_eq!(local.descriptors[0].token_bucket.tokens_per_fill, 1);
-    assert!(limits.rules.is_empty());
+    assert!(limits.inbound.rules.is_empty());
 }
 
 #[test]
@@ -653,4 +656,59 @@ fn hostile_descriptor_lists_are_refused_and_unknown_parts_ignored_whole() {
     let w = warnings(&misplaced);
     assert_eq!(w.len(), 1, "{w:?}");
     assert!(w[0].1.ends_with("patch.value.rate_limits"), "{w:?}");
+}
+
+#[test]
+fn each_context_gets_its_own_limits_and_any_means_all_three() {
+    // Istio's documented global limit, on a gateway: its `*:80` virtual host scopes the actions
+    // to the gateway's port 80.
+    let gateway = GLOBAL
+        .replace("context: SIDECAR_INBOUND", "context: GATEWAY")
+        .replace("name: \"\"", "name: \"*:80\"");
+    assert!(warnings(&gateway).is_empty(), "{:?}", warnings(&gateway));
+    let [Reading::RateLimits(filter), Reading::RateLimits(actions)] =
+        <[Reading; 2]>::try_from(readings(&gateway)).unwrap()
+    else {
+        panic!()
+    };
+    assert_eq!(filter.gateway.global.as_ref().map(|g| g.domain.as_str()), Some("ratelimit"));
+    assert!(filter.inbound.global.is_none() && filter.outbound.global.is_none());
+    assert_eq!(actions.gateway.rules.len(), 2);
+    assert!(actions.gateway.rules.iter().all(|r| r.ports == [80] && r.virtual_host));
+    assert!(actions.inbound.rules.is_empty() && actions.outbound.rules.is_empty());
+
+    // A sidecar's outbound requests, by the service's port.
+    let outbound =
+        LOCAL_DESCRIPTORS.replace("context: SIDECAR_INBOUND", "context: SIDECAR_OUTBOUND").replace(
+            "          vhost:\n            name: \"inbound|http|9080\"\n",
+            "          portNumber: 9080\n          vhost:\n            name: \"\"\n",
+        );
+    assert!(warnings(&outbound).is_empty(), "{:?}", warnings(&outbound));
+    let [Reading::RateLimits(limits)] = <[Reading; 1]>::try_from(readings(&outbound)).unwrap() else {
+        panic!()
+    };
+    let local = limits.outbound.local.as_ref().unwrap();
+    assert_eq!((local.ports.as_slice(), local.descriptors.len()), ([9080].as_slice(), 2));
+    assert!(limits.inbound == Default::default() && limits.gateway == Default::default());
+
+    // No context (ANY): every context, each with the same filter.
+    let any = LOCAL.replace("        context: SIDECAR_INBOUND\n", "");
+    let [Reading::RateLimits(limits)] = <[Reading; 1]>::try_from(readings(&any)).unwrap() else { panic!() };
+    assert!(limits.inbound.local.is_some());
+    assert_eq!(limits.inbound, limits.outbound);
+    assert_eq!(limits.inbound, limits.gateway);
+
+    // A waypoint's context: not Trellis's, warned about and ignored whole.
+    let w = warnings(&LOCAL.replace("context: SIDECAR_INBOUND", "context: WAYPOINT"));
+    assert_eq!(w.len(), 1, "{w:?}");
+    assert_eq!(w[0].1, "spec.configPatches[0].match.context");
+    assert!(w[0].2.contains("context WAYPOINT"), "{w:?}");
+    // A REMOVE (no value) of another kind of patch: warned about, not an error.
+    let remove = LOCAL.replace(
+        "    - applyTo: HTTP_FILTER\n",
+        "    - applyTo: NETWORK_FILTER\n      patch: { operation: REMOVE }\n    - applyTo: HTTP_FILTER\n",
+    );
+    let w = warnings(&remove);
+    assert_eq!(w.len(), 1, "{w:?}");
+    assert_eq!(w[0].1, "spec.configPatches[0].applyTo");
 }

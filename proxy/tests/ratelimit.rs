@@ -5,7 +5,7 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{Client, TestProxy, Upstream, get};
+use common::{Client, TestProxy, Upstream, get, wait_until};
 use http::{StatusCode, Version};
 
 fn local_limit(max: u32, per_fill: u32, interval: &str, enabled: f64, enforced: f64) -> String {
@@ -534,4 +534,141 @@ async fn a_malformed_descriptor_is_refused_naming_the_field() {
     let authority = format!("app.local:{}", app.addr.port());
     let mut client = Client::connect(proxy.inbound(), Version::HTTP_11).await;
     assert_eq!(client.get(&authority, "/limited").await.status, StatusCode::OK);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Outbound (SIDECAR_OUTBOUND) and gateway (GATEWAY) rate limits: the same limits, checked once a
+// route is chosen, with ports of their own (the service's, the gateway listener's).
+
+#[tokio::test]
+async fn outbound_limits_apply_to_the_services_port_and_descriptors_work_there_too() {
+    let upstream = Upstream::start("api").await;
+    // One request an hour to /expensive (a descriptor); 4 in all (the default bucket).
+    let limit = r#"
+outboundLocalRateLimit:
+  statPrefix: outbound
+  tokenBucket: { maxTokens: 4, tokensPerFill: 1, fillInterval: 3600s }
+  enabledPercent: 100
+  enforcedPercent: 100
+  responseHeaders: { x-local-rate-limit: "true" }
+  ports: [PORT]
+  descriptors:
+    - entries: [{ key: path, value: /expensive }]
+      tokenBucket: { maxTokens: 1, tokensPerFill: 1, fillInterval: 3600s }
+  rules:
+    - actions: [{ requestHeaders: { headerName: ":path", descriptorKey: path } }]
+"#;
+    let config = |port: u16| {
+        format!(
+            "{}{}",
+            common::api_config(&[upstream.addr.port()], "HTTP", "", ""),
+            limit.replace("PORT", &port.to_string())
+        )
+    };
+    let proxy = TestProxy::start(&config(80)).await;
+    let mut client = Client::connect(proxy.outbound(), Version::HTTP_11).await;
+    assert_eq!(client.get("api", "/expensive").await.status, StatusCode::OK);
+    let refused = client.get("api", "/expensive").await;
+    assert_eq!(refused.status, StatusCode::TOO_MANY_REQUESTS);
+    assert_eq!(refused.header("x-local-rate-limit"), Some("true"));
+    // The default bucket had 4; /expensive took one.
+    for _ in 0..3 {
+        assert_eq!(client.get("api", "/cheap").await.status, StatusCode::OK);
+    }
+    assert_eq!(client.get("api", "/cheap").await.status, StatusCode::TOO_MANY_REQUESTS);
+    assert_eq!(upstream.count(), 4);
+    let metrics = proxy.metrics().await;
+    assert_eq!(
+        counter(
+            &metrics,
+            "istio_requests_total",
+            &["reporter=\"source\"", "response_code=\"429\"", "response_flags=\"RL\""]
+        ),
+        2,
+        "{metrics}"
+    );
+    // The inbound side is not limited by the outbound limit.
+    let app = Upstream::start("app").await;
+    let mut inbound = Client::connect(proxy.inbound(), Version::HTTP_11).await;
+    for _ in 0..6 {
+        let answer = inbound.get(&format!("app.local:{}", app.addr.port()), "/cheap").await;
+        assert_eq!(answer.status, StatusCode::OK);
+    }
+    // A limit for another service port leaves port 80 alone.
+    proxy.reload(&config(81)).await;
+    for _ in 0..6 {
+        assert_eq!(client.get("api", "/expensive").await.status, StatusCode::OK);
+    }
+}
+
+#[tokio::test]
+async fn a_gateways_limits_apply_to_its_listeners_requests() {
+    let upstream = Upstream::start("api").await;
+    let (address, service) = rate_limit_service(2).await;
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    // Istio's documented gateway limit: the `*:PORT` virtual host's actions count by :path at
+    // the RateLimitService; and a local limit of 3 requests per x-user.
+    let config = format!(
+        r#"
+gatewayListeners:
+  - port: {port}
+    protocol: GATEWAY_HTTP
+    servers:
+      - name: edge/ingress/http
+        hosts: ["*"]
+        routes: [{{ host: "*", virtualHost: "gateway~{port}~*" }}]
+virtualHosts:
+  - name: "gateway~{port}~*"
+    routes: [{{ name: all, forward: {{ clusters: [{{ cluster: api }}] }} }}]
+clusters:
+  - {{ name: api, service: api }}
+endpoints:
+  - {{ service: api, endpoints: [{{ address: 127.0.0.1, port: {app} }}] }}
+gatewayLocalRateLimit:
+  statPrefix: gateway
+  enabledPercent: 100
+  enforcedPercent: 100
+  descriptors:
+    - entries: [{{ key: user }}]
+      tokenBucket: {{ maxTokens: 3, tokensPerFill: 1, fillInterval: 3600s }}
+  rules:
+    - actions: [{{ requestHeaders: {{ headerName: x-user, descriptorKey: user }} }}]
+gatewayGlobalRateLimit:
+  domain: ratelimit
+  service: "{address}"
+  timeout: 2s
+  rules:
+    - actions: [{{ requestHeaders: {{ headerName: ":path", descriptorKey: PATH }} }}]
+      ports: [{port}]
+      virtualHost: true
+"#,
+        app = upstream.addr.port()
+    );
+    let proxy = TestProxy::start(&config).await;
+    trellis_proxy::gateway::listener::start(&proxy.running.proxy, &["127.0.0.1".parse().unwrap()]);
+    let gateway: std::net::SocketAddr = ([127, 0, 0, 1], port).into();
+    wait_until("the gateway listens", || std::net::TcpStream::connect(gateway).is_ok()).await;
+    let mut client = Client::connect(gateway, Version::HTTP_11).await;
+    // The global limit: 2 per path.
+    for expected in [StatusCode::OK, StatusCode::OK, StatusCode::TOO_MANY_REQUESTS] {
+        let answer = client.get("shop.example.com", "/productpage").await;
+        assert_eq!(answer.status, expected);
+    }
+    let refused = client.get("shop.example.com", "/productpage").await;
+    assert_eq!(refused.header("x-envoy-ratelimited"), Some("true"));
+    assert_eq!(service.seen.lock().unwrap()[0].descriptors[0].entries[0].value, "/productpage");
+    // The local limit: 3 per user, each path new to the service.
+    for (i, expected) in [StatusCode::OK, StatusCode::OK, StatusCode::OK, StatusCode::TOO_MANY_REQUESTS]
+        .into_iter()
+        .enumerate()
+    {
+        let answer = client
+            .send(get("shop.example.com", &format!("/item/{i}"), &[("x-user", "alice")]))
+            .await
+            .unwrap();
+        assert_eq!(answer.status, expected, "request {i}");
+    }
+    let answer = client.send(get("shop.example.com", "/item/9", &[("x-user", "bob")])).await.unwrap();
+    assert_eq!(answer.status, StatusCode::OK);
+    assert_eq!(upstream.count(), 6);
 }

@@ -1,7 +1,7 @@
 //! Rate limits from EnvoyFilters: the filters that select a workload (the root namespace's and
 //! its own namespace's, by `workloadSelector.labels`, as Istio selects them for a sidecar), read
-//! by [`trellis_api::envoy_filter::read`] and added up into the proxy's inbound local and global
-//! rate limits. A filter Trellis does not (fully) support is ignored whole, with a warning that
+//! by [`trellis_api::envoy_filter::read`] and added up into the proxy's local and global rate
+//! limits of each context (a sidecar's inbound and outbound requests, a gateway's). A filter Trellis does not (fully) support is ignored whole, with a warning that
 //! names it and the patch.
 
 use std::collections::BTreeMap;
@@ -38,30 +38,37 @@ pub fn selecting(model: &Model, namespace: &str, labels: &BTreeMap<String, Strin
     found.into_iter().map(|(_, _, key)| key).collect()
 }
 
-/// The inbound rate limits the selected filters add up to: the last local limit that limits
-/// something (a bucket or descriptors) and the last global filter win; the routes' `rate_limits`
-/// are all of theirs, in order, and serve both filters as in Envoy.
-pub fn inbound(
+/// One context's rate limits, as the proxy takes them.
+pub type ContextLimits = (Option<pb::LocalRateLimit>, Option<pb::GlobalRateLimit>);
+
+/// The rate limits the selected filters add up to in each of `contexts`: the last local limit
+/// that limits something (a bucket or descriptors) and the last global filter win; the routes'
+/// `rate_limits` are all of theirs, in order, and serve both filters as in Envoy. Each filter is
+/// read (and warned about) once.
+pub fn limits<const N: usize>(
     model: &Model,
     keys: &[PolicyKey],
-) -> (Option<pb::LocalRateLimit>, Option<pb::GlobalRateLimit>) {
-    let mut local = None;
-    let mut global = None;
-    let mut rules = Vec::new();
+    contexts: [ef::Context; N],
+) -> [ContextLimits; N] {
+    let mut found: [(Option<ef::LocalRateLimit>, Option<ef::GlobalRateLimit>, Vec<ef::RateLimitRule>); N] =
+        std::array::from_fn(|_| (None, None, Vec::new()));
     for key in keys {
         let Some((_, Resource::EnvoyFilter(filter))) = super::policies::lookup(model, Kind::EnvoyFilter, key)
         else {
             continue;
         };
         match ef::read(&filter.spec) {
-            Reading::RateLimits(limits) => {
-                if let Some(l) = limits.local.filter(ef::LocalRateLimit::limits_something) {
-                    local = Some(l);
+            Reading::RateLimits(all) => {
+                for (context, (local, global, rules)) in contexts.iter().zip(found.iter_mut()) {
+                    let limits = all.of(*context);
+                    if let Some(l) = limits.local.as_ref().filter(|l| l.limits_something()) {
+                        *local = Some(l.clone());
+                    }
+                    if let Some(g) = &limits.global {
+                        *global = Some(g.clone());
+                    }
+                    rules.extend(limits.rules.iter().cloned());
                 }
-                if let Some(g) = limits.global {
-                    global = Some(g);
-                }
-                rules.extend(limits.rules);
             }
             Reading::Unsupported { field, reason } => {
                 warn!(envoy_filter = %key, field, "EnvoyFilter not supported, ignored: {reason}");
@@ -73,16 +80,18 @@ pub fn inbound(
             }
         }
     }
-    let route_rules: Vec<pb::RateLimitDescriptorRule> = rules.iter().map(rule_to_pb).collect();
-    let local = local.map(|l| local_to_pb(&l, &route_rules));
-    let global = global.map(|g| pb::GlobalRateLimit {
-        domain: g.domain,
-        service: g.service,
-        timeout: g.timeout.map(Into::into),
-        failure_mode_deny: g.failure_mode_deny,
-        rules: route_rules,
-    });
-    (local, global)
+    found.map(|(local, global, rules)| {
+        let route_rules: Vec<pb::RateLimitDescriptorRule> = rules.iter().map(rule_to_pb).collect();
+        let local = local.map(|l| local_to_pb(&l, &route_rules));
+        let global = global.map(|g| pb::GlobalRateLimit {
+            domain: g.domain,
+            service: g.service,
+            timeout: g.timeout.map(Into::into),
+            failure_mode_deny: g.failure_mode_deny,
+            rules: route_rules,
+        });
+        (local, global)
+    })
 }
 
 fn bucket_to_pb(b: &ef::TokenBucket) -> pb::TokenBucket {
@@ -407,5 +416,88 @@ spec:
         assert_eq!(settings.inbound_local_rate_limit.as_ref(), Some(&local));
         // No global filter: the rules stay the local limit's.
         assert!(config.inbound_global_rate_limit.is_none());
+    }
+
+    /// A local limit on a sidecar's outbound requests to port 9080, and Istio's documented global
+    /// limit on its ingress gateway (`*:80`), selecting both kinds of proxy.
+    const CONTEXTS: &str = r#"
+apiVersion: networking.istio.io/v1alpha3
+kind: EnvoyFilter
+metadata: { name: outbound-local, namespace: istio-system }
+spec:
+  configPatches:
+    - applyTo: HTTP_FILTER
+      match: { context: SIDECAR_OUTBOUND }
+      patch:
+        operation: INSERT_BEFORE
+        value:
+          name: envoy.filters.http.local_ratelimit
+          typed_config:
+            "@type": type.googleapis.com/envoy.extensions.filters.http.local_ratelimit.v3.LocalRateLimit
+            stat_prefix: outbound
+            token_bucket: { max_tokens: 5, tokens_per_fill: 5, fill_interval: 1s }
+            filter_enabled: { default_value: { numerator: 100 } }
+            filter_enforced: { default_value: { numerator: 100 } }
+---
+apiVersion: networking.istio.io/v1alpha3
+kind: EnvoyFilter
+metadata: { name: filter-ratelimit, namespace: istio-system }
+spec:
+  configPatches:
+    - applyTo: HTTP_FILTER
+      match:
+        context: GATEWAY
+        listener: { filterChain: { filter: { name: envoy.filters.network.http_connection_manager, subFilter: { name: envoy.filters.http.router } } } }
+      patch:
+        operation: INSERT_BEFORE
+        value:
+          name: envoy.filters.http.ratelimit
+          typed_config:
+            "@type": type.googleapis.com/envoy.extensions.filters.http.ratelimit.v3.RateLimit
+            domain: productpage-ratelimit
+            failure_mode_deny: true
+            rate_limit_service:
+              grpc_service: { envoy_grpc: { cluster_name: outbound|8081||ratelimit.default.svc.cluster.local } }
+              transport_api_version: V3
+    - applyTo: VIRTUAL_HOST
+      match: { context: GATEWAY, routeConfiguration: { vhost: { name: "*:80", route: { action: ANY } } } }
+      patch:
+        operation: MERGE
+        value:
+          rate_limits:
+            - actions: [{ request_headers: { header_name: ":path", descriptor_key: PATH } }]
+"#;
+
+    #[test]
+    fn sidecars_get_their_outbound_limits_and_gateways_their_own() {
+        let model = model(CONTEXTS);
+        let sidecar = config_for(&model, "shop", &[("app", "productpage")]);
+        let outbound = sidecar.outbound_local_rate_limit.clone().unwrap();
+        assert_eq!(outbound.stat_prefix, "outbound");
+        assert_eq!(outbound.token_bucket.map(|b| b.max_tokens), Some(5));
+        assert!(sidecar.outbound_global_rate_limit.is_none());
+        // Nothing inbound, nothing of the gateway's on a sidecar.
+        assert!(sidecar.inbound_local_rate_limit.is_none() && sidecar.inbound_global_rate_limit.is_none());
+        assert!(sidecar.gateway_local_rate_limit.is_none() && sidecar.gateway_global_rate_limit.is_none());
+        let settings = trellis_xds::types::settings_of(&sidecar);
+        assert_eq!(settings.outbound_local_rate_limit, sidecar.outbound_local_rate_limit);
+
+        let proxy = crate::translate::ProxyIdentity {
+            namespace: "istio-system".into(),
+            labels: labels_of(&[("istio", "ingressgateway")]),
+            ..Default::default()
+        };
+        let scope = crate::translate::scope_of_router(&model, &proxy, &Default::default(), false);
+        let gateway = crate::translate::translate(&model, &scope);
+        let global = gateway.gateway_global_rate_limit.clone().unwrap();
+        assert_eq!(global.domain, "productpage-ratelimit");
+        assert_eq!(global.service, "ratelimit.default.svc.cluster.local:8081");
+        assert!(global.failure_mode_deny);
+        let rules: Vec<_> = global.rules.iter().map(|r| (r.ports.clone(), r.virtual_host)).collect();
+        assert_eq!(rules, [(vec![80], true)]);
+        // A gateway has no sidecar contexts.
+        assert!(gateway.outbound_local_rate_limit.is_none() && gateway.inbound_global_rate_limit.is_none());
+        let settings = trellis_xds::types::settings_of(&gateway);
+        assert_eq!(settings.gateway_global_rate_limit.as_ref(), Some(&global));
     }
 }
