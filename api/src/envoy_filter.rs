@@ -622,6 +622,9 @@ fn route_merge(
     Ok(())
 }
 
+/// Envoy's shortest `fill_interval`.
+const MIN_FILL_INTERVAL: Duration = Duration::from_millis(50);
+
 /// The most descriptors, and entries in one, a local limit may have: far beyond what a person
 /// writes, and a bound on what a request's matching walks through.
 const MAX_DESCRIPTORS: usize = 1000;
@@ -755,6 +758,10 @@ fn token_bucket(b: &Value, f: &str) -> Read<TokenBucket> {
         .ok_or_else(|| Fault::Invalid(format!("{f}.fill_interval"), "required".into()))?;
     if fill_interval.is_zero() {
         return invalid(&format!("{f}.fill_interval"), "must be more than 0s");
+    }
+    // Envoy refuses anything shorter, for the filter's bucket and the descriptors' alike.
+    if fill_interval < MIN_FILL_INTERVAL {
+        return invalid(&format!("{f}.fill_interval"), format!("{fill_interval:?} is less than 50ms"));
     }
     Ok(TokenBucket { max_tokens, tokens_per_fill, fill_interval })
 }

@@ -345,6 +345,7 @@ fn malformed_rate_limit_values_are_errors_naming_the_field() {
         ("max_tokens: 4", "max_tokens: -1", "token_bucket.max_tokens", "-1 must be at least 1"),
         ("tokens_per_fill: 4", "tokens_per_fill: 0", "token_bucket.tokens_per_fill", "0 must be at least 1"),
         ("fill_interval: 60s", "fill_interval: soon", "token_bucket.fill_interval", "is not a duration"),
+        ("fill_interval: 60s", "fill_interval: 0.02s", "token_bucket.fill_interval", "is less than 50ms"),
         (
             "denominator: HUNDRED",
             "denominator: THOUSAND",
@@ -540,6 +541,12 @@ fn malformed_descriptors_are_errors_naming_the_field() {
             "                      max_tokens: 0\n",
             "descriptors[0].token_bucket.max_tokens",
             "0 must be at least 1",
+        ),
+        (
+            "                      tokens_per_fill: 2\n                      fill_interval: 60s\n",
+            "                      tokens_per_fill: 2\n                      fill_interval: 0.01s\n",
+            "descriptors[0].token_bucket.fill_interval",
+            "is less than 50ms",
         ),
         (
             "key: header_match\n                        value: premium\n",

@@ -211,6 +211,10 @@ pub struct LocalRateLimit {
     /// The default bucket; without one, requests that match no descriptor pass.
     bucket: Option<Arc<TokenBucket>>,
     descriptors: Vec<DescriptorLimit>,
+    /// The descriptors without a wildcard, by their entries (an index into `descriptors`), and
+    /// those with one, in order: a request descriptor is looked up, not compared with each.
+    verbatim: HashMap<Descriptor, usize>,
+    wildcards: Vec<usize>,
     /// What makes a request's descriptors; looked at only when there are descriptors.
     rules: Rules,
     virtual_host_rules: VirtualHostRules,
@@ -254,6 +258,7 @@ impl LocalRateLimit {
             n => usize::try_from(n).unwrap_or(usize::MAX),
         };
         let mut descriptors: Vec<DescriptorLimit> = Vec::with_capacity(c.descriptors.len());
+        let (mut verbatim, mut wildcards) = (HashMap::new(), Vec::new());
         for (i, d) in c.descriptors.iter().enumerate() {
             let f = format!("descriptors[{i}]");
             if d.entries.is_empty() {
@@ -266,7 +271,13 @@ impl LocalRateLimit {
                 }
                 entries.push((e.key.clone(), e.value.clone()));
             }
-            if descriptors.iter().any(|other| other.entries == entries) {
+            let wildcard = entries.iter().any(|(_, value)| value.is_empty());
+            let duplicate = if wildcard {
+                wildcards.iter().any(|&w: &usize| descriptors[w].entries == entries)
+            } else {
+                verbatim.contains_key(&entries)
+            };
+            if duplicate {
                 return Err(err(&f, "the same entries as an earlier descriptor".into()));
             }
             let b = d
@@ -274,9 +285,9 @@ impl LocalRateLimit {
                 .as_ref()
                 .ok_or_else(|| err(&format!("{f}.token_bucket"), "required".into()))?;
             let settings = Settings::compile(b, &format!("{field}.{f}.token_bucket"))?;
-            let wildcard = entries.iter().any(|(_, value)| value.is_empty());
             let kept = previous
-                .and_then(|p| p.descriptors.iter().find(|o| o.entries == entries && o.settings == settings))
+                .and_then(|p| p.find(&entries, wildcard))
+                .filter(|o| o.settings == settings)
                 .map(|o| &o.buckets);
             let buckets = match (wildcard, kept) {
                 (false, Some(DescriptorBuckets::One(b))) => DescriptorBuckets::One(b.clone()),
@@ -288,6 +299,11 @@ impl LocalRateLimit {
                 }
                 (true, _) => DescriptorBuckets::PerValue(Arc::new(Mutex::new(PerValue::new(capacity)))),
             };
+            if wildcard {
+                wildcards.push(descriptors.len());
+            } else {
+                verbatim.insert(entries.clone(), descriptors.len());
+            }
             descriptors.push(DescriptorLimit { entries, settings, buckets });
         }
         let share = |value: f64, f: &str| {
@@ -316,6 +332,8 @@ impl LocalRateLimit {
             stat_prefix: c.stat_prefix.clone(),
             bucket,
             descriptors,
+            verbatim,
+            wildcards,
             rules: Rules::compile(&c.rules, field)?,
             virtual_host_rules: VirtualHostRules::of(c.virtual_host_rate_limits),
             default_unmatched_only: c.default_bucket_unmatched_only,
@@ -324,6 +342,15 @@ impl LocalRateLimit {
             response_headers,
             ports,
         })
+    }
+
+    /// The configured descriptor with exactly these entries.
+    fn find(&self, entries: &Descriptor, wildcard: bool) -> Option<&DescriptorLimit> {
+        if wildcard {
+            self.wildcards.iter().map(|&w| &self.descriptors[w]).find(|d| d.entries == *entries)
+        } else {
+            self.verbatim.get(entries).map(|&i| &self.descriptors[i])
+        }
     }
 
     /// Whether it applies to requests for the app's `port`.
@@ -351,11 +378,9 @@ impl LocalRateLimit {
         if !self.descriptors.is_empty() {
             for descriptor in self.rules.descriptors(request, port, remote, self.virtual_host_rules) {
                 // A verbatim match wins over a wildcard one, as in Envoy.
-                let limit = self
-                    .descriptors
-                    .iter()
-                    .find(|d| d.entries == descriptor)
-                    .or_else(|| self.descriptors.iter().find(|d| d.matches(&descriptor)));
+                let limit = self.find(&descriptor, false).or_else(|| {
+                    self.wildcards.iter().map(|&w| &self.descriptors[w]).find(|d| d.matches(&descriptor))
+                });
                 if let Some(limit) = limit {
                     matched.push((limit.settings.fill_rate(), limit.bucket_for(&descriptor, now)));
                 }
