@@ -68,7 +68,8 @@ pub struct LocalRateLimit {
     pub enabled_percent: f64,
     pub enforced_percent: f64,
     pub response_headers: BTreeMap<String, String>,
-    /// The inbound ports it applies to (a route patch on `inbound|http|PORT`); empty: all.
+    /// The ports it applies to (a route patch's, by context: the app's, the service's or the
+    /// gateway listener's); empty: all.
     pub ports: Vec<u16>,
     /// `descriptors`: buckets of their own for the requests whose descriptors match one.
     pub descriptors: Vec<LocalDescriptor>,
@@ -103,7 +104,7 @@ pub enum VhRateLimits {
 #[derive(Clone, Debug, PartialEq)]
 pub struct RateLimitRule {
     pub actions: Vec<RateLimitAction>,
-    /// The inbound ports of the route (a patch on `inbound|http|PORT`); empty: every port.
+    /// The ports of the route (as [`LocalRateLimit::ports`]); empty: every port.
     pub ports: Vec<u16>,
     /// A VIRTUAL_HOST patch's rather than an HTTP_ROUTE patch's.
     pub virtual_host: bool,
@@ -205,6 +206,9 @@ impl RateLimits {
 /// The rate limits of one context: the filters, and the routes' `rate_limits` both use.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct ContextRateLimits {
+    /// An HTTP_FILTER patch inserts `local_ratelimit` (without it, Envoy has no filter to use a
+    /// route's local limit).
+    pub local_filter: bool,
     pub local: Option<LocalRateLimit>,
     pub global: Option<GlobalRateLimit>,
     /// The routes' and virtual hosts' `rate_limits`, which both filters use.
@@ -488,6 +492,7 @@ fn http_filter(value: &Map<String, Value>, field: &str, limits: &mut ContextRate
     match (name, url) {
         (LOCAL, LOCAL_TYPE) => {
             let local = local(config, &config_field, false)?;
+            limits.local_filter = true;
             // A filter-level limit with neither a bucket nor descriptors only enables the filter
             // for the routes' limits.
             if local.limits_something() || limits.local.is_none() {

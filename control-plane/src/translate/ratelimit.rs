@@ -38,6 +38,16 @@ pub fn selecting(model: &Model, namespace: &str, labels: &BTreeMap<String, Strin
     found.into_iter().map(|(_, _, key)| key).collect()
 }
 
+/// What the selected filters add up to in one context, as read.
+#[derive(Default)]
+struct Found {
+    local_filter: bool,
+    /// The local limit, and the filter it came from.
+    local: Option<(ef::LocalRateLimit, PolicyKey)>,
+    global: Option<ef::GlobalRateLimit>,
+    rules: Vec<ef::RateLimitRule>,
+}
+
 /// One context's rate limits, as the proxy takes them.
 pub type ContextLimits = (Option<pb::LocalRateLimit>, Option<pb::GlobalRateLimit>);
 
@@ -50,8 +60,7 @@ pub fn limits<const N: usize>(
     keys: &[PolicyKey],
     contexts: [ef::Context; N],
 ) -> [ContextLimits; N] {
-    let mut found: [(Option<ef::LocalRateLimit>, Option<ef::GlobalRateLimit>, Vec<ef::RateLimitRule>); N] =
-        std::array::from_fn(|_| (None, None, Vec::new()));
+    let mut found: [Found; N] = std::array::from_fn(|_| Found::default());
     for key in keys {
         let Some((_, Resource::EnvoyFilter(filter))) = super::policies::lookup(model, Kind::EnvoyFilter, key)
         else {
@@ -59,15 +68,16 @@ pub fn limits<const N: usize>(
         };
         match ef::read(&filter.spec) {
             Reading::RateLimits(all) => {
-                for (context, (local, global, rules)) in contexts.iter().zip(found.iter_mut()) {
+                for (context, found) in contexts.iter().zip(found.iter_mut()) {
                     let limits = all.of(*context);
                     if let Some(l) = limits.local.as_ref().filter(|l| l.limits_something()) {
-                        *local = Some(l.clone());
+                        found.local = Some((l.clone(), key.clone()));
                     }
+                    found.local_filter |= limits.local_filter;
                     if let Some(g) = &limits.global {
-                        *global = Some(g.clone());
+                        found.global = Some(g.clone());
                     }
-                    rules.extend(limits.rules.iter().cloned());
+                    found.rules.extend(limits.rules.iter().cloned());
                 }
             }
             Reading::Unsupported { field, reason } => {
@@ -80,9 +90,23 @@ pub fn limits<const N: usize>(
             }
         }
     }
-    found.map(|(local, global, rules)| {
+    let mut contexts = contexts.into_iter();
+    found.map(|Found { local_filter, local, global, rules }| {
+        let context = contexts.next().map_or("", ef::Context::name);
         let route_rules: Vec<pb::RateLimitDescriptorRule> = rules.iter().map(rule_to_pb).collect();
-        let local = local.map(|l| local_to_pb(&l, &route_rules));
+        // A route's limit is the filter's per-route config: with no filter inserted, Envoy has
+        // nothing to apply it.
+        let local = local.and_then(|(l, key)| {
+            if !local_filter {
+                warn!(
+                    envoy_filter = %key,
+                    context,
+                    "EnvoyFilter's route local rate limit ignored: no selected EnvoyFilter inserts envoy.filters.http.local_ratelimit in {context}"
+                );
+                return None;
+            }
+            Some(local_to_pb(&l, &route_rules))
+        });
         let global = global.map(|g| pb::GlobalRateLimit {
             domain: g.domain,
             service: g.service,
@@ -499,5 +523,23 @@ spec:
         assert!(gateway.outbound_local_rate_limit.is_none() && gateway.inbound_global_rate_limit.is_none());
         let settings = trellis_xds::types::settings_of(&gateway);
         assert_eq!(settings.gateway_global_rate_limit.as_ref(), Some(&global));
+    }
+
+    #[test]
+    fn a_routes_local_limit_without_the_filter_is_ignored_as_envoy_would() {
+        // The route patch alone: no HTTP_FILTER inserts local_ratelimit.
+        let start = DESCRIPTORS.find("    - applyTo: HTTP_FILTER").unwrap();
+        let end = DESCRIPTORS.find("    - applyTo: HTTP_ROUTE").unwrap();
+        let route_only = format!("{}{}", &DESCRIPTORS[..start], &DESCRIPTORS[end..]);
+        let config = config_for(&model(&route_only), "shop", &[("app", "productpage")]);
+        assert!(config.inbound_local_rate_limit.is_none());
+        // The filter inserted by another EnvoyFilter (in any context that covers inbound) is enough.
+        let filter = &DESCRIPTORS[..end];
+        let other = filter
+            .replace("name: filter-local-ratelimit-svc", "name: the-filter")
+            .replace("        context: SIDECAR_INBOUND\n", "");
+        let split = format!("{route_only}---\n{other}");
+        let config = config_for(&model(&split), "shop", &[("app", "productpage")]);
+        assert!(config.inbound_local_rate_limit.is_some());
     }
 }
