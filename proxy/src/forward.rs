@@ -783,6 +783,13 @@ async fn passthrough(
             "NR",
         );
     }
+    // Istio routes these through its `allow_any` virtual host, past the same HTTP filters.
+    if let Some(limit) = &snapshot.outbound_rate_limit {
+        let checked = limit.check(&request, target.port(), conn.peer.ip(), &proxy.metrics, service).await;
+        if let Err(refusal) = checked {
+            return Outcome::new(refusal.response, service, refusal.flags);
+        }
+    }
     let upgrade = headers::is_upgrade(request.headers());
     headers::strip_hop_by_hop(request.headers_mut(), upgrade);
     headers::ensure_request_id(request.headers_mut());

@@ -602,6 +602,38 @@ outboundLocalRateLimit:
 }
 
 #[tokio::test]
+async fn outbound_limits_apply_to_requests_passed_through_to_unknown_destinations() {
+    let outside = Upstream::start("outside").await;
+    // No services: the request is passed through to its address, past the outbound limit.
+    let proxy = TestProxy::start(
+        r#"
+outboundLocalRateLimit:
+  statPrefix: outbound
+  tokenBucket: { maxTokens: 2, tokensPerFill: 1, fillInterval: 3600s }
+  enabledPercent: 100
+  enforcedPercent: 100
+"#,
+    )
+    .await;
+    let mut client = Client::connect(proxy.outbound(), Version::HTTP_11).await;
+    let authority = outside.addr.to_string();
+    assert_eq!(client.get(&authority, "/").await.status, StatusCode::OK);
+    assert_eq!(client.get(&authority, "/").await.status, StatusCode::OK);
+    assert_eq!(client.get(&authority, "/").await.status, StatusCode::TOO_MANY_REQUESTS);
+    assert_eq!(outside.count(), 2);
+    let metrics = proxy.metrics().await;
+    assert_eq!(
+        counter(
+            &metrics,
+            "istio_requests_total",
+            &["destination_service=\"PassthroughCluster\"", "response_code=\"429\"", "response_flags=\"RL\""]
+        ),
+        1,
+        "{metrics}"
+    );
+}
+
+#[tokio::test]
 async fn a_gateways_limits_apply_to_its_listeners_requests() {
     let upstream = Upstream::start("api").await;
     let (address, service) = rate_limit_service(2).await;
