@@ -193,72 +193,32 @@ impl PerValue {
     }
 }
 
-/// What the local limit decided for one request.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Decision {
-    /// Not looked at (outside `filter_enabled`), or under the limit.
-    Allow,
-    /// Over the limit but not enforced: counted, let through.
-    Counted,
-    /// Over the limit and enforced: refused with 429.
-    Refuse,
-}
-
-/// The compiled `LocalRateLimit`.
-#[derive(Debug)]
-pub struct LocalRateLimit {
-    pub stat_prefix: String,
-    /// The default bucket; without one, requests that match no descriptor pass.
-    bucket: Option<Arc<TokenBucket>>,
-    descriptors: Vec<DescriptorLimit>,
-    /// The descriptors without a wildcard, by their entries (an index into `descriptors`), and
-    /// those with one, in order: a request descriptor is looked up, not compared with each.
+/// A local limit's configured descriptors.
+#[derive(Debug, Default)]
+struct Descriptors {
+    list: Vec<DescriptorLimit>,
+    /// The descriptors without a wildcard, by their entries (an index into `list`), and those
+    /// with one, in order: a request descriptor is looked up, not compared with each.
     verbatim: HashMap<Descriptor, usize>,
     wildcards: Vec<usize>,
-    /// What makes a request's descriptors; looked at only when there are descriptors.
-    rules: Rules,
-    virtual_host_rules: VirtualHostRules,
-    /// The default bucket is taken from only by requests that match no descriptor.
-    default_unmatched_only: bool,
-    /// Parts per million.
-    enabled: u32,
-    enforced: u32,
-    pub response_headers: Vec<(http::HeaderName, http::HeaderValue)>,
-    /// The inbound ports it applies to; empty: all.
-    ports: Vec<u16>,
 }
 
-const MILLION: u32 = 1_000_000;
-
-impl LocalRateLimit {
-    /// Compiles the settings; the buckets of `previous` are kept when their settings did not
-    /// change, so that a config push does not hand out a fresh burst.
-    pub fn compile(
+impl Descriptors {
+    /// Compiles `c.descriptors`; the buckets of `previous` are kept for a descriptor whose
+    /// entries and bucket settings did not change.
+    fn compile(
         c: &pb::LocalRateLimit,
         field: &str,
-        previous: Option<&LocalRateLimit>,
-    ) -> Result<LocalRateLimit, ConfigError> {
+        previous: Option<&Descriptors>,
+        now: Instant,
+    ) -> Result<Descriptors, ConfigError> {
         let err = |f: &str, message: String| ConfigError { field: format!("{field}.{f}"), message };
-        if c.token_bucket.is_none() && c.descriptors.is_empty() {
-            return Err(err("token_bucket", "required (there are no descriptors)".into()));
-        }
-        let now = Instant::now();
-        let bucket = match &c.token_bucket {
-            None => None,
-            Some(b) => {
-                let fresh = Settings::compile(b, &format!("{field}.token_bucket"))?.bucket(now);
-                Some(match previous.and_then(|p| p.bucket.as_ref()) {
-                    Some(p) if p.same_settings(&fresh) => p.clone(),
-                    _ => Arc::new(fresh),
-                })
-            }
-        };
         let capacity = match c.max_dynamic_descriptors {
             0 => DEFAULT_DYNAMIC_DESCRIPTORS,
             n => usize::try_from(n).unwrap_or(usize::MAX),
         };
         let mut descriptors: Vec<DescriptorLimit> = Vec::with_capacity(c.descriptors.len());
-        let (mut verbatim, mut wildcards) = (HashMap::new(), Vec::new());
+        let (mut verbatim, mut wildcards) = (HashMap::new(), Vec::<usize>::new());
         for (i, d) in c.descriptors.iter().enumerate() {
             let f = format!("descriptors[{i}]");
             if d.entries.is_empty() {
@@ -273,7 +233,7 @@ impl LocalRateLimit {
             }
             let wildcard = entries.iter().any(|(_, value)| value.is_empty());
             let duplicate = if wildcard {
-                wildcards.iter().any(|&w: &usize| descriptors[w].entries == entries)
+                wildcards.iter().any(|&w| descriptors[w].entries == entries)
             } else {
                 verbatim.contains_key(&entries)
             };
@@ -306,6 +266,83 @@ impl LocalRateLimit {
             }
             descriptors.push(DescriptorLimit { entries, settings, buckets });
         }
+        Ok(Descriptors { list: descriptors, verbatim, wildcards })
+    }
+
+    /// The configured descriptor with exactly these entries.
+    fn find(&self, entries: &Descriptor, wildcard: bool) -> Option<&DescriptorLimit> {
+        if wildcard {
+            self.wildcards.iter().map(|&w| &self.list[w]).find(|d| d.entries == *entries)
+        } else {
+            self.verbatim.get(entries).map(|&i| &self.list[i])
+        }
+    }
+
+    /// The configured descriptor a request descriptor counts against: a verbatim match wins over
+    /// a wildcard one, as in Envoy.
+    fn matching(&self, descriptor: &Descriptor) -> Option<&DescriptorLimit> {
+        self.find(descriptor, false)
+            .or_else(|| self.wildcards.iter().map(|&w| &self.list[w]).find(|d| d.matches(descriptor)))
+    }
+}
+
+/// What the local limit decided for one request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Decision {
+    /// Not looked at (outside `filter_enabled`), or under the limit.
+    Allow,
+    /// Over the limit but not enforced: counted, let through.
+    Counted,
+    /// Over the limit and enforced: refused with 429.
+    Refuse,
+}
+
+/// The compiled `LocalRateLimit`.
+#[derive(Debug)]
+pub struct LocalRateLimit {
+    pub stat_prefix: String,
+    /// The default bucket; without one, requests that match no descriptor pass.
+    bucket: Option<Arc<TokenBucket>>,
+    descriptors: Descriptors,
+    /// What makes a request's descriptors; looked at only when there are descriptors.
+    rules: Rules,
+    virtual_host_rules: VirtualHostRules,
+    /// The default bucket is taken from only by requests that match no descriptor.
+    default_unmatched_only: bool,
+    /// Parts per million.
+    enabled: u32,
+    enforced: u32,
+    pub response_headers: Vec<(http::HeaderName, http::HeaderValue)>,
+    /// The ports it applies to (the app's, the service's or the gateway listener's); empty: all.
+    ports: Vec<u16>,
+}
+
+const MILLION: u32 = 1_000_000;
+
+impl LocalRateLimit {
+    /// Compiles the settings; the buckets of `previous` are kept when their settings did not
+    /// change, so that a config push does not hand out a fresh burst.
+    pub fn compile(
+        c: &pb::LocalRateLimit,
+        field: &str,
+        previous: Option<&LocalRateLimit>,
+    ) -> Result<LocalRateLimit, ConfigError> {
+        let err = |f: &str, message: String| ConfigError { field: format!("{field}.{f}"), message };
+        if c.token_bucket.is_none() && c.descriptors.is_empty() {
+            return Err(err("token_bucket", "required (there are no descriptors)".into()));
+        }
+        let now = Instant::now();
+        let bucket = match &c.token_bucket {
+            None => None,
+            Some(b) => {
+                let fresh = Settings::compile(b, &format!("{field}.token_bucket"))?.bucket(now);
+                Some(match previous.and_then(|p| p.bucket.as_ref()) {
+                    Some(p) if p.same_settings(&fresh) => p.clone(),
+                    _ => Arc::new(fresh),
+                })
+            }
+        };
+        let descriptors = Descriptors::compile(c, field, previous.map(|p| &p.descriptors), now)?;
         let share = |value: f64, f: &str| {
             if !(0.0..=100.0).contains(&value) {
                 return Err(err(f, format!("{value} is not a percentage (0-100)")));
@@ -332,8 +369,6 @@ impl LocalRateLimit {
             stat_prefix: c.stat_prefix.clone(),
             bucket,
             descriptors,
-            verbatim,
-            wildcards,
             rules: Rules::compile(&c.rules, field)?,
             virtual_host_rules: VirtualHostRules::of(c.virtual_host_rate_limits),
             default_unmatched_only: c.default_bucket_unmatched_only,
@@ -342,15 +377,6 @@ impl LocalRateLimit {
             response_headers,
             ports,
         })
-    }
-
-    /// The configured descriptor with exactly these entries.
-    fn find(&self, entries: &Descriptor, wildcard: bool) -> Option<&DescriptorLimit> {
-        if wildcard {
-            self.wildcards.iter().map(|&w| &self.descriptors[w]).find(|d| d.entries == *entries)
-        } else {
-            self.verbatim.get(entries).map(|&i| &self.descriptors[i])
-        }
     }
 
     /// Whether it applies to requests for the app's `port`.
@@ -375,13 +401,9 @@ impl LocalRateLimit {
     /// descriptor matched and the default is kept for the unmatched.
     fn take<B>(&self, request: &http::Request<B>, port: u16, remote: IpAddr, now: Instant) -> bool {
         let mut matched: Vec<(f64, Arc<TokenBucket>)> = Vec::new();
-        if !self.descriptors.is_empty() {
+        if !self.descriptors.list.is_empty() {
             for descriptor in self.rules.descriptors(request, port, remote, self.virtual_host_rules) {
-                // A verbatim match wins over a wildcard one, as in Envoy.
-                let limit = self.find(&descriptor, false).or_else(|| {
-                    self.wildcards.iter().map(|&w| &self.descriptors[w]).find(|d| d.matches(&descriptor))
-                });
-                if let Some(limit) = limit {
+                if let Some(limit) = self.descriptors.matching(&descriptor) {
                     matched.push((limit.settings.fill_rate(), limit.bucket_for(&descriptor, now)));
                 }
             }
