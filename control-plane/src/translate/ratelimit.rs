@@ -1,8 +1,8 @@
 //! Rate limits from EnvoyFilters: the filters that select a workload (the root namespace's and
 //! its own namespace's, by `workloadSelector.labels`, as Istio selects them for a sidecar), read
 //! by [`trellis_api::envoy_filter::read`] and added up into the proxy's local and global rate
-//! limits of each context (a sidecar's inbound and outbound requests, a gateway's). A filter Trellis does not (fully) support is ignored whole, with a warning that
-//! names it and the patch.
+//! limits of each context (a sidecar's inbound and outbound requests, a gateway's). A filter
+//! Trellis does not (fully) support is ignored whole, with a warning that names it and the patch.
 
 use std::collections::BTreeMap;
 

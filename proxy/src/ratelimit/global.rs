@@ -1,6 +1,7 @@
-//! Envoy's `ratelimit` filter on a workload's inbound requests: the route's `rate_limits`
-//! actions make descriptors ([`super::descriptors`]), and `envoy.service.ratelimit.v3.RateLimitService/ShouldRateLimit`
-//! (lyft/ratelimit's protocol) decides, over one plaintext HTTP/2 channel made on first use.
+//! Envoy's `ratelimit` filter (on inbound, outbound or gateway requests): the route's
+//! `rate_limits` actions make descriptors ([`super::descriptors`]), and
+//! `envoy.service.ratelimit.v3.RateLimitService/ShouldRateLimit` (lyft/ratelimit's protocol)
+//! decides, over one plaintext HTTP/2 channel made on first use.
 
 use std::net::IpAddr;
 use std::sync::OnceLock;

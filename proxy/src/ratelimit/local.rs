@@ -1,8 +1,8 @@
-//! Envoy's `local_ratelimit` on a workload's inbound requests: token buckets filled in steps as
-//! Envoy's timer does (`tokens_per_fill` every `fill_interval`, never above `max_tokens`), worked
-//! out when a request arrives instead of by a timer. A default bucket, and Envoy's `descriptors`:
-//! buckets of their own for the requests whose descriptors (made by the route's `rate_limits`)
-//! match one.
+//! Envoy's `local_ratelimit` (on inbound, outbound or gateway requests): token buckets filled in
+//! steps as Envoy's timer does (`tokens_per_fill` every `fill_interval`, never above
+//! `max_tokens`), worked out when a request arrives instead of by a timer. A default bucket, and
+//! Envoy's `descriptors`: buckets of their own for the requests whose descriptors (made by the
+//! route's `rate_limits`) match one.
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::IpAddr;
