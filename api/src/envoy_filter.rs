@@ -1,8 +1,9 @@
 //! `EnvoyFilter` (networking.istio.io/v1alpha3), read only for what Istio documents as its way to
 //! rate-limit ("Enabling Rate Limits using Envoy"): HTTP_FILTER patches inserting
 //! `envoy.filters.http.local_ratelimit` or `envoy.filters.http.ratelimit` on a sidecar's inbound
-//! listener, and HTTP_ROUTE / VIRTUAL_HOST MERGE patches adding a local limit
-//! (`typed_per_filter_config`) or the global limit's `rate_limits` actions. Every other patch
+//! or outbound listeners or a gateway's (`match.context`; ANY is all three), and HTTP_ROUTE /
+//! VIRTUAL_HOST MERGE patches adding a local limit (`typed_per_filter_config`) or the
+//! `rate_limits` actions both filters make descriptors with. Every other patch
 //! makes the whole EnvoyFilter "not supported, ignored" — a filter is never applied half-way.
 //! Patch values are Envoy's own JSON (snake_case or camelCase, `@type` or a `TypedStruct`).
 
@@ -67,8 +68,46 @@ pub struct LocalRateLimit {
     pub enabled_percent: f64,
     pub enforced_percent: f64,
     pub response_headers: BTreeMap<String, String>,
-    /// The inbound ports it applies to (a route patch on `inbound|http|PORT`); empty: all.
+    /// The ports it applies to (a route patch's, by context: the app's, the service's or the
+    /// gateway listener's); empty: all.
     pub ports: Vec<u16>,
+    /// `descriptors`: buckets of their own for the requests whose descriptors match one.
+    pub descriptors: Vec<LocalDescriptor>,
+    /// Envoy's default: true.
+    pub always_consume_default_token_bucket: bool,
+    /// The filter's own `rate_limits`: when set, the routes' and virtual hosts' are not used.
+    pub rate_limits: Option<Vec<Vec<RateLimitAction>>>,
+    pub vh_rate_limits: VhRateLimits,
+    /// `max_dynamic_descriptors` (Envoy's default, 20, when unset).
+    pub max_dynamic_descriptors: Option<u32>,
+}
+
+/// One of a local limit's `descriptors`: (key, value) entries (an empty value matches any) and
+/// the bucket of the requests whose descriptor matches them.
+#[derive(Clone, Debug, PartialEq)]
+pub struct LocalDescriptor {
+    pub entries: Vec<(String, String)>,
+    pub token_bucket: TokenBucket,
+}
+
+/// Envoy's `vh_rate_limits`: whether a virtual host's `rate_limits` count next to a route's.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum VhRateLimits {
+    /// Only for a route without its own (Envoy's default).
+    #[default]
+    Override,
+    Include,
+    Ignore,
+}
+
+/// One `rate_limits` entry, and where it was patched in.
+#[derive(Clone, Debug, PartialEq)]
+pub struct RateLimitRule {
+    pub actions: Vec<RateLimitAction>,
+    /// The ports of the route (as [`LocalRateLimit::ports`]); empty: every port.
+    pub ports: Vec<u16>,
+    /// A VIRTUAL_HOST patch's rather than an HTTP_ROUTE patch's.
+    pub virtual_host: bool,
 }
 
 /// `ratelimit`'s settings.
@@ -116,19 +155,71 @@ pub enum StringCondition {
     Regex(String),
 }
 
-/// What an EnvoyFilter's rate-limit patches add up to.
+/// Where a patch applies (Istio's `match.context`): a sidecar's inbound or outbound requests,
+/// or a gateway's.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Context {
+    Inbound,
+    Outbound,
+    Gateway,
+}
+
+impl Context {
+    pub const ALL: [Context; 3] = [Context::Inbound, Context::Outbound, Context::Gateway];
+
+    /// Istio's name for it.
+    pub fn name(self) -> &'static str {
+        match self {
+            Context::Inbound => "SIDECAR_INBOUND",
+            Context::Outbound => "SIDECAR_OUTBOUND",
+            Context::Gateway => "GATEWAY",
+        }
+    }
+}
+
+/// What an EnvoyFilter's rate-limit patches add up to, in each context.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct RateLimits {
+    pub inbound: ContextRateLimits,
+    pub outbound: ContextRateLimits,
+    pub gateway: ContextRateLimits,
+}
+
+impl RateLimits {
+    pub fn of(&self, context: Context) -> &ContextRateLimits {
+        match context {
+            Context::Inbound => &self.inbound,
+            Context::Outbound => &self.outbound,
+            Context::Gateway => &self.gateway,
+        }
+    }
+
+    fn of_mut(&mut self, context: Context) -> &mut ContextRateLimits {
+        match context {
+            Context::Inbound => &mut self.inbound,
+            Context::Outbound => &mut self.outbound,
+            Context::Gateway => &mut self.gateway,
+        }
+    }
+}
+
+/// The rate limits of one context: the filters, and the routes' `rate_limits` both use.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct ContextRateLimits {
+    /// An HTTP_FILTER patch inserts `local_ratelimit` (without it, Envoy has no filter to use a
+    /// route's local limit).
+    pub local_filter: bool,
     pub local: Option<LocalRateLimit>,
     pub global: Option<GlobalRateLimit>,
-    pub rules: Vec<Vec<RateLimitAction>>,
+    /// The routes' and virtual hosts' `rate_limits`, which both filters use.
+    pub rules: Vec<RateLimitRule>,
 }
 
 /// How an EnvoyFilter reads.
 #[derive(Clone, Debug, PartialEq)]
 pub enum Reading {
     /// Every patch is a rate-limit patch Trellis applies.
-    RateLimits(RateLimits),
+    RateLimits(Box<RateLimits>),
     /// A patch Trellis does not support (its field and why): the whole filter is ignored.
     Unsupported { field: String, reason: String },
     /// A rate-limit patch with a bad value (its field and why): the filter is rejected.
@@ -259,7 +350,7 @@ const TYPED_STRUCT: [&str; 2] =
 /// Reads an EnvoyFilter.
 pub fn read(spec: &EnvoyFilterSpec) -> Reading {
     match read_all(spec) {
-        Ok(limits) => Reading::RateLimits(limits),
+        Ok(limits) => Reading::RateLimits(Box::new(limits)),
         Err(Fault::Unsupported(field, reason)) => Reading::Unsupported { field, reason },
         Err(Fault::Invalid(field, message)) => Reading::Invalid(vec![(field, message)]),
     }
@@ -269,7 +360,7 @@ fn read_all(spec: &EnvoyFilterSpec) -> Read<RateLimits> {
     if !spec.target_refs.is_empty() {
         return unsupported(
             "spec.targetRefs",
-            "targetRefs attach to gateways and waypoints, which Trellis does not run",
+            "targetRefs (attaching to a Gateway API gateway or a waypoint) are not supported; select workloads with workloadSelector",
         );
     }
     if spec.config_patches.is_empty() {
@@ -284,19 +375,37 @@ fn read_all(spec: &EnvoyFilterSpec) -> Read<RateLimits> {
             None => &empty,
         };
         let context = string(m.get("context"), &format!("{field}.match.context"))?;
-        if context != "SIDECAR_INBOUND" {
-            let shown = if context.is_empty() { "ANY" } else { context };
+        let contexts: Vec<Context> = match context {
+            "" | "ANY" => Context::ALL.to_vec(),
+            "SIDECAR_INBOUND" => vec![Context::Inbound],
+            "SIDECAR_OUTBOUND" => vec![Context::Outbound],
+            "GATEWAY" => vec![Context::Gateway],
+            other => {
+                return unsupported(
+                    &format!("{field}.match.context"),
+                    format!(
+                        "context {other}: Trellis applies rate limits in SIDECAR_INBOUND, SIDECAR_OUTBOUND and GATEWAY only"
+                    ),
+                );
+            }
+        };
+        if !matches!(p.apply_to.as_str(), "HTTP_FILTER" | "HTTP_ROUTE" | "VIRTUAL_HOST") {
             return unsupported(
-                &format!("{field}.match.context"),
+                &format!("{field}.applyTo"),
                 format!(
-                    "context {shown}: Trellis applies rate limits on a sidecar's inbound requests (SIDECAR_INBOUND) only"
+                    "applyTo {}: only rate-limit patches (HTTP_FILTER, HTTP_ROUTE, VIRTUAL_HOST) are read",
+                    p.apply_to
                 ),
             );
         }
-        let patch = object(p.patch.as_ref().unwrap_or(&Value::Null), &format!("{field}.patch"))?;
+        let patch = match &p.patch {
+            None | Some(Value::Null) => &empty,
+            Some(v) => object(v, &format!("{field}.patch"))?,
+        };
         only(patch, &["operation", "value"], &format!("{field}.patch"))?;
         let operation = string(patch.get("operation"), &format!("{field}.patch.operation"))?;
-        let value = object(patch.get("value").unwrap_or(&Value::Null), &format!("{field}.patch.value"))?;
+        // The value is looked at once the operation is one Trellis reads (REMOVE has none).
+        let value = || object(patch.get("value").unwrap_or(&Value::Null), &format!("{field}.patch.value"));
         match p.apply_to.as_str() {
             "HTTP_FILTER" => {
                 only(m, &["context", "listener"], &format!("{field}.match"))?;
@@ -307,9 +416,13 @@ fn read_all(spec: &EnvoyFilterSpec) -> Read<RateLimits> {
                         format!("operation {operation:?} on an HTTP filter"),
                     );
                 }
-                http_filter(value, &format!("{field}.patch.value"), &mut limits)?;
+                let value = value()?;
+                for &c in &contexts {
+                    http_filter(value, &format!("{field}.patch.value"), limits.of_mut(c))?;
+                }
             }
-            "HTTP_ROUTE" | "VIRTUAL_HOST" => {
+            // HTTP_ROUTE or VIRTUAL_HOST.
+            _ => {
                 only(m, &["context", "route_configuration"], &format!("{field}.match"))?;
                 if operation != "MERGE" {
                     return unsupported(
@@ -317,17 +430,22 @@ fn read_all(spec: &EnvoyFilterSpec) -> Read<RateLimits> {
                         format!("operation {operation:?} on a route"),
                     );
                 }
-                let port =
-                    route_port(get(m, "route_configuration"), &format!("{field}.match.routeConfiguration"))?;
-                route_merge(value, &format!("{field}.patch.value"), port, &mut limits)?;
-            }
-            other => {
-                return unsupported(
-                    &format!("{field}.applyTo"),
-                    format!(
-                        "applyTo {other}: only rate-limit patches (HTTP_FILTER, HTTP_ROUTE, VIRTUAL_HOST) are read"
-                    ),
-                );
+                let value = value()?;
+                let (port, contexts) = route_scope(
+                    get(m, "route_configuration"),
+                    &format!("{field}.match.routeConfiguration"),
+                    &contexts,
+                )?;
+                let virtual_host = p.apply_to == "VIRTUAL_HOST";
+                for c in contexts {
+                    route_merge(
+                        value,
+                        &format!("{field}.patch.value"),
+                        port,
+                        virtual_host,
+                        limits.of_mut(c),
+                    )?;
+                }
             }
         }
     }
@@ -364,7 +482,7 @@ fn typed<'a>(v: &'a Value, field: &str) -> Read<(&'a str, &'a Map<String, Value>
     Ok((at_type, m, field.to_owned()))
 }
 
-fn http_filter(value: &Map<String, Value>, field: &str, limits: &mut RateLimits) -> Read<()> {
+fn http_filter(value: &Map<String, Value>, field: &str, limits: &mut ContextRateLimits) -> Read<()> {
     only(value, &["name", "typed_config"], field)?;
     let name = string(value.get("name"), &format!("{field}.name"))?;
     let Some(config) = get(value, "typed_config") else {
@@ -373,9 +491,11 @@ fn http_filter(value: &Map<String, Value>, field: &str, limits: &mut RateLimits)
     let (url, config, config_field) = typed(config, &format!("{field}.typed_config"))?;
     match (name, url) {
         (LOCAL, LOCAL_TYPE) => {
-            let local = local(config, &config_field)?;
-            // A filter-level limit without a bucket only enables the filter for routes' limits.
-            if local.token_bucket.is_some() || limits.local.is_none() {
+            let local = local(config, &config_field, false)?;
+            limits.local_filter = true;
+            // A filter-level limit with neither a bucket nor descriptors only enables the filter
+            // for the routes' limits.
+            if local.limits_something() || limits.local.is_none() {
                 limits.local = Some(local);
             }
         }
@@ -390,11 +510,14 @@ fn http_filter(value: &Map<String, Value>, field: &str, limits: &mut RateLimits)
     Ok(())
 }
 
-/// The inbound port a route patch's `routeConfiguration` names (its virtual host
-/// `inbound|http|PORT`, or `portNumber`); `None`: every port. A patch for one route of a virtual
-/// host is not supported (the inbound side has one route per port).
-fn route_port(rc: Option<&Value>, field: &str) -> Read<Option<u16>> {
-    let Some(rc) = rc else { return Ok(None) };
+/// The port a route patch's `routeConfiguration` names, and the contexts among `contexts` whose
+/// virtual hosts it can match. Trellis scopes route patches by port only: an inbound virtual
+/// host `inbound|http|PORT` (the app's port), a gateway's `*:PORT` (its listener's port), or
+/// `portNumber` (the app's, the service's or the gateway's port, by context); `None`: every
+/// port. A patch for one route of a virtual host, or a virtual host of one host, is not
+/// supported.
+fn route_scope(rc: Option<&Value>, field: &str, contexts: &[Context]) -> Read<(Option<u16>, Vec<Context>)> {
+    let Some(rc) = rc else { return Ok((None, contexts.to_vec())) };
     let rc = object(rc, field)?;
     only(rc, &["port_number", "vhost"], field)?;
     let mut port = match get(rc, "port_number") {
@@ -404,6 +527,7 @@ fn route_port(rc: Option<&Value>, field: &str) -> Read<Option<u16>> {
             None => return invalid(&format!("{field}.portNumber"), format!("{p} is not a port")),
         },
     };
+    let mut contexts = contexts.to_vec();
     if let Some(vhost) = rc.get("vhost") {
         let vf = format!("{field}.vhost");
         let vhost = object(vhost, &vf)?;
@@ -419,50 +543,72 @@ fn route_port(rc: Option<&Value>, field: &str) -> Read<Option<u16>> {
         }
         let name = string(vhost.get("name"), &format!("{vf}.name"))?;
         if !name.is_empty() {
-            let named = name
-                .strip_prefix("inbound|http|")
-                .and_then(|p| p.parse::<u16>().ok())
-                .filter(|&p| p != 0 && port.is_none_or(|q| q == p));
-            match named {
-                Some(p) => port = Some(p),
-                None => {
-                    return unsupported(
-                        &format!("{vf}.name"),
-                        format!("virtual host {name:?}: only inbound ones (inbound|http|PORT)"),
-                    );
-                }
+            let (named_context, named_port) = if let Some(p) = name.strip_prefix("inbound|http|") {
+                (Context::Inbound, p)
+            } else if let Some(p) = name.strip_prefix("*:") {
+                (Context::Gateway, p)
+            } else {
+                return unsupported(
+                    &format!("{vf}.name"),
+                    format!(
+                        "virtual host {name:?}: Trellis scopes route patches by port only (inbound|http|PORT, a gateway's *:PORT, or portNumber)"
+                    ),
+                );
+            };
+            let named = named_port.parse::<u16>().ok().filter(|&p| p != 0 && port.is_none_or(|q| q == p));
+            let Some(named) = named else {
+                return unsupported(
+                    &format!("{vf}.name"),
+                    format!("virtual host {name:?}: its port is not portNumber's"),
+                );
+            };
+            if !contexts.contains(&named_context) {
+                let shown: Vec<&str> = contexts.iter().map(|c| c.name()).collect();
+                return unsupported(
+                    &format!("{vf}.name"),
+                    format!(
+                        "virtual host {name:?} is {}'s, not {}'s: the patch would match nothing",
+                        named_context.name(),
+                        shown.join("/")
+                    ),
+                );
             }
+            port = Some(named);
+            contexts = vec![named_context];
         }
     }
-    Ok(port)
+    Ok((port, contexts))
 }
 
+/// A MERGE into a route (`route: {rate_limits}`, `typed_per_filter_config`) or a virtual host
+/// (`rate_limits`, `typed_per_filter_config`).
 fn route_merge(
     value: &Map<String, Value>,
     field: &str,
     port: Option<u16>,
-    limits: &mut RateLimits,
+    virtual_host: bool,
+    limits: &mut ContextRateLimits,
 ) -> Read<()> {
-    only(value, &["typed_per_filter_config", "rate_limits", "route"], field)?;
-    let has_rules = get(value, "rate_limits").is_some() || value.get("route").is_some();
-    if let (Some(port), true) = (port, has_rules) {
-        return unsupported(
-            &format!("{field}.rate_limits"),
-            format!(
-                "rate_limits for port {port} only: Trellis applies the global limit to all inbound ports"
-            ),
-        );
-    }
-    if let Some(route) = value.get("route") {
-        // `route: {rate_limits: [...]}` on an HTTP_ROUTE.
-        let route = object(route, &format!("{field}.route"))?;
-        only(route, &["rate_limits"], &format!("{field}.route"))?;
-        if let Some(rules) = get(route, "rate_limits") {
-            rate_limits(rules, &format!("{field}.route.rate_limits"), limits)?;
+    let ports: Vec<u16> = port.into_iter().collect();
+    if virtual_host {
+        only(value, &["typed_per_filter_config", "rate_limits"], field)?;
+        if let Some(rules) = get(value, "rate_limits") {
+            for actions in rate_limits(rules, &format!("{field}.rate_limits"))? {
+                limits.rules.push(RateLimitRule { actions, ports: ports.clone(), virtual_host });
+            }
         }
-    }
-    if let Some(rules) = get(value, "rate_limits") {
-        rate_limits(rules, &format!("{field}.rate_limits"), limits)?;
+    } else {
+        only(value, &["typed_per_filter_config", "route"], field)?;
+        if let Some(route) = value.get("route") {
+            // `route: {rate_limits: [...]}`: the route action's.
+            let route = object(route, &format!("{field}.route"))?;
+            only(route, &["rate_limits"], &format!("{field}.route"))?;
+            if let Some(rules) = get(route, "rate_limits") {
+                for actions in rate_limits(rules, &format!("{field}.route.rate_limits"))? {
+                    limits.rules.push(RateLimitRule { actions, ports: ports.clone(), virtual_host });
+                }
+            }
+        }
     }
     if let Some(per_filter) = get(value, "typed_per_filter_config") {
         let per_filter_field = format!("{field}.typed_per_filter_config");
@@ -473,15 +619,34 @@ fn route_merge(
             if name != LOCAL || url != LOCAL_TYPE {
                 return unsupported(&f, format!("per-route config of {name:?} ({url})"));
             }
-            let mut limit = local(config, &config_field)?;
-            limit.ports = port.into_iter().collect();
+            let mut limit = local(config, &config_field, true)?;
+            limit.ports = ports.clone();
             limits.local = Some(limit);
         }
     }
     Ok(())
 }
 
-fn local(c: &Map<String, Value>, field: &str) -> Read<LocalRateLimit> {
+/// Envoy's shortest `fill_interval`.
+const MIN_FILL_INTERVAL: Duration = Duration::from_millis(50);
+
+/// The most descriptors, and entries in one, a local limit may have: far beyond what a person
+/// writes, and a bound on what a request's matching walks through.
+const MAX_DESCRIPTORS: usize = 1000;
+const MAX_ENTRIES: usize = 64;
+/// The largest `max_dynamic_descriptors`: a bound on the buckets one wildcard descriptor keeps.
+const MAX_DYNAMIC_DESCRIPTORS: u32 = 100_000;
+
+impl LocalRateLimit {
+    /// Whether it limits anything by itself (a filter-level config may only enable the filter).
+    pub fn limits_something(&self) -> bool {
+        self.token_bucket.is_some() || !self.descriptors.is_empty()
+    }
+}
+
+/// A local limit's config: the filter's (`per_route` false) or a route's, which must have a
+/// bucket as Envoy requires.
+fn local(c: &Map<String, Value>, field: &str, per_route: bool) -> Read<LocalRateLimit> {
     only(
         c,
         &[
@@ -491,33 +656,54 @@ fn local(c: &Map<String, Value>, field: &str) -> Read<LocalRateLimit> {
             "filter_enforced",
             "response_headers_to_add",
             "descriptors",
+            "always_consume_default_token_bucket",
+            "rate_limits",
+            "vh_rate_limits",
+            "max_dynamic_descriptors",
+            "stage",
         ],
         field,
     )?;
-    if get(c, "descriptors").is_some_and(|d| d.as_array().is_none_or(|a| !a.is_empty())) {
-        return unsupported(
-            &format!("{field}.descriptors"),
-            "local rate-limit descriptors are not supported",
+    if get(c, "stage").is_some_and(|s| s.as_u64() != Some(0)) {
+        return unsupported(&format!("{field}.stage"), "stages other than 0");
+    }
+    let token_bucket =
+        get(c, "token_bucket").map(|b| token_bucket(b, &format!("{field}.token_bucket"))).transpose()?;
+    if per_route && token_bucket.is_none() {
+        return invalid(&format!("{field}.token_bucket"), "required in a route's local rate limit");
+    }
+    let descriptors = match get(c, "descriptors") {
+        None => Vec::new(),
+        Some(d) => descriptors(d, &format!("{field}.descriptors"))?,
+    };
+    let rate_limits =
+        get(c, "rate_limits").map(|r| rate_limits(r, &format!("{field}.rate_limits"))).transpose()?;
+    let vh_rate_limits = match get(c, "vh_rate_limits") {
+        None => VhRateLimits::Override,
+        Some(v) => match (v.as_str(), v.as_u64()) {
+            (Some("OVERRIDE"), _) | (_, Some(0)) => VhRateLimits::Override,
+            (Some("INCLUDE"), _) | (_, Some(1)) => VhRateLimits::Include,
+            (Some("IGNORE"), _) | (_, Some(2)) => VhRateLimits::Ignore,
+            _ => {
+                return invalid(
+                    &format!("{field}.vh_rate_limits"),
+                    format!("{v} is not OVERRIDE, INCLUDE or IGNORE"),
+                );
+            }
+        },
+    };
+    let max_dynamic_descriptors = match get(c, "max_dynamic_descriptors") {
+        None => None,
+        // A UInt32Value: `{value: n}` or a plain number.
+        Some(Value::Object(m)) => count(m.get("value"), &format!("{field}.max_dynamic_descriptors.value"))?,
+        v => count(v, &format!("{field}.max_dynamic_descriptors"))?,
+    };
+    if let Some(n) = max_dynamic_descriptors.filter(|&n| n > MAX_DYNAMIC_DESCRIPTORS) {
+        return invalid(
+            &format!("{field}.max_dynamic_descriptors"),
+            format!("{n} is more than {MAX_DYNAMIC_DESCRIPTORS}"),
         );
     }
-    let token_bucket = match get(c, "token_bucket") {
-        None => None,
-        Some(b) => {
-            let f = format!("{field}.token_bucket");
-            let b = object(b, &f)?;
-            only(b, &["max_tokens", "tokens_per_fill", "fill_interval"], &f)?;
-            let max_tokens = count(get(b, "max_tokens"), &format!("{f}.max_tokens"))?
-                .ok_or_else(|| Fault::Invalid(format!("{f}.max_tokens"), "required".into()))?;
-            let tokens_per_fill =
-                count(get(b, "tokens_per_fill"), &format!("{f}.tokens_per_fill"))?.unwrap_or(1);
-            let fill_interval = duration(get(b, "fill_interval"), &format!("{f}.fill_interval"))?
-                .ok_or_else(|| Fault::Invalid(format!("{f}.fill_interval"), "required".into()))?;
-            if fill_interval.is_zero() {
-                return invalid(&format!("{f}.fill_interval"), "must be more than 0s");
-            }
-            Some(TokenBucket { max_tokens, tokens_per_fill, fill_interval })
-        }
-    };
     let mut response_headers = BTreeMap::new();
     if let Some(list) = get(c, "response_headers_to_add") {
         let f = format!("{field}.response_headers_to_add");
@@ -543,7 +729,88 @@ fn local(c: &Map<String, Value>, field: &str) -> Read<LocalRateLimit> {
         enforced_percent: percent(get(c, "filter_enforced"), &format!("{field}.filter_enforced"))?,
         response_headers,
         ports: Vec::new(),
+        descriptors,
+        always_consume_default_token_bucket: bool_value(
+            get(c, "always_consume_default_token_bucket"),
+            &format!("{field}.always_consume_default_token_bucket"),
+            true,
+        )?,
+        rate_limits,
+        vh_rate_limits,
+        max_dynamic_descriptors,
     })
+}
+
+/// A `BoolValue` (`{value: false}`) or a plain boolean; `default` when unset.
+fn bool_value(v: Option<&Value>, field: &str, default: bool) -> Read<bool> {
+    match v {
+        None => Ok(default),
+        Some(Value::Object(m)) => {
+            only(m, &["value"], field)?;
+            boolean(m.get("value"), &format!("{field}.value"))
+        }
+        v => boolean(v, field),
+    }
+}
+
+fn token_bucket(b: &Value, f: &str) -> Read<TokenBucket> {
+    let b = object(b, f)?;
+    only(b, &["max_tokens", "tokens_per_fill", "fill_interval"], f)?;
+    let max_tokens = count(get(b, "max_tokens"), &format!("{f}.max_tokens"))?
+        .ok_or_else(|| Fault::Invalid(format!("{f}.max_tokens"), "required".into()))?;
+    let tokens_per_fill = count(get(b, "tokens_per_fill"), &format!("{f}.tokens_per_fill"))?.unwrap_or(1);
+    let fill_interval = duration(get(b, "fill_interval"), &format!("{f}.fill_interval"))?
+        .ok_or_else(|| Fault::Invalid(format!("{f}.fill_interval"), "required".into()))?;
+    if fill_interval.is_zero() {
+        return invalid(&format!("{f}.fill_interval"), "must be more than 0s");
+    }
+    // Envoy refuses anything shorter, for the filter's bucket and the descriptors' alike.
+    if fill_interval < MIN_FILL_INTERVAL {
+        return invalid(&format!("{f}.fill_interval"), format!("{fill_interval:?} is less than 50ms"));
+    }
+    Ok(TokenBucket { max_tokens, tokens_per_fill, fill_interval })
+}
+
+/// A local limit's `descriptors`: each a non-empty list of entries with a key, and a bucket; no
+/// two with the same entries (Envoy refuses them too).
+fn descriptors(v: &Value, field: &str) -> Read<Vec<LocalDescriptor>> {
+    let list = v.as_array().ok_or_else(|| Fault::Invalid(field.to_owned(), "must be a list".into()))?;
+    if list.len() > MAX_DESCRIPTORS {
+        return invalid(field, format!("{} descriptors: at most {MAX_DESCRIPTORS}", list.len()));
+    }
+    let mut out: Vec<LocalDescriptor> = Vec::with_capacity(list.len());
+    for (i, d) in list.iter().enumerate() {
+        let df = format!("{field}[{i}]");
+        let d = object(d, &df)?;
+        only(d, &["entries", "token_bucket"], &df)?;
+        let ef = format!("{df}.entries");
+        let entries = match get(d, "entries") {
+            Some(Value::Array(entries)) if !entries.is_empty() => entries,
+            Some(Value::Array(_)) | None => return invalid(&ef, "at least one entry is required"),
+            Some(_) => return invalid(&ef, "must be a list"),
+        };
+        if entries.len() > MAX_ENTRIES {
+            return invalid(&ef, format!("{} entries: at most {MAX_ENTRIES}", entries.len()));
+        }
+        let mut pairs = Vec::with_capacity(entries.len());
+        for (j, e) in entries.iter().enumerate() {
+            let f = format!("{ef}[{j}]");
+            let e = object(e, &f)?;
+            only(e, &["key", "value"], &f)?;
+            let key = string(e.get("key"), &format!("{f}.key"))?;
+            if key.is_empty() {
+                return invalid(&format!("{f}.key"), "required");
+            }
+            pairs.push((key.to_owned(), string(e.get("value"), &format!("{f}.value"))?.to_owned()));
+        }
+        if out.iter().any(|o| o.entries == pairs) {
+            return invalid(&ef, "the same entries as an earlier descriptor");
+        }
+        let bf = format!("{df}.token_bucket");
+        let Some(bucket) = get(d, "token_bucket") else { return invalid(&bf, "required") };
+        out.push(LocalDescriptor { entries: pairs, token_bucket: token_bucket(bucket, &bf)? });
+    }
+    Ok(out)
 }
 
 /// A `RuntimeFractionalPercent`: its default value as a percentage (0 when unset, as Envoy).
@@ -631,8 +898,10 @@ pub fn service_of_cluster(cluster: &str) -> Option<String> {
     Some(format!("{host}:{port}"))
 }
 
-fn rate_limits(v: &Value, field: &str, limits: &mut RateLimits) -> Read<()> {
+/// A `rate_limits` list: each entry's actions.
+fn rate_limits(v: &Value, field: &str) -> Read<Vec<Vec<RateLimitAction>>> {
     let list = v.as_array().ok_or_else(|| Fault::Invalid(field.to_owned(), "must be a list".into()))?;
+    let mut rules = Vec::with_capacity(list.len());
     for (i, rule) in list.iter().enumerate() {
         let rf = format!("{field}[{i}]");
         let rule = object(rule, &rf)?;
@@ -648,9 +917,9 @@ fn rate_limits(v: &Value, field: &str, limits: &mut RateLimits) -> Read<()> {
         for (j, a) in actions.iter().enumerate() {
             out.push(action(a, &format!("{af}[{j}]"))?);
         }
-        limits.rules.push(out);
+        rules.push(out);
     }
-    Ok(())
+    Ok(rules)
 }
 
 fn action(v: &Value, field: &str) -> Read<RateLimitAction> {

@@ -129,8 +129,11 @@ pub struct Snapshot {
     pub inbound_tls: InboundTls,
     /// AuthorizationPolicy (and what else checks inbound requests), compiled.
     pub inbound_policy: crate::security::policy::InboundPolicy,
-    /// Rate limits on inbound requests (an EnvoyFilter's); `None`, the usual case, costs nothing.
-    pub inbound_rate_limit: Option<Arc<crate::ratelimit::InboundRateLimit>>,
+    /// Rate limits (an EnvoyFilter's) on inbound requests, outbound ones and a gateway's; `None`,
+    /// the usual case, costs nothing.
+    pub inbound_rate_limit: Option<Arc<crate::ratelimit::RateLimit>>,
+    pub outbound_rate_limit: Option<Arc<crate::ratelimit::RateLimit>>,
+    pub gateway_rate_limit: Option<Arc<crate::ratelimit::RateLimit>>,
     /// Access logs; `None` when the config has none.
     pub access_logs: Option<Arc<crate::access_log::AccessLogs>>,
     /// Distributed tracing; `None` (off) costs nothing per request.
@@ -375,10 +378,15 @@ impl Snapshot {
         let inbound_tls = InboundTls::compile(config.inbound_tls.as_ref())?;
         let inbound_policy =
             crate::security::policy::InboundPolicy::compile(&config, previous.map(|p| &p.inbound_policy))?;
-        let inbound_rate_limit = crate::ratelimit::InboundRateLimit::compile(
-            &config,
-            previous.and_then(|p| p.inbound_rate_limit.as_ref()),
-        )?;
+        let [inbound_rate_limit, outbound_rate_limit, gateway_rate_limit] =
+            crate::ratelimit::RateLimit::compile_all(
+                &config,
+                [
+                    previous.and_then(|p| p.inbound_rate_limit.as_ref()),
+                    previous.and_then(|p| p.outbound_rate_limit.as_ref()),
+                    previous.and_then(|p| p.gateway_rate_limit.as_ref()),
+                ],
+            )?;
         let previous_tracing = previous.and_then(|p| p.tracing.as_ref());
         let tracing = crate::trace::Tracing::compile(config.tracing.as_ref(), previous_tracing)?;
         let access_logs = crate::access_log::AccessLogs::compile(
@@ -391,6 +399,8 @@ impl Snapshot {
             inbound_tls,
             inbound_policy,
             inbound_rate_limit,
+            outbound_rate_limit,
+            gateway_rate_limit,
             tracing,
             outbound_policy,
             opaque_ports,

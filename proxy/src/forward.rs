@@ -195,6 +195,21 @@ async fn outbound(mut request: Request<Incoming>, conn: &Conn, proxy: &Arc<Proxy
     let Some((route, matched_prefix)) = selected else {
         return Outcome::new(text(StatusCode::NOT_FOUND, "no route matched\n"), service, "NR");
     };
+    // A route is chosen: the rate-limit filters run, as Envoy's before its router (and faults).
+    let rate_limit = match conn.gateway_port {
+        Some(_) => snapshot.gateway_rate_limit.as_ref(),
+        None => snapshot.outbound_rate_limit.as_ref(),
+    };
+    if let Some(limit) = rate_limit {
+        // A sidecar's rules name the service's port; a gateway's, its listener's.
+        let limit_port = conn.gateway_port.unwrap_or(port);
+        let checked =
+            box_out_of_line(|| limit.check(&request, limit_port, conn.peer.ip(), &proxy.metrics, &service))
+                .await;
+        if let Err(refusal) = checked {
+            return Outcome::new(refusal.response, service, refusal.flags);
+        }
+    }
     match &route.action {
         Action::Direct { status, body } => {
             let mut response = Response::new(full(body.clone()));
@@ -768,6 +783,13 @@ async fn passthrough(
             service,
             "NR",
         );
+    }
+    // Istio routes these through its `allow_any` virtual host, past the same HTTP filters.
+    if let Some(limit) = &snapshot.outbound_rate_limit {
+        let checked = limit.check(&request, target.port(), conn.peer.ip(), &proxy.metrics, service).await;
+        if let Err(refusal) = checked {
+            return Outcome::new(refusal.response, service, refusal.flags);
+        }
     }
     let upgrade = headers::is_upgrade(request.headers());
     headers::strip_hop_by_hop(request.headers_mut(), upgrade);

@@ -5,7 +5,7 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{Client, TestProxy, Upstream, get};
+use common::{Client, TestProxy, Upstream, get, wait_until};
 use http::{StatusCode, Version};
 
 fn local_limit(max: u32, per_fill: u32, interval: &str, enabled: f64, enforced: f64) -> String {
@@ -382,4 +382,325 @@ async fn a_local_limit_for_one_port_leaves_the_others_alone() {
     for _ in 0..5 {
         assert_eq!(client.get(&free, "/").await.status, StatusCode::OK);
     }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Local rate-limit descriptors: the route's actions make a request's descriptors, and a
+// descriptor the limit lists has a bucket of its own.
+
+/// A local limit whose descriptor `path=/limited` allows 2 requests an hour; `default` is the
+/// default bucket's size (none: requests matching no descriptor pass), `extra` more settings.
+fn descriptor_limit(default: Option<u32>, extra: &str) -> String {
+    let default = default
+        .map(|max| format!("  tokenBucket: {{ maxTokens: {max}, tokensPerFill: 1, fillInterval: 3600s }}\n"))
+        .unwrap_or_default();
+    format!(
+        r#"
+inboundLocalRateLimit:
+  statPrefix: http_local_rate_limiter
+  enabledPercent: 100
+  enforcedPercent: 100
+  responseHeaders: {{ x-local-rate-limit: "true" }}
+{default}  descriptors:
+    - entries: [{{ key: path, value: /limited }}]
+      tokenBucket: {{ maxTokens: 2, tokensPerFill: 2, fillInterval: 3600s }}
+  rules:
+    - actions: [{{ requestHeaders: {{ headerName: ":path", descriptorKey: path }} }}]
+{extra}"#
+    )
+}
+
+#[tokio::test]
+async fn a_descriptors_bucket_limits_only_the_requests_that_match_it() {
+    let app = Upstream::start("app").await;
+    let proxy = TestProxy::start(&descriptor_limit(None, "")).await;
+    let authority = format!("app.local:{}", app.addr.port());
+    let mut client = Client::connect(proxy.inbound(), Version::HTTP_11).await;
+    for _ in 0..2 {
+        assert_eq!(client.get(&authority, "/limited").await.status, StatusCode::OK);
+    }
+    let refused = client.get(&authority, "/limited").await;
+    assert_eq!(refused.status, StatusCode::TOO_MANY_REQUESTS);
+    assert_eq!(refused.header("x-local-rate-limit"), Some("true"));
+    assert_eq!(refused.text(), "local_rate_limited");
+    // Other paths match no descriptor, and there is no default bucket: all pass.
+    for _ in 0..20 {
+        assert_eq!(client.get(&authority, "/other").await.status, StatusCode::OK);
+    }
+    // The descriptor is the whole `:path`: a query makes another one.
+    assert_eq!(client.get(&authority, "/limited?page=2").await.status, StatusCode::OK);
+    assert_eq!(app.count(), 23);
+    let metrics = proxy.metrics().await;
+    assert_eq!(
+        counter(&metrics, "istio_requests_total", &["response_code=\"429\"", "response_flags=\"RL\""]),
+        1,
+        "{metrics}"
+    );
+}
+
+#[tokio::test]
+async fn matching_requests_also_spend_the_default_bucket_unless_told_not_to() {
+    let app = Upstream::start("app").await;
+    let authority = format!("app.local:{}", app.addr.port());
+    // Envoy's default: a matching request takes from its descriptor's bucket and the default.
+    let proxy = TestProxy::start(&descriptor_limit(Some(3), "")).await;
+    let mut client = Client::connect(proxy.inbound(), Version::HTTP_11).await;
+    assert_eq!(client.get(&authority, "/limited").await.status, StatusCode::OK);
+    assert_eq!(client.get(&authority, "/limited").await.status, StatusCode::OK);
+    assert_eq!(client.get(&authority, "/other").await.status, StatusCode::OK);
+    assert_eq!(client.get(&authority, "/other").await.status, StatusCode::TOO_MANY_REQUESTS);
+    // always_consume_default_token_bucket: false — the default bucket is the others' alone.
+    let proxy = TestProxy::start(&descriptor_limit(Some(3), "  defaultBucketUnmatchedOnly: true\n")).await;
+    let mut client = Client::connect(proxy.inbound(), Version::HTTP_11).await;
+    assert_eq!(client.get(&authority, "/limited").await.status, StatusCode::OK);
+    assert_eq!(client.get(&authority, "/limited").await.status, StatusCode::OK);
+    assert_eq!(client.get(&authority, "/limited").await.status, StatusCode::TOO_MANY_REQUESTS);
+    for _ in 0..3 {
+        assert_eq!(client.get(&authority, "/other").await.status, StatusCode::OK);
+    }
+    assert_eq!(client.get(&authority, "/other").await.status, StatusCode::TOO_MANY_REQUESTS);
+}
+
+#[tokio::test]
+async fn a_wildcard_descriptor_limits_each_client_on_its_own_and_rules_keep_to_their_port() {
+    let (limited_app, free_app) = (Upstream::start("limited").await, Upstream::start("free").await);
+    // One request an hour per `x-user`; the rule is the route's of the limited app's port only.
+    let config = format!(
+        r#"
+inboundLocalRateLimit:
+  statPrefix: per_user
+  enabledPercent: 100
+  enforcedPercent: 100
+  descriptors:
+    - entries: [{{ key: user }}]
+      tokenBucket: {{ maxTokens: 1, tokensPerFill: 1, fillInterval: 3600s }}
+  rules:
+    - actions: [{{ requestHeaders: {{ headerName: x-user, descriptorKey: user }} }}]
+      ports: [{}]
+"#,
+        limited_app.addr.port()
+    );
+    let proxy = TestProxy::start(&config).await;
+    let mut client = Client::connect(proxy.inbound(), Version::HTTP_11).await;
+    let limited = format!("app.local:{}", limited_app.addr.port());
+    let free = format!("app.local:{}", free_app.addr.port());
+    let as_user = |user: &'static str| [("x-user", user)];
+    for (user, expected) in [
+        ("alice", StatusCode::OK),
+        ("alice", StatusCode::TOO_MANY_REQUESTS),
+        ("bob", StatusCode::OK),
+        ("bob", StatusCode::TOO_MANY_REQUESTS),
+        ("carol", StatusCode::OK),
+    ] {
+        let answer = client.send(get(&limited, "/", &as_user(user))).await.unwrap();
+        assert_eq!(answer.status, expected, "{user}");
+    }
+    // No x-user: no descriptor; another port: no rule, so no descriptor either.
+    assert_eq!(client.get(&limited, "/").await.status, StatusCode::OK);
+    for _ in 0..3 {
+        let answer = client.send(get(&free, "/", &as_user("alice"))).await.unwrap();
+        assert_eq!(answer.status, StatusCode::OK);
+    }
+    assert_eq!(limited_app.count(), 4);
+    assert_eq!(free_app.count(), 3);
+}
+
+#[tokio::test]
+async fn a_malformed_descriptor_is_refused_naming_the_field() {
+    let app = Upstream::start("app").await;
+    let proxy = TestProxy::start(&descriptor_limit(None, "")).await;
+    for (bad, field) in [
+        (
+            descriptor_limit(None, "").replace("maxTokens: 2", "maxTokens: 0"),
+            "inbound_local_rate_limit.descriptors[0].token_bucket.max_tokens",
+        ),
+        (
+            descriptor_limit(None, "").replace("{ key: path, value: /limited }", ""),
+            "inbound_local_rate_limit.descriptors[0].entries",
+        ),
+        (
+            descriptor_limit(
+                None,
+                "    - actions: [{ requestHeaders: { headerName: \"bad header\", descriptorKey: k } }]\n",
+            ),
+            "inbound_local_rate_limit.rules[1].actions[0].request_headers.header_name",
+        ),
+    ] {
+        std::fs::write(&proxy.config_path, &bad).unwrap();
+        let error = trellis_proxy::watch::load(&proxy.config_path, 99, None).err().expect("rejected");
+        assert!(error.to_string().contains(field), "{error}");
+    }
+    // The running proxy keeps its limit.
+    let authority = format!("app.local:{}", app.addr.port());
+    let mut client = Client::connect(proxy.inbound(), Version::HTTP_11).await;
+    assert_eq!(client.get(&authority, "/limited").await.status, StatusCode::OK);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Outbound (SIDECAR_OUTBOUND) and gateway (GATEWAY) rate limits: the same limits, checked once a
+// route is chosen, with ports of their own (the service's, the gateway listener's).
+
+#[tokio::test]
+async fn outbound_limits_apply_to_the_services_port_and_descriptors_work_there_too() {
+    let upstream = Upstream::start("api").await;
+    // One request an hour to /expensive (a descriptor); 4 in all (the default bucket).
+    let limit = r#"
+outboundLocalRateLimit:
+  statPrefix: outbound
+  tokenBucket: { maxTokens: 4, tokensPerFill: 1, fillInterval: 3600s }
+  enabledPercent: 100
+  enforcedPercent: 100
+  responseHeaders: { x-local-rate-limit: "true" }
+  ports: [PORT]
+  descriptors:
+    - entries: [{ key: path, value: /expensive }]
+      tokenBucket: { maxTokens: 1, tokensPerFill: 1, fillInterval: 3600s }
+  rules:
+    - actions: [{ requestHeaders: { headerName: ":path", descriptorKey: path } }]
+"#;
+    let config = |port: u16| {
+        format!(
+            "{}{}",
+            common::api_config(&[upstream.addr.port()], "HTTP", "", ""),
+            limit.replace("PORT", &port.to_string())
+        )
+    };
+    let proxy = TestProxy::start(&config(80)).await;
+    let mut client = Client::connect(proxy.outbound(), Version::HTTP_11).await;
+    assert_eq!(client.get("api", "/expensive").await.status, StatusCode::OK);
+    let refused = client.get("api", "/expensive").await;
+    assert_eq!(refused.status, StatusCode::TOO_MANY_REQUESTS);
+    assert_eq!(refused.header("x-local-rate-limit"), Some("true"));
+    // The default bucket had 4; /expensive took one.
+    for _ in 0..3 {
+        assert_eq!(client.get("api", "/cheap").await.status, StatusCode::OK);
+    }
+    assert_eq!(client.get("api", "/cheap").await.status, StatusCode::TOO_MANY_REQUESTS);
+    assert_eq!(upstream.count(), 4);
+    let metrics = proxy.metrics().await;
+    assert_eq!(
+        counter(
+            &metrics,
+            "istio_requests_total",
+            &["reporter=\"source\"", "response_code=\"429\"", "response_flags=\"RL\""]
+        ),
+        2,
+        "{metrics}"
+    );
+    // The inbound side is not limited by the outbound limit.
+    let app = Upstream::start("app").await;
+    let mut inbound = Client::connect(proxy.inbound(), Version::HTTP_11).await;
+    for _ in 0..6 {
+        let answer = inbound.get(&format!("app.local:{}", app.addr.port()), "/cheap").await;
+        assert_eq!(answer.status, StatusCode::OK);
+    }
+    // A limit for another service port leaves port 80 alone.
+    proxy.reload(&config(81)).await;
+    for _ in 0..6 {
+        assert_eq!(client.get("api", "/expensive").await.status, StatusCode::OK);
+    }
+}
+
+#[tokio::test]
+async fn outbound_limits_apply_to_requests_passed_through_to_unknown_destinations() {
+    let outside = Upstream::start("outside").await;
+    // No services: the request is passed through to its address, past the outbound limit.
+    let proxy = TestProxy::start(
+        r#"
+outboundLocalRateLimit:
+  statPrefix: outbound
+  tokenBucket: { maxTokens: 2, tokensPerFill: 1, fillInterval: 3600s }
+  enabledPercent: 100
+  enforcedPercent: 100
+"#,
+    )
+    .await;
+    let mut client = Client::connect(proxy.outbound(), Version::HTTP_11).await;
+    let authority = outside.addr.to_string();
+    assert_eq!(client.get(&authority, "/").await.status, StatusCode::OK);
+    assert_eq!(client.get(&authority, "/").await.status, StatusCode::OK);
+    assert_eq!(client.get(&authority, "/").await.status, StatusCode::TOO_MANY_REQUESTS);
+    assert_eq!(outside.count(), 2);
+    let metrics = proxy.metrics().await;
+    assert_eq!(
+        counter(
+            &metrics,
+            "istio_requests_total",
+            &["destination_service=\"PassthroughCluster\"", "response_code=\"429\"", "response_flags=\"RL\""]
+        ),
+        1,
+        "{metrics}"
+    );
+}
+
+#[tokio::test]
+async fn a_gateways_limits_apply_to_its_listeners_requests() {
+    let upstream = Upstream::start("api").await;
+    let (address, service) = rate_limit_service(2).await;
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    // Istio's documented gateway limit: the `*:PORT` virtual host's actions count by :path at
+    // the RateLimitService; and a local limit of 3 requests per x-user.
+    let config = format!(
+        r#"
+gatewayListeners:
+  - port: {port}
+    protocol: GATEWAY_HTTP
+    servers:
+      - name: edge/ingress/http
+        hosts: ["*"]
+        routes: [{{ host: "*", virtualHost: "gateway~{port}~*" }}]
+virtualHosts:
+  - name: "gateway~{port}~*"
+    routes: [{{ name: all, forward: {{ clusters: [{{ cluster: api }}] }} }}]
+clusters:
+  - {{ name: api, service: api }}
+endpoints:
+  - {{ service: api, endpoints: [{{ address: 127.0.0.1, port: {app} }}] }}
+gatewayLocalRateLimit:
+  statPrefix: gateway
+  enabledPercent: 100
+  enforcedPercent: 100
+  descriptors:
+    - entries: [{{ key: user }}]
+      tokenBucket: {{ maxTokens: 3, tokensPerFill: 1, fillInterval: 3600s }}
+  rules:
+    - actions: [{{ requestHeaders: {{ headerName: x-user, descriptorKey: user }} }}]
+gatewayGlobalRateLimit:
+  domain: ratelimit
+  service: "{address}"
+  timeout: 2s
+  rules:
+    - actions: [{{ requestHeaders: {{ headerName: ":path", descriptorKey: PATH }} }}]
+      ports: [{port}]
+      virtualHost: true
+"#,
+        app = upstream.addr.port()
+    );
+    let proxy = TestProxy::start(&config).await;
+    trellis_proxy::gateway::listener::start(&proxy.running.proxy, &["127.0.0.1".parse().unwrap()]);
+    let gateway: std::net::SocketAddr = ([127, 0, 0, 1], port).into();
+    wait_until("the gateway listens", || std::net::TcpStream::connect(gateway).is_ok()).await;
+    let mut client = Client::connect(gateway, Version::HTTP_11).await;
+    // The global limit: 2 per path.
+    for expected in [StatusCode::OK, StatusCode::OK, StatusCode::TOO_MANY_REQUESTS] {
+        let answer = client.get("shop.example.com", "/productpage").await;
+        assert_eq!(answer.status, expected);
+    }
+    let refused = client.get("shop.example.com", "/productpage").await;
+    assert_eq!(refused.header("x-envoy-ratelimited"), Some("true"));
+    assert_eq!(service.seen.lock().unwrap()[0].descriptors[0].entries[0].value, "/productpage");
+    // The local limit: 3 per user, each path new to the service.
+    for (i, expected) in [StatusCode::OK, StatusCode::OK, StatusCode::OK, StatusCode::TOO_MANY_REQUESTS]
+        .into_iter()
+        .enumerate()
+    {
+        let answer = client
+            .send(get("shop.example.com", &format!("/item/{i}"), &[("x-user", "alice")]))
+            .await
+            .unwrap();
+        assert_eq!(answer.status, expected, "request {i}");
+    }
+    let answer = client.send(get("shop.example.com", "/item/9", &[("x-user", "bob")])).await.unwrap();
+    assert_eq!(answer.status, StatusCode::OK);
+    assert_eq!(upstream.count(), 6);
 }

@@ -57,6 +57,7 @@ pub use consistency::check_consistent;
 
 use names::{BLACK_HOLE_CLUSTER, service_port_name};
 use policies::PolicyKey;
+use trellis_api::envoy_filter::Context as EnvoyFilterContext;
 use trellis_api::resource::Kind;
 
 /// What the control plane knows of a connected proxy (from its xDS node metadata).
@@ -194,8 +195,19 @@ pub fn translate(model: &Model, scope: &Scope) -> pb::ProxyConfig {
     config.ext_authz = authorization::ext_authz(model, &config.authorization);
     config.tracing = tracing::config(model, &scope.namespace);
     telemetry::apply(model, &scope.telemetry, &mut config);
-    (config.inbound_local_rate_limit, config.inbound_global_rate_limit) =
-        ratelimit::inbound(model, &scope.envoy_filters);
+    // As Istio, a gateway has no sidecar contexts, a sidecar no gateway one.
+    if scope.gateway.is_some() {
+        let [gateway] = ratelimit::limits(model, &scope.envoy_filters, [EnvoyFilterContext::Gateway]);
+        (config.gateway_local_rate_limit, config.gateway_global_rate_limit) = gateway;
+    } else {
+        let [inbound, outbound] = ratelimit::limits(
+            model,
+            &scope.envoy_filters,
+            [EnvoyFilterContext::Inbound, EnvoyFilterContext::Outbound],
+        );
+        (config.inbound_local_rate_limit, config.inbound_global_rate_limit) = inbound;
+        (config.outbound_local_rate_limit, config.outbound_global_rate_limit) = outbound;
+    }
     add_clusters(&mut config, model, &view, &services);
     add_services(&mut config, model, scope, &services, &virtual_services);
     if let Some(gateways) = &scope.gateway {
