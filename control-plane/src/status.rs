@@ -47,14 +47,14 @@ impl SyncStatus {
         let types: BTreeMap<String, TypeSync> = proxy
             .types
             .iter()
-            .map(|(kind, s)| {
+            .map(|(kind, s, held)| {
                 (
                     kind.short_name().to_owned(),
                     TypeSync {
                         sent: s.sent,
                         acked: s.acked,
                         nack: s.nack.as_ref().map(|n| n.message.clone()),
-                        held: proxy.held.get(kind).copied().unwrap_or(0),
+                        held: *held,
                     },
                 )
             })

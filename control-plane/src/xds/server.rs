@@ -32,10 +32,11 @@ const STREAM_BUFFER: usize = 2;
 /// What `/debug/syncz` shows of one connected proxy.
 #[derive(Clone, Debug)]
 pub struct ProxySync {
-    pub node: ProxyNode,
+    /// Shared with the proxy's stream.
+    pub node: Arc<ProxyNode>,
     pub connected_since: SystemTime,
-    pub types: BTreeMap<ResourceType, TypeStatus>,
-    pub held: BTreeMap<ResourceType, usize>,
+    /// Per type in use: sent, acknowledged, rejected, and how many resources the proxy holds.
+    pub types: Vec<(ResourceType, TypeStatus, usize)>,
 }
 
 #[derive(Default)]
@@ -167,7 +168,7 @@ impl XdsServer {
             .and_then(|n| ProxyNode::from_node(n).map_err(Status::invalid_argument))?;
         self.check_caller(&metadata, &node).await?;
         let (tx, rx) = mpsc::channel(STREAM_BUFFER);
-        let stream = Stream { server: self.clone(), node, tx };
+        let stream = Stream { server: self.clone(), node: Arc::new(node), tx };
         // Boxed: the stream's task keeps its arguments for its whole life, and the first request
         // is needed only at its start.
         tokio::spawn(stream.run(Box::new(first), inbound));
@@ -185,23 +186,17 @@ type Turn = Pin<Box<dyn Future<Output = Option<OwnedSemaphorePermit>> + Send>>;
 
 struct Stream {
     server: XdsServer,
-    node: ProxyNode,
+    node: Arc<ProxyNode>,
     tx: mpsc::Sender<Box<Outgoing>>,
 }
 
 impl Stream {
     async fn run(self, first: Box<DeltaDiscoveryRequest>, mut inbound: Streaming<DeltaDiscoveryRequest>) {
-        let identity = ProxyIdentity {
-            namespace: self.node.namespace.clone(),
-            labels: self.node.labels.clone(),
-            dns_auto_allocate: self.node.dns_auto_allocate,
-        };
         let instance = instance_of(&self.node);
         let (id, sync) = self.server.registry.add(ProxySync {
             node: self.node.clone(),
             connected_since: SystemTime::now(),
-            types: BTreeMap::new(),
-            held: BTreeMap::new(),
+            types: Vec::new(),
         });
         self.server.metrics.connected.inc();
         tracing::info!(proxy = %self.node.id, "connected");
@@ -237,7 +232,7 @@ impl Stream {
                     let Some(_permit) = permit else { break };
                     push = false;
                     let generation = generations.borrow_and_update().clone();
-                    let parts = self.plan(&mut session, &identity, &instance, &generation);
+                    let parts = self.plan(&mut session, &instance, &generation);
                     if !parts.is_empty() && generation.number != observed {
                         observed = generation.number;
                         unobserved = Some(generation);
@@ -297,13 +292,14 @@ impl Stream {
     /// Decides what brings the proxy up to `generation`. Called with a turn: the first proxy
     /// of a scope translates it for everyone, and a mesh-wide change should not make every
     /// stream do its share at once.
-    fn plan(
-        &self,
-        session: &mut Session,
-        identity: &ProxyIdentity,
-        instance: &Instance,
-        generation: &Generation,
-    ) -> Vec<Outgoing> {
+    fn plan(&self, session: &mut Session, instance: &Instance, generation: &Generation) -> Vec<Outgoing> {
+        // Made per push rather than kept: a copy of the node's labels for every connected proxy
+        // would cost more than making one now and then.
+        let identity = &ProxyIdentity {
+            namespace: self.node.namespace.clone(),
+            labels: self.node.labels.clone(),
+            dns_auto_allocate: self.node.dns_auto_allocate,
+        };
         // Istio's node types: a gateway says `router~...`, a sidecar `sidecar~...`.
         let scope = if self.node.id.starts_with("router~") {
             scope_of_router(&generation.model, identity, instance, self.server.gateway_credentials)
@@ -329,8 +325,8 @@ fn instance_of(node: &ProxyNode) -> Instance {
 
 fn record(sync: &Mutex<ProxySync>, session: &Session) {
     let mut sync = sync.lock().unwrap_or_else(|p| p.into_inner());
-    sync.types = session.status();
-    sync.held = session.held();
+    sync.types.clear();
+    sync.types.extend(session.types_in_use());
 }
 
 #[cfg(test)]

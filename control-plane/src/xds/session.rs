@@ -371,12 +371,19 @@ impl Session {
         ResourceType::PUSH_ORDER.into_iter().zip(&self.types).filter(|(_, s)| s.opened)
     }
 
+    /// Per type in use: sent, acknowledged, rejected, and the number of resources held.
+    pub fn types_in_use(&self) -> impl Iterator<Item = (ResourceType, TypeStatus, usize)> + '_ {
+        self.opened().map(|(k, s)| (k, s.status.clone(), s.known.len()))
+    }
+
     /// Per type: sent, acknowledged, rejected.
+    #[cfg(test)]
     pub fn status(&self) -> BTreeMap<ResourceType, TypeStatus> {
         self.opened().map(|(k, s)| (k, s.status.clone())).collect()
     }
 
     /// Number of resources the proxy holds, per type.
+    #[cfg(test)]
     pub fn held(&self) -> BTreeMap<ResourceType, usize> {
         self.opened().map(|(k, s)| (k, s.known.len())).collect()
     }
