@@ -499,4 +499,46 @@ mod tests {
         let name = "reviews:9080".to_owned();
         assert_eq!(asked, [(ResourceType::VirtualHost, name.clone()), (ResourceType::Cluster, name)]);
     }
+
+    /// Callers' addresses come from outside: however many distinct ones connect, the proxy asks
+    /// for at most MAX_ASKED names, and the rest are named by what it holds.
+    #[test]
+    fn a_flood_of_unknown_callers_asks_for_a_bounded_number_of_names() {
+        let (requests, mut queued) = mpsc::unbounded_channel();
+        let (_, answered) = watch::channel(0);
+        let on_demand = OnDemand::new(requests, answered);
+        for i in 0..MAX_ASKED + 100 {
+            let address = std::net::Ipv6Addr::from(i as u128).to_string();
+            assert_eq!(on_demand.ask(ResourceType::Workload, &address), i < MAX_ASKED, "{i}");
+        }
+        assert!(on_demand.ask(ResourceType::Workload, "::"), "one asked before is still pending");
+        let mut sent = 0;
+        while queued.try_recv().is_ok() {
+            sent += 1;
+        }
+        assert_eq!(sent, MAX_ASKED);
+    }
+
+    /// A caller's workload is waited for only while a stream answers, and then at most
+    /// PEER_WAIT (the clock is tokio's paused one: waiting moves it, nothing else does).
+    #[tokio::test(start_paused = true)]
+    async fn a_callers_workload_is_waited_for_only_while_the_control_plane_answers() {
+        let (requests, _queued) = mpsc::unbounded_channel();
+        let (_answers, answered) = watch::channel(0);
+        let on_demand = OnDemand::new(requests, answered);
+        let started = tokio::time::Instant::now();
+        assert!(!on_demand.fetch_peer("10.0.0.1", || false).await);
+        assert_eq!(started.elapsed(), Duration::ZERO, "no stream: no wait");
+
+        on_demand.streaming.store(true, Ordering::Release);
+        assert!(!on_demand.fetch_peer("10.0.0.2", || false).await);
+        assert_eq!(started.elapsed(), PEER_WAIT, "a stream that does not answer: the bound");
+
+        let name = (ResourceType::Workload, "10.0.0.3".to_owned());
+        on_demand.unknown.write().unwrap().insert(name);
+        let before = tokio::time::Instant::now();
+        assert!(!on_demand.fetch_peer("10.0.0.3", || false).await);
+        assert_eq!(before.elapsed(), Duration::ZERO, "the control plane said it has none");
+        assert!(on_demand.said_unknown(ResourceType::Workload, "10.0.0.3"));
+    }
 }
