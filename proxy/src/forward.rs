@@ -106,7 +106,10 @@ pub async fn handle(mut request: Request<Incoming>, conn: &Conn, proxy: &Arc<Pro
     }
     let peer = match conn.side {
         Side::Outbound => outcome.peer.take().unwrap_or_else(crate::peers::PeerKey::unknown),
-        Side::Inbound => conn.peer_workload(proxy).await,
+        Side::Inbound => match conn.settled_peer() {
+            Some(peer) => peer,
+            None => conn.peer_workload(proxy).await,
+        },
     };
     let pending = PendingRecord {
         access_log: logged,
