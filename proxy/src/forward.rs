@@ -789,7 +789,9 @@ async fn passthrough(
     }
     // Istio routes these through its `allow_any` virtual host, past the same HTTP filters.
     if let Some(limit) = &snapshot.outbound_rate_limit {
-        let checked = limit.check(&request, target.port(), conn.peer.ip(), &proxy.metrics, service).await;
+        let checked =
+            box_out_of_line(|| limit.check(&request, target.port(), conn.peer.ip(), &proxy.metrics, service))
+                .await;
         if let Err(refusal) = checked {
             return Outcome::new(refusal.response, service, refusal.flags);
         }

@@ -84,28 +84,23 @@ impl Conn {
         }
         let principal = self.tls_peer.as_ref().map(|p| &*p.principal);
         let address = self.peer.ip();
-        let missing = match proxy.on_demand.get() {
-            Some(_) => proxy.config.load().peers.missing(address, principal),
-            None => Vec::new(),
-        };
-        if let Some(on_demand) = proxy.on_demand.get()
-            && !missing.is_empty()
-        {
-            let settled = crate::box_out_of_line(|| async {
-                let mut settled = true;
-                for name in &missing {
-                    let arrived = || proxy.config.load().peers.knows(name);
-                    settled &= on_demand.fetch_peer(name, arrived).await
-                        || on_demand.said_unknown(trellis_xds::types::ResourceType::Workload, name);
+        if let Some(on_demand) = proxy.on_demand.get() {
+            let missing = proxy.config.load().peers.missing(address, principal);
+            if !missing.is_empty() {
+                let settled = crate::box_out_of_line(|| async {
+                    let mut settled = true;
+                    for name in &missing {
+                        let arrived = || proxy.config.load().peers.knows(name);
+                        settled &= on_demand.fetch_peer(name, arrived).await
+                            || on_demand.said_unknown(trellis_xds::types::ResourceType::Workload, name);
+                    }
+                    settled
+                })
+                .await;
+                if !settled {
+                    return proxy.config.load().peers.inbound(address, principal);
                 }
-                settled
-            })
-            .await;
-            let key = proxy.config.load().peers.inbound(address, principal);
-            if !settled {
-                return key;
             }
-            let _ = self.peer_workload.set(key);
         }
         self.peer_workload.get_or_init(|| proxy.config.load().peers.inbound(address, principal)).clone()
     }
