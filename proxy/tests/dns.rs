@@ -28,9 +28,18 @@ services:
 
 /// A resolver that knows `other.test` (10.9.9.9) over UDP and TCP, counting what it is asked.
 async fn resolver() -> (SocketAddr, Arc<AtomicUsize>) {
-    let udp = UdpSocket::bind("127.0.0.1:0").await.unwrap();
-    let addr = udp.local_addr().unwrap();
-    let tcp = TcpListener::bind(addr).await.unwrap();
+    // One port for both: the UDP port the system picks may be taken for TCP by another test
+    // running at the same time, so pick again (a bounded number of times).
+    let mut attempts = 0;
+    let (udp, addr, tcp) = loop {
+        let udp = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let addr = udp.local_addr().unwrap();
+        match TcpListener::bind(addr).await {
+            Ok(tcp) => break (udp, addr, tcp),
+            Err(_) if attempts < 50 => attempts += 1,
+            Err(e) => panic!("no port free for both UDP and TCP after 50 tries: {e}"),
+        }
+    };
     let asked = Arc::new(AtomicUsize::new(0));
     let count = asked.clone();
     tokio::spawn(async move {
